@@ -1,0 +1,1 @@
+//! sluice-client (placeholder until its owner lands it).

@@ -1,0 +1,1 @@
+//! sluice-group (placeholder until its owner lands it).

@@ -1,0 +1,1 @@
+//! sluice-net (placeholder until its owner lands it).
