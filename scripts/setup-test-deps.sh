@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Installs what the integration tests need, idempotently and quietly on re-runs:
+#   - kcat (Debian package), plus python3-venv / nodejs / npm only if they are missing;
+#   - a Python venv at .venv with tests/requirements.txt (confluent-kafka, kafka-python, pytest...);
+#   - tests/js/node_modules from tests/js/package-lock.json (kafkajs).
+# Each step is skipped when a stamp of its inputs matches, so a second run does nothing.
+# Needs root (or passwordless apt) only when a Debian package is missing.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { printf '[setup-test-deps] %s\n' "$*"; }
+
+APT_UPDATED=0
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; else
+            log "need root to install Debian packages: $*"; return 1
+        fi
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    log "apt-get install $*"
+    # Try with the lists the machine has; run `apt-get update` once, only if that fails.
+    if $sudo apt-get install -y -qq "$@" >/tmp/sluice-apt.log 2>&1; then return 0; fi
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        log "apt-get update"
+        $sudo apt-get update -qq >>/tmp/sluice-apt.log 2>&1 || { cat /tmp/sluice-apt.log; return 1; }
+        APT_UPDATED=1
+        if $sudo apt-get install -y -qq "$@" >>/tmp/sluice-apt.log 2>&1; then return 0; fi
+    fi
+    cat /tmp/sluice-apt.log
+    return 1
+}
+
+# --- Debian packages ------------------------------------------------------------------------
+command -v kcat >/dev/null 2>&1 || apt_install kcat
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+PYTHON="${PYTHON:-python3}"
+command -v "$PYTHON" >/dev/null 2>&1 || apt_install python3 python3-venv
+
+# --- Python venv ------------------------------------------------------------------------------
+VENV="$ROOT/.venv"
+REQ="$ROOT/tests/requirements.txt"
+req_stamp="$(sha256sum "$REQ" | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    log "creating venv at .venv"
+    rm -rf "$VENV"
+    if ! "$PYTHON" -m venv "$VENV" >/dev/null 2>&1; then
+        apt_install python3-venv
+        rm -rf "$VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+fi
+if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$req_stamp" ]; then
+    log "pip install -r tests/requirements.txt"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
+    echo "$req_stamp" >"$VENV/.requirements.sha256"
+fi
+
+# --- kafkajs ----------------------------------------------------------------------------------
+JS="$ROOT/tests/js"
+js_stamp="$(cat "$JS/package.json" "$JS/package-lock.json" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$JS/node_modules/.sluice-stamp" 2>/dev/null)" != "$js_stamp" ]; then
+    log "npm ci in tests/js"
+    (cd "$JS" && npm ci --no-audit --no-fund --loglevel=error >/tmp/sluice-npm.log 2>&1) \
+        || { cat /tmp/sluice-npm.log; exit 1; }
+    echo "$js_stamp" >"$JS/node_modules/.sluice-stamp"
+fi
+
+# --- sanity: every client is usable -----------------------------------------------------------
+kcat -V >/dev/null
+"$VENV/bin/python" -c 'import confluent_kafka, kafka, pytest, pytest_timeout, crc32c' \
+    || { log "python clients failed to import"; exit 1; }
+(cd "$JS" && node -e 'require("kafkajs")') || { log "kafkajs failed to load"; exit 1; }

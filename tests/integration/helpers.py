@@ -1,0 +1,857 @@
+"""Helpers shared by the integration tests: third-party client runners and a raw Kafka wire codec.
+
+What this module owns:
+- `run_kcat` / `run_node`: run kcat and the kafkajs scripts of tests/js with a timeout, and fail
+  with their output when they fail.
+- `RawConn` and the `encode_*` / `parse_*` functions: just enough of the Kafka wire protocol
+  (ApiVersions, Metadata v1, Produce v3, Fetch v4, v2 record batches with CRC32C) to send exact
+  bytes to the broker -- garbage, truncated frames, unknown API keys, corrupt batches -- and to
+  inspect what it stores (batch attributes, CRCs) without a client library in the way.
+- small utilities: `free_port`, `wait_until`, `unique_topic`.
+
+What it must never do: start or stop brokers (conftest.py owns broker processes), or hide a
+failure -- every helper raises on an unexpected outcome instead of returning a default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import crc32c as _crc32c
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+JS_DIR = REPO_ROOT / "tests" / "js"
+
+# Kafka API keys used by the raw codec.
+API_PRODUCE = 0
+API_FETCH = 1
+API_LIST_OFFSETS = 2
+API_METADATA = 3
+API_FIND_COORDINATOR = 10
+API_JOIN_GROUP = 11
+API_HEARTBEAT = 12
+API_LEAVE_GROUP = 13
+API_SYNC_GROUP = 14
+API_API_VERSIONS = 18
+API_CREATE_TOPICS = 19
+API_DELETE_TOPICS = 20
+API_OFFSET_COMMIT = 8
+API_OFFSET_FETCH = 9
+API_CREATE_PARTITIONS = 37
+API_DESCRIBE_CLUSTER = 60
+
+# Kafka error codes the tests assert on.
+ERR_NONE = 0
+ERR_OFFSET_OUT_OF_RANGE = 1
+ERR_CORRUPT_MESSAGE = 2
+ERR_UNKNOWN_TOPIC_OR_PARTITION = 3
+ERR_MESSAGE_TOO_LARGE = 10
+ERR_INVALID_TOPIC_EXCEPTION = 17
+ERR_RECORD_LIST_TOO_LARGE = 18
+ERR_UNSUPPORTED_VERSION = 35
+ERR_TOPIC_ALREADY_EXISTS = 36
+ERR_INVALID_PARTITIONS = 37
+ERR_INVALID_REQUEST = 42
+
+COMPRESSION_NAMES = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Small utilities
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique_topic(prefix: str = "t") -> str:
+    """A topic name no other test uses, so tests never see each other's data."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.1, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value; return that value or raise on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 -- remembered and reported on timeout
+            last_exc = exc
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last error: {last_exc!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Third-party client runners
+# ---------------------------------------------------------------------------------------------
+
+
+def run_kcat(args, input=None, timeout=60, check=True) -> subprocess.CompletedProcess:
+    """Run `kcat ARGS` and return the CompletedProcess (stdout/stderr as bytes).
+
+    `input` may be bytes or str. With check=True a non-zero exit raises AssertionError carrying
+    kcat's stderr. A hang past `timeout` seconds raises AssertionError too (kcat is killed).
+    """
+    if isinstance(input, str):
+        input = input.encode()
+    cmd = ["kcat", *[str(a) for a in args]]
+    try:
+        proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(
+            f"kcat timed out after {timeout}s: {cmd}\nstderr tail:\n{_tail(exc.stderr)}"
+        ) from None
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"kcat exited {proc.returncode}: {cmd}\nstderr tail:\n{_tail(proc.stderr)}"
+        )
+    return proc
+
+
+def run_node(script, *args, timeout=90, check=True):
+    """Run `node tests/js/SCRIPT ARGS...` and return the JSON object its last stdout line holds.
+
+    The scripts of tests/js print exactly one JSON line as their result. A non-zero exit (with
+    check=True), a timeout or a missing JSON line raises AssertionError with the script's output.
+    """
+    path = JS_DIR / script
+    cmd = ["node", str(path), *[str(a) for a in args]]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=JS_DIR)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(
+            f"node script timed out after {timeout}s: {cmd}\nstdout:\n{_tail(exc.stdout)}\n"
+            f"stderr:\n{_tail(exc.stderr)}"
+        ) from None
+    out = proc.stdout.decode(errors="replace")
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"node script exited {proc.returncode}: {cmd}\nstdout:\n{_tail(proc.stdout)}\n"
+            f"stderr:\n{_tail(proc.stderr)}"
+        )
+    lines = [line for line in out.splitlines() if line.strip()]
+    if not lines:
+        raise AssertionError(f"node script printed no result: {cmd}\nstderr:\n{_tail(proc.stderr)}")
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError:
+        raise AssertionError(
+            f"node script's last line is not JSON: {lines[-1]!r}\nstderr:\n{_tail(proc.stderr)}"
+        ) from None
+
+
+def _tail(data, lines: int = 40) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, bytes):
+        data = data.decode(errors="replace")
+    return "\n".join(data.splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw wire codec: primitives
+# ---------------------------------------------------------------------------------------------
+
+
+def i8(v):
+    return struct.pack(">b", v)
+
+
+def i16(v):
+    return struct.pack(">h", v)
+
+
+def i32(v):
+    return struct.pack(">i", v)
+
+
+def i64(v):
+    return struct.pack(">q", v)
+
+
+def u32(v):
+    return struct.pack(">I", v)
+
+
+def string(s):
+    """Kafka STRING / NULLABLE_STRING (int16 length)."""
+    if s is None:
+        return i16(-1)
+    b = s.encode() if isinstance(s, str) else s
+    return i16(len(b)) + b
+
+
+def kbytes(b):
+    """Kafka BYTES / NULLABLE_BYTES (int32 length)."""
+    if b is None:
+        return i32(-1)
+    return i32(len(b)) + b
+
+
+def array(items):
+    """Kafka ARRAY (int32 count) of already-encoded items."""
+    return i32(len(items)) + b"".join(items)
+
+
+def uvarint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def varint(v: int) -> bytes:
+    """Zig-zag signed varint, as in v2 records."""
+    return uvarint((v << 1) ^ (v >> 63))
+
+
+def compact_string(s):
+    if s is None:
+        return uvarint(0)
+    b = s.encode() if isinstance(s, str) else s
+    return uvarint(len(b) + 1) + b
+
+
+class Reader:
+    """Cursor over a response body; every read raises AssertionError past the end."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise AssertionError(
+                f"response truncated: wanted {n} bytes at {self.pos} of {len(self.data)}"
+            )
+        b = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return b
+
+    def i8(self):
+        return struct.unpack(">b", self.take(1))[0]
+
+    def i16(self):
+        return struct.unpack(">h", self.take(2))[0]
+
+    def i32(self):
+        return struct.unpack(">i", self.take(4))[0]
+
+    def i64(self):
+        return struct.unpack(">q", self.take(8))[0]
+
+    def u32(self):
+        return struct.unpack(">I", self.take(4))[0]
+
+    def string(self):
+        n = self.i16()
+        return None if n < 0 else self.take(n).decode()
+
+    def kbytes(self):
+        n = self.i32()
+        return None if n < 0 else self.take(n)
+
+    def uvarint(self):
+        shift = 0
+        result = 0
+        while True:
+            b = self.take(1)[0]
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+
+    def varint(self):
+        v = self.uvarint()
+        return (v >> 1) ^ -(v & 1)
+
+    def compact_string(self):
+        n = self.uvarint()
+        return None if n == 0 else self.take(n - 1).decode()
+
+    def skip_tagged_fields(self):
+        for _ in range(self.uvarint()):
+            self.uvarint()  # tag
+            self.take(self.uvarint())
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw connection
+# ---------------------------------------------------------------------------------------------
+
+
+def request_header(api_key, api_version, correlation_id, client_id="sluice-raw", flexible=False):
+    """Request header v1 (v2 when `flexible`, i.e. with an empty tagged-field section)."""
+    hdr = i16(api_key) + i16(api_version) + i32(correlation_id) + string(client_id)
+    if flexible:
+        hdr += uvarint(0)
+    return hdr
+
+
+def frame(payload: bytes) -> bytes:
+    return i32(len(payload)) + payload
+
+
+class RawConn:
+    """One TCP connection speaking raw Kafka frames. Use as a context manager."""
+
+    def __init__(self, bootstrap: str, timeout_s: float = 10.0):
+        host, port = bootstrap.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.next_correlation_id = 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def send_raw(self, data: bytes):
+        self.sock.sendall(data)
+
+    def request(self, api_key, api_version, body=b"", flexible=False, client_id="sluice-raw"):
+        """Send one request; return its correlation id."""
+        cid = self.next_correlation_id
+        self.next_correlation_id += 1
+        hdr = request_header(api_key, api_version, cid, client_id, flexible)
+        self.send_raw(frame(hdr + body))
+        return cid
+
+    def recv_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionClosed(f"connection closed after {len(buf)} of {n} bytes")
+            buf += chunk
+        return bytes(buf)
+
+    def recv_frame(self) -> bytes:
+        (size,) = struct.unpack(">i", self.recv_exact(4))
+        if size < 4 or size > 200 * 1024 * 1024:
+            raise AssertionError(f"broker sent an implausible frame size {size}")
+        return self.recv_exact(size)
+
+    def call(self, api_key, api_version, body=b"", flexible_request=False, flexible_response=None):
+        """Send a request and read its response; returns a Reader positioned at the body.
+
+        Asserts the response carries the request's correlation id (Kafka answers in order).
+        `flexible_response` defaults to `flexible_request` (ApiVersions is the exception: its
+        response header is always v0).
+        """
+        if flexible_response is None:
+            flexible_response = flexible_request
+        cid = self.request(api_key, api_version, body, flexible=flexible_request)
+        r = Reader(self.recv_frame())
+        got = r.i32()
+        assert got == cid, f"response correlation id {got} != request's {cid}"
+        if flexible_response:
+            r.skip_tagged_fields()
+        return r
+
+    def is_closed_by_peer(self, timeout_s: float = 5.0) -> bool:
+        """True when the broker closes (EOF or reset) within `timeout_s`; False if it stays open.
+
+        Any bytes the broker sends meanwhile are read and discarded.
+        """
+        self.sock.settimeout(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+        return False
+
+
+class ConnectionClosed(Exception):
+    """The broker closed the connection while a response was expected."""
+
+
+# ---------------------------------------------------------------------------------------------
+# ApiVersions
+# ---------------------------------------------------------------------------------------------
+
+
+def api_versions(conn: RawConn, version: int = 0):
+    """ApiVersions v0..v3. Returns (error_code, {api_key: (min, max)})."""
+    if version >= 3:
+        body = compact_string("sluice-tests") + compact_string("1.0") + uvarint(0)
+        r = conn.call(API_API_VERSIONS, version, body, flexible_request=True, flexible_response=False)
+    else:
+        r = conn.call(API_API_VERSIONS, version)
+    return parse_api_versions_body(r, version)
+
+
+def parse_api_versions_body(r: Reader, version: int):
+    error_code = r.i16()
+    apis = {}
+    if version >= 3:
+        n = r.uvarint() - 1
+        for _ in range(max(n, 0)):
+            key, lo, hi = r.i16(), r.i16(), r.i16()
+            r.skip_tagged_fields()
+            apis[key] = (lo, hi)
+    else:
+        n = r.i32()
+        for _ in range(max(n, 0)):
+            key, lo, hi = r.i16(), r.i16(), r.i16()
+            apis[key] = (lo, hi)
+    return error_code, apis
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata v1
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RawMetadata:
+    brokers: dict = field(default_factory=dict)  # node_id -> (host, port)
+    controller_id: int = -1
+    topics: dict = field(default_factory=dict)  # name -> (error_code, {partition: (err, leader)})
+
+
+def metadata_v1(conn: RawConn, topics=None) -> RawMetadata:
+    """Metadata v1; `topics=None` asks for all topics."""
+    body = i32(-1) if topics is None else array([string(t) for t in topics])
+    r = conn.call(API_METADATA, 1, body)
+    md = RawMetadata()
+    for _ in range(r.i32()):
+        node, host, port, _rack = r.i32(), r.string(), r.i32(), r.string()
+        md.brokers[node] = (host, port)
+    md.controller_id = r.i32()
+    for _ in range(r.i32()):
+        err, name, _internal = r.i16(), r.string(), r.i8()
+        parts = {}
+        for _ in range(r.i32()):
+            perr, pid, leader = r.i16(), r.i32(), r.i32()
+            for _ in range(r.i32()):
+                r.i32()  # replicas
+            for _ in range(r.i32()):
+                r.i32()  # isr
+            parts[pid] = (perr, leader)
+        md.topics[name] = (err, parts)
+    return md
+
+
+# ---------------------------------------------------------------------------------------------
+# v2 record batches
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_record_batch(records, base_offset=0, compression=0, base_timestamp_ms=None,
+                        corrupt_crc=False) -> bytes:
+    """A magic-2 record batch of uncompressed records [(key, value)] (compression attr only
+    when the caller passes already-compressed records -- the tests use codec 0 here)."""
+    if base_timestamp_ms is None:
+        base_timestamp_ms = int(time.time() * 1000)
+    body = bytearray()
+    for i, (key, value) in enumerate(records):
+        rec = bytearray()
+        rec += i8(0)  # attributes
+        rec += varint(0)  # timestamp delta
+        rec += varint(i)  # offset delta
+        if key is None:
+            rec += varint(-1)
+        else:
+            rec += varint(len(key)) + key
+        if value is None:
+            rec += varint(-1)
+        else:
+            rec += varint(len(value)) + value
+        rec += varint(0)  # headers
+        body += varint(len(rec)) + rec
+    attributes = compression & 0x7
+    after_crc = (
+        i16(attributes)
+        + i32(len(records) - 1)  # last offset delta
+        + i64(base_timestamp_ms)
+        + i64(base_timestamp_ms)  # max timestamp
+        + i64(-1)  # producer id
+        + i16(-1)  # producer epoch
+        + i32(-1)  # base sequence
+        + i32(len(records))
+        + bytes(body)
+    )
+    crc = _crc32c.crc32c(after_crc)
+    if corrupt_crc:
+        crc ^= 0xDEADBEEF
+    # batchLength counts from partitionLeaderEpoch to the end.
+    rest = i32(-1) + i8(2) + u32(crc) + after_crc
+    return i64(base_offset) + i32(len(rest)) + rest
+
+
+@dataclass
+class RawBatch:
+    base_offset: int
+    last_offset: int
+    magic: int
+    crc: int
+    crc_ok: bool
+    attributes: int
+    record_count: int
+    length: int
+
+    @property
+    def compression(self) -> str:
+        return COMPRESSION_NAMES.get(self.attributes & 0x7, f"unknown({self.attributes & 7})")
+
+
+def parse_record_batches(data: bytes):
+    """Split a Fetch `records` blob into batches, checking each CRC32C. A trailing partial batch
+    (allowed by Kafka when partition_max_bytes cuts one) is ignored."""
+    batches = []
+    pos = 0
+    while pos + 12 <= len(data):
+        base_offset, batch_len = struct.unpack(">qi", data[pos : pos + 12])
+        end = pos + 12 + batch_len
+        if end > len(data):
+            break
+        r = Reader(data[pos + 12 : end])
+        _leader_epoch = r.i32()
+        magic = r.i8()
+        crc = r.u32()
+        crc_region = data[pos + 12 + 9 : end]
+        attributes = r.i16()
+        last_delta = r.i32()
+        r.take(8 + 8 + 8 + 2 + 4)  # timestamps, producer id/epoch, base sequence
+        count = r.i32()
+        batches.append(
+            RawBatch(
+                base_offset=base_offset,
+                last_offset=base_offset + last_delta,
+                magic=magic,
+                crc=crc,
+                crc_ok=_crc32c.crc32c(crc_region) == crc,
+                attributes=attributes,
+                record_count=count,
+                length=12 + batch_len,
+            )
+        )
+        pos = end
+    return batches
+
+
+# ---------------------------------------------------------------------------------------------
+# Produce v3 and Fetch v4
+# ---------------------------------------------------------------------------------------------
+
+
+def produce_v3(conn: RawConn, topic: str, partition: int, batch: bytes, acks=-1, timeout_ms=10000):
+    """Produce v3 of one batch. Returns (error_code, base_offset)."""
+    body = (
+        string(None)
+        + i16(acks)
+        + i32(timeout_ms)
+        + array([string(topic) + array([i32(partition) + kbytes(batch)])])
+    )
+    r = conn.call(API_PRODUCE, 3, body)
+    n_topics = r.i32()
+    assert n_topics == 1, f"produce response has {n_topics} topics"
+    name = r.string()
+    assert name == topic, f"produce response topic {name!r} != {topic!r}"
+    n_parts = r.i32()
+    assert n_parts == 1, f"produce response has {n_parts} partitions"
+    pid, err, base_offset, _append_time = r.i32(), r.i16(), r.i64(), r.i64()
+    assert pid == partition
+    return err, base_offset
+
+
+@dataclass
+class RawFetchPartition:
+    error_code: int
+    high_watermark: int
+    records: bytes
+
+
+def fetch_v4(conn: RawConn, topic: str, partition: int, offset: int, max_bytes=10 * 1024 * 1024,
+             max_wait_ms=100, min_bytes=1) -> RawFetchPartition:
+    """Fetch v4 of one partition from `offset`."""
+    body = (
+        i32(-1)  # replica id
+        + i32(max_wait_ms)
+        + i32(min_bytes)
+        + i32(max_bytes)
+        + i8(0)  # read_uncommitted
+        + array([string(topic) + array([i32(partition) + i64(offset) + i32(max_bytes)])])
+    )
+    r = conn.call(API_FETCH, 4, body)
+    _throttle = r.i32()
+    n_topics = r.i32()
+    assert n_topics == 1, f"fetch response has {n_topics} topics"
+    name = r.string()
+    assert name == topic, f"fetch response topic {name!r} != {topic!r}"
+    n_parts = r.i32()
+    assert n_parts == 1, f"fetch response has {n_parts} partitions"
+    pid, err, hw, _lso = r.i32(), r.i16(), r.i64(), r.i64()
+    assert pid == partition
+    n_aborted = r.i32()
+    for _ in range(max(n_aborted, 0)):
+        r.i64()
+        r.i64()
+    records = r.kbytes() or b""
+    return RawFetchPartition(err, hw, records)
+
+
+def fetch_all_batches(bootstrap: str, topic: str, partition: int, end_offset: int):
+    """Every batch of a partition from offset 0 up to `end_offset` (exclusive), via raw Fetch v4."""
+    batches = []
+    offset = 0
+    with RawConn(bootstrap) as conn:
+        deadline = time.monotonic() + 30
+        while offset < end_offset:
+            assert time.monotonic() < deadline, f"raw fetch stuck at offset {offset}"
+            part = fetch_v4(conn, topic, partition, offset)
+            assert part.error_code == ERR_NONE, f"raw fetch error {part.error_code} at {offset}"
+            got = parse_record_batches(part.records)
+            # A fetch may start with a batch that contains `offset` but begins before it.
+            got = [b for b in got if b.last_offset >= offset]
+            if not got:
+                continue
+            batches.extend(got)
+            offset = got[-1].last_offset + 1
+    return batches
+
+
+def gzip_ratio_hint(data: bytes) -> float:
+    """How compressible `data` is (compressed/raw); tests use it to sanity-check their payloads."""
+    return len(zlib.compress(data)) / max(len(data), 1)
+
+
+def dir_size_bytes(path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# confluent-kafka (librdkafka) conveniences
+# ---------------------------------------------------------------------------------------------
+
+
+def confluent_admin(bootstrap: str, **conf):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000, **conf})
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 1, config=None, timeout_s=30):
+    """Create a topic with confluent-kafka's AdminClient and wait until metadata shows all of its
+    partitions with a leader. Raises on any error."""
+    from confluent_kafka.admin import NewTopic
+
+    admin = confluent_admin(bootstrap)
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})],
+        operation_timeout=timeout_s,
+        request_timeout=timeout_s,
+    )
+    futures[name].result(timeout=timeout_s)
+
+    def ready():
+        md = admin.list_topics(topic=name, timeout=5)
+        t = md.topics.get(name)
+        return (
+            t is not None
+            and t.error is None
+            and len(t.partitions) == partitions
+            and all(p.leader >= 0 for p in t.partitions.values())
+        )
+
+    wait_until(ready, timeout_s, what=f"topic {name} with {partitions} partitions in metadata")
+    return name
+
+
+def confluent_producer(bootstrap: str, **conf):
+    from confluent_kafka import Producer
+
+    base = {
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        # Idempotence needs InitProducerId, which the broker core does not promise.
+        "enable.idempotence": False,
+        "linger.ms": 5,
+        "message.timeout.ms": 30000,
+    }
+    base.update(conf)
+    return Producer(base)
+
+
+@dataclass
+class Delivered:
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+    error: object = None
+
+
+def produce_confluent(bootstrap: str, topic: str, records, partition=None, timeout_s=60,
+                      allow_errors=False, **conf):
+    """Produce [(key, value)] or [(key, value, timestamp_ms)] with confluent-kafka; return one
+    Delivered per record, in the order given. Unless allow_errors, any delivery error raises."""
+    p = confluent_producer(bootstrap, **conf)
+    out = [None] * len(records)
+
+    def on_delivery(idx):
+        def cb(err, msg):
+            out[idx] = Delivered(msg.key(), msg.value(), msg.partition(), msg.offset(), err)
+        return cb
+
+    for idx, rec in enumerate(records):
+        key, value = rec[0], rec[1]
+        kwargs = {"key": key, "value": value, "on_delivery": on_delivery(idx)}
+        if len(rec) > 2 and rec[2] is not None:
+            kwargs["timestamp"] = rec[2]
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                p.produce(topic, **kwargs)
+                break
+            except BufferError:
+                p.poll(0.1)
+        p.poll(0)
+    remaining = p.flush(timeout_s)
+    assert remaining == 0, f"{remaining} records still undelivered after {timeout_s}s"
+    assert all(d is not None for d in out), "a delivery report is missing"
+    if not allow_errors:
+        errors = [(i, d.error) for i, d in enumerate(out) if d.error is not None]
+        assert not errors, f"{len(errors)} delivery errors, first: {errors[0]}"
+    return out
+
+
+@dataclass
+class Consumed:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: list | None = None
+
+
+def consume_confluent(bootstrap: str, topic: str, partitions, expected: int, start_offset=None,
+                      timeout_s=60, **conf):
+    """Read `expected` records from `partitions` with a confluent-kafka consumer using manual
+    assign() (no group membership, no commits) from `start_offset` (default: beginning).
+    Returns the records in the order received; raises if fewer arrive in time or on any error.
+    Records past `expected` that arrive in the same poll are returned as well."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            # Required by the client; never used to join: we only assign() and never commit.
+            "group.id": f"assign-only-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            "fetch.wait.max.ms": 100,
+            **conf,
+        }
+    )
+    try:
+        start = OFFSET_BEGINNING if start_offset is None else start_offset
+        c.assign([TopicPartition(topic, p, start) for p in partitions])
+        got = []
+        deadline = time.monotonic() + timeout_s
+        while len(got) < expected:
+            assert time.monotonic() < deadline, (
+                f"consumed only {len(got)} of {expected} records from {topic} in {timeout_s}s"
+            )
+            for m in c.consume(num_messages=1000, timeout=0.5):
+                assert m.error() is None, f"consumer error: {m.error()}"
+                got.append(
+                    Consumed(m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
+                             m.headers())
+                )
+        return got
+    finally:
+        c.close()
+
+
+def watermarks(bootstrap: str, topic: str, partition: int, timeout_s=10):
+    """(low, high) watermarks of one partition, via confluent-kafka (ListOffsets)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"wm-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+    finally:
+        c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# kcat conveniences
+# ---------------------------------------------------------------------------------------------
+
+KCAT_FRAME_FORMAT = "%p %o %T %K %S\n%k%s"
+
+
+def kcat_consume(bootstrap: str, topic: str, extra_args=(), timeout=60):
+    """Consume a whole topic with `kcat -C -e` (no group) and return Consumed records, parsing
+    kcat's output by the key and value lengths it prints, so binary values survive."""
+    proc = run_kcat(
+        ["-b", bootstrap, "-C", "-t", topic, "-o", "beginning", "-e", "-q",
+         "-f", KCAT_FRAME_FORMAT, *extra_args],
+        timeout=timeout,
+    )
+    return parse_kcat_frames(proc.stdout)
+
+
+def parse_kcat_frames(data: bytes):
+    out = []
+    pos = 0
+    while pos < len(data):
+        nl = data.index(b"\n", pos)
+        p, o, ts, klen, vlen = (int(x) for x in data[pos:nl].split(b" "))
+        pos = nl + 1
+        key = None if klen < 0 else data[pos : pos + klen]
+        pos += max(klen, 0)
+        value = None if vlen < 0 else data[pos : pos + vlen]
+        pos += max(vlen, 0)
+        out.append(Consumed(p, o, key, value, ts))
+    return out
