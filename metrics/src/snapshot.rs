@@ -1,0 +1,312 @@
+//! The reading side: a `Send + Clone` copy of one or more shards' metrics, merged on demand,
+//! and its JSON form ([`StatsReport`]) shared by `/stats` and `sluice stats`.
+//!
+//! Owns: merge semantics (histograms add bucket-wise, counters add) and the `/stats` schema.
+//! Must never: be written to by the hot path; shards only ever produce snapshots.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hist::{Recorded, Summary, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, LATENCY_NS_MAX};
+use crate::names::{api_slot, slot_label, Counter, Stage};
+
+/// Metrics of one shard, or of several merged. Build with [`crate::ShardMetrics::snapshot`] or
+/// [`MetricsSnapshot::empty`], combine with [`MetricsSnapshot::merge`].
+#[derive(Debug, Clone)]
+pub struct MetricsSnapshot {
+    shard_count: usize,
+    stages_ns: [Recorded; Stage::COUNT],
+    /// Keyed by API slot (see [`crate::names::api_slot`]).
+    requests_ns: BTreeMap<usize, Recorded>,
+    group_commit_bytes: Recorded,
+    group_commit_records: Recorded,
+    counters: [u64; Counter::COUNT],
+}
+
+impl Default for MetricsSnapshot {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl MetricsSnapshot {
+    /// A snapshot of zero shards with nothing recorded: the identity of [`merge`](Self::merge).
+    pub fn empty() -> Self {
+        MetricsSnapshot {
+            shard_count: 0,
+            stages_ns: std::array::from_fn(|_| Recorded::new(LATENCY_NS_MAX)),
+            requests_ns: BTreeMap::new(),
+            group_commit_bytes: Recorded::new(BATCH_BYTES_MAX),
+            group_commit_records: Recorded::new(BATCH_RECORDS_MAX),
+            counters: [0; Counter::COUNT],
+        }
+    }
+
+    pub(crate) fn from_parts(
+        shard_count: usize,
+        stages_ns: [Recorded; Stage::COUNT],
+        requests_ns: BTreeMap<usize, Recorded>,
+        group_commit_bytes: Recorded,
+        group_commit_records: Recorded,
+        counters: [u64; Counter::COUNT],
+    ) -> Self {
+        MetricsSnapshot {
+            shard_count,
+            stages_ns,
+            requests_ns,
+            group_commit_bytes,
+            group_commit_records,
+            counters,
+        }
+    }
+
+    pub(crate) fn set_counters(&mut self, shard_count: usize, counters: [u64; Counter::COUNT]) {
+        self.shard_count = shard_count;
+        self.counters = counters;
+    }
+
+    /// Adds `other` into `self`: every histogram bucket-wise, every counter by sum, and the
+    /// shard counts. Merging is associative and commutative, so shards may reply in any order.
+    pub fn merge(&mut self, other: &MetricsSnapshot) {
+        self.shard_count += other.shard_count;
+        for (mine, theirs) in self.stages_ns.iter_mut().zip(other.stages_ns.iter()) {
+            mine.merge(theirs);
+        }
+        for (slot, theirs) in &other.requests_ns {
+            match self.requests_ns.get_mut(slot) {
+                Some(mine) => mine.merge(theirs),
+                None => {
+                    self.requests_ns.insert(*slot, theirs.clone());
+                }
+            }
+        }
+        self.group_commit_bytes.merge(&other.group_commit_bytes);
+        self.group_commit_records.merge(&other.group_commit_records);
+        for (mine, theirs) in self.counters.iter_mut().zip(other.counters.iter()) {
+            *mine = mine.saturating_add(*theirs);
+        }
+    }
+
+    /// Merges any number of snapshots into one.
+    pub fn merge_all<'a>(snapshots: impl IntoIterator<Item = &'a MetricsSnapshot>) -> Self {
+        let mut merged = MetricsSnapshot::empty();
+        for s in snapshots {
+            merged.merge(s);
+        }
+        merged
+    }
+
+    /// How many shard snapshots were merged into this one.
+    pub fn shard_count(&self) -> usize {
+        self.shard_count
+    }
+
+    /// The latency histogram of `stage`, in nanoseconds.
+    pub fn stage(&self, stage: Stage) -> &Recorded {
+        &self.stages_ns[stage.index()]
+    }
+
+    /// The end-to-end latency histogram of `api_key` in nanoseconds, if any request of it
+    /// was recorded. Keys without a name share one `unknown` histogram.
+    pub fn request(&self, api_key: i16) -> Option<&Recorded> {
+        self.requests_ns.get(&api_slot(api_key))
+    }
+
+    /// Every API with at least one recorded request, as (label, latency histogram in ns).
+    pub fn requests(&self) -> impl Iterator<Item = (&'static str, &Recorded)> {
+        self.requests_ns
+            .iter()
+            .map(|(slot, r)| (slot_label(*slot), r))
+    }
+
+    /// Group-commit sizes in bytes.
+    pub fn group_commit_bytes(&self) -> &Recorded {
+        &self.group_commit_bytes
+    }
+
+    /// Group-commit sizes in records.
+    pub fn group_commit_records(&self) -> &Recorded {
+        &self.group_commit_records
+    }
+
+    /// The value of `counter`, summed over the merged shards.
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.counters[counter.index()]
+    }
+
+    /// Requests recorded across all APIs (the sum of the per-API histogram counts).
+    pub fn requests_total(&self) -> u64 {
+        self.requests_ns.values().map(Recorded::count).sum()
+    }
+
+    /// Connections open at snapshot time: opened minus closed.
+    pub fn connections_active(&self) -> u64 {
+        self.counter(Counter::ConnectionsOpened)
+            .saturating_sub(self.counter(Counter::ConnectionsClosed))
+    }
+
+    /// The `/stats` view: percentiles per histogram plus counters.
+    pub fn report(&self) -> StatsReport {
+        StatsReport {
+            shards: self.shard_count,
+            stages_ns: Stage::ALL
+                .iter()
+                .map(|s| (s.name().to_string(), self.stage(*s).summary()))
+                .collect(),
+            requests_ns: self
+                .requests()
+                .map(|(name, r)| (name.to_string(), r.summary()))
+                .collect(),
+            group_commit_bytes: self.group_commit_bytes.summary(),
+            group_commit_records: self.group_commit_records.summary(),
+            counters: Counter::ALL
+                .iter()
+                .map(|c| (c.name().to_string(), self.counter(*c)))
+                .collect(),
+            requests_total: self.requests_total(),
+            connections_active: self.connections_active(),
+        }
+    }
+
+    /// The `/stats` JSON document (see [`StatsReport`] for the schema).
+    pub fn to_json(&self) -> serde_json::Value {
+        // A StatsReport holds only strings, integers and finite floats; serializing it cannot
+        // fail, but fall back to null rather than panic if serde ever disagrees.
+        serde_json::to_value(self.report()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) served at `/metrics`.
+    pub fn to_prometheus(&self) -> String {
+        crate::prometheus::render(self)
+    }
+}
+
+/// The `/stats` JSON schema. Section names carry the unit of the values inside them.
+///
+/// Every field defaults when absent, so a `sluice stats` of one version reads the `/stats` of
+/// another.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatsReport {
+    /// Number of shards merged into this report.
+    pub shards: usize,
+    /// Latency per stage name (see [`Stage::name`]), in nanoseconds.
+    pub stages_ns: BTreeMap<String, Summary>,
+    /// End-to-end request latency per Kafka API name, in nanoseconds.
+    pub requests_ns: BTreeMap<String, Summary>,
+    /// Group-commit sizes in bytes.
+    pub group_commit_bytes: Summary,
+    /// Group-commit sizes in records.
+    pub group_commit_records: Summary,
+    /// Counter values by name (see [`Counter::name`]).
+    pub counters: BTreeMap<String, u64>,
+    /// Requests across all APIs.
+    pub requests_total: u64,
+    /// Connections open when the report was taken.
+    pub connections_active: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ShardMetrics;
+
+    /// Two shards record disjoint halves of 1..=200; the merge must equal one histogram that
+    /// saw all of them.
+    #[test]
+    fn merging_two_shards_gives_exact_percentiles_and_counts() {
+        let a = ShardMetrics::new(0);
+        let b = ShardMetrics::new(1);
+        for v in 1..=100 {
+            a.record_stage_ns(Stage::AppendFsync, v);
+        }
+        for v in 101..=200 {
+            b.record_stage_ns(Stage::AppendFsync, v);
+        }
+        a.record_request_ns(0, 1_000);
+        b.record_request_ns(0, 2_000);
+        b.record_request_ns(1, 500);
+        a.count(Counter::BytesIn, 10);
+        b.count(Counter::BytesIn, 32);
+        a.count(Counter::ConnectionsOpened, 3);
+        b.count(Counter::ConnectionsOpened, 2);
+        b.count(Counter::ConnectionsClosed, 1);
+        a.record_group_commit(4096, 4);
+        b.record_group_commit(8192, 12);
+
+        let merged = MetricsSnapshot::merge_all([&a.snapshot(), &b.snapshot()]);
+        assert_eq!(merged.shard_count(), 2);
+        let fsync = merged.stage(Stage::AppendFsync).summary();
+        assert_eq!(fsync.count, 200);
+        assert_eq!(fsync.sum, 20_100);
+        assert_eq!(fsync.min, 1);
+        assert_eq!(fsync.p50, 100);
+        assert_eq!(fsync.p90, 180);
+        assert_eq!(fsync.p99, 198);
+        assert_eq!(fsync.p999, 200);
+        assert_eq!(fsync.max, 200);
+        assert!((fsync.mean - 100.5).abs() < 1e-9);
+        assert_eq!(merged.stage(Stage::AppendWrite).count(), 0);
+
+        let produce = merged.request(0).map(Recorded::summary).unwrap_or_default();
+        assert_eq!((produce.count, produce.min, produce.max), (2, 1_000, 2_000));
+        assert_eq!(merged.request(1).map(Recorded::count), Some(1));
+        assert!(merged.request(3).is_none());
+        assert_eq!(merged.requests_total(), 3);
+        assert_eq!(merged.counter(Counter::BytesIn), 42);
+        assert_eq!(merged.connections_active(), 4);
+        assert_eq!(merged.group_commit_bytes().sum(), 12_288);
+        let bytes_max = merged.group_commit_bytes().max();
+        assert!(
+            (8192..=8192 + 8).contains(&bytes_max),
+            "within 0.1%: {bytes_max}"
+        );
+        assert_eq!(merged.group_commit_records().sum(), 16);
+    }
+
+    #[test]
+    fn merge_is_order_independent() {
+        let shards: Vec<ShardMetrics> = (0..3).map(ShardMetrics::new).collect();
+        for (i, s) in shards.iter().enumerate() {
+            for v in 0..50u64 {
+                s.record_stage_ns(Stage::RequestQueue, v * (i as u64 + 1) * 1_000);
+            }
+        }
+        let snaps: Vec<MetricsSnapshot> = shards.iter().map(ShardMetrics::snapshot).collect();
+        let forward = MetricsSnapshot::merge_all(snaps.iter());
+        let backward = MetricsSnapshot::merge_all(snaps.iter().rev());
+        assert_eq!(forward.report(), backward.report());
+        assert_eq!(forward.stage(Stage::RequestQueue).count(), 150);
+    }
+
+    #[test]
+    fn unknown_api_keys_share_one_label() {
+        let s = ShardMetrics::new(0);
+        s.record_request_ns(-7, 10);
+        s.record_request_ns(9_999, 20);
+        s.record_request_ns(18, 30);
+        let snap = s.snapshot();
+        let labels: Vec<&str> = snap.requests().map(|(name, _)| name).collect();
+        assert_eq!(labels, vec!["ApiVersions", "unknown"]);
+        assert_eq!(snap.request(-7).map(Recorded::count), Some(2));
+    }
+
+    #[test]
+    fn json_round_trips_through_stats_report() {
+        let s = ShardMetrics::new(0);
+        s.record_stage_ns(Stage::AppendToDurable, 1_500);
+        s.count(Counter::BytesOut, 99);
+        let json = s.snapshot().to_json();
+        assert_eq!(json["stages_ns"]["append_to_durable"]["p99"], 1_500);
+        assert_eq!(json["counters"]["bytes_out"], 99);
+        let back: StatsReport = serde_json::from_value(json).unwrap_or_default();
+        assert_eq!(back, s.snapshot().report());
+    }
+
+    #[test]
+    fn snapshot_is_send_and_clone() {
+        fn assert_send_clone<T: Send + Clone + 'static>() {}
+        assert_send_clone::<MetricsSnapshot>();
+    }
+}
