@@ -11,6 +11,7 @@ pub mod client;
 pub mod conn;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod producer;
 pub mod records;
 pub mod versions;
