@@ -50,11 +50,11 @@ fi
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 BUILD_OK=0
-phase build cargo build --release --locked --quiet --bin sluice && BUILD_OK=1
+phase build cargo build --release --quiet --bin sluice && BUILD_OK=1
 
 if [ "${SKIP_CARGO:-0}" != 1 ]; then
-    phase cargo-test cargo test --workspace --locked --quiet
-    phase clippy cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+    phase cargo-test cargo test --workspace --quiet
+    phase clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
     phase fmt cargo fmt --all -- --check
 fi
 
