@@ -1,2 +1,15 @@
 //! The Sluice broker library: configuration, shards, cluster metadata and the Kafka API
 //! handlers. The binary in `main.rs` is a thin shell over it.
+//!
+//! Must never: block a shard thread on disk or network I/O after startup, or take a lock on
+//! the produce or fetch path.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod connection;
+pub mod errors;
+pub mod metadata;
+pub mod runtime;
+pub mod server;
+pub mod shard;

@@ -1,1 +1,118 @@
-fn main() {}
+//! The `sluice` command: parse, run, exit code. All behaviour lives in the library crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Kafka-compatible, thread-per-core event-streaming broker on io_uring"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    ///
+    /// Example: sluice serve --data-dir ./sluice-data --listen 127.0.0.1:9092
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file: Kafka-style setting names (or the long flag names below) as keys.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./sluice-data] (log.dirs).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Kafka listener [default: 127.0.0.1:9092] (listeners).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Address given to clients in Metadata [default: the listener] (advertised.listeners).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertised_listener: Option<String>,
+    /// Admin HTTP listener for /metrics and /stats [default: 127.0.0.1:9644]; "" disables.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_listen: Option<String>,
+    /// Shards (pinned threads) [default: one per available core] (num.shards).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Any broker setting by its Kafka-style name, e.g. --override num.partitions=3
+    /// (repeatable; wins over the config file, loses to the dedicated flags above).
+    #[arg(long = "override", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Print every setting with its default and meaning, then exit.
+    #[arg(long)]
+    print_config_reference: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    if args.print_config_reference {
+        println!("| setting | default | meaning |\n|---|---|---|");
+        for s in sluice::config::SETTINGS {
+            println!("| `{}` | `{}` | {} |", s.name, s.default, s.doc);
+        }
+        return ExitCode::SUCCESS;
+    }
+    init_logging();
+    let mut settings = sluice::config::Settings::default();
+    let result = (|| {
+        if let Some(path) = &args.config {
+            settings.load_toml(path)?;
+        }
+        for assignment in &args.overrides {
+            settings.apply_override(assignment)?;
+        }
+        let flags = [
+            ("log.dirs", args.data_dir.clone()),
+            ("listeners", args.listen.clone()),
+            ("advertised.listeners", args.advertised_listener.clone()),
+            ("admin.listen", args.admin_listen.clone()),
+            ("num.shards", args.shards.map(|n| n.to_string())),
+        ];
+        for (key, value) in flags {
+            if let Some(value) = value {
+                settings.set(key, &value)?;
+            }
+        }
+        sluice::config::BrokerConfig::from_settings(settings)
+    })();
+    let config = match result {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("sluice: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match sluice::server::serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sluice: {error}");
+            tracing::error!(%error, "broker stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

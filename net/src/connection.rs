@@ -50,7 +50,11 @@ pub trait Handler: 'static {
 
     /// Handles one request. Called in arrival order; the returned future may complete in any
     /// order, responses are still written in arrival order.
-    fn handle(&self, header: RequestHeader, body: Reader) -> LocalBoxFuture<'static, Response<Self::Records>>;
+    fn handle(
+        &self,
+        header: RequestHeader,
+        body: Reader,
+    ) -> LocalBoxFuture<'static, Response<Self::Records>>;
 
     /// Writes record data to the socket (copying or zero-copy: the handler decides).
     fn write_records<'a>(
@@ -65,7 +69,12 @@ pub trait Handler: 'static {
 }
 
 /// Serves `stream` until the client closes it, a write fails, or a request breaks the protocol.
-pub async fn serve<H: Handler>(stream: TcpStream, peer: SocketAddr, handler: Rc<H>, limits: ConnectionLimits) {
+pub async fn serve<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Rc<H>,
+    limits: ConnectionLimits,
+) {
     let stream = Rc::new(stream);
     let (queue_tx, queue_rx) = tokio::sync::mpsc::channel(limits.inflight_requests_max.max(1));
     let writer = tokio::task::spawn_local(write_responses(
@@ -171,11 +180,17 @@ async fn write_bytes(stream: &TcpStream, bytes: Bytes) -> io::Result<()> {
     result
 }
 
-async fn write_parts<H: Handler>(stream: &TcpStream, handler: &H, parts: Vec<Part<H::Records>>) -> io::Result<()> {
+async fn write_parts<H: Handler>(
+    stream: &TcpStream,
+    handler: &H,
+    parts: Vec<Part<H::Records>>,
+) -> io::Result<()> {
     for part in parts {
         match part {
             Part::Framing(bytes) => write_bytes(stream, bytes).await?,
-            Part::Records { length, source } => handler.write_records(stream, length, source).await?,
+            Part::Records { length, source } => {
+                handler.write_records(stream, length, source).await?
+            }
         }
     }
     Ok(())

@@ -225,7 +225,10 @@ mod tests {
         buf.put_slice(b"xy");
         let request = ProduceRequest::decode(Reader::new(buf.freeze()), 0).unwrap();
         assert_eq!(request.acks, 1);
-        assert_eq!(request.topics[0].partitions[0].records.as_deref(), Some(&b"xy"[..]));
+        assert_eq!(
+            request.topics[0].partitions[0].records.as_deref(),
+            Some(&b"xy"[..])
+        );
     }
 
     #[test]

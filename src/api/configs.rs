@@ -1,0 +1,247 @@
+//! DescribeConfigs (1–4), AlterConfigs (0–2) and IncrementalAlterConfigs (0–1) for topics and
+//! (read-only) for the broker.
+//!
+//! Must never: accept a topic config the storage engine would not honour (unknown names and
+//! bad values get INVALID_CONFIG, as in Kafka).
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::{
+    AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+};
+use sluice_net::connection::Response;
+use sluice_net::header::RequestHeader;
+use sluice_net::Reader;
+
+use super::{decode_or_close, encode, str_bytes, FetchRecords};
+use crate::config::{SETTINGS, TOPIC_CONFIGS};
+use crate::errors::code;
+use crate::shard::Shard;
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+fn entry(name: &str, value: &str, source: i8, read_only: bool) -> DescribeConfigsResourceResult {
+    let mut c = DescribeConfigsResourceResult::default();
+    c.name = str_bytes(name);
+    c.value = Some(str_bytes(value));
+    c.read_only = read_only;
+    c.config_source = source;
+    c
+}
+
+/// Handles DescribeConfigs.
+pub async fn describe(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, DescribeConfigsRequest);
+    let snapshot = shard.metadata.load();
+    let mut results = Vec::with_capacity(request.resources.len());
+    for resource in request.resources {
+        let wanted = |name: &str| {
+            resource
+                .configuration_keys
+                .as_ref()
+                .is_none_or(|keys| keys.is_empty() || keys.iter().any(|k| k.as_str() == name))
+        };
+        let mut result = DescribeConfigsResult::default();
+        result.resource_type = resource.resource_type;
+        result.resource_name = resource.resource_name.clone();
+        match resource.resource_type {
+            RESOURCE_TOPIC => match snapshot.topic(resource.resource_name.as_str()) {
+                Some(topic) => {
+                    result.configs = TOPIC_CONFIGS
+                        .iter()
+                        .filter(|(name, _)| wanted(name))
+                        .filter_map(|(name, _)| {
+                            let (value, is_default) =
+                                shard.config.topic_config_value(&topic.configs, name)?;
+                            Some(entry(
+                                name,
+                                &value,
+                                if is_default {
+                                    SOURCE_DEFAULT
+                                } else {
+                                    SOURCE_TOPIC
+                                },
+                                false,
+                            ))
+                        })
+                        .collect();
+                }
+                None => {
+                    result.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+                    result.error_message = Some(str_bytes("Topic does not exist"));
+                }
+            },
+            RESOURCE_BROKER => {
+                result.configs = SETTINGS
+                    .iter()
+                    .filter(|s| wanted(s.name))
+                    .map(|s| {
+                        let value = shard.config.settings.raw(s.name);
+                        let source = if value == s.default {
+                            SOURCE_DEFAULT
+                        } else {
+                            SOURCE_STATIC_BROKER
+                        };
+                        entry(s.name, value, source, true)
+                    })
+                    .collect();
+            }
+            other => {
+                result.error_code = code::INVALID_REQUEST;
+                result.error_message = Some(str_bytes(&format!(
+                    "resource type {other} is not supported"
+                )));
+            }
+        }
+        results.push(result);
+    }
+    let mut response = DescribeConfigsResponse::default();
+    response.results = results;
+    encode(&header, &response)
+}
+
+/// One resource's alteration: (type, name, changes, incremental).
+type Alteration = (i8, String, Vec<(String, Option<String>)>);
+
+async fn alter_all(
+    shard: &Rc<Shard>,
+    resources: Vec<Alteration>,
+    incremental: bool,
+    validate_only: bool,
+) -> Vec<(i16, Option<String>)> {
+    let mut outcomes = Vec::with_capacity(resources.len());
+    for (resource_type, name, changes) in resources {
+        if resource_type != RESOURCE_TOPIC {
+            outcomes.push((
+                code::INVALID_REQUEST,
+                Some("only topic configs can be altered; broker settings are static".to_string()),
+            ));
+            continue;
+        }
+        let result = shard
+            .invoke_on(0, move |s| async move {
+                match &s.controller {
+                    Some(controller) => {
+                        controller
+                            .alter_topic_configs(&s, &name, changes, incremental, validate_only)
+                            .await
+                    }
+                    None => Err((code::NOT_COORDINATOR, "no controller".into())),
+                }
+            })
+            .await;
+        outcomes.push(match result {
+            Ok(Ok(())) => (code::NONE, None),
+            Ok(Err((error_code, message))) => (error_code, Some(message)),
+            Err(gone) => (code::NOT_COORDINATOR, Some(gone.to_string())),
+        });
+    }
+    outcomes
+}
+
+/// Handles AlterConfigs (replaces a topic's overrides).
+pub async fn alter(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, AlterConfigsRequest);
+    let resources: Vec<Alteration> = request
+        .resources
+        .iter()
+        .map(|r| {
+            let changes = r
+                .configs
+                .iter()
+                .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
+                .collect();
+            (r.resource_type, r.resource_name.to_string(), changes)
+        })
+        .collect();
+    let outcomes = alter_all(&shard, resources, false, request.validate_only).await;
+    let mut response = AlterConfigsResponse::default();
+    response.responses = request
+        .resources
+        .iter()
+        .zip(outcomes)
+        .map(|(r, (error_code, message))| {
+            let mut out = kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse::default();
+            out.resource_type = r.resource_type;
+            out.resource_name = r.resource_name.clone();
+            out.error_code = error_code;
+            out.error_message = message.map(|m| str_bytes(&m));
+            out
+        })
+        .collect();
+    encode(&header, &response)
+}
+
+/// Handles IncrementalAlterConfigs (SET = 0, DELETE = 1; APPEND/SUBTRACT apply to list
+/// configs, which Sluice's topic configs are not).
+pub async fn incremental_alter(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, IncrementalAlterConfigsRequest);
+    let mut resources: Vec<Alteration> = Vec::new();
+    let mut invalid: Vec<Option<String>> = Vec::new();
+    for r in &request.resources {
+        let mut changes = Vec::new();
+        let mut bad = None;
+        for c in &r.configs {
+            match c.config_operation {
+                0 => changes.push((c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))),
+                1 => changes.push((c.name.to_string(), None)),
+                op => {
+                    bad = Some(format!(
+                        "operation {op} is not valid for non-list config {}",
+                        c.name.as_str()
+                    ))
+                }
+            }
+        }
+        invalid.push(bad);
+        resources.push((r.resource_type, r.resource_name.to_string(), changes));
+    }
+    let valid: Vec<Alteration> = resources
+        .into_iter()
+        .zip(&invalid)
+        .filter(|(_, bad)| bad.is_none())
+        .map(|(r, _)| r)
+        .collect();
+    let mut outcomes = alter_all(&shard, valid, true, request.validate_only)
+        .await
+        .into_iter();
+    let mut response = IncrementalAlterConfigsResponse::default();
+    response.responses = request
+        .resources
+        .iter()
+        .zip(invalid)
+        .map(|(r, bad)| {
+            let (error_code, message) = match bad {
+                Some(message) => (code::INVALID_CONFIG, Some(message)),
+                None => outcomes.next().unwrap_or((code::NONE, None)),
+            };
+            let mut out = kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+            out.resource_type = r.resource_type;
+            out.resource_name = r.resource_name.clone();
+            out.error_code = error_code;
+            out.error_message = message.map(|m| str_bytes(&m));
+            out
+        })
+        .collect();
+    encode(&header, &response)
+}

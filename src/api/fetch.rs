@@ -1,0 +1,285 @@
+//! Fetch (4–13): reads whole batches from the owning shards, long-polls until `min_bytes` are
+//! available or `max_wait_ms` passes (woken by appends, not by a timer loop), and answers with
+//! framing plus record data that the connection writes without copying it into the response.
+//!
+//! Must never: send a byte at or above the high watermark, exceed `max_bytes` except for the
+//! first batch (Kafka's progress guarantee), or keep a remote wait alive past the deadline.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::FetchRequest;
+use sluice_net::connection::Response;
+use sluice_net::fetch::{encode_response, FetchPartitionOut, FetchTopicOut};
+use sluice_net::header::RequestHeader;
+use sluice_net::Reader;
+use sluice_storage::{ReadChunk, ReadSlice, StorageError};
+
+use super::decode_or_close;
+use crate::errors::code;
+use crate::shard::Shard;
+
+/// Record data of one partition in a Fetch response: tail-cache bytes or file ranges.
+pub type FetchRecords = Vec<ReadChunk>;
+
+const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+
+struct PartitionFetch {
+    index: i32,
+    fetch_offset: i64,
+    partition_max_bytes: u32,
+    /// Known topic and partition (false: answered with `error_code` without reading).
+    known: bool,
+    error_code: i16,
+}
+
+struct TopicFetch {
+    name: String,
+    id: uuid::Uuid,
+    partitions: Vec<PartitionFetch>,
+}
+
+type ReadOutcome = Result<ReadSlice, (i16, i64, i64)>;
+
+/// Handles Fetch.
+pub async fn handle(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, FetchRequest);
+    let version = header.api_version;
+    if version >= 7 && (request.session_id != 0 || request.session_epoch > 0) {
+        // Sluice does not keep incremental fetch sessions; clients fall back to full fetches.
+        return Response::Frame(sluice_net::fetch::encode_error_response(
+            &header,
+            FETCH_SESSION_ID_NOT_FOUND,
+        ));
+    }
+    let snapshot = shard.metadata.load();
+    let topics: Vec<TopicFetch> = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let name = if version >= 13 {
+                snapshot.names_by_id.get(&topic.topic_id).cloned()
+            } else {
+                Some(topic.topic.0.to_string())
+            };
+            let meta = name.as_deref().and_then(|n| snapshot.topic(n));
+            let unknown = if version >= 13 {
+                code::UNKNOWN_TOPIC_ID
+            } else {
+                code::UNKNOWN_TOPIC_OR_PARTITION
+            };
+            TopicFetch {
+                name: name.clone().unwrap_or_default(),
+                id: meta.map(|m| m.id).unwrap_or(topic.topic_id),
+                partitions: topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let known =
+                            meta.is_some_and(|m| p.partition >= 0 && p.partition < m.partitions);
+                        PartitionFetch {
+                            index: p.partition,
+                            fetch_offset: p.fetch_offset,
+                            partition_max_bytes: p.partition_max_bytes.max(0) as u32,
+                            known,
+                            error_code: if meta.is_none() {
+                                unknown
+                            } else if known {
+                                code::NONE
+                            } else {
+                                code::UNKNOWN_TOPIC_OR_PARTITION
+                            },
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+
+    let max_bytes = if version >= 3 {
+        request.max_bytes.max(0) as u32
+    } else {
+        u32::MAX
+    };
+    let min_bytes = request.min_bytes.max(0) as u64;
+    let wait = Duration::from_millis(
+        (request.max_wait_ms.max(0) as u64).min(shard.config.fetch_wait_ms_max),
+    );
+    let deadline = Instant::now() + wait;
+
+    let mut outcomes = read_all(&shard, &topics, max_bytes).await;
+    loop {
+        let available: u64 = outcomes
+            .iter()
+            .flatten()
+            .filter_map(|o| o.as_ref().ok())
+            .map(|s| u64::from(s.total_bytes))
+            .sum();
+        let any_error = outcomes.iter().flatten().any(|o| o.is_err());
+        let now = Instant::now();
+        if available >= min_bytes.max(1) || any_error || now >= deadline {
+            break;
+        }
+        if !wait_for_any(&shard, &topics, &outcomes, deadline - now).await {
+            break;
+        }
+        outcomes = read_all(&shard, &topics, max_bytes).await;
+    }
+
+    let response_topics = topics
+        .into_iter()
+        .zip(outcomes)
+        .map(|(topic, partitions)| FetchTopicOut {
+            name: Bytes::from(topic.name.into_bytes()),
+            topic_id: topic.id,
+            partitions: topic
+                .partitions
+                .iter()
+                .zip(partitions)
+                .map(|(p, outcome)| match outcome {
+                    Ok(slice) => FetchPartitionOut {
+                        index: p.index,
+                        error_code: code::NONE,
+                        high_watermark: slice.high_watermark,
+                        last_stable_offset: slice.high_watermark,
+                        log_start_offset: slice.log_start_offset,
+                        records: Some((slice.total_bytes, slice.chunks)),
+                    },
+                    Err((error_code, high_watermark, log_start_offset)) => FetchPartitionOut {
+                        index: p.index,
+                        error_code,
+                        high_watermark,
+                        last_stable_offset: high_watermark,
+                        log_start_offset,
+                        records: None,
+                    },
+                })
+                .collect(),
+        })
+        .collect();
+    let (parts, _total_bytes) = encode_response(&header, 0, code::NONE, 0, response_topics);
+    Response::Parts(parts)
+}
+
+/// Reads every partition concurrently on its owner, then trims to `max_bytes` in request
+/// order: the first partition with data always keeps its first batch; a later one that would
+/// overflow the budget returns no records this time (the client asks again).
+async fn read_all(
+    shard: &Rc<Shard>,
+    topics: &[TopicFetch],
+    max_bytes: u32,
+) -> Vec<Vec<ReadOutcome>> {
+    let mut pending = Vec::new();
+    for topic in topics {
+        for p in &topic.partitions {
+            if !p.known {
+                let error = p.error_code;
+                pending.push(futures::future::Either::Left(futures::future::ready(Err(
+                    (error, -1, -1),
+                ))));
+                continue;
+            }
+            let owner = shard.set.owner_of(&topic.name, p.index);
+            let (name, index, offset) = (topic.name.clone(), p.index, p.fetch_offset);
+            let limit = p.partition_max_bytes.min(max_bytes);
+            let read = shard.invoke_on(owner, move |s| async move {
+                read_on_owner(&s, &name, index, offset, limit)
+            });
+            pending.push(futures::future::Either::Right(async move {
+                read.await
+                    .unwrap_or(Err((code::NOT_LEADER_OR_FOLLOWER, -1, -1)))
+            }));
+        }
+    }
+    let mut flat = futures::future::join_all(pending).await.into_iter();
+    let mut used_bytes: u64 = 0;
+    let mut out = Vec::with_capacity(topics.len());
+    for topic in topics {
+        let mut parts = Vec::with_capacity(topic.partitions.len());
+        for _ in &topic.partitions {
+            let Some(mut outcome) = flat.next() else {
+                break;
+            };
+            if let Ok(slice) = &mut outcome {
+                let size = u64::from(slice.total_bytes);
+                if used_bytes > 0 && used_bytes + size > u64::from(max_bytes) {
+                    slice.chunks.clear();
+                    slice.total_bytes = 0;
+                }
+                used_bytes += u64::from(slice.total_bytes);
+            }
+            parts.push(outcome);
+        }
+        out.push(parts);
+    }
+    out
+}
+
+fn read_on_owner(
+    shard: &Shard,
+    topic: &str,
+    index: i32,
+    offset: i64,
+    limit_bytes: u32,
+) -> ReadOutcome {
+    let Some(partition) = shard.partition(topic, index) else {
+        return Err((code::NOT_LEADER_OR_FOLLOWER, -1, -1));
+    };
+    // min_one_batch: Kafka returns at least one whole batch even above the limits, so a
+    // consumer can always make progress.
+    partition
+        .read(offset, limit_bytes, true)
+        .map_err(|error| match error {
+            StorageError::OffsetOutOfRange {
+                log_start_offset, ..
+            } => (
+                code::OFFSET_OUT_OF_RANGE,
+                partition.high_watermark(),
+                log_start_offset,
+            ),
+            other => {
+                tracing::error!(topic, partition = index, error = %other, "read failed");
+                (code::KAFKA_STORAGE_ERROR, -1, -1)
+            }
+        })
+}
+
+/// Waits until any polled partition's high watermark moves past what the last read saw, or
+/// `timeout`. Returns false on timeout.
+async fn wait_for_any(
+    shard: &Rc<Shard>,
+    topics: &[TopicFetch],
+    outcomes: &[Vec<ReadOutcome>],
+    timeout: Duration,
+) -> bool {
+    let mut waits = Vec::new();
+    for (topic, parts) in topics.iter().zip(outcomes) {
+        for (p, outcome) in topic.partitions.iter().zip(parts) {
+            let Ok(slice) = outcome else { continue };
+            let owner = shard.set.owner_of(&topic.name, p.index);
+            let name = topic.name.clone();
+            let index = p.index;
+            // Wake when the high watermark passes what we saw (or passes the fetch offset).
+            let seen = slice.high_watermark.max(p.fetch_offset);
+            waits.push(Box::pin(shard.invoke_on(owner, move |s| async move {
+                let Some(partition) = s.partition(&name, index) else {
+                    return;
+                };
+                let _ = tokio::time::timeout(timeout, partition.wait_for_data(seen)).await;
+            })));
+        }
+    }
+    if waits.is_empty() {
+        tokio::time::sleep(timeout).await;
+        return false;
+    }
+    tokio::select! {
+        _ = futures::future::select_all(waits) => true,
+        _ = tokio::time::sleep(timeout) => false,
+    }
+}

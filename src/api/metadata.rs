@@ -1,0 +1,202 @@
+//! Metadata (0–12) and DescribeCluster (0–1): the broker, its topics and partition leaders.
+//!
+//! Auto-creation happens here, as in Kafka: an unknown topic named in a Metadata request is
+//! created with `num.partitions` when `auto.create.topics.enable` and the request allow it.
+//! Must never: list the internal offsets log as a topic.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    TopicName,
+};
+use sluice_net::connection::Response;
+use sluice_net::header::RequestHeader;
+use sluice_net::Reader;
+
+use super::{decode_or_close, encode, str_bytes, FetchRecords};
+use crate::errors::code;
+use crate::metadata::controller::NewTopic;
+use crate::metadata::{validate_topic_name, TopicMeta};
+use crate::shard::Shard;
+
+/// Kafka's "authorized operations not requested" marker.
+const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+/// Handles Metadata.
+pub async fn handle(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, MetadataRequest);
+    let version = header.api_version;
+    let snapshot = shard.metadata.load();
+    // v0: an empty list means all topics; v1+: null means all, empty means none.
+    let requested: Option<Vec<(Option<String>, uuid::Uuid)>> = match request.topics {
+        None => None,
+        Some(topics) if topics.is_empty() && version == 0 => None,
+        Some(topics) => Some(
+            topics
+                .into_iter()
+                .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+                .collect(),
+        ),
+    };
+    let allow_auto_create =
+        shard.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+
+    let mut topics = Vec::new();
+    match requested {
+        None => {
+            let mut all: Vec<Arc<TopicMeta>> = snapshot.topics.values().cloned().collect();
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            topics.extend(all.iter().map(|t| topic_entry(&shard, t)));
+        }
+        Some(list) => {
+            for (name, id) in list {
+                let name = match name {
+                    Some(name) => name,
+                    None => match snapshot.names_by_id.get(&id) {
+                        Some(name) => name.clone(),
+                        None => {
+                            topics.push(error_entry(None, id, code::UNKNOWN_TOPIC_ID));
+                            continue;
+                        }
+                    },
+                };
+                if let Some(topic) = snapshot.topic(&name) {
+                    topics.push(topic_entry(&shard, topic));
+                    continue;
+                }
+                if validate_topic_name(&name).is_err() {
+                    topics.push(error_entry(Some(&name), id, code::INVALID_TOPIC_EXCEPTION));
+                    continue;
+                }
+                if !allow_auto_create {
+                    topics.push(error_entry(
+                        Some(&name),
+                        id,
+                        code::UNKNOWN_TOPIC_OR_PARTITION,
+                    ));
+                    continue;
+                }
+                match auto_create(&shard, &name).await {
+                    Ok(topic) => topics.push(topic_entry(&shard, &topic)),
+                    // Someone created it between our snapshot and now: fine.
+                    Err((code::TOPIC_ALREADY_EXISTS, _)) => {
+                        match shard.metadata.load().topic(&name) {
+                            Some(topic) => topics.push(topic_entry(&shard, topic)),
+                            None => topics.push(error_entry(
+                                Some(&name),
+                                id,
+                                code::LEADER_NOT_AVAILABLE,
+                            )),
+                        }
+                    }
+                    Err((error_code, message)) => {
+                        tracing::warn!(topic = %name, error_code, %message, "auto-create failed");
+                        topics.push(error_entry(Some(&name), id, error_code));
+                    }
+                }
+            }
+        }
+    }
+
+    let mut response = MetadataResponse::default();
+    response.brokers = vec![broker_entry(&shard)];
+    response.cluster_id = Some(str_bytes(&snapshot.cluster_id));
+    response.controller_id = BrokerId(shard.config.node_id);
+    response.topics = topics;
+    response.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+    encode(&header, &response)
+}
+
+async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<Arc<TopicMeta>, (i16, String)> {
+    let topic = NewTopic {
+        name: name.to_string(),
+        partitions: -1,
+        replication_factor: -1,
+        configs: Default::default(),
+    };
+    let result = shard
+        .invoke_on(0, move |s| async move {
+            match &s.controller {
+                Some(controller) => controller.create_topics(&s, vec![topic], false).await,
+                None => vec![Err((
+                    code::NOT_COORDINATOR,
+                    "no controller on shard 0".into(),
+                ))],
+            }
+        })
+        .await;
+    match result {
+        Ok(mut results) => results
+            .pop()
+            .unwrap_or(Err((code::LEADER_NOT_AVAILABLE, "no result".into()))),
+        Err(error) => Err((code::LEADER_NOT_AVAILABLE, error.to_string())),
+    }
+}
+
+fn broker_entry(shard: &Shard) -> MetadataResponseBroker {
+    let mut broker = MetadataResponseBroker::default();
+    broker.node_id = BrokerId(shard.config.node_id);
+    broker.host = str_bytes(&shard.config.advertised_host);
+    broker.port = shard.config.advertised_port;
+    broker
+}
+
+fn topic_entry(shard: &Shard, topic: &TopicMeta) -> MetadataResponseTopic {
+    let node = BrokerId(shard.config.node_id);
+    let mut entry = MetadataResponseTopic::default();
+    entry.name = Some(TopicName(str_bytes(&topic.name)));
+    entry.topic_id = topic.id;
+    entry.is_internal = topic.is_internal();
+    entry.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+    entry.partitions = (0..topic.partitions)
+        .map(|index| {
+            let mut p = MetadataResponsePartition::default();
+            p.partition_index = index;
+            p.leader_id = node;
+            p.leader_epoch = 0;
+            p.replica_nodes = vec![node];
+            p.isr_nodes = vec![node];
+            p
+        })
+        .collect();
+    entry
+}
+
+fn error_entry(name: Option<&str>, id: uuid::Uuid, error_code: i16) -> MetadataResponseTopic {
+    let mut entry = MetadataResponseTopic::default();
+    entry.error_code = error_code;
+    entry.name = name.map(|n| TopicName(str_bytes(n)));
+    entry.topic_id = id;
+    entry.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+    entry
+}
+
+/// Handles DescribeCluster.
+pub fn describe_cluster(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let _request = decode_or_close!(header, body, DescribeClusterRequest);
+    let mut broker = DescribeClusterBroker::default();
+    broker.broker_id = BrokerId(shard.config.node_id);
+    broker.host = str_bytes(&shard.config.advertised_host);
+    broker.port = shard.config.advertised_port;
+    let mut response = DescribeClusterResponse::default();
+    response.endpoint_type = 1;
+    response.cluster_id = str_bytes(&shard.metadata.load().cluster_id);
+    response.controller_id = BrokerId(shard.config.node_id);
+    response.brokers = vec![broker];
+    response.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+    encode(&header, &response)
+}

@@ -1,0 +1,169 @@
+//! Kafka API dispatch: the table of supported versions (what ApiVersions advertises) and the
+//! routing of each request to its handler.
+//!
+//! Owns version checks and the generic decode/encode of cold-path APIs through the
+//! `kafka-protocol` codecs. Must never: advertise an API or version that is not implemented,
+//! or answer a request it could not parse (the connection is closed with a log line instead).
+
+mod admin;
+mod configs;
+mod fetch;
+mod metadata;
+mod offsets;
+mod produce;
+mod versions;
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::protocol::{Decodable, Encodable};
+use sluice_net::connection::Response;
+use sluice_net::header::{finish_response, RequestHeader};
+use sluice_net::Reader;
+
+use crate::shard::Shard;
+
+pub use fetch::FetchRecords;
+
+/// An API Sluice serves and the versions it accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiRange {
+    /// API key.
+    pub key: i16,
+    /// Lowest version.
+    pub min: i16,
+    /// Highest version.
+    pub max: i16,
+}
+
+const fn api(key: i16, min: i16, max: i16) -> ApiRange {
+    ApiRange { key, min, max }
+}
+
+/// Every API served, advertised by ApiVersions in this order.
+///
+/// Produce is advertised from v0 because librdkafka's feature detection needs old versions in
+/// the range (KAFKA-18659); a v0–v2 request with old message formats gets
+/// UNSUPPORTED_FOR_MESSAGE_FORMAT per partition.
+pub const SUPPORTED_APIS: &[ApiRange] = &[
+    api(0, 0, sluice_net::produce::PRODUCE_VERSION_MAX), // Produce
+    api(
+        1,
+        sluice_net::fetch::FETCH_VERSION_MIN,
+        sluice_net::fetch::FETCH_VERSION_MAX,
+    ), // Fetch
+    api(2, 1, 7),                                        // ListOffsets
+    api(3, 0, 12),                                       // Metadata
+    api(18, 0, 3),                                       // ApiVersions
+    api(19, 2, 7),                                       // CreateTopics
+    api(20, 1, 6),                                       // DeleteTopics
+    api(32, 1, 4),                                       // DescribeConfigs
+    api(33, 0, 2),                                       // AlterConfigs
+    api(37, 0, 3),                                       // CreatePartitions
+    api(44, 0, 1),                                       // IncrementalAlterConfigs
+    api(60, 0, 1),                                       // DescribeCluster
+];
+
+/// The served range of `key`, if any.
+pub fn supported(key: i16) -> Option<ApiRange> {
+    SUPPORTED_APIS
+        .iter()
+        .copied()
+        .find(|range| range.key == key)
+}
+
+/// Handles one request on `shard`.
+pub async fn dispatch(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let Some(range) = supported(header.api_key) else {
+        tracing::warn!(
+            api_key = header.api_key,
+            client_id = %header.client_id_lossy(),
+            "closing connection: unsupported API key"
+        );
+        return Response::Close;
+    };
+    if header.api_version < range.min || header.api_version > range.max {
+        if header.api_key == 18 {
+            return versions::unsupported_version(&header);
+        }
+        tracing::warn!(
+            api_key = header.api_key,
+            api_version = header.api_version,
+            client_id = %header.client_id_lossy(),
+            "closing connection: unsupported API version (see ApiVersions)"
+        );
+        return Response::Close;
+    }
+    match header.api_key {
+        0 => produce::handle(shard, header, body).await,
+        1 => fetch::handle(shard, header, body).await,
+        2 => offsets::handle(shard, header, body).await,
+        3 => metadata::handle(shard, header, body).await,
+        18 => versions::handle(&header),
+        19 => admin::create_topics(shard, header, body).await,
+        20 => admin::delete_topics(shard, header, body).await,
+        32 => configs::describe(shard, header, body).await,
+        33 => configs::alter(shard, header, body).await,
+        37 => admin::create_partitions(shard, header, body).await,
+        44 => configs::incremental_alter(shard, header, body).await,
+        60 => metadata::describe_cluster(shard, header, body),
+        _ => Response::Close,
+    }
+}
+
+/// Decodes a cold-path request body with the codec library; `None` (logged) closes the
+/// connection.
+pub(crate) fn decode<T: Decodable>(header: &RequestHeader, body: Reader) -> Option<T> {
+    let mut bytes: Bytes = body.rest();
+    match T::decode(&mut bytes, header.api_version) {
+        Ok(request) => Some(request),
+        Err(error) => {
+            tracing::warn!(
+                api_key = header.api_key,
+                api_version = header.api_version,
+                client_id = %header.client_id_lossy(),
+                %error,
+                "closing connection: malformed request"
+            );
+            None
+        }
+    }
+}
+
+/// Encodes a response with its header and size prefix.
+pub(crate) fn encode<T: Encodable>(header: &RequestHeader, response: &T) -> Response<FetchRecords> {
+    let size = response.compute_size(header.api_version).unwrap_or(256);
+    let mut buf = header.begin_response(size);
+    match response.encode(&mut buf, header.api_version) {
+        Ok(()) => Response::Frame(finish_response(buf, 0)),
+        Err(error) => {
+            tracing::error!(
+                api_key = header.api_key,
+                api_version = header.api_version,
+                %error,
+                "cannot encode response; closing connection"
+            );
+            Response::Close
+        }
+    }
+}
+
+/// Decodes or closes: `let Some(req) = decode_or_close!(header, body, T) else { ... }`.
+macro_rules! decode_or_close {
+    ($header:expr, $body:expr, $ty:ty) => {
+        match $crate::api::decode::<$ty>(&$header, $body) {
+            Some(request) => request,
+            None => return sluice_net::connection::Response::Close,
+        }
+    };
+}
+pub(crate) use decode_or_close;
+
+/// A `StrBytes` from a `&str`.
+pub(crate) fn str_bytes(s: &str) -> kafka_protocol::protocol::StrBytes {
+    kafka_protocol::protocol::StrBytes::from_string(s.to_string())
+}

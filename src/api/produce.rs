@@ -1,0 +1,154 @@
+//! Produce: validates the request, sends each partition's record set to the shard that owns
+//! the partition, waits per `acks` (bounded by `timeout_ms`) and answers per partition.
+//!
+//! Hot path. The record bytes stay slices of the request frame until the storage engine copies
+//! them once into its aligned write buffers. Must never: allocate or copy per record, hold a
+//! lock, or answer before the storage engine has done what `acks` promises.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_net::connection::Response;
+use sluice_net::header::RequestHeader;
+use sluice_net::produce::{encode_response, PartitionResult, ProduceRequest};
+use sluice_net::Reader;
+use sluice_storage::{Ack, AppendError};
+
+use super::FetchRecords;
+use crate::errors::code;
+use crate::shard::Shard;
+
+/// Handles Produce.
+pub async fn handle(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = match ProduceRequest::decode(body, header.api_version) {
+        Ok(request) => request,
+        Err(error) => {
+            tracing::warn!(client_id = %header.client_id_lossy(), %error, "closing connection: malformed Produce request");
+            return Response::Close;
+        }
+    };
+    let ack = match request.acks {
+        0 => Some(Ack::None),
+        1 => Some(Ack::Written),
+        -1 => Some(Ack::Durable),
+        _ => None,
+    };
+    let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64);
+    let snapshot = shard.metadata.load();
+
+    // Dispatch every partition before awaiting any, in request order (see shard.rs on order).
+    let mut pending = Vec::new();
+    for topic in &request.topics {
+        let name = String::from_utf8_lossy(&topic.name).into_owned();
+        let meta = snapshot.topic(&name);
+        for partition in &topic.partitions {
+            let index = partition.index;
+            let early_error = match (ack, meta, &partition.records) {
+                (None, _, _) => Some((code::INVALID_REQUIRED_ACKS, "acks must be 0, 1 or -1")),
+                (_, None, _) => Some((code::UNKNOWN_TOPIC_OR_PARTITION, "unknown topic")),
+                (_, Some(meta), _) if index < 0 || index >= meta.partitions => {
+                    Some((code::UNKNOWN_TOPIC_OR_PARTITION, "unknown partition"))
+                }
+                (_, Some(meta), _) if meta.is_internal() => Some((
+                    code::INVALID_TOPIC_EXCEPTION,
+                    "cannot produce to an internal topic",
+                )),
+                (_, _, None) => Some((code::CORRUPT_MESSAGE, "null record set")),
+                (_, _, Some(records)) if records.is_empty() => {
+                    Some((code::CORRUPT_MESSAGE, "empty record set"))
+                }
+                _ => None,
+            };
+            if let Some((error_code, message)) = early_error {
+                pending.push(futures::future::Either::Left(futures::future::ready(
+                    PartitionResult::error(index, error_code, Some(message.to_string())),
+                )));
+                continue;
+            }
+            let (Some(ack), Some(records)) = (ack, partition.records.clone()) else {
+                continue;
+            };
+            let owner = shard.set.owner_of(&name, index);
+            let topic_name = name.clone();
+            let append = shard.invoke_on(owner, move |s| async move {
+                append_on_owner(&s, &topic_name, index, records, ack).await
+            });
+            pending.push(futures::future::Either::Right(async move {
+                match tokio::time::timeout(timeout.max(Duration::from_millis(1)), append).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(gone)) => PartitionResult::error(
+                        index,
+                        code::NOT_LEADER_OR_FOLLOWER,
+                        Some(gone.to_string()),
+                    ),
+                    Err(_) => PartitionResult::error(
+                        index,
+                        code::REQUEST_TIMED_OUT,
+                        Some(format!(
+                            "not acknowledged within timeout_ms={}",
+                            timeout.as_millis()
+                        )),
+                    ),
+                }
+            }));
+        }
+    }
+    let mut results = futures::future::join_all(pending).await.into_iter();
+    if request.acks == 0 {
+        return Response::None;
+    }
+    let mut topics: Vec<(Bytes, Vec<PartitionResult>)> = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let partitions = topic
+            .partitions
+            .iter()
+            .filter_map(|_| results.next())
+            .collect();
+        topics.push((topic.name, partitions));
+    }
+    Response::Frame(encode_response(&header, &topics, 0))
+}
+
+async fn append_on_owner(
+    shard: &Shard,
+    topic: &str,
+    index: i32,
+    records: Bytes,
+    ack: Ack,
+) -> PartitionResult {
+    let Some(partition) = shard.partition(topic, index) else {
+        return PartitionResult::error(
+            index,
+            code::NOT_LEADER_OR_FOLLOWER,
+            Some("partition not open on its shard".into()),
+        );
+    };
+    match partition.append(records, ack, 0).await {
+        Ok(info) => PartitionResult {
+            index,
+            error_code: code::NONE,
+            base_offset: info.base_offset,
+            log_append_time_ms: info.log_append_time_ms,
+            log_start_offset: info.log_start_offset,
+            error_message: None,
+        },
+        Err(error) => {
+            log_append_error(topic, index, &error);
+            PartitionResult::error(index, error.kafka_error_code(), Some(error.to_string()))
+        }
+    }
+}
+
+fn log_append_error(topic: &str, index: i32, error: &AppendError) {
+    match error {
+        AppendError::Storage(_) => {
+            tracing::error!(topic, partition = index, %error, "append failed")
+        }
+        _ => tracing::info!(topic, partition = index, %error, "append rejected"),
+    }
+}

@@ -1,0 +1,320 @@
+//! The metadata controller: the single writer of cluster metadata, living on shard 0.
+//!
+//! Every change is validated against the current snapshot, appended to the metadata log
+//! (durable), applied on the owning shards (partitions opened or deleted), and only then
+//! published. Changes are serialized by an async lock held across that whole sequence; this
+//! is the cold path (topic admin), never produce or fetch. Must never: publish a change that
+//! is not in the log.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::log::{apply, MetadataLog, MetadataRecord};
+use super::{validate_topic_name, MetadataSnapshot, TopicMeta};
+use crate::errors::code;
+use crate::shard::Shard;
+
+/// A topic to create.
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    /// Name.
+    pub name: String,
+    /// Partitions; -1 = `num.partitions`.
+    pub partitions: i32,
+    /// Replication factor; -1 = default. Anything but 1 fails on a single broker.
+    pub replication_factor: i16,
+    /// Config overrides.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// A failed admin operation: Kafka error code and message.
+pub type AdminError = (i16, String);
+
+/// The single metadata writer.
+pub struct Controller {
+    log: RefCell<MetadataLog>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Controller {
+    /// Takes ownership of the metadata log.
+    pub fn new(log: MetadataLog) -> Self {
+        Self {
+            log: RefCell::new(log),
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn commit(
+        &self,
+        shard: &Shard,
+        record: MetadataRecord,
+    ) -> Result<MetadataSnapshot, AdminError> {
+        self.log.borrow_mut().append(&record).map_err(|error| {
+            tracing::error!(%error, "metadata log append failed");
+            (code::KAFKA_STORAGE_ERROR, error.to_string())
+        })?;
+        let mut next = (*shard.metadata.load()).clone();
+        apply(&mut next, &record);
+        Ok(next)
+    }
+
+    /// Creates topics (or only validates them).
+    pub async fn create_topics(
+        &self,
+        shard: &Rc<Shard>,
+        topics: Vec<NewTopic>,
+        validate_only: bool,
+    ) -> Vec<Result<Arc<TopicMeta>, AdminError>> {
+        let _guard = self.lock.lock().await;
+        let mut results = Vec::with_capacity(topics.len());
+        for topic in topics {
+            results.push(self.create_one(shard, topic, validate_only).await);
+        }
+        results
+    }
+
+    async fn create_one(
+        &self,
+        shard: &Rc<Shard>,
+        topic: NewTopic,
+        validate_only: bool,
+    ) -> Result<Arc<TopicMeta>, AdminError> {
+        validate_topic_name(&topic.name).map_err(|m| (code::INVALID_TOPIC_EXCEPTION, m))?;
+        if shard.metadata.load().topic(&topic.name).is_some() {
+            return Err((
+                code::TOPIC_ALREADY_EXISTS,
+                format!("Topic '{}' already exists.", topic.name),
+            ));
+        }
+        let partitions = match topic.partitions {
+            -1 => shard.config.num_partitions,
+            n if n >= 1 => n,
+            n => {
+                return Err((
+                    code::INVALID_PARTITIONS,
+                    format!("Number of partitions must be larger than 0, got {n}."),
+                ))
+            }
+        };
+        const PARTITIONS_MAX: i32 = 100_000;
+        if partitions > PARTITIONS_MAX {
+            return Err((
+                code::INVALID_PARTITIONS,
+                format!("{partitions} partitions exceed the limit of {PARTITIONS_MAX}."),
+            ));
+        }
+        if topic.replication_factor != -1 && topic.replication_factor != 1 {
+            return Err((
+                code::INVALID_REPLICATION_FACTOR,
+                format!(
+                    "Replication factor {} is larger than the 1 available broker.",
+                    topic.replication_factor
+                ),
+            ));
+        }
+        shard
+            .config
+            .topic_log_config(&topic.configs)
+            .map_err(|m| (code::INVALID_CONFIG, m))?;
+        let meta = TopicMeta {
+            name: topic.name.clone(),
+            id: Uuid::new_v4(),
+            partitions,
+            configs: topic.configs.clone(),
+        };
+        if validate_only {
+            return Ok(Arc::new(meta));
+        }
+        let next = self.commit(
+            shard,
+            MetadataRecord::CreateTopic {
+                name: meta.name.clone(),
+                id: meta.id,
+                partitions,
+                configs: meta.configs.clone(),
+            },
+        )?;
+        let meta = Arc::new(meta);
+        open_partitions(shard, &meta, 0..partitions).await?;
+        shard.metadata.publish(next);
+        tracing::info!(topic = %meta.name, id = %meta.id, partitions, "created topic");
+        Ok(meta)
+    }
+
+    /// Deletes a topic by name or id.
+    pub async fn delete_topic(
+        &self,
+        shard: &Rc<Shard>,
+        name: Option<String>,
+        id: Option<Uuid>,
+    ) -> Result<Arc<TopicMeta>, AdminError> {
+        let _guard = self.lock.lock().await;
+        let snapshot = shard.metadata.load();
+        let topic = match (&name, id) {
+            (Some(name), _) if !name.is_empty() => snapshot.topic(name).cloned(),
+            (_, Some(id)) => snapshot
+                .names_by_id
+                .get(&id)
+                .and_then(|n| snapshot.topic(n))
+                .cloned(),
+            _ => None,
+        };
+        let Some(topic) = topic else {
+            let unknown = if id.is_some() && name.as_deref().is_none_or(str::is_empty) {
+                code::UNKNOWN_TOPIC_ID
+            } else {
+                code::UNKNOWN_TOPIC_OR_PARTITION
+            };
+            return Err((unknown, "This server does not host this topic.".into()));
+        };
+        let next = self.commit(shard, MetadataRecord::DeleteTopic { id: topic.id })?;
+        // Publish first so no new request reaches the partitions, then delete them.
+        shard.metadata.publish(next);
+        let mut pending = Vec::new();
+        for target in 0..shard.set.count() {
+            let name = topic.name.clone();
+            pending.push(shard.invoke_on(target, move |s| async move {
+                s.delete_topic_partitions(&name)
+            }));
+        }
+        for result in futures::future::join_all(pending).await {
+            if let Err(error) = result {
+                tracing::error!(%error, "deleting partitions on a shard failed");
+            }
+        }
+        tracing::info!(topic = %topic.name, id = %topic.id, "deleted topic");
+        Ok(topic)
+    }
+
+    /// Grows a topic to `count` partitions.
+    pub async fn create_partitions(
+        &self,
+        shard: &Rc<Shard>,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), AdminError> {
+        let _guard = self.lock.lock().await;
+        let Some(topic) = shard.metadata.load().topic(name).cloned() else {
+            return Err((
+                code::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("Topic '{name}' does not exist."),
+            ));
+        };
+        if count <= topic.partitions {
+            return Err((
+                code::INVALID_PARTITIONS,
+                format!(
+                    "Topic currently has {} partitions, which is higher than or equal to the requested {count}.",
+                    topic.partitions
+                ),
+            ));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let next = self.commit(
+            shard,
+            MetadataRecord::SetPartitions {
+                id: topic.id,
+                partitions: count,
+            },
+        )?;
+        let grown = Arc::new(TopicMeta {
+            partitions: count,
+            ..(*topic).clone()
+        });
+        open_partitions(shard, &grown, topic.partitions..count).await?;
+        shard.metadata.publish(next);
+        Ok(())
+    }
+
+    /// Replaces (incremental = false) or merges topic config overrides.
+    pub async fn alter_topic_configs(
+        &self,
+        shard: &Rc<Shard>,
+        name: &str,
+        changes: Vec<(String, Option<String>)>,
+        incremental: bool,
+        validate_only: bool,
+    ) -> Result<(), AdminError> {
+        let _guard = self.lock.lock().await;
+        let Some(topic) = shard.metadata.load().topic(name).cloned() else {
+            return Err((
+                code::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("Topic '{name}' does not exist."),
+            ));
+        };
+        let mut configs = if incremental {
+            topic.configs.clone()
+        } else {
+            BTreeMap::new()
+        };
+        for (key, value) in changes {
+            match value {
+                Some(value) => configs.insert(key, value),
+                None => configs.remove(&key),
+            };
+        }
+        shard
+            .config
+            .topic_log_config(&configs)
+            .map_err(|m| (code::INVALID_CONFIG, m))?;
+        if validate_only {
+            return Ok(());
+        }
+        let next = self.commit(
+            shard,
+            MetadataRecord::SetConfigs {
+                id: topic.id,
+                configs: configs.clone(),
+            },
+        )?;
+        shard.metadata.publish(next);
+        let updated = Arc::new(TopicMeta {
+            configs,
+            ..(*topic).clone()
+        });
+        for target in 0..shard.set.count() {
+            let topic = updated.clone();
+            let _ = shard
+                .invoke_on(target, move |s| async move { s.reconfigure_topic(&topic) })
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// Opens partitions `range` of `topic` on their owning shards.
+async fn open_partitions(
+    shard: &Rc<Shard>,
+    topic: &Arc<TopicMeta>,
+    range: std::ops::Range<i32>,
+) -> Result<(), AdminError> {
+    let mut pending = Vec::new();
+    for index in range {
+        let owner = shard.set.owner_of(&topic.name, index);
+        let topic = topic.clone();
+        pending.push(shard.invoke_on(owner, move |s| async move {
+            s.open_partition(&topic, index)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }));
+    }
+    for result in futures::future::join_all(pending).await {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(topic = %topic.name, %error, "opening partition failed");
+                return Err((code::KAFKA_STORAGE_ERROR, error));
+            }
+            Err(error) => return Err((code::KAFKA_STORAGE_ERROR, error.to_string())),
+        }
+    }
+    Ok(())
+}

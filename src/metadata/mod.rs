@@ -1,0 +1,121 @@
+//! Cluster metadata: which topics exist, their ids, partition counts and configs.
+//!
+//! One writer (the [`controller::Controller`] on shard 0) appends every change to the
+//! [`log::MetadataLog`] and then publishes a new immutable [`MetadataSnapshot`]; every shard
+//! reads the current snapshot lock-free (`ArcSwap`). Must never: be mutated in place, or be
+//! changed by anyone but the controller — a replicated controller (e.g. on openraft) replaces
+//! the log later without touching readers.
+
+pub mod controller;
+pub mod log;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use uuid::Uuid;
+
+/// A topic as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMeta {
+    /// Name.
+    pub name: String,
+    /// Stable id (Fetch v13, Metadata v10+).
+    pub id: Uuid,
+    /// Partition count.
+    pub partitions: i32,
+    /// Topic-level config overrides.
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicMeta {
+    /// Internal topics (`__consumer_offsets`) are hidden from normal produce.
+    pub fn is_internal(&self) -> bool {
+        self.name.starts_with("__")
+    }
+}
+
+/// An immutable view of the cluster metadata.
+#[derive(Debug, Clone, Default)]
+pub struct MetadataSnapshot {
+    /// Increases with every published change.
+    pub epoch: u64,
+    /// Cluster id.
+    pub cluster_id: String,
+    /// Topics by name.
+    pub topics: HashMap<String, Arc<TopicMeta>>,
+    /// Topic names by id.
+    pub names_by_id: HashMap<Uuid, String>,
+}
+
+impl MetadataSnapshot {
+    /// Looks a topic up by name.
+    pub fn topic(&self, name: &str) -> Option<&Arc<TopicMeta>> {
+        self.topics.get(name)
+    }
+}
+
+/// The published snapshot, readable from every shard.
+#[derive(Debug, Default)]
+pub struct MetadataStore {
+    current: ArcSwap<MetadataSnapshot>,
+}
+
+impl MetadataStore {
+    /// Starts with `snapshot`.
+    pub fn new(snapshot: MetadataSnapshot) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    /// The current snapshot (cheap, lock-free).
+    pub fn load(&self) -> Arc<MetadataSnapshot> {
+        self.current.load_full()
+    }
+
+    /// Publishes a new snapshot; only the controller calls this.
+    pub(crate) fn publish(&self, snapshot: MetadataSnapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}
+
+/// Whether `name` is a legal Kafka topic name (INVALID_TOPIC_EXCEPTION otherwise).
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    const TOPIC_NAME_BYTES_MAX: usize = 249;
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name '{name}' is not allowed"));
+    }
+    if name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!(
+            "topic name is {} bytes, longer than {TOPIC_NAME_BYTES_MAX}",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "topic name '{name}' contains '{bad}'; legal characters are ASCII alphanumerics, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert!(validate_topic_name("orders.v1_x-2").is_ok());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("a b").is_err());
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+    }
+}

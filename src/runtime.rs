@@ -1,0 +1,57 @@
+//! The one place that knows Sluice runs on tokio-uring (pinned: the crate is no longer actively
+//! maintained). Everything else uses these wrappers, so the runtime can be swapped later.
+//!
+//! Must never: leak tokio-uring types beyond sockets, or hide an io_uring refusal — a kernel
+//! or seccomp profile that forbids io_uring is reported once, clearly, at startup.
+
+use std::io;
+use std::net::SocketAddr;
+
+pub use tokio_uring::net::{TcpListener, TcpStream};
+
+/// Runs `future` to completion on a fresh single-threaded io_uring runtime on this thread.
+pub fn block_on<F: std::future::Future>(future: F) -> io::Result<F::Output> {
+    let runtime =
+        tokio_uring::Runtime::new(&tokio_uring::builder()).map_err(explain_uring_error)?;
+    Ok(runtime.block_on(future))
+}
+
+/// Spawns a task on the current shard.
+pub fn spawn<F: std::future::Future + 'static>(future: F) -> tokio::task::JoinHandle<F::Output> {
+    tokio_uring::spawn(future)
+}
+
+/// Binds a listener with SO_REUSEPORT so that every shard can accept on the same port and the
+/// kernel spreads connections over them.
+pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    socket.listen(backlog)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Turns EPERM/ENOSYS from io_uring_setup into an error that says what to do.
+pub fn explain_uring_error(error: io::Error) -> io::Error {
+    match error.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::ENOSYS) | Some(libc::EACCES) => io::Error::new(
+            error.kind(),
+            format!(
+                "io_uring is not permitted here ({error}). Sluice needs io_uring: allow it with \
+                 `sysctl kernel.io_uring_disabled=0`, or, in a container, run with a seccomp \
+                 profile that permits io_uring_setup/io_uring_enter/io_uring_register \
+                 (e.g. docker run --security-opt seccomp=unconfined)"
+            ),
+        ),
+        _ => error,
+    }
+}

@@ -1,0 +1,335 @@
+//! Broker startup and shutdown: replays the metadata log, starts one pinned shard thread per
+//! core, accepts connections on every shard, and shuts down cleanly on SIGTERM/SIGINT (stop
+//! accepting, finish in-flight appends, flush, write clean-shutdown markers).
+//!
+//! Must never: start serving before every shard has opened (recovered) its partitions, or
+//! exit 0 after a shard failed.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_net::connection::ConnectionLimits;
+use sluice_storage::{ShardStorage, StorageConfig, StorageError};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::BrokerConfig;
+use crate::connection::BrokerConnection;
+use crate::metadata::controller::Controller;
+use crate::metadata::log::{MetadataLog, MetadataRecord};
+use crate::metadata::MetadataStore;
+use crate::runtime;
+use crate::shard::{Job, Shard, ShardSet};
+
+/// Why the broker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Setting up the data directory or metadata failed.
+    #[error("{0}")]
+    Startup(String),
+    /// A shard failed.
+    #[error("shard {shard}: {message}")]
+    Shard {
+        /// which
+        shard: usize,
+        /// why
+        message: String,
+    },
+}
+
+enum ShardEvent {
+    Ready(usize),
+    Failed(usize, String),
+}
+
+/// Runs the broker until a shutdown signal; returns after a clean shutdown.
+pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServeError::Startup(format!(
+            "create data dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let (mut log, mut snapshot) =
+        MetadataLog::open(&config.data_dir).map_err(|e| ServeError::Startup(e.to_string()))?;
+    if snapshot.cluster_id.is_empty() {
+        let id = match config.settings.raw("cluster.id") {
+            "" => uuid::Uuid::new_v4().simple().to_string(),
+            given => given.to_string(),
+        };
+        let record = MetadataRecord::ClusterId { id };
+        log.append(&record)
+            .map_err(|e| ServeError::Startup(e.to_string()))?;
+        crate::metadata::log::apply(&mut snapshot, &record);
+    }
+    remove_stale_partition_dirs(&config.data_dir, &snapshot);
+
+    // Port 0: reserve a concrete port (bound, not listening) so every shard binds the same one.
+    let reservation = if config.listen.port() == 0 {
+        let socket = reserve_port(config.listen)
+            .map_err(|e| ServeError::Startup(format!("bind {}: {e}", config.listen)))?;
+        let addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| ServeError::Startup("cannot read reserved port".into()))?;
+        config.listen = addr;
+        if config.settings.raw("advertised.listeners").is_empty() {
+            config.advertised_port = i32::from(addr.port());
+        }
+        Some(socket)
+    } else {
+        None
+    };
+
+    let config = Arc::new(config);
+    let store = Arc::new(MetadataStore::new(snapshot));
+    let (set, inboxes) = ShardSet::new(config.shards);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut log = Some(log);
+    let mut threads = Vec::new();
+    for (id, inbox) in inboxes.into_iter().enumerate() {
+        let context = ShardContext {
+            id,
+            set: set.clone(),
+            config: config.clone(),
+            store: store.clone(),
+            metadata_log: if id == 0 { log.take() } else { None },
+            inbox,
+            shutdown: shutdown_rx.clone(),
+            events: events_tx.clone(),
+        };
+        let core = cores.get(id % cores.len().max(1)).copied();
+        let thread = std::thread::Builder::new()
+            .name(format!("sluice-shard-{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(shard = id, "could not pin shard thread to its core");
+                    }
+                }
+                let events = context.events.clone();
+                match runtime::block_on(run_shard(context)) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(message)) => {
+                        let _ = events.send(ShardEvent::Failed(id, message));
+                    }
+                    Err(error) => {
+                        let _ = events.send(ShardEvent::Failed(id, error.to_string()));
+                    }
+                }
+            })
+            .map_err(|e| ServeError::Startup(format!("spawn shard thread: {e}")))?;
+        threads.push(thread);
+    }
+    drop(events_tx);
+
+    // Wait for readiness or failure, then for a signal or a failure.
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServeError::Startup(format!("signal runtime: {e}")))?;
+    let outcome = signals.block_on(async {
+        let mut ready = 0;
+        while ready < config.shards {
+            match events_rx.recv().await {
+                Some(ShardEvent::Ready(shard)) => {
+                    tracing::debug!(shard, "shard ready");
+                    ready += 1;
+                }
+                Some(ShardEvent::Failed(shard, message)) => {
+                    return Err(ServeError::Shard { shard, message })
+                }
+                None => return Err(ServeError::Startup("shards exited during startup".into())),
+            }
+        }
+        drop(reservation);
+        tracing::info!(
+            listen = %config.listen,
+            advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),
+            shards = config.shards,
+            data_dir = %config.data_dir.display(),
+            "sluice is serving"
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| ServeError::Startup(format!("install SIGTERM handler: {e}")))?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            event = events_rx.recv() => {
+                if let Some(ShardEvent::Failed(shard, message)) = event {
+                    let _ = shutdown_tx.send(true);
+                    return Err(ServeError::Shard { shard, message });
+                }
+            }
+        }
+        Ok(())
+    });
+    let _ = shutdown_tx.send(true);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    if outcome.is_ok() {
+        tracing::info!("clean shutdown complete");
+    }
+    outcome
+}
+
+fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Removes partition directories of topics the metadata no longer has (a crash between the
+/// delete record and the directory removal), so a re-created topic never inherits old data.
+fn remove_stale_partition_dirs(data_dir: &Path, snapshot: &crate::metadata::MetadataSnapshot) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((topic, index)) = name.rsplit_once('-') else {
+            continue;
+        };
+        if topic.starts_with("__") || index.parse::<i32>().is_err() {
+            continue;
+        }
+        let known = snapshot
+            .topic(topic)
+            .is_some_and(|t| index.parse::<i32>().is_ok_and(|i| i < t.partitions));
+        if !known {
+            tracing::warn!(dir = %entry.path().display(), "removing partition directory of a deleted topic");
+            if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+                tracing::error!(dir = %entry.path().display(), %error, "cannot remove stale partition directory");
+            }
+        }
+    }
+}
+
+struct ShardContext {
+    id: usize,
+    set: Arc<ShardSet>,
+    config: Arc<BrokerConfig>,
+    store: Arc<MetadataStore>,
+    metadata_log: Option<MetadataLog>,
+    inbox: mpsc::UnboundedReceiver<Job>,
+    shutdown: watch::Receiver<bool>,
+    events: mpsc::UnboundedSender<ShardEvent>,
+}
+
+async fn run_shard(context: ShardContext) -> Result<(), String> {
+    let ShardContext {
+        id,
+        set,
+        config,
+        store,
+        metadata_log,
+        mut inbox,
+        mut shutdown,
+        events,
+    } = context;
+    let storage = ShardStorage::open(StorageConfig {
+        data_dir: config.data_dir.clone(),
+        direct_io: config.direct_io,
+        group_commit_bytes_max: config.group_commit_bytes_max,
+        tail_cache_bytes: config.tail_cache_bytes,
+        ring_entries: config.ring_entries,
+    })
+    .map_err(|error| match error {
+        StorageError::UringRefused(e) => runtime::explain_uring_error(e).to_string(),
+        other => format!("opening storage: {other}"),
+    })?;
+    let controller = metadata_log.map(Controller::new);
+    let shard = Rc::new(Shard::new(
+        id,
+        set,
+        config.clone(),
+        store,
+        storage,
+        controller,
+    ));
+    let opened = shard
+        .open_owned_partitions()
+        .map_err(|e| format!("opening partitions: {e}"))?;
+    tracing::debug!(shard = id, partitions = opened, "partitions open");
+
+    let inbox_shard = shard.clone();
+    runtime::spawn(async move {
+        while let Some(job) = inbox.recv().await {
+            job(inbox_shard.clone());
+        }
+    });
+    let retention_shard = shard.clone();
+    runtime::spawn(async move {
+        let period =
+            Duration::from_millis(retention_shard.config.retention_check_interval_ms.max(100));
+        loop {
+            tokio::time::sleep(period).await;
+            let now_ms = now_ms();
+            for partition in retention_shard.owned_partitions() {
+                partition.enforce_retention(now_ms);
+            }
+        }
+    });
+
+    let listener = runtime::reuseport_listener(config.listen, 1024)
+        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
+    let _ = events.send(ShardEvent::Ready(id));
+    let limits = ConnectionLimits {
+        request_bytes_max: config.request_bytes_max,
+        inflight_requests_max: config.inflight_requests_max,
+        read_buffer_bytes: 64 * 1024,
+    };
+    // Each shard enforces its share of max.connections (SO_REUSEPORT spreads them evenly).
+    let connections_max_per_shard = config.connections_max.div_ceil(config.shards).max(1);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if shard.connections.get() >= connections_max_per_shard {
+                        tracing::warn!(%peer, limit = config.connections_max, "closing connection: max.connections reached");
+                        drop(stream);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let handler = Rc::new(BrokerConnection::new(shard.clone()));
+                    runtime::spawn(sluice_net::connection::serve(stream, peer, handler, limits));
+                }
+                Err(error) => {
+                    tracing::warn!(shard = id, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    if let Err(error) = shard.storage.shutdown().await {
+        tracing::error!(shard = id, %error, "storage shutdown failed");
+        return Err(format!("storage shutdown: {error}"));
+    }
+    Ok(())
+}
+
+/// Wall-clock milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
