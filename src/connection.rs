@@ -11,7 +11,9 @@ use std::io;
 use std::rc::Rc;
 
 use futures::future::LocalBoxFuture;
+use sluice_metrics::{Counter, Stage};
 use sluice_net::connection::{Handler, Response};
+use sluice_net::fetch::Part;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 use sluice_storage::ReadChunk;
@@ -33,6 +35,7 @@ impl BrokerConnection {
     /// A handler on `shard`.
     pub fn new(shard: Rc<Shard>) -> Self {
         shard.connections.set(shard.connections.get() + 1);
+        shard.metrics.count(Counter::ConnectionsOpened, 1);
         Self {
             shard,
             copy_buffer: RefCell::new(None),
@@ -48,7 +51,35 @@ impl Handler for BrokerConnection {
         header: RequestHeader,
         body: Reader,
     ) -> LocalBoxFuture<'static, Response<FetchRecords>> {
-        Box::pin(api::dispatch(self.shard.clone(), header, body))
+        let shard = self.shard.clone();
+        let read_at = std::time::Instant::now();
+        // Frame prefix + the fixed header fields + the body; close enough for a byte counter.
+        let bytes_in = (body.remaining() + 12) as u64;
+        Box::pin(async move {
+            let metrics = &shard.metrics;
+            metrics.record_stage_ns(Stage::RequestQueue, read_at.elapsed().as_nanos() as u64);
+            metrics.count(Counter::BytesIn, bytes_in);
+            let api_key = header.api_key;
+            let response = api::dispatch(shard.clone(), header, body).await;
+            let metrics = &shard.metrics;
+            metrics.record_request_ns(api_key, read_at.elapsed().as_nanos() as u64);
+            match &response {
+                Response::Frame(bytes) => metrics.count(Counter::BytesOut, bytes.len() as u64),
+                Response::Parts(parts) => {
+                    let total: u64 = parts
+                        .iter()
+                        .map(|part| match part {
+                            Part::Framing(bytes) => bytes.len() as u64,
+                            Part::Records { length, .. } => u64::from(*length),
+                        })
+                        .sum();
+                    metrics.count(Counter::BytesOut, total);
+                }
+                Response::Close => metrics.count(Counter::Errors, 1),
+                Response::None => {}
+            }
+            response
+        })
     }
 
     fn write_records<'a>(
@@ -106,6 +137,7 @@ impl Handler for BrokerConnection {
         self.shard
             .connections
             .set(self.shard.connections.get().saturating_sub(1));
+        self.shard.metrics.count(Counter::ConnectionsClosed, 1);
     }
 }
 

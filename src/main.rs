@@ -22,6 +22,10 @@ enum Command {
     ///
     /// Example: sluice serve --data-dir ./sluice-data --listen 127.0.0.1:9092
     Serve(ServeArgs),
+    /// Show the broker's latency percentiles per stage (from its admin endpoint).
+    ///
+    /// Example: sluice stats --watch
+    Stats(sluice_metrics::stats_cli::StatsArgs),
 }
 
 #[derive(clap::Args)]
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Stats(args) => sluice_metrics::stats_cli::run(args),
     }
 }
 

@@ -148,6 +148,13 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
             }
         }
         drop(reservation);
+        let _admin = match config.admin_listen {
+            Some(addr) => Some(
+                sluice_metrics::AdminServer::start(addr, collector(set.clone()))
+                    .map_err(|e| ServeError::Startup(format!("admin endpoint: {e}")))?,
+            ),
+            None => None,
+        };
         tracing::info!(
             listen = %config.listen,
             advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),
@@ -177,6 +184,31 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
         tracing::info!("clean shutdown complete");
     }
     outcome
+}
+
+/// Gathers and merges every shard's metrics snapshot (called on the admin thread).
+fn collector(set: Arc<ShardSet>) -> sluice_metrics::Collect {
+    Arc::new(move || {
+        let mut merged: Option<sluice_metrics::MetricsSnapshot> = None;
+        for target in 0..set.count() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            set.send(
+                target,
+                Box::new(move |shard: Rc<Shard>| {
+                    let _ = tx.send(shard.metrics.snapshot());
+                }),
+            )
+            .map_err(|e| e.to_string())?;
+            let snapshot = rx
+                .recv_timeout(Duration::from_secs(2))
+                .map_err(|_| format!("shard {target} did not answer within 2 s"))?;
+            match &mut merged {
+                Some(total) => total.merge(&snapshot),
+                None => merged = Some(snapshot),
+            }
+        }
+        merged.ok_or_else(|| "no shards".to_string())
+    })
 }
 
 fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::future::Either;
+use sluice_metrics::{ShardMetrics, Stage};
 use sluice_storage::{Partition, ShardStorage, StorageError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -83,6 +84,8 @@ pub struct Shard {
     partitions: RefCell<HashMap<String, HashMap<i32, Partition>>>,
     /// Open client connections on this shard.
     pub connections: std::cell::Cell<usize>,
+    /// This shard's latency histograms and counters.
+    pub metrics: ShardMetrics,
 }
 
 impl Shard {
@@ -104,6 +107,7 @@ impl Shard {
             controller,
             partitions: RefCell::new(HashMap::new()),
             connections: std::cell::Cell::new(0),
+            metrics: ShardMetrics::new(id),
         }
     }
 
@@ -202,9 +206,13 @@ impl Shard {
             return Either::Left(async move { Ok(local.await) });
         }
         let (reply_tx, reply_rx) = oneshot::channel();
+        let sent_at = std::time::Instant::now();
         let sent = self.set.send(
             target,
             Box::new(move |shard: Rc<Shard>| {
+                shard
+                    .metrics
+                    .record_stage_ns(Stage::CrossShardHop, sent_at.elapsed().as_nanos() as u64);
                 let fut = f(shard);
                 tokio::task::spawn_local(async move {
                     let _ = reply_tx.send(fut.await);

@@ -112,6 +112,7 @@ pub async fn handle(
     );
     let deadline = Instant::now() + wait;
 
+    let started = Instant::now();
     let mut outcomes = read_all(&shard, &topics, max_bytes).await;
     loop {
         let available: u64 = outcomes
@@ -131,6 +132,10 @@ pub async fn handle(
         outcomes = read_all(&shard, &topics, max_bytes).await;
     }
 
+    shard.metrics.record_stage_ns(
+        sluice_metrics::Stage::FetchWait,
+        started.elapsed().as_nanos() as u64,
+    );
     let response_topics = topics
         .into_iter()
         .zip(outcomes)
