@@ -150,7 +150,7 @@ pub const API_SLOTS: usize = 76;
 /// The Kafka protocol's name for `api_key`, or `None` for a key Sluice does not label.
 ///
 /// Names follow the protocol's message definitions (`ProduceRequest` -> `Produce`).
-pub fn api_name(api_key: i16) -> Option<&'static str> {
+pub const fn api_name(api_key: i16) -> Option<&'static str> {
     let name = match api_key {
         0 => "Produce",
         1 => "Fetch",
@@ -227,12 +227,25 @@ pub const UNKNOWN_API: &str = "unknown";
 
 /// The histogram slot for `api_key`: its own for named keys, [`API_SLOTS`] (the shared
 /// `unknown` slot) otherwise. Never out of range, whatever a client sends.
+#[inline]
 pub fn api_slot(api_key: i16) -> usize {
     match usize::try_from(api_key) {
-        Ok(slot) if slot < API_SLOTS && api_name(api_key).is_some() => slot,
+        Ok(slot) if slot < API_SLOTS && NAMED_SLOTS[slot] => slot,
         _ => API_SLOTS,
     }
 }
+
+/// `NAMED_SLOTS[k]` is whether API key `k` has a name: a table so the hot path does one load
+/// instead of walking the name match.
+const NAMED_SLOTS: [bool; API_SLOTS] = {
+    let mut named = [false; API_SLOTS];
+    let mut key = 0;
+    while key < API_SLOTS {
+        named[key] = api_name(key as i16).is_some();
+        key += 1;
+    }
+    named
+};
 
 /// Inverse of [`api_slot`] for display: the label of a slot.
 pub fn slot_label(slot: usize) -> &'static str {

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use crate::hist::Recorded;
+use crate::hist::Distribution;
 use crate::names::{Counter, Stage};
 use crate::snapshot::MetricsSnapshot;
 
@@ -151,7 +151,7 @@ fn family_header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Quantile lines then `_sum` and `_count`, values divided by `scale` (1e9 turns ns into s).
-fn summary(out: &mut String, name: &str, labels: &[(&str, &str)], hist: &Recorded, scale: f64) {
+fn summary(out: &mut String, name: &str, labels: &[(&str, &str)], hist: &Distribution, scale: f64) {
     let empty = hist.count() == 0;
     for q in QUANTILES {
         let q_label = format_value(q);
@@ -302,7 +302,7 @@ mod tests {
         s.record_group_commit(1 << 20, 1024);
         s.count(Counter::BytesIn, 12_345);
         s.count(Counter::ConnectionsOpened, 2);
-        s.snapshot()
+        MetricsSnapshot::from_shards([&s.snapshot()]).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]

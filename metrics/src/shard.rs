@@ -7,18 +7,21 @@
 
 use std::cell::{Cell, RefCell};
 
-use crate::hist::{Recorded, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, LATENCY_NS_MAX};
+use hdrhistogram::serialization::V2Serializer;
+
+use crate::hist::{Recorder, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, LATENCY_NS_MAX};
 use crate::names::{api_slot, Counter, Stage, API_SLOTS};
-use crate::snapshot::MetricsSnapshot;
+use crate::snapshot::ShardSnapshot;
 
 /// The histograms a shard writes, behind one `RefCell` so a record is one flag check.
-#[derive(Debug)]
 struct Histograms {
-    stages_ns: [Recorded; Stage::COUNT],
+    stages_ns: [Recorder; Stage::COUNT],
     /// Indexed by [`api_slot`]; allocated on an API's first request so unused APIs cost nothing.
-    requests_ns: Vec<Option<Box<Recorded>>>,
-    group_commit_bytes: Recorded,
-    group_commit_records: Recorded,
+    requests_ns: Vec<Option<Box<Recorder>>>,
+    group_commit_bytes: Recorder,
+    group_commit_records: Recorder,
+    /// Reused across snapshots so its scratch buffer is allocated once.
+    serializer: V2Serializer,
 }
 
 /// A shard's metrics. Create one per shard thread, keep it there (`Rc` it if several tasks
@@ -26,11 +29,19 @@ struct Histograms {
 ///
 /// Recording costs a `RefCell` flag check plus one HdrHistogram bucket increment; see
 /// `metrics/benches/record.rs` for the measured cost.
-#[derive(Debug)]
 pub struct ShardMetrics {
     shard_id: usize,
     histograms: RefCell<Histograms>,
     counters: [Cell<u64>; Counter::COUNT],
+}
+
+impl std::fmt::Debug for ShardMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardMetrics")
+            .field("shard_id", &self.shard_id)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ShardMetrics {
@@ -38,10 +49,11 @@ impl ShardMetrics {
     /// first-touch cost is paid at startup, not on the first request.
     pub fn new(shard_id: usize) -> Self {
         let histograms = Histograms {
-            stages_ns: std::array::from_fn(|_| Recorded::new(LATENCY_NS_MAX)),
+            stages_ns: std::array::from_fn(|_| Recorder::new(LATENCY_NS_MAX)),
             requests_ns: (0..=API_SLOTS).map(|_| None).collect(),
-            group_commit_bytes: Recorded::new(BATCH_BYTES_MAX),
-            group_commit_records: Recorded::new(BATCH_RECORDS_MAX),
+            group_commit_bytes: Recorder::new(BATCH_BYTES_MAX),
+            group_commit_records: Recorder::new(BATCH_RECORDS_MAX),
+            serializer: V2Serializer::new(),
         };
         ShardMetrics {
             shard_id,
@@ -74,7 +86,7 @@ impl ShardMetrics {
             let slot = api_slot(api_key);
             if let Some(entry) = h.requests_ns.get_mut(slot) {
                 entry
-                    .get_or_insert_with(|| Box::new(Recorded::new(LATENCY_NS_MAX)))
+                    .get_or_insert_with(|| Box::new(Recorder::new(LATENCY_NS_MAX)))
                     .record(ns);
             }
         }
@@ -105,29 +117,39 @@ impl ShardMetrics {
         self.counters[counter.index()].get()
     }
 
-    /// Copies everything recorded so far into a `Send` snapshot. Costs a copy of each
-    /// histogram (about 220 KiB each); call it per scrape, not per request.
-    pub fn snapshot(&self) -> MetricsSnapshot {
+    /// Encodes everything recorded so far into a `Send` [`ShardSnapshot`] for the admin thread
+    /// to merge. Costs one pass over each non-empty histogram's buckets (tens of microseconds
+    /// each at worst; see the bench); call it per scrape, not per request.
+    pub fn snapshot(&self) -> ShardSnapshot {
         let counters = std::array::from_fn(|i| self.counters[i].get());
-        match self.histograms.try_borrow() {
-            Ok(h) => MetricsSnapshot::from_parts(
-                1,
-                h.stages_ns.clone(),
-                h.requests_ns
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(slot, r)| r.as_ref().map(|r| (slot, (**r).clone())))
-                    .collect(),
-                h.group_commit_bytes.clone(),
-                h.group_commit_records.clone(),
-                counters,
-            ),
-            // Unreachable while no method calls out during a borrow; report counters only.
-            Err(_) => {
-                let mut s = MetricsSnapshot::empty();
-                s.set_counters(1, counters);
-                s
+        let shard_id = self.shard_id;
+        match self.histograms.try_borrow_mut() {
+            Ok(mut h) => {
+                let h = &mut *h;
+                let ser = &mut h.serializer;
+                ShardSnapshot {
+                    shard_id,
+                    stages_ns: std::array::from_fn(|i| h.stages_ns[i].encode(ser)),
+                    requests_ns: h
+                        .requests_ns
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(slot, r)| r.as_ref().map(|r| (slot, r.encode(ser))))
+                        .collect(),
+                    group_commit_bytes: h.group_commit_bytes.encode(ser),
+                    group_commit_records: h.group_commit_records.encode(ser),
+                    counters,
+                }
             }
+            // Unreachable while no method calls out during a borrow; send counters only.
+            Err(_) => ShardSnapshot {
+                shard_id,
+                stages_ns: Default::default(),
+                requests_ns: Vec::new(),
+                group_commit_bytes: Default::default(),
+                group_commit_records: Default::default(),
+                counters,
+            },
         }
     }
 }

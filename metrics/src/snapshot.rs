@@ -1,26 +1,63 @@
-//! The reading side: a `Send + Clone` copy of one or more shards' metrics, merged on demand,
-//! and its JSON form ([`StatsReport`]) shared by `/stats` and `sluice stats`.
+//! The reading side: what a shard hands over ([`ShardSnapshot`], compact and `Send`), the
+//! merged view built from those on the admin thread ([`MetricsSnapshot`]), and its JSON form
+//! ([`StatsReport`]) shared by `/stats` and `sluice stats`.
 //!
 //! Owns: merge semantics (histograms add bucket-wise, counters add) and the `/stats` schema.
-//! Must never: be written to by the hot path; shards only ever produce snapshots.
+//! Must never: run decoding or merging on a shard thread; shards only encode.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hist::{Recorded, Summary, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, LATENCY_NS_MAX};
+use hdrhistogram::serialization::Deserializer;
+
+use crate::hist::{
+    DecodeError, Distribution, Encoded, Summary, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, LATENCY_NS_MAX,
+};
 use crate::names::{api_slot, slot_label, Counter, Stage};
 
-/// Metrics of one shard, or of several merged. Build with [`crate::ShardMetrics::snapshot`] or
-/// [`MetricsSnapshot::empty`], combine with [`MetricsSnapshot::merge`].
+/// One shard's metrics as it hands them over: encoded histograms and counters. Cheap to build
+/// on the shard (see the bench), `Send + Clone`, decoded only by [`MetricsSnapshot::add_shard`]
+/// on the admin thread.
+#[derive(Debug, Clone)]
+pub struct ShardSnapshot {
+    pub(crate) shard_id: usize,
+    pub(crate) stages_ns: [Encoded; Stage::COUNT],
+    /// (API slot, histogram) for every API with a request recorded.
+    pub(crate) requests_ns: Vec<(usize, Encoded)>,
+    pub(crate) group_commit_bytes: Encoded,
+    pub(crate) group_commit_records: Encoded,
+    pub(crate) counters: [u64; Counter::COUNT],
+}
+
+impl ShardSnapshot {
+    /// The shard it came from.
+    pub fn shard_id(&self) -> usize {
+        self.shard_id
+    }
+
+    /// Bytes of encoded histogram data it carries.
+    pub fn len_bytes(&self) -> usize {
+        self.stages_ns
+            .iter()
+            .chain(self.requests_ns.iter().map(|(_, e)| e))
+            .chain([&self.group_commit_bytes, &self.group_commit_records])
+            .map(Encoded::len_bytes)
+            .sum()
+    }
+}
+
+/// Metrics of zero or more shards merged: start from [`MetricsSnapshot::empty`], add each
+/// shard's [`ShardSnapshot`] with [`add_shard`](Self::add_shard) (or use
+/// [`from_shards`](Self::from_shards)), combine merged views with [`merge`](Self::merge).
 #[derive(Debug, Clone)]
 pub struct MetricsSnapshot {
     shard_count: usize,
-    stages_ns: [Recorded; Stage::COUNT],
+    stages_ns: [Distribution; Stage::COUNT],
     /// Keyed by API slot (see [`crate::names::api_slot`]).
-    requests_ns: BTreeMap<usize, Recorded>,
-    group_commit_bytes: Recorded,
-    group_commit_records: Recorded,
+    requests_ns: BTreeMap<usize, Distribution>,
+    group_commit_bytes: Distribution,
+    group_commit_records: Distribution,
     counters: [u64; Counter::COUNT],
 }
 
@@ -35,35 +72,51 @@ impl MetricsSnapshot {
     pub fn empty() -> Self {
         MetricsSnapshot {
             shard_count: 0,
-            stages_ns: std::array::from_fn(|_| Recorded::new(LATENCY_NS_MAX)),
+            stages_ns: std::array::from_fn(|_| Distribution::empty(LATENCY_NS_MAX)),
             requests_ns: BTreeMap::new(),
-            group_commit_bytes: Recorded::new(BATCH_BYTES_MAX),
-            group_commit_records: Recorded::new(BATCH_RECORDS_MAX),
+            group_commit_bytes: Distribution::empty(BATCH_BYTES_MAX),
+            group_commit_records: Distribution::empty(BATCH_RECORDS_MAX),
             counters: [0; Counter::COUNT],
         }
     }
 
-    pub(crate) fn from_parts(
-        shard_count: usize,
-        stages_ns: [Recorded; Stage::COUNT],
-        requests_ns: BTreeMap<usize, Recorded>,
-        group_commit_bytes: Recorded,
-        group_commit_records: Recorded,
-        counters: [u64; Counter::COUNT],
-    ) -> Self {
-        MetricsSnapshot {
-            shard_count,
-            stages_ns,
-            requests_ns,
-            group_commit_bytes,
-            group_commit_records,
-            counters,
+    /// Merges every shard's snapshot into one view.
+    pub fn from_shards<'a>(
+        shards: impl IntoIterator<Item = &'a ShardSnapshot>,
+    ) -> Result<Self, DecodeError> {
+        let mut merged = MetricsSnapshot::empty();
+        for shard in shards {
+            merged.add_shard(shard)?;
         }
+        Ok(merged)
     }
 
-    pub(crate) fn set_counters(&mut self, shard_count: usize, counters: [u64; Counter::COUNT]) {
-        self.shard_count = shard_count;
-        self.counters = counters;
+    /// Decodes one shard's snapshot and adds it in. On error `self` may hold part of that
+    /// shard's histograms; the error names the shard.
+    pub fn add_shard(&mut self, shard: &ShardSnapshot) -> Result<(), DecodeError> {
+        let mut de = Deserializer::new();
+        let context = |e: DecodeError| DecodeError::for_shard(shard.shard_id, e);
+        for (mine, theirs) in self.stages_ns.iter_mut().zip(shard.stages_ns.iter()) {
+            mine.add_encoded(theirs, &mut de).map_err(context)?;
+        }
+        for (slot, theirs) in &shard.requests_ns {
+            self.requests_ns
+                .entry(*slot)
+                .or_insert_with(|| Distribution::empty(LATENCY_NS_MAX))
+                .add_encoded(theirs, &mut de)
+                .map_err(context)?;
+        }
+        self.group_commit_bytes
+            .add_encoded(&shard.group_commit_bytes, &mut de)
+            .map_err(context)?;
+        self.group_commit_records
+            .add_encoded(&shard.group_commit_records, &mut de)
+            .map_err(context)?;
+        for (mine, theirs) in self.counters.iter_mut().zip(shard.counters.iter()) {
+            *mine = mine.saturating_add(*theirs);
+        }
+        self.shard_count += 1;
+        Ok(())
     }
 
     /// Adds `other` into `self`: every histogram bucket-wise, every counter by sum, and the
@@ -88,7 +141,7 @@ impl MetricsSnapshot {
         }
     }
 
-    /// Merges any number of snapshots into one.
+    /// Merges any number of merged views into one.
     pub fn merge_all<'a>(snapshots: impl IntoIterator<Item = &'a MetricsSnapshot>) -> Self {
         let mut merged = MetricsSnapshot::empty();
         for s in snapshots {
@@ -103,30 +156,30 @@ impl MetricsSnapshot {
     }
 
     /// The latency histogram of `stage`, in nanoseconds.
-    pub fn stage(&self, stage: Stage) -> &Recorded {
+    pub fn stage(&self, stage: Stage) -> &Distribution {
         &self.stages_ns[stage.index()]
     }
 
     /// The end-to-end latency histogram of `api_key` in nanoseconds, if any request of it
     /// was recorded. Keys without a name share one `unknown` histogram.
-    pub fn request(&self, api_key: i16) -> Option<&Recorded> {
+    pub fn request(&self, api_key: i16) -> Option<&Distribution> {
         self.requests_ns.get(&api_slot(api_key))
     }
 
     /// Every API with at least one recorded request, as (label, latency histogram in ns).
-    pub fn requests(&self) -> impl Iterator<Item = (&'static str, &Recorded)> {
+    pub fn requests(&self) -> impl Iterator<Item = (&'static str, &Distribution)> {
         self.requests_ns
             .iter()
             .map(|(slot, r)| (slot_label(*slot), r))
     }
 
     /// Group-commit sizes in bytes.
-    pub fn group_commit_bytes(&self) -> &Recorded {
+    pub fn group_commit_bytes(&self) -> &Distribution {
         &self.group_commit_bytes
     }
 
     /// Group-commit sizes in records.
-    pub fn group_commit_records(&self) -> &Recorded {
+    pub fn group_commit_records(&self) -> &Distribution {
         &self.group_commit_records
     }
 
@@ -137,7 +190,7 @@ impl MetricsSnapshot {
 
     /// Requests recorded across all APIs (the sum of the per-API histogram counts).
     pub fn requests_total(&self) -> u64 {
-        self.requests_ns.values().map(Recorded::count).sum()
+        self.requests_ns.values().map(Distribution::count).sum()
     }
 
     /// Connections open at snapshot time: opened minus closed.
@@ -235,7 +288,8 @@ mod tests {
         a.record_group_commit(4096, 4);
         b.record_group_commit(8192, 12);
 
-        let merged = MetricsSnapshot::merge_all([&a.snapshot(), &b.snapshot()]);
+        let merged = MetricsSnapshot::from_shards([&a.snapshot(), &b.snapshot()])
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(merged.shard_count(), 2);
         let fsync = merged.stage(Stage::AppendFsync).summary();
         assert_eq!(fsync.count, 200);
@@ -249,9 +303,12 @@ mod tests {
         assert!((fsync.mean - 100.5).abs() < 1e-9);
         assert_eq!(merged.stage(Stage::AppendWrite).count(), 0);
 
-        let produce = merged.request(0).map(Recorded::summary).unwrap_or_default();
+        let produce = merged
+            .request(0)
+            .map(Distribution::summary)
+            .unwrap_or_default();
         assert_eq!((produce.count, produce.min, produce.max), (2, 1_000, 2_000));
-        assert_eq!(merged.request(1).map(Recorded::count), Some(1));
+        assert_eq!(merged.request(1).map(Distribution::count), Some(1));
         assert!(merged.request(3).is_none());
         assert_eq!(merged.requests_total(), 3);
         assert_eq!(merged.counter(Counter::BytesIn), 42);
@@ -273,9 +330,13 @@ mod tests {
                 s.record_stage_ns(Stage::RequestQueue, v * (i as u64 + 1) * 1_000);
             }
         }
-        let snaps: Vec<MetricsSnapshot> = shards.iter().map(ShardMetrics::snapshot).collect();
+        let snaps: Vec<MetricsSnapshot> = shards
+            .iter()
+            .map(|s| MetricsSnapshot::from_shards([&s.snapshot()]).unwrap_or_default())
+            .collect();
         let forward = MetricsSnapshot::merge_all(snaps.iter());
         let backward = MetricsSnapshot::merge_all(snaps.iter().rev());
+        assert_eq!(forward.shard_count(), 3);
         assert_eq!(forward.report(), backward.report());
         assert_eq!(forward.stage(Stage::RequestQueue).count(), 150);
     }
@@ -286,10 +347,10 @@ mod tests {
         s.record_request_ns(-7, 10);
         s.record_request_ns(9_999, 20);
         s.record_request_ns(18, 30);
-        let snap = s.snapshot();
+        let snap = MetricsSnapshot::from_shards([&s.snapshot()]).unwrap_or_default();
         let labels: Vec<&str> = snap.requests().map(|(name, _)| name).collect();
         assert_eq!(labels, vec!["ApiVersions", "unknown"]);
-        assert_eq!(snap.request(-7).map(Recorded::count), Some(2));
+        assert_eq!(snap.request(-7).map(Distribution::count), Some(2));
     }
 
     #[test]
@@ -297,16 +358,18 @@ mod tests {
         let s = ShardMetrics::new(0);
         s.record_stage_ns(Stage::AppendToDurable, 1_500);
         s.count(Counter::BytesOut, 99);
-        let json = s.snapshot().to_json();
+        let view = MetricsSnapshot::from_shards([&s.snapshot()]).unwrap_or_default();
+        let json = view.to_json();
         assert_eq!(json["stages_ns"]["append_to_durable"]["p99"], 1_500);
         assert_eq!(json["counters"]["bytes_out"], 99);
         let back: StatsReport = serde_json::from_value(json).unwrap_or_default();
-        assert_eq!(back, s.snapshot().report());
+        assert_eq!(back, view.report());
     }
 
     #[test]
     fn snapshot_is_send_and_clone() {
         fn assert_send_clone<T: Send + Clone + 'static>() {}
         assert_send_clone::<MetricsSnapshot>();
+        assert_send_clone::<ShardSnapshot>();
     }
 }
