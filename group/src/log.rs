@@ -1,0 +1,241 @@
+//! The coordinator's view of one `__consumer_offsets` partition log: durable append of a batch and
+//! reading whole batches back for replay. Implemented by `sluice_storage::Partition` (production)
+//! and by [`MemoryLog`] (tests, tools).
+//!
+//! Owns: the adaptation to the storage API, including reading `ReadChunk::File` ranges with pread.
+//! Must never: interpret records (that is `records`), or report an append as done before the
+//! storage engine says it is durable (`Ack::Durable`).
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::mem::ManuallyDrop;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use sluice_storage::{Ack, Partition, ReadChunk};
+
+use crate::{codes, GroupError};
+
+/// A boxed, single-threaded future (the shard's runtime is current-thread).
+pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// Bytes one replay read asks for.
+const REPLAY_READ_BYTES: u32 = 1 << 20;
+
+/// A partition log the coordinator persists into.
+pub trait OffsetLog {
+    /// Appends one record batch and resolves with its base offset once it is durable.
+    fn append_durable(&self, batch: Bytes) -> LocalFuture<Result<i64, GroupError>>;
+    /// Next offset to be assigned (includes appends still in flight).
+    fn log_end_offset(&self) -> i64;
+    /// First offset still present.
+    fn log_start_offset(&self) -> i64;
+    /// Whole batches starting at the batch containing `offset` (at least one batch if any
+    /// exists), concatenated; empty at the end of the log.
+    fn read_batches(&self, offset: i64, max_bytes: u32) -> Result<Bytes, GroupError>;
+}
+
+impl OffsetLog for Partition {
+    fn append_durable(&self, batch: Bytes) -> LocalFuture<Result<i64, GroupError>> {
+        let partition = self.clone();
+        Box::pin(async move {
+            partition
+                .append(batch, Ack::Durable, 0)
+                .await
+                .map(|info| info.base_offset)
+                .map_err(|e| GroupError::Storage {
+                    context: "appending to __consumer_offsets".into(),
+                    message: e.to_string(),
+                    code: e.kafka_error_code(),
+                })
+        })
+    }
+
+    fn log_end_offset(&self) -> i64 {
+        Partition::log_end_offset(self)
+    }
+
+    fn log_start_offset(&self) -> i64 {
+        Partition::log_start_offset(self)
+    }
+
+    /// Reads happen only while loading a partition at startup, where blocking pread on the
+    /// shard thread is the documented exception (the same as storage recovery at open).
+    fn read_batches(&self, offset: i64, max_bytes: u32) -> Result<Bytes, GroupError> {
+        let slice = self.read(offset, max_bytes, true).map_err(|e| GroupError::Storage {
+            context: format!("reading __consumer_offsets at offset {offset}"),
+            message: e.to_string(),
+            code: codes::COORDINATOR_LOAD_IN_PROGRESS,
+        })?;
+        let mut out = BytesMut::with_capacity(slice.total_bytes as usize);
+        for chunk in slice.chunks {
+            match chunk {
+                ReadChunk::Memory(bytes) => out.extend_from_slice(&bytes),
+                ReadChunk::File {
+                    segment,
+                    position,
+                    length,
+                } => {
+                    let start = out.len();
+                    out.resize(start + length as usize, 0);
+                    // SAFETY: `segment` keeps the descriptor open for this whole scope, and
+                    // ManuallyDrop keeps this borrowed `File` from closing it.
+                    let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(segment.raw_fd()) });
+                    file.read_exact_at(&mut out[start..], position)
+                        .map_err(|source| GroupError::Io {
+                            context: format!("pread {length} bytes at {position} of a __consumer_offsets segment"),
+                            source,
+                        })?;
+                    drop(segment);
+                }
+            }
+        }
+        Ok(out.freeze())
+    }
+}
+
+/// An in-memory log: appends complete immediately (or fail on demand); for tests and tools.
+#[derive(Clone, Default)]
+pub struct MemoryLog {
+    inner: Rc<RefCell<MemoryLogInner>>,
+}
+
+#[derive(Default)]
+struct MemoryLogInner {
+    /// (base offset, batch bytes with the base offset written in)
+    batches: Vec<(i64, Bytes)>,
+    next_offset: i64,
+    start_offset: i64,
+    fail_appends: bool,
+}
+
+impl MemoryLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the following appends fail with a storage error (or succeed again).
+    pub fn fail_appends(&self, fail: bool) {
+        self.inner.borrow_mut().fail_appends = fail;
+    }
+
+    /// Drops whole batches below `offset`, as retention would.
+    pub fn truncate_before(&self, offset: i64) {
+        let mut inner = self.inner.borrow_mut();
+        let next = inner.next_offset;
+        inner
+            .batches
+            .retain(|(base, batch)| base + batch_record_count(batch) > offset);
+        inner.start_offset = inner.batches.first().map_or(next, |(base, _)| *base);
+    }
+
+    /// Number of batches held.
+    pub fn batch_count(&self) -> usize {
+        self.inner.borrow().batches.len()
+    }
+}
+
+fn batch_record_count(batch: &[u8]) -> i64 {
+    batch
+        .get(57..61)
+        .map_or(0, |b| i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+}
+
+impl OffsetLog for MemoryLog {
+    fn append_durable(&self, batch: Bytes) -> LocalFuture<Result<i64, GroupError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            // Yield once so callers observe the same interleavings as with a real log.
+            tokio::task::yield_now().await;
+            let mut inner = inner.borrow_mut();
+            if inner.fail_appends {
+                return Err(GroupError::Storage {
+                    context: "appending to an in-memory log".into(),
+                    message: "injected failure".into(),
+                    code: codes::COORDINATOR_NOT_AVAILABLE,
+                });
+            }
+            let base = inner.next_offset;
+            let mut bytes = batch.to_vec();
+            bytes[..8].copy_from_slice(&base.to_be_bytes());
+            inner.next_offset += batch_record_count(&bytes).max(1);
+            inner.batches.push((base, Bytes::from(bytes)));
+            Ok(base)
+        })
+    }
+
+    fn log_end_offset(&self) -> i64 {
+        self.inner.borrow().next_offset
+    }
+
+    fn log_start_offset(&self) -> i64 {
+        self.inner.borrow().start_offset
+    }
+
+    fn read_batches(&self, offset: i64, max_bytes: u32) -> Result<Bytes, GroupError> {
+        let inner = self.inner.borrow();
+        let mut out = BytesMut::new();
+        for (base, batch) in &inner.batches {
+            if base + batch_record_count(batch) <= offset {
+                continue;
+            }
+            if !out.is_empty() && out.len() + batch.len() > max_bytes as usize {
+                break;
+            }
+            out.extend_from_slice(batch);
+        }
+        Ok(out.freeze())
+    }
+}
+
+/// Reads every record at or after `from_offset` in log order.
+pub(crate) fn read_all_from(
+    log: &dyn OffsetLog,
+    from_offset: i64,
+) -> Result<Vec<crate::records::LogRecord>, GroupError> {
+    let mut records = Vec::new();
+    let mut offset = from_offset.max(log.log_start_offset());
+    let end = log.log_end_offset();
+    while offset < end {
+        let bytes = log.read_batches(offset, REPLAY_READ_BYTES)?;
+        if bytes.is_empty() {
+            break;
+        }
+        let decoded = crate::records::decode_log_records(&bytes)?;
+        let Some(last) = decoded.last().map(|r| r.offset) else {
+            // Only skipped (control) batches: step past them by their header.
+            let next = next_offset_after(&bytes).unwrap_or(end);
+            if next <= offset {
+                break;
+            }
+            offset = next;
+            continue;
+        };
+        records.extend(decoded.into_iter().filter(|r| r.offset >= from_offset));
+        let next = next_offset_after(&bytes).unwrap_or(last + 1).max(last + 1);
+        if next <= offset {
+            break;
+        }
+        offset = next;
+    }
+    Ok(records)
+}
+
+/// One past the last offset of the last batch in `bytes` (from the batch headers).
+fn next_offset_after(bytes: &[u8]) -> Option<i64> {
+    let mut pos = 0usize;
+    let mut next = None;
+    while pos + 61 <= bytes.len() {
+        let h = &bytes[pos..];
+        let base = i64::from_be_bytes(h[0..8].try_into().ok()?);
+        let len = usize::try_from(i32::from_be_bytes(h[8..12].try_into().ok()?)).ok()? + 12;
+        let last_delta = i64::from(i32::from_be_bytes(h[23..27].try_into().ok()?));
+        next = Some(base + last_delta + 1);
+        pos += len;
+    }
+    next
+}

@@ -1,0 +1,570 @@
+//! Committed offsets: OffsetCommit (group members and simple consumers), OffsetFetch (v1-7 one
+//! group, v8+ per group), OffsetDelete, and `offsets.retention.minutes` expiry.
+//!
+//! Owns: commit validation against the group's generation, topic validation through
+//! [`crate::TopicLookup`], and applying commits only once their batch is durable.
+//! Must never: make a commit visible to OffsetFetch (or acknowledge it) before the append
+//! resolved, or let an older record overwrite a newer one (every entry keeps its log offset).
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
+    OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::coordinator::{append_error_code, State};
+use crate::group::{CommittedOffset, Group, GroupState};
+use crate::records::{OffsetRecordValue, OffsetsRecord};
+use crate::{codes, GroupCoordinator};
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+/// One partition's committed offset as OffsetFetch reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedOffset {
+    /// Partition index.
+    pub partition: i32,
+    /// Committed offset, -1 if none.
+    pub offset: i64,
+    /// Leader epoch, -1 if unknown.
+    pub leader_epoch: i32,
+    /// Metadata string ("" if none).
+    pub metadata: String,
+    /// Per-partition error.
+    pub error_code: i16,
+}
+
+/// A group's OffsetFetch answer before version-specific shaping.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchedGroup {
+    /// Group-level error.
+    pub error_code: i16,
+    /// (topic, partitions) in request order, or sorted when all were asked for.
+    pub topics: Vec<(String, Vec<FetchedOffset>)>,
+}
+
+struct CommitPlan {
+    partition: i32,
+    group_id: String,
+    incarnation: u64,
+    /// (topic, partition, value) of the valid partitions, in record order.
+    valid: Vec<(String, i32, OffsetRecordValue)>,
+}
+
+/// Kafka's `validateOffsetCommit` for classic groups.
+fn validate_commit(g: &Group, member_id: &str, instance: Option<&str>, generation: i32) -> Result<(), i16> {
+    if g.state == GroupState::Dead {
+        return Err(codes::COORDINATOR_NOT_AVAILABLE);
+    }
+    if generation < 0 && g.state == GroupState::Empty {
+        // Simple consumers and admin tools: no membership, allowed while nobody is in the group.
+        return Ok(());
+    }
+    if generation >= 0 || !member_id.is_empty() || instance.is_some() {
+        g.validate_member(member_id, instance)?;
+        if generation != g.generation {
+            return Err(codes::ILLEGAL_GENERATION);
+        }
+    } else if g.state != GroupState::Empty {
+        return Err(codes::UNKNOWN_MEMBER_ID);
+    }
+    if g.state == GroupState::CompletingRebalance {
+        return Err(codes::REBALANCE_IN_PROGRESS);
+    }
+    Ok(())
+}
+
+impl GroupCoordinator {
+    /// OffsetCommit v2-8. Answers once the commit's batch is durable (fdatasync), then the
+    /// offsets are visible to OffsetFetch.
+    pub async fn offset_commit(&self, req: OffsetCommitRequest, version: i16) -> OffsetCommitResponse {
+        let mut errors: BTreeMap<(String, i32), i16> = BTreeMap::new();
+        let plan = {
+            let mut st = self.shared.state.borrow_mut();
+            self.plan_commit(&mut st, &req, version, &mut errors)
+        };
+        match plan {
+            Err(code) => {
+                for t in &req.topics {
+                    for p in &t.partitions {
+                        errors.insert((t.name.to_string(), p.partition_index), code);
+                    }
+                }
+            }
+            Ok(plan) if plan.valid.is_empty() => {}
+            Ok(plan) => {
+                let records: Vec<OffsetsRecord> = plan
+                    .valid
+                    .iter()
+                    .map(|(topic, partition, value)| OffsetsRecord::Offset {
+                        group: plan.group_id.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        value: Some(value.clone()),
+                    })
+                    .collect();
+                let result = self.append(plan.partition, &records).await;
+                let code = match &result {
+                    Ok(base) => {
+                        self.apply_commits(&plan, *base);
+                        codes::NONE
+                    }
+                    Err(e) => append_error_code(e),
+                };
+                for (topic, partition, _) in &plan.valid {
+                    errors.insert((topic.clone(), *partition), code);
+                }
+            }
+        }
+        let mut response = OffsetCommitResponse::default();
+        response.topics = req
+            .topics
+            .iter()
+            .map(|t| {
+                let mut rt = OffsetCommitResponseTopic::default();
+                rt.name = t.name.clone();
+                rt.partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut rp = OffsetCommitResponsePartition::default();
+                        rp.partition_index = p.partition_index;
+                        rp.error_code = errors
+                            .get(&(t.name.to_string(), p.partition_index))
+                            .copied()
+                            .unwrap_or(codes::UNKNOWN_SERVER_ERROR);
+                        rp
+                    })
+                    .collect();
+                rt
+            })
+            .collect();
+        response
+    }
+
+    fn plan_commit(
+        &self,
+        st: &mut State,
+        req: &OffsetCommitRequest,
+        version: i16,
+        errors: &mut BTreeMap<(String, i32), i16>,
+    ) -> Result<CommitPlan, i16> {
+        let group_id = req.group_id.to_string();
+        let partition = st.gate(&group_id)?;
+        let generation = req.generation_id_or_member_epoch;
+        let member_id = req.member_id.as_str();
+        let instance = if version >= 7 {
+            req.group_instance_id.as_ref().map(|i| i.to_string())
+        } else {
+            None
+        };
+        match st.groups.get(&group_id) {
+            Some(g) => validate_commit(g, member_id, instance.as_deref(), generation)?,
+            // Only simple consumers (generation -1) may create a group by committing.
+            None if generation < 0 => {}
+            None => return Err(codes::ILLEGAL_GENERATION),
+        }
+        let now_ms = st.ctx.now_ms();
+        let metadata_max = st.ctx.config.offset_metadata_max_bytes;
+        let expire = (2..=4).contains(&version) && req.retention_time_ms != -1;
+        let mut valid = Vec::new();
+        for t in &req.topics {
+            let topic = t.name.to_string();
+            let count = self.shared.topics.partition_count(&topic);
+            for p in &t.partitions {
+                let metadata = p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default();
+                let code = if !count.is_some_and(|n| (0..n).contains(&p.partition_index)) {
+                    codes::UNKNOWN_TOPIC_OR_PARTITION
+                } else if metadata.len() > metadata_max {
+                    codes::OFFSET_METADATA_TOO_LARGE
+                } else {
+                    valid.push((
+                        topic.clone(),
+                        p.partition_index,
+                        OffsetRecordValue {
+                            offset: p.committed_offset,
+                            leader_epoch: if version >= 6 { p.committed_leader_epoch } else { -1 },
+                            metadata,
+                            commit_timestamp_ms: now_ms,
+                            expire_timestamp_ms: expire.then(|| now_ms.saturating_add(req.retention_time_ms)),
+                        },
+                    ));
+                    continue;
+                };
+                errors.insert((topic.clone(), p.partition_index), code);
+            }
+        }
+        if valid.is_empty() {
+            return Ok(CommitPlan {
+                partition,
+                group_id,
+                incarnation: 0,
+                valid,
+            });
+        }
+        let State { groups, ctx, .. } = &mut *st;
+        if !groups.contains_key(&group_id) {
+            let incarnation = ctx.incarnation();
+            groups.insert(
+                group_id.clone(),
+                Group::new(group_id.clone(), partition, incarnation, now_ms),
+            );
+        }
+        let Some(g) = groups.get_mut(&group_id) else {
+            return Err(codes::COORDINATOR_NOT_AVAILABLE);
+        };
+        // A commit proves the member is alive, as a heartbeat does.
+        if let Some(m) = g.members.get_mut(member_id) {
+            m.session_deadline = ctx.after_ms(i64::from(m.session_timeout_ms));
+        }
+        Ok(CommitPlan {
+            partition,
+            group_id,
+            incarnation: g.incarnation,
+            valid,
+        })
+    }
+
+    fn apply_commits(&self, plan: &CommitPlan, base_offset: i64) {
+        let mut st = self.shared.state.borrow_mut();
+        let Some(g) = st.groups.get_mut(&plan.group_id) else {
+            return;
+        };
+        if g.incarnation != plan.incarnation {
+            return;
+        }
+        for (i, (topic, partition, value)) in plan.valid.iter().enumerate() {
+            let log_offset = base_offset + i as i64;
+            let key = (topic.clone(), *partition);
+            if g.offsets.get(&key).is_none_or(|c| log_offset >= c.log_offset) {
+                g.offsets.insert(
+                    key,
+                    CommittedOffset {
+                        value: value.clone(),
+                        log_offset,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The committed offsets of one group: all of them when `topics` is None. Used directly for
+    /// OffsetFetch v8+ (the broker merges groups from several shards).
+    pub fn fetch_offsets(&self, group_id: &str, topics: Option<&[(String, Vec<i32>)]>) -> FetchedGroup {
+        let st = self.shared.state.borrow();
+        if let Err(code) = st.gate(group_id) {
+            return FetchedGroup {
+                error_code: code,
+                topics: Vec::new(),
+            };
+        }
+        let group = st.groups.get(group_id).filter(|g| g.state != GroupState::Dead);
+        let fetched = |topic: &str, partition: i32| {
+            let c = group.and_then(|g| g.offsets.get(&(topic.to_string(), partition)));
+            FetchedOffset {
+                partition,
+                offset: c.map_or(-1, |c| c.value.offset),
+                leader_epoch: c.map_or(-1, |c| c.value.leader_epoch),
+                metadata: c.map(|c| c.value.metadata.clone()).unwrap_or_default(),
+                error_code: codes::NONE,
+            }
+        };
+        let topics = match topics {
+            Some(topics) => topics
+                .iter()
+                .map(|(topic, partitions)| (topic.clone(), partitions.iter().map(|p| fetched(topic, *p)).collect()))
+                .collect(),
+            None => {
+                let mut all: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+                if let Some(g) = group {
+                    for (topic, p) in g.offsets.keys() {
+                        all.entry(topic.as_str()).or_default().push(*p);
+                    }
+                }
+                all.into_iter()
+                    .map(|(topic, mut ps)| {
+                        ps.sort_unstable();
+                        (topic.to_string(), ps.into_iter().map(|p| fetched(topic, p)).collect())
+                    })
+                    .collect()
+            }
+        };
+        FetchedGroup {
+            error_code: codes::NONE,
+            topics,
+        }
+    }
+
+    /// OffsetFetch v8+: one group of the request (the broker splits `groups` by owning shard and
+    /// concatenates the results in request order). `require_stable` has no effect: Sluice has no
+    /// transactional offsets, so every visible offset is stable.
+    pub fn offset_fetch_group(
+        &self,
+        group: &OffsetFetchRequestGroup,
+        _require_stable: bool,
+    ) -> OffsetFetchResponseGroup {
+        let topics: Option<Vec<(String, Vec<i32>)>> = group.topics.as_ref().map(|ts| {
+            ts.iter()
+                .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
+                .collect()
+        });
+        let fetched = self.fetch_offsets(group.group_id.as_str(), topics.as_deref());
+        let mut out = OffsetFetchResponseGroup::default();
+        out.group_id = group.group_id.clone();
+        out.error_code = fetched.error_code;
+        out.topics = fetched
+            .topics
+            .into_iter()
+            .map(|(topic, partitions)| {
+                let mut t = OffsetFetchResponseTopics::default();
+                t.name = TopicName(s(&topic));
+                t.partitions = partitions
+                    .into_iter()
+                    .map(|f| {
+                        let mut p = OffsetFetchResponsePartitions::default();
+                        p.partition_index = f.partition;
+                        p.committed_offset = f.offset;
+                        p.committed_leader_epoch = f.leader_epoch;
+                        p.metadata = Some(s(&f.metadata));
+                        p.error_code = f.error_code;
+                        p
+                    })
+                    .collect();
+                t
+            })
+            .collect();
+        out
+    }
+
+    /// OffsetFetch v1-7 (one group). For v8+ use [`GroupCoordinator::offset_fetch_group`].
+    pub fn offset_fetch(&self, req: &OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+        let topics: Option<Vec<(String, Vec<i32>)>> = req.topics.as_ref().map(|ts| {
+            ts.iter()
+                .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
+                .collect()
+        });
+        let mut fetched = self.fetch_offsets(req.group_id.as_str(), topics.as_deref());
+        let mut response = OffsetFetchResponse::default();
+        if fetched.error_code != codes::NONE {
+            if version >= 2 {
+                response.error_code = fetched.error_code;
+            } else {
+                // v1 has no group-level error: report it on every requested partition.
+                fetched.topics = topics
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(topic, ps)| {
+                        let offsets = ps
+                            .into_iter()
+                            .map(|p| FetchedOffset {
+                                partition: p,
+                                offset: -1,
+                                leader_epoch: -1,
+                                metadata: String::new(),
+                                error_code: fetched.error_code,
+                            })
+                            .collect();
+                        (topic, offsets)
+                    })
+                    .collect();
+            }
+        }
+        response.topics = fetched
+            .topics
+            .into_iter()
+            .map(|(topic, partitions)| {
+                let mut t = OffsetFetchResponseTopic::default();
+                t.name = TopicName(s(&topic));
+                t.partitions = partitions
+                    .into_iter()
+                    .map(|f| {
+                        let mut p = OffsetFetchResponsePartition::default();
+                        p.partition_index = f.partition;
+                        p.committed_offset = f.offset;
+                        p.committed_leader_epoch = f.leader_epoch;
+                        p.metadata = Some(s(&f.metadata));
+                        p.error_code = f.error_code;
+                        p
+                    })
+                    .collect();
+                t
+            })
+            .collect();
+        response
+    }
+
+    /// OffsetDelete v0: removes committed offsets of topics the group does not consume.
+    pub async fn offset_delete(&self, req: OffsetDeleteRequest, _version: i16) -> OffsetDeleteResponse {
+        let group_id = req.group_id.to_string();
+        let mut response = OffsetDeleteResponse::default();
+        let mut codes_by_partition: BTreeMap<(String, i32), i16> = BTreeMap::new();
+        let plan = {
+            let st = self.shared.state.borrow();
+            (|| -> Result<(i32, Vec<OffsetsRecord>), i16> {
+                let partition = st.gate(&group_id)?;
+                let g = st
+                    .groups
+                    .get(&group_id)
+                    .filter(|g| g.state != GroupState::Dead)
+                    .ok_or(codes::GROUP_ID_NOT_FOUND)?;
+                let subscribed = match g.state {
+                    GroupState::Empty => None,
+                    _ if g.protocol_type.as_deref() == Some("consumer") => Some(g.subscribed_topics()),
+                    _ => return Err(codes::NON_EMPTY_GROUP),
+                };
+                let mut tombstones = Vec::new();
+                for t in &req.topics {
+                    let topic = t.name.to_string();
+                    let count = self.shared.topics.partition_count(&topic);
+                    for p in &t.partitions {
+                        let code = match &subscribed {
+                            _ if !count.is_some_and(|n| (0..n).contains(&p.partition_index)) => {
+                                codes::UNKNOWN_TOPIC_OR_PARTITION
+                            }
+                            // Unparseable subscriptions: refuse rather than delete offsets in use.
+                            Some(None) => codes::GROUP_SUBSCRIBED_TO_TOPIC,
+                            Some(Some(topics)) if topics.contains(&topic) => codes::GROUP_SUBSCRIBED_TO_TOPIC,
+                            _ => {
+                                if g.offsets.contains_key(&(topic.clone(), p.partition_index)) {
+                                    tombstones.push(OffsetsRecord::Offset {
+                                        group: group_id.clone(),
+                                        topic: topic.clone(),
+                                        partition: p.partition_index,
+                                        value: None,
+                                    });
+                                }
+                                codes::NONE
+                            }
+                        };
+                        codes_by_partition.insert((topic.clone(), p.partition_index), code);
+                    }
+                }
+                Ok((partition, tombstones))
+            })()
+        };
+        match plan {
+            Err(code) => {
+                response.error_code = code;
+                return response;
+            }
+            Ok((partition, tombstones)) if !tombstones.is_empty() => match self.append(partition, &tombstones).await {
+                Ok(base) => {
+                    let mut st = self.shared.state.borrow_mut();
+                    if let Some(g) = st.groups.get_mut(&group_id) {
+                        for (i, rec) in tombstones.iter().enumerate() {
+                            if let OffsetsRecord::Offset { topic, partition, .. } = rec {
+                                let key = (topic.clone(), *partition);
+                                if g.offsets.get(&key).is_some_and(|c| c.log_offset <= base + i as i64) {
+                                    g.offsets.remove(&key);
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    response.error_code = append_error_code(&e);
+                    return response;
+                }
+            },
+            Ok(_) => {}
+        }
+        response.topics = req
+            .topics
+            .iter()
+            .map(|t| {
+                let mut rt = OffsetDeleteResponseTopic::default();
+                rt.name = t.name.clone();
+                rt.partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut rp = OffsetDeleteResponsePartition::default();
+                        rp.partition_index = p.partition_index;
+                        rp.error_code = codes_by_partition
+                            .get(&(t.name.to_string(), p.partition_index))
+                            .copied()
+                            .unwrap_or(codes::NONE);
+                        rp
+                    })
+                    .collect();
+                rt
+            })
+            .collect();
+        response
+    }
+}
+
+/// `offsets.retention.minutes`: in an Empty group with a protocol (a former consumer group) all
+/// offsets expire once the group has been empty that long; in a group that never had members
+/// (simple consumers) each offset expires that long after its commit; an explicit expire
+/// timestamp (OffsetCommit v2-4) wins. An Empty group left with no offsets is removed.
+/// Queues the tombstones on `st.ctx`.
+pub(crate) fn expire_offsets(st: &mut State, now_ms: i64) {
+    let retention_ms = st.ctx.config.offsets_retention_ms();
+    let mut removed_groups = Vec::new();
+    for g in st.groups.values_mut() {
+        if g.state != GroupState::Empty {
+            continue;
+        }
+        let base_from_state = g.protocol_type.is_some();
+        let expired: Vec<(String, i32)> = g
+            .offsets
+            .iter()
+            .filter(|(_, c)| match c.value.expire_timestamp_ms {
+                Some(expire_ms) => now_ms >= expire_ms,
+                None => {
+                    let base_ms = if base_from_state {
+                        g.state_since_ms
+                    } else {
+                        c.value.commit_timestamp_ms
+                    };
+                    now_ms.saturating_sub(base_ms) >= retention_ms
+                }
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut tombstones: Vec<OffsetsRecord> = expired
+            .into_iter()
+            .map(|(topic, partition)| {
+                g.offsets.remove(&(topic.clone(), partition));
+                OffsetsRecord::Offset {
+                    group: g.id.clone(),
+                    topic,
+                    partition,
+                    value: None,
+                }
+            })
+            .collect();
+        let count = tombstones.len();
+        if g.offsets.is_empty() && g.members.is_empty() && g.pending_members.is_empty() {
+            g.state = GroupState::Dead;
+            if g.persisted.is_some() {
+                tombstones.push(OffsetsRecord::Group {
+                    group: g.id.clone(),
+                    value: None,
+                });
+            }
+            removed_groups.push(g.id.clone());
+        }
+        if count > 0 {
+            tracing::info!(group = %g.id, expired = count, "expired committed offsets");
+        }
+        if !tombstones.is_empty() {
+            st.ctx.tombstone_requests.push((g.partition, tombstones));
+        }
+    }
+    for id in removed_groups {
+        st.groups.remove(&id);
+    }
+}
