@@ -33,7 +33,10 @@ impl GroupCoordinator {
             .values()
             .filter(|g| g.state != GroupState::Dead)
             .filter(|g| {
-                states_filter.is_empty() || states_filter.iter().any(|f| f.eq_ignore_ascii_case(g.state.name()))
+                states_filter.is_empty()
+                    || states_filter
+                        .iter()
+                        .any(|f| f.eq_ignore_ascii_case(g.state.name()))
             })
             .map(|g| {
                 let mut l = ListedGroup::default();
@@ -50,7 +53,11 @@ impl GroupCoordinator {
 
     /// DescribeGroups v0-5 for one group. An unknown group is reported as Dead with no error
     /// (what Kafka answers before v6).
-    pub fn describe_group(&self, group_id: &str, include_authorized_operations: bool) -> DescribedGroup {
+    pub fn describe_group(
+        &self,
+        group_id: &str,
+        include_authorized_operations: bool,
+    ) -> DescribedGroup {
         let st = self.shared.state.borrow();
         let mut d = DescribedGroup::default();
         d.group_id = GroupId(s(group_id));
@@ -72,7 +79,11 @@ impl GroupCoordinator {
         d.protocol_type = s(g.protocol_type.as_deref().unwrap_or(""));
         let stable = g.state == GroupState::Stable;
         let protocol = g.protocol_name.clone().unwrap_or_default();
-        d.protocol_data = if stable { s(&protocol) } else { StrBytes::new() };
+        d.protocol_data = if stable {
+            s(&protocol)
+        } else {
+            StrBytes::new()
+        };
         let mut members: Vec<&Member> = g.members.values().collect();
         members.sort_by_key(|m| m.join_seq);
         d.members = members

@@ -79,7 +79,9 @@ impl Ctx {
     }
 
     pub fn now_ms(&self) -> i64 {
-        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX) + self.wall_offset_ms
     }
 
@@ -131,7 +133,9 @@ pub(crate) fn append_error_code(error: &GroupError) -> i16 {
         GroupError::Storage { code, .. } if *code == sluice_storage::codes::MESSAGE_TOO_LARGE => {
             codes::INVALID_COMMIT_OFFSET_SIZE
         }
-        GroupError::Storage { code, .. } if *code == sluice_storage::codes::RECORD_LIST_TOO_LARGE => {
+        GroupError::Storage { code, .. }
+            if *code == sluice_storage::codes::RECORD_LIST_TOO_LARGE =>
+        {
             codes::INVALID_COMMIT_OFFSET_SIZE
         }
         _ => codes::COORDINATOR_NOT_AVAILABLE,
@@ -162,7 +166,10 @@ impl Replay {
             } => {
                 let g = self.groups.entry(group).or_default();
                 let key = (topic, partition);
-                let newer = g.offsets.get(&key).is_none_or(|c| log_offset >= c.log_offset);
+                let newer = g
+                    .offsets
+                    .get(&key)
+                    .is_none_or(|c| log_offset >= c.log_offset);
                 match value {
                     Some(value) if newer => {
                         g.offsets.insert(key, CommittedOffset { value, log_offset });
@@ -198,7 +205,10 @@ impl GroupCoordinator {
             config.session_timeout_ms_min <= config.session_timeout_ms_max,
             "session timeout bounds inverted"
         );
-        assert!(config.offsets_snapshot_interval_ms > 0 && config.offsets_retention_check_interval_ms > 0);
+        assert!(
+            config.offsets_snapshot_interval_ms > 0
+                && config.offsets_retention_check_interval_ms > 0
+        );
         let snapshot_ms = config.offsets_snapshot_interval_ms;
         let expiry_ms = config.offsets_retention_check_interval_ms;
         let ctx = Ctx {
@@ -224,12 +234,14 @@ impl GroupCoordinator {
         {
             let mut st = shared.state.borrow_mut();
             let now = st.ctx.now();
-            st.ctx
-                .timers
-                .schedule(now + Duration::from_millis(snapshot_ms), TimerEvent::Snapshot);
-            st.ctx
-                .timers
-                .schedule(now + Duration::from_millis(expiry_ms), TimerEvent::OffsetExpiry);
+            st.ctx.timers.schedule(
+                now + Duration::from_millis(snapshot_ms),
+                TimerEvent::Snapshot,
+            );
+            st.ctx.timers.schedule(
+                now + Duration::from_millis(expiry_ms),
+                TimerEvent::OffsetExpiry,
+            );
         }
         spawn_timer_task(Rc::downgrade(&shared), shared.notify.clone());
         GroupCoordinator { shared }
@@ -238,12 +250,20 @@ impl GroupCoordinator {
     /// Loads a `__consumer_offsets` partition owned by this shard: reads its snapshot, replays the
     /// log after it, and starts serving its groups. Until it returns, those groups answer
     /// COORDINATOR_LOAD_IN_PROGRESS; if it fails, COORDINATOR_NOT_AVAILABLE.
-    pub async fn load_partition(&self, partition: i32, log: sluice_storage::Partition) -> Result<(), GroupError> {
+    pub async fn load_partition(
+        &self,
+        partition: i32,
+        log: sluice_storage::Partition,
+    ) -> Result<(), GroupError> {
         self.load_partition_from(partition, Rc::new(log)).await
     }
 
     /// [`GroupCoordinator::load_partition`] over any [`OffsetLog`] (tests use [`crate::MemoryLog`]).
-    pub async fn load_partition_from(&self, partition: i32, log: Rc<dyn OffsetLog>) -> Result<(), GroupError> {
+    pub async fn load_partition_from(
+        &self,
+        partition: i32,
+        log: Rc<dyn OffsetLog>,
+    ) -> Result<(), GroupError> {
         {
             let mut st = self.shared.state.borrow_mut();
             if st.partitions.contains_key(&partition) {
@@ -292,7 +312,11 @@ impl GroupCoordinator {
 
     /// Appends `records` to the partition's log as one batch and resolves once durable, with the
     /// base offset. Tracks the append as in flight so snapshots never claim to cover it.
-    pub(crate) async fn append(&self, partition: i32, records: &[OffsetsRecord]) -> Result<i64, GroupError> {
+    pub(crate) async fn append(
+        &self,
+        partition: i32,
+        records: &[OffsetsRecord],
+    ) -> Result<i64, GroupError> {
         debug_assert!(!records.is_empty());
         let (log, seq, batch) = {
             let mut st = self.shared.state.borrow_mut();
@@ -303,11 +327,20 @@ impl GroupCoordinator {
             let seq = p.next_append_seq;
             p.next_append_seq += 1;
             p.in_flight.insert(seq, p.log.log_end_offset());
-            let kv: Vec<_> = records.iter().map(|r| (r.encode_key(), r.encode_value())).collect();
+            let kv: Vec<_> = records
+                .iter()
+                .map(|r| (r.encode_key(), r.encode_value()))
+                .collect();
             (p.log.clone(), seq, encode_batch(&kv, now_ms))
         };
         let result = log.append_durable(batch).await;
-        if let Some(PartitionSlot::Loaded(p)) = self.shared.state.borrow_mut().partitions.get_mut(&partition) {
+        if let Some(PartitionSlot::Loaded(p)) = self
+            .shared
+            .state
+            .borrow_mut()
+            .partitions
+            .get_mut(&partition)
+        {
             p.in_flight.remove(&seq);
         }
         if let Err(e) = &result {
@@ -365,10 +398,17 @@ impl GroupCoordinator {
     }
 
     /// Records that `value` is durable at `offset` for the group (if it still is that group).
-    pub(crate) fn note_persisted(&self, group_id: &str, incarnation: u64, offset: i64, value: GroupMetadataValue) {
+    pub(crate) fn note_persisted(
+        &self,
+        group_id: &str,
+        incarnation: u64,
+        offset: i64,
+        value: GroupMetadataValue,
+    ) {
         let mut st = self.shared.state.borrow_mut();
         if let Some(g) = st.groups.get_mut(group_id) {
-            if g.incarnation == incarnation && g.persisted.as_ref().is_none_or(|(o, _)| offset > *o) {
+            if g.incarnation == incarnation && g.persisted.as_ref().is_none_or(|(o, _)| offset > *o)
+            {
                 g.persisted = Some((offset, value));
             }
         }
@@ -394,7 +434,9 @@ impl GroupCoordinator {
             let mut st = self.shared.state.borrow_mut();
             match chore {
                 TimerEvent::Snapshot => {
-                    let at = st.ctx.after_ms(st.ctx.config.offsets_snapshot_interval_ms as i64);
+                    let at = st
+                        .ctx
+                        .after_ms(st.ctx.config.offsets_snapshot_interval_ms as i64);
                     st.ctx.timers.schedule(at, TimerEvent::Snapshot);
                     drop(st);
                     let this = self.clone();
@@ -466,14 +508,15 @@ impl GroupCoordinator {
                 dir,
             )
         };
-        let result = tokio::task::spawn_blocking(move || snapshot::write_atomic(&dir, partition, &bytes))
-            .await
-            .unwrap_or_else(|e| {
-                Err(GroupError::Io {
-                    context: "snapshot writer task".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            });
+        let result =
+            tokio::task::spawn_blocking(move || snapshot::write_atomic(&dir, partition, &bytes))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(GroupError::Io {
+                        context: "snapshot writer task".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                });
         let mut st = self.shared.state.borrow_mut();
         if let Some(PartitionSlot::Loaded(p)) = st.partitions.get_mut(&partition) {
             p.snapshotting = false;
@@ -621,7 +664,8 @@ fn install_group(st: &mut State, partition: i32, group_id: String, rg: ReplayGro
                     },
                 );
                 if let Some(instance) = &m.group_instance_id {
-                    g.static_members.insert(instance.clone(), m.member_id.clone());
+                    g.static_members
+                        .insert(instance.clone(), m.member_id.clone());
                 }
                 let protocol = value.protocol.clone().unwrap_or_default();
                 g.members.insert(

@@ -189,7 +189,11 @@ impl Group {
             .collect();
         let mut votes: HashMap<&str, usize> = HashMap::new();
         for m in &members {
-            if let Some((name, _)) = m.protocols.iter().find(|(name, _)| candidates.contains(&name.as_str())) {
+            if let Some((name, _)) = m
+                .protocols
+                .iter()
+                .find(|(name, _)| candidates.contains(&name.as_str()))
+            {
                 *votes.entry(name.as_str()).or_default() += 1;
             }
         }
@@ -218,7 +222,11 @@ impl Group {
 
     /// Largest rebalance timeout of the members (the group's join deadline).
     pub fn rebalance_timeout_ms(&self) -> i32 {
-        self.members.values().map(|m| m.rebalance_timeout_ms).max().unwrap_or(0)
+        self.members
+            .values()
+            .map(|m| m.rebalance_timeout_ms)
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn all_joined(&self) -> bool {
@@ -258,7 +266,11 @@ impl Group {
     }
 
     /// The GroupMetadataValue describing the current generation with `assignments`.
-    pub fn metadata_value(&self, now_ms: i64, assignments: &HashMap<String, Bytes>) -> GroupMetadataValue {
+    pub fn metadata_value(
+        &self,
+        now_ms: i64,
+        assignments: &HashMap<String, Bytes>,
+    ) -> GroupMetadataValue {
         let protocol = self.protocol_name.clone();
         let mut members: Vec<&Member> = self.members.values().collect();
         members.sort_by_key(|m| m.join_seq);
@@ -277,8 +289,14 @@ impl Group {
                     client_host: m.client_host.clone(),
                     rebalance_timeout_ms: m.rebalance_timeout_ms,
                     session_timeout_ms: m.session_timeout_ms,
-                    subscription: protocol.as_deref().map(|p| m.metadata_for(p)).unwrap_or_default(),
-                    assignment: assignments.get(&m.id).cloned().unwrap_or_else(|| m.assignment.clone()),
+                    subscription: protocol
+                        .as_deref()
+                        .map(|p| m.metadata_for(p))
+                        .unwrap_or_default(),
+                    assignment: assignments
+                        .get(&m.id)
+                        .cloned()
+                        .unwrap_or_else(|| m.assignment.clone()),
                 })
                 .collect(),
         }
@@ -314,15 +332,19 @@ mod tests {
     fn protocol_selection_by_votes_among_common_protocols() {
         let mut g = Group::new("g".into(), 0, 1, 0);
         g.protocol_type = Some("consumer".into());
-        g.members.insert("a".into(), member("a", 1, &["range", "roundrobin"]));
-        g.members.insert("b".into(), member("b", 2, &["roundrobin", "range"]));
-        g.members.insert("c".into(), member("c", 3, &["roundrobin", "sticky"]));
+        g.members
+            .insert("a".into(), member("a", 1, &["range", "roundrobin"]));
+        g.members
+            .insert("b".into(), member("b", 2, &["roundrobin", "range"]));
+        g.members
+            .insert("c".into(), member("c", 3, &["roundrobin", "sticky"]));
         // Only roundrobin is common to all three.
         assert_eq!(g.select_protocol().as_deref(), Some("roundrobin"));
         g.members.remove("c");
         // range vs roundrobin tie 1:1 -> the first member's preference.
         assert_eq!(g.select_protocol().as_deref(), Some("range"));
-        g.members.insert("d".into(), member("d", 4, &["roundrobin", "range"]));
+        g.members
+            .insert("d".into(), member("d", 4, &["roundrobin", "range"]));
         assert_eq!(g.select_protocol().as_deref(), Some("roundrobin"));
     }
 
@@ -330,7 +352,10 @@ mod tests {
     fn protocol_support_rules() {
         let mut g = Group::new("g".into(), 0, 1, 0);
         let p = |n: &str| vec![(n.to_string(), Bytes::new())];
-        assert!(!g.supports_protocols("", &p("range")), "empty protocol type");
+        assert!(
+            !g.supports_protocols("", &p("range")),
+            "empty protocol type"
+        );
         assert!(!g.supports_protocols("consumer", &[]), "no protocols");
         assert!(g.supports_protocols("consumer", &p("range")));
         g.protocol_type = Some("consumer".into());
@@ -347,8 +372,17 @@ mod tests {
         g.static_members.insert("inst".into(), "a".into());
         assert_eq!(g.validate_member("a", None), Ok(()));
         assert_eq!(g.validate_member("a", Some("inst")), Ok(()));
-        assert_eq!(g.validate_member("b", Some("inst")), Err(codes::FENCED_INSTANCE_ID));
-        assert_eq!(g.validate_member("a", Some("other")), Err(codes::UNKNOWN_MEMBER_ID));
-        assert_eq!(g.validate_member("zzz", None), Err(codes::UNKNOWN_MEMBER_ID));
+        assert_eq!(
+            g.validate_member("b", Some("inst")),
+            Err(codes::FENCED_INSTANCE_ID)
+        );
+        assert_eq!(
+            g.validate_member("a", Some("other")),
+            Err(codes::UNKNOWN_MEMBER_ID)
+        );
+        assert_eq!(
+            g.validate_member("zzz", None),
+            Err(codes::UNKNOWN_MEMBER_ID)
+        );
     }
 }

@@ -46,7 +46,8 @@ pub use group::GroupState;
 pub use log::{MemoryLog, OffsetLog};
 pub use offsets::{FetchedGroup, FetchedOffset};
 pub use records::{
-    decode_batches, encode_batch, GroupMetadataValue, MemberMetadataValue, OffsetRecordValue, OffsetsRecord,
+    decode_batches, encode_batch, GroupMetadataValue, MemberMetadataValue, OffsetRecordValue,
+    OffsetsRecord,
 };
 
 /// The internal topic holding committed offsets and group metadata.
@@ -66,8 +67,9 @@ pub fn offsets_partition_for(group_id: &str) -> i32 {
 
 /// Java's `String.hashCode()`: `s[0]*31^(n-1) + ... + s[n-1]` over UTF-16 code units, wrapping.
 pub fn java_string_hash(s: &str) -> i32 {
-    s.encode_utf16()
-        .fold(0i32, |hash, unit| hash.wrapping_mul(31).wrapping_add(i32::from(unit)))
+    s.encode_utf16().fold(0i32, |hash, unit| {
+        hash.wrapping_mul(31).wrapping_add(i32::from(unit))
+    })
 }
 
 /// Kafka's `Utils.abs`: `n & 0x7fffffff` for `i32::MIN`, `|n|` otherwise.
@@ -125,7 +127,8 @@ impl GroupConfig {
     /// only deleted when several snapshots already cover it (snapshots run every
     /// `offsets_snapshot_interval_ms`; retention is at least 24 h and 100 intervals).
     pub fn offsets_log_config(&self) -> sluice_storage::LogConfig {
-        let interval_ms = i64::try_from(self.offsets_snapshot_interval_ms).unwrap_or(i64::MAX / 200);
+        let interval_ms =
+            i64::try_from(self.offsets_snapshot_interval_ms).unwrap_or(i64::MAX / 200);
         let retention_ms = (24 * 3600 * 1000i64).max(interval_ms.saturating_mul(100));
         sluice_storage::LogConfig {
             segment_bytes: 100 * 1024 * 1024,

@@ -65,11 +65,13 @@ impl OffsetLog for Partition {
     /// Reads happen only while loading a partition at startup, where blocking pread on the
     /// shard thread is the documented exception (the same as storage recovery at open).
     fn read_batches(&self, offset: i64, max_bytes: u32) -> Result<Bytes, GroupError> {
-        let slice = self.read(offset, max_bytes, true).map_err(|e| GroupError::Storage {
-            context: format!("reading __consumer_offsets at offset {offset}"),
-            message: e.to_string(),
-            code: codes::COORDINATOR_LOAD_IN_PROGRESS,
-        })?;
+        let slice = self
+            .read(offset, max_bytes, true)
+            .map_err(|e| GroupError::Storage {
+                context: format!("reading __consumer_offsets at offset {offset}"),
+                message: e.to_string(),
+                code: codes::COORDINATOR_LOAD_IN_PROGRESS,
+            })?;
         let mut out = BytesMut::with_capacity(slice.total_bytes as usize);
         for chunk in slice.chunks {
             match chunk {
@@ -83,7 +85,8 @@ impl OffsetLog for Partition {
                     out.resize(start + length as usize, 0);
                     // SAFETY: `segment` keeps the descriptor open for this whole scope, and
                     // ManuallyDrop keeps this borrowed `File` from closing it.
-                    let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(segment.raw_fd()) });
+                    let file =
+                        ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(segment.raw_fd()) });
                     file.read_exact_at(&mut out[start..], position)
                         .map_err(|source| GroupError::Io {
                             context: format!("pread {length} bytes at {position} of a __consumer_offsets segment"),
@@ -140,9 +143,9 @@ impl MemoryLog {
 }
 
 fn batch_record_count(batch: &[u8]) -> i64 {
-    batch
-        .get(57..61)
-        .map_or(0, |b| i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+    batch.get(57..61).map_or(0, |b| {
+        i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    })
 }
 
 impl OffsetLog for MemoryLog {

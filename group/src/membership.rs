@@ -13,8 +13,8 @@ use bytes::Bytes;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{
-    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
-    SyncGroupRequest, SyncGroupResponse,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::oneshot;
@@ -105,7 +105,9 @@ struct JoinArgs<'a> {
 
 fn maybe_prepare_rebalance(g: &mut Group, ctx: &mut Ctx) {
     match g.state {
-        GroupState::Empty | GroupState::Stable | GroupState::CompletingRebalance => prepare_rebalance(g, ctx),
+        GroupState::Empty | GroupState::Stable | GroupState::CompletingRebalance => {
+            prepare_rebalance(g, ctx)
+        }
         GroupState::PreparingRebalance => try_complete_join(g, ctx),
         GroupState::Dead => {}
     }
@@ -149,7 +151,10 @@ fn prepare_rebalance(g: &mut Group, ctx: &mut Ctx) {
 }
 
 fn try_complete_join(g: &mut Group, ctx: &mut Ctx) {
-    if g.state == GroupState::PreparingRebalance && g.join_phase == JoinPhase::Normal && g.all_joined() {
+    if g.state == GroupState::PreparingRebalance
+        && g.join_phase == JoinPhase::Normal
+        && g.all_joined()
+    {
         complete_join(g, ctx);
     }
 }
@@ -201,8 +206,11 @@ fn complete_join(g: &mut Group, ctx: &mut Ctx) {
             }
             r
         };
-        let Some(m) = g.members.get_mut(id) else { continue };
-        m.session_deadline = now + std::time::Duration::from_millis(u64::try_from(m.session_timeout_ms).unwrap_or(0));
+        let Some(m) = g.members.get_mut(id) else {
+            continue;
+        };
+        m.session_deadline = now
+            + std::time::Duration::from_millis(u64::try_from(m.session_timeout_ms).unwrap_or(0));
         if let Some(tx) = m.join_waiter.take() {
             let _ = tx.send(response);
         }
@@ -253,7 +261,12 @@ fn remove_member(g: &mut Group, ctx: &mut Ctx, member_id: &str, reason: &str) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn add_member_and_rebalance(g: &mut Group, ctx: &mut Ctx, member_id: String, args: &JoinArgs<'_>) -> JoinStep {
+fn add_member_and_rebalance(
+    g: &mut Group,
+    ctx: &mut Ctx,
+    member_id: String,
+    args: &JoinArgs<'_>,
+) -> JoinStep {
     if g.members.is_empty() {
         g.protocol_type = Some(args.protocol_type.clone());
     }
@@ -301,7 +314,12 @@ fn add_member_and_rebalance(g: &mut Group, ctx: &mut Ctx, member_id: String, arg
     JoinStep::Wait(rx)
 }
 
-fn update_member_and_rebalance(g: &mut Group, ctx: &mut Ctx, member_id: &str, args: &JoinArgs<'_>) -> JoinStep {
+fn update_member_and_rebalance(
+    g: &mut Group,
+    ctx: &mut Ctx,
+    member_id: &str,
+    args: &JoinArgs<'_>,
+) -> JoinStep {
     let (tx, rx) = oneshot::channel();
     if let Some(m) = g.members.get_mut(member_id) {
         m.protocols = args.protocols.clone();
@@ -319,7 +337,13 @@ fn update_member_and_rebalance(g: &mut Group, ctx: &mut Ctx, member_id: &str, ar
 /// A static member rejoining with an unknown member id: it takes over the instance's slot under a
 /// new member id, fencing the old one. In a Stable group with unchanged protocols there is no
 /// rebalance: it gets the current generation back and keeps its assignment.
-fn replace_static_member(g: &mut Group, ctx: &mut Ctx, old_id: &str, new_id: String, args: &JoinArgs<'_>) -> JoinStep {
+fn replace_static_member(
+    g: &mut Group,
+    ctx: &mut Ctx,
+    old_id: &str,
+    new_id: String,
+    args: &JoinArgs<'_>,
+) -> JoinStep {
     let Some(mut m) = g.members.remove(old_id) else {
         return JoinStep::Done(join_error(codes::UNKNOWN_MEMBER_ID, ""));
     };
@@ -373,9 +397,17 @@ fn replace_static_member(g: &mut Group, ctx: &mut Ctx, old_id: &str, new_id: Str
 pub(crate) fn on_group_timer(st: &mut State, event: TimerEvent) {
     let State { groups, ctx, .. } = st;
     match event {
-        TimerEvent::Session { group, member, token } => {
-            let Some(g) = groups.get_mut(&group) else { return };
-            let Some(m) = g.members.get_mut(&member) else { return };
+        TimerEvent::Session {
+            group,
+            member,
+            token,
+        } => {
+            let Some(g) = groups.get_mut(&group) else {
+                return;
+            };
+            let Some(m) = g.members.get_mut(&member) else {
+                return;
+            };
             if m.timer_token != token {
                 return;
             }
@@ -386,38 +418,64 @@ pub(crate) fn on_group_timer(st: &mut State, event: TimerEvent) {
             }
             if m.session_deadline > now {
                 let at = m.session_deadline;
-                ctx.timers.schedule(at, TimerEvent::Session { group, member, token });
+                ctx.timers.schedule(
+                    at,
+                    TimerEvent::Session {
+                        group,
+                        member,
+                        token,
+                    },
+                );
             } else {
                 remove_member(g, ctx, &member, "session timeout expired");
             }
         }
         TimerEvent::PendingMember { group, member } => {
-            let Some(g) = groups.get_mut(&group) else { return };
+            let Some(g) = groups.get_mut(&group) else {
+                return;
+            };
             if g.pending_members.remove(&member) {
                 try_complete_join(g, ctx);
             }
         }
-        TimerEvent::Join { group, rebalance_seq } => {
-            let Some(g) = groups.get_mut(&group) else { return };
+        TimerEvent::Join {
+            group,
+            rebalance_seq,
+        } => {
+            let Some(g) = groups.get_mut(&group) else {
+                return;
+            };
             if g.state != GroupState::PreparingRebalance || g.rebalance_seq != rebalance_seq {
                 return;
             }
             match g.join_phase {
                 JoinPhase::Initial { remaining_ms } if g.new_member_added && remaining_ms > 0 => {
-                    let delay_ms = i64::from(ctx.config.initial_rebalance_delay_ms.max(0)).min(remaining_ms);
+                    let delay_ms =
+                        i64::from(ctx.config.initial_rebalance_delay_ms.max(0)).min(remaining_ms);
                     g.join_phase = JoinPhase::Initial {
                         remaining_ms: remaining_ms - delay_ms,
                     };
                     g.new_member_added = false;
                     let at = ctx.after_ms(delay_ms);
-                    ctx.timers.schedule(at, TimerEvent::Join { group, rebalance_seq });
+                    ctx.timers.schedule(
+                        at,
+                        TimerEvent::Join {
+                            group,
+                            rebalance_seq,
+                        },
+                    );
                 }
                 _ => complete_join(g, ctx),
             }
         }
         TimerEvent::Sync { group, generation } => {
-            let Some(g) = groups.get_mut(&group) else { return };
-            let in_generation = matches!(g.state, GroupState::CompletingRebalance | GroupState::Stable);
+            let Some(g) = groups.get_mut(&group) else {
+                return;
+            };
+            let in_generation = matches!(
+                g.state,
+                GroupState::CompletingRebalance | GroupState::Stable
+            );
             if g.generation != generation || !in_generation || g.pending_sync.is_empty() {
                 return;
             }
@@ -435,7 +493,12 @@ pub(crate) fn on_group_timer(st: &mut State, event: TimerEvent) {
 impl GroupCoordinator {
     /// JoinGroup v0-9. Resolves when the join phase completes (or at once for errors and
     /// MEMBER_ID_REQUIRED). `client` comes from the request header and the connection.
-    pub async fn join_group(&self, req: JoinGroupRequest, version: i16, client: &ClientInfo) -> JoinGroupResponse {
+    pub async fn join_group(
+        &self,
+        req: JoinGroupRequest,
+        version: i16,
+        client: &ClientInfo,
+    ) -> JoinGroupResponse {
         let step = {
             let mut st = self.shared.state.borrow_mut();
             join_locked(&mut st, req, version, client)
@@ -516,8 +579,12 @@ impl GroupCoordinator {
         {
             let mut st = self.shared.state.borrow_mut();
             let State { groups, ctx, .. } = &mut *st;
-            let Some(g) = groups.get_mut(group_id) else { return };
-            if g.incarnation != incarnation || g.generation != generation || g.state != GroupState::CompletingRebalance
+            let Some(g) = groups.get_mut(group_id) else {
+                return;
+            };
+            if g.incarnation != incarnation
+                || g.generation != generation
+                || g.state != GroupState::CompletingRebalance
             {
                 return;
             }
@@ -534,7 +601,11 @@ impl GroupCoordinator {
                     }
                     let now_ms = ctx.now_ms();
                     g.transition(GroupState::Stable, now_ms);
-                    tracing::info!(group = group_id, generation, "rebalance complete: group is stable");
+                    tracing::info!(
+                        group = group_id,
+                        generation,
+                        "rebalance complete: group is stable"
+                    );
                 }
                 Err(e) => {
                     let code = append_error_code(&e);
@@ -583,7 +654,12 @@ fn rebalancing() -> SyncOutcome {
     }
 }
 
-fn join_locked(st: &mut State, req: JoinGroupRequest, version: i16, client: &ClientInfo) -> JoinStep {
+fn join_locked(
+    st: &mut State,
+    req: JoinGroupRequest,
+    version: i16,
+    client: &ClientInfo,
+) -> JoinStep {
     let group_id = req.group_id.to_string();
     let member_id = req.member_id.to_string();
     if group_id.is_empty() {
@@ -594,7 +670,9 @@ fn join_locked(st: &mut State, req: JoinGroupRequest, version: i16, client: &Cli
         Err(code) => return JoinStep::Done(join_error(code, &member_id)),
     };
     let cfg = &st.ctx.config;
-    if req.session_timeout_ms < cfg.session_timeout_ms_min || req.session_timeout_ms > cfg.session_timeout_ms_max {
+    if req.session_timeout_ms < cfg.session_timeout_ms_min
+        || req.session_timeout_ms > cfg.session_timeout_ms_max
+    {
         return JoinStep::Done(join_error(codes::INVALID_SESSION_TIMEOUT, &member_id));
     }
     let args = JoinArgs {
@@ -700,10 +778,18 @@ fn join_known_member(g: &mut Group, ctx: &mut Ctx, args: &JoinArgs<'_>) -> JoinS
     let is_leader = g.leader.as_deref() == Some(member_id);
     match g.state {
         GroupState::PreparingRebalance => update_member_and_rebalance(g, ctx, member_id, args),
-        GroupState::CompletingRebalance if unchanged => JoinStep::Done(current_join_response(g, member_id)),
-        GroupState::Stable if unchanged && !is_leader => JoinStep::Done(current_join_response(g, member_id)),
-        GroupState::CompletingRebalance | GroupState::Stable => update_member_and_rebalance(g, ctx, member_id, args),
-        GroupState::Empty | GroupState::Dead => JoinStep::Done(join_error(codes::UNKNOWN_MEMBER_ID, member_id)),
+        GroupState::CompletingRebalance if unchanged => {
+            JoinStep::Done(current_join_response(g, member_id))
+        }
+        GroupState::Stable if unchanged && !is_leader => {
+            JoinStep::Done(current_join_response(g, member_id))
+        }
+        GroupState::CompletingRebalance | GroupState::Stable => {
+            update_member_and_rebalance(g, ctx, member_id, args)
+        }
+        GroupState::Empty | GroupState::Dead => {
+            JoinStep::Done(join_error(codes::UNKNOWN_MEMBER_ID, member_id))
+        }
     }
 }
 
@@ -722,7 +808,12 @@ enum SyncStep {
     },
 }
 
-fn sync_locked(st: &mut State, req: &SyncGroupRequest, group_id: &str, member_id: &str) -> SyncStep {
+fn sync_locked(
+    st: &mut State,
+    req: &SyncGroupRequest,
+    group_id: &str,
+    member_id: &str,
+) -> SyncStep {
     let fail = |code| {
         SyncStep::Done(
             SyncOutcome {
@@ -883,7 +974,9 @@ fn leave_locked(st: &mut State, req: &LeaveGroupRequest, version: i16) -> LeaveG
                 let code = match instance {
                     Some(instance) => match g.static_members.get(instance).cloned() {
                         None => codes::UNKNOWN_MEMBER_ID,
-                        Some(existing) if !member_id.is_empty() && existing != *member_id => codes::FENCED_INSTANCE_ID,
+                        Some(existing) if !member_id.is_empty() && existing != *member_id => {
+                            codes::FENCED_INSTANCE_ID
+                        }
                         Some(existing) => {
                             remove_member(g, ctx, &existing, "static member left the group");
                             codes::NONE

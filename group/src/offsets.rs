@@ -8,16 +8,20 @@
 
 use std::collections::BTreeMap;
 
-use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
-use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
-    OffsetFetchResponseTopics,
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
-    OffsetFetchResponse, TopicName,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -63,7 +67,12 @@ struct CommitPlan {
 }
 
 /// Kafka's `validateOffsetCommit` for classic groups.
-fn validate_commit(g: &Group, member_id: &str, instance: Option<&str>, generation: i32) -> Result<(), i16> {
+fn validate_commit(
+    g: &Group,
+    member_id: &str,
+    instance: Option<&str>,
+    generation: i32,
+) -> Result<(), i16> {
     if g.state == GroupState::Dead {
         return Err(codes::COORDINATOR_NOT_AVAILABLE);
     }
@@ -88,7 +97,11 @@ fn validate_commit(g: &Group, member_id: &str, instance: Option<&str>, generatio
 impl GroupCoordinator {
     /// OffsetCommit v2-8. Answers once the commit's batch is durable (fdatasync), then the
     /// offsets are visible to OffsetFetch.
-    pub async fn offset_commit(&self, req: OffsetCommitRequest, version: i16) -> OffsetCommitResponse {
+    pub async fn offset_commit(
+        &self,
+        req: OffsetCommitRequest,
+        version: i16,
+    ) -> OffsetCommitResponse {
         let mut errors: BTreeMap<(String, i32), i16> = BTreeMap::new();
         let plan = {
             let mut st = self.shared.state.borrow_mut();
@@ -183,7 +196,11 @@ impl GroupCoordinator {
             let topic = t.name.to_string();
             let count = self.shared.topics.partition_count(&topic);
             for p in &t.partitions {
-                let metadata = p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default();
+                let metadata = p
+                    .committed_metadata
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default();
                 let code = if !count.is_some_and(|n| (0..n).contains(&p.partition_index)) {
                     codes::UNKNOWN_TOPIC_OR_PARTITION
                 } else if metadata.len() > metadata_max {
@@ -194,10 +211,15 @@ impl GroupCoordinator {
                         p.partition_index,
                         OffsetRecordValue {
                             offset: p.committed_offset,
-                            leader_epoch: if version >= 6 { p.committed_leader_epoch } else { -1 },
+                            leader_epoch: if version >= 6 {
+                                p.committed_leader_epoch
+                            } else {
+                                -1
+                            },
                             metadata,
                             commit_timestamp_ms: now_ms,
-                            expire_timestamp_ms: expire.then(|| now_ms.saturating_add(req.retention_time_ms)),
+                            expire_timestamp_ms: expire
+                                .then(|| now_ms.saturating_add(req.retention_time_ms)),
                         },
                     ));
                     continue;
@@ -247,7 +269,10 @@ impl GroupCoordinator {
         for (i, (topic, partition, value)) in plan.valid.iter().enumerate() {
             let log_offset = base_offset + i as i64;
             let key = (topic.clone(), *partition);
-            if g.offsets.get(&key).is_none_or(|c| log_offset >= c.log_offset) {
+            if g.offsets
+                .get(&key)
+                .is_none_or(|c| log_offset >= c.log_offset)
+            {
                 g.offsets.insert(
                     key,
                     CommittedOffset {
@@ -261,7 +286,11 @@ impl GroupCoordinator {
 
     /// The committed offsets of one group: all of them when `topics` is None. Used directly for
     /// OffsetFetch v8+ (the broker merges groups from several shards).
-    pub fn fetch_offsets(&self, group_id: &str, topics: Option<&[(String, Vec<i32>)]>) -> FetchedGroup {
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        topics: Option<&[(String, Vec<i32>)]>,
+    ) -> FetchedGroup {
         let st = self.shared.state.borrow();
         if let Err(code) = st.gate(group_id) {
             return FetchedGroup {
@@ -269,7 +298,10 @@ impl GroupCoordinator {
                 topics: Vec::new(),
             };
         }
-        let group = st.groups.get(group_id).filter(|g| g.state != GroupState::Dead);
+        let group = st
+            .groups
+            .get(group_id)
+            .filter(|g| g.state != GroupState::Dead);
         let fetched = |topic: &str, partition: i32| {
             let c = group.and_then(|g| g.offsets.get(&(topic.to_string(), partition)));
             FetchedOffset {
@@ -283,7 +315,12 @@ impl GroupCoordinator {
         let topics = match topics {
             Some(topics) => topics
                 .iter()
-                .map(|(topic, partitions)| (topic.clone(), partitions.iter().map(|p| fetched(topic, *p)).collect()))
+                .map(|(topic, partitions)| {
+                    (
+                        topic.clone(),
+                        partitions.iter().map(|p| fetched(topic, *p)).collect(),
+                    )
+                })
                 .collect(),
             None => {
                 let mut all: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
@@ -295,7 +332,10 @@ impl GroupCoordinator {
                 all.into_iter()
                     .map(|(topic, mut ps)| {
                         ps.sort_unstable();
-                        (topic.to_string(), ps.into_iter().map(|p| fetched(topic, p)).collect())
+                        (
+                            topic.to_string(),
+                            ps.into_iter().map(|p| fetched(topic, p)).collect(),
+                        )
                     })
                     .collect()
             }
@@ -405,7 +445,11 @@ impl GroupCoordinator {
     }
 
     /// OffsetDelete v0: removes committed offsets of topics the group does not consume.
-    pub async fn offset_delete(&self, req: OffsetDeleteRequest, _version: i16) -> OffsetDeleteResponse {
+    pub async fn offset_delete(
+        &self,
+        req: OffsetDeleteRequest,
+        _version: i16,
+    ) -> OffsetDeleteResponse {
         let group_id = req.group_id.to_string();
         let mut response = OffsetDeleteResponse::default();
         let mut codes_by_partition: BTreeMap<(String, i32), i16> = BTreeMap::new();
@@ -420,7 +464,9 @@ impl GroupCoordinator {
                     .ok_or(codes::GROUP_ID_NOT_FOUND)?;
                 let subscribed = match g.state {
                     GroupState::Empty => None,
-                    _ if g.protocol_type.as_deref() == Some("consumer") => Some(g.subscribed_topics()),
+                    _ if g.protocol_type.as_deref() == Some("consumer") => {
+                        Some(g.subscribed_topics())
+                    }
                     _ => return Err(codes::NON_EMPTY_GROUP),
                 };
                 let mut tombstones = Vec::new();
@@ -434,7 +480,9 @@ impl GroupCoordinator {
                             }
                             // Unparseable subscriptions: refuse rather than delete offsets in use.
                             Some(None) => codes::GROUP_SUBSCRIBED_TO_TOPIC,
-                            Some(Some(topics)) if topics.contains(&topic) => codes::GROUP_SUBSCRIBED_TO_TOPIC,
+                            Some(Some(topics)) if topics.contains(&topic) => {
+                                codes::GROUP_SUBSCRIBED_TO_TOPIC
+                            }
                             _ => {
                                 if g.offsets.contains_key(&(topic.clone(), p.partition_index)) {
                                     tombstones.push(OffsetsRecord::Offset {
@@ -458,25 +506,33 @@ impl GroupCoordinator {
                 response.error_code = code;
                 return response;
             }
-            Ok((partition, tombstones)) if !tombstones.is_empty() => match self.append(partition, &tombstones).await {
-                Ok(base) => {
-                    let mut st = self.shared.state.borrow_mut();
-                    if let Some(g) = st.groups.get_mut(&group_id) {
-                        for (i, rec) in tombstones.iter().enumerate() {
-                            if let OffsetsRecord::Offset { topic, partition, .. } = rec {
-                                let key = (topic.clone(), *partition);
-                                if g.offsets.get(&key).is_some_and(|c| c.log_offset <= base + i as i64) {
-                                    g.offsets.remove(&key);
+            Ok((partition, tombstones)) if !tombstones.is_empty() => {
+                match self.append(partition, &tombstones).await {
+                    Ok(base) => {
+                        let mut st = self.shared.state.borrow_mut();
+                        if let Some(g) = st.groups.get_mut(&group_id) {
+                            for (i, rec) in tombstones.iter().enumerate() {
+                                if let OffsetsRecord::Offset {
+                                    topic, partition, ..
+                                } = rec
+                                {
+                                    let key = (topic.clone(), *partition);
+                                    if g.offsets
+                                        .get(&key)
+                                        .is_some_and(|c| c.log_offset <= base + i as i64)
+                                    {
+                                        g.offsets.remove(&key);
+                                    }
                                 }
                             }
                         }
                     }
+                    Err(e) => {
+                        response.error_code = append_error_code(&e);
+                        return response;
+                    }
                 }
-                Err(e) => {
-                    response.error_code = append_error_code(&e);
-                    return response;
-                }
-            },
+            }
             Ok(_) => {}
         }
         response.topics = req

@@ -259,11 +259,16 @@ fn decode_group_value(bytes: &[u8]) -> Result<Option<GroupMetadataValue>, GroupE
     let leader = r.nullable_string()?;
     let current_state_timestamp_ms = if version >= 2 { r.i64()? } else { -1 };
     let count = r.i32()?;
-    let count = usize::try_from(count).map_err(|_| corrupt("GroupMetadataValue", format!("member count {count}")))?;
+    let count = usize::try_from(count)
+        .map_err(|_| corrupt("GroupMetadataValue", format!("member count {count}")))?;
     let mut members = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
         let member_id = r.string()?;
-        let group_instance_id = if version >= 3 { r.nullable_string()? } else { None };
+        let group_instance_id = if version >= 3 {
+            r.nullable_string()?
+        } else {
+            None
+        };
         let client_id = r.string()?;
         let client_host = r.string()?;
         let rebalance_timeout_ms = if version >= 1 { r.i32()? } else { -1 };
@@ -417,7 +422,8 @@ pub(crate) fn decode_log_records(data: &[u8]) -> Result<Vec<LogRecord>, GroupErr
         let mut r = Reader::new(&rest[BATCH_HEADER_BYTES..total], "record");
         for _ in 0..count.max(0) {
             let len = r.varint()?;
-            let len = usize::try_from(len).map_err(|_| corrupt("record", format!("length {len}")))?;
+            let len =
+                usize::try_from(len).map_err(|_| corrupt("record", format!("length {len}")))?;
             let mut rec = Reader::new(r.take(len)?, "record");
             let _attrs = rec.i8()?;
             let _ts_delta = rec.varlong()?;
@@ -505,7 +511,11 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| {
                 corrupt(
                     self.what,
-                    format!("needs {n} bytes at {}, has {}", self.pos, self.buf.len() - self.pos),
+                    format!(
+                        "needs {n} bytes at {}, has {}",
+                        self.pos,
+                        self.buf.len() - self.pos
+                    ),
                 )
             })?;
         let s = &self.buf[self.pos..end];
@@ -543,7 +553,9 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn nullable_string(&mut self) -> Result<Option<String>, GroupError> {
         let len = self.i16()?;
-        let Ok(len) = usize::try_from(len) else { return Ok(None) };
+        let Ok(len) = usize::try_from(len) else {
+            return Ok(None);
+        };
         let raw = self.take(len)?;
         String::from_utf8(raw.to_vec())
             .map(Some)
@@ -572,7 +584,8 @@ impl<'a> Reader<'a> {
 
     fn varint(&mut self) -> Result<i32, GroupError> {
         let u = self.uvarint()?;
-        let u = u32::try_from(u).map_err(|_| corrupt(self.what, format!("varint {u} overflows i32")))?;
+        let u = u32::try_from(u)
+            .map_err(|_| corrupt(self.what, format!("varint {u} overflows i32")))?;
         Ok(((u >> 1) as i32) ^ -((u & 1) as i32))
     }
 
@@ -648,7 +661,10 @@ mod tests {
                 value: None,
             },
         ];
-        let kv: Vec<_> = records.iter().map(|r| (r.encode_key(), r.encode_value())).collect();
+        let kv: Vec<_> = records
+            .iter()
+            .map(|r| (r.encode_key(), r.encode_value()))
+            .collect();
         let mut batch = encode_batch(&kv, 1234).to_vec();
         // The log assigns the base offset; the CRC does not cover it.
         batch[..8].copy_from_slice(&100i64.to_be_bytes());
@@ -677,7 +693,10 @@ mod tests {
         let mut flipped = batch.clone();
         let last = flipped.len() - 3;
         flipped[last] ^= 0x40;
-        assert!(matches!(decode_log_records(&flipped), Err(GroupError::Corrupt { .. })));
+        assert!(matches!(
+            decode_log_records(&flipped),
+            Err(GroupError::Corrupt { .. })
+        ));
         assert!(matches!(
             decode_log_records(&batch[..batch.len() - 1]),
             Err(GroupError::Corrupt { .. })

@@ -106,12 +106,18 @@ pub(crate) fn write_atomic(dir: &Path, partition: i32, bytes: &[u8]) -> Result<(
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let path = path_for(dir, partition);
     let tmp = path.with_extension("snapshot.tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    let mut file =
+        std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
     file.write_all(bytes)
         .map_err(io(format!("writing {}", tmp.display())))?;
-    file.sync_all().map_err(io(format!("fsync {}", tmp.display())))?;
+    file.sync_all()
+        .map_err(io(format!("fsync {}", tmp.display())))?;
     drop(file);
-    std::fs::rename(&tmp, &path).map_err(io(format!("renaming {} over {}", tmp.display(), path.display())))?;
+    std::fs::rename(&tmp, &path).map_err(io(format!(
+        "renaming {} over {}",
+        tmp.display(),
+        path.display()
+    )))?;
     let dir_file = std::fs::File::open(dir).map_err(io(format!("opening {}", dir.display())))?;
     dir_file
         .sync_all()
@@ -152,7 +158,10 @@ mod tests {
         let snap = Snapshot {
             partition: 3,
             covered_offset: 42,
-            records: vec![(7, vec![0, 2, 0, 1, b'g'], Some(vec![1, 2, 3])), (9, vec![0, 1], None)],
+            records: vec![
+                (7, vec![0, 2, 0, 1, b'g'], Some(vec![1, 2, 3])),
+                (9, vec![0, 1], None),
+            ],
         };
         write_atomic(dir.path(), 3, &encode(&snap)).expect("write");
         assert_eq!(read(dir.path(), 3).expect("read"), Some(snap));
@@ -160,7 +169,13 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("file");
         bytes[20] ^= 1;
         std::fs::write(&path, &bytes).expect("rewrite");
-        assert!(matches!(read(dir.path(), 3), Err(GroupError::Corrupt { .. })));
-        assert!(matches!(decode(b"SLGSNAP1"), Err(GroupError::Corrupt { .. })));
+        assert!(matches!(
+            read(dir.path(), 3),
+            Err(GroupError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode(b"SLGSNAP1"),
+            Err(GroupError::Corrupt { .. })
+        ));
     }
 }

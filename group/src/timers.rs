@@ -13,7 +13,11 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TimerEvent {
     /// Check a member's session deadline.
-    Session { group: String, member: String, token: u64 },
+    Session {
+        group: String,
+        member: String,
+        token: u64,
+    },
     /// A member id handed out with MEMBER_ID_REQUIRED expires if it never joins.
     PendingMember { group: String, member: String },
     /// End of a PreparingRebalance round (initial delay or rebalance timeout).
@@ -72,11 +76,20 @@ mod tests {
         q.schedule(t0 + Duration::from_secs(1), TimerEvent::Snapshot);
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(1)));
         assert_eq!(q.pop_due(t0), None);
-        assert_eq!(q.pop_due(t0 + Duration::from_secs(1)), Some(TimerEvent::OffsetExpiry));
-        assert_eq!(q.pop_due(t0 + Duration::from_secs(1)), Some(TimerEvent::Snapshot));
+        assert_eq!(
+            q.pop_due(t0 + Duration::from_secs(1)),
+            Some(TimerEvent::OffsetExpiry)
+        );
+        assert_eq!(
+            q.pop_due(t0 + Duration::from_secs(1)),
+            Some(TimerEvent::Snapshot)
+        );
         assert_eq!(q.pop_due(t0 + Duration::from_secs(1)), None);
         assert_eq!(q.len(), 1);
-        assert_eq!(q.pop_due(t0 + Duration::from_secs(5)), Some(TimerEvent::Snapshot));
+        assert_eq!(
+            q.pop_due(t0 + Duration::from_secs(5)),
+            Some(TimerEvent::Snapshot)
+        );
         assert_eq!(q.next_deadline(), None);
     }
 }
