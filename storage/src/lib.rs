@@ -5,8 +5,17 @@
 //! shard's storage ring. Must never: touch the network, decompress a batch, or block the
 //! shard's thread on disk I/O after startup (recovery at open is the one exception).
 //!
-//! THIS FILE IS THE API CONTRACT the broker codes against. The bodies are placeholders to be
-//! replaced by the real engine; the public names and signatures stay.
+//! This file is the API contract the broker codes against; the engine lives in the modules:
+//! `batch` (header validation), `segment` and `index` (files), `recovery`, `log` (offsets,
+//! reservation, reads), `writer` (group commit), `ring` (io_uring), `io`/`fault` (the writer's
+//! I/O seam), `tail_cache`, `retention` and `shard`.
+//!
+//! Durability policy: under the default topic policy (`flush.messages`/`flush.ms` unset) an
+//! append waited on with `Ack::Durable` completes only after the fdatasync covering it, and
+//! the high watermark (what readers see) moves at the same moment; `Ack::Written` completes
+//! when the write reached the file; `Ack::None` returns once validated and queued. With
+//! `flush.messages`/`flush.ms` set, `Ack::Durable` completes and the high watermark moves
+//! after the write, and fdatasync happens per the policy.
 #![deny(missing_docs)]
 
 use std::path::PathBuf;
@@ -14,6 +23,22 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
+
+pub mod batch;
+mod buffer;
+pub mod fault;
+mod index;
+mod io;
+mod log;
+mod recovery;
+mod retention;
+pub mod ring;
+mod segment;
+mod shard;
+mod tail_cache;
+mod writer;
+
+pub use ring::Ring;
 
 /// Kafka error codes the storage errors map to (subset of the protocol's error table).
 pub mod codes {
@@ -200,6 +225,77 @@ impl SegmentHandle {
         use std::os::fd::AsRawFd;
         self.0.as_raw_fd()
     }
+
+    /// Reads exactly `buf.len()` bytes at `position` (pread; for the copying fetch path).
+    pub fn read_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.0.read_exact_at(buf, position)
+    }
+
+    /// Reads the bytes of a `ReadChunk::File` range into a new buffer.
+    pub fn read_range(&self, position: u64, length: u32) -> std::io::Result<Bytes> {
+        let mut buffer = vec![0u8; length as usize];
+        self.read_at(&mut buffer, position)?;
+        Ok(Bytes::from(buffer))
+    }
+}
+
+impl ReadChunk {
+    /// Bytes in this chunk.
+    pub fn len(&self) -> usize {
+        match self {
+            ReadChunk::Memory(bytes) => bytes.len(),
+            ReadChunk::File { length, .. } => *length as usize,
+        }
+    }
+
+    /// Whether the chunk holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The chunk's bytes, copied from the file when needed (copying fetch path, tests).
+    pub fn to_bytes(&self) -> std::io::Result<Bytes> {
+        match self {
+            ReadChunk::Memory(bytes) => Ok(bytes.clone()),
+            ReadChunk::File {
+                segment,
+                position,
+                length,
+            } => segment.read_range(*position, *length),
+        }
+    }
+}
+
+/// What one group commit did, for the metrics layer. Reused between flushes: keep observers
+/// cheap.
+#[derive(Debug, Clone, Default)]
+pub struct FlushStats {
+    /// From submission until every write of the flush completed.
+    pub write_ns: u64,
+    /// From the last write's completion until every fdatasync completed (0: no sync).
+    pub fsync_ns: u64,
+    /// New log bytes written (excluding rewritten partial blocks and padding).
+    pub bytes: u64,
+    /// Records in the appends written.
+    pub records: u64,
+    /// Appends (or append pieces) written.
+    pub appends: u64,
+    /// Files written, i.e. writes (and fdatasyncs) submitted.
+    pub files: u64,
+    /// Enqueue-to-complete latency of every acks=all append completed by this flush.
+    pub append_to_durable_ns: Vec<u64>,
+}
+
+/// What recovery cut from a partition after an unclean shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryCut {
+    /// Segment the bytes were cut from.
+    pub segment_base_offset: i64,
+    /// First offset that was not kept.
+    pub offset: i64,
+    /// Bytes removed.
+    pub bytes_cut: u64,
 }
 
 /// A piece of a read: bytes in memory (tail cache) or a byte range of a segment file.
@@ -234,106 +330,186 @@ pub struct ReadSlice {
 /// The shard's storage: its ring, its group-commit writer and the partitions it owns.
 /// Single-threaded (lives on its shard; `!Send`).
 #[derive(Clone)]
-pub struct ShardStorage(Rc<()>);
+pub struct ShardStorage(Rc<shard::ShardShared>);
 
 impl ShardStorage {
     /// Creates the ring and spawns the writer task on the current (tokio-uring/tokio
     /// current-thread) runtime. Fails with `UringRefused` when io_uring is not permitted.
-    pub fn open(_config: StorageConfig) -> Result<ShardStorage, StorageError> {
-        todo!("storage engine")
+    pub fn open(config: StorageConfig) -> Result<ShardStorage, StorageError> {
+        shard::open(config, None).map(ShardStorage)
     }
 
-    /// Opens (creating if missing, recovering if unclean) a partition's log.
+    /// Like [`ShardStorage::open`], with the writer's I/O going through a fault-injection
+    /// plan (tests: EIO, ENOSPC, torn writes, failed fdatasync).
+    pub fn open_with_faults(
+        config: StorageConfig,
+        plan: fault::FaultPlan,
+    ) -> Result<ShardStorage, StorageError> {
+        shard::open(config, Some(plan)).map(ShardStorage)
+    }
+
+    /// Opens (creating if missing, recovering if unclean) a partition's log. Opening a
+    /// partition that is already open returns it with `config` applied; a poisoned one is
+    /// reopened from disk.
     pub fn open_partition(
         &self,
-        _topic: &str,
-        _partition: i32,
-        _config: LogConfig,
+        topic: &str,
+        partition: i32,
+        config: LogConfig,
     ) -> Result<Partition, StorageError> {
-        todo!("storage engine")
+        shard::open_partition(&self.0, topic, partition, config).map(Partition)
     }
 
     /// Removes a partition's directory once no reader holds its segments.
-    pub fn delete_partition(&self, _partition: &Partition) -> Result<(), StorageError> {
-        todo!("storage engine")
+    pub fn delete_partition(&self, partition: &Partition) -> Result<(), StorageError> {
+        shard::delete_partition(&self.0, &partition.0)
     }
 
     /// Flushes everything, fsyncs, and writes clean-shutdown markers.
     pub async fn shutdown(&self) -> Result<(), StorageError> {
-        todo!("storage engine")
+        shard::shutdown(&self.0).await
+    }
+
+    /// The shard's storage ring, for the zero-copy fetch path (SPLICE, SEND_ZC).
+    pub fn ring(&self) -> Ring {
+        self.0.ring.clone()
+    }
+
+    /// Whether appends bypass the page cache (O_DIRECT asked for and accepted).
+    pub fn direct_io(&self) -> bool {
+        self.0.direct_io
+    }
+
+    /// Calls `observer` after every group commit (on the shard thread; keep it cheap).
+    pub fn set_flush_observer(&self, observer: Box<dyn Fn(&FlushStats)>) {
+        *self.0.flush_observer.borrow_mut() = Some(observer);
+    }
+
+    /// Bytes queued for the writer and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.0.queued_bytes.get()
     }
 }
 
 /// One partition's log, owned by one shard. Cheap to clone (Rc).
 #[derive(Clone)]
-pub struct Partition(Rc<()>);
+pub struct Partition(Rc<log::PartitionShared>);
 
 impl Partition {
     /// Validates `records` (one or more concatenated v2 batches, as in a Produce request),
     /// assigns offsets, queues them for the shard's next group commit and waits per `ack`.
     /// All batches are validated before any is enqueued: either all are appended or none.
+    /// Offsets are assigned before the first await, so dropping the future does not undo
+    /// the append.
     pub async fn append(
         &self,
-        _records: Bytes,
-        _ack: Ack,
-        _leader_epoch: i32,
+        records: Bytes,
+        ack: Ack,
+        leader_epoch: i32,
     ) -> Result<AppendInfo, AppendError> {
-        todo!("storage engine")
+        let (info, receiver) = self.0.enqueue(records, ack, leader_epoch)?;
+        match receiver {
+            None => Ok(info),
+            Some(receiver) => match receiver.await {
+                Ok(result) => result,
+                Err(_) => Err(AppendError::Storage(
+                    "the storage writer stopped before completing the append".into(),
+                )),
+            },
+        }
     }
 
     /// Whole batches starting at the batch containing `offset`, at most `max_bytes` unless the
     /// first batch alone is larger and `min_one_batch`, never past the high watermark.
     pub fn read(
         &self,
-        _offset: i64,
-        _max_bytes: u32,
-        _min_one_batch: bool,
+        offset: i64,
+        max_bytes: u32,
+        min_one_batch: bool,
     ) -> Result<ReadSlice, StorageError> {
-        todo!("storage engine")
+        self.0.read(offset, max_bytes, min_one_batch)
     }
 
-    /// Resolves once the high watermark is above `offset` (cancel-safe).
-    pub async fn wait_for_data(&self, _offset: i64) {
-        todo!("storage engine")
+    /// Resolves once the high watermark is above `offset` (cancel-safe), or the partition
+    /// was deleted.
+    pub async fn wait_for_data(&self, offset: i64) {
+        loop {
+            let advanced = self.0.high_watermark_advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            {
+                let log = self.0.log.borrow();
+                if log.high_watermark > offset || log.deleted {
+                    return;
+                }
+            }
+            advanced.await;
+        }
     }
 
     /// Offset one past the last record visible to readers.
     pub fn high_watermark(&self) -> i64 {
-        todo!("storage engine")
+        self.0.log.borrow().high_watermark
     }
 
     /// First offset still present.
     pub fn log_start_offset(&self) -> i64 {
-        todo!("storage engine")
+        self.0.log.borrow().log_start_offset
     }
 
     /// Next offset to be assigned.
     pub fn log_end_offset(&self) -> i64 {
-        todo!("storage engine")
+        self.0.log.borrow().log_end_offset
     }
 
-    /// Earliest offset whose batch max timestamp >= `timestamp_ms`, with that timestamp.
-    pub fn offset_for_timestamp(&self, _timestamp_ms: i64) -> Option<(i64, i64)> {
-        todo!("storage engine")
+    /// Earliest batch whose max timestamp >= `timestamp_ms`, as (its base offset, its max
+    /// timestamp). Batch granularity: records are never decompressed.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Option<(i64, i64)> {
+        self.0.offset_for_timestamp(timestamp_ms)
     }
 
-    /// Largest timestamp in the log and the offset of its record (ListOffsets -3).
+    /// Largest timestamp in the log, as (offset of the last record of the batch holding it,
+    /// the timestamp) — the same (offset, timestamp) order as `offset_for_timestamp`.
     pub fn max_timestamp(&self) -> Option<(i64, i64)> {
-        todo!("storage engine")
+        self.0.max_timestamp()
     }
 
     /// Replaces the topic config (takes effect for following appends and retention).
-    pub fn set_config(&self, _config: LogConfig) {
-        todo!("storage engine")
+    pub fn set_config(&self, config: LogConfig) {
+        self.0.log.borrow_mut().config = config;
     }
 
     /// Deletes whole segments past retention.ms / retention.bytes; returns segments removed.
-    pub fn enforce_retention(&self, _now_ms: i64) -> usize {
-        todo!("storage engine")
+    pub fn enforce_retention(&self, now_ms: i64) -> usize {
+        retention::enforce(&self.0, now_ms)
     }
 
     /// Bytes on disk.
     pub fn size_bytes(&self) -> u64 {
-        todo!("storage engine")
+        let log = self.0.log.borrow();
+        log.segments
+            .iter()
+            .map(|segment| segment.state.borrow().written_bytes)
+            .sum()
+    }
+
+    /// Segments in the log (the last one is active).
+    pub fn segment_count(&self) -> usize {
+        self.0.log.borrow().segments.len()
+    }
+
+    /// What recovery cut when this partition was opened after an unclean shutdown.
+    pub fn recovery_cuts(&self) -> Vec<RecoveryCut> {
+        self.0.log.borrow().recovery_cuts.clone()
+    }
+
+    /// Why appends are refused after a failed fdatasync, if they are.
+    pub fn poisoned(&self) -> Option<String> {
+        self.0.log.borrow().poisoned.clone()
+    }
+
+    /// The partition's directory.
+    pub fn dir(&self) -> PathBuf {
+        self.0.dir.clone()
     }
 }

@@ -1,0 +1,106 @@
+//! The writer's I/O seam: the group-commit writer is generic over [`IoBackend`], so tests can
+//! inject EIO, ENOSPC and torn writes (see [`crate::fault`]) while production uses the ring.
+//!
+//! Owns the translation of "write these staging bytes at this file position, then fdatasync"
+//! into SQEs. Must never decide policy (what to sync, what to ack): that is the writer's.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use crate::buffer::AlignedBuffer;
+use crate::ring::{ops, types, Ring};
+
+/// One contiguous write of a flush: `len` staging bytes at `staging_offset` go to `fd` at
+/// `file_position`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileWrite {
+    pub(crate) fd: RawFd,
+    pub(crate) staging_offset: usize,
+    pub(crate) len: usize,
+    pub(crate) file_position: u64,
+}
+
+/// A boxed operation result; boxing keeps backends composable (fault injection wraps the ring).
+pub(crate) type IoFuture = Pin<Box<dyn Future<Output = io::Result<i32>>>>;
+
+/// What the group-commit writer needs from the disk.
+pub(crate) trait IoBackend: 'static {
+    /// Queues `write` and, when `sync`, an fdatasync linked after it. The first future
+    /// resolves with the bytes written, the second with the sync's result (-ECANCELED when
+    /// the write failed or was short).
+    fn write(
+        &self,
+        staging: &Rc<AlignedBuffer>,
+        write: FileWrite,
+        sync: bool,
+    ) -> (IoFuture, Option<IoFuture>);
+
+    /// Queues an fdatasync (or fsync of a directory) of `fd`.
+    fn fdatasync(&self, fd: RawFd) -> IoFuture;
+}
+
+/// The production backend: WRITE_FIXED from the registered staging buffer (plain WRITE when
+/// registration was refused), linked to FSYNC(DATASYNC).
+pub(crate) struct RingBackend {
+    pub(crate) ring: Ring,
+    pub(crate) staging_registered: bool,
+}
+
+impl IoBackend for RingBackend {
+    fn write(
+        &self,
+        staging: &Rc<AlignedBuffer>,
+        write: FileWrite,
+        sync: bool,
+    ) -> (IoFuture, Option<IoFuture>) {
+        assert!(
+            write.staging_offset + write.len <= staging.len(),
+            "write outside the staging buffer"
+        );
+        let len = u32::try_from(write.len).unwrap_or(u32::MAX);
+        // SAFETY: the range lies inside `staging`, which the ring keeps alive (Rc) until the
+        // CQE; the writer does not touch the range until this flush's completions are in.
+        let ptr = unsafe { staging.as_ptr().add(write.staging_offset) };
+        let write_entry = if self.staging_registered {
+            ops::WriteFixed::new(types::Fd(write.fd), ptr, len, 0)
+                .offset(write.file_position)
+                .build()
+        } else {
+            ops::Write::new(types::Fd(write.fd), ptr, len)
+                .offset(write.file_position)
+                .build()
+        };
+        let mut entries = vec![write_entry];
+        if sync {
+            entries.push(
+                ops::Fsync::new(types::Fd(write.fd))
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build(),
+            );
+        }
+        // SAFETY: as above; the fsync references no memory.
+        let mut completions =
+            unsafe { self.ring.submit_linked(entries, staging.clone()) }.into_iter();
+        let write_done: IoFuture = match completions.next() {
+            Some(completion) => Box::pin(completion),
+            None => {
+                Box::pin(async { Err(io::Error::other("ring returned no completion for a write")) })
+            }
+        };
+        let sync_done = completions
+            .next()
+            .map(|completion| Box::pin(completion) as IoFuture);
+        (write_done, sync_done)
+    }
+
+    fn fdatasync(&self, fd: RawFd) -> IoFuture {
+        let entry = ops::Fsync::new(types::Fd(fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build();
+        // SAFETY: fsync references no memory.
+        Box::pin(unsafe { self.ring.submit(entry) })
+    }
+}

@@ -1,0 +1,514 @@
+//! One partition's log state and its synchronous half: validation, offset and position
+//! reservation at enqueue, reads, timestamp lookups, and the bookkeeping the writer applies
+//! when a group commit completes or fails (high watermark advance, rollback, poisoning).
+//!
+//! Offsets, in order: log start <= high watermark <= log end. The log end offset moves at
+//! enqueue (reserve before you await: offsets and file positions are assigned synchronously,
+//! so two appends can never interleave); the high watermark moves only when the writer
+//! reports the data written (flush policy set) or durable (default). Must never let a reader
+//! see a byte at or above the high watermark, and never accept an append once poisoned.
+
+use std::cell::RefCell;
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{oneshot, Notify};
+
+use crate::batch::{self, RecordBatchHeader};
+use crate::segment::Segment;
+use crate::shard::ShardShared;
+use crate::tail_cache::PartitionTail;
+use crate::writer::{QueuedAppend, Waiter};
+use crate::{
+    Ack, AppendError, AppendInfo, LogConfig, ReadChunk, ReadSlice, RecoveryCut, StorageError,
+    TimestampType,
+};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Where an append's completion arrives.
+pub(crate) type AppendReceiver = oneshot::Receiver<Result<AppendInfo, AppendError>>;
+
+/// Mutable state of a partition log.
+pub(crate) struct LogState {
+    pub(crate) config: LogConfig,
+    /// In base-offset order; the last one is active. Never empty.
+    pub(crate) segments: Vec<Rc<Segment>>,
+    pub(crate) log_start_offset: i64,
+    pub(crate) log_end_offset: i64,
+    pub(crate) high_watermark: i64,
+    /// Set by a failed fdatasync: every later append fails until the partition is reopened.
+    pub(crate) poisoned: Option<String>,
+    pub(crate) deleted: bool,
+    /// Records written since the last fdatasync (for `flush.messages`).
+    pub(crate) unsynced_messages: u64,
+    /// When the last fdatasync of this partition completed (for `flush.ms`).
+    pub(crate) last_sync: Instant,
+    pub(crate) recovery_cuts: Vec<RecoveryCut>,
+}
+
+impl LogState {
+    pub(crate) fn active(&self) -> &Rc<Segment> {
+        &self.segments[self.segments.len() - 1]
+    }
+
+    /// Whether this partition's appends are fdatasync'ed before acks=all completes.
+    pub(crate) fn syncs_every_commit(&self) -> bool {
+        self.config.flush_messages.is_none() && self.config.flush_ms.is_none()
+    }
+}
+
+/// One partition, shared between its `Partition` handles and the writer's queue.
+pub(crate) struct PartitionShared {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) dir: PathBuf,
+    /// The partition directory, opened for fsync after a segment is created.
+    pub(crate) dir_file: std::fs::File,
+    pub(crate) shard: Rc<ShardShared>,
+    pub(crate) log: RefCell<LogState>,
+    pub(crate) tail: Rc<RefCell<PartitionTail>>,
+    /// Woken whenever the high watermark advances.
+    pub(crate) high_watermark_advanced: Notify,
+    /// Serializes segment finalizations, so the recovery point only moves forward.
+    pub(crate) finalize_lock: tokio::sync::Mutex<()>,
+}
+
+/// One piece of an append: consecutive batches that land in the same segment.
+struct Piece {
+    segment: Rc<Segment>,
+    position: u64,
+    range: std::ops::Range<usize>,
+    first_offset: i64,
+    last_offset: i64,
+    records: u64,
+}
+
+impl PartitionShared {
+    pub(crate) fn label(&self) -> String {
+        format!("{}-{}", self.topic, self.partition)
+    }
+
+    /// Validates, assigns offsets, reserves file positions and queues the append; returns
+    /// the completion receiver (None for acks=0) and the append's result-to-be.
+    pub(crate) fn enqueue(
+        self: &Rc<Self>,
+        records: Bytes,
+        ack: Ack,
+        leader_epoch: i32,
+    ) -> Result<(AppendInfo, Option<AppendReceiver>), AppendError> {
+        if self.shard.closing.get() {
+            return Err(AppendError::Storage("storage is shut down".into()));
+        }
+        let mut log = self.log.borrow_mut();
+        if log.deleted {
+            return Err(AppendError::Storage(format!(
+                "partition {} was deleted",
+                self.label()
+            )));
+        }
+        if let Some(reason) = &log.poisoned {
+            return Err(AppendError::Storage(format!(
+                "partition {} is poisoned: {reason}",
+                self.label()
+            )));
+        }
+        let headers = batch::validate(&records, log.config.max_message_bytes)?;
+        let mut data = match records.try_into_mut() {
+            Ok(unique) => unique,
+            Err(shared) => BytesMut::from(&shared[..]),
+        };
+        let now = now_ms();
+        let log_append_time = log.config.timestamp_type == TimestampType::LogAppendTime;
+        let pieces = self.reserve(
+            &mut log,
+            &headers,
+            &mut data,
+            leader_epoch,
+            now,
+            log_append_time,
+        )?;
+        let data = data.freeze();
+        let first_offset = pieces[0].first_offset;
+        let last_offset = pieces[pieces.len() - 1].last_offset;
+        let info = AppendInfo {
+            base_offset: first_offset,
+            last_offset,
+            log_append_time_ms: if log_append_time { now } else { -1 },
+            log_start_offset: log.log_start_offset,
+        };
+        drop(log);
+
+        // Cache every batch for readers (served only once below the high watermark).
+        {
+            let mut cache = self.shard.tail_cache.borrow_mut();
+            let mut position = 0usize;
+            let mut offset = first_offset;
+            for header in &headers {
+                let size = header.size_bytes();
+                let last = offset + i64::from(header.last_offset_delta);
+                cache.insert(
+                    &self.tail,
+                    offset,
+                    last,
+                    data.slice(position..position + size),
+                );
+                position += size;
+                offset = last + 1;
+            }
+        }
+
+        let (sender, receiver) = if ack == Ack::None {
+            (None, None)
+        } else {
+            let (sender, receiver) = oneshot::channel();
+            (Some(sender), Some(receiver))
+        };
+        let mut sender = sender;
+        let piece_count = pieces.len();
+        let enqueued_at = Instant::now();
+        let mut queue = self.shard.queue.borrow_mut();
+        for (index, piece) in pieces.into_iter().enumerate() {
+            let last = index + 1 == piece_count;
+            let waiter = if last {
+                sender.take().map(|sender| Waiter { sender, ack, info })
+            } else {
+                None
+            };
+            let len = piece.range.len();
+            queue.push_back(QueuedAppend {
+                partition: self.clone(),
+                segment: piece.segment,
+                position: piece.position,
+                data: data.slice(piece.range),
+                consumed: 0,
+                first_offset: piece.first_offset,
+                last_offset: piece.last_offset,
+                records: piece.records,
+                waiter,
+                enqueued_at,
+            });
+            self.shard
+                .queued_bytes
+                .set(self.shard.queued_bytes.get() + len);
+        }
+        drop(queue);
+        self.shard.writer_wake.notify_one();
+        Ok((info, receiver))
+    }
+
+    /// Assigns offsets and positions, rolling segments as `segment.bytes`/`segment.ms` ask.
+    /// Either every batch is reserved or nothing changes.
+    fn reserve(
+        self: &Rc<Self>,
+        log: &mut LogState,
+        headers: &[RecordBatchHeader],
+        data: &mut BytesMut,
+        leader_epoch: i32,
+        now: i64,
+        log_append_time: bool,
+    ) -> Result<Vec<Piece>, AppendError> {
+        let segment_bytes_max = log.config.segment_bytes.clamp(1, i32::MAX as u64);
+        // Plan: which batches start a new segment, without touching any state yet.
+        let (mut reserved, created_ms, active_base) = {
+            let state = log.active().state.borrow();
+            (
+                state.reserved_bytes,
+                state.created_ms,
+                log.active().base_offset,
+            )
+        };
+        let mut offset = log.log_end_offset;
+        let mut rolls = Vec::new();
+        for (index, header) in headers.iter().enumerate() {
+            let size = header.size_bytes() as u64;
+            let last = offset + i64::from(header.last_offset_delta);
+            let segment_base = rolls.last().map_or(active_base, |&(_, base)| base);
+            let aged = rolls.is_empty() && now.saturating_sub(created_ms) >= log.config.segment_ms;
+            let full = reserved + size > segment_bytes_max;
+            let relative_overflow = last - segment_base > i64::from(i32::MAX);
+            if reserved > 0 && (full || aged || relative_overflow) {
+                rolls.push((index, offset));
+                reserved = 0;
+            }
+            reserved += size;
+            offset = last + 1;
+        }
+        let mut created = Vec::with_capacity(rolls.len());
+        for &(_, base) in &rolls {
+            match Segment::create(&self.dir, base, self.shard.direct_io, now) {
+                Ok(segment) => created.push(Rc::new(segment)),
+                Err(error) => {
+                    for segment in &created {
+                        segment.unlink();
+                    }
+                    return Err(AppendError::Storage(format!(
+                        "{}: cannot create segment {base}: {error}",
+                        self.label()
+                    )));
+                }
+            }
+        }
+
+        // Commit: stamp headers, reserve positions, install new segments.
+        let mut created = created.into_iter();
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut position_in_data = 0usize;
+        let mut next_roll = 0usize;
+        for (index, header) in headers.iter().enumerate() {
+            if next_roll < rolls.len() && rolls[next_roll].0 == index {
+                next_roll += 1;
+                if let Some(segment) = created.next() {
+                    log.active().state.borrow_mut().sealed = true;
+                    log.segments.push(segment);
+                }
+            }
+            let size = header.size_bytes();
+            let base = log.log_end_offset;
+            let last = base + i64::from(header.last_offset_delta);
+            let batch_bytes = &mut data[position_in_data..position_in_data + size];
+            batch::assign(batch_bytes, base, leader_epoch);
+            if log_append_time {
+                batch::set_log_append_time(batch_bytes, now);
+            }
+            let active = log.active().clone();
+            let position = {
+                let mut state = active.state.borrow_mut();
+                let position = state.reserved_bytes;
+                state.reserved_bytes += size as u64;
+                state.next_offset = last + 1;
+                position
+            };
+            log.log_end_offset = last + 1;
+            match pieces.last_mut() {
+                Some(piece) if Rc::ptr_eq(&piece.segment, &active) => {
+                    piece.range.end += size;
+                    piece.last_offset = last;
+                    piece.records += header.records_count as u64;
+                }
+                _ => pieces.push(Piece {
+                    segment: active,
+                    position,
+                    range: position_in_data..position_in_data + size,
+                    first_offset: base,
+                    last_offset: last,
+                    records: header.records_count as u64,
+                }),
+            }
+            position_in_data += size;
+        }
+        debug_assert_eq!(position_in_data, data.len());
+        debug_assert!(!pieces.is_empty());
+        Ok(pieces)
+    }
+
+    /// Whole batches from the one holding `offset`, bounded by `max_bytes` and the high
+    /// watermark. Served from the tail cache when it holds `offset`, else from the files.
+    pub(crate) fn read(
+        &self,
+        offset: i64,
+        max_bytes: u32,
+        min_one_batch: bool,
+    ) -> Result<ReadSlice, StorageError> {
+        let log = self.log.borrow();
+        if offset < log.log_start_offset || offset > log.log_end_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: log.log_start_offset,
+                log_end_offset: log.log_end_offset,
+            });
+        }
+        let mut slice = ReadSlice {
+            chunks: Vec::new(),
+            total_bytes: 0,
+            high_watermark: log.high_watermark,
+            log_start_offset: log.log_start_offset,
+        };
+        if offset >= log.high_watermark {
+            return Ok(slice);
+        }
+        if let Some((chunks, total_bytes)) =
+            self.tail
+                .borrow()
+                .read(offset, log.high_watermark, max_bytes, min_one_batch)
+        {
+            slice.chunks = chunks.into_iter().map(ReadChunk::Memory).collect();
+            slice.total_bytes = total_bytes;
+            return Ok(slice);
+        }
+        let interval_bytes = log.config.index_interval_bytes;
+        let first = log
+            .segments
+            .partition_point(|segment| segment.base_offset <= offset)
+            .saturating_sub(1);
+        for segment in &log.segments[first..] {
+            let visible_bytes = segment.state.borrow().visible_bytes;
+            let io_context = |error: io::Error| StorageError::Io {
+                context: format!("reading {}", segment.log_path().display()),
+                source: error,
+            };
+            let Some((start, header)) = segment
+                .find_batch(offset, visible_bytes, interval_bytes)
+                .map_err(io_context)?
+            else {
+                continue;
+            };
+            let first_len = header.size_bytes() as u64;
+            if first_len > u64::from(max_bytes) && !min_one_batch {
+                return Ok(slice);
+            }
+            let mut end = start + first_len;
+            while let Some(next) = segment.header_at(end, visible_bytes).map_err(io_context)? {
+                let next_len = next.size_bytes() as u64;
+                if end + next_len - start > u64::from(max_bytes) {
+                    break;
+                }
+                end += next_len;
+            }
+            let length = (end - start) as u32;
+            slice.chunks.push(ReadChunk::File {
+                segment: segment.read.clone(),
+                position: start,
+                length,
+            });
+            slice.total_bytes = length;
+            return Ok(slice);
+        }
+        Ok(slice)
+    }
+
+    /// Earliest visible batch whose max timestamp >= `timestamp_ms`: (base offset, max ts).
+    pub(crate) fn offset_for_timestamp(&self, timestamp_ms: i64) -> Option<(i64, i64)> {
+        let log = self.log.borrow();
+        let interval_bytes = log.config.index_interval_bytes;
+        for segment in &log.segments {
+            let Some((max_ts, _)) = segment.max_timestamp(interval_bytes) else {
+                continue;
+            };
+            if max_ts < timestamp_ms {
+                continue;
+            }
+            let visible_bytes = segment.state.borrow().visible_bytes;
+            match segment.find_time(timestamp_ms, visible_bytes, interval_bytes) {
+                Ok(Some((_, header))) => {
+                    return Some((
+                        header.base_offset.max(log.log_start_offset),
+                        header.max_timestamp,
+                    ))
+                }
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, partition = %self.label(), "timestamp lookup failed");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Largest visible timestamp: (offset of its batch's last record, timestamp).
+    pub(crate) fn max_timestamp(&self) -> Option<(i64, i64)> {
+        let log = self.log.borrow();
+        let interval_bytes = log.config.index_interval_bytes;
+        let mut best: Option<(i64, i64)> = None;
+        for segment in &log.segments {
+            if let Some((ts, offset)) = segment.max_timestamp(interval_bytes) {
+                if best.is_none_or(|(best_ts, _)| ts > best_ts) {
+                    best = Some((ts, offset));
+                }
+            }
+        }
+        best.map(|(ts, offset)| (offset, ts))
+    }
+
+    /// Makes the given completed bytes of `segment` visible: high watermark, indexes, max
+    /// timestamp. `data` holds whole batches starting at `position`.
+    pub(crate) fn publish(&self, segment: &Segment, position: u64, data: &[u8], last_offset: i64) {
+        let mut log = self.log.borrow_mut();
+        let interval_bytes = log.config.index_interval_bytes;
+        {
+            let mut state = segment.state.borrow_mut();
+            debug_assert_eq!(state.visible_bytes, position, "publishing out of order");
+            let mut at = 0usize;
+            let mut max_timestamp = state.max_timestamp;
+            while let Some(header) = RecordBatchHeader::parse(&data[at..]) {
+                let relative = (header.last_offset() - segment.base_offset) as u32;
+                if let Some(index) = state.index.as_mut() {
+                    index.on_batch(
+                        relative,
+                        (position + at as u64) as u32,
+                        header.size_bytes() as u32,
+                        header.max_timestamp,
+                        interval_bytes,
+                    );
+                }
+                if max_timestamp.is_none_or(|(ts, _)| header.max_timestamp > ts) {
+                    max_timestamp = Some((header.max_timestamp, header.last_offset()));
+                }
+                at += header.size_bytes();
+                if at >= data.len() {
+                    break;
+                }
+            }
+            state.max_timestamp = max_timestamp;
+            state.visible_bytes = position + data.len() as u64;
+            state.visible_next_offset = last_offset + 1;
+        }
+        debug_assert!(last_offset + 1 > log.high_watermark);
+        log.high_watermark = last_offset + 1;
+    }
+
+    /// Undoes the reservation of every append from (`segment`, `position`, `first_offset`)
+    /// on, after its write failed: nothing from there is visible and the space is reused.
+    pub(crate) fn roll_back(&self, segment: &Rc<Segment>, position: u64, first_offset: i64) {
+        let mut log = self.log.borrow_mut();
+        tracing::warn!(partition = %self.label(), offset = first_offset, "rolling back appends after a failed write");
+        while log.segments.len() > 1 && !Rc::ptr_eq(log.active(), segment) {
+            if let Some(removed) = log.segments.pop() {
+                removed.unlink();
+            }
+        }
+        log.log_end_offset = first_offset;
+        let mut state = segment.state.borrow_mut();
+        state.sealed = false;
+        state.reserved_bytes = position;
+        state.next_offset = first_offset;
+        if state.written_bytes > position {
+            // Part of an oversized append reached the file in an earlier flush: forget it and
+            // reload the partial block the next write starts with.
+            state.written_bytes = position;
+            state.durable_bytes = state.durable_bytes.min(position);
+            if segment.direct_io {
+                let block_start = crate::buffer::align_down(
+                    position,
+                    crate::buffer::DIRECT_IO_ALIGN_BYTES as u64,
+                );
+                let mut block = vec![0u8; (position - block_start) as usize];
+                use std::os::unix::fs::FileExt;
+                if let Err(error) = segment.read.0.read_exact_at(&mut block, block_start) {
+                    drop(state);
+                    log.poisoned = Some(format!(
+                        "cannot reload the last block after a failed write: {error}"
+                    ));
+                    return;
+                }
+                state.tail_block = block;
+            }
+        }
+        drop(state);
+        drop(log);
+        self.shard
+            .tail_cache
+            .borrow_mut()
+            .truncate_from(&self.tail, first_offset);
+    }
+}

@@ -1,0 +1,60 @@
+//! Retention: deletes whole old segments past `retention.ms` (by the segment's largest
+//! timestamp) or `retention.bytes` (oldest first while the rest still exceeds the limit), and
+//! advances the log start offset.
+//!
+//! Must never delete the active segment, a segment whose bytes are not all below the high
+//! watermark, or one whose finalization has not finished. Files are unlinked at once; readers
+//! holding a `SegmentHandle` keep the data through their open descriptor.
+
+use crate::log::PartitionShared;
+
+/// Applies the partition's retention settings at `now_ms`; returns segments removed.
+pub(crate) fn enforce(partition: &PartitionShared, now_ms: i64) -> usize {
+    let mut log = partition.log.borrow_mut();
+    let retention_ms = log.config.retention_ms;
+    let retention_bytes = log.config.retention_bytes;
+    let interval_bytes = log.config.index_interval_bytes;
+    let mut total_bytes: u64 = log
+        .segments
+        .iter()
+        .map(|segment| segment.state.borrow().written_bytes)
+        .sum();
+    let mut removed = 0usize;
+    while log.segments.len() > 1 {
+        let oldest = log.segments[0].clone();
+        let (deletable, size_bytes) = {
+            let state = oldest.state.borrow();
+            (
+                state.sealed && state.finalized && state.visible_bytes == state.reserved_bytes,
+                state.written_bytes,
+            )
+        };
+        if !deletable {
+            break;
+        }
+        let expired_by_time = retention_ms >= 0
+            && oldest
+                .max_timestamp(interval_bytes)
+                .is_some_and(|(max_ts, _)| now_ms.saturating_sub(max_ts) > retention_ms);
+        let expired_by_size =
+            retention_bytes >= 0 && total_bytes - size_bytes >= retention_bytes as u64;
+        if !expired_by_time && !expired_by_size {
+            break;
+        }
+        log.segments.remove(0);
+        oldest.unlink();
+        total_bytes -= size_bytes;
+        removed += 1;
+        tracing::info!(
+            partition = %partition.label(),
+            segment = oldest.base_offset,
+            bytes = size_bytes,
+            by_time = expired_by_time,
+            "retention deleted a segment"
+        );
+    }
+    if removed > 0 {
+        log.log_start_offset = log.segments[0].base_offset;
+    }
+    removed
+}

@@ -1,0 +1,532 @@
+//! The shard's raw io_uring: the ONLY module that touches the `io-uring` crate.
+//!
+//! Owns one `IoUring` per shard, the eventfd that bridges its completions into the shard's
+//! tokio reactor (`AsyncFd`), the table of in-flight operations keyed by `user_data`, and the
+//! buffers registered with the ring. Submission is batched: `submit*` only queue SQEs; the
+//! ring's driver task enters the kernel once per reactor turn for everything queued.
+//!
+//! Must never: block the shard's thread (except in `Drop`, which waits a bounded time for
+//! in-flight operations), run completion callbacks inline (completions wake futures, which
+//! run later), or free memory an in-flight operation may still touch: whatever an operation
+//! reads or writes is kept in its table slot until its last CQE arrives, even when the
+//! awaiting future was dropped.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, IoUring};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+
+/// A submission queue entry, re-exported so callers build entries with the same crate version.
+pub use io_uring::squeue::Entry;
+pub use io_uring::{opcode as ops, types};
+
+/// A handle to the shard's storage ring. Cheap to clone; single-threaded.
+#[derive(Clone)]
+pub struct Ring(Rc<RingShared>);
+
+struct RingShared {
+    uring: RefCell<IoUring>,
+    ops: RefCell<OpTable>,
+    /// SQEs pushed since the last `io_uring_enter`.
+    queued_sqes: Cell<usize>,
+    /// Wakes the driver task: submissions are waiting, or the ring is being dropped.
+    driver_wake: Rc<Notify>,
+    /// Kept alive for the ring's lifetime; the driver task watches it through `AsyncFd`.
+    _eventfd_keepalive: Rc<AsyncFd<OwnedFd>>,
+}
+
+/// One operation's bookkeeping between submission and its last CQE.
+#[derive(Default)]
+struct Slot {
+    in_use: bool,
+    /// Result of the first CQE that is not a zero-copy notification.
+    result: Option<i32>,
+    /// The last CQE (one without IORING_CQE_F_MORE) has arrived.
+    finished: bool,
+    waker: Option<Waker>,
+    /// Memory the kernel may touch until `finished`.
+    keep: Option<Box<dyn Any>>,
+    /// The awaiting future was dropped; free the slot when finished.
+    abandoned: bool,
+}
+
+#[derive(Default)]
+struct OpTable {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    in_kernel: usize,
+}
+
+impl OpTable {
+    fn insert(&mut self, keep: Option<Box<dyn Any>>) -> usize {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Slot::default());
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[index];
+        assert!(!slot.in_use, "free list handed out a busy slot");
+        *slot = Slot {
+            in_use: true,
+            keep,
+            ..Slot::default()
+        };
+        self.in_kernel += 1;
+        index
+    }
+
+    fn release(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        assert!(slot.in_use && slot.finished, "releasing an unfinished slot");
+        *slot = Slot::default();
+        self.free.push(index);
+    }
+}
+
+impl Ring {
+    /// Creates a ring with `entries` submission entries and spawns its driver task on the
+    /// current tokio runtime (must be called inside a LocalSet, e.g. `tokio_uring::start`).
+    /// EPERM / ENOSYS from the kernel come back unchanged so the caller can say io_uring is
+    /// refused.
+    pub fn new(entries: u32) -> io::Result<Ring> {
+        let uring = IoUring::builder().build(entries.max(8))?;
+        // SAFETY: plain syscall; the returned fd is checked before being owned.
+        let raw_eventfd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw_eventfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw_eventfd` is a fresh fd that nothing else owns.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(raw_eventfd) };
+        uring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open and unchanged for
+        // its whole life.
+        let eventfd = Rc::new(unsafe { AsyncFd::register(eventfd) }.map_err(io::Error::from)?);
+        let driver_wake = Rc::new(Notify::new());
+        let shared = Rc::new(RingShared {
+            uring: RefCell::new(uring),
+            ops: RefCell::new(OpTable::default()),
+            queued_sqes: Cell::new(0),
+            driver_wake: driver_wake.clone(),
+            _eventfd_keepalive: eventfd.clone(),
+        });
+        tokio::task::spawn_local(drive(Rc::downgrade(&shared), eventfd, driver_wake));
+        Ok(Ring(shared))
+    }
+
+    /// Queues one SQE; the returned future resolves with its CQE result (negative results
+    /// become `io::Error`). For operations with several CQEs (SEND_ZC: result, then a
+    /// notification), it resolves after the last one with the result of the first.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` must stay valid until the operation finishes, which may be
+    /// after the future is dropped. Use [`Ring::submit_owned`] to hand such memory to the ring.
+    pub unsafe fn submit(&self, entry: Entry) -> Completion {
+        self.push(entry, None)
+    }
+
+    /// Like [`Ring::submit`], keeping `keep` (the buffers `entry` points into) alive until the
+    /// kernel is done with them, whether or not the future is still awaited.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` must point into `keep` or into memory that outlives the ring
+    /// (such as registered buffers).
+    pub unsafe fn submit_owned<T: 'static>(&self, entry: Entry, keep: T) -> Completion {
+        self.push(entry, Some(Box::new(keep)))
+    }
+
+    /// Queues `entries` as one linked chain (IOSQE_IO_LINK on all but the last): each runs
+    /// only after the previous succeeded; a failure cancels the rest (-ECANCELED). Returns one
+    /// completion per entry, in order, so callers can act on early links (e.g. a write) before
+    /// later ones (its fdatasync) finish.
+    ///
+    /// # Safety
+    /// As for [`Ring::submit_owned`], for every entry; `keep` is held until all have finished.
+    pub unsafe fn submit_linked<T: 'static>(
+        &self,
+        entries: Vec<Entry>,
+        keep: T,
+    ) -> Vec<Completion> {
+        let count = entries.len();
+        // Ensure the whole chain sits in the SQ at once: a chain split across two
+        // io_uring_enter calls would still be linked, but space must exist for all of it.
+        self.make_room(count);
+        let mut keep = Some(Box::new(keep) as Box<dyn Any>);
+        let mut completions = Vec::with_capacity(count);
+        for (index, entry) in entries.into_iter().enumerate() {
+            let last = index + 1 == count;
+            let entry = if last {
+                entry
+            } else {
+                entry.flags(squeue::Flags::IO_LINK)
+            };
+            // The last link finishes last, so it carries the kept memory.
+            let keep_here = if last { keep.take() } else { None };
+            completions.push(self.push(entry, keep_here));
+        }
+        completions
+    }
+
+    /// Queues a linked chain and resolves with every link's result, in order.
+    ///
+    /// # Safety
+    /// As for [`Ring::submit_linked`].
+    pub unsafe fn submit_chain<T: 'static>(
+        &self,
+        entries: Vec<Entry>,
+        keep: T,
+    ) -> impl Future<Output = Vec<io::Result<i32>>> {
+        let completions = self.submit_linked(entries, keep);
+        async move {
+            let mut results = Vec::with_capacity(completions.len());
+            for completion in completions {
+                results.push(completion.await);
+            }
+            results
+        }
+    }
+
+    /// Registers `buffers` as the ring's fixed buffers (WRITE_FIXED / READ_FIXED index = their
+    /// position). Replaces nothing: call once.
+    ///
+    /// # Safety
+    /// The memory must stay valid and unmoved for as long as the ring lives.
+    pub unsafe fn register_buffers(&self, buffers: &[libc::iovec]) -> io::Result<()> {
+        self.0.uring.borrow().submitter().register_buffers(buffers)
+    }
+
+    /// Whether the running kernel supports `opcode` (for callers that probe before use).
+    pub fn is_supported(&self, opcode: u8) -> bool {
+        let mut probe = io_uring::Probe::new();
+        if self
+            .0
+            .uring
+            .borrow()
+            .submitter()
+            .register_probe(&mut probe)
+            .is_err()
+        {
+            return false;
+        }
+        probe.is_supported(opcode)
+    }
+
+    /// Operations submitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.0.ops.borrow().in_kernel
+    }
+
+    fn make_room(&self, count: usize) {
+        let mut uring = self.0.uring.borrow_mut();
+        let free = {
+            let sq = uring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < count {
+            // Entering the kernel early only moves SQEs it would take a moment later anyway.
+            if let Err(error) = uring.submit() {
+                tracing::warn!(%error, "io_uring_enter to make room in the SQ failed");
+            }
+            self.0.queued_sqes.set(0);
+        }
+    }
+
+    fn push(&self, entry: Entry, keep: Option<Box<dyn Any>>) -> Completion {
+        let index = self.0.ops.borrow_mut().insert(keep);
+        let entry = entry.user_data(index as u64);
+        let mut uring = self.0.uring.borrow_mut();
+        loop {
+            // SAFETY: the caller vouched for the entry's pointers (see `submit`).
+            let pushed = unsafe { uring.submission().push(&entry) };
+            if pushed.is_ok() {
+                break;
+            }
+            // SQ full: hand what is queued to the kernel, then retry.
+            if let Err(error) = uring.submit() {
+                if error.raw_os_error() != Some(libc::EBUSY)
+                    && error.raw_os_error() != Some(libc::EAGAIN)
+                {
+                    tracing::warn!(%error, "io_uring_enter failed while the SQ was full");
+                }
+                // EBUSY: the CQ is backed up; reap before retrying.
+                drop(uring);
+                self.0.reap();
+                uring = self.0.uring.borrow_mut();
+            }
+            self.0.queued_sqes.set(0);
+        }
+        drop(uring);
+        self.0.queued_sqes.set(self.0.queued_sqes.get() + 1);
+        self.0.driver_wake.notify_one();
+        Completion {
+            ring: self.0.clone(),
+            index,
+            done: false,
+        }
+    }
+}
+
+impl RingShared {
+    /// Enters the kernel once for every SQE queued since the last call.
+    fn submit_queued(&self) {
+        if self.queued_sqes.get() == 0 {
+            return;
+        }
+        let result = self.uring.borrow().submit();
+        match result {
+            Ok(_) => self.queued_sqes.set(0),
+            Err(error)
+                if error.raw_os_error() == Some(libc::EBUSY)
+                    || error.raw_os_error() == Some(libc::EAGAIN) =>
+            {
+                // The kernel will take them after we reap; the driver retries next turn.
+                self.driver_wake.notify_one();
+            }
+            Err(error) => tracing::error!(%error, "io_uring_enter failed"),
+        }
+    }
+
+    /// Moves every available CQE into its slot and wakes the waiting futures.
+    fn reap(&self) {
+        let mut wakers: Vec<Waker> = Vec::new();
+        {
+            let mut uring = self.uring.borrow_mut();
+            let mut ops = self.ops.borrow_mut();
+            let mut to_release = Vec::new();
+            for cqe in uring.completion() {
+                let index = cqe.user_data() as usize;
+                let Some(slot) = ops.slots.get_mut(index) else {
+                    tracing::error!(user_data = index, "CQE for an unknown operation");
+                    continue;
+                };
+                if !slot.in_use {
+                    tracing::error!(user_data = index, "CQE for a finished operation");
+                    continue;
+                }
+                let flags = cqe.flags();
+                if !cqueue::notif(flags) && slot.result.is_none() {
+                    slot.result = Some(cqe.result());
+                }
+                if cqueue::more(flags) {
+                    continue;
+                }
+                slot.finished = true;
+                slot.keep = None;
+                if slot.abandoned {
+                    to_release.push(index);
+                } else if let Some(waker) = slot.waker.take() {
+                    wakers.push(waker);
+                }
+            }
+            for index in to_release {
+                ops.in_kernel -= 1;
+                ops.release(index);
+            }
+            // Finished-but-unclaimed slots still count until their future takes them.
+        }
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
+/// The ring's driver: enters the kernel for queued SQEs and reaps CQEs when the eventfd fires.
+async fn drive(shared: Weak<RingShared>, eventfd: Rc<AsyncFd<OwnedFd>>, wake: Rc<Notify>) {
+    loop {
+        tokio::select! {
+            guard = eventfd.readable() => {
+                match guard {
+                    Ok(mut guard) => {
+                        drain_eventfd(guard.get_inner().as_raw_fd());
+                        guard.clear_ready();
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "io_uring eventfd failed; storage ring stops");
+                        return;
+                    }
+                }
+            }
+            _ = wake.notified() => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.submit_queued();
+        shared.reap();
+    }
+}
+
+fn drain_eventfd(fd: RawFd) {
+    let mut counter = [0u8; 8];
+    // A nonblocking read resets the counter; EAGAIN just means it was already zero.
+    // SAFETY: reads at most 8 bytes into a local 8-byte buffer.
+    let _ = unsafe { libc::read(fd, counter.as_mut_ptr().cast(), counter.len()) };
+}
+
+impl Drop for RingShared {
+    fn drop(&mut self) {
+        self.driver_wake.notify_one();
+        let outstanding = self.ops.get_mut().in_kernel;
+        if outstanding == 0 {
+            return;
+        }
+        // The kernel may still touch kept memory: cancel everything and wait (bounded).
+        let uring = self.uring.get_mut();
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(u64::MAX);
+        // SAFETY: the cancel entry references no memory.
+        let _ = unsafe { uring.submission().push(&cancel) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let ops = self.ops.get_mut();
+        while ops.slots.iter().any(|slot| slot.in_use && !slot.finished)
+            && std::time::Instant::now() < deadline
+        {
+            let timeout = types::Timespec::new().nsec(50_000_000);
+            let args = types::SubmitArgs::new().timespec(&timeout);
+            let _ = uring.submitter().submit_with_args(1, &args);
+            for cqe in uring.completion() {
+                if let Some(slot) = ops.slots.get_mut(cqe.user_data() as usize) {
+                    if !cqueue::more(cqe.flags()) {
+                        slot.finished = true;
+                        slot.keep = None;
+                    }
+                }
+            }
+        }
+        for slot in ops.slots.iter_mut() {
+            if slot.in_use && !slot.finished {
+                // Leaking is the only safe choice for memory the kernel may still write.
+                if let Some(keep) = slot.keep.take() {
+                    std::mem::forget(keep);
+                }
+            }
+        }
+    }
+}
+
+/// The result of one submitted operation. Dropping it does not cancel the operation; the
+/// ring keeps its memory until the kernel is done.
+#[must_use = "an operation's result says whether it happened"]
+pub struct Completion {
+    ring: Rc<RingShared>,
+    index: usize,
+    done: bool,
+}
+
+impl Future for Completion {
+    type Output = io::Result<i32>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<i32>> {
+        assert!(!self.done, "Completion polled after it resolved");
+        let index = self.index;
+        let mut ops = self.ring.ops.borrow_mut();
+        let slot = &mut ops.slots[index];
+        if !slot.finished {
+            match &slot.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                _ => slot.waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        let result = slot.result.unwrap_or(-libc::EIO);
+        ops.in_kernel -= 1;
+        ops.release(index);
+        drop(ops);
+        self.done = true;
+        Poll::Ready(if result < 0 {
+            Err(io::Error::from_raw_os_error(-result))
+        } else {
+            Ok(result)
+        })
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut ops = self.ring.ops.borrow_mut();
+        let finished = ops.slots[self.index].finished;
+        if finished {
+            ops.in_kernel -= 1;
+            ops.release(self.index);
+        } else {
+            let slot = &mut ops.slots[self.index];
+            slot.abandoned = true;
+            slot.waker = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn write_then_fsync_chain_and_read_back() {
+        tokio_uring::start(async {
+            let ring = Ring::new(16).expect("ring");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(dir.path().join("f"))
+                .expect("open");
+            let data = b"hello ring".to_vec();
+            let write = opcode::Write::new(
+                types::Fd(file.as_raw_fd()),
+                data.as_ptr(),
+                data.len() as u32,
+            )
+            .offset(3)
+            .build();
+            let sync = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build();
+            // SAFETY: `data` is moved into the ring's keep slot.
+            let results = unsafe { ring.submit_chain(vec![write, sync], data) }.await;
+            assert_eq!(results[0].as_ref().expect("write"), &10);
+            assert_eq!(results[1].as_ref().expect("fsync"), &0);
+            let contents = std::fs::read(dir.path().join("f")).expect("read");
+            assert_eq!(&contents[3..], b"hello ring");
+            assert_eq!(ring.in_flight(), 0);
+        });
+    }
+
+    #[test]
+    fn error_results_become_io_errors_and_abandoned_ops_are_freed() {
+        tokio_uring::start(async {
+            let ring = Ring::new(8).expect("ring");
+            let sync = opcode::Fsync::new(types::Fd(-1)).build();
+            // SAFETY: no memory referenced.
+            let error = unsafe { ring.submit(sync) }.await.expect_err("bad fd");
+            assert_eq!(error.raw_os_error(), Some(libc::EBADF));
+            let nop = opcode::Nop::new().build();
+            // SAFETY: no memory referenced.
+            drop(unsafe { ring.submit_owned(nop, vec![0u8; 16]) });
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+                if ring.in_flight() == 0 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(ring.in_flight(), 0);
+        });
+    }
+}

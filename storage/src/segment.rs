@@ -1,0 +1,357 @@
+//! One segment of a partition log: `<base offset, 20 digits>.log` with its `.index` and
+//! `.timeindex`, the write descriptor (O_DIRECT when enabled), a buffered read descriptor
+//! handed to readers, and the segment's byte positions: reserved (queued appends),
+//! written, durable and visible (below the high watermark).
+//!
+//! Owns file naming, creation, header reads and index loading. Must never rewrite a byte
+//! below `visible_bytes`: readers may hold those ranges (through `SegmentHandle`) at any time.
+
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::batch::{self, RecordBatchHeader};
+use crate::index::SegmentIndex;
+use crate::SegmentHandle;
+
+/// Path of a segment's log file.
+pub(crate) fn log_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.log"))
+}
+
+/// Path of a segment's offset index.
+pub(crate) fn index_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.index"))
+}
+
+/// Path of a segment's time index.
+pub(crate) fn time_index_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.timeindex"))
+}
+
+/// Parses a `.log` file name back into its base offset.
+pub(crate) fn parse_log_name(name: &str) -> Option<i64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Mutable positions and metadata of a segment.
+#[derive(Debug)]
+pub(crate) struct SegmentState {
+    /// End of the bytes handed to queued appends (the next append's position).
+    pub(crate) reserved_bytes: u64,
+    /// End of the bytes the writer has written to the file.
+    pub(crate) written_bytes: u64,
+    /// End of the bytes covered by a completed fdatasync.
+    pub(crate) durable_bytes: u64,
+    /// End of the bytes below the high watermark: readers may see [0, visible_bytes).
+    pub(crate) visible_bytes: u64,
+    /// Offset after the last batch reserved in this segment.
+    pub(crate) next_offset: i64,
+    /// Offset after the last visible batch in this segment.
+    pub(crate) visible_next_offset: i64,
+    /// O_DIRECT: bytes of the partial last 4 KiB block, [align_down(written), written),
+    /// rewritten in front of the next flush's data.
+    pub(crate) tail_block: Vec<u8>,
+    /// Sparse indexes; None until first needed for a segment opened without scanning.
+    pub(crate) index: Option<SegmentIndex>,
+    /// Largest visible timestamp and the offset it belongs to; None = not yet known.
+    pub(crate) max_timestamp: Option<(i64, i64)>,
+    /// Wall-clock creation time, for `segment.ms`.
+    pub(crate) created_ms: i64,
+    /// No longer active: nothing more will be reserved in it.
+    pub(crate) sealed: bool,
+    /// Its file was created after the partition directory was last synced.
+    pub(crate) needs_dir_sync: bool,
+    /// Removed from the log (retention, rollback, deletion); its files are unlinked.
+    pub(crate) deleted: bool,
+    /// A finalization (truncate, write indexes, sync, move the recovery point) was started.
+    pub(crate) finalize_started: bool,
+    /// Finalized: its files are final and retention may delete it.
+    pub(crate) finalized: bool,
+}
+
+/// One segment; shared (Rc) between its partition and the writer's queued appends.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base_offset: i64,
+    pub(crate) dir: PathBuf,
+    /// Descriptor the writer writes through (O_DIRECT when enabled); None once sealed on open.
+    pub(crate) write_file: Option<File>,
+    /// Buffered descriptor shared with readers.
+    pub(crate) read: SegmentHandle,
+    pub(crate) direct_io: bool,
+    pub(crate) state: RefCell<SegmentState>,
+}
+
+/// Opens a segment file for writing, O_DIRECT when asked.
+pub(crate) fn open_for_write(path: &Path, create: bool, direct_io: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).read(true).create(create);
+    if direct_io {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    options.open(path)
+}
+
+impl Segment {
+    /// Creates a new, empty active segment file with base `base_offset`.
+    pub(crate) fn create(
+        dir: &Path,
+        base_offset: i64,
+        direct_io: bool,
+        now_ms: i64,
+    ) -> io::Result<Segment> {
+        let path = log_path(dir, base_offset);
+        let write_file = open_for_write(&path, true, direct_io)?;
+        let read = File::open(&path)?;
+        Ok(Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            write_file: Some(write_file),
+            read: SegmentHandle::new(read),
+            direct_io,
+            state: RefCell::new(SegmentState {
+                reserved_bytes: 0,
+                written_bytes: 0,
+                durable_bytes: 0,
+                visible_bytes: 0,
+                next_offset: base_offset,
+                visible_next_offset: base_offset,
+                tail_block: Vec::new(),
+                index: Some(SegmentIndex::default()),
+                max_timestamp: None,
+                created_ms: now_ms,
+                sealed: false,
+                needs_dir_sync: true,
+                deleted: false,
+                finalize_started: false,
+                finalized: false,
+            }),
+        })
+    }
+
+    /// Opens an existing segment whose first `size_bytes` bytes are whole, valid batches
+    /// ending at offset `next_offset`. `writable` opens the write descriptor (active segment).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn open_existing(
+        dir: &Path,
+        base_offset: i64,
+        size_bytes: u64,
+        next_offset: i64,
+        index: Option<SegmentIndex>,
+        max_timestamp: Option<(i64, i64)>,
+        writable: bool,
+        direct_io: bool,
+        now_ms: i64,
+    ) -> io::Result<Segment> {
+        let path = log_path(dir, base_offset);
+        let read = File::open(&path)?;
+        let (write_file, tail_block) = if writable {
+            let file = open_for_write(&path, false, direct_io)?;
+            // Padding past the logical end (O_DIRECT) or a cut torn batch goes now, so the
+            // file and its logical size agree.
+            file.set_len(size_bytes)?;
+            let block_start =
+                crate::buffer::align_down(size_bytes, crate::buffer::DIRECT_IO_ALIGN_BYTES as u64);
+            let mut tail = vec![0u8; (size_bytes - block_start) as usize];
+            read.read_exact_at(&mut tail, block_start)?;
+            (Some(file), if direct_io { tail } else { Vec::new() })
+        } else {
+            (None, Vec::new())
+        };
+        Ok(Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            write_file,
+            read: SegmentHandle::new(read),
+            direct_io,
+            state: RefCell::new(SegmentState {
+                reserved_bytes: size_bytes,
+                written_bytes: size_bytes,
+                durable_bytes: size_bytes,
+                visible_bytes: size_bytes,
+                next_offset,
+                visible_next_offset: next_offset,
+                tail_block,
+                index,
+                max_timestamp,
+                created_ms: now_ms,
+                sealed: !writable,
+                needs_dir_sync: false,
+                deleted: false,
+                finalize_started: !writable,
+                finalized: !writable,
+            }),
+        })
+    }
+
+    pub(crate) fn log_path(&self) -> PathBuf {
+        log_path(&self.dir, self.base_offset)
+    }
+
+    /// Reads the batch header at `position`; None at the visible end or on bytes that are not
+    /// a plausible header (zero padding, garbage), which end the readable data.
+    pub(crate) fn header_at(
+        &self,
+        position: u64,
+        end_bytes: u64,
+    ) -> io::Result<Option<RecordBatchHeader>> {
+        if position + batch::HEADER_BYTES as u64 > end_bytes {
+            return Ok(None);
+        }
+        let mut raw = [0u8; batch::HEADER_BYTES];
+        self.read.read_at(&mut raw, position)?;
+        let Some(header) = RecordBatchHeader::parse(&raw) else {
+            return Ok(None);
+        };
+        let plausible = header.magic == batch::MAGIC_V2
+            && header.batch_length >= (batch::HEADER_BYTES - batch::LOG_OVERHEAD_BYTES) as i32
+            && header.last_offset_delta >= 0
+            && position + header.size_bytes() as u64 <= end_bytes;
+        Ok(plausible.then_some(header))
+    }
+
+    /// Ensures the index is in memory: loads `.index`/`.timeindex`, or rebuilds them by
+    /// walking batch headers when missing or inconsistent.
+    pub(crate) fn ensure_index(&self, interval_bytes: u32) -> io::Result<()> {
+        if self.state.borrow().index.is_some() {
+            return Ok(());
+        }
+        let visible_bytes = self.state.borrow().visible_bytes;
+        let offsets = std::fs::read(index_path(&self.dir, self.base_offset)).unwrap_or_default();
+        let times = std::fs::read(time_index_path(&self.dir, self.base_offset)).unwrap_or_default();
+        let loaded = SegmentIndex::decode(&offsets, &times, visible_bytes.max(1));
+        let index = match loaded {
+            Some(index)
+                if !(offsets.is_empty() && visible_bytes > u64::from(interval_bytes) * 2) =>
+            {
+                index
+            }
+            _ => self.rebuild_index(visible_bytes, interval_bytes)?,
+        };
+        let mut state = self.state.borrow_mut();
+        if state.max_timestamp.is_none() {
+            state.max_timestamp = index
+                .max_timestamp()
+                .map(|(ts, relative)| (ts, self.base_offset + i64::from(relative)));
+        }
+        state.index = Some(index);
+        Ok(())
+    }
+
+    fn rebuild_index(&self, end_bytes: u64, interval_bytes: u32) -> io::Result<SegmentIndex> {
+        tracing::info!(segment = %self.log_path().display(), "rebuilding segment index from batch headers");
+        let mut index = SegmentIndex::default();
+        let mut position = 0u64;
+        while let Some(header) = self.header_at(position, end_bytes)? {
+            let relative =
+                (header.last_offset() - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
+            index.on_batch(
+                relative,
+                position as u32,
+                header.size_bytes() as u32,
+                header.max_timestamp,
+                interval_bytes,
+            );
+            position += header.size_bytes() as u64;
+        }
+        index.seal_time_index();
+        Ok(index)
+    }
+
+    /// Position and header of the batch holding `offset` (or the first batch after it), among
+    /// the first `end_bytes` bytes.
+    pub(crate) fn find_batch(
+        &self,
+        offset: i64,
+        end_bytes: u64,
+        interval_bytes: u32,
+    ) -> io::Result<Option<(u64, RecordBatchHeader)>> {
+        self.ensure_index(interval_bytes)?;
+        let relative = (offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
+        let mut position = self
+            .state
+            .borrow()
+            .index
+            .as_ref()
+            .map_or(0, |index| index.position_for(relative)) as u64;
+        while let Some(header) = self.header_at(position, end_bytes)? {
+            if header.last_offset() >= offset {
+                return Ok(Some((position, header)));
+            }
+            position += header.size_bytes() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Position and header of the first batch whose max timestamp >= `timestamp_ms`.
+    pub(crate) fn find_time(
+        &self,
+        timestamp_ms: i64,
+        end_bytes: u64,
+        interval_bytes: u32,
+    ) -> io::Result<Option<(u64, RecordBatchHeader)>> {
+        self.ensure_index(interval_bytes)?;
+        let start_relative = self
+            .state
+            .borrow()
+            .index
+            .as_ref()
+            .map_or(0, |index| index.relative_offset_for_time(timestamp_ms));
+        let Some((mut position, _)) = self.find_batch(
+            self.base_offset + i64::from(start_relative),
+            end_bytes,
+            interval_bytes,
+        )?
+        else {
+            return Ok(None);
+        };
+        while let Some(header) = self.header_at(position, end_bytes)? {
+            if header.max_timestamp >= timestamp_ms {
+                return Ok(Some((position, header)));
+            }
+            position += header.size_bytes() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Largest timestamp of the segment's visible batches and its offset.
+    pub(crate) fn max_timestamp(&self, interval_bytes: u32) -> Option<(i64, i64)> {
+        if let Some(found) = self.state.borrow().max_timestamp {
+            return Some(found);
+        }
+        if let Err(error) = self.ensure_index(interval_bytes) {
+            tracing::warn!(%error, segment = %self.log_path().display(), "cannot load segment index");
+        }
+        self.state.borrow().max_timestamp
+    }
+
+    /// Unlinks the segment's files. Open descriptors (readers' handles) keep the data alive.
+    pub(crate) fn unlink(&self) {
+        self.state.borrow_mut().deleted = true;
+        for path in [
+            log_path(&self.dir, self.base_offset),
+            index_path(&self.dir, self.base_offset),
+            time_index_path(&self.dir, self.base_offset),
+        ] {
+            if let Err(error) = std::fs::remove_file(&path) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(%error, path = %path.display(), "cannot remove segment file");
+                }
+            }
+        }
+    }
+}
+
+impl SegmentHandle {
+    pub(crate) fn new(file: File) -> SegmentHandle {
+        SegmentHandle(Arc::new(file))
+    }
+}

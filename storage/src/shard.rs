@@ -1,0 +1,444 @@
+//! The shard's storage: its ring, its staging buffer, its group-commit queue and writer task,
+//! its tail cache, and the partitions it owns. Also segment finalization (after a roll) and
+//! clean shutdown.
+//!
+//! Everything here lives on one shard thread (`Rc`, `RefCell`). Must never block that thread
+//! on disk I/O after startup: opening a partition (recovery) is the exception; finalization
+//! and shutdown run their file work on the blocking pool.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use crate::buffer::{AlignedBuffer, DIRECT_IO_ALIGN_BYTES};
+use crate::fault::{FaultBackend, FaultPlan};
+use crate::io::RingBackend;
+use crate::log::{now_ms, LogState, PartitionShared};
+use crate::recovery::{self, CleanMarker};
+use crate::ring::Ring;
+use crate::segment::{self, Segment};
+use crate::tail_cache::{PartitionTail, TailCache};
+use crate::writer::{self, QueuedAppend};
+use crate::{FlushStats, LogConfig, StorageConfig, StorageError};
+
+/// Extra staging bytes beyond `group_commit_bytes_max`, so the partial blocks and padding of
+/// several files do not cut a flush short.
+const STAGING_SLACK_BYTES: usize = 256 << 10;
+/// Smallest staging buffer: a flush must always fit at least a few blocks.
+const STAGING_MIN_BYTES: usize = 64 << 10;
+const _: () = assert!(STAGING_MIN_BYTES >= 2 * DIRECT_IO_ALIGN_BYTES);
+
+/// Called after every group commit.
+pub(crate) type FlushObserver = Box<dyn Fn(&FlushStats)>;
+
+pub(crate) struct ShardShared {
+    pub(crate) config: StorageConfig,
+    /// O_DIRECT in effect (asked for and accepted by the filesystem).
+    pub(crate) direct_io: bool,
+    pub(crate) ring: Ring,
+    pub(crate) queue: RefCell<VecDeque<QueuedAppend>>,
+    pub(crate) queued_bytes: Cell<usize>,
+    pub(crate) writer_wake: Notify,
+    pub(crate) writer_idle: Notify,
+    pub(crate) writer_busy: Cell<bool>,
+    /// Shutdown started: appends are refused.
+    pub(crate) closing: Cell<bool>,
+    /// Shutdown finished: the writer exits.
+    pub(crate) closed: Cell<bool>,
+    pub(crate) partitions: RefCell<HashMap<(String, i32), Rc<PartitionShared>>>,
+    pub(crate) tail_cache: RefCell<TailCache>,
+    pub(crate) flush_observer: RefCell<Option<FlushObserver>>,
+}
+
+fn io_error(context: String) -> impl FnOnce(io::Error) -> StorageError {
+    move |source| StorageError::Io { context, source }
+}
+
+/// Whether the filesystem under `dir` accepts O_DIRECT (tmpfs and some overlays do not).
+fn probe_direct_io(dir: &Path) -> io::Result<bool> {
+    let probe = dir.join(".sluice-direct-io-probe");
+    let result = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe);
+    let accepted = match result {
+        Ok(_) => true,
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => false,
+        Err(error) => return Err(error),
+    };
+    let _ = std::fs::remove_file(&probe);
+    Ok(accepted)
+}
+
+pub(crate) fn open(
+    config: StorageConfig,
+    faults: Option<FaultPlan>,
+) -> Result<Rc<ShardShared>, StorageError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io_error(format!("creating {}", config.data_dir.display())))?;
+    let ring = Ring::new(config.ring_entries).map_err(|error| match error.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::ENOSYS) | Some(libc::EACCES) => {
+            StorageError::UringRefused(error)
+        }
+        _ => StorageError::Io {
+            context: "creating the storage io_uring".into(),
+            source: error,
+        },
+    })?;
+    let direct_io = if config.direct_io {
+        let accepted = probe_direct_io(&config.data_dir).map_err(io_error(format!(
+            "probing O_DIRECT in {}",
+            config.data_dir.display()
+        )))?;
+        if !accepted {
+            tracing::warn!(dir = %config.data_dir.display(), "filesystem refuses O_DIRECT; log.direct.io falls back to buffered writes");
+        }
+        accepted
+    } else {
+        false
+    };
+    let staging = Rc::new(AlignedBuffer::new(
+        config.group_commit_bytes_max.max(STAGING_MIN_BYTES) + STAGING_SLACK_BYTES,
+    ));
+    // SAFETY: the staging buffer is never freed while the ring can use it: every write from it
+    // holds an Rc in its ring slot, and the writer holds one for its whole life.
+    let registered = match unsafe { ring.register_buffers(&[staging.iovec()]) } {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "cannot register the staging buffer with io_uring; using plain writes");
+            false
+        }
+    };
+    let shard = Rc::new(ShardShared {
+        tail_cache: RefCell::new(TailCache::new(config.tail_cache_bytes)),
+        config,
+        direct_io,
+        ring: ring.clone(),
+        queue: RefCell::new(VecDeque::new()),
+        queued_bytes: Cell::new(0),
+        writer_wake: Notify::new(),
+        writer_idle: Notify::new(),
+        writer_busy: Cell::new(false),
+        closing: Cell::new(false),
+        closed: Cell::new(false),
+        partitions: RefCell::new(HashMap::new()),
+        flush_observer: RefCell::new(None),
+    });
+    let backend = RingBackend {
+        ring,
+        staging_registered: registered,
+    };
+    match faults {
+        None => tokio::task::spawn_local(writer::run(shard.clone(), backend, staging)),
+        Some(plan) => tokio::task::spawn_local(writer::run(
+            shard.clone(),
+            FaultBackend {
+                inner: backend,
+                plan,
+            },
+            staging,
+        )),
+    };
+    Ok(shard)
+}
+
+pub(crate) fn open_partition(
+    shard: &Rc<ShardShared>,
+    topic: &str,
+    partition: i32,
+    config: LogConfig,
+) -> Result<Rc<PartitionShared>, StorageError> {
+    let key = (topic.to_string(), partition);
+    if let Some(existing) = shard.partitions.borrow().get(&key) {
+        let mut log = existing.log.borrow_mut();
+        if log.poisoned.is_none() {
+            log.config = config;
+            drop(log);
+            return Ok(existing.clone());
+        }
+    }
+    if shard.closing.get() {
+        return Err(StorageError::Io {
+            context: format!("opening {topic}-{partition}"),
+            source: io::Error::other("storage is shut down"),
+        });
+    }
+    let dir = shard.config.data_dir.join(format!("{topic}-{partition}"));
+    let label = format!("{topic}-{partition}");
+    let recovered = recovery::open_dir(&dir, &label, &config, shard.direct_io, now_ms()).map_err(
+        io_error(format!("opening partition {label} in {}", dir.display())),
+    )?;
+    if !recovered.was_clean {
+        tracing::info!(partition = %label, log_end_offset = recovered.log_end_offset, "recovered after an unclean shutdown");
+    }
+    let dir_file = File::open(&dir).map_err(io_error(format!("opening {}", dir.display())))?;
+    let segments: Vec<Rc<Segment>> = recovered.segments.into_iter().map(Rc::new).collect();
+    let log_start_offset = segments[0].base_offset;
+    let shared = Rc::new(PartitionShared {
+        topic: topic.to_string(),
+        partition,
+        dir,
+        dir_file,
+        shard: shard.clone(),
+        log: RefCell::new(LogState {
+            config,
+            segments,
+            log_start_offset,
+            log_end_offset: recovered.log_end_offset,
+            high_watermark: recovered.log_end_offset,
+            poisoned: None,
+            deleted: false,
+            unsynced_messages: 0,
+            last_sync: Instant::now(),
+            recovery_cuts: recovered.cuts,
+        }),
+        tail: Rc::new(RefCell::new(PartitionTail::default())),
+        high_watermark_advanced: Notify::new(),
+        finalize_lock: tokio::sync::Mutex::new(()),
+    });
+    let _ = recovered.recovery_point;
+    if let Some(old) = shard.partitions.borrow_mut().insert(key, shared.clone()) {
+        shard.tail_cache.borrow_mut().remove_all(&old.tail);
+    }
+    maybe_finalize(&shared);
+    Ok(shared)
+}
+
+/// Starts the finalization of every sealed segment whose bytes are all visible: truncate the
+/// O_DIRECT padding, write its indexes, sync, and move the recovery point past it.
+pub(crate) fn maybe_finalize(partition: &Rc<PartitionShared>) {
+    let log = partition.log.borrow();
+    for segment in &log.segments {
+        {
+            let mut state = segment.state.borrow_mut();
+            if !state.sealed
+                || state.finalize_started
+                || state.deleted
+                || state.visible_bytes != state.reserved_bytes
+            {
+                continue;
+            }
+            state.finalize_started = true;
+        }
+        tokio::task::spawn_local(finalize(partition.clone(), segment.clone()));
+    }
+}
+
+async fn finalize(partition: Rc<PartitionShared>, segment: Rc<Segment>) {
+    let _guard = partition.finalize_lock.lock().await;
+    let (logical_bytes, offsets, times, next_offset) = {
+        let mut state = segment.state.borrow_mut();
+        if state.deleted {
+            return;
+        }
+        let mut index = state.index.clone().unwrap_or_default();
+        index.seal_time_index();
+        let encoded = (index.encode_offsets(), index.encode_times());
+        state.index = Some(index);
+        (state.written_bytes, encoded.0, encoded.1, state.next_offset)
+    };
+    let file = match segment.write_file.as_ref().map(File::try_clone).transpose() {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::error!(%error, segment = %segment.log_path().display(), "cannot finalize segment");
+            return;
+        }
+    };
+    let dir = partition.dir.clone();
+    let base_offset = segment.base_offset;
+    let checkpoint =
+        recovery::encode_recovery_point(&partition.topic, partition.partition, next_offset);
+    let result = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        if let Some(file) = file {
+            file.set_len(logical_bytes)?;
+            file.sync_data()?;
+        }
+        write_synced(&segment::index_path(&dir, base_offset), &offsets)?;
+        write_synced(&segment::time_index_path(&dir, base_offset), &times)?;
+        recovery::write_durably(&dir, recovery::RECOVERY_CHECKPOINT, checkpoint.as_bytes())
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => segment.state.borrow_mut().finalized = true,
+        Ok(Err(error)) => {
+            tracing::error!(%error, segment = %segment.log_path().display(), "segment finalization failed; the next unclean start rescans it")
+        }
+        Err(error) => tracing::error!(%error, "segment finalization task failed"),
+    }
+}
+
+fn write_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut file = File::create(path)?;
+    file.write_all(contents)?;
+    file.sync_data()
+}
+
+pub(crate) fn delete_partition(
+    shard: &Rc<ShardShared>,
+    partition: &Rc<PartitionShared>,
+) -> Result<(), StorageError> {
+    {
+        let mut partitions = shard.partitions.borrow_mut();
+        let key = (partition.topic.clone(), partition.partition);
+        if partitions
+            .get(&key)
+            .is_some_and(|current| Rc::ptr_eq(current, partition))
+        {
+            partitions.remove(&key);
+        }
+    }
+    let reason = format!("partition {} was deleted", partition.label());
+    {
+        let mut queue = shard.queue.borrow_mut();
+        queue.retain_mut(|item| {
+            if Rc::ptr_eq(&item.partition, partition) {
+                if let Some(waiter) = item.waiter.take() {
+                    let _ = waiter
+                        .sender
+                        .send(Err(crate::AppendError::Storage(reason.clone())));
+                }
+                false
+            } else {
+                true
+            }
+        });
+    }
+    {
+        let mut log = partition.log.borrow_mut();
+        log.deleted = true;
+        for segment in &log.segments {
+            segment.unlink();
+        }
+    }
+    shard.tail_cache.borrow_mut().remove_all(&partition.tail);
+    partition.high_watermark_advanced.notify_waiters();
+    // Readers' descriptors keep unlinked segment data alive; the directory itself can go.
+    match std::fs::remove_dir_all(&partition.dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(StorageError::Io {
+            context: format!("removing {}", partition.dir.display()),
+            source: error,
+        }),
+    }
+}
+
+pub(crate) async fn shutdown(shard: &Rc<ShardShared>) -> Result<(), StorageError> {
+    shard.closing.set(true);
+    shard.writer_wake.notify_one();
+    loop {
+        let idle = shard.writer_idle.notified();
+        tokio::pin!(idle);
+        idle.as_mut().enable();
+        if shard.queue.borrow().is_empty() && !shard.writer_busy.get() {
+            break;
+        }
+        shard.writer_wake.notify_one();
+        idle.await;
+    }
+    let partitions: Vec<Rc<PartitionShared>> =
+        shard.partitions.borrow().values().cloned().collect();
+    let mut first_error = None;
+    for partition in partitions {
+        if let Err(error) = close_partition(&partition).await {
+            tracing::error!(%error, partition = %partition.label(), "clean shutdown of partition failed");
+            first_error.get_or_insert(error);
+        }
+    }
+    shard.closed.set(true);
+    shard.writer_wake.notify_one();
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Truncates the active segment to its logical size, writes its indexes, syncs everything,
+/// and writes the clean-shutdown marker last.
+async fn close_partition(partition: &Rc<PartitionShared>) -> Result<(), StorageError> {
+    let _guard = partition.finalize_lock.lock().await;
+    let (files_to_sync, active_file, marker, offsets, times, active_base) = {
+        let log = partition.log.borrow();
+        if log.deleted || log.poisoned.is_some() {
+            // No marker: the next open scans and keeps only what is valid.
+            return Ok(());
+        }
+        let mut to_sync = Vec::new();
+        for segment in &log.segments {
+            if let Some(file) = &segment.write_file {
+                let state = segment.state.borrow();
+                if state.durable_bytes < state.written_bytes {
+                    to_sync.push(file.try_clone().map_err(io_error(format!(
+                        "cloning {}",
+                        segment.log_path().display()
+                    )))?);
+                }
+            }
+        }
+        let active = log.active();
+        let mut state = active.state.borrow_mut();
+        let mut index = state.index.clone().unwrap_or_default();
+        index.seal_time_index();
+        let encoded = (index.encode_offsets(), index.encode_times());
+        state.index = Some(index);
+        debug_assert_eq!(
+            log.high_watermark, log.log_end_offset,
+            "shutdown with unflushed appends"
+        );
+        let marker = CleanMarker {
+            log_end_offset: log.log_end_offset,
+            active_bytes: state.written_bytes,
+            max_timestamp: state.max_timestamp,
+        };
+        let file = active
+            .write_file
+            .as_ref()
+            .map(File::try_clone)
+            .transpose()
+            .map_err(io_error(format!("cloning {}", active.log_path().display())))?;
+        (
+            to_sync,
+            file,
+            marker,
+            encoded.0,
+            encoded.1,
+            active.base_offset,
+        )
+    };
+    let dir = partition.dir.clone();
+    let label = partition.label();
+    let result = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        for file in files_to_sync {
+            file.sync_data()?;
+        }
+        if let Some(file) = active_file {
+            file.set_len(marker.active_bytes)?;
+            file.sync_all()?;
+        }
+        write_synced(&segment::index_path(&dir, active_base), &offsets)?;
+        write_synced(&segment::time_index_path(&dir, active_base), &times)?;
+        recovery::write_durably(&dir, recovery::CLEAN_MARKER, marker.encode().as_bytes())
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(StorageError::Io {
+            context: format!("clean shutdown of {label}"),
+            source: error,
+        }),
+        Err(error) => Err(StorageError::Io {
+            context: format!("clean shutdown of {label}"),
+            source: io::Error::other(error.to_string()),
+        }),
+    }
+}

@@ -1,0 +1,203 @@
+//! The per-shard tail cache (`log.tail.cache.bytes`): the newest appended batches of every
+//! partition on the shard, kept in memory so consumers that keep up are served without
+//! touching the disk.
+//!
+//! Owns the shard-wide byte budget and the eviction order (oldest insertion first, across
+//! partitions). Must never hand out a batch at or above the high watermark (the caller passes
+//! it) nor hold more than its budget.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+
+use bytes::Bytes;
+
+/// One cached batch (already carrying its broker-assigned offsets).
+#[derive(Debug, Clone)]
+pub(crate) struct CachedBatch {
+    pub(crate) base_offset: i64,
+    pub(crate) last_offset: i64,
+    pub(crate) bytes: Bytes,
+    /// Insertion number, to recognise stale entries in the shard's eviction order.
+    sequence: u64,
+}
+
+/// One partition's cached batches, contiguous and in offset order.
+#[derive(Debug, Default)]
+pub(crate) struct PartitionTail {
+    batches: VecDeque<CachedBatch>,
+    next_sequence: u64,
+}
+
+impl PartitionTail {
+    /// Whole cached batches starting with the one holding `offset`, below `high_watermark`,
+    /// at most `max_bytes` (or one batch when `min_one_batch`). None when `offset` is not in
+    /// the cache.
+    pub(crate) fn read(
+        &self,
+        offset: i64,
+        high_watermark: i64,
+        max_bytes: u32,
+        min_one_batch: bool,
+    ) -> Option<(Vec<Bytes>, u32)> {
+        let first = self.batches.front()?;
+        if offset < first.base_offset {
+            return None;
+        }
+        let start = self
+            .batches
+            .partition_point(|batch| batch.last_offset < offset);
+        let mut chunks = Vec::new();
+        let mut total_bytes = 0u32;
+        for batch in self.batches.iter().skip(start) {
+            if batch.last_offset >= high_watermark {
+                break;
+            }
+            let len = batch.bytes.len() as u32;
+            let fits = total_bytes.saturating_add(len) <= max_bytes;
+            let first_oversized = chunks.is_empty() && min_one_batch;
+            if !fits && !first_oversized {
+                break;
+            }
+            chunks.push(batch.bytes.clone());
+            total_bytes += len;
+        }
+        if chunks.is_empty()
+            && start < self.batches.len()
+            && self.batches[start].last_offset < high_watermark
+        {
+            // The batch is there but over max_bytes and min_one_batch is off: an empty read.
+            return Some((chunks, 0));
+        }
+        if start >= self.batches.len() {
+            return None;
+        }
+        Some((chunks, total_bytes))
+    }
+}
+
+/// The shard-wide budget and eviction order.
+#[derive(Debug)]
+pub(crate) struct TailCache {
+    budget_bytes: usize,
+    used_bytes: usize,
+    order: VecDeque<(Weak<RefCell<PartitionTail>>, u64, usize)>,
+}
+
+impl TailCache {
+    pub(crate) fn new(budget_bytes: usize) -> TailCache {
+        TailCache {
+            budget_bytes,
+            used_bytes: 0,
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Caches one batch of `tail`'s partition, evicting the shard's oldest batches as needed.
+    pub(crate) fn insert(
+        &mut self,
+        tail: &Rc<RefCell<PartitionTail>>,
+        base_offset: i64,
+        last_offset: i64,
+        bytes: Bytes,
+    ) {
+        let len = bytes.len();
+        if len > self.budget_bytes {
+            // Too big to cache; readers go to the file, and what is cached must stay contiguous.
+            self.remove_all(tail);
+            return;
+        }
+        {
+            let mut partition = tail.borrow_mut();
+            if let Some(last) = partition.batches.back() {
+                if last.last_offset + 1 != base_offset {
+                    drop(partition);
+                    self.remove_all(tail);
+                    partition = tail.borrow_mut();
+                }
+            }
+            let sequence = partition.next_sequence;
+            partition.next_sequence += 1;
+            partition.batches.push_back(CachedBatch {
+                base_offset,
+                last_offset,
+                bytes,
+                sequence,
+            });
+            self.order.push_back((Rc::downgrade(tail), sequence, len));
+        }
+        self.used_bytes += len;
+        while self.used_bytes > self.budget_bytes {
+            let Some((weak, sequence, len)) = self.order.pop_front() else {
+                break;
+            };
+            let Some(owner) = weak.upgrade() else {
+                continue;
+            };
+            let mut owner = owner.borrow_mut();
+            if owner
+                .batches
+                .front()
+                .is_some_and(|batch| batch.sequence == sequence)
+            {
+                owner.batches.pop_front();
+                self.used_bytes -= len;
+            }
+        }
+        debug_assert!(self.used_bytes <= self.budget_bytes);
+    }
+
+    /// Drops `tail`'s batches with base offset >= `offset` (an append rolled back).
+    pub(crate) fn truncate_from(&mut self, tail: &Rc<RefCell<PartitionTail>>, offset: i64) {
+        let mut partition = tail.borrow_mut();
+        while partition
+            .batches
+            .back()
+            .is_some_and(|batch| batch.base_offset >= offset)
+        {
+            if let Some(batch) = partition.batches.pop_back() {
+                self.used_bytes -= batch.bytes.len();
+            }
+        }
+    }
+
+    /// Drops every batch of `tail` (partition deleted or cache made non-contiguous).
+    pub(crate) fn remove_all(&mut self, tail: &Rc<RefCell<PartitionTail>>) {
+        self.truncate_from(tail, i64::MIN);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn used_bytes(&self) -> usize {
+        self.used_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_evicts_oldest_across_partitions_and_reads_respect_watermark() {
+        let mut cache = TailCache::new(300);
+        let a = Rc::new(RefCell::new(PartitionTail::default()));
+        let b = Rc::new(RefCell::new(PartitionTail::default()));
+        cache.insert(&a, 0, 0, Bytes::from(vec![1u8; 100]));
+        cache.insert(&b, 0, 4, Bytes::from(vec![2u8; 100]));
+        cache.insert(&a, 1, 1, Bytes::from(vec![3u8; 100]));
+        assert_eq!(cache.used_bytes(), 300);
+        cache.insert(&b, 5, 5, Bytes::from(vec![4u8; 100]));
+        assert_eq!(cache.used_bytes(), 300);
+        assert!(
+            a.borrow().read(0, 10, 1000, true).is_none(),
+            "oldest batch evicted"
+        );
+        let (chunks, total) = a.borrow().read(1, 10, 1000, true).expect("cached");
+        assert_eq!((chunks.len(), total), (1, 100));
+        let (chunks, _) = b.borrow().read(3, 5, 1000, true).expect("cached");
+        assert_eq!(chunks.len(), 1, "batch 5 is at the high watermark");
+        cache.truncate_from(&b, 5);
+        assert_eq!(cache.used_bytes(), 200);
+        let (chunks, total) = b.borrow().read(0, 10, 50, true).expect("min one batch");
+        assert_eq!((chunks.len(), total), (1, 100));
+    }
+}

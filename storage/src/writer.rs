@@ -1,0 +1,673 @@
+//! The shard's group-commit writer: the single serialization point for every write to every
+//! partition file on the shard (no per-partition locks).
+//!
+//! Durability contract: an append is *queued* when `Partition::append` has assigned its
+//! offsets (synchronously, before any await). One flush takes queued appends in order (up to
+//! the staging buffer, `group_commit_bytes_max`), copies them into the registered 4 KiB-aligned
+//! staging buffer (with O_DIRECT, each file's partial last block is kept in memory and
+//! rewritten in front of the new data), issues one write per dirty file with an fdatasync
+//! linked after it, and then: acks=1 waiters complete when their write is in; acks=all waiters
+//! complete and the high watermark advances when the fdatasync is in (default policy), or when
+//! the write is in for topics with `flush.messages`/`flush.ms`. When a flush finishes and
+//! appends are waiting the next flush starts at once; there is no timer on the append path.
+//!
+//! A failed write (ENOSPC, EIO, torn) fails that partition's appends from the first unwritten
+//! one on and rolls its log end back, so no partial batch is ever visible and later appends
+//! reuse the space. A failed fdatasync poisons the partition: Linux may have dropped the dirty
+//! pages, so retrying would report success for lost data.
+//!
+//! Must never: complete an append before its bytes reached the file, advance a high watermark
+//! past a byte that is not durable under the partition's policy, or touch the staging buffer
+//! while a write from it is in flight (one flush at a time).
+
+use std::collections::HashMap;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::buffer::{align_down, align_up, AlignedBuffer, DIRECT_IO_ALIGN_BYTES};
+use crate::io::{FileWrite, IoBackend, IoFuture};
+use crate::log::PartitionShared;
+use crate::segment::Segment;
+use crate::shard::ShardShared;
+use crate::{Ack, AppendError, AppendInfo, FlushStats};
+
+/// Who waits for an append and for what.
+pub(crate) struct Waiter {
+    pub(crate) sender: oneshot::Sender<Result<AppendInfo, AppendError>>,
+    pub(crate) ack: Ack,
+    pub(crate) info: AppendInfo,
+}
+
+/// An append (or the part of one that lands in one segment) waiting for the writer.
+pub(crate) struct QueuedAppend {
+    pub(crate) partition: Rc<PartitionShared>,
+    pub(crate) segment: Rc<Segment>,
+    /// Position of `data` in the segment file.
+    pub(crate) position: u64,
+    /// Whole batches with offsets assigned.
+    pub(crate) data: Bytes,
+    /// Bytes of `data` written by earlier flushes (an append larger than one flush).
+    pub(crate) consumed: usize,
+    pub(crate) first_offset: i64,
+    pub(crate) last_offset: i64,
+    pub(crate) records: u64,
+    /// Present on the last piece of an append with acks != 0.
+    pub(crate) waiter: Option<Waiter>,
+    pub(crate) enqueued_at: Instant,
+}
+
+impl QueuedAppend {
+    fn complete(&mut self, stats: &mut FlushStats) {
+        if let Some(waiter) = self.waiter.take() {
+            let mut info = waiter.info;
+            info.log_start_offset = self.partition.log.borrow().log_start_offset;
+            if waiter.ack == Ack::Durable {
+                stats
+                    .append_to_durable_ns
+                    .push(self.enqueued_at.elapsed().as_nanos() as u64);
+            }
+            // The producer may have gone away; its append is done all the same.
+            let _ = waiter.sender.send(Ok(info));
+        }
+    }
+
+    fn fail(&mut self, reason: &str) {
+        if let Some(waiter) = self.waiter.take() {
+            let _ = waiter
+                .sender
+                .send(Err(AppendError::Storage(reason.to_string())));
+        }
+    }
+}
+
+/// The bytes one flush writes to one segment file.
+struct Group {
+    segment: Rc<Segment>,
+    partition: usize,
+    /// Logical file position where this flush's new bytes start (the file's written end).
+    start_bytes: u64,
+    /// Bytes of the partial last block rewritten in front (O_DIRECT), else 0.
+    head_bytes: usize,
+    new_bytes: usize,
+    pieces: Vec<Bytes>,
+    staging_offset: usize,
+    write_len: usize,
+}
+
+/// Per-partition facts of one flush.
+struct PartFlush {
+    partition: Rc<PartitionShared>,
+    /// Where to roll back to if a write fails: the first append of this flush.
+    rollback_to: (Rc<Segment>, u64, i64),
+    records: u64,
+    sync: bool,
+    failure: Option<String>,
+}
+
+fn key<T>(rc: &Rc<T>) -> *const T {
+    Rc::as_ptr(rc)
+}
+
+/// Runs until the shard shuts down.
+pub(crate) async fn run<B: IoBackend>(
+    shard: Rc<ShardShared>,
+    backend: B,
+    staging: Rc<AlignedBuffer>,
+) {
+    loop {
+        if shard.queue.borrow().is_empty() {
+            shard.writer_busy.set(false);
+            shard.writer_idle.notify_waiters();
+            if shard.closed.get() {
+                return;
+            }
+            match next_sync_deadline(&shard) {
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = shard.writer_wake.notified() => {}
+                        _ = tokio::time::sleep_until(deadline.into()) => {}
+                    }
+                }
+                None => shard.writer_wake.notified().await,
+            }
+            shard.writer_busy.set(true);
+            sync_due(&shard, &backend).await;
+            continue;
+        }
+        shard.writer_busy.set(true);
+        flush_once(&shard, &backend, &staging).await;
+    }
+}
+
+/// Earliest `flush.ms` deadline of a partition holding written-but-unsynced bytes.
+fn next_sync_deadline(shard: &ShardShared) -> Option<Instant> {
+    let partitions = shard.partitions.borrow();
+    partitions
+        .values()
+        .filter_map(|partition| {
+            let log = partition.log.borrow();
+            let flush_ms = log.config.flush_ms?;
+            has_unsynced(partition).then(|| log.last_sync + Duration::from_millis(flush_ms))
+        })
+        .min()
+}
+
+fn has_unsynced(partition: &PartitionShared) -> bool {
+    let log = partition.log.borrow();
+    log.poisoned.is_none() && log.segments.iter().any(|segment| segment_unsynced(segment))
+}
+
+fn segment_unsynced(segment: &Segment) -> bool {
+    let state = segment.state.borrow();
+    !state.deleted
+        && (state.durable_bytes < state.written_bytes || state.needs_dir_sync)
+        && segment.write_file.is_some()
+}
+
+/// fdatasyncs partitions whose `flush.ms` elapsed with unsynced bytes.
+async fn sync_due<B: IoBackend>(shard: &Rc<ShardShared>, backend: &B) {
+    let due: Vec<Rc<PartitionShared>> = shard
+        .partitions
+        .borrow()
+        .values()
+        .filter(|partition| {
+            let log = partition.log.borrow();
+            log.config
+                .flush_ms
+                .is_some_and(|flush_ms| log.last_sync.elapsed() >= Duration::from_millis(flush_ms))
+        })
+        .filter(|partition| has_unsynced(partition))
+        .cloned()
+        .collect();
+    for partition in due {
+        let pending = sync_partition(&partition, backend, &[]);
+        let mut failure = None;
+        for (segment, written, future) in pending {
+            match future.await {
+                Ok(_) => mark_durable(&segment, written),
+                Err(error) => {
+                    failure = Some(format!(
+                        "fdatasync of {} failed: {error}",
+                        segment.log_path().display()
+                    ))
+                }
+            }
+        }
+        match failure {
+            Some(reason) => poison(shard, &partition, &reason, &mut []),
+            None => {
+                let mut log = partition.log.borrow_mut();
+                log.unsynced_messages = 0;
+                log.last_sync = Instant::now();
+            }
+        }
+    }
+}
+
+/// Queues fdatasyncs for `partition`'s unsynced segments not in `skip` (and its directory
+/// when a segment was created since the last sync). The u64 is the written end covered.
+fn sync_partition<B: IoBackend>(
+    partition: &PartitionShared,
+    backend: &B,
+    skip: &[*const Segment],
+) -> Vec<(Rc<Segment>, u64, IoFuture)> {
+    let log = partition.log.borrow();
+    let mut pending = Vec::new();
+    let mut dir_needed = false;
+    for segment in &log.segments {
+        let (unsynced, written, needs_dir) = {
+            let state = segment.state.borrow();
+            (
+                state.durable_bytes < state.written_bytes,
+                state.written_bytes,
+                state.needs_dir_sync,
+            )
+        };
+        dir_needed |= needs_dir;
+        if !unsynced || skip.contains(&key(segment)) {
+            continue;
+        }
+        if let Some(file) = &segment.write_file {
+            use std::os::fd::AsRawFd;
+            pending.push((
+                segment.clone(),
+                written,
+                backend.fdatasync(file.as_raw_fd()),
+            ));
+        }
+    }
+    if dir_needed {
+        use std::os::fd::AsRawFd;
+        for segment in &log.segments {
+            // The directory sync covers every segment created so far.
+            if segment.state.borrow().needs_dir_sync {
+                pending.push((
+                    segment.clone(),
+                    u64::MAX,
+                    backend.fdatasync(partition.dir_file.as_raw_fd()),
+                ));
+                break;
+            }
+        }
+    }
+    pending
+}
+
+/// Records a completed fdatasync up to `written` (u64::MAX: the directory sync).
+fn mark_durable(segment: &Segment, written: u64) {
+    let mut state = segment.state.borrow_mut();
+    if written == u64::MAX {
+        state.needs_dir_sync = false;
+    } else {
+        state.durable_bytes = state.durable_bytes.max(written);
+    }
+}
+
+async fn flush_once<B: IoBackend>(
+    shard: &Rc<ShardShared>,
+    backend: &B,
+    staging: &Rc<AlignedBuffer>,
+) {
+    let align = if shard.direct_io {
+        DIRECT_IO_ALIGN_BYTES
+    } else {
+        1
+    };
+    let budget = staging.len();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of: HashMap<*const Segment, usize> = HashMap::new();
+    let mut parts: Vec<PartFlush> = Vec::new();
+    let mut part_of: HashMap<*const PartitionShared, usize> = HashMap::new();
+    let mut footprint = 0usize;
+    let mut taken_count = 0usize;
+    let mut partial_bytes = 0usize;
+
+    // 1. Plan: a prefix of the queue (the last one possibly in part) within the staging budget.
+    {
+        let queue = shard.queue.borrow();
+        for item in queue.iter() {
+            let remaining = item.data.len() - item.consumed;
+            let part = *part_of.entry(key(&item.partition)).or_insert_with(|| {
+                parts.push(PartFlush {
+                    partition: item.partition.clone(),
+                    rollback_to: (item.segment.clone(), item.position, item.first_offset),
+                    records: 0,
+                    sync: false,
+                    failure: None,
+                });
+                parts.len() - 1
+            });
+            let group = *group_of.entry(key(&item.segment)).or_insert_with(|| {
+                let start_bytes = item.segment.state.borrow().written_bytes;
+                debug_assert_eq!(
+                    start_bytes,
+                    item.position + item.consumed as u64,
+                    "queued bytes not contiguous with the file"
+                );
+                groups.push(Group {
+                    segment: item.segment.clone(),
+                    partition: part,
+                    start_bytes,
+                    head_bytes: (start_bytes % align as u64) as usize,
+                    new_bytes: 0,
+                    pieces: Vec::new(),
+                    staging_offset: 0,
+                    write_len: 0,
+                });
+                groups.len() - 1
+            });
+            let entry = &mut groups[group];
+            let old_footprint = if entry.new_bytes == 0 {
+                0
+            } else {
+                align_up(entry.head_bytes + entry.new_bytes, align)
+            };
+            let new_footprint = align_up(entry.head_bytes + entry.new_bytes + remaining, align);
+            if footprint - old_footprint + new_footprint <= budget {
+                entry.pieces.push(item.data.slice(item.consumed..));
+                entry.new_bytes += remaining;
+                footprint = footprint - old_footprint + new_footprint;
+                parts[part].records += item.records;
+                taken_count += 1;
+                continue;
+            }
+            let room = budget - (footprint - old_footprint);
+            let fits = (room / align * align).saturating_sub(entry.head_bytes + entry.new_bytes);
+            if fits > 0 {
+                entry
+                    .pieces
+                    .push(item.data.slice(item.consumed..item.consumed + fits));
+                entry.new_bytes += fits;
+                partial_bytes = fits;
+            }
+            break;
+        }
+    }
+    groups.retain(|group| group.new_bytes > 0);
+    if groups.is_empty() {
+        // Cannot happen with a budget of at least two blocks; avoid spinning if it does.
+        tracing::error!("group commit planned an empty flush; failing the queue head");
+        if let Some(mut item) = shard.queue.borrow_mut().pop_front() {
+            item.fail("internal error: append does not fit the staging buffer");
+        }
+        return;
+    }
+    let mut taken: Vec<QueuedAppend> = {
+        let mut queue = shard.queue.borrow_mut();
+        let taken: Vec<QueuedAppend> = queue.drain(..taken_count).collect();
+        if partial_bytes > 0 {
+            if let Some(front) = queue.front_mut() {
+                front.consumed += partial_bytes;
+            }
+        }
+        taken
+    };
+    let new_bytes_total: usize = groups.iter().map(|group| group.new_bytes).sum();
+    shard
+        .queued_bytes
+        .set(shard.queued_bytes.get().saturating_sub(new_bytes_total));
+
+    // 2. Sync decisions per partition (its policy).
+    for part in parts.iter_mut() {
+        let log = part.partition.log.borrow();
+        part.sync = log.syncs_every_commit()
+            || log
+                .config
+                .flush_messages
+                .is_some_and(|messages| log.unsynced_messages + part.records >= messages)
+            || log
+                .config
+                .flush_ms
+                .is_some_and(|flush_ms| log.last_sync.elapsed() >= Duration::from_millis(flush_ms));
+    }
+
+    // 3. Copy into staging.
+    let mut staging_offset = 0usize;
+    for group in groups.iter_mut() {
+        group.staging_offset = staging_offset;
+        group.write_len = align_up(group.head_bytes + group.new_bytes, align);
+        // SAFETY: no write is in flight (one flush at a time) and this range is disjoint
+        // from every other group's.
+        let destination = unsafe { staging.slice_mut(staging_offset, group.write_len) };
+        let state = group.segment.state.borrow();
+        debug_assert_eq!(
+            state.tail_block.len(),
+            group.head_bytes,
+            "tail block out of step with the file"
+        );
+        destination[..group.head_bytes].copy_from_slice(&state.tail_block[..group.head_bytes]);
+        let mut at = group.head_bytes;
+        for piece in &group.pieces {
+            destination[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
+        destination[at..].fill(0);
+        staging_offset += group.write_len;
+    }
+    debug_assert!(staging_offset <= budget);
+
+    // 4. Submit: one write per file, each with its fdatasync linked behind it.
+    let started = Instant::now();
+    let mut writes = Vec::with_capacity(groups.len());
+    let mut syncs: Vec<Option<IoFuture>> = Vec::with_capacity(groups.len());
+    for group in &groups {
+        let sync = parts[group.partition].sync;
+        let Some(file) = group.segment.write_file.as_ref() else {
+            writes.push(
+                Box::pin(async { Err(io::Error::other("segment has no write descriptor")) })
+                    as IoFuture,
+            );
+            syncs.push(None);
+            continue;
+        };
+        use std::os::fd::AsRawFd;
+        let write = FileWrite {
+            fd: file.as_raw_fd(),
+            staging_offset: group.staging_offset,
+            len: group.write_len,
+            file_position: group.start_bytes - group.head_bytes as u64,
+        };
+        let (written, synced) = backend.write(staging, write, sync);
+        writes.push(written);
+        syncs.push(synced);
+    }
+    let mut extra_syncs: Vec<(usize, Rc<Segment>, u64, IoFuture)> = Vec::new();
+    for (index, part) in parts.iter().enumerate() {
+        if part.sync {
+            let in_flush: Vec<*const Segment> = groups
+                .iter()
+                .filter(|group| group.partition == index)
+                .map(|group| key(&group.segment))
+                .collect();
+            for (segment, written, future) in sync_partition(&part.partition, backend, &in_flush) {
+                extra_syncs.push((index, segment, written, future));
+            }
+        }
+    }
+
+    // 5. Writes in: update positions, ack acks=1, publish no-sync partitions.
+    let mut write_results = Vec::with_capacity(groups.len());
+    for (group, written) in groups.iter().zip(writes) {
+        let result = match written.await {
+            Ok(bytes) if bytes as usize == group.write_len => Ok(()),
+            Ok(bytes) => Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {bytes} of {} bytes", group.write_len),
+            )),
+            Err(error) => Err(error),
+        };
+        write_results.push(result);
+    }
+    let write_ns = started.elapsed().as_nanos() as u64;
+    for (group, result) in groups.iter().zip(&write_results) {
+        if let Err(error) = result {
+            let part = &mut parts[group.partition];
+            if part.failure.is_none() {
+                part.failure = Some(format!(
+                    "write to {} failed: {error}",
+                    group.segment.log_path().display()
+                ));
+            }
+        }
+    }
+    for (group, result) in groups.iter().zip(&write_results) {
+        if result.is_err() || parts[group.partition].failure.is_some() {
+            continue;
+        }
+        let end = group.start_bytes + group.new_bytes as u64;
+        let mut state = group.segment.state.borrow_mut();
+        state.written_bytes = end;
+        if align > 1 {
+            let block_start = align_down(end, align as u64);
+            let from = group.staging_offset
+                + (block_start - (group.start_bytes - group.head_bytes as u64)) as usize;
+            // SAFETY: the write from this range has completed.
+            let block = unsafe { staging.slice(from, (end - block_start) as usize) };
+            state.tail_block.clear();
+            state.tail_block.extend_from_slice(block);
+        }
+    }
+    let mut stats = FlushStats {
+        write_ns,
+        bytes: new_bytes_total as u64,
+        files: groups.len() as u64,
+        appends: taken.len() as u64,
+        records: parts.iter().map(|part| part.records).sum(),
+        ..FlushStats::default()
+    };
+    for part in parts.iter() {
+        if let Some(reason) = &part.failure {
+            fail_partition(shard, part, reason, &mut taken);
+        }
+    }
+    for item in taken.iter_mut() {
+        let part = &parts[part_of[&key(&item.partition)]];
+        if part.failure.is_some() {
+            continue;
+        }
+        if !part.sync {
+            item.partition
+                .publish(&item.segment, item.position, &item.data, item.last_offset);
+            item.complete(&mut stats);
+        } else if item
+            .waiter
+            .as_ref()
+            .is_some_and(|waiter| waiter.ack == Ack::Written)
+        {
+            item.complete(&mut stats);
+        }
+    }
+    for part in parts.iter() {
+        if part.failure.is_none() && !part.sync {
+            part.partition.log.borrow_mut().unsynced_messages += part.records;
+            part.partition.high_watermark_advanced.notify_waiters();
+        }
+    }
+
+    // 6. fdatasyncs in: mark durable, publish, ack acks=all; a failure poisons.
+    let sync_started = Instant::now();
+    let mut any_sync = false;
+    for (group, synced) in groups.iter().zip(syncs) {
+        let Some(synced) = synced else { continue };
+        any_sync = true;
+        let result = synced.await;
+        let part = &mut parts[group.partition];
+        if part.failure.is_some() {
+            continue;
+        }
+        match result {
+            Ok(_) => mark_durable(&group.segment, group.start_bytes + group.new_bytes as u64),
+            Err(error) => {
+                part.failure = Some(format!(
+                    "fdatasync of {} failed: {error}",
+                    group.segment.log_path().display()
+                ))
+            }
+        }
+    }
+    for (part_index, segment, written, future) in extra_syncs {
+        any_sync = true;
+        let result = future.await;
+        let part = &mut parts[part_index];
+        if part.failure.is_some() {
+            continue;
+        }
+        match result {
+            Ok(_) => mark_durable(&segment, written),
+            Err(error) => {
+                part.failure = Some(format!(
+                    "fdatasync in {} failed: {error}",
+                    part.partition.dir.display()
+                ))
+            }
+        }
+    }
+    if any_sync {
+        stats.fsync_ns = sync_started.elapsed().as_nanos() as u64;
+    }
+    for part in parts.iter() {
+        if !part.sync {
+            continue;
+        }
+        match &part.failure {
+            Some(reason)
+                if write_results_ok(&groups, &write_results, part_index_of(&parts, part)) =>
+            {
+                poison(shard, &part.partition, reason, &mut taken);
+            }
+            Some(_) => {}
+            None => {
+                let mut log = part.partition.log.borrow_mut();
+                log.unsynced_messages = 0;
+                log.last_sync = Instant::now();
+            }
+        }
+    }
+    for item in taken.iter_mut() {
+        let part = &parts[part_of[&key(&item.partition)]];
+        if part.failure.is_some() || !part.sync {
+            continue;
+        }
+        item.partition
+            .publish(&item.segment, item.position, &item.data, item.last_offset);
+        item.complete(&mut stats);
+    }
+    for part in parts.iter() {
+        if part.failure.is_none() && part.sync {
+            part.partition.high_watermark_advanced.notify_waiters();
+        }
+        crate::shard::maybe_finalize(&part.partition);
+    }
+    if let Some(observer) = shard.flush_observer.borrow().as_ref() {
+        observer(&stats);
+    }
+}
+
+fn part_index_of(parts: &[PartFlush], part: &PartFlush) -> usize {
+    parts
+        .iter()
+        .position(|candidate| std::ptr::eq(candidate, part))
+        .unwrap_or(usize::MAX)
+}
+
+/// Whether every write of partition `part` succeeded (so a failure is its fdatasync's).
+fn write_results_ok(groups: &[Group], results: &[io::Result<()>], part: usize) -> bool {
+    groups
+        .iter()
+        .zip(results)
+        .filter(|(group, _)| group.partition == part)
+        .all(|(_, result)| result.is_ok())
+}
+
+/// Fails the partition's appends in this flush and in the queue, then rolls its log back to
+/// the first of them (a failed write: the space is reused).
+fn fail_partition(shard: &ShardShared, part: &PartFlush, reason: &str, taken: &mut [QueuedAppend]) {
+    tracing::error!(partition = %part.partition.label(), reason, "appends failed");
+    fail_appends(shard, &part.partition, reason, taken);
+    let (segment, position, first_offset) = &part.rollback_to;
+    part.partition.roll_back(segment, *position, *first_offset);
+}
+
+/// Marks the partition poisoned after a failed fdatasync and fails its pending appends.
+fn poison(
+    shard: &ShardShared,
+    partition: &Rc<PartitionShared>,
+    reason: &str,
+    taken: &mut [QueuedAppend],
+) {
+    tracing::error!(partition = %partition.label(), reason, "fdatasync failed: partition poisoned until reopened");
+    partition.log.borrow_mut().poisoned = Some(reason.to_string());
+    fail_appends(shard, partition, reason, taken);
+}
+
+fn fail_appends(
+    shard: &ShardShared,
+    partition: &Rc<PartitionShared>,
+    reason: &str,
+    taken: &mut [QueuedAppend],
+) {
+    for item in taken
+        .iter_mut()
+        .filter(|item| Rc::ptr_eq(&item.partition, partition))
+    {
+        item.fail(reason);
+    }
+    let mut queue = shard.queue.borrow_mut();
+    let mut removed_bytes = 0usize;
+    queue.retain_mut(|item| {
+        if Rc::ptr_eq(&item.partition, partition) {
+            removed_bytes += item.data.len() - item.consumed;
+            item.fail(reason);
+            false
+        } else {
+            true
+        }
+    });
+    shard
+        .queued_bytes
+        .set(shard.queued_bytes.get().saturating_sub(removed_bytes));
+}

@@ -1,0 +1,420 @@
+//! End-to-end behaviour of the storage engine on real files and the real ring: append,
+//! read (memory and file), offsets, roll, retention, reopen, acks, timestamps, write modes.
+
+mod common;
+
+use common::*;
+use sluice_storage::{
+    Ack, AppendError, LogConfig, ReadChunk, ShardStorage, StorageError, TimestampType,
+};
+
+fn append_read_reopen(direct_io: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), direct_io)).expect("open");
+        assert_eq!(storage.direct_io(), direct_io);
+        let partition = storage
+            .open_partition("t", 0, LogConfig::default())
+            .expect("partition");
+        let mut expected = Vec::new();
+        for round in 0..20u64 {
+            let batch = make_batch(round, 3, 100 + round as usize * 37, 1_000 + round as i64);
+            let info = partition
+                .append(bytes(batch.clone()), Ack::Durable, 5)
+                .await
+                .expect("append");
+            assert_eq!(info.base_offset, round as i64 * 3);
+            assert_eq!(info.last_offset, round as i64 * 3 + 2);
+            expected.push(expected_stored(&batch, info.base_offset, 5));
+        }
+        assert_eq!(partition.high_watermark(), 60);
+        assert_eq!(partition.log_end_offset(), 60);
+        assert_eq!(read_all(&partition, 0), expected);
+        // Reading from the middle of a batch returns that whole batch first.
+        let slice = partition.read(31, 1, true).expect("read");
+        assert_eq!(slice.chunks.len(), 1);
+        assert_eq!(
+            slice.chunks[0].to_bytes().expect("bytes").to_vec(),
+            expected[10]
+        );
+        assert!(partition.read(61, 100, true).is_err(), "past the log end");
+        assert!(partition
+            .read(60, 100, true)
+            .expect("at hw")
+            .chunks
+            .is_empty());
+        storage.shutdown().await.expect("shutdown");
+    });
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), direct_io)).expect("reopen");
+        let partition = storage
+            .open_partition("t", 0, LogConfig::default())
+            .expect("partition");
+        assert!(partition.recovery_cuts().is_empty());
+        assert_eq!(partition.log_end_offset(), 60);
+        assert_eq!(partition.high_watermark(), 60);
+        let all = read_all(&partition, 0);
+        assert_eq!(all.len(), 20);
+        let slice = partition.read(0, 1 << 20, true).expect("read");
+        assert!(
+            matches!(slice.chunks[0], ReadChunk::File { .. }),
+            "nothing cached after reopen"
+        );
+        let info = partition
+            .append(bytes(make_batch(99, 1, 10, 5)), Ack::Durable, 6)
+            .await
+            .expect("append after reopen");
+        assert_eq!(info.base_offset, 60);
+        assert_eq!(read_all(&partition, 0).len(), 21);
+        storage.shutdown().await.expect("shutdown");
+    });
+    let log = std::fs::metadata(dir.path().join("t-0").join("00000000000000000000.log"))
+        .expect("segment");
+    assert!(log.len() > 0);
+}
+
+#[test]
+fn append_read_reopen_direct() {
+    append_read_reopen(true);
+}
+
+#[test]
+fn append_read_reopen_buffered() {
+    append_read_reopen(false);
+}
+
+#[test]
+fn tail_cache_serves_memory_and_file_serves_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let mut config = storage_config(dir.path(), true);
+        config.tail_cache_bytes = 4096;
+        let storage = ShardStorage::open(config).expect("open");
+        let partition = storage
+            .open_partition("cache", 0, LogConfig::default())
+            .expect("partition");
+        for round in 0..10u64 {
+            partition
+                .append(bytes(make_batch(round, 1, 1000, 0)), Ack::Durable, 0)
+                .await
+                .expect("append");
+        }
+        let newest = partition.read(9, 1 << 20, true).expect("read");
+        assert!(
+            is_memory(&newest.chunks[0]),
+            "newest batch comes from memory"
+        );
+        let oldest = partition.read(0, 1 << 20, true).expect("read");
+        assert!(
+            matches!(oldest.chunks[0], ReadChunk::File { position: 0, .. }),
+            "evicted batch comes from the file"
+        );
+        assert_eq!(read_all(&partition, 0).len(), 10);
+    });
+}
+
+#[test]
+fn max_bytes_and_min_one_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let mut config = storage_config(dir.path(), true);
+        config.tail_cache_bytes = 0;
+        let storage = ShardStorage::open(config).expect("open");
+        let partition = storage
+            .open_partition("m", 0, LogConfig::default())
+            .expect("partition");
+        let mut sizes = Vec::new();
+        for round in 0..5u64 {
+            let batch = make_batch(round, 1, 500, 0);
+            sizes.push(batch.len() as u32);
+            partition
+                .append(bytes(batch), Ack::Durable, 0)
+                .await
+                .expect("append");
+        }
+        let slice = partition
+            .read(0, sizes[0] + sizes[1] + 10, true)
+            .expect("read");
+        assert_eq!(slice.total_bytes, sizes[0] + sizes[1]);
+        let slice = partition.read(0, 10, true).expect("read");
+        assert_eq!(slice.total_bytes, sizes[0], "at least one whole batch");
+        let slice = partition.read(0, 10, false).expect("read");
+        assert_eq!(slice.total_bytes, 0);
+        assert_eq!(slice.high_watermark, 5);
+    });
+}
+
+#[test]
+fn validation_errors_map_to_kafka_codes_and_append_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("open");
+        let config = LogConfig {
+            max_message_bytes: 2000,
+            ..LogConfig::default()
+        };
+        let partition = storage.open_partition("v", 0, config).expect("partition");
+        let good = make_batch(1, 2, 10, 0);
+        let mut corrupt = good.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        let mut two = good.clone();
+        two.extend_from_slice(&corrupt);
+        let error = partition
+            .append(bytes(two), Ack::Durable, 0)
+            .await
+            .expect_err("second batch corrupt");
+        assert_eq!(
+            error.kafka_error_code(),
+            sluice_storage::codes::CORRUPT_MESSAGE
+        );
+        let error = partition
+            .append(bytes(make_batch(2, 1, 3000, 0)), Ack::Durable, 0)
+            .await
+            .expect_err("too large");
+        assert!(matches!(error, AppendError::TooLarge { .. }));
+        assert_eq!(
+            error.kafka_error_code(),
+            sluice_storage::codes::MESSAGE_TOO_LARGE
+        );
+        assert_eq!(
+            partition.log_end_offset(),
+            0,
+            "nothing of a refused set is appended"
+        );
+        partition
+            .append(bytes(good), Ack::Durable, 0)
+            .await
+            .expect("good batch");
+        assert_eq!(partition.high_watermark(), 2);
+    });
+}
+
+#[test]
+fn acks_none_and_written_complete_and_data_becomes_visible() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("open");
+        let partition = storage
+            .open_partition("a", 0, LogConfig::default())
+            .expect("partition");
+        let info = partition
+            .append(bytes(make_batch(1, 4, 10, 0)), Ack::None, 0)
+            .await
+            .expect("acks=0");
+        assert_eq!((info.base_offset, info.last_offset), (0, 3));
+        assert_eq!(partition.log_end_offset(), 4);
+        let waiter = partition.clone();
+        let waited = tokio::task::spawn_local(async move {
+            waiter.wait_for_data(3).await;
+            waiter.high_watermark()
+        });
+        let info = partition
+            .append(bytes(make_batch(2, 1, 10, 0)), Ack::Written, 0)
+            .await
+            .expect("acks=1");
+        assert_eq!(info.base_offset, 4);
+        assert!(waited.await.expect("join") >= 4);
+        partition
+            .append(bytes(make_batch(3, 1, 10, 0)), Ack::Durable, 0)
+            .await
+            .expect("acks=all");
+        assert_eq!(partition.high_watermark(), 6);
+        assert_eq!(read_all(&partition, 0).len(), 3);
+    });
+}
+
+#[test]
+fn many_concurrent_appenders_share_group_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("open");
+        let flushes = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let counter = flushes.clone();
+        storage.set_flush_observer(Box::new(move |stats| {
+            assert!(stats.bytes > 0);
+            counter.set(counter.get() + 1);
+        }));
+        let partitions: Vec<_> = (0..4)
+            .map(|index| {
+                storage
+                    .open_partition("c", index, LogConfig::default())
+                    .expect("partition")
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for (index, partition) in partitions.iter().enumerate() {
+            for producer in 0..8u64 {
+                let partition = partition.clone();
+                tasks.push(tokio::task::spawn_local(async move {
+                    let mut offsets = Vec::new();
+                    for round in 0..25u64 {
+                        let tag = (index as u64) << 32 | producer << 16 | round;
+                        let info = partition
+                            .append(bytes(make_batch(tag, 2, 200, 0)), Ack::Durable, 0)
+                            .await
+                            .expect("append");
+                        offsets.push(info.base_offset);
+                    }
+                    offsets
+                }));
+            }
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.expect("join"));
+        }
+        assert_eq!(all.len(), 4 * 8 * 25);
+        for partition in &partitions {
+            assert_eq!(partition.high_watermark(), 8 * 25 * 2);
+            let batches = read_all(partition, 0);
+            assert_eq!(batches.len(), 200);
+        }
+        assert!(
+            flushes.get() < 800,
+            "appends were grouped: {} flushes",
+            flushes.get()
+        );
+    });
+}
+
+#[test]
+fn roll_retention_and_out_of_range() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("open");
+        let config = LogConfig {
+            retention_bytes: 5000,
+            ..small_segments(3000)
+        };
+        let partition = storage.open_partition("r", 0, config).expect("partition");
+        for round in 0..40u64 {
+            partition
+                .append(
+                    bytes(make_batch(round, 1, 400, round as i64)),
+                    Ack::Durable,
+                    0,
+                )
+                .await
+                .expect("append");
+        }
+        let segments = partition.segment_count();
+        assert!(segments >= 6, "rolled by segment.bytes: {segments}");
+        // Finalization of sealed segments runs on the blocking pool; let it finish.
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            if partition.enforce_retention(0) > 0 || partition.segment_count() <= 3 {
+                break;
+            }
+        }
+        let start = partition.log_start_offset();
+        assert!(start > 0, "retention advanced the log start");
+        assert!(partition.size_bytes() < 5000 + 3000);
+        match partition.read(0, 100, true) {
+            Err(StorageError::OffsetOutOfRange {
+                log_start_offset, ..
+            }) => assert_eq!(log_start_offset, start),
+            other => panic!("expected out of range, got {other:?}"),
+        }
+        let remaining = read_all(&partition, start);
+        assert_eq!(remaining.len() as i64, 40 - start);
+        storage.shutdown().await.expect("shutdown");
+        let reopened = ShardStorage::open(storage_config(dir.path(), true)).expect("reopen");
+        let partition = reopened
+            .open_partition("r", 0, small_segments(3000))
+            .expect("partition");
+        assert_eq!(partition.log_start_offset(), start);
+        assert_eq!(read_all(&partition, start).len() as i64, 40 - start);
+    });
+}
+
+#[test]
+fn time_retention_and_timestamp_lookup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), false)).expect("open");
+        let config = LogConfig {
+            retention_ms: 1000,
+            ..small_segments(2000)
+        };
+        let partition = storage.open_partition("ts", 0, config).expect("partition");
+        for round in 0..20i64 {
+            partition
+                .append(
+                    bytes(make_batch(round as u64, 1, 300, round * 100)),
+                    Ack::Durable,
+                    0,
+                )
+                .await
+                .expect("append");
+        }
+        assert_eq!(partition.offset_for_timestamp(950), Some((10, 1000)));
+        assert_eq!(partition.offset_for_timestamp(0), Some((0, 0)));
+        assert_eq!(partition.offset_for_timestamp(5000), None);
+        assert_eq!(partition.max_timestamp(), Some((19, 1900)));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let removed = partition.enforce_retention(2500);
+        assert!(removed > 0);
+        let start = partition.log_start_offset();
+        assert!(start > 0 && start <= 15, "{start}");
+        assert_eq!(
+            partition.offset_for_timestamp(0).map(|(offset, _)| offset),
+            Some(start)
+        );
+    });
+}
+
+#[test]
+fn log_append_time_rewrites_max_timestamp_with_valid_crc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("open");
+        let config = LogConfig {
+            timestamp_type: TimestampType::LogAppendTime,
+            ..LogConfig::default()
+        };
+        let partition = storage.open_partition("lat", 0, config).expect("partition");
+        let info = partition
+            .append(bytes(make_batch(1, 2, 10, 5)), Ack::Durable, 3)
+            .await
+            .expect("append");
+        assert!(info.log_append_time_ms > 1_600_000_000_000);
+        let stored = read_all(&partition, 0);
+        let header = sluice_storage::batch::validate_batch(&stored[0], 1 << 20).expect("crc valid");
+        assert_eq!(header.max_timestamp, info.log_append_time_ms);
+        assert_eq!(header.partition_leader_epoch, 3);
+    });
+}
+
+#[test]
+fn flush_policy_makes_data_visible_after_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("open");
+        let syncs = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let counter = syncs.clone();
+        storage.set_flush_observer(Box::new(move |stats| {
+            if stats.fsync_ns > 0 {
+                counter.set(counter.get() + 1);
+            }
+        }));
+        let config = LogConfig {
+            flush_messages: Some(10),
+            ..LogConfig::default()
+        };
+        let partition = storage.open_partition("fp", 0, config).expect("partition");
+        for round in 0..9u64 {
+            partition
+                .append(bytes(make_batch(round, 1, 10, 0)), Ack::Durable, 0)
+                .await
+                .expect("append");
+            assert_eq!(partition.high_watermark(), round as i64 + 1);
+        }
+        assert_eq!(syncs.get(), 0, "no fdatasync before flush.messages");
+        partition
+            .append(bytes(make_batch(9, 1, 10, 0)), Ack::Durable, 0)
+            .await
+            .expect("append");
+        assert_eq!(syncs.get(), 1, "fdatasync at flush.messages");
+    });
+}
