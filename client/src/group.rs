@@ -149,6 +149,32 @@ pub async fn fetch_committed(
     fetch_committed_on(&conn, group, topic, partitions).await
 }
 
+/// Every committed offset of `group`, as `topic -> partition -> offset`.
+pub async fn fetch_all_committed(
+    client: &Client,
+    group: &str,
+) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
+    let conn = coordinator(client, group).await?;
+    let request = OffsetFetchRequest::default()
+        .with_group_id(group_id(group))
+        .with_topics(None);
+    let response = conn.send(&request).await?;
+    ClientError::check(response.error_code, || {
+        format!("fetch offsets of group '{group}'")
+    })?;
+    let mut out: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+    for t in &response.topics {
+        for p in &t.partitions {
+            if p.error_code == 0 && p.committed_offset >= 0 {
+                out.entry(t.name.0.to_string())
+                    .or_default()
+                    .insert(p.partition_index, p.committed_offset);
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn fetch_committed_on(
     conn: &Connection,
     group: &str,

@@ -7,6 +7,8 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod conn;
 pub mod consumer;

@@ -1,0 +1,133 @@
+//! `sluice bench e2e`: produces stamped records at a fixed rate (open loop) while readers tail
+//! the topic, and measures delivery latency = time a reader decoded the record minus the
+//! record's intended send time. Producer and readers share one clock (the bench's start
+//! instant), so no clock sync is involved. It must never report a record as delivered that the
+//! producer did not get acknowledged, and waits a bounded grace period for stragglers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::consume::{join_readers, spawn_readers, ReadMode, StopWhen};
+use super::produce::{ensure_topic, run_producers, Payload, ProduceConfig};
+use super::stats::CpuTimes;
+use super::{spawn_progress, E2eBenchArgs, Progress, Report};
+use crate::admin::OffsetSpec;
+use crate::consumer::FetchOptions;
+
+/// How long readers may lag behind the last acknowledgement before the run gives up on them.
+const DELIVERY_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `sluice bench e2e`.
+pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
+    if args.produce.rate.is_none() {
+        args.produce.rate = Some(10_000.0);
+        eprintln!("bench e2e: no --rate given; using 10000 records/s");
+    }
+    if args.produce.records.is_none() && args.produce.duration.is_none() {
+        args.produce.duration = Some(Duration::from_secs(10));
+    }
+    let config = Arc::new(ProduceConfig::from_args(&args.produce, Payload::Stamped)?);
+    let common = args.produce.common.clone();
+    let client = common.conn.connect().await?;
+    let info = Arc::new(ensure_topic(&client, &config.topic, args.produce.partitions).await?);
+    let starts = client
+        .list_offsets(&info, None, OffsetSpec::Latest)
+        .await?
+        .into_iter()
+        .map(|(p, (o, _))| (p, o))
+        .collect();
+    let stop = Arc::new(StopWhen {
+        stop: AtomicBool::new(false),
+        records: AtomicU64::new(0),
+        records_target: AtomicU64::new(u64::MAX),
+    });
+    let delivered = Progress::new();
+    let produced = Progress::new();
+    let cpu_before = CpuTimes::now();
+    let start = Instant::now();
+    let options = FetchOptions {
+        max_wait_ms: args.fetch_max_wait_ms,
+        ..FetchOptions::default()
+    };
+    let readers = spawn_readers(
+        &client,
+        &info,
+        args.consumers,
+        &starts,
+        None,
+        options,
+        ReadMode::EndToEnd,
+        &stop,
+        &delivered,
+        start,
+    )
+    .await?;
+    spawn_progress(
+        "delivered",
+        Arc::clone(&delivered),
+        Duration::from_secs_f64(common.progress_interval_s.max(0.0)),
+        start,
+    );
+    let produce_result = run_producers(
+        Arc::clone(&client),
+        Arc::clone(&info),
+        Arc::clone(&config),
+        produced,
+        start,
+    )
+    .await;
+    let totals = match produce_result {
+        Ok(totals) => totals,
+        Err(e) => {
+            stop.stop.store(true, Ordering::Relaxed);
+            delivered.done.store(true, Ordering::Relaxed);
+            return Err(anyhow::anyhow!("bench e2e aborted (producer): {e}"));
+        }
+    };
+    stop.records_target.store(totals.records, Ordering::Relaxed);
+    let waiter = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            tokio::time::sleep(DELIVERY_GRACE).await;
+            stop.stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let result = join_readers(readers).await;
+    waiter.abort();
+    delivered.done.store(true, Ordering::Relaxed);
+    let done = result.map_err(|e| anyhow::anyhow!("bench e2e aborted (reader): {e}"))?;
+    let elapsed = start.elapsed();
+    if done.records < totals.records {
+        eprintln!(
+            "bench e2e: only {} of {} acknowledged records were delivered within {} s of the last acknowledgement",
+            done.records,
+            totals.records,
+            DELIVERY_GRACE.as_secs()
+        );
+    }
+    let mut config_json = config.to_json(info.partitions.len());
+    if let Some(map) = config_json.as_object_mut() {
+        map.insert("consumers".into(), args.consumers.into());
+        map.insert("fetch_max_wait_ms".into(), args.fetch_max_wait_ms.into());
+        map.insert("records_acknowledged".into(), totals.records.into());
+    }
+    Report {
+        mode: "e2e",
+        config: config_json,
+        records: done.records,
+        bytes: done.bytes,
+        elapsed,
+        latency_label: "delivery to a consumer minus intended send time",
+        histogram: done.histogram,
+        cpu: CpuTimes::now().since(cpu_before),
+    }
+    .emit(&common)?;
+    if done.records < totals.records {
+        anyhow::bail!(
+            "{} acknowledged record(s) were never delivered",
+            totals.records - done.records
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,715 @@
+//! The produce engine of `sluice bench` (also driven by `e2e`). Each connection task owns its
+//! share of the load: it creates records when the schedule says they are due, appends them to
+//! per-partition batches (values are slices of one shared payload buffer, keys pre-rendered, so
+//! creating a record allocates nothing), drains batches into Produce requests the way the Java
+//! producer does (once any batch for a broker is full or lingered, take every partition with
+//! data up to the request cap) and keeps up to `in_flight` requests outstanding.
+//!
+//! Latency of a record = acknowledgement time minus its latency origin (intended send time in
+//! open loop). Records the schedule made due while the window was full are created late but keep
+//! their intended time, so a broker stall shows in the tail. The engine must never count an
+//! unacknowledged record, and aborts on the first broker error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::stream::{FuturesOrdered, StreamExt};
+use indexmap::IndexMap;
+use kafka_protocol::records::{Compression, Record};
+use serde_json::json;
+
+use super::keys::{KeyGenerator, Rng};
+use super::schedule::Schedule;
+use super::stats::{new_latency_histogram, CpuTimes};
+use super::{spawn_progress, ProduceBenchArgs, Progress, Report};
+use crate::client::{Client, TopicInfo};
+use crate::conn::Connection;
+use crate::error::{ClientError, Result};
+use crate::producer::{build_produce_request, produce_outcomes, Acks};
+use crate::records::{
+    batch_record, encode_batch_into, now_ms, parse_compression, partition_for_key,
+};
+
+/// Bytes of the e2e stamp at the start of a value: origin ns since bench start.
+pub const STAMP_BYTES: usize = 8;
+
+/// What goes in record values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// Slices of a shared buffer of half-compressible bytes.
+    Shared,
+    /// The record's latency origin (u64 ns since bench start, big endian), then filler.
+    Stamped,
+}
+
+/// Fully resolved producer settings.
+#[derive(Debug, Clone)]
+pub struct ProduceConfig {
+    /// Topic.
+    pub topic: String,
+    /// Value size.
+    pub record_size: usize,
+    /// Key distribution.
+    pub keys: super::keys::KeyDistribution,
+    /// Total records, if limited.
+    pub records: Option<u64>,
+    /// Run length, if limited.
+    pub duration: Option<Duration>,
+    /// Acks.
+    pub acks: Acks,
+    /// Target batch size.
+    pub batch_bytes: usize,
+    /// Linger.
+    pub linger: Duration,
+    /// Connection tasks.
+    pub connections: usize,
+    /// Requests in flight per task.
+    pub in_flight: usize,
+    /// Request cap.
+    pub request_bytes_max: usize,
+    /// Codec.
+    pub compression: Compression,
+    /// Total target rate.
+    pub rate: Option<f64>,
+    /// Measure from actual creation even with a rate.
+    pub closed_loop: bool,
+    /// Seed.
+    pub seed: u64,
+    /// Value contents.
+    pub payload: Payload,
+    /// Request timeout for the broker.
+    pub timeout_ms: i32,
+}
+
+impl ProduceConfig {
+    /// Resolves command-line flags.
+    pub fn from_args(args: &ProduceBenchArgs, payload: Payload) -> anyhow::Result<ProduceConfig> {
+        if args.record_size < STAMP_BYTES && payload == Payload::Stamped {
+            anyhow::bail!("--record-size must be at least {STAMP_BYTES} for e2e");
+        }
+        if args.connections == 0 || args.in_flight == 0 {
+            anyhow::bail!("--connections and --in-flight must be at least 1");
+        }
+        if let Some(rate) = args.rate {
+            if !(rate > 0.0 && rate.is_finite()) {
+                anyhow::bail!("--rate must be a positive number of records per second");
+            }
+        }
+        let records = match (args.records, args.duration) {
+            (None, None) => Some(1_000_000),
+            (r, _) => r,
+        };
+        Ok(ProduceConfig {
+            topic: args.common.topic.clone(),
+            record_size: args.record_size,
+            keys: args.keys.clone(),
+            records,
+            duration: args.duration,
+            acks: args.acks,
+            batch_bytes: args.batch_bytes.max(1),
+            linger: Duration::from_millis(args.linger_ms),
+            connections: args.connections,
+            in_flight: args.in_flight,
+            request_bytes_max: args.request_bytes_max.max(1024),
+            compression: parse_compression(&args.compression)?,
+            rate: args.rate,
+            closed_loop: args.closed_loop,
+            seed: args.seed,
+            payload,
+            timeout_ms: i32::try_from(args.common.conn.request_timeout_ms).unwrap_or(30_000),
+        })
+    }
+
+    /// The configuration echoed in reports.
+    pub fn to_json(&self, partitions: usize) -> serde_json::Value {
+        json!({
+            "topic": self.topic, "partitions": partitions, "record_size": self.record_size,
+            "keys": format!("{:?}", self.keys), "records": self.records,
+            "duration_s": self.duration.map(|d| d.as_secs_f64()), "acks": self.acks.wire(),
+            "batch_bytes": self.batch_bytes, "linger_ms": self.linger.as_millis() as u64,
+            "connections": self.connections, "in_flight": self.in_flight,
+            "request_bytes_max": self.request_bytes_max,
+            "compression": format!("{:?}", self.compression).to_lowercase(),
+            "rate": self.rate, "open_loop": self.schedule_for_task().is_open(),
+        })
+    }
+
+    fn schedule_for_task(&self) -> Schedule {
+        match self.rate {
+            Some(rate) if !self.closed_loop => Schedule::open(rate / self.connections as f64),
+            Some(rate) => Schedule::Closed {
+                interval_ns: Some(1e9 * self.connections as f64 / rate),
+            },
+            None => Schedule::Closed { interval_ns: None },
+        }
+    }
+}
+
+/// Creates the topic if it does not exist and returns its metadata.
+pub async fn ensure_topic(
+    client: &Client,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<TopicInfo> {
+    match client.topic(topic).await {
+        Ok(info) => return Ok(info),
+        Err(ClientError::UnknownTopic(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match client.create_topic(topic, partitions, -1, &[]).await {
+        Ok(()) => {}
+        Err(e) if e.kafka_code().map(|c| c.0) == Some(36) => {}
+        Err(e) => return Err(anyhow::anyhow!("creating topic '{topic}': {e}")),
+    }
+    // Metadata may lag the create briefly.
+    for _ in 0..50 {
+        match client.topic(topic).await {
+            Ok(info)
+                if info.partitions.len() as i32 >= partitions
+                    && info.partitions.iter().all(|p| p.leader >= 0) =>
+            {
+                return Ok(info)
+            }
+            Ok(_) | Err(ClientError::UnknownTopic(_)) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "topic '{topic}' was created but its partitions have no leader after 5 s"
+    ))
+}
+
+/// What all producer tasks achieved.
+pub struct ProduceTotals {
+    /// Records acknowledged.
+    pub records: u64,
+    /// Value bytes acknowledged.
+    pub bytes: u64,
+    /// Latency histogram (us).
+    pub histogram: hdrhistogram::Histogram<u64>,
+    /// From first send to last acknowledgement.
+    pub elapsed: Duration,
+}
+
+/// Runs `connections` producer tasks to completion.
+pub async fn run_producers(
+    client: Arc<Client>,
+    info: Arc<TopicInfo>,
+    config: Arc<ProduceConfig>,
+    progress: Arc<Progress>,
+    start: Instant,
+) -> Result<ProduceTotals> {
+    let mut handles = Vec::new();
+    for task in 0..config.connections {
+        let records = config.records.map(|total| {
+            let share = total / config.connections as u64;
+            share + u64::from((task as u64) < total % config.connections as u64)
+        });
+        let worker = Worker::new(
+            Arc::clone(&client),
+            Arc::clone(&info),
+            Arc::clone(&config),
+            Arc::clone(&progress),
+            task,
+            records,
+            start,
+        )?;
+        handles.push(tokio::spawn(worker.run()));
+    }
+    let mut histogram = new_latency_histogram();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut first_error = None;
+    for handle in handles {
+        match handle.await {
+            Ok(Ok(done)) => {
+                records += done.records;
+                bytes += done.bytes;
+                let _ = histogram.add(&done.histogram);
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error
+                    .get_or_insert(ClientError::Invalid(format!("producer task failed: {e}")));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(ProduceTotals {
+        records,
+        bytes,
+        histogram,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Records waiting for one partition's next batch.
+#[derive(Default)]
+struct Accumulator {
+    records: Vec<Record>,
+    origins_ns: Vec<u64>,
+    value_bytes: usize,
+    opened_ns: u64,
+}
+
+/// A batch on the wire: which partition, and what to credit when it is acknowledged.
+struct SentBatch {
+    partition: i32,
+    origins_ns: Vec<u64>,
+    value_bytes: usize,
+}
+
+type InFlight = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    Result<Vec<(i32, std::result::Result<i64, ClientError>)>>,
+                    Vec<SentBatch>,
+                ),
+            > + Send,
+    >,
+>;
+
+struct Worker {
+    client: Arc<Client>,
+    info: Arc<TopicInfo>,
+    config: Arc<ProduceConfig>,
+    progress: Arc<Progress>,
+    schedule: Schedule,
+    start: Instant,
+    limit: Option<u64>,
+    keys: KeyGenerator,
+    rng: Rng,
+    payload: Bytes,
+    stamp_arena: BytesMut,
+    accs: Vec<Accumulator>,
+    sticky: usize,
+    generated: u64,
+    pending_value_bytes: usize,
+    encode_buf: BytesMut,
+    conns: HashMap<i32, Arc<Connection>>,
+    histogram: hdrhistogram::Histogram<u64>,
+    records_acked: u64,
+    bytes_acked: u64,
+}
+
+struct WorkerDone {
+    records: u64,
+    bytes: u64,
+    histogram: hdrhistogram::Histogram<u64>,
+}
+
+/// Records generated ahead but not yet sent are capped at this many value bytes per task; past
+/// it generation pauses (due records keep their intended time, so latency still counts).
+const PENDING_VALUE_BYTES_MAX: usize = 256 << 20;
+
+impl Worker {
+    fn new(
+        client: Arc<Client>,
+        info: Arc<TopicInfo>,
+        config: Arc<ProduceConfig>,
+        progress: Arc<Progress>,
+        task: usize,
+        limit: Option<u64>,
+        start: Instant,
+    ) -> Result<Worker> {
+        let seed = config
+            .seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(task as u64 + 1);
+        let mut rng = Rng::new(seed);
+        // Half-compressible filler: random symbols from a 16-letter alphabet.
+        let payload: Bytes = (0..config.record_size + 4096)
+            .map(|_| b"abcdefghijklmnop"[(rng.next_u64() % 16) as usize])
+            .collect::<Vec<u8>>()
+            .into();
+        let partitions = info.partitions.len();
+        Ok(Worker {
+            keys: KeyGenerator::new(config.keys.clone(), seed)?,
+            schedule: config.schedule_for_task(),
+            client,
+            config,
+            progress,
+            start,
+            limit,
+            rng,
+            payload,
+            stamp_arena: BytesMut::new(),
+            accs: (0..partitions).map(|_| Accumulator::default()).collect(),
+            sticky: task % partitions.max(1),
+            generated: 0,
+            pending_value_bytes: 0,
+            encode_buf: BytesMut::new(),
+            conns: HashMap::new(),
+            histogram: new_latency_histogram(),
+            records_acked: 0,
+            bytes_acked: 0,
+            info,
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn generation_over(&self, now_ns: u64) -> bool {
+        self.limit.is_some_and(|l| self.generated >= l)
+            || self
+                .config
+                .duration
+                .is_some_and(|d| now_ns >= d.as_nanos() as u64)
+    }
+
+    fn value(&mut self, origin_ns: u64) -> Bytes {
+        let size = self.config.record_size;
+        match self.config.payload {
+            Payload::Shared => {
+                let offset = (self.rng.next_u64() % 4096) as usize;
+                self.payload.slice(offset..offset + size)
+            }
+            Payload::Stamped => {
+                if self.stamp_arena.capacity() < size {
+                    self.stamp_arena.reserve((size * 256).max(64 << 10));
+                }
+                self.stamp_arena.put_u64(origin_ns);
+                self.stamp_arena
+                    .extend_from_slice(&self.payload[..size - STAMP_BYTES]);
+                self.stamp_arena.split().freeze()
+            }
+        }
+    }
+
+    /// Creates due records (open loop) or enough to fill a request (closed loop).
+    fn generate(&mut self, now_ns: u64, window_open: bool) {
+        let partitions = self.accs.len();
+        if partitions == 0 {
+            return;
+        }
+        let due = self.schedule.due_count(now_ns);
+        let timestamp_ms = now_ms();
+        let mut made_for_request = 0usize;
+        while self.generated < due
+            && !self.generation_over(now_ns)
+            && self.pending_value_bytes < PENDING_VALUE_BYTES_MAX
+        {
+            if !self.schedule.is_open() {
+                // Closed loop creates records only when they can be sent soon.
+                if !window_open || made_for_request >= self.config.request_bytes_max {
+                    break;
+                }
+            }
+            let index = self.generated;
+            let origin_ns = self.schedule.latency_origin_ns(index, now_ns);
+            let key = self.keys.next_key();
+            let slot = match &key {
+                Some(k) => partition_for_key(k, partitions as i32) as usize,
+                None => {
+                    if self.accs[self.sticky].value_bytes >= self.config.batch_bytes {
+                        self.sticky = (self.sticky + 1) % partitions;
+                    }
+                    self.sticky
+                }
+            };
+            let value = self.value(origin_ns);
+            let acc = &mut self.accs[slot];
+            if acc.records.is_empty() {
+                acc.opened_ns = now_ns;
+            }
+            let offset_delta = acc.records.len() as i64;
+            acc.records.push(batch_record(
+                offset_delta,
+                timestamp_ms,
+                key,
+                Some(value),
+                IndexMap::new(),
+            ));
+            acc.origins_ns.push(origin_ns);
+            acc.value_bytes += self.config.record_size;
+            self.pending_value_bytes += self.config.record_size;
+            made_for_request += self.config.record_size;
+            self.generated += 1;
+        }
+    }
+
+    fn leader_of_slot(&self, slot: usize) -> i32 {
+        self.info.partitions.get(slot).map_or(-1, |p| p.leader)
+    }
+
+    /// Leaders with at least one batch that is full, lingered, or final.
+    fn ready_leaders(&self, now_ns: u64, flush_all: bool) -> Vec<i32> {
+        let linger_ns = self.config.linger.as_nanos() as u64;
+        let mut leaders: Vec<i32> = self
+            .accs
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| {
+                !a.records.is_empty()
+                    && (flush_all
+                        || a.value_bytes >= self.config.batch_bytes
+                        || now_ns >= a.opened_ns + linger_ns)
+            })
+            .map(|(slot, _)| self.leader_of_slot(slot))
+            .collect();
+        leaders.sort_unstable();
+        leaders.dedup();
+        leaders
+    }
+
+    /// Earliest instant a non-empty batch lingers out.
+    fn next_linger_ns(&self) -> Option<u64> {
+        let linger_ns = self.config.linger.as_nanos() as u64;
+        self.accs
+            .iter()
+            .filter(|a| !a.records.is_empty())
+            .map(|a| a.opened_ns + linger_ns)
+            .min()
+    }
+
+    /// Drains batches for `leader` (every partition with data, up to the request cap).
+    fn drain_for(
+        &mut self,
+        leader: i32,
+        now_ns: u64,
+    ) -> Result<(Vec<(i32, Bytes)>, Vec<SentBatch>)> {
+        let mut batches = Vec::new();
+        let mut sent = Vec::new();
+        let mut request_bytes = 0usize;
+        let per_record = self.config.record_size.max(1);
+        let records_per_batch = (self.config.batch_bytes / per_record).max(1);
+        let partitions = self.accs.len();
+        for i in 0..partitions {
+            // Rotate the starting partition so no partition starves under the request cap.
+            let slot = (self.sticky + 1 + i) % partitions;
+            if self.leader_of_slot(slot) != leader || self.accs[slot].records.is_empty() {
+                continue;
+            }
+            if request_bytes >= self.config.request_bytes_max {
+                break;
+            }
+            let acc = &mut self.accs[slot];
+            let take = acc.records.len().min(records_per_batch);
+            let mut records: Vec<Record> = acc.records.drain(..take).collect();
+            // Offsets inside a batch must start at 0.
+            for (i, r) in records.iter_mut().enumerate() {
+                r.offset = i as i64;
+                r.sequence = (i as i32).wrapping_sub(1);
+            }
+            for (i, r) in acc.records.iter_mut().enumerate() {
+                r.offset = i as i64;
+                r.sequence = (i as i32).wrapping_sub(1);
+            }
+            let origins_ns: Vec<u64> = acc.origins_ns.drain(..take).collect();
+            let value_bytes = take * self.config.record_size;
+            acc.value_bytes -= value_bytes;
+            if !acc.records.is_empty() {
+                acc.opened_ns = now_ns;
+            }
+            self.pending_value_bytes -= value_bytes;
+            encode_batch_into(&mut self.encode_buf, &records, self.config.compression)?;
+            let batch = self.encode_buf.split().freeze();
+            request_bytes += batch.len();
+            let partition = self
+                .info
+                .partitions
+                .get(slot)
+                .map_or(slot as i32, |p| p.partition);
+            batches.push((partition, batch));
+            sent.push(SentBatch {
+                partition,
+                origins_ns,
+                value_bytes,
+            });
+        }
+        Ok((batches, sent))
+    }
+
+    async fn conn(&mut self, leader: i32) -> Result<Arc<Connection>> {
+        if let Some(conn) = self.conns.get(&leader) {
+            if !conn.is_closed() {
+                return Ok(Arc::clone(conn));
+            }
+        }
+        // A dedicated connection per task and leader: tasks must not share sockets.
+        let addr = match self.client.metadata_snapshot().brokers.get(&leader) {
+            Some(addr) => addr.clone(),
+            None => self.client.broker(leader).await?.addr().to_owned(),
+        };
+        let conn = Arc::new(Connection::connect(&addr, self.client.options()).await?);
+        self.conns.insert(leader, Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    fn credit(
+        &mut self,
+        sent: Vec<SentBatch>,
+        outcomes: Vec<(i32, std::result::Result<i64, ClientError>)>,
+    ) -> Result<()> {
+        let ack_ns = self.now_ns();
+        let mut by_partition: BTreeMap<i32, std::result::Result<i64, ClientError>> =
+            outcomes.into_iter().collect();
+        let mut interval = new_latency_histogram();
+        let (mut records, mut bytes) = (0u64, 0u64);
+        for batch in sent {
+            match by_partition.remove(&batch.partition) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None if self.config.acks == Acks::None => {}
+                None => {
+                    return Err(ClientError::Invalid(format!(
+                        "produce response does not mention partition {}",
+                        batch.partition
+                    )))
+                }
+            }
+            for origin in &batch.origins_ns {
+                let latency_us = ack_ns.saturating_sub(*origin) / 1_000;
+                self.histogram.saturating_record(latency_us.max(1));
+                interval.saturating_record(latency_us.max(1));
+            }
+            records += batch.origins_ns.len() as u64;
+            bytes += batch.value_bytes as u64;
+        }
+        self.records_acked += records;
+        self.bytes_acked += bytes;
+        self.progress.add(records, bytes, &interval);
+        Ok(())
+    }
+
+    async fn run(mut self) -> Result<WorkerDone> {
+        let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
+        let topic = self.config.topic.clone();
+        loop {
+            let now_ns = self.now_ns();
+            let window_open = in_flight.len() < self.config.in_flight;
+            self.generate(now_ns, window_open);
+            let finished_generating = self.generation_over(now_ns);
+            // Send while the window has room and something is ready.
+            while in_flight.len() < self.config.in_flight {
+                let now_ns = self.now_ns();
+                let flush_all = finished_generating || !self.schedule.is_open();
+                let Some(leader) = self.ready_leaders(now_ns, flush_all).first().copied() else {
+                    break;
+                };
+                let (batches, sent) = self.drain_for(leader, now_ns)?;
+                if batches.is_empty() {
+                    break;
+                }
+                let conn = self.conn(leader).await?;
+                let request = build_produce_request(
+                    &topic,
+                    batches,
+                    self.config.acks,
+                    self.config.timeout_ms,
+                );
+                if self.config.acks == Acks::None {
+                    conn.send_no_response(&request).await?;
+                    self.credit(sent, Vec::new())?;
+                    continue;
+                }
+                let pending = conn.submit(&request).await?;
+                let topic = topic.clone();
+                in_flight.push_back(Box::pin(async move {
+                    let result = pending.wait().await.map(|r| produce_outcomes(&r, &topic));
+                    (result, sent)
+                }));
+                if !self.schedule.is_open() {
+                    self.generate(self.now_ns(), in_flight.len() < self.config.in_flight);
+                }
+            }
+            let nothing_left = self.accs.iter().all(|a| a.records.is_empty());
+            if finished_generating && nothing_left && in_flight.is_empty() {
+                break;
+            }
+            // Sleep until the next record is due, a batch lingers out, or a request completes.
+            let now_ns = self.now_ns();
+            let mut wake_ns = now_ns + 50_000_000;
+            if !finished_generating && in_flight.len() < self.config.in_flight {
+                if let Some(due) = self.schedule.due_at_ns(self.generated) {
+                    wake_ns = wake_ns.min(due);
+                } else {
+                    wake_ns = now_ns; // closed loop with room: loop again at once
+                }
+            }
+            if let Some(linger) = self.next_linger_ns() {
+                wake_ns = wake_ns.min(linger);
+            }
+            if in_flight.is_empty() {
+                if wake_ns > now_ns {
+                    tokio::time::sleep(Duration::from_nanos(wake_ns - now_ns)).await;
+                }
+                continue;
+            }
+            let sleep = tokio::time::sleep(Duration::from_nanos(wake_ns.saturating_sub(now_ns)));
+            tokio::select! {
+                biased;
+                Some((result, sent)) = in_flight.next() => {
+                    let outcomes = result?;
+                    self.credit(sent, outcomes)?;
+                    // Drain any other completed responses without sleeping.
+                    while let Some(Some((result, sent))) = futures::FutureExt::now_or_never(in_flight.next()) {
+                        let outcomes = result?;
+                        self.credit(sent, outcomes)?;
+                    }
+                }
+                _ = sleep, if wake_ns > now_ns => {}
+                else => {}
+            }
+        }
+        Ok(WorkerDone {
+            records: self.records_acked,
+            bytes: self.bytes_acked,
+            histogram: self.histogram,
+        })
+    }
+}
+
+/// Runs `sluice bench produce`.
+pub async fn run(args: ProduceBenchArgs) -> anyhow::Result<()> {
+    let config = Arc::new(ProduceConfig::from_args(&args, Payload::Shared)?);
+    let client = args.common.conn.connect().await?;
+    let info = Arc::new(ensure_topic(&client, &config.topic, args.partitions).await?);
+    let progress = Progress::new();
+    let cpu_before = CpuTimes::now();
+    let start = Instant::now();
+    spawn_progress(
+        "produced",
+        Arc::clone(&progress),
+        Duration::from_secs_f64(args.common.progress_interval_s.max(0.0)),
+        start,
+    );
+    let result = run_producers(
+        client,
+        Arc::clone(&info),
+        Arc::clone(&config),
+        Arc::clone(&progress),
+        start,
+    )
+    .await;
+    progress
+        .done
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let totals = result.map_err(|e| anyhow::anyhow!("bench produce aborted: {e}"))?;
+    let cpu = CpuTimes::now().since(cpu_before);
+    Report {
+        mode: "produce",
+        config: config.to_json(info.partitions.len()),
+        records: totals.records,
+        bytes: totals.bytes,
+        elapsed: totals.elapsed,
+        latency_label: if config.schedule_for_task().is_open() {
+            "acknowledgement time minus intended send time (open loop)"
+        } else {
+            "acknowledgement time minus record creation (closed loop)"
+        },
+        histogram: totals.histogram,
+        cpu,
+    }
+    .emit(&args.common)
+}
