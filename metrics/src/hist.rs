@@ -61,7 +61,6 @@ impl Recorder {
         Encoded {
             bytes,
             sum: self.sum,
-            value_max: self.histogram.high(),
         }
     }
 }
@@ -76,15 +75,14 @@ fn dense(value_max: u64) -> Histogram<u64> {
 
 /// A shard histogram in transit: V2-encoded buckets plus the exact sum. `Send + Clone`.
 #[derive(Debug, Clone, Default)]
-pub struct Encoded {
+pub(crate) struct Encoded {
     bytes: Vec<u8>,
     sum: u64,
-    value_max: u64,
 }
 
 impl Encoded {
     /// Size of the encoded buckets.
-    pub fn len_bytes(&self) -> usize {
+    pub(crate) fn len_bytes(&self) -> usize {
         self.bytes.len()
     }
 }
@@ -92,13 +90,7 @@ impl Encoded {
 /// Why a shard's histogram could not be decoded.
 #[derive(Debug, thiserror::Error)]
 #[error("decoding a shard histogram: {0}")]
-pub struct DecodeError(String);
-
-impl DecodeError {
-    pub(crate) fn for_shard(shard_id: usize, e: DecodeError) -> DecodeError {
-        DecodeError(format!("shard {shard_id}: {}", e.0))
-    }
-}
+pub(crate) struct DecodeError(String);
 
 /// A merged histogram with its exact sum: what snapshots hold and percentiles come from.
 ///
@@ -120,14 +112,18 @@ impl Distribution {
     }
 
     /// Decodes a shard's histogram.
-    pub fn decode(encoded: &Encoded, deserializer: &mut Deserializer) -> Result<Self, DecodeError> {
-        let mut d = Distribution::empty(encoded.value_max);
+    #[cfg(test)]
+    pub(crate) fn decode(
+        encoded: &Encoded,
+        deserializer: &mut Deserializer,
+    ) -> Result<Self, DecodeError> {
+        let mut d = Distribution::empty(LATENCY_NS_MAX);
         d.add_encoded(encoded, deserializer)?;
         Ok(d)
     }
 
     /// Adds a shard's histogram into this one.
-    pub fn add_encoded(
+    pub(crate) fn add_encoded(
         &mut self,
         encoded: &Encoded,
         deserializer: &mut Deserializer,
@@ -362,7 +358,6 @@ mod tests {
         let bad = Encoded {
             bytes: vec![0x1c, 0x84, 0x93, 0x13, 0, 0, 0, 0xff, 1, 2, 3],
             sum: 0,
-            value_max: LATENCY_NS_MAX,
         };
         assert!(Distribution::decode(&bad, &mut Deserializer::new()).is_err());
     }

@@ -11,9 +11,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use sluice_metrics::{
-//!     AdminServer, Collect, Counter, MetricsSnapshot, ShardMetrics, ShardSnapshot, Stage,
-//! };
+//! use sluice_metrics::{AdminServer, Collect, Counter, MetricsSnapshot, ShardMetrics, Stage};
 //!
 //! // On each shard thread, once:
 //! let metrics = ShardMetrics::new(0);
@@ -23,13 +21,13 @@
 //! metrics.record_group_commit(256 * 1024, 256);
 //! metrics.count(Counter::BytesIn, 1_100);
 //! // When the admin thread asks (through the broker's shard messaging), reply with:
-//! let reply: ShardSnapshot = metrics.snapshot(); // Send + Clone, compact
+//! let reply: MetricsSnapshot = metrics.snapshot(); // Send + Clone; histograms only encoded
 //!
 //! // At startup: the collector asks every shard, waits (bounded) for the replies, and merges
-//! // them on the admin thread, never on a shard.
+//! // them on the admin thread; the first read there decodes the histograms.
 //! let collect: Collect = Arc::new(move || {
-//!     let replies: Vec<ShardSnapshot> = vec![reply.clone()]; // broker: ask each shard
-//!     MetricsSnapshot::from_shards(&replies).map_err(|e| e.to_string())
+//!     let replies: Vec<MetricsSnapshot> = vec![reply.clone()]; // broker: ask each shard
+//!     Ok(MetricsSnapshot::merge_all(&replies))
 //! });
 //! let admin = AdminServer::start("127.0.0.1:9644".parse().unwrap(), collect)?;
 //! println!("admin on {}", admin.local_addr());
@@ -57,13 +55,12 @@ pub use admin::{
     AdminServer, Collect, CONNECTIONS_MAX, CONNECTION_DEADLINE, REQUEST_HEAD_BYTES_MAX,
 };
 pub use hist::{
-    DecodeError, Distribution, Encoded, Summary, BATCH_BYTES_MAX, BATCH_RECORDS_MAX,
-    LATENCY_NS_MAX, SIGNIFICANT_DIGITS,
+    Distribution, Summary, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, LATENCY_NS_MAX, SIGNIFICANT_DIGITS,
 };
 pub use names::{Counter, Stage};
 pub use prometheus::QUANTILES;
 pub use shard::ShardMetrics;
-pub use snapshot::{MetricsSnapshot, ShardSnapshot, StatsReport};
+pub use snapshot::{MetricsSnapshot, StatsReport};
 
 /// The default `--admin-listen` address.
 pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:9644";

@@ -11,7 +11,7 @@ use hdrhistogram::serialization::V2Serializer;
 
 use crate::hist::{Recorder, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, LATENCY_NS_MAX};
 use crate::names::{api_slot, Counter, Stage, API_SLOTS};
-use crate::snapshot::ShardSnapshot;
+use crate::snapshot::{EncodedShard, MetricsSnapshot};
 
 /// The histograms a shard writes, behind one `RefCell` so a record is one flag check.
 struct Histograms {
@@ -117,17 +117,18 @@ impl ShardMetrics {
         self.counters[counter.index()].get()
     }
 
-    /// Encodes everything recorded so far into a `Send` [`ShardSnapshot`] for the admin thread
-    /// to merge. Costs one pass over each non-empty histogram's buckets (tens of microseconds
-    /// each at worst; see the bench); call it per scrape, not per request.
-    pub fn snapshot(&self) -> ShardSnapshot {
+    /// Copies everything recorded so far into a `Send` snapshot for the admin thread to
+    /// merge. Histograms are only encoded here (one pass over each non-empty histogram's
+    /// buckets, tens of microseconds at worst; see the bench); decoding happens where the
+    /// snapshot is read. Call it per scrape, not per request.
+    pub fn snapshot(&self) -> MetricsSnapshot {
         let counters = std::array::from_fn(|i| self.counters[i].get());
         let shard_id = self.shard_id;
-        match self.histograms.try_borrow_mut() {
+        let encoded = match self.histograms.try_borrow_mut() {
             Ok(mut h) => {
                 let h = &mut *h;
                 let ser = &mut h.serializer;
-                ShardSnapshot {
+                EncodedShard {
                     shard_id,
                     stages_ns: std::array::from_fn(|i| h.stages_ns[i].encode(ser)),
                     requests_ns: h
@@ -138,18 +139,17 @@ impl ShardMetrics {
                         .collect(),
                     group_commit_bytes: h.group_commit_bytes.encode(ser),
                     group_commit_records: h.group_commit_records.encode(ser),
-                    counters,
                 }
             }
             // Unreachable while no method calls out during a borrow; send counters only.
-            Err(_) => ShardSnapshot {
+            Err(_) => EncodedShard {
                 shard_id,
                 stages_ns: Default::default(),
                 requests_ns: Vec::new(),
                 group_commit_bytes: Default::default(),
                 group_commit_records: Default::default(),
-                counters,
             },
-        }
+        };
+        MetricsSnapshot::from_shard(encoded, counters)
     }
 }

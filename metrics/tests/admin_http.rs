@@ -8,11 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_metrics::stats_cli::fetch_report;
-use sluice_metrics::{
-    AdminServer, Collect, Counter, MetricsSnapshot, ShardMetrics, ShardSnapshot, Stage,
-};
+use sluice_metrics::{AdminServer, Collect, Counter, MetricsSnapshot, ShardMetrics, Stage};
 
-type SnapshotRequest = mpsc::Sender<ShardSnapshot>;
+type SnapshotRequest = mpsc::Sender<MetricsSnapshot>;
 
 /// Spawns `n` shard threads. Shard `i` records AppendFsync values `i*100+1 ..= i*100+100` ns
 /// and 1,000 bytes in, then serves snapshot requests until its channel closes.
@@ -49,9 +47,7 @@ fn collector(shards: Vec<mpsc::Sender<SnapshotRequest>>) -> Collect {
             let snap = rx
                 .recv_timeout(Duration::from_secs(2))
                 .map_err(|e| format!("shard {i} did not answer: {e}"))?;
-            merged
-                .add_shard(&snap)
-                .map_err(|e| format!("merging shard {i}: {e}"))?;
+            merged.merge(&snap);
         }
         Ok(merged)
     })
