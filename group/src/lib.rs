@@ -31,6 +31,8 @@
 mod admin;
 pub mod codes;
 mod coordinator;
+#[cfg(test)]
+mod coordinator_tests;
 mod group;
 mod log;
 mod membership;

@@ -621,7 +621,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_through_a_batch() {
-        let records = vec![
+        let records = [
             OffsetsRecord::Offset {
                 group: "g".into(),
                 topic: "t".into(),
