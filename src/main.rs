@@ -26,6 +26,9 @@ enum Command {
     ///
     /// Example: sluice stats --watch
     Stats(sluice_metrics::stats_cli::StatsArgs),
+    /// Client tools: topics, produce, consume, groups, bench (work against any Kafka broker).
+    #[command(flatten)]
+    Tool(sluice_client::cli::ToolCommand),
 }
 
 #[derive(clap::Args)]
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Stats(args) => sluice_metrics::stats_cli::run(args),
+        Command::Tool(command) => sluice_client::cli::run(command),
     }
 }
 
