@@ -357,6 +357,9 @@ pub(crate) async fn shutdown(shard: &Rc<ShardShared>) -> Result<(), StorageError
     }
     shard.closed.set(true);
     shard.writer_wake.notify_one();
+    // Partitions hold the shard and the shard holds them: break the cycle so the ring and
+    // the staging buffer are freed once the caller drops its handles.
+    shard.partitions.borrow_mut().clear();
     match first_error {
         Some(error) => Err(error),
         None => Ok(()),

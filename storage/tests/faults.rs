@@ -1,0 +1,215 @@
+//! Disk errors through the fault-injection backend: ENOSPC and EIO fail the waiting appends,
+//! roll the log end back so no partial batch is visible, and later appends work; a torn write
+//! never survives recovery; a failed fdatasync poisons the partition until it is reopened.
+
+mod common;
+
+use common::*;
+use sluice_storage::fault::FaultPlan;
+use sluice_storage::{Ack, AppendError, LogConfig, ShardStorage};
+
+fn run_with_faults(direct_io: bool, test: impl AsyncFnOnce(ShardStorage, FaultPlan)) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let plan = FaultPlan::new();
+        let storage =
+            ShardStorage::open_with_faults(storage_config(dir.path(), direct_io), plan.clone())
+                .expect("open");
+        test(storage, plan).await;
+    });
+}
+
+async fn enospc_rolls_back_and_recovers(storage: ShardStorage, plan: FaultPlan) {
+    let partition = storage
+        .open_partition("full", 0, LogConfig::default())
+        .expect("partition");
+    let mut expected = Vec::new();
+    for round in 0..3u64 {
+        let batch = make_batch(round, 2, 300, 0);
+        let info = partition
+            .append(bytes(batch.clone()), Ack::Durable, 1)
+            .await
+            .expect("append");
+        expected.push(expected_stored(&batch, info.base_offset, 1));
+    }
+    plan.set_disk_full(true);
+    let error = partition
+        .append(bytes(make_batch(10, 2, 300, 0)), Ack::Durable, 1)
+        .await
+        .expect_err("disk full");
+    assert!(matches!(error, AppendError::Storage(_)), "{error:?}");
+    assert_eq!(
+        error.kafka_error_code(),
+        sluice_storage::codes::KAFKA_STORAGE_ERROR
+    );
+    assert_eq!(partition.log_end_offset(), 6, "log end rolled back");
+    assert_eq!(partition.high_watermark(), 6);
+    assert_eq!(
+        read_all(&partition, 0),
+        expected,
+        "no partial batch visible"
+    );
+    plan.set_disk_full(false);
+    let batch = make_batch(11, 1, 5000, 0);
+    let info = partition
+        .append(bytes(batch.clone()), Ack::Durable, 1)
+        .await
+        .expect("space returned");
+    assert_eq!(info.base_offset, 6, "the rolled-back offsets are reused");
+    expected.push(expected_stored(&batch, 6, 1));
+    assert_eq!(read_all(&partition, 0), expected);
+    storage.shutdown().await.expect("shutdown");
+    let reopened = ShardStorage::open(storage_config(
+        &partition.dir().parent().expect("data dir").to_path_buf(),
+        true,
+    ))
+    .expect("reopen");
+    let partition = reopened
+        .open_partition("full", 0, LogConfig::default())
+        .expect("partition");
+    assert_eq!(read_all(&partition, 0), expected, "same bytes after reopen");
+}
+
+#[test]
+fn enospc_direct() {
+    run_with_faults(true, enospc_rolls_back_and_recovers);
+}
+
+#[test]
+fn enospc_buffered() {
+    run_with_faults(false, enospc_rolls_back_and_recovers);
+}
+
+#[test]
+fn eio_fails_only_the_partition_that_hit_it() {
+    run_with_faults(true, async |storage, plan| {
+        let first = storage
+            .open_partition("eio", 0, LogConfig::default())
+            .expect("partition");
+        let second = storage
+            .open_partition("eio", 1, LogConfig::default())
+            .expect("partition");
+        first
+            .append(bytes(make_batch(0, 1, 100, 0)), Ack::Durable, 0)
+            .await
+            .expect("warm up");
+        plan.fail_next_write(libc::EIO);
+        // Both appends are queued before the writer runs, so they share one flush.
+        let a = first.clone();
+        let failing = tokio::task::spawn_local(async move {
+            a.append(bytes(make_batch(1, 1, 100, 0)), Ack::Durable, 0)
+                .await
+        });
+        let b = second.clone();
+        let passing = tokio::task::spawn_local(async move {
+            b.append(bytes(make_batch(2, 1, 100, 0)), Ack::Durable, 0)
+                .await
+        });
+        let failed = failing.await.expect("join");
+        let passed = passing.await.expect("join");
+        assert!(matches!(failed, Err(AppendError::Storage(_))), "{failed:?}");
+        assert_eq!(passed.expect("other partition unaffected").base_offset, 0);
+        assert_eq!(first.log_end_offset(), 1);
+        assert!(first.poisoned().is_none(), "a failed write does not poison");
+        let info = first
+            .append(bytes(make_batch(3, 1, 100, 0)), Ack::Durable, 0)
+            .await
+            .expect("appends work again");
+        assert_eq!(info.base_offset, 1);
+        assert_eq!(read_all(&first, 0).len(), 2);
+        assert_eq!(read_all(&second, 0).len(), 1);
+    });
+}
+
+#[test]
+fn torn_write_is_never_served_nor_recovered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut expected = Vec::new();
+    tokio_uring::start(async {
+        let plan = FaultPlan::new();
+        let storage =
+            ShardStorage::open_with_faults(storage_config(dir.path(), true), plan.clone())
+                .expect("open");
+        let partition = storage
+            .open_partition("torn", 0, LogConfig::default())
+            .expect("partition");
+        for round in 0..4u64 {
+            let batch = make_batch(round, 1, 700, 0);
+            let info = partition
+                .append(bytes(batch.clone()), Ack::Durable, 0)
+                .await
+                .expect("append");
+            expected.push(expected_stored(&batch, info.base_offset, 0));
+        }
+        plan.tear_next_write(4096 + 100);
+        let error = partition
+            .append(bytes(make_batch(9, 3, 3000, 0)), Ack::Durable, 0)
+            .await
+            .expect_err("torn");
+        assert!(matches!(error, AppendError::Storage(_)));
+        assert_eq!(read_all(&partition, 0), expected);
+        // Crash here: no shutdown, so the next open scans.
+    });
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("reopen");
+        let partition = storage
+            .open_partition("torn", 0, LogConfig::default())
+            .expect("partition");
+        assert_eq!(
+            read_all(&partition, 0),
+            expected,
+            "the torn batch is cut by recovery"
+        );
+        assert_eq!(partition.log_end_offset(), 4);
+        let cuts = partition.recovery_cuts();
+        assert_eq!(cuts.len(), 1, "the torn bytes are reported: {cuts:?}");
+        assert_eq!(cuts[0].offset, 4);
+    });
+}
+
+#[test]
+fn failed_fdatasync_poisons_until_reopened() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let plan = FaultPlan::new();
+        let storage =
+            ShardStorage::open_with_faults(storage_config(dir.path(), true), plan.clone())
+                .expect("open");
+        let partition = storage
+            .open_partition("sync", 0, LogConfig::default())
+            .expect("partition");
+        partition
+            .append(bytes(make_batch(0, 1, 100, 0)), Ack::Durable, 0)
+            .await
+            .expect("append");
+        plan.fail_next_sync(libc::EIO);
+        let error = partition
+            .append(bytes(make_batch(1, 1, 100, 0)), Ack::Durable, 0)
+            .await
+            .expect_err("fsync failed");
+        assert!(matches!(error, AppendError::Storage(_)));
+        assert_eq!(
+            partition.high_watermark(),
+            1,
+            "undurable data never becomes visible"
+        );
+        assert!(partition.poisoned().is_some());
+        let error = partition
+            .append(bytes(make_batch(2, 1, 100, 0)), Ack::Written, 0)
+            .await
+            .expect_err("poisoned");
+        assert!(error.to_string().contains("poisoned"), "{error}");
+        assert_eq!(read_all(&partition, 0).len(), 1, "still readable");
+        let reopened = storage
+            .open_partition("sync", 0, LogConfig::default())
+            .expect("reopen");
+        assert!(reopened.poisoned().is_none());
+        let info = reopened
+            .append(bytes(make_batch(3, 1, 100, 0)), Ack::Durable, 0)
+            .await
+            .expect("append after reopen");
+        assert!(info.base_offset >= 1);
+        let (writes, syncs) = plan.operation_counts();
+        assert!(writes >= 3 && syncs >= 3, "{writes} writes, {syncs} syncs");
+    });
+}
