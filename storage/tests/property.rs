@@ -1,0 +1,296 @@
+//! Property test: random sequences of appends (several batches per append, several
+//! partitions), reads at random offsets and sizes, rolls (small segments), retention, and
+//! clean or unclean reopens. Reads must return exactly what was appended, in order, with the
+//! assigned offsets, from memory or from the files.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use proptest::prelude::*;
+use sluice_storage::batch::RecordBatchHeader;
+use sluice_storage::{Ack, LogConfig, Partition, ShardStorage, StorageConfig};
+
+const PARTITIONS: usize = 2;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append {
+        partition: usize,
+        batches: Vec<(usize, usize)>,
+        wait: bool,
+    },
+    Read {
+        partition: usize,
+        at_permille: u32,
+        max_bytes: u32,
+    },
+    Retention {
+        partition: usize,
+        keep_bytes: i64,
+    },
+    Reopen {
+        clean: bool,
+    },
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..PARTITIONS, prop::collection::vec((1usize..5, 0usize..1500), 1..4), any::<bool>())
+            .prop_map(|(partition, batches, wait)| Op::Append { partition, batches, wait }),
+        4 => (0..PARTITIONS, 0u32..1001, 1u32..8000).prop_map(|(partition, at_permille, max_bytes)| Op::Read { partition, at_permille, max_bytes }),
+        1 => (0..PARTITIONS, 2000i64..20_000).prop_map(|(partition, keep_bytes)| Op::Retention { partition, keep_bytes }),
+        1 => any::<bool>().prop_map(|clean| Op::Reopen { clean }),
+    ]
+}
+
+/// The model: every batch as stored, per partition, and the log start.
+#[derive(Default, Clone)]
+struct Model {
+    batches: Vec<Vec<(i64, i64, Vec<u8>)>>,
+    log_start: Vec<i64>,
+    next_tag: u64,
+}
+
+fn log_config(retention_bytes: i64) -> LogConfig {
+    LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 512,
+        retention_bytes,
+        ..LogConfig::default()
+    }
+}
+
+fn config(dir: &Path, direct_io: bool) -> StorageConfig {
+    StorageConfig {
+        tail_cache_bytes: 6000,
+        group_commit_bytes_max: 16 << 10,
+        ..storage_config(dir, direct_io)
+    }
+}
+
+fn check_read(
+    partition: &Partition,
+    model: &[(i64, i64, Vec<u8>)],
+    log_start: i64,
+    offset: i64,
+    max_bytes: u32,
+) -> Result<(), TestCaseError> {
+    let slice = partition
+        .read(offset, max_bytes, true)
+        .map_err(|error| TestCaseError::fail(format!("read {offset}: {error}")))?;
+    let mut got = Vec::new();
+    for chunk in &slice.chunks {
+        got.extend_from_slice(
+            &chunk
+                .to_bytes()
+                .map_err(|error| TestCaseError::fail(error.to_string()))?,
+        );
+    }
+    prop_assert_eq!(got.len() as u32, slice.total_bytes);
+    prop_assert_eq!(slice.log_start_offset, log_start);
+    let first = model.iter().position(|(_, last, _)| *last >= offset);
+    let Some(first) = first else {
+        prop_assert!(got.is_empty(), "read at the end returns nothing");
+        return Ok(());
+    };
+    let mut expected = Vec::new();
+    for (index, (_, _, bytes)) in model[first..].iter().enumerate() {
+        if index > 0 && expected.len() + bytes.len() > max_bytes as usize {
+            break;
+        }
+        expected.extend_from_slice(bytes);
+    }
+    // The engine may return fewer whole batches than fit (a chunk ends at a segment or at
+    // the cache boundary) but always at least one, and always a prefix of the expected run.
+    prop_assert!(!got.is_empty(), "at least one batch at offset {}", offset);
+    prop_assert!(got.len() <= expected.len());
+    prop_assert!(
+        got[..] == expected[..got.len()],
+        "bytes differ at offset {}",
+        offset
+    );
+    let header = RecordBatchHeader::parse(&got).ok_or_else(|| TestCaseError::fail("no header"))?;
+    prop_assert!(header.base_offset <= offset && header.last_offset() >= offset);
+    Ok(())
+}
+
+fn run_epoch(
+    dir: &Path,
+    direct_io: bool,
+    ops: &[Op],
+    model: &mut Model,
+) -> Result<bool, TestCaseError> {
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(config(dir, direct_io))
+            .map_err(|error| TestCaseError::fail(error.to_string()))?;
+        let partitions: Vec<Partition> = (0..PARTITIONS)
+            .map(|index| {
+                storage
+                    .open_partition("p", index as i32, log_config(-1))
+                    .expect("open partition")
+            })
+            .collect();
+        for (index, partition) in partitions.iter().enumerate() {
+            prop_assert_eq!(partition.log_start_offset(), model.log_start[index]);
+            let end = model.batches[index]
+                .last()
+                .map_or(model.log_start[index], |(_, last, _)| last + 1);
+            prop_assert_eq!(partition.log_end_offset(), end);
+            let all = read_all(partition, model.log_start[index]);
+            let expected: Vec<Vec<u8>> = model.batches[index]
+                .iter()
+                .map(|(_, _, bytes)| bytes.clone())
+                .collect();
+            prop_assert!(
+                all == expected,
+                "partition {} after reopen: {} batches, {} expected",
+                index,
+                all.len(),
+                expected.len()
+            );
+        }
+        for op in ops {
+            match op {
+                Op::Append {
+                    partition,
+                    batches,
+                    wait,
+                } => {
+                    let mut records = Vec::new();
+                    let mut built = Vec::new();
+                    for &(count, value_bytes) in batches {
+                        model.next_tag += 1;
+                        let batch =
+                            make_batch(model.next_tag, count, value_bytes, model.next_tag as i64);
+                        records.extend_from_slice(&batch);
+                        built.push(batch);
+                    }
+                    let target = &partitions[*partition];
+                    let ack = if *wait { Ack::Durable } else { Ack::None };
+                    let info = target
+                        .append(bytes(records), ack, 1)
+                        .await
+                        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                    if !*wait {
+                        target.wait_for_data(info.last_offset).await;
+                    }
+                    prop_assert!(target.high_watermark() > info.last_offset);
+                    let mut offset = info.base_offset;
+                    for batch in built {
+                        let header = RecordBatchHeader::parse(&batch)
+                            .ok_or_else(|| TestCaseError::fail("built header"))?;
+                        let last = offset + i64::from(header.last_offset_delta);
+                        model.batches[*partition].push((
+                            offset,
+                            last,
+                            expected_stored(&batch, offset, 1),
+                        ));
+                        offset = last + 1;
+                    }
+                    prop_assert_eq!(offset - 1, info.last_offset);
+                }
+                Op::Read {
+                    partition,
+                    at_permille,
+                    max_bytes,
+                } => {
+                    let start = model.log_start[*partition];
+                    let end = partitions[*partition].log_end_offset();
+                    let offset = start + (end - start) * i64::from(*at_permille) / 1000;
+                    check_read(
+                        &partitions[*partition],
+                        &model.batches[*partition],
+                        start,
+                        offset,
+                        *max_bytes,
+                    )?;
+                }
+                Op::Retention {
+                    partition,
+                    keep_bytes,
+                } => {
+                    let target = &partitions[*partition];
+                    target.set_config(log_config(*keep_bytes));
+                    // Sealed segments are finalized on the blocking pool before retention may
+                    // delete them; give that a moment.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    let removed = target.enforce_retention(0);
+                    if std::env::var_os("SLUICE_PROPTEST_TRACE").is_some() {
+                        eprintln!("retention removed {removed}");
+                    }
+                    let start = target.log_start_offset();
+                    prop_assert!(start >= model.log_start[*partition]);
+                    model.batches[*partition].retain(|(_, last, _)| *last >= start);
+                    if let Some((base, _, _)) = model.batches[*partition].first() {
+                        prop_assert_eq!(*base, start, "log start is a batch boundary");
+                    }
+                    model.log_start[*partition] = start;
+                    target.set_config(log_config(-1));
+                    if start > 0 {
+                        prop_assert!(
+                            target.read(start - 1, 100, true).is_err(),
+                            "below log start is out of range"
+                        );
+                    }
+                }
+                Op::Reopen { clean } => {
+                    if *clean {
+                        storage
+                            .shutdown()
+                            .await
+                            .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+        storage
+            .shutdown()
+            .await
+            .map_err(|error| TestCaseError::fail(error.to_string()))?;
+        Ok(false)
+    })
+}
+
+fn run_case(direct_io: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().map_err(|error| TestCaseError::fail(error.to_string()))?;
+    let mut model = Model {
+        batches: vec![Vec::new(); PARTITIONS],
+        log_start: vec![0; PARTITIONS],
+        next_tag: 0,
+    };
+    let mut rest = &ops[..];
+    loop {
+        let split = rest
+            .iter()
+            .position(|op| matches!(op, Op::Reopen { .. }))
+            .map_or(rest.len(), |index| index + 1);
+        let reopened = run_epoch(dir.path(), direct_io, &rest[..split], &mut model)?;
+        rest = &rest[split..];
+        if !reopened && rest.is_empty() {
+            break;
+        }
+        if rest.is_empty() {
+            // Verify the state once more after the last reopen.
+            run_epoch(dir.path(), direct_io, &[], &mut model)?;
+            break;
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn appends_reads_rolls_retention_reopen_direct(ops in prop::collection::vec(op_strategy(), 1..40)) {
+        run_case(true, ops)?;
+    }
+
+    #[test]
+    fn appends_reads_rolls_retention_reopen_buffered(ops in prop::collection::vec(op_strategy(), 1..40)) {
+        run_case(false, ops)?;
+    }
+}
