@@ -60,7 +60,7 @@ async fn enospc_rolls_back_and_recovers(storage: ShardStorage, plan: FaultPlan) 
     assert_eq!(read_all(&partition, 0), expected);
     storage.shutdown().await.expect("shutdown");
     let reopened = ShardStorage::open(storage_config(
-        &partition.dir().parent().expect("data dir").to_path_buf(),
+        partition.dir().parent().expect("data dir"),
         true,
     ))
     .expect("reopen");
