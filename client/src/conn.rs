@@ -612,3 +612,49 @@ mod tests {
         assert_eq!(second.controller_id.0, 3);
     }
 }
+
+#[cfg(test)]
+mod frame_size_tests {
+    use super::*;
+    use crate::producer::{build_produce_request, Acks};
+    use crate::records::{encode_batch, ProduceRecord};
+    use kafka_protocol::messages::ProduceRequest;
+
+    /// A large produce request's size prefix must equal the bytes that follow it, and the body
+    /// must decode back to the same batch (guards the size arithmetic for big frames).
+    #[test]
+    fn large_produce_frame_is_self_consistent() {
+        let records: Vec<ProduceRecord> = (0..5000)
+            .map(|_| ProduceRecord {
+                value: Some(Bytes::from(vec![b'x'; 100])),
+                ..ProduceRecord::default()
+            })
+            .collect();
+        let batch =
+            encode_batch(&records, kafka_protocol::records::Compression::None).unwrap_or_default();
+        for version in [3i16, 7, 8, 9] {
+            let request = build_produce_request("t", vec![(0, batch.clone())], Acks::All, 1000);
+            let frame =
+                encode_frame(&request, ApiKey::Produce, version, 7, "c").unwrap_or_default();
+            let declared = (&frame[..4]).get_i32() as usize;
+            assert_eq!(declared, frame.len() - 4, "v{version}");
+            let mut body = frame.slice(4..);
+            let header = kafka_protocol::protocol::decode_request_header_from_buffer(&mut body);
+            assert!(header.is_ok(), "v{version}");
+            let decoded = ProduceRequest::decode(&mut body, version);
+            let records = decoded
+                .ok()
+                .and_then(|r| r.topic_data[0].partition_data[0].records.clone());
+            assert_eq!(
+                records.as_ref().map(|b| b.len()),
+                Some(batch.len()),
+                "v{version}"
+            );
+            assert!(
+                body.is_empty(),
+                "v{version}: {} bytes left over",
+                body.len()
+            );
+        }
+    }
+}
