@@ -151,6 +151,10 @@ impl MetricsSnapshot {
         for (mine, theirs) in self.counters.iter_mut().zip(other.counters.iter()) {
             *mine = mine.saturating_add(*theirs);
         }
+        if self.view.get().is_some() {
+            // Keep the decoding already done: the cached view becomes the decoded base.
+            self.decoded_mut();
+        }
         match other.view.get() {
             // Their view already holds their decoded and encoded parts together.
             Some(theirs) => self.decoded_mut().merge(theirs),
