@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Storage benchmark beside its physical limit, in the same run on the same directory:
+# the sluice-storage bench (group commit with fdatasync, several concurrent appenders) for
+# 1 and 16 partitions, 1 KiB records in 16 KiB and 1 MiB batches, in O_DIRECT and buffered
+# mode, each followed by fio's sequential write + fdatasync at the same commit cadence (bytes
+# per fdatasync per file, measured from the engine's run) in both modes.
+#
+# Prints MB/s of each, the ratio to the faster fio mode and to the same-mode fio twin,
+# fdatasync calls per group commit, CPU-seconds per GB, and append-to-durable p50/p99/max;
+# writes the table to BENCHMARKS-storage.md.
+#
+# Usage: scripts/storage-bench.sh          (2 GiB per run)
+# Env:   TOTAL_BYTES=N   bytes per run (default 2147483648)
+#        BENCH_DIR=D     where data goes (default bench-out/storage-bench; same filesystem
+#                        as the broker's data dir is what matters)
+#        GROUP_COMMIT_BYTES=N   log.flush.batch.bytes for the engine (default 16 MiB)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TOTAL_BYTES="${TOTAL_BYTES:-2147483648}"
+BENCH_DIR="${BENCH_DIR:-$ROOT/bench-out/storage-bench}"
+GROUP_COMMIT_BYTES="${GROUP_COMMIT_BYTES:-16777216}"
+OUT_MD="$ROOT/BENCHMARKS-storage.md"
+
+if ! command -v fio >/dev/null 2>&1; then
+    echo "fio missing: installing it"
+    apt-get install -y fio >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y fio >/dev/null; }
+fi
+
+echo "==> building the storage bench (release)"
+BENCH_BIN="$(cargo bench -p sluice-storage --bench storage --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)"
+if [ -z "$BENCH_BIN" ] || [ ! -x "$BENCH_BIN" ]; then
+    echo "cannot find the storage bench binary" >&2
+    exit 1
+fi
+mkdir -p "$BENCH_DIR"
+
+# field KEY LINE: value of key=value in a RESULT line.
+field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
+
+# fio_twin MODE(direct|buffered) BS_BYTES SYNC_EVERY_WRITES: prints "MB_PER_S CPU_S_PER_GB".
+fio_twin() {
+    local direct=0
+    [ "$1" = direct ] && direct=1
+    local dir="$BENCH_DIR/fio"
+    rm -rf "$dir" && mkdir -p "$dir"
+    fio --name=twin --directory="$dir" --rw=write --bs="$2" --size="$TOTAL_BYTES" \
+        --fdatasync="$3" --direct="$direct" --ioengine=psync --end_fsync=1 \
+        --output-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+job = json.load(sys.stdin)["jobs"][0]
+write = job["write"]
+runtime_s = job["job_runtime"] / 1000.0
+gb = write["io_bytes"] / 1e9
+cpu_s = (job["usr_cpu"] + job["sys_cpu"]) / 100.0 * runtime_s
+print("%.1f %.3f" % (write["bw_bytes"] / 1e6, cpu_s / gb))'
+    rm -rf "$dir"
+}
+
+ROWS=()
+printf '\n%-9s %-4s %-7s | %8s %10s %8s %8s %7s %8s | %9s %9s | %7s %7s\n' \
+    mode parts batch "MB/s" "fsync/cmt" "KiB/sync" "CPU-s/GB" "p50 ms" "p99 ms" "fio dir" "fio buf" "vs max" "vs twin"
+for batch in 16384 1048576; do
+    for partitions in 1 16; do
+        for mode in direct buffered; do
+            result="$("$BENCH_BIN" --dir "$BENCH_DIR/engine" --mode "$mode" --partitions "$partitions" \
+                --batch-bytes "$batch" --total-bytes "$TOTAL_BYTES" --group-commit-bytes "$GROUP_COMMIT_BYTES" | grep '^RESULT')"
+            mbps="$(field mb_per_s "$result")"
+            bytes_per_fsync="$(field bytes_per_fsync "$result")"
+            batch_bytes="$(field batch_bytes "$result")"
+            sync_every="$(python3 -c "print(max(1, round($bytes_per_fsync / $batch)))")"
+            read -r fio_direct fio_direct_cpu < <(fio_twin direct "$batch" "$sync_every")
+            read -r fio_buffered fio_buffered_cpu < <(fio_twin buffered "$batch" "$sync_every")
+            ratios="$(python3 -c "
+twin = $fio_direct if '$mode' == 'direct' else $fio_buffered
+print('%.2f %.2f' % ($mbps / max($fio_direct, $fio_buffered), $mbps / twin))")"
+            read -r vs_max vs_twin <<<"$ratios"
+            printf '%-9s %-4s %-7s | %8s %10s %8.0f %8s %7s %8s | %9s %9s | %7s %7s\n' \
+                "$mode" "$partitions" "$batch_bytes" "$mbps" "$(field fsyncs_per_commit "$result")" \
+                "$(python3 -c "print($bytes_per_fsync/1024)")" "$(field cpu_s_per_gb "$result")" \
+                "$(field p50_ms "$result")" "$(field p99_ms "$result")" "$fio_direct" "$fio_buffered" "$vs_max" "$vs_twin"
+            ROWS+=("| $mode | $partitions | $batch_bytes | $mbps | $(field fsyncs_per_commit "$result") | $(python3 -c "print(round($bytes_per_fsync/1024))") | $(field cpu_s_per_gb "$result") | $(field p50_ms "$result") / $(field p99_ms "$result") / $(field max_ms "$result") | $fio_direct ($fio_direct_cpu) | $fio_buffered ($fio_buffered_cpu) | $vs_max | $vs_twin |")
+        done
+    done
+done
+rm -rf "$BENCH_DIR"
+
+{
+    echo "# Storage engine benchmark"
+    echo
+    echo "Produced by \`scripts/storage-bench.sh\` (TOTAL_BYTES=$TOTAL_BYTES, GROUP_COMMIT_BYTES=$GROUP_COMMIT_BYTES) on $(date -u +%Y-%m-%d),"
+    echo "$(nproc) cores, kernel $(uname -r), filesystem $(df -T "$ROOT" | awk 'NR==2 {print $2}'), one shard."
+    echo
+    echo "Engine: appenders on one shard append 1 KiB-record v2 batches with acks=all; every group commit is"
+    echo "written and fdatasync'ed before its appends complete. fio twin: \`fio --rw=write --ioengine=psync"
+    echo "--bs=<batch> --fdatasync=<writes per engine fdatasync> --direct=0|1\` on the same directory, right"
+    echo "after the engine run, so both see the same disk. 'vs max' = engine MB/s / faster fio mode;"
+    echo "'vs twin' = engine MB/s / fio in the same write mode. CPU-s/GB counts the whole process"
+    echo "(user + system, io_uring workers included); fio's in parentheses."
+    echo
+    echo "| mode | partitions | batch bytes | MB/s | fdatasync per commit | KiB per fdatasync | CPU-s/GB | append-to-durable p50 / p99 / max ms | fio O_DIRECT MB/s (CPU-s/GB) | fio buffered MB/s (CPU-s/GB) | vs max | vs twin |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+} >"$OUT_MD"
+echo
+echo "wrote $OUT_MD"
