@@ -81,12 +81,27 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
         }
         Some(socket)
     } else {
+        // SO_REUSEPORT would let a second broker share the port silently and steal half of
+        // its connections: a plain bind fails if anyone (reuseport or not) holds it.
+        std::net::TcpListener::bind(config.listen).map_err(|e| {
+            ServeError::Startup(format!(
+                "listen on {}: {e} (is another broker running?)",
+                config.listen
+            ))
+        })?;
         None
     };
 
     let config = Arc::new(config);
     let store = Arc::new(MetadataStore::new(snapshot));
     let (set, inboxes) = ShardSet::new(config.shards);
+    let _admin = match config.admin_listen {
+        Some(addr) => Some(
+            sluice_metrics::AdminServer::start(addr, collector(set.clone()))
+                .map_err(|e| ServeError::Startup(format!("admin endpoint: {e}")))?,
+        ),
+        None => None,
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -148,13 +163,6 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
             }
         }
         drop(reservation);
-        let _admin = match config.admin_listen {
-            Some(addr) => Some(
-                sluice_metrics::AdminServer::start(addr, collector(set.clone()))
-                    .map_err(|e| ServeError::Startup(format!("admin endpoint: {e}")))?,
-            ),
-            None => None,
-        };
         tracing::info!(
             listen = %config.listen,
             advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),

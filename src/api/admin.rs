@@ -145,10 +145,12 @@ pub async fn create_topics(
             out.name = topic.name.clone();
             match outcome {
                 Ok(meta) => {
-                    out.topic_id = meta.id;
-                    out.num_partitions = meta.partitions;
-                    out.replication_factor = 1;
+                    if version >= 7 {
+                        out.topic_id = meta.id;
+                    }
                     if version >= 5 {
+                        out.num_partitions = meta.partitions;
+                        out.replication_factor = 1;
                         out.configs = Some(
                             TOPIC_CONFIGS
                                 .iter()
@@ -168,8 +170,6 @@ pub async fn create_topics(
                 Err((error_code, message)) => {
                     out.error_code = error_code;
                     out.error_message = Some(str_bytes(&message));
-                    out.num_partitions = -1;
-                    out.replication_factor = -1;
                 }
             }
             out
@@ -219,13 +219,19 @@ pub async fn delete_topics(
         match outcome {
             Ok(meta) => {
                 out.name = Some(TopicName(str_bytes(&meta.name)));
-                out.topic_id = meta.id;
+                if header.api_version >= 6 {
+                    out.topic_id = meta.id;
+                }
             }
             Err((error_code, message)) => {
                 out.name = name.map(|n| TopicName(str_bytes(&n)));
-                out.topic_id = id.unwrap_or_default();
+                if header.api_version >= 6 {
+                    out.topic_id = id.unwrap_or_default();
+                }
                 out.error_code = error_code;
-                out.error_message = Some(str_bytes(&message));
+                if header.api_version >= 5 {
+                    out.error_message = Some(str_bytes(&message));
+                }
             }
         }
         responses.push(out);

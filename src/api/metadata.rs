@@ -56,7 +56,7 @@ pub async fn handle(
         None => {
             let mut all: Vec<Arc<TopicMeta>> = snapshot.topics.values().cloned().collect();
             all.sort_by(|a, b| a.name.cmp(&b.name));
-            topics.extend(all.iter().map(|t| topic_entry(&shard, t)));
+            topics.extend(all.iter().map(|t| topic_entry(&shard, version, t)));
         }
         Some(list) => {
             for (name, id) in list {
@@ -65,21 +65,27 @@ pub async fn handle(
                     None => match snapshot.names_by_id.get(&id) {
                         Some(name) => name.clone(),
                         None => {
-                            topics.push(error_entry(None, id, code::UNKNOWN_TOPIC_ID));
+                            topics.push(error_entry(version, None, id, code::UNKNOWN_TOPIC_ID));
                             continue;
                         }
                     },
                 };
                 if let Some(topic) = snapshot.topic(&name) {
-                    topics.push(topic_entry(&shard, topic));
+                    topics.push(topic_entry(&shard, version, topic));
                     continue;
                 }
                 if validate_topic_name(&name).is_err() {
-                    topics.push(error_entry(Some(&name), id, code::INVALID_TOPIC_EXCEPTION));
+                    topics.push(error_entry(
+                        version,
+                        Some(&name),
+                        id,
+                        code::INVALID_TOPIC_EXCEPTION,
+                    ));
                     continue;
                 }
                 if !allow_auto_create {
                     topics.push(error_entry(
+                        version,
                         Some(&name),
                         id,
                         code::UNKNOWN_TOPIC_OR_PARTITION,
@@ -87,12 +93,13 @@ pub async fn handle(
                     continue;
                 }
                 match auto_create(&shard, &name).await {
-                    Ok(topic) => topics.push(topic_entry(&shard, &topic)),
+                    Ok(topic) => topics.push(topic_entry(&shard, version, &topic)),
                     // Someone created it between our snapshot and now: fine.
                     Err((code::TOPIC_ALREADY_EXISTS, _)) => {
                         match shard.metadata.load().topic(&name) {
-                            Some(topic) => topics.push(topic_entry(&shard, topic)),
+                            Some(topic) => topics.push(topic_entry(&shard, version, topic)),
                             None => topics.push(error_entry(
+                                version,
                                 Some(&name),
                                 id,
                                 code::LEADER_NOT_AVAILABLE,
@@ -101,7 +108,7 @@ pub async fn handle(
                     }
                     Err((error_code, message)) => {
                         tracing::warn!(topic = %name, error_code, %message, "auto-create failed");
-                        topics.push(error_entry(Some(&name), id, error_code));
+                        topics.push(error_entry(version, Some(&name), id, error_code));
                     }
                 }
             }
@@ -110,8 +117,12 @@ pub async fn handle(
 
     let mut response = MetadataResponse::default();
     response.brokers = vec![broker_entry(&shard)];
-    response.cluster_id = Some(str_bytes(&snapshot.cluster_id));
-    response.controller_id = BrokerId(shard.config.node_id);
+    if version >= 2 {
+        response.cluster_id = Some(str_bytes(&snapshot.cluster_id));
+    }
+    if version >= 1 {
+        response.controller_id = BrokerId(shard.config.node_id);
+    }
     response.topics = topics;
     response.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
     encode(&header, &response)
@@ -151,19 +162,25 @@ fn broker_entry(shard: &Shard) -> MetadataResponseBroker {
     broker
 }
 
-fn topic_entry(shard: &Shard, topic: &TopicMeta) -> MetadataResponseTopic {
+fn topic_entry(shard: &Shard, version: i16, topic: &TopicMeta) -> MetadataResponseTopic {
     let node = BrokerId(shard.config.node_id);
     let mut entry = MetadataResponseTopic::default();
     entry.name = Some(TopicName(str_bytes(&topic.name)));
-    entry.topic_id = topic.id;
-    entry.is_internal = topic.is_internal();
+    if version >= 10 {
+        entry.topic_id = topic.id;
+    }
+    if version >= 1 {
+        entry.is_internal = topic.is_internal();
+    }
     entry.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
     entry.partitions = (0..topic.partitions)
         .map(|index| {
             let mut p = MetadataResponsePartition::default();
             p.partition_index = index;
             p.leader_id = node;
-            p.leader_epoch = 0;
+            if version >= 7 {
+                p.leader_epoch = 0;
+            }
             p.replica_nodes = vec![node];
             p.isr_nodes = vec![node];
             p
@@ -172,11 +189,18 @@ fn topic_entry(shard: &Shard, topic: &TopicMeta) -> MetadataResponseTopic {
     entry
 }
 
-fn error_entry(name: Option<&str>, id: uuid::Uuid, error_code: i16) -> MetadataResponseTopic {
+fn error_entry(
+    version: i16,
+    name: Option<&str>,
+    id: uuid::Uuid,
+    error_code: i16,
+) -> MetadataResponseTopic {
     let mut entry = MetadataResponseTopic::default();
     entry.error_code = error_code;
     entry.name = name.map(|n| TopicName(str_bytes(n)));
-    entry.topic_id = id;
+    if version >= 10 {
+        entry.topic_id = id;
+    }
     entry.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
     entry
 }
@@ -193,7 +217,9 @@ pub fn describe_cluster(
     broker.host = str_bytes(&shard.config.advertised_host);
     broker.port = shard.config.advertised_port;
     let mut response = DescribeClusterResponse::default();
-    response.endpoint_type = 1;
+    if header.api_version >= 1 {
+        response.endpoint_type = 1;
+    }
     response.cluster_id = str_bytes(&shard.metadata.load().cluster_id);
     response.controller_id = BrokerId(shard.config.node_id);
     response.brokers = vec![broker];

@@ -29,6 +29,7 @@ pub async fn handle(
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, ListOffsetsRequest);
     let snapshot = shard.metadata.load();
+    let version = header.api_version;
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.name.0.to_string();
@@ -87,7 +88,9 @@ pub async fn handle(
                 r.error_code = error_code;
                 r.timestamp = timestamp;
                 r.offset = offset;
-                r.leader_epoch = if error_code == code::NONE { 0 } else { -1 };
+                if version >= 4 && error_code == code::NONE {
+                    r.leader_epoch = 0;
+                }
                 r
             })
             .collect();
