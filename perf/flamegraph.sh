@@ -57,7 +57,7 @@ inferno-flamegraph --title "sluice pid $PERF_PID, ${PERF_SECONDS}s, ${FREQ} Hz c
 samples="$(awk '{n += $NF} END {print n+0}' "$PERF_OUT/stacks.folded")"
 echo
 echo "flame graph:    $SVG"
-echo "folded stacks:  $PERF_OUT/stacks.folded  ($samples samples)"
+echo "folded stacks:  $PERF_OUT/stacks.folded  (weights sum to $samples: cpu-clock periods, ns of CPU sampled)"
 echo "raw recording:  $DATA  (perf report -i $DATA --no-children)"
 echo
 echo "hottest leaf frames (self time):"
