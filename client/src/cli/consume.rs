@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use super::format::{to_json, Format, FORMAT_HELP};
+use super::format::{to_json, Format};
 use super::ConnArgs;
 use crate::admin::OffsetSpec;
 use crate::client::{Client, TopicInfo};
@@ -21,7 +21,6 @@ use crate::records::ConsumedRecord;
 
 /// Arguments of `sluice consume`.
 #[derive(Debug, Args)]
-#[command(after_long_help = FORMAT_HELP)]
 pub struct ConsumeArgs {
     /// Topic to read
     pub topic: String,

@@ -7,12 +7,6 @@ use serde_json::{json, Map, Value};
 
 use crate::records::ConsumedRecord;
 
-/// The placeholders, for `--help`.
-pub const FORMAT_HELP: &str =
-    "Placeholders: %t topic, %p partition, %o offset, %T timestamp (ms), \
-%k key, %v value, %h headers (k=v,...), %K key length, %S value length, %% a percent sign; \
-escapes \\n \\t \\r \\\\. A null key or value prints as nothing.";
-
 /// A parsed `--format` string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Format {

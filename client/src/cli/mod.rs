@@ -66,7 +66,7 @@ pub enum ToolCommand {
     Produce(produce::ProduceArgs),
     /// Print records of a topic
     #[command(
-        after_help = "Examples:\n  sluice consume orders --from-beginning --max-records 10\n  sluice consume orders --group billing --format '%p:%o %k=%v\\n'\n  sluice consume orders --from-beginning --json --timeout-ms 2000"
+        after_help = "Examples:\n  sluice consume orders --from-beginning --max-records 10\n  sluice consume orders --group billing --format '%p:%o %k=%v\\n'\n  sluice consume orders --from-beginning --json --timeout-ms 2000\n\nFormat placeholders: %t topic, %p partition, %o offset, %T timestamp (ms), %k key, %v value,\n%h headers (k=v,...), %K key length, %S value length, %% a percent sign; escapes \\n \\t \\r \\\\."
     )]
     Consume(consume::ConsumeArgs),
     /// List, describe, delete consumer groups and reset their offsets
