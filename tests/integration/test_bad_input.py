@@ -20,6 +20,8 @@ from helpers import (
     RawConn,
     Reader,
     api_versions,
+    compact_string,
+    uvarint,
     confluent_producer,
     consume_confluent,
     create_topic,
@@ -145,9 +147,11 @@ def test_truncated_request_then_silence_closes_or_waits_without_harm(broker):
 
 def test_unsupported_api_versions_version_answers_v0_error(broker):
     """Kafka answers an ApiVersions request of a version it does not know with
-    UNSUPPORTED_VERSION (35) in a v0 response that still lists its APIs."""
+    UNSUPPORTED_VERSION (35) in a v0 response that still lists its APIs. (A newer client sends
+    a newer ApiVersions with the flexible request header v2, as Kafka parses it.)"""
     with RawConn(broker.bootstrap) as conn:
-        cid = conn.request(API_API_VERSIONS, 99)
+        body = compact_string("future-client") + compact_string("9.9") + uvarint(0)
+        cid = conn.request(API_API_VERSIONS, 99, body, flexible=True)
         r = Reader(conn.recv_frame())
         assert r.i32() == cid
         err, apis = parse_api_versions_body(r, 0)

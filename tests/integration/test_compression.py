@@ -68,7 +68,7 @@ def test_kafka_python_compressed_batches_pass_through(broker, codec):
 
     topic = create_topic(broker.bootstrap, unique_topic(f"kp-{codec}"), 1)
     values = _payloads(N)
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all",
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=False,
                              compression_type=codec, linger_ms=50, batch_size=256 * 1024,
                              request_timeout_ms=15000)
     futures = [producer.send(topic, value=v, partition=0) for v in values]

@@ -84,16 +84,25 @@ def test_kafka_python_sees_topics_and_partitions(broker):
 
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=15000)
     try:
-        described = {t["topic"]: t for t in admin.describe_topics(list(topics))}
+        cluster = admin.describe_cluster()
+        assert len(cluster["brokers"]) == 1, cluster
+        (b,) = cluster["brokers"]
+        assert (b["host"], b["port"]) == ("127.0.0.1", broker.port)
+        assert cluster["controller_id"] == b["broker_id"]
+        assert cluster["cluster_id"], "no cluster id"
+        described = {t["name"]: t for t in admin.describe_topics(list(topics))}
+        ids = set()
         for name, n in topics.items():
             t = described[name]
             assert t["error_code"] == 0, t
-            assert sorted(p["partition"] for p in t["partitions"]) == list(range(n))
-            leaders = {p["leader"] for p in t["partitions"]}
-            assert len(leaders) == 1 and leaders.pop() >= 0
-        cluster = admin.describe_cluster()
-        assert len(cluster["brokers"]) == 1, cluster
-        assert cluster["brokers"][0]["port"] == broker.port
+            ids.add(str(t["topic_id"]))
+            assert sorted(p["partition_index"] for p in t["partitions"]) == list(range(n))
+            for p in t["partitions"]:
+                assert p["error_code"] == 0
+                assert p["leader_id"] == b["broker_id"]
+                assert p["replica_nodes"] == [b["broker_id"]]
+        assert len(ids) == len(topics), f"topic ids not distinct: {ids}"
+        assert "00000000-0000-0000-0000-000000000000" not in ids
     finally:
         admin.close()
 

@@ -106,7 +106,7 @@ def test_kafka_python_producer_and_assigned_consumer(broker):
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     topic = create_topic(broker.bootstrap, unique_topic("kp"), 3)
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5,
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=False, linger_ms=5,
                              request_timeout_ms=15000)
     records = _records(2000, seed=11)
     futures = [producer.send(topic, key=k, value=v) for k, v in records]
@@ -155,3 +155,18 @@ def test_kafkajs_producer_read_by_confluent(broker):
     for key, seq in per_key.items():
         assert len({p for p, _ in seq}) == 1, f"{key} on several partitions"
         assert [i for _, i in seq] == sorted(i for _, i in seq), f"{key} out of order"
+
+
+@__import__("pytest").mark.idempotence
+def test_kafka_python_producer_default_config(broker):
+    """kafka-python 3's producer enables idempotence by default, so unchanged it needs
+    InitProducerId (idempotent producer: a later feature). Fails until the broker has it."""
+    from kafka import KafkaProducer
+
+    topic = create_topic(broker.bootstrap, unique_topic("kpdef"), 1)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    try:
+        meta = producer.send(topic, key=b"k", value=b"v").get(timeout=30)
+    finally:
+        producer.close()
+    assert (meta.partition, meta.offset) == (0, 0)
