@@ -12,6 +12,7 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::LocalBoxFuture;
+use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::fetch::Part;
@@ -126,8 +127,11 @@ async fn read_requests<H: Handler>(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(limits.read_buffer_bytes.max(4096));
         }
-        let (result, returned) = stream.read(buf).await;
-        buf = returned;
+        // tokio-uring reads into the start of the buffer it is given: pass the spare tail,
+        // or a frame split across reads would be overwritten.
+        let filled = buf.len();
+        let (result, returned) = stream.read(buf.slice(filled..)).await;
+        buf = returned.into_inner();
         match result {
             Ok(0) => return,
             Ok(_) => {}
