@@ -28,16 +28,19 @@ const COPY_BUFFER_BYTES: usize = 256 * 1024;
 /// One connection's handler.
 pub struct BrokerConnection {
     shard: Rc<Shard>,
+    /// The peer as Kafka shows it in DescribeGroups ("/127.0.0.1").
+    client_host: Rc<str>,
     copy_buffer: RefCell<Option<Vec<u8>>>,
 }
 
 impl BrokerConnection {
     /// A handler on `shard`.
-    pub fn new(shard: Rc<Shard>) -> Self {
+    pub fn new(shard: Rc<Shard>, peer: std::net::SocketAddr) -> Self {
         shard.connections.set(shard.connections.get() + 1);
         shard.metrics.count(Counter::ConnectionsOpened, 1);
         Self {
             shard,
+            client_host: Rc::from(format!("/{}", peer.ip())),
             copy_buffer: RefCell::new(None),
         }
     }
@@ -52,6 +55,7 @@ impl Handler for BrokerConnection {
         body: Reader,
     ) -> LocalBoxFuture<'static, Response<FetchRecords>> {
         let shard = self.shard.clone();
+        let client_host = self.client_host.clone();
         let read_at = std::time::Instant::now();
         // Frame prefix + the fixed header fields + the body; close enough for a byte counter.
         let bytes_in = (body.remaining() + 12) as u64;
@@ -60,7 +64,7 @@ impl Handler for BrokerConnection {
             metrics.record_stage_ns(Stage::RequestQueue, read_at.elapsed().as_nanos() as u64);
             metrics.count(Counter::BytesIn, bytes_in);
             let api_key = header.api_key;
-            let response = api::dispatch(shard.clone(), header, body).await;
+            let response = api::dispatch(shard.clone(), header, body, &client_host).await;
             let metrics = &shard.metrics;
             metrics.record_request_ns(api_key, read_at.elapsed().as_nanos() as u64);
             match &response {

@@ -295,6 +295,12 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         other => format!("opening storage: {other}"),
     })?;
     let controller = metadata_log.map(Controller::new);
+    let group_config = group_config(&config);
+    let offsets_log_config = group_config.offsets_log_config();
+    let groups = sluice_group::GroupCoordinator::new(
+        group_config,
+        Rc::new(crate::shard::MetadataTopics(store.clone())),
+    );
     let shard = Rc::new(Shard::new(
         id,
         set,
@@ -302,11 +308,34 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         store,
         storage,
         controller,
+        groups,
     ));
     let opened = shard
         .open_owned_partitions()
         .map_err(|e| format!("opening partitions: {e}"))?;
     tracing::debug!(shard = id, partitions = opened, "partitions open");
+
+    // The offsets log partitions this shard owns; their groups answer
+    // COORDINATOR_LOAD_IN_PROGRESS until loaded.
+    let shard_count = shard.set.count();
+    for partition in
+        (0..sluice_group::OFFSETS_PARTITION_COUNT).filter(|p| *p as usize % shard_count == id)
+    {
+        let log = shard
+            .storage
+            .open_partition(
+                sluice_group::OFFSETS_TOPIC,
+                partition,
+                offsets_log_config.clone(),
+            )
+            .map_err(|e| format!("opening {}-{partition}: {e}", sluice_group::OFFSETS_TOPIC))?;
+        let groups = shard.groups.clone();
+        runtime::spawn(async move {
+            if let Err(error) = groups.load_partition(partition, log).await {
+                tracing::error!(partition, %error, "loading consumer offsets failed");
+            }
+        });
+    }
 
     let inbox_shard = shard.clone();
     runtime::spawn(async move {
@@ -347,7 +376,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let handler = Rc::new(BrokerConnection::new(shard.clone()));
+                    let handler = Rc::new(BrokerConnection::new(shard.clone(), peer));
                     runtime::spawn(sluice_net::connection::serve(stream, peer, handler, limits));
                 }
                 Err(error) => {
@@ -359,11 +388,24 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         }
     }
     drop(listener);
+    shard.groups.shutdown().await;
     if let Err(error) = shard.storage.shutdown().await {
         tracing::error!(shard = id, %error, "storage shutdown failed");
         return Err(format!("storage shutdown: {error}"));
     }
     Ok(())
+}
+
+fn group_config(config: &BrokerConfig) -> sluice_group::GroupConfig {
+    let mut group = sluice_group::GroupConfig::new(config.data_dir.clone());
+    let settings = &config.settings;
+    let int = |key: &str, default: i64| settings.raw(key).parse::<i64>().unwrap_or(default);
+    group.initial_rebalance_delay_ms = int("group.initial.rebalance.delay.ms", 3000) as i32;
+    group.session_timeout_ms_min = int("group.min.session.timeout.ms", 6000) as i32;
+    group.session_timeout_ms_max = int("group.max.session.timeout.ms", 1_800_000) as i32;
+    group.max_group_size = int("group.max.size", i64::from(i32::MAX)) as usize;
+    group.offsets_retention_minutes = int("offsets.retention.minutes", 10_080);
+    group
 }
 
 /// Wall-clock milliseconds since the epoch.

@@ -66,6 +66,15 @@ impl ShardSet {
     }
 }
 
+/// Topic lookups for the group coordinator, over the published metadata.
+pub struct MetadataTopics(pub Arc<MetadataStore>);
+
+impl sluice_group::TopicLookup for MetadataTopics {
+    fn partition_count(&self, topic: &str) -> Option<i32> {
+        self.0.load().topic(topic).map(|t| t.partitions)
+    }
+}
+
 /// Everything one shard owns.
 pub struct Shard {
     /// This shard's index.
@@ -86,6 +95,8 @@ pub struct Shard {
     pub connections: std::cell::Cell<usize>,
     /// This shard's latency histograms and counters.
     pub metrics: ShardMetrics,
+    /// The consumer groups this shard owns.
+    pub groups: sluice_group::GroupCoordinator,
 }
 
 impl Shard {
@@ -97,6 +108,7 @@ impl Shard {
         metadata: Arc<MetadataStore>,
         storage: ShardStorage,
         controller: Option<Controller>,
+        groups: sluice_group::GroupCoordinator,
     ) -> Self {
         Self {
             id,
@@ -108,6 +120,7 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             connections: std::cell::Cell::new(0),
             metrics: ShardMetrics::new(id),
+            groups,
         }
     }
 

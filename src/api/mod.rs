@@ -8,6 +8,7 @@
 mod admin;
 mod configs;
 mod fetch;
+pub mod groups;
 mod metadata;
 mod offsets;
 mod produce;
@@ -62,6 +63,20 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(37, 0, 3),                                       // CreatePartitions
     api(44, 0, 1),                                       // IncrementalAlterConfigs
     api(60, 0, 1),                                       // DescribeCluster
+    // Consumer groups: librdkafka enables its balanced consumer only when FindCoordinator,
+    // JoinGroup, SyncGroup, Heartbeat and LeaveGroup include v0, OffsetCommit overlaps 1–2 and
+    // OffsetFetch includes 1.
+    api(8, 2, 8),  // OffsetCommit
+    api(9, 1, 8),  // OffsetFetch
+    api(10, 0, 4), // FindCoordinator
+    api(11, 0, 9), // JoinGroup
+    api(12, 0, 4), // Heartbeat
+    api(13, 0, 5), // LeaveGroup
+    api(14, 0, 5), // SyncGroup
+    api(15, 0, 5), // DescribeGroups
+    api(16, 0, 4), // ListGroups
+    api(42, 0, 2), // DeleteGroups
+    api(47, 0, 0), // OffsetDelete
 ];
 
 /// The served range of `key`, if any.
@@ -77,6 +92,7 @@ pub async fn dispatch(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    client_host: &str,
 ) -> Response<FetchRecords> {
     let Some(range) = supported(header.api_key) else {
         tracing::warn!(
@@ -111,6 +127,17 @@ pub async fn dispatch(
         37 => admin::create_partitions(shard, header, body).await,
         44 => configs::incremental_alter(shard, header, body).await,
         60 => metadata::describe_cluster(shard, header, body),
+        8 => groups::offset_commit(shard, header, body).await,
+        9 => groups::offset_fetch(shard, header, body).await,
+        10 => groups::find_coordinator(shard, header, body),
+        11 => groups::join_group(shard, header, body, client_host.to_string()).await,
+        12 => groups::heartbeat(shard, header, body).await,
+        13 => groups::leave_group(shard, header, body).await,
+        14 => groups::sync_group(shard, header, body).await,
+        15 => groups::describe_groups(shard, header, body).await,
+        16 => groups::list_groups(shard, header, body).await,
+        42 => groups::delete_groups(shard, header, body).await,
+        47 => groups::offset_delete(shard, header, body).await,
         _ => Response::Close,
     }
 }

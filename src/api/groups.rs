@@ -1,0 +1,290 @@
+//! Consumer-group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
+//! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups, OffsetDelete.
+//!
+//! Each group is owned by one shard — the owner of its `__consumer_offsets` partition
+//! (`offsets_partition_for(group) % shards`) — and every request about it is forwarded there;
+//! requests about several groups are split and their answers reassembled in request order.
+//! Must never: run group state anywhere but on the owning shard.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::{
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListGroupsResponse,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetFetchResponse,
+    SyncGroupRequest,
+};
+use sluice_group::{offsets_partition_for, ClientInfo, GroupCoordinator};
+use sluice_net::connection::Response;
+use sluice_net::header::RequestHeader;
+use sluice_net::Reader;
+
+use super::{decode_or_close, encode, str_bytes, FetchRecords};
+use crate::errors::code;
+use crate::shard::{Shard, ShardGone};
+
+/// The shard that owns `group_id`.
+pub fn group_shard(shard: &Shard, group_id: &str) -> usize {
+    offsets_partition_for(group_id) as usize % shard.set.count()
+}
+
+/// Runs `f` with the coordinator of the shard owning `group_id`.
+async fn on_group_shard<F, Fut, T>(shard: &Rc<Shard>, group_id: &str, f: F) -> Result<T, ShardGone>
+where
+    F: FnOnce(GroupCoordinator) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let target = group_shard(shard, group_id);
+    shard.invoke_on(target, move |s| f(s.groups.clone())).await
+}
+
+/// Handles FindCoordinator: the coordinator of every group is this broker.
+pub fn find_coordinator(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, FindCoordinatorRequest);
+    const KEY_TYPE_GROUP: i8 = 0;
+    let node = BrokerId(shard.config.node_id);
+    let host = str_bytes(&shard.config.advertised_host);
+    let port = shard.config.advertised_port;
+    let supported = request.key_type == KEY_TYPE_GROUP;
+    let mut response = FindCoordinatorResponse::default();
+    if header.api_version >= 4 {
+        response.coordinators = request
+            .coordinator_keys
+            .iter()
+            .map(|key| {
+                let mut c = Coordinator::default();
+                c.key = key.clone();
+                if supported {
+                    c.node_id = node;
+                    c.host = host.clone();
+                    c.port = port;
+                } else {
+                    c.node_id = BrokerId(-1);
+                    c.port = -1;
+                    c.error_code = code::COORDINATOR_NOT_AVAILABLE;
+                    c.error_message = Some(str_bytes("transactions are not supported yet"));
+                }
+                c
+            })
+            .collect();
+    } else if supported {
+        response.node_id = node;
+        response.host = host;
+        response.port = port;
+    } else {
+        response.error_code = code::COORDINATOR_NOT_AVAILABLE;
+        response.node_id = BrokerId(-1);
+        response.port = -1;
+        if header.api_version >= 1 {
+            response.error_message = Some(str_bytes("transactions are not supported yet"));
+        }
+    }
+    encode(&header, &response)
+}
+
+macro_rules! single_group_api {
+    ($name:ident, $request:ty, $method:ident) => {
+        /// Forwards the request to the group's shard.
+        pub async fn $name(shard: Rc<Shard>, header: RequestHeader, body: Reader) -> Response<FetchRecords> {
+            let request = decode_or_close!(header, body, $request);
+            let version = header.api_version;
+            let group_id = request.group_id.0.to_string();
+            match on_group_shard(&shard, &group_id, move |c| async move { c.$method(request, version).await }).await {
+                Ok(response) => encode(&header, &response),
+                Err(gone) => {
+                    tracing::warn!(%gone, "group shard unavailable; closing connection");
+                    Response::Close
+                }
+            }
+        }
+    };
+}
+
+single_group_api!(sync_group, SyncGroupRequest, sync_group);
+single_group_api!(heartbeat, HeartbeatRequest, heartbeat);
+single_group_api!(leave_group, LeaveGroupRequest, leave_group);
+single_group_api!(offset_commit, OffsetCommitRequest, offset_commit);
+single_group_api!(offset_delete, OffsetDeleteRequest, offset_delete);
+
+/// Handles JoinGroup (carries who the client is, for DescribeGroups and member ids).
+pub async fn join_group(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+    client_host: String,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, JoinGroupRequest);
+    let version = header.api_version;
+    let client = ClientInfo {
+        client_id: header.client_id_lossy(),
+        client_host,
+    };
+    let group_id = request.group_id.0.to_string();
+    match on_group_shard(&shard, &group_id, move |c| async move {
+        c.join_group(request, version, &client).await
+    })
+    .await
+    {
+        Ok(response) => encode(&header, &response),
+        Err(_) => Response::Close,
+    }
+}
+
+/// Handles OffsetFetch: one group (v1–7) or several (v8), each on its own shard.
+pub async fn offset_fetch(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, OffsetFetchRequest);
+    let version = header.api_version;
+    if version < 8 {
+        let group_id = request.group_id.0.to_string();
+        return match on_group_shard(&shard, &group_id, move |c| async move {
+            c.offset_fetch(&request, version)
+        })
+        .await
+        {
+            Ok(response) => encode(&header, &response),
+            Err(_) => Response::Close,
+        };
+    }
+    let require_stable = request.require_stable;
+    let pending: Vec<_> = request
+        .groups
+        .into_iter()
+        .map(|group| {
+            let group_id = group.group_id.0.to_string();
+            let fallback = group.group_id.clone();
+            let shard = shard.clone();
+            async move {
+                on_group_shard(&shard, &group_id, move |c| async move { c.offset_fetch_group(&group, require_stable) })
+                    .await
+                    .unwrap_or_else(|_| {
+                        let mut g = kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseGroup::default();
+                        g.group_id = fallback;
+                        g.error_code = code::COORDINATOR_NOT_AVAILABLE;
+                        g
+                    })
+            }
+        })
+        .collect();
+    let mut response = OffsetFetchResponse::default();
+    response.groups = futures::future::join_all(pending).await;
+    encode(&header, &response)
+}
+
+/// Handles ListGroups: every shard's groups.
+pub async fn list_groups(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, ListGroupsRequest);
+    let filter: Vec<String> = request
+        .states_filter
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut pending = Vec::new();
+    for target in 0..shard.set.count() {
+        let filter = filter.clone();
+        pending.push(shard.invoke_on(
+            target,
+            move |s| async move { s.groups.list_groups(&filter) },
+        ));
+    }
+    let mut response = ListGroupsResponse::default();
+    for result in futures::future::join_all(pending).await {
+        match result {
+            Ok(groups) => response.groups.extend(groups),
+            Err(_) => response.error_code = code::COORDINATOR_NOT_AVAILABLE,
+        }
+    }
+    encode(&header, &response)
+}
+
+/// Handles DescribeGroups.
+pub async fn describe_groups(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, DescribeGroupsRequest);
+    let include = request.include_authorized_operations;
+    let pending: Vec<_> = request
+        .groups
+        .iter()
+        .map(|group| {
+            let group_id = group.0.to_string();
+            let shard = shard.clone();
+            async move {
+                let id = group_id.clone();
+                on_group_shard(&shard, &group_id, move |c| async move {
+                    c.describe_group(&id, include)
+                })
+                .await
+            }
+        })
+        .collect();
+    let mut response = DescribeGroupsResponse::default();
+    for (group, result) in request
+        .groups
+        .iter()
+        .zip(futures::future::join_all(pending).await)
+    {
+        response.groups.push(result.unwrap_or_else(|_| {
+            let mut g =
+                kafka_protocol::messages::describe_groups_response::DescribedGroup::default();
+            g.group_id = group.clone();
+            g.error_code = code::COORDINATOR_NOT_AVAILABLE;
+            g
+        }));
+    }
+    encode(&header, &response)
+}
+
+/// Handles DeleteGroups.
+pub async fn delete_groups(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, DeleteGroupsRequest);
+    let pending: Vec<_> = request
+        .groups_names
+        .iter()
+        .map(|group| {
+            let group_id = group.0.to_string();
+            let shard = shard.clone();
+            async move {
+                let id = group_id.clone();
+                on_group_shard(&shard, &group_id, move |c| async move {
+                    c.delete_group(&id).await
+                })
+                .await
+                .unwrap_or(code::COORDINATOR_NOT_AVAILABLE)
+            }
+        })
+        .collect();
+    let mut response = DeleteGroupsResponse::default();
+    for (group, error_code) in request
+        .groups_names
+        .iter()
+        .zip(futures::future::join_all(pending).await)
+    {
+        let mut r = DeletableGroupResult::default();
+        r.group_id = group.clone();
+        r.error_code = error_code;
+        response.results.push(r);
+    }
+    encode(&header, &response)
+}
