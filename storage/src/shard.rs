@@ -61,17 +61,31 @@ fn io_error(context: String) -> impl FnOnce(io::Error) -> StorageError {
     move |source| StorageError::Io { context, source }
 }
 
-/// Whether the filesystem under `dir` accepts O_DIRECT (tmpfs and some overlays do not).
+/// Whether the filesystem under `dir` accepts O_DIRECT: an aligned write through an O_DIRECT
+/// descriptor, since some filesystems accept the open flag and refuse the write.
 fn probe_direct_io(dir: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
     let probe = dir.join(".sluice-direct-io-probe");
-    let result = OpenOptions::new()
+    let opened = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .custom_flags(libc::O_DIRECT)
         .open(&probe);
-    let accepted = match result {
-        Ok(_) => true,
+    let accepted = match opened {
+        Ok(file) => {
+            let block = AlignedBuffer::new(DIRECT_IO_ALIGN_BYTES);
+            // SAFETY: nothing else uses this fresh buffer.
+            let bytes = unsafe { block.slice(0, DIRECT_IO_ALIGN_BYTES) };
+            match file.write_all_at(bytes, 0) {
+                Ok(()) => true,
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => false,
+                Err(error) => {
+                    let _ = std::fs::remove_file(&probe);
+                    return Err(error);
+                }
+            }
+        }
         Err(error) if error.raw_os_error() == Some(libc::EINVAL) => false,
         Err(error) => return Err(error),
     };
