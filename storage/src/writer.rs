@@ -106,6 +106,8 @@ struct PartFlush {
     records: u64,
     sync: bool,
     failure: Option<String>,
+    /// The failure is a failed write (rolled back), not a failed fdatasync (poison).
+    write_failed: bool,
 }
 
 fn key<T>(rc: &Rc<T>) -> *const T {
@@ -113,13 +115,23 @@ fn key<T>(rc: &Rc<T>) -> *const T {
 }
 
 /// Runs until the shard shuts down.
+///
+/// Two flushes overlap at most: once flush N's writes are in, flush N+1 is planned, copied
+/// and submitted before N's fdatasyncs are awaited, so the copy and write of N+1 run during
+/// N's fdatasync. Completions stay in order: N's appends complete before N+1's.
 pub(crate) async fn run<B: IoBackend>(
     shard: Rc<ShardShared>,
     backend: B,
     staging: Rc<AlignedBuffer>,
 ) {
+    // The flush whose writes are in and whose fdatasyncs may still run.
+    let mut syncing: Option<Flush> = None;
     loop {
         if shard.queue.borrow().is_empty() {
+            if let Some(previous) = syncing.take() {
+                finish_syncs(&shard, previous, None).await;
+                continue;
+            }
             shard.writer_busy.set(false);
             shard.writer_idle.notify_waiters();
             if shard.closed.get() {
@@ -139,7 +151,14 @@ pub(crate) async fn run<B: IoBackend>(
             continue;
         }
         shard.writer_busy.set(true);
-        flush_once(&shard, &backend, &staging).await;
+        let mut next = start_flush(&shard, &backend, &staging);
+        if let Some(previous) = syncing.take() {
+            finish_syncs(&shard, previous, next.as_mut()).await;
+        }
+        if let Some(mut next) = next {
+            finish_writes(&shard, &staging, &mut next).await;
+            syncing = Some(next);
+        }
     }
 }
 
@@ -267,11 +286,30 @@ fn mark_durable(segment: &Segment, written: u64) {
     }
 }
 
-async fn flush_once<B: IoBackend>(
+/// One group commit between its submission and its last completion.
+struct Flush {
+    groups: Vec<Group>,
+    parts: Vec<PartFlush>,
+    part_of: HashMap<*const PartitionShared, usize>,
+    taken: Vec<QueuedAppend>,
+    writes: Vec<IoFuture>,
+    syncs: Vec<Option<IoFuture>>,
+    extra_syncs: Vec<(usize, Rc<Segment>, u64, IoFuture)>,
+    started: Instant,
+    stats: FlushStats,
+}
+
+/// Plans the next flush (a prefix of the queue within the staging budget, the last append
+/// possibly in part), copies it into staging and submits one write per file with its
+/// fdatasync linked behind it. None when there is nothing to write.
+///
+/// Called only when no write from `staging` is in flight: the previous flush's writes have
+/// completed (its fdatasyncs may still run; they do not read the buffer).
+fn start_flush<B: IoBackend>(
     shard: &Rc<ShardShared>,
     backend: &B,
     staging: &Rc<AlignedBuffer>,
-) {
+) -> Option<Flush> {
     let align = if shard.direct_io {
         DIRECT_IO_ALIGN_BYTES
     } else {
@@ -286,7 +324,7 @@ async fn flush_once<B: IoBackend>(
     let mut taken_count = 0usize;
     let mut partial_bytes = 0usize;
 
-    // 1. Plan: a prefix of the queue (the last one possibly in part) within the staging budget.
+    // 1. Plan.
     {
         let queue = shard.queue.borrow();
         for item in queue.iter() {
@@ -298,6 +336,7 @@ async fn flush_once<B: IoBackend>(
                     records: 0,
                     sync: false,
                     failure: None,
+                    write_failed: false,
                 });
                 parts.len() - 1
             });
@@ -349,14 +388,14 @@ async fn flush_once<B: IoBackend>(
     }
     groups.retain(|group| group.new_bytes > 0);
     if groups.is_empty() {
-        // Cannot happen with a budget of at least two blocks; avoid spinning if it does.
-        tracing::error!("group commit planned an empty flush; failing the queue head");
         if let Some(mut item) = shard.queue.borrow_mut().pop_front() {
+            // Cannot happen with a budget of at least two blocks; never spin on it.
+            tracing::error!("group commit planned an empty flush; failing the queue head");
             item.fail("internal error: append does not fit the staging buffer");
         }
-        return;
+        return None;
     }
-    let mut taken: Vec<QueuedAppend> = {
+    let taken: Vec<QueuedAppend> = {
         let mut queue = shard.queue.borrow_mut();
         let taken: Vec<QueuedAppend> = queue.drain(..taken_count).collect();
         if partial_bytes > 0 {
@@ -390,8 +429,8 @@ async fn flush_once<B: IoBackend>(
     for group in groups.iter_mut() {
         group.staging_offset = staging_offset;
         group.write_len = align_up(group.head_bytes + group.new_bytes, align);
-        // SAFETY: no write is in flight (one flush at a time) and this range is disjoint
-        // from every other group's.
+        // SAFETY: no write from staging is in flight and this range is disjoint from every
+        // other group's.
         let destination = unsafe { staging.slice_mut(staging_offset, group.write_len) };
         let state = group.segment.state.borrow();
         debug_assert_eq!(
@@ -410,7 +449,7 @@ async fn flush_once<B: IoBackend>(
     }
     debug_assert!(staging_offset <= budget);
 
-    // 4. Submit: one write per file, each with its fdatasync linked behind it.
+    // 4. Submit.
     let started = Instant::now();
     let mut writes = Vec::with_capacity(groups.len());
     let mut syncs: Vec<Option<IoFuture>> = Vec::with_capacity(groups.len());
@@ -435,7 +474,7 @@ async fn flush_once<B: IoBackend>(
         writes.push(written);
         syncs.push(synced);
     }
-    let mut extra_syncs: Vec<(usize, Rc<Segment>, u64, IoFuture)> = Vec::new();
+    let mut extra_syncs = Vec::new();
     for (index, part) in parts.iter().enumerate() {
         if part.sync {
             let in_flush: Vec<*const Segment> = groups
@@ -448,10 +487,37 @@ async fn flush_once<B: IoBackend>(
             }
         }
     }
+    let stats = FlushStats {
+        bytes: new_bytes_total as u64,
+        files: groups.len() as u64,
+        appends: taken.len() as u64,
+        records: parts.iter().map(|part| part.records).sum(),
+        ..FlushStats::default()
+    };
+    Some(Flush {
+        groups,
+        parts,
+        part_of,
+        taken,
+        writes,
+        syncs,
+        extra_syncs,
+        started,
+        stats,
+    })
+}
 
-    // 5. Writes in: update positions, ack acks=1, publish no-sync partitions.
-    let mut write_results = Vec::with_capacity(groups.len());
-    for (group, written) in groups.iter().zip(writes) {
+/// Awaits the flush's writes: records the new file ends (and O_DIRECT tail blocks), fails
+/// and rolls back partitions whose write failed, completes acks=1 appends, and publishes
+/// partitions that do not fdatasync this flush.
+async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut Flush) {
+    let align = if shard.direct_io {
+        DIRECT_IO_ALIGN_BYTES
+    } else {
+        1
+    };
+    let mut write_results = Vec::with_capacity(flush.groups.len());
+    for (group, written) in flush.groups.iter().zip(std::mem::take(&mut flush.writes)) {
         let result = match written.await {
             Ok(bytes) if bytes as usize == group.write_len => Ok(()),
             Ok(bytes) => Err(io::Error::new(
@@ -462,20 +528,21 @@ async fn flush_once<B: IoBackend>(
         };
         write_results.push(result);
     }
-    let write_ns = started.elapsed().as_nanos() as u64;
-    for (group, result) in groups.iter().zip(&write_results) {
+    flush.stats.write_ns = flush.started.elapsed().as_nanos() as u64;
+    for (group, result) in flush.groups.iter().zip(&write_results) {
         if let Err(error) = result {
-            let part = &mut parts[group.partition];
+            let part = &mut flush.parts[group.partition];
             if part.failure.is_none() {
                 part.failure = Some(format!(
                     "write to {} failed: {error}",
                     group.segment.log_path().display()
                 ));
+                part.write_failed = true;
             }
         }
     }
-    for (group, result) in groups.iter().zip(&write_results) {
-        if result.is_err() || parts[group.partition].failure.is_some() {
+    for (group, result) in flush.groups.iter().zip(&write_results) {
+        if result.is_err() || flush.parts[group.partition].failure.is_some() {
             continue;
         }
         let end = group.start_bytes + group.new_bytes as u64;
@@ -485,57 +552,56 @@ async fn flush_once<B: IoBackend>(
             let block_start = align_down(end, align as u64);
             let from = group.staging_offset
                 + (block_start - (group.start_bytes - group.head_bytes as u64)) as usize;
-            // SAFETY: the write from this range has completed.
+            // SAFETY: the write from this range has completed and the next flush has not
+            // been planned yet.
             let block = unsafe { staging.slice(from, (end - block_start) as usize) };
             state.tail_block.clear();
             state.tail_block.extend_from_slice(block);
         }
     }
-    let mut stats = FlushStats {
-        write_ns,
-        bytes: new_bytes_total as u64,
-        files: groups.len() as u64,
-        appends: taken.len() as u64,
-        records: parts.iter().map(|part| part.records).sum(),
-        ..FlushStats::default()
-    };
-    for part in parts.iter() {
-        if let Some(reason) = &part.failure {
-            fail_partition(shard, part, reason, &mut taken);
+    for part in flush.parts.iter() {
+        if part.write_failed {
+            if let Some(reason) = &part.failure {
+                fail_partition(shard, part, reason, &mut flush.taken);
+            }
         }
     }
-    for item in taken.iter_mut() {
-        let part = &parts[part_of[&key(&item.partition)]];
+    for item in flush.taken.iter_mut() {
+        let part = &flush.parts[flush.part_of[&key(&item.partition)]];
         if part.failure.is_some() {
             continue;
         }
         if !part.sync {
             item.partition
                 .publish(&item.segment, item.position, &item.data, item.last_offset);
-            item.complete(&mut stats);
+            item.complete(&mut flush.stats);
         } else if item
             .waiter
             .as_ref()
             .is_some_and(|waiter| waiter.ack == Ack::Written)
         {
-            item.complete(&mut stats);
+            item.complete(&mut flush.stats);
         }
     }
-    for part in parts.iter() {
+    for part in flush.parts.iter() {
         if part.failure.is_none() && !part.sync {
             part.partition.log.borrow_mut().unsynced_messages += part.records;
             part.partition.high_watermark_advanced.notify_waiters();
         }
     }
+}
 
-    // 6. fdatasyncs in: mark durable, publish, ack acks=all; a failure poisons.
+/// Awaits the flush's fdatasyncs: marks bytes durable, publishes and completes acks=all
+/// appends; a failed fdatasync poisons its partition, failing its appends here, in the queue
+/// and in `next` (the flush already submitted behind this one).
+async fn finish_syncs(shard: &ShardShared, mut flush: Flush, mut next: Option<&mut Flush>) {
     let sync_started = Instant::now();
     let mut any_sync = false;
-    for (group, synced) in groups.iter().zip(syncs) {
+    for (group, synced) in flush.groups.iter().zip(std::mem::take(&mut flush.syncs)) {
         let Some(synced) = synced else { continue };
         any_sync = true;
         let result = synced.await;
-        let part = &mut parts[group.partition];
+        let part = &mut flush.parts[group.partition];
         if part.failure.is_some() {
             continue;
         }
@@ -549,10 +615,10 @@ async fn flush_once<B: IoBackend>(
             }
         }
     }
-    for (part_index, segment, written, future) in extra_syncs {
+    for (part_index, segment, written, future) in std::mem::take(&mut flush.extra_syncs) {
         any_sync = true;
         let result = future.await;
-        let part = &mut parts[part_index];
+        let part = &mut flush.parts[part_index];
         if part.failure.is_some() {
             continue;
         }
@@ -567,19 +633,23 @@ async fn flush_once<B: IoBackend>(
         }
     }
     if any_sync {
-        stats.fsync_ns = sync_started.elapsed().as_nanos() as u64;
+        flush.stats.fsync_ns = sync_started.elapsed().as_nanos() as u64;
     }
-    for part in parts.iter() {
-        if !part.sync {
+    for part in flush.parts.iter() {
+        if !part.sync || part.write_failed {
             continue;
         }
         match &part.failure {
-            Some(reason)
-                if write_results_ok(&groups, &write_results, part_index_of(&parts, part)) =>
-            {
-                poison(shard, &part.partition, reason, &mut taken);
+            Some(reason) => {
+                poison(shard, &part.partition, reason, &mut flush.taken);
+                if let Some(next) = next.as_deref_mut() {
+                    if let Some(&index) = next.part_of.get(&key(&part.partition)) {
+                        let reason = format!("an earlier fdatasync failed: {reason}");
+                        fail_appends(shard, &part.partition, &reason, &mut next.taken);
+                        next.parts[index].failure.get_or_insert(reason);
+                    }
+                }
             }
-            Some(_) => {}
             None => {
                 let mut log = part.partition.log.borrow_mut();
                 log.unsynced_messages = 0;
@@ -587,40 +657,24 @@ async fn flush_once<B: IoBackend>(
             }
         }
     }
-    for item in taken.iter_mut() {
-        let part = &parts[part_of[&key(&item.partition)]];
+    for item in flush.taken.iter_mut() {
+        let part = &flush.parts[flush.part_of[&key(&item.partition)]];
         if part.failure.is_some() || !part.sync {
             continue;
         }
         item.partition
             .publish(&item.segment, item.position, &item.data, item.last_offset);
-        item.complete(&mut stats);
+        item.complete(&mut flush.stats);
     }
-    for part in parts.iter() {
+    for part in flush.parts.iter() {
         if part.failure.is_none() && part.sync {
             part.partition.high_watermark_advanced.notify_waiters();
         }
         crate::shard::maybe_finalize(&part.partition);
     }
     if let Some(observer) = shard.flush_observer.borrow().as_ref() {
-        observer(&stats);
+        observer(&flush.stats);
     }
-}
-
-fn part_index_of(parts: &[PartFlush], part: &PartFlush) -> usize {
-    parts
-        .iter()
-        .position(|candidate| std::ptr::eq(candidate, part))
-        .unwrap_or(usize::MAX)
-}
-
-/// Whether every write of partition `part` succeeded (so a failure is its fdatasync's).
-fn write_results_ok(groups: &[Group], results: &[io::Result<()>], part: usize) -> bool {
-    groups
-        .iter()
-        .zip(results)
-        .filter(|(group, _)| group.partition == part)
-        .all(|(_, result)| result.is_ok())
 }
 
 /// Fails the partition's appends in this flush and in the queue, then rolls its log back to
@@ -639,8 +693,11 @@ fn poison(
     reason: &str,
     taken: &mut [QueuedAppend],
 ) {
-    tracing::error!(partition = %partition.label(), reason, "fdatasync failed: partition poisoned until reopened");
-    partition.log.borrow_mut().poisoned = Some(reason.to_string());
+    let first = partition.log.borrow().poisoned.is_none();
+    if first {
+        tracing::error!(partition = %partition.label(), reason, "fdatasync failed: partition poisoned until reopened");
+        partition.log.borrow_mut().poisoned = Some(reason.to_string());
+    }
     fail_appends(shard, partition, reason, taken);
 }
 

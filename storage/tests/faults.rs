@@ -213,3 +213,81 @@ fn failed_fdatasync_poisons_until_reopened() {
         assert!(writes >= 3 && syncs >= 3, "{writes} writes, {syncs} syncs");
     });
 }
+
+#[test]
+fn failed_fdatasync_under_load_fails_every_later_append() {
+    run_with_faults(true, async |storage, plan| {
+        let partition = storage
+            .open_partition("load", 0, LogConfig::default())
+            .expect("partition");
+        let other = storage
+            .open_partition("load", 1, LogConfig::default())
+            .expect("partition");
+        partition
+            .append(bytes(make_batch(0, 1, 100, 0)), Ack::Durable, 0)
+            .await
+            .expect("warm up");
+        let mut tasks = Vec::new();
+        for producer in 0..16u64 {
+            let target = if producer % 2 == 0 {
+                partition.clone()
+            } else {
+                other.clone()
+            };
+            tasks.push(tokio::task::spawn_local(async move {
+                let mut outcomes = Vec::new();
+                for round in 0..20u64 {
+                    let result = target
+                        .append(
+                            bytes(make_batch(producer << 8 | round, 1, 3000, 0)),
+                            Ack::Durable,
+                            0,
+                        )
+                        .await;
+                    outcomes.push(
+                        result
+                            .map(|info| info.base_offset)
+                            .map_err(|error| error.to_string()),
+                    );
+                }
+                outcomes
+            }));
+        }
+        // Let a few group commits pass, then fail one fdatasync while others are in flight.
+        tokio::task::yield_now().await;
+        plan.fail_next_sync(libc::EIO);
+        let mut acked = Vec::new();
+        let mut failed = 0usize;
+        for task in tasks {
+            for outcome in task.await.expect("join") {
+                match outcome {
+                    Ok(offset) => acked.push(offset),
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+        assert!(failed > 0, "the failed fdatasync failed appends");
+        let poisoned = [&partition, &other]
+            .iter()
+            .filter(|candidate| candidate.poisoned().is_some())
+            .count();
+        assert_eq!(
+            poisoned, 1,
+            "exactly the partition whose fdatasync failed is poisoned"
+        );
+        for candidate in [&partition, &other] {
+            // Everything visible was acknowledged; nothing unsynced became visible.
+            let visible = read_all(candidate, 0).len() as i64;
+            assert_eq!(visible, candidate.high_watermark());
+        }
+        let healthy = if partition.poisoned().is_some() {
+            &other
+        } else {
+            &partition
+        };
+        healthy
+            .append(bytes(make_batch(999, 1, 10, 0)), Ack::Durable, 0)
+            .await
+            .expect("the other partition still appends");
+    });
+}
