@@ -216,7 +216,7 @@ def test_consume_sees_records_produced_while_it_waits(sluice_bin, broker):
     b = ["--bootstrap", broker.bootstrap]
     topic = unique_topic("tail")
     create(sluice_bin, broker, topic, 1)
-    consumer = subprocess.Popen([str(sluice_bin), "consume", topic, "--max-records", 2, *b],
+    consumer = subprocess.Popen([str(sluice_bin), "consume", topic, "--max-records", "2", *b],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         time.sleep(1.0)  # the consumer has looked up the end offset by now
@@ -308,15 +308,21 @@ def test_sluice_produces_kcat_consumes(sluice_bin, broker):
     out = ok(sluice(sluice_bin, "produce", topic, "--key-separator", "\x1f",
                     "--header", "h1=one", "--header", "h2=two", *b, input=lines))
     assert out.stdout.decode().strip() == f"{len(BINARY_VALUES)} record(s) acknowledged"
+    # Lengths first, so binary keys and values need no delimiter: OFFSET|KLEN|VLEN|HEADERS|KV.
     proc = run_kcat(["-C", "-b", broker.bootstrap, "-t", topic, "-p", "0", "-o", "0", "-e",
-                     "-f", "%k\x1e%s\x1e%h\x1e%o\x1d"])
-    records = [r.split(b"\x1e") for r in proc.stdout.split(b"\x1d") if r]
+                     "-f", "%o|%K|%S|%h|%k%s"])
+    data, records = proc.stdout, []
+    while data:
+        offset, klen, vlen, headers, rest = data.split(b"|", 4)
+        klen, vlen = int(klen), int(vlen)
+        records.append((int(offset), rest[:klen], rest[klen:klen + vlen], headers))
+        data = rest[klen + vlen:]
     assert len(records) == len(BINARY_VALUES)
-    for i, (key, value, headers, offset) in enumerate(records):
+    for i, (offset, key, value, headers) in enumerate(records):
+        assert offset == i
         assert key == b"key%d" % i
         assert value == BINARY_VALUES[i]
         assert headers == b"h1=one,h2=two"
-        assert int(offset) == i
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,7 +480,7 @@ def test_two_group_members_split_the_partitions(sluice_bin, broker):
     create(sluice_bin, broker, topic, 4)
     ok(sluice(sluice_bin, "produce", topic, *b, input="".join(f"v{i}\n" for i in range(40))))
     members = [subprocess.Popen([str(sluice_bin), "consume", topic, "--group", group,
-                                 "--from-beginning", "--timeout-ms", 6000, "--format", r"%p %v\n", *b],
+                                 "--from-beginning", "--timeout-ms", "6000", "--format", r"%p %v\n", *b],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     outputs = []
     for m in members:

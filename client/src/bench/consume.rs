@@ -88,7 +88,7 @@ pub async fn read_partitions(
         let answer = wait_fetch(pending, &topic).await?;
         let now_ns = start.elapsed().as_nanos() as u64;
         let rtt_us = (sent_at.elapsed().as_micros() as u64).max(1);
-        let mut interval = new_latency_histogram();
+        let mut interval: Vec<u64> = Vec::new();
         let (mut records, mut bytes) = (0u64, 0u64);
         for data in answer {
             let Some(position) = positions.get(&data.partition).copied() else {
@@ -130,7 +130,7 @@ pub async fn read_partitions(
                         let origin_ns = u64::from_be_bytes(stamp);
                         let latency_us = (now_ns.saturating_sub(origin_ns) / 1_000).max(1);
                         histogram.saturating_record(latency_us);
-                        interval.saturating_record(latency_us);
+                        interval.push(latency_us);
                         records += 1;
                         bytes += value.len() as u64;
                     }
@@ -140,7 +140,7 @@ pub async fn read_partitions(
         }
         if mode == ReadMode::Throughput && records > 0 {
             histogram.saturating_record(rtt_us);
-            interval.saturating_record(rtt_us);
+            interval.push(rtt_us);
         }
         records_total += records;
         bytes_total += bytes;

@@ -224,12 +224,18 @@ impl Progress {
         })
     }
 
-    /// Adds a completed chunk of work and its latencies.
-    pub fn add(&self, records: u64, bytes: u64, latencies: &Histogram<u64>) {
+    /// Adds a completed chunk of work and its latencies (microseconds). One lock per chunk;
+    /// no histogram is allocated on this path.
+    pub fn add(&self, records: u64, bytes: u64, latencies_us: &[u64]) {
         self.records.fetch_add(records, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if latencies_us.is_empty() {
+            return;
+        }
         if let Ok(mut interval) = self.interval.lock() {
-            let _ = interval.add(latencies);
+            for latency in latencies_us {
+                interval.saturating_record(*latency);
+            }
         }
     }
 }

@@ -259,6 +259,9 @@ struct Accumulator {
     opened_ns: u64,
 }
 
+/// Encoded batches for one request, and what each will credit.
+type Drained = (Vec<(i32, Bytes)>, Vec<SentBatch>);
+
 /// A batch on the wire: which partition, and what to credit when it is acknowledged.
 struct SentBatch {
     partition: i32,
@@ -298,6 +301,8 @@ struct Worker {
     histogram: hdrhistogram::Histogram<u64>,
     records_acked: u64,
     bytes_acked: u64,
+    /// Reused buffer of one response's latencies.
+    latencies_us: Vec<u64>,
 }
 
 struct WorkerDone {
@@ -351,6 +356,7 @@ impl Worker {
             histogram: new_latency_histogram(),
             records_acked: 0,
             bytes_acked: 0,
+            latencies_us: Vec::new(),
             info,
         })
     }
@@ -473,11 +479,7 @@ impl Worker {
     }
 
     /// Drains batches for `leader` (every partition with data, up to the request cap).
-    fn drain_for(
-        &mut self,
-        leader: i32,
-        now_ns: u64,
-    ) -> Result<(Vec<(i32, Bytes)>, Vec<SentBatch>)> {
+    fn drain_for(&mut self, leader: i32, now_ns: u64) -> Result<Drained> {
         let mut batches = Vec::new();
         let mut sent = Vec::new();
         let mut request_bytes = 0usize;
@@ -496,12 +498,9 @@ impl Worker {
             let acc = &mut self.accs[slot];
             let take = acc.records.len().min(records_per_batch);
             let mut records: Vec<Record> = acc.records.drain(..take).collect();
-            // Offsets inside a batch must start at 0.
+            // Offsets inside a batch must start at 0; records still waiting are renumbered when
+            // their own batch is drained.
             for (i, r) in records.iter_mut().enumerate() {
-                r.offset = i as i64;
-                r.sequence = (i as i32).wrapping_sub(1);
-            }
-            for (i, r) in acc.records.iter_mut().enumerate() {
                 r.offset = i as i64;
                 r.sequence = (i as i32).wrapping_sub(1);
             }
@@ -554,7 +553,8 @@ impl Worker {
         let ack_ns = self.now_ns();
         let mut by_partition: BTreeMap<i32, std::result::Result<i64, ClientError>> =
             outcomes.into_iter().collect();
-        let mut interval = new_latency_histogram();
+        let mut latencies_us = std::mem::take(&mut self.latencies_us);
+        latencies_us.clear();
         let (mut records, mut bytes) = (0u64, 0u64);
         for batch in sent {
             match by_partition.remove(&batch.partition) {
@@ -569,16 +569,17 @@ impl Worker {
                 }
             }
             for origin in &batch.origins_ns {
-                let latency_us = ack_ns.saturating_sub(*origin) / 1_000;
-                self.histogram.saturating_record(latency_us.max(1));
-                interval.saturating_record(latency_us.max(1));
+                let latency_us = (ack_ns.saturating_sub(*origin) / 1_000).max(1);
+                self.histogram.saturating_record(latency_us);
+                latencies_us.push(latency_us);
             }
             records += batch.origins_ns.len() as u64;
             bytes += batch.value_bytes as u64;
         }
         self.records_acked += records;
         self.bytes_acked += bytes;
-        self.progress.add(records, bytes, &interval);
+        self.progress.add(records, bytes, &latencies_us);
+        self.latencies_us = latencies_us;
         Ok(())
     }
 

@@ -272,10 +272,7 @@ mod tests {
         let text = hgrm(&h);
         assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"));
         assert!(text.contains("       0.500 0.000000000000          1           1.00"));
-        let last_row = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .last();
+        let last_row = text.lines().rfind(|l| !l.starts_with('#') && !l.is_empty());
         assert_eq!(last_row, Some("       2.000 1.000000000000          4"));
         assert!(text.contains("#[Max     =        2.000, Total count    =            4]"));
     }
