@@ -310,6 +310,24 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         controller,
         groups,
     ));
+    // Group-commit timings into the shard's histograms. Weak: the storage engine is owned by
+    // the shard, so a strong reference here would be a cycle.
+    let observed = Rc::downgrade(&shard);
+    shard.storage.set_flush_observer(Box::new(move |flush| {
+        let Some(shard) = observed.upgrade() else {
+            return;
+        };
+        let metrics = &shard.metrics;
+        metrics.record_stage_ns(sluice_metrics::Stage::AppendWrite, flush.write_ns);
+        if flush.fsync_ns > 0 {
+            metrics.record_stage_ns(sluice_metrics::Stage::AppendFsync, flush.fsync_ns);
+        }
+        metrics.record_group_commit(flush.bytes, flush.records);
+        metrics.count(sluice_metrics::Counter::RecordsIn, flush.records);
+        for ns in &flush.append_to_durable_ns {
+            metrics.record_stage_ns(sluice_metrics::Stage::AppendToDurable, *ns);
+        }
+    }));
     let opened = shard
         .open_owned_partitions()
         .map_err(|e| format!("opening partitions: {e}"))?;

@@ -298,7 +298,7 @@ impl GroupCoordinator {
                 );
                 drop(st);
                 self.shared.notify.notify_one();
-                tracing::info!(
+                tracing::debug!(
                     partition,
                     groups = group_count,
                     records_replayed,
