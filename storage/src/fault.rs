@@ -12,6 +12,8 @@ use std::io;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
+use bytes::Bytes;
+
 use crate::buffer::AlignedBuffer;
 use crate::io::{FileWrite, IoBackend, IoFuture};
 
@@ -149,6 +151,48 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
             None => self.inner.write(staging, write, true),
             Some(errno) => {
                 let (written, _) = self.inner.write(staging, write, false);
+                (written, Some(failed(errno)))
+            }
+        }
+    }
+
+    fn write_vectored(
+        &self,
+        fd: RawFd,
+        file_position: u64,
+        pieces: Vec<Bytes>,
+        sync: bool,
+    ) -> (IoFuture, Option<IoFuture>) {
+        let canceled = || sync.then(|| failed(libc::ECANCELED));
+        match self.plan.take_write_fault() {
+            Some(Fault::WriteError(errno)) => return (failed(errno), canceled()),
+            Some(Fault::TornWrite(bytes)) => {
+                let mut left = bytes;
+                let mut torn = Vec::new();
+                for piece in pieces {
+                    if left == 0 {
+                        break;
+                    }
+                    let take = left.min(piece.len());
+                    torn.push(piece.slice(..take));
+                    left -= take;
+                }
+                let (written, _) = self.inner.write_vectored(fd, file_position, torn, false);
+                let result: IoFuture = Box::pin(async move {
+                    let _ = written.await;
+                    Err(io::Error::from_raw_os_error(libc::EIO))
+                });
+                return (result, canceled());
+            }
+            Some(Fault::SyncError(_)) | None => {}
+        }
+        if !sync {
+            return self.inner.write_vectored(fd, file_position, pieces, false);
+        }
+        match self.plan.take_sync_fault() {
+            None => self.inner.write_vectored(fd, file_position, pieces, true),
+            Some(errno) => {
+                let (written, _) = self.inner.write_vectored(fd, file_position, pieces, false);
                 (written, Some(failed(errno)))
             }
         }

@@ -10,8 +10,13 @@ use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 
+use bytes::Bytes;
+
 use crate::buffer::AlignedBuffer;
 use crate::ring::{ops, types, Ring};
+
+/// Most iovecs one writev accepts (Linux UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
 
 /// One contiguous write of a flush: `len` staging bytes at `staging_offset` go to `fd` at
 /// `file_position`.
@@ -35,6 +40,17 @@ pub(crate) trait IoBackend: 'static {
         &self,
         staging: &Rc<AlignedBuffer>,
         write: FileWrite,
+        sync: bool,
+    ) -> (IoFuture, Option<IoFuture>);
+
+    /// Queues a vectored write of `pieces` (buffered mode: no staging copy) at
+    /// `file_position`, and, when `sync`, an fdatasync linked after it. The first future
+    /// resolves with the total bytes written.
+    fn write_vectored(
+        &self,
+        fd: RawFd,
+        file_position: u64,
+        pieces: Vec<Bytes>,
         sync: bool,
     ) -> (IoFuture, Option<IoFuture>);
 
@@ -93,6 +109,62 @@ impl IoBackend for RingBackend {
         let sync_done = completions
             .next()
             .map(|completion| Box::pin(completion) as IoFuture);
+        (write_done, sync_done)
+    }
+
+    fn write_vectored(
+        &self,
+        fd: RawFd,
+        file_position: u64,
+        pieces: Vec<Bytes>,
+        sync: bool,
+    ) -> (IoFuture, Option<IoFuture>) {
+        let iovecs: Vec<libc::iovec> = pieces
+            .iter()
+            .map(|piece| libc::iovec {
+                iov_base: piece.as_ptr() as *mut libc::c_void,
+                iov_len: piece.len(),
+            })
+            .collect();
+        // One WRITEV per IOV_MAX iovecs, linked in order, then the fdatasync.
+        let mut entries = Vec::new();
+        let mut position = file_position;
+        for chunk in iovecs.chunks(IOV_MAX) {
+            let chunk_bytes: u64 = chunk.iter().map(|iovec| iovec.iov_len as u64).sum();
+            entries.push(
+                ops::Writev::new(types::Fd(fd), chunk.as_ptr(), chunk.len() as u32)
+                    .offset(position)
+                    .build(),
+            );
+            position += chunk_bytes;
+        }
+        let writes = entries.len();
+        if sync {
+            entries.push(
+                ops::Fsync::new(types::Fd(fd))
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build(),
+            );
+        }
+        // SAFETY: every iovec points into `pieces` and the iovec array itself; both move into
+        // the ring's keep slot (a Vec's heap buffer does not move when the Vec does) and live
+        // until the last link finishes.
+        let mut completions = unsafe { self.ring.submit_linked(entries, (iovecs, pieces)) };
+        let sync_done = if sync {
+            completions
+                .pop()
+                .map(|completion| Box::pin(completion) as IoFuture)
+        } else {
+            None
+        };
+        debug_assert_eq!(completions.len(), writes);
+        let write_done: IoFuture = Box::pin(async move {
+            let mut total = 0i32;
+            for completion in completions {
+                total = total.saturating_add(completion.await?);
+            }
+            Ok(total)
+        });
         (write_done, sync_done)
     }
 

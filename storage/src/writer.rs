@@ -310,6 +310,7 @@ fn start_flush<B: IoBackend>(
     backend: &B,
     staging: &Rc<AlignedBuffer>,
 ) -> Option<Flush> {
+    let direct_io = shard.direct_io;
     let align = if shard.direct_io {
         DIRECT_IO_ALIGN_BYTES
     } else {
@@ -387,6 +388,9 @@ fn start_flush<B: IoBackend>(
         }
     }
     groups.retain(|group| group.new_bytes > 0);
+    for group in groups.iter_mut() {
+        group.write_len = align_up(group.head_bytes + group.new_bytes, align);
+    }
     if groups.is_empty() {
         if let Some(mut item) = shard.queue.borrow_mut().pop_front() {
             // Cannot happen with a budget of at least two blocks; never spin on it.
@@ -424,11 +428,11 @@ fn start_flush<B: IoBackend>(
                 .is_some_and(|flush_ms| log.last_sync.elapsed() >= Duration::from_millis(flush_ms));
     }
 
-    // 3. Copy into staging.
+    // 3. O_DIRECT: copy into staging (aligned, partial last block in front). Buffered writes
+    //    go straight from the appends' buffers (writev).
     let mut staging_offset = 0usize;
-    for group in groups.iter_mut() {
+    for group in groups.iter_mut().filter(|_| direct_io) {
         group.staging_offset = staging_offset;
-        group.write_len = align_up(group.head_bytes + group.new_bytes, align);
         // SAFETY: no write from staging is in flight and this range is disjoint from every
         // other group's.
         let destination = unsafe { staging.slice_mut(staging_offset, group.write_len) };
@@ -464,6 +468,17 @@ fn start_flush<B: IoBackend>(
             continue;
         };
         use std::os::fd::AsRawFd;
+        if !direct_io {
+            let (written, synced) = backend.write_vectored(
+                file.as_raw_fd(),
+                group.start_bytes,
+                group.pieces.clone(),
+                sync,
+            );
+            writes.push(written);
+            syncs.push(synced);
+            continue;
+        }
         let write = FileWrite {
             fd: file.as_raw_fd(),
             staging_offset: group.staging_offset,

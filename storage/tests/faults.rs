@@ -122,13 +122,22 @@ fn eio_fails_only_the_partition_that_hit_it() {
 }
 
 #[test]
-fn torn_write_is_never_served_nor_recovered() {
+fn torn_write_is_never_served_nor_recovered_direct() {
+    torn_write_is_never_served_nor_recovered(true);
+}
+
+#[test]
+fn torn_write_is_never_served_nor_recovered_buffered() {
+    torn_write_is_never_served_nor_recovered(false);
+}
+
+fn torn_write_is_never_served_nor_recovered(direct_io: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut expected = Vec::new();
     tokio_uring::start(async {
         let plan = FaultPlan::new();
         let storage =
-            ShardStorage::open_with_faults(storage_config(dir.path(), true), plan.clone())
+            ShardStorage::open_with_faults(storage_config(dir.path(), direct_io), plan.clone())
                 .expect("open");
         let partition = storage
             .open_partition("torn", 0, LogConfig::default())
@@ -290,4 +299,82 @@ fn failed_fdatasync_under_load_fails_every_later_append() {
             .await
             .expect("the other partition still appends");
     });
+}
+
+/// An append larger than the staging buffer is written over several flushes; a failure in
+/// its second flush rolls back the part already written and the space is reused.
+fn oversized_append(direct_io: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let plan = FaultPlan::new();
+        let mut config = storage_config(dir.path(), direct_io);
+        config.group_commit_bytes_max = 64 << 10;
+        let storage = ShardStorage::open_with_faults(config, plan.clone()).expect("open");
+        let log_config = LogConfig {
+            max_message_bytes: 4 << 20,
+            ..LogConfig::default()
+        };
+        let partition = storage
+            .open_partition("big", 0, log_config.clone())
+            .expect("partition");
+        let small = make_batch(0, 1, 777, 0);
+        partition
+            .append(bytes(small.clone()), Ack::Durable, 0)
+            .await
+            .expect("small");
+        let big = make_batch(1, 900, 1000, 0);
+        assert!(big.len() > 600 << 10);
+        let (writes_before, _) = plan.operation_counts();
+        let info = partition
+            .append(bytes(big.clone()), Ack::Durable, 0)
+            .await
+            .expect("big append");
+        let (writes_after, _) = plan.operation_counts();
+        assert!(
+            writes_after - writes_before >= 2,
+            "written over several flushes"
+        );
+        assert_eq!(info.base_offset, 1);
+        // Fail the second flush of the next oversized append.
+        let failing = partition.clone();
+        let pending = tokio::task::spawn_local(async move {
+            failing
+                .append(bytes(make_batch(2, 900, 1000, 0)), Ack::Durable, 0)
+                .await
+        });
+        tokio::task::yield_now().await;
+        plan.fail_next_write(libc::ENOSPC);
+        let result = pending.await.expect("join");
+        // Depending on timing the first or a later piece failed; either way nothing is visible.
+        assert!(matches!(result, Err(AppendError::Storage(_))), "{result:?}");
+        assert_eq!(partition.log_end_offset(), 901);
+        let after = make_batch(3, 2, 100, 0);
+        let info = partition
+            .append(bytes(after.clone()), Ack::Durable, 0)
+            .await
+            .expect("space reused");
+        assert_eq!(info.base_offset, 901);
+        let expected = vec![
+            expected_stored(&small, 0, 0),
+            expected_stored(&big, 1, 0),
+            expected_stored(&after, 901, 0),
+        ];
+        assert!(read_all(&partition, 0) == expected, "bytes after rollback");
+        storage.shutdown().await.expect("shutdown");
+        let reopened = ShardStorage::open(storage_config(dir.path(), direct_io)).expect("reopen");
+        let partition = reopened
+            .open_partition("big", 0, log_config)
+            .expect("partition");
+        assert!(read_all(&partition, 0) == expected, "bytes after reopen");
+    });
+}
+
+#[test]
+fn oversized_append_direct() {
+    oversized_append(true);
+}
+
+#[test]
+fn oversized_append_buffered() {
+    oversized_append(false);
 }
