@@ -62,8 +62,10 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if args.appenders == 0 {
-        // Enough appenders in flight to fill a group commit.
-        args.appenders = (args.group_commit_bytes / args.batch_bytes).clamp(args.partitions, 1024);
+        // Two group commits' worth of appenders: one commit's appends in flight while the
+        // next commit's are queued, as under sustained producer load.
+        args.appenders =
+            (2 * args.group_commit_bytes / args.batch_bytes).clamp(args.partitions, 4096);
     }
     Ok(args)
 }
