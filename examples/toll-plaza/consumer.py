@@ -35,15 +35,26 @@ def main():
         "auto.offset.reset": "earliest",
         "session.timeout.ms": 10000,
     })
-    consumer.subscribe([args.topic])
+    assigned = []
+
+    def on_assign(_consumer, partitions):
+        # The idle clock starts when we own partitions: after a crash the group waits for the
+        # dead member's session to expire before it hands out partitions again.
+        assigned[:] = partitions
+        last_event_at[0] = time.monotonic()
+
+    last_event_at = [time.monotonic()]
+    consumer.subscribe([args.topic], on_assign=on_assign)
     seen = inserted = 0
-    last_event = time.monotonic()
+    started = time.monotonic()
     try:
         while True:
             budget = args.max_events - seen if args.max_events else 500
             msgs = consumer.consume(num_messages=min(500, budget), timeout=1.0)
             if not msgs:
-                if args.idle_exit_s and time.monotonic() - last_event > args.idle_exit_s:
+                idle_s = time.monotonic() - last_event_at[0]
+                waited_s = time.monotonic() - started
+                if args.idle_exit_s and idle_s > args.idle_exit_s and (assigned or waited_s > 60):
                     break
                 continue
             rows, commit = [], {}
@@ -58,7 +69,7 @@ def main():
             consumer.commit(offsets=[TopicPartition(args.topic, p, o) for p, o in commit.items()],
                             asynchronous=False)  # 2. then Kafka learns how far we got
             seen += len(msgs)
-            last_event = time.monotonic()
+            last_event_at[0] = time.monotonic()
             print(f"consumer: +{len(msgs)} events ({inserted} new rows so far)", flush=True)
             if args.max_events and seen >= args.max_events:
                 break
