@@ -1,13 +1,16 @@
 //! The broker side of a client connection: routes each request to the API dispatcher and
-//! writes Fetch record data to the socket.
+//! writes Fetch responses to the socket.
 //!
-//! Record data from the tail cache goes out as the cache's own `Bytes`; file ranges are copied
-//! through one reusable per-connection buffer (the copying path; the zero-copy splice path
-//! replaces it when `fetch.zero.copy` is on and the kernel supports splice). Must never: hold
-//! a segment handle longer than the write that needs it.
+//! On the zero-copy path (`fetch.zero.copy`, probed per shard by [`crate::zero_copy`]) a
+//! Fetch response goes out whole through [`zero_copy::write_response`]: framing and record
+//! data in linked io_uring chains, file ranges spliced, large tail-cache data by SENDMSG_ZC.
+//! On the copying path, tail-cache `Bytes` are written as they are and file ranges are copied
+//! through one reusable per-connection buffer. Must never: hold a segment handle longer than
+//! the write that needs it, or write a response before the previous one is complete.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 
 use futures::future::LocalBoxFuture;
@@ -21,6 +24,7 @@ use sluice_storage::ReadChunk;
 use crate::api::{self, FetchRecords};
 use crate::runtime::TcpStream;
 use crate::shard::Shard;
+use crate::zero_copy::{self, ShardZeroCopy};
 
 /// Size of the buffer that file ranges are copied through on the copying path.
 const COPY_BUFFER_BYTES: usize = 256 * 1024;
@@ -31,6 +35,13 @@ pub struct BrokerConnection {
     /// The peer as Kafka shows it in DescribeGroups ("/127.0.0.1").
     client_host: Rc<str>,
     copy_buffer: RefCell<Option<Vec<u8>>>,
+    /// This shard's fetch path and pipe pool.
+    zero_copy: Rc<ShardZeroCopy>,
+    /// A duplicate of the socket descriptor for io_uring operations (see
+    /// [`zero_copy::duplicate_socket`]); made on the first zero-copy response.
+    socket: RefCell<Option<Rc<OwnedFd>>>,
+    /// Whether this connection wrote a response on the zero-copy path (for the close log).
+    wrote_zero_copy: Cell<bool>,
 }
 
 impl BrokerConnection {
@@ -39,10 +50,22 @@ impl BrokerConnection {
         shard.connections.set(shard.connections.get() + 1);
         shard.metrics.count(Counter::ConnectionsOpened, 1);
         Self {
-            shard,
             client_host: Rc::from(format!("/{}", peer.ip())),
             copy_buffer: RefCell::new(None),
+            zero_copy: zero_copy::for_shard(&shard),
+            socket: RefCell::new(None),
+            wrote_zero_copy: Cell::new(false),
+            shard,
         }
+    }
+
+    fn socket_for(&self, stream: &TcpStream) -> io::Result<Rc<OwnedFd>> {
+        if let Some(socket) = self.socket.borrow().as_ref() {
+            return Ok(socket.clone());
+        }
+        let socket = zero_copy::duplicate_socket(stream.as_raw_fd())?;
+        *self.socket.borrow_mut() = Some(socket.clone());
+        Ok(socket)
     }
 }
 
@@ -137,7 +160,45 @@ impl Handler for BrokerConnection {
         })
     }
 
+    fn write_parts<'a>(
+        &'a self,
+        stream: &'a TcpStream,
+        parts: Vec<Part<FetchRecords>>,
+    ) -> LocalBoxFuture<'a, io::Result<()>> {
+        if !self.zero_copy.is_zero_copy() {
+            return Box::pin(sluice_net::connection::write_parts_in_order(
+                stream, self, parts,
+            ));
+        }
+        Box::pin(async move {
+            let socket = self.socket_for(stream)?;
+            self.wrote_zero_copy.set(true);
+            let ring = self.shard.storage.ring();
+            let written = zero_copy::write_response(&self.zero_copy, &ring, &socket, parts).await;
+            if let Err(error) = &written {
+                // Every operation of the write has completed by now: what the counters show
+                // is what the abort left behind.
+                tracing::debug!(
+                    target: "sluice::zero_copy",
+                    client = %self.client_host,
+                    %error,
+                    "zero-copy response aborted; {}",
+                    zero_copy::Counters::now()
+                );
+            }
+            written
+        })
+    }
+
     fn closed(&self) {
+        if self.wrote_zero_copy.get() {
+            tracing::debug!(
+                target: "sluice::zero_copy",
+                shard = self.shard.id,
+                "connection closed; {}",
+                zero_copy::Counters::now()
+            );
+        }
         self.shard
             .connections
             .set(self.shard.connections.get().saturating_sub(1));

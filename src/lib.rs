@@ -13,3 +13,4 @@ pub mod metadata;
 pub mod runtime;
 pub mod server;
 pub mod shard;
+pub mod zero_copy;

@@ -82,8 +82,9 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
         Some(socket)
     } else {
         // SO_REUSEPORT would let a second broker share the port silently and steal half of
-        // its connections: a plain bind fails if anyone (reuseport or not) holds it.
-        std::net::TcpListener::bind(config.listen).map_err(|e| {
+        // its connections. A probe bound with SO_REUSEADDR only (TIME_WAIT leftovers of a
+        // killed broker are fine) fails while anyone listens on the port.
+        probe_port_free(config.listen).map_err(|e| {
             ServeError::Startup(format!(
                 "listen on {}: {e} (is another broker running?)",
                 config.listen
@@ -217,6 +218,17 @@ fn collector(set: Arc<ShardSet>) -> sluice_metrics::Collect {
         }
         merged.ok_or_else(|| "no shards".to_string())
     })
+}
+
+fn probe_port_free(addr: SocketAddr) -> std::io::Result<()> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())
 }
 
 fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {

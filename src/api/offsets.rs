@@ -59,11 +59,11 @@ pub async fn handle(
                     LATEST_TIMESTAMP => (code::NONE, -1, partition.high_watermark()),
                     EARLIEST_TIMESTAMP => (code::NONE, -1, partition.log_start_offset()),
                     MAX_TIMESTAMP => match partition.max_timestamp() {
-                        Some((ts, offset)) => (code::NONE, ts, offset),
+                        Some((offset, ts)) => (code::NONE, ts, offset),
                         None => (code::NONE, -1, -1),
                     },
                     ts if ts < 0 => (code::UNSUPPORTED_VERSION, -1, -1),
-                    ts => match partition.offset_for_timestamp(ts) {
+                    ts => match exact_offset_for_timestamp(&partition, ts) {
                         Some((offset, found_ts)) => (code::NONE, found_ts, offset),
                         None => (code::NONE, -1, -1),
                     },
@@ -99,4 +99,160 @@ pub async fn handle(
     let mut response = ListOffsetsResponse::default();
     response.topics = topics;
     encode(&header, &response)
+}
+
+/// Kafka answers a time lookup with the first *record* whose timestamp is at or after the
+/// target. The time index finds the batch; inside an uncompressed batch the record timestamps
+/// are read from its (varint) record headers. A compressed batch is never decompressed: its
+/// base offset and max timestamp are the answer, which is exact for LogAppendTime topics and
+/// at most one batch early otherwise.
+fn exact_offset_for_timestamp(
+    partition: &sluice_storage::Partition,
+    target_ms: i64,
+) -> Option<(i64, i64)> {
+    let (batch_offset, batch_max_ts) = partition.offset_for_timestamp(target_ms)?;
+    let batch = first_batch_bytes(partition, batch_offset).unwrap_or_default();
+    Some(record_at_or_after(&batch, target_ms).unwrap_or((batch_offset, batch_max_ts)))
+}
+
+/// The bytes of the batch holding `offset` (the first batch a read returns).
+fn first_batch_bytes(partition: &sluice_storage::Partition, offset: i64) -> Option<Vec<u8>> {
+    const BATCH_HEADER_BYTES: usize = 61;
+    let slice = partition
+        .read(offset, BATCH_HEADER_BYTES as u32, true)
+        .ok()?;
+    let mut bytes = Vec::new();
+    for chunk in slice.chunks {
+        match chunk {
+            sluice_storage::ReadChunk::Memory(b) => bytes.extend_from_slice(&b),
+            sluice_storage::ReadChunk::File {
+                segment,
+                position,
+                length,
+            } => {
+                let start = bytes.len();
+                bytes.resize(start + length as usize, 0);
+                segment.read_at(&mut bytes[start..], position).ok()?;
+            }
+        }
+        if bytes.len() >= 12 {
+            let batch_len =
+                i32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]).max(0) as usize + 12;
+            if bytes.len() >= batch_len {
+                bytes.truncate(batch_len);
+                return Some(bytes);
+            }
+        }
+    }
+    None
+}
+
+/// (offset, timestamp) of the first record at or after `target_ms` in an uncompressed v2
+/// batch; None for compressed or unparsable batches.
+fn record_at_or_after(batch: &[u8], target_ms: i64) -> Option<(i64, i64)> {
+    const RECORDS_START: usize = 61;
+    if batch.len() < RECORDS_START || batch[16] != 2 {
+        return None;
+    }
+    let attributes = i16::from_be_bytes([batch[21], batch[22]]);
+    if attributes & 0x07 != 0 {
+        return None;
+    }
+    let base_offset = i64::from_be_bytes(batch[0..8].try_into().ok()?);
+    let base_timestamp = i64::from_be_bytes(batch[27..35].try_into().ok()?);
+    let count = i32::from_be_bytes(batch[57..61].try_into().ok()?);
+    let mut pos = RECORDS_START;
+    for _ in 0..count.max(0) {
+        let (length, n) = read_varint(&batch[pos..])?;
+        let body_start = pos + n;
+        let mut cursor = body_start + 1; // attributes
+        let (timestamp_delta, n) = read_varint(batch.get(cursor..)?)?;
+        cursor += n;
+        let (offset_delta, _) = read_varint(batch.get(cursor..)?)?;
+        let timestamp = base_timestamp + timestamp_delta;
+        if timestamp >= target_ms {
+            return Some((base_offset + offset_delta, timestamp));
+        }
+        pos = body_start.checked_add(usize::try_from(length).ok()?)?;
+        if pos > batch.len() {
+            return None;
+        }
+    }
+    None
+}
+
+/// A zigzag varint (varlong range) and the bytes it took.
+fn read_varint(bytes: &[u8]) -> Option<(i64, usize)> {
+    let mut value: u64 = 0;
+    for (i, byte) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((((value >> 1) as i64) ^ -((value & 1) as i64), i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zigzag(buf: &mut Vec<u8>, value: i64) {
+        let mut v = ((value << 1) ^ (value >> 63)) as u64;
+        while v >= 0x80 {
+            buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        buf.push(v as u8);
+    }
+
+    /// A minimal uncompressed v2 batch whose records have the given timestamp deltas.
+    fn batch(base_offset: i64, base_ts: i64, deltas: &[i64]) -> Vec<u8> {
+        let mut records = Vec::new();
+        for (i, delta) in deltas.iter().enumerate() {
+            let mut body = vec![0u8];
+            zigzag(&mut body, *delta);
+            zigzag(&mut body, i as i64);
+            zigzag(&mut body, -1); // null key
+            zigzag(&mut body, 1);
+            body.push(b'v');
+            zigzag(&mut body, 0); // headers
+            zigzag(&mut records, body.len() as i64);
+            records.extend(body);
+        }
+        let mut b = Vec::new();
+        b.extend(base_offset.to_be_bytes());
+        b.extend(((49 + records.len()) as i32).to_be_bytes());
+        b.extend(0i32.to_be_bytes());
+        b.push(2);
+        b.extend(0u32.to_be_bytes());
+        b.extend(0i16.to_be_bytes());
+        b.extend(((deltas.len() - 1) as i32).to_be_bytes());
+        b.extend(base_ts.to_be_bytes());
+        b.extend((base_ts + deltas.iter().max().copied().unwrap_or(0)).to_be_bytes());
+        b.extend((-1i64).to_be_bytes());
+        b.extend((-1i16).to_be_bytes());
+        b.extend((-1i32).to_be_bytes());
+        b.extend((deltas.len() as i32).to_be_bytes());
+        b.extend(records);
+        b
+    }
+
+    #[test]
+    fn finds_the_first_record_at_or_after_the_target() {
+        let b = batch(100, 1_000, &[0, 10, 20, 300]);
+        assert_eq!(record_at_or_after(&b, 1_000), Some((100, 1_000)));
+        assert_eq!(record_at_or_after(&b, 1_005), Some((101, 1_010)));
+        assert_eq!(record_at_or_after(&b, 1_021), Some((103, 1_300)));
+        assert_eq!(record_at_or_after(&b, 1_301), None);
+    }
+
+    #[test]
+    fn compressed_or_truncated_batches_are_not_parsed() {
+        let mut b = batch(0, 5, &[0, 1]);
+        b[22] |= 0x01; // gzip
+        assert_eq!(record_at_or_after(&b, 5), None);
+        let b = batch(0, 5, &[0, 1]);
+        assert_eq!(record_at_or_after(&b[..64], 6), None);
+    }
 }
