@@ -65,6 +65,17 @@ pub trait Handler: 'static {
         records: Self::Records,
     ) -> LocalBoxFuture<'a, io::Result<()>>;
 
+    /// Writes one multi-part response, in order. The default writes each framing part with
+    /// `write_all` and hands record parts to [`Handler::write_records`]; a handler overrides it
+    /// to put framing and record data into one submission (linked io_uring entries).
+    fn write_parts<'a>(
+        &'a self,
+        stream: &'a TcpStream,
+        parts: Vec<Part<Self::Records>>,
+    ) -> LocalBoxFuture<'a, io::Result<()>> {
+        Box::pin(write_parts_in_order(stream, self, parts))
+    }
+
     /// Called once when the connection ends.
     fn closed(&self) {}
 }
@@ -162,7 +173,7 @@ async fn write_responses<H: Handler>(
         let written = match response {
             Response::None => Ok(()),
             Response::Frame(bytes) => write_bytes(&stream, bytes).await,
-            Response::Parts(parts) => write_parts(&stream, &*handler, parts).await,
+            Response::Parts(parts) => handler.write_parts(&stream, parts).await,
             Response::Close => {
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 return;
@@ -184,7 +195,8 @@ async fn write_bytes(stream: &TcpStream, bytes: Bytes) -> io::Result<()> {
     result
 }
 
-async fn write_parts<H: Handler>(
+/// Writes `parts` one at a time: framing with `write_all`, records through the handler.
+pub async fn write_parts_in_order<H: Handler + ?Sized>(
     stream: &TcpStream,
     handler: &H,
     parts: Vec<Part<H::Records>>,

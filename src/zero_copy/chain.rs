@@ -154,7 +154,10 @@ pub(crate) async fn write_pieces(
     let pieces: Vec<Piece> = pieces.into_iter().filter(|p| p.len() > 0).collect();
     let mut lease: Option<PipeLease> = None;
     if pieces.iter().any(|p| matches!(p, Piece::File { .. })) {
-        lease = Some(pool.lease().map_err(|e| context(e, "creating a splice pipe"))?);
+        lease = Some(
+            pool.lease()
+                .map_err(|e| context(e, "creating a splice pipe"))?,
+        );
     }
     let mut cursor = Cursor::default();
     let outcome = async {
@@ -493,7 +496,10 @@ mod tests {
         let capacity = 1024 * 1024;
         assert_eq!(splice_step_bytes(10, 0, capacity), 10);
         assert_eq!(splice_step_bytes(5_000_000, 0, capacity), capacity as u64);
-        assert_eq!(splice_step_bytes(5_000_000, 100, capacity), capacity as u64 - 100);
+        assert_eq!(
+            splice_step_bytes(5_000_000, 100, capacity),
+            capacity as u64 - 100
+        );
         let step = splice_step_bytes(5_000_000, 4096 + 7, capacity);
         assert_eq!((4096 + 7 + step) % 4096, 0);
         // A one-page pipe still makes progress from an unaligned start.

@@ -109,7 +109,10 @@ impl PipePool {
     /// An empty pool whose pipes ask for `pipe_capacity_bytes` each.
     pub(crate) fn new(idle_max: usize, pipe_capacity_bytes: usize) -> PipePool {
         assert!(idle_max > 0, "a pool that keeps nothing is a bug");
-        assert!(pipe_capacity_bytes >= 4096, "a pipe holds at least one page");
+        assert!(
+            pipe_capacity_bytes >= 4096,
+            "a pipe holds at least one page"
+        );
         PipePool {
             idle: RefCell::new(Vec::with_capacity(idle_max)),
             idle_max,
@@ -161,6 +164,7 @@ impl PipePool {
     }
 
     /// Idle pipes right now.
+    #[cfg(test)]
     pub(crate) fn idle_count(&self) -> usize {
         self.idle.borrow().len()
     }
@@ -240,7 +244,10 @@ mod tests {
         assert_eq!(pool.idle_count(), 0);
 
         let dirty = pool.lease().expect("lease");
-        assert!(!pool.give_back(dirty, false), "a pipe that errored is closed");
+        assert!(
+            !pool.give_back(dirty, false),
+            "a pipe that errored is closed"
+        );
         assert_eq!(pool.idle_count(), 0);
     }
 
