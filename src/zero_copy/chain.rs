@@ -505,4 +505,162 @@ mod tests {
         // A one-page pipe still makes progress from an unaligned start.
         assert_eq!(splice_step_bytes(5_000, 4000, 4096), 96);
     }
+
+    fn bytes_piece(length: usize) -> Piece {
+        Piece::Bytes(Bytes::from(vec![7u8; length]))
+    }
+
+    fn file_piece(length: u32) -> Piece {
+        let file = std::fs::File::open("/dev/null").expect("open");
+        Piece::File {
+            segment: TrackedSegment::from_file(Rc::new(file)),
+            position: 0,
+            length,
+        }
+    }
+
+    /// Live tracked segments change the process-wide counters other tests compare.
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        crate::zero_copy::tests::COUNTERS_LOCK
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cancelled() -> io::Result<i32> {
+        Err(io::Error::from_raw_os_error(libc::ECANCELED))
+    }
+
+    #[test]
+    fn a_short_splice_into_the_pipe_resumes_from_what_the_pipe_holds() {
+        let _serial = serial();
+        let pieces = vec![bytes_piece(10), file_piece(100), bytes_piece(5)];
+        let mut cursor = Cursor::default();
+        let links = [
+            Link::Send {
+                length_bytes: 10,
+                zero_copy: false,
+            },
+            Link::SpliceIn { length_bytes: 100 },
+            Link::SpliceOut { length_bytes: 100 },
+            Link::Send {
+                length_bytes: 5,
+                zero_copy: false,
+            },
+        ];
+        // 60 of 100 bytes reach the pipe; the paired splice out moves 50 of them.
+        let results = vec![Ok(10), Ok(60), Ok(50), cancelled()];
+        let next = apply(&pieces, &mut cursor, &links, results).expect("consistent");
+        assert!(matches!(next, Next::Continue));
+        assert_eq!(
+            cursor,
+            Cursor {
+                piece: 1,
+                offset_bytes: 50,
+                piped_bytes: 10
+            }
+        );
+        // The next chain first drains the pipe, then splices the rest of the range.
+        let (_, built, _) = build_chain(
+            &pieces,
+            cursor,
+            Some(Rc::new(test_pipe())),
+            &Rc::new(dev_null_fd()),
+            ChainConfig {
+                send_zc_min_bytes: None,
+                links_max: 8,
+            },
+        );
+        assert!(matches!(built[0], Link::SpliceOut { length_bytes: 10 }));
+        assert!(matches!(built[1], Link::SpliceIn { length_bytes: 40 }));
+        assert!(matches!(built[2], Link::SpliceOut { length_bytes: 40 }));
+        assert!(matches!(
+            built[3],
+            Link::Send {
+                length_bytes: 5,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_short_send_resumes_inside_the_gathered_pieces() {
+        let _serial = serial();
+        let pieces = vec![bytes_piece(10), bytes_piece(20), file_piece(8)];
+        let mut cursor = Cursor::default();
+        let links = [
+            Link::Send {
+                length_bytes: 30,
+                zero_copy: true,
+            },
+            Link::SpliceIn { length_bytes: 8 },
+            Link::SpliceOut { length_bytes: 8 },
+        ];
+        let results = vec![Ok(25), cancelled(), cancelled()];
+        apply(&pieces, &mut cursor, &links, results).expect("consistent");
+        assert_eq!(
+            cursor,
+            Cursor {
+                piece: 1,
+                offset_bytes: 15,
+                piped_bytes: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_link_that_runs_after_a_short_one_closes_the_connection() {
+        let pieces = vec![bytes_piece(10), bytes_piece(10)];
+        let mut cursor = Cursor::default();
+        let links = [
+            Link::Send {
+                length_bytes: 10,
+                zero_copy: false,
+            },
+            Link::Send {
+                length_bytes: 10,
+                zero_copy: false,
+            },
+        ];
+        let error = apply(&pieces, &mut cursor, &links, vec![Ok(4), Ok(10)])
+            .err()
+            .expect("order lost");
+        assert!(error.to_string().contains("order"), "{error}");
+    }
+
+    #[test]
+    fn errors_name_the_operation_and_a_file_that_ends_early_is_an_error() {
+        let _serial = serial();
+        let pieces = vec![file_piece(100)];
+        let links = [
+            Link::SpliceIn { length_bytes: 100 },
+            Link::SpliceOut { length_bytes: 100 },
+        ];
+        let mut cursor = Cursor::default();
+        let error = apply(&pieces, &mut cursor, &links, vec![Ok(0), cancelled()])
+            .err()
+            .expect("eof");
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        let mut cursor = Cursor::default();
+        let reset = Err(io::Error::from_raw_os_error(libc::ECONNRESET));
+        let error = apply(&pieces, &mut cursor, &links, vec![Ok(100), reset])
+            .err()
+            .expect("reset");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+        assert!(
+            error.to_string().contains("pipe -> client socket"),
+            "{error}"
+        );
+    }
+
+    fn test_pipe() -> Pipe {
+        let pool = PipePool::new(1, 64 * 1024);
+        let lease = pool.lease().expect("pipe");
+        let pipe = lease.pipe().clone();
+        drop(lease);
+        Rc::try_unwrap(pipe).expect("sole owner")
+    }
+
+    fn dev_null_fd() -> OwnedFd {
+        OwnedFd::from(std::fs::File::open("/dev/null").expect("open"))
+    }
 }

@@ -15,8 +15,9 @@ use super::chain::{write_pieces, ChainConfig, Piece, TrackedSegment};
 use super::pipe_pool::PipePool;
 use super::Counters;
 
-/// The counters are process-wide: tests that compare them run one at a time.
-static COUNTERS_LOCK: Mutex<()> = Mutex::new(());
+/// The counters are process-wide: tests that compare them, or create tracked segments, run
+/// one at a time.
+pub(super) static COUNTERS_LOCK: Mutex<()> = Mutex::new(());
 
 fn pseudo_random_bytes(length: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
