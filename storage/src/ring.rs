@@ -529,4 +529,96 @@ mod tests {
             assert_eq!(ring.in_flight(), 0);
         });
     }
+
+    #[test]
+    fn send_zc_resolves_after_its_notification_and_splice_moves_file_bytes() {
+        use std::io::Read;
+        tokio_uring::start(async {
+            let ring = Ring::new(16).expect("ring");
+            if !ring.is_supported(opcode::SendZc::CODE) || !ring.is_supported(opcode::Splice::CODE)
+            {
+                eprintln!("skipped: kernel lacks SEND_ZC or SPLICE");
+                return;
+            }
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+            let address = listener.local_addr().expect("address");
+            let reader = std::thread::spawn(move || {
+                let (mut socket, _) = listener.accept().expect("accept");
+                let mut received = Vec::new();
+                socket.read_to_end(&mut received).expect("read");
+                received
+            });
+            let client = std::net::TcpStream::connect(address).expect("connect");
+            let payload: Vec<u8> = (0..200_000u32).map(|index| (index % 251) as u8).collect();
+            let expected = payload.clone();
+            let send = opcode::SendZc::new(
+                types::Fd(client.as_raw_fd()),
+                payload.as_ptr(),
+                payload.len() as u32,
+            )
+            .build();
+            // SAFETY: `payload` moves into the ring and lives until the notification CQE.
+            let sent = unsafe { ring.submit_owned(send, payload) }
+                .await
+                .expect("send_zc");
+            assert!(sent > 0);
+            assert_eq!(
+                ring.in_flight(),
+                0,
+                "the slot is free only after the notification"
+            );
+
+            // The rest through a file -> pipe -> socket splice, as the fetch path does.
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("segment");
+            std::fs::write(&path, &expected[sent as usize..]).expect("write file");
+            let file = std::fs::File::open(&path).expect("open");
+            let mut pipe_fds = [0i32; 2];
+            // SAFETY: pipe fills the two-element array.
+            assert_eq!(unsafe { libc::pipe(pipe_fds.as_mut_ptr()) }, 0);
+            let mut offset = 0i64;
+            let remaining = expected.len() as i64 - i64::from(sent);
+            while offset < remaining {
+                let chunk = (remaining - offset).min(64 << 10) as u32;
+                let to_pipe = opcode::Splice::new(
+                    types::Fd(file.as_raw_fd()),
+                    offset,
+                    types::Fd(pipe_fds[1]),
+                    -1,
+                    chunk,
+                )
+                .build();
+                let to_socket = opcode::Splice::new(
+                    types::Fd(pipe_fds[0]),
+                    -1,
+                    types::Fd(client.as_raw_fd()),
+                    -1,
+                    chunk,
+                )
+                .build();
+                // SAFETY: splices reference descriptors only.
+                let results = unsafe { ring.submit_chain(vec![to_pipe, to_socket], ()) }.await;
+                let moved = *results[0].as_ref().expect("splice in");
+                assert_eq!(
+                    results[1].as_ref().expect("splice out"),
+                    &moved,
+                    "short splice to the socket"
+                );
+                offset += i64::from(moved);
+            }
+            // SAFETY: closing the pipe fds we created.
+            unsafe {
+                libc::close(pipe_fds[0]);
+                libc::close(pipe_fds[1]);
+            }
+            drop(client);
+            let received = reader.join().expect("reader");
+            assert!(
+                received == expected,
+                "socket received {} of {} bytes",
+                received.len(),
+                expected.len()
+            );
+        });
+    }
 }
