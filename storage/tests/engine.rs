@@ -486,3 +486,75 @@ fn appends_work_on_tmpfs_with_or_without_o_direct() {
         );
     });
 }
+
+#[test]
+fn clean_reopen_does_not_scan_and_lost_indexes_are_rebuilt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = small_segments(8000);
+    let mut expected = Vec::new();
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("open");
+        let partition = storage
+            .open_partition("idx", 0, config.clone())
+            .expect("partition");
+        for round in 0..60u64 {
+            let batch = make_batch(round, 2, 300, 1000 + round as i64 * 10);
+            let info = partition
+                .append(bytes(batch.clone()), Ack::Durable, 0)
+                .await
+                .expect("append");
+            expected.push(expected_stored(&batch, info.base_offset, 0));
+        }
+        assert!(partition.segment_count() >= 5);
+        storage.shutdown().await.expect("shutdown");
+    });
+    let partition_dir = dir.path().join("idx-0");
+    let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(&partition_dir)
+        .expect("dir")
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    logs.sort();
+    // Damage the middle of the first segment: a clean open must not read it (no scan).
+    let mut first = std::fs::read(&logs[0]).expect("read");
+    let middle = first.len() / 2;
+    first[middle] ^= 0xff;
+    std::fs::write(&logs[0], &first).expect("write");
+    // Lose the indexes of a sealed segment: they are rebuilt when needed.
+    std::fs::remove_file(logs[1].with_extension("index")).expect("index existed");
+    std::fs::remove_file(logs[1].with_extension("timeindex")).expect("timeindex existed");
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("reopen");
+        let partition = storage
+            .open_partition("idx", 0, config.clone())
+            .expect("partition");
+        assert!(
+            partition.recovery_cuts().is_empty(),
+            "a clean open cuts nothing"
+        );
+        assert_eq!(
+            partition.log_end_offset(),
+            120,
+            "end offset from the marker"
+        );
+        let second_base: i64 = logs[1]
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .and_then(|stem| stem.parse().ok())
+            .expect("base");
+        let slice = partition
+            .read(second_base + 3, 1, true)
+            .expect("read in the segment without index");
+        let got = slice.chunks[0].to_bytes().expect("bytes");
+        let batch_index = ((second_base + 3) / 2) as usize;
+        assert!(
+            got[..] == expected[batch_index][..],
+            "the batch holding the offset"
+        );
+        assert_eq!(
+            partition.offset_for_timestamp(1000 + 40 * 10),
+            Some((80, 1400))
+        );
+        assert_eq!(partition.max_timestamp(), Some((119, 1590)));
+    });
+}
