@@ -311,17 +311,17 @@ fn start_flush<B: IoBackend>(
     staging: &Rc<AlignedBuffer>,
 ) -> Option<Flush> {
     let direct_io = shard.direct_io;
-    let align = if shard.direct_io {
+    let align_bytes = if shard.direct_io {
         DIRECT_IO_ALIGN_BYTES
     } else {
         1
     };
-    let budget = staging.len();
+    let budget_bytes = staging.len();
     let mut groups: Vec<Group> = Vec::new();
     let mut group_of: HashMap<*const Segment, usize> = HashMap::new();
     let mut parts: Vec<PartFlush> = Vec::new();
     let mut part_of: HashMap<*const PartitionShared, usize> = HashMap::new();
-    let mut footprint = 0usize;
+    let mut footprint_bytes = 0usize;
     let mut taken_count = 0usize;
     let mut partial_bytes = 0usize;
 
@@ -352,7 +352,7 @@ fn start_flush<B: IoBackend>(
                     segment: item.segment.clone(),
                     partition: part,
                     start_bytes,
-                    head_bytes: (start_bytes % align as u64) as usize,
+                    head_bytes: (start_bytes % align_bytes as u64) as usize,
                     new_bytes: 0,
                     pieces: Vec::new(),
                     staging_offset: 0,
@@ -361,35 +361,37 @@ fn start_flush<B: IoBackend>(
                 groups.len() - 1
             });
             let entry = &mut groups[group];
-            let old_footprint = if entry.new_bytes == 0 {
+            let old_footprint_bytes = if entry.new_bytes == 0 {
                 0
             } else {
-                align_up(entry.head_bytes + entry.new_bytes, align)
+                align_up(entry.head_bytes + entry.new_bytes, align_bytes)
             };
-            let new_footprint = align_up(entry.head_bytes + entry.new_bytes + remaining, align);
-            if footprint - old_footprint + new_footprint <= budget {
+            let new_footprint_bytes =
+                align_up(entry.head_bytes + entry.new_bytes + remaining, align_bytes);
+            if footprint_bytes - old_footprint_bytes + new_footprint_bytes <= budget_bytes {
                 entry.pieces.push(item.data.slice(item.consumed..));
                 entry.new_bytes += remaining;
-                footprint = footprint - old_footprint + new_footprint;
+                footprint_bytes = footprint_bytes - old_footprint_bytes + new_footprint_bytes;
                 parts[part].records += item.records;
                 taken_count += 1;
                 continue;
             }
-            let room = budget - (footprint - old_footprint);
-            let fits = (room / align * align).saturating_sub(entry.head_bytes + entry.new_bytes);
-            if fits > 0 {
+            let room_bytes = budget_bytes - (footprint_bytes - old_footprint_bytes);
+            let fits_bytes = (room_bytes / align_bytes * align_bytes)
+                .saturating_sub(entry.head_bytes + entry.new_bytes);
+            if fits_bytes > 0 {
                 entry
                     .pieces
-                    .push(item.data.slice(item.consumed..item.consumed + fits));
-                entry.new_bytes += fits;
-                partial_bytes = fits;
+                    .push(item.data.slice(item.consumed..item.consumed + fits_bytes));
+                entry.new_bytes += fits_bytes;
+                partial_bytes = fits_bytes;
             }
             break;
         }
     }
     groups.retain(|group| group.new_bytes > 0);
     for group in groups.iter_mut() {
-        group.write_len = align_up(group.head_bytes + group.new_bytes, align);
+        group.write_len = align_up(group.head_bytes + group.new_bytes, align_bytes);
     }
     if groups.is_empty() {
         if let Some(mut item) = shard.queue.borrow_mut().pop_front() {
@@ -451,7 +453,7 @@ fn start_flush<B: IoBackend>(
         destination[at..].fill(0);
         staging_offset += group.write_len;
     }
-    debug_assert!(staging_offset <= budget);
+    debug_assert!(staging_offset <= budget_bytes);
 
     // 4. Submit.
     let started = Instant::now();
@@ -526,7 +528,7 @@ fn start_flush<B: IoBackend>(
 /// and rolls back partitions whose write failed, completes acks=1 appends, and publishes
 /// partitions that do not fdatasync this flush.
 async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut Flush) {
-    let align = if shard.direct_io {
+    let align_bytes = if shard.direct_io {
         DIRECT_IO_ALIGN_BYTES
     } else {
         1
@@ -563,8 +565,8 @@ async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut
         let end = group.start_bytes + group.new_bytes as u64;
         let mut state = group.segment.state.borrow_mut();
         state.written_bytes = end;
-        if align > 1 {
-            let block_start = align_down(end, align as u64);
+        if align_bytes > 1 {
+            let block_start = align_down(end, align_bytes as u64);
             let from = group.staging_offset
                 + (block_start - (group.start_bytes - group.head_bytes as u64)) as usize;
             // SAFETY: the write from this range has completed and the next flush has not
