@@ -52,6 +52,7 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
             config.data_dir.display()
         ))
     })?;
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     let (mut log, mut snapshot) =
         MetadataLog::open(&config.data_dir).map_err(|e| ServeError::Startup(e.to_string()))?;
     if snapshot.cluster_id.is_empty() {
@@ -228,7 +229,41 @@ fn probe_port_free(addr: SocketAddr) -> std::io::Result<()> {
     };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())
+    match socket.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        // Sockets of a broker that was just killed can hold the port for a while; only a
+        // process that accepts connections there is a conflict.
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(_) => Err(error),
+                Err(_) => Ok(()),
+            }
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Takes an exclusive lock on the data directory for the life of the process: two brokers
+/// appending to the same segment files would corrupt them.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServeError> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ServeError::Startup(format!("open {}: {e}", path.display())))?;
+    // SAFETY: flock on a valid, open descriptor; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(ServeError::Startup(format!(
+            "data directory {} is in use by another sluice process ({})",
+            data_dir.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(file)
 }
 
 fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
