@@ -63,8 +63,9 @@ def test_offsets_for_times_confluent(broker):
         t0 + 99 * STEP_MS: 99,
         t0 + 99 * STEP_MS + 1: -1,  # after the last record -> no offset (-1)
     }
-    got = _offsets_for_times(broker.bootstrap, topic, 0, list(queries))
-    assert dict(zip(queries, got)) == queries
+    # librdkafka merges entries for the same partition into one lookup, so ask one at a time.
+    got = {ts: _offsets_for_times(broker.bootstrap, topic, 0, [ts])[0] for ts in queries}
+    assert got == queries
 
     # The records carry the timestamps they were produced with (CreateTime).
     recs = consume_confluent(broker.bootstrap, topic, [0], expected=N)
