@@ -197,7 +197,8 @@ impl Ring {
     }
 
     /// Registers `buffers` as the ring's fixed buffers (WRITE_FIXED / READ_FIXED index = their
-    /// position). Replaces nothing: call once.
+    /// position). The kernel allows one registration per ring, and `ShardStorage::open`
+    /// makes it (its staging buffer is index 0): a second call fails with EBUSY.
     ///
     /// # Safety
     /// The memory must stay valid and unmoved for as long as the ring lives.
