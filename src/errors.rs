@@ -30,6 +30,10 @@ pub mod code {
     pub const INVALID_TIMESTAMP: i16 = 32;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const INVALID_RECORD: i16 = 87;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
     pub const INCONSISTENT_TOPIC_ID: i16 = 103;
     pub const RESOURCE_NOT_FOUND: i16 = 91;

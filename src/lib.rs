@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod connection;
 pub mod errors;
+pub mod idempotence;
 pub mod metadata;
 pub mod runtime;
 pub mod server;

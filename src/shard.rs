@@ -97,6 +97,8 @@ pub struct Shard {
     pub metrics: ShardMetrics,
     /// The consumer groups this shard owns.
     pub groups: sluice_group::GroupCoordinator,
+    /// Idempotent-producer state of the partitions this shard owns, by topic then index.
+    producers: RefCell<HashMap<String, HashMap<i32, crate::idempotence::ProducerStates>>>,
 }
 
 impl Shard {
@@ -121,6 +123,7 @@ impl Shard {
             connections: std::cell::Cell::new(0),
             metrics: ShardMetrics::new(id),
             groups,
+            producers: RefCell::new(HashMap::new()),
         }
     }
 
@@ -179,8 +182,29 @@ impl Shard {
         }
     }
 
+    /// Runs `f` on the producer states of one partition this shard owns.
+    pub fn with_producer_states<T>(
+        &self,
+        topic: &str,
+        index: i32,
+        f: impl FnOnce(&mut crate::idempotence::ProducerStates) -> T,
+    ) -> T {
+        let mut producers = self.producers.borrow_mut();
+        if !producers.contains_key(topic) {
+            producers.insert(topic.to_string(), HashMap::new());
+        }
+        let states = producers
+            .get_mut(topic)
+            .map(|parts| parts.entry(index).or_default());
+        match states {
+            Some(states) => f(states),
+            None => f(&mut crate::idempotence::ProducerStates::default()),
+        }
+    }
+
     /// Removes and deletes the partitions of `topic` this shard owns.
     pub fn delete_topic_partitions(&self, topic: &str) -> usize {
+        self.producers.borrow_mut().remove(topic);
         let removed = self.partitions.borrow_mut().remove(topic);
         let mut deleted = 0;
         for (index, partition) in removed.into_iter().flatten() {

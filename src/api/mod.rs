@@ -12,6 +12,7 @@ pub mod groups;
 mod metadata;
 mod offsets;
 mod produce;
+mod producer_ids;
 mod versions;
 
 use std::rc::Rc;
@@ -77,6 +78,7 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(16, 0, 4), // ListGroups
     api(42, 0, 2), // DeleteGroups
     api(47, 0, 0), // OffsetDelete
+    api(22, 0, 4), // InitProducerId (idempotent producers; transactions are refused)
 ];
 
 /// The served range of `key`, if any.
@@ -138,6 +140,7 @@ pub async fn dispatch(
         16 => groups::list_groups(shard, header, body).await,
         42 => groups::delete_groups(shard, header, body).await,
         47 => groups::offset_delete(shard, header, body).await,
+        22 => producer_ids::handle(shard, header, body).await,
         _ => Response::Close,
     }
 }

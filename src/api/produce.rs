@@ -17,6 +17,7 @@ use sluice_storage::{Ack, AppendError};
 
 use super::FetchRecords;
 use crate::errors::code;
+use crate::idempotence::Verdict;
 use crate::shard::Shard;
 
 /// Handles Produce.
@@ -128,7 +129,48 @@ async fn append_on_owner(
             Some("partition not open on its shard".into()),
         );
     };
-    match partition.append(records, ack, 0).await {
+    let verdict = shard.with_producer_states(topic, index, |states| {
+        states.check(&crate::idempotence::batch_headers(&records))
+    });
+    let ticket = match verdict {
+        Verdict::Plain => None,
+        Verdict::Append(ticket) => Some(ticket),
+        Verdict::Duplicate(Some(base_offset)) => {
+            return PartitionResult {
+                index,
+                error_code: code::NONE,
+                base_offset,
+                log_append_time_ms: -1,
+                log_start_offset: partition.log_start_offset(),
+                error_message: None,
+            }
+        }
+        Verdict::Duplicate(None) => {
+            return PartitionResult::error(
+                index,
+                code::REQUEST_TIMED_OUT,
+                Some("the original of this retried batch is still being written; retry".into()),
+            )
+        }
+        Verdict::Reject(error_code, message) => {
+            tracing::info!(
+                topic,
+                partition = index,
+                error_code,
+                message,
+                "idempotent produce rejected"
+            );
+            return PartitionResult::error(index, error_code, Some(message.to_string()));
+        }
+    };
+    let appended = partition.append(records, ack, 0).await;
+    if let Some(ticket) = ticket {
+        shard.with_producer_states(topic, index, |states| match &appended {
+            Ok(info) => states.succeeded(ticket, info.base_offset),
+            Err(_) => states.failed(ticket),
+        });
+    }
+    match appended {
         Ok(info) => PartitionResult {
             index,
             error_code: code::NONE,

@@ -38,7 +38,12 @@ pub type AdminError = (i16, String);
 pub struct Controller {
     log: RefCell<MetadataLog>,
     lock: tokio::sync::Mutex<()>,
+    /// Next producer id to hand out and the end of the reserved block (-1: not loaded yet).
+    producer_ids: std::cell::Cell<(i64, i64)>,
 }
+
+/// Producer ids reserved per metadata log record.
+const PRODUCER_ID_BLOCK: i64 = 1000;
 
 impl Controller {
     /// Takes ownership of the metadata log.
@@ -46,6 +51,7 @@ impl Controller {
         Self {
             log: RefCell::new(log),
             lock: tokio::sync::Mutex::new(()),
+            producer_ids: std::cell::Cell::new((-1, -1)),
         }
     }
 
@@ -60,6 +66,24 @@ impl Controller {
         })?;
         let mut next = (*shard.metadata.load()).clone();
         apply(&mut next, &record);
+        Ok(next)
+    }
+
+    /// Hands out a producer id never used before, even across restarts: ids are reserved in
+    /// blocks through the metadata log, and a restart starts after the last reserved block.
+    pub fn allocate_producer_id(&self, shard: &Shard) -> Result<i64, AdminError> {
+        let (mut next, mut end) = self.producer_ids.get();
+        if next < 0 {
+            let reserved = shard.metadata.load().producer_id_block_end;
+            (next, end) = (reserved, reserved);
+        }
+        if next >= end {
+            let block_end = end + PRODUCER_ID_BLOCK;
+            let snapshot = self.commit(shard, MetadataRecord::ProducerIds { block_end })?;
+            shard.metadata.publish(snapshot);
+            end = block_end;
+        }
+        self.producer_ids.set((next + 1, end));
         Ok(next)
     }
 

@@ -47,6 +47,11 @@ pub enum MetadataRecord {
         /// new count
         partitions: i32,
     },
+    /// Producer ids up to (not including) `block_end` are reserved for InitProducerId.
+    ProducerIds {
+        /// end of the reserved block
+        block_end: i64,
+    },
     /// A topic's config overrides were replaced.
     SetConfigs {
         /// id
@@ -76,6 +81,9 @@ pub fn apply(snapshot: &mut MetadataSnapshot, record: &MetadataRecord) {
                     configs: configs.clone(),
                 }),
             );
+        }
+        MetadataRecord::ProducerIds { block_end } => {
+            snapshot.producer_id_block_end = snapshot.producer_id_block_end.max(*block_end);
         }
         MetadataRecord::DeleteTopic { id } => {
             if let Some(name) = snapshot.names_by_id.remove(id) {

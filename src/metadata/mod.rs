@@ -46,6 +46,8 @@ pub struct MetadataSnapshot {
     pub topics: HashMap<String, Arc<TopicMeta>>,
     /// Topic names by id.
     pub names_by_id: HashMap<Uuid, String>,
+    /// Producer ids below this may have been handed out; the controller allocates above it.
+    pub producer_id_block_end: i64,
 }
 
 impl MetadataSnapshot {
