@@ -70,8 +70,8 @@ iperf_mb_s() {
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 
 start_broker() {
-    local zero_copy="$1" log="$BENCH_DIR/broker-$2.log"
-    RUST_LOG="info,sluice::zero_copy=debug" "$BIN" serve --data-dir "$BENCH_DIR/data" \
+    local zero_copy="$1" log="$BENCH_DIR/broker-$2.log" send_zc_min="${3:-65536}"
+    SLUICE_FETCH_SEND_ZC_MIN_BYTES="$send_zc_min" RUST_LOG="info,sluice::zero_copy=debug" "$BIN" serve --data-dir "$BENCH_DIR/data" \
         --listen "127.0.0.1:$PORT" --admin-listen "" --shards 1 \
         --override "fetch.zero.copy=$zero_copy" \
         --override "log.tail.cache.bytes=$TAIL_CACHE_BYTES" \
@@ -132,23 +132,30 @@ produce file "$FILE_MB"
 stop_broker
 
 declare -A RESULT
-for path in zero-copy copying; do
+# "zero-copy, no SEND_ZC" splices file data like zero-copy (not re-measured) but sends
+# tail-cache data with plain SENDMSG: it shows what SENDMSG_ZC itself buys on loopback.
+for path in zero-copy "zero-copy, no SEND_ZC" copying; do
     zero_copy=true
+    send_zc_min=65536
     [[ "$path" == copying ]] && zero_copy=false
-    echo "==> $path: file data (${PASSES} passes of ${FILE_MB} MB, page cache warm)"
-    start_broker "$zero_copy" "$path"
-    warm_page_cache
-    RESULT["$path file"]="$(measure file "$path-file")"
-    echo "    ${RESULT["$path file"]}  (MB/s CPU-s/GB GB)"
-    if [[ "$path" == zero-copy ]]; then
-        ZC_FILE_COUNTERS="$(last_counters "$BENCH_DIR/broker-$path.log")"
+    [[ "$path" == "zero-copy, no SEND_ZC" ]] && send_zc_min=$(( 1 << 62 ))
+    label="${path//[^a-zA-Z]/-}"
+    start_broker "$zero_copy" "$label" "$send_zc_min"
+    if [[ "$path" != "zero-copy, no SEND_ZC" ]]; then
+        echo "==> $path: file data (${PASSES} passes of ${FILE_MB} MB, page cache warm)"
+        warm_page_cache
+        RESULT["$path file"]="$(measure file "$label-file")"
+        echo "    ${RESULT["$path file"]}  (MB/s CPU-s/GB GB)"
+        if [[ "$path" == zero-copy ]]; then
+            ZC_FILE_COUNTERS="$(last_counters "$BENCH_DIR/broker-$label.log")"
+        fi
     fi
     echo "==> $path: tail data (${PASSES} passes of ${TAIL_MB} MB from the tail cache)"
-    produce "tail-$path" "$TAIL_MB"
-    RESULT["$path tail"]="$(measure "tail-$path" "$path-tail")"
+    produce "tail-$label" "$TAIL_MB"
+    RESULT["$path tail"]="$(measure "tail-$label" "$label-tail")"
     echo "    ${RESULT["$path tail"]}  (MB/s CPU-s/GB GB)"
     if [[ "$path" == zero-copy ]]; then
-        ZC_TAIL_COUNTERS="$(last_counters "$BENCH_DIR/broker-$path.log")"
+        ZC_TAIL_COUNTERS="$(last_counters "$BENCH_DIR/broker-$label.log")"
     fi
     stop_broker
 done
@@ -161,7 +168,8 @@ TABLE="$(
     echo "|---|---|---:|---:|---:|---:|---:|"
     for scenario in file tail; do
         read -r copy_mbs copy_cpu _ <<<"${RESULT["copying $scenario"]}"
-        for path in zero-copy copying; do
+        for path in zero-copy "zero-copy, no SEND_ZC" copying; do
+            [[ -n "${RESULT["$path $scenario"]:-}" ]] || continue
             read -r mbs cpu gb <<<"${RESULT["$path $scenario"]}"
             python3 -c "
 print('| $scenario | $path | $mbs | %.2f | $cpu | %+.0f%% | $gb |' % ($mbs / $IPERF_ZC, 100 * ($cpu - $copy_cpu) / $copy_cpu))"

@@ -37,7 +37,10 @@ pub const PIPE_CAPACITY_BYTES: usize = 1024 * 1024;
 pub const IDLE_PIPES_MAX: usize = 16;
 /// Gathered sends of tail-cache data at or above this size use SENDMSG_ZC; below it, the
 /// page pinning and the extra notification completion cost more than the copy they save.
+/// The environment variable `SLUICE_FETCH_SEND_ZC_MIN_BYTES` overrides it (benchmarks: a huge
+/// value turns SENDMSG_ZC off while splice stays on).
 pub const SEND_ZC_MIN_BYTES: usize = 64 * 1024;
+const SEND_ZC_MIN_BYTES_ENV: &str = "SLUICE_FETCH_SEND_ZC_MIN_BYTES";
 /// Entries per linked submission (the shard's ring also serves storage; keep chains short).
 const LINKS_PER_CHAIN_MAX: usize = 32;
 
@@ -60,6 +63,7 @@ pub enum FetchPath {
 pub struct ShardZeroCopy {
     path: FetchPath,
     pool: PipePool,
+    send_zc_min_bytes: usize,
 }
 
 impl ShardZeroCopy {
@@ -120,18 +124,39 @@ fn probe(enabled: bool, ring: &Ring) -> ShardZeroCopy {
             },
         }
     };
-    ShardZeroCopy { path, pool }
+    ShardZeroCopy {
+        path,
+        pool,
+        send_zc_min_bytes: send_zc_min_bytes(),
+    }
+}
+
+fn send_zc_min_bytes() -> usize {
+    let Ok(text) = std::env::var(SEND_ZC_MIN_BYTES_ENV) else {
+        return SEND_ZC_MIN_BYTES;
+    };
+    match text.trim().parse::<usize>() {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::warn!(
+                "{SEND_ZC_MIN_BYTES_ENV}={text:?} is not a byte count ({error}); using \
+                 {SEND_ZC_MIN_BYTES}"
+            );
+            SEND_ZC_MIN_BYTES
+        }
+    }
 }
 
 fn log_path(state: &ShardZeroCopy) {
     match &state.path {
         FetchPath::ZeroCopy { send_zc } => {
             let pipe_bytes = state.pool.pipe_capacity_bytes();
+            let send_zc_min_bytes = state.send_zc_min_bytes;
             if *send_zc {
                 tracing::info!(
                     "fetch path: zero copy (segment files: io_uring splice file->pipe->socket, \
                      pipes of {pipe_bytes} bytes; tail cache: SENDMSG_ZC from \
-                     {SEND_ZC_MIN_BYTES} bytes, plain send below)"
+                     {send_zc_min_bytes} bytes, plain send below)"
                 );
             } else {
                 tracing::info!(
@@ -189,7 +214,7 @@ pub async fn write_response(
         }
     }
     let config = ChainConfig {
-        send_zc_min_bytes: send_zc.then_some(SEND_ZC_MIN_BYTES),
+        send_zc_min_bytes: send_zc.then_some(state.send_zc_min_bytes),
         links_max: LINKS_PER_CHAIN_MAX,
     };
     chain::write_pieces(ring, &state.pool, socket, pieces, config).await
