@@ -85,7 +85,7 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
         // SO_REUSEPORT would let a second broker share the port silently and steal half of
         // its connections. A probe bound with SO_REUSEADDR only (TIME_WAIT leftovers of a
         // killed broker are fine) fails while anyone listens on the port.
-        probe_port_free(config.listen).map_err(|e| {
+        probe_port_free_patiently(config.listen).map_err(|e| {
             ServeError::Startup(format!(
                 "listen on {}: {e} (is another broker running?)",
                 config.listen
@@ -219,6 +219,22 @@ fn collector(set: Arc<ShardSet>) -> sluice_metrics::Collect {
         }
         merged.ok_or_else(|| "no shards".to_string())
     })
+}
+
+/// io_uring tears a dead process's rings down asynchronously, so the listening socket of a
+/// broker that was just killed can accept for a moment after the process is gone: retry for
+/// a couple of seconds before calling the port taken.
+fn probe_port_free_patiently(addr: SocketAddr) -> std::io::Result<()> {
+    const ATTEMPTS: u32 = 30;
+    let mut last = Ok(());
+    for _ in 0..ATTEMPTS {
+        last = probe_port_free(addr);
+        if last.is_ok() {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    last
 }
 
 fn probe_port_free(addr: SocketAddr) -> std::io::Result<()> {

@@ -476,7 +476,8 @@ def metadata_v1(conn: RawConn, topics=None) -> RawMetadata:
 
 
 def encode_record_batch(records, base_offset=0, compression=0, base_timestamp_ms=None,
-                        corrupt_crc=False) -> bytes:
+                        corrupt_crc=False, producer_id=-1, producer_epoch=-1,
+                        base_sequence=-1) -> bytes:
     """A magic-2 record batch of uncompressed records [(key, value)] (compression attr only
     when the caller passes already-compressed records -- the tests use codec 0 here)."""
     if base_timestamp_ms is None:
@@ -503,9 +504,9 @@ def encode_record_batch(records, base_offset=0, compression=0, base_timestamp_ms
         + i32(len(records) - 1)  # last offset delta
         + i64(base_timestamp_ms)
         + i64(base_timestamp_ms)  # max timestamp
-        + i64(-1)  # producer id
-        + i16(-1)  # producer epoch
-        + i32(-1)  # base sequence
+        + i64(producer_id)
+        + i16(producer_epoch)
+        + i32(base_sequence)
         + i32(len(records))
         + bytes(body)
     )

@@ -1,0 +1,89 @@
+"""Idempotent producers: InitProducerId, duplicate retries answered with the original offset,
+sequence gaps and fenced epochs refused, and real clients with idempotence on (kafka-python's
+default, confluent-kafka's enable.idempotence)."""
+
+from helpers import (
+    RawConn,
+    consume_confluent,
+    create_topic,
+    encode_record_batch,
+    i16,
+    i32,
+    produce_v3,
+    string,
+    unique_topic,
+    watermarks,
+)
+
+API_INIT_PRODUCER_ID = 22
+OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+INVALID_PRODUCER_EPOCH = 47
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
+
+
+def init_producer_id(conn, transactional_id=None):
+    r = conn.call(API_INIT_PRODUCER_ID, 0, string(transactional_id) + i32(60000))
+    _throttle, error, producer_id, epoch = r.i32(), r.i16(), r.i64(), r.i16()
+    return error, producer_id, epoch
+
+
+def batch(pid, epoch, seq, n, tag):
+    return encode_record_batch([(None, f"{tag}-{i}".encode()) for i in range(n)],
+                               producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+
+
+def test_retry_is_answered_with_the_original_offset_and_gaps_are_refused(broker):
+    topic = create_topic(broker.bootstrap, unique_topic("idem"), 1)
+    with RawConn(broker.bootstrap) as conn:
+        error, pid, epoch = init_producer_id(conn)
+        assert (error, epoch) == (0, 0) and pid >= 0
+        first = batch(pid, epoch, 0, 3, "a")
+        assert produce_v3(conn, topic, 0, first) == (0, 0)
+        # The same batch again (a retry after a lost response): same offset, no second copy.
+        assert produce_v3(conn, topic, 0, first) == (0, 0)
+        assert produce_v3(conn, topic, 0, batch(pid, epoch, 3, 2, "b")) == (0, 3)
+        # A gap in the sequence is refused and writes nothing.
+        err, _ = produce_v3(conn, topic, 0, batch(pid, epoch, 9, 1, "gap"))
+        assert err == OUT_OF_ORDER_SEQUENCE_NUMBER
+        # A bumped epoch starts at sequence 0; the old epoch is then fenced.
+        assert produce_v3(conn, topic, 0, batch(pid, epoch + 1, 0, 1, "c")) == (0, 5)
+        err, _ = produce_v3(conn, topic, 0, batch(pid, epoch, 5, 1, "zombie"))
+        assert err == INVALID_PRODUCER_EPOCH
+    assert watermarks(broker.bootstrap, topic, 0) == (0, 6)
+    values = [r.value for r in consume_confluent(broker.bootstrap, topic, [0], expected=6)]
+    assert values == [b"a-0", b"a-1", b"a-2", b"b-0", b"b-1", b"c-0"]
+
+
+def test_producer_ids_are_unique_across_restarts(broker):
+    seen = set()
+    for _ in range(2):
+        with RawConn(broker.bootstrap) as conn:
+            for _ in range(3):
+                error, pid, _epoch = init_producer_id(conn)
+                assert error == 0
+                assert pid not in seen
+                seen.add(pid)
+        broker.restart(graceful=False)
+
+
+def test_transactional_ids_are_refused_clearly(broker):
+    with RawConn(broker.bootstrap) as conn:
+        error, pid, _ = init_producer_id(conn, "txn-1")
+    assert (error, pid) == (TRANSACTIONAL_ID_AUTHORIZATION_FAILED, -1)
+
+
+def test_confluent_idempotent_producer_writes_each_record_once(broker):
+    from confluent_kafka import Producer
+
+    topic = create_topic(broker.bootstrap, unique_topic("idemc"), 3)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True,
+                  "linger.ms": 5})
+    errors = []
+    for i in range(3000):
+        p.produce(topic, key=f"k{i % 17}".encode(), value=f"v{i}".encode(),
+                  on_delivery=lambda err, _m: err and errors.append(err))
+        p.poll(0)
+    assert p.flush(30) == 0
+    assert errors == []
+    total = sum(watermarks(broker.bootstrap, topic, part)[1] for part in range(3))
+    assert total == 3000
