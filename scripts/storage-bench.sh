@@ -146,8 +146,9 @@ rm -rf "$BENCH_DIR"
     echo
     echo "Reference, same run: fio O_DIRECT 1 MiB writes with fdatasync every 16 MiB reach $REF_FRESH MB/s into a"
     echo "fresh file, $REF_FALLOCATED MB/s into a fallocated one, and $REF_OVERWRITE MB/s when overwriting extents"
-    echo "that were already written: on ext4 every fdatasync after writing fresh or unwritten extents"
-    echo "commits the journal, so fallocate alone does not help; reusing written segment files would."
+    echo "that were already written. On ext4 an fdatasync after writing fresh or fallocated (unwritten)"
+    echo "extents also commits the journal; overwriting written extents does not, which is what recycling"
+    echo "deleted segment files would buy. The engine does not preallocate: fallocate alone buys nothing here."
 } >"$OUT_MD"
 echo
 echo "wrote $OUT_MD"
