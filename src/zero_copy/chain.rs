@@ -114,6 +114,8 @@ struct MessageHeader {
 /// chain's last CQE, even if the writer's future is dropped.
 struct ChainKeep {
     _bytes: Vec<Bytes>,
+    // Boxed on purpose: SQEs point at each header, which must not move when the Vec grows.
+    #[allow(clippy::vec_box)]
     _headers: Vec<Box<MessageHeader>>,
     _segments: Vec<TrackedSegment>,
     _pipe: Option<Rc<Pipe>>,
