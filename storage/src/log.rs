@@ -81,6 +81,10 @@ pub(crate) struct PartitionShared {
     pub(crate) high_watermark_advanced: Notify,
     /// Serializes segment finalizations, so the recovery point only moves forward.
     pub(crate) finalize_lock: tokio::sync::Mutex<()>,
+    /// Group commits holding writes or fdatasyncs of this partition's files in the kernel.
+    /// A poisoned partition is reopened from disk only when this is zero, so no late write
+    /// lands under the reopened log.
+    pub(crate) flushes_in_flight: std::cell::Cell<usize>,
 }
 
 /// One piece of an append: consecutive batches that land in the same segment.

@@ -179,6 +179,15 @@ pub(crate) fn open_partition(
             drop(log);
             return Ok(existing.clone());
         }
+        if existing.flushes_in_flight.get() > 0 {
+            return Err(StorageError::Io {
+                context: format!("reopening poisoned partition {topic}-{partition}"),
+                source: io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "its last writes are still in flight; retry",
+                ),
+            });
+        }
     }
     if shard.closing.get() {
         return Err(StorageError::Io {
@@ -218,6 +227,7 @@ pub(crate) fn open_partition(
         tail: Rc::new(RefCell::new(PartitionTail::default())),
         high_watermark_advanced: Notify::new(),
         finalize_lock: tokio::sync::Mutex::new(()),
+        flushes_in_flight: Cell::new(0),
     });
     let _ = recovered.recovery_point;
     if let Some(old) = shard.partitions.borrow_mut().insert(key, shared.clone()) {

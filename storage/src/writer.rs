@@ -511,6 +511,12 @@ fn start_flush<B: IoBackend>(
         records: parts.iter().map(|part| part.records).sum(),
         ..FlushStats::default()
     };
+    for part in &parts {
+        let partition = &part.partition;
+        partition
+            .flushes_in_flight
+            .set(partition.flushes_in_flight.get() + 1);
+    }
     Some(Flush {
         groups,
         parts,
@@ -688,6 +694,12 @@ async fn finish_syncs(shard: &ShardShared, mut flush: Flush, mut next: Option<&m
             part.partition.high_watermark_advanced.notify_waiters();
         }
         crate::shard::maybe_finalize(&part.partition);
+    }
+    for part in flush.parts.iter() {
+        let partition = &part.partition;
+        partition
+            .flushes_in_flight
+            .set(partition.flushes_in_flight.get() - 1);
     }
     if let Some(observer) = shard.flush_observer.borrow().as_ref() {
         observer(&flush.stats);
