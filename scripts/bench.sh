@@ -1,0 +1,493 @@
+#!/usr/bin/env bash
+# Sluice's standard benchmark suite. Measures the machine's physical limits and Sluice in the
+# same run, and writes BENCHMARKS.md: every figure beside its limit and the ratio.
+#
+#  1. Limits: fio sequential write + fdatasync at the broker's group-commit cadence on the data
+#     directory's filesystem (O_DIRECT and buffered); iperf3 loopback with and without -Z.
+#  2. Sluice, against a fresh broker (1 KiB records, acks=all): produce to 1, 16 and 1,000
+#     partitions; consume older data (segment files) and recent data (tail cache); end-to-end
+#     latency at 50% of the 16-partition maximum (open loop); the storage engine alone (no
+#     network; issue 3's denominator); produce with and without 1,000 offset commits/s
+#     (issue 6); allocation calls per produced record under heaptrack (issue 3).
+#  3. BENCHMARKS.md: machine, limits, results with p50/p99/p99.9/max and broker CPU-s per GB,
+#     the targets checked, where Sluice falls short, and the exact commands.
+#
+# Every figure is the median of RUNS runs. The VM is shared and noisy: read ratios, not
+# absolutes. Only 127.0.0.1 is used.
+#
+# Usage: scripts/bench.sh                        full suite (~10 min), writes BENCHMARKS.md
+#        QUICK=1 scripts/bench.sh                one short run of each (~3 min)
+#        BOOTSTRAP=host:port [LABEL=kafka] scripts/bench.sh
+#                                                the client workloads against another broker,
+#                                                then against a local Sluice, side by side in
+#                                                BENCHMARKS-<LABEL>.md (no machine limits, no
+#                                                broker CPU or allocation steps for the other)
+# Env:   SLUICE_BIN=P      sluice binary (default target/release/sluice, built with cargo)
+#        STORAGE_BENCH_BIN=P  storage-only bench binary (default: built with cargo bench --no-run)
+#        RUNS=N  DURATION_S=N  runs per figure and seconds per timed run (default 3 and 10;
+#                          QUICK: 1 and 5)
+#        PRODUCE_FLAGS="..."  `sluice bench produce` flags of every produce workload
+#        BENCH_DIR=D       data, logs and raw results (default bench-out/bench; wiped first)
+#        BENCH_PORT / BENCH_ADMIN_PORT / IPERF_PORT   ports (default 41092 / 41644 / 41201;
+#                          the heaptrack broker uses the first two plus 2)
+#        OUT=FILE          report path (default BENCHMARKS.md, or BENCHMARKS-<LABEL>.md)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+HELPERS="$ROOT/scripts/bench"
+
+QUICK="${QUICK:-0}"
+if [[ "$QUICK" == 1 ]]; then
+    RUNS="${RUNS:-1}"
+    DURATION_S="${DURATION_S:-5}"
+    FIO_BYTES="${FIO_BYTES:-536870912}"
+    STORAGE_BYTES="${STORAGE_BYTES:-536870912}"
+    IPERF_S="${IPERF_S:-3}"
+else
+    RUNS="${RUNS:-3}"
+    DURATION_S="${DURATION_S:-10}"
+    FIO_BYTES="${FIO_BYTES:-1073741824}"
+    STORAGE_BYTES="${STORAGE_BYTES:-1073741824}"
+    IPERF_S="${IPERF_S:-5}"
+fi
+PRODUCE_FLAGS="${PRODUCE_FLAGS:---record-size 1024 --acks all --connections 4 --in-flight 5 --batch-bytes 262144 --linger-ms 5}"
+TAIL_RECORDS="${TAIL_RECORDS:-80000}"
+ALLOC_RECORDS_SMALL="${ALLOC_RECORDS_SMALL:-50000}"
+ALLOC_RECORDS_LARGE="${ALLOC_RECORDS_LARGE:-200000}"
+COMMITS_PER_S="${COMMITS_PER_S:-1000}"
+BENCH_DIR="${BENCH_DIR:-$ROOT/bench-out/bench}"
+PORT="${BENCH_PORT:-41092}"
+ADMIN_PORT="${BENCH_ADMIN_PORT:-41644}"
+IPERF_PORT="${IPERF_PORT:-41201}"
+BOOTSTRAP="${BOOTSTRAP:-}"
+LABEL="${LABEL:-other}"
+if [[ -n "$BOOTSTRAP" ]]; then
+    OUT="${OUT:-$ROOT/BENCHMARKS-$LABEL.md}"
+else
+    OUT="${OUT:-$ROOT/BENCHMARKS.md}"
+fi
+CLK_TCK="$(getconf CLK_TCK)"
+RESULTS="$BENCH_DIR/results.jsonl"
+COMMANDS="$BENCH_DIR/commands.txt"
+PREFIX="sb$(date +%s)"
+INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$BOOTSTRAP" ]] && printf 'BOOTSTRAP=%s LABEL=%s ' "$BOOTSTRAP" "$LABEL"; printf 'scripts/bench.sh'; } )"
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+die() { echo "bench.sh: $*" >&2; exit 1; }
+
+# --- tools -------------------------------------------------------------------------------
+install_missing() {
+    local missing=()
+    for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    say "installing ${missing[*]}"
+    apt-get install -y "${missing[@]}" >/dev/null 2>&1 \
+        || { apt-get update >/dev/null && apt-get install -y "${missing[@]}" >/dev/null; } \
+        || echo "could not install ${missing[*]}; the steps that need them are skipped" >&2
+}
+install_missing curl python3
+[[ -z "$BOOTSTRAP" ]] && install_missing fio iperf3 heaptrack
+
+if [[ -n "${SLUICE_BIN:-}" ]]; then
+    BIN="$SLUICE_BIN"
+else
+    say "building sluice (release)"
+    cargo build --release >&2
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/sluice"
+fi
+[[ -x "$BIN" ]] || die "no sluice binary at $BIN"
+
+port_free() { ! ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
+for port in "$PORT" "$ADMIN_PORT" "$((PORT + 2))" "$((ADMIN_PORT + 2))" "$IPERF_PORT"; do
+    port_free "$port" || die "port $port is in use; pick others with BENCH_PORT, BENCH_ADMIN_PORT, IPERF_PORT"
+done
+
+rm -rf "$BENCH_DIR"
+mkdir -p "$BENCH_DIR"
+: >"$COMMANDS"
+
+# --- processes we own: only these PIDs are ever signalled -----------------------------------
+BROKER_PID=""
+IPERF_PID=""
+COMMIT_PID=""
+HEAPTRACK_PID=""
+cleanup() {
+    for pid in "$COMMIT_PID" "$IPERF_PID" "$BROKER_PID"; do
+        [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true
+    done
+    if [[ -n "$HEAPTRACK_PID" ]]; then
+        pkill -TERM -P "$HEAPTRACK_PID" 2>/dev/null || true
+    fi
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# record_command SCENARIO COMMAND...: keeps the first command line of each scenario.
+declare -A RECORDED=()
+record_command() {
+    local scenario="$1"
+    shift
+    [[ -n "${RECORDED[$scenario]:-}" ]] && return 0
+    RECORDED[$scenario]=1
+    local line="$*"
+    line="${line//$BIN/\$BIN}"
+    line="${line//$ROOT\//}"
+    printf '# %s\n%s\n' "$scenario" "$line" >>"$COMMANDS"
+}
+
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+stats_snapshot() { curl -sf "http://127.0.0.1:$1/stats" >"$2" || echo '{}' >"$2"; }
+
+start_broker() { # DATA_DIR PORT ADMIN_PORT LOG [wrapper...]
+    local data="$1" port="$2" admin="$3" log="$4"
+    shift 4
+    rm -rf "$data"
+    local command=("$@" "$BIN" serve --data-dir "$data" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin")
+    record_command "broker${1:+ under $1}" "${command[@]}"
+    "${command[@]}" >"$log" 2>&1 &
+    BROKER_PID=$!
+    for _ in $(seq 200); do
+        curl -sf "http://127.0.0.1:$admin/stats" >/dev/null 2>&1 && return 0
+        kill -0 "$BROKER_PID" 2>/dev/null || { tail -5 "$log" >&2; die "the broker exited at start-up"; }
+        sleep 0.1
+    done
+    die "the broker did not come up on 127.0.0.1:$port"
+}
+
+stop_broker() {
+    [[ -n "$BROKER_PID" ]] || return 0
+    kill -TERM "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+}
+
+# bench TARGET_LABEL ADDR SCENARIO RUN KIND ARGS...: one `sluice bench` run, its JSON, broker
+# CPU and /stats deltas when the broker is ours; appends a row to the results.
+bench() {
+    local target="$1" addr="$2" scenario="$3" run="$4" kind="$5"
+    shift 5
+    local base="$BENCH_DIR/$target-$scenario-$run"
+    local command=("$BIN" bench "$kind" --bootstrap "$addr" --json --progress-interval-s 0 "$@")
+    record_command "$scenario" "${command[@]}"
+    local ticks_before="" extra=()
+    if [[ "$target" == sluice && -n "$BROKER_PID" ]]; then
+        ticks_before="$(cpu_ticks "$BROKER_PID")"
+        stats_snapshot "$ADMIN_PORT" "$base.stats-before.json"
+    fi
+    if ! "${command[@]}" >"$base.json" 2>"$base.err"; then
+        echo "   $scenario run $run failed: $(tail -1 "$base.err")" >&2
+        return 0
+    fi
+    if [[ -n "$ticks_before" ]]; then
+        local ticks_after
+        ticks_after="$(cpu_ticks "$BROKER_PID")"
+        stats_snapshot "$ADMIN_PORT" "$base.stats-after.json"
+        extra+=(--stats-before "$base.stats-before.json" --stats-after "$base.stats-after.json"
+            "broker_cpu_s=$(python3 -c "print(($ticks_after - $ticks_before) / $CLK_TCK)")")
+    fi
+    python3 "$HELPERS/report.py" add "$RESULTS" "$target" "$scenario" "$run" --bench "$base.json" "${extra[@]}" "${BENCH_EXTRA[@]}"
+    python3 -c "
+import json; d = json.load(open('$base.json')); l = d['latency_ms']
+print('   %-14s run %s: %8.1f MB/s %9.0f rec/s  p50 %8.2f  p99 %8.2f  max %8.2f ms' % ('$scenario', $run, d['mb_per_s'], d['records_per_s'], l['p50'], l['p99'], l['max']))" >&2
+}
+BENCH_EXTRA=()
+
+median() { python3 "$HELPERS/report.py" median "$RESULTS" "$@"; }
+
+# --- the client workloads (run against Sluice and, with BOOTSTRAP, another broker) ---------
+client_workloads() { # TARGET_LABEL ADDR
+    local target="$1" addr="$2" run
+    # shellcheck disable=SC2206
+    local flags=($PRODUCE_FLAGS)
+    say "[$target] produce, acks=all, 1 / 16 / 1000 partitions ($RUNS x ${DURATION_S}s each)"
+    for partitions in 1 16 1000; do
+        for run in $(seq "$RUNS"); do
+            bench "$target" "$addr" "produce_p$partitions" "$run" produce "${flags[@]}" \
+                --topic "$PREFIX-$target-p$partitions-r$run" --partitions "$partitions" --duration "${DURATION_S}s"
+        done
+        if [[ "$partitions" == 1 && "$target" == sluice && -n "$BROKER_PID" ]]; then
+            stats_snapshot "$ADMIN_PORT" "$BENCH_DIR/stats-after-p1.json"
+        fi
+    done
+
+    say "[$target] consume: older data (the first 16-partition topic, beyond the tail cache) and recent data"
+    for run in $(seq "$RUNS"); do
+        bench "$target" "$addr" consume_files "$run" consume --topic "$PREFIX-$target-p16-r1"
+    done
+    for run in $(seq "$RUNS"); do
+        local topic="$PREFIX-$target-tail-r$run"
+        "$BIN" bench produce --bootstrap "$addr" --json --progress-interval-s 0 "${flags[@]}" \
+            --topic "$topic" --partitions 16 --records "$TAIL_RECORDS" >/dev/null 2>"$BENCH_DIR/$target-tail-produce-$run.err" \
+            || { echo "   tail produce failed: $(tail -1 "$BENCH_DIR/$target-tail-produce-$run.err")" >&2; continue; }
+        record_command "consume_tail (data)" "$BIN" bench produce --bootstrap "$addr" "${flags[@]}" --topic "$topic" --partitions 16 --records "$TAIL_RECORDS"
+        bench "$target" "$addr" consume_tail "$run" consume --topic "$topic"
+    done
+
+    local max_rate rate
+    max_rate="$(median "$target" produce_p16 records_per_s)"
+    if [[ -n "$max_rate" ]]; then
+        rate="$(python3 -c "print(max(1000, int($max_rate / 2)))")"
+        say "[$target] end-to-end latency at $rate records/s (50% of the 16-partition median max), open loop"
+        BENCH_EXTRA=("rate=$rate")
+        for run in $(seq "$RUNS"); do
+            bench "$target" "$addr" e2e "$run" e2e "${flags[@]}" --topic "$PREFIX-$target-e2e-r$run" \
+                --partitions 16 --rate "$rate" --duration "${DURATION_S}s"
+        done
+        BENCH_EXTRA=()
+    fi
+
+    say "[$target] produce (16 partitions) without and with $COMMITS_PER_S offset commits/s, alternating"
+    local commit_topic="$PREFIX-$target-committed"
+    "$BIN" bench produce --bootstrap "$addr" --json --progress-interval-s 0 --topic "$commit_topic" \
+        --partitions 16 --records 16 --acks all >/dev/null 2>&1 || true
+    for run in $(seq "$RUNS"); do
+        bench "$target" "$addr" commits_off "$run" produce "${flags[@]}" \
+            --topic "$PREFIX-$target-nocommit-r$run" --partitions 16 --duration "${DURATION_S}s"
+        local commit_json="$BENCH_DIR/$target-commits-$run.json"
+        local commit_command=(python3 "$HELPERS/commit_load.py" --bootstrap "$addr" --topic "$commit_topic"
+            --partitions 16 --group "$PREFIX-group" --rate "$COMMITS_PER_S" --duration-s "$((DURATION_S + 1))")
+        record_command commit_load "${commit_command[@]}"
+        "${commit_command[@]}" >"$commit_json" 2>"$commit_json.err" &
+        COMMIT_PID=$!
+        sleep 0.5
+        local produce_base="$BENCH_DIR/$target-commits_on-$run"
+        bench "$target" "$addr" commits_on_raw "$run" produce "${flags[@]}" \
+            --topic "$PREFIX-$target-commit-r$run" --partitions 16 --duration "${DURATION_S}s"
+        wait "$COMMIT_PID" || echo "   the commit load reported failures: $(cat "$commit_json")" >&2
+        COMMIT_PID=""
+        if [[ -s "$commit_json" && -s "$BENCH_DIR/$target-commits_on_raw-$run.json" ]]; then
+            local errors
+            errors="$(python3 -c "import json; d = json.load(open('$commit_json')); print(sum(d['errors'].values()) + d['unanswered'])")"
+            local extra=()
+            if [[ -f "$BENCH_DIR/$target-commits_on_raw-$run.stats-after.json" ]]; then
+                extra=(--stats-before "$BENCH_DIR/$target-commits_on_raw-$run.stats-before.json"
+                    --stats-after "$BENCH_DIR/$target-commits_on_raw-$run.stats-after.json")
+            fi
+            # Re-file the produce row under commits_on with the commit driver's figures.
+            python3 - "$RESULTS" "$target" "$run" "$commit_json" "$errors" <<'PY'
+import json, sys
+results, target, run, commit_path, errors = sys.argv[1:]
+rows = [json.loads(line) for line in open(results) if line.strip()]
+commit = json.load(open(commit_path))
+for row in rows:
+    if row["target"] == target and row["scenario"] == "commits_on_raw" and row["run"] == int(run):
+        row["scenario"] = "commits_on"
+        row["commits_per_s"] = commit["commits_per_s"]
+        row["commit_error_count"] = int(errors)
+        for key, value in commit["latency_ms"].items():
+            row[f"latency_ms_{key}"] = value
+with open(results, "w") as handle:
+    handle.writelines(json.dumps(row) + "\n" for row in rows)
+PY
+            echo "   commits: $(cat "$commit_json")" >&2
+        fi
+        unset produce_base
+    done
+}
+
+# --- machine limits ------------------------------------------------------------------------
+iperf_limits() {
+    say "loopback limit: iperf3, copying and -Z (zero-copy), ${IPERF_S}s each"
+    local run mode flag
+    for run in $(seq "$RUNS"); do
+        for mode in copy zc; do
+            flag=()
+            [[ "$mode" == zc ]] && flag=(-Z)
+            iperf3 -s -1 -p "$IPERF_PORT" >/dev/null 2>&1 &
+            IPERF_PID=$!
+            sleep 0.3
+            local command=(iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t "$IPERF_S" -J "${flag[@]}")
+            record_command "iperf_$mode" "${command[@]}"
+            "${command[@]}" >"$BENCH_DIR/iperf-$mode-$run.json" 2>/dev/null || true
+            wait "$IPERF_PID" 2>/dev/null || true
+            IPERF_PID=""
+            python3 "$HELPERS/report.py" add "$RESULTS" machine "iperf_$mode" "$run" --iperf "$BENCH_DIR/iperf-$mode-$run.json" \
+                || echo "   iperf3 $mode run $run gave no result" >&2
+        done
+    done
+    echo "   iperf3 copy $(median machine iperf_copy mb_per_s) MB/s, -Z $(median machine iperf_zc mb_per_s) MB/s" >&2
+}
+
+fio_limits() { # BLOCK_BYTES
+    local bs="$1" run mode direct dir="$BENCH_DIR/fio"
+    say "disk limit: fio sequential write, fdatasync after every ${bs}-byte write, O_DIRECT and buffered"
+    for run in $(seq "$RUNS"); do
+        for mode in direct buffered; do
+            direct=0
+            [[ "$mode" == direct ]] && direct=1
+            rm -rf "$dir" && mkdir -p "$dir"
+            local command=(fio --name=limit --directory="$dir" --rw=write --bs="$bs" --size="$FIO_BYTES"
+                --fdatasync=1 --direct="$direct" --ioengine=psync --end_fsync=1 --output-format=json)
+            record_command "fio_$mode" "${command[@]}"
+            "${command[@]}" >"$BENCH_DIR/fio-$mode-$run.json" 2>/dev/null || true
+            python3 "$HELPERS/report.py" add "$RESULTS" machine "fio_$mode" "$run" --fio "$BENCH_DIR/fio-$mode-$run.json" \
+                || echo "   fio $mode run $run gave no result" >&2
+        done
+    done
+    rm -rf "$dir"
+    echo "   fio O_DIRECT $(median machine fio_direct mb_per_s) MB/s, buffered $(median machine fio_buffered mb_per_s) MB/s" >&2
+}
+
+storage_only() { # BATCH_BYTES
+    local batch="$1" bench_bin="${STORAGE_BENCH_BIN:-}"
+    if [[ -z "$bench_bin" ]]; then
+        say "building the storage-only bench"
+        bench_bin="$(cargo bench -p sluice-storage --bench storage --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)"
+    fi
+    if [[ -z "$bench_bin" || ! -x "$bench_bin" ]]; then
+        echo "   no storage bench binary: storage-only step skipped" >&2
+        return 0
+    fi
+    say "storage only (no network): group commit, O_DIRECT, ${batch}-byte batches, 1 and 16 partitions"
+    local run partitions
+    for run in $(seq "$RUNS"); do
+        for partitions in 1 16; do
+            local command=("$bench_bin" --dir "$BENCH_DIR/storage" --mode direct --partitions "$partitions"
+                --batch-bytes "$batch" --total-bytes "$STORAGE_BYTES")
+            record_command "storage_p$partitions" "${command[@]}"
+            rm -rf "$BENCH_DIR/storage"
+            if "${command[@]}" >"$BENCH_DIR/storage-p$partitions-$run.txt" 2>&1; then
+                python3 "$HELPERS/report.py" add "$RESULTS" sluice "storage_p$partitions" "$run" --storage "$BENCH_DIR/storage-p$partitions-$run.txt"
+                echo "   $(grep '^storage' "$BENCH_DIR/storage-p$partitions-$run.txt")" >&2
+            else
+                echo "   storage bench failed: $(tail -1 "$BENCH_DIR/storage-p$partitions-$run.txt")" >&2
+            fi
+        done
+    done
+    rm -rf "$BENCH_DIR/storage"
+}
+
+alloc_profile() {
+    command -v heaptrack >/dev/null 2>&1 || { echo "   heaptrack missing: allocation step skipped" >&2; return 0; }
+    local port=$((PORT + 2)) admin=$((ADMIN_PORT + 2)) records
+    # shellcheck disable=SC2206
+    local flags=($PRODUCE_FLAGS)
+    say "allocations per produced record: broker under heaptrack, $ALLOC_RECORDS_SMALL and $ALLOC_RECORDS_LARGE records"
+    for records in "$ALLOC_RECORDS_SMALL" "$ALLOC_RECORDS_LARGE"; do
+        local base="$BENCH_DIR/heaptrack-$records"
+        rm -f "$base".*
+        rm -rf "$BENCH_DIR/heaptrack-data"
+        local command=(heaptrack -o "$base" "$BIN" serve --data-dir "$BENCH_DIR/heaptrack-data"
+            --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin")
+        record_command "alloc (broker under heaptrack)" "${command[@]}"
+        "${command[@]}" >"$base.log" 2>&1 &
+        HEAPTRACK_PID=$!
+        local up=0
+        for _ in $(seq 300); do
+            curl -sf "http://127.0.0.1:$admin/stats" >/dev/null 2>&1 && { up=1; break; }
+            sleep 0.1
+        done
+        [[ "$up" == 1 ]] || { echo "   broker under heaptrack did not start: $(tail -2 "$base.log")" >&2; return 0; }
+        stats_snapshot "$admin" "$base.stats-before.json"
+        local produce=("$BIN" bench produce --bootstrap "127.0.0.1:$port" --json --progress-interval-s 0
+            "${flags[@]}" --topic alloc --partitions 1 --records "$records")
+        record_command "alloc (load)" "${produce[@]}"
+        "${produce[@]}" >"$base.bench.json" 2>"$base.bench.err" || echo "   produce under heaptrack failed" >&2
+        stats_snapshot "$admin" "$base.stats-after.json"
+        pkill -TERM -P "$HEAPTRACK_PID" 2>/dev/null || true
+        wait "$HEAPTRACK_PID" 2>/dev/null || true
+        HEAPTRACK_PID=""
+        local data
+        data="$(ls "$base".*zst "$base".*gz 2>/dev/null | head -1 || true)"
+        [[ -n "$data" ]] || { echo "   heaptrack wrote no data" >&2; return 0; }
+        heaptrack_print -f "$data" -p 0 -a 0 -T 0 -l 0 -H "$base.txt.hist" >"$base.txt" 2>/dev/null || true
+        record_command "alloc (analysis)" heaptrack_print -f "$data" -H "${base}.txt.hist"
+        python3 "$HELPERS/report.py" add "$RESULTS" sluice alloc "$records" --heaptrack "$base.txt" \
+            --stats-before "$base.stats-before.json" --stats-after "$base.stats-after.json" "records=$records"
+        echo "   $records records: $(grep -E '^calls to allocation' "$base.txt")" >&2
+    done
+}
+
+# --- the report ----------------------------------------------------------------------------
+write_meta() { # TARGET FIO_BLOCK_BYTES
+    local dev fs
+    fs="$(df -T "$BENCH_DIR" | awk 'NR==2 {print $2}')"
+    dev="$(df "$BENCH_DIR" | awk 'NR==2 {print $1}')"
+    python3 - "$BENCH_DIR/meta.json" "$1" "$2" "$BENCH_DIR/stats-after-p1.json" <<PY
+import json, subprocess, sys
+out, target, fio_block, stats_path = sys.argv[1:]
+def sh(command):
+    try:
+        return subprocess.run(command, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception:
+        return ""
+commands = [line for line in open("$COMMANDS").read().splitlines()]
+meta = {
+    "target": target,
+    "invocation": "$INVOCATION",
+    "date": sh("date -u '+%Y-%m-%d %H:%M UTC'"),
+    "commit": sh("git -C '$ROOT' rev-parse --short HEAD") or "unknown",
+    "dirty": bool(sh("git -C '$ROOT' status --porcelain --untracked-files=no -- src storage net client group metrics Cargo.toml Cargo.lock")),
+    "runs": int("$RUNS"),
+    "cpu": sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip(),
+    "nproc": sh("nproc"),
+    "memory": sh("free -h | awk '/^Mem:/ {print \$2}'"),
+    "kernel": sh("uname -sr"),
+    "data_dir": "$BENCH_DIR".replace("$ROOT/", ""),
+    "filesystem": "$fs",
+    "device": "$dev " + sh("lsblk -dno MODEL,ROTA,SIZE $dev 2>/dev/null | head -1"),
+    "fio": sh("fio --version"),
+    "iperf3": sh("iperf3 --version | head -1"),
+    "rustc": sh("rustc --version"),
+    "produce_flags": "$PRODUCE_FLAGS",
+    "fio_block_bytes": int(fio_block) if fio_block else None,
+    "commands": commands,
+}
+try:
+    stats = json.load(open(stats_path))
+    stages = stats.get("stages_ns", {})
+    ms = lambda stage, key: stages.get(stage, {}).get(key, 0) / 1e6
+    commits = stats.get("group_commit_bytes", {})
+    produce = stats.get("requests_ns", {}).get("Produce", {})
+    meta["diagnosis"] = {
+        "append_write_p50_ms": ms("append_write", "p50"),
+        "append_fsync_p50_ms": ms("append_fsync", "p50"),
+        "append_to_durable_p50_ms": ms("append_to_durable", "p50"),
+        "append_to_durable_p99_ms": ms("append_to_durable", "p99"),
+        "group_commit_kib_mean": commits.get("sum", 0) / max(1, commits.get("count", 0)) / 1024,
+        "produce_request_kib_mean": stats.get("counters", {}).get("bytes_in", 0) / max(1, produce.get("count", 0)) / 1024,
+    }
+except (FileNotFoundError, json.JSONDecodeError):
+    pass
+json.dump(meta, open(out, "w"), indent=1)
+PY
+}
+
+# --- main ----------------------------------------------------------------------------------
+START_S=$SECONDS
+if [[ -n "$BOOTSTRAP" ]]; then
+    case "$BOOTSTRAP" in *:*) ;; *) die "BOOTSTRAP must be host:port" ;; esac
+    say "client workloads against $LABEL at $BOOTSTRAP"
+    client_workloads "$LABEL" "$BOOTSTRAP"
+    say "the same client workloads against a fresh local Sluice"
+    start_broker "$BENCH_DIR/data" "$PORT" "$ADMIN_PORT" "$BENCH_DIR/broker.log"
+    client_workloads sluice "127.0.0.1:$PORT"
+    stop_broker
+    write_meta "$LABEL" ""
+else
+    iperf_limits
+    say "starting a fresh broker on 127.0.0.1:$PORT (data in ${BENCH_DIR#"$ROOT"/}/data)"
+    start_broker "$BENCH_DIR/data" "$PORT" "$ADMIN_PORT" "$BENCH_DIR/broker.log"
+    client_workloads sluice "127.0.0.1:$PORT"
+    stop_broker
+    rm -rf "$BENCH_DIR/data"
+    # The disk limit at the broker's own cadence: bytes per group commit (one file, one
+    # fdatasync) of the 1-partition runs, rounded to 4 KiB.
+    FIO_BS="$(python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+means = [r["broker_group_commit_bytes_mean"] for r in rows
+         if r["scenario"] == "produce_p1" and r.get("broker_group_commit_bytes_mean")]
+bs = statistics.median(means) if means else 1 << 20
+print(int(min(max(4096, round(bs / 4096) * 4096), 16 << 20)))
+PY
+)"
+    fio_limits "$FIO_BS"
+    BATCH="$(sed -n 's/.*--batch-bytes \([0-9]*\).*/\1/p' <<<"$PRODUCE_FLAGS")"
+    storage_only "${BATCH:-262144}"
+    alloc_profile
+    write_meta sluice "$FIO_BS"
+fi
+python3 "$HELPERS/report.py" write "$RESULTS" --meta "$BENCH_DIR/meta.json" --out "$OUT"
+say "wrote ${OUT#"$ROOT"/} in $((SECONDS - START_S)) s (raw results: ${RESULTS#"$ROOT"/})"
