@@ -16,7 +16,7 @@ use crate::buffer::AlignedBuffer;
 use crate::ring::{ops, types, Ring};
 
 /// Most iovecs one writev accepts (Linux UIO_MAXIOV).
-const IOV_MAX: usize = 1024;
+pub(crate) const IOV_MAX: usize = 1024;
 
 /// One contiguous write of a flush: `len` staging bytes at `staging_offset` go to `fd` at
 /// `file_position`.

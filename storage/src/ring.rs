@@ -148,7 +148,8 @@ impl Ring {
     /// Queues `entries` as one linked chain (IOSQE_IO_LINK on all but the last): each runs
     /// only after the previous succeeded; a failure cancels the rest (-ECANCELED). Returns one
     /// completion per entry, in order, so callers can act on early links (e.g. a write) before
-    /// later ones (its fdatasync) finish.
+    /// later ones (its fdatasync) finish. A chain longer than the submission queue is refused
+    /// (every completion fails with EINVAL) rather than split.
     ///
     /// # Safety
     /// As for [`Ring::submit_owned`], for every entry; `keep` is held until all have finished.
@@ -158,9 +159,16 @@ impl Ring {
         keep: T,
     ) -> Vec<Completion> {
         let count = entries.len();
-        // Ensure the whole chain sits in the SQ at once: a chain split across two
-        // io_uring_enter calls would still be linked, but space must exist for all of it.
-        self.make_room(count);
+        // The whole chain must sit in the SQ at once: the kernel ends a chain at the end of
+        // each io_uring_enter batch, so a split chain would run its halves unordered (an
+        // fdatasync could overtake the write it must follow). Refuse rather than split.
+        if !self.make_room(count) {
+            tracing::error!(
+                links = count,
+                "linked chain does not fit the submission queue; refused"
+            );
+            return (0..count).map(|_| self.refused(libc::EINVAL)).collect();
+        }
         let mut keep = Some(Box::new(keep) as Box<dyn Any>);
         let mut completions = Vec::with_capacity(count);
         for (index, entry) in entries.into_iter().enumerate() {
@@ -227,18 +235,49 @@ impl Ring {
         self.0.ops.borrow().in_kernel
     }
 
-    fn make_room(&self, count: usize) {
-        let mut uring = self.0.uring.borrow_mut();
-        let free = {
-            let sq = uring.submission();
-            sq.capacity() - sq.len()
-        };
-        if free < count {
-            // Entering the kernel early only moves SQEs it would take a moment later anyway.
-            if let Err(error) = uring.submit() {
-                tracing::warn!(%error, "io_uring_enter to make room in the SQ failed");
+    /// Makes room for `count` SQEs in the submission queue; false when that is impossible
+    /// (more than the queue holds, or the kernel keeps refusing to take entries).
+    fn make_room(&self, count: usize) -> bool {
+        for _ in 0..8 {
+            let free = {
+                let mut uring = self.0.uring.borrow_mut();
+                let sq = uring.submission();
+                if count > sq.capacity() {
+                    return false;
+                }
+                sq.capacity() - sq.len()
+            };
+            if free >= count {
+                return true;
             }
-            self.0.queued_sqes.set(0);
+            // Entering the kernel early only moves SQEs it would take a moment later anyway.
+            let submitted = self.0.uring.borrow().submit();
+            match submitted {
+                Ok(_) => self.0.queued_sqes.set(0),
+                Err(error) => {
+                    tracing::warn!(%error, "io_uring_enter to make room in the SQ failed");
+                    // EBUSY: completions are backed up; reaping lets the kernel go on.
+                    self.0.reap();
+                }
+            }
+        }
+        false
+    }
+
+    /// A completion for an operation that was never submitted.
+    fn refused(&self, errno: i32) -> Completion {
+        let index = {
+            let mut ops = self.0.ops.borrow_mut();
+            let index = ops.insert(None);
+            let slot = &mut ops.slots[index];
+            slot.result = Some(-errno);
+            slot.finished = true;
+            index
+        };
+        Completion {
+            ring: self.0.clone(),
+            index,
+            done: false,
         }
     }
 
@@ -620,6 +659,27 @@ mod tests {
                 received.len(),
                 expected.len()
             );
+        });
+    }
+
+    #[test]
+    fn a_chain_longer_than_the_queue_is_refused_not_split() {
+        tokio_uring::start(async {
+            let ring = Ring::new(8).expect("ring");
+            let entries: Vec<Entry> = (0..9).map(|_| opcode::Nop::new().build()).collect();
+            // SAFETY: no memory referenced.
+            let results = unsafe { ring.submit_chain(entries, ()) }.await;
+            assert_eq!(results.len(), 9);
+            assert!(results.iter().all(|result| result
+                .as_ref()
+                .err()
+                .and_then(io::Error::raw_os_error)
+                == Some(libc::EINVAL)));
+            let entries: Vec<Entry> = (0..8).map(|_| opcode::Nop::new().build()).collect();
+            // SAFETY: no memory referenced.
+            let results = unsafe { ring.submit_chain(entries, ()) }.await;
+            assert!(results.iter().all(|result| matches!(result, Ok(0))));
+            assert_eq!(ring.in_flight(), 0);
         });
     }
 }

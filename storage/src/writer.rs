@@ -96,6 +96,9 @@ struct Group {
     pieces: Vec<Bytes>,
     staging_offset: usize,
     write_len: usize,
+    /// Written from the staging buffer (always with O_DIRECT; in buffered mode only when
+    /// the pieces are too many for one writev).
+    staged: bool,
 }
 
 /// Per-partition facts of one flush.
@@ -357,6 +360,7 @@ fn start_flush<B: IoBackend>(
                     pieces: Vec::new(),
                     staging_offset: 0,
                     write_len: 0,
+                    staged: direct_io,
                 });
                 groups.len() - 1
             });
@@ -392,6 +396,7 @@ fn start_flush<B: IoBackend>(
     groups.retain(|group| group.new_bytes > 0);
     for group in groups.iter_mut() {
         group.write_len = align_up(group.head_bytes + group.new_bytes, align_bytes);
+        group.staged |= group.pieces.len() > crate::io::IOV_MAX;
     }
     if groups.is_empty() {
         if let Some(mut item) = shard.queue.borrow_mut().pop_front() {
@@ -433,7 +438,7 @@ fn start_flush<B: IoBackend>(
     // 3. O_DIRECT: copy into staging (aligned, partial last block in front). Buffered writes
     //    go straight from the appends' buffers (writev).
     let mut staging_offset = 0usize;
-    for group in groups.iter_mut().filter(|_| direct_io) {
+    for group in groups.iter_mut().filter(|group| group.staged) {
         group.staging_offset = staging_offset;
         // SAFETY: no write from staging is in flight and this range is disjoint from every
         // other group's.
@@ -470,7 +475,7 @@ fn start_flush<B: IoBackend>(
             continue;
         };
         use std::os::fd::AsRawFd;
-        if !direct_io {
+        if !group.staged {
             let (written, synced) = backend.write_vectored(
                 file.as_raw_fd(),
                 group.start_bytes,

@@ -558,3 +558,36 @@ fn clean_reopen_does_not_scan_and_lost_indexes_are_rebuilt() {
         assert_eq!(partition.max_timestamp(), Some((119, 1590)));
     });
 }
+
+#[test]
+fn thousands_of_tiny_appends_in_one_buffered_flush() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let mut config = storage_config(dir.path(), false);
+        config.ring_entries = 8;
+        let storage = ShardStorage::open(config).expect("open");
+        let partition = storage
+            .open_partition("tiny", 0, LogConfig::default())
+            .expect("partition");
+        let mut expected = Vec::new();
+        // acks=0 appends return without yielding, so all of them are queued for one flush:
+        // more pieces than one writev takes, and more writevs than the 8-entry ring holds in
+        // one linked chain.
+        for round in 0..10_000u64 {
+            let batch = make_batch(round, 1, 10, 0);
+            let info = partition
+                .append(bytes(batch.clone()), Ack::None, 0)
+                .await
+                .expect("append");
+            expected.push(expected_stored(&batch, info.base_offset, 0));
+        }
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            partition.wait_for_data(9_999),
+        )
+        .await;
+        assert!(waited.is_ok(), "all appends became visible");
+        assert!(read_all(&partition, 0) == expected);
+        storage.shutdown().await.expect("shutdown");
+    });
+}
