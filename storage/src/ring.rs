@@ -338,6 +338,23 @@ impl RingShared {
 
     /// Moves every available CQE into its slot and wakes the waiting futures.
     fn reap(&self) {
+        loop {
+            self.reap_once();
+            // With a full CQ the kernel parks further CQEs in its overflow list (NODROP) and
+            // only moves them back on an io_uring_enter: do it now, or they wait forever.
+            let overflowed = self.uring.borrow_mut().submission().cq_overflow();
+            if !overflowed {
+                return;
+            }
+            if let Err(error) = self.uring.borrow().submit() {
+                tracing::warn!(%error, "io_uring_enter to flush overflowed completions failed");
+                return;
+            }
+            self.queued_sqes.set(0);
+        }
+    }
+
+    fn reap_once(&self) {
         let mut wakers: Vec<Waker> = Vec::new();
         {
             let mut uring = self.uring.borrow_mut();
@@ -679,6 +696,22 @@ mod tests {
             // SAFETY: no memory referenced.
             let results = unsafe { ring.submit_chain(entries, ()) }.await;
             assert!(results.iter().all(|result| matches!(result, Ok(0))));
+            assert_eq!(ring.in_flight(), 0);
+        });
+    }
+
+    #[test]
+    fn more_operations_than_the_completion_queue_holds_all_complete() {
+        tokio_uring::start(async {
+            let ring = Ring::new(8).expect("ring");
+            // SAFETY: NOPs reference no memory.
+            let completions: Vec<Completion> = (0..200)
+                .map(|_| unsafe { ring.submit(opcode::Nop::new().build()) })
+                .collect();
+            for completion in completions {
+                let result = tokio::time::timeout(Duration::from_secs(5), completion).await;
+                assert!(matches!(result, Ok(Ok(0))), "{result:?}");
+            }
             assert_eq!(ring.in_flight(), 0);
         });
     }
