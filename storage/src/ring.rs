@@ -29,6 +29,9 @@ use tokio::sync::Notify;
 pub use io_uring::squeue::Entry;
 pub use io_uring::{opcode as ops, types};
 
+/// Smallest submission queue a ring gets, whatever was asked for.
+pub const RING_ENTRIES_MIN: u32 = 8;
+
 /// A handle to the shard's storage ring. Cheap to clone; single-threaded.
 #[derive(Clone)]
 pub struct Ring(Rc<RingShared>);
@@ -100,7 +103,7 @@ impl Ring {
     /// EPERM / ENOSYS from the kernel come back unchanged so the caller can say io_uring is
     /// refused.
     pub fn new(entries: u32) -> io::Result<Ring> {
-        let uring = IoUring::builder().build(entries.max(8))?;
+        let uring = IoUring::builder().build(entries.max(RING_ENTRIES_MIN))?;
         // SAFETY: plain syscall; the returned fd is checked before being owned.
         let raw_eventfd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if raw_eventfd < 0 {

@@ -113,6 +113,13 @@ struct PartFlush {
     write_failed: bool,
 }
 
+/// Most linked writevs one buffered file write may take.
+const WRITEV_CHAIN_MAX: usize = 4;
+const _: () = assert!(
+    WRITEV_CHAIN_MAX < crate::ring::RING_ENTRIES_MIN as usize,
+    "a write chain (writevs + fdatasync) must fit the smallest ring"
+);
+
 fn key<T>(rc: &Rc<T>) -> *const T {
     Rc::as_ptr(rc)
 }
@@ -396,7 +403,9 @@ fn start_flush<B: IoBackend>(
     groups.retain(|group| group.new_bytes > 0);
     for group in groups.iter_mut() {
         group.write_len = align_up(group.head_bytes + group.new_bytes, align_bytes);
-        group.staged |= group.pieces.len() > crate::io::IOV_MAX;
+        // Up to WRITEV_CHAIN_MAX linked writevs (plus the fdatasync) always fit the ring;
+        // more pieces are copied into staging instead.
+        group.staged |= group.pieces.len() > WRITEV_CHAIN_MAX * crate::io::IOV_MAX;
     }
     if groups.is_empty() {
         if let Some(mut item) = shard.queue.borrow_mut().pop_front() {
