@@ -2,7 +2,7 @@
 and from the tail cache by SENDMSG_ZC; `fetch.zero.copy=false` selects the copying path.
 
 - kcat and confluent-kafka consume a large volume (many small segments, several partitions)
-  byte-identical to what was produced, on both paths. Size: $SLUICE_ZC_TEST_MB (default 100 MB;
+  byte-identical to what was produced, on both paths. Size: $SLUICE_ZC_TEST_MB (default 150 MB;
   the issue's full figure is 500).
 - concurrent produce and consume on one partition: every fetched batch has a valid CRC and the
   offsets have no gaps. Duration: $SLUICE_ZC_CONCURRENT_S (default 8 s; the issue says 60).
@@ -47,7 +47,7 @@ from helpers import (
     watermarks,
 )
 
-VOLUME_MB = int(os.environ.get("SLUICE_ZC_TEST_MB", "100"))
+VOLUME_MB = int(os.environ.get("SLUICE_ZC_TEST_MB", "150"))
 CONCURRENT_S = float(os.environ.get("SLUICE_ZC_CONCURRENT_S", "8"))
 PARTITIONS = 4
 VALUE_BYTES = 16 * 1024
