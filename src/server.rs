@@ -418,6 +418,9 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         });
     }
 
+    // Probe the fetch path now, so the log says at startup which one is in use.
+    let _ = crate::zero_copy::for_shard(&shard);
+
     let inbox_shard = shard.clone();
     runtime::spawn(async move {
         while let Some(job) = inbox.recv().await {
