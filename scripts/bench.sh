@@ -41,17 +41,18 @@ QUICK="${QUICK:-0}"
 if [[ "$QUICK" == 1 ]]; then
     RUNS="${RUNS:-1}"
     DURATION_S="${DURATION_S:-5}"
-    FIO_BYTES="${FIO_BYTES:-536870912}"
+    FIO_S="${FIO_S:-3}"
     STORAGE_BYTES="${STORAGE_BYTES:-536870912}"
     IPERF_S="${IPERF_S:-3}"
 else
     RUNS="${RUNS:-3}"
     DURATION_S="${DURATION_S:-10}"
-    FIO_BYTES="${FIO_BYTES:-1073741824}"
+    FIO_S="${FIO_S:-5}"
     STORAGE_BYTES="${STORAGE_BYTES:-1073741824}"
     IPERF_S="${IPERF_S:-5}"
 fi
 PRODUCE_FLAGS="${PRODUCE_FLAGS:---record-size 1024 --acks all --connections 4 --in-flight 5 --batch-bytes 262144 --linger-ms 5}"
+FIO_BYTES="${FIO_BYTES:-8589934592}"  # an upper bound: FIO_S ends each run first
 TAIL_RECORDS="${TAIL_RECORDS:-80000}"
 ALLOC_RECORDS_SMALL="${ALLOC_RECORDS_SMALL:-50000}"
 ALLOC_RECORDS_LARGE="${ALLOC_RECORDS_LARGE:-200000}"
@@ -116,9 +117,7 @@ cleanup() {
     for pid in "$COMMIT_PID" "$IPERF_PID" "$BROKER_PID"; do
         [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true
     done
-    if [[ -n "$HEAPTRACK_PID" ]]; then
-        pkill -TERM -P "$HEAPTRACK_PID" 2>/dev/null || true
-    fi
+    [[ -n "$HEAPTRACK_PID" ]] && stop_heaptracked_broker
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -134,6 +133,17 @@ record_command() {
     line="${line//$BIN/\$BIN}"
     line="${line//$ROOT\//}"
     printf '# %s\n%s\n' "$scenario" "$line" >>"$COMMANDS"
+}
+
+# The broker that heaptrack (a shell script) started: its child running $BIN serve. Only that
+# process is signalled; heaptrack's own interpreter and compressor must live on to write the
+# data file.
+stop_heaptracked_broker() {
+    local child
+    child="$(pgrep -P "$HEAPTRACK_PID" -f -- "$BIN serve" || true)"
+    [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null
+    wait "$HEAPTRACK_PID" 2>/dev/null || true
+    HEAPTRACK_PID=""
 }
 
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
@@ -309,24 +319,30 @@ iperf_limits() {
     echo "   iperf3 copy $(median machine iperf_copy mb_per_s) MB/s, -Z $(median machine iperf_zc mb_per_s) MB/s" >&2
 }
 
-fio_limits() { # BLOCK_BYTES
-    local bs="$1" run mode direct dir="$BENCH_DIR/fio"
-    say "disk limit: fio sequential write, fdatasync after every ${bs}-byte write, O_DIRECT and buffered"
-    for run in $(seq "$RUNS"); do
-        for mode in direct buffered; do
-            direct=0
-            [[ "$mode" == direct ]] && direct=1
-            rm -rf "$dir" && mkdir -p "$dir"
-            local command=(fio --name=limit --directory="$dir" --rw=write --bs="$bs" --size="$FIO_BYTES"
-                --fdatasync=1 --direct="$direct" --ioengine=psync --end_fsync=1 --output-format=json)
-            record_command "fio_$mode" "${command[@]}"
-            "${command[@]}" >"$BENCH_DIR/fio-$mode-$run.json" 2>/dev/null || true
-            python3 "$HELPERS/report.py" add "$RESULTS" machine "fio_$mode" "$run" --fio "$BENCH_DIR/fio-$mode-$run.json" \
-                || echo "   fio $mode run $run gave no result" >&2
-        done
-    done
+# fio_run SCENARIO DIRECT(0|1) BS FDATASYNC_EVERY_WRITES: one sequential-write run into a fresh
+# file (as the broker's segments are), bounded by FIO_S seconds.
+fio_run() {
+    local scenario="$1" direct="$2" bs="$3" every="$4" run="$5" dir="$BENCH_DIR/fio"
+    rm -rf "$dir" && mkdir -p "$dir"
+    local command=(fio --name=limit --directory="$dir" --rw=write --bs="$bs" --size="$FIO_BYTES"
+        --runtime="$FIO_S" --fdatasync="$every" --direct="$direct" --ioengine=psync
+        --fallocate=none --end_fsync=1 --output-format=json)
+    record_command "$scenario" "${command[@]}"
+    "${command[@]}" >"$BENCH_DIR/$scenario-$run.json" 2>/dev/null || true
     rm -rf "$dir"
-    echo "   fio O_DIRECT $(median machine fio_direct mb_per_s) MB/s, buffered $(median machine fio_buffered mb_per_s) MB/s" >&2
+    python3 "$HELPERS/report.py" add "$RESULTS" machine "$scenario" "$run" --fio "$BENCH_DIR/$scenario-$run.json" \
+        || echo "   fio $scenario run $run gave no result" >&2
+}
+
+fio_limits() { # CADENCE_BYTES
+    local cadence="$1" run
+    say "disk limit: fio sequential write, 1 MiB writes + fdatasync every 16 MiB (the broker's largest group commit), O_DIRECT and buffered; and O_DIRECT with one fdatasync per ${cadence}-byte write (the broker's measured cadence)"
+    for run in $(seq "$RUNS"); do
+        fio_run fio_direct 1 1048576 16 "$run"
+        fio_run fio_buffered 0 1048576 16 "$run"
+        fio_run fio_cadence 1 "$cadence" 1 "$run"
+    done
+    echo "   fio O_DIRECT $(median machine fio_direct mb_per_s) MB/s, buffered $(median machine fio_buffered mb_per_s) MB/s, at the broker's cadence $(median machine fio_cadence mb_per_s) MB/s" >&2
 }
 
 storage_only() { # BATCH_BYTES
@@ -385,9 +401,7 @@ alloc_profile() {
         record_command "alloc (load)" "${produce[@]}"
         "${produce[@]}" >"$base.bench.json" 2>"$base.bench.err" || echo "   produce under heaptrack failed" >&2
         stats_snapshot "$admin" "$base.stats-after.json"
-        pkill -TERM -P "$HEAPTRACK_PID" 2>/dev/null || true
-        wait "$HEAPTRACK_PID" 2>/dev/null || true
-        HEAPTRACK_PID=""
+        stop_heaptracked_broker
         local data
         data="$(ls "$base".*zst "$base".*gz 2>/dev/null | head -1 || true)"
         [[ -n "$data" ]] || { echo "   heaptrack wrote no data" >&2; return 0; }

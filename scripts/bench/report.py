@@ -268,20 +268,29 @@ def write_report(rows, meta, out_path):
     net_limit = max([v for v in (net_copy, net_zc) if v is not None], default=None)
     cadence = meta.get("fio_block_bytes")
 
+    cadence_mbps = limit("fio_cadence", "mb_per_s")
     add("## Physical limits (same run)")
     add("")
     add("| limit | median | range | fdatasync p50 / p99 ms |")
     add("|---|---|---|---|")
-    add(f"| disk: fio sequential write, one fdatasync per {fmt(cadence)}-byte write (the broker's"
-        f" mean group commit), O_DIRECT | {fmt(direct)} MB/s | {spread(rows, 'machine', 'fio_direct', 'mb_per_s')} |"
-        f" {fmt(limit('fio_direct', 'fsync_p50_ms'), 2)} / {fmt(limit('fio_direct', 'fsync_p99_ms'), 2)} |")
-    add(f"| disk: the same, buffered | {fmt(buffered)} MB/s | {spread(rows, 'machine', 'fio_buffered', 'mb_per_s')} |"
-        f" {fmt(limit('fio_buffered', 'fsync_p50_ms'), 2)} / {fmt(limit('fio_buffered', 'fsync_p99_ms'), 2)} |")
+
+    def fio_row(label, scenario):
+        add(f"| {label} | {fmt(limit(scenario, 'mb_per_s'))} MB/s | {spread(rows, 'machine', scenario, 'mb_per_s')} |"
+            f" {fmt(limit(scenario, 'fsync_p50_ms'), 2)} / {fmt(limit(scenario, 'fsync_p99_ms'), 2)} |")
+
+    fio_row("disk: fio sequential write into a fresh file, 1 MiB writes, fdatasync every 16 MiB"
+            " (the broker's largest group commit, `log.flush.batch.bytes`), O_DIRECT", "fio_direct")
+    fio_row("disk: the same, buffered", "fio_buffered")
+    fio_row(f"disk at the broker's own cadence: O_DIRECT, one fdatasync per {fmt(cadence)}-byte write"
+            " (the mean group commit the broker achieved in the 1-partition produce runs)", "fio_cadence")
     add(f"| loopback: iperf3, one TCP stream (copying send) | {fmt(net_copy)} MB/s | {spread(rows, 'machine', 'iperf_copy', 'mb_per_s')} | |")
     add(f"| loopback: iperf3 -Z (sendfile, zero-copy send) | {fmt(net_zc)} MB/s | {spread(rows, 'machine', 'iperf_zc', 'mb_per_s')} | |")
     add("")
-    add("The disk limit of a produce figure is the faster fio mode; the network limit of a"
-        " consume figure is the faster iperf3 mode. Ratio = Sluice / limit.")
+    add("The disk limit of a produce figure is the faster of the first two fio rows (what the disk"
+        " does when writes are batched as much as the broker may); the network limit of a consume"
+        " figure is the faster iperf3 mode. Ratio = Sluice / limit. The cadence row shows what the"
+        " disk does at the commit size the broker actually reached: when a produce figure is near it"
+        " but far below the limit, the broker's batching, not the disk, is what holds it back.")
     add("")
 
     add("## Results")
@@ -319,7 +328,7 @@ def write_report(rows, meta, out_path):
     result_row("consume caught-up (recent data, tail cache)", "consume_tail", net_limit, "(iperf3)")
     e2e_rate = m("e2e", "rate")
     if m("e2e", "p50_ms") is not None:
-        fsync_p50 = limit("fio_direct", "fsync_p50_ms")
+        fsync_p50 = limit("fio_cadence", "fsync_p50_ms")
         add(f"| end-to-end produce→consume latency, acks=all, 16 partitions, open loop at"
             f" {fmt(e2e_rate, 0)} rec/s (50% of the 16-partition max) | {fmt(m('e2e', 'mb_per_s'))} MB/s |"
             f" {spread(rows, target, 'e2e', 'mb_per_s')} | fdatasync p50 {fmt(fsync_p50, 2)} ms (fio) |"
@@ -479,17 +488,33 @@ def shortfalls(rows, target, meta, disk_limit, net_limit, storage):
                       if (diag.get("append_to_durable_p50_ms") or 0)
                       > 2 * ((diag.get("append_write_p50_ms") or 0) + (diag.get("append_fsync_p50_ms") or 0))
                       else ""))
+    cadence_mbps = median(rows, "machine", "fio_cadence", "mb_per_s")
+    if p1 is not None and cadence_mbps and disk_limit:
+        out.append(f"At the 1-partition cadence ({fmt(meta.get('fio_block_bytes'))} bytes per fdatasync) the"
+                   f" disk itself does {cadence_mbps:.1f} MB/s ({cadence_mbps / disk_limit:.2f} of its batched"
+                   f" limit); Sluice's 1-partition produce reaches {p1 / cadence_mbps:.2f} of that.")
     if p1 is not None and p16 is not None and p1 < 0.7 * p16:
-        out.append(f"One partition is much slower than 16 ({p1:.1f} vs {p16:.1f} MB/s): a single"
-                   " partition's appends are not pipelined deeply enough to fill the group commit.")
+        out.append(f"One partition is much slower than 16 ({p1:.1f} vs {p16:.1f} MB/s). The stage figures"
+                   " above suggest a single partition's appends do not keep enough bytes in flight to"
+                   " fill a group commit (the storage engine alone, with 128 concurrent appenders, fills"
+                   " 16 MiB commits on one partition).")
+    p1_p50 = m("produce_p1", "p50_ms")
+    if p1_p50 is not None and p1_p50 > 1000:
+        out.append(f"The 1-partition produce latency (p50 {p1_p50 / 1000:.1f} s) is mostly the load"
+                   " generator's: in closed loop `sluice bench produce` creates records faster than its"
+                   " in-flight window drains them and counts their wait; read the e2e row (open loop) for"
+                   " broker latency.")
     files = m("consume_files", "mb_per_s")
     tail = m("consume_tail", "mb_per_s")
     if net_limit and files is not None:
         out.append(f"Consumers read older data at {ratio(files, net_limit):.2f} of iperf3's best loopback"
-                   f" rate and recent data at {fmt(ratio(tail, net_limit), 2)}; a single consumer"
-                   " connection with one fetch in flight is the usual bound here.")
+                   f" rate and recent data at {fmt(ratio(tail, net_limit), 2)}, with one consumer"
+                   f" connection whose own process used {fmt(m('consume_files', 'bench_cpu_pct'), 0)}% /"
+                   f" {fmt(m('consume_tail', 'bench_cpu_pct'), 0)}% of a core on a 2-core machine shared with"
+                   " the broker: the client and the broker compete for the same two cores, so this is a"
+                   " lower bound of the broker's fetch capacity, not a measurement of it.")
     e2e_p99 = m("e2e", "p99_ms")
-    fsync_p99 = median(rows, "machine", "fio_direct", "fsync_p99_ms")
+    fsync_p99 = median(rows, "machine", "fio_cadence", "fsync_p99_ms")
     if e2e_p99 is not None and fsync_p99:
         out.append(f"End-to-end p99 at half the maximum rate is {e2e_p99:.1f} ms, {e2e_p99 / fsync_p99:.1f}× the"
                    f" disk's own fdatasync p99 ({fsync_p99:.2f} ms): every record waits for a group"
@@ -505,8 +530,14 @@ def shortfalls(rows, target, meta, disk_limit, net_limit, storage):
         alloc_rows.sort(key=lambda r: r.get("records", 0))
         d_records = alloc_rows[-1]["records"] - alloc_rows[0]["records"]
         d_calls = alloc_rows[-1]["alloc_calls"] - alloc_rows[0]["alloc_calls"]
+        d_bytes = (alloc_rows[-1].get("alloc_bytes") or 0) - (alloc_rows[0].get("alloc_bytes") or 0)
         if d_records and d_calls / d_records >= 1:
             out.append(f"The produce path allocates per record ({d_calls / d_records:.2f} calls per record).")
+        if d_records and d_bytes / (d_records * 1024) > 1.2:
+            out.append(f"No allocation per record, but {d_bytes / (d_records * 1024):.1f} bytes of fresh heap per"
+                       " produced value byte: whole request-sized buffers are allocated (and the payload"
+                       " filled into them) more than once per produce request instead of being reused."
+                       " `heaptrack_print -a` on the kept data file names the sites.")
     out.append("Copies that remain on the produce path, by design: each request is read from the socket"
                " into one buffer, and in O_DIRECT mode each group commit copies the appended batches"
                " into an aligned registered buffer (one memcpy per batch, not per record).")
