@@ -478,7 +478,7 @@ if [[ -n "$BOOTSTRAP" ]]; then
     start_broker "$BENCH_DIR/data" "$PORT" "$ADMIN_PORT" "$BENCH_DIR/broker.log"
     client_workloads sluice "127.0.0.1:$PORT"
     stop_broker
-    write_meta "$LABEL" ""
+    write_meta sluice ""
 else
     iperf_limits
     say "starting a fresh broker on 127.0.0.1:$PORT (data in ${BENCH_DIR#"$ROOT"/}/data)"

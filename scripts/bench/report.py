@@ -419,7 +419,7 @@ def write_report(rows, meta, out_path):
 
     # Side-by-side.
     others = sorted({r["target"] for r in rows} - {"machine", target, "sluice"})
-    if others or meta.get("side_by_side"):
+    if others or target != "sluice":
         columns = ["sluice"] + others if target == "sluice" else [target, "sluice"]
         columns = [c for c in columns if any(r["target"] == c for r in rows)]
         add("## Side by side (same client workloads, same flags)")
