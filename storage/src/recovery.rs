@@ -297,8 +297,21 @@ fn open_unclean(
         let valid_bytes = scan.valid_bytes;
         let next_offset = scan.next_offset;
         let mut index_state = scan.index;
-        // Later segments only make sense after a whole segment: after a cut they go.
-        let cut_here = scan.cut_bytes > 0 && !scan.cut_all_zero;
+        // Later segments only make sense after a whole segment: after a cut they go. So do
+        // they when this segment ends short of the next one's base offset: a roll created the
+        // next file at enqueue, and the crash took this segment's last (never acknowledged)
+        // batches; keeping the next segment would leave a hole in the offsets.
+        let ends_short = !is_last && next_offset != bases[index + 1];
+        if ends_short {
+            tracing::warn!(
+                partition = label,
+                segment = base,
+                offset = next_offset,
+                next_segment = bases[index + 1],
+                "segment ends before the next segment's base offset; recovery cuts there"
+            );
+        }
+        let cut_here = (scan.cut_bytes > 0 && !scan.cut_all_zero) || ends_short;
         if is_last || cut_here {
             if cut_here && !is_last {
                 for &later in &bases[index + 1..] {

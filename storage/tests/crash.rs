@@ -214,3 +214,63 @@ fn damage_in_an_older_segment_drops_the_segments_after_it() {
     );
     assert_eq!(cuts[0].segment_base_offset, second_base);
 }
+
+/// Regression (found by the SIGKILL test): a roll creates the next segment's file at enqueue,
+/// so a crash can leave that file while the previous segment lost its last, unacknowledged
+/// batches. Recovery must end the log where the data ends, without a hole in the offsets.
+#[test]
+fn segment_ending_short_of_the_next_base_drops_the_later_segments() {
+    let source = tempfile::tempdir().expect("tempdir");
+    let config = small_segments(4000);
+    let stored = write_unclean(source.path(), true, 30, config.clone());
+    let partition_dir = source.path().join("c-0");
+    let mut bases: Vec<i64> = std::fs::read_dir(&partition_dir)
+        .expect("dir")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter_map(|name| name.strip_suffix(".log")?.parse().ok())
+        .collect();
+    bases.sort_unstable();
+    assert!(bases.len() >= 3, "{bases:?}");
+    let _ = std::fs::remove_file(partition_dir.join("recovery-point-offset-checkpoint"));
+    // Drop the last batch of the second-to-last segment at its exact start: no torn bytes.
+    let victim_base = bases[bases.len() - 2];
+    let last_base = bases[bases.len() - 1];
+    let in_victim: Vec<&Vec<u8>> = stored
+        .iter()
+        .filter(|batch| {
+            let header = sluice_storage::batch::RecordBatchHeader::parse(batch).expect("header");
+            header.base_offset >= victim_base && header.base_offset < last_base
+        })
+        .collect();
+    let keep_bytes: u64 = in_victim[..in_victim.len() - 1]
+        .iter()
+        .map(|batch| batch.len() as u64)
+        .sum();
+    let victim = partition_dir.join(format!("{victim_base:020}.log"));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .expect("open");
+    file.set_len(keep_bytes).expect("cut at a batch boundary");
+    drop(file);
+    let lost = sluice_storage::batch::RecordBatchHeader::parse(in_victim[in_victim.len() - 1])
+        .expect("header");
+    let (recovered, cuts, end) = reopen(source.path(), config);
+    assert_eq!(end, lost.base_offset, "the log ends where the data ends");
+    let kept = stored
+        .iter()
+        .take_while(|batch| {
+            sluice_storage::batch::RecordBatchHeader::parse(batch)
+                .is_some_and(|header| header.base_offset < end)
+        })
+        .count();
+    assert!(
+        recovered[..] == stored[..kept],
+        "contiguous prefix: {} batches, {kept} expected",
+        recovered.len()
+    );
+    assert!(
+        cuts.iter().any(|cut| cut.segment_base_offset == last_base),
+        "the later segment is reported: {cuts:?}"
+    );
+}
