@@ -69,6 +69,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// glibc serves allocations above 128 KiB with a fresh mmap and unmaps them on free, so every
+/// request frame or batch of that size would fault in new pages — slow on this kind of VM.
+/// Raising the thresholds keeps such buffers in the heap, where freed memory is reused.
+fn keep_large_allocations_in_the_heap() {
+    const MMAP_THRESHOLD_BYTES: libc::c_int = 256 << 20;
+    const TRIM_THRESHOLD_BYTES: libc::c_int = 512 << 20;
+    // SAFETY: mallopt only changes allocator tuning parameters; called before any shard
+    // thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -87,6 +101,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging();
+    keep_large_allocations_in_the_heap();
     let mut settings = sluice::config::Settings::default();
     let result = (|| {
         if let Some(path) = &args.config {
