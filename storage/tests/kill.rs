@@ -21,7 +21,7 @@ const CHILD_DIR_ENV: &str = "SLUICE_KILL_CHILD_DIR";
 const CHILD_ROUND_ENV: &str = "SLUICE_KILL_CHILD_ROUND";
 const PARTITIONS: i32 = 2;
 const APPENDERS: u64 = 6;
-const ROUNDS: u64 = 12;
+const ROUNDS: u64 = 20;
 
 fn log_config() -> LogConfig {
     // Small segments so kills also land around rolls and finalizations.

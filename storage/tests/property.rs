@@ -281,8 +281,16 @@ fn run_case(direct_io: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// 24 cases per run by default; `PROPTEST_CASES=N` for a longer soak.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(24)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn appends_reads_rolls_retention_reopen_direct(ops in prop::collection::vec(op_strategy(), 1..40)) {
