@@ -93,7 +93,6 @@ pub(crate) fn write_durably(dir: &Path, name: &str, contents: &[u8]) -> io::Resu
 pub(crate) struct Recovered {
     pub(crate) segments: Vec<Segment>,
     pub(crate) log_end_offset: i64,
-    pub(crate) recovery_point: i64,
     pub(crate) cuts: Vec<RecoveryCut>,
     pub(crate) was_clean: bool,
 }
@@ -137,7 +136,6 @@ pub(crate) fn open_dir(
         Recovered {
             segments: vec![segment],
             log_end_offset: 0,
-            recovery_point,
             cuts: Vec::new(),
             was_clean: true,
         }
@@ -148,15 +146,7 @@ pub(crate) fn open_dir(
             Some(marker)
                 if marker.active_bytes == active_len && marker.log_end_offset >= active_base =>
             {
-                open_clean(
-                    dir,
-                    &bases,
-                    marker,
-                    recovery_point,
-                    direct_io,
-                    interval_bytes,
-                    now_ms,
-                )?
+                open_clean(dir, &bases, marker, direct_io, interval_bytes, now_ms)?
             }
             _ => {
                 if marker.is_some() {
@@ -210,7 +200,6 @@ fn open_clean(
     dir: &Path,
     bases: &[i64],
     marker: CleanMarker,
-    recovery_point: i64,
     direct_io: bool,
     interval_bytes: u32,
     now_ms: i64,
@@ -236,7 +225,6 @@ fn open_clean(
     Ok(Recovered {
         segments,
         log_end_offset: marker.log_end_offset,
-        recovery_point,
         cuts: Vec::new(),
         was_clean: true,
     })
@@ -394,7 +382,6 @@ fn open_unclean(
     Ok(Recovered {
         segments,
         log_end_offset,
-        recovery_point,
         cuts,
         was_clean: false,
     })

@@ -229,7 +229,6 @@ pub(crate) fn open_partition(
         finalize_lock: tokio::sync::Mutex::new(()),
         flushes_in_flight: Cell::new(0),
     });
-    let _ = recovered.recovery_point;
     if let Some(old) = shard.partitions.borrow_mut().insert(key, shared.clone()) {
         shard.tail_cache.borrow_mut().remove_all(&old.tail);
     }
