@@ -273,7 +273,8 @@ impl ReadChunk {
 pub struct FlushStats {
     /// From submission until every write of the flush completed.
     pub write_ns: u64,
-    /// From the last write's completion until every fdatasync completed (0: no sync).
+    /// Waiting for the flush's fdatasyncs once its writes were in (0: no sync). With two
+    /// flushes overlapping, part of the fdatasync ran during the next flush's copy.
     pub fsync_ns: u64,
     /// New log bytes written (excluding rewritten partial blocks and padding).
     pub bytes: u64,

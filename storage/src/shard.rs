@@ -29,7 +29,8 @@ use crate::writer::{self, QueuedAppend};
 use crate::{FlushStats, LogConfig, StorageConfig, StorageError};
 
 /// Extra staging bytes beyond `group_commit_bytes_max`, so the partial blocks and padding of
-/// several files do not cut a flush short.
+/// several files do not cut a flush short. A flush writes at most the staging size, i.e.
+/// `group_commit_bytes_max` plus this slack.
 const STAGING_SLACK_BYTES: usize = 256 << 10;
 /// Smallest staging buffer: a flush must always fit at least a few blocks.
 const STAGING_MIN_BYTES: usize = 64 << 10;
