@@ -42,6 +42,31 @@ where
     shard.invoke_on(target, move |s| f(s.groups.clone())).await
 }
 
+/// Runs `f` with the coordinator of each group concurrently; results in request order
+/// (`None` where the owning shard is gone).
+async fn for_each_group<F, Fut, T>(
+    shard: &Rc<Shard>,
+    groups: &[kafka_protocol::messages::GroupId],
+    f: F,
+) -> Vec<Option<T>>
+where
+    F: Fn(GroupCoordinator, String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let pending = groups.iter().map(|group| {
+        let group_id = group.0.to_string();
+        let (shard, f) = (shard.clone(), f.clone());
+        async move {
+            let id = group_id.clone();
+            on_group_shard(&shard, &group_id, move |c| f(c, id))
+                .await
+                .ok()
+        }
+    });
+    futures::future::join_all(pending).await
+}
+
 /// Handles FindCoordinator: the coordinator of every group is this broker.
 pub fn find_coordinator(
     shard: Rc<Shard>,
@@ -220,28 +245,13 @@ pub async fn describe_groups(
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DescribeGroupsRequest);
     let include = request.include_authorized_operations;
-    let pending: Vec<_> = request
-        .groups
-        .iter()
-        .map(|group| {
-            let group_id = group.0.to_string();
-            let shard = shard.clone();
-            async move {
-                let id = group_id.clone();
-                on_group_shard(&shard, &group_id, move |c| async move {
-                    c.describe_group(&id, include)
-                })
-                .await
-            }
-        })
-        .collect();
+    let results = for_each_group(&shard, &request.groups, move |c, id| async move {
+        c.describe_group(&id, include)
+    })
+    .await;
     let mut response = DescribeGroupsResponse::default();
-    for (group, result) in request
-        .groups
-        .iter()
-        .zip(futures::future::join_all(pending).await)
-    {
-        response.groups.push(result.unwrap_or_else(|_| {
+    for (group, result) in request.groups.iter().zip(results) {
+        response.groups.push(result.unwrap_or_else(|| {
             let mut g =
                 kafka_protocol::messages::describe_groups_response::DescribedGroup::default();
             g.group_id = group.clone();
@@ -259,31 +269,15 @@ pub async fn delete_groups(
     body: Reader,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DeleteGroupsRequest);
-    let pending: Vec<_> = request
-        .groups_names
-        .iter()
-        .map(|group| {
-            let group_id = group.0.to_string();
-            let shard = shard.clone();
-            async move {
-                let id = group_id.clone();
-                on_group_shard(&shard, &group_id, move |c| async move {
-                    c.delete_group(&id).await
-                })
-                .await
-                .unwrap_or(code::COORDINATOR_NOT_AVAILABLE)
-            }
-        })
-        .collect();
+    let results = for_each_group(&shard, &request.groups_names, |c, id| async move {
+        c.delete_group(&id).await
+    })
+    .await;
     let mut response = DeleteGroupsResponse::default();
-    for (group, error_code) in request
-        .groups_names
-        .iter()
-        .zip(futures::future::join_all(pending).await)
-    {
+    for (group, error_code) in request.groups_names.iter().zip(results) {
         let mut r = DeletableGroupResult::default();
         r.group_id = group.clone();
-        r.error_code = error_code;
+        r.error_code = error_code.unwrap_or(code::COORDINATOR_NOT_AVAILABLE);
         response.results.push(r);
     }
     encode(&header, &response)

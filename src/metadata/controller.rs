@@ -224,12 +224,7 @@ impl Controller {
         validate_only: bool,
     ) -> Result<(), AdminError> {
         let _guard = self.lock.lock().await;
-        let Some(topic) = shard.metadata.load().topic(name).cloned() else {
-            return Err((
-                code::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("Topic '{name}' does not exist."),
-            ));
-        };
+        let topic = existing_topic(shard, name)?;
         if count <= topic.partitions {
             return Err((
                 code::INVALID_PARTITIONS,
@@ -268,12 +263,7 @@ impl Controller {
         validate_only: bool,
     ) -> Result<(), AdminError> {
         let _guard = self.lock.lock().await;
-        let Some(topic) = shard.metadata.load().topic(name).cloned() else {
-            return Err((
-                code::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("Topic '{name}' does not exist."),
-            ));
-        };
+        let topic = existing_topic(shard, name)?;
         let mut configs = if incremental {
             topic.configs.clone()
         } else {
@@ -312,6 +302,16 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+/// The current metadata of topic `name`, or UNKNOWN_TOPIC_OR_PARTITION.
+fn existing_topic(shard: &Shard, name: &str) -> Result<Arc<TopicMeta>, AdminError> {
+    shard.metadata.load().topic(name).cloned().ok_or_else(|| {
+        (
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("Topic '{name}' does not exist."),
+        )
+    })
 }
 
 /// Opens partitions `range` of `topic` on their owning shards.
