@@ -121,24 +121,36 @@ impl Reader {
         Ok(())
     }
 
+    /// A nullable length prefix: compact (uvarint length + 1), or classic int16 (strings) /
+    /// int32 (bytes). `None` for null; lengths below -1 are invalid.
+    fn nullable_len(
+        &mut self,
+        field: &'static str,
+        compact: bool,
+        classic_i32: bool,
+    ) -> Result<Option<usize>, DecodeError> {
+        let len: i64 = match (compact, classic_i32) {
+            (true, _) => i64::from(self.uvarint(field)?) - 1,
+            (false, true) => i64::from(self.i32(field)?),
+            (false, false) => i64::from(self.i16(field)?),
+        };
+        match len {
+            -1 => Ok(None),
+            len if len < -1 => Err(DecodeError::Invalid { field, value: len }),
+            len => Ok(Some(len as usize)),
+        }
+    }
+
     /// Nullable string, classic (int16 length) or compact (uvarint length + 1).
     pub fn nullable_string(
         &mut self,
         field: &'static str,
         compact: bool,
     ) -> Result<Option<Bytes>, DecodeError> {
-        let len: i64 = if compact {
-            i64::from(self.uvarint(field)?) - 1
-        } else {
-            i64::from(self.i16(field)?)
-        };
-        if len < -1 {
-            return Err(DecodeError::Invalid { field, value: len });
-        }
-        if len == -1 {
+        let Some(len) = self.nullable_len(field, compact, false)? else {
             return Ok(None);
-        }
-        let bytes = self.take(field, len as usize)?;
+        };
+        let bytes = self.take(field, len)?;
         if std::str::from_utf8(&bytes).is_err() {
             return Err(DecodeError::Utf8 { field });
         }
@@ -157,18 +169,10 @@ impl Reader {
         field: &'static str,
         compact: bool,
     ) -> Result<Option<Bytes>, DecodeError> {
-        let len: i64 = if compact {
-            i64::from(self.uvarint(field)?) - 1
-        } else {
-            i64::from(self.i32(field)?)
-        };
-        if len < -1 {
-            return Err(DecodeError::Invalid { field, value: len });
+        match self.nullable_len(field, compact, true)? {
+            Some(len) => self.take(field, len).map(Some),
+            None => Ok(None),
         }
-        if len == -1 {
-            return Ok(None);
-        }
-        self.take(field, len as usize).map(Some)
     }
 
     /// Array length; `None` for a null array. Bounded by the bytes left (each element takes at
