@@ -253,8 +253,10 @@ pub async fn run_producers(
 /// Records waiting for one partition's next batch.
 #[derive(Default)]
 struct Accumulator {
-    records: Vec<Record>,
-    origins_ns: Vec<u64>,
+    // Queues: batches are drained from the front while the generator appends at the back, so
+    // a Vec would shift the whole backlog on every drain.
+    records: std::collections::VecDeque<Record>,
+    origins_ns: std::collections::VecDeque<u64>,
     value_bytes: usize,
     opened_ns: u64,
 }
@@ -429,14 +431,14 @@ impl Worker {
                 acc.opened_ns = now_ns;
             }
             let offset_delta = acc.records.len() as i64;
-            acc.records.push(batch_record(
+            acc.records.push_back(batch_record(
                 offset_delta,
                 timestamp_ms,
                 key,
                 Some(value),
                 IndexMap::new(),
             ));
-            acc.origins_ns.push(origin_ns);
+            acc.origins_ns.push_back(origin_ns);
             acc.value_bytes += self.config.record_size;
             self.pending_value_bytes += self.config.record_size;
             made_for_request += self.config.record_size;
