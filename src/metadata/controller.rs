@@ -109,6 +109,14 @@ impl Controller {
         validate_only: bool,
     ) -> Result<Arc<TopicMeta>, AdminError> {
         validate_topic_name(&topic.name).map_err(|m| (code::INVALID_TOPIC_EXCEPTION, m))?;
+        // The offsets log's partitions are opened by the group coordinators under this name; a
+        // user topic of the same name would be a second writer on the same directories.
+        if topic.name == sluice_group::OFFSETS_TOPIC {
+            return Err((
+                code::INVALID_REQUEST,
+                format!("'{}' is reserved for committed offsets", topic.name),
+            ));
+        }
         if shard.metadata.load().topic(&topic.name).is_some() {
             return Err((
                 code::TOPIC_ALREADY_EXISTS,

@@ -256,3 +256,18 @@ def test_kafkajs_admin(broker):
     assert bad["ok"] is False
     codes = [e.get("type") for e in bad["error"].get("errors") or []] + [bad["error"].get("type")]
     assert "INVALID_TOPIC_EXCEPTION" in codes, bad
+
+
+def test_the_offsets_log_name_is_reserved(broker):
+    """A topic named __consumer_offsets would share directories with the group coordinator's
+    offsets log: neither CreateTopics nor Metadata auto-creation may make one."""
+    from confluent_kafka.admin import NewTopic
+
+    admin = confluent_admin(broker.bootstrap)
+    fut = admin.create_topics([NewTopic("__consumer_offsets", 1)])["__consumer_offsets"]
+    with pytest.raises(Exception) as err:
+        fut.result(timeout=20)
+    assert "reserved" in str(err.value)
+    md = admin.list_topics(topic="__consumer_offsets", timeout=10)
+    assert md.topics["__consumer_offsets"].error is not None
+    assert "__consumer_offsets" not in admin.list_topics(timeout=10).topics
