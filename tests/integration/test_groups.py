@@ -314,13 +314,6 @@ def test_commit_half_resume_exactly_there_also_after_kill9(gbroker):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, open: in about 2 of 5 runs, after a quick second rebalance "
-    "(generation 3), the first kafka-python 3.0.12 member neither heartbeats nor rejoins and is "
-    "removed by its session timeout, so the 2+2 assignment never forms; confluent-kafka and "
-    "kafkajs groups are not affected. See the coordinator logs of a failing run.",
-)
 def test_kafka_python_two_members_rebalance_on_close(gbroker):
     topic = create_topic(gbroker.bootstrap, unique_topic("gp"), 4)
     group = unique_group()
@@ -329,8 +322,12 @@ def test_kafka_python_two_members_rebalance_on_close(gbroker):
     # Each member runs in its own process, as real consumers do.
     ctx = multiprocessing.get_context("fork")
     events = ctx.Queue()
-    seen = []
+    seen = []  # (partition, offset, value) of records whose commit succeeded
+    uncommitted = []  # records a member processed but could not commit (a rebalance was on)
     sizes = {0: 0, 1: 0}
+
+    def delivered():
+        return {(p, o) for p, o, _ in seen} | {(p, o) for p, o, _ in uncommitted}
 
     def drain():
         while True:
@@ -340,6 +337,8 @@ def test_kafka_python_two_members_rebalance_on_close(gbroker):
                 return
             if kind == "records":
                 seen.extend(payload)
+            elif kind == "uncommitted":
+                uncommitted.extend(payload)
             elif kind == "size":
                 sizes[index] = payload
 
@@ -352,18 +351,23 @@ def test_kafka_python_two_members_rebalance_on_close(gbroker):
     try:
         wait_until(lambda: drain() or [sizes[0], sizes[1]] == [2, 2], 60,
                    what="a 2+2 assignment")
-        wait_until(lambda: drain() or len(seen) >= len(produced), 60, what="all records")
+        wait_until(lambda: drain() or delivered() >= set(produced), 60, what="all records")
         stops[1].set()
         procs[1].join(30)
         wait_until(lambda: drain() or sizes[0] == 4, 60,
                    what="the remaining member owning all four partitions")
         produced.update(produce_spread(gbroker.bootstrap, topic, 4, 10, "b"))
-        wait_until(lambda: drain() or len(seen) >= len(produced), 60,
+        wait_until(lambda: drain() or delivered() >= set(produced), 60,
                    what="records after the rebalance")
         drain()
         keys = [(p, o) for p, o, _ in seen]
-        assert len(keys) == len(set(keys)), "a record was consumed twice"
-        assert set(keys) == set(produced)
+        # Committed-after-processing records are never delivered twice; a record whose commit
+        # was refused by a rebalance may be delivered again (at-least-once), never lost.
+        assert len(keys) == len(set(keys)), "a committed record was consumed twice"
+        assert delivered() == set(produced)
+        for p, o, v in seen + uncommitted:
+            assert produced[(p, o)] == v
+        assert len(seen) > len(produced) // 2, f"only {len(seen)} commits succeeded"
     finally:
         for stop in stops:
             stop.set()
@@ -377,6 +381,7 @@ def _kafka_python_member(index, bootstrap, topic, group, events, stop):
     """One kafka-python group member: reports its records (after committing them) and its
     assignment size to the test process."""
     from kafka import KafkaConsumer
+    from kafka.errors import CommitFailedError, RebalanceInProgressError
 
     consumer = KafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=group,
@@ -384,12 +389,32 @@ def _kafka_python_member(index, bootstrap, topic, group, events, stop):
         session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=500,
         max_poll_records=50, fetch_max_wait_ms=100,
     )
+    # kafka-python 3.0.12 loses a rebalance when the leader's join was started because its
+    # metadata changed (first join before the topic's metadata arrived) and the poll's timer
+    # runs out before SyncGroup answers: the leader's assignment makes its snapshots equal, so
+    # no later poll awaits the finished join, heartbeats stay disabled and the member is
+    # dropped by its session timeout (seen against this broker under CPU load; the client
+    # would do the same against Kafka, whose SyncGroup also waits for a durable write).
+    # Knowing the topic's partitions before the first join avoids that rejoin, and a longer
+    # poll timer narrows the window for the ones the broker asks for.
+    deadline = time.monotonic() + 30
+    while len(consumer.partitions_for_topic(topic)) == 0:
+        assert time.monotonic() < deadline, "no metadata for the topic"
+        time.sleep(0.1)
     size = -1
     while not stop.is_set():
-        for _tp, msgs in consumer.poll(timeout_ms=100).items():
-            if msgs:
+        for _tp, msgs in consumer.poll(timeout_ms=500).items():
+            if not msgs:
+                continue
+            records = [(m.partition, m.offset, m.value) for m in msgs]
+            try:
                 consumer.commit()
-                events.put(("records", index, [(m.partition, m.offset, m.value) for m in msgs]))
+            except (CommitFailedError, RebalanceInProgressError):
+                # As in Kafka: a commit during a rebalance is refused; the records may be
+                # delivered again (to whichever member owns the partition next).
+                events.put(("uncommitted", index, records))
+                continue
+            events.put(("records", index, records))
         if len(consumer.assignment()) != size:
             size = len(consumer.assignment())
             events.put(("size", index, size))
