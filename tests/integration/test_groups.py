@@ -314,67 +314,117 @@ def test_commit_half_resume_exactly_there_also_after_kill9(gbroker):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_kafka_python_two_members_rebalance_on_close(gbroker):
-    topic = create_topic(gbroker.bootstrap, unique_topic("gp"), 4)
-    group = unique_group()
-    produced = produce_spread(gbroker.bootstrap, topic, 4, 30, "a")
+class KafkaPythonMembers:
+    """kafka-python group members, each in its own forked process as real consumers are, and
+    what they reported: records committed after processing, records whose commit a rebalance
+    refused, and each member's latest assignment size."""
 
-    # Each member runs in its own process, as real consumers do.
-    ctx = multiprocessing.get_context("fork")
-    events = ctx.Queue()
-    seen = []  # (partition, offset, value) of records whose commit succeeded
-    uncommitted = []  # records a member processed but could not commit (a rebalance was on)
-    sizes = {0: 0, 1: 0}
+    def __init__(self, bootstrap, topic, group, count=2):
+        ctx = multiprocessing.get_context("fork")
+        # A queue per member: a member SIGKILLed in the middle of a put can only damage its own
+        # queue (a held lock, a half-written message), never the survivor's reports.
+        self.queues = [ctx.Queue() for _ in range(count)]
+        self.stops = [ctx.Event() for _ in range(count)]
+        self.procs = [ctx.Process(target=_kafka_python_member, daemon=True,
+                                  args=(i, bootstrap, topic, group, self.queues[i], self.stops[i]))
+                      for i in range(count)]
+        self.killed = set()
+        self.seen = []  # (partition, offset, value) of records whose commit succeeded
+        self.uncommitted = []  # processed, but a rebalance refused the commit
+        self.sizes = [0] * count
+        self.commits = [0] * count  # records each member committed
+        for proc in self.procs:
+            proc.start()
 
-    def delivered():
-        return {(p, o) for p, o, _ in seen} | {(p, o) for p, o, _ in uncommitted}
+    def drain(self):
+        for index, events in enumerate(self.queues):
+            while index not in self.killed:
+                try:
+                    kind, _index, payload = events.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "records":
+                    self.seen.extend(payload)
+                    self.commits[index] += len(payload)
+                elif kind == "uncommitted":
+                    self.uncommitted.extend(payload)
+                elif kind == "size":
+                    self.sizes[index] = payload
 
-    def drain():
-        while True:
-            try:
-                kind, index, payload = events.get_nowait()
-            except queue.Empty:
-                return
-            if kind == "records":
-                seen.extend(payload)
-            elif kind == "uncommitted":
-                uncommitted.extend(payload)
-            elif kind == "size":
-                sizes[index] = payload
+    def delivered(self):
+        return {(p, o) for p, o, _ in self.seen} | {(p, o) for p, o, _ in self.uncommitted}
 
-    stops = [ctx.Event(), ctx.Event()]
-    procs = [ctx.Process(target=_kafka_python_member,
-                         args=(i, gbroker.bootstrap, topic, group, events, stops[i]), daemon=True)
-             for i in range(2)]
-    for proc in procs:
-        proc.start()
-    try:
-        wait_until(lambda: drain() or [sizes[0], sizes[1]] == [2, 2], 60,
-                   what="a 2+2 assignment")
-        wait_until(lambda: drain() or delivered() >= set(produced), 60, what="all records")
-        stops[1].set()
-        procs[1].join(30)
-        wait_until(lambda: drain() or sizes[0] == 4, 60,
-                   what="the remaining member owning all four partitions")
-        produced.update(produce_spread(gbroker.bootstrap, topic, 4, 10, "b"))
-        wait_until(lambda: drain() or delivered() >= set(produced), 60,
-                   what="records after the rebalance")
-        drain()
-        keys = [(p, o) for p, o, _ in seen]
-        # Committed-after-processing records are never delivered twice; a record whose commit
-        # was refused by a rebalance may be delivered again (at-least-once), never lost.
-        assert len(keys) == len(set(keys)), "a committed record was consumed twice"
-        assert delivered() == set(produced)
-        for p, o, v in seen + uncommitted:
-            assert produced[(p, o)] == v
-        assert len(seen) > len(produced) // 2, f"only {len(seen)} commits succeeded"
-    finally:
-        for stop in stops:
+    def wait(self, predicate, what, timeout_s=60):
+        wait_until(lambda: self.drain() or predicate(), timeout_s,
+                   what=f"{what} (sizes {self.sizes})")
+
+    def close(self, index):
+        """Stop a member the polite way: KafkaConsumer.close() sends LeaveGroup."""
+        self.stops[index].set()
+        self.procs[index].join(30)
+
+    def kill(self, index):
+        """SIGKILL a member: no LeaveGroup, only its session timeout tells the broker. Its
+        queue is read to the end first and then no more, since a writer killed mid-message
+        would leave a reader blocked on the rest of it."""
+        self.drain()
+        self.killed.add(index)
+        self.procs[index].kill()
+        self.procs[index].join(10)
+
+    def stop_all(self):
+        for stop in self.stops:
             stop.set()
-        for proc in procs:
+        for proc in self.procs:
             proc.join(30)
             if proc.is_alive():
                 proc.kill()
+
+
+def assert_committed_once(produced, seen, uncommitted):
+    """Committed-after-processing records are never delivered twice; a record whose commit was
+    refused by a rebalance may be delivered again (at-least-once), never lost."""
+    keys = [(p, o) for p, o, _ in seen]
+    dups = sorted({k for k in keys if keys.count(k) > 1})
+    assert not dups, f"committed records consumed twice: {dups[:10]}"
+    delivered = set(keys) | {(p, o) for p, o, _ in uncommitted}
+    assert delivered == set(produced), (
+        f"lost {sorted(set(produced) - delivered)[:10]}, "
+        f"unexpected {sorted(delivered - set(produced))[:10]}"
+    )
+    for p, o, v in seen + uncommitted:
+        assert produced[(p, o)] == v
+    assert len(seen) > len(produced) // 2, f"only {len(seen)} commits succeeded"
+
+
+@pytest.mark.parametrize("how", ["close", "kill"])
+def test_kafka_python_two_members_rebalance(gbroker, how):
+    """Two members split four partitions; one leaves (close) or is SIGKILLed without leaving
+    (kill), and the other owns all four partitions (after the session timeout for kill) and
+    continues from the commits: nothing lost, no committed record delivered twice."""
+    topic = create_topic(gbroker.bootstrap, unique_topic("gp"), 4)
+    group = unique_group()
+    produced = produce_spread(gbroker.bootstrap, topic, 4, 30, "a")
+    members = KafkaPythonMembers(gbroker.bootstrap, topic, group)
+    try:
+        members.wait(lambda: members.sizes == [2, 2], "a 2+2 assignment")
+        # Records produced once the split is stable: member 1 must commit some, so that the
+        # takeover has to continue from another member's commits.
+        produced.update(produce_spread(gbroker.bootstrap, topic, 4, 10, "m"))
+        members.wait(lambda: members.delivered() >= set(produced), "all records")
+        assert members.commits[1] > 0, "member 1 committed nothing before it went away"
+        if how == "close":
+            members.close(1)
+        else:
+            members.kill(1)
+        members.wait(lambda: members.sizes[0] == 4,
+                     "the remaining member owning all four partitions")
+        produced.update(produce_spread(gbroker.bootstrap, topic, 4, 10, "b"))
+        members.wait(lambda: members.delivered() >= set(produced), "records after the rebalance")
+        members.drain()
+        assert_committed_once(produced, members.seen, members.uncommitted)
+    finally:
+        members.stop_all()
 
 
 def _kafka_python_member(index, bootstrap, topic, group, events, stop):
