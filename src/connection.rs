@@ -40,6 +40,10 @@ pub struct BrokerConnection {
     /// A duplicate of the socket descriptor for io_uring operations (see
     /// [`zero_copy::duplicate_socket`]); made on the first zero-copy response.
     socket: RefCell<Option<Rc<OwnedFd>>>,
+    /// The peer runs on this host (see [`zero_copy::peer_is_on_this_host`]); decided with
+    /// the first zero-copy response.
+    peer_on_this_host: Cell<bool>,
+    peer: std::net::SocketAddr,
     /// Whether this connection wrote a response on the zero-copy path (for the close log).
     wrote_zero_copy: Cell<bool>,
 }
@@ -54,6 +58,8 @@ impl BrokerConnection {
             copy_buffer: RefCell::new(None),
             zero_copy: zero_copy::for_shard(&shard),
             socket: RefCell::new(None),
+            peer_on_this_host: Cell::new(false),
+            peer,
             wrote_zero_copy: Cell::new(false),
             shard,
         }
@@ -64,6 +70,16 @@ impl BrokerConnection {
             return Ok(socket.clone());
         }
         let socket = zero_copy::duplicate_socket(stream.as_raw_fd())?;
+        let on_this_host = zero_copy::peer_is_on_this_host(&socket, self.peer);
+        self.peer_on_this_host.set(on_this_host);
+        if on_this_host {
+            tracing::debug!(
+                target: "sluice::zero_copy",
+                peer = %self.peer,
+                "peer on this host: tail-cache data goes by plain SENDMSG (the kernel copies \
+                 zero-copy sends to local sockets anyway)"
+            );
+        }
         *self.socket.borrow_mut() = Some(socket.clone());
         Ok(socket)
     }
@@ -174,7 +190,10 @@ impl Handler for BrokerConnection {
             let socket = self.socket_for(stream)?;
             self.wrote_zero_copy.set(true);
             let ring = self.shard.storage.ring();
-            let written = zero_copy::write_response(&self.zero_copy, &ring, &socket, parts).await;
+            let send_zc_allowed = !self.peer_on_this_host.get();
+            let written =
+                zero_copy::write_response(&self.zero_copy, &ring, &socket, parts, send_zc_allowed)
+                    .await;
             if let Err(error) = &written {
                 // Every operation of the write has completed by now: what the counters show
                 // is what the abort left behind.

@@ -217,7 +217,11 @@ fn collector(set: Arc<ShardSet>) -> sluice_metrics::Collect {
                 None => merged = Some(snapshot),
             }
         }
-        merged.ok_or_else(|| "no shards".to_string())
+        let mut merged = merged.ok_or_else(|| "no shards".to_string())?;
+        for (name, value) in crate::zero_copy::Counters::now().named() {
+            merged.set_process_value(&name, value);
+        }
+        Ok(merged)
     })
 }
 

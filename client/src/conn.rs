@@ -467,6 +467,11 @@ pub(crate) fn encode_frame<M: Encodable>(
 
 async fn read_loop(read_half: OwnedReadHalf, shared: Arc<Shared>, response_bytes_max: usize) {
     let mut reader = BufReader::with_capacity(256 << 10, read_half);
+    // Frames are cut from one receive buffer. Once a caller drops its frame, `reserve` takes
+    // the same allocation back, so a consumer that keeps up reads every response into memory
+    // that is already mapped and warm in cache (a fresh zeroed buffer per response cost more
+    // than the kernel's copy into it).
+    let mut receive = BytesMut::new();
     let reason = loop {
         let size = match reader.read_i32().await {
             Ok(size) => size,
@@ -483,11 +488,27 @@ async fn read_loop(read_half: OwnedReadHalf, shared: Arc<Shared>, response_bytes
                 )
             }
         };
-        let mut frame = BytesMut::zeroed(size);
-        if let Err(e) = reader.read_exact(&mut frame).await {
+        receive.clear();
+        receive.reserve(size);
+        let mut failed = None;
+        while receive.len() < size {
+            let want = size - receive.len();
+            match (&mut reader).take(want as u64).read_buf(&mut receive).await {
+                Ok(0) => {
+                    failed = Some("broker closed the connection mid-frame".to_owned());
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
             break format!("read of a {size}-byte frame failed: {e}");
         }
-        let frame = frame.freeze();
+        let frame = receive.split_to(size).freeze();
         let correlation_id = (&frame[..4]).get_i32();
         let waiter = match shared.pending.lock() {
             Ok(mut pending) => pending.remove(&correlation_id),

@@ -103,6 +103,17 @@ pub(crate) fn render(snapshot: &MetricsSnapshot) -> String {
         sample(&mut out, &name, &[], snapshot.counter(counter) as f64);
     }
 
+    for (name, value) in snapshot.process_values() {
+        let name = format!("sluice_{name}");
+        family_header(
+            &mut out,
+            &name,
+            "untyped",
+            "Process-wide value (see /stats process).",
+        );
+        sample(&mut out, &name, &[], *value as f64);
+    }
+
     family_header(
         &mut out,
         "sluice_connections_active",

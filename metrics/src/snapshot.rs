@@ -112,6 +112,9 @@ pub struct MetricsSnapshot {
     encoded: Vec<EncodedShard>,
     /// `decoded` plus every `encoded`, built on first read; reset by `merge`.
     view: OnceLock<Box<Decoded>>,
+    /// Process-wide values the broker adds after merging (the zero-copy fetch path's
+    /// counters), by name; shown as-is, never summed across shards.
+    process: BTreeMap<String, u64>,
 }
 
 impl Default for MetricsSnapshot {
@@ -129,6 +132,7 @@ impl MetricsSnapshot {
             decoded: None,
             encoded: Vec::new(),
             view: OnceLock::new(),
+            process: BTreeMap::new(),
         }
     }
 
@@ -140,7 +144,18 @@ impl MetricsSnapshot {
             decoded: None,
             encoded: vec![shard],
             view: OnceLock::new(),
+            process: BTreeMap::new(),
         }
+    }
+
+    /// Sets a process-wide value (see the `process` section of [`StatsReport`]).
+    pub fn set_process_value(&mut self, name: &str, value: u64) {
+        self.process.insert(name.to_string(), value);
+    }
+
+    /// The process-wide values, by name.
+    pub fn process_values(&self) -> &BTreeMap<String, u64> {
+        &self.process
     }
 
     /// Adds `other` into `self`: every histogram bucket-wise, every counter by sum, and the
@@ -148,6 +163,9 @@ impl MetricsSnapshot {
     /// Cheap: encoded shard histograms are carried along, decoded once at the first read.
     pub fn merge(&mut self, other: &MetricsSnapshot) {
         self.shard_count += other.shard_count;
+        for (name, value) in &other.process {
+            self.process.insert(name.clone(), *value);
+        }
         for (mine, theirs) in self.counters.iter_mut().zip(other.counters.iter()) {
             *mine = mine.saturating_add(*theirs);
         }
@@ -290,6 +308,7 @@ impl MetricsSnapshot {
                 .collect(),
             requests_total: self.requests_total(),
             connections_active: self.connections_active(),
+            process: self.process.clone(),
         }
     }
 
@@ -329,6 +348,10 @@ pub struct StatsReport {
     pub requests_total: u64,
     /// Connections open when the report was taken.
     pub connections_active: u64,
+    /// Process-wide values by name: the zero-copy fetch path's byte counters
+    /// (`zero_copy_spliced_bytes`, `zero_copy_send_zc_bytes`, `zero_copy_send_bytes`) and
+    /// its gauges (pipes, segment references and writes in flight).
+    pub process: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]

@@ -124,6 +124,15 @@ impl Counters {
     }
 }
 
+impl Counters {
+    /// Every counter as (`zero_copy_<name>`, value), for `/stats` and `/metrics`.
+    pub fn named(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        Gauge::ALL
+            .iter()
+            .map(|gauge| (format!("zero_copy_{}", gauge.name()), self.0[gauge.index()]))
+    }
+}
+
 impl fmt::Display for Counters {
     /// `key=value` pairs separated by spaces (what the tests parse from the log).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,6 +1,8 @@
 //! Zero-copy Fetch responses: record bytes go from segment files to the socket by io_uring
 //! SPLICE (file -> pipe -> socket, through a per-shard pipe pool) and from the tail cache by
-//! SENDMSG_ZC, on the shard's raw ring, with the response framing in the same linked chains.
+//! SENDMSG_ZC (plain SENDMSG from the same buffers for peers on this host, where the kernel
+//! copies zero-copy pages anyway), on the shard's raw ring, with the response framing in the
+//! same linked chains.
 //!
 //! Owns the per-shard choice of path (probed once per shard: `fetch.zero.copy`, the ring's
 //! opcode probe, a pipe that can be created and sized), the shard's pipe pool and the
@@ -41,6 +43,7 @@ pub const IDLE_PIPES_MAX: usize = 16;
 /// value turns SENDMSG_ZC off while splice stays on).
 pub const SEND_ZC_MIN_BYTES: usize = 64 * 1024;
 const SEND_ZC_MIN_BYTES_ENV: &str = "SLUICE_FETCH_SEND_ZC_MIN_BYTES";
+const SEND_ZC_LOCAL_PEERS_ENV: &str = "SLUICE_FETCH_SEND_ZC_LOCAL_PEERS";
 /// Entries per linked submission (the shard's ring also serves storage; keep chains short).
 const LINKS_PER_CHAIN_MAX: usize = 32;
 
@@ -174,12 +177,16 @@ fn log_path(state: &ShardZeroCopy) {
 
 /// Writes a whole Fetch response (framing and record data) to the socket `socket` on the
 /// zero-copy path. `socket` must be a descriptor this connection owns (a dup), so that it
-/// names the same socket until every operation on it has finished.
+/// names the same socket until every operation on it has finished. `send_zc_allowed` is
+/// false for peers on this host: there SENDMSG_ZC buys nothing (see
+/// [`peer_is_on_this_host`]) and tail-cache data goes by plain SENDMSG, still from the
+/// cache's own buffers.
 pub async fn write_response(
     state: &ShardZeroCopy,
     ring: &Ring,
     socket: &Rc<OwnedFd>,
     parts: Vec<Part<Vec<ReadChunk>>>,
+    send_zc_allowed: bool,
 ) -> io::Result<()> {
     let FetchPath::ZeroCopy { send_zc } = state.path else {
         return Err(io::Error::other("zero-copy write on a copying shard"));
@@ -214,10 +221,34 @@ pub async fn write_response(
         }
     }
     let config = ChainConfig {
-        send_zc_min_bytes: send_zc.then_some(state.send_zc_min_bytes),
+        send_zc_min_bytes: (send_zc && send_zc_allowed).then_some(state.send_zc_min_bytes),
         links_max: LINKS_PER_CHAIN_MAX,
     };
     chain::write_pieces(ring, &state.pool, socket, pieces, config).await
+}
+
+/// Whether the peer of `socket` runs on this host (a loopback address, or the socket's own
+/// address). The kernel delivers such traffic to the receiving socket without a NIC and
+/// copies every zero-copy page at that point ("deferred copy" for packets looped to a local
+/// socket, see the kernel's msg_zerocopy documentation), so SENDMSG_ZC would add page pinning
+/// and a notification completion to the same copy a plain send makes. Splice is unaffected:
+/// page-cache pages are not user memory and are passed by reference.
+/// The environment variable `SLUICE_FETCH_SEND_ZC_LOCAL_PEERS=1` treats every peer as remote
+/// (benchmarks use it to measure SENDMSG_ZC on loopback).
+pub fn peer_is_on_this_host(socket: &OwnedFd, peer: std::net::SocketAddr) -> bool {
+    if std::env::var_os(SEND_ZC_LOCAL_PEERS_ENV).is_some_and(|v| v == "1") {
+        return false;
+    }
+    if peer.ip().is_loopback() {
+        return true;
+    }
+    match socket2::SockRef::from(socket).local_addr() {
+        Ok(local) => local
+            .as_socket()
+            .is_some_and(|local| local.ip() == peer.ip()),
+        // Unknown: keep SENDMSG_ZC, which is correct either way.
+        Err(_) => false,
+    }
 }
 
 /// A private duplicate of a connection's socket descriptor (close-on-exec), held by every

@@ -172,7 +172,9 @@ impl Ring {
             );
             return (0..count).map(|_| self.refused(libc::EINVAL)).collect();
         }
-        let mut keep = Some(Box::new(keep) as Box<dyn Any>);
+        // Every link holds the kept memory: the last link's result is not the chain's last
+        // CQE when an earlier link is a SEND_ZC, whose notification may come after it.
+        let keep: Rc<dyn Any> = Rc::new(keep);
         let mut completions = Vec::with_capacity(count);
         for (index, entry) in entries.into_iter().enumerate() {
             let last = index + 1 == count;
@@ -181,9 +183,7 @@ impl Ring {
             } else {
                 entry.flags(squeue::Flags::IO_LINK)
             };
-            // The last link finishes last, so it carries the kept memory.
-            let keep_here = if last { keep.take() } else { None };
-            completions.push(self.push(entry, keep_here));
+            completions.push(self.push(entry, Some(Box::new(keep.clone()))));
         }
         completions
     }

@@ -14,12 +14,14 @@ and from the tail cache by SENDMSG_ZC; `fetch.zero.copy=false` selects the copyi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import struct
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -112,11 +114,15 @@ def _fetch_request(topic: str, partition: int, offset: int, max_bytes: int, corr
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("zero_copy", [True, False], ids=["zero-copy", "copying"])
+@pytest.mark.parametrize("zero_copy,send_zc_local", [(True, False), (True, True), (False, False)],
+                         ids=["zero-copy", "zero-copy-send-zc-forced", "copying"])
 def test_large_volume_is_byte_identical_through_kcat_and_confluent(broker_factory, monkeypatch,
-                                                                   zero_copy):
+                                                                   zero_copy, send_zc_local):
     # Small segments roll every ~2 MiB; a 16 MiB tail cache means the oldest data comes from
-    # the files (splice) and the newest from memory (SENDMSG_ZC / send).
+    # the files (splice) and the newest from memory (plain SENDMSG to a peer on this host, or
+    # SENDMSG_ZC when forced).
+    if send_zc_local:
+        monkeypatch.setenv("SLUICE_FETCH_SEND_ZC_LOCAL_PEERS", "1")
     broker = _zero_copy_broker(
         broker_factory, monkeypatch, zero_copy,
         **{"log.segment.bytes": 2 * 1024 * 1024, "log.tail.cache.bytes": 16 * 1024 * 1024},
@@ -156,6 +162,18 @@ def test_large_volume_is_byte_identical_through_kcat_and_confluent(broker_factor
         last = wait_until(lambda: (_closed_lines(broker) or [None])[-1], 10,
                           what="a zero-copy connection-closed line")
         assert last["spliced_bytes"] > 0, "no record bytes went through splice"
+        if send_zc_local:
+            assert last["send_zc_bytes"] > 0, f"SENDMSG_ZC was forced but not used: {last}"
+        else:
+            # Loopback peer: the kernel would copy zero-copy pages anyway.
+            assert last["send_zc_bytes"] == 0, last
+            assert last["send_bytes"] > 16 * 1024 * 1024, f"tail data did not go by send: {last}"
+        # /stats shows the same process-wide counters (cumulative, so at least as large).
+        with urllib.request.urlopen(broker.admin_url + "/stats", timeout=10) as response:
+            process = json.load(response)["process"]
+        for name in ("spliced_bytes", "send_zc_bytes", "send_bytes"):
+            assert process[f"zero_copy_{name}"] >= last[name], (name, process, last)
+        assert process["zero_copy_writes_in_flight"] == 0, process
     else:
         assert "fetch path: copying through user space (fetch.zero.copy=false)" in text
         assert not _closed_lines(broker), "the copying path used the zero-copy writer"
