@@ -159,8 +159,8 @@ pub struct ConsumeBenchArgs {
     /// Fetch response cap in bytes
     #[arg(long, default_value_t = 52_428_800)]
     pub fetch_max_bytes: i32,
-    /// Per-partition fetch cap in bytes
-    #[arg(long, default_value_t = 4_194_304)]
+    /// Per-partition fetch cap in bytes (Kafka's consumer default, max.partition.fetch.bytes)
+    #[arg(long, default_value_t = 1_048_576)]
     pub fetch_partition_max_bytes: i32,
     /// Longest the broker may hold a fetch
     #[arg(long, default_value_t = 500)]
