@@ -5,6 +5,8 @@
 //! `keys.rs`. A run must never report a throughput or latency it did not measure: errors abort
 //! the run with a non-zero exit instead of being averaged in.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -317,6 +319,9 @@ impl Report {
             std::fs::write(path, stats::hgrm(&self.histogram))
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         }
+        // Built whole and written once: a full disk or a closed pipe on stdout is an error
+        // the caller reports, not a panic inside println!.
+        let mut out = String::new();
         if common.json {
             let doc = json!({
                 "mode": self.mode,
@@ -331,10 +336,11 @@ impl Report {
                 "cpu": self.cpu.to_json(elapsed_s),
                 "hgrm": common.hgrm.as_ref().map(|p| p.display().to_string()),
             });
-            println!("{doc}");
+            let _ = writeln!(out, "{doc}");
         } else {
-            println!("bench {}: {}", self.mode, self.config);
-            println!(
+            let _ = writeln!(out, "bench {}: {}", self.mode, self.config);
+            let _ = writeln!(
+                out,
                 "{} records, {:.1} MB in {:.2} s: {:.0} records/s, {:.1} MB/s",
                 self.records,
                 self.bytes as f64 / 1e6,
@@ -342,16 +348,22 @@ impl Report {
                 per_second(self.records, elapsed_s),
                 per_second(self.bytes, elapsed_s) / 1e6
             );
-            println!(
+            let _ = writeln!(
+                out,
                 "latency in ms ({}; {} samples):",
                 self.latency_label, summary.count
             );
-            print!("{}", summary.table());
-            println!("{}", self.cpu.line(elapsed_s));
+            out.push_str(&summary.table());
+            let _ = writeln!(out, "{}", self.cpu.line(elapsed_s));
             if let Some(path) = &common.hgrm {
-                println!("latency distribution written to {}", path.display());
+                let _ = writeln!(out, "latency distribution written to {}", path.display());
             }
         }
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|e| anyhow::anyhow!("cannot write the report to stdout: {e}"))?;
         Ok(())
     }
 }
