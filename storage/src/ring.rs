@@ -57,7 +57,7 @@ struct Slot {
     finished: bool,
     waker: Option<Waker>,
     /// Memory the kernel may touch until `finished`.
-    keep: Option<Box<dyn Any>>,
+    keep: Option<Rc<dyn Any>>,
     /// The awaiting future was dropped; free the slot when finished.
     abandoned: bool,
 }
@@ -70,7 +70,7 @@ struct OpTable {
 }
 
 impl OpTable {
-    fn insert(&mut self, keep: Option<Box<dyn Any>>) -> usize {
+    fn insert(&mut self, keep: Option<Rc<dyn Any>>) -> usize {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -145,7 +145,7 @@ impl Ring {
     /// Every pointer in `entry` must point into `keep` or into memory that outlives the ring
     /// (such as registered buffers).
     pub unsafe fn submit_owned<T: 'static>(&self, entry: Entry, keep: T) -> Completion {
-        self.push(entry, Some(Box::new(keep)))
+        self.push(entry, Some(Rc::new(keep)))
     }
 
     /// Queues `entries` as one linked chain (IOSQE_IO_LINK on all but the last): each runs
@@ -183,7 +183,7 @@ impl Ring {
             } else {
                 entry.flags(squeue::Flags::IO_LINK)
             };
-            completions.push(self.push(entry, Some(Box::new(keep.clone()))));
+            completions.push(self.push(entry, Some(keep.clone())));
         }
         completions
     }
@@ -284,7 +284,7 @@ impl Ring {
         }
     }
 
-    fn push(&self, entry: Entry, keep: Option<Box<dyn Any>>) -> Completion {
+    fn push(&self, entry: Entry, keep: Option<Rc<dyn Any>>) -> Completion {
         let index = self.0.ops.borrow_mut().insert(keep);
         let entry = entry.user_data(index as u64);
         let mut uring = self.0.uring.borrow_mut();
