@@ -40,9 +40,9 @@ pub struct BrokerConnection {
     /// A duplicate of the socket descriptor for io_uring operations (see
     /// [`zero_copy::duplicate_socket`]); made on the first zero-copy response.
     socket: RefCell<Option<Rc<OwnedFd>>>,
-    /// The peer runs on this host (see [`zero_copy::peer_is_on_this_host`]); decided with
-    /// the first zero-copy response.
-    peer_on_this_host: Cell<bool>,
+    /// Tail-cache data may go by SENDMSG_ZC (see [`ShardZeroCopy::send_zc_allowed`]);
+    /// decided with the first zero-copy response.
+    send_zc_allowed: Cell<bool>,
     peer: std::net::SocketAddr,
     /// Whether this connection wrote a response on the zero-copy path (for the close log).
     wrote_zero_copy: Cell<bool>,
@@ -58,7 +58,7 @@ impl BrokerConnection {
             copy_buffer: RefCell::new(None),
             zero_copy: zero_copy::for_shard(&shard),
             socket: RefCell::new(None),
-            peer_on_this_host: Cell::new(false),
+            send_zc_allowed: Cell::new(false),
             peer,
             wrote_zero_copy: Cell::new(false),
             shard,
@@ -70,9 +70,9 @@ impl BrokerConnection {
             return Ok(socket.clone());
         }
         let socket = zero_copy::duplicate_socket(stream.as_raw_fd())?;
-        let on_this_host = zero_copy::peer_is_on_this_host(&socket, self.peer);
-        self.peer_on_this_host.set(on_this_host);
-        if on_this_host {
+        let send_zc_allowed = self.zero_copy.send_zc_allowed(&socket, self.peer);
+        self.send_zc_allowed.set(send_zc_allowed);
+        if !send_zc_allowed {
             tracing::debug!(
                 target: "sluice::zero_copy",
                 peer = %self.peer,
@@ -190,7 +190,7 @@ impl Handler for BrokerConnection {
             let socket = self.socket_for(stream)?;
             self.wrote_zero_copy.set(true);
             let ring = self.shard.storage.ring();
-            let send_zc_allowed = !self.peer_on_this_host.get();
+            let send_zc_allowed = self.send_zc_allowed.get();
             let written =
                 zero_copy::write_response(&self.zero_copy, &ring, &socket, parts, send_zc_allowed)
                     .await;

@@ -67,9 +67,18 @@ pub struct ShardZeroCopy {
     path: FetchPath,
     pool: PipePool,
     send_zc_min_bytes: usize,
+    /// `SLUICE_FETCH_SEND_ZC_LOCAL_PEERS=1`: SENDMSG_ZC to peers on this host too (benchmarks
+    /// use it to measure SENDMSG_ZC on loopback).
+    send_zc_to_local_peers: bool,
 }
 
 impl ShardZeroCopy {
+    /// Whether tail-cache data to the peer of `socket` may go by SENDMSG_ZC: not to a peer on
+    /// this host (see [`peer_is_on_this_host`]) unless forced.
+    pub fn send_zc_allowed(&self, socket: &OwnedFd, peer: std::net::SocketAddr) -> bool {
+        self.send_zc_to_local_peers || !peer_is_on_this_host(socket, peer)
+    }
+
     /// The path this shard uses.
     pub fn path(&self) -> &FetchPath {
         &self.path
@@ -131,6 +140,7 @@ fn probe(enabled: bool, ring: &Ring) -> ShardZeroCopy {
         path,
         pool,
         send_zc_min_bytes: send_zc_min_bytes(),
+        send_zc_to_local_peers: std::env::var_os(SEND_ZC_LOCAL_PEERS_ENV).is_some_and(|v| v == "1"),
     }
 }
 
@@ -178,9 +188,8 @@ fn log_path(state: &ShardZeroCopy) {
 /// Writes a whole Fetch response (framing and record data) to the socket `socket` on the
 /// zero-copy path. `socket` must be a descriptor this connection owns (a dup), so that it
 /// names the same socket until every operation on it has finished. `send_zc_allowed` is
-/// false for peers on this host: there SENDMSG_ZC buys nothing (see
-/// [`peer_is_on_this_host`]) and tail-cache data goes by plain SENDMSG, still from the
-/// cache's own buffers.
+/// [`ShardZeroCopy::send_zc_allowed`] for the connection: when false, tail-cache data goes by
+/// plain SENDMSG, still from the cache's own buffers.
 pub async fn write_response(
     state: &ShardZeroCopy,
     ring: &Ring,
@@ -233,12 +242,7 @@ pub async fn write_response(
 /// socket, see the kernel's msg_zerocopy documentation), so SENDMSG_ZC would add page pinning
 /// and a notification completion to the same copy a plain send makes. Splice is unaffected:
 /// page-cache pages are not user memory and are passed by reference.
-/// The environment variable `SLUICE_FETCH_SEND_ZC_LOCAL_PEERS=1` treats every peer as remote
-/// (benchmarks use it to measure SENDMSG_ZC on loopback).
-pub fn peer_is_on_this_host(socket: &OwnedFd, peer: std::net::SocketAddr) -> bool {
-    if std::env::var_os(SEND_ZC_LOCAL_PEERS_ENV).is_some_and(|v| v == "1") {
-        return false;
-    }
+fn peer_is_on_this_host(socket: &OwnedFd, peer: std::net::SocketAddr) -> bool {
     if peer.ip().is_loopback() {
         return true;
     }
