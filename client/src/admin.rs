@@ -96,11 +96,7 @@ impl Client {
             .topics
             .iter()
             .find(|t| t.name.0.as_str() == name)
-            .ok_or_else(|| ClientError::Protocol {
-                api: "CreateTopics",
-                version,
-                message: format!("response does not mention topic '{name}'"),
-            })?;
+            .ok_or_else(|| topic_missing_from("CreateTopics", version, name))?;
         ClientError::check_msg(result.error_code, result.error_message.as_deref(), || {
             format!("create topic '{name}'")
         })
@@ -125,11 +121,7 @@ impl Client {
             .responses
             .iter()
             .find(|r| r.name.as_ref().map(|n| n.0.as_str()) == Some(name))
-            .ok_or_else(|| ClientError::Protocol {
-                api: "DeleteTopics",
-                version,
-                message: format!("response does not mention topic '{name}'"),
-            })?;
+            .ok_or_else(|| topic_missing_from("DeleteTopics", version, name))?;
         if result.error_code == 3 {
             return Err(ClientError::UnknownTopic(name.to_owned()));
         }
@@ -152,11 +144,7 @@ impl Client {
             .results
             .iter()
             .find(|r| r.name.0.as_str() == name)
-            .ok_or_else(|| ClientError::Protocol {
-                api: "CreatePartitions",
-                version: 0,
-                message: format!("response does not mention topic '{name}'"),
-            })?;
+            .ok_or_else(|| topic_missing_from("CreatePartitions", 0, name))?;
         if result.error_code == 3 {
             return Err(ClientError::UnknownTopic(name.to_owned()));
         }
@@ -275,5 +263,14 @@ impl Client {
             }
         }
         Ok(out)
+    }
+}
+
+/// The error for a response that leaves out the topic it was asked about.
+fn topic_missing_from(api: &'static str, version: i16, name: &str) -> ClientError {
+    ClientError::Protocol {
+        api,
+        version,
+        message: format!("response does not mention topic '{name}'"),
     }
 }

@@ -490,22 +490,7 @@ async fn read_loop(read_half: OwnedReadHalf, shared: Arc<Shared>, response_bytes
         };
         receive.clear();
         receive.reserve(size);
-        let mut failed = None;
-        while receive.len() < size {
-            let want = size - receive.len();
-            match (&mut reader).take(want as u64).read_buf(&mut receive).await {
-                Ok(0) => {
-                    failed = Some("broker closed the connection mid-frame".to_owned());
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        if let Some(e) = failed {
+        if let Err(e) = read_to_len(&mut reader, &mut receive, size).await {
             break format!("read of a {size}-byte frame failed: {e}");
         }
         let frame = receive.split_to(size).freeze();
@@ -525,6 +510,24 @@ async fn read_loop(read_half: OwnedReadHalf, shared: Arc<Shared>, response_bytes
         }
     };
     shared.fail_all(&reason);
+}
+
+/// Reads from `reader` until `buf` holds `len` bytes (into its spare capacity, no zeroing).
+async fn read_to_len(
+    reader: &mut BufReader<OwnedReadHalf>,
+    buf: &mut BytesMut,
+    len: usize,
+) -> std::io::Result<()> {
+    while buf.len() < len {
+        let want = (len - buf.len()) as u64;
+        if (&mut *reader).take(want).read_buf(buf).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "broker closed the connection mid-frame",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

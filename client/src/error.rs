@@ -155,15 +155,7 @@ pub enum ClientError {
 impl ClientError {
     /// Builds a `Kafka` error when `code` is non-zero.
     pub fn check(code: i16, context: impl FnOnce() -> String) -> Result<(), ClientError> {
-        if code == 0 {
-            Ok(())
-        } else {
-            Err(ClientError::Kafka {
-                context: context(),
-                code: KafkaCode(code),
-                message: None,
-            })
-        }
+        Self::check_msg(code, None, context)
     }
 
     /// Like [`ClientError::check`] but carries the broker's error message.
