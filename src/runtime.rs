@@ -24,20 +24,28 @@ pub fn spawn<F: std::future::Future + 'static>(future: F) -> tokio::task::JoinHa
 /// Binds a listener with SO_REUSEPORT so that every shard can accept on the same port and the
 /// kernel spreads connections over them.
 pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    let domain = if addr.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    let socket = tcp_socket_for(addr, true)?;
     socket.set_nonblocking(true)?;
     socket
         .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
     socket.listen(backlog)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// A TCP socket of `addr`'s family with SO_REUSEADDR (and SO_REUSEPORT when `reuse_port`),
+/// not yet bound.
+pub fn tcp_socket_for(addr: SocketAddr, reuse_port: bool) -> io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    Ok(socket)
 }
 
 /// Turns EPERM/ENOSYS from io_uring_setup into an error that says what to do.

@@ -242,13 +242,7 @@ fn probe_port_free_patiently(addr: SocketAddr) -> std::io::Result<()> {
 }
 
 fn probe_port_free(addr: SocketAddr) -> std::io::Result<()> {
-    let domain = if addr.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
+    let socket = runtime::tcp_socket_for(addr, false)?;
     match socket.bind(&addr.into()) {
         Ok(()) => Ok(()),
         // Sockets of a broker that was just killed can hold the port for a while; only a
@@ -287,14 +281,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServeError> {
 }
 
 fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
-    let domain = if addr.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    let socket = runtime::tcp_socket_for(addr, true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
 }
