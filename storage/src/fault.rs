@@ -119,6 +119,35 @@ fn failed(errno: i32) -> IoFuture {
     Box::pin(async move { Err(io::Error::from_raw_os_error(errno)) })
 }
 
+/// A torn write: lets the partial write land, then reports the failure the device gave.
+fn torn(written: IoFuture) -> IoFuture {
+    Box::pin(async move {
+        let _ = written.await;
+        Err(io::Error::from_raw_os_error(libc::EIO))
+    })
+}
+
+impl<B> FaultBackend<B> {
+    /// Runs `write(sync)` with the plan's next sync fault applied: a failing fdatasync still
+    /// lets the write itself happen.
+    fn with_sync_fault(
+        &self,
+        sync: bool,
+        write: impl FnOnce(bool) -> (IoFuture, Option<IoFuture>),
+    ) -> (IoFuture, Option<IoFuture>) {
+        if !sync {
+            return write(false);
+        }
+        match self.plan.take_sync_fault() {
+            None => write(true),
+            Some(errno) => {
+                let (written, _) = write(false);
+                (written, Some(failed(errno)))
+            }
+        }
+    }
+}
+
 impl<B: IoBackend> IoBackend for FaultBackend<B> {
     fn write(
         &self,
@@ -130,30 +159,16 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
         match self.plan.take_write_fault() {
             Some(Fault::WriteError(errno)) => return (failed(errno), canceled()),
             Some(Fault::TornWrite(bytes)) => {
-                let torn = FileWrite {
+                let torn_write = FileWrite {
                     len: bytes.min(write.len),
                     ..write
                 };
-                let (written, _) = self.inner.write(staging, torn, false);
-                let result: IoFuture = Box::pin(async move {
-                    // Let the partial write land, then report the failure the device gave.
-                    let _ = written.await;
-                    Err(io::Error::from_raw_os_error(libc::EIO))
-                });
-                return (result, canceled());
+                let (written, _) = self.inner.write(staging, torn_write, false);
+                return (torn(written), canceled());
             }
             Some(Fault::SyncError(_)) | None => {}
         }
-        if !sync {
-            return self.inner.write(staging, write, false);
-        }
-        match self.plan.take_sync_fault() {
-            None => self.inner.write(staging, write, true),
-            Some(errno) => {
-                let (written, _) = self.inner.write(staging, write, false);
-                (written, Some(failed(errno)))
-            }
-        }
+        self.with_sync_fault(sync, |sync| self.inner.write(staging, write, sync))
     }
 
     fn write_vectored(
@@ -168,34 +183,25 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
             Some(Fault::WriteError(errno)) => return (failed(errno), canceled()),
             Some(Fault::TornWrite(bytes)) => {
                 let mut left = bytes;
-                let mut torn = Vec::new();
+                let mut torn_pieces = Vec::new();
                 for piece in pieces {
                     if left == 0 {
                         break;
                     }
                     let take = left.min(piece.len());
-                    torn.push(piece.slice(..take));
+                    torn_pieces.push(piece.slice(..take));
                     left -= take;
                 }
-                let (written, _) = self.inner.write_vectored(fd, file_position, torn, false);
-                let result: IoFuture = Box::pin(async move {
-                    let _ = written.await;
-                    Err(io::Error::from_raw_os_error(libc::EIO))
-                });
-                return (result, canceled());
+                let (written, _) = self
+                    .inner
+                    .write_vectored(fd, file_position, torn_pieces, false);
+                return (torn(written), canceled());
             }
             Some(Fault::SyncError(_)) | None => {}
         }
-        if !sync {
-            return self.inner.write_vectored(fd, file_position, pieces, false);
-        }
-        match self.plan.take_sync_fault() {
-            None => self.inner.write_vectored(fd, file_position, pieces, true),
-            Some(errno) => {
-                let (written, _) = self.inner.write_vectored(fd, file_position, pieces, false);
-                (written, Some(failed(errno)))
-            }
-        }
+        self.with_sync_fault(sync, |sync| {
+            self.inner.write_vectored(fd, file_position, pieces, sync)
+        })
     }
 
     fn fdatasync(&self, fd: RawFd) -> IoFuture {
