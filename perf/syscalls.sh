@@ -6,7 +6,10 @@ usage() {
 usage: perf/syscalls.sh [options]
 
 Counts every system call the broker makes in a window, by name, sorted by count, with
-per-second rates; perf trace's per-thread summary (with times) is kept beside it.
+per-second rates, and in the same window every io_uring operation it submits, by opcode
+(SPLICE, SEND_ZC, WRITE_FIXED, FSYNC, ...): work done through the rings makes no syscall of
+its own, so the second table is where splices and sends show. perf trace's per-thread summary
+(with times) is kept beside them.
 USAGE
     perf_usage_common
 }
@@ -20,11 +23,22 @@ perf_find_broker
 
 RAW="$PERF_OUT/syscalls.csv"
 TABLE="$PERF_OUT/syscalls.txt"
+OPS_DATA="$PERF_OUT/uring-ops.data"
+OPS_TABLE="$PERF_OUT/uring-ops.txt"
 TRACE="$PERF_OUT/trace-summary.txt"
 perf_start_load
-echo "counting syscalls of pid $PERF_PID for ${PERF_SECONDS}s (syscalls:sys_enter_* tracepoints)..."
+echo "counting syscalls and io_uring operations of pid $PERF_PID for ${PERF_SECONDS}s (syscalls:sys_enter_* and io_uring:io_uring_submit_req tracepoints)..."
+# The opcode of each submission is a string field of the tracepoint, which perf stat cannot
+# split by: record the events (a few bytes each) beside the counting and group them after.
+OPS_PID=""
+tracepoints="$(perf list tracepoint 2>/dev/null || true)"
+if grep -q 'io_uring:io_uring_submit_req' <<<"$tracepoints"; then
+    perf record -q -e io_uring:io_uring_submit_req -p "$PERF_PID" -o "$OPS_DATA" -- sleep "$PERF_SECONDS" >/dev/null 2>&1 &
+    OPS_PID=$!
+fi
 perf stat -x, -e 'syscalls:sys_enter_*' -p "$PERF_PID" -o "$RAW" -- sleep "$PERF_SECONDS" \
     || perf_die "perf stat failed (are the syscalls: tracepoints available? perf list syscalls)"
+[[ -n "$OPS_PID" ]] && { wait "$OPS_PID" || true; }
 perf_stop_load
 
 awk -F, -v secs="$PERF_SECONDS" '
@@ -35,6 +49,21 @@ awk -F, -v secs="$PERF_SECONDS" '
         for (e in n) printf "%-28s %12d %12.1f %6.1f%%\n", e, n[e], n[e] / secs, 100 * n[e] / total
         printf "%-28s %12d %12.1f\n", "TOTAL", total, total / secs
     }' "$RAW" | { read -r header; echo "$header"; sort -k2,2nr; } | tee "$TABLE"
+
+if [[ -s "$OPS_DATA" ]]; then
+    echo
+    perf script -i "$OPS_DATA" -F trace 2>/dev/null \
+        | sed -n 's/.*opcode \([A-Z0-9_]*\).*/\1/p' | sort | uniq -c \
+        | awk -v secs="$PERF_SECONDS" '
+            { n[$2] = $1; total += $1 }
+            END {
+                printf "%-28s %12s %12s %7s\n", "io_uring_op", "count", "per_s", "share"
+                for (op in n) printf "%-28s %12d %12.1f %6.1f%%\n", op, n[op], n[op] / secs, 100 * n[op] / total
+                printf "%-28s %12d %12.1f\n", "TOTAL", total, total / secs
+            }' | { read -r header; echo "$header"; sort -k2,2nr; } | tee "$OPS_TABLE"
+else
+    echo "(no io_uring:io_uring_submit_req events: this kernel lacks the tracepoint, or the broker submitted nothing)" | tee "$OPS_TABLE"
+fi
 
 # Per-thread summary with latencies, when this perf has a working `trace` (needs
 # libtraceevent); a short second window so the whole script stays bounded.
@@ -47,9 +76,13 @@ else
 fi
 echo
 echo "syscall table:   $TABLE"
+echo "io_uring ops:    $OPS_TABLE"
 echo "raw perf output: $RAW"
 echo
 echo "How to read it: an io_uring broker should make few syscalls per request. io_uring_enter"
 echo "dominates when it submits and reaps through its rings; many read/write/sendto/recvfrom,"
 echo "epoll_wait or futex calls mean work is bypassing the rings or threads are waking each other."
+echo "The io_uring_op table is the work done through the rings: on the zero-copy fetch path file"
+echo "bytes show as SPLICE (file->pipe, pipe->socket) with no pread64/read beside them; the copying"
+echo "path (fetch.zero.copy=false) shows pread64 syscalls and SEND/WRITE ops instead."
 echo "Divide per_s by the request rate (sluice stats --watch) for syscalls per request."

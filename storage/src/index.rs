@@ -76,6 +76,21 @@ impl SegmentIndex {
         }
     }
 
+    /// The last indexed batch that starts in `(after_position, limit_position]`, as (relative
+    /// last offset, position): where a forward walk over batch boundaries may jump to instead of
+    /// reading every header in between. A hint like every entry: the caller confirms it.
+    pub(crate) fn batch_start_within(
+        &self,
+        after_position: u32,
+        limit_position: u32,
+    ) -> Option<(u32, u32)> {
+        let after = self
+            .offsets
+            .partition_point(|&(_, position)| position <= limit_position);
+        let &(relative, position) = self.offsets.get(after.checked_sub(1)?)?;
+        (position > after_position).then_some((relative, position))
+    }
+
     /// Relative offset to start scanning from to find the first batch with max timestamp >=
     /// `timestamp_ms`: the offset of the largest time entry below it, else 0.
     pub(crate) fn relative_offset_for_time(&self, timestamp_ms: i64) -> u32 {
@@ -153,6 +168,22 @@ impl SegmentIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_start_within_picks_the_last_entry_in_the_window() {
+        let mut index = SegmentIndex::default();
+        // 5,000-byte batches of 10 records: with a 4,096-byte interval every batch after the
+        // first gets an entry.
+        for batch in 0..10u32 {
+            index.on_batch(batch * 10 + 9, batch * 5_000, 5_000, 0, 4_096);
+        }
+        assert_eq!(index.batch_start_within(0, 22_000), Some((49, 20_000)));
+        assert_eq!(index.batch_start_within(0, 20_000), Some((49, 20_000)));
+        assert_eq!(index.batch_start_within(20_000, 24_999), None);
+        assert_eq!(index.batch_start_within(0, 4_999), None);
+        assert_eq!(index.batch_start_within(5_000, 1 << 30), Some((99, 45_000)));
+        assert_eq!(SegmentIndex::default().batch_start_within(0, 1 << 30), None);
+    }
 
     #[test]
     fn entries_every_interval_and_round_trip() {

@@ -371,12 +371,24 @@ impl PartitionShared {
                 return Ok(slice);
             }
             let mut end = start + first_len;
-            while let Some(next) = segment.header_at(end, visible_bytes).map_err(io_context)? {
-                let next_len = next.size_bytes() as u64;
-                if end + next_len - start > u64::from(max_bytes) {
+            // Jump over the whole batches the index vouches for; read headers only for the rest.
+            let mut next = match segment
+                .indexed_batch_start(end, start + u64::from(max_bytes), visible_bytes)
+                .map_err(io_context)?
+            {
+                Some((indexed, header)) => {
+                    end = indexed;
+                    Some(header)
+                }
+                None => segment.header_at(end, visible_bytes).map_err(io_context)?,
+            };
+            while let Some(header) = next {
+                let length = header.size_bytes() as u64;
+                if end + length - start > u64::from(max_bytes) {
                     break;
                 }
-                end += next_len;
+                end += length;
+                next = segment.header_at(end, visible_bytes).map_err(io_context)?;
             }
             let length = (end - start) as u32;
             slice.chunks.push(ReadChunk::File {

@@ -291,6 +291,36 @@ impl Segment {
         Ok(None)
     }
 
+    /// The farthest batch start in `(after_position, limit_position]` that the index knows of
+    /// and the header there confirms (its last offset is the entry's), with that header, so a
+    /// reader can take the whole batches before it without reading each of their headers.
+    /// None when the index has no such entry or the entry is stale.
+    pub(crate) fn indexed_batch_start(
+        &self,
+        after_position: u64,
+        limit_position: u64,
+        end_bytes: u64,
+    ) -> io::Result<Option<(u64, RecordBatchHeader)>> {
+        let limit = limit_position.min(end_bytes).min(u64::from(u32::MAX)) as u32;
+        let Ok(after) = u32::try_from(after_position) else {
+            return Ok(None);
+        };
+        let entry = self
+            .state
+            .borrow()
+            .index
+            .as_ref()
+            .and_then(|index| index.batch_start_within(after, limit));
+        let Some((relative, position)) = entry else {
+            return Ok(None);
+        };
+        let position = u64::from(position);
+        Ok(self
+            .header_at(position, end_bytes)?
+            .filter(|header| header.last_offset() == self.base_offset + i64::from(relative))
+            .map(|header| (position, header)))
+    }
+
     /// Position and header of the first batch whose max timestamp >= `timestamp_ms`.
     pub(crate) fn find_time(
         &self,

@@ -96,11 +96,13 @@ fn check_read(
         return Ok(());
     };
     let mut expected = Vec::new();
+    let mut boundaries = vec![0];
     for (index, (_, _, bytes)) in model[first..].iter().enumerate() {
         if index > 0 && expected.len() + bytes.len() > max_bytes as usize {
             break;
         }
         expected.extend_from_slice(bytes);
+        boundaries.push(expected.len());
     }
     // The engine may return fewer whole batches than fit (a chunk ends at a segment or at
     // the cache boundary) but always at least one, and always a prefix of the expected run.
@@ -110,6 +112,12 @@ fn check_read(
         got[..] == expected[..got.len()],
         "bytes differ at offset {}",
         offset
+    );
+    prop_assert!(
+        boundaries.contains(&got.len()),
+        "read at offset {} ends inside a batch ({} bytes)",
+        offset,
+        got.len()
     );
     let header = RecordBatchHeader::parse(&got).ok_or_else(|| TestCaseError::fail("no header"))?;
     prop_assert!(header.base_offset <= offset && header.last_offset() >= offset);
