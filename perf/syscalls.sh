@@ -25,6 +25,7 @@ RAW="$PERF_OUT/syscalls.csv"
 TABLE="$PERF_OUT/syscalls.txt"
 OPS_DATA="$PERF_OUT/uring-ops.data"
 OPS_TABLE="$PERF_OUT/uring-ops.txt"
+READS_TABLE="$PERF_OUT/read-bytes.txt"
 TRACE="$PERF_OUT/trace-summary.txt"
 perf_start_load
 echo "counting syscalls and io_uring operations of pid $PERF_PID for ${PERF_SECONDS}s (syscalls:sys_enter_* and io_uring:io_uring_submit_req tracepoints)..."
@@ -33,7 +34,13 @@ echo "counting syscalls and io_uring operations of pid $PERF_PID for ${PERF_SECO
 OPS_PID=""
 tracepoints="$(perf list tracepoint 2>/dev/null || true)"
 if grep -q 'io_uring:io_uring_submit_req' <<<"$tracepoints"; then
-    perf record -q -e io_uring:io_uring_submit_req -p "$PERF_PID" -o "$OPS_DATA" -- sleep "$PERF_SECONDS" >/dev/null 2>&1 &
+    # The read-type syscalls ride along so their byte counts can be summed: what tells a
+    # 61-byte batch-header read from a copy of record bytes.
+    reads=()
+    for event in syscalls:sys_enter_read syscalls:sys_enter_pread64 syscalls:sys_enter_readv syscalls:sys_enter_preadv; do
+        grep -q "$event" <<<"$tracepoints" && reads+=(-e "$event")
+    done
+    perf record -q -e io_uring:io_uring_submit_req "${reads[@]}" -p "$PERF_PID" -o "$OPS_DATA" -- sleep "$PERF_SECONDS" >/dev/null 2>&1 &
     OPS_PID=$!
 fi
 perf stat -x, -e 'syscalls:sys_enter_*' -p "$PERF_PID" -o "$RAW" -- sleep "$PERF_SECONDS" \
@@ -61,6 +68,25 @@ if [[ -s "$OPS_DATA" ]]; then
                 for (op in n) printf "%-28s %12d %12.1f %6.1f%%\n", op, n[op], n[op] / secs, 100 * n[op] / total
                 printf "%-28s %12d %12.1f\n", "TOTAL", total, total / secs
             }' | { read -r header; echo "$header"; sort -k2,2nr; } | tee "$OPS_TABLE"
+    echo
+    # Bytes asked for by read-type syscalls (count field; iovec lengths are not visible, so
+    # readv/preadv show calls only).
+    perf script -i "$OPS_DATA" -F event,trace 2>/dev/null \
+        | awk -v secs="$PERF_SECONDS" '
+            function hex(text,    i, n) {
+                n = 0
+                for (i = 1; i <= length(text); i++) n = n * 16 + index("0123456789abcdef", substr(text, i, 1)) - 1
+                return n
+            }
+            /sys_enter_(p)?read(v|64)?:/ {
+                ev = $1; sub(/^syscalls:sys_enter_/, "", ev); sub(/:$/, "", ev)
+                calls[ev]++
+                if (match($0, /count: 0x[0-9a-f]+/)) bytes[ev] += hex(substr($0, RSTART + 9, RLENGTH - 9))
+            }
+            END {
+                printf "%-28s %12s %14s %12s\n", "read_syscall", "calls", "bytes", "bytes/call"
+                for (ev in calls) printf "%-28s %12d %14.0f %12.0f\n", ev, calls[ev], bytes[ev], bytes[ev] / calls[ev]
+            }' | tee "$READS_TABLE"
 else
     echo "(no io_uring:io_uring_submit_req events: this kernel lacks the tracepoint, or the broker submitted nothing)" | tee "$OPS_TABLE"
 fi
@@ -77,6 +103,7 @@ fi
 echo
 echo "syscall table:   $TABLE"
 echo "io_uring ops:    $OPS_TABLE"
+echo "read bytes:      $READS_TABLE"
 echo "raw perf output: $RAW"
 echo
 echo "How to read it: an io_uring broker should make few syscalls per request. io_uring_enter"

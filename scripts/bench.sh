@@ -8,15 +8,21 @@
 #     partitions; consume older data (segment files) and recent data (tail cache); end-to-end
 #     latency at 50% of the 16-partition maximum (open loop); the storage engine alone (no
 #     network; issue 3's denominator); produce with and without 1,000 offset commits/s
-#     (issue 6); allocation calls per produced record under heaptrack (issue 3).
+#     (issue 6); allocation calls per produced record under heaptrack (issue 3); fetch on the
+#     zero-copy and the copying path beside iperf3 -Z, with perf/syscalls.sh's view of each
+#     (scripts/fetch-bench.sh, issue 5).
+#
+# Disk: each produce topic is deleted once measured, so the data directory holds about one
+# run's data at a time (a few GB) plus the fetch step's (~5 GB); the script checks for
+# DISK_FREE_GB_MIN (default 30; QUICK 15) free before it starts.
 #  3. BENCHMARKS.md: machine, limits, results with p50/p99/p99.9/max and broker CPU-s per GB,
 #     the targets checked, where Sluice falls short, and the exact commands.
 #
 # Every figure is the median of RUNS runs. The VM is shared and noisy: read ratios, not
 # absolutes. Only 127.0.0.1 is used.
 #
-# Usage: scripts/bench.sh                        full suite (~10 min), writes BENCHMARKS.md
-#        QUICK=1 scripts/bench.sh                one short run of each (~3 min)
+# Usage: scripts/bench.sh                        full suite (~20 min), writes BENCHMARKS.md
+#        QUICK=1 scripts/bench.sh                one short run of each (~5 min)
 #        BOOTSTRAP=host:port [LABEL=kafka] scripts/bench.sh
 #                                                the client workloads against another broker,
 #                                                then against a local Sluice, side by side in
@@ -44,12 +50,18 @@ if [[ "$QUICK" == 1 ]]; then
     FIO_S="${FIO_S:-3}"
     STORAGE_BYTES="${STORAGE_BYTES:-536870912}"
     IPERF_S="${IPERF_S:-3}"
+    FETCH_FILE_MB="${FETCH_FILE_MB:-1024}"
+    FETCH_TAIL_MB="${FETCH_TAIL_MB:-512}"
+    DISK_FREE_GB_MIN="${DISK_FREE_GB_MIN:-15}"
 else
     RUNS="${RUNS:-3}"
     DURATION_S="${DURATION_S:-10}"
     FIO_S="${FIO_S:-5}"
     STORAGE_BYTES="${STORAGE_BYTES:-1073741824}"
     IPERF_S="${IPERF_S:-5}"
+    FETCH_FILE_MB="${FETCH_FILE_MB:-2048}"
+    FETCH_TAIL_MB="${FETCH_TAIL_MB:-768}"
+    DISK_FREE_GB_MIN="${DISK_FREE_GB_MIN:-30}"
 fi
 PRODUCE_FLAGS="${PRODUCE_FLAGS:---record-size 1024 --acks all --connections 4 --in-flight 5 --batch-bytes 262144 --linger-ms 5}"
 FIO_BYTES="${FIO_BYTES:-8589934592}"  # an upper bound: FIO_S ends each run first
@@ -107,6 +119,10 @@ done
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
 : >"$COMMANDS"
+free_gb="$(df -Pk "$BENCH_DIR" | awk 'NR == 2 { printf "%d", $4 / 1048576 }')"
+if [[ -z "$BOOTSTRAP" && "$free_gb" -lt "$DISK_FREE_GB_MIN" ]]; then
+    die "only ${free_gb} GB free under ${BENCH_DIR}; the suite needs about ${DISK_FREE_GB_MIN} GB (DISK_FREE_GB_MIN overrides)"
+fi
 
 # --- processes we own: only these PIDs are ever signalled -----------------------------------
 BROKER_PID=""
@@ -205,6 +221,12 @@ BENCH_EXTRA=()
 
 median() { python3 "$HELPERS/report.py" median "$RESULTS" "$@"; }
 
+# drop_topic ADDR TOPIC: deletes a measured topic so the data directory holds one run's data
+# at a time (a full suite would otherwise write tens of GB).
+drop_topic() {
+    "$BIN" topics delete --bootstrap "$1" "$2" >/dev/null 2>&1 || echo "   could not delete topic $2" >&2
+}
+
 # --- the client workloads (run against Sluice and, with BOOTSTRAP, another broker) ---------
 client_workloads() { # TARGET_LABEL ADDR
     local target="$1" addr="$2" run
@@ -215,6 +237,8 @@ client_workloads() { # TARGET_LABEL ADDR
         for run in $(seq "$RUNS"); do
             bench "$target" "$addr" "produce_p$partitions" "$run" produce "${flags[@]}" \
                 --topic "$PREFIX-$target-p$partitions-r$run" --partitions "$partitions" --duration "${DURATION_S}s"
+            # The first 16-partition topic is the consume step's older data.
+            [[ "$partitions" == 16 && "$run" == 1 ]] || drop_topic "$addr" "$PREFIX-$target-p$partitions-r$run"
         done
         if [[ "$partitions" == 1 && "$target" == sluice && -n "$BROKER_PID" ]]; then
             stats_snapshot "$ADMIN_PORT" "$BENCH_DIR/stats-after-p1.json"
@@ -225,6 +249,7 @@ client_workloads() { # TARGET_LABEL ADDR
     for run in $(seq "$RUNS"); do
         bench "$target" "$addr" consume_files "$run" consume --topic "$PREFIX-$target-p16-r1"
     done
+    drop_topic "$addr" "$PREFIX-$target-p16-r1"
     for run in $(seq "$RUNS"); do
         local topic="$PREFIX-$target-tail-r$run"
         "$BIN" bench produce --bootstrap "$addr" --json --progress-interval-s 0 "${flags[@]}" \
@@ -232,6 +257,7 @@ client_workloads() { # TARGET_LABEL ADDR
             || { echo "   tail produce failed: $(tail -1 "$BENCH_DIR/$target-tail-produce-$run.err")" >&2; continue; }
         record_command "consume_tail (data)" "$BIN" bench produce --bootstrap "$addr" "${flags[@]}" --topic "$topic" --partitions 16 --records "$TAIL_RECORDS"
         bench "$target" "$addr" consume_tail "$run" consume --topic "$topic"
+        drop_topic "$addr" "$topic"
     done
 
     local max_rate rate
@@ -243,6 +269,7 @@ client_workloads() { # TARGET_LABEL ADDR
         for run in $(seq "$RUNS"); do
             bench "$target" "$addr" e2e "$run" e2e "${flags[@]}" --topic "$PREFIX-$target-e2e-r$run" \
                 --partitions 16 --rate "$rate" --duration "${DURATION_S}s"
+            drop_topic "$addr" "$PREFIX-$target-e2e-r$run"
         done
         BENCH_EXTRA=()
     fi
@@ -254,6 +281,7 @@ client_workloads() { # TARGET_LABEL ADDR
     for run in $(seq "$RUNS"); do
         bench "$target" "$addr" commits_off "$run" produce "${flags[@]}" \
             --topic "$PREFIX-$target-nocommit-r$run" --partitions 16 --duration "${DURATION_S}s"
+        drop_topic "$addr" "$PREFIX-$target-nocommit-r$run"
         local commit_json="$BENCH_DIR/$target-commits-$run.json"
         local commit_command=(python3 "$HELPERS/commit_load.py" --bootstrap "$addr" --topic "$commit_topic"
             --partitions 16 --group "$PREFIX-group" --rate "$COMMITS_PER_S" --duration-s "$((DURATION_S + 1))")
@@ -266,6 +294,7 @@ client_workloads() { # TARGET_LABEL ADDR
             --topic "$PREFIX-$target-commit-r$run" --partitions 16 --duration "${DURATION_S}s"
         wait "$COMMIT_PID" || echo "   the commit load reported failures: $(cat "$commit_json")" >&2
         COMMIT_PID=""
+        drop_topic "$addr" "$PREFIX-$target-commit-r$run"
         if [[ -s "$commit_json" && -s "$BENCH_DIR/$target-commits_on_raw-$run.json" ]]; then
             local errors
             errors="$(python3 -c "import json; d = json.load(open('$commit_json')); print(sum(d['errors'].values()) + d['unanswered'])")"
@@ -413,6 +442,22 @@ alloc_profile() {
     done
 }
 
+# Issue 5: scripts/fetch-bench.sh with its own brokers (one shard, pinned) and iperf3 runs;
+# its figures become BENCHMARKS.md's fetch section.
+FETCH_JSON="$BENCH_DIR/fetch/fetch.json"
+fetch_step() {
+    say "fetch: zero-copy vs copying, files and tail cache, beside iperf3 -Z (scripts/fetch-bench.sh)"
+    local command=(env SLUICE_BIN="$BIN" BENCH_DIR="$BENCH_DIR/fetch" OUT_MD= PASSES="$RUNS"
+        FILE_MB="$FETCH_FILE_MB" TAIL_MB="$FETCH_TAIL_MB" BENCH_PORT="$PORT" BENCH_ADMIN_PORT="$ADMIN_PORT"
+        IPERF_PORT="$IPERF_PORT" scripts/fetch-bench.sh)
+    record_command fetch "${command[@]}"
+    if ! "${command[@]}" >"$BENCH_DIR/fetch.log" 2>&1; then
+        echo "   fetch-bench failed: $(tail -3 "$BENCH_DIR/fetch.log")" >&2
+    fi
+    grep -E '^==>|MB/s \(' "$BENCH_DIR/fetch.log" | sed 's/^/   /' >&2 || true
+    rm -rf "$BENCH_DIR/fetch/data"
+}
+
 # --- the report ----------------------------------------------------------------------------
 write_meta() { # TARGET FIO_BLOCK_BYTES
     local dev fs
@@ -486,6 +531,7 @@ else
     client_workloads sluice "127.0.0.1:$PORT"
     stop_broker
     rm -rf "$BENCH_DIR/data"
+    fetch_step
     # The disk limit at the broker's own cadence: bytes per group commit (one file, one
     # fdatasync) of the 1-partition runs, rounded to 4 KiB.
     FIO_BS="$(python3 - "$RESULTS" <<'PY'
@@ -503,5 +549,5 @@ PY
     alloc_profile
     write_meta sluice "$FIO_BS"
 fi
-python3 "$HELPERS/report.py" write "$RESULTS" --meta "$BENCH_DIR/meta.json" --out "$OUT"
+python3 "$HELPERS/report.py" write "$RESULTS" --meta "$BENCH_DIR/meta.json" --out "$OUT" --fetch "$FETCH_JSON"
 say "wrote ${OUT#"$ROOT"/} in $((SECONDS - START_S)) s (raw results: ${RESULTS#"$ROOT"/})"

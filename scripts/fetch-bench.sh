@@ -5,10 +5,15 @@
 # (`fetch.zero.copy=false`), each next to iperf3's loopback bandwidth (copying and -Z sendfile)
 # measured in the same run.
 #
-# Reports consumer MB/s, the ratio to iperf3 -Z, and broker CPU-seconds per GB served (utime +
-# stime of the whole broker process from /proc/<pid>/stat, io_uring worker threads included),
-# plus how the zero-copy path moved the bytes (spliced / SENDMSG_ZC / plain send, from the
-# broker's own counters). Prints a Markdown table and writes it to BENCHMARKS-fetch.md.
+# Per row: consumer MB/s (median of the passes, with the range), its ratio to iperf3 -Z, and
+# broker CPU-seconds per GB served (utime + stime of the whole broker process from
+# /proc/<pid>/stat over all passes, io_uring worker threads included); how the zero-copy path
+# moved the bytes (spliced / SENDMSG_ZC / plain send, from the broker's /stats counters); and,
+# for file data on both paths, `perf/syscalls.sh` over a window of continuous consuming: the
+# syscalls, the io_uring operations by opcode, and the bytes asked for by read-type syscalls.
+#
+# Writes the figures to $BENCH_DIR/fetch.json; `scripts/bench/report.py fetch` renders them
+# as Markdown into OUT_MD, and `scripts/bench.sh` puts the same section into BENCHMARKS.md.
 #
 # The broker runs with one shard (pinned to CPU 0); the consumer and iperf3's receiver run on
 # CPU 1, so the two sides don't share a core.
@@ -17,8 +22,12 @@
 # Env:   FILE_MB=N     MB produced for the file scenario (default 2048)
 #        TAIL_MB=N     MB produced for the tail scenario (default 768; must fit the tail cache)
 #        PASSES=N      consume passes per measurement (default 3)
+#        IPERF_RUNS=N  iperf3 runs per mode, median taken (default 3)
+#        PERF_S=N      seconds of perf/syscalls.sh per path, 0 = skip (default 3)
 #        BENCH_DIR=D   data and logs (default bench-out/fetch-bench; wiped first)
+#        OUT_MD=F      Markdown report (default $BENCH_DIR/BENCHMARKS-fetch.md; empty = none)
 #        SLUICE_BIN=P  broker/bench binary (default target/release/sluice, built if missing)
+#        BENCH_PORT / BENCH_ADMIN_PORT / IPERF_PORT   ports (default 19392 / 19394 / 19393)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,14 +35,18 @@ cd "$ROOT"
 FILE_MB="${FILE_MB:-2048}"
 TAIL_MB="${TAIL_MB:-768}"
 PASSES="${PASSES:-3}"
+IPERF_RUNS="${IPERF_RUNS:-3}"
+PERF_S="${PERF_S:-3}"
 BENCH_DIR="${BENCH_DIR:-$ROOT/bench-out/fetch-bench}"
+OUT_MD="${OUT_MD-$BENCH_DIR/BENCHMARKS-fetch.md}"
 BIN="${SLUICE_BIN:-$ROOT/target/release/sluice}"
-OUT_MD="$ROOT/BENCHMARKS-fetch.md"
 PORT="${BENCH_PORT:-19392}"
+ADMIN_PORT="${BENCH_ADMIN_PORT:-19394}"
 IPERF_PORT="${IPERF_PORT:-19393}"
 RECORD_BYTES=16384
 TAIL_CACHE_BYTES=$(( (TAIL_MB + 256) * 1024 * 1024 ))
 CLK_TCK="$(getconf CLK_TCK)"
+ROWS="$BENCH_DIR/rows.jsonl"
 
 if [[ ! -x "$BIN" ]]; then
     echo "==> building sluice (release)"
@@ -45,9 +58,12 @@ if ! command -v iperf3 >/dev/null 2>&1; then
 fi
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
+: >"$ROWS"
 
 BROKER_PID=""
+LOOP_PID=""
 cleanup() {
+    [[ -n "$LOOP_PID" ]] && kill "$LOOP_PID" 2>/dev/null
     if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
         kill "$BROKER_PID" 2>/dev/null || true
         wait "$BROKER_PID" 2>/dev/null || true
@@ -55,9 +71,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# iperf3 MODE(-Z or empty) -> receiver Gbit/s... printed as MB/s.
+# iperf3 MODE(-Z or empty) RUN -> receiver MB/s.
 iperf_mb_s() {
-    local flag="$1" json="$BENCH_DIR/iperf${1}.json"
+    local flag="$1" json="$BENCH_DIR/iperf${1}-$2.json"
     taskset -c 1 iperf3 -s -1 -p "$IPERF_PORT" >/dev/null 2>&1 &
     local server=$!
     sleep 0.5
@@ -68,17 +84,18 @@ iperf_mb_s() {
 }
 
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+stats() { curl -sf "http://127.0.0.1:$ADMIN_PORT/stats" || echo '{}'; }
 
 start_broker() {
     local zero_copy="$1" log="$BENCH_DIR/broker-$2.log" send_zc_local="${3:-0}"
-    SLUICE_FETCH_SEND_ZC_LOCAL_PEERS="$send_zc_local" RUST_LOG="info,sluice::zero_copy=debug" "$BIN" serve --data-dir "$BENCH_DIR/data" \
-        --listen "127.0.0.1:$PORT" --admin-listen "" --shards 1 \
+    SLUICE_FETCH_SEND_ZC_LOCAL_PEERS="$send_zc_local" taskset -c 0 "$BIN" serve --data-dir "$BENCH_DIR/data" \
+        --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" --shards 1 \
         --override "fetch.zero.copy=$zero_copy" \
         --override "log.tail.cache.bytes=$TAIL_CACHE_BYTES" \
         --override "log.segment.bytes=268435456" >> "$log" 2>&1 &
     BROKER_PID=$!
     for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
+        curl -sf "http://127.0.0.1:$ADMIN_PORT/stats" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
     echo "broker did not start; see $log" >&2
@@ -98,40 +115,83 @@ produce() {
         --acks 1 --batch-bytes 1000000 --progress-interval-s 0 --json > "$BENCH_DIR/produce-$topic.json"
 }
 
-# measure TOPIC LABEL -> "MB/s CPU-s/GB GB" over PASSES consume passes.
+consume_pass() { # TOPIC JSON
+    taskset -c 1 "$BIN" bench consume --bootstrap "127.0.0.1:$PORT" --topic "$1" \
+        --progress-interval-s 0 --json > "$2"
+}
+
+# measure SCENARIO PATH TOPIC: PASSES consume passes; appends one row to $ROWS.
 measure() {
-    local topic="$1" label="$2" before after bytes=0 seconds=0 pass json
+    local scenario="$1" path="$2" topic="$3" label before after pass
+    label="$scenario-${path//[^a-zA-Z]/-}"
+    stats > "$BENCH_DIR/stats-$label-before.json"
     before="$(cpu_ticks "$BROKER_PID")"
     for pass in $(seq 1 "$PASSES"); do
-        json="$BENCH_DIR/consume-$label-$pass.json"
-        taskset -c 1 "$BIN" bench consume --bootstrap "127.0.0.1:$PORT" --topic "$topic" \
-            --progress-interval-s 0 --json > "$json"
-        read -r b s < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["bytes"], d["duration_s"])' "$json")
-        bytes=$(( bytes + b ))
-        seconds="$(python3 -c "print($seconds + $s)")"
+        consume_pass "$topic" "$BENCH_DIR/consume-$label-$pass.json"
     done
     after="$(cpu_ticks "$BROKER_PID")"
-    python3 -c "
-ticks = $after - $before
-gb = $bytes / 1e9
-print('%.0f %.2f %.2f' % ($bytes / 1e6 / $seconds, ticks / $CLK_TCK / gb, gb))"
+    stats > "$BENCH_DIR/stats-$label-after.json"
+    python3 - "$ROWS" "$scenario" "$path" "$(( after - before ))" "$CLK_TCK" "$BENCH_DIR" "$label" "$PASSES" <<'PY'
+import json, statistics, sys
+rows, scenario, path, ticks, clk_tck, bench_dir, label, passes = sys.argv[1:]
+runs = [json.load(open(f"{bench_dir}/consume-{label}-{n}.json")) for n in range(1, int(passes) + 1)]
+total = sum(r["bytes"] for r in runs)
+rates = [r["bytes"] / r["duration_s"] / 1e6 for r in runs]
+process = lambda when: json.load(open(f"{bench_dir}/stats-{label}-{when}.json")).get("process", {})
+before, after = process("before"), process("after")
+moved = {key: after.get(key, 0) - before.get(key, 0)
+         for key in ("zero_copy_spliced_bytes", "zero_copy_send_zc_bytes", "zero_copy_send_bytes")}
+row = {"scenario": scenario, "path": path, "passes": len(runs), "bytes": total,
+       "mb_per_s": statistics.median(rates), "mb_per_s_min": min(rates), "mb_per_s_max": max(rates),
+       "broker_cpu_s": int(ticks) / int(clk_tck),
+       "broker_cpu_s_per_gb": int(ticks) / int(clk_tck) / (total / 1e9), **moved}
+open(rows, "a").write(json.dumps(row) + "\n")
+print("    %.0f MB/s (%.0f-%.0f), %.3f CPU-s/GB, %.2f GB; spliced %d MB, SENDMSG_ZC %d MB, send %d MB" % (
+    row["mb_per_s"], min(rates), max(rates), row["broker_cpu_s_per_gb"], total / 1e9,
+    moved["zero_copy_spliced_bytes"] / 1e6, moved["zero_copy_send_zc_bytes"] / 1e6, moved["zero_copy_send_bytes"] / 1e6))
+PY
+}
+
+# syscall_window PATH TOPIC: perf/syscalls.sh over PERF_S seconds while passes run back to back.
+syscall_window() {
+    local path="$1" topic="$2" out="$BENCH_DIR/perf-${1//[^a-zA-Z]/-}"
+    [[ "$PERF_S" -gt 0 ]] || return 0
+    mkdir -p "$out"
+    # Passes back to back until told to stop; a pass is short, so the loop ends soon after.
+    (
+        pass=0
+        while [[ ! -e "$out/stop" ]]; do
+            pass=$((pass + 1))
+            consume_pass "$topic" "$out/consume-$pass.json" || exit 0
+        done
+    ) &
+    LOOP_PID=$!
+    sleep 0.5
+    if ! perf/syscalls.sh --pid "$BROKER_PID" --seconds "$PERF_S" --out "$out" > "$out/syscalls.log" 2>&1; then
+        echo "    perf/syscalls.sh failed: $(tail -1 "$out/syscalls.log")" >&2
+    fi
+    touch "$out/stop"
+    wait "$LOOP_PID" 2>/dev/null || true
+    LOOP_PID=""
+    sed -n '/^syscall /,/^$/p;/^io_uring_op /,/^$/p;/^read_syscall /,/^$/p' "$out/syscalls.log" | sed 's/^/    /'
 }
 
 warm_page_cache() { cat "$BENCH_DIR"/data/file-*/*.log > /dev/null; }
 
-last_counters() { grep -a 'connection closed;' "$1" | tail -1 | sed 's/\x1b\[[0-9;]*m//g'; }
-
-echo "==> iperf3 loopback"
-IPERF_COPY="$(iperf_mb_s "")"
-IPERF_ZC="$(iperf_mb_s "-Z")"
-echo "iperf3: ${IPERF_COPY} MB/s copying, ${IPERF_ZC} MB/s -Z (sendfile)"
+echo "==> iperf3 loopback (${IPERF_RUNS} runs per mode)"
+IPERF_COPY=()
+IPERF_ZC=()
+for run in $(seq 1 "$IPERF_RUNS"); do
+    IPERF_COPY+=("$(iperf_mb_s "" "$run")")
+    IPERF_ZC+=("$(iperf_mb_s "-Z" "$run")")
+done
+echo "iperf3: copying ${IPERF_COPY[*]} MB/s, -Z (sendfile) ${IPERF_ZC[*]} MB/s"
 
 echo "==> producing ${FILE_MB} MB for the file scenario"
 start_broker true setup
 produce file "$FILE_MB"
 stop_broker
 
-declare -A RESULT
 # To a peer on this host (all of this benchmark) the zero-copy path sends tail-cache data by
 # plain SENDMSG from the cache's buffers: the kernel copies looped zero-copy pages anyway.
 # "zero-copy, SEND_ZC forced" (SLUICE_FETCH_SEND_ZC_LOCAL_PEERS=1) splices file data like
@@ -146,65 +206,72 @@ for path in zero-copy "zero-copy, SEND_ZC forced" copying; do
     if [[ "$path" != "zero-copy, SEND_ZC forced" ]]; then
         echo "==> $path: file data (${PASSES} passes of ${FILE_MB} MB, page cache warm)"
         warm_page_cache
-        RESULT["$path file"]="$(measure file "$label-file")"
-        echo "    ${RESULT["$path file"]}  (MB/s CPU-s/GB GB)"
-        if [[ "$path" == zero-copy ]]; then
-            ZC_FILE_COUNTERS="$(last_counters "$BENCH_DIR/broker-$label.log")"
-        fi
+        measure file "$path" file
+        echo "==> $path: perf/syscalls.sh over ${PERF_S}s of file-data passes"
+        warm_page_cache
+        syscall_window "$path" file
     fi
     echo "==> $path: tail data (${PASSES} passes of ${TAIL_MB} MB from the tail cache)"
     produce "tail-$label" "$TAIL_MB"
-    RESULT["$path tail"]="$(measure "tail-$label" "$label-tail")"
-    echo "    ${RESULT["$path tail"]}  (MB/s CPU-s/GB GB)"
-    if [[ "$path" == zero-copy ]]; then
-        ZC_TAIL_COUNTERS="$(last_counters "$BENCH_DIR/broker-$label.log")"
-    fi
+    measure tail "$path" "tail-$label"
     stop_broker
 done
 
-counter() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
-mb() { python3 -c "print('%.0f' % ((${2:-0} - ${1:-0}) / 1e6))"; }
+python3 - "$BENCH_DIR/fetch.json" "$ROWS" "$BENCH_DIR" "${IPERF_COPY[*]}" "${IPERF_ZC[*]}" \
+    "$FILE_MB" "$TAIL_MB" "$PASSES" "$RECORD_BYTES" "$PERF_S" <<'PY'
+import glob, json, os, platform, statistics, sys
+out, rows_path, bench_dir, copy, zc, file_mb, tail_mb, passes, record_bytes, perf_s = sys.argv[1:]
 
-TABLE="$(
-    echo "| scenario | path | consumer MB/s | / iperf3 -Z | broker CPU-s per GB | CPU vs copying | GB served |"
-    echo "|---|---|---:|---:|---:|---:|---:|"
-    for scenario in file tail; do
-        read -r copy_mbs copy_cpu _ <<<"${RESULT["copying $scenario"]}"
-        for path in zero-copy "zero-copy, SEND_ZC forced" copying; do
-            [[ -n "${RESULT["$path $scenario"]:-}" ]] || continue
-            read -r mbs cpu gb <<<"${RESULT["$path $scenario"]}"
-            python3 -c "
-print('| $scenario | $path | $mbs | %.2f | $cpu | %+.0f%% | $gb |' % ($mbs / $IPERF_ZC, 100 * ($cpu - $copy_cpu) / $copy_cpu))"
-        done
-    done
-    echo "| loopback | iperf3 (copying) | $IPERF_COPY | $(python3 -c "print('%.2f' % ($IPERF_COPY / $IPERF_ZC))") | | | |"
-    echo "| loopback | iperf3 -Z (sendfile) | $IPERF_ZC | 1.00 | | | |"
-)"
+def table(path, first):
+    """Rows of one perf/syscalls.sh table (header word `first`) as {name: [numbers]}."""
+    rows, inside = {}, False
+    try:
+        lines = open(path).read().splitlines()
+    except FileNotFoundError:
+        return rows
+    for line in lines:
+        words = line.split()
+        if words[:1] == [first]:
+            inside = True
+            continue
+        if inside:
+            if not words:
+                break
+            rows[words[0]] = [float(w.rstrip("%")) for w in words[1:]]
+    return rows
 
-SPLIT="zero-copy path, how bytes left the broker (its counters, cumulative): after the file passes spliced $(mb 0 "$(counter spliced_bytes "$ZC_FILE_COUNTERS")") MB, SENDMSG_ZC $(mb 0 "$(counter send_zc_bytes "$ZC_FILE_COUNTERS")") MB, plain send $(mb 0 "$(counter send_bytes "$ZC_FILE_COUNTERS")") MB; the tail passes added spliced $(mb "$(counter spliced_bytes "$ZC_FILE_COUNTERS")" "$(counter spliced_bytes "$ZC_TAIL_COUNTERS")") MB, SENDMSG_ZC $(mb "$(counter send_zc_bytes "$ZC_FILE_COUNTERS")" "$(counter send_zc_bytes "$ZC_TAIL_COUNTERS")") MB, plain send $(mb "$(counter send_bytes "$ZC_FILE_COUNTERS")" "$(counter send_bytes "$ZC_TAIL_COUNTERS")") MB."
+perf = {}
+for directory in sorted(glob.glob(f"{bench_dir}/perf-*")):
+    log = f"{directory}/syscalls.log"
+    consumed = [json.load(open(p)) for p in glob.glob(f"{directory}/consume-*.json") if os.path.getsize(p)]
+    seconds = sum(c["duration_s"] for c in consumed)
+    perf[os.path.basename(directory)[len("perf-"):]] = {
+        "seconds": int(perf_s),
+        "consumer_mb_per_s": sum(c["bytes"] for c in consumed) / seconds / 1e6 if seconds else None,
+        "syscalls": table(log, "syscall"),
+        "io_uring_ops": table(log, "io_uring_op"),
+        "read_syscalls": table(log, "read_syscall"),
+    }
+copy = [float(v) for v in copy.split()]
+zc = [float(v) for v in zc.split()]
+doc = {
+    "kernel": platform.release(),
+    "nproc": os.cpu_count(),
+    "file_mb": int(file_mb), "tail_mb": int(tail_mb), "passes": int(passes),
+    "record_bytes": int(record_bytes),
+    "iperf_copy_mb_per_s": statistics.median(copy), "iperf_copy_runs": copy,
+    "iperf_zc_mb_per_s": statistics.median(zc), "iperf_zc_runs": zc,
+    "rows": [json.loads(line) for line in open(rows_path) if line.strip()],
+    "perf": perf,
+}
+json.dump(doc, open(out, "w"), indent=1)
+PY
 
-{
-    echo "# Fetch benchmark: zero-copy vs copying"
+if [[ -n "$OUT_MD" ]]; then
+    python3 "$ROOT/scripts/bench/report.py" fetch "$BENCH_DIR/fetch.json" --out "$OUT_MD"
     echo
-    echo "\`scripts/fetch-bench.sh\` on $(date -u +%Y-%m-%d), kernel $(uname -r), $(nproc) CPUs."
-    echo "One broker shard on CPU 0, \`sluice bench consume\` (1 connection, 4 partitions,"
-    echo "${RECORD_BYTES}-byte records) on CPU 1; ${PASSES} passes per row. File rows read"
-    echo "${FILE_MB} MB of older data from 256 MiB segments with the page cache warm; tail rows read"
-    echo "${TAIL_MB} MB held in the tail cache. CPU is the broker's utime+stime (all threads,"
-    echo "io_uring workers included) over the passes, divided by the bytes consumed."
-    echo "Tail data leaves from the tail cache's own buffers on every path (no copy in user"
-    echo "space); to a peer on this host the zero-copy path uses plain SENDMSG for it, because the"
-    echo "kernel copies zero-copy pages looped to a local socket anyway (the forced row shows the"
-    echo "cost of SENDMSG_ZC there). File data is where the paths differ: splice vs pread+write."
+    cat "$OUT_MD"
     echo
-    echo "$TABLE"
-    echo
-    echo "$SPLIT"
-} > "$OUT_MD"
-
-echo
-echo "$TABLE"
-echo
-echo "$SPLIT"
-echo
-echo "written to $OUT_MD"
+    echo "written to $OUT_MD"
+fi
+echo "figures: $BENCH_DIR/fetch.json"

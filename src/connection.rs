@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
+use tokio_uring::buf::BoundedBuf;
 
 use futures::future::LocalBoxFuture;
 use sluice_metrics::{Counter, Stage};
@@ -131,41 +132,64 @@ impl Handler for BrokerConnection {
         length: u32,
         records: FetchRecords,
     ) -> LocalBoxFuture<'a, io::Result<()>> {
+        // The copying path (`fetch.zero.copy=false`, or a kernel without splice): every record
+        // byte passes through this connection's buffer, pread from the files and copied from
+        // the tail cache, and goes out in writes of up to COPY_BUFFER_BYTES. It is the
+        // baseline the zero-copy path is measured against, so it copies what it says it does.
         Box::pin(async move {
+            let mut buf = self
+                .copy_buffer
+                .borrow_mut()
+                .take()
+                .unwrap_or_else(|| vec![0; COPY_BUFFER_BYTES]);
+            let mut filled = 0usize;
             let mut written: u64 = 0;
             for chunk in records {
                 match chunk {
                     ReadChunk::Memory(bytes) => {
+                        let mut rest = &bytes[..];
+                        while !rest.is_empty() {
+                            let step = rest.len().min(COPY_BUFFER_BYTES - filled);
+                            buf[filled..filled + step].copy_from_slice(&rest[..step]);
+                            filled += step;
+                            rest = &rest[step..];
+                            if filled == COPY_BUFFER_BYTES {
+                                buf = write_filled(stream, buf, filled).await?;
+                                filled = 0;
+                            }
+                        }
                         written += bytes.len() as u64;
-                        let (result, _) = stream.write_all(bytes).await;
-                        result?;
                     }
                     ReadChunk::File {
                         segment,
                         position,
                         length,
                     } => {
-                        let mut buf = self
-                            .copy_buffer
-                            .borrow_mut()
-                            .take()
-                            .unwrap_or_else(|| Vec::with_capacity(COPY_BUFFER_BYTES));
                         let mut done: u64 = 0;
                         while done < u64::from(length) {
-                            let step =
-                                (u64::from(length) - done).min(COPY_BUFFER_BYTES as u64) as usize;
-                            buf.resize(step, 0);
-                            pread_exact(segment.raw_fd(), &mut buf, position + done)?;
-                            let (result, returned) = stream.write_all(buf).await;
-                            buf = returned;
-                            result?;
+                            let step = (u64::from(length) - done)
+                                .min((COPY_BUFFER_BYTES - filled) as u64)
+                                as usize;
+                            pread_exact(
+                                segment.raw_fd(),
+                                &mut buf[filled..filled + step],
+                                position + done,
+                            )?;
+                            filled += step;
                             done += step as u64;
+                            if filled == COPY_BUFFER_BYTES {
+                                buf = write_filled(stream, buf, filled).await?;
+                                filled = 0;
+                            }
                         }
                         written += done;
-                        *self.copy_buffer.borrow_mut() = Some(buf);
                     }
                 }
             }
+            if filled > 0 {
+                buf = write_filled(stream, buf, filled).await?;
+            }
+            *self.copy_buffer.borrow_mut() = Some(buf);
             if written != u64::from(length) {
                 // The framing already promised `length` bytes: the stream is now unusable.
                 return Err(io::Error::other(format!(
@@ -223,6 +247,13 @@ impl Handler for BrokerConnection {
             .set(self.shard.connections.get().saturating_sub(1));
         self.shard.metrics.count(Counter::ConnectionsClosed, 1);
     }
+}
+
+/// Writes the first `filled` bytes of `buf` and hands the buffer back for reuse.
+async fn write_filled(stream: &TcpStream, buf: Vec<u8>, filled: usize) -> io::Result<Vec<u8>> {
+    let (result, slice) = stream.write_all(buf.slice(..filled)).await;
+    result?;
+    Ok(slice.into_inner())
 }
 
 fn pread_exact(fd: std::os::fd::RawFd, buf: &mut [u8], mut position: u64) -> io::Result<()> {

@@ -11,7 +11,10 @@ Subcommands (all take the results file first):
   add RESULTS TARGET SCENARIO RUN [--bench FILE] [--heaptrack FILE] [--fio FILE] [--iperf FILE]
       [--storage FILE] [--stats-before FILE --stats-after FILE] [key=value ...]
   median RESULTS TARGET SCENARIO KEY      prints the median of KEY over the runs
-  write RESULTS --meta META --out FILE    writes the Markdown report
+  write RESULTS --meta META --out FILE [--fetch FETCH_JSON]
+                                          writes the Markdown report (with the fetch section
+                                          when scripts/fetch-bench.sh's figures are given)
+  fetch FETCH_JSON --out FILE             writes only the fetch section (scripts/fetch-bench.sh)
 """
 
 import json
@@ -235,7 +238,7 @@ def spread(rows, target, scenario, key, digits=1):
     return f"{min(found):.{digits}f}–{max(found):.{digits}f}"
 
 
-def write_report(rows, meta, out_path):
+def write_report(rows, meta, out_path, fetch=None):
     target = meta.get("target", "sluice")
     lines = []
     add = lines.append
@@ -343,6 +346,9 @@ def write_report(rows, meta, out_path):
         " the broker process (all threads) from /proc/<pid>/stat over the run, divided by the GB"
         " (10^9 bytes) produced or consumed.")
     add("")
+
+    if fetch is not None:
+        lines.extend(fetch_section(fetch))
 
     # Issue 3: network produce vs storage-only.
     if storage.get(1) is not None or storage.get(16) is not None:
@@ -454,6 +460,108 @@ def write_report(rows, meta, out_path):
     add("```")
     add("")
     with open(out_path, "w") as handle:
+        handle.write("\n".join(lines))
+
+
+FETCH_PATHS = ("zero-copy", "zero-copy, SEND_ZC forced", "copying")
+FETCH_CPU_TARGET = 0.70  # zero-copy CPU per GB at most 70% of the copying path's (issue 5)
+FETCH_BANDWIDTH_TARGET = 0.5  # zero-copy consumer MB/s at least half of iperf3 -Z (issue 5)
+
+
+def fetch_section(doc, heading="##"):
+    """Markdown lines of scripts/fetch-bench.sh's figures: the rows beside iperf3, the issue 5
+    targets checked, and perf/syscalls.sh's view of the file-data path."""
+    lines = []
+    add = lines.append
+    iperf_zc = doc.get("iperf_zc_mb_per_s")
+    iperf_copy = doc.get("iperf_copy_mb_per_s")
+    rows = {(r["scenario"], r["path"]): r for r in doc.get("rows", [])}
+    add(f"{heading} Fetch: zero-copy versus copying (issue 5)")
+    add("")
+    add(f"`scripts/fetch-bench.sh`: one broker shard, the whole broker process pinned to CPU 0;"
+        f" `sluice bench consume` (one connection, 4 partitions, {doc.get('record_bytes')}-byte"
+        f" records, 1 MiB per partition per fetch) pinned to CPU 1; iperf3's sender on CPU 0 and"
+        f" receiver on CPU 1, {len(doc.get('iperf_zc_runs', []))} runs per mode, minutes before."
+        f" File rows read {doc.get('file_mb')} MB of older data from 256 MiB segments, page cache"
+        f" warm; tail rows read {doc.get('tail_mb')} MB held in the tail cache. Each row is"
+        f" {doc.get('passes')} passes: MB/s is their median (range in brackets); broker CPU is"
+        " utime + stime of the whole process (io_uring workers included) over all passes, per GB"
+        " (10^9 bytes) consumed.")
+    add("")
+    add("| data | path | consumer MB/s | / iperf3 -Z | broker CPU-s per GB | CPU vs copying |"
+        " spliced / SENDMSG_ZC / plain send, MB |")
+    add("|---|---|---:|---:|---:|---:|---|")
+    for scenario, label in (("file", "files (older data)"), ("tail", "tail cache (recent data)")):
+        copying = rows.get((scenario, "copying"), {})
+        for path in FETCH_PATHS:
+            row = rows.get((scenario, path))
+            if row is None:
+                continue
+            cpu = row.get("broker_cpu_s_per_gb")
+            versus = ratio(cpu, copying.get("broker_cpu_s_per_gb"))
+            moved = " / ".join(fmt((row.get(k) or 0) / 1e6, 0) for k in
+                               ("zero_copy_spliced_bytes", "zero_copy_send_zc_bytes", "zero_copy_send_bytes"))
+            add(f"| {label} | {path} | {fmt(row.get('mb_per_s'), 0)} ({fmt(row.get('mb_per_s_min'), 0)}–"
+                f"{fmt(row.get('mb_per_s_max'), 0)}) | {fmt(ratio(row.get('mb_per_s'), iperf_zc), 2)} |"
+                f" {fmt(cpu, 3)} | {'' if path == 'copying' or versus is None else f'{100 * (versus - 1):+.0f}%'} |"
+                f" {moved if path != 'copying' else 'n/a (pread / memcpy, then write)'} |")
+    add(f"| loopback | iperf3, copying send | {fmt(iperf_copy, 0)} | {fmt(ratio(iperf_copy, iperf_zc), 2)} | | | |")
+    add(f"| loopback | iperf3 -Z (sendfile) | {fmt(iperf_zc, 0)} | 1.00 | | | |")
+    add("")
+    add("Issue 5's targets, zero-copy against copying and against iperf3 -Z:")
+    add("")
+    for scenario, label in (("file", "files"), ("tail", "tail cache")):
+        zero = rows.get((scenario, "zero-copy"), {})
+        copying = rows.get((scenario, "copying"), {})
+        cpu_share = ratio(zero.get("broker_cpu_s_per_gb"), copying.get("broker_cpu_s_per_gb"))
+        bandwidth = ratio(zero.get("mb_per_s"), iperf_zc)
+        cpu_met = "unchecked" if cpu_share is None else ("met" if cpu_share <= FETCH_CPU_TARGET else "**not met**")
+        bw_met = "unchecked" if bandwidth is None else ("met" if bandwidth >= FETCH_BANDWIDTH_TARGET else "**not met**")
+        add(f"- {label}: broker CPU per GB {fmt(cpu_share, 2)} of the copying path's (target ≤"
+            f" {FETCH_CPU_TARGET:.2f}: {cpu_met}); {fmt(bandwidth, 2)} of iperf3 -Z (target ≥"
+            f" {FETCH_BANDWIDTH_TARGET}: {bw_met}).")
+    tail_zero = rows.get(("tail", "zero-copy"), {})
+    if tail_zero.get("zero_copy_send_bytes") and not tail_zero.get("zero_copy_send_zc_bytes"):
+        add("- Tail data: the zero-copy path sends it from the tail cache's own buffers; to a peer on"
+            " this host by plain SENDMSG, because the kernel copies zero-copy pages that loop back to"
+            " a local socket anyway (the forced row shows what SENDMSG_ZC costs there). The copying"
+            " path copies it into its buffer first, as it does with file data (pread).")
+    perf = doc.get("perf", {})
+    if perf:
+        add("")
+        add(f"`perf/syscalls.sh` over {next(iter(perf.values())).get('seconds')} s of back-to-back"
+            " file-data passes on each path (per second; ops are io_uring submissions by opcode, which"
+            " make no syscall of their own):")
+        add("")
+        add("| path | consumer MB/s in the window | io_uring ops/s | syscalls/s | read-type syscalls: calls/s, bytes per call |")
+        add("|---|---:|---|---|---|")
+        for key, value in perf.items():
+            seconds = value.get("seconds") or 1
+            ops = value.get("io_uring_ops", {})
+            calls = value.get("syscalls", {})
+            reads = value.get("read_syscalls", {})
+            top = lambda table, column: ", ".join(  # noqa: E731
+                f"{name} {fmt(numbers[column], 0)}" for name, numbers in
+                sorted(table.items(), key=lambda item: -item[1][column]) if name != "TOTAL")
+            read_cells = ", ".join(f"{name} {fmt(numbers[0] / seconds, 0)}/s × {fmt(numbers[2], 0)} B"
+                                   for name, numbers in sorted(reads.items()))
+            add(f"| {key.replace('-', ' ').strip()} | {fmt(value.get('consumer_mb_per_s'), 0)} |"
+                f" {top(ops, 1) or 'n/a'} | {top(calls, 1) or 'n/a'} | {read_cells or 'none'} |")
+        add("")
+        add("On the zero-copy path record bytes move by SPLICE (file → pipe → socket); its only reads"
+            " are 61-byte batch headers (pread64, to cut a fetch at batch boundaries) and 8-byte"
+            " eventfd reads (the storage ring's completions waking the shard's reactor). The copying"
+            " path reads the record bytes themselves with pread64 and sends them from its buffer.")
+    add("")
+    return lines
+
+
+def cmd_fetch(argv):
+    with open(argv[0]) as handle:
+        doc = json.load(handle)
+    out = argv[argv.index("--out") + 1]
+    lines = ["# Sluice fetch benchmark", ""] + fetch_section(doc)
+    with open(out, "w") as handle:
         handle.write("\n".join(lines))
 
 
@@ -569,7 +677,16 @@ def main():
         out = argv[argv.index("--out") + 1]
         with open(meta_path) as handle:
             meta = json.load(handle)
-        write_report(load(results), meta, out)
+        fetch = None
+        if "--fetch" in argv:
+            try:
+                with open(argv[argv.index("--fetch") + 1]) as handle:
+                    fetch = json.load(handle)
+            except (FileNotFoundError, json.JSONDecodeError) as error:
+                print(f"report.py: no fetch figures ({error}); the fetch section is left out", file=sys.stderr)
+        write_report(load(results), meta, out, fetch)
+    elif command == "fetch":
+        cmd_fetch(argv)
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -55,7 +55,8 @@ pub enum FetchPath {
         /// The kernel supports IORING_OP_SENDMSG_ZC.
         send_zc: bool,
     },
-    /// pread into a buffer and write it (`fetch.zero.copy=false`, or the kernel lacks splice).
+    /// Every record byte through a buffer: pread from files, copied from the tail cache, then
+    /// written (`fetch.zero.copy=false`, or the kernel lacks splice).
     Copying {
         /// Why, for the log.
         reason: String,
