@@ -326,9 +326,10 @@ def write_report(rows, meta, out_path, fetch=None):
                 f" {fmt(ratio(value, disk_limit), 2)} | append-to-durable {fmt(m(f'storage_p{partitions}', 'p50_ms'), 2)} /"
                 f" {fmt(m(f'storage_p{partitions}', 'p99_ms'), 2)} / n/a / {fmt(m(f'storage_p{partitions}', 'max_ms'), 2)} |"
                 f" {fmt(m(f'storage_p{partitions}', 'cpu_s_per_gb'), 2)} (whole process) | |")
-    result_row("consume from the segment files (older data, page cache warm)", "consume_files",
-               net_limit, "(iperf3)")
-    result_row("consume caught-up (recent data, tail cache)", "consume_tail", net_limit, "(iperf3)")
+    result_row("consume from the segment files (older data; written with O_DIRECT, so run 1 reads"
+               " the disk and later runs the page cache)", "consume_files", net_limit, "(iperf3)")
+    result_row(f"consume caught-up (recent data, tail cache; {fmt(m('consume_tail', 'bytes') and m('consume_tail', 'bytes') / 1e6, 0)} MB"
+               " per run, default settings)", "consume_tail", net_limit, "(iperf3)")
     e2e_rate = m("e2e", "rate")
     if m("e2e", "p50_ms") is not None:
         fsync_p50 = limit("fio_cadence", "fsync_p50_ms")
@@ -620,7 +621,11 @@ def shortfalls(rows, target, meta, disk_limit, net_limit, storage):
                    f" connection whose own process used {fmt(m('consume_files', 'bench_cpu_pct'), 0)}% /"
                    f" {fmt(m('consume_tail', 'bench_cpu_pct'), 0)}% of a core on a 2-core machine shared with"
                    " the broker: the client and the broker compete for the same two cores, so this is a"
-                   " lower bound of the broker's fetch capacity, not a measurement of it.")
+                   " lower bound of the broker's fetch capacity, not a measurement of it. The recent-data"
+                   f" row reads only {fmt(m('consume_tail', 'bytes') and m('consume_tail', 'bytes') / 1e6, 0)} MB"
+                   f" per run ({fmt(m('consume_tail', 'duration_s'), 2)} s, start-up included) with the"
+                   " default 64 MiB tail cache per shard; the fetch section measures both kinds of data at"
+                   " scale, with one broker core and one consumer core.")
     e2e_p99 = m("e2e", "p99_ms")
     fsync_p99 = median(rows, "machine", "fio_cadence", "fsync_p99_ms")
     if e2e_p99 is not None and fsync_p99:
@@ -653,9 +658,12 @@ def shortfalls(rows, target, meta, disk_limit, net_limit, storage):
                        " produced value byte: whole request-sized buffers are allocated (and the payload"
                        " filled into them) more than once per produce request instead of being reused."
                        " `heaptrack_print -a` on the kept data file names the sites.")
-    out.append("Copies that remain on the produce path, by design: each request is read from the socket"
-               " into one buffer, and in O_DIRECT mode each group commit copies the appended batches"
-               " into an aligned registered buffer (one memcpy per batch, not per record).")
+    out.append("Copies on the produce path: each request is read from the socket into the connection's"
+               " buffer; storage then copies every batch once at enqueue (the request shares its"
+               " allocation with that buffer, so the base offset and leader epoch cannot be patched in"
+               " place) and, in O_DIRECT mode, once more into an aligned registered buffer at group"
+               " commit. Two memcpys per batch, none per record; the enqueue copy is a known cost"
+               " (the tail cache would have to hold patched headers apart from the request's bytes).")
     if meta.get("runs", 0) < 3:
         out.append("This was a short run (fewer than 3 runs per figure); the 2-core VM is shared and noisy,"
                    " so single figures can be off by tens of percent.")
