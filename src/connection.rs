@@ -219,7 +219,8 @@ impl Handler for BrokerConnection {
                 zero_copy::write_response(&self.zero_copy, &ring, &socket, parts, send_zc_allowed)
                     .await;
             if let Err(error) = &written {
-                // Every operation of the write has completed by now: what the counters show
+                // Every operation of the write has its result by now (a SENDMSG_ZC awaiting
+                // its notification still holds its memory in the ring): what the counters show
                 // is what the abort left behind.
                 tracing::debug!(
                     target: "sluice::zero_copy",

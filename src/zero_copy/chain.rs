@@ -8,7 +8,8 @@
 //! (any link completing after a short one is treated as a broken stream), let the kernel
 //! touch memory or descriptors that were freed (every buffer, message header, segment, pipe
 //! and the socket itself ride in the chain's kept state until its last CQE), or return
-//! before every submitted operation has completed.
+//! before every submitted operation has produced its result (a SENDMSG_ZC's notification may
+//! come later: the ring holds the chain's kept state until it does).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};

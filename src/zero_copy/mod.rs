@@ -7,8 +7,9 @@
 //! Owns the per-shard choice of path (probed once per shard: `fetch.zero.copy`, the ring's
 //! opcode probe, a pipe that can be created and sized), the shard's pipe pool and the
 //! process-wide counters. Must never: copy record bytes into a buffer of its own, reorder
-//! bytes of a response, or return from a write while the kernel may still use anything the
-//! write handed it (that is [`chain`]'s job; this module only assembles the pieces).
+//! bytes of a response, or let the kernel use memory or a descriptor after it is freed (that
+//! is [`chain`]'s job, with the ring keeping each chain's state until its last CQE; this
+//! module only assembles the pieces).
 
 mod chain;
 mod counters;

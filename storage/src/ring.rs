@@ -129,7 +129,8 @@ impl Ring {
 
     /// Queues one SQE; the returned future resolves with its CQE result (negative results
     /// become `io::Error`). For operations with several CQEs (SEND_ZC: result, then a
-    /// notification), it resolves after the last one with the result of the first.
+    /// notification), it resolves at the result, so the next send need not wait for the
+    /// peer's acknowledgement; the ring keeps the operation's memory until the last CQE.
     ///
     /// # Safety
     /// Every pointer in `entry` must stay valid until the operation finishes, which may be
@@ -374,10 +375,18 @@ impl RingShared {
                     continue;
                 }
                 let flags = cqe.flags();
-                if !cqueue::notif(flags) && slot.result.is_none() {
+                let first_result = !cqueue::notif(flags) && slot.result.is_none();
+                if first_result {
                     slot.result = Some(cqe.result());
                 }
                 if cqueue::more(flags) {
+                    // The result is in; the kernel still holds the memory (zero-copy pages
+                    // until their notification): wake the waiter, keep the slot.
+                    if first_result {
+                        if let Some(waker) = slot.waker.take() {
+                            wakers.push(waker);
+                        }
+                    }
                     continue;
                 }
                 slot.finished = true;
@@ -492,16 +501,27 @@ impl Future for Completion {
         let index = self.index;
         let mut ops = self.ring.ops.borrow_mut();
         let slot = &mut ops.slots[index];
-        if !slot.finished {
-            match &slot.waker {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                _ => slot.waker = Some(cx.waker().clone()),
+        let result = match (slot.result, slot.finished) {
+            (Some(result), false) => {
+                // More CQEs to come (a SEND_ZC's notification): the slot and its kept memory
+                // stay until then and are freed by the reaper, as for a dropped future.
+                slot.abandoned = true;
+                slot.waker = None;
+                result
             }
-            return Poll::Pending;
-        }
-        let result = slot.result.unwrap_or(-libc::EIO);
-        ops.in_kernel -= 1;
-        ops.release(index);
+            (result, true) => {
+                ops.in_kernel -= 1;
+                ops.release(index);
+                result.unwrap_or(-libc::EIO)
+            }
+            (None, false) => {
+                match &slot.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    _ => slot.waker = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+        };
         drop(ops);
         self.done = true;
         Poll::Ready(if result < 0 {
@@ -591,7 +611,7 @@ mod tests {
     }
 
     #[test]
-    fn send_zc_resolves_after_its_notification_and_splice_moves_file_bytes() {
+    fn send_zc_resolves_at_result_keeps_memory_until_notified_and_splices_file_bytes() {
         use std::io::Read;
         tokio_uring::start(async {
             let ring = Ring::new(16).expect("ring");
@@ -617,15 +637,29 @@ mod tests {
                 payload.len() as u32,
             )
             .build();
+            let kept = Rc::new(());
             // SAFETY: `payload` moves into the ring and lives until the notification CQE.
-            let sent = unsafe { ring.submit_owned(send, payload) }
+            let sent = unsafe { ring.submit_owned(send, (payload, kept.clone())) }
                 .await
                 .expect("send_zc");
             assert!(sent > 0);
+            // The result came first; the memory goes only with the notification.
+            for _ in 0..500 {
+                if ring.in_flight() == 0 {
+                    break;
+                }
+                assert_eq!(
+                    Rc::strong_count(&kept),
+                    2,
+                    "memory freed before the notification"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(ring.in_flight(), 0, "the notification never came");
             assert_eq!(
-                ring.in_flight(),
-                0,
-                "the slot is free only after the notification"
+                Rc::strong_count(&kept),
+                1,
+                "the slot kept the memory after its last CQE"
             );
 
             // The rest through a file -> pipe -> socket splice, as the fetch path does.
