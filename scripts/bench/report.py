@@ -659,11 +659,11 @@ def shortfalls(rows, target, meta, disk_limit, net_limit, storage):
                        " filled into them) more than once per produce request instead of being reused."
                        " `heaptrack_print -a` on the kept data file names the sites.")
     out.append("Copies on the produce path: each request is read from the socket into the connection's"
-               " buffer; storage then copies every batch once at enqueue (the request shares its"
-               " allocation with that buffer, so the base offset and leader epoch cannot be patched in"
-               " place) and, in O_DIRECT mode, once more into an aligned registered buffer at group"
-               " commit. Two memcpys per batch, none per record; the enqueue copy is a known cost"
-               " (the tail cache would have to hold patched headers apart from the request's bytes).")
+               " buffer, and storage stamps offsets and leader epoch into a 61-byte copy of each batch"
+               " header, leaving the rest of the batch in that buffer (the tail cache serves it from"
+               " there). In O_DIRECT mode each group commit copies the batches once into an aligned"
+               " registered buffer; buffered mode writes them with writev. One memcpy per batch in"
+               " O_DIRECT mode, none per record.")
     if meta.get("runs", 0) < 3:
         out.append("This was a short run (fewer than 3 runs per figure); the 2-core VM is shared and noisy,"
                    " so single figures can be off by tens of percent.")

@@ -228,11 +228,19 @@ pub fn set_log_append_time(batch: &mut [u8], timestamp_ms: i64) {
         batch.len() >= HEADER_BYTES,
         "set_log_append_time needs a whole header"
     );
-    let attributes = read_i16(batch, ATTRIBUTES_AT) | ATTRIBUTE_LOG_APPEND_TIME;
-    batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
-    batch[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[CRC_COVERS_FROM..]);
-    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    let (header, rest) = batch.split_at_mut(HEADER_BYTES);
+    set_log_append_time_in_header(header, rest, timestamp_ms);
+}
+
+/// [`set_log_append_time`] on a batch held as its header and, apart, the rest of it: only
+/// `header` changes; the CRC is computed over the header's covered part followed by `rest`.
+pub fn set_log_append_time_in_header(header: &mut [u8], rest: &[u8], timestamp_ms: i64) {
+    assert_eq!(header.len(), HEADER_BYTES, "one whole header");
+    let attributes = read_i16(header, ATTRIBUTES_AT) | ATTRIBUTE_LOG_APPEND_TIME;
+    header[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    header[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[CRC_COVERS_FROM..]), rest);
+    header[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 fn read_i16(bytes: &[u8], at: usize) -> i16 {

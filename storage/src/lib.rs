@@ -35,6 +35,7 @@ mod retention;
 pub mod ring;
 mod segment;
 mod shard;
+mod stamped;
 mod tail_cache;
 mod writer;
 
@@ -302,7 +303,9 @@ pub struct RecoveryCut {
 /// A piece of a read: bytes in memory (tail cache) or a byte range of a segment file.
 #[derive(Debug, Clone)]
 pub enum ReadChunk {
-    /// Whole batches held in the tail cache.
+    /// Bytes held in the tail cache. A cached batch comes as two chunks, its stamped header
+    /// and the rest (which stays in the producer's request buffer); only the slice as a
+    /// whole is whole batches.
     Memory(Bytes),
     /// Whole batches in a segment file: `length` bytes at `position`.
     File {

@@ -14,12 +14,13 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
 use crate::batch::{self, RecordBatchHeader};
 use crate::segment::Segment;
 use crate::shard::ShardShared;
+use crate::stamped::Stamped;
 use crate::tail_cache::PartitionTail;
 use crate::writer::{QueuedAppend, Waiter};
 use crate::{
@@ -127,21 +128,16 @@ impl PartitionShared {
             )));
         }
         let headers = batch::validate(&records, log.config.max_message_bytes)?;
-        let mut data = match records.try_into_mut() {
-            Ok(unique) => unique,
-            Err(shared) => BytesMut::from(&shared[..]),
-        };
         let now = now_ms();
         let log_append_time = log.config.timestamp_type == TimestampType::LogAppendTime;
-        let pieces = self.reserve(
+        let (pieces, data) = self.reserve(
             &mut log,
             &headers,
-            &mut data,
+            &records,
             leader_epoch,
             now,
             log_append_time,
         )?;
-        let data = data.freeze();
         let first_offset = pieces[0].first_offset;
         let last_offset = pieces[pieces.len() - 1].last_offset;
         let info = AppendInfo {
@@ -155,18 +151,16 @@ impl PartitionShared {
         // Cache every batch for readers (served only once below the high watermark).
         {
             let mut cache = self.shard.tail_cache.borrow_mut();
-            let mut position = 0usize;
             let mut offset = first_offset;
-            for header in &headers {
-                let size = header.size_bytes();
+            for (header, (stamped_header, rest)) in headers.iter().zip(data.batches()) {
                 let last = offset + i64::from(header.last_offset_delta);
                 cache.insert(
                     &self.tail,
                     offset,
                     last,
-                    data.slice(position..position + size),
+                    stamped_header.clone(),
+                    rest.clone(),
                 );
-                position += size;
                 offset = last + 1;
             }
         }
@@ -193,7 +187,7 @@ impl PartitionShared {
                 partition: self.clone(),
                 segment: piece.segment,
                 position: piece.position,
-                data: data.slice(piece.range),
+                data: data.sub(piece.range),
                 consumed: 0,
                 first_offset: piece.first_offset,
                 last_offset: piece.last_offset,
@@ -210,17 +204,18 @@ impl PartitionShared {
         Ok((info, receiver))
     }
 
-    /// Assigns offsets and positions, rolling segments as `segment.bytes`/`segment.ms` ask.
-    /// Either every batch is reserved or nothing changes.
+    /// Assigns offsets and positions, rolling segments as `segment.bytes`/`segment.ms` ask,
+    /// and stamps the batches' headers (the request's bytes are never written to). Either
+    /// every batch is reserved or nothing changes.
     fn reserve(
         self: &Rc<Self>,
         log: &mut LogState,
         headers: &[RecordBatchHeader],
-        data: &mut BytesMut,
+        records: &Bytes,
         leader_epoch: i32,
         now: i64,
         log_append_time: bool,
-    ) -> Result<Vec<Piece>, AppendError> {
+    ) -> Result<(Vec<Piece>, Stamped), AppendError> {
         let segment_bytes_max = log.config.segment_bytes.clamp(1, i32::MAX as u64);
         // Plan: which batches start a new segment, without touching any state yet.
         let (mut reserved, created_ms, active_base) = {
@@ -266,6 +261,7 @@ impl PartitionShared {
         // Commit: stamp headers, reserve positions, install new segments.
         let mut created = created.into_iter();
         let mut pieces: Vec<Piece> = Vec::new();
+        let mut bases = Vec::with_capacity(headers.len());
         let mut position_in_data = 0usize;
         let mut next_roll = 0usize;
         for (index, header) in headers.iter().enumerate() {
@@ -279,11 +275,7 @@ impl PartitionShared {
             let size = header.size_bytes();
             let base = log.log_end_offset;
             let last = base + i64::from(header.last_offset_delta);
-            let batch_bytes = &mut data[position_in_data..position_in_data + size];
-            batch::assign(batch_bytes, base, leader_epoch);
-            if log_append_time {
-                batch::set_log_append_time(batch_bytes, now);
-            }
+            bases.push(base);
             let active = log.active().clone();
             let position = {
                 let mut state = active.state.borrow_mut();
@@ -310,9 +302,15 @@ impl PartitionShared {
             }
             position_in_data += size;
         }
-        debug_assert_eq!(position_in_data, data.len());
+        debug_assert_eq!(position_in_data, records.len());
         debug_assert!(!pieces.is_empty());
-        Ok(pieces)
+        let data = Stamped::stamp(records, headers, |index, header, rest| {
+            batch::assign(header, bases[index], leader_epoch);
+            if log_append_time {
+                batch::set_log_append_time_in_header(header, rest, now);
+            }
+        });
+        Ok((pieces, data))
     }
 
     /// Whole batches from the one holding `offset`, bounded by `max_bytes` and the high
@@ -448,15 +446,20 @@ impl PartitionShared {
 
     /// Makes the given completed bytes of `segment` visible: high watermark, indexes, max
     /// timestamp. `data` holds whole batches starting at `position`.
-    pub(crate) fn publish(&self, segment: &Segment, position: u64, data: &[u8], last_offset: i64) {
+    pub(crate) fn publish(
+        &self,
+        segment: &Segment,
+        position: u64,
+        data: &Stamped,
+        last_offset: i64,
+    ) {
         let mut log = self.log.borrow_mut();
         let interval_bytes = log.config.index_interval_bytes;
         {
             let mut state = segment.state.borrow_mut();
             debug_assert_eq!(state.visible_bytes, position, "publishing out of order");
-            let mut at = 0usize;
             let mut max_timestamp = state.max_timestamp;
-            while let Some(header) = RecordBatchHeader::parse(&data[at..]) {
+            for (at, header) in data.batch_headers() {
                 let relative = (header.last_offset() - segment.base_offset) as u32;
                 if let Some(index) = state.index.as_mut() {
                     index.on_batch(
@@ -469,10 +472,6 @@ impl PartitionShared {
                 }
                 if max_timestamp.is_none_or(|(ts, _)| header.max_timestamp > ts) {
                     max_timestamp = Some((header.max_timestamp, header.last_offset()));
-                }
-                at += header.size_bytes();
-                if at >= data.len() {
-                    break;
                 }
             }
             state.max_timestamp = max_timestamp;

@@ -12,14 +12,22 @@ use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
 
-/// One cached batch (already carrying its broker-assigned offsets).
+/// One cached batch (already carrying its broker-assigned offsets): its stamped header and
+/// the rest of it, which stays in the producer's request buffer (never copied).
 #[derive(Debug, Clone)]
 pub(crate) struct CachedBatch {
     pub(crate) base_offset: i64,
     pub(crate) last_offset: i64,
-    pub(crate) bytes: Bytes,
+    pub(crate) header: Bytes,
+    pub(crate) rest: Bytes,
     /// Insertion number, to recognise stale entries in the shard's eviction order.
     sequence: u64,
+}
+
+impl CachedBatch {
+    pub(crate) fn len_bytes(&self) -> usize {
+        self.header.len() + self.rest.len()
+    }
 }
 
 /// One partition's cached batches, contiguous and in offset order.
@@ -53,13 +61,17 @@ impl PartitionTail {
             if batch.last_offset >= high_watermark {
                 break;
             }
-            let len = batch.bytes.len() as u32;
+            let len = batch.len_bytes() as u32;
             let fits = total_bytes.saturating_add(len) <= max_bytes;
             let first_oversized = chunks.is_empty() && min_one_batch;
             if !fits && !first_oversized {
                 break;
             }
-            chunks.push(batch.bytes.clone());
+            for piece in [&batch.header, &batch.rest] {
+                if !piece.is_empty() {
+                    chunks.push(piece.clone());
+                }
+            }
             total_bytes += len;
         }
         if chunks.is_empty()
@@ -93,15 +105,18 @@ impl TailCache {
         }
     }
 
-    /// Caches one batch of `tail`'s partition, evicting the shard's oldest batches as needed.
+    /// Caches one batch of `tail`'s partition (its stamped header and the rest), evicting the
+    /// shard's oldest batches as needed. The budget counts batch bytes; the request buffers
+    /// the rests point into stay allocated while any of their batches is cached.
     pub(crate) fn insert(
         &mut self,
         tail: &Rc<RefCell<PartitionTail>>,
         base_offset: i64,
         last_offset: i64,
-        bytes: Bytes,
+        header: Bytes,
+        rest: Bytes,
     ) {
-        let len = bytes.len();
+        let len = header.len() + rest.len();
         if len > self.budget_bytes {
             // Too big to cache; readers go to the file, and what is cached must stay contiguous.
             self.remove_all(tail);
@@ -121,7 +136,8 @@ impl TailCache {
             partition.batches.push_back(CachedBatch {
                 base_offset,
                 last_offset,
-                bytes,
+                header,
+                rest,
                 sequence,
             });
             self.order.push_back((Rc::downgrade(tail), sequence, len));
@@ -156,7 +172,7 @@ impl TailCache {
             .is_some_and(|batch| batch.base_offset >= offset)
         {
             if let Some(batch) = partition.batches.pop_back() {
-                self.used_bytes -= batch.bytes.len();
+                self.used_bytes -= batch.len_bytes();
             }
         }
     }
@@ -181,23 +197,29 @@ mod tests {
         let mut cache = TailCache::new(300);
         let a = Rc::new(RefCell::new(PartitionTail::default()));
         let b = Rc::new(RefCell::new(PartitionTail::default()));
-        cache.insert(&a, 0, 0, Bytes::from(vec![1u8; 100]));
-        cache.insert(&b, 0, 4, Bytes::from(vec![2u8; 100]));
-        cache.insert(&a, 1, 1, Bytes::from(vec![3u8; 100]));
+        let batch = |fill: u8| (Bytes::from(vec![fill; 61]), Bytes::from(vec![fill; 39]));
+        let (header, rest) = batch(1);
+        cache.insert(&a, 0, 0, header, rest);
+        let (header, rest) = batch(2);
+        cache.insert(&b, 0, 4, header, rest);
+        let (header, rest) = batch(3);
+        cache.insert(&a, 1, 1, header, rest);
         assert_eq!(cache.used_bytes(), 300);
-        cache.insert(&b, 5, 5, Bytes::from(vec![4u8; 100]));
+        let (header, rest) = batch(4);
+        cache.insert(&b, 5, 5, header, rest);
         assert_eq!(cache.used_bytes(), 300);
         assert!(
             a.borrow().read(0, 10, 1000, true).is_none(),
             "oldest batch evicted"
         );
         let (chunks, total) = a.borrow().read(1, 10, 1000, true).expect("cached");
-        assert_eq!((chunks.len(), total), (1, 100));
+        assert_eq!((chunks.len(), total), (2, 100), "header and rest");
+        assert_eq!(chunks.concat(), [vec![3u8; 61], vec![3u8; 39]].concat());
         let (chunks, _) = b.borrow().read(3, 5, 1000, true).expect("cached");
-        assert_eq!(chunks.len(), 1, "batch 5 is at the high watermark");
+        assert_eq!(chunks.len(), 2, "batch 5 is at the high watermark");
         cache.truncate_from(&b, 5);
         assert_eq!(cache.used_bytes(), 200);
         let (chunks, total) = b.borrow().read(0, 10, 50, true).expect("min one batch");
-        assert_eq!((chunks.len(), total), (1, 100));
+        assert_eq!((chunks.len(), total), (2, 100));
     }
 }

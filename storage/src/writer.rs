@@ -33,6 +33,7 @@ use crate::io::{FileWrite, IoBackend, IoFuture};
 use crate::log::PartitionShared;
 use crate::segment::Segment;
 use crate::shard::ShardShared;
+use crate::stamped::Stamped;
 use crate::{Ack, AppendError, AppendInfo, FlushStats};
 
 /// Who waits for an append and for what.
@@ -48,8 +49,8 @@ pub(crate) struct QueuedAppend {
     pub(crate) segment: Rc<Segment>,
     /// Position of `data` in the segment file.
     pub(crate) position: u64,
-    /// Whole batches with offsets assigned.
-    pub(crate) data: Bytes,
+    /// Whole batches with offsets assigned: stamped headers, the rest in the request's buffer.
+    pub(crate) data: Stamped,
     /// Bytes of `data` written by earlier flushes (an append larger than one flush).
     pub(crate) consumed: usize,
     pub(crate) first_offset: i64,
@@ -380,7 +381,9 @@ fn start_flush<B: IoBackend>(
             let new_footprint_bytes =
                 align_up(entry.head_bytes + entry.new_bytes + remaining, align_bytes);
             if footprint_bytes - old_footprint_bytes + new_footprint_bytes <= budget_bytes {
-                entry.pieces.push(item.data.slice(item.consumed..));
+                entry
+                    .pieces
+                    .extend(item.data.slice(item.consumed..item.data.len()));
                 entry.new_bytes += remaining;
                 footprint_bytes = footprint_bytes - old_footprint_bytes + new_footprint_bytes;
                 parts[part].records += item.records;
@@ -393,7 +396,7 @@ fn start_flush<B: IoBackend>(
             if fits_bytes > 0 {
                 entry
                     .pieces
-                    .push(item.data.slice(item.consumed..item.consumed + fits_bytes));
+                    .extend(item.data.slice(item.consumed..item.consumed + fits_bytes));
                 entry.new_bytes += fits_bytes;
                 partial_bytes = fits_bytes;
             }

@@ -32,11 +32,13 @@ fn append_read_reopen(direct_io: bool) {
         assert_eq!(read_all(&partition, 0), expected);
         // Reading from the middle of a batch returns that whole batch first.
         let slice = partition.read(31, 1, true).expect("read");
-        assert_eq!(slice.chunks.len(), 1);
-        assert_eq!(
-            slice.chunks[0].to_bytes().expect("bytes").to_vec(),
-            expected[10]
-        );
+        let first: Vec<u8> = slice
+            .chunks
+            .iter()
+            .flat_map(|chunk| chunk.to_bytes().expect("bytes").to_vec())
+            .collect();
+        assert_eq!(first, expected[10]);
+        assert_eq!(slice.total_bytes as usize, expected[10].len());
         assert!(partition.read(61, 100, true).is_err(), "past the log end");
         assert!(partition
             .read(60, 100, true)
@@ -383,6 +385,70 @@ fn log_append_time_rewrites_max_timestamp_with_valid_crc() {
         let header = sluice_storage::batch::validate_batch(&stored[0], 1 << 20).expect("crc valid");
         assert_eq!(header.max_timestamp, info.log_append_time_ms);
         assert_eq!(header.partition_leader_epoch, 3);
+        storage.shutdown().await.expect("shutdown");
+        // The same bytes from the file: the stamped header went to disk with the batch.
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("reopen");
+        let config = LogConfig {
+            timestamp_type: TimestampType::LogAppendTime,
+            ..LogConfig::default()
+        };
+        let partition = storage.open_partition("lat", 0, config).expect("partition");
+        let slice = partition.read(0, 1 << 20, true).expect("read");
+        assert!(matches!(slice.chunks[0], ReadChunk::File { .. }));
+        assert_eq!(read_all(&partition, 0), stored, "file and cache disagree");
+        storage.shutdown().await.expect("shutdown");
+    });
+}
+
+#[test]
+fn appended_batches_are_cached_and_stamped_without_copying_or_touching_the_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("open");
+        let partition = storage
+            .open_partition("nocopy", 0, LogConfig::default())
+            .expect("partition");
+        partition
+            .append(bytes(make_batch(0, 1, 10, 5)), Ack::Durable, 2)
+            .await
+            .expect("first append");
+        let request = bytes([make_batch(1, 4, 3000, 5), make_batch(2, 2, 500, 6)].concat());
+        let original = request.to_vec();
+        let request_range = request.as_ptr() as usize..request.as_ptr() as usize + request.len();
+        let info = partition
+            .append(request.clone(), Ack::Durable, 2)
+            .await
+            .expect("append");
+        assert_eq!(info.base_offset, 1);
+        assert_eq!(
+            &request[..],
+            &original[..],
+            "the request's bytes were written to"
+        );
+        let slice = partition.read(1, 1 << 20, true).expect("read");
+        let mut in_request = 0usize;
+        for chunk in &slice.chunks {
+            let ReadChunk::Memory(bytes) = chunk else {
+                panic!("recent batches come from the tail cache");
+            };
+            if request_range.contains(&(bytes.as_ptr() as usize)) {
+                in_request += bytes.len();
+            }
+        }
+        assert_eq!(
+            in_request,
+            original.len() - 2 * sluice_storage::batch::HEADER_BYTES,
+            "everything but the two stamped headers is the request's own memory"
+        );
+        let stored = read_all(&partition, 1);
+        assert_eq!(
+            stored,
+            vec![
+                expected_stored(&original[..stored[0].len()], 1, 2),
+                expected_stored(&original[stored[0].len()..], 5, 2),
+            ]
+        );
+        storage.shutdown().await.expect("shutdown");
     });
 }
 

@@ -40,15 +40,22 @@ pub fn read_all(partition: &Partition, from: i64) -> Vec<Vec<u8>> {
         if slice.chunks.is_empty() {
             break;
         }
+        // Chunks need not end on batch boundaries (a cached batch is header + rest); the
+        // slice as a whole does.
+        let mut bytes = Vec::new();
         for chunk in &slice.chunks {
-            let bytes = chunk.to_bytes().expect("chunk bytes");
-            let mut at = 0usize;
-            while at < bytes.len() {
-                let header = RecordBatchHeader::parse(&bytes[at..]).expect("header");
-                batches.push(bytes[at..at + header.size_bytes()].to_vec());
-                offset = header.last_offset() + 1;
-                at += header.size_bytes();
-            }
+            bytes.extend_from_slice(&chunk.to_bytes().expect("chunk bytes"));
+        }
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let header = RecordBatchHeader::parse(&bytes[at..]).expect("header");
+            assert!(
+                at + header.size_bytes() <= bytes.len(),
+                "read ends inside a batch"
+            );
+            batches.push(bytes[at..at + header.size_bytes()].to_vec());
+            offset = header.last_offset() + 1;
+            at += header.size_bytes();
         }
     }
     batches
