@@ -6,9 +6,11 @@
 //! failed to append count as written — a failed append rolls its sequences back, so the
 //! producer's retry is appended rather than answered as a duplicate.
 //!
-//! The state lives in memory: after a restart a producer's next batch is accepted whatever its
-//! sequence (Kafka rebuilds the state from the log; doing so is future work, noted in the
-//! README). Duplicates of batches written before a restart are therefore not detected.
+//! The state lives in memory and is rebuilt after a restart from the batch headers at the end
+//! of the partition's log (the last [`REBUILD_WINDOW_BYTES`]), as Kafka rebuilds it on load:
+//! a retry of a batch written before the restart is answered as a duplicate, and a producer
+//! continues from its last written sequence. Kafka also keeps producer-state snapshots; a
+//! producer whose last batch lies before that window is, as before, accepted at any sequence.
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -21,6 +23,11 @@ use crate::errors::code;
 /// Batches remembered per producer for duplicate detection (Kafka keeps five, matching
 /// `max.in.flight.requests.per.connection <= 5` for idempotent producers).
 pub const RECENT_BATCHES_MAX: usize = 5;
+
+/// Bytes at the end of a partition's log whose batch headers rebuild its producer states
+/// after a restart: enough for the newest batches of every producer still sending, small
+/// enough that a partition's first produce after start reads only a few hundred headers.
+pub const REBUILD_WINDOW_BYTES: u64 = 1 << 20;
 
 /// A batch whose append is pending or done; `base_offset` is filled in on success.
 #[derive(Debug, Clone)]
@@ -76,6 +83,44 @@ pub struct ProducerStates {
 }
 
 impl ProducerStates {
+    /// States rebuilt from the headers of the log's newest batches (oldest first, with
+    /// broker-assigned base offsets): each producer's epoch, next sequence and last
+    /// [`RECENT_BATCHES_MAX`] batches.
+    pub fn rebuilt(headers: &[RecordBatchHeader]) -> ProducerStates {
+        let mut states = ProducerStates::default();
+        for header in headers.iter().filter(|header| header.producer_id >= 0) {
+            let last_sequence = header.base_sequence.wrapping_add(header.last_offset_delta);
+            let state = states
+                .producers
+                .entry(header.producer_id)
+                .or_insert_with(|| ProducerState {
+                    epoch: header.producer_epoch,
+                    next_sequence: header.base_sequence,
+                    recent: VecDeque::new(),
+                });
+            if header.producer_epoch < state.epoch {
+                continue;
+            }
+            if header.producer_epoch > state.epoch {
+                *state = ProducerState {
+                    epoch: header.producer_epoch,
+                    next_sequence: header.base_sequence,
+                    recent: VecDeque::new(),
+                };
+            }
+            state.recent.push_back(BatchEntry {
+                first_sequence: header.base_sequence,
+                last_sequence,
+                base_offset: Rc::new(Cell::new(Some(header.base_offset))),
+            });
+            while state.recent.len() > RECENT_BATCHES_MAX {
+                state.recent.pop_front();
+            }
+            state.next_sequence = next_after(last_sequence);
+        }
+        states
+    }
+
     /// Decides about a record set given its batch headers (in order).
     pub fn check(&mut self, batches: &[RecordBatchHeader]) -> Verdict {
         let Some(first) = batches.first() else {
@@ -292,6 +337,47 @@ mod tests {
         ));
         assert!(matches!(
             states.check(&[header(9, 0, 1, 1)]),
+            Verdict::Append(_)
+        ));
+    }
+
+    #[test]
+    fn states_rebuilt_from_the_log_answer_retries_and_continue_sequences() {
+        let at = |mut header: RecordBatchHeader, base_offset: i64| {
+            header.base_offset = base_offset;
+            header
+        };
+        let log = [
+            at(header(-1, -1, -1, 4), 0), // a plain producer's batch
+            at(header(5, 0, 0, 3), 4),
+            at(header(6, 2, 0, 1), 7),
+            at(header(5, 0, 3, 2), 8),
+            at(header(5, 1, 0, 2), 10), // producer 5 bumped its epoch
+            at(header(5, 1, 2, 1), 12),
+        ];
+        let mut states = ProducerStates::rebuilt(&log);
+        assert!(matches!(
+            states.check(&[header(5, 1, 2, 1)]),
+            Verdict::Duplicate(Some(12))
+        ));
+        assert!(matches!(
+            states.check(&[header(6, 2, 0, 1)]),
+            Verdict::Duplicate(Some(7))
+        ));
+        assert!(matches!(
+            states.check(&[header(5, 0, 5, 1)]),
+            Verdict::Reject(code::INVALID_PRODUCER_EPOCH, _)
+        ));
+        assert!(matches!(
+            states.check(&[header(5, 1, 4, 1)]),
+            Verdict::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
+        ));
+        assert!(matches!(
+            states.check(&[header(5, 1, 3, 1)]),
+            Verdict::Append(_)
+        ));
+        assert!(matches!(
+            states.check(&[header(6, 2, 1, 1)]),
             Verdict::Append(_)
         ));
     }

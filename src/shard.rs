@@ -193,12 +193,36 @@ impl Shard {
         if !producers.contains_key(topic) {
             producers.insert(topic.to_string(), HashMap::new());
         }
-        let states = producers
-            .get_mut(topic)
-            .map(|parts| parts.entry(index).or_default());
+        let states = producers.get_mut(topic).map(|parts| {
+            parts
+                .entry(index)
+                .or_insert_with(|| self.rebuilt_producer_states(topic, index))
+        });
         match states {
             Some(states) => f(states),
             None => f(&mut crate::idempotence::ProducerStates::default()),
+        }
+    }
+
+    /// A partition's producer states from the newest batch headers of its log (its first
+    /// produce since this shard opened it). Blocking preads on the shard thread, once per
+    /// partition, like loading a consumer-offsets partition.
+    fn rebuilt_producer_states(
+        &self,
+        topic: &str,
+        index: i32,
+    ) -> crate::idempotence::ProducerStates {
+        let Some(partition) = self.partition(topic, index) else {
+            return crate::idempotence::ProducerStates::default();
+        };
+        match partition.recent_batch_headers(crate::idempotence::REBUILD_WINDOW_BYTES) {
+            Ok(headers) => crate::idempotence::ProducerStates::rebuilt(&headers),
+            Err(error) => {
+                // Without the log's view, duplicates of batches written before the restart
+                // go undetected; appends themselves are unaffected.
+                tracing::warn!(topic, index, %error, "cannot rebuild idempotent producer state");
+                crate::idempotence::ProducerStates::default()
+            }
         }
     }
 

@@ -434,6 +434,16 @@ impl Partition {
         self.0.read(offset, max_bytes, min_one_batch)
     }
 
+    /// Headers of the visible batches in the last `window_bytes` of the log (whole batches,
+    /// below the high watermark), oldest first, read with pread from the files: for state a
+    /// broker keeps from batch headers, rebuilt after a restart (idempotent producers).
+    pub fn recent_batch_headers(
+        &self,
+        window_bytes: u64,
+    ) -> Result<Vec<batch::RecordBatchHeader>, StorageError> {
+        self.0.recent_batch_headers(window_bytes)
+    }
+
     /// Resolves once the high watermark is above `offset` (cancel-safe), or the partition
     /// was deleted.
     pub async fn wait_for_data(&self, offset: i64) {

@@ -400,6 +400,49 @@ impl PartitionShared {
         Ok(slice)
     }
 
+    /// Headers of the visible batches in the last `window_bytes` of the log, oldest first.
+    /// Each segment's walk starts at an index entry the header there confirms (or at the
+    /// segment's start), so a stale index costs a longer walk, never a wrong header.
+    pub(crate) fn recent_batch_headers(
+        &self,
+        window_bytes: u64,
+    ) -> Result<Vec<RecordBatchHeader>, StorageError> {
+        let log = self.log.borrow();
+        let interval_bytes = log.config.index_interval_bytes;
+        let mut remaining_bytes = window_bytes;
+        let mut newest_first: Vec<Vec<RecordBatchHeader>> = Vec::new();
+        for segment in log.segments.iter().rev() {
+            if remaining_bytes == 0 {
+                break;
+            }
+            let visible_bytes = segment.state.borrow().visible_bytes;
+            let io_context = |error: io::Error| StorageError::Io {
+                context: format!("reading batch headers of {}", segment.log_path().display()),
+                source: error,
+            };
+            segment.ensure_index(interval_bytes).map_err(io_context)?;
+            let from = visible_bytes.saturating_sub(remaining_bytes);
+            let mut position = match segment
+                .indexed_batch_start(0, from, visible_bytes)
+                .map_err(io_context)?
+            {
+                Some((position, _)) => position,
+                None => 0,
+            };
+            remaining_bytes = remaining_bytes.saturating_sub(visible_bytes - position);
+            let mut headers = Vec::new();
+            while let Some(header) = segment
+                .header_at(position, visible_bytes)
+                .map_err(io_context)?
+            {
+                position += header.size_bytes() as u64;
+                headers.push(header);
+            }
+            newest_first.push(headers);
+        }
+        Ok(newest_first.into_iter().rev().flatten().collect())
+    }
+
     /// Earliest visible batch whose max timestamp >= `timestamp_ms`: (base offset, max ts).
     pub(crate) fn offset_for_timestamp(&self, timestamp_ms: i64) -> Option<(i64, i64)> {
         let log = self.log.borrow();

@@ -657,3 +657,50 @@ fn thousands_of_tiny_appends_in_one_buffered_flush() {
         storage.shutdown().await.expect("shutdown");
     });
 }
+
+#[test]
+fn recent_batch_headers_cover_the_window_across_segments_oldest_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 512,
+        ..LogConfig::default()
+    };
+    let mut sizes = Vec::new();
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("open");
+        let partition = storage
+            .open_partition("recent", 0, config.clone())
+            .expect("partition");
+        for round in 0..30u64 {
+            let batch = make_batch(round, 2, 300, 7);
+            sizes.push(batch.len() as u64);
+            partition
+                .append(bytes(batch), Ack::Durable, 1)
+                .await
+                .expect("append");
+        }
+        let all = partition.recent_batch_headers(1 << 30).expect("headers");
+        let bases: Vec<i64> = all.iter().map(|header| header.base_offset).collect();
+        assert_eq!(bases, (0..30).map(|round| round * 2).collect::<Vec<_>>());
+        storage.shutdown().await.expect("shutdown");
+    });
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("reopen");
+        let partition = storage
+            .open_partition("recent", 0, config.clone())
+            .expect("partition");
+        // A window of the last five batches' bytes holds at least those five, newest last.
+        let window: u64 = sizes.iter().rev().take(5).sum();
+        let recent = partition.recent_batch_headers(window).expect("headers");
+        let bases: Vec<i64> = recent.iter().map(|header| header.base_offset).collect();
+        assert!(bases.len() >= 5, "{bases:?}");
+        assert!(
+            bases.windows(2).all(|pair| pair[1] == pair[0] + 2),
+            "{bases:?}"
+        );
+        assert_eq!(bases.last(), Some(&58));
+        assert!(partition.recent_batch_headers(0).expect("empty").is_empty());
+        storage.shutdown().await.expect("shutdown");
+    });
+}

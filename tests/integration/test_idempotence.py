@@ -66,6 +66,34 @@ def test_producer_ids_are_unique_across_restarts(broker):
         broker.restart(graceful=False)
 
 
+def test_retry_after_kill9_is_still_a_duplicate_and_sequences_continue(broker):
+    """Producer state is rebuilt from the log at restart: the batch a producer retries after a
+    broker crash (its acknowledgement lost with the connection) is answered with the original
+    offset, not written twice; the next sequence follows on; a gap is still refused."""
+    topic = create_topic(broker.bootstrap, unique_topic("idemk"), 1)
+    with RawConn(broker.bootstrap) as conn:
+        error, pid, epoch = init_producer_id(conn)
+        assert error == 0
+        assert produce_v3(conn, topic, 0, batch(pid, epoch, 0, 3, "a")) == (0, 0)
+        second = batch(pid, epoch, 3, 2, "b")
+        assert produce_v3(conn, topic, 0, second) == (0, 3)
+        # A second producer on the same partition, to be told apart after the restart.
+        error, other, other_epoch = init_producer_id(conn)
+        assert error == 0 and other != pid
+        assert produce_v3(conn, topic, 0, batch(other, other_epoch, 0, 1, "o")) == (0, 5)
+    broker.kill9()
+    broker.start()
+    with RawConn(broker.bootstrap) as conn:
+        assert produce_v3(conn, topic, 0, second) == (0, 3), "retry after restart written twice"
+        err, _ = produce_v3(conn, topic, 0, batch(pid, epoch, 9, 1, "gap"))
+        assert err == OUT_OF_ORDER_SEQUENCE_NUMBER
+        assert produce_v3(conn, topic, 0, batch(pid, epoch, 5, 1, "c")) == (0, 6)
+        assert produce_v3(conn, topic, 0, batch(other, other_epoch, 0, 1, "o")) == (0, 5)
+    assert watermarks(broker.bootstrap, topic, 0) == (0, 7)
+    values = [r.value for r in consume_confluent(broker.bootstrap, topic, [0], expected=7)]
+    assert values == [b"a-0", b"a-1", b"a-2", b"b-0", b"b-1", b"o-0", b"c-0"]
+
+
 def test_transactional_ids_are_refused_clearly(broker):
     with RawConn(broker.bootstrap) as conn:
         error, pid, _ = init_producer_id(conn, "txn-1")
