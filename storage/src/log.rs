@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -75,7 +75,9 @@ pub(crate) struct PartitionShared {
     pub(crate) dir: PathBuf,
     /// The partition directory, opened for fsync after a segment is created.
     pub(crate) dir_file: std::fs::File,
-    pub(crate) shard: Rc<ShardShared>,
+    /// Weak: the shard holds its partitions, so a strong reference back would keep a
+    /// storage that was dropped without `shutdown` (a simulated crash) alive for ever.
+    pub(crate) shard: Weak<ShardShared>,
     pub(crate) log: RefCell<LogState>,
     pub(crate) tail: Rc<RefCell<PartitionTail>>,
     /// Woken whenever the high watermark advances.
@@ -111,9 +113,9 @@ impl PartitionShared {
         ack: Ack,
         leader_epoch: i32,
     ) -> Result<(AppendInfo, Option<AppendReceiver>), AppendError> {
-        if self.shard.closing.get() {
+        let Some(shard) = self.shard.upgrade().filter(|shard| !shard.closing.get()) else {
             return Err(AppendError::Storage("storage is shut down".into()));
-        }
+        };
         let mut log = self.log.borrow_mut();
         if log.deleted {
             return Err(AppendError::Storage(format!(
@@ -130,14 +132,13 @@ impl PartitionShared {
         let headers = batch::validate(&records, log.config.max_message_bytes)?;
         let now = now_ms();
         let log_append_time = log.config.timestamp_type == TimestampType::LogAppendTime;
-        let (pieces, data) = self.reserve(
-            &mut log,
-            &headers,
-            &records,
-            leader_epoch,
-            now,
-            log_append_time,
-        )?;
+        let (pieces, bases) = self.reserve(&mut log, shard.direct_io, &headers, now)?;
+        let data = Stamped::stamp(&records, &headers, |index, header, rest| {
+            batch::assign(header, bases[index], leader_epoch);
+            if log_append_time {
+                batch::set_log_append_time_in_header(header, rest, now);
+            }
+        });
         let first_offset = pieces[0].first_offset;
         let last_offset = pieces[pieces.len() - 1].last_offset;
         let info = AppendInfo {
@@ -150,7 +151,7 @@ impl PartitionShared {
 
         // Cache every batch for readers (served only once below the high watermark).
         {
-            let mut cache = self.shard.tail_cache.borrow_mut();
+            let mut cache = shard.tail_cache.borrow_mut();
             let mut offset = first_offset;
             for (header, (stamped_header, rest)) in headers.iter().zip(data.batches()) {
                 let last = offset + i64::from(header.last_offset_delta);
@@ -174,7 +175,7 @@ impl PartitionShared {
         let mut sender = sender;
         let piece_count = pieces.len();
         let enqueued_at = Instant::now();
-        let mut queue = self.shard.queue.borrow_mut();
+        let mut queue = shard.queue.borrow_mut();
         for (index, piece) in pieces.into_iter().enumerate() {
             let last = index + 1 == piece_count;
             let waiter = if last {
@@ -195,27 +196,23 @@ impl PartitionShared {
                 waiter,
                 enqueued_at,
             });
-            self.shard
-                .queued_bytes
-                .set(self.shard.queued_bytes.get() + len);
+            shard.queued_bytes.set(shard.queued_bytes.get() + len);
         }
         drop(queue);
-        self.shard.writer_wake.notify_one();
+        shard.writer_wake.notify_one();
         Ok((info, receiver))
     }
 
-    /// Assigns offsets and positions, rolling segments as `segment.bytes`/`segment.ms` ask,
-    /// and stamps the batches' headers (the request's bytes are never written to). Either
-    /// every batch is reserved or nothing changes.
+    /// Assigns offsets and positions, rolling segments as `segment.bytes`/`segment.ms` ask;
+    /// returns the pieces and each batch's base offset. Either every batch is reserved or
+    /// nothing changes.
     fn reserve(
         self: &Rc<Self>,
         log: &mut LogState,
+        direct_io: bool,
         headers: &[RecordBatchHeader],
-        records: &Bytes,
-        leader_epoch: i32,
         now: i64,
-        log_append_time: bool,
-    ) -> Result<(Vec<Piece>, Stamped), AppendError> {
+    ) -> Result<(Vec<Piece>, Vec<i64>), AppendError> {
         let segment_bytes_max = log.config.segment_bytes.clamp(1, i32::MAX as u64);
         // Plan: which batches start a new segment, without touching any state yet.
         let (mut reserved, created_ms, active_base) = {
@@ -244,7 +241,7 @@ impl PartitionShared {
         }
         let mut created = Vec::with_capacity(rolls.len());
         for &(_, base) in &rolls {
-            match Segment::create(&self.dir, base, self.shard.direct_io, now) {
+            match Segment::create(&self.dir, base, direct_io, now) {
                 Ok(segment) => created.push(Rc::new(segment)),
                 Err(error) => {
                     for segment in &created {
@@ -258,7 +255,7 @@ impl PartitionShared {
             }
         }
 
-        // Commit: stamp headers, reserve positions, install new segments.
+        // Commit: assign base offsets, reserve positions, install new segments.
         let mut created = created.into_iter();
         let mut pieces: Vec<Piece> = Vec::new();
         let mut bases = Vec::with_capacity(headers.len());
@@ -302,15 +299,8 @@ impl PartitionShared {
             }
             position_in_data += size;
         }
-        debug_assert_eq!(position_in_data, records.len());
         debug_assert!(!pieces.is_empty());
-        let data = Stamped::stamp(records, headers, |index, header, rest| {
-            batch::assign(header, bases[index], leader_epoch);
-            if log_append_time {
-                batch::set_log_append_time_in_header(header, rest, now);
-            }
-        });
-        Ok((pieces, data))
+        Ok((pieces, bases))
     }
 
     /// Whole batches from the one holding `offset`, bounded by `max_bytes` and the high
@@ -564,9 +554,11 @@ impl PartitionShared {
         }
         drop(state);
         drop(log);
-        self.shard
-            .tail_cache
-            .borrow_mut()
-            .truncate_from(&self.tail, first_offset);
+        if let Some(shard) = self.shard.upgrade() {
+            shard
+                .tail_cache
+                .borrow_mut()
+                .truncate_from(&self.tail, first_offset);
+        }
     }
 }

@@ -212,7 +212,7 @@ pub(crate) fn open_partition(
         partition,
         dir,
         dir_file,
-        shard: shard.clone(),
+        shard: Rc::downgrade(shard),
         log: RefCell::new(LogState {
             config,
             segments,
@@ -381,8 +381,7 @@ pub(crate) async fn shutdown(shard: &Rc<ShardShared>) -> Result<(), StorageError
     }
     shard.closed.set(true);
     shard.writer_wake.notify_one();
-    // Partitions hold the shard and the shard holds them: break the cycle so the ring and
-    // the staging buffer are freed once the caller drops its handles.
+    // Closed partitions are of no more use to the shard; callers' handles keep theirs.
     shard.partitions.borrow_mut().clear();
     match first_error {
         Some(error) => Err(error),

@@ -704,3 +704,38 @@ fn recent_batch_headers_cover_the_window_across_segments_oldest_first() {
         storage.shutdown().await.expect("shutdown");
     });
 }
+
+#[test]
+fn storage_dropped_without_shutdown_closes_its_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    // Descriptors of this process that point into this test's directory (other tests run
+    // in parallel in their own directories).
+    let open_here = move || {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("fd list")
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+            .filter(|target| target.starts_with(&root))
+            .count()
+    };
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("open");
+        let partition = storage
+            .open_partition("crash", 0, LogConfig::default())
+            .expect("partition");
+        partition
+            .append(bytes(make_batch(1, 2, 100, 5)), Ack::Durable, 1)
+            .await
+            .expect("append");
+        assert!(open_here() > 0, "the partition's files are open");
+        // A crash as the tests simulate it: no shutdown, handles dropped.
+        drop(partition);
+        drop(storage);
+    });
+    assert_eq!(
+        open_here(),
+        0,
+        "a storage dropped without shutdown kept files open"
+    );
+}
