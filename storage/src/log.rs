@@ -133,7 +133,7 @@ impl PartitionShared {
         let now = now_ms();
         let log_append_time = log.config.timestamp_type == TimestampType::LogAppendTime;
         let (pieces, bases) = self.reserve(&mut log, shard.direct_io, &headers, now)?;
-        let data = Stamped::stamp(&records, &headers, |index, header, rest| {
+        let mut data = Stamped::stamp(&records, &headers, |index, header, rest| {
             batch::assign(header, bases[index], leader_epoch);
             if log_append_time {
                 batch::set_log_append_time_in_header(header, rest, now);
@@ -188,7 +188,12 @@ impl PartitionShared {
                 partition: self.clone(),
                 segment: piece.segment,
                 position: piece.position,
-                data: data.sub(piece.range),
+                // Usually the whole append lands in one segment: that piece takes `data`.
+                data: if piece_count == 1 {
+                    std::mem::take(&mut data)
+                } else {
+                    data.sub(piece.range)
+                },
                 consumed: 0,
                 first_offset: piece.first_offset,
                 last_offset: piece.last_offset,

@@ -87,28 +87,27 @@ impl Stamped {
         self.len_bytes
     }
 
-    /// The pieces covering `range`, in order, cut at its ends (shares the buffers).
-    pub(crate) fn slice(&self, range: Range<usize>) -> Vec<Bytes> {
+    /// The pieces covering `range`, in order, cut at its ends (shares the buffers; allocates
+    /// nothing: the writer plans every flush with it).
+    pub(crate) fn slice(&self, range: Range<usize>) -> impl Iterator<Item = Bytes> + '_ {
         assert!(
             range.start <= range.end && range.end <= self.len_bytes,
             "slice {range:?} of {} bytes",
             self.len_bytes
         );
-        let mut out = Vec::new();
         let mut start = 0usize;
-        for piece in &self.pieces {
-            let end = start + piece.len();
-            if end > range.start && start < range.end {
-                let from = range.start.saturating_sub(start);
-                let to = (range.end - start).min(piece.len());
-                out.push(piece.slice(from..to));
-            }
-            if end >= range.end {
-                break;
-            }
-            start = end;
-        }
-        out
+        self.pieces
+            .iter()
+            .map_while(move |piece| {
+                let piece_start = start;
+                start += piece.len();
+                (piece_start < range.end).then(|| {
+                    let from = range.start.saturating_sub(piece_start).min(piece.len());
+                    let to = (range.end - piece_start).min(piece.len());
+                    piece.slice(from..to)
+                })
+            })
+            .filter(|piece| !piece.is_empty())
     }
 
     /// The bytes of `range` as a `Stamped` of their own.
@@ -157,12 +156,11 @@ impl Stamped {
     }
 
     /// The headers of the whole batches this holds, with their positions, in order.
-    pub(crate) fn batch_headers(&self) -> Vec<(usize, RecordBatchHeader)> {
-        let mut out = Vec::new();
+    pub(crate) fn batch_headers(&self) -> impl Iterator<Item = (usize, RecordBatchHeader)> + '_ {
         let mut at = 0usize;
         let mut place = Place::default();
-        let mut raw = [0u8; batch::HEADER_BYTES];
-        loop {
+        std::iter::from_fn(move || {
+            // Skip the pieces that end at or before `at`, so each header read starts near it.
             while let Some(piece) = self.pieces.get(place.index) {
                 if place.start + piece.len() > at {
                     break;
@@ -172,20 +170,19 @@ impl Stamped {
                     start: place.start + piece.len(),
                 };
             }
+            let mut raw = [0u8; batch::HEADER_BYTES];
             if !self.copy_at(place, at, &mut raw) {
-                break;
+                return None;
             }
-            let Some(header) = RecordBatchHeader::parse(&raw) else {
-                break;
-            };
+            let header = RecordBatchHeader::parse(&raw)?;
             let size = header.size_bytes();
             if size < batch::HEADER_BYTES || at + size > self.len_bytes {
-                break;
+                return None;
             }
-            out.push((at, header));
+            let found = (at, header);
             at += size;
-        }
-        out
+            Some(found)
+        })
     }
 
     /// All pieces, in order.
@@ -223,12 +220,12 @@ mod tests {
         for start in 0..=all.len() {
             for end in start..=all.len() {
                 assert_eq!(
-                    flat(s.slice(start..end)),
+                    flat(s.slice(start..end).collect()),
                     &all[start..end],
                     "{start}..{end}"
                 );
                 assert_eq!(
-                    flat(s.sub(start..end).slice(0..end - start)),
+                    flat(s.sub(start..end).slice(0..end - start).collect()),
                     &all[start..end]
                 );
             }
@@ -261,7 +258,7 @@ mod tests {
             records[batch::HEADER_BYTES..].as_ptr(),
             "the body was copied"
         );
-        let found = stamped.batch_headers();
+        let found: Vec<_> = stamped.batch_headers().collect();
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].0, 0);
         assert_eq!(found[0].1.base_offset, 1000);
@@ -271,11 +268,11 @@ mod tests {
         // The request itself is untouched.
         assert_eq!(&records[..one.len()], &one[..]);
         // Headers are found wherever the pieces happen to be cut.
-        let flat = flat(stamped.slice(0..stamped.len()));
+        let flat = flat(stamped.slice(0..stamped.len()).collect());
         let mut chopped = Stamped::default();
         for piece in flat.chunks(7) {
             chopped.push(Bytes::copy_from_slice(piece));
         }
-        assert_eq!(chopped.batch_headers(), found);
+        assert_eq!(chopped.batch_headers().collect::<Vec<_>>(), found);
     }
 }
