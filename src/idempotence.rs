@@ -44,6 +44,35 @@ struct ProducerState {
     recent: VecDeque<BatchEntry>,
 }
 
+impl ProducerState {
+    fn new(epoch: i16, next_sequence: i32) -> ProducerState {
+        ProducerState {
+            epoch,
+            next_sequence,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Records `first_sequence..=last_sequence` as the producer's newest batch: only the last
+    /// [`RECENT_BATCHES_MAX`] are kept, and the next expected sequence follows it.
+    fn remember(
+        &mut self,
+        first_sequence: i32,
+        last_sequence: i32,
+        base_offset: Rc<Cell<Option<i64>>>,
+    ) {
+        self.recent.push_back(BatchEntry {
+            first_sequence,
+            last_sequence,
+            base_offset,
+        });
+        while self.recent.len() > RECENT_BATCHES_MAX {
+            self.recent.pop_front();
+        }
+        self.next_sequence = next_after(last_sequence);
+    }
+}
+
 /// Permission to append, to be settled with [`ProducerStates::succeeded`] or
 /// [`ProducerStates::failed`].
 #[derive(Debug)]
@@ -93,30 +122,18 @@ impl ProducerStates {
             let state = states
                 .producers
                 .entry(header.producer_id)
-                .or_insert_with(|| ProducerState {
-                    epoch: header.producer_epoch,
-                    next_sequence: header.base_sequence,
-                    recent: VecDeque::new(),
-                });
+                .or_insert_with(|| ProducerState::new(header.producer_epoch, header.base_sequence));
             if header.producer_epoch < state.epoch {
                 continue;
             }
             if header.producer_epoch > state.epoch {
-                *state = ProducerState {
-                    epoch: header.producer_epoch,
-                    next_sequence: header.base_sequence,
-                    recent: VecDeque::new(),
-                };
+                *state = ProducerState::new(header.producer_epoch, header.base_sequence);
             }
-            state.recent.push_back(BatchEntry {
-                first_sequence: header.base_sequence,
+            state.remember(
+                header.base_sequence,
                 last_sequence,
-                base_offset: Rc::new(Cell::new(Some(header.base_offset))),
-            });
-            while state.recent.len() > RECENT_BATCHES_MAX {
-                state.recent.pop_front();
-            }
-            state.next_sequence = next_after(last_sequence);
+                Rc::new(Cell::new(Some(header.base_offset))),
+            );
         }
         states
     }
@@ -156,11 +173,7 @@ impl ProducerStates {
         let state = self
             .producers
             .entry(first.producer_id)
-            .or_insert_with(|| ProducerState {
-                epoch,
-                next_sequence: first_sequence,
-                recent: VecDeque::new(),
-            });
+            .or_insert_with(|| ProducerState::new(epoch, first_sequence));
         if epoch < state.epoch {
             return Verdict::Reject(
                 code::INVALID_PRODUCER_EPOCH,
@@ -174,11 +187,7 @@ impl ProducerStates {
                     "a new producer epoch must start at sequence 0",
                 );
             }
-            *state = ProducerState {
-                epoch,
-                next_sequence: 0,
-                recent: VecDeque::new(),
-            };
+            *state = ProducerState::new(epoch, 0);
         }
         if let Some(entry) = state
             .recent
@@ -194,15 +203,7 @@ impl ProducerStates {
             );
         }
         let base_offset = Rc::new(Cell::new(None));
-        state.recent.push_back(BatchEntry {
-            first_sequence,
-            last_sequence,
-            base_offset: base_offset.clone(),
-        });
-        while state.recent.len() > RECENT_BATCHES_MAX {
-            state.recent.pop_front();
-        }
-        state.next_sequence = next_after(last_sequence);
+        state.remember(first_sequence, last_sequence, base_offset.clone());
         Verdict::Append(Ticket {
             producer_id: first.producer_id,
             first_sequence,
