@@ -122,9 +122,7 @@ impl Counters {
     pub fn send_zc_bytes(&self) -> u64 {
         self.0[Gauge::SendZcBytes.index()]
     }
-}
 
-impl Counters {
     /// Every counter as (`zero_copy_<name>`, value), for `/stats` and `/metrics`.
     pub fn named(&self) -> impl Iterator<Item = (String, u64)> + '_ {
         Gauge::ALL
