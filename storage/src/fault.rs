@@ -1,15 +1,31 @@
 //! Fault injection for tests: a [`FaultPlan`] handed to
-//! [`ShardStorage::open_with_faults`](crate::ShardStorage::open_with_faults) makes the writer's
-//! I/O fail on demand (EIO, ENOSPC, torn writes, failed fdatasync) while everything else runs
-//! on the real ring and real files.
+//! [`ShardStorage::open_with_faults`](crate::ShardStorage::open_with_faults) makes the storage's
+//! I/O seam fail on demand (EIO, ENOSPC, torn writes, failed fdatasync, failed truncation or
+//! small-file write) while everything else runs on the real ring and real files, and can
+//! simulate a power loss.
 //!
-//! Owns the plan and the wrapping backend. Must never be used by the broker in production; it
-//! only changes behaviour when a test arms a fault.
+//! The power-loss model ([`FaultPlan::model_power_loss`], [`FaultPlan::lose_power`]): a write
+//! or truncation through the seam is *durable* once an fdatasync of the same file (inode) that
+//! was submitted after it completed, or linked behind it, completes successfully. Until then
+//! the plan keeps an undo record (the bytes it overwrote, the file length before it); losing
+//! power replays the undo records of every file newest first, so each file is back at its
+//! durable contents and length, and can then keep a prefix of the newest lost write (a torn
+//! write: any prefix of a write may reach the platter). Small files written whole through the
+//! seam (indexes, checkpoint, clean marker) are durable when their write returns (they are
+//! fsynced, renamed and the directory fsynced inside it). Not modelled: segment files created
+//! or unlinked outside the seam (a lost directory entry), and the page cache of files written
+//! with std::fs at open (recovery syncs what it changes before the log is used).
+//!
+//! Owns the plan, the undo records and the wrapping backend. Must never be used by the broker
+//! in production; it only changes behaviour when a test arms a fault or the power model.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -26,6 +42,52 @@ enum Fault {
     TornWrite(usize),
     /// The next fdatasync fails with this errno (after its write succeeded).
     SyncError(i32),
+    /// The next truncation fails with this errno and changes nothing.
+    TruncateError(i32),
+    /// The next small-file write (index, checkpoint, marker) fails with this errno.
+    SmallFileError(i32),
+}
+
+/// A file's identity: (device, inode). Descriptor numbers are reused; inodes outlive
+/// renames and unlinks.
+type Inode = (u64, u64);
+
+/// How to undo one change to a file that no completed fdatasync covers yet.
+#[derive(Debug)]
+struct Undo {
+    /// Order of submission, plan-wide.
+    sequence: u64,
+    position: u64,
+    /// The bytes the change overwrote (those that existed below the old length).
+    old_bytes: Vec<u8>,
+    len_before: u64,
+    /// The bytes written (empty for a truncation): a torn write keeps a prefix of them.
+    new_bytes: Vec<u8>,
+    /// The change completed (a sync submitted after a completed change covers it).
+    completed: bool,
+}
+
+#[derive(Debug)]
+struct TrackedFile {
+    /// Opened through /proc/self/fd: no O_DIRECT, and it keeps the inode even once unlinked.
+    file: File,
+    undo: Vec<Undo>,
+}
+
+/// The power-loss model's state: un-synced changes per file.
+#[derive(Debug, Default)]
+struct PowerModel {
+    files: HashMap<Inode, TrackedFile>,
+    next_sequence: u64,
+}
+
+/// What [`FaultPlan::lose_power`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PowerLoss {
+    /// Un-synced writes and truncations undone.
+    pub changes_undone: usize,
+    /// Bytes of the newest lost write kept (a torn write), 0 when none.
+    pub torn_bytes_kept: usize,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +97,7 @@ struct PlanState {
     disk_full: bool,
     writes: u64,
     syncs: u64,
+    power: Option<PowerModel>,
 }
 
 /// A shared, mutable list of faults to inject. Clone it to keep arming faults after open.
@@ -49,26 +112,28 @@ impl FaultPlan {
 
     /// The next write fails with `errno` (e.g. `libc::EIO`) without writing.
     pub fn fail_next_write(&self, errno: i32) {
-        self.0
-            .borrow_mut()
-            .faults
-            .push_back(Fault::WriteError(errno));
+        self.arm(Fault::WriteError(errno));
     }
 
     /// The next write stores only its first `bytes` bytes and then reports EIO.
     pub fn tear_next_write(&self, bytes: usize) {
-        self.0
-            .borrow_mut()
-            .faults
-            .push_back(Fault::TornWrite(bytes));
+        self.arm(Fault::TornWrite(bytes));
     }
 
     /// The next fdatasync fails with `errno`.
     pub fn fail_next_sync(&self, errno: i32) {
-        self.0
-            .borrow_mut()
-            .faults
-            .push_back(Fault::SyncError(errno));
+        self.arm(Fault::SyncError(errno));
+    }
+
+    /// The next truncation (segment finalization, clean shutdown) fails with `errno`.
+    pub fn fail_next_truncate(&self, errno: i32) {
+        self.arm(Fault::TruncateError(errno));
+    }
+
+    /// The next small-file write (an index, the recovery checkpoint, the clean-shutdown
+    /// marker) fails with `errno`.
+    pub fn fail_next_small_file(&self, errno: i32) {
+        self.arm(Fault::SmallFileError(errno));
     }
 
     /// While `full`, every write fails with ENOSPC.
@@ -80,6 +145,55 @@ impl FaultPlan {
     pub fn operation_counts(&self) -> (u64, u64) {
         let state = self.0.borrow();
         (state.writes, state.syncs)
+    }
+
+    /// Starts keeping undo records of every write and truncation through the seam, for
+    /// [`FaultPlan::lose_power`]. Call before the storage writes anything.
+    pub fn model_power_loss(&self) {
+        self.0.borrow_mut().power.get_or_insert_with(PowerModel::default);
+    }
+
+    /// Loses power: every write and truncation no completed fdatasync covers is undone, newest
+    /// first, and then the newest of them keeps its first `torn_bytes` bytes (0: none; at
+    /// most all but one of its bytes). Call after the storage using this plan is gone (its
+    /// runtime stopped, so nothing is in flight). Errors are those of restoring the files.
+    pub fn lose_power(&self, torn_bytes: usize) -> io::Result<PowerLoss> {
+        let mut state = self.0.borrow_mut();
+        let Some(model) = state.power.as_mut() else {
+            return Ok(PowerLoss::default());
+        };
+        let mut outcome = PowerLoss::default();
+        let newest = model
+            .files
+            .iter()
+            .flat_map(|(inode, tracked)| tracked.undo.iter().map(move |undo| (undo.sequence, *inode)))
+            .max();
+        let mut torn: Option<(Inode, u64, Vec<u8>)> = None;
+        for (inode, tracked) in model.files.iter_mut() {
+            for undo in tracked.undo.drain(..).rev() {
+                tracked.file.write_all_at(&undo.old_bytes, undo.position)?;
+                tracked.file.set_len(undo.len_before)?;
+                outcome.changes_undone += 1;
+                if newest == Some((undo.sequence, *inode)) && !undo.new_bytes.is_empty() {
+                    torn = Some((*inode, undo.position, undo.new_bytes));
+                }
+            }
+        }
+        if let Some((inode, position, new_bytes)) = torn {
+            let keep = torn_bytes.min(new_bytes.len().saturating_sub(1));
+            if keep > 0 {
+                if let Some(tracked) = model.files.get(&inode) {
+                    tracked.file.write_all_at(&new_bytes[..keep], position)?;
+                    outcome.torn_bytes_kept = keep;
+                }
+            }
+        }
+        model.files.clear();
+        Ok(outcome)
+    }
+
+    fn arm(&self, fault: Fault) {
+        self.0.borrow_mut().faults.push_back(fault);
     }
 
     fn take_write_fault(&self) -> Option<Fault> {
@@ -107,6 +221,104 @@ impl FaultPlan {
             _ => None,
         }
     }
+
+    fn take_fault(&self, matches: impl Fn(&Fault) -> Option<i32>) -> Option<i32> {
+        let mut state = self.0.borrow_mut();
+        let position = state.faults.iter().position(|fault| matches(fault).is_some())?;
+        state.faults.remove(position).and_then(|fault| matches(&fault))
+    }
+
+    /// Records the undo of a change of `fd` at `position` (a write of `new_bytes`, or a
+    /// truncation to `position` when `new_bytes` is None); returns its sequence number, or
+    /// None when the power model is off. Panics on an error reading the file: a test setup
+    /// failure, never a broker path.
+    fn record_change(&self, fd: RawFd, position: u64, new_bytes: Option<Vec<u8>>) -> Option<u64> {
+        let mut state = self.0.borrow_mut();
+        let model = state.power.as_mut()?;
+        let inode = inode_of(fd);
+        let tracked = model.files.entry(inode).or_insert_with(|| TrackedFile {
+            file: std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(format!("/proc/self/fd/{fd}"))
+                .expect("power model: reopening a descriptor"),
+            undo: Vec::new(),
+        });
+        let len_before = tracked
+            .file
+            .metadata()
+            .expect("power model: file length")
+            .len();
+        let end = match &new_bytes {
+            Some(bytes) => position + bytes.len() as u64,
+            None => len_before,
+        };
+        let old_len = end.min(len_before).saturating_sub(position);
+        let mut old_bytes = vec![0u8; old_len as usize];
+        tracked
+            .file
+            .read_exact_at(&mut old_bytes, position)
+            .expect("power model: reading overwritten bytes");
+        let sequence = model.next_sequence;
+        model.next_sequence += 1;
+        tracked.undo.push(Undo {
+            sequence,
+            position,
+            old_bytes,
+            len_before,
+            new_bytes: new_bytes.unwrap_or_default(),
+            completed: false,
+        });
+        Some(sequence)
+    }
+
+    fn mark_completed(&self, sequence: u64) {
+        let mut state = self.0.borrow_mut();
+        if let Some(model) = state.power.as_mut() {
+            for tracked in model.files.values_mut() {
+                for undo in tracked.undo.iter_mut().filter(|undo| undo.sequence == sequence) {
+                    undo.completed = true;
+                }
+            }
+        }
+    }
+
+    /// What an fdatasync of `fd` submitted now covers: the changes of its file completed so
+    /// far, and `linked` (the write it is linked behind).
+    fn sync_coverage(&self, fd: RawFd, linked: Option<u64>) -> Option<(Inode, u64)> {
+        let state = self.0.borrow();
+        let model = state.power.as_ref()?;
+        let inode = inode_of(fd);
+        let covered = model
+            .files
+            .get(&inode)?
+            .undo
+            .iter()
+            .filter(|undo| undo.completed || Some(undo.sequence) == linked)
+            .map(|undo| undo.sequence)
+            .max()?;
+        Some((inode, covered))
+    }
+
+    /// A completed fdatasync made every change of `inode` up to `covered` durable.
+    fn synced(&self, inode: Inode, covered: u64) {
+        let mut state = self.0.borrow_mut();
+        if let Some(tracked) = state
+            .power
+            .as_mut()
+            .and_then(|model| model.files.get_mut(&inode))
+        {
+            tracked.undo.retain(|undo| undo.sequence > covered);
+        }
+    }
+}
+
+fn inode_of(fd: RawFd) -> Inode {
+    // SAFETY: fstat writes only into `stat`; an invalid descriptor returns an error.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstat(fd, &mut stat) };
+    assert_eq!(rc, 0, "power model: fstat of a descriptor in use");
+    (stat.st_dev, stat.st_ino)
 }
 
 /// Wraps a backend and applies a [`FaultPlan`].
@@ -129,22 +341,63 @@ fn torn(written: IoFuture) -> IoFuture {
 
 impl<B> FaultBackend<B> {
     /// Runs `write(sync)` with the plan's next sync fault applied: a failing fdatasync still
-    /// lets the write itself happen.
+    /// lets the write itself happen. `change` is the write's undo record (power model), which
+    /// a successful linked fdatasync makes durable.
     fn with_sync_fault(
         &self,
+        fd: RawFd,
         sync: bool,
+        change: Option<u64>,
         write: impl FnOnce(bool) -> (IoFuture, Option<IoFuture>),
     ) -> (IoFuture, Option<IoFuture>) {
         if !sync {
-            return write(false);
+            let (written, _) = write(false);
+            return (self.completes(written, change), None);
         }
         match self.plan.take_sync_fault() {
-            None => write(true),
+            None => {
+                let (written, synced) = write(true);
+                let coverage = self.plan.sync_coverage(fd, change);
+                (
+                    self.completes(written, change),
+                    synced.map(|synced| self.covers(synced, coverage)),
+                )
+            }
             Some(errno) => {
                 let (written, _) = write(false);
-                (written, Some(failed(errno)))
+                (self.completes(written, change), Some(failed(errno)))
             }
         }
+    }
+
+    /// Marks the change `change` completed when `future` succeeds.
+    fn completes(&self, future: IoFuture, change: Option<u64>) -> IoFuture {
+        let Some(sequence) = change else {
+            return future;
+        };
+        let plan = self.plan.clone();
+        Box::pin(async move {
+            let result = future.await;
+            if result.is_ok() {
+                plan.mark_completed(sequence);
+            }
+            result
+        })
+    }
+
+    /// Makes the changes `coverage` names durable when the fdatasync `future` succeeds.
+    fn covers(&self, future: IoFuture, coverage: Option<(Inode, u64)>) -> IoFuture {
+        let Some((inode, covered)) = coverage else {
+            return future;
+        };
+        let plan = self.plan.clone();
+        Box::pin(async move {
+            let result = future.await;
+            if result.is_ok() {
+                plan.synced(inode, covered);
+            }
+            result
+        })
     }
 }
 
@@ -156,6 +409,11 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
         sync: bool,
     ) -> (IoFuture, Option<IoFuture>) {
         let canceled = || sync.then(|| failed(libc::ECANCELED));
+        let new_bytes = |len: usize| {
+            // SAFETY: the writer filled this range before submitting and leaves it alone until
+            // the write completes; this copy only reads it.
+            unsafe { staging.slice(write.staging_offset, len) }.to_vec()
+        };
         match self.plan.take_write_fault() {
             Some(Fault::WriteError(errno)) => return (failed(errno), canceled()),
             Some(Fault::TornWrite(bytes)) => {
@@ -163,12 +421,22 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
                     len: bytes.min(write.len),
                     ..write
                 };
+                let change = self.plan.record_change(
+                    write.fd,
+                    write.file_position,
+                    Some(new_bytes(torn_write.len)),
+                );
                 let (written, _) = self.inner.write(staging, torn_write, false);
-                return (torn(written), canceled());
+                return (torn(self.completes(written, change)), canceled());
             }
-            Some(Fault::SyncError(_)) | None => {}
+            _ => {}
         }
-        self.with_sync_fault(sync, |sync| self.inner.write(staging, write, sync))
+        let change = self
+            .plan
+            .record_change(write.fd, write.file_position, Some(new_bytes(write.len)));
+        self.with_sync_fault(write.fd, sync, change, |sync| {
+            self.inner.write(staging, write, sync)
+        })
     }
 
     fn write_vectored(
@@ -179,6 +447,8 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
         sync: bool,
     ) -> (IoFuture, Option<IoFuture>) {
         let canceled = || sync.then(|| failed(libc::ECANCELED));
+        let mut pieces = pieces;
+        let mut torn_write = false;
         match self.plan.take_write_fault() {
             Some(Fault::WriteError(errno)) => return (failed(errno), canceled()),
             Some(Fault::TornWrite(bytes)) => {
@@ -192,14 +462,21 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
                     torn_pieces.push(piece.slice(..take));
                     left -= take;
                 }
-                let (written, _) = self
-                    .inner
-                    .write_vectored(fd, file_position, torn_pieces, false);
-                return (torn(written), canceled());
+                pieces = torn_pieces;
+                torn_write = true;
             }
-            Some(Fault::SyncError(_)) | None => {}
+            _ => {}
         }
-        self.with_sync_fault(sync, |sync| {
+        let change = self
+            .plan
+            .record_change(fd, file_position, Some(pieces.concat()));
+        if torn_write {
+            let (written, _) = self
+                .inner
+                .write_vectored(fd, file_position, pieces, false);
+            return (torn(self.completes(written, change)), canceled());
+        }
+        self.with_sync_fault(fd, sync, change, |sync| {
             self.inner.write_vectored(fd, file_position, pieces, sync)
         })
     }
@@ -207,7 +484,39 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
     fn fdatasync(&self, fd: RawFd) -> IoFuture {
         match self.plan.take_sync_fault() {
             Some(errno) => failed(errno),
-            None => self.inner.fdatasync(fd),
+            None => {
+                let coverage = self.plan.sync_coverage(fd, None);
+                self.covers(self.inner.fdatasync(fd), coverage)
+            }
+        }
+    }
+
+    fn truncate(&self, file: File, len_bytes: u64) -> IoFuture {
+        let errno = self.plan.take_fault(|fault| match fault {
+            Fault::TruncateError(errno) => Some(*errno),
+            _ => None,
+        });
+        if let Some(errno) = errno {
+            return failed(errno);
+        }
+        let change = self.plan.record_change(file.as_raw_fd(), len_bytes, None);
+        self.completes(self.inner.truncate(file, len_bytes), change)
+    }
+
+    fn write_small_file(
+        &self,
+        dir: PathBuf,
+        name: String,
+        contents: Vec<u8>,
+        atomic: bool,
+    ) -> IoFuture {
+        let errno = self.plan.take_fault(|fault| match fault {
+            Fault::SmallFileError(errno) => Some(*errno),
+            _ => None,
+        });
+        match errno {
+            Some(errno) => failed(errno),
+            None => self.inner.write_small_file(dir, name, contents, atomic),
         }
     }
 }

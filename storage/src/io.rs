@@ -1,12 +1,20 @@
-//! The writer's I/O seam: the group-commit writer is generic over [`IoBackend`], so tests can
-//! inject EIO, ENOSPC and torn writes (see [`crate::fault`]) while production uses the ring.
+//! The storage's I/O seam for everything that changes a partition's files after open: the
+//! group-commit writer's writes and fdatasyncs, and segment finalization's and clean
+//! shutdown's truncations, syncs and small-file writes all go through [`IoBackend`], so tests
+//! can inject EIO, ENOSPC, torn writes, failed syncs and power losses (see [`crate::fault`])
+//! while production uses the ring.
 //!
 //! Owns the translation of "write these staging bytes at this file position, then fdatasync"
-//! into SQEs. Must never decide policy (what to sync, what to ack): that is the writer's.
+//! into SQEs, and the hand-off of the operations io_uring has no opcode for (ftruncate, whole
+//! small files) to the blocking pool. Must never decide policy (what to sync, what to ack,
+//! what a failure poisons): that is the writer's and the shard's; and must never run file
+//! work on the shard thread.
 
+use std::fs::File;
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 
@@ -56,6 +64,94 @@ pub(crate) trait IoBackend: 'static {
 
     /// Queues an fdatasync (or fsync of a directory) of `fd`.
     fn fdatasync(&self, fd: RawFd) -> IoFuture;
+
+    /// Sets `file`'s length (ftruncate, on the blocking pool: no ring opcode on the kernels
+    /// Sluice supports). Durable only once an fdatasync of the file completes after it.
+    fn truncate(&self, file: File, len_bytes: u64) -> IoFuture;
+
+    /// Writes `dir/name` whole and fdatasyncs it, on the blocking pool; with `atomic`,
+    /// through `name.tmp` renamed over it and a directory fsync, so a crash leaves the old or
+    /// the new contents. Durable when the future resolves Ok.
+    fn write_small_file(
+        &self,
+        dir: PathBuf,
+        name: String,
+        contents: Vec<u8>,
+        atomic: bool,
+    ) -> IoFuture;
+}
+
+impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
+    fn write(
+        &self,
+        staging: &Rc<AlignedBuffer>,
+        write: FileWrite,
+        sync: bool,
+    ) -> (IoFuture, Option<IoFuture>) {
+        (**self).write(staging, write, sync)
+    }
+
+    fn write_vectored(
+        &self,
+        fd: RawFd,
+        file_position: u64,
+        pieces: Vec<Bytes>,
+        sync: bool,
+    ) -> (IoFuture, Option<IoFuture>) {
+        (**self).write_vectored(fd, file_position, pieces, sync)
+    }
+
+    fn fdatasync(&self, fd: RawFd) -> IoFuture {
+        (**self).fdatasync(fd)
+    }
+
+    fn truncate(&self, file: File, len_bytes: u64) -> IoFuture {
+        (**self).truncate(file, len_bytes)
+    }
+
+    fn write_small_file(
+        &self,
+        dir: PathBuf,
+        name: String,
+        contents: Vec<u8>,
+        atomic: bool,
+    ) -> IoFuture {
+        (**self).write_small_file(dir, name, contents, atomic)
+    }
+}
+
+/// Runs `work` on the blocking pool; a panicked or cancelled task is an error, not a panic.
+pub(crate) fn on_blocking_pool(
+    work: impl FnOnce() -> io::Result<()> + Send + 'static,
+) -> IoFuture {
+    let task = tokio::task::spawn_blocking(work);
+    Box::pin(async move {
+        match task.await {
+            Ok(Ok(())) => Ok(0),
+            Ok(Err(error)) => Err(error),
+            Err(join) => Err(io::Error::other(format!("blocking file task failed: {join}"))),
+        }
+    })
+}
+
+/// Writes `dir/name` (see [`IoBackend::write_small_file`]); blocking.
+pub(crate) fn write_small_file_blocking(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    atomic: bool,
+) -> io::Result<()> {
+    if !atomic {
+        let mut file = File::create(dir.join(name))?;
+        file.write_all(contents)?;
+        return file.sync_data();
+    }
+    let temp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&temp)?;
+    file.write_all(contents)?;
+    file.sync_data()?;
+    std::fs::rename(&temp, dir.join(name))?;
+    File::open(dir)?.sync_all()
 }
 
 /// The production backend: WRITE_FIXED from the registered staging buffer (plain WRITE when
@@ -174,5 +270,19 @@ impl IoBackend for RingBackend {
             .build();
         // SAFETY: fsync references no memory.
         Box::pin(unsafe { self.ring.submit(entry) })
+    }
+
+    fn truncate(&self, file: File, len_bytes: u64) -> IoFuture {
+        on_blocking_pool(move || file.set_len(len_bytes))
+    }
+
+    fn write_small_file(
+        &self,
+        dir: PathBuf,
+        name: String,
+        contents: Vec<u8>,
+        atomic: bool,
+    ) -> IoFuture {
+        on_blocking_pool(move || write_small_file_blocking(&dir, &name, &contents, atomic))
     }
 }

@@ -157,9 +157,14 @@ pub enum AppendError {
         /// the limit
         limit_bytes: usize,
     },
-    /// Disk error (EIO, ENOSPC) or a poisoned log: KAFKA_STORAGE_ERROR.
+    /// Disk error (EIO, ENOSPC) on this append's write, or the storage is shut down or the
+    /// partition deleted: KAFKA_STORAGE_ERROR.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The partition is poisoned by a failed sync: KAFKA_STORAGE_ERROR until the process
+    /// restarts.
+    #[error(transparent)]
+    Poisoned(#[from] Poisoned),
 }
 
 impl AppendError {
@@ -170,8 +175,40 @@ impl AppendError {
             AppendError::UnsupportedMagic(_) => codes::UNSUPPORTED_FOR_MESSAGE_FORMAT,
             AppendError::InvalidRecord(_) => codes::INVALID_RECORD,
             AppendError::TooLarge { .. } => codes::MESSAGE_TOO_LARGE,
-            AppendError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
+            AppendError::Storage(_) | AppendError::Poisoned(_) => codes::KAFKA_STORAGE_ERROR,
         }
+    }
+}
+
+/// Why a partition refuses appends: a sync (fdatasync of a segment, an index, the recovery
+/// checkpoint, the directory, or a truncation before one) failed. Linux may have dropped the
+/// dirty pages that sync covered and a retried fsync can report success over them, so the
+/// partition stays poisoned, appends fail and its high watermark stays put, until the
+/// process restarts and recovery reads back what really is on disk.
+#[derive(Debug, Clone)]
+pub struct Poisoned {
+    /// `<topic>-<partition>`
+    pub partition: String,
+    /// What failed (operation and path).
+    pub operation: String,
+    /// The OS error, shared by every append and open that reports this poison.
+    pub source: Arc<std::io::Error>,
+}
+
+impl std::fmt::Display for Poisoned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partition {} is poisoned: {} failed: {}",
+            self.partition, self.operation, self.source
+        )
+    }
+}
+
+impl std::error::Error for Poisoned {
+    /// The `io::Error` itself (not the `Arc` holding it), so callers can downcast it.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
     }
 }
 
@@ -190,6 +227,9 @@ pub enum StorageError {
     /// The kernel refused io_uring (EPERM from seccomp or kernel.io_uring_disabled).
     #[error("io_uring is not permitted: {0}")]
     UringRefused(std::io::Error),
+    /// The partition is poisoned and cannot be reopened in this process.
+    #[error(transparent)]
+    Poisoned(#[from] Poisoned),
     /// Fetch offset below log start or above log end: OFFSET_OUT_OF_RANGE.
     #[error("offset {offset} out of range [{log_start_offset}, {log_end_offset}]")]
     OffsetOutOfRange {
@@ -200,6 +240,18 @@ pub enum StorageError {
         /// next offset to be assigned
         log_end_offset: i64,
     },
+}
+
+impl StorageError {
+    /// The Kafka error code a broker sends for this error.
+    pub fn kafka_error_code(&self) -> i16 {
+        match self {
+            StorageError::OffsetOutOfRange { .. } => codes::OFFSET_OUT_OF_RANGE,
+            StorageError::Io { .. } | StorageError::UringRefused(_) | StorageError::Poisoned(_) => {
+                codes::KAFKA_STORAGE_ERROR
+            }
+        }
+    }
 }
 
 /// Result of a successful append of one Produce partition's record set.
@@ -354,7 +406,9 @@ impl ShardStorage {
 
     /// Opens (creating if missing, recovering if unclean) a partition's log. Opening a
     /// partition that is already open returns it with `config` applied; a poisoned one is
-    /// reopened from disk.
+    /// refused with [`StorageError::Poisoned`] until the process restarts (the kernel may
+    /// still hold, or have dropped, pages its failed sync covered: only a fresh recovery
+    /// after a restart sees what is really on disk).
     pub fn open_partition(
         &self,
         topic: &str,
@@ -517,8 +571,8 @@ impl Partition {
         self.0.log.borrow().recovery_cuts.clone()
     }
 
-    /// Why appends are refused after a failed fdatasync, if they are.
-    pub fn poisoned(&self) -> Option<String> {
+    /// Why appends are refused after a failed sync, if they are.
+    pub fn poisoned(&self) -> Option<Poisoned> {
         self.0.log.borrow().poisoned.clone()
     }
 

@@ -24,8 +24,8 @@ use crate::stamped::Stamped;
 use crate::tail_cache::PartitionTail;
 use crate::writer::{QueuedAppend, Waiter};
 use crate::{
-    Ack, AppendError, AppendInfo, LogConfig, ReadChunk, ReadSlice, RecoveryCut, StorageError,
-    TimestampType,
+    Ack, AppendError, AppendInfo, LogConfig, Poisoned, ReadChunk, ReadSlice, RecoveryCut,
+    StorageError, TimestampType,
 };
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -47,8 +47,9 @@ pub(crate) struct LogState {
     pub(crate) log_start_offset: i64,
     pub(crate) log_end_offset: i64,
     pub(crate) high_watermark: i64,
-    /// Set by a failed fdatasync: every later append fails until the partition is reopened.
-    pub(crate) poisoned: Option<String>,
+    /// Set by a failed sync: every later append fails, the high watermark stays put, and
+    /// the partition cannot be reopened until the process restarts.
+    pub(crate) poisoned: Option<Poisoned>,
     pub(crate) deleted: bool,
     /// Records written since the last fdatasync (for `flush.messages`).
     pub(crate) unsynced_messages: u64,
@@ -84,10 +85,6 @@ pub(crate) struct PartitionShared {
     pub(crate) high_watermark_advanced: Notify,
     /// Serializes segment finalizations, so the recovery point only moves forward.
     pub(crate) finalize_lock: tokio::sync::Mutex<()>,
-    /// Group commits holding writes or fdatasyncs of this partition's files in the kernel.
-    /// A poisoned partition is reopened from disk only when this is zero, so no late write
-    /// lands under the reopened log.
-    pub(crate) flushes_in_flight: std::cell::Cell<usize>,
 }
 
 /// One piece of an append: consecutive batches that land in the same segment.
@@ -123,11 +120,8 @@ impl PartitionShared {
                 self.label()
             )));
         }
-        if let Some(reason) = &log.poisoned {
-            return Err(AppendError::Storage(format!(
-                "partition {} is poisoned: {reason}",
-                self.label()
-            )));
+        if let Some(poisoned) = &log.poisoned {
+            return Err(AppendError::Poisoned(poisoned.clone()));
         }
         let headers = batch::validate(&records, log.config.max_message_bytes)?;
         let now = now_ms();
@@ -549,9 +543,16 @@ impl PartitionShared {
                 use std::os::unix::fs::FileExt;
                 if let Err(error) = segment.read.0.read_exact_at(&mut block, block_start) {
                     drop(state);
-                    log.poisoned = Some(format!(
-                        "cannot reload the last block after a failed write: {error}"
-                    ));
+                    let poisoned = Poisoned {
+                        partition: self.label(),
+                        operation: format!(
+                            "reloading the last block of {} after a failed write",
+                            segment.log_path().display()
+                        ),
+                        source: std::sync::Arc::new(error),
+                    };
+                    tracing::error!(error = %poisoned, "partition poisoned");
+                    log.poisoned.get_or_insert(poisoned);
                     return;
                 }
                 state.tail_block = block;

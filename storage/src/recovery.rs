@@ -8,7 +8,7 @@
 //! startup time of a clean log must not grow with its size).
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -77,16 +77,6 @@ fn decode_recovery_point(text: &str) -> Option<i64> {
         return None;
     }
     lines.next()?.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// Writes `contents` to `dir/name` atomically (temp file, fsync, rename, fsync dir).
-pub(crate) fn write_durably(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
-    let temp = dir.join(format!("{name}.tmp"));
-    let mut file = File::create(&temp)?;
-    file.write_all(contents)?;
-    file.sync_data()?;
-    std::fs::rename(&temp, dir.join(name))?;
-    File::open(dir)?.sync_all()
 }
 
 /// A recovered partition: its segments (last = active) and log end offset.

@@ -4,7 +4,16 @@
 //!
 //! Everything here lives on one shard thread (`Rc`, `RefCell`). Must never block that thread
 //! on disk I/O after startup: opening a partition (recovery) is the exception; finalization
-//! and shutdown run their file work on the blocking pool.
+//! and shutdown go through the I/O seam (`io::IoBackend`: fdatasync on the ring, ftruncate
+//! and the small index/checkpoint/marker files on the blocking pool).
+//!
+//! Durability contract of what this module writes: a sealed segment is *finalized* (padding
+//! cut, fdatasynced, indexes written and synced, then the recovery checkpoint moved past it
+//! atomically); a clean shutdown fdatasyncs every segment with unsynced bytes, cuts and syncs
+//! the active one, writes its indexes, and writes the clean-shutdown marker last. Any of
+//! those failing poisons the partition (as a failed group-commit fdatasync does): its appends
+//! fail, its high watermark stays put, no marker is written, and `open_partition` refuses it
+//! until the process restarts and recovery reads back what the disk really holds.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -19,14 +28,14 @@ use tokio::sync::Notify;
 
 use crate::buffer::{AlignedBuffer, DIRECT_IO_ALIGN_BYTES};
 use crate::fault::{FaultBackend, FaultPlan};
-use crate::io::RingBackend;
+use crate::io::{IoBackend, RingBackend};
 use crate::log::{now_ms, LogState, PartitionShared};
 use crate::recovery::{self, CleanMarker};
 use crate::ring::Ring;
 use crate::segment::{self, Segment};
 use crate::tail_cache::{PartitionTail, TailCache};
 use crate::writer::{self, QueuedAppend};
-use crate::{FlushStats, LogConfig, StorageConfig, StorageError};
+use crate::{FlushStats, LogConfig, Poisoned, StorageConfig, StorageError};
 
 /// Extra staging bytes beyond `group_commit_bytes_max`, so the partial blocks and padding of
 /// several files do not cut a flush short. A flush writes at most the staging size, i.e.
@@ -56,6 +65,8 @@ pub(crate) struct ShardShared {
     pub(crate) partitions: RefCell<HashMap<(String, i32), Rc<PartitionShared>>>,
     pub(crate) tail_cache: RefCell<TailCache>,
     pub(crate) flush_observer: RefCell<Option<FlushObserver>>,
+    /// The I/O seam every write, sync and truncation after open goes through.
+    pub(crate) io: Rc<dyn IoBackend>,
 }
 
 fn io_error(context: String) -> impl FnOnce(io::Error) -> StorageError {
@@ -133,6 +144,17 @@ pub(crate) fn open(
             false
         }
     };
+    let backend = RingBackend {
+        ring: ring.clone(),
+        staging_registered: registered,
+    };
+    let io: Rc<dyn IoBackend> = match faults {
+        None => Rc::new(backend),
+        Some(plan) => Rc::new(FaultBackend {
+            inner: backend,
+            plan,
+        }),
+    };
     let shard = Rc::new(ShardShared {
         tail_cache: RefCell::new(TailCache::new(config.tail_cache_bytes)),
         config,
@@ -147,22 +169,9 @@ pub(crate) fn open(
         closed: Cell::new(false),
         partitions: RefCell::new(HashMap::new()),
         flush_observer: RefCell::new(None),
+        io: io.clone(),
     });
-    let backend = RingBackend {
-        ring,
-        staging_registered: registered,
-    };
-    match faults {
-        None => tokio::task::spawn_local(writer::run(shard.clone(), backend, staging)),
-        Some(plan) => tokio::task::spawn_local(writer::run(
-            shard.clone(),
-            FaultBackend {
-                inner: backend,
-                plan,
-            },
-            staging,
-        )),
-    };
+    tokio::task::spawn_local(writer::run(shard.clone(), io, staging));
     Ok(shard)
 }
 
@@ -175,20 +184,14 @@ pub(crate) fn open_partition(
     let key = (topic.to_string(), partition);
     if let Some(existing) = shard.partitions.borrow().get(&key) {
         let mut log = existing.log.borrow_mut();
-        if log.poisoned.is_none() {
-            log.config = config;
-            drop(log);
-            return Ok(existing.clone());
+        if let Some(poisoned) = &log.poisoned {
+            // Reopening would read back pages the failed sync may or may not have written
+            // and the kernel may still hold: only recovery after a restart is trustworthy.
+            return Err(StorageError::Poisoned(poisoned.clone()));
         }
-        if existing.flushes_in_flight.get() > 0 {
-            return Err(StorageError::Io {
-                context: format!("reopening poisoned partition {topic}-{partition}"),
-                source: io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "its last writes are still in flight; retry",
-                ),
-            });
-        }
+        log.config = config;
+        drop(log);
+        return Ok(existing.clone());
     }
     if shard.closing.get() {
         return Err(StorageError::Io {
@@ -228,7 +231,6 @@ pub(crate) fn open_partition(
         tail: Rc::new(RefCell::new(PartitionTail::default())),
         high_watermark_advanced: Notify::new(),
         finalize_lock: tokio::sync::Mutex::new(()),
-        flushes_in_flight: Cell::new(0),
     });
     if let Some(old) = shard.partitions.borrow_mut().insert(key, shared.clone()) {
         shard.tail_cache.borrow_mut().remove_all(&old.tail);
@@ -259,6 +261,10 @@ pub(crate) fn maybe_finalize(partition: &Rc<PartitionShared>) {
 
 async fn finalize(partition: Rc<PartitionShared>, segment: Rc<Segment>) {
     let _guard = partition.finalize_lock.lock().await;
+    if partition.log.borrow().poisoned.is_some() {
+        // Nothing moves forward on a poisoned partition, the recovery point included.
+        return;
+    }
     let (logical_bytes, offsets, times, next_offset) = {
         let mut state = segment.state.borrow_mut();
         if state.deleted {
@@ -270,41 +276,103 @@ async fn finalize(partition: Rc<PartitionShared>, segment: Rc<Segment>) {
         state.index = Some(index);
         (state.written_bytes, encoded.0, encoded.1, state.next_offset)
     };
-    let file = match segment.write_file.as_ref().map(File::try_clone).transpose() {
-        Ok(file) => file,
-        Err(error) => {
-            tracing::error!(%error, segment = %segment.log_path().display(), "cannot finalize segment");
-            return;
-        }
+    let Some(io) = partition.shard.upgrade().map(|shard| shard.io.clone()) else {
+        return;
     };
-    let dir = partition.dir.clone();
-    let base_offset = segment.base_offset;
     let checkpoint =
         recovery::encode_recovery_point(&partition.topic, partition.partition, next_offset);
-    let result = tokio::task::spawn_blocking(move || -> io::Result<()> {
-        if let Some(file) = file {
-            file.set_len(logical_bytes)?;
-            file.sync_data()?;
+    let result = async {
+        if let Some(file) = &segment.write_file {
+            truncate_and_sync(&io, &partition, &segment, file, logical_bytes).await?;
         }
-        write_synced(&segment::index_path(&dir, base_offset), &offsets)?;
-        write_synced(&segment::time_index_path(&dir, base_offset), &times)?;
-        recovery::write_durably(&dir, recovery::RECOVERY_CHECKPOINT, checkpoint.as_bytes())
-    })
+        write_indexes(&io, &partition, segment.base_offset, offsets, times).await?;
+        write_small_file(
+            &io,
+            &partition,
+            recovery::RECOVERY_CHECKPOINT,
+            checkpoint.into_bytes(),
+            true,
+        )
+        .await
+    }
     .await;
     match result {
-        Ok(Ok(())) => segment.state.borrow_mut().finalized = true,
-        Ok(Err(error)) => {
-            tracing::error!(%error, segment = %segment.log_path().display(), "segment finalization failed; the next unclean start rescans it")
+        Ok(()) => segment.state.borrow_mut().finalized = true,
+        Err(poisoned) => {
+            if let Some(shard) = partition.shard.upgrade() {
+                writer::poison(&shard, &partition, poisoned, &mut []);
+            }
         }
-        Err(error) => tracing::error!(%error, "segment finalization task failed"),
     }
 }
 
-fn write_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut file = File::create(path)?;
-    file.write_all(contents)?;
-    file.sync_data()
+/// Cuts `file` (a segment's write descriptor) to `len_bytes` and fdatasyncs it.
+async fn truncate_and_sync(
+    io: &Rc<dyn IoBackend>,
+    partition: &PartitionShared,
+    segment: &Segment,
+    file: &File,
+    len_bytes: u64,
+) -> Result<(), Poisoned> {
+    use std::os::fd::AsRawFd;
+    let path = segment.log_path();
+    let duplicate = file
+        .try_clone()
+        .map_err(poisoned(partition, format!("duplicating {}", path.display())))?;
+    io.truncate(duplicate, len_bytes)
+        .await
+        .map_err(poisoned(partition, format!("truncating {}", path.display())))?;
+    // `segment` (and so `file`) lives across the await: the descriptor stays valid.
+    io.fdatasync(file.as_raw_fd())
+        .await
+        .map_err(poisoned(partition, format!("fdatasync of {}", path.display())))?;
+    Ok(())
+}
+
+/// Writes and syncs a segment's offset and time indexes.
+async fn write_indexes(
+    io: &Rc<dyn IoBackend>,
+    partition: &PartitionShared,
+    base_offset: i64,
+    offsets: Vec<u8>,
+    times: Vec<u8>,
+) -> Result<(), Poisoned> {
+    for (path, contents) in [
+        (segment::index_path(&partition.dir, base_offset), offsets),
+        (segment::time_index_path(&partition.dir, base_offset), times),
+    ] {
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        write_small_file(io, partition, &name, contents, false).await?;
+    }
+    Ok(())
+}
+
+async fn write_small_file(
+    io: &Rc<dyn IoBackend>,
+    partition: &PartitionShared,
+    name: &str,
+    contents: Vec<u8>,
+    atomic: bool,
+) -> Result<(), Poisoned> {
+    io.write_small_file(partition.dir.clone(), name.to_string(), contents, atomic)
+        .await
+        .map(|_| ())
+        .map_err(poisoned(
+            partition,
+            format!("writing {}", partition.dir.join(name).display()),
+        ))
+}
+
+fn poisoned(partition: &PartitionShared, operation: String) -> impl FnOnce(io::Error) -> Poisoned {
+    let label = partition.label();
+    move |source| Poisoned {
+        partition: label,
+        operation,
+        source: std::sync::Arc::new(source),
+    }
 }
 
 pub(crate) fn delete_partition(
@@ -374,7 +442,7 @@ pub(crate) async fn shutdown(shard: &Rc<ShardShared>) -> Result<(), StorageError
         shard.partitions.borrow().values().cloned().collect();
     let mut first_error = None;
     for partition in partitions {
-        if let Err(error) = close_partition(&partition).await {
+        if let Err(error) = close_partition(shard, &partition).await {
             tracing::error!(%error, partition = %partition.label(), "clean shutdown of partition failed");
             first_error.get_or_insert(error);
         }
@@ -389,29 +457,30 @@ pub(crate) async fn shutdown(shard: &Rc<ShardShared>) -> Result<(), StorageError
     }
 }
 
-/// Truncates the active segment to its logical size, writes its indexes, syncs everything,
-/// and writes the clean-shutdown marker last.
-async fn close_partition(partition: &Rc<PartitionShared>) -> Result<(), StorageError> {
+/// Syncs every segment with unsynced bytes, cuts the active segment to its logical size and
+/// syncs it, writes its indexes, and writes the clean-shutdown marker last. A failure poisons
+/// the partition and leaves no marker, so the next open scans.
+async fn close_partition(
+    shard: &Rc<ShardShared>,
+    partition: &Rc<PartitionShared>,
+) -> Result<(), StorageError> {
     let _guard = partition.finalize_lock.lock().await;
-    let (files_to_sync, active_file, marker, offsets, times, active_base) = {
+    let (unsynced, active, marker, offsets, times) = {
         let log = partition.log.borrow();
         if log.deleted || log.poisoned.is_some() {
             // No marker: the next open scans and keeps only what is valid.
             return Ok(());
         }
-        let mut to_sync = Vec::new();
-        for segment in &log.segments {
-            if let Some(file) = &segment.write_file {
+        let unsynced: Vec<Rc<Segment>> = log
+            .segments
+            .iter()
+            .filter(|segment| {
                 let state = segment.state.borrow();
-                if state.durable_bytes < state.written_bytes {
-                    to_sync.push(file.try_clone().map_err(io_error(format!(
-                        "cloning {}",
-                        segment.log_path().display()
-                    )))?);
-                }
-            }
-        }
-        let active = log.active();
+                segment.write_file.is_some() && state.durable_bytes < state.written_bytes
+            })
+            .cloned()
+            .collect();
+        let active = log.active().clone();
         let mut state = active.state.borrow_mut();
         let mut index = state.index.clone().unwrap_or_default();
         index.seal_time_index();
@@ -426,45 +495,36 @@ async fn close_partition(partition: &Rc<PartitionShared>) -> Result<(), StorageE
             active_bytes: state.written_bytes,
             max_timestamp: state.max_timestamp,
         };
-        let file = active
-            .write_file
-            .as_ref()
-            .map(File::try_clone)
-            .transpose()
-            .map_err(io_error(format!("cloning {}", active.log_path().display())))?;
-        (
-            to_sync,
-            file,
-            marker,
-            encoded.0,
-            encoded.1,
-            active.base_offset,
-        )
+        drop(state);
+        (unsynced, active, marker, encoded.0, encoded.1)
     };
-    let dir = partition.dir.clone();
-    let label = partition.label();
-    let result = tokio::task::spawn_blocking(move || -> io::Result<()> {
-        for file in files_to_sync {
-            file.sync_data()?;
+    let io = shard.io.clone();
+    let result = async {
+        use std::os::fd::AsRawFd;
+        for segment in &unsynced {
+            if let Some(file) = &segment.write_file {
+                io.fdatasync(file.as_raw_fd()).await.map_err(poisoned(
+                    partition,
+                    format!("fdatasync of {}", segment.log_path().display()),
+                ))?;
+            }
         }
-        if let Some(file) = active_file {
-            file.set_len(marker.active_bytes)?;
-            file.sync_all()?;
+        if let Some(file) = &active.write_file {
+            truncate_and_sync(&io, partition, &active, file, marker.active_bytes).await?;
         }
-        write_synced(&segment::index_path(&dir, active_base), &offsets)?;
-        write_synced(&segment::time_index_path(&dir, active_base), &times)?;
-        recovery::write_durably(&dir, recovery::CLEAN_MARKER, marker.encode().as_bytes())
-    })
-    .await;
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(StorageError::Io {
-            context: format!("clean shutdown of {label}"),
-            source: error,
-        }),
-        Err(error) => Err(StorageError::Io {
-            context: format!("clean shutdown of {label}"),
-            source: io::Error::other(error.to_string()),
-        }),
+        write_indexes(&io, partition, active.base_offset, offsets, times).await?;
+        write_small_file(
+            &io,
+            partition,
+            recovery::CLEAN_MARKER,
+            marker.encode().into_bytes(),
+            true,
+        )
+        .await
     }
+    .await;
+    result.map_err(|poisoned| {
+        writer::poison(shard, partition, poisoned.clone(), &mut []);
+        StorageError::Poisoned(poisoned)
+    })
 }

@@ -34,7 +34,7 @@ use crate::log::PartitionShared;
 use crate::segment::Segment;
 use crate::shard::ShardShared;
 use crate::stamped::Stamped;
-use crate::{Ack, AppendError, AppendInfo, FlushStats};
+use crate::{Ack, AppendError, AppendInfo, FlushStats, Poisoned};
 
 /// Who waits for an append and for what.
 pub(crate) struct Waiter {
@@ -76,11 +76,27 @@ impl QueuedAppend {
         }
     }
 
-    fn fail(&mut self, reason: &str) {
+    fn fail(&mut self, failure: &Failure) {
         if let Some(waiter) = self.waiter.take() {
-            let _ = waiter
-                .sender
-                .send(Err(AppendError::Storage(reason.to_string())));
+            let _ = waiter.sender.send(Err(failure.to_error()));
+        }
+    }
+}
+
+/// Why a partition's appends in a flush fail.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    /// Its write failed (rolled back: the space is reused).
+    Write(String),
+    /// A sync failed, now or earlier: the partition is poisoned.
+    Poison(Poisoned),
+}
+
+impl Failure {
+    fn to_error(&self) -> AppendError {
+        match self {
+            Failure::Write(reason) => AppendError::Storage(reason.clone()),
+            Failure::Poison(poisoned) => AppendError::Poisoned(poisoned.clone()),
         }
     }
 }
@@ -109,8 +125,8 @@ struct PartFlush {
     rollback_to: (Rc<Segment>, u64, i64),
     records: u64,
     sync: bool,
-    failure: Option<String>,
-    /// The failure is a failed write (rolled back), not a failed fdatasync (poison).
+    failure: Option<Failure>,
+    /// The failure is a failed write (rolled back), not a failed sync (poison).
     write_failed: bool,
 }
 
@@ -220,15 +236,12 @@ async fn sync_due<B: IoBackend>(shard: &Rc<ShardShared>, backend: &B) {
             match future.await {
                 Ok(_) => mark_durable(&segment, written),
                 Err(error) => {
-                    failure = Some(format!(
-                        "fdatasync of {} failed: {error}",
-                        segment.log_path().display()
-                    ))
+                    failure.get_or_insert(sync_failed(&partition, &segment, written, error));
                 }
             }
         }
         match failure {
-            Some(reason) => poison(shard, &partition, &reason, &mut []),
+            Some(poisoned) => poison(shard, &partition, poisoned, &mut []),
             None => {
                 let mut log = partition.log.borrow_mut();
                 log.unsynced_messages = 0;
@@ -285,6 +298,26 @@ fn sync_partition<B: IoBackend>(
         }
     }
     pending
+}
+
+/// The poison of a failed fdatasync of `segment`'s file (`written` = u64::MAX: of the
+/// partition directory, after `segment` was created).
+fn sync_failed(
+    partition: &PartitionShared,
+    segment: &Segment,
+    written: u64,
+    error: io::Error,
+) -> Poisoned {
+    let operation = if written == u64::MAX {
+        format!("fdatasync of directory {}", partition.dir.display())
+    } else {
+        format!("fdatasync of {}", segment.log_path().display())
+    };
+    Poisoned {
+        partition: partition.label(),
+        operation,
+        source: std::sync::Arc::new(error),
+    }
 }
 
 /// Records a completed fdatasync up to `written` (u64::MAX: the directory sync).
@@ -414,7 +447,9 @@ fn start_flush<B: IoBackend>(
         if let Some(mut item) = shard.queue.borrow_mut().pop_front() {
             // Cannot happen with a budget of at least two blocks; never spin on it.
             tracing::error!("group commit planned an empty flush; failing the queue head");
-            item.fail("internal error: append does not fit the staging buffer");
+            item.fail(&Failure::Write(
+                "internal error: append does not fit the staging buffer".into(),
+            ));
         }
         return None;
     }
@@ -528,12 +563,6 @@ fn start_flush<B: IoBackend>(
         records: parts.iter().map(|part| part.records).sum(),
         ..FlushStats::default()
     };
-    for part in &parts {
-        let partition = &part.partition;
-        partition
-            .flushes_in_flight
-            .set(partition.flushes_in_flight.get() + 1);
-    }
     Some(Flush {
         groups,
         parts,
@@ -573,10 +602,10 @@ async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut
         if let Err(error) = result {
             let part = &mut flush.parts[group.partition];
             if part.failure.is_none() {
-                part.failure = Some(format!(
+                part.failure = Some(Failure::Write(format!(
                     "write to {} failed: {error}",
                     group.segment.log_path().display()
-                ));
+                )));
                 part.write_failed = true;
             }
         }
@@ -601,8 +630,18 @@ async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut
     }
     for part in flush.parts.iter() {
         if part.write_failed {
-            if let Some(reason) = &part.failure {
-                fail_partition(shard, part, reason, &mut flush.taken);
+            if let Some(failure) = &part.failure {
+                fail_partition(shard, part, failure, &mut flush.taken);
+            }
+        }
+    }
+    // A sync that failed outside this flush (finalization, a flush.ms sync) poisoned the
+    // partition after this flush was submitted: nothing more of it becomes visible.
+    for part in flush.parts.iter_mut() {
+        if part.failure.is_none() {
+            if let Some(poisoned) = part.partition.log.borrow().poisoned.clone() {
+                fail_appends(shard, &part.partition, &Failure::Poison(poisoned.clone()), &mut flush.taken);
+                part.failure = Some(Failure::Poison(poisoned));
             }
         }
     }
@@ -645,13 +684,16 @@ async fn finish_syncs(shard: &ShardShared, mut flush: Flush, mut next: Option<&m
         if part.failure.is_some() {
             continue;
         }
+        let written = group.start_bytes + group.new_bytes as u64;
         match result {
-            Ok(_) => mark_durable(&group.segment, group.start_bytes + group.new_bytes as u64),
+            Ok(_) => mark_durable(&group.segment, written),
             Err(error) => {
-                part.failure = Some(format!(
-                    "fdatasync of {} failed: {error}",
-                    group.segment.log_path().display()
-                ))
+                part.failure = Some(Failure::Poison(sync_failed(
+                    &part.partition,
+                    &group.segment,
+                    written,
+                    error,
+                )))
             }
         }
     }
@@ -665,31 +707,40 @@ async fn finish_syncs(shard: &ShardShared, mut flush: Flush, mut next: Option<&m
         match result {
             Ok(_) => mark_durable(&segment, written),
             Err(error) => {
-                part.failure = Some(format!(
-                    "fdatasync in {} failed: {error}",
-                    part.partition.dir.display()
-                ))
+                part.failure = Some(Failure::Poison(sync_failed(
+                    &part.partition,
+                    &segment,
+                    written,
+                    error,
+                )))
             }
         }
     }
     if any_sync {
         flush.stats.fsync_ns = sync_started.elapsed().as_nanos() as u64;
     }
-    for part in flush.parts.iter() {
+    for part in flush.parts.iter_mut() {
         if !part.sync || part.write_failed {
             continue;
         }
+        if part.failure.is_none() {
+            // Poisoned by a failed sync outside this flush (finalization) while it ran.
+            if let Some(poisoned) = part.partition.log.borrow().poisoned.clone() {
+                part.failure = Some(Failure::Poison(poisoned));
+            }
+        }
         match &part.failure {
-            Some(reason) => {
-                poison(shard, &part.partition, reason, &mut flush.taken);
+            Some(Failure::Poison(poisoned)) => {
+                poison(shard, &part.partition, poisoned.clone(), &mut flush.taken);
                 if let Some(next) = next.as_deref_mut() {
                     if let Some(&index) = next.part_of.get(&key(&part.partition)) {
-                        let reason = format!("an earlier fdatasync failed: {reason}");
-                        fail_appends(shard, &part.partition, &reason, &mut next.taken);
-                        next.parts[index].failure.get_or_insert(reason);
+                        let failure = Failure::Poison(poisoned.clone());
+                        fail_appends(shard, &part.partition, &failure, &mut next.taken);
+                        next.parts[index].failure.get_or_insert(failure);
                     }
                 }
             }
+            Some(Failure::Write(_)) => {}
             None => {
                 let mut log = part.partition.log.borrow_mut();
                 log.unsynced_messages = 0;
@@ -712,12 +763,6 @@ async fn finish_syncs(shard: &ShardShared, mut flush: Flush, mut next: Option<&m
         }
         crate::shard::maybe_finalize(&part.partition);
     }
-    for part in flush.parts.iter() {
-        let partition = &part.partition;
-        partition
-            .flushes_in_flight
-            .set(partition.flushes_in_flight.get() - 1);
-    }
     if let Some(observer) = shard.flush_observer.borrow().as_ref() {
         observer(&flush.stats);
     }
@@ -725,46 +770,54 @@ async fn finish_syncs(shard: &ShardShared, mut flush: Flush, mut next: Option<&m
 
 /// Fails the partition's appends in this flush and in the queue, then rolls its log back to
 /// the first of them (a failed write: the space is reused).
-fn fail_partition(shard: &ShardShared, part: &PartFlush, reason: &str, taken: &mut [QueuedAppend]) {
-    tracing::error!(partition = %part.partition.label(), reason, "appends failed");
-    fail_appends(shard, &part.partition, reason, taken);
+fn fail_partition(
+    shard: &ShardShared,
+    part: &PartFlush,
+    failure: &Failure,
+    taken: &mut [QueuedAppend],
+) {
+    tracing::error!(partition = %part.partition.label(), ?failure, "appends failed");
+    fail_appends(shard, &part.partition, failure, taken);
     let (segment, position, first_offset) = &part.rollback_to;
     part.partition.roll_back(segment, *position, *first_offset);
 }
 
-/// Marks the partition poisoned after a failed fdatasync and fails its pending appends.
-fn poison(
+/// Marks the partition poisoned after a failed sync (the first cause is kept) and fails its
+/// pending appends, in `taken` and in the queue.
+pub(crate) fn poison(
     shard: &ShardShared,
     partition: &Rc<PartitionShared>,
-    reason: &str,
+    poisoned: Poisoned,
     taken: &mut [QueuedAppend],
 ) {
-    let first = partition.log.borrow().poisoned.is_none();
-    if first {
-        tracing::error!(partition = %partition.label(), reason, "fdatasync failed: partition poisoned until reopened");
-        partition.log.borrow_mut().poisoned = Some(reason.to_string());
-    }
-    fail_appends(shard, partition, reason, taken);
+    let cause = {
+        let mut log = partition.log.borrow_mut();
+        if log.poisoned.is_none() {
+            tracing::error!(partition = %partition.label(), error = %poisoned, "sync failed: partition poisoned until the process restarts");
+        }
+        log.poisoned.get_or_insert(poisoned).clone()
+    };
+    fail_appends(shard, partition, &Failure::Poison(cause), taken);
 }
 
 fn fail_appends(
     shard: &ShardShared,
     partition: &Rc<PartitionShared>,
-    reason: &str,
+    failure: &Failure,
     taken: &mut [QueuedAppend],
 ) {
     for item in taken
         .iter_mut()
         .filter(|item| Rc::ptr_eq(&item.partition, partition))
     {
-        item.fail(reason);
+        item.fail(failure);
     }
     let mut queue = shard.queue.borrow_mut();
     let mut removed_bytes = 0usize;
     queue.retain_mut(|item| {
         if Rc::ptr_eq(&item.partition, partition) {
             removed_bytes += item.data.len() - item.consumed;
-            item.fail(reason);
+            item.fail(failure);
             false
         } else {
             true

@@ -1,12 +1,13 @@
 //! Disk errors through the fault-injection backend: ENOSPC and EIO fail the waiting appends,
 //! roll the log end back so no partial batch is visible, and later appends work; a torn write
-//! never survives recovery; a failed fdatasync poisons the partition until it is reopened.
+//! never survives recovery; a failed sync (group commit, finalization, shutdown) poisons the
+//! partition with a typed error that keeps the io::Error, and it is not reopened in-process.
 
 mod common;
 
 use common::*;
 use sluice_storage::fault::FaultPlan;
-use sluice_storage::{Ack, AppendError, LogConfig, ShardStorage};
+use sluice_storage::{codes, Ack, AppendError, LogConfig, Partition, ShardStorage, StorageError};
 
 fn run_with_faults(direct_io: bool, test: impl AsyncFnOnce(ShardStorage, FaultPlan)) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -177,7 +178,7 @@ fn torn_write_is_never_served_nor_recovered(direct_io: bool) {
 }
 
 #[test]
-fn failed_fdatasync_poisons_until_reopened() {
+fn failed_fdatasync_poisons_until_the_process_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     tokio_uring::start(async {
         let plan = FaultPlan::new();
@@ -196,30 +197,175 @@ fn failed_fdatasync_poisons_until_reopened() {
             .append(bytes(make_batch(1, 1, 100, 0)), Ack::Durable, 0)
             .await
             .expect_err("fsync failed");
-        assert!(matches!(error, AppendError::Storage(_)));
+        assert_poisoned_by_eio(&error, "fdatasync");
         assert_eq!(
             partition.high_watermark(),
             1,
             "undurable data never becomes visible"
         );
-        assert!(partition.poisoned().is_some());
+        let cause = partition.poisoned().expect("poisoned");
+        assert_eq!(cause.partition, "sync-0");
+        assert_eq!(cause.source.raw_os_error(), Some(libc::EIO));
         let error = partition
             .append(bytes(make_batch(2, 1, 100, 0)), Ack::Written, 0)
             .await
             .expect_err("poisoned");
-        assert!(error.to_string().contains("poisoned"), "{error}");
+        assert_eq!(error.kafka_error_code(), codes::KAFKA_STORAGE_ERROR);
+        assert!(matches!(error, AppendError::Poisoned(_)), "{error:?}");
         assert_eq!(read_all(&partition, 0).len(), 1, "still readable");
-        let reopened = storage
+        let refused = match storage.open_partition("sync", 0, LogConfig::default()) {
+            Ok(_) => panic!("a poisoned partition was reopened in-process"),
+            Err(error) => error,
+        };
+        assert!(matches!(refused, StorageError::Poisoned(_)), "{refused:?}");
+        assert_eq!(refused.kafka_error_code(), codes::KAFKA_STORAGE_ERROR);
+        assert_eq!(partition.high_watermark(), 1);
+        let (writes, syncs) = plan.operation_counts();
+        assert!(writes >= 2 && syncs >= 2, "{writes} writes, {syncs} syncs");
+        // No clean-shutdown marker for a poisoned partition: the next start scans.
+        storage.shutdown().await.expect("shutdown");
+    });
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("restart");
+        let partition = storage
             .open_partition("sync", 0, LogConfig::default())
-            .expect("reopen");
-        assert!(reopened.poisoned().is_none());
-        let info = reopened
+            .expect("a restart reopens it");
+        assert!(partition.poisoned().is_none());
+        // The batch whose fdatasync failed may or may not be on disk; recovery decides.
+        let end = partition.log_end_offset();
+        assert!((1..=2).contains(&end), "log end {end}");
+        let info = partition
             .append(bytes(make_batch(3, 1, 100, 0)), Ack::Durable, 0)
             .await
-            .expect("append after reopen");
-        assert!(info.base_offset >= 1);
-        let (writes, syncs) = plan.operation_counts();
-        assert!(writes >= 3 && syncs >= 3, "{writes} writes, {syncs} syncs");
+            .expect("append after restart");
+        assert_eq!(info.base_offset, end);
+    });
+}
+
+/// The error is the typed poison, keeps the EIO as its source, and names `operation`.
+fn assert_poisoned_by_eio(error: &AppendError, operation: &str) {
+    use std::error::Error;
+    let AppendError::Poisoned(poisoned) = error else {
+        panic!("expected a poison error, got {error:?}");
+    };
+    assert!(poisoned.operation.contains(operation), "{poisoned}");
+    let source = error.source().expect("the poison keeps its io::Error source");
+    let io_error = source
+        .downcast_ref::<std::io::Error>()
+        .expect("the source is the io::Error");
+    assert_eq!(io_error.raw_os_error(), Some(libc::EIO));
+    assert_eq!(error.kafka_error_code(), codes::KAFKA_STORAGE_ERROR);
+}
+
+/// Appends until the partition has rolled once (small segments), acks=all.
+async fn fill_past_a_roll(partition: &Partition) -> i64 {
+    let mut tag = 0u64;
+    while partition.segment_count() < 2 {
+        partition
+            .append(bytes(make_batch(tag, 2, 900, 0)), Ack::Durable, 0)
+            .await
+            .expect("append");
+        tag += 1;
+    }
+    partition.high_watermark()
+}
+
+/// A failed fdatasync (or truncation, or index or checkpoint write) while finalizing a sealed
+/// segment poisons the partition: before this, it was only logged, and a later fdatasync
+/// of the same file could report success over lost pages.
+fn failed_finalization_poisons(arm: impl Fn(&FaultPlan), operation: &str) {
+    run_with_faults(true, async |storage, plan| {
+        let partition = storage
+            .open_partition("fin", 0, small_segments(4096))
+            .expect("partition");
+        // Truncations and small files happen only in finalization: arm those first. The
+        // finalization's fdatasync comes after its truncation on the blocking pool, so an
+        // fdatasync fault armed right after the rolling append is the finalization's.
+        if !operation.contains("fdatasync") {
+            arm(&plan);
+        }
+        let visible = fill_past_a_roll(&partition).await;
+        if operation.contains("fdatasync") {
+            arm(&plan);
+        }
+        for _ in 0..200 {
+            if partition.poisoned().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let cause = partition
+            .poisoned()
+            .unwrap_or_else(|| panic!("finalization's failed {operation} poisons"));
+        assert!(cause.operation.contains(operation), "{cause}");
+        assert_eq!(cause.source.raw_os_error(), Some(libc::EIO));
+        let error = partition
+            .append(bytes(make_batch(99, 1, 10, 0)), Ack::Durable, 0)
+            .await
+            .expect_err("poisoned");
+        assert!(matches!(error, AppendError::Poisoned(_)), "{error:?}");
+        assert_eq!(partition.high_watermark(), visible, "the high watermark stops");
+        assert!(storage
+            .open_partition("fin", 0, small_segments(4096))
+            .is_err());
+    });
+}
+
+#[test]
+fn failed_finalize_fdatasync_poisons() {
+    failed_finalization_poisons(|plan| plan.fail_next_sync(libc::EIO), "fdatasync");
+}
+
+#[test]
+fn failed_finalize_truncate_poisons() {
+    failed_finalization_poisons(|plan| plan.fail_next_truncate(libc::EIO), "truncating");
+}
+
+#[test]
+fn failed_index_write_poisons() {
+    failed_finalization_poisons(|plan| plan.fail_next_small_file(libc::EIO), "index");
+}
+
+/// A failed sync at clean shutdown poisons, fails the shutdown and writes no marker: the
+/// next open scans instead of trusting sizes the failed sync did not make durable.
+#[test]
+fn failed_shutdown_sync_poisons_and_leaves_no_marker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut expected = Vec::new();
+    tokio_uring::start(async {
+        let plan = FaultPlan::new();
+        let storage =
+            ShardStorage::open_with_faults(storage_config(dir.path(), true), plan.clone())
+                .expect("open");
+        let partition = storage
+            .open_partition("down", 0, LogConfig::default())
+            .expect("partition");
+        for tag in 0..3u64 {
+            let batch = make_batch(tag, 2, 300, 0);
+            let info = partition
+                .append(bytes(batch.clone()), Ack::Durable, 0)
+                .await
+                .expect("append");
+            expected.push(expected_stored(&batch, info.base_offset, 0));
+        }
+        plan.fail_next_sync(libc::EIO);
+        let error = storage.shutdown().await.expect_err("the shutdown sync failed");
+        let StorageError::Poisoned(cause) = &error else {
+            panic!("expected a poison error, got {error:?}");
+        };
+        assert!(cause.operation.contains("fdatasync"), "{cause}");
+        assert!(partition.poisoned().is_some());
+        assert!(
+            !partition.dir().join(".sluice-clean-shutdown").exists(),
+            "no clean-shutdown marker after a failed sync"
+        );
+    });
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("restart");
+        let partition = storage
+            .open_partition("down", 0, LogConfig::default())
+            .expect("partition");
+        assert_eq!(read_all(&partition, 0), expected, "acknowledged data survives");
     });
 }
 
