@@ -188,7 +188,7 @@ async fn append_on_owner(
 
 fn log_append_error(topic: &str, index: i32, error: &AppendError) {
     match error {
-        AppendError::Storage(_) => {
+        AppendError::Storage(_) | AppendError::Poisoned(_) => {
             tracing::error!(topic, partition = index, %error, "append failed")
         }
         _ => tracing::info!(topic, partition = index, %error, "append rejected"),

@@ -30,6 +30,7 @@ pub mod fault;
 mod index;
 mod io;
 mod log;
+mod offsets;
 mod recovery;
 mod retention;
 pub mod ring;
@@ -507,7 +508,7 @@ impl Partition {
             advanced.as_mut().enable();
             {
                 let log = self.0.log.borrow();
-                if log.high_watermark > offset || log.deleted {
+                if log.offsets.high_watermark() > offset || log.deleted {
                     return;
                 }
             }
@@ -517,17 +518,17 @@ impl Partition {
 
     /// Offset one past the last record visible to readers.
     pub fn high_watermark(&self) -> i64 {
-        self.0.log.borrow().high_watermark
+        self.0.log.borrow().offsets.high_watermark()
     }
 
     /// First offset still present.
     pub fn log_start_offset(&self) -> i64 {
-        self.0.log.borrow().log_start_offset
+        self.0.log.borrow().offsets.start()
     }
 
     /// Next offset to be assigned.
     pub fn log_end_offset(&self) -> i64 {
-        self.0.log.borrow().log_end_offset
+        self.0.log.borrow().offsets.end()
     }
 
     /// Earliest batch whose max timestamp >= `timestamp_ms`, as (its base offset, its max

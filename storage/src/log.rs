@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
 use crate::batch::{self, RecordBatchHeader};
+use crate::offsets::{HighWatermark, LogEndOffset, LogOffsets};
 use crate::segment::Segment;
 use crate::shard::ShardShared;
 use crate::stamped::Stamped;
@@ -44,9 +45,8 @@ pub(crate) struct LogState {
     pub(crate) config: LogConfig,
     /// In base-offset order; the last one is active. Never empty.
     pub(crate) segments: Vec<Rc<Segment>>,
-    pub(crate) log_start_offset: i64,
-    pub(crate) log_end_offset: i64,
-    pub(crate) high_watermark: i64,
+    /// Log start <= high watermark <= log end, asserted on every change.
+    pub(crate) offsets: LogOffsets,
     /// Set by a failed sync: every later append fails, the high watermark stays put, and
     /// the partition cannot be reopened until the process restarts.
     pub(crate) poisoned: Option<Poisoned>,
@@ -139,7 +139,7 @@ impl PartitionShared {
             base_offset: first_offset,
             last_offset,
             log_append_time_ms: if log_append_time { now } else { -1 },
-            log_start_offset: log.log_start_offset,
+            log_start_offset: log.offsets.start(),
         };
         drop(log);
 
@@ -222,7 +222,7 @@ impl PartitionShared {
                 log.active().base_offset,
             )
         };
-        let mut offset = log.log_end_offset;
+        let mut offset = log.offsets.end();
         let mut rolls = Vec::new();
         for (index, header) in headers.iter().enumerate() {
             let size = header.size_bytes() as u64;
@@ -269,7 +269,7 @@ impl PartitionShared {
                 }
             }
             let size = header.size_bytes();
-            let base = log.log_end_offset;
+            let base = log.offsets.end();
             let last = base + i64::from(header.last_offset_delta);
             bases.push(base);
             let active = log.active().clone();
@@ -280,7 +280,7 @@ impl PartitionShared {
                 state.next_offset = last + 1;
                 position
             };
-            log.log_end_offset = last + 1;
+            log.offsets.reserve(LogEndOffset(last + 1));
             match pieces.last_mut() {
                 Some(piece) if Rc::ptr_eq(&piece.segment, &active) => {
                     piece.range.end += size;
@@ -311,26 +311,26 @@ impl PartitionShared {
         min_one_batch: bool,
     ) -> Result<ReadSlice, StorageError> {
         let log = self.log.borrow();
-        if offset < log.log_start_offset || offset > log.log_end_offset {
+        if offset < log.offsets.start() || offset > log.offsets.end() {
             return Err(StorageError::OffsetOutOfRange {
                 offset,
-                log_start_offset: log.log_start_offset,
-                log_end_offset: log.log_end_offset,
+                log_start_offset: log.offsets.start(),
+                log_end_offset: log.offsets.end(),
             });
         }
         let mut slice = ReadSlice {
             chunks: Vec::new(),
             total_bytes: 0,
-            high_watermark: log.high_watermark,
-            log_start_offset: log.log_start_offset,
+            high_watermark: log.offsets.high_watermark(),
+            log_start_offset: log.offsets.start(),
         };
-        if offset >= log.high_watermark {
+        if offset >= log.offsets.high_watermark() {
             return Ok(slice);
         }
         if let Some((chunks, total_bytes)) =
             self.tail
                 .borrow()
-                .read(offset, log.high_watermark, max_bytes, min_one_batch)
+                .read(offset, log.offsets.high_watermark(), max_bytes, min_one_batch)
         {
             slice.chunks = chunks.into_iter().map(ReadChunk::Memory).collect();
             slice.total_bytes = total_bytes;
@@ -447,7 +447,7 @@ impl PartitionShared {
             match segment.find_time(timestamp_ms, visible_bytes, interval_bytes) {
                 Ok(Some((_, header))) => {
                     return Some((
-                        header.base_offset.max(log.log_start_offset),
+                        header.base_offset.max(log.offsets.start()),
                         header.max_timestamp,
                     ))
                 }
@@ -510,8 +510,7 @@ impl PartitionShared {
             state.visible_bytes = position + data.len() as u64;
             state.visible_next_offset = last_offset + 1;
         }
-        debug_assert!(last_offset + 1 > log.high_watermark);
-        log.high_watermark = last_offset + 1;
+        log.offsets.publish(HighWatermark(last_offset + 1));
     }
 
     /// Undoes the reservation of every append from (`segment`, `position`, `first_offset`)
@@ -524,7 +523,7 @@ impl PartitionShared {
                 removed.unlink();
             }
         }
-        log.log_end_offset = first_offset;
+        log.offsets.roll_back(LogEndOffset(first_offset));
         let mut state = segment.state.borrow_mut();
         state.sealed = false;
         state.reserved_bytes = position;

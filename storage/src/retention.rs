@@ -54,7 +54,8 @@ pub(crate) fn enforce(partition: &PartitionShared, now_ms: i64) -> usize {
         );
     }
     if removed > 0 {
-        log.log_start_offset = log.segments[0].base_offset;
+        let start = log.segments[0].base_offset;
+        log.offsets.advance_start(crate::offsets::LogStartOffset(start));
     }
     removed
 }

@@ -30,6 +30,7 @@ use crate::buffer::{AlignedBuffer, DIRECT_IO_ALIGN_BYTES};
 use crate::fault::{FaultBackend, FaultPlan};
 use crate::io::{IoBackend, RingBackend};
 use crate::log::{now_ms, LogState, PartitionShared};
+use crate::offsets::{LogEndOffset, LogOffsets, LogStartOffset};
 use crate::recovery::{self, CleanMarker};
 use crate::ring::Ring;
 use crate::segment::{self, Segment};
@@ -219,9 +220,10 @@ pub(crate) fn open_partition(
         log: RefCell::new(LogState {
             config,
             segments,
-            log_start_offset,
-            log_end_offset: recovered.log_end_offset,
-            high_watermark: recovered.log_end_offset,
+            offsets: LogOffsets::opened(
+                LogStartOffset(log_start_offset),
+                LogEndOffset(recovered.log_end_offset),
+            ),
             poisoned: None,
             deleted: false,
             unsynced_messages: 0,
@@ -487,11 +489,12 @@ async fn close_partition(
         let encoded = (index.encode_offsets(), index.encode_times());
         state.index = Some(index);
         debug_assert_eq!(
-            log.high_watermark, log.log_end_offset,
+            log.offsets.high_watermark(),
+            log.offsets.end(),
             "shutdown with unflushed appends"
         );
         let marker = CleanMarker {
-            log_end_offset: log.log_end_offset,
+            log_end_offset: log.offsets.end(),
             active_bytes: state.written_bytes,
             max_timestamp: state.max_timestamp,
         };

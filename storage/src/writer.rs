@@ -65,7 +65,7 @@ impl QueuedAppend {
     fn complete(&mut self, stats: &mut FlushStats) {
         if let Some(waiter) = self.waiter.take() {
             let mut info = waiter.info;
-            info.log_start_offset = self.partition.log.borrow().log_start_offset;
+            info.log_start_offset = self.partition.log.borrow().offsets.start();
             if waiter.ack == Ack::Durable {
                 stats
                     .append_to_durable_ns
