@@ -150,7 +150,10 @@ impl FaultPlan {
     /// Starts keeping undo records of every write and truncation through the seam, for
     /// [`FaultPlan::lose_power`]. Call before the storage writes anything.
     pub fn model_power_loss(&self) {
-        self.0.borrow_mut().power.get_or_insert_with(PowerModel::default);
+        self.0
+            .borrow_mut()
+            .power
+            .get_or_insert_with(PowerModel::default);
     }
 
     /// Loses power: every write and truncation no completed fdatasync covers is undone, newest
@@ -166,7 +169,9 @@ impl FaultPlan {
         let newest = model
             .files
             .iter()
-            .flat_map(|(inode, tracked)| tracked.undo.iter().map(move |undo| (undo.sequence, *inode)))
+            .flat_map(|(inode, tracked)| {
+                tracked.undo.iter().map(move |undo| (undo.sequence, *inode))
+            })
             .max();
         let mut torn: Option<(Inode, u64, Vec<u8>)> = None;
         for (inode, tracked) in model.files.iter_mut() {
@@ -224,8 +229,14 @@ impl FaultPlan {
 
     fn take_fault(&self, matches: impl Fn(&Fault) -> Option<i32>) -> Option<i32> {
         let mut state = self.0.borrow_mut();
-        let position = state.faults.iter().position(|fault| matches(fault).is_some())?;
-        state.faults.remove(position).and_then(|fault| matches(&fault))
+        let position = state
+            .faults
+            .iter()
+            .position(|fault| matches(fault).is_some())?;
+        state
+            .faults
+            .remove(position)
+            .and_then(|fault| matches(&fault))
     }
 
     /// Records the undo of a change of `fd` at `position` (a write of `new_bytes`, or a
@@ -276,7 +287,11 @@ impl FaultPlan {
         let mut state = self.0.borrow_mut();
         if let Some(model) = state.power.as_mut() {
             for tracked in model.files.values_mut() {
-                for undo in tracked.undo.iter_mut().filter(|undo| undo.sequence == sequence) {
+                for undo in tracked
+                    .undo
+                    .iter_mut()
+                    .filter(|undo| undo.sequence == sequence)
+                {
                     undo.completed = true;
                 }
             }
@@ -431,9 +446,9 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
             }
             _ => {}
         }
-        let change = self
-            .plan
-            .record_change(write.fd, write.file_position, Some(new_bytes(write.len)));
+        let change =
+            self.plan
+                .record_change(write.fd, write.file_position, Some(new_bytes(write.len)));
         self.with_sync_fault(write.fd, sync, change, |sync| {
             self.inner.write(staging, write, sync)
         })
@@ -471,9 +486,7 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
             .plan
             .record_change(fd, file_position, Some(pieces.concat()));
         if torn_write {
-            let (written, _) = self
-                .inner
-                .write_vectored(fd, file_position, pieces, false);
+            let (written, _) = self.inner.write_vectored(fd, file_position, pieces, false);
             return (torn(self.completes(written, change)), canceled());
         }
         self.with_sync_fault(fd, sync, change, |sync| {

@@ -121,15 +121,15 @@ impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
 }
 
 /// Runs `work` on the blocking pool; a panicked or cancelled task is an error, not a panic.
-pub(crate) fn on_blocking_pool(
-    work: impl FnOnce() -> io::Result<()> + Send + 'static,
-) -> IoFuture {
+pub(crate) fn on_blocking_pool(work: impl FnOnce() -> io::Result<()> + Send + 'static) -> IoFuture {
     let task = tokio::task::spawn_blocking(work);
     Box::pin(async move {
         match task.await {
             Ok(Ok(())) => Ok(0),
             Ok(Err(error)) => Err(error),
-            Err(join) => Err(io::Error::other(format!("blocking file task failed: {join}"))),
+            Err(join) => Err(io::Error::other(format!(
+                "blocking file task failed: {join}"
+            ))),
         }
     })
 }

@@ -6,9 +6,11 @@
 //! shard's thread on disk I/O after startup (recovery at open is the one exception).
 //!
 //! This file is the API contract the broker codes against; the engine lives in the modules:
-//! `batch` (header validation), `segment` and `index` (files), `recovery`, `log` (offsets,
-//! reservation, reads), `writer` (group commit), `ring` (io_uring), `io`/`fault` (the writer's
-//! I/O seam), `tail_cache`, `retention` and `shard`.
+//! `batch` (header validation), `segment` and `index` (files), `recovery`, `log` (reservation,
+//! reads), `offsets` (log start <= high watermark <= log end, asserted), `writer` (group
+//! commit), `ring` (io_uring), `io`/`fault` (the I/O seam every write, sync and truncation
+//! after open goes through, and its fault-injecting, power-losing test double),
+//! `tail_cache`, `retention` and `shard`.
 //!
 //! Durability policy: under the default topic policy (`flush.messages`/`flush.ms` unset) an
 //! append waited on with `Ack::Durable` completes only after the fdatasync covering it, and
@@ -16,6 +18,11 @@
 //! when the write reached the file; `Ack::None` returns once validated and queued. With
 //! `flush.messages`/`flush.ms` set, `Ack::Durable` completes and the high watermark moves
 //! after the write, and fdatasync happens per the policy.
+//!
+//! A failed sync of anything a partition depends on (a group commit's fdatasync, a sealed
+//! segment's finalization, clean shutdown's syncs, index and checkpoint writes) poisons that
+//! partition ([`Poisoned`], KAFKA_STORAGE_ERROR): appends fail, the high watermark stays, and
+//! it is not reopened until the process restarts.
 #![deny(missing_docs)]
 
 use std::path::PathBuf;

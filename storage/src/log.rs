@@ -327,11 +327,12 @@ impl PartitionShared {
         if offset >= log.offsets.high_watermark() {
             return Ok(slice);
         }
-        if let Some((chunks, total_bytes)) =
-            self.tail
-                .borrow()
-                .read(offset, log.offsets.high_watermark(), max_bytes, min_one_batch)
-        {
+        if let Some((chunks, total_bytes)) = self.tail.borrow().read(
+            offset,
+            log.offsets.high_watermark(),
+            max_bytes,
+            min_one_batch,
+        ) {
             slice.chunks = chunks.into_iter().map(ReadChunk::Memory).collect();
             slice.total_bytes = total_bytes;
             return Ok(slice);

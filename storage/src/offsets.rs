@@ -53,7 +53,11 @@ impl LogOffsets {
 
     /// Offsets were assigned up to `end` (exclusive) at enqueue.
     pub(crate) fn reserve(&mut self, end: LogEndOffset) {
-        assert!(end >= self.end, "log end moves back at enqueue: {end:?} < {:?}", self.end);
+        assert!(
+            end >= self.end,
+            "log end moves back at enqueue: {end:?} < {:?}",
+            self.end
+        );
         self.set(self.start, self.high_watermark, end);
     }
 
@@ -69,13 +73,21 @@ impl LogOffsets {
 
     /// A failed write gives back the offsets from `end` on (none of them was visible).
     pub(crate) fn roll_back(&mut self, end: LogEndOffset) {
-        assert!(end <= self.end, "rollback moves the log end up: {end:?} > {:?}", self.end);
+        assert!(
+            end <= self.end,
+            "rollback moves the log end up: {end:?} > {:?}",
+            self.end
+        );
         self.set(self.start, self.high_watermark, end);
     }
 
     /// Retention removed everything below `start`.
     pub(crate) fn advance_start(&mut self, start: LogStartOffset) {
-        assert!(start >= self.start, "log start moves back: {start:?} < {:?}", self.start);
+        assert!(
+            start >= self.start,
+            "log start moves back: {start:?} < {:?}",
+            self.start
+        );
         self.set(start, self.high_watermark, self.end);
     }
 
@@ -103,12 +115,18 @@ mod tests {
     #[test]
     fn order_holds_through_every_change() {
         let mut offsets = LogOffsets::opened(LogStartOffset(5), LogEndOffset(9));
-        assert_eq!((offsets.start(), offsets.high_watermark(), offsets.end()), (5, 9, 9));
+        assert_eq!(
+            (offsets.start(), offsets.high_watermark(), offsets.end()),
+            (5, 9, 9)
+        );
         offsets.reserve(LogEndOffset(12));
         offsets.publish(HighWatermark(11));
         offsets.roll_back(LogEndOffset(11));
         offsets.advance_start(LogStartOffset(11));
-        assert_eq!((offsets.start(), offsets.high_watermark(), offsets.end()), (11, 11, 11));
+        assert_eq!(
+            (offsets.start(), offsets.high_watermark(), offsets.end()),
+            (11, 11, 11)
+        );
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub(crate) fn enforce(partition: &PartitionShared, now_ms: i64) -> usize {
     }
     if removed > 0 {
         let start = log.segments[0].base_offset;
-        log.offsets.advance_start(crate::offsets::LogStartOffset(start));
+        log.offsets
+            .advance_start(crate::offsets::LogStartOffset(start));
     }
     removed
 }

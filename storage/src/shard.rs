@@ -318,16 +318,19 @@ async fn truncate_and_sync(
 ) -> Result<(), Poisoned> {
     use std::os::fd::AsRawFd;
     let path = segment.log_path();
-    let duplicate = file
-        .try_clone()
-        .map_err(poisoned(partition, format!("duplicating {}", path.display())))?;
-    io.truncate(duplicate, len_bytes)
-        .await
-        .map_err(poisoned(partition, format!("truncating {}", path.display())))?;
+    let duplicate = file.try_clone().map_err(poisoned(
+        partition,
+        format!("duplicating {}", path.display()),
+    ))?;
+    io.truncate(duplicate, len_bytes).await.map_err(poisoned(
+        partition,
+        format!("truncating {}", path.display()),
+    ))?;
     // `segment` (and so `file`) lives across the await: the descriptor stays valid.
-    io.fdatasync(file.as_raw_fd())
-        .await
-        .map_err(poisoned(partition, format!("fdatasync of {}", path.display())))?;
+    io.fdatasync(file.as_raw_fd()).await.map_err(poisoned(
+        partition,
+        format!("fdatasync of {}", path.display()),
+    ))?;
     Ok(())
 }
 

@@ -13,8 +13,12 @@
 //!
 //! A failed write (ENOSPC, EIO, torn) fails that partition's appends from the first unwritten
 //! one on and rolls its log end back, so no partial batch is ever visible and later appends
-//! reuse the space. A failed fdatasync poisons the partition: Linux may have dropped the dirty
-//! pages, so retrying would report success for lost data.
+//! reuse the space. A failed fdatasync (of a segment or of the partition directory) poisons
+//! the partition with a typed [`crate::Poisoned`] that keeps the io::Error: Linux may have
+//! dropped the dirty pages, so a retried fdatasync could report success for lost data. From
+//! then on its appends fail (here, in the queue and in the flush submitted behind), its high
+//! watermark never moves again (a poison from finalization, seen when a flush completes,
+//! stops that flush too), and it is refused by `open_partition` until the process restarts.
 //!
 //! Must never: complete an append before its bytes reached the file, advance a high watermark
 //! past a byte that is not durable under the partition's policy, or touch the staging buffer
@@ -640,7 +644,12 @@ async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut
     for part in flush.parts.iter_mut() {
         if part.failure.is_none() {
             if let Some(poisoned) = part.partition.log.borrow().poisoned.clone() {
-                fail_appends(shard, &part.partition, &Failure::Poison(poisoned.clone()), &mut flush.taken);
+                fail_appends(
+                    shard,
+                    &part.partition,
+                    &Failure::Poison(poisoned.clone()),
+                    &mut flush.taken,
+                );
                 part.failure = Some(Failure::Poison(poisoned));
             }
         }

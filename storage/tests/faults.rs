@@ -249,7 +249,9 @@ fn assert_poisoned_by_eio(error: &AppendError, operation: &str) {
         panic!("expected a poison error, got {error:?}");
     };
     assert!(poisoned.operation.contains(operation), "{poisoned}");
-    let source = error.source().expect("the poison keeps its io::Error source");
+    let source = error
+        .source()
+        .expect("the poison keeps its io::Error source");
     let io_error = source
         .downcast_ref::<std::io::Error>()
         .expect("the source is the io::Error");
@@ -304,7 +306,11 @@ fn failed_finalization_poisons(arm: impl Fn(&FaultPlan), operation: &str) {
             .await
             .expect_err("poisoned");
         assert!(matches!(error, AppendError::Poisoned(_)), "{error:?}");
-        assert_eq!(partition.high_watermark(), visible, "the high watermark stops");
+        assert_eq!(
+            partition.high_watermark(),
+            visible,
+            "the high watermark stops"
+        );
         assert!(storage
             .open_partition("fin", 0, small_segments(4096))
             .is_err());
@@ -349,7 +355,10 @@ fn failed_shutdown_sync_poisons_and_leaves_no_marker() {
             expected.push(expected_stored(&batch, info.base_offset, 0));
         }
         plan.fail_next_sync(libc::EIO);
-        let error = storage.shutdown().await.expect_err("the shutdown sync failed");
+        let error = storage
+            .shutdown()
+            .await
+            .expect_err("the shutdown sync failed");
         let StorageError::Poisoned(cause) = &error else {
             panic!("expected a poison error, got {error:?}");
         };
@@ -365,7 +374,11 @@ fn failed_shutdown_sync_poisons_and_leaves_no_marker() {
         let partition = storage
             .open_partition("down", 0, LogConfig::default())
             .expect("partition");
-        assert_eq!(read_all(&partition, 0), expected, "acknowledged data survives");
+        assert_eq!(
+            read_all(&partition, 0),
+            expected,
+            "acknowledged data survives"
+        );
     });
 }
 
