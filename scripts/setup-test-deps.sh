@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need, idempotently and quietly on re-runs:
-#   - kcat (Debian package), plus python3-venv / nodejs / npm only if they are missing;
+#   - kcat and libfuse2 (Debian packages), plus python3-venv / nodejs / npm if they are missing;
 #   - a Python venv at .venv with tests/requirements.txt (confluent-kafka, kafka-python, pytest...);
 #   - tests/js/node_modules from tests/js/package-lock.json (kafkajs).
 # Each step is skipped when a stamp of its inputs matches, so a second run does nothing.
@@ -36,6 +36,8 @@ apt_install() {
 
 # --- Debian packages ------------------------------------------------------------------------
 command -v kcat >/dev/null 2>&1 || apt_install kcat
+# libfuse 2 for fusepy: tests/integration/powerfs.py, the power-loss filesystem.
+ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2 ' || apt_install libfuse2
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     apt_install nodejs npm
 fi
@@ -73,6 +75,6 @@ fi
 
 # --- sanity: every client is usable -----------------------------------------------------------
 kcat -V >/dev/null
-"$VENV/bin/python" -c 'import confluent_kafka, kafka, pytest, pytest_timeout, crc32c' \
+"$VENV/bin/python" -c 'import confluent_kafka, kafka, pytest, pytest_timeout, crc32c, fuse' \
     || { log "python clients failed to import"; exit 1; }
 (cd "$JS" && node -e 'require("kafkajs")') || { log "kafkajs failed to load"; exit 1; }

@@ -1,0 +1,359 @@
+"""A FUSE passthrough filesystem for tests that can lose power: file data written but not yet
+covered by an fsync/fdatasync of its file lives only in this process's memory (served to reads
+like a page cache would), and a power cut throws it away.
+
+What this module owns:
+- the daemon (`python powerfs.py BACKING MOUNTPOINT`): a passthrough of BACKING at MOUNTPOINT,
+  mounted with `direct_io` so the kernel keeps no page cache of its own for these files (O_DIRECT
+  opens work, and every read and write reaches this process). Writes land in 4 KiB dirty blocks
+  per file; fsync/fdatasync of a file writes its dirty blocks to BACKING and fsyncs there. One
+  command on stdin, `cut`, is the power cut: every dirty block is dropped and every later
+  operation fails with EIO until the filesystem is unmounted. `dirty` answers how many bytes are
+  waiting for a sync.
+- `PowerLossFs`, the test side: mount, cut, unmount (also after a failure), and mount again on
+  the same BACKING (what survived the cut).
+
+The model, stated because a test relies on it: data is volatile until its file is synced;
+metadata (create, mkdir, rename, unlink, truncate) is durable at once, as if every directory
+were synced after each change. So it can show that unsynced data is lost, but it never loses a
+file or a rename the broker did not sync.
+
+What it must never do: let a write reach BACKING before an fsync of its file asks for it, report
+an fsync as done before BACKING's own fsync returned, or outlive its test (PowerLossFs.unmount
+detaches it lazily if it is busy and then kills the daemon).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+BLOCK_BYTES = 4096
+MOUNT_TIMEOUT_S = 15.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon
+# ---------------------------------------------------------------------------------------------
+
+
+class _FileState:
+    """Unsynced data of one file: its logical size and its dirty blocks."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.blocks: dict = {}
+
+
+def _make_operations(root: str):
+    from fuse import FuseOSError, Operations
+
+    class VolatileWrites(Operations):
+        def __init__(self):
+            self.root = root
+            self.mutex = threading.Lock()
+            self.states: dict = {}
+            self.cut = False
+
+        # -- helpers ---------------------------------------------------------------------
+
+        def _full(self, path):
+            return os.path.join(self.root, path.lstrip("/"))
+
+        def _alive(self):
+            if self.cut:
+                raise FuseOSError(errno.EIO)
+
+        def _state(self, path, fh):
+            st = self.states.get(path)
+            if st is None:
+                st = _FileState(os.fstat(fh).st_size)
+                self.states[path] = st
+            return st
+
+        def _persist(self, path, fh):
+            st = self.states.pop(path, None)
+            if st is not None:
+                for index in sorted(st.blocks):
+                    start = index * BLOCK_BYTES
+                    n = min(BLOCK_BYTES, st.size - start)
+                    if n > 0:
+                        os.pwrite(fh, bytes(st.blocks[index][:n]), start)
+            os.fsync(fh)
+
+        def command(self, line: str) -> str:
+            with self.mutex:
+                dirty = sum(min(len(s.blocks) * BLOCK_BYTES, s.size) for s in self.states.values())
+                if line == "cut":
+                    self.cut = True
+                    files = len(self.states)
+                    self.states.clear()
+                    return f"cut files={files} bytes={dirty}"
+                if line == "dirty":
+                    return f"dirty files={len(self.states)} bytes={dirty}"
+            return f"error unknown command {line!r}"
+
+        # -- metadata: passed through, durable at once -----------------------------------
+
+        def access(self, path, mode):
+            if not os.access(self._full(path), mode):
+                raise FuseOSError(errno.EACCES)
+
+        def getattr(self, path, fh=None):
+            with self.mutex:
+                self._alive()
+                s = os.lstat(self._full(path))
+                attrs = {k: getattr(s, k) for k in (
+                    "st_atime", "st_ctime", "st_gid", "st_mode", "st_mtime", "st_nlink",
+                    "st_size", "st_uid")}
+                st = self.states.get(path)
+                if st is not None:
+                    attrs["st_size"] = st.size
+                return attrs
+
+        def readdir(self, path, fh):
+            return [".", ".."] + os.listdir(self._full(path))
+
+        def statfs(self, path):
+            s = os.statvfs(self._full(path))
+            return {k: getattr(s, k) for k in (
+                "f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree", "f_files",
+                "f_flag", "f_frsize", "f_namemax")}
+
+        def chmod(self, path, mode):
+            os.chmod(self._full(path), mode)
+
+        def chown(self, path, uid, gid):
+            os.chown(self._full(path), uid, gid)
+
+        def utimens(self, path, times=None):
+            os.utime(self._full(path), times)
+
+        def mkdir(self, path, mode):
+            self._alive()
+            os.mkdir(self._full(path), mode)
+
+        def rmdir(self, path):
+            self._alive()
+            os.rmdir(self._full(path))
+
+        def unlink(self, path):
+            with self.mutex:
+                self._alive()
+                os.unlink(self._full(path))
+                self.states.pop(path, None)
+
+        def rename(self, old, new):
+            with self.mutex:
+                self._alive()
+                os.rename(self._full(old), self._full(new))
+                self.states.pop(new, None)
+                st = self.states.pop(old, None)
+                if st is not None:
+                    self.states[new] = st
+
+        def truncate(self, path, length, fh=None):
+            with self.mutex:
+                self._alive()
+                os.truncate(self._full(path), length)
+                st = self.states.get(path)
+                if st is None:
+                    return
+                cut_index, cut_at = divmod(length, BLOCK_BYTES)
+                for index in [i for i in st.blocks if i > cut_index or (i == cut_index
+                                                                        and cut_at == 0)]:
+                    del st.blocks[index]
+                if cut_index in st.blocks:
+                    st.blocks[cut_index][cut_at:] = bytes(BLOCK_BYTES - cut_at)
+                st.size = length
+
+        # -- files -----------------------------------------------------------------------
+
+        def open(self, path, flags):
+            # Read-write whatever the caller asked: an fsync through any descriptor of a file
+            # writes its dirty blocks. No O_DIRECT (the kernel's business here, with direct_io)
+            # and no O_APPEND (the kernel passes appends at the file's end).
+            with self.mutex:
+                self._alive()
+                fh = os.open(self._full(path), os.O_RDWR)
+            if flags & os.O_TRUNC:
+                self.truncate(path, 0)
+            return fh
+
+        def create(self, path, mode, fi=None):
+            with self.mutex:
+                self._alive()
+                fd = os.open(self._full(path), os.O_CREAT | os.O_RDWR, mode)
+            # O_CREAT on an existing file (no O_EXCL) truncates only with O_TRUNC, which the
+            # kernel sends as a separate setattr.
+            return fd
+
+        def read(self, path, size, offset, fh):
+            with self.mutex:
+                self._alive()
+                st = self.states.get(path)
+                if st is None:
+                    return os.pread(fh, size, offset)
+                end = min(offset + size, st.size)
+                out = bytearray()
+                pos = offset
+                while pos < end:
+                    index, within = divmod(pos, BLOCK_BYTES)
+                    block = st.blocks.get(index)
+                    if block is not None:
+                        n = min(BLOCK_BYTES - within, end - pos)
+                        out += block[within:within + n]
+                    else:
+                        # A run of clean blocks: one read from the backing file.
+                        run_end = (index + 1) * BLOCK_BYTES
+                        while run_end < end and (run_end // BLOCK_BYTES) not in st.blocks:
+                            run_end += BLOCK_BYTES
+                        n = min(run_end, end) - pos
+                        out += os.pread(fh, n, pos).ljust(n, b"\0")
+                    pos += n
+                return bytes(out)
+
+        def write(self, path, data, offset, fh):
+            with self.mutex:
+                self._alive()
+                st = self._state(path, fh)
+                pos = 0
+                while pos < len(data):
+                    index, within = divmod(offset + pos, BLOCK_BYTES)
+                    n = min(BLOCK_BYTES - within, len(data) - pos)
+                    block = st.blocks.get(index)
+                    if block is None:
+                        start = index * BLOCK_BYTES
+                        old = os.pread(fh, BLOCK_BYTES, start) if start < st.size else b""
+                        block = bytearray(old[: max(0, st.size - start)].ljust(BLOCK_BYTES,
+                                                                                 b"\0"))
+                        st.blocks[index] = block
+                    block[within:within + n] = data[pos:pos + n]
+                    pos += n
+                st.size = max(st.size, offset + len(data))
+                return len(data)
+
+        def flush(self, path, fh):
+            return 0  # close() is not a sync
+
+        def release(self, path, fh):
+            os.close(fh)
+            return 0
+
+        def fsync(self, path, datasync, fh):
+            with self.mutex:
+                self._alive()
+                self._persist(path, fh)
+            return 0
+
+        def fsyncdir(self, path, datasync, fh):
+            self._alive()
+            return 0
+
+    return VolatileWrites()
+
+
+def serve(backing: str, mountpoint: str):
+    """Run the daemon in the foreground until unmounted; commands on stdin, answers on stdout."""
+    from fuse import FUSE
+
+    ops = _make_operations(os.path.abspath(backing))
+
+    def commands():
+        for line in sys.stdin:
+            print(ops.command(line.strip()), flush=True)
+
+    threading.Thread(target=commands, daemon=True).start()
+    FUSE(ops, mountpoint, foreground=True, nothreads=False, direct_io=True, big_writes=True,
+         fsname="sluice-powerfs")
+
+
+# ---------------------------------------------------------------------------------------------
+# The test side
+# ---------------------------------------------------------------------------------------------
+
+
+def unavailable_reason() -> str | None:
+    """Why this machine cannot run the filesystem, or None when it can."""
+    if os.geteuid() != 0:
+        return "mounting a FUSE filesystem needs root here"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (no FUSE in this kernel or container)"
+    try:
+        import fuse  # noqa: F401 -- fusepy, which also loads libfuse
+    except (ImportError, OSError, EnvironmentError) as exc:
+        return f"fusepy or libfuse2 is not installed (scripts/setup-test-deps.sh): {exc}"
+    return None
+
+
+class PowerLossFs:
+    """One mount of the daemon over `backing` at `mountpoint`; `log_path` gets its stderr."""
+
+    def __init__(self, backing: Path, mountpoint: Path, log_path: Path):
+        self.backing, self.mountpoint, self.log_path = Path(backing), Path(mountpoint), log_path
+        self.proc: subprocess.Popen | None = None
+
+    def mount(self):
+        self.backing.mkdir(parents=True, exist_ok=True)
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, str(self.backing), str(self.mountpoint)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+        log.close()
+        deadline = time.monotonic() + MOUNT_TIMEOUT_S
+        while not os.path.ismount(self.mountpoint):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.unmount()
+                raise AssertionError(f"powerfs did not mount at {self.mountpoint}: "
+                                     f"{self.log_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+        return self
+
+    def _ask(self, command: str) -> str:
+        assert self.proc is not None and self.proc.poll() is None, "powerfs is not running"
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def dirty_bytes(self) -> int:
+        answer = self._ask("dirty")
+        return int(answer.rsplit("bytes=", 1)[1])
+
+    def cut(self) -> int:
+        """The power cut: drop every unsynced byte (returned) and fail everything after."""
+        answer = self._ask("cut")
+        assert answer.startswith("cut "), answer
+        return int(answer.rsplit("bytes=", 1)[1])
+
+    def unmount(self):
+        if self.proc is None:
+            return
+        # Unconditionally: after a cut, stat of the mountpoint fails (EIO), so os.path.ismount
+        # would say it is not mounted.
+        done = subprocess.run(["umount", str(self.mountpoint)], capture_output=True, timeout=30)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True,
+                           timeout=30)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self.proc = None
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: powerfs.py BACKING MOUNTPOINT")
+    serve(sys.argv[1], sys.argv[2])
