@@ -419,7 +419,14 @@ def _wait_drained(bootstrap, topic, group, partitions, consumers, deadline):
         time.sleep(0.3)
 
 
-def run_round(broker, plan: RoundPlan, say=print) -> RoundResult:
+def kill9_and_restart(broker, down_s: float):
+    """The default crash: SIGKILL (the page cache survives), `down_s` of downtime, restart."""
+    broker.kill9()
+    time.sleep(down_s)
+    broker.start()
+
+
+def run_round(broker, plan: RoundPlan, say=print, crash=kill9_and_restart) -> RoundResult:
     t0 = time.monotonic()
     bootstrap = broker.bootstrap
     topic = helpers.create_topic(bootstrap, helpers.unique_topic(f"chaos{plan.round_no}"),
@@ -438,10 +445,8 @@ def run_round(broker, plan: RoundPlan, say=print) -> RoundResult:
         for kill_at_s, down_s in zip(plan.kill_at_s, plan.down_s):
             time.sleep(max(0.0, t0 + kill_at_s - time.monotonic()))
             acked_commits = ledger.snapshot()
-            broker.kill9()
+            crash(broker, down_s)
             result.kills += 1
-            time.sleep(down_s)
-            broker.start()
             check_commits(result, acked_commits,
                           committed_offsets(bootstrap, group, topic, plan.partitions),
                           f"after kill {result.kills}")
@@ -489,17 +494,20 @@ def run_round(broker, plan: RoundPlan, say=print) -> RoundResult:
     return result
 
 
-def run_chaos(broker, rounds: int, seed: int, run_s_max: float = 8.0, say=print) -> dict:
+def run_chaos(broker, rounds: int, seed: int, run_s_max: float = 8.0, say=print,
+              crash=kill9_and_restart, replay_flags: str = "") -> dict:
     """Runs `rounds` seeded rounds against `broker` (a conftest.Broker, started) and returns
-    the totals; say() gets one line per round and the seed first, so a failure replays."""
+    the totals; say() gets one line per round and the seed first, so a failure replays.
+    `crash(broker, down_s)` stops the broker hard and starts it again (kill -9 by default; a
+    power cut on powerfs in test_power_loss.py and with --power-loss)."""
     say(f"chaos: seed {seed}, {rounds} rounds (replay: scripts/chaos.sh --rounds {rounds} "
-        f"--seed {seed})")
+        f"--seed {seed}{' ' + replay_flags if replay_flags else ''})")
     t0 = time.monotonic()
     rng = random.Random(seed)
     totals = collections.Counter()
     problems = []
     for round_no in range(rounds):
-        r = run_round(broker, plan_round(rng, round_no, run_s_max), say=say)
+        r = run_round(broker, plan_round(rng, round_no, run_s_max), say=say, crash=crash)
         totals.update({k: getattr(r, k) for k in
                        ("sent", "acked", "failed", "consumed", "commits_acked", "kills",
                         "log_records", "gaps", "skipped")})
@@ -523,6 +531,8 @@ def main(argv=None) -> int:
                         help="longest producing time of one round, in seconds")
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
+    parser.add_argument("--power-loss", action="store_true",
+                        help="data dir on powerfs; each crash is a power cut, not kill -9")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
 
@@ -536,12 +546,29 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sluice-chaos-"))
     broker = conftest.Broker(binary, workdir, shards=args.shards, overrides=BROKER_OVERRIDES)
     print(f"chaos: broker {binary}, data and log under {workdir}", flush=True)
-    broker.start()
+    fs, crash = None, kill9_and_restart
+    if args.power_loss:
+        import powerfs
+
+        reason = powerfs.unavailable_reason()
+        if reason:
+            print(f"chaos: --power-loss is not possible here: {reason}", file=sys.stderr)
+            return 2
+        fs = powerfs.PowerLossFs(workdir / "backing", broker.data_dir, workdir / "powerfs.log")
+        fs.mount()
+        crash = powerfs.power_cut_and_restart(fs)
     try:
+        broker.start()
         summary = run_chaos(broker, args.rounds, seed, args.run_s_max,
-                            say=lambda line: print(line, flush=True))
+                            say=lambda line: print(line, flush=True), crash=crash,
+                            replay_flags="--power-loss" if fs else "")
+        if fs is not None:
+            summary["unsynced_bytes_dropped"] = sum(fs.dropped_bytes)
+            print(f"chaos: power cuts dropped {fs.dropped_bytes} unsynced bytes", flush=True)
     finally:
         broker.stop()
+        if fs is not None:
+            fs.unmount()
     panics = [line for line in broker.log_text().splitlines()
               if conftest.PANIC_PATTERN.search(line)]
     if panics:

@@ -297,6 +297,8 @@ class PowerLossFs:
     def __init__(self, backing: Path, mountpoint: Path, log_path: Path):
         self.backing, self.mountpoint, self.log_path = Path(backing), Path(mountpoint), log_path
         self.proc: subprocess.Popen | None = None
+        # Unsynced bytes each cut dropped, in order.
+        self.dropped_bytes: list = []
 
     def mount(self):
         self.backing.mkdir(parents=True, exist_ok=True)
@@ -329,7 +331,8 @@ class PowerLossFs:
         """The power cut: drop every unsynced byte (returned) and fail everything after."""
         answer = self._ask("cut")
         assert answer.startswith("cut "), answer
-        return int(answer.rsplit("bytes=", 1)[1])
+        self.dropped_bytes.append(int(answer.rsplit("bytes=", 1)[1]))
+        return self.dropped_bytes[-1]
 
     def unmount(self):
         if self.proc is None:
@@ -351,6 +354,21 @@ class PowerLossFs:
             except OSError:
                 pass
         self.proc = None
+
+
+def power_cut_and_restart(fs: PowerLossFs):
+    """A crash for chaos.run_chaos: power cut (unsynced data dropped), broker killed, the
+    filesystem mounted again from what survived, `down_s` later the broker started again."""
+
+    def crash(broker, down_s: float):
+        fs.cut()
+        broker.kill9()
+        fs.unmount()
+        time.sleep(down_s)
+        fs.mount()
+        broker.start()
+
+    return crash
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ data dir is on powerfs (tests/integration/powerfs.py), which keeps every write n
 by an fsync/fdatasync of its file in memory and drops it on a power cut. Records acknowledged
 with acks=all under the default flush policy all survive a cut, at their offsets and byte for
 byte; on a topic with flush.messages set high (acks=all completes on write, no sync) acknowledged
-records are lost, which shows the cut is real. The broker runs with its default O_DIRECT appends
+records are lost, which shows the cut is real. And the seeded chaos rounds of chaos.py with a
+power cut in place of each kill -9. The broker runs with its default O_DIRECT appends
 (powerfs is mounted with direct_io, so the kernel accepts O_DIRECT opens and keeps no cache).
 
 Owns: these scenarios and the powerfs mount's lifecycle around them (skipped, with the reason,
@@ -12,9 +13,11 @@ where FUSE cannot be mounted). Must never: leave the filesystem mounted after th
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
+import chaos
 import powerfs
 from helpers import consume_confluent, create_topic, produce_confluent, unique_topic, watermarks
 
@@ -63,6 +66,33 @@ def power_cut(broker, fs):
     fs.mount()
     broker.start()
     return dropped_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_seeded_power_cut_rounds_lose_nothing(power_broker):
+    """The chaos rounds of test_chaos.py with a power cut for each kill: acknowledged records
+    and group commits must survive losing everything that was not synced."""
+    broker, fs = power_broker
+    broker.overrides.update(chaos.BROKER_OVERRIDES)
+    broker.start()
+    seed = int(os.environ.get("SLUICE_CHAOS_SEED", str(int(time.time()))))
+    lines = []
+
+    def say(line):
+        lines.append(line)
+        print(line, flush=True)
+
+    rounds = int(os.environ.get("SLUICE_POWER_CHAOS_ROUNDS", "3"))
+    summary = chaos.run_chaos(broker, rounds, seed, run_s_max=5.0, say=say,
+                              crash=powerfs.power_cut_and_restart(fs),
+                              replay_flags="--power-loss")
+    say(f"power cuts dropped {fs.dropped_bytes} unsynced bytes")
+    report = "\n".join(lines)
+    assert summary["kills"] >= rounds and summary["acked"] > 0, report
+    for count in chaos.COUNTS + ("gaps", "skipped"):
+        assert summary[count] == 0, f"{count} = {summary[count]} (seed {seed})\n{report}"
+    assert not summary["problems"], f"seed {seed}\n{report}"
 
 
 def test_acks_all_records_survive_a_power_cut_and_unsynced_ones_do_not(power_broker):
