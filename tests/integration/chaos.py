@@ -71,6 +71,9 @@ class RoundPlan:
     # kill keeps it down before the restart.
     kill_at_s: list
     down_s: list
+    # When one consumer leaves the group and a new one joins (a rebalance, possibly while the
+    # broker is down), or None.
+    churn_at_s: float | None
 
 
 def plan_round(rng: random.Random, round_no: int, run_s_max: float) -> RoundPlan:
@@ -86,6 +89,7 @@ def plan_round(rng: random.Random, round_no: int, run_s_max: float) -> RoundPlan
         run_s=run_s,
         kill_at_s=kill_at_s,
         down_s=[rng.uniform(0.0, 1.0) for _ in range(kills)],
+        churn_at_s=rng.uniform(0.3, run_s) if rng.random() < 0.6 else None,
     )
 
 
@@ -200,8 +204,10 @@ class ConsumerWorker(threading.Thread):
     """A confluent-kafka group member that commits synchronously after processing each poll.
     `observed` lists (value, partition, offset) for every record it processed."""
 
-    def __init__(self, bootstrap: str, topic: str, group: str, ledger: CommitLedger, name: str):
+    def __init__(self, bootstrap: str, topic: str, group: str, ledger: CommitLedger, name: str,
+                 seed: int):
         super().__init__(daemon=True, name=f"chaos-consumer-{name}")
+        self.rng = random.Random(seed)
         self.bootstrap, self.topic, self.group, self.ledger = bootstrap, topic, group, ledger
         self.stop_event = threading.Event()
         self.observed: list = []
@@ -266,6 +272,10 @@ class ConsumerWorker(threading.Thread):
                     self.observed.append((m.value(), m.partition(), m.offset()))
                     if m.offset() + 1 > self.pending.get(m.partition(), -1):
                         self.pending[m.partition()] = m.offset() + 1
+                # Processing takes a while: a kill can land between processing and commit,
+                # and the group must then deliver those records again, not skip them.
+                if self.pending:
+                    time.sleep(self.rng.uniform(0.0, 0.02))
                 self._commit(consumer)
             self._commit(consumer)
         finally:
@@ -325,7 +335,9 @@ class RoundResult:
         p = self.plan
         counts = " ".join(f"{k}={v}" for k, v in self.counts.items())
         return (f"round {p.round_no} (seed {p.seed}, {p.partitions} partitions, {p.producers} "
-                f"producers, {p.consumers} consumers, {self.kills} kills): sent={self.sent} "
+                f"producers, {p.consumers} consumers, {self.kills} kills, "
+                f"{'a consumer replaced' if p.churn_at_s is not None else 'no churn'}): "
+                f"sent={self.sent} "
                 f"acked={self.acked} failed={self.failed} consumed={self.consumed} "
                 f"log={self.log_records} commits={self.commits_acked} {counts} gaps={self.gaps} "
                 f"skipped={self.skipped} "
@@ -435,12 +447,25 @@ def run_round(broker, plan: RoundPlan, say=print, crash=kill9_and_restart) -> Ro
     result = RoundResult(plan=plan, topic=topic)
     rng = random.Random(plan.seed)
     ledger = CommitLedger()
-    consumers = [ConsumerWorker(bootstrap, topic, group, ledger, f"{plan.round_no}-{i}")
-                 for i in range(plan.consumers)]
+    consumers = [ConsumerWorker(bootstrap, topic, group, ledger, f"{plan.round_no}-{i}",
+                                rng.getrandbits(32)) for i in range(plan.consumers)]
     producers = [ProducerWorker(bootstrap, topic, plan.partitions, f"r{plan.round_no}p{i}",
                                 rng.getrandbits(32)) for i in range(plan.producers)]
     for worker in consumers + producers:
         worker.start()
+
+    def churn():
+        consumers[0].stop_event.set()
+        consumers.append(ConsumerWorker(bootstrap, topic, group, ledger,
+                                        f"{plan.round_no}-{len(consumers)}",
+                                        rng.getrandbits(32)))
+        consumers[-1].start()
+
+    churner = None
+    if plan.churn_at_s is not None:
+        # Its own thread, so that it can fall while the broker is down.
+        churner = threading.Timer(plan.churn_at_s, churn)
+        churner.start()
     try:
         for kill_at_s, down_s in zip(plan.kill_at_s, plan.down_s):
             time.sleep(max(0.0, t0 + kill_at_s - time.monotonic()))
@@ -451,7 +476,11 @@ def run_round(broker, plan: RoundPlan, say=print, crash=kill9_and_restart) -> Ro
                           committed_offsets(bootstrap, group, topic, plan.partitions),
                           f"after kill {result.kills}")
         time.sleep(max(0.0, t0 + plan.run_s - time.monotonic()))
+        if churner is not None:
+            churner.join()
     finally:
+        if churner is not None:
+            churner.cancel()
         for p in producers:
             p.stop_event.set()
         for p in producers:
