@@ -76,7 +76,21 @@ fn io_error(context: String) -> impl FnOnce(io::Error) -> StorageError {
 
 /// Whether the filesystem under `dir` accepts O_DIRECT: an aligned write through an O_DIRECT
 /// descriptor, since some filesystems accept the open flag and refuse the write.
+///
+/// A full filesystem cannot take the probe (ENOSPC, EDQUOT): O_DIRECT then stays on as
+/// configured, so that a broker restarted on a full disk still starts and serves what it has
+/// (on a filesystem that truly refuses O_DIRECT, appends then fail with a storage error).
 fn probe_direct_io(dir: &Path) -> io::Result<bool> {
+    let out_of_space = |error: &io::Error| {
+        let full = matches!(
+            error.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        );
+        if full {
+            tracing::warn!(dir = %dir.display(), %error, "no space to probe O_DIRECT; keeping log.direct.io=true");
+        }
+        full
+    };
     use std::os::unix::fs::FileExt;
     let probe = dir.join(".sluice-direct-io-probe");
     let opened = OpenOptions::new()
@@ -93,6 +107,7 @@ fn probe_direct_io(dir: &Path) -> io::Result<bool> {
             match file.write_all_at(bytes, 0) {
                 Ok(()) => true,
                 Err(error) if error.raw_os_error() == Some(libc::EINVAL) => false,
+                Err(error) if out_of_space(&error) => true,
                 Err(error) => {
                     let _ = std::fs::remove_file(&probe);
                     return Err(error);
@@ -100,6 +115,7 @@ fn probe_direct_io(dir: &Path) -> io::Result<bool> {
             }
         }
         Err(error) if error.raw_os_error() == Some(libc::EINVAL) => false,
+        Err(error) if out_of_space(&error) => true,
         Err(error) => return Err(error),
     };
     let _ = std::fs::remove_file(&probe);

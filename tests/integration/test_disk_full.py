@@ -1,10 +1,12 @@
 """A full disk mid-write: the broker's data dir is a small loop-mounted ext4 filesystem (ext4
-takes O_DIRECT, so the default write path is under test, and the buffered one as well). With the disk filled by a
-filler file and produce traffic, Produce answers KAFKA_STORAGE_ERROR (56) to a raw request and
-to confluent-kafka's delivery report, the broker stays up and serves every record acknowledged
-so far at its offset; once the filler is deleted, produce succeeds again with offsets dense
-after the last acknowledged one, and everything acknowledged before, during and after the full
-disk is still there, byte for byte, after a kill -9 and restart.
+takes O_DIRECT, so the default write path is under test, and the buffered one as well). With
+the disk filled by a filler file and produce traffic, Produce answers KAFKA_STORAGE_ERROR (56)
+to a raw request and to confluent-kafka's delivery report, the broker stays up and serves every
+record acknowledged so far at its offset, also after a kill -9 and restart on the full disk
+(regression: the O_DIRECT probe's ENOSPC kept the broker from starting); once the filler is
+deleted, produce succeeds again with offsets dense after the last acknowledged one, and
+everything acknowledged before, during and after the full disk is still there, byte for byte,
+after a kill -9 and restart.
 
 Owns: the small filesystem's lifecycle (skipped with the reason when mounting is not
 permitted). Must never: leave the filesystem mounted, even when the test fails."""
@@ -164,6 +166,12 @@ def test_enospc_answers_storage_error_and_serves_again_after_space_is_freed(full
     # Full disk: still up, still serving what it acknowledged, with no trace of the refusals.
     assert broker.alive(), broker.describe()
     _assert_readable(bootstrap, topic, acked)
+    # And it starts again on the full disk (a crash while full must not keep it down).
+    broker.restart(graceful=False)
+    _assert_readable(bootstrap, topic, acked)
+    with RawConn(bootstrap) as conn:
+        err, _ = produce_v3(conn, topic, 0, encode_record_batch([(None, _value("again", 0))]))
+    assert err == ERR_KAFKA_STORAGE_ERROR, f"produce on the full disk after a restart: {err}"
 
     filler.unlink()
     after = [(None, _value("after", i), None) for i in range(60)]
