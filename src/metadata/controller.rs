@@ -162,17 +162,27 @@ impl Controller {
         if validate_only {
             return Ok(Arc::new(meta));
         }
-        let next = self.commit(
-            shard,
-            MetadataRecord::CreateTopic {
-                name: meta.name.clone(),
-                id: meta.id,
-                partitions,
-                configs: meta.configs.clone(),
-            },
-        )?;
         let meta = Arc::new(meta);
-        open_partitions(shard, &meta, 0..partitions).await?;
+        // Partitions first, the record second: a create that fails (a full disk) leaves no
+        // topic behind, neither in the live metadata nor in the log replayed at restart, and
+        // the same create can be retried once the disk has room.
+        let record = MetadataRecord::CreateTopic {
+            name: meta.name.clone(),
+            id: meta.id,
+            partitions,
+            configs: meta.configs.clone(),
+        };
+        let committed = match open_partitions(shard, &meta, 0..partitions).await {
+            Ok(()) => self.commit(shard, record),
+            Err(error) => Err(error),
+        };
+        let next = match committed {
+            Ok(next) => next,
+            Err(error) => {
+                delete_partitions(shard, &meta.name).await;
+                return Err(error);
+            }
+        };
         shard.metadata.publish(next);
         tracing::info!(topic = %meta.name, id = %meta.id, partitions, "created topic");
         Ok(meta)
@@ -207,18 +217,7 @@ impl Controller {
         let next = self.commit(shard, MetadataRecord::DeleteTopic { id: topic.id })?;
         // Publish first so no new request reaches the partitions, then delete them.
         shard.metadata.publish(next);
-        let mut pending = Vec::new();
-        for target in 0..shard.set.count() {
-            let name = topic.name.clone();
-            pending.push(shard.invoke_on(target, move |s| async move {
-                s.delete_topic_partitions(&name)
-            }));
-        }
-        for result in futures::future::join_all(pending).await {
-            if let Err(error) = result {
-                tracing::error!(%error, "deleting partitions on a shard failed");
-            }
-        }
+        delete_partitions(shard, &topic.name).await;
         tracing::info!(topic = %topic.name, id = %topic.id, "deleted topic");
         Ok(topic)
     }
@@ -245,6 +244,13 @@ impl Controller {
         if validate_only {
             return Ok(());
         }
+        let grown = Arc::new(TopicMeta {
+            partitions: count,
+            ..(*topic).clone()
+        });
+        // As in create_one: a failure to open leaves the topic as it was, live and in the log
+        // (partitions opened before the failure stay unreachable until a retry reuses them).
+        open_partitions(shard, &grown, topic.partitions..count).await?;
         let next = self.commit(
             shard,
             MetadataRecord::SetPartitions {
@@ -252,11 +258,6 @@ impl Controller {
                 partitions: count,
             },
         )?;
-        let grown = Arc::new(TopicMeta {
-            partitions: count,
-            ..(*topic).clone()
-        });
-        open_partitions(shard, &grown, topic.partitions..count).await?;
         shard.metadata.publish(next);
         Ok(())
     }
@@ -320,6 +321,23 @@ fn existing_topic(shard: &Shard, name: &str) -> Result<Arc<TopicMeta>, AdminErro
             format!("Topic '{name}' does not exist."),
         )
     })
+}
+
+/// Removes and deletes the open partitions of topic `name` on every shard.
+async fn delete_partitions(shard: &Rc<Shard>, name: &str) {
+    let mut pending = Vec::new();
+    for target in 0..shard.set.count() {
+        let name = name.to_string();
+        pending.push(shard.invoke_on(
+            target,
+            move |s| async move { s.delete_topic_partitions(&name) },
+        ));
+    }
+    for result in futures::future::join_all(pending).await {
+        if let Err(error) = result {
+            tracing::error!(%error, "deleting partitions on a shard failed");
+        }
+    }
 }
 
 /// Opens partitions `range` of `topic` on their owning shards.

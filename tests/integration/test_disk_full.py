@@ -6,7 +6,8 @@ record acknowledged so far at its offset, also after a kill -9 and restart on th
 (regression: the O_DIRECT probe's ENOSPC kept the broker from starting); once the filler is
 deleted, produce succeeds again with offsets dense after the last acknowledged one, and
 everything acknowledged before, during and after the full disk is still there, byte for byte,
-after a kill -9 and restart.
+after a kill -9 and restart. CreateTopics and CreatePartitions on the full disk fail whole
+(KAFKA_STORAGE_ERROR, nothing left behind, also after a restart) and succeed once freed.
 
 Owns: the small filesystem's lifecycle (skipped with the reason when mounting is not
 permitted). Must never: leave the filesystem mounted, even when the test fails."""
@@ -19,11 +20,13 @@ import shutil
 import subprocess
 
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import NewPartitions, NewTopic
 
 from helpers import (
     ERR_NONE,
     RawConn,
+    confluent_admin,
     consume_confluent,
     create_topic,
     encode_record_batch,
@@ -182,3 +185,58 @@ def test_enospc_answers_storage_error_and_serves_again_after_space_is_freed(full
     broker.restart(graceful=False)
     _assert_readable(bootstrap, topic, acked)
     assert len(acked) >= len(before) + len(after)
+
+
+def _topic_partitions(bootstrap):
+    """{name: partition count} of every topic (a listing, which never auto-creates)."""
+    md = confluent_admin(bootstrap).list_topics(timeout=15)
+    return {name: len(t.partitions) for name, t in md.topics.items()}
+
+
+def test_enospc_create_topic_and_partitions_fail_whole_and_succeed_once_freed(full_disk_broker):
+    """Regression: a CreateTopics (or CreatePartitions) that failed to open its partitions on a
+    full disk had its record in the metadata log all the same, so the topic the client was told
+    had failed appeared at the next restart (and a create retried before it was a second record
+    under the same name). Now a failed create leaves nothing, live or after a restart."""
+    broker = full_disk_broker
+    broker.start()
+    bootstrap = broker.bootstrap
+    grown = create_topic(bootstrap, unique_topic("grow"), 1)
+    _fill(broker.data_dir / "filler", 0)
+
+    ghost = unique_topic("ghost")
+    admin = confluent_admin(bootstrap)
+    futures = admin.create_topics([NewTopic(ghost, num_partitions=8, replication_factor=1)],
+                                  request_timeout=20)
+    with pytest.raises(KafkaException) as failed:
+        futures[ghost].result(timeout=30)
+    assert failed.value.args[0].code() == KafkaError.KAFKA_STORAGE_ERROR, failed.value
+    futures = admin.create_partitions([NewPartitions(grown, 8)], request_timeout=20)
+    with pytest.raises(KafkaException) as failed:
+        futures[grown].result(timeout=30)
+    assert failed.value.args[0].code() == KafkaError.KAFKA_STORAGE_ERROR, failed.value
+    listed = _topic_partitions(bootstrap)
+    assert ghost not in listed and listed[grown] == 1, listed
+
+    (broker.data_dir / "filler").unlink()
+    broker.restart(graceful=False)
+    listed = _topic_partitions(bootstrap)
+    assert ghost not in listed, f"the failed create came back after a restart: {listed[ghost]}"
+    assert listed[grown] == 1, f"the failed CreatePartitions came back: {listed[grown]}"
+
+    # With room again, the same requests succeed whole and stay so across a restart.
+    create_topic(bootstrap, ghost, 8)
+    admin = confluent_admin(bootstrap)
+    admin.create_partitions([NewPartitions(grown, 8)], request_timeout=20)[grown].result(30)
+    acked = {}
+    for name in (ghost, grown):
+        for p in range(8):
+            (d,) = produce_confluent(bootstrap, name, [(None, b"%s-%d" % (name.encode(), p))],
+                                     partition=p)
+            acked[(name, p)] = (d.offset, d.value)
+    broker.restart(graceful=False)
+    listed = _topic_partitions(bootstrap)
+    assert listed[ghost] == 8 and listed[grown] == 8, listed
+    for (name, p), (offset, value) in acked.items():
+        (c,) = consume_confluent(bootstrap, name, [p], expected=1)
+        assert (c.offset, c.value) == (offset, value), (name, p)
