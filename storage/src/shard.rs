@@ -81,6 +81,7 @@ fn io_error(context: String) -> impl FnOnce(io::Error) -> StorageError {
 /// configured, so that a broker restarted on a full disk still starts and serves what it has
 /// (on a filesystem that truly refuses O_DIRECT, appends then fail with a storage error).
 fn probe_direct_io(dir: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
     let out_of_space = |error: &io::Error| {
         let full = matches!(
             error.raw_os_error(),
@@ -91,7 +92,6 @@ fn probe_direct_io(dir: &Path) -> io::Result<bool> {
         }
         full
     };
-    use std::os::unix::fs::FileExt;
     let probe = dir.join(".sluice-direct-io-probe");
     let opened = OpenOptions::new()
         .write(true)
