@@ -193,6 +193,7 @@ def _topic_partitions(bootstrap):
     return {name: len(t.partitions) for name, t in md.topics.items()}
 
 
+@pytest.mark.parametrize("full_disk_broker", [True], ids=["direct-io"], indirect=True)
 def test_enospc_create_topic_and_partitions_fail_whole_and_succeed_once_freed(full_disk_broker):
     """Regression: a CreateTopics (or CreatePartitions) that failed to open its partitions on a
     full disk had its record in the metadata log all the same, so the topic the client was told
@@ -228,15 +229,17 @@ def test_enospc_create_topic_and_partitions_fail_whole_and_succeed_once_freed(fu
     create_topic(bootstrap, ghost, 8)
     admin = confluent_admin(bootstrap)
     admin.create_partitions([NewPartitions(grown, 8)], request_timeout=20)[grown].result(30)
-    acked = {}
-    for name in (ghost, grown):
-        for p in range(8):
-            (d,) = produce_confluent(bootstrap, name, [(None, b"%s-%d" % (name.encode(), p))],
-                                     partition=p)
-            acked[(name, p)] = (d.offset, d.value)
+    expected = {}
+    with RawConn(bootstrap) as conn:
+        for name in (ghost, grown):
+            for p in range(8):
+                value = b"%s-%d" % (name.encode(), p)
+                err, _ = produce_v3(conn, name, p, encode_record_batch([(None, value)]))
+                assert err == ERR_NONE, (name, p, err)
+                expected.setdefault(name, set()).add((p, value))
     broker.restart(graceful=False)
     listed = _topic_partitions(bootstrap)
     assert listed[ghost] == 8 and listed[grown] == 8, listed
-    for (name, p), (offset, value) in acked.items():
-        (c,) = consume_confluent(bootstrap, name, [p], expected=1)
-        assert (c.offset, c.value) == (offset, value), (name, p)
+    for name, records in expected.items():
+        got = consume_confluent(bootstrap, name, range(8), expected=len(records))
+        assert {(c.partition, c.value) for c in got} == records, name
