@@ -1,7 +1,7 @@
 //! Fault injection for tests: a [`FaultPlan`] handed to
 //! [`ShardStorage::open_with_faults`](crate::ShardStorage::open_with_faults) makes the storage's
 //! I/O seam fail on demand (EIO, ENOSPC, torn writes, failed fdatasync, failed truncation or
-//! small-file write) while everything else runs on the real ring and real files, and can
+//! small-file write, failed recovery read) while everything else runs on the real ring and real files, and can
 //! simulate a power loss.
 //!
 //! The power-loss model ([`FaultPlan::model_power_loss`], [`FaultPlan::lose_power`]): a write
@@ -97,6 +97,9 @@ struct PlanState {
     disk_full: bool,
     writes: u64,
     syncs: u64,
+    recovery_reads: u64,
+    /// (the recovery read number that fails, errno)
+    recovery_read_fault: Option<(u64, i32)>,
     power: Option<PowerModel>,
 }
 
@@ -134,6 +137,22 @@ impl FaultPlan {
     /// marker) fails with `errno`.
     pub fn fail_next_small_file(&self, errno: i32) {
         self.arm(Fault::SmallFileError(errno));
+    }
+
+    /// The next read of segment data by recovery (opening a partition) fails with `errno`.
+    pub fn fail_next_recovery_read(&self, errno: i32) {
+        self.fail_recovery_read_after(0, errno);
+    }
+
+    /// Recovery's read of segment data after the next `reads` ones fails with `errno`.
+    pub fn fail_recovery_read_after(&self, reads: u64, errno: i32) {
+        let mut state = self.0.borrow_mut();
+        state.recovery_read_fault = Some((state.recovery_reads + reads + 1, errno));
+    }
+
+    /// Reads of segment data by recovery so far.
+    pub fn recovery_reads(&self) -> u64 {
+        self.0.borrow().recovery_reads
     }
 
     /// While `full`, every write fails with ENOSPC.
@@ -514,6 +533,24 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
         }
         let change = self.plan.record_change(file.as_raw_fd(), len_bytes, None);
         self.completes(self.inner.truncate(file, len_bytes), change)
+    }
+
+    fn recovery_read(&self, file: &File, buf: &mut [u8], position: u64) -> io::Result<()> {
+        let errno = {
+            let mut state = self.plan.0.borrow_mut();
+            state.recovery_reads += 1;
+            match state.recovery_read_fault {
+                Some((number, errno)) if number == state.recovery_reads => {
+                    state.recovery_read_fault = None;
+                    Some(errno)
+                }
+                _ => None,
+            }
+        };
+        match errno {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => self.inner.recovery_read(file, buf, position),
+        }
     }
 
     fn write_small_file(

@@ -69,6 +69,10 @@ pub(crate) trait IoBackend: 'static {
     /// Sluice supports). Durable only once an fdatasync of the file completes after it.
     fn truncate(&self, file: File, len_bytes: u64) -> IoFuture;
 
+    /// Reads exactly `buf.len()` bytes of `file` at `position`, synchronously: for recovery
+    /// at open, the one time a shard thread reads segment files itself.
+    fn recovery_read(&self, file: &File, buf: &mut [u8], position: u64) -> io::Result<()>;
+
     /// Writes `dir/name` whole and fdatasyncs it, on the blocking pool; with `atomic`,
     /// through `name.tmp` renamed over it and a directory fsync, so a crash leaves the old or
     /// the new contents. Durable when the future resolves Ok.
@@ -107,6 +111,10 @@ impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
 
     fn truncate(&self, file: File, len_bytes: u64) -> IoFuture {
         (**self).truncate(file, len_bytes)
+    }
+
+    fn recovery_read(&self, file: &File, buf: &mut [u8], position: u64) -> io::Result<()> {
+        (**self).recovery_read(file, buf, position)
     }
 
     fn write_small_file(
@@ -274,6 +282,11 @@ impl IoBackend for RingBackend {
 
     fn truncate(&self, file: File, len_bytes: u64) -> IoFuture {
         on_blocking_pool(move || file.set_len(len_bytes))
+    }
+
+    fn recovery_read(&self, file: &File, buf: &mut [u8], position: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(buf, position)
     }
 
     fn write_small_file(

@@ -3,19 +3,23 @@
 //! offsets and CRC32C, cut at the first torn or corrupt batch), and the small files that make
 //! the clean path possible (clean-shutdown marker, recovery-point checkpoint).
 //!
-//! Owns the recovery decisions and their log lines. Must never keep a byte after the first
-//! invalid batch of a scanned segment, and never scan segments below the recovery point (the
-//! startup time of a clean log must not grow with its size).
+//! Owns the recovery decisions and their log lines. Segment bytes are read through the I/O
+//! seam (`IoBackend::recovery_read`), all of them before any file is changed: a read error
+//! fails the open with the file named and cuts nothing. Must never keep a byte after the first
+//! invalid batch of a scanned segment, never change a file before every read it needs
+//! succeeded, and never scan segments below the recovery point (the startup time of a clean
+//! log must not grow with its size).
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::batch;
+use crate::buffer::{align_down, DIRECT_IO_ALIGN_BYTES};
 use crate::index::SegmentIndex;
+use crate::io::IoBackend;
 use crate::segment::{self, Segment};
-use crate::{LogConfig, RecoveryCut};
+use crate::{LogConfig, RecoveryCut, StorageError};
 
 /// Name of the per-partition clean-shutdown marker.
 pub(crate) const CLEAN_MARKER: &str = ".sluice-clean-shutdown";
@@ -87,23 +91,35 @@ pub(crate) struct Recovered {
     pub(crate) was_clean: bool,
 }
 
-/// Opens (creating when missing) the partition directory `dir`, recovering as needed.
+/// An I/O error of recovery, naming the operation and file.
+fn at(operation: &str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
+    let context = format!("recovery: {operation} {}", path.display());
+    move |source| StorageError::Io { context, source }
+}
+
+/// Opens (creating when missing) the partition directory `dir`, recovering as needed. Segment
+/// data is read through `io` (the shard's I/O seam, so tests can fail those reads); every
+/// read recovery needs happens before it changes any file, so a read error fails the open
+/// with the file named and leaves the directory as it was.
 pub(crate) fn open_dir(
+    io: &dyn IoBackend,
     dir: &Path,
     label: &str,
     config: &LogConfig,
     direct_io: bool,
     now_ms: i64,
-) -> io::Result<Recovered> {
+) -> Result<Recovered, StorageError> {
     if !dir.exists() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(at("creating", dir))?;
         if let Some(parent) = dir.parent() {
-            File::open(parent)?.sync_all()?;
+            File::open(parent)
+                .and_then(|parent| parent.sync_all())
+                .map_err(at("syncing", parent))?;
         }
     }
     let mut bases = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
+    for entry in std::fs::read_dir(dir).map_err(at("listing", dir))? {
+        let entry = entry.map_err(at("listing", dir))?;
         if let Some(base) = entry.file_name().to_str().and_then(segment::parse_log_name) {
             bases.push(base);
         }
@@ -120,8 +136,9 @@ pub(crate) fn open_dir(
     let interval_bytes = config.index_interval_bytes;
 
     let recovered = if bases.is_empty() {
-        let segment = Segment::create(dir, 0, direct_io, now_ms)?;
-        File::open(dir)?.sync_all()?;
+        let path = segment::log_path(dir, 0);
+        let segment = Segment::create(dir, 0, direct_io, now_ms).map_err(at("creating", &path))?;
+        sync_dir(dir)?;
         segment.state.borrow_mut().needs_dir_sync = false;
         Recovered {
             segments: vec![segment],
@@ -131,12 +148,15 @@ pub(crate) fn open_dir(
         }
     } else {
         let active_base = bases[bases.len() - 1];
-        let active_len = std::fs::metadata(segment::log_path(dir, active_base))?.len();
+        let active_path = segment::log_path(dir, active_base);
+        let active_len = std::fs::metadata(&active_path)
+            .map_err(at("reading the size of", &active_path))?
+            .len();
         match marker {
             Some(marker)
                 if marker.active_bytes == active_len && marker.log_end_offset >= active_base =>
             {
-                open_clean(dir, &bases, marker, direct_io, interval_bytes, now_ms)?
+                open_clean(io, dir, &bases, marker, direct_io, interval_bytes, now_ms)?
             }
             _ => {
                 if marker.is_some() {
@@ -145,24 +165,24 @@ pub(crate) fn open_dir(
                         "clean-shutdown marker disagrees with the files; scanning"
                     );
                 }
-                open_unclean(
-                    dir,
-                    label,
-                    &bases,
-                    recovery_point,
-                    direct_io,
-                    interval_bytes,
-                    now_ms,
-                )?
+                let plan =
+                    plan_unclean(io, dir, &bases, recovery_point, direct_io, interval_bytes)?;
+                open_unclean(dir, label, &bases, plan, direct_io, now_ms)?
             }
         }
     };
     // From here on a crash must be detected as unclean.
     if marker_path.exists() {
-        std::fs::remove_file(&marker_path)?;
-        File::open(dir)?.sync_all()?;
+        std::fs::remove_file(&marker_path).map_err(at("removing", &marker_path))?;
+        sync_dir(dir)?;
     }
     Ok(recovered)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|file| file.sync_all())
+        .map_err(at("syncing", dir))
 }
 
 fn open_sealed(
@@ -171,8 +191,11 @@ fn open_sealed(
     next_offset: i64,
     direct_io: bool,
     now_ms: i64,
-) -> io::Result<Segment> {
-    let len = std::fs::metadata(segment::log_path(dir, base))?.len();
+) -> Result<Segment, StorageError> {
+    let path = segment::log_path(dir, base);
+    let len = std::fs::metadata(&path)
+        .map_err(at("reading the size of", &path))?
+        .len();
     Segment::open_existing(
         dir,
         base,
@@ -180,25 +203,50 @@ fn open_sealed(
         next_offset,
         None,
         None,
-        false,
+        None,
         direct_io,
         now_ms,
     )
+    .map_err(at("opening", &path))
+}
+
+/// The partial last 4 KiB block below `size_bytes` (O_DIRECT rewrites it in front of the
+/// next write), read through the seam before anything is truncated; empty when buffered.
+fn read_tail_block(
+    io: &dyn IoBackend,
+    path: &Path,
+    size_bytes: u64,
+    direct_io: bool,
+) -> Result<Vec<u8>, StorageError> {
+    if !direct_io {
+        return Ok(Vec::new());
+    }
+    let block_start = align_down(size_bytes, DIRECT_IO_ALIGN_BYTES as u64);
+    let mut tail = vec![0u8; (size_bytes - block_start) as usize];
+    if !tail.is_empty() {
+        let file = File::open(path).map_err(at("opening", path))?;
+        io.recovery_read(&file, &mut tail, block_start)
+            .map_err(at("reading", path))?;
+    }
+    Ok(tail)
 }
 
 fn open_clean(
+    io: &dyn IoBackend,
     dir: &Path,
     bases: &[i64],
     marker: CleanMarker,
     direct_io: bool,
     interval_bytes: u32,
     now_ms: i64,
-) -> io::Result<Recovered> {
+) -> Result<Recovered, StorageError> {
+    let active_base = bases[bases.len() - 1];
+    let active_path = segment::log_path(dir, active_base);
+    let tail = read_tail_block(io, &active_path, marker.active_bytes, direct_io)?;
     let mut segments = Vec::with_capacity(bases.len());
     for window in bases.windows(2) {
         segments.push(open_sealed(dir, window[0], window[1], direct_io, now_ms)?);
     }
-    let active_base = bases[bases.len() - 1];
     let active = Segment::open_existing(
         dir,
         active_base,
@@ -206,11 +254,14 @@ fn open_clean(
         marker.log_end_offset,
         None,
         marker.max_timestamp,
-        true,
+        Some(tail),
         direct_io,
         now_ms,
-    )?;
-    active.ensure_index(interval_bytes)?;
+    )
+    .map_err(at("opening", &active_path))?;
+    active
+        .ensure_index(interval_bytes)
+        .map_err(at("loading the indexes of", &active_path))?;
     segments.push(active);
     Ok(Recovered {
         segments,
@@ -220,20 +271,89 @@ fn open_clean(
     })
 }
 
-fn open_unclean(
+/// What the read-only phase of an unclean open found: the segments kept whole below the
+/// recovery point (`first_scanned` is the first one scanned) and each scanned segment.
+struct UncleanPlan {
+    first_scanned: usize,
+    scans: Vec<ScannedSegment>,
+}
+
+struct ScannedSegment {
+    base: i64,
+    scan: Scan,
+    /// The log ends in this segment (last segment, torn/corrupt batch, or short of the next
+    /// segment's base offset).
+    ends_here: bool,
+    ends_short: bool,
+    /// The active segment's partial last block (O_DIRECT), when `ends_here`.
+    tail_block: Vec<u8>,
+}
+
+/// Scans every segment from the recovery point on up to where the log ends, reading only.
+fn plan_unclean(
+    io: &dyn IoBackend,
     dir: &Path,
-    label: &str,
     bases: &[i64],
     recovery_point: i64,
     direct_io: bool,
     interval_bytes: u32,
-    now_ms: i64,
-) -> io::Result<Recovered> {
-    let mut segments = Vec::with_capacity(bases.len());
-    let mut cuts = Vec::new();
+) -> Result<UncleanPlan, StorageError> {
     let mut index = 0usize;
     // Segments wholly below the recovery point were finalized (truncated, indexed, synced).
     while index + 1 < bases.len() && bases[index + 1] <= recovery_point {
+        index += 1;
+    }
+    let first_scanned = index;
+    let mut scans = Vec::new();
+    while index < bases.len() {
+        let base = bases[index];
+        let is_last = index + 1 == bases.len();
+        let path = segment::log_path(dir, base);
+        let scan = scan_segment(io, &path, base, interval_bytes).map_err(at("scanning", &path))?;
+        // Later segments only make sense after a whole segment: after a cut they go. So do
+        // they when this segment ends short of the next one's base offset: a roll created the
+        // next file at enqueue, and the crash took this segment's last (never acknowledged)
+        // batches; keeping the next segment would leave a hole in the offsets.
+        let ends_short = !is_last && scan.next_offset != bases[index + 1];
+        let torn = scan.cut_bytes > 0 && !scan.cut_all_zero;
+        let ends_here = is_last || torn || ends_short;
+        let tail_block = if ends_here {
+            // Same bytes as the scan read: below `valid_bytes`, which no cut touches.
+            read_tail_block(io, &path, scan.valid_bytes, direct_io)?
+        } else {
+            Vec::new()
+        };
+        scans.push(ScannedSegment {
+            base,
+            scan,
+            ends_here,
+            ends_short,
+            tail_block,
+        });
+        if ends_here {
+            break;
+        }
+        index += 1;
+    }
+    Ok(UncleanPlan {
+        first_scanned,
+        scans,
+    })
+}
+
+/// Applies what `plan_unclean` found: cuts torn tails and padding, removes segments after
+/// the end, and opens the segments.
+fn open_unclean(
+    dir: &Path,
+    label: &str,
+    bases: &[i64],
+    plan: UncleanPlan,
+    direct_io: bool,
+    now_ms: i64,
+) -> Result<Recovered, StorageError> {
+    let mut segments = Vec::with_capacity(bases.len());
+    let mut cuts = Vec::new();
+    for index in 0..plan.first_scanned {
         segments.push(open_sealed(
             dir,
             bases[index],
@@ -241,14 +361,17 @@ fn open_unclean(
             direct_io,
             now_ms,
         )?);
-        index += 1;
     }
-    let mut log_end_offset = bases[index];
-    while index < bases.len() {
-        let base = bases[index];
-        let is_last = index + 1 == bases.len();
+    let mut log_end_offset = bases[plan.first_scanned];
+    for (index, scanned) in (plan.first_scanned..).zip(plan.scans) {
+        let ScannedSegment {
+            base,
+            scan,
+            ends_here,
+            ends_short,
+            tail_block,
+        } = scanned;
         let path = segment::log_path(dir, base);
-        let scan = scan_segment(&path, base, interval_bytes)?;
         if scan.cut_bytes > 0 {
             if scan.cut_all_zero {
                 tracing::debug!(
@@ -272,54 +395,21 @@ fn open_unclean(
                 });
             }
         }
-        let valid_bytes = scan.valid_bytes;
-        let next_offset = scan.next_offset;
-        let mut index_state = scan.index;
-        // Later segments only make sense after a whole segment: after a cut they go. So do
-        // they when this segment ends short of the next one's base offset: a roll created the
-        // next file at enqueue, and the crash took this segment's last (never acknowledged)
-        // batches; keeping the next segment would leave a hole in the offsets.
-        let ends_short = !is_last && next_offset != bases[index + 1];
         if ends_short {
             tracing::warn!(
                 partition = label,
                 segment = base,
-                offset = next_offset,
+                offset = scan.next_offset,
                 next_segment = bases[index + 1],
                 "segment ends before the next segment's base offset; recovery cuts there"
             );
         }
-        let cut_here = (scan.cut_bytes > 0 && !scan.cut_all_zero) || ends_short;
-        if is_last || cut_here {
-            if cut_here && !is_last {
-                for &later in &bases[index + 1..] {
-                    let later_path = segment::log_path(dir, later);
-                    let later_bytes = std::fs::metadata(&later_path)
-                        .map(|meta| meta.len())
-                        .unwrap_or(0);
-                    tracing::warn!(
-                        partition = label,
-                        segment = later,
-                        bytes_cut = later_bytes,
-                        "recovery removes a segment after a cut"
-                    );
-                    cuts.push(RecoveryCut {
-                        segment_base_offset: later,
-                        offset: later,
-                        bytes_cut: later_bytes,
-                    });
-                    for path in [
-                        later_path,
-                        segment::index_path(dir, later),
-                        segment::time_index_path(dir, later),
-                    ] {
-                        if let Err(error) = std::fs::remove_file(&path) {
-                            if error.kind() != io::ErrorKind::NotFound {
-                                return Err(error);
-                            }
-                        }
-                    }
-                }
+        let valid_bytes = scan.valid_bytes;
+        let next_offset = scan.next_offset;
+        let mut index_state = scan.index;
+        if ends_here {
+            for &later in &bases[index + 1..] {
+                remove_later_segment(dir, label, later, &mut cuts)?;
             }
             let max_timestamp = index_state
                 .max_timestamp()
@@ -331,15 +421,17 @@ fn open_unclean(
                 next_offset,
                 Some(index_state),
                 max_timestamp,
-                true,
+                Some(tail_block),
                 direct_io,
                 now_ms,
-            )?;
+            )
+            .map_err(at("opening", &path))?;
             segment
                 .write_file
                 .as_ref()
                 .map(File::sync_all)
-                .transpose()?;
+                .transpose()
+                .map_err(at("syncing", &path))?;
             segments.push(segment);
             log_end_offset = next_offset;
             break;
@@ -355,26 +447,65 @@ fn open_unclean(
             next_offset,
             Some(index_state),
             max_timestamp,
-            false,
+            None,
             direct_io,
             now_ms,
-        )?;
-        if std::fs::metadata(&path)?.len() != valid_bytes {
+        )
+        .map_err(at("opening", &path))?;
+        if scan.cut_bytes > 0 {
             // Zero padding of a segment sealed before its finalization ran.
-            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
-            file.set_len(valid_bytes)?;
-            file.sync_all()?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|file| {
+                    file.set_len(valid_bytes)?;
+                    file.sync_all()
+                })
+                .map_err(at("cutting the padding of", &path))?;
         }
         segments.push(segment);
-        index += 1;
     }
-    File::open(dir)?.sync_all()?;
+    sync_dir(dir)?;
     Ok(Recovered {
         segments,
         log_end_offset,
         cuts,
         was_clean: false,
     })
+}
+
+/// Removes a segment that follows the log's end after a cut, and reports it.
+fn remove_later_segment(
+    dir: &Path,
+    label: &str,
+    base: i64,
+    cuts: &mut Vec<RecoveryCut>,
+) -> Result<(), StorageError> {
+    let path = segment::log_path(dir, base);
+    let bytes = std::fs::metadata(&path).map(|meta| meta.len()).unwrap_or(0);
+    tracing::warn!(
+        partition = label,
+        segment = base,
+        bytes_cut = bytes,
+        "recovery removes a segment after a cut"
+    );
+    cuts.push(RecoveryCut {
+        segment_base_offset: base,
+        offset: base,
+        bytes_cut: bytes,
+    });
+    for path in [
+        path,
+        segment::index_path(dir, base),
+        segment::time_index_path(dir, base),
+    ] {
+        if let Err(error) = std::fs::remove_file(&path) {
+            if error.kind() != io::ErrorKind::NotFound {
+                return Err(at("removing", &path)(error));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The outcome of scanning one segment file.
@@ -387,18 +518,26 @@ struct Scan {
 }
 
 /// Walks a segment verifying every batch; stops at the first one that is torn, corrupt or
-/// out of offset order.
-fn scan_segment(path: &Path, base_offset: i64, interval_bytes: u32) -> io::Result<Scan> {
+/// out of offset order. Reads only.
+fn scan_segment(
+    io: &dyn IoBackend,
+    path: &Path,
+    base_offset: i64,
+    interval_bytes: u32,
+) -> io::Result<Scan> {
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
-    let mut window = Vec::new();
-    let mut window_start = 0u64;
+    let mut reader = Reader {
+        io,
+        file: &file,
+        file_len,
+        window: Vec::new(),
+        window_start: 0,
+    };
     let mut position = 0u64;
     let mut next_offset = base_offset;
     let mut index = SegmentIndex::default();
-    while let Some(verified) =
-        valid_batch_at(&file, file_len, &mut window, &mut window_start, position)?
-    {
+    while let Some(verified) = valid_batch_at(&mut reader, position)? {
         if verified.base_offset != next_offset {
             break;
         }
@@ -418,7 +557,7 @@ fn scan_segment(path: &Path, base_offset: i64, interval_bytes: u32) -> io::Resul
         position += size_bytes as u64;
     }
     let cut_bytes = file_len - position;
-    let cut_all_zero = cut_bytes > 0 && is_all_zero(&file, position, file_len)?;
+    let cut_all_zero = cut_bytes > 0 && reader.is_all_zero(position)?;
     Ok(Scan {
         valid_bytes: position,
         next_offset,
@@ -428,23 +567,56 @@ fn scan_segment(path: &Path, base_offset: i64, interval_bytes: u32) -> io::Resul
     })
 }
 
+/// Reads one segment file through the seam, a window at a time.
+struct Reader<'a> {
+    io: &'a dyn IoBackend,
+    file: &'a File,
+    file_len: u64,
+    window: Vec<u8>,
+    window_start: u64,
+}
+
+impl Reader<'_> {
+    /// The `len` bytes at `position`, refilling the window as needed; None past the end.
+    fn bytes(&mut self, position: u64, len: usize) -> io::Result<Option<&[u8]>> {
+        if position + len as u64 > self.file_len {
+            return Ok(None);
+        }
+        let window_end = self.window_start + self.window.len() as u64;
+        if position < self.window_start || position + len as u64 > window_end {
+            let refill = (self.file_len - position).min(SCAN_CHUNK_BYTES.max(len) as u64) as usize;
+            self.window.resize(refill, 0);
+            self.io
+                .recovery_read(self.file, &mut self.window, position)?;
+            self.window_start = position;
+        }
+        let from = (position - self.window_start) as usize;
+        Ok(Some(&self.window[from..from + len]))
+    }
+
+    /// Whether every byte from `from` to the end of the file is zero.
+    fn is_all_zero(&mut self, from: u64) -> io::Result<bool> {
+        let mut buffer = vec![0u8; 64 << 10];
+        let mut position = from;
+        while position < self.file_len {
+            let len = ((self.file_len - position) as usize).min(buffer.len());
+            self.io
+                .recovery_read(self.file, &mut buffer[..len], position)?;
+            if buffer[..len].iter().any(|&byte| byte != 0) {
+                return Ok(false);
+            }
+            position += len as u64;
+        }
+        Ok(true)
+    }
+}
+
 /// The whole, CRC-verified batch at `position`, or None (end, torn, corrupt, padding).
 fn valid_batch_at(
-    file: &File,
-    file_len: u64,
-    window: &mut Vec<u8>,
-    window_start: &mut u64,
+    reader: &mut Reader<'_>,
     position: u64,
 ) -> io::Result<Option<batch::RecordBatchHeader>> {
-    let Some(header_bytes) = window_bytes(
-        file,
-        file_len,
-        window,
-        window_start,
-        position,
-        batch::HEADER_BYTES,
-    )?
-    else {
+    let Some(header_bytes) = reader.bytes(position, batch::HEADER_BYTES)? else {
         return Ok(None);
     };
     let Some(header) = batch::RecordBatchHeader::parse(header_bytes) else {
@@ -455,55 +627,10 @@ fn valid_batch_at(
     {
         return Ok(None);
     }
-    let Some(batch_bytes) = window_bytes(
-        file,
-        file_len,
-        window,
-        window_start,
-        position,
-        header.size_bytes(),
-    )?
-    else {
+    let Some(batch_bytes) = reader.bytes(position, header.size_bytes())? else {
         return Ok(None);
     };
     Ok(batch::verify_stored(batch_bytes))
-}
-
-/// The `len` bytes at `position`, refilling the scan window as needed; None past the end.
-fn window_bytes<'w>(
-    file: &File,
-    file_len: u64,
-    window: &'w mut Vec<u8>,
-    window_start: &mut u64,
-    position: u64,
-    len: usize,
-) -> io::Result<Option<&'w [u8]>> {
-    if position + len as u64 > file_len {
-        return Ok(None);
-    }
-    let window_end = *window_start + window.len() as u64;
-    if position < *window_start || position + len as u64 > window_end {
-        let refill = (file_len - position).min(SCAN_CHUNK_BYTES.max(len) as u64) as usize;
-        window.resize(refill, 0);
-        file.read_exact_at(window, position)?;
-        *window_start = position;
-    }
-    let from = (position - *window_start) as usize;
-    Ok(Some(&window[from..from + len]))
-}
-
-fn is_all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
-    let mut buffer = vec![0u8; 64 << 10];
-    let mut position = from;
-    while position < to {
-        let len = ((to - position) as usize).min(buffer.len());
-        file.read_exact_at(&mut buffer[..len], position)?;
-        if buffer[..len].iter().any(|&byte| byte != 0) {
-            return Ok(false);
-        }
-        position += len as u64;
-    }
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -138,7 +138,9 @@ impl Segment {
     }
 
     /// Opens an existing segment whose first `size_bytes` bytes are whole, valid batches
-    /// ending at offset `next_offset`. `writable` opens the write descriptor (active segment).
+    /// ending at offset `next_offset`. `active_tail` opens the write descriptor (the active
+    /// segment) with the partial last block recovery read before cutting anything (O_DIRECT;
+    /// empty when buffered).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn open_existing(
         dir: &Path,
@@ -147,24 +149,30 @@ impl Segment {
         next_offset: i64,
         index: Option<SegmentIndex>,
         max_timestamp: Option<(i64, i64)>,
-        writable: bool,
+        active_tail: Option<Vec<u8>>,
         direct_io: bool,
         now_ms: i64,
     ) -> io::Result<Segment> {
         let path = log_path(dir, base_offset);
         let read = File::open(&path)?;
-        let (write_file, tail_block) = if writable {
-            let file = open_for_write(&path, false, direct_io)?;
-            // Padding past the logical end (O_DIRECT) or a cut torn batch goes now, so the
-            // file and its logical size agree.
-            file.set_len(size_bytes)?;
-            let block_start =
-                crate::buffer::align_down(size_bytes, crate::buffer::DIRECT_IO_ALIGN_BYTES as u64);
-            let mut tail = vec![0u8; (size_bytes - block_start) as usize];
-            read.read_exact_at(&mut tail, block_start)?;
-            (Some(file), if direct_io { tail } else { Vec::new() })
-        } else {
-            (None, Vec::new())
+        let writable = active_tail.is_some();
+        let (write_file, tail_block) = match active_tail {
+            Some(tail) => {
+                let file = open_for_write(&path, false, direct_io)?;
+                // Padding past the logical end (O_DIRECT) or a cut torn batch goes now, so the
+                // file and its logical size agree.
+                file.set_len(size_bytes)?;
+                let block_start = crate::buffer::align_down(
+                    size_bytes,
+                    crate::buffer::DIRECT_IO_ALIGN_BYTES as u64,
+                );
+                assert!(
+                    !direct_io || tail.len() as u64 == size_bytes - block_start,
+                    "tail block out of step with the segment size"
+                );
+                (Some(file), if direct_io { tail } else { Vec::new() })
+            }
+            None => (None, Vec::new()),
         };
         Ok(Segment {
             base_offset,

@@ -218,9 +218,8 @@ pub(crate) fn open_partition(
     }
     let dir = shard.config.data_dir.join(format!("{topic}-{partition}"));
     let label = format!("{topic}-{partition}");
-    let recovered = recovery::open_dir(&dir, &label, &config, shard.direct_io, now_ms()).map_err(
-        io_error(format!("opening partition {label} in {}", dir.display())),
-    )?;
+    let recovered =
+        recovery::open_dir(&*shard.io, &dir, &label, &config, shard.direct_io, now_ms())?;
     if !recovered.was_clean {
         tracing::info!(partition = %label, log_end_offset = recovered.log_end_offset, "recovered after an unclean shutdown");
     }

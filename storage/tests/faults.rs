@@ -537,3 +537,142 @@ fn oversized_append_direct() {
 fn oversized_append_buffered() {
     oversized_append(false);
 }
+
+/// Every file in `dir` with its bytes, by name.
+fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("list")
+        .map(|entry| {
+            let entry = entry.expect("entry");
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                std::fs::read(entry.path()).expect("read"),
+            )
+        })
+        .collect()
+}
+
+/// EIO on a segment read during recovery fails the open with a typed error naming the file
+/// and changes nothing on disk (not even the O_DIRECT padding recovery would cut); the next
+/// open, without the fault, recovers everything.
+#[test]
+fn recovery_read_error_fails_the_open_and_cuts_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut expected = Vec::new();
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("open");
+        let partition = storage
+            .open_partition("rec", 0, LogConfig::default())
+            .expect("partition");
+        for tag in 0..5u64 {
+            let batch = make_batch(tag, 2, 700, 0);
+            let info = partition
+                .append(bytes(batch.clone()), Ack::Durable, 0)
+                .await
+                .expect("append");
+            expected.push(expected_stored(&batch, info.base_offset, 0));
+        }
+        // Crash: no shutdown, so the next open scans (and would cut the zero padding).
+    });
+    let partition_dir = dir.path().join("rec-0");
+    let before = snapshot(&partition_dir);
+    tokio_uring::start(async {
+        let plan = FaultPlan::new();
+        let storage =
+            ShardStorage::open_with_faults(storage_config(dir.path(), true), plan.clone())
+                .expect("open");
+        plan.fail_next_recovery_read(libc::EIO);
+        let error = match storage.open_partition("rec", 0, LogConfig::default()) {
+            Ok(_) => panic!("the recovery read error was ignored"),
+            Err(error) => error,
+        };
+        let StorageError::Io { context, source } = &error else {
+            panic!("expected an I/O error, got {error:?}");
+        };
+        assert!(
+            context.contains("00000000000000000000.log"),
+            "the error names the segment: {context}"
+        );
+        assert_eq!(source.raw_os_error(), Some(libc::EIO));
+        assert_eq!(error.kafka_error_code(), codes::KAFKA_STORAGE_ERROR);
+        assert_eq!(plan.recovery_reads(), 1);
+        assert!(
+            snapshot(&partition_dir) == before,
+            "a failed recovery read changed files"
+        );
+        let partition = storage
+            .open_partition("rec", 0, LogConfig::default())
+            .expect("the next open recovers");
+        assert!(
+            plan.recovery_reads() > 1,
+            "recovery reads go through the seam"
+        );
+        assert_eq!(read_all(&partition, 0), expected);
+        assert_eq!(partition.log_end_offset(), 10);
+    });
+}
+
+/// A read error in a later segment leaves an earlier one untouched, even where recovery would
+/// cut it: every read happens before any change.
+#[test]
+fn recovery_reads_everything_before_cutting_anything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut expected = Vec::new();
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), false)).expect("open");
+        let partition = storage
+            .open_partition("later", 0, small_segments(4096))
+            .expect("partition");
+        let mut tag = 0u64;
+        while partition.segment_count() < 3 {
+            let batch = make_batch(tag, 2, 900, 0);
+            let info = partition
+                .append(bytes(batch.clone()), Ack::Durable, 0)
+                .await
+                .expect("append");
+            expected.push(expected_stored(&batch, info.base_offset, 0));
+            tag += 1;
+        }
+        storage.shutdown().await.expect("shutdown");
+    });
+    // Make it look like a crash before the first segment was finalized: zero padding after
+    // its last batch, no recovery point, no clean-shutdown marker. Recovery scans it and
+    // would cut the padding; then the second segment's read fails.
+    let partition_dir = dir.path().join("later-0");
+    let first = partition_dir.join("00000000000000000000.log");
+    let mut padded = std::fs::read(&first).expect("read");
+    padded.resize(padded.len() + 3000, 0);
+    std::fs::write(&first, &padded).expect("pad");
+    std::fs::remove_file(partition_dir.join("recovery-point-offset-checkpoint")).expect("rm");
+    std::fs::remove_file(partition_dir.join(".sluice-clean-shutdown")).expect("rm");
+    let before = snapshot(&partition_dir);
+    tokio_uring::start(async {
+        let plan = FaultPlan::new();
+        let storage =
+            ShardStorage::open_with_faults(storage_config(dir.path(), false), plan.clone())
+                .expect("open");
+        // The first segment's scan takes two reads (its batches, then the padding).
+        plan.fail_recovery_read_after(2, libc::EIO);
+        let error = match storage.open_partition("later", 0, small_segments(4096)) {
+            Ok(_) => panic!("the recovery read error was ignored"),
+            Err(error) => error,
+        };
+        let StorageError::Io { context, source } = &error else {
+            panic!("expected an I/O error, got {error:?}");
+        };
+        assert!(!context.contains("00000000000000000000.log"), "{context}");
+        assert!(
+            context.contains(".log"),
+            "the error names the segment: {context}"
+        );
+        assert_eq!(source.raw_os_error(), Some(libc::EIO));
+        assert!(
+            snapshot(&partition_dir) == before,
+            "the first segment was cut before a later read failed"
+        );
+        let partition = storage
+            .open_partition("later", 0, small_segments(4096))
+            .expect("the next open recovers");
+        assert_eq!(read_all(&partition, 0), expected);
+    });
+}
