@@ -138,3 +138,56 @@ fn commits_survive_reopen_by_replay_and_by_snapshot() {
         .await;
     });
 }
+
+/// A commit acknowledged to the client survives a power loss of the storage under it: the
+/// storage runs on the fault plan's power model, the shard dies without any shutdown, every
+/// write no completed fdatasync covers is undone (the newest one torn), and the next shard
+/// replays the acknowledged commits.
+#[test]
+fn acknowledged_commits_survive_a_power_loss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = sluice_storage::fault::FaultPlan::new();
+    plan.model_power_loss();
+    tokio_uring::start(async {
+        let storage = ShardStorage::open_with_faults(storage_config(dir.path()), plan.clone())
+            .expect("storage");
+        let config = GroupConfig::new(dir.path().to_path_buf());
+        let log_config = config.offsets_log_config();
+        let coordinator = GroupCoordinator::new(config, Rc::new(Topics));
+        let partition = offsets_partition_for("orders-group");
+        let log = storage
+            .open_partition(OFFSETS_TOPIC, partition, log_config)
+            .expect("open partition");
+        coordinator
+            .load_partition(partition, log)
+            .await
+            .expect("load");
+        for (index, offset) in [(0, 100), (1, 200), (0, 150), (7, 7), (3, 33)] {
+            let response = coordinator
+                .offset_commit(commit_request("orders-group", index, offset), 8)
+                .await;
+            assert_eq!(response.topics[0].partitions[0].error_code, codes::NONE);
+        }
+        // One more commit in flight, never acknowledged, when the power goes.
+        let in_flight = coordinator.clone();
+        tokio::task::spawn_local(async move {
+            in_flight
+                .offset_commit(commit_request("orders-group", 5, 55), 8)
+                .await
+        });
+        tokio::task::yield_now().await;
+    });
+    let lost = plan.lose_power(61).expect("lose power");
+    assert!(lost.changes_undone <= 2, "{lost:?}");
+    tokio_uring::start(async {
+        with_shard(dir.path(), true, |c| async move {
+            assert_eq!(
+                (fetched(&c, 0), fetched(&c, 1), fetched(&c, 7), fetched(&c, 3)),
+                (150, 200, 7, 33)
+            );
+            let unacknowledged = fetched(&c, 5);
+            assert!(unacknowledged == 55 || unacknowledged == -1, "{unacknowledged}");
+        })
+        .await;
+    });
+}
