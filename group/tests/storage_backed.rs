@@ -182,11 +182,19 @@ fn acknowledged_commits_survive_a_power_loss() {
     tokio_uring::start(async {
         with_shard(dir.path(), true, |c| async move {
             assert_eq!(
-                (fetched(&c, 0), fetched(&c, 1), fetched(&c, 7), fetched(&c, 3)),
+                (
+                    fetched(&c, 0),
+                    fetched(&c, 1),
+                    fetched(&c, 7),
+                    fetched(&c, 3)
+                ),
                 (150, 200, 7, 33)
             );
             let unacknowledged = fetched(&c, 5);
-            assert!(unacknowledged == 55 || unacknowledged == -1, "{unacknowledged}");
+            assert!(
+                unacknowledged == 55 || unacknowledged == -1,
+                "{unacknowledged}"
+            );
         })
         .await;
     });
