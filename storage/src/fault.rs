@@ -12,9 +12,11 @@
 //! durable contents and length, and can then keep a prefix of the newest lost write (a torn
 //! write: any prefix of a write may reach the platter). Small files written whole through the
 //! seam (indexes, checkpoint, clean marker) are durable when their write returns (they are
-//! fsynced, renamed and the directory fsynced inside it). Not modelled: segment files created
-//! or unlinked outside the seam (a lost directory entry), and the page cache of files written
-//! with std::fs at open (recovery syncs what it changes before the log is used).
+//! fsynced, renamed and the directory fsynced inside it). A segment file created after open
+//! (a roll) is reported to the seam (`IoBackend::file_created`): losing power removes it
+//! unless an fsync of its directory submitted after its creation completed. Not modelled:
+//! unlinks (retention, rollback: a deleted segment cannot come back), and files written with
+//! std::fs at open (recovery syncs what it changes before the log is used).
 //!
 //! Owns the plan, the undo records and the wrapping backend. Must never be used by the broker
 //! in production; it only changes behaviour when a test arms a fault or the power model.
@@ -25,7 +27,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -74,10 +76,20 @@ struct TrackedFile {
     undo: Vec<Undo>,
 }
 
-/// The power-loss model's state: un-synced changes per file.
+/// A file created through the seam whose directory entry no directory fsync covers yet.
+#[derive(Debug)]
+struct NewEntry {
+    path: PathBuf,
+    directory: Inode,
+    /// Order of creation, in the same sequence as the changes.
+    sequence: u64,
+}
+
+/// The power-loss model's state: un-synced changes per file, un-synced directory entries.
 #[derive(Debug, Default)]
 struct PowerModel {
     files: HashMap<Inode, TrackedFile>,
+    new_entries: HashMap<Inode, NewEntry>,
     next_sequence: u64,
 }
 
@@ -86,6 +98,8 @@ struct PowerModel {
 pub struct PowerLoss {
     /// Un-synced writes and truncations undone.
     pub changes_undone: usize,
+    /// Files removed because no directory fsync covered their creation.
+    pub files_removed: usize,
     /// Bytes of the newest lost write kept (a torn write), 0 when none.
     pub torn_bytes_kept: usize,
 }
@@ -213,7 +227,72 @@ impl FaultPlan {
             }
         }
         model.files.clear();
+        for (inode, entry) in model.new_entries.drain() {
+            // Only if the name still leads to the file created then (not unlinked, reused).
+            let same = std::fs::metadata(&entry.path).is_ok_and(|meta| {
+                use std::os::unix::fs::MetadataExt;
+                (meta.dev(), meta.ino()) == inode
+            });
+            if same {
+                std::fs::remove_file(&entry.path)?;
+                outcome.files_removed += 1;
+            }
+        }
         Ok(outcome)
+    }
+
+    /// Records a file created through the seam (power model on): its directory entry is lost
+    /// with the power until a directory fsync submitted after this completes.
+    fn record_created(&self, fd: RawFd) {
+        let mut state = self.0.borrow_mut();
+        let Some(model) = state.power.as_mut() else {
+            return;
+        };
+        let path = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .expect("power model: the path of a created file");
+        let parent = path
+            .parent()
+            .map(Path::to_path_buf)
+            .expect("power model: a created file has a directory");
+        let directory = {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(&parent).expect("power model: the directory");
+            (meta.dev(), meta.ino())
+        };
+        let sequence = model.next_sequence;
+        model.next_sequence += 1;
+        model.new_entries.insert(
+            inode_of(fd),
+            NewEntry {
+                path,
+                directory,
+                sequence,
+            },
+        );
+    }
+
+    /// What an fsync of the directory `fd` submitted now covers: entries created so far.
+    fn directory_coverage(&self, fd: RawFd) -> Option<(Inode, u64)> {
+        let state = self.0.borrow();
+        let model = state.power.as_ref()?;
+        let directory = inode_of(fd);
+        let covered = model
+            .new_entries
+            .values()
+            .filter(|entry| entry.directory == directory)
+            .map(|entry| entry.sequence)
+            .max()?;
+        Some((directory, covered))
+    }
+
+    /// A completed directory fsync made the entries in `directory` up to `covered` durable.
+    fn directory_synced(&self, directory: Inode, covered: u64) {
+        let mut state = self.0.borrow_mut();
+        if let Some(model) = state.power.as_mut() {
+            model
+                .new_entries
+                .retain(|_, entry| entry.directory != directory || entry.sequence > covered);
+        }
     }
 
     fn arm(&self, fault: Fault) {
@@ -518,9 +597,26 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
             Some(errno) => failed(errno),
             None => {
                 let coverage = self.plan.sync_coverage(fd, None);
-                self.covers(self.inner.fdatasync(fd), coverage)
+                let entries = self.plan.directory_coverage(fd);
+                let synced = self.covers(self.inner.fdatasync(fd), coverage);
+                let Some((directory, covered)) = entries else {
+                    return synced;
+                };
+                let plan = self.plan.clone();
+                Box::pin(async move {
+                    let result = synced.await;
+                    if result.is_ok() {
+                        plan.directory_synced(directory, covered);
+                    }
+                    result
+                })
             }
         }
+    }
+
+    fn file_created(&self, fd: RawFd) {
+        self.plan.record_created(fd);
+        self.inner.file_created(fd);
     }
 
     fn truncate(&self, file: File, len_bytes: u64) -> IoFuture {

@@ -69,6 +69,11 @@ pub(crate) trait IoBackend: 'static {
     /// Sluice supports). Durable only once an fdatasync of the file completes after it.
     fn truncate(&self, file: File, len_bytes: u64) -> IoFuture;
 
+    /// `fd` was just created in its directory; its directory entry is durable once an fsync
+    /// of the directory completes after this (the writer does that before the first
+    /// acks=all append in the file completes). Production has nothing to do.
+    fn file_created(&self, _fd: RawFd) {}
+
     /// Reads exactly `buf.len()` bytes of `file` at `position`, synchronously: for recovery
     /// at open, the one time a shard thread reads segment files itself.
     fn recovery_read(&self, file: &File, buf: &mut [u8], position: u64) -> io::Result<()>;
@@ -111,6 +116,10 @@ impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
 
     fn truncate(&self, file: File, len_bytes: u64) -> IoFuture {
         (**self).truncate(file, len_bytes)
+    }
+
+    fn file_created(&self, fd: RawFd) {
+        (**self).file_created(fd)
     }
 
     fn recovery_read(&self, file: &File, buf: &mut [u8], position: u64) -> io::Result<()> {

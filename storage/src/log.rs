@@ -126,7 +126,7 @@ impl PartitionShared {
         let headers = batch::validate(&records, log.config.max_message_bytes)?;
         let now = now_ms();
         let log_append_time = log.config.timestamp_type == TimestampType::LogAppendTime;
-        let (pieces, bases) = self.reserve(&mut log, shard.direct_io, &headers, now)?;
+        let (pieces, bases) = self.reserve(&mut log, &shard, &headers, now)?;
         let mut data = Stamped::stamp(&records, &headers, |index, header, rest| {
             batch::assign(header, bases[index], leader_epoch);
             if log_append_time {
@@ -208,7 +208,7 @@ impl PartitionShared {
     fn reserve(
         self: &Rc<Self>,
         log: &mut LogState,
-        direct_io: bool,
+        shard: &ShardShared,
         headers: &[RecordBatchHeader],
         now: i64,
     ) -> Result<(Vec<Piece>, Vec<i64>), AppendError> {
@@ -240,8 +240,14 @@ impl PartitionShared {
         }
         let mut created = Vec::with_capacity(rolls.len());
         for &(_, base) in &rolls {
-            match Segment::create(&self.dir, base, direct_io, now) {
-                Ok(segment) => created.push(Rc::new(segment)),
+            match Segment::create(&self.dir, base, shard.direct_io, now) {
+                Ok(segment) => {
+                    if let Some(file) = &segment.write_file {
+                        use std::os::fd::AsRawFd;
+                        shard.io.file_created(file.as_raw_fd());
+                    }
+                    created.push(Rc::new(segment))
+                }
                 Err(error) => {
                     for segment in &created {
                         segment.unlink();
