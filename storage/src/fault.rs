@@ -40,6 +40,8 @@ use crate::io::{FileWrite, IoBackend, IoFuture};
 enum Fault {
     /// The next write fails with this errno and writes nothing.
     WriteError(i32),
+    /// The write with this number (counted from the plan's creation) fails with this errno.
+    WriteErrorAt(u64, i32),
     /// The next write stores only its first `bytes`, then fails with EIO.
     TornWrite(usize),
     /// The next fdatasync fails with this errno (after its write succeeded).
@@ -130,6 +132,13 @@ impl FaultPlan {
     /// The next write fails with `errno` (e.g. `libc::EIO`) without writing.
     pub fn fail_next_write(&self, errno: i32) {
         self.arm(Fault::WriteError(errno));
+    }
+
+    /// The write after the next `writes` ones fails with `errno` without writing (e.g. the
+    /// second flush of an append written over several).
+    pub fn fail_write_after(&self, writes: u64, errno: i32) {
+        let target = self.0.borrow().writes + writes + 1;
+        self.arm(Fault::WriteErrorAt(target, errno));
     }
 
     /// The next write stores only its first `bytes` bytes and then reports EIO.
@@ -305,11 +314,16 @@ impl FaultPlan {
         if state.disk_full {
             return Some(Fault::WriteError(libc::ENOSPC));
         }
-        let position = state
-            .faults
-            .iter()
-            .position(|fault| matches!(fault, Fault::WriteError(_) | Fault::TornWrite(_)))?;
-        state.faults.remove(position)
+        let writes = state.writes;
+        let position = state.faults.iter().position(|fault| match fault {
+            Fault::WriteError(_) | Fault::TornWrite(_) => true,
+            Fault::WriteErrorAt(number, _) => *number == writes,
+            _ => false,
+        })?;
+        match state.faults.remove(position) {
+            Some(Fault::WriteErrorAt(_, errno)) => Some(Fault::WriteError(errno)),
+            fault => fault,
+        }
     }
 
     fn take_sync_fault(&self) -> Option<i32> {

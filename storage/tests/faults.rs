@@ -494,18 +494,14 @@ fn oversized_append(direct_io: bool) {
             "written over several flushes"
         );
         assert_eq!(info.base_offset, 1);
-        // Fail the second flush of the next oversized append.
-        let failing = partition.clone();
-        let pending = tokio::task::spawn_local(async move {
-            failing
-                .append(bytes(make_batch(2, 900, 1000, 0)), Ack::Durable, 0)
-                .await
-        });
-        tokio::task::yield_now().await;
-        plan.fail_next_write(libc::ENOSPC);
-        let result = pending.await.expect("join");
-        // Depending on timing the first or a later piece failed; either way nothing is visible.
+        // Fail the second flush of the next oversized append: its first part is in the file
+        // already and must be rolled back.
+        plan.fail_write_after(1, libc::ENOSPC);
+        let result = partition
+            .append(bytes(make_batch(2, 900, 1000, 0)), Ack::Durable, 0)
+            .await;
         assert!(matches!(result, Err(AppendError::Storage(_))), "{result:?}");
+        assert!(plan.operation_counts().0 >= writes_after + 2);
         assert_eq!(partition.log_end_offset(), 901);
         let after = make_batch(3, 2, 100, 0);
         let info = partition
