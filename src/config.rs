@@ -6,9 +6,21 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sluice_storage::{LogConfig, TimestampType};
+
+mod check;
+use check::Check;
+
+/// Upper bound of `num.shards`: far above any core count, low enough to catch a typo.
+const SHARDS_MAX: i64 = 4096;
+/// Smallest `log.segment.bytes` (and topic `segment.bytes`): one direct-I/O block.
+const SEGMENT_BYTES_MIN: i64 = 4096;
+/// Smallest `message.max.bytes`: a record batch header alone.
+const BATCH_BYTES_MIN: i64 = sluice_storage::batch::HEADER_BYTES as i64;
+/// io_uring refuses submission queues above this many entries.
+const RING_ENTRIES_MAX: i64 = 32768;
 
 /// One documented setting.
 pub struct Setting {
@@ -48,15 +60,33 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "log.tail.cache.bytes", default: "67108864", doc: "Recent bytes per shard served to consumers from memory." },
     Setting { name: "log.flush.batch.bytes", default: "16777216", doc: "Upper bound of one group commit write." },
     Setting { name: "io.uring.entries", default: "1024", doc: "Submission queue size of each shard's storage ring." },
-    Setting { name: "fetch.zero.copy", default: "true", doc: "Send record bytes with splice/SEND_ZC; false = copy every record byte through a user-space buffer (pread / memcpy)." },
+    Setting { name: "fetch.zero.copy", default: "true", doc: "Send record bytes with splice/SEND_ZC; false = copy every record byte through a user-space buffer (pread from files, memcpy from the tail cache), the baseline and the fallback for kernels without splice. Tail-cache data to a peer on this host goes by plain SENDMSG from the cache's buffers (the kernel copies looped zero-copy pages anyway; `SLUICE_FETCH_SEND_ZC_LOCAL_PEERS=1` forces SEND_ZC)." },
     Setting { name: "fetch.max.wait.ms.max", default: "30000", doc: "Upper bound on a Fetch's max_wait_ms." },
     Setting { name: "group.initial.rebalance.delay.ms", default: "3000", doc: "Wait for more members before the first rebalance of an empty group." },
     Setting { name: "group.min.session.timeout.ms", default: "6000", doc: "Smallest session timeout a member may ask for." },
     Setting { name: "group.max.session.timeout.ms", default: "1800000", doc: "Largest session timeout a member may ask for." },
     Setting { name: "group.max.size", default: "2147483647", doc: "Members per group." },
     Setting { name: "offsets.retention.minutes", default: "10080", doc: "Committed offsets of empty groups expire after this." },
+    Setting { name: "offsets.retention.check.interval.ms", default: "600000", doc: "How often committed offsets are checked for expiry." },
+    Setting { name: "offset.metadata.max.bytes", default: "4096", doc: "Largest metadata string of one committed offset (OFFSET_METADATA_TOO_LARGE above it)." },
+    Setting { name: "offsets.snapshot.interval.ms", default: "60000", doc: "How often a __consumer_offsets partition whose log grew is snapshotted, so startup replays only the log after the snapshot." },
+    Setting { name: "producer.id.expiration.ms", default: "86400000", doc: "An idempotent producer's state (epoch, sequences) is dropped after it wrote nothing to the partition for this long; its next batch is then accepted at any sequence, as Kafka does." },
+    Setting { name: "producer.id.expiration.check.interval.ms", default: "600000", doc: "How often expired producer states are removed." },
+    Setting { name: "producer.states.per.partition.max", default: "10000", doc: "Producer states kept per partition; above it the least recently active ones are dropped first (duplicates of their retried batches then go undetected)." },
     Setting { name: "cluster.id", default: "", doc: "Cluster id; generated and stored in the metadata log when empty." },
 ];
+
+/// The settings as the Markdown table the README carries (`--print-config-reference`).
+pub fn reference_table() -> String {
+    let mut table = String::from("| setting | default | meaning |\n|---|---|---|\n");
+    for setting in SETTINGS {
+        table.push_str(&format!(
+            "| `{}` | `{}` | {} |\n",
+            setting.name, setting.default, setting.doc
+        ));
+    }
+    table
+}
 
 /// Topic-level config names Sluice understands, with the broker setting that gives the default.
 pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
@@ -74,16 +104,35 @@ pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
 
 /// A configuration problem, reported before the broker starts.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// A key no setting has.
-    #[error("unknown setting '{0}' (see `sluice serve --help` for the list)")]
+    #[error("unknown setting '{0}' (see `sluice serve --print-config-reference` for the list)")]
     UnknownKey(String),
-    /// A value that does not parse.
+    /// An assignment or value that cannot be read at all.
     #[error("setting '{key}': {message}")]
     BadValue {
         /// the key
         key: String,
         /// why
+        message: String,
+    },
+    /// A value that does not parse or is out of range.
+    #[error("setting '{key}': invalid value '{value}'; allowed: {allowed}")]
+    Invalid {
+        /// the key
+        key: String,
+        /// the value given
+        value: String,
+        /// what the setting accepts
+        allowed: String,
+    },
+    /// Values that are each valid but contradict each other.
+    #[error("settings {keys}: {message}")]
+    Conflict {
+        /// the keys involved, e.g. "'a' and 'b'"
+        keys: String,
+        /// the rule broken, with the values
         message: String,
     },
     /// The config file cannot be read or parsed.
@@ -93,7 +142,40 @@ pub enum ConfigError {
         path: PathBuf,
         /// why
         message: String,
+        /// the OS error, when reading failed
+        #[source]
+        source: Option<std::io::Error>,
     },
+    /// Every problem found, so one start attempt reports all of them.
+    #[error("{} configuration errors:\n{}", .0.len(), list(.0))]
+    Several(Vec<ConfigError>),
+}
+
+fn list(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// One error as itself, several as [`ConfigError::Several`]; None when there are none.
+    fn from_all(mut errors: Vec<ConfigError>) -> Option<ConfigError> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(ConfigError::Several(errors)),
+        }
+    }
+
+    /// The individual problems (one, or each of [`ConfigError::Several`]).
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several(all) => all.iter().collect(),
+            one => vec![one],
+        }
+    }
 }
 
 /// Aliases used by the command line and the TOML file for the Kafka names.
@@ -153,52 +235,72 @@ impl Settings {
     }
 
     /// Loads a TOML file: keys are Kafka names (dotted keys nest in TOML and are flattened
-    /// back) or the command-line names (`data-dir`, `listen`, ...).
-    pub fn load_toml(&mut self, path: &std::path::Path) -> Result<(), ConfigError> {
+    /// back) or the command-line names (`data-dir`, `listen`, ...). Every unknown key is
+    /// reported, not only the first.
+    pub fn load_toml(&mut self, path: &Path) -> Result<(), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
             path: path.to_path_buf(),
             message: e.to_string(),
+            source: Some(e),
         })?;
         let table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::File {
                 path: path.to_path_buf(),
                 message: e.to_string(),
+                source: None,
             })?;
         let mut flat = Vec::new();
         flatten("", &toml::Value::Table(table), &mut flat);
-        for (key, value) in flat {
-            self.set(&key, &value)?;
-        }
-        Ok(())
+        let errors = flat
+            .into_iter()
+            .filter_map(|(key, value)| self.set(&key, &value).err())
+            .collect();
+        ConfigError::from_all(errors).map_or(Ok(()), Err)
     }
 
     /// The raw value.
     pub fn raw(&self, key: &str) -> &str {
         self.values.get(key).map(String::as_str).unwrap_or("")
     }
+}
 
-    fn parse<T: std::str::FromStr>(&self, key: &str) -> Result<T, ConfigError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let raw = self.raw(key);
-        raw.parse().map_err(|e: T::Err| ConfigError::BadValue {
-            key: key.to_string(),
-            message: format!("'{raw}': {e}"),
-        })
-    }
-
-    fn optional<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, ConfigError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        if self.raw(key).is_empty() {
-            Ok(None)
-        } else {
-            self.parse(key).map(Some)
+/// Builds the broker configuration from a config file, `--override key=value` assignments and
+/// the dedicated flags (in that precedence), then validates every value. Reports every
+/// problem found in one error rather than stopping at the first.
+pub fn load(
+    config_file: Option<&Path>,
+    overrides: &[String],
+    flags: &[(&str, Option<String>)],
+) -> Result<BrokerConfig, ConfigError> {
+    let mut settings = Settings::default();
+    let mut errors = Vec::new();
+    if let Some(path) = config_file {
+        if let Err(error) = settings.load_toml(path) {
+            match error {
+                ConfigError::Several(all) => errors.extend(all),
+                one => errors.push(one),
+            }
         }
     }
+    for assignment in overrides {
+        if let Err(error) = settings.apply_override(assignment) {
+            errors.push(error);
+        }
+    }
+    for (key, value) in flags {
+        if let Some(value) = value {
+            if let Err(error) = settings.set(key, value) {
+                errors.push(error);
+            }
+        }
+    }
+    match BrokerConfig::checked(settings) {
+        Ok(config) if errors.is_empty() => return Ok(config),
+        Ok(_) => {}
+        Err(invalid) => errors.extend(invalid),
+    }
+    Err(ConfigError::from_all(errors).unwrap_or(ConfigError::Several(Vec::new())))
 }
 
 fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
@@ -263,85 +365,134 @@ pub struct BrokerConfig {
     pub group_commit_bytes_max: usize,
     /// Storage ring size.
     pub ring_entries: u32,
+    /// The consumer-group coordinator's settings (`group.*`, `offsets.*`).
+    pub groups: sluice_group::GroupConfig,
+    /// `producer.id.expiration.ms`: idle time after which a producer's state is dropped.
+    pub producer_id_expiration_ms: u64,
+    /// `producer.id.expiration.check.interval.ms`.
+    pub producer_id_expiration_check_interval_ms: u64,
+    /// `producer.states.per.partition.max`.
+    pub producer_states_per_partition_max: usize,
 }
 
+/// Largest value of a Kafka `int` setting.
+const INT_MAX: i64 = i32::MAX as i64;
+
 impl BrokerConfig {
-    /// Validates and types `settings`.
+    /// Validates and types `settings`; every problem found is reported (see [`load`]).
     pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
-        let listen: SocketAddr = settings.parse("listeners")?;
-        let advertised = settings.raw("advertised.listeners").to_string();
-        let (advertised_host, advertised_port) = if advertised.is_empty() {
-            (listen.ip().to_string(), i32::from(listen.port()))
-        } else {
-            let (host, port) =
-                advertised
-                    .rsplit_once(':')
-                    .ok_or_else(|| ConfigError::BadValue {
-                        key: "advertised.listeners".into(),
-                        message: format!("'{advertised}': expected HOST:PORT"),
-                    })?;
-            let port: u16 = port.parse().map_err(|e| ConfigError::BadValue {
-                key: "advertised.listeners".into(),
-                message: format!("'{advertised}': {e}"),
-            })?;
-            (host.to_string(), i32::from(port))
-        };
-        let admin_listen = settings.optional::<SocketAddr>("admin.listen")?;
-        let mut shards: usize = settings.parse("num.shards")?;
-        if shards == 0 {
-            shards = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
-        }
-        let timestamp_type = match settings.raw("log.message.timestamp.type") {
-            "CreateTime" => TimestampType::CreateTime,
-            "LogAppendTime" => TimestampType::LogAppendTime,
-            other => {
-                return Err(ConfigError::BadValue {
-                    key: "log.message.timestamp.type".into(),
-                    message: format!("'{other}': expected CreateTime or LogAppendTime"),
-                })
-            }
-        };
+        Self::checked(settings).map_err(|errors| {
+            ConfigError::from_all(errors).unwrap_or(ConfigError::Several(Vec::new()))
+        })
+    }
+
+    /// Parses and range-checks every setting and the rules between them.
+    fn checked(settings: Settings) -> Result<Self, Vec<ConfigError>> {
+        let mut check = Check::new(&settings);
+        let c = &mut check;
+        let data_dir = PathBuf::from(c.non_empty("log.dirs"));
+        let listen = c.socket_addr("listeners");
+        let advertised = c.optional_host_port("advertised.listeners");
+        let admin_listen = c.optional_socket_addr("admin.listen");
+        let shards: usize = c.int("num.shards", 0..=SHARDS_MAX);
+        let timestamp_type = c.one_of(
+            "log.message.timestamp.type",
+            &[
+                ("CreateTime", TimestampType::CreateTime),
+                ("LogAppendTime", TimestampType::LogAppendTime),
+            ],
+        );
         let log_defaults = LogConfig {
-            segment_bytes: settings.parse("log.segment.bytes")?,
-            segment_ms: settings.parse("log.roll.ms")?,
-            retention_ms: settings.parse("log.retention.ms")?,
-            retention_bytes: settings.parse("log.retention.bytes")?,
-            max_message_bytes: settings.parse("message.max.bytes")?,
-            index_interval_bytes: settings.parse("log.index.interval.bytes")?,
-            flush_messages: settings.optional("log.flush.interval.messages")?,
-            flush_ms: settings.optional("log.flush.interval.ms")?,
-            timestamp_type,
+            segment_bytes: c.int("log.segment.bytes", SEGMENT_BYTES_MIN..=INT_MAX),
+            segment_ms: c.int("log.roll.ms", 1..=i64::MAX),
+            retention_ms: c.int("log.retention.ms", -1..=i64::MAX),
+            retention_bytes: c.int("log.retention.bytes", -1..=i64::MAX),
+            max_message_bytes: c.int("message.max.bytes", BATCH_BYTES_MIN..=INT_MAX),
+            index_interval_bytes: c.int("log.index.interval.bytes", 0..=INT_MAX),
+            flush_messages: c.optional_int("log.flush.interval.messages", 1..=i64::MAX),
+            flush_ms: c.optional_int("log.flush.interval.ms", 0..=i64::MAX),
+            timestamp_type: timestamp_type.unwrap_or(TimestampType::CreateTime),
         };
-        if log_defaults.segment_bytes < 4096 {
-            return Err(ConfigError::BadValue {
-                key: "log.segment.bytes".into(),
-                message: "must be at least 4096".into(),
-            });
-        }
-        Ok(Self {
-            data_dir: PathBuf::from(settings.raw("log.dirs")),
-            listen,
-            advertised_host,
-            advertised_port,
+        let request_bytes_max: usize = c.int("socket.request.max.bytes", 1..=INT_MAX);
+        let mut groups = sluice_group::GroupConfig::new(data_dir.clone());
+        groups.initial_rebalance_delay_ms = c.int("group.initial.rebalance.delay.ms", 0..=INT_MAX);
+        groups.session_timeout_ms_min = c.int("group.min.session.timeout.ms", 1..=INT_MAX);
+        groups.session_timeout_ms_max = c.int("group.max.session.timeout.ms", 1..=INT_MAX);
+        groups.max_group_size = c.int("group.max.size", 1..=INT_MAX);
+        groups.offsets_retention_minutes = c.int("offsets.retention.minutes", 1..=INT_MAX);
+        groups.offsets_retention_check_interval_ms =
+            c.int("offsets.retention.check.interval.ms", 1..=INT_MAX);
+        groups.offset_metadata_max_bytes = c.int("offset.metadata.max.bytes", 0..=INT_MAX);
+        groups.offsets_snapshot_interval_ms = c.int("offsets.snapshot.interval.ms", 1..=INT_MAX);
+        let config = Self {
+            data_dir,
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            advertised_host: String::new(),
+            advertised_port: 0,
             admin_listen,
             shards,
-            node_id: settings.parse("node.id")?,
-            num_partitions: settings.parse("num.partitions")?,
-            auto_create_topics: settings.parse("auto.create.topics.enable")?,
-            request_bytes_max: settings.parse("socket.request.max.bytes")?,
-            connections_max: settings.parse("max.connections")?,
-            inflight_requests_max: settings.parse("queued.max.requests")?,
-            retention_check_interval_ms: settings.parse("log.retention.check.interval.ms")?,
-            fetch_zero_copy: settings.parse("fetch.zero.copy")?,
-            fetch_wait_ms_max: settings.parse("fetch.max.wait.ms.max")?,
-            direct_io: settings.parse("log.direct.io")?,
-            tail_cache_bytes: settings.parse("log.tail.cache.bytes")?,
-            group_commit_bytes_max: settings.parse("log.flush.batch.bytes")?,
-            ring_entries: settings.parse("io.uring.entries")?,
+            node_id: c.int("node.id", 0..=INT_MAX),
+            num_partitions: c.int("num.partitions", 1..=INT_MAX),
+            auto_create_topics: c.boolean("auto.create.topics.enable"),
+            request_bytes_max,
+            connections_max: c.int("max.connections", 1..=INT_MAX),
+            inflight_requests_max: c.int("queued.max.requests", 1..=INT_MAX),
+            retention_check_interval_ms: c.int("log.retention.check.interval.ms", 1..=i64::MAX),
+            fetch_zero_copy: c.boolean("fetch.zero.copy"),
+            fetch_wait_ms_max: c.int("fetch.max.wait.ms.max", 0..=INT_MAX),
+            direct_io: c.boolean("log.direct.io"),
+            tail_cache_bytes: c.int("log.tail.cache.bytes", 0..=i64::MAX),
+            group_commit_bytes_max: c.int("log.flush.batch.bytes", 1..=INT_MAX),
+            ring_entries: c.int("io.uring.entries", 1..=RING_ENTRIES_MAX),
+            producer_id_expiration_ms: c.int("producer.id.expiration.ms", 1..=INT_MAX),
+            producer_id_expiration_check_interval_ms: c
+                .int("producer.id.expiration.check.interval.ms", 1..=INT_MAX),
+            producer_states_per_partition_max: c
+                .int("producer.states.per.partition.max", 1..=INT_MAX),
             log_defaults,
+            groups,
+            settings: Settings::default(),
+        };
+        c.relation(
+            config.groups.session_timeout_ms_min <= config.groups.session_timeout_ms_max,
+            &[
+                "group.min.session.timeout.ms",
+                "group.max.session.timeout.ms",
+            ],
+            format!(
+                "the minimum session timeout ({} ms) is above the maximum ({} ms)",
+                config.groups.session_timeout_ms_min, config.groups.session_timeout_ms_max
+            ),
+        );
+        c.relation(
+            usize::try_from(config.log_defaults.max_message_bytes)
+                .is_ok_and(|batch_bytes| batch_bytes <= config.request_bytes_max),
+            &["message.max.bytes", "socket.request.max.bytes"],
+            format!(
+                "a {}-byte batch could never arrive in a request of at most {} bytes",
+                config.log_defaults.max_message_bytes, config.request_bytes_max
+            ),
+        );
+        if !check.errors.is_empty() {
+            return Err(check.errors);
+        }
+        let (advertised_host, advertised_port) = match advertised {
+            Some((host, port)) => (host, i32::from(port)),
+            None => (
+                config.listen.ip().to_string(),
+                i32::from(config.listen.port()),
+            ),
+        };
+        let shards = match config.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Ok(Self {
+            advertised_host,
+            advertised_port,
+            shards,
             settings,
+            ..config
         })
     }
 
@@ -357,8 +508,10 @@ impl BrokerConfig {
             match key.as_str() {
                 "segment.bytes" => {
                     log.segment_bytes = value.parse().map_err(|e| bad(&e))?;
-                    if log.segment_bytes < 4096 {
-                        return Err(format!("segment.bytes must be at least 4096, got {value}"));
+                    if log.segment_bytes < SEGMENT_BYTES_MIN as u64 {
+                        return Err(format!(
+                            "segment.bytes must be at least {SEGMENT_BYTES_MIN}, got {value}"
+                        ));
                     }
                 }
                 "segment.ms" => log.segment_ms = value.parse().map_err(|e| bad(&e))?,
@@ -451,6 +604,150 @@ mod tests {
         assert_eq!(config.listen.port(), 19092);
         assert_eq!(config.log_defaults.retention_ms, 1000);
         assert!(!config.auto_create_topics);
+    }
+
+    /// The problems `load` reports for these overrides, rendered one per line.
+    fn problems(overrides: &[&str]) -> Vec<String> {
+        let overrides: Vec<String> = overrides.iter().map(|o| o.to_string()).collect();
+        match load(None, &overrides, &[]) {
+            Ok(_) => Vec::new(),
+            Err(error) => error.problems().iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_typed() {
+        let config = BrokerConfig::from_settings(Settings::default()).unwrap();
+        assert_eq!(config.groups.session_timeout_ms_min, 6_000);
+        assert_eq!(config.groups.session_timeout_ms_max, 1_800_000);
+        assert_eq!(config.groups.max_group_size, i32::MAX as usize);
+        assert_eq!(config.groups.offsets_retention_minutes, 10_080);
+        assert_eq!(config.groups.offsets_retention_check_interval_ms, 600_000);
+        assert_eq!(config.producer_id_expiration_ms, 86_400_000);
+        assert_eq!(config.producer_states_per_partition_max, 10_000);
+        let config = BrokerConfig::from_settings({
+            let mut settings = Settings::default();
+            settings.set("group.max.size", "250").unwrap();
+            settings.set("offsets.retention.minutes", "1").unwrap();
+            settings.set("auto.create.topics.enable", "FALSE").unwrap();
+            settings
+        })
+        .unwrap();
+        assert_eq!(config.groups.max_group_size, 250);
+        assert_eq!(config.groups.offsets_retention_minutes, 1);
+        assert!(!config.auto_create_topics);
+    }
+
+    #[test]
+    fn a_malformed_group_setting_is_an_error_not_a_default() {
+        assert_eq!(
+            problems(&["group.max.size=lots"]),
+            ["setting 'group.max.size': invalid value 'lots'; allowed: an integer from 1 to 2147483647"]
+        );
+        assert_eq!(
+            problems(&["offsets.retention.minutes=0"]),
+            ["setting 'offsets.retention.minutes': invalid value '0'; allowed: an integer from 1 to 2147483647"]
+        );
+    }
+
+    #[test]
+    fn a_value_too_big_for_its_type_is_out_of_range_not_truncated() {
+        // 4294967296 + 6000 truncated `as i32` would have been 6000.
+        assert_eq!(
+            problems(&["group.min.session.timeout.ms=4294973296"]),
+            ["setting 'group.min.session.timeout.ms': invalid value '4294973296'; allowed: an integer from 1 to 2147483647"]
+        );
+        assert_eq!(problems(&["num.shards=99999999999999999999"]).len(), 1);
+    }
+
+    #[test]
+    fn booleans_choices_and_addresses_name_what_is_allowed() {
+        assert_eq!(
+            problems(&["log.direct.io=yes"]),
+            ["setting 'log.direct.io': invalid value 'yes'; allowed: true or false"]
+        );
+        assert_eq!(
+            problems(&["log.message.timestamp.type=Now"]),
+            ["setting 'log.message.timestamp.type': invalid value 'Now'; allowed: CreateTime or LogAppendTime"]
+        );
+        assert_eq!(
+            problems(&["listeners=localhost"]),
+            ["setting 'listeners': invalid value 'localhost'; allowed: IP:PORT, e.g. 127.0.0.1:9092"]
+        );
+        assert_eq!(
+            problems(&["advertised.listeners=broker:0"]),
+            ["setting 'advertised.listeners': invalid value 'broker:0'; allowed: empty, or HOST:PORT with a port from 1 to 65535"]
+        );
+        assert_eq!(
+            problems(&["log.flush.interval.messages=0"]),
+            ["setting 'log.flush.interval.messages': invalid value '0'; allowed: empty (not set) or an integer >= 1"]
+        );
+        assert!(problems(&[
+            "admin.listen=",
+            "log.flush.interval.ms=",
+            "advertised.listeners=h:1"
+        ])
+        .is_empty());
+    }
+
+    #[test]
+    fn relations_between_settings_are_checked() {
+        assert_eq!(
+            problems(&["group.min.session.timeout.ms=7000", "group.max.session.timeout.ms=6000"]),
+            ["settings 'group.min.session.timeout.ms' and 'group.max.session.timeout.ms': the minimum session timeout (7000 ms) is above the maximum (6000 ms)"]
+        );
+        assert_eq!(
+            problems(&["message.max.bytes=2000", "socket.request.max.bytes=1000"]),
+            ["settings 'message.max.bytes' and 'socket.request.max.bytes': a 2000-byte batch could never arrive in a request of at most 1000 bytes"]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let all = problems(&[
+            "group.max.sise=3",
+            "num.partitions=0",
+            "novalue",
+            "group.initial.rebalance.delay.ms=-1",
+            "fetch.zero.copy=1",
+        ]);
+        assert_eq!(all.len(), 5, "{all:#?}");
+        assert!(all[0].contains("unknown setting 'group.max.sise'"));
+        assert!(all[1].contains("'novalue': expected key=value"));
+        assert!(all
+            .iter()
+            .any(|p| p.contains("'num.partitions': invalid value '0'")));
+        assert!(all
+            .iter()
+            .any(|p| p.contains("'group.initial.rebalance.delay.ms': invalid value '-1'")));
+        assert!(all
+            .iter()
+            .any(|p| p.contains("'fetch.zero.copy': invalid value '1'")));
+        let overrides = vec!["num.partitions=0".to_string(), "node.id=x".to_string()];
+        let rendered = load(None, &overrides, &[]).unwrap_err().to_string();
+        assert!(
+            rendered.starts_with("2 configuration errors:\n  setting"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn toml_reports_every_unknown_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "lissten = \"x\"\ngroup.max.sise = 3\n").unwrap();
+        let error = load(Some(&path), &[], &[]).unwrap_err();
+        let rendered: Vec<String> = error.problems().iter().map(|p| p.to_string()).collect();
+        assert_eq!(rendered.len(), 2, "{rendered:?}");
+    }
+
+    #[test]
+    fn readme_carries_the_reference_table() {
+        let readme = include_str!("../README.md");
+        assert!(
+            readme.contains(&reference_table()),
+            "README.md's settings table differs from `sluice serve --print-config-reference`"
+        );
     }
 
     #[test]

@@ -94,36 +94,19 @@ fn init_logging() {
 
 fn serve(args: ServeArgs) -> ExitCode {
     if args.print_config_reference {
-        println!("| setting | default | meaning |\n|---|---|---|");
-        for s in sluice::config::SETTINGS {
-            println!("| `{}` | `{}` | {} |", s.name, s.default, s.doc);
-        }
+        print!("{}", sluice::config::reference_table());
         return ExitCode::SUCCESS;
     }
     init_logging();
     keep_large_allocations_in_the_heap();
-    let mut settings = sluice::config::Settings::default();
-    let result = (|| {
-        if let Some(path) = &args.config {
-            settings.load_toml(path)?;
-        }
-        for assignment in &args.overrides {
-            settings.apply_override(assignment)?;
-        }
-        let flags = [
-            ("log.dirs", args.data_dir.clone()),
-            ("listeners", args.listen.clone()),
-            ("advertised.listeners", args.advertised_listener.clone()),
-            ("admin.listen", args.admin_listen.clone()),
-            ("num.shards", args.shards.map(|n| n.to_string())),
-        ];
-        for (key, value) in flags {
-            if let Some(value) = value {
-                settings.set(key, &value)?;
-            }
-        }
-        sluice::config::BrokerConfig::from_settings(settings)
-    })();
+    let flags = [
+        ("log.dirs", args.data_dir.clone()),
+        ("listeners", args.listen.clone()),
+        ("advertised.listeners", args.advertised_listener.clone()),
+        ("admin.listen", args.admin_listen.clone()),
+        ("num.shards", args.shards.map(|n| n.to_string())),
+    ];
+    let result = sluice::config::load(args.config.as_deref(), &args.overrides, &flags);
     let config = match result {
         Ok(config) => config,
         Err(error) => {

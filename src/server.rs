@@ -349,7 +349,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         other => format!("opening storage: {other}"),
     })?;
     let controller = metadata_log.map(Controller::new);
-    let group_config = group_config(&config);
+    let group_config = config.groups.clone();
     let offsets_log_config = group_config.offsets_log_config();
     let groups = sluice_group::GroupCoordinator::new(
         group_config,
@@ -469,18 +469,6 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         return Err(format!("storage shutdown: {error}"));
     }
     Ok(())
-}
-
-fn group_config(config: &BrokerConfig) -> sluice_group::GroupConfig {
-    let mut group = sluice_group::GroupConfig::new(config.data_dir.clone());
-    let settings = &config.settings;
-    let int = |key: &str, default: i64| settings.raw(key).parse::<i64>().unwrap_or(default);
-    group.initial_rebalance_delay_ms = int("group.initial.rebalance.delay.ms", 3000) as i32;
-    group.session_timeout_ms_min = int("group.min.session.timeout.ms", 6000) as i32;
-    group.session_timeout_ms_max = int("group.max.session.timeout.ms", 1_800_000) as i32;
-    group.max_group_size = int("group.max.size", i64::from(i32::MAX)) as usize;
-    group.offsets_retention_minutes = int("offsets.retention.minutes", 10_080);
-    group
 }
 
 /// Wall-clock milliseconds since the epoch.

@@ -1,0 +1,165 @@
+//! Typed reading of raw setting values with their allowed ranges: every problem is recorded
+//! (key, bad value, what is allowed) and reading goes on, so one start attempt lists them all.
+//!
+//! Must never: fall back to a default for a malformed value without recording an error, or
+//! narrow an integer with `as` (a value that does not fit its type is out of range).
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+
+use super::{ConfigError, Settings};
+
+/// Reads settings, collecting every problem in `errors`. A read that fails returns a
+/// placeholder (the type's default); the caller must not use the result when `errors` is
+/// non-empty.
+pub(super) struct Check<'a> {
+    settings: &'a Settings,
+    pub errors: Vec<ConfigError>,
+}
+
+impl<'a> Check<'a> {
+    pub fn new(settings: &'a Settings) -> Self {
+        Self {
+            settings,
+            errors: Vec::new(),
+        }
+    }
+
+    fn invalid(&mut self, key: &str, allowed: impl Into<String>) {
+        self.errors.push(ConfigError::Invalid {
+            key: key.to_string(),
+            value: self.settings.raw(key).to_string(),
+            allowed: allowed.into(),
+        });
+    }
+
+    /// An integer within `range`, converted to `T` without truncation.
+    pub fn int<T: TryFrom<i64> + Default>(&mut self, key: &str, range: RangeInclusive<i64>) -> T {
+        self.optional_int_inner(key, range, false)
+            .unwrap_or_default()
+    }
+
+    /// Like [`Check::int`], but an empty value means "not set".
+    pub fn optional_int<T: TryFrom<i64> + Default>(
+        &mut self,
+        key: &str,
+        range: RangeInclusive<i64>,
+    ) -> Option<T> {
+        self.optional_int_inner(key, range, true)
+    }
+
+    fn optional_int_inner<T: TryFrom<i64> + Default>(
+        &mut self,
+        key: &str,
+        range: RangeInclusive<i64>,
+        empty_allowed: bool,
+    ) -> Option<T> {
+        let raw = self.settings.raw(key);
+        let allowed = describe(&range, empty_allowed);
+        if raw.is_empty() && empty_allowed {
+            return None;
+        }
+        let parsed = raw
+            .parse::<i64>()
+            .ok()
+            .filter(|value| range.contains(value))
+            .and_then(|value| T::try_from(value).ok());
+        if parsed.is_none() {
+            self.invalid(key, allowed);
+        }
+        parsed
+    }
+
+    /// `true` or `false` (any case, as Kafka reads booleans).
+    pub fn boolean(&mut self, key: &str) -> bool {
+        let raw = self.settings.raw(key);
+        if raw.eq_ignore_ascii_case("true") {
+            true
+        } else if raw.eq_ignore_ascii_case("false") {
+            false
+        } else {
+            self.invalid(key, "true or false");
+            false
+        }
+    }
+
+    /// One of `choices` by exact name.
+    pub fn one_of<T: Copy>(&mut self, key: &str, choices: &[(&str, T)]) -> Option<T> {
+        let raw = self.settings.raw(key);
+        let found = choices
+            .iter()
+            .find(|(name, _)| *name == raw)
+            .map(|(_, value)| *value);
+        if found.is_none() {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            self.invalid(key, names.join(" or "));
+        }
+        found
+    }
+
+    /// An IP:PORT socket address.
+    pub fn socket_addr(&mut self, key: &str) -> Option<SocketAddr> {
+        let parsed = self.settings.raw(key).parse::<SocketAddr>().ok();
+        if parsed.is_none() {
+            self.invalid(key, "IP:PORT, e.g. 127.0.0.1:9092");
+        }
+        parsed
+    }
+
+    /// Empty (disabled) or an IP:PORT socket address.
+    pub fn optional_socket_addr(&mut self, key: &str) -> Option<SocketAddr> {
+        if self.settings.raw(key).is_empty() {
+            None
+        } else {
+            self.socket_addr(key)
+        }
+    }
+
+    /// Empty (not set) or HOST:PORT with a non-empty host and a port from 1 to 65535.
+    pub fn optional_host_port(&mut self, key: &str) -> Option<(String, u16)> {
+        let raw = self.settings.raw(key);
+        if raw.is_empty() {
+            return None;
+        }
+        let parsed = raw.rsplit_once(':').and_then(|(host, port)| {
+            let port = port.parse::<u16>().ok().filter(|port| *port > 0)?;
+            (!host.is_empty()).then(|| (host.to_string(), port))
+        });
+        if parsed.is_none() {
+            self.invalid(key, "empty, or HOST:PORT with a port from 1 to 65535");
+        }
+        parsed
+    }
+
+    /// Any value but the empty string.
+    pub fn non_empty(&mut self, key: &str) -> String {
+        let raw = self.settings.raw(key).to_string();
+        if raw.is_empty() {
+            self.invalid(key, "a non-empty value");
+        }
+        raw
+    }
+
+    /// Records a broken rule between settings unless `holds`.
+    pub fn relation(&mut self, holds: bool, keys: &[&str], message: String) {
+        if !holds {
+            let keys: Vec<String> = keys.iter().map(|key| format!("'{key}'")).collect();
+            self.errors.push(ConfigError::Conflict {
+                keys: keys.join(" and "),
+                message,
+            });
+        }
+    }
+}
+
+fn describe(range: &RangeInclusive<i64>, empty_allowed: bool) -> String {
+    let integers = match (*range.start(), *range.end()) {
+        (start, i64::MAX) => format!("an integer >= {start}"),
+        (start, end) => format!("an integer from {start} to {end}"),
+    };
+    if empty_allowed {
+        format!("empty (not set) or {integers}")
+    } else {
+        integers
+    }
+}
