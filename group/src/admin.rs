@@ -104,21 +104,24 @@ impl GroupCoordinator {
         d
     }
 
-    /// DeleteGroups v0-2 for one group: its offsets and metadata get tombstones (durable before
-    /// the answer). Error codes: GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP, INVALID_GROUP_ID,
+    /// DeleteGroups v0-2 for one group: its offsets and metadata get tombstones, and the group
+    /// is removed once they are durable (until then it refuses changes with
+    /// COORDINATOR_NOT_AVAILABLE; if the append fails, the group stays and the answer is that
+    /// error). Error codes: GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP, INVALID_GROUP_ID,
     /// COORDINATOR_LOAD_IN_PROGRESS / COORDINATOR_NOT_AVAILABLE.
     pub async fn delete_group(&self, group_id: &str) -> i16 {
-        let plan = {
+        let (partition, incarnation, records) = {
             let mut st = self.shared.state.borrow_mut();
             let partition = match st.gate(group_id) {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            let Some(g) = st.groups.get(group_id) else {
+            let Some(g) = st.groups.get_mut(group_id) else {
                 return codes::GROUP_ID_NOT_FOUND;
             };
             match g.state {
                 GroupState::Dead => return codes::GROUP_ID_NOT_FOUND,
+                _ if g.removal_in_flight => return codes::COORDINATOR_NOT_AVAILABLE,
                 GroupState::Empty if g.members.is_empty() => {}
                 _ => return codes::NON_EMPTY_GROUP,
             }
@@ -136,12 +139,17 @@ impl GroupCoordinator {
                 group: group_id.to_string(),
                 value: None,
             });
-            // Removed now so no request sees a half-deleted group; a commit racing with this
-            // creates a fresh group whose records follow the tombstones in the log.
-            st.groups.remove(group_id);
-            (partition, records)
+            g.removal_in_flight = true;
+            (partition, g.incarnation, records)
         };
-        match self.append(plan.0, &plan.1).await {
+        let result = self.append(partition, &records).await;
+        self.settle_removal(
+            group_id,
+            incarnation,
+            &records,
+            result.as_ref().ok().copied(),
+        );
+        match result {
             Ok(_) => {
                 tracing::info!(group = group_id, "group deleted");
                 codes::NONE

@@ -58,6 +58,16 @@ pub(crate) struct LoadedPartition {
     pub snapshotting: bool,
 }
 
+/// Tombstones of one group, applied to its in-memory state only once they are durable.
+pub(crate) struct Removal {
+    pub partition: i32,
+    pub group_id: String,
+    /// The group they were decided for (a deleted and recreated group is left alone).
+    pub incarnation: u64,
+    /// Offset tombstones first, then the group's own tombstone if it goes.
+    pub records: Vec<OffsetsRecord>,
+}
+
 /// Everything a transition needs besides the group itself.
 pub(crate) struct Ctx {
     pub config: GroupConfig,
@@ -67,8 +77,8 @@ pub(crate) struct Ctx {
     next_incarnation: u64,
     /// Groups whose current metadata must be appended (fire and forget), e.g. on becoming Empty.
     pub persist_requests: Vec<String>,
-    /// Tombstones to append (fire and forget): (partition, records).
-    pub tombstone_requests: Vec<(i32, Vec<OffsetsRecord>)>,
+    /// Tombstones an expiry pass decided on, to append before they are applied.
+    pub tombstone_requests: Vec<Removal>,
     /// Test hook: added to the wall clock.
     pub wall_offset_ms: i64,
 }
@@ -386,15 +396,83 @@ impl GroupCoordinator {
                 }
             });
         }
-        for (partition, records) in tombstones {
-            if records.is_empty() {
+        for removal in tombstones {
+            if removal.records.is_empty() {
                 continue;
             }
             let this = self.clone();
             tokio::task::spawn_local(async move {
-                let _ = this.append(partition, &records).await;
+                let result = this.append(removal.partition, &removal.records).await;
+                if let Err(error) = &result {
+                    // The offsets stay (in memory as in the log); the next expiry pass tries again.
+                    tracing::warn!(group = %removal.group_id, %error, "expiring committed offsets failed; retried on the next expiry pass");
+                }
+                let expired = this.settle_removal(
+                    &removal.group_id,
+                    removal.incarnation,
+                    &removal.records,
+                    result.ok(),
+                );
+                if expired > 0 {
+                    tracing::info!(group = %removal.group_id, expired, "expired committed offsets");
+                }
             });
         }
+    }
+
+    /// Applies tombstones of `group_id` once their append resolved: with `durable_at` (the
+    /// batch's base offset), each offset goes unless a newer commit replaced it meanwhile, and
+    /// a group tombstone removes the group; without it (the append failed), nothing is
+    /// removed and the group takes requests again. Returns the number of offsets removed.
+    pub(crate) fn settle_removal(
+        &self,
+        group_id: &str,
+        incarnation: u64,
+        records: &[OffsetsRecord],
+        durable_at: Option<i64>,
+    ) -> usize {
+        let mut st = self.shared.state.borrow_mut();
+        let Some(g) = st.groups.get_mut(group_id) else {
+            return 0;
+        };
+        let same_group = g.incarnation == incarnation;
+        let Some(base_offset) = durable_at else {
+            if same_group {
+                g.removal_in_flight = false;
+            }
+            return 0;
+        };
+        let mut removed = 0;
+        let mut group_goes = false;
+        for (index, record) in records.iter().enumerate() {
+            let tombstone_offset = base_offset.saturating_add(index as i64);
+            match record {
+                OffsetsRecord::Offset {
+                    topic, partition, ..
+                } => {
+                    // Replay keeps whichever record of a key comes last in the log.
+                    let key = (topic.clone(), *partition);
+                    if g.offsets
+                        .get(&key)
+                        .is_some_and(|c| c.log_offset <= tombstone_offset)
+                    {
+                        g.offsets.remove(&key);
+                        removed += 1;
+                    }
+                }
+                OffsetsRecord::Group { value: None, .. } => group_goes = true,
+                OffsetsRecord::Group { .. } => {}
+            }
+        }
+        if same_group && g.removal_in_flight {
+            g.removal_in_flight = false;
+            let nothing_left = g.offsets.is_empty() && g.members.is_empty();
+            if nothing_left && (group_goes || g.persisted.is_none()) {
+                g.state = GroupState::Dead;
+                st.groups.remove(group_id);
+            }
+        }
+        removed
     }
 
     /// Records that `value` is durable at `offset` for the group (if it still is that group).

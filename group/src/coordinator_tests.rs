@@ -751,16 +751,144 @@ fn retention_expires_offsets_of_empty_groups() {
             crate::offsets::expire_offsets(&mut st, now_ms);
         }
         c.after_mutation();
+        settle().await;
         assert_eq!(fetched(c, "t", 0), -1);
         assert!(
             c.list_groups(&[]).is_empty(),
             "an empty group without offsets is removed"
         );
-        // The tombstone reaches the log: a reload does not resurrect the offset.
-        for _ in 0..5 {
-            tokio::task::yield_now().await;
-        }
+        // The tombstone reached the log: a reload does not resurrect the offset.
         let c2 = reopen(&e).await;
         assert_eq!(fetched(&c2, "t", 0), -1);
+    });
+}
+
+/// Lets spawned appends (the in-memory log yields once per append) run to completion.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Runs one offset-expiry pass as the timer would.
+fn expiry_pass(c: &GroupCoordinator) {
+    {
+        let mut st = c.shared.state.borrow_mut();
+        let now_ms = st.ctx.now_ms();
+        crate::offsets::expire_offsets(&mut st, now_ms);
+    }
+    c.after_mutation();
+}
+
+#[test]
+fn a_failed_expiry_tombstone_keeps_the_offsets_and_is_retried() {
+    run(async {
+        let e = env(0).await;
+        let c = &e.c;
+        assert_eq!(
+            commit(c, -1, "", &[("t", 0, 9), ("t", 1, 4)]).await,
+            vec![codes::NONE; 2]
+        );
+        c.advance_wall_clock_ms(8 * 24 * 3600 * 1000);
+        e.log.fail_appends(true);
+        expiry_pass(c);
+        settle().await;
+        // Memory did not run ahead of the log: the offsets are still there, as after a reload.
+        assert_eq!((fetched(c, "t", 0), fetched(c, "t", 1)), (9, 4));
+        assert_eq!(c.list_groups(&[]).len(), 1);
+        let reloaded = reopen(&e).await;
+        assert_eq!(
+            (fetched(&reloaded, "t", 0), fetched(&reloaded, "t", 1)),
+            (9, 4)
+        );
+        drop(reloaded);
+        // The group took commits again after the failure (not stuck half-removed)...
+        e.log.fail_appends(false);
+        assert_eq!(commit(c, -1, "", &[("t", 2, 1)]).await, vec![codes::NONE]);
+        // ...and the next pass expires the old offsets for good.
+        expiry_pass(c);
+        settle().await;
+        assert_eq!(
+            (fetched(c, "t", 0), fetched(c, "t", 1), fetched(c, "t", 2)),
+            (-1, -1, 1)
+        );
+        let reloaded = reopen(&e).await;
+        assert_eq!(
+            (
+                fetched(&reloaded, "t", 0),
+                fetched(&reloaded, "t", 1),
+                fetched(&reloaded, "t", 2)
+            ),
+            (-1, -1, 1)
+        );
+    });
+}
+
+#[test]
+fn a_failed_delete_groups_tombstone_deletes_nothing() {
+    run(async {
+        let e = env(0).await;
+        let c = &e.c;
+        assert_eq!(commit(c, -1, "", &[("t", 3, 30)]).await, vec![codes::NONE]);
+        e.log.fail_appends(true);
+        assert_eq!(c.delete_group("g").await, codes::COORDINATOR_NOT_AVAILABLE);
+        // The client was told the deletion failed, and it did: here and after a reload.
+        assert_eq!(fetched(c, "t", 3), 30);
+        assert_eq!(c.list_groups(&[]).len(), 1);
+        let reloaded = reopen(&e).await;
+        assert_eq!(fetched(&reloaded, "t", 3), 30);
+        assert_eq!(reloaded.list_groups(&[]).len(), 1);
+        drop(reloaded);
+
+        // While a deletion is in flight the group refuses changes with a retriable error.
+        e.log.fail_appends(false);
+        let deleting = {
+            let c = c.clone();
+            tokio::task::spawn_local(async move { c.delete_group("g").await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(
+            commit(c, -1, "", &[("t", 3, 31)]).await,
+            vec![codes::COORDINATOR_NOT_AVAILABLE]
+        );
+        assert_eq!(deleting.await.expect("delete task"), codes::NONE);
+        assert_eq!(fetched(c, "t", 3), -1);
+        assert!(c.list_groups(&[]).is_empty());
+        let reloaded = reopen(&e).await;
+        assert_eq!(fetched(&reloaded, "t", 3), -1);
+        assert!(reloaded.list_groups(&[]).is_empty());
+    });
+}
+
+#[test]
+fn a_failed_offset_delete_tombstone_deletes_nothing() {
+    run(async {
+        let e = env(0).await;
+        let c = &e.c;
+        assert_eq!(commit(c, -1, "", &[("t", 1, 11)]).await, vec![codes::NONE]);
+        let mut od = OffsetDeleteRequest::default();
+        od.group_id = GroupId(s("g"));
+        let mut t =
+            kafka_protocol::messages::offset_delete_request::OffsetDeleteRequestTopic::default();
+        t.name = TopicName(s("t"));
+        let mut p =
+            kafka_protocol::messages::offset_delete_request::OffsetDeleteRequestPartition::default(
+            );
+        p.partition_index = 1;
+        t.partitions = vec![p];
+        od.topics = vec![t];
+        e.log.fail_appends(true);
+        let r = c.offset_delete(od.clone(), 0).await;
+        assert_eq!(r.error_code, codes::COORDINATOR_NOT_AVAILABLE);
+        assert_eq!(fetched(c, "t", 1), 11);
+        assert_eq!(fetched(&reopen(&e).await, "t", 1), 11);
+        e.log.fail_appends(false);
+        let r = c.offset_delete(od, 0).await;
+        assert_eq!(
+            (r.error_code, r.topics[0].partitions[0].error_code),
+            (codes::NONE, codes::NONE)
+        );
+        assert_eq!(fetched(c, "t", 1), -1);
+        assert_eq!(fetched(&reopen(&e).await, "t", 1), -1);
     });
 }

@@ -132,6 +132,11 @@ pub(crate) struct Group {
     pub offsets: HashMap<(String, i32), CommittedOffset>,
     /// The last GroupMetadataValue made durable and its log offset (what a replay restores).
     pub persisted: Option<(i64, GroupMetadataValue)>,
+    /// The group's tombstones (DeleteGroups, or expiry of its last offsets) are being
+    /// appended. It stays as it was, visible, until they are durable; meanwhile changes
+    /// (commits, joins, deletions) are refused with a retriable error, and a failed append
+    /// clears the flag so the state matches the log again.
+    pub removal_in_flight: bool,
 }
 
 impl Group {
@@ -155,6 +160,7 @@ impl Group {
             new_member_added: false,
             offsets: HashMap::new(),
             persisted: None,
+            removal_in_flight: false,
         }
     }
 

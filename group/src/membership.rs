@@ -707,7 +707,7 @@ fn join_locked(
     let Some(g) = groups.get_mut(&group_id) else {
         return JoinStep::Done(join_error(codes::COORDINATOR_NOT_AVAILABLE, &member_id));
     };
-    let step = if g.state == GroupState::Dead {
+    let step = if g.state == GroupState::Dead || g.removal_in_flight {
         JoinStep::Done(join_error(codes::COORDINATOR_NOT_AVAILABLE, &member_id))
     } else if args.member_id.is_empty() {
         join_new_member(g, ctx, &args, version)

@@ -25,7 +25,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::coordinator::{append_error_code, State};
+use crate::coordinator::{append_error_code, Removal, State};
 use crate::group::{CommittedOffset, Group, GroupState};
 use crate::records::{OffsetRecordValue, OffsetsRecord};
 use crate::{codes, GroupCoordinator};
@@ -73,7 +73,7 @@ fn validate_commit(
     instance: Option<&str>,
     generation: i32,
 ) -> Result<(), i16> {
-    if g.state == GroupState::Dead {
+    if g.state == GroupState::Dead || g.removal_in_flight {
         return Err(codes::COORDINATOR_NOT_AVAILABLE);
     }
     if generation < 0 && g.state == GroupState::Empty {
@@ -455,13 +455,16 @@ impl GroupCoordinator {
         let mut codes_by_partition: BTreeMap<(String, i32), i16> = BTreeMap::new();
         let plan = {
             let st = self.shared.state.borrow();
-            (|| -> Result<(i32, Vec<OffsetsRecord>), i16> {
+            (|| -> Result<(i32, u64, Vec<OffsetsRecord>), i16> {
                 let partition = st.gate(&group_id)?;
                 let g = st
                     .groups
                     .get(&group_id)
                     .filter(|g| g.state != GroupState::Dead)
                     .ok_or(codes::GROUP_ID_NOT_FOUND)?;
+                if g.removal_in_flight {
+                    return Err(codes::COORDINATOR_NOT_AVAILABLE);
+                }
                 let subscribed = match g.state {
                     GroupState::Empty => None,
                     _ if g.protocol_type.as_deref() == Some("consumer") => {
@@ -498,7 +501,7 @@ impl GroupCoordinator {
                         codes_by_partition.insert((topic.clone(), p.partition_index), code);
                     }
                 }
-                Ok((partition, tombstones))
+                Ok((partition, g.incarnation, tombstones))
             })()
         };
         match plan {
@@ -506,31 +509,18 @@ impl GroupCoordinator {
                 response.error_code = code;
                 return response;
             }
-            Ok((partition, tombstones)) if !tombstones.is_empty() => {
-                match self.append(partition, &tombstones).await {
-                    Ok(base) => {
-                        let mut st = self.shared.state.borrow_mut();
-                        if let Some(g) = st.groups.get_mut(&group_id) {
-                            for (i, rec) in tombstones.iter().enumerate() {
-                                if let OffsetsRecord::Offset {
-                                    topic, partition, ..
-                                } = rec
-                                {
-                                    let key = (topic.clone(), *partition);
-                                    if g.offsets
-                                        .get(&key)
-                                        .is_some_and(|c| c.log_offset <= base + i as i64)
-                                    {
-                                        g.offsets.remove(&key);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        response.error_code = append_error_code(&e);
-                        return response;
-                    }
+            Ok((partition, incarnation, tombstones)) if !tombstones.is_empty() => {
+                // Applied only once durable: a failed append deletes nothing and says so.
+                let result = self.append(partition, &tombstones).await;
+                self.settle_removal(
+                    &group_id,
+                    incarnation,
+                    &tombstones,
+                    result.as_ref().ok().copied(),
+                );
+                if let Err(e) = result {
+                    response.error_code = append_error_code(&e);
+                    return response;
                 }
             }
             Ok(_) => {}
@@ -565,16 +555,19 @@ impl GroupCoordinator {
 /// offsets expire once the group has been empty that long; in a group that never had members
 /// (simple consumers) each offset expires that long after its commit; an explicit expire
 /// timestamp (OffsetCommit v2-4) wins. An Empty group left with no offsets is removed.
-/// Queues the tombstones on `st.ctx`.
+///
+/// Only decides: the tombstones are queued on `st.ctx` and applied once durable (see
+/// [`GroupCoordinator::settle_removal`]), so a failed append leaves memory equal to the log and
+/// the next pass tries again. A group whose last offsets expire is marked `removal_in_flight`.
 pub(crate) fn expire_offsets(st: &mut State, now_ms: i64) {
     let retention_ms = st.ctx.config.offsets_retention_ms();
     let mut removed_groups = Vec::new();
     for g in st.groups.values_mut() {
-        if g.state != GroupState::Empty {
+        if g.state != GroupState::Empty || g.removal_in_flight {
             continue;
         }
         let base_from_state = g.protocol_type.is_some();
-        let expired: Vec<(String, i32)> = g
+        let mut records: Vec<OffsetsRecord> = g
             .offsets
             .iter()
             .filter(|(_, c)| match c.value.expire_timestamp_ms {
@@ -588,36 +581,38 @@ pub(crate) fn expire_offsets(st: &mut State, now_ms: i64) {
                     now_ms.saturating_sub(base_ms) >= retention_ms
                 }
             })
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut tombstones: Vec<OffsetsRecord> = expired
-            .into_iter()
-            .map(|(topic, partition)| {
-                g.offsets.remove(&(topic.clone(), partition));
-                OffsetsRecord::Offset {
-                    group: g.id.clone(),
-                    topic,
-                    partition,
-                    value: None,
-                }
+            .map(|((topic, partition), _)| OffsetsRecord::Offset {
+                group: g.id.clone(),
+                topic: topic.clone(),
+                partition: *partition,
+                value: None,
             })
             .collect();
-        let count = tombstones.len();
-        if g.offsets.is_empty() && g.members.is_empty() && g.pending_members.is_empty() {
-            g.state = GroupState::Dead;
+        let last_offsets_go = records.len() == g.offsets.len()
+            && g.members.is_empty()
+            && g.pending_members.is_empty();
+        if last_offsets_go {
             if g.persisted.is_some() {
-                tombstones.push(OffsetsRecord::Group {
+                records.push(OffsetsRecord::Group {
                     group: g.id.clone(),
                     value: None,
                 });
             }
-            removed_groups.push(g.id.clone());
+            if records.is_empty() {
+                // Nothing of it is in the log: it can go now.
+                g.state = GroupState::Dead;
+                removed_groups.push(g.id.clone());
+                continue;
+            }
+            g.removal_in_flight = true;
         }
-        if count > 0 {
-            tracing::info!(group = %g.id, expired = count, "expired committed offsets");
-        }
-        if !tombstones.is_empty() {
-            st.ctx.tombstone_requests.push((g.partition, tombstones));
+        if !records.is_empty() {
+            st.ctx.tombstone_requests.push(Removal {
+                partition: g.partition,
+                group_id: g.id.clone(),
+                incarnation: g.incarnation,
+                records,
+            });
         }
     }
     for id in removed_groups {
