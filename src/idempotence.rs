@@ -11,6 +11,16 @@
 //! a retry of a batch written before the restart is answered as a duplicate, and a producer
 //! continues from its last written sequence. Kafka also keeps producer-state snapshots; a
 //! producer whose last batch lies before that window is, as before, accepted at any sequence.
+//!
+//! Memory is bounded by [`ProducerLimits`]: a state idle for `producer.id.expiration.ms` is
+//! dropped (Kafka's `ProducerStateManager.removeExpiredProducers`), and at most
+//! `producer.states.per.partition.max` are kept, the least recently active going first. A
+//! producer without state is accepted at any sequence, as Kafka 4 accepts it
+//! (`ProducerAppendInfo.checkSequence`: no current epoch, no sequence check), so an expired
+//! producer continues without an error; only a retry of its batch from before the expiry
+//! would be appended again. Idle time is counted from the broker's clock at the append
+//! (Kafka uses the batch's max timestamp, which trusts the client's clock); states rebuilt
+//! from the log start from their batch's max timestamp, capped at now.
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -42,14 +52,17 @@ struct ProducerState {
     epoch: i16,
     next_sequence: i32,
     recent: VecDeque<BatchEntry>,
+    /// Wall clock of the producer's last append (what expiry counts from).
+    last_append_ms: i64,
 }
 
 impl ProducerState {
-    fn new(epoch: i16, next_sequence: i32) -> ProducerState {
+    fn new(epoch: i16, next_sequence: i32, now_ms: i64) -> ProducerState {
         ProducerState {
             epoch,
             next_sequence,
             recent: VecDeque::new(),
+            last_append_ms: now_ms,
         }
     }
 
@@ -105,48 +118,137 @@ fn next_after(sequence: i32) -> i32 {
     }
 }
 
+/// The bounds on one partition's producer states.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerLimits {
+    /// `producer.id.expiration.ms`: a state idle this long is dropped.
+    pub idle_ms_max: i64,
+    /// `producer.states.per.partition.max`.
+    pub states_max: usize,
+}
+
+impl Default for ProducerLimits {
+    /// Kafka's `producer.id.expiration.ms` (one day) and Sluice's default cap.
+    fn default() -> Self {
+        Self {
+            idle_ms_max: 86_400_000,
+            states_max: 10_000,
+        }
+    }
+}
+
 /// Producer states of one partition.
 #[derive(Debug, Default)]
 pub struct ProducerStates {
     producers: HashMap<i64, ProducerState>,
+    limits: ProducerLimits,
 }
 
 impl ProducerStates {
+    /// No producer states yet.
+    pub fn new(limits: ProducerLimits) -> ProducerStates {
+        assert!(limits.idle_ms_max > 0 && limits.states_max > 0);
+        ProducerStates {
+            producers: HashMap::new(),
+            limits,
+        }
+    }
+
     /// States rebuilt from the headers of the log's newest batches (oldest first, with
     /// broker-assigned base offsets): each producer's epoch, next sequence and last
-    /// [`RECENT_BATCHES_MAX`] batches.
-    pub fn rebuilt(headers: &[RecordBatchHeader]) -> ProducerStates {
-        let mut states = ProducerStates::default();
+    /// [`RECENT_BATCHES_MAX`] batches. Producers idle longer than the limit are left out.
+    pub fn rebuilt(
+        headers: &[RecordBatchHeader],
+        limits: ProducerLimits,
+        now_ms: i64,
+    ) -> ProducerStates {
+        let mut states = ProducerStates::new(limits);
         for header in headers.iter().filter(|header| header.producer_id >= 0) {
-            let last_sequence = header.base_sequence.wrapping_add(header.last_offset_delta);
+            let appended_ms = header.max_timestamp.min(now_ms);
             let state = states
                 .producers
                 .entry(header.producer_id)
-                .or_insert_with(|| ProducerState::new(header.producer_epoch, header.base_sequence));
+                .or_insert_with(|| {
+                    ProducerState::new(header.producer_epoch, header.base_sequence, appended_ms)
+                });
             if header.producer_epoch < state.epoch {
                 continue;
             }
             if header.producer_epoch > state.epoch {
-                *state = ProducerState::new(header.producer_epoch, header.base_sequence);
+                *state =
+                    ProducerState::new(header.producer_epoch, header.base_sequence, appended_ms);
             }
             state.remember(
                 header.base_sequence,
-                last_sequence,
+                header.last_sequence(),
                 Rc::new(Cell::new(Some(header.base_offset))),
             );
+            state.last_append_ms = state.last_append_ms.max(appended_ms);
         }
+        states.remove_expired(now_ms);
+        states.make_room(0);
         states
     }
 
-    /// Decides about a record set given its batch headers (in order).
-    pub fn check(&mut self, batches: &[RecordBatchHeader]) -> Verdict {
-        let Some(first) = batches.first() else {
+    /// Number of producers with state.
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Whether no producer has state.
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    /// Drops the states idle for `producer.id.expiration.ms` or longer; returns how many.
+    pub fn remove_expired(&mut self, now_ms: i64) -> usize {
+        let before = self.producers.len();
+        let idle_ms_max = self.limits.idle_ms_max;
+        self.producers
+            .retain(|_, state| now_ms.saturating_sub(state.last_append_ms) < idle_ms_max);
+        before - self.producers.len()
+    }
+
+    /// Keeps at most `states_max - room` states, dropping the least recently active. When it
+    /// has to drop, it drops a tenth of the cap at once, so a stream of new producer ids costs
+    /// one sort per tenth of the cap rather than one per id.
+    fn make_room(&mut self, room: usize) {
+        let keep_max = self.limits.states_max.saturating_sub(room);
+        if self.producers.len() <= keep_max {
+            return;
+        }
+        let keep = keep_max.saturating_sub(self.limits.states_max / 10);
+        let mut by_age: Vec<(i64, i64)> = self
+            .producers
+            .iter()
+            .map(|(id, state)| (state.last_append_ms, *id))
+            .collect();
+        let drop_count = by_age.len() - keep;
+        by_age.select_nth_unstable(drop_count - 1);
+        for (_, id) in &by_age[..drop_count] {
+            self.producers.remove(id);
+        }
+        tracing::warn!(
+            dropped = drop_count,
+            limit = self.limits.states_max,
+            "producer.states.per.partition.max reached: dropped the least recently active producer states"
+        );
+    }
+
+    /// Decides about a record set given its batch headers (in order), at wall clock `now_ms`.
+    pub fn check(
+        &mut self,
+        batches: impl IntoIterator<Item = RecordBatchHeader>,
+        now_ms: i64,
+    ) -> Verdict {
+        let mut batches = batches.into_iter();
+        let Some(first) = batches.next() else {
             return Verdict::Plain;
         };
         if first.producer_id < 0 {
             return Verdict::Plain;
         }
-        let mut expected = first.base_sequence;
+        let mut last_sequence = first.last_sequence();
         for batch in batches {
             if batch.producer_id != first.producer_id
                 || batch.producer_epoch != first.producer_epoch
@@ -156,24 +258,32 @@ impl ProducerStates {
                     "batches of one request must share the producer id and epoch",
                 );
             }
-            if batch.base_sequence != expected {
+            if batch.base_sequence != next_after(last_sequence) {
                 return Verdict::Reject(
                     code::OUT_OF_ORDER_SEQUENCE_NUMBER,
                     "sequence gap between batches of one request",
                 );
             }
-            expected = next_after(batch.base_sequence.wrapping_add(batch.last_offset_delta));
+            last_sequence = batch.last_sequence();
         }
         let first_sequence = first.base_sequence;
-        let last_sequence = batches
-            .last()
-            .map(|b| b.base_sequence.wrapping_add(b.last_offset_delta))
-            .unwrap_or(first_sequence);
         let epoch = first.producer_epoch;
+        let idle_ms_max = self.limits.idle_ms_max;
+        let expired = self
+            .producers
+            .get(&first.producer_id)
+            .is_some_and(|state| now_ms.saturating_sub(state.last_append_ms) >= idle_ms_max);
+        if expired {
+            self.producers.remove(&first.producer_id);
+        }
+        if !self.producers.contains_key(&first.producer_id) {
+            self.remove_expired(now_ms);
+            self.make_room(1);
+        }
         let state = self
             .producers
             .entry(first.producer_id)
-            .or_insert_with(|| ProducerState::new(epoch, first_sequence));
+            .or_insert_with(|| ProducerState::new(epoch, first_sequence, now_ms));
         if epoch < state.epoch {
             return Verdict::Reject(
                 code::INVALID_PRODUCER_EPOCH,
@@ -187,7 +297,7 @@ impl ProducerStates {
                     "a new producer epoch must start at sequence 0",
                 );
             }
-            *state = ProducerState::new(epoch, 0);
+            *state = ProducerState::new(epoch, 0, now_ms);
         }
         if let Some(entry) = state
             .recent
@@ -204,6 +314,7 @@ impl ProducerStates {
         }
         let base_offset = Rc::new(Cell::new(None));
         state.remember(first_sequence, last_sequence, base_offset.clone());
+        state.last_append_ms = now_ms;
         Verdict::Append(Ticket {
             producer_id: first.producer_id,
             first_sequence,
@@ -232,24 +343,13 @@ impl ProducerStates {
     }
 }
 
-/// Walks the batch headers of a Produce record set (validation happens in storage).
-pub fn batch_headers(records: &[u8]) -> Vec<RecordBatchHeader> {
-    let mut headers = Vec::new();
-    let mut position = 0usize;
-    while let Some(header) = records.get(position..).and_then(RecordBatchHeader::parse) {
-        let size = header.size_bytes();
-        if size == 0 {
-            break;
-        }
-        headers.push(header);
-        position = position.saturating_add(size);
-    }
-    headers
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wall clock for tests; batch timestamps below are 0, so rebuilt states count as
+    /// active unless a test says otherwise.
+    const NOW: i64 = 1_000;
 
     fn header(producer_id: i64, epoch: i16, base_sequence: i32, records: i32) -> RecordBatchHeader {
         RecordBatchHeader {
@@ -279,20 +379,20 @@ mod tests {
     #[test]
     fn retried_batch_gets_the_original_offset() {
         let mut states = ProducerStates::default();
-        let t = ticket(states.check(&[header(7, 0, 0, 10)]));
+        let t = ticket(states.check([header(7, 0, 0, 10)], NOW));
         assert!(matches!(
-            states.check(&[header(7, 0, 0, 10)]),
+            states.check([header(7, 0, 0, 10)], NOW),
             Verdict::Duplicate(None)
         ));
         states.succeeded(t, 100);
         assert!(matches!(
-            states.check(&[header(7, 0, 0, 10)]),
+            states.check([header(7, 0, 0, 10)], NOW),
             Verdict::Duplicate(Some(100))
         ));
-        let t2 = ticket(states.check(&[header(7, 0, 10, 5)]));
+        let t2 = ticket(states.check([header(7, 0, 10, 5)], NOW));
         states.succeeded(t2, 110);
         assert!(matches!(
-            states.check(&[header(7, 0, 10, 5)]),
+            states.check([header(7, 0, 10, 5)], NOW),
             Verdict::Duplicate(Some(110))
         ));
     }
@@ -300,27 +400,27 @@ mod tests {
     #[test]
     fn gaps_and_old_epochs_are_rejected() {
         let mut states = ProducerStates::default();
-        let t = ticket(states.check(&[header(1, 3, 0, 2)]));
+        let t = ticket(states.check([header(1, 3, 0, 2)], NOW));
         states.succeeded(t, 0);
         assert!(matches!(
-            states.check(&[header(1, 3, 5, 1)]),
+            states.check([header(1, 3, 5, 1)], NOW),
             Verdict::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
         ));
         assert!(matches!(
-            states.check(&[header(1, 2, 2, 1)]),
+            states.check([header(1, 2, 2, 1)], NOW),
             Verdict::Reject(code::INVALID_PRODUCER_EPOCH, _)
         ));
         // A bumped epoch restarts at 0.
         assert!(matches!(
-            states.check(&[header(1, 4, 2, 1)]),
+            states.check([header(1, 4, 2, 1)], NOW),
             Verdict::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
         ));
         assert!(matches!(
-            states.check(&[header(1, 4, 0, 1)]),
+            states.check([header(1, 4, 0, 1)], NOW),
             Verdict::Append(_)
         ));
         assert!(matches!(
-            states.check(&[header(-1, -1, -1, 1)]),
+            states.check([header(-1, -1, -1, 1)], NOW),
             Verdict::Plain
         ));
     }
@@ -328,16 +428,16 @@ mod tests {
     #[test]
     fn a_failed_append_is_retried_not_deduplicated() {
         let mut states = ProducerStates::default();
-        let t1 = ticket(states.check(&[header(9, 0, 0, 1)]));
-        let t2 = ticket(states.check(&[header(9, 0, 1, 1)]));
+        let t1 = ticket(states.check([header(9, 0, 0, 1)], NOW));
+        let t2 = ticket(states.check([header(9, 0, 1, 1)], NOW));
         states.failed(t1);
         drop(t2); // failed with it (storage fails every waiting append)
         assert!(matches!(
-            states.check(&[header(9, 0, 0, 1)]),
+            states.check([header(9, 0, 0, 1)], NOW),
             Verdict::Append(_)
         ));
         assert!(matches!(
-            states.check(&[header(9, 0, 1, 1)]),
+            states.check([header(9, 0, 1, 1)], NOW),
             Verdict::Append(_)
         ));
     }
@@ -356,29 +456,29 @@ mod tests {
             at(header(5, 1, 0, 2), 10), // producer 5 bumped its epoch
             at(header(5, 1, 2, 1), 12),
         ];
-        let mut states = ProducerStates::rebuilt(&log);
+        let mut states = ProducerStates::rebuilt(&log, ProducerLimits::default(), NOW);
         assert!(matches!(
-            states.check(&[header(5, 1, 2, 1)]),
+            states.check([header(5, 1, 2, 1)], NOW),
             Verdict::Duplicate(Some(12))
         ));
         assert!(matches!(
-            states.check(&[header(6, 2, 0, 1)]),
+            states.check([header(6, 2, 0, 1)], NOW),
             Verdict::Duplicate(Some(7))
         ));
         assert!(matches!(
-            states.check(&[header(5, 0, 5, 1)]),
+            states.check([header(5, 0, 5, 1)], NOW),
             Verdict::Reject(code::INVALID_PRODUCER_EPOCH, _)
         ));
         assert!(matches!(
-            states.check(&[header(5, 1, 4, 1)]),
+            states.check([header(5, 1, 4, 1)], NOW),
             Verdict::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
         ));
         assert!(matches!(
-            states.check(&[header(5, 1, 3, 1)]),
+            states.check([header(5, 1, 3, 1)], NOW),
             Verdict::Append(_)
         ));
         assert!(matches!(
-            states.check(&[header(6, 2, 1, 1)]),
+            states.check([header(6, 2, 1, 1)], NOW),
             Verdict::Append(_)
         ));
     }
@@ -387,16 +487,113 @@ mod tests {
     fn only_the_last_five_batches_are_remembered() {
         let mut states = ProducerStates::default();
         for sequence in 0..7 {
-            let t = ticket(states.check(&[header(2, 0, sequence, 1)]));
+            let t = ticket(states.check([header(2, 0, sequence, 1)], NOW));
             states.succeeded(t, i64::from(sequence));
         }
         assert!(matches!(
-            states.check(&[header(2, 0, 6, 1)]),
+            states.check([header(2, 0, 6, 1)], NOW),
             Verdict::Duplicate(Some(6))
         ));
         assert!(matches!(
-            states.check(&[header(2, 0, 0, 1)]),
+            states.check([header(2, 0, 0, 1)], NOW),
             Verdict::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
+        ));
+    }
+
+    fn limits(idle_ms_max: i64, states_max: usize) -> ProducerLimits {
+        ProducerLimits {
+            idle_ms_max,
+            states_max,
+        }
+    }
+
+    #[test]
+    fn an_expired_producer_is_forgotten_and_accepted_at_any_sequence() {
+        let mut states = ProducerStates::new(limits(1_000, 100));
+        let t = ticket(states.check([header(3, 0, 0, 5)], NOW));
+        states.succeeded(t, 0);
+        // Still known just before the expiration: a gap is refused, a retry is a duplicate.
+        assert!(matches!(
+            states.check([header(3, 0, 9, 1)], NOW + 999),
+            Verdict::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
+        ));
+        assert!(matches!(
+            states.check([header(3, 0, 0, 5)], NOW + 999),
+            Verdict::Duplicate(Some(0))
+        ));
+        // Idle for producer.id.expiration.ms: no state, so any sequence is accepted (Kafka 4's
+        // checkSequence for a producer without a current epoch), and the state starts again.
+        let t = ticket(states.check([header(3, 0, 9, 1)], NOW + 1_000));
+        states.succeeded(t, 5);
+        assert!(matches!(
+            states.check([header(3, 0, 12, 1)], NOW + 1_001),
+            Verdict::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
+        ));
+        assert!(matches!(
+            states.check([header(3, 0, 10, 1)], NOW + 1_001),
+            Verdict::Append(_)
+        ));
+        // The periodic sweep drops idle states without a produce to trigger it.
+        let mut other = ProducerStates::new(limits(1_000, 100));
+        for producer in 0..4 {
+            let t = ticket(other.check([header(producer, 0, 0, 1)], NOW + producer * 100));
+            other.succeeded(t, producer);
+        }
+        assert_eq!(other.remove_expired(NOW + 1_150), 2);
+        assert_eq!(other.len(), 2);
+    }
+
+    #[test]
+    fn the_least_recently_active_producers_go_first_at_the_cap() {
+        let mut states = ProducerStates::new(limits(1_000_000, 10));
+        for producer in 0..10 {
+            let t = ticket(states.check([header(producer, 0, 0, 1)], NOW + producer));
+            states.succeeded(t, producer);
+        }
+        // Producer 0 writes again, so it is the most recently active.
+        let t = ticket(states.check([header(0, 0, 1, 1)], NOW + 20));
+        states.succeeded(t, 10);
+        assert_eq!(states.len(), 10);
+        let t = ticket(states.check([header(42, 0, 0, 1)], NOW + 21));
+        states.succeeded(t, 11);
+        assert!(states.len() <= 10, "{}", states.len());
+        // The oldest (producer 1) lost its state: its retry is no longer recognised...
+        assert!(matches!(
+            states.check([header(1, 0, 0, 1)], NOW + 22),
+            Verdict::Append(_)
+        ));
+        // ...while the recently active ones keep theirs.
+        assert!(matches!(
+            states.check([header(0, 0, 1, 1)], NOW + 22),
+            Verdict::Duplicate(Some(10))
+        ));
+        assert!(matches!(
+            states.check([header(42, 0, 0, 1)], NOW + 22),
+            Verdict::Duplicate(Some(11))
+        ));
+    }
+
+    #[test]
+    fn rebuilt_states_leave_out_producers_idle_past_the_expiration() {
+        let at = |mut header: RecordBatchHeader, base_offset: i64, timestamp_ms: i64| {
+            header.base_offset = base_offset;
+            header.max_timestamp = timestamp_ms;
+            header
+        };
+        let log = [
+            at(header(1, 0, 0, 2), 0, 10_000),
+            at(header(2, 0, 0, 2), 2, 50_000),
+        ];
+        let mut states = ProducerStates::rebuilt(&log, limits(30_000, 100), 45_000);
+        assert_eq!(states.len(), 1);
+        assert!(matches!(
+            states.check([header(2, 0, 0, 2)], 45_000),
+            Verdict::Duplicate(Some(2))
+        ));
+        // Producer 1 expired with the restart: accepted at whatever sequence it sends.
+        assert!(matches!(
+            states.check([header(1, 0, 7, 1)], 45_000),
+            Verdict::Append(_)
         ));
     }
 }

@@ -431,6 +431,26 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         }
     });
 
+    let producers_shard = shard.clone();
+    runtime::spawn(async move {
+        let period = Duration::from_millis(
+            producers_shard
+                .config
+                .producer_id_expiration_check_interval_ms,
+        );
+        loop {
+            tokio::time::sleep(period).await;
+            let expired = producers_shard.expire_producer_states(now_ms());
+            if expired > 0 {
+                tracing::debug!(
+                    shard = producers_shard.id,
+                    expired,
+                    "expired idle producer states"
+                );
+            }
+        }
+    });
+
     let listener = runtime::reuseport_listener(config.listen, 1024)
         .map_err(|e| format!("listen on {}: {e}", config.listen))?;
     let _ = events.send(ShardEvent::Ready(id));

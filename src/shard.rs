@@ -200,8 +200,28 @@ impl Shard {
         });
         match states {
             Some(states) => f(states),
-            None => f(&mut crate::idempotence::ProducerStates::default()),
+            None => f(&mut crate::idempotence::ProducerStates::new(
+                self.producer_limits(),
+            )),
         }
+    }
+
+    fn producer_limits(&self) -> crate::idempotence::ProducerLimits {
+        crate::idempotence::ProducerLimits {
+            idle_ms_max: i64::try_from(self.config.producer_id_expiration_ms).unwrap_or(i64::MAX),
+            states_max: self.config.producer_states_per_partition_max,
+        }
+    }
+
+    /// Drops the producer states idle for `producer.id.expiration.ms` in every partition of
+    /// this shard; returns how many.
+    pub fn expire_producer_states(&self, now_ms: i64) -> usize {
+        let mut producers = self.producers.borrow_mut();
+        producers
+            .values_mut()
+            .flat_map(|parts| parts.values_mut())
+            .map(|states| states.remove_expired(now_ms))
+            .sum()
     }
 
     /// A partition's producer states from the newest batch headers of its log (its first
@@ -212,16 +232,21 @@ impl Shard {
         topic: &str,
         index: i32,
     ) -> crate::idempotence::ProducerStates {
+        let limits = self.producer_limits();
         let Some(partition) = self.partition(topic, index) else {
-            return crate::idempotence::ProducerStates::default();
+            return crate::idempotence::ProducerStates::new(limits);
         };
         match partition.recent_batch_headers(crate::idempotence::REBUILD_WINDOW_BYTES) {
-            Ok(headers) => crate::idempotence::ProducerStates::rebuilt(&headers),
+            Ok(headers) => crate::idempotence::ProducerStates::rebuilt(
+                &headers,
+                limits,
+                crate::server::now_ms(),
+            ),
             Err(error) => {
                 // Without the log's view, duplicates of batches written before the restart
                 // go undetected; appends themselves are unaffected.
                 tracing::warn!(topic, index, %error, "cannot rebuild idempotent producer state");
-                crate::idempotence::ProducerStates::default()
+                crate::idempotence::ProducerStates::new(limits)
             }
         }
     }

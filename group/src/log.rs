@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
+use sluice_storage::batch::RecordBatchHeader;
 use sluice_storage::{Ack, Partition, ReadChunk};
 
 use crate::{codes, GroupError};
@@ -132,7 +133,7 @@ impl MemoryLog {
         let next = inner.next_offset;
         inner
             .batches
-            .retain(|(base, batch)| base + batch_record_count(batch) > offset);
+            .retain(|(base, batch)| base + batch_offset_count(batch) > offset);
         inner.start_offset = inner.batches.first().map_or(next, |(base, _)| *base);
     }
 
@@ -142,10 +143,9 @@ impl MemoryLog {
     }
 }
 
-fn batch_record_count(batch: &[u8]) -> i64 {
-    batch.get(57..61).map_or(0, |b| {
-        i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    })
+/// Offsets the batch at the start of `bytes` spans (0 when there is no whole header).
+fn batch_offset_count(bytes: &[u8]) -> i64 {
+    RecordBatchHeader::parse(bytes).map_or(0, |h| i64::from(h.last_offset_delta) + 1)
 }
 
 impl OffsetLog for MemoryLog {
@@ -162,10 +162,16 @@ impl OffsetLog for MemoryLog {
                     code: codes::COORDINATOR_NOT_AVAILABLE,
                 });
             }
+            let Some(header) = RecordBatchHeader::parse(&batch) else {
+                return Err(GroupError::Corrupt {
+                    what: "appended batch",
+                    detail: format!("{} bytes, less than a batch header", batch.len()),
+                });
+            };
             let base = inner.next_offset;
             let mut bytes = batch.to_vec();
-            bytes[..8].copy_from_slice(&base.to_be_bytes());
-            inner.next_offset += batch_record_count(&bytes).max(1);
+            sluice_storage::batch::assign(&mut bytes, base, header.partition_leader_epoch);
+            inner.next_offset += batch_offset_count(&bytes).max(1);
             inner.batches.push((base, Bytes::from(bytes)));
             Ok(base)
         })
@@ -183,7 +189,7 @@ impl OffsetLog for MemoryLog {
         let inner = self.inner.borrow();
         let mut out = BytesMut::new();
         for (base, batch) in &inner.batches {
-            if base + batch_record_count(batch) <= offset {
+            if base + batch_offset_count(batch) <= offset {
                 continue;
             }
             if !out.is_empty() && out.len() + batch.len() > max_bytes as usize {
@@ -230,15 +236,25 @@ pub(crate) fn read_all_from(
 
 /// One past the last offset of the last batch in `bytes` (from the batch headers).
 fn next_offset_after(bytes: &[u8]) -> Option<i64> {
-    let mut pos = 0usize;
-    let mut next = None;
-    while pos + 61 <= bytes.len() {
-        let h = &bytes[pos..];
-        let base = i64::from_be_bytes(h[0..8].try_into().ok()?);
-        let len = usize::try_from(i32::from_be_bytes(h[8..12].try_into().ok()?)).ok()? + 12;
-        let last_delta = i64::from(i32::from_be_bytes(h[23..27].try_into().ok()?));
-        next = Some(base + last_delta + 1);
-        pos += len;
+    sluice_storage::batch::headers(bytes)
+        .last()
+        .map(|header| header.last_offset().saturating_add(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_storage::batch::builder;
+
+    #[test]
+    fn next_offset_follows_the_last_batch_header() {
+        let mut bytes = builder::batch(0, &[b"a", b"b", b"c"]);
+        sluice_storage::batch::assign(&mut bytes, 40, 0);
+        let mut second = builder::batch(0, &[b"d", b"e"]);
+        sluice_storage::batch::assign(&mut second, 43, 0);
+        bytes.extend_from_slice(&second);
+        assert_eq!(next_offset_after(&bytes), Some(45));
+        assert_eq!(next_offset_after(&bytes[..60]), None);
+        assert_eq!(batch_offset_count(&second), 2);
     }
-    next
 }

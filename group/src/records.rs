@@ -21,10 +21,7 @@ const OFFSET_VALUE_VERSION_EXPIRE: i16 = 1;
 /// GroupMetadataValue v3 (static membership's group_instance_id; non-flexible).
 const GROUP_VALUE_VERSION: i16 = 3;
 
-const BATCH_HEADER_BYTES: usize = 61;
-const MAGIC_V2: i8 = 2;
-const ATTR_COMPRESSION_MASK: i16 = 0x07;
-const ATTR_CONTROL: i16 = 0x20;
+use sluice_storage::batch::{self, HEADER_BYTES as BATCH_HEADER_BYTES, MAGIC_V2};
 
 /// A committed offset as stored (OffsetCommitValue).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,7 +332,10 @@ pub fn encode_batch(records: &[(Vec<u8>, Option<Vec<u8>>)], timestamp_ms: i64) -
     let count = i32::try_from(records.len()).unwrap_or(i32::MAX);
     let mut batch = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
     batch.put_i64(0); // base offset, assigned by the log
-    batch.put_i32(i32::try_from(BATCH_HEADER_BYTES - 12 + body.len()).unwrap_or(i32::MAX));
+    batch.put_i32(
+        i32::try_from(BATCH_HEADER_BYTES - batch::LOG_OVERHEAD_BYTES + body.len())
+            .unwrap_or(i32::MAX),
+    );
     batch.put_i32(-1); // partition leader epoch
     batch.put_i8(MAGIC_V2);
     batch.put_u32(0); // crc placeholder
@@ -370,57 +370,21 @@ pub(crate) fn decode_log_records(data: &[u8]) -> Result<Vec<LogRecord>, GroupErr
     let mut pos = 0usize;
     while pos < data.len() {
         let rest = &data[pos..];
-        if rest.len() < BATCH_HEADER_BYTES {
-            return Err(corrupt(
-                "record batch",
-                format!("{} trailing bytes at {pos}", rest.len()),
-            ));
-        }
-        let mut h = Reader::new(rest, "record batch header");
-        let base_offset = h.i64()?;
-        let batch_length = h.i32()?;
-        let total = usize::try_from(batch_length)
-            .ok()
-            .and_then(|l| l.checked_add(12))
-            .filter(|&t| t >= BATCH_HEADER_BYTES && t <= rest.len())
-            .ok_or_else(|| {
-                corrupt(
-                    "record batch",
-                    format!("length {batch_length} at {pos} with {} bytes", rest.len()),
-                )
-            })?;
-        let _leader_epoch = h.i32()?;
-        let magic = h.i8()?;
-        if magic != MAGIC_V2 {
-            return Err(corrupt("record batch", format!("magic {magic} at {pos}")));
-        }
-        let crc = h.u32()?;
-        let computed = crc32c::crc32c(&rest[21..total]);
-        if crc != computed {
-            return Err(corrupt(
-                "record batch",
-                format!("crc {crc:#x} != {computed:#x} at offset {base_offset}"),
-            ));
-        }
-        let attributes = h.i16()?;
-        let _last_offset_delta = h.i32()?;
-        let _base_ts = h.i64()?;
-        let _max_ts = h.i64()?;
-        let _pid = h.i64()?;
-        let _epoch = h.i16()?;
-        let _seq = h.i32()?;
-        let count = h.i32()?;
-        if attributes & ATTR_CONTROL != 0 || attributes & ATTR_COMPRESSION_MASK != 0 {
+        let header = batch::check_stored(rest)
+            .map_err(|defect| corrupt("record batch", format!("{defect} at byte {pos}")))?;
+        let total = header.size_bytes();
+        let base_offset = header.base_offset;
+        if header.is_control() || !header.is_uncompressed() {
             tracing::warn!(
                 base_offset,
-                attributes,
+                attributes = header.attributes,
                 "skipping control or compressed batch in __consumer_offsets"
             );
             pos += total;
             continue;
         }
         let mut r = Reader::new(&rest[BATCH_HEADER_BYTES..total], "record");
-        for _ in 0..count.max(0) {
+        for _ in 0..header.records_count {
             let len = r.varint()?;
             let len =
                 usize::try_from(len).map_err(|_| corrupt("record", format!("length {len}")))?;

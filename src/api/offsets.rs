@@ -12,6 +12,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
+use sluice_storage::batch;
 
 use super::{decode_or_close, encode, FetchRecords};
 use crate::errors::code;
@@ -117,9 +118,8 @@ fn exact_offset_for_timestamp(
 
 /// The bytes of the batch holding `offset` (the first batch a read returns).
 fn first_batch_bytes(partition: &sluice_storage::Partition, offset: i64) -> Option<Vec<u8>> {
-    const BATCH_HEADER_BYTES: usize = 61;
     let slice = partition
-        .read(offset, BATCH_HEADER_BYTES as u32, true)
+        .read(offset, batch::HEADER_BYTES as u32, true)
         .ok()?;
     let mut bytes = Vec::new();
     for chunk in slice.chunks {
@@ -135,11 +135,12 @@ fn first_batch_bytes(partition: &sluice_storage::Partition, offset: i64) -> Opti
                 segment.read_at(&mut bytes[start..], position).ok()?;
             }
         }
-        if bytes.len() >= 12 {
-            let batch_len =
-                i32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]).max(0) as usize + 12;
-            if bytes.len() >= batch_len {
-                bytes.truncate(batch_len);
+        if let Some((_, batch_length)) = batch::read_log_overhead(&bytes) {
+            let size_bytes = usize::try_from(batch_length)
+                .ok()?
+                .checked_add(batch::LOG_OVERHEAD_BYTES)?;
+            if bytes.len() >= size_bytes {
+                bytes.truncate(size_bytes);
                 return Some(bytes);
             }
         }
@@ -149,32 +150,25 @@ fn first_batch_bytes(partition: &sluice_storage::Partition, offset: i64) -> Opti
 
 /// (offset, timestamp) of the first record at or after `target_ms` in an uncompressed v2
 /// batch; None for compressed or unparsable batches.
-fn record_at_or_after(batch: &[u8], target_ms: i64) -> Option<(i64, i64)> {
-    const RECORDS_START: usize = 61;
-    if batch.len() < RECORDS_START || batch[16] != 2 {
+fn record_at_or_after(bytes: &[u8], target_ms: i64) -> Option<(i64, i64)> {
+    let header = batch::RecordBatchHeader::parse(bytes)?;
+    if header.magic != batch::MAGIC_V2 || !header.is_uncompressed() {
         return None;
     }
-    let attributes = i16::from_be_bytes([batch[21], batch[22]]);
-    if attributes & 0x07 != 0 {
-        return None;
-    }
-    let base_offset = i64::from_be_bytes(batch[0..8].try_into().ok()?);
-    let base_timestamp = i64::from_be_bytes(batch[27..35].try_into().ok()?);
-    let count = i32::from_be_bytes(batch[57..61].try_into().ok()?);
-    let mut pos = RECORDS_START;
-    for _ in 0..count.max(0) {
-        let (length, n) = read_varint(&batch[pos..])?;
+    let mut pos = batch::HEADER_BYTES;
+    for _ in 0..header.records_count.max(0) {
+        let (length, n) = read_varint(bytes.get(pos..)?)?;
         let body_start = pos + n;
         let mut cursor = body_start + 1; // attributes
-        let (timestamp_delta, n) = read_varint(batch.get(cursor..)?)?;
+        let (timestamp_delta, n) = read_varint(bytes.get(cursor..)?)?;
         cursor += n;
-        let (offset_delta, _) = read_varint(batch.get(cursor..)?)?;
-        let timestamp = base_timestamp + timestamp_delta;
+        let (offset_delta, _) = read_varint(bytes.get(cursor..)?)?;
+        let timestamp = header.base_timestamp.saturating_add(timestamp_delta);
         if timestamp >= target_ms {
-            return Some((base_offset + offset_delta, timestamp));
+            return Some((header.base_offset.saturating_add(offset_delta), timestamp));
         }
         pos = body_start.checked_add(usize::try_from(length).ok()?)?;
-        if pos > batch.len() {
+        if pos > bytes.len() {
             return None;
         }
     }

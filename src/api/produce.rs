@@ -130,7 +130,10 @@ async fn append_on_owner(
         );
     };
     let verdict = shard.with_producer_states(topic, index, |states| {
-        states.check(&crate::idempotence::batch_headers(&records))
+        states.check(
+            sluice_storage::batch::headers(&records),
+            crate::server::now_ms(),
+        )
     });
     let ticket = match verdict {
         Verdict::Plain => None,

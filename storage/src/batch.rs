@@ -29,8 +29,14 @@ const PRODUCER_ID_AT: usize = 43;
 const PRODUCER_EPOCH_AT: usize = 51;
 const BASE_SEQUENCE_AT: usize = 53;
 const RECORDS_COUNT_AT: usize = 57;
+/// Attribute bits 0-2: the compression codec (0 = none).
+const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x07;
 /// Attribute bit 3: the batch's timestamps are LogAppendTime.
 const ATTRIBUTE_LOG_APPEND_TIME: i16 = 1 << 3;
+/// Attribute bit 4: the batch belongs to a transaction.
+const ATTRIBUTE_TRANSACTIONAL: i16 = 1 << 4;
+/// Attribute bit 5: a control batch (transaction markers), not data.
+const ATTRIBUTE_CONTROL: i16 = 1 << 5;
 
 const _: () = assert!(RECORDS_COUNT_AT + 4 == HEADER_BYTES);
 const _: () = assert!(CRC_AT + 4 == CRC_COVERS_FROM);
@@ -98,6 +104,61 @@ impl RecordBatchHeader {
     /// Offset of the batch's last record.
     pub fn last_offset(&self) -> i64 {
         self.base_offset + i64::from(self.last_offset_delta)
+    }
+
+    /// The compression codec id from the attributes: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd.
+    pub fn compression_codec(&self) -> i16 {
+        self.attributes & ATTRIBUTE_COMPRESSION_MASK
+    }
+
+    /// Whether the records follow the header as they are (no compression).
+    pub fn is_uncompressed(&self) -> bool {
+        self.compression_codec() == 0
+    }
+
+    /// Whether the timestamps are LogAppendTime (else CreateTime).
+    pub fn has_log_append_time(&self) -> bool {
+        self.attributes & ATTRIBUTE_LOG_APPEND_TIME != 0
+    }
+
+    /// Whether the batch belongs to a transaction.
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTRIBUTE_TRANSACTIONAL != 0
+    }
+
+    /// Whether this is a control batch (transaction markers).
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTRIBUTE_CONTROL != 0
+    }
+
+    /// Sequence number of the batch's last record (sequences wrap from i32::MAX to 0).
+    pub fn last_sequence(&self) -> i32 {
+        self.base_sequence.wrapping_add(self.last_offset_delta)
+    }
+}
+
+/// The headers of concatenated batches, in order, without validation or allocation: stops at
+/// the first place fewer than [`HEADER_BYTES`] remain. Each step advances by the header's
+/// `size_bytes()` (at least [`LOG_OVERHEAD_BYTES`]), so the walk always ends.
+pub fn headers(bytes: &[u8]) -> Headers<'_> {
+    Headers { rest: bytes }
+}
+
+/// Iterator returned by [`headers`].
+#[derive(Debug, Clone)]
+pub struct Headers<'a> {
+    rest: &'a [u8],
+}
+
+impl Iterator for Headers<'_> {
+    type Item = RecordBatchHeader;
+
+    fn next(&mut self) -> Option<RecordBatchHeader> {
+        let header = RecordBatchHeader::parse(self.rest)?;
+        let size_bytes = header.size_bytes();
+        debug_assert!(size_bytes >= LOG_OVERHEAD_BYTES);
+        self.rest = self.rest.get(size_bytes..).unwrap_or_default();
+        Some(header)
     }
 }
 
@@ -196,19 +257,75 @@ pub fn validate(
 /// Checks a batch read back from disk: length plausible, magic 2, CRC32C correct. Returns
 /// the header, or None when the bytes are not a whole valid batch (torn, corrupt, padding).
 pub fn verify_stored(bytes: &[u8]) -> Option<RecordBatchHeader> {
-    let header = RecordBatchHeader::parse(bytes)?;
-    if header.magic != MAGIC_V2 || header.batch_length < (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32
-    {
-        return None;
+    check_stored(bytes).ok()
+}
+
+/// Why bytes are not one whole, intact stored batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoredBatchDefect {
+    /// Fewer bytes than a header.
+    #[error("{0} bytes, less than a {HEADER_BYTES}-byte batch header")]
+    ShortHeader(usize),
+    /// Not the v2 format.
+    #[error("magic {0}, expected {MAGIC_V2}")]
+    Magic(i8),
+    /// batchLength below a header's, or beyond the bytes present.
+    #[error("batchLength {batch_length} with {available_bytes} bytes present")]
+    Length {
+        /// the header's batchLength
+        batch_length: i32,
+        /// bytes given
+        available_bytes: usize,
+    },
+    /// No records, or a negative lastOffsetDelta.
+    #[error("{records_count} records with lastOffsetDelta {last_offset_delta}")]
+    Records {
+        /// the header's record count
+        records_count: i32,
+        /// the header's lastOffsetDelta
+        last_offset_delta: i32,
+    },
+    /// The CRC32C does not match the bytes.
+    #[error("CRC32C {stored:#010x} in the header, {computed:#010x} computed")]
+    Crc {
+        /// from the header
+        stored: u32,
+        /// over the bytes
+        computed: u32,
+    },
+}
+
+/// [`verify_stored`] saying what is wrong: for readers that report corruption (the group
+/// coordinator's log replay) rather than treat it as the end of the data.
+pub fn check_stored(bytes: &[u8]) -> Result<RecordBatchHeader, StoredBatchDefect> {
+    let header =
+        RecordBatchHeader::parse(bytes).ok_or(StoredBatchDefect::ShortHeader(bytes.len()))?;
+    if header.magic != MAGIC_V2 {
+        return Err(StoredBatchDefect::Magic(header.magic));
     }
     let size_bytes = header.size_bytes();
-    if size_bytes > bytes.len() || header.records_count < 1 || header.last_offset_delta < 0 {
-        return None;
+    if header.batch_length < (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32 || size_bytes > bytes.len()
+    {
+        return Err(StoredBatchDefect::Length {
+            batch_length: header.batch_length,
+            available_bytes: bytes.len(),
+        });
     }
-    if crc32c::crc32c(&bytes[CRC_COVERS_FROM..size_bytes]) != header.crc {
-        return None;
+    if header.records_count < 1 || header.last_offset_delta < 0 {
+        return Err(StoredBatchDefect::Records {
+            records_count: header.records_count,
+            last_offset_delta: header.last_offset_delta,
+        });
     }
-    Some(header)
+    let computed = crc32c::crc32c(&bytes[CRC_COVERS_FROM..size_bytes]);
+    if computed != header.crc {
+        return Err(StoredBatchDefect::Crc {
+            stored: header.crc,
+            computed,
+        });
+    }
+    Ok(header)
 }
 
 /// Writes the broker-assigned base offset and leader epoch into a batch header. Neither field
@@ -263,6 +380,25 @@ fn read_i64(bytes: &[u8], at: usize) -> i64 {
 /// value each, correct lengths and CRC32C. Not used by the engine itself.
 pub mod builder {
     use super::*;
+
+    /// [`batch`] from an idempotent producer: its id, epoch and first sequence in the header
+    /// (CRC recomputed).
+    pub fn idempotent_batch(
+        base_timestamp_ms: i64,
+        values: &[&[u8]],
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> Vec<u8> {
+        let mut out = batch(base_timestamp_ms, values);
+        out[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&producer_id.to_be_bytes());
+        out[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2]
+            .copy_from_slice(&producer_epoch.to_be_bytes());
+        out[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&base_sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&out[CRC_COVERS_FROM..]);
+        out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
 
     /// One uncompressed v2 batch holding `values` as records (no key, no headers).
     pub fn batch(base_timestamp_ms: i64, values: &[&[u8]]) -> Vec<u8> {
@@ -367,6 +503,67 @@ mod tests {
             validate(&bad_delta, 1 << 20),
             Err(AppendError::InvalidRecord(_))
         ));
+    }
+
+    #[test]
+    fn headers_walk_concatenated_batches_and_read_every_field() {
+        let mut first = builder::idempotent_batch(1_000, &[b"a", b"bb"], 77, 3, 41);
+        assign(&mut first, 500, 9);
+        let mut second = builder::batch(2_000, &[b"c"]);
+        set_log_append_time(&mut second, 2_500);
+        let mut bytes = first.clone();
+        bytes.extend_from_slice(&second);
+        bytes.extend_from_slice(&[0u8; 30]); // a partial header after the last batch
+        let walked: Vec<RecordBatchHeader> = headers(&bytes).collect();
+        assert_eq!(walked.len(), 2);
+        let (one, two) = (walked[0], walked[1]);
+        assert_eq!((one.base_offset, one.partition_leader_epoch), (500, 9));
+        assert_eq!((one.producer_id, one.producer_epoch), (77, 3));
+        assert_eq!((one.base_sequence, one.last_sequence()), (41, 42));
+        assert_eq!(
+            (one.records_count, one.last_offset(), one.size_bytes()),
+            (2, 501, first.len())
+        );
+        assert_eq!((one.base_timestamp, one.max_timestamp), (1_000, 1_000));
+        assert!(one.is_uncompressed() && !one.has_log_append_time());
+        assert!(!one.is_transactional() && !one.is_control());
+        assert_eq!(
+            (two.producer_id, two.producer_epoch, two.base_sequence),
+            (-1, -1, -1)
+        );
+        assert_eq!(two.max_timestamp, 2_500);
+        assert!(two.has_log_append_time());
+        assert_eq!(check_stored(&first), Ok(one));
+        assert_eq!(check_stored(&second), Ok(two));
+        assert!(headers(&bytes[..HEADER_BYTES - 1]).next().is_none());
+    }
+
+    #[test]
+    fn check_stored_names_each_defect() {
+        let good = builder::batch(0, &[b"x"]);
+        assert_eq!(
+            check_stored(&good[..10]),
+            Err(StoredBatchDefect::ShortHeader(10))
+        );
+        let mut bad = good.clone();
+        bad[MAGIC_AT] = 1;
+        assert_eq!(check_stored(&bad), Err(StoredBatchDefect::Magic(1)));
+        assert!(matches!(
+            check_stored(&good[..good.len() - 1]),
+            Err(StoredBatchDefect::Length { .. })
+        ));
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(
+            check_stored(&bad),
+            Err(StoredBatchDefect::Crc { .. })
+        ));
+        let mut bad = good.clone();
+        bad[ATTRIBUTES_AT + 1] |= ATTRIBUTE_COMPRESSION_MASK & 2;
+        let header = RecordBatchHeader::parse(&bad).expect("header");
+        assert_eq!(header.compression_codec(), 2);
+        assert!(!header.is_uncompressed());
     }
 
     #[test]
