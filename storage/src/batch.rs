@@ -560,7 +560,7 @@ mod tests {
             Err(StoredBatchDefect::Crc { .. })
         ));
         let mut bad = good.clone();
-        bad[ATTRIBUTES_AT + 1] |= ATTRIBUTE_COMPRESSION_MASK & 2;
+        bad[ATTRIBUTES_AT + 1] |= 2; // snappy
         let header = RecordBatchHeader::parse(&bad).expect("header");
         assert_eq!(header.compression_codec(), 2);
         assert!(!header.is_uncompressed());
