@@ -284,6 +284,7 @@ impl PartitionShared {
                 let position = state.reserved_bytes;
                 state.reserved_bytes += size as u64;
                 state.next_offset = last + 1;
+                state.assert_order();
                 position
             };
             log.offsets.reserve(LogEndOffset(last + 1));
@@ -516,6 +517,7 @@ impl PartitionShared {
             state.max_timestamp = max_timestamp;
             state.visible_bytes = position + data.len() as u64;
             state.visible_next_offset = last_offset + 1;
+            state.assert_order();
         }
         log.offsets.publish(HighWatermark(last_offset + 1));
     }
@@ -564,6 +566,7 @@ impl PartitionShared {
                 state.tail_block = block;
             }
         }
+        state.assert_order();
         drop(state);
         drop(log);
         if let Some(shard) = self.shard.upgrade() {

@@ -77,6 +77,39 @@ pub(crate) struct SegmentState {
     pub(crate) finalized: bool,
 }
 
+impl SegmentState {
+    /// The segment's positions are in order: durable <= written <= reserved, visible <=
+    /// written, and its visible offsets end no later than its reserved ones. Checked (in
+    /// release builds too) after every change of a position, so a bookkeeping slip stops the
+    /// broker instead of serving unwritten bytes or acknowledging unsynced ones.
+    pub(crate) fn assert_order(&self) {
+        assert!(
+            self.durable_bytes <= self.written_bytes,
+            "durable {} past written {}",
+            self.durable_bytes,
+            self.written_bytes
+        );
+        assert!(
+            self.written_bytes <= self.reserved_bytes,
+            "written {} past reserved {}",
+            self.written_bytes,
+            self.reserved_bytes
+        );
+        assert!(
+            self.visible_bytes <= self.written_bytes,
+            "visible {} past written {}",
+            self.visible_bytes,
+            self.written_bytes
+        );
+        assert!(
+            self.visible_next_offset <= self.next_offset,
+            "visible offsets end at {} past reserved {}",
+            self.visible_next_offset,
+            self.next_offset
+        );
+    }
+}
+
 /// One segment; shared (Rc) between its partition and the writer's queued appends.
 #[derive(Debug)]
 pub(crate) struct Segment {

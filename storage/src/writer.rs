@@ -331,6 +331,7 @@ fn mark_durable(segment: &Segment, written: u64) {
         state.needs_dir_sync = false;
     } else {
         state.durable_bytes = state.durable_bytes.max(written);
+        state.assert_order();
     }
 }
 
@@ -621,6 +622,7 @@ async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut
         let end = group.start_bytes + group.new_bytes as u64;
         let mut state = group.segment.state.borrow_mut();
         state.written_bytes = end;
+        state.assert_order();
         if align_bytes > 1 {
             let block_start = align_down(end, align_bytes as u64);
             let from = group.staging_offset
