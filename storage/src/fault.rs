@@ -355,9 +355,16 @@ impl FaultPlan {
     /// truncation to `position` when `new_bytes` is None); returns its sequence number, or
     /// None when the power model is off. Panics on an error reading the file: a test setup
     /// failure, never a broker path.
-    fn record_change(&self, fd: RawFd, position: u64, new_bytes: Option<Vec<u8>>) -> Option<u64> {
+    fn record_change(
+        &self,
+        fd: RawFd,
+        position: u64,
+        new_bytes: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Option<u64> {
         let mut state = self.0.borrow_mut();
         let model = state.power.as_mut()?;
+        // Copied only when the model is on: other fault tests write without the copy.
+        let new_bytes = new_bytes();
         let inode = inode_of(fd);
         let tracked = model.files.entry(inode).or_insert_with(|| TrackedFile {
             file: std::fs::OpenOptions::new()
@@ -548,19 +555,17 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
                     len: bytes.min(write.len),
                     ..write
                 };
-                let change = self.plan.record_change(
-                    write.fd,
-                    write.file_position,
-                    Some(new_bytes(torn_write.len)),
-                );
+                let change = self.plan.record_change(write.fd, write.file_position, || {
+                    Some(new_bytes(torn_write.len))
+                });
                 let (written, _) = self.inner.write(staging, torn_write, false);
                 return (torn(self.completes(written, change)), canceled());
             }
             _ => {}
         }
-        let change =
-            self.plan
-                .record_change(write.fd, write.file_position, Some(new_bytes(write.len)));
+        let change = self
+            .plan
+            .record_change(write.fd, write.file_position, || Some(new_bytes(write.len)));
         self.with_sync_fault(write.fd, sync, change, |sync| {
             self.inner.write(staging, write, sync)
         })
@@ -596,7 +601,7 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
         }
         let change = self
             .plan
-            .record_change(fd, file_position, Some(pieces.concat()));
+            .record_change(fd, file_position, || Some(pieces.concat()));
         if torn_write {
             let (written, _) = self.inner.write_vectored(fd, file_position, pieces, false);
             return (torn(self.completes(written, change)), canceled());
@@ -641,7 +646,9 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
         if let Some(errno) = errno {
             return failed(errno);
         }
-        let change = self.plan.record_change(file.as_raw_fd(), len_bytes, None);
+        let change = self
+            .plan
+            .record_change(file.as_raw_fd(), len_bytes, || None);
         self.completes(self.inner.truncate(file, len_bytes), change)
     }
 
