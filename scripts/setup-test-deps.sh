@@ -2,7 +2,8 @@
 # Installs what the integration tests need, idempotently and quietly on re-runs:
 #   - kcat and libfuse2 (Debian packages), plus python3-venv / nodejs / npm if they are missing;
 #   - a Python venv at .venv with tests/requirements.txt (confluent-kafka, kafka-python, pytest...);
-#   - tests/js/node_modules from tests/js/package-lock.json (kafkajs).
+#   - tests/js/node_modules from tests/js/package-lock.json (kafkajs);
+#   - cargo-fuzz (scripts/fuzz.sh, the fuzz-smoke phase), built from source with --locked.
 # Each step is skipped when a stamp of its inputs matches, so a second run does nothing.
 # Needs root (or passwordless apt) only when a Debian package is missing.
 set -euo pipefail
@@ -73,8 +74,16 @@ if [ "$(cat "$JS/node_modules/.sluice-stamp" 2>/dev/null)" != "$js_stamp" ]; the
     echo "$js_stamp" >"$JS/node_modules/.sluice-stamp"
 fi
 
+# --- cargo-fuzz -------------------------------------------------------------------------------
+# Runs on stable too (scripts/fuzz.sh sets RUSTC_BOOTSTRAP=1 and --sanitizer none there).
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    log "cargo install cargo-fuzz --locked"
+    cargo install cargo-fuzz --locked --quiet
+fi
+
 # --- sanity: every client is usable -----------------------------------------------------------
 kcat -V >/dev/null
 "$VENV/bin/python" -c 'import confluent_kafka, kafka, pytest, pytest_timeout, crc32c, fuse' \
     || { log "python clients failed to import"; exit 1; }
 (cd "$JS" && node -e 'require("kafkajs")') || { log "kafkajs failed to load"; exit 1; }
+cargo fuzz --version >/dev/null || { log "cargo-fuzz is not usable"; exit 1; }

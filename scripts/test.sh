@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (README, and .ci/run runs it):
 #   1. installs what the tests need (scripts/setup-test-deps.sh: kcat, .venv, kafkajs);
-#   2. cargo build --release, cargo test --workspace, cargo clippy -D warnings, cargo fmt --check;
+#   2. cargo build --release, cargo test --workspace, cargo clippy -D warnings, cargo fmt --check,
+#      and a few seconds of every fuzz target (scripts/fuzz.sh --smoke);
 #   3. pytest tests/integration against target/release/sluice with real Kafka clients.
 # Every phase runs even if an earlier one failed (except: no integration tests without a fresh
 # release build); the exit status is non-zero if any phase failed, and the last line sums up.
@@ -9,6 +10,7 @@
 # Usage: scripts/test.sh [PYTEST_ARGS...]     e.g. scripts/test.sh -k metadata -x
 # Env:   SKIP_CARGO=1   skip the cargo phases (iterate on tests/integration; still builds sluice)
 #        SKIP_SETUP=1   skip the install phase
+#        SKIP_FUZZ=1    skip the fuzz-smoke phase
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -56,6 +58,9 @@ if [ "${SKIP_CARGO:-0}" != 1 ]; then
     phase cargo-test cargo test --workspace --quiet
     phase clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
     phase fmt cargo fmt --all -- --check
+    if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+        phase fuzz-smoke bash scripts/fuzz.sh --smoke
+    fi
 fi
 
 pytest_phase() {

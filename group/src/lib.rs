@@ -33,6 +33,8 @@ pub mod codes;
 mod coordinator;
 #[cfg(test)]
 mod coordinator_tests;
+#[doc(hidden)]
+pub mod fuzzing;
 mod group;
 mod log;
 mod membership;

@@ -212,17 +212,7 @@ impl<F: MetadataFile> MetadataLog<F> {
             }
         };
         let text = file.read_all().map_err(io("read"))?;
-        let mut snapshot = MetadataSnapshot::default();
-        let mut valid_bytes = 0usize;
-        for line in text.split_inclusive(|b| *b == b'\n') {
-            match parse_line(line) {
-                Some(record) => {
-                    apply(&mut snapshot, &record);
-                    valid_bytes += line.len();
-                }
-                None => break,
-            }
-        }
+        let (snapshot, valid_bytes) = replay(&text);
         if valid_bytes < text.len() {
             tracing::warn!(
                 path = %path.display(),
@@ -273,6 +263,24 @@ impl<F: MetadataFile> MetadataLog<F> {
         }
         Ok(())
     }
+}
+
+/// Rebuilds the snapshot from the log's bytes; returns it with the length of the valid prefix
+/// (everything from the first torn or corrupt line on is not applied). Pure, so it can be
+/// fuzzed and tested without a file.
+pub fn replay(text: &[u8]) -> (MetadataSnapshot, usize) {
+    let mut snapshot = MetadataSnapshot::default();
+    let mut valid_bytes = 0usize;
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        match parse_line(line) {
+            Some(record) => {
+                apply(&mut snapshot, &record);
+                valid_bytes += line.len();
+            }
+            None => break,
+        }
+    }
+    (snapshot, valid_bytes)
 }
 
 fn parse_line(line: &[u8]) -> Option<MetadataRecord> {
