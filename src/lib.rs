@@ -5,6 +5,7 @@
 //! the produce or fetch path.
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod api;
 pub mod config;
 pub mod connection;
@@ -15,3 +16,8 @@ pub mod runtime;
 pub mod server;
 pub mod shard;
 pub mod zero_copy;
+
+/// The unit tests run on the broker's allocator, so decoding tests see what the broker does.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Huge allocations reserve address space only: see `sluice::alloc`.
+#[global_allocator]
+static ALLOCATOR: sluice::alloc::Allocator = sluice::alloc::Allocator;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",

@@ -197,3 +197,46 @@ pub(crate) use decode_or_close;
 pub(crate) fn str_bytes(s: &str) -> kafka_protocol::protocol::StrBytes {
     kafka_protocol::protocol::StrBytes::from_string(s.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::messages::{FetchRequest, MetadataRequest};
+
+    use super::*;
+
+    fn parse(frame: BytesMut) -> (RequestHeader, Reader) {
+        RequestHeader::parse(frame.freeze()).expect("header")
+    }
+
+    /// Fuzzing find: the codec library pre-sizes a `Vec` from the element count on the wire, so
+    /// a 35-byte Fetch declaring 2^31 topics asked for ~200 GB and aborted the broker. With the
+    /// broker's allocator (`crate::alloc`) it is a malformed request like any other.
+    #[test]
+    fn hostile_array_count_is_a_malformed_request_not_an_abort() {
+        let mut fetch = BytesMut::new();
+        fetch.put_i16(1); // Fetch
+        fetch.put_i16(4);
+        fetch.put_i32(1);
+        fetch.put_i16(1);
+        fetch.put_u8(b'x');
+        fetch.put_i32(-1); // replica id
+        fetch.put_i32(0); // max wait
+        fetch.put_i32(0); // min bytes
+        fetch.put_i32(1000); // max bytes
+        fetch.put_i8(0); // isolation level
+        fetch.put_i32(i32::MAX); // topics: no frame can hold that many
+        let (header, body) = parse(fetch);
+        assert!(decode::<FetchRequest>(&header, body).is_none());
+
+        let mut metadata = BytesMut::new();
+        metadata.put_i16(3); // Metadata v12: flexible, compact arrays
+        metadata.put_i16(12);
+        metadata.put_i32(2);
+        metadata.put_i16(-1);
+        metadata.put_u8(0); // header tagged fields
+        metadata.put_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // topics: 2^32 - 2
+        let (header, body) = parse(metadata);
+        assert!(decode::<MetadataRequest>(&header, body).is_none());
+    }
+}

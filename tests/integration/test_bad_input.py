@@ -1,6 +1,6 @@
 """Bad bytes on one connection never disturb anyone else: garbage, a 2 GiB frame header, a
-truncated request, an unknown API key, a negative frame size and an unsupported ApiVersions
-version each get a closed connection or the Kafka error code, while a confluent-kafka producer
+truncated request, an unknown API key, a negative frame size, array counts no frame can hold
+and an unsupported ApiVersions version each get a closed connection or the Kafka error code, while a confluent-kafka producer
 and consumer keep working on the same broker and the process stays alive. A batch with a bad
 CRC is refused with CORRUPT_MESSAGE and never stored."""
 
@@ -49,6 +49,15 @@ BAD_INPUTS = {
     "header-bad-client-id-length": frame(i16(18) + i16(0) + i32(1) + i16(30000) + b"abc"),
     "unknown-api-key": frame(request_header(9999, 0, 1)),
     "metadata-truncated-body": frame(request_header(3, 1, 1) + i32(5) + i16(10) + b"abc"),
+    # Array counts no frame can hold: the codec library pre-sizes a Vec from them (hundreds of
+    # GB), which used to abort the whole broker (a fuzzing find; see src/alloc.rs).
+    "fetch-v4-topic-count-2^31": frame(
+        request_header(1, 4, 1) + i32(-1) + i32(0) + i32(0) + i32(1000) + b"\x00"
+        + i32(0x7FFFFFFF)
+    ),
+    "metadata-v12-compact-topic-count-2^32": frame(
+        request_header(3, 12, 1, flexible=True) + uvarint(0xFFFFFFFF)
+    ),
 }
 
 
