@@ -65,6 +65,13 @@ fi
 
 echo "==> building fuzz targets (sanitizer: $SANITIZER)"
 "${FUZZ[@]}" build --debug-assertions --sanitizer "$SANITIZER" || exit 1
+# Run copies of the binaries, so a rebuild during a long run changes nothing under it.
+BIN_DIR="$ROOT/fuzz/target/run-bin-$$"
+mkdir -p "$BIN_DIR"
+trap 'rm -rf "$BIN_DIR"' EXIT
+for target in "${TARGETS[@]}"; do
+    cp "$ROOT/fuzz/target/x86_64-unknown-linux-gnu/release/$target" "$BIN_DIR/" || exit 1
+done
 
 RSS_LIMIT_MB=2048
 MALLOC_LIMIT_MB=512
@@ -78,7 +85,7 @@ for target in "${TARGETS[@]}"; do
     mkdir -p "$work" "$artifacts"
     if [ "$MODE" = runs ]; then limit=(-runs="$AMOUNT"); else limit=(-max_total_time="$AMOUNT"); fi
     echo "==> $target: ${limit[*]}"
-    "${FUZZ[@]}" run --debug-assertions --sanitizer "$SANITIZER" "$target" "$work" "$seeds" -- \
+    "$BIN_DIR/$target" "$work" "$seeds" \
         "${limit[@]}" -max_len=16384 -timeout=10 -rss_limit_mb=$RSS_LIMIT_MB \
         -malloc_limit_mb=$MALLOC_LIMIT_MB -print_final_stats=1 \
         -artifact_prefix="$artifacts/" >"$log" 2>&1

@@ -46,8 +46,10 @@ const REQUEST_BYTES_MAX: usize = 1 << 20;
 pub enum Outcome {
     /// A response frame of this many bytes.
     Frame(usize),
-    /// A response in parts (Fetch record data).
-    Parts,
+    /// A response in parts (Fetch framing and record data) of this many bytes.
+    Parts(usize),
+    /// No response (Produce with acks=0).
+    Nothing,
     /// The broker closes the connection.
     Close,
     /// The request did not finish within [`REQUEST_WAIT`].
@@ -131,7 +133,35 @@ impl Broker {
         match response {
             Err(_) => Outcome::Waiting,
             Ok(Response::Close) => Outcome::Close,
-            Ok(Response::Parts(_)) => Outcome::Parts,
+            Ok(Response::None) => Outcome::Nothing,
+            Ok(Response::Parts(parts)) => {
+                let Some(sluice_net::fetch::Part::Framing(first)) = parts.first() else {
+                    panic!("a response in parts starts with its framing");
+                };
+                assert!(
+                    first.len() >= 8,
+                    "the first part holds size and correlation id"
+                );
+                let size = i32::from_be_bytes([first[0], first[1], first[2], first[3]]);
+                assert_eq!(
+                    &first[4..8],
+                    &correlation_id.to_be_bytes(),
+                    "correlation id"
+                );
+                let total: usize = parts
+                    .iter()
+                    .map(|part| match part {
+                        sluice_net::fetch::Part::Framing(bytes) => bytes.len(),
+                        sluice_net::fetch::Part::Records { length, .. } => *length as usize,
+                    })
+                    .sum();
+                assert_eq!(
+                    size as usize,
+                    total - 4,
+                    "size prefix of a response in parts"
+                );
+                Outcome::Parts(total)
+            }
             Ok(Response::Frame(bytes)) => {
                 assert!(
                     bytes.len() >= 8,

@@ -248,16 +248,26 @@ pub fn group_snapshot(data: &[u8]) {
     assert_eq!(again, (partition, covered_offset, records), "round trip");
 }
 
+/// The dispatcher target's broker, started on first use and rebuilt when worn out.
+struct BrokerSlot(Option<dispatch::Broker>);
+
+impl Drop for BrokerSlot {
+    fn drop(&mut self) {
+        // At thread exit the runtime's own thread-locals may already be gone, so the broker
+        // cannot shut down cleanly: leak it (the next start sweeps its directory).
+        std::mem::forget(self.0.take());
+    }
+}
+
 thread_local! {
-    /// The dispatcher target's broker, started on first use and rebuilt when worn out.
-    static BROKER: RefCell<Option<dispatch::Broker>> = const { RefCell::new(None) };
+    static BROKER: RefCell<BrokerSlot> = const { RefCell::new(BrokerSlot(None)) };
 }
 
 /// The whole request path: `data` is a connection's byte stream (size-prefixed frames), each
 /// frame dispatched to an in-process broker (see [`dispatch`]).
 pub fn dispatch_stream(data: &[u8]) {
     BROKER.with(|cell| {
-        let mut slot = cell.borrow_mut();
+        let slot = &mut cell.borrow_mut().0;
         if slot.as_ref().is_some_and(dispatch::Broker::worn_out) {
             *slot = None;
         }
