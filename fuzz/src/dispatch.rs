@@ -39,7 +39,7 @@ pub const SEED_TOPIC: &str = "fuzz";
 /// Partitions of [`SEED_TOPIC`].
 pub const SEED_TOPIC_PARTITIONS: i32 = 3;
 /// Largest request frame (`socket.request.max.bytes` for this broker).
-const REQUEST_BYTES_MAX: usize = 1 << 20;
+const REQUEST_BYTES_MAX: usize = 2 << 20;
 
 /// What one request came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

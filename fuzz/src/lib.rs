@@ -266,12 +266,17 @@ thread_local! {
 /// The whole request path: `data` is a connection's byte stream (size-prefixed frames), each
 /// frame dispatched to an in-process broker (see [`dispatch`]).
 pub fn dispatch_stream(data: &[u8]) {
+    dispatch_outcomes(data);
+}
+
+/// [`dispatch_stream`], returning what each request came to.
+pub fn dispatch_outcomes(data: &[u8]) -> Vec<dispatch::Outcome> {
     BROKER.with(|cell| {
         let slot = &mut cell.borrow_mut().0;
         if slot.as_ref().is_some_and(dispatch::Broker::worn_out) {
             *slot = None;
         }
         let broker = slot.get_or_insert_with(dispatch::Broker::start);
-        broker.serve_stream(data);
-    });
+        broker.serve_stream(data)
+    })
 }

@@ -58,3 +58,40 @@ fn group_snapshot() {
 fn dispatch() {
     run("dispatch", sluice_fuzz::dispatch_stream);
 }
+
+/// The seeds are real client sessions: the broker must answer them, not close on them.
+#[test]
+fn dispatch_seeds_are_answered() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/dispatch");
+    let mut answered = 0;
+    for entry in std::fs::read_dir(&dir).expect("corpus/dispatch") {
+        let path = entry.expect("entry").path();
+        if !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+        {
+            continue;
+        }
+        let data = std::fs::read(&path).expect("seed");
+        let outcomes = sluice_fuzz::dispatch_outcomes(&data);
+        assert!(
+            !outcomes.contains(&sluice_fuzz::dispatch::Outcome::Close),
+            "{}: {outcomes:?}",
+            path.display()
+        );
+        answered += outcomes
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    sluice_fuzz::dispatch::Outcome::Frame(_)
+                        | sluice_fuzz::dispatch::Outcome::Parts(_)
+                )
+            })
+            .count();
+    }
+    assert!(
+        answered >= 50,
+        "only {answered} requests of the seeds were answered"
+    );
+}
