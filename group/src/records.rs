@@ -402,11 +402,16 @@ pub(crate) fn decode_log_records(data: &[u8]) -> Result<Vec<LogRecord>, GroupErr
                 Ok(n) => Some(Bytes::copy_from_slice(rec.take(n)?)),
                 Err(_) => None,
             };
-            out.push(LogRecord {
-                offset: base_offset + i64::from(offset_delta),
-                key,
-                value,
-            });
+            // The base offset is outside the CRC: a damaged one must not overflow.
+            let offset = base_offset
+                .checked_add(i64::from(offset_delta))
+                .ok_or_else(|| {
+                    corrupt(
+                        "record",
+                        format!("offset delta {offset_delta} overflows base offset {base_offset}"),
+                    )
+                })?;
+            out.push(LogRecord { offset, key, value });
         }
         pos += total;
     }
@@ -580,6 +585,23 @@ mod tests {
                 subscription: Bytes::from_static(b"\x00\x01sub"),
                 assignment: Bytes::from_static(b"\x00\x01asg"),
             }],
+        }
+    }
+
+    /// Fuzzing find (group_records): a stored batch whose base offset (not covered by the CRC)
+    /// is near i64::MAX made `base offset + offset delta` overflow, a panic in debug builds and
+    /// a wrong offset in release ones.
+    #[test]
+    fn record_offset_overflow_is_corrupt_not_a_panic() {
+        let batch = encode_batch(&[(b"k0".to_vec(), None), (b"k1".to_vec(), None)], 1);
+        let mut bytes = batch.to_vec();
+        bytes[..8].copy_from_slice(&i64::MAX.to_be_bytes());
+        match decode_batches(&bytes) {
+            Err(GroupError::Corrupt { what, detail }) => {
+                assert_eq!(what, "record");
+                assert!(detail.contains("overflows"), "{detail}");
+            }
+            other => panic!("expected a corrupt record, got {other:?}"),
         }
     }
 
