@@ -47,6 +47,13 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "socket.request.max.bytes", default: "104857600", doc: "Largest request frame; a bigger one closes the connection." },
     Setting { name: "max.connections", default: "10000", doc: "Open client connections per broker; further ones are closed at accept." },
     Setting { name: "queued.max.requests", default: "500", doc: "Requests read but not answered, per connection (pipelining depth)." },
+    Setting { name: "queued.max.request.bytes", default: "268435456", doc: "Bytes of requests read but not yet answered, per broker (split evenly over the shards). When reached, connections stop reading their sockets until answers free bytes; a request larger than a shard's share is admitted alone. Kafka's -1 (unbounded) is refused: it is what lets slow clients exhaust memory." },
+    Setting { name: "connections.max.idle.ms", default: "600000", doc: "A connection with no request in flight and nothing read or written for this long is closed (debug log line)." },
+    Setting { name: "max.connections.per.ip", default: "2147483647", doc: "Open connections per client IP address, broker-wide; further ones are closed at accept (rate-limited warning)." },
+    Setting { name: "max.connections.per.ip.overrides", default: "", doc: "Per-IP exceptions to max.connections.per.ip: IP:N,IP:N (IP addresses only; host names are refused)." },
+    Setting { name: "fetch.max.bytes", default: "57671680", doc: "Most record bytes in one Fetch response, whatever the client asks (partition limits still apply; the first batch is returned even when larger, as Kafka does)." },
+    Setting { name: "shard.inbox.jobs.max", default: "4096", doc: "Depth of each shard's inbox of cross-shard jobs; a sender finding it full waits (its request stays unanswered, so its connection stops reading)." },
+    Setting { name: "log.append.queue.bytes.max", default: "67108864", doc: "Bytes per shard queued for the storage writer and not yet written; an append that finds the queue past this waits for the writer before it completes (acks=0 included), so its producer's connection stops reading." },
     Setting { name: "log.segment.bytes", default: "1073741824", doc: "Segment size before a roll (topic: segment.bytes)." },
     Setting { name: "log.roll.ms", default: "604800000", doc: "Segment age before a roll (topic: segment.ms)." },
     Setting { name: "log.retention.ms", default: "604800000", doc: "Age after which whole segments are deleted; -1 keeps forever (topic: retention.ms)." },
@@ -349,6 +356,18 @@ pub struct BrokerConfig {
     pub connections_max: usize,
     /// Pipelining depth per connection.
     pub inflight_requests_max: usize,
+    /// `queued.max.request.bytes`: request bytes read and not yet answered, broker-wide.
+    pub queued_request_bytes_max: usize,
+    /// `connections.max.idle.ms`.
+    pub connection_idle_ms_max: u64,
+    /// `max.connections.per.ip` and its overrides.
+    pub connections_per_ip: crate::admission::PerIpLimits,
+    /// `fetch.max.bytes`: cap on a Fetch response's record bytes.
+    pub fetch_bytes_max: u32,
+    /// `shard.inbox.jobs.max`: depth of each shard's inbox.
+    pub inbox_jobs_max: usize,
+    /// `log.append.queue.bytes.max`: writer queue budget per shard.
+    pub append_queue_bytes_max: usize,
     /// Retention check period.
     pub retention_check_interval_ms: u64,
     /// Zero-copy fetch path.
@@ -424,7 +443,31 @@ impl BrokerConfig {
             c.int("offsets.retention.check.interval.ms", 1..=INT_MAX);
         groups.offset_metadata_max_bytes = c.int("offset.metadata.max.bytes", 0..=INT_MAX);
         groups.offsets_snapshot_interval_ms = c.int("offsets.snapshot.interval.ms", 1..=INT_MAX);
+        // Kafka's -1 (unbounded) for queued.max.request.bytes is refused: an unbounded request
+        // queue is what lets slow clients exhaust memory.
+        let queued_request_bytes_max: usize = c.int("queued.max.request.bytes", 1..=i64::MAX);
+        let per_ip_max: usize = c.int("max.connections.per.ip", 0..=INT_MAX);
+        let connections_per_ip = crate::admission::PerIpLimits::parse(
+            per_ip_max,
+            settings.raw("max.connections.per.ip.overrides"),
+        );
+        c.relation(
+            connections_per_ip.is_ok(),
+            &["max.connections.per.ip.overrides"],
+            connections_per_ip
+                .as_ref()
+                .err()
+                .cloned()
+                .unwrap_or_default(),
+        );
         let config = Self {
+            queued_request_bytes_max,
+            connection_idle_ms_max: c.int("connections.max.idle.ms", 1..=i64::MAX),
+            connections_per_ip: connections_per_ip
+                .unwrap_or_else(|_| crate::admission::PerIpLimits::unlimited()),
+            fetch_bytes_max: c.int("fetch.max.bytes", 1024..=INT_MAX),
+            inbox_jobs_max: c.int("shard.inbox.jobs.max", 1..=INT_MAX),
+            append_queue_bytes_max: c.int("log.append.queue.bytes.max", 1..=i64::MAX),
             data_dir,
             listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             advertised_host: String::new(),

@@ -11,10 +11,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_net::budget::RequestBudget;
 use sluice_net::connection::ConnectionLimits;
 use sluice_storage::{ShardStorage, StorageConfig, StorageError};
 use tokio::sync::{mpsc, watch};
 
+use crate::admission::{ConnectionsPerIp, RefusalLog};
 use crate::config::BrokerConfig;
 use crate::connection::BrokerConnection;
 use crate::metadata::controller::Controller;
@@ -96,7 +98,8 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
 
     let config = Arc::new(config);
     let store = Arc::new(MetadataStore::new(snapshot));
-    let (set, inboxes) = ShardSet::new(config.shards);
+    let (set, inboxes) = ShardSet::new(config.shards, config.inbox_jobs_max);
+    let connections_per_ip = Arc::new(ConnectionsPerIp::default());
     let _admin = match config.admin_listen {
         Some(addr) => Some(
             sluice_metrics::AdminServer::start(addr, collector(set.clone()))
@@ -117,6 +120,7 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
             store: store.clone(),
             metadata_log: if id == 0 { log.take() } else { None },
             inbox,
+            connections_per_ip: connections_per_ip.clone(),
             shutdown: shutdown_rx.clone(),
             events: events_tx.clone(),
         };
@@ -202,7 +206,7 @@ fn collector(set: Arc<ShardSet>) -> sluice_metrics::Collect {
         let mut merged: Option<sluice_metrics::MetricsSnapshot> = None;
         for target in 0..set.count() {
             let (tx, rx) = std::sync::mpsc::channel();
-            set.send(
+            set.send_from_outside(
                 target,
                 Box::new(move |shard: Rc<Shard>| {
                     let _ = tx.send(shard.metrics.snapshot());
@@ -321,7 +325,8 @@ struct ShardContext {
     config: Arc<BrokerConfig>,
     store: Arc<MetadataStore>,
     metadata_log: Option<MetadataLog>,
-    inbox: mpsc::UnboundedReceiver<Job>,
+    inbox: mpsc::Receiver<Job>,
+    connections_per_ip: Arc<ConnectionsPerIp>,
     shutdown: watch::Receiver<bool>,
     events: mpsc::UnboundedSender<ShardEvent>,
 }
@@ -334,6 +339,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         store,
         metadata_log,
         mut inbox,
+        connections_per_ip,
         mut shutdown,
         events,
     } = context;
@@ -348,6 +354,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         StorageError::UringRefused(e) => runtime::explain_uring_error(e).to_string(),
         other => format!("opening storage: {other}"),
     })?;
+    storage.set_append_queue_bytes_max(config.append_queue_bytes_max);
     let controller = metadata_log.map(Controller::new);
     let group_config = config.groups.clone();
     let offsets_log_config = group_config.offsets_log_config();
@@ -458,21 +465,34 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         request_bytes_max: config.request_bytes_max,
         inflight_requests_max: config.inflight_requests_max,
         read_buffer_bytes: 64 * 1024,
+        idle_ms_max: config.connection_idle_ms_max,
     };
+    // queued.max.request.bytes is per broker; each shard's connections share an even part.
+    let request_budget = RequestBudget::new(config.queued_request_bytes_max.div_ceil(config.shards));
     // Each shard enforces its share of max.connections (SO_REUSEPORT spreads them evenly).
     let connections_max_per_shard = config.connections_max.div_ceil(config.shards).max(1);
+    let mut refusals = RefusalLog::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if shard.connections.get() >= connections_max_per_shard {
-                        tracing::warn!(%peer, limit = config.connections_max, "closing connection: max.connections reached");
+                        refusals.refused(peer, "max.connections", config.connections_max);
                         drop(stream);
                         continue;
                     }
+                    let Some(ip_slot) = connections_per_ip.admit(peer.ip(), &config.connections_per_ip) else {
+                        refusals.refused(peer, "max.connections.per.ip", config.connections_per_ip.limit_for(peer.ip()));
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let handler = Rc::new(BrokerConnection::new(shard.clone(), peer));
-                    runtime::spawn(sluice_net::connection::serve(stream, peer, handler, limits));
+                    let budget = request_budget.clone();
+                    runtime::spawn(async move {
+                        sluice_net::connection::serve(stream, peer, handler, limits, budget).await;
+                        drop(ip_slot);
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(shard = id, %error, "accept failed");

@@ -5,9 +5,25 @@
 //! jobs run on the owning shard in the order each sender sent them, so two appends from one
 //! connection to one partition keep their order across the hop. Must never: take a lock on
 //! the produce or fetch path, or touch another shard's partitions directly.
+//!
+//! Inboxes are bounded (`shard.inbox.jobs.max`). A job that finds its target's inbox full
+//! waits in the sending shard's outbox for that target, behind any earlier job to the same
+//! target, and one forwarder task per (sender, target) moves them over in order as room
+//! appears. The caller's future completes only after the job ran, so a full inbox holds the
+//! request that sent it unanswered, and its connection stops reading once its limits are
+//! reached: back-pressure, not a growing queue. The outbox holds one job per such waiting
+//! request, so it is bounded by the request limits (`queued.max.requests`,
+//! `queued.max.request.bytes`), not by a second number.
+//!
+//! Why this cannot deadlock (shard A waiting on B's full inbox while B waits on A's): waiting
+//! for room is done by forwarder tasks, never by the thread, and draining an inbox never waits
+//! on anything but the next job. Each shard's inbox task runs a job synchronously (a job only
+//! spawns the work it carries, [`Shard::invoke_on`]), so B's inbox empties whenever B's thread
+//! runs, whatever the state of A's inbox. No inbox's progress depends on another inbox's
+//! room, so there is no cycle of waits to close.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,14 +47,17 @@ pub struct ShardGone(pub usize);
 
 /// Inboxes of every shard; shared by all (Send + Sync).
 pub struct ShardSet {
-    senders: Vec<mpsc::UnboundedSender<Job>>,
+    senders: Vec<mpsc::Sender<Job>>,
 }
 
+/// How long a thread outside the shards (the admin endpoint) retries a full inbox.
+const OUTSIDE_SEND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl ShardSet {
-    /// Creates `count` inboxes; the receivers go to the shard threads.
-    pub fn new(count: usize) -> (Arc<ShardSet>, Vec<mpsc::UnboundedReceiver<Job>>) {
+    /// Creates `count` inboxes of `depth` jobs each; the receivers go to the shard threads.
+    pub fn new(count: usize, depth: usize) -> (Arc<ShardSet>, Vec<mpsc::Receiver<Job>>) {
         assert!(count > 0, "at least one shard");
-        let (senders, receivers) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+        let (senders, receivers) = (0..count).map(|_| mpsc::channel(depth.max(1))).unzip();
         (Arc::new(ShardSet { senders }), receivers)
     }
 
@@ -56,14 +75,34 @@ impl ShardSet {
         ((hash.wrapping_add(partition as u64)) % self.senders.len() as u64) as usize
     }
 
-    /// Sends `job` to `target`'s inbox.
-    pub fn send(&self, target: usize, job: Job) -> Result<(), ShardGone> {
-        self.senders
-            .get(target)
-            .ok_or(ShardGone(target))?
-            .send(job)
-            .map_err(|_| ShardGone(target))
+    /// Sends `job` to `target`'s inbox from a thread that is not a shard (it may block for a
+    /// moment): retries a full inbox for up to two seconds.
+    pub fn send_from_outside(&self, target: usize, job: Job) -> Result<(), String> {
+        let sender = self.senders.get(target).ok_or(ShardGone(target).to_string())?;
+        let deadline = std::time::Instant::now() + OUTSIDE_SEND_PATIENCE;
+        let mut job = job;
+        loop {
+            match sender.try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(ShardGone(target).to_string()),
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(format!("shard {target}'s inbox stayed full for 2 s"));
+                    }
+                    job = back;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
     }
+}
+
+/// Jobs from this shard to one target that found its inbox full, in send order.
+#[derive(Default)]
+struct Outbox {
+    jobs: VecDeque<Job>,
+    /// A forwarder task is moving `jobs` over.
+    forwarding: bool,
 }
 
 /// Topic lookups for the group coordinator, over the published metadata.
@@ -99,6 +138,8 @@ pub struct Shard {
     pub groups: sluice_group::GroupCoordinator,
     /// Idempotent-producer state of the partitions this shard owns, by topic then index.
     producers: RefCell<HashMap<String, HashMap<i32, crate::idempotence::ProducerStates>>>,
+    /// Jobs waiting for room in another shard's inbox, by target.
+    outboxes: RefCell<Vec<Outbox>>,
 }
 
 impl Shard {
@@ -114,7 +155,6 @@ impl Shard {
     ) -> Self {
         Self {
             id,
-            set,
             config,
             metadata,
             storage,
@@ -124,6 +164,8 @@ impl Shard {
             metrics: ShardMetrics::new(id),
             groups,
             producers: RefCell::new(HashMap::new()),
+            outboxes: RefCell::new((0..set.count()).map(|_| Outbox::default()).collect()),
+            set,
         }
     }
 
@@ -293,7 +335,7 @@ impl Shard {
         }
         let (reply_tx, reply_rx) = oneshot::channel();
         let sent_at = std::time::Instant::now();
-        let sent = self.set.send(
+        let sent = self.post(
             target,
             Box::new(move |shard: Rc<Shard>| {
                 shard
@@ -309,5 +351,57 @@ impl Shard {
             sent?;
             reply_rx.await.map_err(|_| ShardGone(target))
         })
+    }
+
+    /// Puts `job` into `target`'s inbox now if it has room and nothing from this shard waits
+    /// before it; otherwise queues it in the outbox, behind earlier jobs to `target`.
+    fn post(self: &Rc<Self>, target: usize, job: Job) -> Result<(), ShardGone> {
+        let sender = self.set.senders.get(target).ok_or(ShardGone(target))?;
+        let mut outboxes = self.outboxes.borrow_mut();
+        let outbox = outboxes.get_mut(target).ok_or(ShardGone(target))?;
+        let job = if outbox.jobs.is_empty() {
+            match sender.try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(ShardGone(target)),
+                Err(mpsc::error::TrySendError::Full(job)) => job,
+            }
+        } else {
+            job
+        };
+        outbox.jobs.push_back(job);
+        if !outbox.forwarding {
+            outbox.forwarding = true;
+            tokio::task::spawn_local(forward_outbox(self.clone(), target));
+        }
+        Ok(())
+    }
+}
+
+/// Moves `shard`'s outbox for `target` into `target`'s inbox, in order, as room appears.
+/// Awaits room as a task, never blocking the thread (see the module doc on deadlock).
+async fn forward_outbox(shard: Rc<Shard>, target: usize) {
+    let Some(sender) = shard.set.senders.get(target).cloned() else {
+        return;
+    };
+    loop {
+        let permit = sender.reserve().await;
+        let mut outboxes = shard.outboxes.borrow_mut();
+        let outbox = &mut outboxes[target];
+        match permit {
+            Ok(permit) => match outbox.jobs.pop_front() {
+                Some(job) => permit.send(job),
+                None => {
+                    outbox.forwarding = false;
+                    return;
+                }
+            },
+            Err(_) => {
+                // The target stopped: dropping the jobs drops their reply channels, so each
+                // waiting caller gets ShardGone.
+                outbox.jobs.clear();
+                outbox.forwarding = false;
+                return;
+            }
+        }
     }
 }

@@ -61,7 +61,7 @@ pub struct Broker {
     // Field order is drop order: the shard's tasks and rings go with the runtime, then the
     // directory is removed by `Drop`.
     shard: Rc<Shard>,
-    _inboxes: Vec<tokio::sync::mpsc::UnboundedReceiver<sluice::shard::Job>>,
+    _inboxes: Vec<tokio::sync::mpsc::Receiver<sluice::shard::Job>>,
     runtime: tokio_uring::Runtime,
     dir: PathBuf,
     requests: u64,
@@ -87,7 +87,7 @@ impl Broker {
         let config = Arc::new(config(&dir));
         let runtime = tokio_uring::Runtime::new(&tokio_uring::builder())
             .expect("io_uring runtime (the dispatcher target needs io_uring)");
-        let (set, inboxes) = ShardSet::new(1);
+        let (set, inboxes) = ShardSet::new(1, config.inbox_jobs_max);
         let shard = runtime.block_on(build_shard(config, set, &dir));
         Broker {
             shard,

@@ -3,22 +3,41 @@
 //! strictly in request order, as Kafka requires.
 //!
 //! Owns the socket and the per-connection limits. Must never: reorder responses, buffer an
-//! unbounded number of requests (the in-flight queue is bounded: a full queue stops reading,
-//! which pushes back on the client through TCP), or panic on what a client sends.
+//! unbounded number of requests or request bytes, or panic on what a client sends.
+//!
+//! Back-pressure: a request is handed on only once the shard's [`RequestBudget`]
+//! (`queued.max.request.bytes`) has room for its bytes and the connection's in-flight queue
+//! (`queued.max.requests`) has room for it; until then the connection does not read its
+//! socket, so the client is held back by TCP and nothing is dropped. The bytes return to the
+//! budget when the response is written. Memory read from one connection and not yet admitted
+//! is at most one frame plus its read buffer.
+//!
+//! Idle connections (`connections.max.idle.ms`): nothing in flight and nothing read or written
+//! for that long closes the connection with a debug line. A request being handled or a response
+//! being written (a long-poll Fetch, a slow reader) is not idleness.
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::LocalBoxFuture;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
+use crate::budget::{RequestBudget, RequestPermit};
 use crate::fetch::Part;
-use crate::frame::next_frame;
+use crate::frame::{next_frame, FRAME_PREFIX_BYTES};
 use crate::header::RequestHeader;
 use crate::wire::Reader;
+
+/// Frames at least this large share the connection's read buffer instead of being copied
+/// out. A read buffer is `read_buffer_bytes` (64 KiB) or, for a frame that does not fit, about
+/// the frame's size, so a shared frame pins at most max(4 x its size, its size + 64 KiB): the
+/// bound the tail cache's memory documentation relies on.
+pub const SHARED_FRAME_BYTES_MIN: usize = 16 * 1024;
 
 /// Per-connection limits (all configurable by the broker).
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +48,19 @@ pub struct ConnectionLimits {
     pub inflight_requests_max: usize,
     /// Initial read buffer size.
     pub read_buffer_bytes: usize,
+    /// `connections.max.idle.ms`: idle connections are closed after this.
+    pub idle_ms_max: u64,
+}
+
+/// A request handed to its handler, with the budget bytes it holds until answered.
+type Queued<R> = (tokio::task::JoinHandle<Response<R>>, RequestPermit);
+
+/// What the reader and the writer of one connection share for the idle check.
+struct Activity {
+    /// Requests read and not yet answered.
+    in_flight: Cell<usize>,
+    /// Last read or write completion.
+    last: Cell<Instant>,
 }
 
 /// What a handler produces for one request.
@@ -86,16 +118,22 @@ pub async fn serve<H: Handler>(
     peer: SocketAddr,
     handler: Rc<H>,
     limits: ConnectionLimits,
+    budget: Rc<RequestBudget>,
 ) {
     let stream = Rc::new(stream);
+    let activity = Rc::new(Activity {
+        in_flight: Cell::new(0),
+        last: Cell::new(Instant::now()),
+    });
     let (queue_tx, queue_rx) = tokio::sync::mpsc::channel(limits.inflight_requests_max.max(1));
     let writer = tokio::task::spawn_local(write_responses(
         stream.clone(),
         peer,
         handler.clone(),
         queue_rx,
+        activity.clone(),
     ));
-    read_requests(&stream, peer, &handler, limits, queue_tx).await;
+    read_requests(&stream, peer, &handler, limits, &budget, &activity, queue_tx).await;
     // The writer drains what was queued before the reader stopped, then returns.
     if let Err(error) = writer.await {
         tracing::error!(%peer, %error, "connection writer task failed");
@@ -108,8 +146,11 @@ async fn read_requests<H: Handler>(
     peer: SocketAddr,
     handler: &Rc<H>,
     limits: ConnectionLimits,
-    queue_tx: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Response<H::Records>>>,
+    budget: &Rc<RequestBudget>,
+    activity: &Activity,
+    queue_tx: tokio::sync::mpsc::Sender<Queued<H::Records>>,
 ) {
+    let idle_max = Duration::from_millis(limits.idle_ms_max);
     let mut buf = BytesMut::with_capacity(limits.read_buffer_bytes);
     loop {
         loop {
@@ -122,6 +163,15 @@ async fn read_requests<H: Handler>(
                     return;
                 }
             };
+            let frame_bytes = FRAME_PREFIX_BYTES + frame.len();
+            // A small frame is copied out, so it never pins the read buffer: a few hundred
+            // bytes kept by the tail cache would otherwise hold a whole buffer, and the buffer
+            // is reused in place once no frame shares it.
+            let frame = if frame.len() < SHARED_FRAME_BYTES_MIN {
+                Bytes::copy_from_slice(&frame)
+            } else {
+                frame
+            };
             let (header, body) = match RequestHeader::parse(frame) {
                 Ok(parsed) => parsed,
                 Err(error) => {
@@ -130,10 +180,17 @@ async fn read_requests<H: Handler>(
                     return;
                 }
             };
-            let task = tokio::task::spawn_local(handler.handle(header, body));
-            if queue_tx.send(task).await.is_err() {
+            // The frame's bytes (prefix included) wait here for room in the shard's budget;
+            // meanwhile this connection reads nothing more.
+            let permit = budget.acquire(frame_bytes).await;
+            // Reserve the queue slot before spawning, so a full queue holds the request back
+            // unhandled instead of running it and parking its response.
+            let Ok(slot) = queue_tx.reserve().await else {
                 return; // the writer stopped: the socket is gone
-            }
+            };
+            activity.in_flight.set(activity.in_flight.get() + 1);
+            let task = tokio::task::spawn_local(handler.handle(header, body));
+            slot.send((task, permit));
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(limits.read_buffer_bytes.max(4096));
@@ -141,7 +198,36 @@ async fn read_requests<H: Handler>(
         // tokio-uring reads into the start of the buffer it is given: pass the spare tail,
         // or a frame split across reads would be overwritten.
         let filled = buf.len();
-        let (result, returned) = stream.read(buf.slice(filled..)).await;
+        let read = stream.read(buf.slice(filled..));
+        tokio::pin!(read);
+        // The read is never cancelled while the connection lives (a cancelled read could lose
+        // bytes the kernel already took); the idle timer only decides whether to close.
+        let (result, returned) = loop {
+            // A limit too large for the clock never fires.
+            let idle_deadline = activity.last.get().checked_add(idle_max);
+            let idle = async move {
+                match idle_deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                done = &mut read => break done,
+                _ = idle => {
+                    let idle_for = activity.last.get().elapsed();
+                    if activity.in_flight.get() == 0 && idle_for >= idle_max {
+                        tracing::debug!(%peer, idle_ms = idle_for.as_millis() as u64, "closing idle connection (connections.max.idle.ms)");
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                    if activity.in_flight.get() > 0 {
+                        // Busy is not idle: the clock restarts when the last answer is written.
+                        activity.last.set(Instant::now());
+                    }
+                }
+            }
+        };
+        activity.last.set(Instant::now());
         buf = returned.into_inner();
         match result {
             Ok(0) => return,
@@ -160,9 +246,10 @@ async fn write_responses<H: Handler>(
     stream: Rc<TcpStream>,
     peer: SocketAddr,
     handler: Rc<H>,
-    mut queue_rx: tokio::sync::mpsc::Receiver<tokio::task::JoinHandle<Response<H::Records>>>,
+    mut queue_rx: tokio::sync::mpsc::Receiver<Queued<H::Records>>,
+    activity: Rc<Activity>,
 ) {
-    while let Some(task) = queue_rx.recv().await {
+    while let Some((task, permit)) = queue_rx.recv().await {
         let response = match task.await {
             Ok(response) => response,
             Err(error) => {
@@ -179,6 +266,10 @@ async fn write_responses<H: Handler>(
                 return;
             }
         };
+        // Answered: its bytes go back to the budget and the idle clock restarts.
+        drop(permit);
+        activity.in_flight.set(activity.in_flight.get().saturating_sub(1));
+        activity.last.set(Instant::now());
         if let Err(error) = written {
             tracing::debug!(%peer, %error, "write failed; closing connection");
             let _ = stream.shutdown(std::net::Shutdown::Both);

@@ -6,6 +6,7 @@
 //! broker's handlers do that behind the [`connection::Handler`] trait.
 #![deny(missing_docs)]
 
+pub mod budget;
 pub mod connection;
 pub mod fetch;
 pub mod frame;

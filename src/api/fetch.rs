@@ -101,11 +101,14 @@ pub async fn handle(
         })
         .collect();
 
-    let max_bytes = if version >= 3 {
+    // fetch.max.bytes caps the response whatever the client asks (v0-v2 have no max_bytes of
+    // their own); partition limits still apply, and the first batch goes out even when larger.
+    let asked_bytes = if version >= 3 {
         request.max_bytes.max(0) as u32
     } else {
         u32::MAX
     };
+    let max_bytes = asked_bytes.min(shard.config.fetch_bytes_max);
     let min_bytes = request.min_bytes.max(0) as u64;
     let wait = Duration::from_millis(
         (request.max_wait_ms.max(0) as u64).min(shard.config.fetch_wait_ms_max),

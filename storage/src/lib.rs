@@ -455,6 +455,12 @@ impl ShardStorage {
     pub fn queued_bytes(&self) -> usize {
         self.0.queued_bytes.get()
     }
+
+    /// Sets `log.append.queue.bytes.max`, the writer queue's byte budget (see
+    /// [`Partition::append`]); at least 1.
+    pub fn set_append_queue_bytes_max(&self, bytes: usize) {
+        self.0.queue_bytes_max.set(bytes.max(1));
+    }
 }
 
 /// One partition's log, owned by one shard. Cheap to clone (Rc).
@@ -467,13 +473,22 @@ impl Partition {
     /// All batches are validated before any is enqueued: either all are appended or none.
     /// Offsets are assigned before the first await, so dropping the future does not undo
     /// the append.
+    ///
+    /// Back-pressure: when the shard's writer queue holds more than
+    /// `log.append.queue.bytes.max` bytes ahead of this append (it included), the append
+    /// (already queued, offsets assigned) waits for the writer to take them before it
+    /// completes, whatever `ack` says, so the caller holds its request and stops reading more.
+    /// The queue thus exceeds its budget by at most the appends whose callers are waiting.
     pub async fn append(
         &self,
         records: Bytes,
         ack: Ack,
         leader_epoch: i32,
     ) -> Result<AppendInfo, AppendError> {
-        let (info, receiver) = self.0.enqueue(records, ack, leader_epoch)?;
+        let (info, receiver, queue_position) = self.0.enqueue(records, ack, leader_epoch)?;
+        if let Some(shard) = self.0.shard.upgrade() {
+            shard.wait_for_queue_room(queue_position).await;
+        }
         match receiver {
             None => Ok(info),
             Some(receiver) => match receiver.await {

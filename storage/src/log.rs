@@ -103,13 +103,14 @@ impl PartitionShared {
     }
 
     /// Validates, assigns offsets, reserves file positions and queues the append; returns
-    /// the completion receiver (None for acks=0) and the append's result-to-be.
+    /// the append's result-to-be, the completion receiver (None for acks=0) and its place in
+    /// the writer queue (for [`ShardShared::wait_for_queue_room`]).
     pub(crate) fn enqueue(
         self: &Rc<Self>,
         records: Bytes,
         ack: Ack,
         leader_epoch: i32,
-    ) -> Result<(AppendInfo, Option<AppendReceiver>), AppendError> {
+    ) -> Result<(AppendInfo, Option<AppendReceiver>, u64), AppendError> {
         let Some(shard) = self.shard.upgrade().filter(|shard| !shard.closing.get()) else {
             return Err(AppendError::Storage("storage is shut down".into()));
         };
@@ -169,6 +170,7 @@ impl PartitionShared {
         let mut sender = sender;
         let piece_count = pieces.len();
         let enqueued_at = Instant::now();
+        let mut queue_position = 0u64;
         let mut queue = shard.queue.borrow_mut();
         for (index, piece) in pieces.into_iter().enumerate() {
             let last = index + 1 == piece_count;
@@ -195,11 +197,11 @@ impl PartitionShared {
                 waiter,
                 enqueued_at,
             });
-            shard.queued_bytes.set(shard.queued_bytes.get() + len);
+            queue_position = shard.enqueued(len);
         }
         drop(queue);
         shard.writer_wake.notify_one();
-        Ok((info, receiver))
+        Ok((info, receiver, queue_position))
     }
 
     /// Assigns offsets and positions, rolling segments as `segment.bytes`/`segment.ms` ask;

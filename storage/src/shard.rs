@@ -46,6 +46,9 @@ const STAGING_SLACK_BYTES: usize = 256 << 10;
 const STAGING_MIN_BYTES: usize = 64 << 10;
 const _: () = assert!(STAGING_MIN_BYTES >= 2 * DIRECT_IO_ALIGN_BYTES);
 
+/// Writer queue budget until the broker sets `log.append.queue.bytes.max`.
+pub(crate) const DEFAULT_QUEUE_BYTES_MAX: usize = 64 << 20;
+
 /// Called after every group commit.
 pub(crate) type FlushObserver = Box<dyn Fn(&FlushStats)>;
 
@@ -55,7 +58,16 @@ pub(crate) struct ShardShared {
     pub(crate) direct_io: bool,
     pub(crate) ring: Ring,
     pub(crate) queue: RefCell<VecDeque<QueuedAppend>>,
+    /// Bytes in `queue` not yet taken by the writer.
     pub(crate) queued_bytes: Cell<usize>,
+    /// Bytes ever queued and ever taken (or removed): an append's place in the queue, for
+    /// the budget's first-come wait ([`ShardShared::wait_for_queue_room`]).
+    pub(crate) enqueued_bytes_total: Cell<u64>,
+    pub(crate) dequeued_bytes_total: Cell<u64>,
+    /// `log.append.queue.bytes.max`.
+    pub(crate) queue_bytes_max: Cell<usize>,
+    /// Woken whenever bytes leave the queue.
+    pub(crate) queue_drained: Notify,
     pub(crate) writer_wake: Notify,
     pub(crate) writer_idle: Notify,
     pub(crate) writer_busy: Cell<bool>,
@@ -68,6 +80,47 @@ pub(crate) struct ShardShared {
     pub(crate) flush_observer: RefCell<Option<FlushObserver>>,
     /// The I/O seam every write, sync and truncation after open goes through.
     pub(crate) io: Rc<dyn IoBackend>,
+}
+
+impl ShardShared {
+    /// Counts `bytes` into the writer queue; returns the queue position just past them.
+    pub(crate) fn enqueued(&self, bytes: usize) -> u64 {
+        self.queued_bytes.set(self.queued_bytes.get() + bytes);
+        let total = self.enqueued_bytes_total.get() + bytes as u64;
+        self.enqueued_bytes_total.set(total);
+        total
+    }
+
+    /// Counts `bytes` out of the writer queue (taken into a flush, or removed) and wakes
+    /// appends waiting for room.
+    pub(crate) fn dequeued(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        debug_assert!(bytes <= self.queued_bytes.get(), "queue count underflow");
+        self.queued_bytes
+            .set(self.queued_bytes.get().saturating_sub(bytes));
+        self.dequeued_bytes_total
+            .set(self.dequeued_bytes_total.get() + bytes as u64);
+        self.queue_drained.notify_waiters();
+    }
+
+    /// Waits until the bytes queued before `position` (an append's end, from
+    /// [`ShardShared::enqueued`]) are within the budget, i.e. until the writer has taken all
+    /// but `queue_bytes_max` of them. First come, first served: later appends cannot hold an
+    /// earlier one back. Returns at once while shutting down (the writer drains everything).
+    pub(crate) async fn wait_for_queue_room(&self, position: u64) {
+        loop {
+            let drained = self.queue_drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            let ahead_bytes = position.saturating_sub(self.dequeued_bytes_total.get());
+            if ahead_bytes <= self.queue_bytes_max.get() as u64 || self.closed.get() {
+                return;
+            }
+            drained.await;
+        }
+    }
 }
 
 fn io_error(context: String) -> impl FnOnce(io::Error) -> StorageError {
@@ -179,6 +232,10 @@ pub(crate) fn open(
         ring: ring.clone(),
         queue: RefCell::new(VecDeque::new()),
         queued_bytes: Cell::new(0),
+        enqueued_bytes_total: Cell::new(0),
+        dequeued_bytes_total: Cell::new(0),
+        queue_bytes_max: Cell::new(DEFAULT_QUEUE_BYTES_MAX),
+        queue_drained: Notify::new(),
         writer_wake: Notify::new(),
         writer_idle: Notify::new(),
         writer_busy: Cell::new(false),
@@ -412,8 +469,10 @@ pub(crate) fn delete_partition(
     let reason = format!("partition {} was deleted", partition.label());
     {
         let mut queue = shard.queue.borrow_mut();
+        let mut removed_bytes = 0usize;
         queue.retain_mut(|item| {
             if Rc::ptr_eq(&item.partition, partition) {
+                removed_bytes += item.data.len() - item.consumed;
                 if let Some(waiter) = item.waiter.take() {
                     let _ = waiter
                         .sender
@@ -424,6 +483,8 @@ pub(crate) fn delete_partition(
                 true
             }
         });
+        drop(queue);
+        shard.dequeued(removed_bytes);
     }
     {
         let mut log = partition.log.borrow_mut();

@@ -5,6 +5,14 @@
 //! Owns the shard-wide byte budget and the eviction order (oldest insertion first, across
 //! partitions). Must never hand out a batch at or above the high watermark (the caller passes
 //! it) nor hold more than its budget.
+//!
+//! Memory beyond the budget: a cached rest is a slice of its request frame, so it keeps the
+//! frame's allocation alive. The connection copies frames under 16 KiB out of its read buffer
+//! (`sluice_net::connection::SHARED_FRAME_BYTES_MIN`), so a small batch pins only its own small
+//! frame; a larger frame shares an allocation of at most about max(4 x frame, frame + 64 KiB).
+//! The batches of one frame are inserted together and leave the eviction order together, so
+//! the cache's memory stays within about 4 x `log.tail.cache.bytes` plus one partly evicted
+//! frame per connection; the budget itself counts batch bytes.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -106,8 +114,9 @@ impl TailCache {
     }
 
     /// Caches one batch of `tail`'s partition (its stamped header and the rest), evicting the
-    /// shard's oldest batches as needed. The budget counts batch bytes; the request buffers
-    /// the rests point into stay allocated while any of their batches is cached.
+    /// shard's oldest batches as needed. The budget counts batch bytes; the request frames
+    /// the rests point into stay allocated while any of their batches is cached (bounded as
+    /// the module doc says).
     pub(crate) fn insert(
         &mut self,
         tail: &Rc<RefCell<PartitionTail>>,

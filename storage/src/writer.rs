@@ -469,9 +469,7 @@ fn start_flush<B: IoBackend>(
         taken
     };
     let new_bytes_total: usize = groups.iter().map(|group| group.new_bytes).sum();
-    shard
-        .queued_bytes
-        .set(shard.queued_bytes.get().saturating_sub(new_bytes_total));
+    shard.dequeued(new_bytes_total);
 
     // 2. Sync decisions per partition (its policy).
     for part in parts.iter_mut() {
@@ -834,7 +832,5 @@ fn fail_appends(
             true
         }
     });
-    shard
-        .queued_bytes
-        .set(shard.queued_bytes.get().saturating_sub(removed_bytes));
+    shard.dequeued(removed_bytes);
 }
