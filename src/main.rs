@@ -87,6 +87,30 @@ fn keep_large_allocations_in_the_heap() {
     }
 }
 
+/// Every connection is a descriptor, and `max.connections` defaults to 10,000, above the usual
+/// soft limit of 1,024: raise the soft limit to the hard one so the settings, not an EMFILE
+/// at accept, decide how many clients are served.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            tracing::warn!(soft = limit.rlim_cur, "cannot raise the open files limit; connections beyond it fail at accept");
+        }
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -103,6 +127,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     init_logging();
     keep_large_allocations_in_the_heap();
+    raise_open_files_limit();
     let flags = [
         ("log.dirs", args.data_dir.clone()),
         ("listeners", args.listen.clone()),
