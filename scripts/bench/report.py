@@ -460,8 +460,28 @@ def write_report(rows, meta, out_path, fetch=None):
         add(command)
     add("```")
     add("")
+    kept = kept_sections(out_path)
     with open(out_path, "w") as handle:
-        handle.write("\n".join(lines))
+        handle.write("\n".join(lines) + kept)
+
+
+# Sections other scripts write into the same file between these markers (today
+# scripts/idle-conns-bench.sh); a rewrite of the report keeps them as they are.
+KEPT_SECTIONS = (("<!-- idle-conns-bench:begin -->", "<!-- idle-conns-bench:end -->"),)
+
+
+def kept_sections(path):
+    try:
+        with open(path) as handle:
+            current = handle.read()
+    except FileNotFoundError:
+        return ""
+    kept = ""
+    for begin, end in KEPT_SECTIONS:
+        if begin in current and end in current.split(begin, 1)[1]:
+            body = current.split(begin, 1)[1].split(end, 1)[0]
+            kept += "\n" + begin + body + end + "\n"
+    return kept
 
 
 FETCH_PATHS = ("zero-copy", "zero-copy, SEND_ZC forced", "copying")
