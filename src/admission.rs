@@ -27,7 +27,11 @@ impl PerIpLimits {
     /// addresses only: resolving host names at accept would block the shard).
     pub fn parse(default_max: usize, overrides: &str) -> Result<PerIpLimits, String> {
         let mut parsed = HashMap::new();
-        for entry in overrides.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        for entry in overrides
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
             let (ip, count) = entry
                 .rsplit_once(':')
                 .ok_or_else(|| format!("'{entry}': expected IP:N"))?;

@@ -106,7 +106,10 @@ fn raise_open_files_limit() {
             rlim_max: limit.rlim_max,
         };
         if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-            tracing::warn!(soft = limit.rlim_cur, "cannot raise the open files limit; connections beyond it fail at accept");
+            tracing::warn!(
+                soft = limit.rlim_cur,
+                "cannot raise the open files limit; connections beyond it fail at accept"
+            );
         }
     }
 }

@@ -468,7 +468,8 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         idle_ms_max: config.connection_idle_ms_max,
     };
     // queued.max.request.bytes is per broker; each shard's connections share an even part.
-    let request_budget = RequestBudget::new(config.queued_request_bytes_max.div_ceil(config.shards));
+    let request_budget =
+        RequestBudget::new(config.queued_request_bytes_max.div_ceil(config.shards));
     // Each shard enforces its share of max.connections (SO_REUSEPORT spreads them evenly).
     let connections_max_per_shard = config.connections_max.div_ceil(config.shards).max(1);
     let mut refusals = RefusalLog::default();

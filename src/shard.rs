@@ -78,13 +78,18 @@ impl ShardSet {
     /// Sends `job` to `target`'s inbox from a thread that is not a shard (it may block for a
     /// moment): retries a full inbox for up to two seconds.
     pub fn send_from_outside(&self, target: usize, job: Job) -> Result<(), String> {
-        let sender = self.senders.get(target).ok_or(ShardGone(target).to_string())?;
+        let sender = self
+            .senders
+            .get(target)
+            .ok_or(ShardGone(target).to_string())?;
         let deadline = std::time::Instant::now() + OUTSIDE_SEND_PATIENCE;
         let mut job = job;
         loop {
             match sender.try_send(job) {
                 Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(ShardGone(target).to_string()),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(ShardGone(target).to_string())
+                }
                 Err(mpsc::error::TrySendError::Full(back)) => {
                     if std::time::Instant::now() >= deadline {
                         return Err(format!("shard {target}'s inbox stayed full for 2 s"));

@@ -112,7 +112,10 @@ mod tests {
         drop((first, second));
         assert_eq!(budget.used_bytes(), 0);
         let huge = budget.try_acquire(1000).expect("alone");
-        assert!(budget.try_acquire(1).is_none(), "nothing beside an oversized one");
+        assert!(
+            budget.try_acquire(1).is_none(),
+            "nothing beside an oversized one"
+        );
         drop(huge);
         assert_eq!((budget.used_bytes(), budget.peak_bytes()), (0, 1000));
     }

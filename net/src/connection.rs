@@ -133,7 +133,10 @@ pub async fn serve<H: Handler>(
         queue_rx,
         activity.clone(),
     ));
-    read_requests(&stream, peer, &handler, limits, &budget, &activity, queue_tx).await;
+    read_requests(
+        &stream, peer, &handler, limits, &budget, &activity, queue_tx,
+    )
+    .await;
     // The writer drains what was queued before the reader stopped, then returns.
     if let Err(error) = writer.await {
         tracing::error!(%peer, %error, "connection writer task failed");
@@ -268,7 +271,9 @@ async fn write_responses<H: Handler>(
         };
         // Answered: its bytes go back to the budget and the idle clock restarts.
         drop(permit);
-        activity.in_flight.set(activity.in_flight.get().saturating_sub(1));
+        activity
+            .in_flight
+            .set(activity.in_flight.get().saturating_sub(1));
         activity.last.set(Instant::now());
         if let Err(error) = written {
             tracing::debug!(%peer, %error, "write failed; closing connection");

@@ -69,7 +69,11 @@ fn an_append_larger_than_the_budget_completes_once_taken() {
             .await
             .expect("an oversized append is not refused, it waits its turn");
         assert_eq!(info.last_offset, 9);
-        assert_eq!(storage.queued_bytes(), 0, "the writer took it before it completed");
+        assert_eq!(
+            storage.queued_bytes(),
+            0,
+            "the writer took it before it completed"
+        );
         storage.shutdown().await.expect("shutdown");
     });
 }
