@@ -26,22 +26,27 @@ buffer per shard), log.append.queue.bytes.max 16 MiB per shard.
 
 import resource
 import socket
-import struct
 import threading
 import time
 
 from helpers import (
     API_FETCH,
+    API_PRODUCE,
     array,
     confluent_producer,
     create_topic,
+    encode_record_batch,
+    frame,
     i8,
+    i16,
     i32,
     i64,
+    kbytes,
     request_header,
     string,
     unique_topic,
-    frame,
+    wait_until,
+    watermarks,
 )
 
 N_IDLE = 2000
@@ -232,8 +237,6 @@ FLOOD_RSS_OVER_BASELINE_MIB = FLOOD_QUEUED_REQUEST_MIB + 2 * FLOOD_APPEND_QUEUE_
 
 
 def produce_v3_acks0_frame(topic: str, partition: int, batch: bytes, correlation_id: int) -> bytes:
-    from helpers import API_PRODUCE, i16, kbytes
-
     body = string(None) + i16(0) + i32(10000) + array([string(topic) + array([i32(partition) + kbytes(batch)])])
     return frame(request_header(API_PRODUCE, 3, correlation_id) + body)
 
@@ -242,8 +245,6 @@ def flood(bootstrap: str, topic: str, partitions: int, duration_s: float) -> int
     """acks=0 producers writing 900 KiB batches as fast as TCP lets them; returns how many
     whole requests were handed to the kernel (each must end up in the log: back-pressure holds
     the senders, it never drops)."""
-    from helpers import encode_record_batch
-
     batch = encode_record_batch([(b"k", b"f" * FLOOD_VALUE_BYTES)])
     host, port = bootstrap.rsplit(":", 1)
     sent = [0] * FLOOD_CONNECTIONS
@@ -296,8 +297,6 @@ def test_acks0_flood_is_held_back_by_the_request_and_writer_queue_budgets(broker
     finally:
         stop.set()
         sampler.join(5)
-    from helpers import wait_until, watermarks
-
     def all_appended():
         return sum(watermarks(broker.bootstrap, topic, p)[1] for p in range(SHARDS)) == sent
 
