@@ -805,4 +805,36 @@ mod tests {
         topic.insert("no.such.config".to_string(), "1".to_string());
         assert!(config.topic_log_config(&topic).is_err());
     }
+
+    #[test]
+    fn limits_are_typed_and_unbounded_or_unparsable_ones_refused() {
+        let config = BrokerConfig::from_settings(Settings::default()).unwrap();
+        assert_eq!(config.fetch_bytes_max, 57_671_680);
+        assert_eq!(config.connection_idle_ms_max, 600_000);
+        assert_eq!(
+            config
+                .connections_per_ip
+                .limit_for("127.0.0.1".parse().unwrap()),
+            i32::MAX as usize
+        );
+        for bad in [
+            "queued.max.request.bytes=-1",
+            "fetch.max.bytes=100",
+            "shard.inbox.jobs.max=0",
+            "max.connections.per.ip.overrides=somehost:3",
+        ] {
+            assert_eq!(problems(&[bad]).len(), 1, "{bad} must be refused");
+        }
+        let mut settings = Settings::default();
+        settings
+            .apply_override("max.connections.per.ip.overrides=10.1.2.3:7")
+            .unwrap();
+        let config = BrokerConfig::from_settings(settings).unwrap();
+        assert_eq!(
+            config
+                .connections_per_ip
+                .limit_for("10.1.2.3".parse().unwrap()),
+            7
+        );
+    }
 }
