@@ -12,8 +12,8 @@
 # values is a finding. One libFuzzer process at a time, on one core (no -jobs/-workers): the figures are per core.
 # Seeds are read from fuzz/corpus/<target>/ (kept in the repository, never written here); what a
 # run discovers goes to fuzz/target/corpus-work/<target>/ and crashes to fuzz/artifacts/<target>/.
-# Every run has libFuzzer's -rss_limit_mb / -malloc_limit_mb set, so an allocation driven by
-# input beyond them is a finding, not just a slow run.
+# Every run has libFuzzer's -rss_limit_mb (and -malloc_limit_mb, which only a sanitizer build
+# enforces) set, so memory driven by input beyond them is a finding, not just a slow run.
 # On stable Rust (no nightly installed) cargo fuzz runs with RUSTC_BOOTSTRAP=1 and
 # --sanitizer none: only the sanitizers need nightly flags. Needs cargo-fuzz
 # (scripts/setup-test-deps.sh installs it).
