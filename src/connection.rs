@@ -133,9 +133,10 @@ impl Handler for BrokerConnection {
         records: FetchRecords,
     ) -> LocalBoxFuture<'a, io::Result<()>> {
         // The copying path (`fetch.zero.copy=false`, or a kernel without splice): every record
-        // byte passes through this connection's buffer, pread from the files and copied from
-        // the tail cache, and goes out in writes of up to COPY_BUFFER_BYTES. It is the
-        // baseline the zero-copy path is measured against, so it copies what it says it does.
+        // byte passes through this connection's buffer, read from the files (ring reads, never
+        // a pread on the shard thread) and copied from the tail cache, and goes out in writes
+        // of up to COPY_BUFFER_BYTES. It is the baseline the zero-copy path is measured
+        // against, so it copies what it says it does.
         Box::pin(async move {
             let mut buf = self
                 .copy_buffer
@@ -170,11 +171,13 @@ impl Handler for BrokerConnection {
                             let step = (u64::from(length) - done)
                                 .min((COPY_BUFFER_BYTES - filled) as u64)
                                 as usize;
-                            pread_exact(
-                                segment.raw_fd(),
-                                &mut buf[filled..filled + step],
-                                position + done,
-                            )?;
+                            let (read, returned) = self
+                                .shard
+                                .storage
+                                .read_exact_at(&segment, buf, filled, step, position + done)
+                                .await;
+                            buf = returned;
+                            read?;
                             filled += step;
                             done += step as u64;
                             if filled == COPY_BUFFER_BYTES {
@@ -255,36 +258,4 @@ async fn write_filled(stream: &TcpStream, buf: Vec<u8>, filled: usize) -> io::Re
     let (result, slice) = stream.write_all(buf.slice(..filled)).await;
     result?;
     Ok(slice.into_inner())
-}
-
-fn pread_exact(fd: std::os::fd::RawFd, buf: &mut [u8], mut position: u64) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: `buf[filled..]` is valid writable memory of the given length; `fd` stays
-        // open because the caller holds the segment handle.
-        let n = unsafe {
-            libc::pread(
-                fd,
-                buf[filled..].as_mut_ptr().cast(),
-                buf.len() - filled,
-                position as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "segment shorter than its read range",
-            ));
-        }
-        filled += n as usize;
-        position += n as u64;
-    }
-    Ok(())
 }

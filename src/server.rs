@@ -433,7 +433,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
             tokio::time::sleep(period).await;
             let now_ms = now_ms();
             for partition in retention_shard.owned_partitions() {
-                partition.enforce_retention(now_ms);
+                partition.enforce_retention(now_ms).await;
             }
         }
     });
@@ -473,8 +473,17 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
     // Each shard enforces its share of max.connections (SO_REUSEPORT spreads them evenly).
     let connections_max_per_shard = config.connections_max.div_ceil(config.shards).max(1);
     let mut refusals = RefusalLog::default();
+    // A storage ring that failed (a non-transient io_uring_enter error) takes the broker down
+    // with a non-zero exit: see storage/src/ring.rs for why that beats serving on half-alive.
+    let ring_failed = shard.storage.ring().failed();
+    tokio::pin!(ring_failed);
     loop {
         tokio::select! {
+            error = &mut ring_failed => {
+                let errno = error.raw_os_error().unwrap_or(0);
+                tracing::error!(shard = id, errno, %error, "storage ring failed; stopping the broker");
+                return Err(format!("shard {id}: storage ring failed (errno {errno}): {error}"));
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if shard.connections.get() >= connections_max_per_shard {

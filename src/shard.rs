@@ -119,6 +119,9 @@ impl sluice_group::TopicLookup for MetadataTopics {
     }
 }
 
+/// Where appends to a partition wait, in arrival order, while its producer states load.
+type LoadQueue = Rc<tokio::sync::Mutex<()>>;
+
 /// Everything one shard owns.
 pub struct Shard {
     /// This shard's index.
@@ -145,6 +148,9 @@ pub struct Shard {
     producers: RefCell<HashMap<String, HashMap<i32, crate::idempotence::ProducerStates>>>,
     /// Jobs waiting for room in another shard's inbox, by target.
     outboxes: RefCell<Vec<Outbox>>,
+    /// Partitions whose producer states are being rebuilt from the log: appends to them wait
+    /// here, in arrival order (a FIFO async mutex), until the rebuild is in.
+    producer_state_loads: RefCell<HashMap<(String, i32), LoadQueue>>,
 }
 
 impl Shard {
@@ -171,6 +177,7 @@ impl Shard {
             producers: RefCell::new(HashMap::new()),
             outboxes: RefCell::new((0..set.count()).map(|_| Outbox::default()).collect()),
             set,
+            producer_state_loads: RefCell::new(HashMap::new()),
         }
     }
 
@@ -240,10 +247,12 @@ impl Shard {
         if !producers.contains_key(topic) {
             producers.insert(topic.to_string(), HashMap::new());
         }
+        // Loaded by `load_producer_states` before the first check; empty if it could not be.
+        let limits = self.producer_limits();
         let states = producers.get_mut(topic).map(|parts| {
             parts
                 .entry(index)
-                .or_insert_with(|| self.rebuilt_producer_states(topic, index))
+                .or_insert_with(|| crate::idempotence::ProducerStates::new(limits))
         });
         match states {
             Some(states) => f(states),
@@ -271,10 +280,48 @@ impl Shard {
             .sum()
     }
 
-    /// A partition's producer states from the newest batch headers of its log (its first
-    /// produce since this shard opened it). Blocking preads on the shard thread, once per
-    /// partition, like loading a consumer-offsets partition.
-    fn rebuilt_producer_states(
+    /// Makes sure a partition's producer states are in memory before an append checks them:
+    /// on its first produce since this shard opened it, they are rebuilt from the newest batch
+    /// headers of its log, read through the storage ring. Appends arriving meanwhile wait in
+    /// arrival order, so pipelined requests of one producer keep their order; once loaded,
+    /// this returns without awaiting.
+    pub async fn load_producer_states(&self, topic: &str, index: i32) {
+        let key = (topic.to_string(), index);
+        let loaded = |shard: &Shard| {
+            shard
+                .producers
+                .borrow()
+                .get(topic)
+                .is_some_and(|parts| parts.contains_key(&index))
+        };
+        if loaded(self) && !self.producer_state_loads.borrow().contains_key(&key) {
+            return;
+        }
+        let gate = self
+            .producer_state_loads
+            .borrow_mut()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let turn = gate.lock().await;
+        if !loaded(self) {
+            let states = self.rebuilt_producer_states(topic, index).await;
+            self.producers
+                .borrow_mut()
+                .entry(topic.to_string())
+                .or_default()
+                .entry(index)
+                .or_insert(states);
+        }
+        drop(turn);
+        // The map's reference and ours: nobody else waits, so later appends need not.
+        if Rc::strong_count(&gate) == 2 {
+            self.producer_state_loads.borrow_mut().remove(&key);
+        }
+    }
+
+    /// A partition's producer states from the newest batch headers of its log.
+    async fn rebuilt_producer_states(
         &self,
         topic: &str,
         index: i32,
@@ -283,7 +330,10 @@ impl Shard {
         let Some(partition) = self.partition(topic, index) else {
             return crate::idempotence::ProducerStates::new(limits);
         };
-        match partition.recent_batch_headers(crate::idempotence::REBUILD_WINDOW_BYTES) {
+        match partition
+            .recent_batch_headers(crate::idempotence::REBUILD_WINDOW_BYTES)
+            .await
+        {
             Ok(headers) => crate::idempotence::ProducerStates::rebuilt(
                 &headers,
                 limits,

@@ -691,7 +691,7 @@ async fn replay_partition(
         }
         from = snap.covered_offset.clamp(start, end);
     }
-    let records = crate::log::read_all_from(log, from)?;
+    let records = crate::log::read_all_from(log, from).await?;
     let replayed = records.len();
     for r in records {
         match OffsetsRecord::decode(&r.key, r.value.as_deref()) {

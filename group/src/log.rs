@@ -2,21 +2,19 @@
 //! reading whole batches back for replay. Implemented by `sluice_storage::Partition` (production)
 //! and by [`MemoryLog`] (tests, tools).
 //!
-//! Owns: the adaptation to the storage API, including reading `ReadChunk::File` ranges with pread.
+//! Owns: the adaptation to the storage API, including reading `ReadChunk::File` ranges (through
+//! the storage's ring: a replay never blocks the shard thread).
 //! Must never: interpret records (that is `records`), or report an append as done before the
 //! storage engine says it is durable (`Ack::Durable`).
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::mem::ManuallyDrop;
-use std::os::fd::FromRawFd;
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use sluice_storage::batch::RecordBatchHeader;
-use sluice_storage::{Ack, Partition, ReadChunk};
+use sluice_storage::{Ack, Partition};
 
 use crate::{codes, GroupError};
 
@@ -36,7 +34,7 @@ pub trait OffsetLog {
     fn log_start_offset(&self) -> i64;
     /// Whole batches starting at the batch containing `offset` (at least one batch if any
     /// exists), concatenated; empty at the end of the log.
-    fn read_batches(&self, offset: i64, max_bytes: u32) -> Result<Bytes, GroupError>;
+    fn read_batches(&self, offset: i64, max_bytes: u32) -> LocalFuture<Result<Bytes, GroupError>>;
 }
 
 impl OffsetLog for Partition {
@@ -63,41 +61,28 @@ impl OffsetLog for Partition {
         Partition::log_start_offset(self)
     }
 
-    /// Reads happen only while loading a partition at startup, where blocking pread on the
-    /// shard thread is the documented exception (the same as storage recovery at open).
-    fn read_batches(&self, offset: i64, max_bytes: u32) -> Result<Bytes, GroupError> {
-        let slice = self
-            .read(offset, max_bytes, true)
-            .map_err(|e| GroupError::Storage {
+    fn read_batches(&self, offset: i64, max_bytes: u32) -> LocalFuture<Result<Bytes, GroupError>> {
+        let partition = self.clone();
+        Box::pin(async move {
+            let storage_error = |e: sluice_storage::StorageError| GroupError::Storage {
                 context: format!("reading __consumer_offsets at offset {offset}"),
                 message: e.to_string(),
                 code: codes::COORDINATOR_LOAD_IN_PROGRESS,
-            })?;
-        let mut out = BytesMut::with_capacity(slice.total_bytes as usize);
-        for chunk in slice.chunks {
-            match chunk {
-                ReadChunk::Memory(bytes) => out.extend_from_slice(&bytes),
-                ReadChunk::File {
-                    segment,
-                    position,
-                    length,
-                } => {
-                    let start = out.len();
-                    out.resize(start + length as usize, 0);
-                    // SAFETY: `segment` keeps the descriptor open for this whole scope, and
-                    // ManuallyDrop keeps this borrowed `File` from closing it.
-                    let file =
-                        ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(segment.raw_fd()) });
-                    file.read_exact_at(&mut out[start..], position)
-                        .map_err(|source| GroupError::Io {
-                            context: format!("pread {length} bytes at {position} of a __consumer_offsets segment"),
-                            source,
-                        })?;
-                    drop(segment);
-                }
+            };
+            let slice = partition
+                .read(offset, max_bytes, true)
+                .await
+                .map_err(storage_error)?;
+            if let [chunk] = slice.chunks.as_slice() {
+                return partition.chunk_bytes(chunk).await.map_err(storage_error);
             }
-        }
-        Ok(out.freeze())
+            let mut out = BytesMut::with_capacity(slice.total_bytes as usize);
+            for chunk in &slice.chunks {
+                let bytes = partition.chunk_bytes(chunk).await.map_err(storage_error)?;
+                out.extend_from_slice(&bytes);
+            }
+            Ok(out.freeze())
+        })
     }
 }
 
@@ -185,7 +170,7 @@ impl OffsetLog for MemoryLog {
         self.inner.borrow().start_offset
     }
 
-    fn read_batches(&self, offset: i64, max_bytes: u32) -> Result<Bytes, GroupError> {
+    fn read_batches(&self, offset: i64, max_bytes: u32) -> LocalFuture<Result<Bytes, GroupError>> {
         let inner = self.inner.borrow();
         let mut out = BytesMut::new();
         for (base, batch) in &inner.batches {
@@ -197,12 +182,13 @@ impl OffsetLog for MemoryLog {
             }
             out.extend_from_slice(batch);
         }
-        Ok(out.freeze())
+        let read = Ok(out.freeze());
+        Box::pin(async move { read })
     }
 }
 
 /// Reads every record at or after `from_offset` in log order.
-pub(crate) fn read_all_from(
+pub(crate) async fn read_all_from(
     log: &dyn OffsetLog,
     from_offset: i64,
 ) -> Result<Vec<crate::records::LogRecord>, GroupError> {
@@ -210,7 +196,7 @@ pub(crate) fn read_all_from(
     let mut offset = from_offset.max(log.log_start_offset());
     let end = log.log_end_offset();
     while offset < end {
-        let bytes = log.read_batches(offset, REPLAY_READ_BYTES)?;
+        let bytes = log.read_batches(offset, REPLAY_READ_BYTES).await?;
         if bytes.is_empty() {
             break;
         }

@@ -196,7 +196,7 @@ async fn read_all(
             let (name, index, offset) = (topic.name.clone(), p.index, p.fetch_offset);
             let limit = p.partition_max_bytes.min(max_bytes);
             let read = shard.invoke_on(owner, move |s| async move {
-                read_on_owner(&s, &name, index, offset, limit)
+                read_on_owner(&s, &name, index, offset, limit).await
             });
             pending.push(futures::future::Either::Right(async move {
                 read.await
@@ -228,7 +228,9 @@ async fn read_all(
     out
 }
 
-fn read_on_owner(
+/// A failed disk read answers KAFKA_STORAGE_ERROR for this partition only; the request's
+/// other partitions and the connection go on.
+async fn read_on_owner(
     shard: &Shard,
     topic: &str,
     index: i32,
@@ -242,6 +244,7 @@ fn read_on_owner(
     // consumer can always make progress.
     partition
         .read(offset, limit_bytes, true)
+        .await
         .map_err(|error| match error {
             StorageError::OffsetOutOfRange {
                 log_start_offset, ..

@@ -59,12 +59,12 @@ pub async fn handle(
                 match timestamp {
                     LATEST_TIMESTAMP => (code::NONE, -1, partition.high_watermark()),
                     EARLIEST_TIMESTAMP => (code::NONE, -1, partition.log_start_offset()),
-                    MAX_TIMESTAMP => match partition.max_timestamp() {
+                    MAX_TIMESTAMP => match partition.max_timestamp().await {
                         Some((offset, ts)) => (code::NONE, ts, offset),
                         None => (code::NONE, -1, -1),
                     },
                     ts if ts < 0 => (code::UNSUPPORTED_VERSION, -1, -1),
-                    ts => match exact_offset_for_timestamp(&partition, ts) {
+                    ts => match exact_offset_for_timestamp(&partition, ts).await {
                         Some((offset, found_ts)) => (code::NONE, found_ts, offset),
                         None => (code::NONE, -1, -1),
                     },
@@ -107,34 +107,26 @@ pub async fn handle(
 /// are read from its (varint) record headers. A compressed batch is never decompressed: its
 /// base offset and max timestamp are the answer, which is exact for LogAppendTime topics and
 /// at most one batch early otherwise.
-fn exact_offset_for_timestamp(
+async fn exact_offset_for_timestamp(
     partition: &sluice_storage::Partition,
     target_ms: i64,
 ) -> Option<(i64, i64)> {
-    let (batch_offset, batch_max_ts) = partition.offset_for_timestamp(target_ms)?;
-    let batch = first_batch_bytes(partition, batch_offset).unwrap_or_default();
+    let (batch_offset, batch_max_ts) = partition.offset_for_timestamp(target_ms).await?;
+    let batch = first_batch_bytes(partition, batch_offset)
+        .await
+        .unwrap_or_default();
     Some(record_at_or_after(&batch, target_ms).unwrap_or((batch_offset, batch_max_ts)))
 }
 
 /// The bytes of the batch holding `offset` (the first batch a read returns).
-fn first_batch_bytes(partition: &sluice_storage::Partition, offset: i64) -> Option<Vec<u8>> {
+async fn first_batch_bytes(partition: &sluice_storage::Partition, offset: i64) -> Option<Vec<u8>> {
     let slice = partition
         .read(offset, batch::HEADER_BYTES as u32, true)
+        .await
         .ok()?;
     let mut bytes = Vec::new();
-    for chunk in slice.chunks {
-        match chunk {
-            sluice_storage::ReadChunk::Memory(b) => bytes.extend_from_slice(&b),
-            sluice_storage::ReadChunk::File {
-                segment,
-                position,
-                length,
-            } => {
-                let start = bytes.len();
-                bytes.resize(start + length as usize, 0);
-                segment.read_at(&mut bytes[start..], position).ok()?;
-            }
-        }
+    for chunk in &slice.chunks {
+        bytes.extend_from_slice(&partition.chunk_bytes(chunk).await.ok()?);
         if let Some((_, batch_length)) = batch::read_log_overhead(&bytes) {
             let size_bytes = usize::try_from(batch_length)
                 .ok()?

@@ -129,6 +129,7 @@ async fn append_on_owner(
             Some("partition not open on its shard".into()),
         );
     };
+    shard.load_producer_states(topic, index).await;
     let verdict = shard.with_producer_states(topic, index, |states| {
         states.check(
             sluice_storage::batch::headers(&records),

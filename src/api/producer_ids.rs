@@ -44,7 +44,7 @@ pub async fn handle(
     let allocated = shard
         .invoke_on(0, |s| async move {
             match &s.controller {
-                Some(controller) => controller.allocate_producer_id(&s),
+                Some(controller) => controller.allocate_producer_id(&s).await,
                 None => Err((code::COORDINATOR_NOT_AVAILABLE, "no controller".to_string())),
             }
         })

@@ -6,7 +6,6 @@
 //! is the cold path (topic admin), never produce or fetch. Must never: publish a change that
 //! is not in the log.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -36,7 +35,8 @@ pub type AdminError = (i16, String);
 
 /// The single metadata writer.
 pub struct Controller {
-    log: RefCell<MetadataLog>,
+    /// Locked only inside `commit`, which runs under `lock`.
+    log: tokio::sync::Mutex<MetadataLog>,
     lock: tokio::sync::Mutex<()>,
     /// Next producer id to hand out and the end of the reserved block (-1: not loaded yet).
     producer_ids: std::cell::Cell<(i64, i64)>,
@@ -49,21 +49,26 @@ impl Controller {
     /// Takes ownership of the metadata log.
     pub fn new(log: MetadataLog) -> Self {
         Self {
-            log: RefCell::new(log),
+            log: tokio::sync::Mutex::new(log),
             lock: tokio::sync::Mutex::new(()),
             producer_ids: std::cell::Cell::new((-1, -1)),
         }
     }
 
-    fn commit(
+    /// Appends `record` durably (through shard 0's storage ring, so the shard thread never
+    /// waits on the disk) and returns the snapshot it makes. Callers hold `lock`.
+    async fn commit(
         &self,
         shard: &Shard,
         record: MetadataRecord,
     ) -> Result<MetadataSnapshot, AdminError> {
-        self.log.borrow_mut().append(&record).map_err(|error| {
+        let ring = shard.storage.ring();
+        let mut log = self.log.lock().await;
+        log.append_on(&ring, &record).await.map_err(|error| {
             tracing::error!(%error, "metadata log append failed");
             (code::KAFKA_STORAGE_ERROR, error.to_string())
         })?;
+        drop(log);
         let mut next = (*shard.metadata.load()).clone();
         apply(&mut next, &record);
         Ok(next)
@@ -71,7 +76,9 @@ impl Controller {
 
     /// Hands out a producer id never used before, even across restarts: ids are reserved in
     /// blocks through the metadata log, and a restart starts after the last reserved block.
-    pub fn allocate_producer_id(&self, shard: &Shard) -> Result<i64, AdminError> {
+    pub async fn allocate_producer_id(&self, shard: &Shard) -> Result<i64, AdminError> {
+        // Two allocations must not both see the block exhausted and hand out the same id.
+        let _guard = self.lock.lock().await;
         let (mut next, mut end) = self.producer_ids.get();
         if next < 0 {
             let reserved = shard.metadata.load().producer_id_block_end;
@@ -79,7 +86,9 @@ impl Controller {
         }
         if next >= end {
             let block_end = end + PRODUCER_ID_BLOCK;
-            let snapshot = self.commit(shard, MetadataRecord::ProducerIds { block_end })?;
+            let snapshot = self
+                .commit(shard, MetadataRecord::ProducerIds { block_end })
+                .await?;
             shard.metadata.publish(snapshot);
             end = block_end;
         }
@@ -173,7 +182,7 @@ impl Controller {
             configs: meta.configs.clone(),
         };
         let committed = match open_partitions(shard, &meta, 0..partitions).await {
-            Ok(()) => self.commit(shard, record),
+            Ok(()) => self.commit(shard, record).await,
             Err(error) => Err(error),
         };
         let next = match committed {
@@ -214,7 +223,9 @@ impl Controller {
             };
             return Err((unknown, "This server does not host this topic.".into()));
         };
-        let next = self.commit(shard, MetadataRecord::DeleteTopic { id: topic.id })?;
+        let next = self
+            .commit(shard, MetadataRecord::DeleteTopic { id: topic.id })
+            .await?;
         // Publish first so no new request reaches the partitions, then delete them.
         shard.metadata.publish(next);
         delete_partitions(shard, &topic.name).await;
@@ -251,13 +262,15 @@ impl Controller {
         // As in create_one: a failure to open leaves the topic as it was, live and in the log
         // (partitions opened before the failure stay unreachable until a retry reuses them).
         open_partitions(shard, &grown, topic.partitions..count).await?;
-        let next = self.commit(
-            shard,
-            MetadataRecord::SetPartitions {
-                id: topic.id,
-                partitions: count,
-            },
-        )?;
+        let next = self
+            .commit(
+                shard,
+                MetadataRecord::SetPartitions {
+                    id: topic.id,
+                    partitions: count,
+                },
+            )
+            .await?;
         shard.metadata.publish(next);
         Ok(())
     }
@@ -291,13 +304,15 @@ impl Controller {
         if validate_only {
             return Ok(());
         }
-        let next = self.commit(
-            shard,
-            MetadataRecord::SetConfigs {
-                id: topic.id,
-                configs: configs.clone(),
-            },
-        )?;
+        let next = self
+            .commit(
+                shard,
+                MetadataRecord::SetConfigs {
+                    id: topic.id,
+                    configs: configs.clone(),
+                },
+            )
+            .await?;
         shard.metadata.publish(next);
         let updated = Arc::new(TopicMeta {
             configs,

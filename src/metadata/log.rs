@@ -8,12 +8,19 @@
 //! with a warning; nothing after a bad line is trusted. The file is reached through
 //! [`MetadataFile`], so tests can run the log on a file that loses power (drops every byte
 //! not covered by a completed fdatasync, tears the last write). Must never: be written by
-//! anyone but the controller.
+//! anyone but the controller, or block shard 0's thread on the disk once the shards run
+//! ([`MetadataLog::append_on`]: the write and its fdatasync are one linked chain on the
+//! shard's storage ring; [`MetadataLog::append`] blocks, for startup only).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use sluice_storage::ring::{ops, types, Ring};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -146,7 +153,23 @@ pub trait MetadataFile {
     fn sync_data(&mut self) -> io::Result<()>;
     /// Cuts the file to `len_bytes` and syncs the new length.
     fn truncate_synced(&mut self, len_bytes: u64) -> io::Result<()>;
+
+    /// Appends `bytes` and makes them durable without blocking the calling (shard) thread:
+    /// through `ring` where the file is a real one. Err names the step that failed ("write"
+    /// or "fdatasync"). The default runs [`MetadataFile::append`] and
+    /// [`MetadataFile::sync_data`] inline, for files that never touch a disk (tests).
+    fn append_synced<'a>(&'a mut self, ring: &'a Ring, bytes: Vec<u8>) -> DurableWrite<'a> {
+        let _ = ring;
+        Box::pin(async move {
+            self.append(&bytes).map_err(|source| (source, "write"))?;
+            self.sync_data().map_err(|source| (source, "fdatasync"))
+        })
+    }
 }
+
+/// The outcome of [`MetadataFile::append_synced`]: Ok once durable, or the error and the step.
+pub type DurableWrite<'a> =
+    Pin<Box<dyn Future<Output = Result<(), (io::Error, &'static str)>> + 'a>>;
 
 impl MetadataFile for File {
     fn read_all(&mut self) -> io::Result<Vec<u8>> {
@@ -166,6 +189,52 @@ impl MetadataFile for File {
     fn truncate_synced(&mut self, len_bytes: u64) -> io::Result<()> {
         self.set_len(len_bytes)?;
         self.sync_all()
+    }
+
+    fn append_synced<'a>(&'a mut self, ring: &'a Ring, bytes: Vec<u8>) -> DurableWrite<'a> {
+        Box::pin(durable_write(ring, self, bytes))
+    }
+}
+
+/// Appends `line` to `file` (opened O_APPEND) and fdatasyncs it, as one linked chain on `ring`:
+/// the sync runs only after the whole write succeeded (a short write cancels it). Ok means the
+/// line is on disk.
+async fn durable_write(
+    ring: &Ring,
+    file: &File,
+    line: Vec<u8>,
+) -> Result<(), (io::Error, &'static str)> {
+    let fd = types::Fd(file.as_raw_fd());
+    let len = u32::try_from(line.len())
+        .map_err(|_| (io::Error::other("metadata record too large"), "write"))?;
+    // Offset -1: at the file position, which O_APPEND moves to the end for every write.
+    let write = ops::Write::new(fd, line.as_ptr(), len)
+        .offset(u64::MAX)
+        .build();
+    let sync = ops::Fsync::new(fd)
+        .flags(types::FsyncFlags::DATASYNC)
+        .build();
+    // SAFETY: the write points into `line`, whose heap block moves into the ring's keep slot
+    // and stays there until both links finished; the fsync references no memory. The kernel
+    // holds its own reference to the open file while the chain runs.
+    let results = unsafe { ring.submit_chain(vec![write, sync], line) }.await;
+    let mut results = results.into_iter();
+    match results.next() {
+        Some(Ok(written)) if written as u32 == len => {}
+        Some(Ok(written)) => {
+            let short = io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("wrote {written} of {len} bytes"),
+            );
+            return Err((short, "write"));
+        }
+        Some(Err(error)) => return Err((error, "write")),
+        None => return Err((io::Error::other("no completion"), "write")),
+    }
+    match results.next() {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(error)) => Err((error, "fdatasync")),
+        None => Err((io::Error::other("no completion"), "fdatasync")),
     }
 }
 
@@ -232,17 +301,11 @@ impl<F: MetadataFile> MetadataLog<F> {
         ))
     }
 
-    /// Appends `record` durably (write + fdatasync).
+    /// Appends `record` durably (write + fdatasync) on the calling thread: before the shards
+    /// run (the cluster id at first start) and in tests; the controller uses
+    /// [`MetadataLog::append_on`].
     pub fn append(&mut self, record: &MetadataRecord) -> Result<(), MetadataLogError> {
-        if self.poisoned {
-            return Err(MetadataLogError::Poisoned);
-        }
-        let json = serde_json::to_string(record).map_err(|e| MetadataLogError::Io {
-            path: self.path.clone(),
-            action: "encode",
-            source: std::io::Error::other(e),
-        })?;
-        let line = format!("{:08x} {json}\n", crc32c::crc32c(json.as_bytes()));
+        let line = self.encode(record)?;
         let result = self
             .file
             .append(line.as_bytes())
@@ -252,6 +315,39 @@ impl<F: MetadataFile> MetadataLog<F> {
                     .sync_data()
                     .map_err(|source| (source, "fdatasync"))
             });
+        self.settle(result)
+    }
+
+    /// Appends `record` durably through `ring` (shard 0's storage ring), so the shard thread
+    /// never waits on the disk: resolves Ok only after the fdatasync covering it completed.
+    pub async fn append_on(
+        &mut self,
+        ring: &Ring,
+        record: &MetadataRecord,
+    ) -> Result<(), MetadataLogError> {
+        let line = self.encode(record)?;
+        let result = self.file.append_synced(ring, line.into_bytes()).await;
+        self.settle(result)
+    }
+
+    /// The record's line; refused once poisoned.
+    fn encode(&self, record: &MetadataRecord) -> Result<String, MetadataLogError> {
+        if self.poisoned {
+            return Err(MetadataLogError::Poisoned);
+        }
+        let json = serde_json::to_string(record).map_err(|e| MetadataLogError::Io {
+            path: self.path.clone(),
+            action: "encode",
+            source: std::io::Error::other(e),
+        })?;
+        Ok(format!("{:08x} {json}\n", crc32c::crc32c(json.as_bytes())))
+    }
+
+    /// Poisons the log on a failed write or sync.
+    fn settle(
+        &mut self,
+        result: Result<(), (io::Error, &'static str)>,
+    ) -> Result<(), MetadataLogError> {
         if let Err((source, action)) = result {
             // A failed fsync may have dropped the dirty pages: never retry on the same file.
             self.poisoned = true;
@@ -503,5 +599,48 @@ mod tests {
         let (_, snapshot) = MetadataLog::open(dir.path()).unwrap();
         assert!(snapshot.topic("a").is_some());
         assert!(snapshot.topic("b").is_none());
+    }
+
+    #[test]
+    fn ring_appends_are_durable_and_a_failed_one_poisons() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::new_v4();
+        tokio_uring::start(async {
+            let ring = Ring::new(8).unwrap();
+            let (mut log, _) = MetadataLog::open(dir.path()).unwrap();
+            log.append_on(
+                &ring,
+                &MetadataRecord::CreateTopic {
+                    name: "a".into(),
+                    id,
+                    partitions: 2,
+                    configs: BTreeMap::new(),
+                },
+            )
+            .await
+            .unwrap();
+            log.append_on(&ring, &MetadataRecord::SetPartitions { id, partitions: 7 })
+                .await
+                .unwrap();
+            // A ring that fails mid-append: the append errs and the log refuses the next one.
+            ring.inject_enter_error(libc::EBADF);
+            let failed = log
+                .append_on(&ring, &MetadataRecord::DeleteTopic { id })
+                .await;
+            assert!(
+                matches!(failed, Err(MetadataLogError::Io { .. })),
+                "{failed:?}"
+            );
+            let healthy = Ring::new(8).unwrap();
+            let refused = log
+                .append_on(&healthy, &MetadataRecord::DeleteTopic { id })
+                .await;
+            assert!(
+                matches!(refused, Err(MetadataLogError::Poisoned)),
+                "{refused:?}"
+            );
+        });
+        let (_, snapshot) = MetadataLog::open(dir.path()).unwrap();
+        assert_eq!(snapshot.topic("a").unwrap().partitions, 7);
     }
 }

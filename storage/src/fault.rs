@@ -1,8 +1,9 @@
 //! Fault injection for tests: a [`FaultPlan`] handed to
 //! [`ShardStorage::open_with_faults`](crate::ShardStorage::open_with_faults) makes the storage's
 //! I/O seam fail on demand (EIO, ENOSPC, torn writes, failed fdatasync, failed truncation or
-//! small-file write, failed recovery read) while everything else runs on the real ring and real files, and can
-//! simulate a power loss.
+//! small-file write, failed recovery read, failed reads after open) while everything else runs
+//! on the real ring and real files, and can simulate a power loss. It also counts reads, so
+//! tests can tell that a read went through the seam (the ring) and not around it.
 //!
 //! The power-loss model ([`FaultPlan::model_power_loss`], [`FaultPlan::lose_power`]): a write
 //! or truncation through the seam is *durable* once an fdatasync of the same file (inode) that
@@ -33,7 +34,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::buffer::AlignedBuffer;
-use crate::io::{FileWrite, IoBackend, IoFuture};
+use crate::io::{FileWrite, IoBackend, IoFuture, ReadFuture};
 
 /// One armed fault, consumed by the next matching operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,8 @@ enum Fault {
     TruncateError(i32),
     /// The next small-file write (index, checkpoint, marker) fails with this errno.
     SmallFileError(i32),
+    /// The next read fails with this errno and reads nothing.
+    ReadError(i32),
 }
 
 /// A file's identity: (device, inode). Descriptor numbers are reused; inodes outlive
@@ -111,8 +114,11 @@ struct PlanState {
     faults: VecDeque<Fault>,
     /// While set, every write fails with ENOSPC (a full disk).
     disk_full: bool,
+    /// While set, every read fails with this errno (an unreadable disk).
+    reads_fail: Option<i32>,
     writes: u64,
     syncs: u64,
+    reads: u64,
     recovery_reads: u64,
     /// (the recovery read number that fails, errno)
     recovery_read_fault: Option<(u64, i32)>,
@@ -176,6 +182,21 @@ impl FaultPlan {
     /// Reads of segment data by recovery so far.
     pub fn recovery_reads(&self) -> u64 {
         self.0.borrow().recovery_reads
+    }
+
+    /// The next read (fetch, index load, header walk, chunk copy) fails with `errno`.
+    pub fn fail_next_read(&self, errno: i32) {
+        self.arm(Fault::ReadError(errno));
+    }
+
+    /// While `Some(errno)`, every read fails with it.
+    pub fn set_reads_failing(&self, errno: Option<i32>) {
+        self.0.borrow_mut().reads_fail = errno;
+    }
+
+    /// Reads submitted so far (including failed ones).
+    pub fn read_count(&self) -> u64 {
+        self.0.borrow().reads
     }
 
     /// While `full`, every write fails with ENOSPC.
@@ -337,6 +358,20 @@ impl FaultPlan {
             Some(Fault::SyncError(errno)) => Some(errno),
             _ => None,
         }
+    }
+
+    fn take_read_fault(&self) -> Option<i32> {
+        {
+            let mut state = self.0.borrow_mut();
+            state.reads += 1;
+            if let Some(errno) = state.reads_fail {
+                return Some(errno);
+            }
+        }
+        self.take_fault(|fault| match fault {
+            Fault::ReadError(errno) => Some(*errno),
+            _ => None,
+        })
     }
 
     fn take_fault(&self, matches: impl Fn(&Fault) -> Option<i32>) -> Option<i32> {
@@ -684,6 +719,22 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
         match errno {
             Some(errno) => failed(errno),
             None => self.inner.write_small_file(dir, name, contents, atomic),
+        }
+    }
+
+    fn read(
+        &self,
+        fd: RawFd,
+        buffer: Vec<u8>,
+        at: usize,
+        len: usize,
+        file_position: u64,
+    ) -> ReadFuture {
+        match self.plan.take_read_fault() {
+            Some(errno) => {
+                Box::pin(async move { (Err(io::Error::from_raw_os_error(errno)), buffer) })
+            }
+            None => self.inner.read(fd, buffer, at, len, file_position),
         }
     }
 }

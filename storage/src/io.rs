@@ -1,11 +1,12 @@
-//! The storage's I/O seam for everything that changes a partition's files after open: the
-//! group-commit writer's writes and fdatasyncs, and segment finalization's and clean
-//! shutdown's truncations, syncs and small-file writes all go through [`IoBackend`], so tests
-//! can inject EIO, ENOSPC, torn writes, failed syncs and power losses (see [`crate::fault`])
-//! while production uses the ring.
+//! The storage's I/O seam for everything that touches a partition's files after open: the
+//! group-commit writer's writes and fdatasyncs, segment finalization's and clean shutdown's
+//! truncations, syncs and small-file writes, and readers' reads (fetch-path header walks,
+//! index loads, copied chunks) all go through [`IoBackend`], so tests can inject EIO, ENOSPC,
+//! torn writes, failed syncs, failed reads and power losses (see [`crate::fault`]) while
+//! production uses the ring.
 //!
 //! Owns the translation of "write these staging bytes at this file position, then fdatasync"
-//! into SQEs, and the hand-off of the operations io_uring has no opcode for (ftruncate, whole
+//! and "read these bytes into this buffer" into SQEs, and the hand-off of the operations io_uring has no opcode for (ftruncate, whole
 //! small files) to the blocking pool. Must never decide policy (what to sync, what to ack,
 //! what a failure poisons): that is the writer's and the shard's; and must never run file
 //! work on the shard thread.
@@ -38,6 +39,9 @@ pub(crate) struct FileWrite {
 
 /// A boxed operation result; boxing keeps backends composable (fault injection wraps the ring).
 pub(crate) type IoFuture = Pin<Box<dyn Future<Output = io::Result<i32>>>>;
+
+/// A read's result and its buffer, handed back for reuse whatever the outcome.
+pub(crate) type ReadFuture = Pin<Box<dyn Future<Output = (io::Result<usize>, Vec<u8>)>>>;
 
 /// What the group-commit writer needs from the disk.
 pub(crate) trait IoBackend: 'static {
@@ -88,6 +92,18 @@ pub(crate) trait IoBackend: 'static {
         contents: Vec<u8>,
         atomic: bool,
     ) -> IoFuture;
+
+    /// Queues one read of `len` bytes of `fd` at `file_position` into `buffer[at..at + len]`
+    /// (IORING_OP_READ); resolves with the bytes read (fewer at the end of the file) and the
+    /// buffer. The ring owns the buffer until the read finishes, even if the future is dropped.
+    fn read(
+        &self,
+        fd: RawFd,
+        buffer: Vec<u8>,
+        at: usize,
+        len: usize,
+        file_position: u64,
+    ) -> ReadFuture;
 }
 
 impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
@@ -135,6 +151,17 @@ impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
     ) -> IoFuture {
         (**self).write_small_file(dir, name, contents, atomic)
     }
+
+    fn read(
+        &self,
+        fd: RawFd,
+        buffer: Vec<u8>,
+        at: usize,
+        len: usize,
+        file_position: u64,
+    ) -> ReadFuture {
+        (**self).read(fd, buffer, at, len, file_position)
+    }
 }
 
 /// Runs `work` on the blocking pool; a panicked or cancelled task is an error, not a panic.
@@ -169,6 +196,47 @@ pub(crate) fn write_small_file_blocking(
     file.sync_data()?;
     std::fs::rename(&temp, dir.join(name))?;
     File::open(dir)?.sync_all()
+}
+
+/// Reads exactly `buffer[at..at + len]` from `fd` at `file_position`, one ring read after
+/// another until done: a read past the end of the file is UnexpectedEof.
+pub(crate) async fn read_exact(
+    io: &dyn IoBackend,
+    fd: RawFd,
+    mut buffer: Vec<u8>,
+    at: usize,
+    len: usize,
+    file_position: u64,
+) -> (io::Result<()>, Vec<u8>) {
+    let mut done = 0usize;
+    while done < len {
+        let (result, returned) = io
+            .read(
+                fd,
+                buffer,
+                at + done,
+                len - done,
+                file_position + done as u64,
+            )
+            .await;
+        buffer = returned;
+        match result {
+            Ok(0) => {
+                let eof = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "file ends {} bytes into a {len}-byte read at {file_position}",
+                        done
+                    ),
+                );
+                return (Err(eof), buffer);
+            }
+            Ok(read) => done += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return (Err(error), buffer),
+        }
+    }
+    (Ok(()), buffer)
 }
 
 /// The production backend: WRITE_FIXED from the registered staging buffer (plain WRITE when
@@ -306,5 +374,143 @@ impl IoBackend for RingBackend {
         atomic: bool,
     ) -> IoFuture {
         on_blocking_pool(move || write_small_file_blocking(&dir, &name, &contents, atomic))
+    }
+
+    fn read(
+        &self,
+        fd: RawFd,
+        mut buffer: Vec<u8>,
+        at: usize,
+        len: usize,
+        file_position: u64,
+    ) -> ReadFuture {
+        if at.checked_add(len).is_none_or(|end| end > buffer.len()) {
+            let error = io::Error::new(io::ErrorKind::InvalidInput, "read outside its buffer");
+            return Box::pin(async move { (Err(error), buffer) });
+        }
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        // The heap block a Vec points to does not move when the Vec moves into the Rc, so the
+        // pointer stays valid for as long as the ring keeps the Rc.
+        let target = buffer[at..].as_mut_ptr();
+        let entry = ops::Read::new(types::Fd(fd), target, len)
+            .offset(file_position)
+            .build();
+        let kept = Rc::new(buffer);
+        // SAFETY: `target` points into `kept`'s heap block, which the ring keeps alive until
+        // the read's CQE; nothing else reads or writes the block before the read resolves.
+        let completion = unsafe { self.ring.submit_owned(entry, kept.clone()) };
+        Box::pin(async move {
+            let result = completion.await.map(|read| read as usize);
+            // Resolved normally means finished and the ring has dropped its reference; after
+            // the ring failed the kernel may still hold the block, so the caller gets a copy.
+            let buffer =
+                Rc::try_unwrap(kept).unwrap_or_else(|still_shared| (*still_shared).clone());
+            (result, buffer)
+        })
+    }
+}
+
+/// Reads with plain `pread` on the calling thread: only for recovery at partition open, the
+/// documented exception to "never block the shard". Its futures are ready when returned, so
+/// [`run_ready`] drives them; it refuses writes.
+pub(crate) struct BlockingReads;
+
+impl IoBackend for BlockingReads {
+    fn write(
+        &self,
+        _staging: &Rc<AlignedBuffer>,
+        _write: FileWrite,
+        _sync: bool,
+    ) -> (IoFuture, Option<IoFuture>) {
+        (refused_write(), None)
+    }
+
+    fn write_vectored(
+        &self,
+        _fd: RawFd,
+        _file_position: u64,
+        _pieces: Vec<Bytes>,
+        _sync: bool,
+    ) -> (IoFuture, Option<IoFuture>) {
+        (refused_write(), None)
+    }
+
+    fn fdatasync(&self, _fd: RawFd) -> IoFuture {
+        refused_write()
+    }
+
+    fn truncate(&self, _file: File, _len_bytes: u64) -> IoFuture {
+        refused_write()
+    }
+
+    fn recovery_read(&self, file: &File, buf: &mut [u8], position: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(buf, position)
+    }
+
+    fn write_small_file(
+        &self,
+        _dir: PathBuf,
+        _name: String,
+        _contents: Vec<u8>,
+        _atomic: bool,
+    ) -> IoFuture {
+        refused_write()
+    }
+
+    fn read(
+        &self,
+        fd: RawFd,
+        mut buffer: Vec<u8>,
+        at: usize,
+        len: usize,
+        file_position: u64,
+    ) -> ReadFuture {
+        let result = match buffer.get_mut(at..at.saturating_add(len)) {
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "read outside its buffer",
+            )),
+            Some(target) => loop {
+                // SAFETY: `target` is valid writable memory of the given length; the caller
+                // keeps `fd` open for the call.
+                let read = unsafe {
+                    libc::pread(
+                        fd,
+                        target.as_mut_ptr().cast(),
+                        target.len(),
+                        file_position as libc::off_t,
+                    )
+                };
+                if read >= 0 {
+                    break Ok(read as usize);
+                }
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    break Err(error);
+                }
+            },
+        };
+        Box::pin(std::future::ready((result, buffer)))
+    }
+}
+
+fn refused_write() -> IoFuture {
+    Box::pin(std::future::ready(Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "BlockingReads only reads",
+    ))))
+}
+
+/// Drives a future whose every await is already ready (one built on [`BlockingReads`]) to its
+/// end on the calling thread.
+pub(crate) fn run_ready<T>(future: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => Err(io::Error::other(
+            "a blocking read went pending; it must be ready at once",
+        )),
     }
 }

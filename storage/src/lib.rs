@@ -10,7 +10,9 @@
 //! reads), `offsets` (log start <= high watermark <= log end, asserted), `writer` (group
 //! commit), `ring` (io_uring), `io`/`fault` (the I/O seam every write, sync and truncation
 //! after open goes through, and its fault-injecting, power-losing test double),
-//! `tail_cache`, `retention` and `shard`.
+//! `tail_cache`, `retention` and `shard`. Reads of file data after open (header walks, index
+//! loads, copied chunks) are ring operations through the same seam, so the APIs that may touch
+//! a file are async.
 //!
 //! Durability policy: under the default topic policy (`flush.messages`/`flush.ms` unset) an
 //! append waited on with `Ack::Durable` completes only after the fdatasync covering it, and
@@ -281,23 +283,10 @@ pub struct AppendInfo {
 pub struct SegmentHandle(Arc<std::fs::File>);
 
 impl SegmentHandle {
-    /// A file descriptor opened for buffered reads (usable with pread or splice).
+    /// A file descriptor opened for buffered reads (usable with splice, or a ring read).
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         self.0.as_raw_fd()
-    }
-
-    /// Reads exactly `buf.len()` bytes at `position` (pread; for the copying fetch path).
-    pub fn read_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        self.0.read_exact_at(buf, position)
-    }
-
-    /// Reads the bytes of a `ReadChunk::File` range into a new buffer.
-    pub fn read_range(&self, position: u64, length: u32) -> std::io::Result<Bytes> {
-        let mut buffer = vec![0u8; length as usize];
-        self.read_at(&mut buffer, position)?;
-        Ok(Bytes::from(buffer))
     }
 }
 
@@ -313,18 +302,6 @@ impl ReadChunk {
     /// Whether the chunk holds no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// The chunk's bytes, copied from the file when needed (copying fetch path, tests).
-    pub fn to_bytes(&self) -> std::io::Result<Bytes> {
-        match self {
-            ReadChunk::Memory(bytes) => Ok(bytes.clone()),
-            ReadChunk::File {
-                segment,
-                position,
-                length,
-            } => segment.read_range(*position, *length),
-        }
     }
 }
 
@@ -461,6 +438,21 @@ impl ShardStorage {
     pub fn set_append_queue_bytes_max(&self, bytes: usize) {
         self.0.queue_bytes_max.set(bytes.max(1));
     }
+
+    /// Reads `buffer[at..at + len]` from `segment` at `position` through this shard's ring
+    /// (the copying fetch path); the buffer comes back whatever the outcome. A read past the
+    /// end of the file is UnexpectedEof.
+    pub async fn read_exact_at(
+        &self,
+        segment: &SegmentHandle,
+        buffer: Vec<u8>,
+        at: usize,
+        len: usize,
+        position: u64,
+    ) -> (std::io::Result<()>, Vec<u8>) {
+        let reads = self.0.io.clone();
+        io::read_exact(reads.as_ref(), segment.raw_fd(), buffer, at, len, position).await
+    }
 }
 
 /// One partition's log, owned by one shard. Cheap to clone (Rc).
@@ -501,24 +493,32 @@ impl Partition {
     }
 
     /// Whole batches starting at the batch containing `offset`, at most `max_bytes` unless the
-    /// first batch alone is larger and `min_one_batch`, never past the high watermark.
-    pub fn read(
+    /// first batch alone is larger and `min_one_batch`, never past the high watermark. Resolves
+    /// without awaiting when the tail cache holds `offset`; otherwise the batch headers are read
+    /// through the shard's ring (a failed read is `StorageError::Io`: KAFKA_STORAGE_ERROR).
+    pub async fn read(
         &self,
         offset: i64,
         max_bytes: u32,
         min_one_batch: bool,
     ) -> Result<ReadSlice, StorageError> {
-        self.0.read(offset, max_bytes, min_one_batch)
+        self.0.read(offset, max_bytes, min_one_batch).await
+    }
+
+    /// The bytes of `chunk` (one of a [`ReadSlice`]'s), a file range read through the ring:
+    /// for callers that need the records in memory (group replay, timestamp lookups, tests).
+    pub async fn chunk_bytes(&self, chunk: &ReadChunk) -> Result<Bytes, StorageError> {
+        self.0.chunk_bytes(chunk).await
     }
 
     /// Headers of the visible batches in the last `window_bytes` of the log (whole batches,
-    /// below the high watermark), oldest first, read with pread from the files: for state a
-    /// broker keeps from batch headers, rebuilt after a restart (idempotent producers).
-    pub fn recent_batch_headers(
+    /// below the high watermark), oldest first, read through the ring: for state a broker
+    /// keeps from batch headers, rebuilt after a restart (idempotent producers).
+    pub async fn recent_batch_headers(
         &self,
         window_bytes: u64,
     ) -> Result<Vec<batch::RecordBatchHeader>, StorageError> {
-        self.0.recent_batch_headers(window_bytes)
+        self.0.recent_batch_headers(window_bytes).await
     }
 
     /// Resolves once the high watermark is above `offset` (cancel-safe), or the partition
@@ -555,14 +555,14 @@ impl Partition {
 
     /// Earliest batch whose max timestamp >= `timestamp_ms`, as (its base offset, its max
     /// timestamp). Batch granularity: records are never decompressed.
-    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Option<(i64, i64)> {
-        self.0.offset_for_timestamp(timestamp_ms)
+    pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Option<(i64, i64)> {
+        self.0.offset_for_timestamp(timestamp_ms).await
     }
 
     /// Largest timestamp in the log, as (offset of the last record of the batch holding it,
     /// the timestamp) — the same (offset, timestamp) order as `offset_for_timestamp`.
-    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
-        self.0.max_timestamp()
+    pub async fn max_timestamp(&self) -> Option<(i64, i64)> {
+        self.0.max_timestamp().await
     }
 
     /// Replaces the topic config (takes effect for following appends and retention).
@@ -571,8 +571,9 @@ impl Partition {
     }
 
     /// Deletes whole segments past retention.ms / retention.bytes; returns segments removed.
-    pub fn enforce_retention(&self, now_ms: i64) -> usize {
-        retention::enforce(&self.0, now_ms)
+    /// A segment's largest timestamp not yet in memory is read through the ring first.
+    pub async fn enforce_retention(&self, now_ms: i64) -> usize {
+        retention::enforce(&self.0, now_ms).await
     }
 
     /// Bytes on disk.

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
 use crate::batch::{self, RecordBatchHeader};
+use crate::io::{read_exact, IoBackend};
 use crate::offsets::{HighWatermark, LogEndOffset, LogOffsets};
 use crate::segment::Segment;
 use crate::shard::ShardShared;
@@ -311,56 +312,82 @@ impl PartitionShared {
         Ok((pieces, bases))
     }
 
+    /// The shard's read path (the ring, or the fault plan's wrapper in tests).
+    pub(crate) fn reads(&self) -> Result<Rc<dyn IoBackend>, StorageError> {
+        match self.shard.upgrade() {
+            Some(shard) => Ok(shard.io.clone()),
+            None => Err(StorageError::Io {
+                context: format!("reading {}", self.label()),
+                source: io::Error::other("storage is shut down"),
+            }),
+        }
+    }
+
     /// Whole batches from the one holding `offset`, bounded by `max_bytes` and the high
-    /// watermark. Served from the tail cache when it holds `offset`, else from the files.
-    pub(crate) fn read(
+    /// watermark. Served from the tail cache when it holds `offset` (without awaiting), else
+    /// from the files, whose headers are read through the ring.
+    ///
+    /// The log is not borrowed across an await: the segments and their visible ends are taken
+    /// first. That is safe because no byte below a segment's `visible_bytes` is ever rewritten
+    /// and a `SegmentHandle` keeps a deleted segment's data readable.
+    pub(crate) async fn read(
         &self,
         offset: i64,
         max_bytes: u32,
         min_one_batch: bool,
     ) -> Result<ReadSlice, StorageError> {
-        let log = self.log.borrow();
-        if offset < log.offsets.start() || offset > log.offsets.end() {
-            return Err(StorageError::OffsetOutOfRange {
-                offset,
+        let (mut slice, first, interval_bytes) = {
+            let log = self.log.borrow();
+            if offset < log.offsets.start() || offset > log.offsets.end() {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: log.offsets.start(),
+                    log_end_offset: log.offsets.end(),
+                });
+            }
+            let mut slice = ReadSlice {
+                chunks: Vec::new(),
+                total_bytes: 0,
+                high_watermark: log.offsets.high_watermark(),
                 log_start_offset: log.offsets.start(),
-                log_end_offset: log.offsets.end(),
+            };
+            if offset >= log.offsets.high_watermark() {
+                return Ok(slice);
+            }
+            if let Some((chunks, total_bytes)) = self.tail.borrow().read(
+                offset,
+                log.offsets.high_watermark(),
+                max_bytes,
+                min_one_batch,
+            ) {
+                slice.chunks = chunks.into_iter().map(ReadChunk::Memory).collect();
+                slice.total_bytes = total_bytes;
+                return Ok(slice);
+            }
+            let first = log
+                .segments
+                .partition_point(|segment| segment.base_offset <= offset)
+                .saturating_sub(1);
+            let first = log.segments.get(first).map(|segment| {
+                let visible_bytes = segment.state.borrow().visible_bytes;
+                (segment.clone(), visible_bytes)
             });
-        }
-        let mut slice = ReadSlice {
-            chunks: Vec::new(),
-            total_bytes: 0,
-            high_watermark: log.offsets.high_watermark(),
-            log_start_offset: log.offsets.start(),
+            (slice, first, log.config.index_interval_bytes)
         };
-        if offset >= log.offsets.high_watermark() {
-            return Ok(slice);
-        }
-        if let Some((chunks, total_bytes)) = self.tail.borrow().read(
-            offset,
-            log.offsets.high_watermark(),
-            max_bytes,
-            min_one_batch,
-        ) {
-            slice.chunks = chunks.into_iter().map(ReadChunk::Memory).collect();
-            slice.total_bytes = total_bytes;
-            return Ok(slice);
-        }
-        let interval_bytes = log.config.index_interval_bytes;
-        let first = log
-            .segments
-            .partition_point(|segment| segment.base_offset <= offset)
-            .saturating_sub(1);
-        for segment in &log.segments[first..] {
-            let visible_bytes = segment.state.borrow().visible_bytes;
+        let reads = self.reads()?;
+        let io = reads.as_ref();
+        let mut candidate = first;
+        while let Some((segment, visible_bytes)) = candidate.take() {
             let io_context = |error: io::Error| StorageError::Io {
                 context: format!("reading {}", segment.log_path().display()),
                 source: error,
             };
             let Some((start, header)) = segment
-                .find_batch(offset, visible_bytes, interval_bytes)
+                .find_batch(io, offset, visible_bytes, interval_bytes)
+                .await
                 .map_err(io_context)?
             else {
+                candidate = self.segment_after(segment.base_offset);
                 continue;
             };
             let first_len = header.size_bytes() as u64;
@@ -370,14 +397,18 @@ impl PartitionShared {
             let mut end = start + first_len;
             // Jump over the whole batches the index vouches for; read headers only for the rest.
             let mut next = match segment
-                .indexed_batch_start(end, start + u64::from(max_bytes), visible_bytes)
+                .indexed_batch_start(io, end, start + u64::from(max_bytes), visible_bytes)
+                .await
                 .map_err(io_context)?
             {
                 Some((indexed, header)) => {
                     end = indexed;
                     Some(header)
                 }
-                None => segment.header_at(end, visible_bytes).map_err(io_context)?,
+                None => segment
+                    .header_at(io, end, visible_bytes)
+                    .await
+                    .map_err(io_context)?,
             };
             while let Some(header) = next {
                 let length = header.size_bytes() as u64;
@@ -385,7 +416,10 @@ impl PartitionShared {
                     break;
                 }
                 end += length;
-                next = segment.header_at(end, visible_bytes).map_err(io_context)?;
+                next = segment
+                    .header_at(io, end, visible_bytes)
+                    .await
+                    .map_err(io_context)?;
             }
             let length = (end - start) as u32;
             slice.chunks.push(ReadChunk::File {
@@ -399,30 +433,84 @@ impl PartitionShared {
         Ok(slice)
     }
 
+    /// The segment after the one based at `base_offset` and its visible end, if any.
+    fn segment_after(&self, base_offset: i64) -> Option<(Rc<Segment>, u64)> {
+        let log = self.log.borrow();
+        let next = log
+            .segments
+            .partition_point(|segment| segment.base_offset <= base_offset);
+        log.segments.get(next).map(|segment| {
+            let visible_bytes = segment.state.borrow().visible_bytes;
+            (segment.clone(), visible_bytes)
+        })
+    }
+
+    /// The bytes of one chunk of a [`ReadSlice`]: a file range is read through the ring.
+    pub(crate) async fn chunk_bytes(&self, chunk: &ReadChunk) -> Result<Bytes, StorageError> {
+        match chunk {
+            ReadChunk::Memory(bytes) => Ok(bytes.clone()),
+            ReadChunk::File {
+                segment,
+                position,
+                length,
+            } => {
+                let reads = self.reads()?;
+                let len = *length as usize;
+                let (result, buffer) = read_exact(
+                    reads.as_ref(),
+                    segment.raw_fd(),
+                    vec![0u8; len],
+                    0,
+                    len,
+                    *position,
+                )
+                .await;
+                result.map_err(|source| StorageError::Io {
+                    context: format!("reading {length} bytes at {position} of {}", self.label()),
+                    source,
+                })?;
+                Ok(Bytes::from(buffer))
+            }
+        }
+    }
+
     /// Headers of the visible batches in the last `window_bytes` of the log, oldest first.
     /// Each segment's walk starts at an index entry the header there confirms (or at the
     /// segment's start), so a stale index costs a longer walk, never a wrong header.
-    pub(crate) fn recent_batch_headers(
+    pub(crate) async fn recent_batch_headers(
         &self,
         window_bytes: u64,
     ) -> Result<Vec<RecordBatchHeader>, StorageError> {
-        let log = self.log.borrow();
-        let interval_bytes = log.config.index_interval_bytes;
+        let (segments, interval_bytes) = {
+            let log = self.log.borrow();
+            let segments: Vec<(Rc<Segment>, u64)> = log
+                .segments
+                .iter()
+                .rev()
+                .map(|segment| (segment.clone(), segment.state.borrow().visible_bytes))
+                .collect();
+            (segments, log.config.index_interval_bytes)
+        };
+        let reads = self.reads()?;
+        let io = reads.as_ref();
         let mut remaining_bytes = window_bytes;
         let mut newest_first: Vec<Vec<RecordBatchHeader>> = Vec::new();
-        for segment in log.segments.iter().rev() {
+        for (segment, visible_bytes) in segments {
             if remaining_bytes == 0 {
                 break;
             }
-            let visible_bytes = segment.state.borrow().visible_bytes;
             let io_context = |error: io::Error| StorageError::Io {
                 context: format!("reading batch headers of {}", segment.log_path().display()),
                 source: error,
             };
-            segment.ensure_index(interval_bytes).map_err(io_context)?;
+            segment
+                .load_index(io, interval_bytes)
+                .await
+                .map_err(io_context)?;
             let from = visible_bytes.saturating_sub(remaining_bytes);
             let mut position = match segment
-                .indexed_batch_start(0, from, visible_bytes)
+                .indexed_batch_start(io, 0, from, visible_bytes)
+                .await
                 .map_err(io_context)?
             {
                 Some((position, _)) => position,
@@ -431,7 +519,8 @@ impl PartitionShared {
             remaining_bytes = remaining_bytes.saturating_sub(visible_bytes - position);
             let mut headers = Vec::new();
             while let Some(header) = segment
-                .header_at(position, visible_bytes)
+                .header_at(io, position, visible_bytes)
+                .await
                 .map_err(io_context)?
             {
                 position += header.size_bytes() as u64;
@@ -442,22 +531,46 @@ impl PartitionShared {
         Ok(newest_first.into_iter().rev().flatten().collect())
     }
 
-    /// Earliest visible batch whose max timestamp >= `timestamp_ms`: (base offset, max ts).
-    pub(crate) fn offset_for_timestamp(&self, timestamp_ms: i64) -> Option<(i64, i64)> {
+    /// The segments and the log start offset, for lookups that await between segments.
+    fn segments_snapshot(&self) -> (Vec<(Rc<Segment>, u64)>, i64, u32) {
         let log = self.log.borrow();
-        let interval_bytes = log.config.index_interval_bytes;
-        for segment in &log.segments {
-            let Some((max_ts, _)) = segment.max_timestamp(interval_bytes) else {
+        let segments = log
+            .segments
+            .iter()
+            .map(|segment| (segment.clone(), segment.state.borrow().visible_bytes))
+            .collect();
+        (
+            segments,
+            log.offsets.start(),
+            log.config.index_interval_bytes,
+        )
+    }
+
+    /// Earliest visible batch whose max timestamp >= `timestamp_ms`: (base offset, max ts).
+    pub(crate) async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Option<(i64, i64)> {
+        let (segments, log_start_offset, interval_bytes) = self.segments_snapshot();
+        let reads = match self.reads() {
+            Ok(reads) => reads,
+            Err(error) => {
+                tracing::warn!(%error, partition = %self.label(), "timestamp lookup failed");
+                return None;
+            }
+        };
+        let io = reads.as_ref();
+        for (segment, visible_bytes) in segments {
+            let Some((max_ts, _)) = segment.max_timestamp(io, interval_bytes).await else {
                 continue;
             };
             if max_ts < timestamp_ms {
                 continue;
             }
-            let visible_bytes = segment.state.borrow().visible_bytes;
-            match segment.find_time(timestamp_ms, visible_bytes, interval_bytes) {
+            match segment
+                .find_time(io, timestamp_ms, visible_bytes, interval_bytes)
+                .await
+            {
                 Ok(Some((_, header))) => {
                     return Some((
-                        header.base_offset.max(log.offsets.start()),
+                        header.base_offset.max(log_start_offset),
                         header.max_timestamp,
                     ))
                 }
@@ -472,12 +585,13 @@ impl PartitionShared {
     }
 
     /// Largest visible timestamp: (offset of its batch's last record, timestamp).
-    pub(crate) fn max_timestamp(&self) -> Option<(i64, i64)> {
-        let log = self.log.borrow();
-        let interval_bytes = log.config.index_interval_bytes;
+    pub(crate) async fn max_timestamp(&self) -> Option<(i64, i64)> {
+        let (segments, _, interval_bytes) = self.segments_snapshot();
+        let reads = self.reads().ok()?;
+        let io = reads.as_ref();
         let mut best: Option<(i64, i64)> = None;
-        for segment in &log.segments {
-            if let Some((ts, offset)) = segment.max_timestamp(interval_bytes) {
+        for (segment, _) in segments {
+            if let Some((ts, offset)) = segment.max_timestamp(io, interval_bytes).await {
                 if best.is_none_or(|(best_ts, _)| ts > best_ts) {
                     best = Some((ts, offset));
                 }

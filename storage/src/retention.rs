@@ -4,16 +4,20 @@
 //!
 //! Must never delete the active segment, a segment whose bytes are not all below the high
 //! watermark, or one whose finalization has not finished. Files are unlinked at once; readers
-//! holding a `SegmentHandle` keep the data through their open descriptor.
+//! holding a `SegmentHandle` keep the data through their open descriptor. Must never read a
+//! file with a blocking syscall: a segment's largest timestamp, when its index is not loaded
+//! yet, is read through the ring before the log is locked for the deletions.
 
 use crate::log::PartitionShared;
 
 /// Applies the partition's retention settings at `now_ms`; returns segments removed.
-pub(crate) fn enforce(partition: &PartitionShared, now_ms: i64) -> usize {
+pub(crate) async fn enforce(partition: &PartitionShared, now_ms: i64) -> usize {
+    if partition.log.borrow().config.retention_ms >= 0 {
+        load_max_timestamps(partition, now_ms).await;
+    }
     let mut log = partition.log.borrow_mut();
     let retention_ms = log.config.retention_ms;
     let retention_bytes = log.config.retention_bytes;
-    let interval_bytes = log.config.index_interval_bytes;
     let mut total_bytes: u64 = log
         .segments
         .iter()
@@ -32,9 +36,10 @@ pub(crate) fn enforce(partition: &PartitionShared, now_ms: i64) -> usize {
         if !deletable {
             break;
         }
+        // Loaded above; a timestamp still unknown (unreadable index) keeps the segment.
+        let max_timestamp = oldest.state.borrow().max_timestamp;
         let expired_by_time = retention_ms >= 0
-            && oldest
-                .max_timestamp(interval_bytes)
+            && max_timestamp
                 .is_some_and(|(max_ts, _)| now_ms.saturating_sub(max_ts) > retention_ms);
         let expired_by_size =
             retention_bytes >= 0 && total_bytes - size_bytes >= retention_bytes as u64;
@@ -59,4 +64,34 @@ pub(crate) fn enforce(partition: &PartitionShared, now_ms: i64) -> usize {
             .advance_start(crate::offsets::LogStartOffset(start));
     }
     removed
+}
+
+/// Loads, oldest first, the largest timestamp of each sealed segment retention may look at:
+/// up to the first one not expired by time.
+async fn load_max_timestamps(partition: &PartitionShared, now_ms: i64) {
+    let Ok(reads) = partition.reads() else {
+        return;
+    };
+    let mut index = 0usize;
+    loop {
+        let (segment, interval_bytes, retention_ms) = {
+            let log = partition.log.borrow();
+            if index + 1 >= log.segments.len() {
+                return;
+            }
+            (
+                log.segments[index].clone(),
+                log.config.index_interval_bytes,
+                log.config.retention_ms,
+            )
+        };
+        let expired = segment
+            .max_timestamp(reads.as_ref(), interval_bytes)
+            .await
+            .is_some_and(|(max_ts, _)| now_ms.saturating_sub(max_ts) > retention_ms);
+        if !expired {
+            return;
+        }
+        index += 1;
+    }
 }

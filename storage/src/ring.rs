@@ -10,6 +10,17 @@
 //! run later), or free memory an in-flight operation may still touch: whatever an operation
 //! reads or writes is kept in its table slot until its last CQE arrives, even when the
 //! awaiting future was dropped.
+//!
+//! A failed `io_uring_enter`: EBUSY, EAGAIN and EINTR are transient (the completion queue is
+//! backed up, the kernel is short of memory for a moment, a signal arrived) and are retried
+//! after reaping. Any other errno means the ring itself is unusable (EBADF, EFAULT, EINVAL,
+//! ENXIO after teardown, ...), and retrying would spin the shard for ever. The ring then
+//! *fails*: every in-flight and later operation resolves with that error (memory the kernel
+//! may still touch stays kept), one `error!` line gives the errno, and [`Ring::failed`]
+//! resolves. The broker answers that by exiting non-zero (see `src/server.rs`): a shard
+//! without its ring can neither write nor sync, and Kafka itself halts a broker whose every
+//! log directory failed rather than keep serving half of its partitions; a supervisor's
+//! restart gets a fresh ring and recovers the logs, which a half-alive process never would.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -45,6 +56,29 @@ struct RingShared {
     driver_wake: Rc<Notify>,
     /// Kept alive for the ring's lifetime; the driver task watches it through `AsyncFd`.
     _eventfd_keepalive: Rc<AsyncFd<OwnedFd>>,
+    /// Set once a non-transient `io_uring_enter` error failed the ring: its errno.
+    failed_errno: Cell<Option<i32>>,
+    /// Woken when the ring fails.
+    failed_notify: Notify,
+    /// Tests: the next `io_uring_enter` fails with this errno instead of entering the kernel.
+    injected_enter_errno: Cell<Option<i32>>,
+}
+
+/// How a failed `io_uring_enter` is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnterError {
+    /// Worth retrying once completions are reaped (EBUSY, EAGAIN) or at once (EINTR).
+    Transient,
+    /// The ring is unusable: it has been failed.
+    Fatal,
+}
+
+/// Whether a failed `io_uring_enter` may be retried.
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::EINTR)
+    )
 }
 
 /// One operation's bookkeeping between submission and its last CQE.
@@ -122,6 +156,9 @@ impl Ring {
             queued_sqes: Cell::new(0),
             driver_wake: driver_wake.clone(),
             _eventfd_keepalive: eventfd.clone(),
+            failed_errno: Cell::new(None),
+            failed_notify: Notify::new(),
+            injected_enter_errno: Cell::new(None),
         });
         tokio::task::spawn_local(drive(Rc::downgrade(&shared), eventfd, driver_wake));
         Ok(Ring(shared))
@@ -167,6 +204,9 @@ impl Ring {
         // each io_uring_enter batch, so a split chain would run its halves unordered (an
         // fdatasync could overtake the write it must follow). Refuse rather than split.
         if !self.make_room(count) {
+            if let Some(errno) = self.0.failed_errno.get() {
+                return (0..count).map(|_| self.refused(errno)).collect();
+            }
             tracing::error!(
                 links = count,
                 "linked chain does not fit the submission queue; refused"
@@ -239,6 +279,34 @@ impl Ring {
         self.0.ops.borrow().in_kernel
     }
 
+    /// The error that failed the ring, if one did (see the module doc).
+    pub fn failure(&self) -> Option<io::Error> {
+        self.0.failed_errno.get().map(io::Error::from_raw_os_error)
+    }
+
+    /// Resolves with the error once the ring has failed (at once if it already has).
+    pub fn failed(&self) -> impl Future<Output = io::Error> + 'static {
+        let shared = self.0.clone();
+        async move {
+            loop {
+                let notified = shared.failed_notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(errno) = shared.failed_errno.get() {
+                    return io::Error::from_raw_os_error(errno);
+                }
+                notified.await;
+            }
+        }
+    }
+
+    /// Makes the next `io_uring_enter` fail with `errno` without entering the kernel, as a
+    /// broken ring would: for tests of the failure path.
+    #[doc(hidden)]
+    pub fn inject_enter_error(&self, errno: i32) {
+        self.0.injected_enter_errno.set(Some(errno));
+    }
+
     /// Makes room for `count` SQEs in the submission queue; false when that is impossible
     /// (more than the queue holds, or the kernel keeps refusing to take entries).
     fn make_room(&self, count: usize) -> bool {
@@ -254,15 +322,15 @@ impl Ring {
             if free >= count {
                 return true;
             }
+            if self.0.failed_errno.get().is_some() {
+                return false;
+            }
             // Entering the kernel early only moves SQEs it would take a moment later anyway.
-            let submitted = self.0.uring.borrow().submit();
-            match submitted {
-                Ok(_) => self.0.queued_sqes.set(0),
-                Err(error) => {
-                    tracing::warn!(%error, "io_uring_enter to make room in the SQ failed");
-                    // EBUSY: completions are backed up; reaping lets the kernel go on.
-                    self.0.reap();
-                }
+            match self.0.enter("making room in the SQ") {
+                Ok(()) => {}
+                // EBUSY: completions are backed up; reaping lets the kernel go on.
+                Err(EnterError::Transient) => self.0.reap(),
+                Err(EnterError::Fatal) => return false,
             }
         }
         false
@@ -286,30 +354,33 @@ impl Ring {
     }
 
     fn push(&self, entry: Entry, keep: Option<Rc<dyn Any>>) -> Completion {
+        if let Some(errno) = self.0.failed_errno.get() {
+            return self.refused(errno);
+        }
         let index = self.0.ops.borrow_mut().insert(keep);
         let entry = entry.user_data(index as u64);
-        let mut uring = self.0.uring.borrow_mut();
         loop {
             // SAFETY: the caller vouched for the entry's pointers (see `submit`).
-            let pushed = unsafe { uring.submission().push(&entry) };
+            let pushed = unsafe { self.0.uring.borrow_mut().submission().push(&entry) };
             if pushed.is_ok() {
                 break;
             }
             // SQ full: hand what is queued to the kernel, then retry.
-            if let Err(error) = uring.submit() {
-                if error.raw_os_error() != Some(libc::EBUSY)
-                    && error.raw_os_error() != Some(libc::EAGAIN)
-                {
-                    tracing::warn!(%error, "io_uring_enter failed while the SQ was full");
-                }
+            match self.0.enter("the SQ was full") {
+                Ok(()) => {}
                 // EBUSY: the CQ is backed up; reap before retrying.
-                drop(uring);
-                self.0.reap();
-                uring = self.0.uring.borrow_mut();
+                Err(EnterError::Transient) => self.0.reap(),
+                Err(EnterError::Fatal) => {
+                    // The ring failed, which gave this slot the error; the entry never reached
+                    // the SQ, so nothing in the kernel holds its memory.
+                    let mut ops = self.0.ops.borrow_mut();
+                    let slot = &mut ops.slots[index];
+                    slot.finished = true;
+                    slot.keep = None;
+                    break;
+                }
             }
-            self.0.queued_sqes.set(0);
         }
-        drop(uring);
         self.0.queued_sqes.set(self.0.queued_sqes.get() + 1);
         self.0.driver_wake.notify_one();
         Completion {
@@ -321,22 +392,71 @@ impl Ring {
 }
 
 impl RingShared {
+    /// One `io_uring_enter` for everything queued. A transient error is left to the caller
+    /// to retry; any other fails the ring (see the module doc).
+    fn enter(&self, why: &'static str) -> Result<(), EnterError> {
+        if self.failed_errno.get().is_some() {
+            return Err(EnterError::Fatal);
+        }
+        let result = match self.injected_enter_errno.take() {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => self.uring.borrow().submit(),
+        };
+        match result {
+            Ok(_) => {
+                self.queued_sqes.set(0);
+                Ok(())
+            }
+            Err(error) if is_transient(&error) => Err(EnterError::Transient),
+            Err(error) => {
+                self.fail(&error, why);
+                Err(EnterError::Fatal)
+            }
+        }
+    }
+
+    /// Fails the ring: every operation without a result gets `error`; later ones are refused
+    /// with it. Kept memory stays kept, since the kernel may still complete what it holds.
+    fn fail(&self, error: &io::Error, why: &'static str) {
+        let errno = error.raw_os_error().unwrap_or(libc::EIO);
+        if self.failed_errno.get().is_some() {
+            return;
+        }
+        self.failed_errno.set(Some(errno));
+        let mut wakers = Vec::new();
+        let mut failed_operations = 0usize;
+        {
+            let mut ops = self.ops.borrow_mut();
+            for slot in ops.slots.iter_mut() {
+                if slot.in_use && !slot.finished && slot.result.is_none() {
+                    slot.result = Some(-errno);
+                    failed_operations += 1;
+                    wakers.extend(slot.waker.take());
+                }
+            }
+        }
+        tracing::error!(
+            errno,
+            %error,
+            while_ = why,
+            failed_operations,
+            "io_uring_enter failed with a non-transient error: the storage ring is failed and \
+             every pending and later operation on it fails"
+        );
+        for waker in wakers {
+            waker.wake();
+        }
+        self.failed_notify.notify_waiters();
+    }
+
     /// Enters the kernel once for every SQE queued since the last call.
     fn submit_queued(&self) {
         if self.queued_sqes.get() == 0 {
             return;
         }
-        let result = self.uring.borrow().submit();
-        match result {
-            Ok(_) => self.queued_sqes.set(0),
-            Err(error)
-                if error.raw_os_error() == Some(libc::EBUSY)
-                    || error.raw_os_error() == Some(libc::EAGAIN) =>
-            {
-                // The kernel will take them after we reap; the driver retries next turn.
-                self.driver_wake.notify_one();
-            }
-            Err(error) => tracing::error!(%error, "io_uring_enter failed"),
+        if self.enter("submitting queued operations") == Err(EnterError::Transient) {
+            // The kernel will take them after we reap; the driver retries next turn.
+            self.driver_wake.notify_one();
         }
     }
 
@@ -350,11 +470,15 @@ impl RingShared {
             if !overflowed {
                 return;
             }
-            if let Err(error) = self.uring.borrow().submit() {
-                tracing::warn!(%error, "io_uring_enter to flush overflowed completions failed");
-                return;
+            match self.enter("flushing overflowed completions") {
+                Ok(()) => {}
+                Err(EnterError::Transient) => {
+                    // Try again on the driver's next turn rather than spin here.
+                    self.driver_wake.notify_one();
+                    return;
+                }
+                Err(EnterError::Fatal) => return,
             }
-            self.queued_sqes.set(0);
         }
     }
 
@@ -734,6 +858,83 @@ mod tests {
             let results = unsafe { ring.submit_chain(entries, ()) }.await;
             assert!(results.iter().all(|result| matches!(result, Ok(0))));
             assert_eq!(ring.in_flight(), 0);
+        });
+    }
+
+    #[test]
+    fn a_transient_enter_error_is_retried() {
+        tokio_uring::start(async {
+            let ring = Ring::new(8).expect("ring");
+            for errno in [libc::EAGAIN, libc::EBUSY, libc::EINTR] {
+                ring.inject_enter_error(errno);
+                // SAFETY: NOPs reference no memory.
+                let nop = unsafe { ring.submit(opcode::Nop::new().build()) };
+                let result = tokio::time::timeout(Duration::from_secs(5), nop).await;
+                assert!(matches!(result, Ok(Ok(0))), "errno {errno}: {result:?}");
+            }
+            assert!(ring.failure().is_none());
+            assert_eq!(ring.in_flight(), 0);
+        });
+    }
+
+    #[test]
+    fn a_fatal_enter_error_fails_in_flight_and_later_operations() {
+        tokio_uring::start(async {
+            let ring = Ring::new(8).expect("ring");
+            let mut pipe_fds = [0i32; 2];
+            // SAFETY: pipe fills the two-element array.
+            assert_eq!(unsafe { libc::pipe(pipe_fds.as_mut_ptr()) }, 0);
+            // A read of an empty pipe stays in the kernel until the ring fails.
+            let mut buffer = vec![0u8; 16];
+            let read = opcode::Read::new(types::Fd(pipe_fds[0]), buffer.as_mut_ptr(), 16).build();
+            // SAFETY: `buffer` moves into the ring's keep slot.
+            let in_kernel = unsafe { ring.submit_owned(read, buffer) };
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(ring.in_flight(), 1);
+            let failed = ring.failed();
+            ring.inject_enter_error(libc::EBADF);
+            // SAFETY: NOPs reference no memory.
+            let queued = unsafe { ring.submit(opcode::Nop::new().build()) };
+            let queued = tokio::time::timeout(Duration::from_secs(5), queued)
+                .await
+                .expect("the queued operation resolved");
+            assert_eq!(
+                queued.expect_err("failed").raw_os_error(),
+                Some(libc::EBADF)
+            );
+            let in_kernel = tokio::time::timeout(Duration::from_secs(5), in_kernel)
+                .await
+                .expect("the in-flight operation resolved");
+            assert_eq!(
+                in_kernel.expect_err("failed").raw_os_error(),
+                Some(libc::EBADF)
+            );
+            let error = tokio::time::timeout(Duration::from_secs(5), failed)
+                .await
+                .expect("failed() resolved");
+            assert_eq!(error.raw_os_error(), Some(libc::EBADF));
+            assert_eq!(
+                ring.failure().and_then(|e| e.raw_os_error()),
+                Some(libc::EBADF)
+            );
+            // Later operations are refused at once, chains included.
+            // SAFETY: NOPs reference no memory.
+            let later = unsafe { ring.submit(opcode::Nop::new().build()) }.await;
+            assert_eq!(
+                later.expect_err("refused").raw_os_error(),
+                Some(libc::EBADF)
+            );
+            let chain: Vec<Entry> = (0..2).map(|_| opcode::Nop::new().build()).collect();
+            // SAFETY: NOPs reference no memory.
+            let results = unsafe { ring.submit_chain(chain, ()) }.await;
+            assert!(results
+                .iter()
+                .all(|r| r.as_ref().err().and_then(io::Error::raw_os_error) == Some(libc::EBADF)));
+            // SAFETY: closing the pipe fds we created; the kernel's read ends with the pipe.
+            unsafe {
+                libc::close(pipe_fds[1]);
+                libc::close(pipe_fds[0]);
+            }
         });
     }
 

@@ -5,16 +5,20 @@
 //!
 //! Owns file naming, creation, header reads and index loading. Must never rewrite a byte
 //! below `visible_bytes`: readers may hold those ranges (through `SegmentHandle`) at any time.
+//! Must never read with a blocking syscall after open: header reads and index loads go through
+//! the I/O seam (the shard's ring), which is why they are async.
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batch::{self, RecordBatchHeader};
 use crate::index::SegmentIndex;
+use crate::io::{read_exact, IoBackend};
 use crate::SegmentHandle;
 
 /// Path of a segment's log file.
@@ -239,16 +243,26 @@ impl Segment {
 
     /// Reads the batch header at `position`; None at the visible end or on bytes that are not
     /// a plausible header (zero padding, garbage), which end the readable data.
-    pub(crate) fn header_at(
+    pub(crate) async fn header_at(
         &self,
+        io: &dyn IoBackend,
         position: u64,
         end_bytes: u64,
     ) -> io::Result<Option<RecordBatchHeader>> {
         if position + batch::HEADER_BYTES as u64 > end_bytes {
             return Ok(None);
         }
-        let mut raw = [0u8; batch::HEADER_BYTES];
-        self.read.read_at(&mut raw, position)?;
+        let raw = vec![0u8; batch::HEADER_BYTES];
+        let (result, raw) = read_exact(
+            io,
+            self.read.raw_fd(),
+            raw,
+            0,
+            batch::HEADER_BYTES,
+            position,
+        )
+        .await;
+        result?;
         let Some(header) = RecordBatchHeader::parse(&raw) else {
             return Ok(None);
         };
@@ -259,15 +273,31 @@ impl Segment {
         Ok(plausible.then_some(header))
     }
 
-    /// Ensures the index is in memory: loads `.index`/`.timeindex`, or rebuilds them by
-    /// walking batch headers when missing or inconsistent.
+    /// [`Segment::load_index`] with blocking reads, for recovery at partition open (the
+    /// documented exception to "never block the shard").
     pub(crate) fn ensure_index(&self, interval_bytes: u32) -> io::Result<()> {
+        crate::io::run_ready(self.load_index(&crate::io::BlockingReads, interval_bytes))
+    }
+
+    /// Ensures the index is in memory: loads `.index`/`.timeindex`, or rebuilds them by
+    /// walking batch headers when missing or inconsistent. Two readers may load it at once;
+    /// the first to finish installs it and the other's copy is dropped.
+    pub(crate) async fn load_index(
+        &self,
+        io: &dyn IoBackend,
+        interval_bytes: u32,
+    ) -> io::Result<()> {
         if self.state.borrow().index.is_some() {
             return Ok(());
         }
         let visible_bytes = self.state.borrow().visible_bytes;
-        let offsets = std::fs::read(index_path(&self.dir, self.base_offset)).unwrap_or_default();
-        let times = std::fs::read(time_index_path(&self.dir, self.base_offset)).unwrap_or_default();
+        // A missing or unreadable index is only a slower first read: it is rebuilt below.
+        let offsets = read_small_file(io, &index_path(&self.dir, self.base_offset))
+            .await
+            .unwrap_or_default();
+        let times = read_small_file(io, &time_index_path(&self.dir, self.base_offset))
+            .await
+            .unwrap_or_default();
         let loaded = SegmentIndex::decode(&offsets, &times, visible_bytes.max(1));
         let index = match loaded {
             Some(index)
@@ -275,23 +305,38 @@ impl Segment {
             {
                 index
             }
-            _ => self.rebuild_index(visible_bytes, interval_bytes)?,
+            _ => {
+                self.rebuild_index(io, visible_bytes, interval_bytes)
+                    .await?
+            }
         };
         let mut state = self.state.borrow_mut();
-        if state.max_timestamp.is_none() {
-            state.max_timestamp = index
-                .max_timestamp()
-                .map(|(ts, relative)| (ts, self.base_offset + i64::from(relative)));
+        if state.index.is_some() {
+            return Ok(());
         }
+        let indexed_max = index
+            .max_timestamp()
+            .map(|(ts, relative)| (ts, self.base_offset + i64::from(relative)));
+        // Batches published while the index loaded may have set a max timestamp already.
+        state.max_timestamp = match (state.max_timestamp, indexed_max) {
+            (Some(published), Some(indexed)) if indexed.0 > published.0 => Some(indexed),
+            (Some(published), _) => Some(published),
+            (None, indexed) => indexed,
+        };
         state.index = Some(index);
         Ok(())
     }
 
-    fn rebuild_index(&self, end_bytes: u64, interval_bytes: u32) -> io::Result<SegmentIndex> {
+    async fn rebuild_index(
+        &self,
+        io: &dyn IoBackend,
+        end_bytes: u64,
+        interval_bytes: u32,
+    ) -> io::Result<SegmentIndex> {
         tracing::info!(segment = %self.log_path().display(), "rebuilding segment index from batch headers");
         let mut index = SegmentIndex::default();
         let mut position = 0u64;
-        while let Some(header) = self.header_at(position, end_bytes)? {
+        while let Some(header) = self.header_at(io, position, end_bytes).await? {
             let relative =
                 (header.last_offset() - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
             index.on_batch(
@@ -309,13 +354,14 @@ impl Segment {
 
     /// Position and header of the batch holding `offset` (or the first batch after it), among
     /// the first `end_bytes` bytes.
-    pub(crate) fn find_batch(
+    pub(crate) async fn find_batch(
         &self,
+        io: &dyn IoBackend,
         offset: i64,
         end_bytes: u64,
         interval_bytes: u32,
     ) -> io::Result<Option<(u64, RecordBatchHeader)>> {
-        self.ensure_index(interval_bytes)?;
+        self.load_index(io, interval_bytes).await?;
         let relative = (offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
         let mut position = self
             .state
@@ -323,7 +369,7 @@ impl Segment {
             .index
             .as_ref()
             .map_or(0, |index| index.position_for(relative)) as u64;
-        while let Some(header) = self.header_at(position, end_bytes)? {
+        while let Some(header) = self.header_at(io, position, end_bytes).await? {
             if header.last_offset() >= offset {
                 return Ok(Some((position, header)));
             }
@@ -336,8 +382,9 @@ impl Segment {
     /// and the header there confirms (its last offset is the entry's), with that header, so a
     /// reader can take the whole batches before it without reading each of their headers.
     /// None when the index has no such entry or the entry is stale.
-    pub(crate) fn indexed_batch_start(
+    pub(crate) async fn indexed_batch_start(
         &self,
+        io: &dyn IoBackend,
         after_position: u64,
         limit_position: u64,
         end_bytes: u64,
@@ -357,34 +404,39 @@ impl Segment {
         };
         let position = u64::from(position);
         Ok(self
-            .header_at(position, end_bytes)?
+            .header_at(io, position, end_bytes)
+            .await?
             .filter(|header| header.last_offset() == self.base_offset + i64::from(relative))
             .map(|header| (position, header)))
     }
 
     /// Position and header of the first batch whose max timestamp >= `timestamp_ms`.
-    pub(crate) fn find_time(
+    pub(crate) async fn find_time(
         &self,
+        io: &dyn IoBackend,
         timestamp_ms: i64,
         end_bytes: u64,
         interval_bytes: u32,
     ) -> io::Result<Option<(u64, RecordBatchHeader)>> {
-        self.ensure_index(interval_bytes)?;
+        self.load_index(io, interval_bytes).await?;
         let start_relative = self
             .state
             .borrow()
             .index
             .as_ref()
             .map_or(0, |index| index.relative_offset_for_time(timestamp_ms));
-        let Some((mut position, _)) = self.find_batch(
-            self.base_offset + i64::from(start_relative),
-            end_bytes,
-            interval_bytes,
-        )?
+        let Some((mut position, _)) = self
+            .find_batch(
+                io,
+                self.base_offset + i64::from(start_relative),
+                end_bytes,
+                interval_bytes,
+            )
+            .await?
         else {
             return Ok(None);
         };
-        while let Some(header) = self.header_at(position, end_bytes)? {
+        while let Some(header) = self.header_at(io, position, end_bytes).await? {
             if header.max_timestamp >= timestamp_ms {
                 return Ok(Some((position, header)));
             }
@@ -394,11 +446,15 @@ impl Segment {
     }
 
     /// Largest timestamp of the segment's visible batches and its offset.
-    pub(crate) fn max_timestamp(&self, interval_bytes: u32) -> Option<(i64, i64)> {
+    pub(crate) async fn max_timestamp(
+        &self,
+        io: &dyn IoBackend,
+        interval_bytes: u32,
+    ) -> Option<(i64, i64)> {
         if let Some(found) = self.state.borrow().max_timestamp {
             return Some(found);
         }
-        if let Err(error) = self.ensure_index(interval_bytes) {
+        if let Err(error) = self.load_index(io, interval_bytes).await {
             tracing::warn!(%error, segment = %self.log_path().display(), "cannot load segment index");
         }
         self.state.borrow().max_timestamp
@@ -425,4 +481,14 @@ impl SegmentHandle {
     pub(crate) fn new(file: File) -> SegmentHandle {
         SegmentHandle(Arc::new(file))
     }
+}
+
+/// The whole contents of a small file (an index), read through the seam. Opening it and
+/// reading its size stay plain syscalls: they touch only the inode, not file data.
+async fn read_small_file(io: &dyn IoBackend, path: &Path) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "index file too large"))?;
+    let (result, contents) = read_exact(io, file.as_raw_fd(), vec![0u8; len], 0, len, 0).await;
+    result.map(|()| contents)
 }

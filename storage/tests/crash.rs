@@ -37,7 +37,7 @@ fn reopen(dir: &Path, config: LogConfig) -> (Vec<Vec<u8>>, Vec<sluice_storage::R
     tokio_uring::start(async {
         let storage = ShardStorage::open(storage_config(dir, true)).expect("reopen");
         let partition = storage.open_partition("c", 0, config).expect("partition");
-        let batches = read_all(&partition, partition.log_start_offset());
+        let batches = read_all(&partition, partition.log_start_offset()).await;
         // The recovered log accepts appends at the recovered end.
         let end = partition.log_end_offset();
         let info = partition

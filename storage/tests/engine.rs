@@ -29,19 +29,22 @@ fn append_read_reopen(direct_io: bool) {
         }
         assert_eq!(partition.high_watermark(), 60);
         assert_eq!(partition.log_end_offset(), 60);
-        assert_eq!(read_all(&partition, 0), expected);
+        assert_eq!(read_all(&partition, 0).await, expected);
         // Reading from the middle of a batch returns that whole batch first.
-        let slice = partition.read(31, 1, true).expect("read");
-        let first: Vec<u8> = slice
-            .chunks
-            .iter()
-            .flat_map(|chunk| chunk.to_bytes().expect("bytes").to_vec())
-            .collect();
+        let slice = partition.read(31, 1, true).await.expect("read");
+        let mut first: Vec<u8> = Vec::new();
+        for chunk in &slice.chunks {
+            first.extend_from_slice(&partition.chunk_bytes(chunk).await.expect("bytes"));
+        }
         assert_eq!(first, expected[10]);
         assert_eq!(slice.total_bytes as usize, expected[10].len());
-        assert!(partition.read(61, 100, true).is_err(), "past the log end");
+        assert!(
+            partition.read(61, 100, true).await.is_err(),
+            "past the log end"
+        );
         assert!(partition
             .read(60, 100, true)
+            .await
             .expect("at hw")
             .chunks
             .is_empty());
@@ -55,9 +58,9 @@ fn append_read_reopen(direct_io: bool) {
         assert!(partition.recovery_cuts().is_empty());
         assert_eq!(partition.log_end_offset(), 60);
         assert_eq!(partition.high_watermark(), 60);
-        let all = read_all(&partition, 0);
+        let all = read_all(&partition, 0).await;
         assert_eq!(all.len(), 20);
-        let slice = partition.read(0, 1 << 20, true).expect("read");
+        let slice = partition.read(0, 1 << 20, true).await.expect("read");
         assert!(
             matches!(slice.chunks[0], ReadChunk::File { .. }),
             "nothing cached after reopen"
@@ -67,7 +70,7 @@ fn append_read_reopen(direct_io: bool) {
             .await
             .expect("append after reopen");
         assert_eq!(info.base_offset, 60);
-        assert_eq!(read_all(&partition, 0).len(), 21);
+        assert_eq!(read_all(&partition, 0).await.len(), 21);
         storage.shutdown().await.expect("shutdown");
     });
     let log = std::fs::metadata(dir.path().join("t-0").join("00000000000000000000.log"))
@@ -101,17 +104,17 @@ fn tail_cache_serves_memory_and_file_serves_the_rest() {
                 .await
                 .expect("append");
         }
-        let newest = partition.read(9, 1 << 20, true).expect("read");
+        let newest = partition.read(9, 1 << 20, true).await.expect("read");
         assert!(
             is_memory(&newest.chunks[0]),
             "newest batch comes from memory"
         );
-        let oldest = partition.read(0, 1 << 20, true).expect("read");
+        let oldest = partition.read(0, 1 << 20, true).await.expect("read");
         assert!(
             matches!(oldest.chunks[0], ReadChunk::File { position: 0, .. }),
             "evicted batch comes from the file"
         );
-        assert_eq!(read_all(&partition, 0).len(), 10);
+        assert_eq!(read_all(&partition, 0).await.len(), 10);
     });
 }
 
@@ -136,11 +139,12 @@ fn max_bytes_and_min_one_batch() {
         }
         let slice = partition
             .read(0, sizes[0] + sizes[1] + 10, true)
+            .await
             .expect("read");
         assert_eq!(slice.total_bytes, sizes[0] + sizes[1]);
-        let slice = partition.read(0, 10, true).expect("read");
+        let slice = partition.read(0, 10, true).await.expect("read");
         assert_eq!(slice.total_bytes, sizes[0], "at least one whole batch");
-        let slice = partition.read(0, 10, false).expect("read");
+        let slice = partition.read(0, 10, false).await.expect("read");
         assert_eq!(slice.total_bytes, 0);
         assert_eq!(slice.high_watermark, 5);
     });
@@ -222,7 +226,7 @@ fn acks_none_and_written_complete_and_data_becomes_visible() {
             .await
             .expect("acks=all");
         assert_eq!(partition.high_watermark(), 6);
-        assert_eq!(read_all(&partition, 0).len(), 3);
+        assert_eq!(read_all(&partition, 0).await.len(), 3);
     });
 }
 
@@ -269,7 +273,7 @@ fn many_concurrent_appenders_share_group_commits() {
         assert_eq!(all.len(), 4 * 8 * 25);
         for partition in &partitions {
             assert_eq!(partition.high_watermark(), 8 * 25 * 2);
-            let batches = read_all(partition, 0);
+            let batches = read_all(partition, 0).await;
             assert_eq!(batches.len(), 200);
         }
         assert!(
@@ -306,7 +310,7 @@ fn roll_retention_and_out_of_range() {
         // checkpoint) before retention may delete them; let them finish.
         for _ in 0..200 {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            partition.enforce_retention(0);
+            partition.enforce_retention(0).await;
             if partition.size_bytes() < 5000 + 3000 {
                 break;
             }
@@ -314,13 +318,13 @@ fn roll_retention_and_out_of_range() {
         let start = partition.log_start_offset();
         assert!(start > 0, "retention advanced the log start");
         assert!(partition.size_bytes() < 5000 + 3000);
-        match partition.read(0, 100, true) {
+        match partition.read(0, 100, true).await {
             Err(StorageError::OffsetOutOfRange {
                 log_start_offset, ..
             }) => assert_eq!(log_start_offset, start),
             other => panic!("expected out of range, got {other:?}"),
         }
-        let remaining = read_all(&partition, start);
+        let remaining = read_all(&partition, start).await;
         assert_eq!(remaining.len() as i64, 40 - start);
         storage.shutdown().await.expect("shutdown");
         let reopened = ShardStorage::open(storage_config(dir.path(), true)).expect("reopen");
@@ -328,7 +332,7 @@ fn roll_retention_and_out_of_range() {
             .open_partition("r", 0, small_segments(3000))
             .expect("partition");
         assert_eq!(partition.log_start_offset(), start);
-        assert_eq!(read_all(&partition, start).len() as i64, 40 - start);
+        assert_eq!(read_all(&partition, start).await.len() as i64, 40 - start);
     });
 }
 
@@ -352,17 +356,20 @@ fn time_retention_and_timestamp_lookup() {
                 .await
                 .expect("append");
         }
-        assert_eq!(partition.offset_for_timestamp(950), Some((10, 1000)));
-        assert_eq!(partition.offset_for_timestamp(0), Some((0, 0)));
-        assert_eq!(partition.offset_for_timestamp(5000), None);
-        assert_eq!(partition.max_timestamp(), Some((19, 1900)));
+        assert_eq!(partition.offset_for_timestamp(950).await, Some((10, 1000)));
+        assert_eq!(partition.offset_for_timestamp(0).await, Some((0, 0)));
+        assert_eq!(partition.offset_for_timestamp(5000).await, None);
+        assert_eq!(partition.max_timestamp().await, Some((19, 1900)));
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let removed = partition.enforce_retention(2500);
+        let removed = partition.enforce_retention(2500).await;
         assert!(removed > 0);
         let start = partition.log_start_offset();
         assert!(start > 0 && start <= 15, "{start}");
         assert_eq!(
-            partition.offset_for_timestamp(0).map(|(offset, _)| offset),
+            partition
+                .offset_for_timestamp(0)
+                .await
+                .map(|(offset, _)| offset),
             Some(start)
         );
     });
@@ -383,7 +390,7 @@ fn log_append_time_rewrites_max_timestamp_with_valid_crc() {
             .await
             .expect("append");
         assert!(info.log_append_time_ms > 1_600_000_000_000);
-        let stored = read_all(&partition, 0);
+        let stored = read_all(&partition, 0).await;
         let header = sluice_storage::batch::validate_batch(&stored[0], 1 << 20).expect("crc valid");
         assert_eq!(header.max_timestamp, info.log_append_time_ms);
         assert_eq!(header.partition_leader_epoch, 3);
@@ -395,9 +402,13 @@ fn log_append_time_rewrites_max_timestamp_with_valid_crc() {
             ..LogConfig::default()
         };
         let partition = storage.open_partition("lat", 0, config).expect("partition");
-        let slice = partition.read(0, 1 << 20, true).expect("read");
+        let slice = partition.read(0, 1 << 20, true).await.expect("read");
         assert!(matches!(slice.chunks[0], ReadChunk::File { .. }));
-        assert_eq!(read_all(&partition, 0), stored, "file and cache disagree");
+        assert_eq!(
+            read_all(&partition, 0).await,
+            stored,
+            "file and cache disagree"
+        );
         storage.shutdown().await.expect("shutdown");
     });
 }
@@ -427,7 +438,7 @@ fn appended_batches_are_cached_and_stamped_without_copying_or_touching_the_reque
             &original[..],
             "the request's bytes were written to"
         );
-        let slice = partition.read(1, 1 << 20, true).expect("read");
+        let slice = partition.read(1, 1 << 20, true).await.expect("read");
         let mut in_request = 0usize;
         for chunk in &slice.chunks {
             let ReadChunk::Memory(bytes) = chunk else {
@@ -442,7 +453,7 @@ fn appended_batches_are_cached_and_stamped_without_copying_or_touching_the_reque
             original.len() - 2 * sluice_storage::batch::HEADER_BYTES,
             "everything but the two stamped headers is the request's own memory"
         );
-        let stored = read_all(&partition, 1);
+        let stored = read_all(&partition, 1).await;
         assert_eq!(
             stored,
             vec![
@@ -516,7 +527,7 @@ fn segment_ms_rolls_by_age() {
             4,
             "every append after the first rolls"
         );
-        assert_eq!(read_all(&partition, 0).len(), 4);
+        assert_eq!(read_all(&partition, 0).await.len(), 4);
     });
 }
 
@@ -549,7 +560,7 @@ fn appends_work_on_tmpfs_with_or_without_o_direct() {
             .await
             .expect("append");
         assert_eq!(
-            read_all(&partition, 0),
+            read_all(&partition, 0).await,
             vec![expected_stored(&batch, info.base_offset, 0)]
         );
     });
@@ -612,18 +623,22 @@ fn clean_reopen_does_not_scan_and_lost_indexes_are_rebuilt() {
             .expect("base");
         let slice = partition
             .read(second_base + 3, 1, true)
+            .await
             .expect("read in the segment without index");
-        let got = slice.chunks[0].to_bytes().expect("bytes");
+        let got = partition
+            .chunk_bytes(&slice.chunks[0])
+            .await
+            .expect("bytes");
         let batch_index = ((second_base + 3) / 2) as usize;
         assert!(
             got[..] == expected[batch_index][..],
             "the batch holding the offset"
         );
         assert_eq!(
-            partition.offset_for_timestamp(1000 + 40 * 10),
+            partition.offset_for_timestamp(1000 + 40 * 10).await,
             Some((80, 1400))
         );
-        assert_eq!(partition.max_timestamp(), Some((119, 1590)));
+        assert_eq!(partition.max_timestamp().await, Some((119, 1590)));
     });
 }
 
@@ -655,7 +670,7 @@ fn thousands_of_tiny_appends_in_one_buffered_flush() {
         )
         .await;
         assert!(waited.is_ok(), "all appends became visible");
-        assert!(read_all(&partition, 0) == expected);
+        assert!(read_all(&partition, 0).await == expected);
         storage.shutdown().await.expect("shutdown");
     });
 }
@@ -682,7 +697,10 @@ fn recent_batch_headers_cover_the_window_across_segments_oldest_first() {
                 .await
                 .expect("append");
         }
-        let all = partition.recent_batch_headers(1 << 30).expect("headers");
+        let all = partition
+            .recent_batch_headers(1 << 30)
+            .await
+            .expect("headers");
         let bases: Vec<i64> = all.iter().map(|header| header.base_offset).collect();
         assert_eq!(bases, (0..30).map(|round| round * 2).collect::<Vec<_>>());
         storage.shutdown().await.expect("shutdown");
@@ -694,7 +712,10 @@ fn recent_batch_headers_cover_the_window_across_segments_oldest_first() {
             .expect("partition");
         // A window of the last five batches' bytes holds at least those five, newest last.
         let window: u64 = sizes.iter().rev().take(5).sum();
-        let recent = partition.recent_batch_headers(window).expect("headers");
+        let recent = partition
+            .recent_batch_headers(window)
+            .await
+            .expect("headers");
         let bases: Vec<i64> = recent.iter().map(|header| header.base_offset).collect();
         assert!(bases.len() >= 5, "{bases:?}");
         assert!(
@@ -702,7 +723,11 @@ fn recent_batch_headers_cover_the_window_across_segments_oldest_first() {
             "{bases:?}"
         );
         assert_eq!(bases.last(), Some(&58));
-        assert!(partition.recent_batch_headers(0).expect("empty").is_empty());
+        assert!(partition
+            .recent_batch_headers(0)
+            .await
+            .expect("empty")
+            .is_empty());
         storage.shutdown().await.expect("shutdown");
     });
 }

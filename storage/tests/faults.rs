@@ -46,7 +46,7 @@ async fn enospc_rolls_back_and_recovers(storage: ShardStorage, plan: FaultPlan) 
     assert_eq!(partition.log_end_offset(), 6, "log end rolled back");
     assert_eq!(partition.high_watermark(), 6);
     assert_eq!(
-        read_all(&partition, 0),
+        read_all(&partition, 0).await,
         expected,
         "no partial batch visible"
     );
@@ -58,7 +58,7 @@ async fn enospc_rolls_back_and_recovers(storage: ShardStorage, plan: FaultPlan) 
         .expect("space returned");
     assert_eq!(info.base_offset, 6, "the rolled-back offsets are reused");
     expected.push(expected_stored(&batch, 6, 1));
-    assert_eq!(read_all(&partition, 0), expected);
+    assert_eq!(read_all(&partition, 0).await, expected);
     storage.shutdown().await.expect("shutdown");
     let reopened = ShardStorage::open(storage_config(
         partition.dir().parent().expect("data dir"),
@@ -68,7 +68,11 @@ async fn enospc_rolls_back_and_recovers(storage: ShardStorage, plan: FaultPlan) 
     let partition = reopened
         .open_partition("full", 0, LogConfig::default())
         .expect("partition");
-    assert_eq!(read_all(&partition, 0), expected, "same bytes after reopen");
+    assert_eq!(
+        read_all(&partition, 0).await,
+        expected,
+        "same bytes after reopen"
+    );
 }
 
 #[test]
@@ -117,8 +121,8 @@ fn eio_fails_only_the_partition_that_hit_it() {
             .await
             .expect("appends work again");
         assert_eq!(info.base_offset, 1);
-        assert_eq!(read_all(&first, 0).len(), 2);
-        assert_eq!(read_all(&second, 0).len(), 1);
+        assert_eq!(read_all(&first, 0).await.len(), 2);
+        assert_eq!(read_all(&second, 0).await.len(), 1);
     });
 }
 
@@ -157,7 +161,7 @@ fn torn_write_is_never_served_nor_recovered(direct_io: bool) {
             .await
             .expect_err("torn");
         assert!(matches!(error, AppendError::Storage(_)));
-        assert_eq!(read_all(&partition, 0), expected);
+        assert_eq!(read_all(&partition, 0).await, expected);
         // Crash here: no shutdown, so the next open scans.
     });
     tokio_uring::start(async {
@@ -166,7 +170,7 @@ fn torn_write_is_never_served_nor_recovered(direct_io: bool) {
             .open_partition("torn", 0, LogConfig::default())
             .expect("partition");
         assert_eq!(
-            read_all(&partition, 0),
+            read_all(&partition, 0).await,
             expected,
             "the torn batch is cut by recovery"
         );
@@ -212,7 +216,7 @@ fn failed_fdatasync_poisons_until_the_process_restarts() {
             .expect_err("poisoned");
         assert_eq!(error.kafka_error_code(), codes::KAFKA_STORAGE_ERROR);
         assert!(matches!(error, AppendError::Poisoned(_)), "{error:?}");
-        assert_eq!(read_all(&partition, 0).len(), 1, "still readable");
+        assert_eq!(read_all(&partition, 0).await.len(), 1, "still readable");
         let refused = match storage.open_partition("sync", 0, LogConfig::default()) {
             Ok(_) => panic!("a poisoned partition was reopened in-process"),
             Err(error) => error,
@@ -375,7 +379,7 @@ fn failed_shutdown_sync_poisons_and_leaves_no_marker() {
             .open_partition("down", 0, LogConfig::default())
             .expect("partition");
         assert_eq!(
-            read_all(&partition, 0),
+            read_all(&partition, 0).await,
             expected,
             "acknowledged data survives"
         );
@@ -445,7 +449,7 @@ fn failed_fdatasync_under_load_fails_every_later_append() {
         );
         for candidate in [&partition, &other] {
             // Everything visible was acknowledged; nothing unsynced became visible.
-            let visible = read_all(candidate, 0).len() as i64;
+            let visible = read_all(candidate, 0).await.len() as i64;
             assert_eq!(visible, candidate.high_watermark());
         }
         let healthy = if partition.poisoned().is_some() {
@@ -514,13 +518,19 @@ fn oversized_append(direct_io: bool) {
             expected_stored(&big, 1, 0),
             expected_stored(&after, 901, 0),
         ];
-        assert!(read_all(&partition, 0) == expected, "bytes after rollback");
+        assert!(
+            read_all(&partition, 0).await == expected,
+            "bytes after rollback"
+        );
         storage.shutdown().await.expect("shutdown");
         let reopened = ShardStorage::open(storage_config(dir.path(), direct_io)).expect("reopen");
         let partition = reopened
             .open_partition("big", 0, log_config)
             .expect("partition");
-        assert!(read_all(&partition, 0) == expected, "bytes after reopen");
+        assert!(
+            read_all(&partition, 0).await == expected,
+            "bytes after reopen"
+        );
     });
 }
 
@@ -603,7 +613,7 @@ fn recovery_read_error_fails_the_open_and_cuts_nothing() {
             plan.recovery_reads() > 1,
             "recovery reads go through the seam"
         );
-        assert_eq!(read_all(&partition, 0), expected);
+        assert_eq!(read_all(&partition, 0).await, expected);
         assert_eq!(partition.log_end_offset(), 10);
     });
 }
@@ -669,6 +679,6 @@ fn recovery_reads_everything_before_cutting_anything() {
         let partition = storage
             .open_partition("later", 0, small_segments(4096))
             .expect("the next open recovers");
-        assert_eq!(read_all(&partition, 0), expected);
+        assert_eq!(read_all(&partition, 0).await, expected);
     });
 }

@@ -93,7 +93,7 @@ fn verify(dir: &Path, acked: &[(i32, i64, u64)], clean_shutdown: bool) -> usize 
                 .expect("parent partition");
             let mut by_offset = HashMap::new();
             let mut next = 0i64;
-            for batch in read_all(&partition, 0) {
+            for batch in read_all(&partition, 0).await {
                 let header = RecordBatchHeader::parse(&batch).expect("header");
                 assert_eq!(header.base_offset, next, "offsets are contiguous");
                 next = header.last_offset() + 1;

@@ -71,7 +71,7 @@ fn config(dir: &Path, direct_io: bool) -> StorageConfig {
     }
 }
 
-fn check_read(
+async fn check_read(
     partition: &Partition,
     model: &[(i64, i64, Vec<u8>)],
     log_start: i64,
@@ -80,12 +80,14 @@ fn check_read(
 ) -> Result<(), TestCaseError> {
     let slice = partition
         .read(offset, max_bytes, true)
+        .await
         .map_err(|error| TestCaseError::fail(format!("read {offset}: {error}")))?;
     let mut got = Vec::new();
     for chunk in &slice.chunks {
         got.extend_from_slice(
-            &chunk
-                .to_bytes()
+            &partition
+                .chunk_bytes(chunk)
+                .await
                 .map_err(|error| TestCaseError::fail(error.to_string()))?,
         );
     }
@@ -147,7 +149,7 @@ fn run_epoch(
                 .last()
                 .map_or(model.log_start[index], |(_, last, _)| last + 1);
             prop_assert_eq!(partition.log_end_offset(), end);
-            let all = read_all(partition, model.log_start[index]);
+            let all = read_all(partition, model.log_start[index]).await;
             let expected: Vec<Vec<u8>> = model.batches[index]
                 .iter()
                 .map(|(_, _, bytes)| bytes.clone())
@@ -214,7 +216,8 @@ fn run_epoch(
                         start,
                         offset,
                         *max_bytes,
-                    )?;
+                    )
+                    .await?;
                 }
                 Op::Retention {
                     partition,
@@ -225,7 +228,7 @@ fn run_epoch(
                     // Sealed segments are finalized on the blocking pool before retention may
                     // delete them; give that a moment.
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    let removed = target.enforce_retention(0);
+                    let removed = target.enforce_retention(0).await;
                     if std::env::var_os("SLUICE_PROPTEST_TRACE").is_some() {
                         eprintln!("retention removed {removed}");
                     }
@@ -239,7 +242,7 @@ fn run_epoch(
                     target.set_config(log_config(-1));
                     if start > 0 {
                         prop_assert!(
-                            target.read(start - 1, 100, true).is_err(),
+                            target.read(start - 1, 100, true).await.is_err(),
                             "below log start is out of range"
                         );
                     }
@@ -384,13 +387,13 @@ async fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::
 
 /// After a restart: the log is a dense prefix of the attempted appends holding every
 /// durable-acked one and everything that was visible; the model keeps that prefix.
-fn check_after_power_loss(
+async fn check_after_power_loss(
     partition: &Partition,
     index: usize,
     model: &mut PowerModel,
 ) -> Result<(), TestCaseError> {
     prop_assert_eq!(partition.log_start_offset(), 0);
-    let got = read_all(partition, 0);
+    let got = read_all(partition, 0).await;
     // Batch granularity: an append not yet acknowledged may survive in part (its batches can
     // span two segment files, synced separately), never with a gap.
     let mut at = 0usize;
@@ -473,7 +476,7 @@ fn run_power_epoch(
             })
             .collect::<Result<_, _>>()?;
         for (index, partition) in partitions.iter().enumerate() {
-            check_after_power_loss(partition, index, model)?;
+            check_after_power_loss(partition, index, model).await?;
         }
         for op in ops {
             match op {

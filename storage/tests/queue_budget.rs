@@ -51,7 +51,7 @@ fn appends_past_the_queue_budget_wait_for_the_writer_in_order() {
         }
         assert!(storage.queued_bytes() <= 2 * batch_bytes + batch_bytes / 2);
         storage.shutdown().await.expect("shutdown");
-        assert_eq!(read_all(&partition, 0).len(), 6);
+        assert_eq!(read_all(&partition, 0).await.len(), 6);
     });
 }
 

@@ -32,11 +32,11 @@ pub fn make_batch(tag: u64, count: usize, value_bytes: usize, timestamp_ms: i64)
 }
 
 /// Reads every visible batch from `from` on, in order, as owned bytes.
-pub fn read_all(partition: &Partition, from: i64) -> Vec<Vec<u8>> {
+pub async fn read_all(partition: &Partition, from: i64) -> Vec<Vec<u8>> {
     let mut batches = Vec::new();
     let mut offset = from;
     loop {
-        let slice = partition.read(offset, 64 << 10, true).expect("read");
+        let slice = partition.read(offset, 64 << 10, true).await.expect("read");
         if slice.chunks.is_empty() {
             break;
         }
@@ -44,7 +44,7 @@ pub fn read_all(partition: &Partition, from: i64) -> Vec<Vec<u8>> {
         // slice as a whole does.
         let mut bytes = Vec::new();
         for chunk in &slice.chunks {
-            bytes.extend_from_slice(&chunk.to_bytes().expect("chunk bytes"));
+            bytes.extend_from_slice(&partition.chunk_bytes(chunk).await.expect("chunk bytes"));
         }
         let mut at = 0usize;
         while at < bytes.len() {
