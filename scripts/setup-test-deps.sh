@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need, idempotently and quietly on re-runs:
-#   - kcat and libfuse2 (Debian packages), plus python3-venv / nodejs / npm if they are missing;
+#   - kcat, libfuse2 and strace (Debian packages), plus python3-venv / nodejs / npm if they are missing;
 #   - a Python venv at .venv with tests/requirements.txt (confluent-kafka, kafka-python, pytest...);
 #   - tests/js/node_modules from tests/js/package-lock.json (kafkajs);
 #   - cargo-fuzz (scripts/fuzz.sh, the fuzz-smoke phase), built from source with --locked.
@@ -39,6 +39,8 @@ apt_install() {
 command -v kcat >/dev/null 2>&1 || apt_install kcat
 # libfuse 2 for fusepy: tests/integration/powerfs.py, the power-loss filesystem.
 ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2 ' || apt_install libfuse2
+# test_nonblocking.py traces the broker's shard threads for blocking reads.
+command -v strace >/dev/null 2>&1 || apt_install strace
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     apt_install nodejs npm
 fi

@@ -67,7 +67,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "log.tail.cache.bytes", default: "67108864", doc: "Recent bytes per shard served to consumers from memory." },
     Setting { name: "log.flush.batch.bytes", default: "16777216", doc: "Upper bound of one group commit write." },
     Setting { name: "io.uring.entries", default: "1024", doc: "Submission queue size of each shard's storage ring." },
-    Setting { name: "fetch.zero.copy", default: "true", doc: "Send record bytes with splice/SEND_ZC; false = copy every record byte through a user-space buffer (pread from files, memcpy from the tail cache), the baseline and the fallback for kernels without splice. Tail-cache data to a peer on this host goes by plain SENDMSG from the cache's buffers (the kernel copies looped zero-copy pages anyway; `SLUICE_FETCH_SEND_ZC_LOCAL_PEERS=1` forces SEND_ZC)." },
+    Setting { name: "fetch.zero.copy", default: "true", doc: "Send record bytes with splice/SEND_ZC; false = copy every record byte through a user-space buffer (io_uring reads from files, memcpy from the tail cache), the baseline and the fallback for kernels without splice. Tail-cache data to a peer on this host goes by plain SENDMSG from the cache's buffers (the kernel copies looped zero-copy pages anyway; `SLUICE_FETCH_SEND_ZC_LOCAL_PEERS=1` forces SEND_ZC)." },
     Setting { name: "fetch.max.wait.ms.max", default: "30000", doc: "Upper bound on a Fetch's max_wait_ms." },
     Setting { name: "group.initial.rebalance.delay.ms", default: "3000", doc: "Wait for more members before the first rebalance of an empty group." },
     Setting { name: "group.min.session.timeout.ms", default: "6000", doc: "Smallest session timeout a member may ask for." },
