@@ -286,7 +286,6 @@ impl Shard {
     /// arrival order, so pipelined requests of one producer keep their order; once loaded,
     /// this returns without awaiting.
     pub async fn load_producer_states(&self, topic: &str, index: i32) {
-        let key = (topic.to_string(), index);
         let loaded = |shard: &Shard| {
             shard
                 .producers
@@ -294,6 +293,11 @@ impl Shard {
                 .get(topic)
                 .is_some_and(|parts| parts.contains_key(&index))
         };
+        // The produce path: no rebuild anywhere on the shard, nothing to wait for or allocate.
+        if loaded(self) && self.producer_state_loads.borrow().is_empty() {
+            return;
+        }
+        let key = (topic.to_string(), index);
         if loaded(self) && !self.producer_state_loads.borrow().contains_key(&key) {
             return;
         }
