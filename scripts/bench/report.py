@@ -525,7 +525,7 @@ def fetch_section(doc, heading="##"):
             add(f"| {label} | {path} | {fmt(row.get('mb_per_s'), 0)} ({fmt(row.get('mb_per_s_min'), 0)}–"
                 f"{fmt(row.get('mb_per_s_max'), 0)}) | {fmt(ratio(row.get('mb_per_s'), iperf_zc), 2)} |"
                 f" {fmt(cpu, 3)} | {'' if path == 'copying' or versus is None else f'{100 * (versus - 1):+.0f}%'} |"
-                f" {moved if path != 'copying' else 'n/a (pread / memcpy, then write)'} |")
+                f" {moved if path != 'copying' else 'n/a (ring READ / memcpy, then write)'} |")
     add(f"| loopback | iperf3, copying send | {fmt(iperf_copy, 0)} | {fmt(ratio(iperf_copy, iperf_zc), 2)} | | | |")
     add(f"| loopback | iperf3 -Z (sendfile) | {fmt(iperf_zc, 0)} | 1.00 | | | |")
     add("")
@@ -546,7 +546,7 @@ def fetch_section(doc, heading="##"):
         add("- Tail data: the zero-copy path sends it from the tail cache's own buffers; to a peer on"
             " this host by plain SENDMSG, because the kernel copies zero-copy pages that loop back to"
             " a local socket anyway (the forced row shows what SENDMSG_ZC costs there). The copying"
-            " path copies it into its buffer first, as it does with file data (pread).")
+            " path copies it into its buffer first, as it does with file data (ring READs).")
     perf = doc.get("perf", {})
     if perf:
         add("")
@@ -569,10 +569,11 @@ def fetch_section(doc, heading="##"):
             add(f"| {key.replace('-', ' ').strip()} | {fmt(value.get('consumer_mb_per_s'), 0)} |"
                 f" {top(ops, 1) or 'n/a'} | {top(calls, 1) or 'n/a'} | {read_cells or 'none'} |")
         add("")
-        add("On the zero-copy path record bytes move by SPLICE (file → pipe → socket); its only reads"
-            " are 61-byte batch headers (pread64, to cut a fetch at batch boundaries) and 8-byte"
-            " eventfd reads (the storage ring's completions waking the shard's reactor). The copying"
-            " path reads the record bytes themselves with pread64 and sends them from its buffer.")
+        add("On the zero-copy path record bytes move by SPLICE (file → pipe → socket); batch headers"
+            " (61 bytes, to cut a fetch at batch boundaries) are READ operations on the storage ring,"
+            " and the only read-type syscalls are 8-byte eventfd reads (the ring's completions waking"
+            " the shard's reactor). The copying path reads the record bytes themselves with ring READs"
+            " into its buffer and sends them from there: no pread64 on either path.")
     add("")
     return lines
 
