@@ -465,9 +465,13 @@ def write_report(rows, meta, out_path, fetch=None):
         handle.write("\n".join(lines) + kept)
 
 
-# Sections other scripts write into the same file between these markers (today
-# scripts/idle-conns-bench.sh); a rewrite of the report keeps them as they are.
-KEPT_SECTIONS = (("<!-- idle-conns-bench:begin -->", "<!-- idle-conns-bench:end -->"),)
+# Sections other scripts write into the same file between these markers
+# (scripts/chaos.sh runs, scripts/idle-conns-bench.sh, scripts/fuzz.sh runs); a rewrite of the
+# report keeps them as they are.
+KEPT_SECTIONS = tuple(
+    (f"<!-- {name}:begin -->", f"<!-- {name}:end -->")
+    for name in ("chaos", "idle-conns-bench", "fuzzing")
+)
 
 
 def kept_sections(path):

@@ -114,8 +114,21 @@ fn mixed_response_arrives_identical(nonblocking: bool) {
         write_pieces(&ring, &pool, &socket, pieces, config)
             .await
             .expect("write");
-        assert_eq!(pool.idle_count(), 1, "the clean pipe went back to the pool");
+        // The chain's SEND_ZC notifications arrive only once the reader has taken those
+        // bytes; until then the chain keeps the pipe, and give_back closes it rather than
+        // pool a pipe an operation still holds. Either way, once every CQE is in, no pipe
+        // stays open beyond the pool's idle one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ring.in_flight() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         assert_eq!(ring.in_flight(), 0);
+        assert!(pool.idle_count() <= 1, "at most the one pipe is pooled");
+        assert_eq!(
+            Counters::now().pipes_open(),
+            before.pipes_open() + pool.idle_count() as u64,
+            "the pipe is either back in the pool or closed"
+        );
     });
     let received = reader.join().expect("reader");
     assert_eq!(received.len(), expected.len());
