@@ -42,6 +42,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "num.shards", default: "0", doc: "Shards (pinned threads); 0 = one per available core (CLI: --shards)." },
     Setting { name: "node.id", default: "0", doc: "This broker's id." },
     Setting { name: "num.partitions", default: "1", doc: "Partitions of an auto-created topic, or of a CreateTopics request with -1." },
+    Setting { name: "max.broker.partitions", default: "5000", doc: "Partitions (all topics, the offsets log included) this broker holds at most; a CreateTopics, CreatePartitions or auto-create beyond it gets INVALID_PARTITIONS (KIP-578's name). Each partition keeps file descriptors open: keep it well below the open-files limit." },
     Setting { name: "auto.create.topics.enable", default: "true", doc: "Create unknown topics on Metadata requests." },
     Setting { name: "message.max.bytes", default: "1048588", doc: "Largest record batch accepted (topic: max.message.bytes)." },
     Setting { name: "socket.request.max.bytes", default: "104857600", doc: "Largest request frame; a bigger one closes the connection." },
@@ -348,6 +349,8 @@ pub struct BrokerConfig {
     pub node_id: i32,
     /// Default partitions.
     pub num_partitions: i32,
+    /// `max.broker.partitions`: partitions this broker holds at most.
+    pub partitions_max: i32,
     /// Auto-create on Metadata.
     pub auto_create_topics: bool,
     /// Request frame limit.
@@ -476,6 +479,7 @@ impl BrokerConfig {
             shards,
             node_id: c.int("node.id", 0..=INT_MAX),
             num_partitions: c.int("num.partitions", 1..=INT_MAX),
+            partitions_max: c.int("max.broker.partitions", 1..=INT_MAX),
             auto_create_topics: c.boolean("auto.create.topics.enable"),
             request_bytes_max,
             connections_max: c.int("max.connections", 1..=INT_MAX),

@@ -202,6 +202,8 @@ fn config(dir: &std::path::Path) -> BrokerConfig {
         ("listeners", "127.0.0.1:0"),
         ("admin.listen", ""),
         ("num.shards", "1"),
+        // Few partitions: a CreateTopics of tens of thousands would make every such input slow.
+        ("max.broker.partitions", "500"),
         ("log.direct.io", "false"),
         ("log.segment.bytes", "1048576"),
         ("log.tail.cache.bytes", "4194304"),

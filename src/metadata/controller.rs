@@ -142,13 +142,7 @@ impl Controller {
                 ))
             }
         };
-        const PARTITIONS_MAX: i32 = 100_000;
-        if partitions > PARTITIONS_MAX {
-            return Err((
-                code::INVALID_PARTITIONS,
-                format!("{partitions} partitions exceed the limit of {PARTITIONS_MAX}."),
-            ));
-        }
+        check_partition_budget(shard, partitions)?;
         if topic.replication_factor != -1 && topic.replication_factor != 1 {
             return Err((
                 code::INVALID_REPLICATION_FACTOR,
@@ -252,6 +246,7 @@ impl Controller {
                 ),
             ));
         }
+        check_partition_budget(shard, count - topic.partitions)?;
         if validate_only {
             return Ok(());
         }
@@ -356,23 +351,55 @@ async fn delete_partitions(shard: &Rc<Shard>, name: &str) {
 }
 
 /// Opens partitions `range` of `topic` on their owning shards.
+/// Refuses `added` more partitions when the broker would then hold more than
+/// `max.broker.partitions` (the offsets log's partitions count too): each partition keeps file
+/// descriptors open, and opening tens of thousands in one request ran the process out of them.
+fn check_partition_budget(shard: &Rc<Shard>, added: i32) -> Result<(), AdminError> {
+    let held: i64 = shard
+        .metadata
+        .load()
+        .topics
+        .values()
+        .filter(|topic| topic.name != sluice_group::OFFSETS_TOPIC)
+        .map(|topic| i64::from(topic.partitions))
+        .sum::<i64>()
+        + i64::from(sluice_group::OFFSETS_PARTITION_COUNT);
+    let limit = i64::from(shard.config.partitions_max);
+    if held + i64::from(added) > limit {
+        return Err((
+            code::INVALID_PARTITIONS,
+            format!(
+                "{added} more partitions would exceed max.broker.partitions={limit}: the broker holds {held}."
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens the partitions one at a time, yielding between them: opening a partition does file
+/// work on its shard's thread (the documented startup/open exception), so a request opening
+/// many must leave room for that shard's produce and fetch traffic in between.
 async fn open_partitions(
     shard: &Rc<Shard>,
     topic: &Arc<TopicMeta>,
     range: std::ops::Range<i32>,
 ) -> Result<(), AdminError> {
-    let mut pending = Vec::new();
     for index in range {
         let owner = shard.set.owner_of(&topic.name, index);
-        let topic = topic.clone();
-        pending.push(shard.invoke_on(owner, move |s| async move {
-            s.open_partition(&topic, index)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }));
-    }
-    for result in futures::future::join_all(pending).await {
-        match result {
+        let opened = {
+            let topic = topic.clone();
+            shard
+                .invoke_on(owner, move |s| async move {
+                    let opened = s
+                        .open_partition(&topic, index)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    tokio::task::yield_now().await;
+                    opened
+                })
+                .await
+        };
+        match opened {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::error!(topic = %topic.name, %error, "opening partition failed");

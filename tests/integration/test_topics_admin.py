@@ -271,3 +271,31 @@ def test_the_offsets_log_name_is_reserved(broker):
     md = admin.list_topics(topic="__consumer_offsets", timeout=10)
     assert md.topics["__consumer_offsets"].error is not None
     assert "__consumer_offsets" not in admin.list_topics(timeout=10).topics
+
+
+def test_partition_budget_refuses_what_would_exceed_max_broker_partitions(broker_factory):
+    """max.broker.partitions counts every partition the broker holds (the 50 of the offsets log
+    too): a CreateTopics or CreatePartitions beyond it is INVALID_PARTITIONS at once, nothing is
+    created, and the broker keeps serving. (A CreateTopics of 30,000 partitions used to run the
+    process out of file descriptors and stall produce on that shard for 20 s.)"""
+    broker = broker_factory({"max.broker.partitions": 80})
+    admin = confluent_admin(broker.bootstrap)
+    name = create_topic(broker.bootstrap, unique_topic("budget"), 20)  # 50 + 20 = 70 held
+    too_many = unique_topic("toomany")
+    err = _create_error(admin, NewTopic(too_many, 11, 1))  # 81 > 80
+    assert err is not None and err.code() == KafkaError.INVALID_PARTITIONS, err
+    assert "max.broker.partitions" in err.str(), err
+    assert too_many not in _topic_names(broker.bootstrap)
+    huge = _create_error(admin, NewTopic(unique_topic("huge"), 60000, 1))
+    assert huge is not None and huge.code() == KafkaError.INVALID_PARTITIONS, huge
+
+    fut = admin.create_partitions([NewPartitions(name, 31)], operation_timeout=10)[name]
+    with pytest.raises(KafkaException) as info:
+        fut.result(timeout=20)
+    assert info.value.args[0].code() == KafkaError.INVALID_PARTITIONS
+    assert len(admin.list_topics(topic=name, timeout=5).topics[name].partitions) == 20
+
+    # Up to the limit is fine, and the broker still serves.
+    assert _create_error(admin, NewTopic(unique_topic("fits"), 10, 1)) is None  # 80 held
+    d = produce_confluent(broker.bootstrap, name, [(None, b"still-serving")], partition=19)
+    assert (d[0].partition, d[0].offset) == (19, 0)
