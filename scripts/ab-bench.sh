@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# A/B of two sluice binaries on the produce and fetch paths, alternating runs on one machine so
+# drift and noise fall on both: durable produce (acks=all, 1 KiB records, 1 and 16 partitions)
+# and a consume of the 16-partition topic from the files, each on a fresh broker. Prints one row
+# per run and the medians: MB/s, produce p99 ms, and broker CPU-seconds per GB moved.
+#
+# Usage: scripts/ab-bench.sh BIN_BEFORE BIN_AFTER [ROUNDS]     (ROUNDS default 3)
+# Env:   DURATION (default 8s), AB_DIR (default bench-out/ab), AB_PORT (default 43092)
+set -euo pipefail
+BEFORE="${1:?BIN_BEFORE}"; AFTER="${2:?BIN_AFTER}"; ROUNDS="${3:-3}"
+DURATION="${DURATION:-8s}"
+DIR="${AB_DIR:-bench-out/ab}"
+PORT="${AB_PORT:-43092}"
+mkdir -p "$DIR"
+ROWS="$DIR/rows.tsv"
+: > "$ROWS"
+
+cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+
+run_one() {  # run_one LABEL BIN ROUND
+    local label="$1" bin="$2" round="$3" data="$DIR/data-$1"
+    rm -rf "$data"
+    "$bin" serve --data-dir "$data" --listen "127.0.0.1:$PORT" --admin-listen "" >"$DIR/broker-$label.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+    local flags=(--bootstrap "127.0.0.1:$PORT" --json --progress-interval-s 0 --record-size 1024
+                 --acks all --connections 4 --in-flight 5 --batch-bytes 262144 --linger-ms 5)
+    for parts in 1 16; do
+        local c0; c0=$(cpu_s "$pid")
+        "$AFTER" bench produce "${flags[@]}" --topic "ab-p$parts" --partitions "$parts" --duration "$DURATION" >"$DIR/p$parts-$label-$round.json"
+        local c1; c1=$(cpu_s "$pid")
+        python3 - "$DIR/p$parts-$label-$round.json" "$c0" "$c1" "$label" "produce_p$parts" >>"$ROWS" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1])); cpu = float(sys.argv[3]) - float(sys.argv[2])
+mb = doc["bytes"] / 1e6
+lat = doc.get("latency_ms", {})
+print(f"{sys.argv[4]}\t{sys.argv[5]}\t{doc['mb_per_s']:.1f}\t{lat.get('p99', float('nan')):.2f}\t{cpu / (mb / 1000):.3f}")
+PY
+    done
+    local c0; c0=$(cpu_s "$pid")
+    "$AFTER" bench consume --bootstrap "127.0.0.1:$PORT" --json --progress-interval-s 0 --topic ab-p16 >"$DIR/consume-$label-$round.json"
+    local c1; c1=$(cpu_s "$pid")
+    python3 - "$DIR/consume-$label-$round.json" "$c0" "$c1" "$label" >>"$ROWS" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1])); cpu = float(sys.argv[3]) - float(sys.argv[2])
+mb = doc["bytes"] / 1e6
+print(f"{sys.argv[4]}\tconsume_files\t{doc['mb_per_s']:.1f}\tnan\t{cpu / (mb / 1000):.3f}")
+PY
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    rm -rf "$data"
+}
+
+for round in $(seq "$ROUNDS"); do
+    run_one before "$BEFORE" "$round"
+    run_one after "$AFTER" "$round"
+done
+python3 - "$ROWS" <<'PY'
+import statistics, sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+print("label\tworkload\tMB/s\tp99_ms\tCPU-s/GB   (medians)")
+for workload in dict.fromkeys(r[1] for r in rows):
+    for label in ("before", "after"):
+        sel = [r for r in rows if r[0] == label and r[1] == workload]
+        med = lambda i: statistics.median(float(r[i]) for r in sel)
+        print(f"{label}\t{workload}\t{med(2):.1f}\t{med(3):.2f}\t{med(4):.3f}")
+PY
