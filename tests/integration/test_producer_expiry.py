@@ -30,8 +30,9 @@ def init_producer_id(conn):
     return producer_id, epoch
 
 
-def batch(pid, epoch, seq, n, tag):
+def batch(pid, epoch, seq, n, tag, timestamp_ms=None):
     return encode_record_batch([(None, f"{tag}-{i}".encode()) for i in range(n)],
+                               base_timestamp_ms=timestamp_ms,
                                producer_id=pid, producer_epoch=epoch, base_sequence=seq)
 
 
@@ -50,7 +51,11 @@ def test_an_idle_producer_state_expires_and_any_sequence_is_then_accepted(broker
         # ...which checks sequences again.
         err, _ = produce_v3(conn, topic, 0, batch(pid, epoch, 20, 1, "gap"))
         assert err == OUT_OF_ORDER_SEQUENCE_NUMBER
-        assert produce_v3(conn, topic, 0, batch(pid, epoch, 10, 1, "c")) == (0, 4)
+        # Stamped a minute ahead: a rebuilt state counts as last written at min(batch time,
+        # restart time), so its idle window starts at the restart, not at this batch; the
+        # kill, restart and reconnect below then need not fit in EXPIRATION_MS.
+        future_ms = int(time.time() * 1000) + 60_000
+        assert produce_v3(conn, topic, 0, batch(pid, epoch, 10, 1, "c", future_ms)) == (0, 4)
 
     # After a restart the states rebuilt from the log's headers expire the same way.
     broker.kill9()
