@@ -28,6 +28,10 @@ def test_idle_connection_closed_after_connections_max_idle_ms(broker_factory):
     with RawConn(broker.bootstrap) as idle, RawConn(broker.bootstrap) as polling:
         api_versions(idle)
         answered_at = time.monotonic()
+        # Still open at 0.8 x the limit: a broker closing idle connections too early fails here.
+        assert not idle.is_closed_by_peer(timeout_s=IDLE_MS / 1000 * 0.8), (
+            f"idle connection closed after {time.monotonic() - answered_at:.2f} s, "
+            f"before {IDLE_MS} ms")
         # A long-poll Fetch on an empty partition holds its request for 2.5 s, past the idle
         # limit: a connection waiting for an answer is busy, not idle.
         result = fetch_v4(polling, topic, 0, 0, max_wait_ms=2500, min_bytes=1)
@@ -46,10 +50,23 @@ PER_IP = 4
 
 def test_max_connections_per_ip_refuses_the_next_one_at_accept(broker_factory):
     broker = broker_factory({"max.connections.per.ip": PER_IP})
-    conns = [RawConn(broker.bootstrap) for _ in range(PER_IP)]
+    conns = []
+
+    def admitted():
+        probe = RawConn(broker.bootstrap)
+        try:
+            api_versions(probe)
+        except Exception:  # noqa: BLE001 -- refused: try again
+            probe.close()
+            return False
+        conns.append(probe)
+        return True
+
     try:
-        for conn in conns:
-            api_versions(conn)
+        # Through retries: the broker notices a close asynchronously, so the connection of the
+        # fixture's readiness probe may still count against the limit for a moment.
+        for n in range(PER_IP):
+            wait_until(admitted, timeout_s=10, what=f"connection {n + 1} admitted")
         extra = RawConn(broker.bootstrap)
         try:
             assert extra.is_closed_by_peer(timeout_s=5), f"connection {PER_IP + 1} was admitted"
@@ -60,17 +77,6 @@ def test_max_connections_per_ip_refuses_the_next_one_at_accept(broker_factory):
             api_versions(conn)
         # Closing one frees its slot (the broker notices the close asynchronously).
         conns.pop().close()
-
-        def admitted():
-            probe = RawConn(broker.bootstrap)
-            try:
-                api_versions(probe)
-            except Exception:  # noqa: BLE001 -- refused: try again
-                probe.close()
-                return False
-            conns.append(probe)
-            return True
-
         wait_until(admitted, timeout_s=10, what="a connection admitted after one closed")
     finally:
         for conn in conns:
