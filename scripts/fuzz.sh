@@ -99,6 +99,9 @@ for target in "${TARGETS[@]}"; do
     mkdir -p "$work" "$artifacts"
     if [ "$MODE" = runs ]; then limit=(-runs="$AMOUNT"); else limit=(-max_total_time="$AMOUNT"); fi
     echo "==> $target: ${limit[*]}"
+    # Findings of this run only: the artifacts directory keeps those of every earlier run.
+    started="$BIN_DIR/started-$target"
+    touch "$started"
     "$BIN_DIR/$target" "$work" "$seeds" \
         "${limit[@]}" -max_len=16384 -timeout=10 -rss_limit_mb=$RSS_LIMIT_MB \
         -malloc_limit_mb=$MALLOC_LIMIT_MB -print_final_stats=1 \
@@ -110,7 +113,7 @@ for target in "${TARGETS[@]}"; do
     seconds=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | awk '{print $5}' | tail -1)
     # The last status line says "corp: UNITS/SIZE" for the merged (seeds + found) corpus.
     corpus=$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' "$log" | tail -1 | cut -d' ' -f2)
-    findings=$(find "$artifacts" -type f | wc -l)
+    findings=$(find "$artifacts" -type f -newer "$started" | wc -l)
     if [ $rc -ne 0 ]; then
         FAILED=1
         echo "fuzz.sh: $target FAILED (exit $rc); the end of $log:"
