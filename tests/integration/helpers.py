@@ -48,6 +48,7 @@ API_OFFSET_COMMIT = 8
 API_OFFSET_FETCH = 9
 API_CREATE_PARTITIONS = 37
 API_DESCRIBE_CLUSTER = 60
+API_INIT_PRODUCER_ID = 22
 
 # Kafka error codes the tests assert on.
 ERR_NONE = 0
@@ -61,6 +62,8 @@ ERR_UNSUPPORTED_VERSION = 35
 ERR_TOPIC_ALREADY_EXISTS = 36
 ERR_INVALID_PARTITIONS = 37
 ERR_INVALID_REQUEST = 42
+ERR_OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+ERR_KAFKA_STORAGE_ERROR = 56
 
 COMPRESSION_NAMES = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 
@@ -80,6 +83,14 @@ def free_port() -> int:
 def unique_topic(prefix: str = "t") -> str:
     """A topic name no other test uses, so tests never see each other's data."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def unmount(mountpoint) -> None:
+    """Unmount `mountpoint`; when it is busy (a process still holds a file there), detach it now
+    and let the kernel release it when that file closes."""
+    done = subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30)
+    if done.returncode != 0:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30)
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.1, what: str = "condition"):
@@ -567,6 +578,25 @@ def parse_record_batches(data: bytes):
         )
         pos = end
     return batches
+
+
+# ---------------------------------------------------------------------------------------------
+# Idempotent producers
+# ---------------------------------------------------------------------------------------------
+
+
+def init_producer_id(conn: RawConn, transactional_id=None):
+    """InitProducerId v0 (60 s transaction timeout): (error, producer id, epoch)."""
+    r = conn.call(API_INIT_PRODUCER_ID, 0, string(transactional_id) + i32(60000))
+    _throttle, error, producer_id, epoch = r.i32(), r.i16(), r.i64(), r.i16()
+    return error, producer_id, epoch
+
+
+def producer_batch(pid, epoch, seq, n, tag, timestamp_ms=None) -> bytes:
+    """A batch of `n` records "<tag>-<i>" from producer `pid`/`epoch` at base sequence `seq`."""
+    return encode_record_batch([(None, f"{tag}-{i}".encode()) for i in range(n)],
+                               base_timestamp_ms=timestamp_ms,
+                               producer_id=pid, producer_epoch=epoch, base_sequence=seq)
 
 
 # ---------------------------------------------------------------------------------------------

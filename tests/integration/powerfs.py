@@ -339,10 +339,9 @@ class PowerLossFs:
             return
         # Unconditionally: after a cut, stat of the mountpoint fails (EIO), so os.path.ismount
         # would say it is not mounted.
-        done = subprocess.run(["umount", str(self.mountpoint)], capture_output=True, timeout=30)
-        if done.returncode != 0:
-            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True,
-                           timeout=30)
+        from helpers import unmount  # here: the daemon side of this file needs no helpers
+
+        unmount(self.mountpoint)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -356,17 +355,23 @@ class PowerLossFs:
         self.proc = None
 
 
+def power_cut(broker, fs: PowerLossFs, down_s: float = 0.0) -> int:
+    """Power cut (unsynced data dropped), broker killed, the filesystem mounted again from what
+    survived, `down_s` later the broker started again. Returns the bytes the cut dropped."""
+    dropped_bytes = fs.cut()
+    broker.kill9()
+    fs.unmount()
+    time.sleep(down_s)
+    fs.mount()
+    broker.start()
+    return dropped_bytes
+
+
 def power_cut_and_restart(fs: PowerLossFs):
-    """A crash for chaos.run_chaos: power cut (unsynced data dropped), broker killed, the
-    filesystem mounted again from what survived, `down_s` later the broker started again."""
+    """power_cut as a crash for chaos.run_chaos."""
 
     def crash(broker, down_s: float):
-        fs.cut()
-        broker.kill9()
-        fs.unmount()
-        time.sleep(down_s)
-        fs.mount()
-        broker.start()
+        power_cut(broker, fs, down_s)
 
     return crash
 

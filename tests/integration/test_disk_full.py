@@ -24,6 +24,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import NewPartitions, NewTopic
 
 from helpers import (
+    ERR_KAFKA_STORAGE_ERROR,
     ERR_NONE,
     RawConn,
     confluent_admin,
@@ -33,10 +34,10 @@ from helpers import (
     produce_confluent,
     produce_v3,
     unique_topic,
+    unmount,
     watermarks,
 )
 
-ERR_KAFKA_STORAGE_ERROR = 56
 FS_BYTES = 64 * 1024 * 1024
 # Space left after the filler: a few produce requests fit, then the disk is full mid-stream.
 HEADROOM_BYTES = 1024 * 1024
@@ -46,12 +47,6 @@ PARTITIONS = 2
 
 def _run(cmd):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
-def _unmount(mountpoint):
-    if _run(["umount", str(mountpoint)]).returncode != 0:
-        # Busy (a process still holds a file there): detach now, released when it closes.
-        _run(["umount", "-l", str(mountpoint)])
 
 
 @pytest.fixture(params=[True, False], ids=["direct-io", "buffered"])
@@ -80,7 +75,7 @@ def full_disk_broker(broker_factory, tmp_path, request):
         yield broker
     finally:
         broker.stop()
-        _unmount(broker.data_dir)
+        unmount(broker.data_dir)
 
 
 def _fill(path, leave_bytes):

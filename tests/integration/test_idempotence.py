@@ -3,33 +3,19 @@ sequence gaps and fenced epochs refused, and real clients with idempotence on (k
 default, confluent-kafka's enable.idempotence)."""
 
 from helpers import (
+    ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
     RawConn,
     consume_confluent,
     create_topic,
-    encode_record_batch,
-    i16,
-    i32,
+    init_producer_id,
     produce_v3,
-    string,
+    producer_batch,
     unique_topic,
     watermarks,
 )
 
-API_INIT_PRODUCER_ID = 22
-OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 INVALID_PRODUCER_EPOCH = 47
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
-
-
-def init_producer_id(conn, transactional_id=None):
-    r = conn.call(API_INIT_PRODUCER_ID, 0, string(transactional_id) + i32(60000))
-    _throttle, error, producer_id, epoch = r.i32(), r.i16(), r.i64(), r.i16()
-    return error, producer_id, epoch
-
-
-def batch(pid, epoch, seq, n, tag):
-    return encode_record_batch([(None, f"{tag}-{i}".encode()) for i in range(n)],
-                               producer_id=pid, producer_epoch=epoch, base_sequence=seq)
 
 
 def test_retry_is_answered_with_the_original_offset_and_gaps_are_refused(broker):
@@ -37,17 +23,17 @@ def test_retry_is_answered_with_the_original_offset_and_gaps_are_refused(broker)
     with RawConn(broker.bootstrap) as conn:
         error, pid, epoch = init_producer_id(conn)
         assert (error, epoch) == (0, 0) and pid >= 0
-        first = batch(pid, epoch, 0, 3, "a")
+        first = producer_batch(pid, epoch, 0, 3, "a")
         assert produce_v3(conn, topic, 0, first) == (0, 0)
         # The same batch again (a retry after a lost response): same offset, no second copy.
         assert produce_v3(conn, topic, 0, first) == (0, 0)
-        assert produce_v3(conn, topic, 0, batch(pid, epoch, 3, 2, "b")) == (0, 3)
+        assert produce_v3(conn, topic, 0, producer_batch(pid, epoch, 3, 2, "b")) == (0, 3)
         # A gap in the sequence is refused and writes nothing.
-        err, _ = produce_v3(conn, topic, 0, batch(pid, epoch, 9, 1, "gap"))
-        assert err == OUT_OF_ORDER_SEQUENCE_NUMBER
+        err, _ = produce_v3(conn, topic, 0, producer_batch(pid, epoch, 9, 1, "gap"))
+        assert err == ERR_OUT_OF_ORDER_SEQUENCE_NUMBER
         # A bumped epoch starts at sequence 0; the old epoch is then fenced.
-        assert produce_v3(conn, topic, 0, batch(pid, epoch + 1, 0, 1, "c")) == (0, 5)
-        err, _ = produce_v3(conn, topic, 0, batch(pid, epoch, 5, 1, "zombie"))
+        assert produce_v3(conn, topic, 0, producer_batch(pid, epoch + 1, 0, 1, "c")) == (0, 5)
+        err, _ = produce_v3(conn, topic, 0, producer_batch(pid, epoch, 5, 1, "zombie"))
         assert err == INVALID_PRODUCER_EPOCH
     assert watermarks(broker.bootstrap, topic, 0) == (0, 6)
     values = [r.value for r in consume_confluent(broker.bootstrap, topic, [0], expected=6)]
@@ -74,21 +60,21 @@ def test_retry_after_kill9_is_still_a_duplicate_and_sequences_continue(broker):
     with RawConn(broker.bootstrap) as conn:
         error, pid, epoch = init_producer_id(conn)
         assert error == 0
-        assert produce_v3(conn, topic, 0, batch(pid, epoch, 0, 3, "a")) == (0, 0)
-        second = batch(pid, epoch, 3, 2, "b")
+        assert produce_v3(conn, topic, 0, producer_batch(pid, epoch, 0, 3, "a")) == (0, 0)
+        second = producer_batch(pid, epoch, 3, 2, "b")
         assert produce_v3(conn, topic, 0, second) == (0, 3)
         # A second producer on the same partition, to be told apart after the restart.
         error, other, other_epoch = init_producer_id(conn)
         assert error == 0 and other != pid
-        assert produce_v3(conn, topic, 0, batch(other, other_epoch, 0, 1, "o")) == (0, 5)
+        assert produce_v3(conn, topic, 0, producer_batch(other, other_epoch, 0, 1, "o")) == (0, 5)
     broker.kill9()
     broker.start()
     with RawConn(broker.bootstrap) as conn:
         assert produce_v3(conn, topic, 0, second) == (0, 3), "retry after restart written twice"
-        err, _ = produce_v3(conn, topic, 0, batch(pid, epoch, 9, 1, "gap"))
-        assert err == OUT_OF_ORDER_SEQUENCE_NUMBER
-        assert produce_v3(conn, topic, 0, batch(pid, epoch, 5, 1, "c")) == (0, 6)
-        assert produce_v3(conn, topic, 0, batch(other, other_epoch, 0, 1, "o")) == (0, 5)
+        err, _ = produce_v3(conn, topic, 0, producer_batch(pid, epoch, 9, 1, "gap"))
+        assert err == ERR_OUT_OF_ORDER_SEQUENCE_NUMBER
+        assert produce_v3(conn, topic, 0, producer_batch(pid, epoch, 5, 1, "c")) == (0, 6)
+        assert produce_v3(conn, topic, 0, producer_batch(other, other_epoch, 0, 1, "o")) == (0, 5)
     assert watermarks(broker.bootstrap, topic, 0) == (0, 7)
     values = [r.value for r in consume_confluent(broker.bootstrap, topic, [0], expected=7)]
     assert values == [b"a-0", b"a-1", b"a-2", b"b-0", b"b-1", b"o-0", b"c-0"]

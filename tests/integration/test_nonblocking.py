@@ -23,6 +23,7 @@ import time
 import pytest
 
 from helpers import (
+    ERR_KAFKA_STORAGE_ERROR,
     ERR_NONE,
     RawConn,
     create_topic,
@@ -35,7 +36,6 @@ from helpers import (
 
 RECORDS = 1500
 VALUE_BYTES = 4096
-ERR_KAFKA_STORAGE_ERROR = 56
 BLOCKING_READS = {"pread64", "preadv", "preadv2", "readv"}
 EVENTFD_READ_BYTES = 8
 LINE = re.compile(r"^(\d+)\s+(?:<\.\.\. )?(\w+)(?:\(| resumed>)(.*)$")

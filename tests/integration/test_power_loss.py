@@ -58,16 +58,6 @@ def _log(bootstrap, topic):
     return log
 
 
-def power_cut(broker, fs):
-    """Drop every unsynced write, kill the broker, remount what survived, start again."""
-    dropped_bytes = fs.cut()
-    broker.kill9()
-    fs.unmount()
-    fs.mount()
-    broker.start()
-    return dropped_bytes
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_seeded_power_cut_rounds_lose_nothing(power_broker):
@@ -107,7 +97,7 @@ def test_acks_all_records_survive_a_power_cut_and_unsynced_ones_do_not(power_bro
     # The unsynced topic's records are acknowledged and still only in powerfs's memory.
     assert fs.dirty_bytes() >= RECORDS * VALUE_BYTES
 
-    dropped_bytes = power_cut(broker, fs)
+    dropped_bytes = powerfs.power_cut(broker, fs)
     assert dropped_bytes >= RECORDS * VALUE_BYTES
 
     log = _log(broker.bootstrap, synced)
@@ -127,7 +117,7 @@ def test_acks_all_records_survive_a_power_cut_and_unsynced_ones_do_not(power_bro
 
     # The broker goes on: new records land after what survived and survive the next cut.
     more = produce_confluent(broker.bootstrap, synced, _records(b"m", 100))
-    power_cut(broker, fs)
+    powerfs.power_cut(broker, fs)
     log = _log(broker.bootstrap, synced)
     lost = [(d.partition, d.offset) for d in acked_synced + more
             if log.get((d.partition, d.offset)) != (d.key, d.value)]
