@@ -74,13 +74,18 @@ def _default_bin() -> Path:
     return target / "release" / "sluice"
 
 
-def _die_with_parent():
-    """preexec_fn: the broker gets SIGKILL if pytest itself dies, so no broker is ever leaked."""
+def _signal_on_parent_death(signum: int):
+    """In a preexec_fn: the child gets `signum` when pytest itself dies."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signum)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def _die_with_parent():
+    """preexec_fn: the broker gets SIGKILL if pytest itself dies, so no broker is ever leaked."""
+    _signal_on_parent_death(signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -291,6 +292,11 @@ def unavailable_reason() -> str | None:
     return None
 
 
+class MountRefused(Exception):
+    """The daemon exited before its filesystem appeared: this machine refuses the FUSE mount
+    (no CAP_SYS_ADMIN, e.g. an unprivileged container with /dev/fuse passed in)."""
+
+
 class PowerLossFs:
     """One mount of the daemon over `backing` at `mountpoint`; `log_path` gets its stderr."""
 
@@ -303,17 +309,27 @@ class PowerLossFs:
     def mount(self):
         self.backing.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
+        # The brokers' guard (conftest), with SIGTERM rather than SIGKILL: when pytest dies the
+        # daemon gets SIGTERM, on which libfuse's fuse_main leaves its loop and unmounts, so a
+        # killed run leaves neither a daemon nor a dead mount behind.
+        from conftest import _signal_on_parent_death
+
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, __file__, str(self.backing), str(self.mountpoint)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
+            preexec_fn=lambda: _signal_on_parent_death(signal.SIGTERM))
         log.close()
         deadline = time.monotonic() + MOUNT_TIMEOUT_S
         while not os.path.ismount(self.mountpoint):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            exited = self.proc.poll() is not None
+            if exited or time.monotonic() > deadline:
                 self.unmount()
-                raise AssertionError(f"powerfs did not mount at {self.mountpoint}: "
-                                     f"{self.log_path.read_text(errors='replace')[-2000:]}")
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                if exited:
+                    raise MountRefused(f"powerfs could not mount at {self.mountpoint} (FUSE "
+                                       f"mounts need CAP_SYS_ADMIN or fusermount): {tail}")
+                raise AssertionError(f"powerfs did not mount at {self.mountpoint}: {tail}")
             time.sleep(0.05)
         return self
 
