@@ -3,6 +3,8 @@
 #   - kcat, libfuse2 and strace (Debian packages), plus python3-venv / nodejs / npm if they are missing;
 #   - a Python venv at .venv with tests/requirements.txt (confluent-kafka, kafka-python, pytest...);
 #   - tests/js/node_modules from tests/js/package-lock.json (kafkajs);
+#   - e2fsprogs when mkfs.ext4 is missing (the disk-full tests build a small ext4 image; without
+#     it they skip);
 #   - cargo-fuzz (scripts/fuzz.sh, the fuzz-smoke phase), built from source with --locked.
 # Each step is skipped when a stamp of its inputs matches, so a second run does nothing.
 # Needs root (or passwordless apt) only when a Debian package is missing.
@@ -38,7 +40,10 @@ apt_install() {
 # --- Debian packages ------------------------------------------------------------------------
 command -v kcat >/dev/null 2>&1 || apt_install kcat
 # libfuse 2 for fusepy: tests/integration/powerfs.py, the power-loss filesystem.
-ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2 ' || apt_install libfuse2
+# ldconfig by full path: /sbin is not on a non-root user's PATH on Debian.
+/sbin/ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2 ' || apt_install libfuse2
+# mkfs.ext4 for test_disk_full.py's small filesystem (also looked for in /sbin).
+command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /sbin/mkfs.ext4 ] || apt_install e2fsprogs
 # test_nonblocking.py traces the broker's shard threads for blocking reads.
 command -v strace >/dev/null 2>&1 || apt_install strace
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
