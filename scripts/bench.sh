@@ -125,7 +125,8 @@ if [[ -z "$BOOTSTRAP" && "$free_gb" -lt "$DISK_FREE_GB_MIN" ]]; then
 fi
 
 # --- processes we own: only these PIDs are ever signalled -----------------------------------
-BROKER_PID=""
+# shellcheck source=bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 IPERF_PID=""
 COMMIT_PID=""
 HEAPTRACK_PID=""
@@ -171,21 +172,10 @@ start_broker() { # DATA_DIR PORT ADMIN_PORT LOG [wrapper...]
     rm -rf "$data"
     local command=("$@" "$BIN" serve --data-dir "$data" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin")
     record_command "broker${1:+ under $1}" "${command[@]}"
-    "${command[@]}" >"$log" 2>&1 &
-    BROKER_PID=$!
-    for _ in $(seq 200); do
-        curl -sf "http://127.0.0.1:$admin/stats" >/dev/null 2>&1 && return 0
-        kill -0 "$BROKER_PID" 2>/dev/null || { tail -5 "$log" >&2; die "the broker exited at start-up"; }
-        sleep 0.1
-    done
-    die "the broker did not come up on 127.0.0.1:$port"
-}
-
-stop_broker() {
-    [[ -n "$BROKER_PID" ]] || return 0
-    kill -TERM "$BROKER_PID" 2>/dev/null || true
-    wait "$BROKER_PID" 2>/dev/null || true
-    BROKER_PID=""
+    : >"$log"
+    broker_launch "$log" "${command[@]}"
+    broker_wait_ready "$log" 200 curl -sf "http://127.0.0.1:$admin/stats" \
+        || die "the broker did not come up on 127.0.0.1:$port"
 }
 
 # bench TARGET_LABEL ADDR SCENARIO RUN KIND ARGS...: one `sluice bench` run, its JSON, broker
@@ -522,14 +512,14 @@ if [[ -n "$BOOTSTRAP" ]]; then
     say "the same client workloads against a fresh local Sluice"
     start_broker "$BENCH_DIR/data" "$PORT" "$ADMIN_PORT" "$BENCH_DIR/broker.log"
     client_workloads sluice "127.0.0.1:$PORT"
-    stop_broker
+    broker_stop
     write_meta sluice ""
 else
     iperf_limits
     say "starting a fresh broker on 127.0.0.1:$PORT (data in ${BENCH_DIR#"$ROOT"/}/data)"
     start_broker "$BENCH_DIR/data" "$PORT" "$ADMIN_PORT" "$BENCH_DIR/broker.log"
     client_workloads sluice "127.0.0.1:$PORT"
-    stop_broker
+    broker_stop
     rm -rf "$BENCH_DIR/data"
     fetch_step
     # The disk limit at the broker's own cadence: bytes per group commit (one file, one

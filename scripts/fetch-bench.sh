@@ -60,14 +60,12 @@ rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
 : >"$ROWS"
 
-BROKER_PID=""
+# shellcheck source=bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 LOOP_PID=""
 cleanup() {
     [[ -n "$LOOP_PID" ]] && kill "$LOOP_PID" 2>/dev/null
-    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
-        kill "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
-    fi
+    broker_stop
 }
 trap cleanup EXIT
 
@@ -88,24 +86,13 @@ stats() { curl -sf "http://127.0.0.1:$ADMIN_PORT/stats" || echo '{}'; }
 
 start_broker() {
     local zero_copy="$1" log="$BENCH_DIR/broker-$2.log" send_zc_local="${3:-0}"
-    SLUICE_FETCH_SEND_ZC_LOCAL_PEERS="$send_zc_local" taskset -c 0 "$BIN" serve --data-dir "$BENCH_DIR/data" \
+    broker_launch "$log" env SLUICE_FETCH_SEND_ZC_LOCAL_PEERS="$send_zc_local" \
+        taskset -c 0 "$BIN" serve --data-dir "$BENCH_DIR/data" \
         --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" --shards 1 \
         --override "fetch.zero.copy=$zero_copy" \
         --override "log.tail.cache.bytes=$TAIL_CACHE_BYTES" \
-        --override "log.segment.bytes=268435456" >> "$log" 2>&1 &
-    BROKER_PID=$!
-    for _ in $(seq 1 100); do
-        curl -sf "http://127.0.0.1:$ADMIN_PORT/stats" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "broker did not start; see $log" >&2
-    exit 1
-}
-
-stop_broker() {
-    kill "$BROKER_PID"
-    wait "$BROKER_PID" 2>/dev/null || true
-    BROKER_PID=""
+        --override "log.segment.bytes=268435456"
+    broker_wait_ready "$log" 100 curl -sf "http://127.0.0.1:$ADMIN_PORT/stats" || exit 1
 }
 
 produce() {
@@ -190,7 +177,7 @@ echo "iperf3: copying ${IPERF_COPY[*]} MB/s, -Z (sendfile) ${IPERF_ZC[*]} MB/s"
 echo "==> producing ${FILE_MB} MB for the file scenario"
 start_broker true setup
 produce file "$FILE_MB"
-stop_broker
+broker_stop
 
 # To a peer on this host (all of this benchmark) the zero-copy path sends tail-cache data by
 # plain SENDMSG from the cache's buffers: the kernel copies looped zero-copy pages anyway.
@@ -214,7 +201,7 @@ for path in zero-copy "zero-copy, SEND_ZC forced" copying; do
     echo "==> $path: tail data (${PASSES} passes of ${TAIL_MB} MB from the tail cache)"
     produce "tail-$label" "$TAIL_MB"
     measure tail "$path" "tail-$label"
-    stop_broker
+    broker_stop
 done
 
 python3 - "$BENCH_DIR/fetch.json" "$ROWS" "$BENCH_DIR" "${IPERF_COPY[*]}" "${IPERF_ZC[*]}" \

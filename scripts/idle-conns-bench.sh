@@ -51,14 +51,12 @@ rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
 : >"$RESULTS"
 
-BROKER_PID=""
+# shellcheck source=bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 HOLD_PID=""
 cleanup() {
     [[ -n "$HOLD_PID" ]] && kill "$HOLD_PID" 2>/dev/null
-    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
-        kill "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
-    fi
+    broker_stop
 }
 trap cleanup EXIT
 
@@ -67,21 +65,9 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 start_broker() {
     local log="$1"
     rm -rf "$BENCH_DIR/data"
-    "$BIN" serve --data-dir "$BENCH_DIR/data" --listen "127.0.0.1:$PORT" --admin-listen "" \
-        --shards 2 --override "max.connections=$(( IDLE + SLOW + 1000 ))" >>"$log" 2>&1 &
-    BROKER_PID=$!
-    for _ in $(seq 1 100); do
-        "$BIN" topics --bootstrap "127.0.0.1:$PORT" list >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "broker did not start; see $log" >&2
-    exit 1
-}
-
-stop_broker() {
-    kill "$BROKER_PID"
-    wait "$BROKER_PID" 2>/dev/null || true
-    BROKER_PID=""
+    broker_launch "$log" "$BIN" serve --data-dir "$BENCH_DIR/data" --listen "127.0.0.1:$PORT" \
+        --admin-listen "" --shards 2 --override "max.connections=$(( IDLE + SLOW + 1000 ))"
+    broker_wait_ready "$log" 100 "$BIN" topics --bootstrap "127.0.0.1:$PORT" list || exit 1
 }
 
 for run in $(seq 1 "$RUNS"); do
@@ -120,7 +106,7 @@ for run in $(seq 1 "$RUNS"); do
             wait "$HOLD_PID" 2>/dev/null || true
             HOLD_PID=""
         fi
-        stop_broker
+        broker_stop
         "$PYTHON" - "$json" "$scenario" "$run" "$(cat "$peak_file")" "$rss_idle" "$IDLE" "$SLOW" >>"$RESULTS" <<'EOF'
 import json, sys
 path, scenario, run, peak, idle_rss, idle, slow = sys.argv[1:]

@@ -1,0 +1,43 @@
+# shellcheck shell=bash
+# Broker lifecycle for the benchmark scripts (sourced by scripts/bench.sh, fetch-bench.sh and
+# idle-conns-bench.sh, never run): one broker process at a time, its PID in BROKER_PID.
+# Must never: signal any process but the one broker_launch started (no kill by name).
+
+BROKER_PID=""
+
+# broker_launch LOG COMMAND...: starts COMMAND (a `sluice serve` line, after `env VAR=...` or a
+# wrapper such as taskset that execs it) in the background, output appended to LOG.
+broker_launch() {
+    local log="$1"
+    shift
+    "$@" >>"$log" 2>&1 &
+    BROKER_PID=$!
+}
+
+# broker_wait_ready LOG TRIES PROBE...: runs PROBE every 0.1 s until it succeeds. Fails (status
+# 1, with the end of LOG) as soon as the broker has exited, or after TRIES probes.
+broker_wait_ready() {
+    local log="$1" tries="$2"
+    shift 2
+    local _
+    for _ in $(seq 1 "$tries"); do
+        "$@" >/dev/null 2>&1 && return 0
+        if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+            echo "the broker exited at start-up; the end of $log:" >&2
+            tail -5 "$log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "the broker did not come up within $tries probes; see $log" >&2
+    return 1
+}
+
+# broker_stop: SIGTERM (a clean shutdown) and wait; nothing when no broker runs. Safe in an EXIT
+# trap.
+broker_stop() {
+    [[ -n "$BROKER_PID" ]] || return 0
+    kill -TERM "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+}
