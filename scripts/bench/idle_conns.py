@@ -25,30 +25,20 @@ import resource
 import signal
 import socket
 import statistics
-import struct
 import sys
 import time
+from pathlib import Path
+
+# The slow consumer and the RSS reading are test_bounded_memory.py's, from the integration
+# tests' helpers (as tests/integration/chaos.py is shared with scripts/chaos.sh); the section
+# markers are report.py's, beside this file.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "integration"))
+from helpers import rss_kib, slow_consumer  # noqa: E402
+from report import replace_section  # noqa: E402
 
 FETCH_MAX_BYTES = 50 * 1024 * 1024
 FETCHES_PER_SLOW_CONSUMER = 4
-BEGIN = "<!-- idle-conns-bench:begin -->"
-END = "<!-- idle-conns-bench:end -->"
-
-
-def kafka_string(text):
-    data = text.encode()
-    return struct.pack(">h", len(data)) + data
-
-
-def fetch_frame(topic, partitions, correlation_id):
-    parts = b"".join(
-        struct.pack(">iqi", p, 0, FETCH_MAX_BYTES) for p in range(partitions)
-    )
-    body = struct.pack(">iiiib", -1, 500, 1, FETCH_MAX_BYTES, 0)
-    body += struct.pack(">i", 1) + kafka_string(topic) + struct.pack(">i", partitions) + parts
-    header = struct.pack(">hhi", 1, 4, correlation_id) + kafka_string("idle-conns-bench")
-    payload = header + body
-    return struct.pack(">i", len(payload)) + payload
+SECTION = "idle-conns-bench"
 
 
 def hold(args):
@@ -61,25 +51,13 @@ def hold(args):
     for _ in range(args.idle):
         sockets.append(socket.create_connection((host, int(port)), timeout=30))
     for _ in range(args.slow):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect((host, int(port)))
-        for n in range(FETCHES_PER_SLOW_CONSUMER):
-            sock.sendall(fetch_frame(args.topic, args.partitions, n + 1))
-        sockets.append(sock)
+        sockets.append(slow_consumer(host, int(port), args.topic, args.partitions,
+                                     FETCHES_PER_SLOW_CONSUMER, FETCH_MAX_BYTES))
     with open(args.ready, "w") as ready:
         ready.write(f"{len(sockets)}\n")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
         time.sleep(1)
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def rss_peak(args):
@@ -120,7 +98,6 @@ def section(args):
     )
     mib = lambda kib: None if kib is None else kib / 1024  # noqa: E731
     lines = [
-        BEGIN,
         "## Idle connections and slow consumers",
         "",
         f"Produce throughput (`sluice bench produce`, acks=all) and broker RSS (peak VmRSS while "
@@ -141,22 +118,8 @@ def section(args):
         "the extra connections opened.",
         "",
         f"Command: `{args.command}`",
-        END,
     ]
-    text = "\n".join(lines) + "\n"
-    try:
-        with open(args.out) as handle:
-            current = handle.read()
-    except FileNotFoundError:
-        current = ""
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        current = head + text.rstrip("\n") + tail
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    with open(args.out, "w") as handle:
-        handle.write(current)
+    replace_section(args.out, SECTION, "\n".join(lines))
 
 
 def main():

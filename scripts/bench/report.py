@@ -468,10 +468,32 @@ def write_report(rows, meta, out_path, fetch=None):
 # Sections other scripts write into the same file between these markers
 # (scripts/chaos.sh runs, scripts/idle-conns-bench.sh, scripts/fuzz.sh runs); a rewrite of the
 # report keeps them as they are.
-KEPT_SECTIONS = tuple(
-    (f"<!-- {name}:begin -->", f"<!-- {name}:end -->")
-    for name in ("chaos", "idle-conns-bench", "fuzzing")
-)
+def section_markers(name):
+    """The begin and end markers of the section NAME."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+KEPT_SECTIONS = tuple(section_markers(name) for name in ("chaos", "idle-conns-bench", "fuzzing"))
+
+
+def replace_section(path, name, body):
+    """Writes `body` (Markdown, without markers) as the section NAME of the file at `path`: in
+    place of the text between its markers when they are there, appended otherwise."""
+    begin, end = section_markers(name)
+    text = begin + "\n" + body.strip("\n") + "\n" + end
+    try:
+        with open(path) as handle:
+            current = handle.read()
+    except FileNotFoundError:
+        current = ""
+    if begin in current and end in current.split(begin, 1)[1]:
+        head, rest = current.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        current = head + text + tail
+    else:
+        current = current.rstrip("\n") + "\n\n" + text + "\n"
+    with open(path, "w") as handle:
+        handle.write(current)
 
 
 def kept_sections(path):

@@ -581,6 +581,47 @@ def parse_record_batches(data: bytes):
 
 
 # ---------------------------------------------------------------------------------------------
+# Slow consumers and RSS (test_bounded_memory.py and scripts/bench/idle_conns.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def slow_fetch_request(topic: str, partitions: int, correlation_id: int, max_bytes: int) -> bytes:
+    """Fetch v4 from offset 0 of every partition, asking for `max_bytes` each (and in all)."""
+    body = (
+        i32(-1)
+        + i32(500)  # max_wait_ms
+        + i32(1)  # min_bytes
+        + i32(max_bytes)
+        + i8(0)
+        + array([string(topic) + array([i32(p) + i64(0) + i32(max_bytes)
+                                        for p in range(partitions)])])
+    )
+    return frame(request_header(API_FETCH, 4, correlation_id) + body)
+
+
+def slow_consumer(host: str, port: int, topic: str, partitions: int, fetches: int,
+                  max_bytes: int) -> socket.socket:
+    """A socket that pipelines `fetches` Fetch requests for a lot and reads nothing (a tiny
+    receive buffer, never drained)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    for n in range(fetches):
+        sock.sendall(slow_fetch_request(topic, partitions, n + 1, max_bytes))
+    return sock
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of `pid` in KiB; ProcessLookupError when it has exited (no status, or a zombie's
+    status without VmRSS)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise ProcessLookupError(f"no VmRSS line for pid {pid}: it has exited")
+
+
+# ---------------------------------------------------------------------------------------------
 # Idempotent producers
 # ---------------------------------------------------------------------------------------------
 

@@ -30,19 +30,18 @@ import threading
 import time
 
 from helpers import (
-    API_FETCH,
     API_PRODUCE,
     array,
     confluent_producer,
     create_topic,
     encode_record_batch,
     frame,
-    i8,
     i16,
     i32,
-    i64,
     kbytes,
     request_header,
+    rss_kib,
+    slow_consumer,
     string,
     unique_topic,
     wait_until,
@@ -76,11 +75,7 @@ RSS_OVER_BASELINE_MIB = 4 * TAIL_CACHE_MIB * SHARDS + QUEUED_REQUEST_MIB + 9 + 1
 
 
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS line")
+    return rss_kib(pid) / 1024
 
 
 def raise_fd_limit(needed: int):
@@ -89,31 +84,6 @@ def raise_fd_limit(needed: int):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(needed, soft)), hard))
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert soft >= needed, f"RLIMIT_NOFILE {soft} < {needed}: raise the hard limit to run this test"
-
-
-def fetch_request(topic: str, partitions: int, correlation_id: int) -> bytes:
-    """Fetch v4 from offset 0 of every partition, asking for FETCH_MAX_BYTES each."""
-    body = (
-        i32(-1)
-        + i32(500)  # max_wait_ms
-        + i32(1)  # min_bytes
-        + i32(FETCH_MAX_BYTES)
-        + i8(0)
-        + array(
-            [string(topic) + array([i32(p) + i64(0) + i32(FETCH_MAX_BYTES) for p in range(partitions)])]
-        )
-    )
-    return frame(request_header(API_FETCH, 4, correlation_id) + body)
-
-
-def slow_consumer(host: str, port: int, topic: str, partitions: int) -> socket.socket:
-    """A socket that asks for a lot and reads nothing (a tiny receive buffer, never drained)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((host, port))
-    for n in range(FETCHES_PER_SLOW_CONSUMER):
-        sock.sendall(fetch_request(topic, partitions, n + 1))
-    return sock
 
 
 class Producing:
@@ -188,7 +158,8 @@ def test_rss_and_throughput_hold_with_2000_idle_connections_and_slow_consumers(b
         for _ in range(N_IDLE):
             idle.append(socket.create_connection((host, int(port)), timeout=30))
         for _ in range(N_SLOW):
-            slow.append(slow_consumer(host, int(port), topic, 2))
+            slow.append(slow_consumer(host, int(port), topic, 2, FETCHES_PER_SLOW_CONSUMER,
+                                      FETCH_MAX_BYTES))
         loaded = producing.run(PHASE_S)
         # The slow consumers' responses are still stuck in their sockets: the broker has to
         # keep holding them while the producer runs.
