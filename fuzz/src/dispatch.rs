@@ -6,7 +6,9 @@
 //!
 //! Waits are bounded so one input cannot stall the fuzzer: the fetch wait cap and the initial
 //! rebalance delay are 0, session timeouts are capped at 1 s, and each request gets
-//! [`REQUEST_WAIT`] before it is dropped as a closing connection would drop it. State (topics,
+//! [`REQUEST_WAIT`] before it is dropped as a closing connection would drop it; a stream stops
+//! once its requests took [`STREAM_TIME_MAX`] together, so an input of many waiting frames stays
+//! well inside libFuzzer's `-timeout` (scripts/fuzz.sh sets 10 s). State (topics,
 //! groups, records) carries over between inputs, like a long-lived broker; the broker is shut
 //! down and rebuilt on a new directory every [`REQUESTS_PER_BROKER`] requests or when inputs
 //! created more than [`TOPICS_MAX`] topics, so disk and memory stay bounded over millions of
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sluice::config::{BrokerConfig, Settings};
@@ -30,6 +32,9 @@ use sluice_net::header::RequestHeader;
 
 /// Longest a request may take before it is dropped (group joins legitimately wait for members).
 pub const REQUEST_WAIT: Duration = Duration::from_millis(200);
+/// Longest one input's stream is served: 16 KiB hold hundreds of frames, and at
+/// [`REQUEST_WAIT`] each they would run into libFuzzer's timeout and be reported as hangs.
+pub const STREAM_TIME_MAX: Duration = Duration::from_millis(1500);
 /// Requests a broker serves before it is rebuilt on a fresh directory.
 pub const REQUESTS_PER_BROKER: u64 = 20_000;
 /// Topics the inputs may create (auto-creation, CreateTopics) before the broker is rebuilt.
@@ -104,14 +109,22 @@ impl Broker {
     }
 
     /// Feeds `data` as a connection's byte stream: frames are split as the connection splits
-    /// them and dispatched in order until one is malformed or answered by a close.
+    /// them and dispatched in order until one is malformed, answered by a close, or the
+    /// stream has taken [`STREAM_TIME_MAX`].
     pub fn serve_stream(&mut self, data: &[u8]) -> Vec<Outcome> {
+        self.serve_stream_within(data, STREAM_TIME_MAX)
+    }
+
+    /// [`Broker::serve_stream`] with its own time budget: no further frame is dispatched once
+    /// the frames so far took `time_max` (the frame running when it passes finishes).
+    pub fn serve_stream_within(&mut self, data: &[u8], time_max: Duration) -> Vec<Outcome> {
+        let started = Instant::now();
         let mut buf = BytesMut::from(data);
         let mut outcomes = Vec::new();
         while let Ok(Some(frame)) = next_frame(&mut buf, REQUEST_BYTES_MAX) {
             let outcome = self.serve_frame(frame);
             outcomes.push(outcome);
-            if outcome == Outcome::Close {
+            if outcome == Outcome::Close || started.elapsed() >= time_max {
                 break;
             }
         }
@@ -236,10 +249,9 @@ async fn build_shard(
         ring_entries: config.ring_entries,
     })
     .expect("shard storage");
-    let mut group_config = sluice_group::GroupConfig::new(config.data_dir.clone());
-    group_config.initial_rebalance_delay_ms = 0;
-    group_config.session_timeout_ms_min = 1;
-    group_config.session_timeout_ms_max = 1000;
+    storage.set_append_queue_bytes_max(config.append_queue_bytes_max);
+    // `config()` set the group limits (rebalance delay 0, session timeouts 1..=1000 ms).
+    let group_config = config.groups.clone();
     let offsets_log_config = group_config.offsets_log_config();
     let groups = sluice_group::GroupCoordinator::new(
         group_config,

@@ -95,3 +95,31 @@ fn dispatch_seeds_are_answered() {
         "only {answered} requests of the seeds were answered"
     );
 }
+
+/// An ApiVersions v0 request frame (size prefix, header with a null client id, empty body).
+fn api_versions_frame(correlation_id: i32) -> Vec<u8> {
+    let mut frame = 10i32.to_be_bytes().to_vec();
+    frame.extend_from_slice(&18i16.to_be_bytes());
+    frame.extend_from_slice(&0i16.to_be_bytes());
+    frame.extend_from_slice(&correlation_id.to_be_bytes());
+    frame.extend_from_slice(&(-1i16).to_be_bytes());
+    frame
+}
+
+/// A stream stops once its time budget is spent, so hundreds of frames that each wait up to
+/// `REQUEST_WAIT` cannot run an input into libFuzzer's timeout.
+#[test]
+fn dispatch_stream_stops_when_its_time_is_spent() {
+    let stream: Vec<u8> = (0..3).flat_map(api_versions_frame).collect();
+    let mut broker = sluice_fuzz::dispatch::Broker::start();
+    let all = broker.serve_stream_within(&stream, std::time::Duration::from_secs(60));
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(
+        all.iter()
+            .all(|o| matches!(o, sluice_fuzz::dispatch::Outcome::Frame(_))),
+        "{all:?}"
+    );
+    let spent = broker.serve_stream_within(&stream, std::time::Duration::ZERO);
+    assert_eq!(spent.len(), 1, "{spent:?}");
+    assert!(sluice_fuzz::dispatch::STREAM_TIME_MAX < std::time::Duration::from_secs(10));
+}
