@@ -13,6 +13,9 @@
 # values is a finding. One libFuzzer process at a time, on one core (no -jobs/-workers): the figures are per core.
 # Seeds are read from fuzz/corpus/<target>/ (kept in the repository, never written here); what a
 # run discovers goes to fuzz/target/corpus-work/<target>/ and crashes to fuzz/artifacts/<target>/.
+# --smoke starts from the seeds alone, in a fresh temporary working corpus, with a fixed -seed:
+# libFuzzer replays its whole working corpus before -max_total_time counts, so a corpus-work grown
+# by long runs would make the smoke phase unbounded, and a random seed would make it unrepeatable.
 # Every run has libFuzzer's -rss_limit_mb (and -malloc_limit_mb, which only a sanitizer build
 # enforces) set, so memory driven by input beyond them is a finding, not just a slow run.
 # On stable Rust (no nightly installed) cargo fuzz runs with RUSTC_BOOTSTRAP=1 and
@@ -34,15 +37,16 @@ ASAN=auto
 # Long runs use an optimised build; the smoke run (the test command's phase) an unoptimised one,
 # which builds in less than half the time (its 5 s per target need no speed).
 PROFILE=release
+SMOKE=0
 TARGETS=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --smoke) MODE=seconds; AMOUNT=5; ASAN=no; PROFILE=dev ;;
+        --smoke) MODE=seconds; AMOUNT=5; ASAN=no; PROFILE=dev; SMOKE=1 ;;
         --runs) MODE=runs; AMOUNT="${2:?--runs N}"; shift ;;
         --seconds) MODE=seconds; AMOUNT="${2:?--seconds N}"; shift ;;
         --asan) ASAN=yes ;;
         --no-asan) ASAN=no ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
         *) TARGETS+=("$1") ;;
     esac
@@ -81,11 +85,15 @@ fi
 # links fail (another filesystem).
 BIN_DIR="$ROOT/fuzz/target/run-bin-$$"
 mkdir -p "$BIN_DIR"
-trap 'rm -rf "$BIN_DIR"' EXIT
+SMOKE_DIR=""
+trap 'rm -rf "$BIN_DIR" ${SMOKE_DIR:+"$SMOKE_DIR"}' EXIT
 for target in "${TARGETS[@]}"; do
     cp -l "$BUILT_DIR/$target" "$BIN_DIR/" 2>/dev/null || cp "$BUILT_DIR/$target" "$BIN_DIR/" \
         || exit 1
 done
+if [ "$SMOKE" -eq 1 ]; then
+    SMOKE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sluice-fuzz-smoke.XXXXXX")" || exit 1
+fi
 
 RSS_LIMIT_MB=2048
 MALLOC_LIMIT_MB=512
@@ -93,18 +101,24 @@ declare -a ROWS=()
 FAILED=0
 for target in "${TARGETS[@]}"; do
     seeds="$ROOT/fuzz/corpus/$target"
-    work="$ROOT/fuzz/target/corpus-work/$target"
     artifacts="$ROOT/fuzz/artifacts/$target"
     log="$ROOT/fuzz/target/fuzz-$target.log"
+    if [ "$SMOKE" -eq 1 ]; then
+        work="$SMOKE_DIR/$target"
+        repeatable=(-seed=1)
+    else
+        work="$ROOT/fuzz/target/corpus-work/$target"
+        repeatable=()
+    fi
     mkdir -p "$work" "$artifacts"
     if [ "$MODE" = runs ]; then limit=(-runs="$AMOUNT"); else limit=(-max_total_time="$AMOUNT"); fi
-    echo "==> $target: ${limit[*]}"
+    echo "==> $target: ${limit[*]} ${repeatable[*]}"
     # Findings of this run only: the artifacts directory keeps those of every earlier run.
     started="$BIN_DIR/started-$target"
     touch "$started"
     "$BIN_DIR/$target" "$work" "$seeds" \
-        "${limit[@]}" -max_len=16384 -timeout=10 -rss_limit_mb=$RSS_LIMIT_MB \
-        -malloc_limit_mb=$MALLOC_LIMIT_MB -print_final_stats=1 \
+        "${limit[@]}" ${repeatable[@]+"${repeatable[@]}"} -max_len=16384 -timeout=10 \
+        -rss_limit_mb=$RSS_LIMIT_MB -malloc_limit_mb=$MALLOC_LIMIT_MB -print_final_stats=1 \
         -artifact_prefix="$artifacts/" >"$log" 2>&1
     rc=$?
     stat() { grep -o "stat::$1: *[0-9]*" "$log" | grep -o '[0-9]*$' | tail -1; }
