@@ -145,7 +145,12 @@ fn probe_direct_io(dir: &Path) -> io::Result<bool> {
         }
         full
     };
-    let probe = dir.join(".sluice-direct-io-probe");
+    // One name per thread: every shard probes the same directory at start, and with a shared
+    // name one shard's remove_file raced another's open (ENOENT on FUSE, which looks up the
+    // name before it creates it).
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let probe = dir.join(format!(".sluice-direct-io-probe-{tid}"));
     let opened = OpenOptions::new()
         .write(true)
         .create(true)
