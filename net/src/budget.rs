@@ -2,7 +2,8 @@
 //! the broker-wide value split over the shards).
 //!
 //! A connection takes a permit for every request frame it has read before handing it on, and
-//! the permit is returned when the response is written (or the connection drops it). A
+//! the permit is returned when the handler has finished with the request (or the connection
+//! drops it), not when the response is written, so a client that never reads cannot hold it. A
 //! connection that cannot get a permit stops reading its socket, so the client is held back
 //! by TCP and nothing is dropped. Must never: refuse a request outright (a frame larger than
 //! the whole budget is admitted alone, once nothing else is in flight), or hand out bytes it

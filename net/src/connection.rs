@@ -9,8 +9,11 @@
 //! (`queued.max.request.bytes`) has room for its bytes and the connection's in-flight queue
 //! (`queued.max.requests`) has room for it; until then the connection does not read its
 //! socket, so the client is held back by TCP and nothing is dropped. The bytes return to the
-//! budget when the response is written. Memory read from one connection and not yet admitted
-//! is at most one frame plus its read buffer.
+//! budget when the handler finishes with the request, not when its response is written: a
+//! client that stops reading its responses must not keep the shard's shared budget, and so
+//! every other connection on the shard, waiting. Its parked responses are bounded by its own
+//! `queued.max.requests`. Memory read from one connection and not yet admitted is at most one
+//! frame plus its read buffer.
 //!
 //! Idle connections (`connections.max.idle.ms`): nothing in flight and nothing read or written
 //! for that long closes the connection with a debug line. A request being handled or a response
@@ -27,7 +30,7 @@ use futures::future::LocalBoxFuture;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-use crate::budget::{RequestBudget, RequestPermit};
+use crate::budget::RequestBudget;
 use crate::fetch::Part;
 use crate::frame::{next_frame, FRAME_PREFIX_BYTES};
 use crate::header::RequestHeader;
@@ -52,8 +55,8 @@ pub struct ConnectionLimits {
     pub idle_ms_max: u64,
 }
 
-/// A request handed to its handler, with the budget bytes it holds until answered.
-type Queued<R> = (tokio::task::JoinHandle<Response<R>>, RequestPermit);
+/// A request handed to its handler; its budget bytes were returned when the handler finished.
+type Queued<R> = tokio::task::JoinHandle<Response<R>>;
 
 /// What the reader and the writer of one connection share for the idle check.
 struct Activity {
@@ -192,8 +195,15 @@ async fn read_requests<H: Handler>(
                 return; // the writer stopped: the socket is gone
             };
             activity.in_flight.set(activity.in_flight.get() + 1);
-            let task = tokio::task::spawn_local(handler.handle(header, body));
-            slot.send((task, permit));
+            let handled = handler.handle(header, body);
+            // The bytes go back as soon as the request is handled: a response the client does
+            // not read must not hold the shard's budget while `write_all` waits on the socket.
+            let task = tokio::task::spawn_local(async move {
+                let response = handled.await;
+                drop(permit);
+                response
+            });
+            slot.send(task);
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(limits.read_buffer_bytes.max(4096));
@@ -252,7 +262,7 @@ async fn write_responses<H: Handler>(
     mut queue_rx: tokio::sync::mpsc::Receiver<Queued<H::Records>>,
     activity: Rc<Activity>,
 ) {
-    while let Some((task, permit)) = queue_rx.recv().await {
+    while let Some(task) = queue_rx.recv().await {
         let response = match task.await {
             Ok(response) => response,
             Err(error) => {
@@ -269,8 +279,7 @@ async fn write_responses<H: Handler>(
                 return;
             }
         };
-        // Answered: its bytes go back to the budget and the idle clock restarts.
-        drop(permit);
+        // Answered: the idle clock restarts.
         activity
             .in_flight
             .set(activity.in_flight.get().saturating_sub(1));

@@ -1,22 +1,34 @@
 """Connection and response limits, against the real broker: `connections.max.idle.ms` closes an
 idle connection (and not one waiting on a long-poll Fetch), `max.connections.per.ip=N` closes
 the N+1th connection at accept and admits again once one closes, and `fetch.max.bytes` caps a
-Fetch that asks for 2^31-1 bytes (the first batch still goes out whole when it alone is larger).
+Fetch that asks for 2^31-1 bytes (the first batch still goes out whole when it alone is larger),
+and a client that never reads its responses does not hold the shard's `queued.max.request.bytes`.
 """
 
+import socket
 import time
 
 from helpers import (
+    API_FETCH,
+    API_PRODUCE,
     ERR_NONE,
     RawConn,
     api_versions,
+    array,
     create_topic,
     encode_record_batch,
     fetch_v4,
+    i8,
+    i16,
+    i32,
+    i64,
+    kbytes,
     parse_record_batches,
     produce_v3,
+    string,
     unique_topic,
     wait_until,
+    watermarks,
 )
 
 IDLE_MS = 1000
@@ -113,3 +125,73 @@ def test_fetch_max_bytes_caps_a_fetch_asking_for_2_31_minus_1(broker_factory):
         batches = parse_record_batches(result.records)
         assert [b.base_offset for b in batches] == [20]
         assert len(result.records) > FETCH_MAX_BYTES
+
+
+QUEUED_BYTES = 1 << 20
+STUCK_BATCH_BYTES = 300 * 1024
+
+
+def test_a_client_that_never_reads_does_not_hold_the_shared_request_budget(broker_factory):
+    # One shard, so both clients draw on the same 1 MiB of queued.max.request.bytes.
+    broker = broker_factory({"queued.max.request.bytes": QUEUED_BYTES}, shards=1)
+    topic = create_topic(broker.bootstrap, unique_topic("stuck"), 1)
+    with RawConn(broker.bootstrap, timeout_s=30) as conn:
+        # 8 MiB in the partition: a Fetch of it outgrows every socket buffer on the way.
+        for i in range(16):
+            batch = encode_record_batch([(b"k", bytes([i]) * (512 * 1024))])
+            assert produce_v3(conn, topic, 0, batch) == (ERR_NONE, i)
+
+    # A client with a tiny receive buffer asks for all of it and never reads, then pipelines
+    # Produce requests worth more than the budget behind it. Their responses stay parked
+    # behind the Fetch response the broker cannot finish writing.
+    stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = broker.bootstrap.rsplit(":", 1)
+    stuck.settimeout(30)
+    stuck.connect((host, int(port)))
+    try:
+        fetch_body = (
+            i32(-1) + i32(0) + i32(1) + i32(16 << 20) + i8(0)
+            + array([string(topic) + array([i32(0) + i64(0) + i32(16 << 20)])])
+        )
+        cid = 1
+        stuck.sendall(_frame(API_FETCH, 4, cid, fetch_body))
+        batch = encode_record_batch([(b"s", b"S" * STUCK_BATCH_BYTES)])
+        produce_body = (
+            string(None) + i16(1) + i32(10000)
+            + array([string(topic) + array([i32(0) + kbytes(batch)])])
+        )
+        # Five frames of 300 KiB: more than the 1 MiB budget if answered bytes were what
+        # returned it, so the fifth would wait and the budget would stay full.
+        for _ in range(5):
+            cid += 1
+            stuck.sendall(_frame(API_PRODUCE, 3, cid, produce_body))
+        # The stuck client's produces are appended (handled) even though never answered.
+        wait_until(
+            lambda: _high_watermark(broker.bootstrap, topic) >= 16 + 5,
+            timeout_s=20,
+            what="the unread client's produces appended",
+        )
+        # Another client on the same shard is served promptly.
+        with RawConn(broker.bootstrap, timeout_s=10) as other:
+            started = time.monotonic()
+            other_batch = encode_record_batch([(b"o", b"O" * STUCK_BATCH_BYTES)])
+            err, _base = produce_v3(other, topic, 0, other_batch)
+            assert err == ERR_NONE
+            assert time.monotonic() - started < 5
+    finally:
+        stuck.close()
+    assert broker.alive()
+
+
+def _frame(api_key, api_version, correlation_id, body):
+    header = i16(api_key) + i16(api_version) + i32(correlation_id) + string("sluice-stuck")
+    payload = header + body
+    return i32(len(payload)) + payload
+
+
+def _high_watermark(bootstrap, topic):
+    try:
+        return watermarks(bootstrap, topic, 0, timeout_s=5)[1]
+    except Exception:  # noqa: BLE001 -- not answered in time: ask again
+        return -1
