@@ -157,6 +157,11 @@ async fn read_requests<H: Handler>(
     queue_tx: tokio::sync::mpsc::Sender<Queued<H::Records>>,
 ) {
     let idle_max = Duration::from_millis(limits.idle_ms_max);
+    // One timer for the connection's life: reads and writes only move `activity.last`, and
+    // the timer, when it fires, re-arms itself from there. A timer per read would register
+    // and unregister with the timer driver on every socket read.
+    let idle = tokio::time::sleep_until(idle_deadline(activity.last.get(), idle_max));
+    tokio::pin!(idle);
     let mut buf = BytesMut::with_capacity(limits.read_buffer_bytes);
     loop {
         loop {
@@ -216,17 +221,9 @@ async fn read_requests<H: Handler>(
         // The read is never cancelled while the connection lives (a cancelled read could lose
         // bytes the kernel already took); the idle timer only decides whether to close.
         let (result, returned) = loop {
-            // A limit too large for the clock never fires.
-            let idle_deadline = activity.last.get().checked_add(idle_max);
-            let idle = async move {
-                match idle_deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 done = &mut read => break done,
-                _ = idle => {
+                () = idle.as_mut() => {
                     let idle_for = activity.last.get().elapsed();
                     if activity.in_flight.get() == 0 && idle_for >= idle_max {
                         tracing::debug!(%peer, idle_ms = idle_for.as_millis() as u64, "closing idle connection (connections.max.idle.ms)");
@@ -237,6 +234,7 @@ async fn read_requests<H: Handler>(
                         // Busy is not idle: the clock restarts when the last answer is written.
                         activity.last.set(Instant::now());
                     }
+                    idle.as_mut().reset(idle_deadline(activity.last.get(), idle_max));
                 }
             }
         };
@@ -253,6 +251,17 @@ async fn read_requests<H: Handler>(
             }
         }
     }
+}
+
+/// When a connection last active at `last` becomes idle; a limit too large for the clock
+/// gives a deadline decades away, which re-arms if it is ever reached.
+fn idle_deadline(last: Instant, idle_max: Duration) -> tokio::time::Instant {
+    const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
+    let deadline = last
+        .checked_add(idle_max)
+        .or_else(|| Instant::now().checked_add(FAR_FUTURE))
+        .unwrap_or(last);
+    deadline.into()
 }
 
 async fn write_responses<H: Handler>(
