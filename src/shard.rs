@@ -243,23 +243,18 @@ impl Shard {
         index: i32,
         f: impl FnOnce(&mut crate::idempotence::ProducerStates) -> T,
     ) -> T {
-        let mut producers = self.producers.borrow_mut();
-        if !producers.contains_key(topic) {
-            producers.insert(topic.to_string(), HashMap::new());
-        }
         // Loaded by `load_producer_states` before the first check; empty if it could not be.
         let limits = self.producer_limits();
-        let states = producers.get_mut(topic).map(|parts| {
-            parts
-                .entry(index)
-                .or_insert_with(|| crate::idempotence::ProducerStates::new(limits))
-        });
-        match states {
-            Some(states) => f(states),
-            None => f(&mut crate::idempotence::ProducerStates::new(
-                self.producer_limits(),
-            )),
-        }
+        let mut producers = self.producers.borrow_mut();
+        // Looked up before `entry`, which would allocate the key on every produce.
+        let parts = match producers.get_mut(topic) {
+            Some(parts) => parts,
+            None => producers.entry(topic.to_string()).or_default(),
+        };
+        let states = parts
+            .entry(index)
+            .or_insert_with(|| crate::idempotence::ProducerStates::new(limits));
+        f(states)
     }
 
     fn producer_limits(&self) -> crate::idempotence::ProducerLimits {
