@@ -86,13 +86,22 @@ impl ProducerState {
     }
 }
 
-/// Permission to append, to be settled with [`ProducerStates::succeeded`] or
+/// Permission to append, to be settled with [`Ticket::succeeded`] or
 /// [`ProducerStates::failed`].
 #[derive(Debug)]
 pub struct Ticket {
     producer_id: i64,
     first_sequence: i32,
     base_offset: Rc<Cell<Option<i64>>>,
+}
+
+impl Ticket {
+    /// The append behind this ticket was written at `base_offset`: a retry of its batch is
+    /// answered with it. Needs no access to the partition's states (the batch entry shares
+    /// the cell), so a successful append does not look them up again.
+    pub fn succeeded(self, base_offset: i64) {
+        self.base_offset.set(Some(base_offset));
+    }
 }
 
 /// What to do with a produce record set.
@@ -322,11 +331,6 @@ impl ProducerStates {
         })
     }
 
-    /// The append behind `ticket` was written at `base_offset`.
-    pub fn succeeded(&mut self, ticket: Ticket, base_offset: i64) {
-        ticket.base_offset.set(Some(base_offset));
-    }
-
     /// The append behind `ticket` failed: its sequences (and any queued after it, which fail
     /// with it) are forgotten, so the producer's retry is appended.
     pub fn failed(&mut self, ticket: Ticket) {
@@ -384,13 +388,13 @@ mod tests {
             states.check([header(7, 0, 0, 10)], NOW),
             Verdict::Duplicate(None)
         ));
-        states.succeeded(t, 100);
+        t.succeeded(100);
         assert!(matches!(
             states.check([header(7, 0, 0, 10)], NOW),
             Verdict::Duplicate(Some(100))
         ));
         let t2 = ticket(states.check([header(7, 0, 10, 5)], NOW));
-        states.succeeded(t2, 110);
+        t2.succeeded(110);
         assert!(matches!(
             states.check([header(7, 0, 10, 5)], NOW),
             Verdict::Duplicate(Some(110))
@@ -401,7 +405,7 @@ mod tests {
     fn gaps_and_old_epochs_are_rejected() {
         let mut states = ProducerStates::default();
         let t = ticket(states.check([header(1, 3, 0, 2)], NOW));
-        states.succeeded(t, 0);
+        t.succeeded(0);
         assert!(matches!(
             states.check([header(1, 3, 5, 1)], NOW),
             Verdict::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
@@ -488,7 +492,7 @@ mod tests {
         let mut states = ProducerStates::default();
         for sequence in 0..7 {
             let t = ticket(states.check([header(2, 0, sequence, 1)], NOW));
-            states.succeeded(t, i64::from(sequence));
+            t.succeeded(i64::from(sequence));
         }
         assert!(matches!(
             states.check([header(2, 0, 6, 1)], NOW),
@@ -511,7 +515,7 @@ mod tests {
     fn an_expired_producer_is_forgotten_and_accepted_at_any_sequence() {
         let mut states = ProducerStates::new(limits(1_000, 100));
         let t = ticket(states.check([header(3, 0, 0, 5)], NOW));
-        states.succeeded(t, 0);
+        t.succeeded(0);
         // Still known just before the expiration: a gap is refused, a retry is a duplicate.
         assert!(matches!(
             states.check([header(3, 0, 9, 1)], NOW + 999),
@@ -524,7 +528,7 @@ mod tests {
         // Idle for producer.id.expiration.ms: no state, so any sequence is accepted (Kafka 4's
         // checkSequence for a producer without a current epoch), and the state starts again.
         let t = ticket(states.check([header(3, 0, 9, 1)], NOW + 1_000));
-        states.succeeded(t, 5);
+        t.succeeded(5);
         assert!(matches!(
             states.check([header(3, 0, 12, 1)], NOW + 1_001),
             Verdict::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
@@ -537,7 +541,7 @@ mod tests {
         let mut other = ProducerStates::new(limits(1_000, 100));
         for producer in 0..4 {
             let t = ticket(other.check([header(producer, 0, 0, 1)], NOW + producer * 100));
-            other.succeeded(t, producer);
+            t.succeeded(producer);
         }
         assert_eq!(other.remove_expired(NOW + 1_150), 2);
         assert_eq!(other.len(), 2);
@@ -548,14 +552,14 @@ mod tests {
         let mut states = ProducerStates::new(limits(1_000_000, 10));
         for producer in 0..10 {
             let t = ticket(states.check([header(producer, 0, 0, 1)], NOW + producer));
-            states.succeeded(t, producer);
+            t.succeeded(producer);
         }
         // Producer 0 writes again, so it is the most recently active.
         let t = ticket(states.check([header(0, 0, 1, 1)], NOW + 20));
-        states.succeeded(t, 10);
+        t.succeeded(10);
         assert_eq!(states.len(), 10);
         let t = ticket(states.check([header(42, 0, 0, 1)], NOW + 21));
-        states.succeeded(t, 11);
+        t.succeeded(11);
         assert!(states.len() <= 10, "{}", states.len());
         // The oldest (producer 1) lost its state: its retry is no longer recognised...
         assert!(matches!(

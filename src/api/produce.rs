@@ -169,10 +169,10 @@ async fn append_on_owner(
     };
     let appended = partition.append(records, ack, 0).await;
     if let Some(ticket) = ticket {
-        shard.with_producer_states(topic, index, |states| match &appended {
-            Ok(info) => states.succeeded(ticket, info.base_offset),
-            Err(_) => states.failed(ticket),
-        });
+        match &appended {
+            Ok(info) => ticket.succeeded(info.base_offset),
+            Err(_) => shard.with_producer_states(topic, index, |states| states.failed(ticket)),
+        }
     }
     match appended {
         Ok(info) => PartitionResult {
