@@ -23,6 +23,7 @@
 //! from the log start from their batch's max timestamp, capped at now.
 
 use std::cell::Cell;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
@@ -195,7 +196,7 @@ impl ProducerStates {
             state.last_append_ms = state.last_append_ms.max(appended_ms);
         }
         states.remove_expired(now_ms);
-        states.make_room(0);
+        states.make_room(now_ms, 0);
         states
     }
 
@@ -218,11 +219,17 @@ impl ProducerStates {
         before - self.producers.len()
     }
 
-    /// Keeps at most `states_max - room` states, dropping the least recently active. When it
-    /// has to drop, it drops a tenth of the cap at once, so a stream of new producer ids costs
-    /// one sort per tenth of the cap rather than one per id.
-    fn make_room(&mut self, room: usize) {
+    /// Keeps at most `states_max - room` states: when over, it drops the expired ones first
+    /// and then, if still over, the least recently active. When it has to drop active ones, it
+    /// drops a tenth of the cap at once, so a stream of new producer ids costs one sort per
+    /// tenth of the cap rather than one per id. Under the cap it costs nothing: expired states
+    /// below it wait for the shard's periodic sweep.
+    fn make_room(&mut self, now_ms: i64, room: usize) {
         let keep_max = self.limits.states_max.saturating_sub(room);
+        if self.producers.len() <= keep_max {
+            return;
+        }
+        self.remove_expired(now_ms);
         if self.producers.len() <= keep_max {
             return;
         }
@@ -277,22 +284,25 @@ impl ProducerStates {
         }
         let first_sequence = first.base_sequence;
         let epoch = first.producer_epoch;
+        // A new producer id at the cap makes room first (the only extra lookup, and only
+        // there); otherwise one entry lookup finds or creates the state.
+        if self.producers.len() >= self.limits.states_max
+            && !self.producers.contains_key(&first.producer_id)
+        {
+            self.make_room(now_ms, 1);
+        }
         let idle_ms_max = self.limits.idle_ms_max;
-        let expired = self
-            .producers
-            .get(&first.producer_id)
-            .is_some_and(|state| now_ms.saturating_sub(state.last_append_ms) >= idle_ms_max);
-        if expired {
-            self.producers.remove(&first.producer_id);
-        }
-        if !self.producers.contains_key(&first.producer_id) {
-            self.remove_expired(now_ms);
-            self.make_room(1);
-        }
-        let state = self
-            .producers
-            .entry(first.producer_id)
-            .or_insert_with(|| ProducerState::new(epoch, first_sequence, now_ms));
+        let state = match self.producers.entry(first.producer_id) {
+            Entry::Occupied(known) => {
+                let state = known.into_mut();
+                // Idle past producer.id.expiration.ms: forgotten, so it starts again as new.
+                if now_ms.saturating_sub(state.last_append_ms) >= idle_ms_max {
+                    *state = ProducerState::new(epoch, first_sequence, now_ms);
+                }
+                state
+            }
+            Entry::Vacant(new) => new.insert(ProducerState::new(epoch, first_sequence, now_ms)),
+        };
         if epoch < state.epoch {
             return Verdict::Reject(
                 code::INVALID_PRODUCER_EPOCH,
@@ -575,6 +585,27 @@ mod tests {
             states.check([header(42, 0, 0, 1)], NOW + 22),
             Verdict::Duplicate(Some(11))
         ));
+    }
+
+    #[test]
+    fn at_the_cap_expired_producers_go_before_active_ones() {
+        let mut states = ProducerStates::new(limits(1_000, 10));
+        // Producers 0..5 last wrote at NOW, 5..10 at NOW + 900.
+        for producer in 0..10 {
+            let at = if producer < 5 { NOW } else { NOW + 900 };
+            let t = ticket(states.check([header(producer, 0, 0, 1)], at));
+            t.succeeded(producer);
+        }
+        // At NOW + 1_000 the first five are expired; a new id makes room from them alone.
+        let t = ticket(states.check([header(42, 0, 0, 1)], NOW + 1_000));
+        t.succeeded(42);
+        assert_eq!(states.len(), 6);
+        for producer in 5..10 {
+            assert!(matches!(
+                states.check([header(producer, 0, 0, 1)], NOW + 1_000),
+                Verdict::Duplicate(Some(p)) if p == producer
+            ));
+        }
     }
 
     #[test]
