@@ -122,6 +122,54 @@ impl sluice_group::TopicLookup for MetadataTopics {
 /// Where appends to a partition wait, in arrival order, while its producer states load.
 type LoadQueue = Rc<tokio::sync::Mutex<()>>;
 
+/// The load gates of the partitions whose producer states are being rebuilt, by (topic,
+/// index). A gate lives only while someone holds a [`LoadPlace`] at it, so an empty map means
+/// no rebuild anywhere on the shard (the produce path's fast check).
+#[derive(Default)]
+struct LoadGates(RefCell<HashMap<(String, i32), LoadQueue>>);
+
+impl LoadGates {
+    fn is_empty(&self) -> bool {
+        self.0.borrow().is_empty()
+    }
+
+    fn contains(&self, key: &(String, i32)) -> bool {
+        self.0.borrow().contains_key(key)
+    }
+
+    /// A place at `key`'s gate (created if none), to wait on with `place.gate.lock()`.
+    fn join(&self, key: (String, i32)) -> LoadPlace<'_> {
+        let gate = self.0.borrow_mut().entry(key.clone()).or_default().clone();
+        LoadPlace {
+            gates: self,
+            key,
+            gate,
+        }
+    }
+}
+
+/// One caller's place at a load gate. Leaving it removes the gate when nobody else holds
+/// one, in `Drop` so that a caller cancelled while waiting or loading (a produce under a
+/// timeout) does not leave the gate behind and push every later produce off the fast path.
+struct LoadPlace<'a> {
+    gates: &'a LoadGates,
+    key: (String, i32),
+    gate: LoadQueue,
+}
+
+impl Drop for LoadPlace<'_> {
+    fn drop(&mut self) {
+        let mut gates = self.gates.0.borrow_mut();
+        // The map's reference and ours: nobody else waits, so later appends need not.
+        let last = gates
+            .get(&self.key)
+            .is_some_and(|gate| Rc::ptr_eq(gate, &self.gate) && Rc::strong_count(gate) == 2);
+        if last {
+            gates.remove(&self.key);
+        }
+    }
+}
+
 /// Everything one shard owns.
 pub struct Shard {
     /// This shard's index.
@@ -150,7 +198,7 @@ pub struct Shard {
     outboxes: RefCell<Vec<Outbox>>,
     /// Partitions whose producer states are being rebuilt from the log: appends to them wait
     /// here, in arrival order (a FIFO async mutex), until the rebuild is in.
-    producer_state_loads: RefCell<HashMap<(String, i32), LoadQueue>>,
+    producer_state_loads: LoadGates,
 }
 
 impl Shard {
@@ -177,7 +225,7 @@ impl Shard {
             producers: RefCell::new(HashMap::new()),
             outboxes: RefCell::new((0..set.count()).map(|_| Outbox::default()).collect()),
             set,
-            producer_state_loads: RefCell::new(HashMap::new()),
+            producer_state_loads: LoadGates::default(),
         }
     }
 
@@ -289,20 +337,17 @@ impl Shard {
                 .is_some_and(|parts| parts.contains_key(&index))
         };
         // The produce path: no rebuild anywhere on the shard, nothing to wait for or allocate.
-        if loaded(self) && self.producer_state_loads.borrow().is_empty() {
+        if loaded(self) && self.producer_state_loads.is_empty() {
             return;
         }
         let key = (topic.to_string(), index);
-        if loaded(self) && !self.producer_state_loads.borrow().contains_key(&key) {
+        if loaded(self) && !self.producer_state_loads.contains(&key) {
             return;
         }
-        let gate = self
-            .producer_state_loads
-            .borrow_mut()
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        let turn = gate.lock().await;
+        // Declared before `turn`, so on cancellation the turn is released first and then the
+        // place left (which removes the gate if it was the last).
+        let place = self.producer_state_loads.join(key);
+        let turn = place.gate.lock().await;
         if !loaded(self) {
             let states = self.rebuilt_producer_states(topic, index).await;
             self.producers
@@ -313,10 +358,7 @@ impl Shard {
                 .or_insert(states);
         }
         drop(turn);
-        // The map's reference and ours: nobody else waits, so later appends need not.
-        if Rc::strong_count(&gate) == 2 {
-            self.producer_state_loads.borrow_mut().remove(&key);
-        }
+        drop(place);
     }
 
     /// A partition's producer states from the newest batch headers of its log.
@@ -457,5 +499,57 @@ async fn forward_outbox(shard: Rc<Shard>, target: usize) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> (String, i32) {
+        ("t".to_string(), 0)
+    }
+
+    fn block_on(test: impl Future<Output = ()>) {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(test);
+    }
+
+    #[test]
+    fn a_load_cancelled_while_loading_leaves_no_gate() {
+        block_on(async {
+            let gates = LoadGates::default();
+            let mut loading = Box::pin(async {
+                let place = gates.join(key());
+                let _turn = place.gate.lock().await;
+                // The rebuild, never finishing: the caller is dropped here.
+                std::future::pending::<()>().await;
+            });
+            assert!(futures::poll!(loading.as_mut()).is_pending());
+            assert!(gates.contains(&key()));
+            drop(loading);
+            assert!(gates.is_empty(), "a cancelled load left its gate");
+        });
+    }
+
+    #[test]
+    fn a_waiter_cancelled_after_the_load_leaves_no_gate() {
+        block_on(async {
+            let gates = LoadGates::default();
+            let owner = gates.join(key());
+            let turn = owner.gate.lock().await;
+            let mut waiter = Box::pin(async {
+                let place = gates.join(key());
+                let _turn = place.gate.lock().await;
+            });
+            assert!(futures::poll!(waiter.as_mut()).is_pending());
+            drop(turn);
+            drop(owner);
+            assert!(gates.contains(&key()), "kept for the waiter");
+            drop(waiter);
+            assert!(gates.is_empty(), "a cancelled waiter left the gate");
+        });
     }
 }
