@@ -3,7 +3,8 @@
 //! Every change is validated against the current snapshot, appended to the metadata log
 //! (durable), applied on the owning shards (partitions opened or deleted), and only then
 //! published. Changes are serialized by an async lock held across that whole sequence; this
-//! is the cold path (topic admin), never produce or fetch. Must never: publish a change that
+//! is the cold path (topic admin), never produce or fetch. Handing out a producer id takes
+//! the lock only to reserve a new block of ids. Must never: publish a change that
 //! is not in the log.
 
 use std::collections::BTreeMap;
@@ -35,9 +36,9 @@ pub type AdminError = (i16, String);
 
 /// The single metadata writer.
 pub struct Controller {
-    /// Locked only inside `commit`, which runs under `lock`.
-    log: tokio::sync::Mutex<MetadataLog>,
-    lock: tokio::sync::Mutex<()>,
+    /// Serializes changes: held across validate, append, apply and publish. The log lives
+    /// inside it, so appending to it needs no second lock.
+    lock: tokio::sync::Mutex<MetadataLog>,
     /// Next producer id to hand out and the end of the reserved block (-1: not loaded yet).
     producer_ids: std::cell::Cell<(i64, i64)>,
 }
@@ -49,26 +50,24 @@ impl Controller {
     /// Takes ownership of the metadata log.
     pub fn new(log: MetadataLog) -> Self {
         Self {
-            log: tokio::sync::Mutex::new(log),
-            lock: tokio::sync::Mutex::new(()),
+            lock: tokio::sync::Mutex::new(log),
             producer_ids: std::cell::Cell::new((-1, -1)),
         }
     }
 
     /// Appends `record` durably (through shard 0's storage ring, so the shard thread never
-    /// waits on the disk) and returns the snapshot it makes. Callers hold `lock`.
+    /// waits on the disk) and returns the snapshot it makes. Callers hold `lock`, whose
+    /// guard gives them `log`.
     async fn commit(
-        &self,
+        log: &mut MetadataLog,
         shard: &Shard,
         record: MetadataRecord,
     ) -> Result<MetadataSnapshot, AdminError> {
         let ring = shard.storage.ring();
-        let mut log = self.log.lock().await;
         log.append_on(&ring, &record).await.map_err(|error| {
             tracing::error!(%error, "metadata log append failed");
             (code::KAFKA_STORAGE_ERROR, error.to_string())
         })?;
-        drop(log);
         let mut next = (*shard.metadata.load()).clone();
         apply(&mut next, &record);
         Ok(next)
@@ -76,24 +75,48 @@ impl Controller {
 
     /// Hands out a producer id never used before, even across restarts: ids are reserved in
     /// blocks through the metadata log, and a restart starts after the last reserved block.
+    ///
+    /// An id left in the reserved block is handed out without the lock (no await between
+    /// reading and advancing the counter, on one thread), so InitProducerId does not wait
+    /// behind a long CreateTopics; only a refill of the block takes the lock.
     pub async fn allocate_producer_id(&self, shard: &Shard) -> Result<i64, AdminError> {
-        // Two allocations must not both see the block exhausted and hand out the same id.
-        let _guard = self.lock.lock().await;
-        let (mut next, mut end) = self.producer_ids.get();
+        if let Some(id) = self.take_reserved_producer_id(shard) {
+            return Ok(id);
+        }
+        let mut log = self.lock.lock().await;
+        // Another allocation may have refilled the block while this one waited for the lock:
+        // two must not both commit a block and hand out the same ids.
+        if let Some(id) = self.take_reserved_producer_id(shard) {
+            return Ok(id);
+        }
+        let (next, end) = self.reserved_producer_ids(shard);
+        let block_end = end + PRODUCER_ID_BLOCK;
+        let snapshot =
+            Self::commit(&mut log, shard, MetadataRecord::ProducerIds { block_end }).await?;
+        shard.metadata.publish(snapshot);
+        self.producer_ids.set((next + 1, block_end));
+        Ok(next)
+    }
+
+    /// The next unused id and the end of the reserved block (after a restart: the block
+    /// recorded in the metadata log, all of it treated as used).
+    fn reserved_producer_ids(&self, shard: &Shard) -> (i64, i64) {
+        let (next, end) = self.producer_ids.get();
         if next < 0 {
             let reserved = shard.metadata.load().producer_id_block_end;
-            (next, end) = (reserved, reserved);
+            return (reserved, reserved);
         }
+        (next, end)
+    }
+
+    /// Hands out the next id of the reserved block, if one is left.
+    fn take_reserved_producer_id(&self, shard: &Shard) -> Option<i64> {
+        let (next, end) = self.reserved_producer_ids(shard);
         if next >= end {
-            let block_end = end + PRODUCER_ID_BLOCK;
-            let snapshot = self
-                .commit(shard, MetadataRecord::ProducerIds { block_end })
-                .await?;
-            shard.metadata.publish(snapshot);
-            end = block_end;
+            return None;
         }
         self.producer_ids.set((next + 1, end));
-        Ok(next)
+        Some(next)
     }
 
     /// Creates topics (or only validates them).
@@ -103,16 +126,16 @@ impl Controller {
         topics: Vec<NewTopic>,
         validate_only: bool,
     ) -> Vec<Result<Arc<TopicMeta>, AdminError>> {
-        let _guard = self.lock.lock().await;
+        let mut log = self.lock.lock().await;
         let mut results = Vec::with_capacity(topics.len());
         for topic in topics {
-            results.push(self.create_one(shard, topic, validate_only).await);
+            results.push(Self::create_one(&mut log, shard, topic, validate_only).await);
         }
         results
     }
 
     async fn create_one(
-        &self,
+        log: &mut MetadataLog,
         shard: &Rc<Shard>,
         topic: NewTopic,
         validate_only: bool,
@@ -176,7 +199,7 @@ impl Controller {
             configs: meta.configs.clone(),
         };
         let committed = match open_partitions(shard, &meta, 0..partitions).await {
-            Ok(()) => self.commit(shard, record).await,
+            Ok(()) => Self::commit(log, shard, record).await,
             Err(error) => Err(error),
         };
         let next = match committed {
@@ -198,7 +221,7 @@ impl Controller {
         name: Option<String>,
         id: Option<Uuid>,
     ) -> Result<Arc<TopicMeta>, AdminError> {
-        let _guard = self.lock.lock().await;
+        let mut log = self.lock.lock().await;
         let snapshot = shard.metadata.load();
         let topic = match (&name, id) {
             (Some(name), _) if !name.is_empty() => snapshot.topic(name).cloned(),
@@ -217,9 +240,12 @@ impl Controller {
             };
             return Err((unknown, "This server does not host this topic.".into()));
         };
-        let next = self
-            .commit(shard, MetadataRecord::DeleteTopic { id: topic.id })
-            .await?;
+        let next = Self::commit(
+            &mut log,
+            shard,
+            MetadataRecord::DeleteTopic { id: topic.id },
+        )
+        .await?;
         // Publish first so no new request reaches the partitions, then delete them.
         shard.metadata.publish(next);
         delete_partitions(shard, &topic.name).await;
@@ -235,7 +261,7 @@ impl Controller {
         count: i32,
         validate_only: bool,
     ) -> Result<(), AdminError> {
-        let _guard = self.lock.lock().await;
+        let mut log = self.lock.lock().await;
         let topic = existing_topic(shard, name)?;
         if count <= topic.partitions {
             return Err((
@@ -257,15 +283,15 @@ impl Controller {
         // As in create_one: a failure to open leaves the topic as it was, live and in the log
         // (partitions opened before the failure stay unreachable until a retry reuses them).
         open_partitions(shard, &grown, topic.partitions..count).await?;
-        let next = self
-            .commit(
-                shard,
-                MetadataRecord::SetPartitions {
-                    id: topic.id,
-                    partitions: count,
-                },
-            )
-            .await?;
+        let next = Self::commit(
+            &mut log,
+            shard,
+            MetadataRecord::SetPartitions {
+                id: topic.id,
+                partitions: count,
+            },
+        )
+        .await?;
         shard.metadata.publish(next);
         Ok(())
     }
@@ -279,7 +305,7 @@ impl Controller {
         incremental: bool,
         validate_only: bool,
     ) -> Result<(), AdminError> {
-        let _guard = self.lock.lock().await;
+        let mut log = self.lock.lock().await;
         let topic = existing_topic(shard, name)?;
         let mut configs = if incremental {
             topic.configs.clone()
@@ -299,15 +325,15 @@ impl Controller {
         if validate_only {
             return Ok(());
         }
-        let next = self
-            .commit(
-                shard,
-                MetadataRecord::SetConfigs {
-                    id: topic.id,
-                    configs: configs.clone(),
-                },
-            )
-            .await?;
+        let next = Self::commit(
+            &mut log,
+            shard,
+            MetadataRecord::SetConfigs {
+                id: topic.id,
+                configs: configs.clone(),
+            },
+        )
+        .await?;
         shard.metadata.publish(next);
         let updated = Arc::new(TopicMeta {
             configs,
@@ -350,7 +376,6 @@ async fn delete_partitions(shard: &Rc<Shard>, name: &str) {
     }
 }
 
-/// Opens partitions `range` of `topic` on their owning shards.
 /// Refuses `added` more partitions when the broker would then hold more than
 /// `max.broker.partitions` (the offsets log's partitions count too): each partition keeps file
 /// descriptors open, and opening tens of thousands in one request ran the process out of them.
@@ -376,6 +401,8 @@ fn check_partition_budget(shard: &Rc<Shard>, added: i32) -> Result<(), AdminErro
     Ok(())
 }
 
+/// Opens partitions `range` of `topic` on their owning shards.
+///
 /// Opens the partitions one at a time, yielding between them: opening a partition does file
 /// work on its shard's thread (the documented startup/open exception), so a request opening
 /// many must leave room for that shard's produce and fetch traffic in between.
