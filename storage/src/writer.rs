@@ -449,9 +449,13 @@ fn start_flush<B: IoBackend>(
         group.staged |= group.pieces.len() > WRITEV_CHAIN_MAX * crate::io::IOV_MAX;
     }
     if groups.is_empty() {
-        if let Some(mut item) = shard.queue.borrow_mut().pop_front() {
+        let head = shard.queue.borrow_mut().pop_front();
+        if let Some(mut item) = head {
             // Cannot happen with a budget of at least two blocks; never spin on it.
             tracing::error!("group commit planned an empty flush; failing the queue head");
+            // Its unwritten bytes leave the queue: count them out, or the queue budget stays
+            // charged with them for good.
+            shard.dequeued(item.data.len() - item.consumed);
             item.fail(&Failure::Write(
                 "internal error: append does not fit the staging buffer".into(),
             ));
