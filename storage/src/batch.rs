@@ -101,9 +101,11 @@ impl RecordBatchHeader {
         LOG_OVERHEAD_BYTES + self.batch_length.max(0) as usize
     }
 
-    /// Offset of the batch's last record.
+    /// Offset of the batch's last record, saturating at `i64::MAX`: the base offset lies outside
+    /// the CRC, so a damaged file can hold any value there and the sum must not overflow.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
 
     /// The compression codec id from the attributes: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd.
@@ -465,6 +467,15 @@ mod tests {
         assert_eq!(header.last_offset_delta, 2);
         assert_eq!(header.size_bytes(), bytes.len());
         assert_eq!(header.max_timestamp, 1_000);
+    }
+
+    #[test]
+    fn last_offset_saturates_on_a_base_offset_near_the_maximum() {
+        let mut bytes = builder::batch(0, &[b"a", b"bb", b"ccc"]);
+        bytes[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&(i64::MAX - 1).to_be_bytes());
+        let header = RecordBatchHeader::parse(&bytes).expect("parses");
+        assert_eq!(header.last_offset_delta, 2);
+        assert_eq!(header.last_offset(), i64::MAX);
     }
 
     #[test]
