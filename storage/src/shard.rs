@@ -472,25 +472,7 @@ pub(crate) fn delete_partition(
         }
     }
     let reason = format!("partition {} was deleted", partition.label());
-    {
-        let mut queue = shard.queue.borrow_mut();
-        let mut removed_bytes = 0usize;
-        queue.retain_mut(|item| {
-            if Rc::ptr_eq(&item.partition, partition) {
-                removed_bytes += item.data.len() - item.consumed;
-                if let Some(waiter) = item.waiter.take() {
-                    let _ = waiter
-                        .sender
-                        .send(Err(crate::AppendError::Storage(reason.clone())));
-                }
-                false
-            } else {
-                true
-            }
-        });
-        drop(queue);
-        shard.dequeued(removed_bytes);
-    }
+    writer::fail_appends(shard, partition, &writer::Failure::Write(reason), &mut []);
     {
         let mut log = partition.log.borrow_mut();
         log.deleted = true;

@@ -813,7 +813,9 @@ pub(crate) fn poison(
     fail_appends(shard, partition, &Failure::Poison(cause), taken);
 }
 
-fn fail_appends(
+/// Fails `partition`'s appends among `taken` (already out of the queue) and removes and fails
+/// its appends still queued, counting their bytes out of the queue budget.
+pub(crate) fn fail_appends(
     shard: &ShardShared,
     partition: &Rc<PartitionShared>,
     failure: &Failure,
