@@ -130,8 +130,6 @@ struct PartFlush {
     records: u64,
     sync: bool,
     failure: Option<Failure>,
-    /// The failure is a failed write (rolled back), not a failed sync (poison).
-    write_failed: bool,
 }
 
 /// Most linked writevs one buffered file write may take.
@@ -386,7 +384,6 @@ fn start_flush<B: IoBackend>(
                     records: 0,
                     sync: false,
                     failure: None,
-                    write_failed: false,
                 });
                 parts.len() - 1
             });
@@ -613,7 +610,6 @@ async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut
                     "write to {} failed: {error}",
                     group.segment.log_path().display()
                 )));
-                part.write_failed = true;
             }
         }
     }
@@ -637,10 +633,8 @@ async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut
         }
     }
     for part in flush.parts.iter() {
-        if part.write_failed {
-            if let Some(failure) = &part.failure {
-                fail_partition(shard, part, failure, &mut flush.taken);
-            }
+        if let Some(failure @ Failure::Write(_)) = &part.failure {
+            fail_partition(shard, part, failure, &mut flush.taken);
         }
     }
     // A sync that failed outside this flush (finalization, a flush.ms sync) poisoned the
@@ -733,7 +727,8 @@ async fn finish_syncs(shard: &ShardShared, mut flush: Flush, mut next: Option<&m
         flush.stats.fsync_ns = sync_started.elapsed().as_nanos() as u64;
     }
     for part in flush.parts.iter_mut() {
-        if !part.sync || part.write_failed {
+        // A failed write was rolled back and its appends failed: nothing of it to sync.
+        if !part.sync || matches!(part.failure, Some(Failure::Write(_))) {
             continue;
         }
         if part.failure.is_none() {
