@@ -478,11 +478,16 @@ impl Partition {
         leader_epoch: i32,
     ) -> Result<AppendInfo, AppendError> {
         let (info, receiver, queue_position) = self.0.enqueue(records, ack, leader_epoch)?;
-        if let Some(shard) = self.0.shard.upgrade() {
-            shard.wait_for_queue_room(queue_position).await;
-        }
         match receiver {
-            None => Ok(info),
+            None => {
+                if let Some(shard) = self.0.shard.upgrade() {
+                    shard.wait_for_queue_room(queue_position).await;
+                }
+                Ok(info)
+            }
+            // No separate wait for room: the writer resolves the receiver only after it took
+            // this append (and so every byte queued before it) or failed it, and both count
+            // those bytes out of the queue first, so the budget already holds by then.
             Some(receiver) => match receiver.await {
                 Ok(result) => result,
                 Err(_) => Err(AppendError::Storage(

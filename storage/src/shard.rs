@@ -110,16 +110,26 @@ impl ShardShared {
     /// but `queue_bytes_max` of them. First come, first served: later appends cannot hold an
     /// earlier one back. Returns at once while shutting down (the writer drains everything).
     pub(crate) async fn wait_for_queue_room(&self, position: u64) {
+        // Most appends fit at once: check before paying for a registered Notified.
+        if self.has_queue_room(position) {
+            return;
+        }
         loop {
             let drained = self.queue_drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            let ahead_bytes = position.saturating_sub(self.dequeued_bytes_total.get());
-            if ahead_bytes <= self.queue_bytes_max.get() as u64 || self.closed.get() {
+            // Checked again after enable: a drain between the first check and the
+            // registration would otherwise be missed.
+            if self.has_queue_room(position) {
                 return;
             }
             drained.await;
         }
+    }
+
+    fn has_queue_room(&self, position: u64) -> bool {
+        let ahead_bytes = position.saturating_sub(self.dequeued_bytes_total.get());
+        ahead_bytes <= self.queue_bytes_max.get() as u64 || self.closed.get()
     }
 }
 
