@@ -44,7 +44,7 @@ pub(crate) type IoFuture = Pin<Box<dyn Future<Output = io::Result<i32>>>>;
 pub(crate) type ReadFuture = Pin<Box<dyn Future<Output = (io::Result<usize>, Vec<u8>)>>>;
 
 /// What the group-commit writer needs from the disk.
-pub(crate) trait IoBackend: 'static {
+pub(crate) trait IoBackend {
     /// Queues `write` and, when `sync`, an fdatasync linked after it. The first future
     /// resolves with the bytes written, the second with the sync's result (-ECANCELED when
     /// the write failed or was short).
@@ -80,7 +80,10 @@ pub(crate) trait IoBackend: 'static {
 
     /// Reads exactly `buf.len()` bytes of `file` at `position`, synchronously: for recovery
     /// at open, the one time a shard thread reads segment files itself.
-    fn recovery_read(&self, file: &File, buf: &mut [u8], position: u64) -> io::Result<()>;
+    fn recovery_read(&self, file: &File, buf: &mut [u8], position: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(buf, position)
+    }
 
     /// Writes `dir/name` whole and fdatasyncs it, on the blocking pool; with `atomic`,
     /// through `name.tmp` renamed over it and a directory fsync, so a crash leaves the old or
@@ -361,11 +364,6 @@ impl IoBackend for RingBackend {
         on_blocking_pool(move || file.set_len(len_bytes))
     }
 
-    fn recovery_read(&self, file: &File, buf: &mut [u8], position: u64) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(buf, position)
-    }
-
     fn write_small_file(
         &self,
         dir: PathBuf,
@@ -410,12 +408,13 @@ impl IoBackend for RingBackend {
     }
 }
 
-/// Reads with plain `pread` on the calling thread: only for recovery at partition open, the
-/// documented exception to "never block the shard". Its futures are ready when returned, so
-/// [`run_ready`] drives them; it refuses writes.
-pub(crate) struct BlockingReads;
+/// Serves reads through the wrapped backend's [`IoBackend::recovery_read`] on the calling
+/// thread: only for recovery at partition open, the documented exception to "never block the
+/// shard", so a fault plan sees (and can fail) these reads like recovery's own. Its futures
+/// are ready when returned, so [`run_ready`] drives them; it refuses writes.
+pub(crate) struct RecoveryReads<'a>(pub(crate) &'a dyn IoBackend);
 
-impl IoBackend for BlockingReads {
+impl IoBackend for RecoveryReads<'_> {
     fn write(
         &self,
         _staging: &Rc<AlignedBuffer>,
@@ -444,8 +443,7 @@ impl IoBackend for BlockingReads {
     }
 
     fn recovery_read(&self, file: &File, buf: &mut [u8], position: u64) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(buf, position)
+        self.0.recovery_read(file, buf, position)
     }
 
     fn write_small_file(
@@ -458,6 +456,8 @@ impl IoBackend for BlockingReads {
         refused_write()
     }
 
+    /// Reads all `len` bytes or fails: recovery reads are exact, so a file shorter than asked
+    /// is an UnexpectedEof error rather than a short count.
     fn read(
         &self,
         fd: RawFd,
@@ -471,25 +471,16 @@ impl IoBackend for BlockingReads {
                 io::ErrorKind::InvalidInput,
                 "read outside its buffer",
             )),
-            Some(target) => loop {
-                // SAFETY: `target` is valid writable memory of the given length; the caller
-                // keeps `fd` open for the call.
-                let read = unsafe {
-                    libc::pread(
-                        fd,
-                        target.as_mut_ptr().cast(),
-                        target.len(),
-                        file_position as libc::off_t,
-                    )
-                };
-                if read >= 0 {
-                    break Ok(read as usize);
-                }
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    break Err(error);
-                }
-            },
+            Some(target) => {
+                // SAFETY: the caller keeps `fd` open for the call; ManuallyDrop keeps this
+                // borrowed view from closing it.
+                let file = std::mem::ManuallyDrop::new(unsafe {
+                    <File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                });
+                self.0
+                    .recovery_read(&file, target, file_position)
+                    .map(|()| len)
+            }
         };
         Box::pin(std::future::ready((result, buffer)))
     }
@@ -498,11 +489,11 @@ impl IoBackend for BlockingReads {
 fn refused_write() -> IoFuture {
     Box::pin(std::future::ready(Err(io::Error::new(
         io::ErrorKind::Unsupported,
-        "BlockingReads only reads",
+        "recovery reads only read",
     ))))
 }
 
-/// Drives a future whose every await is already ready (one built on [`BlockingReads`]) to its
+/// Drives a future whose every await is already ready (one built on [`RecoveryReads`]) to its
 /// end on the calling thread.
 pub(crate) fn run_ready<T>(future: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     let mut future = std::pin::pin!(future);

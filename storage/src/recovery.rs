@@ -260,7 +260,7 @@ fn open_clean(
     )
     .map_err(at("opening", &active_path))?;
     active
-        .ensure_index(interval_bytes)
+        .ensure_index(io, interval_bytes)
         .map_err(at("loading the indexes of", &active_path))?;
     segments.push(active);
     Ok(Recovered {

@@ -273,10 +273,10 @@ impl Segment {
         Ok(plausible.then_some(header))
     }
 
-    /// [`Segment::load_index`] with blocking reads, for recovery at partition open (the
-    /// documented exception to "never block the shard").
-    pub(crate) fn ensure_index(&self, interval_bytes: u32) -> io::Result<()> {
-        crate::io::run_ready(self.load_index(&crate::io::BlockingReads, interval_bytes))
+    /// [`Segment::load_index`] with blocking reads through `io`'s recovery reads, for recovery
+    /// at partition open (the documented exception to "never block the shard").
+    pub(crate) fn ensure_index(&self, io: &dyn IoBackend, interval_bytes: u32) -> io::Result<()> {
+        crate::io::run_ready(self.load_index(&crate::io::RecoveryReads(io), interval_bytes))
     }
 
     /// Ensures the index is in memory: loads `.index`/`.timeindex`, or rebuilds them by

@@ -682,3 +682,61 @@ fn recovery_reads_everything_before_cutting_anything() {
         assert_eq!(read_all(&partition, 0).await, expected);
     });
 }
+
+/// A clean open's index rebuild reads through the seam's recovery reads, so a fault plan
+/// fails it like the rest of recovery (it once read with plain pread, out of the plan's reach).
+#[test]
+fn a_clean_open_rebuilds_the_index_through_recovery_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut expected = Vec::new();
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), false)).expect("open");
+        let partition = storage
+            .open_partition("idx", 0, LogConfig::default())
+            .expect("partition");
+        for tag in 0..12 {
+            let batch = make_batch(tag, 2, 900, 0);
+            let info = partition
+                .append(bytes(batch.clone()), Ack::Durable, 0)
+                .await
+                .expect("append");
+            expected.push(expected_stored(&batch, info.base_offset, 0));
+        }
+        storage.shutdown().await.expect("shutdown");
+    });
+    // Over two index intervals of data and no index files: the clean open rebuilds the
+    // active segment's index from its batch headers.
+    let partition_dir = dir.path().join("idx-0");
+    for name in [
+        "00000000000000000000.index",
+        "00000000000000000000.timeindex",
+    ] {
+        match std::fs::remove_file(partition_dir.join(name)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => panic!("removing {name}: {error}"),
+        }
+    }
+    tokio_uring::start(async {
+        let plan = FaultPlan::new();
+        let storage =
+            ShardStorage::open_with_faults(storage_config(dir.path(), false), plan.clone())
+                .expect("open");
+        plan.fail_next_recovery_read(libc::EIO);
+        let error = match storage.open_partition("idx", 0, LogConfig::default()) {
+            Ok(_) => panic!("the index rebuild's read error was ignored"),
+            Err(error) => error,
+        };
+        let StorageError::Io { context, source } = &error else {
+            panic!("expected an I/O error, got {error:?}");
+        };
+        assert!(context.contains("indexes"), "{context}");
+        assert_eq!(source.raw_os_error(), Some(libc::EIO));
+        assert_eq!(plan.recovery_reads(), 1);
+        let partition = storage
+            .open_partition("idx", 0, LogConfig::default())
+            .expect("the next open rebuilds the index");
+        assert!(plan.recovery_reads() > 1, "{}", plan.recovery_reads());
+        assert_eq!(read_all(&partition, 0).await, expected);
+    });
+}
