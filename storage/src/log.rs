@@ -664,6 +664,11 @@ impl PartitionShared {
                     crate::buffer::DIRECT_IO_ALIGN_BYTES as u64,
                 );
                 let mut block = vec![0u8; (position - block_start) as usize];
+                // A blocking pread on the shard thread: the failure-path exception to "never
+                // block the shard", like recovery at open. It runs only after a failed write of
+                // an oversized append that an earlier flush had partly written (staging and
+                // tail_block may both hold later bytes by now), reads under 4 KiB, and the
+                // partition must have its tail block back before its next append is planned.
                 use std::os::unix::fs::FileExt;
                 if let Err(error) = segment.read.0.read_exact_at(&mut block, block_start) {
                     drop(state);
