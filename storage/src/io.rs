@@ -396,7 +396,7 @@ impl IoBackend for RingBackend {
         let kept = Rc::new(buffer);
         // SAFETY: `target` points into `kept`'s heap block, which the ring keeps alive until
         // the read's CQE; nothing else reads or writes the block before the read resolves.
-        let completion = unsafe { self.ring.submit_owned(entry, kept.clone()) };
+        let completion = unsafe { self.ring.submit_shared(entry, kept.clone()) };
         Box::pin(async move {
             let result = completion.await.map(|read| read as usize);
             // Resolved normally means finished and the ring has dropped its reference; after

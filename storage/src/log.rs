@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::batch::{self, RecordBatchHeader};
 use crate::io::{read_exact, IoBackend};
 use crate::offsets::{HighWatermark, LogEndOffset, LogOffsets};
-use crate::segment::Segment;
+use crate::segment::{self, Segment};
 use crate::shard::ShardShared;
 use crate::stamped::Stamped;
 use crate::tail_cache::PartitionTail;
@@ -382,8 +382,13 @@ impl PartitionShared {
                 context: format!("reading {}", segment.log_path().display()),
                 source: error,
             };
+            let mut headers = segment.headers(
+                io,
+                visible_bytes,
+                segment::short_walk_window_bytes(interval_bytes),
+            );
             let Some((start, header)) = segment
-                .find_batch(io, offset, visible_bytes, interval_bytes)
+                .find_batch(&mut headers, offset, interval_bytes)
                 .await
                 .map_err(io_context)?
             else {
@@ -397,7 +402,7 @@ impl PartitionShared {
             let mut end = start + first_len;
             // Jump over the whole batches the index vouches for; read headers only for the rest.
             let mut next = match segment
-                .indexed_batch_start(io, end, start + u64::from(max_bytes), visible_bytes)
+                .indexed_batch_start(&mut headers, end, start + u64::from(max_bytes))
                 .await
                 .map_err(io_context)?
             {
@@ -405,10 +410,7 @@ impl PartitionShared {
                     end = indexed;
                     Some(header)
                 }
-                None => segment
-                    .header_at(io, end, visible_bytes)
-                    .await
-                    .map_err(io_context)?,
+                None => headers.header_at(end).await.map_err(io_context)?,
             };
             while let Some(header) = next {
                 let length = header.size_bytes() as u64;
@@ -416,10 +418,7 @@ impl PartitionShared {
                     break;
                 }
                 end += length;
-                next = segment
-                    .header_at(io, end, visible_bytes)
-                    .await
-                    .map_err(io_context)?;
+                next = headers.header_at(end).await.map_err(io_context)?;
             }
             let length = (end - start) as u32;
             slice.chunks.push(ReadChunk::File {
@@ -508,8 +507,9 @@ impl PartitionShared {
                 .await
                 .map_err(io_context)?;
             let from = visible_bytes.saturating_sub(remaining_bytes);
+            let mut reader = segment.headers(io, visible_bytes, segment::LONG_WALK_WINDOW_BYTES);
             let mut position = match segment
-                .indexed_batch_start(io, 0, from, visible_bytes)
+                .indexed_batch_start(&mut reader, 0, from)
                 .await
                 .map_err(io_context)?
             {
@@ -518,11 +518,7 @@ impl PartitionShared {
             };
             remaining_bytes = remaining_bytes.saturating_sub(visible_bytes - position);
             let mut headers = Vec::new();
-            while let Some(header) = segment
-                .header_at(io, position, visible_bytes)
-                .await
-                .map_err(io_context)?
-            {
+            while let Some(header) = reader.header_at(position).await.map_err(io_context)? {
                 position += header.size_bytes() as u64;
                 headers.push(header);
             }
@@ -564,8 +560,13 @@ impl PartitionShared {
             if max_ts < timestamp_ms {
                 continue;
             }
+            let mut headers = segment.headers(
+                io,
+                visible_bytes,
+                segment::short_walk_window_bytes(interval_bytes),
+            );
             match segment
-                .find_time(io, timestamp_ms, visible_bytes, interval_bytes)
+                .find_time(&mut headers, timestamp_ms, interval_bytes)
                 .await
             {
                 Ok(Some((_, header))) => {

@@ -186,6 +186,16 @@ impl Ring {
         self.push(entry, Some(Rc::new(keep)))
     }
 
+    /// [`Ring::submit_owned`] with a keep the caller already shares: the ring holds a clone
+    /// of `keep` (no second allocation around it), so the caller can take the memory back
+    /// with `Rc::try_unwrap` once the operation has finished.
+    ///
+    /// # Safety
+    /// As for [`Ring::submit_owned`].
+    pub unsafe fn submit_shared(&self, entry: Entry, keep: Rc<dyn Any>) -> Completion {
+        self.push(entry, Some(keep))
+    }
+
     /// Queues `entries` as one linked chain (IOSQE_IO_LINK on all but the last): each runs
     /// only after the previous succeeded; a failure cancels the rest (-ECANCELED). Returns one
     /// completion per entry, in order, so callers can act on early links (e.g. a write) before

@@ -241,36 +241,22 @@ impl Segment {
         log_path(&self.dir, self.base_offset)
     }
 
-    /// Reads the batch header at `position`; None at the visible end or on bytes that are not
-    /// a plausible header (zero padding, garbage), which end the readable data.
-    pub(crate) async fn header_at(
-        &self,
-        io: &dyn IoBackend,
-        position: u64,
+    /// A header reader over the first `end_bytes` bytes, reading `window_bytes` at a time.
+    pub(crate) fn headers<'a>(
+        &'a self,
+        io: &'a dyn IoBackend,
         end_bytes: u64,
-    ) -> io::Result<Option<RecordBatchHeader>> {
-        if position + batch::HEADER_BYTES as u64 > end_bytes {
-            return Ok(None);
-        }
-        let raw = vec![0u8; batch::HEADER_BYTES];
-        let (result, raw) = read_exact(
+        window_bytes: usize,
+    ) -> HeaderReader<'a> {
+        HeaderReader {
+            segment: self,
             io,
-            self.read.raw_fd(),
-            raw,
-            0,
-            batch::HEADER_BYTES,
-            position,
-        )
-        .await;
-        result?;
-        let Some(header) = RecordBatchHeader::parse(&raw) else {
-            return Ok(None);
-        };
-        let plausible = header.magic == batch::MAGIC_V2
-            && header.batch_length >= (batch::HEADER_BYTES - batch::LOG_OVERHEAD_BYTES) as i32
-            && header.last_offset_delta >= 0
-            && position + header.size_bytes() as u64 <= end_bytes;
-        Ok(plausible.then_some(header))
+            end_bytes,
+            window_bytes: window_bytes.max(batch::HEADER_BYTES),
+            window: Vec::new(),
+            window_start: 0,
+            last_batch_bytes: 0,
+        }
     }
 
     /// [`Segment::load_index`] with blocking reads through `io`'s recovery reads, for recovery
@@ -336,7 +322,8 @@ impl Segment {
         tracing::info!(segment = %self.log_path().display(), "rebuilding segment index from batch headers");
         let mut index = SegmentIndex::default();
         let mut position = 0u64;
-        while let Some(header) = self.header_at(io, position, end_bytes).await? {
+        let mut headers = self.headers(io, end_bytes, LONG_WALK_WINDOW_BYTES);
+        while let Some(header) = headers.header_at(position).await? {
             let relative =
                 (header.last_offset() - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
             index.on_batch(
@@ -353,15 +340,18 @@ impl Segment {
     }
 
     /// Position and header of the batch holding `offset` (or the first batch after it), among
-    /// the first `end_bytes` bytes.
+    /// the bytes `headers` reads.
     pub(crate) async fn find_batch(
         &self,
-        io: &dyn IoBackend,
+        headers: &mut HeaderReader<'_>,
         offset: i64,
-        end_bytes: u64,
         interval_bytes: u32,
     ) -> io::Result<Option<(u64, RecordBatchHeader)>> {
-        self.load_index(io, interval_bytes).await?;
+        debug_assert!(
+            std::ptr::eq(headers.segment, self),
+            "another segment's headers"
+        );
+        self.load_index(headers.io, interval_bytes).await?;
         let relative = (offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
         let mut position = self
             .state
@@ -369,7 +359,7 @@ impl Segment {
             .index
             .as_ref()
             .map_or(0, |index| index.position_for(relative)) as u64;
-        while let Some(header) = self.header_at(io, position, end_bytes).await? {
+        while let Some(header) = headers.header_at(position).await? {
             if header.last_offset() >= offset {
                 return Ok(Some((position, header)));
             }
@@ -384,12 +374,17 @@ impl Segment {
     /// None when the index has no such entry or the entry is stale.
     pub(crate) async fn indexed_batch_start(
         &self,
-        io: &dyn IoBackend,
+        headers: &mut HeaderReader<'_>,
         after_position: u64,
         limit_position: u64,
-        end_bytes: u64,
     ) -> io::Result<Option<(u64, RecordBatchHeader)>> {
-        let limit = limit_position.min(end_bytes).min(u64::from(u32::MAX)) as u32;
+        debug_assert!(
+            std::ptr::eq(headers.segment, self),
+            "another segment's headers"
+        );
+        let limit = limit_position
+            .min(headers.end_bytes)
+            .min(u64::from(u32::MAX)) as u32;
         let Ok(after) = u32::try_from(after_position) else {
             return Ok(None);
         };
@@ -403,8 +398,8 @@ impl Segment {
             return Ok(None);
         };
         let position = u64::from(position);
-        Ok(self
-            .header_at(io, position, end_bytes)
+        Ok(headers
+            .header_at(position)
             .await?
             .filter(|header| header.last_offset() == self.base_offset + i64::from(relative))
             .map(|header| (position, header)))
@@ -413,12 +408,11 @@ impl Segment {
     /// Position and header of the first batch whose max timestamp >= `timestamp_ms`.
     pub(crate) async fn find_time(
         &self,
-        io: &dyn IoBackend,
+        headers: &mut HeaderReader<'_>,
         timestamp_ms: i64,
-        end_bytes: u64,
         interval_bytes: u32,
     ) -> io::Result<Option<(u64, RecordBatchHeader)>> {
-        self.load_index(io, interval_bytes).await?;
+        self.load_index(headers.io, interval_bytes).await?;
         let start_relative = self
             .state
             .borrow()
@@ -427,16 +421,15 @@ impl Segment {
             .map_or(0, |index| index.relative_offset_for_time(timestamp_ms));
         let Some((mut position, _)) = self
             .find_batch(
-                io,
+                headers,
                 self.base_offset + i64::from(start_relative),
-                end_bytes,
                 interval_bytes,
             )
             .await?
         else {
             return Ok(None);
         };
-        while let Some(header) = self.header_at(io, position, end_bytes).await? {
+        while let Some(header) = headers.header_at(position).await? {
             if header.max_timestamp >= timestamp_ms {
                 return Ok(Some((position, header)));
             }
@@ -474,6 +467,99 @@ impl Segment {
                 }
             }
         }
+    }
+}
+
+/// Window of a header walk over a short stretch (a fetch's walk from an index entry to its
+/// target, then over the batches after the last entry it may jump to): one index interval of
+/// batches and the header after them, so such a walk usually takes one read.
+pub(crate) fn short_walk_window_bytes(interval_bytes: u32) -> usize {
+    (interval_bytes as usize).max(4096) + batch::HEADER_BYTES
+}
+
+/// Window of a walk over every header of a long stretch (the recent headers of a log, an
+/// index rebuild): fewer, larger reads.
+pub(crate) const LONG_WALK_WINDOW_BYTES: usize = 256 << 10;
+
+/// Reads the batch headers of one segment's first `end_bytes` bytes through the I/O seam a
+/// window at a time, so a walk over nearby headers costs one read per window rather than one
+/// per 61-byte header. A header outside the window reads a new window starting at it.
+pub(crate) struct HeaderReader<'a> {
+    segment: &'a Segment,
+    io: &'a dyn IoBackend,
+    end_bytes: u64,
+    window_bytes: usize,
+    /// The file's bytes from `window_start`; empty before the first read and after a failed
+    /// one.
+    window: Vec<u8>,
+    window_start: u64,
+    /// Size of the last batch this returned the header of. Batches at least a window long
+    /// mean the next header lies past any window: it is read alone, not with a window of
+    /// bytes the walk skips.
+    last_batch_bytes: u64,
+}
+
+impl HeaderReader<'_> {
+    /// The batch header at `position`; None at the end or on bytes that are not a plausible
+    /// header (zero padding, garbage), which end the readable data.
+    pub(crate) async fn header_at(
+        &mut self,
+        position: u64,
+    ) -> io::Result<Option<RecordBatchHeader>> {
+        let header_bytes = batch::HEADER_BYTES as u64;
+        if position
+            .checked_add(header_bytes)
+            .is_none_or(|header_end| header_end > self.end_bytes)
+        {
+            return Ok(None);
+        }
+        let window_end = self.window_start + self.window.len() as u64;
+        if position < self.window_start || position + header_bytes > window_end {
+            self.fill(position).await?;
+        }
+        let from = (position - self.window_start) as usize;
+        let Some(header) = self.window.get(from..).and_then(RecordBatchHeader::parse) else {
+            return Ok(None);
+        };
+        let plausible = header.magic == batch::MAGIC_V2
+            && header.batch_length >= (batch::HEADER_BYTES - batch::LOG_OVERHEAD_BYTES) as i32
+            && header.last_offset_delta >= 0
+            && position + header.size_bytes() as u64 <= self.end_bytes;
+        if !plausible {
+            return Ok(None);
+        }
+        self.last_batch_bytes = header.size_bytes() as u64;
+        Ok(Some(header))
+    }
+
+    /// Reads the window starting at `position` (at least a header: the caller checked that
+    /// one fits below the end).
+    async fn fill(&mut self, position: u64) -> io::Result<()> {
+        let wanted_bytes = if self.last_batch_bytes >= self.window_bytes as u64 {
+            batch::HEADER_BYTES
+        } else {
+            self.window_bytes
+        };
+        let len = (self.end_bytes - position).min(wanted_bytes as u64) as usize;
+        let mut window = std::mem::take(&mut self.window);
+        window.resize(len, 0);
+        let (result, window) = read_exact(
+            self.io,
+            self.segment.read.raw_fd(),
+            window,
+            0,
+            len,
+            position,
+        )
+        .await;
+        self.window = window;
+        self.window_start = position;
+        if let Err(error) = result {
+            self.window.clear();
+            return Err(error);
+        }
+        debug_assert!(self.window.len() >= batch::HEADER_BYTES);
+        Ok(())
     }
 }
 

@@ -136,3 +136,81 @@ fn a_reopened_segment_loads_its_index_through_the_seam() {
         storage.shutdown().await.expect("shutdown");
     });
 }
+
+/// Header walks read a window of the file at a time, not one read per 61-byte header: over
+/// many small batches a fetch, a time lookup and the recent headers each take a few reads.
+#[test]
+fn header_walks_over_small_batches_read_windows_not_single_headers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let plan = FaultPlan::new();
+        let storage = open(dir.path(), &plan);
+        let partition = storage
+            .open_partition("walk", 0, LogConfig::default())
+            .expect("partition");
+        let mut expected = Vec::new();
+        for round in 0..300u64 {
+            let batch = make_batch(round, 1, 10, 1000 + round as i64);
+            let info = partition
+                .append(bytes(batch.clone()), Ack::Durable, 0)
+                .await
+                .expect("append");
+            expected.push(expected_stored(&batch, info.base_offset, 0));
+        }
+        let batch_bytes = expected[0].len();
+        assert!(batch_bytes < 200, "small batches: {batch_bytes} bytes");
+
+        // A fetch from the middle: the walk from the index entry to offset 150, then from the
+        // last index entry within max_bytes to the end. Several dozen headers each way.
+        let before = plan.read_count();
+        let slice = partition.read(150, 1 << 20, true).await.expect("read");
+        let header_reads = plan.read_count() - before;
+        assert!(
+            header_reads <= 3,
+            "{header_reads} reads for the header walk"
+        );
+        let [ReadChunk::File { length, .. }] = slice.chunks.as_slice() else {
+            panic!("one file chunk: {:?}", slice.chunks.len());
+        };
+        assert_eq!(*length as usize, expected[150..].concat().len());
+        let got = partition
+            .chunk_bytes(&slice.chunks[0])
+            .await
+            .expect("bytes");
+        assert!(
+            got[..] == expected[150..].concat()[..],
+            "the batches from 150 on"
+        );
+
+        let before = plan.read_count();
+        assert_eq!(
+            partition.offset_for_timestamp(1000 + 222).await,
+            Some((222, 1222))
+        );
+        let lookup_reads = plan.read_count() - before;
+        assert!(
+            lookup_reads <= 3,
+            "{lookup_reads} reads for the time lookup"
+        );
+
+        let before = plan.read_count();
+        let headers = partition
+            .recent_batch_headers(1 << 20)
+            .await
+            .expect("headers");
+        let recent_reads = plan.read_count() - before;
+        assert_eq!(headers.len(), 300);
+        assert!(
+            headers
+                .iter()
+                .enumerate()
+                .all(|(index, header)| header.base_offset == index as i64),
+            "oldest first, every batch"
+        );
+        assert!(
+            recent_reads <= 2,
+            "{recent_reads} reads for the recent headers"
+        );
+        storage.shutdown().await.expect("shutdown");
+    });
+}
