@@ -147,6 +147,7 @@ impl GroupCoordinator {
             group_id,
             incarnation,
             &records,
+            true,
             result.as_ref().ok().copied(),
         );
         match result {

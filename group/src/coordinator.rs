@@ -66,6 +66,9 @@ pub(crate) struct Removal {
     pub incarnation: u64,
     /// Offset tombstones first, then the group's own tombstone if it goes.
     pub records: Vec<OffsetsRecord>,
+    /// Whether this removal set the group's `removal_in_flight` (its last offsets expire) and so
+    /// owns clearing it and removing the group; a partial expiry owns neither.
+    pub removes_group: bool,
 }
 
 /// Everything a transition needs besides the group itself.
@@ -411,6 +414,7 @@ impl GroupCoordinator {
                     &removal.group_id,
                     removal.incarnation,
                     &removal.records,
+                    removal.removes_group,
                     result.ok(),
                 );
                 if expired > 0 {
@@ -424,11 +428,18 @@ impl GroupCoordinator {
     /// batch's base offset), each offset goes unless a newer commit replaced it meanwhile, and
     /// a group tombstone removes the group; without it (the append failed), nothing is
     /// removed and the group takes requests again. Returns the number of offsets removed.
+    ///
+    /// `removes_group` says whether the caller is the removal that set `removal_in_flight`
+    /// (DeleteGroups, expiry of the last offsets): only it clears the flag and removes the group.
+    /// Other removals (OffsetDelete, partial expiry) may settle while such a removal is in
+    /// flight and must leave its flag alone, or the group would take commits meanwhile and stay
+    /// after its tombstone is durable.
     pub(crate) fn settle_removal(
         &self,
         group_id: &str,
         incarnation: u64,
         records: &[OffsetsRecord],
+        removes_group: bool,
         durable_at: Option<i64>,
     ) -> usize {
         let mut st = self.shared.state.borrow_mut();
@@ -436,8 +447,9 @@ impl GroupCoordinator {
             return 0;
         };
         let same_group = g.incarnation == incarnation;
+        let owns_flag = same_group && removes_group;
         let Some(base_offset) = durable_at else {
-            if same_group {
+            if owns_flag {
                 g.removal_in_flight = false;
             }
             return 0;
@@ -464,7 +476,7 @@ impl GroupCoordinator {
                 OffsetsRecord::Group { .. } => {}
             }
         }
-        if same_group && g.removal_in_flight {
+        if owns_flag {
             g.removal_in_flight = false;
             let nothing_left = g.offsets.is_empty() && g.members.is_empty();
             if nothing_left && (group_goes || g.persisted.is_none()) {

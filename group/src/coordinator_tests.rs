@@ -892,3 +892,52 @@ fn a_failed_offset_delete_tombstone_deletes_nothing() {
         assert_eq!(fetched(&reopen(&e).await, "t", 1), -1);
     });
 }
+
+/// An OffsetDelete of group "g" for the given partitions of topic "t".
+fn offset_delete_req(partitions: &[i32]) -> OffsetDeleteRequest {
+    let mut od = OffsetDeleteRequest::default();
+    od.group_id = GroupId(s("g"));
+    let mut t =
+        kafka_protocol::messages::offset_delete_request::OffsetDeleteRequestTopic::default();
+    t.name = TopicName(s("t"));
+    t.partitions = partitions
+        .iter()
+        .map(|&index| {
+            let mut p =
+                kafka_protocol::messages::offset_delete_request::OffsetDeleteRequestPartition::default();
+            p.partition_index = index;
+            p
+        })
+        .collect();
+    od.topics = vec![t];
+    od
+}
+
+#[test]
+fn an_offset_delete_settling_during_delete_groups_leaves_the_deletion_its_own() {
+    run(async {
+        let e = env(0).await;
+        let c = &e.c;
+        assert_eq!(
+            commit(c, -1, "", &[("t", 1, 11), ("t", 2, 22)]).await,
+            vec![codes::NONE; 2]
+        );
+        // The OffsetDelete's append is in flight when DeleteGroups starts, and settles first.
+        let deleting_offset = {
+            let c = c.clone();
+            tokio::task::spawn_local(
+                async move { c.offset_delete(offset_delete_req(&[1]), 0).await },
+            )
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(c.delete_group("g").await, codes::NONE);
+        let r = deleting_offset.await.expect("offset delete task");
+        assert_eq!(r.error_code, codes::NONE);
+        // The client was told the group is gone, and the log says so: so must memory.
+        assert!(c.list_groups(&[]).is_empty());
+        assert_eq!(c.describe_group("g", false).group_state.as_str(), "Dead");
+        assert_eq!((fetched(c, "t", 1), fetched(c, "t", 2)), (-1, -1));
+        let reloaded = reopen(&e).await;
+        assert!(reloaded.list_groups(&[]).is_empty());
+    });
+}

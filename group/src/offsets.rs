@@ -516,6 +516,7 @@ impl GroupCoordinator {
                     &group_id,
                     incarnation,
                     &tombstones,
+                    false,
                     result.as_ref().ok().copied(),
                 );
                 if let Err(e) = result {
@@ -612,6 +613,7 @@ pub(crate) fn expire_offsets(st: &mut State, now_ms: i64) {
                 group_id: g.id.clone(),
                 incarnation: g.incarnation,
                 records,
+                removes_group: last_offsets_go,
             });
         }
     }
