@@ -455,7 +455,7 @@ impl GroupCoordinator {
             return 0;
         };
         let mut removed = 0;
-        let mut group_goes = false;
+        let mut group_tombstone_offset = None;
         for (index, record) in records.iter().enumerate() {
             let tombstone_offset = base_offset.saturating_add(index as i64);
             match record {
@@ -472,8 +472,21 @@ impl GroupCoordinator {
                         removed += 1;
                     }
                 }
-                OffsetsRecord::Group { value: None, .. } => group_goes = true,
+                OffsetsRecord::Group { value: None, .. } => {
+                    group_tombstone_offset = Some(tombstone_offset)
+                }
                 OffsetsRecord::Group { .. } => {}
+            }
+        }
+        let group_goes = group_tombstone_offset.is_some();
+        if let Some(tombstone_offset) = group_tombstone_offset.filter(|_| same_group) {
+            // The log no longer holds the metadata (replay drops it at the tombstone), so a
+            // group that stays (a commit landed meanwhile) must not write it back in a snapshot.
+            if g.persisted
+                .as_ref()
+                .is_some_and(|(o, _)| *o <= tombstone_offset)
+            {
+                g.persisted = None;
             }
         }
         if owns_flag {

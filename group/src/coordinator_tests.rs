@@ -941,3 +941,49 @@ fn an_offset_delete_settling_during_delete_groups_leaves_the_deletion_its_own() 
         assert!(reloaded.list_groups(&[]).is_empty());
     });
 }
+
+#[test]
+fn a_group_that_outlives_its_durable_tombstone_snapshots_no_metadata() {
+    run(async {
+        let e = env(0).await;
+        let c = &e.c;
+        // A former consumer group: Empty, its metadata durable, one offset.
+        let (a, b, _generation) = two_member_group(c).await;
+        for m in [a, b] {
+            let mut l = LeaveGroupRequest::default();
+            l.group_id = GroupId(s("g"));
+            l.member_id = s(&m);
+            assert_eq!(c.leave_group(l, 1).await.error_code, codes::NONE);
+        }
+        settle().await;
+        assert_eq!(commit(c, -1, "", &[("t", 1, 11)]).await, vec![codes::NONE]);
+        c.advance_wall_clock_ms(8 * 24 * 3600 * 1000);
+        // A commit of another partition is in flight when expiry removes the group's last
+        // offset and its metadata; the commit lands before the tombstones, so the group stays.
+        let committing = {
+            let c = c.clone();
+            tokio::task::spawn_local(async move { commit(&c, -1, "", &[("t", 2, 22)]).await })
+        };
+        tokio::task::yield_now().await;
+        expiry_pass(c);
+        settle().await;
+        assert_eq!(committing.await.expect("commit task"), vec![codes::NONE]);
+        assert_eq!((fetched(c, "t", 1), fetched(c, "t", 2)), (-1, 22));
+        assert_eq!(c.list_groups(&[]).len(), 1);
+        // The log holds no metadata of the group now: the log alone and a snapshot agree.
+        let from_log = reopen(&e).await;
+        assert_eq!(from_log.list_groups(&[])[0].protocol_type.as_str(), "");
+        drop(from_log);
+        assert!(c
+            .snapshot_partition(offsets_partition_for("g"))
+            .await
+            .expect("snapshot"));
+        let from_snapshot = reopen(&e).await;
+        assert_eq!(fetched(&from_snapshot, "t", 2), 22);
+        assert_eq!(
+            from_snapshot.list_groups(&[])[0].protocol_type.as_str(),
+            "",
+            "the snapshot wrote back metadata the log deleted"
+        );
+    });
+}
