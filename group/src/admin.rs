@@ -142,20 +142,33 @@ impl GroupCoordinator {
             g.removal_in_flight = true;
             (partition, g.incarnation, records)
         };
-        let result = self.append(partition, &records).await;
-        self.settle_removal(
-            group_id,
-            incarnation,
-            &records,
-            true,
-            result.as_ref().ok().copied(),
-        );
-        match result {
-            Ok(_) => {
+        // The append and its settling run in their own task: if this future is dropped (the
+        // connection closed), the removal still settles and clears `removal_in_flight`, instead
+        // of leaving the group refusing every request until a restart.
+        let this = self.clone();
+        let owned_id = group_id.to_string();
+        let removal = tokio::task::spawn_local(async move {
+            let result = this.append(partition, &records).await;
+            this.settle_removal(
+                &owned_id,
+                incarnation,
+                &records,
+                true,
+                result.as_ref().ok().copied(),
+            );
+            result
+        });
+        match removal.await {
+            Ok(Ok(_)) => {
                 tracing::info!(group = group_id, "group deleted");
                 codes::NONE
             }
-            Err(e) => append_error_code(&e),
+            Ok(Err(e)) => append_error_code(&e),
+            Err(e) => {
+                // Only at runtime shutdown (the task was cancelled) or if settling panicked.
+                tracing::warn!(group = group_id, error = %e, "group deletion task did not finish");
+                codes::COORDINATOR_NOT_AVAILABLE
+            }
         }
     }
 }

@@ -987,3 +987,22 @@ fn a_group_that_outlives_its_durable_tombstone_snapshots_no_metadata() {
         );
     });
 }
+
+#[test]
+fn a_dropped_delete_groups_request_still_settles() {
+    run(async {
+        let e = env(0).await;
+        let c = &e.c;
+        assert_eq!(commit(c, -1, "", &[("t", 3, 30)]).await, vec![codes::NONE]);
+        // The request's future is dropped while its tombstones are being appended (as when the
+        // client's connection closes).
+        let dropped = tokio::time::timeout(Duration::ZERO, c.delete_group("g")).await;
+        assert!(dropped.is_err(), "the deletion was still in flight");
+        settle().await;
+        // The deletion completed without its requester: the group is gone, not stuck refusing.
+        assert!(c.list_groups(&[]).is_empty());
+        assert_eq!(commit(c, -1, "", &[("t", 3, 31)]).await, vec![codes::NONE]);
+        assert_eq!(fetched(c, "t", 3), 31);
+        assert_eq!(reopen(&e).await.list_groups(&[]).len(), 1);
+    });
+}
