@@ -1006,3 +1006,25 @@ fn a_dropped_delete_groups_request_still_settles() {
         assert_eq!(reopen(&e).await.list_groups(&[]).len(), 1);
     });
 }
+
+#[test]
+fn a_first_commit_survives_an_expiry_pass_during_its_append() {
+    run(async {
+        let e = env(0).await;
+        let c = &e.c;
+        // A simple consumer's first commit creates the group with no offsets yet; an expiry
+        // pass while its append is in flight finds the group empty and removes it.
+        let committing = {
+            let c = c.clone();
+            tokio::task::spawn_local(async move { commit(&c, -1, "", &[("t", 0, 7)]).await })
+        };
+        tokio::task::yield_now().await;
+        expiry_pass(c);
+        settle().await;
+        assert_eq!(committing.await.expect("commit task"), vec![codes::NONE]);
+        // The client was told the commit is durable, and it is in the log: memory shows it too.
+        assert_eq!(fetched(c, "t", 0), 7);
+        assert_eq!(c.list_groups(&[]).len(), 1);
+        assert_eq!(fetched(&reopen(&e).await, "t", 0), 7);
+    });
+}

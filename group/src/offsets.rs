@@ -61,7 +61,6 @@ pub struct FetchedGroup {
 struct CommitPlan {
     partition: i32,
     group_id: String,
-    incarnation: u64,
     /// (topic, partition, value) of the valid partitions, in record order.
     valid: Vec<(String, i32, OffsetRecordValue)>,
 }
@@ -231,7 +230,6 @@ impl GroupCoordinator {
             return Ok(CommitPlan {
                 partition,
                 group_id,
-                incarnation: 0,
                 valid,
             });
         }
@@ -253,19 +251,18 @@ impl GroupCoordinator {
         Ok(CommitPlan {
             partition,
             group_id,
-            incarnation: g.incarnation,
             valid,
         })
     }
 
+    /// Applies a durable commit as a replay of the log would: each offset unless a later record
+    /// of its key is already applied. The group may have been removed (an expiry pass found it
+    /// empty while this first commit was in flight) or removed and recreated meanwhile; the
+    /// commit's records are in the log all the same and come back on a reload, so the offsets
+    /// go into whichever group now has the id, created if there is none.
     fn apply_commits(&self, plan: &CommitPlan, base_offset: i64) {
         let mut st = self.shared.state.borrow_mut();
-        let Some(g) = st.groups.get_mut(&plan.group_id) else {
-            return;
-        };
-        if g.incarnation != plan.incarnation {
-            return;
-        }
+        let g = st.create_group(&plan.group_id, plan.partition);
         for (i, (topic, partition, value)) in plan.valid.iter().enumerate() {
             let log_offset = base_offset + i as i64;
             let key = (topic.clone(), *partition);
