@@ -417,24 +417,7 @@ impl BrokerConfig {
         let advertised = c.optional_host_port("advertised.listeners");
         let admin_listen = c.optional_socket_addr("admin.listen");
         let shards: usize = c.int("num.shards", 0..=SHARDS_MAX);
-        let timestamp_type = c.one_of(
-            "log.message.timestamp.type",
-            &[
-                ("CreateTime", TimestampType::CreateTime),
-                ("LogAppendTime", TimestampType::LogAppendTime),
-            ],
-        );
-        let log_defaults = LogConfig {
-            segment_bytes: c.int("log.segment.bytes", SEGMENT_BYTES_MIN..=INT_MAX),
-            segment_ms: c.int("log.roll.ms", 1..=i64::MAX),
-            retention_ms: c.int("log.retention.ms", -1..=i64::MAX),
-            retention_bytes: c.int("log.retention.bytes", -1..=i64::MAX),
-            max_message_bytes: c.int("message.max.bytes", BATCH_BYTES_MIN..=INT_MAX),
-            index_interval_bytes: c.int("log.index.interval.bytes", 0..=INT_MAX),
-            flush_messages: c.optional_int("log.flush.interval.messages", 1..=i64::MAX),
-            flush_ms: c.optional_int("log.flush.interval.ms", 0..=i64::MAX),
-            timestamp_type: timestamp_type.unwrap_or(TimestampType::CreateTime),
-        };
+        let log_defaults = read_log_config(c, |broker_name| broker_name);
         let request_bytes_max: usize = c.int("socket.request.max.bytes", 1..=INT_MAX);
         let mut groups = sluice_group::GroupConfig::new(data_dir.clone());
         groups.initial_rebalance_delay_ms = c.int("group.initial.rebalance.delay.ms", 0..=INT_MAX);
@@ -543,42 +526,26 @@ impl BrokerConfig {
         })
     }
 
-    /// The log config of a topic: broker defaults overlaid with the topic's own configs.
-    /// Unknown or malformed topic configs are an error (INVALID_CONFIG).
+    /// The log config of a topic: broker defaults overlaid with the topic's own configs, read
+    /// with the ranges of the broker settings they override (a `segment.ms` of 0 would roll a
+    /// segment on every append, as a `log.roll.ms` of 0 would). Unknown or invalid topic configs
+    /// are an error (INVALID_CONFIG) naming the first problem.
     pub fn topic_log_config(
         &self,
         configs: &BTreeMap<String, String>,
     ) -> Result<LogConfig, String> {
-        let mut log = self.log_defaults.clone();
+        let mut values: BTreeMap<String, String> = TOPIC_CONFIGS
+            .iter()
+            .filter(|(_, broker_key)| !broker_key.is_empty())
+            .map(|(topic_key, broker_key)| {
+                (
+                    topic_key.to_string(),
+                    self.settings.raw(broker_key).to_string(),
+                )
+            })
+            .collect();
         for (key, value) in configs {
-            let bad = |e: &dyn std::fmt::Display| format!("invalid value '{value}' for {key}: {e}");
             match key.as_str() {
-                "segment.bytes" => {
-                    log.segment_bytes = value.parse().map_err(|e| bad(&e))?;
-                    if log.segment_bytes < SEGMENT_BYTES_MIN as u64 {
-                        return Err(format!(
-                            "segment.bytes must be at least {SEGMENT_BYTES_MIN}, got {value}"
-                        ));
-                    }
-                }
-                "segment.ms" => log.segment_ms = value.parse().map_err(|e| bad(&e))?,
-                "retention.ms" => log.retention_ms = value.parse().map_err(|e| bad(&e))?,
-                "retention.bytes" => log.retention_bytes = value.parse().map_err(|e| bad(&e))?,
-                "max.message.bytes" => {
-                    log.max_message_bytes = value.parse().map_err(|e| bad(&e))?
-                }
-                "index.interval.bytes" => {
-                    log.index_interval_bytes = value.parse().map_err(|e| bad(&e))?
-                }
-                "flush.messages" => log.flush_messages = Some(value.parse().map_err(|e| bad(&e))?),
-                "flush.ms" => log.flush_ms = Some(value.parse().map_err(|e| bad(&e))?),
-                "message.timestamp.type" => {
-                    log.timestamp_type = match value.as_str() {
-                        "CreateTime" => TimestampType::CreateTime,
-                        "LogAppendTime" => TimestampType::LogAppendTime,
-                        _ => return Err(bad(&"expected CreateTime or LogAppendTime")),
-                    }
-                }
                 "cleanup.policy" => {
                     if value != "delete" {
                         return Err(format!(
@@ -586,10 +553,19 @@ impl BrokerConfig {
                         ));
                     }
                 }
+                known if values.contains_key(known) => {
+                    values.insert(key.clone(), value.clone());
+                }
                 other => return Err(format!("unknown topic config '{other}'")),
             }
         }
-        Ok(log)
+        let merged = Settings { values };
+        let mut check = Check::new(&merged);
+        let log = read_log_config(&mut check, topic_config_name);
+        match check.errors.into_iter().next() {
+            Some(first) => Err(first.to_string()),
+            None => Ok(log),
+        }
     }
 
     /// The effective value of a topic config (topic override or broker default), as text.
@@ -617,6 +593,39 @@ impl BrokerConfig {
             true,
         ))
     }
+}
+
+/// Reads the log settings through `c`, each under `name(broker setting)`: the broker name
+/// itself for the broker defaults, the topic config name for a topic's overrides, so both are
+/// held to the same ranges.
+fn read_log_config(c: &mut Check, name: impl Fn(&'static str) -> &'static str) -> LogConfig {
+    let timestamp_type = c.one_of(
+        name("log.message.timestamp.type"),
+        &[
+            ("CreateTime", TimestampType::CreateTime),
+            ("LogAppendTime", TimestampType::LogAppendTime),
+        ],
+    );
+    LogConfig {
+        segment_bytes: c.int(name("log.segment.bytes"), SEGMENT_BYTES_MIN..=INT_MAX),
+        segment_ms: c.int(name("log.roll.ms"), 1..=i64::MAX),
+        retention_ms: c.int(name("log.retention.ms"), -1..=i64::MAX),
+        retention_bytes: c.int(name("log.retention.bytes"), -1..=i64::MAX),
+        max_message_bytes: c.int(name("message.max.bytes"), BATCH_BYTES_MIN..=INT_MAX),
+        index_interval_bytes: c.int(name("log.index.interval.bytes"), 0..=INT_MAX),
+        flush_messages: c.optional_int(name("log.flush.interval.messages"), 1..=i64::MAX),
+        flush_ms: c.optional_int(name("log.flush.interval.ms"), 0..=i64::MAX),
+        timestamp_type: timestamp_type.unwrap_or(TimestampType::CreateTime),
+    }
+}
+
+/// The topic config that overrides broker setting `broker_name` (every one
+/// [`read_log_config`] reads has one in [`TOPIC_CONFIGS`]).
+fn topic_config_name(broker_name: &'static str) -> &'static str {
+    TOPIC_CONFIGS
+        .iter()
+        .find(|(_, broker_key)| *broker_key == broker_name)
+        .map_or(broker_name, |(topic_key, _)| topic_key)
 }
 
 #[cfg(test)]
@@ -808,6 +817,37 @@ mod tests {
         let mut topic = BTreeMap::new();
         topic.insert("no.such.config".to_string(), "1".to_string());
         assert!(config.topic_log_config(&topic).is_err());
+        // No overrides: exactly the broker defaults (every log setting has its topic name).
+        let defaults = config.topic_log_config(&BTreeMap::new()).unwrap();
+        assert_eq!(
+            format!("{defaults:?}"),
+            format!("{:?}", config.log_defaults)
+        );
+    }
+
+    #[test]
+    fn topic_configs_are_held_to_the_broker_ranges() {
+        let config = BrokerConfig::from_settings(Settings::default()).unwrap();
+        for (key, value, allowed) in [
+            ("segment.ms", "0", "an integer >= 1"),
+            ("segment.ms", "-1", "an integer >= 1"),
+            (
+                "max.message.bytes",
+                "-5",
+                "an integer from 61 to 2147483647",
+            ),
+            ("segment.bytes", "100", "an integer from 4096 to 2147483647"),
+            ("retention.ms", "-2", "an integer >= -1"),
+            ("flush.messages", "0", "empty (not set) or an integer >= 1"),
+        ] {
+            let topic = BTreeMap::from([(key.to_string(), value.to_string())]);
+            assert_eq!(
+                config.topic_log_config(&topic).unwrap_err(),
+                format!("setting '{key}': invalid value '{value}'; allowed: {allowed}")
+            );
+        }
+        let topic = BTreeMap::from([("segment.ms".to_string(), "1".to_string())]);
+        assert_eq!(config.topic_log_config(&topic).unwrap().segment_ms, 1);
     }
 
     #[test]

@@ -299,3 +299,41 @@ def test_partition_budget_refuses_what_would_exceed_max_broker_partitions(broker
     assert _create_error(admin, NewTopic(unique_topic("fits"), 10, 1)) is None  # 80 held
     d = produce_confluent(broker.bootstrap, name, [(None, b"still-serving")], partition=19)
     assert (d[0].partition, d[0].offset) == (19, 0)
+
+
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")
+def test_out_of_range_topic_configs_are_invalid_config(broker):
+    """Topic configs are held to the ranges of the broker settings they override: a segment.ms
+    of 0 would roll a new segment on every append (one more open file each)."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    admin = confluent_admin(broker.bootstrap)
+    for key, value in [("segment.ms", "0"), ("segment.ms", "-1"), ("max.message.bytes", "-5")]:
+        name = unique_topic("range")
+        err = _create_error(admin, NewTopic(name, 1, 1, config={key: value}))
+        assert err is not None and err.code() == KafkaError.INVALID_CONFIG, (key, value, err)
+        assert key in err.str(), err
+        assert name not in _topic_names(broker.bootstrap)
+
+    name = create_topic(broker.bootstrap, unique_topic("alter"), 1)
+    topic = ConfigResource(ConfigResource.Type.TOPIC, name, set_config={"segment.ms": "0"})
+    with pytest.raises(KafkaException) as refused:
+        admin.alter_configs([topic], request_timeout=15)[topic].result(timeout=20)
+    assert refused.value.args[0].code() == KafkaError.INVALID_CONFIG, refused.value
+    topic = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        name,
+        incremental_configs=[
+            ConfigEntry("max.message.bytes", "-5", incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
+    with pytest.raises(KafkaException) as refused:
+        admin.incremental_alter_configs([topic], request_timeout=15)[topic].result(timeout=20)
+    assert refused.value.args[0].code() == KafkaError.INVALID_CONFIG, refused.value
+    # Neither change was applied: the topic keeps the broker defaults.
+    described = admin.describe_configs(
+        [ConfigResource(ConfigResource.Type.TOPIC, name)], request_timeout=15
+    )
+    entries = next(iter(described.values())).result(timeout=20)
+    assert entries["segment.ms"].value == "604800000", entries["segment.ms"]
+    assert entries["max.message.bytes"].value == "1048588", entries["max.message.bytes"]
