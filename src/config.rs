@@ -177,6 +177,14 @@ impl ConfigError {
         }
     }
 
+    /// The individual problems, owned (one, or each of [`ConfigError::Several`]).
+    fn into_problems(self) -> Vec<ConfigError> {
+        match self {
+            ConfigError::Several(all) => all,
+            one => vec![one],
+        }
+    }
+
     /// The individual problems (one, or each of [`ConfigError::Several`]).
     pub fn problems(&self) -> Vec<&ConfigError> {
         match self {
@@ -285,10 +293,7 @@ pub fn load(
     let mut errors = Vec::new();
     if let Some(path) = config_file {
         if let Err(error) = settings.load_toml(path) {
-            match error {
-                ConfigError::Several(all) => errors.extend(all),
-                one => errors.push(one),
-            }
+            errors.extend(error.into_problems());
         }
     }
     for assignment in overrides {
@@ -303,12 +308,19 @@ pub fn load(
             }
         }
     }
-    match BrokerConfig::checked(settings) {
-        Ok(config) if errors.is_empty() => return Ok(config),
-        Ok(_) => {}
-        Err(invalid) => errors.extend(invalid),
+    match (
+        BrokerConfig::checked(settings),
+        ConfigError::from_all(errors),
+    ) {
+        (Ok(config), None) => Ok(config),
+        (Ok(_), Some(earlier)) => Err(earlier),
+        (Err(invalid), None) => Err(invalid),
+        (Err(invalid), Some(earlier)) => {
+            let mut all = earlier.into_problems();
+            all.extend(invalid.into_problems());
+            Err(ConfigError::Several(all))
+        }
     }
-    Err(ConfigError::from_all(errors).unwrap_or(ConfigError::Several(Vec::new())))
 }
 
 fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
@@ -403,13 +415,11 @@ const INT_MAX: i64 = i32::MAX as i64;
 impl BrokerConfig {
     /// Validates and types `settings`; every problem found is reported (see [`load`]).
     pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
-        Self::checked(settings).map_err(|errors| {
-            ConfigError::from_all(errors).unwrap_or(ConfigError::Several(Vec::new()))
-        })
+        Self::checked(settings)
     }
 
     /// Parses and range-checks every setting and the rules between them.
-    fn checked(settings: Settings) -> Result<Self, Vec<ConfigError>> {
+    fn checked(settings: Settings) -> Result<Self, ConfigError> {
         let mut check = Check::new(&settings);
         let c = &mut check;
         let data_dir = PathBuf::from(c.non_empty("log.dirs"));
@@ -433,24 +443,13 @@ impl BrokerConfig {
         // queue is what lets slow clients exhaust memory.
         let queued_request_bytes_max: usize = c.int("queued.max.request.bytes", 1..=i64::MAX);
         let per_ip_max: usize = c.int("max.connections.per.ip", 0..=INT_MAX);
-        let connections_per_ip = crate::admission::PerIpLimits::parse(
-            per_ip_max,
-            settings.raw("max.connections.per.ip.overrides"),
-        );
-        c.relation(
-            connections_per_ip.is_ok(),
-            &["max.connections.per.ip.overrides"],
-            connections_per_ip
-                .as_ref()
-                .err()
-                .cloned()
-                .unwrap_or_default(),
-        );
+        let connections_per_ip =
+            c.per_ip_limits("max.connections.per.ip.overrides", per_ip_max, 0..=INT_MAX);
         let config = Self {
             queued_request_bytes_max,
             connection_idle_ms_max: c.int("connections.max.idle.ms", 1..=i64::MAX),
             connections_per_ip: connections_per_ip
-                .unwrap_or_else(|_| crate::admission::PerIpLimits::unlimited()),
+                .unwrap_or_else(crate::admission::PerIpLimits::unlimited),
             fetch_bytes_max: c.int("fetch.max.bytes", 1024..=INT_MAX),
             inbox_jobs_max: c.int("shard.inbox.jobs.max", 1..=INT_MAX),
             append_queue_bytes_max: c.int("log.append.queue.bytes.max", 1..=i64::MAX),
@@ -503,8 +502,8 @@ impl BrokerConfig {
                 config.log_defaults.max_message_bytes, config.request_bytes_max
             ),
         );
-        if !check.errors.is_empty() {
-            return Err(check.errors);
+        if let Some(error) = ConfigError::from_all(check.errors) {
+            return Err(error);
         }
         let (advertised_host, advertised_port) = match advertised {
             Some((host, port)) => (host, i32::from(port)),
@@ -866,9 +865,16 @@ mod tests {
             "fetch.max.bytes=100",
             "shard.inbox.jobs.max=0",
             "max.connections.per.ip.overrides=somehost:3",
+            "max.connections.per.ip.overrides=10.1.2.3:2147483648",
+            "max.connections.per.ip.overrides=10.1.2.3:-1",
         ] {
             assert_eq!(problems(&[bad]).len(), 1, "{bad} must be refused");
         }
+        assert_eq!(
+            problems(&["max.connections.per.ip.overrides=10.1.2.3:7,somehost:3"]),
+            ["setting 'max.connections.per.ip.overrides': invalid value '10.1.2.3:7,somehost:3'; \
+              allowed: IP:N,IP:N with IP addresses (no host names) and each N an integer from 0 to 2147483647"]
+        );
         let mut settings = Settings::default();
         settings
             .apply_override("max.connections.per.ip.overrides=10.1.2.3:7")

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 
 use super::{ConfigError, Settings};
+use crate::admission::PerIpLimits;
 
 /// Reads settings, collecting every problem in `errors`. A read that fails returns a
 /// placeholder (the type's default); the caller must not use the result when `errors` is
@@ -138,6 +139,41 @@ impl<'a> Check<'a> {
             self.invalid(key, "a non-empty value");
         }
         raw
+    }
+
+    /// Per-IP connection limits `IP:N,IP:N` over `default_max`, each N within `range`.
+    pub fn per_ip_limits(
+        &mut self,
+        key: &str,
+        default_max: usize,
+        range: RangeInclusive<i64>,
+    ) -> Option<PerIpLimits> {
+        let raw = self.settings.raw(key);
+        // The parser takes any usize; the counts are held to the range here, as
+        // max.connections.per.ip is.
+        let counts_in_range = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .all(|entry| {
+                entry
+                    .rsplit_once(':')
+                    .and_then(|(_, count)| count.parse::<i64>().ok())
+                    .is_some_and(|count| range.contains(&count))
+            });
+        let parsed = PerIpLimits::parse(default_max, raw)
+            .ok()
+            .filter(|_| counts_in_range);
+        if parsed.is_none() {
+            self.invalid(
+                key,
+                format!(
+                    "IP:N,IP:N with IP addresses (no host names) and each N {}",
+                    describe(&range, false)
+                ),
+            );
+        }
+        parsed
     }
 
     /// Records a broken rule between settings unless `holds`.
