@@ -139,10 +139,15 @@ impl State {
     }
 }
 
-/// Maps a failed durable append to the code a coordinator answers with (Kafka maps storage
-/// failures of its offsets log to retriable coordinator errors).
+/// Maps a failed durable append to the code a coordinator answers with. Kafka's group
+/// coordinator answers a storage error of its offsets log (full or failed disk) with
+/// NOT_COORDINATOR, so that the client looks the coordinator up again, and other append
+/// failures with the retriable COORDINATOR_NOT_AVAILABLE.
 pub(crate) fn append_error_code(error: &GroupError) -> i16 {
     match error {
+        GroupError::Storage { code, .. } if *code == sluice_storage::codes::KAFKA_STORAGE_ERROR => {
+            codes::NOT_COORDINATOR
+        }
         GroupError::Storage { code, .. } if *code == sluice_storage::codes::MESSAGE_TOO_LARGE => {
             codes::INVALID_COMMIT_OFFSET_SIZE
         }

@@ -1028,3 +1028,26 @@ fn a_first_commit_survives_an_expiry_pass_during_its_append() {
         assert_eq!(fetched(&reopen(&e).await, "t", 0), 7);
     });
 }
+
+#[test]
+fn append_failures_map_to_the_codes_kafka_answers() {
+    let storage = |code: i16| crate::GroupError::Storage {
+        context: "appending".into(),
+        message: "injected".into(),
+        code,
+    };
+    let code_of = |code: i16| crate::coordinator::append_error_code(&storage(code));
+    // A failed or full disk under the offsets log: the client looks the coordinator up again.
+    assert_eq!(
+        code_of(sluice_storage::codes::KAFKA_STORAGE_ERROR),
+        codes::NOT_COORDINATOR
+    );
+    assert_eq!(
+        code_of(sluice_storage::codes::MESSAGE_TOO_LARGE),
+        codes::INVALID_COMMIT_OFFSET_SIZE
+    );
+    assert_eq!(
+        code_of(codes::COORDINATOR_NOT_AVAILABLE),
+        codes::COORDINATOR_NOT_AVAILABLE
+    );
+}
