@@ -15,10 +15,13 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-/// Allocations at least this large are mapped with `MAP_NORESERVE`. Nothing the broker does
-/// on purpose comes near it: frames are capped by `socket.request.max.bytes` (100 MiB by
-/// default) and every buffer the engine keeps is smaller.
-pub const NORESERVE_FROM_BYTES: usize = 1 << 30;
+/// Allocations at least this large are mapped with `MAP_NORESERVE`. Low enough that an
+/// element count pre-sized from a short hostile frame lands here whatever the element size
+/// (a fuzzed ListOffsets asked for 979 MB, under the former 1 GiB threshold, which also made
+/// AddressSanitizer's allocation limit trip over it); high enough that only the rare large
+/// frame or record buffer the broker really fills is mapped this way, where the system
+/// allocator would also have used a fresh mapping (glibc maps blocks above 32 MiB at most).
+pub const NORESERVE_FROM_BYTES: usize = 64 << 20;
 
 /// Alignment an anonymous mapping always has.
 const PAGE_BYTES: usize = 4096;
@@ -93,6 +96,24 @@ unsafe impl GlobalAlloc for Allocator {
             // SAFETY: a System block resized within System.
             return unsafe { System.realloc(pointer, layout, new_size) };
         }
+        if mapped(layout) && mapped(new_layout) {
+            // A mapping grows or shrinks in place or moves without copying its pages.
+            // SAFETY: `pointer` is a live mapping of `layout.size()` bytes made by `map`; on
+            // failure mremap leaves it untouched and the caller keeps it.
+            let moved = unsafe {
+                libc::mremap(
+                    pointer.cast(),
+                    layout.size(),
+                    new_size,
+                    libc::MREMAP_MAYMOVE,
+                )
+            };
+            return if moved == libc::MAP_FAILED {
+                std::ptr::null_mut()
+            } else {
+                moved.cast()
+            };
+        }
         // SAFETY: `new_layout` is valid (above) and non-zero (it or `layout` is mapped-size, and
         // GlobalAlloc::realloc requires a non-zero new size).
         let new_pointer = unsafe { self.alloc(new_layout) };
@@ -128,5 +149,34 @@ mod tests {
         );
         grown.shrink_to_fit();
         assert_eq!(&grown[..], &[7]);
+    }
+
+    #[test]
+    fn a_mapped_block_moves_with_its_contents() {
+        // What a fuzzed ListOffsets pre-sized: under the old 1 GiB threshold, now mapped.
+        assert!(mapped(
+            Layout::from_size_align(979_000_000, 8).expect("layout")
+        ));
+        assert!(!mapped(
+            Layout::from_size_align(NORESERVE_FROM_BYTES - 1, 8).expect("layout")
+        ));
+        let mut block: Vec<u8> = Vec::with_capacity(NORESERVE_FROM_BYTES);
+        block.extend((0..NORESERVE_FROM_BYTES).map(|i| (i % 251) as u8));
+        // Mapped to mapped: mremap, pages kept.
+        block.reserve_exact(NORESERVE_FROM_BYTES * 3);
+        assert!(block.capacity() >= NORESERVE_FROM_BYTES * 4);
+        block.push(9);
+        assert!(block[..NORESERVE_FROM_BYTES]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 251) as u8));
+        // Mapped to mapped, shrinking.
+        block.truncate(NORESERVE_FROM_BYTES + 1);
+        block.shrink_to_fit();
+        assert_eq!(block[NORESERVE_FROM_BYTES], 9);
+        assert_eq!(
+            block[NORESERVE_FROM_BYTES - 1],
+            ((NORESERVE_FROM_BYTES - 1) % 251) as u8
+        );
     }
 }
