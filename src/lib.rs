@@ -13,6 +13,7 @@ pub mod connection;
 pub mod errors;
 pub mod idempotence;
 pub mod metadata;
+pub mod offline;
 pub mod runtime;
 pub mod server;
 pub mod shard;

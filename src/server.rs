@@ -100,6 +100,7 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
     let store = Arc::new(MetadataStore::new(snapshot));
     let (set, inboxes) = ShardSet::new(config.shards, config.inbox_jobs_max);
     let connections_per_ip = Arc::new(ConnectionsPerIp::default());
+    let offline = Arc::new(crate::offline::OfflinePartitions::default());
     let _admin = match config.admin_listen {
         Some(addr) => Some(
             sluice_metrics::AdminServer::start(addr, collector(set.clone()))
@@ -121,6 +122,7 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
             metadata_log: if id == 0 { log.take() } else { None },
             inbox,
             connections_per_ip: connections_per_ip.clone(),
+            offline: offline.clone(),
             shutdown: shutdown_rx.clone(),
             events: events_tx.clone(),
         };
@@ -327,6 +329,7 @@ struct ShardContext {
     metadata_log: Option<MetadataLog>,
     inbox: mpsc::Receiver<Job>,
     connections_per_ip: Arc<ConnectionsPerIp>,
+    offline: Arc<crate::offline::OfflinePartitions>,
     shutdown: watch::Receiver<bool>,
     events: mpsc::UnboundedSender<ShardEvent>,
 }
@@ -340,6 +343,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         metadata_log,
         mut inbox,
         connections_per_ip,
+        offline,
         mut shutdown,
         events,
     } = context;
@@ -362,15 +366,16 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         group_config,
         Rc::new(crate::shard::MetadataTopics(store.clone())),
     );
-    let shard = Rc::new(Shard::new(
-        id,
-        set,
-        config.clone(),
-        store,
-        storage,
-        controller,
-        groups,
-    ));
+    let shard = Rc::new(
+        Shard::new(id, set, config.clone(), store, storage, controller, groups)
+            .with_offline_partitions(offline.clone()),
+    );
+    // A poisoned partition goes offline broker-wide, for every shard's Metadata answers.
+    shard
+        .storage
+        .set_poison_observer(Box::new(move |_cause, topic, index| {
+            offline.insert(topic, index);
+        }));
     // Group-commit timings into the shard's histograms. Weak: the storage engine is owned by
     // the shard, so a strong reference here would be a cycle.
     let observed = Rc::downgrade(&shard);

@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::BrokerConfig;
 use crate::metadata::controller::Controller;
 use crate::metadata::{MetadataStore, TopicMeta};
+use crate::offline::OfflinePartitions;
 
 /// Work sent to a shard: runs on its thread with its `Rc<Shard>`.
 pub type Job = Box<dyn FnOnce(Rc<Shard>) + Send>;
@@ -199,6 +200,8 @@ pub struct Shard {
     /// Partitions whose producer states are being rebuilt from the log: appends to them wait
     /// here, in arrival order (a FIFO async mutex), until the rebuild is in.
     producer_state_loads: LoadGates,
+    /// The broker's poisoned partitions (shared by every shard).
+    pub offline: Arc<OfflinePartitions>,
 }
 
 impl Shard {
@@ -226,7 +229,14 @@ impl Shard {
             outboxes: RefCell::new((0..set.count()).map(|_| Outbox::default()).collect()),
             set,
             producer_state_loads: LoadGates::default(),
+            offline: Arc::default(),
         }
+    }
+
+    /// Shares the broker-wide set of poisoned partitions (a shard alone has its own).
+    pub fn with_offline_partitions(mut self, offline: Arc<OfflinePartitions>) -> Self {
+        self.offline = offline;
+        self
     }
 
     /// The partition if this shard owns it and it is open.
@@ -391,6 +401,7 @@ impl Shard {
 
     /// Removes and deletes the partitions of `topic` this shard owns.
     pub fn delete_topic_partitions(&self, topic: &str) -> usize {
+        self.offline.remove_topic(topic);
         self.producers.borrow_mut().remove(topic);
         let removed = self.partitions.borrow_mut().remove(topic);
         let mut deleted = 0;

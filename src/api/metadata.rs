@@ -1,5 +1,8 @@
 //! Metadata (0–12) and DescribeCluster (0–1): the broker, its topics and partition leaders.
 //!
+//! A partition poisoned by a failed sync ([`crate::offline`]) is listed with KAFKA_STORAGE_ERROR
+//! and this broker as its offline replica.
+//!
 //! Auto-creation happens here, as in Kafka: an unknown topic named in a Metadata request is
 //! created with `num.partitions` when `auto.create.topics.enable` and the request allow it.
 //! Must never: list the internal offsets log as a topic.
@@ -173,6 +176,7 @@ fn topic_entry(shard: &Shard, version: i16, topic: &TopicMeta) -> MetadataRespon
         entry.is_internal = topic.is_internal();
     }
     entry.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+    let offline = shard.offline.of_topic(&topic.name);
     entry.partitions = (0..topic.partitions)
         .map(|index| {
             let mut p = MetadataResponsePartition::default();
@@ -183,6 +187,13 @@ fn topic_entry(shard: &Shard, version: i16, topic: &TopicMeta) -> MetadataRespon
             }
             p.replica_nodes = vec![node];
             p.isr_nodes = vec![node];
+            if offline.contains(&index) {
+                // Poisoned: its replica (this broker) is offline, as on a failed log
+                // directory in Kafka, and it says why. It keeps its leader: it still serves
+                // what it acknowledged, and produce gets KAFKA_STORAGE_ERROR from it.
+                p.error_code = code::KAFKA_STORAGE_ERROR;
+                p.offline_replicas = vec![node];
+            }
             p
         })
         .collect();

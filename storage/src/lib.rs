@@ -190,6 +190,9 @@ impl AppendError {
     }
 }
 
+/// Told of each poisoned partition once: the cause, the topic and the partition index.
+pub type PoisonObserver = Box<dyn Fn(&Poisoned, &str, i32)>;
+
 /// Why a partition refuses appends: a sync (fdatasync of a segment, an index, the recovery
 /// checkpoint, the directory, or a truncation before one) failed. Linux may have dropped the
 /// dirty pages that sync covered and a retried fsync can report success over them, so the
@@ -426,6 +429,13 @@ impl ShardStorage {
     /// Calls `observer` after every group commit (on the shard thread; keep it cheap).
     pub fn set_flush_observer(&self, observer: Box<dyn Fn(&FlushStats)>) {
         *self.0.flush_observer.borrow_mut() = Some(observer);
+    }
+
+    /// Calls `observer` with the cause, topic and partition index when a partition of this
+    /// shard is poisoned (once per partition; on the shard thread, inside the storage engine:
+    /// it must not call back into it).
+    pub fn set_poison_observer(&self, observer: PoisonObserver) {
+        *self.0.poison_observer.borrow_mut() = Some(observer);
     }
 
     /// Bytes queued for the writer and not yet written.

@@ -103,6 +103,33 @@ impl PartitionShared {
         format!("{}-{}", self.topic, self.partition)
     }
 
+    /// Poisons the partition with `poisoned` unless it already is (the first cause is kept,
+    /// logged once and reported once to the shard's poison observer); returns the cause in
+    /// effect. Must be called with the log not borrowed.
+    pub(crate) fn mark_poisoned(&self, poisoned: Poisoned) -> Poisoned {
+        let (cause, first, deleted) = {
+            let mut log = self.log.borrow_mut();
+            let first = log.poisoned.is_none();
+            (
+                log.poisoned.get_or_insert(poisoned).clone(),
+                first,
+                log.deleted,
+            )
+        };
+        if first {
+            tracing::error!(partition = %self.label(), error = %cause, "partition poisoned until the process restarts");
+        }
+        // A deleted partition is nobody's business any more (its name may be reused).
+        if first && !deleted {
+            if let Some(shard) = self.shard.upgrade() {
+                if let Some(observer) = shard.poison_observer.borrow().as_ref() {
+                    observer(&cause, &self.topic, self.partition);
+                }
+            }
+        }
+        cause
+    }
+
     /// Validates, assigns offsets, reserves file positions and queues the append; returns
     /// the append's result-to-be, the completion receiver (None for acks=0) and its place in
     /// the writer queue (for [`ShardShared::wait_for_queue_room`]).
@@ -681,8 +708,8 @@ impl PartitionShared {
                         ),
                         source: std::sync::Arc::new(error),
                     };
-                    tracing::error!(error = %poisoned, "partition poisoned");
-                    log.poisoned.get_or_insert(poisoned);
+                    drop(log);
+                    self.mark_poisoned(poisoned);
                     return;
                 }
                 state.tail_block = block;

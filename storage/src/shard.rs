@@ -36,7 +36,7 @@ use crate::ring::Ring;
 use crate::segment::{self, Segment};
 use crate::tail_cache::{PartitionTail, TailCache};
 use crate::writer::{self, QueuedAppend};
-use crate::{FlushStats, LogConfig, Poisoned, StorageConfig, StorageError};
+use crate::{FlushStats, LogConfig, PoisonObserver, Poisoned, StorageConfig, StorageError};
 
 /// Extra staging bytes beyond `group_commit_bytes_max`, so the partial blocks and padding of
 /// several files do not cut a flush short. A flush writes at most the staging size, i.e.
@@ -78,6 +78,7 @@ pub(crate) struct ShardShared {
     pub(crate) partitions: RefCell<HashMap<(String, i32), Rc<PartitionShared>>>,
     pub(crate) tail_cache: RefCell<TailCache>,
     pub(crate) flush_observer: RefCell<Option<FlushObserver>>,
+    pub(crate) poison_observer: RefCell<Option<PoisonObserver>>,
     /// The I/O seam every write, sync and truncation after open goes through.
     pub(crate) io: Rc<dyn IoBackend>,
 }
@@ -258,6 +259,7 @@ pub(crate) fn open(
         closed: Cell::new(false),
         partitions: RefCell::new(HashMap::new()),
         flush_observer: RefCell::new(None),
+        poison_observer: RefCell::new(None),
         io: io.clone(),
     });
     tokio::task::spawn_local(writer::run(shard.clone(), io, staging));

@@ -798,13 +798,7 @@ pub(crate) fn poison(
     poisoned: Poisoned,
     taken: &mut [QueuedAppend],
 ) {
-    let cause = {
-        let mut log = partition.log.borrow_mut();
-        if log.poisoned.is_none() {
-            tracing::error!(partition = %partition.label(), error = %poisoned, "sync failed: partition poisoned until the process restarts");
-        }
-        log.poisoned.get_or_insert(poisoned).clone()
-    };
+    let cause = partition.mark_poisoned(poisoned);
     fail_appends(shard, partition, &Failure::Poison(cause), taken);
 }
 

@@ -1,7 +1,8 @@
 //! Disk errors through the fault-injection backend: ENOSPC and EIO fail the waiting appends,
 //! roll the log end back so no partial batch is visible, and later appends work; a torn write
 //! never survives recovery; a failed sync (group commit, finalization, shutdown) poisons the
-//! partition with a typed error that keeps the io::Error, and it is not reopened in-process.
+//! partition with a typed error that keeps the io::Error, it is not reopened in-process, and
+//! the shard's poison observer hears of it once.
 
 mod common;
 
@@ -192,10 +193,18 @@ fn failed_fdatasync_poisons_until_the_process_restarts() {
         let partition = storage
             .open_partition("sync", 0, LogConfig::default())
             .expect("partition");
+        let observed = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let record = observed.clone();
+        storage.set_poison_observer(Box::new(move |cause, topic, index| {
+            record
+                .borrow_mut()
+                .push((topic.to_string(), index, cause.operation.clone()));
+        }));
         partition
             .append(bytes(make_batch(0, 1, 100, 0)), Ack::Durable, 0)
             .await
             .expect("append");
+        assert!(observed.borrow().is_empty());
         plan.fail_next_sync(libc::EIO);
         let error = partition
             .append(bytes(make_batch(1, 1, 100, 0)), Ack::Durable, 0)
@@ -224,6 +233,12 @@ fn failed_fdatasync_poisons_until_the_process_restarts() {
         assert!(matches!(refused, StorageError::Poisoned(_)), "{refused:?}");
         assert_eq!(refused.kafka_error_code(), codes::KAFKA_STORAGE_ERROR);
         assert_eq!(partition.high_watermark(), 1);
+        {
+            let observed = observed.borrow();
+            assert_eq!(observed.len(), 1, "told once: {observed:?}");
+            assert_eq!((observed[0].0.as_str(), observed[0].1), ("sync", 0));
+            assert!(observed[0].2.contains("fdatasync"), "{observed:?}");
+        }
         let (writes, syncs) = plan.operation_counts();
         assert!(writes >= 2 && syncs >= 2, "{writes} writes, {syncs} syncs");
         // No clean-shutdown marker for a poisoned partition: the next start scans.

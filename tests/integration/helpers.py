@@ -4,9 +4,10 @@ What this module owns:
 - `run_kcat` / `run_node`: run kcat and the kafkajs scripts of tests/js with a timeout, and fail
   with their output when they fail.
 - `RawConn` and the `encode_*` / `parse_*` functions: just enough of the Kafka wire protocol
-  (ApiVersions, Metadata v1, Produce v3, Fetch v4, v2 record batches with CRC32C) to send exact
-  bytes to the broker -- garbage, truncated frames, unknown API keys, corrupt batches -- and to
-  inspect what it stores (batch attributes, CRCs) without a client library in the way.
+  (ApiVersions, Metadata v1 and v5, Produce v3, Fetch v4, v2 record batches with CRC32C) to send
+  exact bytes to the broker -- garbage, truncated frames, unknown API keys, corrupt batches --
+  and to inspect what it stores (batch attributes, CRCs, offline replicas) without a client
+  library in the way.
 - small utilities: `free_port`, `wait_until`, `unique_topic`.
 
 What it must never do: start or stop brokers (conftest.py owns broker processes), or hide a
@@ -479,6 +480,39 @@ def metadata_v1(conn: RawConn, topics=None) -> RawMetadata:
             parts[pid] = (perr, leader)
         md.topics[name] = (err, parts)
     return md
+
+
+@dataclass
+class RawPartitionMeta:
+    error_code: int
+    leader: int
+    replicas: list
+    isr: list
+    offline_replicas: list
+
+
+def metadata_v5(conn: RawConn, topics) -> dict:
+    """Metadata v5 (the first with offline replicas) for `topics`, never auto-creating.
+    Returns {name: (error_code, {partition: RawPartitionMeta})}."""
+    body = array([string(t) for t in topics]) + i8(0)
+    r = conn.call(API_METADATA, 5, body)
+    r.i32()  # throttle_time_ms
+    for _ in range(r.i32()):
+        r.i32(), r.string(), r.i32(), r.string()  # node_id, host, port, rack
+    r.string()  # cluster_id
+    r.i32()  # controller_id
+    out = {}
+    for _ in range(r.i32()):
+        err, name, _internal = r.i16(), r.string(), r.i8()
+        parts = {}
+        for _ in range(r.i32()):
+            perr, pid, leader = r.i16(), r.i32(), r.i32()
+            replicas = [r.i32() for _ in range(r.i32())]
+            isr = [r.i32() for _ in range(r.i32())]
+            offline = [r.i32() for _ in range(r.i32())]
+            parts[pid] = RawPartitionMeta(perr, leader, replicas, isr, offline)
+        out[name] = (err, parts)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

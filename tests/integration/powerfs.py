@@ -10,8 +10,16 @@ What this module owns:
   command on stdin, `cut`, is the power cut: every dirty block is dropped and every later
   operation fails with EIO until the filesystem is unmounted. `dirty` answers how many bytes are
   waiting for a sync.
+- Injected faults, also commands on stdin: `fail OP ERRNO PATTERN` makes every later OP (`fsync`,
+  which covers fsync, fdatasync and fsyncdir, or `write`) of a path matching PATTERN fail with
+  ERRNO (`EIO`, `ENOSPC`, ...) until `heal`; `faults` answers how many of each were injected.
+  A path matches when it is PATTERN or lies under it (fnmatch globs, paths as the mount sees
+  them: `/topic-2` is a partition directory and every file in it). A failed fsync drops the
+  file's dirty blocks unwritten, as Linux does when writeback fails (the pages are marked clean
+  and their data is gone at the next eviction or reboot), so a later fsync that succeeds does
+  not bring them back. A failed write changes nothing.
 - `PowerLossFs`, the test side: mount, cut, unmount (also after a failure), and mount again on
-  the same BACKING (what survived the cut).
+  the same BACKING (what survived the cut); `fail`, `heal` and `faults` for the injected ones.
 
 The model, stated because a test relies on it: data is volatile until its file is synced;
 metadata (create, mkdir, rename, unlink, truncate) is durable at once, as if every directory
@@ -26,6 +34,7 @@ detaches it lazily if it is busy and then kills the daemon).
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import signal
 import subprocess
@@ -36,6 +45,8 @@ from pathlib import Path
 
 BLOCK_BYTES = 4096
 MOUNT_TIMEOUT_S = 15.0
+# Operations `fail` can make fail.
+FAULT_OPS = ("fsync", "write")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,6 +71,9 @@ def _make_operations(root: str):
             self.mutex = threading.Lock()
             self.states: dict = {}
             self.cut = False
+            # op -> (errno, [patterns]) while switched on; op -> failures injected so far.
+            self.faults: dict = {}
+            self.injected = {op: 0 for op in FAULT_OPS}
 
         # -- helpers ---------------------------------------------------------------------
 
@@ -76,6 +90,18 @@ def _make_operations(root: str):
                 st = _FileState(os.fstat(fh).st_size)
                 self.states[path] = st
             return st
+
+        def _inject(self, op, path):
+            """Raises the switched-on fault of `op` for `path`, counting it (mutex held)."""
+            fault = self.faults.get(op)
+            if fault is None:
+                return
+            code, patterns = fault
+            if any(fnmatch.fnmatchcase(path, pattern)
+                   or fnmatch.fnmatchcase(path, pattern.rstrip("/") + "/*")
+                   for pattern in patterns):
+                self.injected[op] += 1
+                raise FuseOSError(code)
 
         def _persist(self, path, fh):
             st = self.states.pop(path, None)
@@ -97,6 +123,20 @@ def _make_operations(root: str):
                     return f"cut files={files} bytes={dirty}"
                 if line == "dirty":
                     return f"dirty files={len(self.states)} bytes={dirty}"
+                if line == "heal":
+                    self.faults.clear()
+                    return "healed"
+                if line == "faults":
+                    counts = " ".join(f"{op}={n}" for op, n in self.injected.items())
+                    return f"faults {counts}"
+                words = line.split()
+                if len(words) == 4 and words[0] == "fail" and words[1] in FAULT_OPS:
+                    code = getattr(errno, words[2], None)
+                    if not isinstance(code, int):
+                        return f"error unknown errno {words[2]!r}"
+                    _, patterns = self.faults.get(words[1], (code, []))
+                    self.faults[words[1]] = (code, patterns + [words[3]])
+                    return f"failing {words[1]} {words[2]} {words[3]}"
             return f"error unknown command {line!r}"
 
         # -- metadata: passed through, durable at once -----------------------------------
@@ -222,6 +262,7 @@ def _make_operations(root: str):
         def write(self, path, data, offset, fh):
             with self.mutex:
                 self._alive()
+                self._inject("write", path)
                 st = self._state(path, fh)
                 pos = 0
                 while pos < len(data):
@@ -249,11 +290,19 @@ def _make_operations(root: str):
         def fsync(self, path, datasync, fh):
             with self.mutex:
                 self._alive()
+                try:
+                    self._inject("fsync", path)
+                except FuseOSError:
+                    # Writeback failed: the dirty data is dropped, not kept for a retry.
+                    self.states.pop(path, None)
+                    raise
                 self._persist(path, fh)
             return 0
 
         def fsyncdir(self, path, datasync, fh):
-            self._alive()
+            with self.mutex:
+                self._alive()
+                self._inject("fsync", path)
             return 0
 
     return VolatileWrites()
@@ -349,6 +398,23 @@ class PowerLossFs:
         assert answer.startswith("cut "), answer
         self.dropped_bytes.append(int(answer.rsplit("bytes=", 1)[1]))
         return self.dropped_bytes[-1]
+
+    def fail(self, op: str, pattern: str, error: str = "EIO"):
+        """From now until `heal`, every `op` ("fsync" or "write") of a path that is `pattern`
+        or lies under it fails with errno `error` (a name: "EIO", "ENOSPC")."""
+        answer = self._ask(f"fail {op} {error} {pattern}")
+        assert answer.startswith("failing "), answer
+
+    def heal(self):
+        """Switches every injected fault off (what a failed fsync dropped stays dropped)."""
+        answer = self._ask("heal")
+        assert answer == "healed", answer
+
+    def injected(self) -> dict:
+        """{op: failures injected so far}."""
+        answer = self._ask("faults")
+        assert answer.startswith("faults "), answer
+        return {op: int(n) for op, n in (w.split("=") for w in answer.split()[1:])}
 
     def unmount(self):
         if self.proc is None:
