@@ -192,8 +192,13 @@ async fn append_on_owner(
 
 fn log_append_error(topic: &str, index: i32, error: &AppendError) {
     match error {
-        AppendError::Storage(_) | AppendError::Poisoned(_) => {
+        AppendError::Storage(_) => {
             tracing::error!(topic, partition = index, %error, "append failed")
+        }
+        // The storage engine logged the poison once; a line per refused request would flood
+        // the log for as long as producers keep trying.
+        AppendError::Poisoned(_) => {
+            tracing::debug!(topic, partition = index, %error, "append refused")
         }
         _ => tracing::info!(topic, partition = index, %error, "append rejected"),
     }
