@@ -41,6 +41,7 @@ mod io;
 mod log;
 mod offsets;
 mod recovery;
+mod response_budget;
 mod retention;
 pub mod ring;
 mod segment;
@@ -343,9 +344,9 @@ pub struct RecoveryCut {
 /// A piece of a read: bytes in memory (tail cache) or a byte range of a segment file.
 #[derive(Debug, Clone)]
 pub enum ReadChunk {
-    /// Bytes held in the tail cache. A cached batch comes as two chunks, its stamped header
-    /// and the rest (which stays in the producer's request buffer); only the slice as a
-    /// whole is whole batches.
+    /// Bytes held in the tail cache: one whole batch (stamped header and rest), in the
+    /// cache's own copy. Each carries a share of the shard's `fetch.response.cache.bytes.max`,
+    /// given back when its last clone is dropped.
     Memory(Bytes),
     /// Whole batches in a segment file: `length` bytes at `position`.
     File {
@@ -369,6 +370,10 @@ pub struct ReadSlice {
     pub high_watermark: i64,
     /// Log start offset at read time.
     pub log_start_offset: i64,
+    /// The tail cache held the range but the shard's `fetch.response.cache.bytes.max` was
+    /// spent, so it was read from the segment file (or, if the file read found nothing to
+    /// serve, not at all: the client asks again).
+    pub cache_budget_spent: bool,
 }
 
 /// The shard's storage: its ring, its group-commit writer and the partitions it owns.
@@ -449,6 +454,23 @@ impl ShardStorage {
         self.0.queue_bytes_max.set(bytes.max(1));
     }
 
+    /// Sets `fetch.response.cache.bytes.max`: tail-cache bytes this shard's partitions may
+    /// have handed to responses not yet written. A read that would go past it is served from
+    /// the segment file instead (see [`Partition::read`]).
+    pub fn set_response_cache_bytes_max(&self, bytes: usize) {
+        self.0.response_budget.set_max_bytes(bytes);
+    }
+
+    /// Tail-cache bytes handed to responses and not yet given back (written or dropped).
+    pub fn response_cache_bytes(&self) -> usize {
+        self.0.response_budget.held_bytes()
+    }
+
+    /// Reads served from the segment files because the response budget was spent.
+    pub fn response_cache_spent_reads(&self) -> u64 {
+        self.0.response_budget.spent_reads()
+    }
+
     /// Reads `buffer[at..at + len]` from `segment` at `position` through this shard's ring
     /// (the copying fetch path); the buffer comes back whatever the outcome. A read past the
     /// end of the file is UnexpectedEof.
@@ -509,8 +531,12 @@ impl Partition {
 
     /// Whole batches starting at the batch containing `offset`, at most `max_bytes` unless the
     /// first batch alone is larger and `min_one_batch`, never past the high watermark. Resolves
-    /// without awaiting when the tail cache holds `offset`; otherwise the batch headers are read
-    /// through the shard's ring (a failed read is `StorageError::Io`: KAFKA_STORAGE_ERROR).
+    /// without awaiting when the tail cache holds `offset` and the shard's response budget
+    /// (`fetch.response.cache.bytes.max`) can take the range: its `ReadChunk::Memory` chunks
+    /// then hold their share of the budget until the last clone of each is dropped, so keep
+    /// them only as long as the response that sends them. Otherwise the range comes as a
+    /// file chunk (`cache_budget_spent` says why) whose batch headers are read through the
+    /// shard's ring (a failed read is `StorageError::Io`: KAFKA_STORAGE_ERROR).
     pub async fn read(
         &self,
         offset: i64,

@@ -178,13 +178,7 @@ impl PartitionShared {
             let mut offset = first_offset;
             for (header, (stamped_header, rest)) in headers.iter().zip(data.batches()) {
                 let last = offset + i64::from(header.last_offset_delta);
-                cache.insert(
-                    &self.tail,
-                    offset,
-                    last,
-                    stamped_header.clone(),
-                    rest.clone(),
-                );
+                cache.insert(&self.tail, offset, last, stamped_header, rest);
                 offset = last + 1;
             }
         }
@@ -351,8 +345,17 @@ impl PartitionShared {
     }
 
     /// Whole batches from the one holding `offset`, bounded by `max_bytes` and the high
-    /// watermark. Served from the tail cache when it holds `offset` (without awaiting), else
-    /// from the files, whose headers are read through the ring.
+    /// watermark. Served from the tail cache when it holds `offset` and the shard's response
+    /// budget (`fetch.response.cache.bytes.max`) can take the cached range (without awaiting),
+    /// else from the files, whose headers are read through the ring.
+    ///
+    /// The file may serve what the cache would have: every byte below the high watermark is
+    /// in the file already. `publish` moves the high watermark and the segment's
+    /// `visible_bytes` together, only after the writer's write of those bytes completed
+    /// (`visible_bytes <= written_bytes` is asserted on every change), whether the write was
+    /// buffered or O_DIRECT (whose later rewrites of a partial block carry the same bytes
+    /// below `visible_bytes`), and the file path reads no further than `visible_bytes`. It may
+    /// serve less than the cache would (one segment per read), never bytes not yet written.
     ///
     /// The log is not borrowed across an await: the segments and their visible ends are taken
     /// first. That is safe because no byte below a segment's `visible_bytes` is ever rewritten
@@ -377,6 +380,7 @@ impl PartitionShared {
                 total_bytes: 0,
                 high_watermark: log.offsets.high_watermark(),
                 log_start_offset: log.offsets.start(),
+                cache_budget_spent: false,
             };
             if offset >= log.offsets.high_watermark() {
                 return Ok(slice);
@@ -387,9 +391,14 @@ impl PartitionShared {
                 max_bytes,
                 min_one_batch,
             ) {
-                slice.chunks = chunks.into_iter().map(ReadChunk::Memory).collect();
-                slice.total_bytes = total_bytes;
-                return Ok(slice);
+                match self.pin_for_response(chunks, total_bytes) {
+                    Some(chunks) => {
+                        slice.chunks = chunks.into_iter().map(ReadChunk::Memory).collect();
+                        slice.total_bytes = total_bytes;
+                        return Ok(slice);
+                    }
+                    None => slice.cache_budget_spent = true,
+                }
             }
             let first = log
                 .segments
@@ -457,6 +466,16 @@ impl PartitionShared {
             return Ok(slice);
         }
         Ok(slice)
+    }
+
+    /// `chunks` (a cached range of `total_bytes`) charged to the shard's response budget,
+    /// each carrying its permit; None when the budget is spent (the caller reads the file).
+    fn pin_for_response(&self, chunks: Vec<Bytes>, total_bytes: u32) -> Option<Vec<Bytes>> {
+        if chunks.is_empty() {
+            return Some(chunks);
+        }
+        let shard = self.shard.upgrade()?;
+        shard.response_budget.pin(chunks, total_bytes as usize)
     }
 
     /// The segment after the one based at `base_offset` and its visible end, if any.

@@ -22,6 +22,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::Notify;
@@ -34,6 +35,7 @@ use crate::offsets::{LogEndOffset, LogOffsets, LogStartOffset};
 use crate::recovery::{self, CleanMarker};
 use crate::ring::Ring;
 use crate::segment::{self, Segment};
+use crate::response_budget::ResponseBudget;
 use crate::tail_cache::{PartitionTail, TailCache};
 use crate::writer::{self, QueuedAppend};
 use crate::{FlushStats, LogConfig, PoisonObserver, Poisoned, StorageConfig, StorageError};
@@ -77,6 +79,8 @@ pub(crate) struct ShardShared {
     pub(crate) closed: Cell<bool>,
     pub(crate) partitions: RefCell<HashMap<(String, i32), Rc<PartitionShared>>>,
     pub(crate) tail_cache: RefCell<TailCache>,
+    /// Tail-cache bytes handed to responses not yet written (`fetch.response.cache.bytes.max`).
+    pub(crate) response_budget: Arc<ResponseBudget>,
     pub(crate) flush_observer: RefCell<Option<FlushObserver>>,
     pub(crate) poison_observer: RefCell<Option<PoisonObserver>>,
     /// The I/O seam every write, sync and truncation after open goes through.
@@ -243,6 +247,8 @@ pub(crate) fn open(
     };
     let shard = Rc::new(ShardShared {
         tail_cache: RefCell::new(TailCache::new(config.tail_cache_bytes)),
+        // Until the broker sets it: as much again as the cache holds.
+        response_budget: ResponseBudget::new(config.tail_cache_bytes),
         config,
         direct_io,
         ring: ring.clone(),

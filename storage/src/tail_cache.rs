@@ -6,13 +6,14 @@
 //! partitions). Must never hand out a batch at or above the high watermark (the caller passes
 //! it) nor hold more than its budget.
 //!
-//! Memory beyond the budget: a cached rest is a slice of its request frame, so it keeps the
-//! frame's allocation alive. The connection copies frames under 16 KiB out of its read buffer
-//! (`sluice_net::connection::SHARED_FRAME_BYTES_MIN`), so a small batch pins only its own small
-//! frame; a larger frame shares an allocation of at most about max(4 x frame, frame + 64 KiB).
-//! The batches of one frame are inserted together and leave the eviction order together, so
-//! the cache's memory stays within about 4 x `log.tail.cache.bytes` plus one partly evicted
-//! frame per connection; the budget itself counts batch bytes.
+//! Memory: each cached batch is copied (stamped header and rest, contiguous) into an
+//! allocation of its own, so what the cache keeps alive is exactly the batch bytes its budget
+//! counts. A batch never shares memory with its request frame: a slice of a frame would keep
+//! the whole frame, and the connection's read buffer behind it, alive (a small batch of one
+//! partition pinning a large frame whose other batches went to other partitions or shards),
+//! and no budget could count that. One memcpy per batch on the append path buys a bound
+//! that is hard. Batches handed to responses and evicted since are bounded separately
+//! (`crate::response_budget`).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -20,21 +21,20 @@ use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
 
-/// One cached batch (already carrying its broker-assigned offsets): its stamped header and
-/// the rest of it, which stays in the producer's request buffer (never copied).
+/// One cached batch (already carrying its broker-assigned offsets), in its own allocation.
 #[derive(Debug, Clone)]
 pub(crate) struct CachedBatch {
     pub(crate) base_offset: i64,
     pub(crate) last_offset: i64,
-    pub(crate) header: Bytes,
-    pub(crate) rest: Bytes,
+    /// The stamped header followed by the rest of the batch: the bytes the file holds.
+    pub(crate) data: Bytes,
     /// Insertion number, to recognise stale entries in the shard's eviction order.
     sequence: u64,
 }
 
 impl CachedBatch {
     pub(crate) fn len_bytes(&self) -> usize {
-        self.header.len() + self.rest.len()
+        self.data.len()
     }
 }
 
@@ -75,11 +75,7 @@ impl PartitionTail {
             if !fits && !first_oversized {
                 break;
             }
-            for piece in [&batch.header, &batch.rest] {
-                if !piece.is_empty() {
-                    chunks.push(piece.clone());
-                }
-            }
+            chunks.push(batch.data.clone());
             total_bytes += len;
         }
         if chunks.is_empty()
@@ -113,17 +109,16 @@ impl TailCache {
         }
     }
 
-    /// Caches one batch of `tail`'s partition (its stamped header and the rest), evicting the
-    /// shard's oldest batches as needed. The budget counts batch bytes; the request frames
-    /// the rests point into stay allocated while any of their batches is cached (bounded as
-    /// the module doc says).
+    /// Caches a copy of one batch of `tail`'s partition (its stamped header and the rest),
+    /// evicting the shard's oldest batches as needed. The budget counts the copies' bytes,
+    /// which is all the cache keeps alive.
     pub(crate) fn insert(
         &mut self,
         tail: &Rc<RefCell<PartitionTail>>,
         base_offset: i64,
         last_offset: i64,
-        header: Bytes,
-        rest: Bytes,
+        header: &[u8],
+        rest: &[u8],
     ) {
         let len = header.len() + rest.len();
         if len > self.budget_bytes {
@@ -142,11 +137,13 @@ impl TailCache {
             }
             let sequence = partition.next_sequence;
             partition.next_sequence += 1;
+            let mut data = Vec::with_capacity(len);
+            data.extend_from_slice(header);
+            data.extend_from_slice(rest);
             partition.batches.push_back(CachedBatch {
                 base_offset,
                 last_offset,
-                header,
-                rest,
+                data: Bytes::from(data),
                 sequence,
             });
             self.order.push_back((Rc::downgrade(tail), sequence, len));
@@ -206,29 +203,29 @@ mod tests {
         let mut cache = TailCache::new(300);
         let a = Rc::new(RefCell::new(PartitionTail::default()));
         let b = Rc::new(RefCell::new(PartitionTail::default()));
-        let batch = |fill: u8| (Bytes::from(vec![fill; 61]), Bytes::from(vec![fill; 39]));
+        let batch = |fill: u8| (vec![fill; 61], vec![fill; 39]);
         let (header, rest) = batch(1);
-        cache.insert(&a, 0, 0, header, rest);
+        cache.insert(&a, 0, 0, &header, &rest);
         let (header, rest) = batch(2);
-        cache.insert(&b, 0, 4, header, rest);
+        cache.insert(&b, 0, 4, &header, &rest);
         let (header, rest) = batch(3);
-        cache.insert(&a, 1, 1, header, rest);
+        cache.insert(&a, 1, 1, &header, &rest);
         assert_eq!(cache.used_bytes(), 300);
         let (header, rest) = batch(4);
-        cache.insert(&b, 5, 5, header, rest);
+        cache.insert(&b, 5, 5, &header, &rest);
         assert_eq!(cache.used_bytes(), 300);
         assert!(
             a.borrow().read(0, 10, 1000, true).is_none(),
             "oldest batch evicted"
         );
         let (chunks, total) = a.borrow().read(1, 10, 1000, true).expect("cached");
-        assert_eq!((chunks.len(), total), (2, 100), "header and rest");
+        assert_eq!((chunks.len(), total), (1, 100), "header and rest, contiguous");
         assert_eq!(chunks.concat(), [vec![3u8; 61], vec![3u8; 39]].concat());
         let (chunks, _) = b.borrow().read(3, 5, 1000, true).expect("cached");
-        assert_eq!(chunks.len(), 2, "batch 5 is at the high watermark");
+        assert_eq!(chunks.len(), 1, "batch 5 is at the high watermark");
         cache.truncate_from(&b, 5);
         assert_eq!(cache.used_bytes(), 200);
         let (chunks, total) = b.borrow().read(0, 10, 50, true).expect("min one batch");
-        assert_eq!((chunks.len(), total), (2, 100));
+        assert_eq!((chunks.len(), total), (1, 100));
     }
 }

@@ -40,8 +40,7 @@ pub async fn read_all(partition: &Partition, from: i64) -> Vec<Vec<u8>> {
         if slice.chunks.is_empty() {
             break;
         }
-        // Chunks need not end on batch boundaries (a cached batch is header + rest); the
-        // slice as a whole does.
+        // The slice as a whole ends on a batch boundary (asserted below).
         let mut bytes = Vec::new();
         for chunk in &slice.chunks {
             bytes.extend_from_slice(&partition.chunk_bytes(chunk).await.expect("chunk bytes"));
