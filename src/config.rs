@@ -66,6 +66,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "log.message.timestamp.type", default: "CreateTime", doc: "CreateTime or LogAppendTime (topic: message.timestamp.type)." },
     Setting { name: "log.direct.io", default: "true", doc: "O_DIRECT appends from registered buffers; false = buffered writes." },
     Setting { name: "log.tail.cache.bytes", default: "67108864", doc: "Recent bytes per shard served to consumers from memory." },
+    Setting { name: "fetch.response.cache.bytes.max", default: "", doc: "Tail-cache bytes per shard that Fetch responses not yet written may hold (a response keeps its batches alive after the cache evicts them, for as long as its client does not read it). A Fetch whose cached range does not fit is served from the segment file instead (spliced, or copied through the connection's buffer), which holds no memory; /metrics counts those reads (fetch_cache_budget_file_reads). Empty = log.tail.cache.bytes; 0 = tail data always goes from the files. No Kafka equivalent." },
     Setting { name: "log.flush.batch.bytes", default: "16777216", doc: "Upper bound of one group commit write." },
     Setting { name: "io.uring.entries", default: "1024", doc: "Submission queue size of each shard's storage ring." },
     Setting { name: "fetch.zero.copy", default: "true", doc: "Send record bytes with splice/SEND_ZC; false = copy every record byte through a user-space buffer (io_uring reads from files, memcpy from the tail cache), the baseline and the fallback for kernels without splice. Tail-cache data to a peer on this host goes by plain SENDMSG from the cache's buffers (the kernel copies looped zero-copy pages anyway; `SLUICE_FETCH_SEND_ZC_LOCAL_PEERS=1` forces SEND_ZC)." },
@@ -395,6 +396,9 @@ pub struct BrokerConfig {
     pub direct_io: bool,
     /// Tail cache bytes per shard.
     pub tail_cache_bytes: usize,
+    /// `fetch.response.cache.bytes.max`: tail-cache bytes per shard that responses not yet
+    /// written may hold (`log.tail.cache.bytes` when not set).
+    pub response_cache_bytes_max: usize,
     /// Group commit cap.
     pub group_commit_bytes_max: usize,
     /// Storage ring size.
@@ -442,6 +446,9 @@ impl BrokerConfig {
         // Kafka's -1 (unbounded) for queued.max.request.bytes is refused: an unbounded request
         // queue is what lets slow clients exhaust memory.
         let queued_request_bytes_max: usize = c.int("queued.max.request.bytes", 1..=i64::MAX);
+        let tail_cache_bytes: usize = c.int("log.tail.cache.bytes", 0..=i64::MAX);
+        let response_cache_bytes_max: Option<usize> =
+            c.optional_int("fetch.response.cache.bytes.max", 0..=i64::MAX);
         let per_ip_max: usize = c.int("max.connections.per.ip", 0..=INT_MAX);
         let connections_per_ip =
             c.per_ip_limits("max.connections.per.ip.overrides", per_ip_max, 0..=INT_MAX);
@@ -470,7 +477,8 @@ impl BrokerConfig {
             fetch_zero_copy: c.boolean("fetch.zero.copy"),
             fetch_wait_ms_max: c.int("fetch.max.wait.ms.max", 0..=INT_MAX),
             direct_io: c.boolean("log.direct.io"),
-            tail_cache_bytes: c.int("log.tail.cache.bytes", 0..=i64::MAX),
+            tail_cache_bytes,
+            response_cache_bytes_max: response_cache_bytes_max.unwrap_or(tail_cache_bytes),
             group_commit_bytes_max: c.int("log.flush.batch.bytes", 1..=INT_MAX),
             ring_entries: c.int("io.uring.entries", 1..=RING_ENTRIES_MAX),
             producer_id_expiration_ms: c.int("producer.id.expiration.ms", 1..=INT_MAX),
@@ -691,6 +699,28 @@ mod tests {
         assert_eq!(config.groups.max_group_size, 250);
         assert_eq!(config.groups.offsets_retention_minutes, 1);
         assert!(!config.auto_create_topics);
+    }
+
+    #[test]
+    fn the_response_cache_budget_defaults_to_the_tail_cache_and_is_range_checked() {
+        let config = |overrides: &[&str]| {
+            let overrides: Vec<String> = overrides.iter().map(|o| o.to_string()).collect();
+            load(None, &overrides, &[]).map(|c| (c.tail_cache_bytes, c.response_cache_bytes_max))
+        };
+        assert_eq!(
+            config(&["log.tail.cache.bytes=1000"]).ok(),
+            Some((1000, 1000)),
+            "empty: as much as the tail cache"
+        );
+        assert_eq!(
+            config(&["fetch.response.cache.bytes.max=0"]).ok(),
+            Some((64 << 20, 0)),
+            "0: tail data always from the files"
+        );
+        assert_eq!(
+            problems(&["fetch.response.cache.bytes.max=-1"]),
+            ["setting 'fetch.response.cache.bytes.max': invalid value '-1'; allowed: empty (not set) or an integer >= 0"]
+        );
     }
 
     #[test]

@@ -4,9 +4,17 @@
 //! On the zero-copy path (`fetch.zero.copy`, probed per shard by [`crate::zero_copy`]) a
 //! Fetch response goes out whole through [`zero_copy::write_response`]: framing and record
 //! data in linked io_uring chains, file ranges spliced, large tail-cache data by SENDMSG_ZC.
-//! On the copying path, tail-cache `Bytes` are written as they are and file ranges are copied
-//! through one reusable per-connection buffer. Must never: hold a segment handle longer than
-//! the write that needs it, or write a response before the previous one is complete.
+//! On the copying path, tail-cache bytes and file ranges are copied through one reusable
+//! per-connection buffer.
+//!
+//! Tail-cache chunks carry their share of the owning shard's `fetch.response.cache.bytes.max`
+//! inside their `Bytes` (see `sluice_storage::Partition::read`): a chunk gives it back when
+//! dropped, once copied on the copying path, when the ring releases it on the zero-copy path,
+//! or with the parked response when the connection closes. So a client that never reads its
+//! responses holds at most that budget of evicted cache memory, not `queued.max.requests` x
+//! `fetch.max.bytes`. Must never: keep a chunk after the write that needs it (a segment handle
+//! keeps its file, a memory chunk keeps budget), or write a response before the previous one
+//! is complete.
 
 use std::cell::{Cell, RefCell};
 use std::io;

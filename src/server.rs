@@ -206,24 +206,31 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
 fn collector(set: Arc<ShardSet>) -> sluice_metrics::Collect {
     Arc::new(move || {
         let mut merged: Option<sluice_metrics::MetricsSnapshot> = None;
+        // A gauge, not a counter: the tail-cache bytes responses hold right now (all shards).
+        let mut response_cache_bytes_total = 0u64;
         for target in 0..set.count() {
             let (tx, rx) = std::sync::mpsc::channel();
             set.send_from_outside(
                 target,
                 Box::new(move |shard: Rc<Shard>| {
-                    let _ = tx.send(shard.metrics.snapshot());
+                    let _ = tx.send((
+                        shard.metrics.snapshot(),
+                        shard.storage.response_cache_bytes() as u64,
+                    ));
                 }),
             )
             .map_err(|e| e.to_string())?;
-            let snapshot = rx
+            let (snapshot, response_cache_bytes) = rx
                 .recv_timeout(Duration::from_secs(2))
                 .map_err(|_| format!("shard {target} did not answer within 2 s"))?;
+            response_cache_bytes_total += response_cache_bytes;
             match &mut merged {
                 Some(total) => total.merge(&snapshot),
                 None => merged = Some(snapshot),
             }
         }
         let mut merged = merged.ok_or_else(|| "no shards".to_string())?;
+        merged.set_process_value("fetch_response_cache_bytes", response_cache_bytes_total);
         for (name, value) in crate::zero_copy::Counters::now().named() {
             merged.set_process_value(&name, value);
         }
@@ -359,6 +366,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         other => format!("opening storage: {other}"),
     })?;
     storage.set_append_queue_bytes_max(config.append_queue_bytes_max);
+    storage.set_response_cache_bytes_max(config.response_cache_bytes_max);
     let controller = metadata_log.map(Controller::new);
     let group_config = config.groups.clone();
     let offsets_log_config = group_config.offsets_log_config();

@@ -93,11 +93,14 @@ pub enum Counter {
     UringSubmissions,
     /// io_uring completion queue entries reaped (all rings of the shard).
     UringCompletions,
+    /// Fetch reads of a partition the tail cache held, served from the segment file because
+    /// the shard's `fetch.response.cache.bytes.max` was spent.
+    FetchCacheBudgetFileReads,
 }
 
 impl Counter {
     /// Every counter, in display order.
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 10] = [
         Counter::BytesIn,
         Counter::BytesOut,
         Counter::RecordsIn,
@@ -107,6 +110,7 @@ impl Counter {
         Counter::ConnectionsClosed,
         Counter::UringSubmissions,
         Counter::UringCompletions,
+        Counter::FetchCacheBudgetFileReads,
     ];
 
     /// How many counters exist; sizes the per-shard counter array.
@@ -124,6 +128,7 @@ impl Counter {
             Counter::ConnectionsClosed => 6,
             Counter::UringSubmissions => 7,
             Counter::UringCompletions => 8,
+            Counter::FetchCacheBudgetFileReads => 9,
         }
     }
 
@@ -139,6 +144,7 @@ impl Counter {
             Counter::ConnectionsClosed => "connections_closed",
             Counter::UringSubmissions => "uring_submissions",
             Counter::UringCompletions => "uring_completions",
+            Counter::FetchCacheBudgetFileReads => "fetch_cache_budget_file_reads",
         }
     }
 }

@@ -152,6 +152,7 @@ fn counter_help(counter: Counter) -> &'static str {
         Counter::ConnectionsClosed => "Client connections closed.",
         Counter::UringSubmissions => "io_uring submission queue entries submitted.",
         Counter::UringCompletions => "io_uring completion queue entries reaped.",
+        Counter::FetchCacheBudgetFileReads => "Fetch reads of cached data served from segment files because fetch.response.cache.bytes.max was spent.",
     }
 }
 

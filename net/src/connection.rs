@@ -38,8 +38,11 @@ use crate::wire::Reader;
 
 /// Frames at least this large share the connection's read buffer instead of being copied
 /// out. A read buffer is `read_buffer_bytes` (64 KiB) or, for a frame that does not fit, about
-/// the frame's size, so a shared frame pins at most max(4 x its size, its size + 64 KiB): the
-/// bound the tail cache's memory documentation relies on.
+/// the frame's size, so a shared frame pins at most max(4 x its size, its size + 64 KiB).
+/// Only work in progress holds a frame: its handler (within `queued.max.request.bytes`) and,
+/// for a Produce, the storage writer's queue until the write (`log.append.queue.bytes.max`).
+/// Nothing that outlives a request may keep a slice of one: the tail cache copies the batches
+/// it keeps, and Fetch responses hold only those copies (`fetch.response.cache.bytes.max`).
 pub const SHARED_FRAME_BYTES_MIN: usize = 16 * 1024;
 
 /// Per-connection limits (all configurable by the broker).
@@ -176,8 +179,8 @@ async fn read_requests<H: Handler>(
             };
             let frame_bytes = FRAME_PREFIX_BYTES + frame.len();
             // A small frame is copied out, so it never pins the read buffer: a few hundred
-            // bytes kept by the tail cache would otherwise hold a whole buffer, and the buffer
-            // is reused in place once no frame shares it.
+            // bytes waiting in the writer queue would otherwise hold a whole buffer, and the
+            // buffer is reused in place once no frame shares it.
             let frame = if frame.len() < SHARED_FRAME_BYTES_MIN {
                 Bytes::copy_from_slice(&frame)
             } else {

@@ -242,22 +242,25 @@ async fn read_on_owner(
     };
     // min_one_batch: Kafka returns at least one whole batch even above the limits, so a
     // consumer can always make progress.
-    partition
-        .read(offset, limit_bytes, true)
-        .await
-        .map_err(|error| match error {
-            StorageError::OffsetOutOfRange {
-                log_start_offset, ..
-            } => (
-                code::OFFSET_OUT_OF_RANGE,
-                partition.high_watermark(),
-                log_start_offset,
-            ),
-            other => {
-                tracing::error!(topic, partition = index, error = %other, "read failed");
-                (code::KAFKA_STORAGE_ERROR, -1, -1)
-            }
-        })
+    let read = partition.read(offset, limit_bytes, true).await;
+    if read.as_ref().is_ok_and(|slice| slice.cache_budget_spent) {
+        shard
+            .metrics
+            .count(sluice_metrics::Counter::FetchCacheBudgetFileReads, 1);
+    }
+    read.map_err(|error| match error {
+        StorageError::OffsetOutOfRange {
+            log_start_offset, ..
+        } => (
+            code::OFFSET_OUT_OF_RANGE,
+            partition.high_watermark(),
+            log_start_offset,
+        ),
+        other => {
+            tracing::error!(topic, partition = index, error = %other, "read failed");
+            (code::KAFKA_STORAGE_ERROR, -1, -1)
+        }
+    })
 }
 
 /// Waits until any polled partition's high watermark moves past what the last read saw, or

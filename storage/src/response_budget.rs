@@ -55,7 +55,11 @@ impl ResponseBudget {
     /// Charges `chunks` (one read's cached range, `total_bytes` in all) and wraps each in a
     /// permit for its length; None (nothing charged, the read counted as diverted) when the
     /// budget cannot take all of them.
-    pub(crate) fn pin(self: &Arc<Self>, chunks: Vec<Bytes>, total_bytes: usize) -> Option<Vec<Bytes>> {
+    pub(crate) fn pin(
+        self: &Arc<Self>,
+        chunks: Vec<Bytes>,
+        total_bytes: usize,
+    ) -> Option<Vec<Bytes>> {
         debug_assert_eq!(
             chunks.iter().map(Bytes::len).sum::<usize>(),
             total_bytes,
@@ -106,7 +110,10 @@ struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let before = self.budget.held_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        let before = self
+            .budget
+            .held_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
         assert!(before >= self.bytes, "gave back more than was charged");
     }
 }
@@ -143,13 +150,20 @@ mod tests {
         let first = pinned.next().expect("two chunks");
         let clone = first.slice(10..20);
         drop(first);
-        assert_eq!(budget.held_bytes(), 200, "a slice of the chunk still pins all of it");
+        assert_eq!(
+            budget.held_bytes(),
+            200,
+            "a slice of the chunk still pins all of it"
+        );
         drop(clone);
         assert_eq!(budget.held_bytes(), 100);
         drop(pinned);
         assert_eq!(budget.held_bytes(), 0);
         budget.set_max_bytes(0);
         assert!(budget.pin(vec![Bytes::from(vec![4u8; 1])], 1).is_none());
-        assert!(budget.pin(Vec::new(), 0).is_some(), "nothing to charge always fits");
+        assert!(
+            budget.pin(Vec::new(), 0).is_some(),
+            "nothing to charge always fits"
+        );
     }
 }

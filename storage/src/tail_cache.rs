@@ -219,7 +219,11 @@ mod tests {
             "oldest batch evicted"
         );
         let (chunks, total) = a.borrow().read(1, 10, 1000, true).expect("cached");
-        assert_eq!((chunks.len(), total), (1, 100), "header and rest, contiguous");
+        assert_eq!(
+            (chunks.len(), total),
+            (1, 100),
+            "header and rest, contiguous"
+        );
         assert_eq!(chunks.concat(), [vec![3u8; 61], vec![3u8; 39]].concat());
         let (chunks, _) = b.borrow().read(3, 5, 1000, true).expect("cached");
         assert_eq!(chunks.len(), 1, "batch 5 is at the high watermark");

@@ -29,15 +29,24 @@ fn run_with(direct_io: bool) {
         storage.set_response_cache_bytes_max(2 * batch_bytes);
         assert_eq!(storage.response_cache_bytes(), 0);
 
-        let first = partition.read(0, batch_bytes as u32, true).await.expect("read");
+        let first = partition
+            .read(0, batch_bytes as u32, true)
+            .await
+            .expect("read");
         assert!(first.chunks.iter().all(is_memory) && !first.cache_budget_spent);
         assert_eq!(storage.response_cache_bytes(), batch_bytes);
-        let second = partition.read(2, batch_bytes as u32, true).await.expect("read");
+        let second = partition
+            .read(2, batch_bytes as u32, true)
+            .await
+            .expect("read");
         assert!(second.chunks.iter().all(is_memory));
         assert_eq!(storage.response_cache_bytes(), 2 * batch_bytes);
 
         // Spent: the cache still holds offset 4, but the read goes to the file.
-        let diverted = partition.read(4, 2 * batch_bytes as u32, true).await.expect("read");
+        let diverted = partition
+            .read(4, 2 * batch_bytes as u32, true)
+            .await
+            .expect("read");
         assert!(diverted.cache_budget_spent, "the budget was spent");
         assert!(
             matches!(diverted.chunks.as_slice(), [ReadChunk::File { .. }]),
@@ -45,13 +54,20 @@ fn run_with(direct_io: bool) {
             diverted.chunks
         );
         assert_eq!(diverted.total_bytes as usize, 2 * batch_bytes);
-        assert_eq!(storage.response_cache_bytes(), 2 * batch_bytes, "a file chunk pins nothing");
+        assert_eq!(
+            storage.response_cache_bytes(),
+            2 * batch_bytes,
+            "a file chunk pins nothing"
+        );
         assert_eq!(storage.response_cache_spent_reads(), 1);
         let from_file = partition
             .chunk_bytes(&diverted.chunks[0])
             .await
             .expect("file bytes");
-        assert_eq!(&from_file[..], &[stored[2].clone(), stored[3].clone()].concat()[..]);
+        assert_eq!(
+            &from_file[..],
+            &[stored[2].clone(), stored[3].clone()].concat()[..]
+        );
 
         // A response written by the copying path drops each chunk once copied; a zero-copy
         // send keeps a clone until the ring lets go of it. Either way the last clone returns
@@ -61,11 +77,21 @@ fn run_with(direct_io: bool) {
             other => panic!("a memory chunk, not {other:?}"),
         };
         drop(first);
-        assert_eq!(storage.response_cache_bytes(), 2 * batch_bytes, "a clone is still out");
+        assert_eq!(
+            storage.response_cache_bytes(),
+            2 * batch_bytes,
+            "a clone is still out"
+        );
         drop(kept);
         assert_eq!(storage.response_cache_bytes(), batch_bytes);
-        let again = partition.read(4, batch_bytes as u32, true).await.expect("read");
-        assert!(again.chunks.iter().all(is_memory), "room again: from the cache");
+        let again = partition
+            .read(4, batch_bytes as u32, true)
+            .await
+            .expect("read");
+        assert!(
+            again.chunks.iter().all(is_memory),
+            "room again: from the cache"
+        );
         let mut from_cache = Vec::new();
         for chunk in &again.chunks {
             from_cache.extend_from_slice(&partition.chunk_bytes(chunk).await.expect("bytes"));
@@ -80,7 +106,10 @@ fn run_with(direct_io: bool) {
         let slice = partition.read(7, 1 << 20, true).await.expect("read");
         assert!(matches!(slice.chunks.as_slice(), [ReadChunk::File { .. }]));
         assert_eq!(
-            &partition.chunk_bytes(&slice.chunks[0]).await.expect("bytes")[..],
+            &partition
+                .chunk_bytes(&slice.chunks[0])
+                .await
+                .expect("bytes")[..],
             &stored[3][..]
         );
         storage.shutdown().await.expect("shutdown");

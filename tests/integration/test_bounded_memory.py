@@ -28,16 +28,22 @@ import resource
 import socket
 import threading
 import time
+import urllib.request
+import uuid
 
 from helpers import (
+    API_FETCH,
     API_PRODUCE,
     array,
     confluent_producer,
+    consume_confluent,
     create_topic,
     encode_record_batch,
     frame,
     i16,
     i32,
+    i64,
+    i8,
     kbytes,
     request_header,
     rss_kib,
@@ -278,3 +284,251 @@ def test_acks0_flood_is_held_back_by_the_request_and_writer_queue_budgets(broker
     assert peak_mib <= bound_mib, (
         f"broker RSS peaked at {peak_mib:.0f} MiB under an acks=0 flood, bound {bound_mib:.0f} MiB"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow consumers parking Fetch responses of tail data (fetch.response.cache.bytes.max)
+# ---------------------------------------------------------------------------------------------
+
+PIN_TAIL_CACHE_MIB = 16
+PIN_RESPONSE_CACHE_MIB = 8
+PIN_QUEUED_REQUEST_MIB = 32
+PIN_SLOW = 40
+PIN_FETCHES_PER_SLOW_MAX = 400  # below queued.max.requests (500): the broker reads them all
+PIN_FETCH_PARTITION_BYTES = 1 << 20
+# Consecutive parked fetches start this many records apart, so together they cover every
+# record produced (each returns whole batches from its offset, up to 1 MiB per partition).
+PIN_RECORDS_PER_FETCH = 900
+PIN_PRODUCE_MIB = 512
+PIN_PHASE_S_MAX = 60.0
+# What the broker may hold beyond its idle baseline, from the settings:
+#   tail cache + tail data handed to parked responses, per shard .. 2 x (16 + 8) MiB = 48 MiB
+#   request bytes in flight ..................................................... 32 MiB
+#   writer staging buffers (4 MiB + 256 KiB slack per shard) ....................... ~9 MiB
+#   per-connection state, ~45 connections x 64 KiB read buffer, and 4 KiB copies .. ~4 MiB
+#   slack for allocator fragmentation, metrics and the clients' bursts ............ 64 MiB
+# Without the response budget every parked response keeps the tail batches it took alive after
+# the cache evicted them: the slow consumers below then pin about all that is produced
+# (PIN_PRODUCE_MIB), far above this.
+PIN_RSS_OVER_BASELINE_MIB = (
+    SHARDS * (PIN_TAIL_CACHE_MIB + PIN_RESPONSE_CACHE_MIB) + PIN_QUEUED_REQUEST_MIB + 9 + 4 + 64
+)
+
+
+def tail_fetch_request(topic: str, offsets, correlation_id: int) -> bytes:
+    """Fetch v4 of every partition at its offset in `offsets`, no waiting."""
+    partitions = [i32(p) + i64(offset) + i32(PIN_FETCH_PARTITION_BYTES)
+                  for p, offset in enumerate(offsets)]
+    body = (
+        i32(-1)
+        + i32(0)  # max_wait_ms
+        + i32(1)  # min_bytes
+        + i32(PIN_FETCH_PARTITION_BYTES * len(offsets))
+        + i8(0)
+        + array([string(topic) + array(partitions)])
+    )
+    return frame(request_header(API_FETCH, 4, correlation_id) + body)
+
+
+def prometheus_values(admin_url: str) -> dict:
+    with urllib.request.urlopen(admin_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, value = line.rpartition(" ")
+        values[name] = float(value)
+    return values
+
+
+def record_value(n: int) -> bytes:
+    """Record n's value: its number, then a fill byte that depends on it."""
+    return f"{n:012d}:".encode() + bytes([n % 251]) * (VALUE_BYTES - 13)
+
+
+def consume_and_check(bootstrap: str, topic: str, acked, count: int, timeout_s: float):
+    """Reads every partition from the start with a confluent-kafka consumer until `count`
+    records arrived; each must be the record acknowledged at that partition and offset, byte
+    for byte, and none may come twice."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"assign-only-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "fetch.wait.max.ms": 100,
+    })
+    seen = bytearray(count)
+    got = 0
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(len(acked))])
+        deadline = time.monotonic() + timeout_s
+        while got < count:
+            assert time.monotonic() < deadline, f"consumed only {got} of {count} records"
+            for message in consumer.consume(num_messages=1000, timeout=0.5):
+                assert message.error() is None, f"consumer error: {message.error()}"
+                partition, offset = message.partition(), message.offset()
+                n = acked[partition].get(offset)
+                assert n is not None, f"record at {partition}/{offset} was never acknowledged"
+                assert message.value() == record_value(n), (
+                    f"record at {partition}/{offset} differs from record {n} as produced"
+                )
+                assert not seen[n], f"record {n} consumed twice"
+                seen[n] = 1
+                got += 1
+    finally:
+        consumer.close()
+
+
+def test_slow_consumers_parking_tail_fetches_hold_at_most_the_response_budget(broker_factory):
+    """40 connections pipeline Fetch requests that together cover every record a producer writes
+    (the newest data, which the tail cache holds when they are handled) and never read a byte:
+    each connection's first response blocks on its socket and the rest park behind it, each
+    holding up to 2 MiB of batches the cache evicts soon after. The broker's RSS stays under a
+    bound computed from log.tail.cache.bytes + fetch.response.cache.bytes.max per shard (the
+    fetches that do not fit are served from the files), /metrics shows the budget spent and
+    never exceeded, a normal consumer then reads every record byte for byte while the parked
+    responses still hold the budget, and closing the slow connections gives it all back."""
+    raise_fd_limit(PIN_SLOW + 512)
+    broker = broker_factory(
+        {
+            "log.tail.cache.bytes": PIN_TAIL_CACHE_MIB << 20,
+            "fetch.response.cache.bytes.max": PIN_RESPONSE_CACHE_MIB << 20,
+            "queued.max.request.bytes": PIN_QUEUED_REQUEST_MIB << 20,
+            "log.flush.batch.bytes": FLUSH_BATCH_MIB << 20,
+            "log.append.queue.bytes.max": APPEND_QUEUE_MIB << 20,
+        },
+        shards=SHARDS,
+    )
+    assert broker.admin_url, "the broker has no admin listener"
+    pid = broker.proc.pid
+    topic = create_topic(broker.bootstrap, unique_topic("pinned"), SHARDS)
+    baseline_mib = rss_mib(pid)
+    bound_mib = baseline_mib + PIN_RSS_OVER_BASELINE_MIB
+    budget_bytes = SHARDS * (PIN_RESPONSE_CACHE_MIB << 20)
+
+    producer = confluent_producer(
+        broker.bootstrap,
+        **{"linger.ms": 5, "batch.size": 256 * 1024, "queue.buffering.max.kbytes": 65536},
+    )
+    newest = [-1] * SHARDS  # newest acknowledged offset per partition
+    acked = [dict() for _ in range(SHARDS)]  # offset -> record number, per partition
+    errors = []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            errors.append(err)
+            return
+        partition, offset = msg.partition(), msg.offset()
+        acked[partition][offset] = int(msg.value()[:12])
+        newest[partition] = max(newest[partition], offset)
+
+    host, port = broker.bootstrap.rsplit(":", 1)
+    slow = []
+    for _ in range(PIN_SLOW):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        slow.append(sock)
+
+    rss_samples = []
+    held_samples = []
+    stop = threading.Event()
+    producing = threading.Event()
+    producing.set()
+
+    def sample():
+        while not stop.is_set():
+            rss_samples.append(rss_mib(pid))
+            held_samples.append(
+                prometheus_values(broker.admin_url).get("sluice_fetch_response_cache_bytes", -1))
+            time.sleep(0.1)
+
+    parked = [0] * PIN_SLOW
+
+    def park_tail_fetches():
+        # Walk every partition from offset 0 in steps of PIN_RECORDS_PER_FETCH, never past the
+        # newest acknowledged offset; connection after connection takes the next step.
+        start = [0] * SHARDS
+        turn = 0
+        while producing.is_set():
+            if any(start[p] > newest[p] for p in range(SHARDS)):
+                time.sleep(0.005)
+                continue
+            k = turn % PIN_SLOW
+            turn += 1
+            if parked[k] >= PIN_FETCHES_PER_SLOW_MAX:
+                return
+            slow[k].sendall(tail_fetch_request(topic, start, turn))
+            parked[k] += 1
+            start = [offset + PIN_RECORDS_PER_FETCH for offset in start]
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    parker = threading.Thread(target=park_tail_fetches, daemon=True)
+    sampler.start()
+    parker.start()
+    n = 0
+    started = time.monotonic()
+    try:
+        while n * VALUE_BYTES < PIN_PRODUCE_MIB << 20:
+            assert time.monotonic() - started < PIN_PHASE_S_MAX, (
+                f"only {n * VALUE_BYTES >> 20} MiB produced in {PIN_PHASE_S_MAX:.0f} s"
+            )
+            try:
+                producer.produce(topic, record_value(n), partition=n % SHARDS,
+                                 on_delivery=on_delivery)
+                n += 1
+            except BufferError:
+                producer.poll(0.01)
+            producer.poll(0)
+        assert producer.flush(60) == 0, "records undelivered"
+        # Let the parker catch up with the last records, then stop it.
+        time.sleep(1.0)
+        producing.clear()
+        parker.join(10)
+        # The parked responses still hold what they took; a normal consumer now reads the
+        # whole log, its newest part while the budget is spent.
+        diverted_before = prometheus_values(broker.admin_url).get(
+            "sluice_fetch_cache_budget_file_reads_total", 0)
+        consume_and_check(broker.bootstrap, topic, acked, n, timeout_s=90)
+        diverted_after = prometheus_values(broker.admin_url).get(
+            "sluice_fetch_cache_budget_file_reads_total", 0)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        sampler.join(5)
+    try:
+        assert not errors, errors[:3]
+        peak_mib = max(rss_samples)
+        held_peak = max(held_samples)
+        print(
+            f"\nparked tail fetches: {sum(parked)} on {PIN_SLOW} connections, "
+            f"{n * VALUE_BYTES >> 20} MiB produced; RSS baseline {baseline_mib:.0f} MiB, "
+            f"peak {peak_mib:.0f} MiB, bound {bound_mib:.0f} MiB; response bytes held at most "
+            f"{held_peak / (1 << 20):.1f} MiB of {budget_bytes >> 20} MiB; reads sent to the "
+            f"files for the budget: {diverted_before:.0f}, then "
+            f"{diverted_after - diverted_before:.0f} for the normal consumer"
+        )
+        covered = sum(parked) * PIN_RECORDS_PER_FETCH * SHARDS
+        assert covered >= n // 2, f"the parked fetches cover only {covered} of {n} records"
+        assert peak_mib <= bound_mib, (
+            f"broker RSS peaked at {peak_mib:.0f} MiB, bound {bound_mib:.0f} MiB "
+            f"(baseline {baseline_mib:.0f} MiB)"
+        )
+        assert 0 <= held_peak <= budget_bytes, f"response bytes held {held_peak} > budget"
+        assert diverted_before > 0, "the slow consumers never spent the response budget"
+        assert diverted_after > diverted_before, (
+            "the normal consumer's reads of cached data never went to the files"
+        )
+    finally:
+        for sock in slow:
+            sock.close()
+    # Closing the slow connections drops their parked responses, and their bytes come back.
+    wait_until(
+        lambda: prometheus_values(broker.admin_url).get("sluice_fetch_response_cache_bytes") == 0,
+        timeout_s=30,
+        what="the response budget given back after the slow consumers closed",
+    )
+    assert broker.alive()
