@@ -11,7 +11,7 @@ use common::*;
 use proptest::prelude::*;
 use sluice_storage::batch::RecordBatchHeader;
 use sluice_storage::fault::FaultPlan;
-use sluice_storage::{Ack, LogConfig, Partition, ShardStorage, StorageConfig};
+use sluice_storage::{Ack, LogConfig, Partition, ReadSlice, ShardStorage, StorageConfig};
 
 const PARTITIONS: usize = 2;
 
@@ -63,6 +63,11 @@ fn log_config(retention_bytes: i64) -> LogConfig {
     }
 }
 
+/// Below the tail cache's 6000 bytes, so parked reads spend it.
+const RESPONSE_CACHE_BYTES_MAX: usize = 2000;
+/// Read slices kept (like parked responses) before the oldest is dropped.
+const PARKED_READS_MAX: usize = 4;
+
 fn config(dir: &Path, direct_io: bool) -> StorageConfig {
     StorageConfig {
         tail_cache_bytes: 6000,
@@ -77,7 +82,7 @@ async fn check_read(
     log_start: i64,
     offset: i64,
     max_bytes: u32,
-) -> Result<(), TestCaseError> {
+) -> Result<ReadSlice, TestCaseError> {
     let slice = partition
         .read(offset, max_bytes, true)
         .await
@@ -96,7 +101,7 @@ async fn check_read(
     let first = model.iter().position(|(_, last, _)| *last >= offset);
     let Some(first) = first else {
         prop_assert!(got.is_empty(), "read at the end returns nothing");
-        return Ok(());
+        return Ok(slice);
     };
     let mut expected = Vec::new();
     let mut boundaries = vec![0];
@@ -124,7 +129,7 @@ async fn check_read(
     );
     let header = RecordBatchHeader::parse(&got).ok_or_else(|| TestCaseError::fail("no header"))?;
     prop_assert!(header.base_offset <= offset && header.last_offset() >= offset);
-    Ok(())
+    Ok(slice)
 }
 
 fn run_epoch(
@@ -143,6 +148,11 @@ fn run_epoch(
                     .expect("open partition")
             })
             .collect();
+        // Reads keep their slices a while, as responses parked on unread sockets do, against
+        // a response budget smaller than the tail cache: some reads the cache holds are then
+        // served from the files, and must return the same bytes.
+        storage.set_response_cache_bytes_max(RESPONSE_CACHE_BYTES_MAX);
+        let mut parked: std::collections::VecDeque<ReadSlice> = Default::default();
         for (index, partition) in partitions.iter().enumerate() {
             prop_assert_eq!(partition.log_start_offset(), model.log_start[index]);
             let end = model.batches[index]
@@ -210,7 +220,7 @@ fn run_epoch(
                     let start = model.log_start[*partition];
                     let end = partitions[*partition].log_end_offset();
                     let offset = start + (end - start) * i64::from(*at_permille) / 1000;
-                    check_read(
+                    let slice = check_read(
                         &partitions[*partition],
                         &model.batches[*partition],
                         start,
@@ -218,6 +228,11 @@ fn run_epoch(
                         *max_bytes,
                     )
                     .await?;
+                    parked.push_back(slice);
+                    if parked.len() > PARKED_READS_MAX {
+                        parked.pop_front();
+                    }
+                    prop_assert!(storage.response_cache_bytes() <= RESPONSE_CACHE_BYTES_MAX);
                 }
                 Op::Retention {
                     partition,
@@ -248,6 +263,8 @@ fn run_epoch(
                     }
                 }
                 Op::Reopen { clean } => {
+                    parked.clear();
+                    prop_assert_eq!(storage.response_cache_bytes(), 0);
                     if *clean {
                         storage
                             .shutdown()
@@ -257,6 +274,14 @@ fn run_epoch(
                     return Ok(true);
                 }
             }
+        }
+        parked.clear();
+        prop_assert_eq!(storage.response_cache_bytes(), 0);
+        if std::env::var_os("SLUICE_PROPTEST_TRACE").is_some() {
+            eprintln!(
+                "reads served from the files for the response budget: {}",
+                storage.response_cache_spent_reads()
+            );
         }
         storage
             .shutdown()
