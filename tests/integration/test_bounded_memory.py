@@ -68,16 +68,17 @@ QUEUED_REQUEST_MIB = 64
 FLUSH_BATCH_MIB = 4
 APPEND_QUEUE_MIB = 16
 # What the broker may hold beyond its code and its idle baseline:
-#   tail cache, up to 4x its budget in pinned request frames (storage/src/tail_cache.rs),
-#   per shard ............................................. 2 x 4 x 16 MiB = 128 MiB
+#   tail cache (its own copies of the batches) and the tail data parked responses may keep
+#   after eviction (fetch.response.cache.bytes.max, by default as much again), per shard
+#   ................................................... 2 x (16 + 16) MiB = 64 MiB
 #   request bytes in flight ...................................................  64 MiB
 #   writer staging buffers (4 MiB + 256 KiB slack per shard) ..................... ~9 MiB
 #   per-connection state, 2,040 connections x 64 KiB read buffer (worst case) . ~128 MiB
 #   slack for allocator fragmentation and metrics ............................. 64 MiB
 # plus the RSS of the broker idle, measured before the first record (BASELINE): about
-# 400 MiB in all. An unbounded path (queued responses, an unbounded inbox or writer queue)
+# 350 MiB in all. An unbounded path (queued responses, an unbounded inbox or writer queue)
 # breaks it by gigabytes under this load.
-RSS_OVER_BASELINE_MIB = 4 * TAIL_CACHE_MIB * SHARDS + QUEUED_REQUEST_MIB + 9 + 128 + 64
+RSS_OVER_BASELINE_MIB = 2 * TAIL_CACHE_MIB * SHARDS + QUEUED_REQUEST_MIB + 9 + 128 + 64
 
 
 def rss_mib(pid: int) -> float:
