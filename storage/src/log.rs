@@ -470,12 +470,14 @@ impl PartitionShared {
 
     /// `chunks` (a cached range of `total_bytes`) charged to the shard's response budget,
     /// each carrying its permit; None when the budget is spent (the caller reads the file).
+    /// With the shard gone (dropped without shutdown) there is no budget left to keep.
     fn pin_for_response(&self, chunks: Vec<Bytes>, total_bytes: u32) -> Option<Vec<Bytes>> {
-        if chunks.is_empty() {
-            return Some(chunks);
+        match self.shard.upgrade() {
+            Some(shard) if !chunks.is_empty() => {
+                shard.response_budget.pin(chunks, total_bytes as usize)
+            }
+            _ => Some(chunks),
         }
-        let shard = self.shard.upgrade()?;
-        shard.response_budget.pin(chunks, total_bytes as usize)
     }
 
     /// The segment after the one based at `base_offset` and its visible end, if any.
