@@ -2,8 +2,9 @@
 //! the partition, waits per `acks` (bounded by `timeout_ms`) and answers per partition.
 //!
 //! Hot path. The record bytes stay slices of the request frame until the storage engine copies
-//! them once into its aligned write buffers. Must never: allocate or copy per record, hold a
-//! lock, or answer before the storage engine has done what `acks` promises.
+//! them into its aligned write buffers, and each batch once into the tail cache (which keeps
+//! copies so that it never holds a request frame alive). Must never: allocate or copy per
+//! record, hold a lock, or answer before the storage engine has done what `acks` promises.
 
 use std::rc::Rc;
 use std::time::Duration;
