@@ -31,20 +31,25 @@ import time
 import urllib.request
 import uuid
 
+import pytest
+
 from helpers import (
     API_FETCH,
     API_PRODUCE,
+    RawConn,
     array,
     confluent_producer,
-    consume_confluent,
     create_topic,
     encode_record_batch,
+    fetch_v4,
     frame,
     i16,
     i32,
     i64,
     i8,
     kbytes,
+    parse_record_batches,
+    produce_v3,
     request_header,
     rss_kib,
     slow_consumer,
@@ -533,3 +538,50 @@ def test_slow_consumers_parking_tail_fetches_hold_at_most_the_response_budget(br
         what="the response budget given back after the slow consumers closed",
     )
     assert broker.alive()
+
+
+@pytest.mark.parametrize("path", ["zero-copy", "send-zc", "copying"])
+def test_a_written_fetch_response_gives_its_cache_budget_back(broker_factory, monkeypatch, path):
+    """Tail data fetched on a connection that reads its responses: the bytes charged to the
+    response budget come back once the response is written (on every send path: plain send
+    from the cache, SENDMSG_ZC, which keeps the memory until its notification, and the copying
+    path), with the connection still open; and a budget of 0 sends the same bytes from the
+    files."""
+    if path == "send-zc":
+        monkeypatch.setenv("SLUICE_FETCH_SEND_ZC_LOCAL_PEERS", "1")
+    broker = broker_factory({"fetch.zero.copy": path != "copying"}, shards=1)
+    assert broker.admin_url, "the broker has no admin listener"
+    topic = create_topic(broker.bootstrap, unique_topic("written"), 1)
+    batch = encode_record_batch([(None, record_value(n)) for n in range(1000)])
+    with RawConn(broker.bootstrap) as conn:
+        error, base = produce_v3(conn, topic, 0, batch)
+        assert (error, base) == (0, 0)
+        fetched = fetch_v4(conn, topic, 0, 0)
+        assert fetched.error_code == 0
+        [stored] = parse_record_batches(fetched.records)
+        assert (stored.crc_ok, stored.record_count) == (True, 1000)
+        # Byte for byte but the partition leader epoch, which the broker writes in.
+        assert fetched.records[:12] + fetched.records[16:] == batch[:12] + batch[16:]
+
+        def held():
+            return prometheus_values(broker.admin_url)["sluice_fetch_response_cache_bytes"]
+
+        wait_until(lambda: held() == 0, timeout_s=10, what="the response's bytes given back")
+        metrics = prometheus_values(broker.admin_url)
+        assert metrics["sluice_fetch_cache_budget_file_reads_total"] == 0, "served from the cache"
+        # The same connection still works: the bytes came back with the write, not the close.
+        again = fetch_v4(conn, topic, 0, 0)
+        assert again.records == fetched.records
+    broker.stop()
+
+    # A budget of 0: the same bytes, from the file, counted.
+    broker = broker_factory({"fetch.zero.copy": path != "copying",
+                             "fetch.response.cache.bytes.max": 0}, shards=1)
+    topic = create_topic(broker.bootstrap, unique_topic("written"), 1)
+    with RawConn(broker.bootstrap) as conn:
+        assert produce_v3(conn, topic, 0, batch) == (0, 0)
+        from_file = fetch_v4(conn, topic, 0, 0)
+    assert from_file.records == fetched.records
+    metrics = prometheus_values(broker.admin_url)
+    assert metrics["sluice_fetch_cache_budget_file_reads_total"] >= 1
+    assert metrics["sluice_fetch_response_cache_bytes"] == 0
