@@ -1,0 +1,149 @@
+//! The broker side of the cluster: registers with the active controller, heartbeats every
+//! `broker.heartbeat.interval.ms`, re-registers when told its epoch is stale, and publishes
+//! what it learns (its epoch, the controller id, the committed state) as a [`BrokerView`].
+//! Owns finding the active controller among the voters; must never change the cluster state
+//! itself, or block (a slow controller only delays the next heartbeat).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::state::ClusterState;
+use crate::wire::{
+    BrokerRpcError, Connection, HeartbeatRequest, RegisterRequest, Request, Response,
+};
+use crate::{ClusterSettings, NodeId};
+
+/// What a broker knows of the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerView {
+    /// This broker's current epoch; None until registered.
+    pub broker_epoch: Option<i64>,
+    /// The active controller, as of the last heartbeat.
+    pub controller_id: Option<NodeId>,
+    /// The committed state, as of the last heartbeat that carried one.
+    pub state: Arc<ClusterState>,
+}
+
+struct Controllers {
+    conns: BTreeMap<NodeId, Connection>,
+    current: NodeId,
+}
+
+impl Controllers {
+    fn new(voters: &BTreeMap<NodeId, SocketAddr>, timeout: Duration, frame_bytes_max: u32) -> Self {
+        let conns: BTreeMap<NodeId, Connection> = voters
+            .iter()
+            .map(|(id, addr)| (*id, Connection::new(*addr, timeout, frame_bytes_max)))
+            .collect();
+        let current = conns.keys().next().copied().unwrap_or_default();
+        Self { conns, current }
+    }
+
+    /// Moves to `leader` if known, else to the next voter.
+    fn redirect(&mut self, leader: Option<NodeId>) {
+        match leader.filter(|l| self.conns.contains_key(l) && *l != self.current) {
+            Some(leader) => self.current = leader,
+            None => {
+                let next = self
+                    .conns
+                    .range(self.current + 1..)
+                    .next()
+                    .or_else(|| self.conns.iter().next())
+                    .map(|(id, _)| *id);
+                if let Some(next) = next {
+                    self.current = next;
+                }
+            }
+        }
+    }
+
+    async fn call(&mut self, request: &Request) -> Result<Response, String> {
+        let Some(conn) = self.conns.get_mut(&self.current) else {
+            return Err("no controllers configured".into());
+        };
+        let timeout = conn.timeout();
+        conn.call(request, timeout).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Registers and heartbeats until aborted, publishing into `view`.
+pub async fn run(settings: ClusterSettings, view: watch::Sender<Arc<BrokerView>>) {
+    let Ok(broker_id) = i32::try_from(settings.node_id) else {
+        tracing::error!(node_id = settings.node_id, "node.id does not fit a broker id");
+        return;
+    };
+    let incarnation = Uuid::new_v4();
+    let mut controllers = Controllers::new(
+        &settings.voters,
+        settings.request_timeout,
+        settings.frame_bytes_max,
+    );
+    let mut current = BrokerView::default();
+    loop {
+        let request = match current.broker_epoch {
+            None => Request::Register(RegisterRequest {
+                broker_id,
+                host: settings.advertised_host.clone(),
+                port: settings.advertised_port,
+                incarnation,
+            }),
+            Some(epoch) => Request::Heartbeat(HeartbeatRequest {
+                broker_id,
+                broker_epoch: epoch,
+                known_applied_index: current.state.applied_index,
+            }),
+        };
+        let mut retry_now = false;
+        match controllers.call(&request).await {
+            Ok(Response::Register(Ok(reply))) => {
+                tracing::info!(broker_id, epoch = reply.broker_epoch, "registered with the controller quorum");
+                current.broker_epoch = Some(reply.broker_epoch);
+                // Heartbeat right away to fetch the state that includes the registration.
+                retry_now = true;
+            }
+            Ok(Response::Heartbeat(Ok(reply))) => {
+                current.controller_id = Some(reply.controller_id);
+                if let Some(state) = reply.state {
+                    current.state = Arc::new(state);
+                }
+            }
+            Ok(Response::Register(Err(error))) | Ok(Response::Heartbeat(Err(error))) => {
+                match error {
+                    BrokerRpcError::NotController { leader } => {
+                        controllers.redirect(leader);
+                        retry_now = leader.is_some();
+                    }
+                    BrokerRpcError::StaleBrokerEpoch(message) => {
+                        tracing::warn!(broker_id, %message, "registering again");
+                        current.broker_epoch = None;
+                        retry_now = true;
+                    }
+                    BrokerRpcError::Quorum(message) => {
+                        tracing::debug!(broker_id, %message, "controller could not answer");
+                        controllers.redirect(None);
+                    }
+                }
+            }
+            Ok(_) => controllers.redirect(None),
+            Err(error) => {
+                tracing::debug!(broker_id, %error, "controller unreachable; trying the next voter");
+                controllers.redirect(None);
+            }
+        }
+        view.send_if_modified(|published| {
+            let changed = **published != current;
+            if changed {
+                *published = Arc::new(current.clone());
+            }
+            changed
+        });
+        if !retry_now {
+            tokio::time::sleep(settings.heartbeat_interval).await;
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The active controller's duties toward brokers: registration (a committed `RegisterBroker`
+//! whose log index becomes the broker epoch), heartbeats (kept in memory, as KRaft does, never
+//! in the log), and fencing a broker whose session expired or unfencing one that heartbeats
+//! again, both through the quorum. Owns the session clocks; must never change the state except
+//! by proposing a command, or act while not the leader (a deposed leader's proposals fail in
+//! openraft, and its clocks restart from zero when it leads again).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::BasicNode;
+use tokio::sync::watch;
+
+use crate::state::{BrokerId, ClusterState, Command, CommandReply};
+use crate::wire::{BrokerRpcError, HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest};
+use crate::{NodeId, Raft};
+
+/// Serves registrations and heartbeats and runs the fencing clock.
+#[derive(Clone)]
+pub struct Controller {
+    node_id: NodeId,
+    raft: Raft,
+    state: watch::Receiver<Arc<ClusterState>>,
+    sessions: Arc<Mutex<HashMap<BrokerId, Instant>>>,
+    session_timeout: Duration,
+}
+
+fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> BrokerRpcError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            BrokerRpcError::NotController { leader: f.leader_id }
+        }
+        other => BrokerRpcError::Quorum(other.to_string()),
+    }
+}
+
+fn read_error(error: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> BrokerRpcError {
+    match error {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
+            BrokerRpcError::NotController { leader: f.leader_id }
+        }
+        other => BrokerRpcError::Quorum(other.to_string()),
+    }
+}
+
+impl Controller {
+    /// Duties of controller `node_id` over `raft`, reading the applied `state`.
+    pub fn new(
+        node_id: NodeId,
+        raft: Raft,
+        state: watch::Receiver<Arc<ClusterState>>,
+        session_timeout: Duration,
+    ) -> Self {
+        Self {
+            node_id,
+            raft,
+            state,
+            sessions: Arc::default(),
+            session_timeout,
+        }
+    }
+
+    fn touch(&self, broker: BrokerId) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions.insert(broker, Instant::now());
+    }
+
+    async fn propose(&self, command: Command) -> Result<CommandReply, BrokerRpcError> {
+        let response = self.raft.client_write(command).await.map_err(write_error)?;
+        Ok(response.data)
+    }
+
+    /// Registers a broker: its epoch is the log index the registration committed at.
+    pub async fn register(&self, request: RegisterRequest) -> Result<RegisterReply, BrokerRpcError> {
+        let reply = self
+            .propose(Command::RegisterBroker {
+                id: request.broker_id,
+                host: request.host,
+                port: request.port,
+                incarnation: request.incarnation,
+            })
+            .await?;
+        match reply {
+            CommandReply::Registered { epoch } => {
+                self.touch(request.broker_id);
+                tracing::info!(broker = request.broker_id, epoch, "broker registered");
+                Ok(RegisterReply { broker_epoch: epoch })
+            }
+            other => Err(BrokerRpcError::Quorum(format!("registration not applied: {other:?}"))),
+        }
+    }
+
+    /// A heartbeat: refreshes the session, unfences a fenced broker, and returns the state
+    /// when the broker's copy is older.
+    pub async fn heartbeat(
+        &self,
+        request: HeartbeatRequest,
+    ) -> Result<HeartbeatReply, BrokerRpcError> {
+        // A linearizable read: confirms leadership with a quorum and waits until this
+        // controller applied everything committed, so a just-elected leader does not call a
+        // registration it has not applied yet stale.
+        self.raft.ensure_linearizable().await.map_err(read_error)?;
+        let state = self.state.borrow().clone();
+        let broker = state
+            .brokers
+            .get(&request.broker_id)
+            .filter(|b| b.epoch == request.broker_epoch)
+            .ok_or_else(|| {
+                BrokerRpcError::StaleBrokerEpoch(format!(
+                    "broker {} epoch {} is not its current registration",
+                    request.broker_id, request.broker_epoch
+                ))
+            })?;
+        self.touch(request.broker_id);
+        if broker.fenced {
+            let reply = self
+                .propose(Command::UnfenceBroker {
+                    id: request.broker_id,
+                    epoch: request.broker_epoch,
+                })
+                .await?;
+            tracing::info!(broker = request.broker_id, ?reply, "unfencing a broker that heartbeats again");
+        }
+        let state = self.state.borrow().clone();
+        Ok(HeartbeatReply {
+            controller_id: self.node_id,
+            state: (state.applied_index != request.known_applied_index).then(|| (*state).clone()),
+        })
+    }
+
+    /// Fences expired sessions every `tick` while this node leads; runs until aborted.
+    pub async fn run_fencing(self, tick: Duration) {
+        let mut leading_term: Option<u64> = None;
+        let mut leading_since = Instant::now();
+        loop {
+            tokio::time::sleep(tick).await;
+            let (leader, term) = {
+                let metrics = self.raft.metrics();
+                let m = metrics.borrow();
+                (m.current_leader, m.current_term)
+            };
+            if leader != Some(self.node_id) {
+                leading_term = None;
+                continue;
+            }
+            if leading_term != Some(term) {
+                // A new leader has no heartbeat history: every broker gets a full session.
+                leading_term = Some(term);
+                leading_since = Instant::now();
+                self.sessions
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clear();
+            }
+            let state = self.state.borrow().clone();
+            let now = Instant::now();
+            let expired: Vec<(BrokerId, i64)> = {
+                let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+                state
+                    .unfenced_brokers()
+                    .filter(|b| {
+                        let last = sessions.get(&b.id).copied().unwrap_or(leading_since);
+                        now.saturating_duration_since(last.max(leading_since)) > self.session_timeout
+                    })
+                    .map(|b| (b.id, b.epoch))
+                    .collect()
+            };
+            for (id, epoch) in expired {
+                match self.propose(Command::FenceBroker { id, epoch }).await {
+                    Ok(reply) => tracing::warn!(broker = id, epoch, ?reply, "fenced a broker whose session expired"),
+                    Err(error) => tracing::warn!(broker = id, %error, "could not fence a broker"),
+                }
+            }
+        }
+    }
+}

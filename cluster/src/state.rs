@@ -1,0 +1,370 @@
+//! The replicated cluster metadata as typed records, and what each committed [`Command`] does
+//! to it. Owns the rules of registration, fencing and topic placement; must never do I/O, read
+//! a clock, or depend on anything but the command and its log index, so every replica that
+//! applies the same log reaches the same state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A broker id (Kafka's `node.id`).
+pub type BrokerId = i32;
+
+/// A registered broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRecord {
+    /// Its id.
+    pub id: BrokerId,
+    /// The host clients are told to connect to.
+    pub host: String,
+    /// The port clients are told to connect to.
+    pub port: i32,
+    /// The raft log index of its latest registration (KRaft's broker epoch); heartbeats and
+    /// fencing name it, so a stale process cannot act for a restarted one.
+    pub epoch: i64,
+    /// Random per process start, so a restart is told apart from a repeated registration.
+    pub incarnation: Uuid,
+    /// Fenced brokers are left out of Metadata and of new replica assignments.
+    pub fenced: bool,
+}
+
+/// One partition's placement and leadership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// Replica brokers, preferred leader first.
+    pub replicas: Vec<BrokerId>,
+    /// Current leader (-1 when none).
+    pub leader: BrokerId,
+    /// Bumped on every leader change.
+    pub leader_epoch: i32,
+    /// In-sync replicas.
+    pub isr: Vec<BrokerId>,
+}
+
+/// A topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    /// Name.
+    pub name: String,
+    /// Stable id.
+    pub id: Uuid,
+    /// Partitions by index.
+    pub partitions: Vec<PartitionRecord>,
+    /// Topic-level config overrides.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// The log index of the last applied entry.
+    pub applied_index: u64,
+    /// Registered brokers by id.
+    pub brokers: BTreeMap<BrokerId, BrokerRecord>,
+    /// Topics by id.
+    pub topics: BTreeMap<Uuid, TopicRecord>,
+}
+
+/// A change to the state, proposed by the active controller and applied once committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A broker (re)registers; its new epoch is this entry's log index.
+    RegisterBroker {
+        /// Its id.
+        id: BrokerId,
+        /// Advertised host.
+        host: String,
+        /// Advertised port.
+        port: i32,
+        /// Its process incarnation.
+        incarnation: Uuid,
+    },
+    /// The broker with this epoch missed its session; fence it.
+    FenceBroker {
+        /// Its id.
+        id: BrokerId,
+        /// The epoch the controller saw expire.
+        epoch: i64,
+    },
+    /// The broker with this epoch heartbeated while fenced; unfence it.
+    UnfenceBroker {
+        /// Its id.
+        id: BrokerId,
+        /// The epoch it heartbeated with.
+        epoch: i64,
+    },
+    /// Create a topic with this placement (chosen by the controller from the state it saw).
+    CreateTopic {
+        /// Name.
+        name: String,
+        /// Id.
+        id: Uuid,
+        /// Partitions.
+        partitions: Vec<PartitionRecord>,
+        /// Config overrides.
+        configs: BTreeMap<String, String>,
+    },
+    /// Delete a topic.
+    DeleteTopic {
+        /// Its id.
+        id: Uuid,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandReply {
+    /// Applied (or a blank/membership entry).
+    Done,
+    /// A broker registered with this epoch.
+    Registered {
+        /// The new broker epoch.
+        epoch: i64,
+    },
+    /// The command no longer fits the state (stale epoch, duplicate name); nothing changed.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ClusterState {
+    /// Applies the command committed at `index`.
+    pub fn apply(&mut self, index: u64, command: &Command) -> CommandReply {
+        debug_assert!(index > self.applied_index || self.applied_index == 0);
+        self.applied_index = index;
+        match command {
+            Command::RegisterBroker {
+                id,
+                host,
+                port,
+                incarnation,
+            } => {
+                let Ok(epoch) = i64::try_from(index) else {
+                    return rejected(format!("log index {index} does not fit a broker epoch"));
+                };
+                self.brokers.insert(
+                    *id,
+                    BrokerRecord {
+                        id: *id,
+                        host: host.clone(),
+                        port: *port,
+                        epoch,
+                        incarnation: *incarnation,
+                        fenced: false,
+                    },
+                );
+                CommandReply::Registered { epoch }
+            }
+            Command::FenceBroker { id, epoch } => self.set_fenced(*id, *epoch, true),
+            Command::UnfenceBroker { id, epoch } => self.set_fenced(*id, *epoch, false),
+            Command::CreateTopic {
+                name,
+                id,
+                partitions,
+                configs,
+            } => {
+                if self.topic_by_name(name).is_some() {
+                    return rejected(format!("topic '{name}' already exists"));
+                }
+                if self.topics.contains_key(id) {
+                    return rejected(format!("topic id {id} already exists"));
+                }
+                self.topics.insert(
+                    *id,
+                    TopicRecord {
+                        name: name.clone(),
+                        id: *id,
+                        partitions: partitions.clone(),
+                        configs: configs.clone(),
+                    },
+                );
+                CommandReply::Done
+            }
+            Command::DeleteTopic { id } => match self.topics.remove(id) {
+                Some(_) => CommandReply::Done,
+                None => rejected(format!("no topic with id {id}")),
+            },
+        }
+    }
+
+    fn set_fenced(&mut self, id: BrokerId, epoch: i64, fenced: bool) -> CommandReply {
+        match self.brokers.get_mut(&id) {
+            Some(broker) if broker.epoch == epoch => {
+                broker.fenced = fenced;
+                CommandReply::Done
+            }
+            Some(broker) => rejected(format!(
+                "broker {id} has epoch {}, not {epoch}",
+                broker.epoch
+            )),
+            None => rejected(format!("broker {id} is not registered")),
+        }
+    }
+
+    /// Looks a topic up by name.
+    pub fn topic_by_name(&self, name: &str) -> Option<&TopicRecord> {
+        self.topics.values().find(|t| t.name == name)
+    }
+
+    /// Unfenced brokers, by id.
+    pub fn unfenced_brokers(&self) -> impl Iterator<Item = &BrokerRecord> {
+        self.brokers.values().filter(|b| !b.fenced)
+    }
+}
+
+fn rejected(reason: String) -> CommandReply {
+    CommandReply::Rejected { reason }
+}
+
+/// Why replicas could not be placed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    /// More replicas asked for than unfenced brokers (Kafka's INVALID_REPLICATION_FACTOR).
+    #[error("replication factor {asked} is larger than the {available} unfenced brokers")]
+    InvalidReplicationFactor {
+        /// Replicas asked for.
+        asked: i32,
+        /// Unfenced brokers.
+        available: usize,
+    },
+    /// A partition count below 1 (Kafka's INVALID_PARTITIONS).
+    #[error("partition count {0} is below 1")]
+    InvalidPartitions(i32),
+}
+
+/// Places `partitions` partitions of `replication_factor` replicas round-robin over the
+/// unfenced brokers, starting at `start`; the first replica leads.
+pub fn assign_replicas(
+    state: &ClusterState,
+    partitions: i32,
+    replication_factor: i32,
+    start: usize,
+) -> Result<Vec<PartitionRecord>, PlacementError> {
+    let brokers: Vec<BrokerId> = state.unfenced_brokers().map(|b| b.id).collect();
+    if partitions < 1 {
+        return Err(PlacementError::InvalidPartitions(partitions));
+    }
+    let replicas_per = usize::try_from(replication_factor).unwrap_or(0);
+    if replicas_per == 0 || replicas_per > brokers.len() {
+        return Err(PlacementError::InvalidReplicationFactor {
+            asked: replication_factor,
+            available: brokers.len(),
+        });
+    }
+    let mut placed = Vec::new();
+    for partition in 0..partitions as usize {
+        let first = start.wrapping_add(partition);
+        let replicas: Vec<BrokerId> = (0..replicas_per)
+            .map(|r| brokers[first.wrapping_add(r) % brokers.len()])
+            .collect();
+        placed.push(PartitionRecord {
+            leader: replicas[0],
+            leader_epoch: 0,
+            isr: replicas.clone(),
+            replicas,
+        });
+    }
+    Ok(placed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(state: &mut ClusterState, index: u64, id: BrokerId) -> CommandReply {
+        state.apply(
+            index,
+            &Command::RegisterBroker {
+                id,
+                host: format!("127.0.0.{id}"),
+                port: 9092,
+                incarnation: Uuid::new_v4(),
+            },
+        )
+    }
+
+    #[test]
+    fn registration_epoch_is_the_log_index_and_fencing_names_it() {
+        let mut state = ClusterState::default();
+        assert_eq!(
+            register(&mut state, 5, 1),
+            CommandReply::Registered { epoch: 5 }
+        );
+        assert_eq!(state.brokers[&1].epoch, 5);
+        // A stale epoch cannot fence the current registration.
+        assert!(matches!(
+            state.apply(6, &Command::FenceBroker { id: 1, epoch: 4 }),
+            CommandReply::Rejected { .. }
+        ));
+        assert!(!state.brokers[&1].fenced);
+        assert_eq!(
+            state.apply(7, &Command::FenceBroker { id: 1, epoch: 5 }),
+            CommandReply::Done
+        );
+        assert!(state.brokers[&1].fenced);
+        assert_eq!(state.unfenced_brokers().count(), 0);
+        assert_eq!(
+            state.apply(8, &Command::UnfenceBroker { id: 1, epoch: 5 }),
+            CommandReply::Done
+        );
+        assert!(!state.brokers[&1].fenced);
+        // Re-registration after a restart: a new epoch, unfenced; the old epoch is dead.
+        assert_eq!(
+            register(&mut state, 9, 1),
+            CommandReply::Registered { epoch: 9 }
+        );
+        assert!(matches!(
+            state.apply(10, &Command::FenceBroker { id: 1, epoch: 5 }),
+            CommandReply::Rejected { .. }
+        ));
+        assert!(!state.brokers[&1].fenced);
+        assert_eq!(state.applied_index, 10);
+    }
+
+    #[test]
+    fn placement_is_round_robin_over_unfenced_brokers() {
+        let mut state = ClusterState::default();
+        for (i, id) in [1, 2, 3].into_iter().enumerate() {
+            register(&mut state, i as u64 + 1, id);
+        }
+        state.apply(4, &Command::FenceBroker { id: 2, epoch: 2 });
+        let placed = assign_replicas(&state, 3, 2, 0).unwrap();
+        let replicas: Vec<Vec<i32>> = placed.iter().map(|p| p.replicas.clone()).collect();
+        assert_eq!(replicas, vec![vec![1, 3], vec![3, 1], vec![1, 3]]);
+        assert_eq!(placed[1].leader, 3);
+        assert_eq!(placed[1].isr, vec![3, 1]);
+        assert_eq!(
+            assign_replicas(&state, 1, 3, 0),
+            Err(PlacementError::InvalidReplicationFactor {
+                asked: 3,
+                available: 2
+            })
+        );
+        assert!(assign_replicas(&state, 0, 1, 0).is_err());
+    }
+
+    #[test]
+    fn topics_are_unique_by_name() {
+        let mut state = ClusterState::default();
+        let create = |id| Command::CreateTopic {
+            name: "t".into(),
+            id,
+            partitions: vec![],
+            configs: BTreeMap::new(),
+        };
+        assert_eq!(state.apply(1, &create(Uuid::new_v4())), CommandReply::Done);
+        assert!(matches!(
+            state.apply(2, &create(Uuid::new_v4())),
+            CommandReply::Rejected { .. }
+        ));
+        assert_eq!(state.topics.len(), 1);
+        let id = state.topic_by_name("t").unwrap().id;
+        assert_eq!(
+            state.apply(3, &Command::DeleteTopic { id }),
+            CommandReply::Done
+        );
+        assert!(state.topics.is_empty());
+    }
+}

@@ -1,0 +1,302 @@
+//! What controllers and brokers say to each other over TCP, and how it is framed: a 4-byte
+//! big-endian length, then the JSON of a [`Request`] or [`Response`]. One request at a time per
+//! connection; every frame is checked against the configured maximum on both sides, and every
+//! exchange runs under a timeout. Owns the message types and [`Connection`] (a client that
+//! reconnects after any failure); must never decide anything about raft or brokers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use uuid::Uuid;
+
+use crate::state::{BrokerId, ClusterState};
+use crate::{NodeId, TypeConfig};
+
+/// A request to a controller.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Raft: replicate entries / heartbeat.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft: request a vote.
+    Vote(VoteRequest<NodeId>),
+    /// Raft: one chunk of a snapshot.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A broker registers (answered by the active controller only).
+    Register(RegisterRequest),
+    /// A broker heartbeats (answered by the active controller only).
+    Heartbeat(HeartbeatRequest),
+}
+
+/// A controller's answer, the same variant as the request.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// To [`Request::AppendEntries`].
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::Vote`].
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::InstallSnapshot`].
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// To [`Request::Register`].
+    Register(Result<RegisterReply, BrokerRpcError>),
+    /// To [`Request::Heartbeat`].
+    Heartbeat(Result<HeartbeatReply, BrokerRpcError>),
+}
+
+/// A broker's registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// Broker id.
+    pub broker_id: BrokerId,
+    /// Advertised host.
+    pub host: String,
+    /// Advertised port.
+    pub port: i32,
+    /// Random per process start.
+    pub incarnation: Uuid,
+}
+
+/// The active controller's answer to a registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterReply {
+    /// The new broker epoch (the registration's log index).
+    pub broker_epoch: i64,
+}
+
+/// A broker's heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// Broker id.
+    pub broker_id: BrokerId,
+    /// The epoch it registered with.
+    pub broker_epoch: i64,
+    /// The applied index of the state it holds; the reply carries the state when newer.
+    pub known_applied_index: u64,
+}
+
+/// The active controller's answer to a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The active controller (Kafka's controller id).
+    pub controller_id: NodeId,
+    /// The committed state, when newer than the broker's.
+    pub state: Option<ClusterState>,
+}
+
+/// Why a broker RPC was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum BrokerRpcError {
+    /// This controller is not the active one; try the leader if known.
+    #[error("not the active controller (leader: {leader:?})")]
+    NotController {
+        /// The leader this controller knows of.
+        leader: Option<NodeId>,
+    },
+    /// The broker's epoch is not its current registration: register again.
+    #[error("stale broker epoch: {0}")]
+    StaleBrokerEpoch(String),
+    /// The quorum could not commit the change.
+    #[error("quorum: {0}")]
+    Quorum(String),
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Connecting failed.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// The peer.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing failed.
+    #[error("i/o with {addr}: {source}")]
+    Io {
+        /// The peer.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The exchange took longer than its timeout.
+    #[error("{addr} did not answer within {timeout:?}")]
+    Timeout {
+        /// The peer.
+        addr: SocketAddr,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// A frame was larger than allowed.
+    #[error("frame of {len_bytes} bytes is over the {max_bytes}-byte limit")]
+    FrameTooLarge {
+        /// Its length.
+        len_bytes: usize,
+        /// The limit.
+        max_bytes: u32,
+    },
+    /// A frame did not decode.
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// The peer answered with a different kind of response.
+    #[error("unexpected response kind")]
+    UnexpectedResponse,
+}
+
+/// Writes one frame holding `message`.
+pub async fn write_frame<T: Serialize>(
+    stream: &mut TcpStream,
+    message: &T,
+    max_bytes: u32,
+) -> Result<(), FrameError> {
+    let payload = serde_json::to_vec(message)?;
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|len| *len <= max_bytes)
+        .ok_or(FrameError::TooLarge {
+            len_bytes: payload.len(),
+            max_bytes,
+        })?;
+    let mut frame = Vec::with_capacity(payload.len() + 4);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&payload);
+    stream.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream before a frame starts.
+pub async fn read_frame<T: for<'de> Deserialize<'de>>(
+    stream: &mut TcpStream,
+    max_bytes: u32,
+) -> Result<Option<T>, FrameError> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len);
+    if len > max_bytes {
+        return Err(FrameError::TooLarge {
+            len_bytes: len as usize,
+            max_bytes,
+        });
+    }
+    let mut payload = vec![0u8; len as usize];
+    stream.read_exact(&mut payload).await?;
+    Ok(Some(serde_json::from_slice(&payload)?))
+}
+
+/// Why reading or writing a frame failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Over the limit.
+    #[error("frame of {len_bytes} bytes is over the {max_bytes}-byte limit")]
+    TooLarge {
+        /// Its length.
+        len_bytes: usize,
+        /// The limit.
+        max_bytes: u32,
+    },
+    /// Not a message.
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// A client connection to one controller, opened on first use and after any failure.
+#[derive(Debug)]
+pub struct Connection {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    timeout: Duration,
+    frame_bytes_max: u32,
+}
+
+impl Connection {
+    /// A connection to `addr` (not yet opened).
+    pub fn new(addr: SocketAddr, timeout: Duration, frame_bytes_max: u32) -> Self {
+        Self {
+            addr,
+            stream: None,
+            timeout,
+            frame_bytes_max,
+        }
+    }
+
+    /// The peer.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends `request` and waits for its response, within `timeout` (connect included). Any
+    /// failure drops the socket, so the next call reconnects.
+    pub async fn call(&mut self, request: &Request, timeout: Duration) -> Result<Response, WireError> {
+        let addr = self.addr;
+        let result = tokio::time::timeout(timeout, self.exchange(request)).await;
+        let result = match result {
+            Ok(result) => result,
+            Err(_) => Err(WireError::Timeout { addr, timeout }),
+        };
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    /// The configured per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn exchange(&mut self, request: &Request) -> Result<Response, WireError> {
+        let addr = self.addr;
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let stream = TcpStream::connect(addr)
+                    .await
+                    .map_err(|source| WireError::Connect { addr, source })?;
+                let _ = stream.set_nodelay(true);
+                self.stream.insert(stream)
+            }
+        };
+        let max = self.frame_bytes_max;
+        write_frame(stream, request, max)
+            .await
+            .map_err(|e| frame_to_wire(addr, e))?;
+        match read_frame(stream, max).await {
+            Ok(Some(response)) => Ok(response),
+            Ok(None) => Err(WireError::Io {
+                addr,
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            }),
+            Err(e) => Err(frame_to_wire(addr, e)),
+        }
+    }
+}
+
+fn frame_to_wire(addr: SocketAddr, error: FrameError) -> WireError {
+    match error {
+        FrameError::Io(source) => WireError::Io { addr, source },
+        FrameError::TooLarge {
+            len_bytes,
+            max_bytes,
+        } => WireError::FrameTooLarge {
+            len_bytes,
+            max_bytes,
+        },
+        FrameError::Decode(e) => WireError::Decode(e),
+    }
+}
