@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use sluice_storage::{LogConfig, TimestampType};
 
 mod check;
+mod cluster;
 use check::Check;
 
 /// Upper bound of `num.shards`: far above any core count, low enough to catch a typo.
@@ -83,6 +84,15 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "producer.id.expiration.check.interval.ms", default: "600000", doc: "How often expired producer states are removed." },
     Setting { name: "producer.states.per.partition.max", default: "10000", doc: "Producer states kept per partition; above it the least recently active ones are dropped first (duplicates of their retried batches then go undetected)." },
     Setting { name: "cluster.id", default: "", doc: "Cluster id; generated and stored in the metadata log when empty." },
+    Setting { name: "process.roles", default: "", doc: "Empty: a single broker, no cluster. `broker,controller` or `broker` (or `controller`): this node joins the cluster of controller.quorum.voters in those roles." },
+    Setting { name: "controller.quorum.voters", default: "", doc: "The static controller quorum, ID@IP:PORT,... (e.g. `1@127.0.0.1:19093,2@127.0.0.2:19093,3@127.0.0.3:19093`); a controller's node.id must be listed, a broker-only node's must not." },
+    Setting { name: "controller.listener", default: "", doc: "IP:PORT this controller listens on for quorum and broker-registration traffic; empty = its own entry in controller.quorum.voters." },
+    Setting { name: "broker.session.timeout.ms", default: "9000", doc: "A broker whose heartbeats stop for this long is fenced: left out of Metadata until it heartbeats again." },
+    Setting { name: "broker.heartbeat.interval.ms", default: "2000", doc: "How often a broker heartbeats to the active controller (must be below broker.session.timeout.ms)." },
+    Setting { name: "controller.quorum.election.timeout.ms", default: "1000", doc: "A controller that hears no leader for between this and twice this starts an election; the leader heartbeats at a quarter of it." },
+    Setting { name: "controller.quorum.request.timeout.ms", default: "2000", doc: "Timeout of one controller RPC (connect included); a broker then tries the next voter." },
+    Setting { name: "controller.quorum.frame.bytes.max", default: "67108864", doc: "Largest frame a controller connection sends or accepts; a larger one closes the connection." },
+    Setting { name: "controller.quorum.snapshot.entries.between", default: "10000", doc: "The controller snapshots its metadata state after this many raft log entries and purges the log before the snapshot." },
 ];
 
 /// The settings as the Markdown table the README carries (`--print-config-reference`).
@@ -411,6 +421,8 @@ pub struct BrokerConfig {
     pub producer_id_expiration_check_interval_ms: u64,
     /// `producer.states.per.partition.max`.
     pub producer_states_per_partition_max: usize,
+    /// The cluster this node joins (`process.roles` set); None: a single broker.
+    pub cluster: Option<sluice_cluster::ClusterSettings>,
 }
 
 /// Largest value of a Kafka `int` setting.
@@ -489,7 +501,9 @@ impl BrokerConfig {
             log_defaults,
             groups,
             settings: Settings::default(),
+            cluster: None,
         };
+        let cluster = cluster::read(c, &settings, &config.data_dir);
         c.relation(
             config.groups.session_timeout_ms_min <= config.groups.session_timeout_ms_max,
             &[
@@ -524,7 +538,13 @@ impl BrokerConfig {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let cluster = cluster.map(|mut cluster| {
+            cluster.advertised_host = advertised_host.clone();
+            cluster.advertised_port = advertised_port;
+            cluster
+        });
         Ok(Self {
+            cluster,
             advertised_host,
             advertised_port,
             shards,

@@ -171,6 +171,17 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
             }
         }
         drop(reservation);
+        // Join the cluster only once every shard serves: registering makes the other brokers
+        // list this one in Metadata, so clients may connect the moment it registers.
+        if let Some(cluster) = config.cluster.clone() {
+            let store = store.clone();
+            let roles = (cluster.is_broker, cluster.is_controller);
+            sluice_cluster::ClusterNode::spawn_thread(cluster, move |view| {
+                store.publish_cluster(view)
+            })
+            .map_err(|e| ServeError::Startup(format!("cluster: {e}")))?;
+            tracing::info!(broker = roles.0, controller = roles.1, "joined the cluster");
+        }
         tracing::info!(
             listen = %config.listen,
             advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),

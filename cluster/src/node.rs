@@ -137,16 +137,20 @@ impl ClusterNode {
     }
 
     /// Runs the node on a thread of its own (a current-thread tokio runtime), so the quorum
-    /// never shares a shard's thread. Returns once started; the node lives as long as the
-    /// process.
+    /// never shares a shard's thread, and hands every new broker view to `publish` (on that
+    /// thread). Returns once started; the node lives as long as the process.
     pub fn spawn_thread(
         settings: ClusterSettings,
-    ) -> Result<watch::Receiver<Arc<BrokerView>>, ClusterError> {
+        publish: impl Fn(Arc<BrokerView>) + Send + 'static,
+    ) -> Result<(), ClusterError> {
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("cluster".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(runtime) => runtime,
                     Err(e) => {
                         let _ = started_tx.send(Err(ClusterError::io("cluster runtime", e)));
@@ -154,15 +158,24 @@ impl ClusterNode {
                     }
                 };
                 runtime.block_on(async move {
-                    match ClusterNode::start(settings).await {
-                        Ok(node) => {
-                            let _ = started_tx.send(Ok(node.view()));
-                            std::future::pending::<()>().await;
-                        }
+                    let node = match ClusterNode::start(settings).await {
+                        Ok(node) => node,
                         Err(e) => {
                             let _ = started_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = started_tx.send(Ok(()));
+                    let mut view = node.view();
+                    loop {
+                        publish(view.borrow_and_update().clone());
+                        if view.changed().await.is_err() {
+                            break;
                         }
                     }
+                    // The broker task ended (a controller-only node): keep the quorum running.
+                    std::future::pending::<()>().await;
+                    drop(node);
                 });
             })
             .map_err(|e| ClusterError::io("spawn the cluster thread", e))?;

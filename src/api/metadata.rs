@@ -1,4 +1,5 @@
-//! Metadata (0–12) and DescribeCluster (0–1): the broker, its topics and partition leaders.
+//! Metadata (0–12) and DescribeCluster (0–1): the live brokers (this one alone, or every
+//! unfenced broker of its cluster), the controller, the topics and partition leaders.
 //!
 //! A partition poisoned by a failed sync ([`crate::offline`]) is listed with KAFKA_STORAGE_ERROR
 //! and this broker as its offline replica.
@@ -119,12 +120,22 @@ pub async fn handle(
     }
 
     let mut response = MetadataResponse::default();
-    response.brokers = vec![broker_entry(&shard)];
+    let (brokers, controller_id) = live_brokers(&shard);
+    response.brokers = brokers
+        .into_iter()
+        .map(|(id, host, port)| {
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(id);
+            broker.host = str_bytes(&host);
+            broker.port = port;
+            broker
+        })
+        .collect();
     if version >= 2 {
         response.cluster_id = Some(str_bytes(&snapshot.cluster_id));
     }
     if version >= 1 {
-        response.controller_id = BrokerId(shard.config.node_id);
+        response.controller_id = BrokerId(controller_id);
     }
     response.topics = topics;
     response.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
@@ -157,12 +168,32 @@ async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<Arc<TopicMeta>, (i
     }
 }
 
-fn broker_entry(shard: &Shard) -> MetadataResponseBroker {
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = BrokerId(shard.config.node_id);
-    broker.host = str_bytes(&shard.config.advertised_host);
-    broker.port = shard.config.advertised_port;
-    broker
+/// The brokers clients may use, as (id, host, port), and the controller id. A single broker
+/// lists itself and is its own controller. In a cluster: every unfenced registered broker and
+/// the active controller (-1 while unknown); until this broker has learnt the cluster's state
+/// it lists itself, so a client is never left with no broker at all.
+fn live_brokers(shard: &Shard) -> (Vec<(i32, String, i32)>, i32) {
+    let this = (
+        shard.config.node_id,
+        shard.config.advertised_host.clone(),
+        shard.config.advertised_port,
+    );
+    let Some(view) = shard.metadata.cluster() else {
+        return (vec![this], shard.config.node_id);
+    };
+    let controller_id = view
+        .controller_id
+        .and_then(|id| i32::try_from(id).ok())
+        .unwrap_or(-1);
+    if view.state.brokers.is_empty() {
+        return (vec![this], controller_id);
+    }
+    let brokers = view
+        .state
+        .unfenced_brokers()
+        .map(|b| (b.id, b.host.clone(), b.port))
+        .collect();
+    (brokers, controller_id)
 }
 
 fn topic_entry(shard: &Shard, version: i16, topic: &TopicMeta) -> MetadataResponseTopic {
@@ -223,17 +254,23 @@ pub fn describe_cluster(
     body: Reader,
 ) -> Response<FetchRecords> {
     let _request = decode_or_close!(header, body, DescribeClusterRequest);
-    let mut broker = DescribeClusterBroker::default();
-    broker.broker_id = BrokerId(shard.config.node_id);
-    broker.host = str_bytes(&shard.config.advertised_host);
-    broker.port = shard.config.advertised_port;
+    let (brokers, controller_id) = live_brokers(&shard);
     let mut response = DescribeClusterResponse::default();
     if header.api_version >= 1 {
         response.endpoint_type = 1;
     }
     response.cluster_id = str_bytes(&shard.metadata.load().cluster_id);
-    response.controller_id = BrokerId(shard.config.node_id);
-    response.brokers = vec![broker];
+    response.controller_id = BrokerId(controller_id);
+    response.brokers = brokers
+        .into_iter()
+        .map(|(id, host, port)| {
+            let mut broker = DescribeClusterBroker::default();
+            broker.broker_id = BrokerId(id);
+            broker.host = str_bytes(&host);
+            broker.port = port;
+            broker
+        })
+        .collect();
     response.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
     encode(&header, &response)
 }

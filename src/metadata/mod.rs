@@ -2,7 +2,9 @@
 //!
 //! One writer (the [`controller::Controller`] on shard 0) appends every change to the
 //! [`log::MetadataLog`] and then publishes a new immutable [`MetadataSnapshot`]; every shard
-//! reads the current snapshot lock-free (`ArcSwap`). Must never: be mutated in place, or be
+//! reads the current snapshot lock-free (`ArcSwap`). In a cluster, the broker view the
+//! cluster thread learns from the controller quorum (registered brokers, fencing, the active
+//! controller) is published beside it the same way. Must never: be mutated in place, or be
 //! changed by anyone but the controller — a replicated controller (e.g. on openraft) replaces
 //! the log later without touching readers.
 
@@ -12,7 +14,8 @@ pub mod log;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use sluice_cluster::broker::BrokerView;
 use uuid::Uuid;
 
 /// A topic as the cluster knows it.
@@ -61,6 +64,9 @@ impl MetadataSnapshot {
 #[derive(Debug, Default)]
 pub struct MetadataStore {
     current: ArcSwap<MetadataSnapshot>,
+    /// What this node knows of its cluster (brokers, their fencing, the active controller);
+    /// None on a single broker. One writer: the cluster thread's bridge.
+    cluster: ArcSwapOption<BrokerView>,
 }
 
 impl MetadataStore {
@@ -68,7 +74,18 @@ impl MetadataStore {
     pub fn new(snapshot: MetadataSnapshot) -> Self {
         Self {
             current: ArcSwap::from_pointee(snapshot),
+            cluster: ArcSwapOption::empty(),
         }
+    }
+
+    /// The cluster view (cheap, lock-free); None on a single broker.
+    pub fn cluster(&self) -> Option<Arc<BrokerView>> {
+        self.cluster.load_full()
+    }
+
+    /// Publishes a new cluster view; only the cluster bridge calls this.
+    pub(crate) fn publish_cluster(&self, view: Arc<BrokerView>) {
+        self.cluster.store(Some(view));
     }
 
     /// The current snapshot (cheap, lock-free).
