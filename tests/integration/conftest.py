@@ -11,13 +11,14 @@ Stable fixture API (other test files rely on it; extend, don't change):
                       (under $CARGO_TARGET_DIR when set). Fails the test if it is missing.
     broker            (function) A running broker with default settings and --shards 2.
     broker_factory    (function) broker_factory(overrides=None, *, shards=2, extra_args=(),
-                      start=True, **kw) -> Broker. `overrides` is a dict of Kafka-style settings
+                      start=True, host="127.0.0.1", **kw) -> Broker. `host` is the loopback
+                      address the Kafka listener binds (127.0.0.2, ... for multi-node tests). `overrides` is a dict of Kafka-style settings
                       passed as `--override key=value`, e.g. {"log.segment.bytes": 1048576};
                       keyword arguments are the same with dots written as underscores
                       (message_max_bytes=2000000 -> message.max.bytes=2000000).
                       Every broker made is stopped at teardown.
 
-    Broker attributes: .bootstrap ("127.0.0.1:PORT"), .port, .admin_port, .admin_url
+    Broker attributes: .bootstrap ("HOST:PORT"), .host, .port, .admin_port, .admin_url
     ("http://127.0.0.1:PORT2", or None when the binary has no --admin-listen), .data_dir (Path),
     .log_path (Path of the broker's stdout+stderr, appended across restarts), .shards, .proc.
     Broker methods:
@@ -124,7 +125,7 @@ class BrokerStartError(AssertionError):
 
 class Broker:
     def __init__(self, binary: Path, workdir: Path, shards: int = 2, overrides=None,
-                 extra_args=()):
+                 extra_args=(), host: str = "127.0.0.1"):
         self.binary = Path(binary)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,8 @@ class Broker:
         self.shards = shards
         self.overrides = dict(overrides or {})
         self.extra_args = list(extra_args)
-        self.port = helpers.free_port()
+        self.host = host
+        self.port = helpers.free_port(host)
         self.has_admin = _supports_admin_listen(self.binary)
         self.admin_port = helpers.free_port() if self.has_admin else None
         self.proc: subprocess.Popen | None = None
@@ -145,7 +147,7 @@ class Broker:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def admin_url(self):
@@ -320,12 +322,12 @@ class Broker:
 def broker_factory(sluice_bin, tmp_path, request):
     made = []
 
-    def make(overrides=None, *, shards=2, extra_args=(), start=True, **kw):
+    def make(overrides=None, *, shards=2, extra_args=(), start=True, host="127.0.0.1", **kw):
         settings = dict(overrides or {})
         for key, value in kw.items():
             settings[key.replace("_", ".")] = value
         b = Broker(sluice_bin, tmp_path / f"broker{len(made)}", shards=shards,
-                   overrides=settings, extra_args=extra_args)
+                   overrides=settings, extra_args=extra_args, host=host)
         made.append(b)
         request.node._sluice_brokers = made
         if start:
@@ -335,7 +337,7 @@ def broker_factory(sluice_bin, tmp_path, request):
                 # The first start may lose a race for the picked port; try once more on new ports.
                 if "in use" not in b.log_text().lower():
                     raise
-                b.port = helpers.free_port()
+                b.port = helpers.free_port(b.host)
                 if b.has_admin:
                     b.admin_port = helpers.free_port()
                 b.start()
