@@ -937,4 +937,67 @@ mod tests {
             7
         );
     }
+
+    #[test]
+    fn cluster_settings_are_read_only_with_process_roles_and_checked() {
+        let config = BrokerConfig::from_settings(Settings::default()).unwrap();
+        assert!(
+            config.cluster.is_none(),
+            "no process.roles: a single broker"
+        );
+        let voters =
+            "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.2:19093,3@127.0.0.3:19093";
+        let overrides: Vec<String> = [
+            "node.id=2",
+            "process.roles=broker,controller",
+            voters,
+            "advertised.listeners=h2:9092",
+            "broker.session.timeout.ms=3000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let config = load(None, &overrides, &[]).unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.node_id, 2);
+        assert!(cluster.is_broker && cluster.is_controller);
+        assert_eq!(cluster.voters.len(), 3);
+        assert_eq!(
+            cluster.listen_addr(),
+            Some("127.0.0.2:19093".parse().unwrap())
+        );
+        assert_eq!(
+            (cluster.advertised_host.as_str(), cluster.advertised_port),
+            ("h2", 9092)
+        );
+        assert_eq!(cluster.session_timeout.as_millis(), 3000);
+        assert_eq!(cluster.heartbeat_interval.as_millis(), 2000);
+        assert!(cluster.dir.ends_with("__cluster"));
+
+        assert_eq!(problems(&["process.roles=broker,leader", voters]).len(), 1);
+        assert_eq!(problems(&[voters]).len(), 1, "voters without process.roles");
+        assert_eq!(problems(&["process.roles=broker"]).len(), 1, "no voters");
+        assert_eq!(
+            problems(&["node.id=4", "process.roles=broker,controller", voters]).len(),
+            1,
+            "a controller missing from the voters"
+        );
+        assert_eq!(
+            problems(&["node.id=1", "process.roles=broker", voters]).len(),
+            1,
+            "a voter without the controller role"
+        );
+        assert!(problems(&["node.id=4", "process.roles=broker", voters]).is_empty());
+        assert_eq!(
+            problems(&[
+                "node.id=1",
+                "process.roles=controller",
+                voters,
+                "broker.heartbeat.interval.ms=9000"
+            ])
+            .len(),
+            1,
+            "heartbeat not below the session"
+        );
+    }
 }

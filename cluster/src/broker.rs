@@ -74,7 +74,10 @@ impl Controllers {
 /// Registers and heartbeats until aborted, publishing into `view`.
 pub async fn run(settings: ClusterSettings, view: watch::Sender<Arc<BrokerView>>) {
     let Ok(broker_id) = i32::try_from(settings.node_id) else {
-        tracing::error!(node_id = settings.node_id, "node.id does not fit a broker id");
+        tracing::error!(
+            node_id = settings.node_id,
+            "node.id does not fit a broker id"
+        );
         return;
     };
     let incarnation = Uuid::new_v4();
@@ -101,7 +104,11 @@ pub async fn run(settings: ClusterSettings, view: watch::Sender<Arc<BrokerView>>
         let mut retry_now = false;
         match controllers.call(&request).await {
             Ok(Response::Register(Ok(reply))) => {
-                tracing::info!(broker_id, epoch = reply.broker_epoch, "registered with the controller quorum");
+                tracing::info!(
+                    broker_id,
+                    epoch = reply.broker_epoch,
+                    "registered with the controller quorum"
+                );
                 current.broker_epoch = Some(reply.broker_epoch);
                 // Heartbeat right away to fetch the state that includes the registration.
                 retry_now = true;
@@ -112,23 +119,22 @@ pub async fn run(settings: ClusterSettings, view: watch::Sender<Arc<BrokerView>>
                     current.state = Arc::new(state);
                 }
             }
-            Ok(Response::Register(Err(error))) | Ok(Response::Heartbeat(Err(error))) => {
-                match error {
-                    BrokerRpcError::NotController { leader } => {
-                        controllers.redirect(leader);
-                        retry_now = leader.is_some();
-                    }
-                    BrokerRpcError::StaleBrokerEpoch(message) => {
-                        tracing::warn!(broker_id, %message, "registering again");
-                        current.broker_epoch = None;
-                        retry_now = true;
-                    }
-                    BrokerRpcError::Quorum(message) => {
-                        tracing::debug!(broker_id, %message, "controller could not answer");
-                        controllers.redirect(None);
-                    }
+            Ok(Response::Register(Err(error))) | Ok(Response::Heartbeat(Err(error))) => match error
+            {
+                BrokerRpcError::NotController { leader } => {
+                    controllers.redirect(leader);
+                    retry_now = leader.is_some();
                 }
-            }
+                BrokerRpcError::StaleBrokerEpoch(message) => {
+                    tracing::warn!(broker_id, %message, "registering again");
+                    current.broker_epoch = None;
+                    retry_now = true;
+                }
+                BrokerRpcError::Quorum(message) => {
+                    tracing::debug!(broker_id, %message, "controller could not answer");
+                    controllers.redirect(None);
+                }
+            },
             Ok(_) => controllers.redirect(None),
             Err(error) => {
                 tracing::debug!(broker_id, %error, "controller unreachable; trying the next voter");

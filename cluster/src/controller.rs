@@ -14,7 +14,9 @@ use openraft::BasicNode;
 use tokio::sync::watch;
 
 use crate::state::{BrokerId, ClusterState, Command, CommandReply};
-use crate::wire::{BrokerRpcError, HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest};
+use crate::wire::{
+    BrokerRpcError, HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest,
+};
 use crate::{NodeId, Raft};
 
 /// Serves registrations and heartbeats and runs the fencing clock.
@@ -30,7 +32,9 @@ pub struct Controller {
 fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> BrokerRpcError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            BrokerRpcError::NotController { leader: f.leader_id }
+            BrokerRpcError::NotController {
+                leader: f.leader_id,
+            }
         }
         other => BrokerRpcError::Quorum(other.to_string()),
     }
@@ -39,7 +43,9 @@ fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) ->
 fn read_error(error: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> BrokerRpcError {
     match error {
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
-            BrokerRpcError::NotController { leader: f.leader_id }
+            BrokerRpcError::NotController {
+                leader: f.leader_id,
+            }
         }
         other => BrokerRpcError::Quorum(other.to_string()),
     }
@@ -73,7 +79,10 @@ impl Controller {
     }
 
     /// Registers a broker: its epoch is the log index the registration committed at.
-    pub async fn register(&self, request: RegisterRequest) -> Result<RegisterReply, BrokerRpcError> {
+    pub async fn register(
+        &self,
+        request: RegisterRequest,
+    ) -> Result<RegisterReply, BrokerRpcError> {
         let reply = self
             .propose(Command::RegisterBroker {
                 id: request.broker_id,
@@ -86,9 +95,13 @@ impl Controller {
             CommandReply::Registered { epoch } => {
                 self.touch(request.broker_id);
                 tracing::info!(broker = request.broker_id, epoch, "broker registered");
-                Ok(RegisterReply { broker_epoch: epoch })
+                Ok(RegisterReply {
+                    broker_epoch: epoch,
+                })
             }
-            other => Err(BrokerRpcError::Quorum(format!("registration not applied: {other:?}"))),
+            other => Err(BrokerRpcError::Quorum(format!(
+                "registration not applied: {other:?}"
+            ))),
         }
     }
 
@@ -121,7 +134,11 @@ impl Controller {
                     epoch: request.broker_epoch,
                 })
                 .await?;
-            tracing::info!(broker = request.broker_id, ?reply, "unfencing a broker that heartbeats again");
+            tracing::info!(
+                broker = request.broker_id,
+                ?reply,
+                "unfencing a broker that heartbeats again"
+            );
         }
         let state = self.state.borrow().clone();
         Ok(HeartbeatReply {
@@ -162,14 +179,20 @@ impl Controller {
                     .unfenced_brokers()
                     .filter(|b| {
                         let last = sessions.get(&b.id).copied().unwrap_or(leading_since);
-                        now.saturating_duration_since(last.max(leading_since)) > self.session_timeout
+                        now.saturating_duration_since(last.max(leading_since))
+                            > self.session_timeout
                     })
                     .map(|b| (b.id, b.epoch))
                     .collect()
             };
             for (id, epoch) in expired {
                 match self.propose(Command::FenceBroker { id, epoch }).await {
-                    Ok(reply) => tracing::warn!(broker = id, epoch, ?reply, "fenced a broker whose session expired"),
+                    Ok(reply) => tracing::warn!(
+                        broker = id,
+                        epoch,
+                        ?reply,
+                        "fenced a broker whose session expired"
+                    ),
                     Err(error) => tracing::warn!(broker = id, %error, "could not fence a broker"),
                 }
             }

@@ -179,7 +179,9 @@ impl StoreFile for PowerLossFile {
 
     fn truncate_synced(&mut self, len_bytes: u64) -> io::Result<()> {
         self.with(|s| {
-            let len = usize::try_from(len_bytes).unwrap_or(usize::MAX).min(s.current.len());
+            let len = usize::try_from(len_bytes)
+                .unwrap_or(usize::MAX)
+                .min(s.current.len());
             s.current.truncate(len);
             s.durable_len = len;
         });

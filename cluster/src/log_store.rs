@@ -59,7 +59,7 @@ impl Held {
             }
             LogRecord::PurgeUpTo(log_id) => {
                 self.entries = self.entries.split_off(&(log_id.index + 1));
-                if self.last_purged.map_or(true, |p| p.index < log_id.index) {
+                if self.last_purged.is_none_or(|p| p.index < log_id.index) {
                     self.last_purged = Some(log_id);
                 }
             }
@@ -95,7 +95,10 @@ impl<F: StoreFile> Inner<F> {
             })?;
             record::encode(&payload, &mut bytes);
         }
-        let result = self.file.append(&bytes).map_err(|e| ClusterError::io("raft log write", e));
+        let result = self
+            .file
+            .append(&bytes)
+            .map_err(|e| ClusterError::io("raft log write", e));
         let result = result.and_then(|()| match sync {
             true => self
                 .file
@@ -201,7 +204,12 @@ impl<F: StoreFile> LogStore<F> {
 
     /// The log ids of the entries held, in order (for tests and diagnostics).
     pub fn log_ids(&self) -> Vec<LogId<NodeId>> {
-        self.lock().state.entries.values().map(|e| e.log_id).collect()
+        self.lock()
+            .state
+            .entries
+            .values()
+            .map(|e| e.log_id)
+            .collect()
     }
 
     /// The stored vote.
@@ -287,7 +295,9 @@ impl<F: StoreFile> RaftLogStorage<TypeConfig> for LogStore<F> {
         // Durable before openraft hears of it: the contract above.
         if let Err(error) = inner.write(&records, true) {
             let io = match &error {
-                ClusterError::Io { source, .. } => std::io::Error::new(source.kind(), error.to_string()),
+                ClusterError::Io { source, .. } => {
+                    std::io::Error::new(source.kind(), error.to_string())
+                }
                 _ => std::io::Error::other(error.to_string()),
             };
             callback.log_io_completed(Err(io));
@@ -311,7 +321,10 @@ impl<F: StoreFile> RaftLogStorage<TypeConfig> for LogStore<F> {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut inner = self.lock();
-        debug_assert!(inner.state.last_purged.map_or(true, |p| p.index <= log_id.index));
+        debug_assert!(inner
+            .state
+            .last_purged
+            .is_none_or(|p| p.index <= log_id.index));
         inner.state.replay(LogRecord::PurgeUpTo(log_id));
         inner.compact().map_err(write_error)?;
         Ok(())

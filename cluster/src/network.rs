@@ -64,7 +64,10 @@ impl PeerClient {
         let Some(conn) = self.conn.as_mut() else {
             let error = std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("voter {} has no usable address '{}'", self.target, self.bad_addr),
+                format!(
+                    "voter {} has no usable address '{}'",
+                    self.target, self.bad_addr
+                ),
             );
             return Err(RPCError::Unreachable(Unreachable::new(&error)));
         };

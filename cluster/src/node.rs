@@ -61,7 +61,8 @@ impl ClusterNode {
             .map_err(|e| ClusterError::io(format!("create {}", settings.dir.display()), e))?;
         let open = |name: &str| {
             let path = settings.dir.join(name);
-            DiskFile::open(&path).map_err(|e| ClusterError::io(format!("open {}", path.display()), e))
+            DiskFile::open(&path)
+                .map_err(|e| ClusterError::io(format!("open {}", path.display()), e))
         };
         let (log, snapshot) = match settings.is_controller {
             true => (Some(open("raft.log")?), Some(open("raft.snapshot")?)),
@@ -98,7 +99,14 @@ impl ClusterNode {
             let voters: BTreeMap<NodeId, BasicNode> = settings
                 .voters
                 .iter()
-                .map(|(id, addr)| (*id, BasicNode { addr: addr.to_string() }))
+                .map(|(id, addr)| {
+                    (
+                        *id,
+                        BasicNode {
+                            addr: addr.to_string(),
+                        },
+                    )
+                })
                 .collect();
             // Every voter initializes with the same static membership: the entries they write
             // are identical, so whichever is elected first, the logs agree.
@@ -114,7 +122,11 @@ impl ClusterNode {
                 settings.session_timeout,
             );
             let tick = (settings.session_timeout / 4).min(settings.heartbeat_interval);
-            tasks.push(tokio::spawn(controller.clone().run_fencing(tick.max(Duration::from_millis(10)))));
+            tasks.push(tokio::spawn(
+                controller
+                    .clone()
+                    .run_fencing(tick.max(Duration::from_millis(10))),
+            ));
             tasks.push(tokio::spawn(service::serve(
                 listener,
                 node.clone(),

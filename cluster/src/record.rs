@@ -24,7 +24,10 @@ pub fn scan(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
         let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
         let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
         let start = at + HEADER_BYTES;
-        let Some(end) = start.checked_add(len as usize).filter(|e| *e <= bytes.len()) else {
+        let Some(end) = start
+            .checked_add(len as usize)
+            .filter(|e| *e <= bytes.len())
+        else {
             break;
         };
         let payload = &bytes[start..end];

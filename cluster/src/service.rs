@@ -19,7 +19,12 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ClusterError> {
 }
 
 /// Accepts and serves connections until aborted.
-pub async fn serve(listener: TcpListener, raft: Raft, controller: Controller, frame_bytes_max: u32) {
+pub async fn serve(
+    listener: TcpListener,
+    raft: Raft,
+    controller: Controller,
+    frame_bytes_max: u32,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

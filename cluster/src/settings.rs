@@ -144,8 +144,7 @@ mod tests {
 
     #[test]
     fn voters_parse_and_reject() {
-        let voters =
-            ClusterSettings::parse_voters("1@127.0.0.1:19093, 2@127.0.0.2:19093").unwrap();
+        let voters = ClusterSettings::parse_voters("1@127.0.0.1:19093, 2@127.0.0.2:19093").unwrap();
         assert_eq!(voters.len(), 2);
         assert_eq!(voters[&2], "127.0.0.2:19093".parse().unwrap());
         assert!(ClusterSettings::parse_voters("1@x:1").is_err());

@@ -138,8 +138,8 @@ impl<F: StoreFile> RaftSnapshotBuilder<TypeConfig> for StateMachine<F> {
             state: inner.state.clone(),
             membership: inner.membership.clone(),
         };
-        let data = serde_json::to_vec(&data)
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let data =
+            serde_json::to_vec(&data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         inner.snapshots_built += 1;
         let snapshot_id = match inner.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id, id.index, inner.snapshots_built),
@@ -183,7 +183,9 @@ impl<F: StoreFile> RaftStateMachine<TypeConfig> for StateMachine<F> {
         let mut inner = self.lock();
         let mut replies = Vec::new();
         for entry in entries {
-            debug_assert!(inner.last_applied.map_or(true, |a| a.index < entry.log_id.index));
+            debug_assert!(inner
+                .last_applied
+                .is_none_or(|a| a.index < entry.log_id.index));
             inner.last_applied = Some(entry.log_id);
             let reply = match entry.payload {
                 EntryPayload::Blank => CommandReply::Done,

@@ -43,7 +43,9 @@ pub enum Response {
     /// To [`Request::Vote`].
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     /// To [`Request::InstallSnapshot`].
-    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
     /// To [`Request::Register`].
     Register(Result<RegisterReply, BrokerRpcError>),
     /// To [`Request::Heartbeat`].
@@ -242,7 +244,11 @@ impl Connection {
 
     /// Sends `request` and waits for its response, within `timeout` (connect included). Any
     /// failure drops the socket, so the next call reconnects.
-    pub async fn call(&mut self, request: &Request, timeout: Duration) -> Result<Response, WireError> {
+    pub async fn call(
+        &mut self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, WireError> {
         let addr = self.addr;
         let result = tokio::time::timeout(timeout, self.exchange(request)).await;
         let result = match result {

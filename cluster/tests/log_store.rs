@@ -43,8 +43,14 @@ impl StoreBuilder<TypeConfig, LogStore<DiskFile>, StateMachine<DiskFile>, tempfi
 {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore<DiskFile>, StateMachine<DiskFile>), StorageError<NodeId>>
-    {
+    ) -> Result<
+        (
+            tempfile::TempDir,
+            LogStore<DiskFile>,
+            StateMachine<DiskFile>,
+        ),
+        StorageError<NodeId>,
+    > {
         let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
         let log = DiskFile::open(&dir.path().join("raft.log"))
             .map_err(|e| openraft::StorageIOError::write(&e))?;
@@ -80,7 +86,11 @@ async fn a_torn_tail_is_cut_and_a_failed_sync_poisons() {
     assert_eq!(file.contents().len(), durable.len() + 10);
     let mut reopened = LogStore::open(file.clone()).unwrap();
     assert_eq!(indexes(&reopened), vec![1, 2, 3, 4, 5]);
-    assert_eq!(file.contents(), durable, "the torn tail is cut from the file");
+    assert_eq!(
+        file.contents(),
+        durable,
+        "the torn tail is cut from the file"
+    );
     // The log takes writes again after the restart, at the cut.
     reopened.blocking_append([register(2, 6, 1)]).await.unwrap();
     let reopened = LogStore::open(file.clone()).unwrap();
@@ -178,7 +188,12 @@ async fn state_machine_snapshot_survives_reopen_and_installs_elsewhere() {
     };
     assert_eq!(sm.apply([fence]).await.unwrap(), vec![CommandReply::Done]);
     let before = sm.state();
-    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 3)));
     assert_eq!(file.unsynced_len(), 0, "a built snapshot is durable");
     file.lose_power(0);

@@ -65,10 +65,15 @@ fn views_agree(nodes: &BTreeMap<NodeId, ClusterNode>, unfenced: &[i32]) -> bool 
     })
 }
 
-async fn start_all(voters: &BTreeMap<NodeId, SocketAddr>, dir: &Path) -> BTreeMap<NodeId, ClusterNode> {
+async fn start_all(
+    voters: &BTreeMap<NodeId, SocketAddr>,
+    dir: &Path,
+) -> BTreeMap<NodeId, ClusterNode> {
     let mut nodes = BTreeMap::new();
     for id in voters.keys() {
-        let node = ClusterNode::start(settings(*id, voters, dir)).await.unwrap();
+        let node = ClusterNode::start(settings(*id, voters, dir))
+            .await
+            .unwrap();
         nodes.insert(*id, node);
     }
     nodes
@@ -83,9 +88,11 @@ async fn three_nodes_elect_register_fence_and_recover() {
     let mut nodes = start_all(&voters, dir.path()).await;
 
     wait_for("a leader", Duration::from_secs(10), || leader(&nodes)).await;
-    wait_for("all three registered and seen by every broker", Duration::from_secs(10), || {
-        views_agree(&nodes, &[1, 2, 3]).then_some(())
-    })
+    wait_for(
+        "all three registered and seen by every broker",
+        Duration::from_secs(10),
+        || views_agree(&nodes, &[1, 2, 3]).then_some(()),
+    )
     .await;
     let first_leader = leader(&nodes).unwrap();
     let view = nodes[&1].view().borrow().clone();
@@ -123,28 +130,43 @@ async fn three_nodes_elect_register_fence_and_recover() {
             .await
             .unwrap(),
     );
-    wait_for("the restarted broker unfenced", Duration::from_secs(10), || {
-        views_agree(&nodes, &[1, 2, 3]).then_some(())
-    })
+    wait_for(
+        "the restarted broker unfenced",
+        Duration::from_secs(10),
+        || views_agree(&nodes, &[1, 2, 3]).then_some(()),
+    )
     .await;
     let view = nodes[&first_leader].view().borrow().clone();
     let new_epoch = view.broker_epoch.unwrap();
-    assert!(new_epoch > lost_epoch, "epoch {new_epoch} not above {lost_epoch}");
+    assert!(
+        new_epoch > lost_epoch,
+        "epoch {new_epoch} not above {lost_epoch}"
+    );
     assert_eq!(view.state.brokers[&(first_leader as i32)].epoch, new_epoch);
 
     // Restart all three from their logs: the rebuilt state is the state before.
-    let applied_before = wait_for("voters applied the same state", Duration::from_secs(10), || {
-        let states: Vec<Arc<ClusterState>> = nodes.values().filter_map(|n| n.applied()).collect();
-        let first = states[0].clone();
-        states.iter().all(|s| *s == first).then_some(first)
-    })
+    let applied_before = wait_for(
+        "voters applied the same state",
+        Duration::from_secs(10),
+        || {
+            let states: Vec<Arc<ClusterState>> =
+                nodes.values().filter_map(|n| n.applied()).collect();
+            let first = states[0].clone();
+            states.iter().all(|s| *s == first).then_some(first)
+        },
+    )
     .await;
     for (_, node) in std::mem::take(&mut nodes) {
         node.shutdown().await;
     }
-    let dirs: Vec<PathBuf> = (1..=3).map(|id| dir.path().join(format!("node-{id}"))).collect();
+    let dirs: Vec<PathBuf> = (1..=3)
+        .map(|id| dir.path().join(format!("node-{id}")))
+        .collect();
     for d in &dirs {
-        assert!(d.join("raft.snapshot").metadata().unwrap().len() > 0, "a snapshot was taken");
+        assert!(
+            d.join("raft.snapshot").metadata().unwrap().len() > 0,
+            "a snapshot was taken"
+        );
     }
     // Controllers only this time, so no broker re-registers and the state is pure replay.
     let mut nodes = BTreeMap::new();
@@ -153,13 +175,18 @@ async fn three_nodes_elect_register_fence_and_recover() {
         s.is_broker = false;
         nodes.insert(*id, ClusterNode::start(s).await.unwrap());
     }
-    let rebuilt = wait_for("the state rebuilt on every voter", Duration::from_secs(10), || {
-        let states: Vec<Arc<ClusterState>> = nodes.values().filter_map(|n| n.applied()).collect();
-        states
-            .iter()
-            .all(|s| s.applied_index >= applied_before.applied_index)
-            .then_some(states)
-    })
+    let rebuilt = wait_for(
+        "the state rebuilt on every voter",
+        Duration::from_secs(10),
+        || {
+            let states: Vec<Arc<ClusterState>> =
+                nodes.values().filter_map(|n| n.applied()).collect();
+            states
+                .iter()
+                .all(|s| s.applied_index >= applied_before.applied_index)
+                .then_some(states)
+        },
+    )
     .await;
     for state in rebuilt {
         assert_eq!(state.brokers, applied_before.brokers);

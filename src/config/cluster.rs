@@ -36,13 +36,19 @@ pub(super) fn read(c: &mut Check, settings: &Settings, data_dir: &Path) -> Optio
     let snapshot_entries_between: u64 =
         c.int("controller.quorum.snapshot.entries.between", 1..=i64::MAX);
     let controller_listen = c.optional_socket_addr("controller.listener");
-    let (is_broker, is_controller) = match ClusterSettings::parse_roles(settings.raw("process.roles")) {
-        Ok(roles) => roles,
-        Err(error) => {
-            invalid(c, settings, "process.roles", format!("empty, broker, controller or broker,controller ({error})"));
-            return None;
-        }
-    };
+    let (is_broker, is_controller) =
+        match ClusterSettings::parse_roles(settings.raw("process.roles")) {
+            Ok(roles) => roles,
+            Err(error) => {
+                invalid(
+                    c,
+                    settings,
+                    "process.roles",
+                    format!("empty, broker, controller or broker,controller ({error})"),
+                );
+                return None;
+            }
+        };
     if !is_broker && !is_controller {
         for key in CLUSTER_ONLY {
             c.relation(
@@ -56,7 +62,12 @@ pub(super) fn read(c: &mut Check, settings: &Settings, data_dir: &Path) -> Optio
     let voters = match ClusterSettings::parse_voters(settings.raw("controller.quorum.voters")) {
         Ok(voters) => voters,
         Err(error) => {
-            invalid(c, settings, "controller.quorum.voters", format!("ID@IP:PORT,... ({error})"));
+            invalid(
+                c,
+                settings,
+                "controller.quorum.voters",
+                format!("ID@IP:PORT,... ({error})"),
+            );
             return None;
         }
     };
