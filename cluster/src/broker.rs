@@ -122,8 +122,11 @@ pub async fn run(settings: ClusterSettings, view: watch::Sender<Arc<BrokerView>>
             Ok(Response::Register(Err(error))) | Ok(Response::Heartbeat(Err(error))) => match error
             {
                 BrokerRpcError::NotController { leader } => {
+                    // Retry at once only on a fresh hint: during an election voters can name
+                    // each other, and that must not become a busy loop.
+                    let fresh = leader.is_some_and(|l| l != controllers.current);
                     controllers.redirect(leader);
-                    retry_now = leader.is_some();
+                    retry_now = fresh;
                 }
                 BrokerRpcError::StaleBrokerEpoch(message) => {
                     tracing::warn!(broker_id, %message, "registering again");
