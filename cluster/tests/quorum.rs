@@ -109,12 +109,17 @@ async fn three_nodes_elect_register_fence_and_recover() {
         leader(&nodes).filter(|l| *l != first_leader)
     })
     .await;
+    eprintln!(
+        "new leader {new_leader} elected {:?} after the leader stopped",
+        killed_at.elapsed()
+    );
     let remaining: Vec<i32> = (1..=3).filter(|id| *id != first_leader as i32).collect();
     wait_for("the lost broker fenced", Duration::from_secs(10), || {
         views_agree(&nodes, &remaining).then_some(())
     })
     .await;
     let fenced_after = killed_at.elapsed();
+    eprintln!("lost broker fenced in every view {fenced_after:?} after it stopped");
     assert!(
         fenced_after >= Duration::from_millis(1500),
         "fenced after {fenced_after:?}, before the 1500 ms session ran out"
