@@ -389,6 +389,28 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         Shard::new(id, set, config.clone(), store, storage, controller, groups)
             .with_offline_partitions(offline.clone()),
     );
+    // The storage engine's blocking-pool jobs into the shard's metrics: their count, the
+    // pool's depth (submitted minus done) and each job's latency.
+    let observed = Rc::downgrade(&shard);
+    shard.storage.set_blocking_observer(Box::new(move |event| {
+        let Some(shard) = observed.upgrade() else {
+            return;
+        };
+        match event {
+            sluice_storage::BlockingEvent::Submitted => shard
+                .metrics
+                .count(sluice_metrics::Counter::BlockingJobsSubmitted, 1),
+            sluice_storage::BlockingEvent::Done { latency_ns } => {
+                shard
+                    .metrics
+                    .count(sluice_metrics::Counter::BlockingJobsDone, 1);
+                shard
+                    .metrics
+                    .record_stage_ns(sluice_metrics::Stage::BlockingJob, latency_ns);
+            }
+            _ => {}
+        }
+    }));
     // A poisoned partition goes offline broker-wide, for every shard's Metadata answers.
     shard
         .storage

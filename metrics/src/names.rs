@@ -27,11 +27,15 @@ pub enum Stage {
     FetchWait,
     /// From a response being ready to its last byte being accepted by the socket.
     ResponseSend,
+    /// One job the storage engine handed to the blocking pool (ftruncate, index, checkpoint
+    /// and marker files), from submit to its result being back on the shard: queue wait and
+    /// run time together.
+    BlockingJob,
 }
 
 impl Stage {
     /// Every stage, in display order.
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 8] = [
         Stage::RequestQueue,
         Stage::CrossShardHop,
         Stage::AppendWrite,
@@ -39,6 +43,7 @@ impl Stage {
         Stage::AppendToDurable,
         Stage::FetchWait,
         Stage::ResponseSend,
+        Stage::BlockingJob,
     ];
 
     /// How many stages exist; sizes the per-shard histogram array.
@@ -54,6 +59,7 @@ impl Stage {
             Stage::AppendToDurable => 4,
             Stage::FetchWait => 5,
             Stage::ResponseSend => 6,
+            Stage::BlockingJob => 7,
         }
     }
 
@@ -67,6 +73,7 @@ impl Stage {
             Stage::AppendToDurable => "append_to_durable",
             Stage::FetchWait => "fetch_wait",
             Stage::ResponseSend => "response_send",
+            Stage::BlockingJob => "blocking_job",
         }
     }
 }
@@ -96,11 +103,16 @@ pub enum Counter {
     /// Fetch reads of a partition the tail cache held, served from the segment file because
     /// the shard's `fetch.response.cache.bytes.max` was spent.
     FetchCacheBudgetFileReads,
+    /// Jobs the storage engine handed to the blocking pool.
+    BlockingJobsSubmitted,
+    /// Blocking-pool jobs whose result is back on the shard (submitted minus done is the
+    /// pool's depth: jobs waiting for a thread or running).
+    BlockingJobsDone,
 }
 
 impl Counter {
     /// Every counter, in display order.
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 12] = [
         Counter::BytesIn,
         Counter::BytesOut,
         Counter::RecordsIn,
@@ -111,6 +123,8 @@ impl Counter {
         Counter::UringSubmissions,
         Counter::UringCompletions,
         Counter::FetchCacheBudgetFileReads,
+        Counter::BlockingJobsSubmitted,
+        Counter::BlockingJobsDone,
     ];
 
     /// How many counters exist; sizes the per-shard counter array.
@@ -129,6 +143,8 @@ impl Counter {
             Counter::UringSubmissions => 7,
             Counter::UringCompletions => 8,
             Counter::FetchCacheBudgetFileReads => 9,
+            Counter::BlockingJobsSubmitted => 10,
+            Counter::BlockingJobsDone => 11,
         }
     }
 
@@ -145,6 +161,8 @@ impl Counter {
             Counter::UringSubmissions => "uring_submissions",
             Counter::UringCompletions => "uring_completions",
             Counter::FetchCacheBudgetFileReads => "fetch_cache_budget_file_reads",
+            Counter::BlockingJobsSubmitted => "blocking_jobs_submitted",
+            Counter::BlockingJobsDone => "blocking_jobs_done",
         }
     }
 }

@@ -128,6 +128,18 @@ pub(crate) fn render(snapshot: &MetricsSnapshot) -> String {
     );
     family_header(
         &mut out,
+        "sluice_blocking_jobs_in_flight",
+        "gauge",
+        "Blocking-pool jobs submitted by the storage engine and not done (queued or running).",
+    );
+    sample(
+        &mut out,
+        "sluice_blocking_jobs_in_flight",
+        &[],
+        snapshot.blocking_jobs_in_flight() as f64,
+    );
+    family_header(
+        &mut out,
         "sluice_shards",
         "gauge",
         "Shards that answered this scrape.",
@@ -153,6 +165,8 @@ fn counter_help(counter: Counter) -> &'static str {
         Counter::UringSubmissions => "io_uring submission queue entries submitted.",
         Counter::UringCompletions => "io_uring completion queue entries reaped.",
         Counter::FetchCacheBudgetFileReads => "Fetch reads of cached data served from segment files because fetch.response.cache.bytes.max was spent.",
+        Counter::BlockingJobsSubmitted => "Jobs the storage engine handed to the blocking pool.",
+        Counter::BlockingJobsDone => "Blocking-pool jobs whose result is back on the shard.",
     }
 }
 
@@ -314,6 +328,9 @@ mod tests {
         s.record_group_commit(1 << 20, 1024);
         s.count(Counter::BytesIn, 12_345);
         s.count(Counter::ConnectionsOpened, 2);
+        s.count(Counter::BlockingJobsSubmitted, 5);
+        s.count(Counter::BlockingJobsDone, 3);
+        s.record_stage_ns(Stage::BlockingJob, 250_000);
         s.snapshot()
     }
 
@@ -327,6 +344,7 @@ mod tests {
         assert_eq!(types["sluice_stage_latency_seconds"], "summary");
         assert_eq!(types["sluice_bytes_in_total"], "counter");
         assert_eq!(types["sluice_connections_active"], "gauge");
+        assert_eq!(types["sluice_blocking_jobs_in_flight"], "gauge");
 
         // Within each series, quantile values never decrease as the quantile rises.
         let mut by_series: BTreeMap<SeriesKey, Vec<(f64, f64)>> = BTreeMap::new();
@@ -392,6 +410,15 @@ mod tests {
         assert_eq!(find("sluice_requests_total", Some(("api", "Produce"))), 1.0);
         assert_eq!(find("sluice_bytes_in_total", None), 12_345.0);
         assert_eq!(find("sluice_connections_active", None), 2.0);
+        assert_eq!(find("sluice_blocking_jobs_in_flight", None), 2.0);
+        assert_eq!(find("sluice_blocking_jobs_submitted_total", None), 5.0);
+        assert_eq!(
+            find(
+                "sluice_stage_latency_seconds_count",
+                Some(("stage", "blocking_job"))
+            ),
+            1.0
+        );
         assert_eq!(find("sluice_group_commit_bytes_sum", None), 1_048_576.0);
     }
 

@@ -288,6 +288,13 @@ impl MetricsSnapshot {
             .saturating_sub(self.counter(Counter::ConnectionsClosed))
     }
 
+    /// Blocking-pool jobs submitted and not yet done at snapshot time (waiting for a thread or
+    /// running): the pool's depth.
+    pub fn blocking_jobs_in_flight(&self) -> u64 {
+        self.counter(Counter::BlockingJobsSubmitted)
+            .saturating_sub(self.counter(Counter::BlockingJobsDone))
+    }
+
     /// The `/stats` view: percentiles per histogram plus counters.
     pub fn report(&self) -> StatsReport {
         StatsReport {
@@ -308,6 +315,7 @@ impl MetricsSnapshot {
                 .collect(),
             requests_total: self.requests_total(),
             connections_active: self.connections_active(),
+            blocking_jobs_in_flight: self.blocking_jobs_in_flight(),
             process: self.process.clone(),
         }
     }
@@ -348,6 +356,8 @@ pub struct StatsReport {
     pub requests_total: u64,
     /// Connections open when the report was taken.
     pub connections_active: u64,
+    /// Blocking-pool jobs submitted and not done when the report was taken.
+    pub blocking_jobs_in_flight: u64,
     /// Process-wide values by name: the zero-copy fetch path's byte counters
     /// (`zero_copy_spliced_bytes`, `zero_copy_send_zc_bytes`, `zero_copy_send_bytes`) and
     /// its gauges (pipes, segment references and writes in flight).

@@ -196,10 +196,11 @@ pub fn render_table(admin: &str, report: &StatsReport, rates: Option<&Rates>) ->
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "sluice stats  {admin}  shards {}  connections {}  requests {}  (percentiles since broker start)",
+        "sluice stats  {admin}  shards {}  connections {}  requests {}  blocking jobs in flight {}  (percentiles since broker start)",
         report.shards,
         report.connections_active,
         group_thousands(report.requests_total),
+        report.blocking_jobs_in_flight,
     );
     if let Some(r) = rates {
         let _ = writeln!(

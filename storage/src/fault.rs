@@ -53,6 +53,8 @@ enum Fault {
     SmallFileError(i32),
     /// The next read fails with this errno and reads nothing.
     ReadError(i32),
+    /// The next unlink (retention) fails with this errno and removes nothing.
+    UnlinkError(i32),
 }
 
 /// A file's identity: (device, inode). Descriptor numbers are reused; inodes outlive
@@ -120,6 +122,7 @@ struct PlanState {
     syncs: u64,
     reads: u64,
     recovery_reads: u64,
+    unlinks: u64,
     /// (the recovery read number that fails, errno)
     recovery_read_fault: Option<(u64, i32)>,
     power: Option<PowerModel>,
@@ -168,6 +171,11 @@ impl FaultPlan {
         self.arm(Fault::SmallFileError(errno));
     }
 
+    /// The next unlink of a segment file (retention) fails with `errno`.
+    pub fn fail_next_unlink(&self, errno: i32) {
+        self.arm(Fault::UnlinkError(errno));
+    }
+
     /// The next read of segment data by recovery (opening a partition) fails with `errno`.
     pub fn fail_next_recovery_read(&self, errno: i32) {
         self.fail_recovery_read_after(0, errno);
@@ -182,6 +190,11 @@ impl FaultPlan {
     /// Reads of segment data by recovery so far.
     pub fn recovery_reads(&self) -> u64 {
         self.0.borrow().recovery_reads
+    }
+
+    /// Unlinks through the seam so far (retention's).
+    pub fn unlinks(&self) -> u64 {
+        self.0.borrow().unlinks
     }
 
     /// The next read (fetch, index load, header walk, chunk copy) fails with `errno`.
@@ -719,6 +732,18 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
         match errno {
             Some(errno) => failed(errno),
             None => self.inner.write_small_file(dir, name, contents, atomic),
+        }
+    }
+
+    fn unlink(&self, path: PathBuf) -> IoFuture {
+        let errno = self.plan.take_fault(|fault| match fault {
+            Fault::UnlinkError(errno) => Some(*errno),
+            _ => None,
+        });
+        self.plan.0.borrow_mut().unlinks += 1;
+        match errno {
+            Some(errno) => failed(errno),
+            None => self.inner.unlink(path),
         }
     }
 

@@ -1,6 +1,6 @@
 //! The storage's I/O seam for everything that touches a partition's files after open: the
 //! group-commit writer's writes and fdatasyncs, segment finalization's and clean shutdown's
-//! truncations, syncs and small-file writes, and readers' reads (fetch-path header walks,
+//! truncations, syncs and small-file writes, retention's unlinks, and readers' reads (fetch-path header walks,
 //! index loads, copied chunks) all go through [`IoBackend`], so tests can inject EIO, ENOSPC,
 //! torn writes, failed syncs, failed reads and power losses (see [`crate::fault`]) while
 //! production uses the ring.
@@ -21,6 +21,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use crate::blocking::BlockingPool;
 use crate::buffer::AlignedBuffer;
 use crate::ring::{ops, types, Ring};
 
@@ -96,6 +97,10 @@ pub(crate) trait IoBackend {
         atomic: bool,
     ) -> IoFuture;
 
+    /// Removes the name `path` (IORING_OP_UNLINKAT): a segment's files after retention.
+    /// Readers holding the file open keep its data.
+    fn unlink(&self, path: PathBuf) -> IoFuture;
+
     /// Queues one read of `len` bytes of `fd` at `file_position` into `buffer[at..at + len]`
     /// (IORING_OP_READ); resolves with the bytes read (fewer at the end of the file) and the
     /// buffer. The ring owns the buffer until the read finishes, even if the future is dropped.
@@ -155,6 +160,10 @@ impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
         (**self).write_small_file(dir, name, contents, atomic)
     }
 
+    fn unlink(&self, path: PathBuf) -> IoFuture {
+        (**self).unlink(path)
+    }
+
     fn read(
         &self,
         fd: RawFd,
@@ -165,20 +174,6 @@ impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
     ) -> ReadFuture {
         (**self).read(fd, buffer, at, len, file_position)
     }
-}
-
-/// Runs `work` on the blocking pool; a panicked or cancelled task is an error, not a panic.
-pub(crate) fn on_blocking_pool(work: impl FnOnce() -> io::Result<()> + Send + 'static) -> IoFuture {
-    let task = tokio::task::spawn_blocking(work);
-    Box::pin(async move {
-        match task.await {
-            Ok(Ok(())) => Ok(0),
-            Ok(Err(error)) => Err(error),
-            Err(join) => Err(io::Error::other(format!(
-                "blocking file task failed: {join}"
-            ))),
-        }
-    })
 }
 
 /// Writes `dir/name` (see [`IoBackend::write_small_file`]); blocking.
@@ -247,6 +242,8 @@ pub(crate) async fn read_exact(
 pub(crate) struct RingBackend {
     pub(crate) ring: Ring,
     pub(crate) staging_registered: bool,
+    /// Where the work without a ring opcode runs, counted and timed.
+    pub(crate) pool: Rc<BlockingPool>,
 }
 
 impl IoBackend for RingBackend {
@@ -361,7 +358,7 @@ impl IoBackend for RingBackend {
     }
 
     fn truncate(&self, file: File, len_bytes: u64) -> IoFuture {
-        on_blocking_pool(move || file.set_len(len_bytes))
+        self.pool.run(move || file.set_len(len_bytes))
     }
 
     fn write_small_file(
@@ -371,7 +368,23 @@ impl IoBackend for RingBackend {
         contents: Vec<u8>,
         atomic: bool,
     ) -> IoFuture {
-        on_blocking_pool(move || write_small_file_blocking(&dir, &name, &contents, atomic))
+        self.pool
+            .run(move || write_small_file_blocking(&dir, &name, &contents, atomic))
+    }
+
+    fn unlink(&self, path: PathBuf) -> IoFuture {
+        use std::os::unix::ffi::OsStrExt;
+        let name = match std::ffi::CString::new(path.as_os_str().as_bytes()) {
+            Ok(name) => name,
+            Err(error) => {
+                let error = io::Error::new(io::ErrorKind::InvalidInput, error);
+                return Box::pin(std::future::ready(Err(error)));
+            }
+        };
+        let entry = ops::UnlinkAt::new(types::Fd(libc::AT_FDCWD), name.as_ptr()).build();
+        // SAFETY: the path points into `name`'s heap block, which the ring keeps until the
+        // CQE (a CString's block does not move with it).
+        Box::pin(unsafe { self.ring.submit_owned(entry, name) })
     }
 
     fn read(
@@ -453,6 +466,10 @@ impl IoBackend for RecoveryReads<'_> {
         _contents: Vec<u8>,
         _atomic: bool,
     ) -> IoFuture {
+        refused_write()
+    }
+
+    fn unlink(&self, _path: PathBuf) -> IoFuture {
         refused_write()
     }
 

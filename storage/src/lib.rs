@@ -34,6 +34,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub mod batch;
+mod blocking;
 mod buffer;
 pub mod fault;
 mod index;
@@ -50,6 +51,7 @@ mod stamped;
 mod tail_cache;
 mod writer;
 
+pub use blocking::{BlockingEvent, BlockingObserver, BlockingPoolStats};
 pub use ring::Ring;
 
 /// Kafka error codes the storage errors map to (subset of the protocol's error table).
@@ -441,6 +443,17 @@ impl ShardStorage {
     /// it must not call back into it).
     pub fn set_poison_observer(&self, observer: PoisonObserver) {
         *self.0.poison_observer.borrow_mut() = Some(observer);
+    }
+
+    /// Calls `observer` (on the shard thread) for every job the storage engine hands to the
+    /// blocking pool and for every such job done, with its latency.
+    pub fn set_blocking_observer(&self, observer: BlockingObserver) {
+        self.0.blocking.set_observer(observer);
+    }
+
+    /// Jobs this shard's storage handed to the blocking pool, and how many are done.
+    pub fn blocking_pool_stats(&self) -> BlockingPoolStats {
+        self.0.blocking.stats()
     }
 
     /// Bytes queued for the writer and not yet written.

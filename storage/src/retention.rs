@@ -3,18 +3,41 @@
 //! advances the log start offset.
 //!
 //! Must never delete the active segment, a segment whose bytes are not all below the high
-//! watermark, or one whose finalization has not finished. Files are unlinked at once; readers
-//! holding a `SegmentHandle` keep the data through their open descriptor. Must never read a
-//! file with a blocking syscall: a segment's largest timestamp, when its index is not loaded
-//! yet, is read through the ring before the log is locked for the deletions.
+//! watermark, or one whose finalization has not finished. A deleted segment leaves the log at
+//! once and its files are unlinked through the ring (UNLINKAT, via the I/O seam) after the
+//! log is unlocked; readers holding a `SegmentHandle` keep the data through their open
+//! descriptor. Must never touch a file with a blocking syscall: a segment's largest timestamp,
+//! when its index is not loaded yet, is read through the ring before the log is locked for
+//! the deletions, and the unlinks go through the ring after.
+
+use std::rc::Rc;
 
 use crate::log::PartitionShared;
+use crate::segment::Segment;
 
 /// Applies the partition's retention settings at `now_ms`; returns segments removed.
 pub(crate) async fn enforce(partition: &PartitionShared, now_ms: i64) -> usize {
     if partition.log.borrow().config.retention_ms >= 0 {
         load_max_timestamps(partition, now_ms).await;
     }
+    let deleted = take_expired(partition, now_ms);
+    match partition.shard.upgrade() {
+        Some(shard) => {
+            let io = shard.io.clone();
+            for segment in &deleted {
+                segment.unlink_through(io.as_ref()).await;
+            }
+        }
+        // The storage is gone (a dropped shard): no ring to go through.
+        None => deleted.iter().for_each(|segment| segment.unlink()),
+    }
+    deleted.len()
+}
+
+/// Takes the segments retention deletes out of the log (marked deleted, files not yet
+/// unlinked) and moves the log start past them.
+fn take_expired(partition: &PartitionShared, now_ms: i64) -> Vec<Rc<Segment>> {
+    let mut deleted = Vec::new();
     let mut log = partition.log.borrow_mut();
     let retention_ms = log.config.retention_ms;
     let retention_bytes = log.config.retention_bytes;
@@ -47,7 +70,8 @@ pub(crate) async fn enforce(partition: &PartitionShared, now_ms: i64) -> usize {
             break;
         }
         log.segments.remove(0);
-        oldest.unlink();
+        oldest.state.borrow_mut().deleted = true;
+        deleted.push(oldest.clone());
         total_bytes -= size_bytes;
         removed += 1;
         tracing::info!(
@@ -63,7 +87,8 @@ pub(crate) async fn enforce(partition: &PartitionShared, now_ms: i64) -> usize {
         log.offsets
             .advance_start(crate::offsets::LogStartOffset(start));
     }
-    removed
+    debug_assert_eq!(removed, deleted.len());
+    deleted
 }
 
 /// Loads, oldest first, the largest timestamp of each sealed segment retention may look at:

@@ -453,15 +453,41 @@ impl Segment {
         self.state.borrow().max_timestamp
     }
 
-    /// Unlinks the segment's files. Open descriptors (readers' handles) keep the data alive.
-    pub(crate) fn unlink(&self) {
-        self.state.borrow_mut().deleted = true;
-        for path in [
+    /// The segment's file names: log, offset index, time index.
+    fn paths(&self) -> [PathBuf; 3] {
+        [
             log_path(&self.dir, self.base_offset),
             index_path(&self.dir, self.base_offset),
             time_index_path(&self.dir, self.base_offset),
-        ] {
+        ]
+    }
+
+    /// Unlinks the segment's files with blocking syscalls on the calling thread: only for
+    /// failure paths (a roll whose append failed) and topic deletion, where the name must be
+    /// gone before the caller goes on, because the next append or a recreated topic may
+    /// create the same name. Open descriptors (readers' handles) keep the data alive.
+    pub(crate) fn unlink(&self) {
+        self.state.borrow_mut().deleted = true;
+        for path in self.paths() {
             if let Err(error) = std::fs::remove_file(&path) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(%error, path = %path.display(), "cannot remove segment file");
+                }
+            }
+        }
+    }
+
+    /// Unlinks the segment's files through `io` (the ring's UNLINKAT), so the shard thread
+    /// never blocks on them: for retention, whose segments' names are never created again
+    /// (base offsets only grow). A failed unlink is logged; the file stays behind, below the
+    /// log start, until the next start's recovery.
+    pub(crate) async fn unlink_through(&self, io: &dyn IoBackend) {
+        self.state.borrow_mut().deleted = true;
+        let paths = self.paths();
+        // All three are queued on the ring before the first is awaited.
+        let unlinks = paths.clone().map(|path| io.unlink(path));
+        for (path, unlinked) in paths.iter().zip(unlinks) {
+            if let Err(error) = unlinked.await {
                 if error.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(%error, path = %path.display(), "cannot remove segment file");
                 }

@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
+use crate::blocking::BlockingPool;
 use crate::buffer::{AlignedBuffer, DIRECT_IO_ALIGN_BYTES};
 use crate::fault::{FaultBackend, FaultPlan};
 use crate::io::{IoBackend, RingBackend};
@@ -85,6 +86,8 @@ pub(crate) struct ShardShared {
     pub(crate) poison_observer: RefCell<Option<PoisonObserver>>,
     /// The I/O seam every write, sync and truncation after open goes through.
     pub(crate) io: Rc<dyn IoBackend>,
+    /// The seam's jobs on the blocking pool, counted and timed.
+    pub(crate) blocking: Rc<BlockingPool>,
 }
 
 impl ShardShared {
@@ -234,9 +237,11 @@ pub(crate) fn open(
             false
         }
     };
+    let blocking = Rc::new(BlockingPool::default());
     let backend = RingBackend {
         ring: ring.clone(),
         staging_registered: registered,
+        pool: blocking.clone(),
     };
     let io: Rc<dyn IoBackend> = match faults {
         None => Rc::new(backend),
@@ -267,6 +272,7 @@ pub(crate) fn open(
         flush_observer: RefCell::new(None),
         poison_observer: RefCell::new(None),
         io: io.clone(),
+        blocking,
     });
     tokio::task::spawn_local(writer::run(shard.clone(), io, staging));
     Ok(shard)

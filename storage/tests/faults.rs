@@ -2,7 +2,7 @@
 //! roll the log end back so no partial batch is visible, and later appends work; a torn write
 //! never survives recovery; a failed sync (group commit, finalization, shutdown) poisons the
 //! partition with a typed error that keeps the io::Error, it is not reopened in-process, and
-//! the shard's poison observer hears of it once.
+//! the shard's poison observer hears of it once; retention's unlinks go through the seam.
 
 mod common;
 
@@ -754,4 +754,76 @@ fn a_clean_open_rebuilds_the_index_through_recovery_reads() {
         assert!(plan.recovery_reads() > 1, "{}", plan.recovery_reads());
         assert_eq!(read_all(&partition, 0).await, expected);
     });
+}
+
+/// Retention unlinks a deleted segment's files through the I/O seam (the ring's UNLINKAT, not
+/// a blocking unlink on the shard thread), so a fault plan sees them and can fail one: a
+/// failed unlink leaves that file behind and is logged, and retention still moves the log
+/// start and serves the rest.
+#[test]
+fn retention_unlinks_through_the_seam() {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let plan = FaultPlan::new();
+        let storage =
+            ShardStorage::open_with_faults(storage_config(data_dir.path(), true), plan.clone())
+                .expect("open");
+        let config = LogConfig {
+            retention_bytes: 5000,
+            ..small_segments(3000)
+        };
+        let partition = storage.open_partition("ret", 0, config).expect("partition");
+        for round in 0..40u64 {
+            partition
+                .append(
+                    bytes(make_batch(round, 1, 400, round as i64)),
+                    Ack::Durable,
+                    0,
+                )
+                .await
+                .expect("append");
+        }
+        let dir = data_dir.path().join("ret-0");
+        let logs_before = log_files(&dir);
+        assert!(logs_before.len() >= 6, "rolled: {logs_before:?}");
+        // The first unlink of the first deleted segment (its .log) fails.
+        plan.fail_next_unlink(libc::EIO);
+        let mut removed = 0;
+        for _ in 0..200 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            removed += partition.enforce_retention(0).await;
+            if partition.size_bytes() < 5000 + 3000 {
+                break;
+            }
+        }
+        assert!(removed >= 2, "retention removed {removed} segments");
+        assert_eq!(
+            plan.unlinks(),
+            3 * removed as u64,
+            "a log, an offset index and a time index per deleted segment, all through the seam"
+        );
+        let start = partition.log_start_offset();
+        let logs_after = log_files(&dir);
+        let below_start: Vec<_> = logs_after.iter().filter(|&&base| base < start).collect();
+        assert_eq!(
+            below_start.len(),
+            1,
+            "only the file whose unlink failed stays behind: {logs_after:?}, start {start}"
+        );
+        assert_eq!(logs_before.len() - logs_after.len(), removed - 1);
+        assert_eq!(read_all(&partition, start).await.len() as i64, 40 - start);
+    });
+}
+
+/// Base offsets of the `.log` files in `dir`, ascending.
+fn log_files(dir: &std::path::Path) -> Vec<i64> {
+    let mut bases: Vec<i64> = std::fs::read_dir(dir)
+        .expect("partition dir")
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
 }
