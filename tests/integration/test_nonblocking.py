@@ -7,8 +7,11 @@ Proved with strace attached to the running broker: while a consumer reads older 
 not the tail cache) on the zero-copy and on the copying path, and an idempotent producer
 writes its first batch after a restart, the shard threads (`sluice-shard-N`) make no
 pread64/preadv/readv at all, and their only read() calls are the 8-byte eventfd reads that
-bring ring completions to the reactor. Also: a read that fails answers the fetcher with
-KAFKA_STORAGE_ERROR for that partition only, and the connection and other partitions go on.
+bring ring completions to the reactor. Likewise, while retention deletes old segments, the
+shard threads make no unlink/unlinkat: the files go through the ring (IORING_OP_UNLINKAT).
+(Creating a segment file on roll still opens it on the shard thread, so rolls are not traced
+here.) Also: a read that fails answers the fetcher with KAFKA_STORAGE_ERROR for that
+partition only, and the connection and other partitions go on.
 """
 
 from __future__ import annotations
@@ -22,15 +25,19 @@ import time
 
 import pytest
 
+from confluent_kafka.admin import ConfigResource
+
 from helpers import (
     ERR_KAFKA_STORAGE_ERROR,
     ERR_NONE,
     RawConn,
+    confluent_admin,
     create_topic,
     fetch_all_batches,
     fetch_v4,
     produce_confluent,
     unique_topic,
+    wait_until,
     watermarks,
 )
 
@@ -56,11 +63,11 @@ def _thread_names(pid: int) -> dict[int, str]:
 class Strace:
     """strace -f on every thread of a process, into a file, until stopped."""
 
-    def __init__(self, pid: int, out_path):
+    def __init__(self, pid: int, out_path, calls="read,pread64,readv,preadv,preadv2"):
         self.out_path = out_path
         self.proc = subprocess.Popen(
             ["strace", "-f", "-qq", "-s", "0", "-o", str(out_path),
-             "-e", "trace=read,pread64,readv,preadv,preadv2", "-p", str(pid)],
+             "-e", f"trace={calls}", "-p", str(pid)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         # Attached once the eventfd reads of the idle ring timers... or anything shows up;
@@ -132,6 +139,42 @@ def test_shard_threads_make_no_blocking_reads_while_serving_older_data(broker_fa
     assert sizes <= {EVENTFD_READ_BYTES}, f"shard-thread read() sizes {sorted(sizes)}"
     # strace did see the shard thread: ring completions arrive by eventfd reads.
     assert reads, f"no read() traced on a shard thread; threads: {sorted(set(names.values()))}"
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed "
+                    "(scripts/setup-test-deps.sh installs it)")
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")
+def test_shard_threads_make_no_unlinks_while_retention_deletes_segments(broker_factory,
+                                                                         tmp_path):
+    broker = broker_factory({"log.retention.check.interval.ms": 500}, shards=1)
+    topic = unique_topic("ret")
+    create_topic(broker.bootstrap, topic, partitions=1,
+                 config={"segment.bytes": str(64 * 1024)})
+    values = [(None, bytes([i % 251]) * 1024) for i in range(600)]
+    produce_confluent(broker.bootstrap, topic, values, partition=0,
+                      **{"batch.num.messages": 10, "linger.ms": 0})
+    pid = broker.proc.pid
+    # Segments of 64 KiB; the topic keeps about 128 KiB once retention.bytes is set, so the
+    # next retention runs delete most of them.
+    before = _segment_files(broker.data_dir, topic, 0)
+    tracer = Strace(pid, tmp_path / "strace.out", calls="unlink,unlinkat,rmdir")
+    try:
+        admin = confluent_admin(broker.bootstrap)
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic,
+                                  set_config={"segment.bytes": str(64 * 1024),
+                                              "retention.bytes": str(128 * 1024)})
+        admin.alter_configs([resource])[resource].result(timeout=30)
+        wait_until(lambda: len(_segment_files(broker.data_dir, topic, 0)) < len(before) // 2,
+                   30, what="retention deleting old segments")
+        names = _thread_names(pid)
+    finally:
+        calls = tracer.stop()
+    after = _segment_files(broker.data_dir, topic, 0)
+    assert len(after) < len(before), (len(before), len(after))
+    shard_calls = _shard_calls(calls, names)
+    assert not shard_calls, (
+        f"{len(shard_calls)} unlinks on shard threads while retention ran, first: "
+        f"{shard_calls[:3]}")
 
 
 def _segment_files(data_dir, topic, partition):
