@@ -55,6 +55,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "max.connections.per.ip.overrides", default: "", doc: "Per-IP exceptions to max.connections.per.ip: IP:N,IP:N (IP addresses only; host names are refused)." },
     Setting { name: "fetch.max.bytes", default: "57671680", doc: "Most record bytes in one Fetch response, whatever the client asks (partition limits still apply; the first batch is returned even when larger, as Kafka does)." },
     Setting { name: "shard.inbox.jobs.max", default: "4096", doc: "Depth of each shard's inbox of cross-shard jobs; a sender finding it full waits (its request stays unanswered, so its connection stops reading)." },
+    Setting { name: "log.blocking.jobs.max", default: "8", doc: "Jobs per shard running at once on the blocking pool (segment truncation, small files with their syncs: the file work io_uring has no opcode for); more wait on the shard without holding a pool thread." },
     Setting { name: "log.append.queue.bytes.max", default: "67108864", doc: "Bytes per shard queued for the storage writer and not yet written; an append that finds the queue past this waits for the writer before it completes (acks=0 included), so its producer's connection stops reading." },
     Setting { name: "log.segment.bytes", default: "1073741824", doc: "Segment size before a roll (topic: segment.bytes)." },
     Setting { name: "log.roll.ms", default: "604800000", doc: "Segment age before a roll (topic: segment.ms)." },
@@ -394,6 +395,8 @@ pub struct BrokerConfig {
     pub inbox_jobs_max: usize,
     /// `log.append.queue.bytes.max`: writer queue budget per shard.
     pub append_queue_bytes_max: usize,
+    /// `log.blocking.jobs.max`: blocking-pool jobs per shard running at once.
+    pub blocking_jobs_max: usize,
     /// Retention check period.
     pub retention_check_interval_ms: u64,
     /// Zero-copy fetch path.
@@ -472,6 +475,7 @@ impl BrokerConfig {
             fetch_bytes_max: c.int("fetch.max.bytes", 1024..=INT_MAX),
             inbox_jobs_max: c.int("shard.inbox.jobs.max", 1..=INT_MAX),
             append_queue_bytes_max: c.int("log.append.queue.bytes.max", 1..=i64::MAX),
+            blocking_jobs_max: c.int("log.blocking.jobs.max", 1..=4096),
             data_dir,
             listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             advertised_host: String::new(),

@@ -377,6 +377,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         other => format!("opening storage: {other}"),
     })?;
     storage.set_append_queue_bytes_max(config.append_queue_bytes_max);
+    storage.set_blocking_jobs_max(config.blocking_jobs_max);
     storage.set_response_cache_bytes_max(config.response_cache_bytes_max);
     let controller = metadata_log.map(Controller::new);
     let group_config = config.groups.clone();

@@ -4,6 +4,11 @@
 //! `sluice stats`): jobs submitted, jobs done (their difference is the pool's depth), and each
 //! job's latency from submit to its result being back on the shard.
 //!
+//! Bounded: at most `jobs_running_max` of one shard's jobs run at once
+//! ([`BLOCKING_JOBS_RUNNING_MAX_DEFAULT`], `log.blocking.jobs.max`); the others wait on the
+//! shard (asynchronously, holding no pool thread) for a running one to finish, so a burst of
+//! rolls or small-file writes cannot pile up pool threads.
+//!
 //! Owns those counts and the observer they are reported to. Must never: run a job on the shard
 //! thread, call the observer from a pool thread (it records into the shard's `!Sync`
 //! metrics), or turn a panicked job into a panic on the shard.
@@ -11,9 +16,15 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::Semaphore;
+
 use crate::io::IoFuture;
+
+/// Default of `log.blocking.jobs.max`: a shard's jobs running on the pool at once.
+pub const BLOCKING_JOBS_RUNNING_MAX_DEFAULT: usize = 8;
 
 /// What the pool reports, on the shard thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,14 +60,49 @@ impl BlockingPoolStats {
 }
 
 /// One shard's use of the blocking pool.
-#[derive(Default)]
 pub(crate) struct BlockingPool {
     submitted: Cell<u64>,
     done: Cell<u64>,
     observer: RefCell<Option<BlockingObserver>>,
+    /// Permits for jobs running on the pool; a job holds one on its pool thread until it ends.
+    running: RefCell<Arc<Semaphore>>,
+}
+
+impl Default for BlockingPool {
+    fn default() -> Self {
+        BlockingPool {
+            submitted: Cell::new(0),
+            done: Cell::new(0),
+            observer: RefCell::new(None),
+            running: RefCell::new(Arc::new(Semaphore::new(BLOCKING_JOBS_RUNNING_MAX_DEFAULT))),
+        }
+    }
+}
+
+/// A job that got a permit at once, or one waiting for a running job to end.
+enum Job<W> {
+    Started(tokio::task::JoinHandle<io::Result<()>>),
+    Waiting(W),
+}
+
+/// Runs `work` on a pool thread, holding `permit` until it ends.
+fn spawn(
+    work: impl FnOnce() -> io::Result<()> + Send + 'static,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> tokio::task::JoinHandle<io::Result<()>> {
+    tokio::task::spawn_blocking(move || {
+        let _running = permit;
+        work()
+    })
 }
 
 impl BlockingPool {
+    /// Sets how many of this shard's jobs may run at once (at least 1). Jobs already running
+    /// keep the permits of the bound they started under.
+    pub(crate) fn set_jobs_running_max(&self, jobs_max: usize) {
+        *self.running.borrow_mut() = Arc::new(Semaphore::new(jobs_max.max(1)));
+    }
+
     pub(crate) fn set_observer(&self, observer: BlockingObserver) {
         *self.observer.borrow_mut() = Some(observer);
     }
@@ -84,12 +130,27 @@ impl BlockingPool {
         self.submitted.set(self.submitted.get() + 1);
         self.report(BlockingEvent::Submitted);
         debug_assert!(self.done.get() < self.submitted.get());
-        let task = tokio::task::spawn_blocking(work);
+        let running = self.running.borrow().clone();
+        // Under the bound the job starts now, as if there were no bound; over it, it starts
+        // from the future once a running job ends.
+        let job = match running.clone().try_acquire_owned() {
+            Ok(permit) => Job::Started(spawn(work, permit)),
+            Err(_) => Job::Waiting(work),
+        };
         let done = JobDone {
             pool: self.clone(),
             submitted_at,
         };
         Box::pin(async move {
+            let task = match job {
+                Job::Started(task) => task,
+                Job::Waiting(work) => {
+                    let permit = running.acquire_owned().await.map_err(|closed| {
+                        io::Error::other(format!("blocking pool bound: {closed}"))
+                    })?;
+                    spawn(work, permit)
+                }
+            };
             let result = task.await;
             drop(done);
             match result {
@@ -159,6 +220,46 @@ mod tests {
                 panic!("{events:?}");
             };
             assert!(latency_ns >= 20_000_000, "{latency_ns} ns for a 20 ms job");
+        });
+    }
+
+    #[test]
+    fn no_more_jobs_run_at_once_than_the_bound() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let pool = Rc::new(BlockingPool::default());
+            pool.set_jobs_running_max(2);
+            let running = Arc::new(AtomicUsize::new(0));
+            let peak = Arc::new(AtomicUsize::new(0));
+            let jobs: Vec<IoFuture> = (0..6)
+                .map(|_| {
+                    let (running, peak) = (running.clone(), peak.clone());
+                    pool.run(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(30));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                })
+                .collect();
+            assert_eq!(
+                pool.stats().jobs_in_flight(),
+                6,
+                "waiting jobs count as in flight"
+            );
+            for job in jobs {
+                assert_eq!(job.await.expect("job"), 0);
+            }
+            assert_eq!(
+                peak.load(Ordering::SeqCst),
+                2,
+                "two ran at once, never more"
+            );
+            assert_eq!(pool.stats().jobs_done, 6);
         });
     }
 }

@@ -51,7 +51,9 @@ mod stamped;
 mod tail_cache;
 mod writer;
 
-pub use blocking::{BlockingEvent, BlockingObserver, BlockingPoolStats};
+pub use blocking::{
+    BlockingEvent, BlockingObserver, BlockingPoolStats, BLOCKING_JOBS_RUNNING_MAX_DEFAULT,
+};
 pub use ring::Ring;
 
 /// Kafka error codes the storage errors map to (subset of the protocol's error table).
@@ -465,6 +467,12 @@ impl ShardStorage {
     /// [`Partition::append`]); at least 1.
     pub fn set_append_queue_bytes_max(&self, bytes: usize) {
         self.0.queue_bytes_max.set(bytes.max(1));
+    }
+
+    /// Sets `log.blocking.jobs.max`: this shard's jobs (ftruncate, small files with their
+    /// syncs) running on the blocking pool at once; at least 1.
+    pub fn set_blocking_jobs_max(&self, jobs: usize) {
+        self.0.blocking.set_jobs_running_max(jobs);
     }
 
     /// Sets `fetch.response.cache.bytes.max`: tail-cache bytes this shard's partitions may
