@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 use crate::state::ClusterState;
@@ -29,13 +29,17 @@ pub struct BrokerView {
     pub state: Arc<ClusterState>,
 }
 
-struct Controllers {
+pub(crate) struct Controllers {
     conns: BTreeMap<NodeId, Connection>,
-    current: NodeId,
+    pub(crate) current: NodeId,
 }
 
 impl Controllers {
-    fn new(voters: &BTreeMap<NodeId, SocketAddr>, timeout: Duration, frame_bytes_max: u32) -> Self {
+    pub(crate) fn new(
+        voters: &BTreeMap<NodeId, SocketAddr>,
+        timeout: Duration,
+        frame_bytes_max: u32,
+    ) -> Self {
         let conns: BTreeMap<NodeId, Connection> = voters
             .iter()
             .map(|(id, addr)| (*id, Connection::new(*addr, timeout, frame_bytes_max)))
@@ -45,7 +49,7 @@ impl Controllers {
     }
 
     /// Moves to `leader` if known, else to the next voter.
-    fn redirect(&mut self, leader: Option<NodeId>) {
+    pub(crate) fn redirect(&mut self, leader: Option<NodeId>) {
         match leader.filter(|l| self.conns.contains_key(l) && *l != self.current) {
             Some(leader) => self.current = leader,
             None => {
@@ -62,7 +66,7 @@ impl Controllers {
         }
     }
 
-    async fn call(&mut self, request: &Request) -> Result<Response, String> {
+    pub(crate) async fn call(&mut self, request: &Request) -> Result<Response, String> {
         let Some(conn) = self.conns.get_mut(&self.current) else {
             return Err("no controllers configured".into());
         };
@@ -71,8 +75,13 @@ impl Controllers {
     }
 }
 
-/// Registers and heartbeats until aborted, publishing into `view`.
-pub async fn run(settings: ClusterSettings, view: watch::Sender<Arc<BrokerView>>) {
+/// Registers and heartbeats until aborted, publishing into `view`; `nudge` makes it heartbeat
+/// at once (a forwarded topic change waits for its own broker to learn the new state).
+pub async fn run(
+    settings: ClusterSettings,
+    view: watch::Sender<Arc<BrokerView>>,
+    nudge: Arc<Notify>,
+) {
     let Ok(broker_id) = i32::try_from(settings.node_id) else {
         tracing::error!(
             node_id = settings.node_id,
@@ -152,7 +161,10 @@ pub async fn run(settings: ClusterSettings, view: watch::Sender<Arc<BrokerView>>
             changed
         });
         if !retry_now {
-            tokio::time::sleep(settings.heartbeat_interval).await;
+            tokio::select! {
+                _ = tokio::time::sleep(settings.heartbeat_interval) => {}
+                _ = nudge.notified() => {}
+            }
         }
     }
 }

@@ -23,13 +23,15 @@ use crate::{NodeId, Raft};
 #[derive(Clone)]
 pub struct Controller {
     node_id: NodeId,
-    raft: Raft,
-    state: watch::Receiver<Arc<ClusterState>>,
+    pub(crate) raft: Raft,
+    pub(crate) state: watch::Receiver<Arc<ClusterState>>,
     sessions: Arc<Mutex<HashMap<BrokerId, Instant>>>,
     session_timeout: Duration,
 }
 
-fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> BrokerRpcError {
+pub(crate) fn write_error(
+    error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+) -> BrokerRpcError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             BrokerRpcError::NotController {
@@ -40,7 +42,9 @@ fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) ->
     }
 }
 
-fn read_error(error: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> BrokerRpcError {
+pub(crate) fn read_error(
+    error: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>,
+) -> BrokerRpcError {
     match error {
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
             BrokerRpcError::NotController {

@@ -11,6 +11,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod broker;
 pub mod controller;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod service;
 pub mod settings;
 pub mod state;
 pub mod state_machine;
+pub mod topic_admin;
 pub mod wire;
 
 use std::io::Cursor;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, ClusterAdmin};
 use crate::broker::{self, BrokerView};
 use crate::controller::Controller;
 use crate::file::{DiskFile, StoreFile};
@@ -29,6 +30,7 @@ pub struct ClusterNode {
     raft: Option<Raft>,
     applied: Option<watch::Receiver<Arc<ClusterState>>>,
     view: watch::Receiver<Arc<BrokerView>>,
+    admin: Option<ClusterAdmin>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -137,24 +139,36 @@ impl ClusterNode {
             applied = Some(state);
         }
         let (view_tx, view) = watch::channel(Arc::new(BrokerView::default()));
+        let mut admin = None;
         if settings.is_broker {
-            tasks.push(tokio::spawn(broker::run(settings.clone(), view_tx)));
+            let nudge = Arc::new(Notify::new());
+            let (handle, jobs) = admin::channel();
+            tasks.push(tokio::spawn(admin::run(
+                settings.clone(),
+                jobs,
+                view.clone(),
+                nudge.clone(),
+            )));
+            tasks.push(tokio::spawn(broker::run(settings.clone(), view_tx, nudge)));
+            admin = Some(handle);
         }
         Ok(Self {
             raft,
             applied,
             view,
+            admin,
             tasks,
         })
     }
 
     /// Runs the node on a thread of its own (a current-thread tokio runtime), so the quorum
     /// never shares a shard's thread, and hands every new broker view to `publish` (on that
-    /// thread). Returns once started; the node lives as long as the process.
+    /// thread). Returns once started, with the handle for forwarding topic changes (None when
+    /// the node runs no broker); the node lives as long as the process.
     pub fn spawn_thread(
         settings: ClusterSettings,
         publish: impl Fn(Arc<BrokerView>) + Send + 'static,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<Option<ClusterAdmin>, ClusterError> {
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("cluster".into())
@@ -177,7 +191,7 @@ impl ClusterNode {
                             return;
                         }
                     };
-                    let _ = started_tx.send(Ok(()));
+                    let _ = started_tx.send(Ok(node.admin()));
                     let mut view = node.view();
                     loop {
                         publish(view.borrow_and_update().clone());
@@ -199,6 +213,11 @@ impl ClusterNode {
     /// The broker's view (epoch, controller, committed state).
     pub fn view(&self) -> watch::Receiver<Arc<BrokerView>> {
         self.view.clone()
+    }
+
+    /// The handle for forwarding topic changes, on a broker.
+    pub fn admin(&self) -> Option<ClusterAdmin> {
+        self.admin.clone()
     }
 
     /// The raft handle, on a voter.

@@ -110,6 +110,16 @@ pub enum Command {
         /// Its id.
         id: Uuid,
     },
+    /// Add partitions to a topic (placed by the controller); `first` is the index of the
+    /// first added one, so a command applied against a topic that grew meanwhile is refused.
+    CreatePartitions {
+        /// The topic's id.
+        id: Uuid,
+        /// The index of the first added partition (the topic's count when proposed).
+        first: usize,
+        /// The added partitions.
+        partitions: Vec<PartitionRecord>,
+    },
 }
 
 /// What applying a command did.
@@ -184,6 +194,22 @@ impl ClusterState {
             }
             Command::DeleteTopic { id } => match self.topics.remove(id) {
                 Some(_) => CommandReply::Done,
+                None => rejected(format!("no topic with id {id}")),
+            },
+            Command::CreatePartitions {
+                id,
+                first,
+                partitions,
+            } => match self.topics.get_mut(id) {
+                Some(topic) if topic.partitions.len() == *first => {
+                    topic.partitions.extend(partitions.iter().cloned());
+                    CommandReply::Done
+                }
+                Some(topic) => rejected(format!(
+                    "topic '{}' has {} partitions, not {first}",
+                    topic.name,
+                    topic.partitions.len()
+                )),
                 None => rejected(format!("no topic with id {id}")),
             },
         }
@@ -366,5 +392,38 @@ mod tests {
             CommandReply::Done
         );
         assert!(state.topics.is_empty());
+    }
+
+    #[test]
+    fn partitions_are_added_only_to_the_count_they_were_placed_for() {
+        let mut state = ClusterState::default();
+        let id = Uuid::new_v4();
+        let one = PartitionRecord {
+            replicas: vec![1],
+            leader: 1,
+            leader_epoch: 0,
+            isr: vec![1],
+        };
+        state.apply(
+            1,
+            &Command::CreateTopic {
+                name: "t".into(),
+                id,
+                partitions: vec![one.clone()],
+                configs: BTreeMap::new(),
+            },
+        );
+        let grow = |first| Command::CreatePartitions {
+            id,
+            first,
+            partitions: vec![one.clone(), one.clone()],
+        };
+        assert_eq!(state.apply(2, &grow(1)), CommandReply::Done);
+        assert_eq!(state.topics[&id].partitions.len(), 3);
+        assert!(matches!(
+            state.apply(3, &grow(1)),
+            CommandReply::Rejected { .. }
+        ));
+        assert_eq!(state.topics[&id].partitions.len(), 3);
     }
 }

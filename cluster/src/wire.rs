@@ -4,6 +4,7 @@
 //! exchange runs under a timeout. Owns the message types and [`Connection`] (a client that
 //! reconnects after any failure); must never decide anything about raft or brokers.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
-use crate::state::{BrokerId, ClusterState};
+use crate::state::{BrokerId, ClusterState, TopicRecord};
 use crate::{NodeId, TypeConfig};
 
 /// A request to a controller.
@@ -33,6 +34,8 @@ pub enum Request {
     Register(RegisterRequest),
     /// A broker heartbeats (answered by the active controller only).
     Heartbeat(HeartbeatRequest),
+    /// A broker forwards a client's topic change (answered by the active controller only).
+    TopicAdmin(TopicAdminRequest),
 }
 
 /// A controller's answer, the same variant as the request.
@@ -50,6 +53,68 @@ pub enum Response {
     Register(Result<RegisterReply, BrokerRpcError>),
     /// To [`Request::Heartbeat`].
     Heartbeat(Result<HeartbeatReply, BrokerRpcError>),
+    /// To [`Request::TopicAdmin`].
+    TopicAdmin(Result<TopicAdminReply, TopicAdminError>),
+}
+
+/// A topic change a broker forwards to the active controller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TopicAdminRequest {
+    /// Create a topic; the controller places its replicas.
+    Create {
+        /// Name (already validated by the broker).
+        name: String,
+        /// Partition count (already resolved from `num.partitions`).
+        partitions: i32,
+        /// Replicas per partition (already resolved from the default).
+        replication_factor: i32,
+        /// Config overrides (already validated by the broker).
+        configs: BTreeMap<String, String>,
+    },
+    /// Delete a topic by name, or by id when the name is None.
+    Delete {
+        /// Its name.
+        name: Option<String>,
+        /// Its id.
+        id: Option<Uuid>,
+    },
+    /// Grow a topic to `count` partitions.
+    CreatePartitions {
+        /// Its name.
+        name: String,
+        /// The new partition count.
+        count: i32,
+    },
+}
+
+/// The committed outcome of a topic change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicAdminReply {
+    /// The topic as committed (as it was before, for a delete).
+    pub topic: TopicRecord,
+    /// The log index the change committed at: a broker answers its client once its own
+    /// state has applied this far.
+    pub committed_index: u64,
+}
+
+/// Why a topic change was refused; each maps to one Kafka error code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum TopicAdminError {
+    /// TOPIC_ALREADY_EXISTS.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// UNKNOWN_TOPIC_OR_PARTITION (or UNKNOWN_TOPIC_ID for a delete by id).
+    #[error("{0}")]
+    UnknownTopic(String),
+    /// INVALID_PARTITIONS.
+    #[error("{0}")]
+    InvalidPartitions(String),
+    /// INVALID_REPLICATION_FACTOR.
+    #[error("{0}")]
+    InvalidReplicationFactor(String),
+    /// Not the active controller, or the quorum could not commit.
+    #[error(transparent)]
+    Rpc(#[from] BrokerRpcError),
 }
 
 /// A broker's registration.

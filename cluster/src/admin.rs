@@ -1,0 +1,138 @@
+//! The broker side of topic changes: a [`ClusterAdmin`] handle that any thread (a shard) can
+//! use to forward a [`TopicAdminRequest`] to the active controller, and the task on the
+//! cluster thread that carries it there, follows NOT_CONTROLLER hints and unreachable voters
+//! until `admin.forward.timeout` runs out, and answers only once this broker's own view has
+//! applied the committed change (so the broker that took the client's request already
+//! reports what it answered). Must never decide anything about topics (the controller does)
+//! or retry a change the controller refused.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::broker::{BrokerView, Controllers};
+use crate::wire::{
+    BrokerRpcError, Request, Response, TopicAdminError, TopicAdminReply, TopicAdminRequest,
+};
+use crate::ClusterSettings;
+
+type Job = (
+    TopicAdminRequest,
+    oneshot::Sender<Result<TopicAdminReply, TopicAdminError>>,
+);
+
+/// A handle to forward topic changes to the active controller (cheap to clone, Send + Sync).
+#[derive(Debug, Clone)]
+pub struct ClusterAdmin {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl ClusterAdmin {
+    /// Forwards `request` and waits for the committed outcome.
+    pub async fn call(
+        &self,
+        request: TopicAdminRequest,
+    ) -> Result<TopicAdminReply, TopicAdminError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let stopped =
+            || TopicAdminError::Rpc(BrokerRpcError::Quorum("the cluster thread stopped".into()));
+        self.jobs.send((request, reply_tx)).map_err(|_| stopped())?;
+        reply_rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// The handle and the receiving end for [`run`].
+pub(crate) fn channel() -> (ClusterAdmin, mpsc::UnboundedReceiver<Job>) {
+    let (jobs, rx) = mpsc::unbounded_channel();
+    (ClusterAdmin { jobs }, rx)
+}
+
+/// How long one forwarded change may look for an active controller: long enough to ride out
+/// an election (up to twice the election timeout) plus one exchange.
+fn forward_timeout(settings: &ClusterSettings) -> Duration {
+    settings.election_timeout * 4 + settings.request_timeout
+}
+
+/// Carries forwarded changes one at a time until every handle is dropped.
+pub(crate) async fn run(
+    settings: ClusterSettings,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut view: watch::Receiver<Arc<BrokerView>>,
+    nudge: Arc<Notify>,
+) {
+    let mut controllers = Controllers::new(
+        &settings.voters,
+        settings.request_timeout,
+        settings.frame_bytes_max,
+    );
+    while let Some((request, reply)) = jobs.recv().await {
+        let outcome = forward(&settings, &mut controllers, request).await;
+        if let Ok(committed) = &outcome {
+            wait_applied(&mut view, &nudge, committed.committed_index, &settings).await;
+        }
+        let _ = reply.send(outcome);
+    }
+}
+
+async fn forward(
+    settings: &ClusterSettings,
+    controllers: &mut Controllers,
+    request: TopicAdminRequest,
+) -> Result<TopicAdminReply, TopicAdminError> {
+    let deadline = Instant::now() + forward_timeout(settings);
+    let request = Request::TopicAdmin(request);
+    loop {
+        let mut retry_now = false;
+        let last = match controllers.call(&request).await {
+            Ok(Response::TopicAdmin(Err(TopicAdminError::Rpc(
+                BrokerRpcError::NotController { leader },
+            )))) => {
+                retry_now = leader.is_some_and(|l| l != controllers.current);
+                controllers.redirect(leader);
+                format!("not the active controller (leader {leader:?})")
+            }
+            Ok(Response::TopicAdmin(outcome)) => return outcome,
+            Ok(_) => {
+                controllers.redirect(None);
+                "unexpected response kind".to_string()
+            }
+            Err(error) => {
+                controllers.redirect(None);
+                error.to_string()
+            }
+        };
+        if Instant::now() >= deadline {
+            return Err(TopicAdminError::Rpc(BrokerRpcError::Quorum(format!(
+                "no active controller committed the change within {:?}: {last}",
+                forward_timeout(settings)
+            ))));
+        }
+        if !retry_now {
+            tokio::time::sleep(settings.heartbeat_interval.min(Duration::from_millis(100))).await;
+        }
+    }
+}
+
+/// Heartbeats at once and waits (bounded) until this broker's view has applied `index`.
+async fn wait_applied(
+    view: &mut watch::Receiver<Arc<BrokerView>>,
+    nudge: &Notify,
+    index: u64,
+    settings: &ClusterSettings,
+) {
+    nudge.notify_one();
+    let deadline = tokio::time::Instant::now() + forward_timeout(settings);
+    while view.borrow_and_update().state.applied_index < index {
+        match tokio::time::timeout_at(deadline, view.changed()).await {
+            Ok(Ok(())) => {}
+            _ => {
+                tracing::warn!(
+                    index,
+                    "this broker has not learnt a committed topic change in time"
+                );
+                return;
+            }
+        }
+    }
+}

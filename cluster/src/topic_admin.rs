@@ -1,0 +1,255 @@
+//! The active controller's side of topic changes forwarded by brokers: creates (placing
+//! replicas round-robin over the unfenced brokers with [`assign_replicas`]), deletes, and
+//! partition additions, each checked against the committed state after a linearizable read
+//! and then proposed through the quorum. Owns the rules a topic change must pass; must never
+//! change the state except by proposing a command, or accept more than one replica per
+//! partition while partition replication does not exist (RF=1 only).
+
+use uuid::Uuid;
+
+use crate::controller::{read_error, write_error, Controller};
+use crate::state::{assign_replicas, ClusterState, Command, CommandReply, PlacementError};
+use crate::wire::{TopicAdminError, TopicAdminReply, TopicAdminRequest};
+
+/// Replicas per partition this controller can place: partition replication is not built yet.
+pub const REPLICATION_FACTOR_MAX: i32 = 1;
+
+fn placement_error(error: PlacementError) -> TopicAdminError {
+    match error {
+        PlacementError::InvalidPartitions(_) => TopicAdminError::InvalidPartitions(format!(
+            "Number of partitions must be larger than 0: {error}."
+        )),
+        PlacementError::InvalidReplicationFactor { .. } => {
+            TopicAdminError::InvalidReplicationFactor(format!("{error}."))
+        }
+    }
+}
+
+/// Refuses a replication factor this cluster cannot keep.
+pub fn check_replication_factor(replication_factor: i32) -> Result<(), TopicAdminError> {
+    if replication_factor > REPLICATION_FACTOR_MAX {
+        return Err(TopicAdminError::InvalidReplicationFactor(format!(
+            "Replication factor {replication_factor} is not supported: partition replication is \
+             not implemented yet, so every partition has exactly 1 replica."
+        )));
+    }
+    if replication_factor < 1 {
+        return Err(TopicAdminError::InvalidReplicationFactor(format!(
+            "Replication factor must be larger than 0, got {replication_factor}."
+        )));
+    }
+    Ok(())
+}
+
+/// Where placement starts: spread from topic to topic so that single-partition topics do not
+/// all land on the lowest broker id; the placement itself is in the command, so it need not
+/// be reproducible.
+fn placement_start(id: Uuid, brokers: usize) -> usize {
+    (id.as_u128() % brokers.max(1) as u128) as usize
+}
+
+impl Controller {
+    /// Checks `request` against the committed state, proposes it, and answers once committed.
+    pub async fn topic_admin(
+        &self,
+        request: TopicAdminRequest,
+    ) -> Result<TopicAdminReply, TopicAdminError> {
+        // Leadership confirmed and everything committed applied: the checks below see every
+        // change acknowledged before this request.
+        self.raft.ensure_linearizable().await.map_err(read_error)?;
+        let state = self.state.borrow().clone();
+        let (command, topic) = plan(&state, request)?;
+        // Refused at apply only when another change to the same topic committed first.
+        let refused: fn(String) -> TopicAdminError = match &command {
+            Command::CreateTopic { .. } => TopicAdminError::AlreadyExists,
+            Command::DeleteTopic { .. } => TopicAdminError::UnknownTopic,
+            _ => TopicAdminError::InvalidPartitions,
+        };
+        let response = self.raft.client_write(command).await.map_err(write_error)?;
+        match response.data {
+            CommandReply::Rejected { reason } => Err(refused(reason)),
+            _ => {
+                let topic = match self.state.borrow().topics.get(&topic.id) {
+                    Some(committed) => committed.clone(),
+                    None => topic,
+                };
+                tracing::info!(topic = %topic.name, id = %topic.id, partitions = topic.partitions.len(), index = response.log_id.index, "topic change committed");
+                Ok(TopicAdminReply {
+                    topic,
+                    committed_index: response.log_id.index,
+                })
+            }
+        }
+    }
+}
+
+/// The command a request makes against `state`, and the topic it concerns.
+fn plan(
+    state: &ClusterState,
+    request: TopicAdminRequest,
+) -> Result<(Command, crate::state::TopicRecord), TopicAdminError> {
+    match request {
+        TopicAdminRequest::Create {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+        } => {
+            check_replication_factor(replication_factor)?;
+            if state.topic_by_name(&name).is_some() {
+                return Err(TopicAdminError::AlreadyExists(format!(
+                    "Topic '{name}' already exists."
+                )));
+            }
+            let id = Uuid::new_v4();
+            let start = placement_start(id, state.unfenced_brokers().count());
+            let placed = assign_replicas(state, partitions, replication_factor, start)
+                .map_err(placement_error)?;
+            let topic = crate::state::TopicRecord {
+                name: name.clone(),
+                id,
+                partitions: placed.clone(),
+                configs: configs.clone(),
+            };
+            let command = Command::CreateTopic {
+                name,
+                id,
+                partitions: placed,
+                configs,
+            };
+            Ok((command, topic))
+        }
+        TopicAdminRequest::Delete { name, id } => {
+            let topic = match (&name, id) {
+                (Some(name), _) => state.topic_by_name(name),
+                (None, Some(id)) => state.topics.get(&id),
+                (None, None) => None,
+            };
+            let topic = topic.cloned().ok_or_else(|| {
+                TopicAdminError::UnknownTopic("This server does not host this topic.".into())
+            })?;
+            Ok((Command::DeleteTopic { id: topic.id }, topic))
+        }
+        TopicAdminRequest::CreatePartitions { name, count } => {
+            let topic = state.topic_by_name(&name).cloned().ok_or_else(|| {
+                TopicAdminError::UnknownTopic(format!("Topic '{name}' does not exist."))
+            })?;
+            let held = topic.partitions.len();
+            let added = usize::try_from(count).unwrap_or(0).saturating_sub(held);
+            if added == 0 {
+                return Err(TopicAdminError::InvalidPartitions(format!(
+                    "Topic currently has {held} partitions, which is higher than or equal to the requested {count}."
+                )));
+            }
+            let replication_factor = topic
+                .partitions
+                .first()
+                .map_or(1, |p| p.replicas.len().max(1));
+            let placed = assign_replicas(
+                state,
+                i32::try_from(added).unwrap_or(i32::MAX),
+                i32::try_from(replication_factor).unwrap_or(i32::MAX),
+                placement_start(topic.id, state.unfenced_brokers().count()) + held,
+            )
+            .map_err(placement_error)?;
+            let command = Command::CreatePartitions {
+                id: topic.id,
+                first: held,
+                partitions: placed,
+            };
+            Ok((command, topic))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn three_brokers() -> ClusterState {
+        let mut state = ClusterState::default();
+        for id in 1..=3 {
+            state.apply(
+                id as u64,
+                &Command::RegisterBroker {
+                    id,
+                    host: format!("127.0.0.{id}"),
+                    port: 9092,
+                    incarnation: Uuid::new_v4(),
+                },
+            );
+        }
+        state
+    }
+
+    fn create(name: &str, partitions: i32, replication_factor: i32) -> TopicAdminRequest {
+        TopicAdminRequest::Create {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_create_spreads_leaders_over_every_unfenced_broker() {
+        let state = three_brokers();
+        let (command, topic) = plan(&state, create("t", 6, 1)).unwrap();
+        let mut leaders: Vec<i32> = topic.partitions.iter().map(|p| p.leader).collect();
+        leaders.sort_unstable();
+        assert_eq!(leaders, vec![1, 1, 2, 2, 3, 3]);
+        assert!(topic
+            .partitions
+            .iter()
+            .all(|p| p.replicas == vec![p.leader]));
+        assert!(matches!(command, Command::CreateTopic { .. }));
+    }
+
+    #[test]
+    fn replication_is_refused_until_it_exists() {
+        let state = three_brokers();
+        let error = plan(&state, create("t", 1, 3)).unwrap_err();
+        assert!(
+            matches!(&error, TopicAdminError::InvalidReplicationFactor(m) if m.contains("not implemented")),
+            "{error:?}"
+        );
+        assert!(matches!(
+            plan(&state, create("t", 0, 1)),
+            Err(TopicAdminError::InvalidPartitions(_))
+        ));
+    }
+
+    #[test]
+    fn duplicates_and_unknown_topics_are_refused() {
+        let mut state = three_brokers();
+        let (command, _) = plan(&state, create("t", 2, 1)).unwrap();
+        assert_eq!(state.apply(10, &command), CommandReply::Done);
+        assert!(matches!(
+            plan(&state, create("t", 2, 1)),
+            Err(TopicAdminError::AlreadyExists(_))
+        ));
+        let delete = |name: &str| TopicAdminRequest::Delete {
+            name: Some(name.into()),
+            id: None,
+        };
+        assert!(matches!(
+            plan(&state, delete("nope")),
+            Err(TopicAdminError::UnknownTopic(_))
+        ));
+        let grow = |count| TopicAdminRequest::CreatePartitions {
+            name: "t".into(),
+            count,
+        };
+        assert!(matches!(
+            plan(&state, grow(2)),
+            Err(TopicAdminError::InvalidPartitions(_))
+        ));
+        let (command, _) = plan(&state, grow(5)).unwrap();
+        assert_eq!(state.apply(11, &command), CommandReply::Done);
+        assert_eq!(state.topic_by_name("t").unwrap().partitions.len(), 5);
+        let (command, _) = plan(&state, delete("t")).unwrap();
+        assert_eq!(state.apply(12, &command), CommandReply::Done);
+        assert!(state.topics.is_empty());
+    }
+}
