@@ -19,6 +19,7 @@ pub mod code {
     pub const RECORD_LIST_TOO_LARGE: i16 = 18;
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
     pub const INVALID_REQUEST: i16 = 42;
+    pub const NOT_CONTROLLER: i16 = 41;
     pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
     pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
     pub const UNSUPPORTED_VERSION: i16 = 35;

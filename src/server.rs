@@ -67,7 +67,13 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Startup(e.to_string()))?;
         crate::metadata::log::apply(&mut snapshot, &record);
     }
-    remove_stale_partition_dirs(&config.data_dir, &snapshot);
+    if config.cluster.is_some() {
+        // Topics are the quorum's: which partition directories are stale is only known once
+        // the cluster state arrives (the bridge deletes those of topics deleted while running).
+        snapshot = crate::metadata::cluster::startup(&snapshot);
+    } else {
+        remove_stale_partition_dirs(&config.data_dir, &snapshot);
+    }
 
     // Port 0: reserve a concrete port (bound, not listening) so every shard binds the same one.
     let reservation = if config.listen.port() == 0 {
@@ -174,12 +180,15 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
         // Join the cluster only once every shard serves: registering makes the other brokers
         // list this one in Metadata, so clients may connect the moment it registers.
         if let Some(cluster) = config.cluster.clone() {
-            let store = store.clone();
+            let bridge = (store.clone(), set.clone());
             let roles = (cluster.is_broker, cluster.is_controller);
-            sluice_cluster::ClusterNode::spawn_thread(cluster, move |view| {
-                store.publish_cluster(view)
+            let admin = sluice_cluster::ClusterNode::spawn_thread(cluster, move |view| {
+                crate::metadata::cluster::on_view(&bridge.0, &bridge.1, view)
             })
             .map_err(|e| ServeError::Startup(format!("cluster: {e}")))?;
+            if let Some(admin) = admin {
+                store.set_admin(admin);
+            }
             tracing::info!(broker = roles.0, controller = roles.1, "joined the cluster");
         }
         tracing::info!(

@@ -202,6 +202,9 @@ pub struct Shard {
     producer_state_loads: LoadGates,
     /// The broker's poisoned partitions (shared by every shard).
     pub offline: Arc<OfflinePartitions>,
+    /// In a cluster: the id of each topic this shard opened partitions of, so a topic deleted
+    /// (or deleted and re-created under the same name) has its partitions deleted here.
+    cluster_topic_ids: RefCell<HashMap<String, uuid::Uuid>>,
 }
 
 impl Shard {
@@ -230,6 +233,7 @@ impl Shard {
             set,
             producer_state_loads: LoadGates::default(),
             offline: Arc::default(),
+            cluster_topic_ids: RefCell::default(),
         }
     }
 
@@ -280,6 +284,64 @@ impl Shard {
             }
         }
         Ok(opened)
+    }
+
+    /// In a cluster: deletes the partitions of topics the published cluster state no longer
+    /// has (or has under another id), then opens every partition of it that this broker is a
+    /// replica of and this shard owns; returns how many it opened. Synchronous and reading the
+    /// current snapshot, so reconciliations running in any order end in the latest state.
+    pub fn reconcile_cluster_partitions(&self) -> usize {
+        let snapshot = self.metadata.load();
+        let Some(state) = snapshot.cluster.clone() else {
+            return 0;
+        };
+        let gone: Vec<String> = self
+            .cluster_topic_ids
+            .borrow()
+            .iter()
+            .filter(|(name, id)| state.topics.get(id).is_none_or(|t| &t.name != *name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            let deleted = self.delete_topic_partitions(&name);
+            self.cluster_topic_ids.borrow_mut().remove(&name);
+            tracing::info!(shard = self.id, topic = %name, deleted, "deleted partitions of a topic the cluster removed");
+        }
+        let node_id = self.config.node_id;
+        let mut opened = 0;
+        for topic in state.topics.values() {
+            let Some(meta) = snapshot.topic(&topic.name).filter(|m| m.id == topic.id) else {
+                continue;
+            };
+            for (index, placement) in topic.partitions.iter().enumerate() {
+                let Ok(index) = i32::try_from(index) else {
+                    break;
+                };
+                if !placement.replicas.contains(&node_id)
+                    || self.set.owner_of(&topic.name, index) != self.id
+                    || self.partition(&topic.name, index).is_some()
+                {
+                    continue;
+                }
+                self.cluster_topic_ids
+                    .borrow_mut()
+                    .insert(topic.name.clone(), topic.id);
+                match self.open_partition(meta, index) {
+                    Ok(_) => opened += 1,
+                    Err(error) => {
+                        tracing::error!(topic = %topic.name, index, %error, "opening a cluster partition failed")
+                    }
+                }
+            }
+        }
+        if opened > 0 {
+            tracing::info!(
+                shard = self.id,
+                opened,
+                "opened partitions this broker leads"
+            );
+        }
+        opened
     }
 
     /// Applies a topic's new configs to the partitions this shard owns.

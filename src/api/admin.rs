@@ -1,5 +1,6 @@
 //! Topic administration: CreateTopics (2–7), DeleteTopics (1–6), CreatePartitions (0–3).
-//! Each request is validated here and carried out by the metadata controller on shard 0.
+//! Each request is validated here and carried out by the metadata controller on shard 0, or in
+//! a cluster forwarded to the active controller of the quorum ([`forward`]).
 //!
 //! Must never: change metadata itself — only the controller writes.
 
@@ -23,6 +24,7 @@ use super::{decode_or_close, encode, str_bytes, FetchRecords};
 use crate::config::TOPIC_CONFIGS;
 use crate::errors::code;
 use crate::metadata::controller::{AdminError, NewTopic};
+use crate::metadata::forward;
 use crate::shard::Shard;
 
 /// Runs `f` with the controller on shard 0.
@@ -82,6 +84,14 @@ pub async fn create_topics(
                 ))));
                 continue;
             }
+            if shard.metadata.is_clustered() {
+                results.push(Some(Err((
+                    code::INVALID_REPLICA_ASSIGNMENT,
+                    "Replica assignments are not supported in a cluster yet; give numPartitions."
+                        .to_string(),
+                ))));
+                continue;
+            }
             if topic
                 .assignments
                 .iter()
@@ -114,13 +124,23 @@ pub async fn create_topics(
         });
     }
     let validate_only = request.validate_only;
-    let created = with_controller(&shard, move |s| async move {
-        match &s.controller {
-            Some(controller) => Ok(controller.create_topics(&s, to_create, validate_only).await),
-            None => Err(controller_missing()),
+    let created = if shard.metadata.is_clustered() {
+        let mut list = Vec::with_capacity(to_create.len());
+        for topic in to_create {
+            list.push(forward::create_topic(&shard, topic, validate_only).await);
         }
-    })
-    .await;
+        Ok(list)
+    } else {
+        with_controller(&shard, move |s| async move {
+            match &s.controller {
+                Some(controller) => {
+                    Ok(controller.create_topics(&s, to_create, validate_only).await)
+                }
+                None => Err(controller_missing()),
+            }
+        })
+        .await
+    };
     let mut created = match created {
         Ok(list) => list.into_iter(),
         Err(error) => {
@@ -208,13 +228,17 @@ pub async fn delete_topics(
     let mut responses = Vec::with_capacity(targets.len());
     for (name, id) in targets {
         let (n, i) = (name.clone(), id);
-        let outcome = with_controller(&shard, move |s| async move {
-            match &s.controller {
-                Some(controller) => controller.delete_topic(&s, n, i).await,
-                None => Err(controller_missing()),
-            }
-        })
-        .await;
+        let outcome = if shard.metadata.is_clustered() {
+            forward::delete_topic(&shard, n, i).await
+        } else {
+            with_controller(&shard, move |s| async move {
+                match &s.controller {
+                    Some(controller) => controller.delete_topic(&s, n, i).await,
+                    None => Err(controller_missing()),
+                }
+            })
+            .await
+        };
         let mut out = DeletableTopicResult::default();
         match outcome {
             Ok(meta) => {
@@ -258,7 +282,16 @@ pub async fn create_partitions(
             list.iter()
                 .any(|a| a.broker_ids.iter().any(|b| b.0 != node_id))
         });
-        let outcome = if bad_assignment {
+        let outcome = if shard.metadata.is_clustered() {
+            if topic.assignments.is_some() {
+                Err((
+                    code::INVALID_REPLICA_ASSIGNMENT,
+                    "Replica assignments are not supported in a cluster yet.".to_string(),
+                ))
+            } else {
+                forward::create_partitions(&shard, &name, count, validate_only).await
+            }
+        } else if bad_assignment {
             Err((
                 code::INVALID_REPLICA_ASSIGNMENT,
                 format!("Replica assignments may only name broker {node_id}."),

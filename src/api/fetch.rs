@@ -80,8 +80,13 @@ pub async fn handle(
                     .partitions
                     .iter()
                     .map(|p| {
-                        let known =
+                        let exists =
                             meta.is_some_and(|m| p.partition >= 0 && p.partition < m.partitions);
+                        let led_elsewhere = exists
+                            && meta.is_some_and(|m| {
+                                !snapshot.leads(m, p.partition, shard.config.node_id)
+                            });
+                        let known = exists && !led_elsewhere;
                         PartitionFetch {
                             index: p.partition,
                             fetch_offset: p.fetch_offset,
@@ -89,6 +94,8 @@ pub async fn handle(
                             known,
                             error_code: if meta.is_none() {
                                 unknown
+                            } else if led_elsewhere {
+                                code::NOT_LEADER_OR_FOLLOWER
                             } else if known {
                                 code::NONE
                             } else {

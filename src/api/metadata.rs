@@ -1,5 +1,6 @@
 //! Metadata (0–12) and DescribeCluster (0–1): the live brokers (this one alone, or every
-//! unfenced broker of its cluster), the controller, the topics and partition leaders.
+//! unfenced broker of its cluster), the controller, the topics and partition leaders (this
+//! broker, or in a cluster the committed placement with leader epochs).
 //!
 //! A partition poisoned by a failed sync ([`crate::offline`]) is listed with KAFKA_STORAGE_ERROR
 //! and this broker as its offline replica.
@@ -28,6 +29,7 @@ use crate::errors::code;
 use crate::metadata::controller::NewTopic;
 use crate::metadata::{validate_topic_name, TopicMeta};
 use crate::shard::Shard;
+use sluice_cluster::state::ClusterState;
 
 /// Kafka's "authorized operations not requested" marker.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
@@ -149,6 +151,9 @@ async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<Arc<TopicMeta>, (i
         replication_factor: -1,
         configs: Default::default(),
     };
+    if shard.metadata.is_clustered() {
+        return crate::metadata::forward::create_topic(shard, topic, false).await;
+    }
     let result = shard
         .invoke_on(0, move |s| async move {
             match &s.controller {
@@ -197,6 +202,10 @@ fn live_brokers(shard: &Shard) -> (Vec<(i32, String, i32)>, i32) {
 }
 
 fn topic_entry(shard: &Shard, version: i16, topic: &TopicMeta) -> MetadataResponseTopic {
+    let snapshot = shard.metadata.load();
+    if let Some(state) = snapshot.cluster.as_ref().filter(|_| !topic.is_internal()) {
+        return cluster_topic_entry(shard, version, topic, state);
+    }
     let node = BrokerId(shard.config.node_id);
     let mut entry = MetadataResponseTopic::default();
     entry.name = Some(TopicName(str_bytes(&topic.name)));
@@ -224,6 +233,67 @@ fn topic_entry(shard: &Shard, version: i16, topic: &TopicMeta) -> MetadataRespon
                 // what it acknowledged, and produce gets KAFKA_STORAGE_ERROR from it.
                 p.error_code = code::KAFKA_STORAGE_ERROR;
                 p.offline_replicas = vec![node];
+            }
+            p
+        })
+        .collect();
+    entry
+}
+
+/// A topic as the committed cluster state places it: each partition's leader, leader epoch,
+/// replicas and ISR; a partition whose leader is fenced (or unknown) has no leader
+/// (LEADER_NOT_AVAILABLE, leader -1) and lists its fenced replicas as offline, since with one
+/// replica there is no one to fail over to.
+fn cluster_topic_entry(
+    shard: &Shard,
+    version: i16,
+    topic: &TopicMeta,
+    state: &ClusterState,
+) -> MetadataResponseTopic {
+    let mut entry = MetadataResponseTopic::default();
+    entry.name = Some(TopicName(str_bytes(&topic.name)));
+    if version >= 10 {
+        entry.topic_id = topic.id;
+    }
+    entry.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+    let live = |id: &i32| state.brokers.get(id).is_some_and(|b| !b.fenced);
+    let node_id = shard.config.node_id;
+    let offline_here = shard.offline.of_topic(&topic.name);
+    let placements = state
+        .topics
+        .get(&topic.id)
+        .map(|t| t.partitions.as_slice())
+        .unwrap_or_default();
+    entry.partitions = placements
+        .iter()
+        .enumerate()
+        .map(|(index, placement)| {
+            let index = i32::try_from(index).unwrap_or(i32::MAX);
+            let mut p = MetadataResponsePartition::default();
+            p.partition_index = index;
+            p.replica_nodes = placement.replicas.iter().copied().map(BrokerId).collect();
+            p.isr_nodes = placement.isr.iter().copied().map(BrokerId).collect();
+            if version >= 5 {
+                p.offline_replicas = placement
+                    .replicas
+                    .iter()
+                    .filter(|id| !live(id))
+                    .copied()
+                    .map(BrokerId)
+                    .collect();
+            }
+            if version >= 7 {
+                p.leader_epoch = placement.leader_epoch;
+            }
+            if live(&placement.leader) {
+                p.leader_id = BrokerId(placement.leader);
+            } else {
+                p.leader_id = BrokerId(-1);
+                p.error_code = code::LEADER_NOT_AVAILABLE;
+            }
+            if placement.leader == node_id && offline_here.contains(&index) {
+                p.error_code = code::KAFKA_STORAGE_ERROR;
+                p.offline_replicas = vec![BrokerId(node_id)];
             }
             p
         })

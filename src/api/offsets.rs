@@ -50,6 +50,17 @@ pub async fn handle(
                 ))));
                 continue;
             }
+            if meta
+                .as_ref()
+                .is_some_and(|m| !snapshot.leads(m, index, shard.config.node_id))
+            {
+                pending.push(futures::future::Either::Left(futures::future::ready((
+                    code::NOT_LEADER_OR_FOLLOWER,
+                    -1,
+                    -1,
+                ))));
+                continue;
+            }
             let owner = shard.set.owner_of(&name, index);
             let topic_name = name.clone();
             let lookup = shard.invoke_on(owner, move |s| async move {

@@ -60,6 +60,10 @@ pub async fn handle(
                     code::INVALID_TOPIC_EXCEPTION,
                     "cannot produce to an internal topic",
                 )),
+                (_, Some(meta), _) if !snapshot.leads(meta, index, shard.config.node_id) => Some((
+                    code::NOT_LEADER_OR_FOLLOWER,
+                    "this broker does not lead the partition",
+                )),
                 (_, _, None) => Some((code::CORRUPT_MESSAGE, "null record set")),
                 (_, _, Some(records)) if records.is_empty() => {
                     Some((code::CORRUPT_MESSAGE, "empty record set"))

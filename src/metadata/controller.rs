@@ -305,6 +305,12 @@ impl Controller {
         incremental: bool,
         validate_only: bool,
     ) -> Result<(), AdminError> {
+        if shard.metadata.is_clustered() {
+            return Err((
+                code::INVALID_REQUEST,
+                "topic configs cannot be changed in a cluster yet: they live in the controller quorum".into(),
+            ));
+        }
         let mut log = self.lock.lock().await;
         let topic = existing_topic(shard, name)?;
         let mut configs = if incremental {

@@ -8,14 +8,18 @@
 //! changed by anyone but the controller — a replicated controller (e.g. on openraft) replaces
 //! the log later without touching readers.
 
+pub mod cluster;
 pub mod controller;
+pub mod forward;
 pub mod log;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use sluice_cluster::admin::ClusterAdmin;
 use sluice_cluster::broker::BrokerView;
+use sluice_cluster::state::{ClusterState, PartitionRecord};
 use uuid::Uuid;
 
 /// A topic as the cluster knows it.
@@ -51,12 +55,34 @@ pub struct MetadataSnapshot {
     pub names_by_id: HashMap<Uuid, String>,
     /// Producer ids below this may have been handed out; the controller allocates above it.
     pub producer_id_block_end: i64,
+    /// In a cluster, the committed cluster state the user topics above were derived from
+    /// (placement, leaders, fencing); None on a single broker.
+    pub cluster: Option<Arc<ClusterState>>,
 }
 
 impl MetadataSnapshot {
     /// Looks a topic up by name.
     pub fn topic(&self, name: &str) -> Option<&Arc<TopicMeta>> {
         self.topics.get(name)
+    }
+
+    /// In a cluster, the committed placement of one partition; None on a single broker or
+    /// when the cluster does not know it.
+    pub fn placement(&self, topic: &TopicMeta, index: i32) -> Option<&PartitionRecord> {
+        let state = self.cluster.as_ref()?;
+        let index = usize::try_from(index).ok()?;
+        state.topics.get(&topic.id)?.partitions.get(index)
+    }
+
+    /// Whether broker `node_id` leads the partition: always on a single broker; in a cluster,
+    /// only the committed leader serves Produce, Fetch and ListOffsets (internal topics are
+    /// each broker's own).
+    pub fn leads(&self, topic: &TopicMeta, index: i32, node_id: i32) -> bool {
+        if self.cluster.is_none() || topic.is_internal() {
+            return true;
+        }
+        self.placement(topic, index)
+            .is_some_and(|p| p.leader == node_id)
     }
 }
 
@@ -67,6 +93,8 @@ pub struct MetadataStore {
     /// What this node knows of its cluster (brokers, their fencing, the active controller);
     /// None on a single broker. One writer: the cluster thread's bridge.
     cluster: ArcSwapOption<BrokerView>,
+    /// Forwards topic changes to the active controller; set once the broker joined a cluster.
+    admin: OnceLock<ClusterAdmin>,
 }
 
 impl MetadataStore {
@@ -75,7 +103,23 @@ impl MetadataStore {
         Self {
             current: ArcSwap::from_pointee(snapshot),
             cluster: ArcSwapOption::empty(),
+            admin: OnceLock::new(),
         }
+    }
+
+    /// Whether this broker runs in a cluster (topics come from the controller quorum).
+    pub fn is_clustered(&self) -> bool {
+        self.load().cluster.is_some()
+    }
+
+    /// The handle for forwarding topic changes; None on a single broker (or before joining).
+    pub fn admin(&self) -> Option<&ClusterAdmin> {
+        self.admin.get()
+    }
+
+    /// Installs the forwarding handle (once, when the cluster thread starts).
+    pub(crate) fn set_admin(&self, admin: ClusterAdmin) {
+        let _ = self.admin.set(admin);
     }
 
     /// The cluster view (cheap, lock-free); None on a single broker.

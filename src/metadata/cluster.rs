@@ -1,0 +1,134 @@
+//! The bridge from the controller quorum to this broker: every broker view the cluster thread
+//! learns is published beside the metadata snapshot, then shard 0 (where the snapshot's single
+//! writer lives) derives the snapshot's user topics from the committed cluster state, and every
+//! shard opens the partitions this broker is a replica of and deletes those of topics that are
+//! gone. Owns that derivation and its scheduling; must never decide placement or leadership
+//! (the quorum does), or publish from the cluster thread (it would race the controller's
+//! producer-id publications on shard 0).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use sluice_cluster::broker::BrokerView;
+use sluice_cluster::state::ClusterState;
+
+use super::{MetadataSnapshot, MetadataStore, TopicMeta};
+use crate::shard::{Shard, ShardSet};
+
+/// Called on the cluster thread with every new view: stores it and asks shard 0 to apply it.
+pub fn on_view(store: &MetadataStore, set: &ShardSet, view: Arc<BrokerView>) {
+    store.publish_cluster(view);
+    // The job reads the latest view when it runs, so a lost or late job is made good by the
+    // next one; views only move forward.
+    let job = Box::new(|shard: Rc<Shard>| {
+        tokio::task::spawn_local(apply_latest(shard));
+    });
+    if let Err(error) = set.send_from_outside(0, job) {
+        tracing::error!(%error, "cannot hand the cluster state to shard 0");
+    }
+}
+
+/// On shard 0: publishes the snapshot of the latest view (synchronously, so no controller
+/// publication interleaves), then reconciles every shard's partitions with it.
+async fn apply_latest(shard: Rc<Shard>) {
+    let Some(view) = shard.metadata.cluster() else {
+        return;
+    };
+    let current = shard.metadata.load();
+    let newer = current.cluster.as_ref().is_none_or(|known| {
+        known.applied_index < view.state.applied_index || known.brokers != view.state.brokers
+    });
+    if !newer {
+        return;
+    }
+    shard.metadata.publish(derive(&current, &view.state));
+    let mut pending = Vec::new();
+    for target in 0..shard.set.count() {
+        pending.push(shard.invoke_on(target, |s| async move { s.reconcile_cluster_partitions() }));
+    }
+    for result in futures::future::join_all(pending).await {
+        if let Err(error) = result {
+            tracing::error!(%error, "reconciling partitions on a shard failed");
+        }
+    }
+}
+
+/// The snapshot `current` becomes under cluster state `state`: its user topics are exactly
+/// the cluster's; the cluster id, producer-id reservations and internal topics stay this
+/// broker's own.
+pub fn derive(current: &MetadataSnapshot, state: &Arc<ClusterState>) -> MetadataSnapshot {
+    let mut next = current.clone();
+    next.topics.retain(|_, topic| topic.is_internal());
+    next.names_by_id
+        .retain(|_, name| next.topics.contains_key(name.as_str()));
+    for topic in state.topics.values() {
+        let meta = TopicMeta {
+            name: topic.name.clone(),
+            id: topic.id,
+            partitions: i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX),
+            configs: topic.configs.clone(),
+        };
+        next.names_by_id.insert(meta.id, meta.name.clone());
+        next.topics.insert(meta.name.clone(), Arc::new(meta));
+    }
+    next.epoch += 1;
+    next.cluster = Some(state.clone());
+    next
+}
+
+/// A broker's snapshot at startup in a cluster: no user topics until the quorum says which
+/// exist (topics of a single-broker past are not carried over, and their files are left
+/// alone).
+pub fn startup(snapshot: &MetadataSnapshot) -> MetadataSnapshot {
+    derive(snapshot, &Arc::new(ClusterState::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_cluster::state::Command;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn user_topics_come_from_the_cluster_state_only() {
+        let mut local = MetadataSnapshot {
+            cluster_id: "c".into(),
+            producer_id_block_end: 7,
+            ..Default::default()
+        };
+        for name in ["old", "__consumer_offsets"] {
+            let meta = TopicMeta {
+                name: name.into(),
+                id: uuid::Uuid::new_v4(),
+                partitions: 1,
+                configs: BTreeMap::new(),
+            };
+            local.names_by_id.insert(meta.id, name.into());
+            local.topics.insert(name.into(), Arc::new(meta));
+        }
+        let mut state = ClusterState::default();
+        let id = uuid::Uuid::new_v4();
+        state.apply(
+            1,
+            &Command::CreateTopic {
+                name: "new".into(),
+                id,
+                partitions: sluice_cluster::state::assign_replicas(&state, 1, 1, 0)
+                    .unwrap_or_default(),
+                configs: BTreeMap::new(),
+            },
+        );
+        let next = derive(&local, &Arc::new(state));
+        let mut names: Vec<&str> = next.topics.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["__consumer_offsets", "new"]);
+        assert_eq!(next.names_by_id.len(), 2);
+        assert_eq!(next.names_by_id[&id], "new");
+        assert_eq!(
+            (next.cluster_id.as_str(), next.producer_id_block_end),
+            ("c", 7)
+        );
+        assert!(next.cluster.is_some());
+        assert!(startup(&local).topics.keys().all(|n| n.starts_with("__")));
+    }
+}

@@ -1,0 +1,186 @@
+//! Topic changes in a cluster: validated here as the single-broker controller would (name,
+//! reserved names, configs, partition count), forwarded to the active controller through the
+//! [`sluice_cluster::admin::ClusterAdmin`] handle, and answered once this broker's published
+//! snapshot has the committed change. Owns the mapping of the quorum's refusals to Kafka
+//! error codes; must never write the local metadata log or open partitions itself (the
+//! cluster bridge does, for every broker alike).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_cluster::topic_admin::check_replication_factor;
+use sluice_cluster::wire::{BrokerRpcError, TopicAdminError, TopicAdminRequest};
+use uuid::Uuid;
+
+use super::controller::{AdminError, NewTopic};
+use super::{validate_topic_name, TopicMeta};
+use crate::errors::code;
+use crate::shard::Shard;
+
+/// How long a broker waits for its own snapshot to show a change the quorum committed (the
+/// cluster thread already waited for the view; this covers the hop to shard 0).
+const LOCAL_PUBLISH_WAIT: Duration = Duration::from_secs(5);
+
+/// Replicas per partition when a request leaves it to the broker (-1).
+const DEFAULT_REPLICATION_FACTOR: i32 = 1;
+
+fn kafka_error(error: TopicAdminError) -> AdminError {
+    let message = error.to_string();
+    let error_code = match error {
+        TopicAdminError::AlreadyExists(_) => code::TOPIC_ALREADY_EXISTS,
+        TopicAdminError::UnknownTopic(_) => code::UNKNOWN_TOPIC_OR_PARTITION,
+        TopicAdminError::InvalidPartitions(_) => code::INVALID_PARTITIONS,
+        TopicAdminError::InvalidReplicationFactor(_) => code::INVALID_REPLICATION_FACTOR,
+        // Retriable for clients: they ask again, and a controller is elected meanwhile.
+        TopicAdminError::Rpc(BrokerRpcError::NotController { .. }) => code::NOT_CONTROLLER,
+        TopicAdminError::Rpc(_) => code::REQUEST_TIMED_OUT,
+    };
+    (error_code, message)
+}
+
+fn not_in_cluster() -> AdminError {
+    (
+        code::NOT_CONTROLLER,
+        "this broker has not joined its cluster yet".into(),
+    )
+}
+
+/// Waits until `done` holds for the published snapshot (bounded).
+async fn published(shard: &Shard, done: impl Fn(&super::MetadataSnapshot) -> bool) {
+    let deadline = Instant::now() + LOCAL_PUBLISH_WAIT;
+    while !done(&shard.metadata.load()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Creates a topic through the quorum.
+pub async fn create_topic(
+    shard: &Shard,
+    topic: NewTopic,
+    validate_only: bool,
+) -> Result<Arc<TopicMeta>, AdminError> {
+    validate_topic_name(&topic.name).map_err(|m| (code::INVALID_TOPIC_EXCEPTION, m))?;
+    if topic.name.starts_with("__") {
+        return Err((
+            code::INVALID_REQUEST,
+            format!("'{}': names starting with '__' are reserved", topic.name),
+        ));
+    }
+    let partitions = match topic.partitions {
+        -1 => shard.config.num_partitions,
+        n if n >= 1 => n,
+        n => {
+            return Err((
+                code::INVALID_PARTITIONS,
+                format!("Number of partitions must be larger than 0, got {n}."),
+            ))
+        }
+    };
+    let replication_factor = match topic.replication_factor {
+        -1 => DEFAULT_REPLICATION_FACTOR,
+        n => i32::from(n),
+    };
+    check_replication_factor(replication_factor).map_err(kafka_error)?;
+    shard
+        .config
+        .topic_log_config(&topic.configs)
+        .map_err(|m| (code::INVALID_CONFIG, m))?;
+    if shard.metadata.load().topic(&topic.name).is_some() {
+        return Err((
+            code::TOPIC_ALREADY_EXISTS,
+            format!("Topic '{}' already exists.", topic.name),
+        ));
+    }
+    if validate_only {
+        return Ok(Arc::new(TopicMeta {
+            name: topic.name,
+            id: Uuid::nil(),
+            partitions,
+            configs: topic.configs,
+        }));
+    }
+    let admin = shard.metadata.admin().ok_or_else(not_in_cluster)?;
+    let reply = admin
+        .call(TopicAdminRequest::Create {
+            name: topic.name,
+            partitions,
+            replication_factor,
+            configs: topic.configs,
+        })
+        .await
+        .map_err(kafka_error)?;
+    let id = reply.topic.id;
+    published(shard, |s| s.names_by_id.contains_key(&id)).await;
+    Ok(Arc::new(TopicMeta {
+        name: reply.topic.name,
+        id,
+        partitions: i32::try_from(reply.topic.partitions.len()).unwrap_or(i32::MAX),
+        configs: reply.topic.configs,
+    }))
+}
+
+/// Deletes a topic (by name, else by id) through the quorum.
+pub async fn delete_topic(
+    shard: &Shard,
+    name: Option<String>,
+    id: Option<Uuid>,
+) -> Result<Arc<TopicMeta>, AdminError> {
+    let by_id_only = id.is_some() && name.as_deref().is_none_or(str::is_empty);
+    let name = name.filter(|n| !n.is_empty());
+    let admin = shard.metadata.admin().ok_or_else(not_in_cluster)?;
+    let reply = admin
+        .call(TopicAdminRequest::Delete { name, id })
+        .await
+        .map_err(|error| match kafka_error(error) {
+            (code::UNKNOWN_TOPIC_OR_PARTITION, m) if by_id_only => (code::UNKNOWN_TOPIC_ID, m),
+            other => other,
+        })?;
+    let id = reply.topic.id;
+    published(shard, |s| !s.names_by_id.contains_key(&id)).await;
+    Ok(Arc::new(TopicMeta {
+        name: reply.topic.name,
+        id,
+        partitions: i32::try_from(reply.topic.partitions.len()).unwrap_or(i32::MAX),
+        configs: reply.topic.configs,
+    }))
+}
+
+/// Grows a topic to `count` partitions through the quorum.
+pub async fn create_partitions(
+    shard: &Shard,
+    name: &str,
+    count: i32,
+    validate_only: bool,
+) -> Result<(), AdminError> {
+    let topic = shard.metadata.load().topic(name).cloned().ok_or_else(|| {
+        (
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("Topic '{name}' does not exist."),
+        )
+    })?;
+    if count <= topic.partitions {
+        return Err((
+            code::INVALID_PARTITIONS,
+            format!(
+                "Topic currently has {} partitions, which is higher than or equal to the requested {count}.",
+                topic.partitions
+            ),
+        ));
+    }
+    if validate_only {
+        return Ok(());
+    }
+    let admin = shard.metadata.admin().ok_or_else(not_in_cluster)?;
+    admin
+        .call(TopicAdminRequest::CreatePartitions {
+            name: name.to_string(),
+            count,
+        })
+        .await
+        .map_err(kafka_error)?;
+    published(shard, |s| {
+        s.topic(name).is_some_and(|t| t.partitions >= count)
+    })
+    .await;
+    Ok(())
+}
