@@ -4,16 +4,42 @@ DescribeCluster names one controller; kill -9 of the active controller elects a 
 the others keep answering, fences the killed broker after broker.session.timeout.ms, and a
 restart brings it back with a new broker epoch; SIGSTOP fences a broker and SIGCONT unfences it;
 the raft log survives a kill -9 of all three (broker epochs keep growing from where they were).
+
+Topics through the quorum (RF=1): a topic created through broker 1 shows the same id and the
+same leaders, spread over all three, on every broker; confluent-kafka writes keyed records to
+every partition through one broker and reads them back byte for byte through another; a raw
+Produce or Fetch to a non-leader answers NOT_LEADER_OR_FOLLOWER; RF=3 is refused with
+INVALID_REPLICATION_FACTOR; a killed broker's partitions lose their leader after the session
+timeout while the others keep serving, and serve their old records again after a restart.
 """
 
+import os
 import re
 import signal
 import time
 
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaException, TopicCollection
+from confluent_kafka.admin import AdminClient, NewTopic
 
-from helpers import free_port, wait_until
+from helpers import (
+    RawConn,
+    consume_confluent,
+    create_topic,
+    fetch_v4,
+    free_port,
+    metadata_v5,
+    produce_confluent,
+    produce_v3,
+    encode_record_batch,
+    unique_topic,
+    wait_until,
+)
+
+NOT_LEADER_OR_FOLLOWER = 6
+LEADER_NOT_AVAILABLE = 5
+INVALID_REPLICATION_FACTOR = 38
+TOPIC_ALREADY_EXISTS = 36
 
 SESSION_TIMEOUT_MS = 2000
 HEARTBEAT_MS = 200
@@ -140,3 +166,167 @@ def test_raft_log_survives_restart_of_all_three(cluster):
     # A broker epoch is the log index of its registration: had any log been lost, the quorum
     # would have started over and handed out small epochs again.
     assert min(after.values()) > max(before.values()), (before, after)
+
+
+def placement(node, topic):
+    """{partition: RawPartitionMeta} of `topic` from a Metadata v5 request to `node` only
+    (empty when it does not know the topic)."""
+    with RawConn(node.bootstrap) as conn:
+        md = metadata_v5(conn, [topic])
+    error, parts = md.get(topic, (3, {}))
+    return parts if error == 0 else {}
+
+
+def topic_id(node, topic):
+    """The topic id `node` reports (Metadata v10+ through confluent-kafka)."""
+    admin = AdminClient({"bootstrap.servers": node.bootstrap, "socket.timeout.ms": 3000})
+    desc = admin.describe_topics(TopicCollection([topic]), request_timeout=5)[topic].result(timeout=10)
+    return str(desc.topic_id)
+
+
+def leaders(node, topic):
+    return {p: m.leader for p, m in placement(node, topic).items()}
+
+
+def keyed_records(topic, n):
+    # Values of varied lengths and all byte values, so a byte-for-byte check means something.
+    return [(f"key-{i}".encode(), os.urandom(1 + (i * 37) % 700) + bytes([i % 256])) for i in range(n)]
+
+
+def assert_read_back(delivered, consumed):
+    by_position = {(d.partition, d.offset): (d.key, d.value) for d in delivered}
+    got = {(c.partition, c.offset): (c.key, c.value) for c in consumed}
+    assert len(got) == len(consumed), "a record was read twice"
+    assert got == by_position
+
+
+def test_topic_through_the_quorum_is_one_topic_on_every_broker(cluster):
+    topic = unique_topic("spread")
+    create_topic(cluster[1].bootstrap, topic, partitions=6)
+    # Every broker learns it from the quorum: the same id and the same leaders everywhere.
+    wait_until(
+        lambda: all(len(placement(n, topic)) == 6 for n in cluster.values()),
+        SETTLE_S,
+        what="the topic on every broker",
+    )
+    ids = {i: topic_id(n, topic) for i, n in cluster.items()}
+    assert len(set(ids.values())) == 1, ids
+    seen = {i: leaders(n, topic) for i, n in cluster.items()}
+    assert seen[1] == seen[2] == seen[3], seen
+    led = sorted(seen[1].values())
+    assert led == [1, 1, 2, 2, 3, 3], f"leaders not spread round-robin: {seen[1]}"
+    for meta in placement(cluster[2], topic).values():
+        assert meta.replicas == [meta.leader] and meta.isr == [meta.leader], meta
+
+    # acks=all keyed records through broker 1, read back through broker 3.
+    records = keyed_records(topic, 600)
+    delivered = produce_confluent(cluster[1].bootstrap, topic, records)
+    per_partition = {p: sum(1 for d in delivered if d.partition == p) for p in range(6)}
+    assert all(n > 0 for n in per_partition.values()), per_partition
+    for p, n in per_partition.items():
+        offsets = sorted(d.offset for d in delivered if d.partition == p)
+        assert offsets == list(range(n)), f"partition {p} offsets {offsets[:5]}..."
+    consumed = consume_confluent(cluster[3].bootstrap, topic, range(6), expected=600)
+    assert_read_back(delivered, consumed)
+
+    # A non-leader refuses Produce and Fetch with NOT_LEADER_OR_FOLLOWER.
+    partition, leader = next(iter(seen[1].items()))
+    other = next(n for i, n in cluster.items() if i != leader)
+    batch = encode_record_batch([(b"k", b"v")])
+    with RawConn(other.bootstrap) as conn:
+        error, _ = produce_v3(conn, topic, partition, batch)
+        assert error == NOT_LEADER_OR_FOLLOWER, error
+        assert fetch_v4(conn, topic, partition, 0).error_code == NOT_LEADER_OR_FOLLOWER
+    with RawConn(cluster[leader].bootstrap) as conn:
+        error, offset = produce_v3(conn, topic, partition, batch)
+        assert (error, offset) == (0, per_partition[partition])
+
+    # The same name again, through another broker: TOPIC_ALREADY_EXISTS.
+    admin2 = AdminClient({"bootstrap.servers": cluster[2].bootstrap})
+    with pytest.raises(KafkaException) as exists:
+        admin2.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(timeout=20)
+    assert exists.value.args[0].code() == TOPIC_ALREADY_EXISTS
+
+    # Replication does not exist yet: RF=3 is refused, honestly.
+    refused = unique_topic("rf3")
+    with pytest.raises(KafkaException) as rf3:
+        admin2.create_topics([NewTopic(refused, num_partitions=1, replication_factor=3)])[
+            refused
+        ].result(timeout=20)
+    error = rf3.value.args[0]
+    assert error.code() == INVALID_REPLICATION_FACTOR, error
+    assert "not implemented" in error.str(), error
+    assert all(placement(n, refused) == {} for n in cluster.values())
+
+    # Deleted through broker 2: gone from every broker.
+    admin2.delete_topics([topic])[topic].result(timeout=20)
+    wait_until(
+        lambda: all(placement(n, topic) == {} for n in cluster.values()),
+        SETTLE_S,
+        what="the deleted topic gone from every broker",
+    )
+
+
+def test_killed_leader_loses_its_partitions_and_serves_them_again(cluster):
+    topic = unique_topic("failover")
+    create_topic(cluster[2].bootstrap, topic, partitions=6)
+    wait_until(
+        lambda: all(len(placement(n, topic)) == 6 for n in cluster.values()),
+        SETTLE_S,
+        what="the topic on every broker",
+    )
+    records = keyed_records(topic, 300)
+    delivered = produce_confluent(cluster[2].bootstrap, topic, records)
+    led = leaders(cluster[1], topic)
+    victim = 3
+    theirs = sorted(p for p, b in led.items() if b == victim)
+    ours = sorted(p for p, b in led.items() if b != victim)
+    assert theirs and ours, led
+    others = [n for i, n in cluster.items() if i != victim]
+
+    cluster[victim].kill9()
+    killed_at = time.monotonic()
+
+    def leaderless():
+        for node in others:
+            parts = placement(node, topic)
+            if any(parts[p].leader != -1 or parts[p].error_code != LEADER_NOT_AVAILABLE for p in theirs):
+                return False
+            if any(parts[p].leader != led[p] for p in ours):
+                return False
+        return True
+
+    wait_until(leaderless, SETTLE_S, interval_s=0.2, what=f"broker {victim}'s partitions leaderless")
+    leaderless_s = time.monotonic() - killed_at
+    assert leaderless_s >= SESSION_TIMEOUT_MS / 1000 - HEARTBEAT_MS / 1000, leaderless_s
+    for node in others:
+        assert all(placement(node, topic)[p].offline_replicas == [victim] for p in theirs)
+    print(f"broker {victim}'s partitions {theirs} leaderless after {leaderless_s:.2f}s")
+
+    # The other partitions keep taking and serving records.
+    more = [(f"more-{i}".encode(), os.urandom(100)) for i in range(60)]
+    more_delivered = []
+    for p in ours:
+        more_delivered += produce_confluent(others[0].bootstrap, topic, more[:10], partition=p)
+    before = [d for d in delivered if d.partition in ours]
+    consumed = consume_confluent(others[1].bootstrap, topic, ours, expected=len(before) + len(more_delivered))
+    assert_read_back(before + more_delivered, consumed)
+
+    # Back: the same partitions, their old records, served by the restarted broker.
+    cluster[victim].start()
+    wait_until(
+        lambda: all(leaders(n, topic) == led for n in cluster.values()),
+        SETTLE_S,
+        interval_s=0.2,
+        what=f"broker {victim} leading {theirs} again",
+    )
+    # The restarted broker is listed once registered; it serves once it has the state.
+    wait_until(
+        lambda: leaders(cluster[victim], topic) == led,
+        SETTLE_S,
+        interval_s=0.2,
+        what=f"broker {victim} knowing the topic again",
+    )
+    old = [d for d in delivered if d.partition in theirs]
+    consumed = consume_confluent(others[0].bootstrap, topic, theirs, expected=len(old))
+    assert_read_back(old, consumed)
