@@ -1,5 +1,6 @@
-//! The broker side of topic changes: a [`ClusterAdmin`] handle that any thread (a shard) can
-//! use to forward a [`TopicAdminRequest`] to the active controller, and the task on the
+//! The broker side of topic changes and producer-id blocks: a [`ClusterAdmin`] handle that any
+//! thread (a shard) can use to forward a [`TopicAdminRequest`] (or a request for a block of
+//! producer ids) to the active controller, and the task on the
 //! cluster thread that carries it there, follows NOT_CONTROLLER hints and unreachable voters
 //! until `admin.forward.timeout` runs out, and answers only once this broker's own view has
 //! applied the committed change (so the broker that took the client's request already
@@ -13,14 +14,22 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::broker::{BrokerView, Controllers};
 use crate::wire::{
-    BrokerRpcError, Request, Response, TopicAdminError, TopicAdminReply, TopicAdminRequest,
+    AllocateProducerIdsRequest, BrokerRpcError, ProducerIdBlock, Request, Response,
+    TopicAdminError, TopicAdminReply, TopicAdminRequest,
 };
-use crate::ClusterSettings;
+use crate::{ClusterSettings, NodeId};
 
-type Job = (
-    TopicAdminRequest,
-    oneshot::Sender<Result<TopicAdminReply, TopicAdminError>>,
-);
+pub(crate) enum Job {
+    Topic(
+        TopicAdminRequest,
+        oneshot::Sender<Result<TopicAdminReply, TopicAdminError>>,
+    ),
+    ProducerIds(oneshot::Sender<Result<ProducerIdBlock, BrokerRpcError>>),
+}
+
+fn stopped() -> BrokerRpcError {
+    BrokerRpcError::Quorum("the cluster thread stopped".into())
+}
 
 /// A handle to forward topic changes to the active controller (cheap to clone, Send + Sync).
 #[derive(Debug, Clone)]
@@ -35,9 +44,18 @@ impl ClusterAdmin {
         request: TopicAdminRequest,
     ) -> Result<TopicAdminReply, TopicAdminError> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let stopped =
-            || TopicAdminError::Rpc(BrokerRpcError::Quorum("the cluster thread stopped".into()));
-        self.jobs.send((request, reply_tx)).map_err(|_| stopped())?;
+        self.jobs
+            .send(Job::Topic(request, reply_tx))
+            .map_err(|_| stopped())?;
+        reply_rx.await.map_err(|_| stopped())?
+    }
+
+    /// Asks the active controller for a block of producer ids and waits until it committed.
+    pub async fn allocate_producer_ids(&self) -> Result<ProducerIdBlock, BrokerRpcError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.jobs
+            .send(Job::ProducerIds(reply_tx))
+            .map_err(|_| stopped())?;
         reply_rx.await.map_err(|_| stopped())?
     }
 }
@@ -66,34 +84,81 @@ pub(crate) async fn run(
         settings.request_timeout,
         settings.frame_bytes_max,
     );
-    while let Some((request, reply)) = jobs.recv().await {
-        let outcome = forward(&settings, &mut controllers, request).await;
-        if let Ok(committed) = &outcome {
-            wait_applied(&mut view, &nudge, committed.committed_index, &settings).await;
+    while let Some(job) = jobs.recv().await {
+        match job {
+            Job::Topic(request, reply) => {
+                let outcome = forward(
+                    &settings,
+                    &mut controllers,
+                    Request::TopicAdmin(request),
+                    |response| match response {
+                        Response::TopicAdmin(Err(TopicAdminError::Rpc(
+                            BrokerRpcError::NotController { leader },
+                        ))) => Answer::NotController(leader),
+                        Response::TopicAdmin(outcome) => Answer::Final(outcome),
+                        _ => Answer::Unexpected,
+                    },
+                )
+                .await
+                .unwrap_or_else(|timed_out| Err(TopicAdminError::Rpc(timed_out)));
+                if let Ok(committed) = &outcome {
+                    wait_applied(&mut view, &nudge, committed.committed_index, &settings).await;
+                }
+                let _ = reply.send(outcome);
+            }
+            Job::ProducerIds(reply) => {
+                let request = AllocateProducerIdsRequest {
+                    broker_id: i32::try_from(settings.node_id).unwrap_or(i32::MAX),
+                };
+                let outcome = forward(
+                    &settings,
+                    &mut controllers,
+                    Request::AllocateProducerIds(request),
+                    |response| match response {
+                        Response::AllocateProducerIds(Err(BrokerRpcError::NotController {
+                            leader,
+                        })) => Answer::NotController(leader),
+                        Response::AllocateProducerIds(outcome) => Answer::Final(outcome),
+                        _ => Answer::Unexpected,
+                    },
+                )
+                .await
+                .unwrap_or_else(Err);
+                let _ = reply.send(outcome);
+            }
         }
-        let _ = reply.send(outcome);
     }
 }
 
-async fn forward(
+/// What one controller's answer means to [`forward`].
+enum Answer<T> {
+    /// The outcome to hand back.
+    Final(T),
+    /// Ask the named leader (or the next voter).
+    NotController(Option<NodeId>),
+    /// A response of another kind: ask the next voter.
+    Unexpected,
+}
+
+/// Sends `request` to the active controller, following NOT_CONTROLLER hints and unreachable
+/// voters, until `read` finds a final answer or [`forward_timeout`] runs out.
+async fn forward<T>(
     settings: &ClusterSettings,
     controllers: &mut Controllers,
-    request: TopicAdminRequest,
-) -> Result<TopicAdminReply, TopicAdminError> {
+    request: Request,
+    read: impl Fn(Response) -> Answer<T>,
+) -> Result<T, BrokerRpcError> {
     let deadline = Instant::now() + forward_timeout(settings);
-    let request = Request::TopicAdmin(request);
     loop {
         let mut retry_now = false;
-        let last = match controllers.call(&request).await {
-            Ok(Response::TopicAdmin(Err(TopicAdminError::Rpc(
-                BrokerRpcError::NotController { leader },
-            )))) => {
+        let last = match controllers.call(&request).await.map(&read) {
+            Ok(Answer::Final(outcome)) => return Ok(outcome),
+            Ok(Answer::NotController(leader)) => {
                 retry_now = leader.is_some_and(|l| l != controllers.current);
                 controllers.redirect(leader);
                 format!("not the active controller (leader {leader:?})")
             }
-            Ok(Response::TopicAdmin(outcome)) => return outcome,
-            Ok(_) => {
+            Ok(Answer::Unexpected) => {
                 controllers.redirect(None);
                 "unexpected response kind".to_string()
             }
@@ -103,10 +168,10 @@ async fn forward(
             }
         };
         if Instant::now() >= deadline {
-            return Err(TopicAdminError::Rpc(BrokerRpcError::Quorum(format!(
+            return Err(BrokerRpcError::Quorum(format!(
                 "no active controller committed the change within {:?}: {last}",
                 forward_timeout(settings)
-            ))));
+            )));
         }
         if !retry_now {
             tokio::time::sleep(settings.heartbeat_interval.min(Duration::from_millis(100))).await;

@@ -13,9 +13,10 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::BasicNode;
 use tokio::sync::watch;
 
-use crate::state::{BrokerId, ClusterState, Command, CommandReply};
+use crate::state::{BrokerId, ClusterState, Command, CommandReply, PRODUCER_ID_BLOCK_LEN};
 use crate::wire::{
-    BrokerRpcError, HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest,
+    AllocateProducerIdsRequest, BrokerRpcError, HeartbeatReply, HeartbeatRequest, ProducerIdBlock,
+    RegisterReply, RegisterRequest,
 };
 use crate::{NodeId, Raft};
 
@@ -105,6 +106,34 @@ impl Controller {
             }
             other => Err(BrokerRpcError::Quorum(format!(
                 "registration not applied: {other:?}"
+            ))),
+        }
+    }
+
+    /// Hands the asking broker the next block of producer ids; answered only once the block
+    /// is committed (durable on a majority), so no later controller hands it out again.
+    pub async fn allocate_producer_ids(
+        &self,
+        request: AllocateProducerIdsRequest,
+    ) -> Result<ProducerIdBlock, BrokerRpcError> {
+        let reply = self
+            .propose(Command::AllocateProducerIds {
+                broker_id: request.broker_id,
+                len: PRODUCER_ID_BLOCK_LEN,
+            })
+            .await?;
+        match reply {
+            CommandReply::ProducerIds { first, len } => {
+                tracing::info!(
+                    broker = request.broker_id,
+                    first,
+                    len,
+                    "producer id block committed"
+                );
+                Ok(ProducerIdBlock { first, len })
+            }
+            other => Err(BrokerRpcError::Quorum(format!(
+                "producer id block not applied: {other:?}"
             ))),
         }
     }

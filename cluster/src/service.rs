@@ -70,6 +70,9 @@ async fn serve_connection(
             Request::Register(r) => Response::Register(controller.register(r).await),
             Request::Heartbeat(r) => Response::Heartbeat(controller.heartbeat(r).await),
             Request::TopicAdmin(r) => Response::TopicAdmin(controller.topic_admin(r).await),
+            Request::AllocateProducerIds(r) => {
+                Response::AllocateProducerIds(controller.allocate_producer_ids(r).await)
+            }
         };
         if let Err(error) = write_frame(&mut stream, &response, frame_bytes_max).await {
             tracing::warn!(%peer, %error, "controller connection: write failed; closing");

@@ -64,7 +64,15 @@ pub struct ClusterState {
     pub brokers: BTreeMap<BrokerId, BrokerRecord>,
     /// Topics by id.
     pub topics: BTreeMap<Uuid, TopicRecord>,
+    /// The first producer id of the next block handed out: every id below it belongs to a
+    /// block some broker was given, so ids are unique cluster-wide and, being replicated and
+    /// only ever increased, never handed out again after any restart.
+    #[serde(default)]
+    pub next_producer_id_block: i64,
 }
+
+/// Producer ids per block handed to a broker (Kafka's block size).
+pub const PRODUCER_ID_BLOCK_LEN: i64 = 1000;
 
 /// A change to the state, proposed by the active controller and applied once committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +128,13 @@ pub enum Command {
         /// The added partitions.
         partitions: Vec<PartitionRecord>,
     },
+    /// Hand the next block of `len` producer ids to a broker (KRaft's AllocateProducerIds).
+    AllocateProducerIds {
+        /// The broker asking (for the log; uniqueness needs only the counter).
+        broker_id: BrokerId,
+        /// Ids in the block.
+        len: i64,
+    },
 }
 
 /// What applying a command did.
@@ -131,6 +146,13 @@ pub enum CommandReply {
     Registered {
         /// The new broker epoch.
         epoch: i64,
+    },
+    /// A block of producer ids, `first..first + len`, now belongs to the asking broker.
+    ProducerIds {
+        /// The first id of the block.
+        first: i64,
+        /// Ids in the block.
+        len: i64,
     },
     /// The command no longer fits the state (stale epoch, duplicate name); nothing changed.
     Rejected {
@@ -212,6 +234,17 @@ impl ClusterState {
                 )),
                 None => rejected(format!("no topic with id {id}")),
             },
+            Command::AllocateProducerIds { broker_id, len } => {
+                let first = self.next_producer_id_block;
+                let end = first.checked_add(*len).filter(|_| *len >= 1);
+                let Some(end) = end else {
+                    return rejected(format!(
+                        "broker {broker_id} asked for {len} producer ids from {first}"
+                    ));
+                };
+                self.next_producer_id_block = end;
+                CommandReply::ProducerIds { first, len: *len }
+            }
         }
     }
 
@@ -369,6 +402,44 @@ mod tests {
             })
         );
         assert!(assign_replicas(&state, 0, 1, 0).is_err());
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut state = ClusterState::default();
+        let mut blocks = Vec::new();
+        for (index, broker_id) in [1, 2, 3, 1].into_iter().enumerate() {
+            match state.apply(
+                index as u64 + 1,
+                &Command::AllocateProducerIds {
+                    broker_id,
+                    len: 1000,
+                },
+            ) {
+                CommandReply::ProducerIds { first, len } => blocks.push((first, len)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            blocks,
+            vec![(0, 1000), (1000, 1000), (2000, 1000), (3000, 1000)]
+        );
+        assert_eq!(state.next_producer_id_block, 4000);
+        // A snapshot round trip keeps the counter; an empty or overflowing block is refused.
+        let json = serde_json::to_string(&state).unwrap();
+        let mut back: ClusterState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.next_producer_id_block, 4000);
+        for len in [0, i64::MAX] {
+            assert!(matches!(
+                back.apply(9, &Command::AllocateProducerIds { broker_id: 1, len }),
+                CommandReply::Rejected { .. }
+            ));
+        }
+        assert_eq!(back.next_producer_id_block, 4000);
+        // A snapshot written before the counter existed starts it at 0.
+        let old: ClusterState =
+            serde_json::from_str(r#"{"applied_index":3,"brokers":{},"topics":{}}"#).unwrap();
+        assert_eq!(old.next_producer_id_block, 0);
     }
 
     #[test]

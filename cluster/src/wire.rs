@@ -36,6 +36,8 @@ pub enum Request {
     Heartbeat(HeartbeatRequest),
     /// A broker forwards a client's topic change (answered by the active controller only).
     TopicAdmin(TopicAdminRequest),
+    /// A broker asks for a block of producer ids (answered by the active controller only).
+    AllocateProducerIds(AllocateProducerIdsRequest),
 }
 
 /// A controller's answer, the same variant as the request.
@@ -55,6 +57,24 @@ pub enum Response {
     Heartbeat(Result<HeartbeatReply, BrokerRpcError>),
     /// To [`Request::TopicAdmin`].
     TopicAdmin(Result<TopicAdminReply, TopicAdminError>),
+    /// To [`Request::AllocateProducerIds`].
+    AllocateProducerIds(Result<ProducerIdBlock, BrokerRpcError>),
+}
+
+/// A broker's request for producer ids.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AllocateProducerIdsRequest {
+    /// The broker asking.
+    pub broker_id: BrokerId,
+}
+
+/// A committed block of producer ids, `first..first + len`, this broker's alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerIdBlock {
+    /// The first id.
+    pub first: i64,
+    /// Ids in the block (at least 1).
+    pub len: i64,
 }
 
 /// A topic change a broker forwards to the active controller.

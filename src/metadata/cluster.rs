@@ -4,7 +4,7 @@
 //! shard opens the partitions this broker is a replica of and deletes those of topics that are
 //! gone. Owns that derivation and its scheduling; must never decide placement or leadership
 //! (the quorum does), or publish from the cluster thread (it would race the controller's
-//! producer-id publications on shard 0).
+//! publications on shard 0).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -54,8 +54,8 @@ async fn apply_latest(shard: Rc<Shard>) {
 }
 
 /// The snapshot `current` becomes under cluster state `state`: its user topics are exactly
-/// the cluster's; the cluster id, producer-id reservations and internal topics stay this
-/// broker's own.
+/// the cluster's; the cluster id and internal topics stay this broker's own (so does the local
+/// producer-id reservation, unused in a cluster: ids come from the quorum's blocks).
 pub fn derive(current: &MetadataSnapshot, state: &Arc<ClusterState>) -> MetadataSnapshot {
     let mut next = current.clone();
     next.topics.retain(|_, topic| topic.is_internal());

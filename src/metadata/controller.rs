@@ -4,8 +4,10 @@
 //! (durable), applied on the owning shards (partitions opened or deleted), and only then
 //! published. Changes are serialized by an async lock held across that whole sequence; this
 //! is the cold path (topic admin), never produce or fetch. Handing out a producer id takes
-//! the lock only to reserve a new block of ids. Must never: publish a change that
-//! is not in the log.
+//! the lock only to reserve a new block of ids: from the local metadata log on a single
+//! broker, from the controller quorum in a cluster (so ids are unique cluster-wide). Must
+//! never: publish a change that is not in the log, or hand out in a cluster an id of a block
+//! the quorum has not committed to this broker.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -80,6 +82,9 @@ impl Controller {
     /// reading and advancing the counter, on one thread), so InitProducerId does not wait
     /// behind a long CreateTopics; only a refill of the block takes the lock.
     pub async fn allocate_producer_id(&self, shard: &Shard) -> Result<i64, AdminError> {
+        if shard.metadata.is_clustered() {
+            return self.allocate_cluster_producer_id(shard).await;
+        }
         if let Some(id) = self.take_reserved_producer_id(shard) {
             return Ok(id);
         }
@@ -96,6 +101,55 @@ impl Controller {
         shard.metadata.publish(snapshot);
         self.producer_ids.set((next + 1, block_end));
         Ok(next)
+    }
+
+    /// In a cluster: the next id of the block the quorum committed to this broker, or a new
+    /// block. Blocks are never persisted here: after a restart the rest of the last block is
+    /// skipped and a new one asked for, as the quorum never hands a block out twice.
+    async fn allocate_cluster_producer_id(&self, shard: &Shard) -> Result<i64, AdminError> {
+        if let Some(id) = self.take_cluster_producer_id() {
+            return Ok(id);
+        }
+        // One refill at a time: two must not each ask for a block and waste one.
+        let _guard = self.lock.lock().await;
+        if let Some(id) = self.take_cluster_producer_id() {
+            return Ok(id);
+        }
+        let admin = shard.metadata.admin().ok_or_else(|| {
+            (
+                code::COORDINATOR_NOT_AVAILABLE,
+                "this broker has not joined its cluster yet".to_string(),
+            )
+        })?;
+        let block = admin.allocate_producer_ids().await.map_err(|error| {
+            // Retriable: the producer asks again, and a controller is elected meanwhile.
+            (code::COORDINATOR_NOT_AVAILABLE, error.to_string())
+        })?;
+        if block.first < 0 || block.len < 1 {
+            return Err((
+                code::COORDINATOR_NOT_AVAILABLE,
+                format!("the quorum handed out an empty producer id block {block:?}"),
+            ));
+        }
+        tracing::info!(
+            first = block.first,
+            len = block.len,
+            "producer id block from the controller quorum"
+        );
+        self.producer_ids
+            .set((block.first + 1, block.first.saturating_add(block.len)));
+        Ok(block.first)
+    }
+
+    /// In a cluster: the next id of the committed block, if one is left (none before the
+    /// first block arrives).
+    fn take_cluster_producer_id(&self) -> Option<i64> {
+        let (next, end) = self.producer_ids.get();
+        if next < 0 || next >= end {
+            return None;
+        }
+        self.producer_ids.set((next + 1, end));
+        Some(next)
     }
 
     /// The next unused id and the end of the reserved block (after a restart: the block

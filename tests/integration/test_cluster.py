@@ -11,6 +11,10 @@ every partition through one broker and reads them back byte for byte through ano
 Produce or Fetch to a non-leader answers NOT_LEADER_OR_FOLLOWER; RF=3 is refused with
 INVALID_REPLICATION_FACTOR; a killed broker's partitions lose their leader after the session
 timeout while the others keep serving, and serve their old records again after a restart.
+
+Producer ids are the cluster's: InitProducerId on all three brokers (more than one block's
+worth on one of them) hands out ids that are all distinct, and still distinct from every
+earlier one after a kill -9 and restart of a broker.
 """
 
 import os
@@ -28,6 +32,7 @@ from helpers import (
     create_topic,
     fetch_v4,
     free_port,
+    init_producer_id,
     metadata_v5,
     produce_confluent,
     produce_v3,
@@ -330,3 +335,44 @@ def test_killed_leader_loses_its_partitions_and_serves_them_again(cluster):
     old = [d for d in delivered if d.partition in theirs]
     consumed = consume_confluent(others[0].bootstrap, topic, theirs, expected=len(old))
     assert_read_back(old, consumed)
+
+
+COORDINATOR_NOT_AVAILABLE = 15
+
+
+def producer_ids(node, count):
+    """`count` fresh producer ids from `node` (raw InitProducerId v0 on one connection),
+    retrying the retriable COORDINATOR_NOT_AVAILABLE while the broker joins its cluster."""
+    ids = []
+    deadline = time.monotonic() + SETTLE_S
+    with RawConn(node.bootstrap) as conn:
+        while len(ids) < count:
+            error, pid, epoch = init_producer_id(conn)
+            if error == COORDINATOR_NOT_AVAILABLE and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            assert (error, epoch) == (0, 0), f"InitProducerId on {node.bootstrap}: {error}"
+            assert pid >= 0
+            ids.append(pid)
+    return ids
+
+
+def test_producer_ids_are_unique_across_brokers_and_restarts(cluster):
+    handed = []
+    # Broker 1 goes past one block of 1000 ids; the others take a few from theirs.
+    for n, count in ((1, 1100), (2, 50), (3, 50)):
+        handed += producer_ids(cluster[n], count)
+    assert len(set(handed)) == len(handed), (
+        f"{len(handed) - len(set(handed))} producer ids handed out twice"
+    )
+
+    # A kill -9 loses the rest of broker 2's block; it must get a new one, never an old id.
+    cluster[2].kill9()
+    cluster[2].start(wait=False)
+    cluster[2].wait_ready()
+    wait_for_brokers(cluster, {1, 2, 3})
+    for n in (2, 1, 3):
+        handed += producer_ids(cluster[n], 50)
+    duplicates = len(handed) - len(set(handed))
+    assert duplicates == 0, f"{duplicates} producer ids handed out twice after a restart"
+    assert len(handed) == 1350
