@@ -429,9 +429,9 @@ mod tests {
         let json = serde_json::to_string(&state).unwrap();
         let mut back: ClusterState = serde_json::from_str(&json).unwrap();
         assert_eq!(back.next_producer_id_block, 4000);
-        for len in [0, i64::MAX] {
+        for (index, len) in [(9, 0), (10, i64::MAX)] {
             assert!(matches!(
-                back.apply(9, &Command::AllocateProducerIds { broker_id: 1, len }),
+                back.apply(index, &Command::AllocateProducerIds { broker_id: 1, len }),
                 CommandReply::Rejected { .. }
             ));
         }
