@@ -84,7 +84,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "producer.id.expiration.ms", default: "86400000", doc: "An idempotent producer's state (epoch, sequences) is dropped after it wrote nothing to the partition for this long; its next batch is then accepted at any sequence, as Kafka does." },
     Setting { name: "producer.id.expiration.check.interval.ms", default: "600000", doc: "How often expired producer states are removed." },
     Setting { name: "producer.states.per.partition.max", default: "10000", doc: "Producer states kept per partition; above it the least recently active ones are dropped first (duplicates of their retried batches then go undetected)." },
-    Setting { name: "cluster.id", default: "", doc: "Cluster id; generated and stored in the metadata log when empty." },
+    Setting { name: "cluster.id", default: "", doc: "Cluster id; generated and stored in the metadata log when empty. In a cluster, the first registered broker's id becomes everyone's." },
     Setting { name: "process.roles", default: "", doc: "Empty: a single broker, no cluster. `broker,controller` or `broker` (or `controller`): this node joins the cluster of controller.quorum.voters in those roles." },
     Setting { name: "controller.quorum.voters", default: "", doc: "The static controller quorum, ID@IP:PORT,... (e.g. `1@127.0.0.1:19093,2@127.0.0.2:19093,3@127.0.0.3:19093`); a controller's node.id must be listed, a broker-only node's must not." },
     Setting { name: "controller.listener", default: "", doc: "IP:PORT this controller listens on for quorum and broker-registration traffic; empty = its own entry in controller.quorum.voters." },

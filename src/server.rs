@@ -179,7 +179,8 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
         drop(reservation);
         // Join the cluster only once every shard serves: registering makes the other brokers
         // list this one in Metadata, so clients may connect the moment it registers.
-        if let Some(cluster) = config.cluster.clone() {
+        if let Some(mut cluster) = config.cluster.clone() {
+            cluster.proposed_cluster_id = store.load().cluster_id.clone();
             let bridge = (store.clone(), set.clone());
             let roles = (cluster.is_broker, cluster.is_controller);
             let admin = sluice_cluster::ClusterNode::spawn_thread(cluster, move |view| {

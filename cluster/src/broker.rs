@@ -103,6 +103,7 @@ pub async fn run(
                 host: settings.advertised_host.clone(),
                 port: settings.advertised_port,
                 incarnation,
+                cluster_id: settings.proposed_cluster_id.clone(),
             }),
             Some(epoch) => Request::Heartbeat(HeartbeatRequest {
                 broker_id,

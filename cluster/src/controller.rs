@@ -94,6 +94,7 @@ impl Controller {
                 host: request.host,
                 port: request.port,
                 incarnation: request.incarnation,
+                cluster_id: request.cluster_id,
             })
             .await?;
         match reply {

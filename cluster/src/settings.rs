@@ -29,6 +29,10 @@ pub struct ClusterSettings {
     pub advertised_host: String,
     /// The port clients reach this node's broker at.
     pub advertised_port: i32,
+    /// The cluster id this broker proposes when it registers (its configured `cluster.id`, or
+    /// the one its data directory holds): the first registration the quorum commits sets the
+    /// cluster's id for good, and every broker reports that one.
+    pub proposed_cluster_id: String,
     /// Where the raft log, vote and snapshot live.
     pub dir: PathBuf,
     /// A broker that has not heartbeated for this long is fenced (`broker.session.timeout.ms`).

@@ -64,6 +64,10 @@ pub struct ClusterState {
     pub brokers: BTreeMap<BrokerId, BrokerRecord>,
     /// Topics by id.
     pub topics: BTreeMap<Uuid, TopicRecord>,
+    /// The cluster id every broker reports (Metadata, DescribeCluster): set by the first
+    /// committed registration and never changed; empty until then.
+    #[serde(default)]
+    pub cluster_id: String,
     /// The first producer id of the next block handed out: every id below it belongs to a
     /// block some broker was given, so ids are unique cluster-wide and, being replicated and
     /// only ever increased, never handed out again after any restart.
@@ -87,6 +91,10 @@ pub enum Command {
         port: i32,
         /// Its process incarnation.
         incarnation: Uuid,
+        /// The cluster id it proposes; the first registration's (or, when it proposes none,
+        /// its incarnation) becomes the cluster's.
+        #[serde(default)]
+        cluster_id: String,
     },
     /// The broker with this epoch missed its session; fence it.
     FenceBroker {
@@ -172,10 +180,17 @@ impl ClusterState {
                 host,
                 port,
                 incarnation,
+                cluster_id,
             } => {
                 let Ok(epoch) = i64::try_from(index) else {
                     return rejected(format!("log index {index} does not fit a broker epoch"));
                 };
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = match cluster_id.as_str() {
+                        "" => incarnation.simple().to_string(),
+                        proposed => proposed.to_string(),
+                    };
+                }
                 self.brokers.insert(
                     *id,
                     BrokerRecord {
@@ -340,6 +355,7 @@ mod tests {
                 host: format!("127.0.0.{id}"),
                 port: 9092,
                 incarnation: Uuid::new_v4(),
+                cluster_id: format!("proposed-by-{id}"),
             },
         )
     }
@@ -380,6 +396,34 @@ mod tests {
         ));
         assert!(!state.brokers[&1].fenced);
         assert_eq!(state.applied_index, 10);
+    }
+
+    #[test]
+    fn the_first_registration_sets_the_cluster_id_for_good() {
+        let mut state = ClusterState::default();
+        assert_eq!(state.cluster_id, "");
+        register(&mut state, 1, 2);
+        register(&mut state, 2, 1);
+        register(&mut state, 3, 2);
+        assert_eq!(state.cluster_id, "proposed-by-2");
+        // A broker that proposes none: the incarnation of the first registration.
+        let mut other = ClusterState::default();
+        let incarnation = Uuid::new_v4();
+        other.apply(
+            1,
+            &Command::RegisterBroker {
+                id: 1,
+                host: "h".into(),
+                port: 1,
+                incarnation,
+                cluster_id: String::new(),
+            },
+        );
+        assert_eq!(other.cluster_id, incarnation.simple().to_string());
+        // Snapshots keep it; older ones without it read as unset.
+        let back: ClusterState =
+            serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        assert_eq!(back.cluster_id, "proposed-by-2");
     }
 
     #[test]

@@ -177,6 +177,7 @@ mod tests {
                     host: format!("127.0.0.{id}"),
                     port: 9092,
                     incarnation: Uuid::new_v4(),
+                    cluster_id: String::new(),
                 },
             );
         }

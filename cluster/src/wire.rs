@@ -148,6 +148,9 @@ pub struct RegisterRequest {
     pub port: i32,
     /// Random per process start.
     pub incarnation: Uuid,
+    /// The cluster id it proposes (used only if the cluster has none yet).
+    #[serde(default)]
+    pub cluster_id: String,
 }
 
 /// The active controller's answer to a registration.

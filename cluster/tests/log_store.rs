@@ -28,6 +28,7 @@ fn register(term: u64, index: u64, broker: i32) -> Entry<TypeConfig> {
             host: "127.0.0.1".into(),
             port: 9092,
             incarnation: Uuid::new_v4(),
+            cluster_id: String::new(),
         }),
     }
 }

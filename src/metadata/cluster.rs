@@ -54,8 +54,9 @@ async fn apply_latest(shard: Rc<Shard>) {
 }
 
 /// The snapshot `current` becomes under cluster state `state`: its user topics are exactly
-/// the cluster's; the cluster id and internal topics stay this broker's own (so does the local
-/// producer-id reservation, unused in a cluster: ids come from the quorum's blocks).
+/// the cluster's, and so is the cluster id once the quorum has one; internal topics stay this
+/// broker's own (so does the local producer-id reservation, unused in a cluster: ids come from
+/// the quorum's blocks).
 pub fn derive(current: &MetadataSnapshot, state: &Arc<ClusterState>) -> MetadataSnapshot {
     let mut next = current.clone();
     next.topics.retain(|_, topic| topic.is_internal());
@@ -70,6 +71,9 @@ pub fn derive(current: &MetadataSnapshot, state: &Arc<ClusterState>) -> Metadata
         };
         next.names_by_id.insert(meta.id, meta.name.clone());
         next.topics.insert(meta.name.clone(), Arc::new(meta));
+    }
+    if !state.cluster_id.is_empty() {
+        next.cluster_id = state.cluster_id.clone();
     }
     next.epoch += 1;
     next.cluster = Some(state.clone());
@@ -130,5 +134,11 @@ mod tests {
         );
         assert!(next.cluster.is_some());
         assert!(startup(&local).topics.keys().all(|n| n.starts_with("__")));
+        // Once the quorum has a cluster id, every broker reports it instead of its own.
+        let named = ClusterState {
+            cluster_id: "quorum".into(),
+            ..ClusterState::default()
+        };
+        assert_eq!(derive(&local, &Arc::new(named)).cluster_id, "quorum");
     }
 }

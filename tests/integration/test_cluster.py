@@ -15,6 +15,9 @@ timeout while the others keep serving, and serve their old records again after a
 Producer ids are the cluster's: InitProducerId on all three brokers (more than one block's
 worth on one of them) hands out ids that are all distinct, and still distinct from every
 earlier one after a kill -9 and restart of a broker.
+
+The cluster id is the cluster's: Metadata (confluent-kafka) and DescribeCluster name the same
+one on all three brokers, before and after a kill -9 and restart of one of them.
 """
 
 import os
@@ -376,3 +379,28 @@ def test_producer_ids_are_unique_across_brokers_and_restarts(cluster):
     duplicates = len(handed) - len(set(handed))
     assert duplicates == 0, f"{duplicates} producer ids handed out twice after a restart"
     assert len(handed) == 1350
+
+
+def cluster_ids(node):
+    """(Metadata's, DescribeCluster's) cluster id as `node` alone reports them."""
+    admin = AdminClient({"bootstrap.servers": node.bootstrap, "socket.timeout.ms": 3000})
+    from_metadata = admin.list_topics(timeout=5).cluster_id
+    from_describe = admin.describe_cluster(request_timeout=5).result(timeout=10).cluster_id
+    return from_metadata, from_describe
+
+
+def test_every_broker_reports_one_cluster_id(cluster):
+    def one_id():
+        ids = {i: cluster_ids(n) for i, n in cluster.items()}
+        seen = {cid for pair in ids.values() for cid in pair}
+        return seen.pop() if len(seen) == 1 else None
+
+    first = wait_until(one_id, SETTLE_S, interval_s=0.2, what="one cluster id on every broker")
+    assert first
+
+    cluster[3].kill9()
+    cluster[3].start(wait=False)
+    cluster[3].wait_ready()
+    wait_for_brokers(cluster, {1, 2, 3})
+    after = wait_until(one_id, SETTLE_S, interval_s=0.2, what="one cluster id after a restart")
+    assert after == first
