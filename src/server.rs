@@ -396,6 +396,10 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         group_config,
         Rc::new(crate::shard::MetadataTopics(store.clone())),
     );
+    if config.cluster.is_some() {
+        // No group is this broker's until the quorum says which offsets partitions it leads.
+        groups.set_coordinated(Some(Default::default()));
+    }
     let shard = Rc::new(
         Shard::new(id, set, config.clone(), store, storage, controller, groups)
             .with_offline_partitions(offline.clone()),

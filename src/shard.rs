@@ -308,8 +308,26 @@ impl Shard {
             tracing::info!(shard = self.id, topic = %name, deleted, "deleted partitions of a topic the cluster removed");
         }
         let node_id = self.config.node_id;
+        let led_offsets = state
+            .topic_by_name(sluice_group::OFFSETS_TOPIC)
+            .map(|topic| {
+                topic
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.leader == node_id)
+                    .filter_map(|(index, _)| i32::try_from(index).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.groups.set_coordinated(Some(led_offsets));
         let mut opened = 0;
         for topic in state.topics.values() {
+            // The group coordinators own the offsets log's partitions: opening them here too
+            // would put a second writer on their directories.
+            if topic.name == sluice_group::OFFSETS_TOPIC {
+                continue;
+            }
             let Some(meta) = snapshot.topic(&topic.name).filter(|m| m.id == topic.id) else {
                 continue;
             };

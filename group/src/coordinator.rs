@@ -9,7 +9,7 @@
 //! are written on the blocking pool).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,6 +39,10 @@ pub(crate) struct Shared {
 pub(crate) struct State {
     pub groups: HashMap<String, Group>,
     pub partitions: HashMap<i32, PartitionSlot>,
+    /// In a cluster, the offsets partitions this broker coordinates (it leads them); groups
+    /// of any other partition answer NOT_COORDINATOR. None on a single broker: every loaded
+    /// partition.
+    pub coordinated: Option<HashSet<i32>>,
     pub ctx: Ctx,
     pub shut_down: bool,
 }
@@ -122,6 +126,13 @@ impl State {
     /// Whether requests for `group_id` can be served here: its partition must be loaded.
     pub fn gate(&self, group_id: &str) -> Result<i32, i16> {
         let partition = offsets_partition_for(group_id);
+        if self
+            .coordinated
+            .as_ref()
+            .is_some_and(|led| !led.contains(&partition))
+        {
+            return Err(codes::NOT_COORDINATOR);
+        }
         match self.partitions.get(&partition) {
             Some(PartitionSlot::Loaded(_)) => Ok(partition),
             Some(PartitionSlot::Loading) => Err(codes::COORDINATOR_LOAD_IN_PROGRESS),
@@ -216,6 +227,12 @@ impl Replay {
 }
 
 impl GroupCoordinator {
+    /// In a cluster, limits the groups served here to those of the offsets partitions this
+    /// broker leads (the others answer NOT_COORDINATOR); None serves every loaded partition.
+    pub fn set_coordinated(&self, partitions: Option<HashSet<i32>>) {
+        self.shared.state.borrow_mut().coordinated = partitions;
+    }
+
     /// Creates the shard's coordinator and spawns its one timer task. Must be called inside the
     /// shard's runtime (`tokio_uring::start` or a tokio `LocalSet`).
     pub fn new(config: GroupConfig, topics: Rc<dyn TopicLookup>) -> Self {
@@ -243,6 +260,7 @@ impl GroupCoordinator {
             state: RefCell::new(State {
                 groups: HashMap::new(),
                 partitions: HashMap::new(),
+                coordinated: None,
                 ctx,
                 shut_down: false,
             }),

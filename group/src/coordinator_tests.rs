@@ -1051,3 +1051,23 @@ fn append_failures_map_to_the_codes_kafka_answers() {
         codes::COORDINATOR_NOT_AVAILABLE
     );
 }
+
+#[test]
+fn a_broker_not_leading_the_groups_partition_is_not_its_coordinator() {
+    run(async {
+        let e = env(0).await;
+        let p = offsets_partition_for("g");
+        e.c.set_coordinated(Some([p + 1].into_iter().collect()));
+        assert_eq!(join(&e.c, "", 4).await.error_code, codes::NOT_COORDINATOR);
+        assert_eq!(heartbeat(&e.c, "m", 1).await, codes::NOT_COORDINATOR);
+        assert_eq!(e.c.delete_group("g").await, codes::NOT_COORDINATOR);
+        // Leading it (or no cluster at all) serves the group again.
+        e.c.set_coordinated(Some([p].into_iter().collect()));
+        assert_eq!(
+            join(&e.c, "", 4).await.error_code,
+            codes::MEMBER_ID_REQUIRED
+        );
+        e.c.set_coordinated(None);
+        assert_eq!(heartbeat(&e.c, "nobody", 1).await, codes::UNKNOWN_MEMBER_ID);
+    });
+}

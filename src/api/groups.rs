@@ -4,6 +4,8 @@
 //! Each group is owned by one shard — the owner of its `__consumer_offsets` partition
 //! (`offsets_partition_for(group) % shards`) — and every request about it is forwarded there;
 //! requests about several groups are split and their answers reassembled in request order.
+//! In a cluster, a group's coordinator is the broker leading its offsets partition in the
+//! quorum's placement; the others answer NOT_COORDINATOR (the coordinator's gate).
 //! Must never: run group state anywhere but on the owning shard.
 
 use std::rc::Rc;
@@ -67,7 +69,60 @@ where
     futures::future::join_all(pending).await
 }
 
-/// Handles FindCoordinator: the coordinator of every group is this broker.
+/// Where a group's coordinator is: (node, host, port), or an error code and message.
+type Located = Result<(i32, String, i32), (i16, String)>;
+
+/// The coordinator of `group_id`: this broker on a single broker; in a cluster, the leader of
+/// the group's `__consumer_offsets` partition as the quorum placed it (the topic is created
+/// through the quorum on first use; until then, and while the leader is fenced,
+/// COORDINATOR_NOT_AVAILABLE, which clients retry).
+fn locate(shard: &Rc<Shard>, group_id: &str) -> Located {
+    let snapshot = shard.metadata.load();
+    let Some(state) = snapshot.cluster.as_ref() else {
+        return Ok((
+            shard.config.node_id,
+            shard.config.advertised_host.clone(),
+            shard.config.advertised_port,
+        ));
+    };
+    let unavailable = |m: &str| Err((code::COORDINATOR_NOT_AVAILABLE, m.to_string()));
+    let Some(topic) = state.topic_by_name(sluice_group::OFFSETS_TOPIC) else {
+        create_offsets_topic(shard);
+        return unavailable("the offsets topic is being created");
+    };
+    let partition = usize::try_from(offsets_partition_for(group_id)).unwrap_or(usize::MAX);
+    let leader = topic.partitions.get(partition).map(|p| p.leader);
+    match leader.and_then(|id| state.brokers.get(&id)) {
+        Some(broker) if !broker.fenced => Ok((broker.id, broker.host.clone(), broker.port)),
+        _ => unavailable("the group's coordinator is not available"),
+    }
+}
+
+/// Asks the quorum (in the background) to create `__consumer_offsets`, placed over the
+/// unfenced brokers like any topic; a second ask while one is under way is refused there as
+/// a duplicate.
+fn create_offsets_topic(shard: &Rc<Shard>) {
+    let Some(admin) = shard.metadata.admin().cloned() else {
+        return;
+    };
+    tokio::task::spawn_local(async move {
+        let created = admin
+            .call(sluice_cluster::wire::TopicAdminRequest::Create {
+                name: sluice_group::OFFSETS_TOPIC.to_string(),
+                partitions: sluice_group::OFFSETS_PARTITION_COUNT,
+                replication_factor: 1,
+                configs: Default::default(),
+            })
+            .await;
+        match created {
+            Ok(_) => tracing::info!("created the offsets topic through the quorum"),
+            Err(sluice_cluster::wire::TopicAdminError::AlreadyExists(_)) => {}
+            Err(error) => tracing::warn!(%error, "creating the offsets topic failed"),
+        }
+    });
+}
+
+/// Handles FindCoordinator (groups only; transactions are not supported).
 pub fn find_coordinator(
     shard: Rc<Shard>,
     header: RequestHeader,
@@ -75,9 +130,6 @@ pub fn find_coordinator(
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, FindCoordinatorRequest);
     const KEY_TYPE_GROUP: i8 = 0;
-    let node = BrokerId(shard.config.node_id);
-    let host = str_bytes(&shard.config.advertised_host);
-    let port = shard.config.advertised_port;
     let supported = request.key_type == KEY_TYPE_GROUP;
     let mut response = FindCoordinatorResponse::default();
     if header.api_version >= 4 {
@@ -88,9 +140,19 @@ pub fn find_coordinator(
                 let mut c = Coordinator::default();
                 c.key = key.clone();
                 if supported {
-                    c.node_id = node;
-                    c.host = host.clone();
-                    c.port = port;
+                    match locate(&shard, key) {
+                        Ok((node, host, port)) => {
+                            c.node_id = BrokerId(node);
+                            c.host = str_bytes(&host);
+                            c.port = port;
+                        }
+                        Err((error_code, message)) => {
+                            c.node_id = BrokerId(-1);
+                            c.port = -1;
+                            c.error_code = error_code;
+                            c.error_message = Some(str_bytes(&message));
+                        }
+                    }
                 } else {
                     c.node_id = BrokerId(-1);
                     c.port = -1;
@@ -101,9 +163,21 @@ pub fn find_coordinator(
             })
             .collect();
     } else if supported {
-        response.node_id = node;
-        response.host = host;
-        response.port = port;
+        match locate(&shard, &request.key) {
+            Ok((node, host, port)) => {
+                response.node_id = BrokerId(node);
+                response.host = str_bytes(&host);
+                response.port = port;
+            }
+            Err((error_code, message)) => {
+                response.error_code = error_code;
+                response.node_id = BrokerId(-1);
+                response.port = -1;
+                if header.api_version >= 1 {
+                    response.error_message = Some(str_bytes(&message));
+                }
+            }
+        }
     } else {
         response.error_code = code::COORDINATOR_NOT_AVAILABLE;
         response.node_id = BrokerId(-1);

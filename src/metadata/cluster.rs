@@ -62,7 +62,9 @@ pub fn derive(current: &MetadataSnapshot, state: &Arc<ClusterState>) -> Metadata
     next.topics.retain(|_, topic| topic.is_internal());
     next.names_by_id
         .retain(|_, name| next.topics.contains_key(name.as_str()));
-    for topic in state.topics.values() {
+    // The offsets topic keeps its local meta: the group coordinators own its partitions, and
+    // the quorum's copy of it only says which broker coordinates which partition.
+    for topic in state.topics.values().filter(|t| !t.name.starts_with("__")) {
         let meta = TopicMeta {
             name: topic.name.clone(),
             id: topic.id,

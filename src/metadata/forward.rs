@@ -38,6 +38,18 @@ fn kafka_error(error: TopicAdminError) -> AdminError {
     (error_code, message)
 }
 
+/// Refuses a change to an internal topic: the quorum's `__consumer_offsets` places the group
+/// coordinators, and deleting or growing it would move every group.
+fn refuse_internal(name: Option<&str>) -> Result<(), AdminError> {
+    match name {
+        Some(name) if name.starts_with("__") => Err((
+            code::INVALID_REQUEST,
+            format!("'{name}' is internal: it cannot be deleted or grown"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn not_in_cluster() -> AdminError {
     (
         code::NOT_CONTROLLER,
@@ -127,6 +139,7 @@ pub async fn delete_topic(
 ) -> Result<Arc<TopicMeta>, AdminError> {
     let by_id_only = id.is_some() && name.as_deref().is_none_or(str::is_empty);
     let name = name.filter(|n| !n.is_empty());
+    refuse_internal(name.as_deref())?;
     let admin = shard.metadata.admin().ok_or_else(not_in_cluster)?;
     let reply = admin
         .call(TopicAdminRequest::Delete { name, id })
@@ -152,6 +165,7 @@ pub async fn create_partitions(
     count: i32,
     validate_only: bool,
 ) -> Result<(), AdminError> {
+    refuse_internal(Some(name))?;
     let topic = shard.metadata.load().topic(name).cloned().ok_or_else(|| {
         (
             code::UNKNOWN_TOPIC_OR_PARTITION,

@@ -18,6 +18,10 @@ earlier one after a kill -9 and restart of a broker.
 
 The cluster id is the cluster's: Metadata (confluent-kafka) and DescribeCluster name the same
 one on all three brokers, before and after a kill -9 and restart of one of them.
+
+Consumer groups are the cluster's: two confluent-kafka consumers of one group bootstrapped from
+different brokers split a 6-partition topic and together read every record exactly once; their
+committed offsets survive a kill -9 and restart of the group's coordinator.
 """
 
 import os
@@ -404,3 +408,86 @@ def test_every_broker_reports_one_cluster_id(cluster):
     wait_for_brokers(cluster, {1, 2, 3})
     after = wait_until(one_id, SETTLE_S, interval_s=0.2, what="one cluster id after a restart")
     assert after == first
+
+
+def group_consumer(node, group):
+    from confluent_kafka import Consumer
+
+    return Consumer(
+        {
+            "bootstrap.servers": node.bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+        }
+    )
+
+
+def test_one_group_across_brokers_reads_each_record_once(cluster):
+    from confluent_kafka import TopicPartition
+
+    topic = unique_topic("grouped")
+    group = f"g-{topic}"
+    create_topic(cluster[1].bootstrap, topic, partitions=6)
+    consumers = [group_consumer(cluster[1], group), group_consumer(cluster[2], group)]
+    for c in consumers:
+        c.subscribe([topic])
+
+    def split():
+        for c in consumers:
+            c.poll(0.1)
+        assigned = [{tp.partition for tp in c.assignment()} for c in consumers]
+        # One group: disjoint shares covering every partition (two groups would each take all).
+        return all(assigned) and not (assigned[0] & assigned[1]) and (
+            assigned[0] | assigned[1] == set(range(6)))
+
+    try:
+        wait_until(split, 60, interval_s=0.1, what="one group splitting the partitions")
+        delivered = produce_confluent(cluster[3].bootstrap, topic, keyed_records(topic, 300))
+        got = [[], []]
+        deadline = time.monotonic() + 60
+        while sum(map(len, got)) < len(delivered) and time.monotonic() < deadline:
+            for i, c in enumerate(consumers):
+                msg = c.poll(0.1)
+                if msg is not None and msg.error() is None:
+                    got[i].append((msg.partition(), msg.offset(), msg.key(), msg.value()))
+        for c in consumers:
+            c.poll(0.5)  # anything left over would be a duplicate: read it too
+            c.commit(asynchronous=False)
+        for c in consumers:
+            msg = c.poll(0.5)
+            if msg is not None and msg.error() is None:
+                got[0].append((msg.partition(), msg.offset(), msg.key(), msg.value()))
+    finally:
+        for c in consumers:
+            c.close()
+    positions = [(p, o) for share in got for (p, o, _, _) in share]
+    assert all(got), f"one consumer read nothing: {[len(g) for g in got]}"
+    assert len(positions) == len(set(positions)), "a record was read twice"
+    expected = {(d.partition, d.offset): (d.key, d.value) for d in delivered}
+    assert {(p, o): (k, v) for share in got for (p, o, k, v) in share} == expected
+    ends = {}
+    for d in delivered:
+        ends[d.partition] = max(ends.get(d.partition, 0), d.offset + 1)
+
+    # The coordinator's committed offsets survive its kill -9 and restart.
+    admin = AdminClient({"bootstrap.servers": cluster[3].bootstrap})
+    described = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=20)
+    coordinator = described.coordinator.id
+    cluster[coordinator].kill9()
+    cluster[coordinator].start(wait=False)
+    cluster[coordinator].wait_ready()
+    wait_for_brokers(cluster, {1, 2, 3})
+    other = next(n for i, n in cluster.items() if i != coordinator)
+    reader = group_consumer(other, group)
+    try:
+        def committed():
+            tps = reader.committed([TopicPartition(topic, p) for p in range(6)], timeout=5)
+            found = {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
+            return found if found == ends else None
+
+        wait_until(committed, SETTLE_S * 2, interval_s=0.5, what=f"committed offsets {ends}")
+    finally:
+        reader.close()
