@@ -209,16 +209,7 @@ impl Controller {
                 format!("Topic '{}' already exists.", topic.name),
             ));
         }
-        let partitions = match topic.partitions {
-            -1 => shard.config.num_partitions,
-            n if n >= 1 => n,
-            n => {
-                return Err((
-                    code::INVALID_PARTITIONS,
-                    format!("Number of partitions must be larger than 0, got {n}."),
-                ))
-            }
-        };
+        let partitions = requested_partitions(shard, topic.partitions)?;
         check_partition_budget(shard, partitions)?;
         if topic.replication_factor != -1 && topic.replication_factor != 1 {
             return Err((
@@ -410,6 +401,18 @@ impl Controller {
 }
 
 /// The current metadata of topic `name`, or UNKNOWN_TOPIC_OR_PARTITION.
+/// The partition count a CreateTopics entry asks for: -1 is `num.partitions`.
+pub(super) fn requested_partitions(shard: &Shard, requested: i32) -> Result<i32, AdminError> {
+    match requested {
+        -1 => Ok(shard.config.num_partitions),
+        n if n >= 1 => Ok(n),
+        n => Err((
+            code::INVALID_PARTITIONS,
+            format!("Number of partitions must be larger than 0, got {n}."),
+        )),
+    }
+}
+
 fn existing_topic(shard: &Shard, name: &str) -> Result<Arc<TopicMeta>, AdminError> {
     shard.metadata.load().topic(name).cloned().ok_or_else(|| {
         (

@@ -12,7 +12,7 @@ use sluice_cluster::topic_admin::check_replication_factor;
 use sluice_cluster::wire::{BrokerRpcError, TopicAdminError, TopicAdminRequest};
 use uuid::Uuid;
 
-use super::controller::{AdminError, NewTopic};
+use super::controller::{requested_partitions, AdminError, NewTopic};
 use super::{validate_topic_name, TopicMeta};
 use crate::errors::code;
 use crate::shard::Shard;
@@ -78,16 +78,7 @@ pub async fn create_topic(
             format!("'{}': names starting with '__' are reserved", topic.name),
         ));
     }
-    let partitions = match topic.partitions {
-        -1 => shard.config.num_partitions,
-        n if n >= 1 => n,
-        n => {
-            return Err((
-                code::INVALID_PARTITIONS,
-                format!("Number of partitions must be larger than 0, got {n}."),
-            ))
-        }
-    };
+    let partitions = requested_partitions(shard, topic.partitions)?;
     let replication_factor = match topic.replication_factor {
         -1 => DEFAULT_REPLICATION_FACTOR,
         n => i32::from(n),

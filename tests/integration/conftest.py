@@ -364,6 +364,28 @@ def broker(broker_factory):
     return broker_factory()
 
 
+@pytest.fixture
+def power_broker(broker_factory, tmp_path):
+    """(broker, fs): a stopped broker whose data dir is a powerfs mount (powerfs.py) over
+    tmp_path/backing; skipped with the reason where FUSE cannot be mounted."""
+    import powerfs  # only the tests that ask for it need fusepy
+
+    reason = powerfs.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    broker = broker_factory(start=False)
+    fs = powerfs.PowerLossFs(tmp_path / "backing", broker.data_dir, tmp_path / "powerfs.log")
+    try:
+        fs.mount()
+    except powerfs.MountRefused as refused:
+        pytest.skip(str(refused))
+    try:
+        yield broker, fs
+    finally:
+        broker.stop()
+        fs.unmount()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -11,8 +11,8 @@ before the fault at its offset, none of those refused, and new records after the
 contrast: a failed write (ENOSPC) is rolled back, not a poison, and the partition takes
 records again as soon as the fault is off.
 
-Owns: this scenario and its powerfs mount (skipped with the reason where FUSE cannot be
-mounted). Must never: leave the filesystem mounted or the fault switched on after the test."""
+Owns: this scenario (its powerfs mount is conftest.py's power_broker fixture, skipped with the
+reason where FUSE cannot be mounted). Must never: leave the filesystem mounted or the fault switched on after the test."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import re
 import pytest
 from confluent_kafka import KafkaError, Producer
 
-import powerfs
 from helpers import (
     ERR_KAFKA_STORAGE_ERROR,
     ERR_NONE,
@@ -43,25 +42,6 @@ PARTITIONS = 4
 VICTIM = 2
 RECORDS_PER_PARTITION = 50
 VALUE_BYTES = 300
-
-
-@pytest.fixture
-def power_broker(broker_factory, tmp_path):
-    """(broker, fs): a stopped broker whose data dir is a powerfs mount over tmp_path/backing."""
-    reason = powerfs.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    broker = broker_factory(start=False)
-    fs = powerfs.PowerLossFs(tmp_path / "backing", broker.data_dir, tmp_path / "powerfs.log")
-    try:
-        fs.mount()
-    except powerfs.MountRefused as refused:
-        pytest.skip(str(refused))
-    try:
-        yield broker, fs
-    finally:
-        broker.stop()
-        fs.unmount()
 
 
 def _records(tag: str, partition: int, n: int):

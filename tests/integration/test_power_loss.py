@@ -26,25 +26,6 @@ RECORDS = 600
 VALUE_BYTES = 700
 
 
-@pytest.fixture
-def power_broker(broker_factory, tmp_path):
-    """(broker, fs): a stopped broker whose data dir is a powerfs mount over tmp_path/backing."""
-    reason = powerfs.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    broker = broker_factory(start=False)
-    fs = powerfs.PowerLossFs(tmp_path / "backing", broker.data_dir, tmp_path / "powerfs.log")
-    try:
-        fs.mount()
-    except powerfs.MountRefused as refused:
-        pytest.skip(str(refused))
-    try:
-        yield broker, fs
-    finally:
-        broker.stop()
-        fs.unmount()
-
-
 def _records(tag, n):
     return [(b"%s-%d" % (tag, i), b"%s-%d:" % (tag, i) + os.urandom(VALUE_BYTES))
             for i in range(n)]
