@@ -81,20 +81,26 @@ struct Inner<F> {
     poisoned: bool,
 }
 
+/// `records` framed for the file, one `record::encode` frame each.
+fn encode_records(records: &[LogRecord]) -> Result<Vec<u8>, ClusterError> {
+    let mut bytes = Vec::new();
+    for r in records {
+        let payload = serde_json::to_vec(r).map_err(|e| ClusterError::Corrupt {
+            what: "raft log record to encode",
+            message: e.to_string(),
+        })?;
+        record::encode(&payload, &mut bytes);
+    }
+    Ok(bytes)
+}
+
 impl<F: StoreFile> Inner<F> {
     /// Appends `records`, syncing when `sync`; a failure poisons the store.
     fn write(&mut self, records: &[LogRecord], sync: bool) -> Result<(), ClusterError> {
         if self.poisoned {
             return Err(ClusterError::Poisoned);
         }
-        let mut bytes = Vec::new();
-        for r in records {
-            let payload = serde_json::to_vec(r).map_err(|e| ClusterError::Corrupt {
-                what: "raft log record to encode",
-                message: e.to_string(),
-            })?;
-            record::encode(&payload, &mut bytes);
-        }
+        let bytes = encode_records(records)?;
         let result = self
             .file
             .append(&bytes)
@@ -126,14 +132,7 @@ impl<F: StoreFile> Inner<F> {
         }
         records.push(LogRecord::Committed(self.state.committed));
         records.extend(self.state.entries.values().cloned().map(LogRecord::Entry));
-        let mut bytes = Vec::new();
-        for r in &records {
-            let payload = serde_json::to_vec(r).map_err(|e| ClusterError::Corrupt {
-                what: "raft log record to encode",
-                message: e.to_string(),
-            })?;
-            record::encode(&payload, &mut bytes);
-        }
+        let bytes = encode_records(&records)?;
         let result = self
             .file
             .replace_synced(&bytes)
