@@ -23,6 +23,12 @@
 #
 # Usage: scripts/bench.sh                        full suite (~20 min), writes BENCHMARKS.md
 #        QUICK=1 scripts/bench.sh                one short run of each (~5 min)
+#        PEER=kafka scripts/bench.sh             the suite, plus the client workloads against
+#                                                Apache Kafka (scripts/kafka-peer.sh) at its
+#                                                defaults (page cache only) and with
+#                                                flush.messages=1 (fsync per append, durable
+#                                                like Sluice), in the same run: a side-by-side
+#                                                section with Sluice's ratio to each
 #        BOOTSTRAP=host:port [LABEL=kafka] scripts/bench.sh
 #                                                the client workloads against another broker,
 #                                                then against a local Sluice, side by side in
@@ -75,6 +81,9 @@ ADMIN_PORT="${BENCH_ADMIN_PORT:-41644}"
 IPERF_PORT="${IPERF_PORT:-41201}"
 BOOTSTRAP="${BOOTSTRAP:-}"
 LABEL="${LABEL:-other}"
+PEER="${PEER:-}"
+PEER_PORT="${PEER_PORT:-41192}"
+PEER_PID=""
 if [[ -n "$BOOTSTRAP" ]]; then
     OUT="${OUT:-$ROOT/BENCHMARKS-$LABEL.md}"
 else
@@ -84,7 +93,7 @@ CLK_TCK="$(getconf CLK_TCK)"
 RESULTS="$BENCH_DIR/results.jsonl"
 COMMANDS="$BENCH_DIR/commands.txt"
 PREFIX="sb$(date +%s)"
-INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$BOOTSTRAP" ]] && printf 'BOOTSTRAP=%s LABEL=%s ' "$BOOTSTRAP" "$LABEL"; printf 'scripts/bench.sh'; } )"
+INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$BOOTSTRAP" ]] && printf 'BOOTSTRAP=%s LABEL=%s ' "$BOOTSTRAP" "$LABEL"; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; printf 'scripts/bench.sh'; } )"
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -131,6 +140,7 @@ IPERF_PID=""
 COMMIT_PID=""
 HEAPTRACK_PID=""
 cleanup() {
+    [[ -n "$PEER_PID" ]] && "$ROOT/scripts/kafka-peer.sh" stop
     for pid in "$COMMIT_PID" "$IPERF_PID" "$BROKER_PID"; do
         [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true
     done
@@ -186,21 +196,27 @@ bench() {
     local base="$BENCH_DIR/$target-$scenario-$run"
     local command=("$BIN" bench "$kind" --bootstrap "$addr" --json --progress-interval-s 0 "$@")
     record_command "$scenario" "${command[@]}"
-    local ticks_before="" extra=()
+    local ticks_before="" extra=() measured_pid=""
+    # Broker CPU is measured for Sluice and for a peer this script started (PEER).
     if [[ "$target" == sluice && -n "$BROKER_PID" ]]; then
-        ticks_before="$(cpu_ticks "$BROKER_PID")"
+        measured_pid="$BROKER_PID"
         stats_snapshot "$ADMIN_PORT" "$base.stats-before.json"
+    elif [[ "$target" != sluice && -n "$PEER_PID" ]]; then
+        measured_pid="$PEER_PID"
     fi
+    [[ -n "$measured_pid" ]] && ticks_before="$(cpu_ticks "$measured_pid")"
     if ! "${command[@]}" >"$base.json" 2>"$base.err"; then
         echo "   $scenario run $run failed: $(tail -1 "$base.err")" >&2
         return 0
     fi
     if [[ -n "$ticks_before" ]]; then
         local ticks_after
-        ticks_after="$(cpu_ticks "$BROKER_PID")"
-        stats_snapshot "$ADMIN_PORT" "$base.stats-after.json"
-        extra+=(--stats-before "$base.stats-before.json" --stats-after "$base.stats-after.json"
-            "broker_cpu_s=$(python3 -c "print(($ticks_after - $ticks_before) / $CLK_TCK)")")
+        ticks_after="$(cpu_ticks "$measured_pid")"
+        if [[ "$target" == sluice ]]; then
+            stats_snapshot "$ADMIN_PORT" "$base.stats-after.json"
+            extra+=(--stats-before "$base.stats-before.json" --stats-after "$base.stats-after.json")
+        fi
+        extra+=("broker_cpu_s=$(python3 -c "print(($ticks_after - $ticks_before) / $CLK_TCK)")")
     fi
     python3 "$HELPERS/report.py" add "$RESULTS" "$target" "$scenario" "$run" --bench "$base.json" "${extra[@]}" "${BENCH_EXTRA[@]}"
     python3 -c "
@@ -503,8 +519,34 @@ json.dump(meta, open(out, "w"), indent=1)
 PY
 }
 
+# peer_workloads: the client workloads against Apache Kafka at its defaults (no fsync: the
+# page cache only) and with flush.messages=1 (an fsync per append), each on a fresh data
+# directory on the same filesystem as Sluice's, stopped before the next broker starts.
+peer_workloads() {
+    [[ "$PEER" == kafka ]] || die "PEER must be kafka"
+    local mode label
+    for mode in default durable; do
+        label=kafka
+        [[ "$mode" == durable ]] && label=kafka_flush1
+        say "client workloads against Apache Kafka ($label) on 127.0.0.1:$PEER_PORT"
+        record_command "peer $label" scripts/kafka-peer.sh start "$mode"
+        KAFKA_PORT="$PEER_PORT" KAFKA_CONTROLLER_PORT="$((PEER_PORT + 1))" KAFKA_DATA="$BENCH_DIR/kafka-data" \
+            "$ROOT/scripts/kafka-peer.sh" start "$mode" || die "Apache Kafka did not start (see .kafka/kafka.log)"
+        PEER_PID="$(cat "${KAFKA_HOME:-$ROOT/.kafka}/kafka.pid")"
+        client_workloads "$label" "127.0.0.1:$PEER_PORT"
+        "$ROOT/scripts/kafka-peer.sh" stop
+        PEER_PID=""
+        rm -rf "$BENCH_DIR/kafka-data"
+    done
+}
+
 # --- main ----------------------------------------------------------------------------------
 START_S=$SECONDS
+[[ -n "$PEER" && -n "$BOOTSTRAP" ]] && die "PEER and BOOTSTRAP are exclusive"
+if [[ -n "$PEER" ]]; then
+    "$ROOT/scripts/kafka-peer.sh" fetch
+    peer_workloads
+fi
 if [[ -n "$BOOTSTRAP" ]]; then
     case "$BOOTSTRAP" in *:*) ;; *) die "BOOTSTRAP must be host:port" ;; esac
     say "client workloads against $LABEL at $BOOTSTRAP"

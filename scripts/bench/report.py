@@ -431,8 +431,15 @@ def write_report(rows, meta, out_path, fetch=None):
         columns = [c for c in columns if any(r["target"] == c for r in rows)]
         add("## Side by side (same client workloads, same flags)")
         add("")
-        add("| workload | " + " | ".join(columns) + " |")
-        add("|---|" + "---|" * len(columns))
+        peers = [c for c in columns if c != "sluice"]
+        ratio_heads = [f"sluice / {c}" for c in peers] if "sluice" in columns else []
+        add("Each cell: median MB/s, p99 latency, broker CPU-seconds per GB (when this script ran the"
+            " broker). `kafka` is Apache Kafka at its defaults (acknowledged from the page cache, no"
+            " fsync); `kafka_flush1` is Apache Kafka with flush.messages=1 (an fsync per append,"
+            " the durability Sluice gives acks=all by default). Ratios are MB/s over MB/s.")
+        add("")
+        add("| workload | " + " | ".join(columns + ratio_heads) + " |")
+        add("|---|" + "---|" * (len(columns) + len(ratio_heads)))
         for scenario, label in (("produce_p1", "produce, 1 partition"), ("produce_p16", "produce, 16 partitions"),
                                 ("produce_p1000", "produce, 1000 partitions"), ("consume_files", "consume, older data"),
                                 ("consume_tail", "consume, recent data"), ("e2e", "e2e at 50% of max"),
@@ -441,7 +448,13 @@ def write_report(rows, meta, out_path, fetch=None):
             for column in columns:
                 mbps = median(rows, column, scenario, "mb_per_s")
                 p99 = median(rows, column, scenario, "p99_ms")
-                cells.append("n/a" if mbps is None else f"{mbps:.1f} MB/s, p99 {fmt(p99, 1)} ms")
+                cpu = median(rows, column, scenario, "broker_cpu_s_per_gb")
+                cpu_text = "" if cpu is None else f", {cpu:.2f} CPU-s/GB"
+                cells.append("n/a" if mbps is None else f"{mbps:.1f} MB/s, p99 {fmt(p99, 1)} ms{cpu_text}")
+            if ratio_heads:
+                ours = median(rows, "sluice", scenario, "mb_per_s")
+                for peer in peers:
+                    cells.append(fmt(ratio(ours, median(rows, peer, scenario, "mb_per_s")), 2))
             add(f"| {label} | " + " | ".join(cells) + " |")
         add("")
 

@@ -264,12 +264,24 @@ struct Accumulator {
 /// Encoded batches for one request, and what each will credit.
 type Drained = (Vec<(i32, Bytes)>, Vec<SentBatch>);
 
-/// A batch on the wire: which partition, and what to credit when it is acknowledged.
+/// A batch on the wire: which partition, its bytes (kept for a retry), and what to credit
+/// when it is acknowledged.
 struct SentBatch {
     partition: i32,
+    batch: Bytes,
     origins_ns: Vec<u64>,
     value_bytes: usize,
+    /// Times this batch was refused with a retriable error (or lost with its connection).
+    retries: u32,
 }
+
+/// A batch refused with a retriable error (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE,
+/// NOT_ENOUGH_REPLICAS, a broken connection...) is sent again after this pause and a metadata
+/// refresh, as Kafka's producers do (`retry.backoff.ms`), at most `RETRIES_MAX` times: 30 s,
+/// longer than a leader failover. Latency still counts from the record's first due time, so
+/// a failover shows in the tail.
+const RETRY_BACKOFF_NS: u64 = 100_000_000;
+const RETRIES_MAX: u32 = 300;
 
 type InFlight = std::pin::Pin<
     Box<
@@ -305,6 +317,9 @@ struct Worker {
     bytes_acked: u64,
     /// Reused buffer of one response's latencies.
     latencies_us: Vec<u64>,
+    /// Batches to send again once `retry_at_ns` has passed (after a metadata refresh).
+    retry: Vec<SentBatch>,
+    retry_at_ns: u64,
 }
 
 struct WorkerDone {
@@ -359,6 +374,8 @@ impl Worker {
             records_acked: 0,
             bytes_acked: 0,
             latencies_us: Vec::new(),
+            retry: Vec::new(),
+            retry_at_ns: 0,
             info,
         })
     }
@@ -521,11 +538,13 @@ impl Worker {
                 .partitions
                 .get(slot)
                 .map_or(slot as i32, |p| p.partition);
-            batches.push((partition, batch));
+            batches.push((partition, batch.clone()));
             sent.push(SentBatch {
                 partition,
+                batch,
                 origins_ns,
                 value_bytes,
+                retries: 0,
             });
         }
         Ok((batches, sent))
@@ -561,6 +580,10 @@ impl Worker {
         for batch in sent {
             match by_partition.remove(&batch.partition) {
                 Some(Ok(_)) => {}
+                Some(Err(e)) if e.is_retriable() => {
+                    self.requeue(batch, e, ack_ns)?;
+                    continue;
+                }
                 Some(Err(e)) => return Err(e),
                 None if self.config.acks == Acks::None => {}
                 None => {
@@ -585,11 +608,123 @@ impl Worker {
         Ok(())
     }
 
+    /// Puts a refused batch on the retry list, or gives up with `error` after `RETRIES_MAX`.
+    fn requeue(&mut self, mut batch: SentBatch, error: ClientError, now_ns: u64) -> Result<()> {
+        if batch.retries >= RETRIES_MAX {
+            return Err(error);
+        }
+        batch.retries += 1;
+        if self.retry.is_empty() {
+            self.retry_at_ns = now_ns + RETRY_BACKOFF_NS;
+        }
+        self.retry.push(batch);
+        Ok(())
+    }
+
+    /// A request's outcome: credits what was acknowledged, requeues what a retriable error
+    /// refused (the whole request when its connection broke).
+    fn settle(
+        &mut self,
+        result: Result<Vec<(i32, std::result::Result<i64, ClientError>)>>,
+        sent: Vec<SentBatch>,
+    ) -> Result<()> {
+        match result {
+            Ok(outcomes) => self.credit(sent, outcomes),
+            Err(e) if e.is_retriable() => {
+                let now_ns = self.now_ns();
+                for batch in sent {
+                    let error = ClientError::Invalid(format!("after a retriable failure: {e}"));
+                    self.requeue(batch, error, now_ns)?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends the retry list again, grouped by each partition's leader in fresh metadata.
+    /// Batches whose partition has no leader yet (or whose send fails) wait another round.
+    async fn resend(&mut self, in_flight: &mut FuturesOrdered<InFlight>) -> Result<()> {
+        let topic = self.config.topic.clone();
+        match self.client.topic(&topic).await {
+            Ok(info) => self.info = Arc::new(info),
+            Err(e) if e.is_retriable() => {}
+            Err(e) => return Err(e),
+        }
+        let now_ns = self.now_ns();
+        let mut by_leader: BTreeMap<i32, Vec<SentBatch>> = BTreeMap::new();
+        for batch in std::mem::take(&mut self.retry) {
+            let leader = self
+                .info
+                .partitions
+                .iter()
+                .find(|p| p.partition == batch.partition)
+                .map_or(-1, |p| p.leader);
+            by_leader.entry(leader).or_default().push(batch);
+        }
+        self.retry_at_ns = now_ns + RETRY_BACKOFF_NS;
+        // A request names each partition once (responses are matched by partition), so
+        // batches of one partition go in successive requests, oldest first.
+        let mut requests: Vec<(i32, Vec<SentBatch>)> = Vec::new();
+        for (leader, batches) in by_leader {
+            let mut rounds: Vec<Vec<SentBatch>> = Vec::new();
+            for batch in batches {
+                match rounds
+                    .iter_mut()
+                    .find(|round| round.iter().all(|b| b.partition != batch.partition))
+                {
+                    Some(round) => round.push(batch),
+                    None => rounds.push(vec![batch]),
+                }
+            }
+            requests.extend(rounds.into_iter().map(|round| (leader, round)));
+        }
+        for (leader, sent) in requests {
+            if leader < 0 {
+                self.retry.extend(sent);
+                continue;
+            }
+            let conn = match self.conn(leader).await {
+                Ok(conn) => conn,
+                Err(e) if e.is_retriable() => {
+                    self.conns.remove(&leader);
+                    self.retry.extend(sent);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let batches: Vec<(i32, Bytes)> = sent
+                .iter()
+                .map(|b| (b.partition, b.batch.clone()))
+                .collect();
+            let request =
+                build_produce_request(&topic, batches, self.config.acks, self.config.timeout_ms);
+            let pending = match conn.submit(&request).await {
+                Ok(pending) => pending,
+                Err(e) if e.is_retriable() => {
+                    self.conns.remove(&leader);
+                    self.retry.extend(sent);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let topic = topic.clone();
+            in_flight.push_back(Box::pin(async move {
+                let result = pending.wait().await.map(|r| produce_outcomes(&r, &topic));
+                (result, sent)
+            }));
+        }
+        Ok(())
+    }
+
     async fn run(mut self) -> Result<WorkerDone> {
         let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
         let topic = self.config.topic.clone();
         loop {
             let now_ns = self.now_ns();
+            if !self.retry.is_empty() && now_ns >= self.retry_at_ns {
+                self.resend(&mut in_flight).await?;
+            }
             let window_open = in_flight.len() < self.config.in_flight;
             self.generate(now_ns, window_open);
             let finished_generating = self.generation_over(now_ns);
@@ -604,7 +739,20 @@ impl Worker {
                 if batches.is_empty() {
                     break;
                 }
-                let conn = self.conn(leader).await?;
+                let conn = match self.conn(leader).await {
+                    Ok(conn) => conn,
+                    Err(e) if e.is_retriable() && self.config.acks != Acks::None => {
+                        // The leader is gone (killed, or moved): retry after a refresh.
+                        self.conns.remove(&leader);
+                        let now_ns = self.now_ns();
+                        for batch in sent {
+                            let error = ClientError::Invalid(format!("connecting: {e}"));
+                            self.requeue(batch, error, now_ns)?;
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let request = build_produce_request(
                     &topic,
                     batches,
@@ -626,7 +774,8 @@ impl Worker {
                     self.generate(self.now_ns(), in_flight.len() < self.config.in_flight);
                 }
             }
-            let nothing_left = self.accs.iter().all(|a| a.records.is_empty());
+            let nothing_left =
+                self.accs.iter().all(|a| a.records.is_empty()) && self.retry.is_empty();
             if finished_generating && nothing_left && in_flight.is_empty() {
                 break;
             }
@@ -643,6 +792,9 @@ impl Worker {
             if let Some(linger) = self.next_linger_ns() {
                 wake_ns = wake_ns.min(linger);
             }
+            if !self.retry.is_empty() {
+                wake_ns = wake_ns.min(self.retry_at_ns.max(now_ns));
+            }
             if in_flight.is_empty() {
                 if wake_ns > now_ns {
                     tokio::time::sleep(Duration::from_nanos(wake_ns - now_ns)).await;
@@ -653,12 +805,10 @@ impl Worker {
             tokio::select! {
                 biased;
                 Some((result, sent)) = in_flight.next() => {
-                    let outcomes = result?;
-                    self.credit(sent, outcomes)?;
+                    self.settle(result, sent)?;
                     // Drain any other completed responses without sleeping.
                     while let Some(Some((result, sent))) = futures::FutureExt::now_or_never(in_flight.next()) {
-                        let outcomes = result?;
-                        self.credit(sent, outcomes)?;
+                        self.settle(result, sent)?;
                     }
                 }
                 _ = sleep, if wake_ns > now_ns => {}
