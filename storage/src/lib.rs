@@ -36,9 +36,11 @@ use bytes::Bytes;
 pub mod batch;
 mod blocking;
 mod buffer;
+mod epoch;
 pub mod fault;
 mod index;
 mod io;
+mod leader;
 mod log;
 mod offsets;
 mod recovery;
@@ -54,6 +56,7 @@ mod writer;
 pub use blocking::{
     BlockingEvent, BlockingObserver, BlockingPoolStats, BLOCKING_JOBS_RUNNING_MAX_DEFAULT,
 };
+pub use epoch::{EpochEntry, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use ring::Ring;
 
 /// Kafka error codes the storage errors map to (subset of the protocol's error table).
@@ -665,5 +668,42 @@ impl Partition {
     /// The partition's directory.
     pub fn dir(&self) -> PathBuf {
         self.0.dir.clone()
+    }
+
+    /// The leader epochs of this log and the offsets they start at, oldest first (stamped
+    /// into each batch a leader appends, checkpointed in `leader-epoch-checkpoint`).
+    pub fn leader_epochs(&self) -> Vec<EpochEntry> {
+        self.0.log.borrow().epochs.entries().to_vec()
+    }
+
+    /// The newest leader epoch of this log, if any batch or leadership recorded one.
+    pub fn latest_leader_epoch(&self) -> Option<i32> {
+        self.0.log.borrow().epochs.latest().map(|entry| entry.epoch)
+    }
+
+    /// OffsetForLeaderEpoch's answer for `epoch`: (the epoch found, its end offset), Kafka's
+    /// rules (the latest epoch ends at the log end offset; an unknown newer epoch, or a log
+    /// with no epochs, is (UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET)).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let log = self.0.log.borrow();
+        log.epochs.end_offset_for(epoch, log.offsets.end())
+    }
+
+    /// Records that `leader_epoch` starts at the current log end (this replica became the
+    /// leader), durably, before the first append of the epoch. No-op for an epoch not newer
+    /// than the latest.
+    pub async fn assign_leader_epoch(&self, leader_epoch: i32) -> Result<(), StorageError> {
+        leader::assign_epoch(&self.0, leader_epoch).await
+    }
+
+    /// Cuts the log's tail: the batch holding `offset` and every later one go, so the log
+    /// ends at or below `offset` (at that batch's base offset); returns the new log end.
+    /// Crash-safe (the old log or the truncated one survives a crash at any point; see the
+    /// `leader` module). Appends are refused while it runs and those already queued finish
+    /// first. Cuts the segments, indexes, tail cache, high watermark and leader epochs; state
+    /// the broker derives from batches (idempotent producers) must be rebuilt by the caller.
+    /// A failure after the cut started poisons the partition; the restart finishes the cut.
+    pub async fn truncate_to(&self, offset: i64) -> Result<i64, StorageError> {
+        leader::truncate_to(&self.0, offset).await
     }
 }

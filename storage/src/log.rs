@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
 use crate::batch::{self, RecordBatchHeader};
+use crate::epoch::LeaderEpochCache;
 use crate::io::{read_exact, IoBackend};
 use crate::offsets::{HighWatermark, LogEndOffset, LogOffsets};
 use crate::segment::{self, Segment};
@@ -57,6 +58,10 @@ pub(crate) struct LogState {
     /// When the last fdatasync of this partition completed (for `flush.ms`).
     pub(crate) last_sync: Instant,
     pub(crate) recovery_cuts: Vec<RecoveryCut>,
+    /// Which leader epoch started at which offset (checkpointed in `leader-epoch-checkpoint`).
+    pub(crate) epochs: LeaderEpochCache,
+    /// A truncation is cutting the tail: appends are refused until it is done.
+    pub(crate) truncating: bool,
 }
 
 impl LogState {
@@ -118,6 +123,7 @@ impl PartitionShared {
         };
         if first {
             tracing::error!(partition = %self.label(), error = %cause, "partition poisoned until the process restarts");
+            self.high_watermark_advanced.notify_waiters();
         }
         // A deleted partition is nobody's business any more (its name may be reused).
         if first && !deleted {
@@ -152,6 +158,12 @@ impl PartitionShared {
         if let Some(poisoned) = &log.poisoned {
             return Err(AppendError::Poisoned(poisoned.clone()));
         }
+        if log.truncating {
+            return Err(AppendError::Storage(format!(
+                "{} is truncating its tail",
+                self.label()
+            )));
+        }
         let headers = batch::validate(&records, log.config.max_message_bytes)?;
         let now = now_ms();
         let log_append_time = log.config.timestamp_type == TimestampType::LogAppendTime;
@@ -170,7 +182,17 @@ impl PartitionShared {
             log_append_time_ms: if log_append_time { now } else { -1 },
             log_start_offset: log.offsets.start(),
         };
+        // A leader's first append in a new epoch starts it (an older epoch changes nothing:
+        // the broker fences stale leaders before they append).
+        let epoch_started = log.epochs.assign(leader_epoch, first_offset);
         drop(log);
+        if epoch_started {
+            let partition = self.clone();
+            tokio::task::spawn_local(async move {
+                // A failure poisons the partition (and is logged there).
+                let _ = crate::leader::write_epoch_checkpoint(&partition).await;
+            });
+        }
 
         // Cache every batch for readers (served only once below the high watermark).
         {
@@ -745,5 +767,7 @@ impl PartitionShared {
                 .borrow_mut()
                 .truncate_from(&self.tail, first_offset);
         }
+        // A truncation waiting for the partition's appends to settle counts this one out.
+        self.high_watermark_advanced.notify_waiters();
     }
 }

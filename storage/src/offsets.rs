@@ -81,6 +81,18 @@ impl LogOffsets {
         self.set(self.start, self.high_watermark, end);
     }
 
+    /// The log's tail was cut at `end` (a follower's truncation): the high watermark cannot
+    /// stay above it.
+    pub(crate) fn truncate(&mut self, end: LogEndOffset) {
+        assert!(
+            end <= self.end,
+            "truncation moves the log end up: {end:?} > {:?}",
+            self.end
+        );
+        let high_watermark = HighWatermark(self.high_watermark.0.min(end.0));
+        self.set(self.start, high_watermark, end);
+    }
+
     /// Retention removed everything below `start`.
     pub(crate) fn advance_start(&mut self, start: LogStartOffset) {
         assert!(

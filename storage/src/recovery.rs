@@ -16,6 +16,7 @@ use std::path::Path;
 
 use crate::batch;
 use crate::buffer::{align_down, DIRECT_IO_ALIGN_BYTES};
+use crate::epoch::LeaderEpochCache;
 use crate::index::SegmentIndex;
 use crate::io::IoBackend;
 use crate::segment::{self, Segment};
@@ -75,6 +76,20 @@ pub(crate) fn encode_recovery_point(topic: &str, partition: i32, offset: i64) ->
     format!("0\n1\n{topic} {partition} {offset}\n")
 }
 
+/// The recovery-point checkpoint for the partition directory labelled `<topic>-<partition>`.
+pub(crate) fn encode_recovery_point_for_label(label: &str, offset: i64) -> String {
+    let (topic, partition) = label.rsplit_once('-').unwrap_or((label, "0"));
+    format!("0\n1\n{topic} {partition} {offset}\n")
+}
+
+/// The recovery point stored in `dir`, or i64::MIN when there is none (nothing finalized).
+pub(crate) fn read_recovery_point(dir: &Path) -> i64 {
+    std::fs::read_to_string(dir.join(RECOVERY_CHECKPOINT))
+        .ok()
+        .and_then(|text| decode_recovery_point(&text))
+        .unwrap_or(i64::MIN)
+}
+
 fn decode_recovery_point(text: &str) -> Option<i64> {
     let mut lines = text.lines();
     if lines.next()? != "0" || lines.next()? != "1" {
@@ -89,6 +104,12 @@ pub(crate) struct Recovered {
     pub(crate) log_end_offset: i64,
     pub(crate) cuts: Vec<RecoveryCut>,
     pub(crate) was_clean: bool,
+    /// The leader-epoch cache: the checkpoint, checked against the recovered log and
+    /// completed from the batches the scan read.
+    pub(crate) epochs: LeaderEpochCache,
+    /// (epoch, base offset) of each batch a scan read whose epoch was larger than the one
+    /// before it.
+    epoch_starts: Vec<(i32, i64)>,
 }
 
 /// An I/O error of recovery, naming the operation and file.
@@ -126,13 +147,13 @@ pub(crate) fn open_dir(
     }
     bases.sort_unstable();
     let marker_path = dir.join(CLEAN_MARKER);
+    let truncated = crate::leader::finish_interrupted(io, dir, label, &mut bases)?;
     let marker = std::fs::read_to_string(&marker_path)
         .ok()
-        .and_then(|text| CleanMarker::decode(&text));
-    let recovery_point = std::fs::read_to_string(dir.join(RECOVERY_CHECKPOINT))
-        .ok()
-        .and_then(|text| decode_recovery_point(&text))
-        .unwrap_or(i64::MIN);
+        .and_then(|text| CleanMarker::decode(&text))
+        // A clean marker never describes a log whose tail a truncation was cutting.
+        .filter(|_| !truncated);
+    let recovery_point = read_recovery_point(dir);
     let interval_bytes = config.index_interval_bytes;
 
     let recovered = if bases.is_empty() {
@@ -145,6 +166,8 @@ pub(crate) fn open_dir(
             log_end_offset: 0,
             cuts: Vec::new(),
             was_clean: true,
+            epochs: LeaderEpochCache::default(),
+            epoch_starts: Vec::new(),
         }
     } else {
         let active_base = bases[bases.len() - 1];
@@ -171,6 +194,21 @@ pub(crate) fn open_dir(
             }
         }
     };
+    let mut recovered = recovered;
+    let log_start_offset = recovered.segments[0].base_offset;
+    let segment_bases: Vec<i64> = recovered
+        .segments
+        .iter()
+        .map(|segment| segment.base_offset)
+        .collect();
+    recovered.epochs = crate::leader::recover_epochs(
+        io,
+        dir,
+        label,
+        (log_start_offset, recovered.log_end_offset),
+        &recovered.epoch_starts,
+        &segment_bases,
+    )?;
     // From here on a crash must be detected as unclean.
     if marker_path.exists() {
         std::fs::remove_file(&marker_path).map_err(at("removing", &marker_path))?;
@@ -268,6 +306,8 @@ fn open_clean(
         log_end_offset: marker.log_end_offset,
         cuts: Vec::new(),
         was_clean: true,
+        epochs: LeaderEpochCache::default(),
+        epoch_starts: Vec::new(),
     })
 }
 
@@ -363,6 +403,7 @@ fn open_unclean(
         )?);
     }
     let mut log_end_offset = bases[plan.first_scanned];
+    let mut epoch_starts: Vec<(i32, i64)> = Vec::new();
     for (index, scanned) in (plan.first_scanned..).zip(plan.scans) {
         let ScannedSegment {
             base,
@@ -404,6 +445,7 @@ fn open_unclean(
                 "segment ends before the next segment's base offset; recovery cuts there"
             );
         }
+        epoch_starts.extend_from_slice(&scan.epoch_starts);
         let valid_bytes = scan.valid_bytes;
         let next_offset = scan.next_offset;
         let mut index_state = scan.index;
@@ -471,6 +513,8 @@ fn open_unclean(
         log_end_offset,
         cuts,
         was_clean: false,
+        epochs: LeaderEpochCache::default(),
+        epoch_starts,
     })
 }
 
@@ -515,6 +559,8 @@ struct Scan {
     index: SegmentIndex,
     cut_bytes: u64,
     cut_all_zero: bool,
+    /// (epoch, base offset) of each batch whose leader epoch is larger than the one before.
+    epoch_starts: Vec<(i32, i64)>,
 }
 
 /// Walks a segment verifying every batch; stops at the first one that is torn, corrupt or
@@ -537,9 +583,14 @@ fn scan_segment(
     let mut position = 0u64;
     let mut next_offset = base_offset;
     let mut index = SegmentIndex::default();
+    let mut epoch_starts: Vec<(i32, i64)> = Vec::new();
     while let Some(verified) = valid_batch_at(&mut reader, position)? {
         if verified.base_offset != next_offset {
             break;
+        }
+        let epoch = verified.partition_leader_epoch;
+        if epoch >= 0 && epoch_starts.last().is_none_or(|&(last, _)| epoch > last) {
+            epoch_starts.push((epoch, verified.base_offset));
         }
         let relative = verified.last_offset() - base_offset;
         if relative > i64::from(u32::MAX) {
@@ -564,7 +615,73 @@ fn scan_segment(
         index,
         cut_bytes,
         cut_all_zero,
+        epoch_starts,
     })
+}
+
+/// (epoch, base offset) of every batch whose leader epoch is larger than the one before, in
+/// the segments based at `bases` (in order) of `dir`, up to `log_end_offset`: a walk over batch
+/// headers only, for rebuilding a missing leader-epoch checkpoint. Reads only.
+pub(crate) fn epoch_starts_of(
+    io: &dyn IoBackend,
+    dir: &Path,
+    bases: &[i64],
+    log_end_offset: i64,
+) -> io::Result<Vec<(i32, i64)>> {
+    let mut starts: Vec<(i32, i64)> = Vec::new();
+    for &base in bases {
+        let file = File::open(segment::log_path(dir, base))?;
+        let file_len = file.metadata()?.len();
+        let mut position = 0u64;
+        let mut header_bytes = [0u8; batch::HEADER_BYTES];
+        while position + batch::HEADER_BYTES as u64 <= file_len {
+            io.recovery_read(&file, &mut header_bytes, position)?;
+            let Some(header) = batch::RecordBatchHeader::parse(&header_bytes) else {
+                break;
+            };
+            if header.magic != batch::MAGIC_V2
+                || header.size_bytes() < batch::HEADER_BYTES
+                || header.base_offset >= log_end_offset
+            {
+                break;
+            }
+            let epoch = header.partition_leader_epoch;
+            if epoch >= 0 && starts.last().is_none_or(|&(last, _)| epoch > last) {
+                starts.push((epoch, header.base_offset));
+            }
+            position += header.size_bytes() as u64;
+        }
+    }
+    Ok(starts)
+}
+
+/// Byte position in the segment at `path` (base `base_offset`) of the first batch whose last
+/// offset is at or past `offset`, or the end of its valid batches. Reads only.
+pub(crate) fn position_of(
+    io: &dyn IoBackend,
+    path: &Path,
+    base_offset: i64,
+    offset: i64,
+) -> io::Result<u64> {
+    let file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut reader = Reader {
+        io,
+        file: &file,
+        file_len,
+        window: Vec::new(),
+        window_start: 0,
+    };
+    let mut position = 0u64;
+    let mut next_offset = base_offset;
+    while let Some(verified) = valid_batch_at(&mut reader, position)? {
+        if verified.base_offset != next_offset || verified.last_offset() >= offset {
+            break;
+        }
+        next_offset = verified.last_offset() + 1;
+        position += verified.size_bytes() as u64;
+    }
+    Ok(position)
 }
 
 /// Reads one segment file through the seam, a window at a time.

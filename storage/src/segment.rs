@@ -454,7 +454,7 @@ impl Segment {
     }
 
     /// The segment's file names: log, offset index, time index.
-    fn paths(&self) -> [PathBuf; 3] {
+    pub(crate) fn paths(&self) -> [PathBuf; 3] {
         [
             log_path(&self.dir, self.base_offset),
             index_path(&self.dir, self.base_offset),

@@ -330,6 +330,8 @@ pub(crate) fn open_partition(
             unsynced_messages: 0,
             last_sync: Instant::now(),
             recovery_cuts: recovered.cuts,
+            epochs: recovered.epochs,
+            truncating: false,
         }),
         tail: Rc::new(RefCell::new(PartitionTail::default())),
         high_watermark_advanced: Notify::new(),
@@ -456,7 +458,9 @@ async fn write_indexes(
     Ok(())
 }
 
-async fn write_small_file(
+/// Writes `name` in the partition's directory through the seam (atomic: temp file, rename,
+/// directory fsync); a failure is the partition's poison.
+pub(crate) async fn write_small_file(
     io: &Rc<dyn IoBackend>,
     partition: &PartitionShared,
     name: &str,

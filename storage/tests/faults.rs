@@ -299,9 +299,16 @@ fn failed_finalization_poisons(arm: impl Fn(&FaultPlan), operation: &str) {
         let partition = storage
             .open_partition("fin", 0, small_segments(4096))
             .expect("partition");
-        // Truncations and small files happen only in finalization: arm those first. The
-        // finalization's fdatasync comes after its truncation on the blocking pool, so an
-        // fdatasync fault armed right after the rolling append is the finalization's.
+        // The first append starts leader epoch 0, whose checkpoint is a small file: let it
+        // be written. After it, truncations and small files happen only in finalization:
+        // arm those first. The finalization's fdatasync comes after its truncation on the
+        // blocking pool, so an fdatasync fault armed right after the rolling append is the
+        // finalization's.
+        partition
+            .append(bytes(make_batch(1000, 1, 10, 0)), Ack::Durable, 0)
+            .await
+            .expect("first append");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         if !operation.contains("fdatasync") {
             arm(&plan);
         }
