@@ -9,6 +9,7 @@ mod admin;
 mod configs;
 mod fetch;
 pub mod groups;
+mod leader_epochs;
 mod metadata;
 mod offsets;
 mod produce;
@@ -79,6 +80,7 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(42, 0, 2), // DeleteGroups
     api(47, 0, 0), // OffsetDelete
     api(22, 0, 4), // InitProducerId (idempotent producers; transactions are refused)
+    api(23, 2, 4), // OffsetForLeaderEpoch (v0-v1 removed in Kafka 4.0, KIP-896; librdkafka asks v2)
 ];
 
 /// The served range of `key`, if any.
@@ -141,6 +143,7 @@ pub async fn dispatch(
         42 => groups::delete_groups(shard, header, body).await,
         47 => groups::offset_delete(shard, header, body).await,
         22 => producer_ids::handle(shard, header, body).await,
+        23 => leader_epochs::handle(shard, header, body).await,
         _ => Response::Close,
     }
 }

@@ -172,7 +172,15 @@ async fn append_on_owner(
             return PartitionResult::error(index, error_code, Some(message.to_string()));
         }
     };
-    let appended = partition.append(records, ack, 0).await;
+    // The committed leader epoch is stamped into every batch (0 on a single broker).
+    let leader_epoch = {
+        let snapshot = shard.metadata.load();
+        snapshot
+            .topic(topic)
+            .and_then(|meta| snapshot.placement(meta, index))
+            .map_or(0, |placement| placement.leader_epoch)
+    };
+    let appended = partition.append(records, ack, leader_epoch).await;
     if let Some(ticket) = ticket {
         match &appended {
             Ok(info) => ticket.succeeded(info.base_offset),

@@ -252,7 +252,8 @@ fn a_failed_marker_write_leaves_the_log_whole() {
 
 #[test]
 fn a_failure_after_the_marker_poisons_and_the_restart_finishes_the_cut() {
-    let faults: [(&str, fn(&FaultPlan)); 3] = [
+    type Arm = fn(&FaultPlan);
+    let faults: [(&str, Arm); 3] = [
         ("unlink of a later segment", |plan| {
             plan.fail_next_unlink(libc::EIO)
         }),
