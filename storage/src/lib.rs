@@ -183,6 +183,15 @@ pub enum AppendError {
     /// restarts.
     #[error(transparent)]
     Poisoned(#[from] Poisoned),
+    /// A follower's copy of its leader's batches does not continue its log (a batch starts
+    /// elsewhere than where the log, or the previous batch, ends): nothing was appended.
+    #[error("replicated batch starts at offset {found}, not at the log end {expected}")]
+    NotAtLogEnd {
+        /// Where the batch had to start.
+        expected: i64,
+        /// Where it starts.
+        found: i64,
+    },
 }
 
 impl AppendError {
@@ -192,6 +201,7 @@ impl AppendError {
             AppendError::Corrupt(_) => codes::CORRUPT_MESSAGE,
             AppendError::UnsupportedMagic(_) => codes::UNSUPPORTED_FOR_MESSAGE_FORMAT,
             AppendError::InvalidRecord(_) => codes::INVALID_RECORD,
+            AppendError::NotAtLogEnd { .. } => codes::OFFSET_OUT_OF_RANGE,
             AppendError::TooLarge { .. } => codes::MESSAGE_TOO_LARGE,
             AppendError::Storage(_) | AppendError::Poisoned(_) => codes::KAFKA_STORAGE_ERROR,
         }
@@ -366,6 +376,16 @@ pub enum ReadChunk {
     },
 }
 
+/// How far a read may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBound {
+    /// A consumer's read: below the high watermark (what every in-sync replica has).
+    HighWatermark,
+    /// A follower replica's read: below the durable end (what this replica holds under its
+    /// flush policy), so followers can catch up past the high watermark.
+    DurableEnd,
+}
+
 /// What a fetch gets back: whole batches in order, below the high watermark.
 #[derive(Debug, Clone, Default)]
 pub struct ReadSlice {
@@ -533,7 +553,29 @@ impl Partition {
         ack: Ack,
         leader_epoch: i32,
     ) -> Result<AppendInfo, AppendError> {
-        let (info, receiver, queue_position) = self.0.enqueue(records, ack, leader_epoch)?;
+        let stamping = log::Stamping::Assign { leader_epoch };
+        self.append_stamped(records, ack, stamping).await
+    }
+
+    /// A follower's append of its leader's batches, offsets and headers unchanged: the first
+    /// batch must start at this log's end (else [`AppendError::NotAtLogEnd`], nothing
+    /// appended). Completes per `ack` like [`Partition::append`]; a follower reports only its
+    /// durable end to its leader, so it appends with [`Ack::Durable`].
+    pub async fn append_replicated(
+        &self,
+        records: Bytes,
+        ack: Ack,
+    ) -> Result<AppendInfo, AppendError> {
+        self.append_stamped(records, ack, log::Stamping::Keep).await
+    }
+
+    async fn append_stamped(
+        &self,
+        records: Bytes,
+        ack: Ack,
+        stamping: log::Stamping,
+    ) -> Result<AppendInfo, AppendError> {
+        let (info, receiver, queue_position) = self.0.enqueue(records, ack, stamping)?;
         match receiver {
             None => {
                 if let Some(shard) = self.0.shard.upgrade() {
@@ -567,7 +609,21 @@ impl Partition {
         max_bytes: u32,
         min_one_batch: bool,
     ) -> Result<ReadSlice, StorageError> {
-        self.0.read(offset, max_bytes, min_one_batch).await
+        self.0
+            .read(offset, max_bytes, min_one_batch, ReadBound::HighWatermark)
+            .await
+    }
+
+    /// Like [`Partition::read`], bounded by `bound` instead of always the high watermark
+    /// (a leader serves its followers up to its durable end).
+    pub async fn read_bounded(
+        &self,
+        offset: i64,
+        max_bytes: u32,
+        min_one_batch: bool,
+        bound: ReadBound,
+    ) -> Result<ReadSlice, StorageError> {
+        self.0.read(offset, max_bytes, min_one_batch, bound).await
     }
 
     /// The bytes of `chunk` (one of a [`ReadSlice`]'s), a file range read through the ring:
@@ -603,9 +659,42 @@ impl Partition {
         }
     }
 
-    /// Offset one past the last record visible to readers.
+    /// Resolves once the durable end is above `offset` (cancel-safe), or the partition was
+    /// deleted: a leader's wait for data to send a follower.
+    pub async fn wait_for_durable(&self, offset: i64) {
+        loop {
+            let advanced = self.0.high_watermark_advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            {
+                let log = self.0.log.borrow();
+                if log.offsets.durable_end() > offset || log.deleted {
+                    return;
+                }
+            }
+            advanced.await;
+        }
+    }
+
+    /// Offset one past the last record visible to consumers.
     pub fn high_watermark(&self) -> i64 {
         self.0.log.borrow().offsets.high_watermark()
+    }
+
+    /// Offset one past the last record this replica holds durably (under its flush policy).
+    pub fn durable_end(&self) -> i64 {
+        self.0.log.borrow().offsets.durable_end()
+    }
+
+    /// Caps the high watermark at `limit` (None: it follows the durable end, as for a single
+    /// replica) and moves it up as far as the new cap and the durable end allow, waking
+    /// readers if it moved; it never moves back. Set by the replication layer only.
+    pub fn limit_high_watermark(&self, limit: Option<i64>) -> bool {
+        let moved = self.0.log.borrow_mut().offsets.limit_high_watermark(limit);
+        if moved {
+            self.0.high_watermark_advanced.notify_waiters();
+        }
+        moved
     }
 
     /// First offset still present.

@@ -2,11 +2,13 @@
 //! reservation at enqueue, reads, timestamp lookups, and the bookkeeping the writer applies
 //! when a group commit completes or fails (high watermark advance, rollback, poisoning).
 //!
-//! Offsets, in order: log start <= high watermark <= log end. The log end offset moves at
-//! enqueue (reserve before you await: offsets and file positions are assigned synchronously,
-//! so two appends can never interleave); the high watermark moves only when the writer
-//! reports the data written (flush policy set) or durable (default). Must never let a reader
-//! see a byte at or above the high watermark, and never accept an append once poisoned.
+//! Offsets, in order: log start <= high watermark <= durable end <= log end. The log end
+//! offset moves at enqueue (reserve before you await: offsets and file positions are assigned
+//! synchronously, so two appends can never interleave); the durable end moves only when the
+//! writer reports the data written (flush policy set) or durable (default), and the high
+//! watermark with it as far as the replicated limit allows (`offsets.rs`). Must never let a
+//! consumer read see a byte at or above the high watermark, a replica read one at or above
+//! the durable end, and never accept an append once poisoned.
 
 use std::cell::RefCell;
 use std::io;
@@ -20,16 +22,29 @@ use tokio::sync::{oneshot, Notify};
 use crate::batch::{self, RecordBatchHeader};
 use crate::epoch::LeaderEpochCache;
 use crate::io::{read_exact, IoBackend};
-use crate::offsets::{HighWatermark, LogEndOffset, LogOffsets};
+use crate::offsets::{DurableEnd, LogEndOffset, LogOffsets};
 use crate::segment::{self, Segment};
 use crate::shard::ShardShared;
 use crate::stamped::Stamped;
 use crate::tail_cache::PartitionTail;
 use crate::writer::{QueuedAppend, Waiter};
 use crate::{
-    Ack, AppendError, AppendInfo, LogConfig, Poisoned, ReadChunk, ReadSlice, RecoveryCut,
-    StorageError, TimestampType,
+    Ack, AppendError, AppendInfo, LogConfig, Poisoned, ReadBound, ReadChunk, ReadSlice,
+    RecoveryCut, StorageError, TimestampType,
 };
+
+/// How an append's batches get their offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stamping {
+    /// A producer's append: the log assigns base offsets and stamps this leader epoch.
+    Assign {
+        /// Written into every batch's `partition_leader_epoch`.
+        leader_epoch: i32,
+    },
+    /// A follower's copy of its leader's batches: the headers are kept byte for byte, and the
+    /// first batch must start at this log's end, each next one where the previous ended.
+    Keep,
+}
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> i64 {
@@ -143,7 +158,7 @@ impl PartitionShared {
         self: &Rc<Self>,
         records: Bytes,
         ack: Ack,
-        leader_epoch: i32,
+        stamping: Stamping,
     ) -> Result<(AppendInfo, Option<AppendReceiver>, u64), AppendError> {
         let Some(shard) = self.shard.upgrade().filter(|shard| !shard.closing.get()) else {
             return Err(AppendError::Storage("storage is shut down".into()));
@@ -166,10 +181,16 @@ impl PartitionShared {
         }
         let headers = batch::validate(&records, log.config.max_message_bytes)?;
         let now = now_ms();
-        let log_append_time = log.config.timestamp_type == TimestampType::LogAppendTime;
+        if stamping == Stamping::Keep {
+            check_follows_log_end(&headers, log.offsets.end())?;
+        }
+        let log_append_time = stamping != Stamping::Keep
+            && log.config.timestamp_type == TimestampType::LogAppendTime;
         let (pieces, bases) = self.reserve(&mut log, &shard, &headers, now)?;
         let mut data = Stamped::stamp(&records, &headers, |index, header, rest| {
-            batch::assign(header, bases[index], leader_epoch);
+            if let Stamping::Assign { leader_epoch } = stamping {
+                batch::assign(header, bases[index], leader_epoch);
+            }
             if log_append_time {
                 batch::set_log_append_time_in_header(header, rest, now);
             }
@@ -387,8 +408,9 @@ impl PartitionShared {
         offset: i64,
         max_bytes: u32,
         min_one_batch: bool,
+        bound: ReadBound,
     ) -> Result<ReadSlice, StorageError> {
-        let (mut slice, first, interval_bytes) = {
+        let (mut slice, first, interval_bytes, limit) = {
             let log = self.log.borrow();
             if offset < log.offsets.start() || offset > log.offsets.end() {
                 return Err(StorageError::OffsetOutOfRange {
@@ -404,12 +426,16 @@ impl PartitionShared {
                 log_start_offset: log.offsets.start(),
                 cache_budget_spent: false,
             };
-            if offset >= log.offsets.high_watermark() {
+            let limit = match bound {
+                ReadBound::HighWatermark => log.offsets.high_watermark(),
+                ReadBound::DurableEnd => log.offsets.durable_end(),
+            };
+            if offset >= limit {
                 return Ok(slice);
             }
             if let Some((chunks, total_bytes)) = self.tail.borrow().read(
                 offset,
-                log.offsets.high_watermark(),
+                limit,
                 max_bytes,
                 min_one_batch,
             ) {
@@ -430,7 +456,7 @@ impl PartitionShared {
                 let visible_bytes = segment.state.borrow().visible_bytes;
                 (segment.clone(), visible_bytes)
             });
-            (slice, first, log.config.index_interval_bytes)
+            (slice, first, log.config.index_interval_bytes, limit)
         };
         let reads = self.reads()?;
         let io = reads.as_ref();
@@ -454,7 +480,11 @@ impl PartitionShared {
                 continue;
             };
             let first_len = header.size_bytes() as u64;
-            if first_len > u64::from(max_bytes) && !min_one_batch {
+            // A segment's visible bytes reach the durable end; a consumer's read stops at the
+            // high watermark, which may be lower in a replicated partition.
+            if header.last_offset() >= limit
+                || (first_len > u64::from(max_bytes) && !min_one_batch)
+            {
                 return Ok(slice);
             }
             let mut end = start + first_len;
@@ -464,15 +494,16 @@ impl PartitionShared {
                 .await
                 .map_err(io_context)?
             {
-                Some((indexed, header)) => {
+                // The jumped-over batches end where `header` starts: only below the limit.
+                Some((indexed, header)) if header.base_offset <= limit => {
                     end = indexed;
                     Some(header)
                 }
-                None => headers.header_at(end).await.map_err(io_context)?,
+                _ => headers.header_at(end).await.map_err(io_context)?,
             };
             while let Some(header) = next {
                 let length = header.size_bytes() as u64;
-                if end + length - start > u64::from(max_bytes) {
+                if end + length - start > u64::from(max_bytes) || header.last_offset() >= limit {
                     break;
                 }
                 end += length;
@@ -706,7 +737,7 @@ impl PartitionShared {
             state.visible_next_offset = last_offset + 1;
             state.assert_order();
         }
-        log.offsets.publish(HighWatermark(last_offset + 1));
+        log.offsets.publish(DurableEnd(last_offset + 1));
     }
 
     /// Undoes the reservation of every append from (`segment`, `position`, `first_offset`)
@@ -770,4 +801,20 @@ impl PartitionShared {
         // A truncation waiting for the partition's appends to settle counts this one out.
         self.high_watermark_advanced.notify_waiters();
     }
+}
+
+/// A follower's batches must continue its log exactly: the first at `log_end`, each next one
+/// right after the previous one's last offset.
+fn check_follows_log_end(headers: &[RecordBatchHeader], log_end: i64) -> Result<(), AppendError> {
+    let mut expected = log_end;
+    for header in headers {
+        if header.base_offset != expected {
+            return Err(AppendError::NotAtLogEnd {
+                expected,
+                found: header.base_offset,
+            });
+        }
+        expected = header.last_offset() + 1;
+    }
+    Ok(())
 }

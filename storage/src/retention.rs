@@ -56,7 +56,10 @@ fn take_expired(partition: &PartitionShared, now_ms: i64) -> Vec<Rc<Segment>> {
                 state.written_bytes,
             )
         };
-        if !deletable {
+        // A replicated partition's high watermark may lag its durable end: the log start
+        // never passes it (a consumer's committed range stays readable).
+        let below_high_watermark = log.segments[1].base_offset <= log.offsets.high_watermark();
+        if !deletable || !below_high_watermark {
             break;
         }
         // Loaded above; a timestamp still unknown (unreadable index) keeps the segment.

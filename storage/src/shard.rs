@@ -583,7 +583,7 @@ async fn close_partition(
         let encoded = (index.encode_offsets(), index.encode_times());
         state.index = Some(index);
         debug_assert_eq!(
-            log.offsets.high_watermark(),
+            log.offsets.durable_end(),
             log.offsets.end(),
             "shutdown with unflushed appends"
         );
