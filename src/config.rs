@@ -93,6 +93,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "controller.quorum.election.timeout.ms", default: "1000", doc: "A controller that hears no leader for between this and twice this starts an election; the leader heartbeats at a quarter of it." },
     Setting { name: "controller.quorum.request.timeout.ms", default: "2000", doc: "Timeout of one controller RPC (connect included); a broker then tries the next voter." },
     Setting { name: "controller.quorum.frame.bytes.max", default: "67108864", doc: "Largest frame a controller connection sends or accepts; a larger one closes the connection." },
+    Setting { name: "default.replication.factor", default: "1", doc: "In a cluster: replicas per partition of an auto-created topic, or of a CreateTopics request with -1 (at most the unfenced brokers)." },
+    Setting { name: "min.insync.replicas", default: "1", doc: "An acks=all produce to a partition whose ISR has fewer members gets NOT_ENOUGH_REPLICAS (19) before anything is appended, or NOT_ENOUGH_REPLICAS_AFTER_APPEND (20) if the ISR shrank below it while waiting (topic: min.insync.replicas)." },
+    Setting { name: "replica.lag.time.max.ms", default: "30000", doc: "A follower that has not caught up to its leader's log end for this long leaves the ISR (the leader asks the controller); it rejoins once it reaches the high watermark." },
+    Setting { name: "replica.fetch.max.bytes", default: "1048576", doc: "Record bytes a follower asks for per partition in one fetch from its leader (the first batch comes whole even when larger)." },
+    Setting { name: "replica.fetch.wait.max.ms", default: "500", doc: "How long a leader may hold a follower's fetch waiting for new data (below replica.lag.time.max.ms, so an idle follower stays in the ISR)." },
+    Setting { name: "replica.fetch.backoff.ms", default: "1000", doc: "A follower waits this long before fetching again after its fetch from the leader failed." },
     Setting { name: "controller.quorum.snapshot.entries.between", default: "10000", doc: "The controller snapshots its metadata state after this many raft log entries and purges the log before the snapshot." },
 ];
 
@@ -119,6 +125,7 @@ pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
     ("flush.messages", "log.flush.interval.messages"),
     ("flush.ms", "log.flush.interval.ms"),
     ("message.timestamp.type", "log.message.timestamp.type"),
+    ("min.insync.replicas", "min.insync.replicas"),
     ("cleanup.policy", ""),
 ];
 
@@ -426,6 +433,25 @@ pub struct BrokerConfig {
     pub producer_states_per_partition_max: usize,
     /// The cluster this node joins (`process.roles` set); None: a single broker.
     pub cluster: Option<sluice_cluster::ClusterSettings>,
+    /// Partition replication's settings (`replica.*`, `min.insync.replicas`, ...).
+    pub replication: ReplicationConfig,
+}
+
+/// Partition replication's settings, Kafka's names in comments.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// `default.replication.factor`
+    pub default_replication_factor: i32,
+    /// `min.insync.replicas` (the broker default; topics override it)
+    pub min_insync_replicas: i32,
+    /// `replica.lag.time.max.ms`
+    pub lag_time_ms_max: u64,
+    /// `replica.fetch.max.bytes`
+    pub fetch_bytes_max: i32,
+    /// `replica.fetch.wait.max.ms`
+    pub fetch_wait_ms_max: i32,
+    /// `replica.fetch.backoff.ms`
+    pub fetch_backoff_ms: u64,
 }
 
 /// Largest value of a Kafka `int` setting.
@@ -506,8 +532,24 @@ impl BrokerConfig {
             groups,
             settings: Settings::default(),
             cluster: None,
+            replication: ReplicationConfig {
+                default_replication_factor: c.int("default.replication.factor", 1..=INT_MAX),
+                min_insync_replicas: c.int("min.insync.replicas", 1..=INT_MAX),
+                lag_time_ms_max: c.int("replica.lag.time.max.ms", 1..=INT_MAX),
+                fetch_bytes_max: c.int("replica.fetch.max.bytes", 1..=INT_MAX),
+                fetch_wait_ms_max: c.int("replica.fetch.wait.max.ms", 0..=INT_MAX),
+                fetch_backoff_ms: c.int("replica.fetch.backoff.ms", 0..=INT_MAX),
+            },
         };
         let cluster = cluster::read(c, &settings, &config.data_dir);
+        c.relation(
+            (config.replication.fetch_wait_ms_max as u64) < config.replication.lag_time_ms_max,
+            &["replica.fetch.wait.max.ms", "replica.lag.time.max.ms"],
+            format!(
+                "a follower waiting {} ms for data would fall out of an ISR that allows {} ms",
+                config.replication.fetch_wait_ms_max, config.replication.lag_time_ms_max
+            ),
+        );
         c.relation(
             config.groups.session_timeout_ms_min <= config.groups.session_timeout_ms_max,
             &[
@@ -593,10 +635,20 @@ impl BrokerConfig {
         let merged = Settings { values };
         let mut check = Check::new(&merged);
         let log = read_log_config(&mut check, topic_config_name);
+        let _: i32 = check.int("min.insync.replicas", 1..=INT_MAX);
         match check.errors.into_iter().next() {
             Some(first) => Err(first.to_string()),
             None => Ok(log),
         }
+    }
+
+    /// A topic's `min.insync.replicas` (its override, else the broker default).
+    pub fn topic_min_insync_replicas(&self, configs: &BTreeMap<String, String>) -> i32 {
+        configs
+            .get("min.insync.replicas")
+            .and_then(|value| value.parse().ok())
+            .filter(|value: &i32| *value >= 1)
+            .unwrap_or(self.replication.min_insync_replicas)
     }
 
     /// The effective value of a topic config (topic override or broker default), as text.

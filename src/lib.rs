@@ -14,6 +14,7 @@ pub mod errors;
 pub mod idempotence;
 pub mod metadata;
 pub mod offline;
+pub mod replication;
 pub mod runtime;
 pub mod server;
 pub mod shard;

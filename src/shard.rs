@@ -205,6 +205,8 @@ pub struct Shard {
     /// In a cluster: the id of each topic this shard opened partitions of, so a topic deleted
     /// (or deleted and re-created under the same name) has its partitions deleted here.
     cluster_topic_ids: RefCell<HashMap<String, uuid::Uuid>>,
+    /// In a cluster: the replica role of each partition this shard owns.
+    pub replicas: crate::replication::Replicas,
 }
 
 impl Shard {
@@ -234,6 +236,7 @@ impl Shard {
             producer_state_loads: LoadGates::default(),
             offline: Arc::default(),
             cluster_topic_ids: RefCell::default(),
+            replicas: crate::replication::Replicas::default(),
         }
     }
 
@@ -290,7 +293,7 @@ impl Shard {
     /// has (or has under another id), then opens every partition of it that this broker is a
     /// replica of and this shard owns; returns how many it opened. Synchronous and reading the
     /// current snapshot, so reconciliations running in any order end in the latest state.
-    pub fn reconcile_cluster_partitions(&self) -> usize {
+    pub fn reconcile_cluster_partitions(self: &Rc<Self>) -> usize {
         let snapshot = self.metadata.load();
         let Some(state) = snapshot.cluster.clone() else {
             return 0;
@@ -356,9 +359,10 @@ impl Shard {
             tracing::info!(
                 shard = self.id,
                 opened,
-                "opened partitions this broker leads"
+                "opened partitions this broker is a replica of"
             );
         }
+        self.replicas.reconcile(self, &state);
         opened
     }
 

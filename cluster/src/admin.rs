@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::broker::{BrokerView, Controllers};
 use crate::wire::{
-    AllocateProducerIdsRequest, BrokerRpcError, ProducerIdBlock, Request, Response,
+    AllocateProducerIdsRequest, AlterPartitionRequest, BrokerRpcError, ProducerIdBlock, Request, Response,
     TopicAdminError, TopicAdminReply, TopicAdminRequest,
 };
 use crate::{ClusterSettings, NodeId};
@@ -25,6 +25,10 @@ pub(crate) enum Job {
         oneshot::Sender<Result<TopicAdminReply, TopicAdminError>>,
     ),
     ProducerIds(oneshot::Sender<Result<ProducerIdBlock, BrokerRpcError>>),
+    AlterPartition(
+        AlterPartitionRequest,
+        oneshot::Sender<Result<u64, BrokerRpcError>>,
+    ),
 }
 
 fn stopped() -> BrokerRpcError {
@@ -55,6 +59,21 @@ impl ClusterAdmin {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.jobs
             .send(Job::ProducerIds(reply_tx))
+            .map_err(|_| stopped())?;
+        reply_rx.await.map_err(|_| stopped())?
+    }
+}
+
+impl ClusterAdmin {
+    /// Asks the active controller to commit a partition's new ISR; answers once this broker's
+    /// own view has applied it (with the committed log index).
+    pub async fn alter_partition(
+        &self,
+        request: AlterPartitionRequest,
+    ) -> Result<u64, BrokerRpcError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.jobs
+            .send(Job::AlterPartition(request, reply_tx))
             .map_err(|_| stopped())?;
         reply_rx.await.map_err(|_| stopped())?
     }
@@ -124,6 +143,26 @@ pub(crate) async fn run(
                 )
                 .await
                 .unwrap_or_else(Err);
+                let _ = reply.send(outcome);
+            }
+            Job::AlterPartition(request, reply) => {
+                let outcome = forward(
+                    &settings,
+                    &mut controllers,
+                    Request::AlterPartition(request),
+                    |response| match response {
+                        Response::AlterPartition(Err(BrokerRpcError::NotController {
+                            leader,
+                        })) => Answer::NotController(leader),
+                        Response::AlterPartition(outcome) => Answer::Final(outcome),
+                        _ => Answer::Unexpected,
+                    },
+                )
+                .await
+                .unwrap_or_else(Err);
+                if let Ok(index) = &outcome {
+                    wait_applied(&mut view, &nudge, *index, &settings).await;
+                }
                 let _ = reply.send(outcome);
             }
         }

@@ -143,7 +143,7 @@ pub async fn run(
                     current.broker_epoch = None;
                     retry_now = true;
                 }
-                BrokerRpcError::Quorum(message) => {
+                BrokerRpcError::Quorum(message) | BrokerRpcError::Refused(message) => {
                     tracing::debug!(broker_id, %message, "controller could not answer");
                     controllers.redirect(None);
                 }

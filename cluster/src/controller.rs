@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::state::{BrokerId, ClusterState, Command, CommandReply, PRODUCER_ID_BLOCK_LEN};
 use crate::wire::{
-    AllocateProducerIdsRequest, BrokerRpcError, HeartbeatReply, HeartbeatRequest, ProducerIdBlock,
+    AllocateProducerIdsRequest, AlterPartitionRequest, BrokerRpcError, HeartbeatReply, HeartbeatRequest, ProducerIdBlock,
     RegisterReply, RegisterRequest,
 };
 use crate::{NodeId, Raft};
@@ -135,6 +135,32 @@ impl Controller {
             }
             other => Err(BrokerRpcError::Quorum(format!(
                 "producer id block not applied: {other:?}"
+            ))),
+        }
+    }
+
+    /// A leader's new ISR, checked where it applies (the leader still leads at its epoch, the
+    /// ISR holds only eligible replicas: [`Command::AlterPartition`]); answered once committed.
+    pub async fn alter_partition(
+        &self,
+        request: AlterPartitionRequest,
+    ) -> Result<u64, BrokerRpcError> {
+        let command = Command::AlterPartition {
+            topic: request.topic,
+            partition: request.partition,
+            leader: request.leader,
+            leader_epoch: request.leader_epoch,
+            isr: request.isr.clone(),
+        };
+        let response = self.raft.client_write(command).await.map_err(write_error)?;
+        match response.data {
+            CommandReply::Done => {
+                tracing::info!(topic = %request.topic, partition = request.partition, leader = request.leader, isr = ?request.isr, "ISR change committed");
+                Ok(response.log_id.index)
+            }
+            CommandReply::Rejected { reason } => Err(BrokerRpcError::Refused(reason)),
+            other => Err(BrokerRpcError::Quorum(format!(
+                "ISR change not applied: {other:?}"
             ))),
         }
     }

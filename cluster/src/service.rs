@@ -73,6 +73,9 @@ async fn serve_connection(
             Request::AllocateProducerIds(r) => {
                 Response::AllocateProducerIds(controller.allocate_producer_ids(r).await)
             }
+            Request::AlterPartition(r) => {
+                Response::AlterPartition(controller.alter_partition(r).await)
+            }
         };
         if let Err(error) = write_frame(&mut stream, &response, frame_bytes_max).await {
             tracing::warn!(%peer, %error, "controller connection: write failed; closing");

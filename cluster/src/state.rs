@@ -136,6 +136,22 @@ pub enum Command {
         /// The added partitions.
         partitions: Vec<PartitionRecord>,
     },
+    /// A partition leader changes its ISR (KRaft's AlterPartition): applied only if `leader`
+    /// still leads the partition at `leader_epoch`, and the new ISR holds the leader, only
+    /// replicas of the partition, and no broker that is fenced or unregistered unless it was
+    /// in the ISR already (a shrink may drop anyone but the leader).
+    AlterPartition {
+        /// The topic's id.
+        topic: Uuid,
+        /// The partition index.
+        partition: u32,
+        /// The broker asking: it must be the leader.
+        leader: BrokerId,
+        /// The leader epoch it leads at.
+        leader_epoch: i32,
+        /// The new ISR.
+        isr: Vec<BrokerId>,
+    },
     /// Hand the next block of `len` producer ids to a broker (KRaft's AllocateProducerIds).
     AllocateProducerIds {
         /// The broker asking (for the log; uniqueness needs only the counter).
@@ -249,6 +265,16 @@ impl ClusterState {
                 )),
                 None => rejected(format!("no topic with id {id}")),
             },
+            Command::AlterPartition {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                isr,
+            } => match self.alter_partition(*topic, *partition, *leader, *leader_epoch, isr) {
+                Ok(()) => CommandReply::Done,
+                Err(reason) => rejected(reason),
+            },
             Command::AllocateProducerIds { broker_id, len } => {
                 let first = self.next_producer_id_block;
                 let end = first.checked_add(*len).filter(|_| *len >= 1);
@@ -261,6 +287,46 @@ impl ClusterState {
                 CommandReply::ProducerIds { first, len: *len }
             }
         }
+    }
+
+    /// The checks of [`Command::AlterPartition`], then the change.
+    fn alter_partition(
+        &mut self,
+        topic: Uuid,
+        partition: u32,
+        leader: BrokerId,
+        leader_epoch: i32,
+        isr: &[BrokerId],
+    ) -> Result<(), String> {
+        let brokers = &self.brokers;
+        let record = self
+            .topics
+            .get_mut(&topic)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
+            .ok_or_else(|| format!("no partition {partition} of topic {topic}"))?;
+        if record.leader != leader || record.leader_epoch != leader_epoch {
+            return Err(format!(
+                "broker {leader} at leader epoch {leader_epoch} does not lead partition                  {partition} (leader {} at epoch {})",
+                record.leader, record.leader_epoch
+            ));
+        }
+        if !isr.contains(&leader) {
+            return Err(format!("the ISR {isr:?} leaves out its leader {leader}"));
+        }
+        for (at, member) in isr.iter().enumerate() {
+            if !record.replicas.contains(member) || isr[..at].contains(member) {
+                return Err(format!(
+                    "ISR {isr:?} is not a set of the replicas {:?}",
+                    record.replicas
+                ));
+            }
+            let eligible = brokers.get(member).is_some_and(|b| !b.fenced);
+            if !eligible && !record.isr.contains(member) {
+                return Err(format!("broker {member} is fenced or unregistered"));
+            }
+        }
+        record.isr = isr.to_vec();
+        Ok(())
     }
 
     fn set_fenced(&mut self, id: BrokerId, epoch: i64, fenced: bool) -> CommandReply {
@@ -446,6 +512,61 @@ mod tests {
             })
         );
         assert!(assign_replicas(&state, 0, 1, 0).is_err());
+    }
+
+    #[test]
+    fn only_the_leader_at_its_epoch_alters_the_isr() {
+        let mut state = ClusterState::default();
+        for (i, id) in [1, 2, 3].into_iter().enumerate() {
+            register(&mut state, i as u64 + 1, id);
+        }
+        let topic = Uuid::new_v4();
+        let partitions = assign_replicas(&state, 1, 3, 0).unwrap();
+        state.apply(
+            4,
+            &Command::CreateTopic {
+                name: "t".into(),
+                id: topic,
+                partitions,
+                configs: BTreeMap::new(),
+            },
+        );
+        let alter = |leader, leader_epoch, isr: &[i32]| Command::AlterPartition {
+            topic,
+            partition: 0,
+            leader,
+            leader_epoch,
+            isr: isr.to_vec(),
+        };
+        let isr = |state: &ClusterState| state.topics[&topic].partitions[0].isr.clone();
+        assert_eq!(state.apply(5, &alter(1, 0, &[1, 3])), CommandReply::Done);
+        assert_eq!(isr(&state), vec![1, 3]);
+        // Not the leader, a stale epoch, no leader in the ISR, a non-replica, a duplicate.
+        for (index, bad) in [
+            alter(2, 0, &[2, 3]),
+            alter(1, 7, &[1]),
+            alter(1, 0, &[3]),
+            alter(1, 0, &[1, 4]),
+            alter(1, 0, &[1, 3, 3]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert!(matches!(
+                state.apply(6 + index as u64, &bad),
+                CommandReply::Rejected { .. }
+            ));
+        }
+        assert_eq!(isr(&state), vec![1, 3]);
+        // A fenced broker cannot rejoin; once unfenced it can.
+        state.apply(20, &Command::FenceBroker { id: 2, epoch: 2 });
+        assert!(matches!(
+            state.apply(21, &alter(1, 0, &[1, 3, 2])),
+            CommandReply::Rejected { .. }
+        ));
+        state.apply(22, &Command::UnfenceBroker { id: 2, epoch: 2 });
+        assert_eq!(state.apply(23, &alter(1, 0, &[1, 3, 2])), CommandReply::Done);
+        assert_eq!(isr(&state), vec![1, 3, 2]);
     }
 
     #[test]

@@ -2,17 +2,14 @@
 //! replicas round-robin over the unfenced brokers with [`assign_replicas`]), deletes, and
 //! partition additions, each checked against the committed state after a linearizable read
 //! and then proposed through the quorum. Owns the rules a topic change must pass; must never
-//! change the state except by proposing a command, or accept more than one replica per
-//! partition while partition replication does not exist (RF=1 only).
+//! change the state except by proposing a command, or place two replicas of a partition on
+//! one broker (a replication factor above the unfenced brokers is refused).
 
 use uuid::Uuid;
 
 use crate::controller::{read_error, write_error, Controller};
 use crate::state::{assign_replicas, ClusterState, Command, CommandReply, PlacementError};
 use crate::wire::{TopicAdminError, TopicAdminReply, TopicAdminRequest};
-
-/// Replicas per partition this controller can place: partition replication is not built yet.
-pub const REPLICATION_FACTOR_MAX: i32 = 1;
 
 fn placement_error(error: PlacementError) -> TopicAdminError {
     match error {
@@ -25,14 +22,9 @@ fn placement_error(error: PlacementError) -> TopicAdminError {
     }
 }
 
-/// Refuses a replication factor this cluster cannot keep.
+/// Refuses a replication factor below 1 (one above the unfenced brokers is refused at
+/// placement, against the committed state).
 pub fn check_replication_factor(replication_factor: i32) -> Result<(), TopicAdminError> {
-    if replication_factor > REPLICATION_FACTOR_MAX {
-        return Err(TopicAdminError::InvalidReplicationFactor(format!(
-            "Replication factor {replication_factor} is not supported: partition replication is \
-             not implemented yet, so every partition has exactly 1 replica."
-        )));
-    }
     if replication_factor < 1 {
         return Err(TopicAdminError::InvalidReplicationFactor(format!(
             "Replication factor must be larger than 0, got {replication_factor}."
@@ -208,13 +200,25 @@ mod tests {
     }
 
     #[test]
-    fn replication_is_refused_until_it_exists() {
+    fn replicas_are_placed_on_distinct_brokers_up_to_the_unfenced_count() {
         let state = three_brokers();
-        let error = plan(&state, create("t", 1, 3)).unwrap_err();
+        let (_, topic) = plan(&state, create("t", 3, 3)).unwrap();
+        for partition in &topic.partitions {
+            let mut replicas = partition.replicas.clone();
+            replicas.sort_unstable();
+            assert_eq!(replicas, vec![1, 2, 3]);
+            assert_eq!(partition.isr, partition.replicas);
+            assert_eq!(partition.leader, partition.replicas[0]);
+        }
+        let error = plan(&state, create("t", 1, 4)).unwrap_err();
         assert!(
-            matches!(&error, TopicAdminError::InvalidReplicationFactor(m) if m.contains("not implemented")),
+            matches!(&error, TopicAdminError::InvalidReplicationFactor(_)),
             "{error:?}"
         );
+        assert!(matches!(
+            plan(&state, create("t", 1, 0)),
+            Err(TopicAdminError::InvalidReplicationFactor(_))
+        ));
         assert!(matches!(
             plan(&state, create("t", 0, 1)),
             Err(TopicAdminError::InvalidPartitions(_))

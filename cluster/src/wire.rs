@@ -38,6 +38,8 @@ pub enum Request {
     TopicAdmin(TopicAdminRequest),
     /// A broker asks for a block of producer ids (answered by the active controller only).
     AllocateProducerIds(AllocateProducerIdsRequest),
+    /// A partition leader changes its ISR (answered by the active controller only).
+    AlterPartition(AlterPartitionRequest),
 }
 
 /// A controller's answer, the same variant as the request.
@@ -59,6 +61,23 @@ pub enum Response {
     TopicAdmin(Result<TopicAdminReply, TopicAdminError>),
     /// To [`Request::AllocateProducerIds`].
     AllocateProducerIds(Result<ProducerIdBlock, BrokerRpcError>),
+    /// To [`Request::AlterPartition`]: the log index the change committed at.
+    AlterPartition(Result<u64, BrokerRpcError>),
+}
+
+/// A partition leader's new ISR (KRaft's AlterPartition, one partition per request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterPartitionRequest {
+    /// The topic's id.
+    pub topic: Uuid,
+    /// The partition index.
+    pub partition: u32,
+    /// The broker asking (the leader).
+    pub leader: BrokerId,
+    /// The leader epoch it leads at.
+    pub leader_epoch: i32,
+    /// The ISR it asks for.
+    pub isr: Vec<BrokerId>,
 }
 
 /// A broker's request for producer ids.
@@ -195,6 +214,10 @@ pub enum BrokerRpcError {
     /// The quorum could not commit the change.
     #[error("quorum: {0}")]
     Quorum(String),
+    /// The change does not fit the committed state (a stale leader epoch, a fenced replica):
+    /// nothing changed, and asking again will not help.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// Why an exchange failed.

@@ -2,8 +2,14 @@
 //! available or `max_wait_ms` passes (woken by appends, not by a timer loop), and answers with
 //! framing plus record data that the connection writes without copying it into the response.
 //!
-//! Must never: send a byte at or above the high watermark, exceed `max_bytes` except for the
-//! first batch (Kafka's progress guarantee), or keep a remote wait alive past the deadline.
+//! A follower replica's fetch (`replica_id` >= 0, in a cluster) is served from the leader's
+//! durable end instead of its high watermark, records the follower's fetch offset as its
+//! durable log end (`replication::Replicas::on_follower_fetch`), and is answered at once when
+//! the high watermark moved past what that follower was last told.
+//!
+//! Must never: send a consumer a byte at or above the high watermark (or a follower one at or
+//! above the durable end), exceed `max_bytes` except for the first batch (Kafka's progress
+//! guarantee), or keep a remote wait alive past the deadline.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -14,7 +20,7 @@ use sluice_net::connection::Response;
 use sluice_net::fetch::{encode_response, FetchPartitionOut, FetchTopicOut};
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
-use sluice_storage::{ReadChunk, ReadSlice, StorageError};
+use sluice_storage::{ReadBound, ReadChunk, ReadSlice, StorageError};
 
 use super::decode_or_close;
 use crate::errors::code;
@@ -40,7 +46,13 @@ struct TopicFetch {
     partitions: Vec<PartitionFetch>,
 }
 
-type ReadOutcome = Result<ReadSlice, (i16, i64, i64)>;
+/// One partition's read, and whether a follower must hear its high watermark at once.
+struct Read {
+    slice: ReadSlice,
+    high_watermark_news: bool,
+}
+
+type ReadOutcome = Result<Read, (i16, i64, i64)>;
 
 /// Handles Fetch.
 pub async fn handle(
@@ -58,6 +70,10 @@ pub async fn handle(
         ));
     }
     let snapshot = shard.metadata.load();
+    // A follower replica's fetch (replica_id is the broker id; v15+ would carry it in
+    // replica_state, above the versions served). Only a cluster has followers.
+    let replica = (request.replica_id.0 >= 0 && snapshot.cluster.is_some())
+        .then_some(request.replica_id.0);
     let topics: Vec<TopicFetch> = request
         .topics
         .iter()
@@ -123,23 +139,27 @@ pub async fn handle(
     let deadline = Instant::now() + wait;
 
     let started = Instant::now();
-    let mut outcomes = read_all(&shard, &topics, max_bytes).await;
+    let mut outcomes = read_all(&shard, &topics, max_bytes, replica).await;
     loop {
         let available: u64 = outcomes
             .iter()
             .flatten()
             .filter_map(|o| o.as_ref().ok())
-            .map(|s| u64::from(s.total_bytes))
+            .map(|r| u64::from(r.slice.total_bytes))
             .sum();
         let any_error = outcomes.iter().flatten().any(|o| o.is_err());
+        let news = outcomes
+            .iter()
+            .flatten()
+            .any(|o| o.as_ref().is_ok_and(|r| r.high_watermark_news));
         let now = Instant::now();
-        if available >= min_bytes.max(1) || any_error || now >= deadline {
+        if available >= min_bytes.max(1) || any_error || news || now >= deadline {
             break;
         }
-        if !wait_for_any(&shard, &topics, &outcomes, deadline - now).await {
+        if !wait_for_any(&shard, &topics, &outcomes, deadline - now, replica).await {
             break;
         }
-        outcomes = read_all(&shard, &topics, max_bytes).await;
+        outcomes = read_all(&shard, &topics, max_bytes, replica).await;
     }
 
     shard.metrics.record_stage_ns(
@@ -156,7 +176,7 @@ pub async fn handle(
                 .partitions
                 .iter()
                 .zip(partitions)
-                .map(|(p, outcome)| match outcome {
+                .map(|(p, outcome)| match outcome.map(|read| read.slice) {
                     Ok(slice) => FetchPartitionOut {
                         index: p.index,
                         error_code: code::NONE,
@@ -188,6 +208,7 @@ async fn read_all(
     shard: &Rc<Shard>,
     topics: &[TopicFetch],
     max_bytes: u32,
+    replica: Option<i32>,
 ) -> Vec<Vec<ReadOutcome>> {
     let mut pending = Vec::new();
     for topic in topics {
@@ -203,7 +224,7 @@ async fn read_all(
             let (name, index, offset) = (topic.name.clone(), p.index, p.fetch_offset);
             let limit = p.partition_max_bytes.min(max_bytes);
             let read = shard.invoke_on(owner, move |s| async move {
-                read_on_owner(&s, &name, index, offset, limit).await
+                read_on_owner(&s, &name, index, offset, limit, replica).await
             });
             pending.push(futures::future::Either::Right(async move {
                 read.await
@@ -220,7 +241,7 @@ async fn read_all(
             let Some(mut outcome) = flat.next() else {
                 break;
             };
-            if let Ok(slice) = &mut outcome {
+            if let Ok(Read { slice, .. }) = &mut outcome {
                 let size = u64::from(slice.total_bytes);
                 if used_bytes > 0 && used_bytes + size > u64::from(max_bytes) {
                     slice.chunks.clear();
@@ -243,14 +264,47 @@ async fn read_on_owner(
     index: i32,
     offset: i64,
     limit_bytes: u32,
+    replica: Option<i32>,
 ) -> ReadOutcome {
     let Some(partition) = shard.partition(topic, index) else {
         return Err((code::NOT_LEADER_OR_FOLLOWER, -1, -1));
     };
+    let bound = match replica {
+        Some(follower) => {
+            shard
+                .replicas
+                .on_follower_fetch(topic, index, follower, offset)
+                .map_err(|error_code| {
+                    (
+                        error_code,
+                        partition.high_watermark(),
+                        partition.log_start_offset(),
+                    )
+                })?;
+            ReadBound::DurableEnd
+        }
+        None => ReadBound::HighWatermark,
+    };
     // min_one_batch: Kafka returns at least one whole batch even above the limits, so a
     // consumer can always make progress.
-    let read = partition.read(offset, limit_bytes, true).await;
-    if read.as_ref().is_ok_and(|slice| slice.cache_budget_spent) {
+    let read = partition
+        .read_bounded(offset, limit_bytes, true, bound)
+        .await
+        .map(|slice| {
+            let high_watermark_news = replica.is_some_and(|follower| {
+                shard.replicas.take_high_watermark_news(
+                    topic,
+                    index,
+                    follower,
+                    slice.high_watermark,
+                )
+            });
+            Read {
+                slice,
+                high_watermark_news,
+            }
+        });
+    if read.as_ref().is_ok_and(|r| r.slice.cache_budget_spent) {
         shard
             .metrics
             .count(sluice_metrics::Counter::FetchCacheBudgetFileReads, 1);
@@ -277,21 +331,37 @@ async fn wait_for_any(
     topics: &[TopicFetch],
     outcomes: &[Vec<ReadOutcome>],
     timeout: Duration,
+    replica: Option<i32>,
 ) -> bool {
     let mut waits = Vec::new();
     for (topic, parts) in topics.iter().zip(outcomes) {
         for (p, outcome) in topic.partitions.iter().zip(parts) {
-            let Ok(slice) = outcome else { continue };
+            let Ok(Read { slice, .. }) = outcome else {
+                continue;
+            };
             let owner = shard.set.owner_of(&topic.name, p.index);
             let name = topic.name.clone();
             let index = p.index;
-            // Wake when the high watermark passes what we saw (or passes the fetch offset).
+            // Wake when the high watermark passes what we saw (or passes the fetch offset);
+            // a follower also when the durable end passes its fetch offset.
             let seen = slice.high_watermark.max(p.fetch_offset);
+            let (fetch_offset, high_watermark) = (p.fetch_offset, slice.high_watermark);
             waits.push(Box::pin(shard.invoke_on(owner, move |s| async move {
                 let Some(partition) = s.partition(&name, index) else {
                     return;
                 };
-                let _ = tokio::time::timeout(timeout, partition.wait_for_data(seen)).await;
+                let wait = async {
+                    match replica {
+                        Some(_) => {
+                            tokio::select! {
+                                _ = partition.wait_for_durable(fetch_offset) => {}
+                                _ = partition.wait_for_data(high_watermark) => {}
+                            }
+                        }
+                        None => partition.wait_for_data(seen).await,
+                    }
+                };
+                let _ = tokio::time::timeout(timeout, wait).await;
             })));
         }
     }

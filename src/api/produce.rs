@@ -134,6 +134,15 @@ async fn append_on_owner(
             Some("partition not open on its shard".into()),
         );
     };
+    if ack == Ack::Durable {
+        if let Err(error_code) = shard.replicas.check_min_insync(topic, index) {
+            return PartitionResult::error(
+                index,
+                error_code,
+                Some("the ISR is smaller than min.insync.replicas".into()),
+            );
+        }
+    }
     shard.load_producer_states(topic, index).await;
     let verdict = shard.with_producer_states(topic, index, |states| {
         states.check(
@@ -185,6 +194,22 @@ async fn append_on_owner(
         match &appended {
             Ok(info) => ticket.succeeded(info.base_offset),
             Err(_) => shard.with_producer_states(topic, index, |states| states.failed(ticket)),
+        }
+    }
+    if let (Ok(info), Ack::Durable) = (&appended, ack) {
+        let end = info.last_offset + 1;
+        if let Err(error_code) = shard
+            .replicas
+            .wait_replicated(topic, index, &partition, end)
+            .await
+        {
+            let message = match error_code {
+                crate::replication::NOT_ENOUGH_REPLICAS_AFTER_APPEND => {
+                    "appended, but the ISR is smaller than min.insync.replicas"
+                }
+                _ => "this broker stopped leading the partition while waiting for its ISR",
+            };
+            return PartitionResult::error(index, error_code, Some(message.into()));
         }
     }
     match appended {

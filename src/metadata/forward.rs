@@ -21,9 +21,6 @@ use crate::shard::Shard;
 /// cluster thread already waited for the view; this covers the hop to shard 0).
 const LOCAL_PUBLISH_WAIT: Duration = Duration::from_secs(5);
 
-/// Replicas per partition when a request leaves it to the broker (-1).
-const DEFAULT_REPLICATION_FACTOR: i32 = 1;
-
 fn kafka_error(error: TopicAdminError) -> AdminError {
     let message = error.to_string();
     let error_code = match error {
@@ -80,7 +77,7 @@ pub async fn create_topic(
     }
     let partitions = requested_partitions(shard, topic.partitions)?;
     let replication_factor = match topic.replication_factor {
-        -1 => DEFAULT_REPLICATION_FACTOR,
+        -1 => shard.config.replication.default_replication_factor,
         n => i32::from(n),
     };
     check_replication_factor(replication_factor).map_err(kafka_error)?;

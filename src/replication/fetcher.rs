@@ -1,0 +1,204 @@
+//! A follower's fetcher: one task per (shard, leader broker) copies every partition the shard
+//! follows from that leader, with Kafka Fetch requests carrying this broker's id as
+//! `replica_id` over one connection. Each answer's batches are appended with their offsets
+//! unchanged and awaited durable before the next fetch, so the offset a fetch asks from is
+//! always this replica's durable end (what the leader counts for its high watermark); the
+//! leader's high watermark in the answer becomes this replica's limit. Must never append to
+//! a partition it no longer follows from this leader at this epoch, and never truncate (a
+//! diverging log is reported, and left to the leader-epoch truncation).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{BrokerId as WireBrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use sluice_client::{ConnectOptions, Connection};
+use sluice_cluster::state::BrokerId;
+use sluice_storage::Ack;
+
+use super::Followed;
+use crate::errors::code;
+use crate::shard::Shard;
+
+/// Copies from `leader` until this shard follows nothing from it.
+pub(crate) async fn run(shard: Rc<Shard>, leader: BrokerId) {
+    let config = shard.config.replication.clone();
+    let backoff = Duration::from_millis(config.fetch_backoff_ms);
+    let options = ConnectOptions {
+        client_id: format!("sluice-replica-{}", shard.config.node_id),
+        ..ConnectOptions::default()
+    };
+    let mut connection: Option<Connection> = None;
+    tracing::info!(shard = shard.id, leader, "replica fetcher started");
+    loop {
+        let followed = shard.replicas.followed_from(leader);
+        if followed.is_empty() {
+            shard.replicas.fetcher_stopped(leader);
+            tracing::info!(shard = shard.id, leader, "replica fetcher stopped");
+            return;
+        }
+        if connection.as_ref().is_none_or(Connection::is_closed) {
+            connection = None;
+            let Some(address) = leader_address(&shard, leader) else {
+                tokio::time::sleep(backoff).await;
+                continue;
+            };
+            match Connection::connect(&address, &options).await {
+                Ok(opened) => connection = Some(opened),
+                Err(error) => {
+                    tracing::debug!(leader, %address, %error, "cannot reach the leader to fetch");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            }
+        }
+        let Some(open) = connection.as_ref() else {
+            continue;
+        };
+        let by_id = open.version_for::<FetchRequest>().is_ok_and(|v| v >= 13);
+        let request = fetch_request(
+            shard.config.node_id,
+            &followed,
+            &config,
+            by_id,
+        );
+        let answered = match open.send(&request).await {
+            Ok(response) => apply(&shard, leader, &followed, response, by_id).await,
+            Err(error) => {
+                tracing::debug!(leader, %error, "replica fetch failed");
+                connection = None;
+                false
+            }
+        };
+        if !answered {
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+/// The advertised address of `leader` in the committed state.
+fn leader_address(shard: &Shard, leader: BrokerId) -> Option<String> {
+    let snapshot = shard.metadata.load();
+    let broker = snapshot.cluster.as_ref()?.brokers.get(&leader)?.clone();
+    Some(format!("{}:{}", broker.host, broker.port))
+}
+
+/// One fetch for every followed partition, each from its log end (its durable end: the
+/// previous answer's appends were awaited durable).
+fn fetch_request(
+    node_id: i32,
+    followed: &[Followed],
+    config: &crate::config::ReplicationConfig,
+    by_id: bool,
+) -> FetchRequest {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for f in followed {
+        let partition = FetchPartition::default()
+            .with_partition(f.index)
+            .with_current_leader_epoch(-1)
+            .with_fetch_offset(f.partition.log_end_offset())
+            .with_last_fetched_epoch(-1)
+            .with_log_start_offset(-1)
+            .with_partition_max_bytes(config.fetch_bytes_max);
+        let same = |t: &&mut FetchTopic| {
+            if by_id {
+                t.topic_id == f.topic_id
+            } else {
+                t.topic.0.as_str() == f.topic
+            }
+        };
+        match topics.iter_mut().find(|t| same(t)) {
+            Some(topic) => topic.partitions.push(partition),
+            None => {
+                let topic = if by_id {
+                    FetchTopic::default().with_topic_id(f.topic_id)
+                } else {
+                    FetchTopic::default()
+                        .with_topic(TopicName(StrBytes::from_string(f.topic.clone())))
+                };
+                topics.push(topic.with_partitions(vec![partition]));
+            }
+        }
+    }
+    let partitions = i32::try_from(followed.len()).unwrap_or(i32::MAX);
+    FetchRequest::default()
+        .with_replica_id(WireBrokerId(node_id))
+        .with_max_wait_ms(config.fetch_wait_ms_max)
+        .with_min_bytes(1)
+        .with_max_bytes(config.fetch_bytes_max.saturating_mul(partitions))
+        .with_isolation_level(0)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(topics)
+}
+
+/// Appends every partition's batches (awaited durable, all at once so they share group
+/// commits) and takes the leader's high watermark; false when any partition answered an
+/// error (the fetcher backs off).
+async fn apply(
+    shard: &Shard,
+    leader: BrokerId,
+    followed: &[Followed],
+    response: FetchResponse,
+    by_id: bool,
+) -> bool {
+    if response.error_code != code::NONE {
+        tracing::debug!(leader, error_code = response.error_code, "replica fetch refused");
+        return false;
+    }
+    let mut all_ok = true;
+    let mut appends = Vec::new();
+    for topic in response.responses {
+        for answer in topic.partitions {
+            let found = followed.iter().find(|f| {
+                f.index == answer.partition_index
+                    && if by_id {
+                        f.topic_id == topic.topic_id
+                    } else {
+                        f.topic == topic.topic.0.as_str()
+                    }
+            });
+            let Some(f) = found else {
+                continue;
+            };
+            if answer.error_code != code::NONE {
+                tracing::debug!(topic = %f.topic, partition = f.index, leader, error_code = answer.error_code, "replica fetch of a partition refused");
+                all_ok = false;
+                continue;
+            }
+            let records = answer.records.unwrap_or_default();
+            appends.push(copy(shard, leader, f, records, answer.high_watermark));
+        }
+    }
+    for ok in futures::future::join_all(appends).await {
+        all_ok &= ok;
+    }
+    all_ok
+}
+
+/// Appends one partition's copied batches (if it is still followed from `leader`), then
+/// takes the leader's high watermark as this replica's limit.
+async fn copy(
+    shard: &Shard,
+    leader: BrokerId,
+    f: &Followed,
+    records: Bytes,
+    high_watermark: i64,
+) -> bool {
+    if !records.is_empty() {
+        if !shard
+            .replicas
+            .follows(&f.topic, f.index, leader, f.leader_epoch)
+        {
+            return true;
+        }
+        if let Err(error) = f.partition.append_replicated(records, Ack::Durable).await {
+            tracing::warn!(topic = %f.topic, partition = f.index, leader, %error, "appending the leader's batches failed");
+            return false;
+        }
+    }
+    f.partition.limit_high_watermark(Some(high_watermark));
+    true
+}

@@ -1,0 +1,245 @@
+//! A partition leader's rules, beside the state they read: each follower's progress (its
+//! durable log end, when it was last caught up), the high-watermark limit over the ISR, and
+//! which ISR change to ask the controller for. Pure: the caller passes the clock and the log's
+//! offsets; must never touch the log, the network or the quorum itself.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sluice_cluster::state::BrokerId;
+
+/// What the leader knows of one follower.
+#[derive(Debug, Clone)]
+struct Progress {
+    /// The offset of its last fetch: its durable log end (a follower fetches from there only
+    /// once everything below is durable on it). None until it fetched under this leadership.
+    durable_end: Option<i64>,
+    /// The last time it had everything the leader had (Kafka's lastCaughtUpTime).
+    last_caught_up: Instant,
+    /// When it last fetched, and the leader's log end then.
+    last_fetch: Option<(Instant, i64)>,
+    /// It reached the high watermark at its last fetch (the rule for rejoining the ISR).
+    reached_high_watermark: bool,
+    /// The high watermark in the last answer to it, so a higher one is sent at once.
+    high_watermark_sent: i64,
+}
+
+/// A follower fetched that is not a replica of the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("broker {0} is not a replica of this partition")]
+pub struct NotAReplica(pub BrokerId);
+
+/// The leader's side of one partition, for one leader epoch.
+#[derive(Debug, Clone)]
+pub struct Leader {
+    /// This broker.
+    self_id: BrokerId,
+    /// The epoch this broker leads at.
+    pub leader_epoch: i32,
+    /// Every replica, this one included.
+    pub replicas: Vec<BrokerId>,
+    /// The committed ISR.
+    pub isr: Vec<BrokerId>,
+    /// The topic's `min.insync.replicas`.
+    pub min_insync_replicas: usize,
+    followers: HashMap<BrokerId, Progress>,
+    /// An ISR change was sent to the controller and has not come back yet.
+    pub isr_change_pending: bool,
+}
+
+impl Leader {
+    /// Leadership at `leader_epoch` begins: every follower counts as caught up now (Kafka's
+    /// rule), so none leaves the ISR before it had `replica.lag.time.max.ms` to fetch.
+    pub fn new(
+        self_id: BrokerId,
+        leader_epoch: i32,
+        replicas: Vec<BrokerId>,
+        isr: Vec<BrokerId>,
+        min_insync_replicas: usize,
+        now: Instant,
+    ) -> Leader {
+        let followers = replicas
+            .iter()
+            .filter(|&&id| id != self_id)
+            .map(|&id| {
+                let progress = Progress {
+                    durable_end: None,
+                    last_caught_up: now,
+                    last_fetch: None,
+                    reached_high_watermark: false,
+                    high_watermark_sent: -1,
+                };
+                (id, progress)
+            })
+            .collect();
+        Leader {
+            self_id,
+            leader_epoch,
+            replicas,
+            isr,
+            min_insync_replicas,
+            followers,
+            isr_change_pending: false,
+        }
+    }
+
+    /// The committed ISR (or config) changed within the same leader epoch: progress is kept.
+    pub fn update(&mut self, isr: Vec<BrokerId>, min_insync_replicas: usize) {
+        if isr != self.isr {
+            self.isr_change_pending = false;
+        }
+        self.isr = isr;
+        self.min_insync_replicas = min_insync_replicas;
+    }
+
+    /// More than one replica: acks=all waits for the ISR, not only for this log.
+    pub fn is_replicated(&self) -> bool {
+        self.replicas.len() > 1
+    }
+
+    /// The cap on the high watermark: the smallest durable end among the other ISR members
+    /// (0 for one that has not fetched yet: the high watermark then stays where it is); None
+    /// when this leader is alone in its ISR, so the high watermark is its own durable end.
+    pub fn high_watermark_limit(&self) -> Option<i64> {
+        self.isr
+            .iter()
+            .filter(|&&id| id != self.self_id)
+            .map(|id| {
+                self.followers
+                    .get(id)
+                    .and_then(|p| p.durable_end)
+                    .unwrap_or(0)
+            })
+            .min()
+    }
+
+    /// A follower fetched from `fetch_offset` while this log ended at `log_end` and its high
+    /// watermark was `high_watermark`: records its durable end and when it was caught up
+    /// (Kafka's two rules: it fetched from the log end, or from where the log ended at its
+    /// previous fetch, which then counts as that fetch's time).
+    pub fn on_fetch(
+        &mut self,
+        follower: BrokerId,
+        fetch_offset: i64,
+        log_end: i64,
+        high_watermark: i64,
+        now: Instant,
+    ) -> Result<(), NotAReplica> {
+        let progress = self
+            .followers
+            .get_mut(&follower)
+            .ok_or(NotAReplica(follower))?;
+        if fetch_offset >= log_end {
+            progress.last_caught_up = now;
+        } else if let Some((at, end_then)) = progress.last_fetch {
+            if fetch_offset >= end_then {
+                progress.last_caught_up = progress.last_caught_up.max(at);
+            }
+        }
+        progress.last_fetch = Some((now, log_end));
+        progress.durable_end = Some(fetch_offset);
+        progress.reached_high_watermark = fetch_offset >= high_watermark;
+        Ok(())
+    }
+
+    /// Whether `follower` should hear `high_watermark` at once (higher than it was last told),
+    /// and remembers that it will.
+    pub fn take_high_watermark_news(&mut self, follower: BrokerId, high_watermark: i64) -> bool {
+        match self.followers.get_mut(&follower) {
+            Some(progress) if high_watermark > progress.high_watermark_sent => {
+                progress.high_watermark_sent = high_watermark;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The ISR to ask the controller for, if it should change: members not caught up for more
+    /// than `lag_max` leave; replicas outside that reached the high watermark and are not
+    /// lagging join. Never drops this leader.
+    pub fn wanted_isr(&self, lag_max: Duration, now: Instant) -> Option<Vec<BrokerId>> {
+        let lagging = |id: &BrokerId| {
+            self.followers
+                .get(id)
+                .is_some_and(|p| now.saturating_duration_since(p.last_caught_up) > lag_max)
+        };
+        let mut wanted: Vec<BrokerId> = self
+            .isr
+            .iter()
+            .copied()
+            .filter(|id| *id == self.self_id || !lagging(id))
+            .collect();
+        for id in &self.replicas {
+            let rejoins = self
+                .followers
+                .get(id)
+                .is_some_and(|p| p.reached_high_watermark);
+            if !wanted.contains(id) && rejoins && !lagging(id) {
+                wanted.push(*id);
+            }
+        }
+        (wanted != self.isr).then_some(wanted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leader(now: Instant) -> Leader {
+        Leader::new(1, 4, vec![1, 2, 3], vec![1, 2, 3], 2, now)
+    }
+
+    #[test]
+    fn the_high_watermark_limit_is_the_slowest_in_sync_follower() {
+        let now = Instant::now();
+        let mut leader = leader(now);
+        assert_eq!(leader.high_watermark_limit(), Some(0));
+        leader.on_fetch(2, 10, 12, 0, now).unwrap();
+        assert_eq!(leader.high_watermark_limit(), Some(0), "3 has not fetched");
+        leader.on_fetch(3, 7, 12, 0, now).unwrap();
+        assert_eq!(leader.high_watermark_limit(), Some(7));
+        leader.update(vec![1, 2], 2);
+        assert_eq!(leader.high_watermark_limit(), Some(10));
+        leader.update(vec![1], 2);
+        assert_eq!(leader.high_watermark_limit(), None, "alone: its own durable end");
+        assert_eq!(leader.on_fetch(9, 0, 12, 0, now), Err(NotAReplica(9)));
+    }
+
+    #[test]
+    fn a_follower_behind_for_longer_than_the_lag_leaves_and_rejoins_at_the_high_watermark() {
+        let start = Instant::now();
+        let lag = Duration::from_millis(100);
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut leader = leader(start);
+        assert_eq!(leader.wanted_isr(lag, at(50)), None);
+        // 2 keeps fetching from the log end; 3 stops.
+        leader.on_fetch(2, 5, 5, 0, at(90)).unwrap();
+        leader.on_fetch(3, 5, 5, 0, at(90)).unwrap();
+        leader.on_fetch(2, 9, 9, 5, at(180)).unwrap();
+        assert_eq!(leader.wanted_isr(lag, at(185)), None);
+        assert_eq!(leader.wanted_isr(lag, at(191)), Some(vec![1, 2]));
+        leader.update(vec![1, 2], 2);
+        // Behind the log end but at where it ended at the previous fetch: caught up then.
+        leader.on_fetch(2, 12, 14, 9, at(250)).unwrap();
+        leader.on_fetch(2, 14, 20, 12, at(340)).unwrap();
+        assert_eq!(leader.wanted_isr(lag, at(345)), None);
+        // 3 comes back below the high watermark: not yet; at it: it rejoins.
+        leader.on_fetch(2, 20, 20, 14, at(349)).unwrap();
+        leader.on_fetch(3, 8, 20, 14, at(350)).unwrap();
+        assert_eq!(leader.wanted_isr(lag, at(355)), None);
+        leader.on_fetch(2, 20, 20, 14, at(358)).unwrap();
+        leader.on_fetch(3, 20, 20, 14, at(360)).unwrap();
+        assert_eq!(leader.wanted_isr(lag, at(365)), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn high_watermark_news_is_told_once() {
+        let now = Instant::now();
+        let mut leader = leader(now);
+        assert!(leader.take_high_watermark_news(2, 0));
+        assert!(!leader.take_high_watermark_news(2, 0));
+        assert!(leader.take_high_watermark_news(2, 3));
+        assert!(!leader.take_high_watermark_news(9, 3));
+    }
+}

@@ -1,0 +1,242 @@
+"""Partition replication (issue 12, phase 2b) on three real `sluice serve` processes on
+127.0.0.1-3: node 1 is the only controller voter (so the quorum stays up while the other two
+are stopped), nodes 2 and 3 are brokers. An RF=3 topic with min.insync.replicas=2:
+
+- an idempotent acks=all confluent-kafka producer writes keyed records to the partition node
+  1 leads; every replica's segment files then hold the same batches, byte for byte, at the same
+  offsets, and a consumer reads every record back;
+- SIGSTOP of one follower: an acks=all record is not acknowledged and not visible to consumers
+  (high watermark) while the stopped follower is in the ISR; after replica.lag.time.max.ms it
+  leaves the ISR (Metadata on the running brokers), the record commits, and acks=all produce
+  goes on with two in-sync replicas; SIGSTOP of the
+  second: it leaves too and acks=all is refused with NOT_ENOUGH_REPLICAS (nothing appended);
+  SIGCONT: both catch up, rejoin the ISR and hold every record;
+- kill -9 of a follower while records keep coming: restarted, it catches up and rejoins.
+"""
+
+import signal
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import (
+    RawConn,
+    consume_confluent,
+    encode_record_batch,
+    fetch_v4,
+    free_port,
+    metadata_v5,
+    produce_confluent,
+    produce_v3,
+    unique_topic,
+    wait_until,
+)
+
+NOT_ENOUGH_REPLICAS = 19
+REQUEST_TIMED_OUT = 7
+LAG_MS = 2000
+SETTLE_S = 20.0
+
+
+@pytest.fixture
+def nodes(broker_factory):
+    hosts = {n: f"127.0.0.{n}" for n in (1, 2, 3)}
+    voters = f"1@{hosts[1]}:{free_port(hosts[1])}"
+    made = {}
+    for n, host in hosts.items():
+        made[n] = broker_factory(
+            {
+                "node.id": n,
+                "process.roles": "broker,controller" if n == 1 else "broker",
+                "controller.quorum.voters": voters,
+                # Long: a stopped follower must leave the ISR by lagging, not by fencing.
+                "broker.session.timeout.ms": 60000,
+                "broker.heartbeat.interval.ms": 200,
+                "controller.quorum.election.timeout.ms": 500,
+                "controller.quorum.request.timeout.ms": 1000,
+                "replica.lag.time.max.ms": LAG_MS,
+                "replica.fetch.wait.max.ms": 200,
+                "replica.fetch.backoff.ms": 100,
+            },
+            shards=1,
+            host=host,
+            start=False,
+        )
+    for node in made.values():
+        node.start(wait=False)
+    for node in made.values():
+        node.wait_ready()
+    yield made
+    for node in made.values():
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGCONT)
+
+
+def placement(node, topic):
+    with RawConn(node.bootstrap) as conn:
+        md = metadata_v5(conn, [topic])
+    error, parts = md.get(topic, (3, {}))
+    return parts if error == 0 else {}
+
+
+def create_rf3(nodes, topic):
+    """An RF=3 topic with three partitions (one led by each broker), min.insync.replicas=2;
+    returns the partition node 1 leads."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    def registered():
+        admin = AdminClient({"bootstrap.servers": nodes[1].bootstrap})
+        return len(admin.list_topics(timeout=5).brokers) == 3
+
+    wait_until(registered, SETTLE_S, interval_s=0.2, what="three registered brokers")
+    admin = AdminClient({"bootstrap.servers": nodes[1].bootstrap})
+    new = NewTopic(topic, num_partitions=3, replication_factor=3,
+                   config={"min.insync.replicas": "2"})
+    admin.create_topics([new])[topic].result(timeout=30)
+    wait_until(
+        lambda: all(len(placement(n, topic)) == 3 for n in nodes.values()),
+        SETTLE_S,
+        what="the topic on every broker",
+    )
+    parts = placement(nodes[1], topic)
+    for meta in parts.values():
+        assert sorted(meta.replicas) == [1, 2, 3], parts
+        assert sorted(meta.isr) == [1, 2, 3], parts
+    return next(p for p, m in parts.items() if m.leader == 1)
+
+
+def isr(node, topic, partition):
+    parts = placement(node, topic)
+    return sorted(parts[partition].isr) if partition in parts else None
+
+
+def wait_isr(nodes, topic, partition, expected, asked):
+    wait_until(
+        lambda: all(isr(nodes[i], topic, partition) == expected for i in asked),
+        SETTLE_S,
+        interval_s=0.2,
+        what=f"ISR {expected} of partition {partition} on brokers {asked}",
+    )
+
+
+def stored_batches(node, topic, partition):
+    """[(base_offset, bytes)] of every batch in the partition's segment files on disk (the
+    zero padding O_DIRECT leaves at the end of the active segment ends the scan)."""
+    batches = []
+    directory = Path(node.data_dir) / f"{topic}-{partition}"
+    for segment in sorted(directory.glob("*.log")):
+        data = segment.read_bytes()
+        at = 0
+        while at + 12 <= len(data):
+            base_offset, length = struct.unpack(">qi", data[at : at + 12])
+            if length <= 0 or at + 12 + length > len(data):
+                break
+            batches.append((base_offset, data[at : at + 12 + length]))
+            at += 12 + length
+    return batches
+
+
+def assert_same_log(nodes, topic, partition, end_offset, asked=(1, 2, 3)):
+    """Every node in `asked` holds the same batches at the same offsets up to `end_offset`."""
+
+    def upto(node):
+        return [b for b in stored_batches(node, topic, partition) if b[0] < end_offset]
+
+    def complete(node):
+        got = upto(node)
+        if not got:
+            return False
+        last = got[-1]
+        last_delta = struct.unpack(">i", last[1][23:27])[0]
+        return last[0] + last_delta + 1 >= end_offset
+
+    wait_until(lambda: all(complete(nodes[i]) for i in asked), SETTLE_S, interval_s=0.2,
+               what=f"every replica holding offsets below {end_offset}")
+    leader_log = upto(nodes[1])
+    offsets = [b[0] for b in leader_log]
+    assert offsets == sorted(offsets) and offsets[0] == 0, offsets[:5]
+    for i in asked:
+        assert upto(nodes[i]) == leader_log, f"broker {i}'s log differs from the leader's"
+
+
+def produce_all(nodes, topic, partition, records, **conf):
+    return produce_confluent(
+        nodes[1].bootstrap, topic, records, partition=partition,
+        **{"enable.idempotence": True, "acks": "all", **conf},
+    )
+
+
+def records(prefix, n):
+    return [(f"{prefix}-{i}".encode(), (f"{prefix}-value-{i}-" * (1 + i % 9)).encode()) for i in range(n)]
+
+
+def test_rf3_acks_all_replicates_bytes_and_isr_follows_lag(nodes):
+    topic = unique_topic("rf3")
+    partition = create_rf3(nodes, topic)
+
+    first = records("a", 300)
+    delivered = produce_all(nodes, topic, partition, first)
+    assert [d.offset for d in delivered] == list(range(300))
+    assert_same_log(nodes, topic, partition, 300)
+    consumed = consume_confluent(nodes[1].bootstrap, topic, [partition], expected=300)
+    assert [(c.key, c.value) for c in consumed] == first
+
+    # One follower stops. While it is still in the ISR, an acks=all record is durable on the
+    # leader but not acknowledged, and consumers do not see it (the high watermark waits).
+    nodes[3].proc.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    with RawConn(nodes[1].bootstrap) as conn:
+        error, _ = produce_v3(conn, topic, partition,
+                              encode_record_batch([(b"held", b"held")]), timeout_ms=500)
+        assert error == REQUEST_TIMED_OUT, error
+        assert fetch_v4(conn, topic, partition, 0).high_watermark == 300
+    # After the lag it leaves the ISR, the held record commits, and acks=all goes on with two.
+    wait_isr(nodes, topic, partition, [1, 2], asked=(1, 2))
+    left_s = time.monotonic() - stopped_at
+    assert left_s >= LAG_MS / 1000 * 0.9, left_s
+    print(f"follower 3 left the ISR {left_s:.2f}s after SIGSTOP")
+    with RawConn(nodes[1].bootstrap) as conn:
+        wait_until(lambda: fetch_v4(conn, topic, partition, 0).high_watermark == 301, SETTLE_S,
+                   what="the held record committed by the smaller ISR")
+    first.append((b"held", b"held"))
+    second = records("b", 100)
+    delivered = produce_all(nodes, topic, partition, second)
+    assert [d.offset for d in delivered] == list(range(301, 401))
+
+    # The second stops: the ISR is the leader alone, below min.insync.replicas=2.
+    nodes[2].proc.send_signal(signal.SIGSTOP)
+    wait_isr(nodes, topic, partition, [1], asked=(1,))
+    with RawConn(nodes[1].bootstrap) as conn:
+        error, _ = produce_v3(conn, topic, partition, encode_record_batch([(b"k", b"refused")]))
+    assert error == NOT_ENOUGH_REPLICAS, error
+    with RawConn(nodes[1].bootstrap) as conn:
+        error, offset = produce_v3(conn, topic, partition, encode_record_batch([(b"k", b"one")]), acks=1)
+    assert (error, offset) == (0, 401), "acks=1 still appends, after nothing from the refused one"
+
+    # Both come back: they catch up, rejoin and hold every record.
+    for i in (2, 3):
+        nodes[i].proc.send_signal(signal.SIGCONT)
+    wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1, 2, 3))
+    assert_same_log(nodes, topic, partition, 402)
+    consumed = consume_confluent(nodes[2].bootstrap, topic, [partition], expected=402)
+    assert [(c.key, c.value) for c in consumed[:401]] == first + second
+
+
+def test_killed_follower_catches_up_after_restart(nodes):
+    topic = unique_topic("rf3kill")
+    partition = create_rf3(nodes, topic)
+    produce_all(nodes, topic, partition, records("a", 200))
+    assert_same_log(nodes, topic, partition, 200)
+
+    nodes[2].kill9()
+    wait_isr(nodes, topic, partition, [1, 3], asked=(1, 3))
+    delivered = produce_all(nodes, topic, partition, records("b", 300))
+    assert delivered[-1].offset == 499
+
+    nodes[2].start()
+    wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1, 2, 3))
+    assert_same_log(nodes, topic, partition, 500)
+    consumed = consume_confluent(nodes[3].bootstrap, topic, [partition], expected=500)
+    assert [c.offset for c in consumed[:500]] == list(range(500))
