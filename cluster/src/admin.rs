@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::broker::{BrokerView, Controllers};
 use crate::wire::{
-    AllocateProducerIdsRequest, AlterPartitionRequest, BrokerRpcError, ProducerIdBlock, Request, Response,
-    TopicAdminError, TopicAdminReply, TopicAdminRequest,
+    AllocateProducerIdsRequest, AlterPartitionRequest, BrokerRpcError, ProducerIdBlock, Request,
+    Response, TopicAdminError, TopicAdminReply, TopicAdminRequest,
 };
 use crate::{ClusterSettings, NodeId};
 
@@ -151,9 +151,9 @@ pub(crate) async fn run(
                     &mut controllers,
                     Request::AlterPartition(request),
                     |response| match response {
-                        Response::AlterPartition(Err(BrokerRpcError::NotController {
-                            leader,
-                        })) => Answer::NotController(leader),
+                        Response::AlterPartition(Err(BrokerRpcError::NotController { leader })) => {
+                            Answer::NotController(leader)
+                        }
                         Response::AlterPartition(outcome) => Answer::Final(outcome),
                         _ => Answer::Unexpected,
                     },

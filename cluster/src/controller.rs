@@ -15,8 +15,8 @@ use tokio::sync::watch;
 
 use crate::state::{BrokerId, ClusterState, Command, CommandReply, PRODUCER_ID_BLOCK_LEN};
 use crate::wire::{
-    AllocateProducerIdsRequest, AlterPartitionRequest, BrokerRpcError, HeartbeatReply, HeartbeatRequest, ProducerIdBlock,
-    RegisterReply, RegisterRequest,
+    AllocateProducerIdsRequest, AlterPartitionRequest, BrokerRpcError, HeartbeatReply,
+    HeartbeatRequest, ProducerIdBlock, RegisterReply, RegisterRequest,
 };
 use crate::{NodeId, Raft};
 

@@ -565,7 +565,10 @@ mod tests {
             CommandReply::Rejected { .. }
         ));
         state.apply(22, &Command::UnfenceBroker { id: 2, epoch: 2 });
-        assert_eq!(state.apply(23, &alter(1, 0, &[1, 3, 2])), CommandReply::Done);
+        assert_eq!(
+            state.apply(23, &alter(1, 0, &[1, 3, 2])),
+            CommandReply::Done
+        );
         assert_eq!(isr(&state), vec![1, 3, 2]);
     }
 

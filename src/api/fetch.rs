@@ -72,8 +72,8 @@ pub async fn handle(
     let snapshot = shard.metadata.load();
     // A follower replica's fetch (replica_id is the broker id; v15+ would carry it in
     // replica_state, above the versions served). Only a cluster has followers.
-    let replica = (request.replica_id.0 >= 0 && snapshot.cluster.is_some())
-        .then_some(request.replica_id.0);
+    let replica =
+        (request.replica_id.0 >= 0 && snapshot.cluster.is_some()).then_some(request.replica_id.0);
     let topics: Vec<TopicFetch> = request
         .topics
         .iter()

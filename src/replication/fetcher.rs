@@ -58,12 +58,7 @@ pub(crate) async fn run(shard: Rc<Shard>, leader: BrokerId) {
             continue;
         };
         let by_id = open.version_for::<FetchRequest>().is_ok_and(|v| v >= 13);
-        let request = fetch_request(
-            shard.config.node_id,
-            &followed,
-            &config,
-            by_id,
-        );
+        let request = fetch_request(shard.config.node_id, &followed, &config, by_id);
         let answered = match open.send(&request).await {
             Ok(response) => apply(&shard, leader, &followed, response, by_id).await,
             Err(error) => {
@@ -145,7 +140,11 @@ async fn apply(
     by_id: bool,
 ) -> bool {
     if response.error_code != code::NONE {
-        tracing::debug!(leader, error_code = response.error_code, "replica fetch refused");
+        tracing::debug!(
+            leader,
+            error_code = response.error_code,
+            "replica fetch refused"
+        );
         return false;
     }
     let mut all_ok = true;

@@ -202,7 +202,11 @@ mod tests {
         leader.update(vec![1, 2], 2);
         assert_eq!(leader.high_watermark_limit(), Some(10));
         leader.update(vec![1], 2);
-        assert_eq!(leader.high_watermark_limit(), None, "alone: its own durable end");
+        assert_eq!(
+            leader.high_watermark_limit(),
+            None,
+            "alone: its own durable end"
+        );
         assert_eq!(leader.on_fetch(9, 0, 12, 0, now), Err(NotAReplica(9)));
     }
 

@@ -184,8 +184,8 @@ impl PartitionShared {
         if stamping == Stamping::Keep {
             check_follows_log_end(&headers, log.offsets.end())?;
         }
-        let log_append_time = stamping != Stamping::Keep
-            && log.config.timestamp_type == TimestampType::LogAppendTime;
+        let log_append_time =
+            stamping != Stamping::Keep && log.config.timestamp_type == TimestampType::LogAppendTime;
         let (pieces, bases) = self.reserve(&mut log, &shard, &headers, now)?;
         let mut data = Stamped::stamp(&records, &headers, |index, header, rest| {
             if let Stamping::Assign { leader_epoch } = stamping {
@@ -433,12 +433,11 @@ impl PartitionShared {
             if offset >= limit {
                 return Ok(slice);
             }
-            if let Some((chunks, total_bytes)) = self.tail.borrow().read(
-                offset,
-                limit,
-                max_bytes,
-                min_one_batch,
-            ) {
+            if let Some((chunks, total_bytes)) =
+                self.tail
+                    .borrow()
+                    .read(offset, limit, max_bytes, min_one_batch)
+            {
                 match self.pin_for_response(chunks, total_bytes) {
                     Some(chunks) => {
                         slice.chunks = chunks.into_iter().map(ReadChunk::Memory).collect();
@@ -482,8 +481,7 @@ impl PartitionShared {
             let first_len = header.size_bytes() as u64;
             // A segment's visible bytes reach the durable end; a consumer's read stops at the
             // high watermark, which may be lower in a replicated partition.
-            if header.last_offset() >= limit
-                || (first_len > u64::from(max_bytes) && !min_one_batch)
+            if header.last_offset() >= limit || (first_len > u64::from(max_bytes) && !min_one_batch)
             {
                 return Ok(slice);
             }

@@ -26,8 +26,8 @@ async fn read_bound(partition: &Partition, bound: ReadBound) -> Vec<u8> {
         }
         let mut at = 0;
         while at < bytes.len() {
-            let header = sluice_storage::batch::RecordBatchHeader::parse(&bytes[at..])
-                .expect("header");
+            let header =
+                sluice_storage::batch::RecordBatchHeader::parse(&bytes[at..]).expect("header");
             offset = header.last_offset() + 1;
             at += header.size_bytes();
         }
@@ -66,7 +66,10 @@ fn follower_copies_and_high_watermark_waits(tail_cache_bytes: usize) {
             (0, 12),
             "the high watermark waits for the follower"
         );
-        assert!(read_all(&leader, 0).await.is_empty(), "consumers see nothing");
+        assert!(
+            read_all(&leader, 0).await.is_empty(),
+            "consumers see nothing"
+        );
         let copied = read_bound(&leader, ReadBound::DurableEnd).await;
         assert!(!copied.is_empty());
         // A copy that does not start at the follower's log end is refused whole.
