@@ -157,7 +157,7 @@ async fn drain_appends(partition: &PartitionShared) -> Result<(), StorageError> 
             if let Some(poisoned) = &log.poisoned {
                 return Err(StorageError::Poisoned(poisoned.clone()));
             }
-            if log.offsets.high_watermark() == log.offsets.end() {
+            if log.offsets.durable_end() == log.offsets.end() {
                 return Ok(());
             }
         }

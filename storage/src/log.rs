@@ -204,8 +204,16 @@ impl PartitionShared {
             log_start_offset: log.offsets.start(),
         };
         // A leader's first append in a new epoch starts it (an older epoch changes nothing:
-        // the broker fences stale leaders before they append).
-        let epoch_started = log.epochs.assign(leader_epoch, first_offset);
+        // the broker fences stale leaders before they append). A follower's copy carries its
+        // leader's epochs in the batch headers: each new one starts at its batch.
+        let epoch_started = match stamping {
+            Stamping::Assign { leader_epoch } => log.epochs.assign(leader_epoch, first_offset),
+            Stamping::Keep => headers.iter().fold(false, |started, header| {
+                log.epochs
+                    .assign(header.partition_leader_epoch, header.base_offset)
+                    | started
+            }),
+        };
         drop(log);
         if epoch_started {
             let partition = self.clone();

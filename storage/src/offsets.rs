@@ -5,8 +5,8 @@
 //! which asserts it in release builds too: a high watermark above the durable end would let a
 //! consumer read bytes a crash can take back, one below the log start would answer fetches
 //! for deleted data. Must never hand out a `&mut` to a single offset, which would let a caller
-//! move one past another unchecked, and never move the high watermark back (truncation, when
-//! it comes, gets its own setter).
+//! move one past another unchecked, and never move the high watermark back except through
+//! [`LogOffsets::truncate`] (a follower cutting its tail).
 //!
 //! The high-watermark rule: a single replica's high watermark is its durable end. A replicated
 //! partition's is capped by what the other in-sync replicas have ([`LogOffsets::limit_high_watermark`],
@@ -124,8 +124,8 @@ impl LogOffsets {
         self.set(self.start, self.high_watermark, self.durable_end, end);
     }
 
-    /// The log's tail was cut at `end` (a follower's truncation): the high watermark cannot
-    /// stay above it.
+    /// The log's tail was cut at `end` (a follower's truncation): neither the durable end nor
+    /// the high watermark can stay above it (the one case where they move back).
     pub(crate) fn truncate(&mut self, end: LogEndOffset) {
         assert!(
             end <= self.end,
@@ -133,7 +133,8 @@ impl LogOffsets {
             self.end
         );
         let high_watermark = HighWatermark(self.high_watermark.0.min(end.0));
-        self.set(self.start, high_watermark, end);
+        let durable_end = DurableEnd(self.durable_end.0.min(end.0));
+        self.set(self.start, high_watermark, durable_end, end);
     }
 
     /// Retention removed everything below `start`.
