@@ -3,6 +3,9 @@
 #   - kcat, libfuse2 and strace (Debian packages), plus python3-venv / nodejs / npm if they are missing;
 #   - a Python venv at .venv with tests/requirements.txt (confluent-kafka, kafka-python, pytest...);
 #   - tests/js/node_modules from tests/js/package-lock.json (kafkajs);
+#   - a JDK and Maven (Debian packages) and Apache Kafka's jars in the ignored .kafka/
+#     (`scripts/kafka-peer.sh fetch`): Kafka's own tools and the Java client in
+#     tests/integration/test_kafka_tools.py;
 #   - e2fsprogs when mkfs.ext4 is missing (the disk-full tests build a small ext4 image; without
 #     it they skip);
 #   - cargo-fuzz (scripts/fuzz.sh, the fuzz-smoke phase) at a pinned version, built from source
@@ -50,6 +53,10 @@ command -v strace >/dev/null 2>&1 || apt_install strace
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     apt_install nodejs npm
 fi
+# Kafka's tools and the Java client (test_kafka_tools.py): javac for its client program,
+# Maven to fetch the jars.
+command -v javac >/dev/null 2>&1 || apt_install default-jdk-headless
+command -v mvn >/dev/null 2>&1 || apt_install maven
 PYTHON="${PYTHON:-python3}"
 command -v "$PYTHON" >/dev/null 2>&1 || apt_install python3 python3-venv
 
@@ -82,6 +89,10 @@ if [ "$(cat "$JS/node_modules/.sluice-stamp" 2>/dev/null)" != "$js_stamp" ]; the
     echo "$js_stamp" >"$JS/node_modules/.sluice-stamp"
 fi
 
+# --- Apache Kafka's jars ----------------------------------------------------------------------
+# Idempotent: kafka-peer.sh skips the fetch when its lib folder is complete.
+"$ROOT/scripts/kafka-peer.sh" fetch
+
 # --- cargo-fuzz -------------------------------------------------------------------------------
 # Runs on stable too (scripts/fuzz.sh sets RUSTC_BOOTSTRAP=1 and --sanitizer none there).
 # Pinned, so every machine builds the targets with the same cargo-fuzz. Only when scripts/test.sh
@@ -100,6 +111,8 @@ kcat -V >/dev/null
 "$VENV/bin/python" -c 'import confluent_kafka, kafka, pytest, pytest_timeout, crc32c, fuse' \
     || { log "python clients failed to import"; exit 1; }
 (cd "$JS" && node -e 'require("kafkajs")') || { log "kafkajs failed to load"; exit 1; }
+javac -version >/dev/null 2>&1 || { log "javac is not usable"; exit 1; }
+"$ROOT/scripts/kafka-peer.sh" classpath >/dev/null || { log "Kafka's jars are missing"; exit 1; }
 if [ "$FUZZ_PHASE" = 1 ]; then
     cargo fuzz --version >/dev/null || { log "cargo-fuzz is not usable"; exit 1; }
 fi

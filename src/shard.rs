@@ -507,6 +507,19 @@ impl Shard {
             .collect()
     }
 
+    /// Topic, index and size on disk of every partition this shard owns (DescribeLogDirs).
+    pub fn partition_sizes(&self) -> Vec<(String, i32, u64)> {
+        self.partitions
+            .borrow()
+            .iter()
+            .flat_map(|(topic, parts)| {
+                parts
+                    .iter()
+                    .map(|(index, partition)| (topic.clone(), *index, partition.size_bytes()))
+            })
+            .collect()
+    }
+
     /// Runs `f` on shard `target` and returns its result. Runs in place when `target` is this
     /// shard. The message is sent before this returns (not on first poll), which keeps the
     /// order of jobs from one caller.

@@ -1,5 +1,7 @@
 //! DescribeConfigs (1–4), AlterConfigs (0–2) and IncrementalAlterConfigs (0–1) for topics and
-//! (read-only) for the broker.
+//! (read-only) for the broker. DescribeConfigs reports Kafka's sources, synonyms (a topic
+//! override, then the broker setting it overrides), types (v3+) and documentation (v3+, the
+//! settings table's text).
 //!
 //! Must never: accept a topic config the storage engine would not honour (unknown names and
 //! bad values get INVALID_CONFIG, as in Kafka).
@@ -7,7 +9,7 @@
 use std::rc::Rc;
 
 use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::{
     AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
@@ -24,9 +26,53 @@ use crate::shard::Shard;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
+/// Kafka's config sources (DescribeConfigs v1+).
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
+/// Kafka's config types (DescribeConfigs v3+).
+const TYPE_UNKNOWN: i8 = 0;
+const TYPE_STRING: i8 = 2;
+const TYPE_INT: i8 = 3;
+const TYPE_LONG: i8 = 5;
+const TYPE_LIST: i8 = 7;
+
+/// Kafka's type of each topic config (broker settings are reported as UNKNOWN).
+fn topic_config_type(name: &str) -> i8 {
+    match name {
+        "segment.bytes" | "max.message.bytes" | "index.interval.bytes" => TYPE_INT,
+        "segment.ms" | "retention.ms" | "retention.bytes" | "flush.messages" | "flush.ms" => {
+            TYPE_LONG
+        }
+        "message.timestamp.type" => TYPE_STRING,
+        "cleanup.policy" => TYPE_LIST,
+        _ => TYPE_UNKNOWN,
+    }
+}
+
+/// The settings table's text for `name`, if it has one.
+fn setting_doc(name: &str) -> Option<&'static str> {
+    SETTINGS.iter().find(|s| s.name == name).map(|s| s.doc)
+}
+
+/// The documentation of a topic config: the text of its broker-wide default in the settings
+/// table (Kafka documents the pair the same way).
+fn topic_config_doc(name: &str, broker_key: &str) -> Option<String> {
+    if name == "cleanup.policy" {
+        return Some(
+            "How old segments are discarded: delete (by retention.ms / retention.bytes).".into(),
+        );
+    }
+    setting_doc(broker_key).map(|doc| format!("{doc} (topic override of {broker_key})"))
+}
+
+/// A broker setting's source: the default, or set at startup (config file, override, flag).
+fn broker_source(shard: &Shard, key: &str) -> i8 {
+    match SETTINGS.iter().find(|s| s.name == key) {
+        Some(setting) if shard.config.settings.raw(key) != setting.default => SOURCE_STATIC_BROKER,
+        _ => SOURCE_DEFAULT,
+    }
+}
 
 fn entry(name: &str, value: &str, source: i8, read_only: bool) -> DescribeConfigsResourceResult {
     let mut c = DescribeConfigsResourceResult::default();
@@ -37,6 +83,63 @@ fn entry(name: &str, value: &str, source: i8, read_only: bool) -> DescribeConfig
     c
 }
 
+fn synonym(name: &str, value: &str, source: i8) -> DescribeConfigsSynonym {
+    let mut s = DescribeConfigsSynonym::default();
+    s.name = str_bytes(name);
+    s.value = Some(str_bytes(value));
+    s.source = source;
+    s
+}
+
+/// What a DescribeConfigs request asks to be included beyond names and values.
+#[derive(Clone, Copy)]
+struct Detail {
+    synonyms: bool,
+    documentation: bool,
+    types: bool,
+}
+
+/// One topic config as Kafka describes it: its value and source, and (when asked) its
+/// synonyms in precedence order (the topic override, then the broker-wide setting it
+/// overrides), its type and its documentation.
+fn topic_entry(
+    shard: &Shard,
+    configs: &std::collections::BTreeMap<String, String>,
+    name: &str,
+    broker_key: &str,
+    detail: Detail,
+) -> Option<DescribeConfigsResourceResult> {
+    let (value, is_default) = shard.config.topic_config_value(configs, name)?;
+    let broker_source = if broker_key.is_empty() {
+        SOURCE_DEFAULT
+    } else {
+        broker_source(shard, broker_key)
+    };
+    let source = if is_default {
+        broker_source
+    } else {
+        SOURCE_TOPIC
+    };
+    let mut c = entry(name, &value, source, false);
+    if detail.synonyms {
+        if !is_default {
+            c.synonyms.push(synonym(name, &value, SOURCE_TOPIC));
+        }
+        if !broker_key.is_empty() {
+            let (broker_value, _) = shard.config.topic_config_value(&Default::default(), name)?;
+            c.synonyms
+                .push(synonym(broker_key, &broker_value, broker_source));
+        }
+    }
+    if detail.types {
+        c.config_type = topic_config_type(name);
+    }
+    if detail.documentation {
+        c.documentation = topic_config_doc(name, broker_key).map(|d| str_bytes(&d));
+    }
+    Some(c)
+}
+
 /// Handles DescribeConfigs.
 pub async fn describe(
     shard: Rc<Shard>,
@@ -44,6 +147,12 @@ pub async fn describe(
     body: Reader,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DescribeConfigsRequest);
+    let version = header.api_version;
+    let detail = Detail {
+        synonyms: request.include_synonyms,
+        documentation: version >= 3 && request.include_documentation,
+        types: version >= 3,
+    };
     let snapshot = shard.metadata.load();
     let mut results = Vec::with_capacity(request.resources.len());
     for resource in request.resources {
@@ -62,19 +171,8 @@ pub async fn describe(
                     result.configs = TOPIC_CONFIGS
                         .iter()
                         .filter(|(name, _)| wanted(name))
-                        .filter_map(|(name, _)| {
-                            let (value, is_default) =
-                                shard.config.topic_config_value(&topic.configs, name)?;
-                            Some(entry(
-                                name,
-                                &value,
-                                if is_default {
-                                    SOURCE_DEFAULT
-                                } else {
-                                    SOURCE_TOPIC
-                                },
-                                false,
-                            ))
+                        .filter_map(|(name, broker_key)| {
+                            topic_entry(&shard, &topic.configs, name, broker_key, detail)
                         })
                         .collect();
                 }
@@ -89,12 +187,15 @@ pub async fn describe(
                     .filter(|s| wanted(s.name))
                     .map(|s| {
                         let value = shard.config.settings.raw(s.name);
-                        let source = if value == s.default {
-                            SOURCE_DEFAULT
-                        } else {
-                            SOURCE_STATIC_BROKER
-                        };
-                        entry(s.name, value, source, true)
+                        let source = broker_source(&shard, s.name);
+                        let mut c = entry(s.name, value, source, true);
+                        if detail.synonyms {
+                            c.synonyms.push(synonym(s.name, value, source));
+                        }
+                        if detail.documentation {
+                            c.documentation = Some(str_bytes(s.doc));
+                        }
+                        c
                     })
                     .collect();
             }

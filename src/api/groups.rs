@@ -281,7 +281,10 @@ pub async fn offset_fetch(
     encode(&header, &response)
 }
 
-/// Handles ListGroups: every shard's groups.
+/// The group type ListGroups v5 reports and filters on.
+const CLASSIC_GROUP_TYPE: &str = "classic";
+
+/// Handles ListGroups (0–5): every shard's groups; states filter (v4+), types filter (v5+).
 pub async fn list_groups(
     shard: Rc<Shard>,
     header: RequestHeader,
@@ -301,11 +304,24 @@ pub async fn list_groups(
             move |s| async move { s.groups.list_groups(&filter) },
         ));
     }
+    // Every Sluice group is a classic group (KIP-848's consumer protocol is not served):
+    // v5's type filter either keeps all of them or none.
+    let classic_wanted = request.types_filter.is_empty()
+        || request
+            .types_filter
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(CLASSIC_GROUP_TYPE));
     let mut response = ListGroupsResponse::default();
     for result in futures::future::join_all(pending).await {
         match result {
-            Ok(groups) => response.groups.extend(groups),
+            Ok(groups) if classic_wanted => response.groups.extend(groups),
+            Ok(_) => {}
             Err(_) => response.error_code = code::COORDINATOR_NOT_AVAILABLE,
+        }
+    }
+    if header.api_version >= 5 {
+        for group in &mut response.groups {
+            group.group_type = str_bytes(CLASSIC_GROUP_TYPE);
         }
     }
     encode(&header, &response)

@@ -317,18 +317,33 @@ fn error_entry(
     entry
 }
 
-/// Handles DescribeCluster.
+/// Kafka's UNSUPPORTED_ENDPOINT_TYPE: a broker describes brokers, not controllers.
+const UNSUPPORTED_ENDPOINT_TYPE: i16 = 120;
+/// DescribeCluster's endpoint type for brokers (v1+).
+const ENDPOINT_TYPE_BROKERS: i8 = 1;
+
+/// Handles DescribeCluster (0–2): the live brokers; with v2's `include_fenced_brokers`, the
+/// fenced ones too, marked `is_fenced`.
 pub fn describe_cluster(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
 ) -> Response<FetchRecords> {
-    let _request = decode_or_close!(header, body, DescribeClusterRequest);
-    let (brokers, controller_id) = live_brokers(&shard);
+    let request = decode_or_close!(header, body, DescribeClusterRequest);
+    let version = header.api_version;
     let mut response = DescribeClusterResponse::default();
-    if header.api_version >= 1 {
-        response.endpoint_type = 1;
+    response.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+    if version >= 1 {
+        response.endpoint_type = ENDPOINT_TYPE_BROKERS;
+        if request.endpoint_type != ENDPOINT_TYPE_BROKERS {
+            response.error_code = UNSUPPORTED_ENDPOINT_TYPE;
+            response.error_message = Some(str_bytes(
+                "a broker describes brokers (endpoint type 1); ask a controller for controllers",
+            ));
+            return encode(&header, &response);
+        }
     }
+    let (brokers, controller_id) = live_brokers(&shard);
     response.cluster_id = str_bytes(&shard.metadata.load().cluster_id);
     response.controller_id = BrokerId(controller_id);
     response.brokers = brokers
@@ -341,6 +356,17 @@ pub fn describe_cluster(
             broker
         })
         .collect();
-    response.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+    if version >= 2 && request.include_fenced_brokers {
+        if let Some(view) = shard.metadata.cluster() {
+            for b in view.state.brokers.values().filter(|b| b.fenced) {
+                let mut broker = DescribeClusterBroker::default();
+                broker.broker_id = BrokerId(b.id);
+                broker.host = str_bytes(&b.host);
+                broker.port = b.port;
+                broker.is_fenced = true;
+                response.brokers.push(broker);
+            }
+        }
+    }
     encode(&header, &response)
 }

@@ -7,9 +7,11 @@
 
 mod admin;
 mod configs;
+mod delete_records;
 mod fetch;
 pub mod groups;
 mod leader_epochs;
+mod log_dirs;
 mod metadata;
 mod offsets;
 mod produce;
@@ -55,16 +57,18 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
         sluice_net::fetch::FETCH_VERSION_MIN,
         sluice_net::fetch::FETCH_VERSION_MAX,
     ), // Fetch
-    api(2, 1, 7),                                        // ListOffsets
-    api(3, 0, 12),                                       // Metadata
+    api(2, 1, 10),                                       // ListOffsets
+    api(3, 0, 13),                                       // Metadata
     api(18, 0, 3),                                       // ApiVersions
     api(19, 2, 7),                                       // CreateTopics
     api(20, 1, 6),                                       // DeleteTopics
+    api(21, 0, 2),                                       // DeleteRecords
     api(32, 1, 4),                                       // DescribeConfigs
     api(33, 0, 2),                                       // AlterConfigs
+    api(35, 1, 4),                                       // DescribeLogDirs
     api(37, 0, 3),                                       // CreatePartitions
     api(44, 0, 1),                                       // IncrementalAlterConfigs
-    api(60, 0, 1),                                       // DescribeCluster
+    api(60, 0, 2),                                       // DescribeCluster
     // Consumer groups: librdkafka enables its balanced consumer only when FindCoordinator,
     // JoinGroup, SyncGroup, Heartbeat and LeaveGroup include v0, OffsetCommit overlaps 1–2 and
     // OffsetFetch includes 1.
@@ -76,7 +80,7 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(13, 0, 5), // LeaveGroup
     api(14, 0, 5), // SyncGroup
     api(15, 0, 5), // DescribeGroups
-    api(16, 0, 4), // ListGroups
+    api(16, 0, 5), // ListGroups
     api(42, 0, 2), // DeleteGroups
     api(47, 0, 0), // OffsetDelete
     api(22, 0, 4), // InitProducerId (idempotent producers; transactions are refused)
@@ -126,8 +130,10 @@ pub async fn dispatch(
         18 => versions::handle(&header),
         19 => admin::create_topics(shard, header, body).await,
         20 => admin::delete_topics(shard, header, body).await,
+        21 => delete_records::handle(shard, header, body).await,
         32 => configs::describe(shard, header, body).await,
         33 => configs::alter(shard, header, body).await,
+        35 => log_dirs::handle(shard, header, body).await,
         37 => admin::create_partitions(shard, header, body).await,
         44 => configs::incremental_alter(shard, header, body).await,
         60 => metadata::describe_cluster(shard, header, body),

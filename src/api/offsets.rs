@@ -1,5 +1,8 @@
-//! ListOffsets (1–7): earliest (-2), latest (-1), max timestamp (-3) and offset-by-time lookups
-//! on the owning shards.
+//! ListOffsets (1–10): earliest (-2), latest (-1), max timestamp (-3, v7+), earliest local
+//! (-4, v8+: the log start, all of Sluice's log is local), latest tiered (-5, v9+: no tiered
+//! storage, so no offset, as Kafka answers for a topic without remote storage) and
+//! offset-by-time lookups on the owning shards. v10's `timeout_ms` bounds remote reads, of
+//! which there are none.
 //!
 //! Must never: answer "latest" with anything but the high watermark (what a consumer can read).
 
@@ -21,6 +24,8 @@ use crate::shard::Shard;
 const LATEST_TIMESTAMP: i64 = -1;
 const EARLIEST_TIMESTAMP: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
+const LATEST_TIERED_TIMESTAMP: i64 = -5;
 
 /// Handles ListOffsets.
 pub async fn handle(
@@ -69,9 +74,16 @@ pub async fn handle(
                 };
                 match timestamp {
                     LATEST_TIMESTAMP => (code::NONE, -1, partition.high_watermark()),
-                    EARLIEST_TIMESTAMP => (code::NONE, -1, partition.log_start_offset()),
+                    EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => {
+                        (code::NONE, -1, partition.log_start_offset())
+                    }
+                    LATEST_TIERED_TIMESTAMP => (code::NONE, -1, -1),
                     MAX_TIMESTAMP => match partition.max_timestamp().await {
-                        Some((offset, ts)) => (code::NONE, ts, offset),
+                        Some((offset, ts)) => (
+                            code::NONE,
+                            ts,
+                            exact_offset_of_max_timestamp(&partition, offset, ts).await,
+                        ),
                         None => (code::NONE, -1, -1),
                     },
                     ts if ts < 0 => (code::UNSUPPORTED_VERSION, -1, -1),
@@ -127,6 +139,20 @@ async fn exact_offset_for_timestamp(
         .await
         .unwrap_or_default();
     Some(record_at_or_after(&batch, target_ms).unwrap_or((batch_offset, batch_max_ts)))
+}
+
+/// Kafka answers max timestamp (-3) with the first record carrying it, not its batch's last
+/// offset (which the storage knows from the time index): read inside an uncompressed batch;
+/// a compressed one is never decompressed and keeps the batch answer.
+async fn exact_offset_of_max_timestamp(
+    partition: &sluice_storage::Partition,
+    batch_last_offset: i64,
+    max_timestamp_ms: i64,
+) -> i64 {
+    let batch = first_batch_bytes(partition, batch_last_offset)
+        .await
+        .unwrap_or_default();
+    record_at_or_after(&batch, max_timestamp_ms).map_or(batch_last_offset, |(offset, _)| offset)
 }
 
 /// The bytes of the batch holding `offset` (the first batch a read returns).

@@ -42,6 +42,7 @@ mod index;
 mod io;
 mod leader;
 mod log;
+mod log_start;
 mod offsets;
 mod recovery;
 mod response_budget;
@@ -722,6 +723,14 @@ impl Partition {
     /// Replaces the topic config (takes effect for following appends and retention).
     pub fn set_config(&self, config: LogConfig) {
         self.0.log.borrow_mut().config = config;
+    }
+
+    /// DeleteRecords: moves the log start offset to `offset` (`-1`: the high watermark),
+    /// durably (a `log-start-offset-checkpoint` synced before the start moves), and deletes
+    /// the segments wholly below it; returns the log start after the call. Above the high
+    /// watermark: `StorageError::OffsetOutOfRange`.
+    pub async fn delete_records(&self, offset: i64) -> Result<i64, StorageError> {
+        log_start::delete_records(&self.0, offset).await
     }
 
     /// Deletes whole segments past retention.ms / retention.bytes; returns segments removed.

@@ -106,6 +106,8 @@ pub(crate) struct PartitionShared {
     pub(crate) high_watermark_advanced: Notify,
     /// Serializes segment finalizations, so the recovery point only moves forward.
     pub(crate) finalize_lock: tokio::sync::Mutex<()>,
+    /// Serializes DeleteRecords' checkpoint writes, so the checkpoint only moves forward.
+    pub(crate) log_start_lock: tokio::sync::Mutex<()>,
 }
 
 /// One piece of an append: consecutive batches that land in the same segment.

@@ -86,11 +86,12 @@ pub(crate) fn encode_recovery_point_for_label(label: &str, offset: i64) -> Strin
 pub(crate) fn read_recovery_point(dir: &Path) -> i64 {
     std::fs::read_to_string(dir.join(RECOVERY_CHECKPOINT))
         .ok()
-        .and_then(|text| decode_recovery_point(&text))
+        .and_then(|text| decode_checkpoint(&text))
         .unwrap_or(i64::MIN)
 }
 
-fn decode_recovery_point(text: &str) -> Option<i64> {
+/// The offset of a one-entry Kafka checkpoint (recovery point, log start).
+pub(crate) fn decode_checkpoint(text: &str) -> Option<i64> {
     let mut lines = text.lines();
     if lines.next()? != "0" || lines.next()? != "1" {
         return None;
@@ -768,9 +769,9 @@ mod tests {
         };
         assert_eq!(CleanMarker::decode(&empty.encode()), Some(empty));
         assert_eq!(
-            decode_recovery_point(&encode_recovery_point("t", 3, 99)),
+            decode_checkpoint(&encode_recovery_point("t", 3, 99)),
             Some(99)
         );
-        assert_eq!(decode_recovery_point("garbage"), None);
+        assert_eq!(decode_checkpoint("garbage"), None);
     }
 }

@@ -1,6 +1,7 @@
 //! Retention: deletes whole old segments past `retention.ms` (by the segment's largest
-//! timestamp) or `retention.bytes` (oldest first while the rest still exceeds the limit), and
-//! advances the log start offset.
+//! timestamp) or `retention.bytes` (oldest first while the rest still exceeds the limit), or
+//! wholly below a log start DeleteRecords moved (`log_start.rs`), and advances the log start
+//! offset (never back).
 //!
 //! Must never delete the active segment, a segment whose bytes are not all below the high
 //! watermark, or one whose finalization has not finished. A deleted segment leaves the log at
@@ -69,7 +70,8 @@ fn take_expired(partition: &PartitionShared, now_ms: i64) -> Vec<Rc<Segment>> {
                 .is_some_and(|(max_ts, _)| now_ms.saturating_sub(max_ts) > retention_ms);
         let expired_by_size =
             retention_bytes >= 0 && total_bytes - size_bytes >= retention_bytes as u64;
-        if !expired_by_time && !expired_by_size {
+        let below_start = log.segments[1].base_offset <= log.offsets.start();
+        if !expired_by_time && !expired_by_size && !below_start {
             break;
         }
         log.segments.remove(0);
@@ -87,8 +89,10 @@ fn take_expired(partition: &PartitionShared, now_ms: i64) -> Vec<Rc<Segment>> {
     }
     if removed > 0 {
         let start = log.segments[0].base_offset;
-        log.offsets
-            .advance_start(crate::offsets::LogStartOffset(start));
+        if start > log.offsets.start() {
+            log.offsets
+                .advance_start(crate::offsets::LogStartOffset(start));
+        }
     }
     debug_assert_eq!(removed, deleted.len());
     deleted

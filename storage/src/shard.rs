@@ -32,6 +32,7 @@ use crate::buffer::{AlignedBuffer, DIRECT_IO_ALIGN_BYTES};
 use crate::fault::{FaultBackend, FaultPlan};
 use crate::io::{IoBackend, RingBackend};
 use crate::log::{now_ms, LogState, PartitionShared};
+use crate::log_start;
 use crate::offsets::{LogEndOffset, LogOffsets, LogStartOffset};
 use crate::recovery::{self, CleanMarker};
 use crate::response_budget::ResponseBudget;
@@ -311,7 +312,13 @@ pub(crate) fn open_partition(
     }
     let dir_file = File::open(&dir).map_err(io_error(format!("opening {}", dir.display())))?;
     let segments: Vec<Rc<Segment>> = recovered.segments.into_iter().map(Rc::new).collect();
-    let log_start_offset = segments[0].base_offset;
+    // A DeleteRecords checkpoint may name an offset inside the first segment (or past whole
+    // segments a crash kept from deleting: retention removes them on its next pass).
+    let log_start_offset = log_start::read_checkpoint(&dir)
+        .map_or(segments[0].base_offset, |checkpoint| {
+            checkpoint.max(segments[0].base_offset)
+        })
+        .min(recovered.log_end_offset);
     let shared = Rc::new(PartitionShared {
         topic: topic.to_string(),
         partition,
@@ -336,6 +343,7 @@ pub(crate) fn open_partition(
         tail: Rc::new(RefCell::new(PartitionTail::default())),
         high_watermark_advanced: Notify::new(),
         finalize_lock: tokio::sync::Mutex::new(()),
+        log_start_lock: tokio::sync::Mutex::new(()),
     });
     if let Some(old) = shard.partitions.borrow_mut().insert(key, shared.clone()) {
         shard.tail_cache.borrow_mut().remove_all(&old.tail);
