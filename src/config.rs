@@ -84,6 +84,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "producer.id.expiration.ms", default: "86400000", doc: "An idempotent producer's state (epoch, sequences) is dropped after it wrote nothing to the partition for this long; its next batch is then accepted at any sequence, as Kafka does." },
     Setting { name: "producer.id.expiration.check.interval.ms", default: "600000", doc: "How often expired producer states are removed." },
     Setting { name: "producer.states.per.partition.max", default: "10000", doc: "Producer states kept per partition; above it the least recently active ones are dropped first (duplicates of their retried batches then go undetected)." },
+    Setting { name: "transaction.max.timeout.ms", default: "900000", doc: "Largest transaction.timeout.ms a transactional producer may ask for (InitProducerId answers INVALID_TRANSACTION_TIMEOUT above it)." },
+    Setting { name: "transaction.state.log.num.partitions", default: "50", doc: "Partitions of __transaction_state; a transactional id's coordinator is the owner of partition abs(hash(id)) % this. Fixed once transactions were used: changing it moves ids away from their state." },
+    Setting { name: "transaction.abort.timed.out.transaction.cleanup.interval.ms", default: "10000", doc: "How often each coordinator aborts (and fences, with an epoch bump) the transactions open longer than their timeout." },
+    Setting { name: "transaction.marker.delay.ms", default: "0", doc: "TEST ONLY: how long EndTxn waits between persisting PrepareCommit/PrepareAbort and writing the markers, so that a test can kill the broker inside that window. Keep 0 in production. No Kafka equivalent." },
     Setting { name: "cluster.id", default: "", doc: "Cluster id; generated and stored in the metadata log when empty. In a cluster, the first registered broker's id becomes everyone's." },
     Setting { name: "process.roles", default: "", doc: "Empty: a single broker, no cluster. `broker,controller` or `broker` (or `controller`): this node joins the cluster of controller.quorum.voters in those roles." },
     Setting { name: "controller.quorum.voters", default: "", doc: "The static controller quorum, ID@IP:PORT,... (e.g. `1@127.0.0.1:19093,2@127.0.0.2:19093,3@127.0.0.3:19093`); a controller's node.id must be listed, a broker-only node's must not." },
@@ -435,6 +439,8 @@ pub struct BrokerConfig {
     pub cluster: Option<sluice_cluster::ClusterSettings>,
     /// Partition replication's settings (`replica.*`, `min.insync.replicas`, ...).
     pub replication: ReplicationConfig,
+    /// The transaction coordinator's settings (`transaction.*`).
+    pub transactions: crate::txn::TxnConfig,
 }
 
 /// Partition replication's settings, Kafka's names in comments.
@@ -528,6 +534,15 @@ impl BrokerConfig {
                 .int("producer.id.expiration.check.interval.ms", 1..=INT_MAX),
             producer_states_per_partition_max: c
                 .int("producer.states.per.partition.max", 1..=INT_MAX),
+            transactions: crate::txn::TxnConfig {
+                timeout_ms_max: c.int("transaction.max.timeout.ms", 1..=INT_MAX),
+                state_partitions: c.int("transaction.state.log.num.partitions", 1..=INT_MAX),
+                abort_check_interval_ms: c.int(
+                    "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+                    1..=INT_MAX,
+                ),
+                marker_delay_ms: c.int("transaction.marker.delay.ms", 0..=INT_MAX),
+            },
             log_defaults,
             groups,
             settings: Settings::default(),

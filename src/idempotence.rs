@@ -173,7 +173,13 @@ impl ProducerStates {
         now_ms: i64,
     ) -> ProducerStates {
         let mut states = ProducerStates::new(limits);
+        // Control batches (transaction markers) carry a producer id and epoch but no
+        // sequence: they bump the epoch, as a marker written live does (`fence`).
         for header in headers.iter().filter(|header| header.producer_id >= 0) {
+            if header.is_control() {
+                states.fence(header.producer_id, header.producer_epoch, now_ms);
+                continue;
+            }
             let appended_ms = header.max_timestamp.min(now_ms);
             let state = states
                 .producers
@@ -198,6 +204,32 @@ impl ProducerStates {
         states.remove_expired(now_ms);
         states.make_room(now_ms, 0);
         states
+    }
+
+    /// A transaction marker of `producer_id` at `epoch` was written: a newer epoch replaces
+    /// the producer's state (its batches at older epochs are fenced from now on, and the
+    /// newer epoch starts at sequence 0).
+    pub fn fence(&mut self, producer_id: i64, epoch: i16, now_ms: i64) {
+        if let Some(state) = self.producers.get_mut(&producer_id) {
+            if epoch > state.epoch {
+                *state = ProducerState::new(epoch, 0, now_ms);
+            }
+        }
+    }
+
+    /// Every producer with state: (id, epoch, last sequence written, last append ms).
+    pub fn producers(&self) -> Vec<(i64, i16, i32, i64)> {
+        self.producers
+            .iter()
+            .map(|(id, state)| {
+                let last_sequence = if state.recent.is_empty() {
+                    -1
+                } else {
+                    state.next_sequence.wrapping_sub(1).max(0)
+                };
+                (*id, state.epoch, last_sequence, state.last_append_ms)
+            })
+            .collect()
     }
 
     /// Number of producers with state.

@@ -18,6 +18,7 @@ pub mod replication;
 pub mod runtime;
 pub mod server;
 pub mod shard;
+pub mod txn;
 pub mod zero_copy;
 
 /// The unit tests run on the broker's allocator, so decoding tests see what the broker does.

@@ -477,6 +477,56 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         });
     }
 
+    // The __transaction_state partitions this shard owns (single broker only: transactions
+    // are refused in a cluster). Kept whole until compaction exists: each record is small,
+    // and the newest one per id is the state.
+    if config.cluster.is_none() {
+        let state_partitions = config.transactions.state_partitions;
+        let state_log_config = sluice_storage::LogConfig {
+            segment_bytes: 100 * 1024 * 1024,
+            retention_ms: -1,
+            retention_bytes: -1,
+            ..sluice_storage::LogConfig::default()
+        };
+        for partition in (0..state_partitions).filter(|p| *p as usize % shard_count == id) {
+            let log = shard
+                .storage
+                .open_partition(
+                    crate::txn::TRANSACTION_STATE_TOPIC,
+                    partition,
+                    state_log_config.clone(),
+                )
+                .map_err(|e| {
+                    format!(
+                        "opening {}-{partition}: {e}",
+                        crate::txn::TRANSACTION_STATE_TOPIC
+                    )
+                })?;
+            let coordinator = shard.txns.clone();
+            let loading_shard = shard.clone();
+            runtime::spawn(async move {
+                coordinator
+                    .load_partition(loading_shard, partition, log)
+                    .await;
+            });
+        }
+        let txn_shard = shard.clone();
+        runtime::spawn(async move {
+            let period =
+                Duration::from_millis(txn_shard.config.transactions.abort_check_interval_ms);
+            loop {
+                tokio::time::sleep(period).await;
+                let coordinator = txn_shard.txns.clone();
+                coordinator.abort_expired(&txn_shard, now_ms()).await;
+                txn_shard.txn_partitions.trim(|topic, index| {
+                    txn_shard
+                        .partition(topic, index)
+                        .map(|p| p.log_start_offset())
+                });
+            }
+        });
+    }
+
     // Probe the fetch path now, so the log says at startup which one is in use.
     let _ = crate::zero_copy::for_shard(&shard);
 

@@ -193,6 +193,12 @@ pub struct Shard {
     pub metrics: ShardMetrics,
     /// The consumer groups this shard owns.
     pub groups: sluice_group::GroupCoordinator,
+    /// The transactional ids this shard coordinates.
+    pub txns: crate::txn::coordinator::TxnCoordinator,
+    /// The transaction state of the data partitions this shard owns.
+    pub txn_partitions: crate::txn::registry::TxnRegistry,
+    /// TxnOffsetCommit offsets of this shard's groups, waiting on their transactions.
+    pub txn_offsets: crate::txn::offsets::PendingOffsets,
     /// Idempotent-producer state of the partitions this shard owns, by topic then index.
     producers: RefCell<HashMap<String, HashMap<i32, crate::idempotence::ProducerStates>>>,
     /// Jobs waiting for room in another shard's inbox, by target.
@@ -220,6 +226,7 @@ impl Shard {
         controller: Option<Controller>,
         groups: sluice_group::GroupCoordinator,
     ) -> Self {
+        let txn_config = config.transactions.clone();
         Self {
             id,
             config,
@@ -230,6 +237,9 @@ impl Shard {
             connections: std::cell::Cell::new(0),
             metrics: ShardMetrics::new(id),
             groups,
+            txns: crate::txn::coordinator::TxnCoordinator::new(txn_config),
+            txn_partitions: Default::default(),
+            txn_offsets: Default::default(),
             producers: RefCell::new(HashMap::new()),
             outboxes: RefCell::new((0..set.count()).map(|_| Outbox::default()).collect()),
             set,
@@ -487,6 +497,7 @@ impl Shard {
     pub fn delete_topic_partitions(&self, topic: &str) -> usize {
         self.offline.remove_topic(topic);
         self.producers.borrow_mut().remove(topic);
+        self.txn_partitions.remove_topic(topic);
         let removed = self.partitions.borrow_mut().remove(topic);
         let mut deleted = 0;
         for (index, partition) in removed.into_iter().flatten() {

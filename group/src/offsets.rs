@@ -255,6 +255,78 @@ impl GroupCoordinator {
         })
     }
 
+    /// Commits the offsets a transaction sent with TxnOffsetCommit, once the transaction's
+    /// COMMIT is decided: `(topic, partition, offset, leader epoch, metadata)` each. The
+    /// member and generation were checked when they were sent, so none are checked here (the
+    /// group may have rebalanced since); answers once the batch is durable.
+    pub async fn commit_transactional_offsets(
+        &self,
+        group_id: &str,
+        offsets: &[(String, i32, i64, i32, String)],
+    ) -> Result<(), i16> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let plan = {
+            let st = self.shared.state.borrow();
+            let partition = st.gate(group_id)?;
+            let now_ms = st.ctx.now_ms();
+            CommitPlan {
+                partition,
+                group_id: group_id.to_string(),
+                valid: offsets
+                    .iter()
+                    .map(|(topic, index, offset, leader_epoch, metadata)| {
+                        (
+                            topic.clone(),
+                            *index,
+                            OffsetRecordValue {
+                                offset: *offset,
+                                leader_epoch: *leader_epoch,
+                                metadata: metadata.clone(),
+                                commit_timestamp_ms: now_ms,
+                                expire_timestamp_ms: None,
+                            },
+                        )
+                    })
+                    .collect(),
+            }
+        };
+        let records: Vec<OffsetsRecord> = plan
+            .valid
+            .iter()
+            .map(|(topic, partition, value)| OffsetsRecord::Offset {
+                group: plan.group_id.clone(),
+                topic: topic.clone(),
+                partition: *partition,
+                value: Some(value.clone()),
+            })
+            .collect();
+        let base = self
+            .append(plan.partition, &records)
+            .await
+            .map_err(|e| append_error_code(&e))?;
+        self.apply_commits(&plan, base);
+        Ok(())
+    }
+
+    /// Checks a TxnOffsetCommit's member fields as OffsetCommit's are checked (Kafka's
+    /// `validateOffsetCommit`); a group unknown here is accepted as a simple consumer's.
+    pub fn validate_transactional_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance: Option<&str>,
+        generation: i32,
+    ) -> Result<(), i16> {
+        let st = self.shared.state.borrow();
+        st.gate(group_id)?;
+        match st.groups.get(group_id) {
+            Some(g) => validate_commit(g, member_id, instance, generation),
+            None => Ok(()),
+        }
+    }
+
     /// Applies a durable commit as a replay of the log would: each offset unless a later record
     /// of its key is already applied. The group may have been removed (an expiry pass found it
     /// empty while this first commit was in flight) or removed and recreated meanwhile; the

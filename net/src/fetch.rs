@@ -46,6 +46,9 @@ pub struct FetchPartitionOut<R> {
     pub log_start_offset: i64,
     /// Records: total length and their source; `None` sends an empty record set.
     pub records: Option<(u32, R)>,
+    /// Aborted transactions overlapping the records, as (producer id, first offset): sent to
+    /// read_committed consumers (v4+) so that they drop those producers' aborted batches.
+    pub aborted_transactions: Vec<(i64, i64)>,
 }
 
 /// One topic of a Fetch response.
@@ -94,8 +97,14 @@ pub fn encode_response<R>(
             if version >= 5 {
                 buf.put_i64(p.log_start_offset);
             }
-            // aborted_transactions: none without transactions (empty, not null).
-            buf.put_len(0, flexible, true);
+            buf.put_len(p.aborted_transactions.len() as i64, flexible, true);
+            for (producer_id, first_offset) in &p.aborted_transactions {
+                buf.put_i64(*producer_id);
+                buf.put_i64(*first_offset);
+                if flexible {
+                    buf.put_empty_tagged_fields();
+                }
+            }
             if version >= 11 {
                 buf.put_i32(-1); // preferred_read_replica
             }
@@ -194,6 +203,7 @@ mod tests {
                         last_stable_offset: 10,
                         log_start_offset: 0,
                         records: Some((5u32, Bytes::from_static(b"abcde"))),
+                        aborted_transactions: Vec::new(),
                     },
                     FetchPartitionOut {
                         index: 1,
@@ -202,6 +212,7 @@ mod tests {
                         last_stable_offset: -1,
                         log_start_offset: -1,
                         records: None,
+                        aborted_transactions: Vec::new(),
                     },
                 ],
             }];

@@ -7,8 +7,11 @@
 //! durable log end (`replication::Replicas::on_follower_fetch`), and is answered at once when
 //! the high watermark moved past what that follower was last told.
 //!
-//! Must never: send a consumer a byte at or above the high watermark (or a follower one at or
-//! above the durable end), exceed `max_bytes` except for the first batch (Kafka's progress
+//! read_committed (isolation level 1) stops at the partition's last stable offset and
+//! carries the aborted transactions of the range (`crate::txn`).
+//!
+//! Must never: send a consumer a byte at or above the high watermark (a read_committed one at
+//! or above the last stable offset; a follower one at or above the durable end), exceed `max_bytes` except for the first batch (Kafka's progress
 //! guarantee), or keep a remote wait alive past the deadline.
 
 use std::rc::Rc;
@@ -46,13 +49,19 @@ struct TopicFetch {
     partitions: Vec<PartitionFetch>,
 }
 
-/// One partition's read, and whether a follower must hear its high watermark at once.
+/// One partition's read, whether a follower must hear its high watermark at once, its last
+/// stable offset and, for read_committed, the aborted transactions overlapping the records.
 struct Read {
     slice: ReadSlice,
     high_watermark_news: bool,
+    last_stable_offset: i64,
+    aborted: Vec<(i64, i64)>,
 }
 
 type ReadOutcome = Result<Read, (i16, i64, i64)>;
+
+/// Fetch's `isolation_level` for read_committed.
+const READ_COMMITTED: i8 = 1;
 
 /// Handles Fetch.
 pub async fn handle(
@@ -138,8 +147,9 @@ pub async fn handle(
     );
     let deadline = Instant::now() + wait;
 
+    let committed = version >= 4 && request.isolation_level == READ_COMMITTED;
     let started = Instant::now();
-    let mut outcomes = read_all(&shard, &topics, max_bytes, replica).await;
+    let mut outcomes = read_all(&shard, &topics, max_bytes, replica, committed).await;
     loop {
         let available: u64 = outcomes
             .iter()
@@ -159,7 +169,7 @@ pub async fn handle(
         if !wait_for_any(&shard, &topics, &outcomes, deadline - now, replica).await {
             break;
         }
-        outcomes = read_all(&shard, &topics, max_bytes, replica).await;
+        outcomes = read_all(&shard, &topics, max_bytes, replica, committed).await;
     }
 
     shard.metrics.record_stage_ns(
@@ -176,14 +186,15 @@ pub async fn handle(
                 .partitions
                 .iter()
                 .zip(partitions)
-                .map(|(p, outcome)| match outcome.map(|read| read.slice) {
-                    Ok(slice) => FetchPartitionOut {
+                .map(|(p, outcome)| match outcome {
+                    Ok(read) => FetchPartitionOut {
                         index: p.index,
                         error_code: code::NONE,
-                        high_watermark: slice.high_watermark,
-                        last_stable_offset: slice.high_watermark,
-                        log_start_offset: slice.log_start_offset,
-                        records: Some((slice.total_bytes, slice.chunks)),
+                        high_watermark: read.slice.high_watermark,
+                        last_stable_offset: read.last_stable_offset,
+                        log_start_offset: read.slice.log_start_offset,
+                        records: Some((read.slice.total_bytes, read.slice.chunks)),
+                        aborted_transactions: read.aborted,
                     },
                     Err((error_code, high_watermark, log_start_offset)) => FetchPartitionOut {
                         index: p.index,
@@ -192,6 +203,7 @@ pub async fn handle(
                         last_stable_offset: high_watermark,
                         log_start_offset,
                         records: None,
+                        aborted_transactions: Vec::new(),
                     },
                 })
                 .collect(),
@@ -209,6 +221,7 @@ async fn read_all(
     topics: &[TopicFetch],
     max_bytes: u32,
     replica: Option<i32>,
+    committed: bool,
 ) -> Vec<Vec<ReadOutcome>> {
     let mut pending = Vec::new();
     for topic in topics {
@@ -224,7 +237,7 @@ async fn read_all(
             let (name, index, offset) = (topic.name.clone(), p.index, p.fetch_offset);
             let limit = p.partition_max_bytes.min(max_bytes);
             let read = shard.invoke_on(owner, move |s| async move {
-                read_on_owner(&s, &name, index, offset, limit, replica).await
+                read_on_owner(&s, &name, index, offset, limit, replica, committed).await
             });
             pending.push(futures::future::Either::Right(async move {
                 read.await
@@ -265,6 +278,7 @@ async fn read_on_owner(
     offset: i64,
     limit_bytes: u32,
     replica: Option<i32>,
+    committed: bool,
 ) -> ReadOutcome {
     let Some(partition) = shard.partition(topic, index) else {
         return Err((code::NOT_LEADER_OR_FOLLOWER, -1, -1));
@@ -285,6 +299,29 @@ async fn read_on_owner(
         }
         None => ReadBound::HighWatermark,
     };
+    // read_committed: no batch at or past the last stable offset, and the aborted
+    // transactions of the range. read_uncommitted never loads transaction state.
+    let stable = if committed && replica.is_none() {
+        if let Err(error) = shard
+            .txn_partitions
+            .ensure_loaded(&partition, topic, index)
+            .await
+        {
+            tracing::error!(topic, partition = index, %error, "loading the partition's transactions failed");
+            return Err((code::KAFKA_STORAGE_ERROR, -1, -1));
+        }
+        let high_watermark = partition.high_watermark();
+        shard.txn_partitions.with(topic, index, |txns| {
+            let lso = txns.last_stable_offset(high_watermark);
+            (lso, txns.aborted_between(offset, lso))
+        })
+    } else {
+        None
+    };
+    let (bound, aborted) = match stable {
+        Some((lso, aborted)) => (ReadBound::Stable(lso), Some((lso, aborted))),
+        None => (bound, None),
+    };
     // min_one_batch: Kafka returns at least one whole batch even above the limits, so a
     // consumer can always make progress.
     let read = partition
@@ -299,9 +336,20 @@ async fn read_on_owner(
                     slice.high_watermark,
                 )
             });
+            let (last_stable_offset, aborted) = aborted.unwrap_or_else(|| {
+                let lso = shard
+                    .txn_partitions
+                    .with(topic, index, |txns| {
+                        txns.last_stable_offset(slice.high_watermark)
+                    })
+                    .unwrap_or(slice.high_watermark);
+                (lso, Vec::new())
+            });
             Read {
                 slice,
                 high_watermark_news,
+                last_stable_offset,
+                aborted,
             }
         });
     if read.as_ref().is_ok_and(|r| r.slice.cache_budget_spent) {

@@ -122,7 +122,7 @@ fn create_offsets_topic(shard: &Rc<Shard>) {
     });
 }
 
-/// Handles FindCoordinator (groups only; transactions are not supported).
+/// Handles FindCoordinator: groups (key type 0) and, on a single broker, transactions (1).
 pub fn find_coordinator(
     shard: Rc<Shard>,
     header: RequestHeader,
@@ -130,7 +130,11 @@ pub fn find_coordinator(
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, FindCoordinatorRequest);
     const KEY_TYPE_GROUP: i8 = 0;
-    let supported = request.key_type == KEY_TYPE_GROUP;
+    const KEY_TYPE_TRANSACTION: i8 = 1;
+    // A transaction coordinator is this broker on a single broker; in a cluster,
+    // transactions are refused (COORDINATOR_NOT_AVAILABLE, below).
+    let transactions = request.key_type == KEY_TYPE_TRANSACTION && !shard.metadata.is_clustered();
+    let supported = request.key_type == KEY_TYPE_GROUP || transactions;
     let mut response = FindCoordinatorResponse::default();
     if header.api_version >= 4 {
         response.coordinators = request
@@ -157,7 +161,8 @@ pub fn find_coordinator(
                     c.node_id = BrokerId(-1);
                     c.port = -1;
                     c.error_code = code::COORDINATOR_NOT_AVAILABLE;
-                    c.error_message = Some(str_bytes("transactions are not supported yet"));
+                    c.error_message =
+                        Some(str_bytes("transactions are not supported in a cluster yet"));
                 }
                 c
             })
@@ -183,7 +188,8 @@ pub fn find_coordinator(
         response.node_id = BrokerId(-1);
         response.port = -1;
         if header.api_version >= 1 {
-            response.error_message = Some(str_bytes("transactions are not supported yet"));
+            response.error_message =
+                Some(str_bytes("transactions are not supported in a cluster yet"));
         }
     }
     encode(&header, &response)

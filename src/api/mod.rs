@@ -16,6 +16,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producer_ids;
+pub mod transactions;
 mod versions;
 
 use std::rc::Rc;
@@ -29,6 +30,7 @@ use sluice_net::Reader;
 use crate::shard::Shard;
 
 pub use fetch::FetchRecords;
+pub(crate) use producer_ids::allocate_producer_id;
 
 /// An API Sluice serves and the versions it accepts.
 #[derive(Debug, Clone, Copy)]
@@ -83,8 +85,17 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(16, 0, 5), // ListGroups
     api(42, 0, 2), // DeleteGroups
     api(47, 0, 0), // OffsetDelete
-    api(22, 0, 4), // InitProducerId (idempotent producers; transactions are refused)
+    api(22, 0, 5), // InitProducerId (idempotent and transactional producers)
     api(23, 2, 4), // OffsetForLeaderEpoch (v0-v1 removed in Kafka 4.0, KIP-896; librdkafka asks v2)
+    // Transactions (protocol v1: EndTxn stops at 4, TxnOffsetCommit at 3, since their next
+    // versions mean KIP-890's per-transaction epoch bump, which is not implemented).
+    api(24, 0, 5), // AddPartitionsToTxn (v4+: batched, verify-only)
+    api(25, 0, 3), // AddOffsetsToTxn
+    api(26, 0, 4), // EndTxn
+    api(28, 0, 3), // TxnOffsetCommit
+    api(61, 0, 0), // DescribeProducers
+    api(65, 0, 0), // DescribeTransactions
+    api(66, 0, 1), // ListTransactions
 ];
 
 /// The served range of `key`, if any.
@@ -150,6 +161,13 @@ pub async fn dispatch(
         47 => groups::offset_delete(shard, header, body).await,
         22 => producer_ids::handle(shard, header, body).await,
         23 => leader_epochs::handle(shard, header, body).await,
+        24 => transactions::add_partitions_to_txn(shard, header, body).await,
+        25 => transactions::add_offsets_to_txn(shard, header, body).await,
+        26 => transactions::end_txn(shard, header, body).await,
+        28 => transactions::txn_offset_commit(shard, header, body).await,
+        61 => transactions::describe_producers(shard, header, body).await,
+        65 => transactions::describe_transactions(shard, header, body).await,
+        66 => transactions::list_transactions(shard, header, body).await,
         _ => Response::Close,
     }
 }

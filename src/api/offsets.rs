@@ -36,6 +36,8 @@ pub async fn handle(
     let request = decode_or_close!(header, body, ListOffsetsRequest);
     let snapshot = shard.metadata.load();
     let version = header.api_version;
+    // read_committed (v2+): "latest" is the last stable offset.
+    let committed = version >= 2 && request.isolation_level == 1;
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.name.0.to_string();
@@ -73,6 +75,25 @@ pub async fn handle(
                     return (code::NOT_LEADER_OR_FOLLOWER, -1, -1);
                 };
                 match timestamp {
+                    LATEST_TIMESTAMP if committed => {
+                        match s
+                            .txn_partitions
+                            .ensure_loaded(&partition, &topic_name, index)
+                            .await
+                        {
+                            Ok(()) => {
+                                let high_watermark = partition.high_watermark();
+                                let stable = s
+                                    .txn_partitions
+                                    .with(&topic_name, index, |txns| {
+                                        txns.last_stable_offset(high_watermark)
+                                    })
+                                    .unwrap_or(high_watermark);
+                                (code::NONE, -1, stable)
+                            }
+                            Err(_) => (code::KAFKA_STORAGE_ERROR, -1, -1),
+                        }
+                    }
                     LATEST_TIMESTAMP => (code::NONE, -1, partition.high_watermark()),
                     EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => {
                         (code::NONE, -1, partition.log_start_offset())

@@ -144,6 +144,24 @@ async fn append_on_owner(
         }
     }
     shard.load_producer_states(topic, index).await;
+    let transactional = sluice_storage::batch::headers(&records)
+        .next()
+        .filter(|header| header.is_transactional())
+        .map(|header| (header.producer_id, header.producer_epoch));
+    if transactional.is_some() {
+        if let Err(error_code) =
+            crate::txn::registry::prepare_transactional_append(shard, &partition, topic, index)
+                .await
+        {
+            return PartitionResult::error(
+                index,
+                error_code,
+                Some("the partition's transaction state is unavailable".into()),
+            );
+        }
+    }
+    // From here to the append's enqueue there is no await: the transaction admission, the
+    // sequence check and the LSO hold-back see the same state the append lands in.
     let verdict = shard.with_producer_states(topic, index, |states| {
         states.check(
             sluice_storage::batch::headers(&records),
@@ -189,6 +207,32 @@ async fn append_on_owner(
             .and_then(|meta| snapshot.placement(meta, index))
             .map_or(0, |placement| placement.leader_epoch)
     };
+    if let Some((producer_id, epoch)) = transactional {
+        let admitted = shard
+            .txn_partitions
+            .with(topic, index, |txns| {
+                txns.admit(producer_id, epoch)?;
+                txns.note_append(producer_id, epoch, partition.log_end_offset());
+                Ok(())
+            })
+            .unwrap_or(Err((
+                code::INVALID_TXN_STATE,
+                "the partition's transaction state is not loaded",
+            )));
+        if let Err((error_code, message)) = admitted {
+            if let Some(ticket) = ticket {
+                shard.with_producer_states(topic, index, |states| states.failed(ticket));
+            }
+            tracing::info!(
+                topic,
+                partition = index,
+                error_code,
+                message,
+                "transactional produce rejected"
+            );
+            return PartitionResult::error(index, error_code, Some(message.to_string()));
+        }
+    }
     let appended = partition.append(records, ack, leader_epoch).await;
     if let Some(ticket) = ticket {
         match &appended {

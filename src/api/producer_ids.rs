@@ -1,8 +1,8 @@
-//! InitProducerId (0–4) for idempotent producers: a fresh producer id, or the same id with a
-//! bumped epoch when the producer asks for one.
+//! InitProducerId (0–5): for idempotent producers a fresh producer id, or the same id with a
+//! bumped epoch when the producer asks for one; with a transactional id, the answer of the
+//! id's transaction coordinator (`super::transactions`).
 //!
-//! Must never: hand out an id twice (the controller reserves ids through the metadata log) or
-//! pretend to support transactions (a transactional id is refused).
+//! Must never: hand out an id twice (the controller reserves ids through the metadata log).
 
 use std::rc::Rc;
 
@@ -25,13 +25,19 @@ pub async fn handle(
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
-    if request
+    if let Some(id) = request
         .transactional_id
         .as_ref()
-        .is_some_and(|id| !id.0.is_empty())
+        .filter(|id| !id.0.is_empty())
     {
-        response.error_code = code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
-        tracing::info!(client_id = %header.client_id_lossy(), "transactional producers are not supported yet");
+        let id = id.0.to_string();
+        match super::transactions::init_producer_id(&shard, id, &request).await {
+            Ok((producer_id, epoch)) => {
+                response.producer_id = ProducerId(producer_id);
+                response.producer_epoch = epoch;
+            }
+            Err(error_code) => response.error_code = error_code,
+        }
         return encode(&header, &response);
     }
     // An idempotent producer that knows its id asks for the next epoch (v3+).
@@ -41,6 +47,18 @@ pub async fn handle(
         response.producer_epoch = request.producer_epoch + 1;
         return encode(&header, &response);
     }
+    match allocate_producer_id(&shard).await {
+        Ok(id) => {
+            response.producer_id = ProducerId(id);
+            response.producer_epoch = 0;
+        }
+        Err(error_code) => response.error_code = error_code,
+    }
+    encode(&header, &response)
+}
+
+/// A fresh producer id from the controller (shard 0), or the error code to answer.
+pub async fn allocate_producer_id(shard: &Rc<Shard>) -> Result<i64, i16> {
     let allocated = shard
         .invoke_on(0, |s| async move {
             match &s.controller {
@@ -50,15 +68,11 @@ pub async fn handle(
         })
         .await;
     match allocated {
-        Ok(Ok(id)) => {
-            response.producer_id = ProducerId(id);
-            response.producer_epoch = 0;
-        }
+        Ok(Ok(id)) => Ok(id),
         Ok(Err((error_code, message))) => {
             tracing::error!(error_code, %message, "producer id allocation failed");
-            response.error_code = error_code;
+            Err(error_code)
         }
-        Err(_) => response.error_code = code::COORDINATOR_NOT_AVAILABLE,
+        Err(_) => Err(code::COORDINATOR_NOT_AVAILABLE),
     }
-    encode(&header, &response)
 }

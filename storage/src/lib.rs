@@ -385,6 +385,10 @@ pub enum ReadBound {
     /// A follower replica's read: below the durable end (what this replica holds under its
     /// flush policy), so followers can catch up past the high watermark.
     DurableEnd,
+    /// A read_committed consumer's read: below the high watermark and this offset (the
+    /// last stable offset, a batch boundary), so no batch of a transaction still open is
+    /// served.
+    Stable(i64),
 }
 
 /// What a fetch gets back: whole batches in order, below the high watermark.
@@ -613,6 +617,20 @@ impl Partition {
         self.0
             .read(offset, max_bytes, min_one_batch, ReadBound::HighWatermark)
             .await
+    }
+
+    /// Runs small file work about this partition (a flag file in its directory, with its
+    /// sync) on the shard's blocking pool, so the shard thread never waits on it.
+    pub async fn run_blocking(
+        &self,
+        work: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Some(shard) = self.0.shard.upgrade() else {
+            return Err(std::io::Error::other("storage is shut down"));
+        };
+        let job = shard.blocking.run(work);
+        drop(shard);
+        job.await.map(|_| ())
     }
 
     /// Like [`Partition::read`], bounded by `bound` instead of always the high watermark

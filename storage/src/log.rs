@@ -413,6 +413,9 @@ impl PartitionShared {
     /// The log is not borrowed across an await: the segments and their visible ends are taken
     /// first. That is safe because no byte below a segment's `visible_bytes` is ever rewritten
     /// and a `SegmentHandle` keeps a deleted segment's data readable.
+    ///
+    /// `end_offset` bounds the read further (exclusive, at a batch boundary): the last stable
+    /// offset for read_committed fetches; `i64::MAX` for the high watermark alone.
     pub(crate) async fn read(
         &self,
         offset: i64,
@@ -439,6 +442,7 @@ impl PartitionShared {
             let limit = match bound {
                 ReadBound::HighWatermark => log.offsets.high_watermark(),
                 ReadBound::DurableEnd => log.offsets.durable_end(),
+                ReadBound::Stable(end_offset) => log.offsets.high_watermark().min(end_offset),
             };
             if offset >= limit {
                 return Ok(slice);

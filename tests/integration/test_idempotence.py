@@ -15,7 +15,6 @@ from helpers import (
 )
 
 INVALID_PRODUCER_EPOCH = 47
-TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 
 
 def test_retry_is_answered_with_the_original_offset_and_gaps_are_refused(broker):
@@ -80,10 +79,12 @@ def test_retry_after_kill9_is_still_a_duplicate_and_sequences_continue(broker):
     assert values == [b"a-0", b"a-1", b"a-2", b"b-0", b"b-1", b"o-0", b"c-0"]
 
 
-def test_transactional_ids_are_refused_clearly(broker):
+def test_a_transactional_id_keeps_its_producer_id_and_bumps_its_epoch(broker):
     with RawConn(broker.bootstrap) as conn:
-        error, pid, _ = init_producer_id(conn, "txn-1")
-    assert (error, pid) == (TRANSACTIONAL_ID_AUTHORIZATION_FAILED, -1)
+        error, pid, epoch = init_producer_id(conn, "txn-1")
+        assert (error, epoch) == (0, 0) and pid >= 0
+        again = init_producer_id(conn, "txn-1")
+    assert again == (0, pid, 1)
 
 
 def test_confluent_idempotent_producer_writes_each_record_once(broker):

@@ -1,0 +1,623 @@
+//! Transaction APIs: InitProducerId (with a transactional id), AddPartitionsToTxn (0–5, with
+//! the batched verify-only form), AddOffsetsToTxn, EndTxn, TxnOffsetCommit, ListTransactions,
+//! DescribeTransactions, DescribeProducers.
+//!
+//! Each transactional id is served by the coordinator of the shard that owns its
+//! `__transaction_state` partition (`partition % shards`); requests are forwarded there, and
+//! TxnOffsetCommit's offsets go to the group's shard. Single broker only: in a cluster the
+//! coordinator is not available (FindCoordinator key type 1 answers so too). Must never: run
+//! a transactional id's state anywhere but on its coordinator's shard.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
+};
+use kafka_protocol::messages::describe_producers_response::{
+    PartitionResponse, ProducerState, TopicResponse,
+};
+use kafka_protocol::messages::describe_transactions_response::{
+    TopicData, TransactionState as DescribedState,
+};
+use kafka_protocol::messages::list_transactions_response::TransactionState as ListedState;
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse, DescribeProducersRequest, DescribeProducersResponse,
+    DescribeTransactionsRequest, DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse,
+    InitProducerIdRequest, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
+    TopicName, TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+};
+use sluice_net::connection::Response;
+use sluice_net::header::RequestHeader;
+use sluice_net::Reader;
+
+use super::{decode_or_close, encode, str_bytes, FetchRecords};
+use crate::errors::code;
+use crate::shard::Shard;
+use crate::txn::state::TxnMetadata;
+
+/// OPERATION_NOT_ATTEMPTED: another partition of the request failed.
+const OPERATION_NOT_ATTEMPTED: i16 = 55;
+
+/// The shard whose coordinator serves `transactional_id`.
+pub fn coordinator_shard(shard: &Shard, transactional_id: &str) -> usize {
+    shard.txns.partition_for(transactional_id) as usize % shard.set.count()
+}
+
+/// Runs `f` with the coordinator's shard of `id`; transactions are refused in a cluster.
+async fn on_coordinator<F, Fut, T>(shard: &Rc<Shard>, id: &str, f: F) -> Result<T, i16>
+where
+    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, i16>> + 'static,
+    T: Send + 'static,
+{
+    if shard.metadata.is_clustered() {
+        return Err(code::COORDINATOR_NOT_AVAILABLE);
+    }
+    let target = coordinator_shard(shard, id);
+    shard
+        .invoke_on(target, f)
+        .await
+        .unwrap_or(Err(code::COORDINATOR_NOT_AVAILABLE))
+}
+
+/// InitProducerId with a transactional id (called by `producer_ids`).
+pub async fn init_producer_id(
+    shard: &Rc<Shard>,
+    id: String,
+    request: &InitProducerIdRequest,
+) -> Result<(i64, i16), i16> {
+    let (timeout_ms, producer_id, epoch) = (
+        request.transaction_timeout_ms,
+        request.producer_id.0,
+        request.producer_epoch,
+    );
+    let key = id.clone();
+    on_coordinator(shard, &key, move |s| async move {
+        s.txns
+            .clone()
+            .init_producer_id(&s, &id, timeout_ms, producer_id, epoch)
+            .await
+    })
+    .await
+}
+
+/// Checks the topics of `partitions` exist: None, or per-partition codes
+/// (UNKNOWN_TOPIC_OR_PARTITION for the missing, OPERATION_NOT_ATTEMPTED for the others).
+fn unknown_partitions(shard: &Shard, partitions: &[(String, i32)]) -> Option<Vec<i16>> {
+    let snapshot = shard.metadata.load();
+    let known: Vec<bool> = partitions
+        .iter()
+        .map(|(topic, index)| {
+            snapshot
+                .topic(topic)
+                .is_some_and(|t| *index >= 0 && *index < t.partitions && !t.is_internal())
+        })
+        .collect();
+    if known.iter().all(|k| *k) {
+        return None;
+    }
+    Some(
+        known
+            .into_iter()
+            .map(|k| {
+                if k {
+                    OPERATION_NOT_ATTEMPTED
+                } else {
+                    code::UNKNOWN_TOPIC_OR_PARTITION
+                }
+            })
+            .collect(),
+    )
+}
+
+/// One transaction's AddPartitionsToTxn: a code per partition, in order.
+async fn add_partitions(
+    shard: &Rc<Shard>,
+    id: String,
+    producer_id: i64,
+    epoch: i16,
+    partitions: Vec<(String, i32)>,
+    verify_only: bool,
+) -> Vec<i16> {
+    if let Some(codes) = unknown_partitions(shard, &partitions) {
+        return codes;
+    }
+    let count = partitions.len();
+    let key = id.clone();
+    let result = on_coordinator(shard, &key, move |s| async move {
+        s.txns
+            .clone()
+            .add_partitions(&s, &id, producer_id, epoch, partitions, verify_only)
+            .await
+    })
+    .await;
+    vec![result.err().unwrap_or(code::NONE); count]
+}
+
+fn flatten(
+    topics: &[kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic],
+) -> Vec<(String, i32)> {
+    topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| (t.name.0.to_string(), *p)))
+        .collect()
+}
+
+fn topic_results(
+    topics: &[kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic],
+    codes: &[i16],
+) -> Vec<AddPartitionsToTxnTopicResult> {
+    let mut codes = codes.iter();
+    topics
+        .iter()
+        .map(|t| {
+            let mut result = AddPartitionsToTxnTopicResult::default();
+            result.name = t.name.clone();
+            result.results_by_partition = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut r = AddPartitionsToTxnPartitionResult::default();
+                    r.partition_index = *p;
+                    r.partition_error_code = codes.next().copied().unwrap_or(code::NONE);
+                    r
+                })
+                .collect();
+            result
+        })
+        .collect()
+}
+
+/// Handles AddPartitionsToTxn: one transaction (v0–3) or several, possibly verify-only (v4+).
+pub async fn add_partitions_to_txn(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, AddPartitionsToTxnRequest);
+    let mut response = AddPartitionsToTxnResponse::default();
+    if header.api_version <= 3 {
+        let partitions = flatten(&request.v3_and_below_topics);
+        let codes = add_partitions(
+            &shard,
+            request.v3_and_below_transactional_id.0.to_string(),
+            request.v3_and_below_producer_id.0,
+            request.v3_and_below_producer_epoch,
+            partitions,
+            false,
+        )
+        .await;
+        response.results_by_topic_v3_and_below =
+            topic_results(&request.v3_and_below_topics, &codes);
+        return encode(&header, &response);
+    }
+    let pending = request.transactions.iter().map(|txn| {
+        let shard = shard.clone();
+        async move {
+            add_partitions(
+                &shard,
+                txn.transactional_id.0.to_string(),
+                txn.producer_id.0,
+                txn.producer_epoch,
+                flatten(&txn.topics),
+                txn.verify_only,
+            )
+            .await
+        }
+    });
+    let all_codes = futures::future::join_all(pending).await;
+    response.results_by_transaction = request
+        .transactions
+        .iter()
+        .zip(all_codes)
+        .map(|(txn, codes)| {
+            let mut result = AddPartitionsToTxnResult::default();
+            result.transactional_id = txn.transactional_id.clone();
+            result.topic_results = topic_results(&txn.topics, &codes);
+            result
+        })
+        .collect();
+    encode(&header, &response)
+}
+
+/// Handles AddOffsetsToTxn: adds the group's `__consumer_offsets` partition.
+pub async fn add_offsets_to_txn(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, AddOffsetsToTxnRequest);
+    let offsets_partition = sluice_group::offsets_partition_for(&request.group_id.0);
+    let id = request.transactional_id.0.to_string();
+    let key = id.clone();
+    let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
+    let result = on_coordinator(&shard, &key, move |s| async move {
+        s.txns
+            .clone()
+            .add_partitions(
+                &s,
+                &id,
+                producer_id,
+                epoch,
+                vec![(sluice_group::OFFSETS_TOPIC.to_string(), offsets_partition)],
+                false,
+            )
+            .await
+    })
+    .await;
+    let mut response = AddOffsetsToTxnResponse::default();
+    response.error_code = result.err().unwrap_or(code::NONE);
+    encode(&header, &response)
+}
+
+/// Handles EndTxn: answers once every marker is written and the end is durable.
+pub async fn end_txn(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, EndTxnRequest);
+    let id = request.transactional_id.0.to_string();
+    let key = id.clone();
+    let (producer_id, epoch, commit) = (
+        request.producer_id.0,
+        request.producer_epoch,
+        request.committed,
+    );
+    let result = on_coordinator(&shard, &key, move |s| async move {
+        s.txns
+            .clone()
+            .end_txn(&s, &id, producer_id, epoch, commit)
+            .await
+    })
+    .await;
+    let mut response = EndTxnResponse::default();
+    response.error_code = result.err().unwrap_or(code::NONE);
+    response.producer_id = ProducerId(-1);
+    response.producer_epoch = -1;
+    encode(&header, &response)
+}
+
+/// Handles TxnOffsetCommit: the coordinator checks the producer, the group's shard checks
+/// the member (v3+) and holds the offsets until the transaction ends.
+pub async fn txn_offset_commit(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, TxnOffsetCommitRequest);
+    let version = header.api_version;
+    let id = request.transactional_id.0.to_string();
+    let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
+    let checked = on_coordinator(&shard, &id.clone(), move |s| async move {
+        s.txns.check_offset_commit(&id, producer_id, epoch)
+    })
+    .await;
+    let snapshot = shard.metadata.load();
+    let mut codes: Vec<Vec<i16>> = request
+        .topics
+        .iter()
+        .map(|t| {
+            let count = snapshot.topic(&t.name.0).map(|m| m.partitions);
+            t.partitions
+                .iter()
+                .map(|p| {
+                    if count.is_some_and(|n| (0..n).contains(&p.partition_index)) {
+                        code::NONE
+                    } else {
+                        code::UNKNOWN_TOPIC_OR_PARTITION
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let group_error = match checked {
+        Err(error_code) => Some(error_code),
+        Ok(()) => {
+            let group_id = request.group_id.0.to_string();
+            let member = (version >= 3).then(|| {
+                (
+                    request.member_id.to_string(),
+                    request.group_instance_id.as_ref().map(|i| i.to_string()),
+                    request.generation_id,
+                )
+            });
+            let mut offsets = Vec::new();
+            for (t, topic_codes) in request.topics.iter().zip(&codes) {
+                for (p, c) in t.partitions.iter().zip(topic_codes) {
+                    if *c == code::NONE {
+                        offsets.push((
+                            t.name.0.to_string(),
+                            p.partition_index,
+                            p.committed_offset,
+                            if version >= 2 {
+                                p.committed_leader_epoch
+                            } else {
+                                -1
+                            },
+                            p.committed_metadata
+                                .as_ref()
+                                .map(|m| m.to_string())
+                                .unwrap_or_default(),
+                        ));
+                    }
+                }
+            }
+            let target = super::groups::group_shard(&shard, &group_id);
+            let held = shard
+                .invoke_on(target, move |s| async move {
+                    if let Some((member_id, instance, generation)) = &member {
+                        s.groups.validate_transactional_commit(
+                            &group_id,
+                            member_id,
+                            instance.as_deref(),
+                            *generation,
+                        )?;
+                    }
+                    s.txn_offsets.add(producer_id, &group_id, offsets);
+                    Ok::<(), i16>(())
+                })
+                .await;
+            match held {
+                Ok(Ok(())) => None,
+                Ok(Err(error_code)) => Some(error_code),
+                Err(_) => Some(code::COORDINATOR_NOT_AVAILABLE),
+            }
+        }
+    };
+    if let Some(error_code) = group_error {
+        for topic_codes in &mut codes {
+            for c in topic_codes.iter_mut().filter(|c| **c == code::NONE) {
+                *c = error_code;
+            }
+        }
+    }
+    let mut response = TxnOffsetCommitResponse::default();
+    response.topics = request
+        .topics
+        .iter()
+        .zip(codes)
+        .map(|(t, topic_codes)| {
+            let mut rt = TxnOffsetCommitResponseTopic::default();
+            rt.name = t.name.clone();
+            rt.partitions = t
+                .partitions
+                .iter()
+                .zip(topic_codes)
+                .map(|(p, c)| {
+                    let mut rp = TxnOffsetCommitResponsePartition::default();
+                    rp.partition_index = p.partition_index;
+                    rp.error_code = c;
+                    rp
+                })
+                .collect();
+            rt
+        })
+        .collect();
+    encode(&header, &response)
+}
+
+/// Handles ListTransactions (0–1): every shard's ids, filtered by state, producer id and
+/// duration (v1+).
+pub async fn list_transactions(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, ListTransactionsRequest);
+    let states: Vec<String> = request
+        .state_filters
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let producers: Vec<i64> = request.producer_id_filters.iter().map(|p| p.0).collect();
+    let now_ms = crate::server::now_ms();
+    let mut pending = Vec::new();
+    for target in 0..shard.set.count() {
+        pending.push(shard.invoke_on(target, |s| async move { s.txns.list() }));
+    }
+    let known = [
+        "Empty",
+        "Ongoing",
+        "PrepareCommit",
+        "PrepareAbort",
+        "CompleteCommit",
+        "CompleteAbort",
+        "Dead",
+        "PrepareEpochFence",
+    ];
+    let mut response = ListTransactionsResponse::default();
+    response.unknown_state_filters = states
+        .iter()
+        .filter(|s| !known.contains(&s.as_str()))
+        .map(|s| str_bytes(s))
+        .collect();
+    for listed in futures::future::join_all(pending).await {
+        let Ok(listed) = listed else {
+            response.error_code = code::COORDINATOR_NOT_AVAILABLE;
+            continue;
+        };
+        for (id, meta) in listed {
+            let name = meta.state.name();
+            let running_ms = if meta.start_ms >= 0 {
+                now_ms - meta.start_ms
+            } else {
+                0
+            };
+            if (!states.is_empty() && !states.iter().any(|s| s == name))
+                || (!producers.is_empty() && !producers.contains(&meta.producer_id))
+                || (request.duration_filter >= 0 && running_ms < request.duration_filter)
+            {
+                continue;
+            }
+            let mut state = ListedState::default();
+            state.transactional_id = TransactionalId(str_bytes(&id));
+            state.producer_id = ProducerId(meta.producer_id);
+            state.transaction_state = str_bytes(name);
+            response.transaction_states.push(state);
+        }
+    }
+    encode(&header, &response)
+}
+
+fn described(id: &str, result: Result<TxnMetadata, i16>) -> DescribedState {
+    let mut state = DescribedState::default();
+    state.transactional_id = TransactionalId(str_bytes(id));
+    match result {
+        Ok(meta) => {
+            state.transaction_state = str_bytes(meta.state.name());
+            state.transaction_timeout_ms = meta.timeout_ms;
+            state.transaction_start_time_ms = meta.start_ms;
+            state.producer_id = ProducerId(meta.producer_id);
+            state.producer_epoch = meta.producer_epoch;
+            let mut topics: Vec<TopicData> = Vec::new();
+            for (topic, index) in meta.partitions {
+                match topics.last_mut() {
+                    Some(last) if last.topic.0.as_str() == topic => last.partitions.push(index),
+                    _ => {
+                        let mut data = TopicData::default();
+                        data.topic = TopicName(str_bytes(&topic));
+                        data.partitions = vec![index];
+                        topics.push(data);
+                    }
+                }
+            }
+            state.topics = topics;
+        }
+        Err(error_code) => {
+            state.error_code = error_code;
+            state.transaction_state = str_bytes("");
+            state.producer_id = ProducerId(-1);
+            state.producer_epoch = -1;
+            state.transaction_start_time_ms = -1;
+        }
+    }
+    state
+}
+
+/// Handles DescribeTransactions.
+pub async fn describe_transactions(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, DescribeTransactionsRequest);
+    let pending = request.transactional_ids.iter().map(|id| {
+        let id = id.0.to_string();
+        let shard = shard.clone();
+        async move {
+            let key = id.clone();
+            let result =
+                on_coordinator(&shard, &key, move |s| async move { s.txns.describe(&id) }).await;
+            described(&key, result)
+        }
+    });
+    let mut response = DescribeTransactionsResponse::default();
+    response.transaction_states = futures::future::join_all(pending).await;
+    encode(&header, &response)
+}
+
+/// Handles DescribeProducers: per partition, on its owner, the producers with an open
+/// transaction there (from a loaded transaction state) and the idempotent producers known.
+pub async fn describe_producers(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+) -> Response<FetchRecords> {
+    let request = decode_or_close!(header, body, DescribeProducersRequest);
+    let snapshot = shard.metadata.load();
+    let mut response = DescribeProducersResponse::default();
+    for topic in &request.topics {
+        let name = topic.name.0.to_string();
+        let count = snapshot.topic(&name).map(|m| m.partitions);
+        let mut out = TopicResponse::default();
+        out.name = topic.name.clone();
+        for index in &topic.partition_indexes {
+            let index = *index;
+            let mut partition = PartitionResponse::default();
+            partition.partition_index = index;
+            if !count.is_some_and(|n| (0..n).contains(&index)) {
+                partition.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+                out.partitions.push(partition);
+                continue;
+            }
+            let owner = shard.set.owner_of(&name, index);
+            let topic_name = name.clone();
+            let producers = shard
+                .invoke_on(owner, move |s| async move {
+                    producers_on_owner(&s, &topic_name, index).await
+                })
+                .await;
+            match producers {
+                Ok(Ok(active)) => {
+                    partition.active_producers = active
+                        .into_iter()
+                        .map(|(id, epoch, last_sequence, last_ms, txn_start)| {
+                            let mut p = ProducerState::default();
+                            p.producer_id = ProducerId(id);
+                            p.producer_epoch = i32::from(epoch);
+                            p.last_sequence = last_sequence;
+                            p.last_timestamp = last_ms;
+                            p.coordinator_epoch = -1;
+                            p.current_txn_start_offset = txn_start;
+                            p
+                        })
+                        .collect()
+                }
+                Ok(Err(error_code)) => partition.error_code = error_code,
+                Err(_) => partition.error_code = code::NOT_LEADER_OR_FOLLOWER,
+            }
+            out.partitions.push(partition);
+        }
+        response.topics.push(out);
+    }
+    encode(&header, &response)
+}
+
+/// (producer id, epoch, last sequence, last timestamp, open transaction's first offset).
+type ActiveProducer = (i64, i16, i32, i64, i64);
+
+async fn producers_on_owner(
+    shard: &Shard,
+    topic: &str,
+    index: i32,
+) -> Result<Vec<ActiveProducer>, i16> {
+    let Some(partition) = shard.partition(topic, index) else {
+        return Err(code::NOT_LEADER_OR_FOLLOWER);
+    };
+    shard.load_producer_states(topic, index).await;
+    if shard
+        .txn_partitions
+        .ensure_loaded(&partition, topic, index)
+        .await
+        .is_err()
+    {
+        return Err(code::KAFKA_STORAGE_ERROR);
+    }
+    let open: std::collections::HashMap<i64, i64> = shard
+        .txn_partitions
+        .with(topic, index, |state| {
+            state
+                .open_transactions()
+                .map(|(id, txn)| (id, txn.first_offset.unwrap_or(-1)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let producers = shard.with_producer_states(topic, index, |states| states.producers());
+    Ok(producers
+        .into_iter()
+        .map(|(id, epoch, last_sequence, last_ms)| {
+            (
+                id,
+                epoch,
+                last_sequence,
+                last_ms,
+                open.get(&id).copied().unwrap_or(-1),
+            )
+        })
+        .collect())
+}

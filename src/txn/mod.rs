@@ -1,0 +1,76 @@
+//! Transactions (single broker): the transaction coordinator, its `__transaction_state` log,
+//! the COMMIT/ABORT markers, and the per-partition view (open transactions, aborted ranges,
+//! last stable offset) that read_committed fetches and transactional produce rely on.
+//!
+//! Layout: [`state`] (the coordinator's state machine, pure), [`log`] (Kafka's
+//! TransactionLog key/value layout in `__transaction_state`), [`coordinator`] (one per shard,
+//! for the transactional ids whose state partition the shard owns), [`markers`] (control
+//! batches into data partitions), [`partition`] and [`registry`] (the data partitions' side),
+//! [`offsets`] (TxnOffsetCommit offsets held until their transaction commits).
+//!
+//! Must never: act on a coordinator state change before it is durable in
+//! `__transaction_state`, or run in a cluster (transactions are refused there for now).
+
+pub mod coordinator;
+pub mod log;
+pub mod markers;
+pub mod offsets;
+pub mod partition;
+pub mod registry;
+pub mod state;
+
+/// The internal topic holding the coordinators' state.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// The transaction coordinator's settings; Kafka's names in the field docs.
+#[derive(Debug, Clone)]
+pub struct TxnConfig {
+    /// `transaction.max.timeout.ms` (default 900000).
+    pub timeout_ms_max: i32,
+    /// `transaction.state.log.num.partitions` (default 50).
+    pub state_partitions: i32,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms` (default 10000).
+    pub abort_check_interval_ms: u64,
+    /// `transaction.marker.delay.ms`: test only, a pause between PrepareX and the markers.
+    pub marker_delay_ms: u64,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms_max: 900_000,
+            state_partitions: 50,
+            abort_check_interval_ms: 10_000,
+            marker_delay_ms: 0,
+        }
+    }
+}
+
+/// The `__transaction_state` partition of `transactional_id`: Kafka's
+/// `Utils.abs(id.hashCode()) % transaction.state.log.num.partitions`.
+pub fn state_partition_for(transactional_id: &str, partitions: i32) -> i32 {
+    debug_assert!(partitions > 0);
+    let hash = sluice_group::java_string_hash(transactional_id);
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    positive % partitions.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_partition_matches_kafka() {
+        // "my-txn".hashCode() == -1_059_396_766 (java), abs % 50 = 16.
+        assert_eq!(
+            sluice_group::java_string_hash("my-txn"),
+            "my-txn"
+                .encode_utf16()
+                .fold(0i32, |h, u| h.wrapping_mul(31).wrapping_add(u as i32))
+        );
+        assert_eq!(state_partition_for("polygenelubricants", 50), 0);
+        for id in ["", "a", "txn-1", "zzzzzzzz"] {
+            assert!((0..50).contains(&state_partition_for(id, 50)));
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The transaction view of one data partition, kept on the shard that owns it: which
+//! producers have a transaction open here (and the offset its first batch got), and which
+//! transactions were aborted (the range each covered), from which the last stable offset and
+//! a read_committed fetch's `aborted_transactions` follow.
+//!
+//! Owns: the admission of transactional batches (the producer must have added this partition
+//! to its ongoing transaction with its current epoch), and the bookkeeping that a COMMIT or
+//! ABORT marker closes. Must never: let the last stable offset pass the first offset of a
+//! transaction still open, or forget an aborted range while its batches are in the log (a
+//! read_committed consumer would then deliver aborted records).
+//!
+//! Everything here is rebuilt from the log itself (see [`PartitionTxns::replay`]), so nothing
+//! but the log has to be durable.
+
+use std::collections::HashMap;
+
+use crate::errors::code;
+
+/// A transaction of one producer that is open on this partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenTxn {
+    /// The producer epoch the coordinator registered (or the log showed).
+    pub epoch: i16,
+    /// Offset of the transaction's first batch here; None until it wrote one.
+    pub first_offset: Option<i64>,
+}
+
+/// A transaction aborted on this partition: Kafka's `.txnindex` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    /// The producer.
+    pub producer_id: i64,
+    /// Offset of its first batch in the transaction.
+    pub first_offset: i64,
+    /// Offset of the ABORT marker.
+    pub last_offset: i64,
+}
+
+/// The transaction state of one partition.
+#[derive(Debug, Default)]
+pub struct PartitionTxns {
+    /// The partition's `transactional` flag file exists (see `registry`).
+    pub flagged: bool,
+    open: HashMap<i64, OpenTxn>,
+    /// In marker order, so `last_offset` ascends.
+    aborted: Vec<AbortedTxn>,
+}
+
+/// What a control record says (its key's type field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// ABORT (type 0).
+    Abort,
+    /// COMMIT (type 1).
+    Commit,
+}
+
+impl PartitionTxns {
+    /// The coordinator added this partition to `producer_id`'s transaction at `epoch`.
+    pub fn register(&mut self, producer_id: i64, epoch: i16) {
+        let entry = self.open.entry(producer_id).or_insert(OpenTxn {
+            epoch,
+            first_offset: None,
+        });
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+        }
+    }
+
+    /// Whether `producer_id` has a transaction open here at `epoch`.
+    pub fn is_open(&self, producer_id: i64, epoch: i16) -> bool {
+        self.open
+            .get(&producer_id)
+            .is_some_and(|txn| txn.epoch == epoch)
+    }
+
+    /// Admits a transactional batch of `producer_id` at `epoch` (Kafka's codes: an older epoch
+    /// is fenced, a partition outside the transaction is INVALID_TXN_STATE).
+    pub fn admit(&self, producer_id: i64, epoch: i16) -> Result<(), (i16, &'static str)> {
+        match self.open.get(&producer_id) {
+            Some(txn) if txn.epoch == epoch => Ok(()),
+            Some(txn) if txn.epoch > epoch => Err((
+                code::INVALID_PRODUCER_EPOCH,
+                "the producer's epoch is older than its transaction's (fenced)",
+            )),
+            _ => Err((
+                code::INVALID_TXN_STATE,
+                "the partition was not added to the producer's ongoing transaction",
+            )),
+        }
+    }
+
+    /// A batch of the transaction is about to be appended at `offset` (the log end offset
+    /// before the append: taken with no await before the append assigns it, so the LSO holds
+    /// back from the moment the batch can become visible).
+    pub fn note_append(&mut self, producer_id: i64, epoch: i16, offset: i64) {
+        let entry = self.open.entry(producer_id).or_insert(OpenTxn {
+            epoch,
+            first_offset: None,
+        });
+        if entry.first_offset.is_none() {
+            entry.first_offset = Some(offset);
+        }
+    }
+
+    /// A marker for `producer_id` was written at `marker_offset`: its transaction here is
+    /// closed, and recorded as aborted if it wrote anything and `marker` is ABORT.
+    pub fn complete(&mut self, producer_id: i64, marker: Marker, marker_offset: i64) {
+        let Some(txn) = self.open.remove(&producer_id) else {
+            return;
+        };
+        if let (Marker::Abort, Some(first_offset)) = (marker, txn.first_offset) {
+            debug_assert!(first_offset < marker_offset);
+            self.aborted.push(AbortedTxn {
+                producer_id,
+                first_offset,
+                last_offset: marker_offset,
+            });
+        }
+    }
+
+    /// The last stable offset: the first offset of the oldest open transaction, capped by
+    /// `high_watermark`.
+    pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
+        self.open
+            .values()
+            .filter_map(|txn| txn.first_offset)
+            .min()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// The aborted transactions that overlap `[from_offset, to_offset)`, as (producer id,
+    /// first offset), oldest first: what a read_committed fetch of that range returns.
+    pub fn aborted_between(&self, from_offset: i64, to_offset: i64) -> Vec<(i64, i64)> {
+        let start = self
+            .aborted
+            .partition_point(|a| a.last_offset < from_offset);
+        self.aborted[start..]
+            .iter()
+            .filter(|a| a.first_offset < to_offset)
+            .map(|a| (a.producer_id, a.first_offset))
+            .collect()
+    }
+
+    /// Drops aborted entries wholly below `log_start_offset` (retention removed their data).
+    pub fn trim_before(&mut self, log_start_offset: i64) {
+        let keep_from = self
+            .aborted
+            .partition_point(|a| a.last_offset < log_start_offset);
+        self.aborted.drain(..keep_from);
+    }
+
+    /// The producers with a transaction open here, with their state (DescribeProducers).
+    pub fn open_transactions(&self) -> impl Iterator<Item = (i64, OpenTxn)> + '_ {
+        self.open.iter().map(|(id, txn)| (*id, *txn))
+    }
+
+    /// Every aborted transaction still indexed.
+    pub fn aborted(&self) -> &[AbortedTxn] {
+        &self.aborted
+    }
+
+    /// Replays the batches in `bytes` (whole v2 batches, in log order) into the state:
+    /// a transactional data batch opens its producer's transaction at its base offset, a
+    /// control batch closes it. Returns one past the last offset seen, or None if `bytes`
+    /// holds no whole batch.
+    pub fn replay(&mut self, bytes: &[u8]) -> Option<i64> {
+        let mut next = None;
+        let mut pos = 0usize;
+        while let Some(header) = sluice_storage::batch::RecordBatchHeader::parse(&bytes[pos..]) {
+            let size = header.size_bytes();
+            if size == 0 || pos + size > bytes.len() {
+                break;
+            }
+            if header.is_transactional() && header.producer_id >= 0 {
+                if header.is_control() {
+                    let marker = control_marker(&bytes[pos..pos + size]);
+                    if let Some(marker) = marker {
+                        self.complete(header.producer_id, marker, header.base_offset);
+                    }
+                } else {
+                    self.note_append(
+                        header.producer_id,
+                        header.producer_epoch,
+                        header.base_offset,
+                    );
+                }
+            }
+            next = Some(header.last_offset() + 1);
+            pos += size;
+        }
+        next
+    }
+}
+
+/// The marker type of a control batch (its first record's key: version i16, type i16).
+pub fn control_marker(batch: &[u8]) -> Option<Marker> {
+    let mut rest = batch.get(sluice_storage::batch::HEADER_BYTES..)?;
+    let _length = read_varint(&mut rest)?;
+    let (_attributes, tail) = rest.split_first()?;
+    rest = tail;
+    let _timestamp_delta = read_varint(&mut rest)?;
+    let _offset_delta = read_varint(&mut rest)?;
+    let key_length = read_varint(&mut rest)?;
+    if key_length < 4 {
+        return None;
+    }
+    let kind = i16::from_be_bytes([*rest.get(2)?, *rest.get(3)?]);
+    match kind {
+        0 => Some(Marker::Abort),
+        1 => Some(Marker::Commit),
+        _ => None,
+    }
+}
+
+/// A zigzag varint (Kafka's record fields), advancing `bytes`.
+fn read_varint(bytes: &mut &[u8]) -> Option<i64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lso_holds_at_the_oldest_open_transaction_and_aborts_are_indexed() {
+        let mut txns = PartitionTxns::default();
+        assert_eq!(txns.last_stable_offset(10), 10);
+        txns.register(7, 0);
+        assert_eq!(txns.last_stable_offset(10), 10, "nothing written yet");
+        txns.note_append(7, 0, 10);
+        txns.register(8, 3);
+        txns.note_append(8, 3, 12);
+        txns.note_append(7, 0, 14);
+        assert_eq!(txns.last_stable_offset(20), 10);
+        assert_eq!(
+            txns.last_stable_offset(5),
+            5,
+            "capped by the high watermark"
+        );
+        txns.complete(7, Marker::Abort, 20);
+        assert_eq!(txns.last_stable_offset(21), 12);
+        txns.complete(8, Marker::Commit, 21);
+        assert_eq!(txns.last_stable_offset(22), 22);
+        assert_eq!(txns.aborted_between(0, 22), vec![(7, 10)]);
+        assert_eq!(txns.aborted_between(21, 22), Vec::<(i64, i64)>::new());
+        assert_eq!(txns.aborted_between(0, 10), Vec::<(i64, i64)>::new());
+        txns.trim_before(21);
+        assert!(txns.aborted().is_empty());
+    }
+
+    #[test]
+    fn admission_needs_the_registered_epoch() {
+        let mut txns = PartitionTxns::default();
+        assert_eq!(
+            txns.admit(1, 0).map_err(|e| e.0),
+            Err(code::INVALID_TXN_STATE)
+        );
+        txns.register(1, 2);
+        assert!(txns.admit(1, 2).is_ok());
+        assert_eq!(
+            txns.admit(1, 1).map_err(|e| e.0),
+            Err(code::INVALID_PRODUCER_EPOCH)
+        );
+        txns.complete(1, Marker::Commit, 5);
+        assert_eq!(
+            txns.admit(1, 2).map_err(|e| e.0),
+            Err(code::INVALID_TXN_STATE)
+        );
+    }
+
+    #[test]
+    fn replay_rebuilds_open_and_aborted_transactions_from_batches() {
+        let mut log = Vec::new();
+        let mut data = sluice_storage::batch::builder::idempotent_batch(0, &[b"a", b"b"], 5, 0, 0);
+        super::super::markers::set_transactional(&mut data);
+        sluice_storage::batch::assign(&mut data, 0, 0);
+        log.extend_from_slice(&data);
+        let mut abort = super::super::markers::control_batch(5, 0, Marker::Abort, 0, 0).to_vec();
+        sluice_storage::batch::assign(&mut abort, 2, 0);
+        log.extend_from_slice(&abort);
+        let mut open = sluice_storage::batch::builder::idempotent_batch(0, &[b"c"], 6, 1, 0);
+        super::super::markers::set_transactional(&mut open);
+        sluice_storage::batch::assign(&mut open, 3, 0);
+        log.extend_from_slice(&open);
+        let mut txns = PartitionTxns::default();
+        assert_eq!(txns.replay(&log), Some(4));
+        assert_eq!(txns.aborted_between(0, 4), vec![(5, 0)]);
+        assert_eq!(txns.last_stable_offset(4), 3);
+        assert!(txns.admit(6, 1).is_ok());
+    }
+}
