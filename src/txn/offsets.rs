@@ -38,15 +38,6 @@ impl PendingOffsets {
         }
     }
 
-    /// Whether a partition of `group_id` has an offset waiting on a transaction
-    /// (OffsetFetch with require_stable answers UNSTABLE_OFFSET_COMMIT then).
-    pub fn has_pending(&self, group_id: &str) -> bool {
-        self.pending
-            .borrow()
-            .values()
-            .any(|groups| groups.contains_key(group_id))
-    }
-
     /// Ends `producer_id`'s transaction for the groups of `offsets_partition` (those whose
     /// `__consumer_offsets` partition it is): commits their offsets durably, or drops them.
     /// Returns a Kafka error code; on failure the offsets stay, for the coordinator's retry.
