@@ -8,7 +8,9 @@
 use uuid::Uuid;
 
 use crate::controller::{read_error, write_error, Controller};
-use crate::state::{assign_replicas, ClusterState, Command, CommandReply, PlacementError};
+use crate::state::{
+    assign_replicas, BrokerId, ClusterState, Command, CommandReply, PartitionRecord, PlacementError,
+};
 use crate::wire::{TopicAdminError, TopicAdminReply, TopicAdminRequest};
 
 fn placement_error(error: PlacementError) -> TopicAdminError {
@@ -75,6 +77,42 @@ impl Controller {
     }
 }
 
+/// Partitions placed as a request's replica assignments say: each a non-empty set of
+/// unfenced registered brokers, all of one size (Kafka's rules); the first replica leads.
+fn assigned(
+    state: &ClusterState,
+    assignments: &[Vec<BrokerId>],
+) -> Result<Vec<PartitionRecord>, TopicAdminError> {
+    let invalid = |message: String| Err(TopicAdminError::InvalidReplicaAssignment(message));
+    let size = assignments.first().map_or(0, Vec::len);
+    let mut placed = Vec::with_capacity(assignments.len());
+    for (index, replicas) in assignments.iter().enumerate() {
+        if replicas.is_empty() || replicas.len() != size {
+            return invalid(format!(
+                "Partition {index} has {} replicas; every partition needs the same number, at least 1.",
+                replicas.len()
+            ));
+        }
+        for (at, broker) in replicas.iter().enumerate() {
+            if replicas[..at].contains(broker) {
+                return invalid(format!("Partition {index} names broker {broker} twice."));
+            }
+            if !state.brokers.get(broker).is_some_and(|b| !b.fenced) {
+                return invalid(format!(
+                    "Partition {index} names broker {broker}, which is not a live broker."
+                ));
+            }
+        }
+        placed.push(PartitionRecord {
+            replicas: replicas.clone(),
+            leader: replicas[0],
+            leader_epoch: 0,
+            isr: replicas.clone(),
+        });
+    }
+    Ok(placed)
+}
+
 /// The command a request makes against `state`, and the topic it concerns.
 fn plan(
     state: &ClusterState,
@@ -85,6 +123,7 @@ fn plan(
             name,
             partitions,
             replication_factor,
+            assignments,
             configs,
         } => {
             check_replication_factor(replication_factor)?;
@@ -95,8 +134,12 @@ fn plan(
             }
             let id = Uuid::new_v4();
             let start = placement_start(id, state.unfenced_brokers().count());
-            let placed = assign_replicas(state, partitions, replication_factor, start)
-                .map_err(placement_error)?;
+            let placed = if assignments.is_empty() {
+                assign_replicas(state, partitions, replication_factor, start)
+                    .map_err(placement_error)?
+            } else {
+                assigned(state, &assignments)?
+            };
             let topic = crate::state::TopicRecord {
                 name: name.clone(),
                 id,
@@ -181,7 +224,43 @@ mod tests {
             name: name.into(),
             partitions,
             replication_factor,
+            assignments: Vec::new(),
             configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn replica_assignments_place_as_asked_or_are_refused() {
+        let mut state = three_brokers();
+        let with = |assignments: Vec<Vec<i32>>| TopicAdminRequest::Create {
+            name: "a".into(),
+            partitions: i32::try_from(assignments.len()).unwrap(),
+            replication_factor: 1,
+            assignments,
+            configs: BTreeMap::new(),
+        };
+        let (_, topic) = plan(&state, with(vec![vec![3, 1], vec![2, 3]])).unwrap();
+        let placed: Vec<(i32, Vec<i32>)> = topic
+            .partitions
+            .iter()
+            .map(|p| (p.leader, p.replicas.clone()))
+            .collect();
+        assert_eq!(placed, vec![(3, vec![3, 1]), (2, vec![2, 3])]);
+        state.apply(9, &Command::FenceBroker { id: 2, epoch: 2 });
+        for bad in [
+            vec![vec![1, 1]],
+            vec![vec![1, 3], vec![1]],
+            vec![vec![]],
+            vec![vec![1, 4]],
+            vec![vec![1, 2]],
+        ] {
+            assert!(
+                matches!(
+                    plan(&state, with(bad.clone())),
+                    Err(TopicAdminError::InvalidReplicaAssignment(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 

@@ -107,6 +107,10 @@ pub enum TopicAdminRequest {
         partitions: i32,
         /// Replicas per partition (already resolved from the default).
         replication_factor: i32,
+        /// The replicas of each partition, preferred leader first, when the request gave
+        /// them (then they decide the partition count and replication factor).
+        #[serde(default)]
+        assignments: Vec<Vec<BrokerId>>,
         /// Config overrides (already validated by the broker).
         configs: BTreeMap<String, String>,
     },
@@ -151,6 +155,9 @@ pub enum TopicAdminError {
     /// INVALID_REPLICATION_FACTOR.
     #[error("{0}")]
     InvalidReplicationFactor(String),
+    /// INVALID_REPLICA_ASSIGNMENT.
+    #[error("{0}")]
+    InvalidReplicaAssignment(String),
     /// Not the active controller, or the quorum could not commit.
     #[error(transparent)]
     Rpc(#[from] BrokerRpcError),

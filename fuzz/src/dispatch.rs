@@ -293,6 +293,7 @@ async fn build_shard(
                 name: SEED_TOPIC.to_string(),
                 partitions: SEED_TOPIC_PARTITIONS,
                 replication_factor: 1,
+                assignments: Vec::new(),
                 configs: Default::default(),
             }],
             false,

@@ -84,18 +84,11 @@ pub async fn create_topics(
                 ))));
                 continue;
             }
-            if shard.metadata.is_clustered() {
-                results.push(Some(Err((
-                    code::INVALID_REPLICA_ASSIGNMENT,
-                    "Replica assignments are not supported in a cluster yet; give numPartitions."
-                        .to_string(),
-                ))));
-                continue;
-            }
-            if topic
-                .assignments
-                .iter()
-                .any(|a| a.broker_ids.iter().any(|b| b.0 != node_id) || a.broker_ids.is_empty())
+            if !shard.metadata.is_clustered()
+                && topic
+                    .assignments
+                    .iter()
+                    .any(|a| a.broker_ids.iter().any(|b| b.0 != node_id) || a.broker_ids.is_empty())
             {
                 results.push(Some(Err((
                     code::INVALID_REPLICA_ASSIGNMENT,
@@ -120,6 +113,11 @@ pub async fn create_topics(
             } else {
                 -1
             },
+            assignments: topic
+                .assignments
+                .iter()
+                .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                .collect(),
             configs,
         });
     }

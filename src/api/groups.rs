@@ -111,6 +111,7 @@ fn create_offsets_topic(shard: &Rc<Shard>) {
                 name: sluice_group::OFFSETS_TOPIC.to_string(),
                 partitions: sluice_group::OFFSETS_PARTITION_COUNT,
                 replication_factor: 1,
+                assignments: Vec::new(),
                 configs: Default::default(),
             })
             .await;

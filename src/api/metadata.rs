@@ -149,6 +149,7 @@ async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<Arc<TopicMeta>, (i
         name: name.to_string(),
         partitions: -1,
         replication_factor: -1,
+        assignments: Vec::new(),
         configs: Default::default(),
     };
     if shard.metadata.is_clustered() {

@@ -172,6 +172,18 @@ async fn append_on_owner(
         Verdict::Plain => None,
         Verdict::Append(ticket) => Some(ticket),
         Verdict::Duplicate(Some(base_offset)) => {
+            // A retry of a batch whose first answer timed out waiting for the ISR: the same
+            // promise as the original (batches are whole, so a high watermark past its base
+            // offset is past all of it).
+            if ack == Ack::Durable {
+                if let Err(error_code) = shard
+                    .replicas
+                    .wait_replicated(topic, index, &partition, base_offset + 1)
+                    .await
+                {
+                    return PartitionResult::error(index, error_code, None);
+                }
+            }
             return PartitionResult {
                 index,
                 error_code: code::NONE,
@@ -179,7 +191,7 @@ async fn append_on_owner(
                 log_append_time_ms: -1,
                 log_start_offset: partition.log_start_offset(),
                 error_message: None,
-            }
+            };
         }
         Verdict::Duplicate(None) => {
             return PartitionResult::error(

@@ -29,6 +29,9 @@ pub struct NewTopic {
     pub partitions: i32,
     /// Replication factor; -1 = default. Anything but 1 fails on a single broker.
     pub replication_factor: i16,
+    /// In a cluster: the replicas of each partition, preferred leader first, as the request
+    /// gave them (empty: the controller places them).
+    pub assignments: Vec<Vec<i32>>,
     /// Config overrides.
     pub configs: BTreeMap<String, String>,
 }

@@ -28,6 +28,7 @@ fn kafka_error(error: TopicAdminError) -> AdminError {
         TopicAdminError::UnknownTopic(_) => code::UNKNOWN_TOPIC_OR_PARTITION,
         TopicAdminError::InvalidPartitions(_) => code::INVALID_PARTITIONS,
         TopicAdminError::InvalidReplicationFactor(_) => code::INVALID_REPLICATION_FACTOR,
+        TopicAdminError::InvalidReplicaAssignment(_) => code::INVALID_REPLICA_ASSIGNMENT,
         // Retriable for clients: they ask again, and a controller is elected meanwhile.
         TopicAdminError::Rpc(BrokerRpcError::NotController { .. }) => code::NOT_CONTROLLER,
         TopicAdminError::Rpc(_) => code::REQUEST_TIMED_OUT,
@@ -105,6 +106,7 @@ pub async fn create_topic(
             name: topic.name,
             partitions,
             replication_factor,
+            assignments: topic.assignments,
             configs: topic.configs,
         })
         .await

@@ -11,7 +11,9 @@ are stopped), nodes 2 and 3 are brokers. An RF=3 topic with min.insync.replicas=
   goes on with two in-sync replicas; SIGSTOP of the
   second: it leaves too and acks=all is refused with NOT_ENOUGH_REPLICAS (nothing appended);
   SIGCONT: both catch up, rejoin the ISR and hold every record;
-- kill -9 of a follower while records keep coming: restarted, it catches up and rejoins.
+- kill -9 of a follower while records keep coming: restarted, it catches up and rejoins;
+- CreateTopics with replica assignments places replicas and leaders as asked; an assignment
+  naming an unknown broker answers INVALID_REPLICA_ASSIGNMENT.
 """
 
 import signal
@@ -36,6 +38,7 @@ from helpers import (
 
 NOT_ENOUGH_REPLICAS = 19
 REQUEST_TIMED_OUT = 7
+INVALID_REPLICA_ASSIGNMENT = 39
 LAG_MS = 2000
 SETTLE_S = 20.0
 
@@ -240,3 +243,20 @@ def test_killed_follower_catches_up_after_restart(nodes):
     assert_same_log(nodes, topic, partition, 500)
     consumed = consume_confluent(nodes[3].bootstrap, topic, [partition], expected=500)
     assert [c.offset for c in consumed[:500]] == list(range(500))
+
+
+def test_replica_assignments_place_as_asked(nodes):
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    create_rf3(nodes, unique_topic("warm"))  # three registered brokers
+    admin = AdminClient({"bootstrap.servers": nodes[2].bootstrap})
+    topic = unique_topic("assigned")
+    admin.create_topics([NewTopic(topic, num_partitions=2, replica_assignment=[[3, 1], [2, 3]])])[topic].result(timeout=30)
+    wait_until(lambda: len(placement(nodes[1], topic)) == 2, SETTLE_S, what="the assigned topic")
+    parts = placement(nodes[1], topic)
+    assert [(parts[p].leader, parts[p].replicas) for p in (0, 1)] == [(3, [3, 1]), (2, [2, 3])]
+    bad = unique_topic("badassign")
+    with pytest.raises(KafkaException) as refused:
+        admin.create_topics([NewTopic(bad, num_partitions=1, replica_assignment=[[1, 7]])])[bad].result(timeout=30)
+    assert refused.value.args[0].code() == INVALID_REPLICA_ASSIGNMENT
