@@ -97,7 +97,7 @@ fn assigned(
             if replicas[..at].contains(broker) {
                 return invalid(format!("Partition {index} names broker {broker} twice."));
             }
-            if !state.brokers.get(broker).is_some_and(|b| !b.fenced) {
+            if state.brokers.get(broker).is_none_or(|b| b.fenced) {
                 return invalid(format!(
                     "Partition {index} names broker {broker}, which is not a live broker."
                 ));
