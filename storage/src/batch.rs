@@ -280,7 +280,7 @@ pub enum StoredBatchDefect {
         /// bytes given
         available_bytes: usize,
     },
-    /// No records, or a negative lastOffsetDelta.
+    /// A negative record count or lastOffsetDelta.
     #[error("{records_count} records with lastOffsetDelta {last_offset_delta}")]
     Records {
         /// the header's record count
@@ -314,7 +314,9 @@ pub fn check_stored(bytes: &[u8]) -> Result<RecordBatchHeader, StoredBatchDefect
             available_bytes: bytes.len(),
         });
     }
-    if header.records_count < 1 || header.last_offset_delta < 0 {
+    // A stored batch may be empty: the cleaner keeps a batch whose records it all removed
+    // when its last offset must stay (the end of a segment), as Kafka's does.
+    if header.records_count < 0 || header.last_offset_delta < 0 {
         return Err(StoredBatchDefect::Records {
             records_count: header.records_count,
             last_offset_delta: header.last_offset_delta,
@@ -378,8 +380,8 @@ fn read_i64(bytes: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(raw)
 }
 
-/// Builds v2 batches by hand for tests and benchmarks: uncompressed records with a key-less
-/// value each, correct lengths and CRC32C. Not used by the engine itself.
+/// Builds v2 batches by hand for tests and benchmarks: uncompressed records, correct lengths
+/// and CRC32C. Not used by the engine itself.
 pub mod builder {
     use super::*;
 
@@ -404,16 +406,39 @@ pub mod builder {
 
     /// One uncompressed v2 batch holding `values` as records (no key, no headers).
     pub fn batch(base_timestamp_ms: i64, values: &[&[u8]]) -> Vec<u8> {
-        assert!(!values.is_empty(), "a batch holds at least one record");
+        let records: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+            values.iter().map(|value| (None, Some(*value))).collect();
+        keyed_batch(base_timestamp_ms, &records)
+    }
+
+    /// One uncompressed v2 batch of (key, value) records, either may be null (a null value
+    /// is a tombstone); no headers.
+    pub fn keyed_batch(
+        base_timestamp_ms: i64,
+        records_in: &[(Option<&[u8]>, Option<&[u8]>)],
+    ) -> Vec<u8> {
+        assert!(!records_in.is_empty(), "a batch holds at least one record");
+        let values = records_in;
         let mut records = Vec::new();
-        for (index, value) in values.iter().enumerate() {
-            let mut body = Vec::with_capacity(value.len() + 16);
+        for (index, (key, value)) in records_in.iter().enumerate() {
+            let mut body = Vec::with_capacity(value.map_or(0, <[u8]>::len) + 16);
             body.push(0u8); // record attributes
             put_varlong(&mut body, 0); // timestamp delta
             put_varlong(&mut body, index as i64); // offset delta
-            put_varlong(&mut body, -1); // key length: null
-            put_varlong(&mut body, value.len() as i64);
-            body.extend_from_slice(value);
+            match key {
+                Some(key) => {
+                    put_varlong(&mut body, key.len() as i64);
+                    body.extend_from_slice(key);
+                }
+                None => put_varlong(&mut body, -1),
+            }
+            match value {
+                Some(value) => {
+                    put_varlong(&mut body, value.len() as i64);
+                    body.extend_from_slice(value);
+                }
+                None => put_varlong(&mut body, -1),
+            }
             put_varlong(&mut body, 0); // header count
             put_varlong(&mut records, body.len() as i64);
             records.extend_from_slice(&body);

@@ -125,6 +125,10 @@ struct PlanState {
     unlinks: u64,
     /// (the recovery read number that fails, errno)
     recovery_read_fault: Option<(u64, i32)>,
+    /// Cleaner steps reached (`IoBackend::cleaner_step`).
+    cleaner_steps: u64,
+    /// The cleaner step number at which the cleaner "crashes".
+    cleaner_crash_at: Option<u64>,
     power: Option<PowerModel>,
 }
 
@@ -136,6 +140,18 @@ impl FaultPlan {
     /// A plan with no faults armed.
     pub fn new() -> FaultPlan {
         FaultPlan::default()
+    }
+
+    /// Makes the cleaner stop dead at its `step`-th step from now (counting from 1), before
+    /// doing it, as if the process were killed there: it changes nothing more on disk.
+    pub fn crash_cleaner_at_step(&self, step: u64) {
+        let mut state = self.0.borrow_mut();
+        state.cleaner_crash_at = Some(state.cleaner_steps + step);
+    }
+
+    /// Cleaner steps reached so far (each file-changing step of a pass counts one).
+    pub fn cleaner_steps(&self) -> u64 {
+        self.0.borrow().cleaner_steps
     }
 
     /// The next write fails with `errno` (e.g. `libc::EIO`) without writing.
@@ -745,6 +761,23 @@ impl<B: IoBackend> IoBackend for FaultBackend<B> {
             Some(errno) => failed(errno),
             None => self.inner.unlink(path),
         }
+    }
+
+    fn swap_op(&self, op: crate::io::SwapOp) -> IoFuture {
+        self.inner.swap_op(op)
+    }
+
+    fn cleaner_step(&self, step: &'static str) -> io::Result<()> {
+        let mut state = self.plan.0.borrow_mut();
+        state.cleaner_steps += 1;
+        if state.cleaner_crash_at == Some(state.cleaner_steps) {
+            state.cleaner_crash_at = None;
+            return Err(io::Error::other(format!(
+                "injected crash before cleaner step {} ({step})",
+                state.cleaner_steps
+            )));
+        }
+        Ok(())
     }
 
     fn read(

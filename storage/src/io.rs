@@ -101,6 +101,17 @@ pub(crate) trait IoBackend {
     /// Readers holding the file open keep its data.
     fn unlink(&self, path: PathBuf) -> IoFuture;
 
+    /// A directory operation of the cleaner's swap, on the blocking pool (no ring opcode
+    /// creates a file we can hand back, or fsyncs a directory after a rename in one job).
+    fn swap_op(&self, op: SwapOp) -> IoFuture;
+
+    /// The cleaner is about to take step `step` of a pass that changes files: tests make a
+    /// crash happen here (the cleaner stops where it is, as a killed process would).
+    /// Production always answers Ok.
+    fn cleaner_step(&self, _step: &'static str) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Queues one read of `len` bytes of `fd` at `file_position` into `buffer[at..at + len]`
     /// (IORING_OP_READ); resolves with the bytes read (fewer at the end of the file) and the
     /// buffer. The ring owns the buffer until the read finishes, even if the future is dropped.
@@ -164,6 +175,14 @@ impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
         (**self).unlink(path)
     }
 
+    fn swap_op(&self, op: SwapOp) -> IoFuture {
+        (**self).swap_op(op)
+    }
+
+    fn cleaner_step(&self, step: &'static str) -> io::Result<()> {
+        (**self).cleaner_step(step)
+    }
+
     fn read(
         &self,
         fd: RawFd,
@@ -173,6 +192,56 @@ impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
         file_position: u64,
     ) -> ReadFuture {
         (**self).read(fd, buffer, at, len, file_position)
+    }
+}
+
+/// Where [`SwapOp::Create`] leaves the file it created.
+pub(crate) type FileSlot = std::sync::Arc<std::sync::Mutex<Option<File>>>;
+
+/// The cleaner's directory operations (see [`IoBackend::swap_op`]).
+#[derive(Debug)]
+pub(crate) enum SwapOp {
+    /// Creates (or truncates) `path` for reading and writing and puts it in `slot`.
+    Create {
+        /// the new file
+        path: PathBuf,
+        /// receives the open file
+        slot: FileSlot,
+    },
+    /// Renames `from` over `to`, then fsyncs `dir` (their directory), so the new name is
+    /// durable when the operation resolves.
+    Rename {
+        /// old name
+        from: PathBuf,
+        /// new name (replaced atomically if it exists)
+        to: PathBuf,
+        /// the directory holding both
+        dir: PathBuf,
+    },
+}
+
+impl SwapOp {
+    /// Does the operation with blocking syscalls (on the blocking pool).
+    pub(crate) fn run_blocking(self) -> io::Result<()> {
+        match self {
+            SwapOp::Create { path, slot } => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)?;
+                match slot.lock() {
+                    Ok(mut slot) => *slot = Some(file),
+                    Err(poisoned) => *poisoned.into_inner() = Some(file),
+                }
+                Ok(())
+            }
+            SwapOp::Rename { from, to, dir } => {
+                std::fs::rename(&from, &to)?;
+                File::open(&dir)?.sync_all()
+            }
+        }
     }
 }
 
@@ -387,6 +456,10 @@ impl IoBackend for RingBackend {
         Box::pin(unsafe { self.ring.submit_owned(entry, name) })
     }
 
+    fn swap_op(&self, op: SwapOp) -> IoFuture {
+        self.pool.run(move || op.run_blocking())
+    }
+
     fn read(
         &self,
         fd: RawFd,
@@ -470,6 +543,10 @@ impl IoBackend for RecoveryReads<'_> {
     }
 
     fn unlink(&self, _path: PathBuf) -> IoFuture {
+        refused_write()
+    }
+
+    fn swap_op(&self, _op: SwapOp) -> IoFuture {
         refused_write()
     }
 

@@ -1,9 +1,11 @@
 //! Sluice's storage engine: one append-only, segmented log per partition holding Kafka v2
 //! record batches byte-for-byte, with a per-shard group-commit writer on a raw io_uring.
 //!
-//! Owns: segment files, offset/time indexes, recovery, retention, the tail cache and the
-//! shard's storage ring. Must never: touch the network, decompress a batch, or block the
-//! shard's thread on disk I/O after startup (recovery at open is the one exception).
+//! Owns: segment files, offset/time indexes, recovery, retention, compaction (the cleaner),
+//! the tail cache and the shard's storage ring. Must never: touch the network, decompress a
+//! batch outside `records` (the cleaner and the keyless check of a compacted topic's appends
+//! are the only readers of records), or block the shard's thread on disk I/O after startup
+//! (recovery at open is the one exception).
 //!
 //! This file is the API contract the broker codes against; the engine lives in the modules:
 //! `batch` (header validation), `segment` and `index` (files), `recovery`, `log` (reservation,
@@ -36,6 +38,7 @@ use bytes::Bytes;
 pub mod batch;
 mod blocking;
 mod buffer;
+mod cleaner;
 mod epoch;
 pub mod fault;
 mod index;
@@ -44,6 +47,7 @@ mod leader;
 mod log;
 mod log_start;
 mod offsets;
+pub mod records;
 mod recovery;
 mod response_budget;
 mod retention;
@@ -51,12 +55,14 @@ pub mod ring;
 mod segment;
 mod shard;
 mod stamped;
+mod swap;
 mod tail_cache;
 mod writer;
 
 pub use blocking::{
     BlockingEvent, BlockingObserver, BlockingPoolStats, BLOCKING_JOBS_RUNNING_MAX_DEFAULT,
 };
+pub use cleaner::{CleanerConfig, CleanerStats};
 pub use epoch::{EpochEntry, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use ring::Ring;
 
@@ -137,6 +143,55 @@ pub struct LogConfig {
     pub flush_ms: Option<u64>,
     /// `message.timestamp.type`
     pub timestamp_type: TimestampType,
+    /// `cleanup.policy`: whether retention deletes old segments and whether the cleaner
+    /// compacts the log (both for `compact,delete`).
+    pub cleanup_policy: CleanupPolicy,
+    /// `min.cleanable.dirty.ratio` (default 0.5): the cleaner takes a log once its dirty
+    /// bytes are at least this share of its cleanable bytes.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms` (default 0): a segment whose newest record is younger stays
+    /// dirty (uncompacted).
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms` (default i64::MAX): a log whose oldest dirty record is older
+    /// is cleaned whatever its dirty ratio, and its active segment rolls at that age.
+    pub max_compaction_lag_ms: i64,
+    /// `delete.retention.ms` (default 1 day): how long a tombstone stays after the pass that
+    /// first cleaned its segment.
+    pub delete_retention_ms: i64,
+}
+
+/// `cleanup.policy`: `delete`, `compact` or `compact,delete`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    /// Retention (`retention.ms`, `retention.bytes`) deletes whole old segments.
+    pub delete: bool,
+    /// The cleaner keeps only the newest record of each key.
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    /// Kafka's default: `delete`.
+    pub const DELETE: CleanupPolicy = CleanupPolicy {
+        delete: true,
+        compact: false,
+    };
+
+    /// Parses Kafka's list form (`compact`, `delete`, `compact,delete`, any order, spaces
+    /// allowed); None for anything else, an empty list included.
+    pub fn parse(value: &str) -> Option<CleanupPolicy> {
+        let mut policy = CleanupPolicy {
+            delete: false,
+            compact: false,
+        };
+        for word in value.split(',').map(str::trim) {
+            match word {
+                "delete" => policy.delete = true,
+                "compact" => policy.compact = true,
+                _ => return None,
+            }
+        }
+        Some(policy)
+    }
 }
 
 impl Default for LogConfig {
@@ -151,6 +206,11 @@ impl Default for LogConfig {
             flush_messages: None,
             flush_ms: None,
             timestamp_type: TimestampType::CreateTime,
+            cleanup_policy: CleanupPolicy::DELETE,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            delete_retention_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -486,6 +546,16 @@ impl ShardStorage {
         self.0.blocking.stats()
     }
 
+    /// Sets this shard's cleaner settings (`log.cleaner.*`).
+    pub fn set_cleaner_config(&self, config: CleanerConfig) {
+        *self.0.cleaner_config.borrow_mut() = config;
+    }
+
+    /// What this shard's cleaner did so far.
+    pub fn cleaner_stats(&self) -> CleanerStats {
+        *self.0.cleaner_stats.borrow()
+    }
+
     /// Bytes queued for the writer and not yet written.
     pub fn queued_bytes(&self) -> usize {
         self.0.queued_bytes.get()
@@ -757,6 +827,21 @@ impl Partition {
         retention::enforce(&self.0, now_ms).await
     }
 
+    /// Runs one cleaner pass over this partition if it is compacted and due at `now_ms`
+    /// (see the cleaner's settings on [`LogConfig`] and [`CleanerConfig`]); returns whether
+    /// a pass ran. Reads and writes go through the shard's ring, directory operations through
+    /// the blocking pool; never touches the active segment or bytes at or above the high
+    /// watermark. A failed pass leaves the log as it was or with some segments cleaned,
+    /// each whole (a crash, likewise, leaves each segment old or new: see recovery).
+    pub async fn clean(&self, now_ms: i64) -> Result<bool, StorageError> {
+        cleaner::clean(&self.0, now_ms).await
+    }
+
+    /// The offset below which the cleaner has mapped every key (its checkpoint).
+    pub fn cleaner_first_dirty_offset(&self) -> i64 {
+        self.0.cleaner.borrow().first_dirty_offset
+    }
+
     /// Bytes on disk.
     pub fn size_bytes(&self) -> u64 {
         let log = self.0.log.borrow();
@@ -764,6 +849,19 @@ impl Partition {
             .iter()
             .map(|segment| segment.state.borrow().written_bytes)
             .sum()
+    }
+
+    /// Sealed segments whose finalization (truncate, indexes, sync) has not finished yet:
+    /// neither retention nor the cleaner takes them until it has.
+    pub fn segments_finalizing(&self) -> usize {
+        let log = self.0.log.borrow();
+        log.segments
+            .iter()
+            .filter(|segment| {
+                let state = segment.state.borrow();
+                state.sealed && !state.finalized
+            })
+            .count()
     }
 
     /// Segments in the log (the last one is active).

@@ -108,6 +108,11 @@ pub(crate) struct PartitionShared {
     pub(crate) finalize_lock: tokio::sync::Mutex<()>,
     /// Serializes DeleteRecords' checkpoint writes, so the checkpoint only moves forward.
     pub(crate) log_start_lock: tokio::sync::Mutex<()>,
+    /// Held by retention and by a cleaner pass: neither removes or replaces a segment the
+    /// other is working on.
+    pub(crate) maintenance_lock: tokio::sync::Mutex<()>,
+    /// The cleaner's progress (its checkpoint file's contents).
+    pub(crate) cleaner: RefCell<crate::cleaner::CleanerState>,
 }
 
 /// One piece of an append: consecutive batches that land in the same segment.
@@ -182,6 +187,24 @@ impl PartitionShared {
             )));
         }
         let headers = batch::validate(&records, log.config.max_message_bytes)?;
+        if log.config.cleanup_policy.compact {
+            let decompressed_bytes_max = shard.cleaner_config.borrow().decompressed_batch_bytes_max;
+            match crate::records::all_keyed(&records, &headers, decompressed_bytes_max) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(AppendError::InvalidRecord(format!(
+                        "{} is compacted (cleanup.policy=compact): every record needs a key",
+                        self.topic
+                    )))
+                }
+                Err(error) => {
+                    return Err(AppendError::InvalidRecord(format!(
+                        "cannot read the keys of a batch for compacted {}: {error}",
+                        self.topic
+                    )))
+                }
+            }
+        }
         let now = now_ms();
         if stamping == Stamping::Keep {
             check_follows_log_end(&headers, log.offsets.end())?;
@@ -305,7 +328,14 @@ impl PartitionShared {
             let size = header.size_bytes() as u64;
             let last = offset + i64::from(header.last_offset_delta);
             let segment_base = rolls.last().map_or(active_base, |&(_, base)| base);
-            let aged = rolls.is_empty() && now.saturating_sub(created_ms) >= log.config.segment_ms;
+            // A compacted log rolls by max.compaction.lag.ms too: the cleaner never touches
+            // the active segment, so a record could otherwise wait a whole segment.ms.
+            let roll_ms = if log.config.cleanup_policy.compact {
+                log.config.segment_ms.min(log.config.max_compaction_lag_ms)
+            } else {
+                log.config.segment_ms
+            };
+            let aged = rolls.is_empty() && now.saturating_sub(created_ms) >= roll_ms;
             let full = reserved + size > segment_bytes_max;
             let relative_overflow = last - segment_base > i64::from(i32::MAX);
             if reserved > 0 && (full || aged || relative_overflow) {

@@ -139,6 +139,8 @@ pub(crate) fn open_dir(
                 .map_err(at("syncing", parent))?;
         }
     }
+    // A cleaner swap a crash interrupted is finished or undone before anything is read.
+    crate::swap::complete_at_open(dir).map_err(at("completing the segment swaps of", dir))?;
     let mut bases = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(at("listing", dir))? {
         let entry = entry.map_err(at("listing", dir))?;
@@ -350,7 +352,8 @@ fn plan_unclean(
         let base = bases[index];
         let is_last = index + 1 == bases.len();
         let path = segment::log_path(dir, base);
-        let scan = scan_segment(io, &path, base, interval_bytes).map_err(at("scanning", &path))?;
+        let scan = scan_segment(io, &path, base, interval_bytes, is_last)
+            .map_err(at("scanning", &path))?;
         // Later segments only make sense after a whole segment: after a cut they go. So do
         // they when this segment ends short of the next one's base offset: a roll created the
         // next file at enqueue, and the crash took this segment's last (never acknowledged)
@@ -565,12 +568,16 @@ struct Scan {
 }
 
 /// Walks a segment verifying every batch; stops at the first one that is torn, corrupt or
-/// out of offset order. Reads only.
+/// out of offset order. Reads only. A sealed segment (`is_last` false) may have gaps between
+/// batches (the cleaner removed whole batches; its last batch always stays, so the segment
+/// still ends at the next one's base offset); the active one never does (the cleaner never
+/// touches it), so there a gap means stale bytes and ends the log.
 fn scan_segment(
     io: &dyn IoBackend,
     path: &Path,
     base_offset: i64,
     interval_bytes: u32,
+    is_last: bool,
 ) -> io::Result<Scan> {
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
@@ -586,7 +593,12 @@ fn scan_segment(
     let mut index = SegmentIndex::default();
     let mut epoch_starts: Vec<(i32, i64)> = Vec::new();
     while let Some(verified) = valid_batch_at(&mut reader, position)? {
-        if verified.base_offset != next_offset {
+        let in_order = if is_last {
+            verified.base_offset == next_offset
+        } else {
+            verified.base_offset >= next_offset
+        };
+        if !in_order {
             break;
         }
         let epoch = verified.partition_leader_epoch;

@@ -1,7 +1,9 @@
 //! Retention: deletes whole old segments past `retention.ms` (by the segment's largest
 //! timestamp) or `retention.bytes` (oldest first while the rest still exceeds the limit), or
 //! wholly below a log start DeleteRecords moved (`log_start.rs`), and advances the log start
-//! offset (never back).
+//! offset (never back). Time and size apply only under `cleanup.policy` `delete` (or
+//! `compact,delete`); nothing runs while the cleaner works on the partition (the maintenance
+//! lock).
 //!
 //! Must never delete the active segment, a segment whose bytes are not all below the high
 //! watermark, or one whose finalization has not finished. A deleted segment leaves the log at
@@ -18,7 +20,12 @@ use crate::segment::Segment;
 
 /// Applies the partition's retention settings at `now_ms`; returns segments removed.
 pub(crate) async fn enforce(partition: &PartitionShared, now_ms: i64) -> usize {
-    if partition.log.borrow().config.retention_ms >= 0 {
+    let _maintenance = partition.maintenance_lock.lock().await;
+    let by_time = {
+        let config = &partition.log.borrow().config;
+        config.cleanup_policy.delete && config.retention_ms >= 0
+    };
+    if by_time {
         load_max_timestamps(partition, now_ms).await;
     }
     let deleted = take_expired(partition, now_ms);
@@ -40,8 +47,19 @@ pub(crate) async fn enforce(partition: &PartitionShared, now_ms: i64) -> usize {
 fn take_expired(partition: &PartitionShared, now_ms: i64) -> Vec<Rc<Segment>> {
     let mut deleted = Vec::new();
     let mut log = partition.log.borrow_mut();
-    let retention_ms = log.config.retention_ms;
-    let retention_bytes = log.config.retention_bytes;
+    // A compact-only log keeps its segments whatever their age or size (only DeleteRecords'
+    // log start removes them).
+    let delete_policy = log.config.cleanup_policy.delete;
+    let retention_ms = if delete_policy {
+        log.config.retention_ms
+    } else {
+        -1
+    };
+    let retention_bytes = if delete_policy {
+        log.config.retention_bytes
+    } else {
+        -1
+    };
     let mut total_bytes: u64 = log
         .segments
         .iter()

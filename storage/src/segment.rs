@@ -237,6 +237,48 @@ impl Segment {
         })
     }
 
+    /// A sealed, finalized segment from the cleaner's copy, already renamed to its `.log`
+    /// name: `file` is that file (the cleaner wrote through it; readers read through it).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn cleaned(
+        dir: &Path,
+        base_offset: i64,
+        file: File,
+        size_bytes: u64,
+        next_offset: i64,
+        index: SegmentIndex,
+        direct_io: bool,
+        created_ms: i64,
+    ) -> Segment {
+        let max_timestamp = index
+            .max_timestamp()
+            .map(|(ts, relative)| (ts, base_offset + i64::from(relative)));
+        Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            write_file: None,
+            read: SegmentHandle::new(file),
+            direct_io,
+            state: RefCell::new(SegmentState {
+                reserved_bytes: size_bytes,
+                written_bytes: size_bytes,
+                durable_bytes: size_bytes,
+                visible_bytes: size_bytes,
+                next_offset,
+                visible_next_offset: next_offset,
+                tail_block: Vec::new(),
+                index: Some(index),
+                max_timestamp,
+                created_ms,
+                sealed: true,
+                needs_dir_sync: false,
+                deleted: false,
+                finalize_started: true,
+                finalized: true,
+            }),
+        }
+    }
+
     pub(crate) fn log_path(&self) -> PathBuf {
         log_path(&self.dir, self.base_offset)
     }

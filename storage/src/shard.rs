@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 
 use crate::blocking::BlockingPool;
 use crate::buffer::{AlignedBuffer, DIRECT_IO_ALIGN_BYTES};
+use crate::cleaner::{CleanerConfig, CleanerState, CleanerStats, Throttle};
 use crate::fault::{FaultBackend, FaultPlan};
 use crate::io::{IoBackend, RingBackend};
 use crate::log::{now_ms, LogState, PartitionShared};
@@ -89,6 +90,10 @@ pub(crate) struct ShardShared {
     pub(crate) io: Rc<dyn IoBackend>,
     /// The seam's jobs on the blocking pool, counted and timed.
     pub(crate) blocking: Rc<BlockingPool>,
+    /// `log.cleaner.*` settings of this shard's cleaner.
+    pub(crate) cleaner_config: RefCell<CleanerConfig>,
+    pub(crate) cleaner_stats: RefCell<CleanerStats>,
+    pub(crate) cleaner_throttle: RefCell<Throttle>,
 }
 
 impl ShardShared {
@@ -274,6 +279,9 @@ pub(crate) fn open(
         poison_observer: RefCell::new(None),
         io: io.clone(),
         blocking,
+        cleaner_config: RefCell::new(CleanerConfig::default()),
+        cleaner_stats: RefCell::new(CleanerStats::default()),
+        cleaner_throttle: RefCell::new(Throttle::default()),
     });
     tokio::task::spawn_local(writer::run(shard.clone(), io, staging));
     Ok(shard)
@@ -311,6 +319,7 @@ pub(crate) fn open_partition(
         tracing::info!(partition = %label, log_end_offset = recovered.log_end_offset, "recovered after an unclean shutdown");
     }
     let dir_file = File::open(&dir).map_err(io_error(format!("opening {}", dir.display())))?;
+    let cleaner_state = CleanerState::load(&dir);
     let segments: Vec<Rc<Segment>> = recovered.segments.into_iter().map(Rc::new).collect();
     // A DeleteRecords checkpoint may name an offset inside the first segment (or past whole
     // segments a crash kept from deleting: retention removes them on its next pass).
@@ -344,6 +353,8 @@ pub(crate) fn open_partition(
         high_watermark_advanced: Notify::new(),
         finalize_lock: tokio::sync::Mutex::new(()),
         log_start_lock: tokio::sync::Mutex::new(()),
+        maintenance_lock: tokio::sync::Mutex::new(()),
+        cleaner: RefCell::new(cleaner_state),
     });
     if let Some(old) = shard.partitions.borrow_mut().insert(key, shared.clone()) {
         shard.tail_cache.borrow_mut().remove_all(&old.tail);

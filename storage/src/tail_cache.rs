@@ -183,6 +183,21 @@ impl TailCache {
         }
     }
 
+    /// Drops `tail`'s batches that end below `offset` (the cleaner rewrote them on disk:
+    /// readers must get the cleaned copy). The rest stays contiguous.
+    pub(crate) fn drop_below(&mut self, tail: &Rc<RefCell<PartitionTail>>, offset: i64) {
+        let mut partition = tail.borrow_mut();
+        while partition
+            .batches
+            .front()
+            .is_some_and(|batch| batch.last_offset < offset)
+        {
+            if let Some(batch) = partition.batches.pop_front() {
+                self.used_bytes -= batch.len_bytes();
+            }
+        }
+    }
+
     /// Drops every batch of `tail` (partition deleted or cache made non-contiguous).
     pub(crate) fn remove_all(&mut self, tail: &Rc<RefCell<PartitionTail>>) {
         self.truncate_from(tail, i64::MIN);
