@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use sluice_storage::{LogConfig, TimestampType};
+use sluice_storage::{CleanerConfig, CleanupPolicy, LogConfig, TimestampType};
 
 mod check;
 mod cluster;
@@ -62,6 +62,16 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "log.retention.ms", default: "604800000", doc: "Age after which whole segments are deleted; -1 keeps forever (topic: retention.ms)." },
     Setting { name: "log.retention.bytes", default: "-1", doc: "Partition size above which old segments are deleted; -1 = unlimited (topic: retention.bytes)." },
     Setting { name: "log.retention.check.interval.ms", default: "300000", doc: "How often retention runs." },
+    Setting { name: "log.cleanup.policy", default: "delete", doc: "delete (retention removes old segments), compact (the cleaner keeps the newest record of each key; keyless records are refused with INVALID_RECORD) or compact,delete (topic: cleanup.policy)." },
+    Setting { name: "log.cleaner.enable", default: "true", doc: "Run a cleaner per shard for compacted topics (and __consumer_offsets)." },
+    Setting { name: "log.cleaner.backoff.ms", default: "15000", doc: "How often each shard's cleaner looks for a compacted partition that is due." },
+    Setting { name: "log.cleaner.min.cleanable.ratio", default: "0.5", doc: "A compacted partition is cleaned once its dirty (never cleaned) bytes are at least this share of its sealed bytes, 0.0 to 1.0 (topic: min.cleanable.dirty.ratio)." },
+    Setting { name: "log.cleaner.min.compaction.lag.ms", default: "0", doc: "A record stays uncompacted at least this long: the cleaner stops before the first segment holding a younger record (topic: min.compaction.lag.ms)." },
+    Setting { name: "log.cleaner.max.compaction.lag.ms", default: "9223372036854775807", doc: "A partition whose oldest dirty segment is older than this is cleaned whatever its dirty ratio, and its active segment rolls at this age (topic: max.compaction.lag.ms)." },
+    Setting { name: "log.cleaner.delete.retention.ms", default: "86400000", doc: "A tombstone (null value) stays this long after the cleaner pass that first cleaned its segment, then the next pass removes it (topic: delete.retention.ms)." },
+    Setting { name: "log.cleaner.io.max.bytes.per.second", default: "", doc: "Bytes per second each shard's cleaner reads plus writes; empty = unthrottled (Kafka's default is unthrottled too). Per shard, not per broker." },
+    Setting { name: "log.cleaner.dedupe.buffer.size", default: "134217728", doc: "Memory of one cleaner pass's key map, per shard (32 bytes per key); when full the pass stops at that batch and the next pass goes on from there." },
+    Setting { name: "log.cleaner.decompressed.batch.bytes.max", default: "67108864", doc: "Largest records section a compressed batch of a compacted topic may decompress to, for the keyless check on produce (INVALID_RECORD above it) and in the cleaner (the pass stops with an error). No Kafka equivalent." },
     Setting { name: "log.index.interval.bytes", default: "4096", doc: "Bytes between offset-index entries (topic: index.interval.bytes)." },
     Setting { name: "log.flush.interval.messages", default: "", doc: "Empty: every group commit is fdatasync'ed before acks=all completes. N: fsync every N messages and acks=all completes on write (topic: flush.messages)." },
     Setting { name: "log.flush.interval.ms", default: "", doc: "Like log.flush.interval.messages, by time (topic: flush.ms)." },
@@ -130,7 +140,14 @@ pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
     ("flush.ms", "log.flush.interval.ms"),
     ("message.timestamp.type", "log.message.timestamp.type"),
     ("min.insync.replicas", "min.insync.replicas"),
-    ("cleanup.policy", ""),
+    ("cleanup.policy", "log.cleanup.policy"),
+    (
+        "min.cleanable.dirty.ratio",
+        "log.cleaner.min.cleanable.ratio",
+    ),
+    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms"),
+    ("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms"),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
 ];
 
 /// A configuration problem, reported before the broker starts.
@@ -410,6 +427,12 @@ pub struct BrokerConfig {
     pub blocking_jobs_max: usize,
     /// Retention check period.
     pub retention_check_interval_ms: u64,
+    /// `log.cleaner.enable`: a cleaner task per shard.
+    pub cleaner_enable: bool,
+    /// `log.cleaner.backoff.ms`: how often a shard's cleaner looks for due partitions.
+    pub cleaner_backoff_ms: u64,
+    /// The cleaner's shard-wide settings (`log.cleaner.*`).
+    pub cleaner: CleanerConfig,
     /// Zero-copy fetch path.
     pub fetch_zero_copy: bool,
     /// Cap on max_wait_ms.
@@ -522,6 +545,15 @@ impl BrokerConfig {
             connections_max: c.int("max.connections", 1..=INT_MAX),
             inflight_requests_max: c.int("queued.max.requests", 1..=INT_MAX),
             retention_check_interval_ms: c.int("log.retention.check.interval.ms", 1..=i64::MAX),
+            cleaner_enable: c.boolean("log.cleaner.enable"),
+            cleaner_backoff_ms: c.int("log.cleaner.backoff.ms", 1..=i64::MAX),
+            cleaner: CleanerConfig {
+                io_bytes_per_second_max: c
+                    .optional_int("log.cleaner.io.max.bytes.per.second", 1..=i64::MAX),
+                dedupe_buffer_bytes: c.int("log.cleaner.dedupe.buffer.size", 1024..=i64::MAX),
+                decompressed_batch_bytes_max: c
+                    .int("log.cleaner.decompressed.batch.bytes.max", 1024..=INT_MAX),
+            },
             fetch_zero_copy: c.boolean("fetch.zero.copy"),
             fetch_wait_ms_max: c.int("fetch.max.wait.ms.max", 0..=INT_MAX),
             direct_io: c.boolean("log.direct.io"),
@@ -634,13 +666,6 @@ impl BrokerConfig {
             .collect();
         for (key, value) in configs {
             match key.as_str() {
-                "cleanup.policy" => {
-                    if value != "delete" {
-                        return Err(format!(
-                            "cleanup.policy={value} is not supported yet (log compaction is on the roadmap); use delete"
-                        ));
-                    }
-                }
                 known if values.contains_key(known) => {
                     values.insert(key.clone(), value.clone());
                 }
@@ -714,6 +739,23 @@ fn read_log_config(c: &mut Check, name: impl Fn(&'static str) -> &'static str) -
         flush_messages: c.optional_int(name("log.flush.interval.messages"), 1..=i64::MAX),
         flush_ms: c.optional_int(name("log.flush.interval.ms"), 0..=i64::MAX),
         timestamp_type: timestamp_type.unwrap_or(TimestampType::CreateTime),
+        cleanup_policy: c
+            .parsed(
+                name("log.cleanup.policy"),
+                "delete, compact or compact,delete",
+                CleanupPolicy::parse,
+            )
+            .unwrap_or(CleanupPolicy::DELETE),
+        min_cleanable_dirty_ratio: c
+            .parsed(
+                name("log.cleaner.min.cleanable.ratio"),
+                "a number from 0.0 to 1.0",
+                |raw| raw.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)),
+            )
+            .unwrap_or(0.5),
+        min_compaction_lag_ms: c.int(name("log.cleaner.min.compaction.lag.ms"), 0..=i64::MAX),
+        max_compaction_lag_ms: c.int(name("log.cleaner.max.compaction.lag.ms"), 1..=i64::MAX),
+        delete_retention_ms: c.int(name("log.cleaner.delete.retention.ms"), 0..=i64::MAX),
     }
 }
 

@@ -229,6 +229,11 @@ fn collector(set: Arc<ShardSet>) -> sluice_metrics::Collect {
         let mut merged: Option<sluice_metrics::MetricsSnapshot> = None;
         // A gauge, not a counter: the tail-cache bytes responses hold right now (all shards).
         let mut response_cache_bytes_total = 0u64;
+        // The cleaners' totals over the shards; the last pass duration is the longest of the
+        // shards' last passes.
+        let (mut cleaner_bytes_read, mut cleaner_bytes_written, mut cleaner_passes) = (0, 0, 0);
+        let (mut cleaner_passes_failed, mut cleaner_segments_swapped) = (0, 0);
+        let (mut cleaner_records_removed, mut cleaner_last_pass_ns) = (0, 0);
         for target in 0..set.count() {
             let (tx, rx) = std::sync::mpsc::channel();
             set.send_from_outside(
@@ -237,14 +242,22 @@ fn collector(set: Arc<ShardSet>) -> sluice_metrics::Collect {
                     let _ = tx.send((
                         shard.metrics.snapshot(),
                         shard.storage.response_cache_bytes() as u64,
+                        shard.storage.cleaner_stats(),
                     ));
                 }),
             )
             .map_err(|e| e.to_string())?;
-            let (snapshot, response_cache_bytes) = rx
+            let (snapshot, response_cache_bytes, cleaner) = rx
                 .recv_timeout(Duration::from_secs(2))
                 .map_err(|_| format!("shard {target} did not answer within 2 s"))?;
             response_cache_bytes_total += response_cache_bytes;
+            cleaner_bytes_read += cleaner.bytes_read;
+            cleaner_bytes_written += cleaner.bytes_written;
+            cleaner_passes += cleaner.passes;
+            cleaner_passes_failed += cleaner.passes_failed;
+            cleaner_segments_swapped += cleaner.segments_swapped;
+            cleaner_records_removed += cleaner.records_removed;
+            cleaner_last_pass_ns = cleaner_last_pass_ns.max(cleaner.last_pass_ns);
             match &mut merged {
                 Some(total) => total.merge(&snapshot),
                 None => merged = Some(snapshot),
@@ -252,6 +265,17 @@ fn collector(set: Arc<ShardSet>) -> sluice_metrics::Collect {
         }
         let mut merged = merged.ok_or_else(|| "no shards".to_string())?;
         merged.set_process_value("fetch_response_cache_bytes", response_cache_bytes_total);
+        for (name, value) in [
+            ("cleaner_bytes_read", cleaner_bytes_read),
+            ("cleaner_bytes_written", cleaner_bytes_written),
+            ("cleaner_passes", cleaner_passes),
+            ("cleaner_passes_failed", cleaner_passes_failed),
+            ("cleaner_segments_swapped", cleaner_segments_swapped),
+            ("cleaner_records_removed", cleaner_records_removed),
+            ("cleaner_last_pass_ns", cleaner_last_pass_ns),
+        ] {
+            merged.set_process_value(name, value);
+        }
         for (name, value) in crate::zero_copy::Counters::now().named() {
             merged.set_process_value(&name, value);
         }
@@ -388,6 +412,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
     })?;
     storage.set_append_queue_bytes_max(config.append_queue_bytes_max);
     storage.set_blocking_jobs_max(config.blocking_jobs_max);
+    storage.set_cleaner_config(config.cleaner.clone());
     storage.set_response_cache_bytes_max(config.response_cache_bytes_max);
     let controller = metadata_log.map(Controller::new);
     let group_config = config.groups.clone();
@@ -548,6 +573,27 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
             }
         }
     });
+
+    if config.cleaner_enable {
+        let cleaner_shard = shard.clone();
+        runtime::spawn(async move {
+            let period = Duration::from_millis(cleaner_shard.config.cleaner_backoff_ms.max(10));
+            loop {
+                tokio::time::sleep(period).await;
+                // Every open log of the shard, the group coordinators' offsets log included.
+                for partition in cleaner_shard.storage.partitions() {
+                    if let Err(error) = partition.clean(now_ms()).await {
+                        tracing::warn!(
+                            shard = cleaner_shard.id,
+                            partition = %partition.dir().display(),
+                            %error,
+                            "cleaner pass failed; the log is unchanged or cleaned segment by segment"
+                        );
+                    }
+                }
+            }
+        });
+    }
 
     let producers_shard = shard.clone();
     runtime::spawn(async move {

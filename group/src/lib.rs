@@ -138,6 +138,16 @@ impl GroupConfig {
             segment_bytes: 100 * 1024 * 1024,
             segment_ms: retention_ms / 4,
             retention_ms,
+            // Compacted like Kafka's: every record has a key (group or group+partition) and a
+            // deleted offset or group is a tombstone. A tombstone may only go once a snapshot
+            // covers it (startup replays from the newest snapshot, so an older value below it
+            // must not come back): keeping tombstones as long as retention keeps segments
+            // gives the same guarantee retention already relies on.
+            cleanup_policy: sluice_storage::CleanupPolicy {
+                compact: true,
+                delete: true,
+            },
+            delete_retention_ms: retention_ms,
             ..sluice_storage::LogConfig::default()
         }
     }

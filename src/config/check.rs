@@ -98,6 +98,20 @@ impl<'a> Check<'a> {
         found
     }
 
+    /// A value `parse` accepts (None: invalid, `allowed` says what is).
+    pub fn parsed<T>(
+        &mut self,
+        key: &str,
+        allowed: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        let found = parse(self.settings.raw(key));
+        if found.is_none() {
+            self.invalid(key, allowed);
+        }
+        found
+    }
+
     /// An IP:PORT socket address.
     pub fn socket_addr(&mut self, key: &str) -> Option<SocketAddr> {
         let parsed = self.settings.raw(key).parse::<SocketAddr>().ok();

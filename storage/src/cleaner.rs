@@ -165,13 +165,15 @@ async fn throttle(shard: &ShardShared, bytes: u64) {
         return;
     };
     let wait = {
+        let rate = rate.max(1);
         let mut throttle = shard.cleaner_throttle.borrow_mut();
-        // A long idle gap is no credit for a burst later.
-        if throttle.started.elapsed() > Duration::from_secs(1) && throttle.bytes < rate.max(1) {
+        // Time spent idle (more than a second behind the allowance) is no credit for a burst.
+        let allowed = Duration::from_secs_f64(throttle.bytes as f64 / rate as f64);
+        if throttle.started.elapsed() > allowed + Duration::from_secs(1) {
             *throttle = Throttle::default();
         }
         throttle.bytes += bytes;
-        let due = Duration::from_secs_f64(throttle.bytes as f64 / rate.max(1) as f64);
+        let due = Duration::from_secs_f64(throttle.bytes as f64 / rate as f64);
         due.checked_sub(throttle.started.elapsed())
     };
     if let Some(wait) = wait {

@@ -120,6 +120,8 @@ pub(crate) async fn truncate_to(
         .shard
         .upgrade()
         .ok_or_else(|| shut_down(partition))?;
+    // Never beside a cleaner pass or retention: they hold segments this may remove.
+    let _maintenance = partition.maintenance_lock.lock().await;
     let _guard = partition.finalize_lock.lock().await;
     {
         let mut log = partition.log.borrow_mut();

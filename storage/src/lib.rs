@@ -503,6 +503,17 @@ impl ShardStorage {
         shard::open_partition(&self.0, topic, partition, config).map(Partition)
     }
 
+    /// Every partition open on this shard (topics and the offsets log alike).
+    pub fn partitions(&self) -> Vec<Partition> {
+        self.0
+            .partitions
+            .borrow()
+            .values()
+            .cloned()
+            .map(Partition)
+            .collect()
+    }
+
     /// Removes a partition's directory once no reader holds its segments.
     pub fn delete_partition(&self, partition: &Partition) -> Result<(), StorageError> {
         shard::delete_partition(&self.0, &partition.0)
