@@ -385,6 +385,9 @@ fn read_i64(bytes: &[u8], at: usize) -> i64 {
 pub mod builder {
     use super::*;
 
+    /// One record: (key, value), either may be null.
+    pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
     /// [`batch`] from an idempotent producer: its id, epoch and first sequence in the header
     /// (CRC recomputed).
     pub fn idempotent_batch(
@@ -406,17 +409,13 @@ pub mod builder {
 
     /// One uncompressed v2 batch holding `values` as records (no key, no headers).
     pub fn batch(base_timestamp_ms: i64, values: &[&[u8]]) -> Vec<u8> {
-        let records: Vec<(Option<&[u8]>, Option<&[u8]>)> =
-            values.iter().map(|value| (None, Some(*value))).collect();
+        let records: Vec<KeyValue<'_>> = values.iter().map(|value| (None, Some(*value))).collect();
         keyed_batch(base_timestamp_ms, &records)
     }
 
     /// One uncompressed v2 batch of (key, value) records, either may be null (a null value
     /// is a tombstone); no headers.
-    pub fn keyed_batch(
-        base_timestamp_ms: i64,
-        records_in: &[(Option<&[u8]>, Option<&[u8]>)],
-    ) -> Vec<u8> {
+    pub fn keyed_batch(base_timestamp_ms: i64, records_in: &[KeyValue<'_>]) -> Vec<u8> {
         assert!(!records_in.is_empty(), "a batch holds at least one record");
         let values = records_in;
         let mut records = Vec::new();

@@ -20,6 +20,9 @@ use sluice_storage::{records, Ack, CleanupPolicy, LogConfig, Partition, ShardSto
 const KEYS: usize = 8;
 const ROUNDS: usize = 12;
 
+/// One produced record: (key, value), value None = tombstone.
+type Update = (Vec<u8>, Option<Vec<u8>>);
+
 /// (offset, key, value) of every record read back; value None = tombstone.
 type Record = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -44,7 +47,7 @@ fn compacted_in(delete_retention_ms: i64, segment_bytes: u64) -> LogConfig {
 /// returns the newest (offset, value) of each key.
 async fn fill(partition: &Partition) -> BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)> {
     let mut newest = BTreeMap::new();
-    let mut rounds: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>> = (0..ROUNDS)
+    let mut rounds: Vec<Vec<Update>> = (0..ROUNDS)
         .map(|round| {
             (0..KEYS)
                 .map(|key| {
