@@ -233,14 +233,36 @@ impl<'a> BatchWalk<'a> {
         }
     }
 
+    /// Makes the window start at `position` and hold up to `wanted` bytes. Bytes from
+    /// `position` the window already holds are moved to its front, not read again.
     async fn fill(&mut self, position: u64, wanted: usize) -> io::Result<()> {
         let len = (self.end - position).min(wanted as u64) as usize;
+        let window_end = self.window_start + self.window.len() as u64;
+        let kept = if position >= self.window_start && position < window_end {
+            let from = (position - self.window_start) as usize;
+            self.window.copy_within(from.., 0);
+            (window_end - position) as usize
+        } else {
+            0
+        }
+        .min(len);
         let mut window = std::mem::take(&mut self.window);
         window.resize(len, 0);
-        let (result, window) = read_exact(self.io, self.fd, window, 0, len, position).await;
+        let (result, window) = read_exact(
+            self.io,
+            self.fd,
+            window,
+            kept,
+            len - kept,
+            position + kept as u64,
+        )
+        .await;
         self.window = window;
         self.window_start = position;
-        self.bytes_read += len as u64;
+        self.bytes_read += (len - kept) as u64;
+        if result.is_err() {
+            self.window.clear();
+        }
         result
     }
 
