@@ -5,9 +5,11 @@ were produced; a keyless record is refused with INVALID_RECORD (87); the cleaned
 same after a graceful restart and after kill -9 (an unclean open scans the cleaned segments,
 gaps in their offsets and all); the cleaner's counters are on /metrics."""
 
+import os
 import time
 import urllib.request
 
+import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from helpers import create_topic, produce_confluent, unique_topic, wait_until
@@ -119,3 +121,37 @@ def test_compacted_topic_keeps_latest_values_at_their_offsets(broker_factory):
     assert _read_all(broker.bootstrap, topic) == cleaned
     broker.restart(graceful=False)
     assert _read_all(broker.bootstrap, topic) == cleaned
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_batches_are_cleaned_and_checked_for_keys(broker_factory, codec):
+    """The cleaner decompresses, filters and compresses again with the batch's codec; the
+    keyless check looks inside compressed batches too."""
+    broker = broker_factory({"log.cleaner.backoff.ms": 200})
+    topic = unique_topic(f"compacted-{codec}")
+    create_topic(broker.bootstrap, topic, 1, config={
+        "cleanup.policy": "compact",
+        "segment.bytes": "4096",
+        "min.cleanable.dirty.ratio": "0.01",
+    })
+    conf = {"linger.ms": 0, "compression.type": codec}
+    newest = {}
+    produced = set()
+    for round_ in range(20):
+        # Random bytes: compression must not fold the log into its active segment.
+        records = [(f"key-{k}".encode(), f"value-{k}-{round_}-".encode() + os.urandom(200))
+                   for k in range(10)]
+        for delivered in produce_confluent(broker.bootstrap, topic, records, partition=0, **conf):
+            produced.add((delivered.offset, delivered.key, delivered.value))
+            newest[delivered.key] = (delivered.offset, delivered.value)
+    refused = produce_confluent(broker.bootstrap, topic,
+                                [(b"has-key", b"a"), (None, b"no key")], partition=0,
+                                allow_errors=True, **{"retries": 0, **conf})
+    assert all(r.error is not None and r.error.code() == ERR_INVALID_RECORD for r in refused), \
+        refused
+
+    wait_until(lambda: len(_read_all(broker.bootstrap, topic)) < len(produced) // 3, 60,
+               interval_s=0.5, what=f"the cleaner to compact {codec} batches")
+    cleaned = _read_all(broker.bootstrap, topic)
+    assert set(cleaned) <= produced
+    assert {key: (offset, value) for offset, key, value in cleaned} == newest
