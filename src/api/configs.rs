@@ -35,15 +35,22 @@ const TYPE_UNKNOWN: i8 = 0;
 const TYPE_STRING: i8 = 2;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
+const TYPE_DOUBLE: i8 = 6;
 const TYPE_LIST: i8 = 7;
 
 /// Kafka's type of each topic config (broker settings are reported as UNKNOWN).
 fn topic_config_type(name: &str) -> i8 {
     match name {
         "segment.bytes" | "max.message.bytes" | "index.interval.bytes" => TYPE_INT,
-        "segment.ms" | "retention.ms" | "retention.bytes" | "flush.messages" | "flush.ms" => {
-            TYPE_LONG
-        }
+        "segment.ms"
+        | "retention.ms"
+        | "retention.bytes"
+        | "flush.messages"
+        | "flush.ms"
+        | "min.compaction.lag.ms"
+        | "max.compaction.lag.ms"
+        | "delete.retention.ms" => TYPE_LONG,
+        "min.cleanable.dirty.ratio" => TYPE_DOUBLE,
         "message.timestamp.type" => TYPE_STRING,
         "cleanup.policy" => TYPE_LIST,
         _ => TYPE_UNKNOWN,
@@ -57,12 +64,7 @@ fn setting_doc(name: &str) -> Option<&'static str> {
 
 /// The documentation of a topic config: the text of its broker-wide default in the settings
 /// table (Kafka documents the pair the same way).
-fn topic_config_doc(name: &str, broker_key: &str) -> Option<String> {
-    if name == "cleanup.policy" {
-        return Some(
-            "How old segments are discarded: delete (by retention.ms / retention.bytes).".into(),
-        );
-    }
+fn topic_config_doc(broker_key: &str) -> Option<String> {
     setting_doc(broker_key).map(|doc| format!("{doc} (topic override of {broker_key})"))
 }
 
@@ -135,7 +137,7 @@ fn topic_entry(
         c.config_type = topic_config_type(name);
     }
     if detail.documentation {
-        c.documentation = topic_config_doc(name, broker_key).map(|d| str_bytes(&d));
+        c.documentation = topic_config_doc(broker_key).map(|d| str_bytes(&d));
     }
     Some(c)
 }
