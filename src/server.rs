@@ -582,7 +582,31 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
                 tokio::time::sleep(period).await;
                 // Every open log of the shard, the group coordinators' offsets log included.
                 for partition in cleaner_shard.storage.partitions() {
-                    if let Err(error) = partition.clean(now_ms()).await {
+                    if !partition.is_compacted() {
+                        continue;
+                    }
+                    // Never past the last stable offset: an open transaction stays as written.
+                    let (topic, index) = partition.topic_partition();
+                    let stable_offset = match cleaner_shard
+                        .txn_partitions
+                        .ensure_loaded(&partition, &topic, index)
+                        .await
+                    {
+                        Ok(()) => {
+                            let high_watermark = partition.high_watermark();
+                            cleaner_shard
+                                .txn_partitions
+                                .with(&topic, index, |txns| {
+                                    txns.last_stable_offset(high_watermark)
+                                })
+                                .unwrap_or(high_watermark)
+                        }
+                        Err(error) => {
+                            tracing::warn!(%topic, partition = index, %error, "cannot load the partition's transactions; not cleaning it");
+                            continue;
+                        }
+                    };
+                    if let Err(error) = partition.clean(now_ms(), stable_offset).await {
                         tracing::warn!(
                             shard = cleaner_shard.id,
                             partition = %partition.dir().display(),

@@ -15,9 +15,10 @@
 //! on from there. Every read and write is charged to the shard's
 //! `log.cleaner.io.max.bytes.per.second`.
 //!
-//! Transactions: control batches (markers) are kept whole and transactional data is treated
-//! as plain data. When transactions land, the cleaner must drop aborted data and remove
-//! markers only after `delete.retention.ms`, like tombstones.
+//! Transactions: a pass stops below the last stable offset the broker passes in, so an
+//! undecided transaction is never cleaned. Control batches (markers) are kept whole and
+//! transactional data is treated as plain data: dropping aborted data and removing markers
+//! after `delete.retention.ms` (as Kafka does) is not done yet.
 //!
 //! Must never: touch the active segment or bytes at or above the high watermark, read or
 //! write a file with a blocking syscall on the shard thread (reads and writes go through the
@@ -318,11 +319,11 @@ struct Cleanable {
     next_offset: i64,
 }
 
-/// The sealed, finalized segments wholly below the high watermark, oldest first, up to the
-/// first that is not (never the active segment).
-fn cleanable_segments(partition: &PartitionShared) -> Vec<Cleanable> {
+/// The sealed, finalized segments wholly below the high watermark and `stable_offset`, oldest
+/// first, up to the first that is not (never the active segment).
+fn cleanable_segments(partition: &PartitionShared, stable_offset: i64) -> Vec<Cleanable> {
     let log = partition.log.borrow();
-    let high_watermark = log.offsets.high_watermark();
+    let high_watermark = log.offsets.high_watermark().min(stable_offset);
     let mut out = Vec::new();
     for segment in &log.segments[..log.segments.len() - 1] {
         let state = segment.state.borrow();
@@ -347,6 +348,7 @@ fn cleanable_segments(partition: &PartitionShared) -> Vec<Cleanable> {
 pub(crate) async fn clean(
     partition: &Rc<PartitionShared>,
     now_ms: i64,
+    stable_offset: i64,
 ) -> Result<bool, StorageError> {
     let Some(shard) = partition.shard.upgrade() else {
         return Ok(false);
@@ -356,7 +358,7 @@ pub(crate) async fn clean(
     }
     let _maintenance = partition.maintenance_lock.lock().await;
     let started = Instant::now();
-    let result = pass(partition, &shard, now_ms).await;
+    let result = pass(partition, &shard, now_ms, stable_offset).await;
     let mut stats = shard.cleaner_stats.borrow_mut();
     match &result {
         Ok(true) => {
@@ -373,11 +375,12 @@ async fn pass(
     partition: &Rc<PartitionShared>,
     shard: &Rc<ShardShared>,
     now_ms: i64,
+    stable_offset: i64,
 ) -> Result<bool, StorageError> {
     let io = shard.io.clone();
     let config = partition.log.borrow().config.clone();
     let cleaner_config = shard.cleaner_config.borrow().clone();
-    let mut segments = cleanable_segments(partition);
+    let mut segments = cleanable_segments(partition, stable_offset);
     if segments.is_empty() {
         return Ok(false);
     }

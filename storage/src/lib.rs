@@ -844,8 +844,22 @@ impl Partition {
     /// the blocking pool; never touches the active segment or bytes at or above the high
     /// watermark. A failed pass leaves the log as it was or with some segments cleaned,
     /// each whole (a crash, likewise, leaves each segment old or new: see recovery).
-    pub async fn clean(&self, now_ms: i64) -> Result<bool, StorageError> {
-        cleaner::clean(&self.0, now_ms).await
+    ///
+    /// `stable_offset` bounds the pass further: only segments wholly below it are cleaned.
+    /// The broker passes the last stable offset, so an undecided transaction's records are
+    /// never cleaned (pass `i64::MAX` when the partition has no transactions).
+    pub async fn clean(&self, now_ms: i64, stable_offset: i64) -> Result<bool, StorageError> {
+        cleaner::clean(&self.0, now_ms, stable_offset).await
+    }
+
+    /// Whether this log is compacted (`cleanup.policy` includes `compact`).
+    pub fn is_compacted(&self) -> bool {
+        self.0.log.borrow().config.cleanup_policy.compact
+    }
+
+    /// The topic this partition belongs to and its index.
+    pub fn topic_partition(&self) -> (String, i32) {
+        (self.0.topic.clone(), self.0.partition)
     }
 
     /// The offset below which the cleaner has mapped every key (its checkpoint).
