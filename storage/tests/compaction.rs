@@ -152,7 +152,7 @@ fn compaction_keeps_the_newest_value_of_every_key_at_its_offset_then_drops_tombs
     run(async |dir| {
         let storage = ShardStorage::open(storage_config(dir, true)).expect("open");
         let partition = storage
-            .open_partition("compacted", 0, compacted(300))
+            .open_partition("compacted", 0, compacted(2_000))
             .expect("partition");
         let newest = fill(&partition).await;
         let before = records_of(&partition).await;
@@ -214,7 +214,7 @@ fn compaction_keeps_the_newest_value_of_every_key_at_its_offset_then_drops_tombs
             !partition.clean(log_now(), i64::MAX).await.expect("clean"),
             "nothing due yet"
         );
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
         assert!(
             partition.clean(log_now(), i64::MAX).await.expect("clean"),
             "tombstones due"
@@ -232,7 +232,7 @@ fn compaction_keeps_the_newest_value_of_every_key_at_its_offset_then_drops_tombs
         storage.shutdown().await.expect("shutdown");
         let storage = ShardStorage::open(storage_config(dir, true)).expect("reopen");
         let partition = storage
-            .open_partition("compacted", 0, compacted(300))
+            .open_partition("compacted", 0, compacted(2_000))
             .expect("partition");
         assert_eq!(
             records_of(&partition).await,
