@@ -113,6 +113,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "replica.fetch.max.bytes", default: "1048576", doc: "Record bytes a follower asks for per partition in one fetch from its leader (the first batch comes whole even when larger)." },
     Setting { name: "replica.fetch.wait.max.ms", default: "500", doc: "How long a leader may hold a follower's fetch waiting for new data (below replica.lag.time.max.ms, so an idle follower stays in the ISR)." },
     Setting { name: "replica.fetch.backoff.ms", default: "1000", doc: "A follower waits this long before fetching again after its fetch from the leader failed." },
+    Setting { name: "unclean.leader.election.enable", default: "false", doc: "Broker default (a topic's config overrides it): whether the active controller gives a partition whose whole ISR is fenced a leader from its other live replicas, which may lose acknowledged records. Off: the partition stays offline until an ISR member returns." },
+    Setting { name: "auto.leader.rebalance.enable", default: "true", doc: "Whether the active controller moves a partition's leadership back to its preferred (first) replica once that replica is live and in the ISR, checked every fencing round." },
     Setting { name: "controller.quorum.snapshot.entries.between", default: "10000", doc: "The controller snapshots its metadata state after this many raft log entries and purges the log before the snapshot." },
 ];
 

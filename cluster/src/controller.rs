@@ -13,6 +13,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::BasicNode;
 use tokio::sync::watch;
 
+use crate::leadership::{self, Election, ElectionOutcome, PartitionId};
 use crate::state::{BrokerId, ClusterState, Command, CommandReply, PRODUCER_ID_BLOCK_LEN};
 use crate::wire::{
     AllocateProducerIdsRequest, AlterPartitionRequest, BrokerRpcError, HeartbeatReply,
@@ -28,6 +29,10 @@ pub struct Controller {
     pub(crate) state: watch::Receiver<Arc<ClusterState>>,
     sessions: Arc<Mutex<HashMap<BrokerId, Instant>>>,
     session_timeout: Duration,
+    /// `unclean.leader.election.enable`, the broker default.
+    unclean_leader_election: bool,
+    /// `auto.leader.rebalance.enable`.
+    auto_leader_rebalance: bool,
 }
 
 pub(crate) fn write_error(
@@ -70,6 +75,66 @@ impl Controller {
             state,
             sessions: Arc::default(),
             session_timeout,
+            unclean_leader_election: false,
+            auto_leader_rebalance: true,
+        }
+    }
+
+    /// Sets the election policy: the broker default of `unclean.leader.election.enable` and
+    /// `auto.leader.rebalance.enable` (Kafka's defaults: false, true).
+    pub fn with_leadership_policy(mut self, unclean_default: bool, auto_rebalance: bool) -> Self {
+        self.unclean_leader_election = unclean_default;
+        self.auto_leader_rebalance = auto_rebalance;
+        self
+    }
+
+    /// Proposes the elections policy asks for: preferred replicas back to leading (with
+    /// `auto.leader.rebalance.enable`) and unclean elections of offline partitions whose topic
+    /// allows them. Applying rechecks each partition against the state of that moment.
+    async fn run_elections(&self) {
+        let state = self.state.borrow().clone();
+        let mut proposals = Vec::new();
+        if self.auto_leader_rebalance {
+            proposals.push((Election::Preferred, leadership::preferred_imbalance(&state)));
+        }
+        proposals.push((
+            Election::Unclean,
+            leadership::unclean_candidates(&state, self.unclean_leader_election),
+        ));
+        for (election, partitions) in proposals {
+            if partitions.is_empty() {
+                continue;
+            }
+            match self
+                .propose(Command::ElectLeaders {
+                    election,
+                    partitions: partitions.clone(),
+                })
+                .await
+            {
+                Ok(reply) => tracing::warn!(?election, ?partitions, ?reply, "leader election"),
+                Err(error) => tracing::warn!(?election, %error, "could not run a leader election"),
+            }
+        }
+    }
+
+    /// Runs an election a client asked for (ElectLeaders) and returns each outcome.
+    pub async fn elect_leaders(
+        &self,
+        election: Election,
+        partitions: Vec<PartitionId>,
+    ) -> Result<Vec<ElectionOutcome>, BrokerRpcError> {
+        match self
+            .propose(Command::ElectLeaders {
+                election,
+                partitions,
+            })
+            .await?
+        {
+            CommandReply::Elections { outcomes } => Ok(outcomes),
+            other => Err(BrokerRpcError::Quorum(format!(
+                "election not applied: {other:?}"
+            ))),
         }
     }
 
@@ -256,6 +321,7 @@ impl Controller {
                     Err(error) => tracing::warn!(broker = id, %error, "could not fence a broker"),
                 }
             }
+            self.run_elections().await;
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod broker;
 pub mod controller;
 pub mod error;
 pub mod file;
+pub mod leadership;
 pub mod log_store;
 pub mod network;
 pub mod node;

@@ -122,6 +122,10 @@ impl ClusterNode {
                 node.clone(),
                 state.clone(),
                 settings.session_timeout,
+            )
+            .with_leadership_policy(
+                settings.unclean_leader_election,
+                settings.auto_leader_rebalance,
             );
             let tick = (settings.session_timeout / 4).min(settings.heartbeat_interval);
             tasks.push(tokio::spawn(

@@ -50,6 +50,12 @@ pub struct ClusterSettings {
     /// A snapshot is taken after this many log entries since the last one, and the log before
     /// it is purged (`controller.quorum.snapshot.entries.between`).
     pub snapshot_entries_between: u64,
+    /// Broker default of `unclean.leader.election.enable` (a topic's config overrides it):
+    /// whether the active controller gives an offline partition a leader from outside its ISR.
+    pub unclean_leader_election: bool,
+    /// `auto.leader.rebalance.enable`: whether the active controller moves leadership back to
+    /// a partition's preferred replica once it is live and in the ISR.
+    pub auto_leader_rebalance: bool,
 }
 
 impl ClusterSettings {

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::leadership::{self, Election, ElectionOutcome, PartitionId};
+
 /// A broker id (Kafka's `node.id`).
 pub type BrokerId = i32;
 
@@ -152,6 +154,14 @@ pub enum Command {
         /// The new ISR.
         isr: Vec<BrokerId>,
     },
+    /// Elect leaders of these partitions (ElectLeaders, or the active controller's preferred
+    /// and unclean elections); each bumps the leader epoch when the leader changes.
+    ElectLeaders {
+        /// Preferred or unclean.
+        election: Election,
+        /// The partitions, answered in this order.
+        partitions: Vec<PartitionId>,
+    },
     /// Hand the next block of `len` producer ids to a broker (KRaft's AllocateProducerIds).
     AllocateProducerIds {
         /// The broker asking (for the log; uniqueness needs only the counter).
@@ -177,6 +187,11 @@ pub enum CommandReply {
         first: i64,
         /// Ids in the block.
         len: i64,
+    },
+    /// What an `ElectLeaders` did to each of its partitions, in order.
+    Elections {
+        /// One outcome per partition.
+        outcomes: Vec<ElectionOutcome>,
     },
     /// The command no longer fits the state (stale epoch, duplicate name); nothing changed.
     Rejected {
@@ -218,10 +233,29 @@ impl ClusterState {
                         fenced: false,
                     },
                 );
+                leadership::on_live(self, *id);
                 CommandReply::Registered { epoch }
             }
-            Command::FenceBroker { id, epoch } => self.set_fenced(*id, *epoch, true),
-            Command::UnfenceBroker { id, epoch } => self.set_fenced(*id, *epoch, false),
+            Command::FenceBroker { id, epoch } => {
+                let reply = self.set_fenced(*id, *epoch, true);
+                if reply == CommandReply::Done {
+                    leadership::on_fenced(self, *id);
+                }
+                reply
+            }
+            Command::UnfenceBroker { id, epoch } => {
+                let reply = self.set_fenced(*id, *epoch, false);
+                if reply == CommandReply::Done {
+                    leadership::on_live(self, *id);
+                }
+                reply
+            }
+            Command::ElectLeaders {
+                election,
+                partitions,
+            } => CommandReply::Elections {
+                outcomes: leadership::elect(self, *election, partitions),
+            },
             Command::CreateTopic {
                 name,
                 id,

@@ -35,6 +35,8 @@ fn settings(id: NodeId, voters: &BTreeMap<NodeId, SocketAddr>, dir: &Path) -> Cl
         frame_bytes_max: 8 << 20,
         // Small, so the test crosses several snapshots and purges.
         snapshot_entries_between: 4,
+        unclean_leader_election: false,
+        auto_leader_rebalance: true,
     }
 }
 

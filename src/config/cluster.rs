@@ -88,6 +88,8 @@ pub(super) fn read(c: &mut Check, settings: &Settings, data_dir: &Path) -> Optio
         request_timeout,
         frame_bytes_max,
         snapshot_entries_between,
+        unclean_leader_election: c.boolean("unclean.leader.election.enable"),
+        auto_leader_rebalance: c.boolean("auto.leader.rebalance.enable"),
     };
     if let Err(error) = cluster.validate() {
         c.relation(

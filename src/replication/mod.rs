@@ -124,6 +124,7 @@ impl Replicas {
                         }
                         _ => {
                             tracing::info!(topic = %topic.name, partition = index, leader_epoch = placement.leader_epoch, isr = ?placement.isr, "becoming leader");
+                            start_leader_epoch(&topic.name, index, &partition, placement.leader_epoch);
                             let leader = Leader::new(
                                 node_id,
                                 placement.leader_epoch,
@@ -426,4 +427,22 @@ async fn check_isr(shard: Rc<Shard>) {
             });
         }
     }
+}
+
+/// A new leader starts its epoch at its log end (Kafka's makeLeader), durably, so
+/// OffsetForLeaderEpoch ends the previous epoch there before the first append of the new one;
+/// a no-op when the log already knows this epoch (a restart into the same epoch).
+fn start_leader_epoch(topic: &str, index: i32, partition: &Partition, leader_epoch: i32) {
+    if partition
+        .latest_leader_epoch()
+        .is_some_and(|known| known >= leader_epoch)
+    {
+        return;
+    }
+    let (topic, partition) = (topic.to_string(), partition.clone());
+    tokio::task::spawn_local(async move {
+        if let Err(error) = partition.assign_leader_epoch(leader_epoch).await {
+            tracing::error!(%topic, index, leader_epoch, %error, "cannot record a new leader epoch");
+        }
+    });
 }

@@ -515,6 +515,28 @@ def metadata_v5(conn: RawConn, topics) -> dict:
     return out
 
 
+def leader_epochs_v7(conn: RawConn, topic: str) -> dict:
+    """{partition: (leader, leader_epoch)} of `topic` from Metadata v7 (the first with leader
+    epochs); empty when the broker does not know the topic."""
+    body = array([string(topic)]) + i8(0)
+    r = conn.call(API_METADATA, 7, body)
+    r.i32()  # throttle_time_ms
+    for _ in range(r.i32()):
+        r.i32(), r.string(), r.i32(), r.string()  # node_id, host, port, rack
+    r.string()  # cluster_id
+    r.i32()  # controller_id
+    out = {}
+    for _ in range(r.i32()):
+        err, name, _internal = r.i16(), r.string(), r.i8()
+        for _ in range(r.i32()):
+            _perr, pid, leader, epoch = r.i16(), r.i32(), r.i32(), r.i32()
+            for _ in range(3):  # replicas, isr, offline replicas
+                [r.i32() for _ in range(r.i32())]
+            if err == 0 and name == topic:
+                out[pid] = (leader, epoch)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # v2 record batches
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,10 @@ from helpers import (
     create_topic,
     fetch_v4,
     free_port,
+    i32,
+    string,
     init_producer_id,
+    leader_epochs_v7,
     metadata_v5,
     produce_confluent,
     produce_v3,
@@ -49,6 +52,7 @@ from helpers import (
 )
 
 NOT_LEADER_OR_FOLLOWER = 6
+FENCED_LEADER_EPOCH = 74
 LEADER_NOT_AVAILABLE = 5
 INVALID_REPLICATION_FACTOR = 38
 TOPIC_ALREADY_EXISTS = 36
@@ -200,6 +204,12 @@ def leaders(node, topic):
     return {p: m.leader for p, m in placement(node, topic).items()}
 
 
+def leader_epochs(node, topic):
+    """{partition: leader epoch} as `node` reports them (Metadata v7)."""
+    with RawConn(node.bootstrap) as conn:
+        return {p: epoch for p, (_, epoch) in leader_epochs_v7(conn, topic).items()}
+
+
 def keyed_records(topic, n):
     # Values of varied lengths and all byte values, so a byte-for-byte check means something.
     return [(f"key-{i}".encode(), os.urandom(1 + (i * 37) % 700) + bytes([i % 256])) for i in range(n)]
@@ -289,6 +299,7 @@ def test_killed_leader_loses_its_partitions_and_serves_them_again(cluster):
     records = keyed_records(topic, 300)
     delivered = produce_confluent(cluster[2].bootstrap, topic, records)
     led = leaders(cluster[1], topic)
+    assert set(leader_epochs(cluster[1], topic).values()) == {0}
     victim = 3
     theirs = sorted(p for p, b in led.items() if b == victim)
     ours = sorted(p for p, b in led.items() if b != victim)
@@ -312,6 +323,10 @@ def test_killed_leader_loses_its_partitions_and_serves_them_again(cluster):
     assert leaderless_s >= SESSION_TIMEOUT_MS / 1000 - HEARTBEAT_MS / 1000, leaderless_s
     for node in others:
         assert all(placement(node, topic)[p].offline_replicas == [victim] for p in theirs)
+        # Going offline is a leader change (to none): its epoch grows; the others' do not.
+        epochs_now = leader_epochs(node, topic)
+        assert all(epochs_now[p] == 1 for p in theirs), epochs_now
+        assert all(epochs_now[p] == 0 for p in ours), epochs_now
     print(f"broker {victim}'s partitions {theirs} leaderless after {leaderless_s:.2f}s")
 
     # The other partitions keep taking and serving records.
@@ -341,6 +356,29 @@ def test_killed_leader_loses_its_partitions_and_serves_them_again(cluster):
     old = [d for d in delivered if d.partition in theirs]
     consumed = consume_confluent(others[0].bootstrap, topic, theirs, expected=len(old))
     assert_read_back(old, consumed)
+    # Leading again is another leader change; the restarted broker starts that epoch at its
+    # log end, so OffsetForLeaderEpoch ends epoch 0 there and epoch 2 at the log end.
+    for node in cluster.values():
+        wait_until(
+            lambda: all(leader_epochs(node, topic)[p] == 2 for p in theirs),
+            SETTLE_S,
+            interval_s=0.2,
+            what="leader epoch 2 on every broker",
+        )
+    counts = {p: sum(1 for d in old if d.partition == p) for p in theirs}
+    with RawConn(cluster[victim].bootstrap) as conn:
+        for p in theirs:
+            body = (
+                i32(-1) + i32(1) + string(topic) + i32(2)
+                + i32(p) + i32(2) + i32(0)  # partition, current epoch 2, asks epoch 0
+                + i32(p) + i32(1) + i32(0)  # current epoch 1: stale
+            )
+            # two entries for one partition, answered in order
+            r = conn.call(23, 3, body)
+            r.i32()
+            assert r.i32() == 1 and r.string() == topic and r.i32() == 2
+            assert (r.i16(), r.i32(), r.i32(), r.i64()) == (0, p, 0, counts[p])
+            assert (r.i16(), r.i32(), r.i32(), r.i64()) == (FENCED_LEADER_EPOCH, p, -1, -1)
 
 
 COORDINATOR_NOT_AVAILABLE = 15
