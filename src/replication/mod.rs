@@ -124,7 +124,12 @@ impl Replicas {
                         }
                         _ => {
                             tracing::info!(topic = %topic.name, partition = index, leader_epoch = placement.leader_epoch, isr = ?placement.isr, "becoming leader");
-                            start_leader_epoch(&topic.name, index, &partition, placement.leader_epoch);
+                            start_leader_epoch(
+                                &topic.name,
+                                index,
+                                &partition,
+                                placement.leader_epoch,
+                            );
                             let leader = Leader::new(
                                 node_id,
                                 placement.leader_epoch,
