@@ -82,6 +82,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "log.flush.batch.bytes", default: "16777216", doc: "Upper bound of one group commit write." },
     Setting { name: "io.uring.entries", default: "1024", doc: "Submission queue size of each shard's storage ring." },
     Setting { name: "fetch.zero.copy", default: "true", doc: "Send record bytes with splice/SEND_ZC; false = copy every record byte through a user-space buffer (io_uring reads from files, memcpy from the tail cache), the baseline and the fallback for kernels without splice. Tail-cache data to a peer on this host goes by plain SENDMSG from the cache's buffers (the kernel copies looped zero-copy pages anyway; `SLUICE_FETCH_SEND_ZC_LOCAL_PEERS=1` forces SEND_ZC)." },
+    Setting { name: "max.incremental.fetch.session.cache.slots", default: "1000", doc: "Incremental fetch sessions (KIP-227) the broker keeps, split evenly across shards (a session lives on the shard of its client's connection); when full, a new session evicts one idle past fetch.session.eviction.ms, else a smaller one, else the client keeps doing full fetches. 0 = no sessions." },
+    Setting { name: "fetch.session.eviction.ms", default: "120000", doc: "A fetch session unused for this long may be evicted for a new one (Kafka's fixed 120 s). No Kafka setting." },
     Setting { name: "fetch.max.wait.ms.max", default: "30000", doc: "Upper bound on a Fetch's max_wait_ms." },
     Setting { name: "group.initial.rebalance.delay.ms", default: "3000", doc: "Wait for more members before the first rebalance of an empty group." },
     Setting { name: "group.min.session.timeout.ms", default: "6000", doc: "Smallest session timeout a member may ask for." },
@@ -439,6 +441,10 @@ pub struct BrokerConfig {
     pub fetch_zero_copy: bool,
     /// Cap on max_wait_ms.
     pub fetch_wait_ms_max: u64,
+    /// `max.incremental.fetch.session.cache.slots`: fetch sessions per broker.
+    pub fetch_session_slots: usize,
+    /// `fetch.session.eviction.ms`: idle time after which a session may be evicted.
+    pub fetch_session_eviction_ms: u64,
     /// Default log settings for topics.
     pub log_defaults: LogConfig,
     /// O_DIRECT.
@@ -489,6 +495,12 @@ pub struct ReplicationConfig {
 const INT_MAX: i64 = i32::MAX as i64;
 
 impl BrokerConfig {
+    /// Each shard's share of `max.incremental.fetch.session.cache.slots` (rounded up, so the
+    /// broker-wide figure is never cut to 0 by many shards).
+    pub fn fetch_session_slots_per_shard(&self, shards: usize) -> usize {
+        self.fetch_session_slots.div_ceil(shards.max(1))
+    }
+
     /// Validates and types `settings`; every problem found is reported (see [`load`]).
     pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
         Self::checked(settings)
@@ -558,6 +570,8 @@ impl BrokerConfig {
             },
             fetch_zero_copy: c.boolean("fetch.zero.copy"),
             fetch_wait_ms_max: c.int("fetch.max.wait.ms.max", 0..=INT_MAX),
+            fetch_session_slots: c.int("max.incremental.fetch.session.cache.slots", 0..=INT_MAX),
+            fetch_session_eviction_ms: c.int("fetch.session.eviction.ms", 0..=INT_MAX),
             direct_io: c.boolean("log.direct.io"),
             tail_cache_bytes,
             response_cache_bytes_max: response_cache_bytes_max.unwrap_or(tail_cache_bytes),

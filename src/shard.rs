@@ -213,6 +213,8 @@ pub struct Shard {
     cluster_topic_ids: RefCell<HashMap<String, uuid::Uuid>>,
     /// In a cluster: the replica role of each partition this shard owns.
     pub replicas: crate::replication::Replicas,
+    /// Incremental fetch sessions of this shard's connections (KIP-227).
+    pub fetch_sessions: RefCell<crate::api::fetch_session::SessionCache>,
 }
 
 impl Shard {
@@ -227,6 +229,11 @@ impl Shard {
         groups: sluice_group::GroupCoordinator,
     ) -> Self {
         let txn_config = config.transactions.clone();
+        let fetch_sessions = RefCell::new(crate::api::fetch_session::SessionCache::new(
+            config.fetch_session_slots_per_shard(set.count()),
+            config.fetch_session_eviction_ms,
+            id,
+        ));
         Self {
             id,
             config,
@@ -246,6 +253,7 @@ impl Shard {
             producer_state_loads: LoadGates::default(),
             offline: Arc::default(),
             cluster_topic_ids: RefCell::default(),
+            fetch_sessions,
             replicas: crate::replication::Replicas::default(),
         }
     }

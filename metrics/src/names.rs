@@ -108,11 +108,18 @@ pub enum Counter {
     /// Blocking-pool jobs whose result is back on the shard (submitted minus done is the
     /// pool's depth: jobs waiting for a thread or running).
     BlockingJobsDone,
+    /// Fetch sessions (KIP-227) created.
+    FetchSessionsCreated,
+    /// Fetch sessions closed by their client or evicted (created minus closed is the number
+    /// open).
+    FetchSessionsClosed,
+    /// Incremental fetches served (a Fetch of an existing session).
+    IncrementalFetches,
 }
 
 impl Counter {
     /// Every counter, in display order.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 15] = [
         Counter::BytesIn,
         Counter::BytesOut,
         Counter::RecordsIn,
@@ -125,6 +132,9 @@ impl Counter {
         Counter::FetchCacheBudgetFileReads,
         Counter::BlockingJobsSubmitted,
         Counter::BlockingJobsDone,
+        Counter::FetchSessionsCreated,
+        Counter::FetchSessionsClosed,
+        Counter::IncrementalFetches,
     ];
 
     /// How many counters exist; sizes the per-shard counter array.
@@ -145,6 +155,9 @@ impl Counter {
             Counter::FetchCacheBudgetFileReads => 9,
             Counter::BlockingJobsSubmitted => 10,
             Counter::BlockingJobsDone => 11,
+            Counter::FetchSessionsCreated => 12,
+            Counter::FetchSessionsClosed => 13,
+            Counter::IncrementalFetches => 14,
         }
     }
 
@@ -163,6 +176,9 @@ impl Counter {
             Counter::FetchCacheBudgetFileReads => "fetch_cache_budget_file_reads",
             Counter::BlockingJobsSubmitted => "blocking_jobs_submitted",
             Counter::BlockingJobsDone => "blocking_jobs_done",
+            Counter::FetchSessionsCreated => "fetch_sessions_created",
+            Counter::FetchSessionsClosed => "fetch_sessions_closed",
+            Counter::IncrementalFetches => "incremental_fetches",
         }
     }
 }

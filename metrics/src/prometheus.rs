@@ -167,6 +167,9 @@ fn counter_help(counter: Counter) -> &'static str {
         Counter::FetchCacheBudgetFileReads => "Fetch reads of cached data served from segment files because fetch.response.cache.bytes.max was spent.",
         Counter::BlockingJobsSubmitted => "Jobs the storage engine handed to the blocking pool.",
         Counter::BlockingJobsDone => "Blocking-pool jobs whose result is back on the shard.",
+        Counter::FetchSessionsCreated => "Incremental fetch sessions (KIP-227) created.",
+        Counter::FetchSessionsClosed => "Fetch sessions closed by their client or evicted; created minus closed are open.",
+        Counter::IncrementalFetches => "Incremental fetches of an existing fetch session.",
     }
 }
 

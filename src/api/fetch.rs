@@ -1,4 +1,4 @@
-//! Fetch (4–13): reads whole batches from the owning shards, long-polls until `min_bytes` are
+//! Fetch (4–13): with incremental fetch sessions (`fetch_session.rs`, KIP-227), reads whole batches from the owning shards, long-polls until `min_bytes` are
 //! available or `max_wait_ms` passes (woken by appends, not by a timer loop), and answers with
 //! framing plus record data that the connection writes without copying it into the response.
 //!
@@ -26,13 +26,12 @@ use sluice_net::Reader;
 use sluice_storage::{ReadBound, ReadChunk, ReadSlice, StorageError};
 
 use super::decode_or_close;
+use super::fetch_session::{CachedPartition, Kind, PartitionKey};
 use crate::errors::code;
 use crate::shard::Shard;
 
 /// Record data of one partition in a Fetch response: tail-cache bytes or file ranges.
 pub type FetchRecords = Vec<ReadChunk>;
-
-const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 
 struct PartitionFetch {
     index: i32,
@@ -71,67 +70,101 @@ pub async fn handle(
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, FetchRequest);
     let version = header.api_version;
-    if version >= 7 && (request.session_id != 0 || request.session_epoch > 0) {
-        // Sluice does not keep incremental fetch sessions; clients fall back to full fetches.
-        return Response::Frame(sluice_net::fetch::encode_error_response(
-            &header,
-            FETCH_SESSION_ID_NOT_FOUND,
-        ));
-    }
     let snapshot = shard.metadata.load();
     // A follower replica's fetch (replica_id is the broker id; v15+ would carry it in
     // replica_state, above the versions served). Only a cluster has followers.
     let replica =
         (request.replica_id.0 >= 0 && snapshot.cluster.is_some()).then_some(request.replica_id.0);
-    let topics: Vec<TopicFetch> = request
+    let resolve = |name: &kafka_protocol::messages::TopicName, id: uuid::Uuid| {
+        if version >= 13 {
+            let name = snapshot.names_by_id.get(&id).cloned().unwrap_or_default();
+            (name, id)
+        } else {
+            let name = name.0.to_string();
+            let id = snapshot.topic(&name).map_or(id, |m| m.id);
+            (name, id)
+        }
+    };
+    let requested: Vec<(PartitionKey, CachedPartition)> = request
         .topics
         .iter()
-        .map(|topic| {
-            let name = if version >= 13 {
-                snapshot.names_by_id.get(&topic.topic_id).cloned()
-            } else {
-                Some(topic.topic.0.to_string())
-            };
-            let meta = name.as_deref().and_then(|n| snapshot.topic(n));
-            let unknown = if version >= 13 {
-                code::UNKNOWN_TOPIC_ID
-            } else {
-                code::UNKNOWN_TOPIC_OR_PARTITION
-            };
-            TopicFetch {
-                name: name.clone().unwrap_or_default(),
-                id: meta.map(|m| m.id).unwrap_or(topic.topic_id),
-                partitions: topic
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let exists =
-                            meta.is_some_and(|m| p.partition >= 0 && p.partition < m.partitions);
-                        let led_elsewhere = exists
-                            && meta.is_some_and(|m| {
-                                !snapshot.leads(m, p.partition, shard.config.node_id)
-                            });
-                        let known = exists && !led_elsewhere;
-                        PartitionFetch {
-                            index: p.partition,
-                            fetch_offset: p.fetch_offset,
-                            partition_max_bytes: p.partition_max_bytes.max(0) as u32,
-                            known,
-                            error_code: if meta.is_none() {
-                                unknown
-                            } else if led_elsewhere {
-                                code::NOT_LEADER_OR_FOLLOWER
-                            } else if known {
-                                code::NONE
-                            } else {
-                                code::UNKNOWN_TOPIC_OR_PARTITION
-                            },
-                        }
-                    })
-                    .collect(),
-            }
+        .flat_map(|topic| {
+            let (name, id) = resolve(&topic.topic, topic.topic_id);
+            topic.partitions.iter().map(move |p| {
+                (
+                    PartitionKey {
+                        name: name.clone(),
+                        id,
+                        index: p.partition,
+                    },
+                    CachedPartition {
+                        fetch_offset: p.fetch_offset,
+                        partition_max_bytes: p.partition_max_bytes,
+                        high_watermark: -1,
+                        log_start_offset: -1,
+                    },
+                )
+            })
         })
         .collect();
+    // Sessions are for consumers (a follower of a cluster fetches without one).
+    let kind = if version >= 7 && replica.is_none() {
+        let forgotten: Vec<PartitionKey> = request
+            .forgotten_topics_data
+            .iter()
+            .flat_map(|topic| {
+                let (name, id) = resolve(&topic.topic, topic.topic_id);
+                topic.partitions.iter().map(move |index| PartitionKey {
+                    name: name.clone(),
+                    id,
+                    index: *index,
+                })
+            })
+            .collect();
+        let (begun, created, closed) = {
+            let mut sessions = shard.fetch_sessions.borrow_mut();
+            let before = sessions.totals();
+            let begun = sessions.begin(
+                request.session_id,
+                request.session_epoch,
+                &requested,
+                &forgotten,
+                Instant::now(),
+            );
+            let after = sessions.totals();
+            (begun, after.0 - before.0, after.1 - before.1)
+        };
+        shard
+            .metrics
+            .count(sluice_metrics::Counter::FetchSessionsCreated, created);
+        shard
+            .metrics
+            .count(sluice_metrics::Counter::FetchSessionsClosed, closed);
+        match begun {
+            Ok(kind) => kind,
+            Err(error_code) => {
+                return Response::Frame(sluice_net::fetch::encode_error_response(
+                    &header, error_code,
+                ))
+            }
+        }
+    } else {
+        Kind::Full { session_id: 0 }
+    };
+    let session_id = match kind {
+        Kind::Full { session_id } => session_id,
+        Kind::Incremental { session_id } => {
+            shard
+                .metrics
+                .count(sluice_metrics::Counter::IncrementalFetches, 1);
+            session_id
+        }
+    };
+    let to_read = match kind {
+        Kind::Full { .. } => requested,
+        Kind::Incremental { session_id } => shard.fetch_sessions.borrow().partitions(session_id),
+    };
+    let topics = topic_fetches(&shard, &snapshot, version, &to_read);
 
     // fetch.max.bytes caps the response whatever the client asks (v0-v2 have no max_bytes of
     // their own); partition limits still apply, and the first batch goes out even when larger.
@@ -163,7 +196,8 @@ pub async fn handle(
             .flatten()
             .any(|o| o.as_ref().is_ok_and(|r| r.high_watermark_news));
         let now = Instant::now();
-        if available >= min_bytes.max(1) || any_error || news || now >= deadline {
+        // min_bytes 0 (or less) is answered at once, as Kafka does.
+        if available >= min_bytes || any_error || news || now >= deadline {
             break;
         }
         if !wait_for_any(&shard, &topics, &outcomes, deadline - now, replica).await {
@@ -209,8 +243,102 @@ pub async fn handle(
                 .collect(),
         })
         .collect();
-    let (parts, _total_bytes) = encode_response(&header, 0, code::NONE, 0, response_topics);
+    let response_topics = if session_id == 0 {
+        response_topics
+    } else {
+        sessions_filter(&shard, kind, session_id, response_topics)
+    };
+    let (parts, _total_bytes) =
+        encode_response(&header, 0, code::NONE, session_id, response_topics);
     Response::Parts(parts)
+}
+
+/// The partitions to read, grouped by topic in order, each checked against the metadata
+/// (unknown, or led by another broker: answered with the error without reading).
+fn topic_fetches(
+    shard: &Shard,
+    snapshot: &crate::metadata::MetadataSnapshot,
+    version: i16,
+    partitions: &[(PartitionKey, CachedPartition)],
+) -> Vec<TopicFetch> {
+    let unknown = if version >= 13 {
+        code::UNKNOWN_TOPIC_ID
+    } else {
+        code::UNKNOWN_TOPIC_OR_PARTITION
+    };
+    let mut topics: Vec<TopicFetch> = Vec::new();
+    for (key, asked) in partitions {
+        let meta = Some(key.name.as_str())
+            .filter(|n| !n.is_empty())
+            .and_then(|n| snapshot.topic(n));
+        let exists = meta.is_some_and(|m| key.index >= 0 && key.index < m.partitions);
+        let led_elsewhere =
+            exists && meta.is_some_and(|m| !snapshot.leads(m, key.index, shard.config.node_id));
+        let known = exists && !led_elsewhere;
+        let partition = PartitionFetch {
+            index: key.index,
+            fetch_offset: asked.fetch_offset,
+            partition_max_bytes: asked.partition_max_bytes.max(0) as u32,
+            known,
+            error_code: if meta.is_none() {
+                unknown
+            } else if led_elsewhere {
+                code::NOT_LEADER_OR_FOLLOWER
+            } else if known {
+                code::NONE
+            } else {
+                code::UNKNOWN_TOPIC_OR_PARTITION
+            },
+        };
+        match topics.last_mut() {
+            Some(last) if last.name == key.name && last.id == key.id => {
+                last.partitions.push(partition)
+            }
+            _ => topics.push(TopicFetch {
+                name: key.name.clone(),
+                id: key.id,
+                partitions: vec![partition],
+            }),
+        }
+    }
+    topics
+}
+
+/// Records in the session what each partition's answer told the client; an incremental
+/// response keeps only the partitions with news (records, an error, a moved high watermark or
+/// log start), a full one keeps them all.
+fn sessions_filter(
+    shard: &Shard,
+    kind: Kind,
+    session_id: i32,
+    topics: Vec<FetchTopicOut<FetchRecords>>,
+) -> Vec<FetchTopicOut<FetchRecords>> {
+    let incremental = matches!(kind, Kind::Incremental { .. });
+    let mut sessions = shard.fetch_sessions.borrow_mut();
+    topics
+        .into_iter()
+        .filter_map(|mut topic| {
+            let name = String::from_utf8_lossy(&topic.name).into_owned();
+            topic.partitions.retain(|p| {
+                let key = PartitionKey {
+                    name: name.clone(),
+                    id: topic.topic_id,
+                    index: p.index,
+                };
+                let has_news = p.error_code != code::NONE
+                    || p.records.as_ref().is_some_and(|(bytes, _)| *bytes > 0);
+                let send = sessions.note_sent(
+                    session_id,
+                    &key,
+                    p.high_watermark,
+                    p.log_start_offset,
+                    has_news,
+                );
+                send || !incremental
+            });
+            (!topic.partitions.is_empty() || !incremental).then_some(topic)
+        })
+        .collect()
 }
 
 /// Reads every partition concurrently on its owner, then trims to `max_bytes` in request

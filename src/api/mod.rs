@@ -9,6 +9,7 @@ mod admin;
 mod configs;
 mod delete_records;
 mod fetch;
+pub mod fetch_session;
 pub mod groups;
 mod leader_epochs;
 mod log_dirs;

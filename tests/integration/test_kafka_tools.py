@@ -279,8 +279,11 @@ def _metric(admin_url, name):
 
 def test_java_client_default_settings(broker, classpath):
     """The Java client with default settings (idempotent producer, acks=all; a group consumer)
-    produces and reads back 2000 records byte for byte; its Admin sees the log dir's total and
-    usable bytes."""
+    produces and reads back 2000 records byte for byte, its consumer in an incremental fetch
+    session (KIP-227: /metrics counts sessions created and incremental fetches); its Admin sees
+    the log dir's total and usable bytes."""
+    assert broker.admin_url, "the broker's /metrics endpoint is needed"
+    incremental_before = _metric(broker.admin_url, "sluice_incremental_fetches_total") or 0
     JAVA_BUILD.mkdir(exist_ok=True)
     subprocess.run(["javac", "-cp", classpath, "-d", str(JAVA_BUILD), str(JAVA_SRC)],
                    check=True, timeout=120)
@@ -297,3 +300,24 @@ def test_java_client_default_settings(broker, classpath):
     assert facts["matched"] == "2000"
     assert Path(facts["log_dir"]) == broker.data_dir.resolve()
     assert int(facts["total_bytes"]) >= int(facts["usable_bytes"]) > 0
+    assert _metric(broker.admin_url, "sluice_fetch_sessions_created_total") >= 1
+    incremental = _metric(broker.admin_url, "sluice_incremental_fetches_total") - incremental_before
+    assert incremental >= 3, f"incremental fetches: {incremental}"
+
+
+def test_fetch_with_min_bytes_zero_is_answered_at_once(broker):
+    """A Fetch with min_bytes=0 and a long max_wait_ms on a partition with nothing new is
+    answered at once, as Kafka answers it."""
+    from helpers import RawConn, fetch_v4
+
+    topic = unique_topic("minbytes")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    with RawConn(broker.bootstrap) as conn:
+        started = time.monotonic()
+        part = fetch_v4(conn, topic, 0, 0, max_wait_ms=5000, min_bytes=0)
+        elapsed_s = time.monotonic() - started
+        assert part.error_code == 0 and part.high_watermark == 0
+        assert elapsed_s < 2.0, f"min_bytes=0 fetch waited {elapsed_s:.2f}s"
+        started = time.monotonic()
+        fetch_v4(conn, topic, 0, 0, max_wait_ms=1500, min_bytes=1)
+        assert time.monotonic() - started >= 1.2, "min_bytes=1 waits for data or max_wait_ms"
