@@ -197,8 +197,6 @@ pub struct Shard {
     pub txns: crate::txn::coordinator::TxnCoordinator,
     /// The transaction state of the data partitions this shard owns.
     pub txn_partitions: crate::txn::registry::TxnRegistry,
-    /// TxnOffsetCommit offsets of this shard's groups, waiting on their transactions.
-    pub txn_offsets: crate::txn::offsets::PendingOffsets,
     /// Idempotent-producer state of the partitions this shard owns, by topic then index.
     producers: RefCell<HashMap<String, HashMap<i32, crate::idempotence::ProducerStates>>>,
     /// Jobs waiting for room in another shard's inbox, by target.
@@ -246,7 +244,6 @@ impl Shard {
             groups,
             txns: crate::txn::coordinator::TxnCoordinator::new(txn_config),
             txn_partitions: Default::default(),
-            txn_offsets: Default::default(),
             producers: RefCell::new(HashMap::new()),
             outboxes: RefCell::new((0..set.count()).map(|_| Outbox::default()).collect()),
             set,

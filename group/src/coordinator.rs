@@ -60,6 +60,8 @@ pub(crate) struct LoadedPartition {
     /// Offset the newest snapshot file covers; -1 forces the next snapshot.
     pub snapshot_covered: i64,
     pub snapshotting: bool,
+    /// TxnOffsetCommit offsets of this partition's groups waiting on their transactions.
+    pub pending: crate::pending::PendingTxnOffsets,
 }
 
 /// Tombstones of one group, applied to its in-memory state only once they are durable.
@@ -175,6 +177,7 @@ pub(crate) fn append_error_code(error: &GroupError) -> i16 {
 #[derive(Default)]
 struct Replay {
     groups: HashMap<String, ReplayGroup>,
+    pending: crate::pending::PendingTxnOffsets,
 }
 
 #[derive(Default)]
@@ -187,6 +190,9 @@ struct ReplayGroup {
 impl Replay {
     fn apply(&mut self, log_offset: i64, record: OffsetsRecord) {
         match record {
+            OffsetsRecord::PendingOffset { .. } | OffsetsRecord::TxnEnd { .. } => {
+                self.pending.apply(log_offset, &record)
+            }
             OffsetsRecord::Offset {
                 group,
                 topic,
@@ -322,6 +328,7 @@ impl GroupCoordinator {
                 for (group_id, rg) in replay.groups {
                     install_group(&mut st, partition, group_id, rg);
                 }
+                let pending = replay.pending;
                 st.partitions.insert(
                     partition,
                     PartitionSlot::Loaded(LoadedPartition {
@@ -330,6 +337,7 @@ impl GroupCoordinator {
                         next_append_seq: 0,
                         snapshot_covered,
                         snapshotting: false,
+                        pending,
                     }),
                 );
                 drop(st);
@@ -498,7 +506,9 @@ impl GroupCoordinator {
                 OffsetsRecord::Group { value: None, .. } => {
                     group_tombstone_offset = Some(tombstone_offset)
                 }
-                OffsetsRecord::Group { .. } => {}
+                OffsetsRecord::Group { .. }
+                | OffsetsRecord::PendingOffset { .. }
+                | OffsetsRecord::TxnEnd { .. } => {}
             }
         }
         let group_goes = group_tombstone_offset.is_some();
@@ -686,6 +696,9 @@ fn collect_snapshot_records(st: &State, partition: i32) -> Vec<snapshot::Snapsho
             };
             out.push((c.log_offset, rec.encode_key(), rec.encode_value()));
         }
+    }
+    if let Some(PartitionSlot::Loaded(p)) = st.partitions.get(&partition) {
+        p.pending.snapshot_records(&mut out);
     }
     out
 }

@@ -39,6 +39,7 @@ mod group;
 mod log;
 mod membership;
 mod offsets;
+mod pending;
 mod records;
 mod snapshot;
 mod timers;
@@ -49,6 +50,7 @@ pub use coordinator::GroupCoordinator;
 pub use group::GroupState;
 pub use log::{MemoryLog, OffsetLog};
 pub use offsets::{FetchedGroup, FetchedOffset};
+pub use pending::TxnOffset;
 pub use records::{
     decode_batches, encode_batch, GroupMetadataValue, MemberMetadataValue, OffsetRecordValue,
     OffsetsRecord,

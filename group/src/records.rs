@@ -14,6 +14,13 @@ use crate::GroupError;
 /// versions (the KIP-848 consumer protocol, share groups) are not written by Sluice and skipped.
 const KEY_VERSION_OFFSET: i16 = 1;
 const KEY_VERSION_GROUP: i16 = 2;
+/// Sluice-only key versions for TxnOffsetCommit offsets waiting on their transaction, and the
+/// record that resolves them (Kafka uses transactional batches and markers instead). Far above
+/// Kafka's versions so they never collide; other readers skip them as unknown.
+const KEY_VERSION_PENDING_OFFSET: i16 = 0x5370;
+const KEY_VERSION_TXN_END: i16 = 0x5371;
+/// Value version of the TxnEnd record.
+const TXN_END_VALUE_VERSION: i16 = 0;
 /// OffsetCommitValue v3 carries the leader epoch; v1 carries an explicit expire timestamp
 /// (OffsetCommit v2-v4 `retention_time_ms`). Kafka writes the same choice.
 const OFFSET_VALUE_VERSION_EPOCH: i16 = 3;
@@ -97,6 +104,27 @@ pub enum OffsetsRecord {
         /// None deletes the group
         value: Option<GroupMetadataValue>,
     },
+    /// A TxnOffsetCommit offset of `producer_id`'s open transaction, not yet visible.
+    PendingOffset {
+        /// producer id of the transaction
+        producer_id: i64,
+        /// group id
+        group: String,
+        /// topic name
+        topic: String,
+        /// partition index
+        partition: i32,
+        /// the offset it commits if the transaction commits
+        value: OffsetRecordValue,
+    },
+    /// `producer_id`'s transaction ended for this partition: its pending offsets (earlier in
+    /// the log) are resolved (committed ones were written as Offset records before it).
+    TxnEnd {
+        /// producer id of the transaction
+        producer_id: i64,
+        /// whether it committed
+        commit: bool,
+    },
 }
 
 impl OffsetsRecord {
@@ -119,6 +147,23 @@ impl OffsetsRecord {
                 out.put_i16(KEY_VERSION_GROUP);
                 put_string(&mut out, group);
             }
+            OffsetsRecord::PendingOffset {
+                producer_id,
+                group,
+                topic,
+                partition,
+                ..
+            } => {
+                out.put_i16(KEY_VERSION_PENDING_OFFSET);
+                out.put_i64(*producer_id);
+                put_string(&mut out, group);
+                put_string(&mut out, topic);
+                out.put_i32(*partition);
+            }
+            OffsetsRecord::TxnEnd { producer_id, .. } => {
+                out.put_i16(KEY_VERSION_TXN_END);
+                out.put_i64(*producer_id);
+            }
         }
         out
     }
@@ -128,6 +173,13 @@ impl OffsetsRecord {
         match self {
             OffsetsRecord::Offset { value, .. } => value.as_ref().map(encode_offset_value),
             OffsetsRecord::Group { value, .. } => value.as_ref().map(encode_group_value),
+            OffsetsRecord::PendingOffset { value, .. } => Some(encode_offset_value(value)),
+            OffsetsRecord::TxnEnd { commit, .. } => {
+                let mut out = Vec::with_capacity(3);
+                out.put_i16(TXN_END_VALUE_VERSION);
+                out.put_i8(i8::from(*commit));
+                Some(out)
+            }
         }
     }
 
@@ -164,6 +216,40 @@ impl OffsetsRecord {
                     },
                 };
                 Ok(Some(OffsetsRecord::Group { group, value }))
+            }
+            KEY_VERSION_PENDING_OFFSET => {
+                let producer_id = k.i64()?;
+                let group = k.string()?;
+                let topic = k.string()?;
+                let partition = k.i32()?;
+                let Some(value) = value else {
+                    return Ok(None);
+                };
+                let Some(value) = decode_offset_value(value)? else {
+                    return Ok(None);
+                };
+                Ok(Some(OffsetsRecord::PendingOffset {
+                    producer_id,
+                    group,
+                    topic,
+                    partition,
+                    value,
+                }))
+            }
+            KEY_VERSION_TXN_END => {
+                let producer_id = k.i64()?;
+                let Some(value) = value else {
+                    return Ok(None);
+                };
+                let mut v = Reader::new(value, "TxnEnd value");
+                if v.i16()? != TXN_END_VALUE_VERSION {
+                    return Ok(None);
+                }
+                let commit = v.i8()? != 0;
+                Ok(Some(OffsetsRecord::TxnEnd {
+                    producer_id,
+                    commit,
+                }))
             }
             _ => Ok(None),
         }

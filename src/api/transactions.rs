@@ -358,8 +358,7 @@ pub async fn txn_offset_commit(
                             *generation,
                         )?;
                     }
-                    s.txn_offsets.add(producer_id, &group_id, offsets);
-                    Ok::<(), i16>(())
+                    crate::txn::offsets::hold(&s.groups, producer_id, &group_id, offsets).await
                 })
                 .await;
             match held {

@@ -618,9 +618,7 @@ async fn write_marker_until_done(
         let result = shard
             .invoke_on(owner, move |s| async move {
                 if topic_owned == sluice_group::OFFSETS_TOPIC {
-                    s.txn_offsets
-                        .complete(&s.groups, producer_id, index, commit)
-                        .await
+                    super::offsets::complete(&s.groups, producer_id, index, commit).await
                 } else {
                     super::markers::write_on_owner(
                         &s,

@@ -173,6 +173,49 @@ def test_kill9_between_prepare_commit_and_complete_commit(broker_factory):
     assert sorted(v for _, v in seen) == sorted(values)
 
 
+def committed_offset(bootstrap, group, topic, partition):
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return c.committed([TopicPartition(topic, partition)], timeout=10)[0].offset
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("commit", [True, False], ids=["commit", "abort"])
+def test_kill9_keeps_pending_transactional_offsets(broker_factory, commit):
+    # Offsets sent with send_offsets_to_transaction must survive a kill -9 between
+    # PrepareCommit/PrepareAbort and the markers: replay commits (or drops) them.
+    broker = broker_factory({"transaction.marker.delay.ms": 5000})
+    in_topic = create_topic(broker.bootstrap, unique_topic("txoin"), 1)
+    out_topic = create_topic(broker.bootstrap, unique_topic("txoout"), 1)
+    group = f"txo-{uuid.uuid4().hex[:6]}"
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    c.commit(offsets=[TopicPartition(in_topic, 0, 5)], asynchronous=False)
+    metadata = c.consumer_group_metadata()
+    c.close()
+    p = txn_producer(broker.bootstrap)
+    p.begin_transaction()
+    p.produce(out_topic, value=b"out", partition=0)
+    p.flush(30)
+    p.send_offsets_to_transaction([TopicPartition(in_topic, 0, 17)], metadata, 30)
+    end = p.commit_transaction if commit else p.abort_transaction
+    threading.Thread(target=lambda: _ignore(end, 30), daemon=True).start()
+    wait_until(lambda: "transaction prepared; writing markers" in broker.log_text(),
+               timeout_s=10, what="PrepareCommit/PrepareAbort persisted")
+    assert committed_offset(broker.bootstrap, group, in_topic, 0) == 5
+    broker.kill9()
+    broker.start()
+    expected = 17 if commit else 5
+    wait_until(lambda: committed_offset(broker.bootstrap, group, in_topic, 0) == expected
+               and committed_lso(broker.bootstrap, out_topic, 0) > 0,
+               timeout_s=30, what=f"the group's offset to be {expected} after replay")
+    time.sleep(1)
+    assert committed_offset(broker.bootstrap, group, in_topic, 0) == expected
+    seen = read_all(broker.bootstrap, out_topic, [0], "read_committed", settle_s=1)
+    assert [v for _, v in seen] == ([b"out"] if commit else [])
+
+
 def _ignore(fn, *args):
     try:
         fn(*args)
