@@ -1071,3 +1071,49 @@ fn a_broker_not_leading_the_groups_partition_is_not_its_coordinator() {
         assert_eq!(heartbeat(&e.c, "nobody", 1).await, codes::UNKNOWN_MEMBER_ID);
     });
 }
+
+#[test]
+fn pending_transactional_offsets_survive_reload_and_snapshot_until_resolved() {
+    run(async {
+        let e = env(0).await;
+        let c = &e.c;
+        let p = offsets_partition_for("g");
+        let off = |o: i64| vec![("t".to_string(), 0, o, -1, String::new())];
+        c.commit_transactional_offsets("g", &off(5))
+            .await
+            .expect("base");
+        c.hold_transactional_offsets("g", 7, &off(17))
+            .await
+            .expect("hold 7");
+        c.hold_transactional_offsets("g", 8, &off(30))
+            .await
+            .expect("hold 8");
+        assert_eq!(fetched(c, "t", 0), 5, "pending offsets are not visible");
+        assert!(c.has_pending_transactional_offset("g", "t", 0));
+
+        // A snapshot, then retention drops the log it covers: the snapshot carries them.
+        assert!(c.snapshot_partition(p).await.expect("snapshot"));
+        e.log.truncate_before(e.log.log_end_offset());
+        let c2 = reopen(&e).await;
+        assert_eq!(fetched(&c2, "t", 0), 5);
+        let mut producers = c2.pending_transactional_producers();
+        producers.sort();
+        assert_eq!(producers, vec![(p, 7), (p, 8)]);
+
+        c2.end_transactional_offsets(7, p, true)
+            .await
+            .expect("commit 7");
+        c2.end_transactional_offsets(8, p, false)
+            .await
+            .expect("abort 8");
+        assert_eq!(fetched(&c2, "t", 0), 17);
+        assert!(c2.pending_transactional_producers().is_empty());
+        drop(c2);
+
+        // The resolutions are durable: a replay of the log keeps 17 and nothing pending.
+        let c3 = reopen(&e).await;
+        assert_eq!(fetched(&c3, "t", 0), 17);
+        assert!(c3.pending_transactional_producers().is_empty());
+        assert!(!c3.has_pending_transactional_offset("g", "t", 0));
+    });
+}

@@ -61,7 +61,9 @@ impl PendingTxnOffsets {
     /// A later offset of the same group and partition replaces the earlier one.
     fn hold(&mut self, producer_id: i64, held: Held) {
         let list = self.by_producer.entry(producer_id).or_default();
-        list.retain(|h| (&h.group, &h.topic, h.partition) != (&held.group, &held.topic, held.partition));
+        list.retain(|h| {
+            (&h.group, &h.topic, h.partition) != (&held.group, &held.topic, held.partition)
+        });
         list.push(held);
     }
 
@@ -77,9 +79,10 @@ impl PendingTxnOffsets {
 
     /// Whether `group` has a pending offset for `topic`/`partition` (OffsetFetch require_stable).
     pub(crate) fn has(&self, group: &str, topic: &str, partition: i32) -> bool {
-        self.by_producer.values().flatten().any(|h| {
-            h.group == group && h.topic == topic && h.partition == partition
-        })
+        self.by_producer
+            .values()
+            .flatten()
+            .any(|h| h.group == group && h.topic == topic && h.partition == partition)
     }
 
     /// The producer ids with unresolved offsets.
@@ -164,9 +167,12 @@ impl GroupCoordinator {
         let held: Vec<Held> = {
             let st = self.shared.state.borrow();
             match st.partitions.get(&partition) {
-                Some(PartitionSlot::Loaded(p)) => {
-                    p.pending.by_producer.get(&producer_id).cloned().unwrap_or_default()
-                }
+                Some(PartitionSlot::Loaded(p)) => p
+                    .pending
+                    .by_producer
+                    .get(&producer_id)
+                    .cloned()
+                    .unwrap_or_default(),
                 Some(PartitionSlot::Loading) => {
                     return Err(crate::codes::COORDINATOR_LOAD_IN_PROGRESS)
                 }
@@ -189,7 +195,8 @@ impl GroupCoordinator {
                 ));
             }
             for (group_id, offsets) in by_group {
-                self.commit_transactional_offsets(group_id, &offsets).await?;
+                self.commit_transactional_offsets(group_id, &offsets)
+                    .await?;
             }
         }
         let end = OffsetsRecord::TxnEnd {
@@ -200,8 +207,12 @@ impl GroupCoordinator {
             .append(partition, std::slice::from_ref(&end))
             .await
             .map_err(|e| crate::coordinator::append_error_code(&e))?;
-        if let Some(PartitionSlot::Loaded(p)) =
-            self.shared.state.borrow_mut().partitions.get_mut(&partition)
+        if let Some(PartitionSlot::Loaded(p)) = self
+            .shared
+            .state
+            .borrow_mut()
+            .partitions
+            .get_mut(&partition)
         {
             p.pending.apply(end_offset, &end);
         }
@@ -214,14 +225,24 @@ impl GroupCoordinator {
         let mut out = Vec::new();
         for (partition, slot) in &st.partitions {
             if let PartitionSlot::Loaded(p) = slot {
-                out.extend(p.pending.producers().into_iter().map(|pid| (*partition, pid)));
+                out.extend(
+                    p.pending
+                        .producers()
+                        .into_iter()
+                        .map(|pid| (*partition, pid)),
+                );
             }
         }
         out
     }
 
     /// Whether `group_id` has a pending transactional offset for `topic`/`partition`.
-    pub fn has_pending_transactional_offset(&self, group_id: &str, topic: &str, partition: i32) -> bool {
+    pub fn has_pending_transactional_offset(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+    ) -> bool {
         let st = self.shared.state.borrow();
         match st.partitions.get(&crate::offsets_partition_for(group_id)) {
             Some(PartitionSlot::Loaded(p)) => p.pending.has(group_id, topic, partition),
