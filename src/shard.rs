@@ -393,6 +393,14 @@ impl Shard {
         }
     }
 
+    /// Drops a partition's producer states after its log was truncated: the next check
+    /// rebuilds them from the log that remains (`load_producer_states`).
+    pub fn forget_producer_states(&self, topic: &str, index: i32) {
+        if let Some(partitions) = self.producers.borrow_mut().get_mut(topic) {
+            partitions.remove(&index);
+        }
+    }
+
     /// Runs `f` on the producer states of one partition this shard owns.
     pub fn with_producer_states<T>(
         &self,

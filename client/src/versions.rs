@@ -31,6 +31,7 @@ pub fn client_version_max(api_key: i16) -> i16 {
         Ok(ApiKey::DescribeConfigs) => 4,
         Ok(ApiKey::CreatePartitions) => 3,
         Ok(ApiKey::DeleteGroups) => 2,
+        Ok(ApiKey::OffsetForLeaderEpoch) => 4,
         _ => 0,
     }
 }
@@ -57,6 +58,7 @@ pub fn api_name(api_key: i16) -> &'static str {
         Ok(ApiKey::DescribeConfigs) => "DescribeConfigs",
         Ok(ApiKey::CreatePartitions) => "CreatePartitions",
         Ok(ApiKey::DeleteGroups) => "DeleteGroups",
+        Ok(ApiKey::OffsetForLeaderEpoch) => "OffsetForLeaderEpoch",
         _ => "Unknown",
     }
 }

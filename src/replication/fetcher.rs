@@ -3,9 +3,10 @@
 //! `replica_id` over one connection. Each answer's batches are appended with their offsets
 //! unchanged and awaited durable before the next fetch, so the offset a fetch asks from is
 //! always this replica's durable end (what the leader counts for its high watermark); the
-//! leader's high watermark in the answer becomes this replica's limit. Must never append to
-//! a partition it no longer follows from this leader at this epoch, and never truncate (a
-//! diverging log is reported, and left to the leader-epoch truncation).
+//! leader's high watermark in the answer becomes this replica's limit. A partition is fetched
+//! only once its log was matched to the leader's at the role's epoch (`truncation.rs`), and
+//! again after an append finds the logs diverging. Must never append to a partition it no
+//! longer follows from this leader at this epoch, and never truncate itself.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use kafka_protocol::messages::{BrokerId as WireBrokerId, FetchRequest, FetchResp
 use kafka_protocol::protocol::StrBytes;
 use sluice_client::{ConnectOptions, Connection};
 use sluice_cluster::state::BrokerId;
-use sluice_storage::Ack;
+use sluice_storage::{Ack, AppendError};
 
 use super::Followed;
 use crate::errors::code;
@@ -57,6 +58,26 @@ pub(crate) async fn run(shard: Rc<Shard>, leader: BrokerId) {
         let Some(open) = connection.as_ref() else {
             continue;
         };
+        let unchecked: Vec<Followed> = followed
+            .iter()
+            .filter(|f| !f.epoch_checked)
+            .cloned()
+            .collect();
+        if !unchecked.is_empty() && !super::truncation::match_logs(&shard, open, &unchecked).await {
+            connection = None;
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        let followed: Vec<Followed> = shard
+            .replicas
+            .followed_from(leader)
+            .into_iter()
+            .filter(|f| f.epoch_checked)
+            .collect();
+        if followed.is_empty() {
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
         let by_id = open.version_for::<FetchRequest>().is_ok_and(|v| v >= 13);
         let request = fetch_request(shard.config.node_id, &followed, &config, by_id);
         let answered = match open.send(&request).await {
@@ -163,6 +184,12 @@ async fn apply(
                 continue;
             };
             if answer.error_code != code::NONE {
+                if answer.error_code == code::OFFSET_OUT_OF_RANGE {
+                    // This log may end past the leader's: match it before fetching again.
+                    shard
+                        .replicas
+                        .set_epoch_checked(&f.topic, f.index, f.leader_epoch, false);
+                }
                 tracing::debug!(topic = %f.topic, partition = f.index, leader, error_code = answer.error_code, "replica fetch of a partition refused");
                 all_ok = false;
                 continue;
@@ -194,6 +221,12 @@ async fn copy(
             return true;
         }
         if let Err(error) = f.partition.append_replicated(records, Ack::Durable).await {
+            if matches!(error, AppendError::NotAtLogEnd { .. }) {
+                // The logs diverge: match this one to the leader's before fetching again.
+                shard
+                    .replicas
+                    .set_epoch_checked(&f.topic, f.index, f.leader_epoch, false);
+            }
             tracing::warn!(topic = %f.topic, partition = f.index, leader, %error, "appending the leader's batches failed");
             return false;
         }

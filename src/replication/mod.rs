@@ -16,6 +16,7 @@
 
 pub mod fetcher;
 pub mod leader;
+pub mod truncation;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -57,15 +58,21 @@ struct Replica {
     role: Role,
     /// Woken when the role or the ISR changes (acks=all waiters check the ISR again).
     changed: Rc<Notify>,
+    /// A follower's log was matched to its leader's at this role's epoch (`truncation.rs`):
+    /// until it is, the fetcher does not fetch the partition.
+    epoch_checked: Cell<bool>,
 }
 
 /// A partition a fetcher copies, as it was when the fetch was built.
+#[derive(Clone)]
 pub(crate) struct Followed {
     pub topic: String,
     pub topic_id: Uuid,
     pub index: i32,
     pub leader_epoch: i32,
     pub partition: Partition,
+    /// The log was matched to the leader's at `leader_epoch` (else it is first).
+    pub epoch_checked: bool,
 }
 
 /// The replica roles of the partitions one shard owns.
@@ -312,6 +319,7 @@ impl Replicas {
                     index: *index,
                     leader_epoch,
                     partition: replica.partition.clone(),
+                    epoch_checked: replica.epoch_checked.get(),
                 }),
                 _ => None,
             })
@@ -331,6 +339,31 @@ impl Replicas {
             Some(Replica { role: Role::Follower { leader: l, leader_epoch: e }, .. })
                 if *l == leader && *e == leader_epoch
         )
+    }
+
+    /// Whether this shard still follows (`topic`, `index`) at `leader_epoch`.
+    pub(crate) fn follows_at_epoch(&self, topic: &str, index: i32, leader_epoch: i32) -> bool {
+        matches!(
+            self.roles.borrow().get(&(topic.to_string(), index)),
+            Some(Replica { role: Role::Follower { leader_epoch: e, .. }, .. }) if *e == leader_epoch
+        )
+    }
+
+    /// Whether the follower log of (`topic`, `index`) must be matched to its leader's before
+    /// the next fetch: `checked` false after an append found it diverging (NotAtLogEnd), true
+    /// once the truncation matched it at the role's `leader_epoch` (ignored if the role moved).
+    pub(crate) fn set_epoch_checked(
+        &self,
+        topic: &str,
+        index: i32,
+        leader_epoch: i32,
+        checked: bool,
+    ) {
+        if let Some(replica) = self.roles.borrow().get(&(topic.to_string(), index)) {
+            if matches!(replica.role, Role::Follower { leader_epoch: e, .. } if e == leader_epoch) {
+                replica.epoch_checked.set(checked);
+            }
+        }
     }
 
     /// The fetcher for `leader` stops (it follows nothing from it any more).
@@ -398,6 +431,7 @@ fn replace(
         topic_id,
         role,
         changed: Rc::new(Notify::new()),
+        epoch_checked: Cell::new(false),
     };
     if let Some(old) = roles.insert(key, replica) {
         old.changed.notify_waiters();

@@ -45,6 +45,15 @@ SETTLE_S = 20.0
 
 @pytest.fixture
 def nodes(broker_factory):
+    yield from make_nodes(broker_factory, session_ms=60000)
+
+
+@pytest.fixture
+def nodes_fast_fencing(broker_factory):
+    yield from make_nodes(broker_factory, session_ms=3000)
+
+
+def make_nodes(broker_factory, session_ms):
     hosts = {n: f"127.0.0.{n}" for n in (1, 2, 3)}
     voters = f"1@{hosts[1]}:{free_port(hosts[1])}"
     made = {}
@@ -55,7 +64,7 @@ def nodes(broker_factory):
                 "process.roles": "broker,controller" if n == 1 else "broker",
                 "controller.quorum.voters": voters,
                 # Long: a stopped follower must leave the ISR by lagging, not by fencing.
-                "broker.session.timeout.ms": 60000,
+                "broker.session.timeout.ms": session_ms,
                 "broker.heartbeat.interval.ms": 200,
                 "controller.quorum.election.timeout.ms": 500,
                 "controller.quorum.request.timeout.ms": 1000,
@@ -260,3 +269,52 @@ def test_replica_assignments_place_as_asked(nodes):
     with pytest.raises(KafkaException) as refused:
         admin.create_topics([NewTopic(bad, num_partitions=1, replica_assignment=[[1, 7]])])[bad].result(timeout=30)
     assert refused.value.args[0].code() == INVALID_REPLICA_ASSIGNMENT
+
+
+def test_returning_leader_truncates_its_unreplicated_tail(nodes_fast_fencing):
+    """A leader that took acks=1 records no follower copied, then died, comes back as a
+    follower of the new leader: it cuts those records (OffsetForLeaderEpoch to the leader),
+    copies the new leader's log and rejoins the ISR with the same bytes."""
+    nodes = nodes_fast_fencing
+    topic = unique_topic("rf3trunc")
+    create_rf3(nodes, topic)
+    # Node 1 is the only controller: the partition whose leader dies is node 2's.
+    partition = next(p for p, m in placement(nodes[1], topic).items() if m.leader == 2)
+    delivered = produce_confluent(nodes[2].bootstrap, topic, records("a", 100),
+                                  partition=partition, acks="all")
+    assert delivered[-1].offset == 99
+    assert_same_log(nodes, topic, partition, 100)
+
+    # Only the leader gets these: both followers (and the controller) are stopped.
+    nodes[1].proc.send_signal(signal.SIGSTOP)
+    nodes[3].proc.send_signal(signal.SIGSTOP)
+    # Fetches in flight when they stopped are answered (empty) before the records come.
+    time.sleep(0.5)
+    try:
+        lost = produce_confluent(nodes[2].bootstrap, topic, records("lost", 5),
+                                 partition=partition, acks="1")
+        assert [d.offset for d in lost] == list(range(100, 105))
+        assert stored_batches(nodes[2], topic, partition)[-1][0] >= 100
+        nodes[2].kill9()
+    finally:
+        nodes[1].proc.send_signal(signal.SIGCONT)
+        nodes[3].proc.send_signal(signal.SIGCONT)
+
+    def new_leader():
+        meta = placement(nodes[1], topic).get(partition)
+        return meta is not None and meta.leader in (1, 3)
+
+    wait_until(new_leader, SETTLE_S, interval_s=0.2, what="a follower leading")
+    wait_isr(nodes, topic, partition, [1, 3], asked=(1, 3))
+    delivered = produce_confluent(nodes[1].bootstrap, topic, records("b", 50),
+                                  partition=partition, acks="all")
+    assert [d.offset for d in delivered] == list(range(100, 150))
+
+    nodes[2].start()
+    wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1, 2, 3))
+    assert_same_log(nodes, topic, partition, 150)
+    # Nothing past the new leader's end survives on the returning broker.
+    assert max(b[0] for b in stored_batches(nodes[2], topic, partition)) < 150
+    consumed = consume_confluent(nodes[2].bootstrap, topic, [partition], expected=150)
+    assert [c.offset for c in consumed[:150]] == list(range(150))
+    assert all(not c.key.startswith(b"lost-") for c in consumed)
