@@ -580,14 +580,7 @@ fn scan_segment(
     is_last: bool,
 ) -> io::Result<Scan> {
     let file = File::open(path)?;
-    let file_len = file.metadata()?.len();
-    let mut reader = Reader {
-        io,
-        file: &file,
-        file_len,
-        window: Vec::new(),
-        window_start: 0,
-    };
+    let mut reader = Reader::new(io, &file)?;
     let mut position = 0u64;
     let mut next_offset = base_offset;
     let mut index = SegmentIndex::default();
@@ -620,7 +613,7 @@ fn scan_segment(
         next_offset = verified.last_offset() + 1;
         position += size_bytes as u64;
     }
-    let cut_bytes = file_len - position;
+    let cut_bytes = reader.file_len - position;
     let cut_all_zero = cut_bytes > 0 && reader.is_all_zero(position)?;
     Ok(Scan {
         valid_bytes: position,
@@ -677,14 +670,7 @@ pub(crate) fn position_of(
     offset: i64,
 ) -> io::Result<u64> {
     let file = File::open(path)?;
-    let file_len = file.metadata()?.len();
-    let mut reader = Reader {
-        io,
-        file: &file,
-        file_len,
-        window: Vec::new(),
-        window_start: 0,
-    };
+    let mut reader = Reader::new(io, &file)?;
     let mut position = 0u64;
     let mut next_offset = base_offset;
     while let Some(verified) = valid_batch_at(&mut reader, position)? {
@@ -706,7 +692,17 @@ struct Reader<'a> {
     window_start: u64,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(io: &'a dyn IoBackend, file: &'a File) -> io::Result<Reader<'a>> {
+        Ok(Reader {
+            io,
+            file,
+            file_len: file.metadata()?.len(),
+            window: Vec::new(),
+            window_start: 0,
+        })
+    }
+
     /// The `len` bytes at `position`, refilling the window as needed; None past the end.
     fn bytes(&mut self, position: u64, len: usize) -> io::Result<Option<&[u8]>> {
         if position + len as u64 > self.file_len {
