@@ -65,6 +65,21 @@ struct CommitPlan {
     valid: Vec<(String, i32, OffsetRecordValue)>,
 }
 
+impl CommitPlan {
+    /// The offsets-log records of the valid partitions, in order.
+    fn records(&self) -> Vec<OffsetsRecord> {
+        self.valid
+            .iter()
+            .map(|(topic, partition, value)| OffsetsRecord::Offset {
+                group: self.group_id.clone(),
+                topic: topic.clone(),
+                partition: *partition,
+                value: Some(value.clone()),
+            })
+            .collect()
+    }
+}
+
 /// Kafka's `validateOffsetCommit` for classic groups.
 fn validate_commit(
     g: &Group,
@@ -116,16 +131,7 @@ impl GroupCoordinator {
             }
             Ok(plan) if plan.valid.is_empty() => {}
             Ok(plan) => {
-                let records: Vec<OffsetsRecord> = plan
-                    .valid
-                    .iter()
-                    .map(|(topic, partition, value)| OffsetsRecord::Offset {
-                        group: plan.group_id.clone(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                        value: Some(value.clone()),
-                    })
-                    .collect();
+                let records = plan.records();
                 let result = self.append(plan.partition, &records).await;
                 let code = match &result {
                     Ok(base) => {
@@ -292,16 +298,7 @@ impl GroupCoordinator {
                     .collect(),
             }
         };
-        let records: Vec<OffsetsRecord> = plan
-            .valid
-            .iter()
-            .map(|(topic, partition, value)| OffsetsRecord::Offset {
-                group: plan.group_id.clone(),
-                topic: topic.clone(),
-                partition: *partition,
-                value: Some(value.clone()),
-            })
-            .collect();
+        let records = plan.records();
         let base = self
             .append(plan.partition, &records)
             .await
