@@ -32,6 +32,7 @@ use sluice_storage::ReadChunk;
 
 use crate::api::{self, FetchRecords};
 use crate::runtime::TcpStream;
+use crate::security::Session;
 use crate::shard::Shard;
 use crate::zero_copy::{self, ShardZeroCopy};
 
@@ -41,8 +42,8 @@ const COPY_BUFFER_BYTES: usize = 256 * 1024;
 /// One connection's handler.
 pub struct BrokerConnection {
     shard: Rc<Shard>,
-    /// The peer as Kafka shows it in DescribeGroups ("/127.0.0.1").
-    client_host: Rc<str>,
+    /// Who the client is and which listener it came through; handed to every request.
+    session: Rc<Session>,
     copy_buffer: RefCell<Option<Vec<u8>>>,
     /// This shard's fetch path and pipe pool.
     zero_copy: Rc<ShardZeroCopy>,
@@ -58,12 +59,13 @@ pub struct BrokerConnection {
 }
 
 impl BrokerConnection {
-    /// A handler on `shard`.
-    pub fn new(shard: Rc<Shard>, peer: std::net::SocketAddr) -> Self {
+    /// A handler on `shard` for the connection `session` describes.
+    pub fn new(shard: Rc<Shard>, session: Rc<Session>) -> Self {
         shard.connections.set(shard.connections.get() + 1);
         shard.metrics.count(Counter::ConnectionsOpened, 1);
+        let peer = session.peer;
         Self {
-            client_host: Rc::from(format!("/{}", peer.ip())),
+            session,
             copy_buffer: RefCell::new(None),
             zero_copy: zero_copy::for_shard(&shard),
             socket: RefCell::new(None),
@@ -103,7 +105,7 @@ impl Handler for BrokerConnection {
         body: Reader,
     ) -> LocalBoxFuture<'static, Response<FetchRecords>> {
         let shard = self.shard.clone();
-        let client_host = self.client_host.clone();
+        let session = self.session.clone();
         let read_at = std::time::Instant::now();
         // Frame prefix + the fixed header fields + the body; close enough for a byte counter.
         let bytes_in = (body.remaining() + 12) as u64;
@@ -112,7 +114,7 @@ impl Handler for BrokerConnection {
             metrics.record_stage_ns(Stage::RequestQueue, read_at.elapsed().as_nanos() as u64);
             metrics.count(Counter::BytesIn, bytes_in);
             let api_key = header.api_key;
-            let response = api::dispatch(shard.clone(), header, body, &client_host).await;
+            let response = api::dispatch(shard.clone(), header, body, &session).await;
             let metrics = &shard.metrics;
             metrics.record_request_ns(api_key, read_at.elapsed().as_nanos() as u64);
             match &response {
@@ -235,7 +237,7 @@ impl Handler for BrokerConnection {
                 // is what the abort left behind.
                 tracing::debug!(
                     target: "sluice::zero_copy",
-                    client = %self.client_host,
+                    client = %self.session.client_host,
                     %error,
                     "zero-copy response aborted; {}",
                     zero_copy::Counters::now()

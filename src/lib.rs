@@ -16,6 +16,7 @@ pub mod metadata;
 pub mod offline;
 pub mod replication;
 pub mod runtime;
+pub mod security;
 pub mod server;
 pub mod shard;
 pub mod txn;

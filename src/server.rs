@@ -23,6 +23,7 @@ use crate::metadata::controller::Controller;
 use crate::metadata::log::{MetadataLog, MetadataRecord};
 use crate::metadata::MetadataStore;
 use crate::runtime;
+use crate::security::{SecurityProtocol, Session};
 use crate::shard::{Job, Shard, ShardSet};
 
 /// Why the broker could not start or stopped with an error.
@@ -639,6 +640,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         }
     });
 
+    let listener_name: Rc<str> = Rc::from("PLAINTEXT");
     let listener = runtime::reuseport_listener(config.listen, 1024)
         .map_err(|e| format!("listen on {}: {e}", config.listen))?;
     let _ = events.send(ShardEvent::Ready(id));
@@ -678,7 +680,9 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let handler = Rc::new(BrokerConnection::new(shard.clone(), peer));
+                    // One PLAINTEXT listener until `listeners` takes Kafka's named form.
+                    let session = Rc::new(Session::new(peer, listener_name.clone(), SecurityProtocol::Plaintext));
+                    let handler = Rc::new(BrokerConnection::new(shard.clone(), session));
                     let budget = request_budget.clone();
                     runtime::spawn(async move {
                         sluice_net::connection::serve(stream, peer, handler, limits, budget).await;

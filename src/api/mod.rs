@@ -28,6 +28,7 @@ use sluice_net::connection::Response;
 use sluice_net::header::{finish_response, RequestHeader};
 use sluice_net::Reader;
 
+use crate::security::Session;
 use crate::shard::Shard;
 
 pub use fetch::FetchRecords;
@@ -112,7 +113,7 @@ pub async fn dispatch(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
-    client_host: &str,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let Some(range) = supported(header.api_key) else {
         tracing::warn!(
@@ -152,7 +153,7 @@ pub async fn dispatch(
         8 => groups::offset_commit(shard, header, body).await,
         9 => groups::offset_fetch(shard, header, body).await,
         10 => groups::find_coordinator(shard, header, body),
-        11 => groups::join_group(shard, header, body, client_host.to_string()).await,
+        11 => groups::join_group(shard, header, body, session.client_host.to_string()).await,
         12 => groups::heartbeat(shard, header, body).await,
         13 => groups::leave_group(shard, header, body).await,
         14 => groups::sync_group(shard, header, body).await,
