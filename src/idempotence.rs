@@ -9,7 +9,10 @@
 //! The state lives in memory and is rebuilt after a restart from the batch headers at the end
 //! of the partition's log (the last [`REBUILD_WINDOW_BYTES`]), as Kafka rebuilds it on load:
 //! a retry of a batch written before the restart is answered as a duplicate, and a producer
-//! continues from its last written sequence. Kafka also keeps producer-state snapshots; a
+//! continues from its last written sequence. A follower keeps the states of the partitions it
+//! copies the same way, batch by batch as it appends them ([`ProducerStates::replay`]), so
+//! after a failover the new leader answers a retry of a batch the old leader wrote with its
+//! original offset and a gap with OUT_OF_ORDER_SEQUENCE_NUMBER. Kafka also keeps producer-state snapshots; a
 //! producer whose last batch lies before that window is, as before, accepted at any sequence.
 //!
 //! Memory is bounded by [`ProducerLimits`]: a state idle for `producer.id.expiration.ms` is
@@ -173,37 +176,52 @@ impl ProducerStates {
         now_ms: i64,
     ) -> ProducerStates {
         let mut states = ProducerStates::new(limits);
-        // Control batches (transaction markers) carry a producer id and epoch but no
-        // sequence: they bump the epoch, as a marker written live does (`fence`).
-        for header in headers.iter().filter(|header| header.producer_id >= 0) {
-            if header.is_control() {
-                states.fence(header.producer_id, header.producer_epoch, now_ms);
-                continue;
-            }
-            let appended_ms = header.max_timestamp.min(now_ms);
-            let state = states
-                .producers
-                .entry(header.producer_id)
-                .or_insert_with(|| {
-                    ProducerState::new(header.producer_epoch, header.base_sequence, appended_ms)
-                });
-            if header.producer_epoch < state.epoch {
-                continue;
-            }
-            if header.producer_epoch > state.epoch {
-                *state =
-                    ProducerState::new(header.producer_epoch, header.base_sequence, appended_ms);
-            }
-            state.remember(
-                header.base_sequence,
-                header.last_sequence(),
-                Rc::new(Cell::new(Some(header.base_offset))),
-            );
-            state.last_append_ms = state.last_append_ms.max(appended_ms);
+        for header in headers {
+            states.replay(header, header.max_timestamp.min(now_ms), now_ms);
         }
         states.remove_expired(now_ms);
         states.make_room(now_ms, 0);
         states
+    }
+
+    /// Takes in one batch already in the log (broker-assigned base offset), as the check of
+    /// a live append would have left the states: the producer's epoch, next sequence and
+    /// recent batches. Used by the rebuild from the log and by a follower for every batch it
+    /// copies from its leader, so that a follower that becomes leader answers a retry of a
+    /// batch the old leader wrote as a duplicate and a gap as out of order. Never refuses:
+    /// the batch is in the log, so the states must follow it, even where a live check would
+    /// have refused it (an old epoch is skipped, as the rebuild always did). `appended_ms`
+    /// is what expiry counts from.
+    pub fn replay(&mut self, header: &RecordBatchHeader, appended_ms: i64, now_ms: i64) {
+        if header.producer_id < 0 {
+            return;
+        }
+        // Control batches (transaction markers) carry a producer id and epoch but no
+        // sequence: they bump the epoch, as a marker written live does (`fence`).
+        if header.is_control() {
+            self.fence(header.producer_id, header.producer_epoch, appended_ms);
+            return;
+        }
+        if self.producers.len() >= self.limits.states_max
+            && !self.producers.contains_key(&header.producer_id)
+        {
+            self.make_room(now_ms, 1);
+        }
+        let state = self.producers.entry(header.producer_id).or_insert_with(|| {
+            ProducerState::new(header.producer_epoch, header.base_sequence, appended_ms)
+        });
+        if header.producer_epoch < state.epoch {
+            return;
+        }
+        if header.producer_epoch > state.epoch {
+            *state = ProducerState::new(header.producer_epoch, header.base_sequence, appended_ms);
+        }
+        state.remember(
+            header.base_sequence,
+            header.last_sequence(),
+            Rc::new(Cell::new(Some(header.base_offset))),
+        );
+        state.last_append_ms = state.last_append_ms.max(appended_ms);
     }
 
     /// A transaction marker of `producer_id` at `epoch` was written: a newer epoch replaces
@@ -527,6 +545,65 @@ mod tests {
             states.check([header(6, 2, 1, 1)], NOW),
             Verdict::Append(_)
         ));
+    }
+
+    #[test]
+    fn a_follower_replaying_the_leaders_batches_answers_as_the_leader_would() {
+        // The leader checks and writes three batches of producer 4 and a marker of producer 8.
+        let mut leader = ProducerStates::default();
+        let mut log = Vec::new();
+        for (sequence, base_offset) in [(0, 0), (3, 3), (6, 6)] {
+            let t = ticket(leader.check([header(4, 1, sequence, 3)], NOW));
+            t.succeeded(base_offset);
+            let mut written = header(4, 1, sequence, 3);
+            written.base_offset = base_offset;
+            log.push(written);
+        }
+        let t = ticket(leader.check([header(8, 0, 0, 1)], NOW));
+        t.succeeded(9);
+        let mut written = header(8, 0, 0, 1);
+        written.base_offset = 9;
+        log.push(written);
+        let mut marker = header(8, 1, -1, 1);
+        marker.base_offset = 10;
+        marker.attributes = 0x30; // transactional control batch
+        log.push(marker);
+        leader.fence(8, 1, NOW);
+        // The follower copies them one fetch at a time, starting with no state.
+        let mut follower = ProducerStates::default();
+        for batch in &log {
+            follower.replay(batch, NOW, NOW);
+        }
+        for states in [&mut leader, &mut follower] {
+            assert!(matches!(
+                states.check([header(4, 1, 3, 3)], NOW),
+                Verdict::Duplicate(Some(3))
+            ));
+            assert!(matches!(
+                states.check([header(4, 1, 6, 3)], NOW),
+                Verdict::Duplicate(Some(6))
+            ));
+            assert!(matches!(
+                states.check([header(4, 1, 10, 1)], NOW),
+                Verdict::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
+            ));
+            assert!(matches!(
+                states.check([header(4, 0, 9, 1)], NOW),
+                Verdict::Reject(code::INVALID_PRODUCER_EPOCH, _)
+            ));
+            // The marker fenced producer 8's epoch 0.
+            assert!(matches!(
+                states.check([header(8, 0, 1, 1)], NOW),
+                Verdict::Reject(code::INVALID_PRODUCER_EPOCH, _)
+            ));
+            assert!(matches!(
+                states.check([header(4, 1, 9, 1)], NOW),
+                Verdict::Append(_)
+            ));
+        }
+        let mut producers = follower.producers();
+        producers.sort_unstable();
+        assert_eq!(producers, vec![(4, 1, 9, NOW), (8, 1, -1, NOW)]);
     }
 
     #[test]

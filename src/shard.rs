@@ -401,6 +401,19 @@ impl Shard {
         }
     }
 
+    /// Takes the batches a follower copied into its log (`records`, whole batches with the
+    /// leader's offsets, already appended) into the partition's producer states, as the
+    /// leader's own checks put them there. The states must be loaded first
+    /// (`load_producer_states`), else the rebuild would not see what came before.
+    pub fn replay_producer_states(&self, topic: &str, index: i32, records: &[u8]) {
+        let now_ms = crate::server::now_ms();
+        self.with_producer_states(topic, index, |states| {
+            for header in sluice_storage::batch::headers(records) {
+                states.replay(&header, now_ms, now_ms);
+            }
+        });
+    }
+
     /// Runs `f` on the producer states of one partition this shard owns.
     pub fn with_producer_states<T>(
         &self,

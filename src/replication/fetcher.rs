@@ -5,7 +5,9 @@
 //! always this replica's durable end (what the leader counts for its high watermark); the
 //! leader's high watermark in the answer becomes this replica's limit. A partition is fetched
 //! only once its log was matched to the leader's at the role's epoch (`truncation.rs`), and
-//! again after an append finds the logs diverging. Must never append to a partition it no
+//! again after an append finds the logs diverging. The idempotent producer states follow
+//! every copied batch (`Shard::replay_producer_states`), so this replica can lead with them.
+//! Must never append to a partition it no
 //! longer follows from this leader at this epoch, and never truncate itself.
 
 use std::rc::Rc;
@@ -220,7 +222,20 @@ async fn copy(
         {
             return true;
         }
-        if let Err(error) = f.partition.append_replicated(records, Ack::Durable).await {
+        // Loaded before the append, so a rebuild from the log sees it without these batches
+        // and the replay below adds each exactly once.
+        shard.load_producer_states(&f.topic, f.index).await;
+        let appended = f
+            .partition
+            .append_replicated(records.clone(), Ack::Durable)
+            .await;
+        if appended.is_ok() {
+            shard.replay_producer_states(&f.topic, f.index, &records);
+        } else {
+            // What landed is unknown: the next load rebuilds the states from the log.
+            shard.forget_producer_states(&f.topic, f.index);
+        }
+        if let Err(error) = appended {
             if matches!(error, AppendError::NotAtLogEnd { .. }) {
                 // The logs diverge: match this one to the leader's before fetching again.
                 shard
