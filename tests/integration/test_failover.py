@@ -1,0 +1,334 @@
+"""The durability promise under failover (issue 12), on three real `sluice serve` processes on
+127.0.0.1-3 (node 1 the only controller voter, so the quorum outlives the broker we stop) and
+an RF=3 topic with min.insync.replicas=2. One idempotent acks=all confluent-kafka producer
+writes numbered records to the partition broker 2 leads, without pause and without restart,
+while:
+
+- broker 2 is killed with SIGKILL: a replica from the ISR leads within a bound, the producer
+  goes on, and broker 2, restarted, truncates, catches up, rejoins the ISR and (preferred
+  leader, `auto.leader.rebalance.enable`) leads again;
+- broker 2 is stopped with SIGSTOP for longer than the broker session: it is fenced and a new
+  leader takes over; an acks=all produce sent to it while stopped is not acknowledged when it
+  resumes; it rejoins and leads again, and the producer goes on across both moves.
+
+In the end a read_committed consumer reads every record exactly once and in order (the
+values are the producer's numbers: contiguous from 0, no gap, no duplicate), every delivery
+report was a success at the offset the record is read at, and the segment files of the three
+replicas hold the same bytes up to the high watermark.
+
+A third round needs a follower to keep the idempotent producer states of what it copies: the
+leader is paused with every record replicated and nothing sent to it meanwhile, so it has no
+tail to cut when it returns (a cut rebuilds the states from the log). It kept the states of
+its own appends; when it leads again they must include what the interim leader wrote, or the
+producer's next batch is refused as out of order (this round fails without that).
+"""
+
+import signal
+import threading
+import time
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+import pytest
+from helpers import (
+    RawConn,
+    encode_record_batch,
+    fetch_v4,
+    produce_v3,
+    unique_topic,
+    wait_until,
+)
+from test_replication import (
+    SETTLE_S,
+    assert_same_log,
+    create_rf3,
+    make_nodes,
+    placement,
+    wait_isr,
+)
+
+SESSION_MS = 3000
+# From the kill to a new leader in Metadata: the session, a fencing round, the commit and its
+# propagation, with slack for a loaded two-core machine.
+FAILOVER_S_MAX = 12.0
+
+
+@pytest.fixture
+def nodes(broker_factory):
+    yield from make_nodes(broker_factory, session_ms=SESSION_MS)
+
+
+class NumberedProducer:
+    """An idempotent acks=all producer writing "0", "1", ... to one partition from a thread,
+    keeping every delivery report: (number, offset, error, monotonic time)."""
+
+    def __init__(self, bootstrap, topic, partition):
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.timeout.ms": 120000,
+                # Short, so a request to a stopped leader is given up and retried elsewhere.
+                "request.timeout.ms": 5000,
+                "socket.timeout.ms": 5000,
+                "retry.backoff.ms": 100,
+                "topic.metadata.refresh.interval.ms": 1000,
+            }
+        )
+        self.topic = topic
+        self.partition = partition
+        self.reports = []
+        self.fatal = []
+        self.sent = 0
+        self.running = True
+        self.paused = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def on_delivery(self, number):
+        def report(err, msg):
+            self.reports.append((number, msg.offset(), err, time.monotonic()))
+
+        return report
+
+    def run(self):
+        while self.running:
+            if self.paused:
+                self.producer.poll(0.01)
+                continue
+            try:
+                self.producer.produce(
+                    self.topic,
+                    value=str(self.sent).encode(),
+                    partition=self.partition,
+                    on_delivery=self.on_delivery(self.sent),
+                )
+                self.sent += 1
+            except BufferError:
+                pass
+            try:
+                self.producer.poll(0.002)
+            except KafkaException as error:
+                # A fatal idempotence error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER) ends the run.
+                self.fatal.append(error)
+                self.running = False
+
+    def acknowledged(self, count):
+        """Whether `count` records are acknowledged; raises on a fatal producer error."""
+        assert not self.fatal, f"the producer failed: {self.fatal[0]}"
+        return len(self.reports) >= count
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def quiesce(self):
+        """Stops sending and waits until every record sent is acknowledged."""
+        self.paused = True
+        wait_until(lambda: len(self.reports) == self.sent, SETTLE_S, what="every record acknowledged")
+
+    def leader(self):
+        """The partition's leader in this producer's own metadata (refreshed by asking)."""
+        try:
+            md = self.producer.list_topics(self.topic, timeout=2)
+        except Exception:  # noqa: BLE001 - a stopped broker may time the request out
+            return None
+        return md.topics[self.topic].partitions[self.partition].leader
+
+    def acked_after(self, at, timeout_s):
+        """Seconds from `at` to the first successful report after it."""
+        def first():
+            times = [t for (_, _, err, t) in list(self.reports) if err is None and t > at]
+            return min(times) if times else None
+
+        return wait_until(first, timeout_s, interval_s=0.05, what="an acknowledgement") - at
+
+    def stop(self):
+        assert not self.fatal, f"the producer failed: {self.fatal[0]}"
+        self.running = False
+        self.thread.join(timeout=10)
+        remaining = self.producer.flush(120)
+        assert remaining == 0, f"{remaining} records undelivered"
+        assert len(self.reports) == self.sent
+
+
+def leader_of(node, topic, partition):
+    meta = placement(node, topic).get(partition)
+    return meta.leader if meta is not None else None
+
+
+def read_all(bootstrap, topic, partition, end_offset):
+    """Every record below `end_offset`, read_committed, as [(offset, value)]."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique_topic("reader"),
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    got = []
+    try:
+        consumer.assign([TopicPartition(topic, partition, 0)])
+        deadline = time.monotonic() + 60
+        while not got or got[-1][0] < end_offset - 1:
+            assert time.monotonic() < deadline, f"read only up to {got[-1:]} of {end_offset}"
+            for m in consumer.consume(num_messages=1000, timeout=0.5):
+                assert m.error() is None, m.error()
+                got.append((m.offset(), m.value()))
+    finally:
+        consumer.close()
+    return got
+
+
+def assert_exactly_once_in_order(producer, got):
+    errors = [r for r in producer.reports if r[2] is not None]
+    assert not errors, f"{len(errors)} failed deliveries, first: {errors[0]}"
+    numbers = [int(value) for (_, value) in got]
+    duplicates = len(numbers) - len(set(numbers))
+    assert duplicates == 0, f"{duplicates} records read twice"
+    assert numbers == list(range(producer.sent)), (
+        f"read {len(numbers)} records of {producer.sent}; first out of order at "
+        f"{next((i for i, n in enumerate(numbers) if n != i), None)}"
+    )
+    offset_of = {number: offset for (number, offset, _, _) in producer.reports}
+    read_at = {int(value): offset for (offset, value) in got}
+    assert offset_of == read_at, "a delivery report's offset is not where the record is read"
+
+
+def partition_of_broker_2(nodes, topic):
+    create_rf3(nodes, topic)
+    return next(p for p, m in placement(nodes[1], topic).items() if m.leader == 2)
+
+
+def wait_leader(nodes, topic, partition, allowed, what):
+    wait_until(
+        lambda: all(leader_of(nodes[i], topic, partition) in allowed for i in (1, 3)),
+        SETTLE_S,
+        interval_s=0.1,
+        what=what,
+    )
+
+
+def high_watermark(node, topic, partition):
+    with RawConn(node.bootstrap) as conn:
+        return fetch_v4(conn, topic, partition, 0, max_bytes=1).high_watermark
+
+
+def test_kill9_leader_under_idempotent_load(nodes):
+    topic = unique_topic("failkill")
+    partition = partition_of_broker_2(nodes, topic)
+    bootstrap = ",".join(nodes[i].bootstrap for i in (1, 2, 3))
+    producer = NumberedProducer(bootstrap, topic, partition).start()
+    wait_until(lambda: producer.acknowledged(500), SETTLE_S, what="500 acknowledged records")
+
+    nodes[2].kill9()
+    killed_at = time.monotonic()
+    wait_leader(nodes, topic, partition, (1, 3), "a leader from the ISR")
+    elected_s = time.monotonic() - killed_at
+    acked_s = producer.acked_after(killed_at, 60)
+    print(f"new leader {elected_s:.2f}s after kill -9; next acknowledgement after {acked_s:.2f}s")
+    assert elected_s < FAILOVER_S_MAX, elected_s
+    mark = len(producer.reports)
+    wait_until(lambda: producer.acknowledged(mark + 500), SETTLE_S,
+               what="500 more acknowledged records on the new leader")
+
+    nodes[2].start()
+    wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1, 3))
+    wait_leader(nodes, topic, partition, (2,), "broker 2 leading again (preferred leader)")
+    back_at = time.monotonic()
+    producer.acked_after(back_at, 60)
+    producer.stop()
+
+    end = max(offset for (_, offset, _, _) in producer.reports) + 1
+    assert high_watermark(nodes[2], topic, partition) == end
+    got = read_all(nodes[1].bootstrap, topic, partition, end)
+    assert_exactly_once_in_order(producer, got)
+    assert_same_log(nodes, topic, partition, end)
+
+
+def test_sigstop_leader_is_fenced_and_cannot_acknowledge(nodes):
+    topic = unique_topic("failstop")
+    partition = partition_of_broker_2(nodes, topic)
+    bootstrap = ",".join(nodes[i].bootstrap for i in (1, 2, 3))
+    producer = NumberedProducer(bootstrap, topic, partition).start()
+    wait_until(lambda: producer.acknowledged(500), SETTLE_S, what="500 acknowledged records")
+
+    nodes[2].proc.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        wait_leader(nodes, topic, partition, (1, 3), "a leader from the ISR")
+        elected_s = time.monotonic() - stopped_at
+        acked_s = producer.acked_after(stopped_at, 60)
+        print(f"new leader {elected_s:.2f}s after SIGSTOP; next acknowledgement after {acked_s:.2f}s")
+        assert elected_s < FAILOVER_S_MAX, elected_s
+        # Sent while it is stopped (the kernel takes the connection and the bytes), so the
+        # deposed leader reads it first thing when it resumes, before it hears of the change.
+        zombie = {}
+
+        def produce_to_stopped():
+            with RawConn(nodes[2].bootstrap, timeout_s=60) as conn:
+                batch = encode_record_batch([(b"zombie", b"zombie")])
+                zombie["answer"] = produce_v3(conn, topic, partition, batch, acks=-1,
+                                              timeout_ms=10000)
+
+        sender = threading.Thread(target=produce_to_stopped)
+        sender.start()
+        time.sleep(1.0)
+    finally:
+        nodes[2].proc.send_signal(signal.SIGCONT)
+    sender.join(timeout=60)
+    error, _ = zombie["answer"]
+    assert error != 0, "the deposed leader acknowledged an acks=all produce"
+    print(f"the deposed leader answered error {error} to an acks=all produce")
+
+    wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1, 3))
+    wait_leader(nodes, topic, partition, (2,), "broker 2 leading again (preferred leader)")
+    back_at = time.monotonic()
+    producer.acked_after(back_at, 60)
+    mark = len(producer.reports)
+    wait_until(lambda: producer.acknowledged(mark + 500), SETTLE_S,
+               what="500 more acknowledged records on broker 2")
+    producer.stop()
+
+    end = max(offset for (_, offset, _, _) in producer.reports) + 1
+    got = read_all(nodes[1].bootstrap, topic, partition, end)
+    assert all(value != b"zombie" for (_, value) in got), "the unacknowledged produce is in the log"
+    assert_exactly_once_in_order(producer, got)
+    assert_same_log(nodes, topic, partition, end)
+
+
+def test_returning_leader_continues_the_producers_sequences(nodes):
+    topic = unique_topic("failseq")
+    partition = partition_of_broker_2(nodes, topic)
+    bootstrap = ",".join(nodes[i].bootstrap for i in (1, 2, 3))
+    producer = NumberedProducer(bootstrap, topic, partition).start()
+    wait_until(lambda: producer.acknowledged(500), SETTLE_S, what="500 acknowledged records")
+
+    producer.quiesce()
+    nodes[2].proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_leader(nodes, topic, partition, (1, 3), "a leader from the ISR")
+        wait_until(lambda: producer.leader() in (1, 3), SETTLE_S, interval_s=0.2,
+                   what="the producer knowing the new leader")
+        producer.paused = False
+        mark = len(producer.reports)
+        wait_until(lambda: producer.acknowledged(mark + 500), SETTLE_S,
+                   what="500 acknowledged records on the interim leader")
+    finally:
+        nodes[2].proc.send_signal(signal.SIGCONT)
+    wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1, 3))
+    wait_leader(nodes, topic, partition, (2,), "broker 2 leading again (preferred leader)")
+    cuts = nodes[2].log_text().count("truncated the follower log")
+    mark = len(producer.reports)
+    wait_until(lambda: producer.acknowledged(mark + 500), SETTLE_S,
+               what="500 more acknowledged records on broker 2")
+    producer.stop()
+
+    assert cuts == 0, "broker 2 cut its log: its producer states came from a rebuild"
+    end = max(offset for (_, offset, _, _) in producer.reports) + 1
+    got = read_all(nodes[1].bootstrap, topic, partition, end)
+    assert_exactly_once_in_order(producer, got)
+    assert_same_log(nodes, topic, partition, end)
