@@ -20,7 +20,8 @@ A third round needs a follower to keep the idempotent producer states of what it
 leader is paused with every record replicated and nothing sent to it meanwhile, so it has no
 tail to cut when it returns (a cut rebuilds the states from the log). It kept the states of
 its own appends; when it leads again they must include what the interim leader wrote, or the
-producer's next batch is refused as out of order (this round fails without that).
+producer's next batch is refused as out of order (this round fails without that). The last
+test checks the same at the protocol level with a raw idempotent producer's retries.
 """
 
 import signal
@@ -34,7 +35,9 @@ from helpers import (
     RawConn,
     encode_record_batch,
     fetch_v4,
+    init_producer_id,
     produce_v3,
+    producer_batch,
     unique_topic,
     wait_until,
 )
@@ -47,6 +50,7 @@ from test_replication import (
     wait_isr,
 )
 
+OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 SESSION_MS = 3000
 # From the kill to a new leader in Metadata: the session, a fencing round, the commit and its
 # propagation, with slack for a loaded two-core machine.
@@ -332,3 +336,40 @@ def test_returning_leader_continues_the_producers_sequences(nodes):
     got = read_all(nodes[1].bootstrap, topic, partition, end)
     assert_exactly_once_in_order(producer, got)
     assert_same_log(nodes, topic, partition, end)
+
+
+def raw_produce(node, topic, partition, batch):
+    with RawConn(node.bootstrap) as conn:
+        return produce_v3(conn, topic, partition, batch, acks=-1)
+
+
+def test_retries_across_leaders_are_answered_with_the_original_offsets(nodes):
+    """The protocol view of the round above: a raw idempotent producer's retries of batches
+    another leader wrote are answered with their original offsets (not appended again), and a
+    gap is OUT_OF_ORDER_SEQUENCE_NUMBER, on the interim leader and on the returned one."""
+    topic = unique_topic("failretry")
+    partition = partition_of_broker_2(nodes, topic)
+    with RawConn(nodes[1].bootstrap) as conn:
+        error, pid, epoch = init_producer_id(conn)
+    assert error == 0
+    first = producer_batch(pid, epoch, 0, 5, "first")
+    assert raw_produce(nodes[2], topic, partition, first) == (0, 0)
+
+    nodes[2].proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_leader(nodes, topic, partition, (1, 3), "a leader from the ISR")
+        interim = nodes[leader_of(nodes[1], topic, partition)]
+        second = producer_batch(pid, epoch, 5, 5, "second")
+        assert raw_produce(interim, topic, partition, second) == (0, 5)
+        assert raw_produce(interim, topic, partition, first) == (0, 0), "retry of the first"
+    finally:
+        nodes[2].proc.send_signal(signal.SIGCONT)
+    wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1, 3))
+    wait_leader(nodes, topic, partition, (2,), "broker 2 leading again (preferred leader)")
+    assert raw_produce(nodes[2], topic, partition, second) == (0, 5), "retry of the second"
+    gap = producer_batch(pid, epoch, 20, 1, "gap")
+    assert raw_produce(nodes[2], topic, partition, gap)[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
+    third = producer_batch(pid, epoch, 10, 5, "third")
+    assert raw_produce(nodes[2], topic, partition, third) == (0, 10)
+    assert high_watermark(nodes[2], topic, partition) == 15
+    assert_same_log(nodes, topic, partition, 15)
