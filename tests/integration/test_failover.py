@@ -50,6 +50,8 @@ from test_replication import (
     wait_isr,
 )
 
+LEADER_NOT_AVAILABLE = 5
+NOT_LEADER_OR_FOLLOWER = 6
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 SESSION_MS = 3000
 # From the kill to a new leader in Metadata: the session, a fencing round, the commit and its
@@ -339,8 +341,17 @@ def test_returning_leader_continues_the_producers_sequences(nodes):
 
 
 def raw_produce(node, topic, partition, batch):
-    with RawConn(node.bootstrap) as conn:
-        return produce_v3(conn, topic, partition, batch, acks=-1)
+    """One acks=all produce, sent again (as a client would) while the broker answers that it
+    does not lead yet: Metadata elsewhere may name it before it applied the change itself."""
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        with RawConn(node.bootstrap) as conn:
+            answer = produce_v3(conn, topic, partition, batch, acks=-1)
+        if answer[0] not in (LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER):
+            return answer
+        assert time.monotonic() < deadline, f"{node.bootstrap} never took the produce: {answer}"
+        print(f"{node.bootstrap} answered {answer[0]}; sending again")
+        time.sleep(0.1)
 
 
 def test_retries_across_leaders_are_answered_with_the_original_offsets(nodes):
