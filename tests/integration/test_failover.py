@@ -14,7 +14,7 @@ while:
 In the end a read_committed consumer reads every record exactly once and in order (the
 values are the producer's numbers: contiguous from 0, no gap, no duplicate), every delivery
 report was a success at the offset the record is read at, and the segment files of the three
-replicas hold the same bytes up to the high watermark.
+replicas hold the same bytes up to the high watermark. The kill -9 round runs with kafkajs too.
 
 A third round needs a follower to keep the idempotent producer states of what it copies: the
 leader is paused with every record replicated and nothing sent to it meanwhile, so it has no
@@ -24,7 +24,9 @@ producer's next batch is refused as out of order (this round fails without that)
 test checks the same at the protocol level with a raw idempotent producer's retries.
 """
 
+import json
 import signal
+import subprocess
 import threading
 import time
 
@@ -32,6 +34,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 import pytest
 from helpers import (
+    JS_DIR,
     RawConn,
     encode_record_batch,
     fetch_v4,
@@ -384,3 +387,43 @@ def test_retries_across_leaders_are_answered_with_the_original_offsets(nodes):
     assert raw_produce(nodes[2], topic, partition, third) == (0, 10)
     assert high_watermark(nodes[2], topic, partition) == 15
     assert_same_log(nodes, topic, partition, 15)
+
+
+def test_kafkajs_idempotent_producer_outlives_a_killed_leader(nodes, tmp_path):
+    """The kill -9 round with kafkajs (idempotent, one request in flight): its own retries carry
+    it to the new leader, and every record it was told is written is read once, in order."""
+    topic = unique_topic("failjs")
+    partition = partition_of_broker_2(nodes, topic)
+    bootstrap = ",".join(nodes[i].bootstrap for i in (1, 2, 3))
+    progress = tmp_path / "kafkajs.stderr"
+    acked_path = tmp_path / "kafkajs.acked.json"
+    with open(progress, "wb") as stderr:
+        proc = subprocess.Popen(
+            ["node", str(JS_DIR / "produce_numbered.js"), bootstrap, topic, str(partition),
+             "15000", str(acked_path)],
+            stdout=subprocess.PIPE, stderr=stderr, cwd=JS_DIR,
+        )
+    try:
+        wait_until(lambda: "acked 200\n" in progress.read_text(), SETTLE_S,
+                   what="kafkajs acknowledged 200 records")
+        nodes[2].kill9()
+        killed_at = time.monotonic()
+        wait_leader(nodes, topic, partition, (1, 3), "a leader from the ISR")
+        print(f"kafkajs round: new leader {time.monotonic() - killed_at:.2f}s after kill -9")
+        at_election = int(progress.read_text().split()[-1])
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["ok"], result
+    acked = json.loads(acked_path.read_text())
+    assert len(acked) == result["count"]
+    assert len(acked) > at_election, "kafkajs acknowledged nothing once the new leader led"
+    print(f"kafkajs: {len(acked)} records acknowledged, {len(acked) - at_election} after the "
+          f"new leader was named")
+    end = acked[-1][1] + 1
+    got = read_all(nodes[1].bootstrap, topic, partition, end)
+    numbers = [int(value) for (_, value) in got]
+    assert numbers == list(range(len(acked))), "kafkajs records lost, duplicated or reordered"
+    assert [[int(value), offset] for (offset, value) in got] == acked
