@@ -4,7 +4,9 @@
 # run from the same jars. It is the peer of the benchmarks (issue 17) and the source of the tools
 # the compatibility tests point at Sluice (issue 14). Nothing of Kafka's is committed.
 #
-# Usage: scripts/kafka-peer.sh fetch              jars into $KAFKA_HOME/lib (idempotent)
+# Usage: scripts/kafka-peer.sh fetch              jars into $KAFKA_HOME/lib (idempotent; a lib
+#                                                 fetched before an artifact was added to the
+#                                                 list gets the missing jars added)
 #        scripts/kafka-peer.sh start [durable]    format a fresh data dir and start the broker
 #                                                 (durable: log.flush.interval.messages=1, i.e.
 #                                                 flush.messages=1 on every topic: fsync per
@@ -30,13 +32,17 @@ LIB="$KAFKA_HOME/lib-$KAFKA_VERSION"
 
 log() { echo "kafka-peer: $*" >&2; }
 
+# Bump when the artifact list below changes: a lib without this stamp is topped up.
+FETCH_STAMP=".complete-2"
+
 fetch() {
-    if [[ -f "$LIB/.complete" ]]; then
+    if [[ -f "$LIB/$FETCH_STAMP" ]]; then
         return 0
     fi
     mkdir -p "$KAFKA_HOME"
-    # The broker (kafka_2.13 pulls the server, raft, storage and coordinators), the tools, and
-    # log4j2 behind slf4j 2 (Kafka 4 logs through log4j2; without a binding slf4j prints NOP).
+    # The broker (kafka_2.13 pulls the server, raft, storage and coordinators), the tools,
+    # Kafka Streams and Connect's FileStream connectors (connect-runtime comes with the tools),
+    # and log4j2 behind slf4j 2 (Kafka 4 logs through log4j2; without a binding slf4j prints NOP).
     cat >"$KAFKA_HOME/pom.xml" <<EOF
 <project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -45,13 +51,17 @@ fetch() {
   <dependencies>
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-streams</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>connect-runtime</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>connect-file</artifactId><version>$KAFKA_VERSION</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>2.24.3</version></dependency>
     <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>2.0.17</version></dependency>
   </dependencies>
 </project>
 EOF
     log "fetching Apache Kafka $KAFKA_VERSION jars with Maven into $LIB"
-    rm -rf "$LIB"
+    # Jars already there are kept (Maven skips existing release jars), so a JVM running from
+    # this lib while it is topped up keeps its files.
     mvn -q -B -f "$KAFKA_HOME/pom.xml" -Dmaven.repo.local="$KAFKA_HOME/m2" \
         dependency:copy-dependencies -DoutputDirectory="$LIB" -DincludeScope=runtime >&2
     cat >"$KAFKA_HOME/log4j2.yaml" <<'EOF'
@@ -68,7 +78,7 @@ Configuration:
       AppenderRef:
         - ref: STDERR
 EOF
-    touch "$LIB/.complete"
+    touch "$LIB/$FETCH_STAMP"
 }
 
 java_run() {

@@ -5,7 +5,8 @@
 #   - tests/js/node_modules from tests/js/package-lock.json (kafkajs);
 #   - a JDK and Maven (Debian packages) and Apache Kafka's jars in the ignored .kafka/
 #     (`scripts/kafka-peer.sh fetch`): Kafka's own tools and the Java client in
-#     tests/integration/test_kafka_tools.py;
+#     tests/integration/test_kafka_tools.py, Kafka Streams in test_streams.py, Connect and its
+#     FileStream connectors in test_connect.py;
 #   - e2fsprogs when mkfs.ext4 is missing (the disk-full tests build a small ext4 image; without
 #     it they skip);
 #   - cargo-fuzz (scripts/fuzz.sh, the fuzz-smoke phase) at a pinned version, built from source
