@@ -12,6 +12,7 @@ use sluice_storage::{CleanerConfig, CleanupPolicy, LogConfig, TimestampType};
 
 mod check;
 mod cluster;
+mod listener_config;
 use check::Check;
 
 /// Upper bound of `num.shards`: far above any core count, low enough to catch a typo.
@@ -37,8 +38,11 @@ pub struct Setting {
 /// (`sluice serve --print-config-reference`).
 pub const SETTINGS: &[Setting] = &[
     Setting { name: "log.dirs", default: "./sluice-data", doc: "Data directory (CLI: --data-dir)." },
-    Setting { name: "listeners", default: "127.0.0.1:9092", doc: "Kafka listener HOST:PORT (CLI: --listen)." },
-    Setting { name: "advertised.listeners", default: "", doc: "HOST:PORT clients are told to connect to; defaults to the listener (CLI: --advertised-listener)." },
+    Setting { name: "listeners", default: "127.0.0.1:9092", doc: "Kafka listeners, NAME://IP:PORT,... (an empty IP = every interface; port 0 = a free port chosen at start), each with its own name and port; every shard accepts on each. A bare IP:PORT is one PLAINTEXT listener (CLI: --listen)." },
+    Setting { name: "listener.security.protocol.map", default: "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL", doc: "Each listener name's security protocol, NAME:PROTOCOL,... (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL); a listener name missing here is refused at start." },
+    Setting { name: "advertised.listeners", default: "", doc: "What clients are told to connect to, NAME://HOST:PORT per listener (a listener not named advertises its own address); a bare HOST:PORT is allowed with a single listener. Metadata and FindCoordinator answer with the endpoints of the listener the request arrived on (CLI: --advertised-listener)." },
+    Setting { name: "inter.broker.listener.name", default: "", doc: "In a cluster: the listener other brokers use for replication and request forwarding, and whose advertised address this broker registers first. Empty: the listener named by security.inter.broker.protocol, else PLAINTEXT, else the first. Inter-broker traffic is PLAINTEXT only for now: a cluster whose inter-broker listener is SSL or SASL is refused at start." },
+    Setting { name: "security.inter.broker.protocol", default: "", doc: "Kafka's older way to pick the inter-broker listener: the listener named after this protocol. Set it or inter.broker.listener.name, not both." },
     Setting { name: "admin.listen", default: "127.0.0.1:9644", doc: "Admin HTTP listener for /metrics and /stats (CLI: --admin-listen); empty disables it." },
     Setting { name: "num.shards", default: "0", doc: "Shards (pinned threads); 0 = one per available core (CLI: --shards)." },
     Setting { name: "node.id", default: "0", doc: "This broker's id." },
@@ -391,11 +395,13 @@ pub struct BrokerConfig {
     pub settings: Settings,
     /// Data directory.
     pub data_dir: PathBuf,
-    /// Kafka listener.
+    /// The inter-broker listener's bind address (see `listeners` for all of them).
     pub listen: SocketAddr,
-    /// Host and port given to clients in Metadata.
+    /// Every listener (`listeners`, `listener.security.protocol.map`, `advertised.listeners`).
+    pub listeners: crate::security::listener::Listeners,
+    /// The inter-broker listener's advertised host (what this broker registers in a cluster).
     pub advertised_host: String,
-    /// Advertised port.
+    /// The inter-broker listener's advertised port.
     pub advertised_port: i32,
     /// Admin HTTP listener (None = disabled).
     pub admin_listen: Option<SocketAddr>,
@@ -511,8 +517,7 @@ impl BrokerConfig {
         let mut check = Check::new(&settings);
         let c = &mut check;
         let data_dir = PathBuf::from(c.non_empty("log.dirs"));
-        let listen = c.socket_addr("listeners");
-        let advertised = c.optional_host_port("advertised.listeners");
+        let listeners = listener_config::read(c, &settings);
         let admin_listen = c.optional_socket_addr("admin.listen");
         let shards: usize = c.int("num.shards", 0..=SHARDS_MAX);
         let log_defaults = read_log_config(c, |broker_name| broker_name);
@@ -546,7 +551,14 @@ impl BrokerConfig {
             append_queue_bytes_max: c.int("log.append.queue.bytes.max", 1..=i64::MAX),
             blocking_jobs_max: c.int("log.blocking.jobs.max", 1..=4096),
             data_dir,
-            listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            listen: listeners.as_ref().map_or_else(
+                || SocketAddr::from(([127, 0, 0, 1], 0)),
+                |l| l.inter_broker().bind,
+            ),
+            listeners: crate::security::listener::Listeners {
+                all: Vec::new(),
+                inter_broker: 0,
+            },
             advertised_host: String::new(),
             advertised_port: 0,
             admin_listen,
@@ -605,6 +617,9 @@ impl BrokerConfig {
             },
         };
         let cluster = cluster::read(c, &settings, &config.data_dir);
+        if let (Some(_), Some(listeners)) = (&cluster, &listeners) {
+            listener_config::check_cluster(c, listeners);
+        }
         c.relation(
             (config.replication.fetch_wait_ms_max as u64) < config.replication.lag_time_ms_max,
             &["replica.fetch.wait.max.ms", "replica.lag.time.max.ms"],
@@ -636,13 +651,17 @@ impl BrokerConfig {
         if let Some(error) = ConfigError::from_all(check.errors) {
             return Err(error);
         }
-        let (advertised_host, advertised_port) = match advertised {
-            Some((host, port)) => (host, i32::from(port)),
-            None => (
-                config.listen.ip().to_string(),
-                i32::from(config.listen.port()),
-            ),
+        let Some(listeners) = listeners else {
+            return Err(ConfigError::BadValue {
+                key: "listeners".into(),
+                message: "no listener".into(),
+            });
         };
+        let inter_broker = listeners.inter_broker();
+        let (advertised_host, advertised_port) = (
+            inter_broker.advertised_host.clone(),
+            inter_broker.advertised_port,
+        );
         let shards = match config.shards {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -654,6 +673,7 @@ impl BrokerConfig {
         });
         Ok(Self {
             cluster,
+            listeners,
             advertised_host,
             advertised_port,
             shards,
@@ -906,11 +926,11 @@ mod tests {
         );
         assert_eq!(
             problems(&["listeners=localhost"]),
-            ["setting 'listeners': invalid value 'localhost'; allowed: IP:PORT, e.g. 127.0.0.1:9092"]
+            ["setting 'listeners': 'localhost' is not NAME://IP:PORT or IP:PORT (an IP address, or empty for every interface; e.g. PLAINTEXT://127.0.0.1:9092)"]
         );
         assert_eq!(
             problems(&["advertised.listeners=broker:0"]),
-            ["setting 'advertised.listeners': invalid value 'broker:0'; allowed: empty, or HOST:PORT with a port from 1 to 65535"]
+            ["setting 'advertised.listeners': 'broker:0' is not NAME://HOST:PORT or HOST:PORT with a port from 1 to 65535"]
         );
         assert_eq!(
             problems(&["log.flush.interval.messages=0"]),
@@ -973,6 +993,50 @@ mod tests {
         let error = load(Some(&path), &[], &[]).unwrap_err();
         let rendered: Vec<String> = error.problems().iter().map(|p| p.to_string()).collect();
         assert_eq!(rendered.len(), 2, "{rendered:?}");
+    }
+
+    #[test]
+    fn listeners_take_kafkas_named_form() {
+        let overrides: Vec<String> = [
+            "listeners=PLAINTEXT://127.0.0.1:19092,INTERNAL://127.0.0.1:19093",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,INTERNAL:SASL_PLAINTEXT",
+            "advertised.listeners=PLAINTEXT://broker-1:9092",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let config = load(None, &overrides, &[]).unwrap();
+        assert_eq!(config.listeners.all.len(), 2);
+        assert_eq!(config.listen, "127.0.0.1:19092".parse().unwrap());
+        assert_eq!(
+            (config.advertised_host.as_str(), config.advertised_port),
+            ("broker-1", 9092)
+        );
+        assert_eq!(
+            config.listeners.advertised_for("INTERNAL"),
+            ("127.0.0.1".to_string(), 19093)
+        );
+        assert_eq!(
+            problems(&["listeners=PLAINTEXT://:9092,SSL://:9092"]),
+            ["setting 'listeners': port 9092 is used by two listeners (each listener needs its own port)"]
+        );
+        assert_eq!(
+            problems(&["advertised.listeners=SSL://h:9093"]),
+            ["settings 'advertised.listeners' and 'listeners': advertised listener SSL is not in listeners"]
+        );
+        // A cluster's brokers talk PLAINTEXT to each other.
+        let voters = "controller.quorum.voters=1@127.0.0.1:19093";
+        assert_eq!(
+            problems(&[
+                "node.id=1",
+                "process.roles=broker,controller",
+                voters,
+                "listeners=SASL_PLAINTEXT://127.0.0.1:9092",
+            ])
+            .len(),
+            1,
+            "a SASL inter-broker listener in a cluster"
+        );
     }
 
     #[test]

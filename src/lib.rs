@@ -5,6 +5,7 @@
 //! the produce or fetch path.
 #![deny(missing_docs)]
 
+pub mod accept;
 pub mod admission;
 pub mod alloc;
 pub mod api;

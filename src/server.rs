@@ -16,14 +16,12 @@ use sluice_net::connection::ConnectionLimits;
 use sluice_storage::{ShardStorage, StorageConfig, StorageError};
 use tokio::sync::{mpsc, watch};
 
-use crate::admission::{ConnectionsPerIp, RefusalLog};
+use crate::admission::ConnectionsPerIp;
 use crate::config::BrokerConfig;
-use crate::connection::BrokerConnection;
 use crate::metadata::controller::Controller;
 use crate::metadata::log::{MetadataLog, MetadataRecord};
 use crate::metadata::MetadataStore;
 use crate::runtime;
-use crate::security::{SecurityProtocol, Session};
 use crate::shard::{Job, Shard, ShardSet};
 
 /// Why the broker could not start or stopped with an error.
@@ -76,32 +74,7 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
         remove_stale_partition_dirs(&config.data_dir, &snapshot);
     }
 
-    // Port 0: reserve a concrete port (bound, not listening) so every shard binds the same one.
-    let reservation = if config.listen.port() == 0 {
-        let socket = reserve_port(config.listen)
-            .map_err(|e| ServeError::Startup(format!("bind {}: {e}", config.listen)))?;
-        let addr = socket
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .ok_or_else(|| ServeError::Startup("cannot read reserved port".into()))?;
-        config.listen = addr;
-        if config.settings.raw("advertised.listeners").is_empty() {
-            config.advertised_port = i32::from(addr.port());
-        }
-        Some(socket)
-    } else {
-        // SO_REUSEPORT would let a second broker share the port silently and steal half of
-        // its connections. A probe bound with SO_REUSEADDR only (TIME_WAIT leftovers of a
-        // killed broker are fine) fails while anyone listens on the port.
-        probe_port_free_patiently(config.listen).map_err(|e| {
-            ServeError::Startup(format!(
-                "listen on {}: {e} (is another broker running?)",
-                config.listen
-            ))
-        })?;
-        None
-    };
+    let reservation = resolve_listener_ports(&mut config)?;
 
     let config = Arc::new(config);
     let store = Arc::new(MetadataStore::new(snapshot));
@@ -196,6 +169,7 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
         tracing::info!(
             listen = %config.listen,
             advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),
+            listeners = %crate::accept::describe(&config.listeners.all),
             shards = config.shards,
             data_dir = %config.data_dir.display(),
             "sluice is serving"
@@ -282,6 +256,61 @@ fn collector(set: Arc<ShardSet>) -> sluice_metrics::Collect {
         }
         Ok(merged)
     })
+}
+
+/// Gives every listener a concrete port and checks that no one else listens on it; returns
+/// the port-0 reservations (bound, not listening) to hold until every shard has bound.
+/// The inter-broker listener's address becomes `listen`/`advertised_*`, and the cluster
+/// registration carries every listener's advertised endpoint.
+fn resolve_listener_ports(config: &mut BrokerConfig) -> Result<Vec<socket2::Socket>, ServeError> {
+    let mut reservations = Vec::new();
+    for listener in &mut config.listeners.all {
+        if listener.bind.port() == 0 {
+            // Port 0: reserve a concrete port so every shard binds the same one.
+            let socket = reserve_port(listener.bind)
+                .map_err(|e| ServeError::Startup(format!("bind {}: {e}", listener.bind)))?;
+            let addr = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| ServeError::Startup("cannot read reserved port".into()))?;
+            listener.bind = addr;
+            if !listener.advertised_explicitly {
+                listener.advertised_port = i32::from(addr.port());
+            }
+            reservations.push(socket);
+        } else {
+            // SO_REUSEPORT would let a second broker share the port silently and steal half
+            // of its connections. A probe bound with SO_REUSEADDR only (TIME_WAIT leftovers of
+            // a killed broker are fine) fails while anyone listens on the port.
+            probe_port_free_patiently(listener.bind).map_err(|e| {
+                ServeError::Startup(format!(
+                    "listen on {} ({}): {e} (is another broker running?)",
+                    listener.bind, listener.name
+                ))
+            })?;
+        }
+    }
+    let inter_broker = config.listeners.inter_broker().clone();
+    config.listen = inter_broker.bind;
+    config.advertised_host = inter_broker.advertised_host.clone();
+    config.advertised_port = inter_broker.advertised_port;
+    let endpoints: Vec<sluice_cluster::state::Endpoint> = config
+        .listeners
+        .all
+        .iter()
+        .map(|l| sluice_cluster::state::Endpoint {
+            name: l.name.clone(),
+            host: l.advertised_host.clone(),
+            port: l.advertised_port,
+        })
+        .collect();
+    if let Some(cluster) = &mut config.cluster {
+        cluster.advertised_host = inter_broker.advertised_host;
+        cluster.advertised_port = inter_broker.advertised_port;
+        cluster.advertised_listeners = endpoints;
+    }
+    Ok(reservations)
 }
 
 /// io_uring tears a dead process's rings down asynchronously, so the listening socket of a
@@ -640,9 +669,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         }
     });
 
-    let listener_name: Rc<str> = Rc::from("PLAINTEXT");
-    let listener = runtime::reuseport_listener(config.listen, 1024)
-        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
+    let sockets = crate::accept::bind_all(&config.listeners.all, 1024)?;
     let _ = events.send(ShardEvent::Ready(id));
     let limits = ConnectionLimits {
         request_bytes_max: config.request_bytes_max,
@@ -655,49 +682,33 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         RequestBudget::new(config.queued_request_bytes_max.div_ceil(config.shards));
     // Each shard enforces its share of max.connections (SO_REUSEPORT spreads them evenly).
     let connections_max_per_shard = config.connections_max.div_ceil(config.shards).max(1);
-    let mut refusals = RefusalLog::default();
+    let admission = crate::accept::Admission {
+        shard: shard.clone(),
+        connections_per_ip,
+        connections_max_per_shard,
+        limits,
+        budget: request_budget,
+    };
+    // One accept loop per listener; each stops accepting (drops its socket) on shutdown.
+    for (listener, socket) in sockets {
+        runtime::spawn(crate::accept::accept_loop(
+            admission.clone(),
+            listener,
+            socket,
+            shutdown.clone(),
+        ));
+    }
+    drop(admission);
     // A storage ring that failed (a non-transient io_uring_enter error) takes the broker down
     // with a non-zero exit: see storage/src/ring.rs for why that beats serving on half-alive.
-    let ring_failed = shard.storage.ring().failed();
-    tokio::pin!(ring_failed);
-    loop {
-        tokio::select! {
-            error = &mut ring_failed => {
-                let errno = error.raw_os_error().unwrap_or(0);
-                tracing::error!(shard = id, errno, %error, "storage ring failed; stopping the broker");
-                return Err(format!("shard {id}: storage ring failed (errno {errno}): {error}"));
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if shard.connections.get() >= connections_max_per_shard {
-                        refusals.refused(peer, "max.connections", config.connections_max);
-                        drop(stream);
-                        continue;
-                    }
-                    let Some(ip_slot) = connections_per_ip.admit(peer.ip(), &config.connections_per_ip) else {
-                        refusals.refused(peer, "max.connections.per.ip", config.connections_per_ip.limit_for(peer.ip()));
-                        drop(stream);
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    // One PLAINTEXT listener until `listeners` takes Kafka's named form.
-                    let session = Rc::new(Session::new(peer, listener_name.clone(), SecurityProtocol::Plaintext));
-                    let handler = Rc::new(BrokerConnection::new(shard.clone(), session));
-                    let budget = request_budget.clone();
-                    runtime::spawn(async move {
-                        sluice_net::connection::serve(stream, peer, handler, limits, budget).await;
-                        drop(ip_slot);
-                    });
-                }
-                Err(error) => {
-                    tracing::warn!(shard = id, %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            _ = shutdown.changed() => break,
+    tokio::select! {
+        error = shard.storage.ring().failed() => {
+            let errno = error.raw_os_error().unwrap_or(0);
+            tracing::error!(shard = id, errno, %error, "storage ring failed; stopping the broker");
+            return Err(format!("shard {id}: storage ring failed (errno {errno}): {error}"));
         }
+        _ = shutdown.changed() => {}
     }
-    drop(listener);
     shard.groups.shutdown().await;
     if let Err(error) = shard.storage.shutdown().await {
         tracing::error!(shard = id, %error, "storage shutdown failed");

@@ -102,6 +102,7 @@ pub async fn run(
                 broker_id,
                 host: settings.advertised_host.clone(),
                 port: settings.advertised_port,
+                listeners: settings.advertised_listeners.clone(),
                 incarnation,
                 cluster_id: settings.proposed_cluster_id.clone(),
             }),

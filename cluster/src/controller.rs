@@ -158,6 +158,7 @@ impl Controller {
                 id: request.broker_id,
                 host: request.host,
                 port: request.port,
+                listeners: request.listeners,
                 incarnation: request.incarnation,
                 cluster_id: request.cluster_id,
             })

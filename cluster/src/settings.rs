@@ -29,6 +29,10 @@ pub struct ClusterSettings {
     pub advertised_host: String,
     /// The port clients reach this node's broker at.
     pub advertised_port: i32,
+    /// Every listener this node's broker advertises (Metadata answers a client with the
+    /// endpoints of the listener it arrived on); `advertised_host`/`port` are the
+    /// inter-broker listener's.
+    pub advertised_listeners: Vec<crate::state::Endpoint>,
     /// The cluster id this broker proposes when it registers (its configured `cluster.id`, or
     /// the one its data directory holds): the first registration the quorum commits sets the
     /// cluster's id for good, and every broker reports that one.

@@ -13,6 +13,17 @@ use crate::leadership::{self, Election, ElectionOutcome, PartitionId};
 /// A broker id (Kafka's `node.id`).
 pub type BrokerId = i32;
 
+/// One named listener a broker advertises (Kafka's endpoint: listener name, host, port).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The listener's name (`PLAINTEXT`, `SSL`, `INTERNAL`...).
+    pub name: String,
+    /// The host clients of that listener are told.
+    pub host: String,
+    /// The port clients of that listener are told.
+    pub port: i32,
+}
+
 /// A registered broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerRecord {
@@ -22,6 +33,10 @@ pub struct BrokerRecord {
     pub host: String,
     /// The port clients are told to connect to.
     pub port: i32,
+    /// Every listener it advertises; a client is told the endpoints of the listener it
+    /// arrived on. Empty for a registration without listeners: `host`/`port` then serve all.
+    #[serde(default)]
+    pub listeners: Vec<Endpoint>,
     /// The raft log index of its latest registration (KRaft's broker epoch); heartbeats and
     /// fencing name it, so a stale process cannot act for a restarted one.
     pub epoch: i64,
@@ -91,6 +106,9 @@ pub enum Command {
         host: String,
         /// Advertised port.
         port: i32,
+        /// Every listener it advertises (`host`/`port` are its inter-broker listener's).
+        #[serde(default)]
+        listeners: Vec<Endpoint>,
         /// Its process incarnation.
         incarnation: Uuid,
         /// The cluster id it proposes; the first registration's (or, when it proposes none,
@@ -210,6 +228,7 @@ impl ClusterState {
                 id,
                 host,
                 port,
+                listeners,
                 incarnation,
                 cluster_id,
             } => {
@@ -228,6 +247,7 @@ impl ClusterState {
                         id: *id,
                         host: host.clone(),
                         port: *port,
+                        listeners: listeners.clone(),
                         epoch,
                         incarnation: *incarnation,
                         fenced: false,
@@ -454,6 +474,7 @@ mod tests {
                 id,
                 host: format!("127.0.0.{id}"),
                 port: 9092,
+                listeners: Vec::new(),
                 incarnation: Uuid::new_v4(),
                 cluster_id: format!("proposed-by-{id}"),
             },
@@ -515,6 +536,7 @@ mod tests {
                 id: 1,
                 host: "h".into(),
                 port: 1,
+                listeners: Vec::new(),
                 incarnation,
                 cluster_id: String::new(),
             },

@@ -211,6 +211,7 @@ mod tests {
                     id,
                     host: format!("127.0.0.{id}"),
                     port: 9092,
+                    listeners: Vec::new(),
                     incarnation: Uuid::new_v4(),
                     cluster_id: String::new(),
                 },

@@ -172,6 +172,9 @@ pub struct RegisterRequest {
     pub host: String,
     /// Advertised port.
     pub port: i32,
+    /// Every listener it advertises.
+    #[serde(default)]
+    pub listeners: Vec<crate::state::Endpoint>,
     /// Random per process start.
     pub incarnation: Uuid,
     /// The cluster id it proposes (used only if the cluster has none yet).

@@ -27,6 +27,7 @@ fn register(term: u64, index: u64, broker: i32) -> Entry<TypeConfig> {
             id: broker,
             host: "127.0.0.1".into(),
             port: 9092,
+            listeners: Vec::new(),
             incarnation: Uuid::new_v4(),
             cluster_id: String::new(),
         }),

@@ -26,6 +26,7 @@ fn settings(id: NodeId, voters: &BTreeMap<NodeId, SocketAddr>, dir: &Path) -> Cl
         controller_listen: None,
         advertised_host: format!("127.0.0.{id}"),
         advertised_port: 9092,
+        advertised_listeners: Vec::new(),
         proposed_cluster_id: format!("cluster-of-{id}"),
         dir: dir.join(format!("node-{id}")),
         session_timeout: Duration::from_millis(1500),

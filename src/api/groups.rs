@@ -76,14 +76,11 @@ type Located = Result<(i32, String, i32), (i16, String)>;
 /// the group's `__consumer_offsets` partition as the quorum placed it (the topic is created
 /// through the quorum on first use; until then, and while the leader is fenced,
 /// COORDINATOR_NOT_AVAILABLE, which clients retry).
-fn locate(shard: &Rc<Shard>, group_id: &str) -> Located {
+fn locate(shard: &Rc<Shard>, group_id: &str, listener: &str) -> Located {
     let snapshot = shard.metadata.load();
     let Some(state) = snapshot.cluster.as_ref() else {
-        return Ok((
-            shard.config.node_id,
-            shard.config.advertised_host.clone(),
-            shard.config.advertised_port,
-        ));
+        let (host, port) = shard.config.listeners.advertised_for(listener);
+        return Ok((shard.config.node_id, host, port));
     };
     let unavailable = |m: &str| Err((code::COORDINATOR_NOT_AVAILABLE, m.to_string()));
     let Some(topic) = state.topic_by_name(sluice_group::OFFSETS_TOPIC) else {
@@ -93,7 +90,12 @@ fn locate(shard: &Rc<Shard>, group_id: &str) -> Located {
     let partition = usize::try_from(offsets_partition_for(group_id)).unwrap_or(usize::MAX);
     let leader = topic.partitions.get(partition).map(|p| p.leader);
     match leader.and_then(|id| state.brokers.get(&id)) {
-        Some(broker) if !broker.fenced => Ok((broker.id, broker.host.clone(), broker.port)),
+        Some(broker) if !broker.fenced => {
+            match crate::security::listener::endpoint_of(broker, listener) {
+                Some((host, port)) => Ok((broker.id, host, port)),
+                None => unavailable("the group's coordinator has no endpoint on this listener"),
+            }
+        }
         _ => unavailable("the group's coordinator is not available"),
     }
 }
@@ -128,6 +130,7 @@ pub fn find_coordinator(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    listener: &str,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, FindCoordinatorRequest);
     const KEY_TYPE_GROUP: i8 = 0;
@@ -145,7 +148,7 @@ pub fn find_coordinator(
                 let mut c = Coordinator::default();
                 c.key = key.clone();
                 if supported {
-                    match locate(&shard, key) {
+                    match locate(&shard, key, listener) {
                         Ok((node, host, port)) => {
                             c.node_id = BrokerId(node);
                             c.host = str_bytes(&host);
@@ -169,7 +172,7 @@ pub fn find_coordinator(
             })
             .collect();
     } else if supported {
-        match locate(&shard, &request.key) {
+        match locate(&shard, &request.key, listener) {
             Ok((node, host, port)) => {
                 response.node_id = BrokerId(node);
                 response.host = str_bytes(&host);

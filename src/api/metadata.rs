@@ -1,5 +1,6 @@
 //! Metadata (0–12) and DescribeCluster (0–1): the live brokers (this one alone, or every
-//! unfenced broker of its cluster), the controller, the topics and partition leaders (this
+//! unfenced broker of its cluster) at their endpoints of the listener the request arrived on
+//! (as Kafka: a client on the SSL listener is told SSL endpoints), the controller, the topics and partition leaders (this
 //! broker, or in a cluster the committed placement with leader epochs).
 //!
 //! A partition poisoned by a failed sync ([`crate::offline`]) is listed with KAFKA_STORAGE_ERROR
@@ -39,6 +40,7 @@ pub async fn handle(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    listener: &str,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, MetadataRequest);
     let version = header.api_version;
@@ -122,7 +124,7 @@ pub async fn handle(
     }
 
     let mut response = MetadataResponse::default();
-    let (brokers, controller_id) = live_brokers(&shard);
+    let (brokers, controller_id) = live_brokers(&shard, listener);
     response.brokers = brokers
         .into_iter()
         .map(|(id, host, port)| {
@@ -177,13 +179,11 @@ async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<Arc<TopicMeta>, (i
 /// The brokers clients may use, as (id, host, port), and the controller id. A single broker
 /// lists itself and is its own controller. In a cluster: every unfenced registered broker and
 /// the active controller (-1 while unknown); until this broker has learnt the cluster's state
-/// it lists itself, so a client is never left with no broker at all.
-fn live_brokers(shard: &Shard) -> (Vec<(i32, String, i32)>, i32) {
-    let this = (
-        shard.config.node_id,
-        shard.config.advertised_host.clone(),
-        shard.config.advertised_port,
-    );
+/// it lists itself, so a client is never left with no broker at all. Each broker is given at
+/// its endpoint of `listener`; one without that listener is left out (Kafka does the same).
+fn live_brokers(shard: &Shard, listener: &str) -> (Vec<(i32, String, i32)>, i32) {
+    let (host, port) = shard.config.listeners.advertised_for(listener);
+    let this = (shard.config.node_id, host, port);
     let Some(view) = shard.metadata.cluster() else {
         return (vec![this], shard.config.node_id);
     };
@@ -197,7 +197,10 @@ fn live_brokers(shard: &Shard) -> (Vec<(i32, String, i32)>, i32) {
     let brokers = view
         .state
         .unfenced_brokers()
-        .map(|b| (b.id, b.host.clone(), b.port))
+        .filter_map(|b| {
+            crate::security::listener::endpoint_of(b, listener)
+                .map(|(host, port)| (b.id, host, port))
+        })
         .collect();
     (brokers, controller_id)
 }
@@ -329,6 +332,7 @@ pub fn describe_cluster(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    listener: &str,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DescribeClusterRequest);
     let version = header.api_version;
@@ -344,7 +348,7 @@ pub fn describe_cluster(
             return encode(&header, &response);
         }
     }
-    let (brokers, controller_id) = live_brokers(&shard);
+    let (brokers, controller_id) = live_brokers(&shard, listener);
     response.cluster_id = str_bytes(&shard.metadata.load().cluster_id);
     response.controller_id = BrokerId(controller_id);
     response.brokers = brokers
@@ -360,10 +364,13 @@ pub fn describe_cluster(
     if version >= 2 && request.include_fenced_brokers {
         if let Some(view) = shard.metadata.cluster() {
             for b in view.state.brokers.values().filter(|b| b.fenced) {
+                let Some((host, port)) = crate::security::listener::endpoint_of(b, listener) else {
+                    continue;
+                };
                 let mut broker = DescribeClusterBroker::default();
                 broker.broker_id = BrokerId(b.id);
-                broker.host = str_bytes(&b.host);
-                broker.port = b.port;
+                broker.host = str_bytes(&host);
+                broker.port = port;
                 broker.is_fenced = true;
                 response.brokers.push(broker);
             }

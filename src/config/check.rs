@@ -130,22 +130,6 @@ impl<'a> Check<'a> {
         }
     }
 
-    /// Empty (not set) or HOST:PORT with a non-empty host and a port from 1 to 65535.
-    pub fn optional_host_port(&mut self, key: &str) -> Option<(String, u16)> {
-        let raw = self.settings.raw(key);
-        if raw.is_empty() {
-            return None;
-        }
-        let parsed = raw.rsplit_once(':').and_then(|(host, port)| {
-            let port = port.parse::<u16>().ok().filter(|port| *port > 0)?;
-            (!host.is_empty()).then(|| (host.to_string(), port))
-        });
-        if parsed.is_none() {
-            self.invalid(key, "empty, or HOST:PORT with a port from 1 to 65535");
-        }
-        parsed
-    }
-
     /// Any value but the empty string.
     pub fn non_empty(&mut self, key: &str) -> String {
         let raw = self.settings.raw(key).to_string();

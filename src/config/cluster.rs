@@ -80,6 +80,7 @@ pub(super) fn read(c: &mut Check, settings: &Settings, data_dir: &Path) -> Optio
         controller_listen,
         advertised_host: String::new(),
         advertised_port: 0,
+        advertised_listeners: Vec::new(),
         proposed_cluster_id: String::new(),
         dir: data_dir.join(CLUSTER_DIR_NAME),
         session_timeout,

@@ -7,6 +7,8 @@
 //! the transport's). The principal starts as `User:ANONYMOUS`, as on a Kafka PLAINTEXT
 //! listener, and only authentication (a TLS client certificate, a SASL exchange) replaces it.
 
+pub mod listener;
+
 use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;

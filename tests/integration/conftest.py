@@ -16,6 +16,8 @@ Stable fixture API (other test files rely on it; extend, don't change):
                       passed as `--override key=value`, e.g. {"log.segment.bytes": 1048576};
                       keyword arguments are the same with dots written as underscores
                       (message_max_bytes=2000000 -> message.max.bytes=2000000).
+                      With a `listeners` override, --listen is not passed: the test's
+                      listeners must include one on .host:.port (the readiness check).
                       Every broker made is stopped at teardown.
 
     Broker attributes: .bootstrap ("HOST:PORT"), .host, .port, .admin_port, .admin_url
@@ -159,16 +161,11 @@ class Broker:
     # -- lifecycle -------------------------------------------------------------------------
 
     def command(self):
-        cmd = [
-            str(self.binary),
-            "serve",
-            "--data-dir",
-            str(self.data_dir),
-            "--listen",
-            self.bootstrap,
-            "--shards",
-            str(self.shards),
-        ]
+        cmd = [str(self.binary), "serve", "--data-dir", str(self.data_dir)]
+        # A test that sets `listeners` itself (several listeners) lists one on .bootstrap.
+        if "listeners" not in self.overrides:
+            cmd += ["--listen", self.bootstrap]
+        cmd += ["--shards", str(self.shards)]
         if self.has_admin:
             cmd += ["--admin-listen", f"127.0.0.1:{self.admin_port}"]
         for key, value in self.overrides.items():
