@@ -13,7 +13,9 @@ the worker was down arrive once, nothing is re-read); after a SIGKILL the sink h
 source line in order, where Connect's at-least-once promise allows a re-read tail only (a run of
 lines after the last flushed offset, delivered again in order). With
 `exactly.once.source.support=enabled` the source's records and offsets are written in one
-transaction each, so after a SIGKILL a read_committed consumer sees every line exactly once.
+transaction each, so after a SIGKILL in the middle of a transaction (frozen with SIGSTOP until
+its records are in the log) a read_committed consumer sees every line exactly once, and the
+killed transaction's records only with read_uncommitted.
 
 Needs a JDK and Kafka's jars (`scripts/setup-test-deps.sh` installs both)."""
 
@@ -270,6 +272,17 @@ def test_connect_file_pipeline_resumes_from_stored_offsets(broker, classpath, tm
         print(worker.log_tail())
 
 
+def _end_offset(bootstrap, topic, isolation):
+    """Partition 0's end as ListOffsets answers it for `isolation` (the last stable offset for
+    read_committed, the high watermark otherwise)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"wm-{uuid.uuid4().hex[:8]}",
+                  "isolation.level": isolation, "enable.auto.commit": False})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    finally:
+        c.close()
+
+
 def test_connect_exactly_once_source(broker, classpath, tmp_path):
     b = broker.bootstrap
     name = unique_topic("connect-eos")
@@ -281,24 +294,43 @@ def test_connect_exactly_once_source(broker, classpath, tmp_path):
     worker = Worker(classpath, b, tmp_path, name, {"exactly.once.source.support": "enabled"})
     try:
         worker.start()
+        # One transaction every 2 s (records and source offsets together), so that the worker
+        # can be caught with a transaction open.
         worker.put_connector("src", {
             "connector.class": "org.apache.kafka.connect.file.FileStreamSourceConnector",
             "tasks.max": "1", "file": str(source), "topic": topic,
-            "exactly.once.support": "required", "transaction.boundary": "poll"})
+            "exactly.once.support": "required", "transaction.boundary": "interval",
+            "transaction.boundary.interval.ms": "2000"})
         worker.wait_running("src")
         got = _read_values(b, topic, "read_committed", 400)
         assert got == _lines(0, 400).splitlines()
 
-        # SIGKILL while the source is busy; the restarted task fences the old one and goes on
-        # from the offset committed with its last transaction.
-        _append(source, _lines(400, 1400))
-        time.sleep(0.5)
+        # Lines keep coming; the worker is frozen (SIGSTOP) until its open transaction has
+        # records in the log, then SIGKILLed. The restarted task fences the old producer and
+        # goes on from the offset committed with its last transaction.
+        written = 400
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "never caught an open transaction with records"
+            _append(source, _lines(written, written + 50))
+            written += 50
+            time.sleep(0.3)
+            worker.proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.3)
+            if _end_offset(b, topic, "read_uncommitted") > _end_offset(b, topic, "read_committed"):
+                break
+            worker.proc.send_signal(signal.SIGCONT)
         worker.stop(signal.SIGKILL)
-        _append(source, _lines(1400, 1600))
+        _append(source, _lines(written, written + 200))
+        written += 200
         worker.start()
         worker.wait_running("src")
-        got = _read_values(b, topic, "read_committed", 1600, timeout_s=60)
-        assert got == _lines(0, 1600).splitlines()
+        got = _read_values(b, topic, "read_committed", written, timeout_s=60)
+        assert got == _lines(0, written).splitlines()
+        # The killed transaction's records are in the log; only read_uncommitted sees them.
+        assert len(_read_values(b, topic, "read_uncommitted", written, settle_s=0.5)) > written
     finally:
+        if worker.proc and worker.proc.poll() is None:
+            worker.proc.send_signal(signal.SIGCONT)
         worker.stop()
         print(worker.log_tail())

@@ -182,8 +182,8 @@ def _assert_exact_counts(got, per_group):
     for g in range(GROUPS):
         counts = got.get(f"g{g}", [])
         assert counts == list(range(1, per_group + 1)), (
-            f"g{g}: {len(counts)} counts, first repeat or gap near "
-            f"{next((i for i, c in enumerate(counts) if c != i + 1), None)}"
+            f"g{g}: {len(counts)} counts of {per_group}, first repeat or gap at index "
+            f"{next((i for i, c in enumerate(counts) if c != i + 1), len(counts))}"
         )
     assert sorted(got) == [f"g{g}" for g in range(GROUPS)]
 
