@@ -122,6 +122,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "unclean.leader.election.enable", default: "false", doc: "Broker default (a topic's config overrides it): whether the active controller gives a partition whose whole ISR is fenced a leader from its other live replicas, which may lose acknowledged records. Off: the partition stays offline until an ISR member returns." },
     Setting { name: "auto.leader.rebalance.enable", default: "true", doc: "Whether the active controller moves a partition's leadership back to its preferred (first) replica once that replica is live and in the ISR, checked every fencing round." },
     Setting { name: "controller.quorum.snapshot.entries.between", default: "10000", doc: "The controller snapshots its metadata state after this many raft log entries and purges the log before the snapshot." },
+    Setting { name: "quota.window.num", default: "11", doc: "Samples of the windowed rate client quotas are measured with (Kafka's); a rate is measured over at least this many minus one windows." },
+    Setting { name: "quota.window.size.seconds", default: "1", doc: "Span of one quota sample (Kafka's)." },
+    Setting { name: "quota.entities.max", default: "10000", doc: "Quota entities (user/client-id combinations with a quota) measured at once, broker-wide; above it the least recently active one is forgotten (its rate restarts). Entities idle for an hour are dropped, as Kafka does. No Kafka setting." },
+    Setting { name: "quota.metrics.entities.max", default: "100", doc: "Entities /metrics shows per quota type (the most recently active), so per-entity metrics stay bounded. No Kafka setting." },
 ];
 
 /// The settings as the Markdown table the README carries (`--print-config-reference`).
@@ -451,6 +455,8 @@ pub struct BrokerConfig {
     pub fetch_session_slots: usize,
     /// `fetch.session.eviction.ms`: idle time after which a session may be evicted.
     pub fetch_session_eviction_ms: u64,
+    /// `quota.*`: client quota measurement.
+    pub quotas: crate::security::quota::QuotaSettings,
     /// Default log settings for topics.
     pub log_defaults: LogConfig,
     /// O_DIRECT.
@@ -584,6 +590,14 @@ impl BrokerConfig {
             fetch_wait_ms_max: c.int("fetch.max.wait.ms.max", 0..=INT_MAX),
             fetch_session_slots: c.int("max.incremental.fetch.session.cache.slots", 0..=INT_MAX),
             fetch_session_eviction_ms: c.int("fetch.session.eviction.ms", 0..=INT_MAX),
+            quotas: crate::security::quota::QuotaSettings {
+                windows: crate::security::quota::rate::Windows {
+                    count: c.int("quota.window.num", 2..=1000),
+                    window_ms: c.int::<u64>("quota.window.size.seconds", 1..=3600) * 1000,
+                },
+                entities_max: c.int("quota.entities.max", 1..=INT_MAX),
+                metrics_entities_max: c.int("quota.metrics.entities.max", 0..=INT_MAX),
+            },
             direct_io: c.boolean("log.direct.io"),
             tail_cache_bytes,
             response_cache_bytes_max: response_cache_bytes_max.unwrap_or(tail_cache_bytes),

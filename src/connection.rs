@@ -32,6 +32,7 @@ use sluice_storage::ReadChunk;
 
 use crate::api::{self, FetchRecords};
 use crate::runtime::TcpStream;
+use crate::security::quota::enforce::{Mute, RequestCharge};
 use crate::security::Session;
 use crate::shard::Shard;
 use crate::zero_copy::{self, ShardZeroCopy};
@@ -56,6 +57,8 @@ pub struct BrokerConnection {
     peer: std::net::SocketAddr,
     /// Whether this connection wrote a response on the zero-copy path (for the close log).
     wrote_zero_copy: Cell<bool>,
+    /// Set when a response was throttled: the connection is not read until then.
+    mute: Rc<Mute>,
 }
 
 impl BrokerConnection {
@@ -72,6 +75,7 @@ impl BrokerConnection {
             send_zc_allowed: Cell::new(false),
             peer,
             wrote_zero_copy: Cell::new(false),
+            mute: Rc::new(Mute::default()),
             shard,
         }
     }
@@ -109,12 +113,30 @@ impl Handler for BrokerConnection {
         let read_at = std::time::Instant::now();
         // Frame prefix + the fixed header fields + the body; close enough for a byte counter.
         let bytes_in = (body.remaining() + 12) as u64;
+        let mute = self.mute.clone();
+        let charge = RequestCharge::begin(&self.shard, &self.session, &header, bytes_in);
+        if let Some(charge) = &charge {
+            mute.throttle(charge.arrival_throttle_ms());
+        }
         Box::pin(async move {
             let metrics = &shard.metrics;
             metrics.record_stage_ns(Stage::RequestQueue, read_at.elapsed().as_nanos() as u64);
             metrics.count(Counter::BytesIn, bytes_in);
             let api_key = header.api_key;
-            let response = api::dispatch(shard.clone(), header, body, &session).await;
+            let response = match charge {
+                None => api::dispatch(shard.clone(), header, body, &session).await,
+                Some(charge) => {
+                    let kept_header = header.clone();
+                    let dispatched = {
+                        let (shard, session) = (shard.clone(), session.clone());
+                        async move { api::dispatch(shard, header, body, &session).await }
+                    };
+                    let mut response = charge.timed(dispatched).await;
+                    let throttle_ms = charge.finish(&kept_header, &mut response);
+                    mute.throttle(throttle_ms);
+                    response
+                }
+            };
             let metrics = &shard.metrics;
             metrics.record_request_ns(api_key, read_at.elapsed().as_nanos() as u64);
             match &response {
@@ -245,6 +267,10 @@ impl Handler for BrokerConnection {
             }
             written
         })
+    }
+
+    fn muted_until(&self) -> Option<std::time::Instant> {
+        self.mute.until()
     }
 
     fn closed(&self) {

@@ -47,4 +47,6 @@ pub mod code {
     pub const CONCURRENT_TRANSACTIONS: i16 = 51;
     pub const PRODUCER_FENCED: i16 = 90;
     pub const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
+    pub const THROTTLING_QUOTA_EXCEEDED: i16 = 89;
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 }

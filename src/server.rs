@@ -81,9 +81,10 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
     let (set, inboxes) = ShardSet::new(config.shards, config.inbox_jobs_max);
     let connections_per_ip = Arc::new(ConnectionsPerIp::default());
     let offline = Arc::new(crate::offline::OfflinePartitions::default());
+    let quotas = Arc::new(crate::security::quota::QuotaManager::new(config.quotas));
     let _admin = match config.admin_listen {
         Some(addr) => Some(
-            sluice_metrics::AdminServer::start(addr, collector(set.clone()))
+            sluice_metrics::AdminServer::start(addr, collector(set.clone(), quotas.clone()))
                 .map_err(|e| ServeError::Startup(format!("admin endpoint: {e}")))?,
         ),
         None => None,
@@ -103,6 +104,7 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
             inbox,
             connections_per_ip: connections_per_ip.clone(),
             offline: offline.clone(),
+            quotas: quotas.clone(),
             shutdown: shutdown_rx.clone(),
             events: events_tx.clone(),
         };
@@ -199,7 +201,10 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
 }
 
 /// Gathers and merges every shard's metrics snapshot (called on the admin thread).
-fn collector(set: Arc<ShardSet>) -> sluice_metrics::Collect {
+fn collector(
+    set: Arc<ShardSet>,
+    quotas: Arc<crate::security::quota::QuotaManager>,
+) -> sluice_metrics::Collect {
     Arc::new(move || {
         let mut merged: Option<sluice_metrics::MetricsSnapshot> = None;
         // A gauge, not a counter: the tail-cache bytes responses hold right now (all shards).
@@ -254,6 +259,7 @@ fn collector(set: Arc<ShardSet>) -> sluice_metrics::Collect {
         for (name, value) in crate::zero_copy::Counters::now().named() {
             merged.set_process_value(&name, value);
         }
+        quotas.export(&mut merged);
         Ok(merged)
     })
 }
@@ -412,6 +418,7 @@ struct ShardContext {
     inbox: mpsc::Receiver<Job>,
     connections_per_ip: Arc<ConnectionsPerIp>,
     offline: Arc<crate::offline::OfflinePartitions>,
+    quotas: Arc<crate::security::quota::QuotaManager>,
     shutdown: watch::Receiver<bool>,
     events: mpsc::UnboundedSender<ShardEvent>,
 }
@@ -426,6 +433,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         mut inbox,
         connections_per_ip,
         offline,
+        quotas,
         mut shutdown,
         events,
     } = context;
@@ -457,7 +465,8 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
     }
     let shard = Rc::new(
         Shard::new(id, set, config.clone(), store, storage, controller, groups)
-            .with_offline_partitions(offline.clone()),
+            .with_offline_partitions(offline.clone())
+            .with_quotas(quotas),
     );
     // The storage engine's blocking-pool jobs into the shard's metrics: their count, the
     // pool's depth (submitted minus done) and each job's latency.

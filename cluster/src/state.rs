@@ -90,6 +90,10 @@ pub struct ClusterState {
     /// only ever increased, never handed out again after any restart.
     #[serde(default)]
     pub next_producer_id_block: i64,
+    /// Client quota values by entity: the broker's own encoding of a quota entity (opaque
+    /// here), then each key's value as decimal text (the state is `Eq`; a float is not).
+    #[serde(default)]
+    pub client_quotas: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Producer ids per block handed to a broker (Kafka's block size).
@@ -186,6 +190,13 @@ pub enum Command {
         broker_id: BrokerId,
         /// Ids in the block.
         len: i64,
+    },
+    /// Set (`Some`) or remove (`None`) client quota values of one entity, all at once.
+    SetClientQuotas {
+        /// The entity, as the broker encodes it.
+        entity: String,
+        /// Each key with its value as decimal text, or None to remove it.
+        ops: Vec<(String, Option<String>)>,
     },
 }
 
@@ -339,6 +350,19 @@ impl ClusterState {
                 };
                 self.next_producer_id_block = end;
                 CommandReply::ProducerIds { first, len: *len }
+            }
+            Command::SetClientQuotas { entity, ops } => {
+                let values = self.client_quotas.entry(entity.clone()).or_default();
+                for (key, value) in ops {
+                    match value {
+                        Some(value) => values.insert(key.clone(), value.clone()),
+                        None => values.remove(key),
+                    };
+                }
+                if values.is_empty() {
+                    self.client_quotas.remove(entity);
+                }
+                CommandReply::Done
             }
         }
     }

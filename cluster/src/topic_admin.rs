@@ -194,6 +194,16 @@ fn plan(
             };
             Ok((command, topic))
         }
+        TopicAdminRequest::SetClientQuotas { entity, ops } => {
+            // Not a topic: the reply carries an empty placeholder (nil id, no partitions).
+            let placeholder = crate::state::TopicRecord {
+                name: String::new(),
+                id: Uuid::nil(),
+                partitions: Vec::new(),
+                configs: std::collections::BTreeMap::new(),
+            };
+            Ok((Command::SetClientQuotas { entity, ops }, placeholder))
+        }
     }
 }
 

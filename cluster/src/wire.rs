@@ -128,6 +128,14 @@ pub enum TopicAdminRequest {
         /// The new partition count.
         count: i32,
     },
+    /// Set or remove client quota values of one entity (already validated by the broker);
+    /// the reply's topic is an empty placeholder.
+    SetClientQuotas {
+        /// The entity, as the broker encodes it.
+        entity: String,
+        /// Each key with its value as decimal text, or None to remove it.
+        ops: Vec<(String, Option<String>)>,
+    },
 }
 
 /// The committed outcome of a topic change.

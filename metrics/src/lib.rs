@@ -60,7 +60,7 @@ pub use hist::{
 pub use names::{Counter, Stage};
 pub use prometheus::QUANTILES;
 pub use shard::ShardMetrics;
-pub use snapshot::{MetricsSnapshot, StatsReport};
+pub use snapshot::{LabelledFamily, MetricsSnapshot, StatsReport};
 
 /// The default `--admin-listen` address.
 pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:9644";

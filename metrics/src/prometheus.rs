@@ -114,6 +114,14 @@ pub(crate) fn render(snapshot: &MetricsSnapshot) -> String {
         sample(&mut out, &name, &[], *value as f64);
     }
 
+    for family in snapshot.labelled_families() {
+        family_header(&mut out, &family.name, family.kind, family.help);
+        for (labels, value) in &family.samples {
+            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            sample(&mut out, &family.name, &labels, *value);
+        }
+    }
+
     family_header(
         &mut out,
         "sluice_connections_active",

@@ -115,6 +115,22 @@ pub struct MetricsSnapshot {
     /// Process-wide values the broker adds after merging (the zero-copy fetch path's
     /// counters), by name; shown as-is, never summed across shards.
     process: BTreeMap<String, u64>,
+    /// Process-wide labelled families the broker adds after merging (per-entity quota
+    /// metrics), in the order added; Prometheus only.
+    labelled: Vec<LabelledFamily>,
+}
+
+/// A Prometheus family with labelled samples (process-wide, never summed across shards).
+#[derive(Debug, Clone, Default)]
+pub struct LabelledFamily {
+    /// Metric name, `sluice_` included.
+    pub name: String,
+    /// Prometheus type: `gauge` or `counter`.
+    pub kind: &'static str,
+    /// HELP text.
+    pub help: &'static str,
+    /// Each sample's labels and value.
+    pub samples: Vec<(Vec<(&'static str, String)>, f64)>,
 }
 
 impl Default for MetricsSnapshot {
@@ -133,6 +149,7 @@ impl MetricsSnapshot {
             encoded: Vec::new(),
             view: OnceLock::new(),
             process: BTreeMap::new(),
+            labelled: Vec::new(),
         }
     }
 
@@ -145,6 +162,7 @@ impl MetricsSnapshot {
             encoded: vec![shard],
             view: OnceLock::new(),
             process: BTreeMap::new(),
+            labelled: Vec::new(),
         }
     }
 
@@ -156,6 +174,16 @@ impl MetricsSnapshot {
     /// The process-wide values, by name.
     pub fn process_values(&self) -> &BTreeMap<String, u64> {
         &self.process
+    }
+
+    /// Adds a process-wide labelled family (shown in Prometheus form only).
+    pub fn add_labelled_family(&mut self, family: LabelledFamily) {
+        self.labelled.push(family);
+    }
+
+    /// The labelled families, in the order added.
+    pub fn labelled_families(&self) -> &[LabelledFamily] {
+        &self.labelled
     }
 
     /// Adds `other` into `self`: every histogram bucket-wise, every counter by sum, and the

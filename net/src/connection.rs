@@ -15,6 +15,9 @@
 //! `queued.max.requests`. Memory read from one connection and not yet admitted is at most one
 //! frame plus its read buffer.
 //!
+//! Muting: while the handler says the connection is muted (a client over its quota, KIP-219)
+//! the reader hands on no request and reads nothing; responses already due are still written.
+//!
 //! Idle connections (`connections.max.idle.ms`): nothing in flight and nothing read or written
 //! for that long closes the connection with a debug line. A request being handled or a response
 //! being written (a long-poll Fetch, a slow reader) is not idleness.
@@ -116,6 +119,12 @@ pub trait Handler: 'static {
 
     /// Called once when the connection ends.
     fn closed(&self) {}
+
+    /// Until when the connection must not be read (a client quota's throttle, KIP-219); the
+    /// read loop hands on no request and reads nothing before then.
+    fn muted_until(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// Serves `stream` until the client closes it, a write fails, or a request breaks the protocol.
@@ -168,6 +177,7 @@ async fn read_requests<H: Handler>(
     let mut buf = BytesMut::with_capacity(limits.read_buffer_bytes);
     loop {
         loop {
+            wait_unmuted(handler.as_ref()).await;
             let frame = match next_frame(&mut buf, limits.request_bytes_max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -213,6 +223,7 @@ async fn read_requests<H: Handler>(
             });
             slot.send(task);
         }
+        wait_unmuted(handler.as_ref()).await;
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(limits.read_buffer_bytes.max(4096));
         }
@@ -253,6 +264,14 @@ async fn read_requests<H: Handler>(
                 return;
             }
         }
+    }
+}
+
+/// Waits out the handler's mute, if any. A muted connection is not idle: the idle clock
+/// counts from the last read or write, and the mute is bounded by the throttle time.
+async fn wait_unmuted<H: Handler>(handler: &H) {
+    while let Some(until) = handler.muted_until() {
+        tokio::time::sleep_until(until.into()).await;
     }
 }
 

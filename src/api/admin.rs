@@ -25,6 +25,8 @@ use crate::config::TOPIC_CONFIGS;
 use crate::errors::code;
 use crate::metadata::controller::{AdminError, NewTopic};
 use crate::metadata::forward;
+use crate::security::quota::enforce::MutationCharge;
+use crate::security::Session;
 use crate::shard::Shard;
 
 /// Runs `f` with the controller on shard 0.
@@ -40,6 +42,15 @@ where
     }
 }
 
+/// KIP-599: a partition mutation refused because the client's controller_mutation_rate is
+/// already exceeded (CreateTopics v6+, DeleteTopics v5+, CreatePartitions v3+).
+fn throttled() -> AdminError {
+    (
+        code::THROTTLING_QUOTA_EXCEEDED,
+        "The throttling quota has been exceeded.".into(),
+    )
+}
+
 fn controller_missing() -> AdminError {
     (
         code::NOT_COORDINATOR,
@@ -52,8 +63,10 @@ pub async fn create_topics(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, CreateTopicsRequest);
+    let quota = MutationCharge::begin(&shard, session, &header);
     let node_id = shard.config.node_id;
     let mut seen = HashSet::new();
     let duplicates: HashSet<String> = request
@@ -102,6 +115,20 @@ pub async fn create_topics(
         for config in &topic.configs {
             if let Some(value) = &config.value {
                 configs.insert(config.name.to_string(), value.to_string());
+            }
+        }
+        if let Some(quota) = &quota {
+            if quota.refuses() {
+                results.push(Some(Err(throttled())));
+                continue;
+            }
+            if !request.validate_only {
+                let counted = if partitions == -1 {
+                    shard.config.num_partitions
+                } else {
+                    partitions
+                };
+                quota.record(counted);
             }
         }
         results.push(None);
@@ -195,6 +222,7 @@ pub async fn create_topics(
         .collect();
     let mut response = CreateTopicsResponse::default();
     response.topics = topics;
+    response.throttle_time_ms = quota.as_ref().map_or(0, MutationCharge::throttle_ms);
     encode(&header, &response)
 }
 
@@ -203,8 +231,10 @@ pub async fn delete_topics(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DeleteTopicsRequest);
+    let quota = MutationCharge::begin(&shard, session, &header);
     let targets: Vec<(Option<String>, Option<uuid::Uuid>)> = if header.api_version >= 6 {
         request
             .topics
@@ -226,7 +256,9 @@ pub async fn delete_topics(
     let mut responses = Vec::with_capacity(targets.len());
     for (name, id) in targets {
         let (n, i) = (name.clone(), id);
-        let outcome = if shard.metadata.is_clustered() {
+        let outcome = if quota.as_ref().is_some_and(MutationCharge::refuses) {
+            Err(throttled())
+        } else if shard.metadata.is_clustered() {
             forward::delete_topic(&shard, n, i).await
         } else {
             with_controller(&shard, move |s| async move {
@@ -238,6 +270,9 @@ pub async fn delete_topics(
             .await
         };
         let mut out = DeletableTopicResult::default();
+        if let (Some(quota), Ok(meta)) = (&quota, &outcome) {
+            quota.record(meta.partitions);
+        }
         match outcome {
             Ok(meta) => {
                 out.name = Some(TopicName(str_bytes(&meta.name)));
@@ -260,6 +295,7 @@ pub async fn delete_topics(
     }
     let mut response = DeleteTopicsResponse::default();
     response.responses = responses;
+    response.throttle_time_ms = quota.as_ref().map_or(0, MutationCharge::throttle_ms);
     encode(&header, &response)
 }
 
@@ -268,8 +304,10 @@ pub async fn create_partitions(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, CreatePartitionsRequest);
+    let quota = MutationCharge::begin(&shard, session, &header);
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let name = topic.name.0.to_string();
@@ -280,7 +318,10 @@ pub async fn create_partitions(
             list.iter()
                 .any(|a| a.broker_ids.iter().any(|b| b.0 != node_id))
         });
-        let outcome = if shard.metadata.is_clustered() {
+        let held = shard.metadata.load().topic(&name).map_or(0, |t| t.partitions);
+        let outcome = if quota.as_ref().is_some_and(MutationCharge::refuses) {
+            Err(throttled())
+        } else if shard.metadata.is_clustered() {
             if topic.assignments.is_some() {
                 Err((
                     code::INVALID_REPLICA_ASSIGNMENT,
@@ -308,6 +349,11 @@ pub async fn create_partitions(
             })
             .await
         };
+        if let (Some(quota), Ok(())) = (&quota, &outcome) {
+            if !validate_only {
+                quota.record(count - held);
+            }
+        }
         let mut out = CreatePartitionsTopicResult::default();
         out.name = topic.name.clone();
         if let Err((error_code, message)) = outcome {
@@ -318,5 +364,6 @@ pub async fn create_partitions(
     }
     let mut response = CreatePartitionsResponse::default();
     response.results = results;
+    response.throttle_time_ms = quota.as_ref().map_or(0, MutationCharge::throttle_ms);
     encode(&header, &response)
 }

@@ -28,6 +28,7 @@ use sluice_storage::{ReadBound, ReadChunk, ReadSlice, StorageError};
 use super::decode_or_close;
 use super::fetch_session::{CachedPartition, Kind, PartitionKey};
 use crate::errors::code;
+use crate::security::quota::enforce::FetchCharge;
 use crate::shard::Shard;
 
 /// Record data of one partition in a Fetch response: tail-cache bytes or file ranges.
@@ -67,6 +68,7 @@ pub async fn handle(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &crate::security::Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, FetchRequest);
     let version = header.api_version;
@@ -173,7 +175,16 @@ pub async fn handle(
     } else {
         u32::MAX
     };
-    let max_bytes = asked_bytes.min(shard.config.fetch_bytes_max);
+    // A consumer under consumer_byte_rate gets at most what its quota allows over the
+    // measured span (a follower of a cluster is never charged).
+    let quota = replica
+        .is_none()
+        .then(|| FetchCharge::begin(&shard, session, &header))
+        .flatten();
+    let quota_bytes_max = quota.as_ref().map_or(u32::MAX, FetchCharge::bytes_max);
+    let max_bytes = asked_bytes
+        .min(shard.config.fetch_bytes_max)
+        .min(quota_bytes_max);
     let min_bytes = request.min_bytes.max(0) as u64;
     let wait = Duration::from_millis(
         (request.max_wait_ms.max(0) as u64).min(shard.config.fetch_wait_ms_max),
@@ -248,8 +259,24 @@ pub async fn handle(
     } else {
         sessions_filter(&shard, kind, session_id, response_topics)
     };
-    let (parts, _total_bytes) =
+    let (parts, total_bytes) =
         encode_response(&header, 0, code::NONE, session_id, response_topics);
+    if let Some(quota) = quota {
+        let throttle_ms = quota.record(total_bytes as u64);
+        if throttle_ms > 0 {
+            // Over the quota: Kafka answers with no data at all, and the bytes do not count.
+            drop(parts);
+            let throttle_ms = i32::try_from(throttle_ms).unwrap_or(i32::MAX);
+            let (empty, _) = encode_response::<FetchRecords>(
+                &header,
+                throttle_ms,
+                code::NONE,
+                session_id,
+                Vec::new(),
+            );
+            return Response::Parts(empty);
+        }
+    }
     Response::Parts(parts)
 }
 

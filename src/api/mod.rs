@@ -6,6 +6,7 @@
 //! or answer a request it could not parse (the connection is closed with a log line instead).
 
 mod admin;
+mod client_quotas;
 mod configs;
 mod delete_records;
 mod fetch;
@@ -98,6 +99,8 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(61, 0, 0), // DescribeProducers
     api(65, 0, 0), // DescribeTransactions
     api(66, 0, 1), // ListTransactions
+    api(48, 0, 1), // DescribeClientQuotas
+    api(49, 0, 1), // AlterClientQuotas
 ];
 
 /// The served range of `key`, if any.
@@ -137,17 +140,17 @@ pub async fn dispatch(
     }
     match header.api_key {
         0 => produce::handle(shard, header, body).await,
-        1 => fetch::handle(shard, header, body).await,
+        1 => fetch::handle(shard, header, body, session).await,
         2 => offsets::handle(shard, header, body).await,
         3 => metadata::handle(shard, header, body, &session.listener).await,
         18 => versions::handle(&header),
-        19 => admin::create_topics(shard, header, body).await,
-        20 => admin::delete_topics(shard, header, body).await,
+        19 => admin::create_topics(shard, header, body, session).await,
+        20 => admin::delete_topics(shard, header, body, session).await,
         21 => delete_records::handle(shard, header, body).await,
         32 => configs::describe(shard, header, body).await,
         33 => configs::alter(shard, header, body).await,
         35 => log_dirs::handle(shard, header, body).await,
-        37 => admin::create_partitions(shard, header, body).await,
+        37 => admin::create_partitions(shard, header, body, session).await,
         44 => configs::incremental_alter(shard, header, body).await,
         60 => metadata::describe_cluster(shard, header, body, &session.listener),
         8 => groups::offset_commit(shard, header, body).await,
@@ -170,6 +173,8 @@ pub async fn dispatch(
         61 => transactions::describe_producers(shard, header, body).await,
         65 => transactions::describe_transactions(shard, header, body).await,
         66 => transactions::list_transactions(shard, header, body).await,
+        48 => client_quotas::describe(shard, header, body).await,
+        49 => client_quotas::alter(shard, header, body).await,
         _ => Response::Close,
     }
 }

@@ -77,6 +77,7 @@ pub fn derive(current: &MetadataSnapshot, state: &Arc<ClusterState>) -> Metadata
     if !state.cluster_id.is_empty() {
         next.cluster_id = state.cluster_id.clone();
     }
+    next.client_quotas = Arc::new(super::quotas::from_cluster(state));
     next.epoch += 1;
     next.cluster = Some(state.clone());
     next

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::log::{apply, MetadataLog, MetadataRecord};
 use super::{validate_topic_name, MetadataSnapshot, TopicMeta};
 use crate::errors::code;
+use crate::security::quota::{self, QuotaEntity};
 use crate::shard::Shard;
 
 /// A topic to create.
@@ -401,6 +402,72 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+impl Controller {
+    /// Sets and removes client quota values, one entity at a time: an entity's changes are
+    /// validated together (INVALID_REQUEST for an unknown key or a bad value, and nothing of
+    /// that entity changes), then each value is one durable record.
+    pub async fn alter_client_quotas(
+        &self,
+        shard: &Rc<Shard>,
+        alterations: Vec<QuotaAlteration>,
+        validate_only: bool,
+    ) -> Vec<Result<(), AdminError>> {
+        let mut log = self.lock.lock().await;
+        let mut results = Vec::with_capacity(alterations.len());
+        for (entity, ops) in alterations {
+            if let Err(message) = check_quota_ops(&ops) {
+                results.push(Err((code::INVALID_REQUEST, message)));
+                continue;
+            }
+            if validate_only {
+                results.push(Ok(()));
+                continue;
+            }
+            let mut outcome = Ok(());
+            for (key, value) in ops {
+                let record = MetadataRecord::ClientQuota {
+                    entity: entity.clone(),
+                    key,
+                    value,
+                };
+                match Self::commit(&mut log, shard, record).await {
+                    Ok(next) => shard.metadata.publish(next),
+                    Err(error) => {
+                        outcome = Err(error);
+                        break;
+                    }
+                }
+            }
+            results.push(outcome);
+        }
+        results
+    }
+}
+
+/// One entity's quota changes: each key set to a value or removed (None).
+pub type QuotaAlteration = (QuotaEntity, Vec<(String, Option<f64>)>);
+
+/// Checks an entity's changes as Kafka's controller does: known keys with valid values, and
+/// no key twice.
+pub fn check_quota_ops(ops: &[(String, Option<f64>)]) -> Result<(), String> {
+    for (i, (key, value)) in ops.iter().enumerate() {
+        if ops[..i].iter().any(|(k, _)| k == key) {
+            return Err(format!("quota key '{key}' appears more than once"));
+        }
+        match value {
+            Some(value) => {
+                quota::configs::validate(key, *value)?;
+            }
+            None => {
+                if quota::QuotaKind::from_key(key).is_none() {
+                    return Err(format!("unknown quota key '{key}'"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The current metadata of topic `name`, or UNKNOWN_TOPIC_OR_PARTITION.

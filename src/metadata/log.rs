@@ -71,6 +71,15 @@ pub enum MetadataRecord {
         /// new overrides
         configs: BTreeMap<String, String>,
     },
+    /// One client quota value was set (`Some`) or removed (`None`).
+    ClientQuota {
+        /// the user / client-id entity
+        entity: crate::security::quota::QuotaEntity,
+        /// the quota key (`producer_byte_rate`...)
+        key: String,
+        /// the value, or None to remove it
+        value: Option<f64>,
+    },
 }
 
 /// Applies a record to a snapshot under construction.
@@ -119,6 +128,9 @@ pub fn apply(snapshot: &mut MetadataSnapshot, record: &MetadataRecord) {
             {
                 std::sync::Arc::make_mut(topic).configs = configs.clone();
             }
+        }
+        MetadataRecord::ClientQuota { entity, key, value } => {
+            std::sync::Arc::make_mut(&mut snapshot.client_quotas).apply(entity, key, *value);
         }
     }
     snapshot.epoch += 1;

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod controller;
 pub mod forward;
 pub mod log;
+pub mod quotas;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -58,6 +59,8 @@ pub struct MetadataSnapshot {
     /// In a cluster, the committed cluster state the user topics above were derived from
     /// (placement, leaders, fencing); None on a single broker.
     pub cluster: Option<Arc<ClusterState>>,
+    /// Client quotas (`user` / `client-id` entities and their values).
+    pub client_quotas: Arc<crate::security::quota::ClientQuotas>,
 }
 
 impl MetadataSnapshot {

@@ -8,6 +8,7 @@
 //! listener, and only authentication (a TLS client certificate, a SASL exchange) replaces it.
 
 pub mod listener;
+pub mod quota;
 
 use std::cell::RefCell;
 use std::fmt;

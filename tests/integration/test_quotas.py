@@ -1,0 +1,415 @@
+"""Client quotas (issue 16): DescribeClientQuotas / AlterClientQuotas against the cluster
+metadata, and enforcement with Kafka's throttle semantics measured with real clients.
+
+What this file owns: the quota admin wire checks (raw AlterClientQuotas/DescribeClientQuotas
+v0, since neither confluent-kafka nor kafka-python exposes them), a producer and a consumer
+held to their byte-rate quotas while an unthrottled client on the same broker runs far above,
+librdkafka's stats showing the throttle, the muted channel, the controller mutation quota, the
+request-time quota, /metrics, and quotas surviving a restart.
+
+Must never: pass without a quota being enforced (each rate assertion has an upper bound a
+broker that ignores quotas exceeds several times over).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+import urllib.request
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import NewTopic
+
+import helpers
+from helpers import Reader, array, i8, i16, i32, i64, kbytes, string
+
+API_ALTER_CLIENT_QUOTAS = 49
+API_DESCRIBE_CLIENT_QUOTAS = 48
+ERR_INVALID_REQUEST = 42
+ERR_THROTTLING_QUOTA_EXCEEDED = 89
+
+# The rate a quota'd client is held to; an unquota'd producer on this machine runs at tens of
+# MB/s, so "well above" is at least 4x.
+QUOTA_BYTES_PER_S = 1_000_000
+MEASURE_S = 12.0
+
+
+def call_as(conn: helpers.RawConn, client_id: str, api_key: int, version: int, body: bytes) -> Reader:
+    cid = conn.request(api_key, version, body, client_id=client_id)
+    r = Reader(conn.recv_frame())
+    assert r.i32() == cid
+    return r
+
+
+def entity(components) -> bytes:
+    return array([string(kind) + string(name) for kind, name in components])
+
+
+def alter_quotas(bootstrap, entries, validate_only=False):
+    """AlterClientQuotas v0. entries: [(components, [(key, value or None to remove)])].
+    Returns [(error_code, message)] in order."""
+    body = array([
+        entity(components)
+        + array([string(key) + struct.pack(">d", value or 0.0) + i8(1 if value is None else 0)
+                 for key, value in ops])
+        for components, ops in entries
+    ]) + i8(1 if validate_only else 0)
+    with helpers.RawConn(bootstrap) as conn:
+        r = call_as(conn, "quota-admin", API_ALTER_CLIENT_QUOTAS, 0, body)
+        assert r.i32() == 0  # throttle
+        out = []
+        for _ in range(r.i32()):
+            code, message = r.i16(), r.string()
+            for _ in range(r.i32()):
+                r.string()
+                r.string()
+            out.append((code, message))
+        return out
+
+
+def describe_quotas(bootstrap, components, strict=False):
+    """DescribeClientQuotas v0; components: [(entity_type, match_type, match)].
+    Returns (error_code, {((type, name), ...): {key: value}})."""
+    body = array([string(kind) + i8(match_type) + string(match)
+                  for kind, match_type, match in components]) + i8(1 if strict else 0)
+    with helpers.RawConn(bootstrap) as conn:
+        r = call_as(conn, "quota-admin", API_DESCRIBE_CLIENT_QUOTAS, 0, body)
+        r.i32()
+        code, _message = r.i16(), r.string()
+        found = {}
+        n = r.i32()
+        for _ in range(max(n, 0)):
+            ent = tuple((r.string(), r.string()) for _ in range(r.i32()))
+            values = {}
+            for _ in range(r.i32()):
+                key = r.string()
+                (values[key],) = struct.unpack(">d", r.take(8))
+            found[ent] = values
+        return code, found
+
+
+def raw_produce(conn, client_id, topic, payload_bytes, acks=1):
+    """Produce v3 of one batch; returns (error_code, throttle_time_ms)."""
+    batch = helpers.encode_record_batch([(None, b"x" * payload_bytes)])
+    body = (string(None) + i16(acks) + i32(10000)
+            + array([string(topic) + array([i32(0) + kbytes(batch)])]))
+    r = call_as(conn, client_id, helpers.API_PRODUCE, 3, body)
+    assert r.i32() == 1
+    r.string()
+    assert r.i32() == 1
+    _p, err, _base, _t = r.i32(), r.i16(), r.i64(), r.i64()
+    return err, r.i32()
+
+
+def metrics_text(broker) -> str:
+    with urllib.request.urlopen(f"{broker.admin_url}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Admin APIs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_alter_and_describe_client_quotas(broker):
+    b = broker.bootstrap
+    assert alter_quotas(b, [
+        ([("client-id", "A")], [("producer_byte_rate", 1024.0), ("request_percentage", 12.5)]),
+        ([("client-id", None)], [("consumer_byte_rate", 2048.0)]),
+        ([("user", "alice"), ("client-id", "A")], [("controller_mutation_rate", 3.0)]),
+    ]) == [(0, None)] * 3
+
+    code, found = describe_quotas(b, [("client-id", 0, "A")], strict=True)
+    assert code == 0
+    assert found == {(("client-id", "A"),): {"producer_byte_rate": 1024.0, "request_percentage": 12.5}}
+    # Not strict: entities that also name a user match too.
+    _, found = describe_quotas(b, [("client-id", 0, "A")])
+    assert set(found) == {(("client-id", "A"),), (("user", "alice"), ("client-id", "A"))}
+    _, found = describe_quotas(b, [("client-id", 1, None)], strict=True)
+    assert found == {(("client-id", None),): {"consumer_byte_rate": 2048.0}}
+    _, found = describe_quotas(b, [("user", 2, None)])
+    assert list(found) == [(("user", "alice"), ("client-id", "A"))]
+    _, found = describe_quotas(b, [])
+    assert len(found) == 3
+
+    # Removing a value; an entity without values disappears.
+    assert alter_quotas(b, [([("client-id", "A")], [("request_percentage", None)])]) == [(0, None)]
+    assert alter_quotas(b, [([("client-id", None)], [("consumer_byte_rate", None)])]) == [(0, None)]
+    _, found = describe_quotas(b, [])
+    assert found[(("client-id", "A"),)] == {"producer_byte_rate": 1024.0}
+    assert (("client-id", None),) not in found
+
+    # validate_only changes nothing.
+    assert alter_quotas(b, [([("client-id", "V")], [("producer_byte_rate", 5.0)])],
+                        validate_only=True) == [(0, None)]
+    _, found = describe_quotas(b, [("client-id", 0, "V")])
+    assert found == {}
+
+
+def test_bad_alter_and_describe_input_gets_invalid_request(broker):
+    b = broker.bootstrap
+    bad = [
+        ([("client-id", "A")], [("no_such_quota", 1.0)]),
+        ([("client-id", "A")], [("producer_byte_rate", 10.5)]),  # byte rates are whole numbers
+        ([("client-id", "A")], [("producer_byte_rate", -1.0)]),
+        ([("client-id", "A")], [("producer_byte_rate", 1.0), ("producer_byte_rate", 2.0)]),
+        ([("group", "A")], [("producer_byte_rate", 1.0)]),
+        ([("user", "u"), ("user", "v")], [("producer_byte_rate", 1.0)]),
+        ([], [("producer_byte_rate", 1.0)]),
+    ]
+    good = ([("client-id", "ok")], [("producer_byte_rate", 100.0)])
+    results = alter_quotas(b, bad + [good])
+    assert [code for code, _ in results] == [ERR_INVALID_REQUEST] * len(bad) + [0], results
+    assert all(message for _, message in results[:-1])
+    # An entity with one bad op changes nothing, even its good ops.
+    _, found = describe_quotas(b, [("client-id", 0, "A")])
+    assert found == {}
+    code, _ = describe_quotas(b, [("client-id", 7, "A")])
+    assert code == ERR_INVALID_REQUEST
+    code, _ = describe_quotas(b, [("client-id", 0, None)])
+    assert code == ERR_INVALID_REQUEST
+    code, _ = describe_quotas(b, [("user", 2, None), ("user", 1, None)])
+    assert code == ERR_INVALID_REQUEST
+
+
+def test_quotas_survive_a_restart(broker):
+    b = broker.bootstrap
+    assert alter_quotas(b, [
+        ([("user", None)], [("producer_byte_rate", 7000.0)]),
+        ([("client-id", "keep")], [("consumer_byte_rate", 9000.0), ("request_percentage", 50.0)]),
+        ([("client-id", "gone")], [("consumer_byte_rate", 1.0)]),
+    ]) == [(0, None)] * 3
+    assert alter_quotas(b, [([("client-id", "gone")], [("consumer_byte_rate", None)])]) == [(0, None)]
+    _, before = describe_quotas(b, [])
+    broker.restart(graceful=False)
+    _, after = describe_quotas(broker.bootstrap, [])
+    assert after == before == {
+        (("user", None),): {"producer_byte_rate": 7000.0},
+        (("client-id", "keep"),): {"consumer_byte_rate": 9000.0, "request_percentage": 50.0},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Enforcement
+# ---------------------------------------------------------------------------------------------
+
+
+def run_producer(bootstrap, topic, client_id, seconds, results, stats):
+    """Produces 10 KB records as fast as the broker lets it for `seconds`; records the payload
+    bytes delivered and the throttle librdkafka's stats report."""
+    p = helpers.confluent_producer(
+        bootstrap, **{
+            "client.id": client_id,
+            "linger.ms": 5,
+            "batch.size": 65536,
+            "acks": 1,
+            "statistics.interval.ms": 500,
+            "stats_cb": lambda text: stats.append(json.loads(text)),
+            "queue.buffering.max.kbytes": 4096,
+        })
+    delivered = [0]
+
+    def on_delivery(err, msg):
+        if err is None:
+            delivered[0] += len(msg.value())
+
+    payload = b"q" * 10_000
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        try:
+            p.produce(topic, payload, partition=0, on_delivery=on_delivery)
+        except BufferError:
+            p.poll(0.01)
+            continue
+        p.poll(0)
+    elapsed = time.monotonic() - start
+    bytes_at_end = delivered[0]
+    p.flush(30)
+    results[client_id] = (bytes_at_end, elapsed)
+
+
+def max_throttle_ms(stats) -> int:
+    return max((broker.get("throttle", {}).get("max", 0)
+                for s in stats for broker in s.get("brokers", {}).values()), default=0)
+
+
+def test_producer_byte_rate_holds_one_client_while_another_runs_free(broker):
+    b = broker.bootstrap
+    topic = helpers.unique_topic("pq")
+    helpers.create_topic(b, topic, partitions=1)
+    assert alter_quotas(b, [([("client-id", "A")], [("producer_byte_rate", float(QUOTA_BYTES_PER_S))])]) == [(0, None)]
+    results, stats_a, stats_b = {}, [], []
+    threads = [
+        threading.Thread(target=run_producer, args=(b, topic, "A", MEASURE_S, results, stats_a)),
+        threading.Thread(target=run_producer, args=(b, topic, "B", MEASURE_S, results, stats_b)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    rate_a = results["A"][0] / results["A"][1]
+    rate_b = results["B"][0] / results["B"][1]
+    print(f"producer A (quota {QUOTA_BYTES_PER_S} B/s): {rate_a:.0f} B/s; B (no quota): {rate_b:.0f} B/s; "
+          f"A's max throttle {max_throttle_ms(stats_a)} ms")
+    assert abs(rate_a - QUOTA_BYTES_PER_S) <= 0.10 * QUOTA_BYTES_PER_S, rate_a
+    assert rate_b >= 4 * QUOTA_BYTES_PER_S, rate_b
+    # librdkafka saw the broker's throttle_time_ms; B never did.
+    assert max_throttle_ms(stats_a) > 0
+    assert max_throttle_ms(stats_b) == 0
+    text = metrics_text(broker)
+    line = [l for l in text.splitlines()
+            if l.startswith('sluice_quota_throttle_time_ms_total{quota_type="Produce",user="",client_id="A"}')]
+    assert line and float(line[0].split()[-1]) > 0, text[-2000:]
+    assert 'client_id="B"' not in text
+
+
+def test_consumer_byte_rate_holds_a_consumer(broker):
+    """A consumer far faster than its quota gets, as from Kafka, ten windows' worth of the
+    quota at once (a fetch over the quota returns nothing and does not count), nothing more
+    until the oldest window has left the measurement, and then the next ten windows' worth:
+    its rate is measured over one such cycle, from the start to the next burst."""
+    b = broker.bootstrap
+    topic = helpers.unique_topic("cq")
+    helpers.create_topic(b, topic, partitions=1)
+    total = int(QUOTA_BYTES_PER_S * 30)
+    # Batches of at most 64 KiB, fetched 64 KiB at a time: a fetch refused over the quota
+    # overshoots it by little, so its throttle (the time back to the quota) is short.
+    helpers.produce_confluent(b, topic, [(None, b"c" * 10_000)] * (total // 10_000), partition=0,
+                              **{"batch.size": 65536})
+    assert alter_quotas(b, [([("client-id", "C")], [("consumer_byte_rate", float(QUOTA_BYTES_PER_S))])]) == [(0, None)]
+
+    def consume(client_id, seconds):
+        stats = []
+        c = Consumer({
+            "bootstrap.servers": b, "group.id": f"g-{client_id}-{topic}", "client.id": client_id,
+            "enable.auto.commit": False, "statistics.interval.ms": 500,
+            "stats_cb": lambda text: stats.append(json.loads(text)),
+            "max.partition.fetch.bytes": 65536,
+        })
+        c.assign([TopicPartition(topic, 0, 0)])
+        got = 0
+        timeline = []
+        start = time.monotonic()
+        try:
+            while time.monotonic() - start < seconds:
+                for msg in c.consume(100, 0.1):
+                    if msg.error() is None:
+                        got += len(msg.value())
+                timeline.append((time.monotonic() - start, got))
+        finally:
+            c.close()
+        return timeline, stats
+
+    timeline_c, stats_c = consume("C", 16.0)
+    timeline_d, stats_d = consume("D", 3.0)
+    # The next burst: the first growth after a pause of at least 2 s.
+    cycle = None
+    last_growth_s = 0.0
+    for (t0, n0), (t1, n1) in zip(timeline_c, timeline_c[1:]):
+        if n1 > n0:
+            if t1 - last_growth_s >= 2.0 and n0 > 0:
+                cycle = (t1, n0)
+                break
+            last_growth_s = t1
+    assert cycle is not None, f"no throttled pause then burst: {timeline_c[::10]}"
+    rate_c = cycle[1] / cycle[0]
+    rate_d = timeline_d[-1][1] / timeline_d[-1][0]
+    print(f"consumer C (quota {QUOTA_BYTES_PER_S} B/s): {cycle[1]} B in its first {cycle[0]:.1f} s cycle = "
+          f"{rate_c:.0f} B/s; D (no quota): {rate_d:.0f} B/s; C's max throttle {max_throttle_ms(stats_c)} ms")
+    assert abs(rate_c - QUOTA_BYTES_PER_S) <= 0.10 * QUOTA_BYTES_PER_S, rate_c
+    # Over the whole run C stays far below an unthrottled consumer.
+    assert timeline_c[-1][1] / timeline_c[-1][0] <= 2.5 * QUOTA_BYTES_PER_S
+    assert rate_d >= 4 * QUOTA_BYTES_PER_S, rate_d
+    assert max_throttle_ms(stats_c) > 0
+    assert max_throttle_ms(stats_d) == 0
+
+
+def test_throttled_response_comes_at_once_and_mutes_the_connection(broker):
+    """KIP-219: the response carries throttle_time_ms without delay, then the broker reads
+    nothing from the connection until the throttle time has passed. The quota is on the user
+    entity of the unauthenticated principal (User:ANONYMOUS)."""
+    b = broker.bootstrap
+    topic = helpers.unique_topic("mute")
+    helpers.create_topic(b, topic, partitions=1)
+    assert alter_quotas(b, [([("user", "ANONYMOUS")], [("producer_byte_rate", 10_000.0)])]) == [(0, None)]
+    with helpers.RawConn(b) as conn:
+        # 10 KB/s over the 10 s padded window: the first 100 KB pass, then 200 KB more
+        # overshoot by 2x, which asks for about 20 s of throttle.
+        err, throttle = raw_produce(conn, "any", topic, 90_000)
+        assert (err, throttle) == (0, 0)
+        started = time.monotonic()
+        err, throttle = raw_produce(conn, "any", topic, 200_000)
+        answered_s = time.monotonic() - started
+        assert err == 0
+        assert throttle > 1000, throttle
+        assert answered_s < 2.0, "the throttled response itself must not be delayed"
+        # The next request waits out the mute.
+        started = time.monotonic()
+        conn.sock.settimeout(60)
+        helpers.metadata_v1(conn, [topic])
+        waited_ms = (time.monotonic() - started) * 1000
+        assert waited_ms >= throttle - 200, (waited_ms, throttle)
+    # Another user entity (a quota on a different user) does not apply to ANONYMOUS.
+    with helpers.RawConn(b) as conn:
+        assert alter_quotas(b, [([("user", "ANONYMOUS")], [("producer_byte_rate", None)])]) == [(0, None)]
+        assert raw_produce(conn, "any", topic, 200_000) == (0, 0)
+
+
+def create_topic_v6(bootstrap, client_id, name, partitions):
+    """CreateTopics v6 (flexible; the first version that gets THROTTLING_QUOTA_EXCEEDED) of one
+    topic on a new connection. Returns (error_code, throttle_time_ms)."""
+    body = (
+        helpers.uvarint(2)  # one topic
+        + helpers.compact_string(name) + i32(partitions) + i16(1)
+        + helpers.uvarint(1) + helpers.uvarint(1)  # no assignments, no configs
+        + helpers.uvarint(0)  # topic tagged fields
+        + i32(30000) + i8(0) + helpers.uvarint(0)
+    )
+    with helpers.RawConn(bootstrap) as conn:
+        cid = conn.request(helpers.API_CREATE_TOPICS, 6, body, flexible=True, client_id=client_id)
+        r = Reader(conn.recv_frame())
+        assert r.i32() == cid
+        r.skip_tagged_fields()
+        throttle = r.i32()
+        assert r.uvarint() == 2
+        n = r.uvarint() - 1
+        assert r.take(n).decode() == name
+        return r.i16(), throttle
+
+
+def test_controller_mutation_rate_refuses_partition_creation_over_quota(broker):
+    b = broker.bootstrap
+    assert alter_quotas(b, [([("client-id", "M")], [("controller_mutation_rate", 1.0)])]) == [(0, None)]
+    # The bucket holds 11 s x 1/s = 11 partitions: 10 fit; 5 more are accepted but take it
+    # to -4 (about 4 s of throttle); then, before it refills, the next is refused.
+    assert create_topic_v6(b, "M", helpers.unique_topic("m"), 10) == (0, 0)
+    err, throttle = create_topic_v6(b, "M", helpers.unique_topic("m"), 5)
+    assert err == 0 and 3000 <= throttle <= 4100, throttle
+    err, throttle = create_topic_v6(b, "M", helpers.unique_topic("m"), 1)
+    assert err == ERR_THROTTLING_QUOTA_EXCEEDED and throttle > 2000, (err, throttle)
+    # Older versions (librdkafka's CreateTopics) are accepted and only throttled.
+    admin = helpers.confluent_admin(b, **{"client.id": "M"})
+    lenient = helpers.unique_topic("m")
+    admin.create_topics([NewTopic(lenient, 1, 1)])[lenient].result(30)
+    # Another client id is not limited.
+    assert create_topic_v6(b, "N", helpers.unique_topic("m"), 20) == (0, 0)
+
+
+def test_request_percentage_throttles_a_busy_client(broker):
+    b = broker.bootstrap
+    # 0.01 % of a thread over the 10 s window is 1 ms of handler time.
+    assert alter_quotas(b, [([("client-id", "R")], [("request_percentage", 0.01)])]) == [(0, None)]
+    throttle = 0
+    with helpers.RawConn(b) as conn:
+        for _ in range(5000):
+            r = call_as(conn, "R", helpers.API_METADATA, 4, array([]) + i8(0))
+            throttle = r.i32()
+            if throttle > 0:
+                break
+    assert 0 < throttle <= 1000, "request-time throttles are capped at one window"
+    with helpers.RawConn(b) as conn:
+        r = call_as(conn, "other", helpers.API_METADATA, 4, array([]) + i8(0))
+        assert r.i32() == 0
