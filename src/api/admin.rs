@@ -318,7 +318,11 @@ pub async fn create_partitions(
             list.iter()
                 .any(|a| a.broker_ids.iter().any(|b| b.0 != node_id))
         });
-        let held = shard.metadata.load().topic(&name).map_or(0, |t| t.partitions);
+        let held = shard
+            .metadata
+            .load()
+            .topic(&name)
+            .map_or(0, |t| t.partitions);
         let outcome = if quota.as_ref().is_some_and(MutationCharge::refuses) {
             Err(throttled())
         } else if shard.metadata.is_clustered() {

@@ -259,8 +259,7 @@ pub async fn handle(
     } else {
         sessions_filter(&shard, kind, session_id, response_topics)
     };
-    let (parts, total_bytes) =
-        encode_response(&header, 0, code::NONE, session_id, response_topics);
+    let (parts, total_bytes) = encode_response(&header, 0, code::NONE, session_id, response_topics);
     if let Some(quota) = quota {
         let throttle_ms = quota.record(total_bytes as u64);
         if throttle_ms > 0 {

@@ -34,7 +34,12 @@ ERR_THROTTLING_QUOTA_EXCEEDED = 89
 # The rate a quota'd client is held to; an unquota'd producer on this machine runs at tens of
 # MB/s, so "well above" is at least 4x.
 QUOTA_BYTES_PER_S = 1_000_000
-MEASURE_S = 12.0
+# Kafka's rate is measured over at least ten 1 s windows (quota.window.num 11): a new client
+# may send ten seconds' worth at once, is then held until its rate over the window is back
+# to the quota, and its first window's bytes leave the measurement after 11 s, when it may
+# burst again. Over its first 10.9 s a client over its quota therefore gets the quota's worth
+# for that time; a measurement across the 11 s mark would depend on where it ends.
+MEASURE_S = 10.9
 
 
 def call_as(conn: helpers.RawConn, client_id: str, api_key: int, version: int, body: bytes) -> Reader:
@@ -268,9 +273,8 @@ def test_producer_byte_rate_holds_one_client_while_another_runs_free(broker):
 
 def test_consumer_byte_rate_holds_a_consumer(broker):
     """A consumer far faster than its quota gets, as from Kafka, ten windows' worth of the
-    quota at once (a fetch over the quota returns nothing and does not count), nothing more
-    until the oldest window has left the measurement, and then the next ten windows' worth:
-    its rate is measured over one such cycle, from the start to the next burst."""
+    quota at once (a fetch over the quota returns nothing and does not count), then only what
+    keeps its rate over the window at the quota (see MEASURE_S)."""
     b = broker.bootstrap
     topic = helpers.unique_topic("cq")
     helpers.create_topic(b, topic, partitions=1)
@@ -303,25 +307,14 @@ def test_consumer_byte_rate_holds_a_consumer(broker):
             c.close()
         return timeline, stats
 
-    timeline_c, stats_c = consume("C", 16.0)
+    timeline_c, stats_c = consume("C", MEASURE_S)
     timeline_d, stats_d = consume("D", 3.0)
-    # The next burst: the first growth after a pause of at least 2 s.
-    cycle = None
-    last_growth_s = 0.0
-    for (t0, n0), (t1, n1) in zip(timeline_c, timeline_c[1:]):
-        if n1 > n0:
-            if t1 - last_growth_s >= 2.0 and n0 > 0:
-                cycle = (t1, n0)
-                break
-            last_growth_s = t1
-    assert cycle is not None, f"no throttled pause then burst: {timeline_c[::10]}"
-    rate_c = cycle[1] / cycle[0]
+    rate_c = timeline_c[-1][1] / timeline_c[-1][0]
     rate_d = timeline_d[-1][1] / timeline_d[-1][0]
-    print(f"consumer C (quota {QUOTA_BYTES_PER_S} B/s): {cycle[1]} B in its first {cycle[0]:.1f} s cycle = "
-          f"{rate_c:.0f} B/s; D (no quota): {rate_d:.0f} B/s; C's max throttle {max_throttle_ms(stats_c)} ms")
+    print(f"consumer C (quota {QUOTA_BYTES_PER_S} B/s): {rate_c:.0f} B/s over {timeline_c[-1][0]:.1f} s; "
+          f"D (no quota): {rate_d:.0f} B/s; C's max throttle {max_throttle_ms(stats_c)} ms; "
+          f"C's bytes by second: {[n for t, n in timeline_c[::10]]}")
     assert abs(rate_c - QUOTA_BYTES_PER_S) <= 0.10 * QUOTA_BYTES_PER_S, rate_c
-    # Over the whole run C stays far below an unthrottled consumer.
-    assert timeline_c[-1][1] / timeline_c[-1][0] <= 2.5 * QUOTA_BYTES_PER_S
     assert rate_d >= 4 * QUOTA_BYTES_PER_S, rate_d
     assert max_throttle_ms(stats_c) > 0
     assert max_throttle_ms(stats_d) == 0

@@ -70,9 +70,7 @@ impl QuotaEntity {
             let slot = match kind {
                 ENTITY_USER => &mut entity.user,
                 ENTITY_CLIENT_ID => &mut entity.client_id,
-                "ip" => {
-                    return Err("ip quotas (connection creation rate) are not supported".into())
-                }
+                "ip" => return Err("ip quotas (connection creation rate) are not supported".into()),
                 other => return Err(format!("unknown entity type '{other}'")),
             };
             if slot.is_some() {
@@ -122,6 +120,9 @@ pub enum MatchName {
     /// Match type 2: any entity that names this type (named or default).
     Any,
 }
+
+/// One entity and its values, as [`ClientQuotas::describe`] finds them.
+pub type EntityValues<'a> = (&'a QuotaEntity, &'a BTreeMap<String, f64>);
 
 /// Every entity's values, by entity.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -187,7 +188,12 @@ impl ClientQuotas {
     /// The value of `kind` that governs user `user` with client id `client_id`, and the
     /// entity it is measured under: the first of Kafka's eight combinations, most specific
     /// first, that has a value of that kind.
-    pub fn resolve(&self, kind: QuotaKind, user: &str, client_id: &str) -> Option<(f64, MeasuredEntity)> {
+    pub fn resolve(
+        &self,
+        kind: QuotaKind,
+        user: &str,
+        client_id: &str,
+    ) -> Option<(f64, MeasuredEntity)> {
         if !self.has(kind) {
             return None;
         }
@@ -211,7 +217,11 @@ impl ClientQuotas {
             };
             if let Some(value) = self.entries.get(&entity).and_then(|v| v.get(kind.key())) {
                 let measured = MeasuredEntity {
-                    user: if user_tag { user.to_string() } else { String::new() },
+                    user: if user_tag {
+                        user.to_string()
+                    } else {
+                        String::new()
+                    },
                     client_id: if client_tag {
                         client_id.to_string()
                     } else {
@@ -230,7 +240,7 @@ impl ClientQuotas {
         &self,
         filter: &[(String, MatchName)],
         strict: bool,
-    ) -> Result<Vec<(&QuotaEntity, &BTreeMap<String, f64>)>, String> {
+    ) -> Result<Vec<EntityValues<'_>>, String> {
         let mut seen = Vec::new();
         for (kind, _) in filter {
             if kind != ENTITY_USER && kind != ENTITY_CLIENT_ID {
@@ -325,7 +335,11 @@ mod tests {
     #[test]
     fn kinds_resolve_independently() {
         let mut quotas = ClientQuotas::default();
-        quotas.apply(&entity(None, Some(Some("a"))), "producer_byte_rate", Some(100.0));
+        quotas.apply(
+            &entity(None, Some(Some("a"))),
+            "producer_byte_rate",
+            Some(100.0),
+        );
         quotas.apply(&entity(Some(None), None), "consumer_byte_rate", Some(50.0));
         assert!(quotas.has(QuotaKind::Produce) && !quotas.has(QuotaKind::Request));
         assert_eq!(quotas.resolve(QuotaKind::Produce, "bob", "b"), None);
@@ -347,11 +361,22 @@ mod tests {
         assert!(QuotaEntity::from_wire(std::iter::empty()).is_err());
 
         let mut quotas = ClientQuotas::default();
-        quotas.apply(&entity(None, Some(Some("a"))), "producer_byte_rate", Some(1.0));
+        quotas.apply(
+            &entity(None, Some(Some("a"))),
+            "producer_byte_rate",
+            Some(1.0),
+        );
         quotas.apply(&entity(None, Some(None)), "producer_byte_rate", Some(2.0));
-        quotas.apply(&entity(Some(Some("u")), Some(Some("a"))), "producer_byte_rate", Some(3.0));
+        quotas.apply(
+            &entity(Some(Some("u")), Some(Some("a"))),
+            "producer_byte_rate",
+            Some(3.0),
+        );
         let count = |filter: &[(String, MatchName)], strict| {
-            quotas.describe(filter, strict).map(|v| v.len()).unwrap_or(99)
+            quotas
+                .describe(filter, strict)
+                .map(|v| v.len())
+                .unwrap_or(99)
         };
         let client = |m: MatchName| vec![(ENTITY_CLIENT_ID.to_string(), m)];
         assert_eq!(count(&client(MatchName::Exact("a".into())), false), 2);

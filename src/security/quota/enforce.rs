@@ -109,7 +109,10 @@ impl RequestCharge {
 
     /// Wraps the handler's future so the time spent polling it (the work it does on this
     /// shard's thread, not its waits) is measured, when a request quota applies.
-    pub fn timed<F: Future + 'static>(&self, handler: F) -> Pin<Box<dyn Future<Output = F::Output>>> {
+    pub fn timed<F: Future + 'static>(
+        &self,
+        handler: F,
+    ) -> Pin<Box<dyn Future<Output = F::Output>>> {
         if self.request.is_none() {
             return Box::pin(handler);
         }
@@ -133,7 +136,11 @@ impl RequestCharge {
             throttle_ms = throttle_ms.max(ms);
         }
         if throttle_ms > carried {
-            throttle::set_ms(header, response, i32::try_from(throttle_ms).unwrap_or(i32::MAX));
+            throttle::set_ms(
+                header,
+                response,
+                i32::try_from(throttle_ms).unwrap_or(i32::MAX),
+            );
         }
         throttle_ms
     }
@@ -215,12 +222,19 @@ impl FetchCharge {
     /// Records a response of `response_bytes`; a positive throttle time means the response
     /// must go out empty (and then its bytes are taken back), as Kafka does.
     pub fn record(&self, response_bytes: u64) -> u64 {
-        let throttle_ms =
-            self.manager
-                .record(QuotaKind::Fetch, &self.entity, self.bound, response_bytes as f64);
+        let throttle_ms = self.manager.record(
+            QuotaKind::Fetch,
+            &self.entity,
+            self.bound,
+            response_bytes as f64,
+        );
         if throttle_ms > 0 {
-            self.manager
-                .unrecord(QuotaKind::Fetch, &self.entity, self.bound, response_bytes as f64);
+            self.manager.unrecord(
+                QuotaKind::Fetch,
+                &self.entity,
+                self.bound,
+                response_bytes as f64,
+            );
         }
         throttle_ms
     }
@@ -240,7 +254,11 @@ pub struct MutationCharge {
 
 impl MutationCharge {
     /// The charge of a topic admin request, None without a quota.
-    pub fn begin(shard: &Shard, session: &Session, header: &RequestHeader) -> Option<MutationCharge> {
+    pub fn begin(
+        shard: &Shard,
+        session: &Session,
+        header: &RequestHeader,
+    ) -> Option<MutationCharge> {
         let snapshot = shard.metadata.load();
         let (bound, entity) = governing(
             &snapshot.client_quotas,
@@ -270,7 +288,8 @@ impl MutationCharge {
             return false;
         }
         let throttle_ms = self.manager.mutation_throttle_ms(&self.entity, self.bound);
-        self.throttle_ms.set(self.throttle_ms.get().max(throttle_ms));
+        self.throttle_ms
+            .set(self.throttle_ms.get().max(throttle_ms));
         throttle_ms > 0
     }
 
@@ -282,7 +301,8 @@ impl MutationCharge {
         let throttle_ms =
             self.manager
                 .record_mutations(&self.entity, self.bound, f64::from(partitions));
-        self.throttle_ms.set(self.throttle_ms.get().max(throttle_ms));
+        self.throttle_ms
+            .set(self.throttle_ms.get().max(throttle_ms));
     }
 
     /// The throttle time for the response.

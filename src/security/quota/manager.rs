@@ -147,7 +147,8 @@ impl QuotaManager {
     /// one response never overshoots a small quota by more than that.
     pub fn fetch_bytes_max(&self, bound: f64) -> u32 {
         let windows = self.settings.windows;
-        let seconds = f64::from(windows.count.saturating_sub(1)) * windows.window_ms as f64 / 1000.0;
+        let seconds =
+            f64::from(windows.count.saturating_sub(1)) * windows.window_ms as f64 / 1000.0;
         (bound * seconds).clamp(1.0, f64::from(u32::MAX)) as u32
     }
 
@@ -155,29 +156,39 @@ impl QuotaManager {
     /// request arriving while it is positive is refused with THROTTLING_QUOTA_EXCEEDED).
     pub fn mutation_throttle_ms(&self, entity: &MeasuredEntity, bound: f64) -> u64 {
         let windows = self.settings.windows;
-        self.with_sensor(QuotaKind::ControllerMutation, entity, bound, |sensor, now_ms| {
-            let bucket = sensor
-                .bucket
-                .get_or_insert_with(|| TokenBucket::new(windows, bound, now_ms));
-            bucket.throttle_ms(windows, bound, now_ms)
-        })
+        self.with_sensor(
+            QuotaKind::ControllerMutation,
+            entity,
+            bound,
+            |sensor, now_ms| {
+                let bucket = sensor
+                    .bucket
+                    .get_or_insert_with(|| TokenBucket::new(windows, bound, now_ms));
+                bucket.throttle_ms(windows, bound, now_ms)
+            },
+        )
     }
 
     /// Takes `mutations` partition mutations and returns the throttle time that leaves.
     pub fn record_mutations(&self, entity: &MeasuredEntity, bound: f64, mutations: f64) -> u64 {
         let windows = self.settings.windows;
-        self.with_sensor(QuotaKind::ControllerMutation, entity, bound, |sensor, now_ms| {
-            sensor.rate.record(windows, mutations, now_ms);
-            let bucket = sensor
-                .bucket
-                .get_or_insert_with(|| TokenBucket::new(windows, bound, now_ms));
-            let throttle_ms = bucket.record_and_throttle_ms(windows, mutations, bound, now_ms);
-            if throttle_ms > 0 {
-                sensor.throttle_ms_total += throttle_ms;
-                sensor.throttled_total += 1;
-            }
-            throttle_ms
-        })
+        self.with_sensor(
+            QuotaKind::ControllerMutation,
+            entity,
+            bound,
+            |sensor, now_ms| {
+                sensor.rate.record(windows, mutations, now_ms);
+                let bucket = sensor
+                    .bucket
+                    .get_or_insert_with(|| TokenBucket::new(windows, bound, now_ms));
+                let throttle_ms = bucket.record_and_throttle_ms(windows, mutations, bound, now_ms);
+                if throttle_ms > 0 {
+                    sensor.throttle_ms_total += throttle_ms;
+                    sensor.throttled_total += 1;
+                }
+                throttle_ms
+            },
+        )
     }
 
     /// Adds the per-entity families to `snapshot`: at most `quota.metrics.entities.max`

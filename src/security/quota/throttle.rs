@@ -20,8 +20,8 @@ fn first_field_since(api_key: i16) -> Option<i16> {
         1 | 10 | 12 | 13 | 14 | 15 | 16 | 20 => 1,
         2 | 11 | 19 | 23 => 2,
         3 | 8 | 9 => 3,
-        21 | 22 | 24 | 25 | 26 | 28 | 29 | 30 | 31 | 32 | 33 | 35 | 37 | 42 | 44 | 48 | 49
-        | 50 | 51 | 60 | 61 | 65 | 66 => 0,
+        21 | 22 | 24 | 25 | 26 | 28 | 29 | 30 | 31 | 32 | 33 | 35 | 37 | 42 | 44 | 48 | 49 | 50
+        | 51 | 60 | 61 | 65 | 66 => 0,
         _ => return None,
     })
 }
@@ -118,18 +118,23 @@ mod tests {
 
     fn encoded<T: Encodable>(header: &RequestHeader, body: &T) -> Response<()> {
         let mut buf = header.begin_response(64);
-        body.encode(&mut buf, header.api_version).expect("encode");
+        body.encode(&mut buf, header.api_version)
+            .unwrap_or_else(|e| panic!("encode api {} v{}: {e}", header.api_key, header.api_version));
         Response::Frame(sluice_net::header::finish_response(buf, 0))
     }
 
     /// Every position is checked against the codec library's own encoding of the field.
     #[test]
     fn the_field_is_found_where_the_codecs_put_it() {
-        for version in [1, 8, 9, 11] {
+        for version in [3, 8, 9, 11] {
             let h = header(0, version);
             let mut body = ProduceResponse::default();
             body.throttle_time_ms = 1234;
-            assert_eq!(carried_ms(&h, &encoded(&h, &body)), 1234, "produce v{version}");
+            assert_eq!(
+                carried_ms(&h, &encoded(&h, &body)),
+                1234,
+                "produce v{version}"
+            );
             let mut response = encoded(&h, &ProduceResponse::default());
             set_ms(&h, &mut response, 99);
             assert_eq!(carried_ms(&h, &response), 99);
@@ -138,7 +143,11 @@ mod tests {
             let h = header(3, version);
             let mut body = MetadataResponse::default();
             body.throttle_time_ms = 4321;
-            assert_eq!(carried_ms(&h, &encoded(&h, &body)), 4321, "metadata v{version}");
+            assert_eq!(
+                carried_ms(&h, &encoded(&h, &body)),
+                4321,
+                "metadata v{version}"
+            );
         }
         let old = header(3, 2);
         let mut response = encoded(&old, &MetadataResponse::default());
@@ -147,7 +156,14 @@ mod tests {
             _ => unreachable!(),
         };
         set_ms(&old, &mut response, 5);
-        assert!(matches!(response, Response::Frame(b) if b == before), "v2 has no field");
-        assert_eq!(offset(&header(18, 3), 100), None, "ApiVersions is never throttled");
+        assert!(
+            matches!(response, Response::Frame(b) if b == before),
+            "v2 has no field"
+        );
+        assert_eq!(
+            offset(&header(18, 3), 100),
+            None,
+            "ApiVersions is never throttled"
+        );
     }
 }
