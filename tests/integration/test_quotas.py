@@ -197,6 +197,25 @@ def test_quotas_survive_a_restart(broker):
     }
 
 
+@pytest.mark.timeout(300)
+def test_kafka_configs_sets_and_describes_client_quotas(broker):
+    """Kafka's own kafka-configs speaks AlterClientQuotas / DescribeClientQuotas."""
+    from test_kafka_tools import tool
+
+    b = broker.bootstrap
+    out = tool("kafka-configs", "--bootstrap-server", b, "--alter", "--entity-type", "clients",
+               "--entity-name", "A", "--add-config", "producer_byte_rate=1024,consumer_byte_rate=2048")
+    assert "Completed updating config for client A" in out, out
+    tool("kafka-configs", "--bootstrap-server", b, "--alter", "--entity-type", "clients",
+         "--entity-default", "--add-config", "request_percentage=50")
+    _, found = describe_quotas(b, [])
+    assert found == {(("client-id", "A"),): {"producer_byte_rate": 1024.0, "consumer_byte_rate": 2048.0},
+                     (("client-id", None),): {"request_percentage": 50.0}}
+    out = tool("kafka-configs", "--bootstrap-server", b, "--describe", "--entity-type", "clients",
+               "--entity-name", "A")
+    assert "consumer_byte_rate=2048.0, producer_byte_rate=1024.0" in out, out
+
+
 # ---------------------------------------------------------------------------------------------
 # Enforcement
 # ---------------------------------------------------------------------------------------------
@@ -406,3 +425,44 @@ def test_request_percentage_throttles_a_busy_client(broker):
     with helpers.RawConn(b) as conn:
         r = call_as(conn, "other", helpers.API_METADATA, 4, array([]) + i8(0))
         assert r.i32() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# In a cluster: quotas live in the controller quorum
+# ---------------------------------------------------------------------------------------------
+
+from test_cluster import cluster  # noqa: E402,F401  (the three-node fixture)
+
+
+def test_quotas_in_a_cluster_are_every_brokers(cluster):
+    nodes = cluster
+    q = [([("client-id", "Q")], [("producer_byte_rate", 5000.0)]),
+         ([("user", None), ("client-id", None)], [("request_percentage", 80.0)])]
+    assert alter_quotas(nodes[2].bootstrap, q) == [(0, None)] * 2
+    expected = {(("client-id", "Q"),): {"producer_byte_rate": 5000.0},
+                (("user", None), ("client-id", None)): {"request_percentage": 80.0}}
+    for n in (1, 2, 3):
+        helpers.wait_until(lambda n=n: describe_quotas(nodes[n].bootstrap, [])[1] == expected, 15,
+                           what=f"node {n} describing the quotas")
+    # Enforced by the partition's leader, whichever broker took the change.
+    topic = helpers.unique_topic("cl")
+    helpers.create_topic(nodes[1].bootstrap, topic, partitions=1)
+    md = helpers.confluent_admin(nodes[1].bootstrap).list_topics(topic=topic, timeout=10)
+    leader = nodes[md.topics[topic].partitions[0].leader]
+    with helpers.RawConn(leader.bootstrap) as conn:
+        # The leader may apply the new topic a moment after node 1 reported it.
+        helpers.wait_until(lambda: raw_produce(conn, "warm-up", topic, 10)[0] == 0, 15,
+                           what="the leader accepting the topic")
+        assert raw_produce(conn, "Q", topic, 40_000) == (0, 0)
+        err, throttle = raw_produce(conn, "Q", topic, 40_000)
+        assert err == 0 and throttle > 1000, throttle
+    # Bad input is refused before it reaches the quorum; a removal reaches every broker.
+    assert alter_quotas(nodes[3].bootstrap, [([("client-id", "Q")], [("nope", 1.0)])])[0][0] == ERR_INVALID_REQUEST
+    assert alter_quotas(nodes[3].bootstrap, [([("client-id", "Q")], [("producer_byte_rate", None)])]) == [(0, None)]
+    del expected[(("client-id", "Q"),)]
+    for n in (1, 2, 3):
+        helpers.wait_until(lambda n=n: describe_quotas(nodes[n].bootstrap, [])[1] == expected, 15,
+                           what=f"node {n} without the removed quota")
+    nodes[1].restart(graceful=False)
+    helpers.wait_until(lambda: describe_quotas(nodes[1].bootstrap, [])[1] == expected, 30,
+                       what="the restarted node describing the quotas")
