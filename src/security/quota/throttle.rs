@@ -119,7 +119,9 @@ mod tests {
     fn encoded<T: Encodable>(header: &RequestHeader, body: &T) -> Response<()> {
         let mut buf = header.begin_response(64);
         body.encode(&mut buf, header.api_version)
-            .unwrap_or_else(|e| panic!("encode api {} v{}: {e}", header.api_key, header.api_version));
+            .unwrap_or_else(|e| {
+                panic!("encode api {} v{}: {e}", header.api_key, header.api_version)
+            });
         Response::Frame(sluice_net::header::finish_response(buf, 0))
     }
 
