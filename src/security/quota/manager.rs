@@ -339,4 +339,36 @@ mod tests {
         assert_eq!(manager.fetch_bytes_max(1000.0), 10_000);
         assert!(manager.record(QuotaKind::Request, &e, 1.0, 1000.0) <= 1000);
     }
+
+    /// The cost of sharing the measurements: one recording under the broker-wide lock, alone
+    /// and with a second thread recording the same entity at full speed (the worst case of two
+    /// shards serving one client). A measurement, not a check: run with
+    /// `cargo test --release -p sluice --lib quota_record_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn quota_record_cost() {
+        const N: u32 = 1_000_000;
+        let manager = std::sync::Arc::new(QuotaManager::default());
+        let e = entity("bench");
+        let time = |manager: &QuotaManager| {
+            let started = Instant::now();
+            for _ in 0..N {
+                manager.record(QuotaKind::Produce, &e, 1e12, 1000.0);
+            }
+            started.elapsed().as_nanos() as f64 / f64::from(N)
+        };
+        let alone = time(&manager);
+        let other = {
+            let manager = manager.clone();
+            std::thread::spawn(move || {
+                let e = entity("bench");
+                for _ in 0..N {
+                    manager.record(QuotaKind::Produce, &e, 1e12, 1000.0);
+                }
+            })
+        };
+        let contended = time(&manager);
+        let _ = other.join();
+        println!("quota record: {alone:.0} ns alone, {contended:.0} ns with a second thread on the same entity");
+    }
 }
