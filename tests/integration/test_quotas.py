@@ -447,8 +447,14 @@ def test_quotas_in_a_cluster_are_every_brokers(cluster):
     # Enforced by the partition's leader, whichever broker took the change.
     topic = helpers.unique_topic("cl")
     helpers.create_topic(nodes[1].bootstrap, topic, partitions=1)
-    md = helpers.confluent_admin(nodes[1].bootstrap).list_topics(topic=topic, timeout=10)
-    leader = nodes[md.topics[topic].partitions[0].leader]
+    admin = helpers.confluent_admin(nodes[1].bootstrap)
+
+    def leader_id():
+        partitions = admin.list_topics(topic=topic, timeout=10).topics[topic].partitions
+        return partitions[0].leader if 0 in partitions else -1
+
+    helpers.wait_until(lambda: leader_id() in nodes, 15, what="a leader for the new topic")
+    leader = nodes[leader_id()]
     with helpers.RawConn(leader.bootstrap) as conn:
         # The leader may apply the new topic a moment after node 1 reported it.
         helpers.wait_until(lambda: raw_produce(conn, "warm-up", topic, 10)[0] == 0, 15,
