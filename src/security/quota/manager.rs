@@ -6,8 +6,9 @@
 //! `crate::admission`), because a quota is per broker and SO_REUSEPORT spreads one client's
 //! connections over all shards: a per-shard share of the quota would hold a client with one
 //! connection to 1/N of its quota, and a client with many connections would get more than it.
-//! The lock is taken only for a request whose client has a quota, for the few arithmetic
-//! operations of one recording (no allocation once the entity is known, no await). Must
+//! The lock is taken only for a request whose client has a quota, for one map lookup and the
+//! few arithmetic operations of one recording (no await; the lookup key is a clone of the
+//! entity's two names, an allocation a per-entity map of borrowed keys would save). Must
 //! never: be touched when no quota is configured, hold its lock across an await, or keep more
 //! than `quota.entities.max` entities.
 
