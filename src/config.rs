@@ -126,6 +126,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "quota.window.size.seconds", default: "1", doc: "Span of one quota sample (Kafka's)." },
     Setting { name: "quota.entities.max", default: "10000", doc: "Quota entities (user/client-id combinations with a quota) measured at once, broker-wide; above it the least recently active one is forgotten (its rate restarts). Entities idle for an hour are dropped, as Kafka does. No Kafka setting." },
     Setting { name: "quota.metrics.entities.max", default: "100", doc: "Entities /metrics shows per quota type (the most recently active), so per-entity metrics stay bounded. No Kafka setting." },
+    Setting { name: "sasl.enabled.mechanisms", default: "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512", doc: "Mechanisms a SASL_PLAINTEXT or SASL_SSL listener offers: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (Kafka's default, GSSAPI, is not served). Every mechanism checks the same user store, the SCRAM credentials in the cluster metadata: PLAIN derives the given password with the stored salt and iterations and compares." },
+    Setting { name: "connections.max.reauth.ms", default: "0", doc: "A SASL session's lifetime (KIP-368), told to clients in SaslAuthenticate v1+; a connection that has not re-authenticated by then is closed at its next request. 0 = sessions never expire." },
+    Setting { name: "connection.failed.authentication.delay.ms", default: "100", doc: "A failed SASL login is answered (SASL_AUTHENTICATION_FAILED) and its connection closed only after this delay, which rate-limits password guessing." },
 ];
 
 /// The settings as the Markdown table the README carries (`--print-config-reference`).
@@ -484,6 +487,8 @@ pub struct BrokerConfig {
     pub replication: ReplicationConfig,
     /// The transaction coordinator's settings (`transaction.*`).
     pub transactions: crate::txn::TxnConfig,
+    /// SASL listeners' settings (`sasl.enabled.mechanisms`, `connections.max.reauth.ms`, ...).
+    pub sasl: crate::security::sasl::SaslConfig,
 }
 
 /// Partition replication's settings, Kafka's names in comments.
@@ -616,6 +621,18 @@ impl BrokerConfig {
                     1..=INT_MAX,
                 ),
                 marker_delay_ms: c.int("transaction.marker.delay.ms", 0..=INT_MAX),
+            },
+            sasl: crate::security::sasl::SaslConfig {
+                enabled_mechanisms: c
+                    .parsed(
+                        "sasl.enabled.mechanisms",
+                        "a comma-separated list of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+                        |v| crate::security::sasl::config::parse_mechanisms(v).ok(),
+                    )
+                    .unwrap_or_default(),
+                reauth_ms_max: c.int("connections.max.reauth.ms", 0..=i64::MAX),
+                failed_authentication_delay_ms: c
+                    .int("connection.failed.authentication.delay.ms", 0..=INT_MAX),
             },
             log_defaults,
             groups,

@@ -22,6 +22,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use tokio_uring::buf::BoundedBuf;
 
+use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use sluice_metrics::{Counter, Stage};
 use sluice_net::connection::{Handler, Response};
@@ -33,6 +34,7 @@ use sluice_storage::ReadChunk;
 use crate::api::{self, FetchRecords};
 use crate::runtime::TcpStream;
 use crate::security::quota::enforce::{Mute, RequestCharge};
+use crate::security::sasl::Authenticator;
 use crate::security::Session;
 use crate::shard::Shard;
 use crate::zero_copy::{self, ShardZeroCopy};
@@ -59,6 +61,8 @@ pub struct BrokerConnection {
     wrote_zero_copy: Cell<bool>,
     /// Set when a response was throttled: the connection is not read until then.
     mute: Rc<Mute>,
+    /// The SASL exchange and session of a SASL listener's connection; None elsewhere.
+    sasl: Option<Authenticator>,
 }
 
 impl BrokerConnection {
@@ -67,7 +71,12 @@ impl BrokerConnection {
         shard.connections.set(shard.connections.get() + 1);
         shard.metrics.count(Counter::ConnectionsOpened, 1);
         let peer = session.peer;
+        let sasl = session
+            .protocol
+            .uses_sasl()
+            .then(|| Authenticator::new(shard.config.sasl.clone()));
         Self {
+            sasl,
             session,
             copy_buffer: RefCell::new(None),
             zero_copy: zero_copy::for_shard(&shard),
@@ -108,6 +117,13 @@ impl Handler for BrokerConnection {
         header: RequestHeader,
         body: Reader,
     ) -> LocalBoxFuture<'static, Response<FetchRecords>> {
+        let (header, body) = match &self.sasl {
+            Some(auth) => match api::sasl::route(auth, &self.shard, &self.session, header, body) {
+                Ok(request) => request,
+                Err(answer) => return answer,
+            },
+            None => (header, body),
+        };
         let shard = self.shard.clone();
         let session = self.session.clone();
         let read_at = std::time::Instant::now();
@@ -151,11 +167,24 @@ impl Handler for BrokerConnection {
                         .sum();
                     metrics.count(Counter::BytesOut, total);
                 }
-                Response::Close => metrics.count(Counter::Errors, 1),
+                Response::Close | Response::FrameThenClose(_) => metrics.count(Counter::Errors, 1),
                 Response::None => {}
             }
             response
         })
+    }
+
+    fn takes_raw_frame(&self) -> bool {
+        self.sasl
+            .as_ref()
+            .is_some_and(Authenticator::takes_raw_frame)
+    }
+
+    fn handle_raw(&self, frame: Bytes) -> LocalBoxFuture<'static, Response<FetchRecords>> {
+        match &self.sasl {
+            Some(auth) => api::sasl::raw_token(auth, &self.shard, &self.session, frame),
+            None => Box::pin(async { Response::Close }),
+        }
     }
 
     fn write_records<'a>(

@@ -49,4 +49,10 @@ pub mod code {
     pub const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
     pub const THROTTLING_QUOTA_EXCEEDED: i16 = 89;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    // SASL and SCRAM credentials.
+    pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+    pub const ILLEGAL_SASL_STATE: i16 = 34;
+    pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
+    pub const DUPLICATE_RESOURCE: i16 = 92;
+    pub const UNACCEPTABLE_CREDENTIAL: i16 = 93;
 }

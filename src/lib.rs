@@ -21,6 +21,7 @@ pub mod security;
 pub mod server;
 pub mod shard;
 pub mod txn;
+pub mod users_cli;
 pub mod zero_copy;
 
 /// The unit tests run on the broker's allocator, so decoding tests see what the broker does.

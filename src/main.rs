@@ -30,6 +30,11 @@ enum Command {
     ///
     /// Example: sluice stats --watch
     Stats(sluice_metrics::stats_cli::StatsArgs),
+    /// Add, list and delete SASL/SCRAM users (through a broker, or into a stopped broker's
+    /// data directory before its first start).
+    ///
+    /// Example: sluice users add alice --password s3cret
+    Users(sluice::users_cli::UsersArgs),
     /// Client tools: topics, produce, consume, groups, bench (work against any Kafka broker).
     #[command(flatten)]
     Tool(sluice_client::cli::ToolCommand),
@@ -69,6 +74,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Stats(args) => sluice_metrics::stats_cli::run(args),
+        Command::Users(args) => match sluice::users_cli::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {}", sluice_client::cli::one_line(&error));
+                ExitCode::FAILURE
+            }
+        },
         Command::Tool(command) => sluice_client::cli::run(command),
     }
 }

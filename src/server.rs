@@ -353,7 +353,7 @@ fn probe_port_free(addr: SocketAddr) -> std::io::Result<()> {
 
 /// Takes an exclusive lock on the data directory for the life of the process: two brokers
 /// appending to the same segment files would corrupt them.
-fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServeError> {
+pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServeError> {
     use std::os::fd::AsRawFd;
     let path = data_dir.join(".lock");
     let file = std::fs::OpenOptions::new()

@@ -29,6 +29,10 @@ pub(crate) enum Job {
         AlterPartitionRequest,
         oneshot::Sender<Result<u64, BrokerRpcError>>,
     ),
+    Scram(
+        crate::scram::AlterScramCredentials,
+        oneshot::Sender<Result<u64, BrokerRpcError>>,
+    ),
 }
 
 fn stopped() -> BrokerRpcError {
@@ -74,6 +78,21 @@ impl ClusterAdmin {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.jobs
             .send(Job::AlterPartition(request, reply_tx))
+            .map_err(|_| stopped())?;
+        reply_rx.await.map_err(|_| stopped())?
+    }
+}
+
+impl ClusterAdmin {
+    /// Asks the active controller to commit a checked SCRAM credential change; answers once
+    /// this broker's own view has applied it (with the committed log index).
+    pub async fn alter_scram_credentials(
+        &self,
+        change: crate::scram::AlterScramCredentials,
+    ) -> Result<u64, BrokerRpcError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Scram(change, reply_tx))
             .map_err(|_| stopped())?;
         reply_rx.await.map_err(|_| stopped())?
     }
@@ -155,6 +174,26 @@ pub(crate) async fn run(
                             Answer::NotController(leader)
                         }
                         Response::AlterPartition(outcome) => Answer::Final(outcome),
+                        _ => Answer::Unexpected,
+                    },
+                )
+                .await
+                .unwrap_or_else(Err);
+                if let Ok(index) = &outcome {
+                    wait_applied(&mut view, &nudge, *index, &settings).await;
+                }
+                let _ = reply.send(outcome);
+            }
+            Job::Scram(change, reply) => {
+                let outcome = forward(
+                    &settings,
+                    &mut controllers,
+                    Request::AlterScramCredentials(change),
+                    |response| match response {
+                        Response::AlterScramCredentials(Err(BrokerRpcError::NotController {
+                            leader,
+                        })) => Answer::NotController(leader),
+                        Response::AlterScramCredentials(outcome) => Answer::Final(outcome),
                         _ => Answer::Unexpected,
                     },
                 )

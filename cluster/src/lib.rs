@@ -21,6 +21,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod record;
+pub mod scram;
 pub mod service;
 pub mod settings;
 pub mod state;

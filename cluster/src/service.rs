@@ -76,6 +76,9 @@ async fn serve_connection(
             Request::AlterPartition(r) => {
                 Response::AlterPartition(controller.alter_partition(r).await)
             }
+            Request::AlterScramCredentials(r) => {
+                Response::AlterScramCredentials(controller.alter_scram_credentials(r).await)
+            }
         };
         if let Err(error) = write_frame(&mut stream, &response, frame_bytes_max).await {
             tracing::warn!(%peer, %error, "controller connection: write failed; closing");

@@ -94,6 +94,9 @@ pub struct ClusterState {
     /// here), then each key's value as decimal text (the state is `Eq`; a float is not).
     #[serde(default)]
     pub client_quotas: BTreeMap<String, BTreeMap<String, String>>,
+    /// SCRAM credentials, the user store of every broker's SASL listeners.
+    #[serde(default)]
+    pub scram: crate::scram::ScramState,
 }
 
 /// Producer ids per block handed to a broker (Kafka's block size).
@@ -198,6 +201,8 @@ pub enum Command {
         /// Each key with its value as decimal text, or None to remove it.
         ops: Vec<(String, Option<String>)>,
     },
+    /// Set and remove SCRAM credentials (AlterUserScramCredentials, checked by the broker).
+    AlterScramCredentials(crate::scram::AlterScramCredentials),
 }
 
 /// What applying a command did.
@@ -364,6 +369,7 @@ impl ClusterState {
                 }
                 CommandReply::Done
             }
+            Command::AlterScramCredentials(change) => crate::scram::apply(&mut self.scram, change),
         }
     }
 

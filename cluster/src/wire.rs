@@ -40,6 +40,8 @@ pub enum Request {
     AllocateProducerIds(AllocateProducerIdsRequest),
     /// A partition leader changes its ISR (answered by the active controller only).
     AlterPartition(AlterPartitionRequest),
+    /// A broker forwards a checked SCRAM credential change (active controller only).
+    AlterScramCredentials(crate::scram::AlterScramCredentials),
 }
 
 /// A controller's answer, the same variant as the request.
@@ -63,6 +65,8 @@ pub enum Response {
     AllocateProducerIds(Result<ProducerIdBlock, BrokerRpcError>),
     /// To [`Request::AlterPartition`]: the log index the change committed at.
     AlterPartition(Result<u64, BrokerRpcError>),
+    /// To [`Request::AlterScramCredentials`]: the log index the change committed at.
+    AlterScramCredentials(Result<u64, BrokerRpcError>),
 }
 
 /// A partition leader's new ISR (KRaft's AlterPartition, one partition per request).

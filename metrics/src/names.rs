@@ -115,11 +115,15 @@ pub enum Counter {
     FetchSessionsClosed,
     /// Incremental fetches served (a Fetch of an existing session).
     IncrementalFetches,
+    /// SASL authentications (and re-authentications) that succeeded.
+    SaslAuthentications,
+    /// SASL authentications that failed (wrong password, unknown user, bad exchange).
+    SaslAuthenticationFailures,
 }
 
 impl Counter {
     /// Every counter, in display order.
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 17] = [
         Counter::BytesIn,
         Counter::BytesOut,
         Counter::RecordsIn,
@@ -135,6 +139,8 @@ impl Counter {
         Counter::FetchSessionsCreated,
         Counter::FetchSessionsClosed,
         Counter::IncrementalFetches,
+        Counter::SaslAuthentications,
+        Counter::SaslAuthenticationFailures,
     ];
 
     /// How many counters exist; sizes the per-shard counter array.
@@ -158,6 +164,8 @@ impl Counter {
             Counter::FetchSessionsCreated => 12,
             Counter::FetchSessionsClosed => 13,
             Counter::IncrementalFetches => 14,
+            Counter::SaslAuthentications => 15,
+            Counter::SaslAuthenticationFailures => 16,
         }
     }
 
@@ -179,6 +187,8 @@ impl Counter {
             Counter::FetchSessionsCreated => "fetch_sessions_created",
             Counter::FetchSessionsClosed => "fetch_sessions_closed",
             Counter::IncrementalFetches => "incremental_fetches",
+            Counter::SaslAuthentications => "sasl_authentications",
+            Counter::SaslAuthenticationFailures => "sasl_authentication_failures",
         }
     }
 }

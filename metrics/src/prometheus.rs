@@ -178,6 +178,8 @@ fn counter_help(counter: Counter) -> &'static str {
         Counter::FetchSessionsCreated => "Incremental fetch sessions (KIP-227) created.",
         Counter::FetchSessionsClosed => "Fetch sessions closed by their client or evicted; created minus closed are open.",
         Counter::IncrementalFetches => "Incremental fetches of an existing fetch session.",
+        Counter::SaslAuthentications => "SASL authentications and re-authentications that succeeded.",
+        Counter::SaslAuthenticationFailures => "SASL authentications that failed (answered SASL_AUTHENTICATION_FAILED, connection closed after connection.failed.authentication.delay.ms).",
     }
 }
 

@@ -83,6 +83,9 @@ pub enum Response<R> {
     /// Close the connection after the responses before this one (a protocol violation the
     /// handler has already logged).
     Close,
+    /// Write this frame, then close the connection (a refused SASL login: the client reads
+    /// why before the connection ends).
+    FrameThenClose(Bytes),
 }
 
 /// The broker side of a connection.
@@ -115,6 +118,19 @@ pub trait Handler: 'static {
         parts: Vec<Part<Self::Records>>,
     ) -> LocalBoxFuture<'a, io::Result<()>> {
         Box::pin(write_parts_in_order(stream, self, parts))
+    }
+
+    /// Whether the next frame is not a request but a raw token (SASL after a v0
+    /// SaslHandshake): asked before each frame's header is parsed, so a handler answers it
+    /// in [`Handler::handle_raw`]. Decided in arrival order, like `handle` calls.
+    fn takes_raw_frame(&self) -> bool {
+        false
+    }
+
+    /// Handles a raw frame (only called when [`Handler::takes_raw_frame`] said so).
+    fn handle_raw(&self, frame: Bytes) -> LocalBoxFuture<'static, Response<Self::Records>> {
+        let _ = frame;
+        Box::pin(async { Response::Close })
     }
 
     /// Called once when the connection ends.
@@ -196,12 +212,17 @@ async fn read_requests<H: Handler>(
             } else {
                 frame
             };
-            let (header, body) = match RequestHeader::parse(frame) {
-                Ok(parsed) => parsed,
-                Err(error) => {
-                    tracing::warn!(%peer, %error, "closing connection: unreadable request header");
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                    return;
+            // Err: a raw frame, handed on whole.
+            let request = if handler.takes_raw_frame() {
+                Err(frame)
+            } else {
+                match RequestHeader::parse(frame) {
+                    Ok(parsed) => Ok(parsed),
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "closing connection: unreadable request header");
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
                 }
             };
             // The frame's bytes (prefix included) wait here for room in the shard's budget;
@@ -213,7 +234,10 @@ async fn read_requests<H: Handler>(
                 return; // the writer stopped: the socket is gone
             };
             activity.in_flight.set(activity.in_flight.get() + 1);
-            let handled = handler.handle(header, body);
+            let handled = match request {
+                Ok((header, body)) => handler.handle(header, body),
+                Err(raw) => handler.handle_raw(raw),
+            };
             // The bytes go back as soon as the request is handled: a response the client does
             // not read must not hold the shard's budget while `write_all` waits on the socket.
             let task = tokio::task::spawn_local(async move {
@@ -306,6 +330,13 @@ async fn write_responses<H: Handler>(
             Response::Frame(bytes) => write_bytes(&stream, bytes).await,
             Response::Parts(parts) => handler.write_parts(&stream, parts).await,
             Response::Close => {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Response::FrameThenClose(bytes) => {
+                if let Err(error) = write_bytes(&stream, bytes).await {
+                    tracing::debug!(%peer, %error, "write failed; closing connection");
+                }
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 return;
             }

@@ -18,6 +18,8 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producer_ids;
+pub mod sasl;
+mod scram_users;
 pub mod transactions;
 mod versions;
 
@@ -101,6 +103,12 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(66, 0, 1), // ListTransactions
     api(48, 0, 1), // DescribeClientQuotas
     api(49, 0, 1), // AlterClientQuotas
+    // SASL (answered by the connection's authenticator on a SASL listener, ILLEGAL_SASL_STATE
+    // elsewhere) and the SCRAM user store.
+    api(17, 0, 1), // SaslHandshake
+    api(36, 0, 2), // SaslAuthenticate
+    api(50, 0, 0), // DescribeUserScramCredentials
+    api(51, 0, 0), // AlterUserScramCredentials
 ];
 
 /// The served range of `key`, if any.
@@ -175,6 +183,9 @@ pub async fn dispatch(
         66 => transactions::list_transactions(shard, header, body).await,
         48 => client_quotas::describe(shard, header, body).await,
         49 => client_quotas::alter(shard, header, body).await,
+        17 | 36 => sasl::without_sasl(&header),
+        50 => scram_users::describe(shard, header, body),
+        51 => scram_users::alter(shard, header, body).await,
         _ => Response::Close,
     }
 }

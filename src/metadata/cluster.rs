@@ -78,6 +78,10 @@ pub fn derive(current: &MetadataSnapshot, state: &Arc<ClusterState>) -> Metadata
         next.cluster_id = state.cluster_id.clone();
     }
     next.client_quotas = Arc::new(super::quotas::from_cluster(state));
+    next.scram = Arc::new(crate::security::sasl::credentials::with_cluster(
+        &current.scram_local,
+        &state.scram,
+    ));
     next.epoch += 1;
     next.cluster = Some(state.clone());
     next

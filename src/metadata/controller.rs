@@ -79,6 +79,21 @@ impl Controller {
         Ok(next)
     }
 
+    /// Appends `records` in order, each durable before it is published, under the change
+    /// lock (SCRAM credentials: the records were checked by the caller against the snapshot).
+    pub async fn commit_records(
+        &self,
+        shard: &Shard,
+        records: Vec<MetadataRecord>,
+    ) -> Result<(), AdminError> {
+        let mut log = self.lock.lock().await;
+        for record in records {
+            let next = Self::commit(&mut log, shard, record).await?;
+            shard.metadata.publish(next);
+        }
+        Ok(())
+    }
+
     /// Hands out a producer id never used before, even across restarts: ids are reserved in
     /// blocks through the metadata log, and a restart starts after the last reserved block.
     ///

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{MetadataSnapshot, TopicMeta};
+use crate::security::sasl::scram::{ScramCredential, ScramMechanism};
 
 /// One change to the cluster metadata.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,6 +81,23 @@ pub enum MetadataRecord {
         /// the value, or None to remove it
         value: Option<f64>,
     },
+    /// A user's SCRAM credential for one mechanism was set (Kafka's UserScramCredentialRecord;
+    /// never the password).
+    ScramCredential {
+        /// user name
+        user: String,
+        /// mechanism
+        mechanism: ScramMechanism,
+        /// salt, iterations, stored key, server key
+        credential: ScramCredential,
+    },
+    /// A user's SCRAM credential for one mechanism was removed.
+    RemoveScramCredential {
+        /// user name
+        user: String,
+        /// mechanism
+        mechanism: ScramMechanism,
+    },
 }
 
 /// Applies a record to a snapshot under construction.
@@ -131,6 +149,20 @@ pub fn apply(snapshot: &mut MetadataSnapshot, record: &MetadataRecord) {
         }
         MetadataRecord::ClientQuota { entity, key, value } => {
             std::sync::Arc::make_mut(&mut snapshot.client_quotas).apply(entity, key, *value);
+        }
+        MetadataRecord::ScramCredential {
+            user,
+            mechanism,
+            credential,
+        } => {
+            for store in [&mut snapshot.scram, &mut snapshot.scram_local] {
+                std::sync::Arc::make_mut(store).upsert(user, *mechanism, credential.clone());
+            }
+        }
+        MetadataRecord::RemoveScramCredential { user, mechanism } => {
+            for store in [&mut snapshot.scram, &mut snapshot.scram_local] {
+                std::sync::Arc::make_mut(store).remove(user, *mechanism);
+            }
         }
     }
     snapshot.epoch += 1;

@@ -61,6 +61,11 @@ pub struct MetadataSnapshot {
     pub cluster: Option<Arc<ClusterState>>,
     /// Client quotas (`user` / `client-id` entities and their values).
     pub client_quotas: Arc<crate::security::quota::ClientQuotas>,
+    /// SCRAM credentials: the user store every SASL mechanism checks (in a cluster, the
+    /// quorum's credentials over this broker's own).
+    pub scram: Arc<crate::security::sasl::ScramCredentials>,
+    /// The credentials of this broker's own metadata log (`sluice users add --data-dir`).
+    pub scram_local: Arc<crate::security::sasl::ScramCredentials>,
 }
 
 impl MetadataSnapshot {

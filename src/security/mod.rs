@@ -9,6 +9,7 @@
 
 pub mod listener;
 pub mod quota;
+pub mod sasl;
 
 use std::cell::RefCell;
 use std::fmt;
