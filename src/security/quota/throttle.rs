@@ -71,7 +71,8 @@ pub fn carried_ms<R>(header: &RequestHeader, response: &Response<R>) -> i32 {
                 .unwrap_or(0),
             _ => 0,
         },
-        Response::None | Response::Close => 0,
+        // A refused SASL login's last answer: never throttled.
+        Response::None | Response::Close | Response::FrameThenClose(_) => 0,
     }
 }
 
@@ -93,7 +94,7 @@ pub fn set_ms<R>(header: &RequestHeader, response: &mut Response<R>, throttle_ms
                 }
             }
         }
-        Response::None | Response::Close => {}
+        Response::None | Response::Close | Response::FrameThenClose(_) => {}
     }
 }
 
