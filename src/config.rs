@@ -104,6 +104,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "transaction.state.log.num.partitions", default: "50", doc: "Partitions of __transaction_state; a transactional id's coordinator is the owner of partition abs(hash(id)) % this. Fixed once transactions were used: changing it moves ids away from their state." },
     Setting { name: "transaction.abort.timed.out.transaction.cleanup.interval.ms", default: "10000", doc: "How often each coordinator aborts (and fences, with an epoch bump) the transactions open longer than their timeout." },
     Setting { name: "transaction.marker.delay.ms", default: "0", doc: "TEST ONLY: how long EndTxn waits between persisting PrepareCommit/PrepareAbort and writing the markers, so that a test can kill the broker inside that window. Keep 0 in production. No Kafka equivalent." },
+    Setting { name: "authorizer.class.name", default: "", doc: "Empty: no authorization (everyone may do everything). org.apache.kafka.metadata.authorizer.StandardAuthorizer: every request is checked against the ACLs in the cluster metadata (CreateAcls, `sluice acls`); any other class is refused at start." },
+    Setting { name: "super.users", default: "", doc: "Principals allowed everything whatever the ACLs: User:a;User:b." },
+    Setting { name: "allow.everyone.if.no.acl.found", default: "false", doc: "With the authorizer on: whether a resource no ACL names is open to everyone (true) or to super users only (false)." },
     Setting { name: "cluster.id", default: "", doc: "Cluster id; generated and stored in the metadata log when empty. In a cluster, the first registered broker's id becomes everyone's." },
     Setting { name: "process.roles", default: "", doc: "Empty: a single broker, no cluster. `broker,controller` or `broker` (or `controller`): this node joins the cluster of controller.quorum.voters in those roles." },
     Setting { name: "controller.quorum.voters", default: "", doc: "The static controller quorum, ID@IP:PORT,... (e.g. `1@127.0.0.1:19093,2@127.0.0.2:19093,3@127.0.0.3:19093`); a controller's node.id must be listed, a broker-only node's must not." },
@@ -489,6 +492,8 @@ pub struct BrokerConfig {
     pub transactions: crate::txn::TxnConfig,
     /// SASL listeners' settings (`sasl.enabled.mechanisms`, `connections.max.reauth.ms`, ...).
     pub sasl: crate::security::sasl::SaslConfig,
+    /// The authorizer (`authorizer.class.name` set); None: every request is allowed.
+    pub authorizer: Option<std::sync::Arc<crate::security::acl::Authorizer>>,
 }
 
 /// Partition replication's settings, Kafka's names in comments.
@@ -553,6 +558,7 @@ impl BrokerConfig {
         let connections_per_ip =
             c.per_ip_limits("max.connections.per.ip.overrides", per_ip_max, 0..=INT_MAX);
         let config = Self {
+            authorizer: None,
             queued_request_bytes_max,
             connection_idle_ms_max: c.int("connections.max.idle.ms", 1..=i64::MAX),
             connections_per_ip: connections_per_ip
@@ -651,6 +657,22 @@ impl BrokerConfig {
         if let (Some(_), Some(listeners)) = (&cluster, &listeners) {
             listener_config::check_cluster(c, listeners);
         }
+        let allow_if_no_acls = c.boolean("allow.everyone.if.no.acl.found");
+        let authorizer = match crate::security::acl::Authorizer::from_settings(
+            settings.raw("authorizer.class.name"),
+            settings.raw("super.users"),
+            allow_if_no_acls,
+        ) {
+            Ok(authorizer) => authorizer.map(std::sync::Arc::new),
+            Err(allowed) => {
+                c.errors.push(ConfigError::Invalid {
+                    key: "authorizer.class.name, super.users".into(),
+                    value: settings.raw("authorizer.class.name").to_string(),
+                    allowed,
+                });
+                None
+            }
+        };
         c.relation(
             (config.replication.fetch_wait_ms_max as u64) < config.replication.lag_time_ms_max,
             &["replica.fetch.wait.max.ms", "replica.lag.time.max.ms"],
@@ -705,6 +727,7 @@ impl BrokerConfig {
         Ok(Self {
             cluster,
             listeners,
+            authorizer,
             advertised_host,
             advertised_port,
             shards,

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::broker::{BrokerView, Controllers};
 use crate::wire::{
-    AllocateProducerIdsRequest, AlterPartitionRequest, BrokerRpcError, ProducerIdBlock, Request,
+    AllocateProducerIdsRequest, AlterAclsRequest, AlterPartitionRequest, BrokerRpcError, ProducerIdBlock, Request,
     Response, TopicAdminError, TopicAdminReply, TopicAdminRequest,
 };
 use crate::{ClusterSettings, NodeId};
@@ -31,6 +31,10 @@ pub(crate) enum Job {
     ),
     Scram(
         crate::scram::AlterScramCredentials,
+        oneshot::Sender<Result<u64, BrokerRpcError>>,
+    ),
+    AlterAcls(
+        AlterAclsRequest,
         oneshot::Sender<Result<u64, BrokerRpcError>>,
     ),
 }
@@ -93,6 +97,16 @@ impl ClusterAdmin {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.jobs
             .send(Job::Scram(change, reply_tx))
+            .map_err(|_| stopped())?;
+        reply_rx.await.map_err(|_| stopped())?
+    }
+
+    /// Asks the active controller to commit an ACL change; answers once this broker's own
+    /// view has applied it (with the committed log index).
+    pub async fn alter_acls(&self, request: AlterAclsRequest) -> Result<u64, BrokerRpcError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.jobs
+            .send(Job::AlterAcls(request, reply_tx))
             .map_err(|_| stopped())?;
         reply_rx.await.map_err(|_| stopped())?
     }
@@ -194,6 +208,26 @@ pub(crate) async fn run(
                             leader,
                         })) => Answer::NotController(leader),
                         Response::AlterScramCredentials(outcome) => Answer::Final(outcome),
+                        _ => Answer::Unexpected,
+                    },
+                )
+                .await
+                .unwrap_or_else(Err);
+                if let Ok(index) = &outcome {
+                    wait_applied(&mut view, &nudge, *index, &settings).await;
+                }
+                let _ = reply.send(outcome);
+            }
+            Job::AlterAcls(request, reply) => {
+                let outcome = forward(
+                    &settings,
+                    &mut controllers,
+                    Request::AlterAcls(request),
+                    |response| match response {
+                        Response::AlterAcls(Err(BrokerRpcError::NotController { leader })) => {
+                            Answer::NotController(leader)
+                        }
+                        Response::AlterAcls(outcome) => Answer::Final(outcome),
                         _ => Answer::Unexpected,
                     },
                 )

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::leadership::{self, Election, ElectionOutcome, PartitionId};
 use crate::state::{BrokerId, ClusterState, Command, CommandReply, PRODUCER_ID_BLOCK_LEN};
 use crate::wire::{
+    AlterAclsRequest,
     AllocateProducerIdsRequest, AlterPartitionRequest, BrokerRpcError, HeartbeatReply,
     HeartbeatRequest, ProducerIdBlock, RegisterReply, RegisterRequest,
 };
@@ -201,6 +202,21 @@ impl Controller {
             }
             other => Err(BrokerRpcError::Quorum(format!(
                 "producer id block not applied: {other:?}"
+            ))),
+        }
+    }
+
+    /// An ACL change; answered once committed, with its log index.
+    pub async fn alter_acls(&self, request: AlterAclsRequest) -> Result<u64, BrokerRpcError> {
+        let command = Command::AlterAcls {
+            create: request.create,
+            delete: request.delete,
+        };
+        let response = self.raft.client_write(command).await.map_err(write_error)?;
+        match response.data {
+            CommandReply::Done => Ok(response.log_id.index),
+            other => Err(BrokerRpcError::Quorum(format!(
+                "ACL change not applied: {other:?}"
             ))),
         }
     }

@@ -11,6 +11,7 @@
 
 #![deny(missing_docs)]
 
+pub mod acl;
 pub mod admin;
 pub mod broker;
 pub mod controller;

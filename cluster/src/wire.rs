@@ -42,6 +42,8 @@ pub enum Request {
     AlterPartition(AlterPartitionRequest),
     /// A broker forwards a checked SCRAM credential change (active controller only).
     AlterScramCredentials(crate::scram::AlterScramCredentials),
+    /// A broker forwards an ACL change (answered by the active controller only).
+    AlterAcls(AlterAclsRequest),
 }
 
 /// A controller's answer, the same variant as the request.
@@ -67,6 +69,17 @@ pub enum Response {
     AlterPartition(Result<u64, BrokerRpcError>),
     /// To [`Request::AlterScramCredentials`]: the log index the change committed at.
     AlterScramCredentials(Result<u64, BrokerRpcError>),
+    /// To [`Request::AlterAcls`]: the log index the change committed at.
+    AlterAcls(Result<u64, BrokerRpcError>),
+}
+
+/// ACL bindings to remove (exactly these) and to add.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlterAclsRequest {
+    /// Bindings added.
+    pub create: Vec<crate::acl::AclRecord>,
+    /// Bindings removed.
+    pub delete: Vec<crate::acl::AclRecord>,
 }
 
 /// A partition leader's new ISR (KRaft's AlterPartition, one partition per request).

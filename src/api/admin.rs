@@ -20,13 +20,15 @@ use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 
+use super::authz::Authz;
 use super::{decode_or_close, encode, str_bytes, FetchRecords};
 use crate::config::TOPIC_CONFIGS;
 use crate::errors::code;
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::metadata::controller::{AdminError, NewTopic};
 use crate::metadata::forward;
 use crate::security::quota::enforce::MutationCharge;
-use crate::security::Session;
 use crate::shard::Shard;
 
 /// Runs `f` with the controller on shard 0.
@@ -67,6 +69,8 @@ pub async fn create_topics(
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, CreateTopicsRequest);
     let quota = MutationCharge::begin(&shard, session, &header);
+    let authz = Authz::of(&shard, session);
+    let cluster_create = authz.cluster(Operation::Create);
     let node_id = shard.config.node_id;
     let mut seen = HashSet::new();
     let duplicates: HashSet<String> = request
@@ -80,6 +84,13 @@ pub async fn create_topics(
     let mut to_create = Vec::new();
     for topic in &request.topics {
         let name = topic.name.0.to_string();
+        if !cluster_create && !authz.topic(Operation::Create, &name) {
+            results.push(Some(Err((
+                code::TOPIC_AUTHORIZATION_FAILED,
+                "Authorization failed.".to_string(),
+            ))));
+            continue;
+        }
         if duplicates.contains(&name) {
             results.push(Some(Err((
                 code::INVALID_REQUEST,
@@ -235,6 +246,7 @@ pub async fn delete_topics(
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DeleteTopicsRequest);
     let quota = MutationCharge::begin(&shard, session, &header);
+    let authz = Authz::of(&shard, session);
     let targets: Vec<(Option<String>, Option<uuid::Uuid>)> = if header.api_version >= 6 {
         request
             .topics
@@ -256,7 +268,20 @@ pub async fn delete_topics(
     let mut responses = Vec::with_capacity(targets.len());
     for (name, id) in targets {
         let (n, i) = (name.clone(), id);
-        let outcome = if quota.as_ref().is_some_and(MutationCharge::refuses) {
+        // By id, the name it has now decides; an unknown id falls through to the usual error.
+        let checked_name = name.clone().filter(|n| !n.is_empty()).or_else(|| {
+            id.and_then(|id| shard.metadata.load().names_by_id.get(&id).cloned())
+        });
+        let denied = authz.is_on()
+            && checked_name
+                .as_deref()
+                .is_some_and(|n| !authz.topic(Operation::Delete, n));
+        let outcome = if denied {
+            Err((
+                code::TOPIC_AUTHORIZATION_FAILED,
+                "Authorization failed.".to_string(),
+            ))
+        } else if quota.as_ref().is_some_and(MutationCharge::refuses) {
             Err(throttled())
         } else if shard.metadata.is_clustered() {
             forward::delete_topic(&shard, n, i).await
@@ -308,6 +333,7 @@ pub async fn create_partitions(
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, CreatePartitionsRequest);
     let quota = MutationCharge::begin(&shard, session, &header);
+    let authz = Authz::of(&shard, session);
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let name = topic.name.0.to_string();
@@ -323,7 +349,12 @@ pub async fn create_partitions(
             .load()
             .topic(&name)
             .map_or(0, |t| t.partitions);
-        let outcome = if quota.as_ref().is_some_and(MutationCharge::refuses) {
+        let outcome = if !authz.topic(Operation::Alter, &name) {
+            Err((
+                code::TOPIC_AUTHORIZATION_FAILED,
+                "Authorization failed.".to_string(),
+            ))
+        } else if quota.as_ref().is_some_and(MutationCharge::refuses) {
             Err(throttled())
         } else if shard.metadata.is_clustered() {
             if topic.assignments.is_some() {

@@ -21,6 +21,9 @@ use sluice_net::Reader;
 
 use super::{decode_or_close, encode, str_bytes, FetchRecords};
 use crate::config::{SETTINGS, TOPIC_CONFIGS};
+use super::authz::Authz;
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::errors::code;
 use crate::shard::Shard;
 
@@ -147,8 +150,10 @@ pub async fn describe(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DescribeConfigsRequest);
+    let authz = Authz::of(&shard, session);
     let version = header.api_version;
     let detail = Detail {
         synonyms: request.include_synonyms,
@@ -167,6 +172,17 @@ pub async fn describe(
         let mut result = DescribeConfigsResult::default();
         result.resource_type = resource.resource_type;
         result.resource_name = resource.resource_name.clone();
+        if let Some(error_code) = config_denied(
+            &authz,
+            resource.resource_type,
+            resource.resource_name.as_str(),
+            Operation::DescribeConfigs,
+        ) {
+            result.error_code = error_code;
+            result.error_message = Some(str_bytes("Authorization failed."));
+            results.push(result);
+            continue;
+        }
         match resource.resource_type {
             RESOURCE_TOPIC => match snapshot.topic(resource.resource_name.as_str()) {
                 Some(topic) => {
@@ -215,6 +231,16 @@ pub async fn describe(
     encode(&header, &response)
 }
 
+/// The authorization error for `operation` on a config resource, if denied: a topic's
+/// configs need it on the topic, a broker's on the cluster.
+fn config_denied(authz: &Authz, resource_type: i8, name: &str, operation: Operation) -> Option<i16> {
+    match resource_type {
+        RESOURCE_TOPIC if !authz.topic(operation, name) => Some(code::TOPIC_AUTHORIZATION_FAILED),
+        RESOURCE_BROKER if !authz.cluster(operation) => Some(code::CLUSTER_AUTHORIZATION_FAILED),
+        _ => None,
+    }
+}
+
 /// One resource's alteration: (type, name, changes, incremental).
 type Alteration = (i8, String, Vec<(String, Option<String>)>);
 
@@ -223,9 +249,14 @@ async fn alter_all(
     resources: Vec<Alteration>,
     incremental: bool,
     validate_only: bool,
+    authz: &Authz,
 ) -> Vec<(i16, Option<String>)> {
     let mut outcomes = Vec::with_capacity(resources.len());
     for (resource_type, name, changes) in resources {
+        if let Some(error_code) = config_denied(authz, resource_type, &name, Operation::AlterConfigs) {
+            outcomes.push((error_code, Some("Authorization failed.".to_string())));
+            continue;
+        }
         if resource_type != RESOURCE_TOPIC {
             outcomes.push((
                 code::INVALID_REQUEST,
@@ -259,8 +290,10 @@ pub async fn alter(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, AlterConfigsRequest);
+    let authz = Authz::of(&shard, session);
     let resources: Vec<Alteration> = request
         .resources
         .iter()
@@ -273,7 +306,7 @@ pub async fn alter(
             (r.resource_type, r.resource_name.to_string(), changes)
         })
         .collect();
-    let outcomes = alter_all(&shard, resources, false, request.validate_only).await;
+    let outcomes = alter_all(&shard, resources, false, request.validate_only, &authz).await;
     let mut response = AlterConfigsResponse::default();
     response.responses = request
         .resources
@@ -297,8 +330,10 @@ pub async fn incremental_alter(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, IncrementalAlterConfigsRequest);
+    let authz = Authz::of(&shard, session);
     let mut resources: Vec<Alteration> = Vec::new();
     let mut invalid: Vec<Option<String>> = Vec::new();
     for r in &request.resources {
@@ -325,7 +360,7 @@ pub async fn incremental_alter(
         .filter(|(_, bad)| bad.is_none())
         .map(|(r, _)| r)
         .collect();
-    let mut outcomes = alter_all(&shard, valid, true, request.validate_only)
+    let mut outcomes = alter_all(&shard, valid, true, request.validate_only, &authz)
         .await
         .into_iter();
     let mut response = IncrementalAlterConfigsResponse::default();

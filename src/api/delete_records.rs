@@ -17,6 +17,9 @@ use sluice_net::Reader;
 
 use super::{decode_or_close, encode, FetchRecords};
 use crate::errors::code;
+use super::authz::Authz;
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::shard::Shard;
 
 /// Handles DeleteRecords.
@@ -24,18 +27,22 @@ pub async fn handle(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DeleteRecordsRequest);
+    let authz = Authz::of(&shard, session);
     let snapshot = shard.metadata.load();
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.name.0.to_string();
         let meta = snapshot.topic(&name).cloned();
+        let authorized = authz.topic(Operation::Delete, &name);
         let mut pending = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
             let index = p.partition_index;
             let offset = p.offset;
             let refused = match meta.as_ref() {
+                _ if !authorized => Some(code::TOPIC_AUTHORIZATION_FAILED),
                 Some(m) if index < 0 || index >= m.partitions => {
                     Some(code::UNKNOWN_TOPIC_OR_PARTITION)
                 }

@@ -25,10 +25,12 @@ use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 use sluice_storage::{ReadBound, ReadChunk, ReadSlice, StorageError};
 
+use super::authz::Authz;
 use super::decode_or_close;
 use super::fetch_session::{CachedPartition, Kind, PartitionKey};
 use crate::errors::code;
 use crate::security::quota::enforce::FetchCharge;
+use crate::security::acl::Operation;
 use crate::shard::Shard;
 
 /// Record data of one partition in a Fetch response: tail-cache bytes or file ranges.
@@ -166,7 +168,8 @@ pub async fn handle(
         Kind::Full { .. } => requested,
         Kind::Incremental { session_id } => shard.fetch_sessions.borrow().partitions(session_id),
     };
-    let topics = topic_fetches(&shard, &snapshot, version, &to_read);
+    let authz = Authz::of(&shard, session);
+    let topics = topic_fetches(&shard, &snapshot, version, &to_read, &authz, replica.is_some());
 
     // fetch.max.bytes caps the response whatever the client asks (v0-v2 have no max_bytes of
     // their own); partition limits still apply, and the first batch goes out even when larger.
@@ -286,7 +289,13 @@ fn topic_fetches(
     snapshot: &crate::metadata::MetadataSnapshot,
     version: i16,
     partitions: &[(PartitionKey, CachedPartition)],
+    authz: &Authz,
+    from_follower: bool,
 ) -> Vec<TopicFetch> {
+    // A follower needs CLUSTER_ACTION, a consumer READ on each topic (decided once per topic
+    // name, not per partition).
+    let follower_allowed = !from_follower || authz.cluster(Operation::ClusterAction);
+    let mut last_decision: Option<(&str, bool)> = None;
     let unknown = if version >= 13 {
         code::UNKNOWN_TOPIC_ID
     } else {
@@ -300,13 +309,29 @@ fn topic_fetches(
         let exists = meta.is_some_and(|m| key.index >= 0 && key.index < m.partitions);
         let led_elsewhere =
             exists && meta.is_some_and(|m| !snapshot.leads(m, key.index, shard.config.node_id));
-        let known = exists && !led_elsewhere;
+        let authorized = if !authz.is_on() {
+            true
+        } else if from_follower {
+            follower_allowed
+        } else {
+            match last_decision {
+                Some((name, allowed)) if name == key.name => allowed,
+                _ => {
+                    let allowed = authz.topic(Operation::Read, &key.name);
+                    last_decision = Some((key.name.as_str(), allowed));
+                    allowed
+                }
+            }
+        };
+        let known = authorized && exists && !led_elsewhere;
         let partition = PartitionFetch {
             index: key.index,
             fetch_offset: asked.fetch_offset,
             partition_max_bytes: asked.partition_max_bytes.max(0) as u32,
             known,
-            error_code: if meta.is_none() {
+            error_code: if !authorized {
+                code::TOPIC_AUTHORIZATION_FAILED
+            } else if meta.is_none() {
                 unknown
             } else if led_elsewhere {
                 code::NOT_LEADER_OR_FOLLOWER

@@ -16,16 +16,19 @@ use kafka_protocol::messages::{
     BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
     JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListGroupsResponse,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetFetchResponse,
-    SyncGroupRequest,
+    HeartbeatResponse, LeaveGroupResponse, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use sluice_group::{offsets_partition_for, ClientInfo, GroupCoordinator};
 use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 
-use super::{decode_or_close, encode, str_bytes, FetchRecords};
+use super::authz::Authz;
+use super::{decode_or_close, encode, group_acls, str_bytes, FetchRecords};
 use crate::errors::code;
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::shard::{Shard, ShardGone};
 
 /// The shard that owns `group_id`.
@@ -130,11 +133,25 @@ pub fn find_coordinator(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
-    listener: &str,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, FindCoordinatorRequest);
+    let listener: &str = &session.listener;
     const KEY_TYPE_GROUP: i8 = 0;
     const KEY_TYPE_TRANSACTION: i8 = 1;
+    // DESCRIBE on the group or transactional id the key names.
+    let authz = Authz::of(&shard, session);
+    let denied = |key: &str| -> Option<i16> {
+        match request.key_type {
+            KEY_TYPE_GROUP if !authz.group(Operation::Describe, key) => {
+                Some(code::GROUP_AUTHORIZATION_FAILED)
+            }
+            KEY_TYPE_TRANSACTION if !authz.transactional_id(Operation::Describe, key) => {
+                Some(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+            }
+            _ => None,
+        }
+    };
     // A transaction coordinator is this broker on a single broker; in a cluster,
     // transactions are refused (COORDINATOR_NOT_AVAILABLE, below).
     let transactions = request.key_type == KEY_TYPE_TRANSACTION && !shard.metadata.is_clustered();
@@ -147,7 +164,12 @@ pub fn find_coordinator(
             .map(|key| {
                 let mut c = Coordinator::default();
                 c.key = key.clone();
-                if supported {
+                if let Some(error_code) = denied(key) {
+                    c.node_id = BrokerId(-1);
+                    c.port = -1;
+                    c.error_code = error_code;
+                    c.error_message = Some(str_bytes("Authorization failed."));
+                } else if supported {
                     match locate(&shard, key, listener) {
                         Ok((node, host, port)) => {
                             c.node_id = BrokerId(node);
@@ -171,6 +193,10 @@ pub fn find_coordinator(
                 c
             })
             .collect();
+    } else if let Some(error_code) = denied(&request.key) {
+        response.error_code = error_code;
+        response.node_id = BrokerId(-1);
+        response.port = -1;
     } else if supported {
         match locate(&shard, &request.key, listener) {
             Ok((node, host, port)) => {
@@ -200,12 +226,17 @@ pub fn find_coordinator(
 }
 
 macro_rules! single_group_api {
-    ($name:ident, $request:ty, $method:ident) => {
-        /// Forwards the request to the group's shard.
-        pub async fn $name(shard: Rc<Shard>, header: RequestHeader, body: Reader) -> Response<FetchRecords> {
+    ($name:ident, $request:ty, $response:ty, $method:ident) => {
+        /// Forwards the request to the group's shard (READ on the group needed).
+        pub async fn $name(shard: Rc<Shard>, header: RequestHeader, body: Reader, session: &Session) -> Response<FetchRecords> {
             let request = decode_or_close!(header, body, $request);
             let version = header.api_version;
             let group_id = request.group_id.0.to_string();
+            if !Authz::of(&shard, session).group(Operation::Read, &group_id) {
+                let mut response = <$response>::default();
+                response.error_code = code::GROUP_AUTHORIZATION_FAILED;
+                return encode(&header, &response);
+            }
             match on_group_shard(&shard, &group_id, move |c| async move { c.$method(request, version).await }).await {
                 Ok(response) => encode(&header, &response),
                 Err(gone) => {
@@ -217,21 +248,95 @@ macro_rules! single_group_api {
     };
 }
 
-single_group_api!(sync_group, SyncGroupRequest, sync_group);
-single_group_api!(heartbeat, HeartbeatRequest, heartbeat);
-single_group_api!(leave_group, LeaveGroupRequest, leave_group);
-single_group_api!(offset_commit, OffsetCommitRequest, offset_commit);
-single_group_api!(offset_delete, OffsetDeleteRequest, offset_delete);
+single_group_api!(sync_group, SyncGroupRequest, SyncGroupResponse, sync_group);
+single_group_api!(heartbeat, HeartbeatRequest, HeartbeatResponse, heartbeat);
+single_group_api!(leave_group, LeaveGroupRequest, LeaveGroupResponse, leave_group);
+
+/// Handles OffsetCommit: READ on the group, and on each topic (denied topics are answered
+/// with TOPIC_AUTHORIZATION_FAILED and not committed).
+pub async fn offset_commit(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+    session: &Session,
+) -> Response<FetchRecords> {
+    let mut request = decode_or_close!(header, body, OffsetCommitRequest);
+    let version = header.api_version;
+    let group_id = request.group_id.0.to_string();
+    let authz = Authz::of(&shard, session);
+    let group_error =
+        (!authz.group(Operation::Read, &group_id)).then_some(code::GROUP_AUTHORIZATION_FAILED);
+    let denied = group_acls::split_commit(&authz, &mut request, group_error);
+    if denied.is_empty() || !request.topics.is_empty() {
+        match on_group_shard(&shard, &group_id, move |c| async move {
+            c.offset_commit(request, version).await
+        })
+        .await
+        {
+            Ok(mut response) => {
+                response.topics.extend(denied);
+                encode(&header, &response)
+            }
+            Err(gone) => {
+                tracing::warn!(%gone, "group shard unavailable; closing connection");
+                Response::Close
+            }
+        }
+    } else {
+        let mut response = kafka_protocol::messages::OffsetCommitResponse::default();
+        response.topics = denied;
+        encode(&header, &response)
+    }
+}
+
+/// Handles OffsetDelete: DELETE on the group, READ on each topic.
+pub async fn offset_delete(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+    session: &Session,
+) -> Response<FetchRecords> {
+    let mut request = decode_or_close!(header, body, OffsetDeleteRequest);
+    let version = header.api_version;
+    let group_id = request.group_id.0.to_string();
+    let authz = Authz::of(&shard, session);
+    if !authz.group(Operation::Delete, &group_id) {
+        let mut response = kafka_protocol::messages::OffsetDeleteResponse::default();
+        response.error_code = code::GROUP_AUTHORIZATION_FAILED;
+        return encode(&header, &response);
+    }
+    let denied = group_acls::split_delete(&authz, &mut request);
+    match on_group_shard(&shard, &group_id, move |c| async move {
+        c.offset_delete(request, version).await
+    })
+    .await
+    {
+        Ok(mut response) => {
+            response.topics.extend(denied);
+            encode(&header, &response)
+        }
+        Err(gone) => {
+            tracing::warn!(%gone, "group shard unavailable; closing connection");
+            Response::Close
+        }
+    }
+}
 
 /// Handles JoinGroup (carries who the client is, for DescribeGroups and member ids).
 pub async fn join_group(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
-    client_host: String,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, JoinGroupRequest);
     let version = header.api_version;
+    if !Authz::of(&shard, session).group(Operation::Read, request.group_id.as_str()) {
+        let mut response = kafka_protocol::messages::JoinGroupResponse::default();
+        response.error_code = code::GROUP_AUTHORIZATION_FAILED;
+        return encode(&header, &response);
+    }
+    let client_host = session.client_host.to_string();
     let client = ClientInfo {
         client_id: header.client_id_lossy(),
         client_host,
@@ -252,17 +357,26 @@ pub async fn offset_fetch(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, OffsetFetchRequest);
     let version = header.api_version;
+    let authz = Rc::new(Authz::of(&shard, session));
     if version < 8 {
         let group_id = request.group_id.0.to_string();
+        if !authz.group(Operation::Describe, &group_id) {
+            return encode(&header, &group_acls::fetch_denied());
+        }
+        let all_topics = request.topics.is_none();
         return match on_group_shard(&shard, &group_id, move |c| async move {
             c.offset_fetch(&request, version)
         })
         .await
         {
-            Ok(response) => encode(&header, &response),
+            Ok(mut response) => {
+                group_acls::filter_fetch(&authz, all_topics, &mut response);
+                encode(&header, &response)
+            }
             Err(_) => Response::Close,
         };
     }
@@ -274,15 +388,25 @@ pub async fn offset_fetch(
             let group_id = group.group_id.0.to_string();
             let fallback = group.group_id.clone();
             let shard = shard.clone();
+            let authz = authz.clone();
+            let all_topics = group.topics.is_none();
             async move {
-                on_group_shard(&shard, &group_id, move |c| async move { c.offset_fetch_group(&group, require_stable) })
+                if !authz.group(Operation::Describe, &group_id) {
+                    let mut g = kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseGroup::default();
+                    g.group_id = fallback;
+                    g.error_code = code::GROUP_AUTHORIZATION_FAILED;
+                    return g;
+                }
+                let mut answer = on_group_shard(&shard, &group_id, move |c| async move { c.offset_fetch_group(&group, require_stable) })
                     .await
                     .unwrap_or_else(|_| {
                         let mut g = kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseGroup::default();
                         g.group_id = fallback;
                         g.error_code = code::COORDINATOR_NOT_AVAILABLE;
                         g
-                    })
+                    });
+                group_acls::filter_fetch_group(&authz, all_topics, &mut answer);
+                answer
             }
         })
         .collect();
@@ -299,8 +423,10 @@ pub async fn list_groups(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, ListGroupsRequest);
+    let authz = Authz::of(&shard, session);
     let filter: Vec<String> = request
         .states_filter
         .iter()
@@ -329,6 +455,12 @@ pub async fn list_groups(
             Err(_) => response.error_code = code::COORDINATOR_NOT_AVAILABLE,
         }
     }
+    // DESCRIBE on the cluster lists every group; otherwise only those described may be.
+    if authz.is_on() && !authz.cluster(Operation::Describe) {
+        response
+            .groups
+            .retain(|g| authz.group(Operation::Describe, g.group_id.as_str()));
+    }
     if header.api_version >= 5 {
         for group in &mut response.groups {
             group.group_type = str_bytes(CLASSIC_GROUP_TYPE);
@@ -342,14 +474,26 @@ pub async fn describe_groups(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
-    let request = decode_or_close!(header, body, DescribeGroupsRequest);
+    let mut request = decode_or_close!(header, body, DescribeGroupsRequest);
     let include = request.include_authorized_operations;
+    let authz = Authz::of(&shard, session);
+    let (allowed, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut request.groups)
+        .into_iter()
+        .partition(|g| authz.group(Operation::Describe, g.as_str()));
+    request.groups = allowed;
     let results = for_each_group(&shard, &request.groups, move |c, id| async move {
         c.describe_group(&id, include)
     })
     .await;
     let mut response = DescribeGroupsResponse::default();
+    for group in denied {
+        let mut g = kafka_protocol::messages::describe_groups_response::DescribedGroup::default();
+        g.group_id = group;
+        g.error_code = code::GROUP_AUTHORIZATION_FAILED;
+        response.groups.push(g);
+    }
     for (group, result) in request.groups.iter().zip(results) {
         response.groups.push(result.unwrap_or_else(|| {
             let mut g =
@@ -367,13 +511,25 @@ pub async fn delete_groups(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
-    let request = decode_or_close!(header, body, DeleteGroupsRequest);
+    let mut request = decode_or_close!(header, body, DeleteGroupsRequest);
+    let authz = Authz::of(&shard, session);
+    let (allowed, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut request.groups_names)
+        .into_iter()
+        .partition(|g| authz.group(Operation::Delete, g.as_str()));
+    request.groups_names = allowed;
     let results = for_each_group(&shard, &request.groups_names, |c, id| async move {
         c.delete_group(&id).await
     })
     .await;
     let mut response = DeleteGroupsResponse::default();
+    for group in denied {
+        let mut r = DeletableGroupResult::default();
+        r.group_id = group;
+        r.error_code = code::GROUP_AUTHORIZATION_FAILED;
+        response.results.push(r);
+    }
     for (group, error_code) in request.groups_names.iter().zip(results) {
         let mut r = DeletableGroupResult::default();
         r.group_id = group.clone();

@@ -19,8 +19,11 @@ use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 use sluice_storage::{UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 
+use super::authz::Authz;
 use super::{decode_or_close, encode, FetchRecords};
 use crate::errors::code;
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::shard::Shard;
 
 /// `current_leader_epoch` of a request that asks for no check.
@@ -43,20 +46,31 @@ pub async fn handle(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, OffsetForLeaderEpochRequest);
+    let authz = Authz::of(&shard, session);
     let snapshot = shard.metadata.load();
     // v3+ carry the asking replica; a consumer (-1, and every v0-v2 request) is capped at the
     // high watermark.
     let from_consumer = header.api_version < 3 || request.replica_id.0 < 0;
+    // A replica needs CLUSTER_ACTION, a consumer DESCRIBE on each topic.
+    let replica_allowed = from_consumer || authz.cluster(Operation::ClusterAction);
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.topic.0.to_string();
         let meta = snapshot.topic(&name).cloned();
+        let authorized = replica_allowed && (!from_consumer || authz.topic(Operation::Describe, &name));
         let mut pending = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
             let index = p.partition;
             let (current, requested) = (p.current_leader_epoch, p.leader_epoch);
+            if !authorized {
+                pending.push(futures::future::Either::Left(futures::future::ready(
+                    undefined(code::TOPIC_AUTHORIZATION_FAILED),
+                )));
+                continue;
+            }
             let Some(meta) = meta.as_ref().filter(|m| index >= 0 && index < m.partitions) else {
                 pending.push(futures::future::Either::Left(futures::future::ready(
                     undefined(code::UNKNOWN_TOPIC_OR_PARTITION),

@@ -17,6 +17,7 @@ use sluice_net::Reader;
 
 use super::{decode_or_close, encode, str_bytes, FetchRecords};
 use crate::errors::code;
+use crate::security::Session;
 use crate::shard::Shard;
 
 /// Handles DescribeLogDirs.
@@ -24,8 +25,15 @@ pub async fn handle(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DescribeLogDirsRequest);
+    if !super::authz::Authz::of(&shard, session).cluster(crate::security::acl::Operation::Describe) {
+        // Kafka answers with no log dirs (v3+: and the error).
+        let mut response = DescribeLogDirsResponse::default();
+        response.error_code = code::CLUSTER_AUTHORIZATION_FAILED;
+        return encode(&header, &response);
+    }
     // None: every partition; otherwise only the named ones (unknown names are left out).
     let wanted: Option<BTreeMap<String, Vec<i32>>> = request.topics.map(|topics| {
         topics

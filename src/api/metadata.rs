@@ -25,8 +25,11 @@ use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 
+use super::authz::Authz;
 use super::{decode_or_close, encode, str_bytes, FetchRecords};
 use crate::errors::code;
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::metadata::controller::NewTopic;
 use crate::metadata::{validate_topic_name, TopicMeta};
 use crate::shard::Shard;
@@ -40,9 +43,11 @@ pub async fn handle(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
-    listener: &str,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, MetadataRequest);
+    let authz = Authz::of(&shard, session);
+    let listener: &str = &session.listener;
     let version = header.api_version;
     let snapshot = shard.metadata.load();
     // v0: an empty list means all topics; v1+: null means all, empty means none.
@@ -62,7 +67,13 @@ pub async fn handle(
     let mut topics = Vec::new();
     match requested {
         None => {
-            let mut all: Vec<Arc<TopicMeta>> = snapshot.topics.values().cloned().collect();
+            // Topics the principal may not describe are left out, as Kafka does.
+            let mut all: Vec<Arc<TopicMeta>> = snapshot
+                .topics
+                .values()
+                .filter(|t| authz.topic(Operation::Describe, &t.name))
+                .cloned()
+                .collect();
             all.sort_by(|a, b| a.name.cmp(&b.name));
             topics.extend(all.iter().map(|t| topic_entry(&shard, version, t)));
         }
@@ -78,6 +89,15 @@ pub async fn handle(
                         }
                     },
                 };
+                if !authz.topic(Operation::Describe, &name) {
+                    topics.push(error_entry(
+                        version,
+                        Some(&name),
+                        id,
+                        code::TOPIC_AUTHORIZATION_FAILED,
+                    ));
+                    continue;
+                }
                 if let Some(topic) = snapshot.topic(&name) {
                     topics.push(topic_entry(&shard, version, topic));
                     continue;
@@ -97,6 +117,15 @@ pub async fn handle(
                         Some(&name),
                         id,
                         code::UNKNOWN_TOPIC_OR_PARTITION,
+                    ));
+                    continue;
+                }
+                if !authz.cluster(Operation::Create) && !authz.topic(Operation::Create, &name) {
+                    topics.push(error_entry(
+                        version,
+                        Some(&name),
+                        id,
+                        code::TOPIC_AUTHORIZATION_FAILED,
                     ));
                     continue;
                 }
@@ -332,12 +361,18 @@ pub fn describe_cluster(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
-    listener: &str,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DescribeClusterRequest);
+    let listener: &str = &session.listener;
     let version = header.api_version;
     let mut response = DescribeClusterResponse::default();
     response.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+    if !Authz::of(&shard, session).cluster(Operation::Describe) {
+        response.error_code = code::CLUSTER_AUTHORIZATION_FAILED;
+        response.error_message = Some(str_bytes("not authorized to describe the cluster"));
+        return encode(&header, &response);
+    }
     if version >= 1 {
         response.endpoint_type = ENDPOINT_TYPE_BROKERS;
         if request.endpoint_type != ENDPOINT_TYPE_BROKERS {

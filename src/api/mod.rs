@@ -5,12 +5,15 @@
 //! `kafka-protocol` codecs. Must never: advertise an API or version that is not implemented,
 //! or answer a request it could not parse (the connection is closed with a log line instead).
 
+mod acls;
 mod admin;
 mod client_quotas;
+mod authz;
 mod configs;
 mod delete_records;
 mod fetch;
 pub mod fetch_session;
+mod group_acls;
 pub mod groups;
 mod leader_epochs;
 mod log_dirs;
@@ -109,6 +112,10 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(36, 0, 2), // SaslAuthenticate
     api(50, 0, 0), // DescribeUserScramCredentials
     api(51, 0, 0), // AlterUserScramCredentials
+    // ACLs (v0 removed in Kafka 4.0, KIP-896).
+    api(29, 1, 3), // DescribeAcls
+    api(30, 1, 3), // CreateAcls
+    api(31, 1, 3), // DeleteAcls
 ];
 
 /// The served range of `key`, if any.
@@ -147,40 +154,43 @@ pub async fn dispatch(
         return Response::Close;
     }
     match header.api_key {
-        0 => produce::handle(shard, header, body).await,
+        0 => produce::handle(shard, header, body, session).await,
         1 => fetch::handle(shard, header, body, session).await,
-        2 => offsets::handle(shard, header, body).await,
-        3 => metadata::handle(shard, header, body, &session.listener).await,
+        2 => offsets::handle(shard, header, body, session).await,
+        3 => metadata::handle(shard, header, body, session).await,
         18 => versions::handle(&header),
         19 => admin::create_topics(shard, header, body, session).await,
         20 => admin::delete_topics(shard, header, body, session).await,
-        21 => delete_records::handle(shard, header, body).await,
-        32 => configs::describe(shard, header, body).await,
-        33 => configs::alter(shard, header, body).await,
-        35 => log_dirs::handle(shard, header, body).await,
+        21 => delete_records::handle(shard, header, body, session).await,
+        32 => configs::describe(shard, header, body, session).await,
+        33 => configs::alter(shard, header, body, session).await,
+        35 => log_dirs::handle(shard, header, body, session).await,
         37 => admin::create_partitions(shard, header, body, session).await,
-        44 => configs::incremental_alter(shard, header, body).await,
-        60 => metadata::describe_cluster(shard, header, body, &session.listener),
-        8 => groups::offset_commit(shard, header, body).await,
-        9 => groups::offset_fetch(shard, header, body).await,
-        10 => groups::find_coordinator(shard, header, body, &session.listener),
-        11 => groups::join_group(shard, header, body, session.client_host.to_string()).await,
-        12 => groups::heartbeat(shard, header, body).await,
-        13 => groups::leave_group(shard, header, body).await,
-        14 => groups::sync_group(shard, header, body).await,
-        15 => groups::describe_groups(shard, header, body).await,
-        16 => groups::list_groups(shard, header, body).await,
-        42 => groups::delete_groups(shard, header, body).await,
-        47 => groups::offset_delete(shard, header, body).await,
-        22 => producer_ids::handle(shard, header, body).await,
-        23 => leader_epochs::handle(shard, header, body).await,
-        24 => transactions::add_partitions_to_txn(shard, header, body).await,
-        25 => transactions::add_offsets_to_txn(shard, header, body).await,
-        26 => transactions::end_txn(shard, header, body).await,
-        28 => transactions::txn_offset_commit(shard, header, body).await,
-        61 => transactions::describe_producers(shard, header, body).await,
-        65 => transactions::describe_transactions(shard, header, body).await,
-        66 => transactions::list_transactions(shard, header, body).await,
+        44 => configs::incremental_alter(shard, header, body, session).await,
+        60 => metadata::describe_cluster(shard, header, body, session),
+        8 => groups::offset_commit(shard, header, body, session).await,
+        9 => groups::offset_fetch(shard, header, body, session).await,
+        10 => groups::find_coordinator(shard, header, body, session),
+        11 => groups::join_group(shard, header, body, session).await,
+        12 => groups::heartbeat(shard, header, body, session).await,
+        13 => groups::leave_group(shard, header, body, session).await,
+        14 => groups::sync_group(shard, header, body, session).await,
+        15 => groups::describe_groups(shard, header, body, session).await,
+        16 => groups::list_groups(shard, header, body, session).await,
+        42 => groups::delete_groups(shard, header, body, session).await,
+        47 => groups::offset_delete(shard, header, body, session).await,
+        22 => producer_ids::handle(shard, header, body, session).await,
+        23 => leader_epochs::handle(shard, header, body, session).await,
+        24 => transactions::add_partitions_to_txn(shard, header, body, session).await,
+        25 => transactions::add_offsets_to_txn(shard, header, body, session).await,
+        26 => transactions::end_txn(shard, header, body, session).await,
+        28 => transactions::txn_offset_commit(shard, header, body, session).await,
+        61 => transactions::describe_producers(shard, header, body, session).await,
+        65 => transactions::describe_transactions(shard, header, body, session).await,
+        66 => transactions::list_transactions(shard, header, body, session).await,
+        29 => acls::describe(shard, header, body, session).await,
+        30 => acls::create(shard, header, body, session).await,
+        31 => acls::delete(shard, header, body, session).await,
         48 => client_quotas::describe(shard, header, body).await,
         49 => client_quotas::alter(shard, header, body).await,
         17 | 36 => sasl::without_sasl(&header),

@@ -18,7 +18,10 @@ use sluice_net::Reader;
 use sluice_storage::batch;
 
 use super::{decode_or_close, encode, FetchRecords};
+use super::authz::Authz;
 use crate::errors::code;
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::shard::Shard;
 
 const LATEST_TIMESTAMP: i64 = -1;
@@ -32,8 +35,10 @@ pub async fn handle(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, ListOffsetsRequest);
+    let authz = Authz::of(&shard, session);
     let snapshot = shard.metadata.load();
     let version = header.api_version;
     // read_committed (v2+): "latest" is the last stable offset.
@@ -42,10 +47,19 @@ pub async fn handle(
     for topic in request.topics {
         let name = topic.name.0.to_string();
         let meta = snapshot.topic(&name).cloned();
+        let authorized = authz.topic(Operation::Describe, &name);
         let mut pending = Vec::new();
         for p in &topic.partitions {
             let index = p.partition_index;
             let timestamp = p.timestamp;
+            if !authorized {
+                pending.push(futures::future::Either::Left(futures::future::ready((
+                    code::TOPIC_AUTHORIZATION_FAILED,
+                    -1,
+                    -1,
+                ))));
+                continue;
+            }
             let known = meta
                 .as_ref()
                 .is_some_and(|m| index >= 0 && index < m.partitions);

@@ -16,9 +16,12 @@ use sluice_net::produce::{encode_response, PartitionResult, ProduceRequest};
 use sluice_net::Reader;
 use sluice_storage::{Ack, AppendError};
 
+use super::authz::Authz;
 use super::FetchRecords;
 use crate::errors::code;
 use crate::idempotence::Verdict;
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::shard::Shard;
 
 /// Handles Produce.
@@ -26,6 +29,7 @@ pub async fn handle(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = match ProduceRequest::decode(body, header.api_version) {
         Ok(request) => request,
@@ -42,15 +46,31 @@ pub async fn handle(
     };
     let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64);
     let snapshot = shard.metadata.load();
+    let authz = Authz::of(&shard, session);
+    // A transactional producer needs WRITE on its transactional id, for every partition.
+    let txn_denied = authz.is_on()
+        && request.transactional_id.as_ref().is_some_and(|id| {
+            !authz.transactional_id(Operation::Write, &String::from_utf8_lossy(id))
+        });
 
     // Dispatch every partition before awaiting any, in request order (see shard.rs on order).
     let mut pending = Vec::new();
     for topic in &request.topics {
         let name = String::from_utf8_lossy(&topic.name).into_owned();
         let meta = snapshot.topic(&name);
+        // Checked per topic, before existence: a denied client learns nothing of the topic.
+        let topic_denied = authz.is_on() && !authz.topic(Operation::Write, &name);
         for partition in &topic.partitions {
             let index = partition.index;
             let early_error = match (ack, meta, &partition.records) {
+                _ if txn_denied => Some((
+                    code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    "not authorized to write with this transactional id",
+                )),
+                _ if topic_denied => Some((
+                    code::TOPIC_AUTHORIZATION_FAILED,
+                    "not authorized to write to the topic",
+                )),
                 (None, _, _) => Some((code::INVALID_REQUIRED_ACKS, "acks must be 0, 1 or -1")),
                 (_, None, _) => Some((code::UNKNOWN_TOPIC_OR_PARTITION, "unknown topic")),
                 (_, Some(meta), _) if index < 0 || index >= meta.partitions => {

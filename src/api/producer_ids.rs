@@ -11,8 +11,11 @@ use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 
+use super::authz::Authz;
 use super::{decode_or_close, encode, FetchRecords};
 use crate::errors::code;
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::shard::Shard;
 
 /// Handles InitProducerId.
@@ -20,17 +23,23 @@ pub async fn handle(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, InitProducerIdRequest);
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
+    let authz = Authz::of(&shard, session);
     if let Some(id) = request
         .transactional_id
         .as_ref()
         .filter(|id| !id.0.is_empty())
     {
         let id = id.0.to_string();
+        if !authz.transactional_id(Operation::Write, &id) {
+            response.error_code = code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+            return encode(&header, &response);
+        }
         match super::transactions::init_producer_id(&shard, id, &request).await {
             Ok((producer_id, epoch)) => {
                 response.producer_id = ProducerId(producer_id);
@@ -38,6 +47,10 @@ pub async fn handle(
             }
             Err(error_code) => response.error_code = error_code,
         }
+        return encode(&header, &response);
+    }
+    if !authz.idempotent_write() {
+        response.error_code = code::CLUSTER_AUTHORIZATION_FAILED;
         return encode(&header, &response);
     }
     // An idempotent producer that knows its id asks for the next epoch (v3+).

@@ -34,7 +34,10 @@ use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 
+use super::authz::Authz;
 use super::{decode_or_close, encode, str_bytes, FetchRecords};
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::errors::code;
 use crate::shard::Shard;
 use crate::txn::state::TxnMetadata;
@@ -172,38 +175,76 @@ fn topic_results(
         .collect()
 }
 
+/// Kafka's codes for partitions a transaction may not add: all TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+/// without WRITE on the id; else TOPIC_AUTHORIZATION_FAILED for topics without WRITE and
+/// OPERATION_NOT_ATTEMPTED for the rest. None: everything is allowed.
+fn txn_partitions_denied(authz: &Authz, id: &str, partitions: &[(String, i32)]) -> Option<Vec<i16>> {
+    const OPERATION_NOT_ATTEMPTED: i16 = 55;
+    if !authz.is_on() {
+        return None;
+    }
+    if !authz.transactional_id(Operation::Write, id) {
+        return Some(vec![code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED; partitions.len()]);
+    }
+    let denied: Vec<bool> = partitions
+        .iter()
+        .map(|(topic, _)| !authz.topic(Operation::Write, topic))
+        .collect();
+    denied.contains(&true).then(|| {
+        denied
+            .into_iter()
+            .map(|d| if d { code::TOPIC_AUTHORIZATION_FAILED } else { OPERATION_NOT_ATTEMPTED })
+            .collect()
+    })
+}
+
 /// Handles AddPartitionsToTxn: one transaction (v0–3) or several, possibly verify-only (v4+).
 pub async fn add_partitions_to_txn(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, AddPartitionsToTxnRequest);
+    let authz = Authz::of(&shard, session);
     let mut response = AddPartitionsToTxnResponse::default();
     if header.api_version <= 3 {
         let partitions = flatten(&request.v3_and_below_topics);
-        let codes = add_partitions(
-            &shard,
-            request.v3_and_below_transactional_id.0.to_string(),
-            request.v3_and_below_producer_id.0,
-            request.v3_and_below_producer_epoch,
-            partitions,
-            false,
-        )
-        .await;
+        let id = request.v3_and_below_transactional_id.0.to_string();
+        let codes = match txn_partitions_denied(&authz, &id, &partitions) {
+            Some(codes) => codes,
+            None => {
+                add_partitions(
+                    &shard,
+                    id,
+                    request.v3_and_below_producer_id.0,
+                    request.v3_and_below_producer_epoch,
+                    partitions,
+                    false,
+                )
+                .await
+            }
+        };
         response.results_by_topic_v3_and_below =
             topic_results(&request.v3_and_below_topics, &codes);
         return encode(&header, &response);
     }
+    let authz = &authz;
     let pending = request.transactions.iter().map(|txn| {
         let shard = shard.clone();
         async move {
+            let partitions = flatten(&txn.topics);
+            if let Some(codes) =
+                txn_partitions_denied(authz, txn.transactional_id.as_str(), &partitions)
+            {
+                return codes;
+            }
             add_partitions(
                 &shard,
                 txn.transactional_id.0.to_string(),
                 txn.producer_id.0,
                 txn.producer_epoch,
-                flatten(&txn.topics),
+                partitions,
                 txn.verify_only,
             )
             .await
@@ -229,8 +270,22 @@ pub async fn add_offsets_to_txn(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, AddOffsetsToTxnRequest);
+    let authz = Authz::of(&shard, session);
+    let denied = if !authz.transactional_id(Operation::Write, request.transactional_id.as_str()) {
+        Some(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+    } else if !authz.group(Operation::Read, request.group_id.as_str()) {
+        Some(code::GROUP_AUTHORIZATION_FAILED)
+    } else {
+        None
+    };
+    if let Some(error_code) = denied {
+        let mut response = AddOffsetsToTxnResponse::default();
+        response.error_code = error_code;
+        return encode(&header, &response);
+    }
     let offsets_partition = sluice_group::offsets_partition_for(&request.group_id.0);
     let id = request.transactional_id.0.to_string();
     let key = id.clone();
@@ -259,8 +314,17 @@ pub async fn end_txn(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, EndTxnRequest);
+    let authz = Authz::of(&shard, session);
+    if !authz.transactional_id(Operation::Write, request.transactional_id.as_str()) {
+        let mut response = EndTxnResponse::default();
+        response.error_code = code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+        response.producer_id = ProducerId(-1);
+        response.producer_epoch = -1;
+        return encode(&header, &response);
+    }
     let id = request.transactional_id.0.to_string();
     let key = id.clone();
     let (producer_id, epoch, commit) = (
@@ -288,25 +352,42 @@ pub async fn txn_offset_commit(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, TxnOffsetCommitRequest);
+    let authz = Authz::of(&shard, session);
     let version = header.api_version;
     let id = request.transactional_id.0.to_string();
     let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
-    let checked = on_coordinator(&shard, &id.clone(), move |s| async move {
-        s.txns.check_offset_commit(&id, producer_id, epoch)
-    })
-    .await;
+    let denied = if !authz.transactional_id(Operation::Write, &id) {
+        Some(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+    } else if !authz.group(Operation::Read, request.group_id.as_str()) {
+        Some(code::GROUP_AUTHORIZATION_FAILED)
+    } else {
+        None
+    };
+    let checked = match denied {
+        Some(error_code) => Err(error_code),
+        None => {
+            on_coordinator(&shard, &id.clone(), move |s| async move {
+                s.txns.check_offset_commit(&id, producer_id, epoch)
+            })
+            .await
+        }
+    };
     let snapshot = shard.metadata.load();
     let mut codes: Vec<Vec<i16>> = request
         .topics
         .iter()
         .map(|t| {
             let count = snapshot.topic(&t.name.0).map(|m| m.partitions);
+            let topic_allowed = authz.topic(Operation::Read, t.name.as_str());
             t.partitions
                 .iter()
                 .map(|p| {
-                    if count.is_some_and(|n| (0..n).contains(&p.partition_index)) {
+                    if !topic_allowed {
+                        code::TOPIC_AUTHORIZATION_FAILED
+                    } else if count.is_some_and(|n| (0..n).contains(&p.partition_index)) {
                         code::NONE
                     } else {
                         code::UNKNOWN_TOPIC_OR_PARTITION
@@ -406,8 +487,10 @@ pub async fn list_transactions(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, ListTransactionsRequest);
+    let authz = Authz::of(&shard, session);
     let states: Vec<String> = request
         .state_filters
         .iter()
@@ -451,6 +534,9 @@ pub async fn list_transactions(
                 || (!producers.is_empty() && !producers.contains(&meta.producer_id))
                 || (request.duration_filter >= 0 && running_ms < request.duration_filter)
             {
+                continue;
+            }
+            if !authz.transactional_id(Operation::Describe, &id) {
                 continue;
             }
             let mut state = ListedState::default();
@@ -503,13 +589,19 @@ pub async fn describe_transactions(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DescribeTransactionsRequest);
+    let authz = Authz::of(&shard, session);
+    let authz = &authz;
     let pending = request.transactional_ids.iter().map(|id| {
         let id = id.0.to_string();
         let shard = shard.clone();
         async move {
             let key = id.clone();
+            if !authz.transactional_id(Operation::Describe, &id) {
+                return described(&key, Err(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED));
+            }
             let result =
                 on_coordinator(&shard, &key, move |s| async move { s.txns.describe(&id) }).await;
             described(&key, result)
@@ -526,19 +618,27 @@ pub async fn describe_producers(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DescribeProducersRequest);
+    let authz = Authz::of(&shard, session);
     let snapshot = shard.metadata.load();
     let mut response = DescribeProducersResponse::default();
     for topic in &request.topics {
         let name = topic.name.0.to_string();
         let count = snapshot.topic(&name).map(|m| m.partitions);
+        let topic_allowed = authz.topic(Operation::Read, &name);
         let mut out = TopicResponse::default();
         out.name = topic.name.clone();
         for index in &topic.partition_indexes {
             let index = *index;
             let mut partition = PartitionResponse::default();
             partition.partition_index = index;
+            if !topic_allowed {
+                partition.error_code = code::TOPIC_AUTHORIZATION_FAILED;
+                out.partitions.push(partition);
+                continue;
+            }
             if !count.is_some_and(|n| (0..n).contains(&index)) {
                 partition.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
                 out.partitions.push(partition);

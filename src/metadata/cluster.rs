@@ -82,6 +82,10 @@ pub fn derive(current: &MetadataSnapshot, state: &Arc<ClusterState>) -> Metadata
         &current.scram_local,
         &state.scram,
     ));
+    // ACLs are the quorum's alone; the index is rebuilt only when they changed.
+    if *next.acls.bindings() != state.acls {
+        next.acls = Arc::new(crate::security::acl::AclSet::new(state.acls.clone()));
+    }
     next.epoch += 1;
     next.cluster = Some(state.clone());
     next
@@ -147,5 +151,29 @@ mod tests {
             ..ClusterState::default()
         };
         assert_eq!(derive(&local, &Arc::new(named)).cluster_id, "quorum");
+    }
+
+    #[test]
+    fn acls_come_from_the_cluster_state() {
+        let binding = sluice_cluster::acl::AclRecord {
+            resource_type: 2,
+            resource_name: "t".into(),
+            pattern_type: 3,
+            principal: "User:a".into(),
+            host: "*".into(),
+            operation: 3,
+            permission: 3,
+        };
+        let mut state = ClusterState::default();
+        state.apply(
+            1,
+            &Command::AlterAcls {
+                create: vec![binding.clone()],
+                delete: Vec::new(),
+            },
+        );
+        let next = derive(&MetadataSnapshot::default(), &Arc::new(state));
+        assert_eq!(next.acls.bindings().iter().collect::<Vec<_>>(), [&binding]);
+        assert!(startup(&next).acls.is_empty());
     }
 }

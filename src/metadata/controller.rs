@@ -360,6 +360,23 @@ impl Controller {
         Ok(())
     }
 
+    /// Commits the record `change` builds from the current snapshot (under the lock, so it
+    /// sees every earlier change) and publishes it; `Ok(None)` from `change`: nothing to
+    /// write. For changes no shard has to act on (ACLs); returns what `change` returned.
+    pub async fn commit_change<T>(
+        &self,
+        shard: &Shard,
+        change: impl FnOnce(&MetadataSnapshot) -> Result<(Option<MetadataRecord>, T), AdminError>,
+    ) -> Result<T, AdminError> {
+        let mut log = self.lock.lock().await;
+        let (record, outcome) = change(&shard.metadata.load())?;
+        if let Some(record) = record {
+            let next = Self::commit(&mut log, shard, record).await?;
+            shard.metadata.publish(next);
+        }
+        Ok(outcome)
+    }
+
     /// Replaces (incremental = false) or merges topic config overrides.
     pub async fn alter_topic_configs(
         &self,

@@ -188,3 +188,28 @@ pub async fn create_partitions(
     .await;
     Ok(())
 }
+
+/// Removes `delete` and adds `create` ACL bindings through the quorum; answers once this
+/// broker's snapshot has the change.
+pub async fn change_acls(
+    shard: &Shard,
+    create: Vec<crate::security::acl::AclRecord>,
+    delete: Vec<crate::security::acl::AclRecord>,
+) -> Result<(), AdminError> {
+    let admin = shard.metadata.admin().ok_or_else(not_in_cluster)?;
+    let expected_present = create.clone();
+    let expected_gone = delete.clone();
+    admin
+        .alter_acls(sluice_cluster::wire::AlterAclsRequest { create, delete })
+        .await
+        .map_err(|error| kafka_error(TopicAdminError::Rpc(error)))?;
+    published(shard, |s| {
+        let bindings = s.acls.bindings();
+        expected_present.iter().all(|b| bindings.contains(b))
+            && expected_gone
+                .iter()
+                .all(|b| !bindings.contains(b) || expected_present.contains(b))
+    })
+    .await;
+    Ok(())
+}

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use super::{MetadataSnapshot, TopicMeta};
 use crate::security::sasl::scram::{ScramCredential, ScramMechanism};
+use crate::security::acl::AclRecord;
 
 /// One change to the cluster metadata.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -98,6 +99,16 @@ pub enum MetadataRecord {
         /// mechanism
         mechanism: ScramMechanism,
     },
+    /// ACL bindings were added (CreateAcls).
+    CreateAcls {
+        /// the bindings
+        acls: Vec<AclRecord>,
+    },
+    /// ACL bindings were removed (DeleteAcls: the bindings its filters matched).
+    DeleteAcls {
+        /// the bindings
+        acls: Vec<AclRecord>,
+    },
 }
 
 /// Applies a record to a snapshot under construction.
@@ -163,6 +174,12 @@ pub fn apply(snapshot: &mut MetadataSnapshot, record: &MetadataRecord) {
             for store in [&mut snapshot.scram, &mut snapshot.scram_local] {
                 std::sync::Arc::make_mut(store).remove(user, *mechanism);
             }
+        }
+        MetadataRecord::CreateAcls { acls } => {
+            snapshot.acls = std::sync::Arc::new(snapshot.acls.with(acls));
+        }
+        MetadataRecord::DeleteAcls { acls } => {
+            snapshot.acls = std::sync::Arc::new(snapshot.acls.without(acls));
         }
     }
     snapshot.epoch += 1;
@@ -618,6 +635,35 @@ mod tests {
         assert_eq!(snapshot.topic("a").unwrap().partitions, 5);
         assert_eq!(snapshot.names_by_id.get(&id).map(String::as_str), Some("a"));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), intact_len);
+    }
+
+    #[test]
+    fn acl_records_replay_into_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let binding = |name: &str| AclRecord {
+            resource_type: 2,
+            resource_name: name.into(),
+            pattern_type: 3,
+            principal: "User:alice".into(),
+            host: "*".into(),
+            operation: 3,
+            permission: 3,
+        };
+        {
+            let (mut log, _) = MetadataLog::open(dir.path()).unwrap();
+            let acls = vec![binding("a"), binding("b")];
+            log.append(&MetadataRecord::CreateAcls { acls }).unwrap();
+            let acls = vec![binding("a")];
+            log.append(&MetadataRecord::DeleteAcls { acls }).unwrap();
+        }
+        let (_, snapshot) = MetadataLog::open(dir.path()).unwrap();
+        let names: Vec<&str> = snapshot
+            .acls
+            .bindings()
+            .iter()
+            .map(|b| b.resource_name.as_str())
+            .collect();
+        assert_eq!(names, ["b"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! the log later without touching readers.
 
 pub mod cluster;
+pub mod acls;
 pub mod controller;
 pub mod forward;
 pub mod log;
@@ -66,6 +67,8 @@ pub struct MetadataSnapshot {
     pub scram: Arc<crate::security::sasl::ScramCredentials>,
     /// The credentials of this broker's own metadata log (`sluice users add --data-dir`).
     pub scram_local: Arc<crate::security::sasl::ScramCredentials>,
+    /// The ACL bindings (CreateAcls), indexed for the authorizer.
+    pub acls: Arc<crate::security::acl::AclSet>,
 }
 
 impl MetadataSnapshot {

@@ -7,6 +7,7 @@
 //! the transport's). The principal starts as `User:ANONYMOUS`, as on a Kafka PLAINTEXT
 //! listener, and only authentication (a TLS client certificate, a SASL exchange) replaces it.
 
+pub mod acl;
 pub mod listener;
 pub mod quota;
 pub mod sasl;
