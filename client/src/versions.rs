@@ -32,6 +32,7 @@ pub fn client_version_max(api_key: i16) -> i16 {
         Ok(ApiKey::CreatePartitions) => 3,
         Ok(ApiKey::DeleteGroups) => 2,
         Ok(ApiKey::OffsetForLeaderEpoch) => 4,
+        Ok(ApiKey::DescribeAcls | ApiKey::CreateAcls | ApiKey::DeleteAcls) => 3,
         _ => 0,
     }
 }
@@ -59,6 +60,9 @@ pub fn api_name(api_key: i16) -> &'static str {
         Ok(ApiKey::CreatePartitions) => "CreatePartitions",
         Ok(ApiKey::DeleteGroups) => "DeleteGroups",
         Ok(ApiKey::OffsetForLeaderEpoch) => "OffsetForLeaderEpoch",
+        Ok(ApiKey::DescribeAcls) => "DescribeAcls",
+        Ok(ApiKey::CreateAcls) => "CreateAcls",
+        Ok(ApiKey::DeleteAcls) => "DeleteAcls",
         _ => "Unknown",
     }
 }

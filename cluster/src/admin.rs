@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::broker::{BrokerView, Controllers};
 use crate::wire::{
-    AllocateProducerIdsRequest, AlterAclsRequest, AlterPartitionRequest, BrokerRpcError, ProducerIdBlock, Request,
-    Response, TopicAdminError, TopicAdminReply, TopicAdminRequest,
+    AllocateProducerIdsRequest, AlterAclsRequest, AlterPartitionRequest, BrokerRpcError,
+    ProducerIdBlock, Request, Response, TopicAdminError, TopicAdminReply, TopicAdminRequest,
 };
 use crate::{ClusterSettings, NodeId};
 

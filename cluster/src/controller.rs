@@ -16,9 +16,8 @@ use tokio::sync::watch;
 use crate::leadership::{self, Election, ElectionOutcome, PartitionId};
 use crate::state::{BrokerId, ClusterState, Command, CommandReply, PRODUCER_ID_BLOCK_LEN};
 use crate::wire::{
-    AlterAclsRequest,
-    AllocateProducerIdsRequest, AlterPartitionRequest, BrokerRpcError, HeartbeatReply,
-    HeartbeatRequest, ProducerIdBlock, RegisterReply, RegisterRequest,
+    AllocateProducerIdsRequest, AlterAclsRequest, AlterPartitionRequest, BrokerRpcError,
+    HeartbeatReply, HeartbeatRequest, ProducerIdBlock, RegisterReply, RegisterRequest,
 };
 use crate::{NodeId, Raft};
 

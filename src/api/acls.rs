@@ -156,7 +156,12 @@ pub async fn describe(
     }
     let snapshot = shard.metadata.load();
     let mut by_resource: BTreeMap<(i8, &str, i8), Vec<AclDescription>> = BTreeMap::new();
-    for binding in snapshot.acls.bindings().iter().filter(|b| filter.matches(b)) {
+    for binding in snapshot
+        .acls
+        .bindings()
+        .iter()
+        .filter(|b| filter.matches(b))
+    {
         let mut acl = AclDescription::default();
         acl.principal = str_bytes(&binding.principal);
         acl.host = str_bytes(&binding.host);

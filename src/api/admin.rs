@@ -24,11 +24,11 @@ use super::authz::Authz;
 use super::{decode_or_close, encode, str_bytes, FetchRecords};
 use crate::config::TOPIC_CONFIGS;
 use crate::errors::code;
-use crate::security::acl::Operation;
-use crate::security::Session;
 use crate::metadata::controller::{AdminError, NewTopic};
 use crate::metadata::forward;
+use crate::security::acl::Operation;
 use crate::security::quota::enforce::MutationCharge;
+use crate::security::Session;
 use crate::shard::Shard;
 
 /// Runs `f` with the controller on shard 0.
@@ -269,9 +269,10 @@ pub async fn delete_topics(
     for (name, id) in targets {
         let (n, i) = (name.clone(), id);
         // By id, the name it has now decides; an unknown id falls through to the usual error.
-        let checked_name = name.clone().filter(|n| !n.is_empty()).or_else(|| {
-            id.and_then(|id| shard.metadata.load().names_by_id.get(&id).cloned())
-        });
+        let checked_name = name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| id.and_then(|id| shard.metadata.load().names_by_id.get(&id).cloned()));
         let denied = authz.is_on()
             && checked_name
                 .as_deref()

@@ -19,12 +19,12 @@ use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 
+use super::authz::Authz;
 use super::{decode_or_close, encode, str_bytes, FetchRecords};
 use crate::config::{SETTINGS, TOPIC_CONFIGS};
-use super::authz::Authz;
+use crate::errors::code;
 use crate::security::acl::Operation;
 use crate::security::Session;
-use crate::errors::code;
 use crate::shard::Shard;
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -233,7 +233,12 @@ pub async fn describe(
 
 /// The authorization error for `operation` on a config resource, if denied: a topic's
 /// configs need it on the topic, a broker's on the cluster.
-fn config_denied(authz: &Authz, resource_type: i8, name: &str, operation: Operation) -> Option<i16> {
+fn config_denied(
+    authz: &Authz,
+    resource_type: i8,
+    name: &str,
+    operation: Operation,
+) -> Option<i16> {
     match resource_type {
         RESOURCE_TOPIC if !authz.topic(operation, name) => Some(code::TOPIC_AUTHORIZATION_FAILED),
         RESOURCE_BROKER if !authz.cluster(operation) => Some(code::CLUSTER_AUTHORIZATION_FAILED),
@@ -253,7 +258,9 @@ async fn alter_all(
 ) -> Vec<(i16, Option<String>)> {
     let mut outcomes = Vec::with_capacity(resources.len());
     for (resource_type, name, changes) in resources {
-        if let Some(error_code) = config_denied(authz, resource_type, &name, Operation::AlterConfigs) {
+        if let Some(error_code) =
+            config_denied(authz, resource_type, &name, Operation::AlterConfigs)
+        {
             outcomes.push((error_code, Some("Authorization failed.".to_string())));
             continue;
         }

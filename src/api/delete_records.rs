@@ -15,9 +15,9 @@ use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 
+use super::authz::Authz;
 use super::{decode_or_close, encode, FetchRecords};
 use crate::errors::code;
-use super::authz::Authz;
 use crate::security::acl::Operation;
 use crate::security::Session;
 use crate::shard::Shard;

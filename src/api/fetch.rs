@@ -29,8 +29,8 @@ use super::authz::Authz;
 use super::decode_or_close;
 use super::fetch_session::{CachedPartition, Kind, PartitionKey};
 use crate::errors::code;
-use crate::security::quota::enforce::FetchCharge;
 use crate::security::acl::Operation;
+use crate::security::quota::enforce::FetchCharge;
 use crate::shard::Shard;
 
 /// Record data of one partition in a Fetch response: tail-cache bytes or file ranges.
@@ -169,7 +169,14 @@ pub async fn handle(
         Kind::Incremental { session_id } => shard.fetch_sessions.borrow().partitions(session_id),
     };
     let authz = Authz::of(&shard, session);
-    let topics = topic_fetches(&shard, &snapshot, version, &to_read, &authz, replica.is_some());
+    let topics = topic_fetches(
+        &shard,
+        &snapshot,
+        version,
+        &to_read,
+        &authz,
+        replica.is_some(),
+    );
 
     // fetch.max.bytes caps the response whatever the client asks (v0-v2 have no max_bytes of
     // their own); partition limits still apply, and the first batch goes out even when larger.

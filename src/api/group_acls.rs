@@ -83,24 +83,40 @@ pub(crate) fn split_delete(
 /// Applies topic DESCRIBE to a v1–7 OffsetFetch answer: an all-topics fetch drops the
 /// topics, a named one reports TOPIC_AUTHORIZATION_FAILED for them.
 pub(crate) fn filter_fetch(authz: &Authz, all_topics: bool, response: &mut OffsetFetchResponse) {
-    filter_topics(authz, all_topics, &mut response.topics, |t| t.name.as_str(), |t| {
-        for p in &mut t.partitions {
-            p.committed_offset = -1;
-            p.metadata = None;
-            p.error_code = code::TOPIC_AUTHORIZATION_FAILED;
-        }
-    });
+    filter_topics(
+        authz,
+        all_topics,
+        &mut response.topics,
+        |t| t.name.as_str(),
+        |t| {
+            for p in &mut t.partitions {
+                p.committed_offset = -1;
+                p.metadata = None;
+                p.error_code = code::TOPIC_AUTHORIZATION_FAILED;
+            }
+        },
+    );
 }
 
 /// [`filter_fetch`] for one group of a v8 OffsetFetch.
-pub(crate) fn filter_fetch_group(authz: &Authz, all_topics: bool, group: &mut OffsetFetchResponseGroup) {
-    filter_topics(authz, all_topics, &mut group.topics, |t| t.name.as_str(), |t| {
-        for p in &mut t.partitions {
-            p.committed_offset = -1;
-            p.metadata = None;
-            p.error_code = code::TOPIC_AUTHORIZATION_FAILED;
-        }
-    });
+pub(crate) fn filter_fetch_group(
+    authz: &Authz,
+    all_topics: bool,
+    group: &mut OffsetFetchResponseGroup,
+) {
+    filter_topics(
+        authz,
+        all_topics,
+        &mut group.topics,
+        |t| t.name.as_str(),
+        |t| {
+            for p in &mut t.partitions {
+                p.committed_offset = -1;
+                p.metadata = None;
+                p.error_code = code::TOPIC_AUTHORIZATION_FAILED;
+            }
+        },
+    );
 }
 
 fn filter_topics<T>(

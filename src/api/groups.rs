@@ -15,9 +15,9 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{
     BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
-    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListGroupsResponse,
-    HeartbeatResponse, LeaveGroupResponse, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
+    HeartbeatResponse, JoinGroupRequest, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use sluice_group::{offsets_partition_for, ClientInfo, GroupCoordinator};
 use sluice_net::connection::Response;
@@ -250,7 +250,12 @@ macro_rules! single_group_api {
 
 single_group_api!(sync_group, SyncGroupRequest, SyncGroupResponse, sync_group);
 single_group_api!(heartbeat, HeartbeatRequest, HeartbeatResponse, heartbeat);
-single_group_api!(leave_group, LeaveGroupRequest, LeaveGroupResponse, leave_group);
+single_group_api!(
+    leave_group,
+    LeaveGroupRequest,
+    LeaveGroupResponse,
+    leave_group
+);
 
 /// Handles OffsetCommit: READ on the group, and on each topic (denied topics are answered
 /// with TOPIC_AUTHORIZATION_FAILED and not committed).

@@ -60,7 +60,8 @@ pub async fn handle(
     for topic in request.topics {
         let name = topic.topic.0.to_string();
         let meta = snapshot.topic(&name).cloned();
-        let authorized = replica_allowed && (!from_consumer || authz.topic(Operation::Describe, &name));
+        let authorized =
+            replica_allowed && (!from_consumer || authz.topic(Operation::Describe, &name));
         let mut pending = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
             let index = p.partition;

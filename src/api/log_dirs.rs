@@ -28,7 +28,8 @@ pub async fn handle(
     session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DescribeLogDirsRequest);
-    if !super::authz::Authz::of(&shard, session).cluster(crate::security::acl::Operation::Describe) {
+    if !super::authz::Authz::of(&shard, session).cluster(crate::security::acl::Operation::Describe)
+    {
         // Kafka answers with no log dirs (v3+: and the error).
         let mut response = DescribeLogDirsResponse::default();
         response.error_code = code::CLUSTER_AUTHORIZATION_FAILED;

@@ -28,10 +28,10 @@ use sluice_net::Reader;
 use super::authz::Authz;
 use super::{decode_or_close, encode, str_bytes, FetchRecords};
 use crate::errors::code;
-use crate::security::acl::Operation;
-use crate::security::Session;
 use crate::metadata::controller::NewTopic;
 use crate::metadata::{validate_topic_name, TopicMeta};
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::shard::Shard;
 use sluice_cluster::state::ClusterState;
 

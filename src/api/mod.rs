@@ -7,8 +7,8 @@
 
 mod acls;
 mod admin;
-mod client_quotas;
 mod authz;
+mod client_quotas;
 mod configs;
 mod delete_records;
 mod fetch;

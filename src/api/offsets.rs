@@ -17,8 +17,8 @@ use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 use sluice_storage::batch;
 
-use super::{decode_or_close, encode, FetchRecords};
 use super::authz::Authz;
+use super::{decode_or_close, encode, FetchRecords};
 use crate::errors::code;
 use crate::security::acl::Operation;
 use crate::security::Session;

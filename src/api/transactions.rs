@@ -36,9 +36,9 @@ use sluice_net::Reader;
 
 use super::authz::Authz;
 use super::{decode_or_close, encode, str_bytes, FetchRecords};
+use crate::errors::code;
 use crate::security::acl::Operation;
 use crate::security::Session;
-use crate::errors::code;
 use crate::shard::Shard;
 use crate::txn::state::TxnMetadata;
 
@@ -178,13 +178,20 @@ fn topic_results(
 /// Kafka's codes for partitions a transaction may not add: all TRANSACTIONAL_ID_AUTHORIZATION_FAILED
 /// without WRITE on the id; else TOPIC_AUTHORIZATION_FAILED for topics without WRITE and
 /// OPERATION_NOT_ATTEMPTED for the rest. None: everything is allowed.
-fn txn_partitions_denied(authz: &Authz, id: &str, partitions: &[(String, i32)]) -> Option<Vec<i16>> {
+fn txn_partitions_denied(
+    authz: &Authz,
+    id: &str,
+    partitions: &[(String, i32)],
+) -> Option<Vec<i16>> {
     const OPERATION_NOT_ATTEMPTED: i16 = 55;
     if !authz.is_on() {
         return None;
     }
     if !authz.transactional_id(Operation::Write, id) {
-        return Some(vec![code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED; partitions.len()]);
+        return Some(vec![
+            code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+            partitions.len()
+        ]);
     }
     let denied: Vec<bool> = partitions
         .iter()
@@ -193,7 +200,13 @@ fn txn_partitions_denied(authz: &Authz, id: &str, partitions: &[(String, i32)]) 
     denied.contains(&true).then(|| {
         denied
             .into_iter()
-            .map(|d| if d { code::TOPIC_AUTHORIZATION_FAILED } else { OPERATION_NOT_ATTEMPTED })
+            .map(|d| {
+                if d {
+                    code::TOPIC_AUTHORIZATION_FAILED
+                } else {
+                    OPERATION_NOT_ATTEMPTED
+                }
+            })
             .collect()
     })
 }

@@ -79,7 +79,9 @@ pub async fn delete(
 
 async fn on_controller<F>(shard: &Rc<Shard>, change: F) -> Result<Vec<Vec<AclRecord>>, AdminError>
 where
-    F: FnOnce(&MetadataSnapshot) -> Result<(Option<MetadataRecord>, Vec<Vec<AclRecord>>), AdminError>
+    F: FnOnce(
+            &MetadataSnapshot,
+        ) -> Result<(Option<MetadataRecord>, Vec<Vec<AclRecord>>), AdminError>
         + Send
         + 'static,
 {

@@ -8,8 +8,8 @@
 //! changed by anyone but the controller — a replicated controller (e.g. on openraft) replaces
 //! the log later without touching readers.
 
-pub mod cluster;
 pub mod acls;
+pub mod cluster;
 pub mod controller;
 pub mod forward;
 pub mod log;

@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use crate::client::Client;
 use crate::conn::ConnectOptions;
 
+pub mod acls;
 pub mod consume;
 pub mod format;
 pub mod groups;
@@ -74,6 +75,11 @@ pub enum ToolCommand {
         after_help = "Examples:\n  sluice groups list\n  sluice groups describe billing\n  sluice groups reset-offsets billing --topic orders --to-earliest"
     )]
     Groups(groups::GroupsArgs),
+    /// Add, list and remove ACLs (the broker needs authorizer.class.name set)
+    #[command(
+        after_help = "Examples:\n  sluice acls add --allow-principal User:alice --operation Read --topic orders\n  sluice acls add --allow-principal User:bob --operation Write --topic pay- --resource-pattern-type prefixed\n  sluice acls list --topic orders\n  sluice acls remove --allow-principal User:alice --operation Read --topic orders"
+    )]
+    Acls(acls::AclsArgs),
     /// Load generator: produce, consume and end-to-end latency benchmarks
     #[command(
         after_help = "Examples:\n  sluice bench produce --topic bench --records 1000000 --record-size 1024 --acks all\n  sluice bench produce --topic bench --rate 50000 --duration 30s --json\n  sluice bench e2e --topic e2e --rate 10000 --duration 20s --hgrm e2e.hgrm"
@@ -111,6 +117,7 @@ pub fn run(cmd: ToolCommand) -> ExitCode {
             ToolCommand::Produce(args) => produce::run(args).await,
             ToolCommand::Consume(args) => consume::run(args).await,
             ToolCommand::Groups(args) => groups::run(args).await,
+            ToolCommand::Acls(args) => acls::run(args).await,
             ToolCommand::Bench(args) => crate::bench::run(args).await,
         }
     });

@@ -84,10 +84,7 @@ impl AclSet {
             let host = if binding.host == WILDCARD {
                 HostMatch::Any
             } else {
-                binding
-                    .host
-                    .parse()
-                    .map_or(HostMatch::Never, HostMatch::Ip)
+                binding.host.parse().map_or(HostMatch::Never, HostMatch::Ip)
             };
             let entry = Entry {
                 principal_kind: kind.into(),
@@ -195,7 +192,12 @@ impl AclSet {
     /// producer without IDEMPOTENT_WRITE on the cluster (`authorizeByResourceType`, here
     /// simplified to the wildcard deny, since a literal or prefixed deny leaves other topics
     /// writable anyway).
-    pub fn any_topic_allows(&self, principal: &Principal, host: IpAddr, operation: Operation) -> bool {
+    pub fn any_topic_allows(
+        &self,
+        principal: &Principal,
+        host: IpAddr,
+        operation: Operation,
+    ) -> bool {
         let index = &self.by_type[ResourceType::Topic.slot()];
         let applies = |entry: &&Entry| entry.applies_to(principal, host);
         let denied = index
@@ -235,7 +237,14 @@ mod tests {
 
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-    fn acl(rtype: ResourceType, name: &str, pattern: i8, who: &str, op: Operation, allow: bool) -> AclRecord {
+    fn acl(
+        rtype: ResourceType,
+        name: &str,
+        pattern: i8,
+        who: &str,
+        op: Operation,
+        allow: bool,
+    ) -> AclRecord {
         AclRecord {
             resource_type: rtype as i8,
             resource_name: name.into(),
@@ -243,7 +252,11 @@ mod tests {
             principal: who.into(),
             host: "*".into(),
             operation: op as i8,
-            permission: if allow { permission::ALLOW } else { permission::DENY },
+            permission: if allow {
+                permission::ALLOW
+            } else {
+                permission::DENY
+            },
         }
     }
 
@@ -258,71 +271,196 @@ mod tests {
     #[test]
     fn literal_prefixed_and_wildcard_names() {
         let acls = set(vec![
-            acl(ResourceType::Topic, "orders", pattern::LITERAL, "User:alice", Operation::Read, true),
-            acl(ResourceType::Topic, "pay", pattern::PREFIXED, "User:bob", Operation::Write, true),
-            acl(ResourceType::Topic, "*", pattern::LITERAL, "User:carol", Operation::All, true),
+            acl(
+                ResourceType::Topic,
+                "orders",
+                pattern::LITERAL,
+                "User:alice",
+                Operation::Read,
+                true,
+            ),
+            acl(
+                ResourceType::Topic,
+                "pay",
+                pattern::PREFIXED,
+                "User:bob",
+                Operation::Write,
+                true,
+            ),
+            acl(
+                ResourceType::Topic,
+                "*",
+                pattern::LITERAL,
+                "User:carol",
+                Operation::All,
+                true,
+            ),
         ]);
-        assert_eq!(topic(&acls, "alice", Operation::Read, "orders"), Verdict::Allowed);
+        assert_eq!(
+            topic(&acls, "alice", Operation::Read, "orders"),
+            Verdict::Allowed
+        );
         // The literal `orders` is not a prefix: `orders2` has bindings (the wildcard) but
         // none for alice.
-        assert_eq!(topic(&acls, "alice", Operation::Read, "orders2"), Verdict::Denied);
-        assert_eq!(topic(&acls, "bob", Operation::Write, "payments"), Verdict::Allowed);
+        assert_eq!(
+            topic(&acls, "alice", Operation::Read, "orders2"),
+            Verdict::Denied
+        );
+        assert_eq!(
+            topic(&acls, "bob", Operation::Write, "payments"),
+            Verdict::Allowed
+        );
         assert_eq!(topic(&acls, "bob", Operation::Write, "pa"), Verdict::Denied);
-        assert_eq!(topic(&acls, "carol", Operation::Delete, "anything"), Verdict::Allowed);
-        assert_eq!(topic(&acls, "alice", Operation::Write, "orders"), Verdict::Denied);
+        assert_eq!(
+            topic(&acls, "carol", Operation::Delete, "anything"),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            topic(&acls, "alice", Operation::Write, "orders"),
+            Verdict::Denied
+        );
         // Groups have no bindings at all.
-        let group = acls.verdict(&Principal::user("alice"), LOCAL, Operation::Read, ResourceType::Group, "g");
+        let group = acls.verdict(
+            &Principal::user("alice"),
+            LOCAL,
+            Operation::Read,
+            ResourceType::Group,
+            "g",
+        );
         assert_eq!(group, Verdict::NoAcls);
     }
 
     #[test]
     fn deny_wins_and_does_not_imply() {
         let acls = set(vec![
-            acl(ResourceType::Topic, "t", pattern::LITERAL, "User:*", Operation::All, true),
-            acl(ResourceType::Topic, "t", pattern::PREFIXED, "User:mallory", Operation::Read, false),
+            acl(
+                ResourceType::Topic,
+                "t",
+                pattern::LITERAL,
+                "User:*",
+                Operation::All,
+                true,
+            ),
+            acl(
+                ResourceType::Topic,
+                "t",
+                pattern::PREFIXED,
+                "User:mallory",
+                Operation::Read,
+                false,
+            ),
         ]);
-        assert_eq!(topic(&acls, "alice", Operation::Read, "t"), Verdict::Allowed);
-        assert_eq!(topic(&acls, "mallory", Operation::Read, "t"), Verdict::Denied);
-        assert_eq!(topic(&acls, "mallory", Operation::Read, "tx"), Verdict::Denied);
+        assert_eq!(
+            topic(&acls, "alice", Operation::Read, "t"),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            topic(&acls, "mallory", Operation::Read, "t"),
+            Verdict::Denied
+        );
+        assert_eq!(
+            topic(&acls, "mallory", Operation::Read, "tx"),
+            Verdict::Denied
+        );
         // A denied READ does not deny DESCRIBE; the wildcard ALL still allows it.
-        assert_eq!(topic(&acls, "mallory", Operation::Describe, "t"), Verdict::Allowed);
-        assert_eq!(topic(&acls, "mallory", Operation::Write, "t"), Verdict::Allowed);
+        assert_eq!(
+            topic(&acls, "mallory", Operation::Describe, "t"),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            topic(&acls, "mallory", Operation::Write, "t"),
+            Verdict::Allowed
+        );
     }
 
     #[test]
     fn allow_implies_describe() {
-        let acls = set(vec![acl(ResourceType::Topic, "t", pattern::LITERAL, "User:a", Operation::Write, true)]);
-        assert_eq!(topic(&acls, "a", Operation::Describe, "t"), Verdict::Allowed);
+        let acls = set(vec![acl(
+            ResourceType::Topic,
+            "t",
+            pattern::LITERAL,
+            "User:a",
+            Operation::Write,
+            true,
+        )]);
+        assert_eq!(
+            topic(&acls, "a", Operation::Describe, "t"),
+            Verdict::Allowed
+        );
         assert_eq!(topic(&acls, "a", Operation::Read, "t"), Verdict::Denied);
     }
 
     #[test]
     fn hosts_match_exactly_or_by_wildcard() {
-        let mut only_remote = acl(ResourceType::Topic, "t", pattern::LITERAL, "User:a", Operation::Read, true);
+        let mut only_remote = acl(
+            ResourceType::Topic,
+            "t",
+            pattern::LITERAL,
+            "User:a",
+            Operation::Read,
+            true,
+        );
         only_remote.host = "10.0.0.1".into();
         let mut by_name = only_remote.clone();
         by_name.host = "localhost".into();
         let acls = set(vec![only_remote, by_name]);
         assert_eq!(topic(&acls, "a", Operation::Read, "t"), Verdict::Denied);
         let remote = "10.0.0.1".parse().expect("ip");
-        let verdict = acls.verdict(&Principal::user("a"), remote, Operation::Read, ResourceType::Topic, "t");
+        let verdict = acls.verdict(
+            &Principal::user("a"),
+            remote,
+            Operation::Read,
+            ResourceType::Topic,
+            "t",
+        );
         assert_eq!(verdict, Verdict::Allowed);
     }
 
     #[test]
     fn prefixes_respect_char_boundaries() {
-        let acls = set(vec![acl(ResourceType::Topic, "é", pattern::PREFIXED, "User:a", Operation::Read, true)]);
+        let acls = set(vec![acl(
+            ResourceType::Topic,
+            "é",
+            pattern::PREFIXED,
+            "User:a",
+            Operation::Read,
+            true,
+        )]);
         assert_eq!(topic(&acls, "a", Operation::Read, "éa"), Verdict::Allowed);
         assert_eq!(topic(&acls, "a", Operation::Read, "e"), Verdict::NoAcls);
     }
 
     #[test]
     fn idempotent_write_by_any_topic() {
-        let acls = set(vec![acl(ResourceType::Topic, "p", pattern::PREFIXED, "User:a", Operation::Write, true)]);
+        let acls = set(vec![acl(
+            ResourceType::Topic,
+            "p",
+            pattern::PREFIXED,
+            "User:a",
+            Operation::Write,
+            true,
+        )]);
         assert!(acls.any_topic_allows(&Principal::user("a"), LOCAL, Operation::Write));
         assert!(!acls.any_topic_allows(&Principal::user("b"), LOCAL, Operation::Write));
-        let denied = acls.with(&[acl(ResourceType::Topic, "*", pattern::LITERAL, "User:a", Operation::Write, false)]);
+        let denied = acls.with(&[acl(
+            ResourceType::Topic,
+            "*",
+            pattern::LITERAL,
+            "User:a",
+            Operation::Write,
+            false,
+        )]);
         assert!(!denied.any_topic_allows(&Principal::user("a"), LOCAL, Operation::Write));
-        assert_eq!(denied.without(&[acl(ResourceType::Topic, "*", pattern::LITERAL, "User:a", Operation::Write, false)]), acls);
+        assert_eq!(
+            denied.without(&[acl(
+                ResourceType::Topic,
+                "*",
+                pattern::LITERAL,
+                "User:a",
+                Operation::Write,
+                false
+            )]),
+            acls
+        );
     }
 }

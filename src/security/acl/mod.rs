@@ -52,7 +52,11 @@ impl Authorizer {
             }
         }
         let mut users = Vec::new();
-        for entry in super_users.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        for entry in super_users
+            .split(';')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
             let (kind, name) = split_principal(entry)
                 .ok_or_else(|| format!("super user '{entry}' is not Type:name (User:admin)"))?;
             users.push((kind.into(), name.into()));
@@ -121,7 +125,14 @@ mod tests {
             .flatten()
             .expect("authorizer");
         let check = |auth: &Authorizer, who: &str| {
-            auth.allows(&acls, &Principal::user(who), local, Operation::Write, ResourceType::Topic, "t")
+            auth.allows(
+                &acls,
+                &Principal::user(who),
+                local,
+                Operation::Write,
+                ResourceType::Topic,
+                "t",
+            )
         };
         assert!(check(&strict, "root"));
         assert!(!check(&strict, "alice"));

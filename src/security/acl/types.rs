@@ -306,15 +306,13 @@ impl AclFilter {
         }
         let name_matches = match self.resource_name.as_deref() {
             None => true,
-            Some(name) if self.pattern_type == pattern::MATCH => {
-                match binding.pattern_type {
-                    pattern::LITERAL => {
-                        name == binding.resource_name || binding.resource_name == WILDCARD
-                    }
-                    pattern::PREFIXED => name.starts_with(binding.resource_name.as_str()),
-                    _ => false,
+            Some(name) if self.pattern_type == pattern::MATCH => match binding.pattern_type {
+                pattern::LITERAL => {
+                    name == binding.resource_name || binding.resource_name == WILDCARD
                 }
-            }
+                pattern::PREFIXED => name.starts_with(binding.resource_name.as_str()),
+                _ => false,
+            },
             Some(name) => name == binding.resource_name,
         };
         name_matches
