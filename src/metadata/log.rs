@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{MetadataSnapshot, TopicMeta};
-use crate::security::sasl::scram::{ScramCredential, ScramMechanism};
 use crate::security::acl::AclRecord;
+use crate::security::sasl::scram::{ScramCredential, ScramMechanism};
 
 /// One change to the cluster metadata.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
