@@ -118,6 +118,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "controller.quorum.frame.bytes.max", default: "67108864", doc: "Largest frame a controller connection sends or accepts; a larger one closes the connection." },
     Setting { name: "default.replication.factor", default: "1", doc: "In a cluster: replicas per partition of an auto-created topic, or of a CreateTopics request with -1 (at most the unfenced brokers)." },
     Setting { name: "min.insync.replicas", default: "1", doc: "An acks=all produce to a partition whose ISR has fewer members gets NOT_ENOUGH_REPLICAS (19) before anything is appended, or NOT_ENOUGH_REPLICAS_AFTER_APPEND (20) if the ISR shrank below it while waiting (topic: min.insync.replicas)." },
+    Setting { name: "offsets.topic.replication.factor", default: "3", doc: "In a cluster: replicas of each __consumer_offsets partition. The topic is created on the first FindCoordinator only once this many brokers are unfenced (COORDINATOR_NOT_AVAILABLE until then, which clients retry); its min.insync.replicas is the broker's." },
+    Setting { name: "offsets.commit.timeout.ms", default: "5000", doc: "In a cluster: how long an offset commit or group metadata append waits for the offsets partition's high watermark (every ISR member durable) before the client is answered COORDINATOR_NOT_AVAILABLE." },
     Setting { name: "replica.lag.time.max.ms", default: "30000", doc: "A follower that has not caught up to its leader's log end for this long leaves the ISR (the leader asks the controller); it rejoins once it reaches the high watermark." },
     Setting { name: "replica.fetch.max.bytes", default: "1048576", doc: "Record bytes a follower asks for per partition in one fetch from its leader (the first batch comes whole even when larger)." },
     Setting { name: "replica.fetch.wait.max.ms", default: "500", doc: "How long a leader may hold a follower's fetch waiting for new data (below replica.lag.time.max.ms, so an idle follower stays in the ISR)." },
@@ -511,6 +513,10 @@ pub struct ReplicationConfig {
     pub fetch_wait_ms_max: i32,
     /// `replica.fetch.backoff.ms`
     pub fetch_backoff_ms: u64,
+    /// `offsets.topic.replication.factor`
+    pub offsets_topic_replication_factor: i16,
+    /// `offsets.commit.timeout.ms`
+    pub offsets_commit_timeout_ms: u64,
 }
 
 /// Largest value of a Kafka `int` setting.
@@ -651,6 +657,11 @@ impl BrokerConfig {
                 fetch_bytes_max: c.int("replica.fetch.max.bytes", 1..=INT_MAX),
                 fetch_wait_ms_max: c.int("replica.fetch.wait.max.ms", 0..=INT_MAX),
                 fetch_backoff_ms: c.int("replica.fetch.backoff.ms", 0..=INT_MAX),
+                offsets_topic_replication_factor: c.int(
+                    "offsets.topic.replication.factor",
+                    1..=i64::from(i16::MAX),
+                ),
+                offsets_commit_timeout_ms: c.int("offsets.commit.timeout.ms", 1..=INT_MAX),
             },
         };
         let cluster = cluster::read(c, &settings, &config.data_dir);

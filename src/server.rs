@@ -520,7 +520,8 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
     tracing::debug!(shard = id, partitions = opened, "partitions open");
 
     // The offsets log partitions this shard owns; their groups answer
-    // COORDINATOR_LOAD_IN_PROGRESS until loaded.
+    // COORDINATOR_LOAD_IN_PROGRESS until loaded. In a cluster they are replicas like any
+    // topic's: loaded only when this broker becomes their leader (`replication::offsets`).
     let shard_count = shard.set.count();
     for partition in
         (0..sluice_group::OFFSETS_PARTITION_COUNT).filter(|p| *p as usize % shard_count == id)
@@ -533,6 +534,10 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
                 offsets_log_config.clone(),
             )
             .map_err(|e| format!("opening {}-{partition}: {e}", sluice_group::OFFSETS_TOPIC))?;
+        if config.cluster.is_some() {
+            shard.adopt_partition(sluice_group::OFFSETS_TOPIC, partition, log);
+            continue;
+        }
         let groups = shard.groups.clone();
         runtime::spawn(async move {
             if let Err(error) = groups.load_partition(partition, log).await {

@@ -68,8 +68,13 @@ impl ShardSet {
     }
 
     /// Deterministic owner of a partition: a stable hash of the topic name plus the partition
-    /// index, so one topic's partitions spread round-robin over the shards.
+    /// index, so one topic's partitions spread round-robin over the shards. A
+    /// `__consumer_offsets` partition is owned by the shard of its groups (`p % shards`), so
+    /// its coordinator, its replica role and the fetches of it meet on one shard.
     pub fn owner_of(&self, topic: &str, partition: i32) -> usize {
+        if topic == sluice_group::OFFSETS_TOPIC {
+            return usize::try_from(partition).unwrap_or(0) % self.senders.len();
+        }
         let hash = topic.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
@@ -274,6 +279,17 @@ impl Shard {
     /// The partition if this shard owns it and it is open.
     pub fn partition(&self, topic: &str, index: i32) -> Option<Partition> {
         self.partitions.borrow().get(topic)?.get(&index).cloned()
+    }
+
+    /// Registers a partition opened outside [`Shard::open_partition`] (a `__consumer_offsets`
+    /// partition in a cluster, opened with the group coordinator's log config), so fetches of
+    /// it and its replica role find it.
+    pub fn adopt_partition(&self, topic: &str, index: i32, partition: Partition) {
+        self.partitions
+            .borrow_mut()
+            .entry(topic.to_string())
+            .or_default()
+            .insert(index, partition);
     }
 
     /// Opens (recovering) one partition this shard owns.

@@ -9,6 +9,8 @@ pub const NONE: i16 = 0;
 pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 /// UNKNOWN_TOPIC_OR_PARTITION
 pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+/// NOT_LEADER_OR_FOLLOWER (a replicated offsets partition this broker stopped leading)
+pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 /// OFFSET_METADATA_TOO_LARGE
 pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 /// COORDINATOR_LOAD_IN_PROGRESS

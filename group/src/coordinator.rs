@@ -45,10 +45,14 @@ pub(crate) struct State {
     pub coordinated: Option<HashSet<i32>>,
     pub ctx: Ctx,
     pub shut_down: bool,
+    /// Numbers the loads (`PartitionSlot::Loading`).
+    pub next_load: u64,
 }
 
 pub(crate) enum PartitionSlot {
-    Loading,
+    /// A load is under way; the number says which (an unload and a new load meanwhile make
+    /// the older load's result stale).
+    Loading(u64),
     Loaded(LoadedPartition),
 }
 
@@ -137,7 +141,7 @@ impl State {
         }
         match self.partitions.get(&partition) {
             Some(PartitionSlot::Loaded(_)) => Ok(partition),
-            Some(PartitionSlot::Loading) => Err(codes::COORDINATOR_LOAD_IN_PROGRESS),
+            Some(PartitionSlot::Loading(_)) => Err(codes::COORDINATOR_LOAD_IN_PROGRESS),
             None => Err(codes::COORDINATOR_NOT_AVAILABLE),
         }
     }
@@ -155,9 +159,15 @@ impl State {
 /// Maps a failed durable append to the code a coordinator answers with. Kafka's group
 /// coordinator answers a storage error of its offsets log (full or failed disk) with
 /// NOT_COORDINATOR, so that the client looks the coordinator up again, and other append
-/// failures with the retriable COORDINATOR_NOT_AVAILABLE.
+/// failures with the retriable COORDINATOR_NOT_AVAILABLE. A replicated offsets partition's
+/// errors map as Kafka's do: NOT_LEADER_OR_FOLLOWER (this broker stopped leading it) is
+/// NOT_COORDINATOR; NOT_ENOUGH_REPLICAS(_AFTER_APPEND) and REQUEST_TIMED_OUT (the high
+/// watermark did not pass the append in time) are COORDINATOR_NOT_AVAILABLE.
 pub(crate) fn append_error_code(error: &GroupError) -> i16 {
     match error {
+        GroupError::Storage { code, .. } if *code == codes::NOT_LEADER_OR_FOLLOWER => {
+            codes::NOT_COORDINATOR
+        }
         GroupError::Storage { code, .. } if *code == sluice_storage::codes::KAFKA_STORAGE_ERROR => {
             codes::NOT_COORDINATOR
         }
@@ -269,6 +279,7 @@ impl GroupCoordinator {
                 coordinated: None,
                 ctx,
                 shut_down: false,
+                next_load: 0,
             }),
             topics,
             notify: Rc::new(Notify::new()),
@@ -306,17 +317,81 @@ impl GroupCoordinator {
         partition: i32,
         log: Rc<dyn OffsetLog>,
     ) -> Result<(), GroupError> {
-        {
+        self.load(partition, log, SnapshotAhead::Keep).await
+    }
+
+    /// Loads a replicated `__consumer_offsets` partition this broker just became the leader
+    /// of (the restart path), through `log`, whose appends must wait for the high watermark.
+    /// A snapshot covering past the log end (the log was cut as a follower) is dropped and the
+    /// log replayed from its start: the log is the replicas' truth.
+    pub async fn load_led_partition(
+        &self,
+        partition: i32,
+        log: Rc<dyn OffsetLog>,
+    ) -> Result<(), GroupError> {
+        self.load(partition, log, SnapshotAhead::Drop).await
+    }
+
+    /// Stops serving one partition's groups (this broker no longer leads it): forgets them
+    /// and the partition, so their requests answer NOT_COORDINATOR (with `set_coordinated`)
+    /// and blocked joins COORDINATOR_NOT_AVAILABLE; appends in flight fail through their log.
+    /// With `forget_snapshot` (this broker follows the partition now), also removes its
+    /// snapshot (on the blocking pool): it describes a log a follower may cut. Returns how
+    /// many groups were unloaded.
+    pub fn unload_partition(&self, partition: i32, forget_snapshot: bool) -> usize {
+        let (dir, groups) = {
+            let mut st = self.shared.state.borrow_mut();
+            let was = st.partitions.remove(&partition);
+            let before = st.groups.len();
+            // Dropping the members drops their join/sync waiters, which answer at once.
+            st.groups.retain(|_, g| g.partition != partition);
+            let groups = before - st.groups.len();
+            if was.is_some() || groups > 0 {
+                tracing::info!(partition, groups, "unloaded __consumer_offsets partition");
+            }
+            (st.ctx.config.snapshot_dir(), groups)
+        };
+        if !forget_snapshot {
+            return groups;
+        }
+        tokio::task::spawn_local(async move {
+            let removed =
+                tokio::task::spawn_blocking(move || snapshot::remove(&dir, partition)).await;
+            match removed {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(partition, %error, "removing an unloaded partition's group snapshot failed")
+                }
+                Err(error) => tracing::warn!(partition, %error, "snapshot removal task failed"),
+            }
+        });
+        groups
+    }
+
+    async fn load(
+        &self,
+        partition: i32,
+        log: Rc<dyn OffsetLog>,
+        ahead: SnapshotAhead,
+    ) -> Result<(), GroupError> {
+        let load = {
             let mut st = self.shared.state.borrow_mut();
             if st.partitions.contains_key(&partition) {
                 return Ok(());
             }
-            st.partitions.insert(partition, PartitionSlot::Loading);
-        }
+            st.next_load += 1;
+            let load = st.next_load;
+            st.partitions.insert(partition, PartitionSlot::Loading(load));
+            load
+        };
         let dir = self.shared.state.borrow().ctx.config.snapshot_dir();
         let started = std::time::Instant::now();
-        let result = replay_partition(partition, &dir, log.as_ref()).await;
+        let result = replay_partition(partition, &dir, log.as_ref(), ahead).await;
         let mut st = self.shared.state.borrow_mut();
+        if !matches!(st.partitions.get(&partition), Some(PartitionSlot::Loading(l)) if *l == load) {
+            // Unloaded (and maybe loaded again) meanwhile: this replay is stale.
+            return Ok(());
+        }
         match result {
             Err(e) => {
                 st.partitions.remove(&partition);
@@ -654,10 +729,25 @@ impl GroupCoordinator {
                     })
                 });
         let mut st = self.shared.state.borrow_mut();
-        if let Some(PartitionSlot::Loaded(p)) = st.partitions.get_mut(&partition) {
-            p.snapshotting = false;
-            if result.is_ok() {
-                p.snapshot_covered = covered;
+        match st.partitions.get_mut(&partition) {
+            Some(PartitionSlot::Loaded(p)) => {
+                p.snapshotting = false;
+                if result.is_ok() {
+                    p.snapshot_covered = covered;
+                }
+            }
+            _ => {
+                // Unloaded while this was written: the removal may have run first.
+                let dir = st.ctx.config.snapshot_dir();
+                drop(st);
+                tokio::task::spawn_blocking(move || snapshot::remove(&dir, partition))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(GroupError::Io {
+                            context: "snapshot removal task".into(),
+                            source: std::io::Error::other(e.to_string()),
+                        })
+                    })?;
             }
         }
         result.map(|()| true)
@@ -703,12 +793,23 @@ fn collect_snapshot_records(st: &State, partition: i32) -> Vec<snapshot::Snapsho
     out
 }
 
+/// What a load does with a snapshot that covers past the log end.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SnapshotAhead {
+    /// Keep its state (a single broker's log that lost its tail: the snapshot is all there is).
+    Keep,
+    /// Ignore it (a replica's log was cut to its leader's: what the snapshot holds past the
+    /// cut was never committed).
+    Drop,
+}
+
 /// Snapshot then log tail, folded into per-group state. Returns (state, snapshot offset to keep,
 /// records replayed from the log).
 async fn replay_partition(
     partition: i32,
     dir: &std::path::Path,
     log: &dyn OffsetLog,
+    ahead: SnapshotAhead,
 ) -> Result<(Replay, i64, usize), GroupError> {
     let dir_owned = dir.to_path_buf();
     let snap = tokio::task::spawn_blocking(move || snapshot::read(&dir_owned, partition))
@@ -722,6 +823,18 @@ async fn replay_partition(
     let mut replay = Replay::default();
     let mut from = log.log_start_offset();
     let mut covered = -1;
+    let snap = snap.filter(|snap| {
+        let past_end = snap.covered_offset > log.log_end_offset();
+        if past_end && ahead == SnapshotAhead::Drop {
+            tracing::warn!(
+                partition,
+                snapshot = snap.covered_offset,
+                log_end = log.log_end_offset(),
+                "group snapshot past the replica's log end dropped; replaying the log"
+            );
+        }
+        !(past_end && ahead == SnapshotAhead::Drop)
+    });
     if let Some(snap) = snap {
         for (log_offset, key, value) in snap.records {
             if let Some(rec) = OffsetsRecord::decode(&key, value.as_deref())? {

@@ -48,7 +48,7 @@ use std::path::PathBuf;
 
 pub use coordinator::GroupCoordinator;
 pub use group::GroupState;
-pub use log::{MemoryLog, OffsetLog};
+pub use log::{LocalFuture, MemoryLog, OffsetLog};
 pub use offsets::{FetchedGroup, FetchedOffset};
 pub use pending::TxnOffset;
 pub use records::{

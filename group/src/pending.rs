@@ -173,7 +173,7 @@ impl GroupCoordinator {
                     .get(&producer_id)
                     .cloned()
                     .unwrap_or_default(),
-                Some(PartitionSlot::Loading) => {
+                Some(PartitionSlot::Loading(_)) => {
                     return Err(crate::codes::COORDINATOR_LOAD_IN_PROGRESS)
                 }
                 // Not an offsets partition of this shard's: nothing can be pending here.

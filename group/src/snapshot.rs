@@ -199,6 +199,19 @@ pub(crate) fn write_atomic_with(
     Ok(())
 }
 
+/// Blocking: removes the partition's snapshot, if there is one.
+pub(crate) fn remove(dir: &Path, partition: i32) -> Result<(), GroupError> {
+    let path = path_for(dir, partition);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(GroupError::Io {
+            context: format!("removing {}", path.display()),
+            source,
+        }),
+    }
+}
+
 /// Blocking: reads the partition's snapshot if there is one.
 pub(crate) fn read(dir: &Path, partition: i32) -> Result<Option<Snapshot>, GroupError> {
     let path = path_for(dir, partition);

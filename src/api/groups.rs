@@ -87,7 +87,16 @@ fn locate(shard: &Rc<Shard>, group_id: &str, listener: &str) -> Located {
     };
     let unavailable = |m: &str| Err((code::COORDINATOR_NOT_AVAILABLE, m.to_string()));
     let Some(topic) = state.topic_by_name(sluice_group::OFFSETS_TOPIC) else {
-        create_offsets_topic(shard);
+        // Kafka's rule: not created with fewer replicas than asked for.
+        let replication_factor = shard.config.replication.offsets_topic_replication_factor;
+        let live = state.unfenced_brokers().count();
+        if live < usize::try_from(replication_factor).unwrap_or(usize::MAX) {
+            return unavailable(&format!(
+                "the offsets topic needs {replication_factor} live brokers \
+                 (offsets.topic.replication.factor), {live} are"
+            ));
+        }
+        create_offsets_topic(shard, replication_factor);
         return unavailable("the offsets topic is being created");
     };
     let partition = usize::try_from(offsets_partition_for(group_id)).unwrap_or(usize::MAX);
@@ -103,10 +112,10 @@ fn locate(shard: &Rc<Shard>, group_id: &str, listener: &str) -> Located {
     }
 }
 
-/// Asks the quorum (in the background) to create `__consumer_offsets`, placed over the
-/// unfenced brokers like any topic; a second ask while one is under way is refused there as
-/// a duplicate.
-fn create_offsets_topic(shard: &Rc<Shard>) {
+/// Asks the quorum (in the background) to create `__consumer_offsets` with
+/// `replication_factor` replicas, placed over the unfenced brokers like any topic; a second
+/// ask while one is under way is refused there as a duplicate.
+fn create_offsets_topic(shard: &Rc<Shard>, replication_factor: i16) {
     let Some(admin) = shard.metadata.admin().cloned() else {
         return;
     };
@@ -115,7 +124,7 @@ fn create_offsets_topic(shard: &Rc<Shard>) {
             .call(sluice_cluster::wire::TopicAdminRequest::Create {
                 name: sluice_group::OFFSETS_TOPIC.to_string(),
                 partitions: sluice_group::OFFSETS_PARTITION_COUNT,
-                replication_factor: 1,
+                replication_factor: i32::from(replication_factor),
                 assignments: Vec::new(),
                 configs: Default::default(),
             })

@@ -236,7 +236,7 @@ fn live_brokers(shard: &Shard, listener: &str) -> (Vec<(i32, String, i32)>, i32)
 
 fn topic_entry(shard: &Shard, version: i16, topic: &TopicMeta) -> MetadataResponseTopic {
     let snapshot = shard.metadata.load();
-    if let Some(state) = snapshot.cluster.as_ref().filter(|_| !topic.is_internal()) {
+    if let Some(state) = snapshot.cluster.as_ref().filter(|_| snapshot.is_placed(topic)) {
         return cluster_topic_entry(shard, version, topic, state);
     }
     let node = BrokerId(shard.config.node_id);
@@ -287,6 +287,9 @@ fn cluster_topic_entry(
     entry.name = Some(TopicName(str_bytes(&topic.name)));
     if version >= 10 {
         entry.topic_id = topic.id;
+    }
+    if version >= 1 {
+        entry.is_internal = topic.is_internal();
     }
     entry.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
     let live = |id: &i32| state.brokers.get(id).is_some_and(|b| !b.fenced);

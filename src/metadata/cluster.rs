@@ -62,9 +62,18 @@ pub fn derive(current: &MetadataSnapshot, state: &Arc<ClusterState>) -> Metadata
     next.topics.retain(|_, topic| topic.is_internal());
     next.names_by_id
         .retain(|_, name| next.topics.contains_key(name.as_str()));
-    // The offsets topic keeps its local meta: the group coordinators own its partitions, and
-    // the quorum's copy of it only says which broker coordinates which partition.
-    for topic in state.topics.values().filter(|t| !t.name.starts_with("__")) {
+    // The offsets topic is the quorum's once it created it (its id is what followers fetch
+    // it by); until then it keeps its local meta. Its partitions are opened with the group
+    // coordinator's log config (at startup), not from these configs.
+    let cluster_topic = |name: &str| {
+        !name.starts_with("__") || name == sluice_group::OFFSETS_TOPIC
+    };
+    if state.topic_by_name(sluice_group::OFFSETS_TOPIC).is_some() {
+        next.topics.remove(sluice_group::OFFSETS_TOPIC);
+        next.names_by_id
+            .retain(|_, name| name.as_str() != sluice_group::OFFSETS_TOPIC);
+    }
+    for topic in state.topics.values().filter(|t| cluster_topic(&t.name)) {
         let meta = TopicMeta {
             name: topic.name.clone(),
             id: topic.id,

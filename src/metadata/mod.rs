@@ -77,6 +77,14 @@ impl MetadataSnapshot {
         self.topics.get(name)
     }
 
+    /// Whether the quorum places `topic` (a cluster's user topic, or its replicated
+    /// `__consumer_offsets`).
+    pub fn is_placed(&self, topic: &TopicMeta) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|state| state.topics.contains_key(&topic.id))
+    }
+
     /// In a cluster, the committed placement of one partition; None on a single broker or
     /// when the cluster does not know it.
     pub fn placement(&self, topic: &TopicMeta, index: i32) -> Option<&PartitionRecord> {
@@ -86,10 +94,10 @@ impl MetadataSnapshot {
     }
 
     /// Whether broker `node_id` leads the partition: always on a single broker; in a cluster,
-    /// only the committed leader serves Produce, Fetch and ListOffsets (internal topics are
-    /// each broker's own).
+    /// only the committed leader serves Produce, Fetch and ListOffsets (internal topics the
+    /// quorum does not place are each broker's own).
     pub fn leads(&self, topic: &TopicMeta, index: i32, node_id: i32) -> bool {
-        if self.cluster.is_none() || topic.is_internal() {
+        if self.cluster.is_none() || (topic.is_internal() && !self.is_placed(topic)) {
             return true;
         }
         self.placement(topic, index)

@@ -16,6 +16,7 @@
 
 pub mod fetcher;
 pub mod leader;
+pub mod offsets;
 pub mod truncation;
 
 use std::cell::{Cell, RefCell};
@@ -95,9 +96,7 @@ impl Replicas {
         let mut followed_leaders = HashSet::new();
         let mut leads_replicated = false;
         for topic in state.topics.values() {
-            if topic.name == sluice_group::OFFSETS_TOPIC {
-                continue;
-            }
+            let offsets_topic = topic.name == sluice_group::OFFSETS_TOPIC;
             let min_insync = shard.config.topic_min_insync_replicas(&topic.configs);
             let min_insync = usize::try_from(min_insync).unwrap_or(1);
             for (index, placement) in topic.partitions.iter().enumerate() {
@@ -148,6 +147,9 @@ impl Replicas {
                             leads_replicated |= leader.is_replicated();
                             let limit = leader.high_watermark_limit();
                             replace(&mut roles, key, topic.id, &partition, Role::Leader(leader));
+                            if offsets_topic {
+                                offsets::lead(shard, index, &partition, placement.leader_epoch);
+                            }
                             limit
                         }
                     };
@@ -165,6 +167,9 @@ impl Replicas {
                             leader_epoch: placement.leader_epoch,
                         };
                         replace(&mut roles, key, topic.id, &partition, role);
+                        if offsets_topic {
+                            offsets::stop_leading(shard, index);
+                        }
                     }
                 }
             }
@@ -173,6 +178,9 @@ impl Replicas {
             let keep = seen.contains(key);
             if !keep {
                 replica.changed.notify_waiters();
+                if key.0 == sluice_group::OFFSETS_TOPIC && matches!(replica.role, Role::Leader(_)) {
+                    offsets::stop_leading(shard, key.1);
+                }
             }
             keep
         });
