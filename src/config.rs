@@ -657,10 +657,8 @@ impl BrokerConfig {
                 fetch_bytes_max: c.int("replica.fetch.max.bytes", 1..=INT_MAX),
                 fetch_wait_ms_max: c.int("replica.fetch.wait.max.ms", 0..=INT_MAX),
                 fetch_backoff_ms: c.int("replica.fetch.backoff.ms", 0..=INT_MAX),
-                offsets_topic_replication_factor: c.int(
-                    "offsets.topic.replication.factor",
-                    1..=i64::from(i16::MAX),
-                ),
+                offsets_topic_replication_factor: c
+                    .int("offsets.topic.replication.factor", 1..=i64::from(i16::MAX)),
                 offsets_commit_timeout_ms: c.int("offsets.commit.timeout.ms", 1..=INT_MAX),
             },
         };

@@ -381,7 +381,8 @@ impl GroupCoordinator {
             }
             st.next_load += 1;
             let load = st.next_load;
-            st.partitions.insert(partition, PartitionSlot::Loading(load));
+            st.partitions
+                .insert(partition, PartitionSlot::Loading(load));
             load
         };
         let dir = self.shared.state.borrow().ctx.config.snapshot_dir();
@@ -728,27 +729,29 @@ impl GroupCoordinator {
                         source: std::io::Error::other(e.to_string()),
                     })
                 });
-        let mut st = self.shared.state.borrow_mut();
-        match st.partitions.get_mut(&partition) {
-            Some(PartitionSlot::Loaded(p)) => {
-                p.snapshotting = false;
-                if result.is_ok() {
-                    p.snapshot_covered = covered;
+        let unloaded_dir = {
+            let mut st = self.shared.state.borrow_mut();
+            match st.partitions.get_mut(&partition) {
+                Some(PartitionSlot::Loaded(p)) => {
+                    p.snapshotting = false;
+                    if result.is_ok() {
+                        p.snapshot_covered = covered;
+                    }
+                    None
                 }
-            }
-            _ => {
                 // Unloaded while this was written: the removal may have run first.
-                let dir = st.ctx.config.snapshot_dir();
-                drop(st);
-                tokio::task::spawn_blocking(move || snapshot::remove(&dir, partition))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(GroupError::Io {
-                            context: "snapshot removal task".into(),
-                            source: std::io::Error::other(e.to_string()),
-                        })
-                    })?;
+                _ => Some(st.ctx.config.snapshot_dir()),
             }
+        };
+        if let Some(dir) = unloaded_dir {
+            tokio::task::spawn_blocking(move || snapshot::remove(&dir, partition))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(GroupError::Io {
+                        context: "snapshot removal task".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                })?;
         }
         result.map(|()| true)
     }

@@ -1117,3 +1117,90 @@ fn pending_transactional_offsets_survive_reload_and_snapshot_until_resolved() {
         assert!(!c3.has_pending_transactional_offset("g", "t", 0));
     });
 }
+
+#[test]
+fn replica_append_errors_map_as_kafka_maps_them() {
+    let code_of = |code: i16| {
+        crate::coordinator::append_error_code(&crate::GroupError::Storage {
+            context: "appending".into(),
+            message: "injected".into(),
+            code,
+        })
+    };
+    // This broker stopped leading the offsets partition: the client finds the new coordinator.
+    assert_eq!(
+        code_of(codes::NOT_LEADER_OR_FOLLOWER),
+        codes::NOT_COORDINATOR
+    );
+    // Too few in-sync replicas, or the high watermark late: retriable where it is.
+    for code in [19, 20, 7] {
+        assert_eq!(
+            code_of(code),
+            codes::COORDINATOR_NOT_AVAILABLE,
+            "code {code}"
+        );
+    }
+}
+
+#[test]
+fn an_unloaded_partition_forgets_its_groups_and_a_reload_finds_them_in_the_log() {
+    run(async {
+        let e = env(0).await;
+        let p = offsets_partition_for("g");
+        assert_eq!(
+            commit(&e.c, -1, "", &[("t", 0, 42)]).await,
+            vec![codes::NONE]
+        );
+        assert!(e.c.snapshot_partition(p).await.expect("snapshot"));
+        let snapshot = crate::snapshot::path_for(&config(e.dir.path(), 0).snapshot_dir(), p);
+        assert!(snapshot.exists(), "{}", snapshot.display());
+
+        // Becoming a follower: the group goes, requests for it are not served here, and the
+        // snapshot (of a log the fetcher may cut) is removed.
+        assert_eq!(e.c.unload_partition(p, true), 1);
+        let g = e.c.fetch_offsets("g", Some(&[("t".to_string(), vec![0])]));
+        assert_eq!(g.error_code, codes::COORDINATOR_NOT_AVAILABLE);
+        settle().await;
+        for _ in 0..100 {
+            if !snapshot.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!snapshot.exists(), "the follower's snapshot stayed");
+
+        // Leading it again: the groups come back from the log alone.
+        e.c.load_led_partition(p, Rc::new(e.log.clone()))
+            .await
+            .expect("reload");
+        assert_eq!(fetched(&e.c, "t", 0), 42);
+    });
+}
+
+#[test]
+fn a_led_partition_drops_a_snapshot_past_its_log_end() {
+    run(async {
+        let e = env(0).await;
+        let p = offsets_partition_for("g");
+        assert_eq!(
+            commit(&e.c, -1, "", &[("t", 0, 42)]).await,
+            vec![codes::NONE]
+        );
+        assert!(e.c.snapshot_partition(p).await.expect("snapshot"));
+        // The replica's log was cut below what the snapshot covers (an empty log here): the
+        // commit was never committed cluster-wide, so the new leader must not serve it...
+        let cut = MemoryLog::new();
+        let led = GroupCoordinator::new(config(e.dir.path(), 0), Rc::new(Topics));
+        led.load_led_partition(p, Rc::new(cut.clone()))
+            .await
+            .expect("load");
+        assert_eq!(fetched(&led, "t", 0), -1);
+        // ...while a single broker's load keeps what the snapshot holds (a lost log tail).
+        let single = GroupCoordinator::new(config(e.dir.path(), 0), Rc::new(Topics));
+        single
+            .load_partition_from(p, Rc::new(cut))
+            .await
+            .expect("load");
+        assert_eq!(fetched(&single, "t", 0), 42);
+    });
+}

@@ -236,7 +236,11 @@ fn live_brokers(shard: &Shard, listener: &str) -> (Vec<(i32, String, i32)>, i32)
 
 fn topic_entry(shard: &Shard, version: i16, topic: &TopicMeta) -> MetadataResponseTopic {
     let snapshot = shard.metadata.load();
-    if let Some(state) = snapshot.cluster.as_ref().filter(|_| snapshot.is_placed(topic)) {
+    if let Some(state) = snapshot
+        .cluster
+        .as_ref()
+        .filter(|_| snapshot.is_placed(topic))
+    {
         return cluster_topic_entry(shard, version, topic, state);
     }
     let node = BrokerId(shard.config.node_id);

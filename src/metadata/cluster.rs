@@ -65,9 +65,7 @@ pub fn derive(current: &MetadataSnapshot, state: &Arc<ClusterState>) -> Metadata
     // The offsets topic is the quorum's once it created it (its id is what followers fetch
     // it by); until then it keeps its local meta. Its partitions are opened with the group
     // coordinator's log config (at startup), not from these configs.
-    let cluster_topic = |name: &str| {
-        !name.starts_with("__") || name == sluice_group::OFFSETS_TOPIC
-    };
+    let cluster_topic = |name: &str| !name.starts_with("__") || name == sluice_group::OFFSETS_TOPIC;
     if state.topic_by_name(sluice_group::OFFSETS_TOPIC).is_some() {
         next.topics.remove(sluice_group::OFFSETS_TOPIC);
         next.names_by_id

@@ -47,7 +47,10 @@ impl OffsetLog for ReplicatedOffsetLog {
         let shard = self.shard.clone();
         Box::pin(async move {
             let Some(shard) = shard.upgrade() else {
-                return Err(Self::error(code::NOT_LEADER_OR_FOLLOWER, "shutting down".into()));
+                return Err(Self::error(
+                    code::NOT_LEADER_OR_FOLLOWER,
+                    "shutting down".into(),
+                ));
             };
             shard
                 .replicas
@@ -95,15 +98,19 @@ pub(crate) fn lead(shard: &Rc<Shard>, index: i32, partition: &Partition, leader_
         index,
         leader_epoch,
         shard: Rc::downgrade(shard),
-        commit_timeout: Duration::from_millis(
-            shard.config.replication.offsets_commit_timeout_ms,
-        ),
+        commit_timeout: Duration::from_millis(shard.config.replication.offsets_commit_timeout_ms),
     });
     let groups = shard.groups.clone();
     tokio::task::spawn_local(async move {
         match groups.load_led_partition(index, log).await {
-            Ok(()) => tracing::info!(partition = index, leader_epoch, "coordinating the groups of a led offsets partition"),
-            Err(error) => tracing::error!(partition = index, %error, "loading a led offsets partition failed"),
+            Ok(()) => tracing::info!(
+                partition = index,
+                leader_epoch,
+                "coordinating the groups of a led offsets partition"
+            ),
+            Err(error) => {
+                tracing::error!(partition = index, %error, "loading a led offsets partition failed")
+            }
         }
     });
 }
