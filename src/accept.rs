@@ -1,9 +1,12 @@
 //! One shard's accept loop for one listener: admits a connection (`max.connections`,
 //! `max.connections.per.ip`), gives it a [`Session`] naming its listener and security
-//! protocol, and hands it to the framing loop.
+//! protocol, runs the TLS handshake on SSL and SASL_SSL listeners (the principal of an SSL
+//! client certificate goes into the session), and hands it to the framing loop.
 //!
-//! Every shard runs one of these per listener on its own SO_REUSEPORT socket. Must never block
-//! the shard or let one refused connection stop the loop; it stops only on shutdown.
+//! Every shard runs one of these per listener on its own SO_REUSEPORT socket. A connection
+//! counts against `max.connections` from its accept, handshake included. Must never block the
+//! shard or let one refused connection or failed handshake stop the loop; it stops only on
+//! shutdown.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -80,10 +83,48 @@ pub async fn accept_loop(
         let session = Rc::new(Session::new(peer, name.clone(), protocol));
         let handler = Rc::new(BrokerConnection::new(shard.clone(), session));
         let (limits, budget) = (admission.limits, admission.budget.clone());
-        runtime::spawn(async move {
-            sluice_net::connection::serve(stream, peer, handler, limits, budget).await;
-            drop(ip_slot);
-        });
+        match listener.tls.clone() {
+            None => {
+                runtime::spawn(async move {
+                    sluice_net::connection::serve(stream, peer, handler, limits, budget).await;
+                    drop(ip_slot);
+                });
+            }
+            Some(acceptor) => {
+                let listener_name = name.clone();
+                runtime::spawn(async move {
+                    match acceptor.accept(stream, peer).await {
+                        Ok((tls, principal)) => {
+                            tracing::debug!(
+                                target: "sluice::tls",
+                                %peer,
+                                listener = %listener_name,
+                                principal = %principal,
+                                session = %tls.describe(),
+                                "TLS session established"
+                            );
+                            // SASL_SSL: the SASL exchange sets the principal, not the
+                            // certificate (as Kafka).
+                            if protocol == crate::security::SecurityProtocol::Ssl {
+                                handler.session().set_principal(principal);
+                            }
+                            sluice_net::connection::serve(tls, peer, handler, limits, budget).await;
+                        }
+                        Err(error) => {
+                            tracing::info!(
+                                target: "sluice::tls",
+                                %peer,
+                                listener = %listener_name,
+                                %error,
+                                "TLS handshake failed; connection closed"
+                            );
+                            handler.on_closed();
+                        }
+                    }
+                    drop(ip_slot);
+                });
+            }
+        }
     }
 }
 

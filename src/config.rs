@@ -42,6 +42,21 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "listener.security.protocol.map", default: "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL", doc: "Each listener name's security protocol, NAME:PROTOCOL,... (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL); a listener name missing here is refused at start." },
     Setting { name: "advertised.listeners", default: "", doc: "What clients are told to connect to, NAME://HOST:PORT per listener (a listener not named advertises its own address); a bare HOST:PORT is allowed with a single listener. Metadata and FindCoordinator answer with the endpoints of the listener the request arrived on (CLI: --advertised-listener)." },
     Setting { name: "inter.broker.listener.name", default: "", doc: "In a cluster: the listener other brokers use for replication and request forwarding, and whose advertised address this broker registers first. Empty: the listener named by security.inter.broker.protocol, else PLAINTEXT, else the first. Inter-broker traffic is PLAINTEXT only for now: a cluster whose inter-broker listener is SSL or SASL is refused at start." },
+    Setting { name: "ssl.keystore.type", default: "PEM", doc: "Format of the TLS listeners' key and certificates; only PEM (JKS and PKCS12 are refused: convert them with keytool/openssl). Every ssl.* setting may be given per listener as listener.name.<name>.ssl.* (name in lower case), which wins over the broker-wide one." },
+    Setting { name: "ssl.keystore.location", default: "", doc: "A PEM file with the TLS listeners' private key (unencrypted PKCS#8, PKCS#1 or SEC1) and certificate chain, leaf first. Re-read when it changes (ssl.reload.check.interval.ms). Either this or ssl.keystore.certificate.chain + ssl.keystore.key." },
+    Setting { name: "ssl.keystore.certificate.chain", default: "", doc: "The certificate chain as inline PEM text (with ssl.keystore.key)." },
+    Setting { name: "ssl.keystore.key", default: "", doc: "The private key as inline PEM text (unencrypted); DescribeConfigs reports it as sensitive (no value)." },
+    Setting { name: "ssl.key.password", default: "", doc: "Encrypted private keys are not supported: setting it is refused at start (decrypt the key with openssl pkcs8 -topk8 -nocrypt and protect the file)." },
+    Setting { name: "ssl.truststore.type", default: "PEM", doc: "Format of the trusted CA certificates; only PEM." },
+    Setting { name: "ssl.truststore.location", default: "", doc: "A PEM file of the CA certificates client certificates are checked against (mutual TLS); re-read when it changes." },
+    Setting { name: "ssl.truststore.certificates", default: "", doc: "The trusted CA certificates as inline PEM text (instead of ssl.truststore.location)." },
+    Setting { name: "ssl.client.auth", default: "none", doc: "Mutual TLS: required (a client without a certificate the truststore's CAs signed and that is in its validity period is refused during the handshake), requested (a certificate is asked for; without one the client is User:ANONYMOUS, a bad one is refused) or none. The principal of a client certificate is User:<its subject DN as Kafka writes it>, e.g. User:CN=alice,OU=eng,O=Example,C=US." },
+    Setting { name: "ssl.enabled.protocols", default: "TLSv1.2,TLSv1.3", doc: "TLS versions offered: TLSv1.2 and/or TLSv1.3 (older ones are not available)." },
+    Setting { name: "ssl.cipher.suites", default: "", doc: "Cipher suites by IANA name (TLS_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, ...); empty = rustls's safe defaults. An unknown name is refused at start with the list of known ones." },
+    Setting { name: "ssl.principal.mapping.rules", default: "DEFAULT", doc: "How a client certificate's subject DN becomes the principal name; only DEFAULT (the DN as is) is supported, RULE: mappings are refused at start." },
+    Setting { name: "ssl.handshake.timeout.ms", default: "10000", doc: "A TLS connection whose handshake is not complete within this is closed (a log line), so a silent or slow client cannot hold a connection slot. No Kafka equivalent." },
+    Setting { name: "ssl.io.buffer.bytes", default: "262144", doc: "Plaintext bytes sealed into TLS records per socket write on a TLS connection (its ciphertext write buffer is about this size; its read buffer is one TLS record, 18 KiB). No Kafka equivalent." },
+    Setting { name: "ssl.reload.check.interval.ms", default: "10000", doc: "How often the TLS listeners' keystore and truststore files are checked for changes (modification time, size); a change is loaded for new handshakes (established sessions keep theirs), a file that does not load is logged and the previous certificates stay. 0 = never. No Kafka equivalent (Kafka reloads on an AlterConfigs of the ssl setting)." },
     Setting { name: "security.inter.broker.protocol", default: "", doc: "Kafka's older way to pick the inter-broker listener: the listener named after this protocol. Set it or inter.broker.listener.name, not both." },
     Setting { name: "admin.listen", default: "127.0.0.1:9644", doc: "Admin HTTP listener for /metrics and /stats (CLI: --admin-listen); empty disables it." },
     Setting { name: "num.shards", default: "0", doc: "Shards (pinned threads); 0 = one per available core (CLI: --shards)." },
@@ -291,7 +306,9 @@ impl Settings {
     /// Sets `key` (Kafka name or alias) to `value`; unknown keys are an error.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let key = canonical(key.trim());
-        if !SETTINGS.iter().any(|s| s.name == key) {
+        if !SETTINGS.iter().any(|s| s.name == key)
+            && !crate::security::tls::config::is_listener_override(key)
+        {
             return Err(ConfigError::UnknownKey(key.to_string()));
         }
         self.values
@@ -581,6 +598,7 @@ impl BrokerConfig {
             listeners: crate::security::listener::Listeners {
                 all: Vec::new(),
                 inter_broker: 0,
+                tls_reload_interval_ms: 0,
             },
             advertised_host: String::new(),
             advertised_port: 0,

@@ -5,7 +5,9 @@
 //! Fetch response goes out whole through [`zero_copy::write_response`]: framing and record
 //! data in linked io_uring chains, file ranges spliced, large tail-cache data by SENDMSG_ZC.
 //! On the copying path, tail-cache bytes and file ranges are copied through one reusable
-//! per-connection buffer.
+//! per-connection buffer. A TLS connection ([`TlsStream`]) always takes the copying path: record
+//! bytes must pass through user space to be encrypted (no kTLS here), so they are copied into
+//! the buffer and sealed by rustls into its ciphertext buffer on the way out.
 //!
 //! Tail-cache chunks carry their share of the owning shard's `fetch.response.cache.bytes.max`
 //! inside their `Bytes` (see `sluice_storage::Partition::read`): a chunk gives it back when
@@ -28,6 +30,7 @@ use sluice_metrics::{Counter, Stage};
 use sluice_net::connection::{Handler, Response};
 use sluice_net::fetch::Part;
 use sluice_net::header::RequestHeader;
+use sluice_net::transport::Transport;
 use sluice_net::Reader;
 use sluice_storage::ReadChunk;
 
@@ -35,6 +38,7 @@ use crate::api::{self, FetchRecords};
 use crate::runtime::TcpStream;
 use crate::security::quota::enforce::{Mute, RequestCharge};
 use crate::security::sasl::Authenticator;
+use crate::security::tls::stream::TlsStream;
 use crate::security::Session;
 use crate::shard::Shard;
 use crate::zero_copy::{self, ShardZeroCopy};
@@ -109,10 +113,14 @@ impl BrokerConnection {
     }
 }
 
-impl Handler for BrokerConnection {
-    type Records = FetchRecords;
+impl BrokerConnection {
+    /// The connection's session (its listener, protocol and principal).
+    pub fn session(&self) -> &Rc<Session> {
+        &self.session
+    }
 
-    fn handle(
+    /// Handles one request, whatever the transport.
+    fn handle_request(
         &self,
         header: RequestHeader,
         body: Reader,
@@ -174,22 +182,25 @@ impl Handler for BrokerConnection {
         })
     }
 
-    fn takes_raw_frame(&self) -> bool {
+    /// Whether the next frame is a raw SASL token (SaslAuthenticate v0 after SaslHandshake v0).
+    fn sasl_takes_raw_frame(&self) -> bool {
         self.sasl
             .as_ref()
             .is_some_and(Authenticator::takes_raw_frame)
     }
 
-    fn handle_raw(&self, frame: Bytes) -> LocalBoxFuture<'static, Response<FetchRecords>> {
+    /// Answers a raw SASL token frame.
+    fn sasl_handle_raw(&self, frame: Bytes) -> LocalBoxFuture<'static, Response<FetchRecords>> {
         match &self.sasl {
             Some(auth) => api::sasl::raw_token(auth, &self.shard, &self.session, frame),
             None => Box::pin(async { Response::Close }),
         }
     }
 
-    fn write_records<'a>(
+    /// Copies record data to `stream` through the connection's buffer.
+    fn copy_records<'a, T: Transport>(
         &'a self,
-        stream: &'a TcpStream,
+        stream: &'a T,
         length: u32,
         records: FetchRecords,
     ) -> LocalBoxFuture<'a, io::Result<()>> {
@@ -264,6 +275,51 @@ impl Handler for BrokerConnection {
         })
     }
 
+    /// The end of the connection, whatever the transport (or a failed TLS handshake).
+    pub fn on_closed(&self) {
+        if self.wrote_zero_copy.get() {
+            tracing::debug!(
+                target: "sluice::zero_copy",
+                shard = self.shard.id,
+                "connection closed; {}",
+                zero_copy::Counters::now()
+            );
+        }
+        self.shard
+            .connections
+            .set(self.shard.connections.get().saturating_sub(1));
+        self.shard.metrics.count(Counter::ConnectionsClosed, 1);
+    }
+}
+
+impl Handler for BrokerConnection {
+    type Records = FetchRecords;
+
+    fn handle(
+        &self,
+        header: RequestHeader,
+        body: Reader,
+    ) -> LocalBoxFuture<'static, Response<FetchRecords>> {
+        self.handle_request(header, body)
+    }
+
+    fn takes_raw_frame(&self) -> bool {
+        self.sasl_takes_raw_frame()
+    }
+
+    fn handle_raw(&self, frame: Bytes) -> LocalBoxFuture<'static, Response<FetchRecords>> {
+        self.sasl_handle_raw(frame)
+    }
+
+    fn write_records<'a>(
+        &'a self,
+        stream: &'a TcpStream,
+        length: u32,
+        records: FetchRecords,
+    ) -> LocalBoxFuture<'a, io::Result<()>> {
+        self.copy_records(stream, length, records)
+    }
+
     fn write_parts<'a>(
         &'a self,
         stream: &'a TcpStream,
@@ -303,23 +359,55 @@ impl Handler for BrokerConnection {
     }
 
     fn closed(&self) {
-        if self.wrote_zero_copy.get() {
-            tracing::debug!(
-                target: "sluice::zero_copy",
-                shard = self.shard.id,
-                "connection closed; {}",
-                zero_copy::Counters::now()
-            );
-        }
-        self.shard
-            .connections
-            .set(self.shard.connections.get().saturating_sub(1));
-        self.shard.metrics.count(Counter::ConnectionsClosed, 1);
+        self.on_closed();
+    }
+}
+
+/// Over TLS every response takes the copying path ([`Handler::write_parts`]'s default writes
+/// framing and record data in order, all of it sealed by the TLS writer).
+impl Handler<TlsStream> for BrokerConnection {
+    type Records = FetchRecords;
+
+    fn handle(
+        &self,
+        header: RequestHeader,
+        body: Reader,
+    ) -> LocalBoxFuture<'static, Response<FetchRecords>> {
+        self.handle_request(header, body)
+    }
+
+    fn takes_raw_frame(&self) -> bool {
+        self.sasl_takes_raw_frame()
+    }
+
+    fn handle_raw(&self, frame: Bytes) -> LocalBoxFuture<'static, Response<FetchRecords>> {
+        self.sasl_handle_raw(frame)
+    }
+
+    fn write_records<'a>(
+        &'a self,
+        stream: &'a TlsStream,
+        length: u32,
+        records: FetchRecords,
+    ) -> LocalBoxFuture<'a, io::Result<()>> {
+        self.copy_records(stream, length, records)
+    }
+
+    fn muted_until(&self) -> Option<std::time::Instant> {
+        self.mute.until()
+    }
+
+    fn closed(&self) {
+        self.on_closed();
     }
 }
 
 /// Writes the first `filled` bytes of `buf` and hands the buffer back for reuse.
-async fn write_filled(stream: &TcpStream, buf: Vec<u8>, filled: usize) -> io::Result<Vec<u8>> {
+async fn write_filled<T: Transport>(
+    stream: &T,
+    buf: Vec<u8>,
+    filled: usize,
+) -> io::Result<Vec<u8>> {
     let (result, slice) = stream.write_all(buf.slice(..filled)).await;
     result?;
     Ok(slice.into_inner())

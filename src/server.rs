@@ -77,6 +77,11 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
     let reservation = resolve_listener_ports(&mut config)?;
 
     let config = Arc::new(config);
+    // New handshakes pick up replaced certificate files (ssl.reload.check.interval.ms).
+    let _tls_reload = crate::security::tls::reload::start(
+        crate::security::tls::acceptors(&config.listeners.all),
+        Duration::from_millis(config.listeners.tls_reload_interval_ms),
+    );
     let store = Arc::new(MetadataStore::new(snapshot));
     let (set, inboxes) = ShardSet::new(config.shards, config.inbox_jobs_max);
     let connections_per_ip = Arc::new(ConnectionsPerIp::default());

@@ -37,6 +37,7 @@ use crate::budget::RequestBudget;
 use crate::fetch::Part;
 use crate::frame::{next_frame, FRAME_PREFIX_BYTES};
 use crate::header::RequestHeader;
+use crate::transport::Transport;
 use crate::wire::Reader;
 
 /// Frames at least this large share the connection's read buffer instead of being copied
@@ -88,8 +89,8 @@ pub enum Response<R> {
     FrameThenClose(Bytes),
 }
 
-/// The broker side of a connection.
-pub trait Handler: 'static {
+/// The broker side of a connection over transport `T` (plain TCP unless said otherwise).
+pub trait Handler<T: Transport = TcpStream>: 'static {
     /// Record data inside [`Response::Parts`].
     type Records: 'static;
 
@@ -104,7 +105,7 @@ pub trait Handler: 'static {
     /// Writes record data to the socket (copying or zero-copy: the handler decides).
     fn write_records<'a>(
         &'a self,
-        stream: &'a TcpStream,
+        stream: &'a T,
         length: u32,
         records: Self::Records,
     ) -> LocalBoxFuture<'a, io::Result<()>>;
@@ -114,7 +115,7 @@ pub trait Handler: 'static {
     /// to put framing and record data into one submission (linked io_uring entries).
     fn write_parts<'a>(
         &'a self,
-        stream: &'a TcpStream,
+        stream: &'a T,
         parts: Vec<Part<Self::Records>>,
     ) -> LocalBoxFuture<'a, io::Result<()>> {
         Box::pin(write_parts_in_order(stream, self, parts))
@@ -144,8 +145,8 @@ pub trait Handler: 'static {
 }
 
 /// Serves `stream` until the client closes it, a write fails, or a request breaks the protocol.
-pub async fn serve<H: Handler>(
-    stream: TcpStream,
+pub async fn serve<T: Transport, H: Handler<T>>(
+    stream: T,
     peer: SocketAddr,
     handler: Rc<H>,
     limits: ConnectionLimits,
@@ -165,7 +166,7 @@ pub async fn serve<H: Handler>(
         activity.clone(),
     ));
     read_requests(
-        &stream, peer, &handler, limits, &budget, &activity, queue_tx,
+        &*stream, peer, &handler, limits, &budget, &activity, queue_tx,
     )
     .await;
     // The writer drains what was queued before the reader stopped, then returns.
@@ -175,14 +176,14 @@ pub async fn serve<H: Handler>(
     handler.closed();
 }
 
-async fn read_requests<H: Handler>(
-    stream: &TcpStream,
+async fn read_requests<T: Transport, H: Handler<T>>(
+    stream: &T,
     peer: SocketAddr,
     handler: &Rc<H>,
     limits: ConnectionLimits,
     budget: &Rc<RequestBudget>,
     activity: &Activity,
-    queue_tx: tokio::sync::mpsc::Sender<Queued<H::Records>>,
+    queue_tx: tokio::sync::mpsc::Sender<Queued<<H as Handler<T>>::Records>>,
 ) {
     let idle_max = Duration::from_millis(limits.idle_ms_max);
     // One timer for the connection's life: reads and writes only move `activity.last`, and
@@ -193,13 +194,13 @@ async fn read_requests<H: Handler>(
     let mut buf = BytesMut::with_capacity(limits.read_buffer_bytes);
     loop {
         loop {
-            wait_unmuted(handler.as_ref()).await;
+            wait_unmuted::<T, H>(handler.as_ref()).await;
             let frame = match next_frame(&mut buf, limits.request_bytes_max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {
                     tracing::warn!(%peer, %error, "closing connection: bad frame");
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    stream.shutdown();
                     return;
                 }
             };
@@ -220,7 +221,7 @@ async fn read_requests<H: Handler>(
                     Ok(parsed) => Ok(parsed),
                     Err(error) => {
                         tracing::warn!(%peer, %error, "closing connection: unreadable request header");
-                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        stream.shutdown();
                         return;
                     }
                 }
@@ -247,7 +248,7 @@ async fn read_requests<H: Handler>(
             });
             slot.send(task);
         }
-        wait_unmuted(handler.as_ref()).await;
+        wait_unmuted::<T, H>(handler.as_ref()).await;
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(limits.read_buffer_bytes.max(4096));
         }
@@ -265,7 +266,7 @@ async fn read_requests<H: Handler>(
                     let idle_for = activity.last.get().elapsed();
                     if activity.in_flight.get() == 0 && idle_for >= idle_max {
                         tracing::debug!(%peer, idle_ms = idle_for.as_millis() as u64, "closing idle connection (connections.max.idle.ms)");
-                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        stream.shutdown();
                         return;
                     }
                     if activity.in_flight.get() > 0 {
@@ -293,7 +294,7 @@ async fn read_requests<H: Handler>(
 
 /// Waits out the handler's mute, if any. A muted connection is not idle: the idle clock
 /// counts from the last read or write, and the mute is bounded by the throttle time.
-async fn wait_unmuted<H: Handler>(handler: &H) {
+async fn wait_unmuted<T: Transport, H: Handler<T>>(handler: &H) {
     while let Some(until) = handler.muted_until() {
         tokio::time::sleep_until(until.into()).await;
     }
@@ -310,11 +311,11 @@ fn idle_deadline(last: Instant, idle_max: Duration) -> tokio::time::Instant {
     deadline.into()
 }
 
-async fn write_responses<H: Handler>(
-    stream: Rc<TcpStream>,
+async fn write_responses<T: Transport, H: Handler<T>>(
+    stream: Rc<T>,
     peer: SocketAddr,
     handler: Rc<H>,
-    mut queue_rx: tokio::sync::mpsc::Receiver<Queued<H::Records>>,
+    mut queue_rx: tokio::sync::mpsc::Receiver<Queued<<H as Handler<T>>::Records>>,
     activity: Rc<Activity>,
 ) {
     while let Some(task) = queue_rx.recv().await {
@@ -327,17 +328,17 @@ async fn write_responses<H: Handler>(
         };
         let written = match response {
             Response::None => Ok(()),
-            Response::Frame(bytes) => write_bytes(&stream, bytes).await,
-            Response::Parts(parts) => handler.write_parts(&stream, parts).await,
+            Response::Frame(bytes) => write_bytes(&*stream, bytes).await,
+            Response::Parts(parts) => handler.write_parts(&*stream, parts).await,
             Response::Close => {
-                let _ = stream.shutdown(std::net::Shutdown::Both);
+                stream.shutdown();
                 return;
             }
             Response::FrameThenClose(bytes) => {
-                if let Err(error) = write_bytes(&stream, bytes).await {
+                if let Err(error) = write_bytes(&*stream, bytes).await {
                     tracing::debug!(%peer, %error, "write failed; closing connection");
                 }
-                let _ = stream.shutdown(std::net::Shutdown::Both);
+                stream.shutdown();
                 return;
             }
         };
@@ -348,13 +349,13 @@ async fn write_responses<H: Handler>(
         activity.last.set(Instant::now());
         if let Err(error) = written {
             tracing::debug!(%peer, %error, "write failed; closing connection");
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            stream.shutdown();
             return;
         }
     }
 }
 
-async fn write_bytes(stream: &TcpStream, bytes: Bytes) -> io::Result<()> {
+async fn write_bytes<T: Transport>(stream: &T, bytes: Bytes) -> io::Result<()> {
     if bytes.is_empty() {
         return Ok(());
     }
@@ -363,10 +364,10 @@ async fn write_bytes(stream: &TcpStream, bytes: Bytes) -> io::Result<()> {
 }
 
 /// Writes `parts` one at a time: framing with `write_all`, records through the handler.
-pub async fn write_parts_in_order<H: Handler + ?Sized>(
-    stream: &TcpStream,
+pub async fn write_parts_in_order<T: Transport, H: Handler<T> + ?Sized>(
+    stream: &T,
     handler: &H,
-    parts: Vec<Part<H::Records>>,
+    parts: Vec<Part<<H as Handler<T>>::Records>>,
 ) -> io::Result<()> {
     for part in parts {
         match part {

@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod frame;
 pub mod header;
 pub mod produce;
+pub mod transport;
 pub mod wire;
 
 pub use frame::FrameError;

@@ -210,6 +210,14 @@ pub async fn describe(
                         if detail.synonyms {
                             c.synonyms.push(synonym(s.name, value, source));
                         }
+                        if crate::security::tls::config::is_sensitive(s.name) {
+                            // Kafka's PASSWORD-type settings: described, never shown.
+                            c.value = None;
+                            c.is_sensitive = true;
+                            for synonym in &mut c.synonyms {
+                                synonym.value = None;
+                            }
+                        }
                         if detail.documentation {
                             c.documentation = Some(str_bytes(s.doc));
                         }

@@ -1,12 +1,18 @@
 //! Reading the listener settings (`listeners`, `listener.security.protocol.map`,
 //! `advertised.listeners`, `inter.broker.listener.name`, `security.inter.broker.protocol`)
-//! through [`Listeners::parse`], every problem recorded as a configuration error. Must never
-//! bind a socket (the server does).
+//! through [`Listeners::parse`], and each TLS listener's certificates (`ssl.*`), every problem
+//! recorded as a configuration error. Must never bind a socket (the server does).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::security::listener::{ListenerSettings, Listeners};
+use crate::security::tls::config::TlsSettings;
+use crate::security::tls::stream::TlsLimits;
+use crate::security::tls::TlsAcceptor;
 
 use super::check::Check;
-use super::{ConfigError, Settings};
+use super::{ConfigError, Settings, INT_MAX};
 
 /// The listeners, or None with the problems recorded in `c`.
 pub(super) fn read(c: &mut Check, settings: &Settings) -> Option<Listeners> {
@@ -18,8 +24,8 @@ pub(super) fn read(c: &mut Check, settings: &Settings) -> Option<Listeners> {
         inter_broker_protocol: settings.raw("security.inter.broker.protocol"),
     });
     match parsed {
-        Ok(listeners) => {
-            refuse_unbuilt_protocols(c, &listeners);
+        Ok(mut listeners) => {
+            attach_tls(c, settings, &mut listeners);
             Some(listeners)
         }
         Err(errors) => {
@@ -44,19 +50,34 @@ pub(super) fn read(c: &mut Check, settings: &Settings) -> Option<Listeners> {
     }
 }
 
-/// TLS listeners need the TLS transport, which is not built yet: refused rather than served
-/// in plaintext under an SSL name.
-fn refuse_unbuilt_protocols(c: &mut Check, listeners: &Listeners) {
-    for listener in &listeners.all {
-        c.relation(
-            !listener.protocol.uses_tls(),
-            &["listeners", "listener.security.protocol.map"],
-            format!(
-                "listener {} is {}: TLS listeners are not supported yet",
-                listener.name,
-                listener.protocol.name()
-            ),
-        );
+/// Loads the certificates of every SSL and SASL_SSL listener (its `listener.name.<name>.ssl.*`
+/// settings, else the broker-wide `ssl.*`): a TLS listener that cannot serve is refused at start.
+fn attach_tls(c: &mut Check, settings: &Settings, listeners: &mut Listeners) {
+    let limits = TlsLimits {
+        handshake_timeout: Duration::from_millis(c.int("ssl.handshake.timeout.ms", 1..=INT_MAX)),
+        io_bytes: c.int("ssl.io.buffer.bytes", 4096..=(64 << 20)),
+    };
+    listeners.tls_reload_interval_ms = c.int("ssl.reload.check.interval.ms", 0..=INT_MAX);
+    for listener in listeners.all.iter_mut().filter(|l| l.protocol.uses_tls()) {
+        let tls = match TlsSettings::read(|key| settings.raw(key), &listener.name) {
+            Ok(tls) => tls,
+            Err(problems) => {
+                for (key, message) in problems {
+                    c.errors.push(ConfigError::Conflict {
+                        keys: format!("'{key}' (listener {})", listener.name),
+                        message,
+                    });
+                }
+                continue;
+            }
+        };
+        match TlsAcceptor::new(tls, limits) {
+            Ok(acceptor) => listener.tls = Some(Arc::new(acceptor)),
+            Err(message) => c.errors.push(ConfigError::Conflict {
+                keys: format!("'ssl.*' (listener {})", listener.name),
+                message,
+            }),
+        }
     }
 }
 

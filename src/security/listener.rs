@@ -9,6 +9,7 @@
 //! file: the server binds, the TLS module loads certificates.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use super::SecurityProtocol;
 
@@ -17,7 +18,7 @@ pub const DEFAULT_PROTOCOL_MAP: &str =
     "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL";
 
 /// One listener: where it binds, what it tells clients, and its security protocol.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Listener {
     /// Its name, upper-case as Kafka normalises it (`PLAINTEXT`, `INTERNAL`...).
     pub name: String,
@@ -32,16 +33,21 @@ pub struct Listener {
     /// Whether `advertised.listeners` names this listener (else it advertises its bind
     /// address, resolved port included).
     pub advertised_explicitly: bool,
+    /// The TLS configuration of an SSL or SASL_SSL listener (set once its certificates load).
+    pub tls: Option<Arc<super::tls::TlsAcceptor>>,
 }
 
 /// Every listener of the broker, in `listeners` order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Listeners {
     /// The listeners.
     pub all: Vec<Listener>,
     /// Index in `all` of the listener other brokers reach this one on (replication, request
     /// forwarding, registration).
     pub inter_broker: usize,
+    /// `ssl.reload.check.interval.ms`: how often TLS certificate files are checked for
+    /// changes (0: never).
+    pub tls_reload_interval_ms: u64,
 }
 
 /// The raw settings [`Listeners::parse`] reads, by Kafka name.
@@ -169,6 +175,7 @@ impl Listeners {
                 advertised_host: bind.ip().to_string(),
                 advertised_port: i32::from(bind.port()),
                 advertised_explicitly: false,
+                tls: None,
             });
         }
         apply_advertised(settings.advertised, &mut all, &mut errors);
@@ -177,6 +184,7 @@ impl Listeners {
             Ok(Listeners {
                 all,
                 inter_broker: inter_broker.unwrap_or(0),
+                tls_reload_interval_ms: 0,
             })
         } else {
             Err(errors)

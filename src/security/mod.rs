@@ -11,6 +11,7 @@ pub mod acl;
 pub mod listener;
 pub mod quota;
 pub mod sasl;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::fmt;

@@ -1,0 +1,333 @@
+"""TLS listeners against the real binary, with certificates made at test time (tls_certs.py):
+kcat, confluent-kafka, kafka-python, kafkajs and Kafka's console tools (the Java client)
+produce and consume over SSL with mutual TLS, byte for byte; the client certificate's subject
+reaches the broker as the principal; clients without a certificate, with an untrusted one or
+an expired one are refused while a good client keeps producing; a plaintext Kafka client on
+the TLS port is refused at once; replaced certificate files are picked up by new connections;
+garbage, truncated ClientHellos and random bytes after a valid ClientHello close their
+connections and the broker keeps serving (a longer fuzz run: scripts/tls-fuzz.py)."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import helpers
+from helpers import consume_confluent, free_port, produce_confluent, run_kcat, run_node, unique_topic
+from tls_certs import CertAuthority
+
+ROOT = Path(__file__).resolve().parents[2]
+PEER = ROOT / "scripts" / "kafka-peer.sh"
+ALICE_SUBJECT = "/C=US/O=Example/OU=eng/CN=alice"
+ALICE_PRINCIPAL = "User:CN=alice,OU=eng,O=Example,C=US"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class Pki:
+    def __init__(self, directory: Path):
+        self.ca = CertAuthority(directory / "ca")
+        self.server = self.ca.issue("server", "/O=Sluice Tests/CN=broker-1", server=True)
+        self.alice = self.ca.issue("alice", ALICE_SUBJECT)
+        self.expired = self.ca.issue("expired", "/O=Example/CN=expired", expired=True)
+        self.rogue_ca = CertAuthority(directory / "rogue", name="rogue")
+        self.mallory = self.rogue_ca.issue("mallory", "/O=Example/CN=mallory")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+def tls_broker(broker_factory, pki, monkeypatch, client_auth="required", **extra):
+    """A broker with PLAINTEXT on its fixture port (the readiness check) and SSL on .ssl_port;
+    the TLS log target at debug so the principal of each session is in the log."""
+    monkeypatch.setenv("RUST_LOG", "info,sluice::tls=debug")
+    broker = broker_factory(start=False)
+    broker.ssl_port = free_port()
+    broker.ssl_bootstrap = f"127.0.0.1:{broker.ssl_port}"
+    broker.overrides.update({
+        "listeners": f"PLAINTEXT://127.0.0.1:{broker.port},SSL://127.0.0.1:{broker.ssl_port}",
+        "ssl.keystore.location": str(pki.server.bundle),
+        "ssl.truststore.location": str(pki.ca.cert),
+        "ssl.client.auth": client_auth,
+        **extra,
+    })
+    broker.start()
+    return broker
+
+
+def log_of(broker) -> str:
+    """The broker log without the terminal colours tracing adds."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", broker.log_text())
+
+
+def confluent_ssl(pki, identity=None):
+    conf = {"security.protocol": "SSL", "ssl.ca.location": str(pki.ca.cert)}
+    if identity is not None:
+        conf["ssl.certificate.location"] = str(identity.cert)
+        conf["ssl.key.location"] = str(identity.key)
+    return conf
+
+
+def payloads(n, tag):
+    return [(f"k{i}".encode(), f"{tag}-{i}-".encode() + bytes(range(256))[: i % 256]) for i in range(n)]
+
+
+def test_confluent_kcat_and_kafka_python_over_mutual_tls(broker_factory, pki, monkeypatch):
+    broker = tls_broker(broker_factory, pki, monkeypatch)
+    topic = unique_topic("tls")
+    records = payloads(300, "confluent")
+    conf = confluent_ssl(pki, pki.alice)
+    delivered = produce_confluent(broker.ssl_bootstrap, topic, records, partition=0, **conf)
+    assert [d.offset for d in delivered] == list(range(300))
+    got = consume_confluent(broker.ssl_bootstrap, topic, [0], 300, **conf)
+    assert [(m.key, m.value) for m in got[:300]] == records
+
+    # kcat (librdkafka's CLI): produce lines over TLS, consume everything back.
+    lines = [f"kcat-{i}-{'é' * (i % 7)}" for i in range(50)]
+    kcat_ssl = ["-X", "security.protocol=SSL", "-X", f"ssl.ca.location={pki.ca.cert}",
+                "-X", f"ssl.certificate.location={pki.alice.cert}",
+                "-X", f"ssl.key.location={pki.alice.key}"]
+    kcat_topic = unique_topic("tls-kcat")
+    run_kcat(["-b", broker.ssl_bootstrap, *kcat_ssl, "-P", "-t", kcat_topic, "-p", "0"],
+             input="\n".join(lines) + "\n")
+    out = run_kcat(["-b", broker.ssl_bootstrap, *kcat_ssl, "-C", "-t", kcat_topic, "-p", "0",
+                    "-o", "beginning", "-c", str(len(lines)), "-e"])
+    assert out.stdout.decode().splitlines() == lines
+
+    # kafka-python.
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    kp_conf = dict(bootstrap_servers=broker.ssl_bootstrap, security_protocol="SSL",
+                   ssl_cafile=str(pki.ca.cert), ssl_certfile=str(pki.alice.cert),
+                   ssl_keyfile=str(pki.alice.key))
+    kp_topic = unique_topic("tls-kp")
+    producer = KafkaProducer(acks="all", **kp_conf)
+    sent = [f"kafka-python-{i}".encode() * (1 + i % 5) for i in range(100)]
+    for value in sent:
+        producer.send(kp_topic, value=value, partition=0)
+    producer.flush(30)
+    producer.close()
+    consumer = KafkaConsumer(consumer_timeout_ms=20000, **kp_conf)
+    tp = TopicPartition(kp_topic, 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    read = []
+    for message in consumer:
+        read.append(message.value)
+        if len(read) == len(sent):
+            break
+    consumer.close()
+    assert read == sent
+    assert f"principal={ALICE_PRINCIPAL}" in log_of(broker)
+
+
+def test_kafkajs_over_mutual_tls(broker_factory, pki, monkeypatch):
+    broker = tls_broker(broker_factory, pki, monkeypatch)
+    result = run_node("tls_roundtrip.js", broker.ssl_bootstrap, unique_topic("tls-js"), 120,
+                      pki.ca.cert, pki.alice.cert, pki.alice.key)
+    assert result["ok"], result
+    assert result["got"] == result["sent"]
+
+
+def test_java_console_tools_over_mutual_tls(broker_factory, pki, monkeypatch, tmp_path):
+    broker = tls_broker(broker_factory, pki, monkeypatch)
+    props = tmp_path / "client-ssl.properties"
+    props.write_text(
+        "security.protocol=SSL\n"
+        "ssl.truststore.type=PEM\n"
+        f"ssl.truststore.location={pki.ca.cert}\n"
+        "ssl.keystore.type=PEM\n"
+        f"ssl.keystore.location={pki.alice.bundle}\n"
+    )
+    topic = unique_topic("tls-java")
+    lines = [f"java-{i}-{'ü' * (i % 5)}" for i in range(40)]
+
+    def tool(name, *args, input=None):
+        proc = subprocess.run([str(PEER), "tool", name, *map(str, args)], input=input,
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
+        return proc.stdout
+
+    tool("kafka-console-producer", "--bootstrap-server", broker.ssl_bootstrap, "--topic", topic,
+         "--producer.config", props, input="\n".join(lines) + "\n")
+    out = tool("kafka-console-consumer", "--bootstrap-server", broker.ssl_bootstrap, "--topic",
+               topic, "--from-beginning", "--max-messages", len(lines), "--consumer.config",
+               props, "--timeout-ms", 60000)
+    assert out.splitlines() == lines
+    assert f"principal={ALICE_PRINCIPAL}" in log_of(broker)
+
+
+def handshake_then_api_versions(port, pki, identity=None, timeout_s=5.0):
+    """A raw TLS client: handshake, one ApiVersions request; returns ("ok", None) when answered
+    or ("refused", the error) when the handshake or the first read fails."""
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+    if identity is not None:
+        ctx.load_cert_chain(str(identity.cert), str(identity.key))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    try:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(helpers.frame(helpers.request_header(18, 0, 1)))
+            head = tls.recv(4)
+            if len(head) < 4:
+                return "refused", "closed"
+            return "ok", None
+    except (ssl.SSLError, ConnectionError, OSError) as exc:
+        return "refused", exc
+
+
+def test_bad_client_certificates_are_refused_while_a_good_client_keeps_working(
+        broker_factory, pki, monkeypatch):
+    broker = tls_broker(broker_factory, pki, monkeypatch)
+    topic = unique_topic("tls-steady")
+    conf = confluent_ssl(pki, pki.alice)
+    stop = threading.Event()
+    produced = []
+
+    def steady():
+        batch = 0
+        while not stop.is_set():
+            recs = payloads(20, f"steady{batch}")
+            delivered = produce_confluent(broker.ssl_bootstrap, topic, recs, partition=0, **conf)
+            produced.extend(d.offset for d in delivered)
+            batch += 1
+
+    worker = threading.Thread(target=steady)
+    worker.start()
+    try:
+        outcomes = {}
+        for name, identity in [("none", None), ("untrusted", pki.mallory),
+                               ("expired", pki.expired)]:
+            started = time.monotonic()
+            outcomes[name] = handshake_then_api_versions(broker.ssl_port, pki, identity)
+            assert time.monotonic() - started < 5, f"{name}: refusal took too long"
+        assert outcomes["none"][0] == "refused", outcomes
+        assert outcomes["untrusted"][0] == "refused", outcomes
+        assert outcomes["expired"][0] == "refused", outcomes
+        assert handshake_then_api_versions(broker.ssl_port, pki, pki.alice) == ("ok", None)
+        time.sleep(1)
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert len(produced) >= 20 and produced == list(range(len(produced)))
+    log = log_of(broker)
+    assert "TLS handshake failed" in log
+    assert "expired" in log.lower()
+    assert "UnknownIssuer" in log or "unknown issuer" in log.lower()
+    # With requested client auth, a client without a certificate is ANONYMOUS.
+    lax = tls_broker(broker_factory, pki, monkeypatch, client_auth="requested")
+    assert handshake_then_api_versions(lax.ssl_port, pki, None) == ("ok", None)
+    helpers.wait_until(lambda: "principal=User:ANONYMOUS" in log_of(lax), 5,
+                       what="the anonymous TLS session in the log")
+
+
+def test_a_plaintext_client_on_the_tls_port_is_refused_quickly(broker_factory, pki, monkeypatch):
+    broker = tls_broker(broker_factory, pki, monkeypatch)
+    started = time.monotonic()
+    with helpers.RawConn(broker.ssl_bootstrap) as conn:
+        conn.send_raw(helpers.frame(helpers.request_header(18, 0, 7)))
+        assert conn.is_closed_by_peer(timeout_s=3)
+    assert time.monotonic() - started < 3
+    helpers.wait_until(lambda: "TLS handshake failed" in log_of(broker), 5,
+                       what="the refusal's log line")
+    # The plaintext listener beside it is unaffected.
+    with helpers.RawConn(broker.bootstrap) as conn:
+        assert helpers.api_versions(conn, 0)[0] == 0
+
+
+def peer_certificate(port, pki):
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+    ctx.load_cert_chain(str(pki.alice.cert), str(pki.alice.key))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            return tls.getpeercert()
+
+
+def test_replaced_certificate_files_are_used_by_new_connections(broker_factory, pki, monkeypatch,
+                                                               tmp_path):
+    keystore = tmp_path / "keystore.pem"
+    keystore.write_bytes(pki.server.bundle.read_bytes())
+    broker = tls_broker(broker_factory, pki, monkeypatch,
+                        **{"ssl.keystore.location": str(keystore),
+                           "ssl.reload.check.interval.ms": 300})
+    first = peer_certificate(broker.ssl_port, pki)
+    assert first["serialNumber"] == pki.server.serial()
+    renewed = pki.ca.issue("server-renewed", "/O=Sluice Tests/CN=broker-1-renewed", server=True)
+    assert renewed.serial() != pki.server.serial()
+    # A half-written file must not replace a working certificate: write elsewhere, then rename.
+    staging = tmp_path / "keystore.pem.new"
+    staging.write_bytes(renewed.bundle.read_bytes())
+    os.replace(staging, keystore)
+    helpers.wait_until(
+        lambda: peer_certificate(broker.ssl_port, pki)["serialNumber"] == renewed.serial(),
+        10, what="a new connection to see the renewed certificate")
+    subject = dict(x[0] for x in peer_certificate(broker.ssl_port, pki)["subject"])
+    assert subject["commonName"] == "broker-1-renewed"
+    assert "TLS certificates reloaded" in log_of(broker)
+    # A broken file is reported and the renewed certificate stays in use.
+    keystore.write_text("not a certificate")
+    helpers.wait_until(lambda: "TLS certificate reload failed" in log_of(broker), 10,
+                       what="the failed reload's log line")
+    assert peer_certificate(broker.ssl_port, pki)["serialNumber"] == renewed.serial()
+
+
+def client_hello(pki) -> bytes:
+    """The bytes of a real TLS ClientHello (Python's ssl over memory BIOs)."""
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def send_and_wait_close(port, data: bytes, timeout_s: float) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+        try:
+            s.sendall(data)
+        except OSError:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                return False
+            except OSError:
+                return True
+            if not chunk:
+                return True
+        return False
+
+
+def test_tls_handshake_fuzz_short(broker_factory, pki, monkeypatch):
+    broker = tls_broker(broker_factory, pki, monkeypatch, **{"ssl.handshake.timeout.ms": 1000})
+    hello = client_hello(pki)
+    rng = random.Random(int(os.environ.get("SLUICE_TLS_FUZZ_SEED", "16")))
+    cases = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 600))) for _ in range(15)]
+    cases += [hello[: rng.randrange(1, len(hello))] for _ in range(8)]
+    cases += [hello + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400)))
+              for _ in range(8)]
+    # Flipped bytes inside a ClientHello.
+    for _ in range(8):
+        mutated = bytearray(hello)
+        for _ in range(rng.randrange(1, 6)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        cases.append(bytes(mutated))
+    for data in cases:
+        # Truncated hellos wait for the handshake timeout (1 s); everything else closes at once.
+        assert send_and_wait_close(broker.ssl_port, data, timeout_s=5), data[:40].hex()
+    assert handshake_then_api_versions(broker.ssl_port, pki, pki.alice) == ("ok", None)
+    with helpers.RawConn(broker.bootstrap) as conn:
+        assert helpers.api_versions(conn, 0)[0] == 0
+    assert broker.alive()
