@@ -17,10 +17,13 @@ use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 
+use super::authz::Authz;
 use super::{decode_or_close, encode, str_bytes, FetchRecords};
 use crate::errors::code;
 use crate::metadata::controller::{AdminError, QuotaAlteration};
+use crate::security::acl::Operation;
 use crate::security::quota::configs::{MatchName, QuotaEntity};
+use crate::security::Session;
 use crate::shard::Shard;
 
 /// Handles DescribeClientQuotas.
@@ -28,10 +31,16 @@ pub async fn describe(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DescribeClientQuotasRequest);
     let mut response = DescribeClientQuotasResponse::default();
     response.error_message = None;
+    // Kafka's table: DESCRIBE_CONFIGS on the cluster.
+    if !Authz::of(&shard, session).cluster(Operation::DescribeConfigs) {
+        response.error_code = code::CLUSTER_AUTHORIZATION_FAILED;
+        return encode(&header, &response);
+    }
     let mut filter = Vec::with_capacity(request.components.len());
     for component in &request.components {
         let name = component._match.as_ref().map(|m| m.to_string());
@@ -96,12 +105,23 @@ pub async fn alter(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, AlterClientQuotasRequest);
-    // Entities that are malformed are answered without reaching the controller.
+    // Kafka's table: ALTER_CONFIGS on the cluster, else every entry is refused.
+    let allowed = Authz::of(&shard, session).cluster(Operation::AlterConfigs);
+    // Entities that are malformed (or not allowed) are answered without reaching the
+    // controller.
     let mut early: Vec<Option<AdminError>> = Vec::with_capacity(request.entries.len());
     let mut alterations: Vec<QuotaAlteration> = Vec::new();
     for entry in &request.entries {
+        if !allowed {
+            early.push(Some((
+                code::CLUSTER_AUTHORIZATION_FAILED,
+                "ALTER_CONFIGS on the cluster is needed".to_string(),
+            )));
+            continue;
+        }
         let entity = QuotaEntity::from_wire(
             entry
                 .entity

@@ -191,11 +191,11 @@ pub async fn dispatch(
         29 => acls::describe(shard, header, body, session).await,
         30 => acls::create(shard, header, body, session).await,
         31 => acls::delete(shard, header, body, session).await,
-        48 => client_quotas::describe(shard, header, body).await,
-        49 => client_quotas::alter(shard, header, body).await,
+        48 => client_quotas::describe(shard, header, body, session).await,
+        49 => client_quotas::alter(shard, header, body, session).await,
         17 | 36 => sasl::without_sasl(&header),
-        50 => scram_users::describe(shard, header, body),
-        51 => scram_users::alter(shard, header, body).await,
+        50 => scram_users::describe(shard, header, body, session),
+        51 => scram_users::alter(shard, header, body, session).await,
         _ => Response::Close,
     }
 }

@@ -25,13 +25,16 @@ use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
 
+use super::authz::Authz;
 use super::{decode_or_close, encode, str_bytes, FetchRecords};
 use crate::errors::code;
 use crate::metadata::controller::AdminError;
 use crate::metadata::log::MetadataRecord;
+use crate::security::acl::Operation;
 use crate::security::sasl::credentials::{check_iterations, check_user_and_mechanism};
 use crate::security::sasl::scram::ScramCredential;
 use crate::security::sasl::ScramCredentials;
+use crate::security::Session;
 use crate::shard::Shard;
 
 fn describe_result(users: &ScramCredentials, user: &str) -> DescribeUserScramCredentialsResult {
@@ -60,11 +63,22 @@ fn describe_result(users: &ScramCredentials, user: &str) -> DescribeUserScramCre
 }
 
 /// Handles DescribeUserScramCredentials: all users (null or empty list) or the named ones.
-pub fn describe(shard: Rc<Shard>, header: RequestHeader, body: Reader) -> Response<FetchRecords> {
+pub fn describe(
+    shard: Rc<Shard>,
+    header: RequestHeader,
+    body: Reader,
+    session: &Session,
+) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, DescribeUserScramCredentialsRequest);
     let snapshot = shard.metadata.load();
     let users = &snapshot.scram;
     let mut response = DescribeUserScramCredentialsResponse::default();
+    // Kafka's table: DESCRIBE on the cluster.
+    if !Authz::of(&shard, session).cluster(Operation::Describe) {
+        response.error_code = code::CLUSTER_AUTHORIZATION_FAILED;
+        response.error_message = Some(str_bytes("DESCRIBE on the cluster is needed"));
+        return encode(&header, &response);
+    }
     // Kafka describes every user for a null list and for an empty one alike.
     match request.users.filter(|names| !names.is_empty()) {
         None => {
@@ -258,8 +272,29 @@ pub async fn alter(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Reader,
+    session: &Session,
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, AlterUserScramCredentialsRequest);
+    // Kafka's table: ALTER on the cluster, else every user named is refused.
+    if !Authz::of(&shard, session).cluster(Operation::Alter) {
+        let mut names: Vec<&str> = request
+            .deletions
+            .iter()
+            .map(|d| d.name.as_str())
+            .chain(request.upsertions.iter().map(|u| u.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut response = AlterUserScramCredentialsResponse::default();
+        for name in names {
+            let mut result = AlterUserScramCredentialsResult::default();
+            result.user = str_bytes(name);
+            result.error_code = code::CLUSTER_AUTHORIZATION_FAILED;
+            result.error_message = Some(str_bytes("ALTER on the cluster is needed"));
+            response.results.push(result);
+        }
+        return encode(&header, &response);
+    }
     let plan = plan_alter(&shard.metadata.load().scram, &request);
     let committed = if plan.records.is_empty() {
         Ok(())

@@ -227,6 +227,31 @@ def test_acl_matrix_with_confluent_and_kafka_python(broker_factory):
     with pytest.raises(ClusterAuthorizationFailedError):
         kafka_python_describe(broker)
 
+    # The SCRAM and quota admin APIs need DESCRIBE / ALTER / DESCRIBE_CONFIGS / ALTER_CONFIGS
+    # on the cluster (Kafka's table).
+    from confluent_kafka.admin import (
+        ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion,
+    )
+
+    # DescribeUserScramCredentials (50) v0, all users, at the protocol level: confluent-kafka
+    # 2.16 crashes the interpreter on this response's top-level error.
+    from helpers import RawConn
+
+    with RawConn(broker.bootstrap) as conn:
+        r = conn.call(50, 0, b"\x00\x00", flexible_request=True)  # users: null; no tags
+        assert r.i32() == 0  # throttle_time_ms
+        assert r.i16() == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+        # DescribeClientQuotas (48) v0, no components, not strict: DESCRIBE_CONFIGS needed.
+        r = conn.call(48, 0, b"\x00\x00\x00\x00\x00")
+        assert r.i32() == 0
+        assert r.i16() == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+    upsert = UserScramCredentialUpsertion(
+        "mallory", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 4096), b"pw")
+    futures = admin.alter_user_scram_credentials([upsert], request_timeout=15)
+    with pytest.raises(KafkaException) as raised:
+        list(futures.values())[0].result(timeout=20)
+    assert error_code_of(raised.value) == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+
     # kafka-python sees the same refusals as its own exception types.
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
