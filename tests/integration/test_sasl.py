@@ -459,7 +459,7 @@ def test_users_add_refuses_a_running_brokers_dir(sasl_broker, sluice_bin):
 # -- a cluster -------------------------------------------------------------------------------
 
 
-def test_credentials_go_through_the_quorum(broker_factory):
+def test_credentials_go_through_the_quorum(broker_factory, sluice_bin):
     """In a 3-node cluster (each with a PLAINTEXT and a SASL_PLAINTEXT listener) a user created
     through node 1 logs in on nodes 2 and 3, also on node 3 after kill -9 and restart (the
     credential is in the replicated state and its snapshots); deleted through node 2, it can
@@ -486,14 +486,18 @@ def test_credentials_go_through_the_quorum(broker_factory):
             f"PLAINTEXT://{node.bootstrap},SASL_PLAINTEXT://{node.sasl_bootstrap}"
         )
         nodes[n] = node
+    # A broker's own --data-dir user is not served in a cluster: the quorum could never
+    # delete it (a deleted user would keep logging in on that broker).
+    sluice_users(sluice_bin, "add", "local-only", "--password", "pw-l",
+                 "--mechanism", "SCRAM-SHA-512", "--data-dir", nodes[1].data_dir)
     for node in nodes.values():
         node.start(wait=False)
     for node in nodes.values():
         node.wait_ready()
 
-    def can_log_in(node, password="pw-q"):
+    def can_log_in(node, password="pw-q", user="quorum-user"):
         admin = confluent_admin(node.sasl_bootstrap,
-                                **sasl_conf("SCRAM-SHA-512", "quorum-user", password))
+                                **sasl_conf("SCRAM-SHA-512", user, password))
         try:
             return bool(admin.list_topics(timeout=3).brokers)
         except KafkaException:
@@ -507,6 +511,7 @@ def test_credentials_go_through_the_quorum(broker_factory):
             return False  # no controller elected yet
 
     wait_until(add, 30, interval_s=0.5, what="the user committed through node 1")
+    assert not can_log_in(nodes[1], "pw-l", user="local-only")
     for n in (2, 3):
         wait_until(lambda: can_log_in(nodes[n]), 15, what=f"login on node {n}")
     # More changes than a snapshot interval, so node 3 restores from a snapshot.

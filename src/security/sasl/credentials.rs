@@ -66,13 +66,28 @@ impl ScramCredentials {
     }
 }
 
-/// In a cluster: this broker's own credentials (`sluice users add --data-dir`) overlaid with
-/// the quorum's, which win for a (user, mechanism) both have.
+/// In a cluster: the quorum's credentials alone.
+///
+/// A credential written with `sluice users add --data-dir` is this broker's own: the quorum
+/// cannot delete or replace it, so serving it in a cluster would let a user deleted through
+/// the Admin API keep logging in here. It is therefore not used in a cluster (a warning says
+/// so once); the first user of a cluster is created through the Admin API on the PLAINTEXT
+/// inter-broker listener every cluster has.
 pub fn with_cluster(
     local: &ScramCredentials,
     cluster: &sluice_cluster::scram::ScramState,
 ) -> ScramCredentials {
-    let mut merged = local.clone();
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if !local.is_empty() {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "SCRAM credentials added with `sluice users add --data-dir` are not used in a \
+                 cluster (the quorum could not delete them); create users through the Admin \
+                 API (`sluice users add` against a running broker)"
+            )
+        });
+    }
+    let mut merged = ScramCredentials::default();
     for (user, mechanisms) in cluster {
         for (name, record) in mechanisms {
             let Some(mechanism) = ScramMechanism::from_name(name) else {
