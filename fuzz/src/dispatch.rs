@@ -25,6 +25,7 @@ use sluice::config::{BrokerConfig, Settings};
 use sluice::metadata::controller::{Controller, NewTopic};
 use sluice::metadata::log::MetadataLog;
 use sluice::metadata::MetadataStore;
+use sluice::security::{SecurityProtocol, Session};
 use sluice::shard::{Shard, ShardSet};
 use sluice_net::connection::Response;
 use sluice_net::frame::next_frame;
@@ -139,13 +140,21 @@ impl Broker {
         };
         let correlation_id = header.correlation_id;
         let shard = self.shard.clone();
-        let dispatched = sluice::api::dispatch(shard, header, body, "/127.0.0.1");
+        // A PLAINTEXT client from 127.0.0.1, as the TCP harness would have.
+        let session = Session::new(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 40000)),
+            Rc::from("PLAINTEXT"),
+            SecurityProtocol::Plaintext,
+        );
+        let dispatched = sluice::api::dispatch(shard, header, body, &session);
         let response = self
             .runtime
             .block_on(async { tokio::time::timeout(REQUEST_WAIT, dispatched).await });
         match response {
             Err(_) => Outcome::Waiting,
             Ok(Response::Close) => Outcome::Close,
+            // Only a SASL refusal answers then closes; this harness's session is PLAINTEXT.
+            Ok(Response::FrameThenClose(_)) => Outcome::Close,
             Ok(Response::None) => Outcome::Nothing,
             Ok(Response::Parts(parts)) => {
                 let Some(sluice_net::fetch::Part::Framing(first)) = parts.first() else {
