@@ -189,7 +189,7 @@ pub async fn handle(
     // measured span (a follower of a cluster is never charged).
     let quota = replica
         .is_none()
-        .then(|| FetchCharge::begin(&shard, session, &header))
+        .then(|| FetchCharge::begin(&shard, &snapshot.client_quotas, session, &header))
         .flatten();
     let quota_bytes_max = quota.as_ref().map_or(u32::MAX, FetchCharge::bytes_max);
     let max_bytes = asked_bytes

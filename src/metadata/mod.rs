@@ -156,6 +156,13 @@ impl MetadataStore {
         self.current.load_full()
     }
 
+    /// Whether the current snapshot holds any client quota. Asked for every request, so it
+    /// borrows the snapshot (`ArcSwap::load`) instead of cloning its `Arc`: no write to the
+    /// reference count every shard shares.
+    pub fn has_client_quotas(&self) -> bool {
+        !self.current.load().client_quotas.is_empty()
+    }
+
     /// Publishes a new snapshot; only the controller calls this.
     pub(crate) fn publish(&self, snapshot: MetadataSnapshot) {
         self.current.store(Arc::new(snapshot));

@@ -74,11 +74,13 @@ impl RequestCharge {
         header: &RequestHeader,
         request_bytes: u64,
     ) -> Option<RequestCharge> {
-        let snapshot = shard.metadata.load();
-        let quotas = &snapshot.client_quotas;
-        if quotas.is_empty() {
+        // Every request passes here: without quotas, a peek at the published snapshot that
+        // does not touch its shared reference count.
+        if !shard.metadata.has_client_quotas() {
             return None;
         }
+        let snapshot = shard.metadata.load();
+        let quotas = &snapshot.client_quotas;
         let produce_throttle_ms = if header.api_key == 0 {
             governing(quotas, QuotaKind::Produce, session, header).map_or(0, |(bound, entity)| {
                 shard
@@ -202,11 +204,15 @@ pub struct FetchCharge {
 }
 
 impl FetchCharge {
-    /// The charge of a consumer's fetch (followers are never charged), None without a quota.
-    pub fn begin(shard: &Shard, session: &Session, header: &RequestHeader) -> Option<FetchCharge> {
-        let snapshot = shard.metadata.load();
-        let (bound, entity) =
-            governing(&snapshot.client_quotas, QuotaKind::Fetch, session, header)?;
+    /// The charge of a consumer's fetch (followers are never charged), None without a quota
+    /// in `quotas` (those of the snapshot the Fetch handler already holds).
+    pub fn begin(
+        shard: &Shard,
+        quotas: &ClientQuotas,
+        session: &Session,
+        header: &RequestHeader,
+    ) -> Option<FetchCharge> {
+        let (bound, entity) = governing(quotas, QuotaKind::Fetch, session, header)?;
         Some(FetchCharge {
             manager: shard.quotas.clone(),
             bound,
