@@ -7,9 +7,8 @@
 //! connections over all shards: a per-shard share of the quota would hold a client with one
 //! connection to 1/N of its quota, and a client with many connections would get more than it.
 //! The lock is taken only for a request whose client has a quota, for one map lookup and the
-//! few arithmetic operations of one recording (no await; the lookup key is a clone of the
-//! entity's two names, an allocation a per-entity map of borrowed keys would save). Must
-//! never: be touched when no quota is configured, hold its lock across an await, or keep more
+//! few arithmetic operations of one recording (no await, and no allocation once the entity
+//! has a sensor: one map per quota type is looked up by the borrowed entity). Must never: be touched when no quota is configured, hold its lock across an await, or keep more
 //! than `quota.entities.max` entities.
 
 use std::collections::HashMap;
@@ -39,12 +38,21 @@ struct Sensor {
     last_used_ms: u64,
 }
 
+/// The sensors of each quota type (indexed by `QuotaKind as usize`), keyed by entity so that
+/// a recording finds its sensor without building a key.
+type Sensors = [HashMap<MeasuredEntity, Sensor>; QuotaKind::COUNT];
+
+/// How many sensors are kept, over every quota type.
+fn sensor_count(sensors: &Sensors) -> usize {
+    sensors.iter().map(HashMap::len).sum()
+}
+
 /// The measurements, broker-wide.
 #[derive(Debug)]
 pub struct QuotaManager {
     settings: QuotaSettings,
     started: Instant,
-    sensors: Mutex<HashMap<(QuotaKind, MeasuredEntity), Sensor>>,
+    sensors: Mutex<Sensors>,
 }
 
 impl QuotaManager {
@@ -53,7 +61,7 @@ impl QuotaManager {
         QuotaManager {
             settings,
             started: Instant::now(),
-            sensors: Mutex::new(HashMap::new()),
+            sensors: Mutex::new(Default::default()),
         }
     }
 
@@ -80,37 +88,38 @@ impl QuotaManager {
         // A poisoned lock only means another shard panicked mid-recording; the rates are
         // still usable numbers.
         let mut sensors = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (kind, entity.clone());
-        if !sensors.contains_key(&key) {
-            if sensors.len() >= self.settings.entities_max.max(1) {
-                sensors.retain(|_, s| now_ms.saturating_sub(s.last_used_ms) < IDLE_EXPIRY_MS);
-            }
-            if sensors.len() >= self.settings.entities_max.max(1) {
-                let oldest = sensors
-                    .iter()
-                    .min_by_key(|(_, s)| s.last_used_ms)
-                    .map(|(k, _)| k.clone());
-                if let Some(oldest) = oldest {
-                    sensors.remove(&oldest);
-                }
-            }
-            sensors.insert(
-                key.clone(),
-                Sensor {
-                    rate: Rate::new(windows, now_ms),
-                    bucket: None,
-                    bound,
-                    throttle_ms_total: 0,
-                    throttled_total: 0,
-                    last_used_ms: now_ms,
-                },
-            );
+        if let Some(sensor) = sensors[kind as usize].get_mut(entity) {
+            sensor.bound = bound;
+            sensor.last_used_ms = now_ms;
+            return f(sensor, now_ms);
         }
-        let Some(sensor) = sensors.get_mut(&key) else {
-            unreachable!("inserted above under the same lock")
-        };
-        sensor.bound = bound;
-        sensor.last_used_ms = now_ms;
+        let entities_max = self.settings.entities_max.max(1);
+        if sensor_count(&sensors) >= entities_max {
+            for map in sensors.iter_mut() {
+                map.retain(|_, s| now_ms.saturating_sub(s.last_used_ms) < IDLE_EXPIRY_MS);
+            }
+        }
+        if sensor_count(&sensors) >= entities_max {
+            let oldest = sensors
+                .iter()
+                .enumerate()
+                .flat_map(|(k, map)| map.iter().map(move |(e, s)| (s.last_used_ms, k, e)))
+                .min_by_key(|(last_used_ms, _, _)| *last_used_ms)
+                .map(|(_, k, e)| (k, e.clone()));
+            if let Some((k, oldest)) = oldest {
+                sensors[k].remove(&oldest);
+            }
+        }
+        let sensor = sensors[kind as usize]
+            .entry(entity.clone())
+            .or_insert(Sensor {
+                rate: Rate::new(windows, now_ms),
+                bucket: None,
+                bound,
+                throttle_ms_total: 0,
+                throttled_total: 0,
+                last_used_ms: now_ms,
+            });
         f(sensor, now_ms)
     }
 
@@ -201,9 +210,11 @@ impl QuotaManager {
             let mut sensors = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
             sensors
                 .iter_mut()
-                .map(|((kind, entity), s)| {
+                .zip(QuotaKind::ALL)
+                .flat_map(|(map, kind)| map.iter_mut().map(move |(entity, s)| (kind, entity, s)))
+                .map(|(kind, entity, s)| {
                     (
-                        *kind,
+                        kind,
                         entity.clone(),
                         s.rate.measure(windows, now_ms),
                         s.bound,
@@ -324,7 +335,7 @@ mod tests {
         for i in 0..5 {
             manager.record(QuotaKind::Produce, &entity(&format!("c{i}")), 1e9, 10.0);
         }
-        assert_eq!(manager.sensors.lock().unwrap().len(), 3);
+        assert_eq!(sensor_count(&manager.sensors.lock().unwrap()), 3);
         let mut snapshot = MetricsSnapshot::empty();
         manager.export(&mut snapshot);
         let text = snapshot.to_prometheus();
