@@ -40,6 +40,7 @@ produce_v3, fetch_v4, encode_record_batch, parse_record_batches, unique_topic, w
 
 On a failed test, the tail of each of its brokers' logs is attached to the report. At teardown,
 a broker that exited on its own (a crash) or whose log contains a Rust panic fails the test.
+After every test its partition directories are deleted (SLUICE_KEEP_DATA=1 keeps them).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -313,6 +315,25 @@ class Broker:
 
     def describe(self) -> str:
         return f"command: {' '.join(self.command())}\n--- broker log tail ({self.log_path}) ---\n" + self.log_tail()
+
+
+# Partition directories hold a segment's index files; whatever holds one is a broker's log data.
+_PARTITION_DIR_MARKERS = (".index", ".timeindex")
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_data_after_test(tmp_path):
+    """After every test (its brokers are stopped by then: this fixture is set up before theirs,
+    so it is torn down after), delete the partition directories under its tmp_path. Load tests
+    write gigabytes each and pytest keeps every test's tmp_path until the session ends: without
+    this the suite needs tens of gigabytes of free disk. Broker logs (broker.log) and other small
+    files stay for the report. SLUICE_KEEP_DATA=1 keeps everything, to debug a test's log."""
+    yield
+    if os.environ.get("SLUICE_KEEP_DATA") == "1":
+        return
+    for dirpath, _dirnames, filenames in os.walk(tmp_path):
+        if any(name.endswith(_PARTITION_DIR_MARKERS) for name in filenames):
+            shutil.rmtree(dirpath, ignore_errors=True)
 
 
 @pytest.fixture

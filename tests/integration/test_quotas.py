@@ -221,9 +221,10 @@ def test_kafka_configs_sets_and_describes_client_quotas(broker):
 # ---------------------------------------------------------------------------------------------
 
 
-def run_producer(bootstrap, topic, client_id, seconds, results, stats):
-    """Produces 10 KB records as fast as the broker lets it for `seconds`; records the payload
-    bytes delivered and the throttle librdkafka's stats report."""
+def run_producer(bootstrap, topic, client_id, seconds, results, stats, pace_bytes_per_s=None):
+    """Produces 10 KB records as fast as the broker lets it for `seconds` (or, with
+    pace_bytes_per_s, no faster than that: a free client otherwise writes gigabytes of disk);
+    records the payload bytes delivered and the throttle librdkafka's stats report."""
     p = helpers.confluent_producer(
         bootstrap, **{
             "client.id": client_id,
@@ -242,9 +243,14 @@ def run_producer(bootstrap, topic, client_id, seconds, results, stats):
 
     payload = b"q" * 10_000
     start = time.monotonic()
+    sent = 0
     while time.monotonic() - start < seconds:
+        if pace_bytes_per_s is not None and sent > pace_bytes_per_s * (time.monotonic() - start):
+            p.poll(0.005)
+            continue
         try:
             p.produce(topic, payload, partition=0, on_delivery=on_delivery)
+            sent += len(payload)
         except BufferError:
             p.poll(0.01)
             continue
@@ -268,7 +274,9 @@ def test_producer_byte_rate_holds_one_client_while_another_runs_free(broker):
     results, stats_a, stats_b = {}, [], []
     threads = [
         threading.Thread(target=run_producer, args=(b, topic, "A", MEASURE_S, results, stats_a)),
-        threading.Thread(target=run_producer, args=(b, topic, "B", MEASURE_S, results, stats_b)),
+        # B is paced at 10x A's quota: far over it, and a few hundred MB rather than gigabytes.
+        threading.Thread(target=run_producer, args=(b, topic, "B", MEASURE_S, results, stats_b),
+                         kwargs={"pace_bytes_per_s": 10 * QUOTA_BYTES_PER_S}),
     ]
     for t in threads:
         t.start()
