@@ -1,6 +1,7 @@
 //! The broker side of topic changes and producer-id blocks: a [`ClusterAdmin`] handle that any
 //! thread (a shard) can use to forward a [`TopicAdminRequest`] (or a request for a block of
-//! producer ids) to the active controller, and the task on the
+//! producer ids, or a change answered with its committed log index: an ISR, SCRAM
+//! credentials, ACLs) to the active controller, and the task on the
 //! cluster thread that carries it there, follows NOT_CONTROLLER hints and unreachable voters
 //! until `admin.forward.timeout` runs out, and answers only once this broker's own view has
 //! applied the committed change (so the broker that took the client's request already
@@ -25,18 +26,9 @@ pub(crate) enum Job {
         oneshot::Sender<Result<TopicAdminReply, TopicAdminError>>,
     ),
     ProducerIds(oneshot::Sender<Result<ProducerIdBlock, BrokerRpcError>>),
-    AlterPartition(
-        AlterPartitionRequest,
-        oneshot::Sender<Result<u64, BrokerRpcError>>,
-    ),
-    Scram(
-        crate::scram::AlterScramCredentials,
-        oneshot::Sender<Result<u64, BrokerRpcError>>,
-    ),
-    AlterAcls(
-        AlterAclsRequest,
-        oneshot::Sender<Result<u64, BrokerRpcError>>,
-    ),
+    /// A change the controller answers with the log index it committed at
+    /// ([`Response::committed_index`]): answered once this broker's view has applied it.
+    Commit(Request, oneshot::Sender<Result<u64, BrokerRpcError>>),
 }
 
 fn stopped() -> BrokerRpcError {
@@ -79,34 +71,28 @@ impl ClusterAdmin {
         &self,
         request: AlterPartitionRequest,
     ) -> Result<u64, BrokerRpcError> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        self.jobs
-            .send(Job::AlterPartition(request, reply_tx))
-            .map_err(|_| stopped())?;
-        reply_rx.await.map_err(|_| stopped())?
+        self.commit(Request::AlterPartition(request)).await
     }
-}
 
-impl ClusterAdmin {
     /// Asks the active controller to commit a checked SCRAM credential change; answers once
     /// this broker's own view has applied it (with the committed log index).
     pub async fn alter_scram_credentials(
         &self,
         change: crate::scram::AlterScramCredentials,
     ) -> Result<u64, BrokerRpcError> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        self.jobs
-            .send(Job::Scram(change, reply_tx))
-            .map_err(|_| stopped())?;
-        reply_rx.await.map_err(|_| stopped())?
+        self.commit(Request::AlterScramCredentials(change)).await
     }
 
     /// Asks the active controller to commit an ACL change; answers once this broker's own
     /// view has applied it (with the committed log index).
     pub async fn alter_acls(&self, request: AlterAclsRequest) -> Result<u64, BrokerRpcError> {
+        self.commit(Request::AlterAcls(request)).await
+    }
+
+    async fn commit(&self, request: Request) -> Result<u64, BrokerRpcError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.jobs
-            .send(Job::AlterAcls(request, reply_tx))
+            .send(Job::Commit(request, reply_tx))
             .map_err(|_| stopped())?;
         reply_rx.await.map_err(|_| stopped())?
     }
@@ -178,61 +164,10 @@ pub(crate) async fn run(
                 .unwrap_or_else(Err);
                 let _ = reply.send(outcome);
             }
-            Job::AlterPartition(request, reply) => {
-                let outcome = forward(
-                    &settings,
-                    &mut controllers,
-                    Request::AlterPartition(request),
-                    |response| match response {
-                        Response::AlterPartition(Err(BrokerRpcError::NotController { leader })) => {
-                            Answer::NotController(leader)
-                        }
-                        Response::AlterPartition(outcome) => Answer::Final(outcome),
-                        _ => Answer::Unexpected,
-                    },
-                )
-                .await
-                .unwrap_or_else(Err);
-                if let Ok(index) = &outcome {
-                    wait_applied(&mut view, &nudge, *index, &settings).await;
-                }
-                let _ = reply.send(outcome);
-            }
-            Job::Scram(change, reply) => {
-                let outcome = forward(
-                    &settings,
-                    &mut controllers,
-                    Request::AlterScramCredentials(change),
-                    |response| match response {
-                        Response::AlterScramCredentials(Err(BrokerRpcError::NotController {
-                            leader,
-                        })) => Answer::NotController(leader),
-                        Response::AlterScramCredentials(outcome) => Answer::Final(outcome),
-                        _ => Answer::Unexpected,
-                    },
-                )
-                .await
-                .unwrap_or_else(Err);
-                if let Ok(index) = &outcome {
-                    wait_applied(&mut view, &nudge, *index, &settings).await;
-                }
-                let _ = reply.send(outcome);
-            }
-            Job::AlterAcls(request, reply) => {
-                let outcome = forward(
-                    &settings,
-                    &mut controllers,
-                    Request::AlterAcls(request),
-                    |response| match response {
-                        Response::AlterAcls(Err(BrokerRpcError::NotController { leader })) => {
-                            Answer::NotController(leader)
-                        }
-                        Response::AlterAcls(outcome) => Answer::Final(outcome),
-                        _ => Answer::Unexpected,
-                    },
-                )
-                .await
-                .unwrap_or_else(Err);
+            Job::Commit(request, reply) => {
+                let outcome = forward(&settings, &mut controllers, request, read_committed)
+                    .await
+                    .unwrap_or_else(Err);
                 if let Ok(index) = &outcome {
                     wait_applied(&mut view, &nudge, *index, &settings).await;
                 }
@@ -250,6 +185,15 @@ enum Answer<T> {
     NotController(Option<NodeId>),
     /// A response of another kind: ask the next voter.
     Unexpected,
+}
+
+/// Reads an answer to a [`Job::Commit`].
+fn read_committed(response: Response) -> Answer<Result<u64, BrokerRpcError>> {
+    match response.committed_index() {
+        Some(Err(BrokerRpcError::NotController { leader })) => Answer::NotController(leader),
+        Some(outcome) => Answer::Final(outcome),
+        None => Answer::Unexpected,
+    }
 }
 
 /// Sends `request` to the active controller, following NOT_CONTROLLER hints and unreachable

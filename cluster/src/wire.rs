@@ -73,6 +73,20 @@ pub enum Response {
     AlterAcls(Result<u64, BrokerRpcError>),
 }
 
+impl Response {
+    /// The outcome of a change answered with the log index it committed at
+    /// ([`Response::AlterPartition`], [`Response::AlterScramCredentials`],
+    /// [`Response::AlterAcls`]); `None` for every other kind.
+    pub fn committed_index(self) -> Option<Result<u64, BrokerRpcError>> {
+        match self {
+            Response::AlterPartition(outcome)
+            | Response::AlterScramCredentials(outcome)
+            | Response::AlterAcls(outcome) => Some(outcome),
+            _ => None,
+        }
+    }
+}
+
 /// ACL bindings to remove (exactly these) and to add.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AlterAclsRequest {
