@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
 use kafka_protocol::messages::describe_user_scram_credentials_response::{
@@ -20,7 +19,6 @@ use kafka_protocol::messages::{
     DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse,
 };
 use sluice_cluster::scram::{AlterScramCredentials, ScramCredentialRecord, ScramUpsert};
-use sluice_cluster::wire::BrokerRpcError;
 use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
@@ -239,31 +237,15 @@ async fn through_quorum(shard: &Shard, records: Vec<MetadataRecord>) -> Result<(
             _ => {}
         }
     }
-    let admin = shard.metadata.admin().ok_or_else(|| {
-        (
-            code::NOT_CONTROLLER,
-            "this broker has not joined its cluster yet".to_string(),
-        )
-    })?;
+    let admin = shard
+        .metadata
+        .admin()
+        .ok_or_else(crate::metadata::forward::not_in_cluster)?;
     let index = admin
         .alter_scram_credentials(change)
         .await
-        .map_err(|error| match error {
-            BrokerRpcError::NotController { .. } => (code::NOT_CONTROLLER, error.to_string()),
-            _ => (code::REQUEST_TIMED_OUT, error.to_string()),
-        })?;
-    // The cluster thread's view has the change; shard 0 publishes it next.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline
-        && shard
-            .metadata
-            .load()
-            .cluster
-            .as_ref()
-            .is_none_or(|state| state.applied_index < index)
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        .map_err(crate::metadata::forward::rpc_error)?;
+    crate::metadata::forward::applied(shard, index).await;
     Ok(())
 }
 

@@ -1,9 +1,10 @@
 //! Topic changes in a cluster: validated here as the single-broker controller would (name,
 //! reserved names, configs, partition count), forwarded to the active controller through the
 //! [`sluice_cluster::admin::ClusterAdmin`] handle, and answered once this broker's published
-//! snapshot has the committed change. Owns the mapping of the quorum's refusals to Kafka
-//! error codes; must never write the local metadata log or open partitions itself (the
-//! cluster bridge does, for every broker alike).
+//! snapshot has the committed change; the other forwarded changes (ACLs, SCRAM credentials,
+//! client quotas) share its wait and its error mapping. Owns the mapping of the quorum's
+//! refusals to Kafka error codes; must never write the local metadata log or open partitions
+//! itself (the cluster bridge does, for every broker alike).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +49,13 @@ fn refuse_internal(name: Option<&str>) -> Result<(), AdminError> {
     }
 }
 
-fn not_in_cluster() -> AdminError {
+/// A forwarded change that failed in transit: NOT_CONTROLLER (retriable) or
+/// REQUEST_TIMED_OUT, as for a topic change.
+pub(crate) fn rpc_error(error: BrokerRpcError) -> AdminError {
+    kafka_error(TopicAdminError::Rpc(error))
+}
+
+pub(crate) fn not_in_cluster() -> AdminError {
     (
         code::NOT_CONTROLLER,
         "this broker has not joined its cluster yet".into(),
@@ -61,6 +68,17 @@ async fn published(shard: &Shard, done: impl Fn(&super::MetadataSnapshot) -> boo
     while !done(&shard.metadata.load()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Waits (bounded) until the published snapshot has applied the cluster log up to `index`:
+/// the cluster thread's view already has the change; shard 0 publishes it next.
+pub(crate) async fn applied(shard: &Shard, index: u64) {
+    published(shard, |s| {
+        s.cluster
+            .as_ref()
+            .is_some_and(|state| state.applied_index >= index)
+    })
+    .await;
 }
 
 /// Creates a topic through the quorum.
@@ -197,19 +215,10 @@ pub async fn change_acls(
     delete: Vec<crate::security::acl::AclRecord>,
 ) -> Result<(), AdminError> {
     let admin = shard.metadata.admin().ok_or_else(not_in_cluster)?;
-    let expected_present = create.clone();
-    let expected_gone = delete.clone();
-    admin
+    let index = admin
         .alter_acls(sluice_cluster::wire::AlterAclsRequest { create, delete })
         .await
-        .map_err(|error| kafka_error(TopicAdminError::Rpc(error)))?;
-    published(shard, |s| {
-        let bindings = s.acls.bindings();
-        expected_present.iter().all(|b| bindings.contains(b))
-            && expected_gone
-                .iter()
-                .all(|b| !bindings.contains(b) || expected_present.contains(b))
-    })
-    .await;
+        .map_err(rpc_error)?;
+    applied(shard, index).await;
     Ok(())
 }

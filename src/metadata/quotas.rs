@@ -5,7 +5,6 @@
 //! local metadata log.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
 use sluice_cluster::state::ClusterState;
 use sluice_cluster::wire::TopicAdminRequest;
@@ -14,9 +13,6 @@ use super::controller::{check_quota_ops, AdminError, QuotaAlteration};
 use crate::errors::code;
 use crate::security::quota::{ClientQuotas, QuotaEntity};
 use crate::shard::Shard;
-
-/// How long a broker waits for its own snapshot to show a committed change.
-const LOCAL_PUBLISH_WAIT: Duration = Duration::from_secs(5);
 
 /// The cluster state's opaque form of an entity.
 fn encode_entity(entity: &QuotaEntity) -> String {
@@ -59,10 +55,7 @@ pub async fn alter_in_cluster(
             continue;
         }
         let Some(admin) = shard.metadata.admin() else {
-            results.push(Err((
-                code::NOT_CONTROLLER,
-                "this broker has not joined its cluster yet".into(),
-            )));
+            results.push(Err(super::forward::not_in_cluster()));
             continue;
         };
         let request = TopicAdminRequest::SetClientQuotas {
@@ -74,17 +67,7 @@ pub async fn alter_in_cluster(
         };
         match admin.call(request).await {
             Ok(reply) => {
-                let deadline = Instant::now() + LOCAL_PUBLISH_WAIT;
-                while shard
-                    .metadata
-                    .load()
-                    .cluster
-                    .as_ref()
-                    .is_none_or(|state| state.applied_index < reply.committed_index)
-                    && Instant::now() < deadline
-                {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                super::forward::applied(shard, reply.committed_index).await;
                 results.push(Ok(()));
             }
             Err(error) => results.push(Err((code::REQUEST_TIMED_OUT, error.to_string()))),
