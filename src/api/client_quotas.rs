@@ -20,7 +20,7 @@ use sluice_net::Reader;
 use super::authz::Authz;
 use super::{decode_or_close, encode, str_bytes, FetchRecords};
 use crate::errors::code;
-use crate::metadata::controller::{AdminError, QuotaAlteration};
+use crate::metadata::controller::{check_quota_ops, AdminError, QuotaAlteration};
 use crate::security::acl::Operation;
 use crate::security::quota::configs::{MatchName, QuotaEntity};
 use crate::security::Session;
@@ -110,16 +110,16 @@ pub async fn alter(
     let request = decode_or_close!(header, body, AlterClientQuotasRequest);
     // Kafka's table: ALTER_CONFIGS on the cluster, else every entry is refused.
     let allowed = Authz::of(&shard, session).cluster(Operation::AlterConfigs);
-    // Entities that are malformed (or not allowed) are answered without reaching the
-    // controller.
-    let mut early: Vec<Option<AdminError>> = Vec::with_capacity(request.entries.len());
+    // Entries refused, malformed, or with changes Kafka's controller would refuse are
+    // answered without reaching the controller, as is every entry of a validate_only request.
+    let mut early: Vec<Option<Result<(), AdminError>>> = Vec::with_capacity(request.entries.len());
     let mut alterations: Vec<QuotaAlteration> = Vec::new();
     for entry in &request.entries {
         if !allowed {
-            early.push(Some((
+            early.push(Some(Err((
                 code::CLUSTER_AUTHORIZATION_FAILED,
                 "ALTER_CONFIGS on the cluster is needed".to_string(),
-            )));
+            ))));
             continue;
         }
         let entity = QuotaEntity::from_wire(
@@ -130,19 +130,28 @@ pub async fn alter(
         );
         match entity {
             Ok(entity) => {
-                early.push(None);
-                let ops = entry
+                let ops: Vec<_> = entry
                     .ops
                     .iter()
                     .map(|op| (op.key.to_string(), (!op.remove).then_some(op.value)))
                     .collect();
-                alterations.push((entity, ops));
+                if let Err(message) = check_quota_ops(&ops) {
+                    early.push(Some(Err((code::INVALID_REQUEST, message))));
+                } else if request.validate_only {
+                    early.push(Some(Ok(())));
+                } else {
+                    early.push(None);
+                    alterations.push((entity, ops));
+                }
             }
-            Err(message) => early.push(Some((code::INVALID_REQUEST, message))),
+            Err(message) => early.push(Some(Err((code::INVALID_REQUEST, message)))),
         }
     }
-    let validate_only = request.validate_only;
-    let outcomes = alter_on_controller(&shard, alterations, validate_only).await;
+    let outcomes = if alterations.is_empty() {
+        Vec::new()
+    } else {
+        alter_on_controller(&shard, alterations).await
+    };
     let mut outcomes = outcomes.into_iter();
     let mut response = AlterClientQuotasResponse::default();
     response.entries = request
@@ -151,7 +160,7 @@ pub async fn alter(
         .zip(early)
         .map(|(entry, early)| {
             let outcome = match early {
-                Some(error) => Err(error),
+                Some(outcome) => outcome,
                 None => outcomes
                     .next()
                     .unwrap_or(Err((code::UNKNOWN_SERVER_ERROR, "no result".into()))),
@@ -179,22 +188,19 @@ pub async fn alter(
 }
 
 /// Carries the alterations out: on the controller of shard 0 on a single broker, through the
-/// quorum in a cluster. One outcome per alteration, in order.
+/// quorum in a cluster. One outcome per alteration (already checked), in order.
 async fn alter_on_controller(
     shard: &Rc<Shard>,
     alterations: Vec<QuotaAlteration>,
-    validate_only: bool,
 ) -> Vec<Result<(), AdminError>> {
     let count = alterations.len();
     if shard.metadata.is_clustered() {
-        return crate::metadata::quotas::alter_in_cluster(shard, alterations, validate_only).await;
+        return crate::metadata::quotas::alter_in_cluster(shard, alterations).await;
     }
     let outcome = shard
         .invoke_on(0, move |s| async move {
             match &s.controller {
-                Some(controller) => Ok(controller
-                    .alter_client_quotas(&s, alterations, validate_only)
-                    .await),
+                Some(controller) => Ok(controller.alter_client_quotas(&s, alterations).await),
                 None => Err((
                     code::NOT_COORDINATOR,
                     "the metadata controller is not running".to_string(),

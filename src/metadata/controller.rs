@@ -437,26 +437,16 @@ impl Controller {
 }
 
 impl Controller {
-    /// Sets and removes client quota values, one entity at a time: an entity's changes are
-    /// validated together (INVALID_REQUEST for an unknown key or a bad value, and nothing of
-    /// that entity changes), then each value is one durable record.
+    /// Sets and removes client quota values, one entity at a time, each value one durable
+    /// record. The handler checked every entity's changes ([`check_quota_ops`]) first.
     pub async fn alter_client_quotas(
         &self,
         shard: &Rc<Shard>,
         alterations: Vec<QuotaAlteration>,
-        validate_only: bool,
     ) -> Vec<Result<(), AdminError>> {
         let mut log = self.lock.lock().await;
         let mut results = Vec::with_capacity(alterations.len());
         for (entity, ops) in alterations {
-            if let Err(message) = check_quota_ops(&ops) {
-                results.push(Err((code::INVALID_REQUEST, message)));
-                continue;
-            }
-            if validate_only {
-                results.push(Ok(()));
-                continue;
-            }
             let mut outcome = Ok(());
             for (key, value) in ops {
                 let record = MetadataRecord::ClientQuota {
@@ -482,7 +472,7 @@ impl Controller {
 pub type QuotaAlteration = (QuotaEntity, Vec<(String, Option<f64>)>);
 
 /// Checks an entity's changes as Kafka's controller does: known keys with valid values, and
-/// no key twice.
+/// no key twice (INVALID_REQUEST otherwise, and nothing of that entity changes).
 pub fn check_quota_ops(ops: &[(String, Option<f64>)]) -> Result<(), String> {
     for (i, (key, value)) in ops.iter().enumerate() {
         if ops[..i].iter().any(|(k, _)| k == key) {

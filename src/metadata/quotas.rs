@@ -1,15 +1,15 @@
-//! Client quotas in a cluster: an alteration is validated here as the single-broker controller
-//! would, forwarded to the active controller of the quorum as one command per entity, and
-//! answered once this broker's published snapshot has applied it; every broker derives its
-//! [`ClientQuotas`] from the committed cluster state ([`from_cluster`]). Must never write the
-//! local metadata log.
+//! Client quotas in a cluster: an alteration (checked by the handler as the single-broker
+//! controller's would be) is forwarded to the active controller of the quorum as one command
+//! per entity, and answered once this broker's published snapshot has applied it; every
+//! broker derives its [`ClientQuotas`] from the committed cluster state ([`from_cluster`]).
+//! Must never write the local metadata log.
 
 use std::rc::Rc;
 
 use sluice_cluster::state::ClusterState;
 use sluice_cluster::wire::TopicAdminRequest;
 
-use super::controller::{check_quota_ops, AdminError, QuotaAlteration};
+use super::controller::{AdminError, QuotaAlteration};
 use crate::errors::code;
 use crate::security::quota::{ClientQuotas, QuotaEntity};
 use crate::shard::Shard;
@@ -38,22 +38,14 @@ pub fn from_cluster(state: &ClusterState) -> ClientQuotas {
     quotas
 }
 
-/// Alters client quotas through the quorum; one outcome per alteration.
+/// Alters client quotas (already checked: [`super::controller::check_quota_ops`]) through the
+/// quorum; one outcome per alteration.
 pub async fn alter_in_cluster(
     shard: &Rc<Shard>,
     alterations: Vec<QuotaAlteration>,
-    validate_only: bool,
 ) -> Vec<Result<(), AdminError>> {
     let mut results = Vec::with_capacity(alterations.len());
     for (entity, ops) in alterations {
-        if let Err(message) = check_quota_ops(&ops) {
-            results.push(Err((code::INVALID_REQUEST, message)));
-            continue;
-        }
-        if validate_only {
-            results.push(Ok(()));
-            continue;
-        }
         let Some(admin) = shard.metadata.admin() else {
             results.push(Err(super::forward::not_in_cluster()));
             continue;
