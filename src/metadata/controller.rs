@@ -69,28 +69,39 @@ impl Controller {
         shard: &Shard,
         record: MetadataRecord,
     ) -> Result<MetadataSnapshot, AdminError> {
+        Self::commit_all(log, shard, std::slice::from_ref(&record)).await
+    }
+
+    /// [`Controller::commit`] for several records: one write and one fdatasync for all, and
+    /// one snapshot that has them all (none is published on a failed write).
+    async fn commit_all(
+        log: &mut MetadataLog,
+        shard: &Shard,
+        records: &[MetadataRecord],
+    ) -> Result<MetadataSnapshot, AdminError> {
         let ring = shard.storage.ring();
-        log.append_on(&ring, &record).await.map_err(|error| {
+        log.append_all_on(&ring, records).await.map_err(|error| {
             tracing::error!(%error, "metadata log append failed");
             (code::KAFKA_STORAGE_ERROR, error.to_string())
         })?;
         let mut next = (*shard.metadata.load()).clone();
-        apply(&mut next, &record);
+        for record in records {
+            apply(&mut next, record);
+        }
         Ok(next)
     }
 
-    /// Appends `records` in order, each durable before it is published, under the change
-    /// lock (SCRAM credentials: the records were checked by the caller against the snapshot).
+    /// Appends `records` in order, durable together before they are published, under the
+    /// change lock (SCRAM credentials: the records were checked by the caller against the
+    /// snapshot).
     pub async fn commit_records(
         &self,
         shard: &Shard,
         records: Vec<MetadataRecord>,
     ) -> Result<(), AdminError> {
         let mut log = self.lock.lock().await;
-        for record in records {
-            let next = Self::commit(&mut log, shard, record).await?;
-            shard.metadata.publish(next);
-        }
+        let next = Self::commit_all(&mut log, shard, &records).await?;
+        shard.metadata.publish(next);
         Ok(())
     }
 
@@ -437,8 +448,9 @@ impl Controller {
 }
 
 impl Controller {
-    /// Sets and removes client quota values, one entity at a time, each value one durable
-    /// record. The handler checked every entity's changes ([`check_quota_ops`]) first.
+    /// Sets and removes client quota values, one entity at a time: each value is one record,
+    /// and an entity's records are durable together. The handler checked every entity's
+    /// changes ([`check_quota_ops`]) first.
     pub async fn alter_client_quotas(
         &self,
         shard: &Rc<Shard>,
@@ -447,22 +459,20 @@ impl Controller {
         let mut log = self.lock.lock().await;
         let mut results = Vec::with_capacity(alterations.len());
         for (entity, ops) in alterations {
-            let mut outcome = Ok(());
-            for (key, value) in ops {
-                let record = MetadataRecord::ClientQuota {
+            let records: Vec<MetadataRecord> = ops
+                .into_iter()
+                .map(|(key, value)| MetadataRecord::ClientQuota {
                     entity: entity.clone(),
                     key,
                     value,
-                };
-                match Self::commit(&mut log, shard, record).await {
-                    Ok(next) => shard.metadata.publish(next),
-                    Err(error) => {
-                        outcome = Err(error);
-                        break;
-                    }
-                }
+                })
+                .collect();
+            if records.is_empty() {
+                results.push(Ok(()));
+                continue;
             }
-            results.push(outcome);
+            let outcome = Self::commit_all(&mut log, shard, &records).await;
+            results.push(outcome.map(|next| shard.metadata.publish(next)));
         }
         results
     }
