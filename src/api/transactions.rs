@@ -88,33 +88,36 @@ pub async fn init_producer_id(
     .await
 }
 
+/// Per-partition codes when any partition `failed`: `error_code` for those, and
+/// OPERATION_NOT_ATTEMPTED for the others; None when none failed.
+fn failed_partitions(failed: Vec<bool>, error_code: i16) -> Option<Vec<i16>> {
+    failed.contains(&true).then(|| {
+        failed
+            .into_iter()
+            .map(|f| {
+                if f {
+                    error_code
+                } else {
+                    OPERATION_NOT_ATTEMPTED
+                }
+            })
+            .collect()
+    })
+}
+
 /// Checks the topics of `partitions` exist: None, or per-partition codes
 /// (UNKNOWN_TOPIC_OR_PARTITION for the missing, OPERATION_NOT_ATTEMPTED for the others).
 fn unknown_partitions(shard: &Shard, partitions: &[(String, i32)]) -> Option<Vec<i16>> {
     let snapshot = shard.metadata.load();
-    let known: Vec<bool> = partitions
+    let unknown: Vec<bool> = partitions
         .iter()
         .map(|(topic, index)| {
-            snapshot
+            !snapshot
                 .topic(topic)
                 .is_some_and(|t| *index >= 0 && *index < t.partitions && !t.is_internal())
         })
         .collect();
-    if known.iter().all(|k| *k) {
-        return None;
-    }
-    Some(
-        known
-            .into_iter()
-            .map(|k| {
-                if k {
-                    OPERATION_NOT_ATTEMPTED
-                } else {
-                    code::UNKNOWN_TOPIC_OR_PARTITION
-                }
-            })
-            .collect(),
-    )
+    failed_partitions(unknown, code::UNKNOWN_TOPIC_OR_PARTITION)
 }
 
 /// One transaction's AddPartitionsToTxn: a code per partition, in order.
@@ -183,7 +186,6 @@ fn txn_partitions_denied(
     id: &str,
     partitions: &[(String, i32)],
 ) -> Option<Vec<i16>> {
-    const OPERATION_NOT_ATTEMPTED: i16 = 55;
     if !authz.is_on() {
         return None;
     }
@@ -197,18 +199,7 @@ fn txn_partitions_denied(
         .iter()
         .map(|(topic, _)| !authz.topic(Operation::Write, topic))
         .collect();
-    denied.contains(&true).then(|| {
-        denied
-            .into_iter()
-            .map(|d| {
-                if d {
-                    code::TOPIC_AUTHORIZATION_FAILED
-                } else {
-                    OPERATION_NOT_ATTEMPTED
-                }
-            })
-            .collect()
-    })
+    failed_partitions(denied, code::TOPIC_AUTHORIZATION_FAILED)
 }
 
 /// Handles AddPartitionsToTxn: one transaction (v0–3) or several, possibly verify-only (v4+).
