@@ -202,6 +202,18 @@ fn txn_partitions_denied(
     failed_partitions(denied, code::TOPIC_AUTHORIZATION_FAILED)
 }
 
+/// Kafka's checks for a transaction's group offsets (AddOffsetsToTxn, TxnOffsetCommit): WRITE
+/// on the transactional id, then READ on the group; the code of the first that fails.
+fn txn_group_denied(authz: &Authz, id: &str, group: &str) -> Option<i16> {
+    if !authz.transactional_id(Operation::Write, id) {
+        Some(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+    } else if !authz.group(Operation::Read, group) {
+        Some(code::GROUP_AUTHORIZATION_FAILED)
+    } else {
+        None
+    }
+}
+
 /// Handles AddPartitionsToTxn: one transaction (v0–3) or several, possibly verify-only (v4+).
 pub async fn add_partitions_to_txn(
     shard: Rc<Shard>,
@@ -278,13 +290,11 @@ pub async fn add_offsets_to_txn(
 ) -> Response<FetchRecords> {
     let request = decode_or_close!(header, body, AddOffsetsToTxnRequest);
     let authz = Authz::of(&shard, session);
-    let denied = if !authz.transactional_id(Operation::Write, request.transactional_id.as_str()) {
-        Some(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
-    } else if !authz.group(Operation::Read, request.group_id.as_str()) {
-        Some(code::GROUP_AUTHORIZATION_FAILED)
-    } else {
-        None
-    };
+    let denied = txn_group_denied(
+        &authz,
+        request.transactional_id.as_str(),
+        request.group_id.as_str(),
+    );
     if let Some(error_code) = denied {
         let mut response = AddOffsetsToTxnResponse::default();
         response.error_code = error_code;
@@ -363,14 +373,7 @@ pub async fn txn_offset_commit(
     let version = header.api_version;
     let id = request.transactional_id.0.to_string();
     let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
-    let denied = if !authz.transactional_id(Operation::Write, &id) {
-        Some(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
-    } else if !authz.group(Operation::Read, request.group_id.as_str()) {
-        Some(code::GROUP_AUTHORIZATION_FAILED)
-    } else {
-        None
-    };
-    let checked = match denied {
+    let checked = match txn_group_denied(&authz, &id, request.group_id.as_str()) {
         Some(error_code) => Err(error_code),
         None => {
             on_coordinator(&shard, &id.clone(), move |s| async move {
