@@ -31,7 +31,8 @@ enum Command {
     /// Example: sluice stats --watch
     Stats(sluice_metrics::stats_cli::StatsArgs),
     /// Add, list and delete SASL/SCRAM users (through a broker, or into a stopped broker's
-    /// data directory before its first start).
+    /// data directory before its first start). A broker is asked on a PLAINTEXT listener:
+    /// the tools have no SASL client.
     ///
     /// Example: sluice users add alice --password s3cret
     Users(sluice::users_cli::UsersArgs),

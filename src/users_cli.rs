@@ -9,7 +9,7 @@
 //! (the data directory's lock is taken first), or print a password.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
@@ -23,6 +23,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use rand::RngCore;
+use sluice_client::cli::ConnArgs;
+use sluice_client::Connection;
 
 use crate::metadata::log::{MetadataLog, MetadataRecord};
 use crate::security::sasl::credentials::{check_iterations, ScramCredentials};
@@ -33,15 +35,8 @@ use crate::security::sasl::scram::{ScramCredential, ScramMechanism, SALT_BYTES};
 pub struct UsersArgs {
     #[command(subcommand)]
     action: UsersAction,
-    /// Broker address HOST:PORT (a PLAINTEXT listener; SASL clients are not built in)
-    #[arg(
-        long,
-        short = 'b',
-        env = "SLUICE_BOOTSTRAP",
-        default_value = "127.0.0.1:9092",
-        global = true
-    )]
-    bootstrap: String,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,11 +96,7 @@ pub fn run(args: UsersArgs) -> anyhow::Result<()> {
             match data_dir {
                 Some(dir) => add_offline(&dir, &name, &password, mechanism, iterations),
                 None => block_on(add_online(
-                    &args.bootstrap,
-                    &name,
-                    &password,
-                    mechanism,
-                    iterations,
+                    &args.conn, &name, &password, mechanism, iterations,
                 )),
             }
         }
@@ -116,7 +107,7 @@ pub fn run(args: UsersArgs) -> anyhow::Result<()> {
                     let (_, snapshot) = MetadataLog::open(&dir)?;
                     describe_store(&snapshot.scram)
                 }
-                None => block_on(list_online(&args.bootstrap))?,
+                None => block_on(list_online(&args.conn))?,
             };
             for (user, mechanisms) in users {
                 let mechanisms: Vec<String> = mechanisms
@@ -132,7 +123,7 @@ pub fn run(args: UsersArgs) -> anyhow::Result<()> {
                 Some(m) => vec![parse_mechanism(&m)?],
                 None => Vec::new(),
             };
-            block_on(delete_online(&args.bootstrap, &name, mechanisms))
+            block_on(delete_online(&args.conn, &name, mechanisms))
         }
     }
 }
@@ -181,19 +172,12 @@ fn add_offline(
     Ok(())
 }
 
-async fn connect(bootstrap: &str) -> anyhow::Result<std::sync::Arc<sluice_client::Connection>> {
-    let options = sluice_client::ConnectOptions {
-        request_timeout: Duration::from_secs(30),
-        ..sluice_client::ConnectOptions::default()
-    };
-    let client = sluice_client::Client::connect(bootstrap, options)
-        .await
-        .map_err(|e| anyhow!("cannot reach broker at {bootstrap}: {e}"))?;
-    Ok(client.controller().await?)
+/// The controller, where the SCRAM admin requests go (as the `acls` tool does).
+async fn connect(conn: &ConnArgs) -> anyhow::Result<Arc<Connection>> {
+    Ok(conn.connect().await?.controller().await?)
 }
 
-async fn alter(bootstrap: &str, request: AlterUserScramCredentialsRequest) -> anyhow::Result<()> {
-    let conn = connect(bootstrap).await?;
+async fn alter(conn: &Connection, request: AlterUserScramCredentialsRequest) -> anyhow::Result<()> {
     let response = conn.send(&request).await?;
     let mut failed = Vec::new();
     for result in response.results {
@@ -213,7 +197,7 @@ async fn alter(bootstrap: &str, request: AlterUserScramCredentialsRequest) -> an
 }
 
 async fn add_online(
-    bootstrap: &str,
+    conn: &ConnArgs,
     name: &str,
     password: &str,
     mechanism: ScramMechanism,
@@ -231,13 +215,13 @@ async fn add_online(
     upsertion.salted_password = Bytes::from(salted);
     let mut request = AlterUserScramCredentialsRequest::default();
     request.upsertions = vec![upsertion];
-    alter(bootstrap, request).await?;
+    alter(&*connect(conn).await?, request).await?;
     println!("added {name} ({})", mechanism.name());
     Ok(())
 }
 
-async fn list_online(bootstrap: &str) -> anyhow::Result<Described> {
-    let conn = connect(bootstrap).await?;
+async fn list_online(conn: &ConnArgs) -> anyhow::Result<Described> {
+    let conn = connect(conn).await?;
     let response = conn
         .send(&DescribeUserScramCredentialsRequest::default())
         .await?;
@@ -263,12 +247,12 @@ async fn list_online(bootstrap: &str) -> anyhow::Result<Described> {
 }
 
 async fn delete_online(
-    bootstrap: &str,
+    conn: &ConnArgs,
     name: &str,
     mut mechanisms: Vec<ScramMechanism>,
 ) -> anyhow::Result<()> {
+    let conn = connect(conn).await?;
     if mechanisms.is_empty() {
-        let conn = connect(bootstrap).await?;
         let mut request = DescribeUserScramCredentialsRequest::default();
         let mut user = UserName::default();
         user.name = StrBytes::from_string(name.to_string());
@@ -297,7 +281,7 @@ async fn delete_online(
         deletion.mechanism = mechanism.wire_type();
         let mut request = AlterUserScramCredentialsRequest::default();
         request.deletions = vec![deletion];
-        alter(bootstrap, request).await?;
+        alter(&conn, request).await?;
         println!("deleted {name} ({})", mechanism.name());
     }
     Ok(())
