@@ -144,17 +144,32 @@ fn escape(value: &str) -> String {
     out
 }
 
-/// An OID's dotted form.
+/// An OID's dotted form. The first subidentifier holds the first two arcs (X.690 8.19.4):
+/// below 80 it is 40 * first + second with first 0 or 1, from 80 on the first arc is 2 and
+/// the second may exceed 39 (and take more than one byte, as in 2.999). A subidentifier cut
+/// short (its last byte has the continuation bit) is malformed.
 fn dotted(oid: &[u8]) -> Option<String> {
-    let (&first, rest) = oid.split_first()?;
-    let mut text = format!("{}.{}", first / 40, first % 40);
+    let mut arcs = Vec::new();
     let mut value: u64 = 0;
-    for byte in rest {
+    for byte in oid {
         value = value.checked_mul(128)? | u64::from(byte & 0x7f);
         if byte & 0x80 == 0 {
-            let _ = write!(text, ".{value}");
+            arcs.push(value);
             value = 0;
         }
+    }
+    if oid.last().is_some_and(|byte| byte & 0x80 != 0) {
+        return None;
+    }
+    let (&first, rest) = arcs.split_first()?;
+    let (arc1, arc2) = if first < 80 {
+        (first / 40, first % 40)
+    } else {
+        (2, first - 80)
+    };
+    let mut text = format!("{arc1}.{arc2}");
+    for arc in rest {
+        let _ = write!(text, ".{arc}");
     }
     Some(text)
 }
@@ -262,6 +277,18 @@ mod tests {
             assert_eq!(subject_dn(&good[..cut]), None, "cut at {cut}");
         }
         assert_eq!(subject_dn(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn oids_with_a_large_second_arc_or_cut_short() {
+        assert_eq!(
+            dotted(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]).as_deref(),
+            Some("1.2.840.113549")
+        );
+        // 2.999.3: the first subidentifier is 80 + 999 = 1079, two bytes.
+        assert_eq!(dotted(&[0x88, 0x37, 0x03]).as_deref(), Some("2.999.3"));
+        assert_eq!(dotted(&[0x55, 0x04, 0x83]), None);
+        assert_eq!(dotted(&[]), None);
     }
 
     #[test]
