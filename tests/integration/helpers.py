@@ -9,6 +9,8 @@ What this module owns:
   and to inspect what it stores (batch attributes, CRCs, offline replicas) without a client
   library in the way.
 - small utilities: `free_port`, `wait_until`, `unique_topic`.
+- `kafka_classpath` / `compile_java`: Kafka's jars (`scripts/kafka-peer.sh classpath`) and the
+  Java programs of tests/integration/java compiled against them into the ignored `.java-build/`.
 
 What it must never do: start or stop brokers (conftest.py owns broker processes), or hide a
 failure -- every helper raises on an unexpected outcome instead of returning a default.
@@ -72,6 +74,33 @@ COMPRESSION_NAMES = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 # ---------------------------------------------------------------------------------------------
 # Small utilities
 # ---------------------------------------------------------------------------------------------
+
+
+KAFKA_PEER = Path(__file__).resolve().parents[2] / "scripts" / "kafka-peer.sh"
+JAVA_DIR = Path(__file__).resolve().parent / "java"
+JAVA_BUILD = Path(__file__).resolve().parent / ".java-build"
+
+
+def kafka_classpath() -> str:
+    """The classpath of Kafka's jars; fails, naming the fix, when they are not installed."""
+    proc = subprocess.run([str(KAFKA_PEER), "classpath"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, (
+        "Kafka's jars are missing: run scripts/setup-test-deps.sh\n" + proc.stderr
+    )
+    return proc.stdout.strip()
+
+
+def compile_java(name: str, classpath: str) -> str:
+    """Compiles tests/integration/java/`name`.java against `classpath` into `.java-build/`
+    (again only when the source is newer than its class); returns the classpath to run it."""
+    source = JAVA_DIR / f"{name}.java"
+    built = JAVA_BUILD / f"{name}.class"
+    JAVA_BUILD.mkdir(exist_ok=True)
+    if not built.exists() or built.stat().st_mtime < source.stat().st_mtime:
+        subprocess.run(["javac", "-cp", classpath, "-d", str(JAVA_BUILD), str(source)],
+                       check=True, timeout=120)
+    return f"{JAVA_BUILD}:{classpath}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

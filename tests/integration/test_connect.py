@@ -32,10 +32,16 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import ConfigResource
 
-from helpers import confluent_admin, create_topic, free_port, unique_topic, wait_until
+from helpers import (
+    confluent_admin,
+    create_topic,
+    free_port,
+    kafka_classpath,
+    unique_topic,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-PEER = ROOT / "scripts" / "kafka-peer.sh"
 LOG4J = ROOT / ".kafka" / "log4j2.yaml"
 
 pytestmark = pytest.mark.timeout(300)
@@ -43,11 +49,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def classpath():
-    proc = subprocess.run([str(PEER), "classpath"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (
-        "Kafka's jars are missing: run scripts/setup-test-deps.sh\n" + proc.stderr
-    )
-    return proc.stdout.strip()
+    return kafka_classpath()
 
 
 class Worker:

@@ -22,32 +22,24 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from helpers import (
+    compile_java,
     consume_confluent,
     create_topic,
     fetch_all_batches,
+    kafka_classpath,
     produce_confluent,
     unique_topic,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER = ROOT / "scripts" / "kafka-peer.sh"
-JAVA_SRC = Path(__file__).resolve().parent / "java" / "SluiceJavaClient.java"
-JAVA_BUILD = Path(__file__).resolve().parent / ".java-build"
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def _classpath() -> str:
-    proc = subprocess.run([str(PEER), "classpath"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (
-        "Kafka's jars are missing: run scripts/setup-test-deps.sh\n" + proc.stderr
-    )
-    return proc.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def classpath():
-    return _classpath()
+    return kafka_classpath()
 
 
 def tool(name, *args, input=None, timeout=120, check=True):
@@ -284,13 +276,11 @@ def test_java_client_default_settings(broker, classpath):
     the log dir's total and usable bytes."""
     assert broker.admin_url, "the broker's /metrics endpoint is needed"
     incremental_before = _metric(broker.admin_url, "sluice_incremental_fetches_total") or 0
-    JAVA_BUILD.mkdir(exist_ok=True)
-    subprocess.run(["javac", "-cp", classpath, "-d", str(JAVA_BUILD), str(JAVA_SRC)],
-                   check=True, timeout=120)
+    java_classpath = compile_java("SluiceJavaClient", classpath)
     topic = unique_topic("java")
     proc = subprocess.run(
         ["java", f"-Dlog4j2.configurationFile={ROOT / '.kafka' / 'log4j2.yaml'}",
-         "-cp", f"{JAVA_BUILD}:{classpath}", "SluiceJavaClient", broker.bootstrap, topic,
+         "-cp", java_classpath, "SluiceJavaClient", broker.bootstrap, topic,
          "2000", unique_topic("jg")],
         capture_output=True, text=True, timeout=180,
     )

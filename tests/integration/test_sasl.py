@@ -31,12 +31,14 @@ from confluent_kafka.admin import (
 from helpers import (
     RawConn,
     Reader,
+    compile_java,
     confluent_admin,
     consume_confluent,
     create_topic,
     free_port,
     i16,
     i32,
+    kafka_classpath,
     kbytes,
     produce_confluent,
     run_kcat,
@@ -49,9 +51,6 @@ from helpers import (
 pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[2]
-PEER = ROOT / "scripts" / "kafka-peer.sh"
-JAVA_DIR = Path(__file__).resolve().parent / "java"
-JAVA_BUILD = Path(__file__).resolve().parent / ".java-build"
 
 ADMIN = ("admin", "admin-secret")
 MECHANISMS = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -234,13 +233,7 @@ def test_kafkajs(sasl_broker, mechanism):
 
 @pytest.fixture(scope="module")
 def java_classpath():
-    proc = subprocess.run([str(PEER), "classpath"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, "Kafka's jars are missing: run scripts/setup-test-deps.sh\n" + proc.stderr
-    classpath = proc.stdout.strip()
-    JAVA_BUILD.mkdir(exist_ok=True)
-    subprocess.run(["javac", "-cp", classpath, "-d", str(JAVA_BUILD),
-                    str(JAVA_DIR / "SluiceSaslClient.java")], check=True, timeout=120)
-    return classpath
+    return compile_java("SluiceSaslClient", kafka_classpath())
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
@@ -254,7 +247,7 @@ def test_java_client(sasl_broker, java_classpath, mechanism):
     create_topic(sasl_broker.bootstrap, topic, partitions=1)
     proc = subprocess.run(
         ["java", f"-Dlog4j2.configurationFile={ROOT / '.kafka' / 'log4j2.yaml'}",
-         "-cp", f"{JAVA_BUILD}:{java_classpath}", "SluiceSaslClient", sasl_broker.sasl_bootstrap,
+         "-cp", java_classpath, "SluiceSaslClient", sasl_broker.sasl_bootstrap,
          topic, "200", unique_topic("jg"), mechanism, user, "pw-java"],
         capture_output=True, text=True, timeout=180,
     )

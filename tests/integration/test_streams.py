@@ -31,18 +31,17 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource
 
 from helpers import (
+    compile_java,
     confluent_admin,
     create_topic,
     fetch_all_batches,
+    kafka_classpath,
     unique_topic,
     wait_until,
     watermarks,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-PEER = ROOT / "scripts" / "kafka-peer.sh"
-JAVA_SRC = Path(__file__).resolve().parent / "java" / "SluiceStreamsApp.java"
-JAVA_BUILD = Path(__file__).resolve().parent / ".java-build"
 LOG4J = ROOT / ".kafka" / "log4j2.yaml"
 
 GROUPS = 5
@@ -53,17 +52,7 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def classpath():
-    proc = subprocess.run([str(PEER), "classpath"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (
-        "Kafka's jars are missing: run scripts/setup-test-deps.sh\n" + proc.stderr
-    )
-    cp = proc.stdout.strip()
-    JAVA_BUILD.mkdir(exist_ok=True)
-    built = JAVA_BUILD / "SluiceStreamsApp.class"
-    if not built.exists() or built.stat().st_mtime < JAVA_SRC.stat().st_mtime:
-        subprocess.run(["javac", "-cp", cp, "-d", str(JAVA_BUILD), str(JAVA_SRC)],
-                       check=True, timeout=120)
-    return f"{JAVA_BUILD}:{cp}"
+    return compile_java("SluiceStreamsApp", kafka_classpath())
 
 
 class StreamsApp:
