@@ -48,21 +48,25 @@ def pki(tmp_path_factory):
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
-def tls_broker(broker_factory, pki, monkeypatch, client_auth="required", **extra):
-    """A broker with PLAINTEXT on its fixture port (the readiness check) and SSL on .ssl_port;
-    the TLS log target at debug so the principal of each session is in the log."""
+def tls_broker(broker_factory, pki, monkeypatch, client_auth="required", protocol="SSL",
+               start=True, **extra):
+    """A broker with PLAINTEXT on its fixture port (the readiness check) and `protocol` (SSL
+    or SASL_SSL) on .ssl_port; the TLS log target at debug so the principal of each session is
+    in the log. With start=False the caller prepares its data directory and starts it."""
     monkeypatch.setenv("RUST_LOG", "info,sluice::tls=debug")
     broker = broker_factory(start=False)
     broker.ssl_port = free_port()
     broker.ssl_bootstrap = f"127.0.0.1:{broker.ssl_port}"
     broker.overrides.update({
-        "listeners": f"PLAINTEXT://127.0.0.1:{broker.port},SSL://127.0.0.1:{broker.ssl_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{broker.port},"
+                     f"{protocol}://127.0.0.1:{broker.ssl_port}",
         "ssl.keystore.location": str(pki.server.bundle),
         "ssl.truststore.location": str(pki.ca.cert),
         "ssl.client.auth": client_auth,
         **extra,
     })
-    broker.start()
+    if start:
+        broker.start()
     return broker
 
 
@@ -137,16 +141,8 @@ def test_sasl_ssl_plain_and_scram_over_tls(broker_factory, pki, monkeypatch, slu
     add --data-dir` before the first start logs in with PLAIN and SCRAM-SHA-512 through
     confluent-kafka and kcat (no client certificate: the SASL name is the principal), records
     come back byte for byte, and a wrong password is refused while the good client works."""
-    monkeypatch.setenv("RUST_LOG", "info,sluice::tls=debug")
-    broker = broker_factory(start=False)
-    broker.ssl_port = free_port()
-    broker.ssl_bootstrap = f"127.0.0.1:{broker.ssl_port}"
-    broker.overrides.update({
-        "listeners": f"PLAINTEXT://127.0.0.1:{broker.port},SASL_SSL://127.0.0.1:{broker.ssl_port}",
-        "ssl.keystore.location": str(pki.server.bundle),
-        "ssl.truststore.location": str(pki.ca.cert),
-        "ssl.client.auth": "none",
-    })
+    broker = tls_broker(broker_factory, pki, monkeypatch, client_auth="none",
+                        protocol="SASL_SSL", start=False)
     added = subprocess.run([str(sluice_bin), "users", "add", "carol", "--password", "carol-pw",
                             "--mechanism", "SCRAM-SHA-512", "--data-dir", str(broker.data_dir)],
                            capture_output=True, text=True, timeout=60)
