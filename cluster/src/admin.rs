@@ -1,7 +1,7 @@
 //! The broker side of topic changes and producer-id blocks: a [`ClusterAdmin`] handle that any
 //! thread (a shard) can use to forward a [`TopicAdminRequest`] (or a request for a block of
-//! producer ids, or a change answered with its committed log index: an ISR, SCRAM
-//! credentials, ACLs) to the active controller, and the task on the
+//! producer ids, a leader election, or a change answered with its committed log index: an
+//! ISR, SCRAM credentials, ACLs) to the active controller, and the task on the
 //! cluster thread that carries it there, follows NOT_CONTROLLER hints and unreachable voters
 //! until `admin.forward.timeout` runs out, and answers only once this broker's own view has
 //! applied the committed change (so the broker that took the client's request already
@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::broker::{BrokerView, Controllers};
 use crate::wire::{
     AllocateProducerIdsRequest, AlterAclsRequest, AlterPartitionRequest, BrokerRpcError,
-    ProducerIdBlock, Request, Response, TopicAdminError, TopicAdminReply, TopicAdminRequest,
+    ElectLeadersReply, ElectLeadersRequest, ProducerIdBlock, Request, Response, TopicAdminError,
+    TopicAdminReply, TopicAdminRequest,
 };
 use crate::{ClusterSettings, NodeId};
 
@@ -29,6 +30,11 @@ pub(crate) enum Job {
     /// A change the controller answers with the log index it committed at
     /// ([`Response::committed_index`]): answered once this broker's view has applied it.
     Commit(Request, oneshot::Sender<Result<u64, BrokerRpcError>>),
+    /// A client's leader election: answered, like a commit, once this broker's view has it.
+    Elect(
+        ElectLeadersRequest,
+        oneshot::Sender<Result<ElectLeadersReply, BrokerRpcError>>,
+    ),
 }
 
 fn stopped() -> BrokerRpcError {
@@ -87,6 +93,19 @@ impl ClusterAdmin {
     /// view has applied it (with the committed log index).
     pub async fn alter_acls(&self, request: AlterAclsRequest) -> Result<u64, BrokerRpcError> {
         self.commit(Request::AlterAcls(request)).await
+    }
+
+    /// Asks the active controller to run a leader election; answers each partition's outcome
+    /// once this broker's own view has applied it.
+    pub async fn elect_leaders(
+        &self,
+        request: ElectLeadersRequest,
+    ) -> Result<ElectLeadersReply, BrokerRpcError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Elect(request, reply_tx))
+            .map_err(|_| stopped())?;
+        reply_rx.await.map_err(|_| stopped())?
     }
 
     async fn commit(&self, request: Request) -> Result<u64, BrokerRpcError> {
@@ -170,6 +189,26 @@ pub(crate) async fn run(
                     .unwrap_or_else(Err);
                 if let Ok(index) = &outcome {
                     wait_applied(&mut view, &nudge, *index, &settings).await;
+                }
+                let _ = reply.send(outcome);
+            }
+            Job::Elect(request, reply) => {
+                let outcome = forward(
+                    &settings,
+                    &mut controllers,
+                    Request::ElectLeaders(request),
+                    |response| match response {
+                        Response::ElectLeaders(Err(BrokerRpcError::NotController { leader })) => {
+                            Answer::NotController(leader)
+                        }
+                        Response::ElectLeaders(outcome) => Answer::Final(outcome),
+                        _ => Answer::Unexpected,
+                    },
+                )
+                .await
+                .unwrap_or_else(Err);
+                if let Ok(reply) = &outcome {
+                    wait_applied(&mut view, &nudge, reply.committed_index, &settings).await;
                 }
                 let _ = reply.send(outcome);
             }

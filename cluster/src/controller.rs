@@ -13,11 +13,12 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::BasicNode;
 use tokio::sync::watch;
 
-use crate::leadership::{self, Election, ElectionOutcome, PartitionId};
+use crate::leadership::{self, Election};
 use crate::state::{BrokerId, ClusterState, Command, CommandReply, PRODUCER_ID_BLOCK_LEN};
 use crate::wire::{
     AllocateProducerIdsRequest, AlterAclsRequest, AlterPartitionRequest, BrokerRpcError,
-    HeartbeatReply, HeartbeatRequest, ProducerIdBlock, RegisterReply, RegisterRequest,
+    ElectLeadersReply, ElectLeadersRequest, HeartbeatReply, HeartbeatRequest, ProducerIdBlock,
+    RegisterReply, RegisterRequest,
 };
 use crate::{NodeId, Raft};
 
@@ -118,20 +119,22 @@ impl Controller {
         }
     }
 
-    /// Runs an election a client asked for (ElectLeaders) and returns each outcome.
+    /// Runs an election a client asked for (ElectLeaders): each partition's outcome, once
+    /// committed, with the log index it committed at.
     pub async fn elect_leaders(
         &self,
-        election: Election,
-        partitions: Vec<PartitionId>,
-    ) -> Result<Vec<ElectionOutcome>, BrokerRpcError> {
-        match self
-            .propose(Command::ElectLeaders {
-                election,
-                partitions,
-            })
-            .await?
-        {
-            CommandReply::Elections { outcomes } => Ok(outcomes),
+        request: ElectLeadersRequest,
+    ) -> Result<ElectLeadersReply, BrokerRpcError> {
+        let command = Command::ElectLeaders {
+            election: request.election,
+            partitions: request.partitions,
+        };
+        let response = self.raft.client_write(command).await.map_err(write_error)?;
+        match response.data {
+            CommandReply::Elections { outcomes } => Ok(ElectLeadersReply {
+                outcomes,
+                committed_index: response.log_id.index,
+            }),
             other => Err(BrokerRpcError::Quorum(format!(
                 "election not applied: {other:?}"
             ))),

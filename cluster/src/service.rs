@@ -80,6 +80,7 @@ async fn serve_connection(
                 Response::AlterScramCredentials(controller.alter_scram_credentials(r).await)
             }
             Request::AlterAcls(r) => Response::AlterAcls(controller.alter_acls(r).await),
+            Request::ElectLeaders(r) => Response::ElectLeaders(controller.elect_leaders(r).await),
         };
         if let Err(error) = write_frame(&mut stream, &response, frame_bytes_max).await {
             tracing::warn!(%peer, %error, "controller connection: write failed; closing");

@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
+use crate::leadership::{Election, ElectionOutcome, PartitionId};
 use crate::state::{BrokerId, ClusterState, TopicRecord};
 use crate::{NodeId, TypeConfig};
 
@@ -44,6 +45,8 @@ pub enum Request {
     AlterScramCredentials(crate::scram::AlterScramCredentials),
     /// A broker forwards an ACL change (answered by the active controller only).
     AlterAcls(AlterAclsRequest),
+    /// A broker forwards a client's leader election (answered by the active controller only).
+    ElectLeaders(ElectLeadersRequest),
 }
 
 /// A controller's answer, the same variant as the request.
@@ -71,6 +74,8 @@ pub enum Response {
     AlterScramCredentials(Result<u64, BrokerRpcError>),
     /// To [`Request::AlterAcls`]: the log index the change committed at.
     AlterAcls(Result<u64, BrokerRpcError>),
+    /// To [`Request::ElectLeaders`].
+    ElectLeaders(Result<ElectLeadersReply, BrokerRpcError>),
 }
 
 impl Response {
@@ -85,6 +90,25 @@ impl Response {
             _ => None,
         }
     }
+}
+
+/// A client's leader election (Kafka's ElectLeaders): the broker has resolved the topic names
+/// to partitions of its view; the controller rechecks each one where the command applies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ElectLeadersRequest {
+    /// Preferred or unclean.
+    pub election: Election,
+    /// The partitions, in the order their outcomes come back.
+    pub partitions: Vec<PartitionId>,
+}
+
+/// What an election did to each partition, in the request's order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ElectLeadersReply {
+    /// One outcome per requested partition.
+    pub outcomes: Vec<ElectionOutcome>,
+    /// The log index the election committed at (a broker answers once it applied this far).
+    pub committed_index: u64,
 }
 
 /// ACL bindings to remove (exactly these) and to add.

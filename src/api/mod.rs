@@ -11,6 +11,7 @@ mod authz;
 mod client_quotas;
 mod configs;
 mod delete_records;
+mod elect_leaders;
 mod fetch;
 pub mod fetch_session;
 mod group_acls;
@@ -79,6 +80,7 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(37, 0, 3),                                       // CreatePartitions
     api(44, 0, 1),                                       // IncrementalAlterConfigs
     api(60, 0, 2),                                       // DescribeCluster
+    api(43, 0, 2),                                       // ElectLeaders
     // Consumer groups: librdkafka enables its balanced consumer only when FindCoordinator,
     // JoinGroup, SyncGroup, Heartbeat and LeaveGroup include v0, OffsetCommit overlaps 1–2 and
     // OffsetFetch includes 1.
@@ -168,6 +170,7 @@ pub async fn dispatch(
         37 => admin::create_partitions(shard, header, body, session).await,
         44 => configs::incremental_alter(shard, header, body, session).await,
         60 => metadata::describe_cluster(shard, header, body, session),
+        43 => elect_leaders::handle(shard, header, body, session).await,
         8 => groups::offset_commit(shard, header, body, session).await,
         9 => groups::offset_fetch(shard, header, body, session).await,
         10 => groups::find_coordinator(shard, header, body, session),

@@ -2,7 +2,7 @@
 //! reserved names, configs, partition count), forwarded to the active controller through the
 //! [`sluice_cluster::admin::ClusterAdmin`] handle, and answered once this broker's published
 //! snapshot has the committed change; the other forwarded changes (ACLs, SCRAM credentials,
-//! client quotas) share its wait and its error mapping. Owns the mapping of the quorum's
+//! client quotas, leader elections) share its wait and its error mapping. Owns the mapping of the quorum's
 //! refusals to Kafka error codes; must never write the local metadata log or open partitions
 //! itself (the cluster bridge does, for every broker alike).
 
@@ -221,4 +221,23 @@ pub async fn change_acls(
         .map_err(rpc_error)?;
     applied(shard, index).await;
     Ok(())
+}
+
+/// Runs a leader election through the quorum; answers each partition's outcome (in the order
+/// of `partitions`) once this broker's snapshot has the new leaders.
+pub async fn elect_leaders(
+    shard: &Shard,
+    election: sluice_cluster::leadership::Election,
+    partitions: Vec<sluice_cluster::leadership::PartitionId>,
+) -> Result<Vec<sluice_cluster::leadership::ElectionOutcome>, AdminError> {
+    let admin = shard.metadata.admin().ok_or_else(not_in_cluster)?;
+    let reply = admin
+        .elect_leaders(sluice_cluster::wire::ElectLeadersRequest {
+            election,
+            partitions,
+        })
+        .await
+        .map_err(rpc_error)?;
+    applied(shard, reply.committed_index).await;
+    Ok(reply.outcomes)
 }

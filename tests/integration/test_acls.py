@@ -14,7 +14,7 @@ import subprocess
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (
     AclBinding,
     AclBindingFilter,
@@ -250,6 +250,14 @@ def test_acl_matrix_with_confluent_and_kafka_python(broker_factory):
     futures = admin.alter_user_scram_credentials([upsert], request_timeout=15)
     with pytest.raises(KafkaException) as raised:
         list(futures.values())[0].result(timeout=20)
+    assert error_code_of(raised.value) == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+
+    # ElectLeaders needs ALTER on the cluster: every named partition is refused with it.
+    from confluent_kafka import ElectionType
+
+    future = admin.elect_leaders(ElectionType.PREFERRED, [TopicPartition(allowed, 0)])
+    with pytest.raises(KafkaException) as raised:
+        future.result(timeout=20)
     assert error_code_of(raised.value) == KafkaError.CLUSTER_AUTHORIZATION_FAILED
 
     # kafka-python sees the same refusals as its own exception types.

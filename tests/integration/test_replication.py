@@ -53,7 +53,9 @@ def nodes_fast_fencing(broker_factory):
     yield from make_nodes(broker_factory, session_ms=3000)
 
 
-def make_nodes(broker_factory, session_ms):
+def make_nodes(broker_factory, session_ms, extra=None):
+    """Three brokers on 127.0.0.1-3, node 1 the only controller voter; `extra` adds settings
+    to every node's."""
     hosts = {n: f"127.0.0.{n}" for n in (1, 2, 3)}
     voters = f"1@{hosts[1]}:{free_port(hosts[1])}"
     made = {}
@@ -71,6 +73,7 @@ def make_nodes(broker_factory, session_ms):
                 "replica.lag.time.max.ms": LAG_MS,
                 "replica.fetch.wait.max.ms": 200,
                 "replica.fetch.backoff.ms": 100,
+                **(extra or {}),
             },
             shards=1,
             host=host,
