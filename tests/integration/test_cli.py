@@ -20,7 +20,7 @@ SUBCOMMANDS_WITH_HELP = [
     ["topics", "delete"], ["topics", "add-partitions"], ["produce"], ["consume"],
     ["groups"], ["groups", "list"], ["groups", "describe"], ["groups", "delete"],
     ["groups", "reset-offsets"], ["bench"], ["bench", "produce"], ["bench", "consume"],
-    ["bench", "e2e"],
+    ["bench", "e2e"], ["quotas"], ["quotas", "describe"], ["quotas", "alter"],
 ]
 
 

@@ -216,6 +216,53 @@ def test_kafka_configs_sets_and_describes_client_quotas(broker):
     assert "consumer_byte_rate=2048.0, producer_byte_rate=1024.0" in out, out
 
 
+def test_sluice_quotas_cli_alters_and_describes_client_quotas(broker, sluice_bin):
+    """`sluice quotas` sets, shows and removes quotas as kafka-configs does; the broker's own
+    DescribeClientQuotas answer is the check; a refused change is a one-line error, exit 1."""
+    import subprocess
+
+    def cli(*args):
+        return subprocess.run([str(sluice_bin), "quotas", *args, "--bootstrap", broker.bootstrap],
+                              capture_output=True, text=True, timeout=60)
+
+    done = cli("alter", "--user", "alice", "--client-id", "app",
+               "--add-config", "producer_byte_rate=1048576,consumer_byte_rate=2097152")
+    assert done.returncode == 0, done.stderr
+    assert "Completed updating config for user-principal 'alice', client-id 'app'." in done.stdout
+    assert cli("alter", "--client-id-default", "--add-config", "request_percentage=25").returncode == 0
+    _, found = describe_quotas(broker.bootstrap, [])
+    assert found == {
+        (("user", "alice"), ("client-id", "app")): {"producer_byte_rate": 1048576.0,
+                                                    "consumer_byte_rate": 2097152.0},
+        (("client-id", None),): {"request_percentage": 25.0},
+    }
+    shown = cli("describe")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [
+        "Quota configs for the default client-id are request_percentage=25.0",
+        "Quota configs for user-principal 'alice', client-id 'app' are "
+        "consumer_byte_rate=2097152.0, producer_byte_rate=1048576.0",
+    ], shown.stdout
+    shown = cli("describe", "--client-id-default")
+    assert shown.stdout.splitlines() == [
+        "Quota configs for the default client-id are request_percentage=25.0"], shown.stdout
+
+    assert cli("alter", "--user", "alice", "--client-id", "app",
+               "--delete-config", "producer_byte_rate").returncode == 0
+    _, found = describe_quotas(broker.bootstrap, [])
+    assert found[(("user", "alice"), ("client-id", "app"))] == {"consumer_byte_rate": 2097152.0}
+
+    # Refused by the broker (an unknown key; a negative rate): nothing changes.
+    for bad in ("no_such_quota=1", "consumer_byte_rate=-5"):
+        refused = cli("alter", "--client-id", "app", "--add-config", bad)
+        assert refused.returncode == 1, refused
+        assert "INVALID_REQUEST" in refused.stderr and "panicked" not in refused.stderr, refused.stderr
+    refused = cli("alter", "--client-id", "app")
+    assert refused.returncode != 0 and "--add-config" in refused.stderr
+    _, after = describe_quotas(broker.bootstrap, [])
+    assert after == found
+
+
 # ---------------------------------------------------------------------------------------------
 # Enforcement
 # ---------------------------------------------------------------------------------------------

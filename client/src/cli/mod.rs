@@ -18,6 +18,7 @@ pub mod consume;
 pub mod format;
 pub mod groups;
 pub mod produce;
+pub mod quotas;
 pub mod topics;
 
 /// Default bootstrap address, overridable with `--bootstrap` or `SLUICE_BOOTSTRAP`.
@@ -80,6 +81,11 @@ pub enum ToolCommand {
         after_help = "Examples:\n  sluice acls add --allow-principal User:alice --operation Read --topic orders\n  sluice acls add --allow-principal User:bob --operation Write --topic pay- --resource-pattern-type prefixed\n  sluice acls list --topic orders\n  sluice acls remove --allow-principal User:alice --operation Read --topic orders"
     )]
     Acls(acls::AclsArgs),
+    /// Describe and alter client quotas (user and client-id entities, as kafka-configs)
+    #[command(
+        after_help = "Examples:\n  sluice quotas alter --client-id app --add-config producer_byte_rate=1048576,consumer_byte_rate=2097152\n  sluice quotas alter --user alice --delete-config producer_byte_rate\n  sluice quotas describe\n  sluice quotas describe --user-default"
+    )]
+    Quotas(quotas::QuotasArgs),
     /// Load generator: produce, consume and end-to-end latency benchmarks
     #[command(
         after_help = "Examples:\n  sluice bench produce --topic bench --records 1000000 --record-size 1024 --acks all\n  sluice bench produce --topic bench --rate 50000 --duration 30s --json\n  sluice bench e2e --topic e2e --rate 10000 --duration 20s --hgrm e2e.hgrm"
@@ -118,6 +124,7 @@ pub fn run(cmd: ToolCommand) -> ExitCode {
             ToolCommand::Consume(args) => consume::run(args).await,
             ToolCommand::Groups(args) => groups::run(args).await,
             ToolCommand::Acls(args) => acls::run(args).await,
+            ToolCommand::Quotas(args) => quotas::run(args).await,
             ToolCommand::Bench(args) => crate::bench::run(args).await,
         }
     });
