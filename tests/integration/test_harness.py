@@ -33,7 +33,9 @@ def test_early_exit_fails_fast_with_log_tail(tmp_path):
 
 
 def test_silent_broker_times_out_and_is_killed(tmp_path):
-    binary = _fake_bin(tmp_path, "exec sleep 600")
+    # Silent when served, but `serve --help` (the harness's probe for --admin-listen) answers
+    # at once instead of hanging for the probe's 10 s timeout.
+    binary = _fake_bin(tmp_path, 'case "$2" in --help) exit 0;; esac; exec sleep 600')
     b = Broker(binary, tmp_path / "b")
     b.start(wait=False)
     pid = b.proc.pid

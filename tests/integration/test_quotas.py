@@ -403,12 +403,12 @@ def test_throttled_response_comes_at_once_and_mutes_the_connection(broker):
     helpers.create_topic(b, topic, partitions=1)
     assert alter_quotas(b, [([("user", "ANONYMOUS")], [("producer_byte_rate", 10_000.0)])]) == [(0, None)]
     with helpers.RawConn(b) as conn:
-        # 10 KB/s over the 10 s padded window: the first 100 KB pass, then 200 KB more
-        # overshoot by 2x, which asks for about 20 s of throttle.
+        # 10 KB/s over the 10 s padded window: the first 100 KB pass, then 45 KB more
+        # overshoot by about a third, which asks for about 4 s of throttle.
         err, throttle = raw_produce(conn, "any", topic, 90_000)
         assert (err, throttle) == (0, 0)
         started = time.monotonic()
-        err, throttle = raw_produce(conn, "any", topic, 200_000)
+        err, throttle = raw_produce(conn, "any", topic, 45_000)
         answered_s = time.monotonic() - started
         assert err == 0
         assert throttle > 1000, throttle

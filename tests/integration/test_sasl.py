@@ -280,7 +280,7 @@ def test_bad_logins_fail_while_an_authenticated_client_keeps_working(sasl_broker
         admin = confluent_admin(sasl_broker.sasl_bootstrap, error_cb=errors.append,
                                 **sasl_conf(mechanism, user, password))
         with pytest.raises(KafkaException):
-            admin.list_topics(timeout=5)
+            admin.list_topics(timeout=2)
         admin.poll(1)
         # librdkafka reports the broker's SASL_AUTHENTICATION_FAILED message through error_cb.
         assert any("Authentication failed" in str(e) for e in errors), errors
