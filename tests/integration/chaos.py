@@ -20,6 +20,11 @@ Two more are counted and must be zero as well: offset gaps in a partition (no co
 transactions here, so a log is dense) and skipped records (in the log but never processed by
 the group, which commits only what it processed and drains to the high watermark).
 
+The target is one broker, or three (`ClusterTarget`, `--cluster`): every broker a controller
+voter, RF=3 topics with min.insync.replicas=2, and each crash kills one broker drawn from the
+seed (a leader, a follower, the group coordinator or the active controller alike), so the
+same checker asks the cluster's promise: nothing acknowledged lost when a minority dies.
+
 What it must never do: start a broker other than through conftest.Broker, count a record as
 acknowledged without an error-free delivery report, or report a round as clean when a check
 could not run (a client that never drains or a final read that comes up short raises instead).
@@ -438,11 +443,81 @@ def kill9_and_restart(broker, down_s: float):
     broker.start()
 
 
+# A three-broker cluster as one chaos target: every broker a controller voter (so any one of
+# them may die and the quorum lives on), RF=3 topics with min.insync.replicas=2, fencing and
+# ISR changes fast enough for rounds of a few seconds.
+CLUSTER_OVERRIDES = {
+    **BROKER_OVERRIDES,
+    "process.roles": "broker,controller",
+    "broker.session.timeout.ms": "3000",
+    "broker.heartbeat.interval.ms": "200",
+    "controller.quorum.election.timeout.ms": "500",
+    "controller.quorum.request.timeout.ms": "1000",
+    "replica.lag.time.max.ms": "2000",
+    "replica.fetch.wait.max.ms": "200",
+    "replica.fetch.backoff.ms": "100",
+}
+
+
+class ClusterTarget:
+    """Three conftest.Broker processes on 127.0.0.1-3 seen by the rounds as one broker: the
+    bootstrap lists all three, topics are created RF=3 with min.insync.replicas=2, and each
+    crash (kill9_one_and_restart) kills one broker drawn from the run's seeded RNG."""
+
+    replication_factor = 3
+    topic_config = {"min.insync.replicas": "2"}
+
+    def __init__(self, nodes: dict, seed: int):
+        self.nodes = nodes
+        self.rng = random.Random(seed)
+        self.killed: list = []
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes.values())
+
+
+def cluster_nodes(make_broker) -> dict:
+    """Three stopped brokers, node ids 1-3 on 127.0.0.1-3, all three controller voters.
+    `make_broker(overrides, host)` builds one (conftest's factory, or a Broker for the CLI)."""
+    hosts = {n: f"127.0.0.{n}" for n in (1, 2, 3)}
+    voters = ",".join(f"{n}@{h}:{helpers.free_port(h)}" for n, h in hosts.items())
+    return {n: make_broker({**CLUSTER_OVERRIDES, "node.id": n,
+                            "controller.quorum.voters": voters}, host)
+            for n, host in hosts.items()}
+
+
+def start_cluster(nodes: dict):
+    for node in nodes.values():
+        node.start(wait=False)
+    for node in nodes.values():
+        node.wait_ready()
+
+    def registered():
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": nodes[1].bootstrap,
+                             "log_level": CLIENT_LOG_LEVEL})
+        return len(admin.list_topics(timeout=5).brokers) == len(nodes)
+
+    helpers.wait_until(registered, 30, interval_s=0.2, what="every broker registered")
+
+
+def kill9_one_and_restart(target: ClusterTarget, down_s: float):
+    """The cluster crash: SIGKILL of one broker (leader, follower, group or controller alike),
+    `down_s` of downtime, restart."""
+    n = target.rng.choice(sorted(target.nodes))
+    target.killed.append(n)
+    kill9_and_restart(target.nodes[n], down_s)
+
+
 def run_round(broker, plan: RoundPlan, say=print, crash=kill9_and_restart) -> RoundResult:
     t0 = time.monotonic()
     bootstrap = broker.bootstrap
     topic = helpers.create_topic(bootstrap, helpers.unique_topic(f"chaos{plan.round_no}"),
-                                 plan.partitions)
+                                 plan.partitions,
+                                 replication_factor=getattr(broker, "replication_factor", 1),
+                                 config=getattr(broker, "topic_config", None))
     group = f"chaos-group-{plan.round_no}-{plan.seed}"
     result = RoundResult(plan=plan, topic=topic)
     rng = random.Random(plan.seed)
@@ -562,8 +637,16 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
     parser.add_argument("--power-loss", action="store_true",
                         help="data dir on powerfs; each crash is a power cut, not kill -9")
+    parser.add_argument("--cluster", action="store_true",
+                        help="three brokers on 127.0.0.1-3 (RF=3, min.insync.replicas=2); "
+                             "each crash kills one of them")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
+    if args.cluster:
+        if args.power_loss:
+            print("chaos: --cluster and --power-loss do not combine yet", file=sys.stderr)
+            return 2
+        return main_cluster(args, seed)
 
     import conftest  # the one owner of broker processes
 
@@ -603,6 +686,36 @@ def main(argv=None) -> int:
     if panics:
         print(f"chaos: the broker log shows a panic: {panics[0]}", flush=True)
         return 1
+    return 0 if not summary["problems"] else 1
+
+
+def main_cluster(args, seed: int) -> int:
+    import conftest  # the one owner of broker processes
+
+    binary = conftest._default_bin()
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        print(f"sluice binary not found at {binary}: build it or set SLUICE_BIN",
+              file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sluice-chaos-cluster-"))
+    nodes = cluster_nodes(lambda overrides, host: conftest.Broker(
+        binary, workdir / f"node{overrides['node.id']}", shards=1, overrides=overrides,
+        host=host))
+    print(f"chaos: three brokers {binary}, data and logs under {workdir}", flush=True)
+    try:
+        start_cluster(nodes)
+        summary = run_chaos(ClusterTarget(nodes, seed), args.rounds, seed, args.run_s_max,
+                            say=lambda line: print(line, flush=True),
+                            crash=kill9_one_and_restart, replay_flags="--cluster")
+    finally:
+        for node in nodes.values():
+            node.stop()
+    for n, node in nodes.items():
+        panics = [line for line in node.log_text().splitlines()
+                  if conftest.PANIC_PATTERN.search(line)]
+        if panics:
+            print(f"chaos: broker {n}'s log shows a panic: {panics[0]}", flush=True)
+            return 1
     return 0 if not summary["problems"] else 1
 
 

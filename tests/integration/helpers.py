@@ -833,14 +833,16 @@ def confluent_admin(bootstrap: str, **conf):
     return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000, **conf})
 
 
-def create_topic(bootstrap: str, name: str, partitions: int = 1, config=None, timeout_s=30):
+def create_topic(bootstrap: str, name: str, partitions: int = 1, config=None, timeout_s=30,
+                 replication_factor: int = 1):
     """Create a topic with confluent-kafka's AdminClient and wait until metadata shows all of its
     partitions with a leader. Raises on any error."""
     from confluent_kafka.admin import NewTopic
 
     admin = confluent_admin(bootstrap)
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})],
+        [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor,
+                  config=config or {})],
         operation_timeout=timeout_s,
         request_timeout=timeout_s,
     )

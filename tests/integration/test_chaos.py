@@ -3,7 +3,9 @@ committing consumer group while the broker is killed with SIGKILL and restarted,
 acknowledged is lost, duplicated, reordered or moved, no committed offset goes backwards, and
 nothing unexpected is in the log. Long runs: scripts/chaos.sh --rounds N --seed S.
 
-Owns: the short run only (its seed comes from SLUICE_CHAOS_SEED or the clock and is printed, so
+The same short run against a three-broker cluster kills one broker per crash.
+
+Owns: the short runs only (its seed comes from SLUICE_CHAOS_SEED or the clock and is printed, so
 a failure replays). Must never: pass a round the checker flagged."""
 
 import os
@@ -31,6 +33,36 @@ def test_seeded_kill9_rounds_lose_nothing(broker_factory):
     summary = chaos.run_chaos(broker, ROUNDS, seed, run_s_max=6.0, say=say)
     report = "\n".join(lines)
     assert summary["kills"] >= ROUNDS, report
+    assert summary["acked"] > 0 and summary["consumed"] > 0, report
+    for count in chaos.COUNTS + ("gaps", "skipped"):
+        assert summary[count] == 0, f"{count} = {summary[count]} (seed {seed})\n{report}"
+    assert not summary["problems"], f"seed {seed}\n{report}"
+
+
+CLUSTER_ROUNDS = int(os.environ.get("SLUICE_CLUSTER_CHAOS_ROUNDS", "3"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_seeded_kill9_rounds_in_a_cluster_lose_nothing(broker_factory):
+    """The same rounds and checker against three brokers (all controller voters, RF=3,
+    min.insync.replicas=2), each crash a kill -9 of one broker drawn from the seed. Long runs:
+    scripts/chaos.sh --cluster --rounds N --seed S."""
+    seed = int(os.environ.get("SLUICE_CHAOS_SEED", str(int(time.time()))))
+    nodes = chaos.cluster_nodes(lambda overrides, host: broker_factory(
+        overrides, shards=1, host=host, start=False))
+    chaos.start_cluster(nodes)
+    target = chaos.ClusterTarget(nodes, seed)
+    lines = []
+
+    def say(line):
+        lines.append(line)
+        print(line, flush=True)
+
+    summary = chaos.run_chaos(target, CLUSTER_ROUNDS, seed, run_s_max=6.0, say=say,
+                              crash=chaos.kill9_one_and_restart, replay_flags="--cluster")
+    report = "\n".join(lines) + f"\nkilled brokers, in order: {target.killed}"
+    assert summary["kills"] >= CLUSTER_ROUNDS, report
     assert summary["acked"] > 0 and summary["consumed"] > 0, report
     for count in chaos.COUNTS + ("gaps", "skipped"):
         assert summary[count] == 0, f"{count} = {summary[count]} (seed {seed})\n{report}"
