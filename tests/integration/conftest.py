@@ -11,8 +11,10 @@ Stable fixture API (other test files rely on it; extend, don't change):
                       (under $CARGO_TARGET_DIR when set). Fails the test if it is missing.
     broker            (function) A running broker with default settings and --shards 2.
     broker_factory    (function) broker_factory(overrides=None, *, shards=2, extra_args=(),
-                      start=True, host="127.0.0.1", **kw) -> Broker. `host` is the loopback
-                      address the Kafka listener binds (127.0.0.2, ... for multi-node tests). `overrides` is a dict of Kafka-style settings
+                      start=True, host="127.0.0.1", netns=None, **kw) -> Broker. `host` is the
+                      address the Kafka listener binds (127.0.0.2, ... for multi-node tests;
+                      with `netns`, the address of that network namespace, where the broker
+                      runs under `ip netns exec` on port 9092). `overrides` is a dict of Kafka-style settings
                       passed as `--override key=value`, e.g. {"log.segment.bytes": 1048576};
                       keyword arguments are the same with dots written as underscores
                       (message_max_bytes=2000000 -> message.max.bytes=2000000).
@@ -63,6 +65,7 @@ import helpers  # noqa: E402
 
 REPO_ROOT = helpers.REPO_ROOT
 READY_TIMEOUT_S = 30.0
+NETNS_KAFKA_PORT = 9092
 STOP_TIMEOUT_S = 20.0
 PANIC_PATTERN = re.compile(r"panicked at")
 
@@ -129,7 +132,7 @@ class BrokerStartError(AssertionError):
 
 class Broker:
     def __init__(self, binary: Path, workdir: Path, shards: int = 2, overrides=None,
-                 extra_args=(), host: str = "127.0.0.1"):
+                 extra_args=(), host: str = "127.0.0.1", netns: str | None = None):
         self.binary = Path(binary)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +142,10 @@ class Broker:
         self.overrides = dict(overrides or {})
         self.extra_args = list(extra_args)
         self.host = host
-        self.port = helpers.free_port(host)
+        # In a network namespace of its own (`ip netns exec`), on that namespace's address:
+        # every port there is free, and the root namespace cannot bind that address to ask.
+        self.netns = netns
+        self.port = NETNS_KAFKA_PORT if netns else helpers.free_port(host)
         self.has_admin = _supports_admin_listen(self.binary)
         self.admin_port = helpers.free_port() if self.has_admin else None
         self.proc: subprocess.Popen | None = None
@@ -163,7 +169,8 @@ class Broker:
     # -- lifecycle -------------------------------------------------------------------------
 
     def command(self):
-        cmd = [str(self.binary), "serve", "--data-dir", str(self.data_dir)]
+        cmd = ["ip", "netns", "exec", self.netns] if self.netns else []
+        cmd += [str(self.binary), "serve", "--data-dir", str(self.data_dir)]
         # A test that sets `listeners` itself (several listeners) lists one on .bootstrap.
         if "listeners" not in self.overrides:
             cmd += ["--listen", self.bootstrap]
@@ -340,12 +347,13 @@ def _drop_log_data_after_test(tmp_path):
 def broker_factory(sluice_bin, tmp_path, request):
     made = []
 
-    def make(overrides=None, *, shards=2, extra_args=(), start=True, host="127.0.0.1", **kw):
+    def make(overrides=None, *, shards=2, extra_args=(), start=True, host="127.0.0.1",
+             netns=None, **kw):
         settings = dict(overrides or {})
         for key, value in kw.items():
             settings[key.replace("_", ".")] = value
         b = Broker(sluice_bin, tmp_path / f"broker{len(made)}", shards=shards,
-                   overrides=settings, extra_args=extra_args, host=host)
+                   overrides=settings, extra_args=extra_args, host=host, netns=netns)
         made.append(b)
         request.node._sluice_brokers = made
         if start:
