@@ -58,6 +58,14 @@ pub(crate) fn read_error(
                 leader: f.leader_id,
             }
         }
+        // What an operator should read: which voters answered (openraft's own text dumps the
+        // whole membership).
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
+            BrokerRpcError::Quorum(format!(
+                "no controller quorum: only voter(s) {:?} answered, a majority is needed",
+                q.got
+            ))
+        }
         other => BrokerRpcError::Quorum(other.to_string()),
     }
 }

@@ -1,8 +1,10 @@
 """A three-node cluster of real `sluice serve` processes on 127.0.0.1, .2 and .3, each a broker
 and a voter of the controller quorum: all three appear in Metadata (confluent-kafka) and
 DescribeCluster names one controller; kill -9 of the active controller elects a new one while
-the others keep answering, fences the killed broker after broker.session.timeout.ms, and a
-restart brings it back with a new broker epoch; SIGSTOP fences a broker and SIGCONT unfences it;
+the others keep answering, fences the killed broker after broker.session.timeout.ms, topics are
+still created through the two survivors, with one voter left a topic creation fails with an
+error naming the controller, and restarts bring the quorum back (each killed broker with a new
+broker epoch); SIGSTOP fences a broker and SIGCONT unfences it;
 the raft log survives a kill -9 of all three (broker epochs keep growing from where they were).
 
 Topics through the quorum (RF=1): a topic created through broker 1 shows the same id and the
@@ -149,9 +151,32 @@ def test_leader_kill_elects_fences_and_readmits(cluster):
     assert fenced_s >= SESSION_TIMEOUT_MS / 1000 - HEARTBEAT_MS / 1000, fenced_s
     print(f"new controller {new_ids} after {elected_s:.2f}s, broker {leader} fenced after {fenced_s:.2f}s")
 
+    # Two voters of three are a quorum: a topic is created through either survivor.
+    first, last = others
+    created = unique_topic("quorum2")
+    create_topic(first.bootstrap, created, partitions=2)
+    wait_until(lambda: created in AdminClient({"bootstrap.servers": last.bootstrap})
+               .list_topics(timeout=5).topics, SETTLE_S, what="the topic on the other survivor")
+    # One voter of three is no quorum: the change fails, with an error that says why.
+    first.kill9()
+    admin = AdminClient({"bootstrap.servers": last.bootstrap})
+    refused = unique_topic("quorum1")
+    future = admin.create_topics([NewTopic(refused, 1, 1)], operation_timeout=20,
+                                 request_timeout=30)[refused]
+    with pytest.raises(KafkaException) as raised:
+        future.result(timeout=40)
+    error = raised.value.args[0]
+    print(f"with no quorum: {error.name()}: {error.str()}")
+    assert error.retriable() or error.name() in ("REQUEST_TIMED_OUT", "NOT_CONTROLLER"), error
+    assert "quorum" in error.str(), error.str()
+    assert refused not in admin.list_topics(timeout=5).topics
+
     cluster[leader].start()
+    first.start()
     wait_for_brokers(cluster, {1, 2, 3})
     assert epochs(cluster[leader])[-1] > first_epoch, epochs(cluster[leader])
+    # The quorum is back: the refused topic can now be made.
+    create_topic(last.bootstrap, refused, partitions=1)
 
 
 def test_sigstop_fences_and_sigcont_unfences(cluster):
