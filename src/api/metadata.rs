@@ -206,10 +206,13 @@ async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<Arc<TopicMeta>, (i
 }
 
 /// The brokers clients may use, as (id, host, port), and the controller id. A single broker
-/// lists itself and is its own controller. In a cluster: every unfenced registered broker and
-/// the active controller (-1 while unknown); until this broker has learnt the cluster's state
-/// it lists itself, so a client is never left with no broker at all. Each broker is given at
-/// its endpoint of `listener`; one without that listener is left out (Kafka does the same).
+/// lists itself and is its own controller. In a cluster: every unfenced registered broker, and
+/// as the controller the active one when it is such a broker, else this broker (every broker
+/// forwards admin requests to the quorum, so a client is never sent to a controller that is
+/// down or unknown: KRaft brokers name a live broker the same way). Until this broker has
+/// learnt the cluster's state it lists itself, so a client is never left with no broker at
+/// all. Each broker is given at its endpoint of `listener`; one without that listener is left
+/// out (Kafka does the same).
 fn live_brokers(shard: &Shard, listener: &str) -> (Vec<(i32, String, i32)>, i32) {
     let (host, port) = shard.config.listeners.advertised_for(listener);
     let this = (shard.config.node_id, host, port);
@@ -219,7 +222,8 @@ fn live_brokers(shard: &Shard, listener: &str) -> (Vec<(i32, String, i32)>, i32)
     let controller_id = view
         .controller_id
         .and_then(|id| i32::try_from(id).ok())
-        .unwrap_or(-1);
+        .filter(|id| view.state.brokers.get(id).is_some_and(|b| !b.fenced))
+        .unwrap_or(shard.config.node_id);
     if view.state.brokers.is_empty() {
         return (vec![this], controller_id);
     }
