@@ -26,6 +26,7 @@ import pytest
 from helpers import (
     RawConn,
     consume_confluent,
+    create_topic,
     encode_record_batch,
     fetch_v4,
     free_port,
@@ -255,6 +256,73 @@ def test_killed_follower_catches_up_after_restart(nodes):
     assert_same_log(nodes, topic, partition, 500)
     consumed = consume_confluent(nodes[3].bootstrap, topic, [partition], expected=500)
     assert [c.offset for c in consumed[:500]] == list(range(500))
+
+
+CATCH_UP_MB = 256
+
+
+def log_digest(node, topic, partition, end_offset):
+    """sha256 over the stored batches below `end_offset`, one segment file at a time."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    directory = Path(node.data_dir) / f"{topic}-{partition}"
+    for segment in sorted(directory.glob("*.log")):
+        data = segment.read_bytes()
+        at = 0
+        while at + 12 <= len(data):
+            base_offset, length = struct.unpack(">qi", data[at : at + 12])
+            if length <= 0 or at + 12 + length > len(data) or base_offset >= end_offset:
+                break
+            digest.update(data[at : at + 12 + length])
+            at += 12 + length
+    return digest.hexdigest()
+
+
+def test_follower_down_while_data_was_written_catches_up_without_stalling_producers(
+        nodes, sluice_bin):
+    """A follower is killed, 256 MB are written without it (scripts/cluster-bench.py-sized runs
+    take 1 GB), and it is restarted while an idempotent acks=all producer keeps writing: the
+    producer's acknowledgements never pause for long while the follower copies, the follower
+    rejoins the ISR, and its log is the leader's, byte for byte."""
+    import subprocess
+
+    from test_failover import NumberedProducer
+
+    topic = unique_topic("catchup")
+    bootstrap = ",".join(n.bootstrap for n in nodes.values())
+    create_rf3(nodes, topic)  # waits for three registered brokers; then the big topic:
+    big = create_topic(bootstrap, unique_topic("catchup-big"), 1, replication_factor=3,
+                       config={"min.insync.replicas": "2", "segment.bytes": str(64 << 20)})
+    leader = placement(nodes[1], big)[0].leader
+    follower = next(n for n in (1, 2, 3) if n != leader)
+    others = [n for n in (1, 2, 3) if n != follower]
+    nodes[follower].kill9()
+    wait_isr(nodes, big, 0, others, asked=others)
+    subprocess.run(
+        [str(sluice_bin), "bench", "produce", "--bootstrap", nodes[leader].bootstrap,
+         "--topic", big, "--partitions", "1", "--records", str(CATCH_UP_MB * 64),
+         "--record-size", "16384", "--acks", "all", "--progress-interval-s", "0"],
+        check=True, capture_output=True, timeout=300)
+
+    producer = NumberedProducer(bootstrap, big, 0).start()
+    wait_until(lambda: producer.acknowledged(200), SETTLE_S, what="200 acknowledged records")
+    restarted_at = time.monotonic()
+    nodes[follower].start()
+    wait_isr(nodes, big, 0, [1, 2, 3], asked=others)
+    rejoined_s = time.monotonic() - restarted_at
+    producer.stop()
+    during = sorted(t for (_, _, err, t) in producer.reports
+                    if err is None and restarted_at <= t <= restarted_at + rejoined_s)
+    gaps = [b - a for a, b in zip([restarted_at] + during, during)]
+    print(f"\nfollower {follower} back in the ISR {rejoined_s:.1f} s after its restart, "
+          f"{len(during)} acknowledgements meanwhile, longest pause {max(gaps, default=0):.2f} s")
+    assert during, "no acknowledgement while the follower caught up"
+    assert max(gaps) < 3.0, f"the producer stalled for {max(gaps):.2f} s during the catch-up"
+    end = max(offset for (_, offset, _, _) in producer.reports) + 1
+    wait_until(lambda: log_digest(nodes[follower], big, 0, end)
+               == log_digest(nodes[leader], big, 0, end), SETTLE_S, interval_s=1.0,
+               what="the follower's log equal to the leader's")
 
 
 def test_replica_assignments_place_as_asked(nodes):
