@@ -106,6 +106,7 @@ pub async fn handle(
                         partition_max_bytes: p.partition_max_bytes,
                         high_watermark: -1,
                         log_start_offset: -1,
+                        current_leader_epoch: p.current_leader_epoch,
                     },
                 )
             })
@@ -330,7 +331,18 @@ fn topic_fetches(
                 }
             }
         };
-        let known = authorized && exists && !led_elsewhere;
+        // v9+ (KIP-320): a consumer on an older leader epoch is fenced (it validates its
+        // position with OffsetForLeaderEpoch), one ahead of this broker's metadata waits.
+        let epoch_error = match meta {
+            Some(m) if exists && !led_elsewhere && authorized => {
+                super::leader_epochs::check_current_epoch(
+                    asked.current_leader_epoch,
+                    snapshot.leader_epoch(m, key.index),
+                )
+            }
+            _ => code::NONE,
+        };
+        let known = authorized && exists && !led_elsewhere && epoch_error == code::NONE;
         let partition = PartitionFetch {
             index: key.index,
             fetch_offset: asked.fetch_offset,
@@ -342,6 +354,8 @@ fn topic_fetches(
                 unknown
             } else if led_elsewhere {
                 code::NOT_LEADER_OR_FOLLOWER
+            } else if epoch_error != code::NONE {
+                epoch_error
             } else if known {
                 code::NONE
             } else {

@@ -51,6 +51,8 @@ pub struct CachedPartition {
     pub high_watermark: i64,
     /// Log start offset last sent (-1: never).
     pub log_start_offset: i64,
+    /// The client's `current_leader_epoch` (Fetch v9+; -1: no check).
+    pub current_leader_epoch: i32,
 }
 
 struct Session {
@@ -157,6 +159,7 @@ impl SessionCache {
                 Some((_, cached)) => {
                     cached.fetch_offset = asked.fetch_offset;
                     cached.partition_max_bytes = asked.partition_max_bytes;
+                    cached.current_leader_epoch = asked.current_leader_epoch;
                 }
                 None => session.partitions.push((key.clone(), *asked)),
             }
@@ -281,6 +284,7 @@ mod tests {
                 partition_max_bytes: 1 << 20,
                 high_watermark: -1,
                 log_start_offset: -1,
+                current_leader_epoch: -1,
             },
         )
     }

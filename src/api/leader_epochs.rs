@@ -84,10 +84,7 @@ pub async fn handle(
                 )));
                 continue;
             }
-            let leader_epoch = snapshot
-                .placement(meta, index)
-                .map_or(0, |placement| placement.leader_epoch);
-            let checked = check_current_epoch(current, leader_epoch);
+            let checked = check_current_epoch(current, snapshot.leader_epoch(meta, index));
             if checked != code::NONE {
                 pending.push(futures::future::Either::Left(futures::future::ready(
                     undefined(checked),

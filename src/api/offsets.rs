@@ -82,6 +82,22 @@ pub async fn handle(
                 ))));
                 continue;
             }
+            // v4+: a client on an older leader epoch is fenced, one ahead of this broker's
+            // metadata waits (KIP-320), as OffsetForLeaderEpoch and Fetch answer.
+            let epoch_error = meta.as_ref().map_or(code::NONE, |m| {
+                super::leader_epochs::check_current_epoch(
+                    p.current_leader_epoch,
+                    snapshot.leader_epoch(m, index),
+                )
+            });
+            if epoch_error != code::NONE {
+                pending.push(futures::future::Either::Left(futures::future::ready((
+                    epoch_error,
+                    -1,
+                    -1,
+                ))));
+                continue;
+            }
             let owner = shard.set.owner_of(&name, index);
             let topic_name = name.clone();
             let lookup = shard.invoke_on(owner, move |s| async move {

@@ -93,6 +93,12 @@ impl MetadataSnapshot {
         state.topics.get(&topic.id)?.partitions.get(index)
     }
 
+    /// The partition's current leader epoch: the committed one in a cluster, 0 on a single
+    /// broker (what Metadata reports and requests' `current_leader_epoch` is checked against).
+    pub fn leader_epoch(&self, topic: &TopicMeta, index: i32) -> i32 {
+        self.placement(topic, index).map_or(0, |p| p.leader_epoch)
+    }
+
     /// Whether broker `node_id` leads the partition: always on a single broker; in a cluster,
     /// only the committed leader serves Produce, Fetch and ListOffsets (internal topics the
     /// quorum does not place are each broker's own).

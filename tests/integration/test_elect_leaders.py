@@ -143,6 +143,15 @@ def test_preferred_election_moves_leadership_back_to_a_restarted_replica(nodes):
                SETTLE_S, what="every broker sees broker 2 lead")
     got = elect(nodes[1].bootstrap, ElectionType.PREFERRED, [TopicPartition(topic, partition)])
     assert got == {(topic, partition): KafkaError.ELECTION_NOT_NEEDED}
+    # KIP-320: the new leader fences a client still on the interim epoch (Fetch v9+,
+    # ListOffsets v4+) and serves one on its own.
+    from test_leader_epochs import fetch_v11_error, list_offsets_v4_error
+
+    with RawConn(nodes[2].bootstrap) as conn:
+        assert fetch_v11_error(conn, topic, partition, interim_epoch) == 74  # FENCED_LEADER_EPOCH
+        assert list_offsets_v4_error(conn, topic, partition, interim_epoch) == 74
+        assert fetch_v11_error(conn, topic, partition, after_epoch) == 0
+        assert list_offsets_v4_error(conn, topic, partition, after_epoch) == 0
 
     last = [(None, f"c{i}".encode()) for i in range(200)]
     produce_confluent(nodes[1].bootstrap, topic, last, partition=partition, acks="all")

@@ -2,17 +2,22 @@
 epoch 0, so epoch 0 ends at the log end; a newer requested epoch has no answer (-1, -1);
 current_leader_epoch newer than the leader's is UNKNOWN_LEADER_EPOCH; an unknown partition
 is UNKNOWN_TOPIC_OR_PARTITION. A confluent-kafka consumer assigned a position with a leader
-epoch (which librdkafka validates through this API) reads from that position."""
+epoch (which librdkafka validates through this API) reads from that position. Fetch (v9+) and
+ListOffsets (v4+) check their `current_leader_epoch` the same way (KIP-320); the older-epoch
+case (FENCED_LEADER_EPOCH) needs a leader change: test_elect_leaders.py."""
 
 from confluent_kafka import Consumer, TopicPartition
 
 from helpers import (
+    Reader,
     RawConn,
     api_versions,
     array,
     compact_string,
     create_topic,
+    i8,
     i32,
+    i64,
     produce_confluent,
     string,
     unique_topic,
@@ -111,3 +116,41 @@ def test_librdkafka_validates_a_position_with_a_leader_epoch(broker):
         assert got == [(i, b"r%d" % i) for i in range(12, 20)]
     finally:
         c.close()
+
+
+def fetch_v11_error(conn, topic, partition, current_leader_epoch, offset=0):
+    """The partition's error code of a Fetch v11 (the first versions with current_leader_epoch
+    are 9+) from `offset`."""
+    body = (i32(-1) + i32(0) + i32(0) + i32(1 << 20) + i8(0) + i32(0) + i32(-1)
+            + array([string(topic) + array([i32(partition) + i32(current_leader_epoch)
+                                            + i64(offset) + i64(-1) + i32(1 << 20)])])
+            + array([]) + string(""))
+    r = conn.call(1, 11, body)
+    r.i32()  # throttle_time_ms
+    assert r.i16() == 0  # top-level error
+    r.i32()  # session id
+    assert r.i32() == 1 and r.string() == topic
+    assert r.i32() == 1 and r.i32() == partition
+    return r.i16()
+
+
+def list_offsets_v4_error(conn, topic, partition, current_leader_epoch, timestamp=-1):
+    """The partition's error code of a ListOffsets v4 (latest by default)."""
+    body = (i32(-1) + i8(0) + array([string(topic) + array([
+        i32(partition) + i32(current_leader_epoch) + i64(timestamp)])]))
+    r = conn.call(2, 4, body)
+    r.i32()  # throttle_time_ms
+    assert r.i32() == 1 and r.string() == topic
+    assert r.i32() == 1 and r.i32() == partition
+    return r.i16()
+
+
+def test_fetch_and_list_offsets_check_the_current_leader_epoch(broker):
+    topic = create_topic(broker.bootstrap, unique_topic("epochcheck"), partitions=1)
+    produce_confluent(broker.bootstrap, topic, [(None, b"x")], partition=0)
+    with RawConn(broker.bootstrap) as conn:
+        for epoch in (-1, 0):  # no check, and the single broker's epoch
+            assert fetch_v11_error(conn, topic, 0, epoch) == 0
+            assert list_offsets_v4_error(conn, topic, 0, epoch) == 0
+        assert fetch_v11_error(conn, topic, 0, 1) == UNKNOWN_LEADER_EPOCH
+        assert list_offsets_v4_error(conn, topic, 0, 1) == UNKNOWN_LEADER_EPOCH
