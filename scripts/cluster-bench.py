@@ -41,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+import chaos  # noqa: E402  (release_binary)
 import conftest  # noqa: E402  (the one owner of broker processes)
 import helpers  # noqa: E402
 
@@ -188,10 +189,8 @@ def main(argv=None) -> int:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a broker setting for all three (repeatable)")
     args = parser.parse_args(argv)
-    binary = conftest._default_bin()
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        print(f"sluice binary not found at {binary}: build it or set SLUICE_BIN",
-              file=sys.stderr)
+    binary = chaos.release_binary()
+    if binary is None:
         return 2
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sluice-cluster-bench-"))
     load_before = os.getloadavg()

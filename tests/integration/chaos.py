@@ -650,10 +650,8 @@ def main(argv=None) -> int:
 
     import conftest  # the one owner of broker processes
 
-    binary = conftest._default_bin()
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        print(f"sluice binary not found at {binary}: build it or set SLUICE_BIN",
-              file=sys.stderr)
+    binary = release_binary()
+    if binary is None:
         return 2
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sluice-chaos-"))
     broker = conftest.Broker(binary, workdir, shards=args.shards, overrides=BROKER_OVERRIDES)
@@ -689,13 +687,23 @@ def main(argv=None) -> int:
     return 0 if not summary["problems"] else 1
 
 
-def main_cluster(args, seed: int) -> int:
+def release_binary():
+    """The broker binary the CLI runs ($SLUICE_BIN or the release build), or None (said why)."""
     import conftest  # the one owner of broker processes
 
     binary = conftest._default_bin()
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         print(f"sluice binary not found at {binary}: build it or set SLUICE_BIN",
               file=sys.stderr)
+        return None
+    return binary
+
+
+def main_cluster(args, seed: int) -> int:
+    import conftest  # the one owner of broker processes
+
+    binary = release_binary()
+    if binary is None:
         return 2
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sluice-chaos-cluster-"))
     nodes = cluster_nodes(lambda overrides, host: conftest.Broker(

@@ -137,10 +137,10 @@ def wait_isr(nodes, topic, partition, expected, asked):
     )
 
 
-def stored_batches(node, topic, partition):
-    """[(base_offset, bytes)] of every batch in the partition's segment files on disk (the
-    zero padding O_DIRECT leaves at the end of the active segment ends the scan)."""
-    batches = []
+def iter_stored_batches(node, topic, partition):
+    """(base_offset, bytes) of every batch in the partition's segment files on disk, one
+    segment file in memory at a time (the zero padding O_DIRECT leaves at the end of the active
+    segment ends a file's scan)."""
     directory = Path(node.data_dir) / f"{topic}-{partition}"
     for segment in sorted(directory.glob("*.log")):
         data = segment.read_bytes()
@@ -149,9 +149,13 @@ def stored_batches(node, topic, partition):
             base_offset, length = struct.unpack(">qi", data[at : at + 12])
             if length <= 0 or at + 12 + length > len(data):
                 break
-            batches.append((base_offset, data[at : at + 12 + length]))
+            yield base_offset, data[at : at + 12 + length]
             at += 12 + length
-    return batches
+
+
+def stored_batches(node, topic, partition):
+    """[(base_offset, bytes)] of every batch in the partition's segment files on disk."""
+    return list(iter_stored_batches(node, topic, partition))
 
 
 def assert_same_log(nodes, topic, partition, end_offset, asked=(1, 2, 3)):
@@ -266,16 +270,10 @@ def log_digest(node, topic, partition, end_offset):
     import hashlib
 
     digest = hashlib.sha256()
-    directory = Path(node.data_dir) / f"{topic}-{partition}"
-    for segment in sorted(directory.glob("*.log")):
-        data = segment.read_bytes()
-        at = 0
-        while at + 12 <= len(data):
-            base_offset, length = struct.unpack(">qi", data[at : at + 12])
-            if length <= 0 or at + 12 + length > len(data) or base_offset >= end_offset:
-                break
-            digest.update(data[at : at + 12 + length])
-            at += 12 + length
+    for base_offset, batch in iter_stored_batches(node, topic, partition):
+        if base_offset >= end_offset:
+            break
+        digest.update(batch)
     return digest.hexdigest()
 
 
