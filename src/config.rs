@@ -119,6 +119,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "transaction.state.log.num.partitions", default: "50", doc: "Partitions of __transaction_state; a transactional id's coordinator is the owner of partition abs(hash(id)) % this. Fixed once transactions were used: changing it moves ids away from their state." },
     Setting { name: "transaction.abort.timed.out.transaction.cleanup.interval.ms", default: "10000", doc: "How often each coordinator aborts (and fences, with an epoch bump) the transactions open longer than their timeout." },
     Setting { name: "transaction.marker.delay.ms", default: "0", doc: "TEST ONLY: how long EndTxn waits between persisting PrepareCommit/PrepareAbort and writing the markers, so that a test can kill the broker inside that window. Keep 0 in production. No Kafka equivalent." },
+    Setting { name: "request.timeout.ms", default: "30000", doc: "How long one partition of a WriteTxnMarkers request may wait for its marker to be durable (and, in a cluster, in every ISR member) before it is answered REQUEST_TIMED_OUT; the marker may still land." },
     Setting { name: "authorizer.class.name", default: "", doc: "Empty: no authorization (everyone may do everything). org.apache.kafka.metadata.authorizer.StandardAuthorizer: every request is checked against the ACLs in the cluster metadata (CreateAcls, `sluice acls`); any other class is refused at start." },
     Setting { name: "super.users", default: "", doc: "Principals allowed everything whatever the ACLs: User:a;User:b." },
     Setting { name: "allow.everyone.if.no.acl.found", default: "false", doc: "With the authorizer on: whether a resource no ACL names is open to everyone (true) or to super users only (false)." },
@@ -651,6 +652,7 @@ impl BrokerConfig {
                     1..=INT_MAX,
                 ),
                 marker_delay_ms: c.int("transaction.marker.delay.ms", 0..=INT_MAX),
+                marker_write_timeout_ms: c.int("request.timeout.ms", 1..=INT_MAX),
             },
             sasl: crate::security::sasl::SaslConfig {
                 enabled_mechanisms: c

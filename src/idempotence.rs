@@ -235,6 +235,11 @@ impl ProducerStates {
         }
     }
 
+    /// The epoch the partition last saw of `producer_id`, if it has state here.
+    pub fn epoch_of(&self, producer_id: i64) -> Option<i16> {
+        self.producers.get(&producer_id).map(|state| state.epoch)
+    }
+
     /// Every producer with state: (id, epoch, last sequence written, last append ms).
     pub fn producers(&self) -> Vec<(i64, i16, i32, i64)> {
         self.producers

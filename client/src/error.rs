@@ -50,8 +50,14 @@ impl KafkaCode {
             42 => "INVALID_REQUEST",
             43 => "UNSUPPORTED_FOR_MESSAGE_FORMAT",
             44 => "POLICY_VIOLATION",
+            47 => "INVALID_PRODUCER_EPOCH",
+            48 => "INVALID_TXN_STATE",
+            49 => "INVALID_PRODUCER_ID_MAPPING",
+            51 => "CONCURRENT_TRANSACTIONS",
+            52 => "TRANSACTION_COORDINATOR_FENCED",
             53 => "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
             54 => "SECURITY_DISABLED",
+            56 => "KAFKA_STORAGE_ERROR",
             68 => "NON_EMPTY_GROUP",
             69 => "GROUP_ID_NOT_FOUND",
             72 => "LISTENER_NOT_FOUND",
@@ -60,6 +66,8 @@ impl KafkaCode {
             76 => "UNSUPPORTED_COMPRESSION_TYPE",
             79 => "MEMBER_ID_REQUIRED",
             87 => "INVALID_RECORD",
+            90 => "PRODUCER_FENCED",
+            105 => "TRANSACTIONAL_ID_NOT_FOUND",
             _ => "UNKNOWN_CODE",
         }
     }

@@ -33,6 +33,7 @@ pub fn client_version_max(api_key: i16) -> i16 {
         Ok(ApiKey::DeleteGroups) => 2,
         Ok(ApiKey::OffsetForLeaderEpoch) => 4,
         Ok(ApiKey::DescribeAcls | ApiKey::CreateAcls | ApiKey::DeleteAcls) => 3,
+        Ok(ApiKey::WriteTxnMarkers | ApiKey::ListTransactions) => 1,
         _ => 0,
     }
 }
@@ -63,6 +64,10 @@ pub fn api_name(api_key: i16) -> &'static str {
         Ok(ApiKey::DescribeAcls) => "DescribeAcls",
         Ok(ApiKey::CreateAcls) => "CreateAcls",
         Ok(ApiKey::DeleteAcls) => "DeleteAcls",
+        Ok(ApiKey::WriteTxnMarkers) => "WriteTxnMarkers",
+        Ok(ApiKey::DescribeProducers) => "DescribeProducers",
+        Ok(ApiKey::DescribeTransactions) => "DescribeTransactions",
+        Ok(ApiKey::ListTransactions) => "ListTransactions",
         _ => "Unknown",
     }
 }

@@ -25,6 +25,7 @@ mod producer_ids;
 pub mod sasl;
 mod scram_users;
 pub mod transactions;
+mod txn_markers;
 mod versions;
 
 use std::rc::Rc;
@@ -102,6 +103,7 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(24, 0, 5), // AddPartitionsToTxn (v4+: batched, verify-only)
     api(25, 0, 3), // AddOffsetsToTxn
     api(26, 0, 4), // EndTxn
+    api(27, 0, 1), // WriteTxnMarkers (v2 is KIP-890's, with its transaction version)
     api(28, 0, 3), // TxnOffsetCommit
     api(61, 0, 0), // DescribeProducers
     api(65, 0, 0), // DescribeTransactions
@@ -187,6 +189,7 @@ pub async fn dispatch(
         24 => transactions::add_partitions_to_txn(shard, header, body, session).await,
         25 => transactions::add_offsets_to_txn(shard, header, body, session).await,
         26 => transactions::end_txn(shard, header, body, session).await,
+        27 => txn_markers::handle(shard, header, body, session).await,
         28 => transactions::txn_offset_commit(shard, header, body, session).await,
         61 => transactions::describe_producers(shard, header, body, session).await,
         65 => transactions::describe_transactions(shard, header, body, session).await,

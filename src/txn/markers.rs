@@ -62,23 +62,49 @@ pub fn set_transactional(batch: &mut [u8]) {
     batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// Writes `marker` for `producer_id` into a partition `shard` owns and closes the producer's
-/// transaction there. Returns a Kafka error code (NONE on success).
-pub async fn write_on_owner(
-    shard: &Shard,
-    topic: &str,
-    index: i32,
-    producer_id: i64,
-    producer_epoch: i16,
-    marker: Marker,
-) -> i16 {
-    let Some(partition) = shard.partition(topic, index) else {
+/// One marker to write into one partition: whose transaction, how it ended, and the
+/// coordinator epoch the control record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkerWrite {
+    /// The transaction's producer.
+    pub producer_id: i64,
+    /// The producer epoch the marker is written at (the coordinator's current one).
+    pub producer_epoch: i16,
+    /// COMMIT or ABORT.
+    pub marker: Marker,
+    /// Written into the control record's value (Kafka's `EndTransactionMarker`).
+    pub coordinator_epoch: i32,
+}
+
+/// Writes one marker into a partition `shard` owns and closes the producer's transaction
+/// there; the seam both the local transaction coordinator and WriteTxnMarkers use. Returns a
+/// Kafka error code (NONE on success):
+/// - NOT_LEADER_OR_FOLLOWER: in a cluster, this broker does not lead the partition (or no
+///   longer does once the append was made: the marker is not acknowledged then);
+/// - INVALID_PRODUCER_EPOCH: the partition has seen a newer epoch of the producer (Kafka's
+///   check: a marker may not go back in epochs; its transaction was already ended by a
+///   newer decision);
+/// - KAFKA_STORAGE_ERROR and the storage engine's codes when the log cannot take it.
+///
+/// A marker for a producer with no transaction open here is written too (as Kafka does) and
+/// changes nothing in the partition's transaction view: the LSO and the aborted ranges only
+/// move for a transaction that wrote here.
+pub async fn write_on_owner(shard: &Shard, topic: &str, index: i32, write: MarkerWrite) -> i16 {
+    let snapshot = shard.metadata.load();
+    let Some(meta) = snapshot.topic(topic).cloned() else {
         // The topic was deleted meanwhile: nothing left to mark.
-        return if shard.metadata.load().topic(topic).is_some() {
-            code::NOT_LEADER_OR_FOLLOWER
-        } else {
-            code::NONE
-        };
+        return code::NONE;
+    };
+    if !snapshot.leads(&meta, index, shard.config.node_id) {
+        return code::NOT_LEADER_OR_FOLLOWER;
+    }
+    // The committed leader epoch is stamped into the batch, as a produce's is (0 alone).
+    let leader_epoch = snapshot
+        .placement(&meta, index)
+        .map_or(0, |placement| placement.leader_epoch);
+    drop(snapshot);
+    let Some(partition) = shard.partition(topic, index) else {
+        return code::NOT_LEADER_OR_FOLLOWER;
     };
     if let Err(error) = shard
         .txn_partitions
@@ -96,27 +122,67 @@ pub async fn write_on_owner(
         tracing::error!(topic, index, %error, "cannot create the partition's transactional flag");
         return code::KAFKA_STORAGE_ERROR;
     }
+    if let Err(error_code) = shard.replicas.check_min_insync(topic, index) {
+        return error_code;
+    }
+    shard.load_producer_states(topic, index).await;
+    // From the epoch check to the append's enqueue there is no await: no batch of a newer
+    // epoch can land in between.
+    let known_epoch = shard
+        .with_producer_states(topic, index, |states| states.epoch_of(write.producer_id))
+        .into_iter()
+        .chain(
+            shard
+                .txn_partitions
+                .with(topic, index, |state| {
+                    state.open(write.producer_id).map(|txn| txn.epoch)
+                })
+                .flatten(),
+        )
+        .max();
+    if known_epoch.is_some_and(|epoch| write.producer_epoch < epoch) {
+        tracing::info!(
+            topic,
+            index,
+            producer_id = write.producer_id,
+            producer_epoch = write.producer_epoch,
+            ?known_epoch,
+            "refused a transaction marker older than the producer's epoch"
+        );
+        return code::INVALID_PRODUCER_EPOCH;
+    }
     let batch = control_batch(
-        producer_id,
-        producer_epoch,
-        marker,
-        0,
+        write.producer_id,
+        write.producer_epoch,
+        write.marker,
+        write.coordinator_epoch,
         crate::server::now_ms(),
     );
-    match partition.append(batch, Ack::Durable, 0).await {
-        Ok(info) => {
-            shard.txn_partitions.with(topic, index, |state| {
-                state.complete(producer_id, marker, info.base_offset)
-            });
-            shard.load_producer_states(topic, index).await;
-            shard.with_producer_states(topic, index, |states| {
-                states.fence(producer_id, producer_epoch, crate::server::now_ms())
-            });
-            code::NONE
-        }
+    let info = match partition.append(batch, Ack::Durable, leader_epoch).await {
+        Ok(info) => info,
         Err(error) => {
             tracing::error!(topic, index, %error, "writing a transaction marker failed");
-            error.kafka_error_code()
+            return error.kafka_error_code();
         }
+    };
+    // The marker is durable here: the transaction is closed in the partition's view (the
+    // LSO never passes the high watermark, so readers wait for the replicas below anyway).
+    shard.txn_partitions.with(topic, index, |state| {
+        state.complete(write.producer_id, write.marker, info.base_offset)
+    });
+    shard.with_producer_states(topic, index, |states| {
+        states.fence(
+            write.producer_id,
+            write.producer_epoch,
+            crate::server::now_ms(),
+        )
+    });
+    match shard
+        .replicas
+        .wait_replicated(topic, index, &partition, info.last_offset + 1)
+        .await
+    {
+        Ok(()) => code::NONE,
+        Err(error_code) => error_code,
     }
 }

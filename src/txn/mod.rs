@@ -9,7 +9,8 @@
 //! [`offsets`] (TxnOffsetCommit offsets held until their transaction commits).
 //!
 //! Must never: act on a coordinator state change before it is durable in
-//! `__transaction_state`, or run in a cluster (transactions are refused there for now).
+//! `__transaction_state`, or run a coordinator in a cluster (transactional ids are refused
+//! there for now; only the markers' seam, WriteTxnMarkers, serves a cluster's leaders).
 
 pub mod coordinator;
 pub mod log;
@@ -33,6 +34,9 @@ pub struct TxnConfig {
     pub abort_check_interval_ms: u64,
     /// `transaction.marker.delay.ms`: test only, a pause between PrepareX and the markers.
     pub marker_delay_ms: u64,
+    /// `request.timeout.ms` (Kafka's bound on a WriteTxnMarkers append, default 30000): how
+    /// long one partition's marker may wait to be durable and replicated.
+    pub marker_write_timeout_ms: u64,
 }
 
 impl Default for TxnConfig {
@@ -42,6 +46,7 @@ impl Default for TxnConfig {
             state_partitions: 50,
             abort_check_interval_ms: 10_000,
             marker_delay_ms: 0,
+            marker_write_timeout_ms: 30_000,
         }
     }
 }

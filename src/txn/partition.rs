@@ -67,6 +67,11 @@ impl PartitionTxns {
         }
     }
 
+    /// The transaction `producer_id` has open here, if any.
+    pub fn open(&self, producer_id: i64) -> Option<OpenTxn> {
+        self.open.get(&producer_id).copied()
+    }
+
     /// Whether `producer_id` has a transaction open here at `epoch`.
     pub fn is_open(&self, producer_id: i64, epoch: i16) -> bool {
         self.open

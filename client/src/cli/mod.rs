@@ -1,6 +1,6 @@
-//! The everyday command-line tools (`topics`, `produce`, `consume`, `groups`) and the load
-//! generator (`bench`), as clap subcommands the `sluice` binary flattens beside `serve` and
-//! `stats`. Owns argument parsing, the tokio runtime for a tool run, and turning errors into one
+//! The everyday command-line tools (`topics`, `produce`, `consume`, `groups`, `acls`, `quotas`,
+//! `transactions`) and the load generator (`bench`), as clap subcommands the `sluice` binary
+//! flattens beside `serve` and `stats`. Owns argument parsing, the tokio runtime for a tool run, and turning errors into one
 //! line on stderr plus a non-zero exit status. It must never print a Rust backtrace or panic
 //! message for a user mistake or an unreachable broker.
 
@@ -20,6 +20,7 @@ pub mod groups;
 pub mod produce;
 pub mod quotas;
 pub mod topics;
+pub mod transactions;
 
 /// Default bootstrap address, overridable with `--bootstrap` or `SLUICE_BOOTSTRAP`.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
@@ -86,6 +87,12 @@ pub enum ToolCommand {
         after_help = "Examples:\n  sluice quotas alter --client-id app --add-config producer_byte_rate=1048576,consumer_byte_rate=2097152\n  sluice quotas alter --user alice --delete-config producer_byte_rate\n  sluice quotas describe\n  sluice quotas describe --user-default"
     )]
     Quotas(quotas::QuotasArgs),
+    /// List, describe and abort transactions; describe a partition's producers; find hanging
+    /// transactions (kafka-transactions' role)
+    #[command(
+        after_help = "Examples:\n  sluice transactions list\n  sluice transactions describe --transactional-id orders-tx\n  sluice transactions describe-producers --topic orders --partition 0\n  sluice transactions abort --topic orders --partition 0 --start-offset 1234\n  sluice transactions find-hanging --broker-id 1"
+    )]
+    Transactions(transactions::TransactionsArgs),
     /// Load generator: produce, consume and end-to-end latency benchmarks
     #[command(
         after_help = "Examples:\n  sluice bench produce --topic bench --records 1000000 --record-size 1024 --acks all\n  sluice bench produce --topic bench --rate 50000 --duration 30s --json\n  sluice bench e2e --topic e2e --rate 10000 --duration 20s --hgrm e2e.hgrm"
@@ -125,6 +132,7 @@ pub fn run(cmd: ToolCommand) -> ExitCode {
             ToolCommand::Groups(args) => groups::run(args).await,
             ToolCommand::Acls(args) => acls::run(args).await,
             ToolCommand::Quotas(args) => quotas::run(args).await,
+            ToolCommand::Transactions(args) => transactions::run(args).await,
             ToolCommand::Bench(args) => crate::bench::run(args).await,
         }
     });
