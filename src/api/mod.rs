@@ -103,7 +103,7 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(24, 0, 5), // AddPartitionsToTxn (v4+: batched, verify-only)
     api(25, 0, 3), // AddOffsetsToTxn
     api(26, 0, 4), // EndTxn
-    api(27, 0, 1), // WriteTxnMarkers (v2 is KIP-890's, with its transaction version)
+    api(27, 1, 1), // WriteTxnMarkers (v0 removed in Kafka 4.0, KIP-896; v2 is KIP-890's)
     api(28, 0, 3), // TxnOffsetCommit
     api(61, 0, 0), // DescribeProducers
     api(65, 0, 0), // DescribeTransactions

@@ -1,4 +1,4 @@
-//! WriteTxnMarkers (27, v0–v1): the COMMIT/ABORT markers a transaction coordinator, or an
+//! WriteTxnMarkers (27, v1; Kafka 4.0 removed v0): the COMMIT/ABORT markers a transaction coordinator, or an
 //! operator aborting a hanging transaction (`kafka-transactions abort`, `sluice transactions
 //! abort`), asks a partition leader to write.
 //!
@@ -46,7 +46,11 @@ pub async fn handle(
         let codes = if allowed {
             write_marker(&shard, marker).await
         } else {
-            let count = marker.topics.iter().map(|t| t.partition_indexes.len()).sum();
+            let count = marker
+                .topics
+                .iter()
+                .map(|t| t.partition_indexes.len())
+                .sum();
             vec![code::CLUSTER_AUTHORIZATION_FAILED; count]
         };
         response.markers.push(marker_result(marker, &codes));

@@ -21,6 +21,9 @@ SUBCOMMANDS_WITH_HELP = [
     ["groups"], ["groups", "list"], ["groups", "describe"], ["groups", "delete"],
     ["groups", "reset-offsets"], ["bench"], ["bench", "produce"], ["bench", "consume"],
     ["bench", "e2e"], ["quotas"], ["quotas", "describe"], ["quotas", "alter"],
+    ["transactions"], ["transactions", "list"], ["transactions", "describe"],
+    ["transactions", "describe-producers"], ["transactions", "abort"],
+    ["transactions", "find-hanging"],
 ]
 
 

@@ -46,12 +46,18 @@ enum TransactionsAction {
     )]
     List {
         /// Only transactions running longer than this many milliseconds (< 0: all)
-        #[arg(long = "duration-filter", value_name = "MS", allow_hyphen_values = true)]
+        #[arg(
+            long = "duration-filter",
+            value_name = "MS",
+            allow_hyphen_values = true
+        )]
         duration_filter: Option<i64>,
     },
     /// Describe one transactional id: state, producer id and epoch, timeout, start time and
     /// the partitions of its open transaction
-    #[command(after_help = "Examples:\n  sluice transactions describe --transactional-id orders-tx")]
+    #[command(
+        after_help = "Examples:\n  sluice transactions describe --transactional-id orders-tx"
+    )]
     Describe {
         /// The transactional id
         #[arg(long = "transactional-id", value_name = "ID")]
@@ -83,10 +89,18 @@ enum TransactionsAction {
         start_offset: Option<i64>,
         /// Instead of --start-offset: the producer id (with --producer-epoch and
         /// --coordinator-epoch)
-        #[arg(long = "producer-id", value_name = "ID", conflicts_with = "start_offset")]
+        #[arg(
+            long = "producer-id",
+            value_name = "ID",
+            conflicts_with = "start_offset"
+        )]
         producer_id: Option<i64>,
         /// The producer epoch (with --producer-id)
-        #[arg(long = "producer-epoch", value_name = "EPOCH", requires = "producer_id")]
+        #[arg(
+            long = "producer-epoch",
+            value_name = "EPOCH",
+            requires = "producer_id"
+        )]
         producer_epoch: Option<i16>,
         /// The coordinator epoch (with --producer-id; < 0 is taken as 0)
         #[arg(
@@ -114,7 +128,11 @@ enum TransactionsAction {
         #[arg(long, value_name = "N", requires = "topic")]
         partition: Option<i32>,
         /// Transactions open longer than this many minutes are candidates
-        #[arg(long = "max-transaction-timeout", value_name = "MINUTES", default_value_t = 15)]
+        #[arg(
+            long = "max-transaction-timeout",
+            value_name = "MINUTES",
+            default_value_t = 15
+        )]
         max_transaction_timeout: i64,
     },
 }
@@ -512,14 +530,15 @@ async fn abort(
     coordinator_epoch: i32,
 ) -> anyhow::Result<()> {
     let conn = partition_broker(client, partition, None).await?;
-    let request = WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
-        .with_producer_id(ProducerId(producer_id))
-        .with_producer_epoch(producer_epoch)
-        .with_transaction_result(false)
-        .with_coordinator_epoch(coordinator_epoch)
-        .with_topics(vec![WritableTxnMarkerTopic::default()
-            .with_name(TopicName(strb(&partition.topic)))
-            .with_partition_indexes(vec![partition.partition])])]);
+    let request =
+        WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(producer_epoch)
+            .with_transaction_result(false)
+            .with_coordinator_epoch(coordinator_epoch)
+            .with_topics(vec![WritableTxnMarkerTopic::default()
+                .with_name(TopicName(strb(&partition.topic)))
+                .with_partition_indexes(vec![partition.partition])])]);
     let spec = format!(
         "(topic {}, partition {}, producer id {producer_id}, producer epoch {producer_epoch}, coordinator epoch {coordinator_epoch})",
         partition.topic, partition.partition
@@ -540,7 +559,9 @@ async fn abort(
     match code {
         Some(0) => Ok(()),
         Some(code) => bail!("Failed to abort transaction {spec}: {}", KafkaCode(code)),
-        None => bail!("Failed to abort transaction {spec}: the broker did not answer for the partition"),
+        None => {
+            bail!("Failed to abort transaction {spec}: the broker did not answer for the partition")
+        }
     }
 }
 
@@ -554,7 +575,11 @@ async fn find_hanging(
     max_ms: i64,
 ) -> anyhow::Result<String> {
     let metadata = match &topic {
-        Some(topic) => client.refresh_metadata(Some(&[topic.clone()])).await?,
+        Some(topic) => {
+            client
+                .refresh_metadata(Some(std::slice::from_ref(topic)))
+                .await?
+        }
         None => client.refresh_metadata(None).await?,
     };
     // The partitions to search, by the broker to ask (the named one, else each leader).
@@ -680,7 +705,10 @@ async fn txn_partitions(
     match state.error_code {
         0 => Ok(Some(partitions_of(state))),
         105 => Ok(None), // TRANSACTIONAL_ID_NOT_FOUND
-        code => bail!("Failed to describe transactional-id `{id}`: {}", KafkaCode(code)),
+        code => bail!(
+            "Failed to describe transactional-id `{id}`: {}",
+            KafkaCode(code)
+        ),
     }
 }
 

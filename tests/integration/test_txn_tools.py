@@ -1,0 +1,313 @@
+"""Transaction tools against the real broker: a hanging transaction (its producer SIGKILLed,
+or alive but never committing) holds read_committed consumers at its start offset until
+Apache Kafka's `kafka-transactions abort` (first round) or `sluice transactions abort`
+(second round) writes its ABORT marker through WriteTxnMarkers; then read_committed reads
+exactly the non-transactional records, in order, and read_uncommitted everything. Both
+tools' list / describe / describe-producers output is checked (ids, states, partitions,
+start offsets), and WriteTxnMarkers itself raw: unknown topics and partitions, an epoch
+older than the partition's, a marker for a producer with nothing open (harmless), and a
+principal without CLUSTER_ACTION.
+
+Kafka's tool needs a JDK and Kafka's jars (`scripts/setup-test-deps.sh`); its JVM starts
+cost 1-2 s each, so it runs only the four commands that matter."""
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from helpers import (
+    RawConn,
+    api_versions,
+    compact_string,
+    create_topic,
+    i8,
+    i16,
+    i32,
+    i64,
+    init_producer_id,
+    produce_confluent,
+    producer_batch,
+    produce_v3,
+    unique_topic,
+    uvarint,
+    watermarks,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+PEER = ROOT / "scripts" / "kafka-peer.sh"
+API_WRITE_TXN_MARKERS = 27
+UNKNOWN_TOPIC_OR_PARTITION = 3
+CLUSTER_AUTHORIZATION_FAILED = 31
+INVALID_PRODUCER_EPOCH = 47
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+
+pytestmark = pytest.mark.timeout(180)
+
+# A transactional producer that begins a transaction, writes its records, says so and then
+# waits to be killed: its transaction is left open on the partition.
+HANGING_PRODUCER = """
+import sys, time
+from confluent_kafka import Producer
+bootstrap, txn_id, topic, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+p = Producer({"bootstrap.servers": bootstrap, "transactional.id": txn_id,
+              "transaction.timeout.ms": 600000, "linger.ms": 5})
+p.init_transactions(30)
+p.begin_transaction()
+for i in range(count):
+    p.produce(topic, value=f"txn-{txn_id}-{i}".encode(), partition=0)
+assert p.flush(30) == 0
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def kafka_tool(*args, timeout=120):
+    """`kafka-transactions ARGS`: (exit code, stdout, stderr)."""
+    proc = subprocess.run([str(PEER), "tool", "kafka-transactions", *[str(a) for a in args]],
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def sluice_tool(sluice_bin, *args, timeout=60):
+    proc = subprocess.run([str(sluice_bin), "transactions", *[str(a) for a in args]],
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def ok(result):
+    code, out, err = result
+    assert code == 0, f"exit {code}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
+    return out
+
+
+def rows(text):
+    """A tool's table (tab-separated, padded cells) as dicts keyed by its header."""
+    lines = [line for line in text.splitlines() if "\t" in line]
+    assert lines, f"no table in:\n{text}"
+    header = [cell.strip() for cell in lines[0].split("\t")]
+    return [dict(zip(header, (cell.strip() for cell in line.split("\t")))) for line in lines[1:]]
+
+
+def read_values(bootstrap, topic, isolation, expected, settle_s=1.0, timeout_s=20):
+    """Values of partition 0 from the beginning: `expected` of them, then `settle_s` more to
+    catch extras."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "isolation.level": isolation,
+                  "enable.partition.eof": False, "fetch.wait.max.ms": 100})
+    c.assign([TopicPartition(topic, 0, 0)])
+    out = []
+    deadline = time.time() + timeout_s
+    settle_until = None
+    try:
+        while time.time() < deadline:
+            if len(out) >= expected:
+                settle_until = settle_until or time.time() + settle_s
+                if time.time() >= settle_until:
+                    break
+            m = c.poll(0.1)
+            if m is None:
+                continue
+            assert m.error() is None, m.error()
+            out.append(m.value())
+    finally:
+        c.close()
+    return out
+
+
+def lso(bootstrap, topic):
+    """The high offset a read_committed consumer sees: the last stable offset."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"w-{uuid.uuid4().hex[:8]}",
+                  "isolation.level": "read_committed"})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    finally:
+        c.close()
+
+
+def write_txn_markers(conn, markers):
+    """Raw WriteTxnMarkers v1 (flexible; Kafka 4.0 removed v0): markers = [(producer id,
+    epoch, commit, {topic: [partitions]})]. Returns {(producer id, topic, partition): code}."""
+    def carray(items):
+        return uvarint(len(items) + 1) + b"".join(items)
+
+    body = carray([
+        i64(pid) + i16(epoch) + i8(1 if commit else 0)
+        + carray([compact_string(t) + carray([i32(p) for p in parts]) + uvarint(0)
+                  for t, parts in topics.items()])
+        + i32(0) + uvarint(0)
+        for pid, epoch, commit, topics in markers
+    ]) + uvarint(0)
+    r = conn.call(API_WRITE_TXN_MARKERS, 1, body, flexible_request=True)
+    out = {}
+    for _ in range(r.uvarint() - 1):
+        pid = r.i64()
+        for _ in range(r.uvarint() - 1):
+            name = r.compact_string()
+            for _ in range(r.uvarint() - 1):
+                index, error = r.i32(), r.i16()
+                r.skip_tagged_fields()
+                out[(pid, name, index)] = error
+            r.skip_tagged_fields()
+        r.skip_tagged_fields()
+    return out
+
+
+def start_hanging_producer(bootstrap, txn_id, topic, count):
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_PRODUCER, bootstrap, txn_id, topic,
+                             str(count)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        raise AssertionError(f"hanging producer did not start: {line!r} {proc.stderr.read()}")
+    return proc
+
+
+def test_hanging_transaction_aborted_with_kafka_tool_then_sluice_tool(broker, sluice_bin):
+    topic = create_topic(broker.bootstrap, unique_topic("hang"), 1)
+    n_txn, n_plain = 5, 3
+    plain_all, everything = [], []
+
+    # Round 1: the producer is SIGKILLed mid-transaction; Kafka's tool aborts it.
+    txn_id = f"hang-k-{uuid.uuid4().hex[:6]}"
+    start = watermarks(broker.bootstrap, topic, 0)[1]
+    producer = start_hanging_producer(broker.bootstrap, txn_id, topic, n_txn)
+    producer.send_signal(signal.SIGKILL)
+    producer.wait(10)
+    plain = [f"plain-1-{i}".encode() for i in range(n_plain)]
+    produce_confluent(broker.bootstrap, topic, [(None, v) for v in plain], partition=0)
+    plain_all += plain
+    everything += [f"txn-{txn_id}-{i}".encode() for i in range(n_txn)] + plain
+    assert lso(broker.bootstrap, topic) == start, "the open transaction holds the LSO"
+    assert read_values(broker.bootstrap, topic, "read_committed", 0) == []
+
+    listed = rows(ok(kafka_tool("--bootstrap-server", broker.bootstrap, "list")))
+    mine = [r for r in listed if r["TransactionalId"] == txn_id]
+    assert len(mine) == 1 and mine[0]["TransactionState"] == "Ongoing", listed
+    producer_id = mine[0]["ProducerId"]
+    described = rows(ok(kafka_tool("--bootstrap-server", broker.bootstrap, "describe",
+                                   "--transactional-id", txn_id)))
+    assert len(described) == 1, described
+    assert described[0]["ProducerId"] == producer_id
+    assert described[0]["TransactionState"] == "Ongoing"
+    assert described[0]["TopicPartitions"] == f"{topic}-0"
+    assert described[0]["TransactionTimeoutMs"] == "600000"
+    producers = rows(ok(kafka_tool("--bootstrap-server", broker.bootstrap, "describe-producers",
+                                   "--topic", topic, "--partition", 0)))
+    open_rows = [r for r in producers if r["CurrentTransactionStartOffset"] != "None"]
+    assert [(r["ProducerId"], r["CurrentTransactionStartOffset"]) for r in open_rows] == [
+        (producer_id, str(start))], producers
+    assert open_rows[0]["LastSequence"] == str(n_txn - 1)
+    ok(kafka_tool("--bootstrap-server", broker.bootstrap, "abort", "--topic", topic,
+                  "--partition", 0, "--start-offset", start))
+
+    end = watermarks(broker.bootstrap, topic, 0)[1]
+    assert end == start + n_txn + n_plain + 1, "the ABORT marker follows the plain records"
+    assert lso(broker.bootstrap, topic) == end
+    assert read_values(broker.bootstrap, topic, "read_committed", len(plain_all)) == plain_all
+    assert read_values(broker.bootstrap, topic, "read_uncommitted", len(everything)) == everything
+
+    # Round 2: a live producer that never commits; sluice's tool aborts it, and its own
+    # commit afterwards (the coordinator's markers) changes nothing on the partition.
+    txn_id = f"hang-s-{uuid.uuid4().hex[:6]}"
+    start = end
+    p = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": txn_id,
+                  "transaction.timeout.ms": 600000, "linger.ms": 5})
+    p.init_transactions(30)
+    p.begin_transaction()
+    for i in range(n_txn):
+        p.produce(topic, value=f"txn-{txn_id}-{i}".encode(), partition=0)
+    assert p.flush(30) == 0
+    plain = [f"plain-2-{i}".encode() for i in range(n_plain)]
+    produce_confluent(broker.bootstrap, topic, [(None, v) for v in plain], partition=0)
+    plain_all += plain
+    everything += [f"txn-{txn_id}-{i}".encode() for i in range(n_txn)] + plain
+    assert lso(broker.bootstrap, topic) == start
+
+    listed = rows(ok(sluice_tool(sluice_bin, "list", "-b", broker.bootstrap)))
+    states = {r["TransactionalId"]: r["TransactionState"] for r in listed}
+    assert states.get(txn_id) == "Ongoing", listed
+    producer_id = next(r["ProducerId"] for r in listed if r["TransactionalId"] == txn_id)
+    described = rows(ok(sluice_tool(sluice_bin, "describe", "--transactional-id", txn_id,
+                                    "-b", broker.bootstrap)))
+    assert [(d["ProducerId"], d["ProducerEpoch"], d["TransactionState"], d["TopicPartitions"])
+            for d in described] == [(producer_id, "0", "Ongoing", f"{topic}-0")]
+    assert int(described[0]["TransactionDurationMs"]) >= 0
+    producers = rows(ok(sluice_tool(sluice_bin, "describe-producers", "--topic", topic,
+                                    "--partition", 0, "-b", broker.bootstrap)))
+    open_rows = [r for r in producers if r["CurrentTransactionStartOffset"] != "None"]
+    assert [(r["ProducerId"], r["CurrentTransactionStartOffset"]) for r in open_rows] == [
+        (producer_id, str(start))], producers
+    # The coordinator still expects this transaction on the partition: not hanging.
+    hanging = ok(sluice_tool(sluice_bin, "find-hanging", "--topic", topic,
+                             "--max-transaction-timeout", 0, "-b", broker.bootstrap))
+    assert rows(hanging) == [], hanging
+    wrong = sluice_tool(sluice_bin, "abort", "--topic", topic, "--partition", 0,
+                        "--start-offset", start + 1, "-b", broker.bootstrap)
+    assert wrong[0] == 1 and f"starting at offset {start + 1}" in wrong[2], wrong
+    ok(sluice_tool(sluice_bin, "abort", "--topic", topic, "--partition", 0,
+                   "--start-offset", start, "-b", broker.bootstrap))
+
+    end = watermarks(broker.bootstrap, topic, 0)[1]
+    assert end == start + n_txn + n_plain + 1
+    assert lso(broker.bootstrap, topic) == end
+    assert read_values(broker.bootstrap, topic, "read_committed", len(plain_all)) == plain_all
+    # The producer's commit: its coordinator writes a COMMIT marker that finds nothing open.
+    p.commit_transaction(30)
+    assert watermarks(broker.bootstrap, topic, 0)[1] == end + 1
+    assert lso(broker.bootstrap, topic) == end + 1
+    assert read_values(broker.bootstrap, topic, "read_committed", len(plain_all)) == plain_all
+    assert read_values(broker.bootstrap, topic, "read_uncommitted", len(everything)) == everything
+    after = rows(ok(sluice_tool(sluice_bin, "describe", "--transactional-id", txn_id,
+                                "-b", broker.bootstrap)))
+    assert after[0]["TransactionState"] == "CompleteCommit"
+
+
+def test_write_txn_markers_raw(broker):
+    topic = create_topic(broker.bootstrap, unique_topic("wtm"), 2)
+    missing = unique_topic("nope")
+    with RawConn(broker.bootstrap) as conn:
+        _, apis = api_versions(conn)
+        assert apis.get(API_WRITE_TXN_MARKERS) == (1, 1)
+        # An idempotent producer at epoch 3 on partition 0: a marker at epoch 2 is older.
+        err, pid, _ = init_producer_id(conn)
+        assert err == 0
+        err, _ = produce_v3(conn, topic, 0, producer_batch(pid, 3, 0, 2, "idem"))
+        assert err == 0
+        got = write_txn_markers(conn, [
+            (pid, 2, False, {topic: [0, 1, 7], missing: [0]}),
+        ])
+        assert got == {
+            (pid, topic, 0): INVALID_PRODUCER_EPOCH,
+            (pid, topic, 1): 0,  # nothing open there: written, and harmless
+            (pid, topic, 7): UNKNOWN_TOPIC_OR_PARTITION,
+            (pid, missing, 0): UNKNOWN_TOPIC_OR_PARTITION,
+        }
+        # A marker at the producer's epoch is written.
+        assert write_txn_markers(conn, [(pid, 3, False, {topic: [0]})]) == {(pid, topic, 0): 0}
+    # The two markers are in the logs; nothing is held back, nothing hidden.
+    assert watermarks(broker.bootstrap, topic, 0)[1] == 3
+    assert watermarks(broker.bootstrap, topic, 1)[1] == 1
+    assert lso(broker.bootstrap, topic) == 3
+    assert read_values(broker.bootstrap, topic, "read_committed", 2) == [b"idem-0", b"idem-1"]
+    # The marker bumped nothing and broke nothing: the producer goes on at its sequence.
+    with RawConn(broker.bootstrap) as conn:
+        err, base = produce_v3(conn, topic, 0, producer_batch(pid, 3, 2, 1, "more"))
+        assert (err, base) == (0, 3)
+
+
+def test_write_txn_markers_needs_cluster_action(broker_factory):
+    broker = broker_factory({"authorizer.class.name": AUTHORIZER,
+                             "allow.everyone.if.no.acl.found": "false"})
+    with RawConn(broker.bootstrap) as conn:
+        got = write_txn_markers(conn, [(1000, 0, False, {"any": [0, 1]}),
+                                       (1001, 0, True, {"other": [3]})])
+    assert got == {(1000, "any", 0): CLUSTER_AUTHORIZATION_FAILED,
+                   (1000, "any", 1): CLUSTER_AUTHORIZATION_FAILED,
+                   (1001, "other", 3): CLUSTER_AUTHORIZATION_FAILED}
