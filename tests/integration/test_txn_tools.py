@@ -12,6 +12,7 @@ Kafka's tool needs a JDK and Kafka's jars (`scripts/setup-test-deps.sh`); its JV
 cost 1-2 s each, so it runs only the four commands that matter."""
 
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -20,9 +21,11 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from helpers import (
     RawConn,
+    free_port,
     api_versions,
     compact_string,
     create_topic,
@@ -36,6 +39,7 @@ from helpers import (
     produce_v3,
     unique_topic,
     uvarint,
+    wait_until,
     watermarks,
 )
 
@@ -43,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PEER = ROOT / "scripts" / "kafka-peer.sh"
 API_WRITE_TXN_MARKERS = 27
 UNKNOWN_TOPIC_OR_PARTITION = 3
+NOT_LEADER_OR_FOLLOWER = 6
 CLUSTER_AUTHORIZATION_FAILED = 31
 INVALID_PRODUCER_EPOCH = 47
 AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
@@ -311,3 +316,79 @@ def test_write_txn_markers_needs_cluster_action(broker_factory):
     assert got == {(1000, "any", 0): CLUSTER_AUTHORIZATION_FAILED,
                    (1000, "any", 1): CLUSTER_AUTHORIZATION_FAILED,
                    (1001, "other", 3): CLUSTER_AUTHORIZATION_FAILED}
+
+
+@pytest.fixture
+def three_nodes(broker_factory):
+    """Three brokers, each a controller voter, all registered."""
+    hosts = {n: f"127.0.0.{n}" for n in (1, 2, 3)}
+    voters = ",".join(f"{n}@{h}:{free_port(h)}" for n, h in hosts.items())
+    nodes = {n: broker_factory({"node.id": n, "process.roles": "broker,controller",
+                                "controller.quorum.voters": voters,
+                                "broker.heartbeat.interval.ms": 200,
+                                "controller.quorum.election.timeout.ms": 500},
+                               shards=1, host=host, start=False)
+             for n, host in hosts.items()}
+    for node in nodes.values():
+        node.start(wait=False)
+    for node in nodes.values():
+        node.wait_ready()
+
+    def registered():
+        return all(len(AdminClient({"bootstrap.servers": node.bootstrap})
+                       .list_topics(timeout=5).brokers) == 3 for node in nodes.values())
+
+    wait_until(registered, 30, interval_s=0.2, what="three brokers registered, seen by all")
+    return nodes
+
+
+def stored_batches(node, topic, partition):
+    """[(base offset, partition leader epoch, attributes, bytes)] of the batches in the
+    partition's segment files on `node`'s disk."""
+    out = []
+    for segment in sorted((Path(node.data_dir) / f"{topic}-{partition}").glob("*.log")):
+        data = segment.read_bytes()
+        at = 0
+        while at + 23 <= len(data):
+            base_offset, length, leader_epoch = struct.unpack(">qii", data[at:at + 16])
+            if length <= 0 or at + 12 + length > len(data):
+                break
+            attributes = struct.unpack(">h", data[at + 21:at + 23])[0]
+            out.append((base_offset, leader_epoch, attributes, data[at:at + 12 + length]))
+            at += 12 + length
+    return out
+
+
+def test_write_txn_markers_in_a_cluster_only_on_the_leader(three_nodes):
+    nodes = three_nodes
+    topic = create_topic(nodes[1].bootstrap, unique_topic("wtmc"), 1, replication_factor=3)
+
+    def leader_of():
+        md = AdminClient({"bootstrap.servers": nodes[1].bootstrap}).list_topics(topic=topic,
+                                                                                 timeout=5)
+        partition = md.topics[topic].partitions.get(0)
+        return partition.leader if partition is not None and partition.leader > 0 else None
+
+    leader = wait_until(leader_of, 15, interval_s=0.2, what="the partition's leader")
+    produce_confluent(nodes[leader].bootstrap, topic, [(None, b"a"), (None, b"b")], partition=0)
+    for n, node in nodes.items():
+        if n == leader:
+            continue
+        with RawConn(node.bootstrap) as conn:
+            got = write_txn_markers(conn, [(4242, 0, False, {topic: [0]})])
+        assert got == {(4242, topic, 0): NOT_LEADER_OR_FOLLOWER}, (n, got)
+    with RawConn(nodes[leader].bootstrap) as conn:
+        got = write_txn_markers(conn, [(4242, 0, False, {topic: [0]})])
+    assert got == {(4242, topic, 0): 0}
+    # Answered once the ISR had it: the high watermark is past the marker, nothing is held
+    # back, and every replica stores the same control batch at offset 2, stamped with the
+    # leader epoch the data was written at.
+    assert watermarks(nodes[leader].bootstrap, topic, 0)[1] == 3
+    assert lso(nodes[leader].bootstrap, topic) == 3
+    assert read_values(nodes[leader].bootstrap, topic, "read_committed", 2) == [b"a", b"b"]
+    logs = {n: stored_batches(node, topic, 0) for n, node in nodes.items()}
+    data_epoch = logs[leader][0][1]
+    control = [b for b in logs[leader] if b[2] & 0x20]
+    assert [(b[0], b[1]) for b in control] == [(2, data_epoch)], logs[leader]
+    for n, batches in logs.items():
+        assert [b for b in batches if b[2] & 0x20] == control, f"node {n} differs"
