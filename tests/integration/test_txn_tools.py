@@ -274,7 +274,7 @@ def test_hanging_transaction_aborted_with_kafka_tool_then_sluice_tool(broker, sl
     assert after[0]["TransactionState"] == "CompleteCommit"
 
 
-def test_write_txn_markers_raw(broker):
+def test_write_txn_markers_raw(broker, sluice_bin):
     topic = create_topic(broker.bootstrap, unique_topic("wtm"), 2)
     missing = unique_topic("nope")
     with RawConn(broker.bootstrap) as conn:
@@ -305,6 +305,20 @@ def test_write_txn_markers_raw(broker):
     with RawConn(broker.bootstrap) as conn:
         err, base = produce_v3(conn, topic, 0, producer_batch(pid, 3, 2, 1, "more"))
         assert (err, base) == (0, 3)
+    # The tool's explicit form (Kafka's for brokers before 3.0) reports the broker's refusal
+    # in one line and exit 1, and writes the marker when the epoch is current.
+    older = sluice_tool(sluice_bin, "abort", "--topic", topic, "--partition", 0,
+                        "--producer-id", pid, "--producer-epoch", 2, "--coordinator-epoch", -1,
+                        "-b", broker.bootstrap)
+    assert older[0] == 1 and "INVALID_PRODUCER_EPOCH" in older[2], older
+    assert len(older[2].strip().splitlines()) == 1, older
+    ok(sluice_tool(sluice_bin, "abort", "--topic", topic, "--partition", 0,
+                   "--producer-id", pid, "--producer-epoch", 3, "--coordinator-epoch", -1,
+                   "-b", broker.bootstrap))
+    assert watermarks(broker.bootstrap, topic, 0)[1] == 5
+    unknown = sluice_tool(sluice_bin, "describe", "--transactional-id", "no-such-id",
+                          "-b", broker.bootstrap)
+    assert unknown[0] == 1 and "TRANSACTIONAL_ID_NOT_FOUND" in unknown[2], unknown
 
 
 def test_write_txn_markers_needs_cluster_action(broker_factory):
