@@ -28,7 +28,7 @@ use crate::errors::code;
 use crate::security::acl::Operation;
 use crate::security::Session;
 use crate::shard::Shard;
-use crate::txn::markers::MarkerWrite;
+use crate::txn::markers::{MarkerOrigin, MarkerWrite};
 use crate::txn::partition::Marker;
 
 /// Handles WriteTxnMarkers: markers in request order (two markers naming one partition land
@@ -69,6 +69,7 @@ async fn write_marker(shard: &Rc<Shard>, marker: &WritableTxnMarker) -> Vec<i16>
             Marker::Abort
         },
         coordinator_epoch: marker.coordinator_epoch,
+        origin: MarkerOrigin::Request,
     };
     let timeout = Duration::from_millis(shard.config.transactions.marker_write_timeout_ms.max(1));
     let pending = marker.topics.iter().flat_map(|topic| {

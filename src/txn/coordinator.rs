@@ -629,6 +629,7 @@ async fn write_marker_until_done(
                             producer_epoch,
                             marker,
                             coordinator_epoch: 0,
+                            origin: super::markers::MarkerOrigin::Coordinator,
                         },
                     )
                     .await
@@ -637,18 +638,6 @@ async fn write_marker_until_done(
             .await;
         match result {
             Ok(code::NONE) => return,
-            // The partition saw a newer epoch of the producer: a later decision (an
-            // operator's WriteTxnMarkers, a fence) already ended this transaction there.
-            Ok(code::INVALID_PRODUCER_EPOCH) => {
-                tracing::warn!(
-                    topic,
-                    index,
-                    producer_id,
-                    producer_epoch,
-                    "the partition has a newer producer epoch; its marker is not written"
-                );
-                return;
-            }
             Ok(error_code) => {
                 attempts += 1;
                 if attempts == 1 || attempts % 100 == 0 {

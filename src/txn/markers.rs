@@ -74,6 +74,22 @@ pub struct MarkerWrite {
     pub marker: Marker,
     /// Written into the control record's value (Kafka's `EndTransactionMarker`).
     pub coordinator_epoch: i32,
+    /// Who asks, which decides whether the producer epoch is checked.
+    pub origin: MarkerOrigin,
+}
+
+/// Who asks for a marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerOrigin {
+    /// This broker's transaction coordinator ending one of its transactions: always written,
+    /// because a prepared transaction must end on every partition it wrote to (the
+    /// coordinator's epoch is the newest it handed out; a partition that shows a newer one
+    /// got it from a batch the coordinator never admitted).
+    Coordinator,
+    /// A WriteTxnMarkers request (an operator's abort, a coordinator on another broker):
+    /// refused with INVALID_PRODUCER_EPOCH when the partition has seen a newer epoch of the
+    /// producer, as Kafka refuses it.
+    Request,
 }
 
 /// Writes one marker into a partition `shard` owns and closes the producer's transaction
@@ -81,9 +97,8 @@ pub struct MarkerWrite {
 /// Kafka error code (NONE on success):
 /// - NOT_LEADER_OR_FOLLOWER: in a cluster, this broker does not lead the partition (or no
 ///   longer does once the append was made: the marker is not acknowledged then);
-/// - INVALID_PRODUCER_EPOCH: the partition has seen a newer epoch of the producer (Kafka's
-///   check: a marker may not go back in epochs; its transaction was already ended by a
-///   newer decision);
+/// - INVALID_PRODUCER_EPOCH (a [`MarkerOrigin::Request`] only): the partition has seen a
+///   newer epoch of the producer (Kafka's check: a marker may not go back in epochs);
 /// - KAFKA_STORAGE_ERROR and the storage engine's codes when the log cannot take it.
 ///
 /// A marker for a producer with no transaction open here is written too (as Kafka does) and
@@ -140,7 +155,9 @@ pub async fn write_on_owner(shard: &Shard, topic: &str, index: i32, write: Marke
                 .flatten(),
         )
         .max();
-    if known_epoch.is_some_and(|epoch| write.producer_epoch < epoch) {
+    if write.origin == MarkerOrigin::Request
+        && known_epoch.is_some_and(|epoch| write.producer_epoch < epoch)
+    {
         tracing::info!(
             topic,
             index,

@@ -406,3 +406,31 @@ def test_write_txn_markers_in_a_cluster_only_on_the_leader(three_nodes):
     assert [(b[0], b[1]) for b in control] == [(2, data_epoch)], logs[leader]
     for n, batches in logs.items():
         assert [b for b in batches if b[2] & 0x20] == control, f"node {n} differs"
+
+
+def test_coordinator_markers_close_their_transaction_past_a_newer_epoch(broker, sluice_bin):
+    """A batch at a newer epoch of the transactional producer's id reaches the partition
+    outside the transaction; the coordinator's COMMIT (at the transaction's epoch) must still
+    close the transaction there, or it would hang and hold read_committed consumers forever.
+    A WriteTxnMarkers request at that epoch is refused, as Kafka refuses it."""
+    topic = create_topic(broker.bootstrap, unique_topic("epoch"), 1)
+    txn_id = f"ep-{uuid.uuid4().hex[:6]}"
+    p = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": txn_id,
+                  "linger.ms": 5})
+    p.init_transactions(30)
+    p.begin_transaction()
+    p.produce(topic, value=b"in-txn", partition=0)
+    assert p.flush(30) == 0
+    described = rows(ok(sluice_tool(sluice_bin, "describe", "--transactional-id", txn_id,
+                                    "-b", broker.bootstrap)))
+    pid, epoch = int(described[0]["ProducerId"]), int(described[0]["ProducerEpoch"])
+    with RawConn(broker.bootstrap) as conn:
+        err, _ = produce_v3(conn, topic, 0, producer_batch(pid, epoch + 1, 0, 1, "outside"))
+        assert err == 0
+        assert write_txn_markers(conn, [(pid, epoch, True, {topic: [0]})]) == {
+            (pid, topic, 0): INVALID_PRODUCER_EPOCH}
+    assert lso(broker.bootstrap, topic) == 0
+    p.commit_transaction(30)
+    assert watermarks(broker.bootstrap, topic, 0)[1] == 3
+    assert lso(broker.bootstrap, topic) == 3, "the commit closed the transaction"
+    assert read_values(broker.bootstrap, topic, "read_committed", 2) == [b"in-txn", b"outside-0"]
