@@ -50,7 +50,8 @@ class Namespaces:
         tag = os.getpid() % 100000
         self.prefix = f"sl{tag}"
         self.bridge = f"slbr{tag}"
-        self.subnet = f"10.{100 + tag % 150}.{tag % 250}"
+        # RFC 2544's benchmarking range: never a real network a CI machine could be on.
+        self.subnet = f"198.18.{tag % 250}"
         self.made = []
 
     def name(self, n):
