@@ -78,6 +78,8 @@ class Namespaces:
             ip("-n", ns, "addr", "add", f"{self.address(n)}/24", "dev", "eth0")
             ip("-n", ns, "link", "set", "eth0", "up")
             ip("-n", ns, "link", "set", "lo", "up")
+        # What the brokers run under: refused in some containers even where namespaces exist.
+        ip("netns", "exec", self.name(1), "true")
 
     def cut(self, n):
         ip("link", "set", self.veth(n), "down")
