@@ -184,6 +184,10 @@ pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
     ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms"),
     ("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms"),
     ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+    ),
 ];
 
 /// A configuration problem, reported before the broker starts.
@@ -795,6 +799,8 @@ impl BrokerConfig {
         let mut check = Check::new(&merged);
         let log = read_log_config(&mut check, topic_config_name);
         let _: i32 = check.int("min.insync.replicas", 1..=INT_MAX);
+        // Read by the active controller from the committed topic configs (leadership.rs).
+        let _: bool = check.boolean("unclean.leader.election.enable");
         match check.errors.into_iter().next() {
             Some(first) => Err(first.to_string()),
             None => Ok(log),
@@ -1138,6 +1144,17 @@ mod tests {
         topic.insert("retention.ms".to_string(), "5000".to_string());
         assert_eq!(config.topic_log_config(&topic).unwrap().retention_ms, 5000);
         topic.insert("retention.ms".to_string(), "soon".to_string());
+        assert!(config.topic_log_config(&topic).is_err());
+        let mut topic = BTreeMap::new();
+        topic.insert(
+            "unclean.leader.election.enable".to_string(),
+            "true".to_string(),
+        );
+        assert!(config.topic_log_config(&topic).is_ok());
+        topic.insert(
+            "unclean.leader.election.enable".to_string(),
+            "maybe".to_string(),
+        );
         assert!(config.topic_log_config(&topic).is_err());
         let mut topic = BTreeMap::new();
         topic.insert("no.such.config".to_string(), "1".to_string());

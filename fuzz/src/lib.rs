@@ -103,7 +103,7 @@ pub fn produce_request(data: &[u8]) {
         client_id: None,
         flexible: version >= 9,
     };
-    let response = sluice_net::produce::encode_response(&header, &results, 0);
+    let response = sluice_net::produce::encode_response(&header, &results, 0, &[]);
     assert!(response.len() >= 8);
 }
 

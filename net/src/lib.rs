@@ -11,6 +11,7 @@ pub mod connection;
 pub mod fetch;
 pub mod frame;
 pub mod header;
+pub mod leader_hint;
 pub mod produce;
 pub mod transport;
 pub mod wire;

@@ -7,12 +7,17 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::header::RequestHeader;
+use crate::leader_hint::{
+    put_leader_hint_field, put_node_endpoints_field, LeaderHint, NodeEndpoint,
+};
 use crate::wire::{DecodeError, Reader, WireWrite};
 
 /// Highest Produce version this codec speaks.
 pub const PRODUCE_VERSION_MAX: i16 = 11;
 /// First flexible Produce version.
 const PRODUCE_FLEXIBLE_MIN: i16 = 9;
+/// First Produce version carrying KIP-951's `CurrentLeader` and `NodeEndpoints`.
+const PRODUCE_LEADER_HINT_MIN: i16 = 10;
 
 /// One partition's record set in a Produce request.
 #[derive(Debug, Clone)]
@@ -102,6 +107,8 @@ pub struct PartitionResult {
     pub log_start_offset: i64,
     /// Human-readable error (v8+).
     pub error_message: Option<String>,
+    /// With NOT_LEADER_OR_FOLLOWER: the partition's leader now (v10+, KIP-951).
+    pub current_leader: Option<LeaderHint>,
 }
 
 impl PartitionResult {
@@ -114,15 +121,18 @@ impl PartitionResult {
             log_append_time_ms: -1,
             log_start_offset: -1,
             error_message: message,
+            current_leader: None,
         }
     }
 }
 
 /// Encodes a Produce response (including the frame size and response header).
+/// `node_endpoints` lists the brokers the results' `current_leader`s name (v10+).
 pub fn encode_response(
     header: &RequestHeader,
     topics: &[(Bytes, Vec<PartitionResult>)],
     throttle_time_ms: i32,
+    node_endpoints: &[NodeEndpoint],
 ) -> Bytes {
     let version = header.api_version;
     let flexible = version >= PRODUCE_FLEXIBLE_MIN;
@@ -141,7 +151,10 @@ pub fn encode_response(
     if version >= 1 {
         buf.put_i32(throttle_time_ms);
     }
-    if flexible {
+    if version >= PRODUCE_LEADER_HINT_MIN && !node_endpoints.is_empty() {
+        buf.put_uvarint(1);
+        put_node_endpoints_field(&mut buf, 0, node_endpoints);
+    } else if flexible {
         buf.put_empty_tagged_fields();
     }
     crate::header::finish_response(buf, 0)
@@ -165,8 +178,13 @@ fn encode_partition(buf: &mut BytesMut, p: &PartitionResult, version: i16, flexi
             None => buf.put_len(-1, flexible, false),
         }
     }
-    if flexible {
-        buf.put_empty_tagged_fields();
+    match p.current_leader {
+        Some(hint) if version >= PRODUCE_LEADER_HINT_MIN => {
+            buf.put_uvarint(1);
+            put_leader_hint_field(buf, 0, hint);
+        }
+        _ if flexible => buf.put_empty_tagged_fields(),
+        _ => {}
     }
 }
 
@@ -245,10 +263,30 @@ mod tests {
             ok.base_offset = 77;
             ok.log_start_offset = 5;
             let bad = PartitionResult::error(2, 10, Some("too large".into()));
+            let mut moved = PartitionResult::error(3, 6, None);
+            moved.current_leader = Some(LeaderHint {
+                leader_id: 2,
+                leader_epoch: 7,
+            });
+            let endpoints = [
+                NodeEndpoint {
+                    node_id: 2,
+                    host: "127.0.0.2".into(),
+                    port: 9092,
+                    rack: None,
+                },
+                NodeEndpoint {
+                    node_id: 3,
+                    host: "b3".into(),
+                    port: 19092,
+                    rack: Some("r1".into()),
+                },
+            ];
             let frame = encode_response(
                 &header,
-                &[(Bytes::from_static(b"orders"), vec![ok, bad])],
+                &[(Bytes::from_static(b"orders"), vec![ok, bad, moved])],
                 0,
+                &endpoints,
             );
             let mut body = frame.slice(8 + usize::from(header.flexible)..);
             let response = ProduceResponse::decode(&mut body, version).unwrap();
@@ -267,6 +305,22 @@ mod tests {
                         .map(|m| m.as_str()),
                     Some("too large")
                 );
+            }
+            let leader = &topic.partition_responses[2].current_leader;
+            if version >= PRODUCE_LEADER_HINT_MIN {
+                assert_eq!((leader.leader_id.0, leader.leader_epoch), (2, 7));
+                let nodes: Vec<_> = response
+                    .node_endpoints
+                    .iter()
+                    .map(|n| (n.node_id.0, n.host.as_str(), n.port, n.rack.as_deref()))
+                    .collect();
+                assert_eq!(
+                    nodes,
+                    [(2, "127.0.0.2", 9092, None), (3, "b3", 19092, Some("r1"))]
+                );
+            } else {
+                assert_eq!(leader.leader_id.0, -1, "v{version} has no CurrentLeader");
+                assert!(response.node_endpoints.is_empty());
             }
             assert_eq!(body.len(), 0, "v{version} left bytes");
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
+use sluice_net::leader_hint::{LeaderHint, NodeEndpoint};
 use sluice_net::produce::{encode_response, PartitionResult, ProduceRequest};
 use sluice_net::Reader;
 use sluice_storage::{Ack, AppendError};
@@ -137,7 +138,65 @@ pub async fn handle(
             .collect();
         topics.push((topic.name, partitions));
     }
-    Response::Frame(encode_response(&header, &topics, 0))
+    let node_endpoints = if header.api_version >= 10 {
+        leader_hints(&shard, &snapshot, &session.listener, &mut topics)
+    } else {
+        Vec::new()
+    };
+    Response::Frame(encode_response(&header, &topics, 0, &node_endpoints))
+}
+
+/// KIP-951: every NOT_LEADER_OR_FOLLOWER result of a cluster gets the partition's committed
+/// leader (when another live broker leads it), and the answer lists those leaders' endpoints
+/// on the request's listener, so the client moves without a metadata round trip. Returns
+/// the endpoints; a single broker has none to give.
+fn leader_hints(
+    shard: &Shard,
+    snapshot: &crate::metadata::MetadataSnapshot,
+    listener: &str,
+    topics: &mut [(Bytes, Vec<PartitionResult>)],
+) -> Vec<NodeEndpoint> {
+    let Some(state) = snapshot.cluster.as_ref() else {
+        return Vec::new();
+    };
+    let mut endpoints: Vec<NodeEndpoint> = Vec::new();
+    for (name, partitions) in topics.iter_mut() {
+        let Some(meta) = snapshot.topic(&String::from_utf8_lossy(name)) else {
+            continue;
+        };
+        for p in partitions
+            .iter_mut()
+            .filter(|p| p.error_code == code::NOT_LEADER_OR_FOLLOWER)
+        {
+            let Some(placement) = snapshot.placement(meta, p.index) else {
+                continue;
+            };
+            let leader = placement.leader;
+            if leader == shard.config.node_id {
+                continue;
+            }
+            let Some(broker) = state.brokers.get(&leader).filter(|b| !b.fenced) else {
+                continue;
+            };
+            let Some((host, port)) = crate::security::listener::endpoint_of(broker, listener)
+            else {
+                continue;
+            };
+            p.current_leader = Some(LeaderHint {
+                leader_id: leader,
+                leader_epoch: placement.leader_epoch,
+            });
+            if !endpoints.iter().any(|e| e.node_id == leader) {
+                endpoints.push(NodeEndpoint {
+                    node_id: leader,
+                    host,
+                    port,
+                    rack: None,
+                });
+            }
+        }
+    }
+    endpoints
 }
 
 async fn append_on_owner(
@@ -211,6 +270,7 @@ async fn append_on_owner(
                 log_append_time_ms: -1,
                 log_start_offset: partition.log_start_offset(),
                 error_message: None,
+                current_leader: None,
             };
         }
         Verdict::Duplicate(None) => {
@@ -296,6 +356,7 @@ async fn append_on_owner(
             log_append_time_ms: info.log_append_time_ms,
             log_start_offset: info.log_start_offset,
             error_message: None,
+            current_leader: None,
         },
         Err(error) => {
             log_append_error(topic, index, &error);

@@ -56,6 +56,11 @@ MESSAGE_TIMEOUT_MS = 120_000
 DRAIN_TIMEOUT_S = 90.0
 # librdkafka logs every refused reconnect while the broker is down: only its fatal errors.
 CLIENT_LOG_LEVEL = 2
+# SLUICE_CHAOS_CLIENT_DEBUG=cgrp,fetch,...: the consumers keep librdkafka's debug lines of
+# these contexts (the last CLIENT_DEBUG_LINES of each) and a round that does not drain prints
+# them, to tell a client-side stall from a broker-side one.
+CLIENT_DEBUG = os.environ.get("SLUICE_CHAOS_CLIENT_DEBUG", "")
+CLIENT_DEBUG_LINES = 400
 COUNTS = ("lost", "duplicated", "reordered", "moved", "unexpected")
 
 
@@ -220,12 +225,18 @@ class ConsumerWorker(threading.Thread):
         self.commit_errors = 0
         self.consume_errors = 0
         self.crash = None
+        # The partitions of its last assignment (reported when a round does not drain).
+        self.assigned: list = []
+        self.debug_lines = collections.deque(maxlen=CLIENT_DEBUG_LINES)
 
     def run(self):
         try:
             self._run()
         except Exception as exc:  # noqa: BLE001 -- reported by the round, never swallowed
             self.crash = repr(exc)
+
+    def _on_assign(self, _consumer, partitions):
+        self.assigned = sorted(tp.partition for tp in partitions)
 
     def _on_revoke(self, _consumer, partitions):
         # Offsets of partitions this member no longer owns are not its to commit.
@@ -266,8 +277,10 @@ class ConsumerWorker(threading.Thread):
             "reconnect.backoff.ms": 50,
             "reconnect.backoff.max.ms": 500,
             "log_level": CLIENT_LOG_LEVEL,
+            **({"debug": CLIENT_DEBUG, "log_level": 7,
+                "logger": _LineLogger(self.debug_lines)} if CLIENT_DEBUG else {}),
         })
-        consumer.subscribe([self.topic], on_revoke=self._on_revoke)
+        consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self.stop_event.is_set():
                 for m in consumer.consume(num_messages=500, timeout=0.2):
@@ -285,6 +298,16 @@ class ConsumerWorker(threading.Thread):
             self._commit(consumer)
         finally:
             consumer.close()
+
+
+class _LineLogger:
+    """A logging.Logger stand-in for librdkafka's `logger`: keeps the formatted lines."""
+
+    def __init__(self, lines):
+        self.lines = lines
+
+    def log(self, _level, fmt, *args):
+        self.lines.append(f"{time.time():.3f} " + (fmt % args if args else fmt))
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int,
@@ -431,8 +454,15 @@ def _wait_drained(bootstrap, topic, group, partitions, consumers, deadline):
         if all(committed.get(p, -1) >= h or h == 0 for p, h in highs.items()):
             return committed
         if time.monotonic() > deadline:
-            raise AssertionError(f"group {group} did not commit up to the high watermarks "
-                                 f"{highs} in time: committed {committed}")
+            for c in consumers:
+                if c.debug_lines:
+                    print(f"--- librdkafka debug of {c.name}:\n" + "\n".join(c.debug_lines),
+                          flush=True)
+            raise AssertionError(
+                f"group {group} did not commit up to the high watermarks {highs} in time: "
+                f"committed {committed}; members (assigned partitions, records, commit "
+                f"errors, consume errors): "
+                f"{[(c.name, c.assigned, len(c.observed), c.commit_errors, c.consume_errors) for c in consumers if c.is_alive()]}")
         time.sleep(0.3)
 
 

@@ -566,6 +566,50 @@ def leader_epochs_v7(conn: RawConn, topic: str) -> dict:
     return out
 
 
+def produce_flexible(conn: RawConn, version: int, topic: str, partition: int, batch: bytes,
+                     acks=-1, timeout_ms=10000) -> dict:
+    """One-partition Produce at a flexible version (9+). Returns the partition's answer:
+    {"error", "base_offset", "current_leader": (id, epoch) or None (KIP-951's tagged field 0,
+    v10+)} and the response's "node_endpoints": {node_id: (host, port)} (tagged field 0)."""
+    assert version >= 9
+    body = (uvarint(0) + i16(acks) + i32(timeout_ms)  # null transactional id
+            + uvarint(2) + compact_string(topic)
+            + uvarint(2) + i32(partition) + uvarint(len(batch) + 1) + batch + uvarint(0)
+            + uvarint(0) + uvarint(0))
+    r = conn.call(API_PRODUCE, version, body, flexible_request=True)
+    out = {"current_leader": None, "node_endpoints": {}}
+    for _ in range(r.uvarint() - 1):
+        r.compact_string()
+        for _ in range(r.uvarint() - 1):
+            r.i32()
+            out["error"], out["base_offset"] = r.i16(), r.i64()
+            r.i64(), r.i64()  # log_append_time_ms, log_start_offset
+            for _ in range(r.uvarint() - 1):  # record_errors
+                r.i32(), r.compact_string(), r.uvarint()
+            out["error_message"] = r.compact_string()
+            for _ in range(r.uvarint()):
+                tag, size = r.uvarint(), r.uvarint()
+                if tag == 0:
+                    out["current_leader"] = (r.i32(), r.i32())
+                    r.skip_tagged_fields()
+                else:
+                    r.take(size)
+        r.skip_tagged_fields()
+    r.i32()  # throttle_time_ms
+    for _ in range(r.uvarint()):
+        tag, size = r.uvarint(), r.uvarint()
+        if tag != 0:
+            r.take(size)
+            continue
+        for _ in range(r.uvarint() - 1):
+            node, host, port = r.i32(), r.compact_string(), r.i32()
+            r.compact_string()  # rack
+            r.skip_tagged_fields()
+            out["node_endpoints"][node] = (host, port)
+    assert r.remaining() == 0, f"{r.remaining()} bytes left in the Produce v{version} response"
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # v2 record batches
 # ---------------------------------------------------------------------------------------------
@@ -859,7 +903,43 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1, config=None, ti
         )
 
     wait_until(ready, timeout_s, what=f"topic {name} with {partitions} partitions in metadata")
+    wait_topic_everywhere(admin, name, partitions, timeout_s)
     return name
+
+
+def wait_topic_everywhere(admin, name: str, partitions: int, timeout_s: float = 30):
+    """In a cluster, waits until every live broker's own Metadata shows topic `name` with all
+    of its partitions led, as Kafka's own test utilities do after creating a topic.
+
+    CreateTopics answers once the controller quorum committed the topic; each broker applies
+    it a little later (120-160 ms seen here on a loaded machine, for a broker just
+    restarted). A librdkafka consumer that learnt the topic from one broker and then asks a
+    broker that has not applied it yet (its group coordinator, when it assigns partitions)
+    is told UNKNOWN_TOPIC_OR_PARTITION, keeps the topic with no partitions, assigns none and
+    waits for its next periodic metadata refresh (topic.metadata.refresh.interval.ms, five
+    minutes): a group that never consumes (the cluster chaos test's stall, seed 1796464143).
+    Apache Kafka brokers apply metadata asynchronously too. One broker: nothing to wait for.
+    A broker whose listener wants a handshake first (SASL, TLS), or that is down, is not
+    checked."""
+    brokers = admin.list_topics(timeout=5).brokers
+    if len(brokers) < 2:
+        return
+
+    def everywhere():
+        for broker in brokers.values():
+            try:
+                with RawConn(f"{broker.host}:{broker.port}", timeout_s=5) as conn:
+                    md = metadata_v1(conn)
+            except (ConnectionClosed, struct.error, OSError):
+                continue
+            err, parts = md.topics.get(name, (3, {}))
+            if err != 0 or len(parts) != partitions or any(
+                    perr != 0 or leader < 0 for perr, leader in parts.values()):
+                return False
+        return True
+
+    wait_until(everywhere, timeout_s, interval_s=0.05,
+               what=f"topic {name} in the metadata of every broker")
 
 
 def confluent_producer(bootstrap: str, **conf):

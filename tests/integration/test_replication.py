@@ -30,7 +30,9 @@ from helpers import (
     encode_record_batch,
     fetch_v4,
     free_port,
+    leader_epochs_v7,
     metadata_v5,
+    produce_flexible,
     produce_confluent,
     produce_v3,
     unique_topic,
@@ -339,6 +341,32 @@ def test_replica_assignments_place_as_asked(nodes):
     with pytest.raises(KafkaException) as refused:
         admin.create_topics([NewTopic(bad, num_partitions=1, replica_assignment=[[1, 7]])])[bad].result(timeout=30)
     assert refused.value.args[0].code() == INVALID_REPLICA_ASSIGNMENT
+
+
+def test_produce_to_a_non_leader_names_the_leader_kip951(nodes):
+    """KIP-951: Produce v10+ sent to a broker that does not lead the partition answers
+    NOT_LEADER_OR_FOLLOWER with the partition's current leader and epoch, and that leader's
+    endpoint on the request's listener, so a client moves without a metadata refresh; v9 has
+    no such fields. The named leader then takes the same batch."""
+    topic = unique_topic("kip951")
+    create_rf3(nodes, topic)
+    with RawConn(nodes[1].bootstrap) as conn:
+        leaders = leader_epochs_v7(conn, topic)
+    for partition, (leader, epoch) in sorted(leaders.items()):
+        other = next(n for n in (1, 2, 3) if n != leader)
+        batch = encode_record_batch([(b"k", f"p{partition}".encode())])
+        with RawConn(nodes[other].bootstrap) as conn:
+            v9 = produce_flexible(conn, 9, topic, partition, batch)
+            v10 = produce_flexible(conn, 10, topic, partition, batch)
+        assert (v9["error"], v9["current_leader"], v9["node_endpoints"]) == (6, None, {}), v9
+        assert v10["error"] == 6, v10
+        assert v10["current_leader"] == (leader, epoch), v10
+        host, port = nodes[leader].bootstrap.rsplit(":", 1)
+        assert v10["node_endpoints"] == {leader: (host, int(port))}, v10
+        with RawConn(nodes[leader].bootstrap) as conn:
+            led = produce_flexible(conn, 10, topic, partition, batch)
+        assert (led["error"], led["base_offset"], led["current_leader"]) == (0, 0, None), led
+        assert led["node_endpoints"] == {}, led
 
 
 def test_returning_leader_truncates_its_unreplicated_tail(nodes_fast_fencing):
