@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::broker::{BrokerView, Controllers};
 use crate::wire::{
     AllocateProducerIdsRequest, AlterAclsRequest, AlterPartitionRequest, BrokerRpcError,
-    ElectLeadersReply, ElectLeadersRequest, ProducerIdBlock, Request, Response, TopicAdminError,
-    TopicAdminReply, TopicAdminRequest,
+    ElectLeadersReply, ElectLeadersRequest, ProducerIdBlock, ReassignReply, ReassignRequest,
+    Request, Response, TopicAdminError, TopicAdminReply, TopicAdminRequest,
 };
 use crate::{ClusterSettings, NodeId};
 
@@ -34,6 +34,12 @@ pub(crate) enum Job {
     Elect(
         ElectLeadersRequest,
         oneshot::Sender<Result<ElectLeadersReply, BrokerRpcError>>,
+    ),
+    /// A client's partition reassignments: answered, like a commit, once this broker's view
+    /// has them.
+    Reassign(
+        ReassignRequest,
+        oneshot::Sender<Result<ReassignReply, BrokerRpcError>>,
     ),
 }
 
@@ -104,6 +110,19 @@ impl ClusterAdmin {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.jobs
             .send(Job::Elect(request, reply_tx))
+            .map_err(|_| stopped())?;
+        reply_rx.await.map_err(|_| stopped())?
+    }
+
+    /// Asks the active controller to start, replace or cancel partition moves; answers each
+    /// partition's outcome once this broker's own view has applied it.
+    pub async fn alter_partition_reassignments(
+        &self,
+        request: ReassignRequest,
+    ) -> Result<ReassignReply, BrokerRpcError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Reassign(request, reply_tx))
             .map_err(|_| stopped())?;
         reply_rx.await.map_err(|_| stopped())?
     }
@@ -209,6 +228,26 @@ pub(crate) async fn run(
                 .unwrap_or_else(Err);
                 if let Ok(reply) = &outcome {
                     wait_applied(&mut view, &nudge, reply.committed_index, &settings).await;
+                }
+                let _ = reply.send(outcome);
+            }
+            Job::Reassign(request, reply) => {
+                let outcome = forward(
+                    &settings,
+                    &mut controllers,
+                    Request::AlterPartitionReassignments(request),
+                    |response| match response {
+                        Response::AlterPartitionReassignments(Err(
+                            BrokerRpcError::NotController { leader },
+                        )) => Answer::NotController(leader),
+                        Response::AlterPartitionReassignments(outcome) => Answer::Final(outcome),
+                        _ => Answer::Unexpected,
+                    },
+                )
+                .await
+                .unwrap_or_else(Err);
+                if let Ok(committed) = &outcome {
+                    wait_applied(&mut view, &nudge, committed.committed_index, &settings).await;
                 }
                 let _ = reply.send(outcome);
             }

@@ -18,7 +18,7 @@ use crate::state::{BrokerId, ClusterState, Command, CommandReply, PRODUCER_ID_BL
 use crate::wire::{
     AllocateProducerIdsRequest, AlterAclsRequest, AlterPartitionRequest, BrokerRpcError,
     ElectLeadersReply, ElectLeadersRequest, HeartbeatReply, HeartbeatRequest, ProducerIdBlock,
-    RegisterReply, RegisterRequest,
+    ReassignReply, ReassignRequest, RegisterReply, RegisterRequest,
 };
 use crate::{NodeId, Raft};
 
@@ -145,6 +145,35 @@ impl Controller {
             }),
             other => Err(BrokerRpcError::Quorum(format!(
                 "election not applied: {other:?}"
+            ))),
+        }
+    }
+
+    /// Starts, replaces or cancels partition moves a client asked for: each partition's
+    /// outcome, once committed, with the log index it committed at.
+    pub async fn alter_partition_reassignments(
+        &self,
+        request: ReassignRequest,
+    ) -> Result<ReassignReply, BrokerRpcError> {
+        let command = Command::AlterPartitionReassignments {
+            reassignments: request.reassignments,
+            allow_replication_factor_change: request.allow_replication_factor_change,
+        };
+        let response = self.raft.client_write(command).await.map_err(write_error)?;
+        match response.data {
+            CommandReply::Reassignments { outcomes } => {
+                tracing::info!(
+                    ?outcomes,
+                    index = response.log_id.index,
+                    "partition reassignments committed"
+                );
+                Ok(ReassignReply {
+                    outcomes,
+                    committed_index: response.log_id.index,
+                })
+            }
+            other => Err(BrokerRpcError::Quorum(format!(
+                "reassignment not applied: {other:?}"
             ))),
         }
     }

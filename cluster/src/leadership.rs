@@ -67,7 +67,7 @@ fn live(state: &ClusterState, id: BrokerId) -> bool {
 }
 
 /// Sets the leader, bumping the epoch when it changes.
-fn set_leader(partition: &mut PartitionRecord, leader: BrokerId) -> bool {
+pub(crate) fn set_leader(partition: &mut PartitionRecord, leader: BrokerId) -> bool {
     if partition.leader == leader {
         return false;
     }
@@ -76,7 +76,7 @@ fn set_leader(partition: &mut PartitionRecord, leader: BrokerId) -> bool {
     true
 }
 
-fn assert_invariants(partition: &PartitionRecord) {
+pub(crate) fn assert_invariants(partition: &PartitionRecord) {
     assert!(!partition.isr.is_empty(), "empty ISR: {partition:?}");
     assert!(
         partition
@@ -295,12 +295,7 @@ mod tests {
             &Command::CreateTopic {
                 name: "t".into(),
                 id,
-                partitions: vec![PartitionRecord {
-                    replicas: replicas.to_vec(),
-                    leader: replicas[0],
-                    leader_epoch: 0,
-                    isr: replicas.to_vec(),
-                }],
+                partitions: vec![PartitionRecord::new(replicas.to_vec())],
                 configs: configs
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -21,6 +21,7 @@ pub mod leadership;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod reassignment;
 pub mod record;
 pub mod scram;
 pub mod service;

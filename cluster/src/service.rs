@@ -81,6 +81,9 @@ async fn serve_connection(
             }
             Request::AlterAcls(r) => Response::AlterAcls(controller.alter_acls(r).await),
             Request::ElectLeaders(r) => Response::ElectLeaders(controller.elect_leaders(r).await),
+            Request::AlterPartitionReassignments(r) => Response::AlterPartitionReassignments(
+                controller.alter_partition_reassignments(r).await,
+            ),
         };
         if let Err(error) = write_frame(&mut stream, &response, frame_bytes_max).await {
             tracing::warn!(%peer, %error, "controller connection: write failed; closing");

@@ -58,6 +58,29 @@ pub struct PartitionRecord {
     pub leader_epoch: i32,
     /// In-sync replicas.
     pub isr: Vec<BrokerId>,
+    /// Replicas a reassignment in progress adds (`reassignment.rs`); empty when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding_replicas: Vec<BrokerId>,
+    /// Replicas a reassignment in progress removes once it completes; empty when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing_replicas: Vec<BrokerId>,
+}
+
+impl PartitionRecord {
+    /// A new partition on `replicas`, all in sync, the first leading at epoch 0.
+    pub fn new(replicas: Vec<BrokerId>) -> Self {
+        Self {
+            leader: replicas
+                .first()
+                .copied()
+                .unwrap_or(crate::leadership::NO_LEADER),
+            leader_epoch: 0,
+            isr: replicas.clone(),
+            replicas,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
+        }
+    }
 }
 
 /// A topic.
@@ -191,6 +214,14 @@ pub enum Command {
         /// The partitions, answered in this order.
         partitions: Vec<PartitionId>,
     },
+    /// Start, replace or cancel partition moves (Kafka's AlterPartitionReassignments); each
+    /// partition is checked against the state where it applies (`reassignment.rs`).
+    AlterPartitionReassignments {
+        /// The partitions and their targets (None cancels), answered in this order.
+        reassignments: Vec<crate::reassignment::Reassignment>,
+        /// Whether a target may change the number of replicas (v1's field; v0 allows it).
+        allow_replication_factor_change: bool,
+    },
     /// Hand the next block of `len` producer ids to a broker (KRaft's AllocateProducerIds).
     AllocateProducerIds {
         /// The broker asking (for the log; uniqueness needs only the counter).
@@ -237,6 +268,11 @@ pub enum CommandReply {
     Elections {
         /// One outcome per partition.
         outcomes: Vec<ElectionOutcome>,
+    },
+    /// What an `AlterPartitionReassignments` did to each of its partitions, in order.
+    Reassignments {
+        /// One outcome per partition.
+        outcomes: Vec<crate::reassignment::ReassignmentOutcome>,
     },
     /// The command no longer fits the state (stale epoch, duplicate name); nothing changed.
     Rejected {
@@ -302,6 +338,16 @@ impl ClusterState {
                 partitions,
             } => CommandReply::Elections {
                 outcomes: leadership::elect(self, *election, partitions),
+            },
+            Command::AlterPartitionReassignments {
+                reassignments,
+                allow_replication_factor_change,
+            } => CommandReply::Reassignments {
+                outcomes: crate::reassignment::apply(
+                    self,
+                    reassignments,
+                    *allow_replication_factor_change,
+                ),
             },
             Command::CreateTopic {
                 name,
@@ -428,6 +474,11 @@ impl ClusterState {
             }
         }
         record.isr = isr.to_vec();
+        // The ISR change that brings the last target replica in completes a move.
+        let live = |id: BrokerId| brokers.get(&id).is_some_and(|b| !b.fenced);
+        if crate::reassignment::complete_if_caught_up(record, &live) {
+            leadership::assert_invariants(record);
+        }
         Ok(())
     }
 
@@ -501,12 +552,7 @@ pub fn assign_replicas(
         let replicas: Vec<BrokerId> = (0..replicas_per)
             .map(|r| brokers[first.wrapping_add(r) % brokers.len()])
             .collect();
-        placed.push(PartitionRecord {
-            leader: replicas[0],
-            leader_epoch: 0,
-            isr: replicas.clone(),
-            replicas,
-        });
+        placed.push(PartitionRecord::new(replicas));
     }
     Ok(placed)
 }
@@ -779,12 +825,7 @@ mod tests {
     fn partitions_are_added_only_to_the_count_they_were_placed_for() {
         let mut state = ClusterState::default();
         let id = Uuid::new_v4();
-        let one = PartitionRecord {
-            replicas: vec![1],
-            leader: 1,
-            leader_epoch: 0,
-            isr: vec![1],
-        };
+        let one = PartitionRecord::new(vec![1]);
         state.apply(
             1,
             &Command::CreateTopic {

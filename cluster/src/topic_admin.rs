@@ -103,12 +103,7 @@ fn assigned(
                 ));
             }
         }
-        placed.push(PartitionRecord {
-            replicas: replicas.clone(),
-            leader: replicas[0],
-            leader_epoch: 0,
-            isr: replicas.clone(),
-        });
+        placed.push(PartitionRecord::new(replicas.clone()));
     }
     Ok(placed)
 }
@@ -165,7 +160,11 @@ fn plan(
             })?;
             Ok((Command::DeleteTopic { id: topic.id }, topic))
         }
-        TopicAdminRequest::CreatePartitions { name, count } => {
+        TopicAdminRequest::CreatePartitions {
+            name,
+            count,
+            assignments,
+        } => {
             let topic = state.topic_by_name(&name).cloned().ok_or_else(|| {
                 TopicAdminError::UnknownTopic(format!("Topic '{name}' does not exist."))
             })?;
@@ -176,17 +175,36 @@ fn plan(
                     "Topic currently has {held} partitions, which is higher than or equal to the requested {count}."
                 )));
             }
+            // The replica count of the topic's partitions (their target, for one moving).
             let replication_factor = topic
                 .partitions
                 .first()
-                .map_or(1, |p| p.replicas.len().max(1));
-            let placed = assign_replicas(
-                state,
-                i32::try_from(added).unwrap_or(i32::MAX),
-                i32::try_from(replication_factor).unwrap_or(i32::MAX),
-                placement_start(topic.id, state.unfenced_brokers().count()) + held,
-            )
-            .map_err(placement_error)?;
+                .map_or(1, |p| (p.replicas.len() - p.removing_replicas.len()).max(1));
+            let placed = if assignments.is_empty() {
+                assign_replicas(
+                    state,
+                    i32::try_from(added).unwrap_or(i32::MAX),
+                    i32::try_from(replication_factor).unwrap_or(i32::MAX),
+                    placement_start(topic.id, state.unfenced_brokers().count()) + held,
+                )
+                .map_err(placement_error)?
+            } else {
+                // Kafka's rules: one assignment per added partition, each of the topic's
+                // replication factor.
+                if assignments.len() != added {
+                    return Err(TopicAdminError::InvalidReplicaAssignment(format!(
+                        "Increasing the number of partitions by {added} but {} assignments provided.",
+                        assignments.len()
+                    )));
+                }
+                if let Some(bad) = assignments.iter().find(|a| a.len() != replication_factor) {
+                    return Err(TopicAdminError::InvalidReplicaAssignment(format!(
+                        "Inconsistent replication factor between partitions, partition 0 has {replication_factor} while a new partition has {} replicas.",
+                        bad.len()
+                    )));
+                }
+                assigned(state, &assignments)?
+            };
             let command = Command::CreatePartitions {
                 id: topic.id,
                 first: held,
@@ -335,6 +353,7 @@ mod tests {
         let grow = |count| TopicAdminRequest::CreatePartitions {
             name: "t".into(),
             count,
+            assignments: Vec::new(),
         };
         assert!(matches!(
             plan(&state, grow(2)),

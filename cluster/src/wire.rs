@@ -47,6 +47,8 @@ pub enum Request {
     AlterAcls(AlterAclsRequest),
     /// A broker forwards a client's leader election (answered by the active controller only).
     ElectLeaders(ElectLeadersRequest),
+    /// A broker forwards a client's partition reassignments (active controller only).
+    AlterPartitionReassignments(ReassignRequest),
 }
 
 /// A controller's answer, the same variant as the request.
@@ -76,6 +78,8 @@ pub enum Response {
     AlterAcls(Result<u64, BrokerRpcError>),
     /// To [`Request::ElectLeaders`].
     ElectLeaders(Result<ElectLeadersReply, BrokerRpcError>),
+    /// To [`Request::AlterPartitionReassignments`].
+    AlterPartitionReassignments(Result<ReassignReply, BrokerRpcError>),
 }
 
 impl Response {
@@ -108,6 +112,25 @@ pub struct ElectLeadersReply {
     /// One outcome per requested partition.
     pub outcomes: Vec<ElectionOutcome>,
     /// The log index the election committed at (a broker answers once it applied this far).
+    pub committed_index: u64,
+}
+
+/// A client's partition reassignments (Kafka's AlterPartitionReassignments): the broker has
+/// resolved the topic names to partitions of its view; each is checked where it applies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReassignRequest {
+    /// The partitions and their targets (None cancels), in the order outcomes come back.
+    pub reassignments: Vec<crate::reassignment::Reassignment>,
+    /// Whether a target may change the number of replicas.
+    pub allow_replication_factor_change: bool,
+}
+
+/// What each reassignment did, in the request's order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReassignReply {
+    /// One outcome per requested partition.
+    pub outcomes: Vec<crate::reassignment::ReassignmentOutcome>,
+    /// The log index the change committed at (a broker answers once it applied this far).
     pub committed_index: u64,
 }
 
@@ -182,6 +205,10 @@ pub enum TopicAdminRequest {
         name: String,
         /// The new partition count.
         count: i32,
+        /// The replicas of each added partition, preferred leader first, when the request
+        /// gave them (else the controller places them).
+        #[serde(default)]
+        assignments: Vec<Vec<BrokerId>>,
     },
     /// Set or remove client quota values of one entity (already validated by the broker);
     /// the reply's topic is an empty placeholder.

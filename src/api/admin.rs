@@ -358,14 +358,13 @@ pub async fn create_partitions(
         } else if quota.as_ref().is_some_and(MutationCharge::refuses) {
             Err(throttled())
         } else if shard.metadata.is_clustered() {
-            if topic.assignments.is_some() {
-                Err((
-                    code::INVALID_REPLICA_ASSIGNMENT,
-                    "Replica assignments are not supported in a cluster yet.".to_string(),
-                ))
-            } else {
-                forward::create_partitions(&shard, &name, count, validate_only).await
-            }
+            let assignments: Vec<Vec<i32>> = topic
+                .assignments
+                .iter()
+                .flatten()
+                .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                .collect();
+            forward::create_partitions(&shard, &name, count, assignments, validate_only).await
         } else if bad_assignment {
             Err((
                 code::INVALID_REPLICA_ASSIGNMENT,

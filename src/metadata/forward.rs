@@ -166,11 +166,13 @@ pub async fn delete_topic(
     }))
 }
 
-/// Grows a topic to `count` partitions through the quorum.
+/// Grows a topic to `count` partitions through the quorum, placed as `assignments` say (one
+/// per added partition) or by the controller when there are none.
 pub async fn create_partitions(
     shard: &Shard,
     name: &str,
     count: i32,
+    assignments: Vec<Vec<i32>>,
     validate_only: bool,
 ) -> Result<(), AdminError> {
     refuse_internal(Some(name))?;
@@ -197,6 +199,7 @@ pub async fn create_partitions(
         .call(TopicAdminRequest::CreatePartitions {
             name: name.to_string(),
             count,
+            assignments,
         })
         .await
         .map_err(kafka_error)?;
