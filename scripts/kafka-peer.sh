@@ -171,6 +171,7 @@ tool() {
         kafka-leader-election) class=org.apache.kafka.tools.LeaderElectionCommand ;;
         kafka-transactions) class=org.apache.kafka.tools.TransactionsCommand ;;
         kafka-cluster) class=org.apache.kafka.tools.ClusterTool ;;
+        kafka-reassign-partitions) class=org.apache.kafka.tools.reassign.ReassignPartitionsCommand ;;
         *)
             log "unknown tool '$name'"
             exit 2

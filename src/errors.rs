@@ -62,4 +62,6 @@ pub mod code {
     pub const PREFERRED_LEADER_NOT_AVAILABLE: i16 = 80;
     pub const ELIGIBLE_LEADERS_NOT_AVAILABLE: i16 = 83;
     pub const ELECTION_NOT_NEEDED: i16 = 84;
+    // Partition reassignment (AlterPartitionReassignments).
+    pub const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
 }

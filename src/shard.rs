@@ -29,6 +29,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::future::Either;
+use sluice_cluster::state::ClusterState;
 use sluice_metrics::{ShardMetrics, Stage};
 use sluice_storage::{Partition, ShardStorage, StorageError};
 use tokio::sync::{mpsc, oneshot};
@@ -352,6 +353,12 @@ impl Shard {
             tracing::info!(shard = self.id, topic = %name, deleted, "deleted partitions of a topic the cluster removed");
         }
         let node_id = self.config.node_id;
+        let removed = self.removed_replicas(&state);
+        for (name, index) in removed {
+            if self.delete_partition(&name, index) {
+                tracing::info!(shard = self.id, topic = %name, index, "deleted a partition this broker is no replica of any more");
+            }
+        }
         let led_offsets = state
             .topic_by_name(sluice_group::OFFSETS_TOPIC)
             .map(|topic| {
@@ -559,6 +566,61 @@ impl Shard {
             }
         }
         deleted
+    }
+
+    /// Open partitions of cluster topics that the committed `state` no longer places on this
+    /// broker (a reassignment moved them away, or a cancel dropped this broker's copy). The
+    /// offsets topic's partitions are the group coordinators' and never listed.
+    fn removed_replicas(&self, state: &ClusterState) -> Vec<(String, i32)> {
+        let node_id = self.config.node_id;
+        let ids = self.cluster_topic_ids.borrow();
+        let partitions = self.partitions.borrow();
+        let mut removed = Vec::new();
+        for (name, id) in ids.iter() {
+            let Some(topic) = state.topics.get(id).filter(|t| &t.name == name) else {
+                continue;
+            };
+            if topic.name == sluice_group::OFFSETS_TOPIC {
+                continue;
+            }
+            for index in partitions
+                .get(name)
+                .into_iter()
+                .flat_map(|parts| parts.keys())
+            {
+                let placed_here = usize::try_from(*index)
+                    .ok()
+                    .and_then(|i| topic.partitions.get(i))
+                    .is_some_and(|p| p.replicas.contains(&node_id));
+                if !placed_here {
+                    removed.push((name.clone(), *index));
+                }
+            }
+        }
+        removed
+    }
+
+    /// Closes and deletes one partition this shard owns, with its producer states; whether it
+    /// was open and its files are gone.
+    pub fn delete_partition(&self, topic: &str, index: i32) -> bool {
+        if let Some(parts) = self.producers.borrow_mut().get_mut(topic) {
+            parts.remove(&index);
+        }
+        let removed = self
+            .partitions
+            .borrow_mut()
+            .get_mut(topic)
+            .and_then(|parts| parts.remove(&index));
+        let Some(partition) = removed else {
+            return false;
+        };
+        match self.storage.delete_partition(&partition) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(topic, index, %error, "deleting partition failed");
+                false
+            }
+        }
     }
 
     /// All partitions this shard owns (for retention).

@@ -22,6 +22,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producer_ids;
+mod reassignments;
 pub mod sasl;
 mod scram_users;
 pub mod transactions;
@@ -82,6 +83,8 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(44, 0, 1),                                       // IncrementalAlterConfigs
     api(60, 0, 2),                                       // DescribeCluster
     api(43, 0, 2),                                       // ElectLeaders
+    api(45, 0, 1),                                       // AlterPartitionReassignments
+    api(46, 0, 0),                                       // ListPartitionReassignments
     // Consumer groups: librdkafka enables its balanced consumer only when FindCoordinator,
     // JoinGroup, SyncGroup, Heartbeat and LeaveGroup include v0, OffsetCommit overlaps 1–2 and
     // OffsetFetch includes 1.
@@ -173,6 +176,8 @@ pub async fn dispatch(
         44 => configs::incremental_alter(shard, header, body, session).await,
         60 => metadata::describe_cluster(shard, header, body, session),
         43 => elect_leaders::handle(shard, header, body, session).await,
+        45 => reassignments::alter(shard, header, body, session).await,
+        46 => reassignments::list(shard, header, body, session),
         8 => groups::offset_commit(shard, header, body, session).await,
         9 => groups::offset_fetch(shard, header, body, session).await,
         10 => groups::find_coordinator(shard, header, body, session),

@@ -244,3 +244,22 @@ pub async fn elect_leaders(
     applied(shard, reply.committed_index).await;
     Ok(reply.outcomes)
 }
+
+/// Starts, replaces or cancels partition moves through the quorum; answers each partition's
+/// outcome (in the order of `reassignments`) once this broker's snapshot has them.
+pub async fn alter_partition_reassignments(
+    shard: &Shard,
+    reassignments: Vec<sluice_cluster::reassignment::Reassignment>,
+    allow_replication_factor_change: bool,
+) -> Result<Vec<sluice_cluster::reassignment::ReassignmentOutcome>, AdminError> {
+    let admin = shard.metadata.admin().ok_or_else(not_in_cluster)?;
+    let reply = admin
+        .alter_partition_reassignments(sluice_cluster::wire::ReassignRequest {
+            reassignments,
+            allow_replication_factor_change,
+        })
+        .await
+        .map_err(rpc_error)?;
+    applied(shard, reply.committed_index).await;
+    Ok(reply.outcomes)
+}

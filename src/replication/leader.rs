@@ -24,6 +24,19 @@ struct Progress {
     high_watermark_sent: i64,
 }
 
+impl Progress {
+    /// A follower not heard from under this leadership, counted caught up at `now`.
+    fn new(now: Instant) -> Self {
+        Progress {
+            durable_end: None,
+            last_caught_up: now,
+            last_fetch: None,
+            reached_high_watermark: false,
+            high_watermark_sent: -1,
+        }
+    }
+}
+
 /// A follower fetched that is not a replica of the partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("broker {0} is not a replica of this partition")]
@@ -61,16 +74,7 @@ impl Leader {
         let followers = replicas
             .iter()
             .filter(|&&id| id != self_id)
-            .map(|&id| {
-                let progress = Progress {
-                    durable_end: None,
-                    last_caught_up: now,
-                    last_fetch: None,
-                    reached_high_watermark: false,
-                    high_watermark_sent: -1,
-                };
-                (id, progress)
-            })
+            .map(|&id| (id, Progress::new(now)))
             .collect();
         Leader {
             self_id,
@@ -83,11 +87,29 @@ impl Leader {
         }
     }
 
-    /// The committed ISR (or config) changed within the same leader epoch: progress is kept.
-    pub fn update(&mut self, isr: Vec<BrokerId>, min_insync_replicas: usize) {
+    /// The committed replicas, ISR (or config) changed within the same leader epoch: the
+    /// progress of every remaining follower is kept; a replica a reassignment adds starts as
+    /// a returning follower does (counted caught up now, outside the ISR until it reaches the
+    /// high watermark); a removed one is forgotten.
+    pub fn update(
+        &mut self,
+        replicas: Vec<BrokerId>,
+        isr: Vec<BrokerId>,
+        min_insync_replicas: usize,
+        now: Instant,
+    ) {
         if isr != self.isr {
             self.isr_change_pending = false;
         }
+        self.followers.retain(|id, _| replicas.contains(id));
+        for &id in &replicas {
+            if id != self.self_id {
+                self.followers
+                    .entry(id)
+                    .or_insert_with(|| Progress::new(now));
+            }
+        }
+        self.replicas = replicas;
         self.isr = isr;
         self.min_insync_replicas = min_insync_replicas;
     }
@@ -199,9 +221,9 @@ mod tests {
         assert_eq!(leader.high_watermark_limit(), Some(0), "3 has not fetched");
         leader.on_fetch(3, 7, 12, 0, now).unwrap();
         assert_eq!(leader.high_watermark_limit(), Some(7));
-        leader.update(vec![1, 2], 2);
+        leader.update(vec![1, 2, 3], vec![1, 2], 2, now);
         assert_eq!(leader.high_watermark_limit(), Some(10));
-        leader.update(vec![1], 2);
+        leader.update(vec![1, 2, 3], vec![1], 2, now);
         assert_eq!(
             leader.high_watermark_limit(),
             None,
@@ -223,7 +245,7 @@ mod tests {
         leader.on_fetch(2, 9, 9, 5, at(180)).unwrap();
         assert_eq!(leader.wanted_isr(lag, at(185)), None);
         assert_eq!(leader.wanted_isr(lag, at(191)), Some(vec![1, 2]));
-        leader.update(vec![1, 2], 2);
+        leader.update(vec![1, 2, 3], vec![1, 2], 2, at(191));
         // Behind the log end but at where it ended at the previous fetch: caught up then.
         leader.on_fetch(2, 12, 14, 9, at(250)).unwrap();
         leader.on_fetch(2, 14, 20, 12, at(340)).unwrap();
@@ -235,6 +257,28 @@ mod tests {
         leader.on_fetch(2, 20, 20, 14, at(358)).unwrap();
         leader.on_fetch(3, 20, 20, 14, at(360)).unwrap();
         assert_eq!(leader.wanted_isr(lag, at(365)), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn a_reassignment_adds_a_follower_outside_the_isr_and_forgets_a_removed_one() {
+        let start = Instant::now();
+        let lag = Duration::from_millis(100);
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut leader = Leader::new(1, 0, vec![1, 2], vec![1, 2], 1, start);
+        leader.on_fetch(2, 10, 10, 10, at(1)).unwrap();
+        assert_eq!(leader.on_fetch(3, 0, 10, 10, at(1)), Err(NotAReplica(3)));
+        // 3 is added: it counts toward nothing until it reaches the high watermark.
+        leader.update(vec![2, 3, 1], vec![1, 2], 1, at(2));
+        leader.on_fetch(3, 4, 10, 10, at(3)).unwrap();
+        assert_eq!(leader.high_watermark_limit(), Some(10));
+        assert_eq!(leader.wanted_isr(lag, at(4)), None);
+        leader.on_fetch(2, 10, 10, 10, at(5)).unwrap();
+        leader.on_fetch(3, 10, 10, 10, at(5)).unwrap();
+        assert_eq!(leader.wanted_isr(lag, at(6)), Some(vec![1, 2, 3]));
+        // The move completes without 2: it is no replica any more.
+        leader.update(vec![3, 1], vec![1, 3], 1, at(7));
+        assert_eq!(leader.on_fetch(2, 10, 10, 10, at(8)), Err(NotAReplica(2)));
+        assert_eq!(leader.high_watermark_limit(), Some(10));
     }
 
     #[test]

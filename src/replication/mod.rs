@@ -123,7 +123,12 @@ impl Replicas {
                             changed,
                             ..
                         }) if leader.leader_epoch == placement.leader_epoch => {
-                            leader.update(placement.isr.clone(), min_insync);
+                            leader.update(
+                                placement.replicas.clone(),
+                                placement.isr.clone(),
+                                min_insync,
+                                now,
+                            );
                             leads_replicated |= leader.is_replicated();
                             changed.notify_waiters();
                             leader.high_watermark_limit()
