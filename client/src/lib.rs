@@ -15,6 +15,7 @@ pub mod consumer;
 pub mod error;
 pub mod group;
 pub mod producer;
+pub mod reassign;
 pub mod records;
 pub mod versions;
 

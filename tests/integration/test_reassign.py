@@ -289,7 +289,14 @@ def slow_copy_nodes(broker_factory):
                                  "replica.fetch.max.bytes": 1})
 
 
-def test_a_held_move_is_listed_and_cancelled_and_bad_targets_are_refused(slow_copy_nodes):
+def cli(sluice_bin, *args):
+    proc = subprocess.run([str(sluice_bin), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_a_held_move_is_listed_and_cancelled_and_bad_targets_are_refused(slow_copy_nodes,
+                                                                           sluice_bin):
     nodes = slow_copy_nodes
     wait_registered(nodes)
     topic = unique_topic("held")
@@ -309,7 +316,9 @@ def test_a_held_move_is_listed_and_cancelled_and_bad_targets_are_refused(slow_co
     assert placement(nodes[1], topic)[0].replicas == [1, 2]
 
     # Broker 3 is stopped once it opened its copy: the move stays in progress.
-    assert alter_reassignments(nodes[2], {(topic, 0): [1, 3]}) == (0, {(topic, 0): 0})
+    out = cli(sluice_bin, "topics", "reassign", topic, "--partition", "0", "--replicas", "1,3",
+              "-b", nodes[2].bootstrap)
+    assert f"reassignment of {topic}-0 to [1,3] started" in out, out
     wait_until(lambda: partition_dir(nodes[3], topic, 0).exists(), SETTLE_S, interval_s=0.01,
                what="broker 3 opening its copy")
     nodes[3].proc.send_signal(signal.SIGSTOP)
@@ -322,8 +331,14 @@ def test_a_held_move_is_listed_and_cancelled_and_bad_targets_are_refused(slow_co
         assert (meta.replicas, meta.leader, sorted(meta.isr)) == ([1, 3, 2], 1, [1, 2]), meta
         more = [(None, f"b{i}".encode()) for i in range(100)]
         produce_confluent(nodes[2].bootstrap, topic, more, partition=0, acks="all")
-
-        assert alter_reassignments(nodes[1], {(topic, 0): None}) == (0, {(topic, 0): 0})
+        # The CLI lists it too, and cancels it.
+        out = cli(sluice_bin, "topics", "reassignments", "--json", "-b", nodes[2].bootstrap)
+        assert [json.loads(line) for line in out.splitlines()] == [{
+            "topic": topic, "partition": 0, "replicas": [1, 3, 2], "adding": [3],
+            "removing": [2]}], out
+        out = cli(sluice_bin, "topics", "reassign", topic, "--partition", "0", "--cancel",
+                  "-b", nodes[2].bootstrap)
+        assert f"cancelled the reassignment of {topic}-0" in out, out
         assert list_reassignments(nodes[1]) == {}
         # The other brokers learn it on their next heartbeat.
         wait_until(lambda: list_reassignments(nodes[2]) == {}, SETTLE_S,
@@ -332,6 +347,10 @@ def test_a_held_move_is_listed_and_cancelled_and_bad_targets_are_refused(slow_co
         assert (meta.replicas, meta.leader, sorted(meta.isr)) == ([1, 2], 1, [1, 2]), meta
         assert alter_reassignments(nodes[2], {(topic, 0): None}) == \
             (0, {(topic, 0): NO_REASSIGNMENT_IN_PROGRESS})
+        refused = subprocess.run([str(sluice_bin), "topics", "reassign", topic, "--partition",
+                                  "0", "--cancel", "-b", nodes[2].bootstrap],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "reassign" in refused.stderr, refused
         assert partition_dir(nodes[3], topic, 0).exists()
     finally:
         nodes[3].proc.send_signal(signal.SIGCONT)

@@ -1,4 +1,4 @@
-//! `sluice topics create|list|describe|delete|add-partitions`. Owns the presentation of topic
+//! `sluice topics create|list|describe|delete|add-partitions|reassign|reassignments`. Owns the presentation of topic
 //! metadata, offsets and configs (table or JSON). It must never report success for a topic the
 //! broker rejected.
 
@@ -70,6 +70,35 @@ enum TopicsAction {
         /// New total number of partitions
         #[arg(long, short = 'p')]
         partitions: i32,
+    },
+    /// Move a partition's replicas to other brokers online, or cancel a move in progress
+    #[command(
+        after_help = "Examples:\n  sluice topics reassign orders --partition 0 --replicas 2,3\n  sluice topics reassign orders --partition 0 --cancel"
+    )]
+    Reassign {
+        /// Topic name
+        name: String,
+        /// Partition index
+        #[arg(long)]
+        partition: i32,
+        /// Target broker ids, preferred leader first (comma-separated)
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "cancel",
+            conflicts_with = "cancel"
+        )]
+        replicas: Vec<i32>,
+        /// Cancel the move in progress instead
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// List partition moves in progress
+    #[command(after_help = "Example:\n  sluice topics reassignments --json")]
+    Reassignments {
+        /// One JSON object per partition
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -184,6 +213,48 @@ pub async fn run(args: TopicsArgs) -> anyhow::Result<()> {
         TopicsAction::AddPartitions { name, partitions } => {
             client.create_partitions(&name, partitions).await?;
             println!("topic '{name}' now has {partitions} partition(s)");
+        }
+        TopicsAction::Reassign {
+            name,
+            partition,
+            replicas,
+            cancel,
+        } => {
+            let target = (!cancel).then(|| replicas.clone());
+            client.reassign_partition(&name, partition, target).await?;
+            if cancel {
+                println!("cancelled the reassignment of {name}-{partition}");
+            } else {
+                println!(
+                    "reassignment of {name}-{partition} to [{}] started",
+                    join_ids(&replicas)
+                );
+            }
+        }
+        TopicsAction::Reassignments { json } => {
+            for moving in client.list_reassignments().await? {
+                if json {
+                    println!(
+                        "{}",
+                        json!({
+                            "topic": moving.topic,
+                            "partition": moving.partition,
+                            "replicas": moving.replicas,
+                            "adding": moving.adding,
+                            "removing": moving.removing,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{}-{}\treplicas [{}]\tadding [{}]\tremoving [{}]",
+                        moving.topic,
+                        moving.partition,
+                        join_ids(&moving.replicas),
+                        join_ids(&moving.adding),
+                        join_ids(&moving.removing)
+                    );
+                }
+            }
         }
     }
     Ok(())
