@@ -153,7 +153,12 @@ impl ClusterNode {
                 view.clone(),
                 nudge.clone(),
             )));
-            tasks.push(tokio::spawn(broker::run(settings.clone(), view_tx, nudge)));
+            tasks.push(tokio::spawn(broker::run(
+                settings.clone(),
+                view_tx,
+                nudge,
+                applied.clone(),
+            )));
             admin = Some(handle);
         }
         Ok(Self {
