@@ -196,9 +196,16 @@ pub async fn run(
     }
 }
 
-/// Takes `applied` into the view when it has applied more of the metadata log.
+/// Takes `applied` into the view when it has applied more of the metadata log, and only once
+/// it holds this process's own registration: a restarted voter replays its log at start, and
+/// that older state (which still lists its previous incarnation, and the partitions it led
+/// then) must not drive its shards before the quorum has registered it again.
 fn take_newer(current: &mut BrokerView, applied: &Arc<ClusterState>) {
-    if applied.applied_index > current.state.applied_index {
+    let registered = current
+        .broker_epoch
+        .and_then(|epoch| u64::try_from(epoch).ok())
+        .is_some_and(|epoch| applied.applied_index >= epoch);
+    if registered && applied.applied_index > current.state.applied_index {
         current.state = applied.clone();
     }
 }
@@ -211,4 +218,36 @@ fn publish(view: &watch::Sender<Arc<BrokerView>>, current: &BrokerView) {
         }
         changed
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_at(index: u64) -> Arc<ClusterState> {
+        Arc::new(ClusterState {
+            applied_index: index,
+            ..ClusterState::default()
+        })
+    }
+
+    #[test]
+    fn the_local_log_counts_only_once_it_holds_this_registration_and_only_forward() {
+        let mut view = BrokerView::default();
+        take_newer(&mut view, &state_at(9));
+        assert_eq!(view.state.applied_index, 0, "not registered yet");
+        view.broker_epoch = Some(12);
+        take_newer(&mut view, &state_at(11));
+        assert_eq!(
+            view.state.applied_index, 0,
+            "the log before the registration"
+        );
+        take_newer(&mut view, &state_at(12));
+        assert_eq!(view.state.applied_index, 12);
+        take_newer(&mut view, &state_at(15));
+        assert_eq!(view.state.applied_index, 15);
+        view.state = state_at(20);
+        take_newer(&mut view, &state_at(16));
+        assert_eq!(view.state.applied_index, 20, "never backwards");
+    }
 }
