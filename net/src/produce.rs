@@ -1,4 +1,5 @@
-//! Produce request decoding and response encoding, by hand for every version 0–11.
+//! Produce request decoding and response encoding, by hand for every version 0–12 (12 is
+//! 11's layout: it tells the leader that a transactional producer speaks KIP-890).
 //!
 //! Hand-written because it is the hot path and because versions 0–2 must still be parsed
 //! (librdkafka probes them, KAFKA-18659) although the codec library starts at 3. The records
@@ -13,7 +14,7 @@ use crate::leader_hint::{
 use crate::wire::{DecodeError, Reader, WireWrite};
 
 /// Highest Produce version this codec speaks.
-pub const PRODUCE_VERSION_MAX: i16 = 11;
+pub const PRODUCE_VERSION_MAX: i16 = 12;
 /// First flexible Produce version.
 const PRODUCE_FLEXIBLE_MIN: i16 = 9;
 /// First Produce version carrying KIP-951's `CurrentLeader` and `NodeEndpoints`.

@@ -101,13 +101,13 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(47, 0, 0), // OffsetDelete
     api(22, 0, 5), // InitProducerId (idempotent and transactional producers)
     api(23, 2, 4), // OffsetForLeaderEpoch (v0-v1 removed in Kafka 4.0, KIP-896; librdkafka asks v2)
-    // Transactions (protocol v1: EndTxn stops at 4, TxnOffsetCommit at 3, since their next
-    // versions mean KIP-890's per-transaction epoch bump, which is not implemented).
+    // Transactions. EndTxn 5 and TxnOffsetCommit 5 (and Produce 12) are protocol v2's
+    // (KIP-890) and advertised only while `transaction.version` is 2 (see `served`).
     api(24, 0, 5), // AddPartitionsToTxn (v4+: batched, verify-only)
     api(25, 0, 3), // AddOffsetsToTxn
-    api(26, 0, 4), // EndTxn
-    api(27, 1, 1), // WriteTxnMarkers (v0 removed in Kafka 4.0, KIP-896; v2 is KIP-890's)
-    api(28, 0, 3), // TxnOffsetCommit
+    api(26, 0, 5), // EndTxn
+    api(27, 1, 1), // WriteTxnMarkers (v0 removed in Kafka 4.0, KIP-896; the codec has no v2)
+    api(28, 0, 5), // TxnOffsetCommit
     api(61, 0, 0), // DescribeProducers
     api(65, 0, 0), // DescribeTransactions
     api(66, 0, 1), // ListTransactions
@@ -133,6 +133,30 @@ pub fn supported(key: i16) -> Option<ApiRange> {
         .find(|range| range.key == key)
 }
 
+/// The highest version of `key` under transaction protocol v1, for the APIs whose next
+/// version means protocol v2 (a client that uses it expects the KIP-890 coordinator).
+fn v1_max(key: i16) -> Option<i16> {
+    match key {
+        0 => Some(11), // Produce 12: the leader adds the partition to the transaction
+        26 => Some(4), // EndTxn 5: the epoch is bumped and answered
+        28 => Some(3), // TxnOffsetCommit 4 is KIP-890 part 1, 5 adds the offsets implicitly
+        _ => None,
+    }
+}
+
+/// The served range of `key` at the finalized `transaction_version`: below 2, the
+/// protocol-v2 versions are not served (nor advertised).
+pub fn served(key: i16, transaction_version: i16) -> Option<ApiRange> {
+    let range = supported(key)?;
+    match v1_max(key) {
+        Some(max) if transaction_version < crate::txn::TV_2 => Some(ApiRange {
+            max: max.min(range.max),
+            ..range
+        }),
+        _ => Some(range),
+    }
+}
+
 /// Handles one request on `shard`.
 pub async fn dispatch(
     shard: Rc<Shard>,
@@ -140,7 +164,10 @@ pub async fn dispatch(
     body: Reader,
     session: &Session,
 ) -> Response<FetchRecords> {
-    let Some(range) = supported(header.api_key) else {
+    let Some(range) = served(
+        header.api_key,
+        shard.config.transactions.transaction_version,
+    ) else {
         tracing::warn!(
             api_key = header.api_key,
             client_id = %header.client_id_lossy(),
@@ -165,7 +192,7 @@ pub async fn dispatch(
         1 => fetch::handle(shard, header, body, session).await,
         2 => offsets::handle(shard, header, body, session).await,
         3 => metadata::handle(shard, header, body, session).await,
-        18 => versions::handle(&header),
+        18 => versions::handle(&header, shard.config.transactions.transaction_version),
         19 => admin::create_topics(shard, header, body, session).await,
         20 => admin::delete_topics(shard, header, body, session).await,
         21 => delete_records::handle(shard, header, body, session).await,

@@ -54,6 +54,15 @@ pub async fn handle(
             !authz.transactional_id(Operation::Write, &String::from_utf8_lossy(id))
         });
 
+    // Transaction protocol v2: the coordinator adds the transactional partitions first.
+    let implicit = if header.api_version >= crate::txn::implicit::PRODUCE_IMPLICIT_ADD_MIN_VERSION
+        && !txn_denied
+    {
+        implicit_add(&shard, &request, &snapshot, &authz).await
+    } else {
+        None
+    };
+
     // Dispatch every partition before awaiting any, in request order (see shard.rs on order).
     let mut pending = Vec::new();
     for topic in &request.topics {
@@ -89,7 +98,15 @@ pub async fn handle(
                 (_, _, Some(records)) if records.is_empty() => {
                     Some((code::CORRUPT_MESSAGE, "empty record set"))
                 }
-                _ => None,
+                _ => match &implicit {
+                    Some((Err(error_code), added)) if added.contains(&(name.clone(), index)) => {
+                        Some((
+                            *error_code,
+                            "the transaction coordinator did not add the partition",
+                        ))
+                    }
+                    _ => None,
+                },
             };
             if let Some((error_code, message)) = early_error {
                 pending.push(futures::future::Either::Left(futures::future::ready(
@@ -100,10 +117,13 @@ pub async fn handle(
             let (Some(ack), Some(records)) = (ack, partition.records.clone()) else {
                 continue;
             };
+            let implicitly_added = implicit
+                .as_ref()
+                .is_some_and(|(_, added)| added.contains(&(name.clone(), index)));
             let owner = shard.set.owner_of(&name, index);
             let topic_name = name.clone();
             let append = shard.invoke_on(owner, move |s| async move {
-                append_on_owner(&s, &topic_name, index, records, ack).await
+                append_on_owner(&s, &topic_name, index, records, ack, implicitly_added).await
             });
             pending.push(futures::future::Either::Right(async move {
                 match tokio::time::timeout(timeout.max(Duration::from_millis(1)), append).await {
@@ -199,12 +219,74 @@ fn leader_hints(
     endpoints
 }
 
+/// Produce v12+ from a transactional producer: asks the coordinator to add every partition
+/// of the request that carries a transactional batch (and that this broker would append
+/// to). Returns the coordinator's answer and those partitions; None when there are none.
+async fn implicit_add(
+    shard: &Rc<Shard>,
+    request: &ProduceRequest,
+    snapshot: &crate::metadata::MetadataSnapshot,
+    authz: &Authz,
+) -> Option<(Result<(), i16>, Vec<(String, i32)>)> {
+    let transactional_id = String::from_utf8_lossy(request.transactional_id.as_ref()?).into_owned();
+    let mut producer = None;
+    let mut partitions = Vec::new();
+    for topic in &request.topics {
+        let name = String::from_utf8_lossy(&topic.name).into_owned();
+        let Some(meta) = snapshot.topic(&name) else {
+            continue;
+        };
+        if meta.is_internal() || (authz.is_on() && !authz.topic(Operation::Write, &name)) {
+            continue;
+        }
+        for partition in &topic.partitions {
+            let index = partition.index;
+            if index < 0
+                || index >= meta.partitions
+                || !snapshot.leads(meta, index, shard.config.node_id)
+            {
+                continue;
+            }
+            let first = partition
+                .records
+                .as_ref()
+                .and_then(|records| sluice_storage::batch::headers(records).next());
+            if let Some(header) = first.filter(|h| h.is_transactional() && !h.is_control()) {
+                producer.get_or_insert((header.producer_id, header.producer_epoch));
+                partitions.push((name.clone(), index));
+            }
+        }
+    }
+    let (producer_id, producer_epoch) = producer?;
+    let result = crate::txn::implicit::add_partitions(
+        shard,
+        transactional_id,
+        producer_id,
+        producer_epoch,
+        partitions.clone(),
+    )
+    .await;
+    if let Err(error_code) = result {
+        tracing::info!(
+            producer_id,
+            producer_epoch,
+            error_code,
+            "the implicit add of a Produce v12's partitions failed"
+        );
+    }
+    Some((result, partitions))
+}
+
+/// Appends one partition's records on the shard that owns it. `implicitly_added`: the
+/// coordinator has just added the partition to the producer's transaction (Produce v12), so
+/// the producer's transaction is registered here before its batch is admitted.
 async fn append_on_owner(
     shard: &Shard,
     topic: &str,
     index: i32,
     records: Bytes,
     ack: Ack,
+    implicitly_added: bool,
 ) -> PartitionResult {
     let Some(partition) = shard.partition(topic, index) else {
         return PartitionResult::error(
@@ -223,10 +305,29 @@ async fn append_on_owner(
         }
     }
     shard.load_producer_states(topic, index).await;
-    let transactional = sluice_storage::batch::headers(&records)
-        .next()
+    let first = sluice_storage::batch::headers(&records).next();
+    let transactional = first
         .filter(|header| header.is_transactional())
         .map(|header| (header.producer_id, header.producer_epoch));
+    // An idempotent producer may not write outside the transaction it has open here
+    // (Kafka's INVALID_TXN_STATE), so the partition's transactions must be known.
+    let idempotent_id = first
+        .filter(|header| !header.is_transactional() && header.producer_id >= 0)
+        .map(|header| header.producer_id);
+    if idempotent_id.is_some() {
+        if let Err(error) = shard
+            .txn_partitions
+            .ensure_loaded(&partition, topic, index)
+            .await
+        {
+            tracing::error!(topic, index, %error, "loading the partition's transactions failed");
+            return PartitionResult::error(
+                index,
+                code::KAFKA_STORAGE_ERROR,
+                Some("the partition's transaction state is unavailable".into()),
+            );
+        }
+    }
     if transactional.is_some() {
         if let Err(error_code) =
             crate::txn::registry::prepare_transactional_append(shard, &partition, topic, index)
@@ -241,6 +342,25 @@ async fn append_on_owner(
     }
     // From here to the append's enqueue there is no await: the transaction admission, the
     // sequence check and the LSO hold-back see the same state the append lands in.
+    if let Some(producer_id) = idempotent_id {
+        let open = shard
+            .txn_partitions
+            .with(topic, index, |txns| txns.open(producer_id).is_some())
+            .unwrap_or(false);
+        if open {
+            tracing::info!(
+                topic,
+                partition = index,
+                producer_id,
+                "refused a non-transactional batch of a producer with a transaction open here"
+            );
+            return PartitionResult::error(
+                index,
+                code::INVALID_TXN_STATE,
+                Some("the producer has a transaction open on this partition".into()),
+            );
+        }
+    }
     let verdict = shard.with_producer_states(topic, index, |states| {
         states.check(
             sluice_storage::batch::headers(&records),
@@ -303,6 +423,9 @@ async fn append_on_owner(
         let admitted = shard
             .txn_partitions
             .with(topic, index, |txns| {
+                if implicitly_added {
+                    txns.register(producer_id, epoch);
+                }
                 txns.admit(producer_id, epoch)?;
                 txns.note_append(producer_id, epoch, partition.log_end_offset());
                 Ok(())

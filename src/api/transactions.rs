@@ -137,7 +137,7 @@ async fn add_partitions(
     let result = on_coordinator(shard, &key, move |s| async move {
         s.txns
             .clone()
-            .add_partitions(&s, &id, producer_id, epoch, partitions, verify_only)
+            .add_partitions(&s, &id, producer_id, epoch, partitions, verify_only, 0)
             .await
     })
     .await;
@@ -314,6 +314,7 @@ pub async fn add_offsets_to_txn(
                 epoch,
                 vec![(sluice_group::OFFSETS_TOPIC.to_string(), offsets_partition)],
                 false,
+                0,
             )
             .await
     })
@@ -346,17 +347,27 @@ pub async fn end_txn(
         request.producer_epoch,
         request.committed,
     );
+    // v5 is transaction protocol v2 (KIP-890): the epoch is bumped and answered.
+    let tv2 = header.api_version >= 5;
     let result = on_coordinator(&shard, &key, move |s| async move {
         s.txns
             .clone()
-            .end_txn(&s, &id, producer_id, epoch, commit)
+            .end_txn(&s, &id, producer_id, epoch, commit, tv2)
             .await
     })
     .await;
     let mut response = EndTxnResponse::default();
-    response.error_code = result.err().unwrap_or(code::NONE);
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
+    match result {
+        Ok((producer_id, producer_epoch)) => {
+            if tv2 {
+                response.producer_id = ProducerId(producer_id);
+                response.producer_epoch = producer_epoch;
+            }
+        }
+        Err(error_code) => response.error_code = error_code,
+    }
     encode(&header, &response)
 }
 
@@ -373,10 +384,28 @@ pub async fn txn_offset_commit(
     let version = header.api_version;
     let id = request.transactional_id.0.to_string();
     let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
+    // v5 is transaction protocol v2 (KIP-890): the group's offsets partition joins the
+    // transaction here, with no AddOffsetsToTxn.
+    let implicit_add = (version >= 5)
+        .then(|| sluice_group::offsets_partition_for(&request.group_id.0));
     let checked = match txn_group_denied(&authz, &id, request.group_id.as_str()) {
         Some(error_code) => Err(error_code),
         None => {
             on_coordinator(&shard, &id.clone(), move |s| async move {
+                if let Some(offsets_partition) = implicit_add {
+                    s.txns
+                        .clone()
+                        .add_partitions(
+                            &s,
+                            &id,
+                            producer_id,
+                            epoch,
+                            vec![(sluice_group::OFFSETS_TOPIC.to_string(), offsets_partition)],
+                            false,
+                            crate::txn::TV_2,
+                        )
+                        .await?;
+                }
                 s.txns.check_offset_commit(&id, producer_id, epoch)
             })
             .await

@@ -69,6 +69,9 @@ async fn write_marker(shard: &Rc<Shard>, marker: &WritableTxnMarker) -> Vec<i16>
             Marker::Abort
         },
         coordinator_epoch: marker.coordinator_epoch,
+        // v1 carries no TransactionVersion (v2 does, KIP-1228; the codec stops at v1), so a
+        // request's marker is checked as protocol v1's.
+        transaction_version: 0,
         origin: MarkerOrigin::Request,
     };
     let timeout = Duration::from_millis(shard.config.transactions.marker_write_timeout_ms.max(1));

@@ -11,7 +11,7 @@
 //! borrow across an await.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -245,9 +245,10 @@ impl TxnCoordinator {
             let result = match self.metadata(id).map(|m| m.state) {
                 Some(TxnState::PrepareCommit) | Some(TxnState::PrepareAbort) => {
                     match (self.gate(id), self.claim(id)) {
-                        (Ok(partition), Ok(_busy)) => {
-                            self.write_markers_and_complete(shard, partition, id).await
-                        }
+                        (Ok(partition), Ok(_busy)) => self
+                            .write_markers_and_complete(shard, partition, id)
+                            .await
+                            .map(|_| ()),
                         (Err(e), _) | (_, Err(e)) => Err(e),
                     }
                 }
@@ -294,15 +295,7 @@ impl TxnCoordinator {
         let next = match self.metadata(id) {
             None => {
                 let allocated = crate::api::allocate_producer_id(shard).await?;
-                TxnMetadata {
-                    producer_id: allocated,
-                    producer_epoch: 0,
-                    timeout_ms,
-                    state: TxnState::Empty,
-                    partitions: BTreeSet::new(),
-                    last_update_ms: now_ms,
-                    start_ms: -1,
-                }
+                TxnMetadata::empty(allocated, 0, timeout_ms, now_ms)
             }
             Some(meta) => {
                 if meta.state.is_preparing() || meta.state == TxnState::Ongoing {
@@ -318,20 +311,12 @@ impl TxnCoordinator {
                         code::INVALID_PRODUCER_EPOCH
                     });
                 }
-                let (producer_id, producer_epoch) = if meta.producer_epoch >= i16::MAX - 1 {
+                let (producer_id, producer_epoch) = if meta.epoch_exhausted() {
                     (crate::api::allocate_producer_id(shard).await?, 0)
                 } else {
                     (meta.producer_id, meta.producer_epoch + 1)
                 };
-                TxnMetadata {
-                    producer_id,
-                    producer_epoch,
-                    timeout_ms,
-                    state: TxnState::Empty,
-                    partitions: BTreeSet::new(),
-                    last_update_ms: now_ms,
-                    start_ms: -1,
-                }
+                TxnMetadata::empty(producer_id, producer_epoch, timeout_ms, now_ms)
             }
         };
         let answer = (next.producer_id, next.producer_epoch);
@@ -344,6 +329,9 @@ impl TxnCoordinator {
     /// it if none is open), durably, then registers them with their owning shards so that
     /// the producer's transactional batches are admitted there. With `verify_only`, only
     /// checks that they are in the ongoing transaction (INVALID_TXN_STATE otherwise).
+    /// `client_txn_version` is the protocol the client speaks (2 for the implicit adds of
+    /// Produce v12 and TxnOffsetCommit v5); a transaction this starts records it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn add_partitions(
         &self,
         shard: &Rc<Shard>,
@@ -352,13 +340,16 @@ impl TxnCoordinator {
         producer_epoch: i16,
         partitions: Vec<(String, i32)>,
         verify_only: bool,
+        client_txn_version: i16,
     ) -> Result<(), i16> {
         let partition = self.gate(id)?;
         let meta = self.metadata(id).ok_or(code::INVALID_PRODUCER_ID_MAPPING)?;
         check_producer(&meta, producer_id, producer_epoch)?;
-        if verify_only {
-            let added = meta.state == TxnState::Ongoing
-                && partitions.iter().all(|p| meta.partitions.contains(p));
+        let added = meta.state == TxnState::Ongoing
+            && partitions.iter().all(|p| meta.partitions.contains(p));
+        if verify_only || added {
+            // Already in (no slot needed, so concurrent implicit adds of the same partitions
+            // do not answer each other CONCURRENT_TRANSACTIONS).
             return if added {
                 Ok(())
             } else {
@@ -377,6 +368,9 @@ impl TxnCoordinator {
         if meta.state != TxnState::Ongoing {
             next.partitions.clear();
             next.start_ms = now_ms;
+            next.client_txn_version = client_txn_version;
+        } else {
+            next.client_txn_version = next.client_txn_version.max(client_txn_version);
         }
         let new: Vec<(String, i32)> = partitions
             .into_iter()
@@ -393,7 +387,15 @@ impl TxnCoordinator {
     }
 
     /// EndTxn: persists PrepareCommit/PrepareAbort, writes the markers, persists the
-    /// Complete state, then answers. A retry of an end that already completed answers NONE.
+    /// Complete state, then answers the producer id and epoch the producer goes on with. A
+    /// retry of an end that already completed answers NONE.
+    ///
+    /// With `tv2` (EndTxn v5, KIP-890) the prepared state carries the epoch bumped by one
+    /// (the markers are written with it, so every batch of the transaction is older than its
+    /// marker) and the answer is that epoch; an exhausted epoch rotates to a new producer id
+    /// at epoch 0 once the markers are written. A retry names the epoch before the bump (or
+    /// the previous producer id across a rotation). An abort with no transaction open still
+    /// bumps the epoch, as Kafka does (the client may have written nothing yet).
     pub async fn end_txn(
         &self,
         shard: &Rc<Shard>,
@@ -401,15 +403,34 @@ impl TxnCoordinator {
         producer_id: i64,
         producer_epoch: i16,
         commit: bool,
-    ) -> Result<(), i16> {
+        tv2: bool,
+    ) -> Result<(i64, i16), i16> {
         let partition = self.gate(id)?;
         let meta = self.metadata(id).ok_or(code::INVALID_PRODUCER_ID_MAPPING)?;
-        check_producer(&meta, producer_id, producer_epoch)?;
+        let current = (meta.producer_id, meta.producer_epoch);
+        let retried_v2 = tv2
+            && meta.client_txn_version >= super::TV_2
+            && ((producer_id == meta.producer_id
+                && meta.producer_epoch > 0
+                && producer_epoch == meta.producer_epoch - 1)
+                || (producer_id == meta.previous_producer_id
+                    && meta.producer_epoch == 0
+                    && producer_epoch >= i16::MAX - 2));
+        if !retried_v2 {
+            check_producer(&meta, producer_id, producer_epoch)?;
+        }
         let _busy = self.claim(id)?;
         match (meta.state, commit) {
-            (TxnState::Ongoing, _) => {}
-            (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => return Ok(()),
+            (TxnState::Ongoing, _) if !retried_v2 => {}
+            (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false)
+                if !tv2 || retried_v2 =>
+            {
+                return Ok(current)
+            }
+            (TxnState::Ongoing, _) => return Err(code::PRODUCER_FENCED),
             (state, _) if state.is_preparing() => return Err(code::CONCURRENT_TRANSACTIONS),
+            (TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort, false)
+                if tv2 && !retried_v2 => {}
             _ => return Err(code::INVALID_TXN_STATE),
         }
         let mut prepared = meta;
@@ -418,6 +439,13 @@ impl TxnCoordinator {
         } else {
             TxnState::PrepareAbort
         };
+        if tv2 {
+            prepared.client_txn_version = super::TV_2;
+            if prepared.epoch_exhausted() {
+                prepared.next_producer_id = crate::api::allocate_producer_id(shard).await?;
+            }
+            prepared.producer_epoch = prepared.producer_epoch.saturating_add(1);
+        }
         prepared.last_update_ms = crate::server::now_ms();
         self.persist(partition, id, prepared).await?;
         tracing::info!(
@@ -449,18 +477,21 @@ impl TxnCoordinator {
         prepared.state = TxnState::PrepareAbort;
         prepared.last_update_ms = crate::server::now_ms();
         self.persist(partition, id, prepared).await?;
-        self.write_markers_and_complete(shard, partition, id).await
+        self.write_markers_and_complete(shard, partition, id)
+            .await
+            .map(|_| ())
     }
 
     /// Writes the markers of `id`'s prepared transaction to every partition in it (retrying
-    /// each until it is written), then persists CompleteCommit/CompleteAbort. The caller
-    /// holds the id's slot.
+    /// each until it is written), then persists CompleteCommit/CompleteAbort (with the
+    /// producer id rotated if the prepared state names a next one). The caller holds the
+    /// id's slot. Returns the producer id and epoch after it.
     async fn write_markers_and_complete(
         &self,
         shard: &Rc<Shard>,
         partition: i32,
         id: &str,
-    ) -> Result<(), i16> {
+    ) -> Result<(i64, i16), i16> {
         let meta = self.metadata(id).ok_or(code::INVALID_PRODUCER_ID_MAPPING)?;
         let commit = match meta.state {
             TxnState::PrepareCommit => true,
@@ -474,6 +505,7 @@ impl TxnCoordinator {
                 *index,
                 meta.producer_id,
                 meta.producer_epoch,
+                meta.client_txn_version,
                 commit,
             )
         });
@@ -486,7 +518,15 @@ impl TxnCoordinator {
         };
         complete.partitions.clear();
         complete.last_update_ms = crate::server::now_ms();
-        self.persist(partition, id, complete).await
+        if complete.next_producer_id >= 0 {
+            complete.previous_producer_id = complete.producer_id;
+            complete.producer_id = complete.next_producer_id;
+            complete.producer_epoch = 0;
+            complete.next_producer_id = -1;
+        }
+        let answer = (complete.producer_id, complete.producer_epoch);
+        self.persist(partition, id, complete).await?;
+        Ok(answer)
     }
 
     /// Aborts (fencing their producers) the transactions open longer than their timeout.
@@ -598,6 +638,7 @@ async fn write_marker_until_done(
     index: i32,
     producer_id: i64,
     producer_epoch: i16,
+    transaction_version: i16,
     commit: bool,
 ) {
     let marker = if commit {
@@ -629,6 +670,7 @@ async fn write_marker_until_done(
                             producer_epoch,
                             marker,
                             coordinator_epoch: 0,
+                            transaction_version,
                             origin: super::markers::MarkerOrigin::Coordinator,
                         },
                     )

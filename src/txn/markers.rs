@@ -74,6 +74,9 @@ pub struct MarkerWrite {
     pub marker: Marker,
     /// Written into the control record's value (Kafka's `EndTransactionMarker`).
     pub coordinator_epoch: i32,
+    /// The transaction's protocol version: at 2 the marker's epoch must be strictly newer
+    /// than the epoch of the transaction it ends (KIP-1228, see [`marker_epoch_error`]).
+    pub transaction_version: i16,
     /// Who asks, which decides whether the producer epoch is checked.
     pub origin: MarkerOrigin,
 }
@@ -90,6 +93,29 @@ pub enum MarkerOrigin {
     /// refused with INVALID_PRODUCER_EPOCH when the partition has seen a newer epoch of the
     /// producer, as Kafka refuses it.
     Request,
+}
+
+/// Whether a marker at `write`'s epoch may be written, given the epoch the partition last
+/// saw of the producer (`known_epoch`) and the epoch of the transaction the producer has
+/// open here (`open_epoch`); the error code if not.
+///
+/// - A [`MarkerOrigin::Request`] may not go back in epochs (Kafka's check).
+/// - With transaction protocol v2 (KIP-1228), whoever asks, a marker that ends an open
+///   transaction must carry a strictly newer epoch than that transaction's batches: the
+///   coordinator bumps the epoch at every end, so an equal epoch is a stale or forged
+///   marker, and writing it would leave the producer's next transaction at the same epoch.
+///   A marker with no transaction open here (a retry after the first one landed) is
+///   checked as the first rule says.
+pub fn marker_epoch_error(
+    write: &MarkerWrite,
+    known_epoch: Option<i16>,
+    open_epoch: Option<i16>,
+) -> Option<i16> {
+    let strict = write.transaction_version >= super::TV_2
+        && open_epoch.is_some_and(|epoch| write.producer_epoch <= epoch);
+    let backwards = write.origin == MarkerOrigin::Request
+        && known_epoch.is_some_and(|epoch| write.producer_epoch < epoch);
+    (strict || backwards).then_some(code::INVALID_PRODUCER_EPOCH)
 }
 
 /// Writes one marker into a partition `shard` owns and closes the producer's transaction
@@ -143,30 +169,29 @@ pub async fn write_on_owner(shard: &Shard, topic: &str, index: i32, write: Marke
     shard.load_producer_states(topic, index).await;
     // From the epoch check to the append's enqueue there is no await: no batch of a newer
     // epoch can land in between.
+    let open_epoch = shard
+        .txn_partitions
+        .with(topic, index, |state| {
+            state.open(write.producer_id).map(|txn| txn.epoch)
+        })
+        .flatten();
     let known_epoch = shard
         .with_producer_states(topic, index, |states| states.epoch_of(write.producer_id))
         .into_iter()
-        .chain(
-            shard
-                .txn_partitions
-                .with(topic, index, |state| {
-                    state.open(write.producer_id).map(|txn| txn.epoch)
-                })
-                .flatten(),
-        )
+        .chain(open_epoch)
         .max();
-    if write.origin == MarkerOrigin::Request
-        && known_epoch.is_some_and(|epoch| write.producer_epoch < epoch)
-    {
+    if let Some(error_code) = marker_epoch_error(&write, known_epoch, open_epoch) {
         tracing::info!(
             topic,
             index,
             producer_id = write.producer_id,
             producer_epoch = write.producer_epoch,
+            transaction_version = write.transaction_version,
             ?known_epoch,
-            "refused a transaction marker older than the producer's epoch"
+            ?open_epoch,
+            "refused a transaction marker not newer than the producer's epoch"
         );
-        return code::INVALID_PRODUCER_EPOCH;
+        return error_code;
     }
     let batch = control_batch(
         write.producer_id,
@@ -201,5 +226,46 @@ pub async fn write_on_owner(shard: &Shard, topic: &str, index: i32, write: Marke
     {
         Ok(()) => code::NONE,
         Err(error_code) => error_code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(epoch: i16, transaction_version: i16, origin: MarkerOrigin) -> MarkerWrite {
+        MarkerWrite {
+            producer_id: 7,
+            producer_epoch: epoch,
+            marker: Marker::Commit,
+            coordinator_epoch: 0,
+            transaction_version,
+            origin,
+        }
+    }
+
+    #[test]
+    fn protocol_v2_markers_must_be_newer_than_the_open_transaction() {
+        use MarkerOrigin::*;
+        // KIP-1228: at v2 a marker at the open transaction's own epoch is refused...
+        for origin in [Coordinator, Request] {
+            assert_eq!(
+                marker_epoch_error(&write(3, 2, origin), Some(3), Some(3)),
+                Some(code::INVALID_PRODUCER_EPOCH)
+            );
+            assert_eq!(marker_epoch_error(&write(4, 2, origin), Some(3), Some(3)), None);
+        }
+        // ...while protocol v1 writes it (the epoch is not bumped per transaction).
+        assert_eq!(marker_epoch_error(&write(3, 1, Request), Some(3), Some(3)), None);
+        assert_eq!(marker_epoch_error(&write(3, 0, Coordinator), Some(3), Some(3)), None);
+        // A retried v2 marker finds no open transaction and the epoch it set: written again.
+        assert_eq!(marker_epoch_error(&write(4, 2, Coordinator), Some(4), None), None);
+        assert_eq!(marker_epoch_error(&write(4, 2, Request), Some(4), None), None);
+        // Going back in epochs is refused to requests only, at any version.
+        assert_eq!(
+            marker_epoch_error(&write(2, 0, Request), Some(3), None),
+            Some(code::INVALID_PRODUCER_EPOCH)
+        );
+        assert_eq!(marker_epoch_error(&write(2, 0, Coordinator), Some(3), None), None);
     }
 }

@@ -6,13 +6,15 @@
 //! TransactionLog key/value layout in `__transaction_state`), [`coordinator`] (one per shard,
 //! for the transactional ids whose state partition the shard owns), [`markers`] (control
 //! batches into data partitions), [`partition`] and [`registry`] (the data partitions' side),
-//! [`offsets`] (TxnOffsetCommit offsets held until their transaction commits).
+//! [`offsets`] (TxnOffsetCommit offsets held until their transaction commits), [`implicit`]
+//! (protocol v2's partition add on Produce).
 //!
 //! Must never: act on a coordinator state change before it is durable in
 //! `__transaction_state`, or run a coordinator in a cluster (transactional ids are refused
 //! there for now; only the markers' seam, WriteTxnMarkers, serves a cluster's leaders).
 
 pub mod coordinator;
+pub mod implicit;
 pub mod log;
 pub mod markers;
 pub mod offsets;
@@ -23,6 +25,11 @@ pub mod state;
 /// The internal topic holding the coordinators' state.
 pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
 
+/// Transaction protocol v2 (KIP-890): the coordinator bumps the producer epoch at every
+/// EndTxn and answers the new one, and partitions join a transaction implicitly through
+/// Produce v12 and TxnOffsetCommit v5. Below it (0 and 1) a transaction is protocol v1.
+pub const TV_2: i16 = 2;
+
 /// The transaction coordinator's settings; Kafka's names in the field docs.
 #[derive(Debug, Clone)]
 pub struct TxnConfig {
@@ -32,6 +39,9 @@ pub struct TxnConfig {
     pub state_partitions: i32,
     /// `transaction.abort.timed.out.transaction.cleanup.interval.ms` (default 10000).
     pub abort_check_interval_ms: u64,
+    /// `transaction.version` (default 2): the finalized transaction protocol version that
+    /// ApiVersions advertises; 2 enables KIP-890 (see [`TV_2`]).
+    pub transaction_version: i16,
     /// `transaction.marker.delay.ms`: test only, a pause between PrepareX and the markers.
     pub marker_delay_ms: u64,
     /// `request.timeout.ms` (Kafka's bound on a WriteTxnMarkers append, default 30000): how
@@ -45,6 +55,7 @@ impl Default for TxnConfig {
             timeout_ms_max: 900_000,
             state_partitions: 50,
             abort_check_interval_ms: 10_000,
+            transaction_version: TV_2,
             marker_delay_ms: 0,
             marker_write_timeout_ms: 30_000,
         }

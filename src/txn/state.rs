@@ -111,6 +111,39 @@ pub struct TxnMetadata {
     pub last_update_ms: i64,
     /// When the transaction began (-1 when none is in progress).
     pub start_ms: i64,
+    /// The producer id before the last rotation (KIP-890: an EndTxn retried across an epoch
+    /// overflow still names it); -1 when none.
+    pub previous_producer_id: i64,
+    /// The producer id a prepared protocol-v2 end rotates to because the epoch is exhausted;
+    /// -1 when none.
+    pub next_producer_id: i64,
+    /// The transaction protocol the client speaks for this transaction (2: KIP-890), kept in
+    /// the log so that a restart finishes a prepared end as it began.
+    pub client_txn_version: i16,
+}
+
+impl TxnMetadata {
+    /// Metadata for a new or re-initialized producer, with no transaction.
+    pub fn empty(producer_id: i64, producer_epoch: i16, timeout_ms: i32, now_ms: i64) -> Self {
+        TxnMetadata {
+            producer_id,
+            producer_epoch,
+            timeout_ms,
+            state: TxnState::Empty,
+            partitions: BTreeSet::new(),
+            last_update_ms: now_ms,
+            start_ms: -1,
+            previous_producer_id: -1,
+            next_producer_id: -1,
+            client_txn_version: 0,
+        }
+    }
+
+    /// Whether the epoch cannot be bumped again without rotating the producer id (Kafka's
+    /// `isProducerEpochExhausted`: the last epoch is kept for the bump a fence makes).
+    pub fn epoch_exhausted(&self) -> bool {
+        self.producer_epoch >= i16::MAX - 1
+    }
 }
 
 #[cfg(test)]
