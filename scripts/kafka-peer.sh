@@ -172,6 +172,7 @@ tool() {
         kafka-transactions) class=org.apache.kafka.tools.TransactionsCommand ;;
         kafka-cluster) class=org.apache.kafka.tools.ClusterTool ;;
         kafka-reassign-partitions) class=org.apache.kafka.tools.reassign.ReassignPartitionsCommand ;;
+        kafka-features) class=org.apache.kafka.tools.FeatureCommand ;;
         *)
             log "unknown tool '$name'"
             exit 2

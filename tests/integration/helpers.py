@@ -668,6 +668,8 @@ class RawBatch:
     attributes: int
     record_count: int
     length: int
+    producer_id: int = -1
+    producer_epoch: int = -1
 
     @property
     def compression(self) -> str:
@@ -691,7 +693,10 @@ def parse_record_batches(data: bytes):
         crc_region = data[pos + 12 + 9 : end]
         attributes = r.i16()
         last_delta = r.i32()
-        r.take(8 + 8 + 8 + 2 + 4)  # timestamps, producer id/epoch, base sequence
+        r.take(8 + 8)  # timestamps
+        producer_id = r.i64()
+        producer_epoch = r.i16()
+        r.take(4)  # base sequence
         count = r.i32()
         batches.append(
             RawBatch(
@@ -703,6 +708,8 @@ def parse_record_batches(data: bytes):
                 attributes=attributes,
                 record_count=count,
                 length=12 + batch_len,
+                producer_id=producer_id,
+                producer_epoch=producer_epoch,
             )
         )
         pos = end

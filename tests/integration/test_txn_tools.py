@@ -50,6 +50,7 @@ UNKNOWN_TOPIC_OR_PARTITION = 3
 NOT_LEADER_OR_FOLLOWER = 6
 CLUSTER_AUTHORIZATION_FAILED = 31
 INVALID_PRODUCER_EPOCH = 47
+INVALID_TXN_STATE = 48
 AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 
 pytestmark = pytest.mark.timeout(180)
@@ -408,11 +409,12 @@ def test_write_txn_markers_in_a_cluster_only_on_the_leader(three_nodes):
         assert [b for b in batches if b[2] & 0x20] == control, f"node {n} differs"
 
 
-def test_coordinator_markers_close_their_transaction_past_a_newer_epoch(broker, sluice_bin):
-    """A batch at a newer epoch of the transactional producer's id reaches the partition
-    outside the transaction; the coordinator's COMMIT (at the transaction's epoch) must still
-    close the transaction there, or it would hang and hold read_committed consumers forever.
-    A WriteTxnMarkers request at that epoch is refused, as Kafka refuses it."""
+def test_a_batch_outside_the_open_transaction_and_an_older_marker_are_refused(broker, sluice_bin):
+    """A non-transactional batch of the transactional producer's id (at a newer epoch) while
+    its transaction is open on the partition is refused with INVALID_TXN_STATE, as Kafka
+    refuses it (so no newer epoch can reach the partition behind the transaction's back); the
+    coordinator's COMMIT then closes the transaction. Once the same batch is accepted after
+    the commit, a WriteTxnMarkers request at the older epoch is refused, as Kafka refuses it."""
     topic = create_topic(broker.bootstrap, unique_topic("epoch"), 1)
     txn_id = f"ep-{uuid.uuid4().hex[:6]}"
     p = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": txn_id,
@@ -426,11 +428,15 @@ def test_coordinator_markers_close_their_transaction_past_a_newer_epoch(broker, 
     pid, epoch = int(described[0]["ProducerId"]), int(described[0]["ProducerEpoch"])
     with RawConn(broker.bootstrap) as conn:
         err, _ = produce_v3(conn, topic, 0, producer_batch(pid, epoch + 1, 0, 1, "outside"))
+        assert err == INVALID_TXN_STATE
+    assert lso(broker.bootstrap, topic) == 0
+    p.commit_transaction(30)
+    assert watermarks(broker.bootstrap, topic, 0)[1] == 2
+    assert lso(broker.bootstrap, topic) == 2, "the commit closed the transaction"
+    with RawConn(broker.bootstrap) as conn:
+        err, _ = produce_v3(conn, topic, 0, producer_batch(pid, epoch + 1, 0, 1, "outside"))
         assert err == 0
         assert write_txn_markers(conn, [(pid, epoch, True, {topic: [0]})]) == {
             (pid, topic, 0): INVALID_PRODUCER_EPOCH}
-    assert lso(broker.bootstrap, topic) == 0
-    p.commit_transaction(30)
     assert watermarks(broker.bootstrap, topic, 0)[1] == 3
-    assert lso(broker.bootstrap, topic) == 3, "the commit closed the transaction"
     assert read_values(broker.bootstrap, topic, "read_committed", 2) == [b"in-txn", b"outside-0"]
