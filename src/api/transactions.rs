@@ -386,8 +386,8 @@ pub async fn txn_offset_commit(
     let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
     // v5 is transaction protocol v2 (KIP-890): the group's offsets partition joins the
     // transaction here, with no AddOffsetsToTxn.
-    let implicit_add = (version >= 5)
-        .then(|| sluice_group::offsets_partition_for(&request.group_id.0));
+    let implicit_add =
+        (version >= 5).then(|| sluice_group::offsets_partition_for(&request.group_id.0));
     let checked = match txn_group_denied(&authz, &id, request.group_id.as_str()) {
         Some(error_code) => Err(error_code),
         None => {

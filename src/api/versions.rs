@@ -99,6 +99,9 @@ mod tests {
             assert_eq!(v1.api_keys.len(), v2.api_keys.len());
         }
         assert!(response(code::NONE, 0).finalized_features.is_empty());
-        assert_eq!(response(code::NONE, 1).finalized_features[0].max_version_level, 1);
+        assert_eq!(
+            response(code::NONE, 1).finalized_features[0].max_version_level,
+            1
+        );
     }
 }

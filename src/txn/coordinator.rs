@@ -447,10 +447,14 @@ impl TxnCoordinator {
             prepared.producer_epoch = prepared.producer_epoch.saturating_add(1);
         }
         prepared.last_update_ms = crate::server::now_ms();
+        let (prepared_epoch, prepared_version) =
+            (prepared.producer_epoch, prepared.client_txn_version);
         self.persist(partition, id, prepared).await?;
         tracing::info!(
             transactional_id = id,
             commit,
+            producer_epoch = prepared_epoch,
+            client_txn_version = prepared_version,
             "transaction prepared; writing markers"
         );
         if self.inner.config.marker_delay_ms > 0 {

@@ -34,7 +34,7 @@ pub async fn add_partitions(
     partitions: Vec<(String, i32)>,
 ) -> Result<(), i16> {
     if shard.metadata.is_clustered() {
-        return Err(code::COORDINATOR_NOT_AVAILABLE).map_err(produce_error);
+        return Err(produce_error(code::COORDINATOR_NOT_AVAILABLE));
     }
     let target = crate::api::transactions::coordinator_shard(shard, &transactional_id);
     let mut attempts = 0;

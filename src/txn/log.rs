@@ -27,8 +27,9 @@ pub fn encode_key(transactional_id: &str) -> Vec<u8> {
 
 /// The value of `meta`.
 pub fn encode_value(meta: &TxnMetadata) -> Vec<u8> {
-    let flexible =
-        meta.previous_producer_id >= 0 || meta.next_producer_id >= 0 || meta.client_txn_version != 0;
+    let flexible = meta.previous_producer_id >= 0
+        || meta.next_producer_id >= 0
+        || meta.client_txn_version != 0;
     if flexible {
         return encode_value_v1(meta);
     }
@@ -194,7 +195,9 @@ fn decode_value_v1(mut r: &[u8]) -> Result<TxnMetadata, BadRecord> {
     take_tagged(r, |tag, data| {
         let bad = || BadRecord("bad tagged field");
         match tag {
-            0 => meta.previous_producer_id = i64::from_be_bytes(data.try_into().map_err(|_| bad())?),
+            0 => {
+                meta.previous_producer_id = i64::from_be_bytes(data.try_into().map_err(|_| bad())?)
+            }
             1 => meta.next_producer_id = i64::from_be_bytes(data.try_into().map_err(|_| bad())?),
             2 => meta.client_txn_version = i16::from_be_bytes(data.try_into().map_err(|_| bad())?),
             _ => {}
@@ -304,7 +307,11 @@ mod tests {
             client_txn_version: 0,
         };
         assert_eq!(decode_value(&encode_value(&meta)).expect("decodes"), meta);
-        assert_eq!(encode_value(&meta)[..2], [0, 0], "protocol v1 writes value v0");
+        assert_eq!(
+            encode_value(&meta)[..2],
+            [0, 0],
+            "protocol v1 writes value v0"
+        );
         assert_eq!(decode_key(&encode_key("txn-1")).expect("decodes"), "txn-1");
         let value = encode_value(&meta);
         assert!(decode_value(&value[..value.len() - 1]).is_err());
@@ -337,6 +344,9 @@ mod tests {
         let mut partial = meta.clone();
         partial.previous_producer_id = -1;
         partial.next_producer_id = -1;
-        assert_eq!(decode_value(&encode_value(&partial)).expect("decodes"), partial);
+        assert_eq!(
+            decode_value(&encode_value(&partial)).expect("decodes"),
+            partial
+        );
     }
 }

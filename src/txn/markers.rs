@@ -253,19 +253,37 @@ mod tests {
                 marker_epoch_error(&write(3, 2, origin), Some(3), Some(3)),
                 Some(code::INVALID_PRODUCER_EPOCH)
             );
-            assert_eq!(marker_epoch_error(&write(4, 2, origin), Some(3), Some(3)), None);
+            assert_eq!(
+                marker_epoch_error(&write(4, 2, origin), Some(3), Some(3)),
+                None
+            );
         }
         // ...while protocol v1 writes it (the epoch is not bumped per transaction).
-        assert_eq!(marker_epoch_error(&write(3, 1, Request), Some(3), Some(3)), None);
-        assert_eq!(marker_epoch_error(&write(3, 0, Coordinator), Some(3), Some(3)), None);
+        assert_eq!(
+            marker_epoch_error(&write(3, 1, Request), Some(3), Some(3)),
+            None
+        );
+        assert_eq!(
+            marker_epoch_error(&write(3, 0, Coordinator), Some(3), Some(3)),
+            None
+        );
         // A retried v2 marker finds no open transaction and the epoch it set: written again.
-        assert_eq!(marker_epoch_error(&write(4, 2, Coordinator), Some(4), None), None);
-        assert_eq!(marker_epoch_error(&write(4, 2, Request), Some(4), None), None);
+        assert_eq!(
+            marker_epoch_error(&write(4, 2, Coordinator), Some(4), None),
+            None
+        );
+        assert_eq!(
+            marker_epoch_error(&write(4, 2, Request), Some(4), None),
+            None
+        );
         // Going back in epochs is refused to requests only, at any version.
         assert_eq!(
             marker_epoch_error(&write(2, 0, Request), Some(3), None),
             Some(code::INVALID_PRODUCER_EPOCH)
         );
-        assert_eq!(marker_epoch_error(&write(2, 0, Coordinator), Some(3), None), None);
+        assert_eq!(
+            marker_epoch_error(&write(2, 0, Coordinator), Some(3), None),
+            None
+        );
     }
 }

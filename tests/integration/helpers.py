@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -1101,3 +1102,13 @@ def parse_kcat_frames(data: bytes):
         pos += max(vlen, 0)
         out.append(Consumed(p, o, key, value, ts))
     return out
+
+
+def ended_with_protocol_v2(log_text: str) -> int:
+    """How many EndTxn in a broker log were transaction protocol v2's (KIP-890): the
+    coordinator's "transaction prepared" line with client_txn_version=2 (ANSI colours
+    stripped)."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", log_text)
+    return sum(1 for line in plain.splitlines()
+               if "transaction prepared; writing markers" in line
+               and "client_txn_version=2" in line)

@@ -35,6 +35,7 @@ from confluent_kafka.admin import ConfigResource
 from helpers import (
     confluent_admin,
     create_topic,
+    ended_with_protocol_v2,
     free_port,
     kafka_classpath,
     unique_topic,
@@ -331,6 +332,8 @@ def test_connect_exactly_once_source(broker, classpath, tmp_path):
         assert got == _lines(0, written).splitlines()
         # The killed transaction's records are in the log; only read_uncommitted sees them.
         assert len(_read_values(b, topic, "read_uncommitted", written, settle_s=0.5)) > written
+        # The worker's producers run transaction protocol v2 (transaction.version=2 default).
+        assert ended_with_protocol_v2(broker.log_text()) > 0
     finally:
         if worker.proc and worker.proc.poll() is None:
             worker.proc.send_signal(signal.SIGCONT)

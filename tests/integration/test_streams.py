@@ -34,6 +34,7 @@ from helpers import (
     compile_java,
     confluent_admin,
     create_topic,
+    ended_with_protocol_v2,
     fetch_all_batches,
     kafka_classpath,
     unique_topic,
@@ -261,6 +262,9 @@ def test_streams_exactly_once_v2_survives_sigkill(broker_factory, classpath, tmp
         # Restored from the compacted changelog: fewer records than updates committed
         # before the kill, but not nothing.
         assert 0 < sum(restored.values()) < committed_at_kill, (restored, committed_at_kill)
+        # With transaction.version=2 finalized (the default) Streams' producers end their
+        # transactions on protocol v2 (EndTxn v5, KIP-890).
+        assert ended_with_protocol_v2(broker.log_text()) > 0
     finally:
         for a in apps:
             if a.proc.poll() is None:

@@ -28,6 +28,7 @@ from helpers import (
     KAFKA_PEER,
     compile_java,
     create_topic,
+    ended_with_protocol_v2,
     fetch_all_batches,
     kafka_classpath,
     unique_topic,
@@ -130,10 +131,13 @@ def test_java_producer_commits_and_aborts_on_the_finalized_protocol(broker_facto
             assert marker_epochs == [first + k + 1 for k in range(len(pattern))], runs
         else:
             assert set(data_epochs) == set(marker_epochs) == {data_epochs[0]}, runs
+    v2_ends = ended_with_protocol_v2(broker.log_text())
     if tv == 2:
         assert adds == 0, "a protocol-v2 producer adds partitions through Produce v12"
+        assert v2_ends == len(pattern), "every EndTxn was v5"
     else:
         assert adds >= len(pattern), "a protocol-v1 producer adds its partitions itself"
+        assert v2_ends == 0
 
 
 def test_zombie_with_the_old_epoch_is_fenced(broker_factory, classpath):
