@@ -19,7 +19,7 @@ use sluice_storage::{Ack, Partition};
 
 use super::log::{decode_key, decode_value, encode_key, encode_value};
 use super::partition::Marker;
-use super::state::{TxnMetadata, TxnState};
+use super::state::{EndAction, TxnMetadata, TxnState};
 use super::{state_partition_for, TxnConfig};
 use crate::errors::code;
 use crate::shard::Shard;
@@ -56,20 +56,6 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.inner.busy.borrow_mut().remove(&self.id);
     }
-}
-
-/// The producer id and epoch of a request, checked against the id's metadata.
-fn check_producer(meta: &TxnMetadata, producer_id: i64, epoch: i16) -> Result<(), i16> {
-    if meta.producer_id != producer_id {
-        return Err(code::INVALID_PRODUCER_ID_MAPPING);
-    }
-    if epoch < meta.producer_epoch {
-        return Err(code::PRODUCER_FENCED);
-    }
-    if epoch > meta.producer_epoch {
-        return Err(code::INVALID_PRODUCER_EPOCH);
-    }
-    Ok(())
 }
 
 impl TxnCoordinator {
@@ -344,7 +330,7 @@ impl TxnCoordinator {
     ) -> Result<(), i16> {
         let partition = self.gate(id)?;
         let meta = self.metadata(id).ok_or(code::INVALID_PRODUCER_ID_MAPPING)?;
-        check_producer(&meta, producer_id, producer_epoch)?;
+        meta.check_producer(producer_id, producer_epoch)?;
         let added = meta.state == TxnState::Ongoing
             && partitions.iter().all(|p| meta.partitions.contains(p));
         if verify_only || added {
@@ -407,46 +393,17 @@ impl TxnCoordinator {
     ) -> Result<(i64, i16), i16> {
         let partition = self.gate(id)?;
         let meta = self.metadata(id).ok_or(code::INVALID_PRODUCER_ID_MAPPING)?;
-        let current = (meta.producer_id, meta.producer_epoch);
-        let retried_v2 = tv2
-            && meta.client_txn_version >= super::TV_2
-            && ((producer_id == meta.producer_id
-                && meta.producer_epoch > 0
-                && producer_epoch == meta.producer_epoch - 1)
-                || (producer_id == meta.previous_producer_id
-                    && meta.producer_epoch == 0
-                    && producer_epoch >= i16::MAX - 2));
-        if !retried_v2 {
-            check_producer(&meta, producer_id, producer_epoch)?;
-        }
+        let action = meta.end_action(producer_id, producer_epoch, commit, tv2)?;
         let _busy = self.claim(id)?;
-        match (meta.state, commit) {
-            (TxnState::Ongoing, _) if !retried_v2 => {}
-            (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false)
-                if !tv2 || retried_v2 =>
-            {
-                return Ok(current)
-            }
-            (TxnState::Ongoing, _) => return Err(code::PRODUCER_FENCED),
-            (state, _) if state.is_preparing() => return Err(code::CONCURRENT_TRANSACTIONS),
-            (TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort, false)
-                if tv2 && !retried_v2 => {}
-            _ => return Err(code::INVALID_TXN_STATE),
+        if action == EndAction::AlreadyEnded {
+            return Ok((meta.producer_id, meta.producer_epoch));
         }
-        let mut prepared = meta;
-        prepared.state = if commit {
-            TxnState::PrepareCommit
+        let next_producer_id = if tv2 && meta.epoch_exhausted() {
+            Some(crate::api::allocate_producer_id(shard).await?)
         } else {
-            TxnState::PrepareAbort
+            None
         };
-        if tv2 {
-            prepared.client_txn_version = super::TV_2;
-            if prepared.epoch_exhausted() {
-                prepared.next_producer_id = crate::api::allocate_producer_id(shard).await?;
-            }
-            prepared.producer_epoch = prepared.producer_epoch.saturating_add(1);
-        }
-        prepared.last_update_ms = crate::server::now_ms();
+        let prepared = meta.prepared_end(commit, tv2, next_producer_id, crate::server::now_ms());
         let (prepared_epoch, prepared_version) =
             (prepared.producer_epoch, prepared.client_txn_version);
         self.persist(partition, id, prepared).await?;
@@ -497,11 +454,10 @@ impl TxnCoordinator {
         id: &str,
     ) -> Result<(i64, i16), i16> {
         let meta = self.metadata(id).ok_or(code::INVALID_PRODUCER_ID_MAPPING)?;
-        let commit = match meta.state {
-            TxnState::PrepareCommit => true,
-            TxnState::PrepareAbort => false,
-            _ => return Err(code::INVALID_TXN_STATE),
-        };
+        let complete = meta
+            .completed(crate::server::now_ms())
+            .ok_or(code::INVALID_TXN_STATE)?;
+        let commit = meta.state == TxnState::PrepareCommit;
         let writes = meta.partitions.iter().map(|(topic, index)| {
             write_marker_until_done(
                 shard.clone(),
@@ -514,20 +470,8 @@ impl TxnCoordinator {
             )
         });
         futures::future::join_all(writes).await;
-        let mut complete = meta;
-        complete.state = if commit {
-            TxnState::CompleteCommit
-        } else {
-            TxnState::CompleteAbort
-        };
-        complete.partitions.clear();
+        let mut complete = complete;
         complete.last_update_ms = crate::server::now_ms();
-        if complete.next_producer_id >= 0 {
-            complete.previous_producer_id = complete.producer_id;
-            complete.producer_id = complete.next_producer_id;
-            complete.producer_epoch = 0;
-            complete.next_producer_id = -1;
-        }
         let answer = (complete.producer_id, complete.producer_epoch);
         self.persist(partition, id, complete).await?;
         Ok(answer)
@@ -583,7 +527,7 @@ impl TxnCoordinator {
     pub fn check_offset_commit(&self, id: &str, producer_id: i64, epoch: i16) -> Result<(), i16> {
         self.gate(id)?;
         let meta = self.metadata(id).ok_or(code::INVALID_PRODUCER_ID_MAPPING)?;
-        check_producer(&meta, producer_id, epoch)?;
+        meta.check_producer(producer_id, epoch)?;
         if meta.state != TxnState::Ongoing {
             return Err(code::INVALID_TXN_STATE);
         }
