@@ -106,6 +106,17 @@ pub async fn run(
         settings.frame_bytes_max,
     );
     let mut current = BrokerView::default();
+    // A broker that is no voter has no log of its own to follow: its heartbeats are long
+    // polls, held by the controller until the state changes or the interval passed (and sent
+    // again at once), well inside the request timeout.
+    let long_poll_ms = if local.is_none() {
+        let held = settings
+            .heartbeat_interval
+            .min(settings.request_timeout / 2);
+        u64::try_from(held.as_millis()).unwrap_or(u64::MAX)
+    } else {
+        0
+    };
     loop {
         let request = match current.broker_epoch {
             None => Request::Register(RegisterRequest {
@@ -120,6 +131,7 @@ pub async fn run(
                 broker_id,
                 broker_epoch: epoch,
                 known_applied_index: current.state.applied_index,
+                wait_ms: long_poll_ms,
             }),
         };
         let mut retry_now = false;
@@ -139,6 +151,8 @@ pub async fn run(
                 if let Some(state) = reply.state {
                     current.state = Arc::new(state);
                 }
+                // The controller held it for the interval (or until a change): go again.
+                retry_now = long_poll_ms > 0;
             }
             Ok(Response::Register(Err(error))) | Ok(Response::Heartbeat(Err(error))) => match error
             {

@@ -22,6 +22,10 @@ use crate::wire::{
 };
 use crate::{NodeId, Raft};
 
+/// The longest a heartbeat is held waiting for a newer state (a broker asks for less: its
+/// heartbeat interval, below its request timeout).
+const HEARTBEAT_WAIT_MAX: Duration = Duration::from_secs(10);
+
 /// Serves registrations and heartbeats and runs the fencing clock.
 #[derive(Clone)]
 pub struct Controller {
@@ -320,6 +324,15 @@ impl Controller {
                 ?reply,
                 "unfencing a broker that heartbeats again"
             );
+        }
+        if request.wait_ms > 0 {
+            // The long poll: only committed states are ever published here, so whatever
+            // wakes it is safe to send even if leadership moved meanwhile.
+            let wait = Duration::from_millis(request.wait_ms).min(HEARTBEAT_WAIT_MAX);
+            let known = request.known_applied_index;
+            let mut changed = self.state.clone();
+            let _ =
+                tokio::time::timeout(wait, changed.wait_for(|s| s.applied_index != known)).await;
         }
         let state = self.state.borrow().clone();
         Ok(HeartbeatReply {

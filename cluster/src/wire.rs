@@ -288,6 +288,11 @@ pub struct HeartbeatRequest {
     pub broker_epoch: i64,
     /// The applied index of the state it holds; the reply carries the state when newer.
     pub known_applied_index: u64,
+    /// How long the controller may hold the answer while its state is no newer than
+    /// `known_applied_index` (a long poll, so a broker that is no voter learns a change in a
+    /// round trip); 0 answers at once.
+    #[serde(default)]
+    pub wait_ms: u64,
 }
 
 /// The active controller's answer to a heartbeat.
