@@ -68,7 +68,8 @@ fi
 
 pytest_phase() {
     # pytest exits 5 when it collected no test: that is a failure here, not a pass.
-    .venv/bin/python -m pytest tests/integration -q "$@"
+    # The 25 slowest tests are listed at the end, to keep an eye on the suite's time.
+    .venv/bin/python -m pytest tests/integration -q --durations=25 "$@"
     local rc=$?
     if [ $rc -eq 5 ]; then
         echo "pytest collected no tests: treating as a failure"
