@@ -99,12 +99,10 @@ pub async fn handle(
                     Some((code::CORRUPT_MESSAGE, "empty record set"))
                 }
                 _ => match &implicit {
-                    Some((Err(error_code), added)) if added.contains(&(name.clone(), index)) => {
-                        Some((
-                            *error_code,
-                            "the transaction coordinator did not add the partition",
-                        ))
-                    }
+                    Some((Err(error_code), added)) if was_added(added, &name, index) => Some((
+                        *error_code,
+                        "the transaction coordinator did not add the partition",
+                    )),
                     _ => None,
                 },
             };
@@ -119,7 +117,7 @@ pub async fn handle(
             };
             let implicitly_added = implicit
                 .as_ref()
-                .is_some_and(|(_, added)| added.contains(&(name.clone(), index)));
+                .is_some_and(|(_, added)| was_added(added, &name, index));
             let owner = shard.set.owner_of(&name, index);
             let topic_name = name.clone();
             let append = shard.invoke_on(owner, move |s| async move {
@@ -217,6 +215,11 @@ fn leader_hints(
         }
     }
     endpoints
+}
+
+/// Whether the implicit add covered `topic`/`index` (compared in place: no key is built).
+fn was_added(added: &[(String, i32)], topic: &str, index: i32) -> bool {
+    added.iter().any(|(t, i)| *i == index && t == topic)
 }
 
 /// Produce v12+ from a transactional producer: asks the coordinator to add every partition

@@ -23,10 +23,12 @@ pub const TRANSACTIONAL_FLAG_FILE: &str = "transactional";
 /// Bytes one replay read asks for.
 const REPLAY_READ_BYTES: u32 = 1 << 20;
 
-/// The shard's partition transaction states.
+/// The shard's partition transaction states, by topic then partition: keyed by topic name so
+/// that a lookup borrows the caller's `&str` (every fetch and idempotent produce looks a
+/// partition up; a `(String, i32)` key allocated a String for each).
 #[derive(Default)]
 pub struct TxnRegistry {
-    states: RefCell<HashMap<(String, i32), PartitionTxns>>,
+    states: RefCell<HashMap<String, HashMap<i32, PartitionTxns>>>,
     loading: tokio::sync::Mutex<()>,
 }
 
@@ -35,7 +37,8 @@ impl TxnRegistry {
     pub fn is_loaded(&self, topic: &str, index: i32) -> bool {
         self.states
             .borrow()
-            .contains_key(&(topic.to_string(), index))
+            .get(topic)
+            .is_some_and(|partitions| partitions.contains_key(&index))
     }
 
     /// Runs `f` on the partition's state; None if it is not loaded.
@@ -46,7 +49,10 @@ impl TxnRegistry {
         f: impl FnOnce(&mut PartitionTxns) -> T,
     ) -> Option<T> {
         let mut states = self.states.borrow_mut();
-        states.get_mut(&(topic.to_string(), index)).map(f)
+        states
+            .get_mut(topic)
+            .and_then(|partitions| partitions.get_mut(&index))
+            .map(f)
     }
 
     /// Loads the partition's state if it is not in memory (replaying its log when it has
@@ -107,7 +113,9 @@ impl TxnRegistry {
         }
         self.states
             .borrow_mut()
-            .insert((topic.to_string(), index), state);
+            .entry(topic.to_string())
+            .or_default()
+            .insert(index, state);
         Ok(())
     }
 
@@ -142,16 +150,16 @@ impl TxnRegistry {
 
     /// Forgets the states of `topic`'s partitions (the topic was deleted).
     pub fn remove_topic(&self, topic: &str) {
-        self.states
-            .borrow_mut()
-            .retain(|(name, _), _| name != topic);
+        self.states.borrow_mut().remove(topic);
     }
 
     /// Drops aborted entries below each loaded partition's log start (after retention).
     pub fn trim(&self, log_start_offset: impl Fn(&str, i32) -> Option<i64>) {
-        for ((topic, index), state) in self.states.borrow_mut().iter_mut() {
-            if let Some(start) = log_start_offset(topic, *index) {
-                state.trim_before(start);
+        for (topic, partitions) in self.states.borrow_mut().iter_mut() {
+            for (index, state) in partitions.iter_mut() {
+                if let Some(start) = log_start_offset(topic, *index) {
+                    state.trim_before(start);
+                }
             }
         }
     }
