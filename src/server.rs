@@ -86,10 +86,9 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
     let (set, inboxes) = ShardSet::new(config.shards, config.inbox_jobs_max);
     let connections_per_ip = Arc::new(ConnectionsPerIp::default());
     let offline = Arc::new(crate::offline::OfflinePartitions::default());
-    let quotas = Arc::new(crate::security::quota::QuotaManager::new(config.quotas));
     let _admin = match config.admin_listen {
         Some(addr) => Some(
-            sluice_metrics::AdminServer::start(addr, collector(set.clone(), quotas.clone()))
+            sluice_metrics::AdminServer::start(addr, collector(set.clone(), config.quotas))
                 .map_err(|e| ServeError::Startup(format!("admin endpoint: {e}")))?,
         ),
         None => None,
@@ -109,7 +108,6 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
             inbox,
             connections_per_ip: connections_per_ip.clone(),
             offline: offline.clone(),
-            quotas: quotas.clone(),
             shutdown: shutdown_rx.clone(),
             events: events_tx.clone(),
         };
@@ -208,7 +206,7 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
 /// Gathers and merges every shard's metrics snapshot (called on the admin thread).
 fn collector(
     set: Arc<ShardSet>,
-    quotas: Arc<crate::security::quota::QuotaManager>,
+    quota_settings: crate::security::quota::QuotaSettings,
 ) -> sluice_metrics::Collect {
     Arc::new(move || {
         let mut merged: Option<sluice_metrics::MetricsSnapshot> = None;
@@ -219,6 +217,7 @@ fn collector(
         let (mut cleaner_bytes_read, mut cleaner_bytes_written, mut cleaner_passes) = (0, 0, 0);
         let (mut cleaner_passes_failed, mut cleaner_segments_swapped) = (0, 0);
         let (mut cleaner_records_removed, mut cleaner_last_pass_ns) = (0, 0);
+        let mut quota_rows_per_shard = Vec::with_capacity(set.count());
         for target in 0..set.count() {
             let (tx, rx) = std::sync::mpsc::channel();
             set.send_from_outside(
@@ -228,14 +227,16 @@ fn collector(
                         shard.metrics.snapshot(),
                         shard.storage.response_cache_bytes() as u64,
                         shard.storage.cleaner_stats(),
+                        shard.quotas.rows(),
                     ));
                 }),
             )
             .map_err(|e| e.to_string())?;
-            let (snapshot, response_cache_bytes, cleaner) = rx
+            let (snapshot, response_cache_bytes, cleaner, quota_rows) = rx
                 .recv_timeout(Duration::from_secs(2))
                 .map_err(|_| format!("shard {target} did not answer within 2 s"))?;
             response_cache_bytes_total += response_cache_bytes;
+            quota_rows_per_shard.push(quota_rows);
             cleaner_bytes_read += cleaner.bytes_read;
             cleaner_bytes_written += cleaner.bytes_written;
             cleaner_passes += cleaner.passes;
@@ -264,7 +265,11 @@ fn collector(
         for (name, value) in crate::zero_copy::Counters::now().named() {
             merged.set_process_value(&name, value);
         }
-        quotas.export(&mut merged);
+        crate::security::quota::manager::export_rows(
+            quota_settings,
+            quota_rows_per_shard,
+            &mut merged,
+        );
         Ok(merged)
     })
 }
@@ -423,7 +428,6 @@ struct ShardContext {
     inbox: mpsc::Receiver<Job>,
     connections_per_ip: Arc<ConnectionsPerIp>,
     offline: Arc<crate::offline::OfflinePartitions>,
-    quotas: Arc<crate::security::quota::QuotaManager>,
     shutdown: watch::Receiver<bool>,
     events: mpsc::UnboundedSender<ShardEvent>,
 }
@@ -438,7 +442,6 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         mut inbox,
         connections_per_ip,
         offline,
-        quotas,
         mut shutdown,
         events,
     } = context;
@@ -470,8 +473,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
     }
     let shard = Rc::new(
         Shard::new(id, set, config.clone(), store, storage, controller, groups)
-            .with_offline_partitions(offline.clone())
-            .with_quotas(quotas),
+            .with_offline_partitions(offline.clone()),
     );
     // The storage engine's blocking-pool jobs into the shard's metrics: their count, the
     // pool's depth (submitted minus done) and each job's latency.
@@ -622,6 +624,10 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
             }
         }
     });
+
+    if shard.set.count() > 1 {
+        runtime::spawn(crate::security::quota::exchange::run(shard.clone()));
+    }
 
     if config.cleaner_enable {
         let cleaner_shard = shard.clone();

@@ -219,8 +219,9 @@ pub struct Shard {
     pub replicas: crate::replication::Replicas,
     /// Incremental fetch sessions of this shard's connections (KIP-227).
     pub fetch_sessions: RefCell<crate::api::fetch_session::SessionCache>,
-    /// Client quota measurements (shared by every shard: quotas are per broker).
-    pub quotas: Arc<crate::security::quota::QuotaManager>,
+    /// This shard's client quota measurements (of the broker-wide rates: shards exchange
+    /// what they record, see `security::quota::exchange`).
+    pub quotas: Rc<crate::security::quota::QuotaManager>,
 }
 
 impl Shard {
@@ -235,7 +236,7 @@ impl Shard {
         groups: sluice_group::GroupCoordinator,
     ) -> Self {
         let txn_config = config.transactions.clone();
-        let quotas = Arc::new(crate::security::quota::QuotaManager::new(config.quotas));
+        let quotas = Rc::new(crate::security::quota::QuotaManager::new(config.quotas));
         let fetch_sessions = RefCell::new(crate::api::fetch_session::SessionCache::new(
             config.fetch_session_slots_per_shard(set.count()),
             config.fetch_session_eviction_ms,
@@ -263,12 +264,6 @@ impl Shard {
             replicas: crate::replication::Replicas::default(),
             quotas,
         }
-    }
-
-    /// Shares the broker-wide quota measurements (a shard alone has its own).
-    pub fn with_quotas(mut self, quotas: Arc<crate::security::quota::QuotaManager>) -> Self {
-        self.quotas = quotas;
-        self
     }
 
     /// Shares the broker-wide set of poisoned partitions (a shard alone has its own).

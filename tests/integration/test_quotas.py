@@ -425,6 +425,40 @@ def test_throttled_response_comes_at_once_and_mutes_the_connection(broker):
         assert raw_produce(conn, "any", topic, 200_000) == (0, 0)
 
 
+def test_one_client_over_many_connections_is_held_to_one_quota(broker):
+    """SO_REUSEPORT spreads one client's connections over the broker's shards; each shard
+    measures on its own and tells the others what it recorded (quota.shard.sync.interval.ms),
+    so every connection is throttled on the client's broker-wide rate. 1.1 MB over eight
+    connections against 100 KB/s (1 MB in the padded 10 s window) is over the quota only as a
+    whole: a shard that counted its own connections alone would stay under it and leave its
+    connections unthrottled. (Can pass without the exchange only if the kernel put all eight
+    connections on one shard: 2 in 256 with two shards.)"""
+    b = broker.bootstrap
+    topic = helpers.unique_topic("spread")
+    helpers.create_topic(b, topic, partitions=1)
+    assert alter_quotas(b, [([("client-id", "spread")], [("producer_byte_rate", 100_000.0)])]) == [(0, None)]
+    conns = [helpers.RawConn(b, timeout_s=30) for _ in range(8)]
+    try:
+        for _round in range(2):
+            for conn in conns:
+                err, _throttle = raw_produce(conn, "spread", topic, 68_750)
+                assert err == 0
+        # Longer than the exchange interval: every shard now knows the whole 1.1 MB.
+        time.sleep(0.5)
+        throttles = []
+        for conn in conns:
+            err, throttle = raw_produce(conn, "spread", topic, 100)
+            assert err == 0
+            throttles.append(throttle)
+        print(f"throttle per connection after 1.1 MB: {throttles} ms")
+        assert all(t > 0 for t in throttles), throttles
+        # (1.1 MB - 1 MB) / 1 MB x 10 s: about a second, not the 2x a doubled count would give.
+        assert max(throttles) < 3000, throttles
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def create_topic_v6(bootstrap, client_id, name, partitions):
     """CreateTopics v6 (flexible; the first version that gets THROTTLING_QUOTA_EXCEEDED) of one
     topic on a new connection. Returns (error_code, throttle_time_ms)."""

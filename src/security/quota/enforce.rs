@@ -12,7 +12,6 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -57,7 +56,7 @@ fn governing(
 /// through unthrottled (Kafka reads one request per connection at a time, so there the two
 /// are the same).
 pub struct RequestCharge {
-    manager: Arc<QuotaManager>,
+    manager: Rc<QuotaManager>,
     /// The produce throttle found at arrival.
     produce_throttle_ms: u64,
     request: Option<(f64, MeasuredEntity)>,
@@ -198,7 +197,7 @@ impl Mute {
 /// A consumer's Fetch under `consumer_byte_rate`: the byte cap it gets, and the recording of
 /// what it returns.
 pub struct FetchCharge {
-    manager: Arc<QuotaManager>,
+    manager: Rc<QuotaManager>,
     bound: f64,
     entity: MeasuredEntity,
 }
@@ -248,7 +247,7 @@ impl FetchCharge {
 
 /// CreateTopics, CreatePartitions and DeleteTopics under `controller_mutation_rate`.
 pub struct MutationCharge {
-    manager: Arc<QuotaManager>,
+    manager: Rc<QuotaManager>,
     bound: f64,
     entity: MeasuredEntity,
     /// Strict (KIP-599): the version lets the client see THROTTLING_QUOTA_EXCEEDED, so a

@@ -3,7 +3,8 @@
 //! client id, or both, with `<default>` entities, enforced per broker.
 //!
 //! [`configs`] holds what the cluster metadata says, [`rate`] the windowed measurements,
-//! [`manager`] the broker-wide state measured against them, [`throttle`] where a response
+//! [`manager`] one shard's measurements of the broker-wide rates (shared between shards by
+//! [`exchange`]), [`throttle`] where a response
 //! carries `throttle_time_ms`, and [`enforce`] the per-request flow a connection runs.
 //! A throttled client gets its response at once with `throttle_time_ms` set, and the broker
 //! reads nothing more from that connection for that long (KIP-219's muted channel).
@@ -12,6 +13,7 @@
 
 pub mod configs;
 pub mod enforce;
+pub mod exchange;
 pub mod manager;
 pub mod rate;
 pub mod throttle;
@@ -84,6 +86,8 @@ pub struct QuotaSettings {
     pub entities_max: usize,
     /// `quota.metrics.entities.max`: entities /metrics shows per quota type.
     pub metrics_entities_max: usize,
+    /// `quota.shard.sync.interval.ms`: how often a shard tells the others what it measured.
+    pub shard_sync_interval_ms: u64,
 }
 
 impl Default for QuotaSettings {
@@ -95,6 +99,7 @@ impl Default for QuotaSettings {
             },
             entities_max: 10_000,
             metrics_entities_max: 100,
+            shard_sync_interval_ms: 100,
         }
     }
 }
