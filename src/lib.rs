@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod api;
 pub mod config;
 pub mod connection;
+pub mod dispatch_order;
 pub mod errors;
 pub mod idempotence;
 pub mod metadata;

@@ -177,6 +177,16 @@ impl Drop for LoadPlace<'_> {
     }
 }
 
+/// What an append needs loaded besides its partition's producer states
+/// ([`Shard::prepare_append`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppendNeeds {
+    /// The partition's transaction view (open transactions, aborted ranges).
+    pub txn_state: bool,
+    /// The partition's `transactional` flag file (before a transactional batch or marker).
+    pub txn_flag: bool,
+}
+
 /// Everything one shard owns.
 pub struct Shard {
     /// This shard's index.
@@ -517,6 +527,85 @@ impl Shard {
         }
         drop(turn);
         drop(place);
+    }
+
+    /// Makes everything an append to `partition` is checked against ready, in arrival order:
+    /// its producer states, and for `needs` its transaction view (`txn_state`) and its
+    /// `transactional` flag file (`txn_flag`). When all are ready and no earlier append of the
+    /// partition is still preparing, this returns without awaiting (the produce path).
+    /// Otherwise the append queues at the partition's gate (the producer-state load gate,
+    /// FIFO) and does the missing work there: every step that can await is inside the gate,
+    /// so a later batch of the same producer can never overtake an earlier one that is
+    /// waiting for its own step (a pipelined producer's sequences then arrive in order). The
+    /// caller must reach the append's enqueue with no await after this returns.
+    pub async fn prepare_append(
+        &self,
+        partition: &Partition,
+        topic: &str,
+        index: i32,
+        needs: AppendNeeds,
+    ) -> Result<(), i16> {
+        let ready = |shard: &Shard| {
+            shard
+                .producers
+                .borrow()
+                .get(topic)
+                .is_some_and(|parts| parts.contains_key(&index))
+                && (!needs.txn_state || shard.txn_partitions.is_loaded(topic, index))
+                && (!needs.txn_flag
+                    || shard
+                        .txn_partitions
+                        .with(topic, index, |state| state.flagged)
+                        .unwrap_or(false))
+        };
+        if self.producer_state_loads.is_empty() && ready(self) {
+            return Ok(());
+        }
+        let key = (topic.to_string(), index);
+        if ready(self) && !self.producer_state_loads.contains(&key) {
+            return Ok(());
+        }
+        // Declared before `turn`, so on cancellation the turn is released first and then the
+        // place left (which removes the gate if it was the last).
+        let place = self.producer_state_loads.join(key);
+        let turn = place.gate.lock().await;
+        let loaded = self
+            .producers
+            .borrow()
+            .get(topic)
+            .is_some_and(|parts| parts.contains_key(&index));
+        if !loaded {
+            let states = self.rebuilt_producer_states(topic, index).await;
+            self.producers
+                .borrow_mut()
+                .entry(topic.to_string())
+                .or_default()
+                .entry(index)
+                .or_insert(states);
+        }
+        if needs.txn_state || needs.txn_flag {
+            if let Err(error) = self
+                .txn_partitions
+                .ensure_loaded(partition, topic, index)
+                .await
+            {
+                tracing::error!(topic, index, %error, "loading the partition's transactions failed");
+                return Err(crate::errors::code::KAFKA_STORAGE_ERROR);
+            }
+        }
+        if needs.txn_flag {
+            if let Err(error) = self
+                .txn_partitions
+                .mark_transactional(partition, topic, index)
+                .await
+            {
+                tracing::error!(topic, index, %error, "cannot create the partition's transactional flag");
+                return Err(crate::errors::code::KAFKA_STORAGE_ERROR);
+            }
+        }
+        drop(turn);
+        drop(place);
+        Ok(())
     }
 
     /// A partition's producer states from the newest batch headers of its log.

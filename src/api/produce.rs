@@ -32,6 +32,9 @@ pub async fn handle(
     body: Reader,
     session: &Session,
 ) -> Response<FetchRecords> {
+    // Taken before any await, in arrival order: dispatched below only after the requests
+    // before it on this connection (the implicit add awaits first).
+    let turn = session.produce_order.take();
     let request = match ProduceRequest::decode(body, header.api_version) {
         Ok(request) => request,
         Err(error) => {
@@ -63,7 +66,9 @@ pub async fn handle(
         None
     };
 
-    // Dispatch every partition before awaiting any, in request order (see shard.rs on order).
+    // Dispatch every partition before awaiting any, in request order (see shard.rs on order),
+    // and after every earlier Produce of this connection has dispatched its own.
+    turn.wait().await;
     let mut pending = Vec::new();
     for topic in &request.topics {
         let name = String::from_utf8_lossy(&topic.name).into_owned();
@@ -143,6 +148,8 @@ pub async fn handle(
             }));
         }
     }
+    // Every partition is dispatched: the next Produce of this connection may go.
+    drop(turn);
     let mut results = futures::future::join_all(pending).await.into_iter();
     if request.acks == 0 {
         return Response::None;
@@ -307,7 +314,6 @@ async fn append_on_owner(
             );
         }
     }
-    shard.load_producer_states(topic, index).await;
     let first = sluice_storage::batch::headers(&records).next();
     let transactional = first
         .filter(|header| header.is_transactional())
@@ -317,31 +323,16 @@ async fn append_on_owner(
     let idempotent_id = first
         .filter(|header| !header.is_transactional() && header.producer_id >= 0)
         .map(|header| header.producer_id);
-    if idempotent_id.is_some() {
-        if let Err(error) = shard
-            .txn_partitions
-            .ensure_loaded(&partition, topic, index)
-            .await
-        {
-            tracing::error!(topic, index, %error, "loading the partition's transactions failed");
-            return PartitionResult::error(
-                index,
-                code::KAFKA_STORAGE_ERROR,
-                Some("the partition's transaction state is unavailable".into()),
-            );
-        }
-    }
-    if transactional.is_some() {
-        if let Err(error_code) =
-            crate::txn::registry::prepare_transactional_append(shard, &partition, topic, index)
-                .await
-        {
-            return PartitionResult::error(
-                index,
-                error_code,
-                Some("the partition's transaction state is unavailable".into()),
-            );
-        }
+    let needs = crate::shard::AppendNeeds {
+        txn_state: idempotent_id.is_some() || transactional.is_some(),
+        txn_flag: transactional.is_some(),
+    };
+    if let Err(error_code) = shard.prepare_append(&partition, topic, index, needs).await {
+        return PartitionResult::error(
+            index,
+            error_code,
+            Some("the partition's transaction state is unavailable".into()),
+        );
     }
     // From here to the append's enqueue there is no await: the transaction admission, the
     // sequence check and the LSO hold-back see the same state the append lands in.

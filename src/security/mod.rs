@@ -117,6 +117,8 @@ pub struct Session {
     /// The listener's security protocol.
     pub protocol: SecurityProtocol,
     principal: RefCell<Principal>,
+    /// The arrival order of this connection's Produce requests (see `dispatch_order`).
+    pub produce_order: crate::dispatch_order::DispatchOrder,
 }
 
 impl Session {
@@ -128,6 +130,7 @@ impl Session {
             listener,
             protocol,
             principal: RefCell::new(Principal::anonymous()),
+            produce_order: Default::default(),
         }
     }
 

@@ -147,26 +147,18 @@ pub async fn write_on_owner(shard: &Shard, topic: &str, index: i32, write: Marke
     let Some(partition) = shard.partition(topic, index) else {
         return code::NOT_LEADER_OR_FOLLOWER;
     };
-    if let Err(error) = shard
-        .txn_partitions
-        .ensure_loaded(&partition, topic, index)
-        .await
-    {
-        tracing::error!(topic, index, %error, "loading the partition's transactions failed");
-        return code::KAFKA_STORAGE_ERROR;
-    }
-    if let Err(error) = shard
-        .txn_partitions
-        .mark_transactional(&partition, topic, index)
-        .await
-    {
-        tracing::error!(topic, index, %error, "cannot create the partition's transactional flag");
-        return code::KAFKA_STORAGE_ERROR;
+    // The partition's transaction view, flag file and producer states, in arrival order with
+    // its produce appends.
+    let needs = crate::shard::AppendNeeds {
+        txn_state: true,
+        txn_flag: true,
+    };
+    if let Err(error_code) = shard.prepare_append(&partition, topic, index, needs).await {
+        return error_code;
     }
     if let Err(error_code) = shard.replicas.check_min_insync(topic, index) {
         return error_code;
     }
-    shard.load_producer_states(topic, index).await;
     // From the epoch check to the append's enqueue there is no await: no batch of a newer
     // epoch can land in between.
     let open_epoch = shard

@@ -164,30 +164,3 @@ impl TxnRegistry {
         }
     }
 }
-
-/// Before a transactional batch is appended to a partition `shard` owns: its transaction
-/// state loaded and its flag file created. Returns the Kafka error code to answer otherwise.
-pub async fn prepare_transactional_append(
-    shard: &crate::shard::Shard,
-    partition: &Partition,
-    topic: &str,
-    index: i32,
-) -> Result<(), i16> {
-    if let Err(error) = shard
-        .txn_partitions
-        .ensure_loaded(partition, topic, index)
-        .await
-    {
-        tracing::error!(topic, index, %error, "loading the partition's transactions failed");
-        return Err(crate::errors::code::KAFKA_STORAGE_ERROR);
-    }
-    if let Err(error) = shard
-        .txn_partitions
-        .mark_transactional(partition, topic, index)
-        .await
-    {
-        tracing::error!(topic, index, %error, "cannot create the partition's transactional flag");
-        return Err(crate::errors::code::KAFKA_STORAGE_ERROR);
-    }
-    Ok(())
-}

@@ -18,6 +18,7 @@ failure -- every helper raises on an unexpected outcome instead of returning a d
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -98,9 +99,13 @@ def compile_java(name: str, classpath: str) -> str:
     source = JAVA_DIR / f"{name}.java"
     built = JAVA_BUILD / f"{name}.class"
     JAVA_BUILD.mkdir(exist_ok=True)
-    if not built.exists() or built.stat().st_mtime < source.stat().st_mtime:
-        subprocess.run(["javac", "-cp", classpath, "-d", str(JAVA_BUILD), str(source)],
-                       check=True, timeout=120)
+    # Test workers run in parallel (pytest-xdist): one javac at a time, so no worker loads a
+    # class file another is still writing.
+    with open(JAVA_BUILD / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.exists() or built.stat().st_mtime < source.stat().st_mtime:
+            subprocess.run(["javac", "-cp", classpath, "-d", str(JAVA_BUILD), str(source)],
+                           check=True, timeout=120)
     return f"{JAVA_BUILD}:{classpath}"
 
 
@@ -568,16 +573,28 @@ def leader_epochs_v7(conn: RawConn, topic: str) -> dict:
 
 
 def produce_flexible(conn: RawConn, version: int, topic: str, partition: int, batch: bytes,
-                     acks=-1, timeout_ms=10000) -> dict:
+                     acks=-1, timeout_ms=10000, transactional_id=None) -> dict:
     """One-partition Produce at a flexible version (9+). Returns the partition's answer:
     {"error", "base_offset", "current_leader": (id, epoch) or None (KIP-951's tagged field 0,
     v10+)} and the response's "node_endpoints": {node_id: (host, port)} (tagged field 0)."""
+    body = produce_flexible_body(version, topic, partition, batch, acks, timeout_ms,
+                                 transactional_id)
+    r = conn.call(API_PRODUCE, version, body, flexible_request=True)
+    return parse_produce_flexible(r, version)
+
+
+def produce_flexible_body(version: int, topic: str, partition: int, batch: bytes, acks=-1,
+                          timeout_ms=10000, transactional_id=None) -> bytes:
+    """The body of a one-partition Produce at a flexible version (9+)."""
     assert version >= 9
-    body = (uvarint(0) + i16(acks) + i32(timeout_ms)  # null transactional id
+    return (compact_string(transactional_id) + i16(acks) + i32(timeout_ms)
             + uvarint(2) + compact_string(topic)
             + uvarint(2) + i32(partition) + uvarint(len(batch) + 1) + batch + uvarint(0)
             + uvarint(0) + uvarint(0))
-    r = conn.call(API_PRODUCE, version, body, flexible_request=True)
+
+
+def parse_produce_flexible(r: "Reader", version: int) -> dict:
+    """The answer of a one-partition flexible Produce (see `produce_flexible`)."""
     out = {"current_leader": None, "node_endpoints": {}}
     for _ in range(r.uvarint() - 1):
         r.compact_string()
@@ -618,7 +635,7 @@ def produce_flexible(conn: RawConn, version: int, topic: str, partition: int, ba
 
 def encode_record_batch(records, base_offset=0, compression=0, base_timestamp_ms=None,
                         corrupt_crc=False, producer_id=-1, producer_epoch=-1,
-                        base_sequence=-1) -> bytes:
+                        base_sequence=-1, transactional=False) -> bytes:
     """A magic-2 record batch of uncompressed records [(key, value)] (compression attr only
     when the caller passes already-compressed records -- the tests use codec 0 here)."""
     if base_timestamp_ms is None:
@@ -639,7 +656,7 @@ def encode_record_batch(records, base_offset=0, compression=0, base_timestamp_ms
             rec += varint(len(value)) + value
         rec += varint(0)  # headers
         body += varint(len(rec)) + rec
-    attributes = compression & 0x7
+    attributes = (compression & 0x7) | (0x10 if transactional else 0)
     after_crc = (
         i16(attributes)
         + i32(len(records) - 1)  # last offset delta
