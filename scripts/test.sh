@@ -11,6 +11,11 @@
 # Env:   SKIP_CARGO=1   skip the cargo phases (iterate on tests/integration; still builds sluice)
 #        SKIP_SETUP=1   skip the install phase
 #        SKIP_FUZZ=1    skip the fuzz-smoke phase
+#        TEST_WORKERS=N pytest-xdist workers for the integration tests (default 2; 0 runs them
+#                       in this process, one at a time). Tests start their own brokers on free
+#                       ports and spend most of their time waiting, so two workers take about
+#                       half the wall time on two cores; it also runs tests beside each other,
+#                       which has found an ordering bug a serial run did not.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -69,7 +74,7 @@ fi
 pytest_phase() {
     # pytest exits 5 when it collected no test: that is a failure here, not a pass.
     # The 25 slowest tests are listed at the end, to keep an eye on the suite's time.
-    .venv/bin/python -m pytest tests/integration -q --durations=25 "$@"
+    .venv/bin/python -m pytest tests/integration -q --durations=25 -n "${TEST_WORKERS:-2}" "$@"
     local rc=$?
     if [ $rc -eq 5 ]; then
         echo "pytest collected no tests: treating as a failure"
