@@ -6,14 +6,16 @@
 //! failed to append count as written — a failed append rolls its sequences back, so the
 //! producer's retry is appended rather than answered as a duplicate.
 //!
-//! The state lives in memory and is rebuilt after a restart from the batch headers at the end
-//! of the partition's log (the last [`REBUILD_WINDOW_BYTES`]), as Kafka rebuilds it on load:
-//! a retry of a batch written before the restart is answered as a duplicate, and a producer
-//! continues from its last written sequence. A follower keeps the states of the partitions it
+//! The state lives in memory. A snapshot of it is written at each segment roll and at clean
+//! shutdown (`producer_snapshots`, Kafka's `.snapshot` files), and after a restart it is
+//! loaded from the newest valid snapshot and the batches after it, as Kafka loads it: a retry
+//! of a batch written before the restart is answered as a duplicate, a producer continues
+//! from its last written sequence, and an older epoch is fenced, however much was written
+//! since. A partition with no snapshot yet (data written by an older Sluice) is rebuilt from
+//! the batch headers of the last [`REBUILD_WINDOW_BYTES`] of its log, as before. A follower keeps the states of the partitions it
 //! copies the same way, batch by batch as it appends them ([`ProducerStates::replay`]), so
 //! after a failover the new leader answers a retry of a batch the old leader wrote with its
-//! original offset and a gap with OUT_OF_ORDER_SEQUENCE_NUMBER. Kafka also keeps producer-state snapshots; a
-//! producer whose last batch lies before that window is, as before, accepted at any sequence.
+//! original offset and a gap with OUT_OF_ORDER_SEQUENCE_NUMBER.
 //!
 //! Memory is bounded by [`ProducerLimits`]: a state idle for `producer.id.expiration.ms` is
 //! dropped (Kafka's `ProducerStateManager.removeExpiredProducers`), and at most
@@ -31,6 +33,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use sluice_storage::batch::RecordBatchHeader;
+use sluice_storage::producer_snapshot::ProducerSnapshotEntry;
 
 use crate::errors::code;
 
@@ -43,12 +46,47 @@ pub const RECENT_BATCHES_MAX: usize = 5;
 /// enough that a partition's first produce after start reads only a few hundred headers.
 pub const REBUILD_WINDOW_BYTES: u64 = 1 << 20;
 
-/// A batch whose append is pending or done; `base_offset` is filled in on success.
+/// Where a batch landed in the log.
+#[derive(Debug, Default)]
+struct BatchOffsets {
+    /// Its base offset once the append succeeded: what a retry is answered with.
+    written: Cell<Option<i64>>,
+    /// Its base offset as the append reserved it ([`Ticket::reserved_at`], set with no await
+    /// before the enqueue), so a snapshot taken while it is in flight knows where it is.
+    reserved: Cell<Option<i64>>,
+}
+
+impl BatchOffsets {
+    fn written(base_offset: i64) -> BatchOffsets {
+        BatchOffsets {
+            written: Cell::new(Some(base_offset)),
+            reserved: Cell::new(Some(base_offset)),
+        }
+    }
+
+    fn base(&self) -> Option<i64> {
+        self.written.get().or(self.reserved.get())
+    }
+}
+
+/// A batch whose append is pending or done; its offsets are filled in as it goes.
 #[derive(Debug, Clone)]
 struct BatchEntry {
     first_sequence: i32,
     last_sequence: i32,
-    base_offset: Rc<Cell<Option<i64>>>,
+    offsets: Rc<BatchOffsets>,
+}
+
+impl BatchEntry {
+    /// Last sequence minus first (Kafka's snapshot `OffsetDelta`): sequences wrap at
+    /// i32::MAX, offsets do not.
+    fn offset_delta(&self) -> i32 {
+        if self.last_sequence >= self.first_sequence {
+            self.last_sequence - self.first_sequence
+        } else {
+            (i32::MAX - self.first_sequence) + self.last_sequence + 1
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -72,16 +110,11 @@ impl ProducerState {
 
     /// Records `first_sequence..=last_sequence` as the producer's newest batch: only the last
     /// [`RECENT_BATCHES_MAX`] are kept, and the next expected sequence follows it.
-    fn remember(
-        &mut self,
-        first_sequence: i32,
-        last_sequence: i32,
-        base_offset: Rc<Cell<Option<i64>>>,
-    ) {
+    fn remember(&mut self, first_sequence: i32, last_sequence: i32, offsets: Rc<BatchOffsets>) {
         self.recent.push_back(BatchEntry {
             first_sequence,
             last_sequence,
-            base_offset,
+            offsets,
         });
         while self.recent.len() > RECENT_BATCHES_MAX {
             self.recent.pop_front();
@@ -96,15 +129,22 @@ impl ProducerState {
 pub struct Ticket {
     producer_id: i64,
     first_sequence: i32,
-    base_offset: Rc<Cell<Option<i64>>>,
+    offsets: Rc<BatchOffsets>,
 }
 
 impl Ticket {
+    /// The append behind this ticket is about to be enqueued at `base_offset` (the log end
+    /// offset, read with no await before the enqueue): a producer snapshot taken before it
+    /// completes records it there.
+    pub fn reserved_at(&self, base_offset: i64) {
+        self.offsets.reserved.set(Some(base_offset));
+    }
+
     /// The append behind this ticket was written at `base_offset`: a retry of its batch is
     /// answered with it. Needs no access to the partition's states (the batch entry shares
     /// the cell), so a successful append does not look them up again.
     pub fn succeeded(self, base_offset: i64) {
-        self.base_offset.set(Some(base_offset));
+        self.offsets.written.set(Some(base_offset));
     }
 }
 
@@ -184,6 +224,81 @@ impl ProducerStates {
         states
     }
 
+    /// States loaded from a producer snapshot's `entries` and then the headers of the batches
+    /// after it (oldest first, broker-assigned base offsets): what the states were when the
+    /// log ended where it ends now. Each entry gives its producer's epoch and newest batch
+    /// (a retry of older ones is appended again, as in Kafka); producers idle past the limit
+    /// are left out.
+    pub fn from_snapshot(
+        entries: &[ProducerSnapshotEntry],
+        headers_after: &[RecordBatchHeader],
+        limits: ProducerLimits,
+        now_ms: i64,
+    ) -> ProducerStates {
+        let mut states = ProducerStates::new(limits);
+        for entry in entries {
+            if entry.producer_id < 0 {
+                continue;
+            }
+            let mut state = ProducerState::new(entry.epoch, 0, entry.timestamp_ms.min(now_ms));
+            if entry.last_sequence >= 0 && entry.last_offset >= 0 && entry.offset_delta >= 0 {
+                let first_sequence = if entry.offset_delta <= entry.last_sequence {
+                    entry.last_sequence - entry.offset_delta
+                } else {
+                    // The batch wrapped past i32::MAX.
+                    i32::MAX - (entry.offset_delta - entry.last_sequence - 1)
+                };
+                let base_offset = entry.last_offset - i64::from(entry.offset_delta);
+                state.remember(
+                    first_sequence,
+                    entry.last_sequence,
+                    Rc::new(BatchOffsets::written(base_offset)),
+                );
+            }
+            states.producers.insert(entry.producer_id, state);
+        }
+        for header in headers_after {
+            states.replay(header, header.max_timestamp.min(now_ms), now_ms);
+        }
+        states.remove_expired(now_ms);
+        states.make_room(now_ms, 0);
+        states
+    }
+
+    /// Every producer's state as a snapshot entry (Kafka's `ProducerEntry`): its epoch and
+    /// its newest batch whose offset is known (every batch whose append was enqueued), no
+    /// transaction (the caller fills `current_txn_first_offset` in).
+    pub fn snapshot_entries(&self) -> Vec<ProducerSnapshotEntry> {
+        self.producers
+            .iter()
+            .map(|(&producer_id, state)| {
+                let newest = state
+                    .recent
+                    .iter()
+                    .rev()
+                    .find_map(|batch| batch.offsets.base().map(|base| (batch, base)));
+                let (last_sequence, last_offset, offset_delta) = match newest {
+                    Some((batch, base)) => (
+                        batch.last_sequence,
+                        base + i64::from(batch.offset_delta()),
+                        batch.offset_delta(),
+                    ),
+                    None => (-1, -1, 0),
+                };
+                ProducerSnapshotEntry {
+                    producer_id,
+                    epoch: state.epoch,
+                    last_sequence,
+                    last_offset,
+                    offset_delta,
+                    timestamp_ms: state.last_append_ms,
+                    coordinator_epoch: -1,
+                    current_txn_first_offset: -1,
+                }
+            })
+            .collect()
+    }
+
     /// Takes in one batch already in the log (broker-assigned base offset), as the check of
     /// a live append would have left the states: the producer's epoch, next sequence and
     /// recent batches. Used by the rebuild from the log and by a follower for every batch it
@@ -216,10 +331,17 @@ impl ProducerStates {
         if header.producer_epoch > state.epoch {
             *state = ProducerState::new(header.producer_epoch, header.base_sequence, appended_ms);
         }
+        // Already taken in (a snapshot's last batch, or a batch replayed twice): once only.
+        if state.recent.back().is_some_and(|last| {
+            last.first_sequence == header.base_sequence
+                && last.offsets.base() == Some(header.base_offset)
+        }) {
+            return;
+        }
         state.remember(
             header.base_sequence,
             header.last_sequence(),
-            Rc::new(Cell::new(Some(header.base_offset))),
+            Rc::new(BatchOffsets::written(header.base_offset)),
         );
         state.last_append_ms = state.last_append_ms.max(appended_ms);
     }
@@ -378,7 +500,7 @@ impl ProducerStates {
             .iter()
             .find(|e| e.first_sequence == first_sequence && e.last_sequence == last_sequence)
         {
-            return Verdict::Duplicate(entry.base_offset.get());
+            return Verdict::Duplicate(entry.offsets.written.get());
         }
         if first_sequence != state.next_sequence {
             return Verdict::Reject(
@@ -386,13 +508,13 @@ impl ProducerStates {
                 "sequence number does not follow the last one written",
             );
         }
-        let base_offset = Rc::new(Cell::new(None));
-        state.remember(first_sequence, last_sequence, base_offset.clone());
+        let offsets = Rc::new(BatchOffsets::default());
+        state.remember(first_sequence, last_sequence, offsets.clone());
         state.last_append_ms = now_ms;
         Verdict::Append(Ticket {
             producer_id: first.producer_id,
             first_sequence,
-            base_offset,
+            offsets,
         })
     }
 
@@ -403,7 +525,7 @@ impl ProducerStates {
             if let Some(position) = state
                 .recent
                 .iter()
-                .position(|e| Rc::ptr_eq(&e.base_offset, &ticket.base_offset))
+                .position(|e| Rc::ptr_eq(&e.offsets, &ticket.offsets))
             {
                 state.recent.truncate(position);
                 state.next_sequence = ticket.first_sequence;

@@ -16,6 +16,7 @@ pub mod errors;
 pub mod idempotence;
 pub mod metadata;
 pub mod offline;
+pub mod producer_snapshots;
 pub mod replication;
 pub mod runtime;
 pub mod security;

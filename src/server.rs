@@ -497,6 +497,15 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
             _ => {}
         }
     }));
+    // A roll snapshots the partition's producer state. Weak, as below.
+    let observed = Rc::downgrade(&shard);
+    shard
+        .storage
+        .set_roll_observer(Rc::new(move |partition, _base_offset| {
+            if let Some(shard) = observed.upgrade() {
+                crate::producer_snapshots::on_roll(&shard, partition);
+            }
+        }));
     // A poisoned partition goes offline broker-wide, for every shard's Metadata answers.
     shard
         .storage
@@ -735,6 +744,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         _ = shutdown.changed() => {}
     }
     shard.groups.shutdown().await;
+    crate::producer_snapshots::write_all(&shard).await;
     if let Err(error) = shard.storage.shutdown().await {
         tracing::error!(shard = id, %error, "storage shutdown failed");
         return Err(format!("storage shutdown: {error}"));

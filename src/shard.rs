@@ -215,6 +215,8 @@ pub struct Shard {
     pub txn_partitions: crate::txn::registry::TxnRegistry,
     /// Idempotent-producer state of the partitions this shard owns, by topic then index.
     producers: RefCell<HashMap<String, HashMap<i32, crate::idempotence::ProducerStates>>>,
+    /// Partitions whose producer state lags an append in flight (no snapshot meanwhile).
+    pub snapshot_holds: crate::producer_snapshots::Holds,
     /// Jobs waiting for room in another shard's inbox, by target.
     outboxes: RefCell<Vec<Outbox>>,
     /// Partitions whose producer states are being rebuilt from the log: appends to them wait
@@ -265,6 +267,7 @@ impl Shard {
             txns: crate::txn::coordinator::TxnCoordinator::new(txn_config),
             txn_partitions: Default::default(),
             producers: RefCell::new(HashMap::new()),
+            snapshot_holds: Default::default(),
             outboxes: RefCell::new((0..set.count()).map(|_| Outbox::default()).collect()),
             set,
             producer_state_loads: LoadGates::default(),
@@ -473,6 +476,28 @@ impl Shard {
         f(states)
     }
 
+    /// The partition's producer states as snapshot entries; None if they are not loaded.
+    pub fn producer_snapshot_entries(
+        &self,
+        topic: &str,
+        index: i32,
+    ) -> Option<Vec<sluice_storage::producer_snapshot::ProducerSnapshotEntry>> {
+        self.producers
+            .borrow()
+            .get(topic)
+            .and_then(|parts| parts.get(&index))
+            .map(|states| states.snapshot_entries())
+    }
+
+    /// The partitions whose producer states are loaded.
+    pub fn producer_state_partitions(&self) -> Vec<(String, i32)> {
+        self.producers
+            .borrow()
+            .iter()
+            .flat_map(|(topic, parts)| parts.keys().map(|index| (topic.clone(), *index)))
+            .collect()
+    }
+
     fn producer_limits(&self) -> crate::idempotence::ProducerLimits {
         crate::idempotence::ProducerLimits {
             idle_ms_max: i64::try_from(self.config.producer_id_expiration_ms).unwrap_or(i64::MAX),
@@ -608,7 +633,8 @@ impl Shard {
         Ok(())
     }
 
-    /// A partition's producer states from the newest batch headers of its log.
+    /// A partition's producer states from its newest producer snapshot and the batches after
+    /// it, or, with no usable snapshot, from the newest batch headers of its log.
     async fn rebuilt_producer_states(
         &self,
         topic: &str,
@@ -618,6 +644,13 @@ impl Shard {
         let Some(partition) = self.partition(topic, index) else {
             return crate::idempotence::ProducerStates::new(limits);
         };
+        match crate::producer_snapshots::load(&partition, limits).await {
+            Ok(Some(states)) => return states,
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(topic, index, %error, "cannot load the producer snapshot; rebuilding from the log's tail");
+            }
+        }
         match partition
             .recent_batch_headers(crate::idempotence::REBUILD_WINDOW_BYTES)
             .await

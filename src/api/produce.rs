@@ -442,6 +442,9 @@ async fn append_on_owner(
             return PartitionResult::error(index, error_code, Some(message.to_string()));
         }
     }
+    if let Some(ticket) = &ticket {
+        ticket.reserved_at(partition.log_end_offset());
+    }
     let appended = partition.append(records, ack, leader_epoch).await;
     if let Some(ticket) = ticket {
         match &appended {

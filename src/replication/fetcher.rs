@@ -225,6 +225,8 @@ async fn copy(
         // Loaded before the append, so a rebuild from the log sees it without these batches
         // and the replay below adds each exactly once.
         shard.load_producer_states(&f.topic, f.index).await;
+        // The states follow the append once it completes: no producer snapshot meanwhile.
+        let hold = shard.snapshot_holds.hold(&f.topic, f.index);
         let appended = f
             .partition
             .append_replicated(records.clone(), Ack::Durable)
@@ -235,6 +237,7 @@ async fn copy(
             // What landed is unknown: the next load rebuilds the states from the log.
             shard.forget_producer_states(&f.topic, f.index);
         }
+        drop(hold);
         if let Err(error) = appended {
             if matches!(error, AppendError::NotAtLogEnd { .. }) {
                 // The logs diverge: match this one to the leader's before fetching again.

@@ -192,6 +192,8 @@ pub async fn write_on_owner(shard: &Shard, topic: &str, index: i32, write: Marke
         write.coordinator_epoch,
         crate::server::now_ms(),
     );
+    // The states below change after the marker is durable: no producer snapshot meanwhile.
+    let hold = shard.snapshot_holds.hold(topic, index);
     let info = match partition.append(batch, Ack::Durable, leader_epoch).await {
         Ok(info) => info,
         Err(error) => {
@@ -211,6 +213,7 @@ pub async fn write_on_owner(shard: &Shard, topic: &str, index: i32, write: Marke
             crate::server::now_ms(),
         )
     });
+    drop(hold);
     match shard
         .replicas
         .wait_replicated(topic, index, &partition, info.last_offset + 1)

@@ -124,7 +124,7 @@ pub(crate) async fn truncate_to(
     let _maintenance = partition.maintenance_lock.lock().await;
     let _guard = partition.finalize_lock.lock().await;
     {
-        let mut log = partition.log.borrow_mut();
+        let log = partition.log.borrow();
         if log.deleted {
             return Err(shut_down(partition));
         }
@@ -141,8 +141,12 @@ pub(crate) async fn truncate_to(
                 log_end_offset: log.offsets.end(),
             });
         }
-        log.truncating = true;
     }
+    // Before anything is cut: a snapshot above the cut must never describe the batches that
+    // later take those offsets (every snapshot offset is a batch boundary, so none lies
+    // inside the batch holding `offset`, and those at or below the new end stay valid).
+    crate::producer_snapshot::remove_above(partition, offset).await?;
+    partition.log.borrow_mut().truncating = true;
     let result = truncate_locked(&shard, partition, offset).await;
     partition.log.borrow_mut().truncating = false;
     result

@@ -47,6 +47,7 @@ mod leader;
 mod log;
 mod log_start;
 mod offsets;
+pub mod producer_snapshot;
 pub mod records;
 mod recovery;
 mod response_budget;
@@ -271,6 +272,10 @@ impl AppendError {
 
 /// Told of each poisoned partition once: the cause, the topic and the partition index.
 pub type PoisonObserver = Box<dyn Fn(&Poisoned, &str, i32)>;
+
+/// Told, from a task of its own after the append that did it, that a partition's log rolled
+/// to a new segment at the given base offset (where a broker snapshots its producer state).
+pub type RollObserver = Rc<dyn Fn(Partition, i64)>;
 
 /// Why a partition refuses appends: a sync (fdatasync of a segment, an index, the recovery
 /// checkpoint, the directory, or a truncation before one) failed. Linux may have dropped the
@@ -546,6 +551,12 @@ impl ShardStorage {
         *self.0.poison_observer.borrow_mut() = Some(observer);
     }
 
+    /// Calls `observer` (on the shard thread, in a task spawned after the append that rolled,
+    /// so it may call back into the storage) whenever a partition of this shard rolls.
+    pub fn set_roll_observer(&self, observer: RollObserver) {
+        *self.0.roll_observer.borrow_mut() = Some(observer);
+    }
+
     /// Calls `observer` (on the shard thread) for every job the storage engine hands to the
     /// blocking pool and for every such job done, with its latency.
     pub fn set_blocking_observer(&self, observer: BlockingObserver) {
@@ -740,6 +751,38 @@ impl Partition {
         window_bytes: u64,
     ) -> Result<Vec<batch::RecordBatchHeader>, StorageError> {
         self.0.recent_batch_headers(window_bytes).await
+    }
+
+    /// Headers of the visible batches from the one holding `offset` to the high watermark,
+    /// oldest first, read through the ring: the batches a broker replays after a producer
+    /// snapshot taken at `offset`.
+    pub async fn batch_headers_from(
+        &self,
+        offset: i64,
+    ) -> Result<Vec<batch::RecordBatchHeader>, StorageError> {
+        self.0.batch_headers_from(offset).await
+    }
+
+    /// Writes the producer snapshot at `offset` (`<offset>.snapshot`, atomically and durably,
+    /// through the I/O seam), then removes the snapshots below the first segment's base
+    /// offset. Serialized with truncation (the maintenance lock): a snapshot above the log
+    /// end when its turn comes is not written (Ok(false)), so none survives a cut below it.
+    /// A failure poisons nothing: the snapshot only shortens a later load.
+    pub async fn write_producer_snapshot(
+        &self,
+        offset: i64,
+        entries: &[producer_snapshot::ProducerSnapshotEntry],
+    ) -> Result<bool, StorageError> {
+        producer_snapshot::write(&self.0, offset, entries).await
+    }
+
+    /// The newest producer snapshot at or below `max_offset` that passes its checks, with its
+    /// offset (corrupt ones are logged and skipped); read on the blocking pool.
+    pub async fn load_producer_snapshot(
+        &self,
+        max_offset: i64,
+    ) -> Result<Option<(i64, Vec<producer_snapshot::ProducerSnapshotEntry>)>, StorageError> {
+        producer_snapshot::load(&self.0, max_offset).await
     }
 
     /// Resolves once the high watermark is above `offset` (cancel-safe), or the partition

@@ -211,7 +211,9 @@ impl PartitionShared {
         }
         let log_append_time =
             stamping != Stamping::Keep && log.config.timestamp_type == TimestampType::LogAppendTime;
+        let base_before = log.active().base_offset;
         let (pieces, bases) = self.reserve(&mut log, &shard, &headers, now)?;
+        let rolled_to = Some(log.active().base_offset).filter(|&base| base != base_before);
         let mut data = Stamped::stamp(&records, &headers, |index, header, rest| {
             if let Stamping::Assign { leader_epoch } = stamping {
                 batch::assign(header, bases[index], leader_epoch);
@@ -240,6 +242,13 @@ impl PartitionShared {
             }),
         };
         drop(log);
+        if let Some(base) = rolled_to {
+            // In a task of its own: the observer may read this partition's state or append.
+            if let Some(observer) = shard.roll_observer.borrow().clone() {
+                let partition = crate::Partition(self.clone());
+                tokio::task::spawn_local(async move { observer(partition, base) });
+            }
+        }
         if epoch_started {
             let partition = self.clone();
             tokio::task::spawn_local(async move {
@@ -670,6 +679,50 @@ impl PartitionShared {
         Ok(newest_first.into_iter().rev().flatten().collect())
     }
 
+    /// Headers of the visible batches from the one holding `offset` on (see
+    /// [`crate::Partition::batch_headers_from`]): each segment from the one holding
+    /// `offset`, walked from its start (a snapshot is taken at a roll, so the walk usually
+    /// starts at a segment's start anyway).
+    pub(crate) async fn batch_headers_from(
+        &self,
+        offset: i64,
+    ) -> Result<Vec<RecordBatchHeader>, StorageError> {
+        let (segments, interval_bytes) = {
+            let log = self.log.borrow();
+            let from_segment = log
+                .segments
+                .partition_point(|segment| segment.base_offset <= offset)
+                .saturating_sub(1);
+            let segments: Vec<(Rc<Segment>, u64)> = log.segments[from_segment..]
+                .iter()
+                .map(|segment| (segment.clone(), segment.state.borrow().visible_bytes))
+                .collect();
+            (segments, log.config.index_interval_bytes)
+        };
+        let reads = self.reads()?;
+        let io = reads.as_ref();
+        let mut headers = Vec::new();
+        for (segment, visible_bytes) in segments {
+            let io_context = |error: io::Error| StorageError::Io {
+                context: format!("reading batch headers of {}", segment.log_path().display()),
+                source: error,
+            };
+            segment
+                .load_index(io, interval_bytes)
+                .await
+                .map_err(io_context)?;
+            let mut reader = segment.headers(io, visible_bytes, segment::LONG_WALK_WINDOW_BYTES);
+            let mut position = 0u64;
+            while let Some(header) = reader.header_at(position).await.map_err(io_context)? {
+                position += header.size_bytes() as u64;
+                if header.last_offset() >= offset {
+                    headers.push(header);
+                }
+            }
+        }
+        Ok(headers)
+    }
+
     /// The segments and the log start offset, for lookups that await between segments.
     fn segments_snapshot(&self) -> (Vec<(Rc<Segment>, u64)>, i64, u32) {
         let log = self.log.borrow();
@@ -839,6 +892,19 @@ impl PartitionShared {
                 .tail_cache
                 .borrow_mut()
                 .truncate_from(&self.tail, first_offset);
+            // A producer snapshot taken while the failed appends were reserved describes
+            // batches that never were: gone before later appends reuse their offsets.
+            let key = (self.topic.clone(), self.partition);
+            if let Some(partition) = shard.partitions.borrow().get(&key).cloned() {
+                tokio::task::spawn_local(async move {
+                    let _maintenance = partition.maintenance_lock.lock().await;
+                    if let Err(error) =
+                        crate::producer_snapshot::remove_above(&partition, first_offset).await
+                    {
+                        tracing::warn!(partition = %partition.label(), %error, "cannot remove producer snapshots after a failed write");
+                    }
+                });
+            }
         }
         // A truncation waiting for the partition's appends to settle counts this one out.
         self.high_watermark_advanced.notify_waiters();

@@ -86,6 +86,7 @@ pub(crate) struct ShardShared {
     pub(crate) response_budget: Arc<ResponseBudget>,
     pub(crate) flush_observer: RefCell<Option<FlushObserver>>,
     pub(crate) poison_observer: RefCell<Option<PoisonObserver>>,
+    pub(crate) roll_observer: RefCell<Option<crate::RollObserver>>,
     /// The I/O seam every write, sync and truncation after open goes through.
     pub(crate) io: Rc<dyn IoBackend>,
     /// The seam's jobs on the blocking pool, counted and timed.
@@ -277,6 +278,7 @@ pub(crate) fn open(
         partitions: RefCell::new(HashMap::new()),
         flush_observer: RefCell::new(None),
         poison_observer: RefCell::new(None),
+        roll_observer: RefCell::new(None),
         io: io.clone(),
         blocking,
         cleaner_config: RefCell::new(CleanerConfig::default()),
@@ -317,6 +319,18 @@ pub(crate) fn open_partition(
         recovery::open_dir(&*shard.io, &dir, &label, &config, shard.direct_io, now_ms())?;
     if !recovered.was_clean {
         tracing::info!(partition = %label, log_end_offset = recovered.log_end_offset, "recovered after an unclean shutdown");
+        // A producer snapshot is taken at the log end as appends reserved it: one above what
+        // the crash left would describe batches that later appends give other contents.
+        let removed = crate::producer_snapshot::remove_where(&dir, |at| {
+            at > recovered.log_end_offset
+        })
+        .map_err(io_error(format!(
+            "removing producer snapshots past the log end of {}",
+            dir.display()
+        )))?;
+        if removed > 0 {
+            tracing::warn!(partition = %label, removed, log_end_offset = recovered.log_end_offset, "removed producer snapshots past the recovered log end");
+        }
     }
     let dir_file = File::open(&dir).map_err(io_error(format!("opening {}", dir.display())))?;
     let cleaner_state = CleanerState::load(&dir);

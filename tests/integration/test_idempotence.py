@@ -7,10 +7,12 @@ from helpers import (
     RawConn,
     consume_confluent,
     create_topic,
+    encode_record_batch,
     init_producer_id,
     produce_v3,
     producer_batch,
     unique_topic,
+    wait_until,
     watermarks,
 )
 
@@ -77,6 +79,40 @@ def test_retry_after_kill9_is_still_a_duplicate_and_sequences_continue(broker):
     assert watermarks(broker.bootstrap, topic, 0) == (0, 7)
     values = [r.value for r in consume_confluent(broker.bootstrap, topic, [0], expected=7)]
     assert values == [b"a-0", b"a-1", b"a-2", b"b-0", b"b-1", b"o-0", b"c-0"]
+
+
+def test_producer_state_outlives_the_tail_window_through_kill9(broker):
+    """Producer-state snapshots (`.snapshot`, written at each segment roll): a producer whose
+    last batch lies more than 1 MiB (the tail window the state used to be rebuilt from) before
+    the log end keeps its state across kill -9. Its retry is answered with the original
+    offset, not written again, and its older epoch is still fenced."""
+    topic = create_topic(broker.bootstrap, unique_topic("idemsnap"), 1,
+                         config={"segment.bytes": str(256 * 1024)})
+    with RawConn(broker.bootstrap) as conn:
+        error, pid, epoch = init_producer_id(conn)
+        assert error == 0
+        assert produce_v3(conn, topic, 0, producer_batch(pid, epoch, 0, 2, "a")) == (0, 0)
+        # The producer bumps its epoch: epoch 0 is a zombie from here on.
+        bumped = producer_batch(pid, epoch + 1, 0, 3, "b")
+        assert produce_v3(conn, topic, 0, bumped) == (0, 2)
+        # Other data: 1.5 MiB of plain batches, several segment rolls.
+        filler = encode_record_batch([(None, b"x" * 1000) for _ in range(64)])
+        offset = 5
+        for _ in range(24):
+            assert produce_v3(conn, topic, 0, filler) == (0, offset)
+            offset += 64
+    part_dir = broker.data_dir / f"{topic}-0"
+    wait_until(lambda: list(part_dir.glob("*.snapshot")), 10,
+               what="a producer snapshot written at a roll")
+    broker.kill9()
+    broker.start()
+    with RawConn(broker.bootstrap) as conn:
+        assert produce_v3(conn, topic, 0, bumped) == (0, 2), "retry after restart written twice"
+        err, _ = produce_v3(conn, topic, 0, producer_batch(pid, epoch, 2, 1, "zombie"))
+        assert err == INVALID_PRODUCER_EPOCH, "the old epoch was not fenced after the restart"
+        assert produce_v3(conn, topic, 0, producer_batch(pid, epoch + 1, 3, 1, "c")) == (0, offset)
+    assert watermarks(broker.bootstrap, topic, 0) == (0, offset + 1)
+    assert "loaded producer states from a snapshot" in broker.log_text()
 
 
 def test_a_transactional_id_keeps_its_producer_id_and_bumps_its_epoch(broker):
