@@ -734,6 +734,76 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_and_the_batches_after_it_rebuild_the_states() {
+        let mut live = ProducerStates::default();
+        // Producer 1: two batches, the second reserved but still in flight at the snapshot.
+        let t = ticket(live.check([header(1, 0, 0, 3)], NOW));
+        t.reserved_at(0);
+        t.succeeded(0);
+        let in_flight = ticket(live.check([header(1, 0, 3, 2)], NOW));
+        in_flight.reserved_at(3);
+        let t = ticket(live.check([header(2, 4, 10, 4)], NOW));
+        t.reserved_at(5);
+        // A marker of producer 2's epoch changes nothing.
+        live.replay(&at_offset(header(2, 4, -1, 1), 9, true), NOW, NOW);
+        let mut entries = live.snapshot_entries();
+        entries.sort_unstable_by_key(|e| e.producer_id);
+        assert_eq!(
+            entries
+                .iter()
+                .map(|e| (
+                    e.producer_id,
+                    e.epoch,
+                    e.last_sequence,
+                    e.last_offset,
+                    e.offset_delta
+                ))
+                .collect::<Vec<_>>(),
+            vec![(1, 0, 4, 4, 1), (2, 4, 13, 8, 3)]
+        );
+        // Loaded back, with producer 1's next batch (after the snapshot at 9) replayed.
+        let after = [at_offset(header(1, 0, 5, 1), 10, false)];
+        let mut loaded =
+            ProducerStates::from_snapshot(&entries, &after, ProducerLimits::default(), NOW);
+        assert!(matches!(
+            loaded.check([header(1, 0, 5, 1)], NOW),
+            Verdict::Duplicate(Some(10))
+        ));
+        assert!(matches!(
+            loaded.check([header(1, 0, 3, 2)], NOW),
+            Verdict::Duplicate(Some(3))
+        ));
+        assert!(matches!(
+            loaded.check([header(2, 4, 10, 4)], NOW),
+            Verdict::Duplicate(Some(5))
+        ));
+        assert!(matches!(
+            loaded.check([header(2, 3, 0, 1)], NOW),
+            Verdict::Reject(code::INVALID_PRODUCER_EPOCH, _)
+        ));
+        assert!(matches!(
+            loaded.check([header(2, 4, 14, 1)], NOW),
+            Verdict::Append(_)
+        ));
+        assert!(matches!(
+            loaded.check([header(1, 0, 6, 1)], NOW),
+            Verdict::Append(_)
+        ));
+    }
+
+    fn at_offset(
+        mut header: RecordBatchHeader,
+        base_offset: i64,
+        control: bool,
+    ) -> RecordBatchHeader {
+        header.base_offset = base_offset;
+        if control {
+            header.attributes = 0x30;
+        }
+        header
+    }
+
+    #[test]
     fn only_the_last_five_batches_are_remembered() {
         let mut states = ProducerStates::default();
         for sequence in 0..7 {

@@ -94,7 +94,11 @@ pub async fn write(shard: &Shard, partition: &Partition, topic: &str, index: i32
     let mut waited_ms = 0;
     while shard.snapshot_holds.held(topic, index) {
         if waited_ms >= HOLD_WAIT_MS_MAX {
-            tracing::debug!(topic, index, "producer snapshot skipped: the partition stayed held");
+            tracing::debug!(
+                topic,
+                index,
+                "producer snapshot skipped: the partition stayed held"
+            );
             return false;
         }
         tokio::time::sleep(Duration::from_millis(HOLD_POLL_MS)).await;

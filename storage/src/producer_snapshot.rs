@@ -294,7 +294,9 @@ pub(crate) async fn write(
         if log.deleted || log.truncating || offset > log.offsets.end() {
             return Ok(false);
         }
-        log.segments.first().map_or(offset, |segment| segment.base_offset)
+        log.segments
+            .first()
+            .map_or(offset, |segment| segment.base_offset)
     };
     let name = file_name(offset);
     shard
@@ -366,7 +368,10 @@ pub(crate) async fn remove_above(
         .run(move || remove_where(&dir, |at| at > offset).map(|_| ()));
     drop(shard);
     job.await.map_err(|source| StorageError::Io {
-        context: format!("removing producer snapshots above {offset} of {}", partition.label()),
+        context: format!(
+            "removing producer snapshots above {offset} of {}",
+            partition.label()
+        ),
         source,
     })?;
     Ok(())
@@ -405,7 +410,11 @@ mod tests {
         assert_eq!(&body[34..38], &(-1i32).to_be_bytes(), "coordinator epoch");
         assert_eq!(&body[38..46], &990i64.to_be_bytes(), "txn first offset");
         let crc = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
-        assert_eq!(crc, crc32c::crc32c(&bytes[6..]), "crc32c of all after the crc");
+        assert_eq!(
+            crc,
+            crc32c::crc32c(&bytes[6..]),
+            "crc32c of all after the crc"
+        );
         assert_eq!(decode(&bytes), Ok(vec![entry(0x0102_0304_0506_0708)]));
         assert_eq!(file_name(42), "00000000000000000042.snapshot");
         assert_eq!(parse_file_name("00000000000000000042.snapshot"), Some(42));

@@ -321,13 +321,12 @@ pub(crate) fn open_partition(
         tracing::info!(partition = %label, log_end_offset = recovered.log_end_offset, "recovered after an unclean shutdown");
         // A producer snapshot is taken at the log end as appends reserved it: one above what
         // the crash left would describe batches that later appends give other contents.
-        let removed = crate::producer_snapshot::remove_where(&dir, |at| {
-            at > recovered.log_end_offset
-        })
-        .map_err(io_error(format!(
-            "removing producer snapshots past the log end of {}",
-            dir.display()
-        )))?;
+        let removed =
+            crate::producer_snapshot::remove_where(&dir, |at| at > recovered.log_end_offset)
+                .map_err(io_error(format!(
+                    "removing producer snapshots past the log end of {}",
+                    dir.display()
+                )))?;
         if removed > 0 {
             tracing::warn!(partition = %label, removed, log_end_offset = recovered.log_end_offset, "removed producer snapshots past the recovered log end");
         }
