@@ -1,7 +1,8 @@
 """ACLs and the authorizer (issue 16) with real clients against the real broker.
 
-Until SASL is on main every connection is `User:ANONYMOUS` on PLAINTEXT (a valid Kafka
-principal for ACLs), so the matrix works in two phases: the broker first starts with
+Here every connection is `User:ANONYMOUS` on PLAINTEXT (a valid Kafka principal for ACLs;
+`test_acl_sasl.py` runs ACLs and quotas with two authenticated SCRAM users), so the matrix
+works in two phases: the broker first starts with
 `super.users=User:ANONYMOUS` so that confluent's AdminClient can create the ACLs, then restarts
 without it -- which also proves the ACLs survive a restart -- and the same principal is
 allowed or denied exactly as the ACLs say, with the error codes confluent-kafka and
