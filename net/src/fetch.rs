@@ -1,4 +1,5 @@
-//! Fetch response framing, by hand, for versions 4–13.
+//! Fetch response framing, by hand, for versions 4–17 (14–17 add nothing to the response but
+//! v16's `NodeEndpoints`; `CurrentLeader` exists from v12).
 //!
 //! The response is produced as an ordered list of [`Part`]s: encoded framing bytes, and
 //! record data that the caller supplies as an opaque value of type `R` (tail-cache bytes or
@@ -9,12 +10,17 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::header::RequestHeader;
+use crate::leader_hint::{
+    put_leader_hint_field, put_node_endpoints_field, LeaderHint, NodeEndpoint,
+};
 use crate::wire::WireWrite;
 
 /// Lowest Fetch version served (the codec library's floor; record batches v2 only).
 pub const FETCH_VERSION_MIN: i16 = 4;
 /// Highest Fetch version served.
-pub const FETCH_VERSION_MAX: i16 = 13;
+pub const FETCH_VERSION_MAX: i16 = 17;
+/// First version whose response carries `NodeEndpoints` (KIP-951).
+const FETCH_NODE_ENDPOINTS_MIN: i16 = 16;
 const FETCH_FLEXIBLE_MIN: i16 = 12;
 
 /// One piece of a response on the wire, in order.
@@ -49,6 +55,9 @@ pub struct FetchPartitionOut<R> {
     /// Aborted transactions overlapping the records, as (producer id, first offset): sent to
     /// read_committed consumers (v4+) so that they drop those producers' aborted batches.
     pub aborted_transactions: Vec<(i64, i64)>,
+    /// KIP-951: the partition's leader now, for a NOT_LEADER_OR_FOLLOWER answer (v12+, tagged
+    /// field 1).
+    pub current_leader: Option<LeaderHint>,
 }
 
 /// One topic of a Fetch response.
@@ -63,13 +72,15 @@ pub struct FetchTopicOut<R> {
 }
 
 /// Encodes a whole Fetch response; returns its parts and the total frame size in bytes
-/// (including the 4-byte size prefix).
+/// (including the 4-byte size prefix). `node_endpoints`: the brokers the partitions'
+/// `current_leader`s name (v16+).
 pub fn encode_response<R>(
     header: &RequestHeader,
     throttle_time_ms: i32,
     error_code: i16,
     session_id: i32,
     topics: Vec<FetchTopicOut<R>>,
+    node_endpoints: &[NodeEndpoint],
 ) -> (Vec<Part<R>>, usize) {
     let version = header.api_version;
     let flexible = version >= FETCH_FLEXIBLE_MIN;
@@ -118,7 +129,13 @@ pub fn encode_response<R>(
                 _ => buf.put_len(0, flexible, true),
             }
             if flexible {
-                buf.put_empty_tagged_fields();
+                match p.current_leader {
+                    Some(hint) => {
+                        buf.put_uvarint(1);
+                        put_leader_hint_field(&mut buf, 1, hint);
+                    }
+                    None => buf.put_empty_tagged_fields(),
+                }
             }
         }
         if flexible {
@@ -126,7 +143,12 @@ pub fn encode_response<R>(
         }
     }
     if flexible {
-        buf.put_empty_tagged_fields();
+        if version >= FETCH_NODE_ENDPOINTS_MIN && !node_endpoints.is_empty() {
+            buf.put_uvarint(1);
+            put_node_endpoints_field(&mut buf, 0, node_endpoints);
+        } else {
+            buf.put_empty_tagged_fields();
+        }
     }
     // The size prefix lives in the first framing part; fill it in now that all lengths are known.
     let framing_bytes_total: usize = buf.len()
@@ -162,7 +184,7 @@ pub fn encode_response<R>(
 
 /// Encodes an error-only Fetch response (v7+ top-level error, e.g. FETCH_SESSION_ID_NOT_FOUND).
 pub fn encode_error_response(header: &RequestHeader, error_code: i16) -> Bytes {
-    let (parts, _) = encode_response::<()>(header, 0, error_code, 0, Vec::new());
+    let (parts, _) = encode_response::<()>(header, 0, error_code, 0, Vec::new(), &[]);
     let mut out = BytesMut::new();
     for part in parts {
         if let Part::Framing(bytes) = part {
@@ -204,6 +226,7 @@ mod tests {
                         log_start_offset: 0,
                         records: Some((5u32, Bytes::from_static(b"abcde"))),
                         aborted_transactions: Vec::new(),
+                        current_leader: None,
                     },
                     FetchPartitionOut {
                         index: 1,
@@ -213,10 +236,20 @@ mod tests {
                         log_start_offset: -1,
                         records: None,
                         aborted_transactions: Vec::new(),
+                        current_leader: Some(LeaderHint {
+                            leader_id: 3,
+                            leader_epoch: 7,
+                        }),
                     },
                 ],
             }];
-            let (parts, total) = encode_response(&header(version), 0, 0, 0, topics);
+            let endpoints = [NodeEndpoint {
+                node_id: 3,
+                host: "127.0.0.3".into(),
+                port: 9092,
+                rack: None,
+            }];
+            let (parts, total) = encode_response(&header(version), 0, 0, 0, topics, &endpoints);
             let mut wire = BytesMut::new();
             for part in parts {
                 match part {
@@ -241,6 +274,24 @@ mod tests {
             assert_eq!(topic.partitions[0].records.as_deref(), Some(&b"abcde"[..]));
             assert_eq!(topic.partitions[0].high_watermark, 10);
             assert_eq!(topic.partitions[1].error_code, 1);
+            if version >= FETCH_FLEXIBLE_MIN {
+                let leader = &topic.partitions[1].current_leader;
+                assert_eq!(
+                    (leader.leader_id.0, leader.leader_epoch),
+                    (3, 7),
+                    "v{version}"
+                );
+                assert_eq!(topic.partitions[0].current_leader.leader_id.0, -1);
+            }
+            if version >= FETCH_NODE_ENDPOINTS_MIN {
+                let node = &response.node_endpoints[0];
+                assert_eq!(
+                    (node.node_id.0, node.host.as_str(), node.port),
+                    (3, "127.0.0.3", 9092)
+                );
+            } else {
+                assert!(response.node_endpoints.is_empty());
+            }
         }
     }
 }

@@ -1,4 +1,6 @@
-//! Fetch (4–13): with incremental fetch sessions (`fetch_session.rs`, KIP-227), reads whole batches from the owning shards, long-polls until `min_bytes` are
+//! Fetch (4–17; KIP-951's leader hints from v12, their endpoints from v16): with incremental
+//! fetch sessions (`fetch_session.rs`, KIP-227), reads whole batches from the owning shards,
+//! long-polls until `min_bytes` are
 //! available or `max_wait_ms` passes (woken by appends, not by a timer loop), and answers with
 //! framing plus record data that the connection writes without copying it into the response.
 //!
@@ -75,10 +77,14 @@ pub async fn handle(
     let request = decode_or_close!(header, body, FetchRequest);
     let version = header.api_version;
     let snapshot = shard.metadata.load();
-    // A follower replica's fetch (replica_id is the broker id; v15+ would carry it in
-    // replica_state, above the versions served). Only a cluster has followers.
-    let replica =
-        (request.replica_id.0 >= 0 && snapshot.cluster.is_some()).then_some(request.replica_id.0);
+    // A follower replica's fetch: replica_id is its broker id (v15+ carries it in the
+    // replica_state tagged field). Only a cluster has followers.
+    let replica_id = if version >= 15 {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
+    let replica = (replica_id >= 0 && snapshot.cluster.is_some()).then_some(replica_id);
     let resolve = |name: &kafka_protocol::messages::TopicName, id: uuid::Uuid| {
         if version >= 13 {
             let name = snapshot.names_by_id.get(&id).cloned().unwrap_or_default();
@@ -251,6 +257,7 @@ pub async fn handle(
                         log_start_offset: read.slice.log_start_offset,
                         records: Some((read.slice.total_bytes, read.slice.chunks)),
                         aborted_transactions: read.aborted,
+                        current_leader: None,
                     },
                     Err((error_code, high_watermark, log_start_offset)) => FetchPartitionOut {
                         index: p.index,
@@ -260,17 +267,27 @@ pub async fn handle(
                         log_start_offset,
                         records: None,
                         aborted_transactions: Vec::new(),
+                        current_leader: None,
                     },
                 })
                 .collect(),
         })
         .collect();
+    let (response_topics, node_endpoints) =
+        leader_hints(&shard, version, &session.listener, response_topics);
     let response_topics = if session_id == 0 {
         response_topics
     } else {
         sessions_filter(&shard, kind, session_id, response_topics)
     };
-    let (parts, total_bytes) = encode_response(&header, 0, code::NONE, session_id, response_topics);
+    let (parts, total_bytes) = encode_response(
+        &header,
+        0,
+        code::NONE,
+        session_id,
+        response_topics,
+        &node_endpoints,
+    );
     if let Some(quota) = quota {
         let throttle_ms = quota.record(total_bytes as u64);
         if throttle_ms > 0 {
@@ -283,11 +300,50 @@ pub async fn handle(
                 code::NONE,
                 session_id,
                 Vec::new(),
+                &[],
             );
             return Response::Parts(empty);
         }
     }
     Response::Parts(parts)
+}
+
+/// KIP-951 (v12+): a partition answered NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH gets its
+/// committed leader when another live broker leads it, and (v16+) the response lists those
+/// leaders' endpoints on the request's listener.
+fn leader_hints(
+    shard: &Shard,
+    version: i16,
+    listener: &str,
+    mut topics: Vec<FetchTopicOut<FetchRecords>>,
+) -> (
+    Vec<FetchTopicOut<FetchRecords>>,
+    Vec<sluice_net::leader_hint::NodeEndpoint>,
+) {
+    let snapshot = shard.metadata.load();
+    if version < 12 || snapshot.cluster.is_none() {
+        return (topics, Vec::new());
+    }
+    let mut hints = super::leader_hints::Hints::default();
+    for topic in &mut topics {
+        let name = match snapshot.names_by_id.get(&topic.topic_id) {
+            Some(name) => name.clone(),
+            None => String::from_utf8_lossy(&topic.name).into_owned(),
+        };
+        for p in topic.partitions.iter_mut().filter(|p| {
+            p.error_code == code::NOT_LEADER_OR_FOLLOWER
+                || p.error_code == code::FENCED_LEADER_EPOCH
+        }) {
+            p.current_leader =
+                hints.hint(&snapshot, shard.config.node_id, listener, &name, p.index);
+        }
+    }
+    let endpoints = if version >= 16 {
+        hints.endpoints
+    } else {
+        Vec::new()
+    };
+    (topics, endpoints)
 }
 
 /// The partitions to read, grouped by topic in order, each checked against the metadata

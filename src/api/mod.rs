@@ -17,6 +17,7 @@ pub mod fetch_session;
 mod group_acls;
 pub mod groups;
 mod leader_epochs;
+mod leader_hints;
 mod log_dirs;
 mod metadata;
 mod offsets;

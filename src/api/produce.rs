@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
-use sluice_net::leader_hint::{LeaderHint, NodeEndpoint};
+use sluice_net::leader_hint::NodeEndpoint;
 use sluice_net::produce::{encode_response, PartitionResult, ProduceRequest};
 use sluice_net::Reader;
 use sluice_storage::{Ack, AppendError};
@@ -181,47 +181,20 @@ fn leader_hints(
     listener: &str,
     topics: &mut [(Bytes, Vec<PartitionResult>)],
 ) -> Vec<NodeEndpoint> {
-    let Some(state) = snapshot.cluster.as_ref() else {
+    if snapshot.cluster.is_none() {
         return Vec::new();
-    };
-    let mut endpoints: Vec<NodeEndpoint> = Vec::new();
+    }
+    let mut hints = super::leader_hints::Hints::default();
     for (name, partitions) in topics.iter_mut() {
-        let Some(meta) = snapshot.topic(&String::from_utf8_lossy(name)) else {
-            continue;
-        };
+        let name = String::from_utf8_lossy(name);
         for p in partitions
             .iter_mut()
             .filter(|p| p.error_code == code::NOT_LEADER_OR_FOLLOWER)
         {
-            let Some(placement) = snapshot.placement(meta, p.index) else {
-                continue;
-            };
-            let leader = placement.leader;
-            if leader == shard.config.node_id {
-                continue;
-            }
-            let Some(broker) = state.brokers.get(&leader).filter(|b| !b.fenced) else {
-                continue;
-            };
-            let Some((host, port)) = crate::security::listener::endpoint_of(broker, listener)
-            else {
-                continue;
-            };
-            p.current_leader = Some(LeaderHint {
-                leader_id: leader,
-                leader_epoch: placement.leader_epoch,
-            });
-            if !endpoints.iter().any(|e| e.node_id == leader) {
-                endpoints.push(NodeEndpoint {
-                    node_id: leader,
-                    host,
-                    port,
-                    rack: None,
-                });
-            }
+            p.current_leader = hints.hint(snapshot, shard.config.node_id, listener, &name, p.index);
         }
     }
-    endpoints
+    hints.endpoints
 }
 
 /// Whether the implicit add covered `topic`/`index` (compared in place: no key is built).

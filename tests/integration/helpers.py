@@ -628,6 +628,60 @@ def parse_produce_flexible(r: "Reader", version: int) -> dict:
     return out
 
 
+def fetch_flexible(conn: RawConn, version: int, topic: str, topic_id: bytes, partition: int,
+                   offset: int = 0, max_bytes: int = 1 << 20) -> dict:
+    """One-partition Fetch at a flexible version (12+; the topic by name up to 12, by its
+    16-byte id from 13). Returns {"error", "high_watermark", "records", "current_leader": (id,
+    epoch) or None (tagged field 1), "node_endpoints": {node_id: (host, port)} (v16+)}."""
+    assert version >= 12
+    body = b""
+    if version <= 14:
+        body += i32(-1)  # replica id (a consumer)
+    body += i32(0) + i32(0) + i32(max_bytes) + i8(0) + i32(0) + i32(-1)  # wait, min, max, iso, session
+    body += uvarint(2) + (topic_id if version >= 13 else compact_string(topic))
+    body += (uvarint(2) + i32(partition) + i32(-1) + i64(offset) + i32(-1) + i64(-1)
+             + i32(max_bytes) + uvarint(0))
+    body += uvarint(0)  # topic tagged fields
+    body += uvarint(1)  # no forgotten topics
+    body += compact_string("")  # rack id
+    body += uvarint(0)
+    r = conn.call(API_FETCH, version, body, flexible_request=True)
+    out = {"current_leader": None, "node_endpoints": {}}
+    r.i32(), r.i16(), r.i32()  # throttle, error, session id
+    for _ in range(r.uvarint() - 1):
+        r.take(16) if version >= 13 else r.compact_string()
+        for _ in range(r.uvarint() - 1):
+            r.i32()
+            out["error"], out["high_watermark"] = r.i16(), r.i64()
+            r.i64(), r.i64()  # last stable offset, log start offset
+            for _ in range(max(r.uvarint() - 1, 0)):
+                r.i64(), r.i64()
+                r.skip_tagged_fields()
+            r.i32()  # preferred read replica
+            n = r.uvarint()
+            out["records"] = r.take(n - 1) if n > 0 else None
+            for _ in range(r.uvarint()):
+                tag, size = r.uvarint(), r.uvarint()
+                if tag == 1:
+                    out["current_leader"] = (r.i32(), r.i32())
+                    r.skip_tagged_fields()
+                else:
+                    r.take(size)
+        r.skip_tagged_fields()
+    for _ in range(r.uvarint()):
+        tag, size = r.uvarint(), r.uvarint()
+        if tag != 0:
+            r.take(size)
+            continue
+        for _ in range(r.uvarint() - 1):
+            node, host, port = r.i32(), r.compact_string(), r.i32()
+            r.compact_string()  # rack
+            r.skip_tagged_fields()
+            out["node_endpoints"][node] = (host, port)
+    assert r.remaining() == 0, f"{r.remaining()} bytes left in the Fetch v{version} response"
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # v2 record batches
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from helpers import (
     consume_confluent,
     create_topic,
     encode_record_batch,
+    fetch_flexible,
     fetch_v4,
     free_port,
     leader_epochs_v7,
@@ -367,6 +368,39 @@ def test_produce_to_a_non_leader_names_the_leader_kip951(nodes):
             led = produce_flexible(conn, 10, topic, partition, batch)
         assert (led["error"], led["base_offset"], led["current_leader"]) == (0, 0, None), led
         assert led["node_endpoints"] == {}, led
+
+
+def test_fetch_from_a_non_leader_names_the_leader_kip951(nodes):
+    """KIP-951 in Fetch: v12+ sent to a broker that does not lead the partition answers
+    NOT_LEADER_OR_FOLLOWER with the current leader and epoch (tagged field 1), and v16+ adds
+    that leader's endpoint (NodeEndpoints); the named leader serves the fetch."""
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka import TopicCollection
+
+    topic = unique_topic("kip951f")
+    create_rf3(nodes, topic)
+    admin = AdminClient({"bootstrap.servers": nodes[1].bootstrap})
+    desc = admin.describe_topics(TopicCollection([topic]), request_timeout=10)[topic].result(
+        timeout=20)
+    raw_id = struct.pack(">qq", desc.topic_id.get_most_significant_bits(),
+                         desc.topic_id.get_least_significant_bits())
+    with RawConn(nodes[1].bootstrap) as conn:
+        leaders = leader_epochs_v7(conn, topic)
+    for partition, (leader, epoch) in sorted(leaders.items()):
+        other = next(n for n in (1, 2, 3) if n != leader)
+        with RawConn(nodes[other].bootstrap) as conn:
+            v12 = fetch_flexible(conn, 12, topic, raw_id, partition)
+            v16 = fetch_flexible(conn, 16, topic, raw_id, partition)
+            v17 = fetch_flexible(conn, 17, topic, raw_id, partition)
+        assert (v12["error"], v12["current_leader"], v12["node_endpoints"]) == \
+            (6, (leader, epoch), {}), v12
+        host, port = nodes[leader].bootstrap.rsplit(":", 1)
+        for answer in (v16, v17):
+            assert (answer["error"], answer["current_leader"]) == (6, (leader, epoch)), answer
+            assert answer["node_endpoints"] == {leader: (host, int(port))}, answer
+        with RawConn(nodes[leader].bootstrap) as conn:
+            led = fetch_flexible(conn, 16, topic, raw_id, partition)
+        assert (led["error"], led["current_leader"], led["node_endpoints"]) == (0, None, {}), led
 
 
 def test_returning_leader_truncates_its_unreplicated_tail(nodes_fast_fencing):
