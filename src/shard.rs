@@ -522,36 +522,43 @@ impl Shard {
     /// arrival order, so pipelined requests of one producer keep their order; once loaded,
     /// this returns without awaiting.
     pub async fn load_producer_states(&self, topic: &str, index: i32) {
-        let loaded = |shard: &Shard| {
-            shard
-                .producers
-                .borrow()
-                .get(topic)
-                .is_some_and(|parts| parts.contains_key(&index))
-        };
         // The produce path: no rebuild anywhere on the shard, nothing to wait for or allocate.
-        if loaded(self) && self.producer_state_loads.is_empty() {
+        if self.producer_states_loaded(topic, index) && self.producer_state_loads.is_empty() {
             return;
         }
         let key = (topic.to_string(), index);
-        if loaded(self) && !self.producer_state_loads.contains(&key) {
+        if self.producer_states_loaded(topic, index) && !self.producer_state_loads.contains(&key) {
             return;
         }
         // Declared before `turn`, so on cancellation the turn is released first and then the
         // place left (which removes the gate if it was the last).
         let place = self.producer_state_loads.join(key);
         let turn = place.gate.lock().await;
-        if !loaded(self) {
-            let states = self.rebuilt_producer_states(topic, index).await;
-            self.producers
-                .borrow_mut()
-                .entry(topic.to_string())
-                .or_default()
-                .entry(index)
-                .or_insert(states);
-        }
+        self.rebuild_producer_states_if_absent(topic, index).await;
         drop(turn);
         drop(place);
+    }
+
+    fn producer_states_loaded(&self, topic: &str, index: i32) -> bool {
+        self.producers
+            .borrow()
+            .get(topic)
+            .is_some_and(|parts| parts.contains_key(&index))
+    }
+
+    /// Rebuilds a partition's producer states from its log unless they are in memory (call
+    /// with the partition's load gate held).
+    async fn rebuild_producer_states_if_absent(&self, topic: &str, index: i32) {
+        if self.producer_states_loaded(topic, index) {
+            return;
+        }
+        let states = self.rebuilt_producer_states(topic, index).await;
+        self.producers
+            .borrow_mut()
+            .entry(topic.to_string())
+            .or_default()
+            .entry(index)
+            .or_insert(states);
     }
 
     /// Makes everything an append to `partition` is checked against ready, in arrival order:
@@ -571,11 +578,7 @@ impl Shard {
         needs: AppendNeeds,
     ) -> Result<(), i16> {
         let ready = |shard: &Shard| {
-            shard
-                .producers
-                .borrow()
-                .get(topic)
-                .is_some_and(|parts| parts.contains_key(&index))
+            shard.producer_states_loaded(topic, index)
                 && (!needs.txn_state || shard.txn_partitions.is_loaded(topic, index))
                 && (!needs.txn_flag
                     || shard
@@ -594,20 +597,7 @@ impl Shard {
         // place left (which removes the gate if it was the last).
         let place = self.producer_state_loads.join(key);
         let turn = place.gate.lock().await;
-        let loaded = self
-            .producers
-            .borrow()
-            .get(topic)
-            .is_some_and(|parts| parts.contains_key(&index));
-        if !loaded {
-            let states = self.rebuilt_producer_states(topic, index).await;
-            self.producers
-                .borrow_mut()
-                .entry(topic.to_string())
-                .or_default()
-                .entry(index)
-                .or_insert(states);
-        }
+        self.rebuild_producer_states_if_absent(topic, index).await;
         if needs.txn_state || needs.txn_flag {
             if let Err(error) = self
                 .txn_partitions

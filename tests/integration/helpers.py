@@ -614,6 +614,15 @@ def parse_produce_flexible(r: "Reader", version: int) -> dict:
                     r.take(size)
         r.skip_tagged_fields()
     r.i32()  # throttle_time_ms
+    out["node_endpoints"] = read_node_endpoints(r)
+    assert r.remaining() == 0, f"{r.remaining()} bytes left in the Produce v{version} response"
+    return out
+
+
+def read_node_endpoints(r: "Reader") -> dict:
+    """A response's top-level tagged fields, keeping KIP-951's NodeEndpoints (tag 0) as
+    {node_id: (host, port)}."""
+    endpoints = {}
     for _ in range(r.uvarint()):
         tag, size = r.uvarint(), r.uvarint()
         if tag != 0:
@@ -623,9 +632,8 @@ def parse_produce_flexible(r: "Reader", version: int) -> dict:
             node, host, port = r.i32(), r.compact_string(), r.i32()
             r.compact_string()  # rack
             r.skip_tagged_fields()
-            out["node_endpoints"][node] = (host, port)
-    assert r.remaining() == 0, f"{r.remaining()} bytes left in the Produce v{version} response"
-    return out
+            endpoints[node] = (host, port)
+    return endpoints
 
 
 def fetch_flexible(conn: RawConn, version: int, topic: str, topic_id: bytes, partition: int,
@@ -668,16 +676,7 @@ def fetch_flexible(conn: RawConn, version: int, topic: str, topic_id: bytes, par
                 else:
                     r.take(size)
         r.skip_tagged_fields()
-    for _ in range(r.uvarint()):
-        tag, size = r.uvarint(), r.uvarint()
-        if tag != 0:
-            r.take(size)
-            continue
-        for _ in range(r.uvarint() - 1):
-            node, host, port = r.i32(), r.compact_string(), r.i32()
-            r.compact_string()  # rack
-            r.skip_tagged_fields()
-            out["node_endpoints"][node] = (host, port)
+    out["node_endpoints"] = read_node_endpoints(r)
     assert r.remaining() == 0, f"{r.remaining()} bytes left in the Fetch v{version} response"
     return out
 

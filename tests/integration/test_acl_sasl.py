@@ -16,7 +16,7 @@ import json
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import (
     AclBinding,
     AclBindingFilter,
@@ -29,7 +29,7 @@ from confluent_kafka.admin import (
 )
 
 from helpers import confluent_admin, unique_topic
-from test_acls import AUTHORIZER
+from test_acls import AUTHORIZER, consume
 from test_quotas import alter_quotas
 from test_sasl import ADMIN, add_user, sasl_broker_factory, sasl_conf  # noqa: F401 (fixture)
 
@@ -73,29 +73,6 @@ def produce(bootstrap, topic, values, user=None, stats=None, **extra):
     return set(outcomes)
 
 
-def consume(bootstrap, topic, user, group, expect, timeout_s=20):
-    """Reads with `group` as `user`; returns (values, first error code or None)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         **conf_of(user)})
-    consumer.subscribe([topic])
-    values, error = [], None
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and len(values) < expect and error is None:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    error = msg.error().code()
-                continue
-            values.append(msg.value())
-    finally:
-        consumer.close()
-    return values, error
-
-
 def max_throttle_ms(stats):
     return max((b.get("throttle", {}).get("max", 0)
                 for s in stats for b in s.get("brokers", {}).values()), default=0)
@@ -127,12 +104,15 @@ def test_two_sasl_users_get_what_their_acls_and_quotas_say(sasl_broker_factory):
     assert produce(sasl, topic, [b"b"], "bob") == {KafkaError.TOPIC_AUTHORIZATION_FAILED}
     assert produce(broker.bootstrap, topic, [b"x"]) == {KafkaError.TOPIC_AUTHORIZATION_FAILED}
     # bob reads alice's records byte for byte; alice (WRITE only) may not read.
-    values, error = consume(sasl, topic, "bob", "g-bob", len(records))
+    values, error = consume(broker, topic, "g-bob", len(records), bootstrap=sasl,
+                            **conf_of("bob"))
     assert (values, error) == (records, None)
-    values, error = consume(sasl, topic, "alice", "g-alice", 1, timeout_s=10)
+    values, error = consume(broker, topic, "g-alice", 1, timeout_s=10, bootstrap=sasl,
+                            **conf_of("alice"))
     assert (values, error) == ([], KafkaError.TOPIC_AUTHORIZATION_FAILED)
     # bob with a group he has no ACL for.
-    values, error = consume(sasl, topic, "bob", "g-other", 1, timeout_s=10)
+    values, error = consume(broker, topic, "g-other", 1, timeout_s=10, bootstrap=sasl,
+                            **conf_of("bob"))
     assert (values, error) == ([], KafkaError.GROUP_AUTHORIZATION_FAILED)
     # Describing ACLs needs DESCRIBE on the cluster: admin may, bob may not.
     flt = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,

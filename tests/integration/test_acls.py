@@ -114,14 +114,16 @@ def produce_one(broker, topic, value=b"v", **extra):
     return None if err is None else err.code()
 
 
-def consume(broker, topic, group, expect, timeout_s=20):
-    """Consumes with `group`; returns (values read, first error code seen or None)."""
+def consume(broker, topic, group, expect, timeout_s=20, bootstrap=None, **conf):
+    """Consumes with `group` (from `bootstrap`, default the broker's PLAINTEXT listener, with
+    extra client settings `conf`); returns (values read, first error code seen or None)."""
     consumer = Consumer({
-        "bootstrap.servers": broker.bootstrap,
+        "bootstrap.servers": bootstrap or broker.bootstrap,
         "group.id": group,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
         "session.timeout.ms": 6000,
+        **conf,
     })
     consumer.subscribe([topic])
     values, error = [], None
