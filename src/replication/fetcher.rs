@@ -197,7 +197,14 @@ async fn apply(
                 continue;
             }
             let records = answer.records.unwrap_or_default();
-            appends.push(copy(shard, leader, f, records, answer.high_watermark));
+            appends.push(copy(
+                shard,
+                leader,
+                f,
+                records,
+                answer.high_watermark,
+                answer.log_start_offset,
+            ));
         }
     }
     for ok in futures::future::join_all(appends).await {
@@ -207,13 +214,15 @@ async fn apply(
 }
 
 /// Appends one partition's copied batches (if it is still followed from `leader`), then
-/// takes the leader's high watermark as this replica's limit.
+/// takes the leader's high watermark as this replica's limit and the leader's log start
+/// offset as its own (DeleteRecords on the leader, or its retention, moved it).
 async fn copy(
     shard: &Shard,
     leader: BrokerId,
     f: &Followed,
     records: Bytes,
     high_watermark: i64,
+    leader_log_start_offset: i64,
 ) -> bool {
     if !records.is_empty() {
         if !shard
@@ -250,5 +259,21 @@ async fn copy(
         }
     }
     f.partition.limit_high_watermark(Some(high_watermark));
+    // Kafka's follower moves its log start up to the leader's (never past what it holds
+    // below the high watermark): records deleted on the leader must not come back when
+    // this replica leads. DeleteRecords makes the move durable before it is visible.
+    let local_start = f.partition.log_start_offset();
+    let target = leader_log_start_offset.min(f.partition.high_watermark());
+    if target > local_start {
+        match f.partition.delete_records(target).await {
+            Ok(start) => {
+                tracing::info!(topic = %f.topic, partition = f.index, leader, log_start_offset = start, "moved the log start to the leader's");
+            }
+            Err(error) => {
+                tracing::warn!(topic = %f.topic, partition = f.index, leader, target, %error, "moving the log start to the leader's failed");
+                return false;
+            }
+        }
+    }
     true
 }

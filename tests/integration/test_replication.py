@@ -38,6 +38,7 @@ from helpers import (
     produce_v3,
     unique_topic,
     wait_until,
+    watermarks,
 )
 
 NOT_ENOUGH_REPLICAS = 19
@@ -401,6 +402,41 @@ def test_fetch_from_a_non_leader_names_the_leader_kip951(nodes):
         with RawConn(nodes[leader].bootstrap) as conn:
             led = fetch_flexible(conn, 16, topic, raw_id, partition)
         assert (led["error"], led["current_leader"], led["node_endpoints"]) == (0, None, {}), led
+
+
+def test_delete_records_reaches_the_followers(nodes_fast_fencing):
+    """DeleteRecords on the leader moves every follower's log start too (followers take the
+    leader's log start from their fetches, as Kafka's do), so records deleted on the leader do
+    not come back when a follower leads: after the leader is killed, the new leader's low
+    watermark is where DeleteRecords put it and a consumer from the beginning starts there."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    nodes = nodes_fast_fencing
+    topic = unique_topic("delrec")
+    create_rf3(nodes, topic)
+    partition = next(p for p, m in placement(nodes[1], topic).items() if m.leader == 2)
+    delivered = produce_confluent(nodes[2].bootstrap, topic, records("d", 100),
+                                  partition=partition, acks="all")
+    assert [d.offset for d in delivered] == list(range(100))
+    admin = AdminClient({"bootstrap.servers": nodes[2].bootstrap})
+    result = admin.delete_records([TopicPartition(topic, partition, 60)],
+                                  request_timeout=15)
+    deleted = next(iter(result.values())).result(timeout=20)
+    assert deleted.low_watermark == 60
+    for n in (1, 3):
+        wait_until(lambda: "moved the log start to the leader's" in nodes[n].log_text(),
+                   SETTLE_S, interval_s=0.2, what=f"broker {n} moving its log start")
+    nodes[2].kill9()
+
+    def new_leader():
+        meta = placement(nodes[1], topic).get(partition)
+        return meta is not None and meta.leader in (1, 3)
+
+    wait_until(new_leader, SETTLE_S, interval_s=0.2, what="a follower leading")
+    assert watermarks(nodes[1].bootstrap, topic, partition) == (60, 100)
+    consumed = consume_confluent(nodes[1].bootstrap, topic, [partition], expected=40)
+    assert [c.offset for c in consumed] == list(range(60, 100))
 
 
 def test_returning_leader_truncates_its_unreplicated_tail(nodes_fast_fencing):
