@@ -57,6 +57,7 @@ pub async fn handle(
                     code::TOPIC_AUTHORIZATION_FAILED,
                     -1,
                     -1,
+                    -1,
                 ))));
                 continue;
             }
@@ -68,6 +69,7 @@ pub async fn handle(
                     code::UNKNOWN_TOPIC_OR_PARTITION,
                     -1,
                     -1,
+                    -1,
                 ))));
                 continue;
             }
@@ -77,6 +79,7 @@ pub async fn handle(
             {
                 pending.push(futures::future::Either::Left(futures::future::ready((
                     code::NOT_LEADER_OR_FOLLOWER,
+                    -1,
                     -1,
                     -1,
                 ))));
@@ -95,6 +98,7 @@ pub async fn handle(
                     epoch_error,
                     -1,
                     -1,
+                    -1,
                 ))));
                 continue;
             }
@@ -102,9 +106,9 @@ pub async fn handle(
             let topic_name = name.clone();
             let lookup = shard.invoke_on(owner, move |s| async move {
                 let Some(partition) = s.partition(&topic_name, index) else {
-                    return (code::NOT_LEADER_OR_FOLLOWER, -1, -1);
+                    return (code::NOT_LEADER_OR_FOLLOWER, -1, -1, -1);
                 };
-                match timestamp {
+                let (error_code, found_ts, offset) = match timestamp {
                     LATEST_TIMESTAMP if committed => {
                         match s
                             .txn_partitions
@@ -142,12 +146,33 @@ pub async fn handle(
                         Some((offset, found_ts)) => (code::NONE, found_ts, offset),
                         None => (code::NONE, -1, -1),
                     },
-                }
+                };
+                // A time lookup answers only records a consumer may fetch: below the high
+                // watermark (the last stable offset for read_committed), as Kafka filters it.
+                let (found_ts, offset) = if timestamp >= 0 || timestamp == MAX_TIMESTAMP {
+                    let fetchable =
+                        fetchable_end(&s, &partition, &topic_name, index, committed).await;
+                    if offset >= fetchable {
+                        (-1, -1)
+                    } else {
+                        (found_ts, offset)
+                    }
+                } else {
+                    (found_ts, offset)
+                };
+                // The leader epoch of the offset answered (Kafka's epoch cache lookup), which
+                // clients keep to validate their position after a leader change; -1 if none.
+                let leader_epoch = if error_code == code::NONE && offset >= 0 {
+                    partition.epoch_for_offset(offset).unwrap_or(-1)
+                } else {
+                    -1
+                };
+                (error_code, found_ts, offset, leader_epoch)
             });
             pending.push(futures::future::Either::Right(async move {
                 lookup
                     .await
-                    .unwrap_or((code::NOT_LEADER_OR_FOLLOWER, -1, -1))
+                    .unwrap_or((code::NOT_LEADER_OR_FOLLOWER, -1, -1, -1))
             }));
         }
         let results = futures::future::join_all(pending).await;
@@ -157,14 +182,14 @@ pub async fn handle(
             .partitions
             .iter()
             .zip(results)
-            .map(|(p, (error_code, timestamp, offset))| {
+            .map(|(p, (error_code, timestamp, offset, leader_epoch))| {
                 let mut r = ListOffsetsPartitionResponse::default();
                 r.partition_index = p.partition_index;
                 r.error_code = error_code;
                 r.timestamp = timestamp;
                 r.offset = offset;
-                if version >= 4 && error_code == code::NONE {
-                    r.leader_epoch = 0;
+                if version >= 4 {
+                    r.leader_epoch = leader_epoch;
                 }
                 r
             })
@@ -174,6 +199,32 @@ pub async fn handle(
     let mut response = ListOffsetsResponse::default();
     response.topics = topics;
     encode(&header, &response)
+}
+
+/// Where a consumer's fetch must stop: the high watermark, or for read_committed the last
+/// stable offset (the partition's transactions loaded first; the high watermark if they
+/// cannot be).
+async fn fetchable_end(
+    shard: &crate::shard::Shard,
+    partition: &sluice_storage::Partition,
+    topic: &str,
+    index: i32,
+    committed: bool,
+) -> i64 {
+    let high_watermark = partition.high_watermark();
+    if !committed
+        || shard
+            .txn_partitions
+            .ensure_loaded(partition, topic, index)
+            .await
+            .is_err()
+    {
+        return high_watermark;
+    }
+    shard
+        .txn_partitions
+        .with(topic, index, |txns| txns.last_stable_offset(high_watermark))
+        .unwrap_or(high_watermark)
 }
 
 /// Kafka answers a time lookup with the first *record* whose timestamp is at or after the

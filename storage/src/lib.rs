@@ -958,6 +958,20 @@ impl Partition {
         self.0.log.borrow().epochs.entries().to_vec()
     }
 
+    /// The leader epoch `offset` was written in (the newest epoch starting at or below it),
+    /// if the log recorded any.
+    pub fn epoch_for_offset(&self, offset: i64) -> Option<i32> {
+        self.0
+            .log
+            .borrow()
+            .epochs
+            .entries()
+            .iter()
+            .rev()
+            .find(|entry| entry.start_offset <= offset)
+            .map(|entry| entry.epoch)
+    }
+
     /// The newest leader epoch of this log, if any batch or leadership recorded one.
     pub fn latest_leader_epoch(&self) -> Option<i32> {
         self.0.log.borrow().epochs.latest().map(|entry| entry.epoch)

@@ -572,6 +572,18 @@ def leader_epochs_v7(conn: RawConn, topic: str) -> dict:
     return out
 
 
+def list_offsets_v4(conn: RawConn, topic: str, partition: int, timestamp: int,
+                    isolation_level: int = 0) -> tuple:
+    """ListOffsets v4 of one partition: (error, timestamp, offset, leader_epoch)."""
+    body = (i32(-1) + i8(isolation_level)
+            + array([string(topic) + array([i32(partition) + i32(-1) + i64(timestamp)])]))
+    r = conn.call(API_LIST_OFFSETS, 4, body)
+    r.i32()  # throttle_time_ms
+    assert r.i32() == 1 and r.string() == topic
+    assert r.i32() == 1 and r.i32() == partition
+    return r.i16(), r.i64(), r.i64(), r.i32()
+
+
 def produce_flexible(conn: RawConn, version: int, topic: str, partition: int, batch: bytes,
                      acks=-1, timeout_ms=10000, transactional_id=None) -> dict:
     """One-partition Produce at a flexible version (9+). Returns the partition's answer:

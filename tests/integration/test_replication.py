@@ -32,6 +32,7 @@ from helpers import (
     fetch_v4,
     free_port,
     leader_epochs_v7,
+    list_offsets_v4,
     metadata_v5,
     produce_flexible,
     produce_confluent,
@@ -439,6 +440,11 @@ def test_delete_records_reaches_the_followers(nodes_fast_fencing):
     assert [c.offset for c in consumed] == list(range(60, 100))
 
 
+def leader_epochs_v7_of(node, topic, partition):
+    with RawConn(node.bootstrap) as conn:
+        return leader_epochs_v7(conn, topic)[partition][1]
+
+
 def test_returning_leader_truncates_its_unreplicated_tail(nodes_fast_fencing):
     """A leader that took acks=1 records no follower copied, then died, comes back as a
     follower of the new leader: it cuts those records (OffsetForLeaderEpoch to the leader),
@@ -459,10 +465,18 @@ def test_returning_leader_truncates_its_unreplicated_tail(nodes_fast_fencing):
     # Fetches in flight when they stopped are answered (empty) before the records come.
     time.sleep(0.5)
     try:
-        lost = produce_confluent(nodes[2].bootstrap, topic, records("lost", 5),
+        future_ms = int(time.time() * 1000) + 3_600_000
+        lost = produce_confluent(nodes[2].bootstrap, topic,
+                                 [(k, v, future_ms) for k, v in records("lost", 5)],
                                  partition=partition, acks="1")
         assert [d.offset for d in lost] == list(range(100, 105))
         assert stored_batches(nodes[2], topic, partition)[-1][0] >= 100
+        # Above the high watermark: a time lookup (and max timestamp) must not point there.
+        with RawConn(nodes[2].bootstrap) as conn:
+            by_time = list_offsets_v4(conn, topic, partition, future_ms)
+            by_max = list_offsets_v4(conn, topic, partition, -3)
+        assert by_time[0] == 0 and by_time[2] == -1, by_time
+        assert by_max[0] == 0 and by_max[2] < 100, by_max
         nodes[2].kill9()
     finally:
         nodes[1].proc.send_signal(signal.SIGCONT)
@@ -477,6 +491,16 @@ def test_returning_leader_truncates_its_unreplicated_tail(nodes_fast_fencing):
     delivered = produce_confluent(nodes[1].bootstrap, topic, records("b", 50),
                                   partition=partition, acks="all")
     assert [d.offset for d in delivered] == list(range(100, 150))
+    # ListOffsets answers the leader epoch of the offset it gives (clients validate their
+    # position with it after a leader change): 0 for the first records, the new one at the end.
+    leader = placement(nodes[1], topic)[partition].leader
+    new_epoch = leader_epochs_v7_of(nodes[1], topic, partition)
+    assert new_epoch >= 1
+    with RawConn(nodes[leader].bootstrap) as conn:
+        earliest = list_offsets_v4(conn, topic, partition, -2)
+        latest = list_offsets_v4(conn, topic, partition, -1)
+    assert (earliest[0], earliest[2], earliest[3]) == (0, 0, 0), earliest
+    assert (latest[0], latest[2], latest[3]) == (0, 150, new_epoch), latest
 
     nodes[2].start()
     wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1, 2, 3))
