@@ -91,6 +91,16 @@ pub fn on_roll(shard: &Rc<Shard>, partition: Partition) {
 /// Writes the snapshot of `topic`-`index` at its log end, if its producer states are loaded;
 /// returns whether one was written.
 pub async fn write(shard: &Shard, partition: &Partition, topic: &str, index: i32) -> bool {
+    // A snapshot says which transactions are open: the view must be loaded, or a
+    // transactional partition's snapshot would say none are.
+    if let Err(error) = shard
+        .txn_partitions
+        .ensure_loaded(partition, topic, index)
+        .await
+    {
+        tracing::warn!(topic, index, %error, "producer snapshot skipped: the partition's transactions cannot be loaded");
+        return false;
+    }
     let mut waited_ms = 0;
     while shard.snapshot_holds.held(topic, index) {
         if waited_ms >= HOLD_WAIT_MS_MAX {

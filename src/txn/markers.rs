@@ -203,9 +203,14 @@ pub async fn write_on_owner(shard: &Shard, topic: &str, index: i32, write: Marke
     };
     // The marker is durable here: the transaction is closed in the partition's view (the
     // LSO never passes the high watermark, so readers wait for the replicas below anyway).
-    shard.txn_partitions.with(topic, index, |state| {
-        state.complete(write.producer_id, write.marker, info.base_offset)
-    });
+    let aborted = shard
+        .txn_partitions
+        .with(topic, index, |state| {
+            state
+                .complete(write.producer_id, write.marker, info.base_offset)
+                .map(|_| state.aborted_entries())
+        })
+        .flatten();
     shard.with_producer_states(topic, index, |states| {
         states.fence(
             write.producer_id,
@@ -213,6 +218,16 @@ pub async fn write_on_owner(shard: &Shard, topic: &str, index: i32, write: Marke
             crate::server::now_ms(),
         )
     });
+    // Indexed before the hold goes: no producer snapshot above the marker without its entry.
+    if let Some(aborted) = aborted {
+        if let Err(error) = partition.write_txn_index(info.base_offset, &aborted).await {
+            // The next load must not trust the indexes: it replays the whole log instead.
+            tracing::error!(topic, index, %error, "cannot write the aborted-transaction index");
+            if let Err(error) = crate::txn::registry::distrust_indexes(&partition).await {
+                tracing::error!(topic, index, %error, "cannot mark the partition's transaction indexes incomplete");
+            }
+        }
+    }
     drop(hold);
     match shard
         .replicas

@@ -9,8 +9,9 @@
 //! transaction still open, or forget an aborted range while its batches are in the log (a
 //! read_committed consumer would then deliver aborted records).
 //!
-//! Everything here is rebuilt from the log itself (see [`PartitionTxns::replay`]), so nothing
-//! but the log has to be durable.
+//! Loaded after a restart from the partition's `.txnindex` files (the aborted ranges), its
+//! newest producer snapshot (the transactions open at its offset) and the batches after it
+//! ([`PartitionTxns::replay`]); a partition without them is replayed from its log start.
 
 use std::collections::HashMap;
 
@@ -34,6 +35,20 @@ pub struct AbortedTxn {
     pub first_offset: i64,
     /// Offset of the ABORT marker.
     pub last_offset: i64,
+    /// The last stable offset once the marker was written.
+    pub last_stable_offset: i64,
+}
+
+impl AbortedTxn {
+    /// As a `.txnindex` entry.
+    pub fn entry(&self) -> sluice_storage::txn_index::AbortedTxnEntry {
+        sluice_storage::txn_index::AbortedTxnEntry {
+            producer_id: self.producer_id,
+            first_offset: self.first_offset,
+            last_offset: self.last_offset,
+            last_stable_offset: self.last_stable_offset,
+        }
+    }
 }
 
 /// The transaction state of one partition.
@@ -109,19 +124,77 @@ impl PartitionTxns {
     }
 
     /// A marker for `producer_id` was written at `marker_offset`: its transaction here is
-    /// closed, and recorded as aborted if it wrote anything and `marker` is ABORT.
-    pub fn complete(&mut self, producer_id: i64, marker: Marker, marker_offset: i64) {
-        let Some(txn) = self.open.remove(&producer_id) else {
-            return;
-        };
-        if let (Marker::Abort, Some(first_offset)) = (marker, txn.first_offset) {
-            debug_assert!(first_offset < marker_offset);
-            self.aborted.push(AbortedTxn {
-                producer_id,
-                first_offset,
-                last_offset: marker_offset,
-            });
+    /// closed, and recorded as aborted if it wrote anything and `marker` is ABORT (returned:
+    /// the new `.txnindex` entry). A marker older than the open transaction's first batch
+    /// (seen again by a replay that overlaps a snapshot) changes nothing, nor does one
+    /// already recorded.
+    pub fn complete(
+        &mut self,
+        producer_id: i64,
+        marker: Marker,
+        marker_offset: i64,
+    ) -> Option<AbortedTxn> {
+        let txn = *self.open.get(&producer_id)?;
+        if txn.first_offset.is_some_and(|first| first > marker_offset) {
+            return None;
         }
+        self.open.remove(&producer_id);
+        let (Marker::Abort, Some(first_offset)) = (marker, txn.first_offset) else {
+            return None;
+        };
+        debug_assert!(first_offset < marker_offset);
+        let at = self
+            .aborted
+            .partition_point(|a| a.last_offset < marker_offset);
+        if self
+            .aborted
+            .get(at)
+            .is_some_and(|a| a.last_offset == marker_offset)
+        {
+            return None;
+        }
+        let aborted = AbortedTxn {
+            producer_id,
+            first_offset,
+            last_offset: marker_offset,
+            last_stable_offset: self.last_stable_offset(marker_offset + 1),
+        };
+        self.aborted.insert(at, aborted);
+        Some(aborted)
+    }
+
+    /// Loaded state: the aborted transactions of the `.txnindex` files, and the transactions
+    /// a producer snapshot says were open (producer id, epoch, first offset).
+    pub fn restore(
+        &mut self,
+        aborted: &[sluice_storage::txn_index::AbortedTxnEntry],
+        open: impl IntoIterator<Item = (i64, i16, i64)>,
+    ) {
+        self.aborted = aborted
+            .iter()
+            .map(|entry| AbortedTxn {
+                producer_id: entry.producer_id,
+                first_offset: entry.first_offset,
+                last_offset: entry.last_offset,
+                last_stable_offset: entry.last_stable_offset,
+            })
+            .collect();
+        self.aborted.sort_by_key(|a| a.last_offset);
+        self.aborted.dedup_by_key(|a| a.last_offset);
+        for (producer_id, epoch, first_offset) in open {
+            self.open.insert(
+                producer_id,
+                OpenTxn {
+                    epoch,
+                    first_offset: Some(first_offset),
+                },
+            );
+        }
+    }
+
+    /// Every aborted transaction as `.txnindex` entries.
+    pub fn aborted_entries(&self) -> Vec<sluice_storage::txn_index::AbortedTxnEntry> {
+        self.aborted.iter().map(AbortedTxn::entry).collect()
     }
 
     /// The last stable offset: the first offset of the oldest open transaction, capped by
@@ -181,7 +254,7 @@ impl PartitionTxns {
                 if header.is_control() {
                     let marker = control_marker(&bytes[pos..pos + size]);
                     if let Some(marker) = marker {
-                        self.complete(header.producer_id, marker, header.base_offset);
+                        let _ = self.complete(header.producer_id, marker, header.base_offset);
                     }
                 } else {
                     self.note_append(
@@ -252,9 +325,9 @@ mod tests {
             5,
             "capped by the high watermark"
         );
-        txns.complete(7, Marker::Abort, 20);
+        assert!(txns.complete(7, Marker::Abort, 20).is_some());
         assert_eq!(txns.last_stable_offset(21), 12);
-        txns.complete(8, Marker::Commit, 21);
+        assert!(txns.complete(8, Marker::Commit, 21).is_none());
         assert_eq!(txns.last_stable_offset(22), 22);
         assert_eq!(txns.aborted_between(0, 22), vec![(7, 10)]);
         assert_eq!(txns.aborted_between(21, 22), Vec::<(i64, i64)>::new());
@@ -276,7 +349,7 @@ mod tests {
             txns.admit(1, 1).map_err(|e| e.0),
             Err(code::INVALID_PRODUCER_EPOCH)
         );
-        txns.complete(1, Marker::Commit, 5);
+        assert!(txns.complete(1, Marker::Commit, 5).is_none());
         assert_eq!(
             txns.admit(1, 2).map_err(|e| e.0),
             Err(code::INVALID_TXN_STATE)

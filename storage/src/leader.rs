@@ -149,7 +149,11 @@ pub(crate) async fn truncate_to(
     partition.log.borrow_mut().truncating = true;
     let result = truncate_locked(&shard, partition, offset).await;
     partition.log.borrow_mut().truncating = false;
-    result
+    let new_end = result?;
+    // After the cut: a crash before this leaves entries past the log end, which the unclean
+    // open that follows drops (entries of markers still in the log are never lost).
+    crate::txn_index::drop_past(partition, new_end).await?;
+    Ok(new_end)
 }
 
 /// Waits until every append queued for `partition` is published or failed.

@@ -58,6 +58,7 @@ mod shard;
 mod stamped;
 mod swap;
 mod tail_cache;
+pub mod txn_index;
 mod writer;
 
 pub use blocking::{
@@ -774,6 +775,33 @@ impl Partition {
         entries: &[producer_snapshot::ProducerSnapshotEntry],
     ) -> Result<bool, StorageError> {
         producer_snapshot::write(&self.0, offset, entries).await
+    }
+
+    /// Rewrites the `.txnindex` of the segment holding `marker_offset` (an ABORT marker just
+    /// made durable) with the entries of `aborted` whose marker lies in that segment,
+    /// atomically and durably through the I/O seam. See the `txn_index` module for the
+    /// durability contract.
+    pub async fn write_txn_index(
+        &self,
+        marker_offset: i64,
+        aborted: &[txn_index::AbortedTxnEntry],
+    ) -> Result<(), StorageError> {
+        txn_index::write_for_marker(&self.0, marker_offset, aborted).await
+    }
+
+    /// Rewrites the `.txnindex` of every segment holding a marker of `aborted` (after a full
+    /// replay rebuilt them), one atomic write per segment through the I/O seam.
+    pub async fn rewrite_txn_indexes(
+        &self,
+        aborted: &[txn_index::AbortedTxnEntry],
+    ) -> Result<(), StorageError> {
+        txn_index::rewrite_all(&self.0, aborted).await
+    }
+
+    /// Every entry of the live segments' `.txnindex` files whose marker is at or past the
+    /// log start, in offset order; read on the blocking pool.
+    pub async fn aborted_txns(&self) -> Result<Vec<txn_index::AbortedTxnEntry>, StorageError> {
+        txn_index::read(&self.0).await
     }
 
     /// The newest producer snapshot at or below `max_offset` that passes its checks, with its

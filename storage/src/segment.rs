@@ -496,11 +496,12 @@ impl Segment {
     }
 
     /// The segment's file names: log, offset index, time index.
-    pub(crate) fn paths(&self) -> [PathBuf; 3] {
+    pub(crate) fn paths(&self) -> [PathBuf; 4] {
         [
             log_path(&self.dir, self.base_offset),
             index_path(&self.dir, self.base_offset),
             time_index_path(&self.dir, self.base_offset),
+            crate::txn_index::path(&self.dir, self.base_offset),
         ]
     }
 
@@ -526,7 +527,7 @@ impl Segment {
     pub(crate) async fn unlink_through(&self, io: &dyn IoBackend) {
         self.state.borrow_mut().deleted = true;
         let paths = self.paths();
-        // All three are queued on the ring before the first is awaited.
+        // All four are queued on the ring before the first is awaited.
         let unlinks = paths.clone().map(|path| io.unlink(path));
         for (path, unlinked) in paths.iter().zip(unlinks) {
             if let Err(error) = unlinked.await {

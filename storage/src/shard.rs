@@ -330,6 +330,17 @@ pub(crate) fn open_partition(
         if removed > 0 {
             tracing::warn!(partition = %label, removed, log_end_offset = recovered.log_end_offset, "removed producer snapshots past the recovered log end");
         }
+        // Aborted-transaction entries of markers the crash (or a cut it finished) did not
+        // keep, and torn tails, go before anything is appended after them.
+        let dropped = crate::txn_index::drop_from(&dir, recovered.log_end_offset).map_err(
+            io_error(format!(
+                "cutting the transaction indexes of {} at the log end",
+                dir.display()
+            )),
+        )?;
+        if dropped > 0 {
+            tracing::warn!(partition = %label, dropped, log_end_offset = recovered.log_end_offset, "dropped aborted-transaction entries past the recovered log end");
+        }
     }
     let dir_file = File::open(&dir).map_err(io_error(format!("opening {}", dir.display())))?;
     let cleaner_state = CleanerState::load(&dir);

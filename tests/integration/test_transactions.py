@@ -266,3 +266,41 @@ def test_kafkajs_transaction_with_send_offsets(broker):
     seen = read_all(broker.bootstrap, topic, [0, 1], "read_committed", expected=4)
     assert sorted(v for _, v in seen) == [b"c-0", b"c-1", b"c-2", b"c-3"]
     assert result["committed_offset"] == "4"
+
+
+def test_aborted_transactions_load_from_their_indexes_after_kill9(broker):
+    """Aborted transactions in several rolled segments are indexed per segment (`.txnindex`,
+    Kafka's 34-byte entries) and, after kill -9, the partition's transaction view loads from
+    those indexes and the newest producer snapshot instead of replaying the log from its
+    start: read_committed then returns exactly the committed records, in order."""
+    topic = create_topic(broker.bootstrap, unique_topic("txnidx"), 1,
+                         config={"segment.bytes": str(16 * 1024)})
+    p = txn_producer(broker.bootstrap)
+    committed, aborted = [], []
+    for round_ in range(4):
+        for outcome in ("commit", "abort"):
+            p.begin_transaction()
+            for i in range(20):
+                value = f"{outcome}-{round_}-{i}-".encode() + b"v" * 1000
+                p.produce(topic, value=value, partition=0)
+                (committed if outcome == "commit" else aborted).append((0, value))
+            p.flush(30)
+            if outcome == "commit":
+                p.commit_transaction(30)
+            else:
+                p.abort_transaction(30)
+    part_dir = broker.data_dir / f"{topic}-0"
+    wait_until(lambda: len(list(part_dir.glob("*.txnindex"))) >= 2, 10,
+               what="aborted-transaction indexes in two segments")
+    entries = b"".join(f.read_bytes() for f in sorted(part_dir.glob("*.txnindex")))
+    assert len(entries) == 4 * 34, "one 34-byte entry per aborted transaction"
+    assert all(entries[i:i + 2] == b"\x00\x00" for i in range(0, len(entries), 34)), "version 0"
+    wait_until(lambda: list(part_dir.glob("*.snapshot")), 10, what="a producer snapshot")
+    broker.kill9()
+    broker.start()
+    seen = read_all(broker.bootstrap, topic, [0], "read_committed", settle_s=1.0,
+                    expected=len(committed))
+    assert seen == committed, "read_committed must see exactly the committed, in order"
+    log = broker.log_text()
+    assert "loaded the partition's transactions from its indexes and snapshot" in log
+    assert "replayed the partition's transactions from its log start" not in log
