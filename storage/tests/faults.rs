@@ -806,8 +806,8 @@ fn retention_unlinks_through_the_seam() {
         assert!(removed >= 2, "retention removed {removed} segments");
         assert_eq!(
             plan.unlinks(),
-            3 * removed as u64,
-            "a log, an offset index and a time index per deleted segment, all through the seam"
+            4 * removed as u64,
+            "a log, an offset index, a time index and a transaction index per deleted segment, all through the seam"
         );
         let start = partition.log_start_offset();
         let logs_after = log_files(&dir);
