@@ -118,7 +118,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "transaction.max.timeout.ms", default: "900000", doc: "Largest transaction.timeout.ms a transactional producer may ask for (InitProducerId answers INVALID_TRANSACTION_TIMEOUT above it)." },
     Setting { name: "transaction.state.log.num.partitions", default: "50", doc: "Partitions of __transaction_state; a transactional id's coordinator is the owner of partition abs(hash(id)) % this. Fixed once transactions were used: changing it moves ids away from their state." },
     Setting { name: "transaction.abort.timed.out.transaction.cleanup.interval.ms", default: "10000", doc: "How often each coordinator aborts (and fences, with an epoch bump) the transactions open longer than their timeout." },
-    Setting { name: "transaction.version", default: "2", doc: "The finalized transaction.version feature (Kafka sets it with kafka-features.sh): ApiVersions advertises it (supported 0-2) with Produce 12, EndTxn 5 and TxnOffsetCommit 5 at 2, so a Kafka 4 client runs transactions on protocol v2 (KIP-890: an epoch bump per transaction, partitions added implicitly by Produce and TxnOffsetCommit); 0 or 1 keeps protocol v1 only (Produce 11, EndTxn 4, TxnOffsetCommit 3), which older clients use at any value." },
+    Setting { name: "transaction.version", default: "2", doc: "The finalized transaction.version feature (Kafka sets it with kafka-features.sh): ApiVersions advertises it (supported 0-2) with Produce 12, EndTxn 5 and TxnOffsetCommit 5 at 2, so a Kafka 4 client runs transactions on protocol v2 (KIP-890: an epoch bump per transaction, partitions added implicitly by Produce and TxnOffsetCommit); 0 or 1 keeps protocol v1 only (Produce 11, EndTxn 4, TxnOffsetCommit 3), which older clients use at any value. In a cluster it is finalized at 1 at most (protocol v2 partition adds across brokers are not built)." },
     Setting { name: "transaction.marker.delay.ms", default: "0", doc: "TEST ONLY: how long EndTxn waits between persisting PrepareCommit/PrepareAbort and writing the markers, so that a test can kill the broker inside that window. Keep 0 in production. No Kafka equivalent." },
     Setting { name: "request.timeout.ms", default: "30000", doc: "How long one partition of a WriteTxnMarkers request may wait for its marker to be durable (and, in a cluster, in every ISR member) before it is answered REQUEST_TIMED_OUT; the marker may still land." },
     Setting { name: "authorizer.class.name", default: "", doc: "Empty: no authorization (everyone may do everything). org.apache.kafka.metadata.authorizer.StandardAuthorizer: every request is checked against the ACLs in the cluster metadata (CreateAcls, `sluice acls`); any other class is refused at start." },
@@ -136,6 +136,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "default.replication.factor", default: "1", doc: "In a cluster: replicas per partition of an auto-created topic, or of a CreateTopics request with -1 (at most the unfenced brokers)." },
     Setting { name: "min.insync.replicas", default: "1", doc: "An acks=all produce to a partition whose ISR has fewer members gets NOT_ENOUGH_REPLICAS (19) before anything is appended, or NOT_ENOUGH_REPLICAS_AFTER_APPEND (20) if the ISR shrank below it while waiting (topic: min.insync.replicas)." },
     Setting { name: "offsets.topic.replication.factor", default: "3", doc: "In a cluster: replicas of each __consumer_offsets partition. The topic is created on the first FindCoordinator only once this many brokers are unfenced (COORDINATOR_NOT_AVAILABLE until then, which clients retry); its min.insync.replicas is the broker's." },
+    Setting { name: "transaction.state.log.replication.factor", default: "3", doc: "In a cluster: replicas of each __transaction_state partition. The topic is created on the first FindCoordinator for a transactional id with this many replicas, capped at the brokers then unfenced; a transactional id's coordinator is the leader of its state partition." },
+    Setting { name: "transaction.state.log.min.isr", default: "2", doc: "In a cluster: the min.insync.replicas of __transaction_state. A coordinator's state change is acted on only once every ISR member has it durable and the ISR has at least this many members (else the client gets COORDINATOR_NOT_AVAILABLE and retries)." },
     Setting { name: "offsets.commit.timeout.ms", default: "5000", doc: "In a cluster: how long an offset commit or group metadata append waits for the offsets partition's high watermark (every ISR member durable) before the client is answered COORDINATOR_NOT_AVAILABLE." },
     Setting { name: "replica.lag.time.max.ms", default: "30000", doc: "A follower that has not caught up to its leader's log end for this long leaves the ISR (the leader asks the controller); it rejoins once it reaches the high watermark." },
     Setting { name: "replica.fetch.max.bytes", default: "1048576", doc: "Record bytes a follower asks for per partition in one fetch from its leader (the first batch comes whole even when larger)." },
@@ -661,6 +663,11 @@ impl BrokerConfig {
                 transaction_version: c.int("transaction.version", 0..=2),
                 marker_delay_ms: c.int("transaction.marker.delay.ms", 0..=INT_MAX),
                 marker_write_timeout_ms: c.int("request.timeout.ms", 1..=INT_MAX),
+                state_replication_factor: c.int(
+                    "transaction.state.log.replication.factor",
+                    1..=i64::from(i16::MAX),
+                ),
+                state_min_isr: c.int("transaction.state.log.min.isr", 1..=INT_MAX),
             },
             sasl: crate::security::sasl::SaslConfig {
                 enabled_mechanisms: c
@@ -761,6 +768,13 @@ impl BrokerConfig {
             cluster.advertised_port = advertised_port;
             cluster
         });
+        // In a cluster, protocol v2's implicit add would need a partition leader to add its
+        // partitions at a coordinator on another broker (AddPartitionsToTxn v4+ between
+        // brokers), which is not built: clients run protocol v1 there, and ApiVersions says so.
+        let mut config = config;
+        if cluster.is_some() && config.transactions.transaction_version > 1 {
+            config.transactions.transaction_version = 1;
+        }
         Ok(Self {
             cluster,
             listeners,

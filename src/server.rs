@@ -562,9 +562,9 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         });
     }
 
-    // The __transaction_state partitions this shard owns (single broker only: transactions
-    // are refused in a cluster). Kept whole until compaction exists: each record is small,
-    // and the newest one per id is the state.
+    // The __transaction_state partitions this shard owns. Kept whole until compaction
+    // exists: each record is small, and the newest one per id is the state. In a cluster they
+    // are replicas the quorum places, loaded only while led (`txn::leadership`).
     if config.cluster.is_none() {
         let state_partitions = config.transactions.state_partitions;
         let state_log_config = sluice_storage::LogConfig {
@@ -595,6 +595,9 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
                     .await;
             });
         }
+    }
+    // Each coordinator's timeouts (in a cluster, over the state partitions it leads).
+    {
         let txn_shard = shard.clone();
         runtime::spawn(async move {
             let period =

@@ -71,9 +71,10 @@ impl ShardSet {
     /// Deterministic owner of a partition: a stable hash of the topic name plus the partition
     /// index, so one topic's partitions spread round-robin over the shards. A
     /// `__consumer_offsets` partition is owned by the shard of its groups (`p % shards`), so
-    /// its coordinator, its replica role and the fetches of it meet on one shard.
+    /// its coordinator, its replica role and the fetches of it meet on one shard; so is a
+    /// `__transaction_state` partition, by its transaction coordinator's.
     pub fn owner_of(&self, topic: &str, partition: i32) -> usize {
-        if topic == sluice_group::OFFSETS_TOPIC {
+        if topic == sluice_group::OFFSETS_TOPIC || topic == crate::txn::TRANSACTION_STATE_TOPIC {
             return usize::try_from(partition).unwrap_or(0) % self.senders.len();
         }
         let hash = topic.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {

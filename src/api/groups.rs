@@ -73,7 +73,7 @@ where
 }
 
 /// Where a group's coordinator is: (node, host, port), or an error code and message.
-type Located = Result<(i32, String, i32), (i16, String)>;
+pub type Located = Result<(i32, String, i32), (i16, String)>;
 
 /// The coordinator of `group_id`: this broker on a single broker; in a cluster, the leader of
 /// the group's `__consumer_offsets` partition as the quorum placed it (the topic is created
@@ -137,7 +137,7 @@ fn create_offsets_topic(shard: &Rc<Shard>, replication_factor: i16) {
     });
 }
 
-/// Handles FindCoordinator: groups (key type 0) and, on a single broker, transactions (1).
+/// Handles FindCoordinator: groups (key type 0) and transactions (1).
 pub fn find_coordinator(
     shard: Rc<Shard>,
     header: RequestHeader,
@@ -161,10 +161,14 @@ pub fn find_coordinator(
             _ => None,
         }
     };
-    // A transaction coordinator is this broker on a single broker; in a cluster,
-    // transactions are refused (COORDINATOR_NOT_AVAILABLE, below).
-    let transactions = request.key_type == KEY_TYPE_TRANSACTION && !shard.metadata.is_clustered();
-    let supported = request.key_type == KEY_TYPE_GROUP || transactions;
+    let supported = request.key_type == KEY_TYPE_GROUP || request.key_type == KEY_TYPE_TRANSACTION;
+    let locate = |key: &str| {
+        if request.key_type == KEY_TYPE_TRANSACTION {
+            crate::txn::leadership::locate(&shard, key, listener)
+        } else {
+            locate(&shard, key, listener)
+        }
+    };
     let mut response = FindCoordinatorResponse::default();
     if header.api_version >= 4 {
         response.coordinators = request
@@ -179,7 +183,7 @@ pub fn find_coordinator(
                     c.error_code = error_code;
                     c.error_message = Some(str_bytes("Authorization failed."));
                 } else if supported {
-                    match locate(&shard, key, listener) {
+                    match locate(key) {
                         Ok((node, host, port)) => {
                             c.node_id = BrokerId(node);
                             c.host = str_bytes(&host);
@@ -196,8 +200,7 @@ pub fn find_coordinator(
                     c.node_id = BrokerId(-1);
                     c.port = -1;
                     c.error_code = code::COORDINATOR_NOT_AVAILABLE;
-                    c.error_message =
-                        Some(str_bytes("transactions are not supported in a cluster yet"));
+                    c.error_message = Some(str_bytes("unknown coordinator key type"));
                 }
                 c
             })
@@ -207,7 +210,7 @@ pub fn find_coordinator(
         response.node_id = BrokerId(-1);
         response.port = -1;
     } else if supported {
-        match locate(&shard, &request.key, listener) {
+        match locate(&request.key) {
             Ok((node, host, port)) => {
                 response.node_id = BrokerId(node);
                 response.host = str_bytes(&host);
@@ -227,8 +230,7 @@ pub fn find_coordinator(
         response.node_id = BrokerId(-1);
         response.port = -1;
         if header.api_version >= 1 {
-            response.error_message =
-                Some(str_bytes("transactions are not supported in a cluster yet"));
+            response.error_message = Some(str_bytes("unknown coordinator key type"));
         }
     }
     encode(&header, &response)

@@ -387,10 +387,15 @@ async fn append_on_owner(
             .map_or(0, |placement| placement.leader_epoch)
     };
     if let Some((producer_id, epoch)) = transactional {
+        // In a cluster the coordinator may run on another broker and cannot register the
+        // partition here (no broker-to-coordinator AddPartitionsToTxn yet): the leader admits
+        // a transaction it has not seen opened, as Kafka did before KIP-890; stale batches of
+        // an older producer epoch are still refused (the producer states and `admit`).
+        let clustered = shard.metadata.is_clustered();
         let admitted = shard
             .txn_partitions
             .with(topic, index, |txns| {
-                if implicitly_added {
+                if implicitly_added || (clustered && txns.open(producer_id).is_none()) {
                     txns.register(producer_id, epoch);
                 }
                 txns.admit(producer_id, epoch)?;

@@ -4,9 +4,9 @@
 //!
 //! Each transactional id is served by the coordinator of the shard that owns its
 //! `__transaction_state` partition (`partition % shards`); requests are forwarded there, and
-//! TxnOffsetCommit's offsets go to the group's shard. Single broker only: in a cluster the
-//! coordinator is not available (FindCoordinator key type 1 answers so too). Must never: run
-//! a transactional id's state anywhere but on its coordinator's shard.
+//! TxnOffsetCommit's offsets go to the group's shard. In a cluster the coordinator is the
+//! broker leading that partition (`txn::leadership`); the others answer NOT_COORDINATOR.
+//! Must never: run a transactional id's state anywhere but on its coordinator's shard.
 
 use std::rc::Rc;
 
@@ -50,15 +50,16 @@ pub fn coordinator_shard(shard: &Shard, transactional_id: &str) -> usize {
     shard.txns.partition_for(transactional_id) as usize % shard.set.count()
 }
 
-/// Runs `f` with the coordinator's shard of `id`; transactions are refused in a cluster.
+/// Runs `f` with the coordinator's shard of `id`; NOT_COORDINATOR in a cluster when this
+/// broker does not lead the id's state partition.
 async fn on_coordinator<F, Fut, T>(shard: &Rc<Shard>, id: &str, f: F) -> Result<T, i16>
 where
     F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, i16>> + 'static,
     T: Send + 'static,
 {
-    if shard.metadata.is_clustered() {
-        return Err(code::COORDINATOR_NOT_AVAILABLE);
+    if !crate::txn::leadership::coordinates_here(shard, id) {
+        return Err(code::NOT_COORDINATOR);
     }
     let target = coordinator_shard(shard, id);
     shard
@@ -388,8 +389,14 @@ pub async fn txn_offset_commit(
     // transaction here, with no AddOffsetsToTxn.
     let implicit_add =
         (version >= 5).then(|| sluice_group::offsets_partition_for(&request.group_id.0));
+    // In a cluster the client sends TxnOffsetCommit to the group's coordinator, which may
+    // not be the transaction's: as Kafka's group coordinator (protocol v1), it then holds
+    // the offsets by producer id without asking, and the transaction's marker settles them.
+    let remote_coordinator =
+        implicit_add.is_none() && !crate::txn::leadership::coordinates_here(&shard, &id);
     let checked = match txn_group_denied(&authz, &id, request.group_id.as_str()) {
         Some(error_code) => Err(error_code),
+        None if remote_coordinator => Ok(()),
         None => {
             on_coordinator(&shard, &id.clone(), move |s| async move {
                 if let Some(offsets_partition) = implicit_add {
@@ -691,16 +698,18 @@ pub async fn describe_producers(
                 Ok(Ok(active)) => {
                     partition.active_producers = active
                         .into_iter()
-                        .map(|(id, epoch, last_sequence, last_ms, txn_start)| {
-                            let mut p = ProducerState::default();
-                            p.producer_id = ProducerId(id);
-                            p.producer_epoch = i32::from(epoch);
-                            p.last_sequence = last_sequence;
-                            p.last_timestamp = last_ms;
-                            p.coordinator_epoch = -1;
-                            p.current_txn_start_offset = txn_start;
-                            p
-                        })
+                        .map(
+                            |(id, epoch, last_sequence, last_ms, txn_start, coordinator_epoch)| {
+                                let mut p = ProducerState::default();
+                                p.producer_id = ProducerId(id);
+                                p.producer_epoch = i32::from(epoch);
+                                p.last_sequence = last_sequence;
+                                p.last_timestamp = last_ms;
+                                p.coordinator_epoch = coordinator_epoch;
+                                p.current_txn_start_offset = txn_start;
+                                p
+                            },
+                        )
                         .collect()
                 }
                 Ok(Err(error_code)) => partition.error_code = error_code,
@@ -713,8 +722,9 @@ pub async fn describe_producers(
     encode(&header, &response)
 }
 
-/// (producer id, epoch, last sequence, last timestamp, open transaction's first offset).
-type ActiveProducer = (i64, i16, i32, i64, i64);
+/// (producer id, epoch, last sequence, last timestamp, open transaction's first offset,
+/// coordinator epoch of its newest marker or -1).
+type ActiveProducer = (i64, i16, i32, i64, i64, i32);
 
 async fn producers_on_owner(
     shard: &Shard,
@@ -743,6 +753,13 @@ async fn producers_on_owner(
         })
         .unwrap_or_default();
     let producers = shard.with_producer_states(topic, index, |states| states.producers());
+    let coordinator_epoch = |id: i64| {
+        shard
+            .txn_partitions
+            .with(topic, index, |state| state.coordinator_epoch(id))
+            .flatten()
+            .unwrap_or(-1)
+    };
     Ok(producers
         .into_iter()
         .map(|(id, epoch, last_sequence, last_ms)| {
@@ -752,6 +769,7 @@ async fn producers_on_owner(
                 last_sequence,
                 last_ms,
                 open.get(&id).copied().unwrap_or(-1),
+                coordinator_epoch(id),
             )
         })
         .collect())

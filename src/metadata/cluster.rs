@@ -65,11 +65,20 @@ pub fn derive(current: &MetadataSnapshot, state: &Arc<ClusterState>) -> Metadata
     // The offsets topic is the quorum's once it created it (its id is what followers fetch
     // it by); until then it keeps its local meta. Its partitions are opened with the group
     // coordinator's log config (at startup), not from these configs.
-    let cluster_topic = |name: &str| !name.starts_with("__") || name == sluice_group::OFFSETS_TOPIC;
-    if state.topic_by_name(sluice_group::OFFSETS_TOPIC).is_some() {
-        next.topics.remove(sluice_group::OFFSETS_TOPIC);
-        next.names_by_id
-            .retain(|_, name| name.as_str() != sluice_group::OFFSETS_TOPIC);
+    // `__transaction_state` is the quorum's alone in a cluster (a broker opens it only as a
+    // replica the quorum placed here).
+    let replicated_internal = |name: &str| {
+        name == sluice_group::OFFSETS_TOPIC || name == crate::txn::TRANSACTION_STATE_TOPIC
+    };
+    let cluster_topic = |name: &str| !name.starts_with("__") || replicated_internal(name);
+    for name in [
+        sluice_group::OFFSETS_TOPIC,
+        crate::txn::TRANSACTION_STATE_TOPIC,
+    ] {
+        if state.topic_by_name(name).is_some() {
+            next.topics.remove(name);
+            next.names_by_id.retain(|_, known| known.as_str() != name);
+        }
     }
     for topic in state.topics.values().filter(|t| cluster_topic(&t.name)) {
         let meta = TopicMeta {

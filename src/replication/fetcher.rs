@@ -232,8 +232,22 @@ async fn copy(
             return true;
         }
         // Loaded before the append, so a rebuild from the log sees it without these batches
-        // and the replay below adds each exactly once.
-        shard.load_producer_states(&f.topic, f.index).await;
+        // and the replay below adds each exactly once. With transactional batches or markers,
+        // the partition's transaction view follows them too (open transactions, aborted
+        // ranges, coordinator epochs), loaded first, and its flag file exists before they are
+        // durable here, so this replica can lead with read_committed right.
+        let transactional = sluice_storage::batch::headers(&records).any(|h| h.is_transactional());
+        let needs = crate::shard::AppendNeeds {
+            txn_state: transactional,
+            txn_flag: transactional,
+        };
+        if let Err(error_code) = shard
+            .prepare_append(&f.partition, &f.topic, f.index, needs)
+            .await
+        {
+            tracing::warn!(topic = %f.topic, partition = f.index, error_code, "cannot prepare a follower's transaction view");
+            return false;
+        }
         // The states follow the append once it completes: no producer snapshot meanwhile.
         let hold = shard.snapshot_holds.hold(&f.topic, f.index);
         let appended = f
@@ -242,9 +256,13 @@ async fn copy(
             .await;
         if appended.is_ok() {
             shard.replay_producer_states(&f.topic, f.index, &records);
+            shard
+                .txn_partitions
+                .replay_copied(&f.topic, f.index, &records);
         } else {
             // What landed is unknown: the next load rebuilds the states from the log.
             shard.forget_producer_states(&f.topic, f.index);
+            shard.txn_partitions.forget(&f.topic, f.index);
         }
         drop(hold);
         if let Err(error) = appended {

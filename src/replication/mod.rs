@@ -97,6 +97,7 @@ impl Replicas {
         let mut leads_replicated = false;
         for topic in state.topics.values() {
             let offsets_topic = topic.name == sluice_group::OFFSETS_TOPIC;
+            let txn_state_topic = topic.name == crate::txn::TRANSACTION_STATE_TOPIC;
             let min_insync = shard.config.topic_min_insync_replicas(&topic.configs);
             let min_insync = usize::try_from(min_insync).unwrap_or(1);
             for (index, placement) in topic.partitions.iter().enumerate() {
@@ -155,6 +156,14 @@ impl Replicas {
                             if offsets_topic {
                                 offsets::lead(shard, index, &partition, placement.leader_epoch);
                             }
+                            if txn_state_topic {
+                                crate::txn::leadership::lead(
+                                    shard,
+                                    index,
+                                    &partition,
+                                    placement.leader_epoch,
+                                );
+                            }
                             limit
                         }
                     };
@@ -175,6 +184,9 @@ impl Replicas {
                         if offsets_topic {
                             offsets::stop_leading(shard, index);
                         }
+                        if txn_state_topic {
+                            crate::txn::leadership::stop_leading(shard, index);
+                        }
                     }
                 }
             }
@@ -185,6 +197,11 @@ impl Replicas {
                 replica.changed.notify_waiters();
                 if key.0 == sluice_group::OFFSETS_TOPIC && matches!(replica.role, Role::Leader(_)) {
                     offsets::stop_leading(shard, key.1);
+                }
+                if key.0 == crate::txn::TRANSACTION_STATE_TOPIC
+                    && matches!(replica.role, Role::Leader(_))
+                {
+                    crate::txn::leadership::stop_leading(shard, key.1);
                 }
             }
             keep

@@ -116,6 +116,7 @@ async fn cut(shard: &Shard, f: &Followed, target: i64) {
             Ok(new_end) => {
                 tracing::info!(topic = %f.topic, partition = f.index, leader_epoch = f.leader_epoch, from = end, to = new_end, "truncated the follower log to the leader's");
                 shard.forget_producer_states(&f.topic, f.index);
+                shard.txn_partitions.forget(&f.topic, f.index);
             }
             Err(error) => {
                 tracing::warn!(topic = %f.topic, partition = f.index, target, %error, "truncating to the leader's log failed");

@@ -1,26 +1,30 @@
 //! The transaction coordinator of one shard: the transactional ids whose
 //! `__transaction_state` partition this shard owns (`partition % shards`), as the group
-//! coordinator owns the groups of its `__consumer_offsets` partitions.
+//! coordinator owns the groups of its `__consumer_offsets` partitions. In a cluster it holds
+//! only the partitions this broker leads (`leadership`), each at its coordinator epoch (the
+//! partition's leader epoch, carried in every marker).
 //!
-//! Every state change is appended (durably) to the id's state partition before it is acted
-//! on or answered; a restart replays the partitions, finishes the commits and aborts that
-//! were prepared, and aborts (fencing, with an epoch bump) the transactions that were still
-//! open, as a timeout would. One operation per id runs at a time (another gets
+//! Every state change is appended (durably; in a cluster, in every ISR member with
+//! `min.insync.replicas` honoured) to the id's state partition before it is acted on or
+//! answered; a restart or a new leader replays the partition, finishes the commits and
+//! aborts that were prepared, and aborts (fencing, with an epoch bump) the transactions that
+//! were still open, as a timeout would. One operation per id runs at a time (another gets
 //! CONCURRENT_TRANSACTIONS, which clients retry). Must never: answer before its state change
-//! is durable, write a Complete state before every marker is written, or hold a `RefCell`
-//! borrow across an await.
+//! is replicated, write a Complete state before every marker is written, act on a partition
+//! it stopped leading, or hold a `RefCell` borrow across an await.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-use sluice_storage::{Ack, Partition};
+use sluice_storage::{Ack, Partition, ReadBound};
 
 use super::log::{decode_key, decode_value, encode_key, encode_value};
 use super::partition::Marker;
+use super::remote_markers::{MarkerChannel, RemoteMarker, Route};
 use super::state::{EndAction, TxnMetadata, TxnState};
-use super::{state_partition_for, TxnConfig};
+use super::{state_partition_for, TxnConfig, TRANSACTION_STATE_TOPIC};
 use crate::errors::code;
 use crate::shard::Shard;
 
@@ -41,9 +45,22 @@ struct Inner {
     /// Ids with an operation in flight.
     busy: RefCell<HashSet<String>>,
     /// Loaded state partitions.
-    logs: RefCell<HashMap<i32, Partition>>,
-    /// State partitions being replayed.
-    loading: RefCell<HashSet<i32>>,
+    logs: RefCell<HashMap<i32, StateLog>>,
+    /// State partitions being replayed, with the coordinator epoch they load at.
+    loading: RefCell<HashMap<i32, i32>>,
+    /// Connections to the other brokers' partition leaders, for their markers.
+    markers: MarkerChannel,
+}
+
+/// A loaded state partition.
+#[derive(Clone)]
+struct StateLog {
+    partition: Partition,
+    /// The partition's leader epoch in a cluster (0 on a single broker): stamped into its
+    /// batches and carried in the markers as the coordinator epoch.
+    coordinator_epoch: i32,
+    /// In a cluster: an append counts once the ISR has it.
+    replicated: bool,
 }
 
 /// An id's operation slot; released on drop (so a cancelled request frees it too).
@@ -68,6 +85,7 @@ impl TxnCoordinator {
                 busy: RefCell::default(),
                 logs: RefCell::default(),
                 loading: RefCell::default(),
+                markers: MarkerChannel::default(),
             }),
         }
     }
@@ -87,7 +105,7 @@ impl TxnCoordinator {
         let partition = self.partition_for(id);
         if self.inner.logs.borrow().contains_key(&partition) {
             Ok(partition)
-        } else if self.inner.loading.borrow().contains(&partition) {
+        } else if self.inner.loading.borrow().contains_key(&partition) {
             Err(code::COORDINATOR_LOAD_IN_PROGRESS)
         } else {
             Err(code::NOT_COORDINATOR)
@@ -108,8 +126,35 @@ impl TxnCoordinator {
         self.inner.txns.borrow().get(id).cloned()
     }
 
-    /// Appends `meta` as `id`'s newest state and, once durable, makes it current.
-    async fn persist(&self, partition: i32, id: &str, meta: TxnMetadata) -> Result<(), i16> {
+    /// Whether state partition `partition` is loaded here at `coordinator_epoch`.
+    fn coordinates(&self, partition: i32, coordinator_epoch: i32) -> bool {
+        self.inner
+            .logs
+            .borrow()
+            .get(&partition)
+            .is_some_and(|log| log.coordinator_epoch == coordinator_epoch)
+    }
+
+    /// The coordinator epoch of a loaded state partition.
+    fn coordinator_epoch(&self, partition: i32) -> Result<i32, i16> {
+        self.inner
+            .logs
+            .borrow()
+            .get(&partition)
+            .map(|log| log.coordinator_epoch)
+            .ok_or(code::NOT_COORDINATOR)
+    }
+
+    /// Appends `meta` as `id`'s newest state and, once durable (in a cluster: once the high
+    /// watermark passed it with the ISR at `min.insync.replicas` or more), makes it current;
+    /// NOT_COORDINATOR if the partition was unloaded meanwhile.
+    async fn persist(
+        &self,
+        shard: &Shard,
+        partition: i32,
+        id: &str,
+        meta: TxnMetadata,
+    ) -> Result<(), i16> {
         debug_assert!(
             self.metadata(id)
                 .is_none_or(|old| meta.state.may_follow(old.state) || old.state == meta.state),
@@ -119,30 +164,121 @@ impl TxnCoordinator {
         let Some(log) = log else {
             return Err(code::NOT_COORDINATOR);
         };
+        if log.replicated {
+            // Kafka's coordinator answers a short ISR as COORDINATOR_NOT_AVAILABLE (retriable).
+            shard
+                .replicas
+                .check_min_insync(TRANSACTION_STATE_TOPIC, partition)
+                .map_err(|_| code::COORDINATOR_NOT_AVAILABLE)?;
+        }
         let batch = sluice_group::encode_batch(
             &[(encode_key(id), Some(encode_value(&meta)))],
             crate::server::now_ms(),
         );
-        match log.append(batch, Ack::Durable, 0).await {
-            Ok(_) => {
-                self.inner.txns.borrow_mut().insert(id.to_string(), meta);
-                Ok(())
-            }
+        let info = match log
+            .partition
+            .append(batch, Ack::Durable, log.coordinator_epoch)
+            .await
+        {
+            Ok(info) => info,
             Err(error) => {
                 tracing::error!(transactional_id = id, %error, "persisting transaction state failed");
-                Err(code::COORDINATOR_NOT_AVAILABLE)
+                return Err(code::COORDINATOR_NOT_AVAILABLE);
             }
+        };
+        if log.replicated {
+            let end = info.last_offset + 1;
+            let timeout = Duration::from_millis(self.inner.config.marker_write_timeout_ms.max(1));
+            let replicated = shard.replicas.wait_replicated(
+                TRANSACTION_STATE_TOPIC,
+                partition,
+                &log.partition,
+                end,
+            );
+            match tokio::time::timeout(timeout, replicated).await {
+                Ok(Ok(())) => {}
+                Ok(Err(code::NOT_LEADER_OR_FOLLOWER)) => return Err(code::NOT_COORDINATOR),
+                Ok(Err(error_code)) => {
+                    tracing::warn!(
+                        transactional_id = id,
+                        error_code,
+                        end,
+                        "transaction state not replicated"
+                    );
+                    return Err(code::COORDINATOR_NOT_AVAILABLE);
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        transactional_id = id,
+                        end,
+                        "transaction state not replicated in time"
+                    );
+                    return Err(code::COORDINATOR_NOT_AVAILABLE);
+                }
+            }
+        }
+        if !self.coordinates(partition, log.coordinator_epoch) {
+            return Err(code::NOT_COORDINATOR);
+        }
+        self.inner.txns.borrow_mut().insert(id.to_string(), meta);
+        Ok(())
+    }
+
+    /// Replays state partition `partition` (opened as `log`) on a single broker, then
+    /// finishes what it left half done. Requests for its ids answer
+    /// COORDINATOR_LOAD_IN_PROGRESS meanwhile.
+    pub async fn load_partition(&self, shard: Rc<Shard>, partition: i32, log: Partition) {
+        self.load(shard, partition, log, 0, false).await
+    }
+
+    /// In a cluster, this broker leads state partition `partition` at `leader_epoch`:
+    /// replays it as [`TxnCoordinator::load_partition`] does, at that coordinator epoch.
+    pub async fn lead_partition(
+        &self,
+        shard: Rc<Shard>,
+        partition: i32,
+        log: Partition,
+        leader_epoch: i32,
+    ) {
+        self.load(shard, partition, log, leader_epoch, true).await
+    }
+
+    /// Forgets state partition `partition` and its ids (this broker stopped leading it): their
+    /// requests answer NOT_COORDINATOR, a load under way is dropped when it ends.
+    pub fn unload_partition(&self, partition: i32) {
+        let was_loaded = self.inner.logs.borrow_mut().remove(&partition).is_some();
+        self.inner.loading.borrow_mut().remove(&partition);
+        let partitions = self.inner.config.state_partitions;
+        self.inner
+            .txns
+            .borrow_mut()
+            .retain(|id, _| state_partition_for(id, partitions) != partition);
+        if was_loaded {
+            tracing::info!(partition, "unloaded transaction state");
         }
     }
 
-    /// Replays state partition `partition` (opened as `log`), then finishes what it left
-    /// half done. Requests for its ids answer COORDINATOR_LOAD_IN_PROGRESS meanwhile.
-    pub async fn load_partition(&self, shard: Rc<Shard>, partition: i32, log: Partition) {
-        self.inner.loading.borrow_mut().insert(partition);
+    /// Replays the whole of `log` (to its log end: a new leader's log is what its followers
+    /// will hold), and in a cluster waits until the high watermark reached that end, so that
+    /// nothing is acted on that a later leader might not have; then serves the partition and
+    /// finishes what it left half done.
+    async fn load(
+        &self,
+        shard: Rc<Shard>,
+        partition: i32,
+        log: Partition,
+        coordinator_epoch: i32,
+        replicated: bool,
+    ) {
+        self.inner
+            .loading
+            .borrow_mut()
+            .insert(partition, coordinator_epoch);
         let mut states: HashMap<String, Option<TxnMetadata>> = HashMap::new();
         let mut offset = log.log_start_offset();
         let replayed = loop {
-            let slice = match log.read(offset, REPLAY_READ_BYTES, true).await {
+            let read = log.read_bounded(offset, REPLAY_READ_BYTES, true, ReadBound::DurableEnd);
+            let slice = match read.await {
                 Ok(slice) => slice,
                 Err(error) => break Err(error.to_string()),
             };
@@ -189,6 +325,31 @@ impl TxnCoordinator {
         if let Err(error) = replayed {
             return self.load_failed(partition, &error);
         }
+        let loaded_to = offset.max(log.log_end_offset());
+        if replicated {
+            let caught_up =
+                shard
+                    .replicas
+                    .wait_replicated(TRANSACTION_STATE_TOPIC, partition, &log, loaded_to);
+            match caught_up.await {
+                Ok(()) | Err(crate::replication::NOT_ENOUGH_REPLICAS_AFTER_APPEND) => {}
+                Err(error_code) => {
+                    self.load_failed(
+                        partition,
+                        &format!("lost the partition while loading ({error_code})"),
+                    );
+                    return;
+                }
+            }
+        }
+        if self.inner.loading.borrow().get(&partition) != Some(&coordinator_epoch) {
+            tracing::info!(
+                partition,
+                coordinator_epoch,
+                "a transaction state load was overtaken by a leadership change"
+            );
+            return;
+        }
         let mut unfinished = Vec::new();
         {
             let mut txns = self.inner.txns.borrow_mut();
@@ -203,10 +364,19 @@ impl TxnCoordinator {
                 txns.insert(id, meta);
             }
         }
-        self.inner.logs.borrow_mut().insert(partition, log);
+        self.inner.logs.borrow_mut().insert(
+            partition,
+            StateLog {
+                partition: log,
+                coordinator_epoch,
+                replicated,
+            },
+        );
         self.inner.loading.borrow_mut().remove(&partition);
         tracing::info!(
             partition,
+            coordinator_epoch,
+            loaded_to,
             unfinished = unfinished.len(),
             "loaded transaction state"
         );
@@ -221,6 +391,9 @@ impl TxnCoordinator {
 
     fn load_failed(&self, partition: i32, error: &str) {
         self.inner.loading.borrow_mut().remove(&partition);
+        self.inner.txns.borrow_mut().retain(|id, _| {
+            state_partition_for(id, self.inner.config.state_partitions) != partition
+        });
         tracing::error!(partition, error, "loading transaction state failed");
     }
 
@@ -243,6 +416,7 @@ impl TxnCoordinator {
             };
             match result {
                 Ok(()) => return,
+                Err(code::NOT_COORDINATOR) => return, // the new leader finishes it
                 Err(error_code) => {
                     tracing::warn!(
                         transactional_id = id,
@@ -306,7 +480,7 @@ impl TxnCoordinator {
             }
         };
         let answer = (next.producer_id, next.producer_epoch);
-        self.persist(partition, id, next).await?;
+        self.persist(shard, partition, id, next).await?;
         drop(busy);
         Ok(answer)
     }
@@ -368,7 +542,7 @@ impl TxnCoordinator {
         next.partitions.extend(new.iter().cloned());
         next.state = TxnState::Ongoing;
         next.last_update_ms = now_ms;
-        self.persist(partition, id, next).await?;
+        self.persist(shard, partition, id, next).await?;
         register_partitions(shard, producer_id, producer_epoch, &new).await
     }
 
@@ -406,7 +580,7 @@ impl TxnCoordinator {
         let prepared = meta.prepared_end(commit, tv2, next_producer_id, crate::server::now_ms());
         let (prepared_epoch, prepared_version) =
             (prepared.producer_epoch, prepared.client_txn_version);
-        self.persist(partition, id, prepared).await?;
+        self.persist(shard, partition, id, prepared).await?;
         tracing::info!(
             transactional_id = id,
             commit,
@@ -437,16 +611,19 @@ impl TxnCoordinator {
         }
         prepared.state = TxnState::PrepareAbort;
         prepared.last_update_ms = crate::server::now_ms();
-        self.persist(partition, id, prepared).await?;
+        self.persist(shard, partition, id, prepared).await?;
         self.write_markers_and_complete(shard, partition, id)
             .await
             .map(|_| ())
     }
 
     /// Writes the markers of `id`'s prepared transaction to every partition in it (retrying
-    /// each until it is written), then persists CompleteCommit/CompleteAbort (with the
-    /// producer id rotated if the prepared state names a next one). The caller holds the
-    /// id's slot. Returns the producer id and epoch after it.
+    /// each until it is written: local partitions on their shard, the others' through
+    /// WriteTxnMarkers to their leader, grouped per broker), then persists
+    /// CompleteCommit/CompleteAbort (with the producer id rotated if the prepared state names
+    /// a next one). Stops with NOT_COORDINATOR once this broker no longer coordinates at the
+    /// epoch it started with (the new coordinator resumes the transaction). The caller holds
+    /// the id's slot. Returns the producer id and epoch after it.
     async fn write_markers_and_complete(
         &self,
         shard: &Rc<Shard>,
@@ -457,24 +634,101 @@ impl TxnCoordinator {
         let complete = meta
             .completed(crate::server::now_ms())
             .ok_or(code::INVALID_TXN_STATE)?;
-        let commit = meta.state == TxnState::PrepareCommit;
-        let writes = meta.partitions.iter().map(|(topic, index)| {
-            write_marker_until_done(
-                shard.clone(),
-                topic.clone(),
-                *index,
-                meta.producer_id,
-                meta.producer_epoch,
-                meta.client_txn_version,
-                commit,
-            )
-        });
-        futures::future::join_all(writes).await;
+        let coordinator_epoch = self.coordinator_epoch(partition)?;
+        let marker = RemoteMarker {
+            producer_id: meta.producer_id,
+            producer_epoch: meta.producer_epoch,
+            commit: meta.state == TxnState::PrepareCommit,
+            coordinator_epoch,
+        };
+        let mut pending: Vec<(String, i32)> = meta.partitions.iter().cloned().collect();
+        let mut rounds = 0u32;
+        while !pending.is_empty() {
+            if rounds > 0 {
+                tokio::time::sleep(Duration::from_millis(MARKER_RETRY_MS)).await;
+                if !self.coordinates(partition, coordinator_epoch) {
+                    return Err(code::NOT_COORDINATOR);
+                }
+            }
+            rounds += 1;
+            let failed = self
+                .write_markers_once(shard, marker, meta.client_txn_version, pending)
+                .await?;
+            if !failed.is_empty() && (rounds == 1 || rounds % 100 == 0) {
+                tracing::warn!(
+                    transactional_id = id,
+                    rounds,
+                    failed = ?failed,
+                    "writing transaction markers failed; retrying"
+                );
+            }
+            pending = failed.into_iter().map(|(p, _)| p).collect();
+        }
         let mut complete = complete;
         complete.last_update_ms = crate::server::now_ms();
         let answer = (complete.producer_id, complete.producer_epoch);
-        self.persist(partition, id, complete).await?;
+        self.persist(shard, partition, id, complete).await?;
         Ok(answer)
+    }
+
+    /// One round of markers: every partition of `partitions` routed and tried once; the
+    /// ones that failed, with their codes. Err(NOT_COORDINATOR) when a leader says a newer
+    /// coordinator took over (TRANSACTION_COORDINATOR_FENCED); Err when the shards stop.
+    async fn write_markers_once(
+        &self,
+        shard: &Rc<Shard>,
+        marker: RemoteMarker,
+        transaction_version: i16,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Vec<((String, i32), i16)>, i16> {
+        let mut local = Vec::new();
+        let mut remote: std::collections::BTreeMap<i32, Vec<(String, i32)>> = Default::default();
+        let mut failed = Vec::new();
+        for (topic, index) in partitions {
+            match super::remote_markers::route(shard, &topic, index) {
+                Route::Local => local.push((topic, index)),
+                Route::Remote(broker) => remote.entry(broker).or_default().push((topic, index)),
+                Route::NoLeader => failed.push(((topic, index), code::LEADER_NOT_AVAILABLE)),
+                Route::Gone => {}
+            }
+        }
+        let local_writes = local.into_iter().map(|(topic, index)| {
+            let shard = shard.clone();
+            async move {
+                let result =
+                    write_local_marker(&shard, &topic, index, marker, transaction_version).await;
+                ((topic, index), result)
+            }
+        });
+        let remote_writes = remote.into_iter().map(|(broker, partitions)| {
+            let (shard, channel) = (shard.clone(), self.inner.markers.clone());
+            async move {
+                let codes = channel.send(&shard, broker, marker, &partitions).await;
+                partitions
+                    .into_iter()
+                    .zip(codes)
+                    .map(|(p, c)| (p, Ok(c)))
+                    .collect::<Vec<_>>()
+            }
+        });
+        let (local_results, remote_results) = futures::future::join(
+            futures::future::join_all(local_writes),
+            futures::future::join_all(remote_writes),
+        )
+        .await;
+        for (key, result) in local_results
+            .into_iter()
+            .chain(remote_results.into_iter().flatten())
+        {
+            match result {
+                Ok(code::NONE) => {}
+                Ok(code::TRANSACTION_COORDINATOR_FENCED) => return Err(code::NOT_COORDINATOR),
+                Ok(error_code) => failed.push((key, error_code)),
+                // Shutting down: a restart (or the next leader) finishes the transaction.
+                Err(_) => return Err(code::COORDINATOR_NOT_AVAILABLE),
+            }
+        }
+        Ok(failed)
     }
 
     /// Aborts (fencing their producers) the transactions open longer than their timeout.
@@ -543,9 +797,14 @@ async fn register_partitions(
     producer_epoch: i16,
     partitions: &[(String, i32)],
 ) -> Result<(), i16> {
+    // In a cluster, a partition led by another broker admits the producer's batches by
+    // itself (see `registry::admit_unregistered`).
     let pending = partitions
         .iter()
         .filter(|(topic, _)| topic != sluice_group::OFFSETS_TOPIC)
+        .filter(|(topic, index)| {
+            super::remote_markers::route(shard, topic, *index) == Route::Local
+        })
         .map(|(topic, index)| {
             let owner = shard.set.owner_of(topic, *index);
             let (topic, index) = (topic.clone(), *index);
@@ -578,70 +837,53 @@ async fn register_partitions(
 }
 
 /// Writes one marker (a data partition's control batch, or the commit/drop of an offsets
-/// partition's pending offsets) on its owning shard, retrying until it is done: a prepared
-/// transaction must end everywhere.
-async fn write_marker_until_done(
-    shard: Rc<Shard>,
-    topic: String,
+/// partition's pending offsets) on the shard that owns the partition here; its code, or
+/// Err when that shard is gone.
+async fn write_local_marker(
+    shard: &Rc<Shard>,
+    topic: &str,
     index: i32,
-    producer_id: i64,
-    producer_epoch: i16,
+    marker: RemoteMarker,
     transaction_version: i16,
-    commit: bool,
-) {
-    let marker = if commit {
+) -> Result<i16, crate::shard::ShardGone> {
+    let RemoteMarker {
+        producer_id,
+        producer_epoch,
+        commit,
+        coordinator_epoch,
+    } = marker;
+    let kind = if commit {
         Marker::Commit
     } else {
         Marker::Abort
     };
-    let mut attempts = 0u32;
-    loop {
-        let (owner, topic_owned) = if topic == sluice_group::OFFSETS_TOPIC {
-            (
-                usize::try_from(index).unwrap_or(0) % shard.set.count(),
-                topic.clone(),
-            )
-        } else {
-            (shard.set.owner_of(&topic, index), topic.clone())
-        };
-        let result = shard
-            .invoke_on(owner, move |s| async move {
-                if topic_owned == sluice_group::OFFSETS_TOPIC {
-                    super::offsets::complete(&s.groups, producer_id, index, commit).await
-                } else {
-                    super::markers::write_on_owner(
-                        &s,
-                        &topic_owned,
-                        index,
-                        super::markers::MarkerWrite {
-                            producer_id,
-                            producer_epoch,
-                            marker,
-                            coordinator_epoch: 0,
-                            transaction_version,
-                            origin: super::markers::MarkerOrigin::Coordinator,
-                        },
-                    )
-                    .await
-                }
-            })
-            .await;
-        match result {
-            Ok(code::NONE) => return,
-            Ok(error_code) => {
-                attempts += 1;
-                if attempts == 1 || attempts % 100 == 0 {
-                    tracing::warn!(
-                        topic,
-                        index,
-                        error_code,
-                        attempts,
-                        "writing a transaction marker failed; retrying"
-                    );
-                }
+    let offsets = topic == sluice_group::OFFSETS_TOPIC;
+    let owner = if offsets {
+        usize::try_from(index).unwrap_or(0) % shard.set.count()
+    } else {
+        shard.set.owner_of(topic, index)
+    };
+    let topic = topic.to_string();
+    shard
+        .invoke_on(owner, move |s| async move {
+            if offsets {
+                super::offsets::complete(&s.groups, producer_id, index, commit).await
+            } else {
+                super::markers::write_on_owner(
+                    &s,
+                    &topic,
+                    index,
+                    super::markers::MarkerWrite {
+                        producer_id,
+                        producer_epoch,
+                        marker: kind,
+                        coordinator_epoch,
+                        transaction_version,
+                        origin: super::markers::MarkerOrigin::Coordinator,
+                    },
+                )
+                .await
             }
-            Err(_) => return, // shutting down: a restart finishes the transaction
-        }
-        tokio::time::sleep(Duration::from_millis(MARKER_RETRY_MS)).await;
-    }
+        })
+        .await
 }

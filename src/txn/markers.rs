@@ -123,6 +123,8 @@ pub fn marker_epoch_error(
 /// Kafka error code (NONE on success):
 /// - NOT_LEADER_OR_FOLLOWER: in a cluster, this broker does not lead the partition (or no
 ///   longer does once the append was made: the marker is not acknowledged then);
+/// - TRANSACTION_COORDINATOR_FENCED: the partition wrote a marker for the producer from a
+///   newer coordinator epoch (the transaction's state partition changed leader);
 /// - INVALID_PRODUCER_EPOCH (a [`MarkerOrigin::Request`] only): the partition has seen a
 ///   newer epoch of the producer (Kafka's check: a marker may not go back in epochs);
 /// - KAFKA_STORAGE_ERROR and the storage engine's codes when the log cannot take it.
@@ -172,6 +174,26 @@ pub async fn write_on_owner(shard: &Shard, topic: &str, index: i32, write: Marke
         .into_iter()
         .chain(open_epoch)
         .max();
+    // Kafka's coordinator fencing: a marker from a coordinator epoch older than the newest
+    // this partition wrote for the producer comes from a coordinator that lost its state
+    // partition (the new one already ended the transaction here).
+    let newest_coordinator_epoch = shard
+        .txn_partitions
+        .with(topic, index, |state| {
+            state.coordinator_epoch(write.producer_id)
+        })
+        .flatten();
+    if newest_coordinator_epoch.is_some_and(|newest| write.coordinator_epoch < newest) {
+        tracing::info!(
+            topic,
+            index,
+            producer_id = write.producer_id,
+            coordinator_epoch = write.coordinator_epoch,
+            ?newest_coordinator_epoch,
+            "refused a transaction marker from an older coordinator"
+        );
+        return code::TRANSACTION_COORDINATOR_FENCED;
+    }
     if let Some(error_code) = marker_epoch_error(&write, known_epoch, open_epoch) {
         tracing::info!(
             topic,
@@ -206,9 +228,9 @@ pub async fn write_on_owner(shard: &Shard, topic: &str, index: i32, write: Marke
     let aborted = shard
         .txn_partitions
         .with(topic, index, |state| {
-            state
-                .complete(write.producer_id, write.marker, info.base_offset)
-                .map(|_| state.aborted_entries())
+            let closed = state.complete(write.producer_id, write.marker, info.base_offset);
+            state.note_coordinator_epoch(write.producer_id, write.coordinator_epoch);
+            closed.map(|_| state.aborted_entries())
         })
         .flatten();
     shard.with_producer_states(topic, index, |states| {

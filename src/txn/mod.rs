@@ -1,25 +1,30 @@
-//! Transactions (single broker): the transaction coordinator, its `__transaction_state` log,
-//! the COMMIT/ABORT markers, and the per-partition view (open transactions, aborted ranges,
-//! last stable offset) that read_committed fetches and transactional produce rely on.
+//! Transactions: the transaction coordinator, its `__transaction_state` log, the
+//! COMMIT/ABORT markers, and the per-partition view (open transactions, aborted ranges, last
+//! stable offset) that read_committed fetches and transactional produce rely on.
 //!
 //! Layout: [`state`] (the coordinator's state machine, pure), [`log`] (Kafka's
 //! TransactionLog key/value layout in `__transaction_state`), [`coordinator`] (one per shard,
-//! for the transactional ids whose state partition the shard owns), [`markers`] (control
-//! batches into data partitions), [`partition`] and [`registry`] (the data partitions' side),
+//! for the transactional ids whose state partition the shard owns), [`leadership`] (in a
+//! cluster: the coordinator follows its state partition's leader), [`markers`] (control
+//! batches into data partitions), [`remote_markers`] (markers to partitions other brokers
+//! lead, through WriteTxnMarkers), [`partition`] and [`registry`] (the data partitions' side),
 //! [`offsets`] (TxnOffsetCommit offsets held until their transaction commits), [`implicit`]
 //! (protocol v2's partition add on Produce).
 //!
 //! Must never: act on a coordinator state change before it is durable in
-//! `__transaction_state`, or run a coordinator in a cluster (transactional ids are refused
-//! there for now; only the markers' seam, WriteTxnMarkers, serves a cluster's leaders).
+//! `__transaction_state` (in a cluster: in every ISR member), run a transactional id's
+//! coordinator on a broker that does not lead its state partition, or let a marker from an
+//! older coordinator epoch end a transaction.
 
 pub mod coordinator;
 pub mod implicit;
+pub mod leadership;
 pub mod log;
 pub mod markers;
 pub mod offsets;
 pub mod partition;
 pub mod registry;
+pub mod remote_markers;
 pub mod state;
 
 /// The internal topic holding the coordinators' state.
@@ -47,6 +52,10 @@ pub struct TxnConfig {
     /// `request.timeout.ms` (Kafka's bound on a WriteTxnMarkers append, default 30000): how
     /// long one partition's marker may wait to be durable and replicated.
     pub marker_write_timeout_ms: u64,
+    /// `transaction.state.log.replication.factor` (default 3; a cluster only).
+    pub state_replication_factor: i16,
+    /// `transaction.state.log.min.isr` (default 2; a cluster only).
+    pub state_min_isr: i32,
 }
 
 impl Default for TxnConfig {
@@ -58,6 +67,8 @@ impl Default for TxnConfig {
             transaction_version: TV_2,
             marker_delay_ms: 0,
             marker_write_timeout_ms: 30_000,
+            state_replication_factor: 3,
+            state_min_isr: 2,
         }
     }
 }

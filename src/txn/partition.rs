@@ -59,6 +59,9 @@ pub struct PartitionTxns {
     open: HashMap<i64, OpenTxn>,
     /// In marker order, so `last_offset` ascends.
     aborted: Vec<AbortedTxn>,
+    /// The coordinator epoch of each producer's newest marker here: a marker from an older
+    /// coordinator (one that lost its state partition's leadership) is refused.
+    coordinator_epochs: HashMap<i64, i32>,
 }
 
 /// What a control record says (its key's type field).
@@ -197,6 +200,20 @@ impl PartitionTxns {
         self.aborted.iter().map(AbortedTxn::entry).collect()
     }
 
+    /// Records the coordinator epoch of a marker written for `producer_id` (never lowers it).
+    pub fn note_coordinator_epoch(&mut self, producer_id: i64, coordinator_epoch: i32) {
+        let known = self
+            .coordinator_epochs
+            .entry(producer_id)
+            .or_insert(coordinator_epoch);
+        *known = (*known).max(coordinator_epoch);
+    }
+
+    /// The coordinator epoch of `producer_id`'s newest marker here, if any.
+    pub fn coordinator_epoch(&self, producer_id: i64) -> Option<i32> {
+        self.coordinator_epochs.get(&producer_id).copied()
+    }
+
     /// The last stable offset: the first offset of the oldest open transaction, capped by
     /// `high_watermark`.
     pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
@@ -252,9 +269,12 @@ impl PartitionTxns {
             }
             if header.is_transactional() && header.producer_id >= 0 {
                 if header.is_control() {
-                    let marker = control_marker(&bytes[pos..pos + size]);
-                    if let Some(marker) = marker {
+                    let batch = &bytes[pos..pos + size];
+                    if let Some(marker) = control_marker(batch) {
                         let _ = self.complete(header.producer_id, marker, header.base_offset);
+                    }
+                    if let Some(epoch) = control_coordinator_epoch(batch) {
+                        self.note_coordinator_epoch(header.producer_id, epoch);
                     }
                 } else {
                     self.note_append(
@@ -289,6 +309,29 @@ pub fn control_marker(batch: &[u8]) -> Option<Marker> {
         1 => Some(Marker::Commit),
         _ => None,
     }
+}
+
+/// The coordinator epoch of a control batch (its first record's value: version i16,
+/// coordinator epoch i32).
+pub fn control_coordinator_epoch(batch: &[u8]) -> Option<i32> {
+    let mut rest = batch.get(sluice_storage::batch::HEADER_BYTES..)?;
+    let _length = read_varint(&mut rest)?;
+    let (_attributes, tail) = rest.split_first()?;
+    rest = tail;
+    let _timestamp_delta = read_varint(&mut rest)?;
+    let _offset_delta = read_varint(&mut rest)?;
+    let key_length = usize::try_from(read_varint(&mut rest)?).ok()?;
+    rest = rest.get(key_length..)?;
+    let value_length = read_varint(&mut rest)?;
+    if value_length < 6 {
+        return None;
+    }
+    Some(i32::from_be_bytes([
+        *rest.get(2)?,
+        *rest.get(3)?,
+        *rest.get(4)?,
+        *rest.get(5)?,
+    ]))
 }
 
 /// A zigzag varint (Kafka's record fields), advancing `bytes`.
@@ -363,7 +406,7 @@ mod tests {
         super::super::markers::set_transactional(&mut data);
         sluice_storage::batch::assign(&mut data, 0, 0);
         log.extend_from_slice(&data);
-        let mut abort = super::super::markers::control_batch(5, 0, Marker::Abort, 0, 0).to_vec();
+        let mut abort = super::super::markers::control_batch(5, 0, Marker::Abort, 7, 0).to_vec();
         sluice_storage::batch::assign(&mut abort, 2, 0);
         log.extend_from_slice(&abort);
         let mut open = sluice_storage::batch::builder::idempotent_batch(0, &[b"c"], 6, 1, 0);
@@ -373,6 +416,12 @@ mod tests {
         let mut txns = PartitionTxns::default();
         assert_eq!(txns.replay(&log), Some(4));
         assert_eq!(txns.aborted_between(0, 4), vec![(5, 0)]);
+        assert_eq!(
+            txns.coordinator_epoch(5),
+            Some(7),
+            "the marker's coordinator epoch"
+        );
+        assert_eq!(txns.coordinator_epoch(6), None);
         assert_eq!(txns.last_stable_offset(4), 3);
         assert!(txns.admit(6, 1).is_ok());
     }

@@ -173,6 +173,21 @@ impl TxnRegistry {
         Ok(())
     }
 
+    /// Forgets one partition's state (its log was truncated, or a copy into it failed): the
+    /// next use replays it from the log that remains.
+    pub fn forget(&self, topic: &str, index: i32) {
+        if let Some(partitions) = self.states.borrow_mut().get_mut(topic) {
+            partitions.remove(&index);
+        }
+    }
+
+    /// A follower copied `records` (whole batches, already appended) into the partition:
+    /// they go into its state as the leader's writes put them there, if it is loaded (else
+    /// its first use replays them from the log).
+    pub fn replay_copied(&self, topic: &str, index: i32, records: &[u8]) {
+        self.with(topic, index, |state| state.replay(records));
+    }
+
     /// Forgets the states of `topic`'s partitions (the topic was deleted).
     pub fn remove_topic(&self, topic: &str) {
         self.states.borrow_mut().remove(topic);
@@ -251,7 +266,16 @@ async fn replay_from(
 ) -> Result<(), sluice_storage::StorageError> {
     offset = offset.max(partition.log_start_offset());
     loop {
-        let slice = partition.read(offset, REPLAY_READ_BYTES, true).await?;
+        // To the durable end, past the high watermark: a batch there is in the log (its
+        // transaction is open), and a follower that later leads needs it.
+        let slice = partition
+            .read_bounded(
+                offset,
+                REPLAY_READ_BYTES,
+                true,
+                sluice_storage::ReadBound::DurableEnd,
+            )
+            .await?;
         if slice.chunks.is_empty() {
             break;
         }
