@@ -33,6 +33,9 @@ pub async fn add_partitions(
     producer_epoch: i16,
     partitions: Vec<(String, i32)>,
 ) -> Result<(), i16> {
+    // Not reached in a cluster (`transaction.version` is at most 1 there, so Produce v12 is
+    // not served): the coordinator may be another broker, and no broker-to-coordinator add
+    // exists yet.
     if shard.metadata.is_clustered() {
         return Err(produce_error(code::COORDINATOR_NOT_AVAILABLE));
     }
