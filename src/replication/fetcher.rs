@@ -248,6 +248,16 @@ async fn copy(
             tracing::warn!(topic = %f.topic, partition = f.index, error_code, "cannot prepare a follower's transaction view");
             return false;
         }
+        // A follower does not index the markers it copies, so before one is durable here the
+        // partition's indexes stop being trusted: a restart then replays the whole log for its
+        // aborted transactions instead of loading indexes that lack this marker's entry.
+        if sluice_storage::batch::headers(&records).any(|h| h.is_control() && h.is_transactional())
+        {
+            if let Err(error) = crate::txn::registry::distrust_indexes(&f.partition).await {
+                tracing::warn!(topic = %f.topic, partition = f.index, %error, "cannot mark the partition's transaction indexes incomplete");
+                return false;
+            }
+        }
         // The states follow the append once it completes: no producer snapshot meanwhile.
         let hold = shard.snapshot_holds.hold(&f.topic, f.index);
         let appended = f
