@@ -486,9 +486,15 @@ def test_controller_mutation_rate_refuses_partition_creation_over_quota(broker):
     assert alter_quotas(b, [([("client-id", "M")], [("controller_mutation_rate", 1.0)])]) == [(0, None)]
     # The bucket holds 11 s x 1/s = 11 partitions: 10 fit; 5 more are accepted but take it
     # to -4 (about 4 s of throttle); then, before it refills, the next is refused.
+    # Each call is a new connection, which may land on another shard: wait out the shards'
+    # exchange (quota.shard.sync.interval.ms, 100 ms) so that it knows the earlier mutations
+    # (the bucket refills 0.3 of a partition meanwhile).
+    exchanged_s = 0.3
     assert create_topic_v6(b, "M", helpers.unique_topic("m"), 10) == (0, 0)
+    time.sleep(exchanged_s)
     err, throttle = create_topic_v6(b, "M", helpers.unique_topic("m"), 5)
     assert err == 0 and 3000 <= throttle <= 4100, throttle
+    time.sleep(exchanged_s)
     err, throttle = create_topic_v6(b, "M", helpers.unique_topic("m"), 1)
     assert err == ERR_THROTTLING_QUOTA_EXCEEDED and throttle > 2000, (err, throttle)
     # Older versions (librdkafka's CreateTopics) are accepted and only throttled.
