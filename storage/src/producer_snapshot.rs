@@ -94,17 +94,12 @@ pub enum SnapshotError {
 
 /// The file name of the snapshot at `offset`.
 pub fn file_name(offset: i64) -> String {
-    debug_assert!(offset >= 0);
-    format!("{offset:020}{SNAPSHOT_SUFFIX}")
+    crate::segment::offset_file_name(offset, SNAPSHOT_SUFFIX)
 }
 
 /// The offset a snapshot file name carries, if `name` is one.
 pub fn parse_file_name(name: &str) -> Option<i64> {
-    let digits = name.strip_suffix(SNAPSHOT_SUFFIX)?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    crate::segment::parse_offset_file_name(name, SNAPSHOT_SUFFIX)
 }
 
 /// The bytes of a snapshot holding `entries`.

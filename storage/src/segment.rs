@@ -38,7 +38,18 @@ pub(crate) fn time_index_path(dir: &Path, base_offset: i64) -> PathBuf {
 
 /// Parses a `.log` file name back into its base offset.
 pub(crate) fn parse_log_name(name: &str) -> Option<i64> {
-    let digits = name.strip_suffix(".log")?;
+    parse_offset_file_name(name, ".log")
+}
+
+/// Kafka's name of a per-offset file: the offset in 20 digits, then `suffix`.
+pub(crate) fn offset_file_name(offset: i64, suffix: &str) -> String {
+    debug_assert!(offset >= 0);
+    format!("{offset:020}{suffix}")
+}
+
+/// The offset an [`offset_file_name`] with `suffix` carries, if `name` is one.
+pub(crate) fn parse_offset_file_name(name: &str, suffix: &str) -> Option<i64> {
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

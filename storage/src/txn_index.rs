@@ -59,16 +59,12 @@ pub fn path(dir: &Path, base_offset: i64) -> PathBuf {
 
 /// File name of the index of the segment based at `base_offset`.
 pub fn file_name(base_offset: i64) -> String {
-    format!("{base_offset:020}{TXN_INDEX_SUFFIX}")
+    crate::segment::offset_file_name(base_offset, TXN_INDEX_SUFFIX)
 }
 
 /// The segment base offset an index file name carries.
 pub fn parse_file_name(name: &str) -> Option<i64> {
-    let digits = name.strip_suffix(TXN_INDEX_SUFFIX)?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    crate::segment::parse_offset_file_name(name, TXN_INDEX_SUFFIX)
 }
 
 /// The bytes of an index holding `entries`.
@@ -202,16 +198,32 @@ pub(crate) async fn write_for_marker(
                 .map_or(i64::MAX, |next| next.base_offset),
         )
     };
-    let entries: Vec<AbortedTxnEntry> = aborted
+    let entries = entries_in(aborted, base, next_base);
+    debug_assert!(entries.iter().any(|e| e.last_offset == marker_offset));
+    write_segment_index(&shard, partition, base, &entries).await
+}
+
+/// The entries of `aborted` whose marker lies in the segment `[base, next_base)`.
+fn entries_in(aborted: &[AbortedTxnEntry], base: i64, next_base: i64) -> Vec<AbortedTxnEntry> {
+    aborted
         .iter()
         .filter(|entry| entry.last_offset >= base && entry.last_offset < next_base)
         .copied()
-        .collect();
-    debug_assert!(entries.iter().any(|e| e.last_offset == marker_offset));
+        .collect()
+}
+
+/// Replaces the index of the segment based at `base` with `entries`, atomically and durably
+/// through the I/O seam.
+async fn write_segment_index(
+    shard: &crate::shard::ShardShared,
+    partition: &PartitionShared,
+    base: i64,
+    entries: &[AbortedTxnEntry],
+) -> Result<(), StorageError> {
     let name = file_name(base);
     shard
         .io
-        .write_small_file(partition.dir.clone(), name.clone(), encode(&entries), true)
+        .write_small_file(partition.dir.clone(), name.clone(), encode(entries), true)
         .await
         .map_err(|source| StorageError::Io {
             context: format!("writing {}", partition.dir.join(&name).display()),
@@ -238,23 +250,10 @@ pub(crate) async fn rewrite_all(
         .collect();
     for (at, &base) in bases.iter().enumerate() {
         let next_base = bases.get(at + 1).copied().unwrap_or(i64::MAX);
-        let entries: Vec<AbortedTxnEntry> = aborted
-            .iter()
-            .filter(|entry| entry.last_offset >= base && entry.last_offset < next_base)
-            .copied()
-            .collect();
-        if entries.is_empty() {
-            continue;
+        let entries = entries_in(aborted, base, next_base);
+        if !entries.is_empty() {
+            write_segment_index(&shard, partition, base, &entries).await?;
         }
-        let name = file_name(base);
-        shard
-            .io
-            .write_small_file(partition.dir.clone(), name.clone(), encode(&entries), true)
-            .await
-            .map_err(|source| StorageError::Io {
-                context: format!("writing {}", partition.dir.join(&name).display()),
-                source,
-            })?;
     }
     Ok(())
 }
