@@ -144,6 +144,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "replica.fetch.wait.max.ms", default: "500", doc: "How long a leader may hold a follower's fetch waiting for new data (below replica.lag.time.max.ms, so an idle follower stays in the ISR)." },
     Setting { name: "replica.fetch.backoff.ms", default: "1000", doc: "A follower waits this long before fetching again after its fetch from the leader failed." },
     Setting { name: "unclean.leader.election.enable", default: "false", doc: "Broker default (a topic's config overrides it): whether the active controller gives a partition whose whole ISR is fenced a leader from its other live replicas, which may lose acknowledged records. Off: the partition stays offline until an ISR member returns." },
+    Setting { name: "controlled.shutdown.enable", default: "true", doc: "In a cluster, a stopping broker first asks the controller to fence it, so its partitions get other leaders before it stops serving (Kafka's controlled shutdown)." },
+    Setting { name: "controlled.shutdown.timeout.ms", default: "10000", doc: "How long a stopping broker waits for the controller to fence it before it stops anyway (without a quorum it never comes)." },
+    Setting { name: "shutdown.drain.timeout.ms", default: "5000", doc: "How long each shard of a stopping broker waits for the requests it is handling to be answered before it closes its storage; new requests other than Fetch close their connection meanwhile." },
     Setting { name: "auto.leader.rebalance.enable", default: "true", doc: "Whether the active controller moves a partition's leadership back to its preferred (first) replica once that replica is live and in the ISR, checked every fencing round." },
     Setting { name: "controller.quorum.snapshot.entries.between", default: "10000", doc: "The controller snapshots its metadata state after this many raft log entries and purges the log before the snapshot." },
     Setting { name: "quota.window.num", default: "11", doc: "Samples of the windowed rate client quotas are measured with (Kafka's); a rate is measured over at least this many minus one windows." },
@@ -457,6 +460,12 @@ pub struct BrokerConfig {
     pub request_bytes_max: usize,
     /// Connections limit.
     pub connections_max: usize,
+    /// `controlled.shutdown.enable`: in a cluster, be fenced before stopping.
+    pub controlled_shutdown_enable: bool,
+    /// `controlled.shutdown.timeout.ms`: the longest wait for that fencing.
+    pub controlled_shutdown_timeout_ms: u64,
+    /// `shutdown.drain.timeout.ms`: the longest wait for requests in hand at shutdown.
+    pub shutdown_drain_timeout_ms: u64,
     /// Pipelining depth per connection.
     pub inflight_requests_max: usize,
     /// `queued.max.request.bytes`: request bytes read and not yet answered, broker-wide.
@@ -619,6 +628,9 @@ impl BrokerConfig {
             auto_create_topics: c.boolean("auto.create.topics.enable"),
             request_bytes_max,
             connections_max: c.int("max.connections", 1..=INT_MAX),
+            controlled_shutdown_enable: c.boolean("controlled.shutdown.enable"),
+            controlled_shutdown_timeout_ms: c.int("controlled.shutdown.timeout.ms", 0..=INT_MAX),
+            shutdown_drain_timeout_ms: c.int("shutdown.drain.timeout.ms", 0..=INT_MAX),
             inflight_requests_max: c.int("queued.max.requests", 1..=INT_MAX),
             retention_check_interval_ms: c.int("log.retention.check.interval.ms", 1..=i64::MAX),
             cleaner_enable: c.boolean("log.cleaner.enable"),

@@ -133,6 +133,10 @@ impl BrokerConnection {
             None => (header, body),
         };
         let shard = self.shard.clone();
+        if !shard.drain.admits(header.api_key, self.peer) {
+            return Box::pin(async { Response::Close });
+        }
+        let in_flight = shard.drain.begin();
         let session = self.session.clone();
         let read_at = std::time::Instant::now();
         // Frame prefix + the fixed header fields + the body; close enough for a byte counter.
@@ -178,6 +182,7 @@ impl BrokerConnection {
                 Response::Close | Response::FrameThenClose(_) => metrics.count(Counter::Errors, 1),
                 Response::None => {}
             }
+            drop(in_flight);
             response
         })
     }

@@ -12,6 +12,7 @@ pub mod api;
 pub mod config;
 pub mod connection;
 pub mod dispatch_order;
+pub mod drain;
 pub mod errors;
 pub mod idempotence;
 pub mod metadata;

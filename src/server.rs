@@ -1,6 +1,8 @@
 //! Broker startup and shutdown: replays the metadata log, starts one pinned shard thread per
-//! core, accepts connections on every shard, and shuts down cleanly on SIGTERM/SIGINT (stop
-//! accepting, finish in-flight appends, flush, write clean-shutdown markers).
+//! core, accepts connections on every shard, and shuts down cleanly on SIGTERM/SIGINT (in a
+//! cluster, a controlled shutdown first: fenced, so its partitions have other leaders; then
+//! stop accepting, drain the requests in hand (`crate::drain`), finish in-flight appends,
+//! flush, write clean-shutdown markers).
 //!
 //! Must never: start serving before every shard has opened (recovered) its partitions, or
 //! exit 0 after a shard failed.
@@ -189,6 +191,31 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
                     let _ = shutdown_tx.send(true);
                     return Err(ServeError::Shard { shard, message });
                 }
+            }
+        }
+        let controlled = config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.is_broker && config.controlled_shutdown_enable);
+        if controlled {
+            let started = std::time::Instant::now();
+            let timeout = std::time::Duration::from_millis(config.controlled_shutdown_timeout_ms);
+            let fenced = crate::metadata::cluster::controlled_shutdown(
+                &store,
+                &set,
+                config.node_id,
+                timeout,
+            )
+            .await;
+            let took_ms = started.elapsed().as_millis();
+            if fenced {
+                tracing::info!(took_ms, "controlled shutdown: fenced, partitions moved");
+            } else {
+                tracing::warn!(
+                    took_ms,
+                    "controlled shutdown: not fenced (no controller answered, or \
+                     controlled.shutdown.timeout.ms ran out); stopping anyway"
+                );
             }
         }
         Ok(())
@@ -745,6 +772,15 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
             return Err(format!("shard {id}: storage ring failed (errno {errno}): {error}"));
         }
         _ = shutdown.changed() => {}
+    }
+    let drain_timeout = std::time::Duration::from_millis(config.shutdown_drain_timeout_ms);
+    let still = shard.drain.stop_and_wait(drain_timeout).await;
+    if still > 0 {
+        tracing::warn!(
+            shard = id,
+            requests = still,
+            "requests still in hand after shutdown.drain.timeout.ms; closing storage anyway"
+        );
     }
     shard.groups.shutdown().await;
     crate::producer_snapshots::write_all(&shard).await;

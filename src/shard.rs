@@ -206,6 +206,9 @@ pub struct Shard {
     partitions: RefCell<HashMap<String, HashMap<i32, Partition>>>,
     /// Open client connections on this shard.
     pub connections: std::cell::Cell<usize>,
+    /// What a broker shutdown lets this shard's connections still do, and how many requests
+    /// they are handling (see [`crate::drain`]).
+    pub drain: crate::drain::Drain,
     /// This shard's latency histograms and counters.
     pub metrics: ShardMetrics,
     /// The consumer groups this shard owns.
@@ -263,6 +266,7 @@ impl Shard {
             controller,
             partitions: RefCell::new(HashMap::new()),
             connections: std::cell::Cell::new(0),
+            drain: crate::drain::Drain::default(),
             metrics: ShardMetrics::new(id),
             groups,
             txns: crate::txn::coordinator::TxnCoordinator::new(txn_config),

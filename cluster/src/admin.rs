@@ -8,6 +8,7 @@
 //! reports what it answered). Must never decide anything about topics (the controller does)
 //! or retry a change the controller refused.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,10 @@ fn stopped() -> BrokerRpcError {
 #[derive(Debug, Clone)]
 pub struct ClusterAdmin {
     jobs: mpsc::UnboundedSender<Job>,
+    /// Set once by [`ClusterAdmin::shut_down`]; the broker task's heartbeats read it.
+    stopping: Arc<AtomicBool>,
+    /// Wakes the broker task for its next heartbeat.
+    nudge: Arc<Notify>,
 }
 
 impl ClusterAdmin {
@@ -64,6 +69,16 @@ impl ClusterAdmin {
             .send(Job::Topic(request, reply_tx))
             .map_err(|_| stopped())?;
         reply_rx.await.map_err(|_| stopped())?
+    }
+
+    /// Starts a controlled shutdown (KRaft's): from now on this broker's heartbeats ask the
+    /// controller to fence it, which gives its partitions other leaders and takes it out of
+    /// the ISRs, so clients move on with NOT_LEADER_OR_FOLLOWER instead of meeting a broker
+    /// whose storage is closing. Returns at once: the caller watches the published view for
+    /// this broker's fencing (and bounds the wait: without a quorum it never comes).
+    pub fn shut_down(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.nudge.notify_one();
     }
 
     /// Asks the active controller for a block of producer ids and waits until it committed.
@@ -137,9 +152,19 @@ impl ClusterAdmin {
 }
 
 /// The handle and the receiving end for [`run`].
-pub(crate) fn channel() -> (ClusterAdmin, mpsc::UnboundedReceiver<Job>) {
+pub(crate) fn channel(
+    stopping: Arc<AtomicBool>,
+    nudge: Arc<Notify>,
+) -> (ClusterAdmin, mpsc::UnboundedReceiver<Job>) {
     let (jobs, rx) = mpsc::unbounded_channel();
-    (ClusterAdmin { jobs }, rx)
+    (
+        ClusterAdmin {
+            jobs,
+            stopping,
+            nudge,
+        },
+        rx,
+    )
 }
 
 /// How long one forwarded change may look for an active controller: long enough to ride out

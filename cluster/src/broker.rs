@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +19,16 @@ use crate::wire::{
 };
 use crate::{ClusterSettings, NodeId};
 
+/// How often a stopping broker heartbeats until the controller has fenced it.
+const STOPPING_HEARTBEAT_MS: u64 = 50;
+
 /// What a broker knows of the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BrokerView {
     /// This broker's current epoch; None until registered.
     pub broker_epoch: Option<i64>,
-    /// The active controller, as of the last heartbeat.
+    /// The active controller, as of the last heartbeat; None again once a stopping broker's
+    /// heartbeats reached no voter in a whole round.
     pub controller_id: Option<NodeId>,
     /// The committed state: the newest of the last heartbeat that carried one and, on a
     /// controller voter, its own applied metadata log.
@@ -86,11 +91,16 @@ impl Controllers {
 /// (2 s by default: a new leader would learn that it leads, and a consumer's coordinator
 /// that a new topic exists, that much later). Both sources carry only committed state; the
 /// view takes whichever has applied more of the log.
+///
+/// Once `stopping` is set (a controlled shutdown, see [`crate::ClusterAdmin::shut_down`]) every
+/// heartbeat asks the controller to fence this broker and none waits: they go every
+/// [`STOPPING_HEARTBEAT_MS`] until the view shows this broker fenced.
 pub async fn run(
     settings: ClusterSettings,
     view: watch::Sender<Arc<BrokerView>>,
     nudge: Arc<Notify>,
     mut local: Option<watch::Receiver<Arc<ClusterState>>>,
+    stopping: Arc<AtomicBool>,
 ) {
     let Ok(broker_id) = i32::try_from(settings.node_id) else {
         tracing::error!(
@@ -117,7 +127,9 @@ pub async fn run(
     } else {
         0
     };
+    let mut unanswered = 0usize;
     loop {
+        let want_shutdown = stopping.load(Ordering::Acquire);
         let request = match current.broker_epoch {
             None => Request::Register(RegisterRequest {
                 broker_id,
@@ -131,10 +143,12 @@ pub async fn run(
                 broker_id,
                 broker_epoch: epoch,
                 known_applied_index: current.state.applied_index,
-                wait_ms: long_poll_ms,
+                wait_ms: if want_shutdown { 0 } else { long_poll_ms },
+                want_shutdown,
             }),
         };
         let mut retry_now = false;
+        let mut answered = true;
         match controllers.call(&request).await {
             Ok(Response::Register(Ok(reply))) => {
                 tracing::info!(
@@ -171,13 +185,22 @@ pub async fn run(
                 BrokerRpcError::Quorum(message) | BrokerRpcError::Refused(message) => {
                     tracing::debug!(broker_id, %message, "controller could not answer");
                     controllers.redirect(None);
+                    answered = false;
                 }
             },
             Ok(_) => controllers.redirect(None),
             Err(error) => {
                 tracing::debug!(broker_id, %error, "controller unreachable; trying the next voter");
                 controllers.redirect(None);
+                answered = false;
             }
+        }
+        // A stopping broker that no voter answers in a whole round has no controller to
+        // fence it: saying so lets its controlled shutdown give up at once instead of
+        // waiting out its timeout (the last brokers of a stopping cluster).
+        unanswered = if answered { 0 } else { unanswered + 1 };
+        if want_shutdown && unanswered >= settings.voters.len().max(1) {
+            current.controller_id = None;
         }
         if let Some(local) = &local {
             take_newer(&mut current, &local.borrow());
@@ -186,7 +209,17 @@ pub async fn run(
         if retry_now {
             continue;
         }
-        let next_heartbeat = tokio::time::Instant::now() + settings.heartbeat_interval;
+        let fenced = current
+            .state
+            .brokers
+            .get(&broker_id)
+            .is_some_and(|b| b.fenced && Some(b.epoch) == current.broker_epoch);
+        let interval = if want_shutdown && !fenced {
+            Duration::from_millis(STOPPING_HEARTBEAT_MS).min(settings.heartbeat_interval)
+        } else {
+            settings.heartbeat_interval
+        };
+        let next_heartbeat = tokio::time::Instant::now() + interval;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_heartbeat) => break,

@@ -290,8 +290,8 @@ impl Controller {
         }
     }
 
-    /// A heartbeat: refreshes the session, unfences a fenced broker, and returns the state
-    /// when the broker's copy is older.
+    /// A heartbeat: refreshes the session, unfences a fenced broker (fences one that asks to
+    /// shut down), and returns the state when the broker's copy is older.
     pub async fn heartbeat(
         &self,
         request: HeartbeatRequest,
@@ -312,7 +312,21 @@ impl Controller {
                 ))
             })?;
         self.touch(request.broker_id);
-        if broker.fenced {
+        if request.want_shutdown {
+            if !broker.fenced {
+                let reply = self
+                    .propose(Command::FenceBroker {
+                        id: request.broker_id,
+                        epoch: request.broker_epoch,
+                    })
+                    .await?;
+                tracing::info!(
+                    broker = request.broker_id,
+                    ?reply,
+                    "controlled shutdown: fenced a broker that is stopping"
+                );
+            }
+        } else if broker.fenced {
             let reply = self
                 .propose(Command::UnfenceBroker {
                     id: request.broker_id,

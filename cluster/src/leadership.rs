@@ -364,6 +364,53 @@ mod tests {
         assert_eq!((p.leader, p.leader_epoch), (3, 3));
     }
 
+    fn register(state: &mut ClusterState, index: u64, id: BrokerId, incarnation: Uuid) {
+        state.apply(
+            index,
+            &Command::RegisterBroker {
+                id,
+                host: "h".into(),
+                port: 1,
+                listeners: Vec::new(),
+                incarnation,
+                cluster_id: String::new(),
+            },
+        );
+    }
+
+    #[test]
+    fn a_restart_within_the_session_moves_leadership_to_a_new_epoch() {
+        let (mut state, topic) = cluster(&[1, 2, 3], &[]);
+        // Broker 1 (the leader) restarts before its session expired: a new incarnation.
+        register(&mut state, 5, 1, Uuid::new_v4());
+        let p = partition(&state, topic);
+        assert_eq!(
+            (p.leader, p.leader_epoch),
+            (2, 1),
+            "the next ISR replica leads"
+        );
+        assert_eq!(
+            p.isr,
+            vec![2, 3],
+            "the restarted broker rejoins when caught up"
+        );
+        assert!(!state.brokers[&1].fenced);
+        // The same incarnation registering again (its own retry) changes nothing.
+        let incarnation = state.brokers[&2].incarnation;
+        register(&mut state, 6, 2, incarnation);
+        let p = partition(&state, topic);
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.isr.clone()),
+            (2, 1, vec![2, 3])
+        );
+        // The last ISR member restarts: it leads again, in a newer epoch.
+        fence(&mut state, 7, 3);
+        register(&mut state, 8, 2, Uuid::new_v4());
+        let p = partition(&state, topic);
+        assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
+        assert_eq!(p.leader_epoch, 3, "offline (2), then led again (3)");
+    }
+
     #[test]
     fn unclean_elections_only_where_allowed_and_needed() {
         let (mut state, topic) = cluster(&[1, 2], &[(UNCLEAN_LEADER_ELECTION, "true")]);

@@ -4,6 +4,7 @@
 //! thread of its own ([`ClusterNode::spawn_thread`]); must never run on a shard thread.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,7 +147,8 @@ impl ClusterNode {
         let mut admin = None;
         if settings.is_broker {
             let nudge = Arc::new(Notify::new());
-            let (handle, jobs) = admin::channel();
+            let stopping = Arc::new(AtomicBool::new(false));
+            let (handle, jobs) = admin::channel(stopping.clone(), nudge.clone());
             tasks.push(tokio::spawn(admin::run(
                 settings.clone(),
                 jobs,
@@ -158,6 +160,7 @@ impl ClusterNode {
                 view_tx,
                 nudge,
                 applied.clone(),
+                stopping,
             )));
             admin = Some(handle);
         }

@@ -304,6 +304,23 @@ impl ClusterState {
                         proposed => proposed.to_string(),
                     };
                 }
+                // A new incarnation of a broker still registered unfenced: the process
+                // restarted within its session. Its old incarnation is fenced first, as KRaft
+                // does, so every partition it led gets a new leader epoch (another ISR
+                // member, or itself again below if it was the last): records its old
+                // incarnation sent followers but never made durable would otherwise sit at
+                // the same epoch as what it writes now, and followers could not find the
+                // divergence with OffsetForLeaderEpoch.
+                let restarted = match self.brokers.get_mut(id) {
+                    Some(old) if old.incarnation != *incarnation && !old.fenced => {
+                        old.fenced = true;
+                        true
+                    }
+                    _ => false,
+                };
+                if restarted {
+                    leadership::on_fenced(self, *id);
+                }
                 self.brokers.insert(
                     *id,
                     BrokerRecord {

@@ -293,6 +293,11 @@ pub struct HeartbeatRequest {
     /// round trip); 0 answers at once.
     #[serde(default)]
     pub wait_ms: u64,
+    /// The broker is shutting down (KRaft's `wantShutDown`): the controller fences it, which
+    /// moves its leaderships and takes it out of the ISRs, and never unfences it while it
+    /// asks this.
+    #[serde(default)]
+    pub want_shutdown: bool,
 }
 
 /// The active controller's answer to a heartbeat.

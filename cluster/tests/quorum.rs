@@ -205,3 +205,35 @@ async fn three_nodes_elect_register_fence_and_recover() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_asks_to_shut_down_is_fenced_while_it_still_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let voters: BTreeMap<NodeId, SocketAddr> = (1..=3)
+        .map(|id| (id, free_addr(&format!("127.0.0.{id}"))))
+        .collect();
+    let nodes = start_all(&voters, dir.path()).await;
+    wait_for(
+        "all three registered and seen by every broker",
+        Duration::from_secs(10),
+        || views_agree(&nodes, &[1, 2, 3]).then_some(()),
+    )
+    .await;
+    // Node 3 keeps running (and heartbeating): only its request to stop can fence it.
+    nodes[&3].admin().unwrap().shut_down();
+    wait_for(
+        "broker 3 fenced in every view",
+        Duration::from_secs(10),
+        || views_agree(&nodes, &[1, 2]).then_some(()),
+    )
+    .await;
+    // Its later heartbeats (every 100 ms here) still ask to stop: they never unfence it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        views_agree(&nodes, &[1, 2]),
+        "a stopping broker was unfenced"
+    );
+    for (_, node) in nodes {
+        node.shutdown().await;
+    }
+}

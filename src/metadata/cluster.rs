@@ -28,6 +28,66 @@ pub fn on_view(store: &MetadataStore, set: &ShardSet, view: Arc<BrokerView>) {
     }
 }
 
+/// Kafka's controlled shutdown, run on the signal thread when the broker is asked to stop:
+/// asks the controller to fence this broker (its partitions get other leaders, it leaves the
+/// ISRs), waits up to `timeout` until the published snapshot shows it fenced, then has every
+/// shard apply that snapshot to its partitions (a leader becomes a follower and fails its
+/// waiting `acks=all` appends with NOT_LEADER_OR_FOLLOWER, which clients retry at the new
+/// leader). Returns whether the broker was fenced in time; on a timeout, or once no voter
+/// answers at all, the broker stops anyway, as Kafka's does once its controlled shutdown
+/// gives up.
+pub async fn controlled_shutdown(
+    store: &MetadataStore,
+    set: &ShardSet,
+    node_id: i32,
+    timeout: std::time::Duration,
+) -> bool {
+    let Some(admin) = store.admin() else {
+        return false;
+    };
+    admin.shut_down();
+    let fenced = |store: &MetadataStore| {
+        store
+            .load()
+            .cluster
+            .as_ref()
+            .and_then(|state| state.brokers.get(&node_id).map(|b| b.fenced))
+            .unwrap_or(false)
+    };
+    // The broker task clears the controller once no voter answered a whole round of its
+    // shutdown heartbeats: nothing can fence this broker then.
+    let controller_gone = |store: &MetadataStore| {
+        store
+            .cluster()
+            .is_some_and(|view| view.controller_id.is_none())
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !fenced(store) {
+        if tokio::time::Instant::now() >= deadline || controller_gone(store) {
+            return false;
+        }
+        tokio::time::sleep(CONTROLLED_SHUTDOWN_POLL).await;
+    }
+    // Shard 0 published the fenced snapshot before it reconciled the shards: reconcile each
+    // once more from here, so none still leads when the connections start draining.
+    let mut reconciled = Vec::new();
+    for target in 0..set.count() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let job = Box::new(move |shard: Rc<Shard>| {
+            shard.reconcile_cluster_partitions();
+            let _ = done_tx.send(());
+        });
+        if set.send_from_outside(target, job).is_ok() {
+            reconciled.push(done_rx);
+        }
+    }
+    let _ = tokio::time::timeout_at(deadline, futures::future::join_all(reconciled)).await;
+    true
+}
+
+/// How often the controlled shutdown looks for this broker's fencing in the snapshot.
+const CONTROLLED_SHUTDOWN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// On shard 0: publishes the snapshot of the latest view (synchronously, so no controller
 /// publication interleaves), then reconciles every shard's partitions with it.
 async fn apply_latest(shard: Rc<Shard>) {

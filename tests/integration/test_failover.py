@@ -39,6 +39,7 @@ from helpers import (
     encode_record_batch,
     fetch_v4,
     init_producer_id,
+    leader_epochs_v7,
     produce_v3,
     producer_batch,
     unique_topic,
@@ -337,6 +338,95 @@ def test_returning_leader_continues_the_producers_sequences(nodes):
     producer.stop()
 
     assert cuts == 0, "broker 2 cut its log: its producer states came from a rebuild"
+    end = max(offset for (_, offset, _, _) in producer.reports) + 1
+    got = read_all(nodes[1].bootstrap, topic, partition, end)
+    assert_exactly_once_in_order(producer, got)
+    assert_same_log(nodes, topic, partition, end)
+
+
+@pytest.fixture
+def long_session_nodes(broker_factory):
+    yield from make_nodes(broker_factory, session_ms=20000)
+
+
+def test_leader_restarted_within_its_session_leads_only_in_a_new_epoch(long_session_nodes):
+    """A leader killed and back before its session expires registers a new incarnation: the
+    controller fences the old one at once (as KRaft does), so the partition gets a new leader
+    epoch instead of the restarted broker carrying on in the one its old incarnation wrote
+    (where followers could not tell its rewritten offsets from the records they had copied).
+    With a 20 s session the new epoch comes from the registration, not from the session
+    running out. Every acknowledged record survives, once, in order, on all three logs."""
+    nodes = long_session_nodes
+    topic = unique_topic("failre")
+    partition = partition_of_broker_2(nodes, topic)
+    bootstrap = ",".join(nodes[i].bootstrap for i in (1, 2, 3))
+    producer = NumberedProducer(bootstrap, topic, partition).start()
+    wait_until(lambda: producer.acknowledged(500), SETTLE_S, what="500 acknowledged records")
+
+    def leadership():
+        with RawConn(nodes[1].bootstrap) as conn:
+            return leader_epochs_v7(conn, topic).get(partition)
+
+    leader, epoch = leadership()
+    assert leader == 2
+    killed = time.monotonic()
+    nodes[2].kill9()
+    nodes[2].start(wait=False)
+    wait_until(lambda: (leadership() or (None, epoch))[1] > epoch, 15, interval_s=0.1,
+               what="a new leader epoch after the restart")
+    took_s = time.monotonic() - killed
+    assert took_s < 15, took_s  # well inside the 20 s session
+    mark = len(producer.reports)
+    wait_until(lambda: producer.acknowledged(mark + 500), SETTLE_S,
+               what="500 more acknowledged records after the restart")
+    wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1, 3))
+    producer.stop()
+    print(f"new epoch {leadership()} {took_s:.1f} s after the kill (was {(leader, epoch)})")
+    end = max(offset for (_, offset, _, _) in producer.reports) + 1
+    got = read_all(nodes[1].bootstrap, topic, partition, end)
+    assert_exactly_once_in_order(producer, got)
+    assert_same_log(nodes, topic, partition, end)
+
+
+def test_sigterm_moves_leadership_before_the_leader_exits(long_session_nodes):
+    """A leader stopped with SIGTERM does Kafka's controlled shutdown: it asks the controller
+    to fence it, so the partition has a new leader (in a new epoch, without it in the ISR)
+    by the time the process has exited, long before its 20 s session could run out, and the
+    producer goes on while it is down. Requests it was handling are answered before its
+    storage closes and new ones (but fetches) close their connection, so the pipelined
+    idempotent producer never meets a failed append and OUT_OF_ORDER_SEQUENCE_NUMBER (which
+    makes librdkafka bump its epoch and write unacknowledged batches again). Back, it
+    rejoins the ISR; every acknowledged record is there once, in order, on all three logs."""
+    nodes = long_session_nodes
+    topic = unique_topic("failterm")
+    partition = partition_of_broker_2(nodes, topic)
+    bootstrap = ",".join(nodes[i].bootstrap for i in (1, 2, 3))
+    producer = NumberedProducer(bootstrap, topic, partition).start()
+    wait_until(lambda: producer.acknowledged(500), SETTLE_S, what="500 acknowledged records")
+
+    def leadership():
+        with RawConn(nodes[1].bootstrap) as conn:
+            return leader_epochs_v7(conn, topic).get(partition)
+
+    leader, epoch = leadership()
+    assert leader == 2
+    stopped = time.monotonic()
+    assert nodes[2].terminate_and_wait() == 0
+    took_s = time.monotonic() - stopped
+    moved = leadership()
+    assert moved[0] in (1, 3) and moved[1] > epoch, (
+        f"still {moved} when the SIGTERM'd leader had exited ({took_s:.1f} s)")
+    assert 2 not in placement(nodes[1], topic)[partition].isr
+    mark = len(producer.reports)
+    wait_until(lambda: producer.acknowledged(mark + 500), 10,
+               what="500 more acknowledged records while broker 2 is down")
+    log = nodes[2].log_path.read_text(errors="replace")
+    assert "controlled shutdown: fenced" in log
+    assert "append failed" not in log, "an append met the closing storage"
+    nodes[2].start()
+    wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1, 3))
+    producer.stop()
+    print(f"leader {(leader, epoch)} -> {moved}; the stop took {took_s:.1f} s")
     end = max(offset for (_, offset, _, _) in producer.reports) + 1
     got = read_all(nodes[1].bootstrap, topic, partition, end)
     assert_exactly_once_in_order(producer, got)
