@@ -90,6 +90,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "log.cleaner.delete.retention.ms", default: "86400000", doc: "A tombstone (null value) stays this long after the cleaner pass that first cleaned its segment, then the next pass removes it (topic: delete.retention.ms)." },
     Setting { name: "log.cleaner.io.max.bytes.per.second", default: "", doc: "Bytes per second each shard's cleaner reads plus writes; empty = unthrottled (Kafka's default is unthrottled too). Per shard, not per broker." },
     Setting { name: "log.cleaner.dedupe.buffer.size", default: "134217728", doc: "Memory of one cleaner pass's key map, per shard (32 bytes per key); when full the pass stops at that batch and the next pass goes on from there." },
+    Setting { name: "log.cleaner.threads", default: "1", doc: "Threads per broker that do the cleaners' record work (checksums, decompression, key hashing, rebuilding batches) for every shard; the shards keep only the cleaners' I/O." },
+    Setting { name: "log.cleaner.thread.nice", default: "19", doc: "Scheduling priority (nice, -20 to 19) of the cleaner threads: at 19 the shards' request work goes first on a busy machine and the cleaner takes the CPU left over. Below the process's own value needs CAP_SYS_NICE. No Kafka equivalent." },
     Setting { name: "log.cleaner.decompressed.batch.bytes.max", default: "67108864", doc: "Largest records section a compressed batch of a compacted topic may decompress to, for the keyless check on produce (INVALID_RECORD above it) and in the cleaner (the pass stops with an error). No Kafka equivalent." },
     Setting { name: "log.index.interval.bytes", default: "4096", doc: "Bytes between offset-index entries (topic: index.interval.bytes)." },
     Setting { name: "log.flush.interval.messages", default: "", doc: "Empty: every group commit is fdatasync'ed before acks=all completes. N: fsync every N messages and acks=all completes on write (topic: flush.messages)." },
@@ -641,6 +643,10 @@ impl BrokerConfig {
                 dedupe_buffer_bytes: c.int("log.cleaner.dedupe.buffer.size", 1024..=i64::MAX),
                 decompressed_batch_bytes_max: c
                     .int("log.cleaner.decompressed.batch.bytes.max", 1024..=INT_MAX),
+                workers: sluice_storage::CleanerWorkers::new(
+                    c.int("log.cleaner.threads", 1..=64),
+                    c.int("log.cleaner.thread.nice", -20..=19),
+                ),
             },
             fetch_zero_copy: c.boolean("fetch.zero.copy"),
             fetch_wait_ms_max: c.int("fetch.max.wait.ms.max", 0..=INT_MAX),

@@ -681,7 +681,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
                     }
                     // Never past the last stable offset: an open transaction stays as written.
                     let (topic, index) = partition.topic_partition();
-                    let stable_offset = match cleaner_shard
+                    let (stable_offset, aborted) = match cleaner_shard
                         .txn_partitions
                         .ensure_loaded(&partition, &topic, index)
                         .await
@@ -691,16 +691,28 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
                             cleaner_shard
                                 .txn_partitions
                                 .with(&topic, index, |txns| {
-                                    txns.last_stable_offset(high_watermark)
+                                    (
+                                        txns.last_stable_offset(high_watermark),
+                                        txns.aborted_entries(),
+                                    )
                                 })
-                                .unwrap_or(high_watermark)
+                                .unwrap_or((high_watermark, Vec::new()))
                         }
                         Err(error) => {
                             tracing::warn!(%topic, partition = index, %error, "cannot load the partition's transactions; not cleaning it");
                             continue;
                         }
                     };
-                    if let Err(error) = partition.clean(now_ms(), stable_offset).await {
+                    let forget_aborted = |gone: &[sluice_storage::txn_index::AbortedTxnEntry]| {
+                        cleaner_shard
+                            .txn_partitions
+                            .with(&topic, index, |txns| txns.forget_aborted(gone));
+                    };
+                    let txns = sluice_storage::CleanerTxns {
+                        aborted,
+                        forget_aborted: &forget_aborted,
+                    };
+                    if let Err(error) = partition.clean(now_ms(), stable_offset, &txns).await {
                         tracing::warn!(
                             shard = cleaner_shard.id,
                             partition = %partition.dir().display(),

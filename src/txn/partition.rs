@@ -237,6 +237,16 @@ impl PartitionTxns {
             .collect()
     }
 
+    /// Drops the aborted ranges whose ABORT markers the cleaner is about to remove (no data
+    /// of theirs is left in the log); matched by marker offset and producer.
+    pub fn forget_aborted(&mut self, gone: &[sluice_storage::txn_index::AbortedTxnEntry]) {
+        self.aborted.retain(|a| {
+            !gone
+                .iter()
+                .any(|g| g.last_offset == a.last_offset && g.producer_id == a.producer_id)
+        });
+    }
+
     /// Drops aborted entries wholly below `log_start_offset` (retention removed their data).
     pub fn trim_before(&mut self, log_start_offset: i64) {
         let keep_from = self
@@ -267,7 +277,10 @@ impl PartitionTxns {
             if size == 0 || pos + size > bytes.len() {
                 break;
             }
-            if header.is_transactional() && header.producer_id >= 0 {
+            // An empty data batch (one the cleaner emptied) holds nothing to decide: it opens
+            // no transaction, whose marker the cleaner may have removed.
+            let empty_data = !header.is_control() && header.records_count == 0;
+            if header.is_transactional() && header.producer_id >= 0 && !empty_data {
                 if header.is_control() {
                     let batch = &bytes[pos..pos + size];
                     if let Some(marker) = control_marker(batch) {

@@ -15,36 +15,48 @@
 //! on from there. Every read and write is charged to the shard's
 //! `log.cleaner.io.max.bytes.per.second`.
 //!
-//! Transactions: a pass stops below the last stable offset the broker passes in, so an
-//! undecided transaction is never cleaned. Control batches (markers) are kept whole and
-//! transactional data is treated as plain data: dropping aborted data and removing markers
-//! after `delete.retention.ms` (as Kafka does) is not done yet.
+//! Transactions, as Kafka's cleaner (`cleaner_txn.rs`): a pass stops below the last stable
+//! offset the broker passes in, so an undecided transaction is never cleaned; the records of
+//! aborted transactions (the broker passes the partition's aborted ranges) are dropped and
+//! never enter the key map; a COMMIT or ABORT marker goes once its segment's
+//! `delete.retention.ms` has passed and no data batch of its transaction is left before it.
+//! An ABORT marker's range leaves the broker's view and the segment's `.txnindex` before the
+//! copy without the marker is committed.
+//!
+//! Threads: the shard does the I/O (ring reads of windows of whole batches, ring writes of
+//! the cleaned bytes, the swap's steps) and the throttling; the record work on each window
+//! (CRC32C checks, decompression, key hashing, filtering, rebuilding batches:
+//! `cleaner_work.rs`) runs on the broker's cleaner threads (`cleaner_workers.rs`, low
+//! priority), so produce on the shard does not wait behind it.
 //!
 //! Must never: touch the active segment or bytes at or above the high watermark, read or
 //! write a file with a blocking syscall on the shard thread (reads and writes go through the
-//! ring, directory operations through the blocking pool), run beside retention on the same
-//! partition (both hold the partition's maintenance lock), or hold more than one batch window
-//! and one output window of segment data in memory.
+//! ring, directory operations through the blocking pool), do record work on the shard
+//! thread, run beside retention on the same partition (both hold the partition's maintenance
+//! lock), or hold more than one read window (plus the partial batch after it) and one output
+//! window of segment data in memory per pass.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::BTreeMap;
 use std::io;
-use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::batch::{self, RecordBatchHeader, HEADER_BYTES};
-use crate::index::SegmentIndex;
+use crate::batch::{RecordBatchHeader, HEADER_BYTES};
+use crate::cleaner_txn::TxnTracker;
+use crate::cleaner_work::{FilterRules, KeyMap, MapBuild, SegmentFilter, WorkError};
+pub use crate::cleaner_workers::CleanerWorkers;
 use crate::io::{read_exact, FileSlot, IoBackend, SwapOp};
 use crate::log::PartitionShared;
 use crate::records;
 use crate::segment::{self, Segment};
 use crate::shard::ShardShared;
 use crate::swap;
+use crate::txn_index::{self, AbortedTxnEntry};
 use crate::StorageError;
 
 /// Name of the per-partition cleaner checkpoint.
@@ -68,6 +80,9 @@ pub struct CleanerConfig {
     /// `log.cleaner.decompressed.batch.bytes.max`: largest records section a compressed batch
     /// may decompress to, in the cleaner and in the keyless check of a compacted topic.
     pub decompressed_batch_bytes_max: usize,
+    /// The broker's cleaner threads (`log.cleaner.threads`, `log.cleaner.thread.nice`): one
+    /// handle cloned into every shard's config.
+    pub workers: CleanerWorkers,
 }
 
 impl Default for CleanerConfig {
@@ -76,6 +91,27 @@ impl Default for CleanerConfig {
             io_bytes_per_second_max: None,
             dedupe_buffer_bytes: 128 << 20,
             decompressed_batch_bytes_max: 64 << 20,
+            workers: CleanerWorkers::default(),
+        }
+    }
+}
+
+/// What the broker knows of a partition's transactions, for a cleaner pass.
+pub struct CleanerTxns<'a> {
+    /// Every aborted transaction of the partition (its `.txnindex` entries), in any order.
+    pub aborted: Vec<AbortedTxnEntry>,
+    /// Called before the cleaner commits a copy without these ABORT markers: the broker drops
+    /// their ranges from its view (its read_committed fetches must not return a range whose
+    /// marker is gone). The cleaner then rewrites the segment's `.txnindex` without them.
+    pub forget_aborted: &'a dyn Fn(&[AbortedTxnEntry]),
+}
+
+impl CleanerTxns<'static> {
+    /// A partition without transactions.
+    pub fn none() -> CleanerTxns<'static> {
+        CleanerTxns {
+            aborted: Vec::new(),
+            forget_aborted: &|_| {},
         }
     }
 }
@@ -182,22 +218,6 @@ async fn throttle(shard: &ShardShared, bytes: u64) {
     }
 }
 
-/// A bounded map key -> newest offset (keys as 128-bit hashes, as Kafka's MD5 map).
-struct KeyMap {
-    entries: HashMap<u128, i64>,
-    entries_max: usize,
-}
-
-fn key_hash(key: &[u8]) -> u128 {
-    let mut low = std::collections::hash_map::DefaultHasher::new();
-    0u8.hash(&mut low);
-    key.hash(&mut low);
-    let mut high = std::collections::hash_map::DefaultHasher::new();
-    1u8.hash(&mut high);
-    key.hash(&mut high);
-    (u128::from(high.finish()) << 64) | u128::from(low.finish())
-}
-
 fn records_error(partition: &PartitionShared, error: records::RecordsError) -> StorageError {
     StorageError::Io {
         context: format!("cleaning {}", partition.label()),
@@ -209,106 +229,127 @@ fn io_error(context: String) -> impl FnOnce(io::Error) -> StorageError {
     move |source| StorageError::Io { context, source }
 }
 
-/// Walks the verified batches of a segment's first `end` bytes through the ring, a window at
-/// a time.
-struct BatchWalk<'a> {
-    io: &'a dyn IoBackend,
+/// A failed window job as the shard reports it.
+fn work_error(partition: &PartitionShared, segment: &Segment, error: WorkError) -> StorageError {
+    match error {
+        WorkError::Records(error) => records_error(partition, error),
+        WorkError::Corrupt(position, defect) => StorageError::Io {
+            context: format!("reading {}", segment.log_path().display()),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("batch at {position}: {defect}"),
+            ),
+        },
+    }
+}
+
+/// Reads a segment's first `end` bytes through the ring in windows of whole batches (1 MiB,
+/// or one larger batch), for the cleaner threads to work on. Only batch lengths are read
+/// here (to cut a window after its last whole batch); the bytes read past that cut are
+/// carried into the next window, not read again.
+struct WindowReader {
     fd: RawFd,
     end: u64,
-    window: Vec<u8>,
-    window_start: u64,
+    /// File position of the next byte not read yet.
     position: u64,
+    /// Bytes read past the last window's last whole batch.
+    carry: Vec<u8>,
+    /// A window buffer given back, reused for the next read.
+    spare: Vec<u8>,
     bytes_read: u64,
 }
 
-impl<'a> BatchWalk<'a> {
-    fn new(io: &'a dyn IoBackend, fd: RawFd, end: u64) -> Self {
+fn corrupt(position: u64, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("batch at {position} {what}"),
+    )
+}
+
+impl WindowReader {
+    fn new(fd: RawFd, end: u64) -> Self {
         Self {
-            io,
             fd,
             end,
-            window: Vec::new(),
-            window_start: 0,
             position: 0,
+            carry: Vec::new(),
+            spare: Vec::new(),
             bytes_read: 0,
         }
     }
 
-    /// Makes the window start at `position` and hold up to `wanted` bytes. Bytes from
-    /// `position` the window already holds are moved to its front, not read again.
-    async fn fill(&mut self, position: u64, wanted: usize) -> io::Result<()> {
-        let len = (self.end - position).min(wanted as u64) as usize;
-        let window_end = self.window_start + self.window.len() as u64;
-        let kept = if position >= self.window_start && position < window_end {
-            let from = (position - self.window_start) as usize;
-            self.window.copy_within(from.., 0);
-            (window_end - position) as usize
-        } else {
-            0
-        }
-        .min(len);
-        let mut window = std::mem::take(&mut self.window);
-        window.resize(len, 0);
-        let (result, window) = read_exact(
-            self.io,
-            self.fd,
-            window,
-            kept,
-            len - kept,
-            position + kept as u64,
-        )
-        .await;
-        self.window = window;
-        self.window_start = position;
-        self.bytes_read += (len - kept) as u64;
-        if result.is_err() {
-            self.window.clear();
-        }
-        result
-    }
-
-    /// The next batch: its header and its bytes' range in [`BatchWalk::bytes`].
-    async fn next(&mut self) -> io::Result<Option<(RecordBatchHeader, Range<usize>)>> {
-        let position = self.position;
-        if position + HEADER_BYTES as u64 > self.end {
+    /// The next window and its position in the file; None at the end (fewer bytes than a
+    /// batch header left).
+    async fn next(&mut self, io: &dyn IoBackend) -> io::Result<Option<(u64, Vec<u8>)>> {
+        let window_position = self.position - self.carry.len() as u64;
+        if window_position + HEADER_BYTES as u64 > self.end {
             return Ok(None);
         }
-        let window_end = self.window_start + self.window.len() as u64;
-        if position < self.window_start || position + HEADER_BYTES as u64 > window_end {
-            self.fill(position, READ_WINDOW_BYTES).await?;
-        }
-        let from = (position - self.window_start) as usize;
-        let header = RecordBatchHeader::parse(&self.window[from..])
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short batch header"))?;
-        let size = header.size_bytes();
-        if header.batch_length < 0 || position + size as u64 > self.end {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("batch at {position} runs past the segment's end"),
-            ));
-        }
-        if position + size as u64 > self.window_start + self.window.len() as u64 {
-            self.fill(position, size.max(READ_WINDOW_BYTES)).await?;
-        }
-        let from = (position - self.window_start) as usize;
-        let range = from..from + size;
-        batch::check_stored(&self.window[range.clone()]).map_err(|defect| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("batch at {position}: {defect}"),
-            )
-        })?;
-        self.position += size as u64;
-        Ok(Some((header, range)))
+        let mut window = std::mem::take(&mut self.spare);
+        window.clear();
+        window.extend_from_slice(&self.carry);
+        self.carry.clear();
+        let mut wanted = READ_WINDOW_BYTES;
+        let cut = loop {
+            let len = (self.end - window_position).min(wanted as u64) as usize;
+            if window.len() < len {
+                let have = window.len();
+                window.resize(len, 0);
+                let (result, returned) = read_exact(
+                    io,
+                    self.fd,
+                    window,
+                    have,
+                    len - have,
+                    window_position + have as u64,
+                )
+                .await;
+                window = returned;
+                result?;
+                self.bytes_read += (len - have) as u64;
+            }
+            let mut cut = 0usize;
+            while let Some(header) = RecordBatchHeader::parse(&window[cut..]) {
+                let size = header.size_bytes();
+                let batch_position = window_position + cut as u64;
+                if header.batch_length < 0 || batch_position + size as u64 > self.end {
+                    return Err(corrupt(batch_position, "runs past the segment's end"));
+                }
+                if cut + size > window.len() {
+                    break;
+                }
+                cut += size;
+            }
+            if cut > 0 {
+                break cut;
+            }
+            // The first batch is larger than the window: read it whole.
+            let Some(header) = RecordBatchHeader::parse(&window) else {
+                return Err(corrupt(window_position, "has a short header"));
+            };
+            wanted = header.size_bytes();
+        };
+        self.carry.extend_from_slice(&window[cut..]);
+        self.position = window_position + window.len() as u64;
+        window.truncate(cut);
+        Ok(Some((window_position, window)))
     }
 
-    fn bytes(&self, range: Range<usize>) -> &[u8] {
-        &self.window[range]
+    /// A window's buffer back from its job.
+    fn give_back(&mut self, window: Vec<u8>) {
+        self.spare = window;
     }
 
     fn take_bytes_read(&mut self) -> u64 {
         std::mem::take(&mut self.bytes_read)
     }
+}
+
+/// Charges what `reader` read since the last call to the shard's stats and throttle.
+async fn charge_read(shard: &ShardShared, reader: &mut WindowReader) {
+    let read = reader.take_bytes_read();
+    shard.cleaner_stats.borrow_mut().bytes_read += read;
+    throttle(shard, read).await;
 }
 
 /// A sealed segment the cleaner may read, with its visible end and next offset.
@@ -349,6 +390,7 @@ pub(crate) async fn clean(
     partition: &Rc<PartitionShared>,
     now_ms: i64,
     stable_offset: i64,
+    txns: &CleanerTxns<'_>,
 ) -> Result<bool, StorageError> {
     let Some(shard) = partition.shard.upgrade() else {
         return Ok(false);
@@ -358,7 +400,7 @@ pub(crate) async fn clean(
     }
     let _maintenance = partition.maintenance_lock.lock().await;
     let started = Instant::now();
-    let result = pass(partition, &shard, now_ms, stable_offset).await;
+    let result = pass(partition, &shard, now_ms, stable_offset, txns).await;
     let mut stats = shard.cleaner_stats.borrow_mut();
     match &result {
         Ok(true) => {
@@ -376,6 +418,7 @@ async fn pass(
     shard: &Rc<ShardShared>,
     now_ms: i64,
     stable_offset: i64,
+    txns: &CleanerTxns<'_>,
 ) -> Result<bool, StorageError> {
     let io = shard.io.clone();
     let config = partition.log.borrow().config.clone();
@@ -441,9 +484,25 @@ async fn pass(
         &segments[dirty_from.min(segments.len())..],
         first_dirty,
         &cleaner_config,
+        &txns.aborted,
     )
     .await?;
+    let map = Arc::new(map);
     let mut new_state = state.clone();
+    // One transaction walk over every segment the pass cleans, from the log's first.
+    let mut walk = TxnTracker::new(&txns.aborted, segments[0].segment.base_offset);
+    // A marker may go only if the walk read every segment before it: none is skipped before
+    // the last segment whose horizon passed.
+    let last_due_base = segments
+        .iter()
+        .map(|candidate| candidate.segment.base_offset)
+        .filter(|base| {
+            state
+                .tombstone_horizons
+                .get(base)
+                .is_some_and(|horizon_ms| *horizon_ms <= now_ms)
+        })
+        .max();
     for candidate in &segments {
         if candidate.segment.base_offset >= end_offset {
             break;
@@ -453,22 +512,32 @@ async fn pass(
             .tombstone_horizons
             .get(&base)
             .is_some_and(|horizon_ms| *horizon_ms <= now_ms);
-        if map.entries.is_empty() && !horizon_passed {
-            // Nothing can supersede a record here and no tombstone is due: skip the read.
+        if map.is_empty() && !horizon_passed && last_due_base.is_none_or(|due| due < base) {
+            // Nothing can supersede a record here and no tombstone or marker is due here or
+            // later: skip the read.
+            walk.skipped();
             continue;
         }
+        let rules = FilterRules {
+            base_offset: base,
+            end_offset,
+            horizon_passed,
+            index_interval_bytes: config.index_interval_bytes,
+            decompressed_bytes_max: cleaner_config.decompressed_batch_bytes_max,
+        };
         let outcome = clean_segment(
             partition,
             shard,
             candidate,
             &map,
-            end_offset,
-            horizon_passed,
+            rules,
+            walk,
+            txns,
             &cleaner_config,
-            config.index_interval_bytes,
         )
         .await?;
-        if outcome.tombstones_kept {
+        walk = outcome.txns;
+        if outcome.deletes_kept {
             new_state
                 .tombstone_horizons
                 .entry(base)
@@ -504,141 +573,109 @@ async fn pass(
 
 /// Maps every key of the dirty segments from `first_dirty` on to its newest offset, until
 /// the map is full; returns it and the offset the pass cleans up to (the batch that did not
-/// fit, or the end of the dirty segments).
+/// fit, or the end of the dirty segments). The record work runs on the cleaner threads.
 async fn build_key_map(
     partition: &PartitionShared,
     shard: &ShardShared,
     dirty: &[Cleanable],
     first_dirty: i64,
     config: &CleanerConfig,
+    aborted: &[AbortedTxnEntry],
 ) -> Result<(KeyMap, i64), StorageError> {
-    let mut map = KeyMap {
-        entries: HashMap::new(),
-        entries_max: (config.dedupe_buffer_bytes / KEY_MAP_ENTRY_BYTES).max(1),
-    };
+    let map = KeyMap::new(config.dedupe_buffer_bytes / KEY_MAP_ENTRY_BYTES);
     let Some(last) = dirty.last() else {
         return Ok((map, first_dirty));
     };
+    let from = dirty[0].segment.base_offset;
+    let mut build = MapBuild::new(
+        map,
+        TxnTracker::new(aborted, from),
+        first_dirty,
+        config.decompressed_batch_bytes_max,
+    );
     let io = shard.io.clone();
     for candidate in dirty {
         let segment = &candidate.segment;
         let context = format!("reading {}", segment.log_path().display());
-        let mut walk = BatchWalk::new(io.as_ref(), segment.read.raw_fd(), candidate.size_bytes);
-        while let Some((header, range)) = walk.next().await.map_err(io_error(context.clone()))? {
-            let read = walk.take_bytes_read();
-            shard.cleaner_stats.borrow_mut().bytes_read += read;
-            throttle(shard, read).await;
-            if header.last_offset() < first_dirty || header.is_control() {
-                continue;
-            }
-            let batch = walk.bytes(range);
-            let section =
-                records::records_section(batch, &header, config.decompressed_batch_bytes_max)
-                    .map_err(|error| records_error(partition, error))?;
-            let parsed = records::parse(&section, header.records_count)
-                .map_err(|error| records_error(partition, error))?;
-            if !map.entries.is_empty() && map.entries.len() + parsed.len() > map.entries_max {
+        let mut reader = WindowReader::new(segment.read.raw_fd(), candidate.size_bytes);
+        while let Some((position, window)) = reader
+            .next(io.as_ref())
+            .await
+            .map_err(io_error(context.clone()))?
+        {
+            charge_read(shard, &mut reader).await;
+            let (returned, window, outcome) = config
+                .workers
+                .run(move || {
+                    let outcome = build.map_window(&window, position);
+                    (build, window, outcome)
+                })
+                .await
+                .map_err(io_error(format!("cleaning {}", partition.label())))?;
+            build = returned;
+            reader.give_back(window);
+            if let Some(stop) = outcome.map_err(|error| work_error(partition, segment, error))? {
                 tracing::info!(
                     partition = %partition.label(),
-                    offset = header.base_offset,
-                    keys = map.entries.len(),
+                    offset = stop,
+                    keys = build.map.len(),
                     "cleaner key map full; this pass cleans up to here"
                 );
-                return Ok((map, header.base_offset));
-            }
-            for record in parsed {
-                if let Some(key) = record.key {
-                    map.entries
-                        .insert(key_hash(key), header.base_offset + record.offset_delta);
-                }
+                return Ok((build.map, stop));
             }
         }
     }
-    Ok((map, last.next_offset))
+    Ok((build.map, last.next_offset))
 }
 
 /// What cleaning one segment left.
 struct SegmentOutcome {
-    tombstones_kept: bool,
+    /// Tombstones or markers stayed: the segment needs its horizon.
+    deletes_kept: bool,
+    /// The transaction walk, for the next segment.
+    txns: TxnTracker,
 }
 
-/// The cleaned copy being written: its file, its bytes so far and their index.
-struct Output {
-    file: std::fs::File,
-    position: u64,
-    pending: Vec<u8>,
-    index: SegmentIndex,
-}
-
-impl Output {
-    fn push(&mut self, base_offset: i64, header: &RecordBatchHeader, bytes: &[u8], interval: u32) {
-        let relative = (header.last_offset() - base_offset).clamp(0, i64::from(u32::MAX)) as u32;
-        let position = self.position + self.pending.len() as u64;
-        self.index.on_batch(
-            relative,
-            position as u32,
-            bytes.len() as u32,
-            header.max_timestamp,
-            interval,
-        );
-        self.pending.extend_from_slice(bytes);
+/// Writes the cleaned bytes `filter` holds to `file` through the ring.
+async fn write_pending(
+    io: &dyn IoBackend,
+    shard: &ShardShared,
+    file: &std::fs::File,
+    filter: &mut SegmentFilter,
+) -> io::Result<()> {
+    if filter.pending.is_empty() {
+        return Ok(());
     }
-
-    async fn write_pending(&mut self, io: &dyn IoBackend, shard: &ShardShared) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let data = Bytes::from(std::mem::take(&mut self.pending));
-        let len = data.len();
-        let (written, _) =
-            io.write_vectored(self.file.as_raw_fd(), self.position, vec![data], false);
-        let written = written.await?;
-        if usize::try_from(written).ok() != Some(len) {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short write of a cleaned segment: {written} of {len} bytes"),
-            ));
-        }
-        self.position += len as u64;
-        shard.cleaner_stats.borrow_mut().bytes_written += len as u64;
-        throttle(shard, len as u64).await;
-        Ok(())
+    let data = Bytes::from(std::mem::take(&mut filter.pending));
+    let len = data.len();
+    let (written, _) =
+        io.write_vectored(file.as_raw_fd(), filter.pending_position, vec![data], false);
+    let written = written.await?;
+    if usize::try_from(written).ok() != Some(len) {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write of a cleaned segment: {written} of {len} bytes"),
+        ));
     }
-}
-
-/// Whether the record at `offset` stays: it has a key, no newer record of that key was
-/// mapped, and it is not a tombstone whose retention ran out.
-fn retained(
-    map: &KeyMap,
-    record: &records::RecordView<'_>,
-    offset: i64,
-    horizon_passed: bool,
-) -> bool {
-    let Some(key) = record.key else {
-        return false;
-    };
-    if map
-        .entries
-        .get(&key_hash(key))
-        .is_some_and(|newest| *newest > offset)
-    {
-        return false;
-    }
-    !(record.is_tombstone && horizon_passed)
+    filter.pending_position += len as u64;
+    shard.cleaner_stats.borrow_mut().bytes_written += len as u64;
+    throttle(shard, len as u64).await;
+    Ok(())
 }
 
 /// Cleans one sealed segment below `end_offset` into `X.log.cleaned` and swaps it in, when
-/// anything was removed.
+/// anything was removed. The record work runs on the cleaner threads; reads, writes and the
+/// swap's steps stay here, on the shard's ring and blocking pool.
 #[allow(clippy::too_many_arguments)]
 async fn clean_segment(
     partition: &Rc<PartitionShared>,
     shard: &Rc<ShardShared>,
     candidate: &Cleanable,
-    map: &KeyMap,
-    end_offset: i64,
-    horizon_passed: bool,
+    map: &Arc<KeyMap>,
+    rules: FilterRules,
+    txns: TxnTracker,
+    txn_view: &CleanerTxns<'_>,
     config: &CleanerConfig,
-    interval_bytes: u32,
 ) -> Result<SegmentOutcome, StorageError> {
     let io = shard.io.clone();
     let io = io.as_ref();
@@ -662,98 +699,70 @@ async fn clean_segment(
         .ok()
         .and_then(|mut slot| slot.take())
         .ok_or_else(|| io_error(context("creating"))(io::Error::other("no file created")))?;
-    let mut output = Output {
-        file,
-        position: 0,
-        pending: Vec::new(),
-        index: SegmentIndex::default(),
-    };
-    let mut changed = false;
-    let mut tombstones_kept = false;
-    let mut removed = 0u64;
-    // A batch whose records all went: kept empty only if it turns out to be the segment's
-    // last, so the segment still ends at its next offset.
-    let mut emptied: Option<(RecordBatchHeader, Vec<u8>)> = None;
+    let mut filter = SegmentFilter::new(rules, map.clone(), txns);
     let read_context = format!("reading {}", segment.log_path().display());
-    let mut walk = BatchWalk::new(io, segment.read.raw_fd(), candidate.size_bytes);
-    while let Some((header, range)) = walk.next().await.map_err(io_error(read_context.clone()))? {
-        let read = walk.take_bytes_read();
-        shard.cleaner_stats.borrow_mut().bytes_read += read;
-        throttle(shard, read).await;
-        let batch = walk.bytes(range);
-        if header.base_offset >= end_offset || header.is_control() {
-            emptied = None;
-            output.push(base, &header, batch, interval_bytes);
-        } else {
-            let section =
-                records::records_section(batch, &header, config.decompressed_batch_bytes_max)
-                    .map_err(|error| records_error(partition, error))?;
-            let parsed = records::parse(&section, header.records_count)
-                .map_err(|error| records_error(partition, error))?;
-            let kept: Vec<&records::RecordView<'_>> = parsed
-                .iter()
-                .filter(|record| {
-                    retained(
-                        map,
-                        record,
-                        header.base_offset + record.offset_delta,
-                        horizon_passed,
-                    )
-                })
-                .collect();
-            tombstones_kept |= kept.iter().any(|record| record.is_tombstone);
-            removed += (parsed.len() - kept.len()) as u64;
-            if kept.len() == parsed.len() {
-                emptied = None;
-                output.push(base, &header, batch, interval_bytes);
-            } else {
-                changed = true;
-                let raws: Vec<&[u8]> = kept.iter().map(|record| record.raw).collect();
-                let rebuilt = records::rebuild(batch, &header, &raws)
-                    .map_err(|error| records_error(partition, error))?;
-                if kept.is_empty() {
-                    emptied = Some((header, rebuilt));
-                } else {
-                    emptied = None;
-                    output.push(base, &header, &rebuilt, interval_bytes);
-                }
-            }
-        }
-        if output.pending.len() >= WRITE_WINDOW_BYTES {
+    let mut reader = WindowReader::new(segment.read.raw_fd(), candidate.size_bytes);
+    while let Some((position, window)) = reader
+        .next(io)
+        .await
+        .map_err(io_error(read_context.clone()))?
+    {
+        charge_read(shard, &mut reader).await;
+        let (returned, window, outcome) = config
+            .workers
+            .run(move || {
+                let outcome = filter.filter_window(&window, position);
+                (filter, window, outcome)
+            })
+            .await
+            .map_err(io_error(format!("cleaning {}", partition.label())))?;
+        filter = returned;
+        reader.give_back(window);
+        outcome.map_err(|error| work_error(partition, segment, error))?;
+        if filter.pending.len() >= WRITE_WINDOW_BYTES {
             io.cleaner_step("write")
                 .map_err(io_error(context("writing")))?;
-            output
-                .write_pending(io, shard)
+            write_pending(io, shard, &file, &mut filter)
                 .await
                 .map_err(io_error(context("writing")))?;
         }
     }
-    if let Some((header, empty)) = emptied.take() {
-        output.push(base, &header, &empty, interval_bytes);
-    }
-    if !changed {
+    filter.finish();
+    if !filter.changed {
         // Nothing removed: the old file stays; the copy goes.
-        drop(output);
+        drop(file);
         if let Err(error) = io.unlink(cleaned_path.clone()).await {
             tracing::warn!(%error, path = %cleaned_path.display(), "cannot remove an unneeded cleaned copy");
         }
-        return Ok(SegmentOutcome { tombstones_kept });
+        return Ok(SegmentOutcome {
+            deletes_kept: filter.deletes_kept,
+            txns: filter.txns,
+        });
     }
     io.cleaner_step("write")
         .map_err(io_error(context("writing")))?;
-    output
-        .write_pending(io, shard)
+    write_pending(io, shard, &file, &mut filter)
         .await
         .map_err(io_error(context("writing")))?;
     io.cleaner_step("sync")
         .map_err(io_error(context("syncing")))?;
-    io.fdatasync(output.file.as_raw_fd())
+    io.fdatasync(file.as_raw_fd())
         .await
         .map_err(io_error(context("syncing")))?;
     if partition.log.borrow().deleted {
         return Err(io_error(context("swapping"))(io::Error::other(
             "the partition was deleted",
         )));
+    }
+    if !filter.aborts_removed.is_empty() {
+        // The aborted ranges of the ABORT markers this copy drops leave the broker's view and
+        // the segment's `.txnindex` before the marker can leave the log: a range without its
+        // marker would hide the producer's later transactions from read_committed consumers,
+        // while a marker without its range (no data of it is left) is ignored by them.
+        (txn_view.forget_aborted)(&filter.aborts_removed);
+        io.cleaner_step("txnindex")
+            .map_err(io_error(context("indexing")))?;
+        txn_index::remove_entries(partition, base, &filter.aborts_removed).await?;
     }
     let swap_path = swap::swap_path(dir, base);
     io.cleaner_step("commit")
@@ -787,12 +796,14 @@ async fn clean_segment(
     .await
     .map_err(io_error(context("swapping")))?;
 
-    let Output {
-        file,
-        position: size_bytes,
+    let SegmentFilter {
+        pending_position: size_bytes,
         mut index,
+        removed,
+        deletes_kept,
+        txns,
         ..
-    } = output;
+    } = filter;
     index.seal_time_index();
     let offsets = index.encode_offsets();
     let times = index.encode_times();
@@ -847,7 +858,7 @@ async fn clean_segment(
             .await
             .map_err(io_error(format!("writing {}", path.display())))?;
     }
-    Ok(SegmentOutcome { tombstones_kept })
+    Ok(SegmentOutcome { deletes_kept, txns })
 }
 
 #[cfg(test)]
@@ -864,6 +875,9 @@ mod tests {
         state.tombstone_horizons.insert(20, 2_000);
         assert_eq!(CleanerState::decode(&state.encode()), Some(state));
         assert_eq!(CleanerState::decode("nonsense 1"), None);
-        assert_ne!(key_hash(b"a"), key_hash(b"b"));
+        assert_ne!(
+            crate::cleaner_work::key_hash(b"a"),
+            crate::cleaner_work::key_hash(b"b")
+        );
     }
 }

@@ -39,6 +39,9 @@ pub mod batch;
 mod blocking;
 mod buffer;
 mod cleaner;
+mod cleaner_txn;
+mod cleaner_work;
+mod cleaner_workers;
 mod epoch;
 pub mod fault;
 mod index;
@@ -64,7 +67,8 @@ mod writer;
 pub use blocking::{
     BlockingEvent, BlockingObserver, BlockingPoolStats, BLOCKING_JOBS_RUNNING_MAX_DEFAULT,
 };
-pub use cleaner::{CleanerConfig, CleanerStats};
+pub use cleaner::{CleanerConfig, CleanerStats, CleanerTxns, CleanerWorkers};
+pub use cleaner_workers::{CLEANER_THREADS_DEFAULT, CLEANER_THREAD_NICE_DEFAULT};
 pub use epoch::{EpochEntry, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use ring::Ring;
 
@@ -919,8 +923,18 @@ impl Partition {
     /// `stable_offset` bounds the pass further: only segments wholly below it are cleaned.
     /// The broker passes the last stable offset, so an undecided transaction's records are
     /// never cleaned (pass `i64::MAX` when the partition has no transactions).
-    pub async fn clean(&self, now_ms: i64, stable_offset: i64) -> Result<bool, StorageError> {
-        cleaner::clean(&self.0, now_ms, stable_offset).await
+    ///
+    /// `txns` gives the partition's aborted transactions (their records are dropped, their
+    /// ABORT markers go after `delete.retention.ms` once no data of theirs is left) and is
+    /// told of the aborted ranges whose markers a pass removes, before it removes them
+    /// ([`CleanerTxns::none`] for a partition without transactions).
+    pub async fn clean(
+        &self,
+        now_ms: i64,
+        stable_offset: i64,
+        txns: &CleanerTxns<'_>,
+    ) -> Result<bool, StorageError> {
+        cleaner::clean(&self.0, now_ms, stable_offset, txns).await
     }
 
     /// Whether this log is compacted (`cleanup.policy` includes `compact`).

@@ -8,9 +8,10 @@
 //! the new index and never a torn one), reading every live segment's index, and dropping
 //! entries at or past an offset (a truncation's cut, an unclean open's recovered end). A
 //! segment's index goes with the segment (retention, DeleteRecords, truncation and failed
-//! rolls unlink it with the segment's other files; a cleaner pass keeps markers and offsets,
-//! so it keeps the index as is). Must never: decide what was aborted (the broker does, from
-//! the markers it writes), or misread bytes (an entry of an unknown version ends the file's
+//! rolls unlink it with the segment's other files; a cleaner pass keeps offsets, and
+//! rewrites the index without the entries of the ABORT markers it removes, before the
+//! segment's copy without them is committed). Must never: decide what was aborted (the
+//! broker does, from the markers it writes), or misread bytes (an entry of an unknown version ends the file's
 //! valid prefix; a torn tail is ignored and dropped at the next unclean open).
 //!
 //! Durability contract: the broker rewrites a segment's index after the ABORT marker it
@@ -290,6 +291,53 @@ pub(crate) async fn read(
         .into_iter()
         .filter(|entry| entry.last_offset >= start)
         .collect())
+}
+
+/// Removes `removed` (entries whose ABORT markers the cleaner takes out of the segment based
+/// at `base`) from that segment's index, rewriting it atomically and durably through the I/O
+/// seam; a missing index (a follower indexes none of the markers it copies) stays missing.
+pub(crate) async fn remove_entries(
+    partition: &Rc<PartitionShared>,
+    base: i64,
+    removed: &[AbortedTxnEntry],
+) -> Result<(), StorageError> {
+    let shard = partition
+        .shard
+        .upgrade()
+        .ok_or_else(|| shut_down(partition))?;
+    let path = path(&partition.dir, base);
+    let slot: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+    let filled = slot.clone();
+    let read_path = path.clone();
+    let job = shard.blocking.run(move || {
+        let bytes = match std::fs::read(&read_path) {
+            Ok(bytes) => Some(bytes),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error),
+        };
+        if let Ok(mut slot) = filled.lock() {
+            *slot = bytes;
+        }
+        Ok(())
+    });
+    job.await.map_err(|source| StorageError::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    })?;
+    let bytes = match slot.lock() {
+        Ok(mut slot) => slot.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    };
+    let Some(bytes) = bytes else {
+        return Ok(());
+    };
+    let (mut entries, whole) = decode(&bytes);
+    let before = entries.len();
+    entries.retain(|entry| !removed.contains(entry));
+    if whole && entries.len() == before {
+        return Ok(());
+    }
+    write_segment_index(&shard, partition, base, &entries).await
 }
 
 /// Drops the entries at or past `end_offset` (after a truncation cut the log there), on the

@@ -15,7 +15,9 @@ use std::time::Duration;
 use common::*;
 use sluice_storage::batch::{builder, RecordBatchHeader};
 use sluice_storage::fault::FaultPlan;
-use sluice_storage::{records, Ack, CleanupPolicy, LogConfig, Partition, ShardStorage};
+use sluice_storage::{
+    records, Ack, CleanerTxns, CleanupPolicy, LogConfig, Partition, ShardStorage,
+};
 
 const KEYS: usize = 8;
 const ROUNDS: usize = 12;
@@ -139,7 +141,11 @@ fn run(test: impl AsyncFnOnce(&Path)) {
 /// runs; returns how many polls it took.
 async fn clean_when_ready(partition: &Partition, now_ms: i64) -> bool {
     for _ in 0..200 {
-        if partition.clean(now_ms, i64::MAX).await.expect("clean") {
+        if partition
+            .clean(now_ms, i64::MAX, &CleanerTxns::none())
+            .await
+            .expect("clean")
+        {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -211,12 +217,18 @@ fn compaction_keeps_the_newest_value_of_every_key_at_its_offset_then_drops_tombs
 
         // Within delete.retention.ms a pass keeps them; after it, they go.
         assert!(
-            !partition.clean(log_now(), i64::MAX).await.expect("clean"),
+            !partition
+                .clean(log_now(), i64::MAX, &CleanerTxns::none())
+                .await
+                .expect("clean"),
             "nothing due yet"
         );
         tokio::time::sleep(Duration::from_millis(2_100)).await;
         assert!(
-            partition.clean(log_now(), i64::MAX).await.expect("clean"),
+            partition
+                .clean(log_now(), i64::MAX, &CleanerTxns::none())
+                .await
+                .expect("clean"),
             "tombstones due"
         );
         let final_records = records_of(&partition).await;
@@ -334,7 +346,10 @@ fn build_and_clean(dir: &Path, crash_step: Option<u64>) -> (BTreeMap<i64, Vec<Re
         if let Some(step) = crash_step {
             plan.crash_cleaner_at_step(step);
         }
-        let crashed = partition.clean(log_now(), i64::MAX).await.is_err();
+        let crashed = partition
+            .clean(log_now(), i64::MAX, &CleanerTxns::none())
+            .await
+            .is_err();
         (original, crashed)
         // The runtime ends without a shutdown: a crash.
     });
@@ -399,7 +414,10 @@ fn a_crash_at_every_step_of_the_swap_leaves_each_segment_old_or_new() {
                 .collect();
             assert!(leftovers.is_empty(), "step {step}: {leftovers:?}");
             // A later pass finishes the job.
-            assert!(partition.clean(log_now(), i64::MAX).await.expect("clean"));
+            assert!(partition
+                .clean(log_now(), i64::MAX, &CleanerTxns::none())
+                .await
+                .expect("clean"));
             let finished = by_segment(&partition.dir(), &records_of(&partition).await);
             assert_eq!(
                 finished, cleaned,
@@ -442,7 +460,11 @@ fn a_full_key_map_makes_partial_passes_that_reach_the_same_log() {
         let end = partition.log_end_offset();
         let mut passes = 0;
         let mut first_dirty = Vec::new();
-        while partition.clean(log_now(), i64::MAX).await.expect("clean") {
+        while partition
+            .clean(log_now(), i64::MAX, &CleanerTxns::none())
+            .await
+            .expect("clean")
+        {
             passes += 1;
             first_dirty.push(partition.cleaner_first_dirty_offset());
             assert!(passes < 100, "passes never end: {first_dirty:?}");

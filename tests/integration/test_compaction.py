@@ -155,3 +155,106 @@ def test_compressed_batches_are_cleaned_and_checked_for_keys(broker_factory, cod
     cleaned = _read_all(broker.bootstrap, topic)
     assert set(cleaned) <= produced
     assert {key: (offset, value) for offset, key, value in cleaned} == newest
+
+
+def _read_isolated(bootstrap, topic, isolation, timeout_s=30):
+    """Partition 0 from the beginning to its end (the LSO for read_committed), with the given
+    isolation level: [(offset, key, value)]."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"compaction-{isolation}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "isolation.level": isolation,
+        "fetch.wait.max.ms": 100,
+    })
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        got = []
+        wait_until(lambda: _poll_to_eof(consumer, got), timeout_s, interval_s=0,
+                   what=f"reading {topic} to its end ({isolation})")
+        return got
+    finally:
+        consumer.close()
+
+
+def test_transactions_in_a_compacted_topic(broker_factory):
+    """A transactional producer commits and aborts over the same keys of a compacted topic
+    (flush() before each abort, so the aborted records reach the log). Once the cleaner has
+    run, and again after the markers' delete.retention.ms: read_committed and
+    read_uncommitted both see exactly the newest committed value of every key, at the offset
+    it was produced at; no aborted value is left in the log's files; an aborted record never
+    superseded a committed one."""
+    from confluent_kafka import Producer
+
+    broker = broker_factory({"log.cleaner.backoff.ms": 200})
+    topic = unique_topic("compacted-txn")
+    create_topic(broker.bootstrap, topic, 1, config={
+        "cleanup.policy": "compact",
+        "segment.bytes": "4096",
+        "min.cleanable.dirty.ratio": "0.01",
+        "delete.retention.ms": "3000",
+    })
+    producer = Producer({"bootstrap.servers": broker.bootstrap,
+                         "transactional.id": unique_topic("compaction-txn"), "linger.ms": 5})
+    producer.init_transactions(30)
+    newest = {}
+
+    def delivered(err, msg):
+        assert err is None, err
+        newest[msg.key()] = (msg.offset(), msg.key(), msg.value())
+
+    for round_ in range(8):
+        producer.begin_transaction()
+        for k in range(6):
+            producer.produce(topic, key=f"key-{k}".encode(), partition=0,
+                             value=f"committed-{k}-{round_}-".encode() + b"c" * 60,
+                             on_delivery=delivered)
+        producer.commit_transaction(30)
+        # Aborted over the same keys, the newest of some: it must supersede nothing.
+        producer.begin_transaction()
+        for k in range(0, 6, 2):
+            producer.produce(topic, key=f"key-{k}".encode(), partition=0,
+                             value=f"aborted-{k}-{round_}-".encode() + b"a" * 60)
+        producer.flush(30)
+        producer.abort_transaction(30)
+    # Plain records after the transactions roll the segments holding them out of the active one.
+    # Each its own key, so every one is the newest of its key.
+    for record in produce_confluent(broker.bootstrap, topic,
+                                    [(f"filler-{n}".encode(), b"f" * 200) for n in range(60)],
+                                    partition=0, **{"linger.ms": 0}):
+        newest[record.key] = (record.offset, record.key, record.value)
+    expected = sorted(newest.values())
+    log_dir = broker.data_dir / f"{topic}-0"
+
+    def aborted_in_files():
+        return any(b"aborted-" in path.read_bytes() for path in log_dir.glob("*.log"))
+
+    assert aborted_in_files()
+    # The active segment holds filler only: once the cleaner took every sealed one, the
+    # aborted values are gone from the files.
+    wait_until(lambda: not aborted_in_files(), 60, interval_s=0.5,
+               what="the cleaner to drop the aborted records")
+
+    seen = {}
+
+    def exactly_newest():
+        seen["read_committed"] = sorted(_read_isolated(broker.bootstrap, topic, "read_committed"))
+        seen["read_uncommitted"] = sorted(
+            _read_isolated(broker.bootstrap, topic, "read_uncommitted"))
+        return seen["read_committed"] == expected and seen["read_uncommitted"] == expected
+
+    try:
+        wait_until(exactly_newest, 60, interval_s=0.5,
+                   what="both isolation levels to see the newest committed value of each key")
+    except AssertionError as error:
+        raise AssertionError(f"expected {expected}, read {seen}") from error
+    # After delete.retention.ms the markers without data go too (aborted ranges first):
+    # read_committed still delivers every committed survivor.
+    swapped = _metrics(broker.admin_url).get("sluice_cleaner_segments_swapped", 0)
+    time.sleep(3.5)
+    wait_until(lambda: _metrics(broker.admin_url).get("sluice_cleaner_segments_swapped", 0)
+               > swapped, 30, interval_s=0.5, what="a pass removing markers")
+    assert exactly_newest()
+    broker.restart(graceful=False)
+    assert exactly_newest()
