@@ -8,7 +8,8 @@
 #   idle: broker with `log.cleaner.enable=false`, `sluice bench produce` to another topic;
 #   busy: broker with the cleaner on (backoff 100 ms), the same produce started as soon as
 #         the cleaner's first pass has read its first bytes.
-# Both produce to a plain topic whose partitions spread over the same shards as the compacted
+# Disk: the template and one copy (about 2.5 x FILL_MB) plus the load topic, which retention
+# keeps at 128 MiB a partition. Both produce to a plain topic whose partitions spread over the same shards as the compacted
 # topic's. Prints each run, the medians and the ratio busy/idle, and how many bytes the
 # cleaner read and wrote during each busy window (so a "busy" run where the cleaner had
 # finished early is visible).
@@ -16,8 +17,10 @@
 # Usage: scripts/cleaner-bench.sh
 # Env:   FILL_MB=N       MB of keyed records in the compacted topic (default 1536)
 #        KEYS=N          distinct keys (default 50000)
-#        RUNS=N          idle/busy rounds, median taken (default 3)
-#        DURATION=S      produce seconds per measurement (default 8s)
+#        FILL_RECORD_BYTES=N  value bytes of the compacted topic's records (default 100: small
+#                        records are the cleaner's costliest work per byte)
+#        RUNS=N          idle/busy rounds, median taken (default 5)
+#        DURATION=S      produce seconds per measurement (default 5s)
 #        SHARDS=N        broker shards (default 2)
 #        EXTRA=...       extra `--override k=v` words for both brokers (e.g. cleaner settings)
 #        BENCH_DIR=D     data and logs (default bench-out/cleaner-bench; wiped first and
@@ -30,14 +33,15 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 FILL_MB="${FILL_MB:-1536}"
 KEYS="${KEYS:-50000}"
-RUNS="${RUNS:-3}"
-DURATION="${DURATION:-8s}"
+RUNS="${RUNS:-5}"
+DURATION="${DURATION:-5s}"
 SHARDS="${SHARDS:-2}"
 EXTRA="${EXTRA:-}"
 BENCH_DIR="${BENCH_DIR:-$ROOT/bench-out/cleaner-bench}"
 BIN="${SLUICE_BIN:-$ROOT/target/release/sluice}"
 PORT="${BENCH_PORT:-19492}"
 ADMIN_PORT="${BENCH_ADMIN_PORT:-19494}"
+FILL_RECORD_BYTES="${FILL_RECORD_BYTES:-100}"
 RECORD_BYTES=1024
 PARTITIONS=4
 ROWS="$BENCH_DIR/rows.jsonl"
@@ -75,18 +79,21 @@ start_broker() { # DATA_DIR CLEANER(true|false) LOG
     broker_launch "$3" "$BIN" serve --data-dir "$1" \
         --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" --shards "$SHARDS" \
         --override "log.cleaner.enable=$2" --override "log.cleaner.backoff.ms=100" \
-        --override "log.segment.bytes=1073741824" $EXTRA
+        --override "log.segment.bytes=1073741824" \
+        --override "log.retention.check.interval.ms=1000" $EXTRA
     broker_wait_ready "$3" 200 curl -sf "http://127.0.0.1:$ADMIN_PORT/stats" || exit 1
 }
 
-echo "==> filling a compacted topic with ${FILL_MB} MB (${KEYS} keys, 8 MiB segments)"
+echo "==> filling a compacted topic with ${FILL_MB} MB (${KEYS} keys, ${FILL_RECORD_BYTES}-byte values, 8 MiB segments)"
 start_broker "$BENCH_DIR/template" false "$BENCH_DIR/broker-fill.log"
 "$BIN" topics create compacted --bootstrap "127.0.0.1:$PORT" --partitions "$PARTITIONS" \
     --config cleanup.policy=compact --config segment.bytes=8388608 \
     --config min.cleanable.dirty.ratio=0.01 >/dev/null
-"$BIN" topics create load --bootstrap "127.0.0.1:$PORT" --partitions "$PARTITIONS" >/dev/null
+# Retention keeps the produced load small on disk (the same work in both modes).
+"$BIN" topics create load --bootstrap "127.0.0.1:$PORT" --partitions "$PARTITIONS" \
+    --config retention.bytes=134217728 --config segment.bytes=33554432 >/dev/null
 "$BIN" bench produce --bootstrap "127.0.0.1:$PORT" --topic compacted \
-    --record-size "$RECORD_BYTES" --records $(( FILL_MB * 1024 * 1024 / RECORD_BYTES )) \
+    --record-size "$FILL_RECORD_BYTES" --records $(( FILL_MB * 1024 * 1024 / FILL_RECORD_BYTES )) \
     --keys "uniform:$KEYS" --acks 1 --progress-interval-s 0 --json > "$BENCH_DIR/fill.json"
 broker_stop
 du -sh "$BENCH_DIR/template" | sed 's/^/    /'
