@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sluice_storage::{CleanerConfig, CleanupPolicy, LogConfig, TimestampType};
 
@@ -41,7 +42,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "listeners", default: "127.0.0.1:9092", doc: "Kafka listeners, NAME://IP:PORT,... (an empty IP = every interface; port 0 = a free port chosen at start), each with its own name and port; every shard accepts on each. A bare IP:PORT is one PLAINTEXT listener (CLI: --listen)." },
     Setting { name: "listener.security.protocol.map", default: "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL", doc: "Each listener name's security protocol, NAME:PROTOCOL,... (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL); a listener name missing here is refused at start." },
     Setting { name: "advertised.listeners", default: "", doc: "What clients are told to connect to, NAME://HOST:PORT per listener (a listener not named advertises its own address); a bare HOST:PORT is allowed with a single listener. Metadata and FindCoordinator answer with the endpoints of the listener the request arrived on (CLI: --advertised-listener)." },
-    Setting { name: "inter.broker.listener.name", default: "", doc: "In a cluster: the listener other brokers use for replication and request forwarding, and whose advertised address this broker registers first. Empty: the listener named by security.inter.broker.protocol, else PLAINTEXT, else the first. Inter-broker traffic is PLAINTEXT only for now: a cluster whose inter-broker listener is SSL or SASL is refused at start." },
+    Setting { name: "inter.broker.listener.name", default: "", doc: "In a cluster: the listener other brokers use for replication and request forwarding, and whose advertised address this broker registers first. Empty: the listener named by security.inter.broker.protocol, else PLAINTEXT, else the first. An SSL or SASL inter-broker listener is spoken with its own ssl.* settings (the truststore verifies the other brokers, the keystore is this broker's client certificate) and sasl.mechanism.inter.broker.protocol with the login of its sasl.jaas.config." },
     Setting { name: "ssl.keystore.type", default: "PEM", doc: "Format of the TLS listeners' key and certificates; only PEM (JKS and PKCS12 are refused: convert them with keytool/openssl). Every ssl.* setting may be given per listener as listener.name.<name>.ssl.* (name in lower case), which wins over the broker-wide one." },
     Setting { name: "ssl.keystore.location", default: "", doc: "A PEM file with the TLS listeners' private key (unencrypted PKCS#8, PKCS#1 or SEC1) and certificate chain, leaf first. Re-read when it changes (ssl.reload.check.interval.ms). Either this or ssl.keystore.certificate.chain + ssl.keystore.key." },
     Setting { name: "ssl.keystore.certificate.chain", default: "", doc: "The certificate chain as inline PEM text (with ssl.keystore.key)." },
@@ -57,6 +58,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "ssl.handshake.timeout.ms", default: "10000", doc: "A TLS connection whose handshake is not complete within this is closed (a log line), so a silent or slow client cannot hold a connection slot. No Kafka equivalent." },
     Setting { name: "ssl.io.buffer.bytes", default: "262144", doc: "Plaintext bytes sealed into TLS records per socket write on a TLS connection (its ciphertext write buffer is about this size; its read buffer is one TLS record, 18 KiB). No Kafka equivalent." },
     Setting { name: "ssl.reload.check.interval.ms", default: "10000", doc: "How often the TLS listeners' keystore and truststore files are checked for changes (modification time, size); a change is loaded for new handshakes (established sessions keep theirs), a file that does not load is logged and the previous certificates stay. 0 = never. No Kafka equivalent (Kafka reloads on an AlterConfigs of the ssl setting)." },
+    Setting { name: "sasl.mechanism.inter.broker.protocol", default: "", doc: "The SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) this broker logs in with on a SASL inter-broker listener; required there (Kafka's default, GSSAPI, is not served)." },
+    Setting { name: "sasl.jaas.config", default: "", doc: "The inter-broker login, as Kafka's JAAS line: e.g. org.apache.kafka.common.security.scram.ScramLoginModule required username=\"broker\" password=\"...\"; (only username and password are read). listener.name.<listener>.<mechanism>.sasl.jaas.config overrides it for one listener. The other brokers must know the user (SCRAM credentials) and, with an authorizer, list it in super.users." },
+    Setting { name: "ssl.endpoint.identification.algorithm", default: "https", doc: "Whether this broker checks that another broker's certificate names the address it connects to (https), or accepts any certificate its truststore vouches for (empty)." },
     Setting { name: "security.inter.broker.protocol", default: "", doc: "Kafka's older way to pick the inter-broker listener: the listener named after this protocol. Set it or inter.broker.listener.name, not both." },
     Setting { name: "admin.listen", default: "127.0.0.1:9644", doc: "Admin HTTP listener for /metrics and /stats (CLI: --admin-listen); empty disables it." },
     Setting { name: "num.shards", default: "0", doc: "Shards (pinned threads); 0 = one per available core (CLI: --shards)." },
@@ -322,6 +326,7 @@ impl Settings {
         let key = canonical(key.trim());
         if !SETTINGS.iter().any(|s| s.name == key)
             && !crate::security::tls::config::is_listener_override(key)
+            && !crate::security::inter_broker::is_listener_jaas(key)
         {
             return Err(ConfigError::UnknownKey(key.to_string()));
         }
@@ -462,6 +467,9 @@ pub struct BrokerConfig {
     pub request_bytes_max: usize,
     /// Connections limit.
     pub connections_max: usize,
+    /// How replica fetchers and marker senders secure their connections to other brokers
+    /// (the inter-broker listener's TLS and SASL login); None: PLAINTEXT or no cluster.
+    pub inter_broker_security: Option<Arc<sluice_client::Security>>,
     /// `controlled.shutdown.enable`: in a cluster, be fenced before stopping.
     pub controlled_shutdown_enable: bool,
     /// `controlled.shutdown.timeout.ms`: the longest wait for that fencing.
@@ -600,7 +608,7 @@ impl BrokerConfig {
         let per_ip_max: usize = c.int("max.connections.per.ip", 0..=INT_MAX);
         let connections_per_ip =
             c.per_ip_limits("max.connections.per.ip.overrides", per_ip_max, 0..=INT_MAX);
-        let config = Self {
+        let mut config = Self {
             authorizer: None,
             queued_request_bytes_max,
             connection_idle_ms_max: c.int("connections.max.idle.ms", 1..=i64::MAX),
@@ -630,6 +638,7 @@ impl BrokerConfig {
             auto_create_topics: c.boolean("auto.create.topics.enable"),
             request_bytes_max,
             connections_max: c.int("max.connections", 1..=INT_MAX),
+            inter_broker_security: None,
             controlled_shutdown_enable: c.boolean("controlled.shutdown.enable"),
             controlled_shutdown_timeout_ms: c.int("controlled.shutdown.timeout.ms", 0..=INT_MAX),
             shutdown_drain_timeout_ms: c.int("shutdown.drain.timeout.ms", 0..=INT_MAX),
@@ -717,7 +726,8 @@ impl BrokerConfig {
         };
         let cluster = cluster::read(c, &settings, &config.data_dir);
         if let (Some(_), Some(listeners)) = (&cluster, &listeners) {
-            listener_config::check_cluster(c, listeners);
+            config.inter_broker_security =
+                listener_config::inter_broker_security(c, &settings, listeners);
         }
         let allow_if_no_acls = c.boolean("allow.everyone.if.no.acl.found");
         let authorizer = match crate::security::acl::Authorizer::from_settings(
@@ -1149,18 +1159,37 @@ mod tests {
             problems(&["advertised.listeners=SSL://h:9093"]),
             ["settings 'advertised.listeners' and 'listeners': advertised listener SSL is not in listeners"]
         );
-        // A cluster's brokers talk PLAINTEXT to each other.
-        let voters = "controller.quorum.voters=1@127.0.0.1:19093";
-        assert_eq!(
-            problems(&[
-                "node.id=1",
-                "process.roles=broker,controller",
-                voters,
-                "listeners=SASL_PLAINTEXT://127.0.0.1:9092",
-            ])
-            .len(),
-            1,
-            "a SASL inter-broker listener in a cluster"
+        // A SASL inter-broker listener needs the broker's own login.
+        let cluster = [
+            "node.id=1",
+            "process.roles=broker,controller",
+            "controller.quorum.voters=1@127.0.0.1:19093",
+            "listeners=SASL_PLAINTEXT://127.0.0.1:9092",
+        ];
+        let refused = problems(&cluster);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].contains("sasl.mechanism.inter.broker.protocol"));
+        let jaas = "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=\
+                    org.apache.kafka.common.security.scram.ScramLoginModule required \
+                    username=\"broker\" password=\"pw\";";
+        let with_login = [
+            &cluster[..],
+            &["sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512", jaas],
+        ]
+        .concat();
+        assert_eq!(problems(&with_login), Vec::<String>::new());
+        let no_password = [
+            &cluster[..],
+            &[
+                "sasl.mechanism.inter.broker.protocol=PLAIN",
+                "sasl.jaas.config=x required username=\"broker\";",
+            ],
+        ]
+        .concat();
+        let refused = problems(&no_password);
+        assert!(
+            refused.len() == 1 && refused[0].contains("password=") && !refused[0].contains("pw"),
+            "{refused:?}"
         );
     }
 

@@ -18,12 +18,12 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::error::{ClientError, Result};
+use crate::security::{self, Security};
 use crate::versions::{api_name, VersionTable};
 
 /// How a connection behaves. Every limit is explicit.
@@ -37,6 +37,8 @@ pub struct ConnectOptions {
     pub request_timeout: Duration,
     /// Largest response frame accepted; anything larger closes the connection.
     pub response_bytes_max: usize,
+    /// TLS and a SASL login (None: PLAINTEXT).
+    pub security: Option<Arc<Security>>,
 }
 
 impl Default for ConnectOptions {
@@ -46,6 +48,7 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             response_bytes_max: 512 << 20,
+            security: None,
         }
     }
 }
@@ -81,7 +84,7 @@ pub struct Connection {
     addr: String,
     options: ConnectOptions,
     shared: Arc<Shared>,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<Writer>,
     next_correlation_id: AtomicI32,
     versions: VersionTable,
     reader: tokio::task::JoinHandle<()>,
@@ -160,8 +163,16 @@ fn decode_response<R: Decodable>(
 }
 
 impl Connection {
-    /// Opens a connection and negotiates API versions.
+    /// Opens a connection, negotiates API versions and, if asked, logs in with SASL.
     pub async fn connect(addr: &str, options: &ConnectOptions) -> Result<Connection> {
+        let conn = Self::negotiated(addr, options).await?;
+        if let Some(login) = options.security.as_ref().and_then(|s| s.sasl.as_ref()) {
+            security::login(&conn, login).await?;
+        }
+        Ok(conn)
+    }
+
+    async fn negotiated(addr: &str, options: &ConnectOptions) -> Result<Connection> {
         let mut conn = Self::open(addr, options, VersionTable::bootstrap()).await?;
         match conn.negotiate(3).await {
             Ok(versions) => {
@@ -197,7 +208,19 @@ impl Connection {
             })?
             .map_err(io_err)?;
         stream.set_nodelay(true).map_err(io_err)?;
-        let (read_half, write_half) = stream.into_split();
+        // Plain TCP splits without a lock; a TLS stream needs tokio's locked split.
+        let (read_half, write_half): (Reader, Writer) =
+            match options.security.as_ref().filter(|s| s.tls.is_some()) {
+                None => {
+                    let (read_half, write_half) = stream.into_split();
+                    (Box::new(read_half), Box::new(write_half))
+                }
+                Some(security) => {
+                    let tls = security::wrap(stream, addr, Some(security)).await?;
+                    let (read_half, write_half) = tokio::io::split(tls);
+                    (Box::new(read_half), Box::new(write_half))
+                }
+            };
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             closed_reason: Mutex::new(None),
@@ -282,6 +305,15 @@ impl Connection {
     /// Sends a request and waits for its answer.
     pub async fn send<R: Request>(&self, request: &R) -> Result<R::Response> {
         self.submit(request).await?.wait().await
+    }
+
+    /// Like [`Connection::send`] with an explicit version.
+    pub async fn send_versioned<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response> {
+        self.submit_versioned(request, version).await?.wait().await
     }
 
     /// Writes a request and returns a handle to await its answer, so several can be in flight.
@@ -465,7 +497,10 @@ pub(crate) fn encode_frame<M: Encodable>(
     Ok(buf.freeze())
 }
 
-async fn read_loop(read_half: OwnedReadHalf, shared: Arc<Shared>, response_bytes_max: usize) {
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+async fn read_loop(read_half: Reader, shared: Arc<Shared>, response_bytes_max: usize) {
     let mut reader = BufReader::with_capacity(256 << 10, read_half);
     // Frames are cut from one receive buffer. Once a caller drops its frame, `reserve` takes
     // the same allocation back, so a consumer that keeps up reads every response into memory
@@ -514,7 +549,7 @@ async fn read_loop(read_half: OwnedReadHalf, shared: Arc<Shared>, response_bytes
 
 /// Reads from `reader` until `buf` holds `len` bytes (into its spare capacity, no zeroing).
 async fn read_to_len(
-    reader: &mut BufReader<OwnedReadHalf>,
+    reader: &mut BufReader<Reader>,
     buf: &mut BytesMut,
     len: usize,
 ) -> std::io::Result<()> {

@@ -17,6 +17,8 @@ pub mod group;
 pub mod producer;
 pub mod reassign;
 pub mod records;
+pub mod scram;
+pub mod security;
 pub mod versions;
 
 pub use admin::OffsetSpec;
@@ -26,3 +28,4 @@ pub use consumer::{FetchOptions, PartitionReader};
 pub use error::{ClientError, KafkaCode, Result};
 pub use producer::{Acks, Producer};
 pub use records::{ConsumedRecord, ProduceRecord};
+pub use security::{ClientTls, SaslLogin, SaslMechanism, Security};

@@ -81,20 +81,25 @@ fn attach_tls(c: &mut Check, settings: &Settings, listeners: &mut Listeners) {
     }
 }
 
-/// A cluster's brokers replicate and forward over the inter-broker listener with a
-/// PLAINTEXT client: an inter-broker listener that needs TLS or SASL is refused.
-pub(super) fn check_cluster(c: &mut Check, listeners: &Listeners) {
-    let inter_broker = listeners.inter_broker();
-    c.relation(
-        inter_broker.protocol == crate::security::SecurityProtocol::Plaintext,
-        &["inter.broker.listener.name", "listeners"],
-        format!(
-            "the inter-broker listener {} is {}; brokers talk to each other in PLAINTEXT only \
-             for now: add a PLAINTEXT listener for them (e.g. INTERNAL://IP:PORT with \
-             INTERNAL:PLAINTEXT in listener.security.protocol.map and \
-             inter.broker.listener.name=INTERNAL)",
-            inter_broker.name,
-            inter_broker.protocol.name()
-        ),
-    );
+/// How this broker connects to the other brokers' inter-broker listener (TLS and a SASL
+/// login as that listener needs, see [`crate::security::inter_broker`]); None for PLAINTEXT.
+/// A listener the other brokers could not be reached on is a start error.
+pub(super) fn inter_broker_security(
+    c: &mut Check,
+    settings: &Settings,
+    listeners: &Listeners,
+) -> Option<Arc<sluice_client::Security>> {
+    let listener = listeners.inter_broker();
+    match crate::security::inter_broker::read(|key| settings.raw(key), listener) {
+        Ok(security) => security,
+        Err(problems) => {
+            for (key, message) in problems {
+                c.errors.push(ConfigError::Conflict {
+                    keys: format!("'{key}' (inter-broker listener {})", listener.name),
+                    message,
+                });
+            }
+            None
+        }
+    }
 }

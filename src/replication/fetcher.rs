@@ -31,6 +31,7 @@ pub(crate) async fn run(shard: Rc<Shard>, leader: BrokerId) {
     let backoff = Duration::from_millis(config.fetch_backoff_ms);
     let options = ConnectOptions {
         client_id: format!("sluice-replica-{}", shard.config.node_id),
+        security: shard.config.inter_broker_security.clone(),
         ..ConnectOptions::default()
     };
     let mut connection: Option<Connection> = None;

@@ -8,6 +8,7 @@
 //! listener, and only authentication (a TLS client certificate, a SASL exchange) replaces it.
 
 pub mod acl;
+pub mod inter_broker;
 pub mod listener;
 pub mod quota;
 pub mod sasl;

@@ -159,6 +159,7 @@ impl MarkerChannel {
             request_timeout: std::time::Duration::from_millis(
                 shard.config.transactions.marker_write_timeout_ms + 5_000,
             ),
+            security: shard.config.inter_broker_security.clone(),
             ..ConnectOptions::default()
         };
         match Connection::connect(&address, &options).await {

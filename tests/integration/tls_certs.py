@@ -43,7 +43,9 @@ class CertAuthority:
                  "-subj", f"/O=Sluice Tests/CN={name}", cwd=self.dir)
 
     def issue(self, name: str, subject: str, *, server: bool = False,
-              expired: bool = False) -> Identity:
+              expired: bool = False, ips=("127.0.0.1",), client_too: bool = False) -> Identity:
+        """A certificate for `subject`; a server one names `ips` and localhost (and, with
+        client_too, may also authenticate as a client, as a broker's does to other brokers)."""
         key = self.dir / f"{name}.key"
         csr = self.dir / f"{name}.csr"
         cert = self.dir / f"{name}.pem"
@@ -52,8 +54,9 @@ class CertAuthority:
                  "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", subject, cwd=self.dir)
         lines = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature"]
         if server:
-            lines += ["extendedKeyUsage=serverAuth",
-                      "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+            usage = "serverAuth,clientAuth" if client_too else "serverAuth"
+            names = ",".join([f"IP:{ip}" for ip in ips] + ["DNS:localhost"])
+            lines += [f"extendedKeyUsage={usage}", f"subjectAltName={names}"]
         else:
             lines += ["extendedKeyUsage=clientAuth"]
         ext.write_text("\n".join(lines) + "\n")

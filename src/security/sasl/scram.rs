@@ -5,14 +5,13 @@
 //!
 //! Owns the message formats and the proof check. Must never: keep or log a password or a
 //! salted password, compare secrets in variable time, or implement a hash, HMAC or PBKDF2 of
-//! its own (the `sha2`, `hmac` and `pbkdf2` crates do).
+//! its own (the `sha2`, `hmac` and `pbkdf2` crates do, behind `sluice_client::scram`).
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256, Sha512};
+use sluice_client::scram::ScramHash;
 use subtle::ConstantTimeEq;
 
 /// Fewest PBKDF2 iterations a credential may have (Kafka's `ScramMechanism.minIterations`).
@@ -68,36 +67,27 @@ impl ScramMechanism {
             .find(|m| m.wire_type() == wire_type)
     }
 
-    fn hash(self, data: &[u8]) -> Vec<u8> {
+    /// The primitives (hash, HMAC, PBKDF2) live with the client side of SCRAM, which the
+    /// broker's inter-broker logins use too.
+    fn primitives(self) -> ScramHash {
         match self {
-            ScramMechanism::Sha256 => Sha256::digest(data).to_vec(),
-            ScramMechanism::Sha512 => Sha512::digest(data).to_vec(),
+            ScramMechanism::Sha256 => ScramHash::Sha256,
+            ScramMechanism::Sha512 => ScramHash::Sha512,
         }
     }
 
+    fn hash(self, data: &[u8]) -> Vec<u8> {
+        self.primitives().hash(data)
+    }
+
     fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
-        // HMAC takes keys of any length, so `new_from_slice` cannot fail here; an empty
-        // result would fail every later comparison rather than panic.
-        match self {
-            ScramMechanism::Sha256 => Hmac::<Sha256>::new_from_slice(key)
-                .map(|mac| mac.chain_update(data).finalize().into_bytes().to_vec())
-                .unwrap_or_default(),
-            ScramMechanism::Sha512 => Hmac::<Sha512>::new_from_slice(key)
-                .map(|mac| mac.chain_update(data).finalize().into_bytes().to_vec())
-                .unwrap_or_default(),
-        }
+        self.primitives().hmac(key, data)
     }
 
     /// SaltedPassword := Hi(password, salt, iterations), PBKDF2 with this HMAC.
     pub fn salted_password(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-        match self {
-            ScramMechanism::Sha256 => {
-                pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password, salt, iterations).to_vec()
-            }
-            ScramMechanism::Sha512 => {
-                pbkdf2::pbkdf2_hmac_array::<Sha512, 64>(password, salt, iterations).to_vec()
-            }
-        }
+        self.primitives()
+            .salted_password(password, salt, iterations)
     }
 }
 

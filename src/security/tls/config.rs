@@ -33,6 +33,7 @@ pub const TLS_SETTINGS: &[&str] = &[
     "ssl.enabled.protocols",
     "ssl.cipher.suites",
     "ssl.principal.mapping.rules",
+    "ssl.endpoint.identification.algorithm",
 ];
 
 /// Whether `key` is a per-listener override Sluice understands:
@@ -45,7 +46,10 @@ pub fn is_listener_override(key: &str) -> bool {
 
 /// Whether DescribeConfigs must hide `name`'s value (Kafka's PASSWORD-type settings).
 pub fn is_sensitive(name: &str) -> bool {
-    matches!(name, "ssl.keystore.key" | "ssl.key.password")
+    matches!(
+        name,
+        "ssl.keystore.key" | "ssl.key.password" | "sasl.jaas.config"
+    )
 }
 
 /// `ssl.client.auth`.
@@ -280,15 +284,8 @@ impl TlsSettings {
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, String> {
         let provider = Arc::new(self.provider()?);
         let (chain, key) = self.load_keystore()?;
-        let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
-            (self.tls12, &rustls::version::TLS12),
-            (self.tls13, &rustls::version::TLS13),
-        ]
-        .into_iter()
-        .filter_map(|(on, version)| on.then_some(version))
-        .collect();
         let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&versions)
+            .with_protocol_versions(&self.protocol_versions())
             .map_err(|e| format!("ssl.enabled.protocols / ssl.cipher.suites: {e}"))?;
         let builder = match (self.client_auth, &self.truststore) {
             (ClientAuth::None, _) | (_, None) => builder.with_no_client_auth(),
@@ -320,7 +317,18 @@ impl TlsSettings {
         Ok(Arc::new(config))
     }
 
-    fn provider(&self) -> Result<CryptoProvider, String> {
+    /// `ssl.enabled.protocols` as rustls versions.
+    pub(super) fn protocol_versions(&self) -> Vec<&'static rustls::SupportedProtocolVersion> {
+        [
+            (self.tls12, &rustls::version::TLS12),
+            (self.tls13, &rustls::version::TLS13),
+        ]
+        .into_iter()
+        .filter_map(|(on, version)| on.then_some(version))
+        .collect()
+    }
+
+    pub(super) fn provider(&self) -> Result<CryptoProvider, String> {
         // Deprecated only for lacking post-quantum key exchange; the alternative provider
         // (aws-lc-rs) needs cmake and a C++ toolchain this project's machines do not carry.
         #[allow(deprecated)]
@@ -350,7 +358,7 @@ impl TlsSettings {
         Ok(provider)
     }
 
-    fn load_keystore(
+    pub(super) fn load_keystore(
         &self,
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
         let (certificate_text, key_text, what) = match &self.keystore {
@@ -393,7 +401,7 @@ fn read_text(path: &Path, key: &str) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
 }
 
-fn read_certificates(
+pub(super) fn read_certificates(
     source: &PemSource,
     key: &str,
 ) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -9,6 +9,7 @@
 //! reloading run at startup and on the reload thread), or let a failed reload replace a working
 //! configuration.
 
+pub mod client;
 pub mod config;
 pub mod principal;
 pub mod reload;
