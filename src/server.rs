@@ -170,6 +170,11 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Startup(format!("cluster: {e}")))?;
             if let Some(admin) = admin {
                 store.set_admin(admin);
+                // Runs beside the signal wait below (this runtime drives both).
+                tokio::spawn(crate::metadata::bootstrap_users::hand_over(
+                    store.clone(),
+                    config.data_dir.clone(),
+                ));
             }
             tracing::info!(broker = roles.0, controller = roles.1, "joined the cluster");
         }

@@ -155,7 +155,6 @@ pub fn derive(current: &MetadataSnapshot, state: &Arc<ClusterState>) -> Metadata
     }
     next.client_quotas = Arc::new(super::quotas::from_cluster(state));
     next.scram = Arc::new(crate::security::sasl::credentials::with_cluster(
-        &current.scram_local,
         &state.scram,
     ));
     // ACLs are the quorum's alone; the index is rebuilt only when they changed.

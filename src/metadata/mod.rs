@@ -9,6 +9,7 @@
 //! the log later without touching readers.
 
 pub mod acls;
+pub mod bootstrap_users;
 pub mod cluster;
 pub mod controller;
 pub mod forward;

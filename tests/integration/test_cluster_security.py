@@ -2,8 +2,8 @@
 replication): three real `sluice serve` processes on 127.0.0.1-3 whose inter-broker listener
 is SASL_SSL (SCRAM-SHA-512 login of the user `broker`, certificates checked against the
 addresses) or SSL with client certificates required. Each also has a PLAINTEXT listener, the
-fixture's readiness check and the way in for the first users (a broker's own `--data-dir`
-users are not served in a cluster).
+fixture's readiness check; the first users come from node 1's data directory (`sluice users
+add --data-dir` before the first start), which node 1 hands to the quorum.
 
 What must hold: acks=all produce with min.insync.replicas=2 completes only when followers
 fetch, so every acknowledged record proves the replica fetchers logged in (with the
@@ -13,15 +13,11 @@ record is read back once, in order, and the replicas hold the same batches."""
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import (
-    NewTopic,
-    ScramCredentialInfo,
-    ScramMechanism,
-    UserScramCredentialUpsertion,
-)
+from confluent_kafka.admin import NewTopic
 
 from helpers import confluent_admin, free_port, unique_topic, wait_until
 from test_replication import LAG_MS, SETTLE_S, assert_same_log, isr, placement
+from test_sasl import sluice_users
 from tls_certs import CertAuthority
 
 BROKER_USER = ("broker", "broker-secret")
@@ -39,9 +35,9 @@ def cluster_pki(tmp_path_factory):
     return ca, server
 
 
-def start_cluster(broker_factory, protocol, pki, extra):
+def start_cluster(broker_factory, protocol, pki, extra, before_start=lambda nodes: None):
     """Three brokers: node 1 the only voter, PLAINTEXT on .bootstrap, `protocol` on
-    .secure_bootstrap (the inter-broker listener)."""
+    .secure_bootstrap (the inter-broker listener); `before_start` sees them made, not started."""
     ca, server = pki
     voters = f"1@{HOSTS[1]}:{free_port(HOSTS[1])}"
     nodes = {}
@@ -70,6 +66,7 @@ def start_cluster(broker_factory, protocol, pki, extra):
             f"PLAINTEXT://{node.bootstrap},{protocol}://{node.secure_bootstrap}"
         )
         nodes[n] = node
+    before_start(nodes)
     for node in nodes.values():
         node.start(wait=False)
     for node in nodes.values():
@@ -158,7 +155,17 @@ def check_replicated_and_failover(nodes, client_bootstrap, conf):
         assert_same_log(nodes, topic, p, ends[p])
 
 
-def test_sasl_ssl_inter_broker_listener_replicates_and_fails_over(broker_factory, cluster_pki):
+def test_sasl_ssl_inter_broker_listener_replicates_and_fails_over(broker_factory, cluster_pki,
+                                                                   sluice_bin):
+    """The users `broker` and `admin` exist only in node 1's data directory before the first
+    start (`sluice users add --data-dir`, as `kafka-storage format --add-scram`): node 1 hands
+    them to the quorum, and then every broker's replica fetchers can log in."""
+
+    def add_users(nodes):
+        for user, password in (BROKER_USER, ADMIN_USER):
+            sluice_users(sluice_bin, "add", user, "--password", password,
+                         "--mechanism", "SCRAM-SHA-512", "--data-dir", nodes[1].data_dir)
+
     nodes = start_cluster(broker_factory, "SASL_SSL", cluster_pki, {
         "sasl.enabled.mechanisms": "SCRAM-SHA-512",
         "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
@@ -168,21 +175,9 @@ def test_sasl_ssl_inter_broker_listener_replicates_and_fails_over(broker_factory
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "allow.everyone.if.no.acl.found": "false",
         "super.users": "User:broker;User:admin;User:ANONYMOUS",
-    })
-    admin = confluent_admin(nodes[1].bootstrap)
-    upserts = [UserScramCredentialUpsertion(
-        user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), password.encode())
-        for user, password in (BROKER_USER, ADMIN_USER)]
-
-    def add_users():
-        try:
-            for future in admin.alter_user_scram_credentials(upserts).values():
-                future.result(timeout=15)
-            return True
-        except Exception:  # no controller elected yet
-            return False
-
-    wait_until(add_users, 30, interval_s=0.5, what="the users committed through node 1")
+    }, before_start=add_users)
+    wait_until(lambda: "data-directory SCRAM users handed" in nodes[1].log_text(), 30,
+               what="node 1 handing its data-directory users to the quorum")
     conf = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
             "sasl.username": ADMIN_USER[0], "sasl.password": ADMIN_USER[1],
             "ssl.ca.location": str(cluster_pki[0].cert)}

@@ -456,7 +456,9 @@ def test_credentials_go_through_the_quorum(broker_factory, sluice_bin):
     """In a 3-node cluster (each with a PLAINTEXT and a SASL_PLAINTEXT listener) a user created
     through node 1 logs in on nodes 2 and 3, also on node 3 after kill -9 and restart (the
     credential is in the replicated state and its snapshots); deleted through node 2, it can
-    no longer log in on node 1."""
+    no longer log in on node 1. A user node 1 had in its data directory before its first start
+    is handed to the quorum (it logs in on node 3), once: deleted, it stays deleted when node 1
+    restarts."""
     hosts = {n: f"127.0.0.{n}" for n in (1, 2, 3)}
     voters = ",".join(f"{n}@{h}:{free_port(h)}" for n, h in hosts.items())
     nodes = {}
@@ -479,8 +481,8 @@ def test_credentials_go_through_the_quorum(broker_factory, sluice_bin):
             f"PLAINTEXT://{node.bootstrap},SASL_PLAINTEXT://{node.sasl_bootstrap}"
         )
         nodes[n] = node
-    # A broker's own --data-dir user is not served in a cluster: the quorum could never
-    # delete it (a deleted user would keep logging in on that broker).
+    # A --data-dir user of node 1 is handed to the quorum at node 1's first start (the role
+    # of kafka-storage format --add-scram), once: deleted later, it stays deleted.
     sluice_users(sluice_bin, "add", "local-only", "--password", "pw-l",
                  "--mechanism", "SCRAM-SHA-512", "--data-dir", nodes[1].data_dir)
     for node in nodes.values():
@@ -504,7 +506,8 @@ def test_credentials_go_through_the_quorum(broker_factory, sluice_bin):
             return False  # no controller elected yet
 
     wait_until(add, 30, interval_s=0.5, what="the user committed through node 1")
-    assert not can_log_in(nodes[1], "pw-l", user="local-only")
+    wait_until(lambda: can_log_in(nodes[3], "pw-l", user="local-only"), 30,
+               what="node 1's data-directory user logging in on node 3")
     for n in (2, 3):
         wait_until(lambda: can_log_in(nodes[n]), 15, what=f"login on node {n}")
     # More changes than a snapshot interval, so node 3 restores from a snapshot.
@@ -516,3 +519,12 @@ def test_credentials_go_through_the_quorum(broker_factory, sluice_bin):
     deletion = UserScramCredentialDeletion("quorum-user", ScramMechanism.SCRAM_SHA_512)
     admin.alter_user_scram_credentials([deletion])["quorum-user"].result(timeout=30)
     wait_until(lambda: not can_log_in(nodes[1]), 15, what="the deleted user refused on node 1")
+    deletion = UserScramCredentialDeletion("local-only", ScramMechanism.SCRAM_SHA_512)
+    admin.alter_user_scram_credentials([deletion])["local-only"].result(timeout=30)
+    wait_until(lambda: not can_log_in(nodes[3], "pw-l", user="local-only"), 15,
+               what="the deleted bootstrap user refused on node 3")
+    nodes[1].restart()
+    assert "data-directory SCRAM users handed" in nodes[1].log_text()
+    time.sleep(2)  # what a second hand-over would need to reach node 3
+    assert not can_log_in(nodes[3], "pw-l", user="local-only"), "handed over twice"
+    assert not can_log_in(nodes[1], "pw-l", user="local-only")

@@ -60,6 +60,15 @@ impl ScramCredentials {
         )
     }
 
+    /// Every (user, mechanism, credential).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, ScramMechanism, &ScramCredential)> {
+        self.users.iter().flat_map(|(user, mechanisms)| {
+            mechanisms
+                .iter()
+                .map(move |(mechanism, credential)| (user.as_str(), *mechanism, credential))
+        })
+    }
+
     /// Whether no user has a credential.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
@@ -70,23 +79,11 @@ impl ScramCredentials {
 ///
 /// A credential written with `sluice users add --data-dir` is this broker's own: the quorum
 /// cannot delete or replace it, so serving it in a cluster would let a user deleted through
-/// the Admin API keep logging in here. It is therefore not used in a cluster (a warning says
-/// so once); the first user of a cluster is created through the Admin API on the PLAINTEXT
-/// inter-broker listener every cluster has.
-pub fn with_cluster(
-    local: &ScramCredentials,
-    cluster: &sluice_cluster::scram::ScramState,
-) -> ScramCredentials {
-    static WARNED: std::sync::Once = std::sync::Once::new();
-    if !local.is_empty() {
-        WARNED.call_once(|| {
-            tracing::warn!(
-                "SCRAM credentials added with `sluice users add --data-dir` are not used in a \
-                 cluster (the quorum could not delete them); create users through the Admin \
-                 API (`sluice users add` against a running broker)"
-            )
-        });
-    }
+/// the Admin API keep logging in here. It is therefore not served from here in a cluster:
+/// the broker hands it to the quorum once, at its first start in a cluster
+/// ([`crate::metadata::bootstrap_users`], the role of `kafka-storage format --add-scram`),
+/// and from then on it is the quorum's.
+pub fn with_cluster(cluster: &sluice_cluster::scram::ScramState) -> ScramCredentials {
     let mut merged = ScramCredentials::default();
     for (user, mechanisms) in cluster {
         for (name, record) in mechanisms {
