@@ -333,8 +333,9 @@ impl GroupCoordinator {
     }
 
     /// Stops serving one partition's groups (this broker no longer leads it): forgets them
-    /// and the partition, so their requests answer NOT_COORDINATOR (with `set_coordinated`)
-    /// and blocked joins COORDINATOR_NOT_AVAILABLE; appends in flight fail through their log.
+    /// and the partition, so their requests, blocked joins and syncs included, answer
+    /// NOT_COORDINATOR (as Kafka's resigning coordinator); appends in flight fail through
+    /// their log.
     /// With `forget_snapshot` (this broker follows the partition now), also removes its
     /// snapshot (on the blocking pool): it describes a log a follower may cut. Returns how
     /// many groups were unloaded.

@@ -596,6 +596,43 @@ fn unloaded_partitions_answer_coordinator_errors() {
 }
 
 #[test]
+fn pending_joins_and_syncs_answer_not_coordinator_when_the_partition_unloads() {
+    run(async {
+        // A join waits out the initial rebalance delay; the partition unloads meanwhile (its
+        // leadership moved): Kafka's resigning coordinator answers NOT_COORDINATOR, so the
+        // client looks the coordinator up again instead of retrying here.
+        let e = env(60_000).await;
+        let (_a, pending) = first_join(&e.c).await;
+        tokio::task::yield_now().await;
+        assert!(!pending.is_finished(), "the join waits for the delay");
+        e.c.unload_partition(offsets_partition_for("g"), false);
+        let r = pending.await.expect("join");
+        assert_eq!(r.error_code, codes::NOT_COORDINATOR);
+
+        // A follower's sync waits for the leader's assignment when the partition unloads.
+        let e = env(0).await;
+        let c = &e.c;
+        let (a, ja) = first_join(c).await;
+        assert_eq!(ja.await.expect("join a").error_code, codes::NONE);
+        let sa = sync(c, sync_req(&a, 1, &[(&a, "A1")]))
+            .await
+            .expect("sync a");
+        assert_eq!(sa.error_code, codes::NONE);
+        let (b, jb) = first_join(c).await;
+        tokio::task::yield_now().await;
+        let ra = rejoin(c, &a).await.expect("rejoin a");
+        let rb = jb.await.expect("join b");
+        assert_eq!((ra.error_code, rb.error_code), (codes::NONE, codes::NONE));
+        let waiting = sync(c, sync_req(&b, rb.generation_id, &[]));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the follower waits for the leader");
+        c.unload_partition(offsets_partition_for("g"), false);
+        let r = waiting.await.expect("sync b");
+        assert_eq!(r.error_code, codes::NOT_COORDINATOR);
+    });
+}
+
+#[test]
 fn list_describe_delete_and_offset_delete() {
     run(async {
         let e = env(0).await;

@@ -499,6 +499,7 @@ impl GroupCoordinator {
         version: i16,
         client: &ClientInfo,
     ) -> JoinGroupResponse {
+        let group_id = req.group_id.to_string();
         let step = {
             let mut st = self.shared.state.borrow_mut();
             join_locked(&mut st, req, version, client)
@@ -506,11 +507,27 @@ impl GroupCoordinator {
         self.after_mutation();
         let response = match step {
             JoinStep::Done(r) => r,
-            JoinStep::Wait(rx) => rx
-                .await
-                .unwrap_or_else(|_| join_error(codes::COORDINATOR_NOT_AVAILABLE, "")),
+            JoinStep::Wait(rx) => match rx.await {
+                Ok(response) => response,
+                Err(_) => join_error(
+                    self.dropped_waiter_code(&group_id, codes::COORDINATOR_NOT_AVAILABLE),
+                    "",
+                ),
+            },
         };
         trim_join(response, version)
+    }
+
+    /// The code for a join or sync whose waiter was dropped: NOT_COORDINATOR (or what the
+    /// gate says) when the group's partition was unloaded meanwhile, as Kafka answers a
+    /// resigning coordinator's pending joins and syncs; `otherwise` when the group is still
+    /// here (its member was removed, or a new rebalance began).
+    fn dropped_waiter_code(&self, group_id: &str, otherwise: i16) -> i16 {
+        match self.shared.state.borrow().gate(group_id) {
+            Ok(_) => otherwise,
+            Err(codes::COORDINATOR_NOT_AVAILABLE) => codes::NOT_COORDINATOR,
+            Err(code) => code,
+        }
     }
 
     /// SyncGroup v0-5. The leader's assignment is made durable (GroupMetadata record) before any
@@ -523,9 +540,13 @@ impl GroupCoordinator {
             sync_locked(&mut st, &req, &group_id, &member_id)
         };
         self.after_mutation();
+        let dropped = || SyncOutcome {
+            error_code: self.dropped_waiter_code(&group_id, codes::REBALANCE_IN_PROGRESS),
+            assignment: Bytes::new(),
+        };
         let (outcome, protocol) = match step {
             SyncStep::Done(outcome, protocol) => (outcome, protocol),
-            SyncStep::Wait(rx, protocol) => (rx.await.unwrap_or_else(|_| rebalancing()), protocol),
+            SyncStep::Wait(rx, protocol) => (rx.await.unwrap_or_else(|_| dropped()), protocol),
             SyncStep::Leader {
                 rx,
                 protocol,
@@ -536,7 +557,7 @@ impl GroupCoordinator {
             } => {
                 self.persist_assignment(&group_id, partition, incarnation, generation, assignments)
                     .await;
-                (rx.await.unwrap_or_else(|_| rebalancing()), protocol)
+                (rx.await.unwrap_or_else(|_| dropped()), protocol)
             }
         };
         let mut r = SyncGroupResponse::default();
