@@ -45,3 +45,6 @@ pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
 pub const FENCED_INSTANCE_ID: i16 = 82;
 /// GROUP_SUBSCRIBED_TO_TOPIC
 pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+/// UNSTABLE_OFFSET_COMMIT: OffsetFetch with require_stable found a transactional offset not
+/// yet committed or aborted (KIP-447).
+pub const UNSTABLE_OFFSET_COMMIT: i16 = 88;

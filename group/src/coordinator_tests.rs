@@ -1127,6 +1127,19 @@ fn pending_transactional_offsets_survive_reload_and_snapshot_until_resolved() {
             .expect("hold 8");
         assert_eq!(fetched(c, "t", 0), 5, "pending offsets are not visible");
         assert!(c.has_pending_transactional_offset("g", "t", 0));
+        // OffsetFetch require_stable (KIP-447): no offset while one is pending, on that
+        // partition only.
+        let wanted = [("t".to_string(), vec![0, 1])];
+        let stable = c.fetch_offsets_stable("g", Some(&wanted), true);
+        let answers: Vec<(i64, i16)> = stable.topics[0]
+            .1
+            .iter()
+            .map(|f| (f.offset, f.error_code))
+            .collect();
+        assert_eq!(
+            answers,
+            vec![(-1, codes::UNSTABLE_OFFSET_COMMIT), (-1, codes::NONE)]
+        );
 
         // A snapshot, then retention drops the log it covers: the snapshot carries them.
         assert!(c.snapshot_partition(p).await.expect("snapshot"));
@@ -1145,6 +1158,14 @@ fn pending_transactional_offsets_survive_reload_and_snapshot_until_resolved() {
             .expect("abort 8");
         assert_eq!(fetched(&c2, "t", 0), 17);
         assert!(c2.pending_transactional_producers().is_empty());
+        let stable = c2.fetch_offsets_stable("g", Some(&wanted[..1]), true);
+        assert_eq!(
+            (
+                stable.topics[0].1[0].offset,
+                stable.topics[0].1[0].error_code
+            ),
+            (17, codes::NONE)
+        );
         drop(c2);
 
         // The resolutions are durable: a replay of the log keeps 17 and nothing pending.

@@ -357,18 +357,49 @@ impl GroupCoordinator {
         group_id: &str,
         topics: Option<&[(String, Vec<i32>)]>,
     ) -> FetchedGroup {
+        self.fetch_offsets_stable(group_id, topics, false)
+    }
+
+    /// [`GroupCoordinator::fetch_offsets`] with OffsetFetch's `require_stable` (KIP-447): a
+    /// partition with a transactional offset still pending (its transaction neither committed
+    /// nor aborted) answers UNSTABLE_OFFSET_COMMIT and no offset, so a consumer of an
+    /// exactly-once pipeline retries instead of starting from the offset before it.
+    pub fn fetch_offsets_stable(
+        &self,
+        group_id: &str,
+        topics: Option<&[(String, Vec<i32>)]>,
+        require_stable: bool,
+    ) -> FetchedGroup {
         let st = self.shared.state.borrow();
-        if let Err(code) = st.gate(group_id) {
-            return FetchedGroup {
-                error_code: code,
-                topics: Vec::new(),
-            };
-        }
+        let offsets_partition = match st.gate(group_id) {
+            Ok(partition) => partition,
+            Err(code) => {
+                return FetchedGroup {
+                    error_code: code,
+                    topics: Vec::new(),
+                }
+            }
+        };
+        let pending = match st.partitions.get(&offsets_partition) {
+            Some(crate::coordinator::PartitionSlot::Loaded(p)) if require_stable => {
+                Some(&p.pending)
+            }
+            _ => None,
+        };
         let group = st
             .groups
             .get(group_id)
             .filter(|g| g.state != GroupState::Dead);
         let fetched = |topic: &str, partition: i32| {
+            if pending.is_some_and(|p| p.has(group_id, topic, partition)) {
+                return FetchedOffset {
+                    partition,
+                    offset: -1,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                    error_code: codes::UNSTABLE_OFFSET_COMMIT,
+                };
+            }
             let c = group.and_then(|g| g.offsets.get(&(topic.to_string(), partition)));
             FetchedOffset {
                 partition,
@@ -413,19 +444,19 @@ impl GroupCoordinator {
     }
 
     /// OffsetFetch v8+: one group of the request (the broker splits `groups` by owning shard and
-    /// concatenates the results in request order). `require_stable` has no effect: Sluice has no
-    /// transactional offsets, so every visible offset is stable.
+    /// concatenates the results in request order), with `require_stable` (KIP-447).
     pub fn offset_fetch_group(
         &self,
         group: &OffsetFetchRequestGroup,
-        _require_stable: bool,
+        require_stable: bool,
     ) -> OffsetFetchResponseGroup {
         let topics: Option<Vec<(String, Vec<i32>)>> = group.topics.as_ref().map(|ts| {
             ts.iter()
                 .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
                 .collect()
         });
-        let fetched = self.fetch_offsets(group.group_id.as_str(), topics.as_deref());
+        let fetched =
+            self.fetch_offsets_stable(group.group_id.as_str(), topics.as_deref(), require_stable);
         let mut out = OffsetFetchResponseGroup::default();
         out.group_id = group.group_id.clone();
         out.error_code = fetched.error_code;
@@ -460,7 +491,10 @@ impl GroupCoordinator {
                 .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
                 .collect()
         });
-        let mut fetched = self.fetch_offsets(req.group_id.as_str(), topics.as_deref());
+        // require_stable exists from v7.
+        let require_stable = version >= 7 && req.require_stable;
+        let mut fetched =
+            self.fetch_offsets_stable(req.group_id.as_str(), topics.as_deref(), require_stable);
         let mut response = OffsetFetchResponse::default();
         if fetched.error_code != codes::NONE {
             if version >= 2 {

@@ -216,6 +216,41 @@ def test_kill9_keeps_pending_transactional_offsets(broker_factory, commit):
     assert [v for _, v in seen] == ([b"out"] if commit else [])
 
 
+def test_offset_fetch_require_stable_waits_for_the_pending_transactional_offset(broker):
+    """KIP-447: while a transaction holds an offset for a group, a read_committed consumer's
+    OffsetFetch (librdkafka sets require_stable then) gets UNSTABLE_OFFSET_COMMIT, which the
+    client retries, instead of the older offset it would start from and then re-process; a
+    read_uncommitted one gets the last committed offset. After the commit both see the new
+    one."""
+    in_topic = create_topic(broker.bootstrap, unique_topic("txsin"), 1)
+    out_topic = create_topic(broker.bootstrap, unique_topic("txsout"), 1)
+    group = f"txs-{uuid.uuid4().hex[:6]}"
+
+    def committed(isolation, timeout_s):
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                      "isolation.level": isolation, "enable.auto.commit": False})
+        try:
+            return c.committed([TopicPartition(in_topic, 0)], timeout=timeout_s)[0].offset
+        finally:
+            c.close()
+
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    c.commit(offsets=[TopicPartition(in_topic, 0, 5)], asynchronous=False)
+    metadata = c.consumer_group_metadata()
+    c.close()
+    p = txn_producer(broker.bootstrap)
+    p.begin_transaction()
+    p.produce(out_topic, value=b"out", partition=0)
+    p.flush(30)
+    p.send_offsets_to_transaction([TopicPartition(in_topic, 0, 17)], metadata, 30)
+    assert committed("read_uncommitted", 10) == 5
+    with pytest.raises(KafkaException):
+        committed("read_committed", 3)
+    p.commit_transaction(30)
+    assert committed("read_committed", 10) == 17
+
+
 def _ignore(fn, *args):
     try:
         fn(*args)
