@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # TLS against plaintext on one broker, in the same run: produce and consume the same records
-# with kcat (librdkafka, a neutral client: `sluice bench` speaks no TLS) over the PLAINTEXT
+# with kcat (librdkafka, a neutral client; `sluice bench --security-protocol SSL` works too) over the PLAINTEXT
 # listener and over the SSL listener (mutual TLS), and report MB/s and the broker's CPU
 # seconds per GB (from /proc/PID/stat) for each. Certificates are made now with openssl in a
 # temporary directory, removed at the end with the broker's data. Only 127.0.0.1 is used.

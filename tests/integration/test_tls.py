@@ -192,6 +192,53 @@ def test_sasl_ssl_plain_and_scram_over_tls(broker_factory, pki, monkeypatch, slu
     assert [m.value for m in got] == [line.encode() for line in lines]
 
 
+def test_sluice_tools_over_sasl_ssl_and_mutual_tls(broker_factory, pki, monkeypatch,
+                                                   sluice_bin):
+    """The `sluice` tools speak TLS and SASL (`--security-protocol`, `--ssl-ca`,
+    `--sasl-*`, or a client certificate): on a SASL_SSL listener a data-directory SCRAM user
+    creates a topic, produces and consumes through the tools, `sluice users list` works with
+    no PLAINTEXT listener in the path, and a wrong password exits non-zero naming the
+    authentication failure; on a mutual-TLS listener the tools present a client
+    certificate, and without one they are refused."""
+    def run(*args, env=None):
+        full = dict(os.environ, **(env or {}))
+        full.pop("SLUICE_BOOTSTRAP", None)
+        return subprocess.run([str(sluice_bin), *map(str, args)], capture_output=True,
+                              timeout=60, env=full, input=b"one\ntwo\nthree\n")
+
+    broker = tls_broker(broker_factory, pki, monkeypatch, client_auth="none",
+                        protocol="SASL_SSL", start=False)
+    added = run("users", "add", "dave", "--password", "dave-pw", "--mechanism",
+                "SCRAM-SHA-512", "--data-dir", broker.data_dir)
+    assert added.returncode == 0, added.stderr
+    broker.start()
+    sasl = ["--bootstrap", broker.ssl_bootstrap, "--security-protocol", "SASL_SSL",
+            "--ssl-ca", pki.ca.cert, "--sasl-mechanism", "SCRAM-SHA-512",
+            "--sasl-username", "dave"]
+    secret = {"SLUICE_SASL_PASSWORD": "dave-pw"}
+    topic = unique_topic("tools-sasl")
+    for args in (["topics", "create", topic, "--partitions", 1], ["produce", topic]):
+        done = run(*args, *sasl, env=secret)
+        assert done.returncode == 0, done.stderr
+    got = run("consume", topic, "--from-beginning", "--max-records", 3, *sasl, env=secret)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.decode().split() == ["one", "two", "three"]
+    users = run("users", "list", *sasl, env=secret)
+    assert users.returncode == 0 and "dave" in users.stdout.decode(), users.stderr
+    wrong = run("topics", "list", *sasl, env={"SLUICE_SASL_PASSWORD": "nope"})
+    assert wrong.returncode != 0
+    assert b"SASL" in wrong.stderr or b"AUTHENTICATION" in wrong.stderr, wrong.stderr
+
+    mtls = tls_broker(broker_factory, pki, monkeypatch)
+    tls = ["--bootstrap", mtls.ssl_bootstrap, "--security-protocol", "SSL",
+           "--ssl-ca", pki.ca.cert]
+    listed = run("topics", "list", *tls, "--ssl-cert", pki.alice.cert, "--ssl-key",
+                 pki.alice.key)
+    assert listed.returncode == 0, listed.stderr
+    refused = run("topics", "list", *tls)
+    assert refused.returncode != 0
+
+
 def test_kafkajs_over_mutual_tls(broker_factory, pki, monkeypatch):
     broker = tls_broker(broker_factory, pki, monkeypatch)
     result = run_node("tls_roundtrip.js", broker.ssl_bootstrap, unique_topic("tls-js"), 120,

@@ -19,6 +19,7 @@ pub mod format;
 pub mod groups;
 pub mod produce;
 pub mod quotas;
+pub mod security_args;
 pub mod topics;
 pub mod transactions;
 
@@ -34,20 +35,24 @@ pub struct ConnArgs {
     /// Per-request timeout in milliseconds
     #[arg(long = "request-timeout-ms", default_value_t = 30_000, global = true)]
     pub request_timeout_ms: u64,
+    /// TLS and SASL, as the listener needs.
+    #[command(flatten)]
+    pub security: security_args::SecurityArgs,
 }
 
 impl ConnArgs {
-    /// Connection options from the flags.
-    pub fn options(&self) -> ConnectOptions {
-        ConnectOptions {
+    /// Connection options from the flags (Err: a security flag that cannot work).
+    pub fn options(&self) -> anyhow::Result<ConnectOptions> {
+        Ok(ConnectOptions {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            security: self.security.security()?,
             ..ConnectOptions::default()
-        }
+        })
     }
 
     /// Connects to the cluster.
     pub async fn connect(&self) -> anyhow::Result<Arc<Client>> {
-        Client::connect(&self.bootstrap, self.options())
+        Client::connect(&self.bootstrap, self.options()?)
             .await
             .map(Arc::new)
             .map_err(|e| anyhow::anyhow!("cannot reach broker at {}: {e}", self.bootstrap))
