@@ -312,32 +312,23 @@ impl Controller {
                 ))
             })?;
         self.touch(request.broker_id);
-        if request.want_shutdown {
-            if !broker.fenced {
-                let reply = self
-                    .propose(Command::FenceBroker {
-                        id: request.broker_id,
-                        epoch: request.broker_epoch,
-                    })
-                    .await?;
-                tracing::info!(
-                    broker = request.broker_id,
-                    ?reply,
-                    "controlled shutdown: fenced a broker that is stopping"
-                );
-            }
-        } else if broker.fenced {
-            let reply = self
-                .propose(Command::UnfenceBroker {
-                    id: request.broker_id,
-                    epoch: request.broker_epoch,
-                })
-                .await?;
-            tracing::info!(
-                broker = request.broker_id,
-                ?reply,
-                "unfencing a broker that heartbeats again"
-            );
+        let (id, epoch) = (request.broker_id, request.broker_epoch);
+        // A stopping broker is fenced and stays so; any other fenced one heartbeating again
+        // is unfenced.
+        let change = match (request.want_shutdown, broker.fenced) {
+            (true, false) => Some((
+                Command::FenceBroker { id, epoch },
+                "controlled shutdown: fenced a broker that is stopping",
+            )),
+            (false, true) => Some((
+                Command::UnfenceBroker { id, epoch },
+                "unfencing a broker that heartbeats again",
+            )),
+            _ => None,
+        };
+        if let Some((command, what)) = change {
+            let reply = self.propose(command).await?;
+            tracing::info!(broker = id, ?reply, "{what}");
         }
         if request.wait_ms > 0 {
             // The long poll: only committed states are ever published here, so whatever

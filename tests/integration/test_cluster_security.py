@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import NewTopic
 
 from helpers import confluent_admin, free_port, unique_topic, wait_until
-from test_replication import LAG_MS, SETTLE_S, assert_same_log, isr, placement
+from test_replication import SETTLE_S, assert_same_log, isr, make_nodes, placement
 from test_sasl import sluice_users
 from tls_certs import CertAuthority
 
@@ -36,42 +36,25 @@ def cluster_pki(tmp_path_factory):
 
 
 def start_cluster(broker_factory, protocol, pki, extra, before_start=lambda nodes: None):
-    """Three brokers: node 1 the only voter, PLAINTEXT on .bootstrap, `protocol` on
-    .secure_bootstrap (the inter-broker listener); `before_start` sees them made, not started."""
+    """test_replication's three brokers (node 1 the only voter) with PLAINTEXT on .bootstrap
+    and `protocol` on .secure_bootstrap, the inter-broker listener; `before_start` sees them
+    made, not started."""
     ca, server = pki
-    voters = f"1@{HOSTS[1]}:{free_port(HOSTS[1])}"
-    nodes = {}
-    for n, host in HOSTS.items():
-        node = broker_factory(
-            {
-                "node.id": n,
-                "process.roles": "broker,controller" if n == 1 else "broker",
-                "controller.quorum.voters": voters,
-                "broker.session.timeout.ms": 3000,
-                "broker.heartbeat.interval.ms": 200,
-                "controller.quorum.election.timeout.ms": 500,
-                "controller.quorum.request.timeout.ms": 1000,
-                "replica.lag.time.max.ms": LAG_MS,
-                "replica.fetch.wait.max.ms": 200,
-                "replica.fetch.backoff.ms": 100,
-                "ssl.keystore.location": str(server.bundle),
-                "ssl.truststore.location": str(ca.cert),
-                "inter.broker.listener.name": protocol,
-                **extra,
-            },
-            shards=1, host=host, start=False,
-        )
-        node.secure_bootstrap = f"{host}:{free_port(host)}"
-        node.overrides["listeners"] = (
-            f"PLAINTEXT://{node.bootstrap},{protocol}://{node.secure_bootstrap}"
-        )
-        nodes[n] = node
-    before_start(nodes)
-    for node in nodes.values():
-        node.start(wait=False)
-    for node in nodes.values():
-        node.wait_ready()
-    return nodes
+
+    def prepare(nodes):
+        for node in nodes.values():
+            node.secure_bootstrap = f"{node.host}:{free_port(node.host)}"
+            node.overrides["listeners"] = (
+                f"PLAINTEXT://{node.bootstrap},{protocol}://{node.secure_bootstrap}"
+            )
+        before_start(nodes)
+
+    return next(make_nodes(broker_factory, 3000, extra={
+        "ssl.keystore.location": str(server.bundle),
+        "ssl.truststore.location": str(ca.cert),
+        "inter.broker.listener.name": protocol,
+        **extra,
+    }, prepare=prepare))
 
 
 def create_rf3(nodes, topic):

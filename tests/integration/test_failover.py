@@ -349,15 +349,11 @@ def long_session_nodes(broker_factory):
     yield from make_nodes(broker_factory, session_ms=20000)
 
 
-def test_leader_restarted_within_its_session_leads_only_in_a_new_epoch(long_session_nodes):
-    """A leader killed and back before its session expires registers a new incarnation: the
-    controller fences the old one at once (as KRaft does), so the partition gets a new leader
-    epoch instead of the restarted broker carrying on in the one its old incarnation wrote
-    (where followers could not tell its rewritten offsets from the records they had copied).
-    With a 20 s session the new epoch comes from the registration, not from the session
-    running out. Every acknowledged record survives, once, in order, on all three logs."""
-    nodes = long_session_nodes
-    topic = unique_topic("failre")
+def numbered_load_on_broker_2(nodes, prefix):
+    """A new topic's partition led by broker 2 under a NumberedProducer with 500 records
+    acknowledged; returns (topic, partition, producer, leadership), leadership() being the
+    partition's (leader, epoch) as broker 1 answers OffsetForLeaderEpoch."""
+    topic = unique_topic(prefix)
     partition = partition_of_broker_2(nodes, topic)
     bootstrap = ",".join(nodes[i].bootstrap for i in (1, 2, 3))
     producer = NumberedProducer(bootstrap, topic, partition).start()
@@ -367,8 +363,20 @@ def test_leader_restarted_within_its_session_leads_only_in_a_new_epoch(long_sess
         with RawConn(nodes[1].bootstrap) as conn:
             return leader_epochs_v7(conn, topic).get(partition)
 
+    assert leadership()[0] == 2
+    return topic, partition, producer, leadership
+
+
+def test_leader_restarted_within_its_session_leads_only_in_a_new_epoch(long_session_nodes):
+    """A leader killed and back before its session expires registers a new incarnation: the
+    controller fences the old one at once (as KRaft does), so the partition gets a new leader
+    epoch instead of the restarted broker carrying on in the one its old incarnation wrote
+    (where followers could not tell its rewritten offsets from the records they had copied).
+    With a 20 s session the new epoch comes from the registration, not from the session
+    running out. Every acknowledged record survives, once, in order, on all three logs."""
+    nodes = long_session_nodes
+    topic, partition, producer, leadership = numbered_load_on_broker_2(nodes, "failre")
     leader, epoch = leadership()
-    assert leader == 2
     killed = time.monotonic()
     nodes[2].kill9()
     nodes[2].start(wait=False)
@@ -398,18 +406,8 @@ def test_sigterm_moves_leadership_before_the_leader_exits(long_session_nodes):
     makes librdkafka bump its epoch and write unacknowledged batches again). Back, it
     rejoins the ISR; every acknowledged record is there once, in order, on all three logs."""
     nodes = long_session_nodes
-    topic = unique_topic("failterm")
-    partition = partition_of_broker_2(nodes, topic)
-    bootstrap = ",".join(nodes[i].bootstrap for i in (1, 2, 3))
-    producer = NumberedProducer(bootstrap, topic, partition).start()
-    wait_until(lambda: producer.acknowledged(500), SETTLE_S, what="500 acknowledged records")
-
-    def leadership():
-        with RawConn(nodes[1].bootstrap) as conn:
-            return leader_epochs_v7(conn, topic).get(partition)
-
+    topic, partition, producer, leadership = numbered_load_on_broker_2(nodes, "failterm")
     leader, epoch = leadership()
-    assert leader == 2
     stopped = time.monotonic()
     assert nodes[2].terminate_and_wait() == 0
     took_s = time.monotonic() - stopped

@@ -59,9 +59,9 @@ def nodes_fast_fencing(broker_factory):
     yield from make_nodes(broker_factory, session_ms=3000)
 
 
-def make_nodes(broker_factory, session_ms, extra=None):
+def make_nodes(broker_factory, session_ms, extra=None, prepare=None):
     """Three brokers on 127.0.0.1-3, node 1 the only controller voter; `extra` adds settings
-    to every node's."""
+    to every node's; `prepare(nodes)` sees them made, before any starts."""
     hosts = {n: f"127.0.0.{n}" for n in (1, 2, 3)}
     voters = f"1@{hosts[1]}:{free_port(hosts[1])}"
     made = {}
@@ -85,6 +85,8 @@ def make_nodes(broker_factory, session_ms, extra=None):
             host=host,
             start=False,
         )
+    if prepare is not None:
+        prepare(made)
     for node in made.values():
         node.start(wait=False)
     for node in made.values():

@@ -173,22 +173,25 @@ def test_kill9_between_prepare_commit_and_complete_commit(broker_factory):
     assert sorted(v for _, v in seen) == sorted(values)
 
 
-def committed_offset(bootstrap, group, topic, partition):
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+def committed_offset(bootstrap, group, topic, partition, isolation="read_committed"):
+    # librdkafka's default is read_committed, whose OffsetFetch sets require_stable: while a
+    # transaction holds an offset for the group it retries (UNSTABLE_OFFSET_COMMIT) until
+    # the transaction ends or the timeout.
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "isolation.level": isolation})
     try:
         return c.committed([TopicPartition(topic, partition)], timeout=10)[0].offset
     finally:
         c.close()
 
 
-@pytest.mark.parametrize("commit", [True, False], ids=["commit", "abort"])
-def test_kill9_keeps_pending_transactional_offsets(broker_factory, commit):
-    # Offsets sent with send_offsets_to_transaction must survive a kill -9 between
-    # PrepareCommit/PrepareAbort and the markers: replay commits (or drops) them.
-    broker = broker_factory({"transaction.marker.delay.ms": 5000})
-    in_topic = create_topic(broker.bootstrap, unique_topic("txoin"), 1)
-    out_topic = create_topic(broker.bootstrap, unique_topic("txoout"), 1)
-    group = f"txo-{uuid.uuid4().hex[:6]}"
+def offsets_held_by_an_open_transaction(broker, prefix):
+    """Input and output topics, a group that committed offset 5 on the input, and an open
+    transaction that wrote one record and holds offset 17 for the group; returns (in_topic,
+    out_topic, group, producer)."""
+    in_topic = create_topic(broker.bootstrap, unique_topic(f"{prefix}in"), 1)
+    out_topic = create_topic(broker.bootstrap, unique_topic(f"{prefix}out"), 1)
+    group = f"{prefix}-{uuid.uuid4().hex[:6]}"
     c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
                   "enable.auto.commit": False})
     c.commit(offsets=[TopicPartition(in_topic, 0, 5)], asynchronous=False)
@@ -199,11 +202,20 @@ def test_kill9_keeps_pending_transactional_offsets(broker_factory, commit):
     p.produce(out_topic, value=b"out", partition=0)
     p.flush(30)
     p.send_offsets_to_transaction([TopicPartition(in_topic, 0, 17)], metadata, 30)
+    return in_topic, out_topic, group, p
+
+
+@pytest.mark.parametrize("commit", [True, False], ids=["commit", "abort"])
+def test_kill9_keeps_pending_transactional_offsets(broker_factory, commit):
+    # Offsets sent with send_offsets_to_transaction must survive a kill -9 between
+    # PrepareCommit/PrepareAbort and the markers: replay commits (or drops) them.
+    broker = broker_factory({"transaction.marker.delay.ms": 5000})
+    in_topic, out_topic, group, p = offsets_held_by_an_open_transaction(broker, "txo")
     end = p.commit_transaction if commit else p.abort_transaction
     threading.Thread(target=lambda: _ignore(end, 30), daemon=True).start()
     wait_until(lambda: "transaction prepared; writing markers" in broker.log_text(),
                timeout_s=10, what="PrepareCommit/PrepareAbort persisted")
-    assert committed_offset(broker.bootstrap, group, in_topic, 0) == 5
+    assert committed_offset(broker.bootstrap, group, in_topic, 0, "read_uncommitted") == 5
     broker.kill9()
     broker.start()
     expected = 17 if commit else 5
@@ -222,9 +234,7 @@ def test_offset_fetch_require_stable_waits_for_the_pending_transactional_offset(
     client retries, instead of the older offset it would start from and then re-process; a
     read_uncommitted one gets the last committed offset. After the commit both see the new
     one."""
-    in_topic = create_topic(broker.bootstrap, unique_topic("txsin"), 1)
-    out_topic = create_topic(broker.bootstrap, unique_topic("txsout"), 1)
-    group = f"txs-{uuid.uuid4().hex[:6]}"
+    in_topic, out_topic, group, p = offsets_held_by_an_open_transaction(broker, "txs")
 
     def committed(isolation, timeout_s):
         c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
@@ -234,16 +244,6 @@ def test_offset_fetch_require_stable_waits_for_the_pending_transactional_offset(
         finally:
             c.close()
 
-    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
-                  "enable.auto.commit": False})
-    c.commit(offsets=[TopicPartition(in_topic, 0, 5)], asynchronous=False)
-    metadata = c.consumer_group_metadata()
-    c.close()
-    p = txn_producer(broker.bootstrap)
-    p.begin_transaction()
-    p.produce(out_topic, value=b"out", partition=0)
-    p.flush(30)
-    p.send_offsets_to_transaction([TopicPartition(in_topic, 0, 17)], metadata, 30)
     assert committed("read_uncommitted", 10) == 5
     with pytest.raises(KafkaException):
         committed("read_committed", 3)
