@@ -95,13 +95,16 @@ fn batches(
     })
 }
 
-/// The kind of a control batch (never compressed: its first record's key says the type).
-fn control_kind(batch: &[u8], header: &RecordBatchHeader) -> Result<ControlKind, WorkError> {
+/// The kind of a control batch (never compressed: its first record's key says the type);
+/// one whose records cannot be read is of no kind the cleaner knows, and stays.
+fn control_kind(batch: &[u8], header: &RecordBatchHeader) -> ControlKind {
     let section = batch
         .get(HEADER_BYTES..header.size_bytes())
         .unwrap_or_default();
-    let parsed = records::parse(section, header.records_count)?;
-    Ok(ControlKind::of_key(parsed.first().map(|record| record.key)))
+    match records::parse(section, header.records_count) {
+        Ok(parsed) => ControlKind::of_key(parsed.first().map(|record| record.key)),
+        Err(_) => ControlKind::Other,
+    }
 }
 
 /// Building the key map over the dirty segments, a window at a time.
@@ -139,7 +142,7 @@ impl MapBuild {
             let (header, range) = next?;
             let batch = &window[range];
             if header.is_control() {
-                self.txns.on_control(&header, control_kind(batch, &header)?);
+                self.txns.on_control(&header, control_kind(batch, &header));
                 continue;
             }
             // Aborted records never enter the map: they must not supersede anything.
@@ -257,7 +260,7 @@ impl SegmentFilter {
             let batch = &window[range];
             let in_range = header.base_offset < self.rules.end_offset;
             if header.is_control() {
-                let fate = self.txns.on_control(&header, control_kind(batch, &header)?);
+                let fate = self.txns.on_control(&header, control_kind(batch, &header));
                 match fate {
                     MarkerFate::Removable(entry)
                         if in_range && self.rules.horizon_passed && header.records_count > 0 =>

@@ -279,3 +279,115 @@ fn aborted_records_go_committed_stay_and_markers_go_after_delete_retention_witho
         storage.shutdown().await.expect("shutdown");
     });
 }
+
+/// Producer 20 writes b-0..b-3 over keys that producer 10 committed and aborts, then filler
+/// seals the segments; returns the aborted entry (its `.txnindex` written).
+async fn fill_one_abort(partition: &Partition) -> AbortedTxnEntry {
+    for key in 0..4 {
+        append(partition, txn_record(10, &format!("k{key}"), "a")).await;
+    }
+    append(partition, marker(10, 1)).await;
+    let first_b = append(partition, txn_record(20, "k0", "b-0")).await;
+    for key in 1..4 {
+        append(partition, txn_record(20, &format!("k{key}"), "b")).await;
+    }
+    let abort_b = append(partition, marker(20, 0)).await;
+    for n in 0..12 {
+        append(partition, plain(&format!("filler-{n}"), "f")).await;
+    }
+    let aborted = AbortedTxnEntry {
+        producer_id: 20,
+        first_offset: first_b,
+        last_offset: abort_b,
+        last_stable_offset: abort_b + 1,
+    };
+    partition
+        .write_txn_index(abort_b, &[aborted])
+        .await
+        .expect("txnindex");
+    aborted
+}
+
+/// A crash before every step of the pass that removes an ABORT marker, then a power loss:
+/// the reopened log never lacks the marker while its `.txnindex` entry is still there (a
+/// range without its marker would hide the producer's later transactions from read_committed
+/// consumers), and a later pass finishes the job.
+#[test]
+fn a_crash_at_every_step_never_leaves_an_aborted_range_without_its_marker() {
+    let horizon_ms = now_ms() + 10 * RETENTION_MS;
+    let mut step = 1u64;
+    loop {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan = sluice_storage::fault::FaultPlan::new();
+        plan.model_power_loss();
+        let (aborted, crashed) = tokio_uring::start(async {
+            let storage =
+                ShardStorage::open_with_faults(storage_config(dir.path(), true), plan.clone())
+                    .expect("open");
+            let partition = storage
+                .open_partition("txn", 0, config())
+                .expect("partition");
+            let aborted = fill_one_abort(&partition).await;
+            settle(&partition).await;
+            let txns = CleanerTxns {
+                aborted: vec![aborted],
+                forget_aborted: &|_| {},
+            };
+            // The first pass drops the aborted records; the second, past the horizon, the
+            // marker.
+            assert!(partition
+                .clean(now_ms(), i64::MAX, &txns)
+                .await
+                .expect("clean"));
+            plan.crash_cleaner_at_step(step);
+            let crashed = partition.clean(horizon_ms, i64::MAX, &txns).await.is_err();
+            (aborted, crashed)
+            // The runtime ends without a shutdown: a crash.
+        });
+        plan.lose_power(0).expect("lose power");
+        if !crashed {
+            assert!(step > 3, "the marker pass took {step} steps");
+            break;
+        }
+        tokio_uring::start(async {
+            let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("reopen");
+            let partition = storage
+                .open_partition("txn", 0, config())
+                .expect("partition");
+            let marker_left =
+                contents(&partition)
+                    .await
+                    .markers
+                    .contains(&(aborted.last_offset, 20, 0));
+            let indexed = index_entries(&partition.dir()).contains(&aborted);
+            assert!(
+                marker_left || !indexed,
+                "step {step}: a range without its marker"
+            );
+            // A later pass finishes: the marker and its entry are gone.
+            let forgotten: RefCell<Vec<AbortedTxnEntry>> = RefCell::default();
+            let forget = |gone: &[AbortedTxnEntry]| forgotten.borrow_mut().extend_from_slice(gone);
+            let txns = CleanerTxns {
+                aborted: if indexed { vec![aborted] } else { Vec::new() },
+                forget_aborted: &forget,
+            };
+            partition
+                .clean(horizon_ms, i64::MAX, &txns)
+                .await
+                .expect("clean");
+            if indexed {
+                assert!(
+                    !contents(&partition)
+                        .await
+                        .markers
+                        .contains(&(aborted.last_offset, 20, 0)),
+                    "step {step}: a later pass removes the marker"
+                );
+                assert_eq!(*forgotten.borrow(), vec![aborted]);
+            }
+            assert!(!index_entries(&partition.dir()).contains(&aborted));
+            storage.shutdown().await.expect("shutdown");
+        });
+        step += 1;
+    }
+}
