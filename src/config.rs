@@ -124,7 +124,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "transaction.max.timeout.ms", default: "900000", doc: "Largest transaction.timeout.ms a transactional producer may ask for (InitProducerId answers INVALID_TRANSACTION_TIMEOUT above it)." },
     Setting { name: "transaction.state.log.num.partitions", default: "50", doc: "Partitions of __transaction_state; a transactional id's coordinator is the owner of partition abs(hash(id)) % this. Fixed once transactions were used: changing it moves ids away from their state." },
     Setting { name: "transaction.abort.timed.out.transaction.cleanup.interval.ms", default: "10000", doc: "How often each coordinator aborts (and fences, with an epoch bump) the transactions open longer than their timeout." },
-    Setting { name: "transaction.version", default: "2", doc: "The finalized transaction.version feature (Kafka sets it with kafka-features.sh): ApiVersions advertises it (supported 0-2) with Produce 12, EndTxn 5 and TxnOffsetCommit 5 at 2, so a Kafka 4 client runs transactions on protocol v2 (KIP-890: an epoch bump per transaction, partitions added implicitly by Produce and TxnOffsetCommit); 0 or 1 keeps protocol v1 only (Produce 11, EndTxn 4, TxnOffsetCommit 3), which older clients use at any value. In a cluster it is finalized at 1 at most (protocol v2 partition adds across brokers are not built)." },
+    Setting { name: "transaction.version", default: "2", doc: "The finalized transaction.version feature (Kafka sets it with kafka-features.sh): ApiVersions advertises it (supported 0-2) with Produce 12, EndTxn 5 and TxnOffsetCommit 5 at 2, so a Kafka 4 client runs transactions on protocol v2 (KIP-890: an epoch bump per transaction, partitions added implicitly by Produce and TxnOffsetCommit); 0 or 1 keeps protocol v1 only (Produce 11, EndTxn 4, TxnOffsetCommit 3), which older clients use at any value." },
     Setting { name: "transaction.marker.delay.ms", default: "0", doc: "TEST ONLY: how long EndTxn waits between persisting PrepareCommit/PrepareAbort and writing the markers, so that a test can kill the broker inside that window. Keep 0 in production. No Kafka equivalent." },
     Setting { name: "request.timeout.ms", default: "30000", doc: "How long one partition of a WriteTxnMarkers request may wait for its marker to be durable (and, in a cluster, in every ISR member) before it is answered REQUEST_TIMED_OUT; the marker may still land." },
     Setting { name: "authorizer.class.name", default: "", doc: "Empty: no authorization (everyone may do everything). org.apache.kafka.metadata.authorizer.StandardAuthorizer: every request is checked against the ACLs in the cluster metadata (CreateAcls, `sluice acls`); any other class is refused at start." },
@@ -796,13 +796,6 @@ impl BrokerConfig {
             cluster.advertised_port = advertised_port;
             cluster
         });
-        // In a cluster, protocol v2's implicit add would need a partition leader to add its
-        // partitions at a coordinator on another broker (AddPartitionsToTxn v4+ between
-        // brokers), which is not built: clients run protocol v1 there, and ApiVersions says so.
-        let mut config = config;
-        if cluster.is_some() && config.transactions.transaction_version > 1 {
-            config.transactions.transaction_version = 1;
-        }
         Ok(Self {
             cluster,
             listeners,

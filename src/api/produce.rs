@@ -57,13 +57,12 @@ pub async fn handle(
             !authz.transactional_id(Operation::Write, &String::from_utf8_lossy(id))
         });
 
-    // Transaction protocol v2: the coordinator adds the transactional partitions first.
-    let implicit = if header.api_version >= crate::txn::implicit::PRODUCE_IMPLICIT_ADD_MIN_VERSION
-        && !txn_denied
-    {
-        implicit_add(&shard, &request, &snapshot, &authz).await
-    } else {
+    // Transaction protocol v2: the coordinator adds the transactional partitions first; in a
+    // cluster, protocol v1's batches of a transaction not seen opened here are verified.
+    let implicit = if txn_denied {
         None
+    } else {
+        coordinator_check(&shard, &request, &snapshot, &authz, header.api_version).await
     };
 
     // Dispatch every partition before awaiting any, in request order (see shard.rs on order),
@@ -120,13 +119,13 @@ pub async fn handle(
             let (Some(ack), Some(records)) = (ack, partition.records.clone()) else {
                 continue;
             };
-            let implicitly_added = implicit
+            let confirmed = implicit
                 .as_ref()
-                .is_some_and(|(_, added)| was_added(added, &name, index));
+                .is_some_and(|(result, added)| result.is_ok() && was_added(added, &name, index));
             let owner = shard.set.owner_of(&name, index);
             let topic_name = name.clone();
             let append = shard.invoke_on(owner, move |s| async move {
-                append_on_owner(&s, &topic_name, index, records, ack, implicitly_added).await
+                append_on_owner(&s, &topic_name, index, records, ack, confirmed).await
             });
             pending.push(futures::future::Either::Right(async move {
                 match tokio::time::timeout(timeout.max(Duration::from_millis(1)), append).await {
@@ -202,15 +201,24 @@ fn was_added(added: &[(String, i32)], topic: &str, index: i32) -> bool {
     added.iter().any(|(t, i)| *i == index && t == topic)
 }
 
-/// Produce v12+ from a transactional producer: asks the coordinator to add every partition
-/// of the request that carries a transactional batch (and that this broker would append
-/// to). Returns the coordinator's answer and those partitions; None when there are none.
-async fn implicit_add(
+/// Asks the transaction coordinator about the partitions of the request that carry a
+/// transactional batch (and that this broker would append to): Produce v12+ (protocol v2)
+/// has them added; in a cluster, an older Produce (protocol v1) has them verified. In a
+/// cluster only the partitions whose owner has not seen the producer's transaction open at
+/// the batch's epoch are asked about. Returns the coordinator's answer and those partitions;
+/// None when there are none.
+async fn coordinator_check(
     shard: &Rc<Shard>,
     request: &ProduceRequest,
     snapshot: &crate::metadata::MetadataSnapshot,
     authz: &Authz,
+    api_version: i16,
 ) -> Option<(Result<(), i16>, Vec<(String, i32)>)> {
+    let implicit_add = api_version >= crate::txn::implicit::PRODUCE_IMPLICIT_ADD_MIN_VERSION;
+    let clustered = snapshot.cluster.is_some();
+    if !implicit_add && !clustered {
+        return None;
+    }
     let transactional_id = String::from_utf8_lossy(request.transactional_id.as_ref()?).into_owned();
     let mut producer = None;
     let mut partitions = Vec::new();
@@ -241,35 +249,79 @@ async fn implicit_add(
         }
     }
     let (producer_id, producer_epoch) = producer?;
-    let result = crate::txn::implicit::add_partitions(
-        shard,
-        transactional_id,
-        producer_id,
-        producer_epoch,
-        partitions.clone(),
-    )
-    .await;
+    if clustered {
+        partitions = not_open_here(shard, partitions, producer_id, producer_epoch).await;
+        if partitions.is_empty() {
+            return None;
+        }
+    }
+    let result = if implicit_add {
+        crate::txn::implicit::add_partitions(
+            shard,
+            transactional_id,
+            producer_id,
+            producer_epoch,
+            partitions.clone(),
+        )
+        .await
+    } else {
+        crate::txn::implicit::verify_partitions(
+            shard,
+            transactional_id,
+            producer_id,
+            producer_epoch,
+            partitions.clone(),
+        )
+        .await
+    };
     if let Err(error_code) = result {
         tracing::info!(
             producer_id,
             producer_epoch,
             error_code,
-            "the implicit add of a Produce v12's partitions failed"
+            implicit_add,
+            "the transaction coordinator did not add or confirm a Produce's partitions"
         );
     }
     Some((result, partitions))
 }
 
-/// Appends one partition's records on the shard that owns it. `implicitly_added`: the
-/// coordinator has just added the partition to the producer's transaction (Produce v12), so
-/// the producer's transaction is registered here before its batch is admitted.
+/// The `partitions` whose owner shard has no transaction of `producer_id` open at `epoch`
+/// (a state not loaded yet counts as none: the coordinator is asked).
+async fn not_open_here(
+    shard: &Rc<Shard>,
+    partitions: Vec<(String, i32)>,
+    producer_id: i64,
+    epoch: i16,
+) -> Vec<(String, i32)> {
+    let asks = partitions.iter().map(|(topic, index)| {
+        let (topic, index) = (topic.clone(), *index);
+        shard.invoke_on(shard.set.owner_of(&topic, index), move |s| async move {
+            s.txn_partitions
+                .with(&topic, index, |txns| txns.is_open(producer_id, epoch))
+                .unwrap_or(false)
+        })
+    });
+    let open = futures::future::join_all(asks).await;
+    partitions
+        .into_iter()
+        .zip(open)
+        .filter(|(_, open)| !matches!(open, Ok(true)))
+        .map(|(partition, _)| partition)
+        .collect()
+}
+
+/// Appends one partition's records on the shard that owns it. `confirmed`: the coordinator
+/// has just added the partition to the producer's transaction (Produce v12) or confirmed it
+/// is in it (protocol v1 in a cluster), so the producer's transaction is registered here
+/// before its batch is admitted.
 async fn append_on_owner(
     shard: &Shard,
     topic: &str,
     index: i32,
     records: Bytes,
     ack: Ack,
-    implicitly_added: bool,
+    confirmed: bool,
 ) -> PartitionResult {
     let Some(partition) = shard.partition(topic, index) else {
         return PartitionResult::error(
@@ -387,15 +439,12 @@ async fn append_on_owner(
             .map_or(0, |placement| placement.leader_epoch)
     };
     if let Some((producer_id, epoch)) = transactional {
-        // In a cluster the coordinator may run on another broker and cannot register the
-        // partition here (no broker-to-coordinator AddPartitionsToTxn yet): the leader admits
-        // a transaction it has not seen opened, as Kafka did before KIP-890; stale batches of
-        // an older producer epoch are still refused (the producer states and `admit`).
-        let clustered = shard.metadata.is_clustered();
+        // A transaction not registered here by this broker's coordinator is admitted only
+        // once the coordinator added or confirmed the partition (`coordinator_check`).
         let admitted = shard
             .txn_partitions
             .with(topic, index, |txns| {
-                if implicitly_added || (clustered && txns.open(producer_id).is_none()) {
+                if confirmed {
                     txns.register(producer_id, epoch);
                 }
                 txns.admit(producer_id, epoch)?;

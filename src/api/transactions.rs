@@ -107,21 +107,29 @@ fn failed_partitions(failed: Vec<bool>, error_code: i16) -> Option<Vec<i16>> {
 }
 
 /// Checks the topics of `partitions` exist: None, or per-partition codes
-/// (UNKNOWN_TOPIC_OR_PARTITION for the missing, OPERATION_NOT_ATTEMPTED for the others).
-fn unknown_partitions(shard: &Shard, partitions: &[(String, i32)]) -> Option<Vec<i16>> {
+/// (UNKNOWN_TOPIC_OR_PARTITION for the missing, OPERATION_NOT_ATTEMPTED for the others). A
+/// client may not name an internal topic; a broker (v4+) may name `__consumer_offsets`
+/// (TxnOffsetCommit v5's implicit add of a group's offsets partition).
+fn unknown_partitions(
+    shard: &Shard,
+    partitions: &[(String, i32)],
+    from_broker: bool,
+) -> Option<Vec<i16>> {
     let snapshot = shard.metadata.load();
     let unknown: Vec<bool> = partitions
         .iter()
         .map(|(topic, index)| {
-            !snapshot
-                .topic(topic)
-                .is_some_and(|t| *index >= 0 && *index < t.partitions && !t.is_internal())
+            let allowed_internal = from_broker && topic == sluice_group::OFFSETS_TOPIC;
+            !snapshot.topic(topic).is_some_and(|t| {
+                *index >= 0 && *index < t.partitions && (allowed_internal || !t.is_internal())
+            })
         })
         .collect();
     failed_partitions(unknown, code::UNKNOWN_TOPIC_OR_PARTITION)
 }
 
-/// One transaction's AddPartitionsToTxn: a code per partition, in order.
+/// One transaction's AddPartitionsToTxn: a code per partition, in order. `from_broker`:
+/// v4+, sent by a partition leader (or group coordinator) for a producer.
 async fn add_partitions(
     shard: &Rc<Shard>,
     id: String,
@@ -129,16 +137,31 @@ async fn add_partitions(
     epoch: i16,
     partitions: Vec<(String, i32)>,
     verify_only: bool,
+    from_broker: bool,
 ) -> Vec<i16> {
-    if let Some(codes) = unknown_partitions(shard, &partitions) {
+    if let Some(codes) = unknown_partitions(shard, &partitions, from_broker) {
         return codes;
     }
     let count = partitions.len();
     let key = id.clone();
+    // A broker's add (not a verification) is protocol v2's implicit add (KIP-890 part 2).
+    let client_txn_version = if from_broker && !verify_only {
+        crate::txn::TV_2
+    } else {
+        0
+    };
     let result = on_coordinator(shard, &key, move |s| async move {
         s.txns
             .clone()
-            .add_partitions(&s, &id, producer_id, epoch, partitions, verify_only, 0)
+            .add_partitions(
+                &s,
+                &id,
+                producer_id,
+                epoch,
+                partitions,
+                verify_only,
+                client_txn_version,
+            )
             .await
     })
     .await;
@@ -238,6 +261,7 @@ pub async fn add_partitions_to_txn(
                     request.v3_and_below_producer_epoch,
                     partitions,
                     false,
+                    false,
                 )
                 .await
             }
@@ -246,23 +270,23 @@ pub async fn add_partitions_to_txn(
             topic_results(&request.v3_and_below_topics, &codes);
         return encode(&header, &response);
     }
-    let authz = &authz;
+    // v4+ is the brokers' form (KIP-890): Kafka requires CLUSTER_ACTION for it, and checks
+    // no WRITE on the id or topics (the broker checked its producer's).
+    if !authz.cluster(Operation::ClusterAction) {
+        response.error_code = code::CLUSTER_AUTHORIZATION_FAILED;
+        return encode(&header, &response);
+    }
     let pending = request.transactions.iter().map(|txn| {
         let shard = shard.clone();
         async move {
-            let partitions = flatten(&txn.topics);
-            if let Some(codes) =
-                txn_partitions_denied(authz, txn.transactional_id.as_str(), &partitions)
-            {
-                return codes;
-            }
             add_partitions(
                 &shard,
                 txn.transactional_id.0.to_string(),
                 txn.producer_id.0,
                 txn.producer_epoch,
-                partitions,
+                flatten(&txn.topics),
                 txn.verify_only,
+                true,
             )
             .await
         }
@@ -390,13 +414,30 @@ pub async fn txn_offset_commit(
     let implicit_add =
         (version >= 5).then(|| sluice_group::offsets_partition_for(&request.group_id.0));
     // In a cluster the client sends TxnOffsetCommit to the group's coordinator, which may
-    // not be the transaction's: as Kafka's group coordinator (protocol v1), it then holds
-    // the offsets by producer id without asking, and the transaction's marker settles them.
-    let remote_coordinator =
-        implicit_add.is_none() && !crate::txn::leadership::coordinates_here(&shard, &id);
+    // not be the transaction's. Protocol v1: as Kafka's group coordinator, it then holds the
+    // offsets by producer id without asking, and the transaction's marker settles them.
+    // Protocol v2: it adds the offsets partition at the transaction's coordinator first
+    // (AddPartitionsToTxn v5, as a partition leader adds a Produce v12's partitions).
+    let remote_coordinator = !crate::txn::leadership::coordinates_here(&shard, &id);
     let checked = match txn_group_denied(&authz, &id, request.group_id.as_str()) {
         Some(error_code) => Err(error_code),
-        None if remote_coordinator => Ok(()),
+        None if remote_coordinator => match implicit_add {
+            None => Ok(()),
+            Some(offsets_partition) => {
+                let call = crate::txn::coordinator_call::Call {
+                    transactional_id: id.clone(),
+                    producer_id,
+                    producer_epoch: epoch,
+                    partitions: vec![(sluice_group::OFFSETS_TOPIC.to_string(), offsets_partition)],
+                };
+                crate::txn::coordinator_call::ask(
+                    &shard,
+                    crate::txn::coordinator_call::Ask::Add,
+                    call,
+                )
+                .await
+            }
+        },
         None => {
             on_coordinator(&shard, &id.clone(), move |s| async move {
                 if let Some(offsets_partition) = implicit_add {

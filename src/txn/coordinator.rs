@@ -90,6 +90,11 @@ impl TxnCoordinator {
         }
     }
 
+    /// This shard's connections to other brokers (markers, coordinator calls).
+    pub fn peers(&self) -> &super::peers::PeerConnections {
+        self.inner.markers.peers()
+    }
+
     /// The settings.
     pub fn config(&self) -> &TxnConfig {
         &self.inner.config
@@ -797,8 +802,8 @@ async fn register_partitions(
     producer_epoch: i16,
     partitions: &[(String, i32)],
 ) -> Result<(), i16> {
-    // In a cluster, a partition led by another broker admits the producer's batches by
-    // itself (see `registry::admit_unregistered`).
+    // In a cluster, a partition led by another broker admits the producer's batches once
+    // this coordinator confirms them (`implicit`: a verify-only AddPartitionsToTxn).
     let pending = partitions
         .iter()
         .filter(|(topic, _)| topic != sluice_group::OFFSETS_TOPIC)

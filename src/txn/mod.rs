@@ -9,7 +9,9 @@
 //! batches into data partitions), [`remote_markers`] (markers to partitions other brokers
 //! lead, through WriteTxnMarkers), [`partition`] and [`registry`] (the data partitions' side),
 //! [`offsets`] (TxnOffsetCommit offsets held until their transaction commits), [`implicit`]
-//! (protocol v2's partition add on Produce).
+//! (protocol v2's partition add on Produce, protocol v1's verification of a batch in a
+//! cluster) through [`coordinator_call`] (this broker's coordinator shard, or AddPartitionsToTxn
+//! v5 to the coordinator's broker), [`peers`] (the inter-broker connections of both).
 //!
 //! Must never: act on a coordinator state change before it is durable in
 //! `__transaction_state` (in a cluster: in every ISR member), run a transactional id's
@@ -17,12 +19,14 @@
 //! older coordinator epoch end a transaction.
 
 pub mod coordinator;
+pub mod coordinator_call;
 pub mod implicit;
 pub mod leadership;
 pub mod log;
 pub mod markers;
 pub mod offsets;
 pub mod partition;
+pub mod peers;
 pub mod registry;
 pub mod remote_markers;
 pub mod state;

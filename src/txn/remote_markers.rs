@@ -1,23 +1,21 @@
 //! Where a transaction's markers go, and the markers a coordinator sends to the leaders of
 //! partitions on other brokers: one WriteTxnMarkers request per leader broker with every
 //! partition of the transaction it leads (Kafka's marker channel groups them the same way),
-//! over one cached inter-broker connection per broker.
+//! over one cached inter-broker connection per broker (`peers`).
 //!
 //! Owns the routing rule (this broker leads it, another broker does, no leader is known, or
 //! the topic is gone) and the connections. Must never: decide whether a marker is written
 //! (the partition leader's `markers::write_on_owner` does), or retry by itself (the
 //! coordinator's marker loop retries, after checking it still coordinates).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::time::Duration;
 
 use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
 use kafka_protocol::messages::{ProducerId, TopicName, WriteTxnMarkersRequest};
 use kafka_protocol::protocol::StrBytes;
-use sluice_client::{ConnectOptions, Connection};
 
 use crate::errors::code;
 use crate::shard::Shard;
@@ -71,13 +69,18 @@ pub struct RemoteMarker {
     pub coordinator_epoch: i32,
 }
 
-/// A coordinator's connections to other brokers, by broker id (cheap to clone).
+/// A coordinator's channel to other brokers' partition leaders (cheap to clone).
 #[derive(Clone, Default)]
 pub struct MarkerChannel {
-    connections: Rc<RefCell<HashMap<i32, Rc<Connection>>>>,
+    connections: super::peers::PeerConnections,
 }
 
 impl MarkerChannel {
+    /// The inter-broker connections (shared with the coordinator calls of `coordinator_call`).
+    pub fn peers(&self) -> &super::peers::PeerConnections {
+        &self.connections
+    }
+
     /// Sends `marker` for `partitions` to `broker` in one WriteTxnMarkers request; a code per
     /// partition, in order (NOT_LEADER_OR_FOLLOWER for all when the broker cannot be reached,
     /// so the caller routes them again).
@@ -89,7 +92,10 @@ impl MarkerChannel {
         partitions: &[(String, i32)],
     ) -> Vec<i16> {
         let unreachable = vec![code::NOT_LEADER_OR_FOLLOWER; partitions.len()];
-        let Some(connection) = self.connection(shard, broker).await else {
+        // The marker's own bound (`marker_write_timeout_ms`) plus room for the answer's trip.
+        let timeout =
+            Duration::from_millis(shard.config.transactions.marker_write_timeout_ms + 5_000);
+        let Some(connection) = self.connections.connection(shard, broker, timeout).await else {
             return unreachable;
         };
         let mut topics: Vec<WritableTxnMarkerTopic> = Vec::new();
@@ -114,7 +120,7 @@ impl MarkerChannel {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(broker, %error, "sending transaction markers failed");
-                self.connections.borrow_mut().remove(&broker);
+                self.connections.forget(broker);
                 return unreachable;
             }
         };
@@ -138,40 +144,5 @@ impl MarkerChannel {
                     .unwrap_or(code::UNKNOWN_SERVER_ERROR)
             })
             .collect()
-    }
-
-    /// The open connection to `broker`, connecting to its advertised address if needed.
-    async fn connection(&self, shard: &Shard, broker: i32) -> Option<Rc<Connection>> {
-        let cached = self.connections.borrow().get(&broker).cloned();
-        if let Some(open) = cached.filter(|c| !c.is_closed()) {
-            return Some(open);
-        }
-        let address = {
-            let snapshot = shard.metadata.load();
-            let record = snapshot.cluster.as_ref()?.brokers.get(&broker)?.clone();
-            if record.fenced {
-                return None;
-            }
-            format!("{}:{}", record.host, record.port)
-        };
-        let options = ConnectOptions {
-            client_id: format!("sluice-txn-coordinator-{}", shard.config.node_id),
-            request_timeout: std::time::Duration::from_millis(
-                shard.config.transactions.marker_write_timeout_ms + 5_000,
-            ),
-            security: shard.config.inter_broker_security.clone(),
-            ..ConnectOptions::default()
-        };
-        match Connection::connect(&address, &options).await {
-            Ok(opened) => {
-                let opened = Rc::new(opened);
-                self.connections.borrow_mut().insert(broker, opened.clone());
-                Some(opened)
-            }
-            Err(error) => {
-                tracing::debug!(broker, %address, %error, "cannot reach a partition leader for markers");
-                None
-            }
-        }
     }
 }
