@@ -249,18 +249,14 @@ async fn copy(
             tracing::warn!(topic = %f.topic, partition = f.index, error_code, "cannot prepare a follower's transaction view");
             return false;
         }
-        // A follower does not index the markers it copies, so before one is durable here the
-        // partition's indexes stop being trusted: a restart then replays the whole log for its
-        // aborted transactions instead of loading indexes that lack this marker's entry.
-        if sluice_storage::batch::headers(&records).any(|h| h.is_control() && h.is_transactional())
-        {
-            if let Err(error) = crate::txn::registry::distrust_indexes(&f.partition).await {
-                tracing::warn!(topic = %f.topic, partition = f.index, %error, "cannot mark the partition's transaction indexes incomplete");
-                return false;
-            }
-        }
-        // The states follow the append once it completes: no producer snapshot meanwhile.
+        // The states follow the append once it completes, and the ABORT markers it copies are
+        // indexed before the hold goes: no producer snapshot meanwhile, so a restart that
+        // finds a marker's entry missing (a crash before its index write) replays it from
+        // below the newest snapshot and indexes it then, as on a leader.
         let hold = shard.snapshot_holds.hold(&f.topic, f.index);
+        let first_offset = sluice_storage::batch::headers(&records)
+            .next()
+            .map(|h| h.base_offset);
         let appended = f
             .partition
             .append_replicated(records.clone(), Ack::Durable)
@@ -270,6 +266,11 @@ async fn copy(
             shard
                 .txn_partitions
                 .replay_copied(&f.topic, f.index, &records);
+            if transactional {
+                if let Some(first_offset) = first_offset {
+                    index_copied_aborts(shard, f, first_offset).await;
+                }
+            }
         } else {
             // What landed is unknown: the next load rebuilds the states from the log.
             shard.forget_producer_states(&f.topic, f.index);
@@ -305,4 +306,26 @@ async fn copy(
         }
     }
     true
+}
+
+/// Writes the `.txnindex` entries of the ABORT markers a follower just copied (from
+/// `first_offset` on), as Kafka's follower indexes the markers it appends; if one cannot be
+/// written, the partition's indexes stop being trusted (its next load replays the whole log).
+async fn index_copied_aborts(shard: &Shard, f: &Followed, first_offset: i64) {
+    let Some((markers, entries)) =
+        shard
+            .txn_partitions
+            .aborted_from(&f.topic, f.index, first_offset)
+    else {
+        return;
+    };
+    for marker_offset in markers {
+        if let Err(error) = f.partition.write_txn_index(marker_offset, &entries).await {
+            tracing::error!(topic = %f.topic, partition = f.index, %error, "cannot index a copied ABORT marker");
+            if let Err(error) = crate::txn::registry::distrust_indexes(&f.partition).await {
+                tracing::error!(topic = %f.topic, partition = f.index, %error, "cannot mark the partition's transaction indexes incomplete");
+            }
+            return;
+        }
+    }
 }

@@ -188,6 +188,27 @@ impl TxnRegistry {
         self.with(topic, index, |state| state.replay(records));
     }
 
+    /// The ABORT markers at or past `from_offset` in the partition's state (the ones a
+    /// follower just copied), with every aborted entry the partition holds (what their
+    /// segments' `.txnindex` files are rewritten from); None when it is not loaded or has none.
+    pub fn aborted_from(
+        &self,
+        topic: &str,
+        index: i32,
+        from_offset: i64,
+    ) -> Option<(Vec<i64>, Vec<sluice_storage::txn_index::AbortedTxnEntry>)> {
+        self.with(topic, index, |state| {
+            let markers: Vec<i64> = state
+                .aborted()
+                .iter()
+                .filter(|a| a.last_offset >= from_offset)
+                .map(|a| a.last_offset)
+                .collect();
+            (!markers.is_empty()).then(|| (markers, state.aborted_entries()))
+        })
+        .flatten()
+    }
+
     /// Forgets the states of `topic`'s partitions (the topic was deleted).
     pub fn remove_topic(&self, topic: &str) {
         self.states.borrow_mut().remove(topic);

@@ -15,7 +15,10 @@ three brokers, and read_committed sees exactly the committed records, in order; 
 coordinator's broker received the leaders' AddPartitionsToTxn (the Java client sends none); a
 consume-transform-produce loop (Java at v2, confluent-kafka at v1) with the group's and the
 transaction's coordinators on different brokers leaves the committed offsets unmoved by
-aborts and moved by commits, and exactly the committed outputs visible.
+aborts and moved by commits, and exactly the committed outputs visible; a follower that
+copied aborted transactions over rolled segments indexes their markers, and after kill -9,
+restart and a preferred election it leads with exactly the committed records visible,
+loaded from its indexes and snapshot.
 """
 
 import subprocess
@@ -24,8 +27,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, ElectionType, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from helpers import (
     API_API_VERSIONS,
@@ -45,7 +48,7 @@ from helpers import (
     watermarks,
 )
 from test_group_failover import offsets_partition_for
-from test_replication import SETTLE_S, create_rf3, make_nodes, placement
+from test_replication import SETTLE_S, create_rf3, make_nodes, placement, wait_isr
 from test_transactions_cluster import (
     RECORDS_PER_PARTITION,
     bootstrap,
@@ -62,6 +65,7 @@ LOG4J = ROOT / ".kafka" / "log4j2.yaml"
 OFFSETS_TOPIC = "__consumer_offsets"
 INVALID_TXN_STATE = 48
 SESSION_MS = 3000
+SEGMENT_BYTES = 16 * 1024
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -69,6 +73,13 @@ pytestmark = pytest.mark.timeout(240)
 @pytest.fixture
 def nodes(broker_factory):
     yield from make_nodes(broker_factory, session_ms=SESSION_MS)
+
+
+@pytest.fixture
+def steady_nodes(broker_factory):
+    """Leadership moves only when a test asks (a preferred election)."""
+    yield from make_nodes(broker_factory, session_ms=SESSION_MS,
+                          extra={"auto.leader.rebalance.enable": "false"})
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +124,7 @@ def finalized_transaction_version(node):
     return found
 
 
-def read_values(servers, topic, partitions, expected, timeout_s=40, settle_s=2.0):
+def read_values(servers, topic, partitions, expected, timeout_s=40, settle_s=2.0, decode=True):
     """[(partition, value)] a read_committed consumer delivers, in delivery order."""
     c = Consumer({"bootstrap.servers": servers, "group.id": f"r-{uuid.uuid4().hex[:8]}",
                   "enable.auto.commit": False, "isolation.level": "read_committed",
@@ -131,7 +142,7 @@ def read_values(servers, topic, partitions, expected, timeout_s=40, settle_s=2.0
                 continue
             if m.error():
                 continue
-            out.append((m.partition(), m.value().decode()))
+            out.append((m.partition(), m.value().decode() if decode else m.value()))
             quiet_since = time.time()
     finally:
         c.close()
@@ -188,25 +199,25 @@ def test_tv2_in_a_cluster_java_and_confluent_across_leaders(nodes, classpath):
     check_atomic(records, committed2, aborted2, [])
     assert len(records) == len(committed2) * 3 * RECORDS_PER_PARTITION
 
-
-def test_tv1_batch_outside_its_transaction_is_refused_by_another_leader(nodes):
-    """A transactional Produce (v9: protocol v1) for a partition its transaction never added,
-    at a leader that is not the coordinator: the coordinator does not confirm it, so the
-    leader refuses it (INVALID_TXN_STATE) and writes nothing."""
-    topic = unique_topic("tv1r")
-    create_rf3(nodes, topic)
-    txn_id, coordinator = coordinated_off_node_1(nodes)
-    leaders = {p: m.leader for p, m in placement(nodes[1], topic).items()}
-    partition, leader = next((p, b) for p, b in leaders.items() if b != coordinator)
-    with RawConn(nodes[coordinator].bootstrap) as conn:
-        error, producer_id, epoch = init_producer_id(conn, txn_id)
+    # A transactional Produce (v9: protocol v1) for a partition its transaction never added,
+    # at a leader that is not the coordinator: the coordinator does not confirm it, so the
+    # leader refuses it (INVALID_TXN_STATE) and writes nothing.
+    topic3 = unique_topic("tv1r")
+    create_rf3(nodes, topic3)
+    txn_id3, coordinator3 = coordinated_off_node_1(nodes)
+    leaders3 = {p: m.leader for p, m in placement(nodes[1], topic3).items()}
+    partition, leader = next((p, b) for p, b in leaders3.items() if b != coordinator3)
+    with RawConn(nodes[coordinator3].bootstrap) as conn:
+        error, producer_id, epoch = init_producer_id(conn, txn_id3)
     assert error == 0, error
     batch = encode_record_batch([(None, b"stray")], producer_id=producer_id,
                                 producer_epoch=epoch, base_sequence=0, transactional=True)
     with RawConn(nodes[leader].bootstrap) as conn:
-        answer = produce_flexible(conn, 9, topic, partition, batch, transactional_id=txn_id)
+        answer = produce_flexible(conn, 9, topic3, partition, batch, transactional_id=txn_id3)
     assert answer["error"] == INVALID_TXN_STATE, answer
-    assert watermarks(nodes[leader].bootstrap, topic, partition) == (0, 0)
+    assert watermarks(nodes[leader].bootstrap, topic3, partition) == (0, 0)
+
+
 
 
 def offsets_coordinators(nodes):
@@ -283,17 +294,25 @@ def confluent_processor(nodes, txn_id, group, source, out, pattern, batch):
     return stored
 
 
-@pytest.mark.parametrize("client", ["java", "confluent"])
 def test_consume_transform_produce_with_the_group_and_transaction_coordinators_apart(
-        nodes, classpath, client):
-    source, out = unique_topic("ctpin"), unique_topic("ctpout")
+        nodes, classpath):
+    source = unique_topic("ctpin")
     create_rf3(nodes, source)
-    create_rf3(nodes, out)
     inputs = 40
     delivered = produce_confluent(nodes[1].bootstrap, source,
                                   [(None, f"v{i}".encode()) for i in range(inputs)], partition=0,
                                   **{"acks": "all"})
     assert len(delivered) == inputs
+    for client in ("java", "confluent"):
+        out = unique_topic(f"ctpout-{client}")
+        create_rf3(nodes, out)
+        check_processor(nodes, classpath, client, source, out)
+
+
+def check_processor(nodes, classpath, client, source, out):
+    """One consume-transform-produce run of `client` from `source` to `out`, in transactions
+    committed, aborted, committed, aborted, committed, on a fresh group and transactional
+    id whose coordinators are different brokers."""
     group, txn_id, group_coordinator, txn_coordinator = split_coordinators(nodes, client)
     assert group_coordinator != txn_coordinator
 
@@ -313,3 +332,68 @@ def test_consume_transform_produce_with_the_group_and_transaction_coordinators_a
     expected = {p: [f"o-v{i}" for i in committed_inputs if i % 3 == p] for p in range(3)}
     got = per_partition(read_values(bootstrap(nodes), out, range(3), len(committed_inputs)))
     assert got == expected
+
+
+def test_restarted_follower_leads_from_its_indexes_with_exact_read_committed(steady_nodes):
+    """Aborted transactions whose records reached the log (flushed before the abort), over
+    rolled segments, copied by a follower that indexes their markers; the follower is killed
+    (-9) and restarted, then made leader by a preferred election: its read_committed is
+    exactly the committed records, in order, and it loaded its transactions from its
+    `.txnindex` files and newest producer snapshot, not by replaying its log."""
+    nodes = steady_nodes
+    topic = unique_topic("txrs")
+    admin = AdminClient({"bootstrap.servers": nodes[1].bootstrap})
+    create_rf3(nodes, unique_topic("warm"))  # the three brokers are registered
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=3, config={
+        "min.insync.replicas": "2", "segment.bytes": str(SEGMENT_BYTES)})])[topic].result(30)
+    wait_until(lambda: all(len(placement(n, topic)) == 3 for n in nodes.values()), SETTLE_S,
+               what="the topic on every broker")
+    parts = placement(nodes[1], topic)
+    partition = next(p for p, m in parts.items() if m.replicas[0] == 2)
+    # Broker 2, the partition's preferred leader, becomes its follower.
+    nodes[2].stop()
+    wait_until(lambda: placement(nodes[1], topic)[partition].leader in (1, 3), SETTLE_S,
+               interval_s=0.1, what="a new leader")
+    nodes[2].start()
+    wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1,))
+
+    txn_id, _ = coordinated_off_node_1(nodes, avoid=(2,))
+    p = Producer({"bootstrap.servers": bootstrap(nodes), "transactional.id": txn_id,
+                  "linger.ms": 5, "transaction.timeout.ms": 20000, "socket.timeout.ms": 5000})
+    p.init_transactions(40)
+    committed = []
+    for round_ in range(4):
+        for outcome in ("commit", "abort"):
+            p.begin_transaction()
+            values = [f"{outcome}-{round_}-{i}-".encode() + b"v" * 1000 for i in range(20)]
+            for value in values:
+                p.produce(topic, value=value, partition=partition)
+            p.flush(30)  # the aborted records are in the log before their marker
+            if outcome == "commit":
+                p.commit_transaction(30)
+                committed.extend(values)
+            else:
+                p.abort_transaction(30)
+    wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1,))
+    part_dir = Path(nodes[2].data_dir) / f"{topic}-{partition}"
+    wait_until(lambda: len(list(part_dir.glob("*.txnindex"))) >= 2, 10,
+               what="the follower's aborted-transaction indexes in two segments")
+    entries = b"".join(f.read_bytes() for f in sorted(part_dir.glob("*.txnindex")))
+    assert len(entries) == 4 * 34, "one 34-byte entry per aborted transaction"
+    wait_until(lambda: list(part_dir.glob("*.snapshot")), 10, what="a producer snapshot")
+
+    nodes[2].kill9()
+    nodes[2].start()
+    wait_isr(nodes, topic, partition, [1, 2, 3], asked=(1,))
+    from test_elect_leaders import elect
+    got = elect(nodes[1].bootstrap, ElectionType.PREFERRED, [TopicPartition(topic, partition)])
+    assert got == {(topic, partition): 0}, got
+    wait_until(lambda: all(placement(n, topic)[partition].leader == 2 for n in nodes.values()),
+               SETTLE_S, what="broker 2 leads on every broker")
+
+    seen = [v for _, v in read_values(nodes[2].bootstrap, topic, [partition], len(committed),
+                                      decode=False)]
+    assert seen == committed, "read_committed from the restarted replica: exactly the committed"
+    since_restart = nodes[2].log_text().rsplit("===== test harness: start #", 1)[1]
+    assert "loaded the partition's transactions from its indexes and snapshot" in since_restart
+    assert "replayed the partition's transactions from its log start" not in since_restart
