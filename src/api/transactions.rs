@@ -6,6 +6,9 @@
 //! `__transaction_state` partition (`partition % shards`); requests are forwarded there, and
 //! TxnOffsetCommit's offsets go to the group's shard. In a cluster the coordinator is the
 //! broker leading that partition (`txn::leadership`); the others answer NOT_COORDINATOR.
+//! AddPartitionsToTxn v4+ is the brokers' form (a partition leader or group coordinator adding
+//! or verifying for its producer, `txn::coordinator_call`): it needs CLUSTER_ACTION, as in
+//! Kafka, and no WRITE on the id or topics.
 //! Must never: run a transactional id's state anywhere but on its coordinator's shard.
 
 use std::rc::Rc;

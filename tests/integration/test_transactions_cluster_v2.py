@@ -15,7 +15,9 @@ three brokers, and read_committed sees exactly the committed records, in order; 
 coordinator's broker received the leaders' AddPartitionsToTxn (the Java client sends none); a
 consume-transform-produce loop (Java at v2, confluent-kafka at v1) with the group's and the
 transaction's coordinators on different brokers leaves the committed offsets unmoved by
-aborts and moved by commits, and exactly the committed outputs visible; a follower that
+aborts and moved by commits, and exactly the committed outputs visible; offsets pending at
+a group coordinator killed before the commit become visible at its successor with the commit
+(and an abort after it moves nothing); a follower that
 copied aborted transactions over rolled segments indexes their markers, and after kill -9,
 restart and a preferred election it leads with exactly the committed records visible,
 loaded from its indexes and snapshot.
@@ -246,9 +248,9 @@ def split_coordinators(nodes, prefix):
     raise AssertionError("no group and transactional id with different coordinators")
 
 
-def committed_offset(nodes, group, topic):
-    c = Consumer({"bootstrap.servers": bootstrap(nodes), "group.id": group,
-                  "isolation.level": "read_committed"})
+def committed_offset(nodes, group, topic, alive=None, isolation="read_committed"):
+    c = Consumer({"bootstrap.servers": bootstrap(nodes, alive), "group.id": group,
+                  "isolation.level": isolation, "socket.timeout.ms": 5000})
     try:
         return c.committed([TopicPartition(topic, 0)], timeout=15)[0].offset
     finally:
@@ -307,6 +309,48 @@ def test_consume_transform_produce_with_the_group_and_transaction_coordinators_a
         out = unique_topic(f"ctpout-{client}")
         create_rf3(nodes, out)
         check_processor(nodes, classpath, client, source, out)
+    check_pending_offsets_survive_group_failover(nodes, source)
+
+
+def check_pending_offsets_survive_group_failover(nodes, source):
+    """Protocol v1 (confluent-kafka): offsets sent to a transaction wait, pending, at the
+    group's coordinator (broker 2 or 3, not the transaction's), which is killed (-9) before
+    the commit; the commit's marker reaches the offsets partition's new leader, which has them
+    from the replicated log: the commit makes them visible there, and a later abort leaves
+    them as they were."""
+    group_leaders = offsets_coordinators(nodes)
+    for _ in range(1000):
+        group, txn_id = f"fo-g-{uuid.uuid4().hex[:8]}", f"fo-t-{uuid.uuid4().hex[:8]}"
+        offsets_partition = offsets_partition_for(group)
+        victim, txn_coordinator = group_leaders[offsets_partition], state_leader(nodes[1], txn_id)
+        if victim in (2, 3) and txn_coordinator > 0 and txn_coordinator != victim:
+            break
+    else:
+        raise AssertionError("no group coordinated by broker 2 or 3 apart from its transaction's")
+    alive = [n for n in nodes if n != victim]
+    p = Producer({"bootstrap.servers": bootstrap(nodes), "transactional.id": txn_id,
+                  "linger.ms": 5, "transaction.timeout.ms": 30000, "socket.timeout.ms": 5000,
+                  "topic.metadata.refresh.interval.ms": 1000})
+    p.init_transactions(40)
+    c = Consumer({"bootstrap.servers": bootstrap(nodes), "group.id": group})
+    metadata = c.consumer_group_metadata()
+    p.begin_transaction()
+    p.produce(source, value=b"x", partition=1)
+    p.send_offsets_to_transaction([TopicPartition(source, 0, 5)], metadata, 30)
+    p.flush(10)
+    # Pending: not committed yet.
+    assert committed_offset(nodes, group, source, isolation="read_uncommitted") < 0
+
+    nodes[victim].kill9()
+    wait_until(lambda: placement(nodes[1], OFFSETS_TOPIC)[offsets_partition].leader in alive,
+               SETTLE_S, interval_s=0.2, what="the offsets partition's new leader")
+    p.commit_transaction(60)
+    assert committed_offset(nodes, group, source, alive) == 5
+    p.begin_transaction()
+    p.send_offsets_to_transaction([TopicPartition(source, 0, 9)], metadata, 30)
+    p.abort_transaction(30)
+    assert committed_offset(nodes, group, source, alive) == 5
+    c.close()
 
 
 def check_processor(nodes, classpath, client, source, out):
