@@ -143,6 +143,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "min.insync.replicas", default: "1", doc: "An acks=all produce to a partition whose ISR has fewer members gets NOT_ENOUGH_REPLICAS (19) before anything is appended, or NOT_ENOUGH_REPLICAS_AFTER_APPEND (20) if the ISR shrank below it while waiting (topic: min.insync.replicas)." },
     Setting { name: "offsets.topic.replication.factor", default: "3", doc: "In a cluster: replicas of each __consumer_offsets partition. The topic is created on the first FindCoordinator only once this many brokers are unfenced (COORDINATOR_NOT_AVAILABLE until then, which clients retry); its min.insync.replicas is the broker's." },
     Setting { name: "transaction.state.log.replication.factor", default: "3", doc: "In a cluster: replicas of each __transaction_state partition. The topic is created on the first FindCoordinator for a transactional id with this many replicas, capped at the brokers then unfenced; a transactional id's coordinator is the leader of its state partition." },
+    Setting { name: "transaction.coordinator.call.concurrent.retries.max", default: "20", doc: "How often a partition's check with its transaction's coordinator (Produce v12's add, a verification, TxnOffsetCommit v5's add) is retried when the coordinator answers CONCURRENT_TRANSACTIONS, before the client is told to retry." },
+    Setting { name: "transaction.coordinator.call.concurrent.retry.ms", default: "5", doc: "The pause between those retries." },
+    Setting { name: "transaction.coordinator.call.relocate.retries.max", default: "4", doc: "In a cluster: how often that check finds the coordinator again after it answered NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS or COORDINATOR_NOT_AVAILABLE or could not be reached." },
+    Setting { name: "transaction.coordinator.call.relocate.retry.ms", default: "50", doc: "The pause before the first of those retries, doubled at each." },
     Setting { name: "transaction.state.log.min.isr", default: "2", doc: "In a cluster: the min.insync.replicas of __transaction_state. A coordinator's state change is acted on only once every ISR member has it durable and the ISR has at least this many members (else the client gets COORDINATOR_NOT_AVAILABLE and retries)." },
     Setting { name: "offsets.commit.timeout.ms", default: "5000", doc: "In a cluster: how long an offset commit or group metadata append waits for the offsets partition's high watermark (every ISR member durable) before the client is answered COORDINATOR_NOT_AVAILABLE." },
     Setting { name: "replica.lag.time.max.ms", default: "30000", doc: "A follower that has not caught up to its leader's log end for this long leaves the ISR (the leader asks the controller); it rejoins once it reaches the high watermark." },
@@ -695,6 +699,18 @@ impl BrokerConfig {
                     1..=i64::from(i16::MAX),
                 ),
                 state_min_isr: c.int("transaction.state.log.min.isr", 1..=INT_MAX),
+                concurrent_retries_max: c.int(
+                    "transaction.coordinator.call.concurrent.retries.max",
+                    0..=1000,
+                ),
+                concurrent_retry_ms: c.int(
+                    "transaction.coordinator.call.concurrent.retry.ms",
+                    0..=60_000,
+                ),
+                relocate_retries_max: c
+                    .int("transaction.coordinator.call.relocate.retries.max", 0..=16),
+                relocate_retry_ms: c
+                    .int("transaction.coordinator.call.relocate.retry.ms", 0..=60_000),
             },
             sasl: crate::security::sasl::SaslConfig {
                 enabled_mechanisms: c

@@ -255,25 +255,20 @@ async fn coordinator_check(
             return None;
         }
     }
-    let result = if implicit_add {
-        crate::txn::implicit::add_partitions(
-            shard,
-            transactional_id,
-            producer_id,
-            producer_epoch,
-            partitions.clone(),
-        )
-        .await
+    let ask_for = if implicit_add {
+        crate::txn::coordinator_call::Ask::Add
     } else {
-        crate::txn::implicit::verify_partitions(
-            shard,
-            transactional_id,
-            producer_id,
-            producer_epoch,
-            partitions.clone(),
-        )
-        .await
+        crate::txn::coordinator_call::Ask::Verify
     };
+    let result = crate::txn::implicit::check_partitions(
+        shard,
+        ask_for,
+        transactional_id,
+        producer_id,
+        producer_epoch,
+        partitions.clone(),
+    )
+    .await;
     if let Err(error_code) = result {
         tracing::info!(
             producer_id,

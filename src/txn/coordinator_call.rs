@@ -34,15 +34,11 @@ use crate::shard::Shard;
 /// TRANSACTION_ABORTABLE.
 pub const BROKER_VERSION: i16 = 5;
 
-/// How many times an add that met another operation of the same transaction is retried
-/// before the caller is told to retry, and the pause between tries.
-const CONCURRENT_RETRIES_MAX: u32 = 20;
-const CONCURRENT_RETRY_MS: u64 = 5;
-
-/// How many times the coordinator is located again after it moved, was loading or could not
-/// be reached, and the pause before the first retry (doubled at each).
-const RELOCATE_RETRIES_MAX: u32 = 4;
-const RELOCATE_RETRY_MS: u64 = 50;
+// The call's retry bounds are settings (`super::TxnConfig`): an add that met another
+// operation of the same transaction is retried `concurrent_retries_max` times,
+// `concurrent_retry_ms` apart, before the caller is told to retry; the coordinator is located
+// again `relocate_retries_max` times after it moved, was loading or could not be reached,
+// `relocate_retry_ms` before the first retry, doubled at each.
 
 /// What the coordinator is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +76,7 @@ pub struct Call {
 /// unknown coordinator is COORDINATOR_NOT_AVAILABLE).
 pub async fn ask(shard: &Rc<Shard>, ask: Ask, call: Call) -> Result<(), i16> {
     let (mut concurrent, mut relocations) = (0, 0);
+    let limits = &shard.config.transactions;
     loop {
         let result = match locate(shard, &call.transactional_id) {
             Ok(Coordinator::Here) => ask_here(shard, ask, &call).await,
@@ -87,16 +84,19 @@ pub async fn ask(shard: &Rc<Shard>, ask: Ask, call: Call) -> Result<(), i16> {
             Err(error_code) => Err(error_code),
         };
         match result {
-            Err(code::CONCURRENT_TRANSACTIONS) if concurrent < CONCURRENT_RETRIES_MAX => {
+            Err(code::CONCURRENT_TRANSACTIONS) if concurrent < limits.concurrent_retries_max => {
                 concurrent += 1;
-                tokio::time::sleep(Duration::from_millis(CONCURRENT_RETRY_MS)).await;
+                tokio::time::sleep(Duration::from_millis(limits.concurrent_retry_ms)).await;
             }
             Err(
                 code::NOT_COORDINATOR
                 | code::COORDINATOR_LOAD_IN_PROGRESS
                 | code::COORDINATOR_NOT_AVAILABLE,
-            ) if relocations < RELOCATE_RETRIES_MAX && shard.metadata.is_clustered() => {
-                tokio::time::sleep(Duration::from_millis(RELOCATE_RETRY_MS << relocations)).await;
+            ) if relocations < limits.relocate_retries_max && shard.metadata.is_clustered() => {
+                let pause_ms = limits
+                    .relocate_retry_ms
+                    .saturating_mul(1 << relocations.min(16));
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
                 relocations += 1;
             }
             other => return other,

@@ -23,10 +23,13 @@ use crate::shard::Shard;
 /// First Produce version a transactional client sends without adding partitions itself.
 pub const PRODUCE_IMPLICIT_ADD_MIN_VERSION: i16 = 12;
 
-/// Adds `partitions` to the ongoing transaction of `transactional_id` (starting one if none
-/// is), for the producer at `producer_id`/`producer_epoch`; the Produce error code if not.
-pub async fn add_partitions(
+/// Asks the coordinator of `transactional_id` about `partitions` for the producer at
+/// `producer_id`/`producer_epoch`: [`Ask::Add`] adds them to its ongoing transaction
+/// (starting one if none is; protocol v2's implicit add), [`Ask::Verify`] checks they are in
+/// it (protocol v1). The Produce error code if not.
+pub async fn check_partitions(
     shard: &Rc<Shard>,
+    ask_for: Ask,
     transactional_id: String,
     producer_id: i64,
     producer_epoch: i16,
@@ -38,25 +41,7 @@ pub async fn add_partitions(
         producer_epoch,
         partitions,
     };
-    ask(shard, Ask::Add, call).await.map_err(produce_error)
-}
-
-/// Checks that `partitions` are in the ongoing transaction of `transactional_id` at
-/// `producer_id`/`producer_epoch` (protocol v1); the Produce error code if not.
-pub async fn verify_partitions(
-    shard: &Rc<Shard>,
-    transactional_id: String,
-    producer_id: i64,
-    producer_epoch: i16,
-    partitions: Vec<(String, i32)>,
-) -> Result<(), i16> {
-    let call = Call {
-        transactional_id,
-        producer_id,
-        producer_epoch,
-        partitions,
-    };
-    ask(shard, Ask::Verify, call).await.map_err(produce_error)
+    ask(shard, ask_for, call).await.map_err(produce_error)
 }
 
 /// The Produce error for a coordinator's AddPartitionsToTxn error.

@@ -60,6 +60,14 @@ pub struct TxnConfig {
     pub state_replication_factor: i16,
     /// `transaction.state.log.min.isr` (default 2; a cluster only).
     pub state_min_isr: i32,
+    /// `transaction.coordinator.call.concurrent.retries.max` (default 20).
+    pub concurrent_retries_max: u32,
+    /// `transaction.coordinator.call.concurrent.retry.ms` (default 5).
+    pub concurrent_retry_ms: u64,
+    /// `transaction.coordinator.call.relocate.retries.max` (default 4).
+    pub relocate_retries_max: u32,
+    /// `transaction.coordinator.call.relocate.retry.ms` (default 50, doubled per retry).
+    pub relocate_retry_ms: u64,
 }
 
 impl Default for TxnConfig {
@@ -73,6 +81,10 @@ impl Default for TxnConfig {
             marker_write_timeout_ms: 30_000,
             state_replication_factor: 3,
             state_min_isr: 2,
+            concurrent_retries_max: 20,
+            concurrent_retry_ms: 5,
+            relocate_retries_max: 4,
+            relocate_retry_ms: 50,
         }
     }
 }
