@@ -357,6 +357,19 @@ impl ProducerStates {
         }
     }
 
+    /// What the partition expects next of `producer_id` (its epoch, next sequence, and the
+    /// first and last sequences it remembers), for a rejection's log line.
+    pub fn expected(&self, producer_id: i64) -> Option<(i16, i32, i32, i32)> {
+        self.producers.get(&producer_id).map(|state| {
+            (
+                state.epoch,
+                state.next_sequence,
+                state.recent.front().map_or(-1, |e| e.first_sequence),
+                state.recent.back().map_or(-1, |e| e.last_sequence),
+            )
+        })
+    }
+
     /// The epoch the partition last saw of `producer_id`, if it has state here.
     pub fn epoch_of(&self, producer_id: i64) -> Option<i16> {
         self.producers.get(&producer_id).map(|state| state.epoch)

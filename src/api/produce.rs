@@ -415,11 +415,18 @@ async fn append_on_owner(
             )
         }
         Verdict::Reject(error_code, message) => {
+            let batch = first.map(|h| (h.producer_id, h.producer_epoch, h.base_sequence));
+            let expected = batch.and_then(|(producer_id, _, _)| {
+                shard.with_producer_states(topic, index, |states| states.expected(producer_id))
+            });
             tracing::info!(
                 topic,
                 partition = index,
                 error_code,
                 message,
+                ?batch,
+                ?expected,
+                log_end_offset = partition.log_end_offset(),
                 "idempotent produce rejected"
             );
             return PartitionResult::error(index, error_code, Some(message.to_string()));

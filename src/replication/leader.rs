@@ -18,8 +18,6 @@ struct Progress {
     last_caught_up: Instant,
     /// When it last fetched, and the leader's log end then.
     last_fetch: Option<(Instant, i64)>,
-    /// It reached the high watermark at its last fetch (the rule for rejoining the ISR).
-    reached_high_watermark: bool,
     /// The high watermark in the last answer to it, so a higher one is sent at once.
     high_watermark_sent: i64,
 }
@@ -31,7 +29,6 @@ impl Progress {
             durable_end: None,
             last_caught_up: now,
             last_fetch: None,
-            reached_high_watermark: false,
             high_watermark_sent: -1,
         }
     }
@@ -53,6 +50,13 @@ pub struct Leader {
     pub replicas: Vec<BrokerId>,
     /// The committed ISR.
     pub isr: Vec<BrokerId>,
+    /// Replicas an ISR change in flight adds: they count for the high watermark from the
+    /// moment it is asked (Kafka's maximal ISR), so a replica the controller commits into
+    /// the ISR never lacks a record the high watermark covers.
+    pending_additions: Vec<BrokerId>,
+    /// The log end when this leadership began (its epoch's first offset): a replica joins the
+    /// ISR only with everything before it, which is all a previous leader may have committed.
+    epoch_start_offset: i64,
     /// The topic's `min.insync.replicas`.
     pub min_insync_replicas: usize,
     followers: HashMap<BrokerId, Progress>,
@@ -61,14 +65,16 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// Leadership at `leader_epoch` begins: every follower counts as caught up now (Kafka's
-    /// rule), so none leaves the ISR before it had `replica.lag.time.max.ms` to fetch.
+    /// Leadership at `leader_epoch` begins with this log ending at `epoch_start_offset`: every
+    /// follower counts as caught up now (Kafka's rule), so none leaves the ISR before it had
+    /// `replica.lag.time.max.ms` to fetch.
     pub fn new(
         self_id: BrokerId,
         leader_epoch: i32,
         replicas: Vec<BrokerId>,
         isr: Vec<BrokerId>,
         min_insync_replicas: usize,
+        epoch_start_offset: i64,
         now: Instant,
     ) -> Leader {
         let followers = replicas
@@ -81,6 +87,8 @@ impl Leader {
             leader_epoch,
             replicas,
             isr,
+            pending_additions: Vec::new(),
+            epoch_start_offset,
             min_insync_replicas,
             followers,
             isr_change_pending: false,
@@ -90,7 +98,9 @@ impl Leader {
     /// The committed replicas, ISR (or config) changed within the same leader epoch: the
     /// progress of every remaining follower is kept; a replica a reassignment adds starts as
     /// a returning follower does (counted caught up now, outside the ISR until it reaches the
-    /// high watermark); a removed one is forgotten.
+    /// high watermark); a removed one is forgotten. A follower that left the ISR (the
+    /// controller fenced it: it died or restarted) starts over too: what its old incarnation
+    /// fetched says nothing of the log its next one has.
     pub fn update(
         &mut self,
         replicas: Vec<BrokerId>,
@@ -100,6 +110,14 @@ impl Leader {
     ) {
         if isr != self.isr {
             self.isr_change_pending = false;
+            self.pending_additions.clear();
+            for id in &self.isr {
+                if !isr.contains(id) {
+                    if let Some(progress) = self.followers.get_mut(id) {
+                        *progress = Progress::new(now);
+                    }
+                }
+            }
         }
         self.followers.retain(|id, _| replicas.contains(id));
         for &id in &replicas {
@@ -120,11 +138,13 @@ impl Leader {
     }
 
     /// The cap on the high watermark: the smallest durable end among the other ISR members
-    /// (0 for one that has not fetched yet: the high watermark then stays where it is); None
-    /// when this leader is alone in its ISR, so the high watermark is its own durable end.
+    /// and the replicas an ISR change in flight adds (0 for one that has not fetched yet: the
+    /// high watermark then stays where it is); None when this leader is alone in its ISR, so
+    /// the high watermark is its own durable end.
     pub fn high_watermark_limit(&self) -> Option<i64> {
         self.isr
             .iter()
+            .chain(&self.pending_additions)
             .filter(|&&id| id != self.self_id)
             .map(|id| {
                 self.followers
@@ -135,16 +155,15 @@ impl Leader {
             .min()
     }
 
-    /// A follower fetched from `fetch_offset` while this log ended at `log_end` and its high
-    /// watermark was `high_watermark`: records its durable end and when it was caught up
-    /// (Kafka's two rules: it fetched from the log end, or from where the log ended at its
-    /// previous fetch, which then counts as that fetch's time).
+    /// A follower fetched from `fetch_offset` while this log ended at `log_end`: records its
+    /// durable end and when it was caught up (Kafka's two rules: it fetched from the log end,
+    /// or from where the log ended at its previous fetch, which then counts as that fetch's
+    /// time).
     pub fn on_fetch(
         &mut self,
         follower: BrokerId,
         fetch_offset: i64,
         log_end: i64,
-        high_watermark: i64,
         now: Instant,
     ) -> Result<(), NotAReplica> {
         let progress = self
@@ -160,8 +179,24 @@ impl Leader {
         }
         progress.last_fetch = Some((now, log_end));
         progress.durable_end = Some(fetch_offset);
-        progress.reached_high_watermark = fetch_offset >= high_watermark;
         Ok(())
+    }
+
+    /// An ISR change to `wanted` was sent to the controller: the replicas it adds count for
+    /// the high watermark until it is answered.
+    pub fn asked_isr(&mut self, wanted: &[BrokerId]) {
+        self.isr_change_pending = true;
+        self.pending_additions = wanted
+            .iter()
+            .copied()
+            .filter(|id| !self.isr.contains(id))
+            .collect();
+    }
+
+    /// The ISR change in flight was answered (committed, or refused).
+    pub fn isr_change_answered(&mut self) {
+        self.isr_change_pending = false;
+        self.pending_additions.clear();
     }
 
     /// Whether `follower` should hear `high_watermark` at once (higher than it was last told),
@@ -177,9 +212,18 @@ impl Leader {
     }
 
     /// The ISR to ask the controller for, if it should change: members not caught up for more
-    /// than `lag_max` leave; replicas outside that reached the high watermark and are not
-    /// lagging join. Never drops this leader.
-    pub fn wanted_isr(&self, lag_max: Duration, now: Instant) -> Option<Vec<BrokerId>> {
+    /// than `lag_max` leave; replicas outside whose durable end is at the high watermark
+    /// (`high_watermark`, now) and at this epoch's first offset, and that are not lagging,
+    /// join (Kafka's isFollowerInSync: judged on what the follower has now, never on a flag
+    /// from an earlier fetch, which a restarted follower would not deserve). Never drops this
+    /// leader.
+    pub fn wanted_isr(
+        &self,
+        lag_max: Duration,
+        now: Instant,
+        high_watermark: i64,
+    ) -> Option<Vec<BrokerId>> {
+        let join_at = high_watermark.max(self.epoch_start_offset);
         let lagging = |id: &BrokerId| {
             self.followers
                 .get(id)
@@ -195,7 +239,8 @@ impl Leader {
             let rejoins = self
                 .followers
                 .get(id)
-                .is_some_and(|p| p.reached_high_watermark);
+                .and_then(|p| p.durable_end)
+                .is_some_and(|end| end >= join_at);
             if !wanted.contains(id) && rejoins && !lagging(id) {
                 wanted.push(*id);
             }
@@ -209,7 +254,7 @@ mod tests {
     use super::*;
 
     fn leader(now: Instant) -> Leader {
-        Leader::new(1, 4, vec![1, 2, 3], vec![1, 2, 3], 2, now)
+        Leader::new(1, 4, vec![1, 2, 3], vec![1, 2, 3], 2, 0, now)
     }
 
     #[test]
@@ -217,9 +262,9 @@ mod tests {
         let now = Instant::now();
         let mut leader = leader(now);
         assert_eq!(leader.high_watermark_limit(), Some(0));
-        leader.on_fetch(2, 10, 12, 0, now).unwrap();
+        leader.on_fetch(2, 10, 12, now).unwrap();
         assert_eq!(leader.high_watermark_limit(), Some(0), "3 has not fetched");
-        leader.on_fetch(3, 7, 12, 0, now).unwrap();
+        leader.on_fetch(3, 7, 12, now).unwrap();
         assert_eq!(leader.high_watermark_limit(), Some(7));
         leader.update(vec![1, 2, 3], vec![1, 2], 2, now);
         assert_eq!(leader.high_watermark_limit(), Some(10));
@@ -229,7 +274,7 @@ mod tests {
             None,
             "alone: its own durable end"
         );
-        assert_eq!(leader.on_fetch(9, 0, 12, 0, now), Err(NotAReplica(9)));
+        assert_eq!(leader.on_fetch(9, 0, 12, now), Err(NotAReplica(9)));
     }
 
     #[test]
@@ -238,25 +283,25 @@ mod tests {
         let lag = Duration::from_millis(100);
         let at = |ms| start + Duration::from_millis(ms);
         let mut leader = leader(start);
-        assert_eq!(leader.wanted_isr(lag, at(50)), None);
+        assert_eq!(leader.wanted_isr(lag, at(50), 0), None);
         // 2 keeps fetching from the log end; 3 stops.
-        leader.on_fetch(2, 5, 5, 0, at(90)).unwrap();
-        leader.on_fetch(3, 5, 5, 0, at(90)).unwrap();
-        leader.on_fetch(2, 9, 9, 5, at(180)).unwrap();
-        assert_eq!(leader.wanted_isr(lag, at(185)), None);
-        assert_eq!(leader.wanted_isr(lag, at(191)), Some(vec![1, 2]));
+        leader.on_fetch(2, 5, 5, at(90)).unwrap();
+        leader.on_fetch(3, 5, 5, at(90)).unwrap();
+        leader.on_fetch(2, 9, 9, at(180)).unwrap();
+        assert_eq!(leader.wanted_isr(lag, at(185), 5), None);
+        assert_eq!(leader.wanted_isr(lag, at(191), 5), Some(vec![1, 2]));
         leader.update(vec![1, 2, 3], vec![1, 2], 2, at(191));
         // Behind the log end but at where it ended at the previous fetch: caught up then.
-        leader.on_fetch(2, 12, 14, 9, at(250)).unwrap();
-        leader.on_fetch(2, 14, 20, 12, at(340)).unwrap();
-        assert_eq!(leader.wanted_isr(lag, at(345)), None);
+        leader.on_fetch(2, 12, 14, at(250)).unwrap();
+        leader.on_fetch(2, 14, 20, at(340)).unwrap();
+        assert_eq!(leader.wanted_isr(lag, at(345), 14), None);
         // 3 comes back below the high watermark: not yet; at it: it rejoins.
-        leader.on_fetch(2, 20, 20, 14, at(349)).unwrap();
-        leader.on_fetch(3, 8, 20, 14, at(350)).unwrap();
-        assert_eq!(leader.wanted_isr(lag, at(355)), None);
-        leader.on_fetch(2, 20, 20, 14, at(358)).unwrap();
-        leader.on_fetch(3, 20, 20, 14, at(360)).unwrap();
-        assert_eq!(leader.wanted_isr(lag, at(365)), Some(vec![1, 2, 3]));
+        leader.on_fetch(2, 20, 20, at(349)).unwrap();
+        leader.on_fetch(3, 8, 20, at(350)).unwrap();
+        assert_eq!(leader.wanted_isr(lag, at(355), 14), None);
+        leader.on_fetch(2, 20, 20, at(358)).unwrap();
+        leader.on_fetch(3, 20, 20, at(360)).unwrap();
+        assert_eq!(leader.wanted_isr(lag, at(365), 14), Some(vec![1, 2, 3]));
     }
 
     #[test]
@@ -264,21 +309,79 @@ mod tests {
         let start = Instant::now();
         let lag = Duration::from_millis(100);
         let at = |ms| start + Duration::from_millis(ms);
-        let mut leader = Leader::new(1, 0, vec![1, 2], vec![1, 2], 1, start);
-        leader.on_fetch(2, 10, 10, 10, at(1)).unwrap();
-        assert_eq!(leader.on_fetch(3, 0, 10, 10, at(1)), Err(NotAReplica(3)));
+        let mut leader = Leader::new(1, 0, vec![1, 2], vec![1, 2], 1, 0, start);
+        leader.on_fetch(2, 10, 10, at(1)).unwrap();
+        assert_eq!(leader.on_fetch(3, 0, 10, at(1)), Err(NotAReplica(3)));
         // 3 is added: it counts toward nothing until it reaches the high watermark.
         leader.update(vec![2, 3, 1], vec![1, 2], 1, at(2));
-        leader.on_fetch(3, 4, 10, 10, at(3)).unwrap();
+        leader.on_fetch(3, 4, 10, at(3)).unwrap();
         assert_eq!(leader.high_watermark_limit(), Some(10));
-        assert_eq!(leader.wanted_isr(lag, at(4)), None);
-        leader.on_fetch(2, 10, 10, 10, at(5)).unwrap();
-        leader.on_fetch(3, 10, 10, 10, at(5)).unwrap();
-        assert_eq!(leader.wanted_isr(lag, at(6)), Some(vec![1, 2, 3]));
+        assert_eq!(leader.wanted_isr(lag, at(4), 10), None);
+        leader.on_fetch(2, 10, 10, at(5)).unwrap();
+        leader.on_fetch(3, 10, 10, at(5)).unwrap();
+        assert_eq!(leader.wanted_isr(lag, at(6), 10), Some(vec![1, 2, 3]));
         // The move completes without 2: it is no replica any more.
         leader.update(vec![3, 1], vec![1, 3], 1, at(7));
-        assert_eq!(leader.on_fetch(2, 10, 10, 10, at(8)), Err(NotAReplica(2)));
+        assert_eq!(leader.on_fetch(2, 10, 10, at(8)), Err(NotAReplica(2)));
         assert_eq!(leader.high_watermark_limit(), Some(10));
+    }
+
+    #[test]
+    fn a_follower_joins_on_what_it_has_now_not_on_an_earlier_fetch() {
+        // The chaos run that lost acknowledged records: a restarted follower fetched at the
+        // high watermark of a leader elected a moment before (its high watermark not yet
+        // moved), the high watermark then moved on, and the follower was still added.
+        let start = Instant::now();
+        let lag = Duration::from_millis(1000);
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut leader = Leader::new(1, 1, vec![3, 1, 2], vec![1, 2], 2, 100, start);
+        leader.on_fetch(3, 100, 100, at(1)).unwrap();
+        leader.on_fetch(2, 400, 400, at(2)).unwrap();
+        assert_eq!(
+            leader.wanted_isr(lag, at(3), 400),
+            None,
+            "3 is 300 records behind the high watermark"
+        );
+        assert_eq!(leader.wanted_isr(lag, at(3), 100), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn a_follower_below_the_epoch_start_does_not_join() {
+        let start = Instant::now();
+        let lag = Duration::from_millis(1000);
+        let mut leader = Leader::new(1, 2, vec![1, 2, 3], vec![1, 2], 2, 50, start);
+        // The high watermark lags behind the epoch start right after the election.
+        leader.on_fetch(3, 40, 60, start).unwrap();
+        assert_eq!(leader.wanted_isr(lag, start, 30), None);
+        leader.on_fetch(3, 50, 60, start).unwrap();
+        assert_eq!(leader.wanted_isr(lag, start, 30), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn an_addition_in_flight_caps_the_high_watermark_and_a_fenced_member_starts_over() {
+        let start = Instant::now();
+        let lag = Duration::from_millis(1000);
+        let mut leader = Leader::new(1, 1, vec![1, 2, 3], vec![1, 2], 2, 0, start);
+        leader.on_fetch(2, 90, 90, start).unwrap();
+        leader.on_fetch(3, 50, 90, start).unwrap();
+        assert_eq!(leader.high_watermark_limit(), Some(90));
+        let wanted = leader.wanted_isr(lag, start, 50).unwrap();
+        assert_eq!(wanted, vec![1, 2, 3]);
+        leader.asked_isr(&wanted);
+        assert_eq!(
+            leader.high_watermark_limit(),
+            Some(50),
+            "3 counts from the moment it is asked for (maximal ISR)"
+        );
+        leader.isr_change_answered();
+        assert_eq!(leader.high_watermark_limit(), Some(90));
+        // Committed with 3, then 3 is fenced (it restarted): its progress is forgotten, and
+        // it joins again only by fetching at the high watermark.
+        leader.update(vec![1, 2, 3], vec![1, 2, 3], 2, start);
+        leader.update(vec![1, 2, 3], vec![1, 2], 2, start);
+        assert_eq!(leader.wanted_isr(lag, start, 50), None);
+        leader.on_fetch(3, 50, 90, start).unwrap();
+        assert_eq!(leader.wanted_isr(lag, start, 50), Some(vec![1, 2, 3]));
     }
 
     #[test]

@@ -148,6 +148,7 @@ impl Replicas {
                                 placement.replicas.clone(),
                                 placement.isr.clone(),
                                 min_insync,
+                                partition.log_end_offset(),
                                 now,
                             );
                             leads_replicated |= leader.is_replicated();
@@ -314,13 +315,7 @@ impl Replicas {
             return Err(sluice_storage::codes::OFFSET_OUT_OF_RANGE);
         }
         leader
-            .on_fetch(
-                follower,
-                fetch_offset,
-                log_end,
-                partition.high_watermark(),
-                Instant::now(),
-            )
+            .on_fetch(follower, fetch_offset, log_end, Instant::now())
             .map_err(|_| code::NOT_LEADER_OR_FOLLOWER)?;
         let limit = leader.high_watermark_limit();
         let partition = partition.clone();
@@ -429,12 +424,14 @@ impl Replicas {
             if !leader.is_replicated() || leader.isr_change_pending {
                 continue;
             }
-            let (Some(isr), Ok(partition)) =
-                (leader.wanted_isr(lag_max, now), u32::try_from(*index))
-            else {
+            let high_watermark = replica.partition.high_watermark();
+            let (Some(isr), Ok(partition)) = (
+                leader.wanted_isr(lag_max, now, high_watermark),
+                u32::try_from(*index),
+            ) else {
                 continue;
             };
-            leader.isr_change_pending = true;
+            leader.asked_isr(&isr);
             changes.push((
                 (topic.clone(), *index),
                 AlterPartitionRequest {
@@ -456,7 +453,7 @@ impl Replicas {
         }) = self.roles.borrow_mut().get_mut(key)
         {
             if leader.leader_epoch == leader_epoch {
-                leader.isr_change_pending = false;
+                leader.isr_change_answered();
             }
         }
     }

@@ -491,6 +491,21 @@ impl PartitionShared {
                     .borrow()
                     .read(offset, limit, max_bytes, min_one_batch)
             {
+                let first_base = chunks.first().and_then(|chunk| {
+                    chunk
+                        .get(..8)
+                        .map(|b| i64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+                });
+                if first_base.is_some_and(|base| base > offset)
+                    && !log.config.cleanup_policy.compact
+                {
+                    tracing::error!(
+                        partition = %self.label(),
+                        offset,
+                        found_base_offset = first_base,
+                        "the tail cache answered a read with a batch starting past the offset asked for"
+                    );
+                }
                 match self.pin_for_response(chunks, total_bytes) {
                     Some(chunks) => {
                         slice.chunks = chunks.into_iter().map(ReadChunk::Memory).collect();
@@ -531,6 +546,19 @@ impl PartitionShared {
                 candidate = self.segment_after(segment.base_offset);
                 continue;
             };
+            if header.base_offset > offset && !self.log.borrow().config.cleanup_policy.compact {
+                // Offsets of a log that is not compacted are dense: the batch found must hold
+                // `offset`. One that starts later means the index or the segment's bytes
+                // disagree with its offsets, and a reader would silently skip records.
+                tracing::error!(
+                    partition = %self.label(),
+                    offset,
+                    found_base_offset = header.base_offset,
+                    position = start,
+                    segment = %segment.log_path().display(),
+                    "a read found a batch starting past the offset asked for"
+                );
+            }
             let first_len = header.size_bytes() as u64;
             // A segment's visible bytes reach the durable end; a consumer's read stops at the
             // high watermark, which may be lower in a replicated partition.

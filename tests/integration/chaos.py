@@ -60,7 +60,10 @@ CLIENT_LOG_LEVEL = 2
 # these contexts (the last CLIENT_DEBUG_LINES of each) and a round that does not drain prints
 # them, to tell a client-side stall from a broker-side one.
 CLIENT_DEBUG = os.environ.get("SLUICE_CHAOS_CLIENT_DEBUG", "")
-CLIENT_DEBUG_LINES = 400
+CLIENT_DEBUG_LINES = int(os.environ.get("SLUICE_CHAOS_CLIENT_DEBUG_LINES", "400"))
+# SLUICE_CHAOS_CLIENT_DEBUG_DIR=DIR: with CLIENT_DEBUG, a round with a problem also writes each
+# consumer's kept lines to DIR/round<N>-<consumer>.log.
+CLIENT_DEBUG_DIR = os.environ.get("SLUICE_CHAOS_CLIENT_DEBUG_DIR", "")
 COUNTS = ("lost", "duplicated", "reordered", "moved", "unexpected")
 
 
@@ -228,6 +231,10 @@ class ConsumerWorker(threading.Thread):
         # The partitions of its last assignment (reported when a round does not drain).
         self.assigned: list = []
         self.debug_lines = collections.deque(maxlen=CLIENT_DEBUG_LINES)
+        # Forward jumps within one assignment: (wall time, partition, last offset, next).
+        self.last_offset: dict = {}
+        self.jumps: list = []
+        self.warnings = collections.deque(maxlen=200)
 
     def run(self):
         try:
@@ -237,6 +244,7 @@ class ConsumerWorker(threading.Thread):
 
     def _on_assign(self, _consumer, partitions):
         self.assigned = sorted(tp.partition for tp in partitions)
+        self.last_offset.clear()
 
     def _on_revoke(self, _consumer, partitions):
         # Offsets of partitions this member no longer owns are not its to commit.
@@ -276,7 +284,9 @@ class ConsumerWorker(threading.Thread):
             "fetch.wait.max.ms": 100,
             "reconnect.backoff.ms": 50,
             "reconnect.backoff.max.ms": 500,
-            "log_level": CLIENT_LOG_LEVEL,
+            # Warnings kept (offset resets are logged at warning level), not printed.
+            "log_level": 4,
+            "logger": _LineLogger(self.warnings),
             **({"debug": CLIENT_DEBUG, "log_level": 7,
                 "logger": _LineLogger(self.debug_lines)} if CLIENT_DEBUG else {}),
         })
@@ -288,6 +298,10 @@ class ConsumerWorker(threading.Thread):
                         self.consume_errors += 1
                         continue
                     self.observed.append((m.value(), m.partition(), m.offset()))
+                    last = self.last_offset.get(m.partition())
+                    if last is not None and m.offset() > last + 1:
+                        self.jumps.append((round(time.time(), 3), m.partition(), last, m.offset()))
+                    self.last_offset[m.partition()] = m.offset()
                     if m.offset() + 1 > self.pending.get(m.partition(), -1):
                         self.pending[m.partition()] = m.offset() + 1
                 # Processing takes a while: a kill can land between processing and commit,
@@ -412,7 +426,24 @@ def check_log(result: RoundResult, sent: set, acked: dict, observed: list, log: 
     skipped = [value for value in positions if value not in processed]
     result.skipped = len(skipped)
     if skipped:
-        examples["skipped"] = [v[:40] for v in skipped[:5]]
+        examples["skipped"] = [(v[:40], positions[v]) for v in skipped[:5]]
+        # Where the group's reading jumped: per partition, the skipped offset ranges and the
+        # processed offsets on either side of each (which consumer read what is in `observed`).
+        seen = collections.defaultdict(set)
+        for _, partition, offset in observed:
+            seen[partition].add(offset)
+        ranges = collections.defaultdict(list)
+        for partition, offset in sorted(at for v in skipped for at in positions[v]):
+            runs = ranges[partition]
+            if runs and runs[-1][1] == offset - 1:
+                runs[-1][1] = offset
+            else:
+                runs.append([offset, offset])
+        examples["skipped_ranges"] = [
+            (partition, first, last,
+             max((o for o in seen[partition] if o < first), default=None),
+             min((o for o in seen[partition] if o > last), default=None))
+            for partition, runs in sorted(ranges.items()) for first, last in runs[:3]]
     for partition, entries in by_partition.items():
         entries.sort()
         offsets = [o for o, _ in entries]
@@ -624,6 +655,14 @@ def run_round(broker, plan: RoundPlan, say=print, crash=kill9_and_restart) -> Ro
         result.examples["delivery_failed"] = list(failed.items())[:3]
     check_log(result, sent, acked, observed, log)
     result.wall_s = time.monotonic() - t0
+    if result.skipped:
+        result.examples["jumps"] = [(c.name, j) for c in consumers for j in c.jumps][:10]
+        result.examples["offset_warnings"] = [
+            (c.name, line) for c in consumers for line in c.warnings if "OFFSET" in line][:10]
+    if CLIENT_DEBUG_DIR and not result.clean:
+        for c in consumers:
+            Path(CLIENT_DEBUG_DIR, f"round{plan.round_no}-{c.name}.log").write_text(
+                "\n".join(c.debug_lines))
     say(result.line())
     return result
 

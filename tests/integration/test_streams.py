@@ -223,14 +223,19 @@ def test_streams_exactly_once_v2_survives_sigkill(broker_factory, classpath, tmp
         # Phase 2: 4000 more inputs, paced, and the app SIGKILLed in the middle of a
         # transaction: frozen first (SIGSTOP), so that "the output holds uncommitted records"
         # is checked while nothing can commit them, then killed.
+        # Paced over about ten seconds (100 chunks of 40), so the app is inside a transaction
+        # with output most of that time, however slow the machine (fed in one second, a slow
+        # machine once finished every transaction before one was caught open).
+        baseline = sum(_end_offsets(b, sink, "read_uncommitted").values())
         feeder = threading.Thread(
-            target=_produce, args=(b, source, range(2000, 6000)), kwargs={"pause_s": 0.02})
+            target=_produce, args=(b, source, range(2000, 6000)),
+            kwargs={"pause_s": 0.1, "chunk": 40})
         feeder.start()
         committed_at_kill = None
         deadline = time.monotonic() + 60
         while committed_at_kill is None:
             assert time.monotonic() < deadline, "no open transaction with output seen"
-            if sum(_end_offsets(b, sink, "read_uncommitted").values()) < 2300:
+            if sum(_end_offsets(b, sink, "read_uncommitted").values()) < baseline + 300:
                 time.sleep(0.05)
                 continue
             app.proc.send_signal(signal.SIGSTOP)
