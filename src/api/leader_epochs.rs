@@ -5,8 +5,7 @@
 //!
 //! Owns the epoch checks of the request: a `current_leader_epoch` older than this leader's
 //! epoch is FENCED_LEADER_EPOCH, a newer one UNKNOWN_LEADER_EPOCH, -1 skips the check. Must
-//! never answer for a partition this broker does not lead (NOT_LEADER_OR_FOLLOWER), and never
-//! give a consumer an end offset past the high watermark (what it can read).
+//! never answer for a partition this broker does not lead (NOT_LEADER_OR_FOLLOWER).
 
 use std::rc::Rc;
 
@@ -51,8 +50,7 @@ pub async fn handle(
     let request = decode_or_close!(header, body, OffsetForLeaderEpochRequest);
     let authz = Authz::of(&shard, session);
     let snapshot = shard.metadata.load();
-    // v3+ carry the asking replica; a consumer (-1, and every v0-v2 request) is capped at the
-    // high watermark.
+    // v3+ carry the asking replica; a consumer is -1 (and every v0-v2 request).
     let from_consumer = header.api_version < 3 || request.replica_id.0 < 0;
     // A replica needs CLUSTER_ACTION, a consumer DESCRIBE on each topic.
     let replica_allowed = from_consumer || authz.cluster(Operation::ClusterAction);
@@ -97,12 +95,12 @@ pub async fn handle(
                 let Some(partition) = s.partition(&topic_name, index) else {
                     return undefined(code::NOT_LEADER_OR_FOLLOWER);
                 };
+                // Not capped at the high watermark, for consumers either (Kafka does not cap
+                // it): a new leader's high watermark trails its log end until its followers
+                // fetch, and a consumer that read to the old leader's high watermark would be
+                // told its log was truncated below what it read; librdkafka then seeks there
+                // and drops the records it had fetched but not yet delivered, which skips them.
                 let (epoch, end_offset) = partition.end_offset_for_epoch(requested);
-                let end_offset = if from_consumer && end_offset >= 0 {
-                    end_offset.min(partition.high_watermark())
-                } else {
-                    end_offset
-                };
                 (code::NONE, epoch, end_offset)
             });
             pending.push(futures::future::Either::Right(async move {
