@@ -42,6 +42,8 @@ from helpers import (
     watermarks,
 )
 
+from test_leader_epochs import offset_for_leader_epoch
+
 NOT_ENOUGH_REPLICAS = 19
 REQUEST_TIMED_OUT = 7
 INVALID_REPLICA_ASSIGNMENT = 39
@@ -219,6 +221,11 @@ def test_rf3_acks_all_replicates_bytes_and_isr_follows_lag(nodes):
                               encode_record_batch([(b"held", b"held")]), timeout_ms=500)
         assert error == REQUEST_TIMED_OUT, error
         assert fetch_v4(conn, topic, partition, 0).high_watermark == 300
+        # The held record is past the high watermark: a consumer's OffsetForLeaderEpoch still
+        # ends the epoch at the log end, as Kafka answers (capped at the high watermark, a new
+        # leader's answer made librdkafka see a truncation and skip records it had fetched).
+        assert offset_for_leader_epoch(conn, 4, topic, [(partition, -1, 0)]) == {
+            partition: (0, 0, 301)}
     # After the lag it leaves the ISR, the held record commits, and acks=all goes on with two.
     wait_isr(nodes, topic, partition, [1, 2], asked=(1, 2))
     left_s = time.monotonic() - stopped_at
