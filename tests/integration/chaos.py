@@ -475,8 +475,28 @@ def check_commits(result: RoundResult, acked_before: dict, committed: dict, when
 # ---------------------------------------------------------------------------------------------
 
 
+def _high_watermarks(bootstrap, topic, partitions, timeout_s=30.0) -> dict:
+    """{partition: high watermark}, asked again while a leader moves: librdkafka's
+    get_watermark_offsets does not retry NOT_LEADER_FOR_PARTITION and the like, and in a
+    cluster a preferred election can land at the moment of the question."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    moving = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH,
+              KafkaError.OFFSET_NOT_AVAILABLE, KafkaError.REQUEST_TIMED_OUT,
+              KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return {p: helpers.watermarks(bootstrap, topic, p)[1] for p in range(partitions)}
+        except KafkaException as exc:
+            if exc.args[0].code() not in moving or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _wait_drained(bootstrap, topic, group, partitions, consumers, deadline):
-    highs = {p: helpers.watermarks(bootstrap, topic, p)[1] for p in range(partitions)}
+    highs = _high_watermarks(bootstrap, topic, partitions)
     while True:
         crashed = [c.crash for c in consumers if c.crash]
         if crashed:
@@ -644,7 +664,7 @@ def run_round(broker, plan: RoundPlan, say=print, crash=kill9_and_restart) -> Ro
         acked.update(p.acked)
         failed.update(p.failed)
     observed = [o for c in consumers for o in c.observed]
-    highs = {p: helpers.watermarks(bootstrap, topic, p)[1] for p in range(plan.partitions)}
+    highs = _high_watermarks(bootstrap, topic, plan.partitions)
     log = [(r.value, r.partition, r.offset) for r in
            helpers.consume_confluent(bootstrap, topic, range(plan.partitions),
                                      expected=sum(highs.values()))]
