@@ -491,21 +491,6 @@ impl PartitionShared {
                     .borrow()
                     .read(offset, limit, max_bytes, min_one_batch)
             {
-                let first_base = chunks.first().and_then(|chunk| {
-                    chunk
-                        .get(..8)
-                        .map(|b| i64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
-                });
-                if first_base.is_some_and(|base| base > offset)
-                    && !log.config.cleanup_policy.compact
-                {
-                    tracing::error!(
-                        partition = %self.label(),
-                        offset,
-                        found_base_offset = first_base,
-                        "the tail cache answered a read with a batch starting past the offset asked for"
-                    );
-                }
                 match self.pin_for_response(chunks, total_bytes) {
                     Some(chunks) => {
                         slice.chunks = chunks.into_iter().map(ReadChunk::Memory).collect();
