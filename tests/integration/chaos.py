@@ -12,11 +12,16 @@ What it counts, per round and in total (every one must be zero):
   lost        acknowledged (error-free delivery report) or consumed, but absent from the log;
   duplicated  a value present more than once in the log;
   reordered   one producer's values out of order within a partition;
-  moved       a value acknowledged or consumed at one offset and found at another, and
+  moved       a value acknowledged or consumed at one offset and found at another (or, acked
+              with no offset, found in another partition), and
               committed group offsets that went backwards (a commit the broker acknowledged
               before a kill, read back lower after the restart or at the end);
   unexpected  values in the log that no producer sent.
-Two more are counted and must be zero as well: offset gaps in a partition (no compaction or
+Acknowledgements without an offset are legitimate and counted apart (`unplaced`, informational):
+librdkafka delivers a batch whose own answer was an error as "implicitly acked" once a later
+batch of the same idempotent producer succeeds (rd_kafka_dr_implicit_ack), with offset -1;
+such a value must still be in its partition exactly once. Two more are counted and must be
+zero as well: offset gaps in a partition (no compaction or
 transactions here, so a log is dense) and skipped records (in the log but never processed by
 the group, which commits only what it processed and drains to the high watermark).
 
@@ -364,6 +369,7 @@ class RoundResult:
     counts: dict = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     gaps: int = 0
     skipped: int = 0
+    unplaced: int = 0
     examples: dict = field(default_factory=dict)
     problems: list = field(default_factory=list)
     wall_s: float = 0.0
@@ -382,7 +388,7 @@ class RoundResult:
                 f"sent={self.sent} "
                 f"acked={self.acked} failed={self.failed} consumed={self.consumed} "
                 f"log={self.log_records} commits={self.commits_acked} {counts} gaps={self.gaps} "
-                f"skipped={self.skipped} "
+                f"skipped={self.skipped} unplaced={self.unplaced} "
                 f"{self.wall_s:.1f}s" + ("" if self.clean else f" PROBLEMS={self.problems} "
                                           f"examples={self.examples}"))
 
@@ -413,6 +419,11 @@ def check_log(result: RoundResult, sent: set, acked: dict, observed: list, log: 
     for value, at in acked.items():
         if value not in positions:
             lost.add(value)
+        elif at[1] is None or at[1] < 0:
+            # Implicitly acked (module doc): no offset to compare, only its partition.
+            result.unplaced += 1
+            if not any(partition == at[0] for partition, _ in positions[value]):
+                count("moved", ("acked", value[:40], at, positions[value]))
         elif at not in positions[value]:
             count("moved", ("acked", value[:40], at, positions[value]))
     for value, partition, offset in observed:
@@ -703,14 +714,14 @@ def run_chaos(broker, rounds: int, seed: int, run_s_max: float = 8.0, say=print,
         r = run_round(broker, plan_round(rng, round_no, run_s_max), say=say, crash=crash)
         totals.update({k: getattr(r, k) for k in
                        ("sent", "acked", "failed", "consumed", "commits_acked", "kills",
-                        "log_records", "gaps", "skipped")})
+                        "log_records", "gaps", "skipped", "unplaced")})
         totals.update(r.counts)
         if not r.clean:
             problems.append(r.line())
     summary = {"seed": seed, "rounds": rounds, **{k: totals[k] for k in (
         "sent", "acked", "failed", "consumed", "commits_acked", "kills", "log_records")},
         **{k: totals[k] for k in COUNTS}, "gaps": totals["gaps"],
-        "skipped": totals["skipped"],
+        "skipped": totals["skipped"], "unplaced": totals["unplaced"],
         "wall_s": round(time.monotonic() - t0, 1), "problems": problems}
     say("chaos summary: " + json.dumps(summary))
     return summary
