@@ -152,6 +152,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "replica.lag.time.max.ms", default: "30000", doc: "A follower that has not caught up to its leader's log end for this long leaves the ISR (the leader asks the controller); it rejoins once it reaches the high watermark." },
     Setting { name: "replica.fetch.max.bytes", default: "1048576", doc: "Record bytes a follower asks for per partition in one fetch from its leader (the first batch comes whole even when larger)." },
     Setting { name: "replica.fetch.wait.max.ms", default: "500", doc: "How long a leader may hold a follower's fetch waiting for new data (below replica.lag.time.max.ms, so an idle follower stays in the ISR)." },
+    Setting { name: "replica.high.watermark.checkpoint.interval.ms", default: "5000", doc: "How often each replica of a replicated partition writes its high watermark to the partition's replication-offset-checkpoint (when it moved), and a clean shutdown writes it once more: a restarted replica opens no higher than it, so it never serves records the ISR had not committed." },
     Setting { name: "replica.fetch.backoff.ms", default: "1000", doc: "A follower waits this long before fetching again after its fetch from the leader failed." },
     Setting { name: "unclean.leader.election.enable", default: "false", doc: "Broker default (a topic's config overrides it): whether the active controller gives a partition whose whole ISR is fenced a leader from its other live replicas, which may lose acknowledged records. Off: the partition stays offline until an ISR member returns." },
     Setting { name: "controlled.shutdown.enable", default: "true", doc: "In a cluster, a stopping broker first asks the controller to fence it, so its partitions get other leaders before it stops serving (Kafka's controlled shutdown)." },
@@ -566,6 +567,8 @@ pub struct ReplicationConfig {
     pub offsets_topic_replication_factor: i16,
     /// `offsets.commit.timeout.ms`
     pub offsets_commit_timeout_ms: u64,
+    /// `replica.high.watermark.checkpoint.interval.ms`
+    pub high_watermark_checkpoint_interval_ms: u64,
 }
 
 /// Largest value of a Kafka `int` setting.
@@ -738,6 +741,8 @@ impl BrokerConfig {
                 offsets_topic_replication_factor: c
                     .int("offsets.topic.replication.factor", 1..=i64::from(i16::MAX)),
                 offsets_commit_timeout_ms: c.int("offsets.commit.timeout.ms", 1..=INT_MAX),
+                high_watermark_checkpoint_interval_ms: c
+                    .int("replica.high.watermark.checkpoint.interval.ms", 1..=INT_MAX),
             },
         };
         let cluster = cluster::read(c, &settings, &config.data_dir);

@@ -321,6 +321,12 @@ impl Shard {
         let partition = self
             .storage
             .open_partition(&topic.name, index, log_config)?;
+        if self.config.cluster.is_none() {
+            // One broker, one replica: everything durable is visible, whatever high-watermark
+            // checkpoint a cluster left in the directory (in a cluster the replication layer
+            // lifts the opening cap, `replication::Replicas::reconcile`).
+            partition.limit_high_watermark(None);
+        }
         self.partitions
             .borrow_mut()
             .entry(topic.name.clone())

@@ -84,6 +84,8 @@ pub struct Replicas {
     fetchers: RefCell<HashSet<BrokerId>>,
     /// The ISR check task runs.
     isr_checking: Cell<bool>,
+    /// The high-watermark checkpoint task runs.
+    checkpointing: Cell<bool>,
 }
 
 impl Replicas {
@@ -215,6 +217,23 @@ impl Replicas {
         if leads_replicated && !self.isr_checking.replace(true) {
             tokio::task::spawn_local(check_isr(shard.clone()));
         }
+        if !self.replicated_partitions().is_empty() && !self.checkpointing.replace(true) {
+            tokio::task::spawn_local(checkpoint_high_watermarks(shard.clone()));
+        }
+    }
+
+    /// The partitions this shard holds a replica of that have other replicas (a follower's,
+    /// or a leader's with followers): the ones whose high watermark is checkpointed.
+    fn replicated_partitions(&self) -> Vec<Partition> {
+        self.roles
+            .borrow()
+            .values()
+            .filter(|replica| match &replica.role {
+                Role::Leader(leader) => leader.is_replicated(),
+                Role::Follower { .. } => true,
+            })
+            .map(|replica| replica.partition.clone())
+            .collect()
     }
 
     /// Before an acks=all append: NOT_ENOUGH_REPLICAS when the ISR is below
@@ -505,6 +524,28 @@ async fn check_isr(shard: Rc<Shard>) {
                 shard.replicas.isr_change_done(&key, leader_epoch);
             });
         }
+    }
+}
+
+/// On each shard with replicated partitions: writes their high watermarks to their
+/// checkpoints (those that moved) at once and every
+/// `replica.high.watermark.checkpoint.interval.ms`, so a restart opens each no higher than a
+/// committed high watermark (`sluice_storage`'s `high_watermark.rs` says why).
+async fn checkpoint_high_watermarks(shard: Rc<Shard>) {
+    let period = Duration::from_millis(
+        shard
+            .config
+            .replication
+            .high_watermark_checkpoint_interval_ms,
+    );
+    loop {
+        for partition in shard.replicas.replicated_partitions() {
+            if let Err(error) = partition.checkpoint_high_watermark().await {
+                let (topic, index) = partition.topic_partition();
+                tracing::error!(%topic, index, %error, "writing the high-watermark checkpoint failed");
+            }
+        }
+        tokio::time::sleep(period).await;
     }
 }
 

@@ -44,6 +44,7 @@ mod cleaner_work;
 mod cleaner_workers;
 mod epoch;
 pub mod fault;
+mod high_watermark;
 mod index;
 mod io;
 mod leader;
@@ -905,6 +906,17 @@ impl Partition {
     /// watermark: `StorageError::OffsetOutOfRange`.
     pub async fn delete_records(&self, offset: i64) -> Result<i64, StorageError> {
         log_start::delete_records(&self.0, offset).await
+    }
+
+    /// Writes the high watermark to the partition's `replication-offset-checkpoint` if it
+    /// moved since the last write (atomically, synced), so a restart opens no higher than a
+    /// committed high watermark; returns whether it wrote. For replicated partitions only
+    /// (the replication layer's periodic call; a clean shutdown writes it again for any
+    /// partition that has the file). A failed write poisons the partition.
+    pub async fn checkpoint_high_watermark(&self) -> Result<bool, StorageError> {
+        high_watermark::write_checkpoint(&self.0)
+            .await
+            .map_err(StorageError::Poisoned)
     }
 
     /// Deletes whole segments past retention.ms / retention.bytes; returns segments removed.

@@ -113,6 +113,11 @@ pub(crate) struct PartitionShared {
     pub(crate) maintenance_lock: tokio::sync::Mutex<()>,
     /// The cleaner's progress (its checkpoint file's contents).
     pub(crate) cleaner: RefCell<crate::cleaner::CleanerState>,
+    /// The high watermark in `replication-offset-checkpoint` (read at open or last written);
+    /// None while the partition has no such file (never replicated here).
+    pub(crate) high_watermark_checkpointed: std::cell::Cell<Option<i64>>,
+    /// Serializes the high-watermark checkpoint's writes, so it only moves forward.
+    pub(crate) high_watermark_lock: tokio::sync::Mutex<()>,
 }
 
 /// One piece of an append: consecutive batches that land in the same segment.

@@ -47,16 +47,23 @@ pub(crate) struct LogOffsets {
 }
 
 impl LogOffsets {
-    /// The offsets of a log just opened: everything recovered is durable and visible.
-    pub(crate) fn opened(start: LogStartOffset, end: LogEndOffset) -> LogOffsets {
+    /// The offsets of a log just opened: everything recovered is durable, and visible up to
+    /// `high_watermark` (the log end for a single replica; a replicated partition's
+    /// checkpointed high watermark, `high_watermark.rs`). The cap starts at that high
+    /// watermark too: only the replication layer lifts it (to None for a replica alone).
+    pub(crate) fn opened(
+        start: LogStartOffset,
+        high_watermark: HighWatermark,
+        end: LogEndOffset,
+    ) -> LogOffsets {
         let mut offsets = LogOffsets {
             start,
             high_watermark: HighWatermark(start.0),
             durable_end: DurableEnd(start.0),
             end,
-            high_watermark_limit: None,
+            high_watermark_limit: (high_watermark.0 < end.0).then_some(high_watermark.0),
         };
-        offsets.set(start, HighWatermark(end.0), DurableEnd(end.0), end);
+        offsets.set(start, high_watermark, DurableEnd(end.0), end);
         offsets
     }
 
@@ -190,7 +197,7 @@ mod tests {
 
     #[test]
     fn order_holds_through_every_change() {
-        let mut offsets = LogOffsets::opened(LogStartOffset(5), LogEndOffset(9));
+        let mut offsets = LogOffsets::opened(LogStartOffset(5), HighWatermark(9), LogEndOffset(9));
         assert_eq!(all(&offsets), (5, 9, 9, 9));
         offsets.reserve(LogEndOffset(12));
         offsets.publish(DurableEnd(11));
@@ -202,7 +209,7 @@ mod tests {
 
     #[test]
     fn a_limited_high_watermark_waits_for_the_limit_and_never_moves_back() {
-        let mut offsets = LogOffsets::opened(LogStartOffset(0), LogEndOffset(4));
+        let mut offsets = LogOffsets::opened(LogStartOffset(0), HighWatermark(4), LogEndOffset(4));
         assert!(!offsets.limit_high_watermark(Some(2)));
         offsets.reserve(LogEndOffset(10));
         offsets.publish(DurableEnd(10));
@@ -223,16 +230,32 @@ mod tests {
     }
 
     #[test]
+    fn opened_below_the_log_end_stays_there_until_the_replication_layer_lifts_it() {
+        // A replicated partition reopened at its checkpointed high watermark.
+        let mut offsets = LogOffsets::opened(LogStartOffset(0), HighWatermark(6), LogEndOffset(9));
+        assert_eq!(all(&offsets), (0, 6, 9, 9));
+        // An append before the replication layer has a say does not expose the tail.
+        offsets.reserve(LogEndOffset(11));
+        offsets.publish(DurableEnd(11));
+        assert_eq!(all(&offsets), (0, 6, 11, 11));
+        // A follower fetched up to 10 (leader), or the replica leads alone (None).
+        assert!(offsets.limit_high_watermark(Some(10)));
+        assert_eq!(offsets.high_watermark(), 10);
+        assert!(offsets.limit_high_watermark(None));
+        assert_eq!(all(&offsets), (0, 11, 11, 11));
+    }
+
+    #[test]
     #[should_panic(expected = "above log end")]
     fn a_rollback_below_the_durable_end_panics() {
-        let mut offsets = LogOffsets::opened(LogStartOffset(0), LogEndOffset(4));
+        let mut offsets = LogOffsets::opened(LogStartOffset(0), HighWatermark(4), LogEndOffset(4));
         offsets.roll_back(LogEndOffset(3));
     }
 
     #[test]
     #[should_panic(expected = "above high watermark")]
     fn log_start_above_the_high_watermark_panics() {
-        let mut offsets = LogOffsets::opened(LogStartOffset(0), LogEndOffset(4));
+        let mut offsets = LogOffsets::opened(LogStartOffset(0), HighWatermark(4), LogEndOffset(4));
         offsets.reserve(LogEndOffset(8));
         offsets.advance_start(LogStartOffset(6));
     }

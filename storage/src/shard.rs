@@ -31,10 +31,11 @@ use crate::blocking::BlockingPool;
 use crate::buffer::{AlignedBuffer, DIRECT_IO_ALIGN_BYTES};
 use crate::cleaner::{CleanerConfig, CleanerState, CleanerStats, Throttle};
 use crate::fault::{FaultBackend, FaultPlan};
+use crate::high_watermark;
 use crate::io::{IoBackend, RingBackend};
 use crate::log::{now_ms, LogState, PartitionShared};
 use crate::log_start;
-use crate::offsets::{LogEndOffset, LogOffsets, LogStartOffset};
+use crate::offsets::{HighWatermark, LogEndOffset, LogOffsets, LogStartOffset};
 use crate::recovery::{self, CleanMarker};
 use crate::response_budget::ResponseBudget;
 use crate::ring::Ring;
@@ -352,6 +353,15 @@ pub(crate) fn open_partition(
             checkpoint.max(segments[0].base_offset)
         })
         .min(recovered.log_end_offset);
+    let checkpointed = high_watermark::read_checkpoint(&dir);
+    let high_watermark = high_watermark::opening_high_watermark(
+        checkpointed,
+        log_start_offset,
+        recovered.log_end_offset,
+    );
+    if high_watermark < recovered.log_end_offset {
+        tracing::info!(partition = %label, high_watermark, log_end_offset = recovered.log_end_offset, ?checkpointed, "opened below the log end at the checkpointed high watermark");
+    }
     let shared = Rc::new(PartitionShared {
         topic: topic.to_string(),
         partition,
@@ -363,6 +373,7 @@ pub(crate) fn open_partition(
             segments,
             offsets: LogOffsets::opened(
                 LogStartOffset(log_start_offset),
+                HighWatermark(high_watermark),
                 LogEndOffset(recovered.log_end_offset),
             ),
             poisoned: None,
@@ -379,6 +390,11 @@ pub(crate) fn open_partition(
         log_start_lock: tokio::sync::Mutex::new(()),
         maintenance_lock: tokio::sync::Mutex::new(()),
         cleaner: RefCell::new(cleaner_state),
+        high_watermark_checkpointed: Cell::new(match checkpointed {
+            high_watermark::Checkpointed::Absent => None,
+            _ => Some(high_watermark),
+        }),
+        high_watermark_lock: tokio::sync::Mutex::new(()),
     });
     if let Some(old) = shard.partitions.borrow_mut().insert(key, shared.clone()) {
         shard.tail_cache.borrow_mut().remove_all(&old.tail);
@@ -604,7 +620,8 @@ async fn close_partition(
     partition: &Rc<PartitionShared>,
 ) -> Result<(), StorageError> {
     let _guard = partition.finalize_lock.lock().await;
-    let (unsynced, active, marker, offsets, times) = {
+    let _high_watermark_guard = partition.high_watermark_lock.lock().await;
+    let (unsynced, active, marker, offsets, times, checkpoint_high_watermark) = {
         let log = partition.log.borrow();
         if log.deleted || log.poisoned.is_some() {
             // No marker: the next open scans and keeps only what is valid.
@@ -636,7 +653,18 @@ async fn close_partition(
             max_timestamp: state.max_timestamp,
         };
         drop(state);
-        (unsynced, active, marker, encoded.0, encoded.1)
+        let checkpoint_high_watermark = partition
+            .high_watermark_checkpointed
+            .get()
+            .map(|_| log.offsets.high_watermark());
+        (
+            unsynced,
+            active,
+            marker,
+            encoded.0,
+            encoded.1,
+            checkpoint_high_watermark,
+        )
     };
     let io = shard.io.clone();
     let result = async {
@@ -653,6 +681,22 @@ async fn close_partition(
             truncate_and_sync(&io, partition, &active, file, marker.active_bytes).await?;
         }
         write_indexes(&io, partition, active.base_offset, offsets, times).await?;
+        if let Some(high_watermark) = checkpoint_high_watermark {
+            // A replicated partition's last high watermark, so the next open starts there.
+            let text = recovery::encode_recovery_point(
+                &partition.topic,
+                partition.partition,
+                high_watermark,
+            );
+            write_small_file(
+                &io,
+                partition,
+                high_watermark::HIGH_WATERMARK_CHECKPOINT,
+                text.into_bytes(),
+                true,
+            )
+            .await?;
+        }
         write_small_file(
             &io,
             partition,
