@@ -34,6 +34,19 @@ impl Progress {
     }
 }
 
+/// How the controller answered an ISR change (`Leader::isr_change_answered`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IsrAnswer {
+    /// Committed: the replicas it adds are in the ISR once this broker applies the metadata.
+    Committed,
+    /// Refused by the committed state (a stale leader epoch, a fenced replica): nothing
+    /// changed.
+    Refused,
+    /// Unknown (a timeout, a lost connection, a quorum error): it may have been committed.
+    /// The same change is asked again until the answer is known.
+    Unknown(Vec<BrokerId>),
+}
+
 /// A follower fetched that is not a replica of the partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("broker {0} is not a replica of this partition")]
@@ -50,10 +63,15 @@ pub struct Leader {
     pub replicas: Vec<BrokerId>,
     /// The committed ISR.
     pub isr: Vec<BrokerId>,
-    /// Replicas an ISR change in flight adds: they count for the high watermark from the
-    /// moment it is asked (Kafka's maximal ISR), so a replica the controller commits into
-    /// the ISR never lacks a record the high watermark covers.
+    /// Replicas an ISR change adds, from the moment it is asked until this broker applies an
+    /// ISR (or the controller refuses it): they count for the high watermark (Kafka's maximal
+    /// ISR), so a replica the controller commits into the ISR never lacks a record the high
+    /// watermark covers, even between the commit and its arrival here, or after an answer
+    /// that was lost.
     pending_additions: Vec<BrokerId>,
+    /// An ISR change whose answer was lost (it may be committed): asked again, the same,
+    /// until the controller says committed or refused, or another ISR arrives.
+    unresolved: Option<Vec<BrokerId>>,
     /// The log end when this leadership began (its epoch's first offset): a replica joins the
     /// ISR only with everything before it, which is all a previous leader may have committed.
     epoch_start_offset: i64,
@@ -88,6 +106,7 @@ impl Leader {
             replicas,
             isr,
             pending_additions: Vec::new(),
+            unresolved: None,
             epoch_start_offset,
             min_insync_replicas,
             followers,
@@ -109,8 +128,11 @@ impl Leader {
         now: Instant,
     ) {
         if isr != self.isr {
+            // A committed ISR arrived: it settles what was asked (the replicas a committed
+            // change added are members now) or supersedes it.
             self.isr_change_pending = false;
             self.pending_additions.clear();
+            self.unresolved = None;
             for id in &self.isr {
                 if !isr.contains(id) {
                     if let Some(progress) = self.followers.get_mut(id) {
@@ -183,20 +205,34 @@ impl Leader {
     }
 
     /// An ISR change to `wanted` was sent to the controller: the replicas it adds count for
-    /// the high watermark until it is answered.
+    /// the high watermark from now on (with any an earlier change may still add).
     pub fn asked_isr(&mut self, wanted: &[BrokerId]) {
         self.isr_change_pending = true;
-        self.pending_additions = wanted
-            .iter()
-            .copied()
-            .filter(|id| !self.isr.contains(id))
-            .collect();
+        for &id in wanted {
+            if !self.isr.contains(&id) && !self.pending_additions.contains(&id) {
+                self.pending_additions.push(id);
+            }
+        }
     }
 
-    /// The ISR change in flight was answered (committed, or refused).
-    pub fn isr_change_answered(&mut self) {
+    /// The ISR change in flight was answered. Committed: its additions keep counting until
+    /// the committed ISR is applied here (`update`). Refused: they stop. Unknown: they keep
+    /// counting and the same change is asked again ([`Leader::unresolved_isr`]).
+    pub fn isr_change_answered(&mut self, answer: IsrAnswer) {
         self.isr_change_pending = false;
-        self.pending_additions.clear();
+        match answer {
+            IsrAnswer::Committed => self.unresolved = None,
+            IsrAnswer::Refused => {
+                self.unresolved = None;
+                self.pending_additions.clear();
+            }
+            IsrAnswer::Unknown(asked) => self.unresolved = Some(asked),
+        }
+    }
+
+    /// An ISR change whose answer was lost, to ask again as it was.
+    pub fn unresolved_isr(&self) -> Option<Vec<BrokerId>> {
+        self.unresolved.clone()
     }
 
     /// Whether `follower` should hear `high_watermark` at once (higher than it was last told),
@@ -373,15 +409,56 @@ mod tests {
             Some(50),
             "3 counts from the moment it is asked for (maximal ISR)"
         );
-        leader.isr_change_answered();
-        assert_eq!(leader.high_watermark_limit(), Some(90));
-        // Committed with 3, then 3 is fenced (it restarted): its progress is forgotten, and
-        // it joins again only by fetching at the high watermark.
+        leader.isr_change_answered(IsrAnswer::Committed);
+        assert_eq!(
+            leader.high_watermark_limit(),
+            Some(50),
+            "committed, but not applied here yet: 3 still counts"
+        );
+        // Applied: 3 is a member. Then it is fenced (it restarted): its progress is
+        // forgotten, and it joins again only by fetching at the high watermark.
         leader.update(vec![1, 2, 3], vec![1, 2, 3], 2, start);
+        assert_eq!(leader.high_watermark_limit(), Some(50));
         leader.update(vec![1, 2, 3], vec![1, 2], 2, start);
         assert_eq!(leader.wanted_isr(lag, start, 50), None);
         leader.on_fetch(3, 50, 90, start).unwrap();
         assert_eq!(leader.wanted_isr(lag, start, 50), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn a_refused_addition_stops_counting_and_a_lost_answer_is_asked_again() {
+        let start = Instant::now();
+        let lag = Duration::from_millis(1000);
+        let mut leader = Leader::new(1, 1, vec![1, 2, 3], vec![1, 2], 2, 0, start);
+        leader.on_fetch(2, 90, 90, start).unwrap();
+        leader.on_fetch(3, 50, 90, start).unwrap();
+        let wanted = leader.wanted_isr(lag, start, 50).unwrap();
+        leader.asked_isr(&wanted);
+        leader.isr_change_answered(IsrAnswer::Refused);
+        assert_eq!(
+            leader.high_watermark_limit(),
+            Some(90),
+            "refused: 3 is not a member"
+        );
+        assert_eq!(leader.unresolved_isr(), None);
+
+        // The answer is lost: 3 keeps counting, and the same change is asked again.
+        leader.asked_isr(&wanted);
+        leader.isr_change_answered(IsrAnswer::Unknown(wanted.clone()));
+        assert_eq!(leader.high_watermark_limit(), Some(50));
+        assert_eq!(leader.unresolved_isr(), Some(wanted.clone()));
+        assert!(!leader.isr_change_pending);
+        // An unrelated metadata change with the same ISR settles nothing.
+        leader.update(vec![1, 2, 3], vec![1, 2], 2, start);
+        assert_eq!(leader.high_watermark_limit(), Some(50));
+        leader.asked_isr(&wanted);
+        leader.isr_change_answered(IsrAnswer::Committed);
+        assert_eq!(leader.unresolved_isr(), None);
+        assert_eq!(leader.high_watermark_limit(), Some(50));
+        leader.update(vec![1, 2, 3], vec![1, 2, 3], 2, start);
+        assert_eq!(leader.high_watermark_limit(), Some(50), "3 is a member now");
+        leader.on_fetch(3, 90, 90, start).unwrap();
+        assert_eq!(leader.high_watermark_limit(), Some(90));
     }
 
     #[test]

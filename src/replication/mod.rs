@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::errors::code;
 use crate::shard::Shard;
-use leader::Leader;
+use leader::{IsrAnswer, Leader};
 
 /// NOT_ENOUGH_REPLICAS: the ISR is below `min.insync.replicas`; nothing was appended.
 pub const NOT_ENOUGH_REPLICAS: i16 = 19;
@@ -444,10 +444,11 @@ impl Replicas {
                 continue;
             }
             let high_watermark = replica.partition.high_watermark();
-            let (Some(isr), Ok(partition)) = (
-                leader.wanted_isr(lag_max, now, high_watermark),
-                u32::try_from(*index),
-            ) else {
+            // A change whose answer was lost goes again, unchanged, before any new one.
+            let wanted = leader
+                .unresolved_isr()
+                .or_else(|| leader.wanted_isr(lag_max, now, high_watermark));
+            let (Some(isr), Ok(partition)) = (wanted, u32::try_from(*index)) else {
                 continue;
             };
             leader.asked_isr(&isr);
@@ -465,14 +466,14 @@ impl Replicas {
         changes
     }
 
-    fn isr_change_done(&self, key: &(String, i32), leader_epoch: i32) {
+    fn isr_change_done(&self, key: &(String, i32), leader_epoch: i32, answer: IsrAnswer) {
         if let Some(Replica {
             role: Role::Leader(leader),
             ..
         }) = self.roles.borrow_mut().get_mut(key)
         {
             if leader.leader_epoch == leader_epoch {
-                leader.isr_change_answered();
+                leader.isr_change_answered(answer);
             }
         }
     }
@@ -517,11 +518,20 @@ async fn check_isr(shard: Rc<Shard>) {
             let admin = admin.clone();
             tokio::task::spawn_local(async move {
                 let leader_epoch = request.leader_epoch;
+                let asked = request.isr.clone();
                 tracing::info!(topic = %key.0, partition = key.1, isr = ?request.isr, "asking the controller for an ISR change");
-                if let Err(error) = admin.alter_partition(request).await {
-                    tracing::warn!(topic = %key.0, partition = key.1, %error, "ISR change not committed");
-                }
-                shard.replicas.isr_change_done(&key, leader_epoch);
+                let answer = match admin.alter_partition(request).await {
+                    Ok(_) => IsrAnswer::Committed,
+                    Err(sluice_cluster::wire::BrokerRpcError::Refused(reason)) => {
+                        tracing::warn!(topic = %key.0, partition = key.1, %reason, "ISR change refused");
+                        IsrAnswer::Refused
+                    }
+                    Err(error) => {
+                        tracing::warn!(topic = %key.0, partition = key.1, %error, "ISR change unanswered; asking again");
+                        IsrAnswer::Unknown(asked)
+                    }
+                };
+                shard.replicas.isr_change_done(&key, leader_epoch, answer);
             });
         }
     }
