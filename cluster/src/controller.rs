@@ -276,6 +276,7 @@ impl Controller {
             leader: request.leader,
             leader_epoch: request.leader_epoch,
             isr: request.isr.clone(),
+            added_epochs: request.added_epochs.clone(),
         };
         let response = self.raft.client_write(command).await.map_err(write_error)?;
         match response.data {

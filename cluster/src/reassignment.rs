@@ -356,6 +356,7 @@ mod tests {
                 leader: p.leader,
                 leader_epoch: p.leader_epoch,
                 isr: isr.to_vec(),
+                added_epochs: Vec::new(),
             },
         );
         assert_eq!(reply, CommandReply::Done);

@@ -205,6 +205,10 @@ pub enum Command {
         leader_epoch: i32,
         /// The new ISR.
         isr: Vec<BrokerId>,
+        /// The broker epoch each added replica fetched under (KIP-903); empty from a leader
+        /// that does not send them (checked only when present).
+        #[serde(default)]
+        added_epochs: Vec<(BrokerId, i64)>,
     },
     /// Elect leaders of these partitions (ElectLeaders, or the active controller's preferred
     /// and unclean elections); each bumps the leader epoch when the leader changes.
@@ -415,7 +419,14 @@ impl ClusterState {
                 leader,
                 leader_epoch,
                 isr,
-            } => match self.alter_partition(*topic, *partition, *leader, *leader_epoch, isr) {
+                added_epochs,
+            } => match self.alter_partition(
+                *topic,
+                *partition,
+                (*leader, *leader_epoch),
+                isr,
+                added_epochs,
+            ) {
                 Ok(()) => CommandReply::Done,
                 Err(reason) => rejected(reason),
             },
@@ -459,9 +470,9 @@ impl ClusterState {
         &mut self,
         topic: Uuid,
         partition: u32,
-        leader: BrokerId,
-        leader_epoch: i32,
+        (leader, leader_epoch): (BrokerId, i32),
         isr: &[BrokerId],
+        added_epochs: &[(BrokerId, i64)],
     ) -> Result<(), String> {
         let brokers = &self.brokers;
         let record = self
@@ -488,6 +499,16 @@ impl ClusterState {
             let eligible = brokers.get(member).is_some_and(|b| !b.fenced);
             if !eligible && !record.isr.contains(member) {
                 return Err(format!("broker {member} is fenced or unregistered"));
+            }
+            // KIP-903: an added replica must still be the incarnation the leader saw fetch.
+            let seen = added_epochs.iter().find(|(id, _)| id == member);
+            if let (Some((_, seen)), false) = (seen, record.isr.contains(member)) {
+                let current = brokers.get(member).map(|b| b.epoch);
+                if current != Some(*seen) {
+                    return Err(format!(
+                        "broker {member} fetched under broker epoch {seen}, but its registration is now {current:?}"
+                    ));
+                }
             }
         }
         record.isr = isr.to_vec();
@@ -720,6 +741,63 @@ mod tests {
     }
 
     #[test]
+    fn an_added_replica_must_still_be_the_incarnation_the_leader_saw() {
+        let mut state = ClusterState::default();
+        for (i, id) in [1, 2, 3].into_iter().enumerate() {
+            register(&mut state, i as u64 + 1, id);
+        }
+        let topic = Uuid::new_v4();
+        let partitions = assign_replicas(&state, 1, 3, 0).unwrap();
+        state.apply(
+            4,
+            &Command::CreateTopic {
+                name: "t".into(),
+                id: topic,
+                partitions,
+                configs: BTreeMap::new(),
+            },
+        );
+        let leader = state.topics[&topic].partitions[0].leader;
+        let other = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+        let rest: Vec<BrokerId> = [1, 2, 3].into_iter().filter(|&id| id != other).collect();
+        let alter = |isr: Vec<BrokerId>, added_epochs: Vec<(BrokerId, i64)>| {
+            let leader_epoch = 0;
+            Command::AlterPartition {
+                topic,
+                partition: 0,
+                leader,
+                leader_epoch,
+                isr,
+                added_epochs,
+            }
+        };
+        let isr = |state: &ClusterState| state.topics[&topic].partitions[0].isr.clone();
+        assert_eq!(
+            state.apply(5, &alter(rest.clone(), vec![])),
+            CommandReply::Done
+        );
+        // `other` restarts: a new registration, a new broker epoch (the log index, 6).
+        assert!(matches!(
+            register(&mut state, 6, other),
+            CommandReply::Registered { epoch: 6 }
+        ));
+        let mut back = rest.clone();
+        back.push(other);
+        let seen_before = other as i64; // its first registration's epoch (index 1-3)
+        assert!(matches!(
+            state.apply(7, &alter(back.clone(), vec![(other, seen_before)])),
+            CommandReply::Rejected { .. }
+        ));
+        assert_eq!(isr(&state), rest);
+        // Seen fetching under its current registration, it joins.
+        assert_eq!(
+            state.apply(8, &alter(back.clone(), vec![(other, 6)])),
+            CommandReply::Done
+        );
+        assert_eq!(isr(&state), back);
+    }
+
+    #[test]
     fn only_the_leader_at_its_epoch_alters_the_isr() {
         let mut state = ClusterState::default();
         for (i, id) in [1, 2, 3].into_iter().enumerate() {
@@ -742,6 +820,7 @@ mod tests {
             leader,
             leader_epoch,
             isr: isr.to_vec(),
+            added_epochs: Vec::new(),
         };
         let isr = |state: &ClusterState| state.topics[&topic].partitions[0].isr.clone();
         assert_eq!(state.apply(5, &alter(1, 0, &[1, 3])), CommandReply::Done);

@@ -156,6 +156,11 @@ pub struct AlterPartitionRequest {
     pub leader_epoch: i32,
     /// The ISR it asks for.
     pub isr: Vec<BrokerId>,
+    /// For each replica the change adds: the broker epoch (registration) it fetched under,
+    /// as the leader saw it (KIP-903). The controller refuses the change when one of them
+    /// registered again since: its new incarnation may not hold what the old one fetched.
+    #[serde(default)]
+    pub added_epochs: Vec<(BrokerId, i64)>,
 }
 
 /// A broker's request for producer ids.

@@ -541,9 +541,17 @@ async fn read_on_owner(
     };
     let bound = match replica {
         Some(follower) => {
+            // The follower's registration as this broker knows it (KIP-903: an ISR change
+            // that adds it names it, so a restarted incarnation is not taken for this one).
+            let broker_epoch = shard
+                .metadata
+                .load()
+                .cluster
+                .as_ref()
+                .and_then(|state| state.brokers.get(&follower).map(|b| b.epoch));
             shard
                 .replicas
-                .on_follower_fetch(topic, index, follower, offset)
+                .on_follower_fetch(topic, index, follower, offset, broker_epoch)
                 .map_err(|error_code| {
                     (
                         error_code,

@@ -20,6 +20,9 @@ struct Progress {
     last_fetch: Option<(Instant, i64)>,
     /// The high watermark in the last answer to it, so a higher one is sent at once.
     high_watermark_sent: i64,
+    /// The broker epoch (registration) its last fetch came under, as this broker's metadata
+    /// had it then (KIP-903); None until it fetched, or when the metadata does not know it.
+    broker_epoch: Option<i64>,
 }
 
 impl Progress {
@@ -30,6 +33,7 @@ impl Progress {
             last_caught_up: now,
             last_fetch: None,
             high_watermark_sent: -1,
+            broker_epoch: None,
         }
     }
 }
@@ -43,8 +47,18 @@ pub enum IsrAnswer {
     /// changed.
     Refused,
     /// Unknown (a timeout, a lost connection, a quorum error): it may have been committed.
-    /// The same change is asked again until the answer is known.
-    Unknown(Vec<BrokerId>),
+    /// The same change (the same broker epochs too) is asked again until the answer is known.
+    Unknown(IsrChange),
+}
+
+/// An ISR change to ask the controller for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrChange {
+    /// The new ISR.
+    pub isr: Vec<BrokerId>,
+    /// The broker epoch each replica it adds fetched under (KIP-903): the controller refuses
+    /// the change if one of them has registered again since.
+    pub added_epochs: Vec<(BrokerId, i64)>,
 }
 
 /// A follower fetched that is not a replica of the partition.
@@ -71,7 +85,7 @@ pub struct Leader {
     pending_additions: Vec<BrokerId>,
     /// An ISR change whose answer was lost (it may be committed): asked again, the same,
     /// until the controller says committed or refused, or another ISR arrives.
-    unresolved: Option<Vec<BrokerId>>,
+    unresolved: Option<IsrChange>,
     /// The log end when this leadership began (its epoch's first offset): a replica joins the
     /// ISR only with everything before it, which is all a previous leader may have committed.
     epoch_start_offset: i64,
@@ -177,21 +191,28 @@ impl Leader {
             .min()
     }
 
-    /// A follower fetched from `fetch_offset` while this log ended at `log_end`: records its
-    /// durable end and when it was caught up (Kafka's two rules: it fetched from the log end,
-    /// or from where the log ended at its previous fetch, which then counts as that fetch's
-    /// time).
+    /// A follower fetched from `fetch_offset` while this log ended at `log_end`, registered
+    /// under `broker_epoch` as far as this broker knows: records its durable end and when it
+    /// was caught up (Kafka's two rules: it fetched from the log end, or from where the log
+    /// ended at its previous fetch, which then counts as that fetch's time). A fetch under
+    /// another broker epoch than the last is a new incarnation: what the old one fetched says
+    /// nothing of its log, so its progress starts over.
     pub fn on_fetch(
         &mut self,
         follower: BrokerId,
         fetch_offset: i64,
         log_end: i64,
         now: Instant,
+        broker_epoch: Option<i64>,
     ) -> Result<(), NotAReplica> {
         let progress = self
             .followers
             .get_mut(&follower)
             .ok_or(NotAReplica(follower))?;
+        if progress.broker_epoch.is_some() && progress.broker_epoch != broker_epoch {
+            *progress = Progress::new(now);
+        }
+        progress.broker_epoch = broker_epoch;
         if fetch_offset >= log_end {
             progress.last_caught_up = now;
         } else if let Some((at, end_then)) = progress.last_fetch {
@@ -231,8 +252,25 @@ impl Leader {
     }
 
     /// An ISR change whose answer was lost, to ask again as it was.
-    pub fn unresolved_isr(&self) -> Option<Vec<BrokerId>> {
+    pub fn unresolved_isr(&self) -> Option<IsrChange> {
         self.unresolved.clone()
+    }
+
+    /// The change to `wanted`: the ISR with the broker epoch each replica it adds last
+    /// fetched under (a replica whose epoch is unknown goes without one).
+    pub fn change_to(&self, wanted: Vec<BrokerId>) -> IsrChange {
+        let added_epochs = wanted
+            .iter()
+            .filter(|id| !self.isr.contains(id))
+            .filter_map(|id| {
+                let epoch = self.followers.get(id).and_then(|p| p.broker_epoch)?;
+                Some((*id, epoch))
+            })
+            .collect();
+        IsrChange {
+            isr: wanted,
+            added_epochs,
+        }
     }
 
     /// Whether `follower` should hear `high_watermark` at once (higher than it was last told),
@@ -298,9 +336,9 @@ mod tests {
         let now = Instant::now();
         let mut leader = leader(now);
         assert_eq!(leader.high_watermark_limit(), Some(0));
-        leader.on_fetch(2, 10, 12, now).unwrap();
+        leader.on_fetch(2, 10, 12, now, None).unwrap();
         assert_eq!(leader.high_watermark_limit(), Some(0), "3 has not fetched");
-        leader.on_fetch(3, 7, 12, now).unwrap();
+        leader.on_fetch(3, 7, 12, now, None).unwrap();
         assert_eq!(leader.high_watermark_limit(), Some(7));
         leader.update(vec![1, 2, 3], vec![1, 2], 2, now);
         assert_eq!(leader.high_watermark_limit(), Some(10));
@@ -310,7 +348,7 @@ mod tests {
             None,
             "alone: its own durable end"
         );
-        assert_eq!(leader.on_fetch(9, 0, 12, now), Err(NotAReplica(9)));
+        assert_eq!(leader.on_fetch(9, 0, 12, now, None), Err(NotAReplica(9)));
     }
 
     #[test]
@@ -321,22 +359,22 @@ mod tests {
         let mut leader = leader(start);
         assert_eq!(leader.wanted_isr(lag, at(50), 0), None);
         // 2 keeps fetching from the log end; 3 stops.
-        leader.on_fetch(2, 5, 5, at(90)).unwrap();
-        leader.on_fetch(3, 5, 5, at(90)).unwrap();
-        leader.on_fetch(2, 9, 9, at(180)).unwrap();
+        leader.on_fetch(2, 5, 5, at(90), None).unwrap();
+        leader.on_fetch(3, 5, 5, at(90), None).unwrap();
+        leader.on_fetch(2, 9, 9, at(180), None).unwrap();
         assert_eq!(leader.wanted_isr(lag, at(185), 5), None);
         assert_eq!(leader.wanted_isr(lag, at(191), 5), Some(vec![1, 2]));
         leader.update(vec![1, 2, 3], vec![1, 2], 2, at(191));
         // Behind the log end but at where it ended at the previous fetch: caught up then.
-        leader.on_fetch(2, 12, 14, at(250)).unwrap();
-        leader.on_fetch(2, 14, 20, at(340)).unwrap();
+        leader.on_fetch(2, 12, 14, at(250), None).unwrap();
+        leader.on_fetch(2, 14, 20, at(340), None).unwrap();
         assert_eq!(leader.wanted_isr(lag, at(345), 14), None);
         // 3 comes back below the high watermark: not yet; at it: it rejoins.
-        leader.on_fetch(2, 20, 20, at(349)).unwrap();
-        leader.on_fetch(3, 8, 20, at(350)).unwrap();
+        leader.on_fetch(2, 20, 20, at(349), None).unwrap();
+        leader.on_fetch(3, 8, 20, at(350), None).unwrap();
         assert_eq!(leader.wanted_isr(lag, at(355), 14), None);
-        leader.on_fetch(2, 20, 20, at(358)).unwrap();
-        leader.on_fetch(3, 20, 20, at(360)).unwrap();
+        leader.on_fetch(2, 20, 20, at(358), None).unwrap();
+        leader.on_fetch(3, 20, 20, at(360), None).unwrap();
         assert_eq!(leader.wanted_isr(lag, at(365), 14), Some(vec![1, 2, 3]));
     }
 
@@ -346,19 +384,19 @@ mod tests {
         let lag = Duration::from_millis(100);
         let at = |ms| start + Duration::from_millis(ms);
         let mut leader = Leader::new(1, 0, vec![1, 2], vec![1, 2], 1, 0, start);
-        leader.on_fetch(2, 10, 10, at(1)).unwrap();
-        assert_eq!(leader.on_fetch(3, 0, 10, at(1)), Err(NotAReplica(3)));
+        leader.on_fetch(2, 10, 10, at(1), None).unwrap();
+        assert_eq!(leader.on_fetch(3, 0, 10, at(1), None), Err(NotAReplica(3)));
         // 3 is added: it counts toward nothing until it reaches the high watermark.
         leader.update(vec![2, 3, 1], vec![1, 2], 1, at(2));
-        leader.on_fetch(3, 4, 10, at(3)).unwrap();
+        leader.on_fetch(3, 4, 10, at(3), None).unwrap();
         assert_eq!(leader.high_watermark_limit(), Some(10));
         assert_eq!(leader.wanted_isr(lag, at(4), 10), None);
-        leader.on_fetch(2, 10, 10, at(5)).unwrap();
-        leader.on_fetch(3, 10, 10, at(5)).unwrap();
+        leader.on_fetch(2, 10, 10, at(5), None).unwrap();
+        leader.on_fetch(3, 10, 10, at(5), None).unwrap();
         assert_eq!(leader.wanted_isr(lag, at(6), 10), Some(vec![1, 2, 3]));
         // The move completes without 2: it is no replica any more.
         leader.update(vec![3, 1], vec![1, 3], 1, at(7));
-        assert_eq!(leader.on_fetch(2, 10, 10, at(8)), Err(NotAReplica(2)));
+        assert_eq!(leader.on_fetch(2, 10, 10, at(8), None), Err(NotAReplica(2)));
         assert_eq!(leader.high_watermark_limit(), Some(10));
     }
 
@@ -371,8 +409,8 @@ mod tests {
         let lag = Duration::from_millis(1000);
         let at = |ms| start + Duration::from_millis(ms);
         let mut leader = Leader::new(1, 1, vec![3, 1, 2], vec![1, 2], 2, 100, start);
-        leader.on_fetch(3, 100, 100, at(1)).unwrap();
-        leader.on_fetch(2, 400, 400, at(2)).unwrap();
+        leader.on_fetch(3, 100, 100, at(1), None).unwrap();
+        leader.on_fetch(2, 400, 400, at(2), None).unwrap();
         assert_eq!(
             leader.wanted_isr(lag, at(3), 400),
             None,
@@ -387,9 +425,9 @@ mod tests {
         let lag = Duration::from_millis(1000);
         let mut leader = Leader::new(1, 2, vec![1, 2, 3], vec![1, 2], 2, 50, start);
         // The high watermark lags behind the epoch start right after the election.
-        leader.on_fetch(3, 40, 60, start).unwrap();
+        leader.on_fetch(3, 40, 60, start, None).unwrap();
         assert_eq!(leader.wanted_isr(lag, start, 30), None);
-        leader.on_fetch(3, 50, 60, start).unwrap();
+        leader.on_fetch(3, 50, 60, start, None).unwrap();
         assert_eq!(leader.wanted_isr(lag, start, 30), Some(vec![1, 2, 3]));
     }
 
@@ -398,8 +436,8 @@ mod tests {
         let start = Instant::now();
         let lag = Duration::from_millis(1000);
         let mut leader = Leader::new(1, 1, vec![1, 2, 3], vec![1, 2], 2, 0, start);
-        leader.on_fetch(2, 90, 90, start).unwrap();
-        leader.on_fetch(3, 50, 90, start).unwrap();
+        leader.on_fetch(2, 90, 90, start, None).unwrap();
+        leader.on_fetch(3, 50, 90, start, None).unwrap();
         assert_eq!(leader.high_watermark_limit(), Some(90));
         let wanted = leader.wanted_isr(lag, start, 50).unwrap();
         assert_eq!(wanted, vec![1, 2, 3]);
@@ -421,7 +459,7 @@ mod tests {
         assert_eq!(leader.high_watermark_limit(), Some(50));
         leader.update(vec![1, 2, 3], vec![1, 2], 2, start);
         assert_eq!(leader.wanted_isr(lag, start, 50), None);
-        leader.on_fetch(3, 50, 90, start).unwrap();
+        leader.on_fetch(3, 50, 90, start, None).unwrap();
         assert_eq!(leader.wanted_isr(lag, start, 50), Some(vec![1, 2, 3]));
     }
 
@@ -430,8 +468,8 @@ mod tests {
         let start = Instant::now();
         let lag = Duration::from_millis(1000);
         let mut leader = Leader::new(1, 1, vec![1, 2, 3], vec![1, 2], 2, 0, start);
-        leader.on_fetch(2, 90, 90, start).unwrap();
-        leader.on_fetch(3, 50, 90, start).unwrap();
+        leader.on_fetch(2, 90, 90, start, None).unwrap();
+        leader.on_fetch(3, 50, 90, start, None).unwrap();
         let wanted = leader.wanted_isr(lag, start, 50).unwrap();
         leader.asked_isr(&wanted);
         leader.isr_change_answered(IsrAnswer::Refused);
@@ -444,9 +482,9 @@ mod tests {
 
         // The answer is lost: 3 keeps counting, and the same change is asked again.
         leader.asked_isr(&wanted);
-        leader.isr_change_answered(IsrAnswer::Unknown(wanted.clone()));
+        leader.isr_change_answered(IsrAnswer::Unknown(leader.change_to(wanted.clone())));
         assert_eq!(leader.high_watermark_limit(), Some(50));
-        assert_eq!(leader.unresolved_isr(), Some(wanted.clone()));
+        assert_eq!(leader.unresolved_isr().map(|c| c.isr), Some(wanted.clone()));
         assert!(!leader.isr_change_pending);
         // An unrelated metadata change with the same ISR settles nothing.
         leader.update(vec![1, 2, 3], vec![1, 2], 2, start);
@@ -457,8 +495,38 @@ mod tests {
         assert_eq!(leader.high_watermark_limit(), Some(50));
         leader.update(vec![1, 2, 3], vec![1, 2, 3], 2, start);
         assert_eq!(leader.high_watermark_limit(), Some(50), "3 is a member now");
-        leader.on_fetch(3, 90, 90, start).unwrap();
+        leader.on_fetch(3, 90, 90, start, None).unwrap();
         assert_eq!(leader.high_watermark_limit(), Some(90));
+    }
+
+    #[test]
+    fn a_change_names_the_epoch_an_added_replica_fetched_under_and_a_new_one_starts_over() {
+        let start = Instant::now();
+        let lag = Duration::from_millis(1000);
+        let mut leader = Leader::new(1, 1, vec![1, 2, 3], vec![1, 2], 2, 0, start);
+        leader.on_fetch(2, 90, 90, start, Some(2)).unwrap();
+        leader.on_fetch(3, 90, 90, start, Some(3)).unwrap();
+        let change = leader.change_to(leader.wanted_isr(lag, start, 90).unwrap());
+        assert_eq!(change.isr, vec![1, 2, 3]);
+        assert_eq!(
+            change.added_epochs,
+            vec![(3, 3)],
+            "only the added replica, with its epoch"
+        );
+        // 3 registered again (epoch 40) and fetches from lower: its old progress is gone.
+        leader.on_fetch(3, 60, 90, start, Some(40)).unwrap();
+        assert_eq!(
+            leader.wanted_isr(lag, start, 90),
+            None,
+            "60 is below the high watermark"
+        );
+        leader.on_fetch(3, 90, 90, start, Some(40)).unwrap();
+        assert_eq!(
+            leader
+                .change_to(leader.wanted_isr(lag, start, 90).unwrap())
+                .added_epochs,
+            vec![(3, 40)]
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::errors::code;
 use crate::shard::Shard;
-use leader::{IsrAnswer, Leader};
+use leader::{IsrAnswer, IsrChange, Leader};
 
 /// NOT_ENOUGH_REPLICAS: the ISR is below `min.insync.replicas`; nothing was appended.
 pub const NOT_ENOUGH_REPLICAS: i16 = 19;
@@ -319,6 +319,7 @@ impl Replicas {
         index: i32,
         follower: BrokerId,
         fetch_offset: i64,
+        broker_epoch: Option<i64>,
     ) -> Result<(), i16> {
         let mut roles = self.roles.borrow_mut();
         let Some(Replica {
@@ -334,7 +335,13 @@ impl Replicas {
             return Err(sluice_storage::codes::OFFSET_OUT_OF_RANGE);
         }
         leader
-            .on_fetch(follower, fetch_offset, log_end, Instant::now())
+            .on_fetch(
+                follower,
+                fetch_offset,
+                log_end,
+                Instant::now(),
+                broker_epoch,
+            )
             .map_err(|_| code::NOT_LEADER_OR_FOLLOWER)?;
         let limit = leader.high_watermark_limit();
         let partition = partition.clone();
@@ -445,13 +452,15 @@ impl Replicas {
             }
             let high_watermark = replica.partition.high_watermark();
             // A change whose answer was lost goes again, unchanged, before any new one.
-            let wanted = leader
-                .unresolved_isr()
-                .or_else(|| leader.wanted_isr(lag_max, now, high_watermark));
-            let (Some(isr), Ok(partition)) = (wanted, u32::try_from(*index)) else {
+            let change = leader.unresolved_isr().or_else(|| {
+                leader
+                    .wanted_isr(lag_max, now, high_watermark)
+                    .map(|wanted| leader.change_to(wanted))
+            });
+            let (Some(change), Ok(partition)) = (change, u32::try_from(*index)) else {
                 continue;
             };
-            leader.asked_isr(&isr);
+            leader.asked_isr(&change.isr);
             changes.push((
                 (topic.clone(), *index),
                 AlterPartitionRequest {
@@ -459,7 +468,8 @@ impl Replicas {
                     partition,
                     leader: node_id,
                     leader_epoch: leader.leader_epoch,
-                    isr,
+                    isr: change.isr,
+                    added_epochs: change.added_epochs,
                 },
             ));
         }
@@ -518,7 +528,10 @@ async fn check_isr(shard: Rc<Shard>) {
             let admin = admin.clone();
             tokio::task::spawn_local(async move {
                 let leader_epoch = request.leader_epoch;
-                let asked = request.isr.clone();
+                let asked = IsrChange {
+                    isr: request.isr.clone(),
+                    added_epochs: request.added_epochs.clone(),
+                };
                 tracing::info!(topic = %key.0, partition = key.1, isr = ?request.isr, "asking the controller for an ISR change");
                 let answer = match admin.alter_partition(request).await {
                     Ok(_) => IsrAnswer::Committed,
