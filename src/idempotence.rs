@@ -96,6 +96,11 @@ struct ProducerState {
     recent: VecDeque<BatchEntry>,
     /// Wall clock of the producer's last append (what expiry counts from).
     last_append_ms: i64,
+    /// (epoch, first sequence, error code) of the producer's next expected batch, refused
+    /// unwritten for a retriable reason (NOT_ENOUGH_REPLICAS) before its sequence was checked:
+    /// a later batch of the producer that arrives before that one is retried is answered
+    /// with the same code, not OUT_OF_ORDER_SEQUENCE_NUMBER.
+    refused: Option<(i16, i32, i16)>,
 }
 
 impl ProducerState {
@@ -105,6 +110,7 @@ impl ProducerState {
             next_sequence,
             recent: VecDeque::new(),
             last_append_ms: now_ms,
+            refused: None,
         }
     }
 
@@ -120,6 +126,7 @@ impl ProducerState {
             self.recent.pop_front();
         }
         self.next_sequence = next_after(last_sequence);
+        self.refused = None;
     }
 }
 
@@ -160,6 +167,17 @@ pub enum Verdict {
     Duplicate(Option<i64>),
     /// Refuse with this Kafka error code.
     Reject(i16, &'static str),
+}
+
+/// Whether `sequence` comes after `earlier` (sequences wrap from i32::MAX to 0): less than
+/// half the sequence space ahead of it.
+fn sequence_after(sequence: i32, earlier: i32) -> bool {
+    let ahead = if sequence >= earlier {
+        i64::from(sequence) - i64::from(earlier)
+    } else {
+        i64::from(i32::MAX) - i64::from(earlier) + 1 + i64::from(sequence)
+    };
+    ahead > 0 && ahead < i64::from(i32::MAX) / 2
 }
 
 fn next_after(sequence: i32) -> i32 {
@@ -516,6 +534,22 @@ impl ProducerStates {
             return Verdict::Duplicate(entry.offsets.written.get());
         }
         if first_sequence != state.next_sequence {
+            // The gap is the producer's own batch that this partition refused unwritten a
+            // moment ago (pipelined requests: a later one overtook its retry): the same
+            // retriable answer makes the client retry both in order. OUT_OF_ORDER would make
+            // librdkafka bump its epoch and re-send what it has in flight on every partition
+            // under new sequences, duplicating any batch whose answer it lost.
+            if let Some((refused_epoch, refused_sequence, error_code)) = state.refused {
+                if refused_epoch == epoch
+                    && refused_sequence == state.next_sequence
+                    && sequence_after(first_sequence, refused_sequence)
+                {
+                    return Verdict::Reject(
+                        error_code,
+                        "an earlier batch of this producer was refused unwritten; retry it first",
+                    );
+                }
+            }
             return Verdict::Reject(
                 code::OUT_OF_ORDER_SEQUENCE_NUMBER,
                 "sequence number does not follow the last one written",
@@ -529,6 +563,21 @@ impl ProducerStates {
             first_sequence,
             offsets,
         })
+    }
+
+    /// The batch `first` (the first of a request's batches) was refused unwritten with the
+    /// retriable `error_code` before its sequence was checked (the ISR below
+    /// `min.insync.replicas`): remembered if it was the producer's next expected batch, so a
+    /// later batch that overtakes its retry gets the same answer (see `check`).
+    pub fn refused(&mut self, first: &RecordBatchHeader, error_code: i16) {
+        if first.producer_id < 0 {
+            return;
+        }
+        if let Some(state) = self.producers.get_mut(&first.producer_id) {
+            if state.epoch == first.producer_epoch && state.next_sequence == first.base_sequence {
+                state.refused = Some((first.producer_epoch, first.base_sequence, error_code));
+            }
+        }
     }
 
     /// The append behind `ticket` failed: its sequences (and any queued after it, which fail
@@ -554,6 +603,44 @@ mod tests {
     /// A wall clock for tests; batch timestamps below are 0, so rebuilt states count as
     /// active unless a test says otherwise.
     const NOW: i64 = 1_000;
+
+    #[test]
+    fn a_batch_overtaking_the_retry_of_a_refused_one_gets_the_same_retriable_answer() {
+        const NOT_ENOUGH_REPLICAS: i16 = 19;
+        let mut states = ProducerStates::new(ProducerLimits::default());
+        let Verdict::Append(ticket) = states.check([header(7, 0, 0, 5)], NOW) else {
+            panic!("first batch appends");
+        };
+        ticket.succeeded(0);
+        // The next batch (5..=9) is refused unwritten (the ISR was below min.insync.replicas),
+        // and the pipelined one after it (10..=14) arrives first once the ISR grew.
+        states.refused(&header(7, 0, 5, 5), NOT_ENOUGH_REPLICAS);
+        assert!(matches!(
+            states.check([header(7, 0, 10, 5)], NOW),
+            Verdict::Reject(NOT_ENOUGH_REPLICAS, _)
+        ));
+        // Its retry appends, and the order is back: the overtaking one now follows.
+        let Verdict::Append(ticket) = states.check([header(7, 0, 5, 5)], NOW) else {
+            panic!("the refused batch's retry appends");
+        };
+        ticket.succeeded(5);
+        assert!(matches!(
+            states.check([header(7, 0, 10, 5)], NOW),
+            Verdict::Append(_)
+        ));
+        // A gap no refusal explains is still out of order.
+        assert!(matches!(
+            states.check([header(7, 0, 40, 5)], NOW),
+            Verdict::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
+        ));
+        // A refusal of a batch that was not the next expected one explains nothing.
+        states.refused(&header(7, 0, 30, 5), NOT_ENOUGH_REPLICAS);
+        assert!(matches!(
+            states.check([header(7, 0, 40, 5)], NOW),
+            Verdict::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
+        ));
+        assert!(sequence_after(0, i32::MAX) && !sequence_after(5, 5) && !sequence_after(4, 5));
+    }
 
     fn header(producer_id: i64, epoch: i16, base_sequence: i32, records: i32) -> RecordBatchHeader {
         RecordBatchHeader {

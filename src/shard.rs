@@ -466,6 +466,26 @@ impl Shard {
         });
     }
 
+    /// Remembers that `first` (an idempotent request's first batch) was refused unwritten with
+    /// the retriable `error_code` before its sequence was checked; only when the partition's
+    /// producer states are loaded (a load rebuilds them from the log, where it is absent).
+    pub fn note_refused_batch(
+        &self,
+        topic: &str,
+        index: i32,
+        first: &sluice_storage::batch::RecordBatchHeader,
+        error_code: i16,
+    ) {
+        if let Some(states) = self
+            .producers
+            .borrow_mut()
+            .get_mut(topic)
+            .and_then(|parts| parts.get_mut(&index))
+        {
+            states.refused(first, error_code);
+        }
+    }
+
     /// Runs `f` on the producer states of one partition this shard owns.
     pub fn with_producer_states<T>(
         &self,

@@ -327,6 +327,11 @@ async fn append_on_owner(
     };
     if ack == Ack::Durable {
         if let Err(error_code) = shard.replicas.check_min_insync(topic, index) {
+            // Unwritten: a pipelined later batch of this producer that arrives before this
+            // one's retry gets the same answer, not OUT_OF_ORDER (`ProducerStates::refused`).
+            if let Some(first) = sluice_storage::batch::headers(&records).next() {
+                shard.note_refused_batch(topic, index, &first, error_code);
+            }
             return PartitionResult::error(
                 index,
                 error_code,
