@@ -122,6 +122,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "producer.id.expiration.check.interval.ms", default: "600000", doc: "How often expired producer states are removed." },
     Setting { name: "producer.states.per.partition.max", default: "10000", doc: "Producer states kept per partition; above it the least recently active ones are dropped first (duplicates of their retried batches then go undetected)." },
     Setting { name: "transaction.max.timeout.ms", default: "900000", doc: "Largest transaction.timeout.ms a transactional producer may ask for (InitProducerId answers INVALID_TRANSACTION_TIMEOUT above it)." },
+    Setting { name: "transaction.state.log.segment.bytes", default: "104857600", doc: "Segment size of __transaction_state, which is compacted (the newest record per transactional id is its state, so the cleaner keeps only that): the cleaner cleans rolled segments, so smaller segments trim it sooner." },
     Setting { name: "transaction.state.log.num.partitions", default: "50", doc: "Partitions of __transaction_state; a transactional id's coordinator is the owner of partition abs(hash(id)) % this. Fixed once transactions were used: changing it moves ids away from their state." },
     Setting { name: "transaction.abort.timed.out.transaction.cleanup.interval.ms", default: "10000", doc: "How often each coordinator aborts (and fences, with an epoch bump) the transactions open longer than their timeout." },
     Setting { name: "transaction.version", default: "2", doc: "The finalized transaction.version feature (Kafka sets it with kafka-features.sh): ApiVersions advertises it (supported 0-2) with Produce 12, EndTxn 5 and TxnOffsetCommit 5 at 2, so a Kafka 4 client runs transactions on protocol v2 (KIP-890: an epoch bump per transaction, partitions added implicitly by Produce and TxnOffsetCommit); 0 or 1 keeps protocol v1 only (Produce 11, EndTxn 4, TxnOffsetCommit 3), which older clients use at any value." },
@@ -690,6 +691,7 @@ impl BrokerConfig {
             transactions: crate::txn::TxnConfig {
                 timeout_ms_max: c.int("transaction.max.timeout.ms", 1..=INT_MAX),
                 state_partitions: c.int("transaction.state.log.num.partitions", 1..=INT_MAX),
+                state_segment_bytes: c.int("transaction.state.log.segment.bytes", 1..=INT_MAX),
                 abort_check_interval_ms: c.int(
                     "transaction.abort.timed.out.transaction.cleanup.interval.ms",
                     1..=INT_MAX,

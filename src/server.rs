@@ -594,15 +594,20 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         });
     }
 
-    // The __transaction_state partitions this shard owns. Kept whole until compaction
-    // exists: each record is small, and the newest one per id is the state. In a cluster they
-    // are replicas the quorum places, loaded only while led (`txn::leadership`).
+    // The __transaction_state partitions this shard owns: compacted, as Kafka's (each
+    // record is keyed by its transactional id and the newest one per id is the state, which
+    // is all a load replays to). In a cluster they are replicas the quorum places, loaded
+    // only while led (`txn::leadership`), with the same configs.
     if config.cluster.is_none() {
         let state_partitions = config.transactions.state_partitions;
         let state_log_config = sluice_storage::LogConfig {
-            segment_bytes: 100 * 1024 * 1024,
+            segment_bytes: config.transactions.state_segment_bytes,
             retention_ms: -1,
             retention_bytes: -1,
+            cleanup_policy: sluice_storage::CleanupPolicy {
+                compact: true,
+                delete: false,
+            },
             ..sluice_storage::LogConfig::default()
         };
         for partition in (0..state_partitions).filter(|p| *p as usize % shard_count == id) {

@@ -70,7 +70,7 @@ pub fn coordinates_here(shard: &Shard, transactional_id: &str) -> bool {
 /// it (`transaction.state.log.replication.factor` replicas, capped at the `live` brokers as
 /// Kafka caps it at creation; `min.insync.replicas` from `transaction.state.log.min.isr`,
 /// capped at the replicas so a small cluster is not left with a log nothing may append to;
-/// kept whole: the newest record per id is the state). A second ask while one is under way
+/// compacted: the newest record per id is the state). A second ask while one is under way
 /// is refused there as a duplicate.
 fn create_state_topic(shard: &Rc<Shard>, live: usize) {
     let Some(admin) = shard.metadata.admin().cloned() else {
@@ -83,9 +83,10 @@ fn create_state_topic(shard: &Rc<Shard>, live: usize) {
     let min_insync = config.state_min_isr.min(replication_factor).max(1);
     let configs: BTreeMap<String, String> = [
         ("min.insync.replicas", min_insync.to_string()),
+        ("cleanup.policy", "compact".to_string()),
         ("retention.ms", "-1".to_string()),
         ("retention.bytes", "-1".to_string()),
-        ("segment.bytes", (100 * 1024 * 1024).to_string()),
+        ("segment.bytes", config.state_segment_bytes.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -46,6 +46,10 @@ pub struct TxnConfig {
     pub timeout_ms_max: i32,
     /// `transaction.state.log.num.partitions` (default 50).
     pub state_partitions: i32,
+    /// `transaction.state.log.segment.bytes` (default 104857600): the state log is compacted
+    /// (the newest record per transactional id is its state), and the cleaner only cleans
+    /// rolled segments.
+    pub state_segment_bytes: u64,
     /// `transaction.abort.timed.out.transaction.cleanup.interval.ms` (default 10000).
     pub abort_check_interval_ms: u64,
     /// `transaction.version` (default 2): the finalized transaction protocol version that
@@ -75,6 +79,7 @@ impl Default for TxnConfig {
         Self {
             timeout_ms_max: 900_000,
             state_partitions: 50,
+            state_segment_bytes: 100 * 1024 * 1024,
             abort_check_interval_ms: 10_000,
             transaction_version: TV_2,
             marker_delay_ms: 0,
