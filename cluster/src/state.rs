@@ -740,8 +740,9 @@ mod tests {
         assert!(assign_replicas(&state, 0, 1, 0).is_err());
     }
 
-    #[test]
-    fn an_added_replica_must_still_be_the_incarnation_the_leader_saw() {
+    /// Brokers 1-3 registered at indexes 1-3 (their broker epochs), and topic "t" with one
+    /// partition on all three created at index 4.
+    fn three_brokers_and_a_topic() -> (ClusterState, Uuid) {
         let mut state = ClusterState::default();
         for (i, id) in [1, 2, 3].into_iter().enumerate() {
             register(&mut state, i as u64 + 1, id);
@@ -757,6 +758,12 @@ mod tests {
                 configs: BTreeMap::new(),
             },
         );
+        (state, topic)
+    }
+
+    #[test]
+    fn an_added_replica_must_still_be_the_incarnation_the_leader_saw() {
+        let (mut state, topic) = three_brokers_and_a_topic();
         let leader = state.topics[&topic].partitions[0].leader;
         let other = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
         let rest: Vec<BrokerId> = [1, 2, 3].into_iter().filter(|&id| id != other).collect();
@@ -799,21 +806,7 @@ mod tests {
 
     #[test]
     fn only_the_leader_at_its_epoch_alters_the_isr() {
-        let mut state = ClusterState::default();
-        for (i, id) in [1, 2, 3].into_iter().enumerate() {
-            register(&mut state, i as u64 + 1, id);
-        }
-        let topic = Uuid::new_v4();
-        let partitions = assign_replicas(&state, 1, 3, 0).unwrap();
-        state.apply(
-            4,
-            &Command::CreateTopic {
-                name: "t".into(),
-                id: topic,
-                partitions,
-                configs: BTreeMap::new(),
-            },
-        );
+        let (mut state, topic) = three_brokers_and_a_topic();
         let alter = |leader, leader_epoch, isr: &[i32]| Command::AlterPartition {
             topic,
             partition: 0,

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use crate::log::PartitionShared;
-use crate::{recovery, shard, writer, Poisoned};
+use crate::{recovery, shard, Poisoned};
 
 /// Name of the per-partition high-watermark checkpoint (Kafka's name).
 pub(crate) const HIGH_WATERMARK_CHECKPOINT: &str = "replication-offset-checkpoint";
@@ -83,28 +83,14 @@ pub(crate) async fn write_checkpoint(partition: &Rc<PartitionShared>) -> Result<
         }
         log.offsets.high_watermark()
     };
-    if partition.high_watermark_checkpointed.get() == Some(high_watermark) {
+    if partition.high_watermark_checkpointed.get() == Some(high_watermark)
+        || partition.shard.upgrade().is_none()
+    {
         return Ok(false);
     }
-    let Some(io) = partition.shard.upgrade().map(|shard| shard.io.clone()) else {
-        return Ok(false);
-    };
     let text =
         recovery::encode_recovery_point(&partition.topic, partition.partition, high_watermark);
-    if let Err(poisoned) = shard::write_small_file(
-        &io,
-        partition,
-        HIGH_WATERMARK_CHECKPOINT,
-        text.into_bytes(),
-        true,
-    )
-    .await
-    {
-        if let Some(shard) = partition.shard.upgrade() {
-            writer::poison(&shard, partition, poisoned.clone(), &mut []);
-        }
-        return Err(poisoned);
-    }
+    shard::write_checkpoint_or_poison(partition, HIGH_WATERMARK_CHECKPOINT, text).await?;
     partition
         .high_watermark_checkpointed
         .set(Some(high_watermark));

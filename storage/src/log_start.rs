@@ -68,28 +68,17 @@ pub(crate) async fn delete_records(
         }
         target
     };
-    let Some(io) = partition.shard.upgrade().map(|shard| shard.io.clone()) else {
+    if partition.shard.upgrade().is_none() {
         return Err(StorageError::Io {
             context: format!("deleting records of {}", partition.label()),
             source: std::io::Error::other("storage is shut down"),
         });
-    };
-    let checkpoint = recovery::encode_recovery_point(&partition.topic, partition.partition, target);
-    if let Err(poisoned) = shard::write_small_file(
-        &io,
-        partition,
-        LOG_START_CHECKPOINT,
-        checkpoint.into_bytes(),
-        true,
-    )
-    .await
-    {
-        // A failed sync may have dropped pages: the partition refuses writes until restart.
-        if let Some(shard) = partition.shard.upgrade() {
-            crate::writer::poison(&shard, partition, poisoned.clone(), &mut []);
-        }
-        return Err(StorageError::Poisoned(poisoned));
     }
+    let checkpoint = recovery::encode_recovery_point(&partition.topic, partition.partition, target);
+    // A failed sync may have dropped pages: the partition refuses writes until restart.
+    shard::write_checkpoint_or_poison(partition, LOG_START_CHECKPOINT, checkpoint)
+        .await
+        .map_err(StorageError::Poisoned)?;
     let start = {
         let mut log = partition.log.borrow_mut();
         // Retention may have moved the start past `target` while the checkpoint was written.
