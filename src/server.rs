@@ -489,6 +489,9 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         other => format!("opening storage: {other}"),
     })?;
     storage.set_append_queue_bytes_max(config.append_queue_bytes_max);
+    // In a cluster a partition with no high-watermark checkpoint may hold a tail its ISR never
+    // had: it opens at its log start, and the replication layer lifts it.
+    storage.set_high_watermark_unknown_at_log_start(config.cluster.is_some());
     storage.set_blocking_jobs_max(config.blocking_jobs_max);
     storage.set_cleaner_config(config.cleaner.clone());
     storage.set_response_cache_bytes_max(config.response_cache_bytes_max);

@@ -13,10 +13,11 @@
 //! Owns that file: reading it at open and writing it when asked (by the replication layer,
 //! periodically, and by a clean shutdown). Any checkpointed value is safe to open with, since
 //! a high watermark only names committed records: a stale one only delays visibility until
-//! the followers fetch again. Must never open with a value above the log end or below the log
-//! start (both clamp), and never be written for a partition that is not replicated: a single
-//! replica's high watermark is its log end, and opening it lower would hide records until
-//! the next append.
+//! the followers fetch again. With no file, a cluster's broker opens at the log start (as
+//! Kafka opens a partition with no checkpointed entry: a partition created less than one
+//! interval before a crash has none yet), a single broker at the log end. Must never open
+//! with a value above the log end or below the log start (both clamp), and never be written
+//! for a partition that is not replicated: a single replica's high watermark is its log end.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -52,9 +53,12 @@ pub(crate) fn read_checkpoint(dir: &Path) -> Checkpointed {
     }
 }
 
-/// The high watermark a partition opens with, from its checkpoint and its recovered offsets.
+/// The high watermark a partition opens with, from its checkpoint and its recovered offsets;
+/// with no checkpoint, the log start when `unknown_at_log_start` (a cluster's broker: the
+/// partition may be a replica whose tail the ISR never had), else the log end.
 pub(crate) fn opening_high_watermark(
     checkpointed: Checkpointed,
+    unknown_at_log_start: bool,
     log_start_offset: i64,
     log_end_offset: i64,
 ) -> i64 {
@@ -63,6 +67,7 @@ pub(crate) fn opening_high_watermark(
         "log start {log_start_offset} past the log end {log_end_offset}"
     );
     match checkpointed {
+        Checkpointed::Absent if unknown_at_log_start => log_start_offset,
         Checkpointed::Absent => log_end_offset,
         Checkpointed::At(offset) => offset.clamp(log_start_offset, log_end_offset),
         Checkpointed::Unreadable => log_start_offset,
@@ -103,11 +108,29 @@ mod tests {
 
     #[test]
     fn the_opening_high_watermark_is_clamped_and_conservative() {
-        assert_eq!(opening_high_watermark(Checkpointed::Absent, 5, 20), 20);
-        assert_eq!(opening_high_watermark(Checkpointed::At(12), 5, 20), 12);
-        assert_eq!(opening_high_watermark(Checkpointed::At(40), 5, 20), 20);
-        assert_eq!(opening_high_watermark(Checkpointed::At(2), 5, 20), 5);
-        assert_eq!(opening_high_watermark(Checkpointed::Unreadable, 5, 20), 5);
+        for cluster in [false, true] {
+            assert_eq!(
+                opening_high_watermark(Checkpointed::At(12), cluster, 5, 20),
+                12
+            );
+            assert_eq!(
+                opening_high_watermark(Checkpointed::At(40), cluster, 5, 20),
+                20
+            );
+            assert_eq!(
+                opening_high_watermark(Checkpointed::At(2), cluster, 5, 20),
+                5
+            );
+            assert_eq!(
+                opening_high_watermark(Checkpointed::Unreadable, cluster, 5, 20),
+                5
+            );
+        }
+        assert_eq!(
+            opening_high_watermark(Checkpointed::Absent, false, 5, 20),
+            20
+        );
+        assert_eq!(opening_high_watermark(Checkpointed::Absent, true, 5, 20), 5);
     }
 
     #[test]

@@ -595,6 +595,15 @@ impl ShardStorage {
         self.0.queue_bytes_max.set(bytes.max(1));
     }
 
+    /// Partitions opened from now on without a `replication-offset-checkpoint` open with
+    /// their high watermark at the log start (true: a broker of a cluster, where such a
+    /// partition may be a replica whose tail was never committed, as Kafka opens one with no
+    /// checkpointed entry) or at the log end (false, the default: a single broker). Either
+    /// way the replication layer lifts it (`Partition::limit_high_watermark`).
+    pub fn set_high_watermark_unknown_at_log_start(&self, at_log_start: bool) {
+        self.0.high_watermark_unknown_at_log_start.set(at_log_start);
+    }
+
     /// Sets `log.blocking.jobs.max`: this shard's jobs (ftruncate, small files with their
     /// syncs) running on the blocking pool at once; at least 1.
     pub fn set_blocking_jobs_max(&self, jobs: usize) {

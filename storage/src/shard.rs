@@ -72,6 +72,9 @@ pub(crate) struct ShardShared {
     pub(crate) dequeued_bytes_total: Cell<u64>,
     /// `log.append.queue.bytes.max`.
     pub(crate) queue_bytes_max: Cell<usize>,
+    /// A partition opened with no high-watermark checkpoint starts at its log start (a
+    /// cluster's broker) instead of its log end (`high_watermark.rs`).
+    pub(crate) high_watermark_unknown_at_log_start: Cell<bool>,
     /// Woken whenever bytes leave the queue.
     pub(crate) queue_drained: Notify,
     pub(crate) writer_wake: Notify,
@@ -270,6 +273,7 @@ pub(crate) fn open(
         enqueued_bytes_total: Cell::new(0),
         dequeued_bytes_total: Cell::new(0),
         queue_bytes_max: Cell::new(DEFAULT_QUEUE_BYTES_MAX),
+        high_watermark_unknown_at_log_start: Cell::new(false),
         queue_drained: Notify::new(),
         writer_wake: Notify::new(),
         writer_idle: Notify::new(),
@@ -356,6 +360,7 @@ pub(crate) fn open_partition(
     let checkpointed = high_watermark::read_checkpoint(&dir);
     let high_watermark = high_watermark::opening_high_watermark(
         checkpointed,
+        shard.high_watermark_unknown_at_log_start.get(),
         log_start_offset,
         recovered.log_end_offset,
     );
