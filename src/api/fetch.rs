@@ -84,7 +84,16 @@ pub async fn handle(
     } else {
         request.replica_id.0
     };
-    let replica = (replica_id >= 0 && snapshot.cluster.is_some()).then_some(replica_id);
+    // The follower's registration as this broker knows it (KIP-903: an ISR change that adds it
+    // names it, so a restarted incarnation is not taken for this one), looked up once here.
+    let replica = snapshot
+        .cluster
+        .as_ref()
+        .filter(|_| replica_id >= 0)
+        .map(|state| Follower {
+            id: replica_id,
+            broker_epoch: state.brokers.get(&replica_id).map(|b| b.epoch),
+        });
     let resolve = |name: &kafka_protocol::messages::TopicName, id: uuid::Uuid| {
         if version >= 13 {
             let name = snapshot.names_by_id.get(&id).cloned().unwrap_or_default();
@@ -469,6 +478,13 @@ fn sessions_filter(
         .collect()
 }
 
+/// A follower replica's fetch: its broker id and its broker epoch in this broker's metadata.
+#[derive(Debug, Clone, Copy)]
+struct Follower {
+    id: i32,
+    broker_epoch: Option<i64>,
+}
+
 /// Reads every partition concurrently on its owner, then trims to `max_bytes` in request
 /// order: the first partition with data always keeps its first batch; a later one that would
 /// overflow the budget returns no records this time (the client asks again).
@@ -476,7 +492,7 @@ async fn read_all(
     shard: &Rc<Shard>,
     topics: &[TopicFetch],
     max_bytes: u32,
-    replica: Option<i32>,
+    replica: Option<Follower>,
     committed: bool,
 ) -> Vec<Vec<ReadOutcome>> {
     let mut pending = Vec::new();
@@ -533,7 +549,7 @@ async fn read_on_owner(
     index: i32,
     offset: i64,
     limit_bytes: u32,
-    replica: Option<i32>,
+    replica: Option<Follower>,
     committed: bool,
 ) -> ReadOutcome {
     let Some(partition) = shard.partition(topic, index) else {
@@ -541,17 +557,9 @@ async fn read_on_owner(
     };
     let bound = match replica {
         Some(follower) => {
-            // The follower's registration as this broker knows it (KIP-903: an ISR change
-            // that adds it names it, so a restarted incarnation is not taken for this one).
-            let broker_epoch = shard
-                .metadata
-                .load()
-                .cluster
-                .as_ref()
-                .and_then(|state| state.brokers.get(&follower).map(|b| b.epoch));
             shard
                 .replicas
-                .on_follower_fetch(topic, index, follower, offset, broker_epoch)
+                .on_follower_fetch(topic, index, follower.id, offset, follower.broker_epoch)
                 .map_err(|error_code| {
                     (
                         error_code,
@@ -596,7 +604,7 @@ async fn read_on_owner(
                 shard.replicas.take_high_watermark_news(
                     topic,
                     index,
-                    follower,
+                    follower.id,
                     slice.high_watermark,
                 )
             });
@@ -643,7 +651,7 @@ async fn wait_for_any(
     topics: &[TopicFetch],
     outcomes: &[Vec<ReadOutcome>],
     timeout: Duration,
-    replica: Option<i32>,
+    replica: Option<Follower>,
 ) -> bool {
     let mut waits = Vec::new();
     for (topic, parts) in topics.iter().zip(outcomes) {
