@@ -64,6 +64,16 @@ struct Replica {
     epoch_checked: Cell<bool>,
 }
 
+impl Replica {
+    /// A follower's, or a leader's with followers: its high watermark is checkpointed.
+    fn is_replicated(&self) -> bool {
+        match &self.role {
+            Role::Leader(leader) => leader.is_replicated(),
+            Role::Follower { .. } => true,
+        }
+    }
+}
+
 /// A partition a fetcher copies, as it was when the fetch was built.
 #[derive(Clone)]
 pub(crate) struct Followed {
@@ -217,7 +227,8 @@ impl Replicas {
         if leads_replicated && !self.isr_checking.replace(true) {
             tokio::task::spawn_local(check_isr(shard.clone()));
         }
-        if !self.replicated_partitions().is_empty() && !self.checkpointing.replace(true) {
+        let any_replicated = self.roles.borrow().values().any(Replica::is_replicated);
+        if any_replicated && !self.checkpointing.replace(true) {
             tokio::task::spawn_local(checkpoint_high_watermarks(shard.clone()));
         }
     }
@@ -228,10 +239,7 @@ impl Replicas {
         self.roles
             .borrow()
             .values()
-            .filter(|replica| match &replica.role {
-                Role::Leader(leader) => leader.is_replicated(),
-                Role::Follower { .. } => true,
-            })
+            .filter(|replica| replica.is_replicated())
             .map(|replica| replica.partition.clone())
             .collect()
     }
