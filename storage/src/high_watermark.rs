@@ -88,14 +88,15 @@ pub(crate) async fn write_checkpoint(partition: &Rc<PartitionShared>) -> Result<
         }
         log.offsets.high_watermark()
     };
-    if partition.high_watermark_checkpointed.get() == Some(high_watermark)
-        || partition.shard.upgrade().is_none()
-    {
+    if partition.high_watermark_checkpointed.get() == Some(high_watermark) {
         return Ok(false);
     }
+    let Some(shard) = partition.shard.upgrade() else {
+        return Ok(false);
+    };
     let text =
         recovery::encode_recovery_point(&partition.topic, partition.partition, high_watermark);
-    shard::write_checkpoint_or_poison(partition, HIGH_WATERMARK_CHECKPOINT, text).await?;
+    shard::write_checkpoint_or_poison(&shard, partition, HIGH_WATERMARK_CHECKPOINT, text).await?;
     partition
         .high_watermark_checkpointed
         .set(Some(high_watermark));

@@ -68,15 +68,15 @@ pub(crate) async fn delete_records(
         }
         target
     };
-    if partition.shard.upgrade().is_none() {
+    let Some(shard) = partition.shard.upgrade() else {
         return Err(StorageError::Io {
             context: format!("deleting records of {}", partition.label()),
             source: std::io::Error::other("storage is shut down"),
         });
-    }
+    };
     let checkpoint = recovery::encode_recovery_point(&partition.topic, partition.partition, target);
     // A failed sync may have dropped pages: the partition refuses writes until restart.
-    shard::write_checkpoint_or_poison(partition, LOG_START_CHECKPOINT, checkpoint)
+    shard::write_checkpoint_or_poison(&shard, partition, LOG_START_CHECKPOINT, checkpoint)
         .await
         .map_err(StorageError::Poisoned)?;
     let start = {

@@ -544,21 +544,15 @@ pub(crate) async fn write_small_file(
 /// partition (a failed sync may have dropped pages: it refuses writes until a restart) and
 /// is returned.
 pub(crate) async fn write_checkpoint_or_poison(
+    shard: &Rc<ShardShared>,
     partition: &Rc<PartitionShared>,
     name: &str,
     contents: String,
 ) -> Result<(), Poisoned> {
-    let Some(shard) = partition.shard.upgrade() else {
-        return Err(Poisoned {
-            partition: partition.label(),
-            operation: format!("writing {name}"),
-            source: Arc::new(io::Error::other("storage is shut down")),
-        });
-    };
-    let io = shard.io.clone();
-    if let Err(poisoned) = write_small_file(&io, partition, name, contents.into_bytes(), true).await
+    if let Err(poisoned) =
+        write_small_file(&shard.io, partition, name, contents.into_bytes(), true).await
     {
-        writer::poison(&shard, partition, poisoned.clone(), &mut []);
+        writer::poison(shard, partition, poisoned.clone(), &mut []);
         return Err(poisoned);
     }
     Ok(())
