@@ -19,6 +19,7 @@ pub mod reassign;
 pub mod records;
 pub mod scram;
 pub mod security;
+pub mod txn_markers;
 pub mod versions;
 
 pub use admin::OffsetSpec;

@@ -33,7 +33,8 @@ pub fn client_version_max(api_key: i16) -> i16 {
         Ok(ApiKey::DeleteGroups) => 2,
         Ok(ApiKey::OffsetForLeaderEpoch) => 4,
         Ok(ApiKey::DescribeAcls | ApiKey::CreateAcls | ApiKey::DeleteAcls) => 3,
-        Ok(ApiKey::WriteTxnMarkers | ApiKey::ListTransactions) => 1,
+        Ok(ApiKey::WriteTxnMarkers) => 2,
+        Ok(ApiKey::ListTransactions) => 1,
         _ => 0,
     }
 }

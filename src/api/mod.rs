@@ -107,7 +107,7 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     api(24, 0, 5), // AddPartitionsToTxn (v4+: batched, verify-only)
     api(25, 0, 3), // AddOffsetsToTxn
     api(26, 0, 5), // EndTxn
-    api(27, 1, 1), // WriteTxnMarkers (v0 removed in Kafka 4.0, KIP-896; the codec has no v2)
+    api(27, 1, 2), // WriteTxnMarkers (v0 removed in Kafka 4.0, KIP-896; v2: KIP-1228)
     api(28, 0, 5), // TxnOffsetCommit
     api(61, 0, 0), // DescribeProducers
     api(65, 0, 0), // DescribeTransactions

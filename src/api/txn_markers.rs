@@ -1,4 +1,5 @@
-//! WriteTxnMarkers (27, v1; Kafka 4.0 removed v0): the COMMIT/ABORT markers a transaction coordinator, or an
+//! WriteTxnMarkers (27, v1–2; Kafka 4.0 removed v0; v2 names each marker's transaction
+//! protocol version, KIP-1228): the COMMIT/ABORT markers a transaction coordinator, or an
 //! operator aborting a hanging transaction (`kafka-transactions abort`, `sluice transactions
 //! abort`), asks a partition leader to write.
 //!
@@ -17,7 +18,8 @@ use kafka_protocol::messages::write_txn_markers_request::WritableTxnMarker;
 use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
 };
-use kafka_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
+use kafka_protocol::messages::WriteTxnMarkersResponse;
+use sluice_client::txn_markers::{TxnMarkersRequest, TxnMarkersResponse};
 use sluice_net::connection::Response;
 use sluice_net::header::RequestHeader;
 use sluice_net::Reader;
@@ -39,12 +41,12 @@ pub async fn handle(
     body: Reader,
     session: &Session,
 ) -> Response<FetchRecords> {
-    let request = decode_or_close!(header, body, WriteTxnMarkersRequest);
+    let request = decode_or_close!(header, body, TxnMarkersRequest);
     let allowed = Authz::of(&shard, session).cluster(Operation::ClusterAction);
     let mut response = WriteTxnMarkersResponse::default();
-    for marker in &request.markers {
+    for (marker, transaction_version) in &request.markers {
         let codes = if allowed {
-            write_marker(&shard, marker).await
+            write_marker(&shard, marker, *transaction_version).await
         } else {
             let count = marker
                 .topics
@@ -55,11 +57,15 @@ pub async fn handle(
         };
         response.markers.push(marker_result(marker, &codes));
     }
-    encode(&header, &response)
+    encode(&header, &TxnMarkersResponse(response))
 }
 
 /// One marker's partitions, a code for each in request order.
-async fn write_marker(shard: &Rc<Shard>, marker: &WritableTxnMarker) -> Vec<i16> {
+async fn write_marker(
+    shard: &Rc<Shard>,
+    marker: &WritableTxnMarker,
+    transaction_version: i8,
+) -> Vec<i16> {
     let write = MarkerWrite {
         producer_id: marker.producer_id.0,
         producer_epoch: marker.producer_epoch,
@@ -69,9 +75,9 @@ async fn write_marker(shard: &Rc<Shard>, marker: &WritableTxnMarker) -> Vec<i16>
             Marker::Abort
         },
         coordinator_epoch: marker.coordinator_epoch,
-        // v1 carries no TransactionVersion (v2 does, KIP-1228; the codec stops at v1), so a
-        // request's marker is checked as protocol v1's.
-        transaction_version: 0,
+        // A v1 request carries none (read as 0: checked as protocol v1's marker); a
+        // coordinator on another broker sends its transaction's at v2.
+        transaction_version: i16::from(transaction_version),
         origin: MarkerOrigin::Request,
     };
     let timeout = Duration::from_millis(shard.config.transactions.marker_write_timeout_ms.max(1));

@@ -645,6 +645,7 @@ impl TxnCoordinator {
             producer_epoch: meta.producer_epoch,
             commit: meta.state == TxnState::PrepareCommit,
             coordinator_epoch,
+            transaction_version: meta.client_txn_version,
         };
         let mut pending: Vec<(String, i32)> = meta.partitions.iter().cloned().collect();
         let mut rounds = 0u32;
@@ -656,9 +657,7 @@ impl TxnCoordinator {
                 }
             }
             rounds += 1;
-            let failed = self
-                .write_markers_once(shard, marker, meta.client_txn_version, pending)
-                .await?;
+            let failed = self.write_markers_once(shard, marker, pending).await?;
             if !failed.is_empty() && (rounds == 1 || rounds % 100 == 0) {
                 tracing::warn!(
                     transactional_id = id,
@@ -683,7 +682,6 @@ impl TxnCoordinator {
         &self,
         shard: &Rc<Shard>,
         marker: RemoteMarker,
-        transaction_version: i16,
         partitions: Vec<(String, i32)>,
     ) -> Result<Vec<((String, i32), i16)>, i16> {
         let mut local = Vec::new();
@@ -700,8 +698,7 @@ impl TxnCoordinator {
         let local_writes = local.into_iter().map(|(topic, index)| {
             let shard = shard.clone();
             async move {
-                let result =
-                    write_local_marker(&shard, &topic, index, marker, transaction_version).await;
+                let result = write_local_marker(&shard, &topic, index, marker).await;
                 ((topic, index), result)
             }
         });
@@ -849,13 +846,13 @@ async fn write_local_marker(
     topic: &str,
     index: i32,
     marker: RemoteMarker,
-    transaction_version: i16,
 ) -> Result<i16, crate::shard::ShardGone> {
     let RemoteMarker {
         producer_id,
         producer_epoch,
         commit,
         coordinator_epoch,
+        transaction_version,
     } = marker;
     let kind = if commit {
         Marker::Commit

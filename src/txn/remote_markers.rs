@@ -14,8 +14,9 @@ use std::time::Duration;
 use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
-use kafka_protocol::messages::{ProducerId, TopicName, WriteTxnMarkersRequest};
+use kafka_protocol::messages::{ProducerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use sluice_client::txn_markers::TxnMarkersRequest;
 
 use crate::errors::code;
 use crate::shard::Shard;
@@ -67,6 +68,9 @@ pub struct RemoteMarker {
     pub commit: bool,
     /// The coordinator's epoch (its state partition's leader epoch).
     pub coordinator_epoch: i32,
+    /// The transaction's protocol version (2: KIP-890's, whose markers the leader checks
+    /// strictly, KIP-1228); sent to a leader that speaks WriteTxnMarkers v2.
+    pub transaction_version: i16,
 }
 
 /// A coordinator's channel to other brokers' partition leaders (cheap to clone).
@@ -109,13 +113,19 @@ impl MarkerChannel {
                 ),
             }
         }
-        let request =
-            WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
-                .with_producer_id(ProducerId(marker.producer_id))
-                .with_producer_epoch(marker.producer_epoch)
-                .with_transaction_result(marker.commit)
-                .with_coordinator_epoch(marker.coordinator_epoch)
-                .with_topics(topics)]);
+        // At v2 the leader checks the marker as its transaction's protocol wants; a leader
+        // that only speaks v1 (an older Sluice) gets the marker without it.
+        let request = TxnMarkersRequest {
+            markers: vec![(
+                WritableTxnMarker::default()
+                    .with_producer_id(ProducerId(marker.producer_id))
+                    .with_producer_epoch(marker.producer_epoch)
+                    .with_transaction_result(marker.commit)
+                    .with_coordinator_epoch(marker.coordinator_epoch)
+                    .with_topics(topics),
+                i8::try_from(marker.transaction_version).unwrap_or(i8::MAX),
+            )],
+        };
         let response = match connection.send(&request).await {
             Ok(response) => response,
             Err(error) => {
@@ -125,7 +135,7 @@ impl MarkerChannel {
             }
         };
         let mut codes: HashMap<(&str, i32), i16> = HashMap::new();
-        for result in &response.markers {
+        for result in &response.0.markers {
             for topic in &result.topics {
                 for partition in &topic.partitions {
                     codes.insert(

@@ -29,6 +29,7 @@ from helpers import (
     api_versions,
     compact_string,
     create_topic,
+    fetch_all_batches,
     i8,
     i16,
     i32,
@@ -136,20 +137,31 @@ def lso(bootstrap, topic):
         c.close()
 
 
-def write_txn_markers(conn, markers):
-    """Raw WriteTxnMarkers v1 (flexible; Kafka 4.0 removed v0): markers = [(producer id,
-    epoch, commit, {topic: [partitions]})]. Returns {(producer id, topic, partition): code}."""
+def high_watermark(bootstrap, topic):
+    """Partition 0's high watermark (read_uncommitted: librdkafka's default answers the LSO)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"w-{uuid.uuid4().hex[:8]}",
+                  "isolation.level": "read_uncommitted"})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    finally:
+        c.close()
+
+
+def write_txn_markers(conn, markers, version=1):
+    """Raw WriteTxnMarkers v1 or v2 (flexible; Kafka 4.0 removed v0): markers = [(producer id,
+    epoch, commit, {topic: [partitions]}[, transaction version])], the transaction version
+    (KIP-1228, v2 only) defaulting to 0. Returns {(producer id, topic, partition): code}."""
     def carray(items):
         return uvarint(len(items) + 1) + b"".join(items)
 
-    body = carray([
-        i64(pid) + i16(epoch) + i8(1 if commit else 0)
-        + carray([compact_string(t) + carray([i32(p) for p in parts]) + uvarint(0)
-                  for t, parts in topics.items()])
-        + i32(0) + uvarint(0)
-        for pid, epoch, commit, topics in markers
-    ]) + uvarint(0)
-    r = conn.call(API_WRITE_TXN_MARKERS, 1, body, flexible_request=True)
+    def marker(pid, epoch, commit, topics, transaction_version=0):
+        return (i64(pid) + i16(epoch) + i8(1 if commit else 0)
+                + carray([compact_string(t) + carray([i32(p) for p in parts]) + uvarint(0)
+                          for t, parts in topics.items()])
+                + i32(0) + (i8(transaction_version) if version >= 2 else b"") + uvarint(0))
+
+    body = carray([marker(*m) for m in markers]) + uvarint(0)
+    r = conn.call(API_WRITE_TXN_MARKERS, version, body, flexible_request=True)
     out = {}
     for _ in range(r.uvarint() - 1):
         pid = r.i64()
@@ -280,7 +292,7 @@ def test_write_txn_markers_raw(broker, sluice_bin):
     missing = unique_topic("nope")
     with RawConn(broker.bootstrap) as conn:
         _, apis = api_versions(conn)
-        assert apis.get(API_WRITE_TXN_MARKERS) == (1, 1)
+        assert apis.get(API_WRITE_TXN_MARKERS) == (1, 2)
         # An idempotent producer at epoch 3 on partition 0: a marker at epoch 2 is older.
         err, pid, _ = init_producer_id(conn)
         assert err == 0
@@ -320,6 +332,37 @@ def test_write_txn_markers_raw(broker, sluice_bin):
     unknown = sluice_tool(sluice_bin, "describe", "--transactional-id", "no-such-id",
                           "-b", broker.bootstrap)
     assert unknown[0] == 1 and "TRANSACTIONAL_ID_NOT_FOUND" in unknown[2], unknown
+
+
+def test_write_txn_markers_v2_carries_the_transaction_version(broker):
+    """WriteTxnMarkers v2 (KIP-1228): each marker names its transaction's protocol version,
+    and at 2 the leader refuses a marker that is not newer than the open transaction's epoch
+    (protocol v2 bumps the epoch for every end). librdkafka runs protocol v1, so its open
+    transaction's batches carry the epoch its markers come at: the v2 marker that claims
+    version 2 is refused and changes nothing, the one that says 0 ends it."""
+    topic = create_topic(broker.bootstrap, unique_topic("wtm2"), 1)
+    txn_id = f"wtm2-{uuid.uuid4().hex[:6]}"
+    producer = start_hanging_producer(broker.bootstrap, txn_id, topic, 3)
+    try:
+        end = high_watermark(broker.bootstrap, topic)
+        assert end == 3 and lso(broker.bootstrap, topic) == 0
+        with RawConn(broker.bootstrap) as conn:
+            # The hanging producer is the partition's only one: its id and epoch are in the
+            # batch it wrote.
+            batch = fetch_all_batches(broker.bootstrap, topic, 0, end)[0]
+            pid, epoch = batch.producer_id, batch.producer_epoch
+            strict = write_txn_markers(conn, [(pid, epoch, False, {topic: [0]}, 2)], version=2)
+            assert strict == {(pid, topic, 0): INVALID_PRODUCER_EPOCH}
+            assert high_watermark(broker.bootstrap, topic) == end, "nothing written"
+            assert lso(broker.bootstrap, topic) == 0
+            legacy = write_txn_markers(conn, [(pid, epoch, False, {topic: [0]}, 0)], version=2)
+            assert legacy == {(pid, topic, 0): 0}
+        assert high_watermark(broker.bootstrap, topic) == end + 1
+        assert lso(broker.bootstrap, topic) == end + 1
+        assert read_values(broker.bootstrap, topic, "read_committed", 0) == []
+    finally:
+        producer.kill()
+        producer.wait(10)
 
 
 def test_write_txn_markers_needs_cluster_action(broker_factory):
