@@ -125,6 +125,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "transaction.state.log.segment.bytes", default: "104857600", doc: "Segment size of __transaction_state, which is compacted (the newest record per transactional id is its state, so the cleaner keeps only that): the cleaner cleans rolled segments, so smaller segments trim it sooner." },
     Setting { name: "transaction.state.log.num.partitions", default: "50", doc: "Partitions of __transaction_state; a transactional id's coordinator is the owner of partition abs(hash(id)) % this. Fixed once transactions were used: changing it moves ids away from their state." },
     Setting { name: "transaction.abort.timed.out.transaction.cleanup.interval.ms", default: "10000", doc: "How often each coordinator aborts (and fences, with an epoch bump) the transactions open longer than their timeout." },
+    Setting { name: "transactional.id.expiration.ms", default: "604800000", doc: "A transactional id with no transaction open whose coordinator wrote no state for it this long is forgotten: a tombstone in __transaction_state (which compaction then drops) and, on its next InitProducerId, a new producer id." },
+    Setting { name: "transaction.remove.expired.transaction.cleanup.interval.ms", default: "3600000", doc: "How often each coordinator looks for transactional ids past transactional.id.expiration.ms." },
     Setting { name: "transaction.version", default: "2", doc: "The finalized transaction.version feature (Kafka sets it with kafka-features.sh): ApiVersions advertises it (supported 0-2) with Produce 12, EndTxn 5 and TxnOffsetCommit 5 at 2, so a Kafka 4 client runs transactions on protocol v2 (KIP-890: an epoch bump per transaction, partitions added implicitly by Produce and TxnOffsetCommit); 0 or 1 keeps protocol v1 only (Produce 11, EndTxn 4, TxnOffsetCommit 3), which older clients use at any value." },
     Setting { name: "transaction.marker.delay.ms", default: "0", doc: "TEST ONLY: how long EndTxn waits between persisting PrepareCommit/PrepareAbort and writing the markers, so that a test can kill the broker inside that window. Keep 0 in production. No Kafka equivalent." },
     Setting { name: "request.timeout.ms", default: "30000", doc: "How long one partition of a WriteTxnMarkers request may wait for its marker to be durable (and, in a cluster, in every ISR member) before it is answered REQUEST_TIMED_OUT; the marker may still land." },
@@ -694,6 +696,11 @@ impl BrokerConfig {
                 state_segment_bytes: c.int("transaction.state.log.segment.bytes", 1..=INT_MAX),
                 abort_check_interval_ms: c.int(
                     "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+                    1..=INT_MAX,
+                ),
+                id_expiration_ms: c.int("transactional.id.expiration.ms", 1..=INT_MAX),
+                id_expiration_check_interval_ms: c.int(
+                    "transaction.remove.expired.transaction.cleanup.interval.ms",
                     1..=INT_MAX,
                 ),
                 transaction_version: c.int("transaction.version", 0..=2),

@@ -636,6 +636,23 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
             });
         }
     }
+    // Each coordinator's idle transactional ids (in a cluster, of the partitions it leads).
+    {
+        let txn_shard = shard.clone();
+        runtime::spawn(async move {
+            let period = Duration::from_millis(
+                txn_shard
+                    .config
+                    .transactions
+                    .id_expiration_check_interval_ms,
+            );
+            loop {
+                tokio::time::sleep(period).await;
+                let coordinator = txn_shard.txns.clone();
+                coordinator.remove_expired_ids(&txn_shard, now_ms()).await;
+            }
+        });
+    }
     // Each coordinator's timeouts (in a cluster, over the state partitions it leads).
     {
         let txn_shard = shard.clone();

@@ -165,6 +165,23 @@ impl TxnCoordinator {
                 .is_none_or(|old| meta.state.may_follow(old.state) || old.state == meta.state),
             "illegal transition"
         );
+        let records = [(encode_key(id), Some(encode_value(&meta)))];
+        self.append_state(shard, partition, id, &records).await?;
+        self.inner.txns.borrow_mut().insert(id.to_string(), meta);
+        Ok(())
+    }
+
+    /// Appends `records` (keys and values, or tombstones) to state partition `partition`,
+    /// durably and, in a cluster, replicated to the ISR with `min.insync.replicas` honoured;
+    /// NOT_COORDINATOR if the partition was unloaded meanwhile. `label` names the records in
+    /// the log lines.
+    async fn append_state(
+        &self,
+        shard: &Shard,
+        partition: i32,
+        label: &str,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<(), i16> {
         let log = self.inner.logs.borrow().get(&partition).cloned();
         let Some(log) = log else {
             return Err(code::NOT_COORDINATOR);
@@ -176,10 +193,7 @@ impl TxnCoordinator {
                 .check_min_insync(TRANSACTION_STATE_TOPIC, partition)
                 .map_err(|_| code::COORDINATOR_NOT_AVAILABLE)?;
         }
-        let batch = sluice_group::encode_batch(
-            &[(encode_key(id), Some(encode_value(&meta)))],
-            crate::server::now_ms(),
-        );
+        let batch = sluice_group::encode_batch(records, crate::server::now_ms());
         let info = match log
             .partition
             .append(batch, Ack::Durable, log.coordinator_epoch)
@@ -187,7 +201,7 @@ impl TxnCoordinator {
         {
             Ok(info) => info,
             Err(error) => {
-                tracing::error!(transactional_id = id, %error, "persisting transaction state failed");
+                tracing::error!(transactional_id = label, %error, "persisting transaction state failed");
                 return Err(code::COORDINATOR_NOT_AVAILABLE);
             }
         };
@@ -205,7 +219,7 @@ impl TxnCoordinator {
                 Ok(Err(code::NOT_LEADER_OR_FOLLOWER)) => return Err(code::NOT_COORDINATOR),
                 Ok(Err(error_code)) => {
                     tracing::warn!(
-                        transactional_id = id,
+                        transactional_id = label,
                         error_code,
                         end,
                         "transaction state not replicated"
@@ -214,7 +228,7 @@ impl TxnCoordinator {
                 }
                 Err(_) => {
                     tracing::warn!(
-                        transactional_id = id,
+                        transactional_id = label,
                         end,
                         "transaction state not replicated in time"
                     );
@@ -225,7 +239,6 @@ impl TxnCoordinator {
         if !self.coordinates(partition, log.coordinator_epoch) {
             return Err(code::NOT_COORDINATOR);
         }
-        self.inner.txns.borrow_mut().insert(id.to_string(), meta);
         Ok(())
     }
 
@@ -760,6 +773,70 @@ impl TxnCoordinator {
             }
         }
         aborted
+    }
+
+    /// Forgets the transactional ids idle for `transactional.id.expiration.ms`: no
+    /// transaction open or ending, no operation in flight, and no state written for that
+    /// long. Each gets a tombstone in its state partition (one batch per partition), so a
+    /// replay forgets it too and the compacted log drops its records; then it is removed
+    /// here. Its next InitProducerId starts afresh with a new producer id, as on Kafka.
+    /// Returns how many were removed.
+    pub async fn remove_expired_ids(&self, shard: &Rc<Shard>, now_ms: i64) -> usize {
+        let expiration_ms = self.inner.config.id_expiration_ms;
+        let idle = |meta: &TxnMetadata| {
+            matches!(
+                meta.state,
+                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+            ) && now_ms.saturating_sub(meta.last_update_ms) >= expiration_ms
+        };
+        let mut by_partition: std::collections::BTreeMap<i32, Vec<String>> = Default::default();
+        for (id, meta) in self.inner.txns.borrow().iter() {
+            if idle(meta) {
+                by_partition
+                    .entry(self.partition_for(id))
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
+        let mut removed = 0;
+        for (partition, ids) in by_partition {
+            // Hold each id's slot across the write, so no request changes it meanwhile; an
+            // id busy now waits for the next round.
+            let claimed: Vec<(String, Busy)> = ids
+                .into_iter()
+                .filter_map(|id| self.claim(&id).ok().map(|busy| (id, busy)))
+                .filter(|(id, _)| self.metadata(id).is_some_and(|m| idle(&m)))
+                .collect();
+            if claimed.is_empty() {
+                continue;
+            }
+            let tombstones: Vec<(Vec<u8>, Option<Vec<u8>>)> = claimed
+                .iter()
+                .map(|(id, _)| (encode_key(id), None))
+                .collect();
+            let label = format!("{} expired ids", claimed.len());
+            match self
+                .append_state(shard, partition, &label, &tombstones)
+                .await
+            {
+                Ok(()) => {
+                    let mut txns = self.inner.txns.borrow_mut();
+                    for (id, _) in &claimed {
+                        txns.remove(id);
+                        tracing::info!(transactional_id = %id, partition, "transactional id expired");
+                    }
+                    removed += claimed.len();
+                }
+                Err(error_code) => {
+                    tracing::debug!(
+                        partition,
+                        error_code,
+                        "expired transactional ids not removed this round"
+                    )
+                }
+            }
+        }
+        removed
     }
 
     /// Every transactional id this shard coordinates, with its metadata.

@@ -52,6 +52,11 @@ pub struct TxnConfig {
     pub state_segment_bytes: u64,
     /// `transaction.abort.timed.out.transaction.cleanup.interval.ms` (default 10000).
     pub abort_check_interval_ms: u64,
+    /// `transactional.id.expiration.ms` (default 604800000, seven days): an id with no
+    /// transaction open whose state was not written for this long is forgotten.
+    pub id_expiration_ms: i64,
+    /// `transaction.remove.expired.transaction.cleanup.interval.ms` (default 3600000).
+    pub id_expiration_check_interval_ms: u64,
     /// `transaction.version` (default 2): the finalized transaction protocol version that
     /// ApiVersions advertises; 2 enables KIP-890 (see [`TV_2`]).
     pub transaction_version: i16,
@@ -81,6 +86,8 @@ impl Default for TxnConfig {
             state_partitions: 50,
             state_segment_bytes: 100 * 1024 * 1024,
             abort_check_interval_ms: 10_000,
+            id_expiration_ms: 7 * 24 * 3600 * 1000,
+            id_expiration_check_interval_ms: 3_600_000,
             transaction_version: TV_2,
             marker_delay_ms: 0,
             marker_write_timeout_ms: 30_000,

@@ -22,7 +22,8 @@ pub enum TxnState {
     CompleteCommit,
     /// Every ABORT marker is written.
     CompleteAbort,
-    /// The id expired (not produced by Sluice yet; read back if present).
+    /// The id expired (Sluice, like Kafka, writes a tombstone instead; read back if a log
+    /// holds it).
     Dead,
     /// A newer producer is fencing this transaction (in memory only, as in Kafka).
     PrepareEpochFence,
