@@ -175,6 +175,43 @@ pub async fn fetch_all_committed(
     Ok(out)
 }
 
+/// UNSTABLE_OFFSET_COMMIT: OffsetFetch with `require_stable` found an offset a transaction
+/// still holds (KIP-447).
+const UNSTABLE_OFFSET_COMMIT: i16 = 88;
+
+/// The partitions of `topic` (of `partitions`) for which a transaction holds an offset of
+/// `group` not yet committed (TxnOffsetCommit before its transaction ended), asked with
+/// OffsetFetch's `require_stable` (v7+, KIP-447); empty from a broker older than that,
+/// which cannot tell.
+pub async fn fetch_pending_transactional(
+    client: &Client,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<std::collections::BTreeSet<i32>> {
+    let conn = coordinator(client, group).await?;
+    if conn.version_for::<OffsetFetchRequest>()? < 7 {
+        return Ok(Default::default());
+    }
+    let request = OffsetFetchRequest::default()
+        .with_group_id(group_id(group))
+        .with_require_stable(true)
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(TopicName(str_bytes(topic)))
+            .with_partition_indexes(partitions.to_vec())]));
+    let response = conn.send(&request).await?;
+    ClientError::check(response.error_code, || {
+        format!("fetch offsets of group '{group}'")
+    })?;
+    Ok(response
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .filter(|p| p.error_code == UNSTABLE_OFFSET_COMMIT)
+        .map(|p| p.partition_index)
+        .collect())
+}
+
 async fn fetch_committed_on(
     conn: &Connection,
     group: &str,

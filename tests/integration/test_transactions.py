@@ -3,6 +3,7 @@ kafkajs. Commit and abort across partitions, read_committed against read_uncommi
 zombie fencing, the transaction timeout, a broker kill -9 between PrepareCommit and
 CompleteCommit, and a consume-transform-produce loop whose processor is SIGKILLed."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -228,7 +229,7 @@ def test_kill9_keeps_pending_transactional_offsets(broker_factory, commit):
     assert [v for _, v in seen] == ([b"out"] if commit else [])
 
 
-def test_offset_fetch_require_stable_waits_for_the_pending_transactional_offset(broker):
+def test_offset_fetch_require_stable_waits_for_the_pending_transactional_offset(broker, sluice_bin):
     """KIP-447: while a transaction holds an offset for a group, a read_committed consumer's
     OffsetFetch (librdkafka sets require_stable then) gets UNSTABLE_OFFSET_COMMIT, which the
     client retries, instead of the older offset it would start from and then re-process; a
@@ -247,8 +248,26 @@ def test_offset_fetch_require_stable_waits_for_the_pending_transactional_offset(
     assert committed("read_uncommitted", 10) == 5
     with pytest.raises(KafkaException):
         committed("read_committed", 3)
+    # `sluice groups describe` shows the offset the transaction holds, beside the committed.
+    assert describe_offsets(sluice_bin, broker, group, in_topic) == [(0, 5, True)]
+    text = subprocess.run([str(sluice_bin), "groups", "describe", group, "--bootstrap",
+                           broker.bootstrap], capture_output=True, text=True, timeout=30)
+    assert text.returncode == 0, text.stderr
+    assert "PendingTxn" in text.stdout
+    assert [line.split()[-1] for line in text.stdout.splitlines()
+            if line.startswith(in_topic)] == ["yes"], text.stdout
     p.commit_transaction(30)
     assert committed("read_committed", 10) == 17
+    assert describe_offsets(sluice_bin, broker, group, in_topic) == [(0, 17, False)]
+
+
+def describe_offsets(sluice_bin, broker, group, topic):
+    """[(partition, committed, pending_transaction)] of `topic` in `sluice groups describe`."""
+    out = subprocess.run([str(sluice_bin), "groups", "describe", group, "--json", "--bootstrap",
+                          broker.bootstrap], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return [(o["partition"], o["committed"], o["pending_transaction"])
+            for o in json.loads(out.stdout)["offsets"] if o["topic"] == topic]
 
 
 def _ignore(fn, *args):

@@ -10,8 +10,29 @@ use serde_json::json;
 use super::ConnArgs;
 use crate::admin::OffsetSpec;
 use crate::group::{
-    commit_offsets_admin, delete_group, describe_group, fetch_all_committed, list_groups,
+    commit_offsets_admin, delete_group, describe_group, fetch_all_committed,
+    fetch_pending_transactional, list_groups,
 };
+
+/// One partition of `groups describe`.
+struct OffsetRow {
+    topic: String,
+    partition: i32,
+    /// The committed offset, if any.
+    committed: Option<i64>,
+    log_end: i64,
+    /// A transaction holds a newer offset (TxnOffsetCommit, not yet committed or aborted).
+    pending_transaction: bool,
+    member: Option<String>,
+}
+
+impl OffsetRow {
+    /// The records between the committed offset and the log end (none without a committed
+    /// offset, as Kafka's tool shows it).
+    fn lag(&self) -> Option<i64> {
+        self.committed.map(|o| (self.log_end - o).max(0))
+    }
+}
 
 /// Arguments of `sluice groups`.
 #[derive(Debug, Args)]
@@ -94,18 +115,40 @@ pub async fn run(args: GroupsArgs) -> anyhow::Result<()> {
                 anyhow::bail!("group '{group}' does not exist");
             }
             let committed = fetch_all_committed(&client, &group).await?;
+            // The topics it committed or is assigned: an offset a transaction holds may be
+            // on a partition with no committed offset yet.
+            let mut topics: std::collections::BTreeSet<String> =
+                committed.keys().cloned().collect();
+            for member in &description.members {
+                topics.extend(member.assignment.keys().cloned());
+            }
             let mut rows = Vec::new();
-            for (topic, offsets) in &committed {
+            for topic in &topics {
                 let info = client.topic(topic).await?;
+                let all: Vec<i32> = info.partitions.iter().map(|p| p.partition).collect();
+                let pending = fetch_pending_transactional(&client, &group, topic, &all).await?;
                 let ends = client.list_offsets(&info, None, OffsetSpec::Latest).await?;
-                for (p, offset) in offsets {
+                let offsets = committed.get(topic);
+                for p in &all {
+                    let offset = offsets.and_then(|o| o.get(p)).copied();
+                    let is_pending = pending.contains(p);
+                    if offset.is_none() && !is_pending {
+                        continue;
+                    }
                     let end = ends.get(p).map_or(-1, |e| e.0);
                     let owner = description
                         .members
                         .iter()
                         .find(|m| m.assignment.get(topic).is_some_and(|ps| ps.contains(p)))
                         .map(|m| m.member_id.clone());
-                    rows.push((topic.clone(), *p, *offset, end, owner));
+                    rows.push(OffsetRow {
+                        topic: topic.clone(),
+                        partition: *p,
+                        committed: offset,
+                        log_end: end,
+                        pending_transaction: is_pending,
+                        member: owner,
+                    });
                 }
             }
             if json {
@@ -116,7 +159,7 @@ pub async fn run(args: GroupsArgs) -> anyhow::Result<()> {
                     .collect();
                 let offsets: Vec<_> = rows
                     .iter()
-                    .map(|(t, p, o, e, m)| json!({"topic": t, "partition": p, "committed": o, "log_end": e, "lag": (e - o).max(0), "member": m}))
+                    .map(|r| json!({"topic": r.topic, "partition": r.partition, "committed": r.committed.unwrap_or(-1), "log_end": r.log_end, "lag": r.lag(), "pending_transaction": r.pending_transaction, "member": r.member}))
                     .collect();
                 println!(
                     "{}",
@@ -158,12 +201,19 @@ pub async fn run(args: GroupsArgs) -> anyhow::Result<()> {
                     );
                 }
                 if !rows.is_empty() {
+                    // PendingTxn: a transaction holds a newer offset, visible once it commits.
                     println!(
-                        "{:<24} {:>9} {:>12} {:>12} {:>8}",
-                        "Topic", "Partition", "Committed", "LogEnd", "Lag"
+                        "{:<24} {:>9} {:>12} {:>12} {:>8} {:>10}",
+                        "Topic", "Partition", "Committed", "LogEnd", "Lag", "PendingTxn"
                     );
-                    for (t, p, o, e, _) in rows {
-                        println!("{t:<24} {p:>9} {o:>12} {e:>12} {:>8}", (e - o).max(0));
+                    for r in rows {
+                        let committed = r.committed.map_or("-".to_string(), |o| o.to_string());
+                        let lag = r.lag().map_or("-".to_string(), |l| l.to_string());
+                        let pending = if r.pending_transaction { "yes" } else { "-" };
+                        println!(
+                            "{:<24} {:>9} {committed:>12} {:>12} {lag:>8} {pending:>10}",
+                            r.topic, r.partition, r.log_end
+                        );
                     }
                 }
             }
