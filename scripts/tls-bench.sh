@@ -9,12 +9,15 @@
 # noisy absolutes; read the TLS/plaintext ratios). kcat's own CPU shares the cores.
 #
 # Usage: scripts/tls-bench.sh            RECORDS=200000 RECORD_BYTES=1000 (about 200 MB per leg)
+#        RUNS=3 scripts/tls-bench.sh     plaintext and TLS legs alternated RUNS times; the medians
+#                                        and the TLS/plaintext ratios are printed last
 # Env:   SLUICE_BIN (default target/release/sluice, or $CARGO_TARGET_DIR/release/sluice)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RECORDS="${RECORDS:-200000}"
 RECORD_BYTES="${RECORD_BYTES:-1000}"
+RUNS="${RUNS:-1}"
 SLUICE_BIN="${SLUICE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/sluice}"
 WORK="$(mktemp -d /tmp/sluice-tls-bench.XXXXXX)"
 BROKER_PID=""
@@ -79,7 +82,7 @@ run_leg() {  # NAME PORT [kcat args...]
     kcat -b "127.0.0.1:$port" "$@" -C -t "$topic" -p 0 -o beginning -e -q \
         -c "$RECORDS" -X fetch.max.bytes=52428800 >/dev/null
     t2=$(date +%s.%N); cpu2=$(cpu_s)
-    python3 - "$name" "$BYTES" "$t0" "$t1" "$t2" "$cpu0" "$cpu1" "$cpu2" <<'EOF'
+    python3 - "$name" "$BYTES" "$t0" "$t1" "$t2" "$cpu0" "$cpu1" "$cpu2" <<'EOF' | tee -a "$WORK/results.txt"
 import sys
 name, size = sys.argv[1], int(sys.argv[2])
 t0, t1, t2, c0, c1, c2 = map(float, sys.argv[3:])
@@ -89,6 +92,22 @@ print(f"{name:9s} produce {size / 1e6 / (t1 - t0):7.1f} MB/s  broker {(c1 - c0) 
 EOF
 }
 
-echo "records: $RECORDS x $RECORD_BYTES bytes ($((BYTES / 1000000)) MB) per leg, kcat, acks=all, 1 partition"
-run_leg plaintext "$PLAIN_PORT"
-run_leg tls "$TLS_PORT" "${TLS_ARGS[@]}"
+echo "records: $RECORDS x $RECORD_BYTES bytes ($((BYTES / 1000000)) MB) per leg, kcat, acks=all, 1 partition, $RUNS run(s)"
+for _ in $(seq "$RUNS"); do
+    run_leg plaintext "$PLAIN_PORT"
+    run_leg tls "$TLS_PORT" "${TLS_ARGS[@]}"
+done
+python3 - "$WORK/results.txt" <<'EOF'
+import statistics, sys
+legs = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    legs.setdefault(f[0], []).append((float(f[2]), float(f[5]), float(f[9]), float(f[12])))
+med = {name: [statistics.median(col) for col in zip(*rows)] for name, rows in legs.items()}
+print(f"medians of {len(legs['plaintext'])} run(s):")
+for name, (p, pc, c, cc) in med.items():
+    print(f"  {name:9s} produce {p:7.1f} MB/s {pc:6.2f} CPU-s/GB | consume {c:7.1f} MB/s {cc:6.2f} CPU-s/GB")
+(p0, pc0, c0, cc0), (p1, pc1, c1, cc1) = med["plaintext"], med["tls"]
+print(f"  TLS/plaintext: produce {p1 / p0:.2f}x MB/s, {pc1 / pc0:.2f}x CPU/GB | "
+      f"consume {c1 / c0:.2f}x MB/s, {cc1 / cc0:.2f}x CPU/GB")
+EOF
