@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """SCRAM handshake rate: how many SASL_PLAINTEXT connections per second a broker authenticates
-with SCRAM-SHA-256 or SCRAM-SHA-512 (connect, SaslHandshake v1, two SaslAuthenticate v1
+with SCRAM-SHA-256 or SCRAM-SHA-512 (or PLAIN, one round trip) (connect, SaslHandshake v1, two SaslAuthenticate v1
 round trips, server signature checked, close), from THREADS client loops for DURATION seconds.
 
 The client derives the salted password once per (salt, iterations) and reuses it, so the loop
@@ -8,7 +8,7 @@ measures the broker's side (nonce, proof check, server signature) and the connec
 not the client's PBKDF2. With --broker-pid, the broker's CPU seconds per 1000 handshakes are
 reported too. A benchmark, not a test: it asserts nothing beyond each handshake succeeding.
 
-Usage: scripts/sasl-bench.py HOST:PORT USER PASSWORD [--mechanism SCRAM-SHA-512]
+Usage: scripts/sasl-bench.py HOST:PORT USER PASSWORD [--mechanism SCRAM-SHA-512|SCRAM-SHA-256|PLAIN]
        [--threads 2] [--duration 10] [--broker-pid PID]
 """
 
@@ -57,6 +57,23 @@ def authenticate(sock, cid, token):
     if error:
         raise RuntimeError(f"SaslAuthenticate error {error}")
     return auth
+
+
+class Plain:
+    """SASL/PLAIN: one SaslAuthenticate with the password (the broker derives it with the
+    stored SCRAM salt and iterations and compares, so it pays a PBKDF2 per login)."""
+
+    def __init__(self, user, password):
+        self.token = b"\0" + user.encode() + b"\0" + password.encode()
+
+    def handshake(self, addr):
+        host, port = addr.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            body = call(sock, 17, 1, 1, struct.pack(">h", 5) + b"PLAIN")
+            if struct.unpack(">h", body[:2])[0]:
+                raise RuntimeError("SaslHandshake refused")
+            authenticate(sock, 2, self.token)
 
 
 class Scram:
@@ -120,7 +137,8 @@ def main():
     deadline = time.monotonic() + args.duration
 
     def loop(i):
-        scram = Scram(args.mechanism, args.user, args.password)
+        scram = (Plain(args.user, args.password) if args.mechanism == "PLAIN"
+                 else Scram(args.mechanism, args.user, args.password))
         while time.monotonic() < deadline:
             scram.handshake(args.bootstrap)
             counts[i] += 1

@@ -108,6 +108,9 @@ print(f"medians of {len(legs['plaintext'])} run(s):")
 for name, (p, pc, c, cc) in med.items():
     print(f"  {name:9s} produce {p:7.1f} MB/s {pc:6.2f} CPU-s/GB | consume {c:7.1f} MB/s {cc:6.2f} CPU-s/GB")
 (p0, pc0, c0, cc0), (p1, pc1, c1, cc1) = med["plaintext"], med["tls"]
-print(f"  TLS/plaintext: produce {p1 / p0:.2f}x MB/s, {pc1 / pc0:.2f}x CPU/GB | "
-      f"consume {c1 / c0:.2f}x MB/s, {cc1 / cc0:.2f}x CPU/GB")
+def ratio(a, b):
+    # CPU is counted in clock ticks: a short run may show none at all.
+    return f"{a / b:.2f}x" if b > 0 else "n/a"
+print(f"  TLS/plaintext: produce {ratio(p1, p0)} MB/s, {ratio(pc1, pc0)} CPU/GB | "
+      f"consume {ratio(c1, c0)} MB/s, {ratio(cc1, cc0)} CPU/GB")
 EOF
