@@ -19,6 +19,7 @@ pub mod reassign;
 pub mod records;
 pub mod scram;
 pub mod security;
+pub mod transaction;
 pub mod versions;
 
 pub use admin::OffsetSpec;
@@ -29,3 +30,4 @@ pub use error::{ClientError, KafkaCode, Result};
 pub use producer::{Acks, Producer};
 pub use records::{ConsumedRecord, ProduceRecord};
 pub use security::{ClientTls, SaslLogin, SaslMechanism, Security};
+pub use transaction::TxnSession;
