@@ -75,6 +75,44 @@ def row(cells):
     return "| " + " | ".join(cells) + " |"
 
 
+def connections_of(flags):
+    """The produce flags' --connections (the bench's default, 2, when absent)."""
+    words = flags.split()
+    for index, word in enumerate(words[:-1]):
+        if word == "--connections":
+            try:
+                return int(words[index + 1])
+            except ValueError:
+                return None
+    return 2
+
+
+def round_trips(rows, sizes, partitions, flags):
+    """Per transactional workload: how often a connection ends a transaction, and how much of
+    that its coordinator round trips take (medians), computed from the figures."""
+    out = []
+    connections = connections_of(flags)
+    for count, scenario, size in workloads(sizes, partitions):
+        if size is None:
+            continue
+        transactions = m(rows, scenario, "end_txn_count")
+        duration_s = m(rows, scenario, "duration_s")
+        end_p50 = m(rows, scenario, "end_txn_p50_ms")
+        adds = m(rows, scenario, "add_partitions_count")
+        add_p50 = m(rows, scenario, "add_partitions_p50_ms")
+        if not transactions or duration_s is None or connections is None or None in (end_p50, adds, add_p50):
+            continue
+        period_ms = 1000 * duration_s * connections / transactions
+        adds_per_txn = adds / transactions
+        coordinator_ms = end_p50 + adds_per_txn * add_p50
+        out.append(f"Transactions of {int(size):,} records, {count} partition(s): a connection ends one every"
+                   f" {period_ms:.2f} ms ({duration_s:.1f} s × {connections} connections / {transactions:,.0f});"
+                   f" its EndTxn (p50 {end_p50:.2f} ms) and AddPartitionsToTxn ({adds_per_txn:.1f} per"
+                   f" transaction, p50 {add_p50:.2f} ms) round trips take about {coordinator_ms:.2f} ms of"
+                   f" that ({coordinator_ms / period_ms:.0%}).")
+    return out
+
+
 def section(args):
     rows = load(args.results)
     sizes, partitions = args.sizes.split(), args.partitions.split()
@@ -122,6 +160,9 @@ def section(args):
         " sends no produce request while its AddPartitionsToTxn is out. A closed-loop task creates"
         " at most one request's worth of records (1 MiB) ahead, so a transaction of 10,000 records"
         " adds its partitions in several requests, as the sticky partitioner reaches them.")
+    add("")
+    for sentence in round_trips(rows, sizes, partitions, args.flags):
+        add(f"- {sentence}")
     add("")
     committed = m(rows, "consume_read_committed", "mb_per_s")
     uncommitted = m(rows, "consume_read_uncommitted", "mb_per_s")
