@@ -10,7 +10,10 @@
 #     network; issue 3's denominator); produce with and without 1,000 offset commits/s
 #     (issue 6); allocation calls per produced record under heaptrack (issue 3); fetch on the
 #     zero-copy and the copying path beside iperf3 -Z, with perf/syscalls.sh's view of each
-#     (scripts/fetch-bench.sh, issue 5).
+#     (scripts/fetch-bench.sh, issue 5); transactional produce (100 and 10,000 records per
+#     transaction) against plain produce, EndTxn latency, read_committed against
+#     read_uncommitted (scripts/txn-bench.sh with its own fresh broker, issue 13; rerun it alone
+#     to refresh only its section).
 #
 # Disk: each produce topic is deleted once measured, so the data directory holds about one
 # run's data at a time (a few GB) plus the fetch step's (~5 GB); the script checks for
@@ -38,6 +41,7 @@
 #        STORAGE_BENCH_BIN=P  storage-only bench binary (default: built with cargo bench --no-run)
 #        RUNS=N  DURATION_S=N  runs per figure and seconds per timed run (default 3 and 10;
 #                          QUICK: 1 and 5)
+#        TXN_PARTITIONS="16 1"  partition counts of the transactions step (QUICK: 16)
 #        PRODUCE_FLAGS="..."  `sluice bench produce` flags of every produce workload
 #        BENCH_DIR=D       data, logs and raw results (default bench-out/bench; wiped first)
 #        BENCH_PORT / BENCH_ADMIN_PORT / IPERF_PORT   ports (default 41092 / 41644 / 41201;
@@ -58,6 +62,7 @@ if [[ "$QUICK" == 1 ]]; then
     IPERF_S="${IPERF_S:-3}"
     FETCH_FILE_MB="${FETCH_FILE_MB:-1024}"
     FETCH_TAIL_MB="${FETCH_TAIL_MB:-512}"
+    TXN_PARTITIONS="${TXN_PARTITIONS:-16}"
     DISK_FREE_GB_MIN="${DISK_FREE_GB_MIN:-15}"
 else
     RUNS="${RUNS:-3}"
@@ -67,6 +72,7 @@ else
     IPERF_S="${IPERF_S:-5}"
     FETCH_FILE_MB="${FETCH_FILE_MB:-2048}"
     FETCH_TAIL_MB="${FETCH_TAIL_MB:-768}"
+    TXN_PARTITIONS="${TXN_PARTITIONS:-16 1}"
     DISK_FREE_GB_MIN="${DISK_FREE_GB_MIN:-30}"
 fi
 PRODUCE_FLAGS="${PRODUCE_FLAGS:---record-size 1024 --acks all --connections 4 --in-flight 5 --batch-bytes 262144 --linger-ms 5}"
@@ -464,6 +470,21 @@ fetch_step() {
     rm -rf "$BENCH_DIR/fetch/data"
 }
 
+# Issue 13: scripts/txn-bench.sh with its own fresh broker; it writes its section into $OUT
+# between markers, which the report below keeps.
+txn_step() {
+    say "transactions: transactional produce against plain, EndTxn latency, read_committed against read_uncommitted (scripts/txn-bench.sh)"
+    local command=(env SLUICE_BIN="$BIN" BENCH_DIR="$BENCH_DIR/txn" OUT_MD="$OUT" QUICK="$QUICK" RUNS="$RUNS"
+        DURATION_S="$DURATION_S" PARTITIONS="$TXN_PARTITIONS" PRODUCE_FLAGS="$PRODUCE_FLAGS"
+        BENCH_PORT="$PORT" BENCH_ADMIN_PORT="$ADMIN_PORT" scripts/txn-bench.sh)
+    record_command txn "${command[@]}"
+    if ! "${command[@]}" >"$BENCH_DIR/txn.log" 2>&1; then
+        echo "   txn-bench failed: $(tail -3 "$BENCH_DIR/txn.log")" >&2
+    fi
+    grep -E '^   (plain|txn|consume)' "$BENCH_DIR/txn.log" >&2 || true
+    rm -rf "$BENCH_DIR/txn/data"
+}
+
 # --- the report ----------------------------------------------------------------------------
 write_meta() { # TARGET FIO_BLOCK_BYTES
     local dev fs
@@ -564,6 +585,7 @@ else
     broker_stop
     rm -rf "$BENCH_DIR/data"
     fetch_step
+    txn_step
     # The disk limit at the broker's own cadence: bytes per group commit (one file, one
     # fdatasync) of the 1-partition runs, rounded to 4 KiB.
     FIO_BS="$(python3 - "$RESULTS" <<'PY'

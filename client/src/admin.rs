@@ -17,6 +17,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Message, Request, StrBytes};
 
 use crate::client::{Client, TopicInfo};
+use crate::consumer::IsolationLevel;
 use crate::error::{ClientError, Result};
 
 /// Which offset ListOffsets should return.
@@ -205,6 +206,19 @@ impl Client {
         partitions: Option<&[i32]>,
         spec: OffsetSpec,
     ) -> Result<BTreeMap<i32, (i64, i64)>> {
+        self.list_offsets_isolated(info, partitions, spec, IsolationLevel::ReadUncommitted)
+            .await
+    }
+
+    /// [`Client::list_offsets`] at an isolation level: read_committed answers the last stable
+    /// offset for [`OffsetSpec::Latest`] instead of the high watermark.
+    pub async fn list_offsets_isolated(
+        &self,
+        info: &TopicInfo,
+        partitions: Option<&[i32]>,
+        spec: OffsetSpec,
+        isolation: IsolationLevel,
+    ) -> Result<BTreeMap<i32, (i64, i64)>> {
         let wanted: Vec<i32> = match partitions {
             Some(p) => p.to_vec(),
             None => info.partitions.iter().map(|p| p.partition).collect(),
@@ -228,7 +242,7 @@ impl Client {
             let conn = self.broker(leader).await?;
             let request = ListOffsetsRequest::default()
                 .with_replica_id(BrokerId(-1))
-                .with_isolation_level(0)
+                .with_isolation_level(isolation.wire())
                 .with_timeout_ms(server_timeout_ms(self))
                 .with_topics(vec![ListOffsetsTopic::default()
                     .with_name(topic_name(&info.name))

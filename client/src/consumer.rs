@@ -16,6 +16,47 @@ use crate::conn::{Connection, Pending};
 use crate::error::{ClientError, Result};
 use crate::records::{decode_fetched, ConsumedRecord};
 
+/// Which records a fetch may return (Fetch `isolation_level`, ListOffsets' too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationLevel {
+    /// Everything up to the high watermark, open and aborted transactions' records included.
+    #[default]
+    ReadUncommitted,
+    /// Up to the last stable offset; the answer lists the aborted transactions to leave out.
+    ReadCommitted,
+}
+
+impl IsolationLevel {
+    /// The wire value.
+    pub fn wire(self) -> i8 {
+        match self {
+            IsolationLevel::ReadUncommitted => 0,
+            IsolationLevel::ReadCommitted => 1,
+        }
+    }
+
+    /// Kafka's name (`isolation.level`).
+    pub fn name(self) -> &'static str {
+        match self {
+            IsolationLevel::ReadUncommitted => "read_uncommitted",
+            IsolationLevel::ReadCommitted => "read_committed",
+        }
+    }
+}
+
+impl std::str::FromStr for IsolationLevel {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "read_uncommitted" | "uncommitted" | "0" => Ok(IsolationLevel::ReadUncommitted),
+            "read_committed" | "committed" | "1" => Ok(IsolationLevel::ReadCommitted),
+            other => Err(format!(
+                "invalid isolation level '{other}' (expected read_uncommitted or read_committed)"
+            )),
+        }
+    }
+}
+
 /// Fetch sizing and waiting.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchOptions {
@@ -27,6 +68,8 @@ pub struct FetchOptions {
     pub max_bytes: i32,
     /// Cap per partition (the broker still returns one whole batch if it is larger).
     pub partition_max_bytes: i32,
+    /// read_uncommitted or read_committed.
+    pub isolation_level: IsolationLevel,
 }
 
 impl Default for FetchOptions {
@@ -36,6 +79,7 @@ impl Default for FetchOptions {
             min_bytes: 1,
             max_bytes: 52_428_800,
             partition_max_bytes: 1_048_576,
+            isolation_level: IsolationLevel::ReadUncommitted,
         }
     }
 }
@@ -51,6 +95,11 @@ pub struct RawPartitionData {
     pub high_watermark: i64,
     /// Log start offset (-1 when the version lacks it).
     pub log_start_offset: i64,
+    /// Last stable offset (-1 when the version lacks it).
+    pub last_stable_offset: i64,
+    /// The aborted transactions of the fetched range, `(producer_id, first_offset)`
+    /// (read_committed only; empty otherwise).
+    pub aborted: Vec<(i64, i64)>,
     /// The record batches.
     pub records: Bytes,
 }
@@ -66,7 +115,7 @@ pub fn build_fetch_request(
         .with_max_wait_ms(options.max_wait_ms)
         .with_min_bytes(options.min_bytes)
         .with_max_bytes(options.max_bytes)
-        .with_isolation_level(0)
+        .with_isolation_level(options.isolation_level.wire())
         .with_session_id(0)
         .with_session_epoch(-1)
         .with_topics(vec![FetchTopic::default()
@@ -114,6 +163,13 @@ pub async fn wait_fetch(
                 error_code: p.error_code,
                 high_watermark: p.high_watermark,
                 log_start_offset: p.log_start_offset,
+                last_stable_offset: p.last_stable_offset,
+                aborted: p
+                    .aborted_transactions
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|a| (a.producer_id.0, a.first_offset))
+                    .collect(),
                 records: p.records.unwrap_or_default(),
             });
         }

@@ -50,6 +50,8 @@ impl KafkaCode {
             42 => "INVALID_REQUEST",
             43 => "UNSUPPORTED_FOR_MESSAGE_FORMAT",
             44 => "POLICY_VIOLATION",
+            45 => "OUT_OF_ORDER_SEQUENCE_NUMBER",
+            46 => "DUPLICATE_SEQUENCE_NUMBER",
             47 => "INVALID_PRODUCER_EPOCH",
             48 => "INVALID_TXN_STATE",
             49 => "INVALID_PRODUCER_ID_MAPPING",

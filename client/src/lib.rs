@@ -19,6 +19,7 @@ pub mod reassign;
 pub mod records;
 pub mod scram;
 pub mod security;
+pub mod transaction;
 pub mod txn_markers;
 pub mod versions;
 
@@ -30,3 +31,4 @@ pub use error::{ClientError, KafkaCode, Result};
 pub use producer::{Acks, Producer};
 pub use records::{ConsumedRecord, ProduceRecord};
 pub use security::{ClientTls, SaslLogin, SaslMechanism, Security};
+pub use transaction::TxnSession;

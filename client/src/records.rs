@@ -205,7 +205,73 @@ pub fn batch_record_count(batch: &[u8]) -> Result<i32> {
 
 /// Whether a v2 batch holds control records (transaction markers), which consumers skip.
 pub fn is_control_batch(batch: &[u8]) -> bool {
-    batch.len() >= BATCH_HEADER_BYTES && (batch[22] & 0x20) != 0
+    batch.len() >= BATCH_HEADER_BYTES && (batch[ATTRIBUTES_LOW_OFFSET] & 0x20) != 0
+}
+
+/// Whether a v2 batch belongs to a transaction (attributes bit 4).
+pub fn is_transactional_batch(batch: &[u8]) -> bool {
+    batch.len() >= BATCH_HEADER_BYTES && (batch[ATTRIBUTES_LOW_OFFSET] & 0x10) != 0
+}
+
+/// The producer id in a v2 batch header (-1: none, or a batch shorter than its header).
+pub fn batch_producer_id(batch: &[u8]) -> i64 {
+    if batch.len() < BATCH_HEADER_BYTES {
+        return -1;
+    }
+    (&batch[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8]).get_i64()
+}
+
+/// Offset of the low byte of a v2 batch's attributes (an i16 at 21).
+const ATTRIBUTES_LOW_OFFSET: usize = 22;
+/// Offset of the producer id in a v2 batch header.
+const PRODUCER_ID_OFFSET: usize = 43;
+
+/// What a read_committed consumer leaves out of one partition's fetch answer, as Kafka's
+/// consumer does: the answer lists each aborted transaction of the fetched range as
+/// (producer id, first offset); a transactional batch of a listed producer at or past that
+/// offset is aborted until the producer's next control batch, its ABORT marker (a producer has
+/// one transaction open at a time, so that marker is the next one it writes). Feed it every
+/// whole batch of the answer in offset order, control batches included.
+pub struct AbortedFilter {
+    /// Aborted transactions not reached yet, by first offset, latest first (popped from the
+    /// back).
+    pending: Vec<(i64, i64)>,
+    /// Producers inside an aborted transaction.
+    aborting: Vec<i64>,
+}
+
+impl AbortedFilter {
+    /// A filter for one fetch answer's `aborted` list.
+    pub fn new(mut aborted: Vec<(i64, i64)>) -> AbortedFilter {
+        aborted.sort_unstable_by_key(|a| std::cmp::Reverse(a.1));
+        AbortedFilter {
+            pending: aborted,
+            aborting: Vec::new(),
+        }
+    }
+
+    /// Whether the batch `[.., last_offset]` is to be left out: a control batch always, a
+    /// data batch when it belongs to an aborted transaction.
+    pub fn skips(&mut self, batch: &[u8], last_offset: i64) -> bool {
+        let producer_id = batch_producer_id(batch);
+        if is_control_batch(batch) {
+            self.aborting.retain(|p| *p != producer_id);
+            return true;
+        }
+        if !is_transactional_batch(batch) {
+            return false;
+        }
+        while let Some(&(aborted_producer, first_offset)) = self.pending.last() {
+            if first_offset > last_offset {
+                break;
+            }
+            self.pending.pop();
+            if !self.aborting.contains(&aborted_producer) {
+                self.aborting.push(aborted_producer);
+            }
+        }
+        self.aborting.contains(&producer_id)
+    }
 }
 
 /// Decodes every whole batch of a fetched record set, skipping control batches and records
@@ -379,6 +445,70 @@ mod tests {
             BytesMut::from(&encode_batch(&sample(3), Compression::None).unwrap_or_default()[..]);
         huge[RECORD_COUNT_OFFSET..RECORD_COUNT_OFFSET + 4].copy_from_slice(&i32::MAX.to_be_bytes());
         assert!(batch_record_count(&huge).is_err());
+    }
+
+    /// One batch of `n` records at `base_offset` from `producer_id`, transactional or a
+    /// control batch as asked.
+    fn producer_batch(
+        base_offset: i64,
+        n: usize,
+        producer_id: i64,
+        transactional: bool,
+        control: bool,
+    ) -> Bytes {
+        let records: Vec<Record> = to_batch_records(&sample(n), 0)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut r)| {
+                r.transactional = transactional;
+                r.control = control;
+                r.producer_id = producer_id;
+                r.producer_epoch = if producer_id < 0 { -1 } else { 0 };
+                r.sequence = if producer_id < 0 { -1 } else { i as i32 };
+                r
+            })
+            .collect();
+        let mut out = BytesMut::new();
+        assert!(encode_batch_into(&mut out, &records, Compression::None).is_ok());
+        out[0..8].copy_from_slice(&base_offset.to_be_bytes());
+        out.freeze()
+    }
+
+    #[test]
+    fn read_committed_leaves_out_aborted_transactions_and_markers() {
+        // Producer 7 commits [0, 3) (marker at 3), producer 9 aborts [4, 6) (marker at 6)
+        // interleaved with producer 7's next transaction [6..8) that commits (marker at 9),
+        // and a plain batch [10, 12) of no producer.
+        let log = [
+            (producer_batch(0, 3, 7, true, false), 2, false),
+            (producer_batch(3, 1, 7, true, true), 3, true),
+            (producer_batch(4, 2, 9, true, false), 5, true),
+            (producer_batch(6, 1, 9, true, true), 6, true),
+            (producer_batch(7, 2, 7, true, false), 8, false),
+            (producer_batch(9, 1, 7, true, true), 9, true),
+            (producer_batch(10, 2, -1, false, false), 11, false),
+        ];
+        let mut filter = AbortedFilter::new(vec![(9, 4)]);
+        for (batch, last_offset, skipped) in &log {
+            assert_eq!(
+                filter.skips(batch, *last_offset),
+                *skipped,
+                "batch to {last_offset}"
+            );
+        }
+        // Without the aborted list (read_uncommitted) only the markers are left out.
+        let mut uncommitted = AbortedFilter::new(Vec::new());
+        let kept: Vec<i64> = log
+            .iter()
+            .filter(|(batch, last, _)| !uncommitted.skips(batch, *last))
+            .map(|(_, last, _)| *last)
+            .collect();
+        assert_eq!(kept, vec![2, 5, 8, 11]);
+        assert!(is_transactional_batch(&log[0].0) && !is_transactional_batch(&log[6].0));
+        assert!(is_control_batch(&log[1].0) && !is_control_batch(&log[0].0));
+        assert_eq!(batch_producer_id(&log[2].0), 9);
+        assert_eq!(batch_producer_id(&log[6].0), -1);
+        assert_eq!(batch_producer_id(&[0u8; 10]), -1);
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub fn client_version_max(api_key: i16) -> i16 {
         Ok(ApiKey::DescribeAcls | ApiKey::CreateAcls | ApiKey::DeleteAcls) => 3,
         Ok(ApiKey::WriteTxnMarkers) => 2,
         Ok(ApiKey::ListTransactions) => 1,
+        // Transaction protocol v1 (`transaction`): InitProducerId 5, EndTxn 5 and
+        // AddPartitionsToTxn 4+ belong to protocol v2 (KIP-890) or to brokers.
+        Ok(ApiKey::InitProducerId) => 4,
+        Ok(ApiKey::AddPartitionsToTxn) => 3,
+        Ok(ApiKey::EndTxn) => 4,
         _ => 0,
     }
 }
@@ -69,6 +74,9 @@ pub fn api_name(api_key: i16) -> &'static str {
         Ok(ApiKey::DescribeProducers) => "DescribeProducers",
         Ok(ApiKey::DescribeTransactions) => "DescribeTransactions",
         Ok(ApiKey::ListTransactions) => "ListTransactions",
+        Ok(ApiKey::InitProducerId) => "InitProducerId",
+        Ok(ApiKey::AddPartitionsToTxn) => "AddPartitionsToTxn",
+        Ok(ApiKey::EndTxn) => "EndTxn",
         _ => "Unknown",
     }
 }

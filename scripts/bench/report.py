@@ -61,6 +61,13 @@ def from_bench(path):
         "max_ms": latency.get("max"),
         "bench_cpu_pct": doc.get("cpu", {}).get("percent_of_core"),
     }
+    # Transactional produce (`--transactional-id`): the coordinator round trips.
+    for key, prefix in (("end_txn_latency_ms", "end_txn"), ("add_partitions_latency_ms", "add_partitions")):
+        phase = doc.get(key)
+        if isinstance(phase, dict):
+            out[f"{prefix}_count"] = phase.get("count")
+            for name, field in (("p50", "p50"), ("p99", "p99"), ("p999", "p99_9"), ("max", "max")):
+                out[f"{prefix}_{name}_ms"] = phase.get(field)
     return out
 
 
@@ -479,14 +486,15 @@ def write_report(rows, meta, out_path, fetch=None):
 
 
 # Sections other scripts write into the same file between these markers
-# (scripts/chaos.sh runs, scripts/idle-conns-bench.sh, scripts/fuzz.sh runs); a rewrite of the
-# report keeps them as they are.
+# (scripts/chaos.sh runs, scripts/idle-conns-bench.sh, scripts/fuzz.sh runs,
+# scripts/txn-bench.sh); a rewrite of the report keeps them as they are.
 def section_markers(name):
     """The begin and end markers of the section NAME."""
     return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
-KEPT_SECTIONS = tuple(section_markers(name) for name in ("chaos", "idle-conns-bench", "fuzzing"))
+KEPT_SECTIONS = tuple(section_markers(name)
+                      for name in ("chaos", "idle-conns-bench", "fuzzing", "txn-bench"))
 
 
 def replace_section(path, name, body):

@@ -2,7 +2,10 @@
 //! a share of the partitions and one connection per leader, and keeps exactly one fetch in
 //! flight per connection (the next fetch needs this one's answer). In throughput mode it counts
 //! records from batch headers without decompressing; in e2e mode it decodes values to read the
-//! origin stamp. It must never count a record twice (positions only move past whole batches).
+//! origin stamp. Control batches (transaction markers) are never counted; read_committed also
+//! leaves out the batches of the aborted transactions each answer lists, and reads up to the
+//! last stable offset. It must never count a record twice (positions only move past whole
+//! batches).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +22,7 @@ use crate::client::{Client, TopicInfo};
 use crate::conn::Connection;
 use crate::consumer::{submit_fetch, wait_fetch, FetchOptions};
 use crate::error::{ClientError, Result};
-use crate::records::{batch_record_count, decode_fetched, is_control_batch, split_batches};
+use crate::records::{batch_record_count, decode_fetched, split_batches, AbortedFilter};
 
 /// What a reader task measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,12 +103,17 @@ pub async fn read_partitions(
             match mode {
                 ReadMode::Throughput => {
                     let mut next = position;
+                    // Empty unless read_committed: then markers and aborted batches.
+                    let mut filter = AbortedFilter::new(data.aborted);
                     for (batch, base, last) in split_batches(data.records)? {
+                        // Every batch goes through the filter, in order, even one before
+                        // `position`: a marker there may end an aborted range.
+                        let skipped = filter.skips(&batch, last);
                         if last < position {
                             continue;
                         }
                         next = next.max(last + 1);
-                        if is_control_batch(&batch) {
+                        if skipped {
                             continue;
                         }
                         let count = if base >= position {
@@ -241,7 +249,11 @@ pub async fn run(args: ConsumeBenchArgs) -> anyhow::Result<()> {
     }
     let client = args.common.conn.connect().await?;
     let info = client.topic(&args.common.topic).await?;
-    let latest = client.list_offsets(&info, None, OffsetSpec::Latest).await?;
+    // read_committed drains up to the last stable offset (records past it are not readable
+    // until their transaction ends).
+    let latest = client
+        .list_offsets_isolated(&info, None, OffsetSpec::Latest, args.isolation_level)
+        .await?;
     let starts: BTreeMap<i32, i64> = if args.from_tail {
         latest.iter().map(|(p, (o, _))| (*p, *o)).collect()
     } else {
@@ -261,6 +273,7 @@ pub async fn run(args: ConsumeBenchArgs) -> anyhow::Result<()> {
         min_bytes: 1,
         max_bytes: args.fetch_max_bytes,
         partition_max_bytes: args.fetch_partition_max_bytes,
+        isolation_level: args.isolation_level,
     };
     let stop = Arc::new(StopWhen {
         stop: AtomicBool::new(false),
@@ -308,6 +321,7 @@ pub async fn run(args: ConsumeBenchArgs) -> anyhow::Result<()> {
             "duration_s": args.duration.map(|d| d.as_secs_f64()), "fetch_max_bytes": args.fetch_max_bytes,
             "fetch_partition_max_bytes": args.fetch_partition_max_bytes, "fetch_max_wait_ms": args.fetch_max_wait_ms,
             "bytes_are": "record batch bytes as fetched",
+            "isolation_level": args.isolation_level.name(),
         }),
         records: done.records,
         bytes: done.bytes,
@@ -315,6 +329,7 @@ pub async fn run(args: ConsumeBenchArgs) -> anyhow::Result<()> {
         latency_label: "fetch round trip of fetches that returned records",
         histogram: done.histogram,
         cpu: CpuTimes::now().since(cpu_before),
+        phases: Vec::new(),
     }
     .emit(&args.common)
 }

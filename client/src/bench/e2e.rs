@@ -1,7 +1,8 @@
 //! `sluice bench e2e`: produces stamped records at a fixed rate (open loop) while readers tail
 //! the topic, and measures delivery latency = time a reader decoded the record minus the
 //! record's intended send time. Producer and readers share one clock (the bench's start
-//! instant), so no clock sync is involved. It must never report a record as delivered that the
+//! instant), so no clock sync is involved. With a transactional producer the readers are
+//! read_committed, so delivery waits for the commit. It must never report a record as delivered that the
 //! producer did not get acknowledged, and waits a bounded grace period for stragglers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::consume::{join_readers, spawn_readers, ReadMode, StopWhen};
-use super::produce::{ensure_topic, run_producers, Payload, ProduceConfig};
+use super::produce::{ensure_topic, init_sessions, run_producers, Payload, ProduceConfig};
 use super::stats::CpuTimes;
 use super::{spawn_progress, E2eBenchArgs, Progress, Report};
 use crate::admin::OffsetSpec;
-use crate::consumer::FetchOptions;
+use crate::consumer::{FetchOptions, IsolationLevel};
 
 /// How long readers may lag behind the last acknowledgement before the run gives up on them.
 const DELIVERY_GRACE: Duration = Duration::from_secs(10);
@@ -37,6 +38,9 @@ pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|(p, (o, _))| (p, o))
         .collect();
+    let sessions = init_sessions(&client, &config)
+        .await
+        .map_err(|e| anyhow::anyhow!("bench e2e: initialising the transactional producers: {e}"))?;
     let stop = Arc::new(StopWhen {
         stop: AtomicBool::new(false),
         records: AtomicU64::new(0),
@@ -48,6 +52,11 @@ pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let options = FetchOptions {
         max_wait_ms: args.fetch_max_wait_ms,
+        isolation_level: if config.transaction.is_some() {
+            IsolationLevel::ReadCommitted
+        } else {
+            IsolationLevel::ReadUncommitted
+        },
         ..FetchOptions::default()
     };
     let readers = spawn_readers(
@@ -75,6 +84,7 @@ pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
         Arc::clone(&config),
         produced,
         start,
+        sessions,
     )
     .await;
     let totals = match produce_result {
@@ -121,6 +131,7 @@ pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
         latency_label: "delivery to a consumer minus intended send time",
         histogram: done.histogram,
         cpu: CpuTimes::now().since(cpu_before),
+        phases: Vec::new(),
     }
     .emit(&common)?;
     if done.records < totals.records {

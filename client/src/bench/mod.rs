@@ -48,12 +48,12 @@ impl BenchArgs {
 enum BenchMode {
     /// Produce load and measure throughput and acknowledgement latency
     #[command(
-        after_help = "Examples:\n  sluice bench produce --topic bench --records 1000000 --record-size 1024 --acks all\n  sluice bench produce --topic bench --partitions 16 --rate 100000 --duration 60s --hgrm produce.hgrm\n  sluice bench produce --keys zipf:1000 --compression lz4 --connections 4 --json"
+        after_help = "Examples:\n  sluice bench produce --topic bench --records 1000000 --record-size 1024 --acks all\n  sluice bench produce --topic bench --partitions 16 --rate 100000 --duration 60s --hgrm produce.hgrm\n  sluice bench produce --keys zipf:1000 --compression lz4 --connections 4 --json\n  sluice bench produce --topic tx --transactional-id bench-tx --transaction-records 100 --duration 10s"
     )]
     Produce(ProduceBenchArgs),
     /// Read a topic as fast as possible and measure throughput and fetch latency
     #[command(
-        after_help = "Examples:\n  sluice bench consume --topic bench\n  sluice bench consume --topic bench --consumers 4 --fetch-max-bytes 8388608 --json"
+        after_help = "Examples:\n  sluice bench consume --topic bench\n  sluice bench consume --topic bench --consumers 4 --fetch-max-bytes 8388608 --json\n  sluice bench consume --topic tx --isolation-level read_committed"
     )]
     Consume(ConsumeBenchArgs),
     /// Produce at a fixed rate while consuming; measure produce-to-delivery latency
@@ -138,6 +138,16 @@ pub struct ProduceBenchArgs {
     /// Seed for keys and payload
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Produce in transactions (needs --acks all): connection n is the transactional
+    /// producer `<PREFIX>-<n>`, and EndTxn latency is reported beside the acknowledgements
+    #[arg(long, value_name = "PREFIX")]
+    pub transactional_id: Option<String>,
+    /// With --transactional-id: records per transaction, per connection
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub transaction_records: u64,
+    /// With --transactional-id: transaction.timeout.ms sent in InitProducerId
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    pub transaction_timeout_ms: i32,
 }
 
 /// Flags of `sluice bench consume`.
@@ -167,6 +177,11 @@ pub struct ConsumeBenchArgs {
     /// Longest the broker may hold a fetch
     #[arg(long, default_value_t = 500)]
     pub fetch_max_wait_ms: i32,
+    /// read_uncommitted (everything up to the high watermark) or read_committed (up to the
+    /// last stable offset, aborted transactions' records left out); control batches
+    /// (transaction markers) are never counted
+    #[arg(long, default_value = "read_uncommitted")]
+    pub isolation_level: crate::consumer::IsolationLevel,
 }
 
 /// Flags of `sluice bench e2e`.
@@ -308,6 +323,18 @@ pub struct Report {
     pub histogram: Histogram<u64>,
     /// CPU used by the bench process during the run.
     pub cpu: CpuTimes,
+    /// Other latencies measured beside the main one (e.g. EndTxn round trips).
+    pub phases: Vec<Phase>,
+}
+
+/// A latency distribution reported beside a run's main one.
+pub struct Phase {
+    /// Its key in the JSON report (units last: `..._latency_ms`).
+    pub key: &'static str,
+    /// What it measures, for the reader.
+    pub label: &'static str,
+    /// The latencies (us).
+    pub histogram: Histogram<u64>,
 }
 
 impl Report {
@@ -323,7 +350,7 @@ impl Report {
         // the caller reports, not a panic inside println!.
         let mut out = String::new();
         if common.json {
-            let doc = json!({
+            let mut doc = json!({
                 "mode": self.mode,
                 "config": self.config,
                 "records": self.records,
@@ -336,6 +363,15 @@ impl Report {
                 "cpu": self.cpu.to_json(elapsed_s),
                 "hgrm": common.hgrm.as_ref().map(|p| p.display().to_string()),
             });
+            if let Some(fields) = doc.as_object_mut() {
+                for phase in &self.phases {
+                    let mut summary = LatencySummary::of(&phase.histogram).to_json_ms();
+                    if let Some(summary) = summary.as_object_mut() {
+                        summary.insert("measures".into(), Value::from(phase.label));
+                    }
+                    fields.insert(phase.key.into(), summary);
+                }
+            }
             let _ = writeln!(out, "{doc}");
         } else {
             let _ = writeln!(out, "bench {}: {}", self.mode, self.config);
@@ -354,6 +390,15 @@ impl Report {
                 self.latency_label, summary.count
             );
             out.push_str(&summary.table());
+            for phase in &self.phases {
+                let phase_summary = LatencySummary::of(&phase.histogram);
+                let _ = writeln!(
+                    out,
+                    "{} in ms ({} samples):",
+                    phase.label, phase_summary.count
+                );
+                out.push_str(&phase_summary.table());
+            }
             let _ = writeln!(out, "{}", self.cpu.line(elapsed_s));
             if let Some(path) = &common.hgrm {
                 let _ = writeln!(out, "latency distribution written to {}", path.display());

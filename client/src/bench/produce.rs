@@ -9,21 +9,32 @@
 //! open loop). Records the schedule made due while the window was full are created late but keep
 //! their intended time, so a broker stall shows in the tail. The engine must never count an
 //! unacknowledged record, and aborts on the first broker error.
+//!
+//! Transactional mode (`--transactional-id`): each task is a transactional producer of its own
+//! id (protocol v1, `crate::transaction`). A transaction is the task's next
+//! `--transaction-records` records: partitions join it (AddPartitionsToTxn) before their first
+//! batch is drained, batches carry the producer id, epoch, per-partition sequence numbers and
+//! the transactional attribute, and once every batch is acknowledged EndTxn commits it; only
+//! then are the next transaction's records created. The run's last transaction may be shorter
+//! (it is committed when the run ends). EndTxn and AddPartitionsToTxn round trips have their
+//! own histograms; a record's latency stays its produce acknowledgement.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
 use indexmap::IndexMap;
+use kafka_protocol::messages::{ProduceRequest, TransactionalId};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{Compression, Record};
 use serde_json::json;
 
 use super::keys::{KeyGenerator, Rng};
 use super::schedule::Schedule;
 use super::stats::{new_latency_histogram, CpuTimes};
-use super::{spawn_progress, ProduceBenchArgs, Progress, Report};
+use super::{spawn_progress, Phase, ProduceBenchArgs, Progress, Report};
 use crate::client::{Client, TopicInfo};
 use crate::conn::Connection;
 use crate::error::{ClientError, Result};
@@ -31,6 +42,7 @@ use crate::producer::{build_produce_request, produce_outcomes, Acks};
 use crate::records::{
     batch_record, encode_batch_into, now_ms, parse_compression, partition_for_key,
 };
+use crate::transaction::TxnSession;
 
 /// Bytes of the e2e stamp at the start of a value: origin ns since bench start.
 pub const STAMP_BYTES: usize = 8;
@@ -81,6 +93,26 @@ pub struct ProduceConfig {
     pub payload: Payload,
     /// Request timeout for the broker.
     pub timeout_ms: i32,
+    /// Transactional mode, when asked for.
+    pub transaction: Option<TransactionConfig>,
+}
+
+/// What a transactional run needs.
+#[derive(Debug, Clone)]
+pub struct TransactionConfig {
+    /// Task n's transactional id is `<prefix>-<n>`.
+    pub id_prefix: String,
+    /// Records per transaction, per task.
+    pub records_per_txn: u64,
+    /// `transaction.timeout.ms` sent in InitProducerId.
+    pub timeout_ms: i32,
+}
+
+impl TransactionConfig {
+    /// The transactional id of producer task `task`.
+    pub fn id_of(&self, task: usize) -> String {
+        format!("{}-{task}", self.id_prefix)
+    }
 }
 
 impl ProduceConfig {
@@ -101,6 +133,30 @@ impl ProduceConfig {
             (None, None) => Some(1_000_000),
             (r, _) => r,
         };
+        let transaction = match &args.transactional_id {
+            None => None,
+            Some(prefix) => {
+                if args.acks != Acks::All {
+                    anyhow::bail!(
+                        "--transactional-id needs --acks all (as every transactional producer)"
+                    );
+                }
+                if prefix.is_empty() {
+                    anyhow::bail!("--transactional-id must not be empty");
+                }
+                if args.transaction_records == 0 {
+                    anyhow::bail!("--transaction-records must be at least 1");
+                }
+                if args.transaction_timeout_ms <= 0 {
+                    anyhow::bail!("--transaction-timeout-ms must be positive");
+                }
+                Some(TransactionConfig {
+                    id_prefix: prefix.clone(),
+                    records_per_txn: args.transaction_records,
+                    timeout_ms: args.transaction_timeout_ms,
+                })
+            }
+        };
         Ok(ProduceConfig {
             topic: args.common.topic.clone(),
             record_size: args.record_size,
@@ -119,6 +175,7 @@ impl ProduceConfig {
             seed: args.seed,
             payload,
             timeout_ms: i32::try_from(args.common.conn.request_timeout_ms).unwrap_or(30_000),
+            transaction,
         })
     }
 
@@ -133,6 +190,9 @@ impl ProduceConfig {
             "request_bytes_max": self.request_bytes_max,
             "compression": format!("{:?}", self.compression).to_lowercase(),
             "rate": self.rate, "open_loop": self.schedule_for_task().is_open(),
+            "transactional_id_prefix": self.transaction.as_ref().map(|t| t.id_prefix.clone()),
+            "transaction_records": self.transaction.as_ref().map(|t| t.records_per_txn),
+            "transaction_timeout_ms": self.transaction.as_ref().map(|t| t.timeout_ms),
         })
     }
 
@@ -193,18 +253,54 @@ pub struct ProduceTotals {
     pub histogram: hdrhistogram::Histogram<u64>,
     /// From first send to last acknowledgement.
     pub elapsed: Duration,
+    /// EndTxn round trips (us); empty unless transactional.
+    pub end_txn: hdrhistogram::Histogram<u64>,
+    /// AddPartitionsToTxn round trips (us); empty unless transactional.
+    pub add_partitions: hdrhistogram::Histogram<u64>,
 }
 
-/// Runs `connections` producer tasks to completion.
+/// One transactional session per producer task (InitProducerId for each task's id, all at
+/// once), or one `None` per task when the run is not transactional. Called before the run's
+/// clock starts: a producer initialises once in its life, not per record.
+pub async fn init_sessions(
+    client: &Arc<Client>,
+    config: &ProduceConfig,
+) -> Result<Vec<Option<TxnSession>>> {
+    let Some(txn) = &config.transaction else {
+        return Ok((0..config.connections).map(|_| None).collect());
+    };
+    let ids: Vec<String> = (0..config.connections)
+        .map(|task| txn.id_of(task))
+        .collect();
+    let inits = ids
+        .iter()
+        .map(|id| TxnSession::init(Arc::clone(client), id, txn.timeout_ms));
+    futures::future::join_all(inits)
+        .await
+        .into_iter()
+        .map(|session| session.map(Some))
+        .collect()
+}
+
+/// Runs `connections` producer tasks to completion; task n uses `sessions[n]` (from
+/// [`init_sessions`]).
 pub async fn run_producers(
     client: Arc<Client>,
     info: Arc<TopicInfo>,
     config: Arc<ProduceConfig>,
     progress: Arc<Progress>,
     start: Instant,
+    sessions: Vec<Option<TxnSession>>,
 ) -> Result<ProduceTotals> {
+    if sessions.len() != config.connections {
+        return Err(ClientError::Invalid(format!(
+            "{} transactional sessions for {} producer tasks",
+            sessions.len(),
+            config.connections
+        )));
+    }
     let mut handles = Vec::new();
-    for task in 0..config.connections {
+    for (task, session) in sessions.into_iter().enumerate() {
         let records = config.records.map(|total| {
             let share = total / config.connections as u64;
             share + u64::from((task as u64) < total % config.connections as u64)
@@ -217,10 +313,13 @@ pub async fn run_producers(
             task,
             records,
             start,
+            session,
         )?;
         handles.push(tokio::spawn(worker.run()));
     }
     let mut histogram = new_latency_histogram();
+    let mut end_txn = new_latency_histogram();
+    let mut add_partitions = new_latency_histogram();
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut first_error = None;
     for handle in handles {
@@ -229,6 +328,10 @@ pub async fn run_producers(
                 records += done.records;
                 bytes += done.bytes;
                 let _ = histogram.add(&done.histogram);
+                if let Some(txn) = &done.txn {
+                    let _ = end_txn.add(&txn.end_us);
+                    let _ = add_partitions.add(&txn.add_us);
+                }
             }
             Ok(Err(e)) => {
                 first_error.get_or_insert(e);
@@ -247,6 +350,8 @@ pub async fn run_producers(
         bytes,
         histogram,
         elapsed: start.elapsed(),
+        end_txn,
+        add_partitions,
     })
 }
 
@@ -320,12 +425,80 @@ struct Worker {
     /// Batches to send again once `retry_at_ns` has passed (after a metadata refresh).
     retry: Vec<SentBatch>,
     retry_at_ns: u64,
+    /// Transactional mode's state.
+    txn: Option<TxnTask>,
 }
 
 struct WorkerDone {
     records: u64,
     bytes: u64,
     histogram: hdrhistogram::Histogram<u64>,
+    txn: Option<TxnTimes>,
+}
+
+/// A transactional task: its session, its open transaction and the sequence numbers its
+/// batches carry.
+struct TxnTask {
+    session: TxnSession,
+    records_per_txn: u64,
+    /// Records created for the open transaction (at most `records_per_txn`).
+    generated_in_txn: u64,
+    /// Partitions in the open transaction (AddPartitionsToTxn answered).
+    partitions: BTreeSet<i32>,
+    /// Next base sequence per partition. Protocol v1 keeps the epoch across transactions,
+    /// so sequences run on from one transaction to the next.
+    sequences: HashMap<i32, i32>,
+    /// Value bytes created into the sticky partition since it became sticky: a transaction's
+    /// flush empties its batches, so the sticky partition moves on after `--batch-bytes`
+    /// produced to it (Kafka's sticky partitioner, KIP-794), not when its pending batch fills.
+    sticky_bytes: usize,
+    times: TxnTimes,
+}
+
+/// The coordinator round trips a transactional task timed (us).
+struct TxnTimes {
+    end_us: hdrhistogram::Histogram<u64>,
+    add_us: hdrhistogram::Histogram<u64>,
+}
+
+impl TxnTask {
+    fn new(session: TxnSession, records_per_txn: u64) -> TxnTask {
+        TxnTask {
+            session,
+            records_per_txn,
+            generated_in_txn: 0,
+            partitions: BTreeSet::new(),
+            sequences: HashMap::new(),
+            sticky_bytes: 0,
+            times: TxnTimes {
+                end_us: new_latency_histogram(),
+                add_us: new_latency_histogram(),
+            },
+        }
+    }
+
+    /// Whether the open transaction has all its records.
+    fn full(&self) -> bool {
+        self.generated_in_txn >= self.records_per_txn
+    }
+
+    /// The base sequence of the next `count` records of `partition`, advancing it. A
+    /// sequence past i32::MAX would wrap (Kafka wraps to 0); no bench run sends 2^31 records
+    /// to one partition, so that is refused rather than implemented.
+    fn take_sequence(&mut self, partition: i32, count: usize) -> Result<i32> {
+        let next = self.sequences.entry(partition).or_insert(0);
+        let base = *next;
+        *next = i32::try_from(count)
+            .ok()
+            .and_then(|count| base.checked_add(count))
+            .ok_or_else(|| {
+                ClientError::Invalid(format!(
+                    "partition {partition}: sequence numbers past {} are not supported",
+                    i32::MAX
+                ))
+            })?;
+        Ok(base)
+    }
 }
 
 /// Records generated ahead but not yet sent are capped at this many value bytes per task; past
@@ -333,6 +506,7 @@ struct WorkerDone {
 const PENDING_VALUE_BYTES_MAX: usize = 256 << 20;
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         client: Arc<Client>,
         info: Arc<TopicInfo>,
@@ -341,7 +515,17 @@ impl Worker {
         task: usize,
         limit: Option<u64>,
         start: Instant,
+        session: Option<TxnSession>,
     ) -> Result<Worker> {
+        let txn =
+            match (session, &config.transaction) {
+                (Some(session), Some(txn)) => Some(TxnTask::new(session, txn.records_per_txn)),
+                (None, None) => None,
+                _ => return Err(ClientError::Invalid(
+                    "a transactional session without a transactional configuration, or the reverse"
+                        .into(),
+                )),
+            };
         let seed = config
             .seed
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -376,6 +560,7 @@ impl Worker {
             latencies_us: Vec::new(),
             retry: Vec::new(),
             retry_at_ns: 0,
+            txn,
             info,
         })
     }
@@ -384,12 +569,19 @@ impl Worker {
         self.start.elapsed().as_nanos() as u64
     }
 
+    /// Whether the run has created all its records (its count, or its time, is up).
     fn generation_over(&self, now_ns: u64) -> bool {
         self.limit.is_some_and(|l| self.generated >= l)
             || self
                 .config
                 .duration
                 .is_some_and(|d| now_ns >= d.as_nanos() as u64)
+    }
+
+    /// Whether no record may be created now: the run is over, or the open transaction has
+    /// all its records (the next one starts once this one is committed).
+    fn generation_paused(&self, now_ns: u64) -> bool {
+        self.generation_over(now_ns) || self.txn.as_ref().is_some_and(TxnTask::full)
     }
 
     fn value(&mut self, origin_ns: u64) -> Bytes {
@@ -421,7 +613,7 @@ impl Worker {
         let timestamp_ms = now_ms();
         let mut made_for_request = 0usize;
         while self.generated < due
-            && !self.generation_over(now_ns)
+            && !self.generation_paused(now_ns)
             && self.pending_value_bytes < PENDING_VALUE_BYTES_MAX
         {
             if !self.schedule.is_open() {
@@ -436,12 +628,26 @@ impl Worker {
             let slot = match &key {
                 Some(k) => partition_for_key(k, partitions as i32) as usize,
                 None => {
-                    if self.accs[self.sticky].value_bytes >= self.config.batch_bytes {
+                    let filled = match &mut self.txn {
+                        Some(txn) if txn.sticky_bytes >= self.config.batch_bytes => {
+                            txn.sticky_bytes = 0;
+                            true
+                        }
+                        Some(_) => false,
+                        None => self.accs[self.sticky].value_bytes >= self.config.batch_bytes,
+                    };
+                    if filled {
                         self.sticky = (self.sticky + 1) % partitions;
                     }
                     self.sticky
                 }
             };
+            if let Some(txn) = &mut self.txn {
+                txn.generated_in_txn += 1;
+                if slot == self.sticky {
+                    txn.sticky_bytes += self.config.record_size;
+                }
+            }
             let value = self.value(origin_ns);
             let acc = &mut self.accs[slot];
             if acc.records.is_empty() {
@@ -514,14 +720,35 @@ impl Worker {
             if request_bytes >= self.config.request_bytes_max {
                 break;
             }
+            let partition = self
+                .info
+                .partitions
+                .get(slot)
+                .map_or(slot as i32, |p| p.partition);
+            let take = self.accs[slot].records.len().min(records_per_batch);
+            // Transactional batches: the producer's id and epoch and the partition's next
+            // sequence numbers (offset - sequence constant, so the encoder keeps one batch).
+            let producer = match &mut self.txn {
+                Some(txn) => Some((
+                    txn.session.producer_id(),
+                    txn.session.producer_epoch(),
+                    txn.take_sequence(partition, take)?,
+                )),
+                None => None,
+            };
             let acc = &mut self.accs[slot];
-            let take = acc.records.len().min(records_per_batch);
             let mut records: Vec<Record> = acc.records.drain(..take).collect();
             // Offsets inside a batch must start at 0; records still waiting are renumbered when
             // their own batch is drained.
             for (i, r) in records.iter_mut().enumerate() {
                 r.offset = i as i64;
                 r.sequence = (i as i32).wrapping_sub(1);
+                if let Some((producer_id, producer_epoch, base_sequence)) = producer {
+                    r.transactional = true;
+                    r.producer_id = producer_id;
+                    r.producer_epoch = producer_epoch;
+                    r.sequence = base_sequence.wrapping_add(i as i32);
+                }
             }
             let origins_ns: Vec<u64> = acc.origins_ns.drain(..take).collect();
             let value_bytes = take * self.config.record_size;
@@ -533,11 +760,6 @@ impl Worker {
             encode_batch_into(&mut self.encode_buf, &records, self.config.compression)?;
             let batch = self.encode_buf.split().freeze();
             request_bytes += batch.len();
-            let partition = self
-                .info
-                .partitions
-                .get(slot)
-                .map_or(slot as i32, |p| p.partition);
             batches.push((partition, batch.clone()));
             sent.push(SentBatch {
                 partition,
@@ -697,8 +919,7 @@ impl Worker {
                 .iter()
                 .map(|b| (b.partition, b.batch.clone()))
                 .collect();
-            let request =
-                build_produce_request(&topic, batches, self.config.acks, self.config.timeout_ms);
+            let request = self.produce_request(&topic, batches);
             let pending = match conn.submit(&request).await {
                 Ok(pending) => pending,
                 Err(e) if e.is_retriable() => {
@@ -727,7 +948,8 @@ impl Worker {
             }
             let window_open = in_flight.len() < self.config.in_flight;
             self.generate(now_ns, window_open);
-            let finished_generating = self.generation_over(now_ns);
+            // Over for the run, or (transactional) for the open transaction: flush it all.
+            let finished_generating = self.generation_paused(now_ns);
             // Send while the window has room and something is ready.
             while in_flight.len() < self.config.in_flight {
                 let now_ns = self.now_ns();
@@ -735,6 +957,9 @@ impl Worker {
                 let Some(leader) = self.ready_leaders(now_ns, flush_all).first().copied() else {
                     break;
                 };
+                if self.txn.is_some() {
+                    self.add_to_transaction().await?;
+                }
                 let (batches, sent) = self.drain_for(leader, now_ns)?;
                 if batches.is_empty() {
                     break;
@@ -753,12 +978,7 @@ impl Worker {
                     }
                     Err(e) => return Err(e),
                 };
-                let request = build_produce_request(
-                    &topic,
-                    batches,
-                    self.config.acks,
-                    self.config.timeout_ms,
-                );
+                let request = self.produce_request(&topic, batches);
                 if self.config.acks == Acks::None {
                     conn.send_no_response(&request).await?;
                     self.credit(sent, Vec::new())?;
@@ -777,6 +997,12 @@ impl Worker {
             let nothing_left =
                 self.accs.iter().all(|a| a.records.is_empty()) && self.retry.is_empty();
             if finished_generating && nothing_left && in_flight.is_empty() {
+                // Every record of the open transaction is acknowledged: commit it, then go
+                // on with the next (or stop, the run being over).
+                if self.txn.as_ref().is_some_and(|t| t.generated_in_txn > 0) {
+                    self.commit().await?;
+                    continue;
+                }
                 break;
             }
             // Sleep until the next record is due, a batch lingers out, or a request completes.
@@ -819,7 +1045,68 @@ impl Worker {
             records: self.records_acked,
             bytes: self.bytes_acked,
             histogram: self.histogram,
+            txn: self.txn.map(|t| t.times),
         })
+    }
+
+    /// A Produce request of `batches`, naming the transactional id in transactional mode.
+    fn produce_request(&self, topic: &str, batches: Vec<(i32, Bytes)>) -> ProduceRequest {
+        let mut request =
+            build_produce_request(topic, batches, self.config.acks, self.config.timeout_ms);
+        if let Some(txn) = &self.txn {
+            request.transactional_id = Some(TransactionalId(StrBytes::from_string(
+                txn.session.transactional_id().to_owned(),
+            )));
+        }
+        request
+    }
+
+    /// AddPartitionsToTxn for every partition with records waiting that is not yet in the
+    /// open transaction (one request for all of them), timed. Waits for the answer: no batch
+    /// of a partition may be sent before its partition joined.
+    async fn add_to_transaction(&mut self) -> Result<()> {
+        let Some(txn) = &mut self.txn else {
+            return Ok(());
+        };
+        let new: Vec<i32> = self
+            .accs
+            .iter()
+            .enumerate()
+            .filter(|(_, acc)| !acc.records.is_empty())
+            .map(|(slot, _)| {
+                self.info
+                    .partitions
+                    .get(slot)
+                    .map_or(slot as i32, |p| p.partition)
+            })
+            .filter(|partition| !txn.partitions.contains(partition))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let sent_at = Instant::now();
+        txn.session.add_partitions(&self.config.topic, &new).await?;
+        txn.times
+            .add_us
+            .saturating_record((sent_at.elapsed().as_micros() as u64).max(1));
+        txn.partitions.extend(new);
+        Ok(())
+    }
+
+    /// EndTxn (commit) of the open transaction, every record of which is acknowledged;
+    /// timed from request to answer.
+    async fn commit(&mut self) -> Result<()> {
+        let Some(txn) = &mut self.txn else {
+            return Ok(());
+        };
+        let sent_at = Instant::now();
+        txn.session.end(true).await?;
+        txn.times
+            .end_us
+            .saturating_record((sent_at.elapsed().as_micros() as u64).max(1));
+        txn.generated_in_txn = 0;
+        txn.partitions.clear();
+        Ok(())
     }
 }
 
@@ -828,6 +1115,9 @@ pub async fn run(args: ProduceBenchArgs) -> anyhow::Result<()> {
     let config = Arc::new(ProduceConfig::from_args(&args, Payload::Shared)?);
     let client = args.common.conn.connect().await?;
     let info = Arc::new(ensure_topic(&client, &config.topic, args.partitions).await?);
+    let sessions = init_sessions(&client, &config).await.map_err(|e| {
+        anyhow::anyhow!("bench produce: initialising the transactional producers: {e}")
+    })?;
     let progress = Progress::new();
     let cpu_before = CpuTimes::now();
     let start = Instant::now();
@@ -843,6 +1133,7 @@ pub async fn run(args: ProduceBenchArgs) -> anyhow::Result<()> {
         Arc::clone(&config),
         Arc::clone(&progress),
         start,
+        sessions,
     )
     .await;
     progress
@@ -863,6 +1154,22 @@ pub async fn run(args: ProduceBenchArgs) -> anyhow::Result<()> {
         },
         histogram: totals.histogram,
         cpu,
+        phases: if config.transaction.is_some() {
+            vec![
+                Phase {
+                    key: "end_txn_latency_ms",
+                    label: "EndTxn (commit) request to answer, one per transaction",
+                    histogram: totals.end_txn,
+                },
+                Phase {
+                    key: "add_partitions_latency_ms",
+                    label: "AddPartitionsToTxn request to answer",
+                    histogram: totals.add_partitions,
+                },
+            ]
+        } else {
+            Vec::new()
+        },
     }
     .emit(&args.common)
 }
