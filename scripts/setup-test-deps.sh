@@ -7,6 +7,9 @@
 #     (`scripts/kafka-peer.sh fetch`): Kafka's own tools and the Java client in
 #     tests/integration/test_kafka_tools.py, Kafka Streams in test_streams.py, Connect and its
 #     FileStream connectors in test_connect.py;
+#   - librdkafka's own test runner (`scripts/librdkafka-tests.sh build`: the librdkafka that the
+#     rdkafka-sys crate vendors, fetched with cargo and built into the ignored .librdkafka/ with
+#     a C/C++ compiler and make, build-essential when missing) for test_librdkafka_suite.py;
 #   - e2fsprogs when mkfs.ext4 is missing (the disk-full tests build a small ext4 image; without
 #     it they skip);
 #   - cargo-fuzz (scripts/fuzz.sh, the fuzz-smoke phase) at a pinned version, built from source
@@ -58,6 +61,11 @@ fi
 # Maven to fetch the jars.
 command -v javac >/dev/null 2>&1 || apt_install default-jdk-headless
 command -v mvn >/dev/null 2>&1 || apt_install maven
+# librdkafka's test runner is C and C++, built with make.
+if ! command -v cc >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1 \
+    || ! command -v make >/dev/null 2>&1; then
+    apt_install build-essential
+fi
 PYTHON="${PYTHON:-python3}"
 command -v "$PYTHON" >/dev/null 2>&1 || apt_install python3 python3-venv
 
@@ -94,6 +102,10 @@ fi
 # Idempotent: kafka-peer.sh skips the fetch when its lib folder is complete.
 "$ROOT/scripts/kafka-peer.sh" fetch
 
+# --- librdkafka's test runner -----------------------------------------------------------------
+# Skipped when built for the pinned rdkafka-sys with the same flags (a stamp in its folder).
+"$ROOT/scripts/librdkafka-tests.sh" build
+
 # --- cargo-fuzz -------------------------------------------------------------------------------
 # Runs on stable too (scripts/fuzz.sh sets RUSTC_BOOTSTRAP=1 and --sanitizer none there).
 # Pinned, so every machine builds the targets with the same cargo-fuzz. Only when scripts/test.sh
@@ -114,6 +126,8 @@ kcat -V >/dev/null
 (cd "$JS" && node -e 'require("kafkajs")') || { log "kafkajs failed to load"; exit 1; }
 javac -version >/dev/null 2>&1 || { log "javac is not usable"; exit 1; }
 "$ROOT/scripts/kafka-peer.sh" classpath >/dev/null || { log "Kafka's jars are missing"; exit 1; }
+"$ROOT/scripts/librdkafka-tests.sh" runner >/dev/null \
+    || { log "librdkafka's test runner is missing"; exit 1; }
 if [ "$FUZZ_PHASE" = 1 ]; then
     cargo fuzz --version >/dev/null || { log "cargo-fuzz is not usable"; exit 1; }
 fi

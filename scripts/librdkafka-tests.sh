@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# librdkafka's own integration test runner, built from the librdkafka source that the
+# `rdkafka-sys` crate vendors, for tests/integration/test_librdkafka_suite.py (issue 13: the
+# client's transaction and idempotence tests run against Sluice). Nothing of librdkafka's is
+# committed: the crate comes through cargo (a throwaway package under the ignored .librdkafka/
+# that depends on it, `cargo fetch`), its librdkafka/ is copied next to it and built there.
+#
+# Usage: scripts/librdkafka-tests.sh build    fetch and build (skipped when the stamp of the
+#                                              version and build flags matches), then point
+#                                              .librdkafka/test-runner at the runner
+#        scripts/librdkafka-tests.sh runner   print the runner's path (fails if not built)
+# Env:   RDKAFKA_SYS_VERSION (default below)  LIBRDKAFKA_HOME (default .librdkafka; ignored)
+#
+# The build is as small as the selected tests allow (about 40 CPU-seconds, 20 s on two idle
+# cores, plus the crate's download): no TLS, SASL, HTTP, zstd or zlib (no selected test uses
+# them; lz4 and snappy are built in), -O0 and no debug symbols (the client's speed does not
+# matter here), only the C and C++ libraries and the test runner (no examples). The runner
+# always holds every test (test.c names them all); the pytest file picks which run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The newest rdkafka-sys; its build metadata names the librdkafka it vendors.
+RDKAFKA_SYS_VERSION="${RDKAFKA_SYS_VERSION:-4.10.0+2.12.1}"
+LIBRDKAFKA_HOME="${LIBRDKAFKA_HOME:-$ROOT/.librdkafka}"
+LIBRDKAFKA_VERSION="${RDKAFKA_SYS_VERSION#*+}"
+CRATE_VERSION="${RDKAFKA_SYS_VERSION%%+*}"
+BUILD="$LIBRDKAFKA_HOME/$LIBRDKAFKA_VERSION"
+RUNNER_LINK="$LIBRDKAFKA_HOME/test-runner"
+JOBS="${LIBRDKAFKA_BUILD_JOBS:-2}"
+CONFIGURE_FLAGS=(
+    --no-download --disable-ssl --disable-gssapi --disable-curl --disable-zstd
+    --disable-zlib --disable-lz4-ext --disable-optimization --disable-debug-symbols
+)
+STAMP="$BUILD/.sluice-built"
+STAMP_TEXT="rdkafka-sys $RDKAFKA_SYS_VERSION; configure ${CONFIGURE_FLAGS[*]}"
+
+log() { echo "librdkafka-tests: $*" >&2; }
+
+# The directory of the vendored librdkafka, fetched through cargo.
+crate_source() {
+    local fetch="$LIBRDKAFKA_HOME/fetch"
+    mkdir -p "$fetch/src"
+    # Its own [workspace]: cargo would otherwise take it for a stray member of Sluice's.
+    cat >"$fetch/Cargo.toml" <<EOF
+[package]
+name = "sluice-librdkafka-fetch"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[workspace]
+
+[dependencies]
+rdkafka-sys = { version = "=$CRATE_VERSION", default-features = false }
+EOF
+    : >"$fetch/src/lib.rs"
+    (cd "$fetch" && cargo fetch --quiet) >&2
+    # The crate's path comes from cargo itself: it depends on CARGO_HOME and the registry.
+    (cd "$fetch" && cargo metadata --quiet --offline --format-version 1) | python3 -c '
+import json, os, sys
+meta = json.load(sys.stdin)
+want = sys.argv[1]
+for pkg in meta["packages"]:
+    if pkg["name"] == "rdkafka-sys" and pkg["version"] == want:
+        print(os.path.join(os.path.dirname(pkg["manifest_path"]), "librdkafka"))
+        sys.exit(0)
+sys.exit("rdkafka-sys " + want + " is not in cargo metadata")
+' "$RDKAFKA_SYS_VERSION"
+}
+
+build() {
+    if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$STAMP_TEXT" \
+            && -x "$BUILD/tests/test-runner" ]]; then
+        ln -sfn "$BUILD/tests/test-runner" "$RUNNER_LINK"
+        return 0
+    fi
+    local t0=$SECONDS src
+    src="$(crate_source)"
+    [[ -f "$src/tests/test.c" ]] || { log "no tests/ in $src"; exit 1; }
+    log "building librdkafka $LIBRDKAFKA_VERSION's test runner (rdkafka-sys $RDKAFKA_SYS_VERSION)"
+    rm -rf "$BUILD"
+    cp -r "$src" "$BUILD"
+    local out="$LIBRDKAFKA_HOME/build-$LIBRDKAFKA_VERSION.log"
+    if ! (cd "$BUILD" \
+            && ./configure "${CONFIGURE_FLAGS[@]}" \
+            && make -j"$JOBS" -C src lib \
+            && make -j"$JOBS" -C src-cpp lib \
+            && make -j"$JOBS" -C tests test-runner) >"$out" 2>&1; then
+        tail -40 "$out" >&2
+        log "build failed (full log: $out)"
+        exit 1
+    fi
+    echo "$STAMP_TEXT" >"$STAMP"
+    ln -sfn "$BUILD/tests/test-runner" "$RUNNER_LINK"
+    log "built $BUILD/tests/test-runner in $((SECONDS - t0)) s"
+}
+
+case "${1:-}" in
+    build) build ;;
+    runner)
+        [[ -x "$RUNNER_LINK" ]] \
+            || { log "not built: run scripts/librdkafka-tests.sh build"; exit 1; }
+        readlink -f "$RUNNER_LINK"
+        ;;
+    *) echo "usage: $0 build|runner" >&2; exit 2 ;;
+esac
