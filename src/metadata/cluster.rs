@@ -24,7 +24,10 @@ pub fn on_view(store: &MetadataStore, set: &ShardSet, view: Arc<BrokerView>) {
         tokio::task::spawn_local(apply_latest(shard));
     });
     if let Err(error) = set.send_from_outside(0, job) {
-        tracing::error!(%error, "cannot hand the cluster state to shard 0");
+        // Shard 0 has stopped: the broker is shutting down (the cluster thread outlives the
+        // shards by the moment its last views take), and a stopped shard has nothing to
+        // apply the state to.
+        tracing::info!(%error, "cluster state not handed to shard 0: it has stopped");
     }
 }
 

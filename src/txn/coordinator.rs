@@ -599,7 +599,9 @@ impl TxnCoordinator {
         let (prepared_epoch, prepared_version) =
             (prepared.producer_epoch, prepared.client_txn_version);
         self.persist(shard, partition, id, prepared).await?;
-        tracing::info!(
+        // One line per transaction end: debug, as Kafka logs it (thousands per second under
+        // small transactions).
+        tracing::debug!(
             transactional_id = id,
             commit,
             producer_epoch = prepared_epoch,
@@ -607,6 +609,14 @@ impl TxnCoordinator {
             "transaction prepared; writing markers"
         );
         if self.inner.config.marker_delay_ms > 0 {
+            // The test-only pause: its tests wait for this line to kill the broker inside it.
+            tracing::info!(
+                transactional_id = id,
+                commit,
+                producer_epoch = prepared_epoch,
+                client_txn_version = prepared_version,
+                "transaction prepared; writing markers"
+            );
             tokio::time::sleep(Duration::from_millis(self.inner.config.marker_delay_ms)).await;
         }
         self.write_markers_and_complete(shard, partition, id).await

@@ -193,7 +193,9 @@ class Broker:
         )
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
-        env.setdefault("RUST_LOG", "info")
+        # The coordinator's per-transaction line ("transaction prepared; writing markers", with
+        # the protocol version) is debug; several tests read it.
+        env.setdefault("RUST_LOG", "info,sluice::txn::coordinator=debug")
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
