@@ -22,7 +22,15 @@ from pathlib import Path
 import pytest
 
 import helpers
-from helpers import consume_confluent, free_port, produce_confluent, run_kcat, run_node, unique_topic
+from helpers import (
+    consume_confluent,
+    consume_kafka_python,
+    free_port,
+    produce_confluent,
+    run_kcat,
+    run_node,
+    unique_topic,
+)
 from tls_certs import CertAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,29 +118,19 @@ def test_confluent_kcat_and_kafka_python_over_mutual_tls(broker_factory, pki, mo
     assert out.stdout.decode().splitlines() == lines
 
     # kafka-python.
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaProducer
 
-    kp_conf = dict(bootstrap_servers=broker.ssl_bootstrap, security_protocol="SSL",
-                   ssl_cafile=str(pki.ca.cert), ssl_certfile=str(pki.alice.cert),
-                   ssl_keyfile=str(pki.alice.key))
+    kp_conf = dict(security_protocol="SSL", ssl_cafile=str(pki.ca.cert),
+                   ssl_certfile=str(pki.alice.cert), ssl_keyfile=str(pki.alice.key))
     kp_topic = unique_topic("tls-kp")
-    producer = KafkaProducer(acks="all", **kp_conf)
+    producer = KafkaProducer(bootstrap_servers=broker.ssl_bootstrap, acks="all", **kp_conf)
     sent = [f"kafka-python-{i}".encode() * (1 + i % 5) for i in range(100)]
     for value in sent:
         producer.send(kp_topic, value=value, partition=0)
     producer.flush(30)
     producer.close()
-    consumer = KafkaConsumer(consumer_timeout_ms=20000, **kp_conf)
-    tp = TopicPartition(kp_topic, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    read = []
-    for message in consumer:
-        read.append(message.value)
-        if len(read) == len(sent):
-            break
-    consumer.close()
-    assert read == sent
+    got = consume_kafka_python(broker.ssl_bootstrap, kp_topic, len(sent), **kp_conf)
+    assert [m.value for m in got] == sent
     assert f"principal={ALICE_PRINCIPAL}" in log_of(broker)
 
 
