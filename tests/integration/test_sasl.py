@@ -209,7 +209,8 @@ def test_kafka_python(sasl_broker, mechanism):
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_kafkajs(sasl_broker, mechanism):
-    """kafkajs produces and consumes (a group consumer) over SASL with each mechanism."""
+    """kafkajs produces and consumes (a group consumer) over SASL with each mechanism, every
+    value back at its offset; a wrong password in the middle is refused."""
     user = f"js-{mechanism.lower()}"
     scram = ScramMechanism.SCRAM_SHA_512 if mechanism == "SCRAM-SHA-512" else ScramMechanism.SCRAM_SHA_256
     add_user(sasl_broker.bootstrap, user, "pw-js", scram)
@@ -218,7 +219,9 @@ def test_kafkajs(sasl_broker, mechanism):
     result = run_node("sasl.js", sasl_broker.sasl_bootstrap, topic, 100, mechanism.lower(),
                       user, "pw-js")
     assert result["ok"], result
-    assert result["values"] == [f"js-{i}" for i in range(100)]
+    assert result["baseOffsets"] == [0, 50] and result["offsets"] == list(range(100))
+    assert result["values"] == [f"js-{i}-\u00e9\x00" for i in range(100)]
+    assert result["refused"] == "KafkaJSSASLAuthenticationError"
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +232,8 @@ def java_classpath():
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_java_client(sasl_broker, java_classpath, mechanism):
     """The Java client's producer and group consumer log in with each mechanism (its own
-    PlainLoginModule / ScramLoginModule) and read back every record byte for byte."""
+    PlainLoginModule / ScramLoginModule) and read back every record byte for byte at the
+    offset it was acknowledged at; a wrong password in the middle is refused."""
     user = f"java-{mechanism.lower()}"
     scram = ScramMechanism.SCRAM_SHA_512 if mechanism == "SCRAM-SHA-512" else ScramMechanism.SCRAM_SHA_256
     add_user(sasl_broker.bootstrap, user, "pw-java", scram)
@@ -237,7 +241,9 @@ def test_java_client(sasl_broker, java_classpath, mechanism):
     create_topic(sasl_broker.bootstrap, topic, partitions=1)
     facts = run_java_facts(java_classpath, "SluiceSaslClient", sasl_broker.sasl_bootstrap,
                            topic, 200, unique_topic("jg"), mechanism, user, "pw-java")
-    assert facts["produced"] == "200" and facts["matched"] == "200"
+    assert facts["produced"] == "200" and facts["offsets_in_order"] == "200"
+    assert facts["consumed"] == "200" and facts["matched"] == "200"
+    assert facts["refused"] == "SaslAuthenticationException"
 
 
 # -- refusals --------------------------------------------------------------------------------
