@@ -9,8 +9,9 @@ What this module owns:
   and to inspect what it stores (batch attributes, CRCs, offline replicas) without a client
   library in the way.
 - small utilities: `free_port`, `wait_until`, `unique_topic`.
-- `kafka_classpath` / `compile_java`: Kafka's jars (`scripts/kafka-peer.sh classpath`) and the
-  Java programs of tests/integration/java compiled against them into the ignored `.java-build/`.
+- `kafka_classpath` / `compile_java` / `run_java_facts`: Kafka's jars (`scripts/kafka-peer.sh
+  classpath`), the Java programs of tests/integration/java compiled against them into the
+  ignored `.java-build/`, and a run of one that prints `key=value` facts.
 
 What it must never do: start or stop brokers (conftest.py owns broker processes), or hide a
 failure -- every helper raises on an unexpected outcome instead of returning a default.
@@ -107,6 +108,19 @@ def compile_java(name: str, classpath: str) -> str:
             subprocess.run(["javac", "-cp", classpath, "-d", str(JAVA_BUILD), str(source)],
                            check=True, timeout=120)
     return f"{JAVA_BUILD}:{classpath}"
+
+
+def run_java_facts(classpath: str, main: str, *args, timeout=180) -> dict:
+    """Runs the Java program `main` (from compile_java's classpath) with `args`; returns the
+    `key=value` lines it printed as a dict. A non-zero exit raises AssertionError with its
+    stdout and the tail of its stderr."""
+    proc = subprocess.run(
+        ["java", f"-Dlog4j2.configurationFile={REPO_ROOT / '.kafka' / 'log4j2.yaml'}",
+         "-cp", classpath, main, *[str(a) for a in args]],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
+    return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -1139,6 +1153,27 @@ def consume_confluent(bootstrap: str, topic: str, partitions, expected: int, sta
         return got
     finally:
         c.close()
+
+
+def consume_kafka_python(bootstrap: str, topic: str, expected: int, idle_ms=20000, **conf):
+    """Read the first `expected` records of partition 0 of `topic` with kafka-python's consumer
+    (assign() from the beginning, no group; `conf`: its keyword arguments, e.g. security ones).
+    Returns its ConsumerRecords in the order received: fewer when none arrives for `idle_ms`."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=idle_ms, **conf)
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        got = []
+        for message in consumer:
+            got.append(message)
+            if len(got) == expected:
+                break
+        return got
+    finally:
+        consumer.close()
 
 
 def watermarks(bootstrap: str, topic: str, partition: int, timeout_s=10):

@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaException
@@ -34,6 +33,7 @@ from helpers import (
     compile_java,
     confluent_admin,
     consume_confluent,
+    consume_kafka_python,
     create_topic,
     free_port,
     i16,
@@ -41,6 +41,7 @@ from helpers import (
     kafka_classpath,
     kbytes,
     produce_confluent,
+    run_java_facts,
     run_kcat,
     run_node,
     string,
@@ -49,8 +50,6 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.timeout(300)
-
-ROOT = Path(__file__).resolve().parents[2]
 
 ADMIN = ("admin", "admin-secret")
 MECHANISMS = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -188,7 +187,7 @@ def test_kcat(sasl_broker, mechanism):
 def test_kafka_python(sasl_broker, mechanism):
     """kafka-python authenticates with each mechanism (a user made with `sluice users add`
     against the running broker) and reads its records back byte for byte."""
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaProducer
 
     user = f"kp-{mechanism.lower()}"
     scram = "SCRAM-SHA-512" if mechanism == "SCRAM-SHA-512" else "SCRAM-SHA-256"
@@ -204,22 +203,14 @@ def test_kafka_python(sasl_broker, mechanism):
         producer.send(topic, key=key, value=value, partition=0)
     producer.flush(30)
     producer.close()
-    consumer = KafkaConsumer(bootstrap_servers=sasl_broker.sasl_bootstrap,
-                             consumer_timeout_ms=10000, **auth)
-    consumer.assign([TopicPartition(topic, 0)])
-    consumer.seek_to_beginning()
-    got = []
-    for message in consumer:
-        got.append((message.key, message.value))
-        if len(got) == len(records):
-            break
-    consumer.close()
-    assert got == records
+    got = consume_kafka_python(sasl_broker.sasl_bootstrap, topic, len(records), **auth)
+    assert [(m.key, m.value) for m in got] == records
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_kafkajs(sasl_broker, mechanism):
-    """kafkajs produces and consumes (a group consumer) over SASL with each mechanism."""
+    """kafkajs produces and consumes (a group consumer) over SASL with each mechanism, every
+    value back at its offset; a wrong password in the middle is refused."""
     user = f"js-{mechanism.lower()}"
     scram = ScramMechanism.SCRAM_SHA_512 if mechanism == "SCRAM-SHA-512" else ScramMechanism.SCRAM_SHA_256
     add_user(sasl_broker.bootstrap, user, "pw-js", scram)
@@ -228,7 +219,9 @@ def test_kafkajs(sasl_broker, mechanism):
     result = run_node("sasl.js", sasl_broker.sasl_bootstrap, topic, 100, mechanism.lower(),
                       user, "pw-js")
     assert result["ok"], result
-    assert result["values"] == [f"js-{i}" for i in range(100)]
+    assert result["baseOffsets"] == [0, 50] and result["offsets"] == list(range(100))
+    assert result["values"] == [f"js-{i}-\u00e9\x00" for i in range(100)]
+    assert result["refused"] == "KafkaJSSASLAuthenticationError"
 
 
 @pytest.fixture(scope="module")
@@ -239,21 +232,18 @@ def java_classpath():
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_java_client(sasl_broker, java_classpath, mechanism):
     """The Java client's producer and group consumer log in with each mechanism (its own
-    PlainLoginModule / ScramLoginModule) and read back every record byte for byte."""
+    PlainLoginModule / ScramLoginModule) and read back every record byte for byte at the
+    offset it was acknowledged at; a wrong password in the middle is refused."""
     user = f"java-{mechanism.lower()}"
     scram = ScramMechanism.SCRAM_SHA_512 if mechanism == "SCRAM-SHA-512" else ScramMechanism.SCRAM_SHA_256
     add_user(sasl_broker.bootstrap, user, "pw-java", scram)
     topic = unique_topic("sasl-java")
     create_topic(sasl_broker.bootstrap, topic, partitions=1)
-    proc = subprocess.run(
-        ["java", f"-Dlog4j2.configurationFile={ROOT / '.kafka' / 'log4j2.yaml'}",
-         "-cp", java_classpath, "SluiceSaslClient", sasl_broker.sasl_bootstrap,
-         topic, "200", unique_topic("jg"), mechanism, user, "pw-java"],
-        capture_output=True, text=True, timeout=180,
-    )
-    facts = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
-    assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
-    assert facts["produced"] == "200" and facts["matched"] == "200"
+    facts = run_java_facts(java_classpath, "SluiceSaslClient", sasl_broker.sasl_bootstrap,
+                           topic, 200, unique_topic("jg"), mechanism, user, "pw-java")
+    assert facts["produced"] == "200" and facts["offsets_in_order"] == "200"
+    assert facts["consumed"] == "200" and facts["matched"] == "200"
+    assert facts["refused"] == "SaslAuthenticationException"
 
 
 # -- refusals --------------------------------------------------------------------------------

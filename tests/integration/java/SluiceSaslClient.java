@@ -1,15 +1,18 @@
-// The Java client (kafka-clients 4.x) over SASL_PLAINTEXT: a producer (acks=all) sends RECORDS
-// records and a group consumer reads them back, both logged in with MECHANISM (PLAIN,
-// SCRAM-SHA-256, SCRAM-SHA-512) as USER/PASSWORD through `sasl.jaas.config`. Prints one
-// `key=value` line per fact for tests/integration/test_sasl.py; exits non-zero on a mismatch.
-// Usage: SluiceSaslClient BOOTSTRAP TOPIC RECORDS GROUP MECHANISM USER PASSWORD
+// The Java client (kafka-clients 4.x) over SASL_PLAINTEXT, or over SASL_SSL when CA_PEM (the
+// broker's CA, a PEM truststore) is given: a producer (acks=all) sends RECORDS records to
+// partition 0, a client with a wrong password is refused in the middle of them, and a group
+// consumer reads them back, all logged in with MECHANISM (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
+// as USER/PASSWORD through `sasl.jaas.config`. Prints one `key=value` line per fact for
+// tests/integration/test_sasl.py and test_tls.py; exits non-zero on a mismatch.
+// Usage: SluiceSaslClient BOOTSTRAP TOPIC RECORDS GROUP MECHANISM USER PASSWORD [CA_PEM]
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.HashMap;
 import java.util.List;
-import java.util.Map;
 import java.util.Properties;
+import java.util.concurrent.TimeUnit;
 
+import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.clients.producer.KafkaProducer;
@@ -18,6 +21,39 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
 import org.apache.kafka.common.serialization.ByteArraySerializer;
 
 public class SluiceSaslClient {
+    static Properties login(String bootstrap, String mechanism, String user, String password,
+                            String caPem) {
+        String module = mechanism.equals("PLAIN")
+            ? "org.apache.kafka.common.security.plain.PlainLoginModule"
+            : "org.apache.kafka.common.security.scram.ScramLoginModule";
+        Properties props = new Properties();
+        props.put("bootstrap.servers", bootstrap);
+        props.put("security.protocol", caPem == null ? "SASL_PLAINTEXT" : "SASL_SSL");
+        if (caPem != null) {
+            props.put("ssl.truststore.type", "PEM");
+            props.put("ssl.truststore.location", caPem);
+        }
+        props.put("sasl.mechanism", mechanism);
+        props.put("sasl.jaas.config",
+            module + " required username=\"" + user + "\" password=\"" + password + "\";");
+        return props;
+    }
+
+    // The simple name of the innermost cause of a wrong password's failure ("none" if the
+    // login was accepted).
+    static String refusal(Properties bad) {
+        try (Admin admin = Admin.create(bad)) {
+            admin.describeCluster().clusterId().get(30, TimeUnit.SECONDS);
+            return "none";
+        } catch (Exception e) {
+            Throwable cause = e;
+            while (cause.getCause() != null) {
+                cause = cause.getCause();
+            }
+            return cause.getClass().getSimpleName();
+        }
+    }
+
     public static void main(String[] args) throws Exception {
         String bootstrap = args[0];
         String topic = args[1];
@@ -26,31 +62,32 @@ public class SluiceSaslClient {
         String mechanism = args[4];
         String user = args[5];
         String password = args[6];
-        String module = mechanism.equals("PLAIN")
-            ? "org.apache.kafka.common.security.plain.PlainLoginModule"
-            : "org.apache.kafka.common.security.scram.ScramLoginModule";
-
-        Properties common = new Properties();
-        common.put("bootstrap.servers", bootstrap);
-        common.put("security.protocol", "SASL_PLAINTEXT");
-        common.put("sasl.mechanism", mechanism);
-        common.put("sasl.jaas.config",
-            module + " required username=\"" + user + "\" password=\"" + password + "\";");
+        String caPem = args.length > 7 ? args[7] : null;
+        Properties common = login(bootstrap, mechanism, user, password, caPem);
 
         Properties p = new Properties();
         p.putAll(common);
         p.put("key.serializer", ByteArraySerializer.class.getName());
         p.put("value.serializer", ByteArraySerializer.class.getName());
-        Map<String, byte[]> sent = new HashMap<>();
+        List<byte[]> sent = new ArrayList<>();
+        int offsetsInOrder = 0;
         try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(p)) {
             for (int i = 0; i < records; i++) {
-                String key = "k-" + i;
+                if (i == records / 2) {
+                    System.out.println("refused=" + refusal(
+                        login(bootstrap, mechanism, user, password + "-wrong", caPem)));
+                }
                 byte[] value = ("java-" + i + "-\u00e9\u0000\u00ff").getBytes("UTF-8");
-                sent.put(key, value);
-                producer.send(new ProducerRecord<>(topic, key.getBytes("UTF-8"), value)).get();
+                sent.add(value);
+                long offset = producer.send(new ProducerRecord<>(topic, 0,
+                    ("k-" + i).getBytes("UTF-8"), value)).get().offset();
+                if (offset == i) {
+                    offsetsInOrder++;
+                }
             }
         }
         System.out.println("produced=" + sent.size());
+        System.out.println("offsets_in_order=" + offsetsInOrder);
 
         Properties c = new Properties();
         c.putAll(common);
@@ -58,6 +95,8 @@ public class SluiceSaslClient {
         c.put("auto.offset.reset", "earliest");
         c.put("key.deserializer", ByteArrayDeserializer.class.getName());
         c.put("value.deserializer", ByteArrayDeserializer.class.getName());
+        // matched: records equal to the one sent at their offset (key and value, byte for
+        // byte), read in offset order.
         int matched = 0;
         int seen = 0;
         try (KafkaConsumer<byte[], byte[]> consumer = new KafkaConsumer<>(c)) {
@@ -65,17 +104,18 @@ public class SluiceSaslClient {
             long deadline = System.currentTimeMillis() + 60_000;
             while (seen < records && System.currentTimeMillis() < deadline) {
                 for (ConsumerRecord<byte[], byte[]> r : consumer.poll(Duration.ofMillis(500))) {
-                    seen++;
-                    byte[] expected = sent.get(new String(r.key(), "UTF-8"));
-                    if (expected != null && Arrays.equals(expected, r.value())) {
+                    if (r.offset() == seen && seen < records
+                        && Arrays.equals(("k-" + seen).getBytes("UTF-8"), r.key())
+                        && Arrays.equals(sent.get(seen), r.value())) {
                         matched++;
                     }
+                    seen++;
                 }
             }
         }
         System.out.println("consumed=" + seen);
         System.out.println("matched=" + matched);
-        if (matched != records) {
+        if (matched != records || offsetsInOrder != records) {
             System.exit(1);
         }
     }
