@@ -494,7 +494,8 @@ def section_markers(name):
 
 
 KEPT_SECTIONS = tuple(section_markers(name)
-                      for name in ("chaos", "idle-conns-bench", "fuzzing", "txn-bench"))
+                      for name in ("chaos", "cluster", "idle-conns-bench", "fuzzing", "cleaner",
+                                   "txn-bench", "security-bench"))
 
 
 def replace_section(path, name, body):
