@@ -155,18 +155,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# record_command SCENARIO COMMAND...: keeps the first command line of each scenario.
-declare -A RECORDED=()
-record_command() {
-    local scenario="$1"
-    shift
-    [[ -n "${RECORDED[$scenario]:-}" ]] && return 0
-    RECORDED[$scenario]=1
-    local line="$*"
-    line="${line//$BIN/\$BIN}"
-    line="${line//$ROOT\//}"
-    printf '# %s\n%s\n' "$scenario" "$line" >>"$COMMANDS"
-}
 
 # The broker that heaptrack (a shell script) started: its child running $BIN serve. Only that
 # process is signalled; heaptrack's own interpreter and compressor must live on to write the

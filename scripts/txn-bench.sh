@@ -79,18 +79,6 @@ mkdir -p "$BENCH_DIR"
 source "$ROOT/scripts/bench/lib.sh"
 trap broker_stop EXIT
 
-# record_command SCENARIO COMMAND...: keeps the first command line of each scenario.
-declare -A RECORDED=()
-record_command() {
-    local scenario="$1"
-    shift
-    [[ -n "${RECORDED[$scenario]:-}" ]] && return 0
-    RECORDED[$scenario]=1
-    local line="$*"
-    line="${line//$BIN/\$BIN}"
-    line="${line//$ROOT\//}"
-    printf '# %s\n%s\n' "$scenario" "$line" >>"$COMMANDS"
-}
 
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 

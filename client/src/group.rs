@@ -193,16 +193,7 @@ pub async fn fetch_pending_transactional(
     if conn.version_for::<OffsetFetchRequest>()? < 7 {
         return Ok(Default::default());
     }
-    let request = OffsetFetchRequest::default()
-        .with_group_id(group_id(group))
-        .with_require_stable(true)
-        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
-            .with_name(TopicName(str_bytes(topic)))
-            .with_partition_indexes(partitions.to_vec())]));
-    let response = conn.send(&request).await?;
-    ClientError::check(response.error_code, || {
-        format!("fetch offsets of group '{group}'")
-    })?;
+    let response = offset_fetch(&conn, group, topic, partitions, true).await?;
     Ok(response
         .topics
         .iter()
@@ -212,14 +203,17 @@ pub async fn fetch_pending_transactional(
         .collect())
 }
 
-async fn fetch_committed_on(
+/// OffsetFetch of `partitions` of `topic` for `group`, the group-level error checked.
+async fn offset_fetch(
     conn: &Connection,
     group: &str,
     topic: &str,
     partitions: &[i32],
-) -> Result<BTreeMap<i32, i64>> {
+    require_stable: bool,
+) -> Result<kafka_protocol::messages::OffsetFetchResponse> {
     let request = OffsetFetchRequest::default()
         .with_group_id(group_id(group))
+        .with_require_stable(require_stable)
         .with_topics(Some(vec![OffsetFetchRequestTopic::default()
             .with_name(TopicName(str_bytes(topic)))
             .with_partition_indexes(partitions.to_vec())]));
@@ -227,6 +221,16 @@ async fn fetch_committed_on(
     ClientError::check(response.error_code, || {
         format!("fetch offsets of group '{group}'")
     })?;
+    Ok(response)
+}
+
+async fn fetch_committed_on(
+    conn: &Connection,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, i64>> {
+    let response = offset_fetch(conn, group, topic, partitions, false).await?;
     let mut out = BTreeMap::new();
     for t in &response.topics {
         for p in &t.partitions {

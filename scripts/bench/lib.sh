@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Broker lifecycle for the benchmark scripts (sourced by scripts/bench.sh, fetch-bench.sh and
-# idle-conns-bench.sh, never run): one broker process at a time, its PID in BROKER_PID.
+# Broker lifecycle for the benchmark scripts (sourced by scripts/bench.sh, txn-bench.sh,
+# fetch-bench.sh and idle-conns-bench.sh, never run): one broker process at a time, its PID in
+# BROKER_PID; and record_command, the exact command lines a report quotes.
 # Must never: signal any process but the one broker_launch started (no kill by name).
 
 BROKER_PID=""
@@ -40,4 +41,18 @@ broker_stop() {
     kill -TERM "$BROKER_PID" 2>/dev/null || true
     wait "$BROKER_PID" 2>/dev/null || true
     BROKER_PID=""
+}
+
+# record_command SCENARIO COMMAND...: keeps the first command line of each scenario in
+# $COMMANDS, with $BIN and $ROOT/ written as such.
+declare -A RECORDED=()
+record_command() {
+    local scenario="$1"
+    shift
+    [[ -n "${RECORDED[$scenario]:-}" ]] && return 0
+    RECORDED[$scenario]=1
+    local line="$*"
+    line="${line//$BIN/\$BIN}"
+    line="${line//$ROOT\//}"
+    printf '# %s\n%s\n' "$scenario" "$line" >>"$COMMANDS"
 }

@@ -129,18 +129,14 @@ def read_values(bootstrap, topic, isolation, expected, settle_s=1.0, timeout_s=2
 
 def lso(bootstrap, topic):
     """The high offset a read_committed consumer sees: the last stable offset."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"w-{uuid.uuid4().hex[:8]}",
-                  "isolation.level": "read_committed"})
-    try:
-        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
-    finally:
-        c.close()
+    return high_watermark(bootstrap, topic, "read_committed")
 
 
-def high_watermark(bootstrap, topic):
-    """Partition 0's high watermark (read_uncommitted: librdkafka's default answers the LSO)."""
+def high_watermark(bootstrap, topic, isolation="read_uncommitted"):
+    """Partition 0's high offset as a consumer at `isolation` sees it (librdkafka's default,
+    read_committed, answers the LSO)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"w-{uuid.uuid4().hex[:8]}",
-                  "isolation.level": "read_uncommitted"})
+                  "isolation.level": isolation})
     try:
         return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
     finally:
