@@ -424,6 +424,31 @@ def test_bad_client_certificates_are_refused_while_a_good_client_keeps_working(
                        what="the anonymous TLS session in the log")
 
 
+def test_principal_mapping_rules_name_the_tls_principal(broker_factory, pki, monkeypatch):
+    """`ssl.principal.mapping.rules` in Kafka's syntax: the first rule whose pattern matches
+    the whole subject DN names the principal (here the CN of an `eng` certificate,
+    upper-cased); a certificate no rule matches is refused at the handshake while a mapped
+    client keeps producing and consuming."""
+    bob = pki.ca.issue("bob-ops", "/C=US/O=Example/OU=ops/CN=bob")
+    broker = tls_broker(broker_factory, pki, monkeypatch, **{
+        "ssl.principal.mapping.rules": "RULE:^CN=([a-z]+),OU=eng,.*$/$1/U, "
+                                       "RULE:^CN=mallory,.*$/nobody/"})
+    conf = confluent_ssl(pki, pki.alice)
+    topic = unique_topic("tls-map")
+    records = payloads(20, "mapped")
+    delivered = produce_confluent(broker.ssl_bootstrap, topic, records, partition=0, **conf)
+    assert [d.offset for d in delivered] == list(range(20))
+    assert "principal=User:ALICE" in log_of(broker)
+    assert f"principal={ALICE_PRINCIPAL}" not in log_of(broker)
+    outcome = handshake_then_api_versions(broker.ssl_port, pki, bob)
+    assert outcome[0] == "refused", outcome
+    helpers.wait_until(
+        lambda: "no ssl.principal.mapping.rules rule applies to CN=bob,OU=ops,O=Example,C=US"
+        in log_of(broker), 5, what="the refusal's log line")
+    got = consume_confluent(broker.ssl_bootstrap, topic, [0], 20, **conf)
+    assert [(m.key, m.value) for m in got[:20]] == records
+
+
 def test_a_plaintext_client_on_the_tls_port_is_refused_quickly(broker_factory, pki, monkeypatch):
     broker = tls_broker(broker_factory, pki, monkeypatch)
     started = time.monotonic()

@@ -250,7 +250,7 @@ impl TlsSettings {
             Ok(mapping) => mapping,
             Err(message) => {
                 fail("ssl.principal.mapping.rules", message);
-                PrincipalMapping::Default
+                PrincipalMapping::default_mapping()
             }
         };
         match keystore {
@@ -491,7 +491,7 @@ mod tests {
             ("ssl.client.auth", "required"),
             ("ssl.client.auth", "sometimes"),
             ("ssl.enabled.protocols", "TLSv1.1"),
-            ("ssl.principal.mapping.rules", "RULE:^CN=(.*)$/$1/"),
+            ("ssl.principal.mapping.rules", "RULE:^CN=(.*$/$1/"),
         ] {
             let found = problems(&[with_key[0], (key, value)]);
             assert_eq!(found.len(), 1, "{key}={value}: {found:?}");

@@ -98,7 +98,15 @@ impl TlsAcceptor {
         let principal = match stream.peer_leaf_certificate() {
             None => Principal::anonymous(),
             Some(leaf) => match principal::subject_dn(&leaf) {
-                Some(dn) => Principal::user(&self.settings.mapping.apply(&dn)),
+                Some(dn) => match self.settings.mapping.apply(&dn) {
+                    Some(name) => Principal::user(&name),
+                    None => {
+                        return Err(HandshakeError::Io(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("no ssl.principal.mapping.rules rule applies to {dn}"),
+                        )))
+                    }
+                },
                 None => {
                     return Err(HandshakeError::Io(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,

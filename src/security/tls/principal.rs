@@ -174,31 +174,172 @@ fn dotted(oid: &[u8]) -> Option<String> {
     Some(text)
 }
 
-/// `ssl.principal.mapping.rules`: only Kafka's DEFAULT (the DN unchanged) is supported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PrincipalMapping {
-    /// The subject DN is the principal name.
+/// Rules past this many are refused (a setting, not a program).
+const MAPPING_RULES_MAX: usize = 64;
+
+/// `ssl.principal.mapping.rules`, Kafka's syntax: a list of `DEFAULT` (the DN unchanged) and
+/// `RULE:pattern/replacement/[L|U]` entries, separated by commas or spaces (a pattern may hold
+/// commas; `\/` escapes a slash). The first rule whose pattern matches the whole DN gives the
+/// principal: every match replaced by the replacement (`$1` names a group), then lower- or
+/// upper-cased with `L`/`U`. A DN no rule matches has no principal, and its connection is
+/// refused (Kafka's NoMatchingRule).
+#[derive(Debug, Clone)]
+pub struct PrincipalMapping {
+    rules: Vec<MappingRule>,
+}
+
+#[derive(Debug, Clone)]
+enum MappingRule {
     Default,
+    Rule {
+        /// The pattern anchored at both ends: whether it matches the whole DN.
+        whole: regex::Regex,
+        pattern: regex::Regex,
+        /// In the `regex` crate's syntax (`$$` for a literal dollar).
+        replacement: String,
+        case: Option<Case>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Case {
+    Lower,
+    Upper,
 }
 
 impl PrincipalMapping {
-    /// Parses the setting; anything but `DEFAULT` is refused (the caller names the setting).
-    pub fn parse(text: &str) -> Result<PrincipalMapping, String> {
-        match text.trim() {
-            "" | "DEFAULT" => Ok(PrincipalMapping::Default),
-            other => Err(format!(
-                "'{other}': only DEFAULT (the certificate's subject DN as the principal) is \
-                 supported; RULE: mappings are not"
-            )),
+    /// Kafka's default: the DN is the principal name.
+    pub fn default_mapping() -> Self {
+        Self {
+            rules: vec![MappingRule::Default],
         }
     }
 
-    /// The principal name for subject `dn`.
-    pub fn apply(self, dn: &str) -> String {
-        match self {
-            PrincipalMapping::Default => dn.to_string(),
+    /// Parses the setting; the error says what is wrong (the caller names the setting).
+    pub fn parse(text: &str) -> Result<PrincipalMapping, String> {
+        let mut rules = Vec::new();
+        let mut rest = text;
+        loop {
+            rest = rest.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+            if rest.is_empty() {
+                break;
+            }
+            if rules.len() == MAPPING_RULES_MAX {
+                return Err(format!("more than {MAPPING_RULES_MAX} rules"));
+            }
+            if let Some(after) = rest.strip_prefix("DEFAULT") {
+                rules.push(MappingRule::Default);
+                rest = after;
+                continue;
+            }
+            let Some(after) = rest.strip_prefix("RULE:") else {
+                return Err(format!(
+                    "'{rest}': expected DEFAULT or RULE:pattern/replacement/[LU]"
+                ));
+            };
+            let (pattern, after) = until_slash(after)
+                .ok_or_else(|| format!("'{rest}': the rule's pattern has no closing '/'"))?;
+            let (replacement, after) = until_slash(after)
+                .ok_or_else(|| format!("'{rest}': the rule's replacement has no closing '/'"))?;
+            let (case, after) = match after.chars().next() {
+                Some('L') => (Some(Case::Lower), &after[1..]),
+                Some('U') => (Some(Case::Upper), &after[1..]),
+                _ => (None, after),
+            };
+            if !(after.is_empty() || after.starts_with(|c: char| c == ',' || c.is_whitespace())) {
+                return Err(format!("'{rest}': unexpected text after the rule"));
+            }
+            let compile = |p: &str| {
+                regex::Regex::new(p).map_err(|e| format!("'{pattern}' is not a valid pattern: {e}"))
+            };
+            rules.push(MappingRule::Rule {
+                whole: compile(&format!("^(?:{pattern})$"))?,
+                pattern: compile(&pattern)?,
+                replacement: java_replacement(&replacement),
+                case,
+            });
+            rest = after;
+        }
+        if rules.is_empty() {
+            return Ok(Self::default_mapping());
+        }
+        Ok(Self { rules })
+    }
+
+    /// The principal name for subject `dn`, or None when no rule matches it.
+    pub fn apply(&self, dn: &str) -> Option<String> {
+        self.rules.iter().find_map(|rule| match rule {
+            MappingRule::Default => Some(dn.to_string()),
+            MappingRule::Rule {
+                whole,
+                pattern,
+                replacement,
+                case,
+            } => {
+                if !whole.is_match(dn) {
+                    return None;
+                }
+                let name = pattern.replace_all(dn, replacement.as_str()).into_owned();
+                Some(match case {
+                    Some(Case::Lower) => name.to_lowercase(),
+                    Some(Case::Upper) => name.to_uppercase(),
+                    None => name,
+                })
+            }
+        })
+    }
+}
+
+/// The text up to the next unescaped '/' (escapes kept, but `\/` becomes '/'), and what
+/// follows that slash.
+fn until_slash(text: &str) -> Option<(String, &str)> {
+    let mut out = String::new();
+    let mut chars = text.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '/' => return Some((out, &text[at + 1..])),
+            '\\' => match chars.next() {
+                Some((_, '/')) => out.push('/'),
+                Some((_, escaped)) => {
+                    out.push('\\');
+                    out.push(escaped);
+                }
+                None => out.push('\\'),
+            },
+            other => out.push(other),
         }
     }
+    None
+}
+
+/// A Java replacement string (`$1` a group, `\x` a literal x) in the `regex` crate's syntax
+/// (`${1}` a group, `$$` a literal dollar).
+fn java_replacement(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('$') => out.push_str("$$"),
+                Some(other) => out.push(other),
+                None => {}
+            },
+            '$' => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                if digits.is_empty() {
+                    out.push_str("$$");
+                } else {
+                    out.push_str(&format!("${{{digits}}}"));
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -295,10 +436,61 @@ mod tests {
     fn escaping_and_mapping_rules() {
         assert_eq!(escape(" #a+b "), "\\ #a\\+b\\ ");
         assert_eq!(escape("#x"), "\\#x");
+        let dn = "CN=Alice Smith,OU=Eng,O=Example,C=US";
+        let default = PrincipalMapping::parse("DEFAULT").expect("DEFAULT");
+        assert_eq!(default.apply(dn).as_deref(), Some(dn));
         assert_eq!(
-            PrincipalMapping::parse("DEFAULT"),
-            Ok(PrincipalMapping::Default)
+            PrincipalMapping::parse("")
+                .expect("empty")
+                .apply(dn)
+                .as_deref(),
+            Some(dn)
         );
-        assert!(PrincipalMapping::parse("RULE:^CN=(.*?),.*$/$1/").is_err());
+    }
+
+    #[test]
+    fn rule_mappings_as_kafka_applies_them() {
+        let dn = "CN=Alice Smith,OU=Eng,O=Example,C=US";
+        // Kafka's documentation example, a pattern with commas, then DEFAULT.
+        let rules = PrincipalMapping::parse(
+            "RULE:^CN=(.*?),OU=ServiceUsers.*$/$1/, RULE:^CN=(.*?),OU=(.*?),O=(.*?),L=.*$/$1@$2/L, \
+             RULE:^cn=(.*?),ou=(.*?),dc=(.*?),dc=(.*?)$/$1@$2/U, RULE:^.*[Cc][Nn]=([a-zA-Z0-9.]*).*$/$1/L, DEFAULT",
+        )
+        .expect("rules");
+        assert_eq!(
+            rules
+                .apply("CN=kafka-svc,OU=ServiceUsers,O=Org,C=US")
+                .as_deref(),
+            Some("kafka-svc")
+        );
+        assert_eq!(
+            rules
+                .apply("CN=Duke,OU=JavaSoft,O=Sun Microsystems,L=Santa Clara")
+                .as_deref(),
+            Some("duke@javasoft")
+        );
+        assert_eq!(
+            rules.apply("cn=duke,ou=javasoft,dc=sun,dc=com").as_deref(),
+            Some("DUKE@JAVASOFT")
+        );
+        assert_eq!(rules.apply("OU=x,CN=Bob.1,O=y").as_deref(), Some("bob.1"));
+        // Only the first matching rule counts; DEFAULT catches the rest.
+        assert_eq!(rules.apply("O=none").as_deref(), Some("O=none"));
+        // Without DEFAULT a DN no rule matches has no principal.
+        let only = PrincipalMapping::parse("RULE:^CN=([^,]*),.*$/$1/").expect("rule");
+        assert_eq!(only.apply(dn).as_deref(), Some("Alice Smith"));
+        assert_eq!(only.apply("O=none"), None);
+        // An escaped slash, a literal dollar.
+        let escaped = PrincipalMapping::parse("RULE:^CN=(.*)$/a\\/\\$$1/").expect("escaped");
+        assert_eq!(escaped.apply("CN=x").as_deref(), Some("a/$x"));
+        for bad in [
+            "RULE:^CN=(.*$/$1/",
+            "RULE:^CN/x",
+            "RULE:a/b",
+            "NOPE",
+            "RULE:a/b/X",
+        ] {
+            assert!(PrincipalMapping::parse(bad).is_err(), "{bad}");
+        }
     }
 }
