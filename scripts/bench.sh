@@ -14,6 +14,10 @@
 #     transaction) against plain produce, EndTxn latency, read_committed against
 #     read_uncommitted (scripts/txn-bench.sh with its own fresh broker, issue 13; rerun it alone
 #     to refresh only its section).
+#     Neutral clients (issue 17): rdkafka_performance and Kafka's producer/consumer perf tests
+#     against Sluice and, with PEER=kafka, Kafka (scripts/bench/neutral-clients.sh, its own
+#     brokers, NEUTRAL_RUNS runs, default 1; rerun it alone to refresh only its section; NEUTRAL=0
+#     skips it).
 #
 # Disk: each produce topic is deleted once measured, so the data directory holds about one
 # run's data at a time (a few GB) plus the fetch step's (~5 GB); the script checks for
@@ -473,6 +477,23 @@ txn_step() {
     rm -rf "$BENCH_DIR/txn/data"
 }
 
+# Issue 17: neutral clients (rdkafka_performance, Kafka's perf tools) with the same flags against
+# a fresh Sluice and, with PEER, Apache Kafka; scripts/bench/neutral-clients.sh writes its
+# section into $OUT between markers, which the report below keeps. NEUTRAL=0 skips it.
+neutral_step() {
+    [[ "${NEUTRAL:-1}" == 1 ]] || return 0
+    say "neutral clients: rdkafka_performance, kafka-producer-perf-test / kafka-consumer-perf-test (scripts/bench/neutral-clients.sh)"
+    local command=(env SLUICE_BIN="$BIN" BENCH_DIR="$BENCH_DIR/neutral" OUT_MD="$OUT" QUICK="$QUICK"
+        RUNS="${NEUTRAL_RUNS:-1}" PEER="$PEER" BENCH_PORT="$PORT" BENCH_ADMIN_PORT="$ADMIN_PORT" PEER_PORT="$PEER_PORT"
+        scripts/bench/neutral-clients.sh)
+    record_command neutral "${command[@]}"
+    if ! "${command[@]}" >"$BENCH_DIR/neutral.log" 2>&1; then
+        echo "   neutral-clients failed: $(tail -3 "$BENCH_DIR/neutral.log")" >&2
+    fi
+    grep -E '^   (sluice|kafka)' "$BENCH_DIR/neutral.log" >&2 || true
+    rm -rf "$BENCH_DIR/neutral/data" "$BENCH_DIR/neutral/kafka-data"
+}
+
 # --- the report ----------------------------------------------------------------------------
 write_meta() { # TARGET FIO_BLOCK_BYTES
     local dev fs
@@ -574,6 +595,7 @@ else
     rm -rf "$BENCH_DIR/data"
     fetch_step
     txn_step
+    neutral_step
     # The disk limit at the broker's own cadence: bytes per group commit (one file, one
     # fdatasync) of the 1-partition runs, rounded to 4 KiB.
     FIO_BS="$(python3 - "$RESULTS" <<'PY'

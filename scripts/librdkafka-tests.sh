@@ -9,6 +9,10 @@
 #                                              version and build flags matches), then point
 #                                              .librdkafka/test-runner at the runner
 #        scripts/librdkafka-tests.sh runner   print the runner's path (fails if not built)
+#        scripts/librdkafka-tests.sh perf     build examples/rdkafka_performance OPTIMIZED (-O2,
+#                                              configure's default) in its own directory with its
+#                                              own stamp, for scripts/bench/neutral-clients.sh
+#                                              (issue 17), and print its path
 # Env:   RDKAFKA_SYS_VERSION (default below)  LIBRDKAFKA_HOME (default .librdkafka; ignored)
 #
 # The build is as small as the selected tests allow (about 40 CPU-seconds, 20 s on two idle
@@ -33,6 +37,16 @@ CONFIGURE_FLAGS=(
 )
 STAMP="$BUILD/.sluice-built"
 STAMP_TEXT="rdkafka-sys $RDKAFKA_SYS_VERSION; configure ${CONFIGURE_FLAGS[*]}"
+# The perf tool's build: the same source, the same features left out, but optimized (the
+# client's speed is what it measures). Only the C library and the one example are built.
+PERF_BUILD="$LIBRDKAFKA_HOME/$LIBRDKAFKA_VERSION-perf"
+PERF_CONFIGURE_FLAGS=(
+    --no-download --disable-ssl --disable-gssapi --disable-curl --disable-zstd
+    --disable-zlib --disable-lz4-ext --disable-debug-symbols
+)
+PERF_STAMP="$PERF_BUILD/.sluice-built"
+PERF_STAMP_TEXT="rdkafka-sys $RDKAFKA_SYS_VERSION; configure ${PERF_CONFIGURE_FLAGS[*]}; rdkafka_performance"
+PERF_BIN="$PERF_BUILD/examples/rdkafka_performance"
 
 log() { echo "librdkafka-tests: $*" >&2; }
 
@@ -95,12 +109,38 @@ build() {
     log "built $BUILD/tests/test-runner in $((SECONDS - t0)) s"
 }
 
+perf() {
+    if [[ -f "$PERF_STAMP" && "$(cat "$PERF_STAMP")" == "$PERF_STAMP_TEXT" && -x "$PERF_BIN" ]]; then
+        echo "$PERF_BIN"
+        return 0
+    fi
+    local t0=$SECONDS src
+    src="$(crate_source)"
+    [[ -f "$src/examples/rdkafka_performance.c" ]] || { log "no examples/rdkafka_performance.c in $src"; exit 1; }
+    log "building librdkafka $LIBRDKAFKA_VERSION's rdkafka_performance, optimized (rdkafka-sys $RDKAFKA_SYS_VERSION)"
+    rm -rf "$PERF_BUILD"
+    cp -r "$src" "$PERF_BUILD"
+    local out="$LIBRDKAFKA_HOME/build-$LIBRDKAFKA_VERSION-perf.log"
+    if ! (cd "$PERF_BUILD" \
+            && ./configure "${PERF_CONFIGURE_FLAGS[@]}" \
+            && make -j"$JOBS" -C src lib \
+            && make -C examples rdkafka_performance) >"$out" 2>&1; then
+        tail -40 "$out" >&2
+        log "build failed (full log: $out)"
+        exit 1
+    fi
+    echo "$PERF_STAMP_TEXT" >"$PERF_STAMP"
+    log "built $PERF_BIN in $((SECONDS - t0)) s"
+    echo "$PERF_BIN"
+}
+
 case "${1:-}" in
     build) build ;;
+    perf) perf ;;
     runner)
         [[ -x "$RUNNER_LINK" ]] \
             || { log "not built: run scripts/librdkafka-tests.sh build"; exit 1; }
         readlink -f "$RUNNER_LINK"
         ;;
-    *) echo "usage: $0 build|runner" >&2; exit 2 ;;
+    *) echo "usage: $0 build|runner|perf" >&2; exit 2 ;;
 esac
