@@ -449,6 +449,38 @@ def test_principal_mapping_rules_name_the_tls_principal(broker_factory, pki, mon
     assert [(m.key, m.value) for m in got[:20]] == records
 
 
+def test_an_encrypted_private_key_with_ssl_key_password(broker_factory, pki, monkeypatch,
+                                                       tmp_path):
+    """A keystore whose key is encrypted PKCS#8 (openssl pkcs8 -topk8 -v2 aes-256-cbc) serves
+    TLS with `ssl.key.password`; without the password, or with a wrong one, the broker refuses
+    to start and says which setting."""
+    encrypted = tmp_path / "server-encrypted.key"
+    subprocess.run(["openssl", "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in",
+                    str(pki.server.key), "-out", str(encrypted), "-passout", "pass:k3y-pw"],
+                   check=True, capture_output=True, timeout=60)
+    assert "ENCRYPTED PRIVATE KEY" in encrypted.read_text()
+    bundle = tmp_path / "server-encrypted-bundle.pem"
+    bundle.write_text(encrypted.read_text() + pki.server.cert.read_text())
+
+    broker = tls_broker(broker_factory, pki, monkeypatch, **{
+        "ssl.keystore.location": str(bundle), "ssl.key.password": "k3y-pw"})
+    topic = unique_topic("tls-enc")
+    records = payloads(10, "encrypted-key")
+    conf = confluent_ssl(pki, pki.alice)
+    delivered = produce_confluent(broker.ssl_bootstrap, topic, records, partition=0, **conf)
+    assert [d.offset for d in delivered] == list(range(10))
+    got = consume_confluent(broker.ssl_bootstrap, topic, [0], 10, **conf)
+    assert [(m.key, m.value) for m in got[:10]] == records
+
+    for password, said in [("", "ssl.key.password is not set"),
+                           ("wrong", "cannot be decrypted with ssl.key.password")]:
+        refused = tls_broker(broker_factory, pki, monkeypatch, start=False, **{
+            "ssl.keystore.location": str(bundle), "ssl.key.password": password})
+        with pytest.raises(AssertionError):
+            refused.start()
+        assert said in log_of(refused), log_of(refused)[-2000:]
+
+
 def test_a_plaintext_client_on_the_tls_port_is_refused_quickly(broker_factory, pki, monkeypatch):
     broker = tls_broker(broker_factory, pki, monkeypatch)
     started = time.monotonic()

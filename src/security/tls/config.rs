@@ -91,6 +91,18 @@ pub struct TlsSettings {
     pub cipher_suites: Vec<String>,
     /// `ssl.principal.mapping.rules`.
     pub mapping: PrincipalMapping,
+    /// `ssl.key.password`: decrypts an encrypted PKCS#8 key (`ENCRYPTED PRIVATE KEY`).
+    pub key_password: Option<KeyPassword>,
+}
+
+/// `ssl.key.password`, never printed.
+#[derive(Clone)]
+pub struct KeyPassword(String);
+
+impl std::fmt::Debug for KeyPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyPassword(..)")
+    }
 }
 
 /// The server's key and certificate chain.
@@ -139,14 +151,9 @@ impl TlsSettings {
                 );
             }
         }
-        if !value("ssl.key.password").is_empty() {
-            fail(
-                "ssl.key.password",
-                "encrypted private keys are not supported: give an unencrypted PKCS#8 key \
-                 (openssl pkcs8 -topk8 -nocrypt) and protect the file instead"
-                    .into(),
-            );
-        }
+        let key_password = Some(value("ssl.key.password"))
+            .filter(|p| !p.is_empty())
+            .map(KeyPassword);
         let location = value("ssl.keystore.location");
         let (chain, key) = (
             value("ssl.keystore.certificate.chain"),
@@ -263,6 +270,7 @@ impl TlsSettings {
                 tls13,
                 cipher_suites,
                 mapping,
+                key_password,
             }),
             _ => Err(errors),
         }
@@ -373,18 +381,52 @@ impl TlsSettings {
             ),
         };
         let chain = parse_certificates(&certificate_text, what)?;
-        if key_text.contains("ENCRYPTED PRIVATE KEY") || key_text.contains("Proc-Type: 4,ENCRYPTED")
-        {
+        if key_text.contains("Proc-Type: 4,ENCRYPTED") {
             return Err(format!(
-                "{what}: the private key is encrypted, which is not supported (decrypt it: \
-                 openssl pkcs8 -topk8 -nocrypt)"
+                "{what}: the private key is encrypted in OpenSSL's legacy format, which is not \
+                 supported (as on Kafka): convert it to encrypted PKCS#8 (openssl pkcs8 -topk8 \
+                 -v2 aes-256-cbc) or decrypt it"
             ));
+        }
+        if key_text.contains(ENCRYPTED_KEY_BEGIN) {
+            let key = decrypt_pkcs8(&key_text, self.key_password.as_ref(), what)?;
+            return Ok((chain, key));
         }
         let key = PrivateKeyDer::from_pem_slice(key_text.as_bytes()).map_err(|e| {
             format!("{what}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}")
         })?;
         Ok((chain, key))
     }
+}
+
+const ENCRYPTED_KEY_BEGIN: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+const ENCRYPTED_KEY_END: &str = "-----END ENCRYPTED PRIVATE KEY-----";
+
+/// The encrypted PKCS#8 key block of `text` (PBES2, as `openssl pkcs8 -topk8 -v2` writes it),
+/// decrypted with `ssl.key.password`.
+fn decrypt_pkcs8(
+    text: &str,
+    password: Option<&KeyPassword>,
+    what: &str,
+) -> Result<PrivateKeyDer<'static>, String> {
+    let Some(KeyPassword(password)) = password else {
+        return Err(format!(
+            "{what}: the private key is encrypted and ssl.key.password is not set"
+        ));
+    };
+    let start = text.find(ENCRYPTED_KEY_BEGIN).unwrap_or(0);
+    let end = text[start..]
+        .find(ENCRYPTED_KEY_END)
+        .map(|at| start + at + ENCRYPTED_KEY_END.len())
+        .ok_or_else(|| format!("{what}: the encrypted private key block has no end line"))?;
+    let (_, der) = pkcs8::der::pem::decode_vec(&text.as_bytes()[start..end])
+        .map_err(|e| format!("{what}: the encrypted private key is not valid PEM: {e}"))?;
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice())
+        .map_err(|e| format!("{what}: the encrypted private key cannot be read: {e}"))?;
+    let plain = info.decrypt(password.as_bytes()).map_err(|e| {
+        format!("{what}: the private key cannot be decrypted with ssl.key.password: {e}")
+    })?;
+    Ok(PrivateKeyDer::Pkcs8(plain.as_bytes().to_vec().into()))
 }
 
 /// A cipher suite's IANA name (Kafka's), e.g. `TLS_AES_128_GCM_SHA256`.
@@ -487,7 +529,6 @@ mod tests {
         assert!(problems(&with_key).is_empty());
         for (key, value) in [
             ("ssl.keystore.type", "JKS"),
-            ("ssl.key.password", "secret"),
             ("ssl.client.auth", "required"),
             ("ssl.client.auth", "sometimes"),
             ("ssl.enabled.protocols", "TLSv1.1"),
