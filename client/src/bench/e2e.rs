@@ -2,8 +2,10 @@
 //! the topic, and measures delivery latency = time a reader decoded the record minus the
 //! record's intended send time. Producer and readers share one clock (the bench's start
 //! instant), so no clock sync is involved. With a transactional producer the readers are
-//! read_committed, so delivery waits for the commit. It must never report a record as delivered that the
-//! producer did not get acknowledged, and waits a bounded grace period for stragglers.
+//! read_committed, so delivery waits for the commit. The producers' acknowledgement latencies
+//! from the same intended send times (publish latency) are reported beside delivery's. It must
+//! never report a record as delivered that the producer did not get acknowledged, and waits a
+//! bounded grace period for stragglers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::consume::{join_readers, spawn_readers, ReadMode, StopWhen};
 use super::produce::{ensure_topic, init_sessions, run_producers, Payload, ProduceConfig};
 use super::stats::CpuTimes;
-use super::{spawn_progress, E2eBenchArgs, Progress, Report};
+use super::{spawn_progress, E2eBenchArgs, Phase, Progress, Report};
 use crate::admin::OffsetSpec;
 use crate::consumer::{FetchOptions, IsolationLevel};
 
@@ -131,7 +133,11 @@ pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
         latency_label: "delivery to a consumer minus intended send time",
         histogram: done.histogram,
         cpu: CpuTimes::now().since(cpu_before),
-        phases: Vec::new(),
+        phases: vec![Phase {
+            key: "publish_latency_ms",
+            label: "publish: acknowledgement time minus intended send time (open loop)",
+            histogram: totals.histogram,
+        }],
     }
     .emit(&common)?;
     if done.records < totals.records {
