@@ -4,7 +4,7 @@
 # pause; a consumer starts LAG seconds behind it (from the topic's beginning, LAG seconds after
 # the producer started) for each LAG in LAGS_S ("10 60"; QUICK "5 15"). `sluice bench consume
 # --catch-up` samples its lag (the topic's end offsets against the records it has read) every
-# 500 ms and stops once the lag is at most 100 ms of the producer's records, or after
+# 200 ms and stops once the lag is at most 100 ms of the producer's records, or after
 # CATCHUP_LIMIT_S (default max(30, 2 x LAG); QUICK max(15, 2 x LAG)): the report gives its read
 # rate while catching up and the time it took, or "did not catch up within N s". The producer
 # is then stopped (SIGTERM to its PID).
@@ -66,7 +66,7 @@ RESULTS="$BENCH_DIR/results.jsonl"
 COMMANDS="$BENCH_DIR/commands.txt"
 CLK_TCK="$(getconf CLK_TCK)"
 PREFIX="lag$(date +%s)"
-INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; printf 'LAGS_S="%s" PROBE_S=%s scripts/lag-bench.sh' "$LAGS_S" "$PROBE_S"; } )"
+INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; [[ -n "${CATCHUP_LIMIT_S:-}" ]] && printf 'CATCHUP_LIMIT_S=%s ' "$CATCHUP_LIMIT_S"; printf 'LAGS_S="%s" PROBE_S=%s RATE_FRACTION=%s scripts/lag-bench.sh' "$LAGS_S" "$PROBE_S" "$RATE_FRACTION"; } )"
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 die() { echo "lag-bench.sh: $*" >&2; exit 1; }
@@ -76,7 +76,11 @@ if [[ ! -x "$BIN" ]]; then
     cargo build --release --bin sluice >&2
 fi
 [[ -x "$BIN" ]] || die "no sluice binary at $BIN"
-command -v fio >/dev/null 2>&1 || die "fio is missing (apt-get install fio)"
+if ! command -v fio >/dev/null 2>&1; then
+    say "installing fio"
+    { apt-get install -y fio || { apt-get update && apt-get install -y fio; }; } >/dev/null 2>&1 \
+        || die "fio is missing and could not be installed (apt-get install fio)"
+fi
 for port in "$PORT" "$ADMIN_PORT" "$PEER_PORT" "$((PEER_PORT + 1))"; do
     ! ss -Htln "sport = :$port" 2>/dev/null | grep -q . || die "port $port is in use; pick others with BENCH_PORT, BENCH_ADMIN_PORT, PEER_PORT"
 done
@@ -156,7 +160,7 @@ for target in "${TARGETS[@]}"; do
         PRODUCER_PID=$!
         sleep "$lag"
         consumer=("$BIN" bench consume --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0 --topic "$topic"
-            --catch-up --caught-up-lag-records "$caught_up" --duration "${limit}s")
+            --catch-up --caught-up-lag-records "$caught_up" --lag-interval-ms 200 --duration "${limit}s")
         record_command "consumer (lag)" "${consumer[@]}"
         ticks_before="$(cpu_ticks "$TARGET_PID")"
         if "${consumer[@]}" >"$base.json" 2>"$base.err"; then

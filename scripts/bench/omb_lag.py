@@ -223,7 +223,7 @@ def lag_section(args):
         "scripts/lag-bench.sh: " + args.shape + ". A consumer (`sluice bench consume "
         "--catch-up`, one connection, all partitions) starts from the topic's beginning LAG "
         "seconds after the producer did; lag = the topic's end offsets minus the records read, "
-        "sampled every 500 ms. Read rate = batch bytes read per second until caught up (or over "
+        "sampled every 200 ms. Read rate = batch bytes read per second until caught up (or over "
         "the whole limit). Then the producer is stopped, the data directory's files are dropped "
         "from the page cache (fdatasync + POSIX_FADV_DONTNEED) and the whole topic is read "
         "again from its beginning: the cold read, beside fio's O_DIRECT sequential read of "
