@@ -246,7 +246,8 @@ def lag_section(args):
                 c = r["doc"]["config"]["catch_up"]
                 rate = r.get("rate")
                 caught = (f"yes, in {c['time_to_catch_up_s']:.1f} s" if c["caught_up"]
-                          else f"**no**: did not catch up within {r['limit_s']:.0f} s "
+                          else f"**no**: did not catch up within {r['limit_s']:.0f} s"
+                               f"{' (limit cut to fit the disk)' if r.get('disk_bounded') else ''} "
                                f"({c['lag_records_at_end']:,} records behind)")
                 cold_rows = rows_of(rows, target, f"cold{lag}")
                 cold = cold_rows[0]["doc"]["mb_per_s"] if cold_rows else None
