@@ -5,7 +5,7 @@ written into a Markdown file between its markers (report.py's replace_section), 
 scripts/bench.sh's report keeps.
 
   add RESULTS TARGET SCENARIO RUN FILE|- [key=value...]   one row: a `sluice bench` JSON, a fio
-                                                          JSON (scenario fio_read) or nothing
+                                                          JSON (scenarios fio_read*) or nothing
   evict DIR                       fdatasync + POSIX_FADV_DONTNEED every regular file under DIR
   omb-summary RESULTS | omb-section RESULTS --out FILE --invocation ... --commit ... --commands
                       FILE --load ... --shape ...
@@ -43,7 +43,7 @@ def cmd_add(argv):
     if path != "-":
         with open(path) as handle:
             doc = json.load(handle)
-        if scenario == "fio_read":
+        if scenario.startswith("fio_read"):
             read = doc["jobs"][0]["read"]
             row["mb_per_s"] = read["bw_bytes"] / 1e6
             row["bytes"] = read["io_bytes"]
