@@ -17,7 +17,11 @@
 #     Neutral clients (issue 17): rdkafka_performance and Kafka's producer/consumer perf tests
 #     against Sluice and, with PEER=kafka, Kafka (scripts/bench/neutral-clients.sh, its own
 #     brokers, NEUTRAL_RUNS runs, default 1; rerun it alone to refresh only its section; NEUTRAL=0
-#     skips it).
+#     skips it). An OpenMessaging-shaped workload (100 partitions, 4
+#     producers, 4 consumers, publish and end-to-end p50..p99.99 at 50% of the probed max) and
+#     consumers 10 s and 60 s behind a producer at 80% of max catching up, cold reads beside
+#     fio's sequential read (scripts/omb-bench.sh, scripts/lag-bench.sh, issue 17; with
+#     PEER=kafka against Kafka too; each rerunnable alone).
 #
 # Disk: each produce topic is deleted once measured, so the data directory holds about one
 # run's data at a time (a few GB) plus the fetch step's (~5 GB); the script checks for
@@ -494,6 +498,25 @@ neutral_step() {
     rm -rf "$BENCH_DIR/neutral/data" "$BENCH_DIR/neutral/kafka-data"
 }
 
+# Issue 17: the OpenMessaging-shaped workload and lagging consumers catching up
+# (scripts/omb-bench.sh, scripts/lag-bench.sh), each with its own fresh brokers (and Kafka's
+# with PEER=kafka); each writes its section into $OUT between markers, which the report keeps.
+omb_lag_steps() {
+    local script
+    for script in omb-bench lag-bench; do
+        say "issue 17: scripts/$script.sh${PEER:+ (PEER=$PEER)}"
+        local command=(env SLUICE_BIN="$BIN" BENCH_DIR="$BENCH_DIR/$script" OUT_MD="$OUT" QUICK="$QUICK"
+            PEER="$PEER" BENCH_PORT="$PORT" BENCH_ADMIN_PORT="$ADMIN_PORT" PEER_PORT="$PEER_PORT"
+            "scripts/$script.sh")
+        record_command "$script" "${command[@]}"
+        if ! "${command[@]}" >"$BENCH_DIR/$script.log" 2>&1; then
+            echo "   $script failed: $(tail -3 "$BENCH_DIR/$script.log")" >&2
+        fi
+        grep -E '^(sluice|kafka|fio)' "$BENCH_DIR/$script.log" | sed 's/^/   /' >&2 || true
+        rm -rf "$BENCH_DIR/$script/data" "$BENCH_DIR/$script/kafka-data"
+    done
+}
+
 # --- the report ----------------------------------------------------------------------------
 write_meta() { # TARGET FIO_BLOCK_BYTES
     local dev fs
@@ -596,6 +619,7 @@ else
     fetch_step
     txn_step
     neutral_step
+    omb_lag_steps
     # The disk limit at the broker's own cadence: bytes per group commit (one file, one
     # fdatasync) of the 1-partition runs, rounded to 4 KiB.
     FIO_BS="$(python3 - "$RESULTS" <<'PY'

@@ -4,8 +4,9 @@
 //! records from batch headers without decompressing; in e2e mode it decodes values to read the
 //! origin stamp. Control batches (transaction markers) are never counted; read_committed also
 //! leaves out the batches of the aborted transactions each answer lists, and reads up to the
-//! last stable offset. It must never count a record twice (positions only move past whole
-//! batches).
+//! last stable offset. With `--catch-up` a monitor samples the lag (the topic's end offsets
+//! against the records read) and stops the readers once it is at most the caught-up threshold.
+//! It must never count a record twice (positions only move past whole batches).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::produce::STAMP_BYTES;
-use super::stats::{new_latency_histogram, CpuTimes};
+use super::stats::{new_latency_histogram, CatchUp, CpuTimes, LagSample};
 use super::{spawn_progress, ConsumeBenchArgs, Progress, Report};
 use crate::admin::OffsetSpec;
 use crate::client::{Client, TopicInfo};
@@ -242,6 +243,57 @@ pub async fn join_readers(
     }
 }
 
+/// The lag monitor of `--catch-up`: every `interval`, the records read so far (counted first,
+/// so the lag is never understated), then the topic's end offsets; stops the readers once the
+/// lag is at most `lag_records_max`, and returns when the run stops.
+#[allow(clippy::too_many_arguments)]
+async fn watch_lag(
+    client: Arc<Client>,
+    info: TopicInfo,
+    starts: BTreeMap<i32, i64>,
+    lag_records_max: u64,
+    interval: Duration,
+    stop: Arc<StopWhen>,
+    progress: Arc<Progress>,
+    start: Instant,
+) -> Result<Vec<LagSample>> {
+    let mut samples = Vec::new();
+    loop {
+        let read_records = stop.records.load(Ordering::Relaxed);
+        let read_bytes = progress.bytes.load(Ordering::Relaxed);
+        let ends = match client.list_offsets(&info, None, OffsetSpec::Latest).await {
+            Ok(ends) => ends,
+            Err(e) => {
+                // Without lag samples the run has no answer: stop the readers too.
+                stop.stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let end_records = starts
+            .iter()
+            .map(|(p, from)| {
+                let end = ends.get(p).map_or(*from, |(o, _)| *o);
+                u64::try_from(end - from).unwrap_or(0)
+            })
+            .sum();
+        let sample = LagSample {
+            t_s: start.elapsed().as_secs_f64(),
+            end_records,
+            read_records,
+            read_bytes,
+        };
+        samples.push(sample);
+        if sample.lag_records() <= lag_records_max {
+            stop.stop.store(true, Ordering::Relaxed);
+            return Ok(samples);
+        }
+        if stop.stop.load(Ordering::Relaxed) {
+            return Ok(samples);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 /// Runs `sluice bench consume`.
 pub async fn run(args: ConsumeBenchArgs) -> anyhow::Result<()> {
     if args.from_tail && args.records.is_none() && args.duration.is_none() {
@@ -264,9 +316,10 @@ pub async fn run(args: ConsumeBenchArgs) -> anyhow::Result<()> {
             .map(|(p, (o, _))| (*p, *o))
             .collect()
     };
-    // From the beginning with no limit: drain up to the end offsets seen now.
+    // From the beginning with no limit: drain up to the end offsets seen now (a catch-up run
+    // reads past them: the producer is still writing).
     let ends: Option<BTreeMap<i32, i64>> =
-        (!args.from_tail && args.records.is_none() && args.duration.is_none())
+        (!args.from_tail && !args.catch_up && args.records.is_none() && args.duration.is_none())
             .then(|| latest.iter().map(|(p, (o, _))| (*p, *o)).collect());
     let options = FetchOptions {
         max_wait_ms: args.fetch_max_wait_ms,
@@ -309,15 +362,51 @@ pub async fn run(args: ConsumeBenchArgs) -> anyhow::Result<()> {
             stop.stop.store(true, Ordering::Relaxed);
         });
     }
+    let monitor = args.catch_up.then(|| {
+        tokio::spawn(watch_lag(
+            Arc::clone(&client),
+            info.clone(),
+            starts.clone(),
+            args.caught_up_lag_records,
+            Duration::from_millis(args.lag_interval_ms.max(1)),
+            Arc::clone(&stop),
+            Arc::clone(&progress),
+            start,
+        ))
+    });
     let result = join_readers(handles).await;
     progress.done.store(true, Ordering::Relaxed);
+    stop.stop.store(true, Ordering::Relaxed);
     let done = result.map_err(|e| anyhow::anyhow!("bench consume aborted: {e}"))?;
     let elapsed = start.elapsed();
+    let catch_up = match monitor {
+        Some(handle) => {
+            let samples = handle
+                .await
+                .map_err(|e| anyhow::anyhow!("bench consume: the lag monitor failed: {e}"))?
+                .map_err(|e| anyhow::anyhow!("bench consume: sampling the lag: {e}"))?;
+            let summary = CatchUp::of(&samples, args.caught_up_lag_records);
+            match summary.caught_up_s {
+                Some(t) => eprintln!(
+                    "bench consume: caught up after {t:.1} s ({} records behind at start, {:.0} records/s read)",
+                    summary.lag_records_at_start, summary.read_records_per_s
+                ),
+                None => eprintln!(
+                    "bench consume: did not catch up within {:.1} s ({} records behind at the end)",
+                    elapsed.as_secs_f64(),
+                    summary.lag_records_at_end
+                ),
+            }
+            Some(summary.to_json(args.caught_up_lag_records, &samples))
+        }
+        None => None,
+    };
     Report {
         mode: "consume",
         config: json!({
             "topic": info.name, "partitions": info.partitions.len(), "consumers": args.consumers,
             "from": if args.from_tail { "tail" } else { "beginning" }, "records": args.records,
+            "catch_up": catch_up,
             "duration_s": args.duration.map(|d| d.as_secs_f64()), "fetch_max_bytes": args.fetch_max_bytes,
             "fetch_partition_max_bytes": args.fetch_partition_max_bytes, "fetch_max_wait_ms": args.fetch_max_wait_ms,
             "bytes_are": "record batch bytes as fetched",

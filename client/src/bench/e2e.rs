@@ -2,9 +2,12 @@
 //! the topic, and measures delivery latency = time a reader decoded the record minus the
 //! record's intended send time. Producer and readers share one clock (the bench's start
 //! instant), so no clock sync is involved. With a transactional producer the readers are
-//! read_committed, so delivery waits for the commit. It must never report a record as delivered that the
-//! producer did not get acknowledged, and waits a bounded grace period for stragglers.
+//! read_committed, so delivery waits for the commit. The producers' acknowledgement latencies
+//! from the same intended send times (publish latency) are reported beside delivery's. It must
+//! never report a record as delivered that the producer did not get acknowledged, and waits a
+//! bounded grace period for stragglers.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,12 +15,37 @@ use std::time::{Duration, Instant};
 use super::consume::{join_readers, spawn_readers, ReadMode, StopWhen};
 use super::produce::{ensure_topic, init_sessions, run_producers, Payload, ProduceConfig};
 use super::stats::CpuTimes;
-use super::{spawn_progress, E2eBenchArgs, Progress, Report};
+use super::{spawn_progress, E2eBenchArgs, Phase, Progress, Report};
 use crate::admin::OffsetSpec;
+use crate::client::{Client, TopicInfo};
 use crate::consumer::{FetchOptions, IsolationLevel};
 
 /// How long readers may lag behind the last acknowledgement before the run gives up on them.
 const DELIVERY_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a just-created topic's partitions may take to get leaders (Kafka answers
+/// NOT_LEADER_OR_FOLLOWER until they do).
+const LEADERS_WAIT: Duration = Duration::from_secs(30);
+
+/// The topic's end offsets, where the readers start. Retriable errors (partitions of a topic
+/// created a moment ago without leaders yet) are retried for up to [`LEADERS_WAIT`].
+async fn tail_offsets(client: &Client, info: &TopicInfo) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let deadline = Instant::now() + LEADERS_WAIT;
+    loop {
+        match client.list_offsets(info, None, OffsetSpec::Latest).await {
+            Ok(offsets) => return Ok(offsets.into_iter().map(|(p, (o, _))| (p, o)).collect()),
+            Err(e) if e.is_retriable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "bench e2e: end offsets of {}: {e}",
+                    info.name
+                ))
+            }
+        }
+    }
+}
 
 /// Runs `sluice bench e2e`.
 pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
@@ -32,12 +60,7 @@ pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
     let common = args.produce.common.clone();
     let client = common.conn.connect().await?;
     let info = Arc::new(ensure_topic(&client, &config.topic, args.produce.partitions).await?);
-    let starts = client
-        .list_offsets(&info, None, OffsetSpec::Latest)
-        .await?
-        .into_iter()
-        .map(|(p, (o, _))| (p, o))
-        .collect();
+    let starts = tail_offsets(&client, &info).await?;
     let sessions = init_sessions(&client, &config)
         .await
         .map_err(|e| anyhow::anyhow!("bench e2e: initialising the transactional producers: {e}"))?;
@@ -131,7 +154,11 @@ pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
         latency_label: "delivery to a consumer minus intended send time",
         histogram: done.histogram,
         cpu: CpuTimes::now().since(cpu_before),
-        phases: Vec::new(),
+        phases: vec![Phase {
+            key: "publish_latency_ms",
+            label: "publish: acknowledgement time minus intended send time (open loop)",
+            histogram: totals.histogram,
+        }],
     }
     .emit(&common)?;
     if done.records < totals.records {

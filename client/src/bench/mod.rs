@@ -182,6 +182,18 @@ pub struct ConsumeBenchArgs {
     /// (transaction markers) are never counted
     #[arg(long, default_value = "read_uncommitted")]
     pub isolation_level: crate::consumer::IsolationLevel,
+    /// A lagging consumer catching up: read from the beginning past the end offsets seen at
+    /// start (a producer is still writing), sample the lag every --lag-interval-ms and stop
+    /// once it is at most --caught-up-lag-records (or --duration passes); the report gains a
+    /// `catch_up` object (time to catch up, read rate while catching up, lag over time)
+    #[arg(long, conflicts_with_all = ["from_tail", "records"])]
+    pub catch_up: bool,
+    /// With --catch-up: the lag (records) that counts as caught up
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub caught_up_lag_records: u64,
+    /// With --catch-up: milliseconds between lag samples (ListOffsets of the topic's ends)
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub lag_interval_ms: u64,
 }
 
 /// Flags of `sluice bench e2e`.

@@ -157,6 +157,92 @@ pub fn per_second(units: u64, elapsed_s: f64) -> f64 {
     }
 }
 
+/// One sample of a catching-up consumer (`sluice bench consume --catch-up`). The records read
+/// are counted before the topic's end offsets are asked for, so `end_records - read_records`
+/// never understates the lag at that instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LagSample {
+    /// Seconds since the consumer started.
+    pub t_s: f64,
+    /// Records between the consumer's start offsets and the topic's end offsets.
+    pub end_records: u64,
+    /// Records the consumer had read.
+    pub read_records: u64,
+    /// Batch bytes the consumer had read.
+    pub read_bytes: u64,
+}
+
+impl LagSample {
+    /// Records the consumer is behind.
+    pub fn lag_records(&self) -> u64 {
+        self.end_records.saturating_sub(self.read_records)
+    }
+}
+
+/// What a catch-up run came to: when the lag first reached the threshold, and the read and
+/// produce rates up to then (or over the whole run when it never did).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatchUp {
+    /// Seconds until the lag was first at most the threshold; None: not within the run.
+    pub caught_up_s: Option<f64>,
+    /// Lag at the first sample.
+    pub lag_records_at_start: u64,
+    /// Lag at the last sample considered.
+    pub lag_records_at_end: u64,
+    /// Records read per second while catching up.
+    pub read_records_per_s: f64,
+    /// Batch bytes read per second (10^6) while catching up.
+    pub read_mb_per_s: f64,
+    /// Records the producer added per second over the same samples.
+    pub produce_records_per_s: f64,
+}
+
+impl CatchUp {
+    /// Summarises `samples` (in time order) against a caught-up threshold of `lag_records_max`.
+    pub fn of(samples: &[LagSample], lag_records_max: u64) -> CatchUp {
+        let first = samples.first().copied().unwrap_or(LagSample {
+            t_s: 0.0,
+            end_records: 0,
+            read_records: 0,
+            read_bytes: 0,
+        });
+        let caught = samples
+            .iter()
+            .find(|s| s.lag_records() <= lag_records_max)
+            .copied();
+        let last = caught.or(samples.last().copied()).unwrap_or(first);
+        CatchUp {
+            caught_up_s: caught.map(|s| s.t_s),
+            lag_records_at_start: first.lag_records(),
+            lag_records_at_end: last.lag_records(),
+            read_records_per_s: per_second(last.read_records, last.t_s),
+            read_mb_per_s: per_second(last.read_bytes, last.t_s) / 1e6,
+            produce_records_per_s: per_second(
+                last.end_records.saturating_sub(first.end_records),
+                last.t_s - first.t_s,
+            ),
+        }
+    }
+
+    /// JSON object; `samples` become `[t_s, lag_records, read_records]` rows.
+    pub fn to_json(&self, lag_records_max: u64, samples: &[LagSample]) -> Value {
+        json!({
+            "caught_up": self.caught_up_s.is_some(),
+            "time_to_catch_up_s": self.caught_up_s,
+            "caught_up_lag_records": lag_records_max,
+            "lag_records_at_start": self.lag_records_at_start,
+            "lag_records_at_end": self.lag_records_at_end,
+            "read_records_per_s": self.read_records_per_s,
+            "read_mb_per_s": self.read_mb_per_s,
+            "produce_records_per_s": self.produce_records_per_s,
+            "samples": samples
+                .iter()
+                .map(|s| json!([s.t_s, s.lag_records(), s.read_records]))
+                .collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// User and system CPU seconds consumed by this process so far.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CpuTimes {
@@ -260,6 +346,62 @@ mod tests {
             s.max_us
         );
         assert_eq!(LatencySummary::of(&new_latency_histogram()).count, 0);
+    }
+
+    #[test]
+    fn json_reports_every_percentile_in_ms() {
+        let mut h = new_latency_histogram();
+        for v in 1..=10_000u64 {
+            h.saturating_record(v);
+        }
+        let doc = LatencySummary::of(&h).to_json_ms();
+        // Above 8,192 us HdrHistogram's buckets at 3 significant digits are 8 us wide and the
+        // summary reports a bucket's highest equivalent value (9,990 -> 9,991; 10,000 ->
+        // 10,007); p99.99 is the 9,999th value, distinct from the maximum.
+        assert_eq!(doc["p50"], json!(5.003));
+        assert_eq!(doc["p99"], json!(9.903));
+        assert_eq!(doc["p99_9"], json!(9.991));
+        assert_eq!(doc["p99_99"], json!(9.999));
+        assert_eq!(doc["max"], json!(10.007));
+        assert_eq!(doc["count"], json!(10_000));
+    }
+
+    #[test]
+    fn catch_up_finds_the_first_sample_at_the_threshold() {
+        let sample = |t_s: f64, end_records: u64, read_records: u64| LagSample {
+            t_s,
+            end_records,
+            read_records,
+            read_bytes: read_records * 1000,
+        };
+        // 10,000 records behind at start; the producer adds 1,000/s, the reader takes 3,000/s.
+        let samples = [
+            sample(0.0, 10_000, 0),
+            sample(2.0, 12_000, 6_000),
+            sample(4.0, 14_000, 12_000),
+            sample(5.0, 15_000, 14_900),
+            sample(6.0, 16_000, 16_000),
+        ];
+        let c = CatchUp::of(&samples, 100);
+        assert_eq!(c.caught_up_s, Some(5.0));
+        assert_eq!(c.lag_records_at_start, 10_000);
+        assert_eq!(c.lag_records_at_end, 100);
+        assert!((c.read_records_per_s - 2_980.0).abs() < 1e-9);
+        assert!((c.read_mb_per_s - 2.98).abs() < 1e-9);
+        assert!((c.produce_records_per_s - 1_000.0).abs() < 1e-9);
+        // A threshold never met: not caught up, rates over the whole run.
+        let never = CatchUp::of(&samples[..3], 100);
+        assert_eq!(never.caught_up_s, None);
+        assert_eq!(never.lag_records_at_end, 2_000);
+        assert!((never.read_records_per_s - 3_000.0).abs() < 1e-9);
+        let doc = never.to_json(100, &samples[..2]);
+        assert_eq!(doc["caught_up"], json!(false));
+        assert_eq!(
+            doc["samples"],
+            json!([[0.0, 10_000, 0], [2.0, 6_000, 6_000]])
+        );
+        // No samples at all: nothing to divide by.
+        assert_eq!(CatchUp::of(&[], 100).read_records_per_s, 0.0);
     }
 
     #[test]

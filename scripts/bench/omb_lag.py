@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""Results and report sections of scripts/omb-bench.sh (the OpenMessaging-Benchmark-shaped
+workload) and scripts/lag-bench.sh (lagging consumers catching up), issue 17. Each section is
+written into a Markdown file between its markers (report.py's replace_section), which
+scripts/bench.sh's report keeps.
+
+  add RESULTS TARGET SCENARIO RUN FILE|- [key=value...]   one row: a `sluice bench` JSON, a fio
+                                                          JSON (scenarios fio_read*) or nothing
+  evict DIR                       fdatasync + POSIX_FADV_DONTNEED every regular file under DIR
+  omb-summary RESULTS | omb-section RESULTS --out FILE --invocation ... --commit ... --commands
+                      FILE --load ... --shape ...
+  lag-summary RESULTS | lag-section RESULTS (same options)
+
+Must never: report a figure no run produced (missing runs show as n/a), or touch a file outside
+the directory it is given to evict.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import replace_section  # noqa: E402
+
+OMB_SECTION = "omb-bench"
+LAG_SECTION = "lag-bench"
+PERCENTILES = (("p50", "p50"), ("p99", "p99"), ("p99.9", "p99_9"), ("p99.99", "p99_99"),
+               ("max", "max"))
+TARGET_NAMES = {
+    "sluice": "Sluice",
+    "kafka": "Kafka (defaults, page cache)",
+    "kafka_flush1": "Kafka flush.messages=1",
+}
+COLD_READ_TARGET = 0.8  # cold reads at least 0.8 of the disk's sequential read limit
+PRODUCER_HELD = 0.9  # a catch-up counts only if the producer kept 90% of its target rate
+
+
+def cmd_add(argv):
+    results, target, scenario, run, path = argv[:5]
+    row = {"target": target, "scenario": scenario, "run": int(run)}
+    if path != "-":
+        with open(path) as handle:
+            doc = json.load(handle)
+        if scenario.startswith("fio_read"):
+            read = doc["jobs"][0]["read"]
+            row["mb_per_s"] = read["bw_bytes"] / 1e6
+            row["bytes"] = read["io_bytes"]
+        else:
+            row["doc"] = doc
+    for item in argv[5:]:
+        key, value = item.split("=", 1)
+        try:
+            row[key] = float(value)
+        except ValueError:
+            row[key] = value
+    with open(results, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def cmd_evict(argv):
+    evicted = 0
+    for top, _, files in os.walk(argv[0]):
+        for name in files:
+            path = os.path.join(top, name)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                evicted += os.fstat(fd).st_size
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    print(f"   evicted {evicted / 1e9:.2f} GB of files under {argv[0]} from the page cache")
+
+
+def load(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def rows_of(rows, target, scenario):
+    return [r for r in rows if r["target"] == target and r["scenario"] == scenario]
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value, digits=1):
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def targets_in(rows):
+    order = [t for t in TARGET_NAMES if any(r["target"] == t for r in rows)]
+    return order + sorted({r["target"] for r in rows} - set(order) - {"machine"})
+
+
+def cpu_per_gb(row):
+    doc = row.get("doc", {})
+    if row.get("broker_cpu_s") is None or not doc.get("bytes"):
+        return None
+    return row["broker_cpu_s"] / (doc["bytes"] / 1e9)
+
+
+# --- the OpenMessaging-shaped workload -----------------------------------------------------
+def omb_figures(rows, target):
+    probes = rows_of(rows, target, "probe")
+    e2es = rows_of(rows, target, "e2e")
+    out = {
+        "max_rec_s": med([r["doc"]["records_per_s"] for r in probes]),
+        "max_mb_s": med([r["doc"]["mb_per_s"] for r in probes]),
+        "rate": med([r["doc"]["config"].get("rate") for r in e2es]),
+        "rec_s": med([r["doc"]["records_per_s"] for r in e2es]),
+        "mb_s": med([r["doc"]["mb_per_s"] for r in e2es]),
+        "cpu_gb": med([cpu_per_gb(r) for r in e2es]),
+        "runs": len(e2es),
+    }
+    for kind, key in (("publish", "publish_latency_ms"), ("e2e", "latency_ms")):
+        for label, field in PERCENTILES:
+            out[f"{kind}_{label}"] = med([r["doc"].get(key, {}).get(field) for r in e2es])
+    return out
+
+
+def omb_summary(rows):
+    lines = []
+    for target in targets_in(rows):
+        f = omb_figures(rows, target)
+        lines.append(
+            f"{target}: max {fmt(f['max_rec_s'], 0)} rec/s; at {fmt(f['rate'], 0)} rec/s publish "
+            f"p50 {fmt(f['publish_p50'], 2)} p99 {fmt(f['publish_p99'], 2)} p99.99 "
+            f"{fmt(f['publish_p99.99'], 2)} max {fmt(f['publish_max'], 2)} ms; end-to-end p50 "
+            f"{fmt(f['e2e_p50'], 2)} p99 {fmt(f['e2e_p99'], 2)} p99.99 {fmt(f['e2e_p99.99'], 2)} "
+            f"max {fmt(f['e2e_max'], 2)} ms")
+    return "\n".join(lines)
+
+
+def common_footer(args, lines):
+    lines += ["", "The machine is a shared 2-core VM (clients and broker on the same cores; other "
+              "sessions may have been running): read ratios, not absolutes. "
+              f"Load average (1, 5, 15 min) when the step ended: {args.load}. Commit "
+              f"`{args.commit}`; `{args.invocation}`. Commands (first of each kind):", "", "```"]
+    with open(args.commands) as handle:
+        lines += handle.read().rstrip("\n").splitlines()
+    lines += ["```"]
+
+
+def omb_section(args):
+    rows = load(args.results)
+    lines = [
+        "## OpenMessaging-shaped workload (issue 17)", "",
+        "scripts/omb-bench.sh: one topic, " + args.shape + ". The probe is `sluice bench "
+        "produce` with the same producers (closed loop); the measured run is `sluice bench e2e` "
+        "at the fixed open-loop rate, latencies from each record's intended send time: publish = "
+        "acknowledgement (acks=all), end-to-end = delivery to one of the consumers. No warm-up "
+        "phase (OMB discards its first minute): the first seconds count. Medians of the runs; "
+        "latencies in ms.", "",
+        "| broker | probed max | rate (achieved) | publish p50 | p99 | p99.9 | p99.99 | max "
+        "| e2e p50 | p99 | p99.9 | p99.99 | max | broker CPU-s/GB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target in targets_in(rows):
+        f = omb_figures(rows, target)
+        cells = [TARGET_NAMES.get(target, target),
+                 f"{fmt(f['max_rec_s'], 0)} rec/s ({fmt(f['max_mb_s'])} MB/s)",
+                 f"{fmt(f['rate'], 0)} ({fmt(f['rec_s'], 0)}) rec/s"]
+        cells += [fmt(f[f"publish_{label}"], 2) for label, _ in PERCENTILES]
+        cells += [fmt(f[f"e2e_{label}"], 2) for label, _ in PERCENTILES]
+        cells.append(fmt(f["cpu_gb"], 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    sluice = omb_figures(rows, "sluice")
+    for peer in ("kafka", "kafka_flush1"):
+        other = omb_figures(rows, peer)
+        if other["runs"] and sluice["runs"]:
+            ratios = []
+            for kind in ("publish", "e2e"):
+                for label in ("p50", "p99", "p99.99"):
+                    a, b = sluice[f"{kind}_{label}"], other[f"{kind}_{label}"]
+                    if a and b:
+                        ratios.append(f"{kind} {label} {a / b:.2f}x")
+            lines += ["", f"Sluice's latency as a multiple of {TARGET_NAMES[peer]}'s (below 1 "
+                      f"is better; each at its own rate): " + ", ".join(ratios) + "."]
+    common_footer(args, lines)
+    replace_section(args.out, OMB_SECTION, "\n".join(lines))
+
+
+# --- lagging consumers ---------------------------------------------------------------------
+def lag_scenarios(rows):
+    lags = sorted({int(r["scenario"][3:]) for r in rows if r["scenario"].startswith("lag")})
+    return lags
+
+
+def fio_limits(rows):
+    """fio's sequential read MB/s one request at a time, 16 in flight, and the faster."""
+    qd1 = med([r["mb_per_s"] for r in rows_of(rows, "machine", "fio_read")])
+    qd16 = med([r["mb_per_s"] for r in rows_of(rows, "machine", "fio_read_qd16")])
+    both = [v for v in (qd1, qd16) if v]
+    return qd1, qd16, (max(both) if both else None)
+
+
+def lag_summary(rows):
+    lines = []
+    qd1, qd16, _ = fio_limits(rows)
+    lines.append(f"fio O_DIRECT sequential read (1 MiB): {fmt(qd1)} MB/s one at a time, "
+                 f"{fmt(qd16)} MB/s 16 in flight")
+    for target in targets_in(rows):
+        for lag in lag_scenarios(rows):
+            for r in rows_of(rows, target, f"lag{lag}"):
+                if "doc" not in r:
+                    lines.append(f"{target} {lag}s behind: skipped (needs {r.get('skipped_need_gb')} GB)")
+                    continue
+                c = r["doc"]["config"]["catch_up"]
+                state = (f"caught up in {c['time_to_catch_up_s']:.1f} s" if c["caught_up"]
+                         else f"did not catch up within {r['limit_s']:.0f} s")
+                lines.append(f"{target} {lag}s behind: {state}, read {c['read_mb_per_s']:.1f} MB/s "
+                             f"while producing {c['produce_records_per_s']:.0f} rec/s")
+            for r in rows_of(rows, target, f"cold{lag}"):
+                lines.append(f"{target} cold read after {lag}s: {r['doc']['mb_per_s']:.1f} MB/s")
+    return "\n".join(lines)
+
+
+def lag_section(args):
+    rows = load(args.results)
+    qd1, qd16, fio = fio_limits(rows)
+    lines = [
+        "## Lagging consumers catch up (issue 17)", "",
+        "scripts/lag-bench.sh: " + args.shape + ". A consumer (`sluice bench consume "
+        "--catch-up`, one connection, all partitions) starts from the topic's beginning LAG "
+        "seconds after the producer did; lag = the topic's end offsets minus the records read, "
+        "sampled every 200 ms. Read rate = batch bytes read per second until caught up (or over "
+        "the whole limit). Then the producer is stopped, the data directory's files are dropped "
+        "from the page cache (fdatasync + POSIX_FADV_DONTNEED) and the whole topic is read "
+        "again from its beginning: the cold read, beside fio's O_DIRECT sequential read of "
+        "1 MiB blocks on the same filesystem in the same run, one read at a time "
+        f"**{fmt(qd1)} MB/s** and 16 in flight **{fmt(qd16)} MB/s** (cold / fio uses the "
+        "faster). Targets: consumers 10 s and 60 s behind a producer at 80% of max catch up "
+        f"(counted only if the producer kept {PRODUCER_HELD:.0%} of its rate meanwhile); cold "
+        f"reads at least {COLD_READ_TARGET} of the disk's limit. One run of each.", "",
+        "| broker | behind | producer (probed max) | lag at start | caught up? | read while "
+        "catching up | producer meanwhile | cold read | cold / fio | met? |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target in targets_in(rows):
+        for lag in lag_scenarios(rows):
+            name = TARGET_NAMES.get(target, target)
+            for r in rows_of(rows, target, f"lag{lag}"):
+                if "doc" not in r:
+                    lines.append(f"| {name} | {lag} s | skipped: needs about "
+                                 f"{r.get('skipped_need_gb', 0):.0f} GB of disk, "
+                                 f"{r.get('free_gb', 0):.0f} GB free | | | | | | | |")
+                    continue
+                c = r["doc"]["config"]["catch_up"]
+                rate = r.get("rate")
+                caught = (f"yes, in {c['time_to_catch_up_s']:.1f} s" if c["caught_up"]
+                          else f"**no**: did not catch up within {r['limit_s']:.0f} s"
+                               f"{' (limit cut to fit the disk)' if r.get('disk_bounded') else ''} "
+                               f"({c['lag_records_at_end']:,} records behind)")
+                cold_rows = rows_of(rows, target, f"cold{lag}")
+                cold = cold_rows[0]["doc"]["mb_per_s"] if cold_rows else None
+                ratio = cold / fio if cold and fio else None
+                held = c["produce_records_per_s"] / rate if rate else None
+                met = []
+                if not c["caught_up"]:
+                    met.append("catch-up **no**")
+                elif held is not None and held < PRODUCER_HELD:
+                    met.append(f"catch-up **no**: the producer kept only {held:.0%} of its rate")
+                else:
+                    met.append("catch-up yes")
+                if ratio is not None:
+                    met.append("cold yes" if ratio >= COLD_READ_TARGET else "cold **no**")
+                lines.append(
+                    f"| {name} | {lag} s | {fmt(rate, 0)} rec/s ({fmt(r.get('max_rate'), 0)}) | "
+                    f"{c['lag_records_at_start']:,} records "
+                    f"({c['lag_records_at_start'] / rate if rate else 0:.1f} s) | {caught} | "
+                    f"{c['read_mb_per_s']:.1f} MB/s ({c['read_records_per_s']:,.0f} rec/s) | "
+                    f"{c['produce_records_per_s']:,.0f} rec/s ({fmt(100 * held if held else None, 0)}%) | "
+                    f"{fmt(cold)} MB/s | "
+                    f"{fmt(ratio, 2)} | {', '.join(met)} |")
+    common_footer(args, lines)
+    replace_section(args.out, LAG_SECTION, "\n".join(lines))
+
+
+def main():
+    if len(sys.argv) < 3:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    command, argv = sys.argv[1], sys.argv[2:]
+    if command == "add":
+        cmd_add(argv)
+    elif command == "evict":
+        cmd_evict(argv)
+    elif command in ("omb-summary", "lag-summary"):
+        rows = load(argv[0])
+        print(omb_summary(rows) if command == "omb-summary" else lag_summary(rows))
+    elif command in ("omb-section", "lag-section"):
+        p = argparse.ArgumentParser(prog=f"omb_lag.py {command}")
+        p.add_argument("results")
+        for option in ("--out", "--invocation", "--commit", "--commands", "--load", "--shape"):
+            p.add_argument(option, required=True)
+        args = p.parse_args(argv)
+        (omb_section if command == "omb-section" else lag_section)(args)
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+# shellcheck shell=bash
+# The brokers a client-workload step measures, one at a time (sourced by scripts/omb-bench.sh
+# and scripts/lag-bench.sh, never run): a fresh Sluice (lib.sh's broker_launch), and with
+# PEER=kafka Apache Kafka through scripts/kafka-peer.sh at its defaults (`kafka`) and with
+# flush.messages=1 (`kafka_flush1`), as scripts/bench.sh's peer steps do.
+#
+# Kafka runs from a private KAFKA_HOME under BENCH_DIR whose lib is a link to the shared jars:
+# kafka-peer.sh keeps its pid file in KAFKA_HOME and its `start` stops whatever that file names,
+# so a shared home could stop another run's Kafka.
+# Needs: ROOT BIN BENCH_DIR PORT ADMIN_PORT PEER_PORT, and lib.sh sourced.
+# Must never: signal a process it did not start.
+
+KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
+KAFKA_SHARED_HOME="${KAFKA_HOME:-$ROOT/.kafka}"
+PEER_HOME="$BENCH_DIR/kafka-home"
+TARGET_ADDR=""
+TARGET_PID=""
+TARGET_DATA=""
+TARGET_RUNNING=""
+
+# targets: sluice, plus the Kafka pair with PEER=kafka.
+targets() {
+    printf 'sluice\n'
+    if [[ "${PEER:-}" == kafka ]]; then
+        printf 'kafka\nkafka_flush1\n'
+    elif [[ -n "${PEER:-}" ]]; then
+        echo "PEER must be kafka" >&2
+        return 1
+    fi
+}
+
+peer_home_ready() {
+    [[ -d "$PEER_HOME" ]] && return 0
+    KAFKA_HOME="$KAFKA_SHARED_HOME" "$ROOT/scripts/kafka-peer.sh" fetch >&2
+    mkdir -p "$PEER_HOME"
+    ln -s "$KAFKA_SHARED_HOME/lib-$KAFKA_VERSION" "$PEER_HOME/lib-$KAFKA_VERSION"
+    cp "$KAFKA_SHARED_HOME/log4j2.yaml" "$PEER_HOME/"
+}
+
+peer() { # kafka-peer.sh ARGS... with the private home and this step's ports
+    KAFKA_HOME="$PEER_HOME" KAFKA_VERSION="$KAFKA_VERSION" KAFKA_PORT="$PEER_PORT" \
+        KAFKA_CONTROLLER_PORT="$((PEER_PORT + 1))" KAFKA_DATA="$BENCH_DIR/kafka-data" \
+        "$ROOT/scripts/kafka-peer.sh" "$@"
+}
+
+# target_start TARGET: a fresh broker with an empty data directory; sets TARGET_ADDR,
+# TARGET_PID (for CPU accounting) and TARGET_DATA (the directory its logs live in).
+target_start() {
+    local target="$1"
+    case "$target" in
+        sluice)
+            TARGET_DATA="$BENCH_DIR/data"
+            rm -rf "$TARGET_DATA"
+            local command=("$BIN" serve --data-dir "$TARGET_DATA" --listen "127.0.0.1:$PORT"
+                --admin-listen "127.0.0.1:$ADMIN_PORT")
+            record_command "broker (sluice)" "${command[@]}"
+            broker_launch "$BENCH_DIR/broker.log" "${command[@]}"
+            broker_wait_ready "$BENCH_DIR/broker.log" 200 curl -sf "http://127.0.0.1:$ADMIN_PORT/stats" \
+                || return 1
+            TARGET_ADDR="127.0.0.1:$PORT"
+            TARGET_PID="$BROKER_PID"
+            ;;
+        kafka | kafka_flush1)
+            local mode=default
+            [[ "$target" == kafka_flush1 ]] && mode=durable
+            peer_home_ready
+            record_command "broker ($target)" scripts/kafka-peer.sh start "$mode"
+            peer start "$mode" || return 1
+            TARGET_DATA="$BENCH_DIR/kafka-data"
+            TARGET_ADDR="127.0.0.1:$PEER_PORT"
+            TARGET_PID="$(cat "$PEER_HOME/kafka.pid")"
+            ;;
+        *)
+            echo "unknown target $target" >&2
+            return 1
+            ;;
+    esac
+    TARGET_RUNNING="$target"
+}
+
+# target_stop: stops the broker target_start started (nothing when none runs; safe in a trap)
+# and removes its data.
+target_stop() {
+    case "$TARGET_RUNNING" in
+        sluice) broker_stop ;;
+        kafka | kafka_flush1) peer stop ;;
+        *) return 0 ;;
+    esac
+    [[ -n "$TARGET_DATA" ]] && rm -rf "$TARGET_DATA"
+    TARGET_RUNNING=""
+    TARGET_PID=""
+}
+
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }

@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Lagging consumers catch up (issue 17; a benchmark, not a timed test). A producer runs at
+# RATE_FRACTION (0.8) of its probed maximum (1 KiB records, acks=all, PARTITIONS=16) without
+# pause; a consumer starts LAG seconds behind it (from the topic's beginning, LAG seconds after
+# the producer started) for each LAG in LAGS_S ("10 60"; QUICK "5 15"). `sluice bench consume
+# --catch-up` samples its lag (the topic's end offsets against the records it has read) every
+# 200 ms and stops once the lag is at most 100 ms of the producer's records, or after
+# CATCHUP_LIMIT_S (default max(30, 2 x LAG); QUICK max(15, 2 x LAG)): the report gives its read
+# rate while catching up and the time it took, or "did not catch up within N s", and the rate
+# the producer actually kept meanwhile (a catch-up only counts if it held 90% of its target).
+# The producer is then stopped (SIGTERM to its PID).
+#
+# Cold reads: after each scenario the broker's data files are written back and dropped from the
+# page cache (scripts/bench/omb_lag.py evict: fdatasync + POSIX_FADV_DONTNEED on the files of the
+# data directory this script created, nothing else), and `sluice bench consume` reads the whole
+# topic from its beginning; its MB/s stands beside fio's O_DIRECT sequential read of 1 MiB
+# blocks on the same filesystem, one read at a time and 16 in flight (the disk's limit: the
+# faster of the two, measured in the same run). Issue 17's
+# targets: consumers 10 s and 60 s behind a producer at 80% of max catch up; cold reads reach
+# 0.8 of the disk's sequential read limit.
+#
+# Disk: a scenario writes about rate x (LAG + CATCHUP_LIMIT_S) bytes; the limit is cut to what
+# leaves DISK_RESERVE_GB (8) free (the report marks it), and a scenario whose limit would be
+# shorter than LAG is skipped and said so. Results go into the "Lagging consumers"
+# section of OUT_MD between its markers (appended otherwise); scripts/bench.sh runs this script
+# as one of its steps and keeps the section.
+#
+# Usage: scripts/lag-bench.sh                  LAGS_S="10 60", PROBE_S=10
+#        QUICK=1 scripts/lag-bench.sh          LAGS_S="5 15", PROBE_S=5
+#        PEER=kafka scripts/lag-bench.sh       also Apache Kafka (defaults, flush.messages=1)
+# Env:   LAGS_S  CATCHUP_LIMIT_S  PROBE_S  RATE_FRACTION (0.8)  PARTITIONS (16)
+#        PRODUCE_FLAGS (bench.sh's: 1 KiB, acks=all, 4 connections)  FIO_READ_MB (2048; QUICK
+#        1024)  FIO_S (10; QUICK 5)  DISK_RESERVE_GB  SLUICE_BIN  BENCH_DIR (bench-out/lag;
+#        wiped first)  OUT_MD (BENCHMARKS.md; empty: no section)  BENCH_PORT /
+#        BENCH_ADMIN_PORT / PEER_PORT (41792 / 42344 / 41892)  KAFKA_HOME
+# Must never: signal a process it did not start, or report a figure a run did not produce.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+HELPERS="$ROOT/scripts/bench"
+
+QUICK="${QUICK:-0}"
+if [[ "$QUICK" == 1 ]]; then
+    LAGS_S="${LAGS_S:-5 15}"
+    PROBE_S="${PROBE_S:-5}"
+    FIO_READ_MB="${FIO_READ_MB:-1024}"
+    FIO_S="${FIO_S:-5}"
+    LIMIT_MIN_S=15
+else
+    LAGS_S="${LAGS_S:-10 60}"
+    PROBE_S="${PROBE_S:-10}"
+    FIO_READ_MB="${FIO_READ_MB:-2048}"
+    FIO_S="${FIO_S:-10}"
+    LIMIT_MIN_S=30
+fi
+RATE_FRACTION="${RATE_FRACTION:-0.8}"
+PARTITIONS="${PARTITIONS:-16}"
+PRODUCE_FLAGS="${PRODUCE_FLAGS:---record-size 1024 --acks all --connections 4 --in-flight 5 --batch-bytes 262144 --linger-ms 5}"
+DISK_RESERVE_GB="${DISK_RESERVE_GB:-8}"
+BENCH_DIR="${BENCH_DIR:-$ROOT/bench-out/lag}"
+OUT_MD="${OUT_MD-$ROOT/BENCHMARKS.md}"
+PORT="${BENCH_PORT:-41792}"
+ADMIN_PORT="${BENCH_ADMIN_PORT:-42344}"
+PEER_PORT="${PEER_PORT:-41892}"
+PEER="${PEER:-}"
+BIN="${SLUICE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/sluice}"
+RESULTS="$BENCH_DIR/results.jsonl"
+COMMANDS="$BENCH_DIR/commands.txt"
+CLK_TCK="$(getconf CLK_TCK)"
+PREFIX="lag$(date +%s)"
+INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; [[ -n "${CATCHUP_LIMIT_S:-}" ]] && printf 'CATCHUP_LIMIT_S=%s ' "$CATCHUP_LIMIT_S"; printf 'LAGS_S="%s" PROBE_S=%s RATE_FRACTION=%s scripts/lag-bench.sh' "$LAGS_S" "$PROBE_S" "$RATE_FRACTION"; } )"
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+die() { echo "lag-bench.sh: $*" >&2; exit 1; }
+
+if [[ ! -x "$BIN" ]]; then
+    say "building sluice (release)"
+    cargo build --release --bin sluice >&2
+fi
+[[ -x "$BIN" ]] || die "no sluice binary at $BIN"
+if ! command -v fio >/dev/null 2>&1; then
+    say "installing fio"
+    { apt-get install -y fio || { apt-get update && apt-get install -y fio; }; } >/dev/null 2>&1 \
+        || die "fio is missing and could not be installed (apt-get install fio)"
+fi
+for port in "$PORT" "$ADMIN_PORT" "$PEER_PORT" "$((PEER_PORT + 1))"; do
+    ! ss -Htln "sport = :$port" 2>/dev/null | grep -q . || die "port $port is in use; pick others with BENCH_PORT, BENCH_ADMIN_PORT, PEER_PORT"
+done
+
+rm -rf "$BENCH_DIR"
+mkdir -p "$BENCH_DIR"
+: >"$RESULTS"
+: >"$COMMANDS"
+
+# shellcheck source=bench/lib.sh
+source "$HELPERS/lib.sh"
+# shellcheck source=bench/targets.sh
+source "$HELPERS/targets.sh"
+PRODUCER_PID=""
+cleanup() {
+    [[ -n "$PRODUCER_PID" ]] && kill "$PRODUCER_PID" 2>/dev/null
+    target_stop
+}
+trap cleanup EXIT
+# shellcheck disable=SC2206
+flags=($PRODUCE_FLAGS)
+
+add_row() { # TARGET SCENARIO RUN JSON [key=value...]
+    python3 "$HELPERS/omb_lag.py" add "$RESULTS" "$@"
+}
+drop_topic() {
+    "$BIN" topics delete --bootstrap "$TARGET_ADDR" "$1" >/dev/null 2>&1 || echo "   could not delete topic $1" >&2
+}
+free_gb() { df -Pk "$BENCH_DIR" | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
+
+START_S=$SECONDS
+say "disk limit: fio O_DIRECT sequential read, 1 MiB blocks, ${FIO_READ_MB} MiB file, ${FIO_S}s, on ${BENCH_DIR#"$ROOT"/}'s filesystem"
+mkdir -p "$BENCH_DIR/fio"
+fio_command=(fio --name=seqread --directory="$BENCH_DIR/fio" --rw=read --bs=1M --direct=1
+    --ioengine=psync --size="${FIO_READ_MB}M" --runtime="$FIO_S" --output-format=json)
+record_command fio_read "${fio_command[@]}"
+if "${fio_command[@]}" >"$BENCH_DIR/fio-read.json" 2>"$BENCH_DIR/fio-read.err"; then
+    add_row machine fio_read 1 "$BENCH_DIR/fio-read.json"
+else
+    echo "   fio failed: $(tail -1 "$BENCH_DIR/fio-read.err")" >&2
+fi
+# The same read with 16 requests in flight (libaio): a virtual disk or one with internal
+# parallelism reads faster than one 1 MiB read at a time, as the page cache's readahead does.
+fio_deep=(fio --name=seqread --directory="$BENCH_DIR/fio" --rw=read --bs=1M --direct=1
+    --ioengine=libaio --iodepth=16 --size="${FIO_READ_MB}M" --runtime="$FIO_S" --output-format=json)
+record_command fio_read_qd16 "${fio_deep[@]}"
+if "${fio_deep[@]}" >"$BENCH_DIR/fio-read-qd16.json" 2>"$BENCH_DIR/fio-read-qd16.err"; then
+    add_row machine fio_read_qd16 1 "$BENCH_DIR/fio-read-qd16.json"
+else
+    echo "   fio (iodepth 16) failed: $(tail -1 "$BENCH_DIR/fio-read-qd16.err")" >&2
+fi
+rm -rf "$BENCH_DIR/fio"
+
+mapfile -t TARGETS < <(targets)
+for target in "${TARGETS[@]}"; do
+    say "[$target] fresh broker; max-rate probe, $PARTITIONS partitions, ${PROBE_S}s"
+    target_start "$target" || die "$target did not start"
+    topic="$PREFIX-$target-probe"
+    probe=("$BIN" bench produce --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0 "${flags[@]}"
+        --topic "$topic" --partitions "$PARTITIONS" --duration "${PROBE_S}s")
+    record_command probe "${probe[@]}"
+    if ! "${probe[@]}" >"$BENCH_DIR/$target-probe.json" 2>"$BENCH_DIR/$target-probe.err"; then
+        echo "   [$target] probe failed: $(tail -1 "$BENCH_DIR/$target-probe.err")" >&2
+        target_stop
+        continue
+    fi
+    drop_topic "$topic"
+    add_row "$target" probe 1 "$BENCH_DIR/$target-probe.json"
+    max="$(python3 -c "import json; print(json.load(open('$BENCH_DIR/$target-probe.json'))['records_per_s'])")"
+    rate="$(python3 -c "print(max(1000, int($max * $RATE_FRACTION)))")"
+    caught_up=$(( rate / 10 ))
+    for lag in $LAGS_S; do
+        limit="${CATCHUP_LIMIT_S:-$(( lag * 2 > LIMIT_MIN_S ? lag * 2 : LIMIT_MIN_S ))}"
+        # Seconds of production the disk holds beyond DISK_RESERVE_GB: the catch-up limit is
+        # cut to fit (and the report says so); a scenario that cannot run LAG + LAG is skipped.
+        disk_s="$(python3 -c "print(int(($(free_gb) - $DISK_RESERVE_GB) * 2**30 / ($rate * 1024 * 1.05)) - $lag - 5)")"
+        disk_bounded=0
+        if (( disk_s < lag )); then
+            need_gb="$(python3 -c "print(int($rate * 1024 * ($lag * 2 + 5) * 1.05 / 2**30) + 1 + $DISK_RESERVE_GB)")"
+            echo "   [$target] ${lag}s behind: skipped, needs about ${need_gb} GB and $(free_gb) GB are free (DISK_RESERVE_GB=$DISK_RESERVE_GB)" >&2
+            add_row "$target" "lag$lag" 1 - "skipped_need_gb=$need_gb" "free_gb=$(free_gb)"
+            continue
+        elif (( disk_s < limit )); then
+            echo "   [$target] ${lag}s behind: the disk holds ${disk_s}s of catching up, not ${limit}s" >&2
+            limit="$disk_s"
+            disk_bounded=1
+        fi
+        say "[$target] producer at $rate records/s ($RATE_FRACTION of $max); a consumer ${lag}s behind, up to ${limit}s to catch up"
+        topic="$PREFIX-$target-lag$lag"
+        base="$BENCH_DIR/$target-lag$lag"
+        producer=("$BIN" bench produce --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0 "${flags[@]}"
+            --topic "$topic" --partitions "$PARTITIONS" --rate "$rate" --duration "$(( lag + limit + 5 ))s")
+        record_command "producer (lag)" "${producer[@]}"
+        "${producer[@]}" >"$base.produce.json" 2>"$base.produce.err" &
+        PRODUCER_PID=$!
+        sleep "$lag"
+        consumer=("$BIN" bench consume --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0 --topic "$topic"
+            --catch-up --caught-up-lag-records "$caught_up" --lag-interval-ms 200 --duration "${limit}s")
+        record_command "consumer (lag)" "${consumer[@]}"
+        ticks_before="$(cpu_ticks "$TARGET_PID")"
+        if "${consumer[@]}" >"$base.json" 2>"$base.err"; then
+            ticks_after="$(cpu_ticks "$TARGET_PID")"
+            add_row "$target" "lag$lag" 1 "$base.json" "lag_s=$lag" "limit_s=$limit" "rate=$rate" "max_rate=$max" "disk_bounded=$disk_bounded" \
+                "broker_cpu_s=$(python3 -c "print(($ticks_after - $ticks_before) / $CLK_TCK)")"
+        else
+            echo "   [$target] lagging consumer failed: $(tail -1 "$base.err")" >&2
+        fi
+        grep -E 'caught up|did not catch up' "$base.err" | sed 's/^/   /' >&2 || true
+        if kill -0 "$PRODUCER_PID" 2>/dev/null; then
+            kill -TERM "$PRODUCER_PID" 2>/dev/null || true
+        else
+            echo "   [$target] the producer ended before the consumer: $(tail -1 "$base.produce.err")" >&2
+        fi
+        wait "$PRODUCER_PID" 2>/dev/null || true
+        PRODUCER_PID=""
+        say "[$target] cold read of $topic: page cache dropped for ${TARGET_DATA#"$ROOT"/}, then read from the beginning"
+        sleep 2
+        python3 "$HELPERS/omb_lag.py" evict "$TARGET_DATA" >&2
+        cold=("$BIN" bench consume --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0 --topic "$topic")
+        record_command "cold read" "${cold[@]}"
+        ticks_before="$(cpu_ticks "$TARGET_PID")"
+        if "${cold[@]}" >"$base.cold.json" 2>"$base.cold.err"; then
+            ticks_after="$(cpu_ticks "$TARGET_PID")"
+            add_row "$target" "cold$lag" 1 "$base.cold.json" \
+                "broker_cpu_s=$(python3 -c "print(($ticks_after - $ticks_before) / $CLK_TCK)")"
+        else
+            echo "   [$target] cold read failed: $(tail -1 "$base.cold.err")" >&2
+        fi
+        drop_topic "$topic"
+    done
+    target_stop
+done
+say "measured in $((SECONDS - START_S)) s (raw results: ${RESULTS#"$ROOT"/})"
+python3 "$HELPERS/omb_lag.py" lag-summary "$RESULTS" >&2
+if [[ -n "$OUT_MD" ]]; then
+    python3 "$HELPERS/omb_lag.py" lag-section "$RESULTS" --out "$OUT_MD" --invocation "$INVOCATION" \
+        --commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+        --commands "$COMMANDS" --load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+        --shape "$PARTITIONS partitions, producer at $RATE_FRACTION of its probed max (probe ${PROBE_S}s), caught up = lag at most 100 ms of the producer's records, flags: $PRODUCE_FLAGS"
+    say "wrote the lagging-consumers section into ${OUT_MD#"$ROOT"/}"
+fi

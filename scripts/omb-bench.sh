@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# OpenMessaging-Benchmark-shaped workload (issue 17; a benchmark, not a timed test): one topic
+# of 100 partitions, 1 KiB records, 4 producers and 4 consumers, at a fixed open-loop rate that
+# is a fraction (RATE_FRACTION, 0.5) of the maximum the same producers reach, probed first.
+# Reports publish latency (acknowledgement minus intended send time) and end-to-end latency
+# (delivery to a consumer minus intended send time) at p50/p99/p99.9/p99.99/max, and broker
+# CPU-s per GB, for Sluice and, with PEER=kafka, Apache Kafka at its defaults and with
+# flush.messages=1 (fresh broker each, same client, same flags).
+#
+# Per target and run: `sluice bench produce` for PROBE_S (closed loop, the max), then
+# `sluice bench e2e --rate <fraction of that max>` for DURATION_S. Unlike OMB there is no warm-up
+# phase: the first seconds count. Medians of RUNS runs go into the "OpenMessaging-shaped
+# workload" section of OUT_MD between its markers (appended otherwise); scripts/bench.sh runs
+# this script as one of its steps and keeps the section when it rewrites the file.
+#
+# Usage: scripts/omb-bench.sh                  RUNS=1, PROBE_S=10, DURATION_S=60
+#        QUICK=1 scripts/omb-bench.sh          PROBE_S=5, DURATION_S=10
+#        PEER=kafka scripts/omb-bench.sh       also Apache Kafka (scripts/kafka-peer.sh)
+# Env:   RUNS  PROBE_S  DURATION_S  RATE_FRACTION (0.5)  PARTITIONS (100)  PRODUCERS (4)
+#        CONSUMERS (4)  FLAGS (producer flags without --connections; default 1 KiB, acks=all,
+#        bench.sh's batching)  SLUICE_BIN  BENCH_DIR (bench-out/omb; wiped first)
+#        OUT_MD (BENCHMARKS.md; empty: no section)  BENCH_PORT / BENCH_ADMIN_PORT / PEER_PORT
+#        (41592 / 42144 / 41692; Kafka's controller takes PEER_PORT + 1)
+#        KAFKA_HOME (the fetched jars, default .kafka)
+# Must never: signal a process it did not start, or report a figure a run did not produce.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+HELPERS="$ROOT/scripts/bench"
+
+QUICK="${QUICK:-0}"
+RUNS="${RUNS:-1}"
+if [[ "$QUICK" == 1 ]]; then
+    PROBE_S="${PROBE_S:-5}"
+    DURATION_S="${DURATION_S:-10}"
+else
+    PROBE_S="${PROBE_S:-10}"
+    DURATION_S="${DURATION_S:-60}"
+fi
+RATE_FRACTION="${RATE_FRACTION:-0.5}"
+PARTITIONS="${PARTITIONS:-100}"
+PRODUCERS="${PRODUCERS:-4}"
+CONSUMERS="${CONSUMERS:-4}"
+FLAGS="${FLAGS:---record-size 1024 --acks all --in-flight 5 --batch-bytes 262144 --linger-ms 5}"
+BENCH_DIR="${BENCH_DIR:-$ROOT/bench-out/omb}"
+OUT_MD="${OUT_MD-$ROOT/BENCHMARKS.md}"
+PORT="${BENCH_PORT:-41592}"
+ADMIN_PORT="${BENCH_ADMIN_PORT:-42144}"
+PEER_PORT="${PEER_PORT:-41692}"
+PEER="${PEER:-}"
+BIN="${SLUICE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/sluice}"
+RESULTS="$BENCH_DIR/results.jsonl"
+COMMANDS="$BENCH_DIR/commands.txt"
+CLK_TCK="$(getconf CLK_TCK)"
+PREFIX="omb$(date +%s)"
+INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; printf 'RUNS=%s PROBE_S=%s DURATION_S=%s scripts/omb-bench.sh' "$RUNS" "$PROBE_S" "$DURATION_S"; } )"
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+die() { echo "omb-bench.sh: $*" >&2; exit 1; }
+
+if [[ ! -x "$BIN" ]]; then
+    say "building sluice (release)"
+    cargo build --release --bin sluice >&2
+fi
+[[ -x "$BIN" ]] || die "no sluice binary at $BIN"
+for port in "$PORT" "$ADMIN_PORT" "$PEER_PORT" "$((PEER_PORT + 1))"; do
+    ! ss -Htln "sport = :$port" 2>/dev/null | grep -q . || die "port $port is in use; pick others with BENCH_PORT, BENCH_ADMIN_PORT, PEER_PORT"
+done
+
+rm -rf "$BENCH_DIR"
+mkdir -p "$BENCH_DIR"
+: >"$RESULTS"
+: >"$COMMANDS"
+
+# shellcheck source=bench/lib.sh
+source "$HELPERS/lib.sh"
+# shellcheck source=bench/targets.sh
+source "$HELPERS/targets.sh"
+trap target_stop EXIT
+# shellcheck disable=SC2206
+flags=($FLAGS --connections "$PRODUCERS")
+
+# measure TARGET SCENARIO RUN KIND ARGS...: one `sluice bench` run with the broker's CPU over
+# it, its JSON filed as a results row. Returns 1 when the run failed.
+measure() {
+    local target="$1" scenario="$2" run="$3" kind="$4"
+    shift 4
+    local base="$BENCH_DIR/$target-$scenario-$run"
+    local command=("$BIN" bench "$kind" --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0 "$@")
+    record_command "$scenario" "${command[@]}"
+    local before after
+    before="$(cpu_ticks "$TARGET_PID")"
+    if ! "${command[@]}" >"$base.json" 2>"$base.err"; then
+        echo "   $target $scenario run $run failed: $(tail -1 "$base.err")" >&2
+        return 1
+    fi
+    after="$(cpu_ticks "$TARGET_PID")"
+    python3 "$HELPERS/omb_lag.py" add "$RESULTS" "$target" "$scenario" "$run" "$base.json" \
+        "broker_cpu_s=$(python3 -c "print(($after - $before) / $CLK_TCK)")"
+}
+
+drop_topic() {
+    "$BIN" topics delete --bootstrap "$TARGET_ADDR" "$1" >/dev/null 2>&1 || echo "   could not delete topic $1" >&2
+}
+
+START_S=$SECONDS
+mapfile -t TARGETS < <(targets)
+for target in "${TARGETS[@]}"; do
+    say "[$target] fresh broker"
+    target_start "$target" || die "$target did not start"
+    for run in $(seq "$RUNS"); do
+        say "[$target] run $run: max-rate probe, $PARTITIONS partitions, $PRODUCERS producers, ${PROBE_S}s"
+        topic="$PREFIX-$target-probe-r$run"
+        if measure "$target" probe "$run" produce "${flags[@]}" --topic "$topic" \
+            --partitions "$PARTITIONS" --duration "${PROBE_S}s"; then
+            drop_topic "$topic"
+            max="$(python3 -c "import json; print(json.load(open('$BENCH_DIR/$target-probe-$run.json'))['records_per_s'])")"
+            rate="$(python3 -c "print(max(1000, int($max * $RATE_FRACTION)))")"
+            say "[$target] run $run: e2e at $rate records/s ($RATE_FRACTION of $max), $CONSUMERS consumers, ${DURATION_S}s"
+            topic="$PREFIX-$target-e2e-r$run"
+            measure "$target" e2e "$run" e2e "${flags[@]}" --topic "$topic" --partitions "$PARTITIONS" \
+                --consumers "$CONSUMERS" --rate "$rate" --duration "${DURATION_S}s" || true
+            drop_topic "$topic"
+        else
+            drop_topic "$topic"
+        fi
+    done
+    target_stop
+done
+say "measured in $((SECONDS - START_S)) s (raw results: ${RESULTS#"$ROOT"/})"
+python3 "$HELPERS/omb_lag.py" omb-summary "$RESULTS" >&2
+if [[ -n "$OUT_MD" ]]; then
+    python3 "$HELPERS/omb_lag.py" omb-section "$RESULTS" --out "$OUT_MD" --invocation "$INVOCATION" \
+        --commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+        --commands "$COMMANDS" --load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+        --shape "$PARTITIONS partitions, $PRODUCERS producers, $CONSUMERS consumers, rate $RATE_FRACTION of the probed max, probe ${PROBE_S}s, e2e ${DURATION_S}s, $RUNS run(s), flags: $FLAGS"
+    say "wrote the OpenMessaging-shaped section into ${OUT_MD#"$ROOT"/}"
+fi
