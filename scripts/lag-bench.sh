@@ -84,19 +84,12 @@ if ! command -v fio >/dev/null 2>&1; then
     { apt-get install -y fio || { apt-get update && apt-get install -y fio; }; } >/dev/null 2>&1 \
         || die "fio is missing and could not be installed (apt-get install fio)"
 fi
-for port in "$PORT" "$ADMIN_PORT" "$PEER_PORT" "$((PEER_PORT + 1))"; do
-    ! ss -Htln "sport = :$port" 2>/dev/null | grep -q . || die "port $port is in use; pick others with BENCH_PORT, BENCH_ADMIN_PORT, PEER_PORT"
-done
-
-rm -rf "$BENCH_DIR"
-mkdir -p "$BENCH_DIR"
-: >"$RESULTS"
-: >"$COMMANDS"
-
 # shellcheck source=bench/lib.sh
 source "$HELPERS/lib.sh"
 # shellcheck source=bench/targets.sh
 source "$HELPERS/targets.sh"
+target_ports_free_or_die
+fresh_bench_dir
 PRODUCER_PID=""
 cleanup() {
     [[ -n "$PRODUCER_PID" ]] && kill "$PRODUCER_PID" 2>/dev/null

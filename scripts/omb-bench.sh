@@ -64,19 +64,12 @@ if [[ ! -x "$BIN" ]]; then
     cargo build --release --bin sluice >&2
 fi
 [[ -x "$BIN" ]] || die "no sluice binary at $BIN"
-for port in "$PORT" "$ADMIN_PORT" "$PEER_PORT" "$((PEER_PORT + 1))"; do
-    ! ss -Htln "sport = :$port" 2>/dev/null | grep -q . || die "port $port is in use; pick others with BENCH_PORT, BENCH_ADMIN_PORT, PEER_PORT"
-done
-
-rm -rf "$BENCH_DIR"
-mkdir -p "$BENCH_DIR"
-: >"$RESULTS"
-: >"$COMMANDS"
-
 # shellcheck source=bench/lib.sh
 source "$HELPERS/lib.sh"
 # shellcheck source=bench/targets.sh
 source "$HELPERS/targets.sh"
+target_ports_free_or_die
+fresh_bench_dir
 trap target_stop EXIT
 # shellcheck disable=SC2206
 flags=($FLAGS --connections "$PRODUCERS")

@@ -92,3 +92,23 @@ target_stop() {
 }
 
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+
+# target_ports_free_or_die: the ports the targets listen on (PORT, ADMIN_PORT, PEER_PORT and
+# the Kafka controller's PEER_PORT + 1) are free, or the script stops naming the one in use.
+target_ports_free_or_die() {
+    local port
+    for port in "$PORT" "$ADMIN_PORT" "$PEER_PORT" "$((PEER_PORT + 1))"; do
+        if ss -Htln "sport = :$port" 2>/dev/null | grep -q .; then
+            echo "port $port is in use; pick others with BENCH_PORT, BENCH_ADMIN_PORT, PEER_PORT" >&2
+            exit 1
+        fi
+    done
+}
+
+# fresh_bench_dir: BENCH_DIR wiped and made again, RESULTS and COMMANDS empty.
+fresh_bench_dir() {
+    rm -rf "$BENCH_DIR"
+    mkdir -p "$BENCH_DIR"
+    : >"$RESULTS"
+    : >"$COMMANDS"
+}
