@@ -82,6 +82,27 @@ sys.exit("rdkafka-sys " + want + " is not in cargo metadata")
 ' "$RDKAFKA_SYS_VERSION"
 }
 
+# compile_copy SRC DIR LOG CONFIGURE_FLAG... -- "MAKE_DIR TARGET"...: a fresh copy of SRC in
+# DIR, configured with the flags, then each target made in its directory; the output goes to
+# LOG, whose tail is shown (and the script stops) when a step fails.
+compile_copy() {
+    local src="$1" dir="$2" out="$3"
+    shift 3
+    local flags=()
+    while [[ $# -gt 0 && "$1" != "--" ]]; do flags+=("$1"); shift; done
+    shift
+    rm -rf "$dir"
+    cp -r "$src" "$dir"
+    if ! (cd "$dir" && ./configure "${flags[@]}" && for step in "$@"; do
+            # shellcheck disable=SC2086 # "DIR TARGET": two words on purpose
+            make -j"$JOBS" -C $step || exit 1
+          done) >"$out" 2>&1; then
+        tail -40 "$out" >&2
+        log "build failed (full log: $out)"
+        exit 1
+    fi
+}
+
 build() {
     if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$STAMP_TEXT" \
             && -x "$BUILD/tests/test-runner" ]]; then
@@ -92,18 +113,8 @@ build() {
     src="$(crate_source)"
     [[ -f "$src/tests/test.c" ]] || { log "no tests/ in $src"; exit 1; }
     log "building librdkafka $LIBRDKAFKA_VERSION's test runner (rdkafka-sys $RDKAFKA_SYS_VERSION)"
-    rm -rf "$BUILD"
-    cp -r "$src" "$BUILD"
-    local out="$LIBRDKAFKA_HOME/build-$LIBRDKAFKA_VERSION.log"
-    if ! (cd "$BUILD" \
-            && ./configure "${CONFIGURE_FLAGS[@]}" \
-            && make -j"$JOBS" -C src lib \
-            && make -j"$JOBS" -C src-cpp lib \
-            && make -j"$JOBS" -C tests test-runner) >"$out" 2>&1; then
-        tail -40 "$out" >&2
-        log "build failed (full log: $out)"
-        exit 1
-    fi
+    compile_copy "$src" "$BUILD" "$LIBRDKAFKA_HOME/build-$LIBRDKAFKA_VERSION.log" \
+        "${CONFIGURE_FLAGS[@]}" -- "src lib" "src-cpp lib" "tests test-runner"
     echo "$STAMP_TEXT" >"$STAMP"
     ln -sfn "$BUILD/tests/test-runner" "$RUNNER_LINK"
     log "built $BUILD/tests/test-runner in $((SECONDS - t0)) s"
@@ -118,17 +129,8 @@ perf() {
     src="$(crate_source)"
     [[ -f "$src/examples/rdkafka_performance.c" ]] || { log "no examples/rdkafka_performance.c in $src"; exit 1; }
     log "building librdkafka $LIBRDKAFKA_VERSION's rdkafka_performance, optimized (rdkafka-sys $RDKAFKA_SYS_VERSION)"
-    rm -rf "$PERF_BUILD"
-    cp -r "$src" "$PERF_BUILD"
-    local out="$LIBRDKAFKA_HOME/build-$LIBRDKAFKA_VERSION-perf.log"
-    if ! (cd "$PERF_BUILD" \
-            && ./configure "${PERF_CONFIGURE_FLAGS[@]}" \
-            && make -j"$JOBS" -C src lib \
-            && make -C examples rdkafka_performance) >"$out" 2>&1; then
-        tail -40 "$out" >&2
-        log "build failed (full log: $out)"
-        exit 1
-    fi
+    compile_copy "$src" "$PERF_BUILD" "$LIBRDKAFKA_HOME/build-$LIBRDKAFKA_VERSION-perf.log" \
+        "${PERF_CONFIGURE_FLAGS[@]}" -- "src lib" "examples rdkafka_performance"
     echo "$PERF_STAMP_TEXT" >"$PERF_STAMP"
     log "built $PERF_BIN in $((SECONDS - t0)) s"
     echo "$PERF_BIN"
