@@ -10,8 +10,9 @@
 # the producer actually kept meanwhile (a catch-up only counts if it held 90% of its target).
 # The producer is then stopped (SIGTERM to its PID).
 #
-# Cold reads: after each scenario the broker's data files are written back and dropped from the
-# page cache (scripts/bench/omb_lag.py evict: fdatasync + POSIX_FADV_DONTNEED on the files of the
+# Cold reads: after each scenario the broker forgets what it holds in memory (Sluice restarts on
+# its data: its tail cache is in the process; Kafka holds no records in its heap), and its data
+# files are written back and dropped from the page cache (scripts/bench/omb_lag.py evict: fdatasync + POSIX_FADV_DONTNEED on the files of the
 # data directory this script created, nothing else), and `sluice bench consume` reads the whole
 # topic from its beginning; its MB/s stands beside fio's O_DIRECT sequential read of 1 MiB
 # blocks on the same filesystem, one read at a time and 16 in flight (the disk's limit: the
@@ -192,8 +193,9 @@ for target in "${TARGETS[@]}"; do
         fi
         wait "$PRODUCER_PID" 2>/dev/null || true
         PRODUCER_PID=""
-        say "[$target] cold read of $topic: page cache dropped for ${TARGET_DATA#"$ROOT"/}, then read from the beginning"
+        say "[$target] cold read of $topic: the broker's own memory and the page cache dropped for ${TARGET_DATA#"$ROOT"/}, then read from the beginning"
         sleep 2
+        target_drop_memory || die "$target did not restart"
         python3 "$HELPERS/omb_lag.py" evict "$TARGET_DATA" >&2
         cold=("$BIN" bench consume --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0 --topic "$topic")
         record_command "cold read" "${cold[@]}"

@@ -16,6 +16,31 @@ mod cluster;
 mod listener_config;
 use check::Check;
 
+/// `log.tail.cache.bytes` when neither the machine's nor a cgroup's memory is known.
+const TAIL_CACHE_FALLBACK_BYTES: usize = 64 << 20;
+
+/// Most of `fetch.response.cache.bytes.max` when not set: responses in flight from a large
+/// tail cache are a small part of it, and a budget as large as the cache would let unread
+/// responses double what the cache may hold.
+const RESPONSE_CACHE_DEFAULT_MAX_BYTES: usize = 256 << 20;
+
+/// `num.shards`, with 0 resolved to one shard per available core.
+fn resolved_shards(setting: usize) -> usize {
+    match setting {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// `log.tail.cache.bytes` when not set: half of `memory_bytes` split over `shards` (why half:
+/// a consumer seconds behind a producer at disk speed needs gigabytes held, and the other half
+/// stays for connections, the page cache that serves older reads, and other processes).
+fn tail_cache_auto_bytes(memory_bytes: Option<u64>, shards: usize) -> usize {
+    memory_bytes.map_or(TAIL_CACHE_FALLBACK_BYTES, |bytes| {
+        usize::try_from(bytes / 2 / shards.max(1) as u64).unwrap_or(usize::MAX)
+    })
+}
+
 /// Upper bound of `num.shards`: far above any core count, low enough to catch a typo.
 const SHARDS_MAX: i64 = 4096;
 /// Smallest `log.segment.bytes` (and topic `segment.bytes`): one direct-I/O block.
@@ -102,8 +127,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "log.flush.interval.ms", default: "", doc: "Like log.flush.interval.messages, by time (topic: flush.ms)." },
     Setting { name: "log.message.timestamp.type", default: "CreateTime", doc: "CreateTime or LogAppendTime (topic: message.timestamp.type)." },
     Setting { name: "log.direct.io", default: "true", doc: "O_DIRECT appends from registered buffers; false = buffered writes." },
-    Setting { name: "log.tail.cache.bytes", default: "67108864", doc: "Recent bytes per shard served to consumers from memory." },
-    Setting { name: "fetch.response.cache.bytes.max", default: "", doc: "Tail-cache bytes per shard that Fetch responses not yet written may hold (a response keeps its batches alive after the cache evicts them, for as long as its client does not read it). A Fetch whose cached range does not fit is served from the segment file instead (spliced, or copied through the connection's buffer), which holds no memory; /metrics counts those reads (fetch_cache_budget_file_reads). Empty = log.tail.cache.bytes; 0 = tail data always goes from the files. No Kafka equivalent." },
+    Setting { name: "log.tail.cache.bytes", default: "", doc: "Recent bytes per shard served to consumers from memory, so that consumers that fall seconds behind read memory, not the disk (appends are O_DIRECT: the page cache does not hold them). Empty = half the memory the broker may use (the machine's or its cgroup's limit, whichever is lower) split evenly over the shards, 64 MiB per shard when neither is known; memory is taken only as records arrive, and kept for reuse once taken. Set it lower when other processes share the machine (several brokers on one host)." },
+    Setting { name: "fetch.response.cache.bytes.max", default: "", doc: "Tail-cache bytes per shard that Fetch responses not yet written may hold (a response keeps its batches alive after the cache evicts them, for as long as its client does not read it). A Fetch whose cached range does not fit is served from the segment file instead (spliced, or copied through the connection's buffer), which holds no memory; /metrics counts those reads (fetch_cache_budget_file_reads). Empty = log.tail.cache.bytes, at most 256 MiB; 0 = tail data always goes from the files. No Kafka equivalent." },
     Setting { name: "log.flush.batch.bytes", default: "16777216", doc: "Upper bound of one group commit write." },
     Setting { name: "io.uring.entries", default: "1024", doc: "Submission queue size of each shard's storage ring." },
     Setting { name: "fetch.zero.copy", default: "true", doc: "Send record bytes with splice/SEND_ZC; false = copy every record byte through a user-space buffer (io_uring reads from files, memcpy from the tail cache), the baseline and the fallback for kernels without splice. Tail-cache data to a peer on this host goes by plain SENDMSG from the cache's buffers (the kernel copies looped zero-copy pages anyway; `SLUICE_FETCH_SEND_ZC_LOCAL_PEERS=1` forces SEND_ZC)." },
@@ -612,7 +637,11 @@ impl BrokerConfig {
         // Kafka's -1 (unbounded) for queued.max.request.bytes is refused: an unbounded request
         // queue is what lets slow clients exhaust memory.
         let queued_request_bytes_max: usize = c.int("queued.max.request.bytes", 1..=i64::MAX);
-        let tail_cache_bytes: usize = c.int("log.tail.cache.bytes", 0..=i64::MAX);
+        let tail_cache_bytes: usize = c
+            .optional_int("log.tail.cache.bytes", 0..=i64::MAX)
+            .unwrap_or_else(|| {
+                tail_cache_auto_bytes(crate::memory_limit::limit_bytes(), resolved_shards(shards))
+            });
         let response_cache_bytes_max: Option<usize> =
             c.optional_int("fetch.response.cache.bytes.max", 0..=i64::MAX);
         let per_ip_max: usize = c.int("max.connections.per.ip", 0..=INT_MAX);
@@ -682,7 +711,8 @@ impl BrokerConfig {
             },
             direct_io: c.boolean("log.direct.io"),
             tail_cache_bytes,
-            response_cache_bytes_max: response_cache_bytes_max.unwrap_or(tail_cache_bytes),
+            response_cache_bytes_max: response_cache_bytes_max
+                .unwrap_or(tail_cache_bytes.min(RESPONSE_CACHE_DEFAULT_MAX_BYTES)),
             group_commit_bytes_max: c.int("log.flush.batch.bytes", 1..=INT_MAX),
             ring_entries: c.int("io.uring.entries", 1..=RING_ENTRIES_MAX),
             producer_id_expiration_ms: c.int("producer.id.expiration.ms", 1..=INT_MAX),
@@ -817,10 +847,7 @@ impl BrokerConfig {
             inter_broker.advertised_host.clone(),
             inter_broker.advertised_port,
         );
-        let shards = match config.shards {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let shards = resolved_shards(config.shards);
         let cluster = cluster.map(|mut cluster| {
             cluster.advertised_host = advertised_host.clone();
             cluster.advertised_port = advertised_port;
@@ -1029,6 +1056,18 @@ mod tests {
     }
 
     #[test]
+    fn the_tail_cache_defaults_to_half_the_memory_split_over_the_shards() {
+        assert_eq!(tail_cache_auto_bytes(Some(24 << 30), 2), 6 << 30);
+        assert_eq!(tail_cache_auto_bytes(Some(24 << 30), 0), 12 << 30, "never divides by 0");
+        assert_eq!(tail_cache_auto_bytes(None, 2), 64 << 20, "nothing known");
+        let overrides = vec!["num.shards=3".to_string()];
+        let config = load(None, &overrides, &[]).unwrap();
+        let expected = crate::memory_limit::limit_bytes()
+            .map_or(64 << 20, |bytes| (bytes / 2 / 3) as usize);
+        assert_eq!(config.tail_cache_bytes, expected);
+    }
+
+    #[test]
     fn the_response_cache_budget_defaults_to_the_tail_cache_and_is_range_checked() {
         let config = |overrides: &[&str]| {
             let overrides: Vec<String> = overrides.iter().map(|o| o.to_string()).collect();
@@ -1040,8 +1079,13 @@ mod tests {
             "empty: as much as the tail cache"
         );
         assert_eq!(
-            config(&["fetch.response.cache.bytes.max=0"]).ok(),
-            Some((64 << 20, 0)),
+            config(&["log.tail.cache.bytes=1073741824"]).ok(),
+            Some((1 << 30, 256 << 20)),
+            "empty: at most 256 MiB"
+        );
+        assert_eq!(
+            config(&["log.tail.cache.bytes=1000", "fetch.response.cache.bytes.max=0"]).ok(),
+            Some((1000, 0)),
             "0: tail data always from the files"
         );
         assert_eq!(

@@ -15,6 +15,7 @@ pub mod dispatch_order;
 pub mod drain;
 pub mod errors;
 pub mod idempotence;
+pub mod memory_limit;
 pub mod metadata;
 pub mod offline;
 pub mod producer_snapshots;

@@ -7,7 +7,8 @@
 # Kafka runs from a private KAFKA_HOME under BENCH_DIR whose lib is a link to the shared jars:
 # kafka-peer.sh keeps its pid file in KAFKA_HOME and its `start` stops whatever that file names,
 # so a shared home could stop another run's Kafka.
-# Needs: ROOT BIN BENCH_DIR PORT ADMIN_PORT PEER_PORT, and lib.sh sourced.
+# Needs: ROOT BIN BENCH_DIR PORT ADMIN_PORT PEER_PORT, and lib.sh sourced. SLUICE_OVERRIDES:
+# broker settings for Sluice (space-separated KEY=VALUE, each passed as --override).
 # Must never: signal a process it did not start.
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
@@ -43,6 +44,33 @@ peer() { # kafka-peer.sh ARGS... with the private home and this step's ports
         "$ROOT/scripts/kafka-peer.sh" "$@"
 }
 
+# sluice_launch: `sluice serve` on TARGET_DATA as it is (target_start empties it first).
+sluice_launch() {
+    local command=("$BIN" serve --data-dir "$TARGET_DATA" --listen "127.0.0.1:$PORT"
+        --admin-listen "127.0.0.1:$ADMIN_PORT")
+    local setting
+    for setting in ${SLUICE_OVERRIDES:-}; do
+        command+=(--override "$setting")
+    done
+    record_command "broker (sluice)" "${command[@]}"
+    broker_launch "$BENCH_DIR/broker.log" "${command[@]}"
+    broker_wait_ready "$BENCH_DIR/broker.log" 200 curl -sf "http://127.0.0.1:$ADMIN_PORT/stats" \
+        || return 1
+    TARGET_ADDR="127.0.0.1:$PORT"
+    TARGET_PID="$BROKER_PID"
+}
+
+# target_drop_memory: forgets every record the running target holds in its own memory, so the
+# next read comes from the files (and, once the page cache is dropped, from the disk). Sluice's
+# tail cache lives in the process: it restarts on the same data. Kafka keeps no record data in
+# its heap (it reads the page cache): nothing to do.
+target_drop_memory() {
+    if [[ "$TARGET_RUNNING" == sluice ]]; then
+        broker_stop
+        sluice_launch
+    fi
+}
+
 # target_start TARGET: a fresh broker with an empty data directory; sets TARGET_ADDR,
 # TARGET_PID (for CPU accounting) and TARGET_DATA (the directory its logs live in).
 target_start() {
@@ -51,14 +79,7 @@ target_start() {
         sluice)
             TARGET_DATA="$BENCH_DIR/data"
             rm -rf "$TARGET_DATA"
-            local command=("$BIN" serve --data-dir "$TARGET_DATA" --listen "127.0.0.1:$PORT"
-                --admin-listen "127.0.0.1:$ADMIN_PORT")
-            record_command "broker (sluice)" "${command[@]}"
-            broker_launch "$BENCH_DIR/broker.log" "${command[@]}"
-            broker_wait_ready "$BENCH_DIR/broker.log" 200 curl -sf "http://127.0.0.1:$ADMIN_PORT/stats" \
-                || return 1
-            TARGET_ADDR="127.0.0.1:$PORT"
-            TARGET_PID="$BROKER_PID"
+            sluice_launch || return 1
             ;;
         kafka | kafka_flush1)
             local mode=default

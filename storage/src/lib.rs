@@ -61,6 +61,7 @@ mod segment;
 mod shard;
 mod stamped;
 mod swap;
+mod tail_arena;
 mod tail_cache;
 pub mod txn_index;
 mod writer;
@@ -620,6 +621,14 @@ impl ShardStorage {
     /// Tail-cache bytes handed to responses and not yet given back (written or dropped).
     pub fn response_cache_bytes(&self) -> usize {
         self.0.response_budget.held_bytes()
+    }
+
+    /// The tail cache's memory: (batch bytes it holds, bytes of arena chunks in existence).
+    /// Chunks are kept for reuse once taken, so the second only grows, up to about 1.25 times
+    /// `log.tail.cache.bytes`.
+    pub fn tail_cache_memory_bytes(&self) -> (usize, usize) {
+        let cache = self.0.tail_cache.borrow();
+        (cache.used_bytes(), cache.chunk_memory_bytes())
     }
 
     /// Reads served from the segment files because the response budget was spent.

@@ -6,9 +6,10 @@
 //! partitions). Must never hand out a batch at or above the high watermark (the caller passes
 //! it) nor hold more than its budget.
 //!
-//! Memory: each cached batch is copied (stamped header and rest, contiguous) into an
-//! allocation of its own, so what the cache keeps alive is exactly the batch bytes its budget
-//! counts. A batch never shares memory with its request frame: a slice of a frame would keep
+//! Memory: each cached batch is copied (stamped header and rest, contiguous) into memory the
+//! cache owns: a chunk of its arena (`crate::tail_arena`), which it reuses once the batches
+//! in it are evicted and no response holds them, or an allocation of its own when no chunk is
+//! free. A batch never shares memory with its request frame: a slice of a frame would keep
 //! the whole frame, and the connection's read buffer behind it, alive (a small batch of one
 //! partition pinning a large frame whose other batches went to other partitions or shards),
 //! and no budget could count that. One memcpy per batch on the append path buys a bound
@@ -21,6 +22,8 @@ use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
 
+use crate::tail_arena::{Placement, TailArena};
+
 /// One cached batch (already carrying its broker-assigned offsets), in its own allocation.
 #[derive(Debug, Clone)]
 pub(crate) struct CachedBatch {
@@ -30,6 +33,8 @@ pub(crate) struct CachedBatch {
     pub(crate) data: Bytes,
     /// Insertion number, to recognise stale entries in the shard's eviction order.
     sequence: u64,
+    /// Where the arena put it (own allocations count against the arena's cap while cached).
+    placement: Placement,
 }
 
 impl CachedBatch {
@@ -98,6 +103,9 @@ pub(crate) struct TailCache {
     budget_bytes: usize,
     used_bytes: usize,
     order: VecDeque<(Weak<RefCell<PartitionTail>>, u64, usize)>,
+    arena: TailArena,
+    /// Bytes of cached batches in allocations of their own.
+    own_bytes: usize,
 }
 
 impl TailCache {
@@ -106,12 +114,16 @@ impl TailCache {
             budget_bytes,
             used_bytes: 0,
             order: VecDeque::new(),
+            arena: TailArena::new(budget_bytes),
+            own_bytes: 0,
         }
     }
 
     /// Caches a copy of one batch of `tail`'s partition (its stamped header and the rest),
-    /// evicting the shard's oldest batches as needed. The budget counts the copies' bytes,
-    /// which is all the cache keeps alive.
+    /// evicting the shard's oldest batches first to make room. The budget counts the copies'
+    /// bytes; the arena's chunks add at most a quarter and one chunk (their unused ends). A
+    /// batch the arena cannot place is not cached, nor is anything before it in the partition
+    /// (what is cached must stay contiguous): readers go to the file.
     pub(crate) fn insert(
         &mut self,
         tail: &Rc<RefCell<PartitionTail>>,
@@ -126,47 +138,70 @@ impl TailCache {
             self.remove_all(tail);
             return;
         }
-        {
-            let mut partition = tail.borrow_mut();
-            if let Some(last) = partition.batches.back() {
-                if last.last_offset + 1 != base_offset {
-                    drop(partition);
-                    self.remove_all(tail);
-                    partition = tail.borrow_mut();
-                }
-            }
-            let sequence = partition.next_sequence;
-            partition.next_sequence += 1;
-            let mut data = Vec::with_capacity(len);
-            data.extend_from_slice(header);
-            data.extend_from_slice(rest);
-            partition.batches.push_back(CachedBatch {
-                base_offset,
-                last_offset,
-                data: Bytes::from(data),
-                sequence,
-            });
-            self.order.push_back((Rc::downgrade(tail), sequence, len));
+        let follows = tail
+            .borrow()
+            .batches
+            .back()
+            .is_none_or(|last| last.last_offset + 1 == base_offset);
+        if !follows {
+            self.remove_all(tail);
         }
+        self.evict_to_fit(len);
+        let Some((data, placement)) = self.arena.copy(header, rest, self.own_bytes) else {
+            self.remove_all(tail);
+            return;
+        };
+        let mut partition = tail.borrow_mut();
+        let sequence = partition.next_sequence;
+        partition.next_sequence += 1;
+        partition.batches.push_back(CachedBatch {
+            base_offset,
+            last_offset,
+            data,
+            sequence,
+            placement,
+        });
+        self.order.push_back((Rc::downgrade(tail), sequence, len));
         self.used_bytes += len;
-        while self.used_bytes > self.budget_bytes {
-            let Some((weak, sequence, len)) = self.order.pop_front() else {
+        if placement == Placement::Own {
+            self.own_bytes += len;
+        }
+        debug_assert!(self.used_bytes <= self.budget_bytes);
+    }
+
+    /// Evicts the shard's oldest batches until `len` more bytes fit the budget.
+    fn evict_to_fit(&mut self, len: usize) {
+        while self.used_bytes + len > self.budget_bytes {
+            let Some((weak, sequence, _)) = self.order.pop_front() else {
                 break;
             };
             let Some(owner) = weak.upgrade() else {
                 continue;
             };
-            let mut owner = owner.borrow_mut();
-            if owner
-                .batches
-                .front()
-                .is_some_and(|batch| batch.sequence == sequence)
-            {
-                owner.batches.pop_front();
-                self.used_bytes -= len;
+            let evicted = {
+                let mut owner = owner.borrow_mut();
+                if owner
+                    .batches
+                    .front()
+                    .is_some_and(|batch| batch.sequence == sequence)
+                {
+                    owner.batches.pop_front()
+                } else {
+                    None
+                }
+            };
+            if let Some(batch) = evicted {
+                self.forget(&batch);
             }
         }
-        debug_assert!(self.used_bytes <= self.budget_bytes);
+    }
+
+    /// Takes a batch that left the cache off the counts.
+    fn forget(&mut self, batch: &CachedBatch) {
+        self.used_bytes -= batch.len_bytes();
+        if batch.placement == Placement::Own {
+            self.own_bytes -= batch.len_bytes();
+        }
     }
 
     /// Drops `tail`'s batches with base offset >= `offset` (an append rolled back).
@@ -178,7 +213,7 @@ impl TailCache {
             .is_some_and(|batch| batch.base_offset >= offset)
         {
             if let Some(batch) = partition.batches.pop_back() {
-                self.used_bytes -= batch.len_bytes();
+                self.forget(&batch);
             }
         }
     }
@@ -193,7 +228,7 @@ impl TailCache {
             .is_some_and(|batch| batch.last_offset < offset)
         {
             if let Some(batch) = partition.batches.pop_front() {
-                self.used_bytes -= batch.len_bytes();
+                self.forget(&batch);
             }
         }
     }
@@ -203,9 +238,14 @@ impl TailCache {
         self.truncate_from(tail, i64::MIN);
     }
 
-    #[cfg(test)]
+    /// Batch bytes held (what the budget counts).
     pub(crate) fn used_bytes(&self) -> usize {
         self.used_bytes
+    }
+
+    /// Bytes of arena chunks in existence.
+    pub(crate) fn chunk_memory_bytes(&self) -> usize {
+        self.arena.chunk_memory_bytes()
     }
 }
 

@@ -1,0 +1,303 @@
+//! The tail cache's memory: large chunks that cached batches are copied into one after the
+//! other and that are reused once nothing refers to them any more.
+//!
+//! Why: a cache of seconds of produce traffic (gigabytes) turns over its whole budget every few
+//! seconds. One allocation per batch made every cached byte fresh memory: the allocator hands
+//! back pages the kernel must fault in and zero (measured: with a 6 GiB cache per shard, 1-partition
+//! produce fell from 1,134 to 954 MB/s and broker CPU per GB rose 34%). Chunks are written
+//! once, faulted once, and then recycled: the steady state costs the one memcpy the cache always
+//! made, nothing more.
+//!
+//! Owns: the chunk being filled, the retired chunks in fill order, and the cap on how many
+//! chunks exist. A cached batch is a `Bytes` view into its chunk; a chunk is reused only when
+//! every view into it is gone (the cache evicted its batches and no response holds one), which
+//! `BytesMut::try_reclaim` checks without allocating. A batch too large for a chunk, or one that
+//! finds no chunk free with the cap reached, gets an allocation of its own, and chunks plus the
+//! cache's own allocations stay under one cap (the budget, a quarter more for the chunks'
+//! unused ends, and one chunk): a batch that fits nowhere is not cached.
+//!
+//! Must never: let a view see bytes written for another batch (a chunk is only rewritten once
+//! it is unique), allocate past its cap, or hand out a view shorter or longer than the batch.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+/// Largest chunk: big enough that a chunk holds many 256 KiB batches and spans whole 2 MiB huge
+/// pages; small enough that one pinned batch pins little.
+const CHUNK_MAX_BYTES: usize = 8 << 20;
+
+/// Smallest chunk; budgets below 16 of these keep one allocation per batch (tests' tiny caches).
+const CHUNK_MIN_BYTES: usize = 256 << 10;
+
+/// Retired chunks examined per refill: the oldest are the likeliest free (the cache evicts
+/// oldest first), and a bounded scan keeps the append path's cost flat.
+const RECLAIM_SCAN_MAX: usize = 4;
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct TailArena {
+    chunk_bytes: usize,
+    max_chunks: usize,
+    /// What chunks and the cache's own-allocated batches may take together.
+    memory_cap_bytes: usize,
+    /// Chunks in existence (current and retired, reclaimable or not).
+    chunks: usize,
+    current: Option<BytesMut>,
+    retired: VecDeque<BytesMut>,
+    /// Batches copied into chunks and batches that got an allocation of their own.
+    pub(crate) chunked_batches: u64,
+    pub(crate) own_batches: u64,
+}
+
+/// Where [`TailArena::copy`] put a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    Chunk,
+    /// An allocation of its own: the caller counts it against the memory cap until it drops it.
+    Own,
+}
+
+impl TailArena {
+    /// An arena for a cache of `budget_bytes`: chunks of about a sixteenth of the budget (within
+    /// the limits above), and a memory cap of the budget plus a quarter (the unused end of each
+    /// chunk) plus the chunk being filled.
+    pub(crate) fn new(budget_bytes: usize) -> TailArena {
+        let chunk_bytes = (budget_bytes / 16).clamp(CHUNK_MIN_BYTES, CHUNK_MAX_BYTES);
+        let (max_chunks, memory_cap_bytes) = if budget_bytes < 16 * CHUNK_MIN_BYTES {
+            (0, budget_bytes)
+        } else {
+            let chunks = (budget_bytes + budget_bytes / 4).div_ceil(chunk_bytes) + 1;
+            (chunks, chunks * chunk_bytes)
+        };
+        TailArena {
+            chunk_bytes,
+            max_chunks,
+            memory_cap_bytes,
+            chunks: 0,
+            current: None,
+            retired: VecDeque::new(),
+            chunked_batches: 0,
+            own_batches: 0,
+        }
+    }
+
+    /// `header` followed by `rest`, contiguous: in a chunk when it fits a chunk's quarter
+    /// (larger batches would waste too much of a chunk's end), else in an allocation of its own
+    /// if chunks plus `own_bytes` (the caller's own-allocated batches still held) leave room
+    /// under the cap, giving free chunks back to make it. None when neither can be had: the
+    /// caller does not cache the batch.
+    pub(crate) fn copy(
+        &mut self,
+        header: &[u8],
+        rest: &[u8],
+        own_bytes: usize,
+    ) -> Option<(Bytes, Placement)> {
+        let len = header.len() + rest.len();
+        if len > 0 && len <= self.chunk_bytes / 4 && self.make_room(len) {
+            let Some(chunk) = self.current.as_mut() else {
+                unreachable!("make_room leaves a current chunk with room");
+            };
+            debug_assert!(chunk.is_empty(), "every batch is split off as it is written");
+            chunk.extend_from_slice(header);
+            chunk.extend_from_slice(rest);
+            self.chunked_batches += 1;
+            let view = chunk.split_to(len).freeze();
+            debug_assert_eq!(view.len(), len);
+            return Some((view, Placement::Chunk));
+        }
+        while self.chunk_memory_bytes() + own_bytes + len > self.memory_cap_bytes {
+            if !self.release_free_chunk() {
+                return None;
+            }
+        }
+        self.own_batches += 1;
+        let mut data = Vec::with_capacity(len);
+        data.extend_from_slice(header);
+        data.extend_from_slice(rest);
+        Some((Bytes::from(data), Placement::Own))
+    }
+
+    /// Makes the current chunk able to take `len` more bytes without reallocating: keeps it, or
+    /// retires it and takes a free retired chunk or a new one. False when none can be had.
+    fn make_room(&mut self, len: usize) -> bool {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|chunk| chunk.capacity() >= len)
+        {
+            return true;
+        }
+        if let Some(full) = self.current.take() {
+            self.retired.push_back(full);
+        }
+        if let Some(index) = self.free_retired_chunk() {
+            self.current = self.retired.remove(index);
+            return true;
+        }
+        if self.chunks < self.max_chunks {
+            self.chunks += 1;
+            self.current = Some(new_chunk(self.chunk_bytes));
+            return true;
+        }
+        false
+    }
+
+    /// The index of a retired chunk nothing refers to any more (made whole again), among the
+    /// oldest few.
+    fn free_retired_chunk(&mut self) -> Option<usize> {
+        let scan = self.retired.len().min(RECLAIM_SCAN_MAX);
+        let chunk_bytes = self.chunk_bytes;
+        (0..scan).find(|&index| {
+            self.retired
+                .get_mut(index)
+                .is_some_and(|chunk| chunk.try_reclaim(chunk_bytes))
+        })
+    }
+
+    /// Gives one free chunk's memory back (an own allocation needs the room under the cap).
+    fn release_free_chunk(&mut self) -> bool {
+        match self.free_retired_chunk() {
+            Some(index) => {
+                self.retired.remove(index);
+                self.chunks -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes of chunk memory in existence.
+    pub(crate) fn chunk_memory_bytes(&self) -> usize {
+        self.chunks * self.chunk_bytes
+    }
+}
+
+/// A chunk of `chunk_bytes`, asked to be backed by huge pages where the kernel offers them
+/// (`madvise` mode): a fresh chunk is faulted in once, in 2 MiB steps instead of 4 KiB ones.
+fn new_chunk(chunk_bytes: usize) -> BytesMut {
+    let mut chunk = BytesMut::with_capacity(chunk_bytes);
+    let start = chunk.as_mut_ptr() as usize;
+    const HUGE_PAGE_BYTES: usize = 2 << 20;
+    let aligned_start = start.next_multiple_of(HUGE_PAGE_BYTES);
+    let end = start + chunk_bytes;
+    if aligned_start + HUGE_PAGE_BYTES <= end {
+        let aligned_len = (end - aligned_start) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+        // SAFETY: the range lies inside the chunk's own allocation, which nothing has touched
+        // yet; MADV_HUGEPAGE only changes how the kernel backs it, never its contents. A
+        // refusal (no THP in this kernel) changes nothing, so the result is not checked.
+        unsafe {
+            libc::madvise(
+                aligned_start as *mut libc::c_void,
+                aligned_len,
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
+    chunk
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUDGET: usize = 16 * CHUNK_MIN_BYTES;
+
+    fn chunk(arena: &mut TailArena, header: &[u8], rest: &[u8]) -> Bytes {
+        let (view, placement) = arena.copy(header, rest, 0).expect("room");
+        assert_eq!(placement, Placement::Chunk);
+        view
+    }
+
+    #[test]
+    fn batches_share_a_chunk_and_keep_their_own_bytes() {
+        let mut arena = TailArena::new(BUDGET);
+        let a = chunk(&mut arena, &[1; 61], &[2; 1000]);
+        let b = chunk(&mut arena, &[3; 61], &[4; 500]);
+        assert_eq!(a.len(), 1061);
+        assert_eq!(&a[..61], &[1; 61][..]);
+        assert_eq!(&a[61..], &[2; 1000][..]);
+        assert_eq!(&b[..61], &[3; 61][..]);
+        assert_eq!(&b[61..], &[4; 500][..]);
+        assert_eq!(
+            b.as_ptr() as usize,
+            a.as_ptr() as usize + a.len(),
+            "one chunk, one after the other"
+        );
+        assert_eq!((arena.chunked_batches, arena.own_batches), (2, 0));
+        assert_eq!(arena.chunk_memory_bytes(), CHUNK_MIN_BYTES);
+    }
+
+    #[test]
+    fn a_chunk_is_reused_only_once_every_view_is_gone() {
+        let mut arena = TailArena::new(BUDGET);
+        let quarter = CHUNK_MIN_BYTES / 4;
+        let first: Vec<Bytes> = (0..4).map(|_| chunk(&mut arena, &[], &vec![7; quarter])).collect();
+        let first_chunk = first[0].as_ptr() as usize;
+        // The next batch retires the full chunk; a view is still alive, so a new chunk is made.
+        let held = first[1].clone();
+        drop(first);
+        let second = chunk(&mut arena, &[], &[9; 100]);
+        assert_ne!(second.as_ptr() as usize, first_chunk);
+        assert_eq!(arena.chunk_memory_bytes(), 2 * CHUNK_MIN_BYTES);
+        assert_eq!(&held[..], &vec![7; quarter][..], "a held view never changes");
+        // Fill the second chunk; with the held view dropped the first one comes back.
+        drop(held);
+        let rest: Vec<Bytes> = (0..3)
+            .map(|_| chunk(&mut arena, &[], &vec![8; quarter]))
+            .collect();
+        // The second chunk has less than a quarter left: this batch retires it and takes the
+        // first chunk back.
+        let reused = chunk(&mut arena, &[], &vec![5; quarter]);
+        assert_eq!(reused.as_ptr() as usize, first_chunk, "the free chunk is reused");
+        assert_eq!(arena.chunk_memory_bytes(), 2 * CHUNK_MIN_BYTES);
+        assert!(rest.iter().all(|view| view.iter().all(|&byte| byte == 8)));
+        assert_eq!(&second[..], &[9; 100][..]);
+    }
+
+    #[test]
+    fn chunks_and_own_allocations_share_one_cap() {
+        let mut arena = TailArena::new(BUDGET);
+        let quarter = CHUNK_MIN_BYTES / 4;
+        let mut kept = Vec::new();
+        for _ in 0..(arena.max_chunks * 4) {
+            kept.push(chunk(&mut arena, &[], &vec![1; quarter]));
+        }
+        assert_eq!(arena.chunk_memory_bytes(), arena.memory_cap_bytes);
+        assert!(
+            arena.copy(&[], &[1; 100], 0).is_none(),
+            "every chunk held and the cap reached: not cached"
+        );
+        // The oldest chunk's batches go: a large batch gets that chunk's memory, given back.
+        kept.drain(..4);
+        let (big, placement) = arena
+            .copy(&[2; 61], &vec![3; CHUNK_MIN_BYTES / 2], 0)
+            .expect("a free chunk was released for it");
+        assert_eq!(placement, Placement::Own);
+        assert_eq!(big.len(), 61 + CHUNK_MIN_BYTES / 2);
+        assert_eq!(
+            arena.chunk_memory_bytes(),
+            arena.memory_cap_bytes - CHUNK_MIN_BYTES
+        );
+        assert!(
+            arena.copy(&[], &vec![4; CHUNK_MIN_BYTES], big.len()).is_none(),
+            "the own bytes still held count against the cap"
+        );
+        assert!(kept.iter().all(|view| view.iter().all(|&byte| byte == 1)));
+    }
+
+    #[test]
+    fn large_batches_and_small_budgets_keep_their_own_allocations() {
+        let mut arena = TailArena::new(BUDGET);
+        let (big, placement) = arena
+            .copy(&[1; 61], &vec![2; CHUNK_MIN_BYTES / 4], 0)
+            .expect("room under the cap");
+        assert_eq!((big.len(), placement), (61 + CHUNK_MIN_BYTES / 4, Placement::Own));
+        assert_eq!((arena.chunked_batches, arena.own_batches), (0, 1));
+        let mut tiny = TailArena::new(300);
+        let (view, placement) = tiny.copy(&[1; 61], &[2; 39], 0).expect("fits the budget");
+        assert_eq!((view.len(), placement), (100, Placement::Own));
+        assert!(tiny.copy(&[1; 61], &[2; 39], 250).is_none(), "over the budget");
+        assert_eq!(tiny.chunk_memory_bytes(), 0);
+    }
+}
