@@ -94,6 +94,17 @@ pub mod codes {
     pub const INVALID_TIMESTAMP: i16 = 32;
 }
 
+/// See [`Storage::tail_cache_stats`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TailCacheStats {
+    /// Batch bytes cached (what `log.tail.cache.bytes` bounds).
+    pub held_bytes: usize,
+    /// Bytes of arena chunks in existence.
+    pub chunk_bytes: usize,
+    /// Batches not cached since start for want of memory under the arena's cap.
+    pub uncached_batches: u64,
+}
+
 /// Per-shard storage settings (broker-wide names in comments).
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
@@ -623,12 +634,17 @@ impl ShardStorage {
         self.0.response_budget.held_bytes()
     }
 
-    /// The tail cache's memory: (batch bytes it holds, bytes of arena chunks in existence).
-    /// Chunks are kept for reuse once taken, so the second only grows, up to about 1.25 times
-    /// `log.tail.cache.bytes`.
-    pub fn tail_cache_memory_bytes(&self) -> (usize, usize) {
+    /// The tail cache's memory: batch bytes it holds, bytes of arena chunks in existence
+    /// (kept for reuse once taken, up to about 1.25 times `log.tail.cache.bytes`), and batches
+    /// left out since start because no memory under that cap was free (chunks held by
+    /// responses not yet written).
+    pub fn tail_cache_stats(&self) -> TailCacheStats {
         let cache = self.0.tail_cache.borrow();
-        (cache.used_bytes(), cache.chunk_memory_bytes())
+        TailCacheStats {
+            held_bytes: cache.used_bytes(),
+            chunk_bytes: cache.chunk_memory_bytes(),
+            uncached_batches: cache.uncached_batches(),
+        }
     }
 
     /// Reads served from the segment files because the response budget was spent.

@@ -106,6 +106,9 @@ pub(crate) struct TailCache {
     arena: TailArena,
     /// Bytes of cached batches in allocations of their own.
     own_bytes: usize,
+    /// Batches left out because the arena had no memory under its cap for them (chunks held
+    /// by responses not yet written): their partitions' readers went to the files.
+    uncached_batches: u64,
 }
 
 impl TailCache {
@@ -116,6 +119,7 @@ impl TailCache {
             order: VecDeque::new(),
             arena: TailArena::new(budget_bytes),
             own_bytes: 0,
+            uncached_batches: 0,
         }
     }
 
@@ -148,6 +152,7 @@ impl TailCache {
         }
         self.evict_to_fit(len);
         let Some((data, placement)) = self.arena.copy(header, rest, self.own_bytes) else {
+            self.uncached_batches += 1;
             self.remove_all(tail);
             return;
         };
@@ -246,6 +251,11 @@ impl TailCache {
     /// Bytes of arena chunks in existence.
     pub(crate) fn chunk_memory_bytes(&self) -> usize {
         self.arena.chunk_memory_bytes()
+    }
+
+    /// Batches not cached for want of memory under the arena's cap, since start.
+    pub(crate) fn uncached_batches(&self) -> u64 {
+        self.uncached_batches
     }
 }
 

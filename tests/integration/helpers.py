@@ -1229,3 +1229,18 @@ def ended_with_protocol_v2(log_text: str) -> int:
     return sum(1 for line in plain.splitlines()
                if "transaction prepared; writing markers" in line
                and "client_txn_version=2" in line)
+
+
+def prometheus_values(admin_url: str) -> dict:
+    """The broker's /metrics as {name (with labels): value}."""
+    import urllib.request
+
+    with urllib.request.urlopen(admin_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, value = line.rpartition(" ")
+        values[name] = float(value)
+    return values
