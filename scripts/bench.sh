@@ -21,7 +21,9 @@
 #     producers, 4 consumers, publish and end-to-end p50..p99.99 at 50% of the probed max) and
 #     consumers 10 s and 60 s behind a producer at 80% of max catching up, cold reads beside
 #     fio's sequential read (scripts/omb-bench.sh, scripts/lag-bench.sh, issue 17; with
-#     PEER=kafka against Kafka too; each rerunnable alone).
+#     PEER=kafka against Kafka too; each rerunnable alone). How the cost grows with partitions
+#     (1 → 10,000), producer connections (1 → 1,000) and record size (100 B → 64 KiB)
+#     (scripts/scale-bench.sh, the same way).
 #
 # Disk: each produce topic is deleted once measured, so the data directory holds about one
 # run's data at a time (a few GB) plus the fetch step's (~5 GB); the script checks for
@@ -498,12 +500,13 @@ neutral_step() {
     rm -rf "$BENCH_DIR/neutral/data" "$BENCH_DIR/neutral/kafka-data"
 }
 
-# Issue 17: the OpenMessaging-shaped workload and lagging consumers catching up
-# (scripts/omb-bench.sh, scripts/lag-bench.sh), each with its own fresh brokers (and Kafka's
-# with PEER=kafka); each writes its section into $OUT between markers, which the report keeps.
+# Issue 17: the OpenMessaging-shaped workload, lagging consumers catching up and how the cost
+# grows (scripts/omb-bench.sh, scripts/lag-bench.sh, scripts/scale-bench.sh), each with its own
+# fresh brokers (and Kafka's with PEER=kafka); each writes its section into $OUT between
+# markers, which the report keeps.
 omb_lag_steps() {
     local script
-    for script in omb-bench lag-bench; do
+    for script in omb-bench lag-bench scale-bench; do
         say "issue 17: scripts/$script.sh${PEER:+ (PEER=$PEER)}"
         local command=(env SLUICE_BIN="$BIN" BENCH_DIR="$BENCH_DIR/$script" OUT_MD="$OUT" QUICK="$QUICK"
             PEER="$PEER" BENCH_PORT="$PORT" BENCH_ADMIN_PORT="$ADMIN_PORT" PEER_PORT="$PEER_PORT"

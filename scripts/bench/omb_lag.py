@@ -10,6 +10,7 @@ scripts/bench.sh's report keeps.
   omb-summary RESULTS | omb-section RESULTS --out FILE --invocation ... --commit ... --commands
                       FILE --load ... --shape ...
   lag-summary RESULTS | lag-section RESULTS (same options)
+  scale-summary RESULTS | scale-section RESULTS (same options)   scripts/scale-bench.sh
 
 Must never: report a figure no run produced (missing runs show as n/a), or touch a file outside
 the directory it is given to evict.
@@ -26,6 +27,7 @@ from report import replace_section  # noqa: E402
 
 OMB_SECTION = "omb-bench"
 LAG_SECTION = "lag-bench"
+SCALE_SECTION = "scale-bench"
 PERCENTILES = (("p50", "p50"), ("p99", "p99"), ("p99.9", "p99_9"), ("p99.99", "p99_99"),
                ("max", "max"))
 TARGET_NAMES = {
@@ -288,6 +290,92 @@ def lag_section(args):
     replace_section(args.out, LAG_SECTION, "\n".join(lines))
 
 
+# --- how the cost grows --------------------------------------------------------------------
+SCALE_ROWS = (
+    ("base", "base: 16 partitions, 4 connections, 1 KiB"),
+    ("p1", "1 partition"), ("p1000", "1,000 partitions"), ("p10000", "10,000 partitions"),
+    ("c1", "1 producer connection"), ("c100", "100 producer connections"),
+    ("c1000", "1,000 producer connections"),
+    ("r100", "100 B records"), ("r16384", "16 KiB records"), ("r65536", "64 KiB records"),
+)
+
+
+def scale_figures(rows, target, scenario):
+    runs = rows_of(rows, target, scenario)
+    if not runs:
+        return None
+    def cpu_us_per_record(row):
+        doc = row.get("doc", {})
+        if row.get("broker_cpu_s") is None or not doc.get("records"):
+            return None
+        return row["broker_cpu_s"] * 1e6 / doc["records"]
+    return {
+        "mb_s": med([r["doc"].get("mb_per_s") for r in runs]),
+        "rec_s": med([r["doc"].get("records_per_s") for r in runs]),
+        "p50": med([r["doc"].get("latency_ms", {}).get("p50") for r in runs]),
+        "p99": med([r["doc"].get("latency_ms", {}).get("p99") for r in runs]),
+        "cpu_gb": med([cpu_per_gb(r) for r in runs]),
+        "cpu_rec": med([cpu_us_per_record(r) for r in runs]),
+    }
+
+
+def scale_ratio(value, base):
+    return f"{value / base:.2f}" if value is not None and base else "n/a"
+
+
+def scale_summary(rows):
+    lines = []
+    for target in targets_in(rows):
+        for scenario, _ in SCALE_ROWS:
+            f = scale_figures(rows, target, scenario)
+            if f:
+                lines.append(f"{target} {scenario}: {fmt(f['mb_s'])} MB/s, {fmt(f['rec_s'], 0)} "
+                             f"rec/s, p99 {fmt(f['p99'], 2)} ms, {fmt(f['cpu_gb'], 2)} CPU-s/GB")
+    return "\n".join(lines)
+
+
+def scale_section(args):
+    rows = load(args.results)
+    lines = [
+        "## How the cost grows: partitions, producer connections, record size (issue 17)", "",
+        "scripts/scale-bench.sh: durable produce (`sluice bench produce`, closed loop, acks=all) "
+        "moved away from a base workload one dimension at a time; " + args.shape + ". Latency "
+        "is acknowledgement minus record creation (closed loop: it includes the wait for a free "
+        "in-flight slot). Broker CPU is utime + stime of the broker process over the run. "
+        "\"x base\" is the row's figure over the base row's, same broker.", "",
+    ]
+    for target in targets_in(rows):
+        base = scale_figures(rows, target, "base")
+        lines += [f"**{TARGET_NAMES.get(target, target)}**", "",
+                  "| workload | MB/s | records/s | ack p50 / p99 ms | broker CPU-s per GB "
+                  "| CPU-µs per record | MB/s x base | CPU/GB x base |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for scenario, label in SCALE_ROWS:
+            f = scale_figures(rows, target, scenario)
+            if f is None:
+                continue
+            lines.append("| " + " | ".join([
+                label, fmt(f["mb_s"]), fmt(f["rec_s"], 0),
+                f"{fmt(f['p50'], 2)} / {fmt(f['p99'], 2)}", fmt(f["cpu_gb"], 2),
+                fmt(f["cpu_rec"], 2),
+                scale_ratio(f["mb_s"], base and base["mb_s"]),
+                scale_ratio(f["cpu_gb"], base and base["cpu_gb"])]) + " |")
+        lines.append("")
+    sluice = {s: scale_figures(rows, "sluice", s) for s, _ in SCALE_ROWS}
+    for peer in ("kafka", "kafka_flush1"):
+        pairs = []
+        for scenario, label in SCALE_ROWS:
+            other = scale_figures(rows, peer, scenario)
+            mine = sluice.get(scenario)
+            if other and mine and other["mb_s"]:
+                pairs.append(f"{label} {mine['mb_s'] / other['mb_s']:.2f}x")
+        if pairs:
+            lines += [f"Sluice's MB/s over {TARGET_NAMES[peer]}'s: " + ", ".join(pairs) + ".", ""]
+    common_footer(args, lines)
+    replace_section(args.out, SCALE_SECTION, "\n".join(lines))
+
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__, file=sys.stderr)
@@ -297,16 +385,19 @@ def main():
         cmd_add(argv)
     elif command == "evict":
         cmd_evict(argv)
-    elif command in ("omb-summary", "lag-summary"):
+    elif command in ("omb-summary", "lag-summary", "scale-summary"):
         rows = load(argv[0])
-        print(omb_summary(rows) if command == "omb-summary" else lag_summary(rows))
-    elif command in ("omb-section", "lag-section"):
+        summary = {"omb-summary": omb_summary, "lag-summary": lag_summary,
+                   "scale-summary": scale_summary}[command]
+        print(summary(rows))
+    elif command in ("omb-section", "lag-section", "scale-section"):
         p = argparse.ArgumentParser(prog=f"omb_lag.py {command}")
         p.add_argument("results")
         for option in ("--out", "--invocation", "--commit", "--commands", "--load", "--shape"):
             p.add_argument(option, required=True)
         args = p.parse_args(argv)
-        (omb_section if command == "omb-section" else lag_section)(args)
+        {"omb-section": omb_section, "lag-section": lag_section,
+         "scale-section": scale_section}[command](args)
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

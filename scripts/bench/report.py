@@ -488,7 +488,7 @@ def write_report(rows, meta, out_path, fetch=None):
 # Sections other scripts write into the same file between these markers
 # (scripts/chaos.sh runs, scripts/idle-conns-bench.sh, scripts/fuzz.sh runs,
 # scripts/txn-bench.sh, scripts/bench/neutral-clients.sh, scripts/omb-bench.sh,
-# scripts/lag-bench.sh); a rewrite of the report keeps them as they are.
+# scripts/lag-bench.sh, scripts/scale-bench.sh); a rewrite of the report keeps them as they are.
 def section_markers(name):
     """The begin and end markers of the section NAME."""
     return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
@@ -497,7 +497,7 @@ def section_markers(name):
 KEPT_SECTIONS = tuple(section_markers(name)
                       for name in ("chaos", "cluster", "idle-conns-bench", "fuzzing", "cleaner",
                                    "txn-bench", "security-bench", "neutral-clients",
-                                   "omb-bench", "lag-bench"))
+                                   "omb-bench", "lag-bench", "scale-bench"))
 
 
 def replace_section(path, name, body):

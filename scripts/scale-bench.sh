@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# How the cost of durable produce grows (issue 17; a benchmark, not a timed test): one
+# dimension at a time away from a base workload (16 partitions, 4 producer connections, 1 KiB
+# records, acks=all, bench.sh's batching): partitions 1 → 1,000 → 10,000, producer connections
+# 1 → 100 → 1,000, record size 100 B → 16 KiB → 64 KiB. Each row is `sluice bench produce`
+# (closed loop) for DURATION_S against a fresh broker per target, the topic deleted after it;
+# the report gives MB/s, records/s, acknowledgement p50/p99, broker CPU-seconds per GB and
+# CPU-microseconds per record, and each as a ratio to the base row, for Sluice and (PEER=kafka)
+# Apache Kafka at its defaults and with flush.messages=1.
+#
+# Usage: scripts/scale-bench.sh                RUNS=1, DURATION_S=8
+#        QUICK=1 scripts/scale-bench.sh        DURATION_S=4, no 10,000-partition or
+#                                              1,000-connection rows
+#        PEER=kafka scripts/scale-bench.sh     also Apache Kafka (scripts/kafka-peer.sh)
+# Env:   RUNS  DURATION_S  SCENARIOS (names from the list below)  SLUICE_BIN  SLUICE_OVERRIDES
+#        BENCH_DIR (bench-out/scale; wiped first)  OUT_MD (BENCHMARKS.md; empty: no section)
+#        BENCH_PORT / BENCH_ADMIN_PORT / PEER_PORT (41992 / 42544 / 42092)  KAFKA_HOME
+# Results go into the "How the cost grows" section of OUT_MD between its markers (appended
+# otherwise); scripts/bench.sh runs this script as one of its steps and keeps the section.
+# Must never: signal a process it did not start, or report a figure a run did not produce.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+HELPERS="$ROOT/scripts/bench"
+
+QUICK="${QUICK:-0}"
+RUNS="${RUNS:-1}"
+if [[ "$QUICK" == 1 ]]; then
+    DURATION_S="${DURATION_S:-4}"
+    SCENARIOS="${SCENARIOS:-base p1 p1000 c1 c100 r100 r65536}"
+else
+    DURATION_S="${DURATION_S:-8}"
+    SCENARIOS="${SCENARIOS:-base p1 p1000 p10000 c1 c100 c1000 r100 r16384 r65536}"
+fi
+BENCH_DIR="${BENCH_DIR:-$ROOT/bench-out/scale}"
+OUT_MD="${OUT_MD-$ROOT/BENCHMARKS.md}"
+PORT="${BENCH_PORT:-41992}"
+ADMIN_PORT="${BENCH_ADMIN_PORT:-42544}"
+PEER_PORT="${PEER_PORT:-42092}"
+PEER="${PEER:-}"
+BIN="${SLUICE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/sluice}"
+RESULTS="$BENCH_DIR/results.jsonl"
+COMMANDS="$BENCH_DIR/commands.txt"
+CLK_TCK="$(getconf CLK_TCK)"
+PREFIX="scale$(date +%s)"
+INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; printf 'RUNS=%s DURATION_S=%s scripts/scale-bench.sh' "$RUNS" "$DURATION_S"; } )"
+BASE_FLAGS="--acks all --in-flight 5 --batch-bytes 262144 --linger-ms 5"
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+die() { echo "scale-bench.sh: $*" >&2; exit 1; }
+
+# scenario_flags NAME: partitions, connections and record size of one row (base: 16, 4, 1 KiB).
+scenario_flags() {
+    local partitions=16 connections=4 record=1024
+    case "$1" in
+        base) ;;
+        p*) partitions="${1#p}" ;;
+        c*) connections="${1#c}" ;;
+        r*) record="${1#r}" ;;
+        *) die "unknown scenario $1" ;;
+    esac
+    printf -- '--partitions %s --connections %s --record-size %s' "$partitions" "$connections" "$record"
+}
+
+if [[ ! -x "$BIN" ]]; then
+    say "building sluice (release)"
+    cargo build --release --bin sluice >&2
+fi
+[[ -x "$BIN" ]] || die "no sluice binary at $BIN"
+# shellcheck source=bench/lib.sh
+source "$HELPERS/lib.sh"
+# shellcheck source=bench/targets.sh
+source "$HELPERS/targets.sh"
+target_ports_free_or_die
+fresh_bench_dir
+trap target_stop EXIT
+# 1,000 producer connections and 10,000 partitions' files need descriptors.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+START_S=$SECONDS
+mapfile -t TARGETS < <(targets)
+for target in "${TARGETS[@]}"; do
+    say "[$target] fresh broker"
+    target_start "$target" || die "$target did not start"
+    for scenario in $SCENARIOS; do
+        for run in $(seq "$RUNS"); do
+            topic="$PREFIX-$target-$scenario-r$run"
+            # shellcheck disable=SC2206
+            flags=($BASE_FLAGS $(scenario_flags "$scenario"))
+            say "[$target] $scenario run $run: ${flags[*]}, ${DURATION_S}s"
+            base="$BENCH_DIR/$target-$scenario-$run"
+            command=("$BIN" bench produce --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0
+                "${flags[@]}" --topic "$topic" --duration "${DURATION_S}s")
+            record_command "$scenario" "${command[@]}"
+            before="$(cpu_ticks "$TARGET_PID")"
+            if "${command[@]}" >"$base.json" 2>"$base.err"; then
+                after="$(cpu_ticks "$TARGET_PID")"
+                python3 "$HELPERS/omb_lag.py" add "$RESULTS" "$target" "$scenario" "$run" "$base.json" \
+                    "broker_cpu_s=$(python3 -c "print(($after - $before) / $CLK_TCK)")"
+            else
+                echo "   [$target] $scenario run $run failed: $(tail -1 "$base.err")" >&2
+            fi
+            "$BIN" topics delete --bootstrap "$TARGET_ADDR" "$topic" >/dev/null 2>&1 \
+                || echo "   could not delete topic $topic" >&2
+        done
+    done
+    target_stop
+done
+say "measured in $((SECONDS - START_S)) s (raw results: ${RESULTS#"$ROOT"/})"
+python3 "$HELPERS/omb_lag.py" scale-summary "$RESULTS" >&2
+if [[ -n "$OUT_MD" ]]; then
+    python3 "$HELPERS/omb_lag.py" scale-section "$RESULTS" --out "$OUT_MD" --invocation "$INVOCATION" \
+        --commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+        --commands "$COMMANDS" --load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+        --shape "base: 16 partitions, 4 connections, 1 KiB records; flags $BASE_FLAGS; ${DURATION_S}s per row, $RUNS run(s)"
+    say "wrote the scaling section into ${OUT_MD#"$ROOT"/}"
+fi
