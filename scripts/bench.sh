@@ -517,7 +517,37 @@ omb_lag_steps() {
         fi
         grep -E '^(sluice|kafka|fio)' "$BENCH_DIR/$script.log" | sed 's/^/   /' >&2 || true
         rm -rf "$BENCH_DIR/$script/data" "$BENCH_DIR/$script/kafka-data"
+        if [[ "$script" == omb-bench && "$PEER" == kafka ]]; then
+            omb_common_rate_step
+        fi
     done
+}
+
+# The OMB-shaped workload again with every broker at one rate: half of Kafka's (defaults)
+# probed max from the step before, so latencies compare at the same offered load.
+omb_common_rate_step() {
+    local rate
+    rate="$(python3 - "$BENCH_DIR/omb-bench/results.jsonl" <<'PY' 2>/dev/null
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+maxes = [r["doc"]["records_per_s"] for r in rows if r["target"] == "kafka" and r["scenario"] == "probe"]
+print(int(statistics.median(maxes) * 0.5))
+PY
+)" || true
+    if [[ -z "$rate" ]]; then
+        echo "   omb-bench at a common rate: no Kafka probe to take the rate from" >&2
+        return 0
+    fi
+    say "issue 17: scripts/omb-bench.sh with every broker at $rate records/s (half Kafka's max)"
+    local command=(env SLUICE_BIN="$BIN" BENCH_DIR="$BENCH_DIR/omb-common" OUT_MD="$OUT" QUICK="$QUICK"
+        PEER="$PEER" RATE="$rate" BENCH_PORT="$PORT" BENCH_ADMIN_PORT="$ADMIN_PORT" PEER_PORT="$PEER_PORT"
+        scripts/omb-bench.sh)
+    record_command omb-bench-common-rate "${command[@]}"
+    if ! "${command[@]}" >"$BENCH_DIR/omb-common.log" 2>&1; then
+        echo "   omb-bench at a common rate failed: $(tail -3 "$BENCH_DIR/omb-common.log")" >&2
+    fi
+    grep -E '^(sluice|kafka)' "$BENCH_DIR/omb-common.log" | sed 's/^/   /' >&2 || true
+    rm -rf "$BENCH_DIR/omb-common/data" "$BENCH_DIR/omb-common/kafka-data"
 }
 
 # --- the report ----------------------------------------------------------------------------

@@ -10,13 +10,15 @@
 # Per target and run: `sluice bench produce` for PROBE_S (closed loop, the max), then
 # `sluice bench e2e --rate <fraction of that max>` for DURATION_S. Unlike OMB there is no warm-up
 # phase: the first seconds count. Medians of RUNS runs go into the "OpenMessaging-shaped
-# workload" section of OUT_MD between its markers (appended otherwise); scripts/bench.sh runs
+# workload" section of OUT_MD between its markers (appended otherwise; with RATE, a section of
+# its own); scripts/bench.sh runs
 # this script as one of its steps and keeps the section when it rewrites the file.
 #
 # Usage: scripts/omb-bench.sh                  RUNS=1, PROBE_S=10, DURATION_S=60
 #        QUICK=1 scripts/omb-bench.sh          PROBE_S=5, DURATION_S=10
 #        PEER=kafka scripts/omb-bench.sh       also Apache Kafka (scripts/kafka-peer.sh)
-# Env:   RUNS  PROBE_S  DURATION_S  RATE_FRACTION (0.5)  PARTITIONS (100)  PRODUCERS (4)
+# Env:   RUNS  PROBE_S  DURATION_S  RATE_FRACTION (0.5)  RATE (records/s: every broker at this
+#        one rate instead of a fraction of its own max; the probe still runs)  PARTITIONS (100)  PRODUCERS (4)
 #        CONSUMERS (4)  FLAGS (producer flags without --connections; default 1 KiB, acks=all,
 #        bench.sh's batching)  SLUICE_BIN  BENCH_DIR (bench-out/omb; wiped first)
 #        OUT_MD (BENCHMARKS.md; empty: no section)  BENCH_PORT / BENCH_ADMIN_PORT / PEER_PORT
@@ -54,7 +56,7 @@ RESULTS="$BENCH_DIR/results.jsonl"
 COMMANDS="$BENCH_DIR/commands.txt"
 CLK_TCK="$(getconf CLK_TCK)"
 PREFIX="omb$(date +%s)"
-INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; printf 'RUNS=%s PROBE_S=%s DURATION_S=%s scripts/omb-bench.sh' "$RUNS" "$PROBE_S" "$DURATION_S"; } )"
+INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; [[ -n "${RATE:-}" ]] && printf 'RATE=%s ' "$RATE"; printf 'RUNS=%s PROBE_S=%s DURATION_S=%s scripts/omb-bench.sh' "$RUNS" "$PROBE_S" "$DURATION_S"; } )"
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 die() { echo "omb-bench.sh: $*" >&2; exit 1; }
@@ -109,7 +111,7 @@ for target in "${TARGETS[@]}"; do
             --partitions "$PARTITIONS" --duration "${PROBE_S}s"; then
             drop_topic "$topic"
             max="$(python3 -c "import json; print(json.load(open('$BENCH_DIR/$target-probe-$run.json'))['records_per_s'])")"
-            rate="$(python3 -c "print(max(1000, int($max * $RATE_FRACTION)))")"
+            rate="${RATE:-$(python3 -c "print(max(1000, int($max * $RATE_FRACTION)))")}"
             say "[$target] run $run: e2e at $rate records/s ($RATE_FRACTION of $max), $CONSUMERS consumers, ${DURATION_S}s"
             topic="$PREFIX-$target-e2e-r$run"
             measure "$target" e2e "$run" e2e "${flags[@]}" --topic "$topic" --partitions "$PARTITIONS" \
@@ -125,8 +127,9 @@ say "measured in $((SECONDS - START_S)) s (raw results: ${RESULTS#"$ROOT"/})"
 python3 "$HELPERS/omb_lag.py" omb-summary "$RESULTS" >&2
 if [[ -n "$OUT_MD" ]]; then
     python3 "$HELPERS/omb_lag.py" omb-section "$RESULTS" --out "$OUT_MD" --invocation "$INVOCATION" \
+        --section "omb-bench${RATE:+-common-rate}" \
         --commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
         --commands "$COMMANDS" --load "$(cut -d' ' -f1-3 /proc/loadavg)" \
-        --shape "$PARTITIONS partitions, $PRODUCERS producers, $CONSUMERS consumers, rate $RATE_FRACTION of the probed max, probe ${PROBE_S}s, e2e ${DURATION_S}s, $RUNS run(s), flags: $FLAGS"
+        --shape "$PARTITIONS partitions, $PRODUCERS producers, $CONSUMERS consumers, rate ${RATE:+$RATE records/s for every broker (RATE), not }$RATE_FRACTION of the probed max, probe ${PROBE_S}s, e2e ${DURATION_S}s, $RUNS run(s), flags: $FLAGS"
     say "wrote the OpenMessaging-shaped section into ${OUT_MD#"$ROOT"/}"
 fi

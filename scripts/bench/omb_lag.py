@@ -157,8 +157,10 @@ def common_footer(args, lines):
 
 def omb_section(args):
     rows = load(args.results)
+    common = args.section != OMB_SECTION
     lines = [
-        "## OpenMessaging-shaped workload (issue 17)", "",
+        "## OpenMessaging-shaped workload" + (", every broker at one rate" if common else "")
+        + " (issue 17)", "",
         "scripts/omb-bench.sh: one topic, " + args.shape + ". The probe is `sluice bench "
         "produce` with the same producers (closed loop); the measured run is `sluice bench e2e` "
         "at the fixed open-loop rate, latencies from each record's intended send time: publish = "
@@ -191,7 +193,7 @@ def omb_section(args):
             lines += ["", f"Sluice's latency as a multiple of {TARGET_NAMES[peer]}'s (below 1 "
                       f"is better; each at its own rate): " + ", ".join(ratios) + "."]
     common_footer(args, lines)
-    replace_section(args.out, OMB_SECTION, "\n".join(lines))
+    replace_section(args.out, args.section, "\n".join(lines))
 
 
 # --- lagging consumers ---------------------------------------------------------------------
@@ -395,6 +397,8 @@ def main():
         p.add_argument("results")
         for option in ("--out", "--invocation", "--commit", "--commands", "--load", "--shape"):
             p.add_argument(option, required=True)
+        p.add_argument("--section", default=OMB_SECTION,
+                       help="omb-section only: the markers' name (a common-rate run keeps its own)")
         args = p.parse_args(argv)
         {"omb-section": omb_section, "lag-section": lag_section,
          "scale-section": scale_section}[command](args)

@@ -497,7 +497,8 @@ def section_markers(name):
 KEPT_SECTIONS = tuple(section_markers(name)
                       for name in ("chaos", "cluster", "idle-conns-bench", "fuzzing", "cleaner",
                                    "txn-bench", "security-bench", "neutral-clients",
-                                   "omb-bench", "lag-bench", "scale-bench"))
+                                   "omb-bench", "omb-bench-common-rate", "lag-bench",
+                                   "scale-bench"))
 
 
 def replace_section(path, name, body):
