@@ -281,6 +281,19 @@ client_workloads() { # TARGET_LABEL ADDR
                 --partitions 16 --rate "$rate" --duration "${DURATION_S}s"
             drop_topic "$addr" "$PREFIX-$target-e2e-r$run"
         done
+        # The same with linger.ms 0: what is left is the broker's part (a record no longer
+        # waits up to 5 ms in the client for its batch to fill).
+        local no_linger=() skip=0 flag
+        for flag in "${flags[@]}"; do
+            if (( skip )); then skip=0; continue; fi
+            if [[ "$flag" == --linger-ms ]]; then skip=1; continue; fi
+            no_linger+=("$flag")
+        done
+        for run in $(seq "$RUNS"); do
+            bench "$target" "$addr" e2e_l0 "$run" e2e "${no_linger[@]}" --linger-ms 0 \
+                --topic "$PREFIX-$target-e2e-l0-r$run" --partitions 16 --rate "$rate" --duration "${DURATION_S}s"
+            drop_topic "$addr" "$PREFIX-$target-e2e-l0-r$run"
+        done
         BENCH_EXTRA=()
     fi
 
