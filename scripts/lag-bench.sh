@@ -108,6 +108,29 @@ drop_topic() {
 }
 free_gb() { df -Pk "$BENCH_DIR" | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
 
+# disk_mixed RATE: what the disk reads while it writes at the producer's rate (RATE records of
+# 1 KiB per second, O_DIRECT 1 MiB writes with an fdatasync every 16 MiB, the broker's pattern)
+# for FIO_S: the most a consumer that must read the disk (one further behind than the tail cache
+# holds) could read while the producer keeps its rate. Below the producer's rate, it can never
+# catch up from the disk on this machine.
+disk_mixed() {
+    local write_mb_s
+    write_mb_s="$(python3 -c "print(max(1, int($1 * 1024 / 1e6)))")"
+    say "disk while writing: fio writes ${write_mb_s} MB/s (the producer's rate) and reads sequentially beside it, ${FIO_S}s"
+    mkdir -p "$BENCH_DIR/fio"
+    local mixed=(fio --directory="$BENCH_DIR/fio" --bs=1M --direct=1 --ioengine=psync
+        --runtime="$FIO_S" --time_based --output-format=json
+        --name=writer --rw=write --size=4096M --fdatasync=16 --rate="${write_mb_s}m"
+        --name=reader --rw=read --size="${FIO_READ_MB}M")
+    record_command fio_mixed "${mixed[@]}"
+    if "${mixed[@]}" >"$BENCH_DIR/fio-mixed.json" 2>"$BENCH_DIR/fio-mixed.err"; then
+        add_row machine fio_mixed 1 "$BENCH_DIR/fio-mixed.json" "target_write_mb_s=$write_mb_s"
+    else
+        echo "   fio (mixed) failed: $(tail -1 "$BENCH_DIR/fio-mixed.err")" >&2
+    fi
+    rm -rf "$BENCH_DIR/fio"
+}
+
 START_S=$SECONDS
 say "disk limit: fio O_DIRECT sequential read, 1 MiB blocks, ${FIO_READ_MB} MiB file, ${FIO_S}s, on ${BENCH_DIR#"$ROOT"/}'s filesystem"
 mkdir -p "$BENCH_DIR/fio"
@@ -149,6 +172,9 @@ for target in "${TARGETS[@]}"; do
     max="$(python3 -c "import json; print(json.load(open('$BENCH_DIR/$target-probe.json'))['records_per_s'])")"
     rate="$(python3 -c "print(max(1000, int($max * $RATE_FRACTION)))")"
     caught_up=$(( rate / 10 ))
+    if [[ "$target" == sluice ]]; then
+        disk_mixed "$rate"
+    fi
     for lag in $LAGS_S; do
         limit="${CATCHUP_LIMIT_S:-$(( lag * 2 > LIMIT_MIN_S ? lag * 2 : LIMIT_MIN_S ))}"
         # Seconds of production the disk holds beyond DISK_RESERVE_GB: the catch-up limit is

@@ -49,6 +49,10 @@ def cmd_add(argv):
             read = doc["jobs"][0]["read"]
             row["mb_per_s"] = read["bw_bytes"] / 1e6
             row["bytes"] = read["io_bytes"]
+        elif scenario == "fio_mixed":
+            jobs = {job["jobname"]: job for job in doc["jobs"]}
+            row["write_mb_per_s"] = jobs["writer"]["write"]["bw_bytes"] / 1e6
+            row["mb_per_s"] = jobs["reader"]["read"]["bw_bytes"] / 1e6
         else:
             row["doc"] = doc
     for item in argv[5:]:
@@ -231,6 +235,22 @@ def lag_summary(rows):
     return "\n".join(lines)
 
 
+def mixed_sentence(rows):
+    mixed = rows_of(rows, "machine", "fio_mixed")
+    if not mixed:
+        return None
+    m = mixed[0]
+    target = m.get("target_write_mb_s") or 0
+    verdict = ("below it: a consumer that has to read the disk (further behind than the tail "
+               "cache holds) cannot catch up while the producer keeps its rate on this disk"
+               if m["mb_per_s"] < target else
+               "above it: a consumer reading the disk can catch up, slowly")
+    return (f"The disk while writing at Sluice's producer rate (fio, O_DIRECT 1 MiB writes with "
+            f"an fdatasync every 16 MiB, rate-limited to {target:,.0f} MB/s; it wrote "
+            f"{m['write_mb_per_s']:,.1f} MB/s) read **{m['mb_per_s']:,.1f} MB/s** beside it: "
+            f"{verdict}.")
+
+
 def lag_section(args):
     rows = load(args.results)
     qd1, qd16, fio = fio_limits(rows)
@@ -289,6 +309,9 @@ def lag_section(args):
                     f"{c['produce_records_per_s']:,.0f} rec/s ({fmt(100 * held if held else None, 0)}%) | "
                     f"{fmt(cold)} MB/s | "
                     f"{fmt(ratio, 2)} | {', '.join(met)} |")
+    sentence = mixed_sentence(rows)
+    if sentence:
+        lines += ["", sentence]
     common_footer(args, lines)
     replace_section(args.out, LAG_SECTION, "\n".join(lines))
 
