@@ -1058,12 +1058,16 @@ mod tests {
     #[test]
     fn the_tail_cache_defaults_to_half_the_memory_split_over_the_shards() {
         assert_eq!(tail_cache_auto_bytes(Some(24 << 30), 2), 6 << 30);
-        assert_eq!(tail_cache_auto_bytes(Some(24 << 30), 0), 12 << 30, "never divides by 0");
+        assert_eq!(
+            tail_cache_auto_bytes(Some(24 << 30), 0),
+            12 << 30,
+            "never divides by 0"
+        );
         assert_eq!(tail_cache_auto_bytes(None, 2), 64 << 20, "nothing known");
         let overrides = vec!["num.shards=3".to_string()];
         let config = load(None, &overrides, &[]).unwrap();
-        let expected = crate::memory_limit::limit_bytes()
-            .map_or(64 << 20, |bytes| (bytes / 2 / 3) as usize);
+        let expected =
+            crate::memory_limit::limit_bytes().map_or(64 << 20, |bytes| (bytes / 2 / 3) as usize);
         assert_eq!(config.tail_cache_bytes, expected);
     }
 
@@ -1084,7 +1088,11 @@ mod tests {
             "empty: at most 256 MiB"
         );
         assert_eq!(
-            config(&["log.tail.cache.bytes=1000", "fetch.response.cache.bytes.max=0"]).ok(),
+            config(&[
+                "log.tail.cache.bytes=1000",
+                "fetch.response.cache.bytes.max=0"
+            ])
+            .ok(),
             Some((1000, 0)),
             "0: tail data always from the files"
         );

@@ -25,9 +25,10 @@ fn limit_from(root: &Path) -> Option<u64> {
     let cgroup_v2 = std::fs::read_to_string(root.join("sys/fs/cgroup/memory.max"))
         .ok()
         .and_then(|text| cgroup_bytes(&text));
-    let cgroup_v1 = std::fs::read_to_string(root.join("sys/fs/cgroup/memory/memory.limit_in_bytes"))
-        .ok()
-        .and_then(|text| cgroup_bytes(&text));
+    let cgroup_v1 =
+        std::fs::read_to_string(root.join("sys/fs/cgroup/memory/memory.limit_in_bytes"))
+            .ok()
+            .and_then(|text| cgroup_bytes(&text));
     [machine, cgroup_v2, cgroup_v1].into_iter().flatten().min()
 }
 
@@ -76,7 +77,11 @@ mod tests {
         std::fs::write(root.join("sys/fs/cgroup/memory.max"), "max\n").unwrap();
         assert_eq!(limit_from(&root), Some(8 << 30), "no cgroup limit");
         std::fs::write(root.join("sys/fs/cgroup/memory.max"), "2147483648\n").unwrap();
-        assert_eq!(limit_from(&root), Some(2 << 30), "the cgroup's limit is lower");
+        assert_eq!(
+            limit_from(&root),
+            Some(2 << 30),
+            "the cgroup's limit is lower"
+        );
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(limit_from(&root), None, "nothing to read");
     }

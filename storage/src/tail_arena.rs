@@ -98,7 +98,10 @@ impl TailArena {
             let Some(chunk) = self.current.as_mut() else {
                 unreachable!("make_room leaves a current chunk with room");
             };
-            debug_assert!(chunk.is_empty(), "every batch is split off as it is written");
+            debug_assert!(
+                chunk.is_empty(),
+                "every batch is split off as it is written"
+            );
             chunk.extend_from_slice(header);
             chunk.extend_from_slice(rest);
             self.chunked_batches += 1;
@@ -232,7 +235,9 @@ mod tests {
     fn a_chunk_is_reused_only_once_every_view_is_gone() {
         let mut arena = TailArena::new(BUDGET);
         let quarter = CHUNK_MIN_BYTES / 4;
-        let first: Vec<Bytes> = (0..4).map(|_| chunk(&mut arena, &[], &vec![7; quarter])).collect();
+        let first: Vec<Bytes> = (0..4)
+            .map(|_| chunk(&mut arena, &[], &vec![7; quarter]))
+            .collect();
         let first_chunk = first[0].as_ptr() as usize;
         // The next batch retires the full chunk; a view is still alive, so a new chunk is made.
         let held = first[1].clone();
@@ -240,7 +245,11 @@ mod tests {
         let second = chunk(&mut arena, &[], &[9; 100]);
         assert_ne!(second.as_ptr() as usize, first_chunk);
         assert_eq!(arena.chunk_memory_bytes(), 2 * CHUNK_MIN_BYTES);
-        assert_eq!(&held[..], &vec![7; quarter][..], "a held view never changes");
+        assert_eq!(
+            &held[..],
+            &vec![7; quarter][..],
+            "a held view never changes"
+        );
         // Fill the second chunk; with the held view dropped the first one comes back.
         drop(held);
         let rest: Vec<Bytes> = (0..3)
@@ -249,7 +258,11 @@ mod tests {
         // The second chunk has less than a quarter left: this batch retires it and takes the
         // first chunk back.
         let reused = chunk(&mut arena, &[], &vec![5; quarter]);
-        assert_eq!(reused.as_ptr() as usize, first_chunk, "the free chunk is reused");
+        assert_eq!(
+            reused.as_ptr() as usize,
+            first_chunk,
+            "the free chunk is reused"
+        );
         assert_eq!(arena.chunk_memory_bytes(), 2 * CHUNK_MIN_BYTES);
         assert!(rest.iter().all(|view| view.iter().all(|&byte| byte == 8)));
         assert_eq!(&second[..], &[9; 100][..]);
@@ -280,7 +293,9 @@ mod tests {
             arena.memory_cap_bytes - CHUNK_MIN_BYTES
         );
         assert!(
-            arena.copy(&[], &vec![4; CHUNK_MIN_BYTES], big.len()).is_none(),
+            arena
+                .copy(&[], &vec![4; CHUNK_MIN_BYTES], big.len())
+                .is_none(),
             "the own bytes still held count against the cap"
         );
         assert!(kept.iter().all(|view| view.iter().all(|&byte| byte == 1)));
@@ -292,12 +307,18 @@ mod tests {
         let (big, placement) = arena
             .copy(&[1; 61], &vec![2; CHUNK_MIN_BYTES / 4], 0)
             .expect("room under the cap");
-        assert_eq!((big.len(), placement), (61 + CHUNK_MIN_BYTES / 4, Placement::Own));
+        assert_eq!(
+            (big.len(), placement),
+            (61 + CHUNK_MIN_BYTES / 4, Placement::Own)
+        );
         assert_eq!((arena.chunked_batches, arena.own_batches), (0, 1));
         let mut tiny = TailArena::new(300);
         let (view, placement) = tiny.copy(&[1; 61], &[2; 39], 0).expect("fits the budget");
         assert_eq!((view.len(), placement), (100, Placement::Own));
-        assert!(tiny.copy(&[1; 61], &[2; 39], 250).is_none(), "over the budget");
+        assert!(
+            tiny.copy(&[1; 61], &[2; 39], 250).is_none(),
+            "over the budget"
+        );
         assert_eq!(tiny.chunk_memory_bytes(), 0);
     }
 }

@@ -123,11 +123,23 @@ def run_java_facts(classpath: str, main: str, *args, timeout=180) -> dict:
     return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
 
 
+# Ports free_port handed out in this process: a port is picked, released, and bound later by a
+# broker, so until then the kernel may hand the same one out again (a three-node cluster's
+# node-1 listener and node-3 admin listener once got the same port).
+_HANDED_OUT_PORTS: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that was free a moment ago (the kernel picked it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port on `host` that was free a moment ago (the kernel picked it), never one this
+    process handed out before."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT_PORTS:
+            _HANDED_OUT_PORTS.add(port)
+            return port
+    raise RuntimeError("no fresh free port in 100 tries")
 
 
 def unique_topic(prefix: str = "t") -> str:
