@@ -5,13 +5,23 @@
 # per run and the medians: MB/s, produce p99 ms, and broker CPU-seconds per GB moved.
 #
 # Usage: scripts/ab-bench.sh BIN_BEFORE BIN_AFTER [ROUNDS]     (ROUNDS default 3)
-# Env:   DURATION (default 8s), AB_DIR (default bench-out/ab), AB_PORT (default 43092)
+# Env:   DURATION (default 8s; whole seconds), AB_DIR (default bench-out/ab), AB_PORT (default 43092)
 set -euo pipefail
 BEFORE="${1:?BIN_BEFORE}"; AFTER="${2:?BIN_AFTER}"; ROUNDS="${3:-3}"
 DURATION="${DURATION:-8s}"
 DIR="${AB_DIR:-bench-out/ab}"
 PORT="${AB_PORT:-43092}"
 mkdir -p "$DIR"
+# Each broker run keeps its two produce topics until it ends: at this machine's ~1.5 GB/s that
+# is up to 3 GB per second of DURATION. A full disk stalls the broker mid-run (and, here, once
+# left the shell unable to write its own job files): refuse to start without room.
+duration_s="${DURATION%s}"
+need_gb=$(( duration_s * 3 + 4 ))
+free_gb="$(df -Pk "$DIR" | awk 'NR == 2 { printf "%d", $4 / 1048576 }')"
+if (( free_gb < need_gb )); then
+    echo "ab-bench.sh: DURATION=$DURATION needs about $need_gb GB free under $DIR, $free_gb GB are" >&2
+    exit 1
+fi
 ROWS="$DIR/rows.tsv"
 : > "$ROWS"
 
