@@ -235,6 +235,8 @@ median() { python3 "$HELPERS/report.py" median "$RESULTS" "$@"; }
 # at a time (a full suite would otherwise write tens of GB).
 drop_topic() {
     "$BIN" topics delete --bootstrap "$1" "$2" >/dev/null 2>&1 || echo "   could not delete topic $2" >&2
+    sleep 0.5
+    reap_deleted_topics "$BENCH_DIR/kafka-data"
 }
 
 # --- the client workloads (run against Sluice and, with BOOTSTRAP, another broker) ---------

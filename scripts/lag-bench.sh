@@ -105,6 +105,8 @@ add_row() { # TARGET SCENARIO RUN JSON [key=value...]
 }
 drop_topic() {
     "$BIN" topics delete --bootstrap "$TARGET_ADDR" "$1" >/dev/null 2>&1 || echo "   could not delete topic $1" >&2
+    sleep 0.5
+    reap_deleted_topics "$BENCH_DIR/kafka-data"
 }
 free_gb() { df -Pk "$BENCH_DIR" | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
 

@@ -97,6 +97,8 @@ measure() {
 
 drop_topic() {
     "$BIN" topics delete --bootstrap "$TARGET_ADDR" "$1" >/dev/null 2>&1 || echo "   could not delete topic $1" >&2
+    sleep 0.5
+    reap_deleted_topics "$BENCH_DIR/kafka-data"
 }
 
 START_S=$SECONDS

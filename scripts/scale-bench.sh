@@ -103,6 +103,8 @@ for target in "${TARGETS[@]}"; do
             fi
             "$BIN" topics delete --bootstrap "$TARGET_ADDR" "$topic" >/dev/null 2>&1 \
                 || echo "   could not delete topic $topic" >&2
+            sleep 0.5
+            reap_deleted_topics "$BENCH_DIR/kafka-data"
         done
     done
     target_stop

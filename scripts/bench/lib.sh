@@ -56,3 +56,13 @@ record_command() {
     line="${line//$ROOT\//}"
     printf '# %s\n%s\n' "$scenario" "$line" >>"$COMMANDS"
 }
+
+# reap_deleted_topics DIR: removes the directories Apache Kafka renamed to *-delete under DIR,
+# the data directory of a peer this script started. Kafka 4.1 kept a deleted topic's logs long
+# past file.delete.delay.ms here, and at ~1 GB/s they filled the disk within a minute; the
+# benchmarks delete each topic once measured, so its bytes can go at once. Nothing else is
+# touched: no-op when DIR does not exist.
+reap_deleted_topics() {
+    [[ -d "$1" ]] || return 0
+    find "$1" -mindepth 1 -maxdepth 1 -type d -name '*-delete' -exec rm -rf {} + 2>/dev/null || true
+}
