@@ -59,10 +59,13 @@ record_command() {
 
 # reap_deleted_topics DIR: removes the directories Apache Kafka renamed to *-delete under DIR,
 # the data directory of a peer this script started. Kafka 4.1 kept a deleted topic's logs long
-# past file.delete.delay.ms here, and at ~1 GB/s they filled the disk within a minute; the
-# benchmarks delete each topic once measured, so its bytes can go at once. Nothing else is
-# touched: no-op when DIR does not exist.
+# past file.delete.delay.ms here (with the files still open), and at ~1 GB/s they filled the
+# disk within a minute; the benchmarks delete each topic once measured, so its bytes can go at
+# once. Nothing else is touched: no-op when DIR does not exist.
 reap_deleted_topics() {
     [[ -d "$1" ]] || return 0
+    # Truncated first: Kafka still holds the files open, and an unlinked open file keeps its
+    # blocks until it is closed; a truncated one gives them back at once.
+    find "$1" -mindepth 2 -maxdepth 2 -path '*-delete/*' -type f -exec truncate -s 0 {} + 2>/dev/null || true
     find "$1" -mindepth 1 -maxdepth 1 -type d -name '*-delete' -exec rm -rf {} + 2>/dev/null || true
 }
