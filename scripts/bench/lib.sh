@@ -64,8 +64,11 @@ record_command() {
 # once. Nothing else is touched: no-op when DIR does not exist.
 reap_deleted_topics() {
     [[ -d "$1" ]] || return 0
-    # Truncated first: Kafka still holds the files open, and an unlinked open file keeps its
-    # blocks until it is closed; a truncated one gives them back at once.
-    find "$1" -mindepth 2 -maxdepth 2 -path '*-delete/*' -type f -exec truncate -s 0 {} + 2>/dev/null || true
+    # Segment files are truncated first: Kafka still holds them open, and an unlinked open file
+    # keeps its blocks until it is closed; a truncated one gives them back at once. Only the
+    # .log files: the indexes are memory-mapped, and truncating a mapped file kills the JVM
+    # (SIGBUS) the next time it touches the mapping.
+    find "$1" -mindepth 2 -maxdepth 2 -path '*-delete/*' -type f -name '*.log' \
+        -exec truncate -s 0 {} + 2>/dev/null || true
     find "$1" -mindepth 1 -maxdepth 1 -type d -name '*-delete' -exec rm -rf {} + 2>/dev/null || true
 }
