@@ -57,18 +57,16 @@ record_command() {
     printf '# %s\n%s\n' "$scenario" "$line" >>"$COMMANDS"
 }
 
-# reap_deleted_topics DIR: removes the directories Apache Kafka renamed to *-delete under DIR,
-# the data directory of a peer this script started. Kafka 4.1 kept a deleted topic's logs long
-# past file.delete.delay.ms here (with the files still open), and at ~1 GB/s they filled the
-# disk within a minute; the benchmarks delete each topic once measured, so its bytes can go at
-# once. Nothing else is touched: no-op when DIR does not exist.
+# reap_deleted_topics DIR: gives back the disk space of the topics Apache Kafka renamed to
+# *-delete under DIR, the data directory of a peer this script started. Kafka 4.1 removes them
+# only file.delete.delay.ms later and, here, often later still; at ~1 GB/s they filled the disk
+# within a minute. Their .log files are truncated to nothing (Kafka holds them open, so only a
+# truncation frees the blocks at once) and Kafka removes the files and directories itself, as
+# it must: a directory removed under it fails its log dir and stops the broker. The indexes
+# are left alone: they are memory-mapped, and truncating a mapped file kills the JVM (SIGBUS).
+# No-op when DIR does not exist.
 reap_deleted_topics() {
     [[ -d "$1" ]] || return 0
-    # Segment files are truncated first: Kafka still holds them open, and an unlinked open file
-    # keeps its blocks until it is closed; a truncated one gives them back at once. Only the
-    # .log files: the indexes are memory-mapped, and truncating a mapped file kills the JVM
-    # (SIGBUS) the next time it touches the mapping.
     find "$1" -mindepth 2 -maxdepth 2 -path '*-delete/*' -type f -name '*.log' \
         -exec truncate -s 0 {} + 2>/dev/null || true
-    find "$1" -mindepth 1 -maxdepth 1 -type d -name '*-delete' -exec rm -rf {} + 2>/dev/null || true
 }
