@@ -194,8 +194,9 @@ def omb_section(args):
                     a, b = sluice[f"{kind}_{label}"], other[f"{kind}_{label}"]
                     if a and b:
                         ratios.append(f"{kind} {label} {a / b:.2f}x")
+            rates = "all at the same rate" if common else "each at its own rate"
             lines += ["", f"Sluice's latency as a multiple of {TARGET_NAMES[peer]}'s (below 1 "
-                      f"is better; each at its own rate): " + ", ".join(ratios) + "."]
+                      f"is better; {rates}): " + ", ".join(ratios) + "."]
     common_footer(args, lines)
     replace_section(args.out, args.section, "\n".join(lines))
 
