@@ -239,12 +239,6 @@ for target in "${TARGETS[@]}"; do
     done
     target_stop
 done
-say "measured in $((SECONDS - START_S)) s (raw results: ${RESULTS#"$ROOT"/})"
-python3 "$HELPERS/omb_lag.py" lag-summary "$RESULTS" >&2
-if [[ -n "$OUT_MD" ]]; then
-    python3 "$HELPERS/omb_lag.py" lag-section "$RESULTS" --out "$OUT_MD" --invocation "$INVOCATION" \
-        --commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-        --commands "$COMMANDS" --load "$(cut -d' ' -f1-3 /proc/loadavg)" \
-        --shape "$PARTITIONS partitions, producer at $RATE_FRACTION of its probed max (probe ${PROBE_S}s), caught up = lag at most 100 ms of the producer's records, flags: $PRODUCE_FLAGS"
-    say "wrote the lagging-consumers section into ${OUT_MD#"$ROOT"/}"
-fi
+finish_step lag-summary lag-section \
+    "$PARTITIONS partitions, producer at $RATE_FRACTION of its probed max (probe ${PROBE_S}s), caught up = lag at most 100 ms of the producer's records, flags: $PRODUCE_FLAGS" \
+    "lagging-consumers"

@@ -125,13 +125,6 @@ for target in "${TARGETS[@]}"; do
     done
     target_stop
 done
-say "measured in $((SECONDS - START_S)) s (raw results: ${RESULTS#"$ROOT"/})"
-python3 "$HELPERS/omb_lag.py" omb-summary "$RESULTS" >&2
-if [[ -n "$OUT_MD" ]]; then
-    python3 "$HELPERS/omb_lag.py" omb-section "$RESULTS" --out "$OUT_MD" --invocation "$INVOCATION" \
-        --section "omb-bench${RATE:+-common-rate}" \
-        --commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-        --commands "$COMMANDS" --load "$(cut -d' ' -f1-3 /proc/loadavg)" \
-        --shape "$PARTITIONS partitions, $PRODUCERS producers, $CONSUMERS consumers, rate ${RATE:+$RATE records/s for every broker (RATE), not }$RATE_FRACTION of the probed max, probe ${PROBE_S}s, e2e ${DURATION_S}s, $RUNS run(s), flags: $FLAGS"
-    say "wrote the OpenMessaging-shaped section into ${OUT_MD#"$ROOT"/}"
-fi
+finish_step omb-summary omb-section \
+    "$PARTITIONS partitions, $PRODUCERS producers, $CONSUMERS consumers, rate ${RATE:+$RATE records/s for every broker (RATE), not }$RATE_FRACTION of the probed max, probe ${PROBE_S}s, e2e ${DURATION_S}s, $RUNS run(s), flags: $FLAGS" \
+    "OpenMessaging-shaped" --section "omb-bench${RATE:+-common-rate}"

@@ -113,12 +113,6 @@ for target in "${TARGETS[@]}"; do
     done
     target_stop
 done
-say "measured in $((SECONDS - START_S)) s (raw results: ${RESULTS#"$ROOT"/})"
-python3 "$HELPERS/omb_lag.py" scale-summary "$RESULTS" >&2
-if [[ -n "$OUT_MD" ]]; then
-    python3 "$HELPERS/omb_lag.py" scale-section "$RESULTS" --out "$OUT_MD" --invocation "$INVOCATION" \
-        --commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-        --commands "$COMMANDS" --load "$(cut -d' ' -f1-3 /proc/loadavg)" \
-        --shape "base: 16 partitions, 4 connections, 1 KiB records; flags $BASE_FLAGS; ${DURATION_S}s per row, $RUNS run(s)"
-    say "wrote the scaling section into ${OUT_MD#"$ROOT"/}"
-fi
+finish_step scale-summary scale-section \
+    "base: 16 partitions, 4 connections, 1 KiB records; flags $BASE_FLAGS; ${DURATION_S}s per row, $RUNS run(s)" \
+    "scaling"

@@ -133,3 +133,20 @@ fresh_bench_dir() {
     : >"$RESULTS"
     : >"$COMMANDS"
 }
+
+# finish_step SUMMARY SECTION SHAPE WHAT [ARG...]: the end of a client-workload step: its
+# summary (`omb_lag.py SUMMARY`) on stderr and, when OUT_MD is set, its section written there
+# (`omb_lag.py SECTION`, extra ARGs passed on). Needs START_S RESULTS OUT_MD INVOCATION COMMANDS
+# HELPERS and the script's `say`.
+finish_step() {
+    local summary="$1" section="$2" shape="$3" what="$4"
+    shift 4
+    say "measured in $((SECONDS - START_S)) s (raw results: ${RESULTS#"$ROOT"/})"
+    python3 "$HELPERS/omb_lag.py" "$summary" "$RESULTS" >&2
+    if [[ -n "$OUT_MD" ]]; then
+        python3 "$HELPERS/omb_lag.py" "$section" "$RESULTS" --out "$OUT_MD" --invocation "$INVOCATION" \
+            --commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+            --commands "$COMMANDS" --load "$(cut -d' ' -f1-3 /proc/loadavg)" --shape "$shape" "$@"
+        say "wrote the $what section into ${OUT_MD#"$ROOT"/}"
+    fi
+}

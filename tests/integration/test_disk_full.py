@@ -167,11 +167,17 @@ def test_enospc_answers_storage_error_and_serves_again_after_space_is_freed(full
     # And it starts again on the full disk (a crash while full must not keep it down).
     broker.restart(graceful=False)
     _assert_readable(bootstrap, topic, acked)
+    # Recovery may give blocks back (it cuts the active segment to its last whole batch, and
+    # in O_DIRECT mode the refused appends' block may have been allocated): fill whatever the
+    # restart freed, so the produce below meets a full disk again (once, under CI load, a
+    # freed block took the record).
+    _fill(broker.data_dir / "filler-after-restart", 0)
     with RawConn(bootstrap) as conn:
         err, _ = produce_v3(conn, topic, 0, encode_record_batch([(None, _value("again", 0))]))
     assert err == ERR_KAFKA_STORAGE_ERROR, f"produce on the full disk after a restart: {err}"
 
     filler.unlink()
+    (broker.data_dir / "filler-after-restart").unlink()
     after = [(None, _value("after", i), None) for i in range(60)]
     for i, d in enumerate(produce_confluent(bootstrap, topic, after)):
         acked[(d.partition, d.offset)] = after[i][1]
