@@ -134,8 +134,8 @@ impl TailArena {
         if let Some(full) = self.current.take() {
             self.retired.push_back(full);
         }
-        if let Some(index) = self.free_retired_chunk() {
-            self.current = self.retired.remove(index);
+        if let Some(chunk) = self.take_free_chunk() {
+            self.current = Some(chunk);
             return true;
         }
         if self.chunks < self.max_chunks {
@@ -146,23 +146,25 @@ impl TailArena {
         false
     }
 
-    /// The index of a retired chunk nothing refers to any more (made whole again), among the
-    /// oldest few.
-    fn free_retired_chunk(&mut self) -> Option<usize> {
-        let scan = self.retired.len().min(RECLAIM_SCAN_MAX);
+    /// A retired chunk nothing refers to any more, made whole again, from among the oldest few.
+    /// A chunk still held (a response not yet written keeps a view) goes to the back, so one
+    /// held chunk never hides the free ones behind it.
+    fn take_free_chunk(&mut self) -> Option<BytesMut> {
         let chunk_bytes = self.chunk_bytes;
-        (0..scan).find(|&index| {
-            self.retired
-                .get_mut(index)
-                .is_some_and(|chunk| chunk.try_reclaim(chunk_bytes))
-        })
+        for _ in 0..self.retired.len().min(RECLAIM_SCAN_MAX) {
+            let mut chunk = self.retired.pop_front()?;
+            if chunk.try_reclaim(chunk_bytes) {
+                return Some(chunk);
+            }
+            self.retired.push_back(chunk);
+        }
+        None
     }
 
     /// Gives one free chunk's memory back (an own allocation needs the room under the cap).
     fn release_free_chunk(&mut self) -> bool {
-        match self.free_retired_chunk() {
-            Some(index) => {
-                self.retired.remove(index);
+        match self.take_free_chunk() {
+            Some(_) => {
                 self.chunks -= 1;
                 true
             }
@@ -269,6 +271,42 @@ mod tests {
     }
 
     #[test]
+    fn held_chunks_do_not_hide_free_ones_behind_them() {
+        let mut arena = TailArena::new(BUDGET);
+        let quarter = CHUNK_MIN_BYTES / 4;
+        let mut views = Vec::new();
+        for _ in 0..(RECLAIM_SCAN_MAX + 2) * 4 {
+            views.push(chunk(&mut arena, &[], &vec![1; quarter]));
+        }
+        // The oldest RECLAIM_SCAN_MAX chunks stay held (one view each); the next one is free.
+        let held: Vec<Bytes> = (0..RECLAIM_SCAN_MAX)
+            .map(|c| views[c * 4].clone())
+            .collect();
+        let free_chunk = views[RECLAIM_SCAN_MAX * 4].as_ptr() as usize;
+        drop(views);
+        let made = arena.chunk_memory_bytes();
+        // Two refills: the first scan only sends the held chunks to the back (and makes one new
+        // chunk), the second finds the free one.
+        let first = chunk(&mut arena, &[], &[2; 10]);
+        let mut reused = first.as_ptr() as usize;
+        if reused != free_chunk {
+            let _fill: Vec<Bytes> = (0..3)
+                .map(|_| chunk(&mut arena, &[], &vec![3; quarter]))
+                .collect();
+            reused = chunk(&mut arena, &[], &vec![4; quarter]).as_ptr() as usize;
+        }
+        assert_eq!(
+            reused, free_chunk,
+            "the free chunk behind the held ones is reused"
+        );
+        assert!(
+            arena.chunk_memory_bytes() <= made + CHUNK_MIN_BYTES,
+            "one new chunk at most"
+        );
+        assert!(held.iter().all(|view| view.iter().all(|&byte| byte == 1)));
+    }
+
+    #[test]
     fn chunks_and_own_allocations_share_one_cap() {
         let mut arena = TailArena::new(BUDGET);
         let quarter = CHUNK_MIN_BYTES / 4;
@@ -281,10 +319,12 @@ mod tests {
             arena.copy(&[], &[1; 100], 0).is_none(),
             "every chunk held and the cap reached: not cached"
         );
-        // The oldest chunk's batches go: a large batch gets that chunk's memory, given back.
+        // The oldest chunk's batches go: a large batch gets that chunk's memory, given back
+        // (the failed attempt above sent the oldest chunks to the back of the scan, so the
+        // free one is found within a few attempts, each scanning a few chunks).
         kept.drain(..4);
-        let (big, placement) = arena
-            .copy(&[2; 61], &vec![3; CHUNK_MIN_BYTES / 2], 0)
+        let (big, placement) = (0..arena.max_chunks)
+            .find_map(|_| arena.copy(&[2; 61], &vec![3; CHUNK_MIN_BYTES / 2], 0))
             .expect("a free chunk was released for it");
         assert_eq!(placement, Placement::Own);
         assert_eq!(big.len(), 61 + CHUNK_MIN_BYTES / 2);
