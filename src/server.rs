@@ -244,7 +244,7 @@ fn collector(
         let mut merged: Option<sluice_metrics::MetricsSnapshot> = None;
         // A gauge, not a counter: the tail-cache bytes responses hold right now (all shards).
         let mut response_cache_bytes_total = 0u64;
-        let mut tail_cache = [0u64; 3];
+        let mut tail_cache = sluice_storage::TailCacheStats::default();
         // The cleaners' totals over the shards; the last pass duration is the longest of the
         // shards' last passes.
         let (mut cleaner_bytes_read, mut cleaner_bytes_written, mut cleaner_passes) = (0, 0, 0);
@@ -270,9 +270,7 @@ fn collector(
                 .recv_timeout(Duration::from_secs(2))
                 .map_err(|_| format!("shard {target} did not answer within 2 s"))?;
             response_cache_bytes_total += response_cache_bytes;
-            tail_cache[0] += tail_stats.held_bytes as u64;
-            tail_cache[1] += tail_stats.chunk_bytes as u64;
-            tail_cache[2] += tail_stats.uncached_batches;
+            tail_cache += tail_stats;
             quota_rows_per_shard.push(quota_rows);
             cleaner_bytes_read += cleaner.bytes_read;
             cleaner_bytes_written += cleaner.bytes_written;
@@ -288,9 +286,9 @@ fn collector(
         }
         let mut merged = merged.ok_or_else(|| "no shards".to_string())?;
         merged.set_process_value("fetch_response_cache_bytes", response_cache_bytes_total);
-        merged.set_process_value("tail_cache_bytes", tail_cache[0]);
-        merged.set_process_value("tail_cache_chunk_bytes", tail_cache[1]);
-        merged.set_process_value("tail_cache_uncached_batches", tail_cache[2]);
+        merged.set_process_value("tail_cache_bytes", tail_cache.held_bytes as u64);
+        merged.set_process_value("tail_cache_chunk_bytes", tail_cache.chunk_bytes as u64);
+        merged.set_process_value("tail_cache_uncached_batches", tail_cache.uncached_batches);
         for (name, value) in [
             ("cleaner_bytes_read", cleaner_bytes_read),
             ("cleaner_bytes_written", cleaner_bytes_written),

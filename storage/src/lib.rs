@@ -94,7 +94,7 @@ pub mod codes {
     pub const INVALID_TIMESTAMP: i16 = 32;
 }
 
-/// See [`Storage::tail_cache_stats`].
+/// See [`Storage::tail_cache_stats`]. Shards' stats add up field by field (`+=`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TailCacheStats {
     /// Batch bytes cached (what `log.tail.cache.bytes` bounds).
@@ -103,6 +103,14 @@ pub struct TailCacheStats {
     pub chunk_bytes: usize,
     /// Batches not cached since start for want of memory under the arena's cap.
     pub uncached_batches: u64,
+}
+
+impl std::ops::AddAssign for TailCacheStats {
+    fn add_assign(&mut self, other: TailCacheStats) {
+        self.held_bytes += other.held_bytes;
+        self.chunk_bytes += other.chunk_bytes;
+        self.uncached_batches += other.uncached_batches;
+    }
 }
 
 /// Per-shard storage settings (broker-wide names in comments).

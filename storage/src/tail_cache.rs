@@ -24,7 +24,7 @@ use bytes::Bytes;
 
 use crate::tail_arena::{Placement, TailArena};
 
-/// One cached batch (already carrying its broker-assigned offsets), in its own allocation.
+/// One cached batch (already carrying its broker-assigned offsets), in memory the cache owns.
 #[derive(Debug, Clone)]
 pub(crate) struct CachedBatch {
     pub(crate) base_offset: i64,
@@ -102,7 +102,9 @@ impl PartitionTail {
 pub(crate) struct TailCache {
     budget_bytes: usize,
     used_bytes: usize,
-    order: VecDeque<(Weak<RefCell<PartitionTail>>, u64, usize)>,
+    /// (partition, insertion number) of every batch inserted, oldest first; an entry whose
+    /// batch already left (truncated, dropped) is skipped when reached.
+    order: VecDeque<(Weak<RefCell<PartitionTail>>, u64)>,
     arena: TailArena,
     /// Bytes of cached batches in allocations of their own.
     own_bytes: usize,
@@ -166,7 +168,7 @@ impl TailCache {
             sequence,
             placement,
         });
-        self.order.push_back((Rc::downgrade(tail), sequence, len));
+        self.order.push_back((Rc::downgrade(tail), sequence));
         self.used_bytes += len;
         if placement == Placement::Own {
             self.own_bytes += len;
@@ -177,7 +179,7 @@ impl TailCache {
     /// Evicts the shard's oldest batches until `len` more bytes fit the budget.
     fn evict_to_fit(&mut self, len: usize) {
         while self.used_bytes + len > self.budget_bytes {
-            let Some((weak, sequence, _)) = self.order.pop_front() else {
+            let Some((weak, sequence)) = self.order.pop_front() else {
                 break;
             };
             let Some(owner) = weak.upgrade() else {
