@@ -180,6 +180,9 @@ impl TailArena {
 
 /// A chunk of `chunk_bytes`, asked to be backed by huge pages where the kernel offers them
 /// (`madvise` mode): a fresh chunk is faulted in once, in 2 MiB steps instead of 4 KiB ones.
+/// Only the whole huge pages inside the block can be: the broker's allocator starts a block
+/// of whole huge pages (an 8 MiB chunk) on a huge-page boundary, so all of it is; under the
+/// system allocator (this crate's tests) the unaligned ends stay 4 KiB pages.
 fn new_chunk(chunk_bytes: usize) -> BytesMut {
     let mut chunk = BytesMut::with_capacity(chunk_bytes);
     let start = chunk.as_mut_ptr() as usize;
