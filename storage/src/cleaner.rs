@@ -597,7 +597,8 @@ async fn build_key_map(
     for candidate in dirty {
         let segment = &candidate.segment;
         let context = format!("reading {}", segment.log_path().display());
-        let mut reader = WindowReader::new(segment.read.raw_fd(), candidate.size_bytes);
+        let file = segment.read_handle().map_err(io_error(context.clone()))?;
+        let mut reader = WindowReader::new(file.raw_fd(), candidate.size_bytes);
         while let Some((position, window)) = reader
             .next(io.as_ref())
             .await
@@ -701,7 +702,10 @@ async fn clean_segment(
         .ok_or_else(|| io_error(context("creating"))(io::Error::other("no file created")))?;
     let mut filter = SegmentFilter::new(rules, map.clone(), txns);
     let read_context = format!("reading {}", segment.log_path().display());
-    let mut reader = WindowReader::new(segment.read.raw_fd(), candidate.size_bytes);
+    let source = segment
+        .read_handle()
+        .map_err(io_error(read_context.clone()))?;
+    let mut reader = WindowReader::new(source.raw_fd(), candidate.size_bytes);
     while let Some((position, window)) = reader
         .next(io)
         .await

@@ -70,6 +70,19 @@ pub(crate) trait IoBackend {
     /// Queues an fdatasync (or fsync of a directory) of `fd`.
     fn fdatasync(&self, fd: RawFd) -> IoFuture;
 
+    /// Queues an fdatasync of `file`, which the operation owns until it has completed: a
+    /// descriptor opened for this one sync (a partition directory's), closed after it even
+    /// when the future is dropped first.
+    fn fdatasync_owned(&self, file: File) -> IoFuture {
+        use std::os::fd::AsRawFd;
+        let done = self.fdatasync(file.as_raw_fd());
+        Box::pin(async move {
+            let result = done.await;
+            drop(file);
+            result
+        })
+    }
+
     /// Sets `file`'s length (ftruncate, on the blocking pool: no ring opcode on the kernels
     /// Sluice supports). Durable only once an fdatasync of the file completes after it.
     fn truncate(&self, file: File, len_bytes: u64) -> IoFuture;
@@ -147,6 +160,10 @@ impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
 
     fn fdatasync(&self, fd: RawFd) -> IoFuture {
         (**self).fdatasync(fd)
+    }
+
+    fn fdatasync_owned(&self, file: File) -> IoFuture {
+        (**self).fdatasync_owned(file)
     }
 
     fn truncate(&self, file: File, len_bytes: u64) -> IoFuture {
@@ -424,6 +441,16 @@ impl IoBackend for RingBackend {
             .build();
         // SAFETY: fsync references no memory.
         Box::pin(unsafe { self.ring.submit(entry) })
+    }
+
+    fn fdatasync_owned(&self, file: File) -> IoFuture {
+        use std::os::fd::AsRawFd;
+        let entry = ops::Fsync::new(types::Fd(file.as_raw_fd()))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build();
+        // SAFETY: the ring keeps `file` (the descriptor the entry names) open until the
+        // operation's last completion, even if this future is dropped first.
+        Box::pin(unsafe { self.ring.submit_owned(entry, file) })
     }
 
     fn truncate(&self, file: File, len_bytes: u64) -> IoFuture {

@@ -211,11 +211,16 @@ async fn plan_cut(
         (0, keep.base_offset)
     } else {
         let io = shard.io.clone();
-        let mut headers = keep.headers(
-            io.as_ref(),
-            visible_bytes,
-            segment::short_walk_window_bytes(interval_bytes),
-        );
+        let mut headers = keep
+            .headers(
+                io.as_ref(),
+                visible_bytes,
+                segment::short_walk_window_bytes(interval_bytes),
+            )
+            .map_err(|source| StorageError::Io {
+                context: format!("opening {}", keep.log_path().display()),
+                source,
+            })?;
         let found = keep
             .find_batch(&mut headers, offset, interval_bytes)
             .await
@@ -353,7 +358,10 @@ async fn cut_files(
             }
         }
     }
-    io.fdatasync(partition.dir_file.as_raw_fd())
+    let dir = partition
+        .open_dir()
+        .map_err(failed(format!("opening {}", partition.dir.display())))?;
+    io.fdatasync_owned(dir)
         .await
         .map_err(failed(format!("fsync of {}", partition.dir.display())))?;
     let marker = partition.dir.join(TRUNCATION_MARKER);
@@ -362,7 +370,10 @@ async fn cut_files(
         .map_err(failed(format!("removing {}", marker.display())))?;
     // The marker's removal must be durable before the log grows again past the cut: a
     // marker coming back after a crash would cut records appended later.
-    io.fdatasync(partition.dir_file.as_raw_fd())
+    let dir = partition
+        .open_dir()
+        .map_err(failed(format!("opening {}", partition.dir.display())))?;
+    io.fdatasync_owned(dir)
         .await
         .map_err(failed(format!("fsync of {}", partition.dir.display())))?;
     Ok(())

@@ -94,9 +94,10 @@ impl LogState {
 pub(crate) struct PartitionShared {
     pub(crate) topic: String,
     pub(crate) partition: i32,
+    /// The partition directory. It is fsynced after a segment is created or a file removed,
+    /// through a descriptor opened for each such sync ([`PartitionShared::open_dir`]): an idle
+    /// partition holds one descriptor, its active segment's.
     pub(crate) dir: PathBuf,
-    /// The partition directory, opened for fsync after a segment is created.
-    pub(crate) dir_file: std::fs::File,
     /// Weak: the shard holds its partitions, so a strong reference back would keep a
     /// storage that was dropped without `shutdown` (a simulated crash) alive for ever.
     pub(crate) shard: Weak<ShardShared>,
@@ -131,6 +132,12 @@ struct Piece {
 }
 
 impl PartitionShared {
+    /// The partition directory, opened for one fsync (a blocking open on the calling thread,
+    /// as a segment's creation: rare, and never a read of data).
+    pub(crate) fn open_dir(&self) -> io::Result<std::fs::File> {
+        std::fs::File::open(&self.dir)
+    }
+
     pub(crate) fn label(&self) -> String {
         format!("{}-{}", self.topic, self.partition)
     }
@@ -363,7 +370,7 @@ impl PartitionShared {
         for &(_, base) in &rolls {
             match Segment::create(&self.dir, base, shard.direct_io, now) {
                 Ok(segment) => {
-                    if let Some(file) = &segment.write_file {
+                    if let Some(file) = segment.write_file() {
                         use std::os::fd::AsRawFd;
                         shard.io.file_created(file.as_raw_fd());
                     }
@@ -523,11 +530,13 @@ impl PartitionShared {
                 context: format!("reading {}", segment.log_path().display()),
                 source: error,
             };
-            let mut headers = segment.headers(
-                io,
-                visible_bytes,
-                segment::short_walk_window_bytes(interval_bytes),
-            );
+            let mut headers = segment
+                .headers(
+                    io,
+                    visible_bytes,
+                    segment::short_walk_window_bytes(interval_bytes),
+                )
+                .map_err(io_context)?;
             let Some((start, header)) = segment
                 .find_batch(&mut headers, offset, interval_bytes)
                 .await
@@ -580,7 +589,7 @@ impl PartitionShared {
             }
             let length = (end - start) as u32;
             slice.chunks.push(ReadChunk::File {
-                segment: segment.read.clone(),
+                segment: headers.file().clone(),
                 position: start,
                 length,
             });
@@ -677,7 +686,9 @@ impl PartitionShared {
                 .await
                 .map_err(io_context)?;
             let from = visible_bytes.saturating_sub(remaining_bytes);
-            let mut reader = segment.headers(io, visible_bytes, segment::LONG_WALK_WINDOW_BYTES);
+            let mut reader = segment
+                .headers(io, visible_bytes, segment::LONG_WALK_WINDOW_BYTES)
+                .map_err(io_context)?;
             let mut position = match segment
                 .indexed_batch_start(&mut reader, 0, from)
                 .await
@@ -729,7 +740,9 @@ impl PartitionShared {
                 .load_index(io, interval_bytes)
                 .await
                 .map_err(io_context)?;
-            let mut reader = segment.headers(io, visible_bytes, segment::LONG_WALK_WINDOW_BYTES);
+            let mut reader = segment
+                .headers(io, visible_bytes, segment::LONG_WALK_WINDOW_BYTES)
+                .map_err(io_context)?;
             let mut position = 0u64;
             while let Some(header) = reader.header_at(position).await.map_err(io_context)? {
                 position += header.size_bytes() as u64;
@@ -774,15 +787,19 @@ impl PartitionShared {
             if max_ts < timestamp_ms {
                 continue;
             }
-            let mut headers = segment.headers(
+            let found = match segment.headers(
                 io,
                 visible_bytes,
                 segment::short_walk_window_bytes(interval_bytes),
-            );
-            match segment
-                .find_time(&mut headers, timestamp_ms, interval_bytes)
-                .await
-            {
+            ) {
+                Ok(mut headers) => {
+                    segment
+                        .find_time(&mut headers, timestamp_ms, interval_bytes)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            match found {
                 Ok(Some((_, header))) => {
                     return Some((
                         header.base_offset.max(log_start_offset),
@@ -885,7 +902,10 @@ impl PartitionShared {
                 // tail_block may both hold later bytes by now), reads under 4 KiB, and the
                 // partition must have its tail block back before its next append is planned.
                 use std::os::unix::fs::FileExt;
-                if let Err(error) = segment.read.0.read_exact_at(&mut block, block_start) {
+                let read = segment
+                    .read_handle()
+                    .and_then(|handle| handle.0.read_exact_at(&mut block, block_start));
+                if let Err(error) = read {
                     drop(state);
                     let poisoned = Poisoned {
                         partition: self.label(),

@@ -473,9 +473,8 @@ fn open_unclean(
             )
             .map_err(at("opening", &path))?;
             segment
-                .write_file
-                .as_ref()
-                .map(File::sync_all)
+                .write_file()
+                .map(|file| file.sync_all())
                 .transpose()
                 .map_err(at("syncing", &path))?;
             segments.push(segment);

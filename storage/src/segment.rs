@@ -1,19 +1,22 @@
 //! One segment of a partition log: `<base offset, 20 digits>.log` with its `.index` and
 //! `.timeindex`, the write descriptor (O_DIRECT when enabled), a buffered read descriptor
-//! handed to readers, and the segment's byte positions: reserved (queued appends),
-//! written, durable and visible (below the high watermark).
+//! handed to readers (opened at the first read from the file: see [`ReadFile`]), and the
+//! segment's byte positions: reserved (queued appends), written, durable and visible (below
+//! the high watermark).
 //!
 //! Owns file naming, creation, header reads and index loading. Must never rewrite a byte
 //! below `visible_bytes`: readers may hold those ranges (through `SegmentHandle`) at any time.
 //! Must never read with a blocking syscall after open: header reads and index loads go through
-//! the I/O seam (the shard's ring), which is why they are async.
+//! the I/O seam (the shard's ring), which is why they are async. Must never read another
+//! file than its own through a late-opened read descriptor: the file's identity is checked.
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::batch::{self, RecordBatchHeader};
@@ -130,12 +133,41 @@ impl SegmentState {
 pub(crate) struct Segment {
     pub(crate) base_offset: i64,
     pub(crate) dir: PathBuf,
-    /// Descriptor the writer writes through (O_DIRECT when enabled); None once sealed on open.
-    pub(crate) write_file: Option<File>,
-    /// Buffered descriptor shared with readers.
-    pub(crate) read: SegmentHandle,
+    /// Descriptor the writer writes through (O_DIRECT when enabled); None for a segment
+    /// opened sealed, and closed once a segment sealed here is finalized (nothing writes it
+    /// again), so sealed segments hold no descriptor until a read opens one.
+    write_file: RefCell<Option<Rc<File>>>,
+    /// Buffered descriptor shared with readers, once one read the file.
+    read: RefCell<ReadFile>,
     pub(crate) direct_io: bool,
     pub(crate) state: RefCell<SegmentState>,
+}
+
+/// A segment's read descriptor, opened at the first read that the tail cache does not serve.
+///
+/// Why: a descriptor per segment from the start held two or three per partition (the read
+/// one beside the append one and the directory's), so a broker with this sandbox's 20,000
+/// descriptors stopped creating partitions at about 6,500, and every sealed segment of every
+/// partition held one for as long as the broker ran. Consumers that keep up read from the tail
+/// cache and never open one; Kafka keeps one open for every segment.
+///
+/// The file behind the name must be the segment's own: a segment whose file was unlinked
+/// (retention, topic deletion) opens its descriptor before the unlink so readers still holding
+/// it keep reading, as before; and a late open checks the device and inode recorded when the
+/// segment was made, so a name that now belongs to another file (a cleaned copy renamed over
+/// it, a segment recreated at the same base offset after a truncation) fails the read instead
+/// of serving another file's bytes.
+#[derive(Debug)]
+enum ReadFile {
+    Open(SegmentHandle),
+    /// Not opened yet: the `(device, inode)` of the segment's file.
+    Closed((u64, u64)),
+}
+
+/// `(device, inode)` of an open file.
+fn identity(file: &File) -> io::Result<(u64, u64)> {
+    let metadata = file.metadata()?;
+    Ok((metadata.dev(), metadata.ino()))
 }
 
 /// Opens a segment file for writing, O_DIRECT when asked.
@@ -158,12 +190,12 @@ impl Segment {
     ) -> io::Result<Segment> {
         let path = log_path(dir, base_offset);
         let write_file = open_for_write(&path, true, direct_io)?;
-        let read = File::open(&path)?;
+        let read = ReadFile::Closed(identity(&write_file)?);
         Ok(Segment {
             base_offset,
             dir: dir.to_path_buf(),
-            write_file: Some(write_file),
-            read: SegmentHandle::new(read),
+            write_file: RefCell::new(Some(Rc::new(write_file))),
+            read: RefCell::new(read),
             direct_io,
             state: RefCell::new(SegmentState {
                 reserved_bytes: 0,
@@ -202,7 +234,8 @@ impl Segment {
         now_ms: i64,
     ) -> io::Result<Segment> {
         let path = log_path(dir, base_offset);
-        let read = File::open(&path)?;
+        let metadata = std::fs::metadata(&path)?;
+        let read = ReadFile::Closed((metadata.dev(), metadata.ino()));
         let writable = active_tail.is_some();
         let (write_file, tail_block) = match active_tail {
             Some(tail) => {
@@ -225,8 +258,8 @@ impl Segment {
         Ok(Segment {
             base_offset,
             dir: dir.to_path_buf(),
-            write_file,
-            read: SegmentHandle::new(read),
+            write_file: RefCell::new(write_file.map(Rc::new)),
+            read: RefCell::new(read),
             direct_io,
             state: RefCell::new(SegmentState {
                 reserved_bytes: size_bytes,
@@ -267,8 +300,8 @@ impl Segment {
         Segment {
             base_offset,
             dir: dir.to_path_buf(),
-            write_file: None,
-            read: SegmentHandle::new(file),
+            write_file: RefCell::new(None),
+            read: RefCell::new(ReadFile::Open(SegmentHandle::new(file))),
             direct_io,
             state: RefCell::new(SegmentState {
                 reserved_bytes: size_bytes,
@@ -294,14 +327,69 @@ impl Segment {
         log_path(&self.dir, self.base_offset)
     }
 
+    /// The descriptor the writer writes through, while the segment has one.
+    pub(crate) fn write_file(&self) -> Option<Rc<File>> {
+        self.write_file.borrow().clone()
+    }
+
+    pub(crate) fn has_write_file(&self) -> bool {
+        self.write_file.borrow().is_some()
+    }
+
+    /// Closes the write descriptor of a finalized segment: nothing writes it again (the
+    /// writer never plans an append into a sealed segment, and finalization truncated and
+    /// synced it), and a clone still held by a finishing operation keeps it open until then.
+    pub(crate) fn close_write_file(&self) {
+        debug_assert!(
+            self.state.borrow().finalized,
+            "closing a segment still written"
+        );
+        self.write_file.borrow_mut().take();
+    }
+
+    /// The buffered read descriptor, opened now if no read has needed it yet (a blocking
+    /// open and fstat on the calling thread, like a segment's creation: path lookups of a
+    /// file that exists, never a read of its data). Fails, rather than reading another file,
+    /// when the name no longer leads to the segment's own file (see [`ReadFile`]).
+    pub(crate) fn read_handle(&self) -> io::Result<SegmentHandle> {
+        let expected = match &*self.read.borrow() {
+            ReadFile::Open(handle) => return Ok(handle.clone()),
+            ReadFile::Closed(expected) => *expected,
+        };
+        let path = self.log_path();
+        let file = File::open(&path)?;
+        if identity(&file)? != expected {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{} is no longer this segment's file (replaced since it was opened)",
+                    path.display()
+                ),
+            ));
+        }
+        let handle = SegmentHandle::new(file);
+        *self.read.borrow_mut() = ReadFile::Open(handle.clone());
+        Ok(handle)
+    }
+
+    /// Opens the read descriptor before the file's name is unlinked or replaced, so readers
+    /// that already hold this segment keep reading its bytes. A failure is logged: those
+    /// readers then get an error instead (never another file's bytes).
+    pub(crate) fn keep_readable(&self) {
+        if let Err(error) = self.read_handle() {
+            tracing::warn!(%error, segment = %self.log_path().display(), "cannot keep a segment readable past its unlink");
+        }
+    }
+
     /// A header reader over the first `end_bytes` bytes, reading `window_bytes` at a time.
     pub(crate) fn headers<'a>(
         &'a self,
         io: &'a dyn IoBackend,
         end_bytes: u64,
         window_bytes: usize,
-    ) -> HeaderReader<'a> {
-        HeaderReader {
+    ) -> io::Result<HeaderReader<'a>> {
+        Ok(HeaderReader {
+            file: self.read_handle()?,
             segment: self,
             io,
             end_bytes,
@@ -309,7 +397,7 @@ impl Segment {
             window: Vec::new(),
             window_start: 0,
             last_batch_bytes: 0,
-        }
+        })
     }
 
     /// [`Segment::load_index`] with blocking reads through `io`'s recovery reads, for recovery
@@ -375,7 +463,7 @@ impl Segment {
         tracing::info!(segment = %self.log_path().display(), "rebuilding segment index from batch headers");
         let mut index = SegmentIndex::default();
         let mut position = 0u64;
-        let mut headers = self.headers(io, end_bytes, LONG_WALK_WINDOW_BYTES);
+        let mut headers = self.headers(io, end_bytes, LONG_WALK_WINDOW_BYTES)?;
         while let Some(header) = headers.header_at(position).await? {
             let relative =
                 (header.last_offset() - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
@@ -521,6 +609,7 @@ impl Segment {
     /// gone before the caller goes on, because the next append or a recreated topic may
     /// create the same name. Open descriptors (readers' handles) keep the data alive.
     pub(crate) fn unlink(&self) {
+        self.keep_readable();
         self.state.borrow_mut().deleted = true;
         for path in self.paths() {
             if let Err(error) = std::fs::remove_file(&path) {
@@ -536,6 +625,7 @@ impl Segment {
     /// (base offsets only grow). A failed unlink is logged; the file stays behind, below the
     /// log start, until the next start's recovery.
     pub(crate) async fn unlink_through(&self, io: &dyn IoBackend) {
+        self.keep_readable();
         self.state.borrow_mut().deleted = true;
         let paths = self.paths();
         // All four are queued on the ring before the first is awaited.
@@ -566,6 +656,8 @@ pub(crate) const LONG_WALK_WINDOW_BYTES: usize = 256 << 10;
 /// per 61-byte header. A header outside the window reads a new window starting at it.
 pub(crate) struct HeaderReader<'a> {
     segment: &'a Segment,
+    /// The segment's read descriptor, opened when the reader was made.
+    file: SegmentHandle,
     io: &'a dyn IoBackend,
     end_bytes: u64,
     window_bytes: usize,
@@ -580,6 +672,11 @@ pub(crate) struct HeaderReader<'a> {
 }
 
 impl HeaderReader<'_> {
+    /// The segment's read descriptor this reader reads through.
+    pub(crate) fn file(&self) -> &SegmentHandle {
+        &self.file
+    }
+
     /// The batch header at `position`; None at the end or on bytes that are not a plausible
     /// header (zero padding, garbage), which end the readable data.
     pub(crate) async fn header_at(
@@ -623,15 +720,8 @@ impl HeaderReader<'_> {
         let len = (self.end_bytes - position).min(wanted_bytes as u64) as usize;
         let mut window = std::mem::take(&mut self.window);
         window.resize(len, 0);
-        let (result, window) = read_exact(
-            self.io,
-            self.segment.read.raw_fd(),
-            window,
-            0,
-            len,
-            position,
-        )
-        .await;
+        let (result, window) =
+            read_exact(self.io, self.file.raw_fd(), window, 0, len, position).await;
         self.window = window;
         self.window_start = position;
         if let Err(error) = result {

@@ -347,7 +347,6 @@ pub(crate) fn open_partition(
             tracing::warn!(partition = %label, dropped, log_end_offset = recovered.log_end_offset, "dropped aborted-transaction entries past the recovered log end");
         }
     }
-    let dir_file = File::open(&dir).map_err(io_error(format!("opening {}", dir.display())))?;
     let cleaner_state = CleanerState::load(&dir);
     let segments: Vec<Rc<Segment>> = recovered.segments.into_iter().map(Rc::new).collect();
     // A DeleteRecords checkpoint may name an offset inside the first segment (or past whole
@@ -371,7 +370,6 @@ pub(crate) fn open_partition(
         topic: topic.to_string(),
         partition,
         dir,
-        dir_file,
         shard: Rc::downgrade(shard),
         log: RefCell::new(LogState {
             config,
@@ -451,8 +449,8 @@ async fn finalize(partition: Rc<PartitionShared>, segment: Rc<Segment>) {
     let checkpoint =
         recovery::encode_recovery_point(&partition.topic, partition.partition, next_offset);
     let result = async {
-        if let Some(file) = &segment.write_file {
-            truncate_and_sync(&io, &partition, &segment, file, logical_bytes).await?;
+        if let Some(file) = segment.write_file() {
+            truncate_and_sync(&io, &partition, &segment, &file, logical_bytes).await?;
         }
         write_indexes(&io, &partition, segment.base_offset, offsets, times).await?;
         write_small_file(
@@ -466,7 +464,10 @@ async fn finalize(partition: Rc<PartitionShared>, segment: Rc<Segment>) {
     }
     .await;
     match result {
-        Ok(()) => segment.state.borrow_mut().finalized = true,
+        Ok(()) => {
+            segment.state.borrow_mut().finalized = true;
+            segment.close_write_file();
+        }
         Err(poisoned) => {
             if let Some(shard) = partition.shard.upgrade() {
                 writer::poison(&shard, &partition, poisoned, &mut []);
@@ -655,7 +656,7 @@ async fn close_partition(
             .iter()
             .filter(|segment| {
                 let state = segment.state.borrow();
-                segment.write_file.is_some() && state.durable_bytes < state.written_bytes
+                segment.has_write_file() && state.durable_bytes < state.written_bytes
             })
             .cloned()
             .collect();
@@ -693,15 +694,15 @@ async fn close_partition(
     let result = async {
         use std::os::fd::AsRawFd;
         for segment in &unsynced {
-            if let Some(file) = &segment.write_file {
+            if let Some(file) = segment.write_file() {
                 io.fdatasync(file.as_raw_fd()).await.map_err(poisoned(
                     partition,
                     format!("fdatasync of {}", segment.log_path().display()),
                 ))?;
             }
         }
-        if let Some(file) = &active.write_file {
-            truncate_and_sync(&io, partition, &active, file, marker.active_bytes).await?;
+        if let Some(file) = active.write_file() {
+            truncate_and_sync(&io, partition, &active, &file, marker.active_bytes).await?;
         }
         write_indexes(&io, partition, active.base_offset, offsets, times).await?;
         if let Some(high_watermark) = checkpoint_high_watermark {

@@ -213,7 +213,7 @@ fn segment_unsynced(segment: &Segment) -> bool {
     let state = segment.state.borrow();
     !state.deleted
         && (state.durable_bytes < state.written_bytes || state.needs_dir_sync)
-        && segment.write_file.is_some()
+        && segment.has_write_file()
 }
 
 /// fdatasyncs partitions whose `flush.ms` elapsed with unsynced bytes.
@@ -276,7 +276,7 @@ fn sync_partition<B: IoBackend>(
         if !unsynced || skip.contains(&key(segment)) {
             continue;
         }
-        if let Some(file) = &segment.write_file {
+        if let Some(file) = segment.write_file() {
             use std::os::fd::AsRawFd;
             pending.push((
                 segment.clone(),
@@ -286,15 +286,15 @@ fn sync_partition<B: IoBackend>(
         }
     }
     if dir_needed {
-        use std::os::fd::AsRawFd;
         for segment in &log.segments {
             // The directory sync covers every segment created so far.
             if segment.state.borrow().needs_dir_sync {
-                pending.push((
-                    segment.clone(),
-                    u64::MAX,
-                    backend.fdatasync(partition.dir_file.as_raw_fd()),
-                ));
+                let sync = match partition.open_dir() {
+                    Ok(dir) => backend.fdatasync_owned(dir),
+                    // Failed like a failed sync: the caller poisons the partition.
+                    Err(error) => Box::pin(std::future::ready(Err(error))),
+                };
+                pending.push((segment.clone(), u64::MAX, sync));
                 break;
             }
         }
@@ -517,7 +517,7 @@ fn start_flush<B: IoBackend>(
     let mut syncs: Vec<Option<IoFuture>> = Vec::with_capacity(groups.len());
     for group in &groups {
         let sync = parts[group.partition].sync;
-        let Some(file) = group.segment.write_file.as_ref() else {
+        let Some(file) = group.segment.write_file() else {
             writes.push(
                 Box::pin(async { Err(io::Error::other("segment has no write descriptor")) })
                     as IoFuture,
