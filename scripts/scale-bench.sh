@@ -79,9 +79,9 @@ source "$HELPERS/targets.sh"
 target_ports_free_or_die
 fresh_bench_dir
 trap target_stop EXIT
-# 1,000 producer connections and 10,000 partitions' files need descriptors.
-# (where allowed the hard limit is raised too: 10,000 partitions hold about 30,000 files;
-# a sandbox that caps it at 20,000 makes that row fail with KAFKA_STORAGE_ERROR at ~6,500)
+# 1,000 producer connections and 10,000 partitions' files need descriptors (a partition holds
+# one, its active segment's, plus one per segment a read went to the file for; where allowed
+# the hard limit is raised too).
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 

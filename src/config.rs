@@ -91,7 +91,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "num.shards", default: "0", doc: "Shards (pinned threads); 0 = one per available core (CLI: --shards)." },
     Setting { name: "node.id", default: "0", doc: "This broker's id." },
     Setting { name: "num.partitions", default: "1", doc: "Partitions of an auto-created topic, or of a CreateTopics request with -1." },
-    Setting { name: "max.broker.partitions", default: "5000", doc: "Partitions (all topics, the offsets log included) this broker holds at most; a CreateTopics, CreatePartitions or auto-create beyond it gets INVALID_PARTITIONS (KIP-578's name). Each partition keeps file descriptors open: keep it well below the open-files limit." },
+    Setting { name: "max.broker.partitions", default: "5000", doc: "Partitions (all topics, the offsets log included) this broker holds at most; a CreateTopics, CreatePartitions or auto-create beyond it gets INVALID_PARTITIONS (KIP-578's name). Each partition keeps one file descriptor open (its active segment's), plus one per segment a consumer read from the file rather than the tail cache: keep it well below the open-files limit." },
     Setting { name: "auto.create.topics.enable", default: "true", doc: "Create unknown topics on Metadata requests." },
     Setting { name: "message.max.bytes", default: "1048588", doc: "Largest record batch accepted (topic: max.message.bytes)." },
     Setting { name: "socket.request.max.bytes", default: "104857600", doc: "Largest request frame; a bigger one closes the connection." },
