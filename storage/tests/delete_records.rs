@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use sluice_storage::{Ack, LogConfig, ShardStorage, StorageError};
+use sluice_storage::{LogConfig, ShardStorage, StorageError};
 
 const RECORDS: u64 = 40;
 
@@ -18,16 +18,7 @@ fn config() -> LogConfig {
 }
 
 async fn fill(partition: &sluice_storage::Partition) {
-    for round in 0..RECORDS {
-        partition
-            .append(
-                bytes(make_batch(round, 1, 400, round as i64)),
-                Ack::Durable,
-                0,
-            )
-            .await
-            .expect("append");
-    }
+    append_one_record_batches(partition, RECORDS).await;
 }
 
 async fn assert_out_of_range(partition: &sluice_storage::Partition, offset: i64, start: i64) {

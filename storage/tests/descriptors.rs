@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use sluice_storage::{Ack, LogConfig, Partition, ReadChunk, ShardStorage, StorageError};
+use sluice_storage::{LogConfig, Partition, ReadChunk, ShardStorage, StorageError};
 
 /// Descriptors of this process open on files under `dir`.
 fn descriptors_under(dir: &Path) -> usize {
@@ -61,17 +61,11 @@ fn uncached(dir: &Path) -> ShardStorage {
     ShardStorage::open(config).expect("open")
 }
 
-async fn fill(partition: &Partition, batches: u64) {
-    for round in 0..batches {
-        partition
-            .append(
-                bytes(make_batch(round, 1, 400, round as i64)),
-                Ack::Durable,
-                0,
-            )
-            .await
-            .expect("append");
-    }
+/// A partition of small segments (six or more) on an uncached storage.
+async fn rolled_partition(storage: &ShardStorage, config: LogConfig) -> Partition {
+    let partition = storage.open_partition("r", 0, config).expect("partition");
+    append_one_record_batches(&partition, 40).await;
+    partition
 }
 
 #[test]
@@ -85,7 +79,7 @@ fn a_partition_holds_one_descriptor_until_a_read_needs_its_files() {
             let partition = storage
                 .open_partition("many", index, LogConfig::default())
                 .expect("partition");
-            fill(&partition, 2).await;
+            append_one_record_batches(&partition, 2).await;
             partitions.push(partition);
         }
         for partition in &partitions {
@@ -105,10 +99,7 @@ fn a_partition_holds_one_descriptor_until_a_read_needs_its_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     tokio_uring::start(async {
         let storage = uncached(dir.path());
-        let partition = storage
-            .open_partition("r", 0, small_segments(3000))
-            .expect("partition");
-        fill(&partition, 40).await;
+        let partition = rolled_partition(&storage, small_segments(3000)).await;
         let partition_dir = dir.path().join("r-0");
         let segments = log_files(&partition_dir);
         assert!(segments >= 6, "rolled by segment.bytes: {segments}");
@@ -153,8 +144,7 @@ fn a_slice_read_before_retention_deleted_its_segment_still_reads_it() {
             retention_bytes: 5000,
             ..small_segments(3000)
         };
-        let partition = storage.open_partition("r", 0, config).expect("partition");
-        fill(&partition, 40).await;
+        let partition = rolled_partition(&storage, config).await;
         let held = partition.read(0, 100_000, true).await.expect("read");
         assert!(matches!(held.chunks.as_slice(), [ReadChunk::File { .. }]));
         let expected = partition.chunk_bytes(&held.chunks[0]).await.expect("bytes");
@@ -181,10 +171,7 @@ fn a_segment_whose_name_leads_to_another_file_fails_the_read() {
     let dir = tempfile::tempdir().expect("tempdir");
     tokio_uring::start(async {
         let storage = uncached(dir.path());
-        let partition = storage
-            .open_partition("r", 0, small_segments(3000))
-            .expect("partition");
-        fill(&partition, 40).await;
+        let partition = rolled_partition(&storage, small_segments(3000)).await;
         // Nothing has read the first segment yet. Put the second segment's bytes under its
         // name (what a rename over it would do): a late open must notice.
         let partition_dir = dir.path().join("r-0");

@@ -294,16 +294,7 @@ fn roll_retention_and_out_of_range() {
             ..small_segments(3000)
         };
         let partition = storage.open_partition("r", 0, config).expect("partition");
-        for round in 0..40u64 {
-            partition
-                .append(
-                    bytes(make_batch(round, 1, 400, round as i64)),
-                    Ack::Durable,
-                    0,
-                )
-                .await
-                .expect("append");
-        }
+        append_one_record_batches(&partition, 40).await;
         let segments = partition.segment_count();
         assert!(segments >= 6, "rolled by segment.bytes: {segments}");
         // Sealed segments are finalized one after another (ftruncate, fdatasync, indexes,

@@ -780,16 +780,7 @@ fn retention_unlinks_through_the_seam() {
             ..small_segments(3000)
         };
         let partition = storage.open_partition("ret", 0, config).expect("partition");
-        for round in 0..40u64 {
-            partition
-                .append(
-                    bytes(make_batch(round, 1, 400, round as i64)),
-                    Ack::Durable,
-                    0,
-                )
-                .await
-                .expect("append");
-        }
+        append_one_record_batches(&partition, 40).await;
         let dir = data_dir.path().join("ret-0");
         let logs_before = log_files(&dir);
         assert!(logs_before.len() >= 6, "rolled: {logs_before:?}");

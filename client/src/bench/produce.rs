@@ -376,17 +376,19 @@ struct SentBatch {
     batch: Bytes,
     origins_ns: Vec<u64>,
     value_bytes: usize,
-    /// Times this batch was refused with a retriable error (or lost with its connection).
-    retries: u32,
+    /// When this batch was first refused with a retriable error (or lost with its connection).
+    refused_at_ns: Option<u64>,
 }
 
 /// A batch refused with a retriable error (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE,
 /// NOT_ENOUGH_REPLICAS, a broken connection...) is sent again after this pause and a metadata
-/// refresh, as Kafka's producers do (`retry.backoff.ms`), at most `RETRIES_MAX` times: 30 s,
-/// longer than a leader failover. Latency still counts from the record's first due time, so
-/// a failover shows in the tail.
+/// refresh, as Kafka's producers do (`retry.backoff.ms`), for at most `RETRY_WINDOW_NS` after
+/// its first refusal (Kafka's `delivery.timeout.ms` in spirit): 30 s, longer than a leader
+/// failover. A window, not a count: a count of 300 retries stretched to minutes when each
+/// round's metadata refresh was slow (10,000 partitions against a Kafka still loading them).
+/// Latency still counts from the record's first due time, so a failover shows in the tail.
 const RETRY_BACKOFF_NS: u64 = 100_000_000;
-const RETRIES_MAX: u32 = 300;
+const RETRY_WINDOW_NS: u64 = 30_000_000_000;
 
 type InFlight = std::pin::Pin<
     Box<
@@ -766,7 +768,7 @@ impl Worker {
                 batch,
                 origins_ns,
                 value_bytes,
-                retries: 0,
+                refused_at_ns: None,
             });
         }
         Ok((batches, sent))
@@ -830,12 +832,13 @@ impl Worker {
         Ok(())
     }
 
-    /// Puts a refused batch on the retry list, or gives up with `error` after `RETRIES_MAX`.
+    /// Puts a refused batch on the retry list, or gives up with `error` once it has been
+    /// refused for `RETRY_WINDOW_NS`.
     fn requeue(&mut self, mut batch: SentBatch, error: ClientError, now_ns: u64) -> Result<()> {
-        if batch.retries >= RETRIES_MAX {
+        let first_refused_ns = *batch.refused_at_ns.get_or_insert(now_ns);
+        if now_ns.saturating_sub(first_refused_ns) >= RETRY_WINDOW_NS {
             return Err(error);
         }
-        batch.retries += 1;
         if self.retry.is_empty() {
             self.retry_at_ns = now_ns + RETRY_BACKOFF_NS;
         }

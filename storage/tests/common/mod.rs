@@ -75,6 +75,21 @@ pub fn bytes(data: Vec<u8>) -> Bytes {
     Bytes::from(data)
 }
 
+/// Appends `count` durable batches of one 400-byte record each (batch `round` stamped with
+/// timestamp `round`): with `small_segments(3000)`, six or more segments for 40 of them.
+pub async fn append_one_record_batches(partition: &Partition, count: u64) {
+    for round in 0..count {
+        partition
+            .append(
+                bytes(make_batch(round, 1, 400, round as i64)),
+                sluice_storage::Ack::Durable,
+                0,
+            )
+            .await
+            .expect("append");
+    }
+}
+
 pub fn small_segments(segment_bytes: u64) -> LogConfig {
     LogConfig {
         segment_bytes,
