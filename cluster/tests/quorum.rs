@@ -12,9 +12,21 @@ use std::time::{Duration, Instant};
 use sluice_cluster::state::ClusterState;
 use sluice_cluster::{ClusterNode, ClusterSettings, NodeId};
 
+/// A free port below the kernel's ephemeral range (32768 and up by default), never the same
+/// twice in this process. Why: a port the kernel handed out for `bind(0)` and that was closed
+/// again can be taken as the source port of the nodes' own outgoing raft connections before
+/// the node binds it (CI saw AddrInUse on a voter's listener).
 fn free_addr(ip: &str) -> SocketAddr {
-    let listener = TcpListener::bind((ip, 0)).unwrap();
-    listener.local_addr().unwrap()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1_000) as u16 * 12;
+    loop {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (base - 20_000 + step) % 12_000;
+        if let Ok(listener) = TcpListener::bind((ip, port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
 }
 
 fn settings(id: NodeId, voters: &BTreeMap<NodeId, SocketAddr>, dir: &Path) -> ClusterSettings {
