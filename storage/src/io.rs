@@ -70,10 +70,11 @@ pub(crate) trait IoBackend {
     /// Queues an fdatasync (or fsync of a directory) of `fd`.
     fn fdatasync(&self, fd: RawFd) -> IoFuture;
 
-    /// Queues an fdatasync of `file`, which the operation owns until it has completed: a
-    /// descriptor opened for this one sync (a partition directory's), closed after it even
-    /// when the future is dropped first.
-    fn fdatasync_owned(&self, file: File) -> IoFuture {
+    /// Queues an fdatasync of `file`, kept open by the operation until it has completed, even
+    /// when the future is dropped first: for descriptors whose owner may close them meanwhile
+    /// (a segment's write descriptor, closed once the segment is finalized; a directory's,
+    /// opened for this one sync).
+    fn fdatasync_kept(&self, file: Rc<File>) -> IoFuture {
         use std::os::fd::AsRawFd;
         let done = self.fdatasync(file.as_raw_fd());
         Box::pin(async move {
@@ -162,8 +163,8 @@ impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
         (**self).fdatasync(fd)
     }
 
-    fn fdatasync_owned(&self, file: File) -> IoFuture {
-        (**self).fdatasync_owned(file)
+    fn fdatasync_kept(&self, file: Rc<File>) -> IoFuture {
+        (**self).fdatasync_kept(file)
     }
 
     fn truncate(&self, file: File, len_bytes: u64) -> IoFuture {
@@ -443,7 +444,7 @@ impl IoBackend for RingBackend {
         Box::pin(unsafe { self.ring.submit(entry) })
     }
 
-    fn fdatasync_owned(&self, file: File) -> IoFuture {
+    fn fdatasync_kept(&self, file: Rc<File>) -> IoFuture {
         use std::os::fd::AsRawFd;
         let entry = ops::Fsync::new(types::Fd(file.as_raw_fd()))
             .flags(types::FsyncFlags::DATASYNC)

@@ -358,10 +358,8 @@ async fn cut_files(
             }
         }
     }
-    let dir = partition
-        .open_dir()
-        .map_err(failed(format!("opening {}", partition.dir.display())))?;
-    io.fdatasync_owned(dir)
+    partition
+        .sync_dir(io.as_ref())
         .await
         .map_err(failed(format!("fsync of {}", partition.dir.display())))?;
     let marker = partition.dir.join(TRUNCATION_MARKER);
@@ -370,10 +368,8 @@ async fn cut_files(
         .map_err(failed(format!("removing {}", marker.display())))?;
     // The marker's removal must be durable before the log grows again past the cut: a
     // marker coming back after a crash would cut records appended later.
-    let dir = partition
-        .open_dir()
-        .map_err(failed(format!("opening {}", partition.dir.display())))?;
-    io.fdatasync_owned(dir)
+    partition
+        .sync_dir(io.as_ref())
         .await
         .map_err(failed(format!("fsync of {}", partition.dir.display())))?;
     Ok(())

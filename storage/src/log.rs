@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::batch::{self, RecordBatchHeader};
 use crate::epoch::LeaderEpochCache;
-use crate::io::{read_exact, IoBackend};
+use crate::io::{read_exact, IoBackend, IoFuture};
 use crate::offsets::{DurableEnd, LogEndOffset, LogOffsets};
 use crate::segment::{self, Segment};
 use crate::shard::ShardShared;
@@ -95,7 +95,7 @@ pub(crate) struct PartitionShared {
     pub(crate) topic: String,
     pub(crate) partition: i32,
     /// The partition directory. It is fsynced after a segment is created or a file removed,
-    /// through a descriptor opened for each such sync ([`PartitionShared::open_dir`]): an idle
+    /// through a descriptor opened for each such sync ([`PartitionShared::sync_dir`]): an idle
     /// partition holds one descriptor, its active segment's.
     pub(crate) dir: PathBuf,
     /// Weak: the shard holds its partitions, so a strong reference back would keep a
@@ -132,10 +132,14 @@ struct Piece {
 }
 
 impl PartitionShared {
-    /// The partition directory, opened for one fsync (a blocking open on the calling thread,
-    /// as a segment's creation: rare, and never a read of data).
-    pub(crate) fn open_dir(&self) -> io::Result<std::fs::File> {
-        std::fs::File::open(&self.dir)
+    /// Queues an fsync of the partition directory through a descriptor opened for it (a
+    /// blocking open on the calling thread, as a segment's creation: rare, and never a read of
+    /// data). A failed open fails the sync, as a failed fsync would.
+    pub(crate) fn sync_dir<B: IoBackend + ?Sized>(&self, io: &B) -> IoFuture {
+        match std::fs::File::open(&self.dir) {
+            Ok(dir) => io.fdatasync_kept(Rc::new(dir)),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
     }
 
     pub(crate) fn label(&self) -> String {
@@ -787,19 +791,17 @@ impl PartitionShared {
             if max_ts < timestamp_ms {
                 continue;
             }
-            let found = match segment.headers(
-                io,
-                visible_bytes,
-                segment::short_walk_window_bytes(interval_bytes),
-            ) {
-                Ok(mut headers) => {
-                    segment
-                        .find_time(&mut headers, timestamp_ms, interval_bytes)
-                        .await
-                }
-                Err(error) => Err(error),
+            let found = async {
+                let mut headers = segment.headers(
+                    io,
+                    visible_bytes,
+                    segment::short_walk_window_bytes(interval_bytes),
+                )?;
+                segment
+                    .find_time(&mut headers, timestamp_ms, interval_bytes)
+                    .await
             };
-            match found {
+            match found.await {
                 Ok(Some((_, header))) => {
                     return Some((
                         header.base_offset.max(log_start_offset),

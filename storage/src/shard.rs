@@ -692,10 +692,9 @@ async fn close_partition(
     };
     let io = shard.io.clone();
     let result = async {
-        use std::os::fd::AsRawFd;
         for segment in &unsynced {
             if let Some(file) = segment.write_file() {
-                io.fdatasync(file.as_raw_fd()).await.map_err(poisoned(
+                io.fdatasync_kept(file).await.map_err(poisoned(
                     partition,
                     format!("fdatasync of {}", segment.log_path().display()),
                 ))?;

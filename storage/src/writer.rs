@@ -277,24 +277,15 @@ fn sync_partition<B: IoBackend>(
             continue;
         }
         if let Some(file) = segment.write_file() {
-            use std::os::fd::AsRawFd;
-            pending.push((
-                segment.clone(),
-                written,
-                backend.fdatasync(file.as_raw_fd()),
-            ));
+            pending.push((segment.clone(), written, backend.fdatasync_kept(file)));
         }
     }
     if dir_needed {
         for segment in &log.segments {
             // The directory sync covers every segment created so far.
             if segment.state.borrow().needs_dir_sync {
-                let sync = match partition.open_dir() {
-                    Ok(dir) => backend.fdatasync_owned(dir),
-                    // Failed like a failed sync: the caller poisons the partition.
-                    Err(error) => Box::pin(std::future::ready(Err(error))),
-                };
-                pending.push((segment.clone(), u64::MAX, sync));
+                // A failed open fails like a failed sync: the caller poisons the partition.
+                pending.push((segment.clone(), u64::MAX, partition.sync_dir(backend)));
                 break;
             }
         }
