@@ -19,10 +19,11 @@ use sluice_cluster::{ClusterNode, ClusterSettings, NodeId};
 fn free_addr(ip: &str) -> SocketAddr {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 1_000) as u16 * 12;
+    // Processes started together begin at different places in 20,000..32,000.
+    let offset = (std::process::id() % 1_000) as u16 * 12;
     loop {
         let step = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (base - 20_000 + step) % 12_000;
+        let port = 20_000 + ((u32::from(offset) + u32::from(step)) % 12_000) as u16;
         if let Ok(listener) = TcpListener::bind((ip, port)) {
             return listener.local_addr().unwrap();
         }
