@@ -495,6 +495,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         other => format!("opening storage: {other}"),
     })?;
     storage.set_append_queue_bytes_max(config.append_queue_bytes_max);
+    storage.set_syncing_commits_max(config.syncing_commits_max);
     // In a cluster a partition with no high-watermark checkpoint may hold a tail its ISR never
     // had: it opens at its log start, and the replication layer lifts it.
     storage.set_high_watermark_unknown_at_log_start(config.cluster.is_some());

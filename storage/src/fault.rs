@@ -118,6 +118,11 @@ struct PlanState {
     disk_full: bool,
     /// While set, every read fails with this errno (an unreadable disk).
     reads_fail: Option<i32>,
+    /// While set, a group commit's fdatasyncs do not complete (a slow disk cache flush):
+    /// they finish once released.
+    syncs_held: bool,
+    /// Wakes held fdatasyncs on release.
+    syncs_released: Rc<tokio::sync::Notify>,
     writes: u64,
     syncs: u64,
     reads: u64,
@@ -169,6 +174,20 @@ impl FaultPlan {
     /// The next write stores only its first `bytes` bytes and then reports EIO.
     pub fn tear_next_write(&self, bytes: usize) {
         self.arm(Fault::TornWrite(bytes));
+    }
+
+    /// Holds (true) or releases (false) every group-commit fdatasync: while held, one
+    /// submitted with a write completes only after the release, as on a disk whose cache
+    /// flush stalls. Its write completes as usual.
+    pub fn hold_syncs(&self, held: bool) {
+        let released = {
+            let mut state = self.0.borrow_mut();
+            state.syncs_held = held;
+            state.syncs_released.clone()
+        };
+        if !held {
+            released.notify_waiters();
+        }
     }
 
     /// The next fdatasync fails with `errno`.
@@ -558,7 +577,7 @@ impl<B> FaultBackend<B> {
                 let coverage = self.plan.sync_coverage(fd, change);
                 (
                     self.completes(written, change),
-                    synced.map(|synced| self.covers(synced, coverage)),
+                    synced.map(|synced| self.held(self.covers(synced, coverage))),
                 )
             }
             Some(errno) => {
@@ -566,6 +585,33 @@ impl<B> FaultBackend<B> {
                 (self.completes(written, change), Some(failed(errno)))
             }
         }
+    }
+
+    /// `future`, completing only once syncs are not held ([`FaultPlan::hold_syncs`]).
+    fn held(&self, future: IoFuture) -> IoFuture {
+        let plan = self.plan.clone();
+        Box::pin(async move {
+            let result = future.await;
+            loop {
+                let released = {
+                    let state = plan.0.borrow();
+                    (!state.syncs_held)
+                        .then_some(())
+                        .ok_or(state.syncs_released.clone())
+                };
+                match released {
+                    Ok(()) => return result,
+                    Err(notify) => {
+                        let notified = notify.notified();
+                        tokio::pin!(notified);
+                        notified.as_mut().enable();
+                        if plan.0.borrow().syncs_held {
+                            notified.await;
+                        }
+                    }
+                }
+            }
+        })
     }
 
     /// Marks the change `change` completed when `future` succeeds.

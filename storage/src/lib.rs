@@ -424,8 +424,8 @@ impl ReadChunk {
 pub struct FlushStats {
     /// From submission until every write of the flush completed.
     pub write_ns: u64,
-    /// Waiting for the flush's fdatasyncs once its writes were in (0: no sync). With two
-    /// flushes overlapping, part of the fdatasync ran during the next flush's copy.
+    /// From the flush's last write completing until its last fdatasync completed (0: no
+    /// sync). The next flushes' writes run meanwhile.
     pub fsync_ns: u64,
     /// New log bytes written (excluding rewritten partial blocks and padding).
     pub bytes: u64,
@@ -613,6 +613,13 @@ impl ShardStorage {
     /// [`Partition::append`]); at least 1.
     pub fn set_append_queue_bytes_max(&self, bytes: usize) {
         self.0.queue_bytes_max.set(bytes.max(1));
+    }
+
+    /// Sets `log.flush.syncing.commits.max`: how many group commits may have their writes in
+    /// and their fdatasyncs outstanding while the writer starts the next one; at least 1
+    /// (1: each commit's fdatasyncs finish before the commit after the next is written).
+    pub fn set_syncing_commits_max(&self, commits: usize) {
+        self.0.syncing_commits_max.set(commits.max(1));
     }
 
     /// Partitions opened from now on without a `replication-offset-checkpoint` open with

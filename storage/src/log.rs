@@ -892,6 +892,7 @@ impl PartitionShared {
             // reload the partial block the next write starts with.
             state.written_bytes = position;
             state.durable_bytes = state.durable_bytes.min(position);
+            state.rollbacks += 1;
             if segment.direct_io {
                 let block_start = crate::buffer::align_down(
                     position,

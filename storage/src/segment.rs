@@ -68,6 +68,10 @@ pub(crate) struct SegmentState {
     pub(crate) written_bytes: u64,
     /// End of the bytes covered by a completed fdatasync.
     pub(crate) durable_bytes: u64,
+    /// Times written bytes were rolled back (a failed write of an oversized append part of
+    /// which an earlier flush wrote). An fdatasync submitted before a rollback covers bytes
+    /// that may since have been forgotten and rewritten: it marks nothing durable.
+    pub(crate) rollbacks: u64,
     /// End of the bytes below the high watermark: readers may see [0, visible_bytes).
     pub(crate) visible_bytes: u64,
     /// Offset after the last batch reserved in this segment.
@@ -201,6 +205,7 @@ impl Segment {
                 reserved_bytes: 0,
                 written_bytes: 0,
                 durable_bytes: 0,
+                rollbacks: 0,
                 visible_bytes: 0,
                 next_offset: base_offset,
                 visible_next_offset: base_offset,
@@ -265,6 +270,7 @@ impl Segment {
                 reserved_bytes: size_bytes,
                 written_bytes: size_bytes,
                 durable_bytes: size_bytes,
+                rollbacks: 0,
                 visible_bytes: size_bytes,
                 next_offset,
                 visible_next_offset: next_offset,
@@ -307,6 +313,7 @@ impl Segment {
                 reserved_bytes: size_bytes,
                 written_bytes: size_bytes,
                 durable_bytes: size_bytes,
+                rollbacks: 0,
                 visible_bytes: size_bytes,
                 next_offset,
                 visible_next_offset: next_offset,

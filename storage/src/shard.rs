@@ -55,6 +55,10 @@ const _: () = assert!(STAGING_MIN_BYTES >= 2 * DIRECT_IO_ALIGN_BYTES);
 /// Writer queue budget until the broker sets `log.append.queue.bytes.max`.
 pub(crate) const DEFAULT_QUEUE_BYTES_MAX: usize = 64 << 20;
 
+/// Group commits that may wait for their fdatasyncs at once until the broker sets
+/// `log.flush.syncing.commits.max`.
+pub(crate) const DEFAULT_SYNCING_COMMITS_MAX: usize = 4;
+
 /// Called after every group commit.
 pub(crate) type FlushObserver = Box<dyn Fn(&FlushStats)>;
 
@@ -72,6 +76,9 @@ pub(crate) struct ShardShared {
     pub(crate) dequeued_bytes_total: Cell<u64>,
     /// `log.append.queue.bytes.max`.
     pub(crate) queue_bytes_max: Cell<usize>,
+    /// `log.flush.syncing.commits.max`: flushes written and waiting for their fdatasyncs
+    /// before the writer waits for one to finish (see `writer::run`).
+    pub(crate) syncing_commits_max: Cell<usize>,
     /// A partition opened with no high-watermark checkpoint starts at its log start (a
     /// cluster's broker) instead of its log end (`high_watermark.rs`).
     pub(crate) high_watermark_unknown_at_log_start: Cell<bool>,
@@ -273,6 +280,7 @@ pub(crate) fn open(
         enqueued_bytes_total: Cell::new(0),
         dequeued_bytes_total: Cell::new(0),
         queue_bytes_max: Cell::new(DEFAULT_QUEUE_BYTES_MAX),
+        syncing_commits_max: Cell::new(DEFAULT_SYNCING_COMMITS_MAX),
         high_watermark_unknown_at_log_start: Cell::new(false),
         queue_drained: Notify::new(),
         writer_wake: Notify::new(),

@@ -8,29 +8,35 @@
 //! rewritten in front of the new data), issues one write per dirty file with an fdatasync
 //! linked after it, and then: acks=1 waiters complete when their write is in; acks=all waiters
 //! complete and the high watermark advances when the fdatasync is in (default policy), or when
-//! the write is in for topics with `flush.messages`/`flush.ms`. When a flush finishes and
-//! appends are waiting the next flush starts at once; there is no timer on the append path.
+//! the write is in for topics with `flush.messages`/`flush.ms`. When a flush's writes are in
+//! and appends are waiting the next flush starts at once, while the fdatasyncs of up to
+//! `log.flush.syncing.commits.max` earlier flushes still run (they are finished in order by a
+//! companion task); there is no timer on the append path.
 //!
 //! A failed write (ENOSPC, EIO, torn) fails that partition's appends from the first unwritten
 //! one on and rolls its log end back, so no partial batch is ever visible and later appends
 //! reuse the space. A failed fdatasync (of a segment or of the partition directory) poisons
 //! the partition with a typed [`crate::Poisoned`] that keeps the io::Error: Linux may have
 //! dropped the dirty pages, so a retried fdatasync could report success for lost data. From
-//! then on its appends fail (here, in the queue and in the flush submitted behind), its high
+//! then on its appends fail (here, in the queue and in the flushes written behind it, which
+//! see the poison when they finish), its high
 //! watermark never moves again (a poison from finalization, seen when a flush completes,
 //! stops that flush too), and it is refused by `open_partition` until the process restarts.
 //!
 //! Must never: complete an append before its bytes reached the file, advance a high watermark
-//! past a byte that is not durable under the partition's policy, or touch the staging buffer
-//! while a write from it is in flight (one flush at a time).
+//! past a byte that is not durable under the partition's policy, touch the staging buffer
+//! while a write from it is in flight (one write at a time: a file's partial last block is
+//! never in two in-flight writes), or mark bytes durable with an fdatasync submitted before
+//! they were rolled back and rewritten.
 
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::buffer::{align_down, align_up, AlignedBuffer, DIRECT_IO_ALIGN_BYTES};
 use crate::io::{FileWrite, IoBackend, IoFuture};
@@ -111,6 +117,8 @@ struct Group {
     partition: usize,
     /// Logical file position where this flush's new bytes start (the file's written end).
     start_bytes: u64,
+    /// The segment's rollback count when this flush was planned (see [`Covers`]).
+    rollbacks: u64,
     /// Bytes of the partial last block rewritten in front (O_DIRECT), else 0.
     head_bytes: usize,
     new_bytes: usize,
@@ -145,25 +153,43 @@ fn key<T>(rc: &Rc<T>) -> *const T {
 
 /// Runs until the shard shuts down.
 ///
-/// Two flushes overlap at most: once flush N's writes are in, flush N+1 is planned, copied
-/// and submitted before N's fdatasyncs are awaited, so the copy and write of N+1 run during
-/// N's fdatasync. Completions stay in order: N's appends complete before N+1's.
+/// Writes run back to back and fdatasyncs trail them: once flush N's writes are in, it is
+/// handed to the sync completer ([`complete_syncs`]) and flush N+1 is planned, copied and
+/// submitted at once, whether N's fdatasyncs finished or not. Up to
+/// `group.commit.syncing.max` flushes may wait for their fdatasyncs; the writer waits for a
+/// slot beyond that. Only one write from the staging buffer is ever in flight, so a file's
+/// partial last block is never in two in-flight writes. Completions stay in order: N's
+/// appends complete before N+1's (the completer finishes flushes front to back).
 pub(crate) async fn run<B: IoBackend>(
     shard: Rc<ShardShared>,
     backend: B,
     staging: Rc<AlignedBuffer>,
 ) {
-    // The flush whose writes are in and whose fdatasyncs may still run.
-    let mut syncing: Option<Flush> = None;
+    let syncing = Rc::new(Syncing::default());
+    tokio::task::spawn_local(complete_syncs(shard.clone(), syncing.clone()));
     loop {
         if shard.queue.borrow().is_empty() {
-            if let Some(previous) = syncing.take() {
-                finish_syncs(&shard, previous, None).await;
+            if syncing.outstanding.get() > 0 {
+                // Appends may arrive while the fdatasyncs run: start their flush at once.
+                let progress = syncing.progress.notified();
+                tokio::pin!(progress);
+                progress.as_mut().enable();
+                let woken = shard.writer_wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if shard.queue.borrow().is_empty() && syncing.outstanding.get() > 0 {
+                    tokio::select! {
+                        _ = progress => {}
+                        _ = woken => {}
+                    }
+                }
                 continue;
             }
             shard.writer_busy.set(false);
             shard.writer_idle.notify_waiters();
             if shard.closed.get() {
+                syncing.closed.set(true);
+                syncing.pushed.notify_one();
                 return;
             }
             match next_sync_deadline(&shard) {
@@ -180,13 +206,52 @@ pub(crate) async fn run<B: IoBackend>(
             continue;
         }
         shard.writer_busy.set(true);
-        let mut next = start_flush(&shard, &backend, &staging);
-        if let Some(previous) = syncing.take() {
-            finish_syncs(&shard, previous, next.as_mut()).await;
+        if syncing.outstanding.get() >= shard.syncing_commits_max.get() {
+            let progress = syncing.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if syncing.outstanding.get() >= shard.syncing_commits_max.get() {
+                progress.await;
+            }
+            continue;
         }
-        if let Some(mut next) = next {
+        if let Some(mut next) = start_flush(&shard, &backend, &staging) {
             finish_writes(&shard, &staging, &mut next).await;
-            syncing = Some(next);
+            syncing.outstanding.set(syncing.outstanding.get() + 1);
+            syncing.flushes.borrow_mut().push_back(next);
+            syncing.pushed.notify_one();
+        }
+    }
+}
+
+/// Flushes whose writes are in, waiting for their fdatasyncs, oldest first.
+#[derive(Default)]
+struct Syncing {
+    flushes: RefCell<VecDeque<Flush>>,
+    /// Flushes handed over and not yet finished (queued or being finished).
+    outstanding: Cell<usize>,
+    /// Wakes the completer: a flush was handed over, or the writer stopped.
+    pushed: Notify,
+    /// Wakes the writer: a flush finished.
+    progress: Notify,
+    /// The writer stopped: the completer exits once the queue is empty.
+    closed: Cell<bool>,
+}
+
+/// Finishes handed-over flushes in order: awaits each one's fdatasyncs, then publishes and
+/// completes its appends. A failed fdatasync poisons its partition; the flushes behind see
+/// the poison when they finish and fail that partition's appends too.
+async fn complete_syncs(shard: Rc<ShardShared>, syncing: Rc<Syncing>) {
+    loop {
+        let front = syncing.flushes.borrow_mut().pop_front();
+        match front {
+            Some(flush) => {
+                finish_syncs(&shard, flush).await;
+                syncing.outstanding.set(syncing.outstanding.get() - 1);
+                syncing.progress.notify_one();
+            }
+            None if syncing.closed.get() => return,
+            None => syncing.pushed.notified().await,
         }
     }
 }
@@ -234,11 +299,11 @@ async fn sync_due<B: IoBackend>(shard: &Rc<ShardShared>, backend: &B) {
     for partition in due {
         let pending = sync_partition(&partition, backend, &[]);
         let mut failure = None;
-        for (segment, written, future) in pending {
+        for (segment, covers, future) in pending {
             match future.await {
-                Ok(_) => mark_durable(&segment, written),
+                Ok(_) => mark_durable(&segment, covers),
                 Err(error) => {
-                    failure.get_or_insert(sync_failed(&partition, &segment, written, error));
+                    failure.get_or_insert(sync_failed(&partition, &segment, covers, error));
                 }
             }
         }
@@ -253,22 +318,35 @@ async fn sync_due<B: IoBackend>(shard: &Rc<ShardShared>, backend: &B) {
     }
 }
 
+/// What a completed fdatasync makes durable.
+#[derive(Debug, Clone, Copy)]
+enum Covers {
+    /// A segment's bytes up to `end`, unless the segment was rolled back since the sync was
+    /// submitted (`rollbacks` then differs from the segment's count).
+    Bytes { end: u64, rollbacks: u64 },
+    /// The partition directory: every segment created so far.
+    Directory,
+}
+
 /// Queues fdatasyncs for `partition`'s unsynced segments not in `skip` (and its directory
-/// when a segment was created since the last sync). The u64 is the written end covered.
+/// when a segment was created since the last sync), with what each covers.
 fn sync_partition<B: IoBackend>(
     partition: &PartitionShared,
     backend: &B,
     skip: &[*const Segment],
-) -> Vec<(Rc<Segment>, u64, IoFuture)> {
+) -> Vec<(Rc<Segment>, Covers, IoFuture)> {
     let log = partition.log.borrow();
     let mut pending = Vec::new();
     let mut dir_needed = false;
     for segment in &log.segments {
-        let (unsynced, written, needs_dir) = {
+        let (unsynced, covers, needs_dir) = {
             let state = segment.state.borrow();
             (
                 state.durable_bytes < state.written_bytes,
-                state.written_bytes,
+                Covers::Bytes {
+                    end: state.written_bytes,
+                    rollbacks: state.rollbacks,
+                },
                 state.needs_dir_sync,
             )
         };
@@ -277,7 +355,7 @@ fn sync_partition<B: IoBackend>(
             continue;
         }
         if let Some(file) = segment.write_file() {
-            pending.push((segment.clone(), written, backend.fdatasync_kept(file)));
+            pending.push((segment.clone(), covers, backend.fdatasync_kept(file)));
         }
     }
     if dir_needed {
@@ -285,7 +363,11 @@ fn sync_partition<B: IoBackend>(
             // The directory sync covers every segment created so far.
             if segment.state.borrow().needs_dir_sync {
                 // A failed open fails like a failed sync: the caller poisons the partition.
-                pending.push((segment.clone(), u64::MAX, partition.sync_dir(backend)));
+                pending.push((
+                    segment.clone(),
+                    Covers::Directory,
+                    partition.sync_dir(backend),
+                ));
                 break;
             }
         }
@@ -293,18 +375,16 @@ fn sync_partition<B: IoBackend>(
     pending
 }
 
-/// The poison of a failed fdatasync of `segment`'s file (`written` = u64::MAX: of the
-/// partition directory, after `segment` was created).
+/// The poison of a failed fdatasync of `segment`'s file, or of the partition directory.
 fn sync_failed(
     partition: &PartitionShared,
     segment: &Segment,
-    written: u64,
+    covers: Covers,
     error: io::Error,
 ) -> Poisoned {
-    let operation = if written == u64::MAX {
-        format!("fdatasync of directory {}", partition.dir.display())
-    } else {
-        format!("fdatasync of {}", segment.log_path().display())
+    let operation = match covers {
+        Covers::Directory => format!("fdatasync of directory {}", partition.dir.display()),
+        Covers::Bytes { .. } => format!("fdatasync of {}", segment.log_path().display()),
     };
     Poisoned {
         partition: partition.label(),
@@ -313,14 +393,17 @@ fn sync_failed(
     }
 }
 
-/// Records a completed fdatasync up to `written` (u64::MAX: the directory sync).
-fn mark_durable(segment: &Segment, written: u64) {
+/// Records a completed fdatasync.
+fn mark_durable(segment: &Segment, covers: Covers) {
     let mut state = segment.state.borrow_mut();
-    if written == u64::MAX {
-        state.needs_dir_sync = false;
-    } else {
-        state.durable_bytes = state.durable_bytes.max(written);
-        state.assert_order();
+    match covers {
+        Covers::Directory => state.needs_dir_sync = false,
+        // Rolled back since: the bytes it covered may be gone, later ones are not covered.
+        Covers::Bytes { rollbacks, .. } if rollbacks != state.rollbacks => {}
+        Covers::Bytes { end, .. } => {
+            state.durable_bytes = state.durable_bytes.max(end);
+            state.assert_order();
+        }
     }
 }
 
@@ -332,8 +415,10 @@ struct Flush {
     taken: Vec<QueuedAppend>,
     writes: Vec<IoFuture>,
     syncs: Vec<Option<IoFuture>>,
-    extra_syncs: Vec<(usize, Rc<Segment>, u64, IoFuture)>,
+    extra_syncs: Vec<(usize, Rc<Segment>, Covers, IoFuture)>,
     started: Instant,
+    /// When the last write completed: the fdatasyncs' latency is measured from here.
+    writes_done: Instant,
     stats: FlushStats,
 }
 
@@ -379,7 +464,10 @@ fn start_flush<B: IoBackend>(
                 parts.len() - 1
             });
             let group = *group_of.entry(key(&item.segment)).or_insert_with(|| {
-                let start_bytes = item.segment.state.borrow().written_bytes;
+                let (start_bytes, rollbacks) = {
+                    let state = item.segment.state.borrow();
+                    (state.written_bytes, state.rollbacks)
+                };
                 debug_assert_eq!(
                     start_bytes,
                     item.position + item.consumed as u64,
@@ -389,6 +477,7 @@ fn start_flush<B: IoBackend>(
                     segment: item.segment.clone(),
                     partition: part,
                     start_bytes,
+                    rollbacks,
                     head_bytes: (start_bytes % align_bytes as u64) as usize,
                     new_bytes: 0,
                     pieces: Vec::new(),
@@ -546,8 +635,8 @@ fn start_flush<B: IoBackend>(
                 .filter(|group| group.partition == index)
                 .map(|group| key(&group.segment))
                 .collect();
-            for (segment, written, future) in sync_partition(&part.partition, backend, &in_flush) {
-                extra_syncs.push((index, segment, written, future));
+            for (segment, covers, future) in sync_partition(&part.partition, backend, &in_flush) {
+                extra_syncs.push((index, segment, covers, future));
             }
         }
     }
@@ -567,6 +656,7 @@ fn start_flush<B: IoBackend>(
         syncs,
         extra_syncs,
         started,
+        writes_done: started,
         stats,
     })
 }
@@ -592,7 +682,8 @@ async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut
         };
         write_results.push(result);
     }
-    flush.stats.write_ns = flush.started.elapsed().as_nanos() as u64;
+    flush.writes_done = Instant::now();
+    flush.stats.write_ns = (flush.writes_done - flush.started).as_nanos() as u64;
     for (group, result) in flush.groups.iter().zip(&write_results) {
         if let Err(error) = result {
             let part = &mut flush.parts[group.partition];
@@ -669,75 +760,69 @@ async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut
 }
 
 /// Awaits the flush's fdatasyncs: marks bytes durable, publishes and completes acks=all
-/// appends; a failed fdatasync poisons its partition, failing its appends here, in the queue
-/// and in `next` (the flush already submitted behind this one).
-async fn finish_syncs(shard: &ShardShared, mut flush: Flush, mut next: Option<&mut Flush>) {
-    let sync_started = Instant::now();
+/// appends; a failed fdatasync poisons its partition, failing its appends here and in the
+/// queue (the flushes already written behind this one fail theirs when they finish: they
+/// see the poison).
+async fn finish_syncs(shard: &ShardShared, mut flush: Flush) {
     let mut any_sync = false;
     for (group, synced) in flush.groups.iter().zip(std::mem::take(&mut flush.syncs)) {
         let Some(synced) = synced else { continue };
         any_sync = true;
         let result = synced.await;
         let part = &mut flush.parts[group.partition];
+        note_poisoned(part);
         if part.failure.is_some() {
             continue;
         }
-        let written = group.start_bytes + group.new_bytes as u64;
+        let covers = Covers::Bytes {
+            end: group.start_bytes + group.new_bytes as u64,
+            rollbacks: group.rollbacks,
+        };
         match result {
-            Ok(_) => mark_durable(&group.segment, written),
+            Ok(_) => mark_durable(&group.segment, covers),
             Err(error) => {
                 part.failure = Some(Failure::Poison(sync_failed(
                     &part.partition,
                     &group.segment,
-                    written,
+                    covers,
                     error,
                 )))
             }
         }
     }
-    for (part_index, segment, written, future) in std::mem::take(&mut flush.extra_syncs) {
+    for (part_index, segment, covers, future) in std::mem::take(&mut flush.extra_syncs) {
         any_sync = true;
         let result = future.await;
         let part = &mut flush.parts[part_index];
+        note_poisoned(part);
         if part.failure.is_some() {
             continue;
         }
         match result {
-            Ok(_) => mark_durable(&segment, written),
+            Ok(_) => mark_durable(&segment, covers),
             Err(error) => {
                 part.failure = Some(Failure::Poison(sync_failed(
                     &part.partition,
                     &segment,
-                    written,
+                    covers,
                     error,
                 )))
             }
         }
     }
     if any_sync {
-        flush.stats.fsync_ns = sync_started.elapsed().as_nanos() as u64;
+        flush.stats.fsync_ns = flush.writes_done.elapsed().as_nanos() as u64;
     }
     for part in flush.parts.iter_mut() {
         // A failed write was rolled back and its appends failed: nothing of it to sync.
         if !part.sync || matches!(part.failure, Some(Failure::Write(_))) {
             continue;
         }
-        if part.failure.is_none() {
-            // Poisoned by a failed sync outside this flush (finalization) while it ran.
-            if let Some(poisoned) = part.partition.log.borrow().poisoned.clone() {
-                part.failure = Some(Failure::Poison(poisoned));
-            }
-        }
+        // Poisoned outside this flush while it ran (an earlier flush, a finalization).
+        note_poisoned(part);
         match &part.failure {
             Some(Failure::Poison(poisoned)) => {
                 poison(shard, &part.partition, poisoned.clone(), &mut flush.taken);
-                if let Some(next) = next.as_deref_mut() {
-                    if let Some(&index) = next.part_of.get(&key(&part.partition)) {
-                        let failure = Failure::Poison(poisoned.clone());
-                        fail_appends(shard, &part.partition, &failure, &mut next.taken);
-                        next.parts[index].failure.get_or_insert(failure);
-                    }
-                }
             }
             Some(Failure::Write(_)) => {}
             None => {
@@ -764,6 +849,17 @@ async fn finish_syncs(shard: &ShardShared, mut flush: Flush, mut next: Option<&m
     }
     if let Some(observer) = shard.flush_observer.borrow().as_ref() {
         observer(&flush.stats);
+    }
+}
+
+/// A partition poisoned since this flush was written (by an earlier flush's fdatasync, a
+/// finalization or a `flush.ms` sync) fails this flush's appends: nothing past a failed
+/// fdatasync is marked durable or becomes visible.
+fn note_poisoned(part: &mut PartFlush) {
+    if part.failure.is_none() {
+        if let Some(poisoned) = part.partition.log.borrow().poisoned.clone() {
+            part.failure = Some(Failure::Poison(poisoned));
+        }
     }
 }
 

@@ -486,6 +486,71 @@ fn failed_fdatasync_under_load_fails_every_later_append() {
     });
 }
 
+/// Polls `condition` every millisecond for up to `limit`; whether it became true.
+async fn within(limit: std::time::Duration, condition: impl Fn() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while !condition() {
+        if started.elapsed() >= limit {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    true
+}
+
+/// Group commits are written back to back while earlier ones' fdatasyncs are still out, up
+/// to `log.flush.syncing.commits.max` of them; then the writer waits. Every acks=all append
+/// completes only after its own fdatasync, and they complete in order.
+#[test]
+fn writes_run_ahead_of_held_fdatasyncs_up_to_the_limit() {
+    run_with_faults(true, async |storage, plan| {
+        const SYNCING_MAX: u64 = 3;
+        storage.set_syncing_commits_max(SYNCING_MAX as usize);
+        let partition = storage
+            .open_partition("ahead", 0, LogConfig::default())
+            .expect("partition");
+        let first = make_batch(0, 1, 100, 0);
+        partition
+            .append(bytes(first.clone()), Ack::Durable, 0)
+            .await
+            .expect("warm up");
+        let mut expected = vec![expected_stored(&first, 0, 0)];
+        plan.hold_syncs(true);
+        let mut appends = Vec::new();
+        for round in 1..=SYNCING_MAX + 2 {
+            let (writes_before, _) = plan.operation_counts();
+            let batch = make_batch(round, 1, 3000, 0);
+            expected.push(expected_stored(&batch, round as i64, 0));
+            let target = partition.clone();
+            appends.push(tokio::task::spawn_local(async move {
+                target.append(bytes(batch), Ack::Durable, 0).await
+            }));
+            let limit =
+                std::time::Duration::from_millis(if round <= SYNCING_MAX { 5_000 } else { 200 });
+            let written = within(limit, || plan.operation_counts().0 > writes_before).await;
+            assert_eq!(
+                written,
+                round <= SYNCING_MAX,
+                "commit {round}: written at once while at most {SYNCING_MAX} commits wait for \
+                 their fdatasyncs, held back beyond"
+            );
+        }
+        assert!(
+            appends.iter().all(|append| !append.is_finished()),
+            "no acks=all append completes before its fdatasync"
+        );
+        assert_eq!(partition.high_watermark(), 1);
+        plan.hold_syncs(false);
+        let mut offsets = Vec::new();
+        for append in appends {
+            offsets.push(append.await.expect("join").expect("append").base_offset);
+        }
+        assert_eq!(offsets, (1..=SYNCING_MAX as i64 + 2).collect::<Vec<_>>());
+        assert_eq!(partition.high_watermark(), SYNCING_MAX as i64 + 3);
+        assert_eq!(read_all(&partition, 0).await, expected);
+    });
+}
+
 /// An append larger than the staging buffer is written over several flushes; a failure in
 /// its second flush rolls back the part already written and the space is reused.
 fn oversized_append(direct_io: bool) {

@@ -23,6 +23,7 @@ pub mod keys;
 pub mod produce;
 pub mod schedule;
 pub mod stats;
+pub mod timer;
 
 use stats::{new_latency_histogram, per_second, CpuTimes, LatencySummary};
 

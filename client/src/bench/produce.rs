@@ -34,6 +34,7 @@ use serde_json::json;
 use super::keys::{KeyGenerator, Rng};
 use super::schedule::Schedule;
 use super::stats::{new_latency_histogram, CpuTimes};
+use super::timer::PreciseTimer;
 use super::{spawn_progress, Phase, ProduceBenchArgs, Progress, Report};
 use crate::client::{Client, TopicInfo};
 use crate::conn::Connection;
@@ -429,6 +430,14 @@ struct Worker {
     retry_at_ns: u64,
     /// Transactional mode's state.
     txn: Option<TxnTask>,
+    /// Paces the schedule and the linger to a tenth of a millisecond (tokio's own timers
+    /// tick in whole milliseconds).
+    timer: Arc<PreciseTimer>,
+}
+
+/// The pacing timer failed (timerfd refused: the bench cannot keep its schedule).
+fn timer_error(error: std::io::Error) -> ClientError {
+    ClientError::Invalid(format!("bench pacing timer (timerfd): {error}"))
 }
 
 struct WorkerDone {
@@ -557,6 +566,7 @@ impl Worker {
             encode_buf: BytesMut::new(),
             conns: HashMap::new(),
             histogram: new_latency_histogram(),
+            timer: Arc::new(PreciseTimer::new().map_err(timer_error)?),
             records_acked: 0,
             bytes_acked: 0,
             latencies_us: Vec::new(),
@@ -1024,13 +1034,15 @@ impl Worker {
             if !self.retry.is_empty() {
                 wake_ns = wake_ns.min(self.retry_at_ns.max(now_ns));
             }
+            let wake_at = self.start + Duration::from_nanos(wake_ns);
             if in_flight.is_empty() {
                 if wake_ns > now_ns {
-                    tokio::time::sleep(Duration::from_nanos(wake_ns - now_ns)).await;
+                    self.timer.sleep_until(wake_at).await.map_err(timer_error)?;
                 }
                 continue;
             }
-            let sleep = tokio::time::sleep(Duration::from_nanos(wake_ns.saturating_sub(now_ns)));
+            let timer = Arc::clone(&self.timer);
+            let sleep = timer.sleep_until(wake_at);
             tokio::select! {
                 biased;
                 Some((result, sent)) = in_flight.next() => {
@@ -1040,7 +1052,7 @@ impl Worker {
                         self.settle(result, sent)?;
                     }
                 }
-                _ = sleep, if wake_ns > now_ns => {}
+                slept = sleep, if wake_ns > now_ns => slept.map_err(timer_error)?,
                 else => {}
             }
         }
