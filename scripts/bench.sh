@@ -53,6 +53,8 @@
 #                          QUICK: 1 and 5)
 #        TXN_PARTITIONS="16 1"  partition counts of the transactions step (QUICK: 16)
 #        PRODUCE_FLAGS="..."  `sluice bench produce` flags of every produce workload
+#        READY_TIMEOUT_S=N  before each produce row, an untimed probe creates the topic and
+#                          waits up to N s (default 300) until every partition accepts a record
 #        BENCH_DIR=D       data, logs and raw results (default bench-out/bench; wiped first)
 #        BENCH_PORT / BENCH_ADMIN_PORT / IPERF_PORT   ports (default 41092 / 41644 / 41201;
 #                          the heaptrack broker uses the first two plus 2)
@@ -86,6 +88,7 @@ else
     DISK_FREE_GB_MIN="${DISK_FREE_GB_MIN:-30}"
 fi
 PRODUCE_FLAGS="${PRODUCE_FLAGS:---record-size 1024 --acks all --connections 4 --in-flight 5 --batch-bytes 262144 --linger-ms 5}"
+READY_TIMEOUT_S="${READY_TIMEOUT_S:-300}"
 FIO_BYTES="${FIO_BYTES:-8589934592}"  # an upper bound: FIO_S ends each run first
 TAIL_RECORDS="${TAIL_RECORDS:-80000}"
 ALLOC_RECORDS_SMALL="${ALLOC_RECORDS_SMALL:-50000}"
@@ -239,6 +242,20 @@ drop_topic() {
     reap_deleted_topics "$BENCH_DIR/kafka-data"
 }
 
+# ready_topic ADDR TOPIC PARTITIONS: creates the topic and waits (up to READY_TIMEOUT_S) until
+# every partition accepts a record, untimed and before the broker CPU count starts: a broker
+# still loading a new topic's partitions (Kafka, 1,000 of them) refuses produce for a while,
+# which a timed run would charge to its produce path.
+ready_topic() {
+    local addr="$1" topic="$2" partitions="$3"
+    # shellcheck disable=SC2206
+    local flags=($PRODUCE_FLAGS)
+    "$BIN" bench produce --bootstrap "$addr" --progress-interval-s 0 "${flags[@]}" --topic "$topic" \
+        --partitions "$partitions" --records 1 --ready-timeout-s "$READY_TIMEOUT_S" \
+        >/dev/null 2>"$BENCH_DIR/ready-$topic.err" \
+        || echo "   readiness probe of $topic failed: $(tail -1 "$BENCH_DIR/ready-$topic.err")" >&2
+}
+
 # --- the client workloads (run against Sluice and, with BOOTSTRAP, another broker) ---------
 client_workloads() { # TARGET_LABEL ADDR
     local target="$1" addr="$2" run
@@ -247,6 +264,7 @@ client_workloads() { # TARGET_LABEL ADDR
     say "[$target] produce, acks=all, 1 / 16 / 1000 partitions ($RUNS x ${DURATION_S}s each)"
     for partitions in 1 16 1000; do
         for run in $(seq "$RUNS"); do
+            ready_topic "$addr" "$PREFIX-$target-p$partitions-r$run" "$partitions"
             bench "$target" "$addr" "produce_p$partitions" "$run" produce "${flags[@]}" \
                 --topic "$PREFIX-$target-p$partitions-r$run" --partitions "$partitions" --duration "${DURATION_S}s"
             # The first 16-partition topic is the consume step's older data.

@@ -17,6 +17,10 @@
 #        created before the run in steps of 5,000 (CreateTopics, then CreatePartitions):
 #        Kafka's controller refuses one operation of more than 10,000 records
 #        (POLICY_VIOLATION), and a 10,000-partition topic is 10,001.
+#        READY_TIMEOUT_S (300): before each row is timed and its broker CPU counted, an
+#        untimed `bench produce --ready-timeout-s` creates the topic, writes one record to
+#        every partition and waits up to this long until all accept (Kafka refuses produce
+#        to a new topic's partitions while it loads them); 0 = no probe
 #        BENCH_DIR (bench-out/scale; wiped first)  OUT_MD (BENCHMARKS.md; empty: no section)
 #        BENCH_PORT / BENCH_ADMIN_PORT / PEER_PORT (41992 / 42544 / 42092)  KAFKA_HOME
 # Results go into the "How the cost grows" section of OUT_MD between its markers (appended
@@ -50,6 +54,7 @@ CLK_TCK="$(getconf CLK_TCK)"
 PREFIX="scale$(date +%s)"
 INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; printf 'RUNS=%s DURATION_S=%s scripts/scale-bench.sh' "$RUNS" "$DURATION_S"; } )"
 BASE_FLAGS="--acks all --in-flight 5 --batch-bytes 262144 --linger-ms 5"
+READY_TIMEOUT_S="${READY_TIMEOUT_S:-300}"
 # The 10,000-partition row is over Sluice's default max.broker.partitions (5,000).
 SLUICE_OVERRIDES="${SLUICE_OVERRIDES:-max.broker.partitions=20000}"
 
@@ -124,6 +129,14 @@ for target in "${TARGETS[@]}"; do
             command=("$BIN" bench produce --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0
                 "${flags[@]}" --topic "$topic" --duration "${DURATION_S}s")
             create_in_steps "$topic" "$(scenario_partitions "$scenario")"
+            # Created (if not yet) and writable before the clock and the CPU count start.
+            if (( READY_TIMEOUT_S > 0 )); then
+                "$BIN" bench produce --bootstrap "$TARGET_ADDR" --progress-interval-s 0 \
+                    "${flags[@]}" --topic "$topic" --records 1 --ready-timeout-s "$READY_TIMEOUT_S" \
+                    >/dev/null 2>"$base.ready.err" \
+                    || echo "   [$target] $scenario run $run: readiness probe failed: $(tail -1 "$base.ready.err")" >&2
+                grep -h 'accept produce' "$base.ready.err" | sed 's/^/   /' >&2 || true
+            fi
             record_command "$scenario" "${command[@]}"
             before="$(cpu_ticks "$TARGET_PID")"
             if "${command[@]}" >"$base.json" 2>"$base.err"; then

@@ -369,6 +369,22 @@ def test_bench_produce_consume_json_and_hgrm(sluice_bin, broker, tmp_path):
     assert consumed["bytes"] > 50_000 * 512
 
 
+def test_bench_readiness_probe_writes_one_record_to_every_partition(sluice_bin, broker):
+    """`--ready-timeout-s`: before the clock starts, one record goes to every partition and the
+    run waits until each accepted; the timed run's own records come on top."""
+    topic = unique_topic("ready")
+    proc = ok(sluice(sluice_bin, "bench", "produce", "--topic", topic, "--partitions", 12,
+                     "--records", 40, "--connections", 1, "--ready-timeout-s", 30,
+                     "--json", "--bootstrap", broker.bootstrap))
+    assert "all 12 partitions accept produce (1 round(s)" in proc.stderr.decode()
+    assert json.loads(proc.stdout)["records"] == 40, "probe records are not counted"
+    described = json.loads(ok(sluice(sluice_bin, "topics", "describe", topic, "--json",
+                                     "--bootstrap", broker.bootstrap)).stdout)
+    ends = [p["log_end_offset"] for p in described["partitions"]]
+    assert len(ends) == 12 and all(end >= 1 for end in ends), ends
+    assert sum(ends) == 12 + 40
+
+
 def test_bench_produce_text_report_and_compression(sluice_bin, broker):
     proc = ok(sluice(sluice_bin, "bench", "produce", "--topic", unique_topic("bt"),
                      "--records", 20_000, "--record-size", 200, "--compression", "lz4",

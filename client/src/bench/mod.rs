@@ -21,6 +21,7 @@ pub mod consume;
 pub mod e2e;
 pub mod keys;
 pub mod produce;
+pub mod ready;
 pub mod schedule;
 pub mod stats;
 pub mod timer;
@@ -149,6 +150,11 @@ pub struct ProduceBenchArgs {
     /// With --transactional-id: transaction.timeout.ms sent in InitProducerId
     #[arg(long, value_name = "MS", default_value_t = 60_000)]
     pub transaction_timeout_ms: i32,
+    /// Before the clock starts, write one record to every partition and wait up to this many
+    /// seconds until all accept (a broker still loading a new topic's partitions refuses
+    /// produce for a while); 0 = no probe
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    pub ready_timeout_s: f64,
 }
 
 /// Flags of `sluice bench consume`.

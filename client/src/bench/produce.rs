@@ -1130,6 +1130,16 @@ pub async fn run(args: ProduceBenchArgs) -> anyhow::Result<()> {
     let config = Arc::new(ProduceConfig::from_args(&args, Payload::Shared)?);
     let client = args.common.conn.connect().await?;
     let info = Arc::new(ensure_topic(&client, &config.topic, args.partitions).await?);
+    if args.ready_timeout_s > 0.0 {
+        let limit = Duration::from_secs_f64(args.ready_timeout_s);
+        let ready = super::ready::wait_until_writable(&client, &config.topic, limit).await?;
+        eprintln!(
+            "bench produce: all {} partitions accept produce ({} round(s), {:.1} s)",
+            ready.partitions,
+            ready.rounds,
+            ready.elapsed.as_secs_f64()
+        );
+    }
     let sessions = init_sessions(&client, &config).await.map_err(|e| {
         anyhow::anyhow!("bench produce: initialising the transactional producers: {e}")
     })?;
