@@ -212,7 +212,7 @@ async fn plan_cut(
     } else {
         let io = shard.io.clone();
         let mut headers = keep
-            .headers(
+            .walk_headers(
                 io.as_ref(),
                 visible_bytes,
                 segment::short_walk_window_bytes(interval_bytes),

@@ -691,7 +691,7 @@ impl PartitionShared {
                 .map_err(io_context)?;
             let from = visible_bytes.saturating_sub(remaining_bytes);
             let mut reader = segment
-                .headers(io, visible_bytes, segment::LONG_WALK_WINDOW_BYTES)
+                .walk_headers(io, visible_bytes, segment::LONG_WALK_WINDOW_BYTES)
                 .map_err(io_context)?;
             let mut position = match segment
                 .indexed_batch_start(&mut reader, 0, from)
@@ -745,7 +745,7 @@ impl PartitionShared {
                 .await
                 .map_err(io_context)?;
             let mut reader = segment
-                .headers(io, visible_bytes, segment::LONG_WALK_WINDOW_BYTES)
+                .walk_headers(io, visible_bytes, segment::LONG_WALK_WINDOW_BYTES)
                 .map_err(io_context)?;
             let mut position = 0u64;
             while let Some(header) = reader.header_at(position).await.map_err(io_context)? {
@@ -792,7 +792,7 @@ impl PartitionShared {
                 continue;
             }
             let found = async {
-                let mut headers = segment.headers(
+                let mut headers = segment.walk_headers(
                     io,
                     visible_bytes,
                     segment::short_walk_window_bytes(interval_bytes),

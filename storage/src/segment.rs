@@ -363,6 +363,25 @@ impl Segment {
             ReadFile::Open(handle) => return Ok(handle.clone()),
             ReadFile::Closed(expected) => *expected,
         };
+        let handle = self.open_for_reading(expected)?;
+        *self.read.borrow_mut() = ReadFile::Open(handle.clone());
+        Ok(handle)
+    }
+
+    /// The read descriptor if one is open, else one opened for the caller alone and closed
+    /// when it drops it: for walks over batch headers (the first append's producer-state
+    /// rebuild, offset and time lookups), which would otherwise leave a second descriptor on
+    /// every partition ever appended to (10,000 partitions would hold 20,000).
+    pub(crate) fn transient_read_handle(&self) -> io::Result<SegmentHandle> {
+        let expected = match &*self.read.borrow() {
+            ReadFile::Open(handle) => return Ok(handle.clone()),
+            ReadFile::Closed(expected) => *expected,
+        };
+        self.open_for_reading(expected)
+    }
+
+    /// Opens the segment's name and checks that it is still the segment's own file.
+    fn open_for_reading(&self, expected: (u64, u64)) -> io::Result<SegmentHandle> {
         let path = self.log_path();
         let file = File::open(&path)?;
         if identity(&file)? != expected {
@@ -374,9 +393,7 @@ impl Segment {
                 ),
             ));
         }
-        let handle = SegmentHandle::new(file);
-        *self.read.borrow_mut() = ReadFile::Open(handle.clone());
-        Ok(handle)
+        Ok(SegmentHandle::new(file))
     }
 
     /// Opens the read descriptor before the file's name is unlinked or replaced, so readers
@@ -388,15 +405,41 @@ impl Segment {
         }
     }
 
-    /// A header reader over the first `end_bytes` bytes, reading `window_bytes` at a time.
+    /// A header reader over the first `end_bytes` bytes, reading `window_bytes` at a time,
+    /// through the segment's read descriptor (opened now if need be, and kept): for reads
+    /// that go on to serve the segment's data through [`HeaderReader::file`].
     pub(crate) fn headers<'a>(
         &'a self,
         io: &'a dyn IoBackend,
         end_bytes: u64,
         window_bytes: usize,
     ) -> io::Result<HeaderReader<'a>> {
-        Ok(HeaderReader {
-            file: self.read_handle()?,
+        let file = self.read_handle()?;
+        Ok(self.header_reader(file, io, end_bytes, window_bytes))
+    }
+
+    /// [`Segment::headers`] for a walk over headers alone (an index rebuild, the producer
+    /// state rebuild, offset and time lookups, a truncation point): a descriptor opened for
+    /// it is closed after it, not kept.
+    pub(crate) fn walk_headers<'a>(
+        &'a self,
+        io: &'a dyn IoBackend,
+        end_bytes: u64,
+        window_bytes: usize,
+    ) -> io::Result<HeaderReader<'a>> {
+        let file = self.transient_read_handle()?;
+        Ok(self.header_reader(file, io, end_bytes, window_bytes))
+    }
+
+    fn header_reader<'a>(
+        &'a self,
+        file: SegmentHandle,
+        io: &'a dyn IoBackend,
+        end_bytes: u64,
+        window_bytes: usize,
+    ) -> HeaderReader<'a> {
+        HeaderReader {
+            file,
             segment: self,
             io,
             end_bytes,
@@ -404,7 +447,7 @@ impl Segment {
             window: Vec::new(),
             window_start: 0,
             last_batch_bytes: 0,
-        })
+        }
     }
 
     /// [`Segment::load_index`] with blocking reads through `io`'s recovery reads, for recovery
@@ -470,7 +513,7 @@ impl Segment {
         tracing::info!(segment = %self.log_path().display(), "rebuilding segment index from batch headers");
         let mut index = SegmentIndex::default();
         let mut position = 0u64;
-        let mut headers = self.headers(io, end_bytes, LONG_WALK_WINDOW_BYTES)?;
+        let mut headers = self.walk_headers(io, end_bytes, LONG_WALK_WINDOW_BYTES)?;
         while let Some(header) = headers.header_at(position).await? {
             let relative =
                 (header.last_offset() - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;

@@ -84,11 +84,19 @@ fn a_partition_holds_one_descriptor_until_a_read_needs_its_files() {
         }
         for partition in &partitions {
             assert_eq!(read_all(partition, 0).await.len(), 2);
+            // The broker walks recent batch headers on a partition's first append after a
+            // start (idempotent producers' state): the walk's descriptor is its own.
+            let headers = partition
+                .recent_batch_headers(1 << 20)
+                .await
+                .expect("headers");
+            assert_eq!(headers.len(), 2);
         }
         assert_eq!(
             settled_descriptors_under(dir.path(), 20).await,
             20,
-            "one descriptor per partition, the active segment's (no read or directory ones)"
+            "one descriptor per partition, the active segment's (no read, header-walk or \
+             directory ones)"
         );
         storage.shutdown().await.expect("shutdown");
         drop(partitions);
