@@ -150,9 +150,10 @@ pub struct ProduceBenchArgs {
     /// With --transactional-id: transaction.timeout.ms sent in InitProducerId
     #[arg(long, value_name = "MS", default_value_t = 60_000)]
     pub transaction_timeout_ms: i32,
-    /// Before the clock starts, write one record to every partition and wait up to this many
-    /// seconds until all accept (a broker still loading a new topic's partitions refuses
-    /// produce for a while); 0 = no probe
+    /// Before the clock starts, write one record to every partition (at least --partitions of
+    /// them, once metadata shows a grown topic's new ones) and wait up to this many seconds
+    /// until all accept (a broker still loading a new topic's partitions refuses produce for
+    /// a while); 0 = no probe
     #[arg(long, value_name = "S", default_value_t = 0.0)]
     pub ready_timeout_s: f64,
 }

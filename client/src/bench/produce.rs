@@ -1132,7 +1132,9 @@ pub async fn run(args: ProduceBenchArgs) -> anyhow::Result<()> {
     let info = Arc::new(ensure_topic(&client, &config.topic, args.partitions).await?);
     if args.ready_timeout_s > 0.0 {
         let limit = Duration::from_secs_f64(args.ready_timeout_s);
-        let ready = super::ready::wait_until_writable(&client, &config.topic, limit).await?;
+        let expected = usize::try_from(args.partitions).unwrap_or(0);
+        let ready =
+            super::ready::wait_until_writable(&client, &config.topic, expected, limit).await?;
         eprintln!(
             "bench produce: all {} partitions accept produce ({} round(s), {:.1} s)",
             ready.partitions,

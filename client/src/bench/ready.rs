@@ -38,10 +38,12 @@ pub struct Readiness {
     pub elapsed: Duration,
 }
 
-/// Writes one record to every partition of `topic`, retrying refused ones for up to `limit`.
+/// Writes one record to every partition of `topic`, retrying refused ones for up to `limit`;
+/// a topic grown to `partitions_min` counts its new partitions once metadata shows them.
 pub async fn wait_until_writable(
     client: &Arc<Client>,
     topic: &str,
+    partitions_min: usize,
     limit: Duration,
 ) -> anyhow::Result<Readiness> {
     let started = Instant::now();
@@ -54,14 +56,26 @@ pub async fn wait_until_writable(
         }],
         Compression::None,
     )?;
-    let info = client.topic(topic).await?;
-    let partitions = info.partitions.len();
-    let mut waiting: BTreeSet<i32> = info.partitions.iter().map(|p| p.partition).collect();
+    let mut accepted: BTreeSet<i32> = BTreeSet::new();
+    let mut partitions = 0usize;
     let mut rounds = 0u32;
     let mut last_refusal = String::new();
     loop {
         rounds += 1;
         let info = client.topic(topic).await?;
+        partitions = partitions.max(info.partitions.len());
+        if info.partitions.len() < partitions_min {
+            last_refusal = format!(
+                "metadata shows {} of {partitions_min} partitions",
+                info.partitions.len()
+            );
+        }
+        let waiting: BTreeSet<i32> = info
+            .partitions
+            .iter()
+            .map(|p| p.partition)
+            .filter(|p| !accepted.contains(p))
+            .collect();
         let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
         for partition in info
             .partitions
@@ -99,7 +113,7 @@ pub async fn wait_until_writable(
             for (partition, outcome) in produce_outcomes(&response, topic) {
                 match outcome {
                     Ok(_) => {
-                        waiting.remove(&partition);
+                        accepted.insert(partition);
                     }
                     Err(e) if e.is_retriable() => last_refusal = e.to_string(),
                     Err(e) => {
@@ -108,7 +122,7 @@ pub async fn wait_until_writable(
                 }
             }
         }
-        if waiting.is_empty() {
+        if accepted.len() >= partitions.max(partitions_min) {
             return Ok(Readiness {
                 partitions,
                 rounds,
@@ -117,9 +131,10 @@ pub async fn wait_until_writable(
         }
         if started.elapsed() >= limit {
             anyhow::bail!(
-                "readiness probe: {} of {partitions} partitions of {topic} still refuse produce \
+                "readiness probe: {} of {} partitions of {topic} not yet accepting produce \
                  after {:.0} s ({rounds} rounds; last: {last_refusal})",
-                waiting.len(),
+                partitions.max(partitions_min) - accepted.len(),
+                partitions.max(partitions_min),
                 limit.as_secs_f64()
             );
         }
