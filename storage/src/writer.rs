@@ -156,8 +156,8 @@ fn key<T>(rc: &Rc<T>) -> *const T {
 /// Writes run back to back and fdatasyncs trail them: once flush N's writes are in, it is
 /// handed to the sync completer ([`complete_syncs`]) and flush N+1 is planned, copied and
 /// submitted at once, whether N's fdatasyncs finished or not. Up to
-/// `group.commit.syncing.max` flushes may wait for their fdatasyncs; the writer waits for a
-/// slot beyond that. Only one write from the staging buffer is ever in flight, so a file's
+/// `log.flush.syncing.commits.max` flushes may wait for their fdatasyncs; the writer waits
+/// for a slot beyond that. Only one write from the staging buffer is ever in flight, so a file's
 /// partial last block is never in two in-flight writes. Completions stay in order: N's
 /// appends complete before N+1's (the completer finishes flushes front to back).
 pub(crate) async fn run<B: IoBackend>(
