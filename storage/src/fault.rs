@@ -595,20 +595,16 @@ impl<B> FaultBackend<B> {
             loop {
                 let released = {
                     let state = plan.0.borrow();
-                    (!state.syncs_held)
-                        .then_some(())
-                        .ok_or(state.syncs_released.clone())
-                };
-                match released {
-                    Ok(()) => return result,
-                    Err(notify) => {
-                        let notified = notify.notified();
-                        tokio::pin!(notified);
-                        notified.as_mut().enable();
-                        if plan.0.borrow().syncs_held {
-                            notified.await;
-                        }
+                    if !state.syncs_held {
+                        return result;
                     }
+                    state.syncs_released.clone()
+                };
+                let notified = released.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if plan.0.borrow().syncs_held {
+                    notified.await;
                 }
             }
         })

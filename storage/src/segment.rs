@@ -359,29 +359,24 @@ impl Segment {
     /// file that exists, never a read of its data). Fails, rather than reading another file,
     /// when the name no longer leads to the segment's own file (see [`ReadFile`]).
     pub(crate) fn read_handle(&self) -> io::Result<SegmentHandle> {
-        let expected = match &*self.read.borrow() {
-            ReadFile::Open(handle) => return Ok(handle.clone()),
-            ReadFile::Closed(expected) => *expected,
-        };
-        let handle = self.open_for_reading(expected)?;
-        *self.read.borrow_mut() = ReadFile::Open(handle.clone());
+        let handle = self.transient_read_handle()?;
+        let mut read = self.read.borrow_mut();
+        if matches!(*read, ReadFile::Closed(_)) {
+            *read = ReadFile::Open(handle.clone());
+        }
         Ok(handle)
     }
 
     /// The read descriptor if one is open, else one opened for the caller alone and closed
     /// when it drops it: for walks over batch headers (the first append's producer-state
     /// rebuild, offset and time lookups), which would otherwise leave a second descriptor on
-    /// every partition ever appended to (10,000 partitions would hold 20,000).
+    /// every partition ever appended to (10,000 partitions would hold 20,000). Like
+    /// [`Segment::read_handle`] it fails when the name no longer leads to the segment's file.
     pub(crate) fn transient_read_handle(&self) -> io::Result<SegmentHandle> {
         let expected = match &*self.read.borrow() {
             ReadFile::Open(handle) => return Ok(handle.clone()),
             ReadFile::Closed(expected) => *expected,
         };
-        self.open_for_reading(expected)
-    }
-
-    /// Opens the segment's name and checks that it is still the segment's own file.
-    fn open_for_reading(&self, expected: (u64, u64)) -> io::Result<SegmentHandle> {
         let path = self.log_path();
         let file = File::open(&path)?;
         if identity(&file)? != expected {
