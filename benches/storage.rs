@@ -27,6 +27,8 @@ struct Args {
     total_bytes: u64,
     appenders: usize,
     group_commit_bytes: usize,
+    /// `log.flush.writing.commits.max` (0: the storage default).
+    writing_commits: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -38,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         total_bytes: 2 << 30,
         appenders: 0,
         group_commit_bytes: 16 << 20,
+        writing_commits: 0,
     };
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
             "--total-bytes" => args.total_bytes = parse(&value()?)?,
             "--appenders" => args.appenders = parse(&value()?)?,
             "--group-commit-bytes" => args.group_commit_bytes = parse(&value()?)?,
+            "--writing-commits" => args.writing_commits = parse(&value()?)?,
             // Flags cargo bench passes through.
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
@@ -128,6 +132,9 @@ fn main() {
         });
         let totals = Rc::new(RefCell::new(Totals::default()));
         let observed = totals.clone();
+        if args.writing_commits > 0 {
+            storage.set_writing_commits_max(args.writing_commits);
+        }
         storage.set_flush_observer(Box::new(move |stats| {
             let mut totals = observed.borrow_mut();
             totals.flushes += 1;

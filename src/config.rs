@@ -105,6 +105,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "shard.inbox.jobs.max", default: "4096", doc: "Depth of each shard's inbox of cross-shard jobs; a sender finding it full waits (its request stays unanswered, so its connection stops reading)." },
     Setting { name: "log.blocking.jobs.max", default: "8", doc: "Jobs per shard running at once on the blocking pool (segment truncation, small files with their syncs: the file work io_uring has no opcode for); more wait on the shard without holding a pool thread." },
     Setting { name: "log.append.queue.bytes.max", default: "67108864", doc: "Bytes per shard queued for the storage writer and not yet written; an append that finds the queue past this waits for the writer before it completes (acks=0 included), so its producer's connection stops reading." },
+    Setting { name: "log.flush.writing.commits.max", default: "4", doc: "Group commits per shard whose writes may be in flight at once, to the same files too: while a commit's write is in flight the next one starts as soon as 1 MiB (at most a quarter of the staging buffer) is queued, instead of waiting for it (a file's partial last 4 KiB block is rewritten only after the write holding it completed). 1 writes one commit at a time." },
     Setting { name: "log.flush.syncing.commits.max", default: "4", doc: "Group commits per shard whose writes are in and whose fdatasyncs are still running while the writer writes the next one (writes run back to back, fdatasyncs trail them, appends complete in order). At the limit the writer waits for the oldest commit's fdatasyncs." },
     Setting { name: "log.segment.bytes", default: "1073741824", doc: "Segment size before a roll (topic: segment.bytes)." },
     Setting { name: "log.roll.ms", default: "604800000", doc: "Segment age before a roll (topic: segment.ms)." },
@@ -526,6 +527,8 @@ pub struct BrokerConfig {
     pub append_queue_bytes_max: usize,
     /// `log.flush.syncing.commits.max`: group commits awaiting fdatasyncs per shard.
     pub syncing_commits_max: usize,
+    /// `log.flush.writing.commits.max`: group commits with writes in flight per shard.
+    pub writing_commits_max: usize,
     /// `log.blocking.jobs.max`: blocking-pool jobs per shard running at once.
     pub blocking_jobs_max: usize,
     /// Retention check period.
@@ -660,6 +663,7 @@ impl BrokerConfig {
             inbox_jobs_max: c.int("shard.inbox.jobs.max", 1..=INT_MAX),
             append_queue_bytes_max: c.int("log.append.queue.bytes.max", 1..=i64::MAX),
             syncing_commits_max: c.int("log.flush.syncing.commits.max", 1..=1024),
+            writing_commits_max: c.int("log.flush.writing.commits.max", 1..=64),
             blocking_jobs_max: c.int("log.blocking.jobs.max", 1..=4096),
             data_dir,
             listen: listeners.as_ref().map_or_else(

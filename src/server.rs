@@ -496,6 +496,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
     })?;
     storage.set_append_queue_bytes_max(config.append_queue_bytes_max);
     storage.set_syncing_commits_max(config.syncing_commits_max);
+    storage.set_writing_commits_max(config.writing_commits_max);
     // In a cluster a partition with no high-watermark checkpoint may hold a tail its ISR never
     // had: it opens at its log start, and the replication layer lifts it.
     storage.set_high_watermark_unknown_at_log_start(config.cluster.is_some());
@@ -565,6 +566,9 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         metrics.record_stage_ns(sluice_metrics::Stage::AppendWrite, flush.write_ns);
         if flush.fsync_ns > 0 {
             metrics.record_stage_ns(sluice_metrics::Stage::AppendFsync, flush.fsync_ns);
+        }
+        if let Some(gap_ns) = flush.gap_ns {
+            metrics.record_stage_ns(sluice_metrics::Stage::AppendWriteGap, gap_ns);
         }
         metrics.record_group_commit(flush.bytes, flush.records);
         metrics.count(sluice_metrics::Counter::RecordsIn, flush.records);

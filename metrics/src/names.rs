@@ -31,11 +31,16 @@ pub enum Stage {
     /// and marker files), from submit to its result being back on the shard: queue wait and
     /// run time together.
     BlockingJob,
+    /// How long the group-commit writer left the disk without a write of its shard while
+    /// appends were waiting: from one flush's writes completing (with appends queued) to the
+    /// next flush's submission. Planning, the staging copy and the shard's other work all
+    /// count; at one partition this idle time bounds produce below the disk.
+    AppendWriteGap,
 }
 
 impl Stage {
     /// Every stage, in display order.
-    pub const ALL: [Stage; 8] = [
+    pub const ALL: [Stage; 9] = [
         Stage::RequestQueue,
         Stage::CrossShardHop,
         Stage::AppendWrite,
@@ -44,6 +49,7 @@ impl Stage {
         Stage::FetchWait,
         Stage::ResponseSend,
         Stage::BlockingJob,
+        Stage::AppendWriteGap,
     ];
 
     /// How many stages exist; sizes the per-shard histogram array.
@@ -60,6 +66,7 @@ impl Stage {
             Stage::FetchWait => 5,
             Stage::ResponseSend => 6,
             Stage::BlockingJob => 7,
+            Stage::AppendWriteGap => 8,
         }
     }
 
@@ -74,6 +81,7 @@ impl Stage {
             Stage::FetchWait => "fetch_wait",
             Stage::ResponseSend => "response_send",
             Stage::BlockingJob => "blocking_job",
+            Stage::AppendWriteGap => "append_write_gap",
         }
     }
 }

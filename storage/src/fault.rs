@@ -123,6 +123,10 @@ struct PlanState {
     syncs_held: bool,
     /// Wakes held fdatasyncs on release.
     syncs_released: Rc<tokio::sync::Notify>,
+    /// While set, staged segment writes do not start (see [`FaultPlan::hold_writes`]).
+    writes_held: bool,
+    /// Starts each held write, in submission order.
+    held_writes: Vec<tokio::sync::oneshot::Sender<()>>,
     writes: u64,
     syncs: u64,
     reads: u64,
@@ -188,6 +192,44 @@ impl FaultPlan {
         if !held {
             released.notify_waiters();
         }
+    }
+
+    /// Holds (true) or releases (false) every staged segment write (O_DIRECT group
+    /// commits): while held, a submitted write does not start at all (nothing reaches the
+    /// file) and its completion, and a linked fdatasync's, wait. On release the held writes
+    /// start newest first, as a disk may complete in-flight writes in any order; each one's
+    /// linked fdatasync runs after it. An armed write error still fails its write (when it
+    /// starts, writing nothing); torn writes and the power model are not combined with it.
+    pub fn hold_writes(&self, held: bool) {
+        let released = {
+            let mut state = self.0.borrow_mut();
+            state.writes_held = held;
+            if held {
+                Vec::new()
+            } else {
+                std::mem::take(&mut state.held_writes)
+            }
+        };
+        for start in released.into_iter().rev() {
+            // The write's task may be gone with its shard; nothing to start then.
+            let _ = start.send(());
+        }
+    }
+
+    /// Writes waiting for [`FaultPlan::hold_writes`] to release them.
+    pub fn held_writes(&self) -> usize {
+        self.0.borrow().held_writes.len()
+    }
+
+    /// When writes are held: what starts this write.
+    fn hold_write(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let mut state = self.0.borrow_mut();
+        if !state.writes_held {
+            return None;
+        }
+        let (start, started) = tokio::sync::oneshot::channel();
+        state.held_writes.push(start);
+        Some(started)
     }
 
     /// The next fdatasync fails with `errno`.
@@ -544,6 +586,47 @@ pub(crate) struct FaultBackend<B> {
     pub(crate) plan: FaultPlan,
 }
 
+/// A write that starts only when `started` fires ([`FaultPlan::hold_writes`]), then its
+/// fdatasync (when `sync`) once the write is in, as a linked one would.
+fn held_write<B: IoBackend + 'static>(
+    inner: B,
+    staging: Rc<AlignedBuffer>,
+    write: FileWrite,
+    sync: bool,
+    started: tokio::sync::oneshot::Receiver<()>,
+    errno: Option<i32>,
+) -> (IoFuture, Option<IoFuture>) {
+    let (written_tx, written_rx) = tokio::sync::oneshot::channel();
+    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_local(async move {
+        if started.await.is_err() {
+            return;
+        }
+        let result = match errno {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => inner.write(&staging, write, false).0.await,
+        };
+        let ok = result.is_ok();
+        let _ = written_tx.send(result);
+        if sync && ok {
+            let _ = synced_tx.send(inner.fdatasync(write.fd).await);
+        }
+    });
+    let written: IoFuture = Box::pin(async move {
+        written_rx
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("held write never started")))
+    });
+    let synced: Option<IoFuture> = sync.then(|| {
+        Box::pin(async move {
+            synced_rx
+                .await
+                .unwrap_or_else(|_| Err(io::Error::from_raw_os_error(libc::ECANCELED)))
+        }) as IoFuture
+    });
+    (written, synced)
+}
+
 fn failed(errno: i32) -> IoFuture {
     Box::pin(async move { Err(io::Error::from_raw_os_error(errno)) })
 }
@@ -641,13 +724,27 @@ impl<B> FaultBackend<B> {
     }
 }
 
-impl<B: IoBackend> IoBackend for FaultBackend<B> {
+impl<B: IoBackend + Clone + 'static> IoBackend for FaultBackend<B> {
     fn write(
         &self,
         staging: &Rc<AlignedBuffer>,
         write: FileWrite,
         sync: bool,
     ) -> (IoFuture, Option<IoFuture>) {
+        if let Some(started) = self.plan.hold_write() {
+            let errno = match self.plan.take_write_fault() {
+                Some(Fault::WriteError(errno)) => Some(errno),
+                _ => None,
+            };
+            return held_write(
+                self.inner.clone(),
+                staging.clone(),
+                write,
+                sync,
+                started,
+                errno,
+            );
+        }
         let canceled = || sync.then(|| failed(libc::ECANCELED));
         let new_bytes = |len: usize| {
             // SAFETY: the writer filled this range before submitting and leaves it alone until

@@ -326,6 +326,7 @@ pub(crate) async fn read_exact(
 
 /// The production backend: WRITE_FIXED from the registered staging buffer (plain WRITE when
 /// registration was refused), linked to FSYNC(DATASYNC).
+#[derive(Clone)]
 pub(crate) struct RingBackend {
     pub(crate) ring: Ring,
     pub(crate) staging_registered: bool,

@@ -427,6 +427,10 @@ pub struct FlushStats {
     /// From the flush's last write completing until its last fdatasync completed (0: no
     /// sync). The next flushes' writes run meanwhile.
     pub fsync_ns: u64,
+    /// From the previous flush's writes completing to this flush's submission, when appends
+    /// were already queued at that completion (None otherwise): time the disk had no write
+    /// of this shard's although there was data to write.
+    pub gap_ns: Option<u64>,
     /// New log bytes written (excluding rewritten partial blocks and padding).
     pub bytes: u64,
     /// Records in the appends written.
@@ -620,6 +624,13 @@ impl ShardStorage {
     /// (1: each commit's fdatasyncs finish before the commit after the next is written).
     pub fn set_syncing_commits_max(&self, commits: usize) {
         self.0.syncing_commits_max.set(commits.max(1));
+    }
+
+    /// Sets `log.flush.writing.commits.max`: how many group commits may have their writes in
+    /// flight at once (to the same file too); at least 1 (1: each commit's writes complete
+    /// before the next commit is planned).
+    pub fn set_writing_commits_max(&self, commits: usize) {
+        self.0.writing_commits_max.set(commits.max(1));
     }
 
     /// Partitions opened from now on without a `replication-offset-checkpoint` open with

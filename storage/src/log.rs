@@ -77,6 +77,10 @@ pub(crate) struct LogState {
     pub(crate) epochs: LeaderEpochCache,
     /// A truncation is cutting the tail: appends are refused until it is done.
     pub(crate) truncating: bool,
+    /// Times the log was rolled back after a failed write. A group commit planned before a
+    /// rollback fails its appends of this partition (they were past the failed one) and
+    /// does not roll back again.
+    pub(crate) rollbacks: u64,
 }
 
 impl LogState {
@@ -883,16 +887,21 @@ impl PartitionShared {
             }
         }
         log.offsets.roll_back(LogEndOffset(first_offset));
+        log.rollbacks += 1;
         let mut state = segment.state.borrow_mut();
         state.sealed = false;
         state.reserved_bytes = position;
         state.next_offset = first_offset;
-        if state.written_bytes > position {
-            // Part of an oversized append reached the file in an earlier flush: forget it and
-            // reload the partial block the next write starts with.
-            state.written_bytes = position;
+        if state.planned_bytes > position {
+            // The failed write (and perhaps part of an oversized append an earlier flush
+            // wrote) is forgotten; the next write starts at `position`. No write of this
+            // partition is in flight any more (the writer drains before a rollback), so the
+            // tail block can come back from the file.
+            state.planned_bytes = position;
+            state.written_bytes = state.written_bytes.min(position);
             state.durable_bytes = state.durable_bytes.min(position);
             state.rollbacks += 1;
+            state.tail_write_seq = 0;
             if segment.direct_io {
                 let block_start = crate::buffer::align_down(
                     position,
@@ -900,14 +909,17 @@ impl PartitionShared {
                 );
                 let mut block = vec![0u8; (position - block_start) as usize];
                 // A blocking pread on the shard thread: the failure-path exception to "never
-                // block the shard", like recovery at open. It runs only after a failed write of
-                // an oversized append that an earlier flush had partly written (staging and
-                // tail_block may both hold later bytes by now), reads under 4 KiB, and the
+                // block the shard", like recovery at open. It runs only after a failed write,
+                // reads under 4 KiB (bytes earlier, completed flushes wrote), and the
                 // partition must have its tail block back before its next append is planned.
                 use std::os::unix::fs::FileExt;
-                let read = segment
-                    .read_handle()
-                    .and_then(|handle| handle.0.read_exact_at(&mut block, block_start));
+                let read = if block.is_empty() {
+                    Ok(())
+                } else {
+                    segment
+                        .read_handle()
+                        .and_then(|handle| handle.0.read_exact_at(&mut block, block_start))
+                };
                 if let Err(error) = read {
                     drop(state);
                     let poisoned = Poisoned {

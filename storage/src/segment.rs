@@ -64,7 +64,10 @@ pub(crate) fn parse_offset_file_name(name: &str, suffix: &str) -> Option<i64> {
 pub(crate) struct SegmentState {
     /// End of the bytes handed to queued appends (the next append's position).
     pub(crate) reserved_bytes: u64,
-    /// End of the bytes the writer has written to the file.
+    /// End of the bytes in writes the writer has submitted (the next flush starts here):
+    /// written <= planned <= reserved. Several group commits' writes may be in flight.
+    pub(crate) planned_bytes: u64,
+    /// End of the bytes the writer has written to the file (every write before it completed).
     pub(crate) written_bytes: u64,
     /// End of the bytes covered by a completed fdatasync.
     pub(crate) durable_bytes: u64,
@@ -78,9 +81,13 @@ pub(crate) struct SegmentState {
     pub(crate) next_offset: i64,
     /// Offset after the last visible batch in this segment.
     pub(crate) visible_next_offset: i64,
-    /// O_DIRECT: bytes of the partial last 4 KiB block, [align_down(written), written),
+    /// O_DIRECT: bytes of the partial last 4 KiB block, [align_down(planned), planned),
     /// rewritten in front of the next flush's data.
     pub(crate) tail_block: Vec<u8>,
+    /// The group commit (flush sequence number) whose write holds that partial block: the
+    /// next flush's write of the same block waits until that write completed, so one block
+    /// is never in two in-flight writes. 0: none.
+    pub(crate) tail_write_seq: u64,
     /// Sparse indexes; None until first needed for a segment opened without scanning.
     pub(crate) index: Option<SegmentIndex>,
     /// Largest visible timestamp and the offset it belongs to; None = not yet known.
@@ -100,7 +107,7 @@ pub(crate) struct SegmentState {
 }
 
 impl SegmentState {
-    /// The segment's positions are in order: durable <= written <= reserved, visible <=
+    /// The segment's positions are in order: durable <= written <= planned <= reserved, visible <=
     /// written, and its visible offsets end no later than its reserved ones. Checked (in
     /// release builds too) after every change of a position, so a bookkeeping slip stops the
     /// broker instead of serving unwritten bytes or acknowledging unsynced ones.
@@ -112,9 +119,15 @@ impl SegmentState {
             self.written_bytes
         );
         assert!(
-            self.written_bytes <= self.reserved_bytes,
-            "written {} past reserved {}",
+            self.written_bytes <= self.planned_bytes,
+            "written {} past planned {}",
             self.written_bytes,
+            self.planned_bytes
+        );
+        assert!(
+            self.planned_bytes <= self.reserved_bytes,
+            "planned {} past reserved {}",
+            self.planned_bytes,
             self.reserved_bytes
         );
         assert!(
@@ -203,6 +216,7 @@ impl Segment {
             direct_io,
             state: RefCell::new(SegmentState {
                 reserved_bytes: 0,
+                planned_bytes: 0,
                 written_bytes: 0,
                 durable_bytes: 0,
                 rollbacks: 0,
@@ -210,6 +224,7 @@ impl Segment {
                 next_offset: base_offset,
                 visible_next_offset: base_offset,
                 tail_block: Vec::new(),
+                tail_write_seq: 0,
                 index: Some(SegmentIndex::default()),
                 max_timestamp: None,
                 created_ms: now_ms,
@@ -268,6 +283,7 @@ impl Segment {
             direct_io,
             state: RefCell::new(SegmentState {
                 reserved_bytes: size_bytes,
+                planned_bytes: size_bytes,
                 written_bytes: size_bytes,
                 durable_bytes: size_bytes,
                 rollbacks: 0,
@@ -275,6 +291,7 @@ impl Segment {
                 next_offset,
                 visible_next_offset: next_offset,
                 tail_block,
+                tail_write_seq: 0,
                 index,
                 max_timestamp,
                 created_ms: now_ms,
@@ -311,6 +328,7 @@ impl Segment {
             direct_io,
             state: RefCell::new(SegmentState {
                 reserved_bytes: size_bytes,
+                planned_bytes: size_bytes,
                 written_bytes: size_bytes,
                 durable_bytes: size_bytes,
                 rollbacks: 0,
@@ -318,6 +336,7 @@ impl Segment {
                 next_offset,
                 visible_next_offset: next_offset,
                 tail_block: Vec::new(),
+                tail_write_seq: 0,
                 index: Some(index),
                 max_timestamp,
                 created_ms,

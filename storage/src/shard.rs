@@ -59,6 +59,10 @@ pub(crate) const DEFAULT_QUEUE_BYTES_MAX: usize = 64 << 20;
 /// `log.flush.syncing.commits.max`.
 pub(crate) const DEFAULT_SYNCING_COMMITS_MAX: usize = 4;
 
+/// Group commits whose writes may be in flight at once until the broker sets
+/// `log.flush.writing.commits.max`.
+pub(crate) const DEFAULT_WRITING_COMMITS_MAX: usize = 4;
+
 /// Called after every group commit.
 pub(crate) type FlushObserver = Box<dyn Fn(&FlushStats)>;
 
@@ -79,6 +83,8 @@ pub(crate) struct ShardShared {
     /// `log.flush.syncing.commits.max`: flushes written and waiting for their fdatasyncs
     /// before the writer waits for one to finish (see `writer::run`).
     pub(crate) syncing_commits_max: Cell<usize>,
+    /// `log.flush.writing.commits.max`: flushes whose writes may be in flight at once.
+    pub(crate) writing_commits_max: Cell<usize>,
     /// A partition opened with no high-watermark checkpoint starts at its log start (a
     /// cluster's broker) instead of its log end (`high_watermark.rs`).
     pub(crate) high_watermark_unknown_at_log_start: Cell<bool>,
@@ -281,6 +287,7 @@ pub(crate) fn open(
         dequeued_bytes_total: Cell::new(0),
         queue_bytes_max: Cell::new(DEFAULT_QUEUE_BYTES_MAX),
         syncing_commits_max: Cell::new(DEFAULT_SYNCING_COMMITS_MAX),
+        writing_commits_max: Cell::new(DEFAULT_WRITING_COMMITS_MAX),
         high_watermark_unknown_at_log_start: Cell::new(false),
         queue_drained: Notify::new(),
         writer_wake: Notify::new(),
@@ -394,6 +401,7 @@ pub(crate) fn open_partition(
             recovery_cuts: recovered.cuts,
             epochs: recovered.epochs,
             truncating: false,
+            rollbacks: 0,
         }),
         tail: Rc::new(RefCell::new(PartitionTail::default())),
         high_watermark_advanced: Notify::new(),

@@ -3,19 +3,30 @@
 //!
 //! Durability contract: an append is *queued* when `Partition::append` has assigned its
 //! offsets (synchronously, before any await). One flush takes queued appends in order (up to
-//! the staging buffer, `group_commit_bytes_max`), copies them into the registered 4 KiB-aligned
-//! staging buffer (with O_DIRECT, each file's partial last block is kept in memory and
-//! rewritten in front of the new data), issues one write per dirty file with an fdatasync
-//! linked after it, and then: acks=1 waiters complete when their write is in; acks=all waiters
-//! complete and the high watermark advances when the fdatasync is in (default policy), or when
-//! the write is in for topics with `flush.messages`/`flush.ms`. When a flush's writes are in
-//! and appends are waiting the next flush starts at once, while the fdatasyncs of up to
-//! `log.flush.syncing.commits.max` earlier flushes still run (they are finished in order by a
-//! companion task); there is no timer on the append path.
+//! a free region of the staging buffer, at most `group_commit_bytes_max`), copies them into
+//! the registered 4 KiB-aligned staging buffer (with O_DIRECT, each file's partial last block
+//! is kept in memory and rewritten in front of the new data), issues one write per dirty file
+//! with an fdatasync linked after it, and then: acks=1 waiters complete when their write is
+//! in; acks=all waiters complete and the high watermark advances when the fdatasync is in
+//! (default policy), or when the write is in for topics with `flush.messages`/`flush.ms`.
+//!
+//! Pipeline: the writer plans and submits a flush as soon as appends are queued, while up to
+//! `log.flush.writing.commits.max` earlier flushes' writes are still in flight (to the same
+//! files too: a deeper queue is what lets one partition's writes reach the disk's rate) and
+//! up to `log.flush.syncing.commits.max` flushes wait for their fdatasyncs. Each flush has its
+//! own region of the staging buffer. A write completer finishes writes in flush order, a sync
+//! completer finishes fdatasyncs in flush order, so appends complete in order. When a file's
+//! partial last block is still in an earlier flush's in-flight write, the next flush writes
+//! that one block separately, only after the earlier write completed (its fdatasync is then
+//! submitted once both its writes are in): one block is never in two in-flight writes, since
+//! the disk may complete them in any order. There is no timer on the append path.
 //!
 //! A failed write (ENOSPC, EIO, torn) fails that partition's appends from the first unwritten
 //! one on and rolls its log end back, so no partial batch is ever visible and later appends
-//! reuse the space. A failed fdatasync (of a segment or of the partition directory) poisons
+//! reuse the space; before rolling back, the write completer holds the writer and waits for
+//! every later in-flight write (their bytes must land before anything is rewritten), and the
+//! later flushes fail that partition's appends without rolling back again. A failed
+//! fdatasync (of a segment or of the partition directory) poisons
 //! the partition with a typed [`crate::Poisoned`] that keeps the io::Error: Linux may have
 //! dropped the dirty pages, so a retried fdatasync could report success for lost data. From
 //! then on its appends fail (here, in the queue and in the flushes written behind it, which
@@ -24,10 +35,10 @@
 //! stops that flush too), and it is refused by `open_partition` until the process restarts.
 //!
 //! Must never: complete an append before its bytes reached the file, advance a high watermark
-//! past a byte that is not durable under the partition's policy, touch the staging buffer
-//! while a write from it is in flight (one write at a time: a file's partial last block is
-//! never in two in-flight writes), or mark bytes durable with an fdatasync submitted before
-//! they were rolled back and rewritten.
+//! past a byte that is not durable under the partition's policy, touch a staging region while
+//! a write from it is in flight, put one file block in two in-flight writes, rewrite bytes
+//! while an earlier write to them may still land, or mark bytes durable with an fdatasync
+//! submitted before they were rolled back and rewritten.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -115,7 +126,7 @@ impl Failure {
 struct Group {
     segment: Rc<Segment>,
     partition: usize,
-    /// Logical file position where this flush's new bytes start (the file's written end).
+    /// Logical file position where this flush's new bytes start (the file's planned end).
     start_bytes: u64,
     /// The segment's rollback count when this flush was planned (see [`Covers`]).
     rollbacks: u64,
@@ -128,6 +139,40 @@ struct Group {
     /// Written from the staging buffer (always with O_DIRECT; in buffered mode only when
     /// the pieces are too many for one writev).
     staged: bool,
+    /// The write of everything but a deferred first block (None: nothing, or not submitted).
+    body: Option<IoFuture>,
+    /// The first block, when it had to wait for an earlier flush's write.
+    head: Head,
+    /// The first block was split off (deferred): no fdatasync is linked to a write.
+    split: bool,
+    /// The fdatasync covering this group's bytes, when the partition syncs this flush.
+    sync: Option<IoFuture>,
+}
+
+impl Group {
+    fn file_position(&self) -> u64 {
+        self.start_bytes - self.head_bytes as u64
+    }
+
+    /// Bytes of the separately written first block (the whole write when it is one block).
+    fn first_block_bytes(&self) -> usize {
+        self.write_len.min(DIRECT_IO_ALIGN_BYTES)
+    }
+}
+
+/// The first block of a group's write, when it is the file's partial last block and still in
+/// an earlier flush's in-flight write: the disk may complete two writes of one block in any
+/// order, so it is written only after that write completed.
+enum Head {
+    /// Not split off: the body is the whole write.
+    Whole,
+    /// Submitted when flush `after_seq`'s writes have completed.
+    Deferred {
+        after_seq: u64,
+    },
+    Submitted(IoFuture),
+    /// Not written: the earlier write of that block failed (the partition rolls back).
+    Skipped,
 }
 
 /// Per-partition facts of one flush.
@@ -135,6 +180,9 @@ struct PartFlush {
     partition: Rc<PartitionShared>,
     /// Where to roll back to if a write fails: the first append of this flush.
     rollback_to: (Rc<Segment>, u64, i64),
+    /// The log's rollback count when this flush was planned: a rollback since (after an
+    /// earlier flush's failed write) fails this flush's appends of the partition.
+    log_rollbacks: u64,
     records: u64,
     sync: bool,
     failure: Option<Failure>,
@@ -153,31 +201,35 @@ fn key<T>(rc: &Rc<T>) -> *const T {
 
 /// Runs until the shard shuts down.
 ///
-/// Writes run back to back and fdatasyncs trail them: once flush N's writes are in, it is
-/// handed to the sync completer ([`complete_syncs`]) and flush N+1 is planned, copied and
-/// submitted at once, whether N's fdatasyncs finished or not. Up to
-/// `log.flush.syncing.commits.max` flushes may wait for their fdatasyncs; the writer waits
-/// for a slot beyond that. Only one write from the staging buffer is ever in flight, so a file's
-/// partial last block is never in two in-flight writes. Completions stay in order: N's
-/// appends complete before N+1's (the completer finishes flushes front to back).
-pub(crate) async fn run<B: IoBackend>(
+/// Plans and submits flushes while appends are queued, up to
+/// `log.flush.writing.commits.max` flushes with writes in flight and
+/// `log.flush.syncing.commits.max` waiting for fdatasyncs, each in its own staging region;
+/// the write completer ([`complete_writes`]) and the sync completer ([`complete_syncs`])
+/// finish them in order.
+pub(crate) async fn run<B: IoBackend + Clone + 'static>(
     shard: Rc<ShardShared>,
     backend: B,
     staging: Rc<AlignedBuffer>,
 ) {
-    let syncing = Rc::new(Syncing::default());
-    tokio::task::spawn_local(complete_syncs(shard.clone(), syncing.clone()));
+    let pipeline = Rc::new(Pipeline::new());
+    tokio::task::spawn_local(complete_writes(
+        shard.clone(),
+        backend.clone(),
+        staging.clone(),
+        pipeline.clone(),
+    ));
+    tokio::task::spawn_local(complete_syncs(shard.clone(), pipeline.clone()));
     loop {
         if shard.queue.borrow().is_empty() {
-            if syncing.outstanding.get() > 0 {
-                // Appends may arrive while the fdatasyncs run: start their flush at once.
-                let progress = syncing.progress.notified();
+            if pipeline.outstanding() > 0 {
+                // Appends may arrive while writes and fdatasyncs run: start their flush at once.
+                let progress = pipeline.progress.notified();
                 tokio::pin!(progress);
                 progress.as_mut().enable();
                 let woken = shard.writer_wake.notified();
                 tokio::pin!(woken);
                 woken.as_mut().enable();
-                if shard.queue.borrow().is_empty() && syncing.outstanding.get() > 0 {
+                if shard.queue.borrow().is_empty() && pipeline.outstanding() > 0 {
                     tokio::select! {
                         _ = progress => {}
                         _ = woken => {}
@@ -188,8 +240,9 @@ pub(crate) async fn run<B: IoBackend>(
             shard.writer_busy.set(false);
             shard.writer_idle.notify_waiters();
             if shard.closed.get() {
-                syncing.closed.set(true);
-                syncing.pushed.notify_one();
+                pipeline.closed.set(true);
+                pipeline.written.notify_one();
+                pipeline.handed.notify_one();
                 return;
             }
             match next_sync_deadline(&shard) {
@@ -206,52 +259,357 @@ pub(crate) async fn run<B: IoBackend>(
             continue;
         }
         shard.writer_busy.set(true);
-        if syncing.outstanding.get() >= shard.syncing_commits_max.get() {
-            let progress = syncing.progress.notified();
+        let region = {
+            let progress = pipeline.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
-            if syncing.outstanding.get() >= shard.syncing_commits_max.get() {
-                progress.await;
+            let woken = shard.writer_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match pipeline.next_region(&shard, staging.len()) {
+                Some(region) => region,
+                None => {
+                    // An earlier flush finishing, or more appends (enough for a write beside
+                    // the ones in flight), may let the next flush start.
+                    tokio::select! {
+                        _ = progress => {}
+                        _ = woken => {}
+                    }
+                    continue;
+                }
             }
-            continue;
-        }
-        if let Some(mut next) = start_flush(&shard, &backend, &staging) {
-            finish_writes(&shard, &staging, &mut next).await;
-            syncing.outstanding.set(syncing.outstanding.get() + 1);
-            syncing.flushes.borrow_mut().push_back(next);
-            syncing.pushed.notify_one();
+        };
+        if let Some(mut next) = start_flush(&shard, &backend, &staging, &pipeline, region) {
+            next.stats.gap_ns = pipeline
+                .idle_since
+                .take()
+                .map(|since| next.started.saturating_duration_since(since).as_nanos() as u64);
+            if let Some((offset, len)) = next.staging_region {
+                pipeline.regions.borrow_mut().push_back((offset, len));
+            }
+            pipeline
+                .writing_outstanding
+                .set(pipeline.writing_outstanding.get() + 1);
+            pipeline.writing.borrow_mut().push_back(next);
+            pipeline.written.notify_one();
         }
     }
 }
 
-/// Flushes whose writes are in, waiting for their fdatasyncs, oldest first.
-#[derive(Default)]
-struct Syncing {
-    flushes: RefCell<VecDeque<Flush>>,
-    /// Flushes handed over and not yet finished (queued or being finished).
-    outstanding: Cell<usize>,
-    /// Wakes the completer: a flush was handed over, or the writer stopped.
-    pushed: Notify,
-    /// Wakes the writer: a flush finished.
+/// The flushes between submission and completion, and the staging regions they use.
+struct Pipeline {
+    /// Flushes with writes submitted, oldest first, not yet taken by the write completer.
+    writing: RefCell<VecDeque<Flush>>,
+    /// Flushes submitted whose writes are not finished (queued or being finished).
+    writing_outstanding: Cell<usize>,
+    /// Flushes whose writes are in, waiting for their fdatasyncs, oldest first.
+    syncing: RefCell<VecDeque<Flush>>,
+    /// Flushes handed to the sync completer and not yet finished.
+    syncing_outstanding: Cell<usize>,
+    /// Sequence number of the next flush (from 1; a segment's `tail_write_seq` 0 is none).
+    next_seq: Cell<u64>,
+    /// Highest flush whose writes the write completer has finished.
+    finished_seq: Cell<u64>,
+    /// Staging regions (offset, bytes) of the flushes not yet finished, oldest first.
+    regions: RefCell<VecDeque<(usize, usize)>>,
+    /// Set while a failed write drains the pipeline: the writer plans nothing.
+    held: Cell<bool>,
+    /// When the last finished writes left the disk without a write of ours although appends
+    /// were queued (the next flush's `gap_ns`).
+    idle_since: Cell<Option<Instant>>,
+    /// Wakes the write completer: a flush was submitted, or the writer stopped.
+    written: Notify,
+    /// Wakes the sync completer: a flush was handed over, or the writer stopped.
+    handed: Notify,
+    /// Wakes the writer: a flush's writes or fdatasyncs finished.
     progress: Notify,
-    /// The writer stopped: the completer exits once the queue is empty.
+    /// The writer stopped: the completers exit once their queues are empty.
     closed: Cell<bool>,
+}
+
+impl Pipeline {
+    fn new() -> Pipeline {
+        Pipeline {
+            writing: RefCell::new(VecDeque::new()),
+            writing_outstanding: Cell::new(0),
+            syncing: RefCell::new(VecDeque::new()),
+            syncing_outstanding: Cell::new(0),
+            next_seq: Cell::new(1),
+            finished_seq: Cell::new(0),
+            regions: RefCell::new(VecDeque::new()),
+            held: Cell::new(false),
+            idle_since: Cell::new(None),
+            written: Notify::new(),
+            handed: Notify::new(),
+            progress: Notify::new(),
+            closed: Cell::new(false),
+        }
+    }
+
+    fn outstanding(&self) -> usize {
+        self.writing_outstanding.get() + self.syncing_outstanding.get()
+    }
+
+    /// The staging region (offset, bytes) the next flush may use, or None when the writer
+    /// must wait for an earlier flush (limits reached, a drain, or too little room).
+    /// Regions are taken and freed in flush order, so the ones in use form one circular run.
+    fn next_region(&self, shard: &ShardShared, capacity_bytes: usize) -> Option<(usize, usize)> {
+        if self.held.get()
+            || self.writing_outstanding.get() >= shard.writing_commits_max.get()
+            || self.syncing_outstanding.get() >= shard.syncing_commits_max.get()
+        {
+            return None;
+        }
+        // Beside writes in flight, only a write worth its own fdatasync: less waits for
+        // them and goes out with what arrives meanwhile (fewer, larger commits).
+        if self.writing_outstanding.get() > 0
+            && shard.queued_bytes.get() < STAGING_REGION_MIN_BYTES.min(capacity_bytes / 4)
+        {
+            return None;
+        }
+        let regions = self.regions.borrow();
+        let (Some(&(oldest, _)), Some(&(newest, newest_bytes))) = (regions.front(), regions.back())
+        else {
+            return Some((0, capacity_bytes));
+        };
+        // Worth a flush while others are in flight; with none in flight all of it is free.
+        let useful_bytes = (capacity_bytes / 4).min(STAGING_REGION_MIN_BYTES);
+        let end = newest + newest_bytes;
+        let candidates = if newest >= oldest {
+            [(end, capacity_bytes - end), (0, oldest)]
+        } else {
+            [(end, oldest - end), (0, 0)]
+        };
+        candidates
+            .into_iter()
+            .find(|&(_, bytes)| bytes >= useful_bytes)
+    }
+}
+
+/// Smallest staging region worth a flush while other flushes are in flight (smaller ones wait
+/// for the oldest flush's writes: many tiny writes would cost more than the wait).
+const STAGING_REGION_MIN_BYTES: usize = 1 << 20;
+
+/// Finishes submitted flushes in order: awaits each one's writes, submits the first blocks
+/// that waited for them, records the new file ends, completes acks=1 appends and hands the
+/// flush to the sync completer. After a failed write it holds the writer and waits for every
+/// later write before the partition rolls back.
+async fn complete_writes<B: IoBackend>(
+    shard: Rc<ShardShared>,
+    backend: B,
+    staging: Rc<AlignedBuffer>,
+    pipeline: Rc<Pipeline>,
+) {
+    loop {
+        let front = pipeline.writing.borrow_mut().pop_front();
+        let Some(mut flush) = front else {
+            if pipeline.closed.get() {
+                return;
+            }
+            let written = pipeline.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            if pipeline.writing.borrow().is_empty() && !pipeline.closed.get() {
+                written.await;
+            }
+            continue;
+        };
+        let results = match flush.write_results.take() {
+            Some(results) => results,
+            None => await_writes(&mut flush).await,
+        };
+        let failed = failed_segments(&flush, &results);
+        {
+            let mut writing = pipeline.writing.borrow_mut();
+            resolve_heads(writing.iter_mut(), flush.seq, &failed, &backend, &staging);
+        }
+        let drained = !failed.is_empty() && !pipeline.writing.borrow().is_empty();
+        if drained {
+            pipeline.held.set(true);
+            drain(&pipeline, &backend, &staging).await;
+        }
+        finish_writes(&shard, &backend, &mut flush, results);
+        pipeline.finished_seq.set(flush.seq);
+        if let Some(region) = flush.staging_region {
+            let freed = pipeline.regions.borrow_mut().pop_front();
+            debug_assert_eq!(freed, Some(region), "staging regions freed out of order");
+        }
+        if drained {
+            pipeline.held.set(false);
+        }
+        if pipeline.writing.borrow().is_empty() && !shard.queue.borrow().is_empty() {
+            pipeline.idle_since.set(Some(flush.writes_done));
+        }
+        pipeline
+            .writing_outstanding
+            .set(pipeline.writing_outstanding.get() - 1);
+        pipeline
+            .syncing_outstanding
+            .set(pipeline.syncing_outstanding.get() + 1);
+        pipeline.syncing.borrow_mut().push_back(flush);
+        pipeline.handed.notify_one();
+        pipeline.progress.notify_one();
+    }
+}
+
+/// Awaits every later in-flight flush's writes (in order, submitting their waiting first
+/// blocks as their predecessors complete) and keeps the results for when each is finished:
+/// after a failed write nothing may be rewritten while an earlier write could still land.
+async fn drain<B: IoBackend>(pipeline: &Pipeline, backend: &B, staging: &Rc<AlignedBuffer>) {
+    let mut later: Vec<Flush> = pipeline.writing.borrow_mut().drain(..).collect();
+    for index in 0..later.len() {
+        if later[index].write_results.is_some() {
+            continue;
+        }
+        let results = await_writes(&mut later[index]).await;
+        let failed = failed_segments(&later[index], &results);
+        let seq = later[index].seq;
+        resolve_heads(
+            later[index + 1..].iter_mut(),
+            seq,
+            &failed,
+            backend,
+            staging,
+        );
+        later[index].write_results = Some(results);
+    }
+    // The writer is held: nothing was submitted meanwhile.
+    let mut writing = pipeline.writing.borrow_mut();
+    debug_assert!(writing.is_empty(), "a flush was submitted during a drain");
+    writing.extend(later);
+}
+
+/// Segments whose write in `flush` failed (or was skipped).
+fn failed_segments(flush: &Flush, results: &[io::Result<()>]) -> Vec<*const Segment> {
+    flush
+        .groups
+        .iter()
+        .zip(results)
+        .filter(|(_, result)| result.is_err())
+        .map(|(group, _)| key(&group.segment))
+        .collect()
+}
+
+/// Submits (or skips, when the earlier write of the block failed) the first blocks that
+/// waited for flush `finished_seq`'s writes.
+fn resolve_heads<'a, B: IoBackend>(
+    flushes: impl Iterator<Item = &'a mut Flush>,
+    finished_seq: u64,
+    failed: &[*const Segment],
+    backend: &B,
+    staging: &Rc<AlignedBuffer>,
+) {
+    for flush in flushes {
+        for group in flush.groups.iter_mut() {
+            let Head::Deferred { after_seq } = group.head else {
+                continue;
+            };
+            if after_seq > finished_seq {
+                continue;
+            }
+            if failed.contains(&key(&group.segment)) {
+                group.head = Head::Skipped;
+                continue;
+            }
+            let future = match group.segment.write_file() {
+                Some(file) => {
+                    use std::os::fd::AsRawFd;
+                    let write = FileWrite {
+                        fd: file.as_raw_fd(),
+                        staging_offset: group.staging_offset,
+                        len: group.first_block_bytes(),
+                        file_position: group.file_position(),
+                    };
+                    backend.write(staging, write, false).0
+                }
+                None => {
+                    Box::pin(async { Err(io::Error::other("segment has no write descriptor")) })
+                        as IoFuture
+                }
+            };
+            group.head = Head::Submitted(future);
+        }
+    }
+}
+
+/// Awaits a flush's writes (bodies, then first blocks, all submitted by now) and checks
+/// their lengths; records when they were all in.
+async fn await_writes(flush: &mut Flush) -> Vec<io::Result<()>> {
+    let mut results = Vec::with_capacity(flush.groups.len());
+    for group in flush.groups.iter_mut() {
+        let first_bytes = match group.head {
+            Head::Whole => 0,
+            _ => group.first_block_bytes(),
+        };
+        let mut result = match group.body.take() {
+            Some(body) => check_length(body.await, group.write_len - first_bytes),
+            None => Ok(()),
+        };
+        match std::mem::replace(&mut group.head, Head::Whole) {
+            Head::Whole => {}
+            Head::Submitted(head) => {
+                let head_result = check_length(head.await, first_bytes);
+                if result.is_ok() {
+                    result = head_result;
+                }
+            }
+            Head::Skipped => {
+                if result.is_ok() {
+                    result = Err(io::Error::other(
+                        "an earlier write of this file's last block failed",
+                    ));
+                }
+            }
+            Head::Deferred { after_seq } => {
+                debug_assert!(false, "first block still waits for flush {after_seq}");
+                if result.is_ok() {
+                    result = Err(io::Error::other(
+                        "internal error: first block never written",
+                    ));
+                }
+            }
+        }
+        results.push(result);
+    }
+    flush.writes_done = Instant::now();
+    flush.stats.write_ns = (flush.writes_done - flush.started).as_nanos() as u64;
+    results
+}
+
+fn check_length(result: io::Result<i32>, expected_bytes: usize) -> io::Result<()> {
+    match result {
+        Ok(bytes) if usize::try_from(bytes).is_ok_and(|bytes| bytes == expected_bytes) => Ok(()),
+        Ok(bytes) => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write: {bytes} of {expected_bytes} bytes"),
+        )),
+        Err(error) => Err(error),
+    }
 }
 
 /// Finishes handed-over flushes in order: awaits each one's fdatasyncs, then publishes and
 /// completes its appends. A failed fdatasync poisons its partition; the flushes behind see
 /// the poison when they finish and fail that partition's appends too.
-async fn complete_syncs(shard: Rc<ShardShared>, syncing: Rc<Syncing>) {
+async fn complete_syncs(shard: Rc<ShardShared>, pipeline: Rc<Pipeline>) {
     loop {
-        let front = syncing.flushes.borrow_mut().pop_front();
+        let front = pipeline.syncing.borrow_mut().pop_front();
         match front {
             Some(flush) => {
                 finish_syncs(&shard, flush).await;
-                syncing.outstanding.set(syncing.outstanding.get() - 1);
-                syncing.progress.notify_one();
+                pipeline
+                    .syncing_outstanding
+                    .set(pipeline.syncing_outstanding.get() - 1);
+                pipeline.progress.notify_one();
             }
-            None if syncing.closed.get() => return,
-            None => syncing.pushed.notified().await,
+            None if pipeline.closed.get() => return,
+            None => {
+                let handed = pipeline.handed.notified();
+                tokio::pin!(handed);
+                handed.as_mut().enable();
+                if pipeline.syncing.borrow().is_empty() && !pipeline.closed.get() {
+                    handed.await;
+                }
+            }
         }
     }
 }
@@ -409,29 +767,37 @@ fn mark_durable(segment: &Segment, covers: Covers) {
 
 /// One group commit between its submission and its last completion.
 struct Flush {
+    /// Order of submission, from 1.
+    seq: u64,
     groups: Vec<Group>,
     parts: Vec<PartFlush>,
     part_of: HashMap<*const PartitionShared, usize>,
     taken: Vec<QueuedAppend>,
-    writes: Vec<IoFuture>,
-    syncs: Vec<Option<IoFuture>>,
     extra_syncs: Vec<(usize, Rc<Segment>, Covers, IoFuture)>,
+    /// The staging region (offset, bytes) its writes read, None when it staged nothing.
+    staging_region: Option<(usize, usize)>,
+    /// Its writes' results, when a drain awaited them before the write completer took it.
+    write_results: Option<Vec<io::Result<()>>>,
     started: Instant,
     /// When the last write completed: the fdatasyncs' latency is measured from here.
     writes_done: Instant,
     stats: FlushStats,
 }
 
-/// Plans the next flush (a prefix of the queue within the staging budget, the last append
-/// possibly in part), copies it into staging and submits one write per file with its
-/// fdatasync linked behind it. None when there is nothing to write.
+/// Plans the next flush (a prefix of the queue within the staging region, the last append
+/// possibly in part), copies it into the region and submits one write per file with its
+/// fdatasync linked behind it. A file whose partial last block is still in an earlier
+/// flush's in-flight write gets that block split off and deferred ([`Head::Deferred`]); its
+/// fdatasync is then submitted when both writes are in. None when there is nothing to write.
 ///
-/// Called only when no write from `staging` is in flight: the previous flush's writes have
-/// completed (its fdatasyncs may still run; they do not read the buffer).
+/// `region` is free: no write from it is in flight and no other flush will use it until
+/// this one's writes have completed.
 fn start_flush<B: IoBackend>(
     shard: &Rc<ShardShared>,
     backend: &B,
     staging: &Rc<AlignedBuffer>,
+    pipeline: &Pipeline,
+    region: (usize, usize),
 ) -> Option<Flush> {
     let direct_io = shard.direct_io;
     let align_bytes = if shard.direct_io {
@@ -439,7 +805,7 @@ fn start_flush<B: IoBackend>(
     } else {
         1
     };
-    let budget_bytes = staging.len();
+    let (region_offset, budget_bytes) = region;
     let mut groups: Vec<Group> = Vec::new();
     let mut group_of: HashMap<*const Segment, usize> = HashMap::new();
     let mut parts: Vec<PartFlush> = Vec::new();
@@ -457,6 +823,7 @@ fn start_flush<B: IoBackend>(
                 parts.push(PartFlush {
                     partition: item.partition.clone(),
                     rollback_to: (item.segment.clone(), item.position, item.first_offset),
+                    log_rollbacks: item.partition.log.borrow().rollbacks,
                     records: 0,
                     sync: false,
                     failure: None,
@@ -466,7 +833,7 @@ fn start_flush<B: IoBackend>(
             let group = *group_of.entry(key(&item.segment)).or_insert_with(|| {
                 let (start_bytes, rollbacks) = {
                     let state = item.segment.state.borrow();
-                    (state.written_bytes, state.rollbacks)
+                    (state.planned_bytes, state.rollbacks)
                 };
                 debug_assert_eq!(
                     start_bytes,
@@ -484,6 +851,10 @@ fn start_flush<B: IoBackend>(
                     staging_offset: 0,
                     write_len: 0,
                     staged: direct_io,
+                    body: None,
+                    head: Head::Whole,
+                    split: false,
+                    sync: None,
                 });
                 groups.len() - 1
             });
@@ -551,6 +922,8 @@ fn start_flush<B: IoBackend>(
     };
     let new_bytes_total: usize = groups.iter().map(|group| group.new_bytes).sum();
     shard.dequeued(new_bytes_total);
+    let seq = pipeline.next_seq.get();
+    pipeline.next_seq.set(seq + 1);
 
     // 2. Sync decisions per partition (its policy).
     for part in parts.iter_mut() {
@@ -566,15 +939,23 @@ fn start_flush<B: IoBackend>(
                 .is_some_and(|flush_ms| log.last_sync.elapsed() >= Duration::from_millis(flush_ms));
     }
 
-    // 3. O_DIRECT: copy into staging (aligned, partial last block in front). Buffered writes
-    //    go straight from the appends' buffers (writev).
-    let mut staging_offset = 0usize;
-    for group in groups.iter_mut().filter(|group| group.staged) {
+    // 3. O_DIRECT: copy into the region (aligned, partial last block in front), then the
+    //    segment's planned end and tail block move past this flush; a first block that is
+    //    still in an earlier in-flight write is deferred. Buffered writes go straight from
+    //    the appends' buffers (writev).
+    let mut staging_offset = region_offset;
+    for group in groups.iter_mut() {
+        let mut state = group.segment.state.borrow_mut();
+        let end = group.start_bytes + group.new_bytes as u64;
+        if !group.staged {
+            state.planned_bytes = end;
+            state.assert_order();
+            continue;
+        }
         group.staging_offset = staging_offset;
-        // SAFETY: no write from staging is in flight and this range is disjoint from every
-        // other group's.
+        // SAFETY: the region is free (no write from it in flight) and this range is disjoint
+        // from every other group's.
         let destination = unsafe { staging.slice_mut(staging_offset, group.write_len) };
-        let state = group.segment.state.borrow();
         debug_assert_eq!(
             state.tail_block.len(),
             group.head_bytes,
@@ -587,22 +968,38 @@ fn start_flush<B: IoBackend>(
             at += piece.len();
         }
         destination[at..].fill(0);
+        if group.head_bytes > 0 && state.tail_write_seq > pipeline.finished_seq.get() {
+            group.head = Head::Deferred {
+                after_seq: state.tail_write_seq,
+            };
+            group.split = true;
+        }
+        let tail_from = (align_down(end, align_bytes as u64) - group.file_position()) as usize;
+        state.tail_block.clear();
+        state
+            .tail_block
+            .extend_from_slice(&destination[tail_from..at]);
+        state.tail_write_seq = seq;
+        state.planned_bytes = end;
+        state.assert_order();
         staging_offset += group.write_len;
     }
-    debug_assert!(staging_offset <= budget_bytes);
+    let staged_bytes = staging_offset - region_offset;
+    debug_assert!(staged_bytes <= budget_bytes);
+    let staging_region = (staged_bytes > 0).then_some((region_offset, staged_bytes));
 
     // 4. Submit.
     let started = Instant::now();
-    let mut writes = Vec::with_capacity(groups.len());
-    let mut syncs: Vec<Option<IoFuture>> = Vec::with_capacity(groups.len());
-    for group in &groups {
+    for group in groups.iter_mut() {
         let sync = parts[group.partition].sync;
         let Some(file) = group.segment.write_file() else {
-            writes.push(
-                Box::pin(async { Err(io::Error::other("segment has no write descriptor")) })
-                    as IoFuture,
-            );
-            syncs.push(None);
+            group.body =
+                Some(
+                    Box::pin(async { Err(io::Error::other("segment has no write descriptor")) })
+                        as IoFuture,
+                );
+            group.head = Head::Whole;
+            group.split = false;
             continue;
         };
         use std::os::fd::AsRawFd;
@@ -613,19 +1010,36 @@ fn start_flush<B: IoBackend>(
                 group.pieces.clone(),
                 sync,
             );
-            writes.push(written);
-            syncs.push(synced);
+            group.body = Some(written);
+            group.sync = synced;
             continue;
         }
-        let write = FileWrite {
+        let whole = FileWrite {
             fd: file.as_raw_fd(),
             staging_offset: group.staging_offset,
             len: group.write_len,
-            file_position: group.start_bytes - group.head_bytes as u64,
+            file_position: group.file_position(),
         };
-        let (written, synced) = backend.write(staging, write, sync);
-        writes.push(written);
-        syncs.push(synced);
+        match group.head {
+            Head::Whole => {
+                let (written, synced) = backend.write(staging, whole, sync);
+                group.body = Some(written);
+                group.sync = synced;
+            }
+            _ => {
+                // The first block waits; the rest (if any) goes now, its fdatasync later.
+                let first_bytes = group.first_block_bytes();
+                if group.write_len > first_bytes {
+                    let rest = FileWrite {
+                        staging_offset: whole.staging_offset + first_bytes,
+                        len: whole.len - first_bytes,
+                        file_position: whole.file_position + first_bytes as u64,
+                        ..whole
+                    };
+                    group.body = Some(backend.write(staging, rest, false).0);
+                }
+            }
+        }
     }
     let mut extra_syncs = Vec::new();
     for (index, part) in parts.iter().enumerate() {
@@ -648,42 +1062,30 @@ fn start_flush<B: IoBackend>(
         ..FlushStats::default()
     };
     Some(Flush {
+        seq,
         groups,
         parts,
         part_of,
         taken,
-        writes,
-        syncs,
         extra_syncs,
+        staging_region,
+        write_results: None,
         started,
         writes_done: started,
         stats,
     })
 }
 
-/// Awaits the flush's writes: records the new file ends (and O_DIRECT tail blocks), fails
-/// and rolls back partitions whose write failed, completes acks=1 appends, and publishes
-/// partitions that do not fdatasync this flush.
-async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut Flush) {
-    let align_bytes = if shard.direct_io {
-        DIRECT_IO_ALIGN_BYTES
-    } else {
-        1
-    };
-    let mut write_results = Vec::with_capacity(flush.groups.len());
-    for (group, written) in flush.groups.iter().zip(std::mem::take(&mut flush.writes)) {
-        let result = match written.await {
-            Ok(bytes) if bytes as usize == group.write_len => Ok(()),
-            Ok(bytes) => Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short write: {bytes} of {} bytes", group.write_len),
-            )),
-            Err(error) => Err(error),
-        };
-        write_results.push(result);
-    }
-    flush.writes_done = Instant::now();
-    flush.stats.write_ns = (flush.writes_done - flush.started).as_nanos() as u64;
+/// Records the flush's write results: the new file ends, failures (rolling back a partition
+/// whose write failed, unless an earlier flush's failure rolled it back already), acks=1
+/// completions, and publication of partitions that do not fdatasync this flush. Submits the
+/// fdatasyncs of groups whose first block was written separately (not linked to a write).
+fn finish_writes<B: IoBackend>(
+    shard: &ShardShared,
+    backend: &B,
+    flush: &mut Flush,
+    write_results: Vec<io::Result<()>>,
+) {
     for (group, result) in flush.groups.iter().zip(&write_results) {
         if let Err(error) = result {
             let part = &mut flush.parts[group.partition];
@@ -695,28 +1097,43 @@ async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut
             }
         }
     }
-    for (group, result) in flush.groups.iter().zip(&write_results) {
+    // Rolled back since this flush was planned (an earlier flush's write failed): this
+    // flush's appends of the partition came after the failed one and fail too.
+    let mut rolled_back = vec![false; flush.parts.len()];
+    for (index, part) in flush.parts.iter_mut().enumerate() {
+        if part.partition.log.borrow().rollbacks != part.log_rollbacks {
+            rolled_back[index] = true;
+            if part.failure.is_none() {
+                part.failure = Some(Failure::Write(
+                    "an earlier write of this partition failed; its log was rolled back".into(),
+                ));
+            }
+        }
+    }
+    for (group, result) in flush.groups.iter_mut().zip(&write_results) {
         if result.is_err() || flush.parts[group.partition].failure.is_some() {
             continue;
         }
         let end = group.start_bytes + group.new_bytes as u64;
-        let mut state = group.segment.state.borrow_mut();
-        state.written_bytes = end;
-        state.assert_order();
-        if align_bytes > 1 {
-            let block_start = align_down(end, align_bytes as u64);
-            let from = group.staging_offset
-                + (block_start - (group.start_bytes - group.head_bytes as u64)) as usize;
-            // SAFETY: the write from this range has completed and the next flush has not
-            // been planned yet.
-            let block = unsafe { staging.slice(from, (end - block_start) as usize) };
-            state.tail_block.clear();
-            state.tail_block.extend_from_slice(block);
+        {
+            let mut state = group.segment.state.borrow_mut();
+            state.written_bytes = end;
+            state.assert_order();
+        }
+        // Its first block was written on its own: the fdatasync follows both writes now.
+        if group.split && flush.parts[group.partition].sync && group.sync.is_none() {
+            if let Some(file) = group.segment.write_file() {
+                group.sync = Some(backend.fdatasync_kept(file));
+            }
         }
     }
-    for part in flush.parts.iter() {
+    for (index, part) in flush.parts.iter().enumerate() {
         if let Some(failure @ Failure::Write(_)) = &part.failure {
-            fail_partition(shard, part, failure, &mut flush.taken);
+            if rolled_back[index] {
+                fail_appends(shard, &part.partition, failure, &mut flush.taken);
+            } else {
+                fail_partition(shard, part, failure, &mut flush.taken);
+            }
         }
     }
     // A sync that failed outside this flush (finalization, a flush.ms sync) poisoned the
@@ -765,8 +1182,10 @@ async fn finish_writes(shard: &ShardShared, staging: &AlignedBuffer, flush: &mut
 /// see the poison).
 async fn finish_syncs(shard: &ShardShared, mut flush: Flush) {
     let mut any_sync = false;
-    for (group, synced) in flush.groups.iter().zip(std::mem::take(&mut flush.syncs)) {
-        let Some(synced) = synced else { continue };
+    for group in flush.groups.iter_mut() {
+        let Some(synced) = group.sync.take() else {
+            continue;
+        };
         any_sync = true;
         let result = synced.await;
         let part = &mut flush.parts[group.partition];

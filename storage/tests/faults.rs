@@ -890,3 +890,184 @@ fn log_files(dir: &std::path::Path) -> Vec<i64> {
     bases.sort_unstable();
     bases
 }
+
+/// Opens a direct-I/O shard with 8 MiB group commits (several 1 MiB flushes fit the staging
+/// buffer at once) and `log.flush.writing.commits.max` = `writing_max`, writes a 100-byte
+/// warm-up batch (so the file ends inside a block), holds writes, and queues `rounds`
+/// appends of just over 1 MiB each (odd lengths: every write ends inside a block and the
+/// next one starts in it), checking after each that its flush was submitted at once while
+/// fewer than `writing_max` flushes had writes in flight. Returns the warm-up's stored
+/// bytes, each round's expected stored bytes and its append task. With `fail_first`, the
+/// first round's write fails with EIO (when released).
+#[allow(clippy::type_complexity)]
+async fn queue_pipelined_rounds(
+    storage: &ShardStorage,
+    plan: &FaultPlan,
+    partition: &Partition,
+    writing_max: usize,
+    rounds: u64,
+    fail_first: bool,
+) -> (
+    Vec<u8>,
+    Vec<Vec<u8>>,
+    Vec<tokio::task::JoinHandle<Result<sluice_storage::AppendInfo, AppendError>>>,
+) {
+    const RECORDS: usize = 351;
+    storage.set_writing_commits_max(writing_max);
+    let first = make_batch(0, 1, 100, 0);
+    partition
+        .append(bytes(first.clone()), Ack::Durable, 0)
+        .await
+        .expect("warm up");
+    if fail_first {
+        plan.fail_next_write(libc::EIO);
+    }
+    plan.hold_writes(true);
+    let mut expected = Vec::new();
+    let mut appends = Vec::new();
+    for round in 1..=rounds {
+        let held_before = plan.held_writes();
+        let batch = make_batch(round, RECORDS, 2999, 0);
+        assert!(batch.len() > 1 << 20 && batch.len() % 4096 != 0);
+        expected.push(expected_stored(
+            &batch,
+            1 + (round as i64 - 1) * RECORDS as i64,
+            0,
+        ));
+        let target = partition.clone();
+        appends.push(tokio::task::spawn_local(async move {
+            target.append(bytes(batch), Ack::Durable, 0).await
+        }));
+        let in_flight_before = (round - 1) as usize;
+        let limit = std::time::Duration::from_millis(if in_flight_before < writing_max {
+            5_000
+        } else {
+            200
+        });
+        let submitted = within(limit, || plan.held_writes() > held_before).await;
+        assert_eq!(
+            submitted,
+            in_flight_before < writing_max,
+            "round {round}: submitted beside {in_flight_before} flushes in flight (limit \
+             {writing_max})"
+        );
+    }
+    (expected_stored(&first, 0, 0), expected, appends)
+}
+
+/// Accepts the rounds' batches of just over 1 MiB.
+fn big_batches() -> LogConfig {
+    LogConfig {
+        max_message_bytes: 4 << 20,
+        ..LogConfig::default()
+    }
+}
+
+fn segment_file(dir: &std::path::Path, topic: &str) -> Vec<u8> {
+    std::fs::read(
+        dir.join(format!("{topic}-0"))
+            .join("00000000000000000000.log"),
+    )
+    .expect("segment file")
+}
+
+/// Several group commits' writes to one file are in flight at once (up to
+/// `log.flush.writing.commits.max`), and the file comes out whole even when the disk
+/// completes them newest first: the block one write ends in and the next starts in is
+/// written by the later flush only after the earlier write completed.
+#[test]
+fn pipelined_writes_to_one_file_survive_any_completion_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        const WRITING_MAX: usize = 4;
+        let plan = FaultPlan::new();
+        let mut config = storage_config(dir.path(), true);
+        config.group_commit_bytes_max = 8 << 20;
+        let storage = ShardStorage::open_with_faults(config, plan.clone()).expect("open");
+        let partition = storage
+            .open_partition("pipe", 0, big_batches())
+            .expect("partition");
+        let (first, rounds, appends) =
+            queue_pipelined_rounds(&storage, &plan, &partition, WRITING_MAX, 5, false).await;
+        assert_eq!(
+            plan.held_writes(),
+            WRITING_MAX,
+            "one write per flush in flight"
+        );
+        assert!(appends.iter().all(|append| !append.is_finished()));
+        assert_eq!(partition.high_watermark(), 1);
+        // Released newest first: a shared block written by two in-flight writes would end
+        // up with the older write's contents.
+        plan.hold_writes(false);
+        let mut offsets = Vec::new();
+        for append in appends {
+            offsets.push(append.await.expect("join").expect("append").base_offset);
+        }
+        assert_eq!(offsets, vec![1, 352, 703, 1054, 1405]);
+        assert_eq!(partition.high_watermark(), 1 + 5 * 351);
+        let mut expected = vec![first];
+        expected.extend(rounds);
+        assert!(
+            read_all(&partition, 0).await == expected,
+            "the log reads back other batches than were appended"
+        );
+        let logical = expected.concat();
+        let on_disk = segment_file(dir.path(), "pipe");
+        assert!(on_disk.len() >= logical.len());
+        assert!(
+            on_disk[..logical.len()] == logical[..],
+            "the file differs from the appends"
+        );
+    });
+}
+
+/// A failed write with later flushes' writes to the same file in flight: the later writes
+/// land before anything is rewritten, every append from the failed one on fails (nothing
+/// past it becomes visible), the log rolls back once, and the next append reuses the space.
+#[test]
+fn a_failed_write_fails_the_pipelined_ones_behind_it_and_the_space_is_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tokio_uring::start(async {
+        let plan = FaultPlan::new();
+        let mut config = storage_config(dir.path(), true);
+        config.group_commit_bytes_max = 8 << 20;
+        let storage = ShardStorage::open_with_faults(config, plan.clone()).expect("open");
+        let partition = storage
+            .open_partition("drain", 0, big_batches())
+            .expect("partition");
+        let (first, _rounds, appends) =
+            queue_pipelined_rounds(&storage, &plan, &partition, 3, 3, true).await;
+        plan.hold_writes(false);
+        for (round, append) in appends.into_iter().enumerate() {
+            let result = append.await.expect("join");
+            assert!(
+                matches!(result, Err(AppendError::Storage(_))),
+                "round {}: {result:?}",
+                round + 1
+            );
+        }
+        assert_eq!(partition.high_watermark(), 1);
+        assert_eq!(
+            partition.log_end_offset(),
+            1,
+            "rolled back to the failed append"
+        );
+        let again = make_batch(9, 3, 5000, 0);
+        let info = partition
+            .append(bytes(again.clone()), Ack::Durable, 0)
+            .await
+            .expect("the space is reused");
+        assert_eq!(info.base_offset, 1);
+        let expected = vec![first, expected_stored(&again, 1, 0)];
+        assert!(
+            read_all(&partition, 0).await == expected,
+            "the log reads back other batches than were appended"
+        );
+        let logical = expected.concat();
+        let on_disk = segment_file(dir.path(), "drain");
+        assert!(
+            on_disk[..logical.len()] == logical[..],
+            "the file differs from the appends"
+        );
+    });
+}
