@@ -5,12 +5,18 @@
 # per run and the medians: MB/s, produce p99 ms, and broker CPU-seconds per GB moved.
 #
 # Usage: scripts/ab-bench.sh BIN_BEFORE BIN_AFTER [ROUNDS]     (ROUNDS default 3)
-# Env:   DURATION (default 8s; whole seconds), AB_DIR (default bench-out/ab), AB_PORT (default 43092)
+# Env:   DURATION (default 8s; whole seconds), AB_DIR (default bench-out/ab), AB_PORT (default 43092),
+#        AB_PIN=1: the broker on CPU 1 and the load generator on CPU 0 (taskset), so the two do
+#        not take each other's CPU time: storage changes show through less noise on 2 cores.
 set -euo pipefail
 BEFORE="${1:?BIN_BEFORE}"; AFTER="${2:?BIN_AFTER}"; ROUNDS="${3:-3}"
 DURATION="${DURATION:-8s}"
 DIR="${AB_DIR:-bench-out/ab}"
 PORT="${AB_PORT:-43092}"
+BROKER_CPU=(); CLIENT_CPU=()
+if [[ "${AB_PIN:-0}" == 1 ]]; then
+    BROKER_CPU=(taskset -c 1); CLIENT_CPU=(taskset -c 0)
+fi
 mkdir -p "$DIR"
 # Each broker run keeps its two produce topics until it ends: at this machine's ~1.5 GB/s that
 # is up to 3 GB per second of DURATION. A full disk stalls the broker mid-run (and, here, once
@@ -30,14 +36,14 @@ cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 run_one() {  # run_one LABEL BIN ROUND
     local label="$1" bin="$2" round="$3" data="$DIR/data-$1"
     rm -rf "$data"
-    "$bin" serve --data-dir "$data" --listen "127.0.0.1:$PORT" --admin-listen "" >"$DIR/broker-$label.log" 2>&1 &
+    "${BROKER_CPU[@]}" "$bin" serve --data-dir "$data" --listen "127.0.0.1:$PORT" --admin-listen "" >"$DIR/broker-$label.log" 2>&1 &
     local pid=$!
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
     local flags=(--bootstrap "127.0.0.1:$PORT" --json --progress-interval-s 0 --record-size 1024
                  --acks all --connections 4 --in-flight 5 --batch-bytes 262144 --linger-ms 5)
     for parts in 1 16; do
         local c0; c0=$(cpu_s "$pid")
-        "$AFTER" bench produce "${flags[@]}" --topic "ab-p$parts" --partitions "$parts" --duration "$DURATION" >"$DIR/p$parts-$label-$round.json"
+        "${CLIENT_CPU[@]}" "$AFTER" bench produce "${flags[@]}" --topic "ab-p$parts" --partitions "$parts" --duration "$DURATION" >"$DIR/p$parts-$label-$round.json"
         local c1; c1=$(cpu_s "$pid")
         python3 - "$DIR/p$parts-$label-$round.json" "$c0" "$c1" "$label" "produce_p$parts" >>"$ROWS" <<'PY'
 import json, sys
@@ -48,7 +54,7 @@ print(f"{sys.argv[4]}\t{sys.argv[5]}\t{doc['mb_per_s']:.1f}\t{lat.get('p99', flo
 PY
     done
     local c0; c0=$(cpu_s "$pid")
-    "$AFTER" bench consume --bootstrap "127.0.0.1:$PORT" --json --progress-interval-s 0 --topic ab-p16 >"$DIR/consume-$label-$round.json"
+    "${CLIENT_CPU[@]}" "$AFTER" bench consume --bootstrap "127.0.0.1:$PORT" --json --progress-interval-s 0 --topic ab-p16 >"$DIR/consume-$label-$round.json"
     local c1; c1=$(cpu_s "$pid")
     python3 - "$DIR/consume-$label-$round.json" "$c0" "$c1" "$label" >>"$ROWS" <<'PY'
 import json, sys

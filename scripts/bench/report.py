@@ -491,7 +491,8 @@ def write_report(rows, meta, out_path, fetch=None):
 # Sections other scripts write into the same file between these markers
 # (scripts/chaos.sh runs, scripts/idle-conns-bench.sh, scripts/fuzz.sh runs,
 # scripts/txn-bench.sh, scripts/bench/neutral-clients.sh, scripts/omb-bench.sh,
-# scripts/lag-bench.sh, scripts/scale-bench.sh); a rewrite of the report keeps them as they are.
+# scripts/lag-bench.sh, scripts/scale-bench.sh, and "ab-bench": scripts/ab-bench.sh A/B results
+# written up by hand); a rewrite of the report keeps them as they are.
 def section_markers(name):
     """The begin and end markers of the section NAME."""
     return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
@@ -501,7 +502,7 @@ KEPT_SECTIONS = tuple(section_markers(name)
                       for name in ("chaos", "cluster", "idle-conns-bench", "fuzzing", "cleaner",
                                    "txn-bench", "security-bench", "neutral-clients",
                                    "omb-bench", "omb-bench-common-rate", "lag-bench",
-                                   "scale-bench"))
+                                   "scale-bench", "ab-bench"))
 
 
 def replace_section(path, name, body):
