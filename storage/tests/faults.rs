@@ -891,14 +891,13 @@ fn log_files(dir: &std::path::Path) -> Vec<i64> {
     bases
 }
 
-/// Opens a direct-I/O shard with 8 MiB group commits (several 1 MiB flushes fit the staging
-/// buffer at once) and `log.flush.writing.commits.max` = `writing_max`, writes a 100-byte
-/// warm-up batch (so the file ends inside a block), holds writes, and queues `rounds`
-/// appends of just over 1 MiB each (odd lengths: every write ends inside a block and the
-/// next one starts in it), checking after each that its flush was submitted at once while
-/// fewer than `writing_max` flushes had writes in flight. Returns the warm-up's stored
-/// bytes, each round's expected stored bytes and its append task. With `fail_first`, the
-/// first round's write fails with EIO (when released).
+/// Sets `log.flush.writing.commits.max` = `writing_max` on a shard from
+/// [`open_for_pipelining`], writes a 100-byte warm-up batch (so the file ends inside a block),
+/// holds writes, and queues `rounds` appends of just over 1 MiB each (odd lengths: every write
+/// ends inside a block and the next one starts in it), checking after each that its flush was
+/// submitted at once while fewer than `writing_max` flushes had writes in flight. Returns the
+/// warm-up's stored bytes, each round's expected stored bytes and its append task. With
+/// `fail_first`, the first round's write fails with EIO (when released).
 #[allow(clippy::type_complexity)]
 async fn queue_pipelined_rounds(
     storage: &ShardStorage,
@@ -955,6 +954,19 @@ async fn queue_pipelined_rounds(
     (expected_stored(&first, 0, 0), expected, appends)
 }
 
+/// A direct-I/O shard with 8 MiB group commits (several 1 MiB flushes fit its staging buffer
+/// at once) through a fault plan, and a partition taking batches of just over 1 MiB.
+fn open_for_pipelining(dir: &std::path::Path, topic: &str) -> (FaultPlan, ShardStorage, Partition) {
+    let plan = FaultPlan::new();
+    let mut config = storage_config(dir, true);
+    config.group_commit_bytes_max = 8 << 20;
+    let storage = ShardStorage::open_with_faults(config, plan.clone()).expect("open");
+    let partition = storage
+        .open_partition(topic, 0, big_batches())
+        .expect("partition");
+    (plan, storage, partition)
+}
+
 /// Accepts the rounds' batches of just over 1 MiB.
 fn big_batches() -> LogConfig {
     LogConfig {
@@ -980,13 +992,7 @@ fn pipelined_writes_to_one_file_survive_any_completion_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     tokio_uring::start(async {
         const WRITING_MAX: usize = 4;
-        let plan = FaultPlan::new();
-        let mut config = storage_config(dir.path(), true);
-        config.group_commit_bytes_max = 8 << 20;
-        let storage = ShardStorage::open_with_faults(config, plan.clone()).expect("open");
-        let partition = storage
-            .open_partition("pipe", 0, big_batches())
-            .expect("partition");
+        let (plan, storage, partition) = open_for_pipelining(dir.path(), "pipe");
         let (first, rounds, appends) =
             queue_pipelined_rounds(&storage, &plan, &partition, WRITING_MAX, 5, false).await;
         assert_eq!(
@@ -1028,13 +1034,7 @@ fn pipelined_writes_to_one_file_survive_any_completion_order() {
 fn a_failed_write_fails_the_pipelined_ones_behind_it_and_the_space_is_reused() {
     let dir = tempfile::tempdir().expect("tempdir");
     tokio_uring::start(async {
-        let plan = FaultPlan::new();
-        let mut config = storage_config(dir.path(), true);
-        config.group_commit_bytes_max = 8 << 20;
-        let storage = ShardStorage::open_with_faults(config, plan.clone()).expect("open");
-        let partition = storage
-            .open_partition("drain", 0, big_batches())
-            .expect("partition");
+        let (plan, storage, partition) = open_for_pipelining(dir.path(), "drain");
         let (first, _rounds, appends) =
             queue_pipelined_rounds(&storage, &plan, &partition, 3, 3, true).await;
         plan.hold_writes(false);
