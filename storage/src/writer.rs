@@ -522,10 +522,7 @@ fn resolve_heads<'a, B: IoBackend>(
                     };
                     backend.write(staging, write, false).0
                 }
-                None => {
-                    Box::pin(async { Err(io::Error::other("segment has no write descriptor")) })
-                        as IoFuture
-                }
+                None => no_write_descriptor(),
             };
             group.head = Head::Submitted(future);
         }
@@ -574,6 +571,11 @@ async fn await_writes(flush: &mut Flush) -> Vec<io::Result<()>> {
     flush.writes_done = Instant::now();
     flush.stats.write_ns = (flush.writes_done - flush.started).as_nanos() as u64;
     results
+}
+
+/// The write of a segment whose write descriptor is gone: it fails like a failed write.
+fn no_write_descriptor() -> IoFuture {
+    Box::pin(async { Err(io::Error::other("segment has no write descriptor")) })
 }
 
 fn check_length(result: io::Result<i32>, expected_bytes: usize) -> io::Result<()> {
@@ -993,11 +995,7 @@ fn start_flush<B: IoBackend>(
     for group in groups.iter_mut() {
         let sync = parts[group.partition].sync;
         let Some(file) = group.segment.write_file() else {
-            group.body =
-                Some(
-                    Box::pin(async { Err(io::Error::other("segment has no write descriptor")) })
-                        as IoFuture,
-                );
+            group.body = Some(no_write_descriptor());
             group.head = Head::Whole;
             group.split = false;
             continue;
