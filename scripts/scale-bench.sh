@@ -6,7 +6,10 @@
 # (closed loop) for DURATION_S against a fresh broker per target, the topic deleted after it;
 # the report gives MB/s, records/s, acknowledgement p50/p99, broker CPU-seconds per GB and
 # CPU-microseconds per record, and each as a ratio to the base row, for Sluice and (PEER=kafka)
-# Apache Kafka at its defaults and with flush.messages=1.
+# Apache Kafka at its defaults and with flush.messages=1. The producers share one
+# --buffer-memory of 256 MiB (each connection its even share, Kafka's buffer.memory): 1,000
+# connections queue 256 MiB between them, not 1,000 windows of 5 requests; and every run ends
+# by its duration plus the request timeout (records not acknowledged by then fail the row).
 #
 # Usage: scripts/scale-bench.sh                RUNS=1, DURATION_S=8
 #        QUICK=1 scripts/scale-bench.sh        DURATION_S=4, no 10,000-partition or
@@ -53,7 +56,7 @@ COMMANDS="$BENCH_DIR/commands.txt"
 CLK_TCK="$(getconf CLK_TCK)"
 PREFIX="scale$(date +%s)"
 INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; printf 'RUNS=%s DURATION_S=%s scripts/scale-bench.sh' "$RUNS" "$DURATION_S"; } )"
-BASE_FLAGS="--acks all --in-flight 5 --batch-bytes 262144 --linger-ms 5"
+BASE_FLAGS="--acks all --in-flight 5 --batch-bytes 262144 --linger-ms 5 --buffer-memory 268435456"
 READY_TIMEOUT_S="${READY_TIMEOUT_S:-300}"
 # The 10,000-partition row is over Sluice's default max.broker.partitions (5,000).
 SLUICE_OVERRIDES="${SLUICE_OVERRIDES:-max.broker.partitions=20000}"

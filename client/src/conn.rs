@@ -393,10 +393,25 @@ impl Connection {
         } else {
             None
         };
-        let write_result = {
+        // Writing (and waiting for the writer) counts against the request timeout, as in
+        // Kafka's clients: a broker that stops reading the socket must not hold a caller
+        // forever. A frame cut off part-way leaves the stream unusable, so a timed-out write
+        // closes the connection for every caller.
+        let write_result = tokio::time::timeout(self.options.request_timeout, async {
             let mut writer = self.writer.lock().await;
             writer.write_all(&frame).await
-        };
+        })
+        .await
+        .unwrap_or_else(|_| {
+            let reason = format!(
+                "a {}-byte {api} request could not be written within the {} ms request \
+                 timeout (the broker is not reading); closing the connection",
+                frame.len(),
+                self.options.request_timeout.as_millis()
+            );
+            self.shared.fail_all(&reason);
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, reason))
+        });
         if let Err(source) = write_result {
             if let Ok(mut pending) = self.shared.pending.lock() {
                 pending.remove(&correlation_id);

@@ -437,6 +437,49 @@ def test_bench_open_loop_shows_a_broker_stall_in_the_tail(sluice_bin, broker):
     assert lat["p90"] >= 100, lat
 
 
+def test_bench_run_ends_at_its_deadline_and_buffers_at_most_buffer_memory(sluice_bin, broker):
+    """A broker that stops answering (SIGSTOP one second into a 2 s closed-loop run) cannot hold
+    the run: it ends at duration + request timeout (4 s) with an error naming the records still
+    unacknowledged, its report counting only acknowledged ones. While the broker is stopped the
+    four producers together hold at most --buffer-memory (4 MiB) of records: without the bound
+    each would keep its whole window (5 requests of up to 1 MiB)."""
+    topic = unique_topic("deadline")
+    create(sluice_bin, broker, topic, 4)
+    record_bytes, buffer_bytes = 1024, 4 << 20
+
+    def stop():
+        time.sleep(1.0)
+        os.kill(broker.proc.pid, signal.SIGSTOP)
+
+    stopper = threading.Thread(target=stop)
+    started = time.monotonic()
+    stopper.start()
+    try:
+        proc = sluice(sluice_bin, "bench", "produce", "--topic", topic, "--duration", "2s",
+                      "--connections", 4, "--record-size", record_bytes,
+                      "--buffer-memory", buffer_bytes, "--request-timeout-ms", 2000,
+                      "--progress-interval-s", 0, "--json", "--bootstrap", broker.bootstrap,
+                      timeout=60)
+        elapsed_s = time.monotonic() - started
+    finally:
+        stopper.join()
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert 4.0 <= elapsed_s <= 8.0, elapsed_s
+    assert "were not acknowledged by the run's deadline (4.0 s" in proc.stderr.decode()
+    doc = json.loads(proc.stdout)
+    unacknowledged = doc["config"]["records_unacknowledged"]
+    assert doc["config"]["buffer_memory_per_connection"] == buffer_bytes // 4
+    assert doc["records"] > 0 and doc["latency_ms"]["count"] == doc["records"]
+    assert 0 < unacknowledged <= buffer_bytes // record_bytes, unacknowledged
+    # What was acknowledged is in the log; at most the unacknowledged records come on top
+    # (requests the broker had read before it stopped).
+    described = json.loads(ok(sluice(sluice_bin, "topics", "describe", topic, "--json",
+                                     "--bootstrap", broker.bootstrap)).stdout)
+    appended = sum(p["log_end_offset"] for p in described["partitions"])
+    assert doc["records"] <= appended <= doc["records"] + unacknowledged
+
+
 def test_bench_argument_errors(sluice_bin, broker):
     b = ["--bootstrap", broker.bootstrap]
     assert sluice(sluice_bin, "bench", "produce", "--keys", "gauss:3", *b).returncode == 2

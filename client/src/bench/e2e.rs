@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::consume::{join_readers, spawn_readers, ReadMode, StopWhen};
-use super::produce::{ensure_topic, init_sessions, run_producers, Payload, ProduceConfig};
+use super::produce::{
+    deadline_message, ensure_topic, init_sessions, run_producers, Payload, ProduceConfig,
+};
 use super::stats::CpuTimes;
 use super::{spawn_progress, E2eBenchArgs, Phase, Progress, Report};
 use crate::admin::OffsetSpec;
@@ -144,6 +146,10 @@ pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
         map.insert("consumers".into(), args.consumers.into());
         map.insert("fetch_max_wait_ms".into(), args.fetch_max_wait_ms.into());
         map.insert("records_acknowledged".into(), totals.records.into());
+        map.insert(
+            "records_unacknowledged".into(),
+            totals.unacknowledged.into(),
+        );
     }
     Report {
         mode: "e2e",
@@ -161,6 +167,12 @@ pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
         }],
     }
     .emit(&common)?;
+    if totals.unacknowledged > 0 {
+        anyhow::bail!(
+            "{}",
+            deadline_message(&config, totals.unacknowledged, totals.elapsed)
+        );
+    }
     if done.records < totals.records {
         anyhow::bail!(
             "{} acknowledged record(s) were never delivered",

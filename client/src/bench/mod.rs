@@ -127,6 +127,12 @@ pub struct ProduceBenchArgs {
     /// Largest produce request in bytes
     #[arg(long, default_value_t = 1_048_576)]
     pub request_bytes_max: usize,
+    /// Value bytes created and not yet acknowledged, for all connections together (Kafka's
+    /// producer `buffer.memory`, here split evenly between the connections, each getting at
+    /// least one record): past its share a connection creates no record until acknowledgements
+    /// free room, so 1,000 connections queue no more than a few
+    #[arg(long, value_name = "BYTES", default_value_t = 268_435_456)]
+    pub buffer_memory: usize,
     /// Compression: none, gzip, snappy, lz4, zstd
     #[arg(long, default_value = "none")]
     pub compression: String,

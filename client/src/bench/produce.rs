@@ -10,6 +10,12 @@
 //! their intended time, so a broker stall shows in the tail. The engine must never count an
 //! unacknowledged record, and aborts on the first broker error.
 //!
+//! Bounds: a task holds at most its even share of `--buffer-memory` in value bytes created and
+//! not yet acknowledged (Kafka's `buffer.memory`; past it no record is created), so memory and
+//! queueing stay bounded at any number of connections. A run with a duration ends at duration
+//! plus one request timeout whatever is still unacknowledged (every wait, a socket write too,
+//! ends there); the records left are reported, and the run fails.
+//!
 //! Transactional mode (`--transactional-id`): each task is a transactional producer of its own
 //! id (protocol v1, `crate::transaction`). A transaction is the task's next
 //! `--transaction-records` records: partitions join it (AddPartitionsToTxn) before their first
@@ -82,6 +88,8 @@ pub struct ProduceConfig {
     pub in_flight: usize,
     /// Request cap.
     pub request_bytes_max: usize,
+    /// Value bytes created and not yet acknowledged, all tasks together (`buffer.memory`).
+    pub buffer_memory: usize,
     /// Codec.
     pub compression: Compression,
     /// Total target rate.
@@ -170,6 +178,7 @@ impl ProduceConfig {
             connections: args.connections,
             in_flight: args.in_flight,
             request_bytes_max: args.request_bytes_max.max(1024),
+            buffer_memory: args.buffer_memory,
             compression: parse_compression(&args.compression)?,
             rate: args.rate,
             closed_loop: args.closed_loop,
@@ -189,12 +198,28 @@ impl ProduceConfig {
             "batch_bytes": self.batch_bytes, "linger_ms": self.linger.as_millis() as u64,
             "connections": self.connections, "in_flight": self.in_flight,
             "request_bytes_max": self.request_bytes_max,
+            "buffer_memory": self.buffer_memory,
+            "buffer_memory_per_connection": self.buffer_share_per_task(),
             "compression": format!("{:?}", self.compression).to_lowercase(),
             "rate": self.rate, "open_loop": self.schedule_for_task().is_open(),
             "transactional_id_prefix": self.transaction.as_ref().map(|t| t.id_prefix.clone()),
             "transaction_records": self.transaction.as_ref().map(|t| t.records_per_txn),
             "transaction_timeout_ms": self.transaction.as_ref().map(|t| t.timeout_ms),
         })
+    }
+
+    /// Each task's share of `buffer_memory`: value bytes it may hold created and not yet
+    /// acknowledged (at least one record, or it could never send).
+    pub fn buffer_share_per_task(&self) -> usize {
+        (self.buffer_memory / self.connections.max(1)).max(self.record_size.max(1))
+    }
+
+    /// How long after its start a run with a duration ends whatever is still unacknowledged:
+    /// the duration plus one request timeout (the last requests get their full timeout, and a
+    /// broker that stops answering cannot hold the run).
+    pub fn deadline(&self) -> Option<Duration> {
+        let timeout = Duration::from_millis(u64::try_from(self.timeout_ms).unwrap_or(30_000));
+        self.duration.map(|d| d + timeout)
     }
 
     fn schedule_for_task(&self) -> Schedule {
@@ -252,8 +277,11 @@ pub struct ProduceTotals {
     pub bytes: u64,
     /// Latency histogram (us).
     pub histogram: hdrhistogram::Histogram<u64>,
-    /// From first send to last acknowledgement.
+    /// From first send to last acknowledgement (or to the run's deadline).
     pub elapsed: Duration,
+    /// Records created but not acknowledged when the run's deadline passed (0 when every
+    /// record was acknowledged in time).
+    pub unacknowledged: u64,
     /// EndTxn round trips (us); empty unless transactional.
     pub end_txn: hdrhistogram::Histogram<u64>,
     /// AddPartitionsToTxn round trips (us); empty unless transactional.
@@ -321,13 +349,14 @@ pub async fn run_producers(
     let mut histogram = new_latency_histogram();
     let mut end_txn = new_latency_histogram();
     let mut add_partitions = new_latency_histogram();
-    let (mut records, mut bytes) = (0u64, 0u64);
+    let (mut records, mut bytes, mut unacknowledged) = (0u64, 0u64, 0u64);
     let mut first_error = None;
     for handle in handles {
         match handle.await {
             Ok(Ok(done)) => {
                 records += done.records;
                 bytes += done.bytes;
+                unacknowledged += done.unacknowledged;
                 let _ = histogram.add(&done.histogram);
                 if let Some(txn) = &done.txn {
                     let _ = end_txn.add(&txn.end_us);
@@ -351,6 +380,7 @@ pub async fn run_producers(
         bytes,
         histogram,
         elapsed: start.elapsed(),
+        unacknowledged,
         end_txn,
         add_partitions,
     })
@@ -417,7 +447,14 @@ struct Worker {
     accs: Vec<Accumulator>,
     sticky: usize,
     generated: u64,
+    /// Value bytes created and not yet drained into a request.
     pending_value_bytes: usize,
+    /// Value bytes drained into requests (or waiting for a retry) and not yet acknowledged.
+    in_flight_value_bytes: usize,
+    /// This task's share of `buffer.memory`: pending + in-flight value bytes stay within it.
+    buffer_share: usize,
+    /// When the run ends whatever is unacknowledged (ns since start; runs with a duration).
+    deadline_ns: Option<u64>,
     encode_buf: BytesMut,
     conns: HashMap<i32, Arc<Connection>>,
     histogram: hdrhistogram::Histogram<u64>,
@@ -435,6 +472,17 @@ struct Worker {
     timer: Arc<PreciseTimer>,
 }
 
+/// `future`'s output, or None when `deadline` passed first (no deadline: always its output).
+async fn until<T>(
+    deadline: Option<tokio::time::Instant>,
+    future: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        None => Some(future.await),
+        Some(at) => tokio::time::timeout_at(at, future).await.ok(),
+    }
+}
+
 /// The pacing timer failed (timerfd refused: the bench cannot keep its schedule).
 fn timer_error(error: std::io::Error) -> ClientError {
     ClientError::Invalid(format!("bench pacing timer (timerfd): {error}"))
@@ -443,6 +491,8 @@ fn timer_error(error: std::io::Error) -> ClientError {
 struct WorkerDone {
     records: u64,
     bytes: u64,
+    /// Records created and not acknowledged by the deadline.
+    unacknowledged: u64,
     histogram: hdrhistogram::Histogram<u64>,
     txn: Option<TxnTimes>,
 }
@@ -512,10 +562,6 @@ impl TxnTask {
     }
 }
 
-/// Records generated ahead but not yet sent are capped at this many value bytes per task; past
-/// it generation pauses (due records keep their intended time, so latency still counts).
-const PENDING_VALUE_BYTES_MAX: usize = 256 << 20;
-
 impl Worker {
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -549,6 +595,8 @@ impl Worker {
             .into();
         let partitions = info.partitions.len();
         Ok(Worker {
+            buffer_share: config.buffer_share_per_task(),
+            deadline_ns: config.deadline().map(|d| d.as_nanos() as u64),
             keys: KeyGenerator::new(config.keys.clone(), seed)?,
             schedule: config.schedule_for_task(),
             client,
@@ -563,6 +611,7 @@ impl Worker {
             sticky: task % partitions.max(1),
             generated: 0,
             pending_value_bytes: 0,
+            in_flight_value_bytes: 0,
             encode_buf: BytesMut::new(),
             conns: HashMap::new(),
             histogram: new_latency_histogram(),
@@ -624,9 +673,11 @@ impl Worker {
         let due = self.schedule.due_count(now_ns);
         let timestamp_ms = now_ms();
         let mut made_for_request = 0usize;
+        // Past the task's share of buffer.memory generation pauses until acknowledgements
+        // free room (due records keep their intended time, so the wait counts as latency).
         while self.generated < due
             && !self.generation_paused(now_ns)
-            && self.pending_value_bytes < PENDING_VALUE_BYTES_MAX
+            && self.unacknowledged_value_bytes() + self.config.record_size <= self.buffer_share
         {
             if !self.schedule.is_open() {
                 // Closed loop creates records only when they can be sent soon.
@@ -679,6 +730,11 @@ impl Worker {
             made_for_request += self.config.record_size;
             self.generated += 1;
         }
+    }
+
+    /// Value bytes created and not yet acknowledged (what `buffer.memory` bounds).
+    fn unacknowledged_value_bytes(&self) -> usize {
+        self.pending_value_bytes + self.in_flight_value_bytes
     }
 
     fn leader_of_slot(&self, slot: usize) -> i32 {
@@ -769,6 +825,7 @@ impl Worker {
                 acc.opened_ns = now_ns;
             }
             self.pending_value_bytes -= value_bytes;
+            self.in_flight_value_bytes += value_bytes;
             encode_batch_into(&mut self.encode_buf, &records, self.config.compression)?;
             let batch = self.encode_buf.split().freeze();
             request_bytes += batch.len();
@@ -834,6 +891,9 @@ impl Worker {
             }
             records += batch.origins_ns.len() as u64;
             bytes += batch.value_bytes as u64;
+            debug_assert!(self.in_flight_value_bytes >= batch.value_bytes);
+            self.in_flight_value_bytes =
+                self.in_flight_value_bytes.saturating_sub(batch.value_bytes);
         }
         self.records_acked += records;
         self.bytes_acked += bytes;
@@ -954,10 +1014,24 @@ impl Worker {
     async fn run(mut self) -> Result<WorkerDone> {
         let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
         let topic = self.config.topic.clone();
-        loop {
+        let deadline = self
+            .deadline_ns
+            .map(|ns| tokio::time::Instant::from_std(self.start + Duration::from_nanos(ns)));
+        // Every wait below ends at the deadline: a broker that stops reading a socket (a
+        // write that never completes) or answering cannot hold the run past it.
+        'run: loop {
             let now_ns = self.now_ns();
+            if self
+                .deadline_ns
+                .is_some_and(|deadline_ns| now_ns >= deadline_ns)
+            {
+                break;
+            }
             if !self.retry.is_empty() && now_ns >= self.retry_at_ns {
-                self.resend(&mut in_flight).await?;
+                let Some(resent) = until(deadline, self.resend(&mut in_flight)).await else {
+                    break;
+                };
+                resent?;
             }
             let window_open = in_flight.len() < self.config.in_flight;
             self.generate(now_ns, window_open);
@@ -971,13 +1045,19 @@ impl Worker {
                     break;
                 };
                 if self.txn.is_some() {
-                    self.add_to_transaction().await?;
+                    let Some(added) = until(deadline, self.add_to_transaction()).await else {
+                        break 'run;
+                    };
+                    added?;
                 }
                 let (batches, sent) = self.drain_for(leader, now_ns)?;
                 if batches.is_empty() {
                     break;
                 }
-                let conn = match self.conn(leader).await {
+                let Some(connected) = until(deadline, self.conn(leader)).await else {
+                    break 'run;
+                };
+                let conn = match connected {
                     Ok(conn) => conn,
                     Err(e) if e.is_retriable() && self.config.acks != Acks::None => {
                         // The leader is gone (killed, or moved): retry after a refresh.
@@ -993,11 +1073,32 @@ impl Worker {
                 };
                 let request = self.produce_request(&topic, batches);
                 if self.config.acks == Acks::None {
-                    conn.send_no_response(&request).await?;
+                    let Some(written) = until(deadline, conn.send_no_response(&request)).await
+                    else {
+                        break 'run;
+                    };
+                    written?;
                     self.credit(sent, Vec::new())?;
                     continue;
                 }
-                let pending = conn.submit(&request).await?;
+                let Some(submitted) = until(deadline, conn.submit(&request)).await else {
+                    break 'run;
+                };
+                let pending = match submitted {
+                    Ok(pending) => pending,
+                    Err(e) if e.is_retriable() => {
+                        // The write failed or timed out (the connection is closed): the
+                        // request's batches go again on a new one after a refresh.
+                        self.conns.remove(&leader);
+                        let now_ns = self.now_ns();
+                        for batch in sent {
+                            let error = ClientError::Invalid(format!("sending: {e}"));
+                            self.requeue(batch, error, now_ns)?;
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let topic = topic.clone();
                 in_flight.push_back(Box::pin(async move {
                     let result = pending.wait().await.map(|r| produce_outcomes(&r, &topic));
@@ -1013,7 +1114,10 @@ impl Worker {
                 // Every record of the open transaction is acknowledged: commit it, then go
                 // on with the next (or stop, the run being over).
                 if self.txn.as_ref().is_some_and(|t| t.generated_in_txn > 0) {
-                    self.commit().await?;
+                    let Some(committed) = until(deadline, self.commit()).await else {
+                        break;
+                    };
+                    committed?;
                     continue;
                 }
                 break;
@@ -1033,6 +1137,9 @@ impl Worker {
             }
             if !self.retry.is_empty() {
                 wake_ns = wake_ns.min(self.retry_at_ns.max(now_ns));
+            }
+            if let Some(deadline_ns) = self.deadline_ns {
+                wake_ns = wake_ns.min(deadline_ns);
             }
             let wake_at = self.start + Duration::from_nanos(wake_ns);
             if in_flight.is_empty() {
@@ -1059,6 +1166,7 @@ impl Worker {
         Ok(WorkerDone {
             records: self.records_acked,
             bytes: self.bytes_acked,
+            unacknowledged: self.generated.saturating_sub(self.records_acked),
             histogram: self.histogram,
             txn: self.txn.map(|t| t.times),
         })
@@ -1168,9 +1276,18 @@ pub async fn run(args: ProduceBenchArgs) -> anyhow::Result<()> {
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let totals = result.map_err(|e| anyhow::anyhow!("bench produce aborted: {e}"))?;
     let cpu = CpuTimes::now().since(cpu_before);
+    let mut config_json = config.to_json(info.partitions.len());
+    if let Some(map) = config_json.as_object_mut() {
+        map.insert(
+            "records_unacknowledged".into(),
+            totals.unacknowledged.into(),
+        );
+    }
+    let unacknowledged = totals.unacknowledged;
+    let elapsed = totals.elapsed;
     Report {
         mode: "produce",
-        config: config.to_json(info.partitions.len()),
+        config: config_json,
         records: totals.records,
         bytes: totals.bytes,
         elapsed: totals.elapsed,
@@ -1198,5 +1315,22 @@ pub async fn run(args: ProduceBenchArgs) -> anyhow::Result<()> {
             Vec::new()
         },
     }
-    .emit(&args.common)
+    .emit(&args.common)?;
+    if unacknowledged > 0 {
+        anyhow::bail!("{}", deadline_message(&config, unacknowledged, elapsed));
+    }
+    Ok(())
+}
+
+/// Why a run with records still unacknowledged at its deadline failed (its report, printed
+/// before, counts only what was acknowledged).
+pub fn deadline_message(config: &ProduceConfig, unacknowledged: u64, elapsed: Duration) -> String {
+    format!(
+        "{unacknowledged} record(s) were not acknowledged by the run's deadline ({:.1} s: \
+         the duration plus the {} ms request timeout); the report counts only acknowledged \
+         records over {:.1} s",
+        config.deadline().unwrap_or(elapsed).as_secs_f64(),
+        config.timeout_ms,
+        elapsed.as_secs_f64()
+    )
 }
