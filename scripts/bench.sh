@@ -3,10 +3,12 @@
 # same run, and writes BENCHMARKS.md: every figure beside its limit and the ratio.
 #
 #  1. Limits: fio sequential write + fdatasync at the broker's group-commit cadence on the data
-#     directory's filesystem (O_DIRECT and buffered); iperf3 loopback with and without -Z.
+#     directory's filesystem (O_DIRECT and buffered; at the cadence also with every CPU busy, to
+#     show what waiting for a CPU adds to an fdatasync); iperf3 loopback with and without -Z.
 #  2. Sluice, against a fresh broker (1 KiB records, acks=all): produce to 1, 16 and 1,000
 #     partitions; consume older data (segment files) and recent data (tail cache); end-to-end
-#     latency at 50% of the 16-partition maximum (open loop); the storage engine alone (no
+#     latency at 50% of the 16-partition maximum (open loop); produce (1, 16 partitions) and
+#     e2e again with the broker on CPU 1 and the load generator on CPU 0; the storage engine alone (no
 #     network; issue 3's denominator); produce with and without 1,000 offset commits/s
 #     (issue 6); allocation calls per produced record under heaptrack (issue 3); fetch on the
 #     zero-copy and the copying path beside iperf3 -Z, with perf/syscalls.sh's view of each
@@ -201,7 +203,7 @@ bench() {
     local target="$1" addr="$2" scenario="$3" run="$4" kind="$5"
     shift 5
     local base="$BENCH_DIR/$target-$scenario-$run"
-    local command=("$BIN" bench "$kind" --bootstrap "$addr" --json --progress-interval-s 0 "$@")
+    local command=("${CLIENT_WRAP[@]}" "$BIN" bench "$kind" --bootstrap "$addr" --json --progress-interval-s 0 "$@")
     record_command "$scenario" "${command[@]}"
     local ticks_before="" extra=() measured_pid=""
     # Broker CPU is measured for Sluice and for a peer this script started (PEER).
@@ -231,6 +233,7 @@ import json; d = json.load(open('$base.json')); l = d['latency_ms']
 print('   %-14s run %s: %8.1f MB/s %9.0f rec/s  p50 %8.2f  p99 %8.2f  max %8.2f ms' % ('$scenario', $run, d['mb_per_s'], d['records_per_s'], l['p50'], l['p99'], l['max']))" >&2
 }
 BENCH_EXTRA=()
+CLIENT_WRAP=()  # e.g. (taskset -c 0): what the load generator runs under
 
 median() { python3 "$HELPERS/report.py" median "$RESULTS" "$@"; }
 
@@ -408,13 +411,72 @@ fio_run() {
 
 fio_limits() { # CADENCE_BYTES
     local cadence="$1" run
-    say "disk limit: fio sequential write, 1 MiB writes + fdatasync every 16 MiB (the broker's largest group commit), O_DIRECT and buffered; and O_DIRECT with one fdatasync per ${cadence}-byte write (the broker's measured cadence)"
+    say "disk limit: fio sequential write, 1 MiB writes + fdatasync every 16 MiB (the broker's largest group commit), O_DIRECT and buffered; and O_DIRECT with one fdatasync per ${cadence}-byte write (the broker's measured cadence), on idle CPUs and with every CPU busy"
     for run in $(seq "$RUNS"); do
         fio_run fio_direct 1 1048576 16 "$run"
         fio_run fio_buffered 0 1048576 16 "$run"
         fio_run fio_cadence 1 "$cadence" 1 "$run"
+        fio_busy_run fio_cadence_busy "$cadence" "$run"
     done
-    echo "   fio O_DIRECT $(median machine fio_direct mb_per_s) MB/s, buffered $(median machine fio_buffered mb_per_s) MB/s, at the broker's cadence $(median machine fio_cadence mb_per_s) MB/s" >&2
+    echo "   fio O_DIRECT $(median machine fio_direct mb_per_s) MB/s, buffered $(median machine fio_buffered mb_per_s) MB/s, at the broker's cadence $(median machine fio_cadence mb_per_s) MB/s (fdatasync p99 $(median machine fio_cadence fsync_p99_ms) ms; with every CPU busy $(median machine fio_cadence_busy fsync_p99_ms) ms)" >&2
+}
+
+# fio_busy_run SCENARIO BS RUN: the cadence run while one spinning shell loop per CPU keeps
+# every core busy, as the broker, its io-wq workers and the load generator do in the produce
+# and e2e rows: how much of an fdatasync's latency is waiting for a CPU (the e2e bound is set
+# by the idle-CPU figure). The loops stop by themselves (timeout) and are waited for.
+fio_busy_run() {
+    local scenario="$1" bs="$2" run="$3" spinners=() cpu
+    for cpu in $(seq "$(nproc)"); do
+        timeout "$((FIO_S + 3))" sh -c 'while :; do :; done' &
+        spinners+=("$!")
+    done
+    record_command "$scenario: CPU load during the fio run below, one per CPU" \
+        timeout "$((FIO_S + 3))" sh -c "'while :; do :; done'"
+    fio_run "$scenario" 1 "$bs" 1 "$run"
+    kill "${spinners[@]}" 2>/dev/null || true
+    wait "${spinners[@]}" 2>/dev/null || true
+}
+
+# pinned_step: the 1- and 16-partition produce rows and the linger.ms 0 e2e row again with the
+# broker on CPU 1 and the load generator on CPU 0 (taskset; the broker then runs one shard),
+# same binary and flags: what the broker's path does when the load generator is not competing
+# for its cores. The shared-CPU rows stay the ones compared with Kafka.
+pinned_step() {
+    if ! command -v taskset >/dev/null 2>&1 || (( $(nproc) < 2 )); then
+        echo "   no taskset or fewer than 2 CPUs: pinned rows skipped" >&2
+        return 0
+    fi
+    # shellcheck disable=SC2206
+    local flags=($PRODUCE_FLAGS) run partitions rate no_linger=() skip=0 flag
+    for flag in "${flags[@]}"; do
+        if (( skip )); then skip=0; continue; fi
+        if [[ "$flag" == --linger-ms ]]; then skip=1; continue; fi
+        no_linger+=("$flag")
+    done
+    rate="$(median sluice e2e rate)"
+    say "broker on CPU 1, load generator on CPU 0: produce to 1 and 16 partitions${rate:+, e2e (linger.ms 0) at $rate records/s}"
+    start_broker "$BENCH_DIR/data-pinned" "$PORT" "$ADMIN_PORT" "$BENCH_DIR/broker-pinned.log" taskset -c 1
+    CLIENT_WRAP=(taskset -c 0)
+    for run in $(seq "$RUNS"); do
+        for partitions in 1 16; do
+            local topic="$PREFIX-pinned-p$partitions-r$run"
+            ready_topic "127.0.0.1:$PORT" "$topic" "$partitions"
+            bench sluice "127.0.0.1:$PORT" "pinned_p$partitions" "$run" produce "${flags[@]}" \
+                --topic "$topic" --partitions "$partitions" --duration "${DURATION_S}s"
+            drop_topic "127.0.0.1:$PORT" "$topic"
+        done
+        if [[ -n "$rate" ]]; then
+            BENCH_EXTRA=("rate=$rate")
+            bench sluice "127.0.0.1:$PORT" pinned_e2e_l0 "$run" e2e "${no_linger[@]}" --linger-ms 0 \
+                --topic "$PREFIX-pinned-e2e-r$run" --partitions 16 --rate "$rate" --duration "${DURATION_S}s"
+            BENCH_EXTRA=()
+            drop_topic "127.0.0.1:$PORT" "$PREFIX-pinned-e2e-r$run"
+        fi
+    done
+    CLIENT_WRAP=()
+    broker_stop
+    rm -rf "$BENCH_DIR/data-pinned"
 }
 
 storage_only() { # BATCH_BYTES
@@ -682,6 +744,7 @@ else
     client_workloads sluice "127.0.0.1:$PORT"
     broker_stop
     rm -rf "$BENCH_DIR/data"
+    pinned_step
     fetch_step
     txn_step
     neutral_step

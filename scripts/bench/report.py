@@ -293,6 +293,9 @@ def write_report(rows, meta, out_path, fetch=None):
     fio_row("disk: the same, buffered", "fio_buffered")
     fio_row(f"disk at the broker's own cadence: O_DIRECT, one fdatasync per {fmt(cadence)}-byte write"
             " (the mean group commit the broker achieved in the 1-partition produce runs)", "fio_cadence")
+    if limit("fio_cadence_busy", "mb_per_s") is not None:
+        fio_row("the same with every CPU busy (one spinning shell loop per CPU, as the broker and load"
+                " generator keep them): an fdatasync's latency includes waiting for a CPU", "fio_cadence_busy")
     add(f"| loopback: iperf3, one TCP stream (copying send) | {fmt(net_copy)} MB/s | {spread(rows, 'machine', 'iperf_copy', 'mb_per_s')} | |")
     add(f"| loopback: iperf3 -Z (sendfile, zero-copy send) | {fmt(net_zc)} MB/s | {spread(rows, 'machine', 'iperf_zc', 'mb_per_s')} | |")
     add("")
@@ -322,6 +325,9 @@ def write_report(rows, meta, out_path, fetch=None):
     for partitions in (1, 16, 1000):
         result_row(f"produce 1 KiB, acks=all, {partitions} partition{'s' if partitions > 1 else ''}",
                    f"produce_p{partitions}", disk_limit, "(fio)")
+    for partitions in (1, 16):
+        result_row(f"the same, {partitions} partition{'s' if partitions > 1 else ''}, broker on CPU 1 and load"
+                   " generator on CPU 0 (taskset; one shard)", f"pinned_p{partitions}", disk_limit, "(fio)")
     storage = {}
     for partitions in (1, 16):
         value = m(f"storage_p{partitions}", "mb_per_s")
@@ -344,6 +350,14 @@ def write_report(rows, meta, out_path, fetch=None):
             continue
         add(f"| end-to-end produce→consume latency, acks=all, 16 partitions, {linger}, open loop at"
             f" {fmt(e2e_rate, 0)} rec/s (50% of the 16-partition max) | {fmt(m(scenario, 'mb_per_s'))} MB/s |"
+            f" {spread(rows, target, scenario, 'mb_per_s')} | fdatasync p50 {fmt(fsync_p50, 2)} ms (fio) |"
+            f" p50 latency / fdatasync p50: {fmt(ratio(m(scenario, 'p50_ms'), fsync_p50), 1)} |"
+            f" {' / '.join(fmt(m(scenario, k), 2) for k in ('p50_ms', 'p99_ms', 'p999_ms', 'max_ms'))} |"
+            f" {fmt(m(scenario, 'broker_cpu_s_per_gb'), 2)} | {fmt(m(scenario, 'bench_cpu_pct'), 0)} |")
+    if m("pinned_e2e_l0", "p50_ms") is not None:
+        scenario = "pinned_e2e_l0"
+        add(f"| the same, linger.ms 0, broker on CPU 1 and load generator on CPU 0 (taskset; one shard), at"
+            f" {fmt(m(scenario, 'rate'), 0)} rec/s | {fmt(m(scenario, 'mb_per_s'))} MB/s |"
             f" {spread(rows, target, scenario, 'mb_per_s')} | fdatasync p50 {fmt(fsync_p50, 2)} ms (fio) |"
             f" p50 latency / fdatasync p50: {fmt(ratio(m(scenario, 'p50_ms'), fsync_p50), 1)} |"
             f" {' / '.join(fmt(m(scenario, k), 2) for k in ('p50_ms', 'p99_ms', 'p999_ms', 'max_ms'))} |"
@@ -651,6 +665,13 @@ def shortfalls(rows, target, meta, disk_limit, net_limit, storage):
         out.append(f"Produce with acks=all reaches {ratio(p16, disk_limit):.2f} of the disk's sequential"
                    f" write + fdatasync limit with 16 partitions, {fmt(ratio(p1, disk_limit), 2)} with one"
                    f" and {fmt(ratio(p1000, disk_limit), 2)} with 1,000.")
+        pinned_p1, pinned_p16 = m("pinned_p1", "mb_per_s"), m("pinned_p16", "mb_per_s")
+        if pinned_p1 is not None:
+            out.append(f"With the broker on CPU 1 and the load generator on CPU 0 (same binary and flags)"
+                       f" it reaches {ratio(pinned_p1, disk_limit):.2f} with one partition and"
+                       f" {fmt(ratio(pinned_p16, disk_limit), 2)} with 16: on the shared cores the"
+                       " difference is CPU time and scheduling shared with the load generator, not the"
+                       " storage path.")
     for partitions in (1, 16):
         network = m(f"produce_p{partitions}", "mb_per_s")
         share = ratio(network, storage.get(partitions))
@@ -715,6 +736,19 @@ def shortfalls(rows, target, meta, disk_limit, net_limit, storage):
                    f" {bound:.1f} ms ({'within' if e2e_p99 <= bound else 'above'} it){l0_text}. Every"
                    " record waits for a group commit's fdatasync before a consumer may see it (high"
                    " watermark after fsync), and with linger.ms 5 up to 5 ms in the client first.")
+        busy_p50 = median(rows, "machine", "fio_cadence_busy", "fsync_p50_ms")
+        busy_p99 = median(rows, "machine", "fio_cadence_busy", "fsync_p99_ms")
+        pinned_p99 = m("pinned_e2e_l0", "p99_ms")
+        if busy_p99 is not None:
+            out.append(f"The bound takes the disk's fdatasync on idle CPUs. With every CPU busy, as the"
+                       f" broker, its io-wq workers and the load generator keep this machine's"
+                       f" {meta.get('nproc', '?')} cores in the e2e rows, fio's own fdatasync p50 / p99 is"
+                       f" {fmt(busy_p50, 2)} / {busy_p99:.2f} ms (idle: {fmt(median(rows, 'machine', 'fio_cadence', 'fsync_p50_ms'), 2)}"
+                       f" / {fsync_p99:.2f}): a bound from that figure would be {2 * busy_p99 + 1:.1f} ms."
+                       + ("" if pinned_p99 is None else
+                          f" With the broker and the load generator on separate CPUs, e2e p99 (linger.ms 0)"
+                          f" is {pinned_p99:.1f} ms ({'within' if pinned_p99 <= bound else 'above'} the"
+                          f" idle-CPU bound)."))
     without = m("commits_off", "mb_per_s")
     with_commits = m("commits_on", "mb_per_s")
     share = ratio(with_commits, without)
