@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -384,6 +385,80 @@ impl Connection {
             version,
             message,
         })?;
+        self.write_frame(api, correlation_id, vec![frame], expect_response)
+            .await
+    }
+
+    /// Writes a Produce request framed around its batches (no copy of them, a vectored
+    /// write; [`crate::produce_frame`]) and returns a handle to await its answer, or `None`
+    /// with acks=0. Versions the framer does not write fall back to the generic encoder.
+    pub async fn submit_produce(
+        &self,
+        fields: &crate::produce_frame::ProduceFields<'_>,
+    ) -> Result<Option<Pending<ProduceResponse>>> {
+        let version = self.version_for::<ProduceRequest>()?;
+        let expect_response = fields.acks != crate::producer::Acks::None;
+        if !crate::produce_frame::VERSIONS.contains(&version) {
+            let mut request = crate::producer::build_produce_request(
+                fields.topic,
+                fields.batches.to_vec(),
+                fields.acks,
+                fields.timeout_ms,
+            );
+            request.transactional_id = fields
+                .transactional_id
+                .map(|id| TransactionalId(StrBytes::from_string(id.to_owned())));
+            if !expect_response {
+                self.send_no_response(&request).await?;
+                return Ok(None);
+            }
+            return self.submit(&request).await.map(Some);
+        }
+        if let Ok(closed) = self.shared.closed_reason.lock() {
+            if let Some(reason) = closed.as_ref() {
+                return Err(ClientError::Disconnected {
+                    addr: self.addr.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
+        let parts = crate::produce_frame::frame_parts(
+            version,
+            correlation_id,
+            &self.options.client_id,
+            fields,
+        )
+        .map_err(|message| ClientError::Protocol {
+            api: "Produce",
+            version,
+            message,
+        })?;
+        let raw = self
+            .write_frame("Produce", correlation_id, parts, expect_response)
+            .await?;
+        Ok(raw.map(|raw| Pending {
+            api: raw.api,
+            version,
+            api_key: ApiKey::Produce,
+            addr: raw.addr,
+            timeout: raw.timeout,
+            rx: raw.rx,
+            correlation_id: raw.correlation_id,
+            shared: raw.shared,
+            _marker: std::marker::PhantomData,
+        }))
+    }
+
+    /// Registers the response waiter (when one is expected) and writes the frame's parts in
+    /// order, vectored where the stream supports it.
+    async fn write_frame(
+        &self,
+        api: &'static str,
+        correlation_id: i32,
+        parts: Vec<Bytes>,
+        expect_response: bool,
+    ) -> Result<Option<RawPending>> {
         let rx = if expect_response {
             let (tx, rx) = oneshot::channel();
             if let Ok(mut pending) = self.shared.pending.lock() {
@@ -393,20 +468,21 @@ impl Connection {
         } else {
             None
         };
+        let frame_bytes: usize = parts.iter().map(Bytes::len).sum();
+        let mut frame = FrameParts::new(parts);
         // Writing (and waiting for the writer) counts against the request timeout, as in
         // Kafka's clients: a broker that stops reading the socket must not hold a caller
         // forever. A frame cut off part-way leaves the stream unusable, so a timed-out write
         // closes the connection for every caller.
         let write_result = tokio::time::timeout(self.options.request_timeout, async {
             let mut writer = self.writer.lock().await;
-            writer.write_all(&frame).await
+            writer.write_all_buf(&mut frame).await
         })
         .await
         .unwrap_or_else(|_| {
             let reason = format!(
-                "a {}-byte {api} request could not be written within the {} ms request \
-                 timeout (the broker is not reading); closing the connection",
-                frame.len(),
+                "a {frame_bytes}-byte {api} request could not be written within the {} ms \
+                 request timeout (the broker is not reading); closing the connection",
                 self.options.request_timeout.as_millis()
             );
             self.shared.fail_all(&reason);
@@ -429,6 +505,52 @@ impl Connection {
             correlation_id,
             shared: Arc::clone(&self.shared),
         }))
+    }
+}
+
+/// A frame as the pieces to write in order (a `Buf` over them, so the write is vectored).
+struct FrameParts {
+    parts: std::collections::VecDeque<Bytes>,
+}
+
+impl FrameParts {
+    fn new(parts: Vec<Bytes>) -> FrameParts {
+        FrameParts {
+            parts: parts.into_iter().filter(|p| !p.is_empty()).collect(),
+        }
+    }
+}
+
+impl Buf for FrameParts {
+    fn remaining(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.front().map_or(&[], |p| &p[..])
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut filled = 0;
+        for (slot, part) in dst.iter_mut().zip(&self.parts) {
+            *slot = std::io::IoSlice::new(part);
+            filled += 1;
+        }
+        filled
+    }
+
+    fn advance(&mut self, mut count: usize) {
+        while count > 0 {
+            let Some(front) = self.parts.front_mut() else {
+                return;
+            };
+            if count < front.len() {
+                front.advance(count);
+                return;
+            }
+            count -= front.len();
+            self.parts.pop_front();
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod conn;
 pub mod consumer;
 pub mod error;
 pub mod group;
+pub mod produce_frame;
 pub mod producer;
 pub mod reassign;
 pub mod records;

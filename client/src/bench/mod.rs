@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::cli::ConnArgs;
 
+pub mod batch;
 pub mod consume;
 pub mod e2e;
 pub mod keys;

@@ -29,14 +29,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
-use indexmap::IndexMap;
-use kafka_protocol::messages::{ProduceRequest, TransactionalId};
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record};
+use kafka_protocol::records::Compression;
 use serde_json::json;
 
+use super::batch::{BatchBuilder, ProducerFields};
 use super::keys::{KeyGenerator, Rng};
 use super::schedule::Schedule;
 use super::stats::{new_latency_histogram, CpuTimes};
@@ -45,10 +43,9 @@ use super::{spawn_progress, Phase, ProduceBenchArgs, Progress, Report};
 use crate::client::{Client, TopicInfo};
 use crate::conn::Connection;
 use crate::error::{ClientError, Result};
-use crate::producer::{build_produce_request, produce_outcomes, Acks};
-use crate::records::{
-    batch_record, encode_batch_into, now_ms, parse_compression, partition_for_key,
-};
+use crate::produce_frame::ProduceFields;
+use crate::producer::{produce_outcomes, Acks};
+use crate::records::{now_ms, parse_compression, partition_for_key};
 use crate::transaction::TxnSession;
 
 /// Bytes of the e2e stamp at the start of a value: origin ns since bench start.
@@ -386,15 +383,25 @@ pub async fn run_producers(
     })
 }
 
-/// Records waiting for one partition's next batch.
+/// Records waiting for one partition's next batches.
 #[derive(Default)]
 struct Accumulator {
-    // Queues: batches are drained from the front while the generator appends at the back, so
-    // a Vec would shift the whole backlog on every drain.
-    records: std::collections::VecDeque<Record>,
+    /// Batches being filled, oldest first, each of at most `records_per_batch` records and
+    /// drained whole from the front, so a record's offset delta is final when it is created.
+    batches: std::collections::VecDeque<BatchBuilder>,
+    /// Drained builders, kept for their buffers.
+    spare: Vec<BatchBuilder>,
+    // A queue: origins are drained from the front while the generator appends at the back.
     origins_ns: std::collections::VecDeque<u64>,
+    records: usize,
     value_bytes: usize,
     opened_ns: u64,
+}
+
+impl Accumulator {
+    fn is_empty(&self) -> bool {
+        self.records == 0
+    }
 }
 
 /// Encoded batches for one request, and what each will credit.
@@ -443,8 +450,9 @@ struct Worker {
     keys: KeyGenerator,
     rng: Rng,
     payload: Bytes,
-    stamp_arena: BytesMut,
     accs: Vec<Accumulator>,
+    /// Records per batch: `batch_bytes / record_size`, at least one.
+    records_per_batch: usize,
     sticky: usize,
     generated: u64,
     /// Value bytes created and not yet drained into a request.
@@ -595,6 +603,7 @@ impl Worker {
             .into();
         let partitions = info.partitions.len();
         Ok(Worker {
+            records_per_batch: (config.batch_bytes / config.record_size.max(1)).max(1),
             buffer_share: config.buffer_share_per_task(),
             deadline_ns: config.deadline().map(|d| d.as_nanos() as u64),
             keys: KeyGenerator::new(config.keys.clone(), seed)?,
@@ -606,7 +615,6 @@ impl Worker {
             limit,
             rng,
             payload,
-            stamp_arena: BytesMut::new(),
             accs: (0..partitions).map(|_| Accumulator::default()).collect(),
             sticky: task % partitions.max(1),
             generated: 0,
@@ -643,25 +651,6 @@ impl Worker {
     /// all its records (the next one starts once this one is committed).
     fn generation_paused(&self, now_ns: u64) -> bool {
         self.generation_over(now_ns) || self.txn.as_ref().is_some_and(TxnTask::full)
-    }
-
-    fn value(&mut self, origin_ns: u64) -> Bytes {
-        let size = self.config.record_size;
-        match self.config.payload {
-            Payload::Shared => {
-                let offset = (self.rng.next_u64() % 4096) as usize;
-                self.payload.slice(offset..offset + size)
-            }
-            Payload::Stamped => {
-                if self.stamp_arena.capacity() < size {
-                    self.stamp_arena.reserve((size * 256).max(64 << 10));
-                }
-                self.stamp_arena.put_u64(origin_ns);
-                self.stamp_arena
-                    .extend_from_slice(&self.payload[..size - STAMP_BYTES]);
-                self.stamp_arena.split().freeze()
-            }
-        }
     }
 
     /// Creates due records (open loop) or enough to fill a request (closed loop).
@@ -711,19 +700,33 @@ impl Worker {
                     txn.sticky_bytes += self.config.record_size;
                 }
             }
-            let value = self.value(origin_ns);
+            // The value: a random window of the shared payload, or (e2e) the latency origin
+            // followed by the payload; copied once, into its batch.
+            let size = self.config.record_size;
+            let stamp = origin_ns.to_be_bytes();
+            let (head, tail): (&[u8], &[u8]) = match self.config.payload {
+                Payload::Shared => {
+                    let offset = (self.rng.next_u64() % 4096) as usize;
+                    (&[], &self.payload[offset..offset + size])
+                }
+                Payload::Stamped => (&stamp, &self.payload[..size - STAMP_BYTES]),
+            };
             let acc = &mut self.accs[slot];
-            if acc.records.is_empty() {
+            if acc.is_empty() {
                 acc.opened_ns = now_ns;
             }
-            let offset_delta = acc.records.len() as i64;
-            acc.records.push_back(batch_record(
-                offset_delta,
-                timestamp_ms,
-                key,
-                Some(value),
-                IndexMap::new(),
-            ));
+            if acc
+                .batches
+                .back()
+                .is_none_or(|b| b.len() >= self.records_per_batch)
+            {
+                let fresh = acc.spare.pop().unwrap_or_default();
+                acc.batches.push_back(fresh);
+            }
+            if let Some(batch) = acc.batches.back_mut() {
+                batch.push(timestamp_ms, key.as_deref(), head, tail);
+            }
+            acc.records += 1;
             acc.origins_ns.push_back(origin_ns);
             acc.value_bytes += self.config.record_size;
             self.pending_value_bytes += self.config.record_size;
@@ -749,7 +752,7 @@ impl Worker {
             .iter()
             .enumerate()
             .filter(|(_, a)| {
-                !a.records.is_empty()
+                !a.is_empty()
                     && (flush_all
                         || a.value_bytes >= self.config.batch_bytes
                         || now_ns >= a.opened_ns + linger_ns)
@@ -766,7 +769,7 @@ impl Worker {
         let linger_ns = self.config.linger.as_nanos() as u64;
         self.accs
             .iter()
-            .filter(|a| !a.records.is_empty())
+            .filter(|a| !a.is_empty())
             .map(|a| a.opened_ns + linger_ns)
             .min()
     }
@@ -776,13 +779,11 @@ impl Worker {
         let mut batches = Vec::new();
         let mut sent = Vec::new();
         let mut request_bytes = 0usize;
-        let per_record = self.config.record_size.max(1);
-        let records_per_batch = (self.config.batch_bytes / per_record).max(1);
         let partitions = self.accs.len();
         for i in 0..partitions {
             // Rotate the starting partition so no partition starves under the request cap.
             let slot = (self.sticky + 1 + i) % partitions;
-            if self.leader_of_slot(slot) != leader || self.accs[slot].records.is_empty() {
+            if self.leader_of_slot(slot) != leader || self.accs[slot].is_empty() {
                 continue;
             }
             if request_bytes >= self.config.request_bytes_max {
@@ -793,41 +794,33 @@ impl Worker {
                 .partitions
                 .get(slot)
                 .map_or(slot as i32, |p| p.partition);
-            let take = self.accs[slot].records.len().min(records_per_batch);
+            let acc = &mut self.accs[slot];
+            let Some(mut builder) = acc.batches.pop_front() else {
+                continue;
+            };
+            let take = builder.len();
             // Transactional batches: the producer's id and epoch and the partition's next
-            // sequence numbers (offset - sequence constant, so the encoder keeps one batch).
+            // sequence numbers.
             let producer = match &mut self.txn {
-                Some(txn) => Some((
-                    txn.session.producer_id(),
-                    txn.session.producer_epoch(),
-                    txn.take_sequence(partition, take)?,
-                )),
+                Some(txn) => Some(ProducerFields {
+                    producer_id: txn.session.producer_id(),
+                    producer_epoch: txn.session.producer_epoch(),
+                    base_sequence: txn.take_sequence(partition, take)?,
+                    transactional: true,
+                }),
                 None => None,
             };
-            let acc = &mut self.accs[slot];
-            let mut records: Vec<Record> = acc.records.drain(..take).collect();
-            // Offsets inside a batch must start at 0; records still waiting are renumbered when
-            // their own batch is drained.
-            for (i, r) in records.iter_mut().enumerate() {
-                r.offset = i as i64;
-                r.sequence = (i as i32).wrapping_sub(1);
-                if let Some((producer_id, producer_epoch, base_sequence)) = producer {
-                    r.transactional = true;
-                    r.producer_id = producer_id;
-                    r.producer_epoch = producer_epoch;
-                    r.sequence = base_sequence.wrapping_add(i as i32);
-                }
-            }
+            let batch = builder.finish(&mut self.encode_buf, self.config.compression, producer)?;
+            acc.spare.push(builder);
+            acc.records -= take;
             let origins_ns: Vec<u64> = acc.origins_ns.drain(..take).collect();
             let value_bytes = take * self.config.record_size;
             acc.value_bytes -= value_bytes;
-            if !acc.records.is_empty() {
+            if !acc.is_empty() {
                 acc.opened_ns = now_ns;
             }
             self.pending_value_bytes -= value_bytes;
             self.in_flight_value_bytes += value_bytes;
-            encode_batch_into(&mut self.encode_buf, &records, self.config.compression)?;
-            let batch = self.encode_buf.split().freeze();
             request_bytes += batch.len();
             batches.push((partition, batch.clone()));
             sent.push(SentBatch {
@@ -992,9 +985,13 @@ impl Worker {
                 .iter()
                 .map(|b| (b.partition, b.batch.clone()))
                 .collect();
-            let request = self.produce_request(&topic, batches);
-            let pending = match conn.submit(&request).await {
-                Ok(pending) => pending,
+            let fields = self.produce_fields(&topic, &batches);
+            let pending = match conn.submit_produce(&fields).await {
+                Ok(Some(pending)) => pending,
+                Ok(None) => {
+                    self.credit(sent, Vec::new())?;
+                    continue;
+                }
                 Err(e) if e.is_retriable() => {
                     self.conns.remove(&leader);
                     self.retry.extend(sent);
@@ -1071,22 +1068,18 @@ impl Worker {
                     }
                     Err(e) => return Err(e),
                 };
-                let request = self.produce_request(&topic, batches);
-                if self.config.acks == Acks::None {
-                    let Some(written) = until(deadline, conn.send_no_response(&request)).await
-                    else {
-                        break 'run;
-                    };
-                    written?;
-                    self.credit(sent, Vec::new())?;
-                    continue;
-                }
-                let Some(submitted) = until(deadline, conn.submit(&request)).await else {
+                let fields = self.produce_fields(&topic, &batches);
+                let Some(submitted) = until(deadline, conn.submit_produce(&fields)).await else {
                     break 'run;
                 };
                 let pending = match submitted {
-                    Ok(pending) => pending,
-                    Err(e) if e.is_retriable() => {
+                    Ok(Some(pending)) => pending,
+                    Ok(None) => {
+                        // acks=0: written is all there is.
+                        self.credit(sent, Vec::new())?;
+                        continue;
+                    }
+                    Err(e) if e.is_retriable() && self.config.acks != Acks::None => {
                         // The write failed or timed out (the connection is closed): the
                         // request's batches go again on a new one after a refresh.
                         self.conns.remove(&leader);
@@ -1108,8 +1101,7 @@ impl Worker {
                     self.generate(self.now_ns(), in_flight.len() < self.config.in_flight);
                 }
             }
-            let nothing_left =
-                self.accs.iter().all(|a| a.records.is_empty()) && self.retry.is_empty();
+            let nothing_left = self.accs.iter().all(Accumulator::is_empty) && self.retry.is_empty();
             if finished_generating && nothing_left && in_flight.is_empty() {
                 // Every record of the open transaction is acknowledged: commit it, then go
                 // on with the next (or stop, the run being over).
@@ -1160,6 +1152,10 @@ impl Worker {
                     }
                 }
                 slept = sleep, if wake_ns > now_ns => slept.map_err(timer_error)?,
+                // The deadline may have passed since the loop's top (the sleep above is then
+                // off): waiting only for responses could last a whole request timeout.
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if deadline.is_some() => {}
                 else => {}
             }
         }
@@ -1172,16 +1168,20 @@ impl Worker {
         })
     }
 
-    /// A Produce request of `batches`, naming the transactional id in transactional mode.
-    fn produce_request(&self, topic: &str, batches: Vec<(i32, Bytes)>) -> ProduceRequest {
-        let mut request =
-            build_produce_request(topic, batches, self.config.acks, self.config.timeout_ms);
-        if let Some(txn) = &self.txn {
-            request.transactional_id = Some(TransactionalId(StrBytes::from_string(
-                txn.session.transactional_id().to_owned(),
-            )));
+    /// What a Produce request of `batches` carries, naming the transactional id in
+    /// transactional mode.
+    fn produce_fields<'a>(
+        &'a self,
+        topic: &'a str,
+        batches: &'a [(i32, Bytes)],
+    ) -> ProduceFields<'a> {
+        ProduceFields {
+            transactional_id: self.txn.as_ref().map(|t| t.session.transactional_id()),
+            acks: self.config.acks,
+            timeout_ms: self.config.timeout_ms,
+            topic,
+            batches,
         }
-        request
     }
 
     /// AddPartitionsToTxn for every partition with records waiting that is not yet in the
@@ -1195,7 +1195,7 @@ impl Worker {
             .accs
             .iter()
             .enumerate()
-            .filter(|(_, acc)| !acc.records.is_empty())
+            .filter(|(_, acc)| !acc.is_empty())
             .map(|(slot, _)| {
                 self.info
                     .partitions
