@@ -364,14 +364,7 @@ impl Connection {
         expect_response: bool,
     ) -> Result<Option<RawPending>> {
         let api = api_name(api_key as i16);
-        if let Ok(closed) = self.shared.closed_reason.lock() {
-            if let Some(reason) = closed.as_ref() {
-                return Err(ClientError::Disconnected {
-                    addr: self.addr.clone(),
-                    reason: reason.clone(),
-                });
-            }
-        }
+        self.ensure_open()?;
         let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(
             request,
@@ -414,14 +407,7 @@ impl Connection {
             }
             return self.submit(&request).await.map(Some);
         }
-        if let Ok(closed) = self.shared.closed_reason.lock() {
-            if let Some(reason) = closed.as_ref() {
-                return Err(ClientError::Disconnected {
-                    addr: self.addr.clone(),
-                    reason: reason.clone(),
-                });
-            }
-        }
+        self.ensure_open()?;
         let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
         let parts = crate::produce_frame::frame_parts(
             version,
@@ -448,6 +434,19 @@ impl Connection {
             shared: raw.shared,
             _marker: std::marker::PhantomData,
         }))
+    }
+
+    /// Fails fast with the reason the connection closed, once it has.
+    fn ensure_open(&self) -> Result<()> {
+        if let Ok(closed) = self.shared.closed_reason.lock() {
+            if let Some(reason) = closed.as_ref() {
+                return Err(ClientError::Disconnected {
+                    addr: self.addr.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Registers the response waiter (when one is expected) and writes the frame's parts in

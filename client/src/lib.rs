@@ -22,6 +22,7 @@ pub mod scram;
 pub mod security;
 pub mod transaction;
 pub mod txn_markers;
+pub mod varint;
 pub mod versions;
 
 pub use admin::OffsetSpec;

@@ -13,6 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
 
 use crate::producer::Acks;
+use crate::varint::put_uvarint;
 
 /// Produce versions this module writes: 3 (the first with v2 record batches) to 9 (the first
 /// flexible one, the client's ceiling).
@@ -125,14 +126,6 @@ fn put_array_len(buf: &mut BytesMut, len: usize, flexible: bool) -> Result<(), S
         buf.put_i32(i32::try_from(len).map_err(|_| "array too long".to_owned())?);
     }
     Ok(())
-}
-
-fn put_uvarint(buf: &mut BytesMut, mut value: u64) {
-    while value >= 0x80 {
-        buf.put_u8((value as u8) | 0x80);
-        value >>= 7;
-    }
-    buf.put_u8(value as u8);
 }
 
 #[cfg(test)]
