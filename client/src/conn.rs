@@ -334,17 +334,7 @@ impl Connection {
             .submit_raw(request, api_key, version, true)
             .await?
             .ok_or_else(missing_handle)?;
-        Ok(Pending {
-            api: raw.api,
-            version,
-            api_key,
-            addr: raw.addr,
-            timeout: raw.timeout,
-            rx: raw.rx,
-            correlation_id: raw.correlation_id,
-            shared: raw.shared,
-            _marker: std::marker::PhantomData,
-        })
+        Ok(raw.typed(api_key, version))
     }
 
     /// Writes a request the broker will not answer (Produce with acks=0).
@@ -423,17 +413,7 @@ impl Connection {
         let raw = self
             .write_frame("Produce", correlation_id, parts, expect_response)
             .await?;
-        Ok(raw.map(|raw| Pending {
-            api: raw.api,
-            version,
-            api_key: ApiKey::Produce,
-            addr: raw.addr,
-            timeout: raw.timeout,
-            rx: raw.rx,
-            correlation_id: raw.correlation_id,
-            shared: raw.shared,
-            _marker: std::marker::PhantomData,
-        }))
+        Ok(raw.map(|raw| raw.typed(ApiKey::Produce, version)))
     }
 
     /// Fails fast with the reason the connection closed, once it has.
@@ -570,6 +550,23 @@ struct RawPending {
     rx: oneshot::Receiver<std::result::Result<Bytes, String>>,
     correlation_id: i32,
     shared: Arc<Shared>,
+}
+
+impl RawPending {
+    /// The handle a caller awaits for a decoded `R`.
+    fn typed<R>(self, api_key: ApiKey, version: i16) -> Pending<R> {
+        Pending {
+            api: self.api,
+            version,
+            api_key,
+            addr: self.addr,
+            timeout: self.timeout,
+            rx: self.rx,
+            correlation_id: self.correlation_id,
+            shared: self.shared,
+            _marker: std::marker::PhantomData,
+        }
+    }
 }
 
 impl RawPending {
