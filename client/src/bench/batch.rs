@@ -47,12 +47,23 @@ pub struct BatchBuilder {
     /// The header's room (zeroes until [`BatchBuilder::finish`]), then the encoded records;
     /// empty before the first record.
     buf: BytesMut,
+    /// Record bytes a batch is expected to reach: reserved at its first record, so a batch is
+    /// not copied again each time its buffer doubles.
+    expected_bytes: usize,
     count: i32,
     first_timestamp_ms: i64,
     max_timestamp_ms: i64,
 }
 
 impl BatchBuilder {
+    /// A builder whose batches are expected to hold about `expected_bytes` of records.
+    pub fn with_expected_bytes(expected_bytes: usize) -> BatchBuilder {
+        BatchBuilder {
+            expected_bytes,
+            ..BatchBuilder::default()
+        }
+    }
+
     /// Records in the batch so far.
     pub fn len(&self) -> usize {
         self.count as usize
@@ -91,6 +102,7 @@ impl BatchBuilder {
             + zigzag_len(0); // header count
         let body = &mut self.buf;
         if body.is_empty() {
+            body.reserve(HEADER_BYTES + self.expected_bytes);
             body.put_bytes(0, HEADER_BYTES);
         }
         body.reserve(length + 5);

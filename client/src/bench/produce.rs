@@ -48,6 +48,10 @@ use crate::producer::{produce_outcomes, Acks};
 use crate::records::{now_ms, parse_compression, partition_for_key};
 use crate::transaction::TxnSession;
 
+/// A record's bytes beside its value, about (length, attributes, deltas, key length, header
+/// count varints and a short key): sizes a batch's buffer up front.
+const RECORD_OVERHEAD_BYTES: usize = 24;
+
 /// Bytes of the e2e stamp at the start of a value: origin ns since bench start.
 pub const STAMP_BYTES: usize = 8;
 
@@ -389,18 +393,20 @@ struct Accumulator {
     /// Batches being filled, oldest first, each of at most `records_per_batch` records and
     /// drained whole from the front, so a record's offset delta is final when it is created.
     batches: std::collections::VecDeque<BatchBuilder>,
-    /// Drained builders, kept for their buffers.
+    /// Drained builders, kept for reuse (a compressed batch's records buffer stays with its
+    /// builder; an uncompressed batch leaves with its buffer).
     spare: Vec<BatchBuilder>,
     // A queue: origins are drained from the front while the generator appends at the back.
     origins_ns: std::collections::VecDeque<u64>,
-    records: usize,
     value_bytes: usize,
     opened_ns: u64,
 }
 
 impl Accumulator {
+    /// No builder is queued empty (one is added just before its first record and leaves
+    /// whole), so no builders means no records.
     fn is_empty(&self) -> bool {
-        self.records == 0
+        self.batches.is_empty()
     }
 }
 
@@ -603,7 +609,9 @@ impl Worker {
             .into();
         let partitions = info.partitions.len();
         Ok(Worker {
-            records_per_batch: (config.batch_bytes / config.record_size.max(1)).max(1),
+            // A batch counts its records in an i32.
+            records_per_batch: (config.batch_bytes / config.record_size.max(1))
+                .clamp(1, i32::MAX as usize),
             buffer_share: config.buffer_share_per_task(),
             deadline_ns: config.deadline().map(|d| d.as_nanos() as u64),
             keys: KeyGenerator::new(config.keys.clone(), seed)?,
@@ -720,13 +728,16 @@ impl Worker {
                 .back()
                 .is_none_or(|b| b.len() >= self.records_per_batch)
             {
-                let fresh = acc.spare.pop().unwrap_or_default();
+                let expected_bytes = self.records_per_batch * (size + RECORD_OVERHEAD_BYTES);
+                let fresh = acc
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| BatchBuilder::with_expected_bytes(expected_bytes));
                 acc.batches.push_back(fresh);
             }
             if let Some(batch) = acc.batches.back_mut() {
                 batch.push(timestamp_ms, key.as_deref(), head, tail);
             }
-            acc.records += 1;
             acc.origins_ns.push_back(origin_ns);
             acc.value_bytes += self.config.record_size;
             self.pending_value_bytes += self.config.record_size;
@@ -812,7 +823,6 @@ impl Worker {
             };
             let batch = builder.finish(&mut self.encode_buf, self.config.compression, producer)?;
             acc.spare.push(builder);
-            acc.records -= take;
             let origins_ns: Vec<u64> = acc.origins_ns.drain(..take).collect();
             let value_bytes = take * self.config.record_size;
             acc.value_bytes -= value_bytes;
