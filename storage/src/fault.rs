@@ -10,7 +10,8 @@
 //! was submitted after it completed, or linked behind it, completes successfully. Until then
 //! the plan keeps an undo record (the bytes it overwrote, the file length before it); losing
 //! power replays the undo records of every file newest first, so each file is back at its
-//! durable contents and length, and can then keep a prefix of the newest lost write (a torn
+//! durable contents and length (a file never ends before its furthest durable write: an older
+//! write still in flight when a newer one was synced reads back as a hole), and can then keep a prefix of the newest lost write (a torn
 //! write: any prefix of a write may reach the platter). Small files written whole through the
 //! seam (indexes, checkpoint, clean marker) are durable when their write returns (they are
 //! fsynced, renamed and the directory fsynced inside it). A segment file created after open
@@ -81,6 +82,11 @@ struct TrackedFile {
     /// Opened through /proc/self/fd: no O_DIRECT, and it keeps the inode even once unlinked.
     file: File,
     undo: Vec<Undo>,
+    /// The length a completed fdatasync made durable (the end of the furthest durable write,
+    /// or a durable truncation), None until one did. Undoing an older change that was still
+    /// in flight never shortens the file below it: fdatasync persists the size a durable
+    /// write needs, whatever an earlier, unfinished write left behind.
+    durable_len: Option<u64>,
 }
 
 /// A file created through the seam whose directory entry no directory fsync covers yet.
@@ -330,7 +336,18 @@ impl FaultPlan {
         for (inode, tracked) in model.files.iter_mut() {
             for undo in tracked.undo.drain(..).rev() {
                 tracked.file.write_all_at(&undo.old_bytes, undo.position)?;
-                tracked.file.set_len(undo.len_before)?;
+                let len = tracked
+                    .durable_len
+                    .map_or(undo.len_before, |durable| durable.max(undo.len_before));
+                tracked.file.set_len(len)?;
+                // What the lost write put beyond the old end but below a durable length reads
+                // back as a hole (zeros), as an unwritten extent would.
+                let lost_from = undo.position.max(undo.len_before);
+                let lost_to = (undo.position + undo.new_bytes.len() as u64).min(len);
+                if lost_to > lost_from {
+                    let zeros = vec![0u8; (lost_to - lost_from) as usize];
+                    tracked.file.write_all_at(&zeros, lost_from)?;
+                }
                 outcome.changes_undone += 1;
                 if newest == Some((undo.sequence, *inode)) && !undo.new_bytes.is_empty() {
                     torn = Some((*inode, undo.position, undo.new_bytes));
@@ -498,6 +515,7 @@ impl FaultPlan {
                 .open(format!("/proc/self/fd/{fd}"))
                 .expect("power model: reopening a descriptor"),
             undo: Vec::new(),
+            durable_len: None,
         });
         let len_before = tracked
             .file
@@ -543,32 +561,50 @@ impl FaultPlan {
     }
 
     /// What an fdatasync of `fd` submitted now covers: the changes of its file completed so
-    /// far, and `linked` (the write it is linked behind).
-    fn sync_coverage(&self, fd: RawFd, linked: Option<u64>) -> Option<(Inode, u64)> {
+    /// far, and `linked` (the write it is linked behind). Exactly those: an older change still
+    /// in flight is not covered, even though a newer one is (several writes per file may be in
+    /// flight, and they complete in any order).
+    fn sync_coverage(&self, fd: RawFd, linked: Option<u64>) -> Option<(Inode, Vec<u64>)> {
         let state = self.0.borrow();
         let model = state.power.as_ref()?;
         let inode = inode_of(fd);
-        let covered = model
+        let covered: Vec<u64> = model
             .files
             .get(&inode)?
             .undo
             .iter()
             .filter(|undo| undo.completed || Some(undo.sequence) == linked)
             .map(|undo| undo.sequence)
-            .max()?;
-        Some((inode, covered))
+            .collect();
+        (!covered.is_empty()).then_some((inode, covered))
     }
 
-    /// A completed fdatasync made every change of `inode` up to `covered` durable.
-    fn synced(&self, inode: Inode, covered: u64) {
+    /// A completed fdatasync made the changes `covered` of `inode` durable.
+    fn synced(&self, inode: Inode, covered: &[u64]) {
         let mut state = self.0.borrow_mut();
-        if let Some(tracked) = state
+        let Some(tracked) = state
             .power
             .as_mut()
             .and_then(|model| model.files.get_mut(&inode))
+        else {
+            return;
+        };
+        // In submission order: a durable truncation sets the length, a durable write extends it.
+        for undo in tracked
+            .undo
+            .iter()
+            .filter(|undo| covered.contains(&undo.sequence))
         {
-            tracked.undo.retain(|undo| undo.sequence > covered);
+            let end = undo.position + undo.new_bytes.len() as u64;
+            tracked.durable_len = Some(if undo.new_bytes.is_empty() {
+                undo.position
+            } else {
+                tracked.durable_len.map_or(end, |len| len.max(end))
+            });
         }
+        tracked
+            .undo
+            .retain(|undo| !covered.contains(&undo.sequence));
     }
 }
 
@@ -709,7 +745,7 @@ impl<B> FaultBackend<B> {
     }
 
     /// Makes the changes `coverage` names durable when the fdatasync `future` succeeds.
-    fn covers(&self, future: IoFuture, coverage: Option<(Inode, u64)>) -> IoFuture {
+    fn covers(&self, future: IoFuture, coverage: Option<(Inode, Vec<u64>)>) -> IoFuture {
         let Some((inode, covered)) = coverage else {
             return future;
         };
@@ -717,7 +753,7 @@ impl<B> FaultBackend<B> {
         Box::pin(async move {
             let result = future.await;
             if result.is_ok() {
-                plan.synced(inode, covered);
+                plan.synced(inode, &covered);
             }
             result
         })
@@ -933,5 +969,78 @@ impl<B: IoBackend + Clone + 'static> IoBackend for FaultBackend<B> {
             }
             None => self.inner.read(fd, buffer, at, len, file_position),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two writes in flight on one file, the newer completed and synced, the older still in
+    /// flight when the power goes: the sync covers only the newer one, so the older one is
+    /// lost (a hole), and the newer one, durable, stays where it was written.
+    #[test]
+    fn a_sync_covers_only_the_writes_completed_before_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("segment");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("create");
+        let fd = file.as_raw_fd();
+        let plan = FaultPlan::new();
+        plan.model_power_loss();
+        let older = vec![0xAA; 100];
+        let newer = vec![0xBB; 100];
+        let older_change = plan
+            .record_change(fd, 0, || Some(older.clone()))
+            .expect("power model on");
+        let newer_change = plan
+            .record_change(fd, 100, || Some(newer.clone()))
+            .expect("power model on");
+        file.write_all_at(&older, 0).expect("older write");
+        file.write_all_at(&newer, 100).expect("newer write");
+        plan.mark_completed(newer_change);
+        let (inode, covered) = plan.sync_coverage(fd, None).expect("one change covered");
+        assert_eq!(covered, vec![newer_change]);
+        plan.synced(inode, &covered);
+        plan.mark_completed(older_change); // completed after the sync was submitted
+        let loss = plan.lose_power(0).expect("restore");
+        assert_eq!(loss.changes_undone, 1);
+        let after = std::fs::read(&path).expect("read back");
+        assert_eq!(
+            after.len(),
+            200,
+            "the durable newer write keeps the file's length"
+        );
+        assert!(
+            after[..100].iter().all(|&byte| byte == 0),
+            "the older write is lost"
+        );
+        assert_eq!(&after[100..], &newer[..], "the synced write survives");
+    }
+
+    /// A sync linked behind a write covers it, and the changes completed before it, but not a
+    /// change submitted after it.
+    #[test]
+    fn a_linked_sync_covers_its_write_and_the_completed_ones() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = tempfile::tempfile_in(dir.path()).expect("temp file");
+        let fd = file.as_raw_fd();
+        let plan = FaultPlan::new();
+        plan.model_power_loss();
+        let first = plan.record_change(fd, 0, || Some(vec![1; 10])).expect("on");
+        plan.mark_completed(first);
+        let linked = plan
+            .record_change(fd, 10, || Some(vec![2; 10]))
+            .expect("on");
+        let later = plan
+            .record_change(fd, 20, || Some(vec![3; 10]))
+            .expect("on");
+        let (_, covered) = plan.sync_coverage(fd, Some(linked)).expect("covered");
+        assert_eq!(covered, vec![first, linked]);
+        assert!(!covered.contains(&later));
     }
 }
