@@ -5,7 +5,8 @@
 #  1. Limits: fio sequential write + fdatasync at the broker's group-commit cadence on the data
 #     directory's filesystem (O_DIRECT and buffered; at the cadence also with every CPU busy, to
 #     show what waiting for a CPU adds to an fdatasync); iperf3 loopback with and without -Z.
-#  2. Sluice, against a fresh broker (1 KiB records, acks=all): produce to 1, 16 and 1,000
+#  2. Sluice, against a fresh broker (1 KiB records, acks=all): a warm-up of FILL_BYTES that
+#     fills its tail cache (its own row: what a fresh broker's first gigabytes cost); produce to 1, 16 and 1,000
 #     partitions; consume older data (segment files) and recent data (tail cache); end-to-end
 #     latency at 50% of the 16-partition maximum (open loop); produce (1, 16 partitions) and
 #     e2e again with the broker on CPU 1 and the load generator on CPU 0; the storage engine alone (no
@@ -55,6 +56,9 @@
 #                          QUICK: 1 and 5)
 #        TXN_PARTITIONS="16 1"  partition counts of the transactions step (QUICK: 16)
 #        PRODUCE_FLAGS="..."  `sluice bench produce` flags of every produce workload
+#        FILL_BYTES=N      a fresh broker's warm-up before its measured runs, its own row
+#                          (default: half the machine's memory, Sluice's default tail cache
+#                          over all shards; QUICK: 0, no warm-up)
 #        READY_TIMEOUT_S=N  before each produce row, an untimed probe creates the topic and
 #                          waits up to N s (default 300) until every partition accepts a record
 #        BENCH_DIR=D       data, logs and raw results (default bench-out/bench; wiped first)
@@ -91,6 +95,11 @@ else
 fi
 PRODUCE_FLAGS="${PRODUCE_FLAGS:---record-size 1024 --acks all --connections 4 --in-flight 5 --batch-bytes 262144 --linger-ms 5}"
 READY_TIMEOUT_S="${READY_TIMEOUT_S:-300}"
+if [[ "$QUICK" == 1 ]]; then
+    FILL_BYTES="${FILL_BYTES:-0}"
+else
+    FILL_BYTES="${FILL_BYTES:-$(awk '/^MemTotal:/ { printf "%d", $2 * 1024 / 2 }' /proc/meminfo)}"
+fi
 FIO_BYTES="${FIO_BYTES:-8589934592}"  # an upper bound: FIO_S ends each run first
 TAIL_RECORDS="${TAIL_RECORDS:-80000}"
 ALLOC_RECORDS_SMALL="${ALLOC_RECORDS_SMALL:-50000}"
@@ -259,11 +268,29 @@ ready_topic() {
         || echo "   readiness probe of $topic failed: $(tail -1 "$BENCH_DIR/ready-$topic.err")" >&2
 }
 
+# warm_up TARGET ADDR SCENARIO: a fresh broker first takes FILL_BYTES of 16-partition produce,
+# measured as a row of its own (SCENARIO), before any other run. Sluice's tail cache takes its
+# memory as records arrive (every new page faulted in and zeroed once, then reused) and Kafka's
+# page cache fills the same way, so the rows after it measure both brokers in the steady state
+# a long-running broker is in, and this row shows what the first fill costs.
+warm_up() {
+    local target="$1" addr="$2" scenario="$3" fill_records=$(( FILL_BYTES / 1024 ))
+    (( fill_records > 0 )) || return 0
+    # shellcheck disable=SC2206
+    local flags=($PRODUCE_FLAGS)
+    say "[$target] warm-up: the first $(( FILL_BYTES >> 20 )) MiB into the fresh broker, 16 partitions"
+    ready_topic "$addr" "$PREFIX-$target-$scenario" 16
+    bench "$target" "$addr" "$scenario" 1 produce "${flags[@]}" --topic "$PREFIX-$target-$scenario" \
+        --partitions 16 --records "$fill_records"
+    drop_topic "$addr" "$PREFIX-$target-$scenario"
+}
+
 # --- the client workloads (run against Sluice and, with BOOTSTRAP, another broker) ---------
 client_workloads() { # TARGET_LABEL ADDR
     local target="$1" addr="$2" run
     # shellcheck disable=SC2206
     local flags=($PRODUCE_FLAGS)
+    warm_up "$target" "$addr" fill
     say "[$target] produce, acks=all, 1 / 16 / 1000 partitions ($RUNS x ${DURATION_S}s each)"
     for partitions in 1 16 1000; do
         for run in $(seq "$RUNS"); do
@@ -458,6 +485,7 @@ pinned_step() {
     say "broker on CPU 1, load generator on CPU 0: produce to 1 and 16 partitions${rate:+, e2e (linger.ms 0) at $rate records/s}"
     start_broker "$BENCH_DIR/data-pinned" "$PORT" "$ADMIN_PORT" "$BENCH_DIR/broker-pinned.log" taskset -c 1
     CLIENT_WRAP=(taskset -c 0)
+    warm_up sluice "127.0.0.1:$PORT" pinned_fill
     for run in $(seq "$RUNS"); do
         for partitions in 1 16; do
             local topic="$PREFIX-pinned-p$partitions-r$run"

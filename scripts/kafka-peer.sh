@@ -19,6 +19,7 @@
 # Env:   KAFKA_VERSION (default 4.1.1)  KAFKA_HOME (default .kafka; ignored by git)
 #        KAFKA_PORT / KAFKA_CONTROLLER_PORT (default 9192 / 9193, on 127.0.0.1)
 #        KAFKA_DATA (default $KAFKA_HOME/data; wiped by start)  KAFKA_HEAP (default 1G)
+#        KAFKA_EXTRA_PROPS  broker settings added by start, space-separated KEY=VALUE
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -112,6 +113,11 @@ group.initial.rebalance.delay.ms=0
 # workload measures depends on it.
 file.delete.delay.ms=1000
 EOF
+    local setting
+    for setting in ${KAFKA_EXTRA_PROPS:-}; do
+        [[ "$setting" == *=* ]] || { log "KAFKA_EXTRA_PROPS: '$setting' is not KEY=VALUE"; exit 2; }
+        echo "$setting" >>"$props"
+    done
     if [[ "$mode" == durable ]]; then
         # Kafka's broker-wide default of the topic config flush.messages.
         echo "log.flush.interval.messages=1" >>"$props"

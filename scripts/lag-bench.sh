@@ -20,9 +20,15 @@
 # targets: consumers 10 s and 60 s behind a producer at 80% of max catch up; cold reads reach
 # 0.8 of the disk's sequential read limit.
 #
-# Disk: a scenario writes about rate x (LAG + CATCHUP_LIMIT_S) bytes; the limit is cut to what
-# leaves DISK_RESERVE_GB (8) free (the report marks it), and a scenario whose limit would be
-# shorter than LAG is skipped and said so. Results go into the "Lagging consumers"
+# Disk: a scenario writes about rate x (LAG + CATCHUP_LIMIT_S) bytes. When that does not fit
+# beside DISK_RESERVE_GB (8) free, the topic is created with a size cap instead: retention.bytes
+# of RETAIN_FACTOR (1.25) x the lag's bytes over its partitions, segment.bytes of SEGMENT_MB
+# (128), and both brokers check retention every second (log.retention.check.interval.ms=1000
+# for this script's brokers), so the log holds the lag and the margin, never the whole run; a
+# consumer that falls further behind than the cap is overtaken (its fetch gets
+# OFFSET_OUT_OF_RANGE) and the report says so. When even the cap does not fit, the producer's
+# rate is cut to what does (the report gives the fraction of its max), down to MIN_FRACTION
+# (0.25) of its max; below that the scenario is skipped and said so. Results go into the "Lagging consumers"
 # section of OUT_MD between its markers (appended otherwise); scripts/bench.sh runs this script
 # as one of its steps and keeps the section.
 #
@@ -30,6 +36,8 @@
 #        QUICK=1 scripts/lag-bench.sh          LAGS_S="5 15", PROBE_S=5
 #        PEER=kafka scripts/lag-bench.sh       also Apache Kafka (defaults, flush.messages=1)
 # Env:   LAGS_S  CATCHUP_LIMIT_S  PROBE_S  RATE_FRACTION (0.8)  PARTITIONS (16)
+#        RETAIN_FACTOR (1.25)  SEGMENT_MB (128)  MIN_FRACTION (0.25)  FILL_BYTES (each fresh
+#        broker's warm-up before its probe: half the memory; QUICK 2 GiB)
 #        PRODUCE_FLAGS (bench.sh's: 1 KiB, acks=all, 4 connections)  FIO_READ_MB (2048; QUICK
 #        1024)  FIO_S (10; QUICK 5)  DISK_RESERVE_GB  SLUICE_BIN  BENCH_DIR (bench-out/lag;
 #        wiped first)  OUT_MD (BENCHMARKS.md; empty: no section)  BENCH_PORT /
@@ -48,17 +56,26 @@ if [[ "$QUICK" == 1 ]]; then
     FIO_READ_MB="${FIO_READ_MB:-1024}"
     FIO_S="${FIO_S:-5}"
     LIMIT_MIN_S=15
+    FILL_BYTES="${FILL_BYTES:-2147483648}"
 else
     LAGS_S="${LAGS_S:-10 60}"
     PROBE_S="${PROBE_S:-10}"
     FIO_READ_MB="${FIO_READ_MB:-2048}"
     FIO_S="${FIO_S:-10}"
     LIMIT_MIN_S=30
+    FILL_BYTES="${FILL_BYTES:-$(awk '/^MemTotal:/ { printf "%d", $2 * 1024 / 2 }' /proc/meminfo)}"
 fi
 RATE_FRACTION="${RATE_FRACTION:-0.8}"
 PARTITIONS="${PARTITIONS:-16}"
 PRODUCE_FLAGS="${PRODUCE_FLAGS:---record-size 1024 --acks all --connections 4 --in-flight 5 --batch-bytes 262144 --linger-ms 5}"
 DISK_RESERVE_GB="${DISK_RESERVE_GB:-8}"
+RETAIN_FACTOR="${RETAIN_FACTOR:-1.25}"
+SEGMENT_MB="${SEGMENT_MB:-128}"
+MIN_FRACTION="${MIN_FRACTION:-0.25}"
+# Retention runs every second on both brokers (their default is five minutes), so a size-capped
+# topic (above) never holds much more than its cap. Nothing else here depends on it.
+SLUICE_OVERRIDES="${SLUICE_OVERRIDES:+$SLUICE_OVERRIDES }log.retention.check.interval.ms=1000"
+KAFKA_EXTRA_PROPS="${KAFKA_EXTRA_PROPS:+$KAFKA_EXTRA_PROPS }log.retention.check.interval.ms=1000"
 BENCH_DIR="${BENCH_DIR:-$ROOT/bench-out/lag}"
 OUT_MD="${OUT_MD-$ROOT/BENCHMARKS.md}"
 PORT="${BENCH_PORT:-41792}"
@@ -158,8 +175,19 @@ rm -rf "$BENCH_DIR/fio"
 
 mapfile -t TARGETS < <(targets)
 for target in "${TARGETS[@]}"; do
-    say "[$target] fresh broker; max-rate probe, $PARTITIONS partitions, ${PROBE_S}s"
+    say "[$target] fresh broker; warm-up of $(( FILL_BYTES >> 20 )) MiB, then a max-rate probe, $PARTITIONS partitions, ${PROBE_S}s"
     target_start "$target" || die "$target did not start"
+    # As scripts/bench.sh does: a fresh broker first takes FILL_BYTES, so that the probe (and
+    # the producer's rate from it) measures the steady state, not Sluice's tail cache taking
+    # its memory (each new page faulted in and zeroed once) or Kafka's page cache filling.
+    if (( FILL_BYTES >= 1024 )); then
+        fill=("$BIN" bench produce --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0 "${flags[@]}"
+            --topic "$PREFIX-$target-fill" --partitions "$PARTITIONS" --records "$(( FILL_BYTES / 1024 ))")
+        record_command warm-up "${fill[@]}"
+        "${fill[@]}" >"$BENCH_DIR/$target-fill.json" 2>"$BENCH_DIR/$target-fill.err" \
+            || echo "   [$target] warm-up failed: $(tail -1 "$BENCH_DIR/$target-fill.err")" >&2
+        drop_topic "$PREFIX-$target-fill"
+    fi
     topic="$PREFIX-$target-probe"
     probe=("$BIN" bench produce --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0 "${flags[@]}"
         --topic "$topic" --partitions "$PARTITIONS" --duration "${PROBE_S}s")
@@ -173,43 +201,72 @@ for target in "${TARGETS[@]}"; do
     add_row "$target" probe 1 "$BENCH_DIR/$target-probe.json"
     max="$(python3 -c "import json; print(json.load(open('$BENCH_DIR/$target-probe.json'))['records_per_s'])")"
     rate="$(python3 -c "print(max(1000, int($max * $RATE_FRACTION)))")"
-    caught_up=$(( rate / 10 ))
     if [[ "$target" == sluice ]]; then
         disk_mixed "$rate"
     fi
     for lag in $LAGS_S; do
         limit="${CATCHUP_LIMIT_S:-$(( lag * 2 > LIMIT_MIN_S ? lag * 2 : LIMIT_MIN_S ))}"
-        # Seconds of production the disk holds beyond DISK_RESERVE_GB: the catch-up limit is
-        # cut to fit (and the report says so); a scenario that cannot run LAG + LAG is skipped.
-        disk_s="$(python3 -c "print(int(($(free_gb) - $DISK_RESERVE_GB) * 2**30 / ($rate * 1024 * 1.05)) - $lag - 5)")"
-        disk_bounded=0
-        if (( disk_s < lag )); then
-            need_gb="$(python3 -c "print(int($rate * 1024 * ($lag * 2 + 5) * 1.05 / 2**30) + 1 + $DISK_RESERVE_GB)")"
+        # What fits on the disk: the whole run, else a size-capped topic at the full rate, else
+        # a size-capped topic at the rate that fits (see the header).
+        read -r plan lag_rate cap_bytes need_gb < <(python3 - "$(free_gb)" <<PY
+import sys
+free_gb = float(sys.argv[1])
+room = (free_gb - $DISK_RESERVE_GB) * 2**30
+record = 1024 * 1.05            # bytes on disk per 1 KiB record, batch overhead included
+rate, lag, limit, parts = $rate, $lag, $limit, $PARTITIONS
+def capped(r):                  # the cap, plus a second of retention lag and open segments
+    cap = $RETAIN_FACTOR * r * record * lag
+    return cap, cap + 2 * r * record + 2 * parts * $SEGMENT_MB * 2**20
+whole = rate * record * (lag + limit + 5)
+cap, need = capped(rate)
+if whole <= room:
+    print("whole", rate, 0, 0)
+elif need <= room:
+    print("capped", rate, int(cap), 0)
+else:
+    fit = int(rate * room / need)
+    if fit >= $MIN_FRACTION * $max:
+        print("reduced", fit, int(capped(fit)[0]), 0)
+    else:
+        print("skip", 0, 0, int(need / 2**30) + 1 + $DISK_RESERVE_GB)
+PY
+)
+        if [[ "$plan" == skip ]]; then
             echo "   [$target] ${lag}s behind: skipped, needs about ${need_gb} GB and $(free_gb) GB are free (DISK_RESERVE_GB=$DISK_RESERVE_GB)" >&2
             add_row "$target" "lag$lag" 1 - "skipped_need_gb=$need_gb" "free_gb=$(free_gb)"
             continue
-        elif (( disk_s < limit )); then
-            echo "   [$target] ${lag}s behind: the disk holds ${disk_s}s of catching up, not ${limit}s" >&2
-            limit="$disk_s"
-            disk_bounded=1
         fi
-        say "[$target] producer at $rate records/s ($RATE_FRACTION of $max); a consumer ${lag}s behind, up to ${limit}s to catch up"
         topic="$PREFIX-$target-lag$lag"
         base="$BENCH_DIR/$target-lag$lag"
+        disk_bounded=0
+        if [[ "$plan" != whole ]]; then
+            disk_bounded=1
+            per_partition=$(( cap_bytes / PARTITIONS ))
+            echo "   [$target] ${lag}s behind: the whole run does not fit on the disk; the topic keeps at most $(( cap_bytes >> 30 )) GiB (retention.bytes $per_partition per partition)" >&2
+            [[ "$plan" == reduced ]] && echo "   [$target] ${lag}s behind: even that does not fit at $rate records/s; the producer runs at $lag_rate" >&2
+            create=("$BIN" topics create --bootstrap "$TARGET_ADDR" --partitions "$PARTITIONS" "$topic"
+                --config "retention.bytes=$per_partition" --config "segment.bytes=$(( SEGMENT_MB << 20 ))")
+            record_command "size-capped topic" "${create[@]}"
+            "${create[@]}" >"$base.create.out" 2>&1 || die "[$target] could not create $topic: $(tail -1 "$base.create.out")"
+        fi
+        say "[$target] producer at $lag_rate records/s ($(python3 -c "print(round($lag_rate / $max, 2))") of $max); a consumer ${lag}s behind, up to ${limit}s to catch up"
         producer=("$BIN" bench produce --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0 "${flags[@]}"
-            --topic "$topic" --partitions "$PARTITIONS" --rate "$rate" --duration "$(( lag + limit + 5 ))s")
+            --topic "$topic" --partitions "$PARTITIONS" --rate "$lag_rate" --duration "$(( lag + limit + 5 ))s")
         record_command "producer (lag)" "${producer[@]}"
         "${producer[@]}" >"$base.produce.json" 2>"$base.produce.err" &
         PRODUCER_PID=$!
         sleep "$lag"
         consumer=("$BIN" bench consume --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0 --topic "$topic"
-            --catch-up --caught-up-lag-records "$caught_up" --lag-interval-ms 200 --duration "${limit}s")
+            --catch-up --caught-up-lag-records "$(( lag_rate / 10 ))" --lag-interval-ms 200 --duration "${limit}s")
         record_command "consumer (lag)" "${consumer[@]}"
         ticks_before="$(cpu_ticks "$TARGET_PID")"
         if "${consumer[@]}" >"$base.json" 2>"$base.err"; then
             ticks_after="$(cpu_ticks "$TARGET_PID")"
-            add_row "$target" "lag$lag" 1 "$base.json" "lag_s=$lag" "limit_s=$limit" "rate=$rate" "max_rate=$max" "disk_bounded=$disk_bounded" \
-                "broker_cpu_s=$(python3 -c "print(($ticks_after - $ticks_before) / $CLK_TCK)")"
+            add_row "$target" "lag$lag" 1 "$base.json" "lag_s=$lag" "limit_s=$limit" "rate=$lag_rate" "max_rate=$max" "disk_bounded=$disk_bounded" "plan=$plan" \
+                "cap_bytes=$cap_bytes" "broker_cpu_s=$(python3 -c "print(($ticks_after - $ticks_before) / $CLK_TCK)")"
+        elif (( disk_bounded )) && grep -q "OFFSET_OUT_OF_RANGE" "$base.err"; then
+            echo "   [$target] the consumer fell more than the topic's size cap behind: retention overtook it" >&2
+            add_row "$target" "lag$lag" 1 - "overtaken=1" "plan=$plan" "lag_s=$lag" "limit_s=$limit" "rate=$lag_rate" "max_rate=$max" "cap_bytes=$cap_bytes"
         else
             echo "   [$target] lagging consumer failed: $(tail -1 "$base.err")" >&2
         fi

@@ -90,7 +90,7 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
     let offline = Arc::new(crate::offline::OfflinePartitions::default());
     let _admin = match config.admin_listen {
         Some(addr) => Some(
-            sluice_metrics::AdminServer::start(addr, collector(set.clone(), config.quotas))
+            sluice_metrics::AdminServer::start(addr, collector(set.clone(), config.quotas, tail_cache_budget_bytes(&config)))
                 .map_err(|e| ServeError::Startup(format!("admin endpoint: {e}")))?,
         ),
         None => None,
@@ -184,6 +184,7 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
             listeners = %crate::accept::describe(&config.listeners.all),
             shards = config.shards,
             data_dir = %config.data_dir.display(),
+            tail_cache_bytes_per_shard = config.tail_cache_bytes,
             "sluice is serving"
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -236,9 +237,15 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
 }
 
 /// Gathers and merges every shard's metrics snapshot (called on the admin thread).
+/// What every shard's tail cache may hold together (`log.tail.cache.bytes` per shard).
+fn tail_cache_budget_bytes(config: &BrokerConfig) -> u64 {
+    (config.tail_cache_bytes as u64).saturating_mul(config.shards as u64)
+}
+
 fn collector(
     set: Arc<ShardSet>,
     quota_settings: crate::security::quota::QuotaSettings,
+    tail_cache_budget_bytes: u64,
 ) -> sluice_metrics::Collect {
     Arc::new(move || {
         let mut merged: Option<sluice_metrics::MetricsSnapshot> = None;
@@ -288,6 +295,10 @@ fn collector(
         merged.set_process_value("fetch_response_cache_bytes", response_cache_bytes_total);
         merged.set_process_value("tail_cache_bytes", tail_cache.held_bytes as u64);
         merged.set_process_value("tail_cache_chunk_bytes", tail_cache.chunk_bytes as u64);
+        // The ceiling the two above grow towards: memory is taken as records arrive (each new
+        // page faulted in and zeroed once), then reused, so a fresh broker pays that first
+        // touch until the cache has filled once.
+        merged.set_process_value("tail_cache_budget_bytes", tail_cache_budget_bytes);
         merged.set_process_value("tail_cache_uncached_batches", tail_cache.uncached_batches);
         for (name, value) in [
             ("cleaner_bytes_read", cleaner_bytes_read),

@@ -223,6 +223,10 @@ def lag_summary(rows):
     for target in targets_in(rows):
         for lag in lag_scenarios(rows):
             for r in rows_of(rows, target, f"lag{lag}"):
+                if r.get("overtaken"):
+                    lines.append(f"{target} {lag}s behind: overtaken by retention (topic capped at "
+                                 f"{r.get('cap_bytes', 0) / 2**30:.0f} GiB)")
+                    continue
                 if "doc" not in r:
                     lines.append(f"{target} {lag}s behind: skipped (needs {r.get('skipped_need_gb')} GB)")
                     continue
@@ -269,7 +273,12 @@ def lag_section(args):
         f"**{fmt(qd1)} MB/s** and 16 in flight **{fmt(qd16)} MB/s** (cold / fio uses the "
         "faster). Targets: consumers 10 s and 60 s behind a producer at 80% of max catch up "
         f"(counted only if the producer kept {PRODUCER_HELD:.0%} of its rate meanwhile); cold "
-        f"reads at least {COLD_READ_TARGET} of the disk's limit. One run of each.", "",
+        f"reads at least {COLD_READ_TARGET} of the disk's limit. One run of each. A run that "
+        "does not fit on the disk whole gets a size-capped topic (retention.bytes of 1.25 × the "
+        "lag's bytes over its partitions, 128 MiB segments, retention checked every second on "
+        "both brokers): the log holds the lag and a margin, and a consumer that falls further "
+        "behind than that is overtaken by retention; when even the cap does not fit, the "
+        "producer's rate is cut to what does, and the row says so.", "",
         "| broker | behind | producer (probed max) | lag at start | caught up? | read while "
         "catching up | producer meanwhile | cold read | cold / fio | met? |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -278,16 +287,26 @@ def lag_section(args):
         for lag in lag_scenarios(rows):
             name = TARGET_NAMES.get(target, target)
             for r in rows_of(rows, target, f"lag{lag}"):
+                rate = r.get("rate")
+                reduced = r.get("plan") == "reduced"
+                behind = (f"{lag} s (topic capped at {r['cap_bytes'] / 2**30:.0f} GiB)"
+                          if r.get("cap_bytes") else f"{lag} s")
+                produced = (f"{fmt(rate, 0)} rec/s ({fmt(r.get('max_rate'), 0)})"
+                            + (f": cut to {rate / r['max_rate']:.2f} of max to fit the disk"
+                               if reduced and rate and r.get("max_rate") else ""))
+                if r.get("overtaken"):
+                    lines.append(f"| {name} | {behind} | {produced} | | **no**: it fell more than the"
+                                 " cap behind and retention overtook it (OFFSET_OUT_OF_RANGE) | | | | |"
+                                 " catch-up **no** |")
+                    continue
                 if "doc" not in r:
                     lines.append(f"| {name} | {lag} s | skipped: needs about "
                                  f"{r.get('skipped_need_gb', 0):.0f} GB of disk, "
                                  f"{r.get('free_gb', 0):.0f} GB free | | | | | | | |")
                     continue
                 c = r["doc"]["config"]["catch_up"]
-                rate = r.get("rate")
                 caught = (f"yes, in {c['time_to_catch_up_s']:.1f} s" if c["caught_up"]
-                          else f"**no**: did not catch up within {r['limit_s']:.0f} s"
-                               f"{' (limit cut to fit the disk)' if r.get('disk_bounded') else ''} "
+                          else f"**no**: did not catch up within {r['limit_s']:.0f} s "
                                f"({c['lag_records_at_end']:,} records behind)")
                 cold_rows = rows_of(rows, target, f"cold{lag}")
                 cold = cold_rows[0]["doc"]["mb_per_s"] if cold_rows else None
@@ -300,10 +319,12 @@ def lag_section(args):
                     met.append(f"catch-up **no**: the producer kept only {held:.0%} of its rate")
                 else:
                     met.append("catch-up yes")
+                if reduced:
+                    met[-1] += " (below the target's producer rate)"
                 if ratio is not None:
                     met.append("cold yes" if ratio >= COLD_READ_TARGET else "cold **no**")
                 lines.append(
-                    f"| {name} | {lag} s | {fmt(rate, 0)} rec/s ({fmt(r.get('max_rate'), 0)}) | "
+                    f"| {name} | {behind} | {produced} | "
                     f"{c['lag_records_at_start']:,} records "
                     f"({c['lag_records_at_start'] / rate if rate else 0:.1f} s) | {caught} | "
                     f"{c['read_mb_per_s']:.1f} MB/s ({c['read_records_per_s']:,.0f} rec/s) | "

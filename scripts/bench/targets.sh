@@ -8,7 +8,8 @@
 # kafka-peer.sh keeps its pid file in KAFKA_HOME and its `start` stops whatever that file names,
 # so a shared home could stop another run's Kafka.
 # Needs: ROOT BIN BENCH_DIR PORT ADMIN_PORT PEER_PORT, and lib.sh sourced. SLUICE_OVERRIDES:
-# broker settings for Sluice (space-separated KEY=VALUE, each passed as --override).
+# broker settings for Sluice (space-separated KEY=VALUE, each passed as --override);
+# KAFKA_EXTRA_PROPS: the same for Kafka (added to its server properties).
 # Must never: signal a process it did not start.
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
@@ -85,8 +86,10 @@ target_start() {
             local mode=default
             [[ "$target" == kafka_flush1 ]] && mode=durable
             peer_home_ready
-            record_command "broker ($target)" scripts/kafka-peer.sh start "$mode"
-            peer start "$mode" || return 1
+            local shown=(scripts/kafka-peer.sh start "$mode")
+            [[ -n "${KAFKA_EXTRA_PROPS:-}" ]] && shown=("KAFKA_EXTRA_PROPS='$KAFKA_EXTRA_PROPS'" "${shown[@]}")
+            record_command "broker ($target)" "${shown[@]}"
+            KAFKA_EXTRA_PROPS="${KAFKA_EXTRA_PROPS:-}" peer start "$mode" || return 1
             TARGET_DATA="$BENCH_DIR/kafka-data"
             TARGET_ADDR="127.0.0.1:$PEER_PORT"
             TARGET_PID="$(cat "$PEER_HOME/kafka.pid")"

@@ -71,10 +71,13 @@ def test_a_consumer_far_behind_reads_memory_not_the_files(broker_factory, cache)
         assert held >= VOLUME_MIB << 20, held
         # Every 64 KiB batch went into a chunk; chunks cost at most a quarter more than held.
         assert held <= chunks <= held * 5 // 4 + 2 * (8 << 20), (held, chunks)
+        assert metrics["sluice_tail_cache_budget_bytes"] >= held
     else:
         # Half the volume cannot be cached; a quarter is a margin for what kcat reads while
         # the last batches still sit in the cache.
         assert spliced >= (VOLUME_MIB // 4) << 20, (
             f"only {spliced} bytes came from the files with a 64 MiB cache per shard")
         assert held <= 2 * (64 << 20)
+        # The ceiling /metrics reports is the setting times the shards.
+        assert metrics["sluice_tail_cache_budget_bytes"] == 2 * (64 << 20)
     assert metrics.get("sluice_tail_cache_uncached_batches", 0) == 0
