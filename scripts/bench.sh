@@ -98,7 +98,7 @@ READY_TIMEOUT_S="${READY_TIMEOUT_S:-300}"
 if [[ "$QUICK" == 1 ]]; then
     FILL_BYTES="${FILL_BYTES:-0}"
 else
-    FILL_BYTES="${FILL_BYTES:-$(awk '/^MemTotal:/ { printf "%d", $2 * 1024 / 2 }' /proc/meminfo)}"
+    FILL_BYTES="${FILL_BYTES:-$(awk '/^MemTotal:/ { printf "%.0f", $2 * 1024 / 2 }' /proc/meminfo)}"
 fi
 FIO_BYTES="${FIO_BYTES:-8589934592}"  # an upper bound: FIO_S ends each run first
 TAIL_RECORDS="${TAIL_RECORDS:-80000}"

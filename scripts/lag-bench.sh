@@ -63,7 +63,7 @@ else
     FIO_READ_MB="${FIO_READ_MB:-2048}"
     FIO_S="${FIO_S:-10}"
     LIMIT_MIN_S=30
-    FILL_BYTES="${FILL_BYTES:-$(awk '/^MemTotal:/ { printf "%d", $2 * 1024 / 2 }' /proc/meminfo)}"
+    FILL_BYTES="${FILL_BYTES:-$(awk '/^MemTotal:/ { printf "%.0f", $2 * 1024 / 2 }' /proc/meminfo)}"
 fi
 RATE_FRACTION="${RATE_FRACTION:-0.8}"
 PARTITIONS="${PARTITIONS:-16}"
