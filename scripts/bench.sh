@@ -97,8 +97,6 @@ PRODUCE_FLAGS="${PRODUCE_FLAGS:---record-size 1024 --acks all --connections 4 --
 READY_TIMEOUT_S="${READY_TIMEOUT_S:-300}"
 if [[ "$QUICK" == 1 ]]; then
     FILL_BYTES="${FILL_BYTES:-0}"
-else
-    FILL_BYTES="${FILL_BYTES:-$(awk '/^MemTotal:/ { printf "%.0f", $2 * 1024 / 2 }' /proc/meminfo)}"
 fi
 FIO_BYTES="${FIO_BYTES:-8589934592}"  # an upper bound: FIO_S ends each run first
 TAIL_RECORDS="${TAIL_RECORDS:-80000}"
@@ -166,6 +164,7 @@ fi
 # --- processes we own: only these PIDs are ever signalled -----------------------------------
 # shellcheck source=bench/lib.sh
 source "$ROOT/scripts/bench/lib.sh"
+FILL_BYTES="${FILL_BYTES:-$(default_fill_bytes)}"
 IPERF_PID=""
 COMMIT_PID=""
 HEAPTRACK_PID=""

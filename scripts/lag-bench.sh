@@ -63,7 +63,6 @@ else
     FIO_READ_MB="${FIO_READ_MB:-2048}"
     FIO_S="${FIO_S:-10}"
     LIMIT_MIN_S=30
-    FILL_BYTES="${FILL_BYTES:-$(awk '/^MemTotal:/ { printf "%.0f", $2 * 1024 / 2 }' /proc/meminfo)}"
 fi
 RATE_FRACTION="${RATE_FRACTION:-0.8}"
 PARTITIONS="${PARTITIONS:-16}"
@@ -106,6 +105,7 @@ fi
 source "$HELPERS/lib.sh"
 # shellcheck source=bench/targets.sh
 source "$HELPERS/targets.sh"
+FILL_BYTES="${FILL_BYTES:-$(default_fill_bytes)}"
 target_ports_free_or_die
 fresh_bench_dir
 PRODUCER_PID=""
@@ -181,11 +181,8 @@ for target in "${TARGETS[@]}"; do
     # the producer's rate from it) measures the steady state, not Sluice's tail cache taking
     # its memory (each new page faulted in and zeroed once) or Kafka's page cache filling.
     if (( FILL_BYTES >= 1024 )); then
-        fill=("$BIN" bench produce --bootstrap "$TARGET_ADDR" --json --progress-interval-s 0 "${flags[@]}"
-            --topic "$PREFIX-$target-fill" --partitions "$PARTITIONS" --records "$(( FILL_BYTES / 1024 ))")
-        record_command warm-up "${fill[@]}"
-        "${fill[@]}" >"$BENCH_DIR/$target-fill.json" 2>"$BENCH_DIR/$target-fill.err" \
-            || echo "   [$target] warm-up failed: $(tail -1 "$BENCH_DIR/$target-fill.err")" >&2
+        warm_up_broker "$BIN" "$TARGET_ADDR" "$PREFIX-$target-fill" "$FILL_BYTES" "$BENCH_DIR/$target-fill" \
+            "${flags[@]}" || true
         drop_topic "$PREFIX-$target-fill"
     fi
     topic="$PREFIX-$target-probe"

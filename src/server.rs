@@ -90,8 +90,11 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
     let offline = Arc::new(crate::offline::OfflinePartitions::default());
     let _admin = match config.admin_listen {
         Some(addr) => Some(
-            sluice_metrics::AdminServer::start(addr, collector(set.clone(), config.quotas, tail_cache_budget_bytes(&config)))
-                .map_err(|e| ServeError::Startup(format!("admin endpoint: {e}")))?,
+            sluice_metrics::AdminServer::start(
+                addr,
+                collector(set.clone(), config.quotas, tail_cache_budget_bytes(&config)),
+            )
+            .map_err(|e| ServeError::Startup(format!("admin endpoint: {e}")))?,
         ),
         None => None,
     };

@@ -70,3 +70,26 @@ reap_deleted_topics() {
     find "$1" -mindepth 2 -maxdepth 2 -path '*-delete/*' -type f -name '*.log' \
         -exec truncate -s 0 {} + 2>/dev/null || true
 }
+
+# default_fill_bytes: half the machine's memory, what Sluice's tail caches take together by
+# default (log.tail.cache.bytes); a fresh broker's warm-up writes this much.
+default_fill_bytes() {
+    awk '/^MemTotal:/ { printf "%.0f", $2 * 1024 / 2 }' /proc/meminfo
+}
+
+# warm_up_broker BIN ADDR TOPIC BYTES OUT_BASE FLAGS...: BYTES of records (FLAGS: the
+# `sluice bench produce` flags, 1 KiB records among them) into TOPIC (16 partitions), before a fresh broker's first measured run: Sluice's tail cache takes its memory
+# as records arrive (each new page faulted in and zeroed once, then reused) and Kafka's page
+# cache fills the same way, so the runs after it measure the steady state a long-running broker
+# is in. The report goes to OUT_BASE.json (OUT_BASE.err); the caller deletes TOPIC. No-op below
+# one record.
+warm_up_broker() {
+    local bin="$1" addr="$2" topic="$3" bytes="$4" out="$5"
+    shift 5
+    (( bytes >= 1024 )) || return 0
+    local command=("$bin" bench produce --bootstrap "$addr" --json --progress-interval-s 0 "$@"
+        --topic "$topic" --partitions 16 --records "$(( bytes / 1024 ))")
+    record_command warm-up "${command[@]}"
+    "${command[@]}" >"$out.json" 2>"$out.err" \
+        || { echo "   warm-up of $addr failed: $(tail -1 "$out.err")" >&2; return 1; }
+}

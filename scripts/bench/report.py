@@ -468,7 +468,7 @@ def write_report(rows, meta, out_path, fetch=None):
         add("")
         add("| workload | " + " | ".join(columns + ratio_heads) + " |")
         add("|---|" + "---|" * (len(columns) + len(ratio_heads)))
-        for scenario, label in (("fill", "warm-up: the first GB into a fresh broker, 16 partitions"),
+        for scenario, label in (("fill", "warm-up: a fresh broker's first FILL_BYTES (half the memory), 16 partitions"),
                                 ("produce_p1", "produce, 1 partition"), ("produce_p16", "produce, 16 partitions"),
                                 ("produce_p1000", "produce, 1000 partitions"), ("consume_files", "consume, older data"),
                                 ("consume_tail", "consume, recent data"), ("e2e", "e2e at 50% of max"),
@@ -792,11 +792,13 @@ def shortfalls(rows, target, meta, disk_limit, net_limit, storage):
                        " filled into them) more than once per produce request instead of being reused."
                        " `heaptrack_print -a` on the kept data file names the sites.")
     out.append("Copies on the produce path: each request is read from the socket into the connection's"
-               " buffer, and storage stamps offsets and leader epoch into a 61-byte copy of each batch"
-               " header, leaving the rest of the batch in that buffer (the tail cache serves it from"
-               " there). In O_DIRECT mode each group commit copies the batches once into an aligned"
-               " registered buffer; buffered mode writes them with writev. One memcpy per batch in"
-               " O_DIRECT mode, none per record.")
+               " buffer (the kernel's copy), each batch's CRC32C is checked there, and storage stamps"
+               " offsets and leader epoch into a 61-byte copy of each batch header; the tail cache then"
+               " copies each batch (stamped header and rest) into a chunk of its arena (so a cached"
+               " batch never pins a request buffer), and in O_DIRECT mode each group commit copies the"
+               " batches once more into the aligned registered staging buffer; buffered mode writes"
+               " them with writev. Two memcpys per batch in O_DIRECT mode (one above the floor issue"
+               " 17 names: receive copy, CRC32C, one staging copy), none per record.")
     if meta.get("runs", 0) < 3:
         out.append("This was a short run (fewer than 3 runs per figure); the 2-core VM is shared and noisy,"
                    " so single figures can be off by tens of percent.")

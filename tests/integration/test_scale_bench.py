@@ -5,6 +5,7 @@ full table is a benchmark (BENCHMARKS.md), not a test; this keeps the script fro
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -25,11 +26,15 @@ def test_scale_bench_writes_a_row_per_workload_with_real_figures(sluice_bin, tmp
     env = dict(os.environ, SLUICE_BIN=str(sluice_bin), BENCH_DIR=str(tmp_path / "scale"),
                OUT_MD=str(out), SCENARIOS="base c1 r100", DURATION_S="1",
                BENCH_PORT=str(_free_port()), BENCH_ADMIN_PORT=str(_free_port()),
-               PEER_PORT=str(_free_port()), SLUICE_OVERRIDES="log.tail.cache.bytes=67108864")
+               PEER_PORT=str(_free_port()), SLUICE_OVERRIDES="log.tail.cache.bytes=67108864",
+               FILL_BYTES=str(16 << 20))
     env.pop("PEER", None)
     proc = subprocess.run(["bash", str(ROOT / "scripts/scale-bench.sh")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=100)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # The fresh broker's warm-up ran first: 16 MiB of 1 KiB records, before any row.
+    warm_up = json.loads((tmp_path / "scale" / "sluice-fill.json").read_text())
+    assert warm_up["records"] == 16384, warm_up
     text = out.read_text()
     assert "<!-- scale-bench:begin -->" in text and "<!-- scale-bench:end -->" in text
     rows = {}
