@@ -89,7 +89,13 @@ target_start() {
             local shown=(scripts/kafka-peer.sh start "$mode")
             [[ -n "${KAFKA_EXTRA_PROPS:-}" ]] && shown=("KAFKA_EXTRA_PROPS='$KAFKA_EXTRA_PROPS'" "${shown[@]}")
             record_command "broker ($target)" "${shown[@]}"
-            KAFKA_EXTRA_PROPS="${KAFKA_EXTRA_PROPS:-}" peer start "$mode" || return 1
+            # One retry: the ports sit in the ephemeral range, and a client socket of an earlier
+            # step holding one made Kafka's bind fail once (omb-bench, session 20).
+            if ! KAFKA_EXTRA_PROPS="${KAFKA_EXTRA_PROPS:-}" peer start "$mode"; then
+                echo "   kafka did not start; retrying once in 10 s" >&2
+                sleep 10
+                KAFKA_EXTRA_PROPS="${KAFKA_EXTRA_PROPS:-}" peer start "$mode" || return 1
+            fi
             TARGET_DATA="$BENCH_DIR/kafka-data"
             TARGET_ADDR="127.0.0.1:$PEER_PORT"
             TARGET_PID="$(cat "$PEER_HOME/kafka.pid")"
