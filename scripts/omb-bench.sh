@@ -23,7 +23,8 @@
 #        bench.sh's batching)  SLUICE_BIN  BENCH_DIR (bench-out/omb; wiped first)
 #        OUT_MD (BENCHMARKS.md; empty: no section)  BENCH_PORT / BENCH_ADMIN_PORT / PEER_PORT
 #        (41592 / 42144 / 41692; Kafka's controller takes PEER_PORT + 1)
-#        KAFKA_HOME (the fetched jars, default .kafka)
+#        KAFKA_HOME (the fetched jars, default .kafka)  FILL_BYTES (each fresh broker's
+#        warm-up, see lib.sh: half the memory; QUICK 0)
 # Must never: signal a process it did not start, or report a figure a run did not produce.
 set -euo pipefail
 
@@ -68,6 +69,8 @@ fi
 [[ -x "$BIN" ]] || die "no sluice binary at $BIN"
 # shellcheck source=bench/lib.sh
 source "$HELPERS/lib.sh"
+# Each fresh broker's warm-up before its probe: half the memory by default, QUICK none.
+FILL_BYTES="${FILL_BYTES:-$([[ "$QUICK" == 1 ]] && echo 0 || default_fill_bytes)}"
 # shellcheck source=bench/targets.sh
 source "$HELPERS/targets.sh"
 target_ports_free_or_die
@@ -104,8 +107,15 @@ drop_topic() {
 START_S=$SECONDS
 mapfile -t TARGETS < <(targets)
 for target in "${TARGETS[@]}"; do
-    say "[$target] fresh broker"
+    say "[$target] fresh broker; warm-up of $(( FILL_BYTES >> 20 )) MiB"
     target_start "$target" || die "$target did not start"
+    # As scripts/bench.sh does (lib.sh's warm_up_broker): the probe then measures the steady
+    # state, not Sluice's tail cache taking its memory or Kafka's page cache filling.
+    if (( FILL_BYTES >= 1024 )); then
+        warm_up_broker "$BIN" "$TARGET_ADDR" "$PREFIX-$target-fill" "$FILL_BYTES" "$BENCH_DIR/$target-fill" \
+            "${flags[@]}" || true
+        drop_topic "$PREFIX-$target-fill"
+    fi
     for run in $(seq "$RUNS"); do
         say "[$target] run $run: max-rate probe, $PARTITIONS partitions, $PRODUCERS producers, ${PROBE_S}s"
         topic="$PREFIX-$target-probe-r$run"
