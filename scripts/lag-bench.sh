@@ -235,9 +235,7 @@ PY
         fi
         topic="$PREFIX-$target-lag$lag"
         base="$BENCH_DIR/$target-lag$lag"
-        disk_bounded=0
         if [[ "$plan" != whole ]]; then
-            disk_bounded=1
             per_partition=$(( cap_bytes / PARTITIONS ))
             echo "   [$target] ${lag}s behind: the whole run does not fit on the disk; the topic keeps at most $(( cap_bytes >> 30 )) GiB (retention.bytes $per_partition per partition)" >&2
             [[ "$plan" == reduced ]] && echo "   [$target] ${lag}s behind: even that does not fit at $rate records/s; the producer runs at $lag_rate" >&2
@@ -259,9 +257,9 @@ PY
         ticks_before="$(cpu_ticks "$TARGET_PID")"
         if "${consumer[@]}" >"$base.json" 2>"$base.err"; then
             ticks_after="$(cpu_ticks "$TARGET_PID")"
-            add_row "$target" "lag$lag" 1 "$base.json" "lag_s=$lag" "limit_s=$limit" "rate=$lag_rate" "max_rate=$max" "disk_bounded=$disk_bounded" "plan=$plan" \
+            add_row "$target" "lag$lag" 1 "$base.json" "lag_s=$lag" "limit_s=$limit" "rate=$lag_rate" "max_rate=$max" "plan=$plan" \
                 "cap_bytes=$cap_bytes" "broker_cpu_s=$(python3 -c "print(($ticks_after - $ticks_before) / $CLK_TCK)")"
-        elif (( disk_bounded )) && grep -q "OFFSET_OUT_OF_RANGE" "$base.err"; then
+        elif [[ "$plan" != whole ]] && grep -q "OFFSET_OUT_OF_RANGE" "$base.err"; then
             echo "   [$target] the consumer fell more than the topic's size cap behind: retention overtook it" >&2
             add_row "$target" "lag$lag" 1 - "overtaken=1" "plan=$plan" "lag_s=$lag" "limit_s=$limit" "rate=$lag_rate" "max_rate=$max" "cap_bytes=$cap_bytes"
         else

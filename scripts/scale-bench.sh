@@ -58,9 +58,6 @@ COMMANDS="$BENCH_DIR/commands.txt"
 CLK_TCK="$(getconf CLK_TCK)"
 PREFIX="scale$(date +%s)"
 INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; printf 'RUNS=%s DURATION_S=%s scripts/scale-bench.sh' "$RUNS" "$DURATION_S"; } )"
-# A fresh broker's warm-up before its first row (scripts/bench/lib.sh's warm_up_broker): half
-# the memory by default, QUICK none.
-FILL_BYTES="${FILL_BYTES:-$([[ "$QUICK" == 1 ]] && echo 0)}"
 BASE_FLAGS="--acks all --in-flight 5 --batch-bytes 262144 --linger-ms 5 --buffer-memory 268435456"
 READY_TIMEOUT_S="${READY_TIMEOUT_S:-300}"
 # The 10,000-partition row is over Sluice's default max.broker.partitions (5,000).
@@ -111,7 +108,9 @@ fi
 [[ -x "$BIN" ]] || die "no sluice binary at $BIN"
 # shellcheck source=bench/lib.sh
 source "$HELPERS/lib.sh"
-FILL_BYTES="${FILL_BYTES:-$(default_fill_bytes)}"
+# A fresh broker's warm-up before its first row (lib.sh's warm_up_broker): half the memory by
+# default, QUICK none.
+FILL_BYTES="${FILL_BYTES:-$([[ "$QUICK" == 1 ]] && echo 0 || default_fill_bytes)}"
 # shellcheck source=bench/targets.sh
 source "$HELPERS/targets.sh"
 target_ports_free_or_die
@@ -128,9 +127,10 @@ mapfile -t TARGETS < <(targets)
 for target in "${TARGETS[@]}"; do
     say "[$target] fresh broker; warm-up of $(( FILL_BYTES >> 20 )) MiB"
     target_start "$target" || die "$target did not start"
-    # shellcheck disable=SC2086
-    if warm_up_broker "$BIN" "$TARGET_ADDR" "$PREFIX-$target-fill" "$FILL_BYTES" "$BENCH_DIR/$target-fill" \
-        $BASE_FLAGS --record-size 1024 --connections 4 && (( FILL_BYTES >= 1024 )); then
+    if (( FILL_BYTES >= 1024 )); then
+        # shellcheck disable=SC2086
+        warm_up_broker "$BIN" "$TARGET_ADDR" "$PREFIX-$target-fill" "$FILL_BYTES" "$BENCH_DIR/$target-fill" \
+            $BASE_FLAGS --record-size 1024 --connections 4 || true
         "$BIN" topics delete --bootstrap "$TARGET_ADDR" "$PREFIX-$target-fill" >/dev/null 2>&1 || true
     fi
     for scenario in $SCENARIOS; do

@@ -239,12 +239,12 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
     outcome
 }
 
-/// Gathers and merges every shard's metrics snapshot (called on the admin thread).
 /// What every shard's tail cache may hold together (`log.tail.cache.bytes` per shard).
 fn tail_cache_budget_bytes(config: &BrokerConfig) -> u64 {
     (config.tail_cache_bytes as u64).saturating_mul(config.shards as u64)
 }
 
+/// Gathers and merges every shard's metrics snapshot (called on the admin thread).
 fn collector(
     set: Arc<ShardSet>,
     quota_settings: crate::security::quota::QuotaSettings,

@@ -78,7 +78,8 @@ default_fill_bytes() {
 }
 
 # warm_up_broker BIN ADDR TOPIC BYTES OUT_BASE FLAGS...: BYTES of records (FLAGS: the
-# `sluice bench produce` flags, 1 KiB records among them) into TOPIC (16 partitions), before a fresh broker's first measured run: Sluice's tail cache takes its memory
+# `sluice bench produce` flags, 1 KiB records among them) into TOPIC (16 partitions), before a
+# fresh broker's first measured run: Sluice's tail cache takes its memory
 # as records arrive (each new page faulted in and zeroed once, then reused) and Kafka's page
 # cache fills the same way, so the runs after it measure the steady state a long-running broker
 # is in. The report goes to OUT_BASE.json (OUT_BASE.err); the caller deletes TOPIC. No-op below
