@@ -511,6 +511,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
     storage.set_append_queue_bytes_max(config.append_queue_bytes_max);
     storage.set_syncing_commits_max(config.syncing_commits_max);
     storage.set_writing_commits_max(config.writing_commits_max);
+    let _ = storage.set_dsync_writes(config.dsync_writes);
     // In a cluster a partition with no high-watermark checkpoint may hold a tail its ISR never
     // had: it opens at its log start, and the replication layer lifts it.
     storage.set_high_watermark_unknown_at_log_start(config.cluster.is_some());

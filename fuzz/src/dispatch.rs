@@ -261,6 +261,7 @@ async fn build_shard(
     storage.set_append_queue_bytes_max(config.append_queue_bytes_max);
     storage.set_syncing_commits_max(config.syncing_commits_max);
     storage.set_writing_commits_max(config.writing_commits_max);
+    let _ = storage.set_dsync_writes(config.dsync_writes);
     storage.set_blocking_jobs_max(config.blocking_jobs_max);
     // `config()` set the group limits (rebalance delay 0, session timeouts 1..=1000 ms).
     let group_config = config.groups.clone();

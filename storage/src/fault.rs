@@ -35,7 +35,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::buffer::AlignedBuffer;
-use crate::io::{FileWrite, IoBackend, IoFuture, ReadFuture};
+use crate::io::{FileWrite, IoBackend, IoFuture, ReadFuture, WriteSync};
 
 /// One armed fault, consumed by the next matching operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -565,6 +565,20 @@ impl FaultPlan {
     /// in flight is not covered, even though a newer one is (several writes per file may be in
     /// flight, and they complete in any order).
     fn sync_coverage(&self, fd: RawFd, linked: Option<u64>) -> Option<(Inode, Vec<u64>)> {
+        self.coverage(fd, linked, false)
+    }
+
+    /// What a [`WriteSync::Own`] write (RWF_DSYNC) covers: its own change, nothing else.
+    fn own_coverage(&self, fd: RawFd, change: Option<u64>) -> Option<(Inode, Vec<u64>)> {
+        self.coverage(fd, change, true)
+    }
+
+    fn coverage(
+        &self,
+        fd: RawFd,
+        linked: Option<u64>,
+        own_only: bool,
+    ) -> Option<(Inode, Vec<u64>)> {
         let state = self.0.borrow();
         let model = state.power.as_ref()?;
         let inode = inode_of(fd);
@@ -573,7 +587,7 @@ impl FaultPlan {
             .get(&inode)?
             .undo
             .iter()
-            .filter(|undo| undo.completed || Some(undo.sequence) == linked)
+            .filter(|undo| (undo.completed && !own_only) || Some(undo.sequence) == linked)
             .map(|undo| undo.sequence)
             .collect();
         (!covered.is_empty()).then_some((inode, covered))
@@ -640,7 +654,7 @@ fn held_write<B: IoBackend + 'static>(
         }
         let result = match errno {
             Some(errno) => Err(io::Error::from_raw_os_error(errno)),
-            None => inner.write(&staging, write, false).0.await,
+            None => inner.write(&staging, write, WriteSync::None).0.await,
         };
         let ok = result.is_ok();
         let _ = written_tx.send(result);
@@ -667,6 +681,14 @@ fn failed(errno: i32) -> IoFuture {
     Box::pin(async move { Err(io::Error::from_raw_os_error(errno)) })
 }
 
+/// A write that lands and then reports `errno`: an RWF_DSYNC write whose sync failed.
+fn fails_after(written: IoFuture, errno: i32) -> IoFuture {
+    Box::pin(async move {
+        let _ = written.await;
+        Err(io::Error::from_raw_os_error(errno))
+    })
+}
+
 /// A torn write: lets the partial write land, then reports the failure the device gave.
 fn torn(written: IoFuture) -> IoFuture {
     Box::pin(async move {
@@ -676,32 +698,42 @@ fn torn(written: IoFuture) -> IoFuture {
 }
 
 impl<B> FaultBackend<B> {
-    /// Runs `write(sync)` with the plan's next sync fault applied: a failing fdatasync still
-    /// lets the write itself happen. `change` is the write's undo record (power model), which
-    /// a successful linked fdatasync makes durable.
+    /// Runs `write(sync)` with the plan's next sync fault applied: a failing sync still lets
+    /// the write itself happen; with [`WriteSync::Own`] the write then fails too (one result
+    /// for both, as RWF_DSYNC gives). `change` is the write's undo record (power model), which
+    /// a successful sync makes durable (with the file's completed changes, for a linked
+    /// fdatasync).
     fn with_sync_fault(
         &self,
         fd: RawFd,
-        sync: bool,
+        sync: WriteSync,
         change: Option<u64>,
-        write: impl FnOnce(bool) -> (IoFuture, Option<IoFuture>),
+        write: impl FnOnce(WriteSync) -> (IoFuture, Option<IoFuture>),
     ) -> (IoFuture, Option<IoFuture>) {
-        if !sync {
-            let (written, _) = write(false);
+        if sync == WriteSync::None {
+            let (written, _) = write(WriteSync::None);
             return (self.completes(written, change), None);
         }
         match self.plan.take_sync_fault() {
             None => {
-                let (written, synced) = write(true);
-                let coverage = self.plan.sync_coverage(fd, change);
+                let (written, synced) = write(sync);
+                let coverage = match sync {
+                    WriteSync::Own => self.plan.own_coverage(fd, change),
+                    _ => self.plan.sync_coverage(fd, change),
+                };
                 (
                     self.completes(written, change),
                     synced.map(|synced| self.held(self.covers(synced, coverage))),
                 )
             }
             Some(errno) => {
-                let (written, _) = write(false);
-                (self.completes(written, change), Some(failed(errno)))
+                let (written, _) = write(WriteSync::None);
+                let written = self.completes(written, change);
+                let written = match sync {
+                    WriteSync::Own => fails_after(written, errno),
+                    _ => written,
+                };
+                (written, Some(failed(errno)))
             }
         }
     }
@@ -765,7 +797,7 @@ impl<B: IoBackend + Clone + 'static> IoBackend for FaultBackend<B> {
         &self,
         staging: &Rc<AlignedBuffer>,
         write: FileWrite,
-        sync: bool,
+        sync: WriteSync,
     ) -> (IoFuture, Option<IoFuture>) {
         if let Some(started) = self.plan.hold_write() {
             let errno = match self.plan.take_write_fault() {
@@ -776,12 +808,12 @@ impl<B: IoBackend + Clone + 'static> IoBackend for FaultBackend<B> {
                 self.inner.clone(),
                 staging.clone(),
                 write,
-                sync,
+                sync != WriteSync::None,
                 started,
                 errno,
             );
         }
-        let canceled = || sync.then(|| failed(libc::ECANCELED));
+        let canceled = || (sync != WriteSync::None).then(|| failed(libc::ECANCELED));
         let new_bytes = |len: usize| {
             // SAFETY: the writer filled this range before submitting and leaves it alone until
             // the write completes; this copy only reads it.
@@ -797,7 +829,7 @@ impl<B: IoBackend + Clone + 'static> IoBackend for FaultBackend<B> {
                 let change = self.plan.record_change(write.fd, write.file_position, || {
                     Some(new_bytes(torn_write.len))
                 });
-                let (written, _) = self.inner.write(staging, torn_write, false);
+                let (written, _) = self.inner.write(staging, torn_write, WriteSync::None);
                 return (torn(self.completes(written, change)), canceled());
             }
             _ => {}
@@ -845,8 +877,14 @@ impl<B: IoBackend + Clone + 'static> IoBackend for FaultBackend<B> {
             let (written, _) = self.inner.write_vectored(fd, file_position, pieces, false);
             return (torn(self.completes(written, change)), canceled());
         }
-        self.with_sync_fault(fd, sync, change, |sync| {
-            self.inner.write_vectored(fd, file_position, pieces, sync)
+        let mode = if sync {
+            WriteSync::File
+        } else {
+            WriteSync::None
+        };
+        self.with_sync_fault(fd, mode, change, |mode| {
+            self.inner
+                .write_vectored(fd, file_position, pieces, mode != WriteSync::None)
         })
     }
 
@@ -1042,5 +1080,23 @@ mod tests {
         let (_, covered) = plan.sync_coverage(fd, Some(linked)).expect("covered");
         assert_eq!(covered, vec![first, linked]);
         assert!(!covered.contains(&later));
+    }
+
+    /// An RWF_DSYNC write covers its own change only: not an earlier completed, never-synced
+    /// change of the same file (the disk may still hold that one in its cache).
+    #[test]
+    fn a_dsync_write_covers_only_itself() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = tempfile::tempfile_in(dir.path()).expect("temp file");
+        let fd = file.as_raw_fd();
+        let plan = FaultPlan::new();
+        plan.model_power_loss();
+        let first = plan.record_change(fd, 0, || Some(vec![1; 10])).expect("on");
+        plan.mark_completed(first);
+        let own = plan
+            .record_change(fd, 10, || Some(vec![2; 10]))
+            .expect("on");
+        let (_, covered) = plan.own_coverage(fd, Some(own)).expect("covered");
+        assert_eq!(covered, vec![own]);
     }
 }

@@ -5,7 +5,8 @@
 //! torn writes, failed syncs, failed reads and power losses (see [`crate::fault`]) while
 //! production uses the ring.
 //!
-//! Owns the translation of "write these staging bytes at this file position, then fdatasync"
+//! Owns the translation of "write these staging bytes at this file position and make them
+//! durable" (a linked fdatasync, or RWF_DSYNC on the write itself: [`WriteSync`])
 //! and "read these bytes into this buffer" into SQEs, and the hand-off of the operations io_uring has no opcode for (ftruncate, whole
 //! small files) to the blocking pool. Must never decide policy (what to sync, what to ack,
 //! what a failure poisons): that is the writer's and the shard's; and must never run file
@@ -38,6 +39,25 @@ pub(crate) struct FileWrite {
     pub(crate) file_position: u64,
 }
 
+/// How a staged write is made durable. The writer chooses (it knows what was written before
+/// and what each waiter needs); the backend only carries it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteSync {
+    /// Not synced by this operation.
+    None,
+    /// An fdatasync linked behind the write: durable once it completes are this write and
+    /// every write to the file that completed before the fdatasync started.
+    File,
+    /// The write's own bytes only, in one operation (RWF_DSYNC: the kernel flushes the disk's
+    /// cache, or writes with FUA, before the write completes; no fdatasync, no second
+    /// completion, no io-wq worker for the sync). A write to the file never synced before is
+    /// not covered (with FUA it may still be in the disk's cache). The write completes only
+    /// once durable, so nothing waiting for the write alone (acks=1) should use this; and a
+    /// failed write may be a failed sync (the two are one result), so the writer treats its
+    /// failure as a failed sync.
+    Own,
+}
+
 /// A boxed operation result; boxing keeps backends composable (fault injection wraps the ring).
 pub(crate) type IoFuture = Pin<Box<dyn Future<Output = io::Result<i32>>>>;
 
@@ -46,14 +66,15 @@ pub(crate) type ReadFuture = Pin<Box<dyn Future<Output = (io::Result<usize>, Vec
 
 /// What the group-commit writer needs from the disk.
 pub(crate) trait IoBackend {
-    /// Queues `write` and, when `sync`, an fdatasync linked after it. The first future
-    /// resolves with the bytes written, the second with the sync's result (-ECANCELED when
-    /// the write failed or was short).
+    /// Queues `write`, made durable as `sync` says. The first future resolves with the bytes
+    /// written, the second (unless [`WriteSync::None`]) with the sync's result: -ECANCELED
+    /// when the write was short or failed, except that a failed [`WriteSync::Own`] write's
+    /// error is its sync's too.
     fn write(
         &self,
         staging: &Rc<AlignedBuffer>,
         write: FileWrite,
-        sync: bool,
+        sync: WriteSync,
     ) -> (IoFuture, Option<IoFuture>);
 
     /// Queues a vectored write of `pieces` (buffered mode: no staging copy) at
@@ -144,7 +165,7 @@ impl<T: IoBackend + ?Sized> IoBackend for Rc<T> {
         &self,
         staging: &Rc<AlignedBuffer>,
         write: FileWrite,
-        sync: bool,
+        sync: WriteSync,
     ) -> (IoFuture, Option<IoFuture>) {
         (**self).write(staging, write, sync)
     }
@@ -325,7 +346,7 @@ pub(crate) async fn read_exact(
 }
 
 /// The production backend: WRITE_FIXED from the registered staging buffer (plain WRITE when
-/// registration was refused), linked to FSYNC(DATASYNC).
+/// registration was refused), linked to FSYNC(DATASYNC) or flagged RWF_DSYNC ([`WriteSync`]).
 #[derive(Clone)]
 pub(crate) struct RingBackend {
     pub(crate) ring: Ring,
@@ -339,27 +360,39 @@ impl IoBackend for RingBackend {
         &self,
         staging: &Rc<AlignedBuffer>,
         write: FileWrite,
-        sync: bool,
+        sync: WriteSync,
     ) -> (IoFuture, Option<IoFuture>) {
         assert!(
             write.staging_offset + write.len <= staging.len(),
             "write outside the staging buffer"
         );
         let len = u32::try_from(write.len).unwrap_or(u32::MAX);
+        let rw_flags = if sync == WriteSync::Own {
+            libc::RWF_DSYNC
+        } else {
+            0
+        };
         // SAFETY: the range lies inside `staging`, which the ring keeps alive (Rc) until the
         // CQE; the writer does not touch the range until this flush's completions are in.
         let ptr = unsafe { staging.as_ptr().add(write.staging_offset) };
         let write_entry = if self.staging_registered {
             ops::WriteFixed::new(types::Fd(write.fd), ptr, len, 0)
                 .offset(write.file_position)
+                .rw_flags(rw_flags)
                 .build()
         } else {
             ops::Write::new(types::Fd(write.fd), ptr, len)
                 .offset(write.file_position)
+                .rw_flags(rw_flags)
                 .build()
         };
+        if sync == WriteSync::Own {
+            // SAFETY: as above.
+            let completion = unsafe { self.ring.submit_owned(write_entry, staging.clone()) };
+            return own_sync(Box::pin(completion), write.len);
+        }
         let mut entries = vec![write_entry];
-        if sync {
+        if sync == WriteSync::File {
             entries.push(
                 ops::Fsync::new(types::Fd(write.fd))
                     .flags(types::FsyncFlags::DATASYNC)
@@ -534,7 +567,7 @@ impl IoBackend for RecoveryReads<'_> {
         &self,
         _staging: &Rc<AlignedBuffer>,
         _write: FileWrite,
-        _sync: bool,
+        _sync: WriteSync,
     ) -> (IoFuture, Option<IoFuture>) {
         (refused_write(), None)
     }
@@ -606,6 +639,40 @@ impl IoBackend for RecoveryReads<'_> {
             }
         };
         Box::pin(std::future::ready((result, buffer)))
+    }
+}
+
+/// Splits the one result of a [`WriteSync::Own`] write of `len` bytes into the write's and
+/// the sync's: the sync succeeded when the whole write did, failed with the write's error when
+/// it failed (the error may be the sync's), and is -ECANCELED for a short write (nothing past
+/// it was written, and the writer fails the write anyway). The write's future must be polled
+/// first (the writer awaits writes before syncs); dropped unpolled, the sync reports failure.
+pub(crate) fn own_sync(written: IoFuture, len: usize) -> (IoFuture, Option<IoFuture>) {
+    let (result_tx, result_rx) = tokio::sync::oneshot::channel::<io::Result<i32>>();
+    let write_done: IoFuture = Box::pin(async move {
+        let result = written.await;
+        let _ = result_tx.send(match &result {
+            Ok(bytes) => Ok(*bytes),
+            Err(error) => Err(copy_error(error)),
+        });
+        result
+    });
+    let sync_done: IoFuture = Box::pin(async move {
+        match result_rx.await {
+            Ok(Ok(bytes)) if usize::try_from(bytes).is_ok_and(|bytes| bytes == len) => Ok(0),
+            Ok(Ok(_)) => Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(io::Error::other("write dropped before it completed")),
+        }
+    });
+    (write_done, Some(sync_done))
+}
+
+/// An io::Error with the same errno (or kind and message): io::Error is not Clone.
+pub(crate) fn copy_error(error: &io::Error) -> io::Error {
+    match error.raw_os_error() {
+        Some(errno) => io::Error::from_raw_os_error(errno),
+        None => io::Error::new(error.kind(), error.to_string()),
     }
 }
 

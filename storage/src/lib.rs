@@ -633,6 +633,31 @@ impl ShardStorage {
         self.0.writing_commits_max.set(commits.max(1));
     }
 
+    /// Sets `log.flush.write.dsync`: whether O_DIRECT group commits that only acks=all (or
+    /// acks=0) appends wait for are made durable by the write itself (RWF_DSYNC: one
+    /// operation) instead of a write with an fdatasync linked behind it. Either way an
+    /// acks=all append completes only once its bytes are durable: RWF_DSYNC is used only with
+    /// O_DIRECT on a filesystem known to honour it (ext4, xfs), else refused with a log line
+    /// and the fdatasync kept. Returns whether it is in use.
+    pub fn set_dsync_writes(&self, enabled: bool) -> bool {
+        let dir = &self.0.config.data_dir;
+        let honoured = enabled
+            && self.0.direct_io
+            && match shard::dsync_filesystem(dir) {
+                Ok(Ok(_)) => true,
+                Ok(Err(filesystem)) => {
+                    tracing::warn!(dir = %dir.display(), %filesystem, "RWF_DSYNC is not known to be durable on this filesystem; log.flush.write.dsync falls back to write + fdatasync");
+                    false
+                }
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), %error, "cannot tell the filesystem; log.flush.write.dsync falls back to write + fdatasync");
+                    false
+                }
+            };
+        self.0.dsync_writes.set(honoured);
+        honoured
+    }
+
     /// Partitions opened from now on without a `replication-offset-checkpoint` open with
     /// their high watermark at the log start (true: a broker of a cluster, where such a
     /// partition may be a replica whose tail was never committed, as Kafka opens one with no

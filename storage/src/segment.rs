@@ -71,6 +71,11 @@ pub(crate) struct SegmentState {
     pub(crate) written_bytes: u64,
     /// End of the bytes covered by a completed fdatasync.
     pub(crate) durable_bytes: u64,
+    /// End of the last write planned without a sync of its own (a partition with
+    /// `flush.messages`/`flush.ms`): until `durable_bytes` reaches it, commits are synced
+    /// with an fdatasync (which covers the file's earlier writes), not RWF_DSYNC (which covers
+    /// only its own).
+    pub(crate) unsynced_planned_bytes: u64,
     /// Times written bytes were rolled back (a failed write of an oversized append part of
     /// which an earlier flush wrote). An fdatasync submitted before a rollback covers bytes
     /// that may since have been forgotten and rewritten: it marks nothing durable.
@@ -219,6 +224,7 @@ impl Segment {
                 planned_bytes: 0,
                 written_bytes: 0,
                 durable_bytes: 0,
+                unsynced_planned_bytes: 0,
                 rollbacks: 0,
                 visible_bytes: 0,
                 next_offset: base_offset,
@@ -286,6 +292,7 @@ impl Segment {
                 planned_bytes: size_bytes,
                 written_bytes: size_bytes,
                 durable_bytes: size_bytes,
+                unsynced_planned_bytes: 0,
                 rollbacks: 0,
                 visible_bytes: size_bytes,
                 next_offset,
@@ -331,6 +338,7 @@ impl Segment {
                 planned_bytes: size_bytes,
                 written_bytes: size_bytes,
                 durable_bytes: size_bytes,
+                unsynced_planned_bytes: 0,
                 rollbacks: 0,
                 visible_bytes: size_bytes,
                 next_offset,

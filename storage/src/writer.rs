@@ -9,6 +9,11 @@
 //! with an fdatasync linked after it, and then: acks=1 waiters complete when their write is
 //! in; acks=all waiters complete and the high watermark advances when the fdatasync is in
 //! (default policy), or when the write is in for topics with `flush.messages`/`flush.ms`.
+//! With `log.flush.write.dsync` (off by default), a commit of an every-commit-syncing partition
+//! with O_DIRECT and no acks=1 waiter is one RWF_DSYNC write instead ([`WriteSync::Own`]): it
+//! completes once its own bytes are durable, which is enough only when every earlier byte of
+//! the file was synced by its own commit (a segment's `unsynced_planned_bytes` says), and its
+//! failure poisons like a failed fdatasync, since the two cannot be told apart.
 //!
 //! Pipeline: the writer plans and submits a flush as soon as appends are queued, while up to
 //! `log.flush.writing.commits.max` earlier flushes' writes are still in flight (to the same
@@ -50,7 +55,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
 use crate::buffer::{align_down, align_up, AlignedBuffer, DIRECT_IO_ALIGN_BYTES};
-use crate::io::{FileWrite, IoBackend, IoFuture};
+use crate::io::{copy_error, FileWrite, IoBackend, IoFuture, WriteSync};
 use crate::log::PartitionShared;
 use crate::segment::Segment;
 use crate::shard::ShardShared;
@@ -145,7 +150,9 @@ struct Group {
     head: Head,
     /// The first block was split off (deferred): no fdatasync is linked to a write.
     split: bool,
-    /// The fdatasync covering this group's bytes, when the partition syncs this flush.
+    /// How its write is made durable (Head::Whole; a split write syncs after both writes).
+    sync_mode: WriteSync,
+    /// The sync covering this group's bytes, when the partition syncs this flush.
     sync: Option<IoFuture>,
 }
 
@@ -185,6 +192,11 @@ struct PartFlush {
     log_rollbacks: u64,
     records: u64,
     sync: bool,
+    /// An acks=1 append of this flush waits for its write alone: no RWF_DSYNC write, which
+    /// would complete only once durable.
+    acks_written: bool,
+    /// Its groups' writes may sync themselves ([`WriteSync::Own`]) where their segment allows.
+    own_sync: bool,
     failure: Option<Failure>,
 }
 
@@ -520,7 +532,7 @@ fn resolve_heads<'a, B: IoBackend>(
                         len: group.first_block_bytes(),
                         file_position: group.file_position(),
                     };
-                    backend.write(staging, write, false).0
+                    backend.write(staging, write, WriteSync::None).0
                 }
                 None => no_write_descriptor(),
             };
@@ -828,6 +840,8 @@ fn start_flush<B: IoBackend>(
                     log_rollbacks: item.partition.log.borrow().rollbacks,
                     records: 0,
                     sync: false,
+                    acks_written: false,
+                    own_sync: false,
                     failure: None,
                 });
                 parts.len() - 1
@@ -856,6 +870,7 @@ fn start_flush<B: IoBackend>(
                     body: None,
                     head: Head::Whole,
                     split: false,
+                    sync_mode: WriteSync::None,
                     sync: None,
                 });
                 groups.len() - 1
@@ -875,6 +890,10 @@ fn start_flush<B: IoBackend>(
                 entry.new_bytes += remaining;
                 footprint_bytes = footprint_bytes - old_footprint_bytes + new_footprint_bytes;
                 parts[part].records += item.records;
+                parts[part].acks_written |= item
+                    .waiter
+                    .as_ref()
+                    .is_some_and(|waiter| waiter.ack == Ack::Written);
                 taken_count += 1;
                 continue;
             }
@@ -939,6 +958,11 @@ fn start_flush<B: IoBackend>(
                 .config
                 .flush_ms
                 .is_some_and(|flush_ms| log.last_sync.elapsed() >= Duration::from_millis(flush_ms));
+        part.own_sync = part.sync
+            && direct_io
+            && shard.dsync_writes.get()
+            && log.syncs_every_commit()
+            && !part.acks_written;
     }
 
     // 3. O_DIRECT: copy into the region (aligned, partial last block in front), then the
@@ -949,6 +973,20 @@ fn start_flush<B: IoBackend>(
     for group in groups.iter_mut() {
         let mut state = group.segment.state.borrow_mut();
         let end = group.start_bytes + group.new_bytes as u64;
+        let part = &parts[group.partition];
+        // An RWF_DSYNC write covers only its own bytes: used once every earlier byte of the
+        // file was written with a sync of its own (or is durable already).
+        group.sync_mode = if !part.sync {
+            state.unsynced_planned_bytes = end;
+            WriteSync::None
+        } else if part.own_sync
+            && group.staged
+            && state.durable_bytes >= state.unsynced_planned_bytes
+        {
+            WriteSync::Own
+        } else {
+            WriteSync::File
+        };
         if !group.staged {
             state.planned_bytes = end;
             state.assert_order();
@@ -1020,7 +1058,8 @@ fn start_flush<B: IoBackend>(
         };
         match group.head {
             Head::Whole => {
-                let (written, synced) = backend.write(staging, whole, sync);
+                debug_assert_eq!(sync, group.sync_mode != WriteSync::None);
+                let (written, synced) = backend.write(staging, whole, group.sync_mode);
                 group.body = Some(written);
                 group.sync = synced;
             }
@@ -1034,7 +1073,7 @@ fn start_flush<B: IoBackend>(
                         file_position: whole.file_position + first_bytes as u64,
                         ..whole
                     };
-                    group.body = Some(backend.write(staging, rest, false).0);
+                    group.body = Some(backend.write(staging, rest, WriteSync::None).0);
                 }
             }
         }
@@ -1087,12 +1126,33 @@ fn finish_writes<B: IoBackend>(
     for (group, result) in flush.groups.iter().zip(&write_results) {
         if let Err(error) = result {
             let part = &mut flush.parts[group.partition];
-            if part.failure.is_none() {
+            // An RWF_DSYNC write's error may be its sync's (one result for both): the disk
+            // may have lost more than this write, so it poisons like a failed fdatasync. A
+            // short write is only short (the writer fails and rolls it back).
+            if group.sync_mode == WriteSync::Own && error.raw_os_error().is_some() {
+                if !matches!(part.failure, Some(Failure::Poison(_))) {
+                    part.failure = Some(Failure::Poison(Poisoned {
+                        partition: part.partition.label(),
+                        operation: format!(
+                            "durable (RWF_DSYNC) write of {}",
+                            group.segment.log_path().display()
+                        ),
+                        source: std::sync::Arc::new(copy_error(error)),
+                    }));
+                }
+            } else if part.failure.is_none() {
                 part.failure = Some(Failure::Write(format!(
                     "write to {} failed: {error}",
                     group.segment.log_path().display()
                 )));
             }
+        }
+    }
+    // Poisoned by a failed RWF_DSYNC write: its appends, queued ones included, fail now (the
+    // flushes behind see the poison when they finish); nothing is rolled back.
+    for part in flush.parts.iter() {
+        if let Some(Failure::Poison(poisoned)) = &part.failure {
+            poison(shard, &part.partition, poisoned.clone(), &mut flush.taken);
         }
     }
     // Rolled back since this flush was planned (an earlier flush's write failed): this

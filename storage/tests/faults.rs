@@ -184,12 +184,28 @@ fn torn_write_is_never_served_nor_recovered(direct_io: bool) {
 
 #[test]
 fn failed_fdatasync_poisons_until_the_process_restarts() {
+    failed_sync_poisons_until_the_process_restarts(false, "fdatasync");
+}
+
+/// The same with RWF_DSYNC commits (the default): the write and its sync are one result, so
+/// the failed write poisons (it is not rolled back and retried).
+#[test]
+fn failed_dsync_write_poisons_until_the_process_restarts() {
+    failed_sync_poisons_until_the_process_restarts(true, "RWF_DSYNC");
+}
+
+fn failed_sync_poisons_until_the_process_restarts(dsync: bool, operation: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     tokio_uring::start(async {
         let plan = FaultPlan::new();
         let storage =
             ShardStorage::open_with_faults(storage_config(dir.path(), true), plan.clone())
                 .expect("open");
+        assert_eq!(
+            storage.set_dsync_writes(dsync),
+            dsync,
+            "RWF_DSYNC refused here"
+        );
         let partition = storage
             .open_partition("sync", 0, LogConfig::default())
             .expect("partition");
@@ -210,7 +226,7 @@ fn failed_fdatasync_poisons_until_the_process_restarts() {
             .append(bytes(make_batch(1, 1, 100, 0)), Ack::Durable, 0)
             .await
             .expect_err("fsync failed");
-        assert_poisoned_by_eio(&error, "fdatasync");
+        assert_poisoned_by_eio(&error, operation);
         assert_eq!(
             partition.high_watermark(),
             1,
@@ -237,7 +253,7 @@ fn failed_fdatasync_poisons_until_the_process_restarts() {
             let observed = observed.borrow();
             assert_eq!(observed.len(), 1, "told once: {observed:?}");
             assert_eq!((observed[0].0.as_str(), observed[0].1), ("sync", 0));
-            assert!(observed[0].2.contains("fdatasync"), "{observed:?}");
+            assert!(observed[0].2.contains(operation), "{observed:?}");
         }
         let (writes, syncs) = plan.operation_counts();
         assert!(writes >= 2 && syncs >= 2, "{writes} writes, {syncs} syncs");

@@ -485,6 +485,7 @@ async fn check_after_power_loss(
 fn run_power_epoch(
     dir: &Path,
     direct_io: bool,
+    dsync: bool,
     ops: &[PowerOp],
     model: &mut PowerModel,
 ) -> Result<(FaultPlan, usize), TestCaseError> {
@@ -493,6 +494,11 @@ fn run_power_epoch(
     let torn_bytes = tokio_uring::start(async {
         let storage = ShardStorage::open_with_faults(config(dir, direct_io), plan.clone())
             .map_err(|error| TestCaseError::fail(error.to_string()))?;
+        prop_assert_eq!(
+            storage.set_dsync_writes(dsync),
+            dsync,
+            "RWF_DSYNC refused here"
+        );
         let partitions: Vec<Partition> = (0..PARTITIONS)
             .map(|index| {
                 storage
@@ -581,7 +587,7 @@ fn run_power_epoch(
     Ok((plan, torn_bytes))
 }
 
-fn run_power_case(direct_io: bool, ops: Vec<PowerOp>) -> Result<(), TestCaseError> {
+fn run_power_case(direct_io: bool, dsync: bool, ops: Vec<PowerOp>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().map_err(|error| TestCaseError::fail(error.to_string()))?;
     let mut model = PowerModel {
         attempts: (0..PARTITIONS).map(|_| Vec::new()).collect(),
@@ -595,14 +601,14 @@ fn run_power_case(direct_io: bool, ops: Vec<PowerOp>) -> Result<(), TestCaseErro
             .position(|op| matches!(op, PowerOp::Crash { .. }))
             .map_or(rest.len(), |index| index + 1);
         let (plan, torn_bytes) =
-            run_power_epoch(dir.path(), direct_io, &rest[..split], &mut model)?;
+            run_power_epoch(dir.path(), direct_io, dsync, &rest[..split], &mut model)?;
         // The storage and its runtime are gone: nothing is in flight. Lose power.
         plan.lose_power(torn_bytes)
             .map_err(|error| TestCaseError::fail(format!("losing power: {error}")))?;
         rest = &rest[split..];
         if rest.is_empty() {
             // Check the state once more after the last power loss.
-            run_power_epoch(dir.path(), direct_io, &[], &mut model)?;
+            run_power_epoch(dir.path(), direct_io, dsync, &[], &mut model)?;
             break;
         }
     }
@@ -614,11 +620,19 @@ proptest! {
 
     #[test]
     fn power_loss_keeps_every_durable_ack_direct(ops in prop::collection::vec(power_op_strategy(), 1..30)) {
-        run_power_case(true, ops)?;
+        run_power_case(true, false, ops)?;
+    }
+
+    /// With RWF_DSYNC commits (`log.flush.write.dsync`), which the model lets cover only their
+    /// own write: acks=1 commits (write, then fdatasync) and acks=all ones (one durable write)
+    /// mixed on the same files.
+    #[test]
+    fn power_loss_keeps_every_durable_ack_direct_dsync(ops in prop::collection::vec(power_op_strategy(), 1..30)) {
+        run_power_case(true, true, ops)?;
     }
 
     #[test]
     fn power_loss_keeps_every_durable_ack_buffered(ops in prop::collection::vec(power_op_strategy(), 1..30)) {
-        run_power_case(false, ops)?;
+        run_power_case(false, false, ops)?;
     }
 }
