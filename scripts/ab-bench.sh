@@ -8,6 +8,9 @@
 # Env:   DURATION (default 8s; whole seconds), AB_DIR (default bench-out/ab), AB_PORT (default 43092),
 #        AB_PIN=1: the broker on CPU 1 and the load generator on CPU 0 (taskset), so the two do
 #        not take each other's CPU time: storage changes show through less noise on 2 cores.
+#        AB_BEFORE_ARGS / AB_AFTER_ARGS: extra `sluice serve` arguments for that side (split on
+#        spaces), to compare settings with one binary, e.g.
+#        AB_AFTER_ARGS="--override log.flush.write.dsync=true" scripts/ab-bench.sh BIN BIN
 set -euo pipefail
 BEFORE="${1:?BIN_BEFORE}"; AFTER="${2:?BIN_AFTER}"; ROUNDS="${3:-3}"
 DURATION="${DURATION:-8s}"
@@ -33,10 +36,11 @@ ROWS="$DIR/rows.tsv"
 
 cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 
-run_one() {  # run_one LABEL BIN ROUND
+run_one() {  # run_one LABEL BIN ROUND EXTRA_ARGS
     local label="$1" bin="$2" round="$3" data="$DIR/data-$1"
+    local extra=($4)
     rm -rf "$data"
-    "${BROKER_CPU[@]}" "$bin" serve --data-dir "$data" --listen "127.0.0.1:$PORT" --admin-listen "" >"$DIR/broker-$label.log" 2>&1 &
+    "${BROKER_CPU[@]}" "$bin" serve --data-dir "$data" --listen "127.0.0.1:$PORT" --admin-listen "" "${extra[@]}" >"$DIR/broker-$label.log" 2>&1 &
     local pid=$!
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
     local flags=(--bootstrap "127.0.0.1:$PORT" --json --progress-interval-s 0 --record-size 1024
@@ -67,8 +71,8 @@ PY
 }
 
 for round in $(seq "$ROUNDS"); do
-    run_one before "$BEFORE" "$round"
-    run_one after "$AFTER" "$round"
+    run_one before "$BEFORE" "$round" "${AB_BEFORE_ARGS:-}"
+    run_one after "$AFTER" "$round" "${AB_AFTER_ARGS:-}"
 done
 python3 - "$ROWS" <<'PY'
 import statistics, sys

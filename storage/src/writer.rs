@@ -366,8 +366,16 @@ impl Pipeline {
     /// must wait for an earlier flush (limits reached, a drain, or too little room).
     /// Regions are taken and freed in flush order, so the ones in use form one circular run.
     fn next_region(&self, shard: &ShardShared, capacity_bytes: usize) -> Option<(usize, usize)> {
+        // An RWF_DSYNC commit holds its write slot through its sync (the two are one
+        // operation): it may use the sync slots too, so the disk sees as many commits at once
+        // as with write + fdatasync (with only the write slots it measured 7-14% slower).
+        let writing_max = if shard.dsync_writes.get() {
+            shard.writing_commits_max.get() + shard.syncing_commits_max.get()
+        } else {
+            shard.writing_commits_max.get()
+        };
         if self.held.get()
-            || self.writing_outstanding.get() >= shard.writing_commits_max.get()
+            || self.writing_outstanding.get() >= writing_max
             || self.syncing_outstanding.get() >= shard.syncing_commits_max.get()
         {
             return None;
