@@ -1021,6 +1021,10 @@ fn start_flush<B: IoBackend>(
                 after_seq: state.tail_write_seq,
             };
             group.split = true;
+            // Two plain writes, then an fdatasync once both are in (finish_writes).
+            if group.sync_mode == WriteSync::Own {
+                group.sync_mode = WriteSync::File;
+            }
         }
         let tail_from = (align_down(end, align_bytes as u64) - group.file_position()) as usize;
         state.tail_block.clear();

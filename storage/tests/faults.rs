@@ -194,6 +194,55 @@ fn failed_dsync_write_poisons_until_the_process_restarts() {
     failed_sync_poisons_until_the_process_restarts(true, "RWF_DSYNC");
 }
 
+/// An RWF_DSYNC write makes only its own bytes durable. After a partition wrote without syncing
+/// (`flush.messages`), its next acks=all commit must be a write + fdatasync, which also covers
+/// the earlier writes: an RWF_DSYNC commit there would be acknowledged while a power loss could
+/// still take the older bytes below it (a hole at the start of the log, so recovery keeps
+/// nothing).
+#[test]
+fn after_unsynced_writes_the_next_durable_commit_syncs_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = FaultPlan::new();
+    plan.model_power_loss();
+    tokio_uring::start(async {
+        let storage =
+            ShardStorage::open_with_faults(storage_config(dir.path(), true), plan.clone())
+                .expect("open");
+        assert!(storage.set_dsync_writes(true), "RWF_DSYNC refused here");
+        let lazy = LogConfig {
+            flush_messages: Some(1_000_000),
+            ..LogConfig::default()
+        };
+        let partition = storage.open_partition("mixed", 0, lazy).expect("partition");
+        partition
+            .append(bytes(make_batch(0, 1, 100, 0)), Ack::Durable, 0)
+            .await
+            .expect("append written, not synced");
+        let partition = storage
+            .open_partition("mixed", 0, LogConfig::default())
+            .expect("the default policy applied");
+        let info = partition
+            .append(bytes(make_batch(1, 1, 100, 0)), Ack::Durable, 0)
+            .await
+            .expect("durable append");
+        assert_eq!(info.base_offset, 1);
+        assert_eq!(partition.high_watermark(), 2);
+        // No shutdown: the runtime ends with the storage as it is, then the power goes.
+    });
+    plan.lose_power(0).expect("power loss");
+    tokio_uring::start(async {
+        let storage = ShardStorage::open(storage_config(dir.path(), true)).expect("restart");
+        let partition = storage
+            .open_partition("mixed", 0, LogConfig::default())
+            .expect("reopen");
+        assert_eq!(
+            read_all(&partition, 0).await.len(),
+            2,
+            "both batches below the acknowledged durable one survive"
+        );
+    });
+}
+
 fn failed_sync_poisons_until_the_process_restarts(dsync: bool, operation: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     tokio_uring::start(async {

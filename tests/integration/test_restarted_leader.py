@@ -106,9 +106,12 @@ def test_a_restarted_leader_never_serves_its_uncommitted_tail(nodes):
     with RawConn(nodes[1].bootstrap) as conn:
         wait_until(lambda: leader_epochs_v7(conn, topic).get(partition, (-1, 0))[1] >= 1,
                    SETTLE_S, interval_s=0.2, what="a new leader epoch after node 2 re-registered")
-    opened = re.sub(r"\x1b\[[0-9;]*m", "", nodes[2].log_text())
-    assert ("opened below the log end at the checkpointed high watermark partition="
-            f"{topic}-{partition} high_watermark=20 log_end_offset=30") in opened
+    # Node 2 opens the partition when it learns it is a replica again, which may come after
+    # the new epoch is visible on node 1: wait for the line rather than read the log once.
+    line = ("opened below the log end at the checkpointed high watermark partition="
+            f"{topic}-{partition} high_watermark=20 log_end_offset=30")
+    wait_until(lambda: line in re.sub(r"\x1b\[[0-9;]*m", "", nodes[2].log_text()),
+               SETTLE_S, interval_s=0.2, what="node 2 reopening the partition at its checkpoint")
     for _ in range(15):
         for n in (1, 2):
             answer = fetched(nodes[n], topic, partition)
