@@ -644,13 +644,9 @@ impl ShardStorage {
         let honoured = enabled
             && self.0.direct_io
             && match shard::dsync_filesystem(dir) {
-                Ok(Ok(_)) => true,
-                Ok(Err(filesystem)) => {
-                    tracing::warn!(dir = %dir.display(), %filesystem, "RWF_DSYNC is not known to be durable on this filesystem; log.flush.write.dsync falls back to write + fdatasync");
-                    false
-                }
-                Err(error) => {
-                    tracing::warn!(dir = %dir.display(), %error, "cannot tell the filesystem; log.flush.write.dsync falls back to write + fdatasync");
+                Ok(_) => true,
+                Err(why) => {
+                    tracing::warn!(dir = %dir.display(), %why, "RWF_DSYNC is not known to be durable on this filesystem; log.flush.write.dsync falls back to write + fdatasync");
                     false
                 }
             };

@@ -185,23 +185,22 @@ fn io_error(context: String) -> impl FnOnce(io::Error) -> StorageError {
 const DSYNC_FILESYSTEMS: [(u32, &str); 2] = [(0xEF53, "ext4"), (0x5846_5342, "xfs")];
 
 /// The name of `dir`'s filesystem when it is one that honours RWF_DSYNC on O_DIRECT writes,
-/// else None (with what it is, for the log line).
-pub(crate) fn dsync_filesystem(dir: &Path) -> io::Result<Result<&'static str, String>> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the data directory"))?;
-    // SAFETY: statfs writes only into `stat`; `path` is a valid C string.
+/// else why not (for the log line).
+pub(crate) fn dsync_filesystem(dir: &Path) -> Result<&'static str, String> {
+    use std::os::fd::AsRawFd;
+    let opened = File::open(dir).map_err(|error| format!("opening the directory: {error}"))?;
+    // SAFETY: fstatfs writes only into `stat`; the descriptor is open.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
-        return Err(io::Error::last_os_error());
+    if unsafe { libc::fstatfs(opened.as_raw_fd(), &mut stat) } != 0 {
+        return Err(format!("fstatfs: {}", io::Error::last_os_error()));
     }
     // f_type's width differs between architectures; the magic numbers fit in 32 bits.
     let magic = stat.f_type as u32;
-    Ok(DSYNC_FILESYSTEMS
+    DSYNC_FILESYSTEMS
         .iter()
         .find(|(known, _)| *known == magic)
         .map(|(_, name)| *name)
-        .ok_or_else(|| format!("filesystem magic {magic:#x}")))
+        .ok_or_else(|| format!("filesystem magic {magic:#x}"))
 }
 
 fn probe_direct_io(dir: &Path) -> io::Result<bool> {
