@@ -146,7 +146,9 @@ def test_compressed_batches_are_cleaned_and_checked_for_keys(broker_factory, cod
             newest[delivered.key] = (delivered.offset, delivered.value)
     refused = produce_confluent(broker.bootstrap, topic,
                                 [(b"has-key", b"a"), (None, b"no key")], partition=0,
-                                allow_errors=True, **{"retries": 0, **conf})
+                                allow_errors=True,
+                                # One batch: with linger.ms 0 the keyed record may leave alone.
+                                **{**conf, "retries": 0, "linger.ms": 500})
     assert all(r.error is not None and r.error.code() == ERR_INVALID_RECORD for r in refused), \
         refused
 
