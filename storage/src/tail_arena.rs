@@ -23,6 +23,8 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::stream_copy::extend_streaming;
+
 /// Largest chunk: big enough that a chunk holds many 256 KiB batches and spans whole 2 MiB huge
 /// pages; small enough that one pinned batch pins little.
 const CHUNK_MAX_BYTES: usize = 8 << 20;
@@ -103,7 +105,7 @@ impl TailArena {
                 "every batch is split off as it is written"
             );
             chunk.extend_from_slice(header);
-            chunk.extend_from_slice(rest);
+            extend_streaming(chunk, rest);
             self.chunked_batches += 1;
             let view = chunk.split_to(len).freeze();
             debug_assert_eq!(view.len(), len);
@@ -115,10 +117,10 @@ impl TailArena {
             }
         }
         self.own_batches += 1;
-        let mut data = Vec::with_capacity(len);
+        let mut data = BytesMut::with_capacity(len);
         data.extend_from_slice(header);
-        data.extend_from_slice(rest);
-        Some((Bytes::from(data), Placement::Own))
+        extend_streaming(&mut data, rest);
+        Some((data.freeze(), Placement::Own))
     }
 
     /// Makes the current chunk able to take `len` more bytes without reallocating: keeps it, or

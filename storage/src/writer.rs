@@ -60,6 +60,7 @@ use crate::log::PartitionShared;
 use crate::segment::Segment;
 use crate::shard::ShardShared;
 use crate::stamped::Stamped;
+use crate::stream_copy::copy_streaming;
 use crate::{Ack, AppendError, AppendInfo, FlushStats, Poisoned};
 
 /// Who waits for an append and for what.
@@ -1012,7 +1013,7 @@ fn start_flush<B: IoBackend>(
         destination[..group.head_bytes].copy_from_slice(&state.tail_block[..group.head_bytes]);
         let mut at = group.head_bytes;
         for piece in &group.pieces {
-            destination[at..at + piece.len()].copy_from_slice(piece);
+            copy_streaming(&mut destination[at..at + piece.len()], piece);
             at += piece.len();
         }
         destination[at..].fill(0);
