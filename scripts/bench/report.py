@@ -798,7 +798,9 @@ def shortfalls(rows, target, meta, disk_limit, net_limit, storage):
                " batch never pins a request buffer), and in O_DIRECT mode each group commit copies the"
                " batches once more into the aligned registered staging buffer; buffered mode writes"
                " them with writev. Two memcpys per batch in O_DIRECT mode (one above the floor issue"
-               " 17 names: receive copy, CRC32C, one staging copy), none per record.")
+               " 17 names: receive copy, CRC32C, one staging copy), none per record; both copy with"
+               " streaming (non-temporal) stores above 4 KiB, which write cold memory at about twice"
+               " the rate of a plain memcpy (storage/src/stream_copy.rs).")
     if meta.get("runs", 0) < 3:
         out.append("This was a short run (fewer than 3 runs per figure); the 2-core VM is shared and noisy,"
                    " so single figures can be off by tens of percent.")

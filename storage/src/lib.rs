@@ -60,7 +60,7 @@ pub mod ring;
 mod segment;
 mod shard;
 mod stamped;
-mod stream_copy;
+pub mod stream_copy;
 mod swap;
 mod tail_arena;
 mod tail_cache;

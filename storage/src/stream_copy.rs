@@ -18,12 +18,12 @@
 use bytes::BytesMut;
 
 /// Copies shorter than this use `copy_from_slice`.
-pub(crate) const STREAM_COPY_MIN_BYTES: usize = 4096;
+pub const STREAM_COPY_MIN_BYTES: usize = 4096;
 
 /// `dst.copy_from_slice(src)`, with streaming stores for large copies.
 ///
 /// Panics when the lengths differ, as `copy_from_slice` does (a caller bug, never input).
-pub(crate) fn copy_streaming(dst: &mut [u8], src: &[u8]) {
+pub fn copy_streaming(dst: &mut [u8], src: &[u8]) {
     assert_eq!(dst.len(), src.len(), "streaming copy of unequal lengths");
     if src.len() < STREAM_COPY_MIN_BYTES {
         dst.copy_from_slice(src);
@@ -33,7 +33,7 @@ pub(crate) fn copy_streaming(dst: &mut [u8], src: &[u8]) {
 }
 
 /// `buf.extend_from_slice(src)`, with streaming stores for large copies.
-pub(crate) fn extend_streaming(buf: &mut BytesMut, src: &[u8]) {
+pub fn extend_streaming(buf: &mut BytesMut, src: &[u8]) {
     if src.len() < STREAM_COPY_MIN_BYTES {
         buf.extend_from_slice(src);
         return;
