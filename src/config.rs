@@ -130,7 +130,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "log.flush.interval.ms", default: "", doc: "Like log.flush.interval.messages, by time (topic: flush.ms)." },
     Setting { name: "log.message.timestamp.type", default: "CreateTime", doc: "CreateTime or LogAppendTime (topic: message.timestamp.type)." },
     Setting { name: "log.direct.io", default: "true", doc: "O_DIRECT appends from registered buffers; false = buffered writes." },
-    Setting { name: "log.tail.cache.bytes", default: "", doc: "Recent bytes per shard served to consumers from memory, so that consumers that fall seconds behind read memory, not the disk (appends are O_DIRECT: the page cache does not hold them). Empty = half the memory the broker may use (the machine's or its cgroup's limit, whichever is lower) split evenly over the shards, 64 MiB per shard when neither is known; memory is taken only as records arrive, and kept for reuse once taken (a fresh broker pays each new page's first touch, a fault and a zeroing, until the cache has filled once: on a VM whose host takes back free guest memory that cost several times the steady CPU per GB produced; /metrics sluice_tail_cache_chunk_bytes against sluice_tail_cache_budget_bytes shows how far it is). Set it lower when other processes share the machine (several brokers on one host)." },
+    Setting { name: "log.tail.cache.bytes", default: "", doc: "Recent bytes per shard served to consumers from memory, so that consumers that fall seconds behind read memory, not the disk (appends are O_DIRECT: the page cache does not hold them). Empty = half the memory the broker may use (the machine's or its cgroup's limit, whichever is lower) split evenly over the shards, 64 MiB per shard when neither is known; memory is taken only as records arrive, and kept for reuse once taken until the machine runs short (log.tail.cache.memory.reserve.bytes) (a fresh broker pays each new page's first touch, a fault and a zeroing, until the cache has filled once: on a VM whose host takes back free guest memory that cost several times the steady CPU per GB produced; /metrics sluice_tail_cache_chunk_bytes against sluice_tail_cache_budget_bytes shows how far it is). Set it lower when other processes share the machine (several brokers on one host)." },
+    Setting { name: "log.tail.cache.memory.reserve.bytes", default: "", doc: "Memory the tail cache leaves to the rest of the machine: when what the broker could still take (the machine's MemAvailable, or its control group's limit less the group's use apart from page cache, the smaller) falls below this, every shard evicts its oldest cached batches and gives the chunks back to the kernel, its share of the shortfall per check, down to nothing if need be (readers of evicted batches go to the segment files); once more than 1.5 times this is available again, the limit rises by the surplus until it is gone. The cache's memory, unlike Kafka's page cache, is not reclaimable by the kernel: without this, other processes on the machine could only get memory by the OOM killer. Empty = a tenth of the memory the broker may use (0 when that is unknown); 0 = never give memory back. No Kafka equivalent." },
+    Setting { name: "log.tail.cache.memory.check.interval.ms", default: "1000", doc: "How often each shard compares the memory still available with log.tail.cache.memory.reserve.bytes (a read of /proc/meminfo and the control group's files). 0 = never. No Kafka equivalent." },
     Setting { name: "fetch.response.cache.bytes.max", default: "", doc: "Tail-cache bytes per shard that Fetch responses not yet written may hold (a response keeps its batches alive after the cache evicts them, for as long as its client does not read it). A Fetch whose cached range does not fit is served from the segment file instead (spliced, or copied through the connection's buffer), which holds no memory; /metrics counts those reads (fetch_cache_budget_file_reads). Empty = log.tail.cache.bytes, at most 256 MiB; 0 = tail data always goes from the files. No Kafka equivalent." },
     Setting { name: "log.flush.batch.bytes", default: "16777216", doc: "Upper bound of one group commit write." },
     Setting { name: "io.uring.entries", default: "1024", doc: "Submission queue size of each shard's storage ring." },
@@ -558,6 +560,11 @@ pub struct BrokerConfig {
     pub direct_io: bool,
     /// Tail cache bytes per shard.
     pub tail_cache_bytes: usize,
+    /// `log.tail.cache.memory.reserve.bytes`: memory the tail caches leave to the rest of the
+    /// machine (0: never give memory back).
+    pub tail_cache_memory_reserve_bytes: u64,
+    /// `log.tail.cache.memory.check.interval.ms` (0: never).
+    pub tail_cache_memory_check_interval_ms: u64,
     /// `fetch.response.cache.bytes.max`: tail-cache bytes per shard that responses not yet
     /// written may hold (`log.tail.cache.bytes` when not set).
     pub response_cache_bytes_max: usize,
@@ -653,6 +660,9 @@ impl BrokerConfig {
             });
         let response_cache_bytes_max: Option<usize> =
             c.optional_int("fetch.response.cache.bytes.max", 0..=i64::MAX);
+        let tail_cache_memory_reserve_bytes: u64 = c
+            .optional_int("log.tail.cache.memory.reserve.bytes", 0..=i64::MAX)
+            .unwrap_or_else(|| crate::memory_limit::limit_bytes().map_or(0, |bytes| bytes / 10));
         let per_ip_max: usize = c.int("max.connections.per.ip", 0..=INT_MAX);
         let connections_per_ip =
             c.per_ip_limits("max.connections.per.ip.overrides", per_ip_max, 0..=INT_MAX);
@@ -723,6 +733,9 @@ impl BrokerConfig {
             },
             direct_io: c.boolean("log.direct.io"),
             tail_cache_bytes,
+            tail_cache_memory_reserve_bytes,
+            tail_cache_memory_check_interval_ms: c
+                .int("log.tail.cache.memory.check.interval.ms", 0..=i64::MAX),
             response_cache_bytes_max: response_cache_bytes_max
                 .unwrap_or(tail_cache_bytes.min(RESPONSE_CACHE_DEFAULT_MAX_BYTES)),
             group_commit_bytes_max: c.int("log.flush.batch.bytes", 1..=INT_MAX),
@@ -1081,6 +1094,21 @@ mod tests {
         let expected =
             crate::memory_limit::limit_bytes().map_or(64 << 20, |bytes| (bytes / 2 / 3) as usize);
         assert_eq!(config.tail_cache_bytes, expected);
+        assert_eq!(
+            config.tail_cache_memory_reserve_bytes,
+            crate::memory_limit::limit_bytes().map_or(0, |bytes| bytes / 10),
+            "a tenth of the memory is left to the rest of the machine"
+        );
+        assert_eq!(config.tail_cache_memory_check_interval_ms, 1000);
+        let overrides = vec![
+            "log.tail.cache.memory.reserve.bytes=0".to_string(),
+            "log.tail.cache.memory.check.interval.ms=250".to_string(),
+        ];
+        let config = load(None, &overrides, &[]).unwrap();
+        assert_eq!(config.tail_cache_memory_reserve_bytes, 0);
+        assert_eq!(config.tail_cache_memory_check_interval_ms, 250);
+        let overrides = vec!["log.tail.cache.memory.reserve.bytes=-1".to_string()];
+        assert!(load(None, &overrides, &[]).is_err(), "negative refused");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod security;
 pub mod server;
 pub mod shard;
+pub mod tail_cache_memory;
 pub mod txn;
 pub mod users_cli;
 pub mod zero_copy;

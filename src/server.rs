@@ -303,6 +303,9 @@ fn collector(
         // touch until the cache has filled once.
         merged.set_process_value("tail_cache_budget_bytes", tail_cache_budget_bytes);
         merged.set_process_value("tail_cache_uncached_batches", tail_cache.uncached_batches);
+        // The batch bytes the caches may hold now: the budget, or less while their memory is
+        // limited because the machine runs short (log.tail.cache.memory.reserve.bytes).
+        merged.set_process_value("tail_cache_limit_bytes", tail_cache.limit_bytes as u64);
         for (name, value) in [
             ("cleaner_bytes_read", cleaner_bytes_read),
             ("cleaner_bytes_written", cleaner_bytes_written),
@@ -722,6 +725,11 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
 
     if shard.set.count() > 1 {
         runtime::spawn(crate::security::quota::exchange::run(shard.clone()));
+    }
+
+    if config.tail_cache_memory_reserve_bytes > 0 && config.tail_cache_memory_check_interval_ms > 0
+    {
+        runtime::spawn(crate::tail_cache_memory::run(shard.clone()));
     }
 
     if config.cleaner_enable {

@@ -104,6 +104,9 @@ pub struct TailCacheStats {
     pub chunk_bytes: usize,
     /// Batches not cached since start for want of memory under the arena's cap.
     pub uncached_batches: u64,
+    /// Batch bytes the cache may hold now: the budget, or less while its memory is limited
+    /// ([`ShardStorage::limit_tail_cache_memory`]).
+    pub limit_bytes: usize,
 }
 
 impl std::ops::AddAssign for TailCacheStats {
@@ -111,6 +114,7 @@ impl std::ops::AddAssign for TailCacheStats {
         self.held_bytes += other.held_bytes;
         self.chunk_bytes += other.chunk_bytes;
         self.uncached_batches += other.uncached_batches;
+        self.limit_bytes = self.limit_bytes.saturating_add(other.limit_bytes);
     }
 }
 
@@ -692,7 +696,24 @@ impl ShardStorage {
             held_bytes: cache.used_bytes(),
             chunk_bytes: cache.chunk_memory_bytes(),
             uncached_batches: cache.uncached_batches(),
+            limit_bytes: cache.effective_budget_bytes(),
         }
+    }
+
+    /// Limits the tail cache's memory (arena chunks and batches in allocations of their own)
+    /// to `memory_bytes`, or lifts the limit when that is at least what `log.tail.cache.bytes`
+    /// takes: evicts the oldest batches down to what fits and gives the freed chunks back to
+    /// the allocator now (those held by responses not yet written, when they come free).
+    /// Readers of evicted batches go to the segment files. Memory is taken again only as
+    /// records arrive.
+    pub fn limit_tail_cache_memory(&self, memory_bytes: usize) {
+        self.0.tail_cache.borrow_mut().limit_memory(memory_bytes);
+    }
+
+    /// The memory `log.tail.cache.bytes` lets the tail cache take (its batches, a quarter
+    /// more for the chunks' unused ends, one chunk): a limit at or above it limits nothing.
+    pub fn tail_cache_memory_cap_bytes(&self) -> usize {
+        self.0.tail_cache.borrow().memory_cap_bytes()
     }
 
     /// Reads served from the segment files because the response budget was spent.

@@ -9,7 +9,8 @@
 //! made, nothing more.
 //!
 //! Owns: the chunk being filled, the retired chunks in fill order, and the cap on how many
-//! chunks exist. A cached batch is a `Bytes` view into its chunk; a chunk is reused only when
+//! chunks exist (lowered while memory is limited: free chunks over it go back to the
+//! allocator, held ones when they come free). A cached batch is a `Bytes` view into its chunk; a chunk is reused only when
 //! every view into it is gone (the cache evicted its batches and no response holds one), which
 //! `BytesMut::try_reclaim` checks without allocating. A batch too large for a chunk, or one that
 //! finds no chunk free with the cap reached, gets an allocation of its own, and chunks plus the
@@ -40,9 +41,13 @@ const RECLAIM_SCAN_MAX: usize = 4;
 #[derive(Debug)]
 pub(crate) struct TailArena {
     chunk_bytes: usize,
+    /// Chunks that may exist now: `configured_max_chunks`, or fewer while memory is limited.
     max_chunks: usize,
-    /// What chunks and the cache's own-allocated batches may take together.
+    /// What chunks and the cache's own-allocated batches may take together now.
     memory_cap_bytes: usize,
+    /// `max_chunks` and `memory_cap_bytes` as sized from the budget (the most they return to).
+    configured_max_chunks: usize,
+    configured_cap_bytes: usize,
     /// Chunks in existence (current and retired, reclaimable or not).
     chunks: usize,
     current: Option<BytesMut>,
@@ -76,6 +81,8 @@ impl TailArena {
             chunk_bytes,
             max_chunks,
             memory_cap_bytes,
+            configured_max_chunks: max_chunks,
+            configured_cap_bytes: memory_cap_bytes,
             chunks: 0,
             current: None,
             retired: VecDeque::new(),
@@ -136,9 +143,14 @@ impl TailArena {
         if let Some(full) = self.current.take() {
             self.retired.push_back(full);
         }
-        if let Some(chunk) = self.take_free_chunk() {
-            self.current = Some(chunk);
-            return true;
+        // Over the cap (memory was limited while chunks were held): a free chunk goes back to
+        // the allocator instead of being reused.
+        while self.chunks > self.max_chunks && self.release_free_chunk() {}
+        if self.chunks <= self.max_chunks {
+            if let Some(chunk) = self.take_free_chunk() {
+                self.current = Some(chunk);
+                return true;
+            }
         }
         if self.chunks < self.max_chunks {
             self.chunks += 1;
@@ -177,6 +189,54 @@ impl TailArena {
     /// Bytes of chunk memory in existence.
     pub(crate) fn chunk_memory_bytes(&self) -> usize {
         self.chunks * self.chunk_bytes
+    }
+
+    /// The cap the budget gives: a memory limit at or above it limits nothing.
+    pub(crate) fn configured_cap_bytes(&self) -> usize {
+        self.configured_cap_bytes
+    }
+
+    /// Caps chunks and own allocations together at `memory_bytes` (never above the cap the
+    /// budget gave) and gives every free chunk over the new cap back to the allocator now (an
+    /// 8 MiB chunk is a mapping of its own: the kernel gets the memory back) once the caller
+    /// has evicted and calls [`TailArena::release_chunks_over_cap`]. Chunks still held by
+    /// responses go when they come free. Returns the batch bytes that fit under the cap (a
+    /// quarter of a chunked cache's memory is the chunks' unused ends), or `usize::MAX` when
+    /// the cap is back where the budget put it.
+    pub(crate) fn limit_memory(&mut self, memory_bytes: usize) -> usize {
+        if self.configured_max_chunks == 0 {
+            self.memory_cap_bytes = memory_bytes.min(self.configured_cap_bytes);
+            if self.memory_cap_bytes == self.configured_cap_bytes {
+                return usize::MAX;
+            }
+            return self.memory_cap_bytes;
+        }
+        self.max_chunks = (memory_bytes / self.chunk_bytes).min(self.configured_max_chunks);
+        self.memory_cap_bytes = self.max_chunks * self.chunk_bytes;
+        if self.max_chunks == self.configured_max_chunks {
+            return usize::MAX;
+        }
+        self.memory_cap_bytes / 5 * 4
+    }
+
+    /// Drops free chunks until no more than `max_chunks` exist (the one being filled too, if
+    /// nothing holds it); scans every retired chunk once (this runs on a limit change, not on
+    /// the append path).
+    pub(crate) fn release_chunks_over_cap(&mut self) {
+        if self.chunks > self.max_chunks {
+            if let Some(current) = self.current.take() {
+                self.retired.push_front(current);
+            }
+        }
+        let mut kept = VecDeque::with_capacity(self.retired.len());
+        while let Some(mut chunk) = self.retired.pop_front() {
+            if self.chunks > self.max_chunks && chunk.try_reclaim(self.chunk_bytes) {
+                self.chunks -= 1;
+                continue;
+            }
+            kept.push_back(chunk);
+        }
+        self.retired = kept;
     }
 }
 
@@ -365,5 +425,61 @@ mod tests {
             "over the budget"
         );
         assert_eq!(tiny.chunk_memory_bytes(), 0);
+    }
+
+    #[test]
+    fn a_memory_limit_gives_free_chunks_back_and_held_ones_when_they_come_free() {
+        let mut arena = TailArena::new(BUDGET);
+        let quarter = CHUNK_MIN_BYTES / 4;
+        let views: Vec<Bytes> = (0..8 * 4)
+            .map(|_| chunk(&mut arena, &[], &vec![5; quarter]))
+            .collect();
+        assert_eq!(arena.chunk_memory_bytes(), 8 * CHUNK_MIN_BYTES);
+        // One view of the oldest chunk is still held (a response not yet written).
+        let held = views[0].clone();
+        drop(views);
+        assert_eq!(
+            arena.limit_memory(2 * CHUNK_MIN_BYTES),
+            2 * CHUNK_MIN_BYTES / 5 * 4
+        );
+        arena.release_chunks_over_cap();
+        assert_eq!(
+            arena.chunk_memory_bytes(),
+            2 * CHUNK_MIN_BYTES,
+            "free chunks over the cap went back"
+        );
+        assert_eq!(arena.limit_memory(0), 0);
+        arena.release_chunks_over_cap();
+        assert_eq!(
+            arena.chunk_memory_bytes(),
+            CHUNK_MIN_BYTES,
+            "every free chunk went back; the held one stays until it comes free"
+        );
+        assert!(
+            held.iter().all(|&byte| byte == 5),
+            "a held view never changes"
+        );
+        drop(held);
+        assert!(
+            arena.copy(&[], &[6; 100], 0).is_none(),
+            "no memory may be taken"
+        );
+        assert_eq!(
+            arena.chunk_memory_bytes(),
+            0,
+            "the refill gave the free chunk back"
+        );
+        // Limited to two chunks, the arena takes memory again up to them and no further.
+        arena.limit_memory(2 * CHUNK_MIN_BYTES);
+        let _limited: Vec<Bytes> = (0..4 * 4)
+            .filter_map(|_| arena.copy(&[], &vec![7; quarter], 0).map(|(view, _)| view))
+            .collect();
+        assert_eq!(arena.chunk_memory_bytes(), 2 * CHUNK_MIN_BYTES);
+        // Lifting the limit lets chunks be made again, up to the budget's cap.
+        assert_eq!(arena.limit_memory(usize::MAX), usize::MAX);
+        let _more: Vec<Bytes> = (0..12 * 4)
+            .map(|_| chunk(&mut arena, &[], &vec![8; quarter]))
+            .collect();
+        assert!(arena.chunk_memory_bytes() >= 12 * CHUNK_MIN_BYTES);
     }
 }

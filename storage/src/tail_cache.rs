@@ -2,9 +2,11 @@
 //! partition on the shard, kept in memory so consumers that keep up are served without
 //! touching the disk.
 //!
-//! Owns the shard-wide byte budget and the eviction order (oldest insertion first, across
-//! partitions). Must never hand out a batch at or above the high watermark (the caller passes
-//! it) nor hold more than its budget.
+//! Owns the shard-wide byte budget, the limit that cuts it while the machine runs short of
+//! memory (`limit_memory`, set by the broker from `log.tail.cache.memory.reserve.bytes`), and
+//! the eviction order (oldest insertion first, across partitions). Must never hand out a batch
+//! at or above the high watermark (the caller passes it) nor hold more than its budget or,
+//! once a limit has evicted down to it, its limit.
 //!
 //! Memory: each cached batch is copied (stamped header and rest, contiguous) into memory the
 //! cache owns: a chunk of its arena (`crate::tail_arena`), which it reuses once the batches
@@ -101,6 +103,9 @@ impl PartitionTail {
 #[derive(Debug)]
 pub(crate) struct TailCache {
     budget_bytes: usize,
+    /// What the budget is cut to while memory is limited ([`TailCache::limit_memory`]); at
+    /// least `budget_bytes` otherwise.
+    limit_bytes: usize,
     used_bytes: usize,
     /// (partition, insertion number) of every batch inserted, oldest first; an entry whose
     /// batch already left (truncated, dropped) is skipped when reached.
@@ -117,6 +122,7 @@ impl TailCache {
     pub(crate) fn new(budget_bytes: usize) -> TailCache {
         TailCache {
             budget_bytes,
+            limit_bytes: budget_bytes,
             used_bytes: 0,
             order: VecDeque::new(),
             arena: TailArena::new(budget_bytes),
@@ -139,7 +145,7 @@ impl TailCache {
         rest: &[u8],
     ) {
         let len = header.len() + rest.len();
-        if len > self.budget_bytes {
+        if len > self.effective_budget_bytes() {
             // Too big to cache; readers go to the file, and what is cached must stay contiguous.
             self.remove_all(tail);
             return;
@@ -173,12 +179,27 @@ impl TailCache {
         if placement == Placement::Own {
             self.own_bytes += len;
         }
-        debug_assert!(self.used_bytes <= self.budget_bytes);
+        debug_assert!(self.used_bytes <= self.effective_budget_bytes());
+    }
+
+    /// The batch bytes the cache may hold now.
+    pub(crate) fn effective_budget_bytes(&self) -> usize {
+        self.budget_bytes.min(self.limit_bytes)
+    }
+
+    /// Limits the cache's memory (chunks and own allocations) to `memory_bytes`, or lifts the
+    /// limit when that is at least what the budget takes: evicts the oldest batches down to
+    /// what fits and gives free chunks over the limit back to the allocator. Chunks held by
+    /// responses not yet written go back when they come free.
+    pub(crate) fn limit_memory(&mut self, memory_bytes: usize) {
+        self.limit_bytes = self.arena.limit_memory(memory_bytes);
+        self.evict_to_fit(0);
+        self.arena.release_chunks_over_cap();
     }
 
     /// Evicts the shard's oldest batches until `len` more bytes fit the budget.
     fn evict_to_fit(&mut self, len: usize) {
-        while self.used_bytes + len > self.budget_bytes {
+        while self.used_bytes + len > self.effective_budget_bytes() {
             let Some((weak, sequence)) = self.order.pop_front() else {
                 break;
             };
@@ -255,6 +276,11 @@ impl TailCache {
         self.arena.chunk_memory_bytes()
     }
 
+    /// The memory the budget lets the cache take: a limit at or above it limits nothing.
+    pub(crate) fn memory_cap_bytes(&self) -> usize {
+        self.arena.configured_cap_bytes()
+    }
+
     /// Batches not cached for want of memory under the arena's cap, since start.
     pub(crate) fn uncached_batches(&self) -> u64 {
         self.uncached_batches
@@ -298,5 +324,46 @@ mod tests {
         assert_eq!(cache.used_bytes(), 200);
         let (chunks, total) = b.borrow().read(0, 10, 50, true).expect("min one batch");
         assert_eq!((chunks.len(), total), (1, 100));
+    }
+
+    #[test]
+    fn a_memory_limit_evicts_oldest_first_and_lifting_it_restores_the_budget() {
+        let budget = 64 * 256 * 1024;
+        let mut cache = TailCache::new(budget);
+        let tail = Rc::new(RefCell::new(PartitionTail::default()));
+        let rest = vec![9u8; 64 * 1024 - 61];
+        let header = vec![1u8; 61];
+        for offset in 0..400 {
+            cache.insert(&tail, offset, offset, &header, &rest);
+        }
+        let full_memory = cache.chunk_memory_bytes();
+        assert!(full_memory >= budget, "the cache filled its budget");
+        cache.limit_memory(full_memory / 4);
+        assert!(cache.chunk_memory_bytes() <= full_memory / 4);
+        assert!(cache.used_bytes() <= cache.effective_budget_bytes());
+        assert!(cache.effective_budget_bytes() <= full_memory / 4 / 5 * 4);
+        assert!(
+            tail.borrow().read(0, 400, u32::MAX, true).is_none(),
+            "the oldest batches went first"
+        );
+        let (newest, _) = tail
+            .borrow()
+            .read(399, 400, u32::MAX, true)
+            .expect("newest kept");
+        assert_eq!(newest.concat(), [header.clone(), rest.clone()].concat());
+        // While limited, new batches still come in, under the limit.
+        for offset in 400..500 {
+            cache.insert(&tail, offset, offset, &header, &rest);
+        }
+        assert!(cache.chunk_memory_bytes() <= full_memory / 4);
+        cache.limit_memory(usize::MAX);
+        assert_eq!(cache.effective_budget_bytes(), budget);
+        for offset in 500..900 {
+            cache.insert(&tail, offset, offset, &header, &rest);
+        }
+        assert!(
+            cache.used_bytes() > budget / 2,
+            "the whole budget is usable again"
+        );
     }
 }
