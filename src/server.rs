@@ -86,6 +86,9 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
     );
     let store = Arc::new(MetadataStore::new(snapshot));
     let (set, inboxes) = ShardSet::new(config.shards, config.inbox_jobs_max);
+    // Gives tail-cache memory back when the machine runs short (its own thread: the shards
+    // make no blocking reads, not even of /proc).
+    let _memory_watcher = crate::tail_cache_memory::start(set.clone(), &config);
     let connections_per_ip = Arc::new(ConnectionsPerIp::default());
     let offline = Arc::new(crate::offline::OfflinePartitions::default());
     let _admin = match config.admin_listen {
@@ -725,11 +728,6 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
 
     if shard.set.count() > 1 {
         runtime::spawn(crate::security::quota::exchange::run(shard.clone()));
-    }
-
-    if config.tail_cache_memory_reserve_bytes > 0 && config.tail_cache_memory_check_interval_ms > 0
-    {
-        runtime::spawn(crate::tail_cache_memory::run(shard.clone()));
     }
 
     if config.cleaner_enable {

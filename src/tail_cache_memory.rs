@@ -7,19 +7,24 @@
 //! on the machine (a Connect worker, a Streams application, a second broker) could only get
 //! memory through the OOM killer, which picks the largest process: the broker.
 //!
-//! Owns one shard's limit on its tail cache's memory: every check interval it reads what the
-//! broker could still take ([`crate::memory_limit::available_bytes`]) and, below the reserve,
-//! cuts its cache by its share of the shortfall; above 1.5 times the reserve, raises the limit
-//! by its share of the surplus until the limit no longer binds. Must never: block the shard
-//! (it reads a few small files under /proc and /sys), take memory itself (it only lowers or
-//! raises a cap; memory is taken again as records arrive), or raise the limit while what is
-//! available lies between the reserve and 1.5 times it (the band keeps the limit from flapping
-//! as the cache refills).
+//! Owns the watcher thread (`sluice-memory`) and the rule each shard applies. Every check
+//! interval the watcher reads what the broker could still take
+//! ([`crate::memory_limit::available_bytes`]: files under /proc and /sys, read off the shard
+//! threads, which never make blocking reads) and sends every shard the figure; the shard cuts
+//! its cache by its share of the shortfall below the reserve, or, above 1.5 times the reserve,
+//! raises its limit by its share of the surplus until the limit no longer binds. Must never:
+//! take memory itself (it only lowers or raises a cap; memory is taken again as records
+//! arrive), or raise a limit while what is available lies between the reserve and 1.5 times
+//! it (the band keeps the limit from flapping as the cache refills).
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crate::shard::Shard;
+use crate::config::BrokerConfig;
+use crate::shard::{Shard, ShardSet};
 
 /// One shard's tail-cache memory limit after a check: `None` is no limit.
 ///
@@ -51,54 +56,107 @@ pub fn next_limit(
     }
 }
 
-/// Runs the checks for `shard` until the process ends (spawned only when both settings are
-/// non-zero).
-pub async fn run(shard: Rc<Shard>) {
-    let reserve_bytes = shard.config.tail_cache_memory_reserve_bytes;
-    let period = Duration::from_millis(shard.config.tail_cache_memory_check_interval_ms.max(1));
-    // At or above this the cache's budget binds before the limit does.
-    let unlimited_from_bytes = shard.storage.tail_cache_memory_cap_bytes() as u64;
-    let shards = shard.set.count() as u64;
-    let mut limit_bytes: Option<u64> = None;
-    loop {
-        tokio::time::sleep(period).await;
-        let Some(available_bytes) = crate::memory_limit::available_bytes() else {
-            continue;
-        };
-        let held_bytes = shard.storage.tail_cache_stats().chunk_bytes as u64;
-        let next = next_limit(
+/// The watcher thread; stops (and is joined) when dropped.
+pub struct Watcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts the watcher when `log.tail.cache.memory.reserve.bytes` and
+/// `log.tail.cache.memory.check.interval.ms` are both non-zero.
+pub fn start(set: Arc<ShardSet>, config: &BrokerConfig) -> Option<Watcher> {
+    let reserve_bytes = config.tail_cache_memory_reserve_bytes;
+    let interval = Duration::from_millis(config.tail_cache_memory_check_interval_ms);
+    if reserve_bytes == 0 || interval.is_zero() {
+        return None;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("sluice-memory".into())
+        .spawn(move || {
+            let mut next = Instant::now() + interval;
+            while !stopping.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100).min(interval));
+                if Instant::now() < next {
+                    continue;
+                }
+                next = Instant::now() + interval;
+                let Some(available_bytes) = crate::memory_limit::available_bytes() else {
+                    continue;
+                };
+                for target in 0..set.count() {
+                    let job = Box::new(move |shard: Rc<Shard>| {
+                        apply(&shard, available_bytes, reserve_bytes);
+                    });
+                    if set.send_from_outside(target, job).is_err() {
+                        // A shard that is gone or too busy to take a job for two seconds:
+                        // the next check tries again.
+                        continue;
+                    }
+                }
+            }
+        });
+    match thread {
+        Ok(thread) => Some(Watcher {
+            stop,
+            thread: Some(thread),
+        }),
+        Err(error) => {
+            tracing::error!(%error, "cannot start the memory watcher thread; the tail cache never gives memory back");
+            None
+        }
+    }
+}
+
+/// One check on `shard`: what the broker could still take is `available_bytes`.
+fn apply(shard: &Shard, available_bytes: u64, reserve_bytes: u64) {
+    let storage = &shard.storage;
+    let limit_bytes = storage
+        .tail_cache_memory_limit_bytes()
+        .map(|bytes| bytes as u64);
+    let held_bytes = storage.tail_cache_stats().chunk_bytes as u64;
+    let next = next_limit(
+        available_bytes,
+        reserve_bytes,
+        shard.set.count() as u64,
+        held_bytes,
+        limit_bytes,
+        storage.tail_cache_memory_cap_bytes() as u64,
+    );
+    if next == limit_bytes && next.is_none() {
+        return;
+    }
+    match (limit_bytes, next) {
+        (None, Some(limit)) => tracing::info!(
+            shard = shard.id,
             available_bytes,
             reserve_bytes,
-            shards,
             held_bytes,
-            limit_bytes,
-            unlimited_from_bytes,
-        );
-        if next == limit_bytes {
-            continue;
-        }
-        match (limit_bytes, next) {
-            (None, Some(limit)) => tracing::info!(
-                shard = shard.id,
-                available_bytes,
-                reserve_bytes,
-                held_bytes,
-                limit_bytes = limit,
-                "available memory below log.tail.cache.memory.reserve.bytes: the tail cache gives memory back"
-            ),
-            (Some(_), None) => tracing::info!(
-                shard = shard.id,
-                available_bytes,
-                "memory available again: the tail cache's memory limit is lifted"
-            ),
-            _ => tracing::debug!(shard = shard.id, available_bytes, limit = ?next, "tail cache memory limit"),
-        }
-        limit_bytes = next;
-        let limit = limit_bytes.map_or(usize::MAX, |bytes| {
-            usize::try_from(bytes).unwrap_or(usize::MAX)
-        });
-        shard.storage.limit_tail_cache_memory(limit);
+            limit_bytes = limit,
+            "available memory below log.tail.cache.memory.reserve.bytes: the tail cache gives memory back"
+        ),
+        (Some(_), None) => tracing::info!(
+            shard = shard.id,
+            available_bytes,
+            "memory available again: the tail cache's memory limit is lifted"
+        ),
+        _ => tracing::debug!(shard = shard.id, available_bytes, limit = ?next, "tail cache memory limit"),
     }
+    // Applied even when unchanged: chunks that responses held at the last check may be free now.
+    let limit = next.map_or(usize::MAX, |bytes| {
+        usize::try_from(bytes).unwrap_or(usize::MAX)
+    });
+    storage.limit_tail_cache_memory(limit);
 }
 
 #[cfg(test)]

@@ -710,6 +710,11 @@ impl ShardStorage {
         self.0.tail_cache.borrow_mut().limit_memory(memory_bytes);
     }
 
+    /// The limit [`ShardStorage::limit_tail_cache_memory`] set, while it limits anything.
+    pub fn tail_cache_memory_limit_bytes(&self) -> Option<usize> {
+        self.0.tail_cache.borrow().memory_limit_bytes()
+    }
+
     /// The memory `log.tail.cache.bytes` lets the tail cache take (its batches, a quarter
     /// more for the chunks' unused ends, one chunk): a limit at or above it limits nothing.
     pub fn tail_cache_memory_cap_bytes(&self) -> usize {

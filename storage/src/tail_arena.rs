@@ -191,6 +191,11 @@ impl TailArena {
         self.chunks * self.chunk_bytes
     }
 
+    /// The cap [`TailArena::limit_memory`] set, while it is below the budget's.
+    pub(crate) fn memory_limit_bytes(&self) -> Option<usize> {
+        (self.memory_cap_bytes < self.configured_cap_bytes).then_some(self.memory_cap_bytes)
+    }
+
     /// The cap the budget gives: a memory limit at or above it limits nothing.
     pub(crate) fn configured_cap_bytes(&self) -> usize {
         self.configured_cap_bytes
@@ -471,12 +476,14 @@ mod tests {
         );
         // Limited to two chunks, the arena takes memory again up to them and no further.
         arena.limit_memory(2 * CHUNK_MIN_BYTES);
+        assert_eq!(arena.memory_limit_bytes(), Some(2 * CHUNK_MIN_BYTES));
         let _limited: Vec<Bytes> = (0..4 * 4)
             .filter_map(|_| arena.copy(&[], &vec![7; quarter], 0).map(|(view, _)| view))
             .collect();
         assert_eq!(arena.chunk_memory_bytes(), 2 * CHUNK_MIN_BYTES);
         // Lifting the limit lets chunks be made again, up to the budget's cap.
         assert_eq!(arena.limit_memory(usize::MAX), usize::MAX);
+        assert_eq!(arena.memory_limit_bytes(), None);
         let _more: Vec<Bytes> = (0..12 * 4)
             .map(|_| chunk(&mut arena, &[], &vec![8; quarter]))
             .collect();

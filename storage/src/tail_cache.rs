@@ -276,6 +276,11 @@ impl TailCache {
         self.arena.chunk_memory_bytes()
     }
 
+    /// The memory limit in force, if one limits anything.
+    pub(crate) fn memory_limit_bytes(&self) -> Option<usize> {
+        self.arena.memory_limit_bytes()
+    }
+
     /// The memory the budget lets the cache take: a limit at or above it limits nothing.
     pub(crate) fn memory_cap_bytes(&self) -> usize {
         self.arena.configured_cap_bytes()
