@@ -18,6 +18,7 @@ pub mod idempotence;
 pub mod memory_limit;
 pub mod metadata;
 pub mod offline;
+pub mod periodic;
 pub mod producer_snapshots;
 pub mod replication;
 pub mod runtime;

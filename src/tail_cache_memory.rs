@@ -18,12 +18,11 @@
 //! it (the band keeps the limit from flapping as the cache refills).
 
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::BrokerConfig;
+use crate::periodic::PeriodicThread;
 use crate::shard::{Shard, ShardSet};
 
 /// One shard's tail-cache memory limit after a check: `None` is no limit.
@@ -56,20 +55,8 @@ pub fn next_limit(
     }
 }
 
-/// The watcher thread; stops (and is joined) when dropped.
-pub struct Watcher {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
+/// The watcher thread; stopped and joined when dropped.
+pub type Watcher = PeriodicThread;
 
 /// Starts the watcher when `log.tail.cache.memory.reserve.bytes` and
 /// `log.tail.cache.memory.check.interval.ms` are both non-zero.
@@ -79,38 +66,21 @@ pub fn start(set: Arc<ShardSet>, config: &BrokerConfig) -> Option<Watcher> {
     if reserve_bytes == 0 || interval.is_zero() {
         return None;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopping = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("sluice-memory".into())
-        .spawn(move || {
-            let mut next = Instant::now() + interval;
-            while !stopping.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100).min(interval));
-                if Instant::now() < next {
-                    continue;
-                }
-                next = Instant::now() + interval;
-                let Some(available_bytes) = crate::memory_limit::available_bytes() else {
-                    continue;
-                };
-                for target in 0..set.count() {
-                    let job = Box::new(move |shard: Rc<Shard>| {
-                        apply(&shard, available_bytes, reserve_bytes);
-                    });
-                    if set.send_from_outside(target, job).is_err() {
-                        // A shard that is gone or too busy to take a job for two seconds:
-                        // the next check tries again.
-                        continue;
-                    }
-                }
-            }
-        });
-    match thread {
-        Ok(thread) => Some(Watcher {
-            stop,
-            thread: Some(thread),
-        }),
+    let check = move || {
+        let Some(available_bytes) = crate::memory_limit::available_bytes() else {
+            return;
+        };
+        for target in 0..set.count() {
+            let job = Box::new(move |shard: Rc<Shard>| {
+                apply(&shard, available_bytes, reserve_bytes);
+            });
+            // A shard that is gone, or too busy to take a job for two seconds, is skipped:
+            // the next check tries again.
+            let _ = set.send_from_outside(target, job);
+        }
+    };
+    match crate::periodic::start("sluice-memory", interval, check) {
+        Ok(thread) => Some(thread),
         Err(error) => {
             tracing::error!(%error, "cannot start the memory watcher thread; the tail cache never gives memory back");
             None

@@ -6,18 +6,14 @@
 //! Owns that thread. Must never run on a shard thread (it reads files) or stop serving because a
 //! reload failed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::TlsAcceptor;
+use crate::periodic::PeriodicThread;
 
 /// The running reload thread; stopped and joined when dropped.
-pub struct Reloader {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
+pub type Reloader = PeriodicThread;
 
 /// Starts polling `acceptors` every `interval`; None when there is nothing to watch or the
 /// interval is zero (reload disabled).
@@ -25,26 +21,11 @@ pub fn start(acceptors: Vec<Arc<TlsAcceptor>>, interval: Duration) -> Option<Rel
     if acceptors.is_empty() || interval.is_zero() {
         return None;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopping = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("sluice-tls-reload".into())
-        .spawn(move || {
-            let mut next = Instant::now() + interval;
-            while !stopping.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100).min(interval));
-                if Instant::now() < next {
-                    continue;
-                }
-                next = Instant::now() + interval;
-                reload_all(&acceptors, false);
-            }
-        });
-    match thread {
-        Ok(thread) => Some(Reloader {
-            stop,
-            thread: Some(thread),
-        }),
+    let reload = move || {
+        reload_all(&acceptors, false);
+    };
+    match crate::periodic::start("sluice-tls-reload", interval, reload) {
+        Ok(thread) => Some(thread),
         Err(error) => {
             tracing::error!(%error, "cannot start the TLS certificate reload thread; certificates are not reloaded");
             None
@@ -74,13 +55,4 @@ pub fn reload_all(acceptors: &[Arc<TlsAcceptor>], force: bool) -> usize {
         }
     }
     reloaded
-}
-
-impl Drop for Reloader {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
