@@ -10,8 +10,8 @@
 //!
 //! Owns: the chunk being filled, the retired chunks in fill order, and the cap on how many
 //! chunks exist (lowered while memory is limited: free chunks over it go back to the
-//! allocator, held ones when they come free). A cached batch is a `Bytes` view into its chunk; a chunk is reused only when
-//! every view into it is gone (the cache evicted its batches and no response holds one), which
+//! allocator, held ones when they come free). A cached batch is a `Bytes` view into its chunk;
+//! a chunk is reused only when every view into it is gone (the cache evicted its batches and no response holds one), which
 //! `BytesMut::try_reclaim` checks without allocating. A batch too large for a chunk, or one that
 //! finds no chunk free with the cap reached, gets an allocation of its own, and chunks plus the
 //! cache's own allocations stay under one cap (the budget, a quarter more for the chunks'
@@ -143,9 +143,9 @@ impl TailArena {
         if let Some(full) = self.current.take() {
             self.retired.push_back(full);
         }
-        // Over the cap (memory was limited while chunks were held): a free chunk goes back to
+        // Over the cap (memory was limited while chunks were held): free chunks go back to
         // the allocator instead of being reused.
-        while self.chunks > self.max_chunks && self.release_free_chunk() {}
+        self.release_chunks_over_cap();
         if self.chunks <= self.max_chunks {
             if let Some(chunk) = self.take_free_chunk() {
                 self.current = Some(chunk);
@@ -211,37 +211,43 @@ impl TailArena {
     pub(crate) fn limit_memory(&mut self, memory_bytes: usize) -> usize {
         if self.configured_max_chunks == 0 {
             self.memory_cap_bytes = memory_bytes.min(self.configured_cap_bytes);
-            if self.memory_cap_bytes == self.configured_cap_bytes {
-                return usize::MAX;
-            }
-            return self.memory_cap_bytes;
+        } else {
+            self.max_chunks = (memory_bytes / self.chunk_bytes).min(self.configured_max_chunks);
+            self.memory_cap_bytes = self.max_chunks * self.chunk_bytes;
         }
-        self.max_chunks = (memory_bytes / self.chunk_bytes).min(self.configured_max_chunks);
-        self.memory_cap_bytes = self.max_chunks * self.chunk_bytes;
-        if self.max_chunks == self.configured_max_chunks {
-            return usize::MAX;
+        self.batch_limit_bytes()
+    }
+
+    /// The batch bytes that fit under the memory limit (a quarter of a chunked cache's memory
+    /// is the chunks' unused ends), or `usize::MAX` when no limit is in force.
+    pub(crate) fn batch_limit_bytes(&self) -> usize {
+        match self.memory_limit_bytes() {
+            None => usize::MAX,
+            Some(cap) if self.configured_max_chunks == 0 => cap,
+            Some(cap) => cap / 5 * 4,
         }
-        self.memory_cap_bytes / 5 * 4
     }
 
     /// Drops free chunks until no more than `max_chunks` exist (the one being filled too, if
-    /// nothing holds it); scans every retired chunk once (this runs on a limit change, not on
-    /// the append path).
+    /// nothing holds it). Only ever over the cap after a limit cut: then it scans every
+    /// retired chunk once, on the cut and on each refill until held chunks have come free.
     pub(crate) fn release_chunks_over_cap(&mut self) {
-        if self.chunks > self.max_chunks {
-            if let Some(current) = self.current.take() {
-                self.retired.push_front(current);
-            }
+        if self.chunks <= self.max_chunks {
+            return;
         }
-        let mut kept = VecDeque::with_capacity(self.retired.len());
-        while let Some(mut chunk) = self.retired.pop_front() {
-            if self.chunks > self.max_chunks && chunk.try_reclaim(self.chunk_bytes) {
-                self.chunks -= 1;
-                continue;
-            }
-            kept.push_back(chunk);
+        if let Some(current) = self.current.take() {
+            self.retired.push_front(current);
         }
-        self.retired = kept;
+        let (chunk_bytes, max_chunks) = (self.chunk_bytes, self.max_chunks);
+        let mut chunks = self.chunks;
+        self.retired.retain_mut(|chunk| {
+            let release = chunks > max_chunks && chunk.try_reclaim(chunk_bytes);
+            if release {
+                chunks -= 1;
+            }
+            !release
+        });
+        self.chunks = chunks;
     }
 }
 

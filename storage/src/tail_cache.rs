@@ -103,9 +103,6 @@ impl PartitionTail {
 #[derive(Debug)]
 pub(crate) struct TailCache {
     budget_bytes: usize,
-    /// What the budget is cut to while memory is limited ([`TailCache::limit_memory`]); at
-    /// least `budget_bytes` otherwise.
-    limit_bytes: usize,
     used_bytes: usize,
     /// (partition, insertion number) of every batch inserted, oldest first; an entry whose
     /// batch already left (truncated, dropped) is skipped when reached.
@@ -122,7 +119,6 @@ impl TailCache {
     pub(crate) fn new(budget_bytes: usize) -> TailCache {
         TailCache {
             budget_bytes,
-            limit_bytes: budget_bytes,
             used_bytes: 0,
             order: VecDeque::new(),
             arena: TailArena::new(budget_bytes),
@@ -184,7 +180,8 @@ impl TailCache {
 
     /// The batch bytes the cache may hold now.
     pub(crate) fn effective_budget_bytes(&self) -> usize {
-        self.budget_bytes.min(self.limit_bytes)
+        // Cut while memory is limited (TailCache::limit_memory).
+        self.budget_bytes.min(self.arena.batch_limit_bytes())
     }
 
     /// Limits the cache's memory (chunks and own allocations) to `memory_bytes`, or lifts the
@@ -192,7 +189,7 @@ impl TailCache {
     /// what fits and gives free chunks over the limit back to the allocator. Chunks held by
     /// responses not yet written go back when they come free.
     pub(crate) fn limit_memory(&mut self, memory_bytes: usize) {
-        self.limit_bytes = self.arena.limit_memory(memory_bytes);
+        self.arena.limit_memory(memory_bytes);
         self.evict_to_fit(0);
         self.arena.release_chunks_over_cap();
     }
