@@ -653,16 +653,15 @@ impl BrokerConfig {
         // Kafka's -1 (unbounded) for queued.max.request.bytes is refused: an unbounded request
         // queue is what lets slow clients exhaust memory.
         let queued_request_bytes_max: usize = c.int("queued.max.request.bytes", 1..=i64::MAX);
+        let memory_limit_bytes = crate::memory_limit::limit_bytes();
         let tail_cache_bytes: usize = c
             .optional_int("log.tail.cache.bytes", 0..=i64::MAX)
-            .unwrap_or_else(|| {
-                tail_cache_auto_bytes(crate::memory_limit::limit_bytes(), resolved_shards(shards))
-            });
+            .unwrap_or_else(|| tail_cache_auto_bytes(memory_limit_bytes, resolved_shards(shards)));
         let response_cache_bytes_max: Option<usize> =
             c.optional_int("fetch.response.cache.bytes.max", 0..=i64::MAX);
         let tail_cache_memory_reserve_bytes: u64 = c
             .optional_int("log.tail.cache.memory.reserve.bytes", 0..=i64::MAX)
-            .unwrap_or_else(|| crate::memory_limit::limit_bytes().map_or(0, |bytes| bytes / 10));
+            .unwrap_or_else(|| memory_limit_bytes.map_or(0, |bytes| bytes / 10));
         let per_ip_max: usize = c.int("max.connections.per.ip", 0..=INT_MAX);
         let connections_per_ip =
             c.per_ip_limits("max.connections.per.ip.overrides", per_ip_max, 0..=INT_MAX);
