@@ -54,6 +54,8 @@ command -v kcat >/dev/null 2>&1 || apt_install kcat
 command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /sbin/mkfs.ext4 ] || apt_install e2fsprogs
 # test_nonblocking.py traces the broker's shard threads for blocking reads.
 command -v strace >/dev/null 2>&1 || apt_install strace
+# ss (iproute2) for test_connections.py's look at the broker's socket buffers and backlog.
+command -v ss >/dev/null 2>&1 || [ -x /sbin/ss ] || apt_install iproute2
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     apt_install nodejs npm
 fi

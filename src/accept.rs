@@ -80,6 +80,13 @@ pub async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        if let Some(bytes) = config.socket_send_buffer_bytes {
+            // The kernel takes any positive size (capped at net.core.wmem_max): a refusal
+            // means a broken socket, which the connection's first write will report.
+            if let Err(error) = runtime::set_send_buffer_bytes(&stream, bytes) {
+                tracing::debug!(%peer, %error, "socket.send.buffer.bytes not applied");
+            }
+        }
         let session = Rc::new(Session::new(peer, name.clone(), protocol));
         let handler = Rc::new(BrokerConnection::new(shard.clone(), session));
         let (limits, budget) = (admission.limits, admission.budget.clone());
@@ -128,15 +135,17 @@ pub async fn accept_loop(
     }
 }
 
-/// Binds every listener on this shard (SO_REUSEPORT), each with the backlog given.
+/// Binds every listener on this shard (SO_REUSEPORT), each with the backlog and receive
+/// buffer given (`socket.listen.backlog.size`, `socket.receive.buffer.bytes`).
 pub fn bind_all(
     listeners: &[Listener],
     backlog: i32,
+    receive_buffer_bytes: Option<usize>,
 ) -> Result<Vec<(Listener, TcpListener)>, String> {
     listeners
         .iter()
         .map(|listener| {
-            runtime::reuseport_listener(listener.bind, backlog)
+            runtime::reuseport_listener(listener.bind, backlog, receive_buffer_bytes)
                 .map(|socket| (listener.clone(), socket))
                 .map_err(|e| format!("listen on {} ({}): {e}", listener.bind, listener.name))
         })

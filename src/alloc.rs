@@ -11,10 +11,12 @@
 //!   the mapping is released. Memory actually written stays bounded by what is decoded.
 //! - A block of whole huge pages below that (at least [`HUGE_ALIGNED_FROM_BYTES`], a multiple
 //!   of [`HUGE_PAGE_BYTES`]) is mapped on a huge-page boundary. Why: the tail cache's chunks
-//!   (`sluice_storage`'s arena, 8 MiB each, gigabytes of them) ask for transparent huge pages;
-//!   the system allocator places such a block 16 bytes into a fresh mapping, so a quarter of
-//!   every chunk (its unaligned ends) was still faulted in 4 KiB at a time — measured: 166,000
-//!   page faults to fill the first 2.6 GB, against four per chunk once aligned.
+//!   (`sluice_storage`'s arena, 8 MiB each, gigabytes of them) ask for transparent huge pages
+//!   with `log.tail.cache.huge.pages` (and refuse them otherwise, the default); the advice
+//!   covers whole aligned huge pages only, and the system allocator places such a block 16
+//!   bytes into a fresh mapping, so a quarter of every chunk (its unaligned ends) was still
+//!   faulted in 4 KiB at a time — measured: 166,000 page faults to fill the first 2.6 GB,
+//!   against four per chunk once aligned.
 //!
 //! Must never: serve other allocations differently from the system allocator, or hand a block
 //! back by another route than the one that made it (the route follows from the layout alone).

@@ -95,6 +95,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "auto.create.topics.enable", default: "true", doc: "Create unknown topics on Metadata requests." },
     Setting { name: "message.max.bytes", default: "1048588", doc: "Largest record batch accepted (topic: max.message.bytes)." },
     Setting { name: "socket.request.max.bytes", default: "104857600", doc: "Largest request frame; a bigger one closes the connection." },
+    Setting { name: "socket.send.buffer.bytes", default: "-1", doc: "SO_SNDBUF of each accepted connection; -1 keeps the kernel's default, which it grows with the connection's needs (net.ipv4.tcp_wmem). Kafka's default is 102400; Sluice leaves the kernel's autotuning on unless told otherwise. The kernel doubles the value and caps it at net.core.wmem_max." },
+    Setting { name: "socket.receive.buffer.bytes", default: "-1", doc: "SO_RCVBUF of the listening sockets, which accepted connections inherit (set before listen, so the TCP window scale fits it); -1 keeps the kernel's autotuned default (net.ipv4.tcp_rmem). Kafka's default is 102400. The kernel doubles the value and caps it at net.core.rmem_max." },
+    Setting { name: "socket.listen.backlog.size", default: "1024", doc: "Connections the kernel queues per listening socket (each shard has its own, SO_REUSEPORT) before the broker accepts them; further SYNs wait or are dropped. Kafka's default is 50; Sluice's is larger so that a thousand clients connecting at once are not retried. The kernel caps it at net.core.somaxconn." },
     Setting { name: "max.connections", default: "10000", doc: "Open client connections per broker; further ones are closed at accept." },
     Setting { name: "queued.max.requests", default: "500", doc: "Requests read but not answered, per connection (pipelining depth)." },
     Setting { name: "queued.max.request.bytes", default: "268435456", doc: "Bytes of requests read but not yet answered, per broker (split evenly over the shards). When reached, connections stop reading their sockets until handled requests free bytes; a request larger than a shard's share is admitted alone. Kafka's -1 (unbounded) is refused: it is what lets slow clients exhaust memory." },
@@ -130,9 +133,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "log.flush.interval.ms", default: "", doc: "Like log.flush.interval.messages, by time (topic: flush.ms)." },
     Setting { name: "log.message.timestamp.type", default: "CreateTime", doc: "CreateTime or LogAppendTime (topic: message.timestamp.type)." },
     Setting { name: "log.direct.io", default: "true", doc: "O_DIRECT appends from registered buffers; false = buffered writes." },
-    Setting { name: "log.tail.cache.bytes", default: "", doc: "Recent bytes per shard served to consumers from memory, so that consumers that fall seconds behind read memory, not the disk (appends are O_DIRECT: the page cache does not hold them). Empty = half the memory the broker may use (the machine's or its cgroup's limit, whichever is lower) split evenly over the shards, 64 MiB per shard when neither is known; memory is taken only as records arrive, and kept for reuse once taken until the machine runs short (log.tail.cache.memory.reserve.bytes) (a fresh broker pays each new page's first touch, a fault and a zeroing, until the cache has filled once: on a VM whose host takes back free guest memory that cost several times the steady CPU per GB produced; /metrics sluice_tail_cache_chunk_bytes against sluice_tail_cache_budget_bytes shows how far it is). Set it lower when other processes share the machine (several brokers on one host)." },
+    Setting { name: "log.tail.cache.bytes", default: "", doc: "Recent bytes per shard served to consumers from memory, so that consumers that fall seconds behind read memory, not the disk (appends are O_DIRECT: the page cache does not hold them). Empty = half the memory the broker may use (the machine's or its cgroup's limit, whichever is lower) split evenly over the shards, 64 MiB per shard when neither is known; memory is taken only as records arrive, and kept for reuse once taken until the machine runs short (log.tail.cache.memory.reserve.bytes) (a fresh broker pays each new page's first touch, a fault and a zeroing, until the cache has filled once: on a VM whose host takes back free guest memory that measured about twice the steady CPU per GB produced, with 4 KiB pages (log.tail.cache.huge.pages); /metrics sluice_tail_cache_chunk_bytes against sluice_tail_cache_budget_bytes shows how far it is). Set it lower when other processes share the machine (several brokers on one host)." },
     Setting { name: "log.tail.cache.memory.reserve.bytes", default: "", doc: "Memory the tail cache leaves to the rest of the machine: when what the broker could still take (the machine's MemAvailable, or its control group's limit less the group's use apart from page cache, the smaller) falls below this, every shard evicts its oldest cached batches and gives the chunks back to the kernel, its share of the shortfall per check, down to nothing if need be (readers of evicted batches go to the segment files); once more than 1.5 times this is available again, the limit rises by the surplus until it is gone. The cache's memory, unlike Kafka's page cache, is not reclaimable by the kernel: without this, other processes on the machine could only get memory by the OOM killer. Empty = a tenth of the memory the broker may use (0 when that is unknown); 0 = never give memory back. No Kafka equivalent." },
     Setting { name: "log.tail.cache.memory.check.interval.ms", default: "1000", doc: "How often each shard compares the memory still available with log.tail.cache.memory.reserve.bytes (a read of /proc/meminfo and the control group's files). 0 = never. No Kafka equivalent." },
+    Setting { name: "log.tail.cache.huge.pages", default: "false", doc: "Whether the tail cache's memory asks for transparent huge pages (true) or refuses them (false, also where the kernel's THP mode is always). Off by default: the cache takes its memory as records arrive, on the shard thread, and on a VM whose host takes free guest memory back (free page reporting gives back whole free 2 MiB blocks, the only place a huge page can come from) every fresh huge page was a host fault, 7x slower than the 4 KiB pages the kernel first takes from fragmented memory the host still backs (a fresh broker produced at half the rate for its first gigabytes); once taken, huge pages measured no faster (BENCHMARKS.md). No Kafka equivalent." },
     Setting { name: "fetch.response.cache.bytes.max", default: "", doc: "Tail-cache bytes per shard that Fetch responses not yet written may hold (a response keeps its batches alive after the cache evicts them, for as long as its client does not read it). A Fetch whose cached range does not fit is served from the segment file instead (spliced, or copied through the connection's buffer), which holds no memory; /metrics counts those reads (fetch_cache_budget_file_reads). Empty = log.tail.cache.bytes, at most 256 MiB; 0 = tail data always goes from the files. No Kafka equivalent." },
     Setting { name: "log.flush.batch.bytes", default: "16777216", doc: "Upper bound of one group commit write." },
     Setting { name: "io.uring.entries", default: "1024", doc: "Submission queue size of each shard's storage ring." },
@@ -505,6 +509,13 @@ pub struct BrokerConfig {
     pub request_bytes_max: usize,
     /// Connections limit.
     pub connections_max: usize,
+    /// `socket.send.buffer.bytes`: SO_SNDBUF of accepted connections; None keeps the kernel's.
+    pub socket_send_buffer_bytes: Option<usize>,
+    /// `socket.receive.buffer.bytes`: SO_RCVBUF of the listening sockets; None keeps the
+    /// kernel's.
+    pub socket_receive_buffer_bytes: Option<usize>,
+    /// `socket.listen.backlog.size`: each listening socket's accept backlog.
+    pub listen_backlog: i32,
     /// How replica fetchers and marker senders secure their connections to other brokers
     /// (the inter-broker listener's TLS and SASL login); None: PLAINTEXT or no cluster.
     pub inter_broker_security: Option<Arc<sluice_client::Security>>,
@@ -534,6 +545,8 @@ pub struct BrokerConfig {
     pub writing_commits_max: usize,
     /// `log.flush.write.dsync`: RWF_DSYNC group-commit writes instead of write + fdatasync.
     pub dsync_writes: bool,
+    /// `log.tail.cache.huge.pages`: the tail cache's chunks ask for transparent huge pages.
+    pub tail_cache_huge_pages: bool,
     /// `log.blocking.jobs.max`: blocking-pool jobs per shard running at once.
     pub blocking_jobs_max: usize,
     /// Retention check period.
@@ -677,6 +690,7 @@ impl BrokerConfig {
             syncing_commits_max: c.int("log.flush.syncing.commits.max", 1..=1024),
             writing_commits_max: c.int("log.flush.writing.commits.max", 1..=64),
             dsync_writes: c.boolean("log.flush.write.dsync"),
+            tail_cache_huge_pages: c.boolean("log.tail.cache.huge.pages"),
             blocking_jobs_max: c.int("log.blocking.jobs.max", 1..=4096),
             data_dir,
             listen: listeners.as_ref().map_or_else(
@@ -698,6 +712,9 @@ impl BrokerConfig {
             auto_create_topics: c.boolean("auto.create.topics.enable"),
             request_bytes_max,
             connections_max: c.int("max.connections", 1..=INT_MAX),
+            socket_send_buffer_bytes: socket_buffer_bytes(c, "socket.send.buffer.bytes"),
+            socket_receive_buffer_bytes: socket_buffer_bytes(c, "socket.receive.buffer.bytes"),
+            listen_backlog: c.int("socket.listen.backlog.size", 1..=INT_MAX),
             inter_broker_security: None,
             controlled_shutdown_enable: c.boolean("controlled.shutdown.enable"),
             controlled_shutdown_timeout_ms: c.int("controlled.shutdown.timeout.ms", 0..=INT_MAX),
@@ -963,6 +980,21 @@ impl BrokerConfig {
     }
 }
 
+/// A socket buffer size: -1 (None) keeps the kernel's autotuned default, as in Kafka; 0 is
+/// refused (no buffer is no size; Kafka's Java socket refuses it too).
+fn socket_buffer_bytes(c: &mut Check, key: &str) -> Option<usize> {
+    c.parsed(
+        key,
+        "-1 (the kernel's default) or an integer from 1 to 2147483647",
+        |raw| match raw.parse::<i64>().ok()? {
+            -1 => Some(None),
+            bytes @ 1..=INT_MAX => usize::try_from(bytes).ok().map(Some),
+            _ => None,
+        },
+    )
+    .flatten()
+}
+
 /// Reads the log settings through `c`, each under `name(broker setting)`: the broker name
 /// itself for the broker defaults, the topic config name for a topic's overrides, so both are
 /// held to the same ranges.
@@ -1054,6 +1086,34 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(error) => error.problems().iter().map(|p| p.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn socket_settings_keep_the_kernels_defaults_unless_set() {
+        let config = BrokerConfig::from_settings(Settings::default()).unwrap();
+        assert_eq!(config.socket_send_buffer_bytes, None);
+        assert_eq!(config.socket_receive_buffer_bytes, None);
+        assert_eq!(config.listen_backlog, 1024);
+        let overrides = [
+            "socket.send.buffer.bytes=102400".to_string(),
+            "socket.receive.buffer.bytes=65536".to_string(),
+            "socket.listen.backlog.size=50".to_string(),
+        ];
+        let config = load(None, &overrides, &[]).unwrap();
+        assert_eq!(config.socket_send_buffer_bytes, Some(102_400));
+        assert_eq!(config.socket_receive_buffer_bytes, Some(65_536));
+        assert_eq!(config.listen_backlog, 50);
+        assert_eq!(
+            problems(&["socket.send.buffer.bytes=0", "socket.receive.buffer.bytes=-2"]),
+            [
+                "setting 'socket.send.buffer.bytes': invalid value '0'; allowed: -1 (the kernel's default) or an integer from 1 to 2147483647",
+                "setting 'socket.receive.buffer.bytes': invalid value '-2'; allowed: -1 (the kernel's default) or an integer from 1 to 2147483647",
+            ]
+        );
+        assert_eq!(
+            problems(&["socket.listen.backlog.size=0"]),
+            ["setting 'socket.listen.backlog.size': invalid value '0'; allowed: an integer from 1 to 2147483647"]
+        );
     }
 
     #[test]

@@ -22,15 +22,32 @@ pub fn spawn<F: std::future::Future + 'static>(future: F) -> tokio::task::JoinHa
 }
 
 /// Binds a listener with SO_REUSEPORT so that every shard can accept on the same port and the
-/// kernel spreads connections over them.
-pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+/// kernel spreads connections over them. `receive_buffer_bytes` (SO_RCVBUF) is set before
+/// listen: accepted connections inherit it, and the window scale their SYN-ACK offers must
+/// already fit it.
+pub fn reuseport_listener(
+    addr: SocketAddr,
+    backlog: i32,
+    receive_buffer_bytes: Option<usize>,
+) -> io::Result<TcpListener> {
     let socket = tcp_socket_for(addr, true)?;
     socket.set_nonblocking(true)?;
+    if let Some(bytes) = receive_buffer_bytes {
+        socket.set_recv_buffer_size(bytes)?;
+    }
     socket
         .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
     socket.listen(backlog)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Sets SO_SNDBUF of an accepted connection.
+pub fn set_send_buffer_bytes(stream: &TcpStream, bytes: usize) -> io::Result<()> {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: `stream` owns the descriptor and outlives this borrow of it.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    socket2::SockRef::from(&fd).set_send_buffer_size(bytes)
 }
 
 /// A TCP socket of `addr`'s family with SO_REUSEADDR (and SO_REUSEPORT when `reuse_port`),

@@ -518,6 +518,7 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
     storage.set_syncing_commits_max(config.syncing_commits_max);
     storage.set_writing_commits_max(config.writing_commits_max);
     let _ = storage.set_dsync_writes(config.dsync_writes);
+    storage.set_tail_cache_huge_pages(config.tail_cache_huge_pages);
     // In a cluster a partition with no high-watermark checkpoint may hold a tail its ISR never
     // had: it opens at its log start, and the replication layer lifts it.
     storage.set_high_watermark_unknown_at_log_start(config.cluster.is_some());
@@ -807,7 +808,11 @@ async fn run_shard(context: ShardContext) -> Result<(), String> {
         }
     });
 
-    let sockets = crate::accept::bind_all(&config.listeners.all, 1024)?;
+    let sockets = crate::accept::bind_all(
+        &config.listeners.all,
+        config.listen_backlog,
+        config.socket_receive_buffer_bytes,
+    )?;
     let _ = events.send(ShardEvent::Ready(id));
     let limits = ConnectionLimits {
         request_bytes_max: config.request_bytes_max,

@@ -700,6 +700,13 @@ impl ShardStorage {
         }
     }
 
+    /// `log.tail.cache.huge.pages`: whether the tail cache's chunks taken from now on ask for
+    /// transparent huge pages (true) or refuse them (false, the default: their first touch
+    /// costs several times more on a VM whose host takes free memory back).
+    pub fn set_tail_cache_huge_pages(&self, huge_pages: bool) {
+        self.0.tail_cache.borrow_mut().set_huge_pages(huge_pages);
+    }
+
     /// Limits the tail cache's memory (arena chunks and batches in allocations of their own)
     /// to `memory_bytes`, or lifts the limit when that is at least what `log.tail.cache.bytes`
     /// takes: evicts the oldest batches down to what fits and gives the freed chunks back to

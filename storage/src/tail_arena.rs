@@ -11,11 +11,12 @@
 //! Owns: the chunk being filled, the retired chunks in fill order, and the cap on how many
 //! chunks exist (lowered while memory is limited: free chunks over it go back to the
 //! allocator, held ones when they come free). A cached batch is a `Bytes` view into its chunk;
-//! a chunk is reused only when every view into it is gone (the cache evicted its batches and no response holds one), which
-//! `BytesMut::try_reclaim` checks without allocating. A batch too large for a chunk, or one that
-//! finds no chunk free with the cap reached, gets an allocation of its own, and chunks plus the
-//! cache's own allocations stay under one cap (the budget, a quarter more for the chunks'
-//! unused ends, and one chunk): a batch that fits nowhere is not cached.
+//! a chunk is reused only when every view into it is gone (the cache evicted its batches and
+//! no response holds one), which `BytesMut::try_reclaim` checks without allocating. A batch
+//! too large for a chunk, or one that finds no chunk free with the cap reached, gets an
+//! allocation of its own, and chunks plus the cache's own allocations stay under one cap (the
+//! budget, a quarter more for the chunks' unused ends, and one chunk): a batch that fits
+//! nowhere is not cached.
 //!
 //! Must never: let a view see bytes written for another batch (a chunk is only rewritten once
 //! it is unique), allocate past its cap, or hand out a view shorter or longer than the batch.
@@ -52,6 +53,9 @@ pub(crate) struct TailArena {
     chunks: usize,
     current: Option<BytesMut>,
     retired: VecDeque<BytesMut>,
+    /// Whether new chunks ask for transparent huge pages (`log.tail.cache.huge.pages`) or
+    /// refuse them (see [`new_chunk`]).
+    huge_pages: bool,
     /// Batches copied into chunks and batches that got an allocation of their own.
     pub(crate) chunked_batches: u64,
     pub(crate) own_batches: u64,
@@ -86,9 +90,15 @@ impl TailArena {
             chunks: 0,
             current: None,
             retired: VecDeque::new(),
+            huge_pages: false,
             chunked_batches: 0,
             own_batches: 0,
         }
+    }
+
+    /// Whether chunks made from now on ask for transparent huge pages (true) or refuse them.
+    pub(crate) fn set_huge_pages(&mut self, huge_pages: bool) {
+        self.huge_pages = huge_pages;
     }
 
     /// `header` followed by `rest`, contiguous: in a chunk when it fits a chunk's quarter
@@ -154,7 +164,7 @@ impl TailArena {
         }
         if self.chunks < self.max_chunks {
             self.chunks += 1;
-            self.current = Some(new_chunk(self.chunk_bytes));
+            self.current = Some(new_chunk(self.chunk_bytes, self.huge_pages));
             return true;
         }
         false
@@ -251,12 +261,20 @@ impl TailArena {
     }
 }
 
-/// A chunk of `chunk_bytes`, asked to be backed by huge pages where the kernel offers them
-/// (`madvise` mode): a fresh chunk is faulted in once, in 2 MiB steps instead of 4 KiB ones.
-/// Only the whole huge pages inside the block can be: the broker's allocator starts a block
-/// of whole huge pages (an 8 MiB chunk) on a huge-page boundary, so all of it is; under the
-/// system allocator (this crate's tests) the unaligned ends stay 4 KiB pages.
-fn new_chunk(chunk_bytes: usize) -> BytesMut {
+/// A chunk of `chunk_bytes` whose whole 2 MiB pages ask for transparent huge pages
+/// (`huge_pages`, MADV_HUGEPAGE) or refuse them (MADV_NOHUGEPAGE, so a kernel whose THP mode is
+/// `always` does not use them either). Why refuse by default: a chunk is faulted in once, on
+/// the shard thread while records arrive, and on a VM whose host takes free guest memory back
+/// (virtio-balloon free page reporting gives back whole free 2 MiB blocks, the only place a
+/// huge page can come from) a fresh huge page's first touch measured 0.46 GB/s, a host fault
+/// each, against 3.3 GB/s for 4 KiB pages while the kernel finds them in fragmented memory the
+/// host still backs (about 4 GiB here; past that they measured as slow): a fresh broker's
+/// produce ran at half the rate and twice the CPU per GB for its first gigabytes. Once faulted
+/// in, huge pages measured no faster for the cache's copies (BENCHMARKS.md, "Tail-cache
+/// pages"). Only whole huge pages inside the block can be either: the broker's allocator
+/// starts a block of whole huge pages (an 8 MiB chunk) on a huge-page boundary; under the
+/// system allocator (this crate's tests) the unaligned ends keep the kernel's default.
+fn new_chunk(chunk_bytes: usize, huge_pages: bool) -> BytesMut {
     let mut chunk = BytesMut::with_capacity(chunk_bytes);
     let start = chunk.as_mut_ptr() as usize;
     const HUGE_PAGE_BYTES: usize = 2 << 20;
@@ -264,14 +282,36 @@ fn new_chunk(chunk_bytes: usize) -> BytesMut {
     let end = start + chunk_bytes;
     if aligned_start + HUGE_PAGE_BYTES <= end {
         let aligned_len = (end - aligned_start) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+        let advice = if huge_pages {
+            libc::MADV_HUGEPAGE
+        } else {
+            libc::MADV_NOHUGEPAGE
+        };
         // SAFETY: the range lies inside the chunk's own allocation, which nothing has touched
-        // yet; MADV_HUGEPAGE only changes how the kernel backs it, never its contents. A
-        // refusal (no THP in this kernel) changes nothing, so the result is not checked.
+        // yet; the advice only changes how the kernel backs it, never its contents. A refusal
+        // (no THP in this kernel) changes nothing, so the result is not checked.
+        unsafe {
+            libc::madvise(aligned_start as *mut libc::c_void, aligned_len, advice);
+        }
+    }
+    // Fault the whole chunk in now, in one call, rather than a page at a time inside the
+    // copies that fill it: measured 4.4 against 3.1 GB/s for fresh 4 KiB pages, and a fresh
+    // broker's 1-partition produce took 0.92 against 1.16 CPU-s per GB until its cache had
+    // filled once. Only whole pages inside the block (an 8 MiB chunk from the broker's
+    // allocator is page-aligned; the system allocator's may not be).
+    const PAGE_BYTES: usize = 4096;
+    let first_page = start.next_multiple_of(PAGE_BYTES);
+    if first_page + PAGE_BYTES <= end {
+        let pages_len = (end - first_page) / PAGE_BYTES * PAGE_BYTES;
+        // SAFETY: as above, the range lies inside the chunk's own allocation; populating for
+        // writing only faults its pages in (zeroed, as the allocation's first touch would).
+        // Kernels before 5.14 refuse the advice (EINVAL), and then the copies fault the pages
+        // in as they go, as before; so the result is not checked.
         unsafe {
             libc::madvise(
-                aligned_start as *mut libc::c_void,
-                aligned_len,
-                libc::MADV_HUGEPAGE,
+                first_page as *mut libc::c_void,
+                pages_len,
+                libc::MADV_POPULATE_WRITE,
             );
         }
     }
@@ -494,5 +534,106 @@ mod tests {
             .map(|_| chunk(&mut arena, &[], &vec![8; quarter]))
             .collect();
         assert!(arena.chunk_memory_bytes() >= 12 * CHUNK_MIN_BYTES);
+    }
+
+    /// The VmFlags of the mapping that holds `address`, from /proc/self/smaps.
+    fn vm_flags(address: usize) -> Option<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((start, end)) = first.split_once('-') {
+                if let (Ok(start), Ok(end)) = (
+                    usize::from_str_radix(start, 16),
+                    usize::from_str_radix(end, 16),
+                ) {
+                    inside = (start..end).contains(&address);
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return Some(flags.to_string());
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn chunks_refuse_huge_pages_unless_asked() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            return; // No THP in this kernel: the advice is refused and changes nothing.
+        }
+        for huge_pages in [false, true] {
+            // Budget for the largest chunks, which always span whole 2 MiB pages.
+            let mut arena = TailArena::new(16 * CHUNK_MAX_BYTES);
+            arena.set_huge_pages(huge_pages);
+            let view = chunk(&mut arena, &[], &[7; 1024]);
+            let chunk_start = view.as_ptr() as usize;
+            let inside = chunk_start.next_multiple_of(2 << 20) + 4096;
+            assert!(inside < chunk_start + CHUNK_MAX_BYTES);
+            let flags = vm_flags(inside).expect("the chunk is mapped");
+            let words: Vec<&str> = flags.split_whitespace().collect();
+            let (wanted, unwanted) = if huge_pages {
+                ("hg", "nh")
+            } else {
+                ("nh", "hg")
+            };
+            assert!(
+                words.contains(&wanted),
+                "huge_pages {huge_pages}: VmFlags {flags}"
+            );
+            assert!(
+                !words.contains(&unwanted),
+                "huge_pages {huge_pages}: VmFlags {flags}"
+            );
+        }
+    }
+
+    /// Whether this kernel takes MADV_POPULATE_WRITE (5.14 and later).
+    fn populate_write_supported() -> bool {
+        let page_bytes = 4096;
+        // SAFETY: a fresh private anonymous page of our own, advised and unmapped here.
+        unsafe {
+            let page = libc::mmap(
+                std::ptr::null_mut(),
+                page_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(page, libc::MAP_FAILED);
+            let supported = libc::madvise(page, page_bytes, libc::MADV_POPULATE_WRITE) == 0;
+            libc::munmap(page, page_bytes);
+            supported
+        }
+    }
+
+    #[test]
+    fn a_new_chunk_is_faulted_in_whole() {
+        if !populate_write_supported() {
+            return; // Before Linux 5.14 the advice is refused and the copies fault pages in.
+        }
+        let mut arena = TailArena::new(16 * CHUNK_MAX_BYTES);
+        let view = chunk(&mut arena, &[], &[7; 1024]);
+        let page_bytes = 4096;
+        let first_page = (view.as_ptr() as usize).next_multiple_of(page_bytes);
+        // Whole pages of the chunk past the one the batch was copied into.
+        let pages = (CHUNK_MAX_BYTES - page_bytes) / page_bytes - 1;
+        let mut resident = vec![0u8; pages];
+        // SAFETY: the range lies inside the chunk, which `view` keeps alive; mincore writes
+        // one byte per page into `resident`, which has one per page.
+        let result = unsafe {
+            libc::mincore(
+                first_page as *mut libc::c_void,
+                pages * page_bytes,
+                resident.as_mut_ptr(),
+            )
+        };
+        assert_eq!(result, 0, "{}", std::io::Error::last_os_error());
+        let faulted = resident.iter().filter(|page| *page & 1 == 1).count();
+        assert_eq!(faulted, pages, "pages of a new chunk faulted in");
     }
 }

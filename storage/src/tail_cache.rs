@@ -178,6 +178,11 @@ impl TailCache {
         debug_assert!(self.used_bytes <= self.effective_budget_bytes());
     }
 
+    /// Whether chunks the arena makes from now on ask for transparent huge pages.
+    pub(crate) fn set_huge_pages(&mut self, huge_pages: bool) {
+        self.arena.set_huge_pages(huge_pages);
+    }
+
     /// The batch bytes the cache may hold now.
     pub(crate) fn effective_budget_bytes(&self) -> usize {
         // Cut while memory is limited (TailCache::limit_memory).

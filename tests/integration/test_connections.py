@@ -1,7 +1,10 @@
 """Many connections at once: 200 raw connections open together, each pipelining ApiVersions and
 Metadata, all answered correctly; and 20 confluent-kafka producers producing concurrently lose
-nothing."""
+nothing. Kafka's socket settings (socket.send.buffer.bytes, socket.receive.buffer.bytes,
+socket.listen.backlog.size) reach the kernel: `ss` shows them on the broker's own sockets."""
 
+import re
+import subprocess
 import threading
 
 from helpers import (
@@ -70,3 +73,50 @@ def test_20_producers_at_once(broker):
     for delivered in results.values():
         for d in delivered:
             assert positions[(d.partition, d.offset)] == d.value
+
+
+def _ss(*args):
+    out = subprocess.run(["ss", "-H", "-n", *args], capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def _broker_side_buffers(port: int) -> dict:
+    """rb/tb (receive and send buffer bytes) of the broker's end of its one established
+    connection, from `ss -tm`."""
+    text = _ss("-t", "-m", "state", "established", f"( sport = :{port} )")
+    found = re.findall(r"skmem:\(([^)]*)\)", text)
+    assert len(found) == 1, f"expected one broker-side connection on :{port}: {text!r}"
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"([a-z]+)(\d+)", found[0])}
+
+
+def _listen_backlogs(port: int) -> list[int]:
+    """Send-Q of each listening socket on `port` (one per shard): the accept backlog."""
+    text = _ss("-t", "-l", f"( sport = :{port} )")
+    return [int(line.split()[2]) for line in text.splitlines() if line.strip()]
+
+
+def test_socket_buffer_and_backlog_settings_reach_the_kernel(broker_factory):
+    # The kernel doubles SO_SNDBUF/SO_RCVBUF (bookkeeping overhead): 98304 shows as 196608, a
+    # figure autotuning does not start from (tcp_rmem's default is 131072).
+    configured = broker_factory({
+        "socket.send.buffer.bytes": 98304,
+        "socket.receive.buffer.bytes": 98304,
+        "socket.listen.backlog.size": 77,
+    })
+    default = broker_factory()
+    assert _listen_backlogs(configured.port) == [77] * configured.shards
+    assert _listen_backlogs(default.port) == [1024] * default.shards
+    for broker, expect_set in ((configured, True), (default, False)):
+        with RawConn(broker.bootstrap, timeout_s=20) as conn:
+            # An answered request: the connection was accepted and its options set.
+            correlation = conn.request(API_API_VERSIONS, 0)
+            assert Reader(conn.recv_frame()).i32() == correlation
+            buffers = _broker_side_buffers(broker.port)
+        if expect_set:
+            assert buffers["rb"] == 2 * 98304, buffers
+            assert buffers["tb"] == 2 * 98304, buffers
+        else:
+            assert buffers["rb"] != 2 * 98304, buffers
+            assert buffers["tb"] != 2 * 98304, buffers
+    assert configured.alive() and default.alive()
+

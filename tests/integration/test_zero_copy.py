@@ -356,7 +356,12 @@ def _parse_fetch_v4(body: bytes):
 def test_disconnect_mid_response_leaks_no_pipe_segment_or_write(broker_factory, monkeypatch):
     broker = _zero_copy_broker(
         broker_factory, monkeypatch, True,
-        **{"log.segment.bytes": 4 * 1024 * 1024, "log.tail.cache.bytes": 1024 * 1024},
+        # A read serves one segment: 24 MiB segments make each aborted response ~24 MiB, far
+        # more than the broker's send buffer (tcp_wmem max, 4 MiB by default) and the client's
+        # pinned receive buffer can hold, so the write cannot finish before the reset arrives.
+        # (4 MiB segments let a slow client's whole response fit in the buffers: the write
+        # succeeded and no abort was ever seen.)
+        **{"log.segment.bytes": 24 * 1024 * 1024, "log.tail.cache.bytes": 1024 * 1024},
     )
     topic = create_topic(broker.bootstrap, unique_topic("zc-abort"), 1)
     records = [(b"%d" % i, os.urandom(64 * 1024)) for i in range(512)]  # 32 MiB
@@ -378,7 +383,12 @@ def test_disconnect_mid_response_leaks_no_pipe_segment_or_write(broker_factory, 
 
     aborted = 12
     for i in range(aborted):
-        s = socket.create_connection(("127.0.0.1", broker.port), timeout=30)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # A fixed receive buffer (set before connect, so the window stays small): autotuning
+        # could otherwise grow it towards tcp_rmem's maximum.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.settimeout(30)
+        s.connect(("127.0.0.1", broker.port))
         s.sendall(_fetch_request(topic, 0, 0, 30 * 1024 * 1024, 100 + i))
         _recv_exact(s, 64 * 1024)
         # Close with ~30 MiB unread: the kernel answers further data with a reset.
