@@ -60,7 +60,12 @@ async function main() {
     });
   }
   const n1 = Number(n1Arg);
-  await waitFor(() => records.length >= n1 && assigned[0].length > 0 && assigned[1].length > 0, 'phase 1');
+  // Each member's GROUP_JOIN fires on its own SyncGroup response: the first member's event for
+  // the two-member generation can land a poll after the second's, while it still holds its
+  // solo generation's every partition. Wait for one generation: both own some, none owns twice.
+  const settled = () => assigned[0].length > 0 && assigned[1].length > 0
+    && assigned[0].every((p) => !assigned[1].includes(p));
+  await waitFor(() => records.length >= n1 && settled(), 'phase 1');
   process.stdout.write(JSON.stringify({ phase: 1, assigned, records }) + '\n');
   await consumers[1].disconnect();
   const rl = readline.createInterface({ input: process.stdin });
