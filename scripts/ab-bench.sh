@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # A/B of two sluice binaries on the produce and fetch paths, alternating runs on one machine so
-# drift and noise fall on both: durable produce (acks=all, 1 KiB records, 1 and 16 partitions)
-# and a consume of the 16-partition topic from the files, each on a fresh broker. Prints one row
+# drift and noise fall on both: durable produce (acks=all, 1 KiB records, 1, 16 and 1,000
+# partitions) and a consume of the 16-partition topic from the files, each on a fresh broker
+# (the 1,000-partition row is there because per-partition costs hide at 16). Prints one row
 # per run and the medians: MB/s, produce p99 ms, and broker CPU-seconds per GB moved.
 #
 # Usage: scripts/ab-bench.sh BIN_BEFORE BIN_AFTER [ROUNDS]     (ROUNDS default 3)
 # Env:   DURATION (default 8s; whole seconds), AB_DIR (default bench-out/ab), AB_PORT (default 43092),
+#        AB_PARTITIONS (default "1 16 1000"): the produce rows' partition counts; the consume
+#        reads the 16-partition topic (the last produced one when 16 is not among them).
 #        AB_PIN=1: the broker on CPU 1 and the load generator on CPU 0 (taskset), so the two do
 #        not take each other's CPU time: storage changes show through less noise on 2 cores.
 #        AB_BEFORE_ARGS / AB_AFTER_ARGS: extra `sluice serve` arguments for that side (split on
@@ -14,6 +17,9 @@
 set -euo pipefail
 BEFORE="${1:?BIN_BEFORE}"; AFTER="${2:?BIN_AFTER}"; ROUNDS="${3:-3}"
 DURATION="${DURATION:-8s}"
+read -r -a PARTITION_COUNTS <<<"${AB_PARTITIONS:-1 16 1000}"
+CONSUME_PARTS="${PARTITION_COUNTS[-1]}"
+for parts in "${PARTITION_COUNTS[@]}"; do [[ "$parts" == 16 ]] && CONSUME_PARTS=16; done
 DIR="${AB_DIR:-bench-out/ab}"
 PORT="${AB_PORT:-43092}"
 BROKER_CPU=(); CLIENT_CPU=()
@@ -21,11 +27,11 @@ if [[ "${AB_PIN:-0}" == 1 ]]; then
     BROKER_CPU=(taskset -c 1); CLIENT_CPU=(taskset -c 0)
 fi
 mkdir -p "$DIR"
-# Each broker run keeps its two produce topics until it ends: at this machine's ~1.5 GB/s that
-# is up to 3 GB per second of DURATION. A full disk stalls the broker mid-run (and, here, once
+# Each broker run keeps its produce topics until it ends: at this machine's ~1.5 GB/s that
+# is up to 1.5 GB per topic per second of DURATION. A full disk stalls the broker mid-run (and, here, once
 # left the shell unable to write its own job files): refuse to start without room.
 duration_s="${DURATION%s}"
-need_gb=$(( duration_s * 3 + 4 ))
+need_gb=$(( duration_s * 3 * ${#PARTITION_COUNTS[@]} / 2 + 4 ))
 free_gb="$(df -Pk "$DIR" | awk 'NR == 2 { printf "%d", $4 / 1048576 }')"
 if (( free_gb < need_gb )); then
     echo "ab-bench.sh: DURATION=$DURATION needs about $need_gb GB free under $DIR, $free_gb GB are" >&2
@@ -45,7 +51,7 @@ run_one() {  # run_one LABEL BIN ROUND EXTRA_ARGS
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
     local flags=(--bootstrap "127.0.0.1:$PORT" --json --progress-interval-s 0 --record-size 1024
                  --acks all --connections 4 --in-flight 5 --batch-bytes 262144 --linger-ms 5)
-    for parts in 1 16; do
+    for parts in "${PARTITION_COUNTS[@]}"; do
         local c0; c0=$(cpu_s "$pid")
         "${CLIENT_CPU[@]}" "$AFTER" bench produce "${flags[@]}" --topic "ab-p$parts" --partitions "$parts" --duration "$DURATION" >"$DIR/p$parts-$label-$round.json"
         local c1; c1=$(cpu_s "$pid")
@@ -58,7 +64,7 @@ print(f"{sys.argv[4]}\t{sys.argv[5]}\t{doc['mb_per_s']:.1f}\t{lat.get('p99', flo
 PY
     done
     local c0; c0=$(cpu_s "$pid")
-    "${CLIENT_CPU[@]}" "$AFTER" bench consume --bootstrap "127.0.0.1:$PORT" --json --progress-interval-s 0 --topic ab-p16 >"$DIR/consume-$label-$round.json"
+    "${CLIENT_CPU[@]}" "$AFTER" bench consume --bootstrap "127.0.0.1:$PORT" --json --progress-interval-s 0 --topic "ab-p$CONSUME_PARTS" >"$DIR/consume-$label-$round.json"
     local c1; c1=$(cpu_s "$pid")
     python3 - "$DIR/consume-$label-$round.json" "$c0" "$c1" "$label" >>"$ROWS" <<'PY'
 import json, sys

@@ -65,6 +65,8 @@
 #        BENCH_PORT / BENCH_ADMIN_PORT / IPERF_PORT   ports (default 41092 / 41644 / 41201;
 #                          the heaptrack broker uses the first two plus 2)
 #        OUT=FILE          report path (default BENCHMARKS.md, or BENCHMARKS-<LABEL>.md)
+#        ISSUE17_SCRIPTS="..."  which of omb-bench lag-bench scale-bench run (default all three;
+#                          empty: none; the sections of those left out stay as they were)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -628,7 +630,7 @@ neutral_step() {
 # markers, which the report keeps.
 omb_lag_steps() {
     local script
-    for script in omb-bench lag-bench scale-bench; do
+    for script in ${ISSUE17_SCRIPTS-omb-bench lag-bench scale-bench}; do
         say "issue 17: scripts/$script.sh${PEER:+ (PEER=$PEER)}"
         local command=(env SLUICE_BIN="$BIN" BENCH_DIR="$BENCH_DIR/$script" OUT_MD="$OUT" QUICK="$QUICK"
             PEER="$PEER" BENCH_PORT="$PORT" BENCH_ADMIN_PORT="$ADMIN_PORT" PEER_PORT="$PEER_PORT"

@@ -105,7 +105,7 @@ drop_topic() {
 }
 
 START_S=$SECONDS
-mapfile -t TARGETS < <(targets)
+load_targets
 for target in "${TARGETS[@]}"; do
     say "[$target] fresh broker; warm-up of $(( FILL_BYTES >> 20 )) MiB"
     target_start "$target" || die "$target did not start"

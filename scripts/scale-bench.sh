@@ -123,7 +123,7 @@ ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 START_S=$SECONDS
-mapfile -t TARGETS < <(targets)
+load_targets
 for target in "${TARGETS[@]}"; do
     say "[$target] fresh broker; warm-up of $(( FILL_BYTES >> 20 )) MiB"
     target_start "$target" || die "$target did not start"
