@@ -54,6 +54,9 @@
 #        STORAGE_BENCH_BIN=P  storage-only bench binary (default: built with cargo bench --no-run)
 #        RUNS=N  DURATION_S=N  runs per figure and seconds per timed run (default 3 and 10;
 #                          QUICK: 1 and 5)
+#        E2E_WARMUP_S=N    seconds each e2e run produces and delivers before its measured
+#                          DURATION_S, counted nowhere (`bench e2e --warmup`; default 3, QUICK 1):
+#                          a fresh client process's first seconds made the tail otherwise
 #        TXN_PARTITIONS="16 1"  partition counts of the transactions step (QUICK: 16)
 #        PRODUCE_FLAGS="..."  `sluice bench produce` flags of every produce workload
 #        FILL_BYTES=N      a fresh broker's warm-up before its measured runs, its own row
@@ -77,6 +80,7 @@ QUICK="${QUICK:-0}"
 if [[ "$QUICK" == 1 ]]; then
     RUNS="${RUNS:-1}"
     DURATION_S="${DURATION_S:-5}"
+    E2E_WARMUP_S="${E2E_WARMUP_S:-1}"
     FIO_S="${FIO_S:-3}"
     STORAGE_BYTES="${STORAGE_BYTES:-536870912}"
     IPERF_S="${IPERF_S:-3}"
@@ -87,6 +91,7 @@ if [[ "$QUICK" == 1 ]]; then
 else
     RUNS="${RUNS:-3}"
     DURATION_S="${DURATION_S:-10}"
+    E2E_WARMUP_S="${E2E_WARMUP_S:-3}"
     FIO_S="${FIO_S:-5}"
     STORAGE_BYTES="${STORAGE_BYTES:-1073741824}"
     IPERF_S="${IPERF_S:-5}"
@@ -329,7 +334,7 @@ client_workloads() { # TARGET_LABEL ADDR
         BENCH_EXTRA=("rate=$rate")
         for run in $(seq "$RUNS"); do
             bench "$target" "$addr" e2e "$run" e2e "${flags[@]}" --topic "$PREFIX-$target-e2e-r$run" \
-                --partitions 16 --rate "$rate" --duration "${DURATION_S}s"
+                --partitions 16 --rate "$rate" --warmup "${E2E_WARMUP_S}s" --duration "${DURATION_S}s"
             drop_topic "$addr" "$PREFIX-$target-e2e-r$run"
         done
         # The same with linger.ms 0: what is left is the broker's part (a record no longer
@@ -342,7 +347,7 @@ client_workloads() { # TARGET_LABEL ADDR
         done
         for run in $(seq "$RUNS"); do
             bench "$target" "$addr" e2e_l0 "$run" e2e "${no_linger[@]}" --linger-ms 0 \
-                --topic "$PREFIX-$target-e2e-l0-r$run" --partitions 16 --rate "$rate" --duration "${DURATION_S}s"
+                --topic "$PREFIX-$target-e2e-l0-r$run" --partitions 16 --rate "$rate" --warmup "${E2E_WARMUP_S}s" --duration "${DURATION_S}s"
             drop_topic "$addr" "$PREFIX-$target-e2e-l0-r$run"
         done
         BENCH_EXTRA=()
@@ -498,7 +503,7 @@ pinned_step() {
         if [[ -n "$rate" ]]; then
             BENCH_EXTRA=("rate=$rate")
             bench sluice "127.0.0.1:$PORT" pinned_e2e_l0 "$run" e2e "${no_linger[@]}" --linger-ms 0 \
-                --topic "$PREFIX-pinned-e2e-r$run" --partitions 16 --rate "$rate" --duration "${DURATION_S}s"
+                --topic "$PREFIX-pinned-e2e-r$run" --partitions 16 --rate "$rate" --warmup "${E2E_WARMUP_S}s" --duration "${DURATION_S}s"
             BENCH_EXTRA=()
             drop_topic "127.0.0.1:$PORT" "$PREFIX-pinned-e2e-r$run"
         fi

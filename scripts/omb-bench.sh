@@ -8,8 +8,10 @@
 # flush.messages=1 (fresh broker each, same client, same flags).
 #
 # Per target and run: `sluice bench produce` for PROBE_S (closed loop, the max), then
-# `sluice bench e2e --rate <fraction of that max>` for DURATION_S. Unlike OMB there is no warm-up
-# phase: the first seconds count. Medians of RUNS runs go into the "OpenMessaging-shaped
+# `sluice bench e2e --rate <fraction of that max>` for DURATION_S after an uncounted warm-up
+# of WARMUP_S at the same rate, as OMB has (its records are produced and delivered, in no
+# figure: a fresh client process's first seconds, faulting its own buffers in, made the e2e
+# tail without it; WARMUP_S=0 counts them). Medians of RUNS runs go into the "OpenMessaging-shaped
 # workload" section of OUT_MD between its markers (appended otherwise; with RATE, a section of
 # its own); scripts/bench.sh runs
 # this script as one of its steps and keeps the section when it rewrites the file.
@@ -19,7 +21,7 @@
 #        PEER=kafka scripts/omb-bench.sh       also Apache Kafka (scripts/kafka-peer.sh)
 # Env:   RUNS  PROBE_S  DURATION_S  RATE_FRACTION (0.5)  RATE (records/s: every broker at this
 #        one rate instead of a fraction of its own max; the probe still runs)  PARTITIONS (100)  PRODUCERS (4)
-#        CONSUMERS (4)  FLAGS (producer flags without --connections; default 1 KiB, acks=all,
+#        WARMUP_S (15; QUICK 3)  CONSUMERS (4)  FLAGS (producer flags without --connections; default 1 KiB, acks=all,
 #        bench.sh's batching)  SLUICE_BIN  BENCH_DIR (bench-out/omb; wiped first)
 #        OUT_MD (BENCHMARKS.md; empty: no section)  BENCH_PORT / BENCH_ADMIN_PORT / PEER_PORT
 #        (41592 / 42144 / 41692; Kafka's controller takes PEER_PORT + 1)
@@ -37,10 +39,14 @@ RUNS="${RUNS:-1}"
 if [[ "$QUICK" == 1 ]]; then
     PROBE_S="${PROBE_S:-5}"
     DURATION_S="${DURATION_S:-10}"
+    WARMUP_S="${WARMUP_S:-3}"
 else
     PROBE_S="${PROBE_S:-10}"
     DURATION_S="${DURATION_S:-60}"
+    WARMUP_S="${WARMUP_S:-15}"
 fi
+WARMUP_FLAG=()
+[[ "$WARMUP_S" != 0 ]] && WARMUP_FLAG=(--warmup "${WARMUP_S}s")
 RATE_FRACTION="${RATE_FRACTION:-0.5}"
 PARTITIONS="${PARTITIONS:-100}"
 PRODUCERS="${PRODUCERS:-4}"
@@ -57,7 +63,7 @@ RESULTS="$BENCH_DIR/results.jsonl"
 COMMANDS="$BENCH_DIR/commands.txt"
 CLK_TCK="$(getconf CLK_TCK)"
 PREFIX="omb$(date +%s)"
-INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; [[ -n "${RATE:-}" ]] && printf 'RATE=%s ' "$RATE"; printf 'RUNS=%s PROBE_S=%s DURATION_S=%s scripts/omb-bench.sh' "$RUNS" "$PROBE_S" "$DURATION_S"; } )"
+INVOCATION="$( { [[ "$QUICK" == 1 ]] && printf 'QUICK=1 '; [[ -n "$PEER" ]] && printf 'PEER=%s ' "$PEER"; [[ -n "${RATE:-}" ]] && printf 'RATE=%s ' "$RATE"; printf 'RUNS=%s PROBE_S=%s WARMUP_S=%s DURATION_S=%s scripts/omb-bench.sh' "$RUNS" "$PROBE_S" "$WARMUP_S" "$DURATION_S"; } )"
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 die() { echo "omb-bench.sh: $*" >&2; exit 1; }
@@ -124,10 +130,10 @@ for target in "${TARGETS[@]}"; do
             drop_topic "$topic"
             max="$(python3 -c "import json; print(json.load(open('$BENCH_DIR/$target-probe-$run.json'))['records_per_s'])")"
             rate="${RATE:-$(python3 -c "print(max(1000, int($max * $RATE_FRACTION)))")}"
-            say "[$target] run $run: e2e at $rate records/s ($RATE_FRACTION of $max), $CONSUMERS consumers, ${DURATION_S}s"
+            say "[$target] run $run: e2e at $rate records/s ($RATE_FRACTION of $max), $CONSUMERS consumers, ${WARMUP_S}s warm-up, ${DURATION_S}s"
             topic="$PREFIX-$target-e2e-r$run"
             measure "$target" e2e "$run" e2e "${flags[@]}" --topic "$topic" --partitions "$PARTITIONS" \
-                --consumers "$CONSUMERS" --rate "$rate" --duration "${DURATION_S}s" || true
+                --consumers "$CONSUMERS" --rate "$rate" "${WARMUP_FLAG[@]}" --duration "${DURATION_S}s" || true
             drop_topic "$topic"
         else
             drop_topic "$topic"
@@ -136,5 +142,5 @@ for target in "${TARGETS[@]}"; do
     target_stop
 done
 finish_step omb-summary omb-section \
-    "$PARTITIONS partitions, $PRODUCERS producers, $CONSUMERS consumers, rate ${RATE:+$RATE records/s for every broker (RATE), not }$RATE_FRACTION of the probed max, probe ${PROBE_S}s, e2e ${DURATION_S}s, $RUNS run(s), flags: $FLAGS" \
+    "$PARTITIONS partitions, $PRODUCERS producers, $CONSUMERS consumers, rate ${RATE:+$RATE records/s for every broker (RATE), not }$RATE_FRACTION of the probed max, probe ${PROBE_S}s, e2e ${DURATION_S}s after a ${WARMUP_S}s uncounted warm-up, $RUNS run(s), flags: $FLAGS" \
     "OpenMessaging-shaped" --section "omb-bench${RATE:+-common-rate}"

@@ -114,7 +114,9 @@ def cpu_per_gb(row):
     doc = row.get("doc", {})
     if row.get("broker_cpu_s") is None or not doc.get("bytes"):
         return None
-    return row["broker_cpu_s"] / (doc["bytes"] / 1e9)
+    # The broker also worked for a run's uncounted warm-up (`bench --warmup`).
+    moved_bytes = doc["bytes"] + (doc.get("config", {}).get("warmup_bytes") or 0)
+    return row["broker_cpu_s"] / (moved_bytes / 1e9)
 
 
 # --- the OpenMessaging-shaped workload -----------------------------------------------------

@@ -202,7 +202,9 @@ def cmd_add(argv):
         row[key] = number(value)
         index += 1
     if isinstance(row.get("broker_cpu_s"), (int, float)) and row.get("bytes"):
-        row["broker_cpu_s_per_gb"] = row["broker_cpu_s"] / (row["bytes"] / 1e9)
+        # The broker also worked for a run's uncounted warm-up (`bench --warmup`).
+        moved_bytes = row["bytes"] + (row.get("config_warmup_bytes") or 0)
+        row["broker_cpu_s_per_gb"] = row["broker_cpu_s"] / (moved_bytes / 1e9)
     with open(results, "a") as handle:
         handle.write(json.dumps(row) + "\n")
 

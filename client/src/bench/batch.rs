@@ -64,6 +64,26 @@ impl BatchBuilder {
         }
     }
 
+    /// Whether the builder has no buffer of its own (a new one, or one whose last batch left
+    /// with its buffer): [`BatchBuilder::reuse_buffer`] can then give it one.
+    pub fn needs_buffer(&self) -> bool {
+        self.buf.capacity() == 0
+    }
+
+    /// Gives the builder a finished batch's buffer (from [`bytes::Bytes::try_into_mut`] once
+    /// the batch was acknowledged) to write its next batch into, so that batch allocates
+    /// nothing. Why: every fresh allocation of a batch's size is memory the allocator may
+    /// have just given back to the kernel (glibc trims the top of its heap as batches are
+    /// freed), so each one is faulted in again, a page at a time; the load generator's first
+    /// seconds spent more time in those faults than in the broker's answers (BENCHMARKS.md).
+    /// A builder that has a buffer keeps its own and drops this one.
+    pub fn reuse_buffer(&mut self, mut buf: BytesMut) {
+        if self.needs_buffer() {
+            buf.clear();
+            self.buf = buf;
+        }
+    }
+
     /// Records in the batch so far.
     pub fn len(&self) -> usize {
         self.count as usize
@@ -361,6 +381,55 @@ mod tests {
             &batch[batch.len() - 1024 - 1..batch.len() - 1],
             &[7; 1024][..]
         );
+    }
+
+    #[test]
+    fn an_acknowledged_batchs_buffer_is_written_again_without_allocating() {
+        let mut builder = BatchBuilder::with_expected_bytes(64 << 10);
+        let mut out = BytesMut::new();
+        let mut sent = Vec::new();
+        for round in 0..3u8 {
+            assert!(builder.needs_buffer());
+            for _ in 0..60 {
+                builder.push(5, None, b"", &[round; 1000]);
+            }
+            let batch = builder
+                .finish(&mut out, Compression::None, None)
+                .expect("batch");
+            let start = batch.as_ptr();
+            let Ok(buf) = batch.try_into_mut() else {
+                panic!("the finished batch shares its buffer");
+            };
+            builder.reuse_buffer(buf);
+            assert!(!builder.needs_buffer());
+            builder.push(6, None, b"", &[round; 1000]);
+            let next = builder
+                .finish(&mut out, Compression::None, None)
+                .expect("next");
+            assert_eq!(
+                next.as_ptr(),
+                start,
+                "round {round}: the buffer was not reused"
+            );
+            sent.push(next);
+            // A builder with a buffer keeps its own.
+            builder.push(7, None, b"", b"x");
+            let own = builder.buf.as_ptr();
+            builder.reuse_buffer(BytesMut::with_capacity(16));
+            assert_eq!(builder.buf.as_ptr(), own);
+            builder
+                .finish(&mut out, Compression::None, None)
+                .expect("third");
+        }
+        // Each reused buffer held a whole, valid batch: same bytes as a fresh builder's.
+        for (round, batch) in sent.iter().enumerate() {
+            let mut fresh = BatchBuilder::with_expected_bytes(64 << 10);
+            fresh.push(6, None, b"", &[round as u8; 1000]);
+            let expected = fresh
+                .finish(&mut out, Compression::None, None)
+                .expect("fresh");
+            assert_eq!(batch, &expected);
+        }
     }
 
     #[test]

@@ -30,8 +30,12 @@ use crate::records::{batch_record_count, decode_fetched, split_batches, AbortedF
 pub enum ReadMode {
     /// Count records and batch bytes; latency = fetch round trip.
     Throughput,
-    /// Decode values; latency = now minus the origin stamp in each value.
-    EndToEnd,
+    /// Decode values; latency = now minus the origin stamp in each value. Records whose origin
+    /// is before `counted_from_ns` (the run's warm-up) are read but not counted.
+    EndToEnd {
+        /// Origin (ns since the bench's start) from which records count.
+        counted_from_ns: u64,
+    },
 }
 
 /// Shared stop conditions.
@@ -127,7 +131,7 @@ pub async fn read_partitions(
                     }
                     positions.insert(data.partition, next);
                 }
-                ReadMode::EndToEnd => {
+                ReadMode::EndToEnd { counted_from_ns } => {
                     let (decoded, next) = decode_fetched(data.partition, data.records, position)?;
                     for r in &decoded {
                         let Some(value) = r.value.as_ref().filter(|v| v.len() >= STAMP_BYTES)
@@ -137,6 +141,9 @@ pub async fn read_partitions(
                         let mut stamp = [0u8; STAMP_BYTES];
                         stamp.copy_from_slice(&value[..STAMP_BYTES]);
                         let origin_ns = u64::from_be_bytes(stamp);
+                        if origin_ns < counted_from_ns {
+                            continue;
+                        }
                         let latency_us = (now_ns.saturating_sub(origin_ns) / 1_000).max(1);
                         histogram.saturating_record(latency_us);
                         interval.push(latency_us);

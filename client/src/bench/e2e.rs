@@ -91,7 +91,9 @@ pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
         &starts,
         None,
         options,
-        ReadMode::EndToEnd,
+        ReadMode::EndToEnd {
+            counted_from_ns: config.counted_from_ns(),
+        },
         &stop,
         &delivered,
         start,
@@ -132,7 +134,8 @@ pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
     waiter.abort();
     delivered.done.store(true, Ordering::Relaxed);
     let done = result.map_err(|e| anyhow::anyhow!("bench e2e aborted (reader): {e}"))?;
-    let elapsed = start.elapsed();
+    // The measured part only: from the warm-up's end.
+    let elapsed = start.elapsed().saturating_sub(config.warmup);
     if done.records < totals.records {
         eprintln!(
             "bench e2e: only {} of {} acknowledged records were delivered within {} s of the last acknowledgement",
@@ -150,6 +153,8 @@ pub async fn run(mut args: E2eBenchArgs) -> anyhow::Result<()> {
             "records_unacknowledged".into(),
             totals.unacknowledged.into(),
         );
+        map.insert("warmup_records".into(), totals.warmup_records.into());
+        map.insert("warmup_bytes".into(), totals.warmup_bytes(&config).into());
     }
     Report {
         mode: "e2e",

@@ -110,6 +110,13 @@ pub struct ProduceBenchArgs {
     /// How long to send, e.g. 30s, 2m, 500ms
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Send this long first, at the same rate, and count nothing of it (OpenMessaging
+    /// Benchmark's warm-up): records whose intended send time falls in it are produced,
+    /// acknowledged and (e2e) delivered as usual but left out of every figure, so a fresh
+    /// process's first seconds (connections, its own memory faulted in) do not make the
+    /// tail. Needs --duration, which then counts from the warm-up's end
+    #[arg(long, value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
     /// Acknowledgements: 0, 1 or all
     #[arg(long, default_value = "all")]
     pub acks: crate::producer::Acks,

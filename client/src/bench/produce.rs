@@ -75,8 +75,10 @@ pub struct ProduceConfig {
     pub keys: super::keys::KeyDistribution,
     /// Total records, if limited.
     pub records: Option<u64>,
-    /// Run length, if limited.
+    /// Run length, if limited: the measured part, after `warmup`.
     pub duration: Option<Duration>,
+    /// Uncounted time before the measured part (zero: none).
+    pub warmup: Duration,
     /// Acks.
     pub acks: Acks,
     /// Target batch size.
@@ -139,6 +141,9 @@ impl ProduceConfig {
                 anyhow::bail!("--rate must be a positive number of records per second");
             }
         }
+        if args.warmup.is_some() && args.duration.is_none() {
+            anyhow::bail!("--warmup needs --duration (the measured part that follows it)");
+        }
         let records = match (args.records, args.duration) {
             (None, None) => Some(1_000_000),
             (r, _) => r,
@@ -173,6 +178,7 @@ impl ProduceConfig {
             keys: args.keys.clone(),
             records,
             duration: args.duration,
+            warmup: args.warmup.unwrap_or(Duration::ZERO),
             acks: args.acks,
             batch_bytes: args.batch_bytes.max(1),
             linger: Duration::from_millis(args.linger_ms),
@@ -196,6 +202,7 @@ impl ProduceConfig {
             "topic": self.topic, "partitions": partitions, "record_size": self.record_size,
             "keys": format!("{:?}", self.keys), "records": self.records,
             "duration_s": self.duration.map(|d| d.as_secs_f64()), "acks": self.acks.wire(),
+            "warmup_s": self.warmup.as_secs_f64(),
             "batch_bytes": self.batch_bytes, "linger_ms": self.linger.as_millis() as u64,
             "connections": self.connections, "in_flight": self.in_flight,
             "request_bytes_max": self.request_bytes_max,
@@ -216,11 +223,21 @@ impl ProduceConfig {
     }
 
     /// How long after its start a run with a duration ends whatever is still unacknowledged:
-    /// the duration plus one request timeout (the last requests get their full timeout, and a
-    /// broker that stops answering cannot hold the run).
+    /// the warm-up and the duration plus one request timeout (the last requests get their
+    /// full timeout, and a broker that stops answering cannot hold the run).
     pub fn deadline(&self) -> Option<Duration> {
         let timeout = Duration::from_millis(u64::try_from(self.timeout_ms).unwrap_or(30_000));
-        self.duration.map(|d| d + timeout)
+        self.generation_time().map(|d| d + timeout)
+    }
+
+    /// How long after its start a run with a duration stops creating records.
+    pub fn generation_time(&self) -> Option<Duration> {
+        self.duration.map(|d| self.warmup + d)
+    }
+
+    /// Origin (ns since the run's start) from which records count: the warm-up's end.
+    pub fn counted_from_ns(&self) -> u64 {
+        u64::try_from(self.warmup.as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn schedule_for_task(&self) -> Schedule {
@@ -283,10 +300,20 @@ pub struct ProduceTotals {
     /// Records created but not acknowledged when the run's deadline passed (0 when every
     /// record was acknowledged in time).
     pub unacknowledged: u64,
+    /// Records acknowledged in the warm-up (in no other figure).
+    pub warmup_records: u64,
     /// EndTxn round trips (us); empty unless transactional.
     pub end_txn: hdrhistogram::Histogram<u64>,
     /// AddPartitionsToTxn round trips (us); empty unless transactional.
     pub add_partitions: hdrhistogram::Histogram<u64>,
+}
+
+impl ProduceTotals {
+    /// Value bytes acknowledged in the warm-up: what a broker's CPU per GB must count beside
+    /// the reported bytes, since it worked for them too.
+    pub fn warmup_bytes(&self, config: &ProduceConfig) -> u64 {
+        self.warmup_records * config.record_size as u64
+    }
 }
 
 /// One transactional session per producer task (InitProducerId for each task's id, all at
@@ -350,7 +377,7 @@ pub async fn run_producers(
     let mut histogram = new_latency_histogram();
     let mut end_txn = new_latency_histogram();
     let mut add_partitions = new_latency_histogram();
-    let (mut records, mut bytes, mut unacknowledged) = (0u64, 0u64, 0u64);
+    let (mut records, mut bytes, mut unacknowledged, mut warmup_records) = (0u64, 0u64, 0u64, 0u64);
     let mut first_error = None;
     for handle in handles {
         match handle.await {
@@ -358,6 +385,7 @@ pub async fn run_producers(
                 records += done.records;
                 bytes += done.bytes;
                 unacknowledged += done.unacknowledged;
+                warmup_records += done.warmup_records;
                 let _ = histogram.add(&done.histogram);
                 if let Some(txn) = &done.txn {
                     let _ = end_txn.add(&txn.end_us);
@@ -380,8 +408,10 @@ pub async fn run_producers(
         records,
         bytes,
         histogram,
-        elapsed: start.elapsed(),
+        // The measured part only: from the warm-up's end.
+        elapsed: start.elapsed().saturating_sub(config.warmup),
         unacknowledged,
+        warmup_records,
         end_txn,
         add_partitions,
     })
@@ -470,9 +500,16 @@ struct Worker {
     /// When the run ends whatever is unacknowledged (ns since start; runs with a duration).
     deadline_ns: Option<u64>,
     encode_buf: BytesMut,
+    /// Buffers of acknowledged batches, for the next batches to be written into
+    /// ([`BatchBuilder::reuse_buffer`]), at most `batch_pool_max`.
+    batch_pool: Vec<BytesMut>,
+    /// Enough buffers for this task's share of `buffer.memory` in full batches.
+    batch_pool_max: usize,
     conns: HashMap<i32, Arc<Connection>>,
     histogram: hdrhistogram::Histogram<u64>,
     records_acked: u64,
+    /// Records acknowledged in the warm-up (not in `records_acked`).
+    records_uncounted: u64,
     bytes_acked: u64,
     /// Reused buffer of one response's latencies.
     latencies_us: Vec<u64>,
@@ -507,6 +544,8 @@ struct WorkerDone {
     bytes: u64,
     /// Records created and not acknowledged by the deadline.
     unacknowledged: u64,
+    /// Records acknowledged in the warm-up.
+    warmup_records: u64,
     histogram: hdrhistogram::Histogram<u64>,
     txn: Option<TxnTimes>,
 }
@@ -597,6 +636,7 @@ impl Worker {
                         .into(),
                 )),
             };
+        let batch_pool_max = (config.buffer_share_per_task() / config.batch_bytes).max(1);
         let seed = config
             .seed
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -629,10 +669,13 @@ impl Worker {
             pending_value_bytes: 0,
             in_flight_value_bytes: 0,
             encode_buf: BytesMut::new(),
+            batch_pool: Vec::new(),
+            batch_pool_max,
             conns: HashMap::new(),
             histogram: new_latency_histogram(),
             timer: Arc::new(PreciseTimer::new().map_err(timer_error)?),
             records_acked: 0,
+            records_uncounted: 0,
             bytes_acked: 0,
             latencies_us: Vec::new(),
             retry: Vec::new(),
@@ -651,7 +694,7 @@ impl Worker {
         self.limit.is_some_and(|l| self.generated >= l)
             || self
                 .config
-                .duration
+                .generation_time()
                 .is_some_and(|d| now_ns >= d.as_nanos() as u64)
     }
 
@@ -729,10 +772,15 @@ impl Worker {
                 .is_none_or(|b| b.len() >= self.records_per_batch)
             {
                 let expected_bytes = self.records_per_batch * (size + RECORD_OVERHEAD_BYTES);
-                let fresh = acc
+                let mut fresh = acc
                     .spare
                     .pop()
                     .unwrap_or_else(|| BatchBuilder::with_expected_bytes(expected_bytes));
+                if fresh.needs_buffer() {
+                    if let Some(buf) = self.batch_pool.pop() {
+                        fresh.reuse_buffer(buf);
+                    }
+                }
                 acc.batches.push_back(fresh);
             }
             if let Some(batch) = acc.batches.back_mut() {
@@ -887,16 +935,32 @@ impl Worker {
                     )))
                 }
             }
-            for origin in &batch.origins_ns {
+            // Records of the warm-up are acknowledged like any other but left out of every
+            // figure.
+            let counted_from_ns = self.config.counted_from_ns();
+            let mut counted = 0u64;
+            for origin in batch.origins_ns.iter().filter(|o| **o >= counted_from_ns) {
                 let latency_us = (ack_ns.saturating_sub(*origin) / 1_000).max(1);
                 self.histogram.saturating_record(latency_us);
                 latencies_us.push(latency_us);
+                counted += 1;
             }
-            records += batch.origins_ns.len() as u64;
-            bytes += batch.value_bytes as u64;
+            self.records_uncounted += batch.origins_ns.len() as u64 - counted;
+            records += counted;
+            bytes += counted * self.config.record_size as u64;
             debug_assert!(self.in_flight_value_bytes >= batch.value_bytes);
             self.in_flight_value_bytes =
                 self.in_flight_value_bytes.saturating_sub(batch.value_bytes);
+            // Its buffer is written again by a next batch, once nothing else holds it (the
+            // request's own reference is gone once written; with acks=0 it may not be yet).
+            // Compressed batches are not: their builders keep their records buffers.
+            if self.config.compression == Compression::None
+                && self.batch_pool.len() < self.batch_pool_max
+            {
+                if let Ok(buf) = batch.batch.try_into_mut() {
+                    self.batch_pool.push(buf);
+                }
+            }
         }
         self.records_acked += records;
         self.bytes_acked += bytes;
@@ -1172,7 +1236,10 @@ impl Worker {
         Ok(WorkerDone {
             records: self.records_acked,
             bytes: self.bytes_acked,
-            unacknowledged: self.generated.saturating_sub(self.records_acked),
+            unacknowledged: self
+                .generated
+                .saturating_sub(self.records_acked + self.records_uncounted),
+            warmup_records: self.records_uncounted,
             histogram: self.histogram,
             txn: self.txn.map(|t| t.times),
         })
@@ -1292,6 +1359,8 @@ pub async fn run(args: ProduceBenchArgs) -> anyhow::Result<()> {
             "records_unacknowledged".into(),
             totals.unacknowledged.into(),
         );
+        map.insert("warmup_records".into(), totals.warmup_records.into());
+        map.insert("warmup_bytes".into(), totals.warmup_bytes(&config).into());
     }
     let unacknowledged = totals.unacknowledged;
     let elapsed = totals.elapsed;
