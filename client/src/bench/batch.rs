@@ -72,11 +72,12 @@ impl BatchBuilder {
 
     /// Gives the builder a finished batch's buffer (from [`bytes::Bytes::try_into_mut`] once
     /// the batch was acknowledged) to write its next batch into, so that batch allocates
-    /// nothing. Why: every fresh allocation of a batch's size is memory the allocator may
-    /// have just given back to the kernel (glibc trims the top of its heap as batches are
-    /// freed), so each one is faulted in again, a page at a time; the load generator's first
-    /// seconds spent more time in those faults than in the broker's answers (BENCHMARKS.md).
-    /// A builder that has a buffer keeps its own and drops this one.
+    /// nothing, as the Java client's `BufferPool` does. Why: a fresh allocation of a batch's
+    /// size may be memory the allocator has just given back to the kernel (glibc trims the
+    /// top of its heap as batches are freed), faulted in again a page at a time. Measured
+    /// neutral on the OMB-shaped run's first seconds, which the fresh broker's own first
+    /// touch turned out to make (BENCHMARKS.md, session 26). A builder that has a buffer
+    /// keeps its own and drops this one.
     pub fn reuse_buffer(&mut self, mut buf: BytesMut) {
         if self.needs_buffer() {
             buf.clear();
