@@ -408,15 +408,13 @@ def test_bench_e2e_delivers_every_acknowledged_record(sluice_bin, broker):
     assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
 
 
-def test_bench_e2e_warmup_is_produced_and_delivered_but_not_counted(sluice_bin, broker):
-    """`--warmup`: a one-second broker stall inside the warm-up leaves no trace in the figures
-    (its records are produced, acknowledged and delivered, but not counted), while the
-    measured part counts only its own records: rate x duration."""
-    topic = unique_topic("warm")
+def _bench_across_a_stall(sluice_bin, broker, topic, stall_after_s, mode, *args):
+    """`sluice bench MODE` at 2,000 records/s of 100 bytes on one connection to a new
+    2-partition topic, with the broker SIGSTOPped for one second `stall_after_s` in."""
     ok(sluice(sluice_bin, "topics", "create", topic, "--partitions", 2, "--bootstrap", broker.bootstrap))
 
     def stall():
-        time.sleep(0.5)
+        time.sleep(stall_after_s)
         os.kill(broker.proc.pid, signal.SIGSTOP)
         time.sleep(1.0)
         os.kill(broker.proc.pid, signal.SIGCONT)
@@ -424,12 +422,20 @@ def test_bench_e2e_warmup_is_produced_and_delivered_but_not_counted(sluice_bin, 
     stopper = threading.Thread(target=stall)
     stopper.start()
     try:
-        doc = bench_json(sluice_bin, broker, "e2e", "--topic", topic, "--rate", 2000,
-                         "--warmup", "3s", "--duration", "2s", "--record-size", 100,
-                         "--connections", 1)
+        return bench_json(sluice_bin, broker, mode, "--topic", topic, "--rate", 2000,
+                          "--record-size", 100, "--connections", 1, *args)
     finally:
         stopper.join()
         os.kill(broker.proc.pid, signal.SIGCONT)
+
+
+def test_bench_e2e_warmup_is_produced_and_delivered_but_not_counted(sluice_bin, broker):
+    """`--warmup`: a one-second broker stall inside the warm-up leaves no trace in the figures
+    (its records are produced, acknowledged and delivered, but not counted), while the
+    measured part counts only its own records: rate x duration."""
+    topic = unique_topic("warm")
+    doc = _bench_across_a_stall(sluice_bin, broker, topic, 0.5, "e2e", "--warmup", "3s",
+                                "--duration", "2s")
     assert doc["config"]["warmup_s"] == 3.0
     assert 5_000 <= doc["config"]["warmup_records"] <= 6_100, doc["config"]
     assert doc["config"]["warmup_bytes"] == doc["config"]["warmup_records"] * 100
@@ -459,23 +465,8 @@ def test_bench_open_loop_shows_a_broker_stall_in_the_tail(sluice_bin, broker):
     """SIGSTOP the broker for one second during an open-loop run at 2,000 records/s: about a
     quarter of the records were due during or just after the stall, so the tail must show it
     (a closed-loop measurement would charge it to a handful of requests only)."""
-    topic = unique_topic("stall")
-    ok(sluice(sluice_bin, "topics", "create", topic, "--partitions", 2, "--bootstrap", broker.bootstrap))
-
-    def stall():
-        time.sleep(1.5)
-        os.kill(broker.proc.pid, signal.SIGSTOP)
-        time.sleep(1.0)
-        os.kill(broker.proc.pid, signal.SIGCONT)
-
-    stopper = threading.Thread(target=stall)
-    stopper.start()
-    try:
-        doc = bench_json(sluice_bin, broker, "produce", "--topic", topic, "--rate", 2000,
-                         "--duration", "4s", "--record-size", 100, "--connections", 1)
-    finally:
-        stopper.join()
-        os.kill(broker.proc.pid, signal.SIGCONT)
+    doc = _bench_across_a_stall(sluice_bin, broker, unique_topic("stall"), 1.5, "produce",
+                                "--duration", "4s")
     lat = doc["latency_ms"]
     assert doc["config"]["open_loop"] is True
     assert lat["max"] >= 900, lat
