@@ -306,6 +306,11 @@ fn collector(
         // touch until the cache has filled once.
         merged.set_process_value("tail_cache_budget_bytes", tail_cache_budget_bytes);
         merged.set_process_value("tail_cache_uncached_batches", tail_cache.uncached_batches);
+        // Chunks made since start: each one fresh memory faulted in on a shard thread. It
+        // should stop growing once the cache has first filled its budget; growth after that
+        // is the arena failing to reuse its oldest chunks.
+        merged.set_process_value("tail_cache_chunks_made", tail_cache.chunks_made);
+        merged.set_process_value("tail_cache_own_batches", tail_cache.own_batches);
         // The batch bytes the caches may hold now: the budget, or less while their memory is
         // limited because the machine runs short (log.tail.cache.memory.reserve.bytes).
         merged.set_process_value("tail_cache_limit_bytes", tail_cache.limit_bytes as u64);

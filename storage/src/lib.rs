@@ -104,6 +104,12 @@ pub struct TailCacheStats {
     pub chunk_bytes: usize,
     /// Batches not cached since start for want of memory under the arena's cap.
     pub uncached_batches: u64,
+    /// Arena chunks allocated since start (each a first touch of fresh memory; reused chunks
+    /// are not counted): it stops growing once the cache has filled its budget.
+    pub chunks_made: u64,
+    /// Batches cached since start in allocations of their own (too large for a chunk, or no
+    /// chunk free under the cap).
+    pub own_batches: u64,
     /// Batch bytes the cache may hold now: the budget, or less while its memory is limited
     /// ([`ShardStorage::limit_tail_cache_memory`]).
     pub limit_bytes: usize,
@@ -114,6 +120,8 @@ impl std::ops::AddAssign for TailCacheStats {
         self.held_bytes += other.held_bytes;
         self.chunk_bytes += other.chunk_bytes;
         self.uncached_batches += other.uncached_batches;
+        self.chunks_made += other.chunks_made;
+        self.own_batches += other.own_batches;
         self.limit_bytes = self.limit_bytes.saturating_add(other.limit_bytes);
     }
 }
@@ -696,6 +704,8 @@ impl ShardStorage {
             held_bytes: cache.used_bytes(),
             chunk_bytes: cache.chunk_memory_bytes(),
             uncached_batches: cache.uncached_batches(),
+            chunks_made: cache.chunks_made(),
+            own_batches: cache.own_batches(),
             limit_bytes: cache.effective_budget_bytes(),
         }
     }

@@ -51,20 +51,42 @@ pub(crate) struct TailArena {
     configured_cap_bytes: usize,
     /// Chunks in existence (current and retired, reclaimable or not).
     chunks: usize,
-    current: Option<BytesMut>,
-    retired: VecDeque<BytesMut>,
+    current: Option<Retired>,
+    retired: VecDeque<Retired>,
+    /// Fill number the next chunk taken (new or reused) gets: fills are numbered in the order
+    /// batches were copied, which is the order the cache evicts in.
+    next_fill: ChunkFill,
+    /// Every chunk filled before this one holds no cached batch any more (the cache evicted
+    /// oldest first up to a batch of this fill, [`TailArena::evicted`]): a chunk among those
+    /// that is not free is held by a response only.
+    cached_from: ChunkFill,
     /// Whether new chunks ask for transparent huge pages (`log.tail.cache.huge.pages`) or
     /// refuse them (see [`new_chunk`]).
     huge_pages: bool,
     /// Batches copied into chunks and batches that got an allocation of their own.
     pub(crate) chunked_batches: u64,
     pub(crate) own_batches: u64,
+    /// Chunks allocated (and faulted in) since start, reused ones not counted.
+    pub(crate) chunks_made: u64,
+}
+
+/// A chunk's fill: chunks are numbered each time one is taken to be filled (new or reused),
+/// in the order batches are copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ChunkFill(u64);
+
+/// A chunk and the fill its batches were copied in.
+#[derive(Debug)]
+struct Retired {
+    chunk: BytesMut,
+    fill: ChunkFill,
 }
 
 /// Where [`TailArena::copy`] put a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Placement {
-    Chunk,
+    /// In a chunk, during the fill given (the cache reports it back when it evicts the batch).
+    Chunk(ChunkFill),
     /// An allocation of its own: the caller counts it against the memory cap until it drops it.
     Own,
 }
@@ -90,9 +112,12 @@ impl TailArena {
             chunks: 0,
             current: None,
             retired: VecDeque::new(),
+            next_fill: ChunkFill(0),
+            cached_from: ChunkFill(0),
             huge_pages: false,
             chunked_batches: 0,
             own_batches: 0,
+            chunks_made: 0,
         }
     }
 
@@ -114,7 +139,7 @@ impl TailArena {
     ) -> Option<(Bytes, Placement)> {
         let len = header.len() + rest.len();
         if len > 0 && len <= self.chunk_bytes / 4 && self.make_room(len) {
-            let Some(chunk) = self.current.as_mut() else {
+            let Some(Retired { chunk, fill }) = self.current.as_mut() else {
                 unreachable!("make_room leaves a current chunk with room");
             };
             debug_assert!(
@@ -126,7 +151,7 @@ impl TailArena {
             self.chunked_batches += 1;
             let view = chunk.split_to(len).freeze();
             debug_assert_eq!(view.len(), len);
-            return Some((view, Placement::Chunk));
+            return Some((view, Placement::Chunk(*fill)));
         }
         while self.chunk_memory_bytes() + own_bytes + len > self.memory_cap_bytes {
             if !self.release_free_chunk() {
@@ -146,7 +171,7 @@ impl TailArena {
         if self
             .current
             .as_ref()
-            .is_some_and(|chunk| chunk.capacity() >= len)
+            .is_some_and(|current| current.chunk.capacity() >= len)
         {
             return true;
         }
@@ -156,33 +181,62 @@ impl TailArena {
         // Over the cap (memory was limited while chunks were held): free chunks go back to
         // the allocator instead of being reused.
         self.release_chunks_over_cap();
-        if self.chunks <= self.max_chunks {
-            if let Some(chunk) = self.take_free_chunk() {
-                self.current = Some(chunk);
-                return true;
-            }
-        }
-        if self.chunks < self.max_chunks {
+        let reused = if self.chunks <= self.max_chunks {
+            self.take_free_chunk()
+        } else {
+            None
+        };
+        let chunk = if let Some(chunk) = reused {
+            chunk
+        } else if self.chunks < self.max_chunks {
             self.chunks += 1;
-            self.current = Some(new_chunk(self.chunk_bytes, self.huge_pages));
-            return true;
-        }
-        false
+            self.chunks_made += 1;
+            new_chunk(self.chunk_bytes, self.huge_pages)
+        } else {
+            return false;
+        };
+        let fill = self.next_fill;
+        self.next_fill = ChunkFill(fill.0 + 1);
+        self.current = Some(Retired { chunk, fill });
+        true
     }
 
     /// A retired chunk nothing refers to any more, made whole again, from among the oldest few.
-    /// A chunk still held (a response not yet written keeps a view) goes to the back, so one
-    /// held chunk never hides the free ones behind it.
+    /// Why the order matters: at its budget the cache evicts only the bytes each new batch
+    /// needs, so when the current chunk is full the oldest one usually still holds its last
+    /// cached batches, and the chunks behind it hold newer ones. A chunk that still holds
+    /// cached batches keeps its place (it is the next to come free); one that holds none but is
+    /// not free (a response not yet written keeps a view) goes to the back, so it never hides
+    /// the free ones behind it. Sending the former to the back too (as this once did) made
+    /// every scan at the budget pass over the oldest chunks just before they came free, and
+    /// the arena grew by a new chunk each time, at first-touch speed, up to its cap
+    /// (BENCHMARKS.md, "the cache-full collapse").
     fn take_free_chunk(&mut self) -> Option<BytesMut> {
         let chunk_bytes = self.chunk_bytes;
-        for _ in 0..self.retired.len().min(RECLAIM_SCAN_MAX) {
-            let mut chunk = self.retired.pop_front()?;
-            if chunk.try_reclaim(chunk_bytes) {
-                return Some(chunk);
+        let mut index = 0;
+        for _ in 0..RECLAIM_SCAN_MAX {
+            let Some(entry) = self.retired.get_mut(index) else {
+                break;
+            };
+            if entry.chunk.try_reclaim(chunk_bytes) {
+                return self.retired.remove(index).map(|entry| entry.chunk);
             }
-            self.retired.push_back(chunk);
+            if entry.fill < self.cached_from {
+                if let Some(held) = self.retired.remove(index) {
+                    self.retired.push_back(held);
+                }
+            } else {
+                index += 1;
+            }
         }
         None
+    }
+
+    /// The cache evicted (oldest first) a batch copied during `fill`: no chunk filled before
+    /// it holds a cached batch any more.
+    pub(crate) fn evicted(&mut self, fill: ChunkFill) {
+        debug_assert!(fill < self.next_fill, "a fill not yet handed out");
+        self.cached_from = self.cached_from.max(fill);
     }
 
     /// Gives one free chunk's memory back (an own allocation needs the room under the cap).
@@ -250,7 +304,7 @@ impl TailArena {
         }
         let (chunk_bytes, max_chunks) = (self.chunk_bytes, self.max_chunks);
         let mut chunks = self.chunks;
-        self.retired.retain_mut(|chunk| {
+        self.retired.retain_mut(|Retired { chunk, .. }| {
             let release = chunks > max_chunks && chunk.try_reclaim(chunk_bytes);
             if release {
                 chunks -= 1;
@@ -325,9 +379,14 @@ mod tests {
     const BUDGET: usize = 16 * CHUNK_MIN_BYTES;
 
     fn chunk(arena: &mut TailArena, header: &[u8], rest: &[u8]) -> Bytes {
-        let (view, placement) = arena.copy(header, rest, 0).expect("room");
-        assert_eq!(placement, Placement::Chunk);
-        view
+        chunk_and_fill(arena, header, rest).0
+    }
+
+    fn chunk_and_fill(arena: &mut TailArena, header: &[u8], rest: &[u8]) -> (Bytes, ChunkFill) {
+        match arena.copy(header, rest, 0).expect("room") {
+            (view, Placement::Chunk(fill)) => (view, fill),
+            (_, Placement::Own) => panic!("not in a chunk"),
+        }
     }
 
     #[test]
@@ -391,14 +450,19 @@ mod tests {
         let mut arena = TailArena::new(BUDGET);
         let quarter = CHUNK_MIN_BYTES / 4;
         let mut views = Vec::new();
+        let mut fills = Vec::new();
         for _ in 0..(RECLAIM_SCAN_MAX + 2) * 4 {
-            views.push(chunk(&mut arena, &[], &vec![1; quarter]));
+            let (view, fill) = chunk_and_fill(&mut arena, &[], &vec![1; quarter]);
+            views.push(view);
+            fills.push(fill);
         }
-        // The oldest RECLAIM_SCAN_MAX chunks stay held (one view each); the next one is free.
+        // The oldest RECLAIM_SCAN_MAX chunks stay held (one view each, by responses: the cache
+        // evicted past them); the next one is free.
         let held: Vec<Bytes> = (0..RECLAIM_SCAN_MAX)
             .map(|c| views[c * 4].clone())
             .collect();
         let free_chunk = views[RECLAIM_SCAN_MAX * 4].as_ptr() as usize;
+        arena.evicted(fills[RECLAIM_SCAN_MAX * 4 + 3]);
         drop(views);
         let made = arena.chunk_memory_bytes();
         // Two refills: the first scan only sends the held chunks to the back (and makes one new

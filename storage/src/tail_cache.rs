@@ -221,6 +221,9 @@ impl TailCache {
                 }
             };
             if let Some(batch) = evicted {
+                if let Placement::Chunk(fill) = batch.placement {
+                    self.arena.evicted(fill);
+                }
                 self.forget(&batch);
             }
         }
@@ -286,6 +289,16 @@ impl TailCache {
     /// The memory the budget lets the cache take: a limit at or above it limits nothing.
     pub(crate) fn memory_cap_bytes(&self) -> usize {
         self.arena.configured_cap_bytes()
+    }
+
+    /// Arena chunks allocated since start (each faulted in once; reused ones not counted).
+    pub(crate) fn chunks_made(&self) -> u64 {
+        self.arena.chunks_made
+    }
+
+    /// Batches cached in allocations of their own since start.
+    pub(crate) fn own_batches(&self) -> u64 {
+        self.arena.own_batches
     }
 
     /// Batches not cached for want of memory under the arena's cap, since start.
@@ -372,5 +385,39 @@ mod tests {
             cache.used_bytes() > budget / 2,
             "the whole budget is usable again"
         );
+    }
+    #[test]
+    fn at_the_budget_the_oldest_chunk_is_reused_rather_than_a_new_one_made() {
+        // 16 chunks of 1 MiB hold the budget; the arena may make 21 (a quarter more and one).
+        let budget = 16 << 20;
+        let mut cache = TailCache::new(budget);
+        let tails: Vec<_> = (0..100)
+            .map(|_| Rc::new(RefCell::new(PartitionTail::default())))
+            .collect();
+        let header = vec![1u8; 61];
+        let rest = vec![2u8; 4096 - 61];
+        let mut next_offset = vec![0i64; tails.len()];
+        let mut made_at_budget = None;
+        for round in 0..20 * budget / 4096 {
+            let partition = round % tails.len();
+            let offset = next_offset[partition];
+            next_offset[partition] += 1;
+            cache.insert(&tails[partition], offset, offset, &header, &rest);
+            if made_at_budget.is_none() && cache.used_bytes() + 4096 > budget {
+                made_at_budget = Some(cache.chunks_made());
+            }
+        }
+        let made_at_budget = made_at_budget.expect("the budget was reached");
+        assert_eq!(made_at_budget, 16, "the budget's bytes fill 16 chunks");
+        assert!(
+            cache.chunks_made() <= made_at_budget + 1,
+            "{} chunks made over 19 budgets' worth of batches past the budget",
+            cache.chunks_made() - made_at_budget
+        );
+        assert_eq!(
+            cache.chunk_memory_bytes(),
+            cache.chunks_made() as usize * (1 << 20)
+        );
+        assert!(cache.used_bytes() > budget - (2 << 20));
     }
 }

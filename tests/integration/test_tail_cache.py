@@ -10,7 +10,8 @@ The test writes 256 MiB (with confluent-kafka), then reads it all from the begin
 byte for byte, and checks where the bytes came from: with the default cache not one byte is
 spliced from a segment file and /metrics shows the cache holding every batch in its chunks;
 with the former fixed default (64 MiB per shard) the same read goes to the files for most of
-it, which is what makes the first half of the test able to fail.
+it, which is what makes the first half of the test able to fail. The second half also checks
+that a cache past its budget reuses its oldest chunks instead of making new ones.
 """
 
 from __future__ import annotations
@@ -80,4 +81,13 @@ def test_a_consumer_far_behind_reads_memory_not_the_files(broker_factory, cache)
         assert held <= 2 * (64 << 20)
         # The ceiling /metrics reports is the setting times the shards.
         assert metrics["sluice_tail_cache_budget_bytes"] == 2 * (64 << 20)
+        # Past the budget the oldest chunks are reused, not new ones made: each shard's 64 MiB
+        # of ~1 MB batches fills 18 chunks of 4 MiB (a sixteenth of the budget), one more
+        # at the budget and one of margin; the arena's cap (21 a shard) is not reached, and no
+        # chunk is given back to make room and made again.
+        made = metrics["sluice_tail_cache_chunks_made"]
+        print(f"chunks made {made:.0f}, own-allocated batches "
+              f"{metrics['sluice_tail_cache_own_batches']:.0f}")
+        assert made <= 2 * 20, made
+        assert chunks == made * (4 << 20), (chunks, made)
     assert metrics.get("sluice_tail_cache_uncached_batches", 0) == 0
