@@ -51,8 +51,8 @@ pub(crate) struct TailArena {
     configured_cap_bytes: usize,
     /// Chunks in existence (current and retired, reclaimable or not).
     chunks: usize,
-    current: Option<Retired>,
-    retired: VecDeque<Retired>,
+    current: Option<Filled>,
+    retired: VecDeque<Filled>,
     /// Fill number the next chunk taken (new or reused) gets: fills are numbered in the order
     /// batches were copied, which is the order the cache evicts in.
     next_fill: ChunkFill,
@@ -60,6 +60,8 @@ pub(crate) struct TailArena {
     /// oldest first up to a batch of this fill, [`TailArena::evicted`]): a chunk among those
     /// that is not free is held by a response only.
     cached_from: ChunkFill,
+    /// Where [`TailArena::take_free_chunk`] looks next behind the oldest chunks.
+    cursor: usize,
     /// Whether new chunks ask for transparent huge pages (`log.tail.cache.huge.pages`) or
     /// refuse them (see [`new_chunk`]).
     huge_pages: bool,
@@ -77,7 +79,7 @@ pub(crate) struct ChunkFill(u64);
 
 /// A chunk and the fill its batches were copied in.
 #[derive(Debug)]
-struct Retired {
+struct Filled {
     chunk: BytesMut,
     fill: ChunkFill,
 }
@@ -114,6 +116,7 @@ impl TailArena {
             retired: VecDeque::new(),
             next_fill: ChunkFill(0),
             cached_from: ChunkFill(0),
+            cursor: 0,
             huge_pages: false,
             chunked_batches: 0,
             own_batches: 0,
@@ -139,7 +142,7 @@ impl TailArena {
     ) -> Option<(Bytes, Placement)> {
         let len = header.len() + rest.len();
         if len > 0 && len <= self.chunk_bytes / 4 && self.make_room(len) {
-            let Some(Retired { chunk, fill }) = self.current.as_mut() else {
+            let Some(Filled { chunk, fill }) = self.current.as_mut() else {
                 unreachable!("make_room leaves a current chunk with room");
             };
             debug_assert!(
@@ -197,27 +200,27 @@ impl TailArena {
         };
         let fill = self.next_fill;
         self.next_fill = ChunkFill(fill.0 + 1);
-        self.current = Some(Retired { chunk, fill });
+        self.current = Some(Filled { chunk, fill });
         true
     }
 
-    /// A retired chunk nothing refers to any more, made whole again, from among the oldest few.
-    /// Why the order matters: at its budget the cache evicts only the bytes each new batch
-    /// needs, so when the current chunk is full the oldest one usually still holds its last
-    /// cached batches, and the chunks behind it hold newer ones. A chunk that still holds
+    /// A retired chunk nothing refers to any more, made whole again: from among the oldest few,
+    /// else from a few further in (a cursor that walks the rest of the queue, a few chunks per
+    /// call). Why the order matters: at its budget the cache evicts only the bytes each new
+    /// batch needs, so when the current chunk is full the oldest one usually still holds its
+    /// last cached batches, and the chunks behind it hold newer ones. A chunk that still holds
     /// cached batches keeps its place (it is the next to come free); one that holds none but is
     /// not free (a response not yet written keeps a view) goes to the back, so it never hides
     /// the free ones behind it. Sending the former to the back too (as this once did) made
     /// every scan at the budget pass over the oldest chunks just before they came free, and
     /// the arena grew by a new chunk each time, at first-touch speed, up to its cap
-    /// (BENCHMARKS.md, "the cache-full collapse").
+    /// (BENCHMARKS.md, "the cache-full collapse"). The cursor finds chunks freed out of order
+    /// (a deleted topic's, behind chunks another topic still has cached) without reordering.
     fn take_free_chunk(&mut self) -> Option<BytesMut> {
         let chunk_bytes = self.chunk_bytes;
         let mut index = 0;
         for _ in 0..RECLAIM_SCAN_MAX {
-            let Some(entry) = self.retired.get_mut(index) else {
-                break;
-            };
+            let entry = self.retired.get_mut(index)?;
             if entry.chunk.try_reclaim(chunk_bytes) {
                 return self.retired.remove(index).map(|entry| entry.chunk);
             }
@@ -228,6 +231,19 @@ impl TailArena {
             } else {
                 index += 1;
             }
+        }
+        // The oldest `index` chunks were just looked at; the cursor walks those behind them.
+        let further = self.retired.len().saturating_sub(index);
+        for _ in 0..RECLAIM_SCAN_MAX.min(further) {
+            if self.cursor < index || self.cursor >= self.retired.len() {
+                self.cursor = index;
+            }
+            let at = self.cursor;
+            let entry = self.retired.get_mut(at)?;
+            if entry.chunk.try_reclaim(chunk_bytes) {
+                return self.retired.remove(at).map(|entry| entry.chunk);
+            }
+            self.cursor += 1;
         }
         None
     }
@@ -304,7 +320,7 @@ impl TailArena {
         }
         let (chunk_bytes, max_chunks) = (self.chunk_bytes, self.max_chunks);
         let mut chunks = self.chunks;
-        self.retired.retain_mut(|Retired { chunk, .. }| {
+        self.retired.retain_mut(|Filled { chunk, .. }| {
             let release = chunks > max_chunks && chunk.try_reclaim(chunk_bytes);
             if release {
                 chunks -= 1;
@@ -484,6 +500,44 @@ mod tests {
             "one new chunk at most"
         );
         assert!(held.iter().all(|view| view.iter().all(|&byte| byte == 1)));
+    }
+
+    #[test]
+    fn chunks_freed_behind_cached_ones_are_found_before_a_new_one_is_made() {
+        let mut arena = TailArena::new(BUDGET);
+        let quarter = CHUNK_MIN_BYTES / 4;
+        let views: Vec<Bytes> = (0..10 * 4)
+            .map(|_| chunk(&mut arena, &[], &vec![1; quarter]))
+            .collect();
+        // The oldest six chunks still hold cached batches (no eviction yet); the four behind
+        // them were freed out of order (their partitions' batches dropped).
+        let cached: Vec<Bytes> = views[..6 * 4].to_vec();
+        let mut freed: Vec<usize> = (6..10).map(|c| views[c * 4].as_ptr() as usize).collect();
+        drop(views);
+        let made = arena.chunk_memory_bytes();
+        let mut reused = Vec::new();
+        let mut kept = Vec::new();
+        for round in 0..4 {
+            let first = chunk(&mut arena, &[], &vec![2; quarter]);
+            reused.push(first.as_ptr() as usize);
+            kept.push(first);
+            for _ in 0..3 {
+                kept.push(chunk(&mut arena, &[], &vec![3; quarter]));
+            }
+            assert_eq!(
+                arena.chunk_memory_bytes(),
+                made,
+                "round {round}: no new chunk"
+            );
+        }
+        reused.sort_unstable();
+        freed.sort_unstable();
+        assert_eq!(reused, freed, "each freed chunk reused once");
+        // Every chunk is held now: the next refill makes one.
+        chunk(&mut arena, &[], &vec![4; quarter]);
+        assert_eq!(arena.chunk_memory_bytes(), made + CHUNK_MIN_BYTES);
+        assert!(cached.iter().all(|view| view.iter().all(|&byte| byte == 1)));
+        assert!(kept.iter().all(|view| view[0] == 2 || view[0] == 3));
     }
 
     #[test]
