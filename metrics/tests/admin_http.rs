@@ -177,7 +177,8 @@ fn survives_garbage_and_answers_afterwards() {
         .filter_map(|_| TcpStream::connect(addr).ok())
         .collect();
     let mut last = hold.last().unwrap_or_else(|| panic!("no connection held"));
-    last.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    // Generous: under a loaded test run the server may take seconds to reach the excess peer.
+    last.set_read_timeout(Some(Duration::from_secs(15))).ok();
     let mut refused = Vec::new();
     let _ = last.read_to_end(&mut refused);
     assert!(

@@ -398,6 +398,13 @@ mod tests {
         chunk_and_fill(arena, header, rest).0
     }
 
+    /// `chunks` whole chunks of quarter-chunk batches of `byte`, four views a chunk.
+    fn fill_chunks(arena: &mut TailArena, chunks: usize, byte: u8) -> Vec<Bytes> {
+        (0..chunks * 4)
+            .map(|_| chunk(arena, &[], &vec![byte; CHUNK_MIN_BYTES / 4]))
+            .collect()
+    }
+
     fn chunk_and_fill(arena: &mut TailArena, header: &[u8], rest: &[u8]) -> (Bytes, ChunkFill) {
         match arena.copy(header, rest, 0).expect("room") {
             (view, Placement::Chunk(fill)) => (view, fill),
@@ -506,9 +513,7 @@ mod tests {
     fn chunks_freed_behind_cached_ones_are_found_before_a_new_one_is_made() {
         let mut arena = TailArena::new(BUDGET);
         let quarter = CHUNK_MIN_BYTES / 4;
-        let views: Vec<Bytes> = (0..10 * 4)
-            .map(|_| chunk(&mut arena, &[], &vec![1; quarter]))
-            .collect();
+        let views = fill_chunks(&mut arena, 10, 1);
         // The oldest six chunks still hold cached batches (no eviction yet); the four behind
         // them were freed out of order (their partitions' batches dropped).
         let cached: Vec<Bytes> = views[..6 * 4].to_vec();
@@ -600,9 +605,7 @@ mod tests {
     fn a_memory_limit_gives_free_chunks_back_and_held_ones_when_they_come_free() {
         let mut arena = TailArena::new(BUDGET);
         let quarter = CHUNK_MIN_BYTES / 4;
-        let views: Vec<Bytes> = (0..8 * 4)
-            .map(|_| chunk(&mut arena, &[], &vec![5; quarter]))
-            .collect();
+        let views = fill_chunks(&mut arena, 8, 5);
         assert_eq!(arena.chunk_memory_bytes(), 8 * CHUNK_MIN_BYTES);
         // One view of the oldest chunk is still held (a response not yet written).
         let held = views[0].clone();
@@ -648,9 +651,7 @@ mod tests {
         // Lifting the limit lets chunks be made again, up to the budget's cap.
         assert_eq!(arena.limit_memory(usize::MAX), usize::MAX);
         assert_eq!(arena.memory_limit_bytes(), None);
-        let _more: Vec<Bytes> = (0..12 * 4)
-            .map(|_| chunk(&mut arena, &[], &vec![8; quarter]))
-            .collect();
+        let _more = fill_chunks(&mut arena, 12, 8);
         assert!(arena.chunk_memory_bytes() >= 12 * CHUNK_MIN_BYTES);
     }
 
